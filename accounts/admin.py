@@ -1,0 +1,126 @@
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.core.exceptions import ValidationError
+
+from brokers import registry
+
+from . import services
+from .forms import apply_validation_error, credential_fields
+from .models import ApiKey, AuditLog, BrokerAccount, User
+from .utils import client_ip
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    fieldsets = DjangoUserAdmin.fieldsets + (("Preferences", {"fields": ("timezone",)}),)
+    list_display = ("username", "email", "is_staff", "is_active", "timezone", "last_login")
+
+
+class BrokerAccountAdminForm(forms.ModelForm):
+    """Credentials are write-only here as everywhere: inputs never show a stored value."""
+
+    class Meta:
+        model = BrokerAccount
+        fields = [
+            "owner",
+            "broker",
+            "client_id",
+            "label",
+            "is_active",
+            "max_order_value",
+            "max_quantity",
+            "max_open_orders",
+            "allowed_products",
+            "copy_multiplier",
+        ]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields.update(credential_fields(required_hint="Write-only; leave blank to keep the stored value."))
+        if self.instance.pk:
+            for name in ("owner", "broker", "client_id"):
+                self.fields[name].disabled = True
+
+    def clean(self):
+        cleaned = super().clean()
+        broker = cleaned.get("broker") or self.instance.broker
+        existing = self.instance.credentials.reveal() if self.instance.pk and self.instance.credentials else None
+        supplied = {c.name: cleaned.get(c.name) or "" for c in registry.all_credential_fields()}
+        if broker:
+            try:
+                services.credentials_clean(broker, supplied, existing)
+            except ValidationError as exc:
+                apply_validation_error(self, exc)
+        return cleaned
+
+
+@admin.register(BrokerAccount)
+class BrokerAccountAdmin(admin.ModelAdmin):
+    form = BrokerAccountAdminForm
+    list_display = ("label", "owner", "broker", "client_id", "is_active", "has_credentials", "updated_at")
+    list_filter = ("broker", "is_active")
+    search_fields = ("label", "client_id", "owner__username")
+    raw_id_fields = ("owner",)
+
+    @admin.display(boolean=True, description="Credentials set")
+    def has_credentials(self, obj):
+        return obj.has_credentials
+
+    def save_model(self, request, obj, form, change):
+        # Changes go through the services so they are validated and audited.
+        credentials = {c.name: form.cleaned_data.get(c.name) or "" for c in registry.all_credential_fields()}
+        limits = {name: form.cleaned_data[name] for name in services.ACCOUNT_EDITABLE_FIELDS}
+        ip = client_ip(request)
+        if not change:
+            created = services.broker_account_create(
+                owner=form.cleaned_data["owner"],
+                broker=form.cleaned_data["broker"],
+                client_id=form.cleaned_data["client_id"],
+                credentials=credentials,
+                ip=ip,
+                **limits,
+            )
+            obj.pk = created.pk
+            return
+        account = BrokerAccount.objects.get(pk=obj.pk)
+        services.broker_account_update(account=account, actor=request.user, credentials=credentials, ip=ip, **limits)
+        if form.cleaned_data["is_active"] != account.is_active:
+            services.broker_account_set_active(
+                account=account, actor=request.user, active=form.cleaned_data["is_active"], ip=ip
+            )
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("name", "owner", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "prefix", "owner__username")
+    readonly_fields = ("owner", "name", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at")
+    exclude = ("hashed_key",)
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False  # the secret is shown once to its owner; keys are created on their page
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset):
+        revoked = sum(services.api_key_revoke(key=key, actor=request.user, ip=client_ip(request)) for key in queryset)
+        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "action", "actor", "target_type", "target_id", "ip")
+    list_filter = ("action", "target_type")
+    search_fields = ("actor__username", "target_id", "ip")
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

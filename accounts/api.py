@@ -1,0 +1,74 @@
+"""API-key authentication and the accounts endpoints of the JSON API."""
+
+from decimal import Decimal
+
+from ninja import Router, Schema
+from ninja.security import APIKeyHeader as NinjaAPIKeyHeader
+from ninja.security import HttpBearer
+
+from . import selectors, services
+
+
+def _authenticate(request, raw_key: str | None):
+    auth = services.api_key_authenticate(raw_key or "")
+    if auth is None:
+        return None
+    request.user = auth.user
+    request.api_key_id = auth.key_id
+    return auth.user
+
+
+class ApiKeyBearer(HttpBearer):
+    """``Authorization: Bearer <key>``."""
+
+    def authenticate(self, request, token):
+        return _authenticate(request, token)
+
+
+class ApiKeyHeader(NinjaAPIKeyHeader):
+    """``X-API-Key: <key>``."""
+
+    param_name = "X-API-Key"
+
+    def authenticate(self, request, key):
+        return _authenticate(request, key)
+
+
+router = Router(tags=["accounts"])
+
+
+class MeOut(Schema):
+    id: int
+    username: str
+    timezone: str
+
+
+class BrokerAccountOut(Schema):
+    """A broker account as the API shows it: credentials are never part of it."""
+
+    id: int
+    broker: str
+    client_id: str
+    label: str
+    is_active: bool
+    max_order_value: Decimal | None
+    max_quantity: int | None
+    max_open_orders: int | None
+    allowed_products: list[str]
+    copy_multiplier: Decimal
+    has_credentials: bool
+
+
+@router.get("/me", response=MeOut)
+def me(request):
+    return request.user
+
+
+@router.get("/accounts", response=list[BrokerAccountOut])
+def account_list(request):
+    return selectors.broker_accounts_of(request.user)
+
+
+@router.get("/accounts/{account_id}", response=BrokerAccountOut)
+def account_detail(request, account_id: int):
+    return selectors.broker_account_of(request.user, account_id)

@@ -1,0 +1,102 @@
+from django import forms
+from django.core.exceptions import ValidationError
+
+from brokers import registry
+
+from .models import PRODUCTS, BrokerAccount, User
+
+
+def apply_validation_error(form: forms.Form, error: ValidationError) -> None:
+    """Put a service's ValidationError onto the form, each message on its own field."""
+    if hasattr(error, "error_dict"):
+        for field, messages in error.message_dict.items():
+            form.add_error(field if field in form.fields else None, messages)
+    else:
+        form.add_error(None, error.messages)
+
+
+class LoginForm(forms.Form):
+    username = forms.CharField(
+        max_length=150, widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "username"})
+    )
+    password = forms.CharField(strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
+
+
+def credential_fields(*, required_hint: str) -> dict[str, forms.Field]:
+    """Write-only inputs: PasswordInput never renders a value back, even after an error."""
+    fields = {}
+    for credential in registry.all_credential_fields():
+        brokers = [spec.label for spec in registry.BROKERS.values() if credential in spec.credential_fields]
+        fields[credential.name] = forms.CharField(
+            label=credential.label,
+            required=False,
+            max_length=512,
+            strip=True,
+            help_text=f"{', '.join(brokers)}. {required_hint}",
+            widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        )
+    return fields
+
+
+class BrokerAccountBaseForm(forms.ModelForm):
+    allowed_products = forms.MultipleChoiceField(
+        choices=[(product, product) for product in PRODUCTS],
+        widget=forms.CheckboxSelectMultiple,
+        initial=list(PRODUCTS),
+    )
+    credential_hint = ""
+
+    class Meta:
+        model = BrokerAccount
+        fields = ["label", "max_order_value", "max_quantity", "max_open_orders", "allowed_products", "copy_multiplier"]
+        help_texts = {
+            "max_order_value": "Largest single order value in rupees; blank for no limit.",
+            "max_quantity": "Largest single order quantity; blank for no limit.",
+            "max_open_orders": "Most orders open at once; blank for no limit.",
+            "copy_multiplier": "Quantity multiplier when an order is copied to this account.",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields.update(credential_fields(required_hint=self.credential_hint))
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        return {name: self.cleaned_data.get(name) or "" for name in self.credential_names}
+
+    @property
+    def credential_names(self) -> list[str]:
+        return [credential.name for credential in registry.all_credential_fields()]
+
+    @property
+    def changes(self) -> dict:
+        return {name: self.cleaned_data[name] for name in self.Meta.fields}
+
+
+class BrokerAccountCreateForm(BrokerAccountBaseForm):
+    credential_hint = "Stored encrypted and never shown again."
+
+    class Meta(BrokerAccountBaseForm.Meta):
+        fields = ["broker", "client_id", *BrokerAccountBaseForm.Meta.fields]
+
+    @property
+    def changes(self) -> dict:
+        return {name: self.cleaned_data[name] for name in BrokerAccountBaseForm.Meta.fields}
+
+
+class BrokerAccountEditForm(BrokerAccountBaseForm):
+    credential_hint = "Leave blank to keep the stored value."
+
+
+class ApiKeyCreateForm(forms.Form):
+    EXPIRY_CHOICES = [("", "Never"), ("7", "7 days"), ("30", "30 days"), ("90", "90 days"), ("365", "1 year")]
+    name = forms.CharField(max_length=100)
+    expires_in_days = forms.TypedChoiceField(
+        choices=EXPIRY_CHOICES, coerce=int, empty_value=None, required=False, label="Expires"
+    )
+
+
+class ProfileForm(forms.ModelForm):
+    class Meta:
+        model = User
+        fields = ["timezone"]

@@ -1,0 +1,373 @@
+"""Writes and rules for users, broker accounts, API keys, logins and the audit log."""
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.apps import apps
+from django.conf import settings
+from django.contrib.auth import authenticate
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from brokers import registry
+
+from .crypto import EncryptedJSONField, Sealed
+from .models import AuditLog, ApiKey, BrokerAccount, User
+
+logger = logging.getLogger(__name__)
+
+Action = AuditLog.Action
+
+
+# --- Audit -------------------------------------------------------------------------
+
+
+def audit_record(*, action: str, actor=None, target=None, data: dict | None = None, ip: str | None = None) -> AuditLog:
+    return AuditLog.objects.create(
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        action=action,
+        target_type=target._meta.label_lower if target is not None else "",
+        target_id=str(target.pk) if target is not None else "",
+        data=data or {},
+        ip=ip,
+    )
+
+
+# --- Login and its throttle -----------------------------------------------------------
+
+
+class LoginLocked(Exception):
+    def __init__(self, retry_after_s: int):
+        self.retry_after_s = retry_after_s
+        minutes = max(1, -(-retry_after_s // 60))
+        super().__init__(f"Too many failed login attempts. Try again in {minutes} minute{'s' if minutes != 1 else ''}.")
+
+
+class LoginFailed(Exception):
+    pass
+
+
+def _throttle_keys(username: str, ip: str | None) -> list[tuple[str, int]]:
+    keys = [
+        (f"login:user:{hashlib.sha256(username.lower().encode()).hexdigest()}", settings.LOGIN_FAILURES_PER_USERNAME)
+    ]
+    if ip:
+        keys.append((f"login:ip:{ip}", settings.LOGIN_FAILURES_PER_IP))
+    return keys
+
+
+def _locked_for(username: str, ip: str | None) -> int:
+    """Seconds until the login lock for this username or IP lifts (0: not locked)."""
+    now = timezone.now().timestamp()
+    remaining = 0
+    for key, _limit in _throttle_keys(username, ip):
+        until = cache.get(f"{key}:locked")
+        if until:
+            remaining = max(remaining, int(until - now) + 1)
+    return remaining
+
+
+def login_attempt(*, username: str, password: str, ip: str | None, request=None) -> User:
+    """Authenticate a user, throttled per username and per IP.
+
+    Raises ``LoginLocked`` while either is locked (the password is not even checked, so
+    a locked account cannot be probed), ``LoginFailed`` on bad credentials.
+    """
+    window = settings.LOGIN_LOCK_WINDOW_S
+    locked = _locked_for(username, ip)
+    if locked:
+        audit_record(action=Action.LOGIN_LOCKED, data={"username": username[:150]}, ip=ip)
+        raise LoginLocked(locked)
+
+    user = authenticate(request, username=username, password=password)
+    if user is not None:
+        cache.delete(_throttle_keys(username, ip)[0][0])
+        audit_record(action=Action.LOGIN, actor=user, target=user, ip=ip)
+        return user
+
+    audit_record(action=Action.LOGIN_FAILED, data={"username": username[:150]}, ip=ip)
+    for key, limit in _throttle_keys(username, ip):
+        cache.add(key, 0, timeout=window)
+        try:
+            failures = cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.set(key, 1, timeout=window)
+            failures = 1
+        if failures >= limit:
+            cache.set(f"{key}:locked", timezone.now().timestamp() + window, timeout=window)
+            cache.delete(key)
+    logger.info("failed login for a username from %s", ip)
+    raise LoginFailed("Your username and password didn't match. Please try again.")
+
+
+def logout_record(*, user, ip: str | None) -> None:
+    if user is not None and user.is_authenticated:
+        audit_record(action=Action.LOGOUT, actor=user, target=user, ip=ip)
+
+
+# --- Profile -------------------------------------------------------------------------
+
+
+def user_update_profile(*, user: User, timezone_name: str) -> User:
+    user.timezone = timezone_name
+    user.full_clean(validate_unique=False)
+    user.save(update_fields=["timezone"])
+    return user
+
+
+def user_password_changed(*, user: User, ip: str | None) -> None:
+    audit_record(action=Action.PASSWORD_CHANGED, actor=user, target=user, ip=ip)
+
+
+# --- Broker accounts ---------------------------------------------------------------
+
+ACCOUNT_EDITABLE_FIELDS = (
+    "label",
+    "max_order_value",
+    "max_quantity",
+    "max_open_orders",
+    "allowed_products",
+    "copy_multiplier",
+)
+
+
+def credentials_clean(broker: str, supplied: dict[str, str], existing: dict | None) -> dict | None:
+    """Merge supplied credentials over existing ones; require what the broker needs."""
+    try:
+        spec = registry.spec(broker)
+    except LookupError:
+        raise ValidationError({"broker": f"Unknown broker {broker!r}."}) from None
+    wanted = {field.name for field in spec.credential_fields}
+    merged = dict(existing or {})
+    merged.update(
+        {name: value.strip() for name, value in supplied.items() if name in wanted and value and value.strip()}
+    )
+    missing = [field.name for field in spec.credential_fields if not merged.get(field.name)]
+    if missing:
+        raise ValidationError({name: "This field is required for this broker." for name in missing})
+    return merged or None
+
+
+@transaction.atomic
+def broker_account_create(
+    *,
+    owner: User,
+    broker: str,
+    client_id: str,
+    label: str,
+    credentials: dict[str, str],
+    ip: str | None = None,
+    **limits,
+) -> BrokerAccount:
+    unknown = set(limits) - set(ACCOUNT_EDITABLE_FIELDS)
+    if unknown:
+        raise TypeError(f"unexpected fields: {sorted(unknown)}")
+    account = BrokerAccount(owner=owner, broker=broker, client_id=client_id.strip(), label=label.strip(), **limits)
+    cleaned = credentials_clean(broker, credentials, None)
+    account.full_clean()
+    _validate_products(account.allowed_products)
+    account.credentials = Sealed.seal(cleaned) if cleaned else None
+    account.save()
+    audit_record(
+        action=Action.BROKER_ACCOUNT_CREATED,
+        actor=owner,
+        target=account,
+        data={"broker": broker, "client_id": account.client_id, "label": account.label},
+        ip=ip,
+    )
+    return account
+
+
+def _validate_products(products) -> None:
+    from .models import PRODUCTS
+
+    if not isinstance(products, list) or not products or any(p not in PRODUCTS for p in products):
+        raise ValidationError({"allowed_products": f"Choose one or more of {', '.join(PRODUCTS)}."})
+
+
+@transaction.atomic
+def broker_account_update(
+    *, account: BrokerAccount, actor: User, credentials: dict[str, str] | None = None, ip: str | None = None, **changes
+) -> BrokerAccount:
+    """Change an account's label, limits or credentials. Blank credentials keep the old ones."""
+    unknown = set(changes) - set(ACCOUNT_EDITABLE_FIELDS)
+    if unknown:
+        raise TypeError(f"unexpected fields: {sorted(unknown)}")
+    account = BrokerAccount.objects.select_for_update().get(pk=account.pk)
+    changed = [name for name, value in changes.items() if getattr(account, name) != value]
+    for name, value in changes.items():
+        setattr(account, name, value)
+    account.full_clean()
+    _validate_products(account.allowed_products)
+    credentials_changed = False
+    if credentials and any(value and value.strip() for value in credentials.values()):
+        existing = account.credentials.reveal() if account.credentials else None
+        merged = credentials_clean(account.broker, credentials, existing)
+        credentials_changed = merged != existing
+        if credentials_changed:
+            account.credentials = Sealed.seal(merged)
+    if not changed and not credentials_changed:
+        return account
+    account.save()
+    # Record which fields changed, never the credential values.
+    audit_record(
+        action=Action.BROKER_ACCOUNT_CHANGED,
+        actor=actor,
+        target=account,
+        data={"fields": changed, "credentials_changed": credentials_changed},
+        ip=ip,
+    )
+    return account
+
+
+@transaction.atomic
+def broker_account_set_active(*, account: BrokerAccount, actor: User, active: bool, ip: str | None = None) -> bool:
+    """Deactivate or reactivate; returns whether anything changed (a repeat is a no-op)."""
+    updated = BrokerAccount.objects.filter(pk=account.pk, is_active=not active).update(
+        is_active=active, updated_at=timezone.now()
+    )
+    account.is_active = active
+    if updated:
+        audit_record(
+            action=Action.BROKER_ACCOUNT_REACTIVATED if active else Action.BROKER_ACCOUNT_DEACTIVATED,
+            actor=actor,
+            target=account,
+            ip=ip,
+        )
+    return bool(updated)
+
+
+# --- API keys ----------------------------------------------------------------------
+
+API_KEY_PREFIX = "tp_"
+
+
+def _hash_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def _api_key_cache_key(hashed: str) -> str:
+    return f"apikey:{hashed}"
+
+
+def api_key_create(
+    *, owner: User, name: str, expires_at: datetime | None = None, ip: str | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key; returns it with the raw secret, which is never stored or shown again."""
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "Give the key a name."})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    prefix = secrets.token_hex(4)
+    raw_key = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            owner=owner,
+            name=name,
+            prefix=f"{API_KEY_PREFIX}{prefix}",
+            hashed_key=_hash_key(raw_key),
+            expires_at=expires_at,
+        )
+        audit_record(
+            action=Action.API_KEY_CREATED, actor=owner, target=key, data={"name": name, "prefix": key.prefix}, ip=ip
+        )
+    return key, raw_key
+
+
+def api_key_revoke(*, key: ApiKey, actor: User, ip: str | None = None) -> bool:
+    """Revoke a key at once, everywhere: the row, then the auth cache entry."""
+    with transaction.atomic():
+        updated = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        if updated:
+            audit_record(action=Action.API_KEY_REVOKED, actor=actor, target=key, data={"prefix": key.prefix}, ip=ip)
+    cache.delete(_api_key_cache_key(key.hashed_key))
+    # Also after commit: a request that cached the key between our delete and the
+    # commit would otherwise keep it alive until the TTL runs out.
+    transaction.on_commit(lambda: cache.delete(_api_key_cache_key(key.hashed_key)))
+    return bool(updated)
+
+
+@dataclass(frozen=True)
+class ApiKeyAuth:
+    key_id: int
+    user: User
+
+
+def api_key_authenticate(raw_key: str) -> ApiKeyAuth | None:
+    """The user a raw API key belongs to, or None when it is unknown, revoked or expired.
+
+    A valid key is cached for ``API_KEY_CACHE_TTL_S`` so a busy algo does not hit the
+    keys table on every call; revoking drops the cache entry.
+    """
+    if not raw_key or not raw_key.startswith(API_KEY_PREFIX) or len(raw_key) > 128:
+        return None
+    hashed = _hash_key(raw_key)
+    now = timezone.now()
+    cached = cache.get(_api_key_cache_key(hashed))
+    if cached is None:
+        key = ApiKey.objects.filter(hashed_key=hashed).only("id", "owner_id", "expires_at", "revoked_at").first()
+        if key is None or not key.is_usable(now):
+            return None
+        cached = {
+            "id": key.pk,
+            "user_id": key.owner_id,
+            "expires_at": key.expires_at.timestamp() if key.expires_at else None,
+        }
+        cache.set(_api_key_cache_key(hashed), cached, timeout=settings.API_KEY_CACHE_TTL_S)
+    if cached["expires_at"] is not None and cached["expires_at"] <= now.timestamp():
+        cache.delete(_api_key_cache_key(hashed))
+        return None
+    user = User.objects.filter(pk=cached["user_id"], is_active=True).first()
+    if user is None:
+        return None
+    # Record last use at most once a minute per key rather than writing on every call.
+    if cache.add(f"apikey:touched:{cached['id']}", 1, timeout=60):
+        ApiKey.objects.filter(pk=cached["id"]).update(last_used_at=now)
+    return ApiKeyAuth(key_id=cached["id"], user=user)
+
+
+# --- Encryption keys ---------------------------------------------------------------
+
+
+def encrypted_fields():
+    """Every (model, field name) stored with EncryptedJSONField, across all apps."""
+    for model in apps.get_models():
+        for field in model._meta.concrete_fields:
+            if isinstance(field, EncryptedJSONField):
+                yield model, field.name
+
+
+def encryption_keys_rotate(*, batch_size: int = 500) -> dict[str, int]:
+    """Re-encrypt every stored secret with the primary key. Safe to run again.
+
+    Every value is first checked to decrypt with the configured keys, so a missing old
+    key stops the rotation before anything is written.
+    """
+    for model, field_name in encrypted_fields():
+        for value in model.objects.exclude(**{f"{field_name}__isnull": True}).values_list(field_name, flat=True):
+            value.reveal()
+    counts = {}
+    for model, field_name in encrypted_fields():
+        count = 0
+        pks = list(model.objects.exclude(**{f"{field_name}__isnull": True}).values_list("pk", flat=True))
+        for start in range(0, len(pks), batch_size):
+            with transaction.atomic():
+                rows = model.objects.select_for_update().filter(pk__in=pks[start : start + batch_size])
+                for row in rows.only("pk", field_name):
+                    value = getattr(row, field_name)
+                    if value is None:
+                        continue
+                    model.objects.filter(pk=row.pk).update(**{field_name: value.rotated()})
+                    count += 1
+        counts[f"{model._meta.label}.{field_name}"] = count
+    return counts
+
+
+def expiry_from_days(days: int | None) -> datetime | None:
+    return timezone.now() + timedelta(days=days) if days else None

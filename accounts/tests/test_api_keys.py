@@ -1,0 +1,156 @@
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+from django.db import connection
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts import services
+from accounts.models import ApiKey, AuditLog
+from accounts.tests.factories import make_broker_account
+
+ME = "/api/v1/me"
+
+
+@pytest.fixture
+def key_and_secret(trader):
+    return services.api_key_create(owner=trader, name="algo")
+
+
+def bearer(secret):
+    return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+
+
+def test_create_stores_only_hash_and_prefix(key_and_secret):
+    key, secret = key_and_secret
+    assert secret.startswith(key.prefix + "_")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM accounts_apikey")
+        row = cursor.fetchone()
+    assert not any(secret in str(value) for value in row)
+    assert AuditLog.objects.filter(action=AuditLog.Action.API_KEY_CREATED, target_id=str(key.pk)).exists()
+
+
+def test_bearer_and_x_api_key_both_authenticate(client, trader, key_and_secret):
+    _, secret = key_and_secret
+    for headers in (bearer(secret), {"HTTP_X_API_KEY": secret}):
+        response = client.get(ME, **headers)
+        assert response.status_code == 200
+        assert response.json() == {"id": trader.pk, "username": "trader", "timezone": "Asia/Kolkata"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"HTTP_AUTHORIZATION": "Bearer tp_nothing_here"},
+        {"HTTP_X_API_KEY": "wrong"},
+        {"HTTP_AUTHORIZATION": "Basic x"},
+    ],
+)
+def test_missing_or_wrong_key_is_401_with_the_error_shape(client, db, headers):
+    response = client.get(ME, **headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthenticated"
+    assert set(response.json()["error"]) == {"code", "message", "field"}
+
+
+def test_revoked_key_is_refused_at_once_even_when_cached(client, trader, key_and_secret):
+    key, secret = key_and_secret
+    assert client.get(ME, **bearer(secret)).status_code == 200  # now cached
+    assert services.api_key_revoke(key=key, actor=trader) is True
+    assert client.get(ME, **bearer(secret)).status_code == 401
+    assert services.api_key_revoke(key=key, actor=trader) is False  # a repeat changes nothing
+    assert AuditLog.objects.filter(action=AuditLog.Action.API_KEY_REVOKED).count() == 1
+
+
+def test_expired_key_is_refused_whether_cached_or_not(client, trader):
+    key, secret = services.api_key_create(owner=trader, name="short", expires_at=timezone.now() + timedelta(hours=1))
+    assert client.get(ME, **bearer(secret)).status_code == 200  # cached with its expiry
+    with mock.patch("accounts.services.timezone.now", return_value=timezone.now() + timedelta(hours=2)):
+        assert client.get(ME, **bearer(secret)).status_code == 401
+    ApiKey.objects.filter(pk=key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert client.get(ME, **bearer(secret)).status_code == 401  # from the row
+
+
+def test_expiry_in_the_past_is_rejected_naming_the_field(trader):
+    with pytest.raises(services.ValidationError) as error:
+        services.api_key_create(owner=trader, name="x", expires_at=timezone.now() - timedelta(days=1))
+    assert "expires_at" in error.value.message_dict
+    assert not ApiKey.objects.exists()
+
+
+def test_inactive_user_key_is_refused(client, trader, key_and_secret):
+    _, secret = key_and_secret
+    trader.is_active = False
+    trader.save()
+    assert client.get(ME, **bearer(secret)).status_code == 401
+
+
+def test_last_used_is_recorded(client, key_and_secret):
+    key, secret = key_and_secret
+    assert key.last_used_at is None
+    client.get(ME, **bearer(secret))
+    key.refresh_from_db()
+    assert key.last_used_at is not None
+
+
+def test_api_lists_only_own_accounts_and_never_credentials(client, trader, other_trader, key_and_secret):
+    _, secret = key_and_secret
+    mine = make_broker_account(trader, broker="kite", credentials={"api_key": "K-1", "api_secret": "SECRET-API-1"})
+    theirs = make_broker_account(other_trader)
+    response = client.get("/api/v1/accounts", **bearer(secret))
+    assert [row["id"] for row in response.json()] == [mine.pk]
+    assert "SECRET-API-1" not in response.content.decode() and "K-1" not in response.content.decode()
+    assert response.json()[0]["has_credentials"] is True
+    response = client.get(f"/api/v1/accounts/{theirs.pk}", **bearer(secret))
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+# --- The API keys page ---------------------------------------------------------------
+
+
+def test_page_shows_the_secret_once(trader_client):
+    response = trader_client.post(reverse("accounts:api_keys"), {"name": "bot", "expires_in_days": "30"})
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    secret = response.context["created"]["secret"]
+    assert secret.encode() in response.content
+    key = ApiKey.objects.get()
+    assert key.expires_at is not None
+    listing = trader_client.get(reverse("accounts:api_keys"))
+    assert secret.encode() not in listing.content
+    assert key.prefix.encode() in listing.content
+
+
+def test_page_requires_a_name(trader_client):
+    response = trader_client.post(reverse("accounts:api_keys"), {"name": ""})
+    assert "name" in response.context["form"].errors
+    assert not ApiKey.objects.exists()
+
+
+def test_page_lists_only_own_keys(trader_client, other_trader):
+    services.api_key_create(owner=other_trader, name="their-key")
+    assert b"their-key" not in trader_client.get(reverse("accounts:api_keys")).content
+
+
+def test_revoke_from_the_page(trader_client, key_and_secret):
+    key, secret = key_and_secret
+    response = trader_client.post(reverse("accounts:api_key_revoke", args=[key.pk]))
+    assert response.status_code == 302
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+
+
+def test_revoking_another_traders_key_is_404_and_changes_nothing(trader_client, other_trader):
+    key, _ = services.api_key_create(owner=other_trader, name="theirs")
+    assert trader_client.post(reverse("accounts:api_key_revoke", args=[key.pk])).status_code == 404
+    key.refresh_from_db()
+    assert key.revoked_at is None
+
+
+def test_revoke_is_post_only(trader_client, key_and_secret):
+    key, _ = key_and_secret
+    assert trader_client.get(reverse("accounts:api_key_revoke", args=[key.pk])).status_code == 405

@@ -1,0 +1,231 @@
+import logging
+from decimal import Decimal
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from accounts.models import AuditLog, BrokerAccount
+from accounts.tests.factories import make_broker_account, make_kite_account
+
+SECRET = "KITE-SECRET-do-not-show-42"
+KEY = "KITE-APIKEY-do-not-show-17"
+
+
+def create_form(**overrides):
+    data = {
+        "broker": "kite",
+        "client_id": "AB1234",
+        "label": "Main Kite",
+        "api_key": KEY,
+        "api_secret": SECRET,
+        "allowed_products": ["CNC", "MIS"],
+        "copy_multiplier": "1.5",
+        "max_quantity": "100",
+        "max_order_value": "",
+        "max_open_orders": "",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_list_shows_only_own_accounts(trader_client, trader, other_trader):
+    make_broker_account(trader, label="Mine")
+    make_broker_account(other_trader, label="Theirs")
+    content = trader_client.get(reverse("accounts:broker_list")).content
+    assert b"Mine" in content and b"Theirs" not in content
+
+
+def test_create_kite_account_encrypts_credentials_and_audits(trader_client, trader):
+    response = trader_client.post(reverse("accounts:broker_create"), create_form())
+    assert response.status_code == 302
+    account = BrokerAccount.objects.get()
+    assert account.owner == trader and account.broker == "kite" and account.client_id == "AB1234"
+    assert account.allowed_products == ["CNC", "MIS"]
+    assert account.copy_multiplier == Decimal("1.5") and account.max_quantity == 100
+    assert account.credentials.reveal() == {"api_key": KEY, "api_secret": SECRET}
+    entry = AuditLog.objects.get(action=AuditLog.Action.BROKER_ACCOUNT_CREATED)
+    assert entry.actor == trader and SECRET not in str(entry.data)
+
+
+def test_create_paper_account_needs_no_credentials(trader_client):
+    response = trader_client.post(
+        reverse("accounts:broker_create"), create_form(broker="paper", api_key="", api_secret="", client_id="P1")
+    )
+    assert response.status_code == 302
+    assert BrokerAccount.objects.get().credentials is None
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"api_secret": ""}, "api_secret"),
+        ({"client_id": ""}, "client_id"),
+        ({"label": ""}, "label"),
+        ({"broker": "nope"}, "broker"),
+        ({"copy_multiplier": "0"}, "copy_multiplier"),
+        ({"max_quantity": "0"}, "max_quantity"),
+        ({"max_order_value": "-5"}, "max_order_value"),
+        ({"allowed_products": []}, "allowed_products"),
+        ({"allowed_products": ["XYZ"]}, "allowed_products"),
+    ],
+)
+def test_bad_input_names_the_field_and_creates_nothing(trader_client, overrides, field):
+    response = trader_client.post(reverse("accounts:broker_create"), create_form(**overrides))
+    assert response.status_code == 200
+    assert field in response.context["form"].errors
+    assert not BrokerAccount.objects.exists()
+    assert not AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_CREATED).exists()
+    # The secret typed in is not echoed back in the re-rendered form.
+    assert SECRET.encode() not in response.content
+
+
+def test_duplicate_broker_client_id_is_refused(trader_client, other_trader):
+    make_kite_account(other_trader, client_id="AB1234")
+    response = trader_client.post(reverse("accounts:broker_create"), create_form())
+    assert response.status_code == 200
+    assert response.context["form"].errors
+    assert BrokerAccount.objects.count() == 1
+
+
+def test_edit_keeps_credentials_when_left_blank(trader_client, trader):
+    account = make_kite_account(trader, api_key=KEY, api_secret=SECRET)
+    data = create_form(label="Renamed", api_key="", api_secret="")
+    response = trader_client.post(reverse("accounts:broker_edit", args=[account.pk]), data)
+    assert response.status_code == 302
+    account.refresh_from_db()
+    assert account.label == "Renamed"
+    assert account.credentials.reveal() == {"api_key": KEY, "api_secret": SECRET}
+    entry = AuditLog.objects.get(action=AuditLog.Action.BROKER_ACCOUNT_CHANGED)
+    assert "label" in entry.data["fields"] and entry.data["credentials_changed"] is False
+
+
+def test_edit_replaces_only_the_credential_given(trader_client, trader):
+    account = make_kite_account(trader, api_key=KEY, api_secret=SECRET)
+    data = create_form(api_key="", api_secret="NEW-SECRET")
+    trader_client.post(reverse("accounts:broker_edit", args=[account.pk]), data)
+    account.refresh_from_db()
+    assert account.credentials.reveal() == {"api_key": KEY, "api_secret": "NEW-SECRET"}
+    entry = AuditLog.objects.get(action=AuditLog.Action.BROKER_ACCOUNT_CHANGED)
+    assert entry.data["credentials_changed"] is True and "NEW-SECRET" not in str(entry.data)
+
+
+def test_edit_cannot_change_broker_or_client_id(trader_client, trader):
+    account = make_kite_account(trader, client_id="ORIG")
+    trader_client.post(
+        reverse("accounts:broker_edit", args=[account.pk]), create_form(client_id="HIJACK", broker="paper")
+    )
+    account.refresh_from_db()
+    assert account.client_id == "ORIG" and account.broker == "kite"
+
+
+def test_deactivate_and_reactivate(trader_client, trader):
+    account = make_broker_account(trader)
+    assert trader_client.post(reverse("accounts:broker_deactivate", args=[account.pk])).status_code == 302
+    account.refresh_from_db()
+    assert account.is_active is False
+    trader_client.post(reverse("accounts:broker_deactivate", args=[account.pk]))  # a repeat is a no-op
+    assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_DEACTIVATED).count() == 1
+    trader_client.post(reverse("accounts:broker_reactivate", args=[account.pk]))
+    account.refresh_from_db()
+    assert account.is_active is True
+
+
+@pytest.mark.parametrize(
+    "name, method",
+    [("broker_edit", "get"), ("broker_edit", "post"), ("broker_deactivate", "post"), ("broker_reactivate", "post")],
+)
+def test_another_traders_account_is_404_and_unchanged(trader_client, other_trader, name, method):
+    account = make_broker_account(other_trader, label="Theirs")
+    response = getattr(trader_client, method)(
+        reverse(f"accounts:{name}", args=[account.pk]), create_form(label="Mine now")
+    )
+    assert response.status_code == 404
+    account.refresh_from_db()
+    assert account.label == "Theirs" and account.is_active is True
+
+
+@pytest.mark.parametrize("name", ["broker_deactivate", "broker_reactivate"])
+def test_state_changes_are_post_only(trader_client, trader, name):
+    account = make_broker_account(trader)
+    assert trader_client.get(reverse(f"accounts:{name}", args=[account.pk])).status_code == 405
+
+
+def test_csrf_is_enforced_on_form_posts(trader, db):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(trader)
+    response = client.post(reverse("accounts:broker_create"), create_form())
+    assert response.status_code == 403
+    assert not BrokerAccount.objects.exists()
+    account = make_broker_account(trader)
+    assert client.post(reverse("accounts:broker_deactivate", args=[account.pk])).status_code == 403
+    assert client.post(reverse("accounts:api_keys"), {"name": "k"}).status_code == 403
+    assert client.post(reverse("logout")).status_code == 403
+
+
+def test_credentials_never_appear_in_pages_admin_or_logs(client, trader, staff, caplog):
+    caplog.set_level(logging.DEBUG)
+    client.force_login(trader)
+    client.post(reverse("accounts:broker_create"), create_form())
+    account = BrokerAccount.objects.get()
+    pages = [
+        client.get(reverse("accounts:broker_list")),
+        client.get(reverse("accounts:broker_edit", args=[account.pk])),
+        client.post(reverse("accounts:broker_edit", args=[account.pk]), create_form(label="", api_secret="")),
+        client.get(reverse("accounts:profile")),
+    ]
+    client.force_login(staff)
+    pages += [
+        client.get(reverse("admin:accounts_brokeraccount_changelist")),
+        client.get(reverse("admin:accounts_brokeraccount_change", args=[account.pk])),
+        client.get(reverse("admin:accounts_auditlog_changelist")),
+    ]
+    for page in pages:
+        assert page.status_code == 200, page
+        body = page.content.decode()
+        assert SECRET not in body and KEY not in body
+        assert account.credentials.token not in body
+    assert SECRET not in caplog.text and KEY not in caplog.text
+
+
+def test_staff_edit_in_admin_keeps_credentials_and_is_audited(client, staff, trader):
+    account = make_kite_account(trader, api_key=KEY, api_secret=SECRET, label="Old")
+    client.force_login(staff)
+    data = {
+        "label": "From admin",
+        "is_active": "on",
+        "allowed_products": '["CNC"]',
+        "copy_multiplier": "2",
+        "api_key": "",
+        "api_secret": "",
+    }
+    response = client.post(reverse("admin:accounts_brokeraccount_change", args=[account.pk]), data)
+    assert response.status_code == 302, response.content[:2000]
+    account.refresh_from_db()
+    assert account.label == "From admin" and account.copy_multiplier == Decimal("2")
+    assert account.credentials.reveal()["api_secret"] == SECRET
+    assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_CHANGED, actor=staff).exists()
+
+
+def test_audit_log_is_append_only(trader):
+    entry = AuditLog.objects.create(action=AuditLog.Action.LOGIN, actor=trader)
+    entry.data = {"x": 1}
+    with pytest.raises(PermissionError):
+        entry.save()
+    with pytest.raises(PermissionError):
+        entry.delete()
+    with pytest.raises(PermissionError):
+        AuditLog.objects.all().delete()
+    with pytest.raises(PermissionError):
+        AuditLog.objects.update(action="x")
+
+
+def test_audit_log_is_read_only_in_admin(client, staff, trader):
+    entry = AuditLog.objects.create(action=AuditLog.Action.LOGIN, actor=trader)
+    client.force_login(staff)
+    assert client.get(reverse("admin:accounts_auditlog_add")).status_code == 403
+    assert client.get(reverse("admin:accounts_auditlog_delete", args=[entry.pk])).status_code == 403
+    response = client.post(reverse("admin:accounts_auditlog_change", args=[entry.pk]), {"action": "logout"})
+    assert response.status_code == 403
+    entry.refresh_from_db()
+    assert entry.action == AuditLog.Action.LOGIN

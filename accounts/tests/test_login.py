@@ -1,0 +1,110 @@
+import time
+
+import pytest
+from django.contrib.auth.hashers import check_password, make_password
+from django.urls import reverse
+
+from accounts.models import AuditLog
+from tradingplatform import settings as base_settings
+
+
+def login(client, username, password, **extra):
+    return client.post(reverse("login"), {"username": username, "password": password}, **extra)
+
+
+def test_login_page_renders(client, db):
+    response = client.get(reverse("login"))
+    assert response.status_code == 200
+    assert b'name="password"' in response.content
+
+
+def test_login_success_is_audited_and_redirects(client, trader, password):
+    response = login(client, "trader", password, REMOTE_ADDR="10.0.0.5")
+    assert response.status_code == 302 and response.url == reverse("home")
+    entry = AuditLog.objects.get(action=AuditLog.Action.LOGIN)
+    assert entry.actor == trader and entry.ip == "10.0.0.5"
+
+
+def test_login_keeps_a_safe_next_and_drops_an_offsite_one(client, trader, password):
+    response = client.post(reverse("login") + "?next=/accounts/profile/", {"username": "trader", "password": password})
+    assert response.url == "/accounts/profile/"
+    client.logout()
+    response = client.post(
+        reverse("login") + "?next=https://evil.example/", {"username": "trader", "password": password}
+    )
+    assert response.url == reverse("home")
+
+
+def test_failed_login_shows_error_and_is_audited(client, trader):
+    response = login(client, "trader", "wrong")
+    assert response.status_code == 200
+    assert b"didn&#x27;t match" in response.content
+    assert AuditLog.objects.filter(action=AuditLog.Action.LOGIN_FAILED, data__username="trader").count() == 1
+    assert "_auth_user_id" not in client.session
+
+
+def test_username_locked_after_failures_even_with_right_password(client, trader, password, settings):
+    settings.LOGIN_FAILURES_PER_USERNAME = 3
+    for _ in range(3):
+        login(client, "trader", "wrong")
+    response = login(client, "trader", password)
+    assert response.status_code == 429
+    assert b"Too many failed login attempts" in response.content
+    assert "_auth_user_id" not in client.session
+    assert AuditLog.objects.filter(action=AuditLog.Action.LOGIN_LOCKED).exists()
+
+
+def test_lock_lifts_after_the_window(client, trader, password, settings):
+    settings.LOGIN_FAILURES_PER_USERNAME = 2
+    settings.LOGIN_LOCK_WINDOW_S = 1
+    login(client, "trader", "wrong")
+    login(client, "trader", "wrong")
+    assert login(client, "trader", password).status_code == 429
+    time.sleep(1.6)
+    assert login(client, "trader", password).status_code == 302
+
+
+def test_ip_locked_after_failures_across_usernames(client, trader, other_trader, password, settings):
+    settings.LOGIN_FAILURES_PER_IP = 3
+    for name in ("a", "b", "c"):
+        login(client, name, "wrong", REMOTE_ADDR="10.9.9.9")
+    assert login(client, "trader", password, REMOTE_ADDR="10.9.9.9").status_code == 429
+    # Another IP is not affected.
+    assert login(client, "other", password, REMOTE_ADDR="10.1.1.1").status_code == 302
+
+
+def test_success_resets_the_username_counter(client, trader, password, settings):
+    settings.LOGIN_FAILURES_PER_USERNAME = 3
+    login(client, "trader", "wrong")
+    login(client, "trader", "wrong")
+    assert login(client, "trader", password).status_code == 302
+    client.logout()
+    login(client, "trader", "wrong")
+    login(client, "trader", "wrong")
+    assert login(client, "trader", password).status_code == 302
+
+
+def test_logout_is_post_only_and_audited(trader_client, trader):
+    assert trader_client.get(reverse("logout")).status_code == 405
+    response = trader_client.post(reverse("logout"))
+    assert response.status_code == 302
+    assert AuditLog.objects.filter(action=AuditLog.Action.LOGOUT, actor=trader).exists()
+    assert trader_client.get(reverse("accounts:broker_list")).status_code == 302
+
+
+def test_admin_login_goes_through_the_throttled_login_page(client, db):
+    response = client.get("/admin/login/")
+    assert response.status_code == 302 and response.url.startswith(reverse("login"))
+
+
+def test_production_hasher_is_argon2(db, settings):
+    assert base_settings.PASSWORD_HASHERS[0].endswith("Argon2PasswordHasher")
+    settings.PASSWORD_HASHERS = base_settings.PASSWORD_HASHERS
+    encoded = make_password("pw-to-hash")
+    assert encoded.startswith("argon2$")
+    assert check_password("pw-to-hash", encoded)
+
+
+@pytest.mark.parametrize("method", ["put", "delete", "patch"])
+def test_login_refuses_other_methods(client, db, method):
+    assert getattr(client, method)(reverse("login")).status_code == 405

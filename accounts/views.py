@@ -1,0 +1,211 @@
+"""Pages for signing in, broker accounts, API keys and the profile. Thin: services do the work."""
+
+from django.contrib import messages
+from django.contrib.auth import login, logout, update_session_auth_hash
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import PasswordChangeForm
+from django.core.exceptions import ValidationError
+from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods, require_POST
+
+from brokers import registry
+
+from . import selectors, services
+from .forms import (
+    ApiKeyCreateForm,
+    BrokerAccountCreateForm,
+    BrokerAccountEditForm,
+    LoginForm,
+    ProfileForm,
+    apply_validation_error,
+)
+from .utils import client_ip
+
+CREDENTIAL_PARAMS = [credential.name for credential in registry.all_credential_fields()]
+
+
+@sensitive_post_parameters("password")
+@require_http_methods(["GET", "POST"])
+@never_cache
+def login_view(request):
+    next_url = request.POST.get("next") or request.GET.get("next") or ""
+    if not url_has_allowed_host_and_scheme(
+        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        next_url = ""
+    form = LoginForm(request.POST or None)
+    status = 200
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = services.login_attempt(
+                username=form.cleaned_data["username"],
+                password=form.cleaned_data["password"],
+                ip=client_ip(request),
+                request=request,
+            )
+        except (services.LoginLocked, services.LoginFailed) as exc:
+            form.add_error(None, str(exc))
+            status = 429 if isinstance(exc, services.LoginLocked) else 200
+        else:
+            login(request, user)
+            return redirect(next_url or "home")
+    return render(request, "accounts/login.html", {"form": form, "next": next_url}, status=status)
+
+
+@require_POST
+def logout_view(request):
+    services.logout_record(user=request.user, ip=client_ip(request))
+    logout(request)
+    messages.info(request, "You have signed out.")
+    return redirect("login")
+
+
+@login_required
+@require_http_methods(["GET"])
+def home(request):
+    # The dashboard arrives with the portfolio; until then accounts are the start page.
+    return redirect("accounts:broker_list")
+
+
+# --- Broker accounts ---------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET"])
+def broker_list(request):
+    accounts = selectors.broker_accounts_of(request.user)
+    return render(request, "accounts/broker_list.html", {"accounts": accounts})
+
+
+@sensitive_post_parameters(*CREDENTIAL_PARAMS)
+@login_required
+@require_http_methods(["GET", "POST"])
+def broker_create(request):
+    form = BrokerAccountCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            account = services.broker_account_create(
+                owner=request.user,
+                broker=form.cleaned_data["broker"],
+                client_id=form.cleaned_data["client_id"],
+                credentials=form.credentials,
+                ip=client_ip(request),
+                **form.changes,
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"Added {account.label}.")
+            return redirect("accounts:broker_list")
+    return render(request, "accounts/broker_form.html", {"form": form, "creating": True})
+
+
+@sensitive_post_parameters(*CREDENTIAL_PARAMS)
+@login_required
+@require_http_methods(["GET", "POST"])
+def broker_edit(request, pk):
+    account = selectors.broker_account_of(request.user, pk)
+    form = BrokerAccountEditForm(request.POST or None, instance=account)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.broker_account_update(
+                account=account,
+                actor=request.user,
+                credentials=form.credentials,
+                ip=client_ip(request),
+                **form.changes,
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"Saved {form.cleaned_data['label']}.")
+            return redirect("accounts:broker_list")
+    return render(request, "accounts/broker_form.html", {"form": form, "account": account, "creating": False})
+
+
+@login_required
+@require_POST
+def broker_deactivate(request, pk):
+    account = selectors.broker_account_of(request.user, pk)
+    if services.broker_account_set_active(account=account, actor=request.user, active=False, ip=client_ip(request)):
+        messages.success(request, f"Deactivated {account.label}. No orders will be placed on it.")
+    return redirect("accounts:broker_list")
+
+
+@login_required
+@require_POST
+def broker_reactivate(request, pk):
+    account = selectors.broker_account_of(request.user, pk)
+    if services.broker_account_set_active(account=account, actor=request.user, active=True, ip=client_ip(request)):
+        messages.success(request, f"Reactivated {account.label}.")
+    return redirect("accounts:broker_list")
+
+
+# --- API keys ----------------------------------------------------------------------
+
+
+@login_required
+@never_cache
+@require_http_methods(["GET", "POST"])
+def api_keys(request):
+    form = ApiKeyCreateForm(request.POST or None)
+    created = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            key, raw_key = services.api_key_create(
+                owner=request.user,
+                name=form.cleaned_data["name"],
+                expires_at=services.expiry_from_days(form.cleaned_data["expires_in_days"]),
+                ip=client_ip(request),
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            # Rendered once, in this response only (never_cache): the secret is not stored.
+            created = {"key": key, "secret": raw_key}
+            form = ApiKeyCreateForm()
+    context = {"form": form, "keys": selectors.api_keys_of(request.user), "created": created}
+    return render(request, "accounts/api_keys.html", context)
+
+
+@login_required
+@require_POST
+def api_key_revoke(request, pk):
+    key = selectors.api_key_of(request.user, pk)
+    if services.api_key_revoke(key=key, actor=request.user, ip=client_ip(request)):
+        messages.success(request, f"Revoked {key.name}. Requests with it are refused from now on.")
+    return redirect("accounts:api_keys")
+
+
+# --- Profile -----------------------------------------------------------------------
+
+
+@sensitive_post_parameters("old_password", "new_password1", "new_password2")
+@login_required
+@require_http_methods(["GET", "POST"])
+def profile(request):
+    profile_form = ProfileForm(instance=request.user)
+    password_form = PasswordChangeForm(request.user)
+    if request.method == "POST" and request.POST.get("form") == "profile":
+        profile_form = ProfileForm(request.POST, instance=request.user)
+        if profile_form.is_valid():
+            services.user_update_profile(user=request.user, timezone_name=profile_form.cleaned_data["timezone"])
+            messages.success(request, "Profile saved.")
+            return redirect("accounts:profile")
+    elif request.method == "POST" and request.POST.get("form") == "password":
+        password_form = PasswordChangeForm(request.user, request.POST)
+        if password_form.is_valid():
+            user = password_form.save()
+            update_session_auth_hash(request, user)
+            services.user_password_changed(user=user, ip=client_ip(request))
+            messages.success(request, "Password changed.")
+            return redirect("accounts:profile")
+    context = {
+        "profile_form": profile_form,
+        "password_form": password_form,
+        "activity": selectors.recent_activity_of(request.user),
+    }
+    return render(request, "accounts/profile.html", context)

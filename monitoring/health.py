@@ -1,0 +1,79 @@
+"""Liveness and readiness probes.
+
+``/healthz`` answers as long as the process serves requests. ``/readyz`` checks what a
+request needs: the database, the cache, Redis when configured and, when configured, a
+live Celery worker; it answers 503 when any of them is down, with a status each.
+"""
+
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from django.http import JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from . import services
+
+
+def _timed(check) -> dict:
+    started = time.perf_counter()
+    try:
+        detail = check() or {}
+        result = {"status": "ok", **detail}
+    except Exception as exc:  # a probe reports every failure, it never raises
+        result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
+    result["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return result
+
+
+def _database():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    return {"vendor": connection.vendor}
+
+
+def _cache():
+    key = "readyz:probe"
+    cache.set(key, "1", timeout=10)
+    if cache.get(key) != "1":
+        raise RuntimeError("cache did not return what was written")
+    return {"backend": settings.CACHES["default"]["BACKEND"].rsplit(".", 1)[-1]}
+
+
+def _redis():
+    from tradingplatform.locks import redis_client
+
+    redis_client().ping()
+
+
+def _celery():
+    from tradingplatform.celery import app
+
+    replies = app.control.ping(timeout=1.0)
+    if not replies:
+        raise RuntimeError("no Celery worker answered a ping within 1 s")
+    return {"workers": len(replies)}
+
+
+@require_GET
+@never_cache
+def healthz(request):
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+@never_cache
+def readyz(request):
+    checks = {"database": _timed(_database), "cache": _timed(_cache)}
+    if settings.REDIS_URL:
+        checks["redis"] = _timed(_redis)
+    if settings.READYZ_CHECK_CELERY:
+        checks["celery"] = _timed(_celery)
+    ok = all(check["status"] == "ok" for check in checks.values())
+    body = {"status": "ok" if ok else "error", "checks": checks}
+    beat = services.heartbeat_age_s()
+    body["beat_heartbeat_age_s"] = None if beat is None else round(beat, 1)
+    return JsonResponse(body, status=200 if ok else 503)

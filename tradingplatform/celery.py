@@ -1,0 +1,82 @@
+"""The Celery app, its reliability settings, and the one list of periodic jobs.
+
+Reliability choices, each deliberate:
+
+- ``task_acks_late``: a task is acknowledged after it finishes, not when a worker
+  takes it, so a worker killed mid-task (deploy, OOM, crash) leaves the message to be
+  delivered again. That makes every task run *at least* once, which is only safe
+  because every task of ours is idempotent (tasks take ids, services check state
+  with conditional updates). ``task_reject_on_worker_lost`` requeues rather than
+  acks when the worker process dies, and a prefetch of 1 keeps one slow task from
+  holding others hostage.
+- ``visibility_timeout``: with Redis as broker, an unacknowledged message is handed
+  to another worker after this many seconds. A task scheduled with a countdown or
+  ETA sits unacknowledged until it runs, so the timeout must be longer than any
+  countdown or ETA we use (``MAX_COUNTDOWN_S``), or Redis would deliver it twice.
+- A single-beat guard: Celery's docs warn that two beat processes send every
+  periodic job twice. Each periodic job takes a Redis lock for most of its interval
+  (``@periodic``), so a second beat started by mistake cannot double a run.
+- Time limits: a stuck broker call cannot hold a worker forever.
+"""
+
+import functools
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tradingplatform.settings")
+
+# The longest countdown/ETA any task may be given; the visibility timeout is above it.
+MAX_COUNTDOWN_S = 15 * 60
+VISIBILITY_TIMEOUT_S = 60 * 60
+assert VISIBILITY_TIMEOUT_S > MAX_COUNTDOWN_S
+
+# Every periodic job, in one place. django-celery-beat's database scheduler copies
+# these into its tables at beat start, where staff can see, pause and re-time them.
+PERIODIC_TASKS = {
+    "celery-heartbeat": {"task": "monitoring.tasks.heartbeat", "schedule": 30.0},
+}
+
+app = Celery("tradingplatform")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_time_limit=300,
+    task_soft_time_limit=240,
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+    broker_connection_retry_on_startup=True,
+    beat_schedule=PERIODIC_TASKS,
+    beat_scheduler="django_celery_beat.schedulers:DatabaseScheduler",
+    worker_hijack_root_logger=False,
+)
+app.autodiscover_tasks()
+
+
+def periodic(func):
+    """Run a periodic job at most once per interval, however many beats send it.
+
+    The lock lives for 80% of the job's interval from ``PERIODIC_TASKS``; a second
+    delivery inside that window (a second beat, a redelivery after a crash) is skipped
+    and returns ``"skipped"``. Staff who shorten an interval in admin get skipped runs
+    for the difference, never doubled ones.
+    """
+    name = f"{func.__module__}.{func.__name__}"
+    interval = next((job["schedule"] for job in PERIODIC_TASKS.values() if job["task"] == name), None)
+    if interval is None:
+        raise LookupError(f"{name} is not in PERIODIC_TASKS")
+
+    @functools.wraps(func)
+    def guarded(*args, **kwargs):
+        from tradingplatform import locks
+
+        if not locks.acquire(f"periodic:{name}", ttl_s=float(interval) * 0.8):
+            return "skipped"
+        return func(*args, **kwargs)
+
+    return guarded

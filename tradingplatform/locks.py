@@ -1,0 +1,57 @@
+"""Short-lived locks shared by every process: Redis when configured, else the cache.
+
+``acquire`` returns a token (truthy) when the lock was free, ``None`` when another
+holder has it. Locks always expire, so a holder that crashes cannot block forever.
+"""
+
+import secrets
+import time
+from contextlib import contextmanager
+from functools import cache
+
+from django.conf import settings
+from django.core.cache import cache as django_cache
+
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+@cache
+def redis_client():
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+
+
+def _key(name: str) -> str:
+    return f"{settings.CACHE_KEY_PREFIX}:lock:{name}"
+
+
+def acquire(name: str, *, ttl_s: float) -> str | None:
+    token = secrets.token_hex(8)
+    if settings.REDIS_URL:
+        ok = redis_client().set(_key(name), token, nx=True, px=max(1, int(ttl_s * 1000)))
+    else:
+        ok = django_cache.add(_key(name), token, timeout=max(1, round(ttl_s)))
+    return token if ok else None
+
+
+def release(name: str, token: str) -> None:
+    if settings.REDIS_URL:
+        redis_client().eval(_RELEASE, 1, _key(name), token)
+    elif django_cache.get(_key(name)) == token:
+        django_cache.delete(_key(name))
+
+
+@contextmanager
+def held(name: str, *, ttl_s: float, wait_s: float = 0.0):
+    """Hold the lock for the block; yields False if it could not be taken in ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    token = acquire(name, ttl_s=ttl_s)
+    while token is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        token = acquire(name, ttl_s=ttl_s)
+    try:
+        yield token is not None
+    finally:
+        if token is not None:
+            release(name, token)

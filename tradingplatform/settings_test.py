@@ -1,0 +1,19 @@
+"""Settings for the test suite: the real settings, with what makes tests fast and isolated.
+
+With no environment set this runs on SQLite and in-process fallbacks; with DATABASE_URL
+and REDIS_URL it runs against those servers, each test run under its own key prefix.
+"""
+
+import os
+import uuid
+
+# Local defaults (generated secret and encryption keys under var/) as in a local run.
+os.environ.setdefault("DEBUG", "true")
+os.environ.setdefault("CACHE_KEY_PREFIX", f"test-{uuid.uuid4().hex[:8]}")
+os.environ.setdefault("READYZ_CHECK_CELERY", "false")
+
+from .settings import *  # noqa: E402, F403
+
+# Argon2 is the real hasher (settings.PASSWORD_HASHERS); tests hash many passwords.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405

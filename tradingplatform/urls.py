@@ -1,0 +1,23 @@
+from django.contrib import admin
+from django.contrib.auth.decorators import login_required
+from django.urls import include, path
+
+from accounts import views as account_views
+from monitoring import health
+
+from .api import api
+
+# Every sign-in goes through our throttled, audited login page, the admin's too.
+admin.site.login = login_required(admin.site.login)
+admin.site.site_header = "Trading platform desk"
+
+urlpatterns = [
+    path("", account_views.home, name="home"),
+    path("login/", account_views.login_view, name="login"),
+    path("logout/", account_views.logout_view, name="logout"),
+    path("accounts/", include("accounts.urls")),
+    path("api/v1/", api.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+]
