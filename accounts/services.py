@@ -17,7 +17,7 @@ from django.utils import timezone
 from brokers import registry
 
 from .crypto import EncryptedJSONField, Sealed
-from .models import AuditLog, ApiKey, BrokerAccount, User
+from .models import ApiKey, AuditLog, BrokerAccount, User
 
 logger = logging.getLogger(__name__)
 

@@ -129,7 +129,9 @@ elif _db["ENGINE"] == "django.db.backends.mysql":
     _db.setdefault("OPTIONS", {}).update(
         {
             "charset": "utf8mb4",
-            "init_command": "SET sql_mode='STRICT_TRANS_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO'",
+            "init_command": (
+                "SET sql_mode='STRICT_TRANS_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO'"
+            ),
             "isolation_level": "read committed",
         }
     )
@@ -169,6 +171,8 @@ else:
 
 # --- Celery (see tradingplatform/celery.py for why each reliability setting) --------
 CELERY_BROKER_URL = REDIS_URL or "memory://"
+# Tests run their workers on a queue of their own so they never take a real worker's tasks.
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="celery")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TIMEZONE = "Asia/Kolkata"
 # Whether /readyz pings a Celery worker; on by default wherever a broker exists.

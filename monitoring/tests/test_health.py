@@ -1,0 +1,40 @@
+from unittest import mock
+
+from django.db import connection
+from django.db.utils import OperationalError
+
+
+def test_healthz_answers_ok(client, db):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_readyz_checks_each_dependency(client, db, settings):
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ok"
+    assert body["checks"]["database"]["status"] == "ok"
+    assert body["checks"]["database"]["vendor"] == connection.vendor
+    assert body["checks"]["cache"]["status"] == "ok"
+    if settings.REDIS_URL:
+        assert body["checks"]["redis"]["status"] == "ok"
+        assert body["checks"]["cache"]["backend"] == "RedisCache"
+    else:
+        assert "redis" not in body["checks"]
+
+
+def test_readyz_is_503_naming_the_failed_dependency(client, db):
+    with mock.patch("monitoring.health._database", side_effect=OperationalError("server has gone away")):
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "error"
+    assert body["checks"]["database"]["status"] == "error"
+    assert "gone away" in body["checks"]["database"]["error"]
+    assert body["checks"]["cache"]["status"] == "ok"
+
+
+def test_probes_are_get_only(client, db):
+    assert client.post("/healthz").status_code == 405
+    assert client.post("/readyz").status_code == 405
