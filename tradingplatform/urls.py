@@ -7,7 +7,8 @@ from monitoring import health
 
 from .api import api
 
-# Every sign-in goes through our throttled, audited login page, the admin's too.
+# Every sign-in goes through our throttled, audited login page, the admin's too;
+# the admin's logout is ours as well (below), so it is audited.
 admin.site.login = login_required(admin.site.login)
 admin.site.site_header = "Trading platform desk"
 
@@ -19,5 +20,6 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("admin/logout/", account_views.logout_view),  # audited like every logout
     path("admin/", admin.site.urls),
 ]
