@@ -123,6 +123,11 @@ class AuditLog(models.Model):
         BROKER_ACCOUNT_CHANGED = "broker_account_changed", "Broker account changed"
         BROKER_ACCOUNT_DEACTIVATED = "broker_account_deactivated", "Broker account deactivated"
         BROKER_ACCOUNT_REACTIVATED = "broker_account_reactivated", "Broker account reactivated"
+        BROKER_SESSION_LOGIN = "broker_session_login", "Broker session opened"
+        BROKER_SESSION_REFRESHED = "broker_session_refreshed", "Broker session renewed"
+        BROKER_SESSION_EXPIRED = "broker_session_expired", "Broker session expired"
+        BROKER_SESSION_FAILED = "broker_session_failed", "Broker login failed"
+        BROKER_SESSION_LOGOUT = "broker_session_logout", "Broker session closed"
 
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -12,6 +12,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from brokers import registry
+from brokers.services import session_states
 
 from . import selectors, services
 from .forms import (
@@ -76,8 +77,10 @@ def home(request):
 @login_required
 @require_http_methods(["GET"])
 def broker_list(request):
-    accounts = selectors.broker_accounts_of(request.user)
-    return render(request, "accounts/broker_list.html", {"accounts": accounts})
+    accounts = list(selectors.broker_accounts_of(request.user))
+    states = session_states(accounts)
+    rows = [(account, states[account.pk]) for account in accounts]
+    return render(request, "accounts/broker_list.html", {"rows": rows})
 
 
 @sensitive_post_parameters(*CREDENTIAL_PARAMS)

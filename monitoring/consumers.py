@@ -1,6 +1,12 @@
-"""The per-user websocket: live fragments pushed to ``user.<id>``."""
+"""The per-user websocket: live fragments pushed to ``user.<id>``, and live prices."""
+
+import json
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.template.loader import render_to_string
+
+MARKET_GROUP = "market"
+MAX_PRICE_SUBSCRIPTIONS = 500
 
 
 def user_group(user_id: int) -> str:
@@ -8,10 +14,13 @@ def user_group(user_id: int) -> str:
 
 
 class UserConsumer(AsyncWebsocketConsumer):
-    """Accepts only signed-in users and joins them to their own group, nothing else.
+    """Accepts only signed-in users and joins them to their own group.
 
-    Events sent to the group carry rendered template fragments (``fragment.push``);
-    the htmx ws extension swaps them into the page by their ids.
+    Events sent to the user's group carry rendered template fragments
+    (``fragment.push``); the htmx ws extension swaps them into the page by their ids.
+    A page showing prices sends ``{"subscribe": [instrument ids]}``; the consumer then
+    joins the public ``market`` group (prices are market data, not user data) and
+    forwards the subscribed instruments' price cells from each coalesced tick.
     """
 
     async def connect(self):
@@ -20,16 +29,37 @@ class UserConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401)
             return
         self.group = user_group(user.pk)
+        self.price_ids: set[str] = set()
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(MARKET_GROUP, self.channel_name)
 
     async def receive(self, text_data=None, bytes_data=None):
-        # The page sends nothing we act on; commands go through HTTP with CSRF.
-        return
+        # Commands go through HTTP with CSRF; the socket only takes price subscriptions.
+        try:
+            message = json.loads(text_data or "{}")
+        except ValueError:
+            return
+        ids = message.get("subscribe") if isinstance(message, dict) else None
+        if ids is None:
+            return
+        ids = [ids] if isinstance(ids, str | int) else ids
+        self.price_ids = {str(i) for i in ids if str(i).isdigit()}
+        self.price_ids = set(sorted(self.price_ids)[:MAX_PRICE_SUBSCRIPTIONS])
+        if self.price_ids:
+            await self.channel_layer.group_add(MARKET_GROUP, self.channel_name)
+        else:
+            await self.channel_layer.group_discard(MARKET_GROUP, self.channel_name)
 
     async def fragment_push(self, event):
         await self.send(text_data=event["html"])
+
+    async def prices_tick(self, event):
+        rows = [(pk, price) for pk, price in event["prices"].items() if pk in self.price_ids]
+        if rows:
+            html = render_to_string("brokers/partials/price_push.html", {"rows": rows})
+            await self.send(text_data=html)

@@ -35,6 +35,11 @@ assert VISIBILITY_TIMEOUT_S > MAX_COUNTDOWN_S
 # these into its tables at beat start, where staff can see, pause and re-time them.
 PERIODIC_TASKS = {
     "celery-heartbeat": {"task": "monitoring.tasks.heartbeat", "schedule": 30.0},
+    "paper-market-tick": {
+        "task": "brokers.paper.tasks.market_tick",
+        "schedule": float(os.environ.get("PAPER_TICK_INTERVAL_S", "1")),
+    },
+    "broker-sessions-expire": {"task": "brokers.tasks.sessions_expire", "schedule": 60.0},
 }
 
 app = Celery("tradingplatform")

@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "accounts",
     "brokers",
+    "brokers.paper",
     "monitoring",
 ]
 
@@ -177,6 +178,25 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TIMEZONE = "Asia/Kolkata"
 # Whether /readyz pings a Celery worker; on by default wherever a broker exists.
 READYZ_CHECK_CELERY = env.bool("READYZ_CHECK_CELERY", default=bool(REDIS_URL))
+
+# --- Brokers ----------------------------------------------------------------------
+# How long a live broker session is reused from the cache before the database is asked.
+BROKER_SESSION_CACHE_TTL_S = env.int("BROKER_SESSION_CACHE_TTL_S", default=30)
+# A session this close to expiry shows as "expiring soon" on the accounts page.
+BROKER_SESSION_WARN_S = env.int("BROKER_SESSION_WARN_S", default=3600)
+# Kite Connect: the real endpoints by default; tests and demos point them at the paper face.
+KITE_API_URL = env.str("KITE_API_URL", default="https://api.kite.trade")
+KITE_LOGIN_URL = env.str("KITE_LOGIN_URL", default="https://kite.zerodha.com/connect/login")
+KITE_TIMEOUT_S = env.float("KITE_TIMEOUT_S", default=7.0)
+# After a lost answer to an order placement, wait this long before looking the order up by tag.
+ORDER_LOOKUP_DELAY_S = env.float("ORDER_LOOKUP_DELAY_S", default=0.5)
+# Paper exchange: price feed and its Kite face.
+PAPER_FEED_SEED = env.int("PAPER_FEED_SEED", default=42)
+PAPER_TICK_INTERVAL_S = env.float("PAPER_TICK_INTERVAL_S", default=1.0)
+PAPER_TICK_SIGMA = env.float("PAPER_TICK_SIGMA", default=0.0005)
+PAPER_FACE_URL = env.str("PAPER_FACE_URL", default="http://127.0.0.1:8001")
+# Live prices are pushed at most this often, however fast ticks come.
+PRICE_PUSH_INTERVAL_S = env.float("PRICE_PUSH_INTERVAL_S", default=1.0)
 
 # --- Auth -------------------------------------------------------------------------
 PASSWORD_HASHERS = [

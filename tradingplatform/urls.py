@@ -17,6 +17,7 @@ urlpatterns = [
     path("login/", account_views.login_view, name="login"),
     path("logout/", account_views.logout_view, name="logout"),
     path("accounts/", include("accounts.urls")),
+    path("brokers/", include("brokers.urls")),
     path("api/v1/", api.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

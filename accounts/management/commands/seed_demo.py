@@ -5,10 +5,11 @@ from django.core.management.base import BaseCommand
 
 from accounts import services
 from accounts.models import BrokerAccount, User
+from brokers.services import session_live
 
 
 class Command(BaseCommand):
-    help = "Create (once) a demo trader with a paper broker account, and print the login."
+    help = "Create (once) a demo trader with a connected paper broker account, and print the login."
 
     def add_arguments(self, parser):
         parser.add_argument("--username", default="demo")
@@ -26,8 +27,11 @@ class Command(BaseCommand):
             password_file.touch(mode=0o600)
             password_file.write_text(password)
         password = password_file.read_text().strip()
-        if not BrokerAccount.objects.filter(owner=user).exists():
-            services.broker_account_create(
+        account = BrokerAccount.objects.filter(owner=user, broker="paper").first()
+        if account is None:
+            account = services.broker_account_create(
                 owner=user, broker="paper", client_id=f"PAPER-{username.upper()}", label="Paper", credentials={}
             )
+        # Connected from the start: a paper login is immediate.
+        session_live(account)
         self.stdout.write(f"Demo trader: username {username!s}, password {password}")

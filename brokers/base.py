@@ -1,0 +1,301 @@
+"""The broker contract: what every adapter does, in broker-neutral types.
+
+An adapter (``brokers/paper``, ``brokers/kite``) subclasses ``Broker`` and implements
+each method as its docstring says. Adapters are thin translators: they do not retry,
+rate-limit or refresh sessions; ``brokers.client.AccountBroker`` does that around them,
+the same way for every broker. Prices are ``Decimal``; times are timezone-aware.
+Adapters raise only the errors in ``brokers.errors``.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+BUY, SELL = "BUY", "SELL"
+ORDER_TYPES = ("MARKET", "LIMIT", "SL", "SL-M")
+PRODUCTS = ("CNC", "MIS", "NRML")
+VALIDITIES = ("DAY", "IOC")
+
+
+IST = ZoneInfo("Asia/Kolkata")
+
+
+def next_morning_expiry(now: datetime) -> datetime:
+    """When an Indian broker session ends: 06:00 IST the next morning (Kite's rule)."""
+    local = now.astimezone(IST)
+    six = local.replace(hour=6, minute=0, second=0, microsecond=0)
+    return six if local < six else six + timedelta(days=1)
+
+
+class Status:
+    """Broker-neutral order states (the platform's own, minus NEW and FAILED)."""
+
+    SUBMITTED = "SUBMITTED"  # the broker has it but has not opened it yet
+    OPEN = "OPEN"  # resting, or a stop waiting for its trigger
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+
+    FINAL = (FILLED, CANCELLED, REJECTED)
+
+
+@dataclass(frozen=True)
+class SessionTokens:
+    access_token: str
+    expires_at: datetime
+    refresh_token: str | None = None
+    user_id: str = ""
+
+    def __repr__(self):  # tokens never reach a log line
+        return f"SessionTokens(user_id={self.user_id!r}, expires_at={self.expires_at!r})"
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    exchange: str
+    tradingsymbol: str
+    side: str
+    quantity: int
+    order_type: str
+    product: str
+    tag: str
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+    validity: str = "DAY"
+    variety: str = "regular"
+
+
+@dataclass(frozen=True)
+class OrderChange:
+    quantity: int | None = None
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+    order_type: str | None = None
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    broker_order_id: str
+
+
+@dataclass(frozen=True)
+class BrokerOrder:
+    broker_order_id: str
+    tag: str | None
+    exchange: str
+    tradingsymbol: str
+    side: str
+    order_type: str
+    product: str
+    validity: str
+    quantity: int
+    price: Decimal
+    trigger_price: Decimal
+    status: str
+    filled_quantity: int
+    pending_quantity: int
+    cancelled_quantity: int
+    average_price: Decimal
+    status_message: str | None
+    placed_at: datetime | None
+    updated_at: datetime | None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class BrokerTrade:
+    trade_id: str
+    broker_order_id: str
+    exchange: str
+    tradingsymbol: str
+    side: str
+    product: str
+    quantity: int
+    price: Decimal
+    filled_at: datetime | None
+
+
+@dataclass(frozen=True)
+class BrokerPosition:
+    exchange: str
+    tradingsymbol: str
+    product: str
+    quantity: int
+    average_price: Decimal
+    last_price: Decimal
+    realised: Decimal
+    unrealised: Decimal
+    buy_quantity: int
+    buy_value: Decimal
+    sell_quantity: int
+    sell_value: Decimal
+
+
+@dataclass(frozen=True)
+class Holding:
+    exchange: str
+    tradingsymbol: str
+    quantity: int
+    average_price: Decimal
+    last_price: Decimal
+    close_price: Decimal
+
+
+@dataclass(frozen=True)
+class Quote:
+    exchange: str
+    tradingsymbol: str
+    instrument_token: int
+    last_price: Decimal
+    bid: Decimal | None
+    ask: Decimal | None
+    close: Decimal
+    volume: int
+    timestamp: datetime | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}:{self.tradingsymbol}"
+
+
+@dataclass(frozen=True)
+class Margins:
+    available_cash: Decimal
+    utilised: Decimal
+    net: Decimal
+
+
+@dataclass(frozen=True)
+class InstrumentInfo:
+    instrument_token: int
+    exchange_token: int
+    tradingsymbol: str
+    name: str
+    last_price: Decimal
+    expiry: date | None
+    strike: Decimal
+    tick_size: Decimal
+    lot_size: int
+    instrument_type: str
+    segment: str
+    exchange: str
+
+
+class Broker:
+    """One broker account, optionally with a live session (``access_token``).
+
+    Class attributes describe the broker:
+    - ``code``: the registry code.
+    - ``interactive_login``: True when a new session needs the trader in a browser
+      (``login_url`` + ``complete_login``); False when ``login`` works unattended.
+    - ``rate_limits``: the broker's published limits per call kind (``orders``,
+      ``other``, ``quote``), each a list of (calls, per seconds); the shared rate budget
+      enforces them for every process.
+    - ``max_modifications``: how often one order may be modified.
+    """
+
+    code = ""
+    interactive_login = False
+    rate_limits: dict[str, list[tuple[int, float]]] = {
+        "orders": [(10, 1), (400, 60), (5000, 86400)],
+        "other": [(10, 1)],
+        "quote": [(1, 1)],
+    }
+    max_modifications = 25
+
+    def __init__(self, *, client_id: str, credentials: dict | None = None, access_token: str | None = None):
+        self.client_id = client_id
+        self.credentials = credentials or {}
+        self.access_token = access_token
+
+    # --- Sessions ----------------------------------------------------------------
+    def login(self) -> SessionTokens:
+        """Open a new session unattended. Interactive brokers raise ``AuthError``."""
+        raise NotImplementedError
+
+    def login_url(self, *, state: str) -> str:
+        """Where to send the trader to log in (interactive brokers); ``state`` comes back."""
+        raise NotImplementedError
+
+    def complete_login(self, *, request_token: str) -> SessionTokens:
+        """Exchange the one-time token from the login redirect for a session."""
+        raise NotImplementedError
+
+    def refresh(self, *, refresh_token: str) -> SessionTokens:
+        """Renew a session without the trader; ``AuthError`` when the broker cannot."""
+        raise NotImplementedError
+
+    def validate(self) -> str:
+        """Check the session is alive; returns the broker's user id, or raises ``AuthError``."""
+        raise NotImplementedError
+
+    def logout(self) -> None:
+        """End the session at the broker (idempotent)."""
+        raise NotImplementedError
+
+    # --- Orders ------------------------------------------------------------------
+    def place_order(self, request: OrderRequest) -> PlacedOrder:
+        """Send one order tagged ``request.tag``.
+
+        Raises ``OrderRejected`` when the broker refuses it on the spot, ``InputError``
+        for a malformed request, ``NetworkError`` when the outcome is unknown (the
+        caller must then look the order up by tag, never send it again blindly).
+        """
+        raise NotImplementedError
+
+    def modify_order(self, broker_order_id: str, change: OrderChange) -> None:
+        """Change an open order. ``OrderRejected(MODIFICATION_CAP)`` past the broker's cap."""
+        raise NotImplementedError
+
+    def cancel_order(self, broker_order_id: str) -> None:
+        """Cancel an open order; ``InputError`` when it is no longer open."""
+        raise NotImplementedError
+
+    def orders(self) -> list[BrokerOrder]:
+        """Today's order book, every order in its latest state."""
+        raise NotImplementedError
+
+    def order(self, broker_order_id: str) -> BrokerOrder:
+        """One order's latest state; ``OrderNotFound`` when the broker has no such order."""
+        raise NotImplementedError
+
+    def find_by_tag(self, tag: str) -> BrokerOrder | None:
+        """The order placed with this tag today, or None: resolves an unknown outcome."""
+        matches = [order for order in self.orders() if order.tag == tag]
+        return matches[-1] if matches else None
+
+    def order_trades(self, broker_order_id: str) -> list[BrokerTrade]:
+        """The fills of one order."""
+        raise NotImplementedError
+
+    def trades(self) -> list[BrokerTrade]:
+        """Today's fills, all orders."""
+        raise NotImplementedError
+
+    # --- Portfolio and market data ------------------------------------------------
+    def positions(self) -> list[BrokerPosition]:
+        """Net positions (carried and today's)."""
+        raise NotImplementedError
+
+    def holdings(self) -> list[Holding]:
+        """Delivery holdings."""
+        raise NotImplementedError
+
+    def margins(self) -> Margins:
+        """Funds: available cash, utilised, net."""
+        raise NotImplementedError
+
+    def quote(self, instruments: Iterable[str]) -> dict[str, Quote]:
+        """Quotes keyed ``EXCHANGE:SYMBOL``; unknown instruments are left out."""
+        raise NotImplementedError
+
+    def ltp(self, instruments: Iterable[str]) -> dict[str, Decimal]:
+        """Last prices keyed ``EXCHANGE:SYMBOL``."""
+        return {key: quote.last_price for key, quote in self.quote(instruments).items()}
+
+    def instruments(self, exchange: str | None = None) -> list[InstrumentInfo]:
+        """The broker's instrument list (optionally one exchange)."""
+        raise NotImplementedError

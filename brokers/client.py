@@ -1,0 +1,169 @@
+"""``AccountBroker``: how the platform talks to a broker for one account.
+
+It wraps the account's adapter with what every broker needs the same way:
+- a live session from the session manager, renewed once when a call fails with
+  ``AuthError`` (under the account's login lock);
+- the account's shared rate budget per call kind (orders, quotes, other), waiting for
+  a slot or failing with ``RateLimited`` as the caller chooses;
+- retries with exponential backoff and jitter for transient errors only; and
+- never a blind retry of an order placement whose outcome is unknown: after a timeout
+  the order is looked up by its tag first, and sent again only if the broker does not
+  have it.
+"""
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+from django.conf import settings
+
+from accounts.models import BrokerAccount
+
+from . import ratelimit, services
+from .base import Broker, BrokerOrder, OrderChange, OrderRequest, PlacedOrder, Quote
+from .errors import AuthError, NetworkError, RateLimited
+
+logger = logging.getLogger(__name__)
+
+ORDER_CALLS = "orders"
+QUOTE_CALLS = "quote"
+OTHER_CALLS = "other"
+
+
+def backoff_delay(attempt: int, *, base_s: float = 0.2, cap_s: float = 5.0) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap_s, base_s * (2**attempt)))
+
+
+class AccountBroker:
+    def __init__(
+        self,
+        account: BrokerAccount,
+        *,
+        wait_for_budget: bool = True,
+        budget_timeout_s: float = 10.0,
+        attempts: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.account = account
+        self.wait_for_budget = wait_for_budget
+        self.budget_timeout_s = budget_timeout_s
+        self.attempts = attempts
+        self.sleep = sleep
+        self._session: services.LiveSession | None = None
+        self._adapter: Broker | None = None
+        self.budget_wait_s = 0.0
+
+    # --- plumbing ---------------------------------------------------------------------
+    def _broker(self) -> Broker:
+        if self._adapter is None:
+            self._session = services.session_live(self.account)
+            self._adapter = services.adapter_for(self.account, self._session.access_token)
+        return self._adapter
+
+    def _renew_session(self, error: AuthError) -> None:
+        failed = self._session.session_id if self._session else None
+        self._session = services.session_renew(self.account, failed_session_id=failed, error=str(error))
+        self._adapter = services.adapter_for(self.account, self._session.access_token)
+
+    def _take_budget(self, kind: str) -> None:
+        limits = ratelimit.limits_for(self.account.broker, kind, type(self._broker()).rate_limits)
+        self.budget_wait_s += ratelimit.acquire(
+            self.account.pk,
+            self.account.broker,
+            kind,
+            limits,
+            wait=self.wait_for_budget,
+            timeout_s=self.budget_timeout_s,
+        )
+
+    def _once(self, kind: str, method: str, *args):
+        """One call with the budget taken, renewing the session once on AuthError."""
+        self._take_budget(kind)
+        try:
+            return getattr(self._broker(), method)(*args)
+        except AuthError as error:
+            self._renew_session(error)
+            self._take_budget(kind)
+            return getattr(self._broker(), method)(*args)
+
+    def _read(self, kind: str, method: str, *args):
+        """A call with no side effect: transient errors are retried with backoff."""
+        for attempt in range(self.attempts):
+            try:
+                return self._once(kind, method, *args)
+            except (NetworkError, RateLimited) as error:
+                if attempt == self.attempts - 1:
+                    raise
+                self.sleep(max(backoff_delay(attempt), getattr(error, "retry_after", 0)))
+        raise AssertionError("unreachable")
+
+    # --- orders -----------------------------------------------------------------------
+    def place_order(self, request: OrderRequest) -> PlacedOrder:
+        """Place once. A lost answer is resolved by tag before the order is ever sent again.
+
+        Raises ``NetworkError`` when the outcome stays unknown (the broker cannot be asked);
+        the caller records that and reconciles later by the same tag.
+        """
+        if not request.tag:
+            raise ValueError("an order needs a tag to be placed safely")
+        for attempt in range(self.attempts):
+            try:
+                return self._once(ORDER_CALLS, "place_order", request)
+            except RateLimited as error:
+                # Refused before processing: safe to send again after the wait.
+                if attempt == self.attempts - 1:
+                    raise
+                self.sleep(max(backoff_delay(attempt), error.retry_after))
+            except NetworkError:
+                self.sleep(settings.ORDER_LOOKUP_DELAY_S)
+                found = self.find_by_tag(request.tag)  # raises NetworkError if we cannot ask
+                if found is not None:
+                    logger.info("order %s found by tag after a lost answer", request.tag)
+                    return PlacedOrder(broker_order_id=found.broker_order_id)
+                if attempt == self.attempts - 1:
+                    raise
+                self.sleep(backoff_delay(attempt))
+        raise AssertionError("unreachable")
+
+    def modify_order(self, broker_order_id: str, change: OrderChange) -> None:
+        return self._once(ORDER_CALLS, "modify_order", broker_order_id, change)
+
+    def cancel_order(self, broker_order_id: str) -> None:
+        return self._once(ORDER_CALLS, "cancel_order", broker_order_id)
+
+    # --- reads ------------------------------------------------------------------------
+    def find_by_tag(self, tag: str) -> BrokerOrder | None:
+        return self._read(OTHER_CALLS, "find_by_tag", tag)
+
+    def orders(self):
+        return self._read(OTHER_CALLS, "orders")
+
+    def order(self, broker_order_id: str):
+        return self._read(OTHER_CALLS, "order", broker_order_id)
+
+    def order_trades(self, broker_order_id: str):
+        return self._read(OTHER_CALLS, "order_trades", broker_order_id)
+
+    def trades(self):
+        return self._read(OTHER_CALLS, "trades")
+
+    def positions(self):
+        return self._read(OTHER_CALLS, "positions")
+
+    def holdings(self):
+        return self._read(OTHER_CALLS, "holdings")
+
+    def margins(self):
+        return self._read(OTHER_CALLS, "margins")
+
+    def quote(self, instruments) -> dict[str, Quote]:
+        return self._read(QUOTE_CALLS, "quote", list(instruments))
+
+    def ltp(self, instruments) -> dict[str, Decimal]:
+        return self._read(QUOTE_CALLS, "ltp", list(instruments))
+
+    def instruments(self, exchange: str | None = None):
+        return self._read(OTHER_CALLS, "instruments", exchange)

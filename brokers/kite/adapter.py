@@ -1,0 +1,357 @@
+"""The ``kite`` adapter: Kite Connect v3 over ``requests``.
+
+One pooled ``requests.Session`` per account, a timeout on every call,
+``X-Kite-Version: 3`` and ``Authorization: token api_key:access_token``. Kite's error
+types map onto ours (TokenException -> AuthError, 429 -> RateLimited, 5xx and
+NetworkException -> BrokerUnavailable, a timeout -> NetworkError, order refusals ->
+OrderRejected). The base URL is ``settings.KITE_API_URL``: Kite itself by default, the
+paper exchange's Kite face in tests and demos.
+"""
+
+import csv
+import hashlib
+import io
+import threading
+from datetime import date, datetime
+from decimal import Decimal
+from urllib.parse import quote as urlquote
+from urllib.parse import urlencode
+
+import requests
+from django.conf import settings
+from django.utils import timezone
+
+from brokers import base
+from brokers.base import IST, Status
+from brokers.errors import (
+    AuthError,
+    BrokerUnavailable,
+    InputError,
+    NetworkError,
+    OrderNotFound,
+    OrderRejected,
+    RateLimited,
+    classify_rejection,
+)
+
+_sessions: dict[tuple[str, str], requests.Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def http_session(api_key: str, client_id: str) -> requests.Session:
+    """The pooled HTTP session of one account, shared by every adapter instance for it."""
+    key = (api_key, client_id)
+    with _sessions_lock:
+        if key not in _sessions:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=10, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers.update({"X-Kite-Version": "3", "User-Agent": "tradingplatform/1"})
+            _sessions[key] = session
+        return _sessions[key]
+
+
+def parse_time(value) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=IST)
+
+
+def decimal(value) -> Decimal:
+    return Decimal(str(value if value is not None else 0))
+
+
+def order_status(data: dict) -> str:
+    status = (data.get("status") or "").upper()
+    filled = int(data.get("filled_quantity") or 0)
+    if status == "COMPLETE":
+        return Status.FILLED
+    if status.startswith("CANCELLED"):
+        return Status.CANCELLED
+    if status == "REJECTED":
+        return Status.REJECTED
+    if status in ("OPEN", "TRIGGER PENDING", "MODIFIED", "AMO REQ RECEIVED"):
+        return Status.PARTIALLY_FILLED if filled else Status.OPEN
+    return Status.PARTIALLY_FILLED if filled else Status.SUBMITTED
+
+
+def to_order(data: dict) -> base.BrokerOrder:
+    return base.BrokerOrder(
+        broker_order_id=str(data["order_id"]),
+        tag=data.get("tag"),
+        exchange=data.get("exchange", ""),
+        tradingsymbol=data.get("tradingsymbol", ""),
+        side=data.get("transaction_type", ""),
+        order_type=data.get("order_type", ""),
+        product=data.get("product", ""),
+        validity=data.get("validity", "DAY"),
+        quantity=int(data.get("quantity") or 0),
+        price=decimal(data.get("price")),
+        trigger_price=decimal(data.get("trigger_price")),
+        status=order_status(data),
+        filled_quantity=int(data.get("filled_quantity") or 0),
+        pending_quantity=int(data.get("pending_quantity") or 0),
+        cancelled_quantity=int(data.get("cancelled_quantity") or 0),
+        average_price=decimal(data.get("average_price")),
+        status_message=data.get("status_message"),
+        placed_at=parse_time(data.get("order_timestamp")),
+        updated_at=parse_time(data.get("exchange_update_timestamp") or data.get("order_timestamp")),
+        raw=data,
+    )
+
+
+def to_trade(data: dict) -> base.BrokerTrade:
+    return base.BrokerTrade(
+        trade_id=str(data["trade_id"]),
+        broker_order_id=str(data["order_id"]),
+        exchange=data["exchange"],
+        tradingsymbol=data["tradingsymbol"],
+        side=data["transaction_type"],
+        product=data.get("product", ""),
+        quantity=int(data["quantity"]),
+        price=decimal(data.get("average_price")),
+        filled_at=parse_time(data.get("fill_timestamp") or data.get("exchange_timestamp")),
+    )
+
+
+class KiteBroker(base.Broker):
+    code = "kite"
+    interactive_login = True
+
+    @property
+    def api_key(self) -> str:
+        return self.credentials.get("api_key", "")
+
+    def _http(self) -> requests.Session:
+        return http_session(self.api_key, self.client_id)
+
+    def _request(self, method: str, path: str, *, params=None, data=None, order_call: bool = False, raw=False):
+        headers = {}
+        if self.access_token:
+            headers["Authorization"] = f"token {self.api_key}:{self.access_token}"
+        try:
+            response = self._http().request(
+                method,
+                settings.KITE_API_URL.rstrip("/") + path,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=settings.KITE_TIMEOUT_S,
+            )
+        except requests.Timeout as exc:
+            raise NetworkError(f"Kite did not answer within {settings.KITE_TIMEOUT_S}s") from exc
+        except requests.ConnectionError as exc:
+            raise NetworkError("Could not reach Kite") from exc
+        if response.status_code == 429:
+            raise RateLimited("Kite: too many requests", retry_after=float(response.headers.get("Retry-After", 1)))
+        content_type = response.headers.get("Content-Type", "")
+        if raw and response.ok and "csv" in content_type:
+            return response.text
+        try:
+            body = response.json()
+        except ValueError:
+            if response.status_code >= 500:
+                raise BrokerUnavailable(f"Kite answered {response.status_code}") from None
+            raise InputError(f"Kite answered {response.status_code} without JSON") from None
+        if body.get("status") == "error" or body.get("error_type"):
+            self._raise(response.status_code, body, order_call=order_call)
+        if response.status_code >= 500:
+            raise BrokerUnavailable(f"Kite answered {response.status_code}")
+        return body.get("data")
+
+    @staticmethod
+    def _raise(status: int, body: dict, *, order_call: bool):
+        error_type = body.get("error_type") or "GeneralException"
+        message = body.get("message") or error_type
+        if error_type == "TokenException":
+            raise AuthError(message)
+        if status >= 500 or error_type in ("NetworkException", "DataException"):
+            raise BrokerUnavailable(message)
+        if "find that `order_id`" in message or "order not found" in message.lower():
+            raise OrderNotFound(message)
+        kind = classify_rejection(message)
+        if order_call and (error_type == "OrderException" or kind not in ("other", "input")):
+            raise OrderRejected(kind, message)
+        raise InputError(message)
+
+    # --- Sessions ----------------------------------------------------------------
+    def login(self) -> base.SessionTokens:
+        raise AuthError("Kite needs the trader to log in on Kite's page (Connect on the accounts page).")
+
+    def refresh(self, *, refresh_token: str) -> base.SessionTokens:
+        raise AuthError("Kite sessions cannot be renewed without the trader; reconnect.")
+
+    def login_url(self, *, state: str) -> str:
+        redirect_params = urlencode({"state": state})
+        return f"{settings.KITE_LOGIN_URL}?{urlencode({'api_key': self.api_key, 'v': '3'})}&redirect_params={urlquote(redirect_params)}"
+
+    def complete_login(self, *, request_token: str) -> base.SessionTokens:
+        secret = self.credentials.get("api_secret", "")
+        checksum = hashlib.sha256(f"{self.api_key}{request_token}{secret}".encode()).hexdigest()
+        data = self._request(
+            "POST", "/session/token", data={"api_key": self.api_key, "request_token": request_token, "checksum": checksum}
+        )
+        self.access_token = data["access_token"]
+        return base.SessionTokens(
+            access_token=data["access_token"],
+            refresh_token=data.get("refresh_token") or None,
+            expires_at=base.next_morning_expiry(timezone.now()),
+            user_id=data.get("user_id", ""),
+        )
+
+    def validate(self) -> str:
+        return self._request("GET", "/user/profile")["user_id"]
+
+    def logout(self) -> None:
+        if self.access_token:
+            self._request("DELETE", "/session/token", params={"api_key": self.api_key, "access_token": self.access_token})
+
+    # --- Orders ------------------------------------------------------------------
+    def place_order(self, request: base.OrderRequest) -> base.PlacedOrder:
+        data = {
+            "exchange": request.exchange,
+            "tradingsymbol": request.tradingsymbol,
+            "transaction_type": request.side,
+            "quantity": request.quantity,
+            "product": request.product,
+            "order_type": request.order_type,
+            "validity": request.validity,
+            "tag": request.tag,
+        }
+        if request.price is not None:
+            data["price"] = str(request.price)
+        if request.trigger_price is not None:
+            data["trigger_price"] = str(request.trigger_price)
+        result = self._request("POST", f"/orders/{request.variety}", data=data, order_call=True)
+        return base.PlacedOrder(broker_order_id=str(result["order_id"]))
+
+    def modify_order(self, broker_order_id: str, change: base.OrderChange) -> None:
+        data = {
+            name: str(value)
+            for name, value in (
+                ("quantity", change.quantity),
+                ("price", change.price),
+                ("trigger_price", change.trigger_price),
+                ("order_type", change.order_type),
+            )
+            if value is not None
+        }
+        self._request("PUT", f"/orders/regular/{broker_order_id}", data=data, order_call=True)
+
+    def cancel_order(self, broker_order_id: str) -> None:
+        self._request("DELETE", f"/orders/regular/{broker_order_id}")
+
+    def orders(self) -> list[base.BrokerOrder]:
+        return [to_order(row) for row in self._request("GET", "/orders")]
+
+    def order(self, broker_order_id: str) -> base.BrokerOrder:
+        history = self._request("GET", f"/orders/{broker_order_id}")
+        if not history:
+            raise OrderNotFound(f"Kite has no order {broker_order_id}")
+        return to_order(history[-1])
+
+    def order_trades(self, broker_order_id: str) -> list[base.BrokerTrade]:
+        return [to_trade(row) for row in self._request("GET", f"/orders/{broker_order_id}/trades")]
+
+    def trades(self) -> list[base.BrokerTrade]:
+        return [to_trade(row) for row in self._request("GET", "/trades")]
+
+    # --- Portfolio and market data ------------------------------------------------
+    def positions(self) -> list[base.BrokerPosition]:
+        return [
+            base.BrokerPosition(
+                exchange=row["exchange"],
+                tradingsymbol=row["tradingsymbol"],
+                product=row["product"],
+                quantity=int(row["quantity"]),
+                average_price=decimal(row["average_price"]),
+                last_price=decimal(row["last_price"]),
+                realised=decimal(row.get("realised")),
+                unrealised=decimal(row.get("unrealised")),
+                buy_quantity=int(row.get("buy_quantity") or 0),
+                buy_value=decimal(row.get("buy_value")),
+                sell_quantity=int(row.get("sell_quantity") or 0),
+                sell_value=decimal(row.get("sell_value")),
+            )
+            for row in self._request("GET", "/portfolio/positions")["net"]
+        ]
+
+    def holdings(self) -> list[base.Holding]:
+        return [
+            base.Holding(
+                exchange=row["exchange"],
+                tradingsymbol=row["tradingsymbol"],
+                quantity=int(row["quantity"]),
+                average_price=decimal(row["average_price"]),
+                last_price=decimal(row["last_price"]),
+                close_price=decimal(row.get("close_price")),
+            )
+            for row in self._request("GET", "/portfolio/holdings")
+        ]
+
+    def margins(self) -> base.Margins:
+        equity = self._request("GET", "/user/margins/equity")
+        return base.Margins(
+            available_cash=decimal(equity["net"]),
+            utilised=decimal(equity["utilised"]["debits"]),
+            net=decimal(equity["available"]["cash"]),
+        )
+
+    def quote(self, instruments) -> dict[str, base.Quote]:
+        keys = list(instruments)
+        if not keys:
+            return {}
+        data = self._request("GET", "/quote", params=[("i", key) for key in keys])
+        quotes = {}
+        for key, row in data.items():
+            exchange, _, symbol = key.partition(":")
+            depth = row.get("depth") or {}
+            best_bid = (depth.get("buy") or [{}])[0].get("price")
+            best_ask = (depth.get("sell") or [{}])[0].get("price")
+            quotes[key] = base.Quote(
+                exchange=exchange,
+                tradingsymbol=symbol,
+                instrument_token=int(row["instrument_token"]),
+                last_price=decimal(row["last_price"]),
+                bid=decimal(best_bid) if best_bid else None,
+                ask=decimal(best_ask) if best_ask else None,
+                close=decimal((row.get("ohlc") or {}).get("close")),
+                volume=int(row.get("volume") or 0),
+                timestamp=parse_time(row.get("timestamp")),
+            )
+        return quotes
+
+    def ltp(self, instruments) -> dict[str, Decimal]:
+        keys = list(instruments)
+        if not keys:
+            return {}
+        data = self._request("GET", "/quote/ltp", params=[("i", key) for key in keys])
+        return {key: decimal(row["last_price"]) for key, row in data.items()}
+
+    def instruments(self, exchange: str | None = None) -> list[base.InstrumentInfo]:
+        text = self._request("GET", f"/instruments/{exchange}" if exchange else "/instruments", raw=True)
+        return parse_instruments_csv(text)
+
+
+def parse_instruments_csv(text: str) -> list[base.InstrumentInfo]:
+    """Kite's instrument dump (CSV) as broker-neutral rows."""
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rows.append(
+            base.InstrumentInfo(
+                instrument_token=int(row["instrument_token"]),
+                exchange_token=int(row["exchange_token"] or 0),
+                tradingsymbol=row["tradingsymbol"],
+                name=row["name"],
+                last_price=decimal(row["last_price"] or 0),
+                expiry=date.fromisoformat(row["expiry"]) if row["expiry"] else None,
+                strike=decimal(row["strike"] or 0),
+                tick_size=decimal(row["tick_size"]),
+                lot_size=int(row["lot_size"]),
+                instrument_type=row["instrument_type"],
+                segment=row["segment"],
+                exchange=row["exchange"],
+            )
+        )
+    return rows

@@ -1,0 +1,321 @@
+"""The ``paper`` adapter: the platform's view of the paper exchange, called in-process.
+
+It is the embedded default broker. It sees the exchange exactly as a real broker would
+be seen: through sessions, orders, fills and quotes, with the client's fault knobs
+applied to every call. The ``kite`` adapter pointed at the exchange's Kite face
+exercises the same exchange over the real wire format.
+"""
+
+import functools
+from decimal import Decimal
+
+from brokers import base
+from brokers.base import Status
+from brokers.errors import (
+    AuthError,
+    BrokerUnavailable,
+    InputError,
+    NetworkError,
+    OrderNotFound,
+    OrderRejected,
+    RateLimited,
+    RejectKind,
+    classify_rejection,
+)
+
+from . import engine
+from .models import PaperOrder
+
+REJECTION_KINDS = {
+    "tick_size": RejectKind.TICK_SIZE,
+    "lot_size": RejectKind.LOT_SIZE,
+    "instrument": RejectKind.INSTRUMENT,
+    "price_band": RejectKind.PRICE_BAND,
+    "modification_cap": RejectKind.MODIFICATION_CAP,
+}
+
+
+def translate_errors(*, order_call: bool = False):
+    """Exchange errors -> broker errors. For order calls, refusals become ``OrderRejected``."""
+
+    def decorator(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except engine.TokenException as error:
+                raise AuthError(error.message) from error
+            except engine.RateLimitExceeded as error:
+                raise RateLimited(error.message, retry_after=1.0) from error
+            except engine.AnswerLost as error:
+                raise NetworkError(error.message) from error
+            except engine.ServerError as error:
+                raise BrokerUnavailable(error.message) from error
+            except engine.InputException as error:
+                if "find that `order_id`" in error.message:
+                    raise OrderNotFound(error.message) from error
+                if order_call and error.kind in REJECTION_KINDS:
+                    raise OrderRejected(REJECTION_KINDS[error.kind], error.message) from error
+                raise InputError(error.message) from error
+
+        return wrapper
+
+    return decorator
+
+
+def broker_status(order: PaperOrder) -> str:
+    if order.status == PaperOrder.Status.COMPLETE:
+        return Status.FILLED
+    if order.status == PaperOrder.Status.CANCELLED:
+        return Status.CANCELLED
+    if order.status == PaperOrder.Status.REJECTED:
+        return Status.REJECTED
+    return Status.PARTIALLY_FILLED if order.filled_quantity else Status.OPEN
+
+
+def to_broker_order(order: PaperOrder) -> base.BrokerOrder:
+    return base.BrokerOrder(
+        broker_order_id=order.order_id,
+        tag=order.tag or None,
+        exchange=order.instrument.exchange,
+        tradingsymbol=order.instrument.tradingsymbol,
+        side=order.transaction_type,
+        order_type=order.order_type,
+        product=order.product,
+        validity=order.validity,
+        quantity=order.quantity,
+        price=order.price,
+        trigger_price=order.trigger_price,
+        status=broker_status(order),
+        filled_quantity=order.filled_quantity,
+        pending_quantity=order.pending_quantity,
+        cancelled_quantity=order.cancelled_quantity,
+        average_price=Decimal(order.average_price).quantize(Decimal("0.0001")),
+        status_message=order.status_message or None,
+        placed_at=order.placed_at,
+        updated_at=order.updated_at,
+    )
+
+
+def to_broker_trade(trade) -> base.BrokerTrade:
+    return base.BrokerTrade(
+        trade_id=trade.trade_id,
+        broker_order_id=trade.order.order_id,
+        exchange=trade.instrument.exchange,
+        tradingsymbol=trade.instrument.tradingsymbol,
+        side=trade.transaction_type,
+        product=trade.product,
+        quantity=trade.quantity,
+        price=trade.price,
+        filled_at=trade.filled_at,
+    )
+
+
+def to_quote(instrument) -> base.Quote:
+    return base.Quote(
+        exchange=instrument.exchange,
+        tradingsymbol=instrument.tradingsymbol,
+        instrument_token=instrument.instrument_token,
+        last_price=instrument.last_price,
+        bid=instrument.bid,
+        ask=instrument.ask,
+        close=instrument.previous_close,
+        volume=instrument.volume,
+        timestamp=instrument.updated_at,
+    )
+
+
+class PaperBroker(base.Broker):
+    code = "paper"
+    interactive_login = False
+
+    def _client(self, *, write: bool = False):
+        """The client behind this session, after the fault knobs (latency, 429, 5xx, lost answers)."""
+        if not self.access_token:
+            raise engine.TokenException("No session: log in first.")
+        client = engine.client_for_access_token(api_key=None, access_token=self.access_token)
+        return client, engine.faults_before(client, write=write)
+
+    # --- Sessions ----------------------------------------------------------------
+    @translate_errors()
+    def login(self) -> base.SessionTokens:
+        client = engine.client_get_or_create(user_id=self.client_id)
+        token, expires_at = engine.session_open(client=client)
+        self.access_token = token
+        return base.SessionTokens(access_token=token, expires_at=expires_at, user_id=client.user_id)
+
+    def refresh(self, *, refresh_token: str) -> base.SessionTokens:
+        return self.login()
+
+    @translate_errors()
+    def validate(self) -> str:
+        client, faults = self._client()
+        faults.after()
+        return client.user_id
+
+    @translate_errors()
+    def logout(self) -> None:
+        if self.access_token:
+            engine.session_close(access_token=self.access_token)
+
+    # --- Orders ------------------------------------------------------------------
+    @translate_errors(order_call=True)
+    def place_order(self, request: base.OrderRequest) -> base.PlacedOrder:
+        client, faults = self._client(write=True)
+        order = engine.order_place(
+            client=client,
+            exchange=request.exchange,
+            tradingsymbol=request.tradingsymbol,
+            transaction_type=request.side,
+            order_type=request.order_type,
+            quantity=request.quantity,
+            product=request.product,
+            price=request.price,
+            trigger_price=request.trigger_price,
+            validity=request.validity,
+            tag=request.tag,
+            variety=request.variety,
+        )
+        faults.after()
+        if order.status == PaperOrder.Status.REJECTED:
+            raise OrderRejected(
+                classify_rejection(order.status_message), order.status_message, broker_order_id=order.order_id
+            )
+        return base.PlacedOrder(broker_order_id=order.order_id)
+
+    @translate_errors(order_call=True)
+    def modify_order(self, broker_order_id: str, change: base.OrderChange) -> None:
+        client, faults = self._client(write=True)
+        engine.order_modify(
+            client=client,
+            order_id=broker_order_id,
+            quantity=change.quantity,
+            price=change.price,
+            trigger_price=change.trigger_price,
+            order_type=change.order_type,
+        )
+        faults.after()
+
+    @translate_errors()
+    def cancel_order(self, broker_order_id: str) -> None:
+        client, faults = self._client(write=True)
+        engine.order_cancel(client=client, order_id=broker_order_id)
+        faults.after()
+
+    @translate_errors()
+    def orders(self) -> list[base.BrokerOrder]:
+        client, faults = self._client()
+        result = [to_broker_order(order) for order in engine.orders_of(client)]
+        faults.after()
+        return result
+
+    @translate_errors()
+    def order(self, broker_order_id: str) -> base.BrokerOrder:
+        client, faults = self._client()
+        result = to_broker_order(engine.order_of(client, broker_order_id))
+        faults.after()
+        return result
+
+    @translate_errors()
+    def find_by_tag(self, tag: str) -> base.BrokerOrder | None:
+        client, faults = self._client()
+        order = engine.orders_of(client).filter(tag=tag).last()
+        faults.after()
+        return to_broker_order(order) if order else None
+
+    @translate_errors()
+    def order_trades(self, broker_order_id: str) -> list[base.BrokerTrade]:
+        client, faults = self._client()
+        engine.order_of(client, broker_order_id)
+        result = [to_broker_trade(trade) for trade in engine.trades_of(client, broker_order_id)]
+        faults.after()
+        return result
+
+    @translate_errors()
+    def trades(self) -> list[base.BrokerTrade]:
+        client, faults = self._client()
+        result = [to_broker_trade(trade) for trade in engine.trades_of(client)]
+        faults.after()
+        return result
+
+    # --- Portfolio and market data ------------------------------------------------
+    @translate_errors()
+    def positions(self) -> list[base.BrokerPosition]:
+        client, faults = self._client()
+        result = [
+            base.BrokerPosition(
+                exchange=row.instrument.exchange,
+                tradingsymbol=row.instrument.tradingsymbol,
+                product=row.product,
+                quantity=row.quantity,
+                average_price=row.average_price,
+                last_price=row.instrument.last_price,
+                realised=row.realised,
+                unrealised=row.unrealised,
+                buy_quantity=row.buy_quantity,
+                buy_value=row.buy_value,
+                sell_quantity=row.sell_quantity,
+                sell_value=row.sell_value,
+            )
+            for row in engine.positions_of(client)
+        ]
+        faults.after()
+        return result
+
+    @translate_errors()
+    def holdings(self) -> list[base.Holding]:
+        client, faults = self._client()
+        result = [
+            base.Holding(
+                exchange=instrument.exchange,
+                tradingsymbol=instrument.tradingsymbol,
+                quantity=quantity,
+                average_price=average,
+                last_price=instrument.last_price,
+                close_price=instrument.previous_close,
+            )
+            for instrument, quantity, average in engine.holdings_of(client)
+        ]
+        faults.after()
+        return result
+
+    @translate_errors()
+    def margins(self) -> base.Margins:
+        client, faults = self._client()
+        funds = engine.margins_of(client)
+        faults.after()
+        return base.Margins(
+            available_cash=funds["cash"] - funds["blocked"], utilised=funds["blocked"], net=funds["cash"]
+        )
+
+    @translate_errors()
+    def quote(self, instruments) -> dict[str, base.Quote]:
+        client, faults = self._client()
+        result = {key: to_quote(i) for key, i in engine.instruments_by_keys(instruments).items()}
+        faults.after()
+        return result
+
+    @translate_errors()
+    def instruments(self, exchange: str | None = None) -> list[base.InstrumentInfo]:
+        from .models import PaperInstrument
+
+        rows = PaperInstrument.objects.all()
+        if exchange:
+            rows = rows.filter(exchange=exchange)
+        return [
+            base.InstrumentInfo(
+                instrument_token=i.instrument_token,
+                exchange_token=i.exchange_token,
+                tradingsymbol=i.tradingsymbol,
+                name=i.name,
+                last_price=i.last_price,
+                expiry=i.expiry,
+                strike=i.strike,
+                tick_size=i.tick_size,
+                lot_size=i.lot_size,
+                instrument_type=i.instrument_type,
+                segment=i.segment,
+                exchange=i.exchange,
+            )
+            for i in rows
+        ]

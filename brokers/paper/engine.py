@@ -1,0 +1,816 @@
+"""The paper exchange: sessions, orders, fills, funds, the price feed and fault knobs.
+
+It behaves like a broker: orders are validated (lot, tick, price band, funds), MARKET
+orders fill at the touch, LIMIT orders that cross on arrival fill at the better price,
+resting LIMIT orders fill at their own price when a tick crosses them (price-time
+priority, up to the tick's volume, so partial fills happen), SL / SL-M orders wait for
+their trigger and then become LIMIT / MARKET. The matching itself is the in-memory
+``OrderBook``; this module loads live orders into it for each tick and writes the
+fills back, so every process (web, workers, the Kite face) sees one exchange.
+
+Errors are the exchange's own (Kite's error types); the adapters translate them.
+"""
+
+import hashlib
+import math
+import random
+import secrets
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.conf import settings
+from django.contrib.auth.hashers import check_password
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from brokers.base import IST, next_morning_expiry
+
+from .book import BUY, SELL, OrderBook
+from .models import PaperClient, PaperFeedState, PaperInstrument, PaperOrder, PaperToken, PaperTrade
+
+PRICE_BAND = Decimal("0.20")
+MAX_MODIFICATIONS = 25
+Status = PaperOrder.Status
+
+
+# --- Errors (Kite's error types) ---------------------------------------------------------
+
+
+class ExchangeError(Exception):
+    error_type = "GeneralException"
+    http_status = 500
+    kind = "broker_error"
+
+    def __init__(self, message: str, *, kind: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if kind:
+            self.kind = kind
+
+
+class InputException(ExchangeError):
+    error_type = "InputException"
+    http_status = 400
+    kind = "input"
+
+
+class TokenException(ExchangeError):
+    error_type = "TokenException"
+    http_status = 403
+
+
+class RateLimitExceeded(ExchangeError):
+    error_type = "NetworkException"
+    http_status = 429
+    kind = "rate_limit"
+
+
+class ServerError(ExchangeError):
+    error_type = "NetworkException"
+    http_status = 503
+
+
+class AnswerLost(ExchangeError):
+    """The exchange did the work but the answer never reaches the caller (a timeout)."""
+
+    error_type = "NetworkException"
+    http_status = 504
+
+
+# --- Helpers --------------------------------------------------------------------------------
+
+
+def to_paise(price: Decimal) -> int:
+    return int((Decimal(price) * 100).to_integral_value(ROUND_HALF_UP))
+
+
+def from_paise(paise: int) -> Decimal:
+    return (Decimal(paise) / 100).quantize(Decimal("0.01"))
+
+
+def round_to_tick(price: Decimal, tick: Decimal) -> Decimal:
+    return ((price / tick).to_integral_value(ROUND_HALF_UP) * tick).quantize(Decimal("0.01"))
+
+
+def is_multiple(value: Decimal, step: Decimal) -> bool:
+    return (Decimal(value) % Decimal(step)) == 0
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _new_order_id(now: datetime) -> str:
+    return f"{now.astimezone(IST):%y%m%d}{secrets.randbelow(10**9):09d}"
+
+
+def instrument_key(instrument) -> str:
+    return f"{instrument.exchange}:{instrument.tradingsymbol}"
+
+
+# --- Fault knobs ---------------------------------------------------------------------------
+
+
+@dataclass
+class CallFaults:
+    lose_answer: bool = False
+
+    def after(self) -> None:
+        """Call once the work is done: a lost answer raises only now, like a real timeout."""
+        if self.lose_answer:
+            raise AnswerLost("Gateway timed out; the request may have been processed.")
+
+
+def faults_before(client: PaperClient, *, write: bool = False, rng: random.Random | None = None) -> CallFaults:
+    """Apply the client's knobs at the start of a call (latency, 429, 5xx).
+
+    For a write (place, modify, cancel) also decide whether its answer will be lost.
+    """
+    rng = rng or random
+    if client.latency_ms:
+        time.sleep(client.latency_ms / 1000)
+    if client.rate_limit_per_s:
+        window = f"paper:rate:{client.pk}:{int(time.time())}"
+        cache.add(window, 0, timeout=5)
+        try:
+            calls = cache.incr(window)
+        except ValueError:
+            calls = 1
+        if calls > client.rate_limit_per_s:
+            raise RateLimitExceeded("Too many requests")
+    if client.error_rate and rng.random() < client.error_rate:
+        raise ServerError("Service unavailable (error_rate knob)")
+    return CallFaults(lose_answer=bool(write and client.timeout_rate and rng.random() < client.timeout_rate))
+
+
+# --- Clients and sessions -------------------------------------------------------------------
+
+
+def client_get_or_create(*, user_id: str) -> PaperClient:
+    client, _ = PaperClient.objects.get_or_create(user_id=user_id, defaults={"name": user_id})
+    return client
+
+
+def _issue(client: PaperClient, kind: str, expires_at: datetime) -> str:
+    raw = secrets.token_urlsafe(24)
+    PaperToken.objects.create(client=client, kind=kind, token_hash=_hash(raw), expires_at=expires_at)
+    return raw
+
+
+def session_open(*, client: PaperClient) -> tuple[str, datetime]:
+    """A new access token for a client (the in-process adapter's unattended login)."""
+    now = timezone.now()
+    expires = now + timedelta(seconds=client.session_ttl_s) if client.session_ttl_s else next_morning_expiry(now)
+    return _issue(client, PaperToken.Kind.ACCESS, expires), expires
+
+
+def login_with_password(*, api_key: str, user_id: str, password: str) -> tuple[PaperClient, str]:
+    """The Kite-style login page: check the client's password, issue a one-time request token."""
+    client = PaperClient.objects.filter(api_key=api_key).first()
+    if client is None:
+        raise InputException("Invalid `api_key`.")
+    if client.user_id != user_id or not client.password or not check_password(password, client.password):
+        raise TokenException("Invalid user id or password.")
+    return client, _issue(client, PaperToken.Kind.REQUEST, timezone.now() + timedelta(minutes=5))
+
+
+def session_from_request_token(*, api_key: str, request_token: str, checksum: str) -> tuple[PaperClient, str, datetime]:
+    """Kite's /session/token: checksum = SHA-256(api_key + request_token + api_secret); one use only."""
+    client = PaperClient.objects.filter(api_key=api_key).first()
+    if client is None:
+        raise InputException("Invalid `api_key`.")
+    expected = hashlib.sha256(f"{api_key}{request_token}{client.api_secret}".encode()).hexdigest()
+    if not secrets.compare_digest(expected, checksum or ""):
+        raise TokenException("Invalid `checksum`.")
+    now = timezone.now()
+    used = PaperToken.objects.filter(
+        client=client,
+        kind=PaperToken.Kind.REQUEST,
+        token_hash=_hash(request_token),
+        used_at__isnull=True,
+        expires_at__gt=now,
+    ).update(used_at=now)
+    if not used:
+        raise TokenException("Token is invalid or has expired.")
+    token, expires = session_open(client=client)
+    return client, token, expires
+
+
+def client_for_access_token(*, api_key: str | None, access_token: str) -> PaperClient:
+    """The client a live access token belongs to, or TokenException."""
+    now = timezone.now()
+    token = (
+        PaperToken.objects.select_related("client")
+        .filter(kind=PaperToken.Kind.ACCESS, token_hash=_hash(access_token or ""), revoked_at__isnull=True)
+        .first()
+    )
+    if token is None or token.expires_at <= now or (api_key is not None and token.client.api_key != api_key):
+        raise TokenException("Incorrect `api_key` or `access_token`.")
+    return token.client
+
+
+def session_close(*, access_token: str) -> None:
+    PaperToken.objects.filter(token_hash=_hash(access_token), revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def session_expire_now(*, client: PaperClient) -> int:
+    """Tests and demos: end every live session of a client as if it had expired."""
+    return PaperToken.objects.filter(client=client, kind=PaperToken.Kind.ACCESS, revoked_at__isnull=True).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+# --- Instruments and quotes -----------------------------------------------------------------
+
+
+def instrument_lookup(exchange: str, tradingsymbol: str) -> PaperInstrument:
+    instrument = PaperInstrument.objects.filter(exchange=exchange, tradingsymbol=tradingsymbol).first()
+    if instrument is None:
+        raise InputException(f"Invalid `tradingsymbol` {exchange}:{tradingsymbol}.", kind="instrument")
+    return instrument
+
+
+def instruments_by_keys(keys) -> dict[str, PaperInstrument]:
+    wanted = defaultdict(list)
+    for key in keys:
+        exchange, _, symbol = str(key).partition(":")
+        if symbol:
+            wanted[exchange].append(symbol)
+    query = Q(pk__in=[])
+    for exchange, symbols in wanted.items():
+        query |= Q(exchange=exchange, tradingsymbol__in=symbols)
+    return {instrument_key(i): i for i in PaperInstrument.objects.filter(query)}
+
+
+# --- Orders -------------------------------------------------------------------------------
+
+
+def _blocked_funds(client: PaperClient) -> Decimal:
+    """Cash set aside for open BUY orders (their unfilled quantity at their price)."""
+    blocked = Decimal(0)
+    live = PaperOrder.objects.filter(client=client, transaction_type=BUY, status__in=PaperOrder.LIVE)
+    for order in live.select_related("instrument").only(
+        "quantity", "filled_quantity", "price", "trigger_price", "order_type", "instrument__ask"
+    ):
+        blocked += (order.quantity - order.filled_quantity) * _reference_price(order)
+    return blocked
+
+
+def _reference_price(order) -> Decimal:
+    if order.order_type in ("LIMIT", "SL"):
+        return order.price
+    if order.order_type == "SL-M":
+        return order.trigger_price
+    return order.instrument.ask
+
+
+def _validate(instrument: PaperInstrument, *, side, order_type, product, validity, quantity, price, trigger_price):
+    if side not in (BUY, SELL):
+        raise InputException("Invalid `transaction_type`.")
+    if order_type not in ("MARKET", "LIMIT", "SL", "SL-M"):
+        raise InputException("Invalid `order_type`.")
+    if product not in ("CNC", "MIS", "NRML"):
+        raise InputException("Invalid `product`.")
+    if product == "CNC" and instrument.instrument_type != "EQ":
+        raise InputException("CNC is for equity delivery; use NRML or MIS for derivatives.")
+    if validity not in ("DAY", "IOC"):
+        raise InputException("Invalid `validity`.")
+    if quantity <= 0:
+        raise InputException("Quantity should be greater than 0.", kind="lot_size")
+    if quantity % instrument.lot_size:
+        raise InputException(
+            f"Quantity should be a multiple of the lot size {instrument.lot_size}.", kind="lot_size"
+        )
+    if order_type in ("LIMIT", "SL"):
+        if price is None or price <= 0:
+            raise InputException("Price should be greater than 0 for a LIMIT or SL order.")
+        if not is_multiple(price, instrument.tick_size):
+            raise InputException(
+                f"Tick size for this script is {instrument.tick_size.normalize()}. "
+                "Kindly enter price in the multiple of tick size for this script",
+                kind="tick_size",
+            )
+    if order_type in ("SL", "SL-M"):
+        if trigger_price is None or trigger_price <= 0:
+            raise InputException("Trigger price should be greater than 0 for an SL or SL-M order.")
+        if not is_multiple(trigger_price, instrument.tick_size):
+            raise InputException(
+                f"Tick size for this script is {instrument.tick_size.normalize()}. "
+                "Kindly enter trigger price in the multiple of tick size for this script",
+                kind="tick_size",
+            )
+        if side == BUY and trigger_price <= instrument.last_price:
+            raise InputException("Trigger price for stoploss buy orders should be higher than the last traded price.")
+        if side == SELL and trigger_price >= instrument.last_price:
+            raise InputException("Trigger price for stoploss sell orders should be lower than the last traded price.")
+        if order_type == "SL" and ((side == BUY and price < trigger_price) or (side == SELL and price > trigger_price)):
+            raise InputException("Trigger price should be on the right side of the limit price.")
+
+
+def _band_violation(instrument: PaperInstrument, *prices) -> str | None:
+    low = instrument.previous_close * (1 - PRICE_BAND)
+    high = instrument.previous_close * (1 + PRICE_BAND)
+    for price in prices:
+        if price is not None and price > 0 and not (low <= price <= high):
+            return (
+                f"Your order price is outside the price band of {round_to_tick(low, instrument.tick_size)}"
+                f" - {round_to_tick(high, instrument.tick_size)} for {instrument.tradingsymbol}."
+            )
+    return None
+
+
+@transaction.atomic
+def order_place(
+    *,
+    client: PaperClient,
+    exchange: str,
+    tradingsymbol: str,
+    transaction_type: str,
+    order_type: str,
+    quantity: int,
+    product: str,
+    price: Decimal | None = None,
+    trigger_price: Decimal | None = None,
+    validity: str = "DAY",
+    tag: str = "",
+    variety: str = "regular",
+    rng: random.Random | None = None,
+) -> PaperOrder:
+    """Validate and accept an order. Input errors raise; RMS refusals give a REJECTED order."""
+    rng = rng or random
+    if variety != "regular":
+        raise InputException("Only the `regular` variety is supported by the paper exchange.")
+    if tag and len(tag) > 40:
+        raise InputException("Tag should be at most 40 characters.")
+    instrument = instrument_lookup(exchange, tradingsymbol)
+    price = Decimal(price) if price not in (None, "") else None
+    trigger_price = Decimal(trigger_price) if trigger_price not in (None, "") else None
+    _validate(
+        instrument,
+        side=transaction_type,
+        order_type=order_type,
+        product=product,
+        validity=validity,
+        quantity=quantity,
+        price=price,
+        trigger_price=trigger_price,
+    )
+    # Serialise this client's placements so two cannot spend the same cash.
+    client = PaperClient.objects.select_for_update().get(pk=client.pk)
+    now = timezone.now()
+    order = PaperOrder(
+        client=client,
+        instrument=instrument,
+        variety=variety,
+        transaction_type=transaction_type,
+        order_type=order_type,
+        product=product,
+        validity=validity,
+        quantity=quantity,
+        price=price if order_type in ("LIMIT", "SL") else Decimal(0),
+        trigger_price=trigger_price if order_type in ("SL", "SL-M") else Decimal(0),
+        tag=tag or "",
+        status=Status.OPEN,
+        priority=time.time_ns(),
+        placed_at=now,
+        updated_at=now,
+    )
+    rejection = _band_violation(instrument, order.price, order.trigger_price)
+    if rejection is None and transaction_type == BUY:
+        required = quantity * (_reference_price(order))
+        available = client.cash - _blocked_funds(client)
+        if required > available:
+            rejection = (
+                f"Insufficient funds. Required margin is {required:.2f} but available margin is {available:.2f}."
+            )
+    if rejection is None and client.rejection_rate and rng.random() < client.rejection_rate:
+        rejection = "RMS: order rejected by the simulated risk system (rejection_rate knob)."
+    if rejection:
+        order.status = Status.REJECTED
+        order.status_message = rejection
+    elif order_type in ("SL", "SL-M"):
+        order.status = Status.TRIGGER_PENDING
+    _save_new(order, now)
+    if order.status == Status.OPEN:
+        _fill_on_arrival(order, instrument, now)
+    _changed(order)
+    return order
+
+
+def _save_new(order: PaperOrder, now: datetime) -> None:
+    for _ in range(5):
+        order.order_id = _new_order_id(now)
+        order.exchange_order_id = "1" + order.order_id
+        try:
+            with transaction.atomic():
+                order.save()
+            return
+        except IntegrityError:
+            order.pk = None
+    raise ServerError("Could not allocate an order id.")
+
+
+def _fill_on_arrival(order: PaperOrder, instrument: PaperInstrument, now: datetime) -> None:
+    """MARKET at the touch; a LIMIT that crosses fills at the better (touch) price."""
+    touch = instrument.ask if order.transaction_type == BUY else instrument.bid
+    crosses = order.order_type == "MARKET" or (
+        order.price >= touch if order.transaction_type == BUY else order.price <= touch
+    )
+    if crosses:
+        _record_fill(order, order.quantity - order.filled_quantity, touch, now)
+
+
+def _record_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> PaperTrade:
+    trade = PaperTrade.objects.create(
+        trade_id=f"{secrets.randbelow(10**12):012d}",
+        order=order,
+        client_id=order.client_id,
+        instrument_id=order.instrument_id,
+        transaction_type=order.transaction_type,
+        product=order.product,
+        quantity=quantity,
+        price=price,
+        filled_at=now,
+    )
+    total = order.filled_quantity + quantity
+    order.average_price = ((order.average_price * order.filled_quantity) + price * quantity) / total
+    order.filled_quantity = total
+    order.updated_at = now
+    if total == order.quantity:
+        order.status = Status.COMPLETE
+    order.save(update_fields=["average_price", "filled_quantity", "status", "updated_at"])
+    cash = quantity * price
+    PaperClient.objects.filter(pk=order.client_id).update(
+        cash=F("cash") - cash if order.transaction_type == BUY else F("cash") + cash
+    )
+    PaperInstrument.objects.filter(pk=order.instrument_id).update(volume=F("volume") + quantity)
+    return trade
+
+
+def _live_order(client: PaperClient, order_id: str) -> PaperOrder:
+    order = PaperOrder.objects.select_for_update().select_related("instrument").filter(
+        client=client, order_id=order_id
+    ).first()
+    if order is None:
+        raise InputException("Couldn't find that `order_id`.", kind="input")
+    if order.status not in PaperOrder.LIVE:
+        raise InputException(f"Order cannot be modified or cancelled as it is {order.status}.", kind="input")
+    return order
+
+
+@transaction.atomic
+def order_modify(
+    *,
+    client: PaperClient,
+    order_id: str,
+    quantity: int | None = None,
+    price: Decimal | None = None,
+    trigger_price: Decimal | None = None,
+    order_type: str | None = None,
+) -> PaperOrder:
+    order = _live_order(client, order_id)
+    if order.modifications >= MAX_MODIFICATIONS:
+        raise InputException(
+            f"Maximum allowed order modifications ({MAX_MODIFICATIONS}) exceeded.", kind="modification_cap"
+        )
+    new_type = order_type or order.order_type
+    new_quantity = int(quantity) if quantity not in (None, "") else order.quantity
+    new_price = Decimal(price) if price not in (None, "") else order.price
+    new_trigger = Decimal(trigger_price) if trigger_price not in (None, "") else order.trigger_price
+    if new_quantity <= order.filled_quantity:
+        raise InputException("Quantity cannot be less than the filled quantity.")
+    if order.status == Status.OPEN and new_type in ("SL", "SL-M"):
+        raise InputException("A triggered order cannot become a stop order again.")
+    if order.status == Status.TRIGGER_PENDING and new_type not in ("SL", "SL-M"):
+        raise InputException("A pending stop order can only be modified as SL or SL-M.")
+    _validate(
+        order.instrument,
+        side=order.transaction_type,
+        order_type=new_type,
+        product=order.product,
+        validity=order.validity,
+        quantity=new_quantity,
+        price=new_price if new_type in ("LIMIT", "SL") else None,
+        trigger_price=new_trigger if new_type in ("SL", "SL-M") else None,
+    )
+    rejection = _band_violation(order.instrument, new_price if new_type in ("LIMIT", "SL") else None)
+    if rejection:
+        raise InputException(rejection, kind="price_band")
+    # Exchange rule: a new price or a larger quantity goes to the back of the queue.
+    if new_price != order.price or new_trigger != order.trigger_price or new_quantity > order.quantity:
+        order.priority = time.time_ns()
+    order.order_type = new_type
+    order.quantity = new_quantity
+    order.price = new_price if new_type in ("LIMIT", "SL") else Decimal(0)
+    order.trigger_price = new_trigger if new_type in ("SL", "SL-M") else Decimal(0)
+    order.modifications += 1
+    order.updated_at = timezone.now()
+    order.save()
+    if order.status == Status.OPEN:
+        _fill_on_arrival(order, order.instrument, order.updated_at)
+    _changed(order)
+    return order
+
+
+@transaction.atomic
+def order_cancel(*, client: PaperClient, order_id: str) -> PaperOrder:
+    order = _live_order(client, order_id)
+    order.cancelled_quantity = order.quantity - order.filled_quantity
+    order.status = Status.CANCELLED
+    order.updated_at = timezone.now()
+    order.save(update_fields=["cancelled_quantity", "status", "updated_at"])
+    _changed(order)
+    return order
+
+
+def _changed(order: PaperOrder) -> None:
+    """After commit: tell the client's postback URL (Kite postbacks) about the order's new state."""
+    if order.status == Status.OPEN and not order.filled_quantity:
+        return
+    from . import postbacks
+
+    transaction.on_commit(lambda: postbacks.order_changed(order.pk))
+
+
+# --- The market ----------------------------------------------------------------------------
+
+
+def _feed_step(instrument: PaperInstrument, rng: random.Random) -> None:
+    """One step of a geometric random walk, kept inside the price band, bid/ask a tick around it."""
+    sigma = settings.PAPER_TICK_SIGMA
+    last = Decimal(str(float(instrument.last_price) * math.exp(rng.gauss(0, sigma))))
+    low = instrument.previous_close * (1 - PRICE_BAND) * Decimal("1.01")
+    high = instrument.previous_close * (1 + PRICE_BAND) * Decimal("0.99")
+    last = round_to_tick(min(max(last, low), high), instrument.tick_size)
+    _set_quote(instrument, last, tick_volume=instrument.lot_size * rng.randint(1, 200))
+
+
+def _set_quote(
+    instrument: PaperInstrument, last: Decimal, *, bid=None, ask=None, tick_volume: int | None = None
+) -> None:
+    instrument.last_price = last
+    instrument.bid = bid if bid is not None else last - instrument.tick_size
+    instrument.ask = ask if ask is not None else last + instrument.tick_size
+    instrument.high = max(instrument.high, last)
+    instrument.low = min(instrument.low, last)
+    if tick_volume is not None:
+        instrument.tick_volume = tick_volume
+    instrument.updated_at = timezone.now()
+
+
+QUOTE_FIELDS = ["last_price", "bid", "ask", "high", "low", "tick_volume", "updated_at"]
+
+
+def market_tick(*, rng_seed: int | None = None) -> int:
+    """Advance every instrument one step of the random walk and match what crosses.
+
+    Repeatable: the walk of each instrument at tick N depends only on the seed and N.
+    Returns the number of fills.
+    """
+    with transaction.atomic():
+        state, _ = PaperFeedState.objects.select_for_update().get_or_create(
+            pk=1, defaults={"seed": settings.PAPER_FEED_SEED}
+        )
+        state.tick_no += 1
+        state.ticked_at = timezone.now()
+        state.save()
+        seed = state.seed if rng_seed is None else rng_seed
+        instruments = list(PaperInstrument.objects.select_for_update().all())
+        for instrument in instruments:
+            _feed_step(instrument, random.Random(f"{seed}:{instrument.instrument_token}:{state.tick_no}"))
+        PaperInstrument.objects.bulk_update(instruments, QUOTE_FIELDS)
+    live = set(PaperOrder.objects.filter(status__in=PaperOrder.LIVE).values_list("instrument_id", flat=True))
+    return sum(match_instrument(instrument_id=instrument_id) for instrument_id in live)
+
+
+def market_set(
+    *, exchange: str, tradingsymbol: str, last_price: Decimal, bid=None, ask=None, tick_volume: int | None = None
+) -> int:
+    """Set an instrument's price (tests and demos) and match what crosses. Returns fills."""
+    with transaction.atomic():
+        instrument = PaperInstrument.objects.select_for_update().get(exchange=exchange, tradingsymbol=tradingsymbol)
+        _set_quote(
+            instrument,
+            Decimal(last_price),
+            bid=Decimal(bid) if bid is not None else None,
+            ask=Decimal(ask) if ask is not None else None,
+            tick_volume=tick_volume if tick_volume is not None else instrument.tick_volume or 10**6,
+        )
+        instrument.save(update_fields=QUOTE_FIELDS)
+    return match_instrument(instrument_id=instrument.pk)
+
+
+@transaction.atomic
+def match_instrument(*, instrument_id: int) -> int:
+    """Trigger stops and fill crossing LIMIT orders of one instrument at its current quote."""
+    instrument = PaperInstrument.objects.get(pk=instrument_id)
+    orders = {
+        order.order_id: order
+        for order in PaperOrder.objects.select_for_update()
+        .filter(instrument_id=instrument_id, status__in=PaperOrder.LIVE)
+        .order_by("priority", "id")
+    }
+    if not orders:
+        return 0
+    book = OrderBook()
+    for order in orders.values():
+        remaining = order.quantity - order.filled_quantity
+        if order.status == Status.TRIGGER_PENDING:
+            limit = to_paise(order.price) if order.order_type == "SL" else None
+            book.add_stop(order.order_id, order.transaction_type, to_paise(order.trigger_price), remaining, limit)
+        elif order.order_type == "LIMIT":
+            book.add_limit(order.order_id, order.transaction_type, to_paise(order.price), remaining)
+    now = timezone.now()
+    fills = 0
+    for order_id, _side, _quantity, limit in book.trigger(to_paise(instrument.last_price)):
+        order = orders[order_id]
+        order.status = Status.OPEN
+        order.order_type = "LIMIT" if limit is not None else "MARKET"
+        order.updated_at = now
+        order.save(update_fields=["status", "order_type", "updated_at"])
+        touch = instrument.ask if order.transaction_type == BUY else instrument.bid
+        crosses = limit is None or (
+            order.price >= touch if order.transaction_type == BUY else order.price <= touch
+        )
+        if crosses:
+            _record_fill(order, order.quantity - order.filled_quantity, touch, now)
+            fills += 1
+        else:
+            book.add_limit(order.order_id, order.transaction_type, limit, order.quantity - order.filled_quantity)
+        _changed(order)
+    volume = instrument.tick_volume
+    for fill in book.match(bid=to_paise(instrument.bid), ask=to_paise(instrument.ask), volume=volume):
+        order = orders[fill.order_id]
+        _record_fill(order, fill.quantity, from_paise(fill.price), now)
+        _changed(order)
+        fills += 1
+    return fills
+
+
+# --- Reads ----------------------------------------------------------------------------------
+
+
+def orders_of(client: PaperClient):
+    return PaperOrder.objects.filter(client=client).select_related("instrument").order_by("placed_at", "id")
+
+
+def order_of(client: PaperClient, order_id: str) -> PaperOrder:
+    order = orders_of(client).filter(order_id=order_id).first()
+    if order is None:
+        raise InputException("Couldn't find that `order_id`.")
+    return order
+
+
+def trades_of(client: PaperClient, order_id: str | None = None):
+    trades = PaperTrade.objects.filter(client=client).select_related("order", "instrument").order_by("filled_at", "id")
+    return trades.filter(order__order_id=order_id) if order_id else trades
+
+
+@dataclass
+class PositionRow:
+    instrument: PaperInstrument
+    product: str
+    buy_quantity: int = 0
+    buy_value: Decimal = Decimal(0)
+    sell_quantity: int = 0
+    sell_value: Decimal = Decimal(0)
+    day_buy_quantity: int = 0
+    day_buy_value: Decimal = Decimal(0)
+    day_sell_quantity: int = 0
+    day_sell_value: Decimal = Decimal(0)
+
+    @property
+    def quantity(self) -> int:
+        return self.buy_quantity - self.sell_quantity
+
+    @property
+    def buy_price(self) -> Decimal:
+        return self.buy_value / self.buy_quantity if self.buy_quantity else Decimal(0)
+
+    @property
+    def sell_price(self) -> Decimal:
+        return self.sell_value / self.sell_quantity if self.sell_quantity else Decimal(0)
+
+    @property
+    def average_price(self) -> Decimal:
+        if self.quantity > 0:
+            return self.buy_price
+        if self.quantity < 0:
+            return self.sell_price
+        return Decimal(0)
+
+    @property
+    def pnl(self) -> Decimal:
+        return self.sell_value - self.buy_value + self.quantity * self.instrument.last_price
+
+    @property
+    def realised(self) -> Decimal:
+        closed = min(self.buy_quantity, self.sell_quantity)
+        return closed * (self.sell_price - self.buy_price) if closed else Decimal(0)
+
+    @property
+    def unrealised(self) -> Decimal:
+        return self.pnl - self.realised
+
+
+def positions_of(client: PaperClient, *, day_only: bool = False) -> list[PositionRow]:
+    """Positions from the client's fills: delivery (CNC) from today, the rest from all days."""
+    start_of_day = timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+    rows: dict[tuple, PositionRow] = {}
+    trades = PaperTrade.objects.filter(client=client).select_related("instrument")
+    trades = trades.filter(Q(filled_at__gte=start_of_day) | ~Q(product="CNC"))
+    if day_only:
+        trades = trades.filter(filled_at__gte=start_of_day)
+    for trade in trades.order_by("filled_at", "id"):
+        row = rows.setdefault((trade.instrument_id, trade.product), PositionRow(trade.instrument, trade.product))
+        value = trade.quantity * trade.price
+        today = trade.filled_at >= start_of_day
+        if trade.transaction_type == BUY:
+            row.buy_quantity += trade.quantity
+            row.buy_value += value
+            if today:
+                row.day_buy_quantity += trade.quantity
+                row.day_buy_value += value
+        else:
+            row.sell_quantity += trade.quantity
+            row.sell_value += value
+            if today:
+                row.day_sell_quantity += trade.quantity
+                row.day_sell_value += value
+    return list(rows.values())
+
+
+def holdings_of(client: PaperClient) -> list[tuple[PaperInstrument, int, Decimal]]:
+    """Delivery bought before today and still held: (instrument, quantity, average price)."""
+    start_of_day = timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+    held = defaultdict(lambda: [0, Decimal(0)])
+    trades = PaperTrade.objects.filter(client=client, product="CNC", filled_at__lt=start_of_day)
+    for trade in trades.select_related("instrument").order_by("filled_at", "id"):
+        entry = held[trade.instrument]
+        if trade.transaction_type == BUY:
+            entry[1] = (entry[1] * entry[0] + trade.price * trade.quantity) / (entry[0] + trade.quantity)
+            entry[0] += trade.quantity
+        else:
+            entry[0] -= trade.quantity
+    return [(instrument, qty, avg) for instrument, (qty, avg) in held.items() if qty > 0]
+
+
+def margins_of(client: PaperClient) -> dict:
+    client.refresh_from_db(fields=["cash", "opening_funds"])
+    blocked = _blocked_funds(client)
+    realised = sum((row.realised for row in positions_of(client)), Decimal(0))
+    return {"cash": client.cash, "opening": client.opening_funds, "blocked": blocked, "realised": realised}
+
+
+# --- Setup -----------------------------------------------------------------------------------
+
+
+def instruments_load_csv(path, *, model=PaperInstrument) -> int:
+    """Load (or refresh the static fields of) the exchange's instruments from a Kite-format CSV.
+
+    ``last_price`` in the file is taken as the previous close the day's walk starts from.
+    Existing instruments keep their live prices. ``model`` lets a migration pass its
+    historical model.
+    """
+    import csv
+    from datetime import date
+
+    count = 0
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            close = Decimal(row["last_price"])
+            tick = Decimal(row["tick_size"])
+            static = {
+                "instrument_token": int(row["instrument_token"]),
+                "exchange_token": int(row["exchange_token"]),
+                "segment": row["segment"],
+                "name": row["name"],
+                "instrument_type": row["instrument_type"],
+                "expiry": date.fromisoformat(row["expiry"]) if row["expiry"] else None,
+                "strike": Decimal(row["strike"] or 0),
+                "tick_size": tick,
+                "lot_size": int(row["lot_size"]),
+            }
+            model.objects.update_or_create(
+                exchange=row["exchange"],
+                tradingsymbol=row["tradingsymbol"],
+                defaults=static,
+                create_defaults={
+                    **static,
+                    "previous_close": close,
+                    "open": close,
+                    "high": close,
+                    "low": close,
+                    "last_price": close,
+                    "bid": close - tick,
+                    "ask": close + tick,
+                    "tick_volume": int(row["lot_size"]) * 100,
+                },
+            )
+            count += 1
+    return count

@@ -1,0 +1,182 @@
+"""The paper exchange's own state. Only code under brokers/paper/ touches these tables."""
+
+import secrets
+from decimal import Decimal
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+def new_api_key() -> str:
+    return secrets.token_hex(8)
+
+
+def new_api_secret() -> str:
+    return secrets.token_hex(16)
+
+
+class PaperClient(models.Model):
+    """A trading account at the paper exchange, with its Kite-style app credentials."""
+
+    user_id = models.CharField(max_length=64, unique=True, help_text="The client id traders connect with.")
+    name = models.CharField(max_length=100, blank=True)
+    password = models.CharField(max_length=128, blank=True, help_text="Hashed; for the Kite-style login page.")
+    api_key = models.CharField(max_length=64, unique=True, default=new_api_key)
+    api_secret = models.CharField(max_length=64, default=new_api_secret)
+    redirect_url = models.URLField(blank=True, help_text="Where the login page sends the request_token.")
+    postback_url = models.URLField(blank=True, help_text="Order updates are POSTed here.")
+    opening_funds = models.DecimalField(max_digits=16, decimal_places=2, default=Decimal("1000000"))
+    cash = models.DecimalField(max_digits=16, decimal_places=2, default=Decimal("1000000"))
+    # Fault knobs, for tests and demos.
+    latency_ms = models.PositiveIntegerField(default=0, help_text="Added to every call.")
+    error_rate = models.FloatField(default=0, help_text="Share of calls that fail with a server error (0-1).")
+    timeout_rate = models.FloatField(default=0, help_text="Share of order calls (place, modify, cancel) whose answer is lost after the work is done (0-1).")
+    rejection_rate = models.FloatField(default=0, help_text="Share of orders rejected by RMS (0-1).")
+    rate_limit_per_s = models.PositiveIntegerField(default=0, help_text="Calls per second before 429; 0 = none.")
+    session_ttl_s = models.PositiveIntegerField(default=0, help_text="Session lifetime; 0 = until 06:00 IST.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["user_id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(error_rate__gte=0, error_rate__lte=1), name="paperclient_error_rate"),
+            models.CheckConstraint(condition=Q(timeout_rate__gte=0, timeout_rate__lte=1), name="paperclient_timeouts"),
+            models.CheckConstraint(
+                condition=Q(rejection_rate__gte=0, rejection_rate__lte=1), name="paperclient_rejection_rate"
+            ),
+        ]
+
+    def __str__(self):
+        return self.user_id
+
+
+class PaperToken(models.Model):
+    """A one-time request token or a session's access token (stored as SHA-256)."""
+
+    class Kind(models.TextChoices):
+        REQUEST = "request"
+        ACCESS = "access"
+
+    client = models.ForeignKey(PaperClient, on_delete=models.CASCADE, related_name="tokens")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.client} {self.kind}"
+
+
+class PaperInstrument(models.Model):
+    instrument_token = models.BigIntegerField(unique=True)
+    exchange_token = models.BigIntegerField()
+    exchange = models.CharField(max_length=16)
+    segment = models.CharField(max_length=16)
+    tradingsymbol = models.CharField(max_length=64)
+    name = models.CharField(max_length=128)
+    instrument_type = models.CharField(max_length=8)
+    expiry = models.DateField(null=True, blank=True)
+    strike = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    tick_size = models.DecimalField(max_digits=10, decimal_places=4)
+    lot_size = models.PositiveIntegerField()
+    previous_close = models.DecimalField(max_digits=14, decimal_places=2)
+    open = models.DecimalField(max_digits=14, decimal_places=2)
+    high = models.DecimalField(max_digits=14, decimal_places=2)
+    low = models.DecimalField(max_digits=14, decimal_places=2)
+    last_price = models.DecimalField(max_digits=14, decimal_places=2)
+    bid = models.DecimalField(max_digits=14, decimal_places=2)
+    ask = models.DecimalField(max_digits=14, decimal_places=2)
+    volume = models.BigIntegerField(default=0, help_text="Traded today (simulated).")
+    tick_volume = models.PositiveIntegerField(default=0, help_text="Shares available to fill in the last tick.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["exchange", "tradingsymbol"]
+        constraints = [models.UniqueConstraint(fields=["exchange", "tradingsymbol"], name="paperinstrument_symbol")]
+
+    def __str__(self):
+        return f"{self.exchange}:{self.tradingsymbol}"
+
+
+class PaperOrder(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "OPEN"
+        TRIGGER_PENDING = "TRIGGER PENDING"
+        COMPLETE = "COMPLETE"
+        CANCELLED = "CANCELLED"
+        REJECTED = "REJECTED"
+
+    LIVE = (Status.OPEN, Status.TRIGGER_PENDING)
+
+    order_id = models.CharField(max_length=20, unique=True)
+    exchange_order_id = models.CharField(max_length=20, blank=True)
+    client = models.ForeignKey(PaperClient, on_delete=models.CASCADE, related_name="orders")
+    instrument = models.ForeignKey(PaperInstrument, on_delete=models.PROTECT, related_name="orders")
+    variety = models.CharField(max_length=16, default="regular")
+    transaction_type = models.CharField(max_length=4)
+    order_type = models.CharField(max_length=8)
+    product = models.CharField(max_length=8)
+    validity = models.CharField(max_length=8, default="DAY")
+    quantity = models.PositiveIntegerField()
+    price = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    trigger_price = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    status = models.CharField(max_length=20, choices=Status.choices)
+    status_message = models.CharField(max_length=255, blank=True)
+    filled_quantity = models.PositiveIntegerField(default=0)
+    cancelled_quantity = models.PositiveIntegerField(default=0)
+    average_price = models.DecimalField(max_digits=14, decimal_places=4, default=0)
+    tag = models.CharField(max_length=40, blank=True, db_index=True)
+    modifications = models.PositiveIntegerField(default=0)
+    # Time priority: set at placement, and again when a modification loses priority.
+    priority = models.BigIntegerField()
+    placed_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["placed_at", "id"]
+        indexes = [models.Index(fields=["client", "placed_at"]), models.Index(fields=["instrument", "status"])]
+        constraints = [
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="paperorder_quantity_positive"),
+            models.CheckConstraint(
+                condition=Q(filled_quantity__lte=models.F("quantity")), name="paperorder_filled_within_quantity"
+            ),
+        ]
+
+    def __str__(self):
+        return self.order_id
+
+    @property
+    def pending_quantity(self) -> int:
+        if self.status in self.LIVE:
+            return self.quantity - self.filled_quantity
+        return 0
+
+
+class PaperTrade(models.Model):
+    trade_id = models.CharField(max_length=20, unique=True)
+    order = models.ForeignKey(PaperOrder, on_delete=models.CASCADE, related_name="trades")
+    client = models.ForeignKey(PaperClient, on_delete=models.CASCADE, related_name="trades")
+    instrument = models.ForeignKey(PaperInstrument, on_delete=models.PROTECT, related_name="trades")
+    transaction_type = models.CharField(max_length=4)
+    product = models.CharField(max_length=8)
+    quantity = models.PositiveIntegerField()
+    price = models.DecimalField(max_digits=14, decimal_places=2)
+    filled_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["filled_at", "id"]
+        indexes = [models.Index(fields=["client", "filled_at"])]
+
+    def __str__(self):
+        return self.trade_id
+
+
+class PaperFeedState(models.Model):
+    """The price feed's tick counter: with the seed it makes the random walk repeatable."""
+
+    seed = models.BigIntegerField(default=0)
+    tick_no = models.BigIntegerField(default=0)
+    ticked_at = models.DateTimeField(null=True, blank=True)

@@ -1,0 +1,107 @@
+"""Per-account rate budget, shared by every process through Redis.
+
+Each account has one sliding window per limit (e.g. 10 orders/s, 400/min, 5000/day).
+Taking a slot checks every window and records the call in all of them in one Lua
+script, so two workers can never both take the last slot. Without Redis (tests, a
+single process) an in-process implementation with the same rules is used.
+
+Callers choose: ``wait=True`` sleeps until a slot frees (up to ``timeout_s``), or
+``wait=False`` raises ``RateLimited`` with the seconds until a slot frees.
+"""
+
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+
+from django.conf import settings
+
+from tradingplatform.locks import redis_client
+
+from .errors import RateLimited
+
+# KEYS: one sorted set per window. ARGV: member, then (limit, window_ms) per key.
+# Returns 0 when the slot was taken, else the milliseconds until one frees.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if count >= limit then
+    local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+    local free_in = tonumber(oldest[2]) + window - now
+    if free_in > wait then wait = free_in end
+  end
+end
+if wait > 0 then return wait end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, ARGV[1] .. ':' .. now)
+  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 1]))
+end
+return 0
+"""
+
+
+def limits_for(broker_code: str, kind: str, default: dict) -> list[tuple[int, float]]:
+    """The broker's limits for a call kind, overridable with settings.BROKER_RATE_LIMITS."""
+    overrides = getattr(settings, "BROKER_RATE_LIMITS", {}).get(broker_code, {})
+    return list(overrides.get(kind, default.get(kind, default["other"])))
+
+
+class _LocalWindows:
+    """The same sliding windows, in this process only (no Redis configured)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._calls: dict[str, deque] = defaultdict(deque)
+
+    def take(self, keys: list[str], limits: list[tuple[int, float]]) -> float:
+        now = time.monotonic()
+        with self._lock:
+            wait = 0.0
+            for key, (limit, window) in zip(keys, limits, strict=True):
+                calls = self._calls[key]
+                while calls and calls[0] <= now - window:
+                    calls.popleft()
+                if len(calls) >= limit:
+                    wait = max(wait, calls[len(calls) - limit] + window - now)
+            if wait > 0:
+                return wait
+            for key in keys:
+                self._calls[key].append(now)
+            return 0.0
+
+
+_local = _LocalWindows()
+
+
+def take(account_id: int, broker_code: str, kind: str, limits: list[tuple[int, float]]) -> float:
+    """Try to take one slot; returns 0 on success, else the seconds until one frees."""
+    keys = [f"{settings.CACHE_KEY_PREFIX}:rate:{account_id}:{kind}:{calls}/{window}" for calls, window in limits]
+    if not settings.REDIS_URL:
+        return _local.take(keys, limits)
+    args = [secrets.token_hex(6)]
+    for calls, window in limits:
+        args += [calls, int(window * 1000)]
+    waited_ms = redis_client().eval(_TAKE, len(keys), *keys, *args)
+    return int(waited_ms) / 1000
+
+
+def acquire(
+    account_id: int, broker_code: str, kind: str, limits: list[tuple[int, float]], *, wait: bool, timeout_s: float = 10
+) -> float:
+    """Take a slot or fail. Returns the seconds spent waiting."""
+    deadline = time.monotonic() + timeout_s
+    waited = 0.0
+    while True:
+        free_in = take(account_id, broker_code, kind, limits)
+        if free_in <= 0:
+            return waited
+        if not wait or time.monotonic() + free_in > deadline:
+            raise RateLimited(f"rate budget for {kind} calls is used up", retry_after=free_in)
+        time.sleep(free_in)
+        waited += free_in

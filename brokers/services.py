@@ -1,0 +1,408 @@
+"""The session manager and the other broker-layer writes.
+
+``session_live(account)`` is how everything gets a session: a cached valid one when
+there is one, else the active row from the database, else a new login (for brokers
+that allow it unattended). Logging in happens under a per-account Redis lock, and a
+caller whose call failed with ``AuthError`` asks ``session_renew(account, failed=...)``,
+which logs in again only if nobody else already did: two workers never log in for the
+same account at once, and a burst of failures causes one login, not many.
+Every login, renewal, expiry and failure is written to the audit log.
+"""
+
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.crypto import Sealed
+from accounts.models import AuditLog, BrokerAccount
+from accounts.services import audit_record
+from monitoring.broadcast import push_prices
+from tradingplatform import locks
+
+from . import registry
+from .base import Broker, SessionTokens
+from .errors import AuthError, BrokerError, BrokerUnavailable
+from .models import BrokerSession
+
+logger = logging.getLogger(__name__)
+Action = AuditLog.Action
+LOGIN_LOCK_TTL_S = 60
+LOGIN_LOCK_WAIT_S = 30
+
+
+@dataclass(frozen=True)
+class LiveSession:
+    """What a broker call needs: the session row's id and its access token."""
+
+    session_id: int
+    access_token: str
+    expires_at: datetime
+
+    def __repr__(self):
+        return f"LiveSession(session_id={self.session_id}, expires_at={self.expires_at!r})"
+
+
+def _cache_key(account_id: int) -> str:
+    return f"brokersession:{account_id}"
+
+
+def adapter_for(account: BrokerAccount, access_token: str | None = None) -> Broker:
+    """A fresh adapter instance for an account (credentials revealed only here)."""
+    credentials = account.credentials.reveal() if account.credentials else {}
+    return registry.get(account.broker)(client_id=account.client_id, credentials=credentials, access_token=access_token)
+
+
+def _as_live(session: BrokerSession) -> LiveSession:
+    return LiveSession(
+        session_id=session.pk, access_token=session.tokens.reveal()["access_token"], expires_at=session.expires_at
+    )
+
+
+def _remember(account_id: int, session: BrokerSession) -> LiveSession:
+    live = _as_live(session)
+    ttl = min(settings.BROKER_SESSION_CACHE_TTL_S, max(1, int((session.expires_at - timezone.now()).total_seconds())))
+    # The cache holds the sealed token, never the plaintext.
+    cache.set(
+        _cache_key(account_id),
+        {"id": session.pk, "tokens": session.tokens.token, "expires_at": session.expires_at.timestamp()},
+        timeout=ttl,
+    )
+    return live
+
+
+def _forget(account_id: int) -> None:
+    cache.delete(_cache_key(account_id))
+
+
+def _active(account_id: int) -> BrokerSession | None:
+    return BrokerSession.objects.filter(account_id=account_id, status=BrokerSession.Status.ACTIVE).first()
+
+
+def _end(session: BrokerSession, status: str, error: str = "") -> bool:
+    """End an active session (conditional update: only one caller wins)."""
+    ended = BrokerSession.objects.filter(pk=session.pk, status=BrokerSession.Status.ACTIVE).update(
+        status=status, active_for=None, ended_at=timezone.now(), last_error=error[:1000]
+    )
+    _forget(session.account_id)
+    return bool(ended)
+
+
+def session_live(account: BrokerAccount) -> LiveSession:
+    """A live session for the account, logging in unattended when needed and allowed.
+
+    Raises ``AuthError`` when the account needs the trader to (re)connect, or is inactive.
+    """
+    if not account.is_active:
+        raise AuthError("The broker account is deactivated.")
+    cached = cache.get(_cache_key(account.pk))
+    now = timezone.now()
+    if cached and cached["expires_at"] > now.timestamp():
+        return LiveSession(
+            session_id=cached["id"],
+            access_token=Sealed(cached["tokens"]).reveal()["access_token"],
+            expires_at=datetime.fromtimestamp(cached["expires_at"], tz=UTC),
+        )
+    session = _active(account.pk)
+    if session is not None and session.expires_at > now:
+        return _remember(account.pk, session)
+    if session is not None:
+        session_expire(session=session)
+    return session_renew(account, failed_session_id=session.pk if session else None)
+
+
+def session_renew(account: BrokerAccount, *, failed_session_id: int | None, error: str = "") -> LiveSession:
+    """Replace a session that failed (or is missing), once, under the account's login lock.
+
+    If another worker renewed it while we waited for the lock, its session is returned.
+    """
+    with locks.held(f"broker-login:{account.pk}", ttl_s=LOGIN_LOCK_TTL_S, wait_s=LOGIN_LOCK_WAIT_S) as got:
+        if not got:
+            raise BrokerUnavailable("Another worker is logging in to this account; try again shortly.")
+        current = _active(account.pk)
+        if current is not None and current.pk != failed_session_id and current.expires_at > timezone.now():
+            return _remember(account.pk, current)
+        if current is not None:
+            if error:
+                _end(current, BrokerSession.Status.EXPIRED, error)
+                audit_record(action=Action.BROKER_SESSION_EXPIRED, target=account, data={"reason": error[:200]})
+            else:
+                session_expire(session=current)
+        adapter = adapter_for(account)
+        if adapter.interactive_login:
+            raise AuthError(f"{account.label} needs you to reconnect it on the accounts page.")
+        try:
+            tokens = adapter.login()
+        except BrokerError as exc:
+            _record_failure(account, exc)
+            raise
+        session = _store(account, tokens)
+        audit_record(
+            action=Action.BROKER_SESSION_REFRESHED if failed_session_id else Action.BROKER_SESSION_LOGIN,
+            target=account,
+            data={"session": session.pk, "expires_at": session.expires_at.isoformat()},
+        )
+        return _remember(account.pk, session)
+
+
+def _store(account: BrokerAccount, tokens: SessionTokens) -> BrokerSession:
+    with transaction.atomic():
+        for stale in BrokerSession.objects.select_for_update().filter(
+            account=account, status=BrokerSession.Status.ACTIVE
+        ):
+            _end(stale, BrokerSession.Status.REVOKED, "replaced by a new login")
+        return BrokerSession.objects.create(
+            account=account,
+            tokens=Sealed.seal({"access_token": tokens.access_token, "refresh_token": tokens.refresh_token}),
+            status=BrokerSession.Status.ACTIVE,
+            active_for=account.pk,
+            broker_user_id=tokens.user_id,
+            expires_at=tokens.expires_at,
+            last_validated_at=timezone.now(),
+        )
+
+
+def _record_failure(account: BrokerAccount, exc: BrokerError, *, actor=None) -> None:
+    BrokerSession.objects.create(
+        account=account,
+        status=BrokerSession.Status.FAILED,
+        last_error=str(exc)[:1000],
+        ended_at=timezone.now(),
+    )
+    audit_record(action=Action.BROKER_SESSION_FAILED, actor=actor, target=account, data={"error": str(exc)[:200]})
+    logger.warning("broker login failed for account %s: %s", account.pk, type(exc).__name__)
+
+
+def session_expire(*, session: BrokerSession) -> bool:
+    if _end(session, BrokerSession.Status.EXPIRED, "expired"):
+        audit_record(action=Action.BROKER_SESSION_EXPIRED, target=session.account, data={"session": session.pk})
+        return True
+    return False
+
+
+def sessions_expire_due() -> int:
+    """Periodic: mark every active session past its expiry as expired (and say so once)."""
+    due = BrokerSession.objects.filter(status=BrokerSession.Status.ACTIVE, expires_at__lte=timezone.now())
+    return sum(session_expire(session=session) for session in due.select_related("account"))
+
+
+def session_connect(*, account: BrokerAccount, actor) -> LiveSession:
+    """The trader's Connect / Reconnect for an unattended broker: log in now."""
+    current = _active(account.pk)
+    if current is not None:
+        _end(current, BrokerSession.Status.REVOKED, "replaced by a reconnect")
+    adapter = adapter_for(account)
+    try:
+        tokens = adapter.login()
+    except BrokerError as exc:
+        _record_failure(account, exc, actor=actor)
+        raise
+    session = _store(account, tokens)
+    audit_record(action=Action.BROKER_SESSION_LOGIN, actor=actor, target=account, data={"session": session.pk})
+    return _remember(account.pk, session)
+
+
+# --- Interactive (Kite-style) login ------------------------------------------------------
+
+
+def _state_signature(csrf_secret: str, nonce: str, account_id: int) -> str:
+    key = f"{settings.SECRET_KEY}:{csrf_secret}".encode()
+    return hmac.new(key, f"{nonce}:{account_id}".encode(), "sha256").hexdigest()[:32]
+
+
+def connect_state_issue(*, account: BrokerAccount, csrf_secret: str, pending: dict) -> str:
+    """A one-time ``state`` for the broker redirect, bound to this browser's CSRF secret.
+
+    ``pending`` is the caller's session storage; the nonce is kept there until used.
+    """
+    nonce = secrets.token_urlsafe(16)
+    pending[nonce] = {"account": account.pk, "at": timezone.now().timestamp()}
+    return f"{nonce}.{_state_signature(csrf_secret, nonce, account.pk)}"
+
+
+def connect_state_check(*, state: str, csrf_secret: str, pending: dict) -> int | None:
+    """The account id the state was issued for, or None when forged, replayed or stale."""
+    nonce, _, signature = (state or "").partition(".")
+    entry = pending.pop(nonce, None)
+    if entry is None or timezone.now().timestamp() - entry["at"] > 900:
+        return None
+    expected = _state_signature(csrf_secret, nonce, entry["account"])
+    return entry["account"] if hmac.compare_digest(expected, signature) else None
+
+
+def connect_login_url(*, account: BrokerAccount, state: str) -> str:
+    return adapter_for(account).login_url(state=state)
+
+
+def connect_complete(*, account: BrokerAccount, request_token: str, actor) -> LiveSession:
+    """Exchange the broker's one-time request token for a session (the callback)."""
+    adapter = adapter_for(account)
+    try:
+        tokens = adapter.complete_login(request_token=request_token)
+    except BrokerError as exc:
+        _record_failure(account, exc, actor=actor)
+        raise
+    session = _store(account, tokens)
+    audit_record(action=Action.BROKER_SESSION_LOGIN, actor=actor, target=account, data={"session": session.pk})
+    return _remember(account.pk, session)
+
+
+def session_disconnect(*, account: BrokerAccount, actor) -> bool:
+    current = _active(account.pk)
+    if current is None:
+        return False
+    try:
+        adapter_for(account, current.tokens.reveal()["access_token"]).logout()
+    except BrokerError:
+        logger.info("broker logout failed for account %s; ending the session here anyway", account.pk)
+    if _end(current, BrokerSession.Status.REVOKED, "disconnected by the trader"):
+        audit_record(action=Action.BROKER_SESSION_LOGOUT, actor=actor, target=account)
+        return True
+    return False
+
+
+# --- Reads for pages ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionState:
+    state: str  # none, active, expiring, expired, failed
+    label: str
+    expires_at: datetime | None = None
+    reason: str = ""
+
+
+def session_states(accounts) -> dict[int, SessionState]:
+    """The session state of each account, for the accounts page (two queries in all)."""
+    ids = [account.pk for account in accounts]
+    now = timezone.now()
+    warn = now + timedelta(seconds=settings.BROKER_SESSION_WARN_S)
+    latest: dict[int, BrokerSession] = {}
+    for session in BrokerSession.objects.filter(account_id__in=ids).order_by("account_id", "-created_at", "-id"):
+        latest.setdefault(session.account_id, session)
+    states = {}
+    for account_id in ids:
+        session = latest.get(account_id)
+        if session is None:
+            states[account_id] = SessionState("none", "Not connected")
+        elif session.status == BrokerSession.Status.ACTIVE and session.expires_at > warn:
+            states[account_id] = SessionState("active", "Connected", session.expires_at)
+        elif session.status == BrokerSession.Status.ACTIVE and session.expires_at > now:
+            states[account_id] = SessionState("expiring", "Expiring soon", session.expires_at)
+        elif session.status == BrokerSession.Status.FAILED:
+            states[account_id] = SessionState("failed", "Login failed", None, session.last_error)
+        elif session.status == BrokerSession.Status.REVOKED:
+            states[account_id] = SessionState("none", "Disconnected", session.ended_at, session.last_error)
+        else:
+            states[account_id] = SessionState("expired", "Expired", session.expires_at, session.last_error)
+    return states
+
+
+# --- Instruments ---------------------------------------------------------------------------
+
+
+def instruments_load(rows) -> tuple[int, int]:
+    """Upsert broker instrument rows (``InstrumentInfo``) by exchange and symbol. Returns (created, updated)."""
+    from .models import Instrument
+
+    rows = list(rows)
+    existing = {
+        (i.exchange, i.tradingsymbol): i
+        for i in Instrument.objects.filter(tradingsymbol__in={row.tradingsymbol for row in rows})
+    }
+    now = timezone.now()
+    fields = [
+        "name",
+        "segment",
+        "instrument_type",
+        "instrument_token",
+        "exchange_token",
+        "expiry",
+        "strike",
+        "tick_size",
+        "lot_size",
+        "updated_at",
+    ]
+    create, update = [], []
+    for row in rows:
+        values = {
+            "name": row.name,
+            "segment": row.segment,
+            "instrument_type": row.instrument_type,
+            "instrument_token": row.instrument_token,
+            "exchange_token": row.exchange_token,
+            "expiry": row.expiry,
+            "strike": row.strike,
+            "tick_size": row.tick_size,
+            "lot_size": row.lot_size,
+            "updated_at": now,
+        }
+        instrument = existing.get((row.exchange, row.tradingsymbol))
+        if instrument is None:
+            create.append(
+                Instrument(
+                    exchange=row.exchange,
+                    tradingsymbol=row.tradingsymbol,
+                    last_price=row.last_price,
+                    previous_close=row.last_price,
+                    **values,
+                )
+            )
+        else:
+            for name, value in values.items():
+                setattr(instrument, name, value)
+            update.append(instrument)
+    with transaction.atomic():
+        Instrument.objects.bulk_create(create, batch_size=1000)
+        Instrument.objects.bulk_update(update, fields, batch_size=1000)
+    return len(create), len(update)
+
+
+# --- Live prices ----------------------------------------------------------------------------
+
+
+def ticks_apply(quotes) -> int:
+    """A broker's price ticks: update the instruments' last prices and push them live.
+
+    Called by a broker's feed (the paper exchange's ticker). The push is coalesced: at
+    most one per ``PRICE_PUSH_INTERVAL_S``, carrying the latest prices, however many
+    ticks arrive in between.
+    """
+    from .models import Instrument
+
+    quotes = list(quotes)
+    by_key = {(q.exchange, q.tradingsymbol): q for q in quotes}
+    instruments = list(
+        Instrument.objects.filter(tradingsymbol__in={q.tradingsymbol for q in quotes}).only(
+            "pk", "exchange", "tradingsymbol", "last_price", "previous_close", "updated_at"
+        )
+    )
+    now = timezone.now()
+    changed = []
+    for instrument in instruments:
+        quote = by_key.get((instrument.exchange, instrument.tradingsymbol))
+        if quote is None:
+            continue
+        instrument.last_price = quote.last_price
+        if quote.close:
+            instrument.previous_close = quote.close
+        instrument.updated_at = now
+        changed.append(instrument)
+    Instrument.objects.bulk_update(changed, ["last_price", "previous_close", "updated_at"], batch_size=1000)
+    if changed and locks.acquire("prices:push", ttl_s=settings.PRICE_PUSH_INTERVAL_S):
+        prices = {
+            str(i.pk): {
+                "last": str(i.last_price),
+                "change": str(i.change) if i.change is not None else "",
+                "pct": f"{i.change_percent:.2f}" if i.change_percent is not None else "",
+            }
+            for i in changed
+        }
+        push_prices(prices)
+    return len(changed)

@@ -1,0 +1,86 @@
+"""Broker pages: connect / reconnect / disconnect an account, the Kite login callback, instruments."""
+
+import logging
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.middleware.csrf import get_token
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts import selectors as account_selectors
+
+from . import selectors, services
+from .errors import BrokerError
+
+logger = logging.getLogger(__name__)
+PENDING_KEY = "broker_connect_pending"
+
+
+def _csrf_secret(request) -> str:
+    get_token(request)  # makes sure the request has a CSRF secret
+    return request.META["CSRF_COOKIE"]
+
+
+@login_required
+@require_POST
+def connect(request, pk):
+    account = account_selectors.broker_account_of(request.user, pk)
+    if not account.is_active:
+        messages.error(request, f"{account.label} is deactivated; reactivate it first.")
+        return redirect("accounts:broker_list")
+    adapter_interactive = services.adapter_for(account).interactive_login
+    if adapter_interactive:
+        pending = request.session.get(PENDING_KEY, {})
+        state = services.connect_state_issue(account=account, csrf_secret=_csrf_secret(request), pending=pending)
+        request.session[PENDING_KEY] = pending
+        return redirect(services.connect_login_url(account=account, state=state))
+    try:
+        services.session_connect(account=account, actor=request.user)
+    except BrokerError as exc:
+        messages.error(request, f"Could not connect {account.label}: {exc}")
+    else:
+        messages.success(request, f"Connected {account.label}.")
+    return redirect("accounts:broker_list")
+
+
+@login_required
+@require_POST
+def disconnect(request, pk):
+    account = account_selectors.broker_account_of(request.user, pk)
+    if services.session_disconnect(account=account, actor=request.user):
+        messages.success(request, f"Disconnected {account.label}.")
+    return redirect("accounts:broker_list")
+
+
+@login_required
+@require_GET
+def login_callback(request):
+    """Where the broker's login page sends the trader back with a one-time request_token."""
+    pending = request.session.get(PENDING_KEY, {})
+    account_id = services.connect_state_check(
+        state=request.GET.get("state", ""), csrf_secret=_csrf_secret(request), pending=pending
+    )
+    request.session[PENDING_KEY] = pending
+    if account_id is None:
+        messages.error(request, "That login link is not valid for this browser session (or was used already).")
+        return redirect("accounts:broker_list")
+    account = account_selectors.broker_account_of(request.user, account_id)
+    if request.GET.get("status") != "success" or not request.GET.get("request_token"):
+        messages.error(request, f"The broker did not complete the login for {account.label}.")
+        return redirect("accounts:broker_list")
+    try:
+        services.connect_complete(account=account, request_token=request.GET["request_token"], actor=request.user)
+    except BrokerError as exc:
+        messages.error(request, f"Could not connect {account.label}: {exc}")
+    else:
+        messages.success(request, f"Connected {account.label}.")
+    return redirect("accounts:broker_list")
+
+
+@login_required
+@require_GET
+def instruments(request):
+    query = request.GET.get("q", "")
+    rows, truncated = selectors.instruments_search(query)
+    return render(request, "brokers/instruments.html", {"instruments": rows, "query": query, "truncated": truncated})
