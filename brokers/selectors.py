@@ -1,4 +1,4 @@
-from django.db.models import Q, QuerySet
+from django.db.models import Q
 
 from .models import Instrument
 

@@ -4,15 +4,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='auditlog',
-            name='action',
-            field=models.CharField(choices=[('login', 'Logged in'), ('login_failed', 'Failed login'), ('login_locked', 'Login locked out'), ('logout', 'Logged out'), ('password_changed', 'Password changed'), ('api_key_created', 'API key created'), ('api_key_revoked', 'API key revoked'), ('broker_account_created', 'Broker account created'), ('broker_account_changed', 'Broker account changed'), ('broker_account_deactivated', 'Broker account deactivated'), ('broker_account_reactivated', 'Broker account reactivated'), ('broker_session_login', 'Broker session opened'), ('broker_session_refreshed', 'Broker session renewed'), ('broker_session_expired', 'Broker session expired'), ('broker_session_failed', 'Broker login failed'), ('broker_session_logout', 'Broker session closed')], max_length=64),
+            model_name="auditlog",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("login", "Logged in"),
+                    ("login_failed", "Failed login"),
+                    ("login_locked", "Login locked out"),
+                    ("logout", "Logged out"),
+                    ("password_changed", "Password changed"),
+                    ("api_key_created", "API key created"),
+                    ("api_key_revoked", "API key revoked"),
+                    ("broker_account_created", "Broker account created"),
+                    ("broker_account_changed", "Broker account changed"),
+                    ("broker_account_deactivated", "Broker account deactivated"),
+                    ("broker_account_reactivated", "Broker account reactivated"),
+                    ("broker_session_login", "Broker session opened"),
+                    ("broker_session_refreshed", "Broker session renewed"),
+                    ("broker_session_expired", "Broker session expired"),
+                    ("broker_session_failed", "Broker login failed"),
+                    ("broker_session_logout", "Broker session closed"),
+                ],
+                max_length=64,
+            ),
         ),
     ]

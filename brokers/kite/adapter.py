@@ -190,7 +190,9 @@ class KiteBroker(base.Broker):
         secret = self.credentials.get("api_secret", "")
         checksum = hashlib.sha256(f"{self.api_key}{request_token}{secret}".encode()).hexdigest()
         data = self._request(
-            "POST", "/session/token", data={"api_key": self.api_key, "request_token": request_token, "checksum": checksum}
+            "POST",
+            "/session/token",
+            data={"api_key": self.api_key, "request_token": request_token, "checksum": checksum},
         )
         self.access_token = data["access_token"]
         return base.SessionTokens(
@@ -205,7 +207,9 @@ class KiteBroker(base.Broker):
 
     def logout(self) -> None:
         if self.access_token:
-            self._request("DELETE", "/session/token", params={"api_key": self.api_key, "access_token": self.access_token})
+            self._request(
+                "DELETE", "/session/token", params={"api_key": self.api_key, "access_token": self.access_token}
+            )
 
     # --- Orders ------------------------------------------------------------------
     def place_order(self, request: base.OrderRequest) -> base.PlacedOrder:

@@ -26,19 +26,21 @@ Layout, chosen for speed:
   for limits ``key = price`` (BUY) or ``-price`` (SELL) and the best level is
   ``keys[-1]``; for stops ``key = trigger`` (BUY) or ``-trigger`` (SELL) and the next
   level to trigger is ``keys[0]``.
-* ``_orders`` maps ``order_id -> (place, key)`` for a limit and
-  ``(place, key, limit_price_or_None, seq)`` for a stop (``seq`` orders stops in time
-  across trigger levels). That gives O(1) cancel, modify and lookup.
+* ``_orders`` maps ``order_id -> key * 4 + place`` (one int: ``code >> 2`` is the key,
+  ``code & 3`` the place), which gives O(1) cancel, modify and lookup. Stops also have
+  ``_stops[order_id] = (limit_price_or_None, seq)``, ``seq`` ordering them in time across
+  trigger levels.
 
-Everything stored is an int, a str, None or a tuple of those, so the cyclic garbage
-collector does not have to track (and re-scan) the book's contents, which keeps GC pauses
-out of the hot path.
+Adding, cancelling and modifying a limit order allocates no tuple, list or object: the book
+stores only ints and strs in dicts that hold nothing else, which the cyclic garbage collector
+neither counts towards a collection nor scans. That keeps GC pauses out of the hot path.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
+from operator import itemgetter
 
 BUY = "BUY"
 SELL = "SELL"
@@ -65,6 +67,7 @@ _set_quantity = Fill.quantity.__set__
 
 _BIDS, _ASKS, _BUY_STOPS, _SELL_STOPS = 0, 1, 2, 3
 _SIDE_OF_PLACE = (BUY, SELL, BUY, SELL)
+_second = itemgetter(1)
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -81,10 +84,21 @@ def _bad_side(side) -> ValueError:
 class OrderBook:
     """Resting LIMIT orders and pending stop (SL / SL-M) orders of ONE instrument, in price-time priority."""
 
-    __slots__ = ("_orders", "_levels", "_keys", "_bid_levels", "_bid_keys", "_ask_levels", "_ask_keys", "_seq")
+    __slots__ = (
+        "_orders",
+        "_stops",
+        "_levels",
+        "_keys",
+        "_bid_levels",
+        "_bid_keys",
+        "_ask_levels",
+        "_ask_keys",
+        "_seq",
+    )
 
     def __init__(self) -> None:
-        self._orders: dict[str, tuple] = {}
+        self._orders: dict[str, int] = {}  # order_id -> key * 4 + place
+        self._stops: dict[str, tuple[int | None, int]] = {}  # order_id -> (limit_price, seq), stops only
         self._levels: tuple[dict[int, dict[str, int]], ...] = ({}, {}, {}, {})  # by place
         self._keys: tuple[list[int], ...] = ([], [], [], [])  # by place, sorted ascending
         # the same containers as _levels[0], _keys[0], _levels[1], _keys[1], for the hot paths
@@ -113,12 +127,12 @@ class OrderBook:
             levels = self._bid_levels
             keys = self._bid_keys
             key = price
-            orders[order_id] = (_BIDS, key)
+            orders[order_id] = price << 2  # | _BIDS
         elif side == SELL:
             levels = self._ask_levels
             keys = self._ask_keys
             key = -price
-            orders[order_id] = (_ASKS, key)
+            orders[order_id] = (key << 2) | _ASKS
         else:
             raise _bad_side(side)
         level = levels.get(key)
@@ -133,31 +147,45 @@ class OrderBook:
 
         Same errors as ``add_limit``, for ``trigger``, ``quantity`` and a non-None ``limit_price``.
         """
-        if order_id in self._orders:
+        orders = self._orders
+        if order_id in orders:
             raise ValueError(f"duplicate order id {order_id!r}")
-        _check_positive_int("trigger", trigger)
-        _check_positive_int("quantity", quantity)
-        if limit_price is not None:
+        if type(trigger) is not int or trigger <= 0:
+            _check_positive_int("trigger", trigger)
+        if type(quantity) is not int or quantity <= 0:
+            _check_positive_int("quantity", quantity)
+        if limit_price is not None and (type(limit_price) is not int or limit_price <= 0):
             _check_positive_int("limit_price", limit_price)
         if side == BUY:
-            place, key = _BUY_STOPS, trigger
+            place = _BUY_STOPS
+            key = trigger
         elif side == SELL:
-            place, key = _SELL_STOPS, -trigger
+            place = _SELL_STOPS
+            key = -trigger
         else:
             raise _bad_side(side)
-        self._seq += 1
-        self._orders[order_id] = (place, key, limit_price, self._seq)
-        self._link(order_id, place, key, quantity)
+        seq = self._seq = self._seq + 1
+        orders[order_id] = (key << 2) | place
+        self._stops[order_id] = (limit_price, seq)
+        levels = self._levels[place]
+        level = levels.get(key)
+        if level is None:
+            levels[key] = {order_id: quantity}
+            insort(self._keys[place], key)
+        else:
+            level[order_id] = quantity
 
     # -- changing -----------------------------------------------------------------------------
 
     def cancel(self, order_id: str) -> bool:
         """Remove a resting limit or a pending stop; False if the id is not in the book."""
-        entry = self._orders.pop(order_id, None)
-        if entry is None:
+        code = self._orders.pop(order_id, None)
+        if code is None:
             return False
-        place = entry[0]
-        key = entry[1]
+        place = code & 3
+        key = code >> 2
+        if place >= _BUY_STOPS:
+            del self._stops[order_id]
         levels = self._levels[place]
         level = levels[key]
         del level[order_id]
@@ -185,17 +213,17 @@ class OrderBook:
             _check_positive_int("quantity", quantity)
         if trigger is not None:
             _check_positive_int("trigger", trigger)
-        entry = self._orders.get(order_id)
-        if entry is None:
+        code = self._orders.get(order_id)
+        if code is None:
             return False
-        place = entry[0]
-        key = entry[1]
+        place = code & 3
+        key = code >> 2
         sign = -1 if place & 1 else 1
         old_quantity = self._levels[place][key][order_id]
         new_quantity = old_quantity if quantity is None else quantity
         new_key = key
         if place >= _BUY_STOPS:
-            old_limit = limit_price = entry[2]
+            old_limit = limit_price = self._stops[order_id][0]
             if trigger is not None:
                 new_key = sign * trigger
             if price is not None:
@@ -205,7 +233,8 @@ class OrderBook:
             if new_key != key or limit_price != old_limit or new_quantity > old_quantity:
                 self._unlink(order_id, place, key)
                 self._seq += 1
-                self._orders[order_id] = (place, new_key, limit_price, self._seq)
+                self._orders[order_id] = (new_key << 2) | place
+                self._stops[order_id] = (limit_price, self._seq)
                 self._link(order_id, place, new_key, new_quantity)
                 return True
         else:
@@ -215,7 +244,7 @@ class OrderBook:
                 new_key = sign * price
             if new_key != key or new_quantity > old_quantity:
                 self._unlink(order_id, place, key)
-                self._orders[order_id] = (place, new_key)
+                self._orders[order_id] = (new_key << 2) | place
                 self._link(order_id, place, new_key, new_quantity)
                 return True
         # same or smaller quantity, nothing else changed: keeps its place
@@ -226,10 +255,10 @@ class OrderBook:
 
     def remaining(self, order_id: str) -> int | None:
         """Remaining quantity of a resting or pending order, None if it is not in the book."""
-        entry = self._orders.get(order_id)
-        if entry is None:
+        code = self._orders.get(order_id)
+        if code is None:
             return None
-        return self._levels[entry[0]][entry[1]][order_id]
+        return self._levels[code & 3][code >> 2][order_id]
 
     def __contains__(self, order_id) -> bool:
         return order_id in self._orders
@@ -255,19 +284,19 @@ class OrderBook:
         A BUY stop triggers when ``last_price >= trigger``, a SELL stop when ``last_price <= trigger``.
         Each item is ``(order_id, side, quantity, limit_price_or_None)``.
         """
-        buy_keys = self._keys[_BUY_STOPS]
-        sell_keys = self._keys[_SELL_STOPS]
-        buys = buy_keys and buy_keys[0] <= last_price
-        sells = sell_keys and sell_keys[0] <= -last_price
-        if not (buys or sells):
-            return []
         triggered: list[tuple[int, tuple[str, str, int, int | None]]] = []
-        if buys:
-            self._pop_triggered(_BUY_STOPS, last_price, triggered)
-        if sells:
-            self._pop_triggered(_SELL_STOPS, -last_price, triggered)
-        triggered.sort()  # by seq, which is unique
-        return [item for _seq, item in triggered]
+        levels_hit = 0
+        keys = self._keys[_BUY_STOPS]
+        if keys and keys[0] <= last_price:
+            levels_hit += self._pop_triggered(_BUY_STOPS, last_price, triggered)
+        keys = self._keys[_SELL_STOPS]
+        if keys and keys[0] <= -last_price:
+            levels_hit += self._pop_triggered(_SELL_STOPS, -last_price, triggered)
+        if not levels_hit:
+            return []
+        if levels_hit > 1:
+            triggered.sort()  # by seq, which is unique (one level is in time order already)
+        return list(map(_second, triggered))
 
     def match(self, *, bid: int, ask: int, volume: int) -> list[Fill]:
         """One market tick: fill the resting limits that the market's bid/ask cross, up to ``volume`` per side.
@@ -337,18 +366,24 @@ class OrderBook:
             for order_id in done:
                 del orders[order_id]
 
-    def _pop_triggered(self, place: int, threshold: int, out: list) -> None:
-        """Remove the stop levels of ``place`` with ``key <= threshold``; append ``(seq, item)`` to ``out``."""
+    def _pop_triggered(self, place: int, threshold: int, out: list) -> int:
+        """Remove the stop levels of ``place`` with ``key <= threshold``, appending ``(seq, item)`` to ``out``.
+
+        Returns how many levels it removed.
+        """
         orders = self._orders
+        stops = self._stops
         levels = self._levels[place]
         keys = self._keys[place]
         side = _SIDE_OF_PLACE[place]
         n = bisect_right(keys, threshold)
         for key in keys[:n]:
             for order_id, quantity in levels.pop(key).items():
-                _place, _key, limit_price, seq = orders.pop(order_id)
+                del orders[order_id]
+                limit_price, seq = stops.pop(order_id)
                 out.append((seq, (order_id, side, quantity, limit_price)))
         del keys[:n]
+        return n
 
     def _link(self, order_id: str, place: int, key: int, quantity: int) -> None:
         """Put an order at the back of its level (creating the level if needed); ``_orders`` is not touched."""

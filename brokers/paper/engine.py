@@ -283,9 +283,7 @@ def _validate(instrument: PaperInstrument, *, side, order_type, product, validit
     if quantity <= 0:
         raise InputException("Quantity should be greater than 0.", kind="lot_size")
     if quantity % instrument.lot_size:
-        raise InputException(
-            f"Quantity should be a multiple of the lot size {instrument.lot_size}.", kind="lot_size"
-        )
+        raise InputException(f"Quantity should be a multiple of the lot size {instrument.lot_size}.", kind="lot_size")
     if order_type in ("LIMIT", "SL"):
         if price is None or price <= 0:
             raise InputException("Price should be greater than 0 for a LIMIT or SL order.")
@@ -453,9 +451,12 @@ def _record_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime
 
 
 def _live_order(client: PaperClient, order_id: str) -> PaperOrder:
-    order = PaperOrder.objects.select_for_update().select_related("instrument").filter(
-        client=client, order_id=order_id
-    ).first()
+    order = (
+        PaperOrder.objects.select_for_update()
+        .select_related("instrument")
+        .filter(client=client, order_id=order_id)
+        .first()
+    )
     if order is None:
         raise InputException("Couldn't find that `order_id`.", kind="input")
     if order.status not in PaperOrder.LIVE:
@@ -634,9 +635,7 @@ def match_instrument(*, instrument_id: int) -> int:
         order.updated_at = now
         order.save(update_fields=["status", "order_type", "updated_at"])
         touch = instrument.ask if order.transaction_type == BUY else instrument.bid
-        crosses = limit is None or (
-            order.price >= touch if order.transaction_type == BUY else order.price <= touch
-        )
+        crosses = limit is None or (order.price >= touch if order.transaction_type == BUY else order.price <= touch)
         if crosses:
             _record_fill(order, order.quantity - order.filled_quantity, touch, now)
             fills += 1

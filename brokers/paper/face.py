@@ -20,6 +20,7 @@ from . import engine, kite_format
 from .engine import ExchangeError, InputException, TokenException
 from .models import PaperInstrument
 
+
 def success(data, status: int = 200) -> JsonResponse:
     return JsonResponse({"status": "success", "data": data}, status=status)
 

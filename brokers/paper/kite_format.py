@@ -108,6 +108,7 @@ def postback(order_row: PaperOrder) -> dict:
     """Kite's postback body: the order plus user_id, app_id, unfilled_quantity and checksum."""
     client = order_row.client
     body = order(order_row)
+    body.pop("modified")  # Kite's postback has every order field but this one
     checksum = hashlib.sha256(f"{order_row.order_id}{body['order_timestamp']}{client.api_secret}".encode()).hexdigest()
     return {
         "user_id": client.user_id,
@@ -167,9 +168,7 @@ def position(row: PositionRow) -> dict:
         "day_buy_price": number(round(row.day_buy_value / row.day_buy_quantity, 4)) if row.day_buy_quantity else 0,
         "day_buy_value": number(row.day_buy_value),
         "day_sell_quantity": row.day_sell_quantity,
-        "day_sell_price": number(round(row.day_sell_value / row.day_sell_quantity, 4))
-        if row.day_sell_quantity
-        else 0,
+        "day_sell_price": number(round(row.day_sell_value / row.day_sell_quantity, 4)) if row.day_sell_quantity else 0,
         "day_sell_value": number(row.day_sell_value),
     }
 

@@ -31,7 +31,10 @@ class PaperClient(models.Model):
     # Fault knobs, for tests and demos.
     latency_ms = models.PositiveIntegerField(default=0, help_text="Added to every call.")
     error_rate = models.FloatField(default=0, help_text="Share of calls that fail with a server error (0-1).")
-    timeout_rate = models.FloatField(default=0, help_text="Share of order calls (place, modify, cancel) whose answer is lost after the work is done (0-1).")
+    timeout_rate = models.FloatField(
+        default=0,
+        help_text="Share of order calls (place, modify, cancel) whose answer is lost after the work is done (0-1).",
+    )
     rejection_rate = models.FloatField(default=0, help_text="Share of orders rejected by RMS (0-1).")
     rate_limit_per_s = models.PositiveIntegerField(default=0, help_text="Calls per second before 429; 0 = none.")
     session_ttl_s = models.PositiveIntegerField(default=0, help_text="Session lifetime; 0 = until 06:00 IST.")

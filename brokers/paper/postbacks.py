@@ -6,6 +6,7 @@ A receiver must expect repeats (a retried delivery), as with Kite.
 """
 
 import json
+
 import requests
 
 from . import kite_format

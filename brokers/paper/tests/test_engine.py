@@ -1,0 +1,266 @@
+"""The paper exchange's rules: fills, priority, triggers, rejections, funds and knobs."""
+
+from decimal import Decimal
+
+import pytest
+
+from brokers.paper import engine
+from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
+
+D = Decimal
+Status = PaperOrder.Status
+
+
+def quote(symbol="INFY", last="1500", bid=None, ask=None, volume=None, exchange="NSE"):
+    last = D(last)
+    return engine.market_set(
+        exchange=exchange,
+        tradingsymbol=symbol,
+        last_price=last,
+        bid=D(bid) if bid else last - D("0.1"),
+        ask=D(ask) if ask else last + D("0.1"),
+        tick_volume=volume,
+    )
+
+
+def place(client, side="BUY", order_type="LIMIT", quantity=1, price=None, trigger=None, symbol="INFY", **kw):
+    return engine.order_place(
+        client=client,
+        exchange=kw.pop("exchange", "NSE"),
+        tradingsymbol=symbol,
+        transaction_type=side,
+        order_type=order_type,
+        quantity=quantity,
+        product=kw.pop("product", "MIS"),
+        price=D(price) if price else None,
+        trigger_price=D(trigger) if trigger else None,
+        **kw,
+    )
+
+
+@pytest.fixture
+def client(db):
+    quote(last="1500", volume=1000)
+    return engine.client_get_or_create(user_id="C1")
+
+
+def reload(order):
+    return PaperOrder.objects.get(pk=order.pk)
+
+
+# --- Fills ------------------------------------------------------------------------------
+
+
+def test_market_buy_fills_at_once_at_the_ask(client):
+    order = place(client, order_type="MARKET", quantity=3)
+    assert order.status == Status.COMPLETE and order.filled_quantity == 3
+    assert order.average_price == D("1500.1")
+    assert PaperTrade.objects.get(order=order).price == D("1500.10")
+
+
+def test_market_sell_fills_at_the_bid(client):
+    order = place(client, side="SELL", order_type="MARKET", quantity=2)
+    assert order.status == Status.COMPLETE and order.average_price == D("1499.9")
+
+
+def test_crossing_limit_buy_fills_at_the_better_price(client):
+    order = place(client, price="1510", quantity=1)
+    assert order.status == Status.COMPLETE
+    assert order.average_price == D("1500.1")
+
+
+def test_resting_limit_fills_at_its_own_price_when_the_market_crosses(client):
+    order = place(client, price="1490", quantity=5)
+    assert order.status == Status.OPEN and order.filled_quantity == 0
+    quote(last="1495", volume=1000)  # ask 1495.1: not crossed yet
+    assert reload(order).filled_quantity == 0
+    quote(last="1480", volume=1000)  # ask 1480.1 <= 1490: crossed
+    order = reload(order)
+    assert order.status == Status.COMPLETE and order.average_price == D("1490")
+
+
+def test_price_time_priority_and_partial_fills_against_tick_volume(client):
+    first = place(client, price="1490", quantity=6)
+    better = place(client, price="1492", quantity=3)
+    later = place(client, price="1490", quantity=4)
+    quote(last="1480", volume=7)  # 7 shares: 3 to the better price, then 4 to the earlier 1490
+    assert reload(better).filled_quantity == 3
+    assert reload(first).filled_quantity == 4 and reload(first).status == Status.OPEN
+    assert reload(later).filled_quantity == 0
+    quote(last="1480", volume=5)
+    assert reload(first).status == Status.COMPLETE
+    assert reload(later).filled_quantity == 3
+
+
+def test_sell_side_priority_lowest_price_first(client):
+    high = place(client, side="SELL", price="1520", quantity=2)
+    low = place(client, side="SELL", price="1510", quantity=2)
+    quote(last="1515", bid="1515", ask="1515.1", volume=10)
+    assert reload(low).status == Status.COMPLETE and reload(high).filled_quantity == 0
+
+
+def test_sl_m_buy_triggers_and_fills_at_market(client):
+    order = place(client, order_type="SL-M", trigger="1510", quantity=2)
+    assert order.status == Status.TRIGGER_PENDING
+    quote(last="1509")
+    assert reload(order).status == Status.TRIGGER_PENDING
+    quote(last="1511")
+    order = reload(order)
+    assert order.status == Status.COMPLETE and order.order_type == "MARKET"
+    assert order.average_price == D("1511.1")
+
+
+def test_sl_sell_triggers_into_a_limit_that_can_rest(client):
+    order = place(client, side="SELL", order_type="SL", trigger="1490", price="1489", quantity=2)
+    assert order.status == Status.TRIGGER_PENDING
+    quote(last="1490", bid="1488", ask="1490.1")  # triggered; limit 1489 above bid 1488: rests
+    order = reload(order)
+    assert order.status == Status.OPEN and order.order_type == "LIMIT" and order.filled_quantity == 0
+    quote(last="1489.5", bid="1489.5", ask="1489.6")
+    assert reload(order).status == Status.COMPLETE and reload(order).average_price == D("1489")
+
+
+def test_cancel_and_modify(client):
+    order = place(client, price="1490", quantity=2)
+    modified = engine.order_modify(client=client, order_id=order.order_id, price=D("1491"), quantity=3)
+    assert modified.price == D("1491") and modified.quantity == 3 and modified.modifications == 1
+    cancelled = engine.order_cancel(client=client, order_id=order.order_id)
+    assert cancelled.status == Status.CANCELLED and cancelled.cancelled_quantity == 3
+    with pytest.raises(engine.InputException):
+        engine.order_cancel(client=client, order_id=order.order_id)
+
+
+def test_modifying_the_price_loses_time_priority(client):
+    first = place(client, price="1490", quantity=2)
+    second = place(client, price="1490", quantity=2)
+    engine.order_modify(client=client, order_id=first.order_id, price=D("1490.1"))
+    engine.order_modify(client=client, order_id=first.order_id, price=D("1490"))
+    quote(last="1480", volume=2)
+    assert reload(second).status == Status.COMPLETE and reload(first).filled_quantity == 0
+
+
+# --- Rejections -------------------------------------------------------------------------
+
+
+def test_rejects_quantity_not_multiple_of_lot(client):
+    with pytest.raises(engine.InputException) as error:
+        place(client, symbol="NIFTY26DECFUT", exchange="NFO", product="NRML", order_type="MARKET", quantity=50)
+    assert error.value.kind == "lot_size"
+    assert not PaperOrder.objects.exists()
+
+
+def test_rejects_price_off_the_tick(client):
+    with pytest.raises(engine.InputException) as error:
+        place(client, price="1500.03")
+    assert error.value.kind == "tick_size" and "multiple of tick size" in error.value.message
+
+
+def test_rejects_unknown_instrument(client):
+    with pytest.raises(engine.InputException) as error:
+        place(client, symbol="NOPE", order_type="MARKET")
+    assert error.value.kind == "instrument"
+
+
+def test_rejects_price_outside_the_band(client):
+    order = place(client, price="1900")  # previous close 1500, band +-20%
+    assert order.status == Status.REJECTED and "price band" in order.status_message
+    assert not PaperTrade.objects.exists()
+
+
+def test_rejects_insufficient_funds_counting_open_orders(client):
+    PaperClient.objects.filter(pk=client.pk).update(cash=D("10000"))
+    place(client, price="1450", quantity=6)  # blocks 8700
+    order = place(client, price="1450", quantity=1)  # 1450 > 1300 left
+    assert order.status == Status.REJECTED and order.status_message.startswith("Insufficient funds")
+
+
+def test_cash_moves_with_fills(client):
+    before = PaperClient.objects.get(pk=client.pk).cash
+    place(client, order_type="MARKET", quantity=10)
+    place(client, side="SELL", order_type="MARKET", quantity=4)
+    after = PaperClient.objects.get(pk=client.pk).cash
+    assert after == before - 10 * D("1500.1") + 4 * D("1499.9")
+
+
+def test_rejects_the_26th_modification(client):
+    order = place(client, price="1400", quantity=1)
+    for step in range(25):
+        engine.order_modify(client=client, order_id=order.order_id, price=D("1400") + D(step % 2))
+    with pytest.raises(engine.InputException) as error:
+        engine.order_modify(client=client, order_id=order.order_id, price=D("1401"))
+    assert error.value.kind == "modification_cap"
+
+
+def test_rejection_rate_knob(client):
+    PaperClient.objects.filter(pk=client.pk).update(rejection_rate=1)
+    client.refresh_from_db()
+    order = place(client, order_type="MARKET")
+    assert order.status == Status.REJECTED and order.status_message.startswith("RMS")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"order_type": "SL", "trigger": "1490", "price": "1495"}, "Trigger price for stoploss buy"),
+        ({"order_type": "SL-M", "side": "SELL", "trigger": "1510"}, "stoploss sell"),
+        ({"order_type": "LIMIT"}, "Price should be greater than 0"),
+        ({"order_type": "SL-M"}, "Trigger price should be greater than 0"),
+        ({"order_type": "MARKET", "product": "XYZ"}, "Invalid `product`"),
+    ],
+)
+def test_rejects_bad_order_parameters(client, kwargs, message):
+    with pytest.raises(engine.InputException, match=message):
+        place(client, **kwargs)
+
+
+# --- Knobs, sessions, the feed -------------------------------------------------------------
+
+
+def test_error_rate_knob_fails_before_doing_anything(client):
+    client.error_rate = 1
+    with pytest.raises(engine.ServerError):
+        engine.faults_before(client)
+
+
+def test_rate_limit_knob(client):
+    client.rate_limit_per_s = 2
+    engine.faults_before(client)
+    engine.faults_before(client)
+    with pytest.raises(engine.RateLimitExceeded):
+        engine.faults_before(client)
+
+
+def test_timeout_knob_loses_only_write_answers(client):
+    client.timeout_rate = 1
+    assert engine.faults_before(client).lose_answer is False
+    faults = engine.faults_before(client, write=True)
+    with pytest.raises(engine.AnswerLost):
+        faults.after()
+
+
+def test_access_tokens_expire(client):
+    token, _ = engine.session_open(client=client)
+    assert engine.client_for_access_token(api_key=None, access_token=token) == client
+    engine.session_expire_now(client=client)
+    with pytest.raises(engine.TokenException):
+        engine.client_for_access_token(api_key=None, access_token=token)
+
+
+def test_the_random_walk_is_repeatable_and_stays_on_ticks(db, settings):
+    settings.PAPER_TICK_SIGMA = 0.01
+
+    def walk():
+        PaperInstrument.objects.update(last_price=D("1500"))
+        from brokers.paper.models import PaperFeedState
+
+        PaperFeedState.objects.all().delete()
+        for _ in range(5):
+            engine.market_tick(rng_seed=7)
+        return dict(PaperInstrument.objects.values_list("tradingsymbol", "last_price"))
+
+    first, second = walk(), walk()
+    assert first == second
+    assert len(set(first.values())) > 1
+    infy = PaperInstrument.objects.get(tradingsymbol="INFY")
+    assert infy.last_price % infy.tick_size == 0
+    assert infy.ask - infy.bid == 2 * infy.tick_size

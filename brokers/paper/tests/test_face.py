@@ -1,0 +1,214 @@
+"""The Kite face on a real port: the official kiteconnect client, and Kite's wire format field for field."""
+
+import hashlib
+import json
+import re
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import requests
+from django.contrib.auth.hashers import make_password
+from django.utils import timezone
+from kiteconnect import KiteConnect
+from kiteconnect import exceptions as kite_errors
+
+from brokers.paper import engine, kite_format
+from brokers.paper.models import PaperClient, PaperOrder, PaperTrade
+
+MOCKS = Path(__file__).resolve().parents[4] / "shared" / "kite-mocks"
+REDIRECT = "http://app.example/callback"
+
+
+def mock(name):
+    return json.loads((MOCKS / f"{name}.json").read_text())
+
+
+@pytest.fixture
+def kite_client(transactional_db, paper_market):
+    return PaperClient.objects.create(
+        user_id="AB1234", name="Paper Trader", password=make_password("pw-123456"), redirect_url=REDIRECT
+    )
+
+
+def browser_login(face_url, client, password="pw-123456", redirect_params=""):
+    """What a trader does on the login page; returns the redirect Location."""
+    session = requests.Session()
+    page = session.get(f"{face_url}/connect/login", params={"api_key": client.api_key, "v": "3"})
+    assert page.status_code == 200
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    response = session.post(
+        f"{face_url}/connect/login?api_key={client.api_key}",
+        data={
+            "csrfmiddlewaretoken": csrf,
+            "api_key": client.api_key,
+            "user_id": client.user_id,
+            "password": password,
+            "redirect_params": redirect_params,
+        },
+        headers={"Referer": f"{face_url}/connect/login"},
+        allow_redirects=False,
+    )
+    return response
+
+
+def request_token_for(face_url, client):
+    location = browser_login(face_url, client).headers["Location"]
+    assert location.startswith(REDIRECT)
+    return re.search(r"request_token=([^&]+)", location).group(1)
+
+
+@pytest.fixture
+def kite(face_url, kite_client):
+    kite = KiteConnect(api_key=kite_client.api_key, root=face_url)
+    session = kite.generate_session(request_token_for(face_url, kite_client), api_secret=kite_client.api_secret)
+    kite.set_access_token(session["access_token"])
+    return kite
+
+
+def test_login_page_redirects_with_request_token_and_redirect_params(face_url, kite_client):
+    response = browser_login(face_url, kite_client, redirect_params="state=abc")
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    assert "request_token=" in location and "status=success" in location and "state=abc" in location
+
+
+def test_login_page_refuses_a_wrong_password(face_url, kite_client):
+    response = browser_login(face_url, kite_client, password="wrong")
+    assert response.status_code == 400 and "Invalid user id or password" in response.text
+
+
+def test_request_tokens_are_one_time_and_need_the_checksum(face_url, kite_client):
+    token = request_token_for(face_url, kite_client)
+    kite = KiteConnect(api_key=kite_client.api_key, root=face_url)
+    with pytest.raises(kite_errors.TokenException):
+        kite.generate_session(token, api_secret="wrong-secret")
+    kite.generate_session(token, api_secret=kite_client.api_secret)
+    with pytest.raises(kite_errors.TokenException):
+        kite.generate_session(token, api_secret=kite_client.api_secret)
+
+
+def test_kiteconnect_places_modifies_cancels_and_lists(kite, kite_client):
+    order_id = kite.place_order(
+        variety=kite.VARIETY_REGULAR,
+        exchange="NSE",
+        tradingsymbol="INFY",
+        transaction_type=kite.TRANSACTION_TYPE_BUY,
+        quantity=2,
+        product=kite.PRODUCT_MIS,
+        order_type=kite.ORDER_TYPE_LIMIT,
+        price=1450,
+        tag="KC-1",
+    )
+    kite.modify_order(variety=kite.VARIETY_REGULAR, order_id=order_id, price=1455, quantity=3)
+    history = kite.order_history(order_id)
+    assert history[-1]["price"] == 1455 and history[-1]["quantity"] == 3 and history[-1]["status"] == "OPEN"
+    kite.cancel_order(variety=kite.VARIETY_REGULAR, order_id=order_id)
+    assert kite.order_history(order_id)[-1]["status"] == "CANCELLED"
+
+    filled = kite.place_order(
+        variety="regular", exchange="NSE", tradingsymbol="INFY", transaction_type="BUY",
+        quantity=1, product="CNC", order_type="MARKET",
+    )  # fmt: skip
+    assert [o["order_id"] for o in kite.orders()] == [order_id, filled]
+    assert kite.order_trades(filled)[0]["quantity"] == 1
+    assert kite.trades()[0]["order_id"] == filled
+    assert kite.positions()["net"][0]["quantity"] == 1
+    assert kite.ltp("NSE:INFY")["NSE:INFY"]["last_price"] > 0
+    assert kite.quote(["NSE:INFY", "NSE:TCS"])["NSE:TCS"]["depth"]["sell"][0]["price"] > 0
+    assert kite.margins("equity")["available"]["cash"] > 0
+    assert kite.profile()["user_id"] == "AB1234"
+    instruments = kite.instruments("NSE")
+    assert any(row["tradingsymbol"] == "INFY" and row["tick_size"] == 0.1 for row in instruments)
+
+
+def test_kiteconnect_sees_kite_errors(kite):
+    with pytest.raises(kite_errors.InputException, match="tick size"):
+        kite.place_order(
+            variety="regular", exchange="NSE", tradingsymbol="INFY", transaction_type="BUY",
+            quantity=1, product="MIS", order_type="LIMIT", price=1450.03,
+        )  # fmt: skip
+    bad = KiteConnect(api_key=kite.api_key, access_token="nope", root=kite.root)
+    with pytest.raises(kite_errors.TokenException):
+        bad.orders()
+
+
+def test_fault_knobs_reach_the_wire(face_url, kite, kite_client):
+    PaperClient.objects.filter(pk=kite_client.pk).update(error_rate=1)
+    response = requests.get(
+        f"{face_url}/orders", headers={"Authorization": f"token {kite.api_key}:{kite.access_token}"}
+    )
+    assert response.status_code == 503 and response.json()["error_type"] == "NetworkException"
+    PaperClient.objects.filter(pk=kite_client.pk).update(error_rate=0, rate_limit_per_s=1)
+    statuses = {
+        requests.get(
+            f"{face_url}/orders", headers={"Authorization": f"token {kite.api_key}:{kite.access_token}"}
+        ).status_code
+        for _ in range(3)
+    }
+    assert 429 in statuses
+
+
+def keys(value):
+    return set(value) if isinstance(value, dict) else set()
+
+
+def test_responses_match_kites_samples_field_for_field(face_url, kite, kite_client):
+    order_id = kite.place_order(
+        variety="regular", exchange="NSE", tradingsymbol="SBIN", transaction_type="BUY",
+        quantity=1, product="CNC", order_type="MARKET",
+    )  # fmt: skip
+    # A delivery bought yesterday shows as a holding today.
+    PaperTrade.objects.update(filled_at=timezone.now() - timedelta(days=1))
+    kite.place_order(
+        variety="regular", exchange="NSE", tradingsymbol="INFY", transaction_type="SELL",
+        quantity=1, product="MIS", order_type="MARKET",
+    )  # fmt: skip
+    auth = {"Authorization": f"token {kite.api_key}:{kite.access_token}", "X-Kite-Version": "3"}
+
+    def get(path, **params):
+        body = requests.get(f"{face_url}{path}", headers=auth, params=params).json()
+        assert body["status"] == "success", body
+        return body["data"]
+
+    order = get("/orders")[0]
+    expected_order = keys(mock("orders")["data"][0])
+    assert keys(order) == expected_order
+    assert keys(get(f"/orders/{order_id}")[0]) == expected_order
+    assert keys(get("/trades")[0]) == keys(mock("trades")["data"][0])
+    assert keys(get(f"/orders/{order_id}/trades")[0]) == keys(mock("order_trades")["data"][0])
+    positions = get("/portfolio/positions")
+    assert keys(positions) == {"net", "day"}
+    assert keys(positions["net"][0]) == keys(mock("positions")["data"]["net"][0])
+    holdings = get("/portfolio/holdings")
+    assert keys(holdings[0]) == keys(mock("holdings")["data"][0])
+    margins = get("/user/margins")
+    sample = mock("margins")["data"]
+    assert keys(margins) == keys(sample)
+    assert keys(margins["equity"]["available"]) == keys(sample["equity"]["available"])
+    assert keys(margins["equity"]["utilised"]) == keys(sample["equity"]["utilised"])
+    quote = get("/quote", i="NSE:INFY")["NSE:INFY"]
+    assert keys(quote) == keys(mock("quote")["data"]["NSE:INFY"])
+    assert keys(quote["ohlc"]) == keys(mock("quote")["data"]["NSE:INFY"]["ohlc"])
+    assert keys(get("/quote/ltp", i="NSE:INFY")["NSE:INFY"]) == keys(mock("ltp")["data"]["NSE:INFY"])
+    assert keys(get("/quote/ohlc", i="NSE:INFY")["NSE:INFY"]) == keys(mock("ohlc")["data"]["NSE:INFY"])
+    assert keys(get("/user/profile")) == keys(mock("profile")["data"])
+    session = kite_format.session(kite_client, "token", timezone.now())
+    assert keys(session) == keys(mock("generate_session")["data"])
+    csv_header = requests.get(f"{face_url}/instruments", headers=auth).text.splitlines()[0]
+    assert csv_header == (MOCKS / "instruments_nse.csv").read_text().splitlines()[0]
+
+
+def test_postback_matches_kite_and_carries_a_valid_checksum(kite_client):
+    client = engine.client_get_or_create(user_id=kite_client.user_id)
+    order = engine.order_place(
+        client=client, exchange="NSE", tradingsymbol="INFY", transaction_type="BUY",
+        order_type="MARKET", quantity=1, product="MIS",
+    )  # fmt: skip
+    body = kite_format.postback(PaperOrder.objects.get(pk=order.pk))
+    assert keys(body) == keys(mock("postback"))
+    expected = hashlib.sha256(f"{body['order_id']}{body['order_timestamp']}{client.api_secret}".encode()).hexdigest()
+    assert body["checksum"] == expected and body["status"] == "COMPLETE"
+    assert body["unfilled_quantity"] == 0 and body["filled_quantity"] == 1
+    assert Decimal(str(body["average_price"])) == PaperOrder.objects.get(pk=order.pk).average_price

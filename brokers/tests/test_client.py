@@ -1,0 +1,158 @@
+"""AccountBroker against the paper exchange: sessions, retries, budgets, lost answers."""
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from accounts.models import AuditLog
+from brokers import services
+from brokers.base import OrderRequest, Status
+from brokers.client import AccountBroker
+from brokers.errors import BrokerUnavailable, NetworkError, OrderRejected, RateLimited, RejectKind
+from brokers.models import BrokerSession
+from brokers.paper import engine
+from brokers.paper.models import PaperClient, PaperOrder
+
+
+def request(tag="T-1", **overrides):
+    values = {
+        "exchange": "NSE",
+        "tradingsymbol": "INFY",
+        "side": "BUY",
+        "quantity": 1,
+        "order_type": "MARKET",
+        "product": "MIS",
+        "tag": tag,
+    }
+    values.update(overrides)
+    return OrderRequest(**values)
+
+
+def knobs(account, **values):
+    PaperClient.objects.filter(user_id=account.client_id).update(**values)
+
+
+def no_sleep(_seconds):
+    return None
+
+
+def test_first_call_logs_in_and_later_calls_reuse_the_session(paper_account):
+    broker = AccountBroker(paper_account)
+    placed = broker.place_order(request())
+    assert broker.order(placed.broker_order_id).status == Status.FILLED
+    AccountBroker(paper_account).orders()
+    assert BrokerSession.objects.filter(account=paper_account).count() == 1
+    assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_SESSION_LOGIN).count() == 1
+
+
+def test_a_lost_answer_is_resolved_by_tag_not_by_sending_again(paper_account):
+    AccountBroker(paper_account).orders()  # log in
+    knobs(paper_account, timeout_rate=1)
+    placed = AccountBroker(paper_account, sleep=no_sleep).place_order(request(tag="LOST-1"))
+    orders = PaperOrder.objects.filter(tag="LOST-1")
+    assert orders.count() == 1
+    assert placed.broker_order_id == orders.get().order_id
+
+
+def test_a_server_error_before_processing_is_retried_once_known_absent(paper_account):
+    AccountBroker(paper_account).orders()
+    knobs(paper_account, error_rate=1)
+    with pytest.raises(BrokerUnavailable):
+        AccountBroker(paper_account, sleep=no_sleep).place_order(request(tag="ERR-1"))
+    assert not PaperOrder.objects.filter(tag="ERR-1").exists()
+
+
+def test_reads_retry_transient_errors_then_give_up(paper_account):
+    AccountBroker(paper_account).orders()
+    knobs(paper_account, error_rate=1)
+    calls = []
+    with pytest.raises(BrokerUnavailable):
+        AccountBroker(paper_account, sleep=calls.append, attempts=3).positions()
+    assert len(calls) == 2  # three attempts, two backoffs
+
+
+def test_rejections_are_typed_and_not_retried(paper_account):
+    with pytest.raises(OrderRejected) as error:
+        AccountBroker(paper_account).place_order(request(order_type="LIMIT", price=Decimal("1500.03")))
+    assert error.value.kind == RejectKind.TICK_SIZE
+    with pytest.raises(OrderRejected) as error:
+        AccountBroker(paper_account).place_order(request(tag="BAND", order_type="LIMIT", price=Decimal("2500")))
+    assert error.value.kind == RejectKind.PRICE_BAND and error.value.broker_order_id
+    assert PaperOrder.objects.filter(tag="BAND").count() == 1
+
+
+def test_an_expired_session_is_renewed_once_and_the_call_succeeds(paper_account, paper_client):
+    broker = AccountBroker(paper_account)
+    broker.orders()
+    first = BrokerSession.objects.get(account=paper_account)
+    engine.session_expire_now(client=paper_client)  # the broker ends it; our row still says active
+    broker.positions()
+    first.refresh_from_db()
+    assert first.status == BrokerSession.Status.EXPIRED
+    assert BrokerSession.objects.filter(account=paper_account, status="active").count() == 1
+    assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_SESSION_REFRESHED).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_auth_failures_cause_one_login(paper_account, paper_client):
+    AccountBroker(paper_account).orders()
+    engine.session_expire_now(client=paper_client)
+    errors, barrier = [], threading.Barrier(6)
+
+    def work():
+        try:
+            barrier.wait()
+            AccountBroker(paper_account).orders()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert BrokerSession.objects.filter(account=paper_account).count() == 2  # the first and one renewal
+    assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_SESSION_REFRESHED).count() == 1
+
+
+def test_budget_refuses_or_waits_as_the_caller_chooses(paper_account, settings):
+    settings.BROKER_RATE_LIMITS = {"paper": {"orders": [(2, 1)]}}
+    AccountBroker(paper_account).orders()
+    refusing = AccountBroker(paper_account, wait_for_budget=False, attempts=1)
+    refusing.place_order(request(tag="B1"))
+    refusing.place_order(request(tag="B2"))
+    with pytest.raises(RateLimited) as error:
+        refusing.place_order(request(tag="B3"))
+    assert 0 < error.value.retry_after <= 1
+    waiting = AccountBroker(paper_account, wait_for_budget=True)
+    waiting.place_order(request(tag="B4"))
+    assert waiting.budget_wait_s > 0
+    assert PaperOrder.objects.filter(tag__in=["B1", "B2", "B4"]).count() == 3
+    assert not PaperOrder.objects.filter(tag="B3").exists()
+
+
+def test_broker_429_is_retried_after_the_wait(paper_account):
+    AccountBroker(paper_account).orders()
+    knobs(paper_account, rate_limit_per_s=1)
+    waits = []
+    broker = AccountBroker(paper_account, sleep=waits.append)
+    with pytest.raises(RateLimited):
+        for tag in ("R1", "R2"):
+            broker.place_order(request(tag=tag))
+    assert waits and all(wait >= 1.0 for wait in waits)
+    assert PaperOrder.objects.filter(tag__in=["R1", "R2"]).count() <= 1
+
+
+def test_deactivated_account_gets_no_session(paper_account):
+    paper_account.is_active = False
+    with pytest.raises(services.AuthError):
+        AccountBroker(paper_account).orders()
+
+
+def test_network_error_is_transient_and_typed():
+    assert NetworkError.permanent is False and OrderRejected.permanent is True

@@ -1,0 +1,141 @@
+"""The session manager and the accounts-page connect flows."""
+
+from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.models import AuditLog
+from accounts.tests.factories import make_broker_account, make_kite_account
+from brokers import services
+from brokers.errors import AuthError
+from brokers.models import BrokerSession
+from brokers.paper.models import PaperToken
+
+
+def test_session_live_logs_in_once_and_reuses(paper_account):
+    first = services.session_live(paper_account)
+    second = services.session_live(paper_account)
+    assert first.session_id == second.session_id
+    session = BrokerSession.objects.get()
+    assert session.status == "active" and session.active_for == paper_account.pk
+    assert session.tokens.reveal()["access_token"] == first.access_token
+    assert first.access_token not in repr(first) and first.access_token not in str(session.tokens)
+
+
+def test_tokens_are_stored_encrypted(paper_account):
+    live = services.session_live(paper_account)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tokens FROM brokers_brokersession")
+        assert live.access_token not in cursor.fetchone()[0]
+
+
+def test_an_expired_session_is_replaced_and_the_expiry_recorded(paper_account):
+    first = services.session_live(paper_account)
+    BrokerSession.objects.filter(pk=first.session_id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    services.cache.delete(services._cache_key(paper_account.pk))
+    second = services.session_live(paper_account)
+    assert second.session_id != first.session_id
+    assert BrokerSession.objects.get(pk=first.session_id).status == "expired"
+    actions = list(AuditLog.objects.filter(target_id=str(paper_account.pk)).values_list("action", flat=True))
+    assert "broker_session_expired" in actions and "broker_session_refreshed" in actions
+
+
+def test_periodic_expiry_marks_due_sessions(paper_account):
+    live = services.session_live(paper_account)
+    BrokerSession.objects.filter(pk=live.session_id).update(expires_at=timezone.now() - timedelta(minutes=1))
+    assert services.sessions_expire_due() == 1
+    assert services.sessions_expire_due() == 0
+    assert BrokerSession.objects.get(pk=live.session_id).status == "expired"
+
+
+def test_kite_needs_the_trader_to_connect(trader):
+    account = make_kite_account(trader)
+    with pytest.raises(AuthError, match="reconnect"):
+        services.session_live(account)
+    assert not BrokerSession.objects.exists()
+
+
+def test_session_states_for_the_accounts_page(trader, paper_account, settings):
+    kite = make_kite_account(trader, client_id="K2")
+    idle = make_broker_account(trader, client_id="P-IDLE")
+    live = services.session_live(paper_account)
+    BrokerSession.objects.create(account=kite, status="failed", last_error="Invalid checksum")
+    states = services.session_states([paper_account, kite, idle])
+    assert states[paper_account.pk].state == "active"
+    assert states[kite.pk].state == "failed" and states[kite.pk].reason == "Invalid checksum"
+    assert states[idle.pk].state == "none"
+    BrokerSession.objects.filter(pk=live.session_id).update(expires_at=timezone.now() + timedelta(minutes=5))
+    assert services.session_states([paper_account])[paper_account.pk].state == "expiring"
+    BrokerSession.objects.filter(pk=live.session_id).update(expires_at=timezone.now() - timedelta(minutes=5))
+    assert services.session_states([paper_account])[paper_account.pk].state == "expired"
+
+
+# --- Pages ---------------------------------------------------------------------------------
+
+
+def test_accounts_page_shows_session_state_and_connect(trader_client, paper_account):
+    page = trader_client.get(reverse("accounts:broker_list")).content.decode()
+    assert "Not connected" in page and reverse("brokers:connect", args=[paper_account.pk]) in page
+    response = trader_client.post(reverse("brokers:connect", args=[paper_account.pk]))
+    assert response.status_code == 302
+    page = trader_client.get(reverse("accounts:broker_list")).content.decode()
+    assert "Connected" in page and "Disconnect" in page
+    assert AuditLog.objects.filter(action="broker_session_login", actor__username="trader").exists()
+
+
+def test_disconnect_ends_the_session_at_the_broker_too(trader_client, paper_account):
+    services.session_live(paper_account)
+    trader_client.post(reverse("brokers:disconnect", args=[paper_account.pk]))
+    assert BrokerSession.objects.get().status == "revoked"
+    assert PaperToken.objects.filter(kind="access", revoked_at__isnull=False).count() == 1
+
+
+@pytest.mark.parametrize("name", ["brokers:connect", "brokers:disconnect"])
+def test_another_traders_account_is_404(trader_client, other_trader, name):
+    theirs = make_broker_account(other_trader, client_id="THEIRS")
+    assert trader_client.post(reverse(name, args=[theirs.pk])).status_code == 404
+    assert not BrokerSession.objects.exists()
+
+
+@pytest.mark.parametrize("name", ["brokers:connect", "brokers:disconnect"])
+def test_connect_is_post_only(trader_client, paper_account, name):
+    assert trader_client.get(reverse(name, args=[paper_account.pk])).status_code == 405
+
+
+def test_kite_connect_redirects_to_the_login_page_with_a_state(trader_client, trader, settings):
+    settings.KITE_LOGIN_URL = "https://kite.example/connect/login"
+    account = make_kite_account(trader, api_key="my-api-key")
+    response = trader_client.post(reverse("brokers:connect", args=[account.pk]))
+    assert response.status_code == 302
+    url = urlsplit(response.url)
+    assert url.netloc == "kite.example"
+    query = parse_qs(url.query)
+    assert query["api_key"] == ["my-api-key"] and query["v"] == ["3"]
+    assert "state" in parse_qs(query["redirect_params"][0])
+
+
+@pytest.mark.parametrize("state", ["", "forged.state", "x"])
+def test_callback_refuses_a_state_it_did_not_issue(trader_client, trader, state):
+    make_kite_account(trader)
+    response = trader_client.get(
+        reverse("brokers:login_callback"), {"state": state, "request_token": "t", "status": "success"}
+    )
+    assert response.status_code == 302
+    assert not BrokerSession.objects.exists()
+
+
+def test_callback_state_is_one_time_and_bound_to_the_browser(client, trader, other_trader, settings):
+    account = make_kite_account(trader)
+    client.force_login(trader)
+    response = client.post(reverse("brokers:connect", args=[account.pk]))
+    state = parse_qs(parse_qs(urlsplit(response.url).query)["redirect_params"][0])["state"][0]
+    # Another user's browser cannot use it.
+    other = type(client)()
+    other.force_login(other_trader)
+    other.get(reverse("brokers:login_callback"), {"state": state, "request_token": "t", "status": "success"})
+    assert not BrokerSession.objects.exists()
