@@ -183,8 +183,9 @@ class KiteBroker(base.Broker):
         raise AuthError("Kite sessions cannot be renewed without the trader; reconnect.")
 
     def login_url(self, *, state: str) -> str:
-        redirect_params = urlencode({"state": state})
-        return f"{settings.KITE_LOGIN_URL}?{urlencode({'api_key': self.api_key, 'v': '3'})}&redirect_params={urlquote(redirect_params)}"
+        query = urlencode({"api_key": self.api_key, "v": "3"})
+        redirect_params = urlquote(urlencode({"state": state}))
+        return f"{settings.KITE_LOGIN_URL}?{query}&redirect_params={redirect_params}"
 
     def complete_login(self, *, request_token: str) -> base.SessionTokens:
         secret = self.credentials.get("api_secret", "")

@@ -183,3 +183,6 @@ class PaperFeedState(models.Model):
     seed = models.BigIntegerField(default=0)
     tick_no = models.BigIntegerField(default=0)
     ticked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"tick {self.tick_no} (seed {self.seed})"
