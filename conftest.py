@@ -14,6 +14,9 @@ def _isolated_cache():
 
 
 def _clear_cache():
+    from brokers import ratelimit
+
+    ratelimit.reset_local()
     if settings.REDIS_URL:
         from tradingplatform.locks import redis_client
 

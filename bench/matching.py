@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from brokers.paper.book import BUY, SELL, OrderBook  # noqa: E402
 
 TICK_SIZE = 5  # paise
-HALF_SPREAD = 2 * TICK_SIZE
+SPREAD = TICK_SIZE  # the simulated market's ask - bid
 OPS_BETWEEN_TICKS = 100  # adds + cancels between two market ticks
 ADD_SHARE = 0.80  # the rest are cancels
 STOP_SHARE = 0.03  # of adds
 CROSSING_SHARE = 0.10  # of limit adds: priced through the spread
-DEPTH_TICKS = 4  # mean distance of a resting limit from the touch, in ticks
-STEP_TICKS = 3  # the mid moves by up to this many ticks per market tick
-REVERSION_TICKS = 20  # ... and is pulled back by one tick per this many ticks away from its centre
+DEPTH_TICKS = 2  # mean distance of a limit from the touch, in ticks (exponential, rounded down)
+STEP_TICKS = 3  # the market bid moves by up to this many ticks per market tick
+REVERSION_TICKS = 10  # ... and is pulled back by one tick per this many ticks away from its centre
 VOLUME_RANGE = (1000, 10000)  # shares traded per side in one market tick
 
 ADD_LIMIT, ADD_STOP, CANCEL = 0, 1, 2
@@ -98,7 +98,7 @@ def bench_book(ops: int, seed: int, instruments: int = 4) -> dict:
     rng = random.Random(seed)
     books = [OrderBook() for _ in range(instruments)]
     centres = [rng.randrange(50_000, 500_000, TICK_SIZE) for _ in range(instruments)]  # Rs 500 .. Rs 5000
-    mids = centres[:]
+    bids = centres[:]  # the simulated market's bid per instrument; its ask is bid + SPREAD
     live = _Live()
     timings: list[int] = []
     record = timings.append
@@ -114,23 +114,25 @@ def bench_book(ops: int, seed: int, instruments: int = 4) -> dict:
         for _ in range(min(OPS_BETWEEN_TICKS, ops - done)):
             if rng.random() < ADD_SHARE or not live:
                 inst = rng.randrange(instruments)
-                mid = mids[inst]
+                bid = bids[inst]
+                ask = bid + SPREAD
                 side = BUY if rng.random() < 0.5 else SELL
-                sign = 1 if side == BUY else -1
+                sign = 1 if side == BUY else -1  # away from the market, for stops
                 quantity = rng.randint(1, 100)
                 next_id += 1
                 order_id = f"o{next_id}"
                 if rng.random() < STOP_SHARE:
                     # a protective stop away from the market: buy stops above, sell stops below
-                    trigger = mid + sign * (HALF_SPREAD + TICK_SIZE * rng.randint(1, 20))
+                    trigger = (ask if side == BUY else bid) + sign * TICK_SIZE * rng.randint(1, 20)
                     limit = None if rng.random() < 0.5 else trigger + sign * TICK_SIZE * rng.randint(0, 4)
                     stretch.append((ADD_STOP, inst, order_id, side, trigger, quantity, limit))
                 else:
                     depth = TICK_SIZE * int(rng.expovariate(1 / DEPTH_TICKS))
-                    if rng.random() < CROSSING_SHARE:
-                        price = mid + sign * (HALF_SPREAD + depth)  # at or through the far side
+                    if side == BUY:
+                        # at or through the ask (crossing), else at or below the bid
+                        price = ask + depth if rng.random() < CROSSING_SHARE else bid - depth
                     else:
-                        price = mid - sign * (HALF_SPREAD + depth)  # on our side of the spread
+                        price = bid - depth if rng.random() < CROSSING_SHARE else ask + depth
                     stretch.append((ADD_LIMIT, inst, order_id, side, price, quantity, None))
                 live.add(inst, order_id)
             else:
@@ -163,10 +165,10 @@ def bench_book(ops: int, seed: int, instruments: int = 4) -> dict:
         inst = next_tick
         next_tick = (next_tick + 1) % instruments
         # random walk, pulled back towards the day's centre so that prices revisit resting orders
-        pull = round((mids[inst] - centres[inst]) / (TICK_SIZE * REVERSION_TICKS))
-        mids[inst] += TICK_SIZE * (rng.randint(-STEP_TICKS, STEP_TICKS) - pull)
-        mid = mids[inst]
-        bid, ask = mid - HALF_SPREAD, mid + HALF_SPREAD
+        pull = round((bids[inst] - centres[inst]) / (TICK_SIZE * REVERSION_TICKS))
+        bids[inst] += TICK_SIZE * (rng.randint(-STEP_TICKS, STEP_TICKS) - pull)
+        bid = bids[inst]
+        ask = bid + SPREAD
         volume = rng.randint(*VOLUME_RANGE)
         last = bid if rng.random() < 0.5 else ask
         book = books[inst]

@@ -79,6 +79,12 @@ class _LocalWindows:
 _local = _LocalWindows()
 
 
+def reset_local() -> None:
+    """Forget the in-process windows (tests)."""
+    global _local
+    _local = _LocalWindows()
+
+
 def take(account_id: int, broker_code: str, kind: str, limits: list[tuple[int, float]]) -> float:
     """Try to take one slot; returns 0 on success, else the seconds until one frees."""
     keys = [f"{settings.CACHE_KEY_PREFIX}:rate:{account_id}:{kind}:{calls}/{window}" for calls, window in limits]

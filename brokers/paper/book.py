@@ -331,40 +331,58 @@ class OrderBook:
         set_side = _set_side
         set_price = _set_price
         set_quantity = _set_quantity
-        while keys and budget:
+        while keys:
             key = keys[-1]
             if key < threshold:
                 return
             level = levels[key]
             price = key * sign
+            total = sum(level.values())
+            if total <= budget:
+                # the whole level fills (deleting from _orders while walking the level is fine)
+                for order_id, quantity in level.items():
+                    del orders[order_id]
+                    fill = new_object(Fill)
+                    set_order_id(fill, order_id)
+                    set_side(fill, side)
+                    set_price(fill, price)
+                    set_quantity(fill, quantity)
+                    append(fill)
+                del levels[key]
+                keys.pop()
+                budget -= total
+                if budget:
+                    continue
+                return
+            # the budget runs out inside this level: earliest first, the last one maybe in part
             done = []
-            partial = None
             for order_id, quantity in level.items():
-                if quantity > budget:  # partial fill: keeps its place
-                    partial = order_id
-                    left = quantity - budget
-                    quantity = budget
-                else:
-                    done.append(order_id)
+                if quantity >= budget:
+                    break
                 budget -= quantity
+                done.append(order_id)
+                del orders[order_id]
                 fill = new_object(Fill)
                 set_order_id(fill, order_id)
                 set_side(fill, side)
                 set_price(fill, price)
                 set_quantity(fill, quantity)
                 append(fill)
-                if not budget:
-                    break
-            if partial is not None:
-                level[partial] = left  # an existing key: its place does not change
-            if len(done) == len(level):
-                del levels[key]
-                keys.pop()
-            else:
-                for order_id in done:
-                    del level[order_id]
-            for order_id in done:
+            # that loop always ends in its break (total > budget): order_id takes the rest of the budget
+            if quantity == budget:
+                done.append(order_id)
                 del orders[order_id]
+            else:  # partial fill: keeps its place with what is left
+                level[order_id] = quantity - budget  # an existing key: its place does not change
+            fill = new_object(Fill)
+            set_order_id(fill, order_id)
+            set_side(fill, side)
+            set_price(fill, price)
+            set_quantity(fill, budget)
+            append(fill)
+            for order_id in done:
+                del level[order_id]
+            return
 
     def _pop_triggered(self, place: int, threshold: int, out: list) -> int:
         """Remove the stop levels of ``place`` with ``key <= threshold``, appending ``(seq, item)`` to ``out``.

@@ -1,0 +1,95 @@
+"""Instruments: loading a broker's dump, the search page, and live prices over the websocket."""
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+
+from brokers import services
+from brokers.base import Quote
+from brokers.models import Instrument
+from monitoring.tests.test_consumer import connect
+
+SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "kite-mocks" / "instruments_nse.csv"
+
+
+def test_load_instruments_from_a_kite_dump(db, capsys):
+    call_command("load_instruments", file=SAMPLE)
+    assert "99 created" in capsys.readouterr().out
+    row = Instrument.objects.get(exchange="NSE", tradingsymbol="CENTRALBK-BE")
+    assert row.tick_size == Decimal("0.05") and row.lot_size == 1 and row.instrument_token == 3813889
+    call_command("load_instruments", file=SAMPLE)
+    assert "0 created, 99 updated" in capsys.readouterr().out
+
+
+def test_load_instruments_from_the_paper_broker(paper_market, capsys):
+    call_command("load_instruments", broker="paper")
+    assert Instrument.objects.filter(tradingsymbol="NIFTY26DECFUT", lot_size=75).exists()
+    assert Instrument.objects.get(tradingsymbol="INFY").last_price == Decimal("1500")
+
+
+def test_load_instruments_refuses_a_file_that_is_not_a_dump(tmp_path, db):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(CommandError, match="not a Kite instrument CSV"):
+        call_command("load_instruments", file=bad)
+    assert not Instrument.objects.exists()
+
+
+@pytest.fixture
+def instruments(paper_market):
+    call_command("load_instruments", broker="paper")
+
+
+def test_search_by_symbol_or_name(trader_client, instruments):
+    page = trader_client.get(reverse("brokers:instruments"), {"q": "infos"}).content.decode()
+    assert "INFY" in page and "RELIANCE" not in page
+    page = trader_client.get(reverse("brokers:instruments"), {"q": "NIFTY26"}).content.decode()
+    assert "NIFTY26DECFUT" in page and "BANKNIFTY26DECFUT" not in page
+    page = trader_client.get(reverse("brokers:instruments"), {"q": "zzzz"}).content.decode()
+    assert "No instruments match" in page
+
+
+def test_search_is_safe_against_injection_and_escapes(trader_client, instruments):
+    response = trader_client.get(reverse("brokers:instruments"), {"q": "' OR 1=1 --<script>"})
+    assert response.status_code == 200
+    assert b"<script>" not in response.content and b"INFY" not in response.content
+
+
+def test_ticks_update_last_prices(instruments):
+    quote = Quote("NSE", "INFY", 408065, Decimal("1512.30"), None, None, Decimal("1500"), 0, None)
+    assert services.ticks_apply([quote]) == 1
+    infy = Instrument.objects.get(tradingsymbol="INFY")
+    assert infy.last_price == Decimal("1512.30") and infy.change == Decimal("12.30")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_subscribed_pages_get_coalesced_price_pushes(trader, settings, paper_market):
+    settings.PRICE_PUSH_INTERVAL_S = 30
+    await sync_to_async(call_command)("load_instruments", broker="paper")
+    infy = await Instrument.objects.aget(tradingsymbol="INFY")
+    tcs = await Instrument.objects.aget(tradingsymbol="TCS")
+    communicator, connected, _ = await connect(trader)
+    assert connected
+    await communicator.send_to(text_data=f'{{"subscribe": ["{infy.pk}"], "HEADERS": {{}}}}')
+    await communicator.receive_nothing(timeout=0.2)
+
+    def tick(price):
+        return services.ticks_apply(
+            [
+                Quote("NSE", "INFY", 1, Decimal(price), None, None, Decimal("1500"), 0, None),
+                Quote("NSE", "TCS", 2, Decimal("3333"), None, None, Decimal("3100"), 0, None),
+            ]
+        )
+
+    await sync_to_async(tick)("1510.50")
+    html = await communicator.receive_from(timeout=3)
+    assert f'id="ltp-{infy.pk}"' in html and "1510.50" in html and 'class="num up"' in html
+    assert f"ltp-{tcs.pk}" not in html  # not subscribed
+    # A burst inside the push interval sends nothing more.
+    await sync_to_async(tick)("1511.00")
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
