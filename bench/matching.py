@@ -1,22 +1,33 @@
-"""Benchmark of the paper exchange's matching: the in-memory order book, then (later) the adapter.
+"""Benchmark of the paper exchange's matching: the in-memory order book (and, later, the adapter).
 
 Run from the repository root:
 
-    python bench/matching.py [--ops 1000000] [--seed 7] [--instruments 4]
+    python bench/matching.py [--ops 1000000] [--seed 7] [--instruments 4] [--by-kind]
 
-Section 1 (this file's ``bench_book``) drives ``brokers.paper.book.OrderBook`` directly, with no
-Django: a mix of 80% adds (limit orders around a random-walk mid price on both sides, some of
-them crossing the spread, a few stops), 20% cancels of random live orders, and a market tick
-(``match`` with a random-walk bid/ask and a volume, then ``trigger``) every ~100 operations.
-Triggered SL stops are re-added as limits (SL-M ones are taken as filled at market).
+Prints one figure per line, ``name: value unit``; ``main()`` also returns them in a dict.
 
-Each book call is timed on its own with ``time.perf_counter_ns``; p50/p99 come from those
-timings. Throughput (``book_ops_per_s``) is measured over the whole execution loop, that is
-including the per-op timer calls and the loop's dispatch, but not the generation of the random
-operations (done ahead of each stretch between ticks) nor the driver's own bookkeeping of which
-orders are live. It is therefore a slightly conservative figure for the book itself.
+Section 1, ``bench_book``, drives ``brokers.paper.book.OrderBook`` directly and does not import
+Django. The mix, over a few instruments (one book each):
 
-Output, one figure per line, ``name: value unit``.
+* 80% adds: limit orders on both sides around each instrument's simulated market (its bid
+  follows a random walk pulled back towards the day's centre; its ask is one tick above),
+  mostly at or behind the touch, 10% of them crossing the spread, and 3% of the adds are
+  stops (SL or SL-M) away from the market;
+* 20% cancels of random live orders;
+* every 100 of those, a market tick on the next instrument in turn: ``match`` with the
+  walk's bid/ask and a random volume, then ``trigger`` with the last price. Triggered SL
+  stops are added back as limits at their limit price (SL-M ones count as filled at market).
+
+Timing. Every book call (add_limit, add_stop, cancel, match, trigger) is one operation and
+is timed on its own with ``time.perf_counter_ns``; p50/p99 are nearest-rank percentiles of
+those timings. ``book_ops_per_s`` is the number of operations divided by the wall time of
+the loops that execute them, so it INCLUDES the per-op timer calls and the loop's dispatch,
+but not the generation of the random operations (done ahead of each stretch between two
+ticks) nor the driver's own bookkeeping of which orders are live.
+
+A tick is about 1% of the operations and a tick's ``match`` returns tens of fills (in the
+steady state every order that is not cancelled must fill), so p99 sits close to the cost of
+the cheaper ticks; ``--by-kind`` prints the figures per kind of call on stderr.
 """
 
 from __future__ import annotations
@@ -36,11 +47,12 @@ SPREAD = TICK_SIZE  # the simulated market's ask - bid
 OPS_BETWEEN_TICKS = 100  # adds + cancels between two market ticks
 ADD_SHARE = 0.80  # the rest are cancels
 STOP_SHARE = 0.03  # of adds
-CROSSING_SHARE = 0.10  # of limit adds: priced through the spread
+CROSSING_SHARE = 0.10  # of limit adds: priced at or through the far side of the spread
 DEPTH_TICKS = 2  # mean distance of a limit from the touch, in ticks (exponential, rounded down)
 STEP_TICKS = 3  # the market bid moves by up to this many ticks per market tick
 REVERSION_TICKS = 10  # ... and is pulled back by one tick per this many ticks away from its centre
 VOLUME_RANGE = (1000, 10000)  # shares traded per side in one market tick
+QUANTITY_RANGE = (1, 100)  # shares per order
 
 ADD_LIMIT, ADD_STOP, CANCEL = 0, 1, 2
 
@@ -49,8 +61,8 @@ def _percentile(sorted_values: list[int], fraction: float) -> int:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
         return 0
-    index = min(len(sorted_values) - 1, max(0, int(round(fraction * len(sorted_values))) - 1))
-    return sorted_values[index]
+    rank = max(1, min(len(sorted_values), round(fraction * len(sorted_values))))
+    return sorted_values[rank - 1]
 
 
 class _Live:
@@ -94,16 +106,22 @@ class _Live:
 # -- section 1: the order book (no Django) --------------------------------------------------------
 
 
-def bench_book(ops: int, seed: int, instruments: int = 4) -> dict:
+def bench_book(ops: int, seed: int, instruments: int = 4, by_kind: bool = False) -> dict:
+    """Run ``ops`` book operations of the mix described above; return the book_* figures."""
     rng = random.Random(seed)
     books = [OrderBook() for _ in range(instruments)]
     centres = [rng.randrange(50_000, 500_000, TICK_SIZE) for _ in range(instruments)]  # Rs 500 .. Rs 5000
     bids = centres[:]  # the simulated market's bid per instrument; its ask is bid + SPREAD
     live = _Live()
-    timings: list[int] = []
-    record = timings.append
+    # per-op timings in ns, one list per kind of call (appending to one list costs the same)
+    timings: dict[str, list[int]] = {k: [] for k in ("add_limit", "add_stop", "cancel", "match", "trigger")}
+    add_limit_ns = timings["add_limit"].append
+    add_stop_ns = timings["add_stop"].append
+    cancel_ns = timings["cancel"].append
+    match_ns = timings["match"].append
+    trigger_ns = timings["trigger"].append
     clock = time.perf_counter_ns
-    busy_ns = 0  # time spent in the execution loops (book calls + timers + dispatch)
+    busy_ns = 0  # wall time of the execution loops: book calls + per-op timers + dispatch
     done = 0
     next_id = 0
     next_tick = 0
@@ -117,22 +135,23 @@ def bench_book(ops: int, seed: int, instruments: int = 4) -> dict:
                 bid = bids[inst]
                 ask = bid + SPREAD
                 side = BUY if rng.random() < 0.5 else SELL
-                sign = 1 if side == BUY else -1  # away from the market, for stops
-                quantity = rng.randint(1, 100)
+                quantity = rng.randint(*QUANTITY_RANGE)
                 next_id += 1
                 order_id = f"o{next_id}"
                 if rng.random() < STOP_SHARE:
-                    # a protective stop away from the market: buy stops above, sell stops below
-                    trigger = (ask if side == BUY else bid) + sign * TICK_SIZE * rng.randint(1, 20)
-                    limit = None if rng.random() < 0.5 else trigger + sign * TICK_SIZE * rng.randint(0, 4)
+                    # a protective stop away from the market: buy stops above the ask, sell stops below the bid
+                    away = TICK_SIZE * rng.randint(1, 20)
+                    trigger = ask + away if side == BUY else bid - away
+                    slack = TICK_SIZE * rng.randint(0, 4)
+                    limit = None if rng.random() < 0.5 else (trigger + slack if side == BUY else trigger - slack)
                     stretch.append((ADD_STOP, inst, order_id, side, trigger, quantity, limit))
                 else:
                     depth = TICK_SIZE * int(rng.expovariate(1 / DEPTH_TICKS))
+                    crossing = rng.random() < CROSSING_SHARE
                     if side == BUY:
-                        # at or through the ask (crossing), else at or below the bid
-                        price = ask + depth if rng.random() < CROSSING_SHARE else bid - depth
+                        price = ask + depth if crossing else bid - depth
                     else:
-                        price = bid - depth if rng.random() < CROSSING_SHARE else ask + depth
+                        price = bid - depth if crossing else ask + depth
                     stretch.append((ADD_LIMIT, inst, order_id, side, price, quantity, None))
                 live.add(inst, order_id)
             else:
@@ -147,24 +166,24 @@ def bench_book(ops: int, seed: int, instruments: int = 4) -> dict:
             if kind == ADD_LIMIT:
                 t0 = clock()
                 book.add_limit(order_id, side, price, quantity)
-                record(clock() - t0)
+                add_limit_ns(clock() - t0)
             elif kind == CANCEL:
                 t0 = clock()
                 book.cancel(order_id)
-                record(clock() - t0)
+                cancel_ns(clock() - t0)
             else:
                 t0 = clock()
                 book.add_stop(order_id, side, price, quantity, limit)
-                record(clock() - t0)
+                add_stop_ns(clock() - t0)
         busy_ns += clock() - start
         done += len(stretch)
         if done >= ops:
             break
 
-        # ---- a market tick on the next instrument (round robin) ----
+        # ---- a market tick on the next instrument in turn ----
         inst = next_tick
         next_tick = (next_tick + 1) % instruments
-        # random walk, pulled back towards the day's centre so that prices revisit resting orders
+        # random walk, pulled back towards the day's centre so that prices come back to resting orders
         pull = round((bids[inst] - centres[inst]) / (TICK_SIZE * REVERSION_TICKS))
         bids[inst] += TICK_SIZE * (rng.randint(-STEP_TICKS, STEP_TICKS) - pull)
         bid = bids[inst]
@@ -176,16 +195,16 @@ def bench_book(ops: int, seed: int, instruments: int = 4) -> dict:
         start = clock()
         t0 = clock()
         fills = book.match(bid=bid, ask=ask, volume=volume)
-        record(clock() - t0)
+        match_ns(clock() - t0)
         t0 = clock()
         triggered = book.trigger(last)
-        record(clock() - t0)
+        trigger_ns(clock() - t0)
         done += 2
         for order_id, side, quantity, limit in triggered:
             if limit is not None:  # SL: becomes a LIMIT order at its limit price
                 t0 = clock()
                 book.add_limit(order_id, side, limit, quantity)
-                record(clock() - t0)
+                add_limit_ns(clock() - t0)
                 done += 1
         busy_ns += clock() - start
 
@@ -196,19 +215,30 @@ def bench_book(ops: int, seed: int, instruments: int = 4) -> dict:
         for order_id, _side, _quantity, limit in triggered:
             if limit is None:
                 live.discard(order_id)
+        fills = triggered = None  # free them here, not inside the next timed call
 
-    timings.sort()
+    every = sorted(t for per_kind in timings.values() for t in per_kind)
+    if by_kind:
+        for kind, per_kind in timings.items():
+            per_kind.sort()
+            print(
+                f"# {kind:9s} n={len(per_kind):8d} p50={_percentile(per_kind, 0.5) / 1000:7.2f} us"
+                f" p99={_percentile(per_kind, 0.99) / 1000:7.2f} us",
+                file=sys.stderr,
+            )
+        print(f"# resting/pending orders at the end: {[len(book) for book in books]}", file=sys.stderr)
     return {
-        "book_ops_per_s": int(len(timings) / (busy_ns / 1e9)) if busy_ns else 0,
-        "book_op_p50_us": _percentile(timings, 0.50) / 1000,
-        "book_op_p99_us": _percentile(timings, 0.99) / 1000,
+        "book_ops_per_s": int(len(every) / (busy_ns / 1e9)) if busy_ns else 0,
+        "book_op_p50_us": _percentile(every, 0.50) / 1000,
+        "book_op_p99_us": _percentile(every, 0.99) / 1000,
     }
 
 
-# -- section 2: the paper adapter (needs Django; to be added) -------------------------------------
+# -- section 2: the paper adapter (needs Django; import and set it up inside its function) --------
+# def bench_adapter(...) -> dict: ...  returns {"paper_adapter_orders_per_s": ...}
 
 
-UNITS = {
+UNITS = {  # figure name -> (unit, format)
     "book_ops_per_s": ("1/s", "{:d}"),
     "book_op_p50_us": ("us", "{:.2f}"),
     "book_op_p99_us": ("us", "{:.2f}"),
@@ -220,12 +250,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=1_000_000, help="book operations to run (default 1,000,000)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    parser.add_argument("--instruments", type=int, default=4, help="instruments (one book each, default 4)")
+    parser.add_argument("--instruments", type=int, default=4, help="instruments, one book each (default 4)")
+    parser.add_argument("--by-kind", action="store_true", help="also print per-call-kind figures on stderr")
     args = parser.parse_args(argv)
 
     figures: dict = {}
-    figures.update(bench_book(args.ops, args.seed, args.instruments))
-    # section 2 (Django adapter) goes here: figures.update(bench_adapter(...))
+    figures.update(bench_book(args.ops, args.seed, args.instruments, by_kind=args.by_kind))
+    # section 2 goes here: figures.update(bench_adapter(...))
 
     for name, value in figures.items():
         unit, fmt = UNITS.get(name, ("", "{}"))

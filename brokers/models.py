@@ -49,6 +49,16 @@ class Instrument(models.Model):
             return None
         return (self.last_price - self.previous_close) * 100 / self.previous_close
 
+    @property
+    def price_cells(self) -> dict[str, str]:
+        """What the price cells show (also what a live push carries): strings, ready to render."""
+        change = self.change
+        return {
+            "last": str(self.last_price),
+            "change": f"{change:+}" if change is not None else "",
+            "pct": f"{self.change_percent:+.2f}" if change is not None else "",
+        }
+
 
 class BrokerSession(models.Model):
     class Status(models.TextChoices):

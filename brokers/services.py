@@ -395,14 +395,7 @@ def ticks_apply(quotes) -> int:
         instrument.updated_at = now
         changed.append(instrument)
     Instrument.objects.bulk_update(changed, ["last_price", "previous_close", "updated_at"], batch_size=1000)
-    if changed and locks.acquire("prices:push", ttl_s=settings.PRICE_PUSH_INTERVAL_S):
-        prices = {
-            str(i.pk): {
-                "last": str(i.last_price),
-                "change": str(i.change) if i.change is not None else "",
-                "pct": f"{i.change_percent:.2f}" if i.change_percent is not None else "",
-            }
-            for i in changed
-        }
-        push_prices(prices)
+    # 90% of the interval, so a tick arriving on the interval's edge is not skipped.
+    if changed and locks.acquire("prices:push", ttl_s=settings.PRICE_PUSH_INTERVAL_S * 0.9):
+        push_prices({str(i.pk): i.price_cells for i in changed})
     return len(changed)

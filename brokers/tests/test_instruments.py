@@ -93,3 +93,13 @@ async def test_subscribed_pages_get_coalesced_price_pushes(trader, settings, pap
     await sync_to_async(tick)("1511.00")
     assert await communicator.receive_nothing(timeout=0.3)
     await communicator.disconnect()
+
+
+def test_page_colours_the_change_by_direction(trader_client, instruments):
+    services.ticks_apply([Quote("NSE", "INFY", 1, Decimal("1490"), None, None, Decimal("1500"), 0, None)])
+    services.ticks_apply([Quote("NSE", "TCS", 2, Decimal("3150"), None, None, Decimal("3100"), 0, None)])
+    infy = Instrument.objects.get(tradingsymbol="INFY")
+    tcs = Instrument.objects.get(tradingsymbol="TCS")
+    page = trader_client.get(reverse("brokers:instruments")).content.decode()
+    assert f'class="num down" id="chg-{infy.pk}"' in page and "-10.00 (-0.67%)" in page
+    assert f'class="num up" id="chg-{tcs.pk}"' in page and "+50.00 (+1.61%)" in page
