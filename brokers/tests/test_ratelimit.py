@@ -66,7 +66,9 @@ print(granted)
 def test_processes_share_one_budget_through_redis():
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test"}
     workers = [
-        subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", SCRIPT], env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, text=True
+        )
         for _ in range(4)
     ]
     granted = [int(worker.communicate(timeout=60)[0].strip().splitlines()[-1]) for worker in workers]

@@ -264,3 +264,34 @@ def test_the_random_walk_is_repeatable_and_stays_on_ticks(db, settings):
     infy = PaperInstrument.objects.get(tradingsymbol="INFY")
     assert infy.last_price % infy.tick_size == 0
     assert infy.ask - infy.bid == 2 * infy.tick_size
+
+
+def test_staff_set_a_clients_password_and_knobs_in_admin(client, staff, django_user_model):
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(staff)
+    url = f"/admin/paper/paperclient/{client.pk}/change/"
+    assert browser.get(url).status_code == 200
+    data = {
+        "user_id": client.user_id,
+        "name": "Renamed",
+        "new_password": "s3cret-pass",
+        "api_key": client.api_key,
+        "api_secret": client.api_secret,
+        "redirect_url": "",
+        "postback_url": "",
+        "session_ttl_s": 0,
+        "opening_funds": "1000000",
+        "cash": "500000",
+        "latency_ms": 5,
+        "error_rate": 0.5,
+        "timeout_rate": 0,
+        "rejection_rate": 0,
+        "rate_limit_per_s": 0,
+    }
+    assert browser.post(url, data).status_code == 302
+    client.refresh_from_db()
+    assert client.name == "Renamed" and client.error_rate == 0.5 and client.cash == D("500000")
+    assert client.password.startswith("md5$") or client.password.startswith("argon2")
+    engine.login_with_password(api_key=client.api_key, user_id=client.user_id, password="s3cret-pass")

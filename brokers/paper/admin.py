@@ -1,0 +1,69 @@
+from django import forms
+from django.contrib import admin
+from django.contrib.auth.hashers import make_password
+
+from .models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
+
+
+class PaperClientForm(forms.ModelForm):
+    new_password = forms.CharField(
+        required=False, widget=forms.PasswordInput, help_text="For the Kite-style login page; blank keeps it."
+    )
+
+    class Meta:
+        model = PaperClient
+        exclude = ["password"]
+
+    def save(self, commit=True):
+        client = super().save(commit=False)
+        if self.cleaned_data.get("new_password"):
+            client.password = make_password(self.cleaned_data["new_password"])
+        if commit:
+            client.save()
+        return client
+
+
+@admin.register(PaperClient)
+class PaperClientAdmin(admin.ModelAdmin):
+    """The exchange's clients: their app key and secret (the exchange's own), funds and fault knobs."""
+
+    form = PaperClientForm
+    list_display = ("user_id", "name", "api_key", "cash", "latency_ms", "error_rate", "timeout_rate", "rejection_rate")
+    search_fields = ("user_id", "name", "api_key")
+    fieldsets = (
+        (None, {"fields": ("user_id", "name", "new_password")}),
+        ("Kite app", {"fields": ("api_key", "api_secret", "redirect_url", "postback_url", "session_ttl_s")}),
+        ("Funds", {"fields": ("opening_funds", "cash")}),
+        ("Fault knobs", {"fields": ("latency_ms", "error_rate", "timeout_rate", "rejection_rate", "rate_limit_per_s")}),
+    )
+
+
+@admin.register(PaperInstrument)
+class PaperInstrumentAdmin(admin.ModelAdmin):
+    list_display = ("tradingsymbol", "exchange", "last_price", "bid", "ask", "previous_close", "lot_size", "tick_size")
+    list_filter = ("exchange", "instrument_type")
+    search_fields = ("tradingsymbol", "name")
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(PaperOrder)
+class PaperOrderAdmin(ReadOnlyAdmin):
+    list_display = ("order_id", "client", "instrument", "transaction_type", "order_type", "quantity", "price", "status")
+    list_filter = ("status", "order_type")
+    search_fields = ("order_id", "tag", "client__user_id")
+
+
+@admin.register(PaperTrade)
+class PaperTradeAdmin(ReadOnlyAdmin):
+    list_display = ("trade_id", "order", "client", "instrument", "transaction_type", "quantity", "price", "filled_at")
+    search_fields = ("trade_id", "order__order_id", "client__user_id")
