@@ -12,7 +12,22 @@ class PaperClientForm(forms.ModelForm):
 
     class Meta:
         model = PaperClient
-        exclude = ["password"]
+        fields = [
+            "user_id",
+            "name",
+            "api_key",
+            "api_secret",
+            "redirect_url",
+            "postback_url",
+            "session_ttl_s",
+            "opening_funds",
+            "cash",
+            "latency_ms",
+            "error_rate",
+            "timeout_rate",
+            "rejection_rate",
+            "rate_limit_per_s",
+        ]
 
     def save(self, commit=True):
         client = super().save(commit=False)

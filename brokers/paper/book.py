@@ -31,9 +31,10 @@ Layout, chosen for speed:
   ``_stops[order_id] = (limit_price_or_None, seq)``, ``seq`` ordering them in time across
   trigger levels.
 
-Adding, cancelling and modifying a limit order allocates no tuple, list or object: the book
-stores only ints and strs in dicts that hold nothing else, which the cyclic garbage collector
-neither counts towards a collection nor scans. That keeps GC pauses out of the hot path.
+Adding, cancelling and modifying a limit order creates nothing that the cyclic garbage
+collector tracks: ``_orders`` and the levels hold only strs and ints (CPython leaves such
+dicts untracked), and a new level is one such dict. So collections seldom start in the hot
+path and never have to scan the book's contents. ``match`` allocates the Fills it returns.
 """
 
 from __future__ import annotations
