@@ -1,4 +1,4 @@
-"""Benchmark of the paper exchange's matching: the in-memory order book (and, later, the adapter).
+"""Benchmark of the paper exchange's matching: the in-memory order book, then the paper adapter.
 
 Run from the repository root:
 
@@ -235,13 +235,67 @@ def bench_book(ops: int, seed: int, instruments: int = 4, by_kind: bool = False)
 
 
 # -- section 2: the paper adapter (needs Django; import and set it up inside its function) --------
-# def bench_adapter(...) -> dict: ...  returns {"paper_adapter_orders_per_s": ...}
+
+
+def bench_adapter(orders: int, seed: int) -> dict:
+    """Orders per second through the ``paper`` adapter into the exchange, database writes included.
+
+    Uses ``DATABASE_URL`` when set (e.g. MariaDB), else a fresh SQLite file under ``var/``.
+    A mix of MARKET orders (filled on arrival: order, trade, cash) and resting LIMIT orders,
+    placed one after another by one client, as one worker would.
+    """
+    import os
+
+    root = Path(__file__).resolve().parent.parent
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tradingplatform.settings")
+    os.environ.setdefault("DEBUG", "true")
+    if not os.environ.get("DATABASE_URL"):
+        db = root / "var" / "bench_matching.sqlite3"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        os.environ["DATABASE_URL"] = f"sqlite:///{db}"
+    import django
+
+    django.setup()
+    from decimal import Decimal
+
+    from django.core.management import call_command
+
+    from brokers.base import OrderRequest
+    from brokers.paper import engine
+    from brokers.paper.adapter import PaperBroker
+    from brokers.paper.models import PaperClient
+
+    call_command("migrate", verbosity=0)
+    client_id = f"BENCH-{seed}-{time.time_ns()}"
+    broker = PaperBroker(client_id=client_id)
+    broker.login()
+    PaperClient.objects.filter(user_id=client_id).update(cash=Decimal("1e12"))
+    rng = random.Random(seed)
+    symbols = ["INFY", "TCS", "RELIANCE", "SBIN", "HDFCBANK"]
+    last = {s: engine.instrument_lookup("NSE", s).last_price for s in symbols}
+    requests = []
+    for n in range(orders):
+        symbol = rng.choice(symbols)
+        side = rng.choice(("BUY", "SELL"))
+        if rng.random() < 0.5:
+            requests.append(OrderRequest("NSE", symbol, side, 1, "MARKET", "MIS", tag=f"b{n}"))
+        else:
+            away = Decimal(rng.randint(5, 50)) / 10
+            price = last[symbol] - away if side == "BUY" else last[symbol] + away
+            requests.append(OrderRequest("NSE", symbol, side, 1, "LIMIT", "MIS", tag=f"b{n}", price=price))
+    started = time.perf_counter()
+    for request in requests:
+        broker.place_order(request)
+    elapsed = time.perf_counter() - started
+    return {"paper_adapter_orders_per_s": int(orders / elapsed)}
 
 
 UNITS = {  # figure name -> (unit, format)
     "book_ops_per_s": ("1/s", "{:d}"),
     "book_op_p50_us": ("us", "{:.2f}"),
     "book_op_p99_us": ("us", "{:.2f}"),
+    "paper_adapter_orders_per_s": ("1/s", "{:d}"),
 }
 
 
@@ -252,11 +306,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument("--instruments", type=int, default=4, help="instruments, one book each (default 4)")
     parser.add_argument("--by-kind", action="store_true", help="also print per-call-kind figures on stderr")
+    parser.add_argument(
+        "--adapter-orders", type=int, default=2000, help="orders through the paper adapter (default 2000)"
+    )
     args = parser.parse_args(argv)
 
     figures: dict = {}
     figures.update(bench_book(args.ops, args.seed, args.instruments, by_kind=args.by_kind))
-    # section 2 goes here: figures.update(bench_adapter(...))
+    if args.adapter_orders:
+        figures.update(bench_adapter(args.adapter_orders, args.seed))
 
     for name, value in figures.items():
         unit, fmt = UNITS.get(name, ("", "{}"))

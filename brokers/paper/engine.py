@@ -25,7 +25,7 @@ from django.conf import settings
 from django.contrib.auth.hashers import check_password
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Case, DecimalField, ExpressionWrapper, F, Q, Sum, When
 from django.utils import timezone
 
 from brokers.base import IST, next_morning_expiry
@@ -251,14 +251,12 @@ def instruments_by_keys(keys) -> dict[str, PaperInstrument]:
 
 
 def _blocked_funds(client: PaperClient) -> Decimal:
-    """Cash set aside for open BUY orders (their unfilled quantity at their price)."""
-    blocked = Decimal(0)
-    live = PaperOrder.objects.filter(client=client, transaction_type=BUY, status__in=PaperOrder.LIVE)
-    for order in live.select_related("instrument").only(
-        "quantity", "filled_quantity", "price", "trigger_price", "order_type", "instrument__ask"
-    ):
-        blocked += (order.quantity - order.filled_quantity) * _reference_price(order)
-    return blocked
+    """Cash set aside for live BUY orders: unfilled quantity at the limit (or the SL-M trigger)."""
+    reference = Case(When(order_type="SL-M", then=F("trigger_price")), default=F("price"))
+    blocked = PaperOrder.objects.filter(client=client, transaction_type=BUY, status__in=PaperOrder.LIVE).aggregate(
+        total=Sum(ExpressionWrapper((F("quantity") - F("filled_quantity")) * reference, output_field=DecimalField()))
+    )["total"]
+    return Decimal(blocked or 0)
 
 
 def _reference_price(order) -> Decimal:
@@ -533,9 +531,10 @@ def _changed(order: PaperOrder) -> None:
     """After commit: tell the client's postback URL (Kite postbacks) about the order's new state."""
     if order.status == Status.OPEN and not order.filled_quantity:
         return
-    from . import postbacks
+    if order.client.postback_url:  # callers load the client with the order
+        from .tasks import send_postback
 
-    transaction.on_commit(lambda: postbacks.order_changed(order.pk))
+        transaction.on_commit(lambda: send_postback.delay(order.pk))
 
 
 # --- The market ----------------------------------------------------------------------------
@@ -613,6 +612,7 @@ def match_instrument(*, instrument_id: int) -> int:
     orders = {
         order.order_id: order
         for order in PaperOrder.objects.select_for_update()
+        .select_related("client")
         .filter(instrument_id=instrument_id, status__in=PaperOrder.LIVE)
         .order_by("priority", "id")
     }

@@ -13,14 +13,6 @@ from . import kite_format
 from .models import PaperOrder
 
 
-def order_changed(order_pk: int) -> None:
-    order = PaperOrder.objects.select_related("client").only("client__postback_url", "client_id").get(pk=order_pk)
-    if order.client.postback_url:
-        from .tasks import send_postback
-
-        send_postback.delay(order_pk)
-
-
 def deliver(order_pk: int, *, timeout_s: float = 5) -> int:
     order = PaperOrder.objects.select_related("client", "instrument").get(pk=order_pk)
     body = kite_format.postback(order)

@@ -212,3 +212,40 @@ def test_postback_matches_kite_and_carries_a_valid_checksum(kite_client):
     assert body["checksum"] == expected and body["status"] == "COMPLETE"
     assert body["unfilled_quantity"] == 0 and body["filled_quantity"] == 1
     assert Decimal(str(body["average_price"])) == PaperOrder.objects.get(pk=order.pk).average_price
+
+
+def test_fills_cancels_and_rejections_are_posted_back(kite_client):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from tradingplatform.celery import app
+
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    PaperClient.objects.filter(pk=kite_client.pk).update(postback_url=f"http://127.0.0.1:{server.server_port}/pb")
+    client = PaperClient.objects.get(pk=kite_client.pk)
+    app.conf.task_always_eager = True
+    try:
+        common = dict(client=client, exchange="NSE", tradingsymbol="INFY", quantity=1, product="MIS")
+        engine.order_place(transaction_type="BUY", order_type="MARKET", **common)
+        resting = engine.order_place(transaction_type="BUY", order_type="LIMIT", price=Decimal("1400"), **common)
+        engine.order_cancel(client=client, order_id=resting.order_id)
+        engine.order_place(transaction_type="BUY", order_type="LIMIT", price=Decimal("5000"), **common)
+    finally:
+        app.conf.task_always_eager = False
+        server.shutdown()
+    assert [body["status"] for body in received] == ["COMPLETE", "CANCELLED", "REJECTED"]
+    for body in received:
+        expected = hashlib.sha256(f"{body['order_id']}{body['order_timestamp']}{client.api_secret}".encode())
+        assert body["checksum"] == expected.hexdigest()
