@@ -1,7 +1,7 @@
 """The paper exchange's state in Kite Connect v3's wire format, field for field.
 
 Each function returns what Kite returns in ``data`` for that call (see
-``../shared/kite-mocks/``). Numbers are JSON numbers, times are ``YYYY-MM-DD HH:MM:SS``
+``brokers/kite/samples/``). Numbers are JSON numbers, times are ``YYYY-MM-DD HH:MM:SS``
 in IST, like Kite.
 """
 

@@ -13,7 +13,7 @@ from brokers.base import Quote
 from brokers.models import Instrument
 from monitoring.tests.test_consumer import connect
 
-SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "kite-mocks" / "instruments_nse.csv"
+SAMPLE = Path(__file__).resolve().parents[1] / "kite" / "samples" / "instruments_nse.csv"
 
 
 def test_load_instruments_from_a_kite_dump(db, capsys):

@@ -17,7 +17,7 @@ from kiteconnect import exceptions as kite_errors
 from brokers.paper import engine, kite_format
 from brokers.paper.models import PaperClient, PaperOrder, PaperTrade
 
-MOCKS = Path(__file__).resolve().parents[4] / "shared" / "kite-mocks"
+MOCKS = Path(__file__).resolve().parents[2] / "kite" / "samples"
 REDIRECT = "http://app.example/callback"
 
 
