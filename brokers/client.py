@@ -23,7 +23,7 @@ from accounts.models import BrokerAccount
 
 from . import ratelimit, services
 from .base import Broker, BrokerOrder, OrderChange, OrderRequest, PlacedOrder, Quote
-from .errors import AuthError, NetworkError, RateLimited
+from .errors import AuthError, NetworkError, OutcomeUnknown, RateLimited
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,9 @@ class AccountBroker:
     def place_order(self, request: OrderRequest) -> PlacedOrder:
         """Place once. A lost answer is resolved by tag before the order is ever sent again.
 
-        Raises ``NetworkError`` when the outcome stays unknown (the broker cannot be asked);
-        the caller records that and reconciles later by the same tag.
+        Raises ``OutcomeUnknown`` when the broker cannot be asked whether it has the order
+        (the caller records that and reconciles later by the same tag), or the last
+        ``NetworkError`` when the broker, asked, does not have it (it was not placed).
         """
         if not request.tag:
             raise ValueError("an order needs a tag to be placed safely")
@@ -117,9 +118,14 @@ class AccountBroker:
                 if attempt == self.attempts - 1:
                     raise
                 self.sleep(max(backoff_delay(attempt), error.retry_after))
-            except NetworkError:
+            except NetworkError as error:
                 self.sleep(settings.ORDER_LOOKUP_DELAY_S)
-                found = self.find_by_tag(request.tag)  # raises NetworkError if we cannot ask
+                try:
+                    found = self.find_by_tag(request.tag)
+                except (NetworkError, RateLimited) as lookup_error:
+                    raise OutcomeUnknown(
+                        f"placing {request.tag} failed ({error}) and the broker could not be asked whether it has it"
+                    ) from lookup_error
                 if found is not None:
                     logger.info("order %s found by tag after a lost answer", request.tag)
                     return PlacedOrder(broker_order_id=found.broker_order_id)

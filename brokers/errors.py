@@ -39,6 +39,13 @@ class NetworkError(BrokerError):
     permanent = False
 
 
+class OutcomeUnknown(NetworkError):
+    """An order's placement may or may not have happened and the broker cannot be asked now.
+
+    Record it as unknown and resolve it later by its tag; never send it again blindly.
+    """
+
+
 class BrokerUnavailable(NetworkError):
     """The broker answered with a server error (5xx) or said it is down."""
 

@@ -56,10 +56,12 @@ def test_a_lost_answer_is_resolved_by_tag_not_by_sending_again(paper_account):
     assert placed.broker_order_id == orders.get().order_id
 
 
-def test_a_server_error_before_processing_is_retried_once_known_absent(paper_account):
+def test_a_broker_that_keeps_failing_leaves_the_outcome_unknown_and_nothing_doubled(paper_account):
+    from brokers.errors import OutcomeUnknown
+
     AccountBroker(paper_account).orders()
     knobs(paper_account, error_rate=1)
-    with pytest.raises(BrokerUnavailable):
+    with pytest.raises(OutcomeUnknown):
         AccountBroker(paper_account, sleep=no_sleep).place_order(request(tag="ERR-1"))
     assert not PaperOrder.objects.filter(tag="ERR-1").exists()
 
@@ -156,3 +158,21 @@ def test_deactivated_account_gets_no_session(paper_account):
 
 def test_network_error_is_transient_and_typed():
     assert NetworkError.permanent is False and OrderRejected.permanent is True
+
+
+def test_when_the_broker_cannot_be_asked_the_outcome_is_unknown(paper_account):
+    from brokers.errors import OutcomeUnknown
+
+    AccountBroker(paper_account).orders()
+    knobs(paper_account, timeout_rate=1, error_rate=0)
+    broker = AccountBroker(paper_account, sleep=no_sleep)
+    original = broker.find_by_tag
+
+    def lookup_fails(tag):
+        knobs(paper_account, error_rate=1)
+        return original(tag)
+
+    broker.find_by_tag = lookup_fails
+    with pytest.raises(OutcomeUnknown):
+        broker.place_order(request(tag="UNK-1"))
+    assert PaperOrder.objects.filter(tag="UNK-1").count() == 1  # it was placed; we just could not know
