@@ -18,3 +18,8 @@ from .settings import *  # noqa: E402, F403
 # Argon2 is the real hasher (settings.PASSWORD_HASHERS); tests hash many passwords.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405
+
+# On SQLite the test database is a file (WAL, busy timeout), not shared-cache memory, so
+# tests with threads see the same locking as a real run instead of "table is locked".
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.environ['CACHE_KEY_PREFIX']}.sqlite3")}  # noqa: F405
