@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from brokers import registry
+from tradingplatform.db import AppendOnlyModel
 
 from .crypto import EncryptedJSONField
 
@@ -102,15 +103,7 @@ class ApiKey(models.Model):
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
-class AuditLogQuerySet(models.QuerySet):
-    def update(self, **kwargs):
-        raise PermissionError("the audit log is append-only")
-
-    def delete(self):
-        raise PermissionError("the audit log is append-only")
-
-
-class AuditLog(models.Model):
+class AuditLog(AppendOnlyModel):
     class Action(models.TextChoices):
         LOGIN = "login", "Logged in"
         LOGIN_FAILED = "login_failed", "Failed login"
@@ -139,20 +132,9 @@ class AuditLog(models.Model):
     ip = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
-    objects = AuditLogQuerySet.as_manager()
-
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["actor", "-created_at"]), models.Index(fields=["target_type", "target_id"])]
 
     def __str__(self):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} by {self.actor_id or '-'}"
-
-    def save(self, *args, **kwargs):
-        # Append-only is an invariant of the table, not a business rule: refuse edits.
-        if self.pk is not None:
-            raise PermissionError("the audit log is append-only")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise PermissionError("the audit log is append-only")

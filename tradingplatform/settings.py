@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "accounts",
     "brokers",
     "brokers.paper",
+    "orders",
     "monitoring",
 ]
 
@@ -141,7 +142,6 @@ _db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 _db["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-FORMS_URLFIELD_ASSUME_HTTPS = True  # the Django 6 default, now
 AUTH_USER_MODEL = "accounts.User"
 
 # --- Redis: cache, channel layer, Celery broker -----------------------------------

@@ -18,6 +18,7 @@ urlpatterns = [
     path("logout/", account_views.logout_view, name="logout"),
     path("accounts/", include("accounts.urls")),
     path("brokers/", include("brokers.urls")),
+    path("orders/", include("orders.urls")),
     path("api/v1/", api.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

@@ -1,0 +1,346 @@
+"""Orders and where they come from: manual, basket, scheduled and strategy.
+
+Every order, whatever its source, is an ``Order`` placed by ``services.order_place``; every
+change of an order is an ``OrderEvent`` saying what caused it.
+"""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+
+from tradingplatform.db import AppendOnlyModel
+
+ORDER_TYPES = [("MARKET", "Market"), ("LIMIT", "Limit"), ("SL", "Stop-loss limit"), ("SL-M", "Stop-loss market")]
+PRODUCTS = [("CNC", "CNC (delivery)"), ("MIS", "MIS (intraday)"), ("NRML", "NRML (carry forward)")]
+SIDES = [("BUY", "Buy"), ("SELL", "Sell")]
+VALIDITIES = [("DAY", "Day"), ("IOC", "Immediate or cancel")]
+PRICE = {"max_digits": 14, "decimal_places": 2}
+
+
+def positive(field: str) -> Q:
+    return Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__gt": 0})
+
+
+def order_type_rules(prefix: str = "") -> Q:
+    """LIMIT has a price, SL a price and a trigger, SL-M a trigger, MARKET neither."""
+    t, p, tr = f"{prefix}order_type", f"{prefix}price", f"{prefix}trigger_price"
+    return (
+        Q(**{t: "MARKET", f"{p}__isnull": True, f"{tr}__isnull": True})
+        | Q(**{t: "LIMIT", f"{p}__isnull": False, f"{tr}__isnull": True})
+        | Q(**{t: "SL", f"{p}__isnull": False, f"{tr}__isnull": False})
+        | Q(**{t: "SL-M", f"{p}__isnull": True, f"{tr}__isnull": False})
+    )
+
+
+class OrderSpec(models.Model):
+    """What to trade: the fields an order, a basket item and a scheduled order share."""
+
+    instrument = models.ForeignKey("brokers.Instrument", on_delete=models.PROTECT, related_name="+")
+    side = models.CharField(max_length=4, choices=SIDES)
+    quantity = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    order_type = models.CharField(max_length=8, choices=ORDER_TYPES, default="MARKET")
+    product = models.CharField(max_length=4, choices=PRODUCTS, default="MIS")
+    validity = models.CharField(max_length=4, choices=VALIDITIES, default="DAY")
+    price = models.DecimalField(**PRICE, null=True, blank=True)
+    trigger_price = models.DecimalField(**PRICE, null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def spec(self) -> dict:
+        return {
+            "instrument": self.instrument,
+            "side": self.side,
+            "quantity": self.quantity,
+            "order_type": self.order_type,
+            "product": self.product,
+            "validity": self.validity,
+            "price": self.price,
+            "trigger_price": self.trigger_price,
+        }
+
+
+def spec_constraints(name: str) -> list:
+    return [
+        models.CheckConstraint(condition=Q(quantity__gt=0), name=f"{name}_quantity_positive"),
+        models.CheckConstraint(condition=positive("price"), name=f"{name}_price_positive"),
+        models.CheckConstraint(condition=positive("trigger_price"), name=f"{name}_trigger_positive"),
+        models.CheckConstraint(condition=order_type_rules(), name=f"{name}_prices_fit_type"),
+        models.CheckConstraint(condition=Q(side__in=["BUY", "SELL"]), name=f"{name}_side_valid"),
+    ]
+
+
+class Strategy(models.Model):
+    class Unit(models.TextChoices):
+        PERCENT = "percent", "Percent"
+        POINTS = "points", "Points"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="strategies")
+    name = models.CharField(max_length=100)
+    accounts = models.ManyToManyField("accounts.BrokerAccount", related_name="strategies", blank=True)
+    stop_loss = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    stop_loss_unit = models.CharField(max_length=8, choices=Unit.choices, default=Unit.PERCENT)
+    take_profit = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    take_profit_unit = models.CharField(max_length=8, choices=Unit.choices, default=Unit.PERCENT)
+    trailing_step = models.DecimalField(
+        max_digits=10,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Points the stop follows a favourable move by.",
+    )
+    reentry_enabled = models.BooleanField(default=False)
+    max_reentries = models.PositiveIntegerField(default=0)
+    chase_after_s = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Chase an open LIMIT entry after this."
+    )
+    chase_max_ticks = models.PositiveIntegerField(null=True, blank=True)
+    chase_max_percent = models.DecimalField(max_digits=6, decimal_places=2, null=True, blank=True)
+    max_retries = models.PositiveIntegerField(default=0)
+    retryable_kinds = models.JSONField(default=list, blank=True, help_text="Rejection kinds worth retrying.")
+    # The webhook secret is shown once; only its SHA-256 is kept.
+    webhook_secret_hash = models.CharField(max_length=64, blank=True)
+    webhook_secret_prefix = models.CharField(max_length=16, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        verbose_name_plural = "strategies"
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="strategy_unique_name_per_owner"),
+            models.CheckConstraint(condition=positive("stop_loss"), name="strategy_stop_loss_positive"),
+            models.CheckConstraint(condition=positive("take_profit"), name="strategy_take_profit_positive"),
+            models.CheckConstraint(condition=positive("trailing_step"), name="strategy_trailing_positive"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class StrategySignal(models.Model):
+    """A signal received for a strategy; its id is unique per strategy (replay protection)."""
+
+    strategy = models.ForeignKey(Strategy, on_delete=models.CASCADE, related_name="signals")
+    signal_id = models.CharField(max_length=64)
+    received_at = models.DateTimeField(auto_now_add=True)
+    via = models.CharField(max_length=16)  # api, webhook
+    payload = models.JSONField(default=dict)
+    results = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["strategy", "signal_id"], name="signal_unique_per_strategy")]
+
+    def __str__(self):
+        return f"{self.strategy} signal {self.signal_id}"
+
+
+class Basket(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="baskets")
+    name = models.CharField(max_length=100)
+    accounts = models.ManyToManyField("accounts.BrokerAccount", related_name="baskets", blank=True)
+    last_placed_at = models.DateTimeField(null=True, blank=True)
+    last_results = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="basket_unique_name_per_owner")]
+
+    def __str__(self):
+        return self.name
+
+
+class BasketItem(OrderSpec):
+    basket = models.ForeignKey(Basket, on_delete=models.CASCADE, related_name="items")
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = spec_constraints("basketitem")
+
+    def __str__(self):
+        return f"{self.side} {self.quantity} {self.instrument}"
+
+
+class ScheduledOrder(OrderSpec):
+    class Recurrence(models.TextChoices):
+        ONCE = "once", "Once"
+        TRADING_DAYS = "trading_days", "Every trading day"
+        WEEKDAYS = "weekdays", "Chosen weekdays"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DONE = "done", "Done"
+        CANCELLED = "cancelled", "Cancelled"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="scheduled_orders")
+    account = models.ForeignKey("accounts.BrokerAccount", on_delete=models.CASCADE, related_name="scheduled_orders")
+    recurrence = models.CharField(max_length=16, choices=Recurrence.choices, default=Recurrence.ONCE)
+    # 0 = Monday ... 6 = Sunday, for WEEKDAYS.
+    weekdays = models.JSONField(default=list, blank=True)
+    time_of_day = models.TimeField(help_text="In the timezone below.")
+    timezone = models.CharField(max_length=64, default="Asia/Kolkata")
+    run_on = models.DateField(null=True, blank=True, help_text="The date, for a one-off order.")
+    next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    grace_s = models.PositiveIntegerField(default=0, help_text="Still fire this late after a missed time (seconds).")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_result = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["next_run_at", "id"]
+        indexes = [models.Index(fields=["status", "next_run_at"])]
+        constraints = spec_constraints("scheduledorder")
+
+    def __str__(self):
+        return f"{self.get_recurrence_display()} {self.side} {self.quantity} {self.instrument}"
+
+
+class ScheduledFire(models.Model):
+    """One due time of a scheduled order: claimed once, then placed (or reported missed)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PLACED = "placed", "Placed"
+        MISSED = "missed", "Missed"
+        FAILED = "failed", "Failed"
+
+    scheduled = models.ForeignKey(ScheduledOrder, on_delete=models.CASCADE, related_name="fires")
+    due_at = models.DateTimeField()
+    claimed_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    detail = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-due_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["scheduled", "due_at"], name="scheduledfire_once_per_due")]
+
+    def __str__(self):
+        return f"{self.scheduled_id} at {self.due_at:%Y-%m-%d %H:%M:%S}"
+
+
+class DailyCounter(models.Model):
+    """The next order number of an account on a trading day; gap-free, one UPDATE per order."""
+
+    account = models.ForeignKey("accounts.BrokerAccount", on_delete=models.CASCADE, related_name="+")
+    trading_date = models.DateField()
+    value = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "trading_date"], name="dailycounter_unique_account_date")
+        ]
+
+    def __str__(self):
+        return f"{self.account_id} {self.trading_date}: {self.value}"
+
+
+class Order(OrderSpec):
+    class Status(models.TextChoices):
+        NEW = "NEW", "New"
+        SUBMITTED = "SUBMITTED", "Submitted"
+        OPEN = "OPEN", "Open"
+        PARTIALLY_FILLED = "PARTIALLY_FILLED", "Partially filled"
+        FILLED = "FILLED", "Filled"
+        CANCELLED = "CANCELLED", "Cancelled"
+        REJECTED = "REJECTED", "Rejected"
+        FAILED = "FAILED", "Failed"
+
+    class Source(models.TextChoices):
+        MANUAL = "manual", "Manual"
+        BASKET = "basket", "Basket"
+        SCHEDULED = "scheduled", "Scheduled"
+        STRATEGY = "strategy", "Strategy"
+        SYSTEM = "system", "System"
+
+    class Role(models.TextChoices):
+        ENTRY = "entry", "Entry"
+        STOP_LOSS = "stop_loss", "Stop-loss"
+        TAKE_PROFIT = "take_profit", "Take-profit"
+        EXIT = "exit", "Exit"
+
+    LIVE = (Status.NEW, Status.SUBMITTED, Status.OPEN, Status.PARTIALLY_FILLED)
+    AT_BROKER = (Status.SUBMITTED, Status.OPEN, Status.PARTIALLY_FILLED)
+    FINAL = (Status.FILLED, Status.CANCELLED, Status.REJECTED, Status.FAILED)
+
+    reference = models.CharField(max_length=20, unique=True, help_text="Ours; sent to the broker as the tag.")
+    account = models.ForeignKey("accounts.BrokerAccount", on_delete=models.PROTECT, related_name="orders")
+    placed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.NEW)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.ENTRY)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    strategy = models.ForeignKey(Strategy, null=True, blank=True, on_delete=models.SET_NULL, related_name="orders")
+    basket = models.ForeignKey(Basket, null=True, blank=True, on_delete=models.SET_NULL, related_name="orders")
+    scheduled = models.ForeignKey(
+        ScheduledOrder, null=True, blank=True, on_delete=models.SET_NULL, related_name="orders"
+    )
+    broker_order_id = models.CharField(max_length=40, null=True, blank=True)
+    filled_quantity = models.PositiveIntegerField(default=0)
+    average_price = models.DecimalField(max_digits=14, decimal_places=4, default=Decimal(0))
+    reject_kind = models.CharField(max_length=32, blank=True)
+    reject_reason = models.CharField(max_length=500, blank=True)
+    retry_count = models.PositiveIntegerField(default=0)
+    reentry_count = models.PositiveIntegerField(default=0)
+    chase_count = models.PositiveIntegerField(default=0)
+    # "<user id>:<client key>", so one trader's key can never return another's order.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    request_hash = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["account", "status"]),
+            models.Index(fields=["account", "-created_at"]),
+            models.Index(fields=["broker_order_id"]),
+        ]
+        constraints = [
+            *spec_constraints("order"),
+            models.CheckConstraint(
+                condition=Q(filled_quantity__lte=F("quantity")), name="order_filled_within_quantity"
+            ),
+            models.UniqueConstraint(fields=["account", "broker_order_id"], name="order_unique_broker_id_per_account"),
+        ]
+
+    def __str__(self):
+        return self.reference
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in self.LIVE
+
+    @property
+    def pending_quantity(self) -> int:
+        return self.quantity - self.filled_quantity if self.is_live else 0
+
+
+class OrderEvent(AppendOnlyModel):
+    """One thing that happened to an order, and why (append-only)."""
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32)
+    from_status = models.CharField(max_length=20, blank=True)
+    to_status = models.CharField(max_length=20, blank=True)
+    cause = models.CharField(max_length=200, help_text="Who or what did it: 'ticket by trader', 'scheduled #4'...")
+    message = models.CharField(max_length=500, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"{self.order_id} {self.kind} {self.from_status}->{self.to_status}"

@@ -1,0 +1,49 @@
+"""Reads of orders and their sources, always scoped to the trader who asks."""
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+
+from .models import Basket, Order, ScheduledOrder, Strategy
+
+
+def orders_of(user, *, account=None, status=None, source=None, symbol=None, since=None) -> QuerySet[Order]:
+    orders = Order.objects.filter(account__owner=user).select_related("account", "instrument")
+    if account:
+        orders = orders.filter(account_id=account)
+    if status:
+        orders = orders.filter(status__in=status if isinstance(status, list | tuple) else [status])
+    if source:
+        orders = orders.filter(source=source)
+    if symbol:
+        orders = orders.filter(instrument__tradingsymbol__istartswith=symbol.strip()[:64])
+    if since:
+        orders = orders.filter(created_at__gte=since)
+    return orders
+
+
+def order_of(user, pk) -> Order:
+    return get_object_or_404(orders_of(user), pk=pk)
+
+
+def baskets_of(user) -> QuerySet[Basket]:
+    return Basket.objects.filter(owner=user).prefetch_related("items__instrument", "accounts")
+
+
+def basket_of(user, pk) -> Basket:
+    return get_object_or_404(baskets_of(user), pk=pk)
+
+
+def scheduled_of(user) -> QuerySet[ScheduledOrder]:
+    return ScheduledOrder.objects.filter(owner=user).select_related("account", "instrument")
+
+
+def scheduled_one_of(user, pk) -> ScheduledOrder:
+    return get_object_or_404(scheduled_of(user), pk=pk)
+
+
+def strategies_of(user) -> QuerySet[Strategy]:
+    return Strategy.objects.filter(owner=user).prefetch_related("accounts")
+
+
+def strategy_of(user, pk) -> Strategy:
+    return get_object_or_404(strategies_of(user), pk=pk)

@@ -1,0 +1,630 @@
+"""The one order-processing path, for every source (DESIGN section 4).
+
+``order_place``:
+1. validates (ownership, active account, instrument, lot and tick multiples, price and
+   trigger rules per order type, product, risk limits) and sends nothing on a bad field;
+2. in one transaction takes the account's next daily number (one UPDATE, so gap-free and
+   unique under concurrent placement), writes the ``Order`` (NEW) and its first event;
+3. gets a live broker session (through ``AccountBroker``);
+4. calls the broker with the order's reference as its tag; a lost answer is resolved by
+   looking the order up by that tag before anything is sent again;
+5. records the result (SUBMITTED with the broker's id, REJECTED or FAILED with the mapped
+   reason, or an unknown outcome to reconcile) with an event, and pushes the change to the
+   trader's pages after commit.
+
+A client idempotency key returns the same order on a repeat. Every status change is a
+conditional update (only from the status we read), so two workers cannot both apply one.
+"""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import BrokerAccount
+from brokers.base import IST, OrderChange, OrderRequest, Status
+from brokers.client import AccountBroker
+from brokers.errors import (
+    AuthError,
+    BrokerError,
+    InputError,
+    NetworkError,
+    OrderRejected,
+    OutcomeUnknown,
+    RateLimited,
+    RejectKind,
+)
+from brokers.models import Instrument
+
+from .models import DailyCounter, Order, OrderEvent
+
+logger = logging.getLogger(__name__)
+
+OrderStatus = Order.Status
+
+
+class OrderActionRefused(Exception):
+    """A modify or cancel that cannot be done; ``field`` names the input at fault, if any."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+# --- Validation ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    account: BrokerAccount
+    instrument: Instrument
+    side: str
+    quantity: int
+    order_type: str
+    product: str
+    validity: str
+    price: Decimal | None
+    trigger_price: Decimal | None
+
+    def request_hash(self) -> str:
+        body = [
+            self.account.pk,
+            self.instrument.pk,
+            self.side,
+            self.quantity,
+            self.order_type,
+            self.product,
+            self.validity,
+            str(self.price),
+            str(self.trigger_price),
+        ]
+        return hashlib.sha256(json.dumps(body).encode()).hexdigest()
+
+
+def _decimal(value, field: str) -> Decimal | None:
+    if value in (None, ""):
+        return None
+    try:
+        result = Decimal(str(value))
+    except ArithmeticError:
+        raise ValidationError({field: "Enter a number."}) from None
+    if not result.is_finite():
+        raise ValidationError({field: "Enter a number."})
+    return result
+
+
+def order_check(
+    *,
+    actor,
+    account: BrokerAccount,
+    instrument: Instrument | None,
+    side: str,
+    quantity,
+    order_type: str,
+    product: str,
+    validity: str = "DAY",
+    price=None,
+    trigger_price=None,
+) -> Checked:
+    """Every rule an order must meet before it may be sent. Raises ValidationError naming the field."""
+    if account is None or account.owner_id != actor.pk:
+        raise ValidationError({"account": "No such broker account."})
+    if not account.is_active:
+        raise ValidationError({"account": f"{account.label} is deactivated."})
+    if instrument is None:
+        raise ValidationError({"instrument": "No such instrument."})
+    if side not in ("BUY", "SELL"):
+        raise ValidationError({"side": "Choose BUY or SELL."})
+    if order_type not in ("MARKET", "LIMIT", "SL", "SL-M"):
+        raise ValidationError({"order_type": "Choose MARKET, LIMIT, SL or SL-M."})
+    if validity not in ("DAY", "IOC"):
+        raise ValidationError({"validity": "Choose DAY or IOC."})
+    if product not in ("CNC", "MIS", "NRML"):
+        raise ValidationError({"product": "Choose CNC, MIS or NRML."})
+    if product not in account.allowed_products:
+        raise ValidationError({"product": f"{product} is not allowed on {account.label}."})
+    if product == "CNC" and instrument.instrument_type != "EQ":
+        raise ValidationError({"product": "CNC is for equity delivery; use NRML or MIS for derivatives."})
+    try:
+        quantity = int(quantity)
+    except (TypeError, ValueError):
+        raise ValidationError({"quantity": "Enter a whole number."}) from None
+    if quantity <= 0:
+        raise ValidationError({"quantity": "Quantity must be greater than 0."})
+    if quantity % instrument.lot_size:
+        raise ValidationError({"quantity": f"Quantity must be a multiple of the lot size, {instrument.lot_size}."})
+    price = _decimal(price, "price")
+    trigger_price = _decimal(trigger_price, "trigger_price")
+    tick = instrument.tick_size
+    if order_type in ("LIMIT", "SL"):
+        if price is None or price <= 0:
+            raise ValidationError({"price": f"A {order_type} order needs a price above 0."})
+        if price % tick:
+            raise ValidationError({"price": f"Price must be a multiple of the tick size, {tick.normalize()}."})
+    elif price is not None:
+        raise ValidationError({"price": f"A {order_type} order takes no price."})
+    if order_type in ("SL", "SL-M"):
+        if trigger_price is None or trigger_price <= 0:
+            raise ValidationError({"trigger_price": f"A {order_type} order needs a trigger price above 0."})
+        if trigger_price % tick:
+            raise ValidationError(
+                {"trigger_price": f"Trigger price must be a multiple of the tick size, {tick.normalize()}."}
+            )
+        if order_type == "SL" and side == "BUY" and price < trigger_price:
+            raise ValidationError({"price": "A buy stop-loss limit price must be at or above its trigger."})
+        if order_type == "SL" and side == "SELL" and price > trigger_price:
+            raise ValidationError({"price": "A sell stop-loss limit price must be at or below its trigger."})
+    elif trigger_price is not None:
+        raise ValidationError({"trigger_price": f"A {order_type} order takes no trigger price."})
+    if account.max_quantity is not None and quantity > account.max_quantity:
+        raise ValidationError({"quantity": f"Above this account's limit of {account.max_quantity}."})
+    if account.max_order_value is not None:
+        reference_price = price or trigger_price or instrument.last_price
+        if not reference_price:
+            raise ValidationError({"instrument": "No last price to check this order's value against the limit."})
+        value = reference_price * quantity
+        if value > account.max_order_value:
+            raise ValidationError(
+                {"quantity": f"Order value {value:.2f} is above this account's limit of {account.max_order_value}."}
+            )
+    return Checked(account, instrument, side, quantity, order_type, product, validity, price, trigger_price)
+
+
+# --- Placement -------------------------------------------------------------------------------
+
+
+def trading_date(now=None):
+    return (now or timezone.now()).astimezone(IST).date()
+
+
+def _ensure_counter(account: BrokerAccount, day) -> None:
+    """Create the account's counter row for the day, committed on its own (at value 0).
+
+    Doing this outside the order's transaction matters on MySQL: concurrent first orders
+    of the day inserting the same row inside their transactions deadlock on the
+    duplicate-key locks. Creating a row at 0 uses no number, so numbers stay gap-free.
+    """
+    if DailyCounter.objects.filter(account=account, trading_date=day).exists():
+        return
+    try:
+        with transaction.atomic():
+            DailyCounter.objects.create(account=account, trading_date=day, value=0)
+    except IntegrityError:
+        pass  # another placement created it first
+
+
+def _next_number(account: BrokerAccount, day) -> int:
+    """The account's next order number today. Call inside the order's transaction: the
+    UPDATE locks the counter row until commit, and a rollback gives the number back."""
+    if not DailyCounter.objects.filter(account=account, trading_date=day).update(value=F("value") + 1):
+        raise RuntimeError("the day's counter row is missing; call _ensure_counter first")
+    return DailyCounter.objects.get(account=account, trading_date=day).value
+
+
+def reference_for(account: BrokerAccount, day, number: int) -> str:
+    """``YYMMDD`` + ``A<account>`` + ``N<number>``: unique, and at most 20 alphanumerics (Kite's tag rule)."""
+    return f"{day:%y%m%d}A{account.pk}N{number:06d}"
+
+
+def _event(order: Order, kind: str, *, cause: str, from_status="", message="", data=None) -> OrderEvent:
+    return OrderEvent.objects.create(
+        order=order,
+        kind=kind,
+        from_status=from_status,
+        to_status=order.status,
+        cause=cause[:200],
+        message=(message or "")[:500],
+        data=data or {},
+    )
+
+
+def _existing_for_key(key: str, request_hash: str) -> Order | None:
+    order = Order.objects.select_related("account", "instrument").filter(idempotency_key=key).first()
+    if order is not None and order.request_hash and order.request_hash != request_hash:
+        raise ValidationError(
+            {"idempotency_key": "This idempotency key was already used for a different order."}, code="conflict"
+        )
+    return order
+
+
+def order_place(
+    *,
+    actor,
+    account: BrokerAccount,
+    instrument: Instrument | None,
+    side: str,
+    quantity,
+    order_type: str,
+    product: str,
+    validity: str = "DAY",
+    price=None,
+    trigger_price=None,
+    source: str,
+    cause: str,
+    idempotency_key: str | None = None,
+    role: str = Order.Role.ENTRY,
+    parent: Order | None = None,
+    strategy=None,
+    basket=None,
+    scheduled=None,
+    broker: AccountBroker | None = None,
+) -> Order:
+    """Place one order, whoever asks. Returns the order (a repeat key returns the first one)."""
+    checked = order_check(
+        actor=actor,
+        account=account,
+        instrument=instrument,
+        side=side,
+        quantity=quantity,
+        order_type=order_type,
+        product=product,
+        validity=validity,
+        price=price,
+        trigger_price=trigger_price,
+    )
+    request_hash = checked.request_hash()
+    key = f"{actor.pk}:{idempotency_key}" if idempotency_key else None
+    if key and (existing := _existing_for_key(key, request_hash)):
+        return existing
+    day = trading_date()
+    _ensure_counter(account, day)
+    try:
+        with transaction.atomic():
+            number = _next_number(account, day)
+            if account.max_open_orders is not None:
+                # Checked under the counter's row lock, so concurrent placements cannot overshoot.
+                open_orders = Order.objects.filter(account=account, status__in=Order.LIVE).count()
+                if open_orders >= account.max_open_orders:
+                    raise ValidationError(
+                        {"account": f"{account.label} already has {open_orders} open orders (its limit)."}
+                    )
+            order = Order.objects.create(
+                reference=reference_for(account, day, number),
+                account=account,
+                placed_by=actor,
+                instrument=checked.instrument,
+                side=checked.side,
+                quantity=checked.quantity,
+                order_type=checked.order_type,
+                product=checked.product,
+                validity=checked.validity,
+                price=checked.price,
+                trigger_price=checked.trigger_price,
+                source=source,
+                role=role,
+                parent=parent,
+                strategy=strategy,
+                basket=basket,
+                scheduled=scheduled,
+                idempotency_key=key,
+                request_hash=request_hash,
+            )
+            _event(order, "created", cause=cause)
+    except IntegrityError:
+        # Two requests with one key at once: the other committed first; return its order.
+        if key and (existing := _existing_for_key(key, request_hash)):
+            return existing
+        raise
+    _broadcast(order, created=True)
+    return order_submit(order=order, cause=cause, broker=broker)
+
+
+def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = None) -> Order:
+    """Steps 3-5: send a NEW order to its broker and record what happened."""
+    request = OrderRequest(
+        exchange=order.instrument.exchange,
+        tradingsymbol=order.instrument.tradingsymbol,
+        side=order.side,
+        quantity=order.quantity,
+        order_type=order.order_type,
+        product=order.product,
+        tag=order.reference,
+        price=order.price,
+        trigger_price=order.trigger_price,
+        validity=order.validity,
+    )
+    broker = broker or AccountBroker(order.account)
+    try:
+        placed = broker.place_order(request)
+    except OrderRejected as error:
+        _transition(
+            order,
+            OrderStatus.REJECTED,
+            kind="rejected",
+            cause=f"{broker_name(order)} refused it",
+            message=error.message,
+            broker_order_id=error.broker_order_id,
+            reject_kind=error.kind,
+            reject_reason=error.message[:500],
+        )
+    except InputError as error:
+        _transition(
+            order,
+            OrderStatus.REJECTED,
+            kind="rejected",
+            cause=f"{broker_name(order)} refused it",
+            message=error.message,
+            reject_kind=RejectKind.INPUT,
+            reject_reason=error.message[:500],
+        )
+    except OutcomeUnknown as error:
+        _unknown_outcome(order, str(error))
+    except AuthError as error:
+        _fail(order, "auth", f"{error} (reconnect the account)", cause)
+    except RateLimited as error:
+        _fail(order, RejectKind.RATE_LIMIT, str(error), cause)
+    except NetworkError as error:
+        _fail(order, RejectKind.NETWORK, f"{error}; the broker does not have it", f"{broker_name(order)} unreachable")
+    except BrokerError as error:
+        _fail(order, RejectKind.BROKER_ERROR, str(error), cause)
+    except Exception as error:  # a bug on our side mid-call: the broker may have it; find out later
+        logger.exception("unexpected error placing %s", order.reference)
+        _unknown_outcome(order, f"{type(error).__name__} while sending")
+    else:
+        _transition(
+            order,
+            OrderStatus.SUBMITTED,
+            kind="submitted",
+            cause=cause,
+            message=f"broker order {placed.broker_order_id}",
+            broker_order_id=placed.broker_order_id,
+            submitted_at=timezone.now(),
+        )
+        _queue_sync(order.account_id)
+    order.refresh_from_db()
+    return order
+
+
+def _fail(order: Order, kind: str, message: str, cause: str) -> None:
+    """The order is not at the broker: FAILED, with why."""
+    _transition(
+        order,
+        OrderStatus.FAILED,
+        kind="failed",
+        cause=cause,
+        message=message,
+        reject_kind=kind,
+        reject_reason=message[:500],
+    )
+
+
+def broker_name(order: Order) -> str:
+    return order.account.get_broker_display()
+
+
+def _unknown_outcome(order: Order, message: str) -> None:
+    _transition(
+        order,
+        OrderStatus.SUBMITTED,
+        kind="outcome_unknown",
+        cause="the broker's answer was lost",
+        message=f"{message}; it will be looked up by its tag",
+    )
+    _queue_sync(order.account_id, countdown=5)
+
+
+def _transition(order: Order, to_status: str, *, kind: str, cause: str, message: str = "", **fields) -> bool:
+    """Move an order from the status we read to ``to_status``, once. Returns whether we did."""
+    from_status = order.status
+    with transaction.atomic():
+        updated = Order.objects.filter(pk=order.pk, status=from_status).update(
+            status=to_status, updated_at=timezone.now(), **fields
+        )
+        if not updated:
+            return False
+        order.status = to_status
+        for name, value in fields.items():
+            setattr(order, name, value)
+        _event(order, kind, cause=cause, from_status=from_status, message=message)
+    _broadcast(order)
+    return True
+
+
+def _queue_sync(account_id: int, countdown: float = 1.0) -> None:
+    from .tasks import sync_account
+
+    transaction.on_commit(lambda: sync_account.apply_async((account_id,), countdown=countdown))
+
+
+def _broadcast(order: Order, *, created: bool = False) -> None:
+    from monitoring.broadcast import push_fragment
+
+    push_fragment(
+        user_id=order.account.owner_id,
+        template="orders/partials/order_push.html",
+        context={"order": order, "created": created},
+    )
+
+
+# --- Modify and cancel -------------------------------------------------------------------------
+
+
+def order_modify(
+    *, order: Order, actor, cause: str, quantity=None, price=None, trigger_price=None, order_type=None
+) -> Order:
+    """Change an open order at its broker; the order's fields change only when the broker agrees."""
+    if order.account.owner_id != actor.pk:
+        raise OrderActionRefused("No such order.")
+    if order.status not in Order.AT_BROKER or not order.broker_order_id:
+        raise OrderActionRefused(f"Only an open order can be modified; this one is {order.get_status_display()}.")
+    new_type = order_type or order.order_type
+    if (new_type in ("SL", "SL-M")) != (order.order_type in ("SL", "SL-M")):
+        raise OrderActionRefused("A stop order stays a stop order, a plain one plain.", field="order_type")
+    keep = lambda value, current: current if value in (None, "") else value  # noqa: E731
+    checked = order_check(
+        actor=actor,
+        account=order.account,
+        instrument=order.instrument,
+        side=order.side,
+        quantity=keep(quantity, order.quantity),
+        order_type=new_type,
+        product=order.product,
+        validity=order.validity,
+        price=keep(price, order.price) if new_type in ("LIMIT", "SL") else None,
+        trigger_price=keep(trigger_price, order.trigger_price) if new_type in ("SL", "SL-M") else None,
+    )
+    if checked.quantity <= order.filled_quantity:
+        raise OrderActionRefused(f"{order.filled_quantity} are already filled.", field="quantity")
+    change = OrderChange(
+        quantity=checked.quantity if checked.quantity != order.quantity else None,
+        price=checked.price if checked.price != order.price else None,
+        trigger_price=checked.trigger_price if checked.trigger_price != order.trigger_price else None,
+        order_type=checked.order_type if checked.order_type != order.order_type else None,
+    )
+    if change == OrderChange():
+        return order
+    try:
+        AccountBroker(order.account).modify_order(order.broker_order_id, change)
+    except (OrderRejected, InputError) as error:
+        _event(order, "modify_rejected", cause=cause, from_status=order.status, message=error.message)
+        raise OrderActionRefused(f"The broker refused the change: {error.message}") from error
+    except BrokerError as error:
+        _event(order, "modify_failed", cause=cause, from_status=order.status, message=str(error))
+        raise OrderActionRefused(f"Could not reach the broker: {error}") from error
+    fields = {
+        "quantity": checked.quantity,
+        "order_type": checked.order_type,
+        "price": checked.price,
+        "trigger_price": checked.trigger_price,
+    }
+    with transaction.atomic():
+        Order.objects.filter(pk=order.pk).update(updated_at=timezone.now(), **fields)
+        for name, value in fields.items():
+            setattr(order, name, value)
+        _event(
+            order,
+            "modified",
+            cause=cause,
+            from_status=order.status,
+            data={k: str(v) for k, v in vars(change).items() if v is not None},
+        )
+    _broadcast(order)
+    _queue_sync(order.account_id)
+    return order
+
+
+def order_cancel(*, order: Order, actor, cause: str) -> Order:
+    if order.account.owner_id != actor.pk:
+        raise OrderActionRefused("No such order.")
+    if order.status == OrderStatus.NEW and not order.broker_order_id:
+        raise OrderActionRefused("This order is being sent; cancel it once the broker has it.")
+    if order.status not in Order.AT_BROKER:
+        raise OrderActionRefused(f"This order is {order.get_status_display()}; there is nothing to cancel.")
+    if not order.broker_order_id:
+        raise OrderActionRefused("The broker's answer for this order was lost; it is being looked up.")
+    try:
+        AccountBroker(order.account).cancel_order(order.broker_order_id)
+    except InputError as error:
+        _event(order, "cancel_refused", cause=cause, from_status=order.status, message=error.message)
+        orders_sync_account(account=order.account, cause="after a refused cancel")
+        raise OrderActionRefused(f"The broker refused to cancel: {error.message}") from error
+    except BrokerError as error:
+        _event(order, "cancel_failed", cause=cause, from_status=order.status, message=str(error))
+        raise OrderActionRefused(f"Could not reach the broker: {error}") from error
+    _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause)
+    _queue_sync(order.account_id)
+    return order
+
+
+# --- Reconciliation with the broker ------------------------------------------------------------
+
+BROKER_TO_ORDER = {
+    Status.SUBMITTED: OrderStatus.SUBMITTED,
+    Status.OPEN: OrderStatus.OPEN,
+    Status.PARTIALLY_FILLED: OrderStatus.PARTIALLY_FILLED,
+    Status.FILLED: OrderStatus.FILLED,
+    Status.CANCELLED: OrderStatus.CANCELLED,
+    Status.REJECTED: OrderStatus.REJECTED,
+}
+# How far along each status is: an order never moves back.
+PROGRESS = {
+    OrderStatus.NEW: 0,
+    OrderStatus.FAILED: 0,
+    OrderStatus.SUBMITTED: 1,
+    OrderStatus.OPEN: 2,
+    OrderStatus.PARTIALLY_FILLED: 3,
+    OrderStatus.FILLED: 4,
+    OrderStatus.CANCELLED: 4,
+    OrderStatus.REJECTED: 4,
+}
+KIND_FOR = {
+    OrderStatus.OPEN: "opened",
+    OrderStatus.PARTIALLY_FILLED: "partially_filled",
+    OrderStatus.FILLED: "filled",
+    OrderStatus.CANCELLED: "cancelled",
+    OrderStatus.REJECTED: "rejected",
+}
+
+
+def order_apply_broker_state(order: Order, state, *, cause: str) -> bool:
+    """Bring an order in line with what its broker says; returns whether anything changed."""
+    target = BROKER_TO_ORDER[state.status]
+    if target == OrderStatus.SUBMITTED and order.status == OrderStatus.SUBMITTED and order.broker_order_id:
+        return False
+    moves_on = PROGRESS[target] > PROGRESS[order.status] or (
+        order.status == OrderStatus.CANCELLED and target == OrderStatus.FILLED  # it filled before the cancel
+    )
+    fills_changed = state.filled_quantity != order.filled_quantity
+    if not moves_on and not fills_changed and order.broker_order_id:
+        return False
+    fields = {
+        "filled_quantity": state.filled_quantity,
+        "average_price": state.average_price,
+        "broker_order_id": order.broker_order_id or state.broker_order_id,
+    }
+    if target == OrderStatus.REJECTED:
+        from brokers.errors import classify_rejection
+
+        fields["reject_reason"] = (state.status_message or "")[:500]
+        fields["reject_kind"] = classify_rejection(state.status_message)
+    new_status = target if moves_on else order.status
+    if order.status == OrderStatus.FAILED and state.status:
+        cause = f"{cause}: found at the broker after all"
+    kind = KIND_FOR.get(new_status, "updated") if new_status != order.status else "fill"
+    return _transition(
+        order,
+        new_status,
+        kind=kind,
+        cause=cause,
+        message=f"{state.filled_quantity}/{order.quantity} filled at {state.average_price}"
+        if state.filled_quantity
+        else (state.status_message or ""),
+        **fields,
+    )
+
+
+def orders_sync_account(*, account: BrokerAccount, cause: str = "reconciled with the broker") -> int:
+    """Read the account's order book at the broker and update our orders from it (by id, else by tag).
+
+    Orders the broker never got are closed too, so nothing stays in limbo: a NEW order
+    whose sender died, or one whose outcome was unknown, that the broker still does not
+    have a minute later becomes FAILED.
+    """
+    broker_orders = AccountBroker(account).orders()
+    by_id = {o.broker_order_id: o for o in broker_orders}
+    by_tag = {o.tag: o for o in broker_orders if o.tag}
+    today_start = timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+    candidates = Order.objects.filter(account=account).filter(
+        status__in=[*Order.LIVE, OrderStatus.FAILED], created_at__gte=today_start
+    )
+    changed = 0
+    stale = timezone.now() - timedelta(seconds=60)
+    for order in candidates.select_related("account", "instrument"):
+        state = by_id.get(order.broker_order_id) if order.broker_order_id else by_tag.get(order.reference)
+        if state is not None:
+            changed += order_apply_broker_state(order, state, cause=cause)
+        elif order.status == OrderStatus.NEW and order.created_at < stale:
+            _fail(order, RejectKind.NETWORK, "never reached the broker (the sender stopped)", cause)
+            changed += 1
+        elif order.status == OrderStatus.SUBMITTED and not order.broker_order_id and order.created_at < stale:
+            _fail(order, RejectKind.NETWORK, "not at the broker: its lost answer was a lost request", cause)
+            changed += 1
+    return changed

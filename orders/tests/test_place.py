@@ -1,0 +1,252 @@
+"""order_place, modify and cancel against the paper exchange."""
+
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.utils import timezone
+
+from accounts import services as account_services
+from accounts.tests.factories import make_broker_account
+from brokers.paper import engine
+from brokers.paper.models import PaperClient, PaperOrder
+from orders import services
+from orders.models import Order, OrderEvent
+from orders.tests.factories import place
+
+D = Decimal
+
+
+def events(order):
+    return list(order.events.values_list("kind", flat=True))
+
+
+def knobs(account, **values):
+    engine.client_get_or_create(user_id=account.client_id)
+    PaperClient.objects.filter(user_id=account.client_id).update(**values)
+
+
+def test_market_order_is_sent_with_its_reference_as_tag_and_fills(trader, account):
+    order = place(trader, account, quantity=2)
+    assert order.status == Order.Status.SUBMITTED and order.broker_order_id
+    assert order.reference == f"{services.trading_date():%y%m%d}A{account.pk}N000001"
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).tag == order.reference
+    assert events(order) == ["created", "submitted"]
+    services.orders_sync_account(account=account)
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED and order.filled_quantity == 2 and order.average_price > 0
+    assert events(order)[-1] == "filled"
+
+
+def test_references_count_up_per_account_and_day(trader, account):
+    other = make_broker_account(trader, broker="paper", client_id="PAPER-O2")
+    refs = [place(trader, account).reference, place(trader, other).reference, place(trader, account).reference]
+    assert [ref[-7:] for ref in refs] == ["N000001", "N000001", "N000002"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"quantity": 0}, "quantity"),
+        ({"quantity": "x"}, "quantity"),
+        ({"symbol": "NIFTY26DECFUT", "exchange": "NFO", "product": "NRML", "quantity": 10}, "quantity"),
+        ({"order_type": "LIMIT", "price": "1500.03"}, "price"),
+        ({"order_type": "LIMIT"}, "price"),
+        ({"order_type": "MARKET", "price": "1500"}, "price"),
+        ({"order_type": "SL-M"}, "trigger_price"),
+        ({"order_type": "SL", "price": "1490", "trigger_price": "1500"}, "price"),
+        ({"order_type": "SL-M", "trigger_price": "1500.07"}, "trigger_price"),
+        ({"side": "HOLD"}, "side"),
+        ({"order_type": "STOP"}, "order_type"),
+        ({"product": "XYZ"}, "product"),
+        ({"symbol": "NIFTY26DECFUT", "exchange": "NFO", "product": "CNC", "quantity": 75}, "product"),
+        ({"price": "abc", "order_type": "LIMIT"}, "price"),
+    ],
+)
+def test_bad_input_names_the_field_and_sends_nothing(trader, account, kwargs, field):
+    with pytest.raises(ValidationError) as error:
+        place(trader, account, **kwargs)
+    assert field in error.value.message_dict
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+
+
+def test_risk_limits(trader, account):
+    account_services.broker_account_update(
+        account=account, actor=trader, max_quantity=10, max_order_value=D("20000"), allowed_products=["MIS"]
+    )
+    account.refresh_from_db()
+    with pytest.raises(ValidationError, match="limit of 10"):
+        place(trader, account, quantity=11)
+    with pytest.raises(ValidationError, match="Order value"):
+        place(trader, account, quantity=10, order_type="LIMIT", price="2500")
+    with pytest.raises(ValidationError, match="not allowed"):
+        place(trader, account, product="CNC")
+    assert not PaperOrder.objects.exists()
+
+
+def test_max_open_orders(trader, account):
+    account_services.broker_account_update(account=account, actor=trader, max_open_orders=2)
+    account.refresh_from_db()
+    place(trader, account, order_type="LIMIT", price="1400")
+    place(trader, account, order_type="LIMIT", price="1400")
+    with pytest.raises(ValidationError) as error:
+        place(trader, account, order_type="LIMIT", price="1400")
+    assert "account" in error.value.message_dict
+    assert PaperOrder.objects.count() == 2
+    # The rolled-back attempt gave its number back: the next order is N000003.
+    account_services.broker_account_update(account=account, actor=trader, max_open_orders=5)
+    account.refresh_from_db()
+    assert place(trader, account).reference.endswith("N000003")
+
+
+def test_someone_elses_or_an_inactive_account_is_refused(trader, other_trader, account):
+    with pytest.raises(ValidationError, match="No such broker account"):
+        place(other_trader, account)
+    account_services.broker_account_set_active(account=account, actor=trader, active=False)
+    account.refresh_from_db()
+    with pytest.raises(ValidationError, match="deactivated"):
+        place(trader, account)
+
+
+def test_an_idempotency_key_returns_the_same_order(trader, account):
+    first = place(trader, account, idempotency_key="k-1")
+    again = place(trader, account, idempotency_key="k-1")
+    assert again.pk == first.pk and PaperOrder.objects.count() == 1
+    with pytest.raises(ValidationError) as error:
+        place(trader, account, idempotency_key="k-1", quantity=5)
+    assert "idempotency_key" in error.value.message_dict
+
+
+def test_keys_are_per_trader(trader, other_trader, account):
+    theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-X")
+    mine = place(trader, account, idempotency_key="same")
+    their_order = place(other_trader, theirs, idempotency_key="same")
+    assert mine.pk != their_order.pk
+
+
+def test_a_lost_answer_is_resolved_by_tag_and_placed_once(trader, account):
+    knobs(account, timeout_rate=1)
+    order = place(trader, account)
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
+    assert order.status == Order.Status.SUBMITTED
+    assert order.broker_order_id == PaperOrder.objects.get(tag=order.reference).order_id
+
+
+def test_an_unreachable_broker_leaves_an_unknown_outcome_that_reconciles(trader, account):
+    knobs(account, error_rate=1)
+    order = place(trader, account)
+    assert order.status == Order.Status.SUBMITTED and order.broker_order_id is None
+    assert events(order) == ["created", "outcome_unknown"]
+    knobs(account, error_rate=0)
+    Order.objects.filter(pk=order.pk).update(created_at=timezone.now() - timedelta(minutes=2))
+    services.orders_sync_account(account=account)
+    order.refresh_from_db()
+    assert order.status == Order.Status.FAILED and "not at the broker" in order.reject_reason
+    assert not PaperOrder.objects.exists()
+
+
+def test_broker_rejections_are_recorded_with_their_kind(trader, account):
+    banded = place(trader, account, order_type="LIMIT", price="2500")
+    assert banded.status == Order.Status.REJECTED and banded.reject_kind == "price_band"
+    PaperClient.objects.filter(user_id=account.client_id).update(cash=D("100"))
+    poor = place(trader, account, quantity=1)
+    assert poor.status == Order.Status.REJECTED and poor.reject_kind == "funds"
+    assert "Insufficient funds" in poor.reject_reason
+
+
+def test_modify_and_cancel_a_resting_order(trader, account):
+    order = place(trader, account, order_type="LIMIT", price="1400", quantity=2)
+    services.order_modify(order=order, actor=trader, cause="test", price="1401.5", quantity=3)
+    at_broker = PaperOrder.objects.get(order_id=order.broker_order_id)
+    assert at_broker.price == D("1401.5") and at_broker.quantity == 3
+    order.refresh_from_db()
+    assert order.price == D("1401.5") and order.quantity == 3 and "modified" in events(order)
+    services.order_cancel(order=order, actor=trader, cause="test")
+    order.refresh_from_db()
+    assert order.status == Order.Status.CANCELLED
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).status == "CANCELLED"
+
+
+def test_modify_refuses_bad_values_without_touching_the_broker(trader, account):
+    order = place(trader, account, order_type="LIMIT", price="1400")
+    with pytest.raises(ValidationError) as error:
+        services.order_modify(order=order, actor=trader, cause="test", price="1400.01")
+    assert "price" in error.value.message_dict
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).price == D("1400")
+
+
+def test_cancelling_a_filled_order_is_refused_and_reconciles(trader, account):
+    order = place(trader, account)
+    with pytest.raises(services.OrderActionRefused):
+        services.order_cancel(order=order, actor=trader, cause="test")
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED
+
+
+def test_another_trader_cannot_modify_or_cancel(trader, other_trader, account):
+    order = place(trader, account, order_type="LIMIT", price="1400")
+    with pytest.raises(services.OrderActionRefused):
+        services.order_cancel(order=order, actor=other_trader, cause="test")
+    with pytest.raises(services.OrderActionRefused):
+        services.order_modify(order=order, actor=other_trader, cause="test", price="1401")
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).status == "OPEN"
+
+
+def test_events_are_append_only(trader, account):
+    event = place(trader, account).events.first()
+    with pytest.raises(PermissionError):
+        event.delete()
+    with pytest.raises(PermissionError):
+        OrderEvent.objects.update(kind="x")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_placement_gives_unique_gap_free_references(trader, instruments):
+    account = make_broker_account(trader, broker="paper", client_id="PAPER-C1")
+    account_services.broker_account_update(account=account, actor=trader)
+    refs, errors = [], []
+    barrier = threading.Barrier(8)
+
+    def worker():
+        try:
+            barrier.wait()
+            for _ in range(4):
+                refs.append(place(trader, account, order_type="LIMIT", price="1400").reference)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    numbers = sorted(int(ref.split("N")[-1]) for ref in refs)
+    assert numbers == list(range(1, 33))
+    assert PaperOrder.objects.count() == 32
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_key_from_two_clients_at_once_places_one_order(trader, instruments):
+    account = make_broker_account(trader, broker="paper", client_id="PAPER-C2")
+    results, barrier = [], threading.Barrier(2)
+
+    def worker():
+        try:
+            barrier.wait()
+            results.append(place(trader, account, idempotency_key="dup").pk)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(results)) == 1 and len(results) == 2
+    assert PaperOrder.objects.count() == 1 and Order.objects.count() == 1

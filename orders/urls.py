@@ -1,0 +1,13 @@
+from django.urls import path
+
+from . import views
+
+app_name = "orders"
+
+urlpatterns = [
+    path("", views.order_book, name="book"),
+    path("new/", views.ticket, name="ticket"),
+    path("<int:pk>/", views.detail, name="detail"),
+    path("<int:pk>/modify/", views.modify, name="modify"),
+    path("<int:pk>/cancel/", views.cancel, name="cancel"),
+]
