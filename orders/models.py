@@ -285,7 +285,8 @@ class Order(OrderSpec):
     scheduled = models.ForeignKey(
         ScheduledOrder, null=True, blank=True, on_delete=models.SET_NULL, related_name="orders"
     )
-    broker_order_id = models.CharField(max_length=40, null=True, blank=True)
+    # NULL until the broker answers: unique per account, and NULLs never collide.
+    broker_order_id = models.CharField(max_length=40, null=True, blank=True)  # noqa: DJ001
     filled_quantity = models.PositiveIntegerField(default=0)
     average_price = models.DecimalField(max_digits=14, decimal_places=4, default=Decimal(0))
     reject_kind = models.CharField(max_length=32, blank=True)
@@ -294,7 +295,7 @@ class Order(OrderSpec):
     reentry_count = models.PositiveIntegerField(default=0)
     chase_count = models.PositiveIntegerField(default=0)
     # "<user id>:<client key>", so one trader's key can never return another's order.
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)  # noqa: DJ001
     request_hash = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
