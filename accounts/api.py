@@ -2,17 +2,29 @@
 
 from decimal import Decimal
 
+from django.conf import settings
 from ninja import Router, Schema
 from ninja.security import APIKeyHeader as NinjaAPIKeyHeader
 from ninja.security import HttpBearer
 
+from brokers import ratelimit
+
 from . import selectors, services
+
+
+class ApiRateLimited(Exception):
+    def __init__(self, retry_after: float):
+        self.retry_after = retry_after
 
 
 def _authenticate(request, raw_key: str | None):
     auth = services.api_key_authenticate(raw_key or "")
     if auth is None:
         return None
+    # Each key has its own budget (API_RATE_LIMITS), shared by every web process.
+    retry_after = ratelimit.take(f"apikey{auth.key_id}", "api", "calls", settings.API_RATE_LIMITS)
+    if retry_after > 0:
+        raise ApiRateLimited(retry_after)
     request.user = auth.user
     request.api_key_id = auth.key_id
     return auth.user

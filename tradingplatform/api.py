@@ -9,8 +9,11 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
-from accounts.api import ApiKeyBearer, ApiKeyHeader
+from accounts.api import ApiKeyBearer, ApiKeyHeader, ApiRateLimited
 from accounts.api import router as accounts_router
+from brokers.api import router as instruments_router
+from orders.api import router as orders_router
+from orders.services import OrderActionRefused
 
 api = NinjaAPI(
     title="Trading platform API",
@@ -44,9 +47,23 @@ def on_request_invalid(request, exc):
 @api.exception_handler(DjangoValidationError)
 def on_validation_error(request, exc):
     if hasattr(exc, "error_dict"):
-        field, messages = next(iter(exc.message_dict.items()))
-        return error_response(request, 422, "invalid", " ".join(messages), None if field == "__all__" else field)
+        field, errors = next(iter(exc.error_dict.items()))
+        status, code = (409, "conflict") if errors[0].code == "conflict" else (422, "invalid")
+        message = " ".join(message for error in errors for message in error.messages)
+        return error_response(request, status, code, message, None if field == "__all__" else field)
     return error_response(request, 422, "invalid", " ".join(exc.messages))
+
+
+@api.exception_handler(OrderActionRefused)
+def on_refused(request, exc):
+    return error_response(request, 409, "refused", exc.message, exc.field)
+
+
+@api.exception_handler(ApiRateLimited)
+def on_rate_limited(request, exc):
+    response = error_response(request, 429, "rate_limited", f"Too many requests; retry in {exc.retry_after:.1f}s.")
+    response["Retry-After"] = str(max(1, round(exc.retry_after + 0.49)))
+    return response
 
 
 @api.exception_handler(Http404)
@@ -60,3 +77,5 @@ def on_http_error(request, exc):
 
 
 api.add_router("/", accounts_router)
+api.add_router("/", instruments_router)
+api.add_router("/", orders_router)

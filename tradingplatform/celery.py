@@ -40,6 +40,10 @@ PERIODIC_TASKS = {
         "schedule": float(os.environ.get("PAPER_TICK_INTERVAL_S", "1")),
     },
     "broker-sessions-expire": {"task": "brokers.tasks.sessions_expire", "schedule": 60.0},
+    "scheduled-orders-dispatch": {
+        "task": "orders.tasks.dispatch_scheduled",
+        "schedule": float(os.environ.get("SCHEDULE_DISPATCH_INTERVAL_S", "1")),
+    },
 }
 
 app = Celery("tradingplatform")

@@ -199,6 +199,21 @@ PAPER_FACE_URL = env.str("PAPER_FACE_URL", default="http://127.0.0.1:8001")
 # Live prices are pushed at most this often, however fast ticks come.
 PRICE_PUSH_INTERVAL_S = env.float("PRICE_PUSH_INTERVAL_S", default=1.0)
 
+# --- Orders -----------------------------------------------------------------------
+# Basket items and strategy copies placed at once (each account's rate budget still paces it).
+BASKET_PARALLELISM = env.int("BASKET_PARALLELISM", default=8)
+# A scheduled order more than this late (plus its grace window) is reported missed, not fired.
+SCHEDULE_ON_TIME_S = env.int("SCHEDULE_ON_TIME_S", default=60)
+SCHEDULE_DISPATCH_INTERVAL_S = env.float("SCHEDULE_DISPATCH_INTERVAL_S", default=1.0)
+# Webhook signals must carry a timestamp this close to now (replay protection with the id).
+WEBHOOK_MAX_AGE_S = env.int("WEBHOOK_MAX_AGE_S", default=300)
+# Per API key: calls per window, e.g. 20/s and 1200/min.
+API_RATE_LIMITS = [(20, 1.0), (1200, 60.0)]
+if env.str("API_RATE_LIMIT", default=""):
+    API_RATE_LIMITS = [
+        (int(calls), float(window)) for calls, window in (pair.split("/") for pair in env.list("API_RATE_LIMIT"))
+    ]
+
 # --- Auth -------------------------------------------------------------------------
 PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.Argon2PasswordHasher",

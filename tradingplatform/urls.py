@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from accounts import views as account_views
 from monitoring import health
+from orders import webhooks as order_webhooks
 
 from .api import api
 
@@ -19,6 +20,7 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("brokers/", include("brokers.urls")),
     path("orders/", include("orders.urls")),
+    path("hooks/strategies/<int:pk>/", order_webhooks.strategy_signal, name="strategy_webhook"),
     path("api/v1/", api.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

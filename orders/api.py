@@ -1,0 +1,534 @@
+"""The orders part of the JSON API: orders, baskets, scheduled orders, strategies.
+
+Endpoints parse input, call one service or selector, and return schemas. Another
+trader's ids are 404 (the selectors scope every read to the caller).
+"""
+
+import secrets
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Literal
+
+from django.core.exceptions import ValidationError
+from django.http import Http404
+from ninja import Field, Query, Router, Schema
+from ninja.errors import HttpError
+
+from accounts.selectors import broker_account_of
+from brokers.models import Instrument
+
+from . import selectors, services, sources
+from .models import Order, ScheduledOrder
+
+router = Router(tags=["orders"])
+
+Side = Literal["BUY", "SELL"]
+OrderType = Literal["MARKET", "LIMIT", "SL", "SL-M"]
+Product = Literal["CNC", "MIS", "NRML"]
+Validity = Literal["DAY", "IOC"]
+
+
+def instrument_from(exchange: str, tradingsymbol: str) -> Instrument | None:
+    return Instrument.objects.filter(exchange=exchange, tradingsymbol=tradingsymbol).first()
+
+
+def account_for(request, account_id: int):
+    """The caller's account; another trader's id is a field error, the same as an unknown one."""
+    try:
+        return broker_account_of(request.user, account_id)
+    except Http404:
+        raise ValidationError({"account_id": "No such broker account."}) from None
+
+
+# --- Schemas ---------------------------------------------------------------------------------
+
+
+class OrderSpecIn(Schema):
+    exchange: str = Field("NSE", max_length=16)
+    tradingsymbol: str = Field(..., max_length=64)
+    side: Side
+    quantity: int = Field(..., gt=0)
+    order_type: OrderType = "MARKET"
+    product: Product = "MIS"
+    validity: Validity = "DAY"
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+
+    def spec(self) -> dict:
+        return {
+            "instrument": instrument_from(self.exchange, self.tradingsymbol),
+            "side": self.side,
+            "quantity": self.quantity,
+            "order_type": self.order_type,
+            "product": self.product,
+            "validity": self.validity,
+            "price": self.price,
+            "trigger_price": self.trigger_price,
+        }
+
+
+class OrderIn(OrderSpecIn):
+    account_id: int
+
+
+class OrderChangeIn(Schema):
+    quantity: int | None = Field(None, gt=0)
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+    order_type: OrderType | None = None
+
+
+class OrderOut(Schema):
+    id: int
+    reference: str
+    account_id: int
+    exchange: str = Field(..., alias="instrument.exchange")
+    tradingsymbol: str = Field(..., alias="instrument.tradingsymbol")
+    side: str
+    quantity: int
+    order_type: str
+    product: str
+    validity: str
+    price: Decimal | None
+    trigger_price: Decimal | None
+    status: str
+    source: str
+    role: str
+    parent_id: int | None
+    strategy_id: int | None
+    basket_id: int | None
+    scheduled_id: int | None
+    broker_order_id: str | None
+    filled_quantity: int
+    average_price: Decimal
+    reject_kind: str
+    reject_reason: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderEventOut(Schema):
+    kind: str
+    from_status: str
+    to_status: str
+    cause: str
+    message: str
+    created_at: datetime
+
+
+class OrderPage(Schema):
+    count: int
+    limit: int
+    offset: int
+    items: list[OrderOut]
+
+
+class OrderFilters(Schema):
+    account_id: int | None = None
+    status: list[str] | None = None
+    source: str | None = None
+    symbol: str | None = Field(None, max_length=64)
+    since: datetime | None = None
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0)
+
+
+class PlacementOut(Schema):
+    account_id: int
+    account: str
+    symbol: str | None = None
+    side: str | None = None
+    quantity: int | None = None
+    order_id: int | None = None
+    reference: str | None = None
+    status: str
+    reason: str | None = None
+    error: str | None = None
+    field: str | None = None
+
+
+# --- Orders ----------------------------------------------------------------------------------
+
+
+@router.get("/orders", response=OrderPage)
+def order_list(request, filters: Query[OrderFilters]):
+    orders = selectors.orders_of(
+        request.user,
+        account=filters.account_id,
+        status=filters.status,
+        source=filters.source,
+        symbol=filters.symbol,
+        since=filters.since,
+    )
+    return {
+        "count": orders.count(),
+        "limit": filters.limit,
+        "offset": filters.offset,
+        "items": list(orders[filters.offset : filters.offset + filters.limit]),
+    }
+
+
+@router.get("/orders/{order_id}", response=OrderOut)
+def order_detail(request, order_id: int):
+    return selectors.order_of(request.user, order_id)
+
+
+@router.get("/orders/{order_id}/events", response=list[OrderEventOut])
+def order_events(request, order_id: int):
+    return selectors.order_of(request.user, order_id).events.all()
+
+
+@router.post("/orders", response={201: OrderOut, 200: OrderOut})
+def order_create(request, payload: OrderIn):
+    """Place an order. Send ``Idempotency-Key`` to make retries safe: a repeat returns the same order."""
+    key = request.headers.get("Idempotency-Key") or None
+    if key and len(key) > 100:
+        raise ValidationError({"idempotency_key": "At most 100 characters."})
+    account = account_for(request, payload.account_id)
+    existing = Order.objects.filter(idempotency_key=f"{request.user.pk}:api:{key}").exists() if key else False
+    order = services.order_place(
+        actor=request.user,
+        account=account,
+        **payload.spec(),
+        source=Order.Source.MANUAL,
+        cause=f"API by {request.user.username}",
+        idempotency_key=f"api:{key}" if key else None,
+    )
+    return (200 if existing else 201), order
+
+
+@router.patch("/orders/{order_id}", response=OrderOut)
+def order_change(request, order_id: int, payload: OrderChangeIn):
+    order = selectors.order_of(request.user, order_id)
+    return services.order_modify(
+        order=order, actor=request.user, cause=f"API by {request.user.username}", **payload.dict(exclude_none=True)
+    )
+
+
+@router.post("/orders/{order_id}/cancel", response=OrderOut)
+def order_cancel(request, order_id: int):
+    order = selectors.order_of(request.user, order_id)
+    return services.order_cancel(order=order, actor=request.user, cause=f"API by {request.user.username}")
+
+
+# --- Baskets ---------------------------------------------------------------------------------
+
+
+class BasketIn(Schema):
+    name: str = Field(..., min_length=1, max_length=100)
+    account_ids: list[int] = []
+    items: list[OrderSpecIn] = Field(..., min_length=1, max_length=100)
+
+
+class BasketItemOut(Schema):
+    id: int
+    exchange: str = Field(..., alias="instrument.exchange")
+    tradingsymbol: str = Field(..., alias="instrument.tradingsymbol")
+    side: str
+    quantity: int
+    order_type: str
+    product: str
+    validity: str
+    price: Decimal | None
+    trigger_price: Decimal | None
+
+
+class BasketOut(Schema):
+    id: int
+    name: str
+    account_ids: list[int]
+    items: list[BasketItemOut]
+    last_placed_at: datetime | None
+    last_results: list[PlacementOut]
+
+    @staticmethod
+    def resolve_account_ids(basket):
+        return [account.pk for account in basket.accounts.all()]
+
+    @staticmethod
+    def resolve_items(basket):
+        return list(basket.items.all())
+
+
+class BasketPlaceIn(Schema):
+    account_ids: list[int] | None = None
+
+
+def _basket_items(payload: BasketIn) -> list[dict]:
+    return [item.spec() for item in payload.items]
+
+
+@router.get("/baskets", response=list[BasketOut])
+def basket_list(request):
+    return selectors.baskets_of(request.user)
+
+
+@router.post("/baskets", response={201: BasketOut})
+def basket_create(request, payload: BasketIn):
+    basket = sources.basket_save(
+        owner=request.user, name=payload.name, items=_basket_items(payload), account_ids=payload.account_ids
+    )
+    return 201, selectors.basket_of(request.user, basket.pk)
+
+
+@router.get("/baskets/{basket_id}", response=BasketOut)
+def basket_detail(request, basket_id: int):
+    return selectors.basket_of(request.user, basket_id)
+
+
+@router.put("/baskets/{basket_id}", response=BasketOut)
+def basket_update(request, basket_id: int, payload: BasketIn):
+    basket = selectors.basket_of(request.user, basket_id)
+    sources.basket_save(
+        owner=request.user,
+        basket=basket,
+        name=payload.name,
+        items=_basket_items(payload),
+        account_ids=payload.account_ids,
+    )
+    return selectors.basket_of(request.user, basket_id)
+
+
+@router.delete("/baskets/{basket_id}", response={204: None})
+def basket_delete(request, basket_id: int):
+    selectors.basket_of(request.user, basket_id).delete()
+    return 204, None
+
+
+@router.post("/baskets/{basket_id}/place", response=list[PlacementOut])
+def basket_place(request, basket_id: int, payload: BasketPlaceIn):
+    """Place every item on each account. ``Idempotency-Key`` makes a retried call return the same orders."""
+    basket = selectors.basket_of(request.user, basket_id)
+    key = request.headers.get("Idempotency-Key") or secrets.token_hex(8)
+    return sources.basket_place(
+        basket=basket, actor=request.user, run_token=f"api:{key}"[:60], account_ids=payload.account_ids
+    )
+
+
+# --- Scheduled orders --------------------------------------------------------------------------
+
+
+class ScheduledIn(OrderSpecIn):
+    account_id: int
+    recurrence: Literal["once", "trading_days", "weekdays"] = "once"
+    run_on: date | None = None
+    weekdays: list[int] = []
+    time_of_day: time
+    timezone: str | None = None
+    grace_s: int = Field(0, ge=0, le=86400)
+
+
+class ScheduledOut(Schema):
+    id: int
+    account_id: int
+    exchange: str = Field(..., alias="instrument.exchange")
+    tradingsymbol: str = Field(..., alias="instrument.tradingsymbol")
+    side: str
+    quantity: int
+    order_type: str
+    product: str
+    price: Decimal | None
+    trigger_price: Decimal | None
+    recurrence: str
+    run_on: date | None
+    weekdays: list[int]
+    time_of_day: time
+    timezone: str
+    grace_s: int
+    status: str
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_result: str
+
+
+def _scheduled_save(request, payload: ScheduledIn, scheduled: ScheduledOrder | None = None) -> ScheduledOrder:
+    spec = payload.spec()
+    spec.pop("validity")
+    return sources.scheduled_save(
+        owner=request.user,
+        account=account_for(request, payload.account_id),
+        spec={**spec, "validity": payload.validity},
+        recurrence=payload.recurrence,
+        time_of_day=payload.time_of_day,
+        timezone_name=payload.timezone or request.user.timezone,
+        run_on=payload.run_on,
+        weekdays=payload.weekdays,
+        grace_s=payload.grace_s,
+        scheduled=scheduled,
+    )
+
+
+@router.get("/scheduled", response=list[ScheduledOut])
+def scheduled_list(request):
+    return selectors.scheduled_of(request.user)
+
+
+@router.post("/scheduled", response={201: ScheduledOut})
+def scheduled_create(request, payload: ScheduledIn):
+    return 201, _scheduled_save(request, payload)
+
+
+@router.get("/scheduled/{scheduled_id}", response=ScheduledOut)
+def scheduled_detail(request, scheduled_id: int):
+    return selectors.scheduled_one_of(request.user, scheduled_id)
+
+
+@router.put("/scheduled/{scheduled_id}", response=ScheduledOut)
+def scheduled_update(request, scheduled_id: int, payload: ScheduledIn):
+    return _scheduled_save(request, payload, selectors.scheduled_one_of(request.user, scheduled_id))
+
+
+@router.delete("/scheduled/{scheduled_id}", response=ScheduledOut)
+def scheduled_delete(request, scheduled_id: int):
+    """Cancel it (the row stays, with the orders it produced)."""
+    scheduled = selectors.scheduled_one_of(request.user, scheduled_id)
+    sources.scheduled_cancel(scheduled=scheduled, actor=request.user)
+    scheduled.refresh_from_db()
+    return scheduled
+
+
+# --- Strategies ------------------------------------------------------------------------------
+
+
+class StrategyIn(Schema):
+    name: str = Field(..., min_length=1, max_length=100)
+    account_ids: list[int] = []
+    stop_loss: Decimal | None = Field(None, gt=0)
+    stop_loss_unit: Literal["percent", "points"] = "percent"
+    take_profit: Decimal | None = Field(None, gt=0)
+    take_profit_unit: Literal["percent", "points"] = "percent"
+    trailing_step: Decimal | None = Field(None, gt=0)
+    reentry_enabled: bool = False
+    max_reentries: int = Field(0, ge=0, le=100)
+    chase_after_s: int | None = Field(None, ge=1)
+    chase_max_ticks: int | None = Field(None, ge=1)
+    chase_max_percent: Decimal | None = Field(None, gt=0)
+    max_retries: int = Field(0, ge=0, le=20)
+    retryable_kinds: list[str] = []
+    is_active: bool = True
+
+
+class StrategyOut(Schema):
+    id: int
+    name: str
+    account_ids: list[int]
+    stop_loss: Decimal | None
+    stop_loss_unit: str
+    take_profit: Decimal | None
+    take_profit_unit: str
+    trailing_step: Decimal | None
+    reentry_enabled: bool
+    max_reentries: int
+    chase_after_s: int | None
+    chase_max_ticks: int | None
+    chase_max_percent: Decimal | None
+    max_retries: int
+    retryable_kinds: list[str]
+    is_active: bool
+    webhook_url: str
+    webhook_secret_prefix: str
+
+    @staticmethod
+    def resolve_account_ids(strategy):
+        return [account.pk for account in strategy.accounts.all()]
+
+    @staticmethod
+    def resolve_webhook_url(strategy, context):
+        from django.urls import reverse
+
+        return context["request"].build_absolute_uri(reverse("strategy_webhook", args=[strategy.pk]))
+
+
+class StrategyCreated(StrategyOut):
+    webhook_secret: str = Field(..., description="Shown once; keep it to sign webhook alerts.")
+
+
+class SignalIn(Schema):
+    id: str = Field(..., min_length=1, max_length=64, description="Unique per strategy; a repeat places nothing.")
+    exchange: str = "NSE"
+    tradingsymbol: str = Field(..., max_length=64)
+    side: Side
+    quantity: int = Field(..., gt=0)
+    order_type: OrderType = "MARKET"
+    product: Product = "MIS"
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+
+
+class SignalOut(Schema):
+    signal: str
+    replayed: bool
+    results: list[PlacementOut]
+
+
+def _strategy_params(payload: StrategyIn) -> dict:
+    return payload.dict(exclude={"name", "account_ids"})
+
+
+@router.get("/strategies", response=list[StrategyOut])
+def strategy_list(request):
+    return selectors.strategies_of(request.user)
+
+
+@router.post("/strategies", response={201: StrategyCreated})
+def strategy_create(request, payload: StrategyIn):
+    strategy, secret = sources.strategy_save(
+        owner=request.user, name=payload.name, account_ids=payload.account_ids, **_strategy_params(payload)
+    )
+    strategy.webhook_secret = secret
+    return 201, strategy
+
+
+@router.get("/strategies/{strategy_id}", response=StrategyOut)
+def strategy_detail(request, strategy_id: int):
+    return selectors.strategy_of(request.user, strategy_id)
+
+
+@router.put("/strategies/{strategy_id}", response=StrategyOut)
+def strategy_update(request, strategy_id: int, payload: StrategyIn):
+    strategy = selectors.strategy_of(request.user, strategy_id)
+    sources.strategy_save(
+        owner=request.user,
+        strategy=strategy,
+        name=payload.name,
+        account_ids=payload.account_ids,
+        **_strategy_params(payload),
+    )
+    return selectors.strategy_of(request.user, strategy_id)
+
+
+@router.delete("/strategies/{strategy_id}", response={204: None})
+def strategy_delete(request, strategy_id: int):
+    strategy = selectors.strategy_of(request.user, strategy_id)
+    if strategy.orders.exists():
+        raise HttpError(409, "This strategy has orders; pause it (is_active false) instead.")
+    strategy.delete()
+    return 204, None
+
+
+@router.post("/strategies/{strategy_id}/secret", response=StrategyCreated)
+def strategy_new_secret(request, strategy_id: int):
+    strategy = selectors.strategy_of(request.user, strategy_id)
+    secret = sources.strategy_rotate_secret(strategy=strategy)
+    strategy = selectors.strategy_of(request.user, strategy_id)
+    strategy.webhook_secret = secret
+    return strategy
+
+
+@router.post("/strategies/{strategy_id}/signal", response={201: SignalOut, 200: SignalOut})
+def strategy_signal(request, strategy_id: int, payload: SignalIn):
+    strategy = selectors.strategy_of(request.user, strategy_id)
+    signal, replayed = sources.strategy_signal(
+        strategy=strategy,
+        actor=request.user,
+        signal_id=payload.id,
+        via="api",
+        instrument=instrument_from(payload.exchange, payload.tradingsymbol),
+        side=payload.side,
+        quantity=payload.quantity,
+        order_type=payload.order_type,
+        product=payload.product,
+        price=payload.price,
+        trigger_price=payload.trigger_price,
+    )
+    return (200 if replayed else 201), {"signal": signal.signal_id, "replayed": replayed, "results": signal.results}

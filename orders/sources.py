@@ -1,0 +1,516 @@
+"""Where orders come from besides the ticket: baskets, scheduled orders and strategy signals.
+
+Each source ends in ``services.order_place``, with an idempotency key that makes a repeat
+(a double click, a redelivered task, a replayed signal) return the same order.
+"""
+
+import hashlib
+import logging
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_FLOOR, Decimal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.utils import timezone
+
+from accounts.models import BrokerAccount
+from brokers.models import Instrument
+
+from . import services
+from .models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
+
+logger = logging.getLogger(__name__)
+
+
+def _copy_quantity(quantity: int, account: BrokerAccount, instrument: Instrument) -> int:
+    """The quantity for one account of a copied order: times its multiplier, down to whole lots."""
+    scaled = Decimal(quantity) * account.copy_multiplier
+    lots = (scaled / instrument.lot_size).to_integral_value(ROUND_FLOOR)
+    return int(lots) * instrument.lot_size
+
+
+def _result(account: BrokerAccount, *, order: Order | None = None, error: ValidationError | None = None, **extra):
+    row = {"account_id": account.pk, "account": account.label, **extra}
+    if order is not None:
+        row.update(
+            order_id=order.pk,
+            reference=order.reference,
+            status=order.status,
+            reason=order.reject_reason,
+        )
+    if error is not None:
+        field, messages = (
+            next(iter(error.message_dict.items())) if hasattr(error, "error_dict") else (None, error.messages)
+        )
+        row.update(status="INVALID", error=" ".join(messages), field=None if field == "__all__" else field)
+    return row
+
+
+def _place_for(actor, account: BrokerAccount, spec: dict, quantity: int, **kwargs) -> dict:
+    extra = {"symbol": spec["instrument"].tradingsymbol, "side": spec["side"], "quantity": quantity}
+    if quantity <= 0:
+        error = ValidationError({"quantity": f"Below one lot on {account.label} after its multiplier."})
+        return _result(account, error=error, **extra)
+    try:
+        order = services.order_place(actor=actor, account=account, **{**spec, "quantity": quantity}, **kwargs)
+    except ValidationError as error:
+        return _result(account, error=error, **extra)
+    return _result(account, order=order, **extra)
+
+
+def _in_threads(jobs: list, workers: int) -> list:
+    """Run the jobs concurrently (each account's rate budget paces its own); keep their order."""
+    if workers <= 1 or len(jobs) <= 1 or connection.in_atomic_block:
+        # Inside a transaction other threads could not see its rows: run here, in order.
+        return [job() for job in jobs]
+
+    def run(job):
+        try:
+            return job()
+        finally:
+            close_old_connections()
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        return list(pool.map(run, jobs))
+
+
+# --- Baskets ---------------------------------------------------------------------------------
+
+
+def _clean_items(items: list[dict]) -> list[dict]:
+    if not items:
+        raise ValidationError({"items": "Add at least one item."})
+    cleaned = []
+    for index, item in enumerate(items):
+        instrument = item.get("instrument")
+        if not isinstance(instrument, Instrument):
+            raise ValidationError({f"items.{index}.instrument": "No such instrument."})
+        row = BasketItem(
+            instrument=instrument,
+            side=item.get("side", ""),
+            quantity=item.get("quantity") or 0,
+            order_type=item.get("order_type", "MARKET"),
+            product=item.get("product", "MIS"),
+            validity=item.get("validity", "DAY"),
+            price=item.get("price") or None,
+            trigger_price=item.get("trigger_price") or None,
+            position=index,
+        )
+        try:
+            row.full_clean(exclude=["basket"])
+        except ValidationError as error:
+            field, messages = next(iter(error.message_dict.items()))
+            raise ValidationError({f"items.{index}.{field}": messages}) from None
+        cleaned.append(row)
+    return cleaned
+
+
+def _owned_accounts(owner, account_ids) -> list[BrokerAccount]:
+    ids = list(dict.fromkeys(int(i) for i in account_ids or []))
+    accounts = list(BrokerAccount.objects.filter(owner=owner, pk__in=ids))
+    if len(accounts) != len(ids):
+        raise ValidationError({"account_ids": "No such broker account."})
+    return accounts
+
+
+@transaction.atomic
+def basket_save(*, owner, name: str, items: list[dict], account_ids, basket: Basket | None = None) -> Basket:
+    """Create a basket or replace its name, accounts and items."""
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "Give the basket a name."})
+    if Basket.objects.filter(owner=owner, name=name).exclude(pk=basket.pk if basket else None).exists():
+        raise ValidationError({"name": "You already have a basket with this name."})
+    rows = _clean_items(items)
+    accounts = _owned_accounts(owner, account_ids)
+    if basket is None:
+        basket = Basket.objects.create(owner=owner, name=name)
+    else:
+        basket.name = name
+        basket.save(update_fields=["name", "updated_at"])
+        basket.items.all().delete()
+    for row in rows:
+        row.basket = basket
+    BasketItem.objects.bulk_create(rows)
+    basket.accounts.set(accounts)
+    return basket
+
+
+def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:
+    """Place every item on every chosen account, concurrently; one result per item and account.
+
+    One failure does not undo the others. ``run_token`` makes a repeat of the same
+    placement (a double click) return the same orders instead of placing them again.
+    """
+    if basket.owner_id != actor.pk:
+        raise ValidationError({"basket": "No such basket."})
+    accounts = _owned_accounts(actor, account_ids) if account_ids else list(basket.accounts.all())
+    if not accounts:
+        raise ValidationError({"account_ids": "Choose at least one account."})
+    items = list(basket.items.select_related("instrument"))
+    jobs = []
+    for account in accounts:
+        for item in items:
+            jobs.append(
+                lambda account=account, item=item: _place_for(
+                    actor,
+                    account,
+                    item.spec(),
+                    _copy_quantity(item.quantity, account, item.instrument),
+                    source=Order.Source.BASKET,
+                    basket=basket,
+                    cause=f"basket {basket.name}",
+                    idempotency_key=f"basket:{basket.pk}:{run_token}:{account.pk}:{item.pk}",
+                )
+            )
+    results = _in_threads(jobs, settings.BASKET_PARALLELISM)
+    Basket.objects.filter(pk=basket.pk).update(last_placed_at=timezone.now(), last_results=results)
+    return results
+
+
+# --- Scheduled orders -------------------------------------------------------------------------
+
+TRADING_DAYS = [0, 1, 2, 3, 4]  # Monday to Friday (exchange holidays are not modelled)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError({"timezone": "Unknown timezone."}) from None
+
+
+def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | None:
+    """The first due time strictly after ``after`` (aware), in UTC; None when there is none."""
+    zone = _zone(scheduled.timezone)
+    if scheduled.recurrence == ScheduledOrder.Recurrence.ONCE:
+        due = datetime.combine(scheduled.run_on, scheduled.time_of_day, tzinfo=zone)
+        return due if due > after else None
+    days = TRADING_DAYS if scheduled.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS else scheduled.weekdays
+    local_day = after.astimezone(zone).date()
+    for offset in range(0, 8):
+        day: date = local_day + timedelta(days=offset)
+        due = datetime.combine(day, scheduled.time_of_day, tzinfo=zone)
+        if day.weekday() in days and due > after:
+            return due
+    return None
+
+
+def scheduled_save(
+    *,
+    owner,
+    account: BrokerAccount,
+    spec: dict,
+    recurrence: str,
+    time_of_day: time,
+    timezone_name: str,
+    run_on: date | None = None,
+    weekdays=None,
+    grace_s: int = 0,
+    scheduled: ScheduledOrder | None = None,
+) -> ScheduledOrder:
+    """Create or change a scheduled order; its order is checked now, as if placed."""
+    services.order_check(actor=owner, account=account, **spec)
+    weekdays = sorted({int(day) for day in weekdays or []})
+    if recurrence == ScheduledOrder.Recurrence.ONCE and run_on is None:
+        raise ValidationError({"run_on": "Choose the date."})
+    if recurrence == ScheduledOrder.Recurrence.WEEKDAYS and (not weekdays or not set(weekdays) <= set(range(7))):
+        raise ValidationError({"weekdays": "Choose at least one weekday."})
+    if recurrence not in ScheduledOrder.Recurrence.values:
+        raise ValidationError({"recurrence": "Choose once, every trading day or chosen weekdays."})
+    row = scheduled or ScheduledOrder(owner=owner)
+    row.account = account
+    for name, value in spec.items():
+        setattr(row, name, value)
+    row.recurrence, row.weekdays, row.time_of_day = recurrence, weekdays, time_of_day
+    row.timezone, row.run_on, row.grace_s = timezone_name, run_on, int(grace_s or 0)
+    row.next_run_at = next_occurrence(row, timezone.now())
+    if row.next_run_at is None:
+        raise ValidationError({"run_on": "That time has already passed."})
+    row.status = ScheduledOrder.Status.ACTIVE
+    row.full_clean(exclude=["owner", "account", "instrument"])
+    row.save()
+    return row
+
+
+def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> bool:
+    if scheduled.owner_id != actor.pk:
+        raise ValidationError({"scheduled": "No such scheduled order."})
+    return bool(
+        ScheduledOrder.objects.filter(pk=scheduled.pk, status=ScheduledOrder.Status.ACTIVE).update(
+            status=ScheduledOrder.Status.CANCELLED, next_run_at=None
+        )
+    )
+
+
+def scheduled_claim_due(*, now: datetime | None = None, limit: int = 1000) -> list[int]:
+    """Claim due scheduled orders, once each, and return the fires to place.
+
+    ``select_for_update(skip_locked=True)``: two dispatchers (two workers, or two beats by
+    mistake) never take the same row, and the unique (scheduled, due_at) fire row makes a
+    second claim of one due time impossible even so. A due time missed by more than its
+    grace window (the platform was down) is recorded as missed and reported, not fired late.
+    """
+    now = now or timezone.now()
+    fires = []
+    with transaction.atomic():
+        due = (
+            ScheduledOrder.objects.select_for_update(skip_locked=True)
+            .filter(status=ScheduledOrder.Status.ACTIVE, next_run_at__lte=now)
+            .order_by("next_run_at")[:limit]
+        )
+        for scheduled in due:
+            due_at = scheduled.next_run_at
+            late_s = (now - due_at).total_seconds()
+            missed = late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s
+            try:
+                with transaction.atomic():
+                    fire = ScheduledFire.objects.create(
+                        scheduled=scheduled,
+                        due_at=due_at,
+                        status=ScheduledFire.Status.MISSED if missed else ScheduledFire.Status.PENDING,
+                        detail=f"{late_s:.0f}s late; the platform was not running" if missed else "",
+                    )
+            except IntegrityError:
+                fire = None  # claimed before (a crash after the claim): the sweep handles it
+            scheduled.next_run_at = next_occurrence(scheduled, max(due_at, now))
+            if scheduled.next_run_at is None:
+                scheduled.status = ScheduledOrder.Status.DONE
+            if fire is not None and missed:
+                scheduled.last_run_at, scheduled.last_result = now, f"missed ({late_s:.0f}s late)"
+                _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({due_at:%H:%M:%S}); not placed.")
+            scheduled.save(update_fields=["next_run_at", "status", "last_run_at", "last_result"])
+            if fire is not None and not missed:
+                fires.append(fire.pk)
+    return fires
+
+
+def scheduled_fire(*, fire_id: int) -> ScheduledFire:
+    """Place the order of one claimed due time (idempotent: a repeat returns the same order)."""
+    fire = ScheduledFire.objects.select_related("scheduled__account", "scheduled__instrument").get(pk=fire_id)
+    if fire.status != ScheduledFire.Status.PENDING:
+        return fire
+    scheduled = fire.scheduled
+    late_s = (timezone.now() - fire.due_at).total_seconds()
+    if late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s:
+        detail = f"missed: {late_s:.0f}s late when a worker got to it"
+        ScheduledFire.objects.filter(pk=fire.pk, status=ScheduledFire.Status.PENDING).update(
+            status=ScheduledFire.Status.MISSED, detail=detail
+        )
+        _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({fire.due_at:%H:%M:%S}); not placed.")
+        fire.refresh_from_db()
+        return fire
+    try:
+        order = services.order_place(
+            actor=scheduled.owner,
+            account=scheduled.account,
+            **scheduled.spec(),
+            source=Order.Source.SCHEDULED,
+            scheduled=scheduled,
+            cause=f"scheduled order #{scheduled.pk} due {fire.due_at:%Y-%m-%d %H:%M:%S}",
+            idempotency_key=f"scheduled:{fire.pk}",
+        )
+    except ValidationError as error:
+        status, detail = ScheduledFire.Status.FAILED, " ".join(error.messages)[:255]
+        _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
+    else:
+        status, detail = ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
+    ScheduledFire.objects.filter(pk=fire.pk, status=ScheduledFire.Status.PENDING).update(status=status, detail=detail)
+    ScheduledOrder.objects.filter(pk=scheduled.pk).update(last_run_at=timezone.now(), last_result=detail)
+    fire.refresh_from_db()
+    return fire
+
+
+def scheduled_pending_stale(*, older_than_s: float = 30) -> list[int]:
+    """Fires claimed but never placed (their worker died): place them now (idempotent)."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    return list(
+        ScheduledFire.objects.filter(status=ScheduledFire.Status.PENDING, claimed_at__lt=cutoff).values_list(
+            "pk", flat=True
+        )
+    )
+
+
+def _notify(scheduled: ScheduledOrder, text: str) -> None:
+    from monitoring.broadcast import push_fragment
+
+    push_fragment(
+        user_id=scheduled.owner_id, template="partials/notice_push.html", context={"level": "warning", "text": text}
+    )
+
+
+# --- Strategies ------------------------------------------------------------------------------
+
+STRATEGY_FIELDS = (
+    "stop_loss",
+    "stop_loss_unit",
+    "take_profit",
+    "take_profit_unit",
+    "trailing_step",
+    "reentry_enabled",
+    "max_reentries",
+    "chase_after_s",
+    "chase_max_ticks",
+    "chase_max_percent",
+    "max_retries",
+    "retryable_kinds",
+    "is_active",
+)
+
+
+def _secret() -> tuple[str, str, str]:
+    raw = f"whsec_{secrets.token_urlsafe(24)}"
+    return raw, hashlib.sha256(raw.encode()).hexdigest(), raw[:12]
+
+
+@transaction.atomic
+def strategy_save(*, owner, name: str, account_ids, strategy: Strategy | None = None, **params) -> tuple[Strategy, str]:
+    """Create or change a strategy. Returns it with its webhook secret when one was just made (else "")."""
+    from brokers.errors import RejectKind
+
+    unknown = set(params) - set(STRATEGY_FIELDS)
+    if unknown:
+        raise TypeError(f"unexpected fields: {sorted(unknown)}")
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "Give the strategy a name."})
+    if Strategy.objects.filter(owner=owner, name=name).exclude(pk=strategy.pk if strategy else None).exists():
+        raise ValidationError({"name": "You already have a strategy with this name."})
+    kinds = params.get("retryable_kinds")
+    if kinds is not None and (not isinstance(kinds, list) or set(kinds) - set(RejectKind.ALL)):
+        raise ValidationError({"retryable_kinds": f"Choose from {', '.join(RejectKind.ALL)}."})
+    accounts = _owned_accounts(owner, account_ids)
+    row = strategy or Strategy(owner=owner)
+    row.name = name
+    for field, value in params.items():
+        setattr(row, field, value)
+    secret = ""
+    if not row.webhook_secret_hash:
+        secret, row.webhook_secret_hash, row.webhook_secret_prefix = _secret()
+    row.full_clean(exclude=["owner"])
+    row.save()
+    row.accounts.set(accounts)
+    return row, secret
+
+
+def strategy_rotate_secret(*, strategy: Strategy) -> str:
+    secret, digest, prefix = _secret()
+    Strategy.objects.filter(pk=strategy.pk).update(webhook_secret_hash=digest, webhook_secret_prefix=prefix)
+    return secret
+
+
+def strategy_signal(
+    *,
+    strategy: Strategy,
+    actor,
+    signal_id: str,
+    via: str,
+    instrument: Instrument | None,
+    side: str,
+    quantity,
+    order_type: str = "MARKET",
+    product: str = "MIS",
+    price=None,
+    trigger_price=None,
+) -> tuple[StrategySignal, bool]:
+    """Place a strategy's entry on each of its accounts. Returns (signal, replayed).
+
+    A signal id is used once per strategy: a repeat returns the first signal's results
+    and places nothing.
+    """
+    if strategy.owner_id != actor.pk:
+        raise ValidationError({"strategy": "No such strategy."})
+    if not strategy.is_active:
+        raise ValidationError({"strategy": "This strategy is paused."})
+    signal_id = (signal_id or "").strip()[:64]
+    if not signal_id:
+        raise ValidationError({"signal_id": "Give each signal a unique id."})
+    payload = {
+        "instrument": str(instrument) if instrument else None,
+        "side": side,
+        "quantity": str(quantity),
+        "order_type": order_type,
+        "product": product,
+        "price": str(price) if price is not None else None,
+        "trigger_price": str(trigger_price) if trigger_price is not None else None,
+    }
+    try:
+        with transaction.atomic():
+            signal = StrategySignal.objects.create(strategy=strategy, signal_id=signal_id, via=via, payload=payload)
+    except IntegrityError:
+        return StrategySignal.objects.get(strategy=strategy, signal_id=signal_id), True
+    if instrument is None:
+        raise ValidationError({"instrument": "No such instrument."})
+    accounts = list(strategy.accounts.filter(is_active=True))
+    if not accounts:
+        raise ValidationError({"strategy": "This strategy has no active accounts."})
+    try:
+        quantity = int(quantity)
+    except (TypeError, ValueError):
+        raise ValidationError({"quantity": "Enter a whole number."}) from None
+    spec = {
+        "instrument": instrument,
+        "side": side,
+        "order_type": order_type,
+        "product": product,
+        "price": price,
+        "trigger_price": trigger_price,
+    }
+    jobs = [
+        lambda account=account: _place_for(
+            actor,
+            account,
+            spec,
+            _copy_quantity(quantity, account, instrument),
+            source=Order.Source.STRATEGY,
+            strategy=strategy,
+            cause=f"strategy {strategy.name}: signal {signal_id} via {via}",
+            idempotency_key=f"signal:{signal.pk}:{account.pk}",
+        )
+        for account in accounts
+    ]
+    signal.results = _in_threads(jobs, settings.BASKET_PARALLELISM)
+    StrategySignal.objects.filter(pk=signal.pk).update(results=signal.results)
+    return signal, False
+
+
+def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, bool]:
+    """A TradingView-style alert: JSON with the strategy's secret, a unique id and a timestamp.
+
+    Refused (``PermissionError``) on a wrong secret or a timestamp more than
+    ``WEBHOOK_MAX_AGE_S`` away from now; a replayed id places nothing (see ``strategy_signal``).
+    """
+    strategy = Strategy.objects.filter(pk=strategy_id).select_related("owner").first()
+    supplied = str(body.get("secret") or "")
+    if strategy is None or not strategy.webhook_secret_hash:
+        raise PermissionError("unknown strategy")
+    digest = hashlib.sha256(supplied.encode()).hexdigest()
+    if not secrets.compare_digest(digest, strategy.webhook_secret_hash):
+        raise PermissionError("wrong secret")
+    try:
+        sent_at = datetime.fromtimestamp(float(body.get("timestamp")), tz=UTC)
+    except (TypeError, ValueError, OverflowError):
+        raise ValidationError({"timestamp": "Send the time of the alert (seconds since the epoch)."}) from None
+    if abs((timezone.now() - sent_at).total_seconds()) > settings.WEBHOOK_MAX_AGE_S:
+        raise PermissionError("stale or future timestamp")
+    symbol = str(body.get("symbol") or "")
+    exchange, _, tradingsymbol = symbol.partition(":")
+    instrument = Instrument.objects.filter(exchange=exchange, tradingsymbol=tradingsymbol).first()
+    return strategy_signal(
+        strategy=strategy,
+        actor=strategy.owner,
+        signal_id=str(body.get("id") or ""),
+        via="webhook",
+        instrument=instrument,
+        side=str(body.get("side") or body.get("action") or "").upper(),
+        quantity=body.get("quantity"),
+        order_type=str(body.get("order_type") or "MARKET").upper(),
+        product=str(body.get("product") or "MIS").upper(),
+        price=body.get("price"),
+        trigger_price=body.get("trigger_price"),
+    )

@@ -1,0 +1,46 @@
+"""``POST /hooks/strategies/<id>/``: TradingView-style alerts that place a strategy's orders.
+
+The body is JSON: ``{"secret", "id", "timestamp", "symbol": "NSE:INFY", "side", "quantity",
+"order_type"?, "product"?, "price"?, "trigger_price"?}``. No session or CSRF: the secret
+authenticates it; the id and timestamp stop replays.
+"""
+
+import json
+import logging
+
+from django.core.exceptions import ValidationError
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from accounts.utils import client_ip
+
+from . import sources
+
+logger = logging.getLogger(__name__)
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message, "field": field}}, status=status)
+
+
+@csrf_exempt
+@require_POST
+def strategy_signal(request, pk):
+    try:
+        body = json.loads(request.body or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError
+    except ValueError:
+        return _error(400, "invalid", "Send a JSON object.")
+    try:
+        signal, replayed = sources.strategy_webhook(strategy_id=pk, body=body)
+    except PermissionError as exc:
+        logger.warning("refused webhook for strategy %s from %s: %s", pk, client_ip(request), exc)
+        return _error(403, "forbidden", "Unknown strategy, wrong secret, or a timestamp too far from now.")
+    except ValidationError as exc:
+        field, messages = next(iter(exc.message_dict.items())) if hasattr(exc, "error_dict") else (None, exc.messages)
+        return _error(422, "invalid", " ".join(messages), None if field == "__all__" else field)
+    return JsonResponse(
+        {"signal": signal.signal_id, "replayed": replayed, "results": signal.results}, status=200 if replayed else 201
+    )
