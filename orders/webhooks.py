@@ -14,6 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from accounts.utils import client_ip
+from tradingplatform.errors import first_error
 
 from . import sources
 
@@ -39,8 +40,8 @@ def strategy_signal(request, pk):
         logger.warning("refused webhook for strategy %s from %s: %s", pk, client_ip(request), exc)
         return _error(403, "forbidden", "Unknown strategy, wrong secret, or a timestamp too far from now.")
     except ValidationError as exc:
-        field, messages = next(iter(exc.message_dict.items())) if hasattr(exc, "error_dict") else (None, exc.messages)
-        return _error(422, "invalid", " ".join(messages), None if field == "__all__" else field)
+        field, message, _code = first_error(exc)
+        return _error(422, "invalid", message, field)
     return JsonResponse(
         {"signal": signal.signal_id, "replayed": replayed, "results": signal.results}, status=200 if replayed else 201
     )

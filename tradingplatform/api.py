@@ -15,6 +15,8 @@ from brokers.api import router as instruments_router
 from orders.api import router as orders_router
 from orders.services import OrderActionRefused
 
+from .errors import first_error
+
 api = NinjaAPI(
     title="Trading platform API",
     version="1",
@@ -46,12 +48,9 @@ def on_request_invalid(request, exc):
 
 @api.exception_handler(DjangoValidationError)
 def on_validation_error(request, exc):
-    if hasattr(exc, "error_dict"):
-        field, errors = next(iter(exc.error_dict.items()))
-        status, code = (409, "conflict") if errors[0].code == "conflict" else (422, "invalid")
-        message = " ".join(message for error in errors for message in error.messages)
-        return error_response(request, status, code, message, None if field == "__all__" else field)
-    return error_response(request, 422, "invalid", " ".join(exc.messages))
+    field, message, code = first_error(exc)
+    status, code = (409, "conflict") if code == "conflict" else (422, "invalid")
+    return error_response(request, status, code, message, field)
 
 
 @api.exception_handler(OrderActionRefused)
