@@ -11,7 +11,7 @@ from typing import Literal
 
 from django.core.exceptions import ValidationError
 from django.http import Http404
-from ninja import Field, Query, Router, Schema
+from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.selectors import broker_account_of
@@ -194,7 +194,7 @@ def order_create(request, payload: OrderIn):
         cause=f"API by {request.user.username}",
         idempotency_key=f"api:{key}" if key else None,
     )
-    return (200 if existing else 201), order
+    return Status(200 if existing else 201, order)
 
 
 @router.patch("/orders/{order_id}", response=OrderOut)
@@ -268,7 +268,7 @@ def basket_create(request, payload: BasketIn):
     basket = sources.basket_save(
         owner=request.user, name=payload.name, items=_basket_items(payload), account_ids=payload.account_ids
     )
-    return 201, selectors.basket_of(request.user, basket.pk)
+    return Status(201, selectors.basket_of(request.user, basket.pk))
 
 
 @router.get("/baskets/{basket_id}", response=BasketOut)
@@ -292,7 +292,7 @@ def basket_update(request, basket_id: int, payload: BasketIn):
 @router.delete("/baskets/{basket_id}", response={204: None})
 def basket_delete(request, basket_id: int):
     selectors.basket_of(request.user, basket_id).delete()
-    return 204, None
+    return Status(204, None)
 
 
 @router.post("/baskets/{basket_id}/place", response=list[PlacementOut])
@@ -365,7 +365,7 @@ def scheduled_list(request):
 
 @router.post("/scheduled", response={201: ScheduledOut})
 def scheduled_create(request, payload: ScheduledIn):
-    return 201, _scheduled_save(request, payload)
+    return Status(201, _scheduled_save(request, payload))
 
 
 @router.get("/scheduled/{scheduled_id}", response=ScheduledOut)
@@ -476,7 +476,7 @@ def strategy_create(request, payload: StrategyIn):
         owner=request.user, name=payload.name, account_ids=payload.account_ids, **_strategy_params(payload)
     )
     strategy.webhook_secret = secret
-    return 201, strategy
+    return Status(201, strategy)
 
 
 @router.get("/strategies/{strategy_id}", response=StrategyOut)
@@ -503,7 +503,7 @@ def strategy_delete(request, strategy_id: int):
     if strategy.orders.exists():
         raise HttpError(409, "This strategy has orders; pause it (is_active false) instead.")
     strategy.delete()
-    return 204, None
+    return Status(204, None)
 
 
 @router.post("/strategies/{strategy_id}/secret", response=StrategyCreated)
@@ -531,4 +531,5 @@ def strategy_signal(request, strategy_id: int, payload: SignalIn):
         price=payload.price,
         trigger_price=payload.trigger_price,
     )
-    return (200 if replayed else 201), {"signal": signal.signal_id, "replayed": replayed, "results": signal.results}
+    body = {"signal": signal.signal_id, "replayed": replayed, "results": signal.results}
+    return Status(200 if replayed else 201, body)

@@ -230,7 +230,7 @@ def _existing_for_key(key: str, request_hash: str) -> Order | None:
     order = Order.objects.select_related("account", "instrument").filter(idempotency_key=key).first()
     if order is not None and order.request_hash and order.request_hash != request_hash:
         raise ValidationError(
-            {"idempotency_key": "This idempotency key was already used for a different order."}, code="conflict"
+            {"idempotency_key": ValidationError("This key was already used for a different order.", code="conflict")}
         )
     return order
 
@@ -506,6 +506,7 @@ def order_modify(
             from_status=order.status,
             data={k: str(v) for k, v in vars(change).items() if v is not None},
         )
+    order.refresh_from_db()
     _broadcast(order)
     _queue_sync(order.account_id)
     return order

@@ -1,0 +1,130 @@
+"""The orders JSON API: placing, idempotency, filters, errors, ownership, rate limits."""
+
+import pytest
+
+from accounts import services as account_services
+from accounts.tests.factories import make_broker_account
+from brokers.paper.models import PaperOrder
+from orders.models import Order
+from orders.tests.factories import place
+
+
+@pytest.fixture
+def api(client, trader):
+    _, secret = account_services.api_key_create(owner=trader, name="bot")
+    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+    return client
+
+
+def body(account, **overrides):
+    data = {"account_id": account.pk, "tradingsymbol": "INFY", "side": "BUY", "quantity": 1}
+    data.update(overrides)
+    return data
+
+
+def post(api, path, data, **headers):
+    return api.post(path, data, content_type="application/json", **headers)
+
+
+def test_place_each_order_type(api, account):
+    cases = [
+        {},
+        {"order_type": "LIMIT", "price": "1400.5"},
+        {"order_type": "SL", "side": "SELL", "price": "1390", "trigger_price": "1391"},
+        {"order_type": "SL-M", "trigger_price": "1510"},
+    ]
+    for case in cases:
+        response = post(api, "/api/v1/orders", body(account, **case))
+        assert response.status_code == 201, response.json()
+        data = response.json()
+        assert data["status"] == "SUBMITTED" and data["broker_order_id"]
+        assert PaperOrder.objects.filter(tag=data["reference"]).count() == 1
+    assert Order.objects.count() == 4
+
+
+def test_idempotency_key_returns_the_same_order(api, account):
+    first = post(api, "/api/v1/orders", body(account), HTTP_IDEMPOTENCY_KEY="abc-1")
+    again = post(api, "/api/v1/orders", body(account), HTTP_IDEMPOTENCY_KEY="abc-1")
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    assert PaperOrder.objects.count() == 1
+    conflict = post(api, "/api/v1/orders", body(account, quantity=2), HTTP_IDEMPOTENCY_KEY="abc-1")
+    assert conflict.status_code == 409 and conflict.json()["error"]["field"] == "idempotency_key"
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"order_type": "LIMIT", "price": "1400.03"}, "price"),
+        ({"quantity": 0}, "quantity"),
+        ({"tradingsymbol": "NOPE"}, "instrument"),
+        ({"order_type": "SL-M"}, "trigger_price"),
+        ({"side": "HOLD"}, "side"),
+    ],
+)
+def test_bad_input_is_422_naming_the_field(api, account, overrides, field):
+    response = post(api, "/api/v1/orders", body(account, **overrides))
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == field
+    assert not PaperOrder.objects.exists()
+
+
+def test_another_traders_ids_are_404_or_refused(api, account, other_trader, instruments):
+    theirs = make_broker_account(other_trader, broker="paper", client_id="THEIRS")
+    their_order = place(other_trader, theirs, order_type="LIMIT", price="1400")
+    response = post(api, "/api/v1/orders", body(theirs))
+    assert response.status_code == 422 and response.json()["error"]["field"] == "account_id"
+    for method, path in [
+        ("get", f"/api/v1/orders/{their_order.pk}"),
+        ("get", f"/api/v1/orders/{their_order.pk}/events"),
+        ("post", f"/api/v1/orders/{their_order.pk}/cancel"),
+        ("patch", f"/api/v1/orders/{their_order.pk}"),
+    ]:
+        response = getattr(api, method)(path, {"price": "1401"}, content_type="application/json")
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "not_found"
+    assert PaperOrder.objects.get(tag=their_order.reference).status == "OPEN"
+
+
+def test_list_filters_and_pagination(api, trader, account):
+    for _ in range(3):
+        place(trader, account, order_type="LIMIT", price="1400")
+    place(trader, account, symbol="TCS")
+    page = api.get("/api/v1/orders", {"limit": 2}).json()
+    assert page["count"] == 4 and len(page["items"]) == 2
+    assert api.get("/api/v1/orders", {"symbol": "TCS"}).json()["count"] == 1
+    assert api.get("/api/v1/orders", {"status": "SUBMITTED", "account_id": account.pk}).json()["count"] == 4
+    assert api.get("/api/v1/orders", {"limit": 1000}).status_code == 422
+
+
+def test_modify_cancel_and_events(api, account):
+    order = post(api, "/api/v1/orders", body(account, order_type="LIMIT", price="1400")).json()
+    changed = api.patch(f"/api/v1/orders/{order['id']}", {"price": "1401"}, content_type="application/json")
+    assert changed.status_code == 200 and changed.json()["price"] == "1401.00"
+    cancelled = api.post(f"/api/v1/orders/{order['id']}/cancel")
+    assert cancelled.json()["status"] == "CANCELLED"
+    again = api.post(f"/api/v1/orders/{order['id']}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "refused"
+    kinds = [event["kind"] for event in api.get(f"/api/v1/orders/{order['id']}/events").json()]
+    assert kinds == ["created", "submitted", "modified", "cancelled"]
+
+
+def test_per_key_rate_limit_answers_429_with_retry_after(api, settings):
+    settings.API_RATE_LIMITS = [(2, 10.0)]
+    assert api.get("/api/v1/me").status_code == 200
+    assert api.get("/api/v1/me").status_code == 200
+    response = api.get("/api/v1/me")
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) >= 1 and response.json()["error"]["code"] == "rate_limited"
+
+
+def test_instruments_search(api, instruments):
+    page = api.get("/api/v1/instruments", {"q": "INF"}).json()
+    assert [row["tradingsymbol"] for row in page["items"]] == ["INFY"]
+    assert page["items"][0]["tick_size"] == "0.1000"
+
+
+def test_openapi_schema_and_docs_are_served(client, db):
+    schema = client.get("/api/v1/openapi.json").json()
+    assert "/api/v1/orders" in schema["paths"] and "/api/v1/strategies/{strategy_id}/signal" in schema["paths"]
+    assert client.get("/api/v1/docs").status_code == 200

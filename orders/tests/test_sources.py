@@ -1,0 +1,292 @@
+"""Baskets, scheduled orders and strategy signals: every one through order_place, exactly once."""
+
+import hashlib
+import json
+import threading
+import time as clock
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.utils import timezone
+
+from accounts import services as account_services
+from accounts.tests.factories import make_broker_account
+from brokers.paper.models import PaperOrder
+from orders import sources
+from orders.models import Order, ScheduledFire, ScheduledOrder
+from orders.tests.factories import instrument
+
+IST = ZoneInfo("Asia/Kolkata")
+
+
+def spec(symbol="INFY", **overrides):
+    values = {
+        "instrument": instrument(symbol),
+        "side": "BUY",
+        "quantity": 1,
+        "order_type": "MARKET",
+        "product": "MIS",
+        "price": None,
+        "trigger_price": None,
+    }
+    values.update(overrides)
+    return values
+
+
+# --- Baskets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_basket_places_every_item_on_every_account_with_multipliers(trader, instruments):
+    one = make_broker_account(trader, broker="paper", client_id="B1")
+    two = make_broker_account(trader, broker="paper", client_id="B2", copy_multiplier=Decimal("2.5"))
+    basket = sources.basket_save(
+        owner=trader,
+        name="Morning",
+        account_ids=[one.pk, two.pk],
+        items=[spec(quantity=2), spec("TCS", side="SELL", order_type="LIMIT", price=Decimal("3200"), quantity=1)],
+    )
+    results = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert [(r["account_id"], r["symbol"], r["quantity"]) for r in results] == [
+        (one.pk, "INFY", 2),
+        (one.pk, "TCS", 1),
+        (two.pk, "INFY", 5),
+        (two.pk, "TCS", 2),
+    ]
+    assert all(r["status"] == "SUBMITTED" for r in results)
+    assert PaperOrder.objects.count() == 4
+    # The same run again (a double click) places nothing more.
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert [r["order_id"] for r in again] == [r["order_id"] for r in results]
+    assert PaperOrder.objects.count() == 4
+    basket.refresh_from_db()
+    assert basket.last_results == again and basket.last_placed_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_failing_item_does_not_undo_the_others(trader, instruments):
+    account = make_broker_account(trader, broker="paper", client_id="B3")
+    basket = sources.basket_save(
+        owner=trader,
+        name="Mixed",
+        account_ids=[account.pk],
+        items=[spec(), spec(order_type="LIMIT", price=Decimal("2500")), spec("TCS")],
+    )
+    account_services.broker_account_update(account=account, actor=trader, max_quantity=1)
+    results = sources.basket_place(basket=basket, actor=trader, run_token="t2")
+    assert [r["status"] for r in results] == ["SUBMITTED", "REJECTED", "SUBMITTED"]
+    assert results[1]["reason"].startswith("Your order price is outside the price band")
+    assert PaperOrder.objects.count() == 3
+
+
+def test_basket_validation(trader, account, other_trader):
+    with pytest.raises(ValidationError) as error:
+        sources.basket_save(owner=trader, name="", items=[spec()], account_ids=[])
+    assert "name" in error.value.message_dict
+    with pytest.raises(ValidationError) as error:
+        sources.basket_save(owner=trader, name="x", items=[{"instrument": None}], account_ids=[])
+    assert "items.0.instrument" in error.value.message_dict
+    theirs = make_broker_account(other_trader, broker="paper", client_id="THEIRS")
+    with pytest.raises(ValidationError) as error:
+        sources.basket_save(owner=trader, name="x", items=[spec()], account_ids=[theirs.pk])
+    assert "account_ids" in error.value.message_dict
+
+
+def test_copy_quantity_rounds_down_to_whole_lots(trader, account):
+    account.copy_multiplier = Decimal("1.5")
+    future = instrument("NIFTY26DECFUT", "NFO")
+    future_lot = future.lot_size
+    assert sources._copy_quantity(future_lot, account, future) == future_lot
+    assert sources._copy_quantity(2 * future_lot, account, future) == 3 * future_lot
+    account.copy_multiplier = Decimal("0.5")
+    assert sources._copy_quantity(future_lot, account, future) == 0
+
+
+# --- Scheduled orders ------------------------------------------------------------------------
+
+
+def make_scheduled(trader, account, **overrides):
+    soon = timezone.now().astimezone(IST) + timedelta(minutes=5)
+    values = {
+        "recurrence": "once",
+        "time_of_day": soon.time().replace(microsecond=0),
+        "timezone_name": "Asia/Kolkata",
+        "run_on": soon.date(),
+    }
+    values.update(overrides)
+    return sources.scheduled_save(owner=trader, account=account, spec=spec(), **values)
+
+
+def test_next_occurrence_for_each_recurrence(trader, account):
+    row = make_scheduled(trader, account, recurrence="weekdays", weekdays=[2], run_on=None, time_of_day=time(9, 30))
+    saturday = datetime(2026, 11, 21, 12, 0, tzinfo=IST)
+    assert sources.next_occurrence(row, saturday) == datetime(2026, 11, 25, 9, 30, tzinfo=IST)
+    row.recurrence = "trading_days"
+    assert sources.next_occurrence(row, saturday) == datetime(2026, 11, 23, 9, 30, tzinfo=IST)
+    row.recurrence, row.run_on = "once", saturday.date()
+    assert sources.next_occurrence(row, saturday) is None
+
+
+def test_scheduled_validation_names_the_field(trader, account):
+    with pytest.raises(ValidationError) as error:
+        make_scheduled(trader, account, run_on=None)
+    assert "run_on" in error.value.message_dict
+    with pytest.raises(ValidationError) as error:
+        make_scheduled(trader, account, run_on=datetime(2020, 1, 1).date())
+    assert "run_on" in error.value.message_dict
+    with pytest.raises(ValidationError) as error:
+        sources.scheduled_save(
+            owner=trader,
+            account=account,
+            spec=spec(order_type="LIMIT"),
+            recurrence="once",
+            time_of_day=time(9),
+            timezone_name="Asia/Kolkata",
+            run_on=datetime(2030, 1, 1).date(),
+        )
+    assert "price" in error.value.message_dict
+    assert not ScheduledOrder.objects.exists()
+
+
+def test_a_due_order_fires_once_however_often_it_is_dispatched(trader, account):
+    row = make_scheduled(trader, account)
+    assert sources.scheduled_claim_due() == []  # not due yet
+    due_at = row.next_run_at
+    fires = sources.scheduled_claim_due(now=due_at + timedelta(milliseconds=300))
+    assert len(fires) == 1
+    assert sources.scheduled_claim_due(now=due_at + timedelta(seconds=1)) == []  # claimed already
+    ScheduledOrder.objects.filter(pk=row.pk).update(status="active", next_run_at=due_at)  # a replayed claim
+    assert sources.scheduled_claim_due(now=due_at + timedelta(seconds=1)) == []  # unique (scheduled, due_at)
+    ScheduledFire.objects.filter(pk=fires[0]).update(claimed_at=timezone.now())
+    first = sources.scheduled_fire(fire_id=fires[0])
+    second = sources.scheduled_fire(fire_id=fires[0])  # a duplicate task delivery
+    assert first.status == second.status == "placed"
+    assert Order.objects.filter(scheduled=row).count() == 1 and PaperOrder.objects.count() == 1
+    row.refresh_from_db()
+    assert row.status == "done" and row.next_run_at is None and row.last_result.endswith("SUBMITTED")
+
+
+def test_a_missed_time_is_reported_not_fired_late(trader, account):
+    row = make_scheduled(trader, account)
+    fires = sources.scheduled_claim_due(now=row.next_run_at + timedelta(hours=3))
+    assert fires == []
+    fire = ScheduledFire.objects.get(scheduled=row)
+    assert fire.status == "missed" and "late" in fire.detail
+    assert not PaperOrder.objects.exists()
+
+
+def test_a_grace_window_allows_a_late_fire(trader, account):
+    row = make_scheduled(trader, account, grace_s=4 * 3600)
+    fires = sources.scheduled_claim_due(now=row.next_run_at + timedelta(hours=3))
+    assert len(fires) == 1
+
+
+def test_a_recurring_order_moves_to_its_next_time(trader, account):
+    row = make_scheduled(trader, account, recurrence="trading_days", run_on=None)
+    first_due = row.next_run_at
+    sources.scheduled_claim_due(now=first_due + timedelta(seconds=1))
+    row.refresh_from_db()
+    assert row.status == "active" and row.next_run_at > first_due
+
+
+def test_cancel(trader, other_trader, account):
+    row = make_scheduled(trader, account)
+    with pytest.raises(ValidationError):
+        sources.scheduled_cancel(scheduled=row, actor=other_trader)
+    assert sources.scheduled_cancel(scheduled=row, actor=trader) is True
+    assert sources.scheduled_claim_due(now=timezone.now() + timedelta(hours=1)) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_dispatchers_at_once_claim_each_due_time_once(trader, instruments):
+    account = make_broker_account(trader, broker="paper", client_id="S1")
+    rows = [make_scheduled(trader, account) for _ in range(20)]
+    now = max(row.next_run_at for row in rows) + timedelta(seconds=1)
+    claimed, barrier = [], threading.Barrier(2)
+
+    def dispatcher():
+        try:
+            barrier.wait()
+            claimed.extend(sources.scheduled_claim_due(now=now))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=dispatcher) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 20
+    assert ScheduledFire.objects.count() == 20
+
+
+# --- Strategies ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def strategy(trader, account):
+    row, secret = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk], stop_loss=Decimal("1"))
+    row.secret = secret
+    return row
+
+
+def test_the_webhook_secret_is_shown_once_and_stored_hashed(strategy):
+    assert strategy.secret.startswith("whsec_")
+    assert strategy.webhook_secret_hash == hashlib.sha256(strategy.secret.encode()).hexdigest()
+    _, again = sources.strategy_save(owner=strategy.owner, name="Breakout", account_ids=[], strategy=strategy)
+    assert again == ""
+
+
+def test_a_signal_places_on_each_account_and_a_replay_places_nothing(trader, strategy, instruments):
+    second = make_broker_account(trader, broker="paper", client_id="SIG2", copy_multiplier=Decimal("3"))
+    strategy.accounts.add(second)
+    signal, replayed = sources.strategy_signal(
+        strategy=strategy, actor=trader, signal_id="s-1", via="api", instrument=instrument(), side="BUY", quantity=2
+    )
+    assert replayed is False
+    assert sorted(r["quantity"] for r in signal.results) == [2, 6]
+    assert Order.objects.filter(strategy=strategy, source="strategy").count() == 2
+    again, replayed = sources.strategy_signal(
+        strategy=strategy, actor=trader, signal_id="s-1", via="api", instrument=instrument(), side="BUY", quantity=2
+    )
+    assert replayed is True and again.pk == signal.pk
+    assert PaperOrder.objects.count() == 2
+
+
+def webhook(client, strategy, **overrides):
+    payload = {
+        "secret": strategy.secret,
+        "id": "tv-1",
+        "timestamp": clock.time(),
+        "symbol": "NSE:INFY",
+        "side": "buy",
+        "quantity": 1,
+    }
+    payload.update(overrides)
+    return client.post(f"/hooks/strategies/{strategy.pk}/", json.dumps(payload), content_type="application/json")
+
+
+def test_webhook_places_once_and_refuses_forgeries_and_replays(client, strategy):
+    response = webhook(client, strategy)
+    assert response.status_code == 201 and response.json()["results"][0]["status"] == "SUBMITTED"
+    assert webhook(client, strategy).json()["replayed"] is True
+    assert webhook(client, strategy, id="tv-2", secret="whsec_wrong").status_code == 403
+    assert webhook(client, strategy, id="tv-3", timestamp=clock.time() - 3600).status_code == 403
+    assert webhook(client, strategy, id="tv-4", timestamp="soon").status_code == 422
+    assert (
+        client.post(f"/hooks/strategies/{strategy.pk}/", "nonsense", content_type="application/json").status_code == 400
+    )
+    assert client.get(f"/hooks/strategies/{strategy.pk}/").status_code == 405
+    assert PaperOrder.objects.count() == 1
+
+
+def test_webhook_for_a_paused_strategy_or_unknown_symbol(client, strategy):
+    assert webhook(client, strategy, id="x1", symbol="NSE:NOPE").json()["error"]["field"] == "instrument"
+    strategy.is_active = False
+    strategy.save()
+    assert webhook(client, strategy, id="x2").json()["error"]["field"] == "strategy"
+    assert not PaperOrder.objects.exists()
