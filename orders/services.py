@@ -42,6 +42,7 @@ from brokers.errors import (
     RejectKind,
 )
 from brokers.models import Instrument
+from tradingplatform import locks
 
 from .models import DailyCounter, Order, OrderEvent
 
@@ -185,6 +186,9 @@ def trading_date(now=None):
     return (now or timezone.now()).astimezone(IST).date()
 
 
+_counters_seen: set = set()  # (account id, day) rows known to exist, in this process
+
+
 def _ensure_counter(account: BrokerAccount, day) -> None:
     """Create the account's counter row for the day, committed on its own (at value 0).
 
@@ -192,20 +196,27 @@ def _ensure_counter(account: BrokerAccount, day) -> None:
     of the day inserting the same row inside their transactions deadlock on the
     duplicate-key locks. Creating a row at 0 uses no number, so numbers stay gap-free.
     """
-    if DailyCounter.objects.filter(account=account, trading_date=day).exists():
+    if (account.pk, day) in _counters_seen:
         return
-    try:
-        with transaction.atomic():
-            DailyCounter.objects.create(account=account, trading_date=day, value=0)
-    except IntegrityError:
-        pass  # another placement created it first
+    if not DailyCounter.objects.filter(account=account, trading_date=day).exists():
+        try:
+            with transaction.atomic():
+                DailyCounter.objects.create(account=account, trading_date=day, value=0)
+        except IntegrityError:
+            pass  # another placement created it first
+    _counters_seen.add((account.pk, day))
+
+
+class _CounterMissing(Exception):
+    pass
 
 
 def _next_number(account: BrokerAccount, day) -> int:
     """The account's next order number today. Call inside the order's transaction: the
     UPDATE locks the counter row until commit, and a rollback gives the number back."""
     if not DailyCounter.objects.filter(account=account, trading_date=day).update(value=F("value") + 1):
-        raise RuntimeError("the day's counter row is missing; call _ensure_counter first")
+        _counters_seen.discard((account.pk, day))
+        raise _CounterMissing
     return DailyCounter.objects.get(account=account, trading_date=day).value
 
 
@@ -275,39 +286,21 @@ def order_place(
     if key and (existing := _existing_for_key(key, request_hash)):
         return existing
     day = trading_date()
-    _ensure_counter(account, day)
     try:
-        with transaction.atomic():
-            number = _next_number(account, day)
-            if account.max_open_orders is not None:
-                # Checked under the counter's row lock, so concurrent placements cannot overshoot.
-                open_orders = Order.objects.filter(account=account, status__in=Order.LIVE).count()
-                if open_orders >= account.max_open_orders:
-                    raise ValidationError(
-                        {"account": f"{account.label} already has {open_orders} open orders (its limit)."}
-                    )
-            order = Order.objects.create(
-                reference=reference_for(account, day, number),
-                account=account,
-                placed_by=actor,
-                instrument=checked.instrument,
-                side=checked.side,
-                quantity=checked.quantity,
-                order_type=checked.order_type,
-                product=checked.product,
-                validity=checked.validity,
-                price=checked.price,
-                trigger_price=checked.trigger_price,
-                source=source,
-                role=role,
-                parent=parent,
-                strategy=strategy,
-                basket=basket,
-                scheduled=scheduled,
-                idempotency_key=key,
-                request_hash=request_hash,
-            )
-            _event(order, "created", cause=cause)
+        order = _create(
+            checked,
+            key,
+            request_hash,
+            day=day,
+            actor=actor,
+            source=source,
+            role=role,
+            parent=parent,
+            strategy=strategy,
+            basket=basket,
+            scheduled=scheduled,
+            cause=cause,
+        )
     except IntegrityError:
         # Two requests with one key at once: the other committed first; return its order.
         if key and (existing := _existing_for_key(key, request_hash)):
@@ -315,6 +308,44 @@ def order_place(
         raise
     _broadcast(order, created=True)
     return order_submit(order=order, cause=cause, broker=broker)
+
+
+def _create(checked: Checked, key, request_hash, *, day, actor, cause, **links) -> Order:
+    """Step 2: the day's next number, the Order (NEW) and its first event, in one transaction."""
+    account = checked.account
+    for _attempt in range(2):
+        _ensure_counter(account, day)
+        try:
+            with transaction.atomic():
+                number = _next_number(account, day)
+                if account.max_open_orders is not None:
+                    # Checked under the counter's row lock, so concurrent placements cannot overshoot.
+                    open_orders = Order.objects.filter(account=account, status__in=Order.LIVE).count()
+                    if open_orders >= account.max_open_orders:
+                        raise ValidationError(
+                            {"account": f"{account.label} already has {open_orders} open orders (its limit)."}
+                        )
+                order = Order.objects.create(
+                    reference=reference_for(account, day, number),
+                    account=account,
+                    placed_by=actor,
+                    instrument=checked.instrument,
+                    side=checked.side,
+                    quantity=checked.quantity,
+                    order_type=checked.order_type,
+                    product=checked.product,
+                    validity=checked.validity,
+                    price=checked.price,
+                    trigger_price=checked.trigger_price,
+                    idempotency_key=key,
+                    request_hash=request_hash,
+                    **links,
+                )
+                _event(order, "created", cause=cause)
+                return order
+        except _CounterMissing:
+            continue  # the row this process remembered is gone (a test rollback); make it again
+    raise RuntimeError("could not take a daily order number")
 
 
 def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = None) -> Order:
@@ -379,7 +410,6 @@ def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = Non
             submitted_at=timezone.now(),
         )
         _queue_sync(order.account_id)
-    order.refresh_from_db()
     return order
 
 
@@ -429,9 +459,14 @@ def _transition(order: Order, to_status: str, *, kind: str, cause: str, message:
 
 
 def _queue_sync(account_id: int, countdown: float = 1.0) -> None:
+    """Reconcile the account with its broker shortly; a burst of orders queues one run."""
     from .tasks import sync_account
 
-    transaction.on_commit(lambda: sync_account.apply_async((account_id,), countdown=countdown))
+    def queue():
+        if locks.acquire(f"orders:sync-queued:{account_id}", ttl_s=countdown):
+            sync_account.apply_async((account_id,), countdown=countdown)
+
+    transaction.on_commit(queue)
 
 
 def _broadcast(order: Order, *, created: bool = False) -> None:

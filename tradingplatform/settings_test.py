@@ -19,7 +19,11 @@ from .settings import *  # noqa: E402, F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405
 
-# On SQLite the test database is a file (WAL, busy timeout), not shared-cache memory, so
-# tests with threads see the same locking as a real run instead of "table is locked".
+# Each run has its own test database, so two runs at once (two terminals, CI steps) never
+# drop each other's. On SQLite it is a file (WAL, busy timeout), not shared-cache memory,
+# so tests with threads see the same locking as a real run.
+_run = os.environ["CACHE_KEY_PREFIX"].replace("-", "_")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.environ['CACHE_KEY_PREFIX']}.sqlite3")}  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"{_run}.sqlite3")}  # noqa: F405
+else:
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = _run  # noqa: F405
