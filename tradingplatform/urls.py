@@ -20,6 +20,7 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("brokers/", include("brokers.urls")),
     path("orders/", include("orders.urls")),
+    path("", include("orders.source_urls")),
     path("hooks/strategies/<int:pk>/", order_webhooks.strategy_signal, name="strategy_webhook"),
     path("api/v1/", api.urls),
     path("healthz", health.healthz, name="healthz"),

@@ -1,0 +1,146 @@
+"""Forms for baskets, scheduled orders and strategies. They parse; the sources module decides."""
+
+import zoneinfo
+
+from django import forms
+
+from accounts.models import BrokerAccount
+from brokers.errors import RejectKind
+from brokers.models import Instrument
+
+from .models import ORDER_TYPES, PRODUCTS, SIDES, ScheduledOrder, Strategy
+
+WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
+
+
+class InstrumentField(forms.CharField):
+    """``INFY`` (NSE) or ``NFO:NIFTY26DECFUT``, resolved to an Instrument."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", 80)
+        kwargs.setdefault("help_text", "Symbol, e.g. INFY or NFO:NIFTY26DECFUT.")
+        super().__init__(**kwargs)
+
+    def clean(self, value):
+        text = super().clean(value).strip().upper()
+        exchange, _, symbol = text.rpartition(":")
+        instrument = Instrument.objects.filter(exchange=exchange or "NSE", tradingsymbol=symbol).first()
+        if instrument is None:
+            raise forms.ValidationError("No such instrument.")
+        return instrument
+
+
+class AccountsField(forms.ModelMultipleChoiceField):
+    def __init__(self, user, **kwargs):
+        super().__init__(
+            queryset=BrokerAccount.objects.filter(owner=user, is_active=True),
+            widget=forms.CheckboxSelectMultiple,
+            **kwargs,
+        )
+
+
+class OrderSpecForm(forms.Form):
+    instrument = InstrumentField()
+    side = forms.ChoiceField(choices=SIDES)
+    quantity = forms.IntegerField(min_value=1)
+    order_type = forms.ChoiceField(choices=ORDER_TYPES, initial="MARKET")
+    product = forms.ChoiceField(choices=PRODUCTS, initial="MIS")
+    price = forms.DecimalField(required=False, max_digits=14, decimal_places=2, min_value=0)
+    trigger_price = forms.DecimalField(required=False, max_digits=14, decimal_places=2, min_value=0)
+
+    def spec(self) -> dict:
+        data = self.cleaned_data
+        return {
+            "instrument": data["instrument"],
+            "side": data["side"],
+            "quantity": data["quantity"],
+            "order_type": data["order_type"],
+            "product": data["product"],
+            "validity": "DAY",
+            "price": data.get("price"),
+            "trigger_price": data.get("trigger_price"),
+        }
+
+
+class BasketForm(forms.Form):
+    name = forms.CharField(max_length=100)
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["accounts"] = AccountsField(user, required=False, help_text="Where “Place” sends it by default.")
+
+
+class BasketItemForm(OrderSpecForm):
+    pass
+
+
+BasketItemFormSet = forms.formset_factory(BasketItemForm, extra=1, can_delete=True, max_num=100, validate_max=True)
+
+
+class BasketPlaceForm(forms.Form):
+    token = forms.CharField(widget=forms.HiddenInput, max_length=64)
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["accounts"] = AccountsField(user, required=False, help_text="Blank: the basket's accounts.")
+
+
+class ScheduledForm(OrderSpecForm):
+    recurrence = forms.ChoiceField(choices=ScheduledOrder.Recurrence.choices)
+    run_on = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="Date")
+    time_of_day = forms.TimeField(widget=forms.TimeInput(attrs={"type": "time", "step": 1}), label="Time")
+    weekdays = forms.TypedMultipleChoiceField(
+        choices=WEEKDAYS, coerce=int, required=False, widget=forms.CheckboxSelectMultiple
+    )
+    grace_s = forms.IntegerField(
+        min_value=0, max_value=86400, initial=0, label="Grace (seconds)", help_text="Still place it this late."
+    )
+    timezone = forms.ChoiceField(choices=[(name, name) for name in sorted(zoneinfo.available_timezones())])
+
+    field_order = ["account", "instrument", "side", "quantity", "order_type", "product", "price", "trigger_price"]
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["account"] = forms.ModelChoiceField(
+            queryset=BrokerAccount.objects.filter(owner=user, is_active=True)
+        )
+        self.fields["timezone"].initial = user.timezone
+        self.order_fields(self.field_order)
+
+
+class StrategyForm(forms.ModelForm):
+    retryable_kinds = forms.MultipleChoiceField(
+        choices=[(kind, kind) for kind in RejectKind.ALL], required=False, widget=forms.CheckboxSelectMultiple
+    )
+
+    class Meta:
+        model = Strategy
+        fields = [
+            "name",
+            "stop_loss",
+            "stop_loss_unit",
+            "take_profit",
+            "take_profit_unit",
+            "trailing_step",
+            "reentry_enabled",
+            "max_reentries",
+            "chase_after_s",
+            "chase_max_ticks",
+            "chase_max_percent",
+            "max_retries",
+            "retryable_kinds",
+            "is_active",
+        ]
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["accounts"] = AccountsField(user, required=False)
+        if self.instance.pk:
+            self.fields["accounts"].initial = list(self.instance.accounts.all())
+
+    def _post_clean(self):
+        # The service validates the whole strategy (names are unique per owner).
+        pass
+
+    def params(self) -> dict:
+        return {name: self.cleaned_data[name] for name in self.Meta.fields if name != "name"}

@@ -1,0 +1,198 @@
+"""Pages for baskets, scheduled orders and strategies. Thin: ``sources`` does the work."""
+
+import uuid
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts.forms import apply_validation_error
+
+from . import selectors, sources
+from .models import ScheduledFire
+from .source_forms import BasketForm, BasketItemFormSet, BasketPlaceForm, ScheduledForm, StrategyForm
+
+# --- Baskets ---------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET"])
+def basket_list(request):
+    baskets = selectors.baskets_of(request.user)
+    return render(request, "orders/baskets.html", {"baskets": baskets})
+
+
+def _basket_initial(basket) -> list[dict]:
+    return [
+        {
+            "instrument": item.instrument.tradingsymbol
+            if item.instrument.exchange == "NSE"
+            else f"{item.instrument.exchange}:{item.instrument.tradingsymbol}",
+            "side": item.side,
+            "quantity": item.quantity,
+            "order_type": item.order_type,
+            "product": item.product,
+            "price": item.price,
+            "trigger_price": item.trigger_price,
+        }
+        for item in basket.items.all()
+    ]
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def basket_edit(request, pk=None):
+    basket = selectors.basket_of(request.user, pk) if pk else None
+    initial = {"name": basket.name, "accounts": list(basket.accounts.all())} if basket else None
+    form = BasketForm(request.POST or None, initial=initial, user=request.user)
+    items = BasketItemFormSet(request.POST or None, initial=_basket_initial(basket) if basket else None, prefix="items")
+    if request.method == "POST" and form.is_valid() and items.is_valid():
+        rows = [item.spec() for item in items if item.cleaned_data and not item.cleaned_data.get("DELETE")]
+        try:
+            saved = sources.basket_save(
+                owner=request.user,
+                basket=basket,
+                name=form.cleaned_data["name"],
+                items=rows,
+                account_ids=[account.pk for account in form.cleaned_data["accounts"]],
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"Saved basket {saved.name}.")
+            return redirect("sources:basket_detail", saved.pk)
+    return render(request, "orders/basket_form.html", {"form": form, "items": items, "basket": basket})
+
+
+@login_required
+@never_cache
+@require_http_methods(["GET", "POST"])
+def basket_detail(request, pk):
+    basket = selectors.basket_of(request.user, pk)
+    form = BasketPlaceForm(request.POST or None, initial={"token": uuid.uuid4().hex}, user=request.user)
+    results = None
+    if request.method == "POST" and form.is_valid():
+        account_ids = [account.pk for account in form.cleaned_data["accounts"]]
+        try:
+            results = sources.basket_place(
+                basket=basket, actor=request.user, run_token=f"ui:{form.cleaned_data['token']}", account_ids=account_ids
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        form = BasketPlaceForm(initial={"token": uuid.uuid4().hex}, user=request.user)
+    context = {"basket": basket, "form": form, "results": results if results is not None else basket.last_results}
+    return render(request, "orders/basket_detail.html", context)
+
+
+@login_required
+@require_POST
+def basket_delete(request, pk):
+    basket = selectors.basket_of(request.user, pk)
+    basket.delete()
+    messages.success(request, f"Deleted basket {basket.name}.")
+    return redirect("sources:basket_list")
+
+
+# --- Scheduled orders ------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def scheduled_list(request):
+    form = ScheduledForm(request.POST or None, user=request.user, initial={"recurrence": "once", "grace_s": 0})
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            row = sources.scheduled_save(
+                owner=request.user,
+                account=data["account"],
+                spec=form.spec(),
+                recurrence=data["recurrence"],
+                time_of_day=data["time_of_day"],
+                timezone_name=data["timezone"],
+                run_on=data.get("run_on"),
+                weekdays=data.get("weekdays"),
+                grace_s=data.get("grace_s") or 0,
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            messages.success(request, f"Scheduled #{row.pk}; next run {row.next_run_at:%Y-%m-%d %H:%M:%S %Z}.")
+            return redirect("sources:scheduled_list")
+    rows = selectors.scheduled_of(request.user)
+    fires = ScheduledFire.objects.filter(scheduled__owner=request.user).select_related("scheduled")[:20]
+    return render(request, "orders/scheduled.html", {"form": form, "rows": rows, "fires": fires})
+
+
+@login_required
+@require_POST
+def scheduled_cancel(request, pk):
+    row = selectors.scheduled_one_of(request.user, pk)
+    if sources.scheduled_cancel(scheduled=row, actor=request.user):
+        messages.success(request, f"Cancelled scheduled order #{row.pk}.")
+    return redirect("sources:scheduled_list")
+
+
+# --- Strategies ------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET"])
+def strategy_list(request):
+    return render(request, "orders/strategies.html", {"strategies": selectors.strategies_of(request.user)})
+
+
+@login_required
+@never_cache
+@require_http_methods(["GET", "POST"])
+def strategy_edit(request, pk=None):
+    strategy = selectors.strategy_of(request.user, pk) if pk else None
+    form = StrategyForm(request.POST or None, instance=strategy, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            saved, secret = sources.strategy_save(
+                owner=request.user,
+                strategy=strategy,
+                name=form.cleaned_data["name"],
+                account_ids=[account.pk for account in form.cleaned_data["accounts"]],
+                **form.params(),
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        else:
+            if secret:
+                return _show_secret(request, saved, secret)
+            messages.success(request, f"Saved {saved.name}.")
+            return redirect("sources:strategy_detail", saved.pk)
+    return render(request, "orders/strategy_form.html", {"form": form, "strategy": strategy})
+
+
+@login_required
+@never_cache
+@require_http_methods(["GET"])
+def strategy_detail(request, pk):
+    strategy = selectors.strategy_of(request.user, pk)
+    return render(request, "orders/strategy_detail.html", _strategy_context(request, strategy))
+
+
+@login_required
+@never_cache
+@require_POST
+def strategy_rotate_secret(request, pk):
+    strategy = selectors.strategy_of(request.user, pk)
+    return _show_secret(request, strategy, sources.strategy_rotate_secret(strategy=strategy))
+
+
+def _strategy_context(request, strategy, secret: str = "") -> dict:
+    url = request.build_absolute_uri(reverse("strategy_webhook", args=[strategy.pk]))
+    return {"strategy": strategy, "webhook_url": url, "secret": secret, "signals": strategy.signals.all()[:20]}
+
+
+def _show_secret(request, strategy, secret: str):
+    """The secret appears in this one response only; it is not stored."""
+    strategy.refresh_from_db()
+    return render(request, "orders/strategy_detail.html", _strategy_context(request, strategy, secret))

@@ -1,0 +1,176 @@
+"""Pages for baskets, scheduled orders and strategies."""
+
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.tests.factories import make_broker_account
+from brokers.paper.models import PaperOrder
+from orders import sources
+from orders.models import Basket, ScheduledOrder, Strategy
+from orders.tests.factories import instrument
+
+
+def basket_form(account, **overrides):
+    data = {
+        "name": "Open",
+        "accounts": [account.pk],
+        "items-TOTAL_FORMS": "2",
+        "items-INITIAL_FORMS": "0",
+        "items-MIN_NUM_FORMS": "0",
+        "items-MAX_NUM_FORMS": "100",
+        "items-0-instrument": "INFY",
+        "items-0-side": "BUY",
+        "items-0-quantity": "2",
+        "items-0-order_type": "MARKET",
+        "items-0-product": "MIS",
+        "items-1-instrument": "NFO:NIFTY26DECFUT",
+        "items-1-side": "SELL",
+        "items-1-quantity": "75",
+        "items-1-order_type": "LIMIT",
+        "items-1-product": "NRML",
+        "items-1-price": "26000",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_build_place_and_see_results_of_a_basket(trader_client, trader, account):
+    response = trader_client.post(reverse("sources:basket_create"), basket_form(account))
+    assert response.status_code == 302
+    basket = Basket.objects.get()
+    assert [item.instrument.tradingsymbol for item in basket.items.all()] == ["INFY", "NIFTY26DECFUT"]
+    page = trader_client.get(reverse("sources:basket_detail", args=[basket.pk])).content.decode()
+    token = page.split('name="token" value="')[1].split('"')[0]
+    placed = trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": token})
+    assert placed.status_code == 200 and "SUBMITTED" in placed.content.decode()
+    trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": token})  # double click
+    assert PaperOrder.objects.count() == 2
+    assert basket.name in trader_client.get(reverse("sources:basket_list")).content.decode()
+
+
+def test_basket_form_names_the_bad_item_field(trader_client, account):
+    response = trader_client.post(
+        reverse("sources:basket_create"), basket_form(account, **{"items-0-instrument": "NOPE"})
+    )
+    assert response.status_code == 200 and "No such instrument" in response.content.decode()
+    assert not Basket.objects.exists()
+
+
+def test_edit_and_delete_a_basket(trader_client, trader, account):
+    basket = sources.basket_save(
+        owner=trader,
+        name="Old",
+        account_ids=[account.pk],
+        items=[{"instrument": instrument(), "side": "BUY", "quantity": 1}],
+    )
+    page = trader_client.get(reverse("sources:basket_edit", args=[basket.pk])).content.decode()
+    assert 'value="INFY"' in page
+    trader_client.post(reverse("sources:basket_edit", args=[basket.pk]), basket_form(account, name="New"))
+    basket.refresh_from_db()
+    assert basket.name == "New" and basket.items.count() == 2
+    assert trader_client.get(reverse("sources:basket_delete", args=[basket.pk])).status_code == 405
+    trader_client.post(reverse("sources:basket_delete", args=[basket.pk]))
+    assert not Basket.objects.exists()
+
+
+@pytest.mark.parametrize("name", ["sources:basket_detail", "sources:basket_edit", "sources:basket_delete"])
+def test_another_traders_basket_is_404(trader_client, other_trader, instruments, name):
+    theirs = make_broker_account(other_trader, broker="paper", client_id="THEIRS")
+    basket = sources.basket_save(
+        owner=other_trader,
+        name="Theirs",
+        account_ids=[theirs.pk],
+        items=[{"instrument": instrument(), "side": "BUY", "quantity": 1}],
+    )
+    assert trader_client.post(reverse(name, args=[basket.pk]), {"token": "x"}).status_code == 404
+    assert Basket.objects.filter(pk=basket.pk).exists() and not PaperOrder.objects.exists()
+
+
+def scheduled_form(account, **overrides):
+    soon = timezone.now().astimezone(ZoneInfo("Asia/Kolkata")) + timedelta(hours=1)
+    data = {
+        "account": account.pk,
+        "instrument": "INFY",
+        "side": "BUY",
+        "quantity": "1",
+        "order_type": "MARKET",
+        "product": "MIS",
+        "recurrence": "once",
+        "run_on": soon.date().isoformat(),
+        "time_of_day": soon.strftime("%H:%M:%S"),
+        "grace_s": "0",
+        "timezone": "Asia/Kolkata",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_schedule_list_and_cancel(trader_client, account):
+    response = trader_client.post(reverse("sources:scheduled_list"), scheduled_form(account))
+    assert response.status_code == 302
+    row = ScheduledOrder.objects.get()
+    page = trader_client.get(reverse("sources:scheduled_list")).content.decode()
+    assert f'id="scheduled-{row.pk}"' in page and "Active" in page
+    trader_client.post(reverse("sources:scheduled_cancel", args=[row.pk]))
+    row.refresh_from_db()
+    assert row.status == "cancelled"
+
+
+def test_schedule_form_errors_name_the_field(trader_client, account):
+    response = trader_client.post(reverse("sources:scheduled_list"), scheduled_form(account, order_type="LIMIT"))
+    assert "price" in response.context["form"].errors
+    response = trader_client.post(reverse("sources:scheduled_list"), scheduled_form(account, run_on="2020-01-01"))
+    assert "run_on" in response.context["form"].errors
+    assert not ScheduledOrder.objects.exists()
+
+
+def test_another_traders_scheduled_order_is_404(trader_client, other_trader, instruments):
+    theirs = make_broker_account(other_trader, broker="paper", client_id="THEIRS")
+    row = sources.scheduled_save(
+        owner=other_trader,
+        account=theirs,
+        spec={"instrument": instrument(), "side": "BUY", "quantity": 1, "order_type": "MARKET", "product": "MIS"},
+        recurrence="trading_days",
+        time_of_day=timezone.now().time(),
+        timezone_name="Asia/Kolkata",
+    )
+    assert trader_client.post(reverse("sources:scheduled_cancel", args=[row.pk])).status_code == 404
+    row.refresh_from_db()
+    assert row.status == "active"
+
+
+def test_strategy_secret_is_shown_once(trader_client, account):
+    response = trader_client.post(
+        reverse("sources:strategy_create"),
+        {"name": "Trend", "accounts": [account.pk], "stop_loss_unit": "percent", "take_profit_unit": "points",
+         "max_reentries": "0", "max_retries": "1", "retryable_kinds": ["funds"], "is_active": "on"},
+    )  # fmt: skip
+    strategy = Strategy.objects.get()
+    page = response.content.decode()
+    secret = page.split('class="secret-value">')[1].split("<")[0]
+    assert secret.startswith("whsec_") and strategy.retryable_kinds == ["funds"]
+    detail = trader_client.get(reverse("sources:strategy_detail", args=[strategy.pk])).content.decode()
+    assert secret not in detail and f"/hooks/strategies/{strategy.pk}/" in detail
+    rotated = trader_client.post(reverse("sources:strategy_secret", args=[strategy.pk])).content.decode()
+    assert "whsec_" in rotated and secret not in rotated
+
+
+@pytest.mark.parametrize(
+    "name, method",
+    [("sources:strategy_detail", "get"), ("sources:strategy_edit", "post"), ("sources:strategy_secret", "post")],
+)
+def test_another_traders_strategy_is_404(trader_client, other_trader, name, method):
+    strategy, _ = sources.strategy_save(owner=other_trader, name="Theirs", account_ids=[])
+    assert getattr(trader_client, method)(reverse(name, args=[strategy.pk]), {"name": "Mine"}).status_code == 404
+    strategy.refresh_from_db()
+    assert strategy.name == "Theirs"
+
+
+def test_names_are_escaped(trader_client, trader, account):
+    sources.strategy_save(owner=trader, name="<script>alert(1)</script>", account_ids=[account.pk])
+    page = trader_client.get(reverse("sources:strategy_list")).content.decode()
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
