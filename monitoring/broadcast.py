@@ -9,11 +9,14 @@ a page that missed one resynchronises when its websocket reconnects.
 import asyncio
 import logging
 import threading
+import time
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 from django.template.loader import render_to_string
+from django.utils import timezone
 
 from .consumers import MARKET_GROUP, user_group
 
@@ -51,11 +54,30 @@ def _log_failure(future) -> None:
 _sender = _Sender()
 
 
+_timezones: dict[int, tuple[float, str]] = {}
+
+
+def _user_timezone(user_id: int) -> ZoneInfo:
+    """The user's timezone, remembered for a minute (pushes render times as the pages do)."""
+    now = time.monotonic()
+    cached = _timezones.get(user_id)
+    if cached is None or cached[0] < now:
+        from accounts.models import User
+
+        name = User.objects.filter(pk=user_id).values_list("timezone", flat=True).first() or "Asia/Kolkata"
+        cached = _timezones[user_id] = (now + 60, name)
+    try:
+        return ZoneInfo(cached[1])
+    except ZoneInfoNotFoundError:
+        return ZoneInfo("Asia/Kolkata")
+
+
 def push_fragment(*, user_id: int, template: str, context: dict) -> None:
-    """Render ``template`` (a fragment with a stable id) and send it once the data is committed."""
+    """Render ``template`` (a fragment with a stable id) in the user's timezone and send it after commit."""
 
     def send():
-        html = render_to_string(template, context)
+        with timezone.override(_user_timezone(user_id)):
+            html = render_to_string(template, context)
         _sender.group_send(user_group(user_id), {"type": "fragment.push", "html": html})
 
     transaction.on_commit(send)

@@ -75,19 +75,28 @@ class Checked:
     price: Decimal | None
     trigger_price: Decimal | None
 
-    def request_hash(self) -> str:
-        body = [
-            self.account.pk,
-            self.instrument.pk,
-            self.side,
-            self.quantity,
-            self.order_type,
-            self.product,
-            self.validity,
-            str(self.price),
-            str(self.trigger_price),
-        ]
-        return hashlib.sha256(json.dumps(body).encode()).hexdigest()
+
+def request_hash(account, instrument, side, quantity, order_type, product, validity, price, trigger_price) -> str:
+    """What an order asks for, as a digest: a repeated idempotency key must ask for the same."""
+
+    def norm(value):
+        try:
+            return str(Decimal(str(value)).normalize()) if value not in (None, "") else None
+        except ArithmeticError:
+            return str(value)
+
+    body = [
+        getattr(account, "pk", None),
+        getattr(instrument, "pk", None),
+        side,
+        norm(quantity),
+        order_type,
+        product,
+        validity,
+        norm(price),
+        norm(trigger_price),
+    ]
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()
 
 
 def _decimal(value, field: str) -> Decimal | None:
@@ -269,6 +278,11 @@ def order_place(
     broker: AccountBroker | None = None,
 ) -> Order:
     """Place one order, whoever asks. Returns the order (a repeat key returns the first one)."""
+    digest = request_hash(account, instrument, side, quantity, order_type, product, validity, price, trigger_price)
+    key = f"{actor.pk}:{idempotency_key}" if idempotency_key else None
+    # A repeat returns the first order even if the account has changed since (deactivated, limits).
+    if key and (existing := _existing_for_key(key, digest)):
+        return existing
     checked = order_check(
         actor=actor,
         account=account,
@@ -281,16 +295,12 @@ def order_place(
         price=price,
         trigger_price=trigger_price,
     )
-    request_hash = checked.request_hash()
-    key = f"{actor.pk}:{idempotency_key}" if idempotency_key else None
-    if key and (existing := _existing_for_key(key, request_hash)):
-        return existing
     day = trading_date()
     try:
         order = _create(
             checked,
             key,
-            request_hash,
+            digest,
             day=day,
             actor=actor,
             source=source,
@@ -303,7 +313,7 @@ def order_place(
         )
     except IntegrityError:
         # Two requests with one key at once: the other committed first; return its order.
-        if key and (existing := _existing_for_key(key, request_hash)):
+        if key and (existing := _existing_for_key(key, digest)):
             return existing
         raise
     _broadcast(order, created=True)
@@ -531,7 +541,12 @@ def order_modify(
         "trigger_price": checked.trigger_price,
     }
     with transaction.atomic():
-        Order.objects.filter(pk=order.pk).update(updated_at=timezone.now(), **fields)
+        # Only while still open: a fill or cancel that landed meanwhile is not overwritten.
+        if not Order.objects.filter(pk=order.pk, status__in=Order.AT_BROKER).update(
+            updated_at=timezone.now(), **fields
+        ):
+            order.refresh_from_db()
+            raise OrderActionRefused(f"The order became {order.get_status_display()} before the change applied.")
         for name, value in fields.items():
             setattr(order, name, value)
         _event(
@@ -560,12 +575,19 @@ def order_cancel(*, order: Order, actor, cause: str) -> Order:
         AccountBroker(order.account).cancel_order(order.broker_order_id)
     except InputError as error:
         _event(order, "cancel_refused", cause=cause, from_status=order.status, message=error.message)
-        orders_sync_account(account=order.account, cause="after a refused cancel")
+        try:
+            orders_sync_account(account=order.account, cause="after a refused cancel")
+        except BrokerError:
+            logger.info("could not reconcile %s after a refused cancel", order.reference)
         raise OrderActionRefused(f"The broker refused to cancel: {error.message}") from error
     except BrokerError as error:
         _event(order, "cancel_failed", cause=cause, from_status=order.status, message=str(error))
         raise OrderActionRefused(f"Could not reach the broker: {error}") from error
-    _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause)
+    if not _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause):
+        # A reconcile moved it meanwhile (e.g. SUBMITTED -> OPEN): cancel from where it is now.
+        order.refresh_from_db()
+        if order.status in Order.AT_BROKER:
+            _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause)
     _queue_sync(order.account_id)
     return order
 

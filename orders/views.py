@@ -1,34 +1,164 @@
-"""Order pages (being built)."""
+"""Order pages: the ticket, the order book, an order's detail, modify and cancel. Thin: services do the work."""
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
-from django.views.decorators.http import require_GET, require_POST
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.forms import apply_validation_error
+from brokers.models import Instrument
+from brokers.selectors import instruments_search
+
+from . import selectors, services
+from .forms import OrderFilterForm, OrderModifyForm, OrderTicketForm
+from .models import Order
+
+ORDERS_PER_PAGE = 50
+INSTRUMENT_OPTIONS = 20
+
+
+def _is_htmx(request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def _page_cause(request) -> str:
+    return f"{request.user.username} via the order page"
 
 
 @login_required
 @require_GET
 def order_book(request):
-    return HttpResponse("")
+    filters = OrderFilterForm(request.user, request.GET)
+    orders = selectors.orders_of(request.user, **filters.selector_kwargs())
+    page = Paginator(orders, ORDERS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "orders/book.html", {"filters": filters, "page": page})
 
 
 @login_required
+@never_cache  # Back to the ticket fetches a fresh one-time token rather than reusing the placed one
+@require_http_methods(["GET", "POST"])
 def ticket(request):
-    return HttpResponse("")
+    if request.method == "POST":
+        form = OrderTicketForm(request.user, request.POST)
+        if form.is_valid():
+            try:
+                order = services.order_place(
+                    actor=request.user,
+                    **form.spec,
+                    source=Order.Source.MANUAL,
+                    cause=f"ticket by {request.user.username}",
+                    idempotency_key=f"ui:{form.cleaned_data['token']}",
+                )
+            except ValidationError as exc:
+                apply_validation_error(form, exc)
+                if "idempotency_key" in getattr(exc, "error_dict", {}):
+                    form.renew_token()
+            else:
+                _announce_placed(request, order)
+                return redirect("orders:detail", pk=order.pk)
+        elif "token" in form.errors:
+            form.renew_token()
+    else:
+        form = OrderTicketForm(request.user, initial={"instrument": request.GET.get("instrument")})
+    return render(request, "orders/ticket.html", {"form": form, "instrument": form.chosen_instrument})
+
+
+def _announce_placed(request, order: Order) -> None:
+    what = f"{order.reference}: {order.side} {order.quantity} {order.instrument.tradingsymbol}"
+    if order.status == Order.Status.REJECTED:
+        messages.error(request, f"{what} was rejected: {order.reject_reason}")
+    elif order.status == Order.Status.FAILED:
+        messages.error(request, f"{what} failed: {order.reject_reason}")
+    elif not order.broker_order_id:
+        messages.warning(request, f"{what} was sent, but the broker's answer was lost; it is being looked up.")
+    else:
+        messages.success(request, f"Placed {what} ({order.get_status_display().lower()}).")
+
+
+@login_required
+@require_GET
+def instrument_options(request):
+    """The instruments matching the ticket's search box, as buttons that choose one."""
+    query = request.GET.get("q", "").strip()
+    rows, truncated = instruments_search(query, limit=INSTRUMENT_OPTIONS) if query else ([], False)
+    return render(
+        request,
+        "orders/partials/instrument_options.html",
+        {"instruments": rows, "truncated": truncated, "query": query},
+    )
+
+
+@login_required
+@require_GET
+def instrument_pick(request, pk):
+    """The chosen instrument for the ticket: its id, live price, lot and tick, and the products it takes."""
+    instrument = get_object_or_404(Instrument, pk=pk)
+    form = OrderTicketForm.for_instrument(
+        request.user, instrument, product=request.GET.get("product"), quantity=request.GET.get("quantity")
+    )
+    context = {"instrument": instrument, "form": form, "picked": True}
+    return render(request, "orders/partials/instrument_chosen.html", context)
 
 
 @login_required
 @require_GET
 def detail(request, pk):
-    return HttpResponse("")
+    order = selectors.order_of(request.user, pk)
+    return _render_detail(request, order, modify_form=OrderModifyForm(order=order))
+
+
+def _render_detail(request, order: Order, *, modify_form: OrderModifyForm, status: int = 200):
+    mine = selectors.orders_of(request.user)
+    context = {
+        "order": order,
+        "events": order.events.all(),
+        "parent": mine.filter(pk=order.parent_id).first() if order.parent_id else None,
+        "children": mine.filter(parent=order),
+        "can_change": order.status in Order.AT_BROKER and bool(order.broker_order_id),
+        "modify_form": modify_form,
+    }
+    return render(request, "orders/detail.html", context, status=status)
 
 
 @login_required
 @require_POST
 def modify(request, pk):
-    return HttpResponse("")
+    order = selectors.order_of(request.user, pk)
+    form = OrderModifyForm(request.POST, order=order)
+    if form.is_valid():
+        try:
+            services.order_modify(order=order, actor=request.user, cause=_page_cause(request), **form.cleaned_data)
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        except services.OrderActionRefused as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            if form.has_changed():
+                messages.success(request, f"Modified {order.reference}.")
+            else:
+                messages.info(request, f"Nothing to change on {order.reference}.")
+            return redirect("orders:detail", pk=order.pk)
+    order.refresh_from_db()
+    return _render_detail(request, order, modify_form=form)
 
 
 @login_required
 @require_POST
 def cancel(request, pk):
-    return HttpResponse("")
+    order = selectors.order_of(request.user, pk)
+    refusal = None
+    try:
+        services.order_cancel(order=order, actor=request.user, cause=_page_cause(request))
+    except services.OrderActionRefused as exc:
+        refusal = exc.message
+    order.refresh_from_db()
+    if _is_htmx(request):
+        return render(request, "orders/partials/cancel_result.html", {"order": order, "refusal": refusal})
+    if refusal:
+        messages.error(request, f"Could not cancel {order.reference}: {refusal}")
+    else:
+        messages.success(request, f"Cancelled {order.reference}.")
+    return redirect("orders:detail", pk=order.pk)

@@ -444,7 +444,9 @@ def _record_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime
     PaperClient.objects.filter(pk=order.client_id).update(
         cash=F("cash") - cash if order.transaction_type == BUY else F("cash") + cash
     )
-    PaperInstrument.objects.filter(pk=order.instrument_id).update(volume=F("volume") + quantity)
+    # No instrument row update here: inserting the order and trade takes a shared lock on
+    # the instrument (foreign key), and two fills upgrading it would deadlock on MySQL.
+    # The feed keeps the day's volume.
     return trade
 
 

@@ -250,3 +250,21 @@ def test_one_key_from_two_clients_at_once_places_one_order(trader, instruments):
         thread.join()
     assert len(set(results)) == 1 and len(results) == 2
     assert PaperOrder.objects.count() == 1 and Order.objects.count() == 1
+
+
+def test_a_repeat_key_returns_the_order_even_after_the_account_changed(trader, account):
+    first = place(trader, account, idempotency_key="k-2")
+    account_services.broker_account_set_active(account=account, actor=trader, active=False)
+    account.refresh_from_db()
+    assert place(trader, account, idempotency_key="k-2").pk == first.pk
+    with pytest.raises(ValidationError, match="deactivated"):
+        place(trader, account, idempotency_key="k-3")
+
+
+def test_a_modify_that_loses_the_race_to_a_fill_changes_nothing(trader, account):
+    order = place(trader, account, order_type="LIMIT", price="1400")
+    Order.objects.filter(pk=order.pk).update(status=Order.Status.FILLED)  # a reconcile landed first
+    with pytest.raises(services.OrderActionRefused):
+        services.order_modify(order=order, actor=trader, cause="test", price="1401")
+    order.refresh_from_db()
+    assert order.price == D("1400") and "modified" not in events(order)

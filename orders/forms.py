@@ -1,0 +1,155 @@
+"""Forms of the order pages: they parse input; ``services.order_check`` decides what is allowed."""
+
+import uuid
+from datetime import datetime, time
+
+from django import forms
+
+from accounts.selectors import broker_accounts_of
+from brokers.base import IST
+from brokers.models import Instrument
+
+from .models import ORDER_TYPES, PRODUCTS, SIDES, VALIDITIES, Order
+
+PLAIN_TYPES = ("MARKET", "LIMIT")
+STOP_TYPES = ("SL", "SL-M")
+
+
+def product_choices(instrument: Instrument | None) -> list[tuple[str, str]]:
+    """CNC is equity delivery: a derivative offers only the intraday and carry-forward products."""
+    if instrument is None or instrument.instrument_type == "EQ":
+        return list(PRODUCTS)
+    return [(value, label) for value, label in PRODUCTS if value != "CNC"]
+
+
+def instrument_from(value) -> Instrument | None:
+    value = str(value or "").strip()
+    return Instrument.objects.filter(pk=value).first() if value.isdigit() else None
+
+
+def price_field(label: str) -> forms.DecimalField:
+    return forms.DecimalField(
+        label=label,
+        required=False,
+        max_digits=14,
+        decimal_places=2,
+        widget=forms.NumberInput(attrs={"step": "any", "inputmode": "decimal", "min": "0"}),
+    )
+
+
+class OrderTicketForm(forms.Form):
+    account = forms.ModelChoiceField(queryset=None, empty_label=None)
+    instrument = forms.ModelChoiceField(
+        queryset=Instrument.objects.all(),
+        widget=forms.HiddenInput,
+        error_messages={"required": "Search for an instrument and choose one."},
+    )
+    side = forms.ChoiceField(choices=SIDES, initial="BUY", widget=forms.RadioSelect)
+    quantity = forms.IntegerField(widget=forms.NumberInput(attrs={"min": "1", "inputmode": "numeric"}))
+    order_type = forms.ChoiceField(label="Order type", choices=ORDER_TYPES, initial="MARKET")
+    product = forms.ChoiceField(choices=PRODUCTS, initial="MIS")
+    validity = forms.ChoiceField(choices=VALIDITIES, initial="DAY")
+    price = price_field("Price")
+    trigger_price = price_field("Trigger price")
+    # One per rendered ticket: a second submit of the same ticket returns the first order.
+    token = forms.UUIDField(
+        widget=forms.HiddenInput,
+        error_messages={"required": "This ticket is out of date; check it and submit again."},
+    )
+
+    def __init__(self, user, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["account"].queryset = broker_accounts_of(user).filter(is_active=True)
+        if not self.is_bound:
+            self.initial.setdefault("token", uuid.uuid4())
+        self.chosen_instrument = instrument_from(self["instrument"].value())
+        self.fields["product"].choices = product_choices(self.chosen_instrument)
+        if not self.is_bound and self.chosen_instrument is not None:
+            self.initial.setdefault("quantity", self.chosen_instrument.lot_size)
+        self.initial.setdefault("quantity", 1)
+
+    @classmethod
+    def for_instrument(cls, user, instrument: Instrument, *, product=None, quantity=None) -> "OrderTicketForm":
+        """The ticket's fields for a newly chosen instrument, keeping what still fits it."""
+        if product not in dict(product_choices(instrument)):
+            product = "MIS"
+        quantity = str(quantity or "")
+        if not quantity.isdigit() or int(quantity) == 0 or int(quantity) % instrument.lot_size:
+            quantity = instrument.lot_size
+        return cls(user, initial={"instrument": instrument.pk, "product": product, "quantity": quantity})
+
+    def renew_token(self) -> None:
+        """A fresh token for a ticket shown again after its token was refused."""
+        self.data = self.data.copy()
+        self.data["token"] = str(uuid.uuid4())
+
+    @property
+    def spec(self) -> dict:
+        """What ``order_place`` takes from the ticket (blank prices are None: the service decides)."""
+        return {
+            name: self.cleaned_data[name]
+            for name in (
+                "account",
+                "instrument",
+                "side",
+                "quantity",
+                "order_type",
+                "product",
+                "validity",
+                "price",
+                "trigger_price",
+            )
+        }
+
+
+class OrderModifyForm(forms.Form):
+    quantity = forms.IntegerField(widget=forms.NumberInput(attrs={"min": "1", "inputmode": "numeric"}))
+    order_type = forms.ChoiceField(label="Order type")
+    price = price_field("Price")
+    trigger_price = price_field("Trigger price")
+
+    def __init__(self, *args, order: Order, **kwargs):
+        kwargs.setdefault(
+            "initial",
+            {
+                "quantity": order.quantity,
+                "order_type": order.order_type,
+                "price": order.price,
+                "trigger_price": order.trigger_price,
+            },
+        )
+        kwargs.setdefault("auto_id", "modify_%s")
+        super().__init__(*args, **kwargs)
+        # A stop order stays a stop order, a plain one plain (the broker's rule too).
+        compatible = STOP_TYPES if order.order_type in STOP_TYPES else PLAIN_TYPES
+        self.fields["order_type"].choices = [(value, label) for value, label in ORDER_TYPES if value in compatible]
+
+
+class OrderFilterForm(forms.Form):
+    STATUS_CHOICES = [("", "Any status"), ("open", "Open (not final)"), *Order.Status.choices]
+    DATE_CHOICES = [("today", "Today"), ("all", "All dates")]
+
+    account = forms.ModelChoiceField(queryset=None, required=False, empty_label="All accounts")
+    status = forms.ChoiceField(choices=STATUS_CHOICES, required=False)
+    source = forms.ChoiceField(choices=[("", "Any source"), *Order.Source.choices], required=False)
+    symbol = forms.CharField(max_length=64, required=False, widget=forms.TextInput(attrs={"placeholder": "Symbol"}))
+    date = forms.ChoiceField(choices=DATE_CHOICES, required=False, initial="today")
+
+    def __init__(self, user, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["account"].queryset = broker_accounts_of(user)
+
+    def selector_kwargs(self) -> dict:
+        """Keyword arguments for ``selectors.orders_of``; a bad filter value is left out (and shown)."""
+        self.is_valid()
+        data = self.cleaned_data
+        status = data.get("status") or None
+        date = data.get("date") or "today"
+        return {
+            "account": data["account"].pk if data.get("account") else None,
+            "status": list(Order.LIVE) if status == "open" else status,
+            "source": data.get("source") or None,
+            "symbol": data.get("symbol") or None,
+            # The trading day is the exchange's day (as in order references).
+            "since": datetime.combine(datetime.now(IST).date(), time.min, tzinfo=IST) if date == "today" else None,
+        }

@@ -1,0 +1,527 @@
+"""The order pages: ticket, instrument search, book, detail, modify and cancel, against the paper exchange."""
+
+import re
+import uuid
+import zoneinfo
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts import services as account_services
+from accounts.tests.factories import make_broker_account
+from brokers.paper.models import PaperOrder
+from orders import services
+from orders.models import Order
+from orders.tests.factories import instrument, place
+
+D = Decimal
+
+
+def ticket_data(account, **overrides):
+    data = {
+        "token": str(uuid.uuid4()),
+        "account": account.pk,
+        "instrument": instrument("INFY").pk,
+        "side": "BUY",
+        "quantity": "1",
+        "order_type": "MARKET",
+        "product": "MIS",
+        "validity": "DAY",
+        "price": "",
+        "trigger_price": "",
+    }
+    data.update(overrides)
+    return data
+
+
+def page_messages(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+def product_options(html: str) -> list[str]:
+    select = re.search(r'<select name="product"[^>]*>(.*?)</select>', html, re.S).group(1)
+    return re.findall(r'<option value="([^"]*)"', select)
+
+
+def resting_order(trader, account, **kwargs):
+    kwargs.setdefault("order_type", "LIMIT")
+    kwargs.setdefault("price", "1400")
+    return place(trader, account, **kwargs)
+
+
+# --- Ticket ------------------------------------------------------------------------------------
+
+
+def test_ticket_renders_a_one_time_token_and_only_active_accounts(trader_client, trader, account):
+    switched_off = make_broker_account(trader, broker="paper", client_id="PAPER-OFF", label="Switched off")
+    account_services.broker_account_set_active(account=switched_off, actor=trader, active=False)
+    first = trader_client.get(reverse("orders:ticket"))
+    second = trader_client.get(reverse("orders:ticket"))
+    assert first.status_code == 200
+    tokens = [response.context["form"]["token"].value() for response in (first, second)]
+    assert tokens[0] and tokens[0] != tokens[1]
+    assert list(first.context["form"].fields["account"].queryset) == [account]
+    assert b"Switched off" not in first.content
+
+
+@pytest.mark.parametrize(
+    "order_fields",
+    [
+        {"order_type": "MARKET"},
+        {"order_type": "LIMIT", "price": "1400"},
+        {"order_type": "SL", "price": "1515", "trigger_price": "1510"},
+        {"order_type": "SL-M", "trigger_price": "1510"},
+    ],
+)
+def test_each_order_type_from_the_ticket_places_one_order_at_the_exchange(trader_client, trader, account, order_fields):
+    data = ticket_data(account, **order_fields)
+    response = trader_client.post(reverse("orders:ticket"), data)
+    order = Order.objects.get()
+    assert response.status_code == 302 and response.url == reverse("orders:detail", args=[order.pk])
+    assert order.order_type == order_fields["order_type"] and order.status == Order.Status.SUBMITTED
+    assert order.source == Order.Source.MANUAL and order.placed_by == trader
+    assert order.idempotency_key == f"{trader.pk}:ui:{data['token']}"
+    assert order.events.first().cause == "ticket by trader"
+    at_exchange = PaperOrder.objects.get()
+    assert at_exchange.order_id == order.broker_order_id and at_exchange.order_type == order_fields["order_type"]
+    page = trader_client.get(response.url)
+    assert any(f"Placed {order.reference}" in text for text in page_messages(page))
+
+
+def test_a_double_submit_with_one_token_places_one_order(trader_client, account):
+    data = ticket_data(account, order_type="LIMIT", price="1400")
+    first = trader_client.post(reverse("orders:ticket"), data)
+    second = trader_client.post(reverse("orders:ticket"), data)
+    assert first.status_code == second.status_code == 302 and first.url == second.url
+    assert Order.objects.count() == 1 and PaperOrder.objects.count() == 1
+
+
+def test_a_used_token_with_changed_fields_places_nothing_and_renews_the_token(trader_client, account):
+    data = ticket_data(account, order_type="LIMIT", price="1400")
+    trader_client.post(reverse("orders:ticket"), data)
+    response = trader_client.post(reverse("orders:ticket"), {**data, "quantity": "5"})
+    assert response.status_code == 200 and response.context["form"].non_field_errors()
+    assert response.context["form"]["token"].value() != data["token"]
+    assert Order.objects.count() == 1 and PaperOrder.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"order_type": "LIMIT", "price": "1500.03"}, "price"),
+        ({"order_type": "LIMIT", "price": ""}, "price"),
+        ({"order_type": "MARKET", "price": "1500"}, "price"),
+        ({"order_type": "SL", "price": "1490", "trigger_price": "1500"}, "price"),
+        ({"order_type": "SL-M", "trigger_price": ""}, "trigger_price"),
+        ({"order_type": "SL-M", "trigger_price": "1510.05"}, "trigger_price"),
+        ({"order_type": "LIMIT", "price": "abc"}, "price"),
+        ({"quantity": "0"}, "quantity"),
+        ({"instrument": "NFO-FUT", "quantity": "10", "product": "NRML"}, "quantity"),
+        ({"instrument": ""}, "instrument"),
+        ({"side": "HOLD"}, "side"),
+    ],
+)
+def test_bad_input_is_shown_on_its_field_and_nothing_is_sent(trader_client, account, overrides, field):
+    if overrides.get("instrument") == "NFO-FUT":
+        overrides["instrument"] = instrument("NIFTY26DECFUT", "NFO").pk
+    response = trader_client.post(reverse("orders:ticket"), ticket_data(account, **overrides))
+    assert response.status_code == 200
+    form = response.context["form"]
+    assert field in form.errors, form.errors
+    assert 'class="error" role="alert"' in response.content.decode()
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+
+
+def test_a_future_offers_no_cnc_and_cnc_on_it_is_refused(trader_client, account):
+    future = instrument("NIFTY26DECFUT", "NFO")
+    page = trader_client.get(reverse("orders:ticket"), {"instrument": future.pk})
+    html = page.content.decode()
+    assert product_options(html) == ["MIS", "NRML"]
+    assert f'name="instrument" value="{future.pk}"' in html and f'id="ltp-{future.pk}"' in html
+    assert page.context["form"]["quantity"].value() == 75
+    response = trader_client.post(
+        reverse("orders:ticket"), ticket_data(account, instrument=future.pk, quantity="75", product="CNC")
+    )
+    assert response.status_code == 200 and "product" in response.context["form"].errors
+    assert not PaperOrder.objects.exists()
+
+
+def test_a_future_is_placed_in_lots_as_nrml(trader_client, account):
+    future = instrument("NIFTY26DECFUT", "NFO")
+    data = ticket_data(account, instrument=future.pk, quantity="150", product="NRML")
+    response = trader_client.post(reverse("orders:ticket"), data)
+    assert response.status_code == 302
+    at_exchange = PaperOrder.objects.get()
+    assert at_exchange.quantity == 150 and at_exchange.product == "NRML"
+
+
+def test_equity_offers_every_product(trader_client, account):
+    html = trader_client.get(reverse("orders:ticket"), {"instrument": instrument("INFY").pk}).content.decode()
+    assert product_options(html) == ["CNC", "MIS", "NRML"]
+
+
+def test_a_broker_rejection_shows_its_reason(trader_client, account):
+    response = trader_client.post(
+        reverse("orders:ticket"), ticket_data(account, order_type="LIMIT", price="2500"), follow=True
+    )
+    order = Order.objects.get()
+    assert order.status == Order.Status.REJECTED
+    assert any("rejected" in text and order.reject_reason in text for text in page_messages(response))
+    assert order.reject_reason in response.content.decode()
+
+
+def test_another_traders_account_is_refused_on_the_ticket(trader_client, account, other_trader):
+    theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-THEIRS")
+    response = trader_client.post(reverse("orders:ticket"), ticket_data(theirs))
+    assert response.status_code == 200 and "account" in response.context["form"].errors
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+
+
+def test_csrf_is_enforced_on_the_ticket(trader, account):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(trader)
+    assert client.post(reverse("orders:ticket"), ticket_data(account)).status_code == 403
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+
+
+# --- Instrument search ---------------------------------------------------------------------------
+
+
+def test_instrument_search_returns_matches_that_choose_an_instrument(trader_client, instruments):
+    infy = instrument("INFY")
+    response = trader_client.get(reverse("orders:instrument_options"), {"q": "inf"}, HTTP_HX_REQUEST="true")
+    html = response.content.decode()
+    assert response.status_code == 200 and "<html" not in html
+    assert "INFY" in html and "RELIANCE" not in html
+    assert f'hx-get="{reverse("orders:instrument_pick", args=[infy.pk])}"' in html
+
+
+def test_instrument_search_with_nothing_typed_or_nothing_found(trader_client, instruments):
+    assert b"<button" not in trader_client.get(reverse("orders:instrument_options"), {"q": " "}).content
+    response = trader_client.get(reverse("orders:instrument_options"), {"q": "<script>x"})
+    assert b"No instrument matches" in response.content and b"<script>" not in response.content
+
+
+def test_picking_an_instrument_sets_it_subscribes_its_price_and_fits_the_fields(trader_client, instruments):
+    future = instrument("NIFTY26DECFUT", "NFO")
+    response = trader_client.get(
+        reverse("orders:instrument_pick", args=[future.pk]), {"product": "CNC", "quantity": "1"}
+    )
+    html = response.content.decode()
+    assert f'<input type="hidden" name="instrument" value="{future.pk}">' in html
+    assert f'id="ltp-{future.pk}"' in html and f'id="chg-{future.pk}"' in html
+    assert re.search(rf'<form id="price-subscription" ws-send[^>]*>.*name="subscribe" value="{future.pk}"', html)
+    assert 'id="chosen-lot">75<' in html and 'id="chosen-tick">0.1<' in html
+    assert 'id="field-product" hx-swap-oob="true"' in html and product_options(html) == ["MIS", "NRML"]
+    assert re.search(r'name="quantity" value="75"', html)
+
+
+def test_picking_keeps_a_product_and_quantity_that_still_fit(trader_client, instruments):
+    infy = instrument("INFY")
+    html = trader_client.get(
+        reverse("orders:instrument_pick", args=[infy.pk]), {"product": "CNC", "quantity": "7"}
+    ).content.decode()
+    assert re.search(r'<option value="CNC" selected>', html)
+    assert re.search(r'name="quantity" value="7"', html)
+
+
+def test_picking_an_unknown_instrument_is_404(trader_client, instruments):
+    assert trader_client.get(reverse("orders:instrument_pick", args=[999999])).status_code == 404
+
+
+# --- Order book ----------------------------------------------------------------------------------
+
+
+def test_book_shows_only_the_traders_orders_in_the_live_tbody(trader_client, trader, other_trader, account):
+    mine = place(trader, account)
+    theirs_account = make_broker_account(other_trader, broker="paper", client_id="PAPER-T2", label="Theirs")
+    theirs = place(other_trader, theirs_account)
+    html = trader_client.get(reverse("orders:book")).content.decode()
+    assert '<tbody id="order-rows">' in html
+    assert f'id="order-{mine.pk}"' in html and mine.reference in html
+    assert f'id="order-{theirs.pk}"' not in html and "Theirs" not in html
+
+
+def test_book_filters(trader_client, trader, account):
+    other_account = make_broker_account(trader, broker="paper", client_id="PAPER-O9", label="Second")
+    filled = place(trader, account)  # MARKET: the paper exchange fills it, the sync records it
+    services.orders_sync_account(account=account)
+    resting = resting_order(trader, account, symbol="RELIANCE")
+    on_second = place(trader, other_account, source="strategy")
+    old = resting_order(trader, account)
+    Order.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=3))
+
+    def shown(**params):
+        page = trader_client.get(reverse("orders:book"), params).context["page"]
+        return {order.pk for order in page}
+
+    assert shown() == {filled.pk, resting.pk, on_second.pk}
+    assert shown(date="all") == {filled.pk, resting.pk, on_second.pk, old.pk}
+    assert shown(status="open") == {resting.pk, on_second.pk}
+    assert shown(status="FILLED") == {filled.pk}
+    assert shown(symbol="rel") == {resting.pk}
+    assert shown(account=other_account.pk) == {on_second.pk}
+    assert shown(source="strategy") == {on_second.pk}
+    assert shown(source="manual", status="open", date="all") == {resting.pk, old.pk}
+
+
+def test_book_ignores_another_traders_account_in_the_filter(trader_client, trader, other_trader, account):
+    mine = place(trader, account)
+    theirs_account = make_broker_account(other_trader, broker="paper", client_id="PAPER-T3")
+    place(other_trader, theirs_account)
+    response = trader_client.get(reverse("orders:book"), {"account": theirs_account.pk})
+    assert response.status_code == 200 and "account" in response.context["filters"].errors
+    assert {order.pk for order in response.context["page"]} == {mine.pk}
+
+
+def test_book_paginates_fifty_a_page(trader_client, trader, account):
+    first = place(trader, account)
+    copies = [
+        Order(
+            reference=f"X{n:06d}",
+            account=account,
+            instrument=first.instrument,
+            side="BUY",
+            quantity=1,
+            source="manual",
+            status=Order.Status.FILLED,
+        )
+        for n in range(55)
+    ]
+    Order.objects.bulk_create(copies)
+    page_one = trader_client.get(reverse("orders:book"))
+    page_two = trader_client.get(reverse("orders:book"), {"page": 2, "status": "FILLED"})
+    assert len(page_one.context["page"].object_list) == 50
+    assert page_one.context["page"].paginator.count == 56
+    assert 'href="?page=2"' in page_one.content.decode()
+    assert len(page_two.context["page"].object_list) == 5
+    assert "status=FILLED" in page_two.content.decode()
+
+
+# --- Detail ------------------------------------------------------------------------------------
+
+
+def test_detail_shows_the_order_and_its_timeline_in_the_users_timezone(trader_client, trader, account):
+    trader.timezone = "America/New_York"
+    trader.save()
+    order = resting_order(trader, account)
+    response = trader_client.get(reverse("orders:detail", args=[order.pk]))
+    html = response.content.decode()
+    assert order.reference in html and order.broker_order_id in html
+    events = list(order.events.all())
+    assert [event.kind for event in events] == ["created", "submitted"]
+    for event in events:
+        local = timezone.localtime(event.created_at, zoneinfo.ZoneInfo("America/New_York"))
+        assert f"{local:%d %b %Y %H:%M:%S}" in html
+    assert html.index(f'id="event-{events[0].pk}"') < html.index(f'id="event-{events[1].pk}"')
+    assert "NEW → SUBMITTED" in html and '<td data-label="Cause">test</td>' in html
+    assert f'<td data-label="Message">broker order {order.broker_order_id}</td>' in html
+    assert 'id="modify"' in html and reverse("orders:modify", args=[order.pk]) in html
+
+
+def test_detail_links_parent_and_children(trader_client, trader, account):
+    parent = resting_order(trader, account)
+    child = place(
+        trader, account, side="SELL", order_type="SL-M", trigger_price="1300", parent=parent, role="stop_loss"
+    )
+    parent_html = trader_client.get(reverse("orders:detail", args=[parent.pk])).content.decode()
+    child_html = trader_client.get(reverse("orders:detail", args=[child.pk])).content.decode()
+    assert f'href="{reverse("orders:detail", args=[child.pk])}"' in parent_html
+    assert f'href="{reverse("orders:detail", args=[parent.pk])}" id="parent-link"' in child_html
+
+
+def test_detail_of_a_final_order_offers_no_modify_or_cancel(trader_client, trader, account):
+    order = place(trader, account)
+    services.orders_sync_account(account=account)
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED
+    html = trader_client.get(reverse("orders:detail", args=[order.pk])).content.decode()
+    assert 'id="modify"' not in html and reverse("orders:cancel", args=[order.pk]) not in html
+
+
+# --- Modify ------------------------------------------------------------------------------------
+
+
+def test_modify_from_the_page_changes_the_order_at_the_exchange(trader_client, trader, account):
+    order = resting_order(trader, account, quantity=2)
+    data = {"quantity": "3", "order_type": "LIMIT", "price": "1401.5", "trigger_price": ""}
+    response = trader_client.post(reverse("orders:modify", args=[order.pk]), data, follow=True)
+    assert response.redirect_chain == [(reverse("orders:detail", args=[order.pk]), 302)]
+    assert any("Modified" in text for text in page_messages(response))
+    at_exchange = PaperOrder.objects.get(order_id=order.broker_order_id)
+    assert at_exchange.quantity == 3 and at_exchange.price == D("1401.5")
+    order.refresh_from_db()
+    assert order.quantity == 3 and order.price == D("1401.5")
+    assert order.events.last().cause == "trader via the order page"
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"quantity": "2", "order_type": "LIMIT", "price": "1400.03"}, "price"),
+        ({"quantity": "2", "order_type": "SL", "price": "1400", "trigger_price": "1399"}, "order_type"),
+        ({"quantity": "", "order_type": "LIMIT", "price": "1400"}, "quantity"),
+        ({"quantity": "2", "order_type": "LIMIT", "price": "2500"}, None),  # outside the band: the broker refuses
+    ],
+)
+def test_modify_errors_are_shown_inline_and_change_nothing(trader_client, trader, account, data, field):
+    order = resting_order(trader, account, quantity=2)
+    response = trader_client.post(reverse("orders:modify", args=[order.pk]), data)
+    assert response.status_code == 200
+    form = response.context["modify_form"]
+    assert (field or "__all__") in form.errors, form.errors
+    html = response.content.decode()
+    assert 'id="modify"' in html and form.errors[field or "__all__"][0] in html.replace("&#x27;", "'")
+    at_exchange = PaperOrder.objects.get(order_id=order.broker_order_id)
+    assert at_exchange.price == D("1400") and at_exchange.quantity == 2
+
+
+def test_modifying_a_filled_order_is_refused_on_the_page(trader_client, trader, account):
+    order = place(trader, account)
+    services.orders_sync_account(account=account)
+    response = trader_client.post(reverse("orders:modify", args=[order.pk]), {"quantity": "2", "order_type": "MARKET"})
+    assert response.status_code == 200
+    assert "Only an open order can be modified" in response.content.decode()
+    assert PaperOrder.objects.get().quantity == 1
+
+
+# --- Cancel ------------------------------------------------------------------------------------
+
+
+def test_cancel_from_the_detail_page_redirects_with_a_message(trader_client, trader, account):
+    order = resting_order(trader, account)
+    response = trader_client.post(reverse("orders:cancel", args=[order.pk]), follow=True)
+    assert response.redirect_chain == [(reverse("orders:detail", args=[order.pk]), 302)]
+    assert any(f"Cancelled {order.reference}" in text for text in page_messages(response))
+    order.refresh_from_db()
+    assert order.status == Order.Status.CANCELLED
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).status == "CANCELLED"
+
+
+def test_htmx_cancel_returns_the_row(trader_client, trader, account):
+    order = resting_order(trader, account)
+    response = trader_client.post(reverse("orders:cancel", args=[order.pk]), HTTP_HX_REQUEST="true")
+    html = response.content.decode()
+    assert response.status_code == 200 and "<html" not in html
+    assert html.lstrip().startswith(f'<tr id="order-{order.pk}"') and "Cancelled" in html
+    assert 'hx-swap-oob="afterbegin"' in html  # the notice
+    assert reverse("orders:cancel", args=[order.pk]) not in html  # no cancel button on a cancelled row
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).status == "CANCELLED"
+
+
+def test_htmx_cancel_of_a_filled_order_returns_the_row_and_the_refusal(trader_client, trader, account):
+    order = place(trader, account)
+    response = trader_client.post(reverse("orders:cancel", args=[order.pk]), HTTP_HX_REQUEST="true")
+    html = response.content.decode()
+    assert response.status_code == 200 and f'id="order-{order.pk}"' in html
+    assert "Could not cancel" in html and "notice-error" in html
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED
+
+
+def test_the_row_offers_cancel_only_while_open_at_the_broker(trader_client, trader, account):
+    filled = place(trader, account)
+    services.orders_sync_account(account=account)
+    resting = resting_order(trader, account)
+    html = trader_client.get(reverse("orders:book")).content.decode()
+    assert reverse("orders:cancel", args=[resting.pk]) in html
+    assert reverse("orders:cancel", args=[filled.pk]) not in html
+
+
+# --- Access ------------------------------------------------------------------------------------
+
+VIEWS = [
+    ("orders:book", False, ["post"]),
+    ("orders:ticket", False, ["put", "delete"]),
+    ("orders:instrument_options", False, ["post"]),
+    ("orders:detail", True, ["post"]),
+    ("orders:modify", True, ["get"]),
+    ("orders:cancel", True, ["get"]),
+]
+
+
+@pytest.mark.parametrize("name, takes_order, methods", VIEWS)
+def test_wrong_http_method_is_405(trader_client, trader, account, name, takes_order, methods):
+    args = [resting_order(trader, account).pk] if takes_order else []
+    for method in methods:
+        assert getattr(trader_client, method)(reverse(name, args=args)).status_code == 405
+
+
+def test_instrument_pick_is_get_only(trader_client, instruments):
+    assert trader_client.post(reverse("orders:instrument_pick", args=[instrument("INFY").pk])).status_code == 405
+
+
+@pytest.mark.parametrize(
+    "name, method",
+    [
+        ("orders:book", "get"),
+        ("orders:ticket", "get"),
+        ("orders:ticket", "post"),
+        ("orders:instrument_options", "get"),
+        ("orders:instrument_pick", "get"),
+        ("orders:detail", "get"),
+        ("orders:modify", "post"),
+        ("orders:cancel", "post"),
+    ],
+)
+def test_anonymous_is_sent_to_login(client, trader, account, name, method):
+    order = resting_order(trader, account)
+    args = {"orders:detail": [order.pk], "orders:modify": [order.pk], "orders:cancel": [order.pk]}.get(name, [])
+    if name == "orders:instrument_pick":
+        args = [order.instrument_id]
+    response = getattr(client, method)(reverse(name, args=args), ticket_data(account) if method == "post" else {})
+    assert response.status_code == 302 and response.url.startswith("/login/")
+    assert Order.objects.count() == 1 and PaperOrder.objects.get().status == "OPEN"
+
+
+@pytest.mark.parametrize(
+    "name, method, data",
+    [
+        ("orders:detail", "get", {}),
+        ("orders:modify", "post", {"quantity": "5", "order_type": "LIMIT", "price": "1405"}),
+        ("orders:cancel", "post", {}),
+    ],
+)
+def test_another_traders_order_is_404_and_untouched(client, trader, other_trader, account, name, method, data):
+    order = resting_order(trader, account)
+    client.force_login(other_trader)
+    assert getattr(client, method)(reverse(name, args=[order.pk]), data).status_code == 404
+    htmx = client.post(reverse("orders:cancel", args=[order.pk]), HTTP_HX_REQUEST="true")
+    assert htmx.status_code == 404
+    at_exchange = PaperOrder.objects.get(order_id=order.broker_order_id)
+    assert at_exchange.status == "OPEN" and at_exchange.quantity == 1 and at_exchange.price == D("1400")
+    order.refresh_from_db()
+    assert order.status == Order.Status.SUBMITTED and list(order.events.values_list("kind", flat=True)) == [
+        "created",
+        "submitted",
+    ]
+
+
+def test_csrf_is_enforced_on_modify_and_cancel(trader, account):
+    order = resting_order(trader, account)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(trader)
+    modify = {"quantity": "5", "order_type": "LIMIT", "price": "1405"}
+    assert client.post(reverse("orders:modify", args=[order.pk]), modify).status_code == 403
+    assert client.post(reverse("orders:cancel", args=[order.pk])).status_code == 403
+    assert PaperOrder.objects.get().status == "OPEN"
+
+
+def test_an_account_label_is_escaped_on_book_and_detail(trader_client, trader, instruments, settings):
+    settings.ORDER_LOOKUP_DELAY_S = 0
+    account = make_broker_account(trader, broker="paper", client_id="PAPER-XSS", label="<script>alert(1)</script>")
+    order = place(trader, account)
+    for url in (reverse("orders:book"), reverse("orders:detail", args=[order.pk]), reverse("orders:ticket")):
+        html = trader_client.get(url).content.decode()
+        assert "<script>alert(1)</script>" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_nav_links_to_orders_and_the_ticket(trader_client, account):
+    html = trader_client.get(reverse("orders:book")).content.decode()
+    assert f'href="{reverse("orders:book")}" aria-current="page">Orders<' in html
+    assert f'href="{reverse("orders:ticket")}"' in html and f'href="{reverse("brokers:instruments")}"' in html
