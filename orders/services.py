@@ -247,11 +247,14 @@ def _event(order: Order, kind: str, *, cause: str, from_status="", message="", d
 
 
 def _existing_for_key(key: str, request_hash: str) -> Order | None:
+    """The order a key already placed (marked ``replayed``), or None."""
     order = Order.objects.select_related("account", "instrument").filter(idempotency_key=key).first()
     if order is not None and order.request_hash and order.request_hash != request_hash:
         raise ValidationError(
             {"idempotency_key": ValidationError("This key was already used for a different order.", code="conflict")}
         )
+    if order is not None:
+        order.replayed = True
     return order
 
 

@@ -430,10 +430,25 @@ def strategy_signal(
     signal_id = (signal_id or "").strip()[:64]
     if not signal_id:
         raise ValidationError({"signal_id": "Give each signal a unique id."})
+    existing = StrategySignal.objects.filter(strategy=strategy, signal_id=signal_id).first()
+    if existing is not None:
+        return existing, True
+    # A refused signal leaves no trace, so the same id can be sent again once corrected.
+    if instrument is None:
+        raise ValidationError({"instrument": "No such instrument."})
+    accounts = list(strategy.accounts.filter(is_active=True))
+    if not accounts:
+        raise ValidationError({"strategy": "This strategy has no active accounts."})
+    try:
+        quantity = int(quantity)
+    except (TypeError, ValueError):
+        raise ValidationError({"quantity": "Enter a whole number."}) from None
+    if quantity <= 0:
+        raise ValidationError({"quantity": "Quantity must be greater than 0."})
     payload = {
-        "instrument": str(instrument) if instrument else None,
+        "instrument": str(instrument),
         "side": side,
-        "quantity": str(quantity),
+        "quantity": quantity,
         "order_type": order_type,
         "product": product,
         "price": str(price) if price is not None else None,
@@ -444,15 +459,6 @@ def strategy_signal(
             signal = StrategySignal.objects.create(strategy=strategy, signal_id=signal_id, via=via, payload=payload)
     except IntegrityError:
         return StrategySignal.objects.get(strategy=strategy, signal_id=signal_id), True
-    if instrument is None:
-        raise ValidationError({"instrument": "No such instrument."})
-    accounts = list(strategy.accounts.filter(is_active=True))
-    if not accounts:
-        raise ValidationError({"strategy": "This strategy has no active accounts."})
-    try:
-        quantity = int(quantity)
-    except (TypeError, ValueError):
-        raise ValidationError({"quantity": "Enter a whole number."}) from None
     spec = {
         "instrument": instrument,
         "side": side,

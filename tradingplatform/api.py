@@ -46,9 +46,21 @@ def on_request_invalid(request, exc):
     return error_response(request, 422, "invalid", first.get("msg", "Invalid request."), ".".join(location) or None)
 
 
+# Services name their own fields; the API's inputs are called these.
+FIELD_NAMES = {"instrument": "tradingsymbol", "account": "account_id"}
+
+
+def api_field(field: str | None) -> str | None:
+    if field is None:
+        return None
+    *path, last = field.split(".")
+    return ".".join([*path, FIELD_NAMES.get(last, last)])
+
+
 @api.exception_handler(DjangoValidationError)
 def on_validation_error(request, exc):
     field, message, code = first_error(exc)
+    field = api_field(field)
     status, code = (409, "conflict") if code == "conflict" else (422, "invalid")
     return error_response(request, status, code, message, field)
 
@@ -70,9 +82,12 @@ def on_not_found(request, exc):
     return error_response(request, 404, "not_found", "Not found.")
 
 
+HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conflict", 422: "invalid"}
+
+
 @api.exception_handler(HttpError)
 def on_http_error(request, exc):
-    return error_response(request, exc.status_code, "error", str(exc))
+    return error_response(request, exc.status_code, HTTP_CODES.get(exc.status_code, "error"), str(exc))
 
 
 api.add_router("/", accounts_router)

@@ -91,6 +91,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "accounts.middleware.UserTimezoneMiddleware",
+    "tradingplatform.middleware.ApiErrorShapeMiddleware",
 ]
 
 ROOT_URLCONF = "tradingplatform.urls"

@@ -57,7 +57,7 @@ def test_idempotency_key_returns_the_same_order(api, account):
     [
         ({"order_type": "LIMIT", "price": "1400.03"}, "price"),
         ({"quantity": 0}, "quantity"),
-        ({"tradingsymbol": "NOPE"}, "instrument"),
+        ({"tradingsymbol": "NOPE"}, "tradingsymbol"),
         ({"order_type": "SL-M"}, "trigger_price"),
         ({"side": "HOLD"}, "side"),
     ],
@@ -128,3 +128,38 @@ def test_openapi_schema_and_docs_are_served(client, db):
     schema = client.get("/api/v1/openapi.json").json()
     assert "/api/v1/orders" in schema["paths"] and "/api/v1/strategies/{strategy_id}/signal" in schema["paths"]
     assert client.get("/api/v1/docs").status_code == 200
+
+
+def test_every_api_error_has_the_one_shape(api, db):
+    for response in (
+        api.get("/api/v1/no-such-thing"),
+        api.put("/api/v1/orders", {}, content_type="application/json"),
+        api.post("/api/v1/orders", "{not json", content_type="application/json"),
+    ):
+        assert response["Content-Type"].startswith("application/json"), response.content
+        assert set(response.json()["error"]) == {"code", "message", "field"}
+    assert api.put("/api/v1/orders", {}, content_type="application/json").status_code == 405
+
+
+def test_a_refused_signal_does_not_use_up_its_id(api, trader, account):
+    strategy = post(api, "/api/v1/strategies", {"name": "S", "account_ids": [account.pk]}).json()
+    path = f"/api/v1/strategies/{strategy['id']}/signal"
+    refused = post(api, path, {"id": "a1", "tradingsymbol": "NOPE", "side": "BUY", "quantity": 1})
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "tradingsymbol"
+    placed = post(api, path, {"id": "a1", "tradingsymbol": "INFY", "side": "BUY", "quantity": 1})
+    assert placed.status_code == 201 and placed.json()["replayed"] is False
+    assert PaperOrder.objects.count() == 1
+
+
+def test_long_basket_keys_are_not_cut_short(api, trader, account):
+    basket = post(
+        api,
+        "/api/v1/baskets",
+        {"name": "B", "account_ids": [account.pk], "items": [{"tradingsymbol": "INFY", "side": "BUY", "quantity": 1}]},
+    ).json()
+    path = f"/api/v1/baskets/{basket['id']}/place"
+    common = "k" * 70
+    first = post(api, path, {}, HTTP_IDEMPOTENCY_KEY=common + "1").json()
+    second = post(api, path, {}, HTTP_IDEMPOTENCY_KEY=common + "2").json()
+    assert first[0]["order_id"] != second[0]["order_id"]
+    assert post(api, path, {}, HTTP_IDEMPOTENCY_KEY="x" * 101).status_code == 422

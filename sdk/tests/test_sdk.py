@@ -1,0 +1,729 @@
+"""The SDK and the ``tp`` CLI against the real API, served on a live port (no mocks).
+
+Orders go to the in-process paper exchange; ``PaperOrder`` rows show what reached it.
+The only fakes are transport adapters that lose or replace an answer *after* the real
+request was served, to show what the client's retries do.
+"""
+
+import json
+import socket
+import time
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from decimal import Decimal
+from types import SimpleNamespace
+
+import pytest
+import requests
+from django.core.management import call_command
+from requests.adapters import HTTPAdapter
+from tpclient import (
+    ApiError,
+    AuthenticationError,
+    Client,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    OrderSpec,
+    RateLimited,
+    ServerError,
+    TransportError,
+    cli,
+)
+from tpclient.errors import parse_retry_after
+from tpclient.models import Basket, Strategy
+from tpclient.models import Order as OrderModel
+
+from accounts.services import api_key_create
+from accounts.tests.factories import make_broker_account
+from brokers.paper.models import PaperOrder
+from orders.models import Order
+
+D = Decimal
+
+
+def _key_for(user, name="sdk") -> str:
+    _key, raw = api_key_create(owner=user, name=name)
+    return raw
+
+
+@pytest.fixture
+def env(live_server, transactional_db, trader, paper_market, settings):
+    """A trader with an API key and a paper account, the instruments, and a client for the live server."""
+    settings.ORDER_LOOKUP_DELAY_S = 0
+    settings.API_RATE_LIMITS = [(10_000, 1.0)]  # the 429 test sets its own
+    call_command("load_instruments", broker="paper")
+    account = make_broker_account(trader, broker="paper", client_id="SDK-P1", label="SDK paper")
+    raw = _key_for(trader)
+    client = Client(live_server.url, raw, backoff=0.01)
+    yield SimpleNamespace(url=live_server.url, key=raw, account=account, client=client, user=trader)
+    client.close()
+
+
+class Recorder(HTTPAdapter):
+    """Sends every request for real and records (method, path, Idempotency-Key, status)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        path = requests.utils.urlparse(request.url).path
+        self.calls.append((request.method, path, request.headers.get("Idempotency-Key"), response.status_code))
+        return response
+
+
+class LoseFirstPostAnswer(Recorder):
+    """The first POST reaches the server and is carried out, but its answer is lost on the way back."""
+
+    lost = False
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method == "POST" and not self.lost:
+            self.lost = True
+            response.close()
+            raise requests.ConnectionError("connection reset by peer (answer lost)", request=request)
+        return response
+
+
+class FirstGetIs503(Recorder):
+    """A proxy in front of the server fails the first GET with a 503 (after the server answered it)."""
+
+    failed = False
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method == "GET" and not self.failed:
+            self.failed = True
+            response.status_code, response.reason = 503, "Service Unavailable"
+            response._content = b"<html>upstream unavailable</html>"
+        return response
+
+
+def mount(client: Client, adapter: HTTPAdapter) -> HTTPAdapter:
+    client.session.mount("http://", adapter)
+    return adapter
+
+
+# --- Reads ------------------------------------------------------------------------------------
+
+
+def test_me_accounts_and_instruments(env):
+    me = env.client.me()
+    assert (me.id, me.username) == (env.user.pk, "trader")
+    accounts = env.client.accounts()
+    assert [a.id for a in accounts] == [env.account.pk]
+    account = env.client.account(env.account.pk)
+    assert account.client_id == "SDK-P1" and account.broker == "paper"
+    assert isinstance(account.copy_multiplier, Decimal) and account.copy_multiplier == 1
+    page = env.client.instruments("INFY", limit=5)
+    infy = next(i for i in page.items if i.tradingsymbol == "INFY")
+    assert infy.exchange == "NSE" and isinstance(infy.tick_size, Decimal) and isinstance(infy.last_price, Decimal)
+    assert env.client.instruments("", limit=1).truncated is True
+
+
+def test_base_url_may_include_the_api_root(env):
+    client = Client(env.url + "/api/v1/", env.key)
+    assert client.base_url == env.url + "/api/v1"
+    assert client.me().username == "trader"
+
+
+# --- Orders: each type placed, modified and cancelled -------------------------------------------
+
+
+def test_limit_order_place_modify_cancel(env):
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 2, order_type="LIMIT", price=D("1400"), product="CNC")
+    assert isinstance(order, OrderModel)
+    assert (order.order_type, order.side, order.quantity, order.product) == ("LIMIT", "BUY", 2, "CNC")
+    assert order.price == D("1400") and isinstance(order.price, Decimal) and order.trigger_price is None
+    assert order.status == "SUBMITTED" and order.broker_order_id and order.source == "manual"
+    assert order.created_at.tzinfo is not None and order.updated_at.tzinfo is not None
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).price == D("1400")
+
+    modified = env.client.modify_order(order.id, quantity=3, price="1405.5")
+    assert (modified.quantity, modified.price) == (3, D("1405.5"))
+    paper = PaperOrder.objects.get(order_id=order.broker_order_id)
+    assert (paper.quantity, paper.price) == (3, D("1405.5"))
+
+    cancelled = env.client.cancel_order(order.id)
+    assert cancelled.status == "CANCELLED" and cancelled.is_final
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).status == "CANCELLED"
+    kinds = [e.kind for e in env.client.order_events(order.id)]
+    assert kinds == ["created", "submitted", "modified", "cancelled"]
+    assert all(e.created_at.tzinfo for e in env.client.order_events(order.id))
+
+
+def test_sl_order_place_modify_cancel(env):
+    order = env.client.place_order(
+        env.account.pk, "INFY", "BUY", 1, order_type="SL", price="1610", trigger_price="1600"
+    )
+    assert (order.order_type, order.price, order.trigger_price) == ("SL", D("1610"), D("1600"))
+    modified = env.client.modify_order(order.id, price="1620", trigger_price="1615")
+    assert (modified.price, modified.trigger_price) == (D("1620"), D("1615"))
+    paper = PaperOrder.objects.get(order_id=order.broker_order_id)
+    assert (paper.price, paper.trigger_price) == (D("1620"), D("1615"))
+    assert env.client.cancel_order(order.id).status == "CANCELLED"
+
+
+def test_sl_m_order_place_modify_cancel(env):
+    order = env.client.place_order(env.account.pk, "INFY", "SELL", 1, order_type="SL-M", trigger_price="1400")
+    assert (order.order_type, order.price, order.trigger_price) == ("SL-M", None, D("1400"))
+    modified = env.client.modify_order(order.id, trigger_price="1390", quantity=2)
+    assert (modified.trigger_price, modified.quantity) == (D("1390"), 2)
+    # A stop order stays a stop order: refused, naming the field.
+    with pytest.raises(Conflict) as error:
+        env.client.modify_order(order.id, order_type="LIMIT", price="1400")
+    assert error.value.status == 409 and error.value.code == "refused" and error.value.field == "order_type"
+    assert env.client.cancel_order(order.id).status == "CANCELLED"
+
+
+def test_market_order_fills_so_modify_and_cancel_are_refused(env):
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1)
+    assert (order.order_type, order.price, order.status) == ("MARKET", None, "SUBMITTED")
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).status == "COMPLETE"
+    with pytest.raises(Conflict) as error:
+        env.client.modify_order(order.id, quantity=5)
+    assert error.value.code == "refused"
+    with pytest.raises(Conflict) as error:
+        env.client.cancel_order(order.id)
+    assert error.value.code == "refused" and error.value.attempts == 1
+    # The refused cancel reconciled the order with the exchange: it filled.
+    filled = env.client.order(order.id)
+    assert filled.status == "FILLED" and filled.filled_quantity == 1 and filled.average_price > 0
+
+
+def test_modify_of_a_cancelled_order_is_refused(env):
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    env.client.cancel_order(order.id)
+    with pytest.raises(Conflict):
+        env.client.modify_order(order.id, price="1401")
+    with pytest.raises(Conflict):
+        env.client.cancel_order(order.id)
+
+
+# --- Listing ----------------------------------------------------------------------------------
+
+
+def test_orders_list_filters_and_pagination(env, trader):
+    second = make_broker_account(trader, broker="paper", client_id="SDK-P2", label="SDK paper two")
+    placed = []
+    for price in ("1400", "1401", "1402"):
+        placed.append(env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price=price))
+    placed.append(env.client.place_order(env.account.pk, "RELIANCE", "BUY", 1, order_type="LIMIT", price="1300"))
+    placed.append(env.client.place_order(second.pk, "INFY", "SELL", 1, order_type="LIMIT", price="1600"))
+    env.client.cancel_order(placed[0].id)
+
+    everything = env.client.orders()
+    assert everything.count == 5 and len(everything.items) == 5 and not everything.has_more
+    assert [o.id for o in everything.items] == [o.id for o in reversed(placed)]  # newest first
+
+    assert {o.id for o in env.client.orders(status="CANCELLED").items} == {placed[0].id}
+    both = env.client.orders(status=["CANCELLED", "SUBMITTED"])
+    assert both.count == 5
+    assert env.client.orders(symbol="REL").count == 1
+    assert env.client.orders(account_id=second.pk).items[0].id == placed[4].id
+    assert env.client.orders(account_id=env.account.pk, symbol="INFY", status="SUBMITTED").count == 2
+    assert env.client.orders(source="manual").count == 5 and env.client.orders(source="basket").count == 0
+
+    page1 = env.client.orders(limit=2)
+    page2 = env.client.orders(limit=2, offset=2)
+    page3 = env.client.orders(limit=2, offset=4)
+    assert (page1.count, page1.limit, page1.offset, page1.has_more) == (5, 2, 0, True)
+    assert len(page3.items) == 1 and not page3.has_more
+    assert [o.id for p in (page1, page2, page3) for o in p.items] == [o.id for o in everything.items]
+    assert [o.id for o in env.client.iter_orders(page_size=2)] == [o.id for o in everything.items]
+
+
+def test_list_is_scoped_to_the_key_owner(env, other_trader):
+    other_account = make_broker_account(other_trader, broker="paper", client_id="SDK-OTHER")
+    other = Client(env.url, _key_for(other_trader))
+    theirs = other.place_order(other_account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    assert env.client.orders().count == 0
+    assert other.orders().items[0].id == theirs.id
+
+
+# --- Typed errors -------------------------------------------------------------------------------
+
+
+def test_bad_tick_price_is_invalid_request_naming_the_field(env):
+    with pytest.raises(InvalidRequest) as error:
+        env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1500.03")
+    assert error.value.status == 422 and error.value.code == "invalid" and error.value.field == "price"
+    assert "tick" in error.value.message and str(error.value).endswith("(field: price)")
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"side": "HOLD"}, "side"),
+        ({"quantity": 0}, "quantity"),
+        ({"order_type": "LIMIT"}, "price"),
+        ({"tradingsymbol": "NOSUCH"}, "tradingsymbol"),
+        ({"account_id": 999_999}, "account_id"),
+    ],
+)
+def test_invalid_inputs_name_their_field(env, kwargs, field):
+    args = {"account_id": env.account.pk, "tradingsymbol": "INFY", "side": "BUY", "quantity": 1, **kwargs}
+    with pytest.raises(InvalidRequest) as error:
+        env.client.place_order(**args)
+    assert error.value.field == field
+
+
+def test_another_traders_order_is_not_found(env, other_trader):
+    other_account = make_broker_account(other_trader, broker="paper", client_id="SDK-OTHER")
+    other = Client(env.url, _key_for(other_trader))
+    theirs = other.place_order(other_account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    for call in (
+        lambda: env.client.order(theirs.id),
+        lambda: env.client.order_events(theirs.id),
+        lambda: env.client.modify_order(theirs.id, price="1401"),
+        lambda: env.client.cancel_order(theirs.id),
+    ):
+        with pytest.raises(NotFound) as error:
+            call()
+        assert error.value.status == 404 and error.value.code == "not_found"
+    assert other.order(theirs.id).status == "SUBMITTED" and other.order(theirs.id).price == D("1400")
+    # Their account is not ours either: a field error, like an unknown id.
+    with pytest.raises(InvalidRequest) as error:
+        env.client.place_order(other_account.pk, "INFY", "BUY", 1)
+    assert error.value.field == "account_id"
+    with pytest.raises(NotFound):
+        env.client.account(other_account.pk)
+
+
+def test_bad_key_is_authentication_error_and_not_retried(env):
+    client = Client(env.url, "tp_deadbeef_not-a-real-key", backoff=0.01)
+    recorder = mount(client, Recorder())
+    with pytest.raises(AuthenticationError) as error:
+        client.me()
+    assert error.value.status == 401 and error.value.code == "unauthenticated"
+    assert isinstance(error.value, ApiError) and len(recorder.calls) == 1
+    with pytest.raises(AuthenticationError):
+        client.place_order(env.account.pk, "INFY", "BUY", 1)
+    assert not Order.objects.exists()
+
+
+def test_4xx_other_than_429_is_never_retried(env):
+    recorder = mount(env.client, Recorder())
+    with pytest.raises(InvalidRequest):
+        env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1500.03")
+    with pytest.raises(NotFound):
+        env.client.order(987_654)
+    assert [status for *_, status in recorder.calls] == [422, 404]
+
+
+# --- Idempotency and retries ------------------------------------------------------------------
+
+
+def test_idempotency_key_returns_the_same_order_and_places_once(env):
+    recorder = mount(env.client, Recorder())
+    first = env.client.place_order(
+        env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400", idempotency_key="algo-42"
+    )
+    again = env.client.place_order(
+        env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400", idempotency_key="algo-42"
+    )
+    assert again.id == first.id and again.reference == first.reference
+    assert [(method, key, status) for method, _, key, status in recorder.calls] == [
+        ("POST", "algo-42", 201),
+        ("POST", "algo-42", 200),
+    ]
+    assert Order.objects.count() == 1 and PaperOrder.objects.count() == 1
+    # The same key for a different order is a conflict, and places nothing.
+    with pytest.raises(Conflict) as error:
+        env.client.place_order(
+            env.account.pk, "INFY", "BUY", 2, order_type="LIMIT", price="1400", idempotency_key="algo-42"
+        )
+    assert error.value.field == "idempotency_key"
+    assert PaperOrder.objects.count() == 1
+
+
+def test_each_call_without_a_key_gets_its_own(env):
+    recorder = mount(env.client, Recorder())
+    a = env.client.place_order(env.account.pk, "INFY", "BUY", 1)
+    b = env.client.place_order(env.account.pk, "INFY", "BUY", 1)
+    keys = [key for _, _, key, _ in recorder.calls]
+    assert a.id != b.id and len(set(keys)) == 2 and all(len(k) == 36 for k in keys)  # uuid4s
+    assert PaperOrder.objects.count() == 2
+
+
+def test_lost_answer_is_retried_with_the_same_key_and_places_once(env):
+    adapter = mount(env.client, LoseFirstPostAnswer())
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    posts = [call for call in adapter.calls if call[0] == "POST"]
+    assert len(posts) == 2
+    (_, _, key1, status1), (_, _, key2, status2) = posts
+    assert key1 and key1 == key2  # the client made the key and reused it
+    assert (status1, status2) == (201, 200)  # the server placed it the first time; the retry got the same order
+    assert Order.objects.count() == 1 and PaperOrder.objects.count() == 1
+    assert order.id == Order.objects.get().pk and order.broker_order_id == PaperOrder.objects.get().order_id
+
+
+def test_lost_answer_with_the_callers_key(env):
+    adapter = mount(env.client, LoseFirstPostAnswer())
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, idempotency_key="mine-1")
+    assert [key for method, _, key, _ in adapter.calls if method == "POST"] == ["mine-1", "mine-1"]
+    assert env.client.order(order.id).id == order.id and PaperOrder.objects.count() == 1
+
+
+def test_lost_answer_without_retries_is_a_transport_error(env):
+    client = Client(env.url, env.key, retries=0)
+    mount(client, LoseFirstPostAnswer())
+    with pytest.raises(TransportError) as error:
+        client.place_order(env.account.pk, "INFY", "BUY", 1)
+    assert error.value.status is None and isinstance(error.value, ApiError)
+    assert PaperOrder.objects.count() == 1  # it was placed; only the answer was lost
+
+
+def test_lost_answer_of_a_cancel_still_reports_the_cancelled_order(env):
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    adapter = mount(env.client, LoseFirstPostAnswer())
+    cancelled = env.client.cancel_order(order.id)
+    assert cancelled.status == "CANCELLED"
+    assert [status for method, _, _, status in adapter.calls if method == "POST"] == [200, 409]
+
+
+def test_a_create_whose_answer_was_lost_is_not_repeated(env):
+    """Creating a basket has no idempotency key: a lost answer must not create a second one."""
+    adapter = mount(env.client, LoseFirstPostAnswer())
+    with pytest.raises(TransportError):
+        env.client.create_basket("once", [OrderSpec("INFY", "BUY", 1)])
+    assert len(adapter.calls) == 1
+    assert [b.name for b in env.client.baskets()] == ["once"]
+
+
+def test_connection_refused_is_retried_then_raised(env):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens on this port now
+    client = Client(f"http://127.0.0.1:{port}", env.key, retries=2, backoff=0.01)
+    started = time.monotonic()
+    with pytest.raises(TransportError) as error:
+        client.create_basket("never", [OrderSpec("INFY", "BUY", 1)])  # retried: the request never left
+    assert error.value.attempts == 3 and time.monotonic() - started < 5
+
+
+def test_502_503_504_are_retried_with_backoff(env):
+    adapter = mount(env.client, FirstGetIs503())
+    assert env.client.me().username == "trader"
+    assert [status for *_, status in adapter.calls] == [200, 200]  # the first was answered, then replaced by 503
+    client = Client(env.url, env.key, retries=0)
+    mount(client, FirstGetIs503())
+    with pytest.raises(ServerError) as error:
+        client.me()
+    assert error.value.status == 503 and error.value.code == "http_503" and "Service Unavailable" in error.value.message
+
+
+def test_rate_limit_waits_retry_after_and_succeeds(env, settings):
+    settings.API_RATE_LIMITS = [(2, 1.0)]
+    recorder = mount(env.client, Recorder())
+    started = time.monotonic()
+    names = [env.client.me().username for _ in range(4)]
+    elapsed = time.monotonic() - started
+    assert names == ["trader"] * 4
+    statuses = [status for *_, status in recorder.calls]
+    assert statuses.count(429) >= 1 and statuses.count(200) == 4
+    assert elapsed >= 0.9  # it waited the server's Retry-After (1s) instead of hammering
+
+
+def test_rate_limit_with_no_retries_left_raises_rate_limited(env, settings):
+    settings.API_RATE_LIMITS = [(1, 5.0)]
+    client = Client(env.url, env.key, retries=0)
+    client.me()
+    with pytest.raises(RateLimited) as error:
+        client.me()
+    assert error.value.status == 429 and error.value.code == "rate_limited" and error.value.retry_after >= 1
+
+
+def test_rate_limited_order_is_retried_with_the_same_key(env, settings):
+    settings.API_RATE_LIMITS = [(1, 1.0)]
+    recorder = mount(env.client, Recorder())
+    env.client.me()
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1)
+    posts = [(key, status) for method, _, key, status in recorder.calls if method == "POST"]
+    assert posts[0][1] == 429 and posts[-1][1] == 201 and len({key for key, _ in posts}) == 1
+    assert PaperOrder.objects.count() == 1 and order.id == Order.objects.get().pk
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    later = (datetime.now(UTC) + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert 25 <= parse_retry_after(later) <= 31
+
+
+# --- Baskets ----------------------------------------------------------------------------------
+
+
+def test_basket_create_place_and_repeat(env, trader):
+    second = make_broker_account(trader, broker="paper", client_id="SDK-P2", copy_multiplier=D("2"))
+    basket = env.client.create_basket(
+        "Morning",
+        [
+            OrderSpec("INFY", "BUY", 1, order_type="LIMIT", price=D("1400")),
+            {"tradingsymbol": "RELIANCE", "side": "SELL", "quantity": 2},
+        ],
+        account_ids=[env.account.pk],
+    )
+    assert isinstance(basket, Basket) and basket.account_ids == [env.account.pk] and basket.last_placed_at is None
+    assert [(i.tradingsymbol, i.order_type, i.price) for i in basket.items] == [
+        ("INFY", "LIMIT", D("1400")),
+        ("RELIANCE", "MARKET", None),
+    ]
+    assert [b.id for b in env.client.baskets()] == [basket.id]
+
+    results = env.client.place_basket(basket.id, idempotency_key="run-1")
+    assert [(r.symbol, r.quantity, r.status) for r in results] == [
+        ("INFY", 1, "SUBMITTED"),
+        ("RELIANCE", 2, "SUBMITTED"),
+    ]
+    assert all(r.order_id and r.account_id == env.account.pk for r in results)
+    again = env.client.place_basket(basket.id, idempotency_key="run-1")
+    assert [r.order_id for r in again] == [r.order_id for r in results]
+    assert PaperOrder.objects.count() == 2
+    assert env.client.orders(source="basket").count == 2
+    assert env.client.order(results[0].order_id).basket_id == basket.id
+
+    on_second = env.client.place_basket(basket.id, account_ids=[second.pk])  # a new run (its own key)
+    assert [(r.account_id, r.quantity) for r in on_second] == [(second.pk, 2), (second.pk, 4)]
+    assert PaperOrder.objects.count() == 4
+    assert env.client.basket(basket.id).last_placed_at.tzinfo is not None
+
+
+def test_basket_place_whose_answer_was_lost_places_once(env):
+    basket = env.client.create_basket("Lost", [OrderSpec("INFY", "BUY", 1)], account_ids=[env.account.pk])
+    adapter = mount(env.client, LoseFirstPostAnswer())
+    results = env.client.place_basket(basket.id)
+    keys = [key for method, _, key, _ in adapter.calls if method == "POST"]
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert len(results) == 1 and PaperOrder.objects.count() == 1 and Order.objects.count() == 1
+
+
+def test_basket_update_delete_and_errors(env, other_trader):
+    basket = env.client.create_basket("Edit me", [OrderSpec("INFY", "BUY", 1)])
+    renamed = env.client.update_basket(basket.id, name="Edited")
+    assert renamed.name == "Edited" and [i.tradingsymbol for i in renamed.items] == ["INFY"]
+    changed = env.client.update_basket(
+        basket.id, items=[OrderSpec("RELIANCE", "SELL", 3)], account_ids=[env.account.pk]
+    )
+    assert changed.name == "Edited" and changed.account_ids == [env.account.pk]
+    assert [(i.tradingsymbol, i.quantity) for i in changed.items] == [("RELIANCE", 3)]
+    with pytest.raises(InvalidRequest) as error:
+        env.client.create_basket("Edited", [OrderSpec("INFY", "BUY", 1)])
+    assert error.value.field == "name"
+    with pytest.raises(InvalidRequest) as error:
+        env.client.create_basket("Bad", [OrderSpec("NOSUCH", "BUY", 1)])
+    assert error.value.field == "items.0.tradingsymbol"
+    with pytest.raises(InvalidRequest) as error:
+        env.client.place_basket(env.client.create_basket("No accounts", [OrderSpec("INFY", "BUY", 1)]).id)
+    assert error.value.field == "account_ids"
+    theirs = Client(env.url, _key_for(other_trader)).create_basket("Theirs", [OrderSpec("INFY", "BUY", 1)])
+    with pytest.raises(NotFound):
+        env.client.place_basket(theirs.id, account_ids=[env.account.pk])
+    env.client.delete_basket(basket.id)
+    with pytest.raises(NotFound):
+        env.client.basket(basket.id)
+    with pytest.raises(NotFound):
+        env.client.delete_basket(basket.id)
+
+
+# --- Scheduled orders -------------------------------------------------------------------------
+
+
+def test_scheduled_create_list_cancel(env):
+    tomorrow = date.today() + timedelta(days=2)
+    row = env.client.create_scheduled(
+        env.account.pk, "INFY", "BUY", 1, dtime(9, 20), run_on=tomorrow, order_type="LIMIT", price=D("1400")
+    )
+    assert (row.status, row.recurrence, row.run_on, row.time_of_day, row.price) == (
+        "active",
+        "once",
+        tomorrow,
+        dtime(9, 20),
+        D("1400"),
+    )
+    assert row.next_run_at.tzinfo is not None
+    assert [s.id for s in env.client.scheduled()] == [row.id]
+    assert env.client.scheduled_order(row.id).tradingsymbol == "INFY"
+    weekly = env.client.create_scheduled(
+        env.account.pk, "RELIANCE", "SELL", 1, "15:10", recurrence="weekdays", weekdays=[0, 2], timezone="UTC"
+    )
+    assert weekly.weekdays == [0, 2] and weekly.timezone == "UTC"
+    cancelled = env.client.cancel_scheduled(row.id)
+    assert cancelled.status == "cancelled" and cancelled.next_run_at is None
+    with pytest.raises(InvalidRequest) as error:
+        env.client.create_scheduled(env.account.pk, "INFY", "BUY", 1, "09:20")  # once, but no date
+    assert error.value.field == "run_on"
+    assert not PaperOrder.objects.exists()
+
+
+# --- Strategies -------------------------------------------------------------------------------
+
+
+def test_strategy_create_and_signal(env):
+    strategy = env.client.create_strategy(
+        "Breakout", account_ids=[env.account.pk], max_retries=2, retryable_kinds=["network"], chase_max_percent="1.5"
+    )
+    assert isinstance(strategy, Strategy)
+    assert strategy.webhook_secret and strategy.webhook_secret.startswith(strategy.webhook_secret_prefix)
+    assert strategy.max_retries == 2 and strategy.chase_max_percent == D("1.5")
+    assert strategy.webhook_url.endswith(f"/hooks/strategies/{strategy.id}/")
+    listed = env.client.strategies()
+    assert [s.id for s in listed] == [strategy.id] and listed[0].webhook_secret is None  # shown once only
+
+    result = env.client.signal(strategy.id, "sig-1", "INFY", "BUY", 2)
+    assert result.signal == "sig-1" and result.replayed is False
+    (placement,) = result.results
+    assert placement.account_id == env.account.pk and placement.quantity == 2 and placement.order_id
+    order = env.client.order(placement.order_id)
+    assert order.source == "strategy" and order.strategy_id == strategy.id
+
+    repeat = env.client.signal(strategy.id, "sig-1", "INFY", "BUY", 2)
+    assert repeat.replayed is True and [r.order_id for r in repeat.results] == [placement.order_id]
+    assert PaperOrder.objects.count() == 1
+
+    updated = env.client.update_strategy(strategy.id, is_active=False)
+    assert updated.is_active is False and updated.max_retries == 2 and updated.account_ids == [env.account.pk]
+    with pytest.raises(InvalidRequest) as error:
+        env.client.signal(strategy.id, "sig-2", "INFY", "BUY", 1)
+    assert error.value.field == "strategy"
+    with pytest.raises(Conflict):
+        env.client.delete_strategy(strategy.id)  # it has orders
+    rotated = env.client.rotate_strategy_secret(strategy.id)
+    assert rotated.webhook_secret and rotated.webhook_secret != strategy.webhook_secret
+
+
+def test_signal_whose_answer_was_lost_places_once(env):
+    strategy = env.client.create_strategy("Lost signal", account_ids=[env.account.pk])
+    adapter = mount(env.client, LoseFirstPostAnswer())
+    result = env.client.signal(strategy.id, "sig-lost", "INFY", "BUY", 1)
+    assert [status for method, _, _, status in adapter.calls if method == "POST"] == [201, 200]
+    assert result.replayed is True and len(result.results) == 1 and PaperOrder.objects.count() == 1
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tp(env, monkeypatch, capsys):
+    monkeypatch.setenv("TP_URL", env.url)
+    monkeypatch.setenv("TP_API_KEY", env.key)
+
+    def run(*argv):
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return SimpleNamespace(code=code, out=out, err=err)
+
+    return run
+
+
+def test_cli_orders_place_table_and_json(tp, env):
+    place = f"orders place --account {env.account.pk} --symbol INFY --qty 1 --type LIMIT --price 1500 --key cli-1"
+    result = tp(*place.split(), "--side", "buy")
+    assert result.code == 0, result.err
+    header, row = result.out.splitlines()
+    assert header.split()[:3] == ["ID", "REFERENCE", "ACCOUNT"]
+    order = Order.objects.get()
+    assert str(order.pk) in row and "NSE:INFY" in row and "LIMIT" in row and "1500" in row
+    assert (order.side, order.price, order.idempotency_key.endswith("api:cli-1")) == ("BUY", D("1500"), True)
+
+    again = tp(*place.split(), "--side", "BUY", "--json")
+    assert again.code == 0 and json.loads(again.out)["id"] == order.pk and PaperOrder.objects.count() == 1
+
+
+def test_cli_orders_list_json_and_table(tp, env):
+    for price in ("1400", "1401", "1402"):
+        env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price=price)
+    first = env.client.orders().items[-1]
+    env.client.cancel_order(first.id)
+
+    result = tp("orders", "list", "--json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["count"] == 3 and len(data["items"]) == 3
+    assert D(data["items"][0]["price"]) == D("1402") and isinstance(data["items"][0]["price"], str)
+    assert datetime.fromisoformat(data["items"][0]["created_at"]).tzinfo is not None
+
+    cancelled = json.loads(
+        tp("orders", "list", "--status", "CANCELLED", "--json", "--account", str(env.account.pk)).out
+    )
+    assert [o["id"] for o in cancelled["items"]] == [first.id]
+
+    table = tp("orders", "list", "--limit", "2")
+    lines = table.out.splitlines()
+    assert lines[0].startswith("ID") and len(lines) == 4
+    assert lines[-1] == "1-2 of 3 (next: --offset 2)"
+
+    got = tp("orders", "get", str(first.id))
+    assert got.code == 0 and "CANCELLED" in got.out and first.reference in got.out
+
+
+def test_cli_errors_exit_1_with_the_message_and_field(tp, env):
+    bad_tick = tp(
+        *f"orders place --account {env.account.pk} --symbol INFY --qty 1 --side BUY --type LIMIT".split(),
+        "--price",
+        "1500.03",
+    )
+    assert bad_tick.code == 1 and bad_tick.out == ""
+    assert bad_tick.err.startswith("error: ") and bad_tick.err.rstrip().endswith("(field: price)")
+    missing = tp("orders", "get", "999999")
+    assert missing.code == 1 and missing.err.strip() == "error: Not found."
+    denied = tp("me", "--api-key", "tp_nope")
+    assert denied.code == 1 and denied.err.startswith("error: Send a valid API key")
+    assert not PaperOrder.objects.exists()
+
+
+def test_cli_usage_errors_exit_2(tp, env, monkeypatch):
+    assert tp("orders", "place", "--symbol", "INFY").code == 2  # required options missing
+    assert tp("orders", "place", "--account", "1", "--symbol", "X", "--qty", "1", "--side", "HOLD").code == 2
+    assert tp("orders", "modify", "1").code == 2  # nothing to change
+    assert tp("nonsense").code == 2
+    monkeypatch.delenv("TP_API_KEY")
+    result = tp("me")
+    assert result.code == 2 and "TP_API_KEY" in result.err
+    assert tp("--help").code == 0
+
+
+def test_cli_me_accounts_instruments(tp, env):
+    assert "trader" in tp("me").out
+    accounts = tp("accounts", "list")
+    assert accounts.code == 0 and "SDK-P1" in accounts.out
+    assert json.loads(tp("accounts", "list", "--json").out)[0]["client_id"] == "SDK-P1"
+    found = tp("instruments", "search", "INFY")
+    assert found.code == 0 and "INFY" in found.out and "INFOSYS" in found.out
+    assert json.loads(tp("--json", "instruments", "search", "INFY").out)["items"][0]["tradingsymbol"].startswith("INFY")
+
+
+def test_cli_modify_cancel(tp, env):
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    modified = tp("orders", "modify", str(order.id), "--price", "1410", "--qty", "2", "--json")
+    assert modified.code == 0, modified.err
+    assert D(json.loads(modified.out)["price"]) == D("1410") and json.loads(modified.out)["quantity"] == 2
+    cancelled = tp("orders", "cancel", str(order.id))
+    assert cancelled.code == 0 and "CANCELLED" in cancelled.out
+    again = tp("orders", "cancel", str(order.id))
+    assert again.code == 1 and "nothing to cancel" in again.err
+
+
+def test_cli_baskets_and_strategies(tp, env, trader):
+    second = make_broker_account(trader, broker="paper", client_id="SDK-P2")
+    basket = env.client.create_basket("CLI", [OrderSpec("INFY", "BUY", 1)], account_ids=[env.account.pk])
+    listed = tp("baskets", "list")
+    assert listed.code == 0 and "CLI" in listed.out and "BUY 1 INFY MARKET" in listed.out
+    placed = tp("baskets", "place", str(basket.id), "--account", str(env.account.pk), str(second.pk), "--json")
+    assert placed.code == 0, placed.err
+    assert sorted(r["account_id"] for r in json.loads(placed.out)) == sorted([env.account.pk, second.pk])
+    assert PaperOrder.objects.count() == 2
+
+    strategy = env.client.create_strategy("CLI strategy", account_ids=[env.account.pk])
+    argv = f"strategies signal {strategy.id} --signal-id x1 --symbol INFY --side BUY --qty 1".split()
+    signal = tp(*argv)
+    assert signal.code == 0, signal.err
+    assert signal.out.startswith("signal x1\n") and "SUBMITTED" in signal.out
+    repeat = tp(*argv)
+    assert "a repeat" in repeat.out and PaperOrder.objects.count() == 3
+    assert "CLI strategy" in tp("strategies", "list").out

@@ -1,0 +1,455 @@
+"""``tp``: the platform's API from the command line.
+
+The server and key come from ``TP_URL`` and ``TP_API_KEY`` (or ``--url`` and ``--api-key``).
+Output is a table by default, JSON with ``--json``. Exit status: 0 on success, 1 when the
+API refuses or fails (``error: <message> (field: x)`` on stderr), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ._version import __version__
+from .client import Client
+from .errors import ApiError
+from .models import Order, Placement, to_json
+
+SIDES = ("BUY", "SELL")
+ORDER_TYPES = ("MARKET", "LIMIT", "SL", "SL-M")
+PRODUCTS = ("CNC", "MIS", "NRML")
+VALIDITIES = ("DAY", "IOC")
+STATUSES = ("NEW", "SUBMITTED", "OPEN", "PARTIALLY_FILLED", "FILLED", "CANCELLED", "REJECTED", "FAILED")
+
+
+# --- Output ----------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, list | tuple):
+        return ",".join(_cell(v) for v in value) or "-"
+    return str(value)
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A plain text table: left-aligned columns two spaces apart."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def details(obj: Any, fields: Sequence[str] | None = None) -> str:
+    """One object as ``name: value`` lines."""
+    data = {name: getattr(obj, name) for name in fields} if fields else vars(obj)
+    width = max(len(name) for name in data)
+    return "\n".join(f"{name.ljust(width)}  {_cell(value)}" for name, value in data.items() if name != "raw")
+
+
+ORDER_COLUMNS = (
+    ("ID", lambda o: o.id),
+    ("REFERENCE", lambda o: o.reference),
+    ("ACCOUNT", lambda o: o.account_id),
+    ("SYMBOL", lambda o: f"{o.exchange}:{o.tradingsymbol}"),
+    ("SIDE", lambda o: o.side),
+    ("QTY", lambda o: o.quantity),
+    ("TYPE", lambda o: o.order_type),
+    ("PRODUCT", lambda o: o.product),
+    ("PRICE", lambda o: o.price),
+    ("TRIGGER", lambda o: o.trigger_price),
+    ("STATUS", lambda o: o.status),
+    ("FILLED", lambda o: f"{o.filled_quantity}@{o.average_price}" if o.filled_quantity else "0"),
+    ("CREATED", lambda o: o.created_at),
+)
+
+
+def orders_table(orders: Sequence[Order]) -> str:
+    return table([[get(o) for _, get in ORDER_COLUMNS] for o in orders], [name for name, _ in ORDER_COLUMNS])
+
+
+def placements_table(results: Sequence[Placement]) -> str:
+    rows = [
+        [
+            r.account_id,
+            r.account,
+            r.symbol,
+            r.side,
+            r.quantity,
+            r.order_id,
+            r.reference,
+            r.status,
+            " ".join(filter(None, [r.reason, r.error, f"(field: {r.field})" if r.field else None])),
+        ]
+        for r in results
+    ]
+    return table(rows, ["ACCOUNT", "LABEL", "SYMBOL", "SIDE", "QTY", "ORDER", "REFERENCE", "STATUS", "DETAIL"])
+
+
+# --- Commands --------------------------------------------------------------------------------
+# Each returns (data for --json, text for a human).
+
+
+def cmd_me(client: Client, args) -> tuple[Any, str]:
+    me = client.me()
+    return me, details(me)
+
+
+def cmd_accounts_list(client: Client, args):
+    accounts = client.accounts()
+    rows = [
+        [a.id, a.broker, a.client_id, a.label, a.is_active, a.allowed_products, a.copy_multiplier, a.has_credentials]
+        for a in accounts
+    ]
+    headers = ["ID", "BROKER", "CLIENT ID", "LABEL", "ACTIVE", "PRODUCTS", "MULTIPLIER", "CONNECTED"]
+    return accounts, table(rows, headers)
+
+
+def cmd_accounts_get(client: Client, args):
+    account = client.account(args.id)
+    return account, details(account)
+
+
+def cmd_instruments_search(client: Client, args):
+    page = client.instruments(q=args.query, limit=args.limit)
+    rows = [
+        [i.id, i.exchange, i.tradingsymbol, i.name, i.instrument_type, i.expiry, i.lot_size, i.tick_size, i.last_price]
+        for i in page.items
+    ]
+    text = table(rows, ["ID", "EXCHANGE", "SYMBOL", "NAME", "TYPE", "EXPIRY", "LOT", "TICK", "LAST"])
+    if page.truncated:
+        text += f"\n(first {len(page.items)} shown; narrow the search or raise --limit)"
+    return page, text
+
+
+def cmd_orders_list(client: Client, args):
+    page = client.orders(
+        account_id=args.account,
+        status=args.status,
+        source=args.source,
+        symbol=args.symbol,
+        limit=args.limit,
+        offset=args.offset,
+    )
+    text = orders_table(page.items)
+    first = page.offset + 1 if page.items else page.offset
+    text += f"\n{first}-{page.offset + len(page.items)} of {page.count}"
+    if page.has_more:
+        text += f" (next: --offset {page.offset + len(page.items)})"
+    return page, text
+
+
+def cmd_orders_get(client: Client, args):
+    order = client.order(args.id)
+    return order, details(order)
+
+
+def cmd_orders_events(client: Client, args):
+    events = client.order_events(args.id)
+    rows = [[e.created_at, e.kind, e.from_status, e.to_status, e.cause, e.message] for e in events]
+    return events, table(rows, ["AT", "KIND", "FROM", "TO", "CAUSE", "MESSAGE"])
+
+
+def cmd_orders_place(client: Client, args):
+    order = client.place_order(
+        account_id=args.account,
+        tradingsymbol=args.symbol,
+        side=args.side,
+        quantity=args.qty,
+        order_type=args.type,
+        product=args.product,
+        exchange=args.exchange,
+        price=args.price,
+        trigger_price=args.trigger,
+        validity=args.validity,
+        idempotency_key=args.key,
+    )
+    return order, orders_table([order])
+
+
+def cmd_orders_modify(client: Client, args):
+    if args.qty is None and args.price is None and args.trigger is None and args.type is None:
+        raise UsageError("give at least one of --qty, --price, --trigger, --type")
+    order = client.modify_order(
+        args.id, quantity=args.qty, price=args.price, trigger_price=args.trigger, order_type=args.type
+    )
+    return order, orders_table([order])
+
+
+def cmd_orders_cancel(client: Client, args):
+    order = client.cancel_order(args.id)
+    return order, orders_table([order])
+
+
+def cmd_baskets_list(client: Client, args):
+    baskets = client.baskets()
+    rows = [
+        [
+            b.id,
+            b.name,
+            b.account_ids,
+            "; ".join(f"{i.side} {i.quantity} {i.tradingsymbol} {i.order_type}" for i in b.items),
+            b.last_placed_at,
+        ]
+        for b in baskets
+    ]
+    return baskets, table(rows, ["ID", "NAME", "ACCOUNTS", "ITEMS", "LAST PLACED"])
+
+
+def cmd_baskets_get(client: Client, args):
+    basket = client.basket(args.id)
+    rows = [
+        [i.id, f"{i.exchange}:{i.tradingsymbol}", i.side, i.quantity, i.order_type, i.product, i.price, i.trigger_price]
+        for i in basket.items
+    ]
+    text = f"{basket.name} (#{basket.id}), accounts: {_cell(basket.account_ids)}\n"
+    text += table(rows, ["ITEM", "SYMBOL", "SIDE", "QTY", "TYPE", "PRODUCT", "PRICE", "TRIGGER"])
+    return basket, text
+
+
+def cmd_baskets_place(client: Client, args):
+    results = client.place_basket(args.id, account_ids=args.account, idempotency_key=args.key)
+    return results, placements_table(results)
+
+
+def cmd_scheduled_list(client: Client, args):
+    rows = client.scheduled()
+    text = table(
+        [
+            [
+                s.id,
+                s.account_id,
+                f"{s.exchange}:{s.tradingsymbol}",
+                s.side,
+                s.quantity,
+                s.order_type,
+                s.recurrence,
+                f"{s.time_of_day} {s.timezone}",
+                s.status,
+                s.next_run_at,
+                s.last_result,
+            ]
+            for s in rows
+        ],
+        ["ID", "ACCOUNT", "SYMBOL", "SIDE", "QTY", "TYPE", "WHEN", "AT", "STATUS", "NEXT RUN", "LAST RESULT"],
+    )
+    return rows, text
+
+
+def cmd_scheduled_cancel(client: Client, args):
+    row = client.cancel_scheduled(args.id)
+    return row, details(row)
+
+
+def cmd_strategies_list(client: Client, args):
+    rows = client.strategies()
+    text = table(
+        [[s.id, s.name, s.account_ids, s.is_active, s.webhook_secret_prefix, s.webhook_url] for s in rows],
+        ["ID", "NAME", "ACCOUNTS", "ACTIVE", "SECRET", "WEBHOOK"],
+    )
+    return rows, text
+
+
+def cmd_strategies_signal(client: Client, args):
+    result = client.signal(
+        args.id,
+        signal_id=args.signal_id,
+        tradingsymbol=args.symbol,
+        side=args.side,
+        quantity=args.qty,
+        exchange=args.exchange,
+        order_type=args.type,
+        product=args.product,
+        price=args.price,
+        trigger_price=args.trigger,
+    )
+    head = f"signal {result.signal}" + (" (a repeat: nothing new was placed)" if result.replayed else "")
+    return result, head + "\n" + placements_table(result.results)
+
+
+# --- Parser ----------------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    pass
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+    return value
+
+
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.upper()
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}")
+        return value
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """The global options, accepted before or after the subcommand."""
+    parser = argparse.ArgumentParser(add_help=False)
+    suppress = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("--url", help="server URL (default: $TP_URL)", **suppress)
+    parser.add_argument("--api-key", help="API key (default: $TP_API_KEY)", **suppress)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table", **suppress)
+    parser.add_argument("--timeout", type=float, help="seconds per request (default 10)", **suppress)
+    parser.add_argument("--retries", type=int, help="retries on 429/5xx/network errors (default 3)", **suppress)
+    return parser
+
+
+def _order_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--symbol", required=True, help="trading symbol, e.g. INFY")
+    parser.add_argument("--exchange", default="NSE", type=str.upper, help="default NSE")
+    parser.add_argument("--side", required=True, type=_choice(SIDES), help="BUY or SELL")
+    parser.add_argument("--qty", required=True, type=_positive_int, help="quantity")
+    parser.add_argument("--type", default="MARKET", type=_choice(ORDER_TYPES), help="MARKET (default), LIMIT, SL, SL-M")
+    parser.add_argument("--price", type=_decimal, help="limit price (LIMIT, SL)")
+    parser.add_argument("--trigger", type=_decimal, help="trigger price (SL, SL-M)")
+    parser.add_argument("--product", default="MIS", type=_choice(PRODUCTS), help="MIS (default), CNC, NRML")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common(defaults=False)
+    parser = argparse.ArgumentParser(
+        prog="tp",
+        description="The trading platform's API from the command line.",
+        parents=[_common(defaults=True)],
+        epilog="Set TP_URL and TP_API_KEY (or pass --url and --api-key).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+
+    def command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    def group(name: str, help: str):
+        g = groups.add_parser(name, help=help, description=help)
+        return g.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    command(groups, "me", cmd_me, "who the API key belongs to")
+
+    accounts = group("accounts", "broker accounts")
+    command(accounts, "list", cmd_accounts_list, "list your broker accounts")
+    command(accounts, "get", cmd_accounts_get, "show one broker account").add_argument("id", type=int)
+
+    instruments = group("instruments", "instruments")
+    p = command(instruments, "search", cmd_instruments_search, "find instruments by symbol or name")
+    p.add_argument("query", help="symbol prefix or part of the name")
+    p.add_argument("--limit", type=_positive_int, default=50)
+
+    orders = group("orders", "orders")
+    p = command(orders, "list", cmd_orders_list, "list your orders, newest first")
+    p.add_argument("--status", type=_choice(STATUSES), action="append", help="filter by status (repeatable)")
+    p.add_argument("--account", type=int, help="filter by broker account id")
+    p.add_argument("--source", help="manual, basket, scheduled, strategy or system")
+    p.add_argument("--symbol", help="symbol prefix")
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    command(orders, "get", cmd_orders_get, "show one order").add_argument("id", type=int)
+    command(orders, "events", cmd_orders_events, "what happened to one order").add_argument("id", type=int)
+    p = command(orders, "place", cmd_orders_place, "place an order")
+    p.add_argument("--account", type=int, required=True, help="broker account id")
+    _order_options(p)
+    p.add_argument("--validity", default="DAY", type=_choice(VALIDITIES), help="DAY (default) or IOC")
+    p.add_argument("--key", help="idempotency key: a repeat with the same key returns the same order")
+    p = command(orders, "modify", cmd_orders_modify, "change an open order")
+    p.add_argument("id", type=int)
+    p.add_argument("--qty", type=_positive_int)
+    p.add_argument("--price", type=_decimal)
+    p.add_argument("--trigger", type=_decimal)
+    p.add_argument("--type", type=_choice(ORDER_TYPES))
+    command(orders, "cancel", cmd_orders_cancel, "cancel an open order").add_argument("id", type=int)
+
+    baskets = group("baskets", "baskets")
+    command(baskets, "list", cmd_baskets_list, "list your baskets")
+    command(baskets, "get", cmd_baskets_get, "show one basket").add_argument("id", type=int)
+    p = command(baskets, "place", cmd_baskets_place, "place every item of a basket")
+    p.add_argument("id", type=int)
+    p.add_argument("--account", type=int, action="extend", nargs="+", help="account ids (default: the basket's own)")
+    p.add_argument("--key", help="idempotency key: a repeat with the same key returns the same orders")
+
+    scheduled = group("scheduled", "scheduled orders")
+    command(scheduled, "list", cmd_scheduled_list, "list your scheduled orders")
+    command(scheduled, "cancel", cmd_scheduled_cancel, "cancel a scheduled order").add_argument("id", type=int)
+
+    strategies = group("strategies", "strategies")
+    command(strategies, "list", cmd_strategies_list, "list your strategies")
+    p = command(strategies, "signal", cmd_strategies_signal, "send a strategy an entry signal")
+    p.add_argument("id", type=int, help="strategy id")
+    p.add_argument("--signal-id", required=True, help="unique per strategy; a repeat places nothing")
+    _order_options(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a usage error (already printed)
+        return exit.code if isinstance(exit.code, int) else 2
+    url = args.url or os.environ.get("TP_URL")
+    api_key = args.api_key or os.environ.get("TP_API_KEY")
+    if not url or not api_key:
+        parser.print_usage(sys.stderr)
+        print("tp: error: set TP_URL and TP_API_KEY (or pass --url and --api-key)", file=sys.stderr)
+        return 2
+    options = {}
+    if args.timeout is not None:
+        options["timeout"] = args.timeout
+    if args.retries is not None:
+        options["retries"] = args.retries
+    try:
+        with Client(url, api_key, **options) as client:
+            data, text = args.func(client, args)
+    except UsageError as error:
+        print(f"tp: error: {error}", file=sys.stderr)
+        return 2
+    except ApiError as error:
+        message = error.message + (f" (field: {error.field})" if error.field else "")
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps(to_json(data), indent=2))
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

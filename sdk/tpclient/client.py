@@ -1,0 +1,567 @@
+"""The API client: typed methods over ``requests``, with safe retries.
+
+Retries
+    A call is retried (up to ``retries`` times) on 429, waiting the server's ``Retry-After``
+    seconds, and on 502/503/504, connection errors and timeouts, waiting an exponential
+    backoff with jitter (``backoff * 2**attempt``, scaled by a random factor in [0.5, 1]).
+    Other 4xx answers are never retried.
+
+    A request the server may have carried out (its answer was lost) is repeated only when
+    repeating it cannot do anything twice: reads, PUT/PATCH/DELETE, order placement and basket
+    placement (which always carry an ``Idempotency-Key``: the caller's, or a uuid4 the client
+    makes, the same on every retry of that call), cancels and strategy signals (a signal id is
+    used once). Creating a basket, scheduled order or strategy is retried only when the
+    request provably never reached the server (the connection could not be opened), so a
+    lost answer can never create a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time as _time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import requests
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+from ._version import __version__
+from .errors import ApiError, Conflict, NotFound, RateLimited, TransportError, error_from_response
+from .models import (
+    Account,
+    Basket,
+    Instrument,
+    InstrumentPage,
+    Me,
+    Order,
+    OrderEvent,
+    OrderPage,
+    OrderSpec,
+    Placement,
+    Scheduled,
+    SignalResult,
+    Strategy,
+    from_json,
+)
+
+__all__ = ["Client"]
+
+logger = logging.getLogger("tpclient")
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+API_PREFIX = "/api/v1"
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: Any
+    attempts: int
+
+
+def _after_lost_answer(error: ApiError) -> bool:
+    """Whether the call that raised ``error`` was a repeat of an attempt the server may have carried out."""
+    return error.after_lost_answer
+
+
+def _never_sent(error: requests.RequestException) -> bool:
+    """Whether the request certainly did not reach the server (the connection was never opened)."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    cause = error.args[0] if error.args else None
+    reason = getattr(cause, "reason", cause)  # urllib3's MaxRetryError carries the real failure
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+
+
+def _jsonable(value: Any) -> Any:
+    """Request bodies: Decimals as strings (exact), dates and times in ISO 8601."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _order_spec(item: OrderSpec | Mapping[str, Any]) -> dict:
+    if isinstance(item, OrderSpec):
+        item = {
+            "exchange": item.exchange,
+            "tradingsymbol": item.tradingsymbol,
+            "side": item.side,
+            "quantity": item.quantity,
+            "order_type": item.order_type,
+            "product": item.product,
+            "validity": item.validity,
+            "price": item.price,
+            "trigger_price": item.trigger_price,
+        }
+    return {k: _jsonable(v) for k, v in dict(item).items() if v is not None}
+
+
+class Client:
+    """A client for the platform's JSON API.
+
+    ``base_url`` is the server (``https://trade.example.com``) or the API root
+    (``https://trade.example.com/api/v1``); ``api_key`` a key from the platform's API keys page.
+    ``session`` may be a ``requests.Session`` of your own (proxies, certificates, adapters);
+    the client's session is ``client.session``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10,
+        retries: int = 3,
+        backoff: float = 0.5,
+        session: requests.Session | None = None,
+    ):
+        if not base_url:
+            raise ValueError("base_url is required")
+        if not api_key:
+            raise ValueError("api_key is required")
+        root = base_url.rstrip("/")
+        if not root.endswith(API_PREFIX):
+            root += API_PREFIX
+        self.base_url = root
+        self.api_key = api_key
+        self.timeout = timeout
+        self.retries = max(0, int(retries))
+        self.backoff = max(0.0, float(backoff))
+        self.session = session or requests.Session()
+        self._owns_session = session is None
+
+    def __repr__(self) -> str:
+        return f"Client({self.base_url!r})"
+
+    def close(self) -> None:
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- Transport -------------------------------------------------------------------------
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            _time.sleep(seconds)
+
+    def _backoff_delay(self, attempt: int) -> float:
+        return self.backoff * (2**attempt) * random.uniform(0.5, 1.0)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        idempotency_key: str | None = None,
+        repeatable: bool | None = None,
+    ) -> _Answer:
+        """Send one API call, retrying as the module docstring says; raise an ApiError on an error answer.
+
+        ``repeatable`` says whether the call may be sent again after the server may have
+        carried it out (default: every method but POST, and any call with an idempotency key).
+        """
+        if repeatable is None:
+            repeatable = method != "POST" or idempotency_key is not None
+        headers = {
+            "Authorization": f"Bearer {self.api_key}",
+            "Accept": "application/json",
+            "User-Agent": f"tpclient/{__version__} python-requests/{requests.__version__}",
+        }
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        url = self.base_url + path
+        attempt = 0
+        maybe_done = False  # an earlier attempt may have been carried out (its answer was lost)
+        while True:
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=_jsonable(json) if json is not None else None,
+                    headers=headers,
+                    timeout=self.timeout,
+                )
+            except (requests.ConnectionError, requests.Timeout) as error:
+                never_sent = _never_sent(error)
+                if attempt < self.retries and (repeatable or never_sent):
+                    maybe_done = maybe_done or not never_sent
+                    delay = self._backoff_delay(attempt)
+                    logger.warning(
+                        "%s %s: %s; retry %d/%d in %.2fs", method, path, error, attempt + 1, self.retries, delay
+                    )
+                    attempt += 1
+                    self._sleep(delay)
+                    continue
+                failure = TransportError(f"{method} {path} failed: {error}")
+                failure.attempts, failure.after_lost_answer = attempt + 1, maybe_done
+                raise failure from error
+            status = response.status_code
+            if status < 400:
+                body = None
+                if status != 204 and response.content:
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        raise ApiError(
+                            f"{method} {path}: the answer is not JSON", status=status, code="bad_response"
+                        ) from None
+                return _Answer(status, body, attempt + 1)
+            error = error_from_response(response)
+            if attempt < self.retries and (status == 429 or (status in RETRY_STATUSES and repeatable)):
+                if isinstance(error, RateLimited) and error.retry_after is not None:
+                    delay = error.retry_after + random.uniform(0, 0.1)
+                else:
+                    delay = self._backoff_delay(attempt)
+                logger.warning(
+                    "%s %s: HTTP %d; retry %d/%d in %.2fs", method, path, status, attempt + 1, self.retries, delay
+                )
+                response.close()
+                maybe_done = maybe_done or status != 429
+                attempt += 1
+                self._sleep(delay)
+                continue
+            error.attempts, error.after_lost_answer = attempt + 1, maybe_done
+            raise error
+
+    def _get(self, path: str, **params) -> Any:
+        return self._request("GET", path, params={k: v for k, v in params.items() if v is not None}).body
+
+    # --- Me and accounts -------------------------------------------------------------------
+
+    def me(self) -> Me:
+        """The trader the API key belongs to."""
+        return from_json(Me, self._get("/me"))
+
+    def accounts(self) -> list[Account]:
+        return [from_json(Account, row) for row in self._get("/accounts")]
+
+    def account(self, id: int) -> Account:
+        return from_json(Account, self._get(f"/accounts/{int(id)}"))
+
+    # --- Instruments -----------------------------------------------------------------------
+
+    def instruments(self, q: str = "", limit: int = 50) -> InstrumentPage:
+        """Instruments whose symbol starts with ``q`` or whose name contains it (``truncated`` if there are more)."""
+        body = self._get("/instruments", q=q, limit=limit)
+        return InstrumentPage(
+            truncated=bool(body["truncated"]), items=[from_json(Instrument, row) for row in body["items"]]
+        )
+
+    # --- Orders ----------------------------------------------------------------------------
+
+    def orders(
+        self,
+        account_id: int | None = None,
+        status: str | Iterable[str] | None = None,
+        source: str | None = None,
+        symbol: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        since: datetime | None = None,
+    ) -> OrderPage:
+        """One page of your orders, newest first. ``status`` may be one status or several."""
+        statuses = [status] if isinstance(status, str) else list(status or [])
+        params = {
+            "account_id": account_id,
+            "status": statuses or None,
+            "source": source,
+            "symbol": symbol,
+            "since": since.isoformat() if since else None,
+            "limit": limit,
+            "offset": offset,
+        }
+        body = self._get("/orders", **params)
+        return from_json(OrderPage, body)
+
+    def iter_orders(self, *, page_size: int = 100, **filters) -> Iterator[Order]:
+        """Every order matching the filters of :meth:`orders`, page by page."""
+        offset = filters.pop("offset", 0)
+        while True:
+            page = self.orders(limit=page_size, offset=offset, **filters)
+            yield from page.items
+            offset += len(page.items)
+            if not page.items or offset >= page.count:
+                return
+
+    def order(self, id: int) -> Order:
+        return from_json(Order, self._get(f"/orders/{int(id)}"))
+
+    def order_events(self, id: int) -> list[OrderEvent]:
+        """What happened to the order, oldest first."""
+        return [from_json(OrderEvent, row) for row in self._get(f"/orders/{int(id)}/events")]
+
+    def place_order(
+        self,
+        account_id: int,
+        tradingsymbol: str,
+        side: str,
+        quantity: int,
+        order_type: str = "MARKET",
+        product: str = "MIS",
+        exchange: str = "NSE",
+        price: Decimal | str | None = None,
+        trigger_price: Decimal | str | None = None,
+        validity: str = "DAY",
+        idempotency_key: str | None = None,
+    ) -> Order:
+        """Place an order. Safe to retry: a repeat with the same ``idempotency_key`` returns the same order.
+
+        Without a key the client makes one (uuid4) for this call, used by each of its retries.
+        """
+        payload = {
+            "account_id": account_id,
+            "exchange": exchange,
+            "tradingsymbol": tradingsymbol,
+            "side": side,
+            "quantity": quantity,
+            "order_type": order_type,
+            "product": product,
+            "validity": validity,
+            "price": price,
+            "trigger_price": trigger_price,
+        }
+        key = idempotency_key or str(uuid.uuid4())
+        answer = self._request("POST", "/orders", json=payload, idempotency_key=key)
+        return from_json(Order, answer.body)
+
+    def modify_order(
+        self,
+        id: int,
+        quantity: int | None = None,
+        price: Decimal | str | None = None,
+        trigger_price: Decimal | str | None = None,
+        order_type: str | None = None,
+    ) -> Order:
+        """Change an open order; only the values given are sent."""
+        payload = {"quantity": quantity, "price": price, "trigger_price": trigger_price, "order_type": order_type}
+        body = self._request(
+            "PATCH", f"/orders/{int(id)}", json={k: v for k, v in payload.items() if v is not None}
+        ).body
+        return from_json(Order, body)
+
+    def cancel_order(self, id: int) -> Order:
+        """Cancel an open order (Conflict if it cannot be, e.g. it is filled)."""
+        try:
+            answer = self._request("POST", f"/orders/{int(id)}/cancel", repeatable=True)
+        except Conflict as error:
+            # An earlier attempt may have cancelled it and lost the answer: then it is done, not refused.
+            if _after_lost_answer(error):
+                order = self.order(id)
+                if order.status == "CANCELLED":
+                    return order
+            raise
+        return from_json(Order, answer.body)
+
+    # --- Baskets ---------------------------------------------------------------------------
+
+    def baskets(self) -> list[Basket]:
+        return [from_json(Basket, row) for row in self._get("/baskets")]
+
+    def basket(self, id: int) -> Basket:
+        return from_json(Basket, self._get(f"/baskets/{int(id)}"))
+
+    def create_basket(
+        self, name: str, items: Iterable[OrderSpec | Mapping[str, Any]], account_ids: Iterable[int] = ()
+    ) -> Basket:
+        """Create a basket of orders (``items``: :class:`OrderSpec` or dicts with the same keys)."""
+        payload = {"name": name, "account_ids": list(account_ids), "items": [_order_spec(i) for i in items]}
+        return from_json(Basket, self._request("POST", "/baskets", json=payload).body)
+
+    def update_basket(
+        self,
+        id: int,
+        name: str | None = None,
+        items: Iterable[OrderSpec | Mapping[str, Any]] | None = None,
+        account_ids: Iterable[int] | None = None,
+    ) -> Basket:
+        """Replace a basket's name, items and accounts; what is not given is kept as it is."""
+        if name is None or items is None or account_ids is None:
+            current = self.basket(id)
+            name = current.name if name is None else name
+            items = [i.spec() for i in current.items] if items is None else items
+            account_ids = current.account_ids if account_ids is None else account_ids
+        payload = {"name": name, "account_ids": list(account_ids), "items": [_order_spec(i) for i in items]}
+        return from_json(Basket, self._request("PUT", f"/baskets/{int(id)}", json=payload).body)
+
+    def delete_basket(self, id: int) -> None:
+        try:
+            self._request("DELETE", f"/baskets/{int(id)}")
+        except NotFound as error:
+            if not _after_lost_answer(error):  # else an earlier attempt deleted it
+                raise
+
+    def place_basket(
+        self, id: int, account_ids: Iterable[int] | None = None, idempotency_key: str | None = None
+    ) -> list[Placement]:
+        """Place every item on each account (the basket's own, or ``account_ids``); one result per order.
+
+        Safe to retry like :meth:`place_order`: the same key returns the same orders.
+        """
+        payload = {"account_ids": list(account_ids) if account_ids is not None else None}
+        key = idempotency_key or str(uuid.uuid4())
+        answer = self._request("POST", f"/baskets/{int(id)}/place", json=payload, idempotency_key=key)
+        return [from_json(Placement, row) for row in answer.body]
+
+    # --- Scheduled orders ------------------------------------------------------------------
+
+    def scheduled(self) -> list[Scheduled]:
+        return [from_json(Scheduled, row) for row in self._get("/scheduled")]
+
+    def scheduled_order(self, id: int) -> Scheduled:
+        return from_json(Scheduled, self._get(f"/scheduled/{int(id)}"))
+
+    def create_scheduled(
+        self,
+        account_id: int,
+        tradingsymbol: str,
+        side: str,
+        quantity: int,
+        time_of_day: time | str,
+        *,
+        recurrence: str = "once",
+        run_on: date | str | None = None,
+        weekdays: Iterable[int] = (),
+        timezone: str | None = None,
+        grace_s: int = 0,
+        order_type: str = "MARKET",
+        product: str = "MIS",
+        exchange: str = "NSE",
+        price: Decimal | str | None = None,
+        trigger_price: Decimal | str | None = None,
+        validity: str = "DAY",
+    ) -> Scheduled:
+        """Schedule an order: ``recurrence`` is ``once`` (on ``run_on``), ``trading_days`` or ``weekdays``
+        (0 = Monday ... 6 = Sunday); ``time_of_day`` is in ``timezone`` (default: yours)."""
+        payload = {
+            "account_id": account_id,
+            "exchange": exchange,
+            "tradingsymbol": tradingsymbol,
+            "side": side,
+            "quantity": quantity,
+            "order_type": order_type,
+            "product": product,
+            "validity": validity,
+            "price": price,
+            "trigger_price": trigger_price,
+            "recurrence": recurrence,
+            "run_on": run_on,
+            "weekdays": list(weekdays),
+            "time_of_day": time_of_day,
+            "timezone": timezone,
+            "grace_s": grace_s,
+        }
+        payload = {k: v for k, v in payload.items() if v is not None}
+        return from_json(Scheduled, self._request("POST", "/scheduled", json=payload).body)
+
+    def cancel_scheduled(self, id: int) -> Scheduled:
+        """Cancel a scheduled order (it stays listed, as cancelled)."""
+        return from_json(Scheduled, self._request("DELETE", f"/scheduled/{int(id)}").body)
+
+    # --- Strategies ------------------------------------------------------------------------
+
+    def strategies(self) -> list[Strategy]:
+        return [from_json(Strategy, row) for row in self._get("/strategies")]
+
+    def strategy(self, id: int) -> Strategy:
+        return from_json(Strategy, self._get(f"/strategies/{int(id)}"))
+
+    def create_strategy(self, name: str, account_ids: Iterable[int] = (), **params) -> Strategy:
+        """Create a strategy; ``params`` are its settings (``stop_loss``, ``take_profit``, ``max_retries``, ...).
+
+        The returned strategy's ``webhook_secret`` is shown this once: keep it to sign webhook alerts.
+        """
+        payload = {"name": name, "account_ids": list(account_ids), **params}
+        return from_json(Strategy, self._request("POST", "/strategies", json=payload).body)
+
+    def update_strategy(self, id: int, name: str | None = None, account_ids: Iterable[int] | None = None, **params):
+        """Change a strategy; settings not given are kept as they are."""
+        current = self.strategy(id)
+        keep = {
+            k: getattr(current, k)
+            for k in (
+                "stop_loss",
+                "stop_loss_unit",
+                "take_profit",
+                "take_profit_unit",
+                "trailing_step",
+                "reentry_enabled",
+                "max_reentries",
+                "chase_after_s",
+                "chase_max_ticks",
+                "chase_max_percent",
+                "max_retries",
+                "retryable_kinds",
+                "is_active",
+            )
+        }
+        payload = {
+            **keep,
+            **params,
+            "name": current.name if name is None else name,
+            "account_ids": current.account_ids if account_ids is None else list(account_ids),
+        }
+        return from_json(Strategy, self._request("PUT", f"/strategies/{int(id)}", json=payload).body)
+
+    def delete_strategy(self, id: int) -> None:
+        """Delete a strategy that has no orders (Conflict otherwise: pause it with ``is_active=False``)."""
+        try:
+            self._request("DELETE", f"/strategies/{int(id)}")
+        except NotFound as error:
+            if not _after_lost_answer(error):  # else an earlier attempt deleted it
+                raise
+
+    def rotate_strategy_secret(self, id: int) -> Strategy:
+        """Make a new webhook secret (the old one stops working); it is in the answer's ``webhook_secret``."""
+        return from_json(Strategy, self._request("POST", f"/strategies/{int(id)}/secret").body)
+
+    def signal(
+        self,
+        strategy_id: int,
+        signal_id: str,
+        tradingsymbol: str,
+        side: str,
+        quantity: int,
+        exchange: str = "NSE",
+        order_type: str = "MARKET",
+        product: str = "MIS",
+        price: Decimal | str | None = None,
+        trigger_price: Decimal | str | None = None,
+    ) -> SignalResult:
+        """Send a strategy an entry signal; it places the order on each of the strategy's accounts.
+
+        ``signal_id`` is unique per strategy: a repeat places nothing and returns the first results
+        (``replayed`` is then True), so this call is safe to retry.
+        """
+        payload = {
+            "id": signal_id,
+            "exchange": exchange,
+            "tradingsymbol": tradingsymbol,
+            "side": side,
+            "quantity": quantity,
+            "order_type": order_type,
+            "product": product,
+            "price": price,
+            "trigger_price": trigger_price,
+        }
+        payload = {k: v for k, v in payload.items() if v is not None}
+        path = f"/strategies/{int(strategy_id)}/signal"
+        return from_json(SignalResult, self._request("POST", path, json=payload, repeatable=True).body)

@@ -1,0 +1,343 @@
+"""Dataclasses for what the API returns, and the conversions to and from JSON.
+
+Money and prices become :class:`decimal.Decimal`, datetimes aware :class:`datetime.datetime`,
+dates and times :class:`datetime.date` / :class:`datetime.time`. Fields the API adds later are
+ignored, so an older client keeps working against a newer server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import Decimal, InvalidOperation
+from functools import cache
+from typing import Any, TypeVar
+
+__all__ = [
+    "Me",
+    "Account",
+    "Instrument",
+    "InstrumentPage",
+    "Order",
+    "OrderEvent",
+    "OrderPage",
+    "OrderSpec",
+    "Placement",
+    "BasketItem",
+    "Basket",
+    "Scheduled",
+    "Strategy",
+    "SignalResult",
+    "from_json",
+    "to_json",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Me:
+    id: int
+    username: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class Account:
+    """A broker account (credentials are never part of it)."""
+
+    id: int
+    broker: str
+    client_id: str
+    label: str
+    is_active: bool
+    max_order_value: Decimal | None
+    max_quantity: int | None
+    max_open_orders: int | None
+    allowed_products: list[str]
+    copy_multiplier: Decimal
+    has_credentials: bool
+
+
+@dataclass(frozen=True)
+class Instrument:
+    id: int
+    exchange: str
+    tradingsymbol: str
+    name: str
+    instrument_type: str
+    segment: str
+    expiry: date | None
+    lot_size: int
+    tick_size: Decimal
+    last_price: Decimal
+    previous_close: Decimal
+
+
+@dataclass(frozen=True)
+class InstrumentPage:
+    truncated: bool
+    items: list[Instrument]
+
+
+@dataclass(frozen=True)
+class Order:
+    id: int
+    reference: str
+    account_id: int
+    exchange: str
+    tradingsymbol: str
+    side: str
+    quantity: int
+    order_type: str
+    product: str
+    validity: str
+    price: Decimal | None
+    trigger_price: Decimal | None
+    status: str
+    source: str
+    role: str
+    parent_id: int | None
+    strategy_id: int | None
+    basket_id: int | None
+    scheduled_id: int | None
+    broker_order_id: str | None
+    filled_quantity: int
+    average_price: Decimal
+    reject_kind: str
+    reject_reason: str
+    created_at: datetime
+    updated_at: datetime
+
+    FINAL_STATUSES: typing.ClassVar[frozenset[str]] = frozenset({"FILLED", "CANCELLED", "REJECTED", "FAILED"})
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the order can change no more (filled, cancelled, rejected or failed)."""
+        return self.status in self.FINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class OrderEvent:
+    kind: str
+    from_status: str
+    to_status: str
+    cause: str
+    message: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class OrderPage:
+    """One page of orders: ``count`` is the total matching the filters, ``items`` this page."""
+
+    count: int
+    limit: int
+    offset: int
+    items: list[Order]
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.count
+
+
+@dataclass(frozen=True)
+class OrderSpec:
+    """One order to place, as a basket item (``create_basket(items=[OrderSpec(...), ...])``)."""
+
+    tradingsymbol: str
+    side: str
+    quantity: int
+    order_type: str = "MARKET"
+    product: str = "MIS"
+    exchange: str = "NSE"
+    validity: str = "DAY"
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The result of placing one order for one account (baskets and strategy signals).
+
+    ``status`` is the order's status, or ``INVALID`` when it was refused before placing
+    (then ``error`` and ``field`` say why and ``order_id`` is None).
+    """
+
+    account_id: int
+    account: str
+    status: str
+    symbol: str | None = None
+    side: str | None = None
+    quantity: int | None = None
+    order_id: int | None = None
+    reference: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    field: str | None = None
+
+
+@dataclass(frozen=True)
+class BasketItem:
+    id: int
+    exchange: str
+    tradingsymbol: str
+    side: str
+    quantity: int
+    order_type: str
+    product: str
+    validity: str
+    price: Decimal | None
+    trigger_price: Decimal | None
+
+    def spec(self) -> OrderSpec:
+        """This item as an :class:`OrderSpec` (to resend it in ``update_basket``)."""
+        return OrderSpec(
+            tradingsymbol=self.tradingsymbol,
+            side=self.side,
+            quantity=self.quantity,
+            order_type=self.order_type,
+            product=self.product,
+            exchange=self.exchange,
+            validity=self.validity,
+            price=self.price,
+            trigger_price=self.trigger_price,
+        )
+
+
+@dataclass(frozen=True)
+class Basket:
+    id: int
+    name: str
+    account_ids: list[int]
+    items: list[BasketItem]
+    last_placed_at: datetime | None
+    last_results: list[Placement]
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    id: int
+    account_id: int
+    exchange: str
+    tradingsymbol: str
+    side: str
+    quantity: int
+    order_type: str
+    product: str
+    price: Decimal | None
+    trigger_price: Decimal | None
+    recurrence: str
+    run_on: date | None
+    weekdays: list[int]
+    time_of_day: time
+    timezone: str
+    grace_s: int
+    status: str
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_result: str
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A strategy. ``webhook_secret`` is set only on the answer that created or rotated it (shown once)."""
+
+    id: int
+    name: str
+    account_ids: list[int]
+    stop_loss: Decimal | None
+    stop_loss_unit: str
+    take_profit: Decimal | None
+    take_profit_unit: str
+    trailing_step: Decimal | None
+    reentry_enabled: bool
+    max_reentries: int
+    chase_after_s: int | None
+    chase_max_ticks: int | None
+    chase_max_percent: Decimal | None
+    max_retries: int
+    retryable_kinds: list[str]
+    is_active: bool
+    webhook_url: str
+    webhook_secret_prefix: str
+    webhook_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class SignalResult:
+    """What a strategy signal did: one placement per account; ``replayed`` when the id was seen before."""
+
+    signal: str
+    replayed: bool
+    results: list[Placement]
+
+
+# --- JSON -> dataclasses ---------------------------------------------------------------------
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _convert(value, options[0]) if len(options) == 1 else value
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_convert(v, item) for v in value]
+    if dataclasses.is_dataclass(hint):
+        return from_json(hint, value)
+    if hint is Decimal:
+        try:
+            return Decimal(str(value))
+        except InvalidOperation:
+            raise ValueError(f"not a decimal: {value!r}") from None
+    if hint is datetime:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return parsed
+    if hint is date:
+        return date.fromisoformat(value) if isinstance(value, str) else value
+    if hint is time:
+        return time.fromisoformat(value) if isinstance(value, str) else value
+    if hint is int and isinstance(value, str):
+        return int(value)
+    return value
+
+
+def from_json(cls: type[T], data: dict) -> T:
+    """Build the dataclass ``cls`` from the API's JSON object (unknown keys are ignored)."""
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kwargs[f.name] = None  # a field this server does not send
+    return cls(**kwargs)
+
+
+# --- dataclasses -> JSON ---------------------------------------------------------------------
+
+
+def to_json(value: Any) -> Any:
+    """JSON-ready data for a dataclass (or a list/dict of them): Decimals and times as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return value
