@@ -3,10 +3,11 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.cache import cache
+from django.core.management import call_command
 from django.db import connections
 from django.test.testcases import LiveServerThread
 
-from accounts.tests.factories import PASSWORD, make_user
+from accounts.tests.factories import PASSWORD, make_broker_account, make_user
 from brokers.paper import engine
 from brokers.paper.face_asgi import FaceWSGIHandler
 from brokers.paper.models import PaperInstrument
@@ -61,6 +62,19 @@ def trader_client(client, trader):
 @pytest.fixture
 def password():
     return PASSWORD
+
+
+@pytest.fixture
+def instruments(paper_market):
+    """The platform's instruments, loaded from the paper exchange."""
+    call_command("load_instruments", broker="paper")
+
+
+@pytest.fixture
+def account(trader, instruments, settings):
+    """The trader's paper broker account (orders on it reach the in-process paper exchange)."""
+    settings.ORDER_LOOKUP_DELAY_S = 0
+    return make_broker_account(trader, broker="paper", client_id="PAPER-O1", label="Paper")
 
 
 @pytest.fixture

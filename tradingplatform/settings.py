@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "brokers",
     "brokers.paper",
     "orders",
+    "portfolio",
     "monitoring",
 ]
 

@@ -1,0 +1,68 @@
+"""Recording fills from the broker and keeping positions by FIFO, once each."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.utils import timezone
+
+from brokers.base import BrokerTrade
+from brokers.client import AccountBroker
+from orders.tests.factories import place
+from portfolio import services
+from portfolio.models import PnlSnapshot, Position, Trade
+
+D = Decimal
+
+
+def fill(trade_id, side, quantity, price, *, symbol="INFY", seconds=0, product="MIS"):
+    return BrokerTrade(
+        trade_id=trade_id,
+        broker_order_id=f"o{trade_id}",
+        exchange="NSE",
+        tradingsymbol=symbol,
+        side=side,
+        product=product,
+        quantity=quantity,
+        price=D(price),
+        filled_at=timezone.now() + timedelta(seconds=seconds),
+    )
+
+
+def test_fills_make_a_fifo_position_once(account):
+    fills = [
+        fill("1", "BUY", 10, "100"),
+        fill("2", "BUY", 10, "110", seconds=1),
+        fill("3", "SELL", 15, "120", seconds=2),
+    ]
+    assert len(services.trades_record(account=account, broker_trades=fills)) == 3
+    assert services.trades_record(account=account, broker_trades=fills) == []  # a second cycle: nothing new
+    position = Position.objects.get(account=account)
+    # FIFO: 10 @100 and 5 @110 closed at 120 -> 200 + 50; 5 @110 left open.
+    assert position.net_quantity == 5 and position.realized_pnl == D("250")
+    assert position.average_price == D("110")
+    assert Trade.objects.count() == 3
+
+
+def test_new_fills_extend_the_position_without_replaying(account):
+    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 10, "100")])
+    services.trades_record(
+        account=account, broker_trades=[fill("1", "BUY", 10, "100"), fill("2", "SELL", 20, "90", seconds=1)]
+    )
+    position = Position.objects.get(account=account)
+    assert position.net_quantity == -10 and position.realized_pnl == D("-100") and position.average_price == D("90")
+
+
+def test_marking_and_snapshots(account):
+    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 10, "100")])
+    services.positions_mark(account=account, last_prices={("NSE", "INFY"): D("103.5")})
+    position = Position.objects.get(account=account)
+    assert position.unrealized_pnl == D("35") and position.last_price == D("103.5")
+    snapshot = services.pnl_snapshot(account=account)
+    assert snapshot.total == D("35") and PnlSnapshot.objects.count() == 1
+
+
+def test_paper_fills_link_to_their_orders(trader, account):
+    order = place(trader, account, quantity=3)
+    created = services.trades_record(account=account, broker_trades=AccountBroker(account).trades())
+    assert [trade.order_id for trade in created] == [order.pk]
+    assert Position.objects.get(account=account).net_quantity == 3
