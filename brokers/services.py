@@ -399,3 +399,40 @@ def ticks_apply(quotes) -> int:
     if changed and locks.acquire("prices:push", ttl_s=settings.PRICE_PUSH_INTERVAL_S * 0.9):
         push_prices({str(i.pk): i.price_cells for i in changed})
     return len(changed)
+
+
+# --- Order updates pushed by brokers (fills, postbacks) ------------------------------------------
+
+# Called with an account id when its broker reports an order update; the monitoring app
+# registers its fast path here (brokers does not import monitoring).
+account_activity_listeners: list = []
+
+
+def broker_activity(*, broker: str, client_id: str) -> int:
+    """A broker told us an order of this client changed: notify listeners for its accounts."""
+    account_ids = list(
+        BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True).values_list("pk", flat=True)
+    )
+    for account_id in account_ids:
+        for listener in account_activity_listeners:
+            listener(account_id)
+    return len(account_ids)
+
+
+def kite_postback_verify(body: dict) -> BrokerAccount:
+    """The Kite account a postback is for, if its checksum is right; else PermissionError.
+
+    Kite signs postbacks with SHA-256(order_id + order_timestamp + api_secret).
+    """
+    import hashlib
+
+    account = BrokerAccount.objects.filter(
+        broker="kite", client_id=str(body.get("user_id") or ""), is_active=True
+    ).first()
+    if account is None or account.credentials is None:
+        raise PermissionError("no such Kite account")
+    secret = account.credentials.reveal().get("api_secret", "")
+    expected = hashlib.sha256(f"{body.get('order_id')}{body.get('order_timestamp')}{secret}".encode()).hexdigest()
+    if not hmac.compare_digest(expected, str(body.get("checksum") or "")):
+        raise PermissionError("bad checksum")
+    return account

@@ -4,8 +4,10 @@ import logging
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.http import JsonResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import selectors as account_selectors
@@ -84,3 +86,21 @@ def instruments(request):
     query = request.GET.get("q", "")
     rows, truncated = selectors.instruments_search(query)
     return render(request, "brokers/instruments.html", {"instruments": rows, "query": query, "truncated": truncated})
+
+
+@csrf_exempt
+@require_POST
+def kite_postback(request):
+    """Kite's order postbacks: verified by checksum, then the account's steps run at once."""
+    import json
+
+    try:
+        body = json.loads(request.body or b"{}")
+        account = services.kite_postback_verify(body if isinstance(body, dict) else {})
+    except (ValueError, PermissionError) as exc:
+        logger.warning("refused a Kite postback from %s: %s", request.META.get("REMOTE_ADDR"), exc)
+        return JsonResponse(
+            {"error": {"code": "forbidden", "message": "Unknown or forged postback.", "field": None}}, status=403
+        )
+    services.broker_activity(broker="kite", client_id=account.client_id)
+    return JsonResponse({"status": "ok"})

@@ -1,11 +1,19 @@
-"""Monitoring services. For now: the beat heartbeat that shows beat and a worker run."""
+"""Monitoring services: cycles across accounts, the fast path after fills, the beat heartbeat."""
 
 import socket
 
 from django.core.cache import cache
+from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import BrokerAccount
+from brokers.models import BrokerSession
+from tradingplatform import locks
+
+from .models import MonitoringRun
+
 HEARTBEAT_KEY = "celery:heartbeat"
+FAST_PATH_DEBOUNCE_S = 0.5
 
 
 def heartbeat_record() -> dict:
@@ -18,3 +26,30 @@ def heartbeat_record() -> dict:
 def heartbeat_age_s() -> float | None:
     beat = cache.get(HEARTBEAT_KEY)
     return None if beat is None else timezone.now().timestamp() - beat["at"]
+
+
+def monitored_accounts():
+    """Active accounts with a live session: the ones a cycle looks at."""
+    live = BrokerSession.objects.filter(status=BrokerSession.Status.ACTIVE, expires_at__gt=timezone.now())
+    return BrokerAccount.objects.filter(is_active=True, pk__in=live.values("account_id"))
+
+
+def cycle_start(*, trigger: str = MonitoringRun.Trigger.BEAT) -> tuple[MonitoringRun, list[int]]:
+    """A new run and the accounts it covers; the caller fans out one task per account."""
+    account_ids = list(monitored_accounts().values_list("pk", flat=True))
+    run = MonitoringRun.objects.create(trigger=trigger, accounts=len(account_ids))
+    return run, account_ids
+
+
+def account_activity(account_id: int) -> None:
+    """A fill or order update arrived (paper fill, Kite postback): run the account's steps now.
+
+    Debounced: a burst of fills within half a second queues one run.
+    """
+    from .tasks import monitor_account
+
+    def queue():
+        if locks.acquire(f"monitor:queued:{account_id}", ttl_s=FAST_PATH_DEBOUNCE_S):
+            monitor_account.apply_async((account_id, None), countdown=FAST_PATH_DEBOUNCE_S)
+
+    transaction.on_commit(queue)

@@ -662,14 +662,17 @@ def order_apply_broker_state(order: Order, state, *, cause: str) -> bool:
     )
 
 
-def orders_sync_account(*, account: BrokerAccount, cause: str = "reconciled with the broker") -> int:
+def orders_sync_account(
+    *, account: BrokerAccount, cause: str = "reconciled with the broker", broker_orders=None
+) -> int:
     """Read the account's order book at the broker and update our orders from it (by id, else by tag).
 
     Orders the broker never got are closed too, so nothing stays in limbo: a NEW order
     whose sender died, or one whose outcome was unknown, that the broker still does not
     have a minute later becomes FAILED.
     """
-    broker_orders = AccountBroker(account).orders()
+    if broker_orders is None:
+        broker_orders = AccountBroker(account).orders()
     by_id = {o.broker_order_id: o for o in broker_orders}
     by_tag = {o.tag: o for o in broker_orders if o.tag}
     today_start = timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)

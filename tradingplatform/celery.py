@@ -40,6 +40,10 @@ PERIODIC_TASKS = {
         "schedule": float(os.environ.get("PAPER_TICK_INTERVAL_S", "1")),
     },
     "broker-sessions-expire": {"task": "brokers.tasks.sessions_expire", "schedule": 60.0},
+    "monitoring-cycle": {
+        "task": "monitoring.tasks.start_cycle",
+        "schedule": float(os.environ.get("MONITORING_INTERVAL_S", "60")),
+    },
     "scheduled-orders-dispatch": {
         "task": "orders.tasks.dispatch_scheduled",
         "schedule": float(os.environ.get("SCHEDULE_DISPATCH_INTERVAL_S", "1")),

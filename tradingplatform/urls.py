@@ -3,6 +3,7 @@ from django.contrib.auth.decorators import login_required
 from django.urls import include, path
 
 from accounts import views as account_views
+from brokers import views as broker_views
 from monitoring import health
 from orders import webhooks as order_webhooks
 
@@ -22,6 +23,7 @@ urlpatterns = [
     path("orders/", include("orders.urls")),
     path("", include("orders.source_urls")),
     path("hooks/strategies/<int:pk>/", order_webhooks.strategy_signal, name="strategy_webhook"),
+    path("hooks/kite/postback/", broker_views.kite_postback, name="kite_postback"),
     path("api/v1/", api.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

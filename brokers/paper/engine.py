@@ -530,9 +530,13 @@ def order_cancel(*, client: PaperClient, order_id: str) -> PaperOrder:
 
 
 def _changed(order: PaperOrder) -> None:
-    """After commit: tell the client's postback URL (Kite postbacks) about the order's new state."""
+    """After commit: tell the platform (in-process, like a postback) and the client's postback URL."""
     if order.status == Status.OPEN and not order.filled_quantity:
         return
+    from brokers.services import broker_activity
+
+    user_id = order.client.user_id
+    transaction.on_commit(lambda: broker_activity(broker="paper", client_id=user_id))
     if order.client.postback_url:  # callers load the client with the order
         from .tasks import send_postback
 

@@ -1,0 +1,174 @@
+"""The monitoring cycle against the paper exchange: each step, and idempotency when run twice."""
+
+import hashlib
+import json
+from decimal import Decimal
+
+import pytest
+
+from accounts.tests.factories import make_kite_account
+from brokers import services as broker_services
+from brokers.paper import engine
+from brokers.paper.models import PaperClient, PaperOrder
+from monitoring import cycle
+from monitoring.models import AccountRun, BrokerSnapshot
+from orders import sources
+from orders.models import Order
+from orders.tests.factories import place
+from portfolio.models import Position, Trade
+from tradingplatform import locks
+
+D = Decimal
+
+
+def monitor(account):
+    return cycle.account_monitor(account=account)
+
+
+def set_price(last, symbol="INFY"):
+    last = D(last)
+    engine.market_set(exchange="NSE", tradingsymbol=symbol, last_price=last, bid=last - D("0.1"), ask=last + D("0.1"))
+
+
+@pytest.fixture
+def strategy(trader, account):
+    row, _ = sources.strategy_save(
+        owner=trader,
+        name="Guarded",
+        account_ids=[account.pk],
+        stop_loss=D("1"),
+        take_profit=D("2"),
+        reentry_enabled=True,
+        max_reentries=1,
+    )
+    return row
+
+
+def entry(trader, account, strategy, **kwargs):
+    return place(trader, account, quantity=10, strategy=strategy, source="strategy", **kwargs)
+
+
+def test_fetch_pnl_and_orders_steps(trader, account):
+    order = place(trader, account, quantity=4)
+    result = monitor(account)
+    assert result.status == AccountRun.Status.OK, result.errors
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED
+    assert Trade.objects.get(order=order).quantity == 4
+    assert Position.objects.get(account=account).net_quantity == 4
+    assert BrokerSnapshot.objects.filter(account=account).count() == 3
+    assert set(result.step_ms) >= {"1_fetch", "2_pnl", "3_orders", "4_exits"}
+
+
+def test_filled_entry_gets_stop_loss_and_take_profit_once(trader, account, strategy):
+    set_price("1500")
+    first = entry(trader, account, strategy)
+    monitor(account)
+    monitor(account)  # a second cycle (or a redelivered task) places nothing more
+    exits = {o.role: o for o in first.children.all()}
+    assert set(exits) == {"stop_loss", "take_profit"} and first.children.count() == 2
+    assert exits["stop_loss"].order_type == "SL-M" and exits["stop_loss"].trigger_price == D("1485.10")
+    assert exits["take_profit"].order_type == "LIMIT" and exits["take_profit"].price == D("1530.10")
+    assert exits["stop_loss"].side == exits["take_profit"].side == "SELL"
+    assert "monitoring step 4" in exits["stop_loss"].events.first().cause
+
+
+def test_take_profit_fill_cancels_the_stop_loss(trader, account, strategy):
+    set_price("1500")
+    first = entry(trader, account, strategy)
+    monitor(account)
+    set_price("1531")  # crosses the take-profit
+    monitor(account)
+    exits = {o.role: o for o in first.children.all()}
+    assert exits["take_profit"].status == Order.Status.FILLED
+    assert exits["stop_loss"].status == Order.Status.CANCELLED
+    assert PaperOrder.objects.get(tag=exits["stop_loss"].reference).status == "CANCELLED"
+    assert Position.objects.get(account=account, product="MIS").net_quantity == 0
+
+
+def test_stop_loss_exit_re_enters_once(trader, account, strategy):
+    set_price("1500")
+    first = entry(trader, account, strategy)
+    monitor(account)
+    set_price("1480")  # triggers the stop-loss
+    monitor(account)
+    monitor(account)
+    reentries = Order.objects.filter(parent=first, role="entry")
+    assert reentries.count() == 1
+    assert reentries.get().reentry_count == 1
+
+
+def test_retryable_rejection_is_retried_once(trader, account, settings):
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Retry", account_ids=[account.pk], max_retries=1, retryable_kinds=["funds"]
+    )
+    engine.client_get_or_create(user_id=account.client_id)
+    PaperClient.objects.filter(user_id=account.client_id).update(cash=D("10"))
+    rejected = place(trader, account, strategy=strategy, source="strategy")
+    assert rejected.status == Order.Status.REJECTED and rejected.reject_kind == "funds"
+    PaperClient.objects.filter(user_id=account.client_id).update(cash=D("1000000"))
+    Order.objects.filter(pk=rejected.pk).update(updated_at=rejected.updated_at.replace(year=2020))
+    monitor(account)
+    monitor(account)
+    retries = Order.objects.filter(parent=rejected)
+    assert retries.count() == 1 and retries.get().retry_count == 1
+
+
+def test_dependants_of_a_rejected_order_are_cancelled(trader, account):
+    parent = place(trader, account, order_type="LIMIT", price="2500")  # band: rejected
+    child = place(trader, account, order_type="LIMIT", price="1400", parent=parent, role="stop_loss")
+    monitor(account)
+    child.refresh_from_db()
+    assert parent.status == Order.Status.REJECTED and child.status == Order.Status.CANCELLED
+
+
+def test_an_account_still_running_is_skipped(account):
+    token = locks.acquire(f"monitor:{account.pk}", ttl_s=30)
+    assert monitor(account).status == AccountRun.Status.SKIPPED
+    locks.release(f"monitor:{account.pk}", token)
+    assert monitor(account).status == AccountRun.Status.OK
+
+
+def test_one_failing_step_does_not_stop_the_others(account, monkeypatch):
+    def broken(ctx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cycle, "STEPS", [("1_fetch", cycle.step_fetch), ("4_exits", broken), *cycle.STEPS[2:]])
+    result = monitor(account)
+    assert result.status == AccountRun.Status.ERRORS
+    assert result.errors == [{"step": "4_exits", "error": "RuntimeError: boom"}]
+    assert "9_retries" in result.step_ms
+
+
+def test_a_paper_fill_notifies_the_fast_path(trader, account, django_capture_on_commit_callbacks):
+    seen = []
+    broker_services.account_activity_listeners.append(seen.append)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            place(trader, account)
+    finally:
+        broker_services.account_activity_listeners.remove(seen.append)
+    assert account.pk in seen
+
+
+def test_kite_postbacks_are_verified(client, trader, instruments):
+    account = make_kite_account(trader, client_id="AB1234", api_secret="s3cret")
+    body = {"user_id": "AB1234", "order_id": "1", "order_timestamp": "2026-11-21 10:00:00", "status": "COMPLETE"}
+    body["checksum"] = hashlib.sha256(b"12026-11-21 10:00:00s3cret").hexdigest()
+    assert client.post("/hooks/kite/postback/", json.dumps(body), content_type="application/json").status_code == 200
+    body["checksum"] = "0" * 64
+    assert client.post("/hooks/kite/postback/", json.dumps(body), content_type="application/json").status_code == 403
+    assert client.get("/hooks/kite/postback/").status_code == 405
+    assert account.pk
+
+
+def test_a_cycle_covers_active_accounts_with_a_live_session(trader, account, instruments):
+    from accounts.tests.factories import make_broker_account
+    from brokers.services import session_live
+    from monitoring import services
+
+    idle = make_broker_account(trader, broker="paper", client_id="IDLE")
+    session_live(account)
+    run, account_ids = services.cycle_start()
+    assert account_ids == [account.pk] and run.accounts == 1
+    assert idle.pk not in account_ids
