@@ -219,6 +219,144 @@ def _one_cancels_other(ctx: Context) -> None:
             ctx.act(f"could not cancel {sibling.reference}: {refused.message}")
 
 
+# --- 5. Chase toward a fair price ----------------------------------------------------------------
+
+BROKER_MODIFICATION_CAP = 25
+
+
+def _placed(order: Order, field: str) -> Decimal:
+    """A price as the order was first placed (kept in its "created" event)."""
+    created = order.events.filter(kind="created").first()
+    value = (created.data or {}).get(field) if created else None
+    return Decimal(value) if value else getattr(order, field)
+
+
+def step_chase(ctx: Context) -> None:
+    """Move open LIMIT entries older than the chase delay toward the last price, within the cap.
+
+    Past the broker's modification cap the order is cancelled and replaced.
+    """
+    now = timezone.now()
+    candidates = Order.objects.filter(
+        account=ctx.account,
+        role=Order.Role.ENTRY,
+        order_type="LIMIT",
+        status__in=[Order.Status.SUBMITTED, Order.Status.OPEN, Order.Status.PARTIALLY_FILLED],
+        broker_order_id__isnull=False,
+        strategy__chase_after_s__isnull=False,
+    ).select_related("strategy", "instrument", "account")
+    for order in candidates:
+        strategy = order.strategy
+        last_move = order.events.filter(kind="modified").order_by("-created_at").first()
+        since = last_move.created_at if last_move else (order.submitted_at or order.created_at)
+        if (now - since).total_seconds() < strategy.chase_after_s:
+            continue
+        last = ctx.last_prices.get((order.instrument.exchange, order.instrument.tradingsymbol))
+        if last is None:
+            continue
+        tick = order.instrument.tick_size
+        original = _placed(order, "price")
+        caps = []
+        if strategy.chase_max_ticks:
+            caps.append(strategy.chase_max_ticks * tick)
+        if strategy.chase_max_percent:
+            caps.append(original * strategy.chase_max_percent / 100)
+        cap = min(caps) if caps else None
+        target = _on_tick(last, tick)
+        if cap is not None:
+            target = (
+                min(target, _on_tick(original + cap, tick))
+                if order.side == "BUY"
+                else max(target, _on_tick(original - cap, tick))
+            )
+        moves_toward = target > order.price if order.side == "BUY" else target < order.price
+        if not moves_toward:
+            continue
+        cause = _cause("step 5", f"chasing toward {last} (cap {cap})")
+        if order.chase_count < BROKER_MODIFICATION_CAP - 1:
+            try:
+                orders.order_modify(order=order, actor=ctx.account.owner, cause=cause, price=target)
+            except (ValidationError, orders.OrderActionRefused) as error:
+                ctx.act(f"could not chase {order.reference}: {error}")
+                continue
+            Order.objects.filter(pk=order.pk).update(chase_count=order.chase_count + 1)
+            ctx.act(f"chased {order.reference} to {target}")
+        else:
+            _cancel_and_replace(ctx, order, target, cause)
+
+
+def _cancel_and_replace(ctx: Context, order: Order, price: Decimal, cause: str) -> None:
+    try:
+        orders.order_cancel(order=order, actor=ctx.account.owner, cause=f"{cause}; the modification cap is reached")
+    except orders.OrderActionRefused as refused:
+        ctx.act(f"could not replace {order.reference}: {refused.message}")
+        return
+    order.refresh_from_db()
+    remaining = order.quantity - order.filled_quantity
+    if remaining <= 0:
+        return
+    replacement = orders.order_place(
+        actor=ctx.account.owner,
+        account=ctx.account,
+        instrument=order.instrument,
+        side=order.side,
+        quantity=remaining,
+        order_type="LIMIT",
+        product=order.product,
+        price=price,
+        source=Order.Source.SYSTEM,
+        role=order.role,
+        parent=order,
+        strategy=order.strategy,
+        cause=cause,
+        idempotency_key=f"replace:{order.pk}",
+    )
+    ctx.act(f"replaced {order.reference} with {replacement.reference} at {price}")
+
+
+# --- 6. Trailing stops ---------------------------------------------------------------------------
+
+
+def step_trail(ctx: Context) -> None:
+    """Open stop-losses with a trailing step follow favourable moves, a step at a time, never back."""
+    stops = Order.objects.filter(
+        account=ctx.account,
+        role=Order.Role.STOP_LOSS,
+        status__in=Order.AT_BROKER,
+        broker_order_id__isnull=False,
+        strategy__trailing_step__isnull=False,
+        parent__isnull=False,
+    ).select_related("strategy", "instrument", "account", "parent")
+    for stop in stops:
+        last = ctx.last_prices.get((stop.instrument.exchange, stop.instrument.tradingsymbol))
+        if last is None or stop.trigger_price is None:
+            continue
+        step = stop.strategy.trailing_step
+        entry_price = Decimal(stop.parent.average_price)
+        distance = abs(entry_price - _placed(stop, "trigger_price"))
+        long_position = stop.side == "SELL"
+        wanted = last - distance if long_position else last + distance
+        moved = (wanted - stop.trigger_price) if long_position else (stop.trigger_price - wanted)
+        steps = int(moved // step)
+        if steps < 1:
+            continue
+        new_trigger = _on_tick(
+            stop.trigger_price + steps * step if long_position else stop.trigger_price - steps * step,
+            stop.instrument.tick_size,
+        )
+        try:
+            orders.order_modify(
+                order=stop,
+                actor=ctx.account.owner,
+                cause=_cause("step 6", f"trailing: last {last}, step {step}"),
+                trigger_price=new_trigger,
+            )
+        except (ValidationError, orders.OrderActionRefused) as error:
+            ctx.act(f"could not trail {stop.reference}: {error}")
+            continue
+        ctx.act(f"trailed {stop.reference} to {new_trigger}")
+
+
 # --- 7. Rejected orders -------------------------------------------------------------------------
 
 
@@ -335,6 +473,8 @@ STEPS = [
     ("2_pnl", step_pnl),
     ("3_orders", step_orders),
     ("4_exits", step_exits),
+    ("5_chase", step_chase),
+    ("6_trail", step_trail),
     ("7_rejections", step_rejections),
     ("8_reentry", step_reentry),
     ("9_retries", step_retries),

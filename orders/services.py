@@ -354,7 +354,9 @@ def _create(checked: Checked, key, request_hash, *, day, actor, cause, **links) 
                     request_hash=request_hash,
                     **links,
                 )
-                _event(order, "created", cause=cause)
+                # The prices it was placed at: what a chase is capped against, what a trail keeps its distance to.
+                placed_at = {"price": order.price, "trigger_price": order.trigger_price}
+                _event(order, "created", cause=cause, data={k: str(v) for k, v in placed_at.items() if v is not None})
                 return order
         except _CounterMissing:
             continue  # the row this process remembered is gone (a test rollback); make it again

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time as clock
 from decimal import Decimal
 
 import pytest
@@ -172,3 +173,42 @@ def test_a_cycle_covers_active_accounts_with_a_live_session(trader, account, ins
     run, account_ids = services.cycle_start()
     assert account_ids == [account.pk] and run.accounts == 1
     assert idle.pk not in account_ids
+
+
+def test_an_open_limit_entry_is_chased_within_its_cap(trader, account):
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Chaser", account_ids=[account.pk], chase_after_s=1, chase_max_ticks=20
+    )
+    set_price("1500")
+    order = entry(trader, account, strategy, order_type="LIMIT", price="1495")
+    Order.objects.filter(pk=order.pk).update(submitted_at=order.submitted_at.replace(year=2020))
+    set_price("1497")
+    monitor(account)
+    order.refresh_from_db()
+    assert order.price == D("1497") and order.chase_count == 1
+    assert PaperOrder.objects.get(tag=order.reference).price == D("1497")
+    clock.sleep(1.1)  # the chase delay since the last move
+    set_price("1520")  # far away: the cap (20 ticks of 0.1 from 1495) stops it at 1497
+    monitor(account)
+    order.refresh_from_db()
+    assert order.price == D("1497")
+
+
+def test_a_stop_loss_trails_favourable_moves_and_never_back(trader, account):
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
+        trailing_step=D("5"),
+    )  # fmt: skip
+    set_price("1500")
+    first = entry(trader, account, strategy)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    assert stop.trigger_price == D("1490.10")
+    set_price("1512")  # +11.9 over the entry: two steps of 5
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1500.10")
+    set_price("1505")  # back down: the stop stays
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1500.10")
