@@ -1,0 +1,29 @@
+from django.contrib import admin
+
+from .models import AccountRun, BrokerSnapshot, MonitoringRun
+
+
+class AccountRunInline(admin.TabularInline):
+    model = AccountRun
+    extra = 0
+    can_delete = False
+    readonly_fields = ("account", "status", "started_at", "finished_at", "step_ms", "actions", "errors")
+
+
+@admin.register(MonitoringRun)
+class MonitoringRunAdmin(admin.ModelAdmin):
+    list_display = ("pk", "trigger", "started_at", "finished_at", "accounts")
+    inlines = [AccountRunInline]
+
+
+@admin.register(AccountRun)
+class AccountRunAdmin(admin.ModelAdmin):
+    list_display = ("account", "status", "started_at", "finished_at", "run")
+    list_filter = ("status",)
+    search_fields = ("account__label",)
+
+
+@admin.register(BrokerSnapshot)
+class BrokerSnapshotAdmin(admin.ModelAdmin):
+    list_display = ("account", "kind", "fetched_at")
+    list_filter = ("kind",)

@@ -1,0 +1,29 @@
+from django.contrib import admin
+
+from .models import PnlSnapshot, Position, Trade
+
+
+@admin.register(Trade)
+class TradeAdmin(admin.ModelAdmin):
+    list_display = ("broker_trade_id", "account", "instrument", "side", "quantity", "price", "filled_at")
+    search_fields = ("broker_trade_id", "broker_order_id", "account__label")
+    date_hierarchy = "filled_at"
+
+
+@admin.register(Position)
+class PositionAdmin(admin.ModelAdmin):
+    list_display = (
+        "account",
+        "instrument",
+        "product",
+        "net_quantity",
+        "average_price",
+        "realized_pnl",
+        "unrealized_pnl",
+    )
+    exclude = ("fifo",)
+
+
+@admin.register(PnlSnapshot)
+class PnlSnapshotAdmin(admin.ModelAdmin):
+    list_display = ("account", "taken_at", "realized", "unrealized")
