@@ -67,8 +67,7 @@ def logout_view(request):
 @login_required
 @require_http_methods(["GET"])
 def home(request):
-    # The dashboard arrives with the portfolio; until then accounts are the start page.
-    return redirect("accounts:broker_list")
+    return redirect("portfolio:dashboard")
 
 
 # --- Broker accounts ---------------------------------------------------------------

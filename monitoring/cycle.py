@@ -26,6 +26,7 @@ from brokers.errors import BrokerError, RejectKind
 from orders import services as orders
 from orders.models import Order, Strategy
 from portfolio import services as portfolio
+from portfolio.broadcast import dashboard_push
 from tradingplatform import locks
 
 from .models import AccountRun, BrokerSnapshot
@@ -503,7 +504,7 @@ def account_monitor(*, account: BrokerAccount, run_id: int | None = None) -> Acc
                 logger.exception("monitoring step %s failed for account %s", name, account.pk)
                 errors.append({"step": name, "error": f"{type(error).__name__}: {error}"[:500]})
             step_ms[name] = round((time.perf_counter() - started) * 1000, 1)
-        return AccountRun.objects.create(
+        result = AccountRun.objects.create(
             run_id=run_id,
             account=account,
             status=AccountRun.Status.ERRORS if errors else AccountRun.Status.OK,
@@ -512,5 +513,7 @@ def account_monitor(*, account: BrokerAccount, run_id: int | None = None) -> Acc
             actions=ctx.actions,
             errors=errors,
         )
+        dashboard_push(account)  # the trader's dashboard, coalesced, with this run's errors
+        return result
     finally:
         locks.release(f"monitor:{account.pk}", token)

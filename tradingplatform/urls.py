@@ -22,6 +22,7 @@ urlpatterns = [
     path("brokers/", include("brokers.urls")),
     path("orders/", include("orders.urls")),
     path("", include("orders.source_urls")),
+    path("", include("portfolio.urls")),
     path("hooks/strategies/<int:pk>/", order_webhooks.strategy_signal, name="strategy_webhook"),
     path("hooks/kite/postback/", broker_views.kite_postback, name="kite_postback"),
     path("api/v1/", api.urls),

@@ -1,0 +1,261 @@
+"""Reads of positions, fills, PnL and monitoring results, always scoped to the trader who asks.
+
+Money is summed in Python from ``Decimal`` rows, never with SQL ``SUM`` (SQLite sums
+decimals as floats), so every figure shown is exact.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.utils import timezone
+
+from accounts.models import BrokerAccount
+from accounts.selectors import broker_accounts_of
+from brokers.base import IST
+from monitoring.models import AccountRun
+from orders.models import Order
+from orders.selectors import orders_of
+
+from .fifo import PositionState
+from .models import PnlSnapshot, Position, Trade
+
+ZERO = Decimal("0.0000")
+DASHBOARD_TRADES = 20
+DASHBOARD_ORDERS = 50
+DASHBOARD_ERRORS = 10
+ERRORS_WINDOW = timedelta(hours=24)
+
+
+def trading_day_start(now: datetime | None = None) -> datetime:
+    """Midnight IST of the current trading day (the exchange's day, whatever the viewer's timezone)."""
+    local = (now or timezone.now()).astimezone(IST)
+    return datetime.combine(local.date(), time.min, tzinfo=IST)
+
+
+# --- Positions and the PnL summary ---------------------------------------------------------------
+
+
+def positions_of(user, *, open_only: bool = False) -> QuerySet[Position]:
+    positions = Position.objects.filter(account__owner=user).select_related("account", "instrument")
+    if open_only:
+        positions = positions.exclude(net_quantity=0)
+    return positions.order_by("account__label", "account_id", "instrument__tradingsymbol", "product")
+
+
+@dataclass
+class AccountPnl:
+    account: BrokerAccount
+    realized: Decimal = ZERO
+    unrealized: Decimal = ZERO
+
+    @property
+    def total(self) -> Decimal:
+        return self.realized + self.unrealized
+
+
+@dataclass
+class PnlSummary:
+    accounts: list[AccountPnl]
+    realized: Decimal = ZERO
+    unrealized: Decimal = ZERO
+
+    @property
+    def total(self) -> Decimal:
+        return self.realized + self.unrealized
+
+
+def pnl_summary(user) -> PnlSummary:
+    """Realized, unrealized and total PnL of the user's positions: overall and per account (every account)."""
+    rows = {account.pk: AccountPnl(account=account) for account in broker_accounts_of(user)}
+    for account_id, realized, unrealized in Position.objects.filter(account__owner=user).values_list(
+        "account_id", "realized_pnl", "unrealized_pnl"
+    ):
+        row = rows[account_id]
+        row.realized += realized
+        row.unrealized += unrealized
+    accounts = list(rows.values())
+    return PnlSummary(
+        accounts=accounts,
+        realized=sum((row.realized for row in accounts), ZERO),
+        unrealized=sum((row.unrealized for row in accounts), ZERO),
+    )
+
+
+# --- Fills ---------------------------------------------------------------------------------------
+
+
+def trades_of(user, *, account=None, symbol=None, since=None, until=None) -> QuerySet[Trade]:
+    """The user's fills, newest first. ``since`` is inclusive, ``until`` exclusive; ``symbol`` a prefix."""
+    trades = Trade.objects.filter(account__owner=user).select_related("account", "instrument", "order")
+    if account:
+        trades = trades.filter(account_id=account.pk if isinstance(account, BrokerAccount) else account)
+    if symbol:
+        trades = trades.filter(instrument__tradingsymbol__istartswith=symbol.strip()[:64])
+    if since:
+        trades = trades.filter(filled_at__gte=since)
+    if until:
+        trades = trades.filter(filled_at__lt=until)
+    return trades.order_by("-filled_at", "-id")
+
+
+# --- PnL per symbol and per trading day -----------------------------------------------------------
+
+
+@dataclass
+class SymbolPnl:
+    exchange: str
+    tradingsymbol: str
+    net_quantity: int = 0
+    realized: Decimal = ZERO
+    unrealized: Decimal = ZERO
+
+    @property
+    def total(self) -> Decimal:
+        return self.realized + self.unrealized
+
+
+@dataclass
+class DayPnl:
+    day: date
+    realized: Decimal = ZERO
+    fills: int = 0
+
+
+@dataclass
+class PnlBreakdown:
+    symbols: list[SymbolPnl] = field(default_factory=list)
+    days: list[DayPnl] = field(default_factory=list)
+
+
+def pnl_by_symbol_and_day(user) -> PnlBreakdown:
+    """Realized and unrealized PnL per symbol (all accounts and products), and realized PnL per IST trading day.
+
+    Positions keep only cumulative totals, so the per-day figure comes from the fills: each
+    position's fills (per account, instrument and product) are replayed FIFO in the order
+    they were filled, and the PnL each fill realizes counts on that fill's IST date.
+    """
+    symbols: dict[int, SymbolPnl] = {}
+    for position in positions_of(user):
+        instrument = position.instrument
+        row = symbols.get(instrument.pk)
+        if row is None:
+            row = SymbolPnl(exchange=instrument.exchange, tradingsymbol=instrument.tradingsymbol)
+            symbols[instrument.pk] = row
+        row.net_quantity += position.net_quantity
+        row.realized += position.realized_pnl
+        row.unrealized += position.unrealized_pnl
+
+    states: dict[tuple, PositionState] = defaultdict(PositionState)
+    days: dict[date, DayPnl] = {}
+    fills = (
+        Trade.objects.filter(account__owner=user)
+        .order_by("filled_at", "id")
+        .values_list("account_id", "instrument_id", "product", "side", "quantity", "price", "filled_at")
+    )
+    for account_id, instrument_id, product, side, quantity, price, filled_at in fills.iterator(chunk_size=2000):
+        realized = states[(account_id, instrument_id, product)].apply(side, quantity, price)
+        day = filled_at.astimezone(IST).date()
+        row = days.get(day)
+        if row is None:
+            row = days[day] = DayPnl(day=day)
+        row.realized += realized
+        row.fills += 1
+    return PnlBreakdown(
+        symbols=sorted(symbols.values(), key=lambda row: (row.tradingsymbol, row.exchange)),
+        days=sorted(days.values(), key=lambda row: row.day, reverse=True),
+    )
+
+
+# --- PnL over time (the chart) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PnlPoint:
+    taken_at: datetime
+    total: Decimal
+
+
+def pnl_series(user, since: datetime) -> list[PnlPoint]:
+    """The user's total PnL at each snapshot time since ``since``, summed across accounts.
+
+    Accounts are snapshotted at different moments, so each point adds every account's
+    latest snapshot so far (carried forward), not only the snapshots taken at that instant.
+    """
+    latest: dict[int, Decimal] = {}
+    points: list[PnlPoint] = []
+    snapshots = (
+        PnlSnapshot.objects.filter(account__owner=user, taken_at__gte=since)
+        .order_by("taken_at", "id")
+        .values_list("account_id", "taken_at", "realized", "unrealized")
+    )
+    running = ZERO
+    for account_id, taken_at, realized, unrealized in snapshots.iterator(chunk_size=2000):
+        value = realized + unrealized
+        running += value - latest.get(account_id, ZERO)
+        latest[account_id] = value
+        point = PnlPoint(taken_at=taken_at, total=running)
+        if points and points[-1].taken_at == taken_at:
+            points[-1] = point
+        else:
+            points.append(point)
+    return points
+
+
+def pnl_latest_point(user, since: datetime) -> PnlPoint | None:
+    """The last point ``pnl_series`` would return, from one snapshot per account (for live pushes)."""
+    latest_id = (
+        PnlSnapshot.objects.filter(account=OuterRef("pk"), taken_at__gte=since)
+        .order_by("-taken_at", "-id")
+        .values("id")[:1]
+    )
+    ids = broker_accounts_of(user).annotate(latest=Subquery(latest_id)).values_list("latest", flat=True)
+    snapshots = list(PnlSnapshot.objects.filter(pk__in=[pk for pk in ids if pk]))
+    if not snapshots:
+        return None
+    return PnlPoint(
+        taken_at=max(s.taken_at for s in snapshots), total=sum((s.realized + s.unrealized for s in snapshots), ZERO)
+    )
+
+
+# --- Monitoring results --------------------------------------------------------------------------
+
+
+def account_runs_of(user, *, errors_only: bool = False, since=None) -> QuerySet[AccountRun]:
+    runs = AccountRun.objects.filter(account__owner=user).select_related("account")
+    if errors_only:
+        runs = runs.filter(status=AccountRun.Status.ERRORS)
+    if since:
+        runs = runs.filter(started_at__gte=since)
+    return runs.order_by("-started_at", "-id")
+
+
+# --- The dashboard -------------------------------------------------------------------------------
+
+
+@dataclass
+class Dashboard:
+    summary: PnlSummary
+    point: PnlPoint | None
+    positions: list[Position]
+    open_orders: list[Order]
+    trades: list[Trade]
+    errors: list[AccountRun]
+    chart_since: datetime
+
+
+def dashboard_of(user, *, now: datetime | None = None) -> Dashboard:
+    """Everything the dashboard shows; its live pushes and its resync render the same."""
+    now = now or timezone.now()
+    day_start = trading_day_start(now)
+    return Dashboard(
+        summary=pnl_summary(user),
+        point=pnl_latest_point(user, day_start),
+        positions=list(positions_of(user, open_only=True)),
+        open_orders=list(orders_of(user, status=list(Order.LIVE))[:DASHBOARD_ORDERS]),
+        trades=list(trades_of(user)[:DASHBOARD_TRADES]),
+        errors=list(account_runs_of(user, errors_only=True, since=now - ERRORS_WINDOW)[:DASHBOARD_ERRORS]),
+        chart_since=day_start,
+    )

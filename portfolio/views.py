@@ -1,0 +1,157 @@
+"""Portfolio pages: the dashboard (and its resync fragments), portfolio, trades (with CSV), monitoring.
+
+Thin: selectors read, templates render. Every page shows only the signed-in trader's rows.
+"""
+
+import csv
+from datetime import datetime, time, timedelta
+
+from django import forms
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from accounts.selectors import broker_accounts_of
+
+from . import selectors
+
+TRADES_PER_PAGE = 50
+RUNS_PER_PAGE = 50
+CSV_HEADER = [
+    "filled_at",
+    "account",
+    "exchange",
+    "symbol",
+    "product",
+    "side",
+    "quantity",
+    "price",
+    "value",
+    "order",
+    "broker_trade_id",
+    "broker_order_id",
+]
+
+
+class TradeFilterForm(forms.Form):
+    account = forms.ModelChoiceField(queryset=None, required=False, empty_label="All accounts")
+    symbol = forms.CharField(max_length=64, required=False, widget=forms.TextInput(attrs={"placeholder": "Symbol"}))
+    date_from = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, user, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["account"].queryset = broker_accounts_of(user)
+
+    def selector_kwargs(self) -> dict:
+        """Keyword arguments for ``selectors.trades_of``; a bad filter value is left out (and shown).
+
+        Dates are days in the viewer's timezone, both ends included, as the times on the page are shown.
+        """
+        self.is_valid()
+        data = self.cleaned_data
+        zone = timezone.get_current_timezone()
+        start, end = data.get("date_from"), data.get("date_to")
+        return {
+            "account": data.get("account"),
+            "symbol": data.get("symbol") or None,
+            "since": datetime.combine(start, time.min, tzinfo=zone) if start else None,
+            "until": datetime.combine(end + timedelta(days=1), time.min, tzinfo=zone) if end else None,
+        }
+
+
+@login_required
+@require_GET
+def dashboard(request):
+    return render(request, "portfolio/dashboard.html", _dashboard_context(request.user))
+
+
+@login_required
+@never_cache
+@require_GET
+def dashboard_fragments(request):
+    """Every live part of the dashboard, out of band: fetched when the websocket (re)connects."""
+    context = {**_dashboard_context(request.user), "with_series": True}
+    return render(request, "portfolio/partials/dashboard_push.html", context)
+
+
+def _dashboard_context(user) -> dict:
+    dashboard = selectors.dashboard_of(user)
+    # The chart's points as [unix seconds, "total"]: the total stays an exact string until the browser.
+    series = [
+        [int(point.taken_at.timestamp()), str(point.total)]
+        for point in selectors.pnl_series(user, dashboard.chart_since)
+    ]
+    return {"dashboard": dashboard, "series": series}
+
+
+@login_required
+@require_GET
+def portfolio(request):
+    context = {
+        "summary": selectors.pnl_summary(request.user),
+        "breakdown": selectors.pnl_by_symbol_and_day(request.user),
+        "positions": selectors.positions_of(request.user),
+    }
+    return render(request, "portfolio/portfolio.html", context)
+
+
+@login_required
+@require_GET
+def trades(request):
+    filters = TradeFilterForm(request.user, request.GET)
+    rows = selectors.trades_of(request.user, **filters.selector_kwargs())
+    if request.GET.get("format") == "csv":
+        return _trades_csv(rows)
+    page = Paginator(rows, TRADES_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "portfolio/trades.html", {"filters": filters, "page": page})
+
+
+def _text(value) -> str:
+    """A text cell that a spreadsheet will not run as a formula."""
+    value = str(value or "")
+    return f"'{value}" if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _trades_csv(rows) -> HttpResponse:
+    """The filtered fills as CSV: Decimals exactly as stored, times in the viewer's timezone (ISO 8601).
+
+    Not streamed: under ASGI a synchronous stream is collected in memory anyway.
+    """
+    zone = timezone.get_current_timezone()
+    stamp = timezone.localtime(timezone=zone).strftime("%Y%m%d-%H%M%S")
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="trades-{stamp}.csv"'
+    writer = csv.writer(response)
+    writer.writerow(CSV_HEADER)
+    for trade in rows.iterator(chunk_size=2000):
+        writer.writerow(
+            [
+                trade.filled_at.astimezone(zone).isoformat(),
+                _text(trade.account.label),
+                trade.instrument.exchange,
+                _text(trade.instrument.tradingsymbol),
+                trade.product,
+                trade.side,
+                trade.quantity,
+                trade.price,
+                trade.price * trade.quantity,
+                _text(trade.order.reference if trade.order else ""),
+                _text(trade.broker_trade_id),
+                _text(trade.broker_order_id),
+            ]
+        )
+    return response
+
+
+@login_required
+@require_GET
+def monitoring(request):
+    errors_only = request.GET.get("status") == "errors"
+    runs = selectors.account_runs_of(request.user, errors_only=errors_only)
+    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "portfolio/monitoring.html", {"page": page, "errors_only": errors_only})
