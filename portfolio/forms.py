@@ -1,0 +1,35 @@
+"""Forms of the portfolio pages."""
+
+from datetime import datetime, time, timedelta
+
+from django import forms
+from django.utils import timezone
+
+from accounts.selectors import broker_accounts_of
+
+
+class TradeFilterForm(forms.Form):
+    account = forms.ModelChoiceField(queryset=None, required=False, empty_label="All accounts")
+    symbol = forms.CharField(max_length=64, required=False, widget=forms.TextInput(attrs={"placeholder": "Symbol"}))
+    date_from = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, user, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["account"].queryset = broker_accounts_of(user)
+
+    def selector_kwargs(self) -> dict:
+        """Keyword arguments for ``selectors.trades_of``; a bad filter value is left out (and shown).
+
+        Dates are days in the viewer's timezone, both ends included, as the times on the page are shown.
+        """
+        self.is_valid()
+        data = self.cleaned_data
+        zone = timezone.get_current_timezone()
+        start, end = data.get("date_from"), data.get("date_to")
+        return {
+            "account": data.get("account"),
+            "symbol": data.get("symbol") or None,
+            "since": datetime.combine(start, time.min, tzinfo=zone) if start else None,
+            "until": datetime.combine(end + timedelta(days=1), time.min, tzinfo=zone) if end else None,
+        }
