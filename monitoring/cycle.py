@@ -378,6 +378,31 @@ def step_rejections(ctx: Context) -> None:
             ctx.act(f"could not cancel {order.reference}: {refused.message}")
 
 
+def _place_again(ctx: Context, like: Order, *, role: str, cause: str, key: str) -> Order | None:
+    """A new order like ``like`` (its child), placed once per ``key``; None when refused."""
+    try:
+        return orders.order_place(
+            actor=ctx.account.owner,
+            account=ctx.account,
+            instrument=like.instrument,
+            side=like.side,
+            quantity=like.quantity,
+            order_type=like.order_type,
+            product=like.product,
+            price=like.price,
+            trigger_price=like.trigger_price,
+            source=Order.Source.SYSTEM,
+            role=role,
+            parent=like,
+            strategy=like.strategy,
+            cause=cause,
+            idempotency_key=key,
+        )
+    except ValidationError as error:
+        ctx.act(f"could not place again like {like.reference}: {' '.join(error.messages)}")
+        return None
+
+
 # --- 8. Re-entry --------------------------------------------------------------------------------
 
 
@@ -397,26 +422,14 @@ def step_reentry(ctx: Context) -> None:
             or Order.objects.filter(idempotency_key=f"{ctx.account.owner_id}:reentry:{exit_order.pk}").exists()
         ):
             continue
-        try:
-            placed = orders.order_place(
-                actor=ctx.account.owner,
-                account=ctx.account,
-                instrument=entry.instrument,
-                side=entry.side,
-                quantity=entry.quantity,
-                order_type=entry.order_type,
-                product=entry.product,
-                price=entry.price,
-                trigger_price=entry.trigger_price,
-                source=Order.Source.SYSTEM,
-                role=Order.Role.ENTRY,
-                parent=entry,
-                strategy=strategy,
-                cause=_cause("step 8", f"re-entry after {exit_order.reference} stopped out"),
-                idempotency_key=f"reentry:{exit_order.pk}",
-            )
-        except ValidationError as error:
-            ctx.act(f"could not re-enter after {exit_order.reference}: {' '.join(error.messages)}")
+        placed = _place_again(
+            ctx,
+            entry,
+            role=Order.Role.ENTRY,
+            cause=_cause("step 8", f"re-entry after {exit_order.reference} stopped out"),
+            key=f"reentry:{exit_order.pk}",
+        )
+        if placed is None:
             continue
         Order.objects.filter(pk=placed.pk).update(reentry_count=entry.reentry_count + 1)
         ctx.act(f"re-entered {placed.reference} after {exit_order.reference}")
@@ -444,26 +457,14 @@ def step_retries(ctx: Context) -> None:
             continue
         if (now - failed.updated_at).total_seconds() < 2 ** (attempt - 1):
             continue  # backoff: 1 s, 2 s, 4 s...
-        try:
-            retried = orders.order_place(
-                actor=ctx.account.owner,
-                account=ctx.account,
-                instrument=failed.instrument,
-                side=failed.side,
-                quantity=failed.quantity,
-                order_type=failed.order_type,
-                product=failed.product,
-                price=failed.price,
-                trigger_price=failed.trigger_price,
-                source=Order.Source.SYSTEM,
-                role=failed.role,
-                parent=failed,
-                strategy=strategy,
-                cause=_cause("step 9", f"retry {attempt} of {failed.reference} ({failed.reject_kind})"),
-                idempotency_key=f"retry:{failed.pk}",
-            )
-        except ValidationError as error:
-            ctx.act(f"could not retry {failed.reference}: {' '.join(error.messages)}")
+        retried = _place_again(
+            ctx,
+            failed,
+            role=failed.role,
+            cause=_cause("step 9", f"retry {attempt} of {failed.reference} ({failed.reject_kind})"),
+            key=f"retry:{failed.pk}",
+        )
+        if retried is None:
             continue
         Order.objects.filter(pk=retried.pk).update(retry_count=attempt)
         ctx.act(f"retried {failed.reference} as {retried.reference}")
