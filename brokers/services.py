@@ -408,14 +408,19 @@ def ticks_apply(quotes) -> int:
 account_activity_listeners: list = []
 
 
+def account_touched(account_id: int) -> None:
+    """Something changed for this account (we placed, modified or cancelled): same listeners."""
+    for listener in account_activity_listeners:
+        listener(account_id)
+
+
 def broker_activity(*, broker: str, client_id: str) -> int:
     """A broker told us an order of this client changed: notify listeners for its accounts."""
     account_ids = list(
         BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True).values_list("pk", flat=True)
     )
     for account_id in account_ids:
-        for listener in account_activity_listeners:
-            listener(account_id)
+        account_touched(account_id)
     return len(account_ids)
 
 

@@ -42,7 +42,6 @@ from brokers.errors import (
     RejectKind,
 )
 from brokers.models import Instrument
-from tradingplatform import locks
 
 from .models import DailyCounter, Order, OrderEvent
 
@@ -319,7 +318,6 @@ def order_place(
         if key and (existing := _existing_for_key(key, digest)):
             return existing
         raise
-    _broadcast(order, created=True)
     return order_submit(order=order, cause=cause, broker=broker)
 
 
@@ -456,7 +454,9 @@ def _unknown_outcome(order: Order, message: str) -> None:
     _queue_sync(order.account_id, countdown=5)
 
 
-def _transition(order: Order, to_status: str, *, kind: str, cause: str, message: str = "", **fields) -> bool:
+def _transition(
+    order: Order, to_status: str, *, kind: str, cause: str, message: str = "", created: bool = False, **fields
+) -> bool:
     """Move an order from the status we read to ``to_status``, once. Returns whether we did."""
     from_status = order.status
     with transaction.atomic():
@@ -469,19 +469,17 @@ def _transition(order: Order, to_status: str, *, kind: str, cause: str, message:
         for name, value in fields.items():
             setattr(order, name, value)
         _event(order, kind, cause=cause, from_status=from_status, message=message)
-    _broadcast(order)
+    # A new order's first push is its outcome; it goes on top of the trader's order book.
+    _broadcast(order, created=created or from_status == OrderStatus.NEW)
     return True
 
 
 def _queue_sync(account_id: int, countdown: float = 1.0) -> None:
-    """Reconcile the account with its broker shortly; a burst of orders queues one run."""
-    from .tasks import sync_account
+    """Have the account reconciled with its broker shortly (the monitoring fast path, debounced:
+    a burst of orders and fills queues one run)."""
+    from brokers.services import account_touched
 
-    def queue():
-        if locks.acquire(f"orders:sync-queued:{account_id}", ttl_s=countdown):
-            sync_account.apply_async((account_id,), countdown=countdown)
-
-    transaction.on_commit(queue)
+    transaction.on_commit(lambda: account_touched(account_id))
 
 
 def _broadcast(order: Order, *, created: bool = False) -> None:

@@ -9,6 +9,8 @@ exercises the same exchange over the real wire format.
 import functools
 from decimal import Decimal
 
+from django.db import IntegrityError, OperationalError
+
 from brokers import base
 from brokers.base import Status
 from brokers.errors import (
@@ -51,6 +53,10 @@ def translate_errors(*, order_call: bool = False):
                 raise NetworkError(error.message) from error
             except engine.ServerError as error:
                 raise BrokerUnavailable(error.message) from error
+            except (OperationalError, IntegrityError) as error:
+                # The exchange's own transaction failed (a lock timeout or deadlock) and
+                # rolled back: like a broker's 503, the call did not happen.
+                raise BrokerUnavailable(f"the paper exchange was busy ({error})") from error
             except engine.InputException as error:
                 if "find that `order_id`" in error.message:
                     raise OrderNotFound(error.message) from error

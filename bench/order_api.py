@@ -1,0 +1,1152 @@
+"""Benchmark of order placement through the HTTP API into the paper exchange, on MariaDB.
+
+Run from the repository root (MariaDB and Redis must be up; ``--mysql`` / ``--redis-url`` say where):
+
+    python bench/order_api.py [--server gunicorn-gthread:2x4] [--compare [SETUP,...]] [--accounts 200]
+                              [--latency-seconds 15] [--scheduled 500] [--keep-db] [--help for the rest]
+
+Setup. It creates its own database (``--db-name``, default ``bench_orders``; dropped at the end
+unless ``--keep-db``), migrates it, loads the paper instruments, and creates one trader per
+account, each with an API key and a paper account whose exchange client has plenty of cash
+(``--accounts`` for the API, ``--scheduled-accounts`` more for the scheduled orders, so their
+reconciliation does not meet the API phases' orders). Redis database 5 (``--redis-url``) is
+flushed before each phase and at the end; no other database is touched. Every server, Celery
+worker and beat is a subprocess this script starts and stops, with DEBUG off, LOG_LEVEL=WARNING
+and MariaDB's durable commits as configured (``innodb_flush_log_at_trx_commit`` is printed).
+Server setups (``--server``, ``--compare``): gunicorn sync or gthread workers (WSGI), uvicorn
+workers or daphne (ASGI; run with CONN_MAX_AGE=0, see ``--conn-max-age``).
+
+Figures (each on its own line as ``name: value unit``; lines starting with ``#`` are context):
+
+1. ``api_max_orders_per_s``: the highest sustained rate with no errors and no duplicates. A
+   closed-loop probe (``--probe-concurrency`` requests in flight) estimates the capacity C; then
+   open-loop steps at fixed arrival rates (``--ramp`` fractions of C) of ``--step-seconds`` each,
+   up to the second rate in a row that fails (a failing step is run once more when other
+   processes took more than ``--disturbed-cores`` meanwhile). A step passes when every request got a 2xx with a broker
+   order id, the database check (below) is clean, the last answer came at most ``--max-lag-s``
+   after the last arrival and p99 stayed under ``--max-p99-ms``. The figure is the achieved
+   rate of the best passing step (0 when none passed).
+2. ``api_p50_ms_at_300`` / ``api_p99_ms_at_300``: open loop at ``--rate`` (300/s) for
+   ``--latency-seconds``. Latency runs from each request's *scheduled* send time to its answer,
+   so a slow server cannot hide behind a waiting client (no coordinated omission); requests
+   still unanswered ``--patience-s`` after the last arrival are abandoned and count as
+   infinitely late (so a percentile can be ``inf``).
+3. ``scheduled_lateness_p50_ms`` / ``scheduled_lateness_p99_ms``: ``--scheduled`` one-off
+   scheduled MARKET orders on ``--scheduled-accounts`` accounts, all due in the same second,
+   placed by a real Celery worker (``--worker-pool``, ``--worker-concurrency``) after a
+   dispatcher claims them: ``--dispatcher beat`` (default) runs the real Celery beat with the
+   database scheduler and SCHEDULE_DISPATCH_INTERVAL_S=``--dispatch-interval-s``; ``loop``
+   calls the body of ``orders.tasks.dispatch_scheduled`` from this script every
+   ``--dispatch-interval-s`` (a stand-in for a dispatcher that wakes at due times). Lateness
+   is the order's 'submitted' OrderEvent time minus the due time.
+
+Database check, after each stretch: every request carries a unique ``Idempotency-Key``; per
+key the platform's ``Order`` rows are counted, and per order reference (the broker tag) the
+paper exchange's ``PaperOrder`` rows. An answered key without an order is lost; a key with two
+orders or a reference with two exchange orders is a duplicate; an order that is not SUBMITTED
+or has no exchange order counts as an error.
+
+The load generator is asyncio with a small HTTP/1.1 client on raw streams in this process
+(keep-alive where the server allows it; a request that meets a kept-alive connection the server
+has just closed is sent again once on a new one, which the Idempotency-Key makes safe). It
+shares the two cores with the server and MariaDB; each stretch prints the cores used by the
+server, MariaDB, the load generator and every other process (this machine is shared, and before
+each stretch the script waits up to ``--quiet-wait-s`` for the others to quieten).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+HOST = "127.0.0.1"
+
+# --- Configuration ---------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--mysql", default="root:@127.0.0.1:3306", help="user:password@host:port of MariaDB/MySQL")
+    p.add_argument("--db-name", default="bench_orders", help="the bench's own database (dropped and re-created)")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/5", help="Redis database for the bench (flushed)")
+    p.add_argument("--keep-db", action="store_true", help="reuse the database if it is there, and keep it afterwards")
+    p.add_argument("--port", type=int, default=0, help="HTTP port for the server (default: a free one)")
+    p.add_argument(
+        "--server",
+        default="gunicorn-gthread:2x4",
+        help=f"server setup (default: gunicorn-gthread:2x4, the best measured here), one of:\n{SERVER_SETUPS}",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="?",
+        const="gunicorn-sync:2,gunicorn-sync:4,gunicorn-gthread:4x4,uvicorn:2,daphne",
+        default="",
+        help="also run phases 1-2 for each of these setups (comma-separated), then the main one",
+    )
+    p.add_argument(
+        "--conn-max-age",
+        type=int,
+        default=None,
+        help="CONN_MAX_AGE of the servers (default 60 for WSGI; 0 for ASGI, where Django runs each request's sync\n"
+        "code in a thread of its own, so persistent connections pile up)",
+    )
+    p.add_argument("--accounts", type=int, default=200, help="traders, each with one paper account and one API key")
+    p.add_argument("--warmup-seconds", type=float, default=3.0)
+    p.add_argument("--probe-concurrency", type=int, default=16, help="requests in flight in the capacity probe")
+    p.add_argument("--probe-seconds", type=float, default=6.0)
+    p.add_argument("--ramp", default="0.5,0.65,0.8,0.9,1.0,1.1", help="open-loop steps, as fractions of the probe")
+    p.add_argument(
+        "--disturbed-cores",
+        type=float,
+        default=0.25,
+        help="a step that fails while other processes used more cores than this is run once more",
+    )
+    p.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=20.0,
+        help="before each measured stretch, wait up to this long for other processes to leave the cores alone\n"
+        "(this machine is shared: the 'other processes' figure on each line says how much they took)",
+    )
+    p.add_argument("--step-seconds", type=float, default=8.0)
+    p.add_argument("--max-p99-ms", type=float, default=500.0, help="a sustained step keeps p99 under this")
+    p.add_argument("--max-lag-s", type=float, default=0.5, help="... and answers the last arrival within this")
+    p.add_argument("--rate", type=float, default=300.0, help="arrival rate of the latency phase (orders/s)")
+    p.add_argument("--latency-seconds", type=float, default=15.0)
+    p.add_argument("--max-connections", type=int, default=64, help="client connections at most (open loop)")
+    p.add_argument("--patience-s", type=float, default=15.0, help="abandon answers this late after the last arrival")
+    p.add_argument("--skip-api", action="store_true", help="skip phases 1-2")
+    p.add_argument("--skip-max", action="store_true", help="skip phase 1")
+    p.add_argument("--scheduled", type=int, default=500, help="scheduled orders due in the same second (0: skip)")
+    p.add_argument("--scheduled-accounts", type=int, default=100)
+    p.add_argument("--worker-concurrency", type=int, default=2)
+    p.add_argument("--worker-pool", default="prefork", help="Celery pool: prefork or threads")
+    p.add_argument("--dispatcher", choices=("beat", "loop"), default="beat")
+    p.add_argument("--dispatch-interval-s", type=float, default=1.0, help="SCHEDULE_DISPATCH_INTERVAL_S / loop period")
+    p.add_argument("--scheduled-lead-s", type=float, default=8.0, help="seconds from setup to the due time")
+    p.add_argument("--scheduled-timeout-s", type=float, default=120.0, help="give up this long after the due time")
+    p.add_argument("--verbose", action="store_true", help="show the servers' output")
+    return p.parse_args(argv)
+
+
+def bench_env(args) -> dict[str, str]:
+    """The environment of this process's Django and of every server or worker it starts.
+
+    The secrets are derived from the database name, so a kept database can be read again.
+    """
+    user_password, _, host_port = args.mysql.rpartition("@")
+    user, _, password = user_password.partition(":")
+    host, _, port = host_port.partition(":")
+    fernet = base64.urlsafe_b64encode(hashlib.sha256(f"bench-fernet:{args.db_name}".encode()).digest()).decode()
+    secret = hashlib.sha256(f"bench-secret:{args.db_name}".encode()).hexdigest()
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tradingplatform.settings",
+        DEBUG="false",
+        SECRET_KEY=secret,
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        FIELD_ENCRYPTION_KEYS=fernet,
+        DATABASE_URL=f"mysql://{user}:{password}@{host}:{port or 3306}/{args.db_name}",
+        REDIS_URL=args.redis_url,
+        CONN_MAX_AGE=str(60 if args.conn_max_age is None else args.conn_max_age),
+        LOG_LEVEL="WARNING",
+        CELERY_LOG_LEVEL="WARNING",
+        CELERY_QUEUE="bench_orders",
+        CACHE_KEY_PREFIX="benchorders",
+        SCHEDULE_DISPATCH_INTERVAL_S=str(args.dispatch_interval_s),
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("CELERY_TASK_ALWAYS_EAGER", None)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+# --- Database and fixtures -----------------------------------------------------------------------
+
+
+def mysql_connect(args, db: str | None = None):
+    import MySQLdb
+
+    user_password, _, host_port = args.mysql.rpartition("@")
+    user, _, password = user_password.partition(":")
+    host, _, port = host_port.partition(":")
+    kwargs = {"host": host, "user": user, "passwd": password, "port": int(port or 3306)}
+    if db:
+        kwargs["db"] = db
+    return MySQLdb.connect(**kwargs)
+
+
+def prepare_database(args) -> bool:
+    """Create the bench database; returns whether an existing one was kept."""
+    conn = mysql_connect(args)
+    try:
+        cur = conn.cursor()
+        cur.execute("SHOW DATABASES LIKE %s", (args.db_name,))
+        exists = cur.fetchone() is not None
+        if exists and args.keep_db:
+            return True
+        cur.execute(f"DROP DATABASE IF EXISTS `{args.db_name}`")
+        cur.execute(f"CREATE DATABASE `{args.db_name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        return False
+    finally:
+        conn.close()
+
+
+def drop_database(args) -> None:
+    conn = mysql_connect(args)
+    try:
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{args.db_name}`")
+    finally:
+        conn.close()
+
+
+def mysql_settings(args) -> dict[str, str]:
+    conn = mysql_connect(args)
+    try:
+        cur = conn.cursor()
+        names = ("innodb_flush_log_at_trx_commit", "sync_binlog", "log_bin", "innodb_buffer_pool_size", "version")
+        cur.execute("SHOW VARIABLES")
+        return {name: value for name, value in cur.fetchall() if name in names}
+    finally:
+        conn.close()
+
+
+def flush_redis(args) -> None:
+    import redis
+
+    redis.Redis.from_url(args.redis_url).flushdb()
+
+
+def django_setup(env: dict[str, str]) -> None:
+    os.environ.update(env)
+    import django
+
+    django.setup()
+
+
+@dataclass
+class Trader:
+    user_id: int
+    account_id: int
+    key: str
+
+
+def seed(args) -> list[Trader]:
+    """Migrate, load instruments, and create (or find) the traders, accounts, keys and paper clients."""
+    from decimal import Decimal
+
+    from django.core.management import call_command
+    from django.db import connection
+
+    from accounts import services as account_services
+    from accounts.models import ApiKey, BrokerAccount, User
+    from brokers.paper.models import PaperClient
+    from brokers.services import session_live
+
+    call_command("migrate", verbosity=0, interactive=False)
+    call_command("load_instruments", broker="paper", stdout=io.StringIO())
+    traders = []
+    keys_path = Path(tempfile.gettempdir()) / f"{args.db_name}_keys.json"
+    known = json.loads(keys_path.read_text()) if keys_path.exists() and args.keep_db else {}
+    for i in range(args.accounts + (args.scheduled_accounts if args.scheduled else 0)):
+        username = f"bench{i:04d}"
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            user = User.objects.create_user(username=username, password=None)
+        account = BrokerAccount.objects.filter(owner=user, broker="paper").first()
+        if account is None:
+            account = account_services.broker_account_create(
+                owner=user, broker="paper", client_id=f"BENCH{i:04d}", label=f"Bench {i}", credentials={}
+            )
+        raw = known.get(username)
+        if raw is None or not ApiKey.objects.filter(owner=user, revoked_at__isnull=True).exists():
+            ApiKey.objects.filter(owner=user).delete()
+            _, raw = account_services.api_key_create(owner=user, name="bench")
+            known[username] = raw
+        session_live(account)  # the first login creates the exchange client (and the session)
+        traders.append(Trader(user.pk, account.pk, raw))
+    keys_path.touch(mode=0o600)
+    keys_path.write_text(json.dumps(known))
+    PaperClient.objects.filter(user_id__startswith="BENCH").update(cash=Decimal("1000000000000"))
+    connection.close()
+    return traders
+
+
+def instruments() -> list[tuple[str, str, int]]:
+    from brokers.models import Instrument
+
+    return [(i.exchange, i.tradingsymbol, i.lot_size) for i in Instrument.objects.order_by("pk")]
+
+
+# --- Verification ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    answered: int  # requests that got a 2xx
+    orders: int  # Order rows for the phase's keys (answered or not)
+    lost: int  # answered keys with no Order
+    duplicated: int  # keys with more than one Order, or references with more than one PaperOrder
+    not_at_exchange: int  # Orders with no PaperOrder for their reference
+    statuses: dict
+
+    @property
+    def ok(self) -> bool:
+        not_submitted = self.orders - self.statuses.get("SUBMITTED", 0)
+        return not (self.lost or self.duplicated or self.not_at_exchange or not_submitted)
+
+    def line(self) -> str:
+        return (
+            f"answered {self.answered}, orders {self.orders} {self.statuses}, lost {self.lost}, "
+            f"duplicated {self.duplicated}, not at the exchange {self.not_at_exchange}"
+        )
+
+
+def verify(prefix: str, answered_keys: set[str]) -> Verdict:
+    """Count Orders per idempotency key and PaperOrders per reference for the keys ``{prefix}*``."""
+    from django.db import OperationalError
+
+    for attempt in range(10):
+        try:
+            return _verify(prefix, answered_keys)
+        except OperationalError:  # e.g. too many connections for a moment on this shared server
+            if attempt == 9:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
+
+
+def _verify(prefix: str, answered_keys: set[str]) -> Verdict:
+    from collections import Counter
+
+    from django.db import connection
+    from django.db.models import Count
+
+    from brokers.paper.models import PaperOrder
+    from orders.models import Order
+
+    rows = list(
+        Order.objects.filter(idempotency_key__contains=f":api:{prefix}").values_list(
+            "idempotency_key", "reference", "status"
+        )
+    )
+    per_key = Counter(key.split(":api:", 1)[1] for key, _, _ in rows)
+    references = [reference for _, reference, _ in rows]
+    paper = Counter()
+    for start in range(0, len(references), 2000):
+        chunk = references[start : start + 2000]
+        for tag, n in PaperOrder.objects.filter(tag__in=chunk).values_list("tag").annotate(n=Count("id")):
+            paper[tag] += n
+    connection.close()
+    return Verdict(
+        answered=len(answered_keys),
+        orders=len(rows),
+        lost=sum(1 for key in answered_keys if key not in per_key),
+        duplicated=sum(1 for n in per_key.values() if n > 1) + sum(1 for n in paper.values() if n > 1),
+        not_at_exchange=sum(1 for r in references if r not in paper),
+        statuses=dict(Counter(status for _, _, status in rows)),
+    )
+
+
+# --- Processes and CPU accounting ---------------------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (and its reaped children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def tree_pids(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return pids
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(proc_cpu_seconds(p) for p in tree_pids(pid))
+
+
+def mariadb_cpu_seconds() -> float:
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() in ("mariadbd", "mysqld"):
+                    total += proc_cpu_seconds(int(entry.name))
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuUse:
+    """Cores used during a stretch of wall time: by the server, MariaDB, this process and the rest."""
+
+    server: float = 0.0
+    mariadb: float = 0.0
+    client: float = 0.0
+    other: float = 0.0
+
+    def line(self) -> str:
+        return (
+            f"cores: server {self.server:.2f}, mariadb {self.mariadb:.2f}, load generator {self.client:.2f}, "
+            f"other processes {self.other:.2f}"
+        )
+
+
+class CpuMeter:
+    def __init__(self, server_pid: int):
+        self.server_pid = server_pid
+        self.start = self._read()
+
+    def _read(self):
+        return (
+            time.monotonic(),
+            tree_cpu_seconds(self.server_pid),
+            mariadb_cpu_seconds(),
+            time.process_time(),
+            machine_busy_seconds(),
+        )
+
+    def stop(self) -> CpuUse:
+        end = self._read()
+        wall, server, mariadb, client, busy = (b - a for a, b in zip(self.start, end, strict=True))
+        wall = max(wall, 1e-6)
+        return CpuUse(server / wall, mariadb / wall, client / wall, max(0.0, busy - server - mariadb - client) / wall)
+
+
+def wait_idle(pid: int, *, below: float = 0.05, timeout: float = 60.0) -> None:
+    """Wait until the server's processes use less than ``below`` cores over 0.5 s (queued work is done)."""
+    deadline = time.monotonic() + timeout
+    previous = tree_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        current = tree_cpu_seconds(pid)
+        if current - previous < below * 0.5:
+            return
+        previous = current
+
+
+class Managed:
+    """A subprocess in its own process group, stopped (TERM, then KILL) by ``stop``."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], verbose: bool):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench_{name}_", suffix=".log", delete=False)  # noqa: SIM115
+        out = None if verbose else self.log
+        self.proc = subprocess.Popen(  # noqa: S603  (our own interpreter and arguments)
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.log.name)
+
+
+SERVER_SETUPS = """\
+gunicorn-sync:W        gunicorn, W sync (prefork) workers, WSGI
+gunicorn-gthread:WxT   gunicorn, W workers of T threads each, WSGI
+uvicorn:W              uvicorn (uvloop, httptools), W workers, ASGI
+daphne                 daphne, one process, ASGI (what bin/web runs)"""
+
+
+def server_command(setup: str, port: int) -> list[str]:
+    kind, _, size = setup.partition(":")
+    py, bind = sys.executable, f"{HOST}:{port}"
+    gunicorn = [py, "-m", "gunicorn", "tradingplatform.wsgi:application", "-b", bind, "--backlog", "2048"]
+    if kind == "gunicorn-sync":
+        return [*gunicorn, "-w", str(int(size or 4)), "--no-control-socket"]
+    if kind == "gunicorn-gthread":
+        workers, _, threads = (size or "2x4").partition("x")
+        return [*gunicorn, "-k", "gthread", "-w", workers, "--threads", threads or "4", "--no-control-socket"]
+    if kind == "uvicorn":
+        return [
+            *(py, "-m", "uvicorn", "tradingplatform.asgi:application", "--host", HOST, "--port", str(port)),
+            *("--workers", str(int(size or 2)), "--no-access-log", "--log-level", "warning", "--lifespan", "off"),
+            *("--loop", "uvloop", "--http", "httptools", "--backlog", "2048"),
+        ]
+    if kind == "daphne":
+        return [py, "-m", "daphne", "-b", HOST, "-p", str(port), "tradingplatform.asgi:application"]
+    raise SystemExit(f"unknown server setup {setup!r}; one of:\n{SERVER_SETUPS}")
+
+
+def start_server(setup: str, port: int, env: dict[str, str], verbose: bool) -> Managed:
+    server = Managed(setup.replace(":", "_"), server_command(setup, port), env, verbose)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise SystemExit(f"{setup} exited:\n{server.tail()}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=2) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            if s.recv(64).startswith(b"HTTP/1.1 200"):
+                return server
+        time.sleep(0.2)
+    server.stop()
+    raise SystemExit(f"{setup} did not answer /healthz within 60 s:\n{server.tail()}")
+
+
+# --- HTTP load generator ----------------------------------------------------------------------------
+
+
+class Connection:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader, writer):
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes, bool]:
+        """Send one request; returns (status, body, whether the server keeps the connection open)."""
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await self.reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                parts.append(chunk[:-2])
+            body = b"".join(parts)
+        else:
+            return status, await self.reader.read(), False
+        keep = headers.get("connection", "").lower() != "close" and not lines[0].startswith("HTTP/1.0")
+        return status, body, keep
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Pool:
+    """At most ``limit`` keep-alive connections; a request waits for a free one."""
+
+    def __init__(self, port: int, limit: int):
+        self.port = port
+        self.idle: list[Connection] = []
+        self.slots = asyncio.Semaphore(limit)
+        self.retried = 0
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        """One request. A kept-alive connection the server closed meanwhile (its keep-alive timeout) is
+        retried once on a new connection, as HTTP clients do: safe here, as every request carries an
+        Idempotency-Key (and the database check would catch a duplicate)."""
+        async with self.slots:
+            reused = bool(self.idle)
+            conn = self.idle.pop() if reused else await Connection.open(self.port)
+            try:
+                status, body, keep = await conn.exchange(data)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                conn.close()
+                if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                    raise
+                self.retried += 1
+                conn = await Connection.open(self.port)
+                try:
+                    status, body, keep = await conn.exchange(data)
+                except BaseException:
+                    conn.close()
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+            (self.idle.append if keep else lambda c: c.close())(conn)
+            return status, body
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class OrderMaker:
+    """Order requests: MARKET, one lot, random instrument, round-robin over the traders, sides alternating."""
+
+    def __init__(self, traders: list[Trader], symbols: list[tuple[str, str, int]], run_id: str):
+        self.traders = traders
+        self.symbols = symbols
+        self.run_id = run_id
+        self.rng = random.Random(7)
+
+    def make(self, phase: str, i: int) -> tuple[str, bytes]:
+        trader = self.traders[i % len(self.traders)]
+        exchange, symbol, lot = self.symbols[self.rng.randrange(len(self.symbols))]
+        side = "BUY" if (i // len(self.traders)) % 2 == 0 else "SELL"
+        body = json.dumps(
+            {
+                "account_id": trader.account_id,
+                "exchange": exchange,
+                "tradingsymbol": symbol,
+                "side": side,
+                "quantity": lot,
+                "order_type": "MARKET",
+                "product": "MIS",
+            }
+        ).encode()
+        key = f"{self.run_id}-{phase}-{i}"
+        head = (
+            f"POST /api/v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {trader.key}\r\n"
+            f"Idempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        return key, head.encode() + body
+
+
+@dataclass
+class LoadResult:
+    label: str
+    offered_rate: float = 0.0  # 0: closed loop
+    sent: int = 0
+    ok_keys: set = field(default_factory=set)
+    errors: dict = field(default_factory=dict)
+    latencies_ms: list = field(default_factory=list)  # answered requests; unanswered count as infinite
+    first_due: float = 0.0
+    last_due: float = 0.0
+    last_done: float = 0.0
+    cpu: CpuUse = field(default_factory=CpuUse)
+    retried: int = 0  # requests sent again after a stale keep-alive connection
+
+    @property
+    def ok(self) -> int:
+        return len(self.ok_keys)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def achieved_rate(self) -> float:
+        span = self.last_done - self.first_due
+        return self.ok / span if span > 0 else 0.0
+
+    @property
+    def lag_s(self) -> float:
+        return self.last_done - self.last_due
+
+    def pct(self, q: float) -> float:
+        values = sorted(self.latencies_ms) + [float("inf")] * (self.sent - len(self.latencies_ms))
+        return percentile(values, q)
+
+    def error(self, key: str) -> None:
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), math.ceil(q * len(sorted_values))))
+    return sorted_values[rank - 1]
+
+
+async def _one(pool: Pool, key: str, data: bytes, due: float, result: LoadResult, loop) -> None:
+    try:
+        status, body = await pool.request(data)
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        result.error(type(exc).__name__)
+        return
+    done = loop.time()
+    result.last_done = max(result.last_done, done)
+    result.latencies_ms.append((done - due) * 1000)
+    if status not in (200, 201):
+        result.error(f"HTTP {status}: {body[:100].decode(errors='replace')}")
+        return
+    order = json.loads(body)
+    if order.get("status") != "SUBMITTED":
+        result.error(f"2xx with status {order.get('status')}: {order.get('reject_reason', '')[:60]}")
+    elif not order.get("broker_order_id"):
+        result.error("2xx but no broker order id (the broker's answer was lost)")
+    else:
+        result.ok_keys.add(key)
+
+
+async def open_loop(port, maker, phase, rate, seconds, limit, server_pid, patience_s) -> LoadResult:
+    """Send ``rate * seconds`` requests at fixed arrival times, whatever the server's pace.
+
+    Requests still unanswered ``patience_s`` after the last arrival are abandoned (and count
+    as errors with infinite latency).
+    """
+    loop = asyncio.get_running_loop()
+    n = max(1, int(rate * seconds))
+    requests = [maker.make(phase, i) for i in range(n)]
+    pool = Pool(port, limit)
+    result = LoadResult(f"open loop {rate:.0f}/s", offered_rate=rate, sent=n)
+    meter = CpuMeter(server_pid)
+    start = loop.time() + 0.05
+    result.first_due = result.last_done = start
+    tasks = []
+    for i, (key, data) in enumerate(requests):
+        due = start + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_one(pool, key, data, due, result, loop)))
+    result.last_due = start + (n - 1) / rate
+    _, pending = await asyncio.wait(tasks, timeout=max(0.1, result.last_due + patience_s - loop.time()))
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+        result.errors[f"no answer within {patience_s:.0f} s of the last arrival"] = len(pending)
+    result.cpu = meter.stop()
+    result.retried = pool.retried
+    pool.close()
+    return result
+
+
+async def closed_loop(port, maker, phase, concurrency, seconds, server_pid) -> LoadResult:
+    """``concurrency`` requests always in flight for ``seconds``; latency from each send."""
+    loop = asyncio.get_running_loop()
+    pool = Pool(port, concurrency)
+    result = LoadResult(f"closed loop x{concurrency}")
+    counter = iter(range(10**9))
+    meter = CpuMeter(server_pid)
+    start = loop.time()
+    end = start + seconds
+    result.first_due = result.last_done = start
+
+    async def worker():
+        while loop.time() < end:
+            key, data = maker.make(phase, next(counter))
+            result.sent += 1
+            await _one(pool, key, data, loop.time(), result, loop)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.last_due = end
+    result.cpu = meter.stop()
+    result.retried = pool.retried
+    pool.close()
+    return result
+
+
+def describe(setup: str, r: LoadResult, v: Verdict) -> str:
+    ms = lambda x: "inf" if math.isinf(x) else f"{x:.1f}"  # noqa: E731
+    line = (
+        f"# {setup} {r.label}: sent {r.sent}, ok {r.ok}, errors {r.error_count}; achieved {r.achieved_rate:.0f}/s; "
+        f"latency p50 {ms(r.pct(0.5))} p90 {ms(r.pct(0.9))} p99 {ms(r.pct(0.99))} max {ms(r.pct(1.0))} ms; "
+        f"lag {r.lag_s:.2f} s\n#     {r.cpu.line()}"
+    )
+    if r.ok:
+        cpu_ms = (r.cpu.server + r.cpu.mariadb) * (r.last_done - r.first_due) / r.ok * 1000
+        line += f"; server+mariadb cpu per order {cpu_ms:.1f} ms"
+    if r.retried:
+        line += f"; {r.retried} sent again after the server closed an idle connection"
+    if r.errors:
+        line += "\n#     errors: " + "; ".join(f"{n} x {what}" for what, n in list(r.errors.items())[:4])
+    if not v.ok:
+        line += f"\n#     database check FAILED: {v.line()}"
+    return line
+
+
+# --- Phases 1 and 2 ------------------------------------------------------------------------------
+
+
+@dataclass
+class ApiFigures:
+    setup: str
+    max_rate: float = float("nan")
+    capacity: float = float("nan")
+    at_max: str = ""
+    p50: float = float("nan")
+    p99: float = float("nan")
+    clean_at_rate: bool = False
+    cpu_per_order_ms: float = float("nan")
+
+
+def wait_quiet(max_wait_s: float, own_pids: list[int], *, below: float = 0.3) -> float:
+    """Wait (up to ``max_wait_s``) for a second in which processes other than ours use < ``below`` cores."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+
+        def own() -> float:
+            return sum(tree_cpu_seconds(p) for p in own_pids) + time.process_time()
+
+        busy0, own0 = machine_busy_seconds(), own()
+        time.sleep(1.0)
+        other = machine_busy_seconds() - busy0 - (own() - own0)
+        if other < below or time.monotonic() >= deadline:
+            return max(0.0, other)
+
+
+def run_api(args, env, setup: str, traders: list[Trader], symbols, run_id: str) -> ApiFigures:
+    flush_redis(args)
+    asgi = setup.startswith(("uvicorn", "daphne"))
+    env = {**env, "CONN_MAX_AGE": str(args.conn_max_age if args.conn_max_age is not None else (0 if asgi else 60))}
+    port = args.port or free_port()
+    maker = OrderMaker(traders, symbols, f"{run_id}{setup.replace(':', '').replace('-', '')}")
+    server = start_server(setup, port, env, args.verbose)
+    figures = ApiFigures(setup)
+    print(f"# --- {setup} on port {port}, CONN_MAX_AGE={env['CONN_MAX_AGE']} ---", flush=True)
+    phases = iter(range(1000))
+    patience = args.patience_s
+
+    def run(coro_factory, *a) -> tuple[LoadResult, Verdict]:
+        phase = f"p{next(phases)}"
+        if args.quiet_wait_s > 0:
+            wait_quiet(args.quiet_wait_s, [server.proc.pid])
+        result = asyncio.run(coro_factory(port, maker, phase, *a))
+        wait_idle(server.proc.pid)
+        verdict = verify(f"{maker.run_id}-{phase}-", result.ok_keys)
+        print(describe(setup, result, verdict), flush=True)
+        if not server.alive():
+            raise SystemExit(f"{setup} died:\n{server.tail()}")
+        return result, verdict
+
+    try:
+        # Every worker imports and connects on its first requests: not part of any figure.
+        run(closed_loop, 4, args.warmup_seconds, server.proc.pid)
+        if not args.skip_max:
+            probe, _ = run(closed_loop, args.probe_concurrency, args.probe_seconds, server.proc.pid)
+            figures.capacity = probe.achieved_rate
+            figures.max_rate = 0.0
+            tried = set()
+            failed_in_a_row = 0
+            for fraction in (float(x) for x in args.ramp.split(",")):
+                step = 5 if figures.capacity >= 100 else 1
+                rate = float(max(step, round(figures.capacity * fraction / step) * step))
+                if rate in tried:
+                    continue
+                tried.add(rate)
+                for attempt in (1, 2):
+                    result, verdict = run(
+                        open_loop, rate, args.step_seconds, args.max_connections, server.proc.pid, patience
+                    )
+                    reasons = [
+                        text
+                        for bad, text in (
+                            (result.error_count, f"{result.error_count} errors"),
+                            (not verdict.ok, "database check failed"),
+                            (result.pct(0.99) > args.max_p99_ms, f"p99 above {args.max_p99_ms:.0f} ms"),
+                            (result.lag_s > args.max_lag_s, f"lag above {args.max_lag_s} s"),
+                        )
+                        if bad
+                    ]
+                    if not reasons:
+                        break
+                    disturbed = result.cpu.other > args.disturbed_cores
+                    print(
+                        f"#     not sustained at {rate:.0f}/s: {', '.join(reasons)}"
+                        + (" (other processes were busy: once more)" if disturbed and attempt == 1 else "")
+                    )
+                    if not disturbed:
+                        break
+                if reasons:
+                    failed_in_a_row += 1
+                    if failed_in_a_row >= 2:
+                        break
+                    continue
+                failed_in_a_row = 0
+                if result.achieved_rate > figures.max_rate:
+                    figures.max_rate = result.achieved_rate
+                    figures.at_max = f"p50 {result.pct(0.5):.1f} ms, p99 {result.pct(0.99):.1f} ms there"
+        result, verdict = run(
+            open_loop, args.rate, args.latency_seconds, args.max_connections, server.proc.pid, patience
+        )
+        figures.p50, figures.p99 = result.pct(0.50), result.pct(0.99)
+        figures.clean_at_rate = result.error_count == 0 and verdict.ok
+        if result.ok:
+            span = result.last_done - result.first_due
+            figures.cpu_per_order_ms = (result.cpu.server + result.cpu.mariadb) * span / result.ok * 1000
+    finally:
+        server.stop()
+    return figures
+
+
+# --- Phase 3: scheduled orders ------------------------------------------------------------------
+
+
+def dispatch_once() -> int:
+    """The body of ``orders.tasks.dispatch_scheduled``, without its once-per-interval lock."""
+    from orders import sources
+    from orders.tasks import fire_scheduled
+
+    fires = sources.scheduled_claim_due()
+    for fire_id in fires:
+        fire_scheduled.delay(fire_id)
+    return len(fires)
+
+
+def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
+    from zoneinfo import ZoneInfo
+
+    from django.db import connection
+    from django.db.models import Count
+    from django.utils import timezone
+
+    from accounts.models import BrokerAccount, User
+    from brokers.models import Instrument
+    from orders import sources
+    from orders.models import OrderEvent, ScheduledFire, ScheduledOrder
+
+    flush_redis(args)
+    celery = [sys.executable, "-m", "celery", "-A", "tradingplatform"]
+    worker_cmd = [
+        *celery,
+        *("worker", "--loglevel", "WARNING", "--concurrency", str(args.worker_concurrency)),
+        *("--pool", args.worker_pool, "-n", f"bench-{os.getpid()}@%h", "-Q", env["CELERY_QUEUE"]),
+        *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+    ]
+    schedule_file = Path(tempfile.gettempdir()) / f"bench_beat_{os.getpid()}"
+    beat_cmd = [*celery, "beat", "--loglevel", "WARNING", "-s", str(schedule_file)]
+
+    # Earlier runs' leftovers must not fire now.
+    ScheduledOrder.objects.filter(status=ScheduledOrder.Status.ACTIVE).update(
+        status=ScheduledOrder.Status.CANCELLED, next_run_at=None
+    )
+    accounts = list(BrokerAccount.objects.filter(pk__in=[t.account_id for t in traders]).order_by("pk"))
+    owners = {u.pk: u for u in User.objects.filter(pk__in=[a.owner_id for a in accounts])}
+    symbols = list(Instrument.objects.order_by("pk"))
+    connection.close()
+
+    # The worker (and beat) first, so that the due time finds them running.
+    worker_name = f"bench-{os.getpid()}@{socket.gethostname()}"
+    procs = [Managed("worker", worker_cmd, env, args.verbose)]
+    if args.dispatcher == "beat":
+        procs.append(Managed("beat", beat_cmd, env, args.verbose))
+    try:
+        from tradingplatform.celery import app
+
+        ready_by = time.monotonic() + 90
+        while not app.control.ping(destination=[worker_name], timeout=0.5):
+            if time.monotonic() > ready_by or not procs[0].alive():
+                raise SystemExit(f"the Celery worker did not start:\n{procs[0].tail()}")
+
+        # The due time: a whole second, far enough ahead for the rows to be written.
+        zone = ZoneInfo("Asia/Kolkata")
+        due = (timezone.now() + timedelta(seconds=args.scheduled_lead_s)).astimezone(zone).replace(microsecond=0)
+        rng = random.Random(11)
+        created = []
+        for i in range(args.scheduled):
+            account = accounts[i % len(accounts)]
+            instrument = symbols[rng.randrange(len(symbols))]
+            spec = {
+                "instrument": instrument,
+                "side": "BUY" if i % 2 == 0 else "SELL",
+                "quantity": instrument.lot_size,
+                "order_type": "MARKET",
+                "product": "MIS",
+                "price": None,
+                "trigger_price": None,
+                "validity": "DAY",
+            }
+            row = sources.scheduled_save(
+                owner=owners[account.owner_id],
+                account=account,
+                spec=spec,
+                recurrence="once",
+                time_of_day=due.time(),
+                timezone_name="Asia/Kolkata",
+                run_on=due.date(),
+            )
+            created.append(row.pk)
+        connection.close()
+        remaining = (due - timezone.now()).total_seconds()
+        print(
+            f"# scheduled: {len(created)} orders on {len(accounts)} accounts due at {due:%H:%M:%S} "
+            f"(in {remaining:.1f} s); worker {args.worker_pool} x{args.worker_concurrency}, dispatcher "
+            + (
+                f"celery beat (SCHEDULE_DISPATCH_INTERVAL_S={args.dispatch_interval_s})"
+                if args.dispatcher == "beat"
+                else f"loop in this script every {args.dispatch_interval_s} s"
+            ),
+            flush=True,
+        )
+        if remaining < 1:
+            raise SystemExit("setup took too long for the due time; raise --scheduled-lead-s")
+
+        deadline = due + timedelta(seconds=args.scheduled_timeout_s)
+        meter = None
+        claim_ms = []
+        while timezone.now() < deadline:
+            for p in procs:
+                if not p.alive():
+                    raise SystemExit(f"{p.name} exited:\n{p.tail()}")
+            now = timezone.now()
+            if meter is None and now >= due - timedelta(seconds=0.5):
+                meter = CpuMeter(procs[0].proc.pid)
+            if now >= due:
+                if args.dispatcher == "loop":
+                    t = time.perf_counter()
+                    if dispatch_once():
+                        claim_ms.append((time.perf_counter() - t) * 1000)
+                done = (
+                    ScheduledFire.objects.filter(scheduled_id__in=created)
+                    .exclude(status=ScheduledFire.Status.PENDING)
+                    .count()
+                )
+                if done >= len(created):
+                    break
+                time.sleep(args.dispatch_interval_s if args.dispatcher == "loop" else 0.2)
+            else:
+                time.sleep(max(0.0005, min(0.2, (due - now).total_seconds())))
+        cpu = meter.stop() if meter else CpuUse()
+        took = (timezone.now() - due).total_seconds()
+    finally:
+        for p in procs:
+            p.stop()
+        with contextlib.suppress(OSError):
+            schedule_file.unlink()
+    claimed = ScheduledFire.objects.filter(scheduled_id__in=created).values_list("claimed_at", flat=True)
+    claimed = sorted((at - due).total_seconds() * 1000 for at in claimed)
+    if claimed:
+        print(
+            f"# scheduled: claimed (ScheduledFire rows written) from +{claimed[0]:.0f} to +{claimed[-1]:.0f} ms"
+            + (f"; the claim call took {sum(claim_ms):.0f} ms" if claim_ms else "")
+        )
+    statuses = dict(
+        ScheduledFire.objects.filter(scheduled_id__in=created)
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
+    )
+    submitted = OrderEvent.objects.filter(kind="submitted", order__scheduled_id__in=created)
+    submitted = list(submitted.values_list("created_at", flat=True))
+    connection.close()
+    lateness = sorted((at - due).total_seconds() * 1000 for at in submitted)
+    lateness += [float("inf")] * (len(created) - len(lateness))
+    print(
+        f"# scheduled: fires {statuses}; submitted {len(submitted)}/{len(created)}, first +{lateness[0]:.0f} ms, "
+        f"last +{lateness[-1]:.0f} ms; {took:.1f} s until all were done\n"
+        f"#     {cpu.line().replace('server', 'celery worker')}",
+        flush=True,
+    )
+    return percentile(lateness, 0.50), percentile(lateness, 0.99)
+
+
+# --- Main -----------------------------------------------------------------------------------------
+
+
+def fmt(value: float, digits: int) -> str:
+    return "nan" if math.isnan(value) else "inf" if math.isinf(value) else f"{value:.{digits}f}"
+
+
+def main(argv=None) -> dict[str, float]:
+    args = parse_args(argv)
+    env = bench_env(args)
+    setups = [s for s in [*args.compare.split(","), args.server] if s]
+    setups = list(dict.fromkeys(setups))  # the main setup last, once
+    setups.remove(args.server)
+    setups.append(args.server)
+    for setup in setups if not args.skip_api else []:
+        module = setup.split("-")[0].split(":")[0]
+        if importlib.util.find_spec(module) is None:
+            raise SystemExit(f"{setup} needs {module}: pip install {module}")
+    kept = prepare_database(args)
+    flush_redis(args)  # cached broker sessions of an earlier database would skip the logins below
+    django_setup(env)
+    t0 = time.monotonic()
+    traders = seed(args)
+    symbols = instruments()
+    db = mysql_settings(args)
+    print(
+        f"# MariaDB {db.get('version')}: innodb_flush_log_at_trx_commit={db.get('innodb_flush_log_at_trx_commit')}, "
+        f"sync_binlog={db.get('sync_binlog')}, log_bin={db.get('log_bin')}; {args.accounts} traders/accounts/keys "
+        f"for the API (+{len(traders) - args.accounts} for scheduled orders), "
+        f"{len(symbols)} instruments, MARKET orders of one lot; {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}; setup {time.monotonic() - t0:.1f} s" + (" (kept database)" if kept else ""),
+        flush=True,
+    )
+    run_id = f"r{int(time.time())}"
+    figures: dict[str, float] = {}
+    try:
+        if not args.skip_api:
+            results = [run_api(args, env, setup, traders[: args.accounts], symbols, run_id) for setup in setups]
+            for r in results:
+                print(
+                    f"# setup {r.setup}: sustained {fmt(r.max_rate, 0)} orders/s ({r.at_max or 'no step passed'}; "
+                    f"closed-loop capacity {fmt(r.capacity, 0)}/s); "
+                    f"at {args.rate:.0f}/s p50 {fmt(r.p50, 1)} ms, p99 {fmt(r.p99, 1)} ms"
+                    f"{'' if r.clean_at_rate else ' (with errors)'}; server+mariadb cpu {fmt(r.cpu_per_order_ms, 1)} "
+                    "ms per order"
+                )
+            main_result = results[-1]
+            if not args.skip_max:
+                figures["api_max_orders_per_s"] = main_result.max_rate
+            figures["api_p50_ms_at_300"] = main_result.p50
+            figures["api_p99_ms_at_300"] = main_result.p99
+        if args.scheduled:
+            figures["scheduled_lateness_p50_ms"], figures["scheduled_lateness_p99_ms"] = run_scheduled(
+                args, env, traders[args.accounts :]
+            )
+    finally:
+        flush_redis(args)
+        if not args.keep_db:
+            drop_database(args)
+    for name, value in figures.items():
+        print(f"{name}: {fmt(value, 0)} 1/s" if name.endswith("per_s") else f"{name}: {fmt(value, 1)} ms")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
