@@ -3,13 +3,13 @@ from celery import shared_task
 from tradingplatform import locks
 from tradingplatform.celery import periodic
 
+from . import sources
+
 
 @shared_task
 @periodic
 def dispatch_scheduled():
     """Claim due scheduled orders (once each) and hand each due time to a worker."""
-    from . import sources
-
     fires = sources.scheduled_claim_due()
     # Fires a dead worker left pending, re-sent at most every 30 s each.
     fires += [pk for pk in sources.scheduled_pending_stale() if locks.acquire(f"orders:refire:{pk}", ttl_s=30)]
@@ -21,6 +21,4 @@ def dispatch_scheduled():
 @shared_task
 def fire_scheduled(fire_id: int):
     """Place one claimed due time; a redelivery finds it placed and does nothing."""
-    from . import sources
-
     return sources.scheduled_fire(fire_id=fire_id).status
