@@ -1,0 +1,675 @@
+"""Benchmark of the fill fast path: from a paper fill's commit to its PnL fragment on an open dashboard.
+
+Run from the repository root (MariaDB and Redis must be up; ``--mysql`` / ``--redis-url`` say where):
+
+    python bench/fill_latency.py [--traders 100] [--fills 1000] [--rate 10] [--latency-ms 50]
+                                 [--pool threads] [--concurrency 8] [--help for the rest]
+
+Setup. It creates its own database (``--db-name``, default ``bench_fill_latency``; dropped at the
+end unless ``--keep-db``), migrates it, loads the instruments, and creates ``--traders`` traders,
+each with one paper account connected through the session manager (``session_live``: the
+exchange client, a real token, a live ``BrokerSession``), its exchange client given cash and
+``latency_ms`` = ``--latency-ms`` per broker call. It starts daphne (``tradingplatform.asgi``, a
+free port) and the Celery workers (``--workers`` processes, default 2, one per core, each
+``--pool`` threads ``--concurrency`` 8: a monitoring run mostly waits on the broker, MariaDB and
+Redis, which threads overlap; see bench/monitoring_cycle.py) on a queue of their own, as
+subprocesses with DEBUG off and LOG_LEVEL=WARNING. It waits for a quiet machine (``--load-below``),
+logs every trader in (``django.test.Client.force_login`` here, then the session cookie) and opens
+one dashboard websocket per trader (``ws://.../ws/`` with the ``websockets`` package, Origin
+matching ALLOWED_HOSTS): 100 traders with one account and one open dashboard each. The sockets are
+opened all at once first, as after a restart (how many the server refused is a context line), and
+the refused ones again one at a time. Redis database 6 (``--redis-url``) is flushed at the start
+and at the end; nothing else is touched.
+
+Measurement. A probe first sends one message to every trader's group through the channel layer
+(the raw group-send latency, a context line). Then ``--fills`` MARKET orders (plus ``--warmup``
+unmeasured ones first), each on a random trader's account, arriving as a Poisson process at
+``--rate`` per second, are placed in this process through ``brokers.paper.engine.order_place``;
+they fill at once. A fill's time is taken by an ``on_commit`` hook registered before the order, so
+it is the first thing that runs after the COMMIT (before the platform's own hooks). A fill has
+arrived when its trader's websocket receives a message with ``id="pnl-summary"`` that also lists
+the fill (its exchange order id in the recent-trades fragment rendered with it, so that PnL
+includes it). Fills with no such message ``--tail-s`` seconds after the last fill count as
+infinitely late.
+
+Figures (each on its own line as ``name: value unit``; lines starting with ``#`` are context):
+``fill_to_ws_p50_ms`` and ``fill_to_ws_p99_ms`` (nearest rank over the measured fills), with a
+breakdown of where the time goes: commit to the end of the ``AccountRun`` that covered the fill
+(debounce, queue, the monitoring steps) and from there to the websocket (dashboard push with its
+coalescing, render, channel layer, daphne); how many fills met a skipped run (a fast-path run that
+found the account's previous run still going); and what daphne and the workers logged (channel
+layer errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+HOST = "127.0.0.1"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--traders", type=int, default=100, help="traders, each with one paper account and one dashboard")
+    p.add_argument("--fills", type=int, default=1000, help="measured fills")
+    p.add_argument("--warmup", type=int, default=50, help="fills before the measured ones (not counted)")
+    p.add_argument("--rate", type=float, default=10.0, help="fills per second (Poisson arrivals, random traders)")
+    p.add_argument("--latency-ms", type=int, default=50, help="PaperClient.latency_ms: added to every broker call")
+    p.add_argument("--workers", type=int, default=2, help="Celery worker processes")
+    p.add_argument("--pool", default="threads", help="Celery pool: threads, prefork, solo")
+    p.add_argument("--concurrency", type=int, default=8, help="threads (or child processes) per worker")
+    p.add_argument("--tail-s", type=float, default=15.0, help="wait this long after the last fill for its push")
+    p.add_argument("--mysql", default="root:@127.0.0.1:3306", help="user:password@host:port of MariaDB/MySQL")
+    p.add_argument("--db-name", default="bench_fill_latency", help="the bench's own database (dropped and re-created)")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/6", help="Redis database for the bench (flushed)")
+    p.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
+    p.add_argument(
+        "--load-below",
+        type=float,
+        default=1.0,
+        help="before measuring, wait (polling every 30 s) for the 1-minute load average to drop below this\n"
+        "(0: do not wait)",
+    )
+    p.add_argument("--load-wait-s", type=float, default=600.0, help="... for at most this long")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--verbose", action="store_true", help="show daphne's and the worker's output")
+    return p.parse_args(argv)
+
+
+def bench_env(args) -> dict[str, str]:
+    user_password, _, host_port = args.mysql.rpartition("@")
+    user, _, password = user_password.partition(":")
+    host, _, port = host_port.partition(":")
+    fernet = base64.urlsafe_b64encode(hashlib.sha256(f"bench-fernet:{args.db_name}".encode()).digest()).decode()
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE=env.get("DJANGO_SETTINGS_MODULE", "tradingplatform.settings"),
+        DEBUG="false",
+        SECRET_KEY=hashlib.sha256(f"bench-secret:{args.db_name}".encode()).hexdigest(),
+        ALLOWED_HOSTS=f"{HOST},localhost",
+        FIELD_ENCRYPTION_KEYS=fernet,
+        DATABASE_URL=f"mysql://{user}:{password}@{host}:{port or 3306}/{args.db_name}",
+        REDIS_URL=args.redis_url,
+        LOG_LEVEL="WARNING",
+        CELERY_QUEUE="bench_fill_latency",
+        CACHE_KEY_PREFIX="benchfill",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("CELERY_TASK_ALWAYS_EAGER", None)
+    return env
+
+
+def mysql_exec(args, *statements) -> list:
+    import MySQLdb
+
+    user_password, _, host_port = args.mysql.rpartition("@")
+    user, _, password = user_password.partition(":")
+    host, _, port = host_port.partition(":")
+    conn = MySQLdb.connect(host=host, user=user, passwd=password, port=int(port or 3306))
+    try:
+        cur = conn.cursor()
+        rows = []
+        for statement in statements:
+            cur.execute(statement)
+            rows.extend(cur.fetchall())
+        return rows
+    finally:
+        conn.close()
+
+
+def flush_redis(args) -> None:
+    import redis
+
+    redis.Redis.from_url(args.redis_url).flushdb()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_load(below: float, max_wait_s: float) -> float:
+    deadline = time.monotonic() + max_wait_s
+    while below > 0 and os.getloadavg()[0] >= below and time.monotonic() < deadline:
+        time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
+    return os.getloadavg()[0]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (values need not be sorted)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(1, min(len(ordered), math.ceil(q * len(ordered)))) - 1]
+
+
+# --- Processes and CPU --------------------------------------------------------------------------------
+
+
+class Managed:
+    """A subprocess in its own process group, stopped (TERM, then KILL) by ``stop``."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], verbose: bool):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench_{name}_", suffix=".log", delete=False)  # noqa: SIM115
+        self.proc = subprocess.Popen(  # noqa: S603  (our own interpreter and arguments)
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=None if verbose else self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+    def log_text(self) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.log.name).read_text(errors="replace")
+        return ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.log.name)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += proc_cpu_seconds(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return total
+
+
+def named_cpu_seconds(*names: str) -> float:
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() in names:
+                    total += proc_cpu_seconds(int(entry.name))
+    return total
+
+
+def machine_busy_seconds() -> float:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    def __init__(self, processes: dict[str, int]):
+        self.processes = processes
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        values = {name: tree_cpu_seconds(pid) for name, pid in self.processes.items()}
+        values.update(
+            wall=time.monotonic(),
+            mariadb=named_cpu_seconds("mariadbd", "mysqld"),
+            redis=named_cpu_seconds("redis-server"),
+            bench=time.process_time(),
+            busy=machine_busy_seconds(),
+        )
+        return values
+
+    def line(self) -> str:
+        end = self._read()
+        delta = {k: end[k] - self.start[k] for k in end}
+        wall = max(delta.pop("wall"), 1e-6)
+        busy = delta.pop("busy")
+        other = max(0.0, busy - sum(delta.values()))
+        parts = [f"{name} {value / wall:.2f}" for name, value in delta.items()]
+        return f"cores: {', '.join(parts)}, other processes {other / wall:.2f} (over {wall:.0f} s)"
+
+
+# --- Setup --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trader:
+    user_id: int
+    account_id: int
+    client_pk: int
+    cookie: str
+
+
+def seed(args) -> list[Trader]:
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test import Client
+
+    from accounts import services as account_services
+    from accounts.models import User
+    from brokers import services as broker_services
+    from brokers.paper.models import PaperClient
+
+    call_command("migrate", verbosity=0, interactive=False)
+    call_command("load_instruments", broker="paper", stdout=open(os.devnull, "w"))  # noqa: SIM115
+    traders = []
+    for i in range(args.traders):
+        user = User.objects.create_user(username=f"fill{i:04d}", password=None)
+        account = account_services.broker_account_create(
+            owner=user, broker="paper", client_id=f"FILL{i:04d}", label=f"Paper {i}", credentials={}
+        )
+        broker_services.session_live(account)  # logs in: the exchange client, a token, the BrokerSession
+        client = Client()
+        client.force_login(user)
+        traders.append(Trader(user.pk, account.pk, 0, client.cookies[settings.SESSION_COOKIE_NAME].value))
+    clients = dict(PaperClient.objects.filter(user_id__startswith="FILL").values_list("user_id", "pk"))
+    for i, trader in enumerate(traders):
+        trader.client_pk = clients[f"FILL{i:04d}"]
+    PaperClient.objects.filter(user_id__startswith="FILL").update(
+        cash=Decimal(10**12), opening_funds=Decimal(10**12), latency_ms=args.latency_ms
+    )
+    connection.close()
+    return traders
+
+
+def start_daphne(port: int, env, verbose: bool) -> Managed:
+    cmd = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "tradingplatform.asgi:application"]
+    daphne = Managed("daphne", cmd, env, verbose)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not daphne.alive():
+            raise SystemExit(f"daphne exited:\n{daphne.tail()}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=2) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            if s.recv(64).startswith(b"HTTP/1.1 200"):
+                return daphne
+        time.sleep(0.2)
+    daphne.stop()
+    raise SystemExit(f"daphne did not answer /healthz within 60 s:\n{daphne.tail()}")
+
+
+def start_workers(args, env) -> list[Managed]:
+    from tradingplatform.celery import app
+
+    workers, names = [], []
+    for k in range(args.workers):
+        name = f"benchfill{k}-{os.getpid()}@{os.uname().nodename}"
+        cmd = [
+            *(sys.executable, "-m", "celery", "-A", "tradingplatform", "worker", "--loglevel", "WARNING"),
+            *("--pool", args.pool, "--concurrency", str(args.concurrency), "-n", name, "-Q", env["CELERY_QUEUE"]),
+            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+        ]
+        workers.append(Managed(f"worker{k}", cmd, env, args.verbose))
+        names.append(name)
+    deadline = time.monotonic() + 90
+    waiting = set(names)
+    while waiting:
+        for w in workers:
+            if not w.alive():
+                raise SystemExit(f"the Celery worker exited:\n{w.tail()}")
+        for reply in app.control.ping(destination=list(waiting), timeout=0.5):
+            waiting -= set(reply)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the Celery worker did not answer within 90 s:\n{workers[0].tail()}")
+    return workers
+
+
+# --- Dashboards (websockets) ---------------------------------------------------------------------------
+
+PNL_MARK = 'id="pnl-summary"'
+
+
+@dataclass
+class Inbox:
+    """Every message a trader's websocket received: (arrival time, text)."""
+
+    messages: list = field(default_factory=list)
+
+
+async def open_dashboard(port: int, trader: Trader, inbox: Inbox, errors: list):
+    from websockets.asyncio.client import connect
+
+    ws = await connect(
+        f"ws://{HOST}:{port}/ws/",
+        origin=f"http://{HOST}:{port}",
+        additional_headers={"Cookie": f"sessionid={trader.cookie}"},
+        max_size=None,
+        open_timeout=30,
+        compression=None,
+    )
+
+    async def reader():
+        try:
+            async for text in ws:
+                inbox.messages.append((time.time(), text))
+        except Exception as error:  # noqa: BLE001  (a dropped socket is reported, not raised)
+            errors.append(f"trader {trader.user_id}: {type(error).__name__}: {error}")
+
+    asyncio.get_running_loop().create_task(reader())
+    return ws
+
+
+async def open_dashboards(port: int, traders: list[Trader], inboxes: dict[int, Inbox], errors: list):
+    """Open every dashboard at once (as after a restart); open the ones that failed again, one at a time.
+
+    Returns the sockets and how many failed at first (a socket the server accepted and closed at once
+    counts as failed).
+    """
+
+    async def attempt(trader):
+        try:
+            ws = await open_dashboard(port, trader, inboxes[trader.user_id], errors)
+        except Exception:  # noqa: BLE001
+            return None
+        await asyncio.sleep(1.0)
+        return ws if ws.state.name == "OPEN" else None
+
+    first = await asyncio.gather(*(attempt(t) for t in traders))
+    failed = sum(1 for ws in first if ws is None)
+    sockets = []
+    for trader, ws in zip(traders, first, strict=True):
+        while ws is None:
+            ws = await attempt(trader)
+        sockets.append(ws)
+    return sockets, failed
+
+
+def probe_channel_layer(traders: list[Trader], inboxes: dict[int, Inbox], loop) -> list[float]:
+    """One group send to each trader's group (the raw channel-layer path); ms until its socket has it."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from monitoring.consumers import user_group
+
+    layer = get_channel_layer()
+    sent = {}
+    for trader in traders:
+        marker = f"probe-{trader.user_id}-{time.time_ns()}"
+        sent[trader.user_id] = (marker, time.time())
+        async_to_sync(layer.group_send)(user_group(trader.user_id), {"type": "fragment.push", "html": marker})
+        time.sleep(0.01)
+    deadline = time.time() + 10
+    latencies = []
+    for trader in traders:
+        marker, at = sent[trader.user_id]
+        while time.time() < deadline:
+            hit = next((t for t, text in list(inboxes[trader.user_id].messages) if text == marker), None)
+            if hit is not None:
+                latencies.append((hit - at) * 1000)
+                break
+            time.sleep(0.01)
+    return latencies
+
+
+# --- Fills ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fill:
+    user_id: int
+    account_id: int
+    order_id: str
+    committed: float
+    measured: bool
+
+
+def place_fills(args, traders: list[Trader], n: int, measured: bool, rng: random.Random, fills: list[Fill]) -> None:
+    """``n`` MARKET orders at Poisson arrivals of ``--rate``, each on a random trader's account."""
+    from django.db import connection, transaction
+
+    from brokers.paper import engine
+    from brokers.paper.models import PaperClient, PaperInstrument
+
+    symbols = list(PaperInstrument.objects.filter(instrument_type="EQ", lot_size=1).order_by("pk"))
+    clients = {c.pk: c for c in PaperClient.objects.filter(pk__in=[t.client_pk for t in traders])}
+    sides = defaultdict(int)
+    next_at = time.monotonic()
+    try:
+        for _ in range(n):
+            next_at += rng.expovariate(args.rate)
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            trader = traders[rng.randrange(len(traders))]
+            instrument = symbols[rng.randrange(len(symbols))]
+            sides[trader.user_id] += 1
+            stamp = []
+            with transaction.atomic():
+                # Registered first, so it runs first after the COMMIT (before the platform's hooks).
+                transaction.on_commit(lambda stamp=stamp: stamp.append(time.time()))
+                order = engine.order_place(
+                    client=clients[trader.client_pk],
+                    exchange=instrument.exchange,
+                    tradingsymbol=instrument.tradingsymbol,
+                    transaction_type="BUY" if sides[trader.user_id] % 2 else "SELL",
+                    order_type="MARKET",
+                    quantity=instrument.lot_size,
+                    product="MIS",
+                )
+            fills.append(Fill(trader.user_id, trader.account_id, order.order_id, stamp[0], measured))
+    finally:
+        connection.close()
+
+
+def arrival(fill: Fill, inbox: Inbox) -> float | None:
+    for at, text in inbox.messages:
+        if at >= fill.committed and PNL_MARK in text and fill.order_id in text:
+            return at
+    return None
+
+
+def covering_runs(fills: list[Fill]) -> tuple[dict[int, float], dict[str, int], dict[int, list[float]]]:
+    """For each fill (by index): the end of the first AccountRun of its account that started after its commit;
+    the statuses of the runs since the first fill; and per account the times of its skipped runs.
+
+    An AccountRun row is written at the end of a run; its start is the end minus the steps' time.
+    """
+    from collections import Counter
+    from datetime import UTC, datetime
+
+    from django.db import connection
+
+    from monitoring.models import AccountRun
+
+    runs = defaultdict(list)
+    since = datetime.fromtimestamp(min(f.committed for f in fills), tz=UTC)
+    rows = AccountRun.objects.filter(account_id__in={f.account_id for f in fills}, started_at__gte=since)
+    statuses, skipped = Counter(), defaultdict(list)
+    for account_id, status, started, finished, step_ms in rows.values_list(
+        "account_id", "status", "started_at", "finished_at", "step_ms"
+    ):
+        statuses[status] += 1
+        if status == AccountRun.Status.SKIPPED:
+            skipped[account_id].append(started.timestamp())
+        if finished:
+            end = finished.timestamp()
+            runs[account_id].append((end - sum((step_ms or {}).values()) / 1000, end))
+    connection.close()
+    out = {}
+    for i, fill in enumerate(fills):
+        ends = sorted(end for start, end in runs[fill.account_id] if start >= fill.committed - 0.002)
+        if ends:
+            out[i] = ends[0]
+    return out, dict(statuses), skipped
+
+
+# --- Main ----------------------------------------------------------------------------------------------
+
+
+def fmt(value: float) -> str:
+    return "inf" if math.isinf(value) else "nan" if math.isnan(value) else f"{value:.1f}"
+
+
+def main(argv=None) -> dict[str, float]:
+    args = parse_args(argv)
+    env = bench_env(args)
+    mysql_exec(
+        args,
+        f"DROP DATABASE IF EXISTS `{args.db_name}`",
+        f"CREATE DATABASE `{args.db_name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+    )
+    flush_redis(args)
+    os.environ.update(env)
+    import django
+
+    django.setup()
+
+    procs: list[Managed] = []
+    figures: dict[str, float] = {}
+    try:
+        t0 = time.monotonic()
+        traders = seed(args)
+        port = free_port()
+        procs.append(start_daphne(port, env, args.verbose))
+        procs.extend(start_workers(args, env))
+        print(
+            f"# {args.traders} traders, one paper account and one open dashboard each; latency_ms={args.latency_ms}; "
+            f"daphne on port {port}, {args.workers} Celery worker(s) --pool {args.pool} --concurrency "
+            f"{args.concurrency}; {os.cpu_count()} cores; setup {time.monotonic() - t0:.1f} s",
+            flush=True,
+        )
+        load = wait_for_load(args.load_below, args.load_wait_s)
+        inboxes = {t.user_id: Inbox() for t in traders}
+        ws_errors: list[str] = []
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, name="websockets", daemon=True).start()
+        t1 = time.monotonic()
+        sockets, failed = asyncio.run_coroutine_threadsafe(
+            open_dashboards(port, traders, inboxes, ws_errors), loop
+        ).result(600)
+        print(
+            f"# {len(sockets)} websockets open in {time.monotonic() - t1:.1f} s; of the first attempt, all at once, "
+            f"{failed} failed (opened again one at a time)",
+            flush=True,
+        )
+        dropped_before = len(ws_errors)
+        probe = probe_channel_layer(traders, inboxes, loop)
+        print(
+            f"# raw channel-layer group send to each trader's socket: {len(probe)}/{len(traders)} arrived, "
+            f"p50 {fmt(percentile(probe, 0.5))} ms, p99 {fmt(percentile(probe, 0.99))} ms",
+            flush=True,
+        )
+        rng = random.Random(args.seed)
+        fills: list[Fill] = []
+        place_fills(args, traders, args.warmup, False, rng, fills)
+        time.sleep(1)
+        meter = CpuMeter({"daphne": procs[0].proc.pid, **{p.name: p.proc.pid for p in procs[1:]}})
+        started = time.monotonic()
+        place_fills(args, traders, args.fills, True, rng, fills)
+        placing = time.monotonic() - started
+        measured = [f for f in fills if f.measured]
+        deadline = time.time() + args.tail_s
+        while time.time() < deadline:
+            if all(arrival(f, inboxes[f.user_id]) is not None for f in measured[-50:]):
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)
+        cpu = meter.line()
+        latencies, to_run, to_ws = [], [], []
+        runs, statuses, skipped = covering_runs(measured)
+        hit_skip = []
+        for i, fill in enumerate(measured):
+            at = arrival(fill, inboxes[fill.user_id])
+            latencies.append(math.inf if at is None else (at - fill.committed) * 1000)
+            if any(fill.committed <= t <= (at or math.inf) for t in skipped[fill.account_id]):
+                hit_skip.append(latencies[-1])
+            if i in runs:
+                to_run.append((runs[i] - fill.committed) * 1000)
+                if at is not None:
+                    to_ws.append((at - runs[i]) * 1000)
+        missing = sum(1 for x in latencies if math.isinf(x))
+        pushes = sum(1 for inbox in inboxes.values() for _, text in inbox.messages if PNL_MARK in text)
+        print(
+            f"# {len(measured)} measured fills at {len(measured) / placing:.1f}/s (Poisson, random traders; "
+            f"{args.warmup} warm-up fills before) with the load average at {load:.2f} when they started; "
+            f"{missing} never reached their dashboard within {args.tail_s:.0f} s; {pushes} dashboard pushes "
+            f"with the PnL in all;\n#     monitoring runs since the first fill {statuses} (a run that finds the "
+            f"account's run still going is skipped); {len(hit_skip)} fills met a skipped run on their way (they wait "
+            f"for the account's next event or cycle): p50 {fmt(percentile(hit_skip, 0.5))} ms\n#     {cpu}",
+            flush=True,
+        )
+        print(
+            f"# where the time goes (p50 / p99): commit -> end of the AccountRun covering the fill (debounce "
+            f"{0.5 * 1000:.0f} ms, queue, steps) {fmt(percentile(to_run, 0.5))} / {fmt(percentile(to_run, 0.99))} ms;"
+            f" that run's end -> websocket (dashboard push, coalescing, render, channel layer, daphne) "
+            f"{fmt(percentile(to_ws, 0.5))} / {fmt(percentile(to_ws, 0.99))} ms",
+            flush=True,
+        )
+        for proc in procs:
+            text = proc.log_text()
+            kinds = {
+                kind: text.count(kind)
+                for kind in ("Too many connections", "Timeout reading", "ChannelFull", "Traceback")
+                if kind in text
+            }
+            if kinds:
+                print(f"# {proc.name} logged: " + ", ".join(f"{n} x {kind}" for kind, n in kinds.items()))
+        if ws_errors:
+            print(
+                f"# dashboards dropped by the server: {len(ws_errors)} ({dropped_before} before the fills), "
+                f"e.g. {ws_errors[0][:120]}"
+            )
+        figures["fill_to_ws_p50_ms"] = percentile(latencies, 0.50)
+        figures["fill_to_ws_p99_ms"] = percentile(latencies, 0.99)
+        for ws in sockets:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(ws.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+    finally:
+        for proc in procs:
+            proc.stop()
+        from django.db import connections
+
+        connections.close_all()
+        flush_redis(args)
+        if not args.keep_db:
+            mysql_exec(args, f"DROP DATABASE IF EXISTS `{args.db_name}`")
+    for name, value in figures.items():
+        print(f"{name}: {fmt(value)} ms")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
