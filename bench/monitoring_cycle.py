@@ -715,16 +715,17 @@ def describe(args, n: int, result: CycleResult) -> None:
         flush=True,
     )
     if result.progress:
-        # Fan-out: start_cycle sends one task per account; it is over when queued + done stops growing.
-        fanned = max(result.progress, key=lambda p: (p[1] + p[2], -p[0]))
-        marks = [
-            result.progress[min(len(result.progress) - 1, round(len(result.progress) * f) - 1)]
-            for f in (0.25, 0.5, 0.75, 1)
-        ]
+        # Fan-out: start_cycle sends one task per account; it is over when done + queued reaches the
+        # accounts, less the tasks the workers hold (at most one per thread or child).
+        held = args.workers * args.concurrency
+        fanned = next((t for t, d, q in result.progress if d + q >= result.accounts - held), None)
+        n = len(result.progress)
+        marks = [result.progress[max(0, min(n - 1, round(n * f) - 1))] for f in (0.25, 0.5, 0.75, 1)]
         print(
             "#     progress (s: AccountRuns done): "
             + ", ".join(f"{t:.0f}: {d}" for t, d, _q in marks)
-            + f"; the fan-out had queued all {fanned[1] + fanned[2]} tasks by +{fanned[0]:.1f} s"
+            + "; start_cycle had sent every task by "
+            + (f"+{fanned:.1f} s" if fanned is not None else "the end of the wait: not yet")
         )
     if result.step_ms:
         per = {k: v / done for k, v in sorted(result.step_ms.items())}
