@@ -20,6 +20,7 @@ from decimal import Decimal
 from django.conf import settings
 
 from accounts.models import BrokerAccount
+from tradingplatform import metrics
 
 from . import ratelimit, services
 from .base import Broker, BrokerOrder, OrderChange, OrderRequest, PlacedOrder, Quote
@@ -83,11 +84,15 @@ class AccountBroker:
         """One call with the budget taken, renewing the session once on AuthError."""
         self._take_budget(kind)
         try:
-            return getattr(self._broker(), method)(*args)
+            call = getattr(self._broker(), method)
+            with metrics.broker_call(self.account, method, args):
+                return call(*args)
         except AuthError as error:
             self._renew_session(error)
             self._take_budget(kind)
-            return getattr(self._broker(), method)(*args)
+            call = getattr(self._broker(), method)
+            with metrics.broker_call(self.account, method, args):
+                return call(*args)
 
     def _read(self, kind: str, method: str, *args):
         """A call with no side effect: transient errors are retried with backoff."""

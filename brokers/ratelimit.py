@@ -16,6 +16,7 @@ from collections import defaultdict, deque
 
 from django.conf import settings
 
+from tradingplatform import metrics
 from tradingplatform.locks import redis_client
 
 from .errors import RateLimited
@@ -106,8 +107,10 @@ def acquire(
     while True:
         free_in = take(account_id, broker_code, kind, limits)
         if free_in <= 0:
+            metrics.rate_budget_waited(broker_code, kind, waited)
             return waited
         if not wait or time.monotonic() + free_in > deadline:
+            metrics.rate_budget_exhausted(broker_code, kind)
             raise RateLimited(f"rate budget for {kind} calls is used up", retry_after=free_in)
         time.sleep(free_in)
         waited += free_in

@@ -5,6 +5,8 @@ import json
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
+from tradingplatform import metrics
+
 MARKET_GROUP = "market"
 MAX_PRICE_SUBSCRIPTIONS = 500
 
@@ -32,8 +34,10 @@ class UserConsumer(AsyncWebsocketConsumer):
         self.price_ids: set[str] = set()
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        metrics.websocket_opened(self)
 
     async def disconnect(self, code):
+        metrics.websocket_closed(self)
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.channel_layer.group_discard(MARKET_GROUP, self.channel_name)

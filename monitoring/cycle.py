@@ -27,7 +27,7 @@ from orders import services as orders
 from orders.models import Order, Strategy
 from portfolio import services as portfolio
 from portfolio.broadcast import dashboard_push
-from tradingplatform import locks
+from tradingplatform import locks, metrics
 
 from .models import AccountRun, BrokerSnapshot
 
@@ -488,7 +488,8 @@ def account_monitor(*, account: BrokerAccount, run_id: int | None = None) -> Acc
     """Run every step for one account, once at a time (a second caller is skipped)."""
     token = locks.acquire(f"monitor:{account.pk}", ttl_s=ACCOUNT_LOCK_TTL_S)
     if token is None:
-        return AccountRun.objects.create(run_id=run_id, account=account, status=AccountRun.Status.SKIPPED)
+        skipped = AccountRun.objects.create(run_id=run_id, account=account, status=AccountRun.Status.SKIPPED)
+        return metrics.account_run_observed(skipped)
     try:
         ctx = Context(account=account, run_id=run_id)
         step_ms, errors = {}, []
@@ -514,6 +515,7 @@ def account_monitor(*, account: BrokerAccount, run_id: int | None = None) -> Acc
             actions=ctx.actions,
             errors=errors,
         )
+        metrics.account_run_observed(result)
         dashboard_push(account)  # the trader's dashboard, coalesced, with this run's errors
         return result
     finally:

@@ -42,6 +42,7 @@ from brokers.errors import (
     RejectKind,
 )
 from brokers.models import Instrument
+from tradingplatform import metrics
 
 from .models import DailyCounter, Order, OrderEvent
 
@@ -423,6 +424,7 @@ def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = Non
             submitted_at=timezone.now(),
         )
         _queue_sync(order.account_id)
+    metrics.order_outcome(order)
     return order
 
 
