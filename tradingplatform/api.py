@@ -17,7 +17,53 @@ from orders.services import OrderActionRefused
 
 from .errors import first_error
 
-api = NinjaAPI(
+# The answers every operation can give besides its own: the handlers below produce them.
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "field"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            },
+        }
+    },
+}
+ERROR_RESPONSES = {
+    "401": "No valid API key.",
+    "404": "Unknown id, or another trader's.",
+    "409": "Conflict (an idempotency key reused with another body) or refused in the order's state.",
+    "422": "Invalid input; `field` names it.",
+    "429": "Over the key's rate budget or too many failed keys from this address; see Retry-After.",
+}
+
+
+class TradingAPI(NinjaAPI):
+    def get_openapi_schema(self, *, path_prefix=None, path_params=None):
+        """Ninja's schema, with the error answers documented on every operation that can give them."""
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        for operations in schema["paths"].values():
+            for method, operation in operations.items():
+                parameters = operation.get("parameters", [])
+                codes = ["401", "429"]
+                if parameters or "requestBody" in operation:
+                    codes.append("422")
+                if any(parameter["in"] == "path" for parameter in parameters):
+                    codes.append("404")
+                if method in ("post", "put", "patch", "delete"):
+                    codes.append("409")
+                for code in codes:
+                    operation["responses"].setdefault(code, {"description": ERROR_RESPONSES[code], "content": error})
+        return schema
+
+
+api = TradingAPI(
     title="Trading platform API",
     version="1",
     auth=[ApiKeyBearer(), ApiKeyHeader()],
