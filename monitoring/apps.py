@@ -7,8 +7,11 @@ class MonitoringConfig(AppConfig):
 
     def ready(self):
         from brokers.services import account_activity_listeners
+        from tradingplatform.logs import connect_task_signals
 
         from .services import account_activity
 
         if account_activity not in account_activity_listeners:
             account_activity_listeners.append(account_activity)
+        # A task's log lines carry the id of the request that queued it.
+        connect_task_signals()

@@ -1,16 +1,19 @@
-"""Liveness and readiness probes.
+"""Liveness and readiness probes, and the Prometheus metrics.
 
 ``/healthz`` answers as long as the process serves requests. ``/readyz`` checks what a
 request needs: the database, the cache, Redis when configured and, when configured, a
 live Celery worker; it answers 503 when any of them is down, with a status each.
+``/metrics`` is Prometheus's text format (``tradingplatform.metrics``), for staff and for
+a scraper sending ``Authorization: Bearer <METRICS_TOKEN>``.
 """
 
+import hmac
 import time
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
-from django.http import JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -78,3 +81,28 @@ def readyz(request):
     beat = services.heartbeat_age_s()
     body["beat_heartbeat_age_s"] = None if beat is None else round(beat, 1)
     return JsonResponse(body, status=200 if ok else 503)
+
+
+def _metrics_token_ok(request) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    expected = settings.METRICS_TOKEN
+    return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode())
+
+
+@require_GET
+@never_cache
+def metrics(request):
+    """Staff or the token: 401 without either (or with a wrong token), 404 for a signed-in trader."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from tradingplatform.metrics import render
+
+    if not _metrics_token_ok(request):
+        if not request.user.is_authenticated or "Authorization" in request.headers:
+            message = "Send 'Authorization: Bearer <METRICS_TOKEN>' or sign in as staff."
+            response = JsonResponse({"error": message}, status=401)
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+        if not request.user.is_staff:
+            raise Http404
+    return HttpResponse(render(), content_type=CONTENT_TYPE_LATEST)

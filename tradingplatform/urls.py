@@ -28,6 +28,7 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics, name="metrics"),
     path("admin/logout/", account_views.logout_view),  # audited like every logout
     path("admin/", admin.site.urls),
 ]

@@ -41,6 +41,9 @@ def test_anonymous_is_sent_to_login_or_refused(client, db, path, method):
     response = getattr(client, method)(path)
     if path.startswith("/api/"):
         assert response.status_code in (401, 405), (path, response.status_code)
+    elif path == "/metrics":
+        # For Prometheus, not people: a bearer token (or a staff session), else 401.
+        assert response.status_code in (401, 405), (path, response.status_code)
     elif path.startswith("/hooks/"):
         # Webhooks carry their own secret instead of a session: without it, refused.
         assert response.status_code in (400, 403, 405), (path, response.status_code)
