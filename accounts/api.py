@@ -10,6 +10,7 @@ from ninja.security import HttpBearer
 from brokers import ratelimit
 
 from . import selectors, services
+from .utils import client_ip
 
 
 class ApiRateLimited(Exception):
@@ -18,7 +19,12 @@ class ApiRateLimited(Exception):
 
 
 def _authenticate(request, raw_key: str | None):
-    auth = services.api_key_authenticate(raw_key or "")
+    if not raw_key:  # this scheme's header is absent (ninja asks every scheme): not a guess
+        return None
+    try:
+        auth = services.api_key_authenticate(raw_key, ip=client_ip(request))
+    except services.ApiKeyLocked as exc:
+        raise ApiRateLimited(exc.retry_after_s) from None
     if auth is None:
         return None
     # Each key has its own budget (API_RATE_LIMITS), shared by every web process.

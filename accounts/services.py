@@ -63,13 +63,31 @@ def _throttle_keys(username: str, ip: str | None) -> list[tuple[str, int]]:
 
 def _locked_for(username: str, ip: str | None) -> int:
     """Seconds until the login lock for this username or IP lifts (0: not locked)."""
+    return _lock_remaining([key for key, _limit in _throttle_keys(username, ip)])
+
+
+def _lock_remaining(keys: list[str]) -> int:
+    """Seconds until the longest lock on these failure counters lifts (0: none is locked)."""
     now = timezone.now().timestamp()
     remaining = 0
-    for key, _limit in _throttle_keys(username, ip):
+    for key in keys:
         until = cache.get(f"{key}:locked")
         if until:
             remaining = max(remaining, int(until - now) + 1)
     return remaining
+
+
+def _count_failure(key: str, limit: int, window: int) -> None:
+    """One more failure on this counter (shared through the cache); at ``limit`` it locks for ``window``."""
+    cache.add(key, 0, timeout=window)
+    try:
+        failures = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=window)
+        failures = 1
+    if failures >= limit:
+        cache.set(f"{key}:locked", timezone.now().timestamp() + window, timeout=window)
+        cache.delete(key)
 
 
 def login_attempt(*, username: str, password: str, ip: str | None, request=None) -> User:
@@ -92,15 +110,7 @@ def login_attempt(*, username: str, password: str, ip: str | None, request=None)
 
     audit_record(action=Action.LOGIN_FAILED, data={"username": username[:150]}, ip=ip)
     for key, limit in _throttle_keys(username, ip):
-        cache.add(key, 0, timeout=window)
-        try:
-            failures = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.set(key, 1, timeout=window)
-            failures = 1
-        if failures >= limit:
-            cache.set(f"{key}:locked", timezone.now().timestamp() + window, timeout=window)
-            cache.delete(key)
+        _count_failure(key, limit, window)
     logger.info("failed login for a username from %s", ip)
     raise LoginFailed("Your username and password didn't match. Please try again.")
 
@@ -299,12 +309,37 @@ class ApiKeyAuth:
     user: User
 
 
-def api_key_authenticate(raw_key: str) -> ApiKeyAuth | None:
+class ApiKeyLocked(Exception):
+    """Too many wrong API keys from one address: every key from it is refused for a while."""
+
+    def __init__(self, retry_after_s: int):
+        self.retry_after_s = retry_after_s
+        super().__init__(f"Too many requests with a wrong API key from this address; retry in {retry_after_s}s.")
+
+
+def api_key_authenticate(raw_key: str, *, ip: str | None = None) -> ApiKeyAuth | None:
     """The user a raw API key belongs to, or None when it is unknown, revoked or expired.
+
+    Throttled per IP like the login page: ``API_KEY_FAILURES_PER_IP`` wrong keys lock the
+    address for ``API_KEY_LOCK_WINDOW_S``, during which even a right key is refused
+    (``ApiKeyLocked``), so keys cannot be guessed from it.
 
     A valid key is cached for ``API_KEY_CACHE_TTL_S`` so a busy algo does not hit the
     keys table on every call; revoking drops the cache entry.
     """
+    counter = f"apikey:fail:ip:{ip}" if ip else None
+    if counter:
+        locked = _lock_remaining([counter])
+        if locked:
+            raise ApiKeyLocked(locked)
+    auth = _api_key_lookup(raw_key)
+    if auth is None and counter:
+        _count_failure(counter, settings.API_KEY_FAILURES_PER_IP, settings.API_KEY_LOCK_WINDOW_S)
+        logger.info("wrong API key from %s", ip)
+    return auth
+
+
+def _api_key_lookup(raw_key: str) -> ApiKeyAuth | None:
     if not raw_key or not raw_key.startswith(API_KEY_PREFIX) or len(raw_key) > 128:
         return None
     hashed = _hash_key(raw_key)

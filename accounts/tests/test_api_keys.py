@@ -1,3 +1,4 @@
+import time
 from datetime import timedelta
 from unittest import mock
 
@@ -154,3 +155,42 @@ def test_revoking_another_traders_key_is_404_and_changes_nothing(trader_client, 
 def test_revoke_is_post_only(trader_client, key_and_secret):
     key, _ = key_and_secret
     assert trader_client.get(reverse("accounts:api_key_revoke", args=[key.pk])).status_code == 405
+
+
+def test_wrong_keys_from_one_ip_are_throttled_even_the_right_key(client, trader, key_and_secret, settings):
+    settings.API_KEY_FAILURES_PER_IP = 5
+    _, secret = key_and_secret
+    for attempt in range(5):
+        wrong = f"{secret[:-4]}{attempt:04d}"
+        response = client.get(ME, REMOTE_ADDR="10.7.7.7", **bearer(wrong))
+        assert response.status_code == 401
+    for headers in (bearer(secret), {"HTTP_X_API_KEY": secret}, bearer("tp_guess_1")):
+        locked = client.get(ME, REMOTE_ADDR="10.7.7.7", **headers)
+        assert locked.status_code == 429
+        assert int(locked["Retry-After"]) > 0
+        assert locked.json()["error"]["code"] == "rate_limited"
+        assert set(locked.json()["error"]) == {"code", "message", "field"}
+    # Another address, and the key itself, are not affected.
+    assert client.get(ME, REMOTE_ADDR="10.1.1.1", **bearer(secret)).status_code == 200
+
+
+def test_right_keys_do_not_count_towards_the_wrong_key_throttle(client, trader, key_and_secret, settings):
+    settings.API_KEY_FAILURES_PER_IP = 3
+    settings.API_RATE_LIMITS = [(1000, 1.0)]
+    _, secret = key_and_secret
+    for _ in range(10):
+        assert client.get(ME, REMOTE_ADDR="10.7.7.8", **bearer(secret)).status_code == 200
+    client.get(ME, REMOTE_ADDR="10.7.7.8", **bearer("tp_wrong_1"))
+    client.get(ME, REMOTE_ADDR="10.7.7.8", **bearer("tp_wrong_2"))
+    assert client.get(ME, REMOTE_ADDR="10.7.7.8", **bearer(secret)).status_code == 200
+
+
+def test_wrong_key_lock_lifts_after_the_window(client, trader, key_and_secret, settings):
+    settings.API_KEY_FAILURES_PER_IP = 2
+    settings.API_KEY_LOCK_WINDOW_S = 1
+    _, secret = key_and_secret
+    client.get(ME, **bearer("tp_wrong_1"))
+    client.get(ME, **bearer("tp_wrong_2"))
+    assert client.get(ME, **bearer(secret)).status_code == 429
+    time.sleep(1.6)
+    assert client.get(ME, **bearer(secret)).status_code == 200
