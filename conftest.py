@@ -25,8 +25,10 @@ def _isolated_cache():
 
 def _clear_cache():
     from brokers import ratelimit
+    from tradingplatform import memo
 
     ratelimit.reset_local()
+    memo.clear_all()
     if settings.REDIS_URL:
         from tradingplatform.locks import redis_client
 

@@ -1,6 +1,28 @@
 from django.db.models import Q
 
+from tradingplatform.memo import Memo
+
 from .models import Instrument
+
+# Lot and tick sizes change at most daily (and ``instruments_load`` clears this); last prices
+# move every second, so readers of a price ask the database (``instrument_last_price``).
+_by_symbol = Memo("instrument by symbol", ttl_s=60)
+
+
+def instrument_by_symbol(exchange: str, tradingsymbol: str) -> Instrument | None:
+    """The instrument, or None. Memoized per process: its last price may be a minute old."""
+    return _by_symbol.get(
+        (exchange, tradingsymbol),
+        lambda: Instrument.objects.filter(exchange=exchange, tradingsymbol=tradingsymbol).first(),
+    )
+
+
+def instrument_last_price(instrument: Instrument):
+    return Instrument.objects.filter(pk=instrument.pk).values_list("last_price", flat=True).first()
+
+
+def instruments_changed() -> None:
+    _by_symbol.clear()
 
 
 def instruments_search(query: str, *, limit: int = 100) -> tuple[list[Instrument], bool]:

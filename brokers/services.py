@@ -26,7 +26,7 @@ from accounts.services import audit_record
 from monitoring.broadcast import push_prices
 from tradingplatform import locks
 
-from . import registry
+from . import registry, selectors
 from .base import Broker, SessionTokens
 from .errors import AuthError, BrokerError, BrokerUnavailable
 from .models import BrokerSession
@@ -361,6 +361,7 @@ def instruments_load(rows) -> tuple[int, int]:
     with transaction.atomic():
         Instrument.objects.bulk_create(create, batch_size=1000)
         Instrument.objects.bulk_update(update, fields, batch_size=1000)
+    transaction.on_commit(selectors.instruments_changed)  # this process; others within a minute
     return len(create), len(update)
 
 

@@ -17,6 +17,7 @@ from ninja.errors import HttpError
 
 from accounts.selectors import broker_account_of
 from brokers.models import Instrument
+from brokers.selectors import instrument_by_symbol
 
 from . import selectors, services, sources
 from .models import Order, ScheduledOrder
@@ -30,7 +31,7 @@ Validity = Literal["DAY", "IOC"]
 
 
 def instrument_from(exchange: str, tradingsymbol: str) -> Instrument | None:
-    return Instrument.objects.filter(exchange=exchange, tradingsymbol=tradingsymbol).first()
+    return instrument_by_symbol(exchange, tradingsymbol)
 
 
 def account_for(request, account_id: int):

@@ -24,8 +24,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
@@ -42,6 +41,7 @@ from brokers.errors import (
     RejectKind,
 )
 from brokers.models import Instrument
+from brokers.selectors import instrument_last_price
 from tradingplatform import metrics
 
 from .models import DailyCounter, Order, OrderEvent
@@ -177,7 +177,7 @@ def order_check(
     if account.max_quantity is not None and quantity > account.max_quantity:
         raise ValidationError({"quantity": f"Above this account's limit of {account.max_quantity}."})
     if account.max_order_value is not None:
-        reference_price = price or trigger_price or instrument.last_price
+        reference_price = price or trigger_price or instrument_last_price(instrument)
         if not reference_price:
             raise ValidationError({"instrument": "No last price to check this order's value against the limit."})
         value = reference_price * quantity
@@ -220,13 +220,34 @@ class _CounterMissing(Exception):
     pass
 
 
+_NEXT_NUMBER_MYSQL = (
+    "UPDATE orders_dailycounter SET value = LAST_INSERT_ID(value + 1) WHERE account_id = %s AND trading_date = %s"
+)
+_NEXT_NUMBER_RETURNING = (
+    "UPDATE orders_dailycounter SET value = value + 1 WHERE account_id = %s AND trading_date = %s RETURNING value"
+)
+
+
 def _next_number(account: BrokerAccount, day) -> int:
     """The account's next order number today. Call inside the order's transaction: the
-    UPDATE locks the counter row until commit, and a rollback gives the number back."""
-    if not DailyCounter.objects.filter(account=account, trading_date=day).update(value=F("value") + 1):
+    UPDATE locks the counter row until commit, and a rollback gives the number back.
+
+    One statement: MySQL hands the new value back through ``LAST_INSERT_ID(expr)`` (read
+    from the client library, no second query), SQLite and PostgreSQL through ``RETURNING``.
+    """
+    params = [account.pk, day.isoformat()]
+    with connection.cursor() as cursor:
+        if connection.vendor == "mysql":
+            cursor.execute(_NEXT_NUMBER_MYSQL, params)
+            number = cursor.lastrowid if cursor.rowcount else None
+        else:
+            cursor.execute(_NEXT_NUMBER_RETURNING, params)
+            row = cursor.fetchone()
+            number = row[0] if row else None
+    if number is None:
         _counters_seen.discard((account.pk, day))
         raise _CounterMissing
-    return DailyCounter.objects.get(account=account, trading_date=day).value
+    return number
 
 
 def reference_for(account: BrokerAccount, day, number: int) -> str:
@@ -283,21 +304,26 @@ def order_place(
     """Place one order, whoever asks. Returns the order (a repeat key returns the first one)."""
     digest = request_hash(account, instrument, side, quantity, order_type, product, validity, price, trigger_price)
     key = f"{actor.pk}:{idempotency_key}" if idempotency_key else None
-    # A repeat returns the first order even if the account has changed since (deactivated, limits).
-    if key and (existing := _existing_for_key(key, digest)):
-        return existing
-    checked = order_check(
-        actor=actor,
-        account=account,
-        instrument=instrument,
-        side=side,
-        quantity=quantity,
-        order_type=order_type,
-        product=product,
-        validity=validity,
-        price=price,
-        trigger_price=trigger_price,
-    )
+    # A repeated key is found by the unique index when the order is inserted (no read
+    # first: most keys are new); a repeat that no longer validates (account deactivated,
+    # limits changed) still returns the first order.
+    try:
+        checked = order_check(
+            actor=actor,
+            account=account,
+            instrument=instrument,
+            side=side,
+            quantity=quantity,
+            order_type=order_type,
+            product=product,
+            validity=validity,
+            price=price,
+            trigger_price=trigger_price,
+        )
+    except ValidationError:
+        if key and (existing := _existing_for_key(key, digest)):
+            return existing
+        raise
     day = trading_date()
     try:
         order = _create(
@@ -314,8 +340,9 @@ def order_place(
             scheduled=scheduled,
             cause=cause,
         )
-    except IntegrityError:
-        # Two requests with one key at once: the other committed first; return its order.
+    except (IntegrityError, ValidationError):
+        # The key's order exists (the unique index refused a second one, waiting for the
+        # first request to commit if both came at once) or a limit refused the repeat.
         if key and (existing := _existing_for_key(key, digest)):
             return existing
         raise
@@ -664,6 +691,14 @@ def order_apply_broker_state(order: Order, state, *, cause: str) -> bool:
     )
 
 
+def orders_to_sync(**where):
+    """The orders a sync looks at: today's live and failed ones (``where`` picks the accounts)."""
+    today_start = timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+    return Order.objects.filter(**where).filter(
+        status__in=[*Order.LIVE, OrderStatus.FAILED], created_at__gte=today_start
+    )
+
+
 def orders_sync_account(
     *, account: BrokerAccount, cause: str = "reconciled with the broker", broker_orders=None
 ) -> int:
@@ -677,10 +712,7 @@ def orders_sync_account(
         broker_orders = AccountBroker(account).orders()
     by_id = {o.broker_order_id: o for o in broker_orders}
     by_tag = {o.tag: o for o in broker_orders if o.tag}
-    today_start = timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
-    candidates = Order.objects.filter(account=account).filter(
-        status__in=[*Order.LIVE, OrderStatus.FAILED], created_at__gte=today_start
-    )
+    candidates = orders_to_sync(account=account)
     changed = 0
     stale = timezone.now() - timedelta(seconds=60)
     for order in candidates.select_related("account", "instrument"):

@@ -6,7 +6,7 @@ from django import forms
 
 from accounts.models import BrokerAccount
 from brokers.errors import RejectKind
-from brokers.models import Instrument
+from brokers.selectors import instrument_by_symbol
 
 from .models import ORDER_TYPES, PRODUCTS, SIDES, ScheduledOrder, Strategy
 
@@ -24,7 +24,7 @@ class InstrumentField(forms.CharField):
     def clean(self, value):
         text = super().clean(value).strip().upper()
         exchange, _, symbol = text.rpartition(":")
-        instrument = Instrument.objects.filter(exchange=exchange or "NSE", tradingsymbol=symbol).first()
+        instrument = instrument_by_symbol(exchange or "NSE", symbol)
         if instrument is None:
             raise forms.ValidationError("No such instrument.")
         return instrument

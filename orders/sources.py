@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers.models import Instrument
+from brokers.selectors import instrument_by_symbol
 
 from . import services
 from .models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
@@ -519,7 +520,7 @@ def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, b
         raise PermissionError("stale or future timestamp")
     symbol = str(body.get("symbol") or "")
     exchange, _, tradingsymbol = symbol.partition(":")
-    instrument = Instrument.objects.filter(exchange=exchange, tradingsymbol=tradingsymbol).first()
+    instrument = instrument_by_symbol(exchange, tradingsymbol)
     return strategy_signal(
         strategy=strategy,
         actor=strategy.owner,

@@ -154,7 +154,7 @@ CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", default="tp")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "tradingplatform.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": CACHE_KEY_PREFIX,
             "OPTIONS": {"socket_timeout": 5, "socket_connect_timeout": 5},

@@ -391,9 +391,13 @@ def order_place(
         order.status_message = rejection
     elif order_type in ("SL", "SL-M"):
         order.status = Status.TRIGGER_PENDING
+    # An order that fills on arrival is written filled: one insert, no update after it.
+    touch = _arrival_fill_price(order, instrument) if order.status == Status.OPEN else None
+    if touch is not None:
+        _apply_fill(order, order.quantity, touch, now)
     _save_new(order, now)
-    if order.status == Status.OPEN:
-        _fill_on_arrival(order, instrument, now)
+    if touch is not None:
+        _book_fill(order, order.quantity, touch, now)
     _changed(order)
     return order
 
@@ -406,17 +410,39 @@ def _save_new(order: PaperOrder, now: datetime) -> None:
     order.save()
 
 
-def _fill_on_arrival(order: PaperOrder, instrument: PaperInstrument, now: datetime) -> None:
-    """MARKET at the touch; a LIMIT that crosses fills at the better (touch) price."""
+def _arrival_fill_price(order: PaperOrder, instrument: PaperInstrument) -> Decimal | None:
+    """MARKET at the touch; a LIMIT that crosses fills at the better (touch) price; else None."""
     touch = instrument.ask if order.transaction_type == BUY else instrument.bid
     crosses = order.order_type == "MARKET" or (
         order.price >= touch if order.transaction_type == BUY else order.price <= touch
     )
-    if crosses:
+    return touch if crosses else None
+
+
+def _fill_on_arrival(order: PaperOrder, instrument: PaperInstrument, now: datetime) -> None:
+    touch = _arrival_fill_price(order, instrument)
+    if touch is not None:
         _record_fill(order, order.quantity - order.filled_quantity, touch, now)
 
 
+def _apply_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> None:
+    """The order's fields after a fill of ``quantity`` at ``price`` (not saved)."""
+    total = order.filled_quantity + quantity
+    order.average_price = ((order.average_price * order.filled_quantity) + price * quantity) / total
+    order.filled_quantity = total
+    order.updated_at = now
+    if total == order.quantity:
+        order.status = Status.COMPLETE
+
+
 def _record_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> PaperTrade:
+    _apply_fill(order, quantity, price, now)
+    order.save(update_fields=["average_price", "filled_quantity", "status", "updated_at"])
+    return _book_fill(order, quantity, price, now)
+
+
+def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> PaperTrade:
+    """The trade of a fill already applied to its (saved) order, and the client's cash."""
     trade = PaperTrade.objects.create(
         trade_id=f"{secrets.randbelow(10**12):012d}",
         order=order,
@@ -428,13 +454,6 @@ def _record_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime
         price=price,
         filled_at=now,
     )
-    total = order.filled_quantity + quantity
-    order.average_price = ((order.average_price * order.filled_quantity) + price * quantity) / total
-    order.filled_quantity = total
-    order.updated_at = now
-    if total == order.quantity:
-        order.status = Status.COMPLETE
-    order.save(update_fields=["average_price", "filled_quantity", "status", "updated_at"])
     cash = quantity * price
     PaperClient.objects.filter(pk=order.client_id).update(
         cash=F("cash") - cash if order.transaction_type == BUY else F("cash") + cash
