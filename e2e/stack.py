@@ -255,7 +255,26 @@ class Stack:
             self.start(name)
         self.wait_ready()
         self.up_s = time.monotonic() - t0
+        info = self.dir / "stack.json"
+        info.touch(mode=0o600)
+        info.write_text(json.dumps({"run_id": self.run_id, "base_url": self.base_url, "env": self.env}))
         return self
+
+    @classmethod
+    def attach(cls, run_dir: str | Path) -> Stack:
+        """A stack another process runs (``python -m e2e.stack``): its URL, env, manage and shell.
+
+        It owns none of the processes: ``close`` leaves them alone (for quick test iterations).
+        """
+        info = json.loads((Path(run_dir) / "stack.json").read_text())
+        stack = cls.__new__(cls)
+        stack.run_id, stack.base_url, stack.env = info["run_id"], info["base_url"], info["env"]
+        stack.dir, stack.procfile, stack.processes = Path(run_dir), read_procfile(), {}
+        stack.face_url = stack.env["PAPER_FACE_URL"]
+        stack.redis_url = stack.env["REDIS_URL"]
+        stack.ready_timeout_s, stack.up_s, stack.setup_s = 30.0, 0.0, 0.0
+        stack._closed = True
+        return stack
 
     def close(self) -> None:
         """Stop every process (TERM, then KILL), drop the database and the run's Redis keys."""
