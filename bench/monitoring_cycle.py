@@ -79,12 +79,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--orders-every", type=int, default=5, help="every K-th account gets a fill and a resting order")
     p.add_argument("--workers", type=int, default=2, help="Celery worker processes")
     p.add_argument("--pool", default="threads", help="Celery pool of each worker: threads, prefork, solo")
-    p.add_argument("--concurrency", type=int, default=8, help="threads (or child processes) per worker")
+    p.add_argument("--concurrency", type=int, default=4, help="tasks at once per worker (threads or child processes)")
+    p.add_argument("--batch", type=int, default=100, help="MONITORING_BATCH: accounts per monitoring task")
+    p.add_argument("--threads", type=int, default=32, help="MONITORING_THREADS: broker-call threads per worker process")
     p.add_argument("--conn-max-age", type=int, default=0, help="CONN_MAX_AGE of the workers (the platform's default)")
     p.add_argument("--timeout", type=float, default=120.0, help="stop waiting for a cycle after this many seconds")
     p.add_argument("--mysql", default="root:@127.0.0.1:3306", help="user:password@host:port of MariaDB/MySQL")
     p.add_argument("--db-name", default="bench_monitoring", help="the bench's own database (dropped and re-created)")
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/6", help="Redis database for the bench (flushed)")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/7", help="Redis database for the bench (flushed)")
     p.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     p.add_argument(
         "--load-below",
@@ -118,6 +120,8 @@ def bench_env(args) -> dict[str, str]:
         DATABASE_URL=f"mysql://{user}:{password}@{host}:{port or 3306}/{args.db_name}",
         REDIS_URL=args.redis_url,
         CONN_MAX_AGE=str(args.conn_max_age),
+        MONITORING_BATCH=str(args.batch),
+        MONITORING_THREADS=str(args.threads),
         LOG_LEVEL="WARNING",
         CELERY_QUEUE="bench_monitoring",
         CACHE_KEY_PREFIX="benchmon",
@@ -512,20 +516,17 @@ def run_cycle(args, env, group: dict, spy_seconds: float = 0.0) -> CycleResult:
 PLATFORM_DIRS = ("accounts/", "brokers/", "monitoring/", "orders/", "portfolio/", "tradingplatform/")
 # Where in a cycle a sample is: the innermost of these platform functions on its stack.
 PHASES = [
-    ("_in_thread", "1_fetch (broker calls, in threads)"),
-    ("step_fetch", "1_fetch (ltp, BrokerSnapshot writes)"),
-    ("step_pnl", "2_pnl"),
-    ("step_orders", "3_orders"),
-    ("step_exits", "4_exits"),
-    ("step_chase", "5_chase"),
-    ("step_trail", "6_trail"),
-    ("step_rejections", "7_rejections"),
-    ("step_reentry", "8_reentry"),
-    ("step_retries", "9_retries"),
+    ("read", "1_fetch: broker calls (pool threads)"),
+    ("_snapshots_save", "1_fetch: BrokerSnapshot upsert"),
+    ("_pnl_many", "2_pnl"),
+    ("_accounts_with_work", "steps 3-9: which accounts have orders to look at"),
+    ("_account_steps", "steps 3-9 for accounts with orders"),
     ("dashboard_push", "dashboard push (dashboard_of, render, send)"),
-    ("account_monitor", "account_monitor itself (account lock, AccountRun insert)"),
-    ("monitor_account", "monitor_account task (account lookup, MonitoringRun update)"),
+    ("sessions_live", "sessions of the batch"),
+    ("accounts_monitor", "accounts_monitor itself (locks, AccountRun insert, presence)"),
+    ("monitor_accounts", "monitor_accounts task (accounts lookup, MonitoringRun update)"),
     ("start_cycle", "start_cycle (run row, fan-out of the tasks)"),
+    ("_work", "pool thread (waiting for jobs)"),
 ]
 # What kind of work: the paper exchange (anything under brokers/paper/, which a real broker would do
 # on its own machines), else the innermost library frame.
@@ -671,19 +672,18 @@ def profile_one(args, tag: str) -> None:
         )
     stats = pstats.Stats(profiler)
     wanted = {
-        "step_fetch": "step 1 fetch (broker calls in 3 threads + ltp)",
-        "step_pnl": "step 2 pnl",
-        "account_monitor": "account_monitor, in all (both calls)",
+        "_fetch_many": "step 1 fetch (broker calls on the pool's threads, snapshot upsert)",
+        "_pnl_many": "step 2 pnl",
+        "accounts_monitor": "accounts_monitor, in all (both calls)",
         "dashboard_push": "dashboard_push (dashboard_of + render + send)",
         "dashboard_of": "  dashboard_of (the dashboard's queries)",
         "render_to_string": "  render_to_string (the dashboard fragment)",
-        "create": "Model.objects.create (AccountRun, snapshots...)",
-        "update_or_create": "BrokerSnapshot update_or_create x3",
+        "bulk_create": "bulk_create (snapshots, PnL points, AccountRun)",
     }
     found = {}
     for (filename, _line, name), (_cc, nc, _tt, ct, _callers) in stats.stats.items():
-        if name in wanted and ("/work/main/" in filename or name in ("create", "update_or_create", "render_to_string")):
-            if name in ("create", "update_or_create") and "django/db/models/query.py" not in filename:
+        if name in wanted and (str(ROOT) + "/" in filename or name in ("bulk_create", "render_to_string")):
+            if name == "bulk_create" and "django/db/models/query.py" not in filename:
                 continue
             calls, total = found.get(name, (0, 0.0))
             found[name] = (calls + nc, total + ct)
@@ -696,7 +696,8 @@ def profile_one(args, tag: str) -> None:
     print("# profile, top functions by own time (calling thread):")
     for line in stream.getvalue().splitlines():
         if line.strip() and ("{" in line or "/" in line):
-            print("#   " + line.rstrip().replace("/work/main/.venv/lib/python3.11/site-packages/", "")[:150])
+            short = line.rstrip().replace(str(ROOT) + "/", "").replace(".venv/lib/python3.11/site-packages/", "")
+            print("#   " + short[:150])
 
 
 # --- Main --------------------------------------------------------------------------------------------------

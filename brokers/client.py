@@ -47,20 +47,21 @@ class AccountBroker:
         budget_timeout_s: float = 10.0,
         attempts: int = 3,
         sleep: Callable[[float], None] = time.sleep,
+        session: services.LiveSession | None = None,
     ):
         self.account = account
         self.wait_for_budget = wait_for_budget
         self.budget_timeout_s = budget_timeout_s
         self.attempts = attempts
         self.sleep = sleep
-        self._session: services.LiveSession | None = None
+        self._session = session  # a live session already at hand (e.g. from sessions_live), else looked up
         self._adapter: Broker | None = None
         self.budget_wait_s = 0.0
 
     # --- plumbing ---------------------------------------------------------------------
     def _broker(self) -> Broker:
         if self._adapter is None:
-            self._session = services.session_live(self.account)
+            self._session = self._session or services.session_live(self.account)
             self._adapter = services.adapter_for(self.account, self._session.access_token)
         return self._adapter
 

@@ -65,15 +65,23 @@ def _as_live(session: BrokerSession) -> LiveSession:
     )
 
 
+def _cached_form(session: BrokerSession) -> dict:
+    # The cache holds the sealed token, never the plaintext.
+    return {"id": session.pk, "tokens": session.tokens.token, "expires_at": session.expires_at.timestamp()}
+
+
+def _from_cache(cached: dict) -> LiveSession:
+    return LiveSession(
+        session_id=cached["id"],
+        access_token=Sealed(cached["tokens"]).reveal()["access_token"],
+        expires_at=datetime.fromtimestamp(cached["expires_at"], tz=UTC),
+    )
+
+
 def _remember(account_id: int, session: BrokerSession) -> LiveSession:
     live = _as_live(session)
     ttl = min(settings.BROKER_SESSION_CACHE_TTL_S, max(1, int((session.expires_at - timezone.now()).total_seconds())))
-    # The cache holds the sealed token, never the plaintext.
-    cache.set(
-        _cache_key(account_id),
-        {"id": session.pk, "tokens": session.tokens.token, "expires_at": session.expires_at.timestamp()},
-        timeout=ttl,
-    )
+    cache.set(_cache_key(account_id), _cached_form(session), timeout=ttl)
     return live
 
 
@@ -104,17 +112,35 @@ def session_live(account: BrokerAccount) -> LiveSession:
     cached = cache.get(_cache_key(account.pk))
     now = timezone.now()
     if cached and cached["expires_at"] > now.timestamp():
-        return LiveSession(
-            session_id=cached["id"],
-            access_token=Sealed(cached["tokens"]).reveal()["access_token"],
-            expires_at=datetime.fromtimestamp(cached["expires_at"], tz=UTC),
-        )
+        return _from_cache(cached)
     session = _active(account.pk)
     if session is not None and session.expires_at > now:
         return _remember(account.pk, session)
     if session is not None:
         session_expire(session=session)
     return session_renew(account, failed_session_id=session.pk if session else None)
+
+
+def sessions_live(accounts: list[BrokerAccount]) -> dict[int, LiveSession]:
+    """``session_live`` for many accounts at once: the cached sessions in one cache read, the
+    rest in one query ({account id: session}). Accounts left out (inactive, no live session)
+    go through ``session_live`` one by one when used, which logs in or says why not.
+    """
+    now = timezone.now().timestamp()
+    wanted = {_cache_key(a.pk): a.pk for a in accounts if a.is_active}
+    live = {}
+    for key, cached in cache.get_many(list(wanted)).items():
+        if cached and cached["expires_at"] > now:
+            live[wanted[key]] = _from_cache(cached)
+    missing = [pk for pk in wanted.values() if pk not in live]
+    if missing:
+        fresh = {}
+        for session in BrokerSession.objects.filter(account_id__in=missing, status=BrokerSession.Status.ACTIVE):
+            if session.expires_at.timestamp() > now:
+                live[session.account_id] = _as_live(session)
+                fresh[_cache_key(session.account_id)] = _cached_form(session)
+        cache.set_many(fresh, timeout=settings.BROKER_SESSION_CACHE_TTL_S)  # readers check expires_at
+    return live
 
 
 def session_renew(account: BrokerAccount, *, failed_session_id: int | None, error: str = "") -> LiveSession:
@@ -413,20 +439,6 @@ def account_touched(account_id: int) -> None:
     """Something changed for this account (we placed, modified or cancelled): same listeners."""
     for listener in account_activity_listeners:
         listener(account_id)
-
-
-# Called with (account, [BrokerTrade]) when a broker hands us fills as they happen (the paper
-# exchange does, after each fill's commit); the portfolio app registers its fast path here.
-fill_listeners: list = []
-
-
-def broker_fills(*, broker: str, client_id: str, trades: list) -> int:
-    """A broker reported fills of this client: hand them to the listeners for each of its accounts."""
-    accounts = list(BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True))
-    for account in accounts:
-        for listener in fill_listeners:
-            listener(account, trades)
-    return len(accounts)
 
 
 def broker_activity(*, broker: str, client_id: str) -> int:

@@ -2,10 +2,13 @@
 
 import json
 
+from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
 from tradingplatform import metrics
+
+from . import presence
 
 MARKET_GROUP = "market"
 MAX_PRICE_SUBSCRIPTIONS = 500
@@ -33,12 +36,14 @@ class UserConsumer(AsyncWebsocketConsumer):
         self.group = user_group(user.pk)
         self.price_ids: set[str] = set()
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await sync_to_async(presence.joined)(user.pk, self.channel_name)
         await self.accept()
         metrics.websocket_opened(self)
 
     async def disconnect(self, code):
         metrics.websocket_closed(self)
         if hasattr(self, "group"):
+            await sync_to_async(presence.left)(self.scope["user"].pk, self.channel_name)
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.channel_layer.group_discard(MARKET_GROUP, self.channel_name)
 

@@ -1,25 +1,45 @@
-"""The monitoring cycle for one account (DESIGN section 5), step by step.
+"""The monitoring cycle (DESIGN section 5), step by step, for many accounts at once.
 
-``account_monitor`` runs the steps in order under a per-account lock (a slow account is
-skipped, never run twice at once). Each step is a function of its own that takes the
-cycle's context, is timed, and is idempotent: running a cycle twice, or a task delivered
-twice, never places a second stop-loss, re-entry or retry, because every order a step
-places carries an idempotency key derived from what caused it. One step's failure is
-recorded and the next step still runs.
+``accounts_monitor`` runs the steps for a batch of accounts (``start_cycle`` sends one task
+per batch; the fast path sends a batch of one through ``account_monitor``). Each account is
+under its own lock for the run (an account still running elsewhere is skipped, never run
+twice at once). Each step is a function of its own that takes one account's context, is
+timed, and is idempotent: running a cycle twice, or a task delivered twice, never places a
+second stop-loss, re-entry or retry, because every order a step places carries an
+idempotency key derived from what caused it. One step's failure is recorded and the next
+step still runs, for that account and for every other account of the batch.
+
+What makes a batch cheaper than its accounts one by one (the rules above do not change):
+
+- Broker calls run on a pool of threads per process: an account's three reads at once,
+  then its last prices, and many accounts' calls at the same time, since the wait is the
+  broker's. The pool's threads keep their database connections while they are busy.
+- The sessions of the batch are read at once; the broker snapshots (one upsert), the
+  positions (one read), the PnL snapshots and the ``AccountRun`` rows (one insert each)
+  are written for the whole batch.
+- Steps 3 to 9 act only on orders that one query per step finds for the whole batch; an
+  account with none of them (most accounts, most of the time) skips those steps, since
+  none of them would do anything. An account with any runs all of them in order, as before.
+- The dashboard is rendered and pushed only for traders with a page open.
 """
 
 import logging
+import os
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.db.models import Q, Sum
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
+from brokers import services as broker_services
 from brokers.base import BrokerOrder, BrokerPosition, BrokerTrade
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError, RejectKind
@@ -27,94 +47,266 @@ from orders import services as orders
 from orders.models import Order, Strategy
 from portfolio import services as portfolio
 from portfolio.broadcast import dashboard_push
-from tradingplatform import locks, metrics
+from portfolio.models import PnlSnapshot, Position
+from tradingplatform import locks, logs, metrics
 
+from . import presence
 from .models import AccountRun, BrokerSnapshot
 
 logger = logging.getLogger(__name__)
 ACCOUNT_LOCK_TTL_S = 300
+EXPECTED_ERRORS = (BrokerError, ValidationError, orders.OrderActionRefused)
 
 
 @dataclass
 class Context:
     account: BrokerAccount
     run_id: int | None = None
+    session: broker_services.LiveSession | None = None
     broker_orders: list[BrokerOrder] = field(default_factory=list)
     broker_trades: list[BrokerTrade] = field(default_factory=list)
     broker_positions: list[BrokerPosition] = field(default_factory=list)
     last_prices: dict = field(default_factory=dict)
     actions: list[str] = field(default_factory=list)
     fetched: bool = False
+    step_ms: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
+    _broker: AccountBroker | None = None
 
     def act(self, text: str) -> None:
         self.actions.append(text)
+
+    @property
+    def broker(self) -> AccountBroker:
+        """One ``AccountBroker`` for the account's run (its session looked up once)."""
+        if self._broker is None:
+            self._broker = AccountBroker(self.account, session=self.session)
+        return self._broker
+
+    def failed(self, step: str, error: BaseException) -> None:
+        if not isinstance(error, EXPECTED_ERRORS):  # one step's bug must not stop the others
+            logger.error("monitoring step %s failed for account %s", step, self.account.pk, exc_info=error)
+        self.errors.append({"step": step, "error": f"{type(error).__name__}: {error}"[:500]})
 
 
 def _cause(step: str, why: str) -> str:
     return f"monitoring {step}: {why}"
 
 
-# --- 1. Fetch ---------------------------------------------------------------------------------
+# --- Threads for broker calls -------------------------------------------------------------------
 
 
-def _in_thread(account: BrokerAccount, method: str, *args):
-    try:
-        return getattr(AccountBroker(account), method)(*args)
-    finally:
-        close_old_connections()
-        if not connection.in_atomic_block:
+class _Batch:
+    """The jobs one caller submitted, to wait for."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._pending = 0
+
+    def add(self) -> None:
+        with self._cond:
+            self._pending += 1
+
+    def done(self) -> None:
+        with self._cond:
+            self._pending -= 1
+            if not self._pending:
+                self._cond.notify_all()
+
+    def wait(self) -> None:
+        with self._cond:
+            while self._pending:
+                self._cond.wait()
+
+
+class _Pool:
+    """Up to ``MONITORING_THREADS`` threads per process, shared by the batches it runs.
+
+    A thread is started when jobs wait and none is idle, and ends (closing its database
+    connection) after ``IDLE_S`` without work, so connections are held only while cycles run.
+    Inside a transaction (tests) a job runs at once in the caller's thread instead, where
+    the transaction's rows are visible.
+    """
+
+    IDLE_S = 10.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._queued = self._idle = self._threads = 0
+
+    def submit(self, batch: _Batch, fn, *args) -> None:
+        if connection.in_atomic_block:
+            fn(*args)
+            return
+        batch.add()
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's threads are not here
+                self._reset()
+            self._queued += 1
+            self._jobs.put((batch, logs.in_this_context(fn), args))  # its log lines keep the request id
+            if self._queued > self._idle and self._threads < max(1, settings.MONITORING_THREADS):
+                self._threads += 1
+                threading.Thread(target=self._work, name="monitoring-pool", daemon=True).start()
+
+    def _work(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    self._idle += 1
+                try:
+                    batch, fn, args = self._jobs.get(timeout=self.IDLE_S)
+                except queue.Empty:
+                    with self._lock:
+                        self._idle -= 1
+                        self._threads -= 1
+                    return
+                with self._lock:
+                    self._idle -= 1
+                    self._queued -= 1
+                try:
+                    if connection.errors_occurred and not connection.is_usable():
+                        connection.close()
+                    fn(*args)
+                except Exception:
+                    logger.exception("monitoring job %s failed", getattr(fn, "__qualname__", fn))
+                finally:
+                    batch.done()
+        finally:
             connection.close()
 
 
-def step_fetch(ctx: Context) -> None:
-    """Order book, trades, positions and last prices from the broker, concurrently."""
-    account = ctx.account
-    if connection.in_atomic_block:  # a test's transaction: other threads could not see its rows
-        broker = AccountBroker(account)
-        ctx.broker_orders, ctx.broker_trades, ctx.broker_positions = (
-            broker.orders(),
-            broker.trades(),
-            broker.positions(),
-        )
-    else:
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            futures = [pool.submit(_in_thread, account, name) for name in ("orders", "trades", "positions")]
-            ctx.broker_orders, ctx.broker_trades, ctx.broker_positions = (f.result() for f in futures)
-    symbols = {f"{p.exchange}:{p.tradingsymbol}" for p in ctx.broker_positions if p.quantity}
-    symbols |= {f"{o.exchange}:{o.tradingsymbol}" for o in ctx.broker_orders}
-    if symbols:
-        prices = AccountBroker(account).ltp(sorted(symbols))
-        ctx.last_prices = {tuple(key.split(":", 1)): price for key, price in prices.items()}
+_pool = _Pool()
+
+
+def _in_pool(fn, items) -> None:
+    """``fn(item)`` for every item on the pool's threads; returns when all are done."""
+    batch = _Batch()
+    for item in items:
+        _pool.submit(batch, fn, item)
+    batch.wait()
+
+
+# --- 1. Fetch ---------------------------------------------------------------------------------
+
+FETCH_READS = ("orders", "trades", "positions")
+
+
+def _fetch_many(contexts: list[Context]) -> dict[int, BaseException]:
+    """Every account's order book, trades and positions (an account's three at once), then its
+    last prices; many accounts at once. Returns the failures by ``id(ctx)``."""
+    lock = threading.Lock()
+    left = {id(ctx): len(FETCH_READS) for ctx in contexts}
+    failures: dict[int, BaseException] = {}
+
+    def read(job):
+        ctx, name = job
+        try:
+            setattr(ctx, f"broker_{name}", getattr(ctx.broker, name)())
+        except Exception as error:
+            with lock:
+                failures.setdefault(id(ctx), error)
+        with lock:
+            left[id(ctx)] -= 1
+            last = not left[id(ctx)] and id(ctx) not in failures
+        if last:  # the account's three reads are in: its prices, on this thread
+            try:
+                symbols = {f"{p.exchange}:{p.tradingsymbol}" for p in ctx.broker_positions if p.quantity}
+                symbols |= {f"{o.exchange}:{o.tradingsymbol}" for o in ctx.broker_orders}
+                if symbols:
+                    prices = ctx.broker.ltp(sorted(symbols))
+                    ctx.last_prices = {tuple(key.split(":", 1)): price for key, price in prices.items()}
+            except Exception as error:
+                with lock:
+                    failures.setdefault(id(ctx), error)
+
+    _in_pool(read, [(ctx, name) for ctx in contexts for name in FETCH_READS])
+    fetched = [ctx for ctx in contexts if id(ctx) not in failures]
+    try:
+        _snapshots_save(fetched)
+    except Exception as error:
+        return {**failures, **{id(ctx): error for ctx in fetched}}
+    for ctx in fetched:
+        ctx.fetched = True
+    return failures
+
+
+def _snapshots_save(contexts: list[Context]) -> None:
+    """The broker's data as it was fetched, one row per account and kind, for all accounts in one upsert."""
     now = timezone.now()
-    for kind, rows in (
-        ("orders", ctx.broker_orders),
-        ("trades", ctx.broker_trades),
-        ("positions", ctx.broker_positions),
-    ):
-        BrokerSnapshot.objects.update_or_create(
-            account=account, kind=kind, defaults={"data": [_plain(row) for row in rows], "fetched_at": now}
+    rows = [
+        BrokerSnapshot(
+            account=ctx.account, kind=kind, data=[_plain(row) for row in getattr(ctx, f"broker_{kind}")], fetched_at=now
         )
-    ctx.fetched = True
+        for ctx in contexts
+        for kind in FETCH_READS
+    ]
+    if rows:
+        features = connection.features
+        unique = {"unique_fields": ["account", "kind"]} if features.supports_update_conflicts_with_target else {}
+        BrokerSnapshot.objects.bulk_create(rows, update_conflicts=True, update_fields=["data", "fetched_at"], **unique)
 
 
 def _plain(row) -> dict:
-    from dataclasses import asdict
-
     return {
         k: (str(v) if not isinstance(v, int | str | type(None)) else v) for k, v in asdict(row).items() if k != "raw"
     }
 
 
+def step_fetch(ctx: Context) -> None:
+    """Order book, trades, positions and last prices from the broker, concurrently."""
+    failure = _fetch_many([ctx]).get(id(ctx))
+    if failure is not None:
+        raise failure
+
+
 # --- 2. PnL -------------------------------------------------------------------------------------
+
+
+def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
+    """Record new fills, update positions by FIFO, value them at last prices, snapshot PnL.
+
+    Fills are recorded account by account (each in its own transaction, and only where the
+    broker reported any); the positions are read for all accounts in one query, re-valued
+    where a price moved (in one transaction), and the PnL points inserted in one statement.
+    """
+    failures: dict[int, BaseException] = {}
+    for ctx in contexts:
+        if ctx.broker_trades:
+            try:
+                created = portfolio.trades_record(account=ctx.account, broker_trades=ctx.broker_trades)
+            except Exception as error:
+                failures[id(ctx)] = error
+                continue
+            if created:
+                ctx.act(f"recorded {len(created)} fill(s)")
+    held = defaultdict(list)
+    for position in Position.objects.filter(account__in=[ctx.account for ctx in contexts]).select_related("instrument"):
+        held[position.account_id].append(position)
+    points = []
+    for ctx in contexts:
+        if id(ctx) in failures:
+            continue
+        positions = held[ctx.account.pk]
+        try:
+            if positions and ctx.last_prices:
+                portfolio.positions_mark(account=ctx.account, last_prices=ctx.last_prices, positions=positions)
+            points.append(portfolio.pnl_snapshot(account=ctx.account, positions=positions, save=False))
+        except Exception as error:
+            failures[id(ctx)] = error
+    PnlSnapshot.objects.bulk_create(points)
+    return failures
 
 
 def step_pnl(ctx: Context) -> None:
     """Record new fills, update positions by FIFO, value them at last prices, snapshot PnL."""
-    created = portfolio.trades_record(account=ctx.account, broker_trades=ctx.broker_trades)
-    if created:
-        ctx.act(f"recorded {len(created)} fill(s)")
-    portfolio.positions_mark(account=ctx.account, last_prices=ctx.last_prices)
-    portfolio.pnl_snapshot(account=ctx.account)
+    failure = _pnl_many([ctx]).get(id(ctx))
+    if failure is not None:
+        raise failure
 
 
 # --- 3. Orders ----------------------------------------------------------------------------------
@@ -140,15 +332,34 @@ def _on_tick(price: Decimal, tick: Decimal) -> Decimal:
     return ((price / tick).to_integral_value(rounding=ROUND_HALF_UP) * tick).quantize(Decimal("0.01"))
 
 
-def step_exits(ctx: Context) -> None:
-    """Place SL (SL-M) and TP (LIMIT) for filled strategy entries not yet covered; one cancels the other."""
-    entries = Order.objects.filter(
-        account=ctx.account,
+def _filled_entries(**where):
+    return Order.objects.filter(
+        **where,
         role=Order.Role.ENTRY,
         strategy__isnull=False,
         filled_quantity__gt=0,
         status__in=[Order.Status.FILLED, Order.Status.PARTIALLY_FILLED],
-    ).select_related("strategy", "instrument", "account")
+    )
+
+
+def _exit_siblings(**where):
+    """Open exits whose other exit (same parent) filled."""
+    filled_exits = Order.objects.filter(
+        **where,
+        role__in=[Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT],
+        status=Order.Status.FILLED,
+        parent__isnull=False,
+    )
+    return Order.objects.filter(
+        parent_id__in=filled_exits.values("parent_id"),
+        role__in=[Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT],
+        status__in=Order.AT_BROKER,
+    )
+
+
+def step_exits(ctx: Context) -> None:
+    """Place SL (SL-M) and TP (LIMIT) for filled strategy entries not yet covered; one cancels the other."""
+    entries = _filled_entries(account=ctx.account).select_related("strategy", "instrument", "account")
     for entry in entries:
         strategy = entry.strategy
         exit_side = "SELL" if entry.side == "BUY" else "BUY"
@@ -201,17 +412,7 @@ def step_exits(ctx: Context) -> None:
 
 
 def _one_cancels_other(ctx: Context) -> None:
-    filled_exits = Order.objects.filter(
-        account=ctx.account,
-        role__in=[Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT],
-        status=Order.Status.FILLED,
-        parent__isnull=False,
-    )
-    siblings = Order.objects.filter(
-        parent_id__in=filled_exits.values("parent_id"),
-        role__in=[Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT],
-        status__in=Order.AT_BROKER,
-    ).select_related("account", "instrument")
+    siblings = _exit_siblings(account=ctx.account).select_related("account", "instrument")
     for sibling in siblings:
         try:
             orders.order_cancel(order=sibling, actor=ctx.account.owner, cause=_cause("step 4", "its other exit filled"))
@@ -232,20 +433,24 @@ def _placed(order: Order, field: str) -> Decimal:
     return Decimal(value) if value else getattr(order, field)
 
 
+def _chased(**where):
+    return Order.objects.filter(
+        **where,
+        role=Order.Role.ENTRY,
+        order_type="LIMIT",
+        status__in=[Order.Status.SUBMITTED, Order.Status.OPEN, Order.Status.PARTIALLY_FILLED],
+        broker_order_id__isnull=False,
+        strategy__chase_after_s__isnull=False,
+    )
+
+
 def step_chase(ctx: Context) -> None:
     """Move open LIMIT entries older than the chase delay toward the last price, within the cap.
 
     Past the broker's modification cap the order is cancelled and replaced.
     """
     now = timezone.now()
-    candidates = Order.objects.filter(
-        account=ctx.account,
-        role=Order.Role.ENTRY,
-        order_type="LIMIT",
-        status__in=[Order.Status.SUBMITTED, Order.Status.OPEN, Order.Status.PARTIALLY_FILLED],
-        broker_order_id__isnull=False,
-        strategy__chase_after_s__isnull=False,
-    ).select_related("strategy", "instrument", "account")
+    candidates = _chased(account=ctx.account).select_related("strategy", "instrument", "account")
     for order in candidates:
         strategy = order.strategy
         last_move = order.events.filter(kind="modified").order_by("-created_at").first()
@@ -318,16 +523,20 @@ def _cancel_and_replace(ctx: Context, order: Order, price: Decimal, cause: str) 
 # --- 6. Trailing stops ---------------------------------------------------------------------------
 
 
-def step_trail(ctx: Context) -> None:
-    """Open stop-losses with a trailing step follow favourable moves, a step at a time, never back."""
-    stops = Order.objects.filter(
-        account=ctx.account,
+def _trailing_stops(**where):
+    return Order.objects.filter(
+        **where,
         role=Order.Role.STOP_LOSS,
         status__in=Order.AT_BROKER,
         broker_order_id__isnull=False,
         strategy__trailing_step__isnull=False,
         parent__isnull=False,
-    ).select_related("strategy", "instrument", "account", "parent")
+    )
+
+
+def step_trail(ctx: Context) -> None:
+    """Open stop-losses with a trailing step follow favourable moves, a step at a time, never back."""
+    stops = _trailing_stops(account=ctx.account).select_related("strategy", "instrument", "account", "parent")
     for stop in stops:
         last = ctx.last_prices.get((stop.instrument.exchange, stop.instrument.tradingsymbol))
         if last is None or stop.trigger_price is None:
@@ -361,13 +570,15 @@ def step_trail(ctx: Context) -> None:
 # --- 7. Rejected orders -------------------------------------------------------------------------
 
 
+def _dependants_of_rejected(**where):
+    return Order.objects.filter(
+        **where, parent__status__in=[Order.Status.REJECTED, Order.Status.FAILED], status__in=Order.AT_BROKER
+    )
+
+
 def step_rejections(ctx: Context) -> None:
     """Cancel what depends on a rejected or failed order, and tell the trader why."""
-    dependants = Order.objects.filter(
-        account=ctx.account,
-        parent__status__in=[Order.Status.REJECTED, Order.Status.FAILED],
-        status__in=Order.AT_BROKER,
-    ).select_related("account", "instrument", "parent")
+    dependants = _dependants_of_rejected(account=ctx.account).select_related("account", "instrument", "parent")
     for order in dependants:
         try:
             orders.order_cancel(
@@ -406,14 +617,17 @@ def _place_again(ctx: Context, like: Order, *, role: str, cause: str, key: str) 
 # --- 8. Re-entry --------------------------------------------------------------------------------
 
 
+def _stopped_out(**where):
+    return Order.objects.filter(
+        **where, role=Order.Role.STOP_LOSS, status=Order.Status.FILLED, parent__strategy__reentry_enabled=True
+    )
+
+
 def step_reentry(ctx: Context) -> None:
     """After a stop-loss exit, place a new entry like the first, if the strategy allows another."""
-    stopped = Order.objects.filter(
-        account=ctx.account,
-        role=Order.Role.STOP_LOSS,
-        status=Order.Status.FILLED,
-        parent__strategy__reentry_enabled=True,
-    ).select_related("parent__strategy", "parent__instrument", "parent__account")
+    stopped = _stopped_out(account=ctx.account).select_related(
+        "parent__strategy", "parent__instrument", "parent__account"
+    )
     for exit_order in stopped:
         entry = exit_order.parent
         strategy = entry.strategy
@@ -438,15 +652,19 @@ def step_reentry(ctx: Context) -> None:
 # --- 9. Retries ---------------------------------------------------------------------------------
 
 
-def step_retries(ctx: Context) -> None:
-    """Send again an order rejected for a reason that may pass, with backoff, up to the strategy's limit."""
-    now = timezone.now()
-    candidates = Order.objects.filter(
-        account=ctx.account,
+def _rejected_with_retries(**where):
+    return Order.objects.filter(
+        **where,
         strategy__isnull=False,
         status__in=[Order.Status.REJECTED, Order.Status.FAILED],
         strategy__max_retries__gt=0,
-    ).select_related("strategy", "instrument", "account")
+    )
+
+
+def step_retries(ctx: Context) -> None:
+    """Send again an order rejected for a reason that may pass, with backoff, up to the strategy's limit."""
+    now = timezone.now()
+    candidates = _rejected_with_retries(account=ctx.account).select_related("strategy", "instrument", "account")
     for failed in candidates:
         strategy = failed.strategy
         kinds = set(strategy.retryable_kinds or RejectKind.RETRYABLE_BY_NATURE)
@@ -483,40 +701,148 @@ STEPS = [
 ]
 NEEDS_FETCH = {"2_pnl", "3_orders"}
 
+# Steps done for a whole batch at once: the step's function for many accounts, returning the
+# failures by id(ctx). The step's own function is the same for a batch of one.
+BATCHED = {step_fetch: _fetch_many, step_pnl: _pnl_many}
+
+# For the other steps, the orders each acts on (filters taking the accounts): an account with
+# none of them for any step has nothing to do in those steps. A step not listed here (a new
+# one, or a test's stand-in) runs for every account, and then so do the rest.
+ACTS_ON = {
+    step_orders: (orders.orders_to_sync,),
+    step_exits: (_filled_entries, _exit_siblings),
+    step_chase: (_chased,),
+    step_trail: (_trailing_stops,),
+    step_rejections: (_dependants_of_rejected,),
+    step_reentry: (_stopped_out,),
+    step_retries: (_rejected_with_retries,),
+}
+
+
+def _accounts_with_work(account_ids: list[int], steps) -> set[int]:
+    """The accounts for which any of ``steps`` has an order to look at (one query per filter)."""
+    if any(step not in ACTS_ON for _name, step in steps):
+        return set(account_ids)
+    busy: set[int] = set()
+    for _name, step in steps:
+        for orders_of in ACTS_ON[step]:
+            rest = [pk for pk in account_ids if pk not in busy]
+            if rest:
+                busy.update(orders_of(account_id__in=rest).values_list("account_id", flat=True).distinct())
+    return busy
+
+
+def _account_steps(job) -> None:
+    """One account's run of per-account steps, in order, each timed, each failure recorded."""
+    ctx, steps = job
+    for name, step in steps:
+        if name in NEEDS_FETCH and not ctx.fetched:
+            ctx.errors.append({"step": name, "error": "skipped: the broker data could not be fetched"})
+            continue
+        started = time.perf_counter()
+        try:
+            step(ctx)
+        except Exception as error:
+            ctx.failed(name, error)
+        ctx.step_ms[name] = round((time.perf_counter() - started) * 1000, 1)
+
+
+def _run_steps(contexts: list[Context]) -> None:
+    """Every step for every account, in order. A batched step's time is shared out among its accounts;
+    so is the query that finds which accounts the per-account steps have anything to do for."""
+    steps, i = list(STEPS), 0
+    while i < len(steps):
+        name, step = steps[i]
+        if step in BATCHED:
+            ready = []
+            for ctx in contexts:
+                if name in NEEDS_FETCH and not ctx.fetched:
+                    ctx.errors.append({"step": name, "error": "skipped: the broker data could not be fetched"})
+                else:
+                    ready.append(ctx)
+            started = time.perf_counter()
+            try:
+                failures = BATCHED[step](ready) if ready else {}
+            except Exception as error:
+                failures = {id(ctx): error for ctx in ready}
+            share = round((time.perf_counter() - started) * 1000 / max(1, len(ready)), 1)
+            for ctx in ready:
+                ctx.step_ms[name] = share
+                if id(ctx) in failures:
+                    ctx.failed(name, failures[id(ctx)])
+            i += 1
+            continue
+        run = []
+        while i < len(steps) and steps[i][1] not in BATCHED:
+            run.append(steps[i])
+            i += 1
+        started = time.perf_counter()
+        try:
+            busy = _accounts_with_work([ctx.account.pk for ctx in contexts], run)
+        except Exception:
+            logger.exception("monitoring: could not tell which accounts have orders to look at")
+            busy = {ctx.account.pk for ctx in contexts}
+        share = round((time.perf_counter() - started) * 1000 / max(1, len(contexts)) / len(run), 1)
+        idle = [ctx for ctx in contexts if ctx.account.pk not in busy]
+        for ctx in idle:
+            for step_name, _ in run:
+                if step_name in NEEDS_FETCH and not ctx.fetched:
+                    ctx.errors.append({"step": step_name, "error": "skipped: the broker data could not be fetched"})
+                else:
+                    ctx.step_ms[step_name] = share
+        _in_pool(_account_steps, [(ctx, run) for ctx in contexts if ctx.account.pk in busy])
+
+
+def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None) -> list[AccountRun]:
+    """Run every step for each account, each account once at a time (one running elsewhere is skipped).
+
+    Returns the accounts' ``AccountRun`` rows, in the order of ``accounts``.
+    """
+    tokens = {}
+    try:
+        for account in accounts:
+            tokens[account.pk] = locks.acquire(f"monitor:{account.pk}", ttl_s=ACCOUNT_LOCK_TTL_S)
+        running = [account for account in accounts if tokens[account.pk]]
+        try:
+            sessions = broker_services.sessions_live(running)
+        except Exception:  # each account then looks its own up (and says why it cannot)
+            logger.exception("monitoring: could not read the sessions of %s accounts", len(running))
+            sessions = {}
+        contexts = {a.pk: Context(account=a, run_id=run_id, session=sessions.get(a.pk)) for a in running}
+        _run_steps(list(contexts.values()))
+        finished = timezone.now()
+        results = []
+        for account in accounts:
+            ctx = contexts.get(account.pk)
+            if ctx is None:
+                results.append(AccountRun(run_id=run_id, account=account, status=AccountRun.Status.SKIPPED))
+                continue
+            results.append(
+                AccountRun(
+                    run_id=run_id,
+                    account=account,
+                    status=AccountRun.Status.ERRORS if ctx.errors else AccountRun.Status.OK,
+                    finished_at=finished,
+                    step_ms=ctx.step_ms,
+                    actions=ctx.actions,
+                    errors=ctx.errors,
+                )
+            )
+        AccountRun.objects.bulk_create(results)
+        for result in results:
+            metrics.account_run_observed(result)
+        # The traders' dashboards, coalesced, with this run's errors: only for those with a page open.
+        watched = presence.watching(account.owner_id for account in running)
+        for account in running:
+            if account.owner_id in watched:
+                dashboard_push(account)
+        return results
+    finally:
+        for account_id, token in tokens.items():
+            if token:
+                locks.release(f"monitor:{account_id}", token)
+
 
 def account_monitor(*, account: BrokerAccount, run_id: int | None = None) -> AccountRun:
     """Run every step for one account, once at a time (a second caller is skipped)."""
-    token = locks.acquire(f"monitor:{account.pk}", ttl_s=ACCOUNT_LOCK_TTL_S)
-    if token is None:
-        skipped = AccountRun.objects.create(run_id=run_id, account=account, status=AccountRun.Status.SKIPPED)
-        return metrics.account_run_observed(skipped)
-    try:
-        ctx = Context(account=account, run_id=run_id)
-        step_ms, errors = {}, []
-        for name, step in STEPS:
-            if name in NEEDS_FETCH and not ctx.fetched:
-                errors.append({"step": name, "error": "skipped: the broker data could not be fetched"})
-                continue
-            started = time.perf_counter()
-            try:
-                step(ctx)
-            except (BrokerError, ValidationError, orders.OrderActionRefused) as error:
-                errors.append({"step": name, "error": f"{type(error).__name__}: {error}"[:500]})
-            except Exception as error:  # one step's bug must not stop the others
-                logger.exception("monitoring step %s failed for account %s", name, account.pk)
-                errors.append({"step": name, "error": f"{type(error).__name__}: {error}"[:500]})
-            step_ms[name] = round((time.perf_counter() - started) * 1000, 1)
-        result = AccountRun.objects.create(
-            run_id=run_id,
-            account=account,
-            status=AccountRun.Status.ERRORS if errors else AccountRun.Status.OK,
-            finished_at=timezone.now(),
-            step_ms=step_ms,
-            actions=ctx.actions,
-            errors=errors,
-        )
-        metrics.account_run_observed(result)
-        dashboard_push(account)  # the trader's dashboard, coalesced, with this run's errors
-        return result
-    finally:
-        locks.release(f"monitor:{account.pk}", token)
+    return accounts_monitor(accounts=[account], run_id=run_id)[0]

@@ -1,4 +1,6 @@
 from celery import shared_task
+from django.conf import settings
+from django.db.models import Q
 
 from accounts.models import BrokerAccount
 from tradingplatform.celery import periodic
@@ -16,19 +18,29 @@ def heartbeat():
 @shared_task
 @periodic
 def start_cycle():
-    """Every MONITORING_INTERVAL_S: one task per monitored account."""
+    """Every MONITORING_INTERVAL_S: one task per batch of MONITORING_BATCH monitored accounts."""
     run, account_ids = services.cycle_start()
-    for account_id in account_ids:
-        monitor_account.delay(account_id, run.pk)
+    size = settings.MONITORING_BATCH
+    for start in range(0, len(account_ids), size):
+        monitor_accounts.delay(account_ids[start : start + size], run.pk)
     return len(account_ids)
 
 
 @shared_task(soft_time_limit=240)
+def monitor_accounts(account_ids: list[int], run_id: int | None):
+    """One batch of a cycle (or the fast path's one account): every step for each active account."""
+    accounts = list(BrokerAccount.objects.select_related("owner").filter(pk__in=account_ids, is_active=True))
+    results = cycle.accounts_monitor(accounts=accounts, run_id=run_id) if accounts else []
+    finished = max((r.finished_at for r in results if r.finished_at), default=None)
+    if run_id is not None and finished is not None:
+        later = Q(finished_at__isnull=True) | Q(finished_at__lt=finished)
+        MonitoringRun.objects.filter(later, pk=run_id).update(finished_at=finished)
+    statuses = [r.status for r in results]
+    return {status: statuses.count(status) for status in set(statuses)}
+
+
+@shared_task(soft_time_limit=240)
 def monitor_account(account_id: int, run_id: int | None):
-    account = BrokerAccount.objects.select_related("owner").filter(pk=account_id, is_active=True).first()
-    if account is None:
-        return "inactive"
-    result = cycle.account_monitor(account=account, run_id=run_id)
-    if run_id is not None:
-        MonitoringRun.objects.filter(pk=run_id).update(finished_at=result.finished_at)
-    return result.status
+    """The fast path's run of one account (and tasks queued before batches existed)."""
+    result = monitor_accounts(account_ids=[account_id], run_id=run_id)
+    return next(iter(result), "inactive")

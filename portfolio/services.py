@@ -16,39 +16,31 @@ from .models import PnlSnapshot, Position, Trade
 
 
 def trades_record(*, account: BrokerAccount, broker_trades: list[BrokerTrade]) -> list[Trade]:
-    """Record the fills not seen before and apply them to positions, in one transaction; the ones applied.
+    """Record the fills not seen before and apply them to positions, in one transaction.
 
     A fill is recorded once (unique broker trade id per account) and applied once (the
-    position remembers the last trade it applied), so a cycle that runs twice, a task
-    delivered twice, or the fill fast path and a monitoring run seeing the same fill at
-    once, change nothing the second time.
+    position remembers the last trade it applied), so a cycle that runs twice, or a task
+    delivered twice, changes nothing the second time.
     """
     if not broker_trades:
         return []
-    known = dict(
+    known = set(
         Trade.objects.filter(account=account, broker_trade_id__in=[t.trade_id for t in broker_trades]).values_list(
-            "broker_trade_id", "order_id"
+            "broker_trade_id", flat=True
         )
     )
     fresh = [t for t in broker_trades if t.trade_id not in known]
-    unlinked = {t.broker_order_id for t in broker_trades if t.trade_id in known and known[t.trade_id] is None}
-    orders = dict(
-        Order.objects.filter(
-            account=account, broker_order_id__in={t.broker_order_id for t in fresh} | unlinked
-        ).values_list("broker_order_id", "pk")
-    )
-    # The fast path can record a fill before its order has its broker id (the paper exchange
-    # fills inside the placement call): link such fills once the order has it.
-    for broker_order_id in unlinked & orders.keys():
-        Trade.objects.filter(account=account, broker_order_id=broker_order_id, order__isnull=True).update(
-            order_id=orders[broker_order_id]
-        )
     if not fresh:
         return []
     instruments = {
         (i.exchange, i.tradingsymbol): i
         for i in Instrument.objects.filter(tradingsymbol__in={t.tradingsymbol for t in fresh})
     }
+    orders = dict(
+        Order.objects.filter(account=account, broker_order_id__in={t.broker_order_id for t in fresh}).values_list(
+            "broker_order_id", "pk"
+        )
+    )
     rows = [
         Trade(
             account=account,
@@ -65,50 +57,31 @@ def trades_record(*, account: BrokerAccount, broker_trades: list[BrokerTrade]) -
         for t in sorted(fresh, key=lambda t: (t.filled_at or timezone.now(), t.trade_id))
         if (t.exchange, t.tradingsymbol) in instruments
     ]
-    keys = sorted({(row.instrument_id, row.product) for row in rows})
-    # New positions are created before the transaction, on their own: two recorders creating
-    # the same row inside their transactions would deadlock on MySQL (both keep a shared lock
-    # on the duplicate key, then both want it exclusive).
-    existing = set(
-        Position.objects.filter(account=account, instrument_id__in={k[0] for k in keys}).values_list(
-            "instrument_id", "product"
-        )
-    )
-    Position.objects.bulk_create(
-        [Position(account=account, instrument_id=i, product=p) for i, p in keys if (i, p) not in existing],
-        ignore_conflicts=True,
-    )
     with transaction.atomic():
-        # Lock the positions first (in one order, so two recorders never deadlock): fills of a
-        # position are then inserted and applied by one recorder at a time, so their ids grow in
-        # the order they are applied and a position's ``last_trade_id`` never passes over one
-        # that another recorder had inserted but not yet committed.
-        positions = {
-            key: Position.objects.select_for_update().get(account=account, instrument_id=key[0], product=key[1])
-            for key in keys
-        }
-        # ignore_conflicts: a recorder that got the fills in first wins; we then apply whatever
-        # is not applied yet (re-read by id below).
+        # ignore_conflicts: a concurrent run that recorded the same fills first wins; we
+        # then apply only what this transaction really inserted (re-read by id below).
         Trade.objects.bulk_create(rows, ignore_conflicts=True)
-        recorded = list(
+        created = list(
             Trade.objects.filter(account=account, broker_trade_id__in=[row.broker_trade_id for row in rows])
             .select_related("instrument")
             .order_by("filled_at", "id")
         )
-        return _apply(positions, recorded)
+        _apply(account, created)
+    return created
 
 
-def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]:
+def _apply(account: BrokerAccount, trades: list[Trade]) -> None:
     by_position = defaultdict(list)
     for trade in trades:
         by_position[(trade.instrument_id, trade.product)].append(trade)
-    applied = []
-    for key, fills in by_position.items():
-        position = positions[key]
+    for (instrument_id, product), fills in by_position.items():
+        position, _ = Position.objects.select_for_update().get_or_create(
+            account=account, instrument_id=instrument_id, product=product
+        )
+        state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
         new = [fill for fill in fills if fill.pk > position.last_trade_id]
         if not new:
             continue
-        state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
         state.apply_many((fill.side, fill.quantity, fill.price) for fill in new)
         last = position.last_price or new[-1].price
         position.fifo = state.to_dict()
@@ -119,45 +92,42 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
         position.last_price = last
         position.last_trade_id = new[-1].pk
         position.save()
-        applied.extend(new)
-    return sorted(applied, key=lambda trade: (trade.filled_at, trade.pk))
 
 
-def fills_fast_path(account: BrokerAccount, broker_trades: list[BrokerTrade]) -> list[Trade]:
-    """Fills a broker handed us as they happened (a paper fill, right after its commit): record them
-    and push the trader's dashboard at once, coalesced.
+def positions_mark(
+    *, account: BrokerAccount, last_prices: dict[tuple[str, str], Decimal], positions: list[Position] | None = None
+) -> int:
+    """Value open positions at the latest prices ({(exchange, symbol): price}).
 
-    The account's monitoring steps (exits, trailing, re-entry...) run as well, a moment later
-    (``monitoring.services.account_activity``, queued by the same order update); they find these
-    fills recorded and record nothing twice.
+    ``positions``: the account's positions with their instruments when the caller already has them
+    (the monitoring cycle reads them for many accounts in one query).
     """
-    from .broadcast import dashboard_push
-
-    applied = trades_record(account=account, broker_trades=broker_trades)
-    if applied:
-        dashboard_push(account)
-    return applied
-
-
-def positions_mark(*, account: BrokerAccount, last_prices: dict[tuple[str, str], Decimal]) -> int:
-    """Value open positions at the latest prices ({(exchange, symbol): price})."""
     changed = 0
-    for position in Position.objects.filter(account=account).select_related("instrument"):
+    if positions is None:
+        positions = Position.objects.filter(account=account).select_related("instrument")
+    for position in positions:
         price = last_prices.get((position.instrument.exchange, position.instrument.tradingsymbol))
         if price is None or price == position.last_price:
             continue
         state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
+        position.last_price, position.unrealized_pnl = price, state.unrealized_pnl(price)
         Position.objects.filter(pk=position.pk).update(
-            last_price=price, unrealized_pnl=state.unrealized_pnl(price), updated_at=timezone.now()
+            last_price=price, unrealized_pnl=position.unrealized_pnl, updated_at=timezone.now()
         )
         changed += 1
     return changed
 
 
-def pnl_snapshot(*, account: BrokerAccount, now=None) -> PnlSnapshot:
-    """Today's realized and unrealized PnL of the account, as a point for the chart."""
-    totals = [(p.realized_pnl, p.unrealized_pnl) for p in Position.objects.filter(account=account)]
-    return PnlSnapshot.objects.create(
+def pnl_snapshot(*, account: BrokerAccount, now=None, positions: list[Position] | None = None, save: bool = True):
+    """Today's realized and unrealized PnL of the account, as a point for the chart.
+
+    ``positions``: the account's positions when the caller already has them; ``save=False``
+    returns the row unsaved (the monitoring cycle inserts many at once).
+    """
+    if positions is None:
+        positions = Position.objects.filter(account=account)
+    totals = [(p.realized_pnl, p.unrealized_pnl) for p in positions]
+    return (PnlSnapshot.objects.create if save else PnlSnapshot)(
         account=account,
         taken_at=now or timezone.now(),
         realized=sum((r for r, _ in totals), Decimal(0)),
