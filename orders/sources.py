@@ -20,6 +20,7 @@ from django.utils import timezone
 from accounts.models import BrokerAccount
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
+from tradingplatform import logs
 
 from . import services
 from .models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
@@ -77,7 +78,7 @@ def _in_threads(jobs: list, workers: int) -> list:
             connection.close()
 
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        return list(pool.map(run, jobs))
+        return list(pool.map(run, [logs.in_this_context(job) for job in jobs]))  # keep the request id
 
 
 # --- Baskets ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 """
 
 import contextvars
+import functools
 import json
 import logging
 import re
@@ -44,6 +45,15 @@ def sane_request_id(value: str | None) -> str | None:
 
 def current_request_id() -> str | None:
     return request_id_var.get()
+
+
+def in_this_context(fn):
+    """``fn`` to be called once on another thread, with this thread's request id and task.
+
+    A new thread starts with an empty context, so without this a pool's log lines (broker
+    calls of a basket or a monitoring fetch) would lose the id of the request they serve.
+    """
+    return functools.partial(contextvars.copy_context().run, fn)
 
 
 # --- HTTP ----------------------------------------------------------------------------------
@@ -145,6 +155,8 @@ _REDACTIONS = [
     (re.compile(r"(?i)\b(bearer|token)(\s+)[A-Za-z0-9._~+/=:-]{8,}"), r"\1\2[redacted]"),
     # api_secret=..., "access_token": "...", password: ...
     (re.compile(rf"(?i)\b({_SECRET_WORDS})([\"']?\s*[=:]\s*[\"']?)([^\s\"'\\&,;()\[\]{{}}]+)"), r"\1\2[redacted]"),
+    # query parameters that authorise something (Kite's connect state is bound to the CSRF secret)
+    (re.compile(r"(?i)([?&](?:state|code|sig|signature)=)[^&\s\"'\\]+"), r"\1[redacted]"),
     # the platform's own API keys, wherever they appear
     (re.compile(r"\btp_[0-9a-f]{8}_[A-Za-z0-9_-]{20,}"), "tp_[redacted]"),
 ]
