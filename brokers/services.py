@@ -441,6 +441,20 @@ def account_touched(account_id: int) -> None:
         listener(account_id)
 
 
+# Called with (account, [BrokerTrade]) when a broker hands us fills as they happen (the paper
+# exchange does, after each fill's commit); the portfolio app registers its fast path here.
+fill_listeners: list = []
+
+
+def broker_fills(*, broker: str, client_id: str, trades: list) -> int:
+    """A broker reported fills of this client: hand them to the listeners for each of its accounts."""
+    accounts = list(BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True))
+    for account in accounts:
+        for listener in fill_listeners:
+            listener(account, trades)
+    return len(accounts)
+
+
 def broker_activity(*, broker: str, client_id: str) -> int:
     """A broker told us an order of this client changed: notify listeners for its accounts."""
     account_ids = list(

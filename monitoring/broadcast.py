@@ -8,6 +8,7 @@ a page that missed one resynchronises when its websocket reconnects.
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,13 +28,15 @@ class _Sender:
     def __init__(self):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
+        self._pid = None
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._loop is None or self._loop.is_closed():
+            # A forked child (a prefork worker) has the loop but not its thread: start its own.
+            if self._loop is None or self._loop.is_closed() or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, name="channel-layer-sender", daemon=True).start()
-                self._loop = loop
+                self._loop, self._pid = loop, os.getpid()
             return self._loop
 
     def group_send(self, group: str, message: dict) -> None:

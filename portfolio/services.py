@@ -16,31 +16,39 @@ from .models import PnlSnapshot, Position, Trade
 
 
 def trades_record(*, account: BrokerAccount, broker_trades: list[BrokerTrade]) -> list[Trade]:
-    """Record the fills not seen before and apply them to positions, in one transaction.
+    """Record the fills not seen before and apply them to positions, in one transaction; the ones applied.
 
     A fill is recorded once (unique broker trade id per account) and applied once (the
-    position remembers the last trade it applied), so a cycle that runs twice, or a task
-    delivered twice, changes nothing the second time.
+    position remembers the last trade it applied), so a cycle that runs twice, a task
+    delivered twice, or the fill fast path and a monitoring run seeing the same fill at
+    once, change nothing the second time.
     """
     if not broker_trades:
         return []
-    known = set(
+    known = dict(
         Trade.objects.filter(account=account, broker_trade_id__in=[t.trade_id for t in broker_trades]).values_list(
-            "broker_trade_id", flat=True
+            "broker_trade_id", "order_id"
         )
     )
     fresh = [t for t in broker_trades if t.trade_id not in known]
+    unlinked = {t.broker_order_id for t in broker_trades if t.trade_id in known and known[t.trade_id] is None}
+    orders = dict(
+        Order.objects.filter(
+            account=account, broker_order_id__in={t.broker_order_id for t in fresh} | unlinked
+        ).values_list("broker_order_id", "pk")
+    )
+    # The fast path can record a fill before its order has its broker id (the paper exchange
+    # fills inside the placement call): link such fills once the order has it.
+    for broker_order_id in unlinked & orders.keys():
+        Trade.objects.filter(account=account, broker_order_id=broker_order_id, order__isnull=True).update(
+            order_id=orders[broker_order_id]
+        )
     if not fresh:
         return []
     instruments = {
         (i.exchange, i.tradingsymbol): i
         for i in Instrument.objects.filter(tradingsymbol__in={t.tradingsymbol for t in fresh})
     }
-    orders = dict(
-        Order.objects.filter(account=account, broker_order_id__in={t.broker_order_id for t in fresh}).values_list(
-            "broker_order_id", "pk"
-        )
-    )
     rows = [
         Trade(
             account=account,
@@ -57,31 +65,50 @@ def trades_record(*, account: BrokerAccount, broker_trades: list[BrokerTrade]) -
         for t in sorted(fresh, key=lambda t: (t.filled_at or timezone.now(), t.trade_id))
         if (t.exchange, t.tradingsymbol) in instruments
     ]
+    keys = sorted({(row.instrument_id, row.product) for row in rows})
+    # New positions are created before the transaction, on their own: two recorders creating
+    # the same row inside their transactions would deadlock on MySQL (both keep a shared lock
+    # on the duplicate key, then both want it exclusive).
+    existing = set(
+        Position.objects.filter(account=account, instrument_id__in={k[0] for k in keys}).values_list(
+            "instrument_id", "product"
+        )
+    )
+    Position.objects.bulk_create(
+        [Position(account=account, instrument_id=i, product=p) for i, p in keys if (i, p) not in existing],
+        ignore_conflicts=True,
+    )
     with transaction.atomic():
-        # ignore_conflicts: a concurrent run that recorded the same fills first wins; we
-        # then apply only what this transaction really inserted (re-read by id below).
+        # Lock the positions first (in one order, so two recorders never deadlock): fills of a
+        # position are then inserted and applied by one recorder at a time, so their ids grow in
+        # the order they are applied and a position's ``last_trade_id`` never passes over one
+        # that another recorder had inserted but not yet committed.
+        positions = {
+            key: Position.objects.select_for_update().get(account=account, instrument_id=key[0], product=key[1])
+            for key in keys
+        }
+        # ignore_conflicts: a recorder that got the fills in first wins; we then apply whatever
+        # is not applied yet (re-read by id below).
         Trade.objects.bulk_create(rows, ignore_conflicts=True)
-        created = list(
+        recorded = list(
             Trade.objects.filter(account=account, broker_trade_id__in=[row.broker_trade_id for row in rows])
             .select_related("instrument")
             .order_by("filled_at", "id")
         )
-        _apply(account, created)
-    return created
+        return _apply(positions, recorded)
 
 
-def _apply(account: BrokerAccount, trades: list[Trade]) -> None:
+def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]:
     by_position = defaultdict(list)
     for trade in trades:
         by_position[(trade.instrument_id, trade.product)].append(trade)
-    for (instrument_id, product), fills in by_position.items():
-        position, _ = Position.objects.select_for_update().get_or_create(
-            account=account, instrument_id=instrument_id, product=product
-        )
-        state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
+    applied = []
+    for key, fills in by_position.items():
+        position = positions[key]
         new = [fill for fill in fills if fill.pk > position.last_trade_id]
         if not new:
             continue
+        state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
         state.apply_many((fill.side, fill.quantity, fill.price) for fill in new)
         last = position.last_price or new[-1].price
         position.fifo = state.to_dict()
@@ -92,6 +119,24 @@ def _apply(account: BrokerAccount, trades: list[Trade]) -> None:
         position.last_price = last
         position.last_trade_id = new[-1].pk
         position.save()
+        applied.extend(new)
+    return sorted(applied, key=lambda trade: (trade.filled_at, trade.pk))
+
+
+def fills_fast_path(account: BrokerAccount, broker_trades: list[BrokerTrade]) -> list[Trade]:
+    """Fills a broker handed us as they happened (a paper fill, right after its commit): record them
+    and push the trader's dashboard at once, coalesced.
+
+    The account's monitoring steps (exits, trailing, re-entry...) run as well, a moment later
+    (``monitoring.services.account_activity``, queued by the same order update); they find these
+    fills recorded and record nothing twice.
+    """
+    from .broadcast import dashboard_push
+
+    applied = trades_record(account=account, broker_trades=broker_trades)
+    if applied:
+        dashboard_push(account)
+    return applied
 
 
 def positions_mark(

@@ -35,6 +35,14 @@ def acquire(name: str, *, ttl_s: float) -> str | None:
     return token if ok else None
 
 
+def remaining_s(name: str) -> float | None:
+    """How long the lock has left (None when free, or when the cache cannot tell)."""
+    if settings.REDIS_URL:
+        ms = redis_client().pttl(_key(name))
+        return ms / 1000 if ms >= 0 else None
+    return None
+
+
 def release(name: str, token: str) -> None:
     if settings.REDIS_URL:
         redis_client().eval(_RELEASE, 1, _key(name), token)

@@ -160,11 +160,29 @@ if REDIS_URL:
             "OPTIONS": {"socket_timeout": 5, "socket_connect_timeout": 5},
         }
     }
+    # Per process and event loop: at most this many Redis connections (callers beyond it wait
+    # up to the pool timeout), and a socket timeout longer than the layer's 5 s blocking receive
+    # (redis-py 8's defaults, 100 and 5 s, fail at about 100 sockets; see channel_layer.py).
+    CHANNEL_LAYER_MAX_CONNECTIONS = env.int("CHANNEL_LAYER_MAX_CONNECTIONS", default=500)
+    CHANNEL_LAYER_POOL_TIMEOUT_S = env.float("CHANNEL_LAYER_POOL_TIMEOUT_S", default=10.0)
+    CHANNEL_LAYER_SOCKET_TIMEOUT_S = env.float("CHANNEL_LAYER_SOCKET_TIMEOUT_S", default=15.0)
+    if CHANNEL_LAYER_MAX_CONNECTIONS < 2:
+        raise ImproperlyConfigured("CHANNEL_LAYER_MAX_CONNECTIONS must be at least 2.")
+    if CHANNEL_LAYER_SOCKET_TIMEOUT_S <= 5:
+        raise ImproperlyConfigured("CHANNEL_LAYER_SOCKET_TIMEOUT_S must be more than 5 (the layer's blocking receive).")
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "tradingplatform.channel_layer.PooledRedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,
+                        "timeout": CHANNEL_LAYER_POOL_TIMEOUT_S,
+                        "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT_S,
+                        "socket_connect_timeout": 5,
+                    }
+                ],
                 "prefix": f"{CACHE_KEY_PREFIX}:asgi",
                 "capacity": 1500,
                 "expiry": 30,
@@ -208,6 +226,15 @@ MONITORING_BATCH = env.int("MONITORING_BATCH", default=100)
 MONITORING_THREADS = env.int("MONITORING_THREADS", default=32)
 if MONITORING_BATCH < 1 or MONITORING_THREADS < 1:
     raise ImproperlyConfigured("MONITORING_BATCH and MONITORING_THREADS must be at least 1.")
+# The fill fast path: threads per process for after-commit work (recording a fill, pushing the
+# dashboard; tradingplatform/background.py), and at most one dashboard push per trader per
+# interval (a push asked for inside it becomes one trailing push at its end).
+BACKGROUND_THREADS = env.int("BACKGROUND_THREADS", default=2)
+DASHBOARD_PUSH_INTERVAL_S = env.float("DASHBOARD_PUSH_INTERVAL_S", default=0.1)
+if BACKGROUND_THREADS < 1:
+    raise ImproperlyConfigured("BACKGROUND_THREADS must be at least 1.")
+if not 0 < DASHBOARD_PUSH_INTERVAL_S <= 60:
+    raise ImproperlyConfigured("DASHBOARD_PUSH_INTERVAL_S must be more than 0 and at most 60.")
 
 # --- Orders -----------------------------------------------------------------------
 # Basket items and strategy copies placed at once (each account's rate budget still paces it).

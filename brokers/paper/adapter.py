@@ -26,7 +26,7 @@ from brokers.errors import (
 )
 
 from . import engine
-from .models import PaperOrder
+from .models import PaperOrder, PaperTrade
 
 REJECTION_KINDS = {
     "tick_size": RejectKind.TICK_SIZE,
@@ -115,6 +115,15 @@ def to_broker_trade(trade) -> base.BrokerTrade:
         price=trade.price,
         filled_at=trade.filled_at,
     )
+
+
+def fill_announce(trade_pk: int) -> None:
+    """A paper fill was committed: give it to the platform's fill listeners (like a postback with the fill)."""
+    from brokers.services import broker_fills
+
+    trade = PaperTrade.objects.select_related("order", "instrument", "client").filter(pk=trade_pk).first()
+    if trade is not None:
+        broker_fills(broker="paper", client_id=trade.client.user_id, trades=[to_broker_trade(trade)])
 
 
 def to_quote(instrument) -> base.Quote:

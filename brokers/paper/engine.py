@@ -461,7 +461,17 @@ def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) 
     # No instrument row update here: inserting the order and trade takes a shared lock on
     # the instrument (foreign key), and two fills upgrading it would deadlock on MySQL.
     # The feed keeps the day's volume.
+    _announce_fill(trade)
     return trade
+
+
+def _announce_fill(trade: PaperTrade) -> None:
+    """After commit, hand the fill itself to the platform (its fast path), off the committing thread."""
+    from tradingplatform import background
+
+    from .adapter import fill_announce
+
+    transaction.on_commit(lambda: background.submit(fill_announce, trade.pk))
 
 
 def _live_order(client: PaperClient, order_id: str) -> PaperOrder:

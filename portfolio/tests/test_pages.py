@@ -21,6 +21,7 @@ from monitoring.tests.test_consumer import connect
 from orders.tests.factories import instrument, place
 from portfolio import broadcast, selectors
 from portfolio.models import PnlSnapshot, Position, Trade
+from tradingplatform import background
 
 D = Decimal
 XSS = "<script>alert(1)</script>"
@@ -443,16 +444,8 @@ def push_account(trader, other_trader, instruments):
     return account
 
 
-@pytest.fixture
-def queued(monkeypatch):
-    """Trailing pushes queued to Celery (no worker runs in these tests)."""
-    calls = []
-    monkeypatch.setattr(broadcast.dashboard_push_trailing, "apply_async", lambda *a, **k: calls.append((a, k)))
-    return calls
-
-
 @pytest.mark.django_db(transaction=True)
-async def test_dashboard_push_sends_every_fragment_with_stable_ids(trader, push_account, queued):
+async def test_dashboard_push_sends_every_fragment_with_stable_ids(trader, push_account):
     communicator, connected, _ = await connect(trader)
     assert connected
 
@@ -467,25 +460,28 @@ async def test_dashboard_push_sends_every_fragment_with_stable_ids(trader, push_
     assert "pushed trouble" in section(html, "monitoring-errors")
     assert XSS not in html and XSS_ESCAPED in html
     assert "WIPRO" not in html and "Their desk" not in html
-    assert queued == []
     await communicator.disconnect()
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_burst_of_pushes_sends_one_and_queues_one_trailing_push(trader, push_account, queued):
+async def test_a_burst_of_pushes_sends_one_now_and_one_trailing_push_with_the_last_state(
+    trader, push_account, settings
+):
+    settings.DASHBOARD_PUSH_INTERVAL_S = 1.0
     communicator, connected, _ = await connect(trader)
     assert connected
 
-    sent = [await sync_to_async(broadcast.dashboard_push)(push_account) for _ in range(6)]
-    assert sent == [True, False, False, False, False, False]
+    assert await sync_to_async(broadcast.dashboard_push)(push_account) is True
     first = await communicator.receive_from(timeout=2)
-    assert 'id="pnl-summary"' in first
-    assert await communicator.receive_nothing(timeout=0.5)
-    assert queued == [(((trader.pk,),), {"countdown": broadcast.PUSH_INTERVAL_S})]
-
-    # The trailing push (what the queued task runs) shows the state at the end of the burst.
+    assert 'data-label="Net qty" class="num up">4<' in section(first, "positions")
+    # The burst goes on: the state changes and five more pushes are asked for within the interval.
     await sync_to_async(lambda: Position.objects.filter(account=push_account).update(net_quantity=9))()
-    await sync_to_async(broadcast.dashboard_push_trailing)(trader.pk)
-    last = await communicator.receive_from(timeout=2)
+    sent = [await sync_to_async(broadcast.dashboard_push)(push_account) for _ in range(5)]
+    assert sent == [False] * 5
+
+    # One trailing push at the end of the interval, showing the state at the end of the burst.
+    assert await sync_to_async(background.wait_idle)()
+    last = await communicator.receive_from(timeout=5)
     assert 'data-label="Net qty" class="num up">9<' in section(last, "positions")
+    assert await communicator.receive_nothing(timeout=0.5)
     await communicator.disconnect()

@@ -1,0 +1,153 @@
+"""The fill fast path: a paper fill is recorded once and pushed to its trader's dashboard after commit.
+
+These tests commit for real (the fast path starts after a commit, on background threads) and wait
+for the background work to finish instead of waiting for a time.
+"""
+
+import asyncio
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import connection, transaction
+from django.utils import timezone
+
+from accounts.tests.factories import make_broker_account
+from brokers.base import BrokerTrade
+from monitoring import cycle
+from monitoring.consumers import user_group
+from orders.tests.factories import place
+from portfolio import services
+from portfolio.models import Position, Trade
+from tradingplatform import background
+
+pytestmark = pytest.mark.django_db(transaction=True)
+D = Decimal
+PNL = 'id="pnl-summary"'
+
+
+class Inbox:
+    """A channel in a trader's group: what their open pages would receive."""
+
+    def __init__(self, user):
+        self.layer = get_channel_layer()
+        self.channel = async_to_sync(self.layer.new_channel)()
+        async_to_sync(self.layer.group_add)(user_group(user.pk), self.channel)
+
+    def next_pnl_push(self, timeout_s: float = 10.0) -> str:
+        """The next message carrying the PnL summary (order-row pushes in between are skipped)."""
+
+        async def receive():
+            while True:
+                message = await asyncio.wait_for(self.layer.receive(self.channel), timeout_s)
+                if PNL in message.get("html", ""):
+                    return message["html"]
+
+        return async_to_sync(receive)()
+
+
+def settle():
+    assert background.wait_idle(30), "the background work did not finish"
+
+
+def test_a_paper_fill_is_recorded_once_by_the_fast_path_and_the_cycle_alike(trader, account):
+    order = place(trader, account, quantity=3)
+    settle()
+    trade = Trade.objects.get(account=account)
+    position = Position.objects.get(account=account)
+    assert trade.quantity == 3 and position.net_quantity == 3 and position.last_trade_id == trade.pk
+
+    # The monitoring run sees the same fill at the broker: nothing recorded or applied twice,
+    # and the fill is linked to its order (recorded before the order had its broker id).
+    result = cycle.account_monitor(account=account)
+    assert result.errors == []
+    assert Trade.objects.filter(account=account).count() == 1
+    position.refresh_from_db()
+    assert position.net_quantity == 3 and position.last_trade_id == trade.pk
+    assert Trade.objects.get(account=account).order_id == order.pk
+
+
+def test_the_fill_is_pushed_after_commit_to_its_trader_only(trader, other_trader, account):
+    their_account = make_broker_account(other_trader, broker="paper", client_id="PAPER-O2", label="Theirs")
+    mine, theirs = Inbox(trader), Inbox(other_trader)
+
+    with transaction.atomic():
+        place(trader, account, symbol="INFY", quantity=2)
+        # Filled at the exchange, but nothing is recorded or pushed before the commit.
+        assert not Trade.objects.exists()
+    settle()
+    pushed = mine.next_pnl_push()
+    assert "INFY" in pushed and 'id="positions"' in pushed and 'id="recent-trades"' in pushed
+
+    # The other trader's first PnL push is about their own fill, never the first trader's.
+    place(other_trader, their_account, symbol="WIPRO", quantity=1)
+    settle()
+    their_push = theirs.next_pnl_push()
+    assert "WIPRO" in their_push and "INFY" not in their_push
+
+
+def test_a_burst_of_fills_pushes_now_and_once_more_with_the_last_state(trader, account, settings):
+    # Long enough that the whole burst falls in one interval whatever the machine's speed.
+    settings.DASHBOARD_PUSH_INTERVAL_S = 2.0
+    inbox = Inbox(trader)
+    for _ in range(4):
+        place(trader, account, symbol="TCS", quantity=1)
+    settle()
+
+    first, last = inbox.next_pnl_push(), inbox.next_pnl_push()
+    assert Position.objects.get(account=account).net_quantity == 4
+    assert 'class="num up">4<' in _positions(last)  # the trailing push shows all four fills
+    assert first != last
+    with pytest.raises(TimeoutError):
+        inbox.next_pnl_push(timeout_s=0.5)  # and nothing more: the burst made two pushes
+
+
+def _positions(html: str) -> str:
+    start = html.index('id="positions"')
+    return html[start : html.index("</section>", start)]
+
+
+def _fill(n: int, side: str, quantity: int, price: str) -> BrokerTrade:
+    return BrokerTrade(
+        trade_id=f"T{n}",
+        broker_order_id=f"O{n}",
+        exchange="NSE",
+        tradingsymbol="INFY",
+        side=side,
+        product="MIS",
+        quantity=quantity,
+        price=D(price),
+        filled_at=timezone.now() + timedelta(milliseconds=n),
+    )
+
+
+def test_recorders_running_at_once_record_and_apply_each_fill_once(account):
+    """The fast path and a monitoring run (or two workers) recording overlapping fills of one position at once."""
+    fills = [_fill(n, "BUY" if n % 3 else "SELL", n % 4 + 1, f"{1500 + n}") for n in range(12)]
+    batches = [fills[k::3] for k in range(3)] + [fills[:6], fills[6:], fills[::-1]]
+    errors, start = [], threading.Barrier(len(batches))
+
+    def record(batch):
+        try:
+            start.wait()
+            services.trades_record(account=account, broker_trades=batch)
+        except Exception as error:  # reported below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=record, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert Trade.objects.filter(account=account).count() == 12
+    position = Position.objects.get(account=account)
+    net = sum(f.quantity if f.side == "BUY" else -f.quantity for f in fills)
+    assert position.net_quantity == net
+    assert position.last_trade_id == Trade.objects.filter(account=account).latest("pk").pk
