@@ -1,8 +1,12 @@
+import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
 
+import pytest
 from django.conf import settings as django_settings
 
 from monitoring import services
@@ -72,3 +76,73 @@ def test_readyz_fails_when_no_worker_answers(client, db, settings):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["celery"]["status"] == "error"
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server on the PATH")
+def test_a_worker_survives_a_redis_restart(tmp_path):
+    """Redis restarts (a deploy, a crash): the worker reconnects and runs tasks again, it does not exit.
+
+    (Celery 5.7.0 exited here with "Unrecoverable error: AttributeError" while closing the lost
+    connection; e2e/faults.py found it.)
+    """
+    import redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    redis_cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+    start_redis = lambda: subprocess.Popen(redis_cmd, cwd=tmp_path, stdout=subprocess.DEVNULL)  # noqa: E731
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+
+    def wait(check, what, timeout_s=60):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert worker.poll() is None, f"the worker exited:\n{worker.stdout.read()}"
+            with contextlib.suppress(redis.ConnectionError):
+                if check():
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"{what} within {timeout_s} s")
+
+    def heartbeat_ran():
+        client.delete(*client.keys("*periodic*") or ["-"])  # a fresh interval each time
+        app.send_task("monitoring.tasks.heartbeat", connection=app.connection_for_write(url), queue="restart")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if client.keys("*celery:heartbeat"):
+                return True
+            time.sleep(0.1)
+        return False
+
+    server = start_redis()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test", "REDIS_URL": url}
+    env.update(CELERY_QUEUE="restart", CACHE_KEY_PREFIX="restart", CELERY_TASK_ALWAYS_EAGER="false")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tradingplatform", "worker", "--pool", "threads", "--concurrency", "2"],
+        env=env,
+        cwd=django_settings.BASE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait(heartbeat_ran, "a task run before the restart")
+        # A task the worker holds unacknowledged (a countdown) when the connection is lost.
+        send = {"connection": app.connection_for_write(url), "queue": "restart"}
+        app.send_task("monitoring.tasks.heartbeat", countdown=600, **send)
+        time.sleep(1)
+        server.kill()
+        server.wait(10)
+        time.sleep(1)  # the worker notices the lost connection while Redis is down
+        assert worker.poll() is None, f"the worker exited when Redis went away:\n{worker.stdout.read()}"
+        server = start_redis()
+        client.connection_pool.disconnect()
+        wait(lambda: not client.keys("*celery:heartbeat") and heartbeat_ran(), "a task run after the restart")
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        server.kill()
