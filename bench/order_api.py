@@ -931,9 +931,12 @@ def dispatch_once() -> int:
     from orders import sources
     from orders.tasks import fire_scheduled
 
-    fires = sources.scheduled_claim_due()
+    from django.conf import settings
+
+    fires = sources.scheduled_claim_due(lead_s=settings.SCHEDULE_LEAD_S)
+    due = sources.scheduled_due_times(fires)
     for fire_id in fires:
-        fire_scheduled.delay(fire_id)
+        fire_scheduled.apply_async((fire_id,), eta=due.get(fire_id))
     return len(fires)
 
 

@@ -212,6 +212,7 @@ class ScheduledFire(models.Model):
         PLACED = "placed", "Placed"
         MISSED = "missed", "Missed"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"  # claimed ahead of its time, then the trader cancelled or changed it
 
     scheduled = models.ForeignKey(ScheduledOrder, on_delete=models.CASCADE, related_name="fires")
     due_at = models.DateTimeField()

@@ -7,6 +7,7 @@ Each source ends in ``services.order_place``, with an idempotency key that makes
 import hashlib
 import logging
 import secrets
+import time as time_module
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
@@ -236,22 +237,38 @@ def scheduled_save(
         raise ValidationError({"run_on": "That time has already passed."})
     row.status = ScheduledOrder.Status.ACTIVE
     row.full_clean(exclude=["owner", "account", "instrument"])
-    row.save()
+    with transaction.atomic():
+        row.save()
+        _drop_claimed_ahead(row)  # a due time claimed for the old settings must not fire
     return row
 
 
 def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> bool:
     if scheduled.owner_id != actor.pk:
         raise ValidationError({"scheduled": "No such scheduled order."})
-    return bool(
-        ScheduledOrder.objects.filter(pk=scheduled.pk, status=ScheduledOrder.Status.ACTIVE).update(
+    with transaction.atomic():
+        # A once order whose time was claimed ahead shows done; dropping that claim cancels it.
+        dropped = _drop_claimed_ahead(scheduled)
+        cancellable = [ScheduledOrder.Status.ACTIVE] + ([ScheduledOrder.Status.DONE] if dropped else [])
+        cancelled = ScheduledOrder.objects.filter(pk=scheduled.pk, status__in=cancellable).update(
             status=ScheduledOrder.Status.CANCELLED, next_run_at=None
         )
-    )
+    return bool(cancelled)
 
 
-def scheduled_claim_due(*, now: datetime | None = None, limit: int = 1000) -> list[int]:
-    """Claim due scheduled orders, once each, and return the fires to place.
+def _drop_claimed_ahead(scheduled: ScheduledOrder) -> int:
+    """Cancel due times claimed ahead (``SCHEDULE_LEAD_S``) that have not come yet. One whose
+    time has come is being placed: like a cancel that reaches a broker after a fill, too late."""
+    return ScheduledFire.objects.filter(
+        scheduled_id=scheduled.pk, status=ScheduledFire.Status.PENDING, due_at__gt=timezone.now()
+    ).update(status=ScheduledFire.Status.CANCELLED, detail="cancelled before its time")
+
+
+def scheduled_claim_due(*, now: datetime | None = None, lead_s: float = 0.0, limit: int = 1000) -> list[int]:
+    """Claim scheduled orders due by ``now + lead_s``, once each, and return the fires to place.
+
+    Claiming a little ahead lets the dispatcher hand each fire to a worker with its due time
+    as the ETA, so it is placed at that time rather than at the next poll after it.
 
     ``select_for_update(skip_locked=True)``: two dispatchers (two workers, or two beats by
     mistake) never take the same row, and the unique (scheduled, due_at) fire row makes a
@@ -263,7 +280,7 @@ def scheduled_claim_due(*, now: datetime | None = None, limit: int = 1000) -> li
     with transaction.atomic():
         due = list(
             ScheduledOrder.objects.select_for_update(skip_locked=True)
-            .filter(status=ScheduledOrder.Status.ACTIVE, next_run_at__lte=now)
+            .filter(status=ScheduledOrder.Status.ACTIVE, next_run_at__lte=now + timedelta(seconds=lead_s))
             .order_by("next_run_at")[:limit]
         )
         if not due:
@@ -311,6 +328,12 @@ def scheduled_fire(*, fire_id: int) -> ScheduledFire:
     if fire.status != ScheduledFire.Status.PENDING:
         return fire
     scheduled = fire.scheduled
+    early_s = (fire.due_at - timezone.now()).total_seconds()
+    if early_s > 0:  # a worker whose clock runs ahead of the dispatcher's: never before its time
+        time_module.sleep(min(early_s, settings.SCHEDULE_LEAD_S + 1))
+        fire.refresh_from_db(fields=["status"])
+        if fire.status != ScheduledFire.Status.PENDING:
+            return fire
     late_s = (timezone.now() - fire.due_at).total_seconds()
     if late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s:
         detail = f"missed: {late_s:.0f}s late when a worker got to it"
@@ -339,6 +362,10 @@ def scheduled_fire(*, fire_id: int) -> ScheduledFire:
     ScheduledOrder.objects.filter(pk=scheduled.pk).update(last_run_at=timezone.now(), last_result=detail)
     fire.refresh_from_db()
     return fire
+
+
+def scheduled_due_times(fire_ids) -> dict[int, datetime]:
+    return dict(ScheduledFire.objects.filter(pk__in=list(fire_ids)).values_list("pk", "due_at"))
 
 
 def scheduled_pending_stale(*, older_than_s: float = 30) -> list[int]:

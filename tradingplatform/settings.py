@@ -242,6 +242,11 @@ BASKET_PARALLELISM = env.int("BASKET_PARALLELISM", default=8)
 # A scheduled order more than this late (plus its grace window) is reported missed, not fired.
 SCHEDULE_ON_TIME_S = env.int("SCHEDULE_ON_TIME_S", default=60)
 SCHEDULE_DISPATCH_INTERVAL_S = env.float("SCHEDULE_DISPATCH_INTERVAL_S", default=1.0)
+# How far ahead the dispatcher claims due times (sent to a worker with the due time as ETA);
+# at least the dispatch interval, so every due time is claimed before it comes.
+SCHEDULE_LEAD_S = env.float("SCHEDULE_LEAD_S", default=2.0)
+if SCHEDULE_LEAD_S < SCHEDULE_DISPATCH_INTERVAL_S:
+    raise ImproperlyConfigured("SCHEDULE_LEAD_S must be at least SCHEDULE_DISPATCH_INTERVAL_S.")
 # Webhook signals must carry a timestamp this close to now (replay protection with the id).
 WEBHOOK_MAX_AGE_S = env.int("WEBHOOK_MAX_AGE_S", default=300)
 # Per API key: calls per window, e.g. 20/s and 1200/min.

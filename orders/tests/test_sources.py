@@ -201,6 +201,62 @@ def test_cancel(trader, other_trader, account):
     assert sources.scheduled_claim_due(now=timezone.now() + timedelta(hours=1)) == []
 
 
+def _due_soon(row, seconds: float):
+    due_at = timezone.now() + timedelta(seconds=seconds)
+    ScheduledOrder.objects.filter(pk=row.pk).update(next_run_at=due_at)
+    return due_at
+
+
+def test_a_due_time_is_claimed_ahead_and_placed_at_its_time_not_before(trader, account):
+    row = make_scheduled(trader, account)
+    due_at = _due_soon(row, 0.6)
+    assert sources.scheduled_claim_due() == []  # not due yet
+    fires = sources.scheduled_claim_due(lead_s=2)
+    assert len(fires) == 1 and sources.scheduled_due_times(fires) == {fires[0]: due_at}
+    fire = sources.scheduled_fire(fire_id=fires[0])  # a worker that got it early waits for its time
+    assert fire.status == "placed"
+    order = Order.objects.get(scheduled=row)
+    assert order.events.get(kind="submitted").created_at >= due_at
+
+
+def test_a_due_time_claimed_ahead_is_dropped_by_a_cancel_or_a_change(trader, account):
+    cancelled, changed = make_scheduled(trader, account), make_scheduled(trader, account)
+    for row in (cancelled, changed):
+        _due_soon(row, 30)
+    fires = sources.scheduled_claim_due(lead_s=60)
+    assert len(fires) == 2
+    ScheduledOrder.objects.filter(pk=cancelled.pk).update(status="done")  # a once order is done once claimed
+    assert sources.scheduled_cancel(scheduled=cancelled, actor=trader) is True
+    changed.refresh_from_db()
+    sources.scheduled_save(
+        owner=trader,
+        account=account,
+        spec=spec(),
+        recurrence="once",
+        time_of_day=(timezone.now().astimezone(IST) + timedelta(minutes=9)).time().replace(microsecond=0),
+        timezone_name="Asia/Kolkata",
+        run_on=(timezone.now().astimezone(IST) + timedelta(minutes=9)).date(),
+        scheduled=changed,
+    )
+    assert set(ScheduledFire.objects.filter(pk__in=fires).values_list("status", flat=True)) == {"cancelled"}
+    cancelled.refresh_from_db()
+    assert cancelled.status == "cancelled"
+    assert [sources.scheduled_fire(fire_id=pk).status for pk in fires] == ["cancelled", "cancelled"]
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+
+
+def test_the_dispatcher_sends_each_claimed_fire_with_its_due_time(trader, account, settings):
+    from orders import tasks
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    row = make_scheduled(trader, account)
+    due_at = _due_soon(row, 0.5)
+    assert tasks.dispatch_scheduled() == 1
+    fire = ScheduledFire.objects.get(scheduled=row)
+    assert fire.status == "placed" and fire.due_at == due_at
+    assert Order.objects.get(scheduled=row).events.get(kind="submitted").created_at >= due_at
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_dispatchers_at_once_claim_each_due_time_once(trader, instruments):
     account = make_broker_account(trader, broker="paper", client_id="S1")
