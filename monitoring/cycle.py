@@ -34,7 +34,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
@@ -275,29 +275,33 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
     where a price moved (in one transaction), and the PnL points inserted in one statement.
     """
     failures: dict[int, BaseException] = {}
-    for ctx in contexts:
-        if ctx.broker_trades:
-            try:
-                created = portfolio.trades_record(account=ctx.account, broker_trades=ctx.broker_trades)
-            except Exception as error:
-                failures[id(ctx)] = error
-                continue
-            if created:
-                ctx.act(f"recorded {len(created)} fill(s)")
+
+    def record(ctx):
+        try:
+            created = portfolio.trades_record(account=ctx.account, broker_trades=ctx.broker_trades)
+        except Exception as error:
+            failures[id(ctx)] = error
+            return
+        if created:
+            ctx.act(f"recorded {len(created)} fill(s)")
+
+    _in_pool(record, [ctx for ctx in contexts if ctx.broker_trades])
     held = defaultdict(list)
     for position in Position.objects.filter(account__in=[ctx.account for ctx in contexts]).select_related("instrument"):
         held[position.account_id].append(position)
     points = []
-    for ctx in contexts:
-        if id(ctx) in failures:
-            continue
-        positions = held[ctx.account.pk]
-        try:
-            if positions and ctx.last_prices:
-                portfolio.positions_mark(account=ctx.account, last_prices=ctx.last_prices, positions=positions)
-            points.append(portfolio.pnl_snapshot(account=ctx.account, positions=positions, save=False))
-        except Exception as error:
-            failures[id(ctx)] = error
+    with transaction.atomic():  # one commit for the batch's re-valued positions
+        for ctx in contexts:
+            if id(ctx) in failures:
+                continue
+            positions = held[ctx.account.pk]
+            try:
+                if positions and ctx.last_prices:
+                    with transaction.atomic():  # a savepoint: one account's failure leaves the others' updates
+                        portfolio.positions_mark(account=ctx.account, last_prices=ctx.last_prices, positions=positions)
+                points.append(portfolio.pnl_snapshot(account=ctx.account, positions=positions, save=False))
+            except Exception as error:
+                failures[id(ctx)] = error
     PnlSnapshot.objects.bulk_create(points)
     return failures
 
@@ -800,9 +804,8 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
     """
     tokens = {}
     try:
-        for account in accounts:
-            tokens[account.pk] = locks.acquire(f"monitor:{account.pk}", ttl_s=ACCOUNT_LOCK_TTL_S)
-        running = [account for account in accounts if tokens[account.pk]]
+        tokens = locks.acquire_many([f"monitor:{account.pk}" for account in accounts], ttl_s=ACCOUNT_LOCK_TTL_S)
+        running = [account for account in accounts if tokens[f"monitor:{account.pk}"]]
         try:
             sessions = broker_services.sessions_live(running)
         except Exception:  # each account then looks its own up (and says why it cannot)
@@ -838,9 +841,7 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
                 dashboard_push(account)
         return results
     finally:
-        for account_id, token in tokens.items():
-            if token:
-                locks.release(f"monitor:{account_id}", token)
+        locks.release_many({name: token for name, token in tokens.items() if token})
 
 
 def account_monitor(*, account: BrokerAccount, run_id: int | None = None) -> AccountRun:

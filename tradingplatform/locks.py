@@ -50,6 +50,29 @@ def release(name: str, token: str) -> None:
         django_cache.delete(_key(name))
 
 
+def acquire_many(names: list[str], *, ttl_s: float) -> dict[str, str | None]:
+    """``acquire`` for each name, in one round trip to Redis: {name: token, or None when held}."""
+    if not settings.REDIS_URL:
+        return {name: acquire(name, ttl_s=ttl_s) for name in names}
+    tokens = {name: secrets.token_hex(8) for name in names}
+    pipe = redis_client().pipeline(transaction=False)
+    for name, token in tokens.items():
+        pipe.set(_key(name), token, nx=True, px=max(1, int(ttl_s * 1000)))
+    return {name: (token if ok else None) for (name, token), ok in zip(tokens.items(), pipe.execute(), strict=True)}
+
+
+def release_many(tokens: dict[str, str]) -> None:
+    """``release`` for each {name: token}, in one round trip to Redis."""
+    if not settings.REDIS_URL:
+        for name, token in tokens.items():
+            release(name, token)
+        return
+    pipe = redis_client().pipeline(transaction=False)
+    for name, token in tokens.items():
+        pipe.eval(_RELEASE, 1, _key(name), token)
+    pipe.execute()
+
+
 @contextmanager
 def held(name: str, *, ttl_s: float, wait_s: float = 0.0):
     """Hold the lock for the block; yields False if it could not be taken in ``wait_s``."""
