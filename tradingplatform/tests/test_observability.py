@@ -461,10 +461,11 @@ def test_a_real_worker_logs_the_task_with_the_request_id(api, account):
         "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test",
         "DATABASE_URL": _database_url(),
         "LOG_FORMAT": "json",
-        "LOG_LEVEL": "DEBUG",
     }
     worker = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "celery", "-A", "tradingplatform", "worker", "--pool", "threads", "--concurrency", "2"],
+        # The worker sets the root level from --loglevel (LOG_LEVEL is for the web); the reads log at DEBUG.
+        [sys.executable, "-m", "celery", "-A", "tradingplatform", "worker", "--pool", "threads", "--loglevel", "DEBUG"]
+        + ["--hostname", f"observability-{os.getpid()}@%h"],
         env=env,
         cwd=django_settings.BASE_DIR,
         stdout=subprocess.PIPE,
