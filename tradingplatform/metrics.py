@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 broker_logger = logging.getLogger("brokers.calls")
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+if MULTIPROCESS:  # a process started without the run scripts must not fail on a missing directory
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 ORDERS_PLACED = Counter(
     "tp_orders_placed_total",
