@@ -3,7 +3,8 @@
 Run from the repository root (MariaDB and Redis must be up; ``--mysql`` / ``--redis-url`` say where):
 
     python bench/monitoring_cycle.py [--accounts 1000,10000] [--latency-ms 50] [--workers 2]
-                                     [--pool threads] [--concurrency 8] [--timeout 120] [--help for the rest]
+                                     [--concurrency 4] [--batch 100] [--threads 32] [--timeout 400]
+                                     [--py-spy SECONDS] [--help for the rest]
 
 Setup. It creates its own database (``--db-name``, default ``bench_monitoring``; dropped at the end
 unless ``--keep-db``), migrates it and loads the platform's instruments from the paper exchange.
@@ -15,16 +16,19 @@ account in ``--orders-every`` (default 5) gets one MARKET order (filled at once)
 resting 10% below the market, placed through ``brokers.paper.engine.order_place``, so the cycle has
 fills to record, positions to mark, prices to fetch. Each cycle covers only its own group (the
 other groups' accounts are deactivated), so every size is measured in the same state: each
-account's first cycle after its orders. Redis database 6 (``--redis-url``) is flushed before each
-cycle and at the end; nothing else is touched.
+account's first cycle after its orders. The Redis database of ``--redis-url`` (default 7, which
+no other bench uses) is flushed before each cycle and at the end; nothing else is touched.
 
 Workers. ``--workers`` Celery worker processes (default 2, one per core) with ``--pool`` threads
-and ``--concurrency`` 8 each, on a queue of their own, started for each cycle with DEBUG off and
-LOG_LEVEL=WARNING. Threads, because an account's run spends a good part of its wall time waiting
-(2 x 50 ms of broker latency, MariaDB, Redis) and threads overlap those waits while sharing one
-process's caches and connections; two processes, because one process's Python runs on one core at
-a time. (Measured here on 1,000 accounts: 2 x threads 8 did best; 2 x threads 4 and 16 and prefork
-4 or 8 were 15-65% slower, and prefork 2, the Procfile's default, took almost twice as long.)
+and ``--concurrency`` tasks at once each, on a queue of their own, started for each cycle with DEBUG
+off and LOG_LEVEL=WARNING; ``start_cycle`` sends one task per ``--batch`` accounts
+(MONITORING_BATCH), and each worker process makes its broker calls on up to ``--threads``
+threads (MONITORING_THREADS). Each worker process holds up to threads + concurrency database
+connections while a cycle runs (MariaDB's max_connections is 151 by default).
+
+Cleanup. Every process it starts (workers, py-spy) runs in its own process group and is stopped
+(TERM, then KILL) when the cycle ends, also on an error, Ctrl-C or SIGTERM; its temporary files
+are removed, its Redis database flushed and its MariaDB database dropped (unless ``--keep-db``).
 
 Figures (each on its own line as ``name: value unit``; lines starting with ``#`` are context):
 
@@ -34,13 +38,16 @@ Figures (each on its own line as ``name: value unit``; lines starting with ``#``
   fan-out start plus the accounts still to do at the rate measured over the last half of the
   wait), marked ``(projected)`` on a context line with the accounts done per second.
 - ``step_share_<step>``: each step's share of the summed ``AccountRun.step_ms`` of the largest
-  cycle (the dashboard push and the task's own overhead are outside ``step_ms``; a context line
-  says how much of the workers' busy time the steps account for).
+  cycle. Steps done for a whole batch (fetch, PnL) and the query that finds which accounts have
+  orders for steps 3-9 record their batch's wall time shared out among its accounts.
 
+Context lines give the cores used by the workers, MariaDB, Redis and everything else on the machine
+(it is shared: the other processes' load is part of the conditions), and the CPU per account.
 Where the time goes: first (unless ``--no-profile``) ``account_monitor`` runs for one extra account
 in this process, counted (SQL statements, Redis commands) and under cProfile; ``--py-spy SECONDS``
 samples the workers with py-spy during the largest cycle and prints their Python CPU (samples
-holding the GIL) by cycle phase and by kind of work.
+holding the GIL) by cycle phase and by kind of work, the paper exchange (which a real broker
+runs on its own machines) apart from the platform.
 """
 
 from __future__ import annotations
@@ -73,7 +80,8 @@ STEPS = ("1_fetch", "2_pnl", "3_orders", "4_exits", "5_chase", "6_trail", "7_rej
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    first, _, rest = __doc__.partition("\n\n")
+    p = argparse.ArgumentParser(description=first, epilog=rest, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--accounts", default="1000,10000", help="cycle sizes, comma-separated (one fresh group each)")
     p.add_argument("--latency-ms", type=int, default=50, help="PaperClient.latency_ms: added to every broker call")
     p.add_argument("--orders-every", type=int, default=5, help="every K-th account gets a fill and a resting order")
@@ -83,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=100, help="MONITORING_BATCH: accounts per monitoring task")
     p.add_argument("--threads", type=int, default=32, help="MONITORING_THREADS: broker-call threads per worker process")
     p.add_argument("--conn-max-age", type=int, default=0, help="CONN_MAX_AGE of the workers (the platform's default)")
-    p.add_argument("--timeout", type=float, default=120.0, help="stop waiting for a cycle after this many seconds")
+    p.add_argument("--timeout", type=float, default=400.0, help="stop waiting for a cycle after this many seconds")
     p.add_argument("--mysql", default="root:@127.0.0.1:3306", help="user:password@host:port of MariaDB/MySQL")
     p.add_argument("--db-name", default="bench_monitoring", help="the bench's own database (dropped and re-created)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/7", help="Redis database for the bench (flushed)")
@@ -546,7 +554,8 @@ def _classify(frames: list[str]) -> tuple[str, str]:
     files = [f.rpartition("(")[2] for f in frames]
     phase = "Celery worker (receive, ack, between tasks)"
     for frame in reversed(frames):
-        hit = next((label for needle, label in PHASES if frame.startswith(needle + " (")), None)
+        function = frame.split(" (", 1)[0].rsplit(".", 1)[-1]  # "_fetch_many.<locals>.read" -> "read"
+        hit = next((label for needle, label in PHASES if function == needle), None)
         if hit:
             phase = hit
             break
@@ -718,8 +727,10 @@ def describe(args, n: int, result: CycleResult) -> None:
     if result.progress:
         # Fan-out: start_cycle sends one task per account; it is over when done + queued reaches the
         # accounts, less the tasks the workers hold (at most one per thread or child).
+        # start_cycle sends one task per batch; it is over when the batches done, queued and held
+        # by the workers (at most one per worker thread or child) cover every account.
         held = args.workers * args.concurrency
-        fanned = next((t for t, d, q in result.progress if d + q >= result.accounts - held), None)
+        fanned = next((t for t, d, q in result.progress if d + (q + held) * args.batch >= result.accounts), None)
         n = len(result.progress)
         marks = [result.progress[max(0, min(n - 1, round(n * f) - 1))] for f in (0.25, 0.5, 0.75, 1)]
         print(
@@ -739,8 +750,14 @@ def describe(args, n: int, result: CycleResult) -> None:
         print("#     errors: " + "; ".join(f"{c} x {e}" for e, c in result.errors.most_common(4)))
 
 
+def _stop_on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # so every ``finally`` stops its processes and cleans up
+
+
 def main(argv=None) -> dict[str, float]:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGHUP, _stop_on_signal)
     sizes = [int(x) for x in args.accounts.split(",") if x.strip()]
     env = bench_env(args)
     mysql_exec(
