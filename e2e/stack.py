@@ -464,6 +464,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background (`&`)
     with Stack(env=extra) as stack:
         print(f"up in {stack.up_s:.1f} s: {stack.base_url} (face {stack.face_url}); logs in {stack.dir}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
