@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.http import Http404
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
+from pydantic import field_validator
 
 from accounts.selectors import broker_account_of
 from brokers.models import Instrument
@@ -125,14 +126,27 @@ class OrderPage(Schema):
     items: list[OrderOut]
 
 
+# Bounds that keep a filter value inside what the databases hold (a 64-bit id, a datetime that
+# converts to UTC), so an absurd value is a 422 naming the field rather than a database error.
+MAX_ID = 2**63 - 1
+MAX_OFFSET = 10**9
+
+
 class OrderFilters(Schema):
-    account_id: int | None = None
+    account_id: int | None = Field(None, ge=1, le=MAX_ID)
     status: list[str] | None = None
     source: str | None = None
     symbol: str | None = Field(None, max_length=64)
     since: datetime | None = None
     limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+
+    @field_validator("since")
+    @classmethod
+    def since_in_range(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not 1970 <= value.year <= 2999:
+            raise ValueError("Give a time between the years 1970 and 2999.")
+        return value
 
 
 class PlacementOut(Schema):

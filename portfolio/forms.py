@@ -1,18 +1,26 @@
 """Forms of the portfolio pages."""
 
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 
 from django import forms
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
 from accounts.selectors import broker_accounts_of
+
+DATE_RANGE = [MinValueValidator(date(1970, 1, 1)), MaxValueValidator(date(2999, 12, 31))]
 
 
 class TradeFilterForm(forms.Form):
     account = forms.ModelChoiceField(queryset=None, required=False, empty_label="All accounts")
     symbol = forms.CharField(max_length=64, required=False, widget=forms.TextInput(attrs={"placeholder": "Symbol"}))
-    date_from = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    # Bounded: the day after 9999-12-31, or 0001-01-01 in UTC, does not exist (a 500, not a filter).
+    date_from = forms.DateField(
+        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}), validators=DATE_RANGE
+    )
+    date_to = forms.DateField(
+        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}), validators=DATE_RANGE
+    )
 
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
