@@ -121,19 +121,6 @@ def test_staff_and_the_token_get_the_metrics(client, staff, settings):
     assert client.post("/metrics").status_code == 405
 
 
-def test_a_short_metrics_token_is_refused_at_startup():
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test", "METRICS_TOKEN": "short"}
-    result = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", "import django; django.setup()"],
-        env=env,
-        cwd=django_settings.BASE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0 and "METRICS_TOKEN" in result.stderr
-
-
 # --- Metrics move ----------------------------------------------------------------------------
 
 
@@ -262,21 +249,25 @@ def test_celery_queue_depth_is_read_from_redis(db):
 
 def test_metrics_add_up_across_processes(tmp_path):
     """Multiprocess mode: two processes count, a third scrapes both; a dead one's websockets drop out."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
-    }
-    child = (
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    # The module alone (no Django, no Celery app), so each process starts in a moment.
+    load = (
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('tp_metrics', {metrics.__file__!r})\n"
+        "metrics = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(metrics)\n"
+    )
+    child = load + (
         "import sys\n"
-        "from tradingplatform import metrics\n"
         "assert metrics.MULTIPROCESS\n"
         "metrics.ORDERS_PLACED.labels('paper', 'MARKET', 'manual').inc()\n"
         "metrics.websocket_opened(type('Consumer', (), {})())\n"
         "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"
     )
-    scrape = "import django; django.setup(); from tradingplatform import metrics; print(metrics.render().decode())"
+    scrape = load + (
+        "from django.conf import settings\nsettings.configure(REDIS_URL='')\nprint(metrics.render().decode())\n"
+    )
 
     def run(code, **kwargs):
         return subprocess.Popen(  # noqa: S603
@@ -430,17 +421,30 @@ def test_the_access_line_has_the_path_without_its_query_string(client, db, json_
 
 def test_log_format_json_is_what_the_console_writes():
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test", "LOG_FORMAT": "json"}
-    code = "import django, logging; django.setup(); logging.getLogger('probe').warning('hello %s', 'there')"
+    code = (
+        "import logging, logging.config; from django.conf import settings\n"
+        "logging.config.dictConfig(settings.LOGGING)\n"
+        "logging.getLogger('probe').warning('hello %s', 'there')\n"
+    )
     result = subprocess.run(  # noqa: S603
         [sys.executable, "-c", code], env=env, cwd=django_settings.BASE_DIR, capture_output=True, text=True, timeout=60
     )
     line = json.loads(result.stderr.strip().splitlines()[-1])
     assert line["message"] == "hello there" and line["level"] == "WARNING" and line["logger"] == "probe"
-    env["LOG_FORMAT"] = "xml"
-    refused = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", code], env=env, cwd=django_settings.BASE_DIR, capture_output=True, text=True, timeout=60
+
+
+@pytest.mark.parametrize("name, bad", [("LOG_FORMAT", "xml"), ("METRICS_TOKEN", "short")])
+def test_bad_observability_settings_stop_startup(name, bad):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test", name: bad}
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", "from django.conf import settings; settings.DEBUG"],
+        env=env,
+        cwd=django_settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert refused.returncode != 0 and "LOG_FORMAT" in refused.stderr
+    assert result.returncode != 0 and name in result.stderr
 
 
 # --- A real worker ----------------------------------------------------------------------------
