@@ -2,43 +2,44 @@
 
 Run from the repository root (MariaDB and Redis must be up; ``--mysql`` / ``--redis-url`` say where):
 
-    python bench/fill_latency.py [--traders 100] [--fills 1000] [--rate 10] [--latency-ms 50]
-                                 [--pool threads] [--concurrency 8] [--help for the rest]
+    python bench/fill_latency.py [--traders 100] [--fills 1000] [--rate 10] [--latency-ms 50] [options below]
 
 Setup. It creates its own database (``--db-name``, default ``bench_fill_latency``; dropped at the
 end unless ``--keep-db``), migrates it, loads the instruments, and creates ``--traders`` traders,
 each with one paper account connected through the session manager (``session_live``: the
 exchange client, a real token, a live ``BrokerSession``), its exchange client given cash and
 ``latency_ms`` = ``--latency-ms`` per broker call. It starts daphne (``tradingplatform.asgi``, a
-free port) and the Celery workers (``--workers`` processes, default 2, one per core, each
-``--pool`` threads ``--concurrency`` 8: a monitoring run mostly waits on the broker, MariaDB and
-Redis, which threads overlap; see bench/monitoring_cycle.py) on a queue of their own, as
-subprocesses with DEBUG off and LOG_LEVEL=WARNING. It waits for a quiet machine (``--load-below``),
-logs every trader in (``django.test.Client.force_login`` here, then the session cookie) and opens
-one dashboard websocket per trader (``ws://.../ws/`` with the ``websockets`` package, Origin
-matching ALLOWED_HOSTS): 100 traders with one account and one open dashboard each. The sockets are
-opened all at once first, as after a restart (how many the server refused is a context line), and
-the refused ones again one at a time. Redis database 6 (``--redis-url``) is flushed at the start
-and at the end; nothing else is touched.
+free port) and the Celery workers (``--workers`` processes, each ``--pool`` with ``--concurrency``
+threads) on a queue of their own, as subprocesses with DEBUG off and LOG_LEVEL=WARNING: the workers
+run each account's monitoring steps that every fill also queues (debounced), as in production. It
+waits for a quieter machine (``--load-below``), signs every trader in (``force_login``, then the
+session cookie) and opens one dashboard websocket per trader (``ws://.../ws/`` with the
+``websockets`` package, Origin matching ALLOWED_HOSTS): 100 traders with one account and one open
+dashboard each. The sockets are opened all at once first, as after a restart (how many the server
+refused is a context line), and the refused ones again one at a time.
 
 Measurement. A probe first sends one message to every trader's group through the channel layer
 (the raw group-send latency, a context line). Then ``--fills`` MARKET orders (plus ``--warmup``
 unmeasured ones first), each on a random trader's account, arriving as a Poisson process at
 ``--rate`` per second, are placed in this process through ``brokers.paper.engine.order_place``;
-they fill at once. A fill's time is taken by an ``on_commit`` hook registered before the order, so
-it is the first thing that runs after the COMMIT (before the platform's own hooks). A fill has
-arrived when its trader's websocket receives a message with ``id="pnl-summary"`` that also lists
-the fill (its exchange order id in the recent-trades fragment rendered with it, so that PnL
-includes it). Fills with no such message ``--tail-s`` seconds after the last fill count as
-infinitely late.
+they fill at once, and this process's fast path (``tradingplatform.background``) records each
+fill and pushes its trader's dashboard, as the web process or worker that placed an order does.
+A fill's time is taken by an ``on_commit`` hook registered before the order, so it is the first
+thing that runs after the COMMIT. A fill has arrived when its trader's websocket receives a
+message with ``id="pnl-summary"`` that also lists the fill (its exchange order id in the
+recent-trades fragment rendered with it, so that PnL includes it). Fills with no such message
+``--tail-s`` seconds after the last fill count as infinitely late.
 
 Figures (each on its own line as ``name: value unit``; lines starting with ``#`` are context):
 ``fill_to_ws_p50_ms`` and ``fill_to_ws_p99_ms`` (nearest rank over the measured fills), with a
-breakdown of where the time goes: commit to the end of the ``AccountRun`` that covered the fill
-(debounce, queue, the monitoring steps) and from there to the websocket (dashboard push with its
-coalescing, render, channel layer, daphne); how many fills met a skipped run (a fast-path run that
-found the account's previous run still going); and what daphne and the workers logged (channel
-layer errors).
+breakdown of where the time goes: commit -> the fill's ``Trade`` row built (``recorded_at``: the
+hand-over to the background thread and the queue there) and from there to the websocket
+(recording, render, coalescing with a trailing push when the trader had a push within
+``--push-interval-s``, channel layer, daphne); the load average and CPU use while measuring (the
+machine may be shared), and what daphne and the workers logged (channel-layer errors).
+
+Cleanup. Every process it started is stopped (also on Ctrl-C or SIGTERM), its database dropped and
+its Redis database (``--redis-url``, database 6 by default, which nothing else uses) flushed.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ HOST = "127.0.0.1"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--traders", type=int, default=100, help="traders, each with one paper account and one dashboard")
     p.add_argument("--fills", type=int, default=1000, help="measured fills")
     p.add_argument("--warmup", type=int, default=50, help="fills before the measured ones (not counted)")
@@ -79,6 +80,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pool", default="threads", help="Celery pool: threads, prefork, solo")
     p.add_argument("--concurrency", type=int, default=8, help="threads (or child processes) per worker")
     p.add_argument("--tail-s", type=float, default=15.0, help="wait this long after the last fill for its push")
+    p.add_argument(
+        "--push-interval-s",
+        type=float,
+        default=0.1,
+        help="DASHBOARD_PUSH_INTERVAL_S: at most one dashboard push per trader per interval (then a trailing push)",
+    )
+    p.add_argument("--background-threads", type=int, default=4, help="BACKGROUND_THREADS: fast-path threads a process")
     p.add_argument("--mysql", default="root:@127.0.0.1:3306", help="user:password@host:port of MariaDB/MySQL")
     p.add_argument("--db-name", default="bench_fill_latency", help="the bench's own database (dropped and re-created)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/6", help="Redis database for the bench (flushed)")
@@ -114,7 +122,10 @@ def bench_env(args) -> dict[str, str]:
         CELERY_QUEUE="bench_fill_latency",
         CACHE_KEY_PREFIX="benchfill",
         PYTHONUNBUFFERED="1",
+        DASHBOARD_PUSH_INTERVAL_S=str(args.push_interval_s),
+        BACKGROUND_THREADS=str(args.background_threads),
     )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.pop("CELERY_TASK_ALWAYS_EAGER", None)
     return env
 
@@ -500,39 +511,32 @@ def arrival(fill: Fill, inbox: Inbox) -> float | None:
     return None
 
 
-def covering_runs(fills: list[Fill]) -> tuple[dict[int, float], dict[str, int], dict[int, list[float]]]:
-    """For each fill (by index): the end of the first AccountRun of its account that started after its commit;
-    the statuses of the runs since the first fill; and per account the times of its skipped runs.
-
-    An AccountRun row is written at the end of a run; its start is the end minus the steps' time.
-    """
+def recorded_times(fills: list[Fill]) -> tuple[dict[str, float], dict[str, int]]:
+    """When each fill's ``Trade`` row was built by the fast path ({exchange order id: time}), and the
+    statuses of the accounts' monitoring runs since the first fill (they run too, a moment later)."""
     from collections import Counter
     from datetime import UTC, datetime
 
     from django.db import connection
 
     from monitoring.models import AccountRun
+    from portfolio.models import Trade
 
-    runs = defaultdict(list)
+    order_ids = [f.order_id for f in fills]
+    recorded = {}
+    for start in range(0, len(order_ids), 500):
+        rows = Trade.objects.filter(broker_order_id__in=order_ids[start : start + 500])
+        recorded.update(
+            {order_id: at.timestamp() for order_id, at in rows.values_list("broker_order_id", "recorded_at")}
+        )
     since = datetime.fromtimestamp(min(f.committed for f in fills), tz=UTC)
-    rows = AccountRun.objects.filter(account_id__in={f.account_id for f in fills}, started_at__gte=since)
-    statuses, skipped = Counter(), defaultdict(list)
-    for account_id, status, started, finished, step_ms in rows.values_list(
-        "account_id", "status", "started_at", "finished_at", "step_ms"
-    ):
-        statuses[status] += 1
-        if status == AccountRun.Status.SKIPPED:
-            skipped[account_id].append(started.timestamp())
-        if finished:
-            end = finished.timestamp()
-            runs[account_id].append((end - sum((step_ms or {}).values()) / 1000, end))
+    statuses = Counter(
+        AccountRun.objects.filter(account_id__in={f.account_id for f in fills}, started_at__gte=since).values_list(
+            "status", flat=True
+        )
+    )
     connection.close()
-    out = {}
-    for i, fill in enumerate(fills):
-        ends = sorted(end for start, end in runs[fill.account_id] if start >= fill.committed - 0.002)
-        if ends:
-            out[i] = ends[0]
-    return out, dict(statuses), skipped
+    return recorded, dict(statuses)
 
 
 # --- Main ----------------------------------------------------------------------------------------------
@@ -542,8 +546,13 @@ def fmt(value: float) -> str:
     return "inf" if math.isinf(value) else "nan" if math.isnan(value) else f"{value:.1f}"
 
 
+def _stop_on_sigterm(signum, frame):
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main(argv=None) -> dict[str, float]:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # so the cleanup below runs
     env = bench_env(args)
     mysql_exec(
         args,
@@ -600,6 +609,9 @@ def main(argv=None) -> dict[str, float]:
         place_fills(args, traders, args.fills, True, rng, fills)
         placing = time.monotonic() - started
         measured = [f for f in fills if f.measured]
+        from tradingplatform import background
+
+        background.wait_idle(args.tail_s)
         deadline = time.time() + args.tail_s
         while time.time() < deadline:
             if all(arrival(f, inboxes[f.user_id]) is not None for f in measured[-50:]):
@@ -607,34 +619,33 @@ def main(argv=None) -> dict[str, float]:
             time.sleep(0.5)
         time.sleep(1.0)
         cpu = meter.line()
-        latencies, to_run, to_ws = [], [], []
-        runs, statuses, skipped = covering_runs(measured)
-        hit_skip = []
-        for i, fill in enumerate(measured):
+        load_after = os.getloadavg()
+        latencies, to_record, to_ws = [], [], []
+        recorded, statuses = recorded_times(measured)
+        for fill in measured:
             at = arrival(fill, inboxes[fill.user_id])
             latencies.append(math.inf if at is None else (at - fill.committed) * 1000)
-            if any(fill.committed <= t <= (at or math.inf) for t in skipped[fill.account_id]):
-                hit_skip.append(latencies[-1])
-            if i in runs:
-                to_run.append((runs[i] - fill.committed) * 1000)
+            if fill.order_id in recorded:
+                to_record.append((recorded[fill.order_id] - fill.committed) * 1000)
                 if at is not None:
-                    to_ws.append((at - runs[i]) * 1000)
+                    to_ws.append((at - recorded[fill.order_id]) * 1000)
         missing = sum(1 for x in latencies if math.isinf(x))
         pushes = sum(1 for inbox in inboxes.values() for _, text in inbox.messages if PNL_MARK in text)
         print(
             f"# {len(measured)} measured fills at {len(measured) / placing:.1f}/s (Poisson, random traders; "
-            f"{args.warmup} warm-up fills before) with the load average at {load:.2f} when they started; "
-            f"{missing} never reached their dashboard within {args.tail_s:.0f} s; {pushes} dashboard pushes "
-            f"with the PnL in all;\n#     monitoring runs since the first fill {statuses} (a run that finds the "
-            f"account's run still going is skipped); {len(hit_skip)} fills met a skipped run on their way (they wait "
-            f"for the account's next event or cycle): p50 {fmt(percentile(hit_skip, 0.5))} ms\n#     {cpu}",
+            f"{args.warmup} warm-up fills before); {len(recorded)} recorded by the fast path; {missing} never "
+            f"reached their dashboard within {args.tail_s:.0f} s; {pushes} dashboard pushes with the PnL in all "
+            f"(coalesced per trader within {args.push_interval_s * 1000:.0f} ms);\n#     monitoring runs since the "
+            f"first fill (queued by the fills, in the workers) {statuses};\n#     load average (1/5/15 min) "
+            f"{load:.2f} when the fills started, {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} after; "
+            f"{cpu}",
             flush=True,
         )
         print(
-            f"# where the time goes (p50 / p99): commit -> end of the AccountRun covering the fill (debounce "
-            f"{0.5 * 1000:.0f} ms, queue, steps) {fmt(percentile(to_run, 0.5))} / {fmt(percentile(to_run, 0.99))} ms;"
-            f" that run's end -> websocket (dashboard push, coalescing, render, channel layer, daphne) "
-            f"{fmt(percentile(to_ws, 0.5))} / {fmt(percentile(to_ws, 0.99))} ms",
+            f"# where the time goes (p50 / p99): commit -> the fill's Trade built on a background thread "
+            f"{fmt(percentile(to_record, 0.5))} / {fmt(percentile(to_record, 0.99))} ms; -> websocket (record, "
+            f"render, coalescing, channel layer, daphne) {fmt(percentile(to_ws, 0.5))} / "
+            f"{fmt(percentile(to_ws, 0.99))} ms",
             flush=True,
         )
         for proc in procs:

@@ -229,7 +229,7 @@ if MONITORING_BATCH < 1 or MONITORING_THREADS < 1:
 # The fill fast path: threads per process for after-commit work (recording a fill, pushing the
 # dashboard; tradingplatform/background.py), and at most one dashboard push per trader per
 # interval (a push asked for inside it becomes one trailing push at its end).
-BACKGROUND_THREADS = env.int("BACKGROUND_THREADS", default=2)
+BACKGROUND_THREADS = env.int("BACKGROUND_THREADS", default=4)
 DASHBOARD_PUSH_INTERVAL_S = env.float("DASHBOARD_PUSH_INTERVAL_S", default=0.1)
 if BACKGROUND_THREADS < 1:
     raise ImproperlyConfigured("BACKGROUND_THREADS must be at least 1.")
