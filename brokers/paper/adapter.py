@@ -26,7 +26,7 @@ from brokers.errors import (
 )
 
 from . import engine
-from .models import PaperOrder, PaperTrade
+from .models import PaperOrder
 
 REJECTION_KINDS = {
     "tick_size": RejectKind.TICK_SIZE,
@@ -117,13 +117,11 @@ def to_broker_trade(trade) -> base.BrokerTrade:
     )
 
 
-def fill_announce(trade_pk: int) -> None:
+def fill_announce(client_id: str, fill: base.BrokerTrade) -> None:
     """A paper fill was committed: give it to the platform's fill listeners (like a postback with the fill)."""
     from brokers.services import broker_fills
 
-    trade = PaperTrade.objects.select_related("order", "instrument", "client").filter(pk=trade_pk).first()
-    if trade is not None:
-        broker_fills(broker="paper", client_id=trade.client.user_id, trades=[to_broker_trade(trade)])
+    broker_fills(broker="paper", client_id=client_id, trades=[fill])
 
 
 def to_quote(instrument) -> base.Quote:

@@ -466,12 +466,17 @@ def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) 
 
 
 def _announce_fill(trade: PaperTrade) -> None:
-    """After commit, hand the fill itself to the platform (its fast path), off the committing thread."""
+    """After commit, hand the fill itself to the platform (its fast path), off the committing thread.
+
+    The fill is described now, from the rows in hand, so the announcement reads nothing back.
+    """
     from tradingplatform import background
 
-    from .adapter import fill_announce
+    from .adapter import fill_announce, to_broker_trade
 
-    transaction.on_commit(lambda: background.submit(fill_announce, trade.pk))
+    trade.instrument = trade.order.instrument  # the order's, loaded (inside the transaction) if not yet
+    client_id, fill = trade.order.client.user_id, to_broker_trade(trade)
+    transaction.on_commit(lambda: background.submit(fill_announce, client_id, fill))
 
 
 def _live_order(client: PaperClient, order_id: str) -> PaperOrder:
