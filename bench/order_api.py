@@ -259,15 +259,10 @@ class Trader:
 
 def seed(args) -> list[Trader]:
     """Migrate, load instruments, and create (or find) the traders, accounts, keys and paper clients."""
-    from decimal import Decimal
-
     from django.core.management import call_command
     from django.db import connection
 
-    from accounts import services as account_services
-    from accounts.models import ApiKey, BrokerAccount, User
-    from brokers.paper.models import PaperClient
-    from brokers.services import session_live
+    from bench import seeding
 
     call_command("migrate", verbosity=0, interactive=False)
     call_command("load_instruments", broker="paper", stdout=io.StringIO())
@@ -276,24 +271,14 @@ def seed(args) -> list[Trader]:
     known = json.loads(keys_path.read_text()) if keys_path.exists() and args.keep_db else {}
     for i in range(args.accounts + (args.scheduled_accounts if args.scheduled else 0)):
         username = f"bench{i:04d}"
-        user = User.objects.filter(username=username).first()
-        if user is None:
-            user = User.objects.create_user(username=username, password=None)
-        account = BrokerAccount.objects.filter(owner=user, broker="paper").first()
-        if account is None:
-            account = account_services.broker_account_create(
-                owner=user, broker="paper", client_id=f"BENCH{i:04d}", label=f"Bench {i}", credentials={}
-            )
-        raw = known.get(username)
-        if raw is None or not ApiKey.objects.filter(owner=user, revoked_at__isnull=True).exists():
-            ApiKey.objects.filter(owner=user).delete()
-            _, raw = account_services.api_key_create(owner=user, name="bench")
-            known[username] = raw
-        session_live(account)  # the first login creates the exchange client (and the session)
-        traders.append(Trader(user.pk, account.pk, raw))
+        seeded = seeding.paper_trader(
+            username=username, client_id=f"BENCH{i:04d}", label=f"Bench {i}", known_key=known.get(username)
+        )
+        known[username] = seeded.key
+        traders.append(Trader(seeded.user_id, seeded.account_id, seeded.key))
     keys_path.touch(mode=0o600)
     keys_path.write_text(json.dumps(known))
-    PaperClient.objects.filter(user_id__startswith="BENCH").update(cash=Decimal("1000000000000"))
+    seeding.fund_paper_clients("BENCH")
     connection.close()
     return traders
 
@@ -928,10 +913,10 @@ def run_api(args, env, setup: str, traders: list[Trader], symbols, run_id: str) 
 
 def dispatch_once() -> int:
     """The body of ``orders.tasks.dispatch_scheduled``, without its once-per-interval lock."""
+    from django.conf import settings
+
     from orders import sources
     from orders.tasks import fire_scheduled
-
-    from django.conf import settings
 
     fires = sources.scheduled_claim_due(lead_s=settings.SCHEDULE_LEAD_S)
     due = sources.scheduled_due_times(fires)
