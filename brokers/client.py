@@ -24,7 +24,7 @@ from tradingplatform import metrics
 
 from . import ratelimit, services
 from .base import Broker, BrokerOrder, OrderChange, OrderRequest, PlacedOrder, Quote
-from .errors import AuthError, NetworkError, OutcomeUnknown, RateLimited
+from .errors import AuthError, BrokerUnavailable, NetworkError, OutcomeUnknown, RateLimited
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +110,10 @@ class AccountBroker:
     def place_order(self, request: OrderRequest) -> PlacedOrder:
         """Place once. A lost answer is resolved by tag before the order is ever sent again.
 
-        Raises ``OutcomeUnknown`` when the broker cannot be asked whether it has the order
-        (the caller records that and reconciles later by the same tag), or the last
-        ``NetworkError`` when the broker, asked, does not have it (it was not placed).
+        Raises ``OutcomeUnknown`` when the broker cannot be asked whether it has the order, or
+        does not have it yet after a timeout (the request may still arrive): the caller records
+        that and reconciles later by the same tag. Only after ``BrokerUnavailable`` (the broker
+        refused the call) is an order it does not have sent again; the last one is raised.
         """
         if not request.tag:
             raise ValueError("an order needs a tag to be placed safely")
@@ -135,6 +136,13 @@ class AccountBroker:
                 if found is not None:
                     logger.info("order %s found by tag after a lost answer", request.tag)
                     return PlacedOrder(broker_order_id=found.broker_order_id)
+                if not isinstance(error, BrokerUnavailable):
+                    # A timeout or a dropped connection: the request may still be on its way in,
+                    # so "not there yet" proves nothing, and sending it again could place it twice
+                    # (e2e/faults.py did, through the Kite face). Reconcile by tag instead.
+                    raise OutcomeUnknown(
+                        f"placing {request.tag} failed ({error}); the broker does not have it yet, it may still arrive"
+                    ) from error
                 if attempt == self.attempts - 1:
                     raise
                 self.sleep(backoff_delay(attempt))

@@ -1,6 +1,7 @@
 """The kite adapter over the real wire: against the paper exchange's Kite face on a real port."""
 
 import re
+import time
 from decimal import Decimal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -12,7 +13,7 @@ from django.urls import reverse
 from accounts.tests.factories import make_kite_account
 from brokers.base import OrderChange, OrderRequest, Status
 from brokers.client import AccountBroker
-from brokers.errors import AuthError, BrokerUnavailable, InputError, OrderRejected, RejectKind
+from brokers.errors import AuthError, BrokerUnavailable, InputError, OrderRejected, OutcomeUnknown, RejectKind
 from brokers.models import BrokerSession
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
@@ -134,3 +135,23 @@ def test_a_wrong_api_secret_fails_the_login_and_says_why(client, trader, face_ur
     session = BrokerSession.objects.get(account=account)
     assert session.status == "failed" and "checksum" in session.last_error
     assert "Login failed" in client.get(reverse("accounts:broker_list")).content.decode()
+
+
+def test_an_order_that_times_out_is_never_sent_twice(client, trader, face_url, kite_setup, settings):
+    """The face is slow past our timeout, then quick again: the lookup by tag does not find the
+    order yet (the first request is still being worked on), and it must not be sent again."""
+    account, exchange_client = kite_setup
+    client.force_login(trader)
+    connect_through_the_pages(client, face_url, account, exchange_client)
+    settings.KITE_TIMEOUT_S = 0.3
+    slow = PaperClient.objects.filter(pk=exchange_client.pk)
+    slow.update(latency_ms=1500)
+    # The pause before the lookup: the slow spell ends (the first request is still sleeping).
+    broker = AccountBroker(account, sleep=lambda s: slow.update(latency_ms=0))
+    with pytest.raises(OutcomeUnknown):
+        broker.place_order(order("KT-1"))
+    deadline = time.monotonic() + 10
+    while not PaperOrder.objects.filter(tag="KT-1").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # anything sent twice would have landed by now too
+    assert PaperOrder.objects.filter(tag="KT-1").count() == 1
