@@ -1,6 +1,13 @@
-"""One way to turn a ValidationError into the API's error fields."""
+"""One way to turn a ValidationError into the API's error fields; error reports that hide secrets."""
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django.core.exceptions import ValidationError
+from django.http import HttpRequest
+from django.views import debug
+
+CLEANSED = debug.SafeExceptionReporterFilter.cleansed_substitute
 
 
 def first_error(error: ValidationError) -> tuple[str | None, str, str | None]:
@@ -10,3 +17,58 @@ def first_error(error: ValidationError) -> tuple[str | None, str, str | None]:
         message = " ".join(text for item in errors for text in item.messages)
         return (None if field == "__all__" else field), message, errors[0].code
     return None, " ".join(error.messages), getattr(error, "code", None)
+
+
+# --- Error reports -----------------------------------------------------------------------------
+# Django's report of a 500 (the debug page, a mail to ADMINS, an error tracker) shows the
+# request: its URL, GET parameters, headers and the frames' variables. Headers and settings
+# named like secrets are hidden by Django already; query parameters are not, and Kite's login
+# callback carries a request_token there.
+
+SENSITIVE_PARAM = re.compile(r"(?i)token|secret|passw|api[_-]?key|checksum|signature|^state$|^code$")
+
+
+def cleanse_query(query: str) -> str:
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode([(k, CLEANSED if SENSITIVE_PARAM.search(k) else v) for k, v in pairs], safe="*")
+
+
+def cleanse_uri(uri: str) -> str:
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(query=cleanse_query(parts.query))) if parts.query else uri
+
+
+class SafeExceptionReporterFilter(debug.SafeExceptionReporterFilter):
+    """Also hides query parameters named like secrets, wherever the request shows up in a report."""
+
+    def get_safe_request_meta(self, request):
+        meta = super().get_safe_request_meta(request)
+        for name in ("QUERY_STRING", "RAW_URI", "REQUEST_URI"):
+            if isinstance(meta.get(name), str):
+                meta[name] = cleanse_uri(meta[name]) if name != "QUERY_STRING" else cleanse_query(meta[name])
+        return meta
+
+    def get_cleansed_multivaluedict(self, request, multivaluedict):
+        multivaluedict = super().get_cleansed_multivaluedict(request, multivaluedict)
+        if any(SENSITIVE_PARAM.search(str(k)) for k in multivaluedict):
+            multivaluedict = multivaluedict.copy()
+            for key in multivaluedict:
+                if SENSITIVE_PARAM.search(str(key)):
+                    multivaluedict[key] = CLEANSED
+        return multivaluedict
+
+    def cleanse_special_types(self, request, value):
+        if isinstance(value, HttpRequest):  # its repr is the full path, query string included
+            return f"<{type(value).__name__}: {value.method} {cleanse_uri(value.get_full_path())!r}>"
+        return super().cleanse_special_types(request, value)
+
+
+class SafeExceptionReporter(debug.ExceptionReporter):
+    def _get_raw_insecure_uri(self):
+        return cleanse_uri(super()._get_raw_insecure_uri())
+
+    def get_traceback_data(self):
+        data = super().get_traceback_data()
+        if self.request is not None and "request_GET_items" in data:
+            data["request_GET_items"] = self.filter.get_cleansed_multivaluedict(self.request, self.request.GET).items()
+        return data

@@ -282,6 +282,9 @@ API_KEY_FAILURES_PER_IP = env.int("API_KEY_FAILURES_PER_IP", default=20)
 API_KEY_LOCK_WINDOW_S = env.int("API_KEY_LOCK_WINDOW_S", default=900)
 
 # --- Security ---------------------------------------------------------------------
+# Error reports (debug page, mails, trackers) hide query parameters named like secrets too.
+DEFAULT_EXCEPTION_REPORTER = "tradingplatform.errors.SafeExceptionReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "tradingplatform.errors.SafeExceptionReporterFilter"
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SESSION_COOKIE_HTTPONLY = True
