@@ -6,9 +6,9 @@
 - Celery signals carry the id in a task header (``before_task_publish``) and restore it while
   the task runs (``task_prerun`` / ``task_postrun``); a task nobody sent from a request (beat)
   gets an id of its own, so its lines still belong together.
-- ``ContextFilter`` puts ``request_id``, ``user_id`` and ``task`` on every record and blanks out
-  anything that looks like a secret (tokens, passwords, API keys) in the message;
-  ``JsonFormatter`` writes one JSON object per line (``LOG_FORMAT=json``).
+- ``ContextFilter`` puts ``request_id``, ``user_id`` and ``task`` on every record; the formatters
+  (``PlainFormatter``, and ``JsonFormatter``: one JSON object per line, ``LOG_FORMAT=json``) blank
+  out anything that looks like a secret (tokens, passwords, API keys) in the whole line.
 """
 
 import contextvars
@@ -163,16 +163,47 @@ _REDACTIONS = [
 _SECRET_KEY_NAME = re.compile(rf"(?i)^{_SECRET_WORDS}$|authorization")
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_key_name(key: str) -> bool:
+    return bool(_SECRET_KEY_NAME.search(key))
+
+
+# Lowercase words without which none of the patterns can match: most lines have none of
+# them and skip the regular expressions (the order path logs a line per broker call).
+_TRIGGERS = (
+    "token",
+    "bearer",
+    "secret",
+    "passw",
+    "apikey",
+    "api_key",
+    "api-key",
+    "checksum",
+    "credential",
+    "sessionid",
+    "cookie",
+    "state=",
+    "code=",
+    "sig=",
+    "signature=",
+    "tp_",
+)
+
+
 def redact(text: str) -> str:
+    lowered = text.lower()
+    if not any(word in lowered for word in _TRIGGERS):
+        return text
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
     return text
 
 
 class ContextFilter(logging.Filter):
-    """Adds ``request_id``, ``user_id`` and ``task`` to every record and redacts secrets in its message.
+    """Adds ``request_id``, ``user_id`` and ``task`` to every record.
 
     Attach it to handlers (not loggers) so records propagated from every logger pass through it.
+    Secrets are blanked by the formatters below, in the whole line (message, extras, traceback).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -182,13 +213,6 @@ class ContextFilter(logging.Filter):
             record.user_id = _user_id()
         if getattr(record, "task", None) is None:
             record.task = task_var.get()
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string is the handler's to report, not ours to raise
-            return True
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
         return True
 
 
@@ -224,7 +248,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key in _STANDARD or key in entry or key.startswith("_"):
                 continue
-            entry[key] = "[redacted]" if _SECRET_KEY_NAME.search(key) else value
+            entry[key] = "[redacted]" if _secret_key_name(key) else value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
