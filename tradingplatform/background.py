@@ -24,6 +24,8 @@ import time
 from django.conf import settings
 from django.db import connection
 
+from tradingplatform import logs
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,7 +56,9 @@ class _Lane:
             return
         with self._cond:
             self._start()
-            heapq.heappush(self._jobs, (time.monotonic() + delay_s, next(self._seq), fn, args))
+            # The job's log lines keep the request id (and task) of whoever submitted it.
+            job = logs.in_this_context(fn)
+            heapq.heappush(self._jobs, (time.monotonic() + delay_s, next(self._seq), job, args))
             self._cond.notify_all()
 
     def _work(self) -> None:

@@ -53,7 +53,13 @@ def in_this_context(fn):
     A new thread starts with an empty context, so without this a pool's log lines (broker
     calls of a basket or a monitoring fetch) would lose the id of the request they serve.
     """
-    return functools.partial(contextvars.copy_context().run, fn)
+    context = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def in_context(*args, **kwargs):
+        return context.run(fn, *args, **kwargs)
+
+    return in_context
 
 
 # --- HTTP ----------------------------------------------------------------------------------
