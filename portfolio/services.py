@@ -131,10 +131,12 @@ def fills_fast_path(account: BrokerAccount, broker_trades: list[BrokerTrade]) ->
     (``monitoring.services.account_activity``, queued by the same order update); they find these
     fills recorded and record nothing twice.
     """
+    from monitoring import presence
+
     from .broadcast import dashboard_push
 
     applied = trades_record(account=account, broker_trades=broker_trades)
-    if applied:
+    if applied and presence.watching([account.owner_id]):  # no page open: nothing to render for
         dashboard_push(account)
     return applied
 

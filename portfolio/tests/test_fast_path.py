@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from accounts.tests.factories import make_broker_account
 from brokers.base import BrokerTrade
-from monitoring import cycle
+from monitoring import cycle, presence
 from monitoring.consumers import user_group
 from orders.tests.factories import place
 from portfolio import services
@@ -36,6 +36,7 @@ class Inbox:
         self.layer = get_channel_layer()
         self.channel = async_to_sync(self.layer.new_channel)()
         async_to_sync(self.layer.group_add)(user_group(user.pk), self.channel)
+        presence.joined(user.pk, self.channel)  # as the consumer notes an open page
 
     def next_pnl_push(self, timeout_s: float = 10.0) -> str:
         """The next message carrying the PnL summary (order-row pushes in between are skipped)."""
