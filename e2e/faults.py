@@ -65,6 +65,7 @@ STACK_ENV = {
 }
 # An order whose sender died is closed as FAILED a minute after it was created (orders_sync_account).
 STALE_ORDER_S = 60
+KITE_TIMEOUT_S = 1.0
 
 
 # --- Django in this process, on the stack's database ---------------------------------------------------
@@ -277,6 +278,13 @@ def scheduled_create(trader: Trader, n: int, *, in_s: float, seed: int) -> list[
     return ids
 
 
+def unknown_outcomes(trader: Trader) -> int:
+    """Placements whose answer was lost and could not be looked up at once (resolved later by tag)."""
+    from orders.models import OrderEvent
+
+    return db(lambda: OrderEvent.objects.filter(order__account_id=trader.account_id, kind="outcome_unknown").count())
+
+
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.2) -> float:
     """Poll ``check`` until true; returns the seconds it took. Raises TimeoutError naming ``what``."""
     started = time.monotonic()
@@ -465,7 +473,63 @@ def s_broker_faults(stack: Stack) -> Pending:
     asked = api_flow(stack, trader, 24, threads=6, prefix="faults", seed=1)
     knobs_set(trader.client_id)  # the exchange recovers; the platform reconciles what is open
     seen = sum(len(a.errors_seen) for a in asked)
-    result.notes.append(f"{seen} error answers retried by clients")
+    result.notes.append(f"{unknown_outcomes(trader)} answers lost, looked up later; {seen} error answers retried")
+    asks = {a.key: a for a in asked}
+    return Pending(result, lambda: verify(trader, asks, api_ask_of(trader)), time.monotonic() + STALE_ORDER_S + 20)
+
+
+def s_kite_timeouts(stack: Stack) -> Pending:
+    """Real HTTP timeouts: a ``kite`` account through the paper exchange's Kite face, which turns
+    slower than ``KITE_TIMEOUT_S`` every other second while clients place orders (the face does
+    the work after the caller gave up: the answer is lost, the order is at the exchange)."""
+    from django.contrib.auth.hashers import make_password
+    from django.db import connection
+
+    from accounts import services as account_services
+    from accounts.models import User
+    from brokers import services as broker_services
+    from brokers.paper import engine
+    from brokers.paper.models import PaperClient
+
+    result = Result("kite face timeouts")
+    user = User.objects.create_user(username="fault_kite", password=None)
+    client = PaperClient.objects.create(
+        user_id=f"K{user.pk:05d}", name="Faults kite", password=make_password("faults"), cash=Decimal("1000000000")
+    )
+    account = account_services.broker_account_create(
+        owner=user,
+        broker="kite",
+        client_id=client.user_id,
+        label="Faults kite",
+        credentials={"api_key": client.api_key, "api_secret": client.api_secret},
+    )
+    # The trader logs in on the face's page; the platform's callback completes the session.
+    _, request_token = engine.login_with_password(api_key=client.api_key, user_id=client.user_id, password="faults")
+    broker_services.connect_complete(account=account, request_token=request_token, actor=user)
+    _, raw = account_services.api_key_create(owner=user, name="faults")
+    trader = Trader(result.name, user.pk, account.pk, client.user_id, raw)
+
+    stop = threading.Event()
+    flips = []
+
+    def flap():
+        try:
+            while not stop.is_set():
+                slow = len(flips) % 2 == 0
+                knobs_set(client.user_id, latency_ms=int(KITE_TIMEOUT_S * 1000) + 800 if slow else 0)
+                flips.append(slow)
+                stop.wait(1.5)
+        finally:
+            connection.close()
+
+    flapper = threading.Thread(target=flap, daemon=True)
+    flapper.start()
+    asked = api_flow(stack, trader, 12, threads=3, prefix="kite", seed=9)
+    stop.set()
+    flapper.join()
+    knobs_set(client.user_id)
+    result.notes.append(f"{len(flips) // 2} slow spells; {unknown_outcomes(trader)} answers lost, looked up later")
+    result.notes.append(f"{sum(len(a.errors_seen) for a in asked)} error answers retried")
     asks = {a.key: a for a in asked}
     return Pending(result, lambda: verify(trader, asks, api_ask_of(trader)), time.monotonic() + STALE_ORDER_S + 20)
 
@@ -723,17 +787,23 @@ def s_two_beats(stack: Stack) -> Pending:
     return Pending(result, scheduled_check(trader, ids), time.monotonic() + 30)
 
 
+def _log_count(stack: Stack, name: str, text: str) -> int:
+    """How often ``text`` appears in a process's log so far."""
+    with contextlib.suppress(OSError, KeyError):
+        return stack[name].log_path.read_text(errors="replace").count(text)
+    return 0
+
+
 def _skipped_runs(stack: Stack) -> int:
     """Periodic jobs the worker skipped because their interval's lock was taken (from its log)."""
-    with contextlib.suppress(OSError):
-        return stack["worker"].log_path.read_text(errors="replace").count("s: 'skipped'")
-    return 0
+    return _log_count(stack, "worker", "s: 'skipped'")
 
 
 # Long-settling ones first, so their waiting overlaps the others.
 SCENARIOS = {
     "worker": s_worker_killed,
     "broker": s_broker_faults,
+    "kite": s_kite_timeouts,
     "same-key": s_same_key,
     "dispatch": s_dispatch_twice,
     "beats": s_two_beats,
@@ -787,7 +857,11 @@ def main(argv=None) -> int:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     started = time.monotonic()
     # Its own Redis (the embedded one, on a free port): the Redis scenario restarts it.
-    with Stack(env=STACK_ENV, redis_url="", name="faults") as stack:
+    stack = Stack(env=STACK_ENV, redis_url="", name="faults")
+    # A kite account trades through this stack's Kite face, with a short timeout (the face slows down).
+    face = stack.face_url
+    stack.env.update(KITE_API_URL=face, KITE_LOGIN_URL=f"{face}/connect/login", KITE_TIMEOUT_S=str(KITE_TIMEOUT_S))
+    with stack:
         print(f"# stack up in {stack.up_s:.0f} s ({'MariaDB' if stack.mysql else 'SQLite'}); logs in {stack.dir}")
         django_setup(stack)
         pending: list[Pending] = []
