@@ -194,13 +194,13 @@ def _in_pool(fn, items) -> None:
 # --- 1. Fetch ---------------------------------------------------------------------------------
 
 FETCH_READS = ("orders", "trades", "positions")
+PRICES_PER_CALL = 500
 
 
 def _fetch_many(contexts: list[Context]) -> dict[int, BaseException]:
-    """Every account's order book, trades and positions (an account's three at once), then its
-    last prices; many accounts at once. Returns the failures by ``id(ctx)``."""
+    """Every account's order book, trades and positions (an account's three at once, many
+    accounts at once), then the last prices they need. Returns the failures by ``id(ctx)``."""
     lock = threading.Lock()
-    left = {id(ctx): len(FETCH_READS) for ctx in contexts}
     failures: dict[int, BaseException] = {}
 
     def read(job):
@@ -210,21 +210,9 @@ def _fetch_many(contexts: list[Context]) -> dict[int, BaseException]:
         except Exception as error:
             with lock:
                 failures.setdefault(id(ctx), error)
-        with lock:
-            left[id(ctx)] -= 1
-            last = not left[id(ctx)] and id(ctx) not in failures
-        if last:  # the account's three reads are in: its prices, on this thread
-            try:
-                symbols = {f"{p.exchange}:{p.tradingsymbol}" for p in ctx.broker_positions if p.quantity}
-                symbols |= {f"{o.exchange}:{o.tradingsymbol}" for o in ctx.broker_orders}
-                if symbols:
-                    prices = ctx.broker.ltp(sorted(symbols))
-                    ctx.last_prices = {tuple(key.split(":", 1)): price for key, price in prices.items()}
-            except Exception as error:
-                with lock:
-                    failures.setdefault(id(ctx), error)
 
     _in_pool(read, [(ctx, name) for ctx in contexts for name in FETCH_READS])
+    _prices_many([ctx for ctx in contexts if id(ctx) not in failures], failures)
     fetched = [ctx for ctx in contexts if id(ctx) not in failures]
     try:
         _snapshots_save(fetched)
@@ -233,6 +221,50 @@ def _fetch_many(contexts: list[Context]) -> dict[int, BaseException]:
     for ctx in fetched:
         ctx.fetched = True
     return failures
+
+
+def _prices_many(contexts: list[Context], failures: dict[int, BaseException]) -> None:
+    """Last prices of the instruments each account holds or has orders in.
+
+    Prices are market data, the same for every account at a broker, so a batch asks once per
+    broker (up to PRICES_PER_CALL instruments a call) through one of its accounts, not once per
+    account; if that fails, each account asks for its own (and a failure is that account's).
+    """
+    wanted = {}
+    for ctx in contexts:
+        symbols = {f"{p.exchange}:{p.tradingsymbol}" for p in ctx.broker_positions if p.quantity}
+        wanted[id(ctx)] = symbols | {f"{o.exchange}:{o.tradingsymbol}" for o in ctx.broker_orders}
+    by_broker = defaultdict(list)
+    for ctx in contexts:
+        if wanted[id(ctx)]:
+            by_broker[ctx.account.broker].append(ctx)
+
+    def ask(ctx: Context, symbols: list[str]) -> dict:
+        prices = {}
+        for start in range(0, len(symbols), PRICES_PER_CALL):
+            prices.update(ctx.broker.ltp(symbols[start : start + PRICES_PER_CALL]))
+        return prices
+
+    def own(ctx: Context) -> None:
+        try:
+            prices = ask(ctx, sorted(wanted[id(ctx)]))
+        except Exception as error:
+            failures.setdefault(id(ctx), error)
+            return
+        ctx.last_prices = {tuple(key.split(":", 1)): price for key, price in prices.items()}
+
+    for group in by_broker.values():
+        if len(group) == 1:
+            own(group[0])
+            continue
+        try:
+            prices = ask(group[0], sorted(set().union(*(wanted[id(ctx)] for ctx in group))))
+        except Exception:
+            logger.warning("monitoring: one price request for %s accounts failed; each asks itself", len(group))
+            _in_pool(own, group)
+            continue
+        for ctx in group:
+            ctx.last_prices = {tuple(key.split(":", 1)): prices[key] for key in wanted[id(ctx)] if key in prices}
 
 
 def _snapshots_save(contexts: list[Context]) -> None:

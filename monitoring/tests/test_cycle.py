@@ -212,3 +212,65 @@ def test_a_stop_loss_trails_favourable_moves_and_never_back(trader, account):
     monitor(account)
     stop.refresh_from_db()
     assert stop.trigger_price == D("1500.10")
+
+
+# --- Batches: many accounts in one run ---------------------------------------------------------
+
+
+@pytest.fixture
+def their_account(other_trader, instruments):
+    from accounts.tests.factories import make_broker_account
+
+    return make_broker_account(other_trader, broker="paper", client_id="PAPER-O2", label="Theirs")
+
+
+def test_a_batch_records_every_account_and_asks_for_prices_once(trader, account, their_account, monkeypatch):
+    set_price("1500")
+    place(trader, account, quantity=4)
+    place(their_account.owner, their_account, quantity=3)
+    asked = []
+    real_ltp = cycle.AccountBroker.ltp
+
+    def counted_ltp(self, instruments):
+        asked.append(list(instruments))
+        return real_ltp(self, instruments)
+
+    monkeypatch.setattr(cycle.AccountBroker, "ltp", counted_ltp)
+    set_price("1510")
+    results = cycle.accounts_monitor(accounts=[account, their_account])
+    assert [r.status for r in results] == [AccountRun.Status.OK, AccountRun.Status.OK], [r.errors for r in results]
+    assert asked == [["NSE:INFY"]]  # market data: one request for the batch
+    for acct, quantity in ((account, 4), (their_account, 3)):
+        position = Position.objects.get(account=acct)
+        assert position.net_quantity == quantity and position.last_price == D("1510")
+        assert Trade.objects.filter(account=acct).count() == 1
+        assert BrokerSnapshot.objects.filter(account=acct).count() == 3
+    assert all(set(r.step_ms) == {name for name, _ in cycle.STEPS} for r in results)
+
+
+def test_a_locked_or_failing_account_leaves_the_rest_of_the_batch_alone(account, their_account):
+    from brokers.paper.models import PaperClient
+
+    engine.client_get_or_create(user_id=account.client_id)
+    PaperClient.objects.filter(user_id=account.client_id).update(error_rate=1)  # every call fails
+    token = locks.acquire(f"monitor:{their_account.pk}", ttl_s=30)
+    third = their_account.owner.broker_accounts.create(broker="paper", client_id="PAPER-O3", label="Third")
+    failing, skipped, fine = cycle.accounts_monitor(accounts=[account, their_account, third])
+    locks.release(f"monitor:{their_account.pk}", token)
+    assert skipped.status == AccountRun.Status.SKIPPED
+    assert failing.status == AccountRun.Status.ERRORS
+    assert [e["step"] for e in failing.errors] == ["1_fetch", "2_pnl", "3_orders"]
+    assert fine.status == AccountRun.Status.OK, fine.errors
+    assert BrokerSnapshot.objects.filter(account=third).count() == 3
+    assert not BrokerSnapshot.objects.filter(account=account).exists()
+
+
+def test_steps_3_to_9_run_only_for_accounts_with_orders_to_look_at(trader, account, their_account, strategy):
+    run = [(name, step) for name, step in cycle.STEPS if step not in cycle.BATCHED]
+    ids = [account.pk, their_account.pk]
+    assert cycle._accounts_with_work(ids, run) == set()
+    set_price("1500")
+    entry(trader, account, strategy)  # a filled strategy entry: step 4 has work
+    assert cycle._accounts_with_work(ids, run) == {account.pk}
+    # A step the filters do not know (a new one) runs for everyone.
+    assert cycle._accounts_with_work(ids, [*run, ("10_new", lambda ctx: None)]) == set(ids)
