@@ -35,13 +35,17 @@ expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def stack(pytestconfig) -> Iterator[Stack]:
     attach = os.environ.get("E2E_ATTACH")
     if attach:
         yield Stack.attach(attach)
         return
     with Stack(env=STACK_ENV) as running:
-        print(f"\nstack {running.run_id} up in {running.up_s:.1f} s at {running.base_url}; logs in {running.dir}")
+        with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            print(
+                f"\nstack {running.run_id} up in {running.up_s:.1f} s (database ready in {running.setup_s:.1f} s) "
+                f"at {running.base_url}; logs in {running.dir}"
+            )
         yield running
 
 

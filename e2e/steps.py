@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from e2e.stack import ROOT, Stack
 
@@ -94,6 +94,11 @@ def move_market(stack: Stack, symbol: str, last_price, exchange: str = "NSE") ->
     )
 
 
+def choose_account(select: Locator, label: str) -> None:
+    """Choose an account in a select whose options read "<label> (<broker> <client id>)"."""
+    select.select_option(select.locator("option", has_text=label).first.get_attribute("value"))
+
+
 def place_from_ticket(
     page: Page,
     *,
@@ -107,8 +112,7 @@ def place_from_ticket(
 ) -> int:
     """Fill in the order ticket as a trader does (search, choose, fields) and place; returns the order id."""
     page.goto("/orders/new/")
-    choice = page.locator("#id_account option", has_text=account).first.get_attribute("value")
-    page.locator("#id_account").select_option(choice)
+    choose_account(page.locator("#id_account"), account)
     page.locator("#instrument-search").fill(symbol)
     page.locator("#instrument-options .option", has_text=symbol).first.click()
     expect(page.locator("#chosen-instrument")).to_contain_text(symbol)
