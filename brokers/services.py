@@ -25,6 +25,7 @@ from accounts.models import AuditLog, BrokerAccount
 from accounts.services import audit_record
 from monitoring.broadcast import push_prices
 from tradingplatform import locks
+from tradingplatform.memo import Memo
 
 from . import registry, selectors
 from .base import Broker, SessionTokens
@@ -446,9 +447,21 @@ def account_touched(account_id: int) -> None:
 fill_listeners: list = []
 
 
+# A broker's client id -> our active accounts on it, read on every fill and order update. A
+# few seconds stale is harmless here: these only hurry work that the cycle does anyway.
+_client_accounts = Memo("accounts of a broker client", ttl_s=5)
+
+
+def _accounts_of_client(broker: str, client_id: str) -> list[BrokerAccount]:
+    return _client_accounts.get(
+        (broker, client_id),
+        lambda: list(BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True)),
+    )
+
+
 def broker_fills(*, broker: str, client_id: str, trades: list) -> int:
     """A broker reported fills of this client: hand them to the listeners for each of its accounts."""
-    accounts = list(BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True))
+    accounts = _accounts_of_client(broker, client_id)
     for account in accounts:
         for listener in fill_listeners:
             listener(account, trades)
@@ -457,12 +470,10 @@ def broker_fills(*, broker: str, client_id: str, trades: list) -> int:
 
 def broker_activity(*, broker: str, client_id: str) -> int:
     """A broker told us an order of this client changed: notify listeners for its accounts."""
-    account_ids = list(
-        BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True).values_list("pk", flat=True)
-    )
-    for account_id in account_ids:
-        account_touched(account_id)
-    return len(account_ids)
+    accounts = _accounts_of_client(broker, client_id)
+    for account in accounts:
+        account_touched(account.pk)
+    return len(accounts)
 
 
 def kite_postback_verify(body: dict) -> BrokerAccount:

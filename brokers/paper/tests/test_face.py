@@ -214,11 +214,9 @@ def test_postback_matches_kite_and_carries_a_valid_checksum(kite_client):
     assert Decimal(str(body["average_price"])) == PaperOrder.objects.get(pk=order.pk).average_price
 
 
-def test_fills_cancels_and_rejections_are_posted_back(kite_client):
+def test_fills_cancels_and_rejections_are_posted_back(kite_client, settings):
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    from tradingplatform.celery import app
 
     received = []
 
@@ -235,7 +233,7 @@ def test_fills_cancels_and_rejections_are_posted_back(kite_client):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     PaperClient.objects.filter(pk=kite_client.pk).update(postback_url=f"http://127.0.0.1:{server.server_port}/pb")
     client = PaperClient.objects.get(pk=kite_client.pk)
-    app.conf.task_always_eager = True
+    settings.CELERY_TASK_ALWAYS_EAGER = True  # Celery reads the CELERY_ settings when a task is sent
     try:
         common = dict(client=client, exchange="NSE", tradingsymbol="INFY", quantity=1, product="MIS")
         engine.order_place(transaction_type="BUY", order_type="MARKET", **common)
@@ -243,7 +241,6 @@ def test_fills_cancels_and_rejections_are_posted_back(kite_client):
         engine.order_cancel(client=client, order_id=resting.order_id)
         engine.order_place(transaction_type="BUY", order_type="LIMIT", price=Decimal("5000"), **common)
     finally:
-        app.conf.task_always_eager = False
         server.shutdown()
     assert [body["status"] for body in received] == ["COMPLETE", "CANCELLED", "REJECTED"]
     for body in received:
