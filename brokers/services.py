@@ -455,7 +455,9 @@ _client_accounts = Memo("accounts of a broker client", ttl_s=5)
 def _accounts_of_client(broker: str, client_id: str) -> list[BrokerAccount]:
     return _client_accounts.get(
         (broker, client_id),
-        lambda: list(BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True)),
+        lambda: list(
+            BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True).select_related("owner")
+        ),
     )
 
 

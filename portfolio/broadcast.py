@@ -49,7 +49,7 @@ def dashboard_push(account: BrokerAccount) -> bool:
     interval = settings.DASHBOARD_PUSH_INTERVAL_S
     try:
         if locks.acquire(_window(user_id), ttl_s=interval):
-            _push(user_id)
+            _push(user_id, owner=account.owner if BrokerAccount.owner.is_cached(account) else None)
             return True
         # Someone pushed within the interval. One trailing push per window: if its slot is
         # taken, that push has not read the state yet (it frees the slot first), so it will
@@ -71,8 +71,8 @@ def _push_trailing(user_id: int, token: str) -> None:
     _push(user_id)
 
 
-def _push(user_id: int) -> None:
-    user = User.objects.filter(pk=user_id).first()
+def _push(user_id: int, owner: User | None = None) -> None:
+    user = owner or User.objects.filter(pk=user_id).first()
     if user is None:
         return
     push_fragment(user_id=user_id, template=TEMPLATE, context={"dashboard": dashboard_of(user)})
