@@ -348,7 +348,8 @@ class ScheduledOut(Schema):
     recurrence: str
     run_on: date | None
     weekdays: list[int]
-    time_of_day: time
+    # A wall-clock time in `timezone`, without an offset: RFC 3339's partial-time, not "time".
+    time_of_day: time = Field(..., json_schema_extra={"format": "partial-time"})
     timezone: str
     grace_s: int
     status: str

@@ -34,6 +34,7 @@ ERROR_SCHEMA = {
     },
 }
 ERROR_RESPONSES = {
+    "400": "The body is not JSON.",
     "401": "No valid API key.",
     "404": "Unknown id, or another trader's.",
     "409": "Conflict (an idempotency key reused with another body) or refused in the order's state.",
@@ -51,7 +52,7 @@ class TradingAPI(NinjaAPI):
         for operations in schema["paths"].values():
             for method, operation in operations.items():
                 parameters = operation.get("parameters", [])
-                codes = ["401", "429"]
+                codes = ["401", "429"] + (["400"] if "requestBody" in operation else [])
                 if parameters or "requestBody" in operation:
                     codes.append("422")
                 if any(parameter["in"] == "path" for parameter in parameters):
