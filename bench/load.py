@@ -80,6 +80,7 @@ from bench.order_api import (  # noqa: E402
     percentile,
     tree_cpu_seconds,
     verify,
+    wait_idle,
     wait_quiet,
 )
 from e2e.stack import HOST, Stack, free_port  # noqa: E402
@@ -105,6 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="after the first failing step, run the larger ones too (once each, for the record)",
     )
     p.add_argument("--patience-s", type=float, default=10.0, help="abandon answers this late after the last arrival")
+    p.add_argument(
+        "--drain-s", type=float, default=60.0, help="after a step, wait up to this long for the server to go idle"
+    )
     p.add_argument("--ws-wait-s", type=float, default=5.0, help="wait this long after the last answer for updates")
     p.add_argument("--http", choices=("gunicorn", "daphne"), default="gunicorn", help="what serves the API")
     p.add_argument("--http-workers", type=int, default=2, help="gunicorn workers (HTTP_WORKERS)")
@@ -241,6 +245,8 @@ class StepResult:
     latencies: list = field(default_factory=list)  # ms, sorted, inf for unanswered
     lateness: list = field(default_factory=list)  # ms, sorted, inf for missing
     early: int = 0  # updates that came before the API's answer
+    warmup: str = ""  # the warm-up's orders and their errors (not measured)
+    drained_s: float = 0.0  # how long the server took to go idle after the step
     late: int = 0  # later than the limit (missing ones not included)
     missing: int = 0
     drops: int = 0
@@ -280,9 +286,9 @@ class StepResult:
             f"max {pct(self.latencies, 1.0)} ms; ws lateness p50 {pct(self.lateness, 0.5)} ms, "
             f"p99 {pct(self.lateness, 0.99)} ms, max {pct(self.lateness, 1.0)} ms, later than the limit {self.late}, "
             f"missing {self.missing}; {verdict}\n"
-            f"#     errors {dict(self.errors) or 0}; {self.early} updates came before the answer; "
-            f"sockets dropped {self.drops}; db: {db}\n#     {self.cpu}"
-            + (f"\n#     {self.logged}" if self.logged else "")
+            f"#     errors {dict(self.errors) or 0}; {self.warmup}; {self.early} updates came before the answer; "
+            f"sockets dropped {self.drops}; server idle {self.drained_s:.1f} s after the step; db: {db}\n"
+            f"#     {self.cpu}" + (f"\n#     {self.logged}" if self.logged else "")
         )
 
 
@@ -429,6 +435,18 @@ async def run_step(
     result.latencies.sort()
     result.lateness.sort()
     result.drops = sum(bool(t.drops) for t in active)
+    warmup = [s for s in sends if not s.measured]
+    warmup_errors = Counter(s.error or "no answer" for s in warmup if s.error or s.answered is None)
+    result.warmup = f"warm-up {len(warmup)} orders, errors {dict(warmup_errors) or 0}"
+    # Requests abandoned above are still queued at the server: let it finish them before the
+    # database check (and before the next step, which they would otherwise slow down).
+    for trader in active:
+        trader.pool.close()
+    server_pid = meter_pids.get("http") or meter_pids.get("web")
+    if server_pid:
+        t0 = time.monotonic()
+        await loop.run_in_executor(None, functools.partial(wait_idle, server_pid, timeout=args.drain_s))
+        result.drained_s = time.monotonic() - t0
     ok_keys = {s.key for s in sends if s.order_id is not None and not s.error}
     result.db = await in_django(verify, f"{maker.run_id}-{phase}-", ok_keys)
     result.bad_statuses = sum(v for k, v in result.db.statuses.items() if k not in GOOD_STATUSES)
