@@ -243,7 +243,9 @@ def seed_group(args, tag: str, n: int) -> dict:
     t2 = time.monotonic()
     symbols = list(PaperInstrument.objects.filter(instrument_type="EQ").order_by("pk"))
     listeners = list(broker_services.account_activity_listeners)
+    fill_listeners = list(broker_services.fill_listeners)
     broker_services.account_activity_listeners.clear()  # no fast-path tasks from the setup's fills
+    broker_services.fill_listeners.clear()  # nor fast-path recording: the measured cycle records them
     placed = 0
     try:
         with_orders = ids[:: max(1, args.orders_every)]
@@ -264,7 +266,11 @@ def seed_group(args, tag: str, n: int) -> dict:
                     engine.order_place(**common, order_type="LIMIT", price=limit)
                     placed += 2
     finally:
+        from tradingplatform import background
+
+        background.wait_idle()  # the setup's fills are announced after commit, on background threads
         broker_services.account_activity_listeners[:] = listeners
+        broker_services.fill_listeners[:] = fill_listeners
     PaperClient.objects.filter(user_id__in=ids).update(latency_ms=args.latency_ms)
     timings["orders"] = time.monotonic() - t2
     connection.close()
