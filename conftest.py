@@ -15,6 +15,18 @@ from brokers.paper.models import PaperInstrument
 INSTRUMENTS_CSV = Path(engine.__file__).resolve().parent / "data" / "instruments.csv"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """After each test, before its fixtures are torn down (a transactional test's flush): let the
+    after-commit work its fills started on background threads finish (the fill fast path)."""
+    from tradingplatform import background
+
+    try:
+        return (yield)
+    finally:
+        assert background.wait_idle(60), "background work still running 60 s after the test"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache():
     """Each test starts with an empty cache and no locks (only this run's keys are touched)."""
