@@ -169,7 +169,9 @@ class _Pool:
                     self._idle -= 1
                     self._queued -= 1
                 try:
-                    if connection.errors_occurred and not connection.is_usable():
+                    # After a failed job: close a broken connection. One the failure already
+                    # closed cannot be asked (is_usable would raise); the next query reconnects.
+                    if connection.errors_occurred and connection.connection is not None and not connection.is_usable():
                         connection.close()
                     fn(*args)
                 except Exception:

@@ -274,3 +274,21 @@ def test_steps_3_to_9_run_only_for_accounts_with_orders_to_look_at(trader, accou
     assert cycle._accounts_with_work(ids, run) == {account.pk}
     # A step the filters do not know (a new one) runs for everyone.
     assert cycle._accounts_with_work(ids, [*run, ("10_new", lambda ctx: None)]) == set(ids)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_thread_whose_connection_was_dropped_runs_its_next_jobs():
+    """MariaDB dropped a pool thread's connection and the failure closed it: the thread's later
+    jobs still run (a closed connection cannot be asked whether it is usable; found by e2e/faults.py)."""
+    from django.db import connection
+
+    def dropped(_):
+        connection.ensure_connection()
+        connection.close()
+        connection.errors_occurred = True
+
+    ran = []
+    for i in range(20):
+        cycle._in_pool(dropped, [i])
+        cycle._in_pool(lambda i: ran.append((i, AccountRun.objects.count())), [i])
+    assert [i for i, _ in ran] == list(range(20))
