@@ -450,11 +450,16 @@ def _redis_delete_matching(url: str, pattern: str) -> None:
         client.delete(*keys)
 
 
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _install_sigterm_handler() -> None:
-    """SIGTERM to the caller (CI timeout, kill) runs atexit, so the stack is stopped too."""
+    """SIGTERM to the caller (a CI timeout, kill) stops it as Ctrl-C would: pytest ends the session
+    and finalizes its fixtures, ``with`` blocks exit, atexit runs; so the stack is stopped too."""
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _sigterm):
+            signal.signal(signal.SIGTERM, _sigterm)
 
 
 def main() -> None:

@@ -67,9 +67,10 @@ def test_scheduled_order_fires_seconds_later(context, page, trader):
     log_in(page, trader)
     connect_paper_account(page, "Timer")
 
+    book = open_book(context)
+    expect(book_row(book, "WIPRO", "BUY", "MARKET")).to_have_count(0)
+
     page.goto("/scheduled/")
-    zone = ZoneInfo(page.locator("#id_timezone").input_value())
-    due = (datetime.now(zone) + timedelta(seconds=8)).replace(microsecond=0)
     form = page.locator("#scheduled-form")
     choose_account(form.locator("#id_account"), "Timer")
     form.locator("#id_instrument").fill("WIPRO")
@@ -78,11 +79,10 @@ def test_scheduled_order_fires_seconds_later(context, page, trader):
     form.locator("#id_order_type").select_option("MARKET")
     form.locator("#id_product").select_option("MIS")
     form.locator("#id_recurrence").select_option("once")
+    zone = ZoneInfo(form.locator("#id_timezone").input_value())
+    due = (datetime.now(zone) + timedelta(seconds=10)).replace(microsecond=0)
     form.locator("#id_run_on").fill(due.date().isoformat())
     form.locator("#id_time_of_day").fill(due.strftime("%H:%M:%S"))
-
-    book = open_book(context)
-    expect(book_row(book, "WIPRO", "BUY", "MARKET")).to_have_count(0)
     form.get_by_role("button", name="Schedule").click()
     expect(page.locator("#notices")).to_contain_text("Scheduled #")
     expect(page.locator("#scheduled tbody tr").first.locator("[data-label=Status]")).to_have_text("Active")
