@@ -838,7 +838,23 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
     """
     tokens = {}
     try:
-        tokens = locks.acquire_many([f"monitor:{account.pk}" for account in accounts], ttl_s=ACCOUNT_LOCK_TTL_S)
+        try:
+            tokens = locks.acquire_many([f"monitor:{account.pk}" for account in accounts], ttl_s=ACCOUNT_LOCK_TTL_S)
+        except Exception as error:  # Redis is down: nothing runs, and each trader's dashboard says so
+            logger.warning("monitoring: could not take the account locks: %s", error)
+            why = f"not run: the account locks are unavailable ({type(error).__name__}: {error})"[:500]
+            results = [
+                AccountRun(
+                    run_id=run_id,
+                    account=account,
+                    status=AccountRun.Status.ERRORS,
+                    finished_at=timezone.now(),
+                    errors=[{"step": "lock", "error": why}],
+                )
+                for account in accounts
+            ]
+            AccountRun.objects.bulk_create(results)
+            return results
         running = [account for account in accounts if tokens[f"monitor:{account.pk}"]]
         try:
             sessions = broker_services.sessions_live(running)

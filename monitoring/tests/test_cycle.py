@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import socket
 import time as clock
 from decimal import Decimal
 
@@ -292,3 +293,20 @@ def test_a_pool_thread_whose_connection_was_dropped_runs_its_next_jobs():
         cycle._in_pool(dropped, [i])
         cycle._in_pool(lambda i: ran.append((i, AccountRun.objects.count())), [i])
     assert [i for i, _ in ran] == list(range(20))
+
+
+def test_when_redis_is_down_the_run_says_so_on_the_dashboard(account, settings):
+    """No account lock can be taken (Redis restarting): nothing runs, and each account's run
+    records why, so the trader's dashboard shows it (found by e2e/faults.py)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens here once the socket is closed
+    settings.REDIS_URL = f"redis://127.0.0.1:{dead}/0"
+    locks.redis_client.cache_clear()
+    try:
+        result = monitor(account)
+    finally:
+        locks.redis_client.cache_clear()
+    assert result.status == AccountRun.Status.ERRORS
+    assert result.errors[0]["step"] == "lock" and "unavailable" in result.errors[0]["error"]
+    assert AccountRun.objects.get(account=account).status == AccountRun.Status.ERRORS
