@@ -451,6 +451,10 @@ def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = Non
             submitted_at=timezone.now(),
         )
         _queue_sync(order.account_id)
+    if order.status == OrderStatus.NEW:
+        # Our transition lost to a reconciliation that found the order at the broker by its tag
+        # first (an earlier order's sync, under load): answer with the order as it is now.
+        order.refresh_from_db()
     metrics.order_outcome(order)
     return order
 

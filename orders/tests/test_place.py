@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
+from brokers.client import AccountBroker
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
 from orders import services
@@ -268,3 +269,18 @@ def test_a_modify_that_loses_the_race_to_a_fill_changes_nothing(trader, account)
         services.order_modify(order=order, actor=trader, cause="test", price="1401")
     order.refresh_from_db()
     assert order.price == D("1400") and "modified" not in events(order)
+
+
+def test_a_placement_overtaken_by_reconciliation_answers_with_the_order_as_it_is(trader, account):
+    # Under load an earlier order's sync can find this one at the broker by its tag (filled)
+    # between the broker's answer and our move to SUBMITTED; the answer must not say NEW.
+    class ReconciledMeanwhile(AccountBroker):
+        def place_order(self, request):
+            placed = super().place_order(request)
+            services.orders_sync_account(account=account, cause="an earlier order's sync")
+            return placed
+
+    order = place(trader, account, quantity=2, broker=ReconciledMeanwhile(account))
+    assert order.status == Order.Status.FILLED and order.broker_order_id and order.filled_quantity == 2
+    assert events(order) == ["created", "filled"]
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
