@@ -84,10 +84,13 @@ def context(browser, stack, request) -> Iterator[BrowserContext]:
     def record(page, frame):
         frames.append(f"{time.strftime('%H:%M:%S')} {page.url}: {str(frame)[:1500]}")
 
-    ctx.on(
-        "page",
-        lambda page: page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: record(page, frame))),
-    )
+    script_errors: list[str] = []  # uncaught exceptions in the pages' scripts fail the journey
+
+    def watch(page):
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: record(page, frame)))
+        page.on("pageerror", lambda error: script_errors.append(f"{page.url}: {error}"))
+
+    ctx.on("page", watch)
     yield ctx
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
@@ -99,6 +102,7 @@ def context(browser, stack, request) -> Iterator[BrowserContext]:
         print("\n--- websocket frames received\n" + "\n".join(frames[-30:]))
         print(f"\n--- stack logs at failure\n{stack.logs(60)}")
     ctx.close()
+    assert not script_errors, "script errors in the pages:\n" + "\n".join(script_errors)
 
 
 @pytest.fixture
