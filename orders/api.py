@@ -8,7 +8,7 @@ import hashlib
 import secrets
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 from django.core.exceptions import ValidationError
 from django.http import Http404
@@ -45,17 +45,24 @@ def account_for(request, account_id: int):
 
 # --- Schemas ---------------------------------------------------------------------------------
 
+# What the order columns hold on every database: a larger value is a 422 naming the field, not a 500.
+MAX_QUANTITY = 2**31 - 1  # PositiveIntegerField
+MAX_PRICE = Decimal(10**12)  # DecimalField(max_digits=14, decimal_places=2)
+MAX_ID = 2**63 - 1  # a 64-bit primary key
+MAX_OFFSET = 10**9
+AccountId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
 
 class OrderSpecIn(Schema):
     exchange: str = Field("NSE", max_length=16)
     tradingsymbol: str = Field(..., max_length=64)
     side: Side
-    quantity: int = Field(..., gt=0)
+    quantity: int = Field(..., gt=0, le=MAX_QUANTITY)
     order_type: OrderType = "MARKET"
     product: Product = "MIS"
     validity: Validity = "DAY"
-    price: Decimal | None = None
-    trigger_price: Decimal | None = None
+    price: Decimal | None = Field(None, lt=MAX_PRICE)
+    trigger_price: Decimal | None = Field(None, lt=MAX_PRICE)
 
     def spec(self) -> dict:
         return {
@@ -71,13 +78,13 @@ class OrderSpecIn(Schema):
 
 
 class OrderIn(OrderSpecIn):
-    account_id: int
+    account_id: AccountId
 
 
 class OrderChangeIn(Schema):
-    quantity: int | None = Field(None, gt=0)
-    price: Decimal | None = None
-    trigger_price: Decimal | None = None
+    quantity: int | None = Field(None, gt=0, le=MAX_QUANTITY)
+    price: Decimal | None = Field(None, lt=MAX_PRICE)
+    trigger_price: Decimal | None = Field(None, lt=MAX_PRICE)
     order_type: OrderType | None = None
 
 
@@ -124,12 +131,6 @@ class OrderPage(Schema):
     limit: int
     offset: int
     items: list[OrderOut]
-
-
-# Bounds that keep a filter value inside what the databases hold (a 64-bit id, a datetime that
-# converts to UTC), so an absurd value is a 422 naming the field rather than a database error.
-MAX_ID = 2**63 - 1
-MAX_OFFSET = 10**9
 
 
 class OrderFilters(Schema):
@@ -231,7 +232,7 @@ def order_cancel(request, order_id: int):
 
 class BasketIn(Schema):
     name: str = Field(..., min_length=1, max_length=100)
-    account_ids: list[int] = []
+    account_ids: list[AccountId] = []
     items: list[OrderSpecIn] = Field(..., min_length=1, max_length=100)
 
 
@@ -266,7 +267,7 @@ class BasketOut(Schema):
 
 
 class BasketPlaceIn(Schema):
-    account_ids: list[int] | None = None
+    account_ids: list[AccountId] | None = None
 
 
 def _basket_items(payload: BasketIn) -> list[dict]:
@@ -325,13 +326,20 @@ def basket_place(request, basket_id: int, payload: BasketPlaceIn):
 
 
 class ScheduledIn(OrderSpecIn):
-    account_id: int
+    account_id: AccountId
     recurrence: Literal["once", "trading_days", "weekdays"] = "once"
     run_on: date | None = None
     weekdays: list[int] = []
-    time_of_day: time
+    time_of_day: time = Field(..., json_schema_extra={"format": "partial-time"})
     timezone: str | None = None
     grace_s: int = Field(0, ge=0, le=86400)
+
+    @field_validator("time_of_day")
+    @classmethod
+    def wall_clock_time(cls, value: time) -> time:
+        if value.tzinfo is not None:
+            raise ValueError("Give the time without an offset; `timezone` says where it is.")
+        return value
 
 
 class ScheduledOut(Schema):
@@ -409,7 +417,7 @@ def scheduled_delete(request, scheduled_id: int):
 
 class StrategyIn(Schema):
     name: str = Field(..., min_length=1, max_length=100)
-    account_ids: list[int] = []
+    account_ids: list[AccountId] = []
     stop_loss: Decimal | None = Field(None, gt=0)
     stop_loss_unit: Literal["percent", "points"] = "percent"
     take_profit: Decimal | None = Field(None, gt=0)
@@ -465,11 +473,11 @@ class SignalIn(Schema):
     exchange: str = "NSE"
     tradingsymbol: str = Field(..., max_length=64)
     side: Side
-    quantity: int = Field(..., gt=0)
+    quantity: int = Field(..., gt=0, le=MAX_QUANTITY)
     order_type: OrderType = "MARKET"
     product: Product = "MIS"
-    price: Decimal | None = None
-    trigger_price: Decimal | None = None
+    price: Decimal | None = Field(None, lt=MAX_PRICE)
+    trigger_price: Decimal | None = Field(None, lt=MAX_PRICE)
 
 
 class SignalOut(Schema):

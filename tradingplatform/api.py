@@ -90,7 +90,8 @@ def on_auth_error(request, exc):
 def on_request_invalid(request, exc):
     first = exc.errors[0] if exc.errors else {}
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "payload")]
-    return error_response(request, 422, "invalid", first.get("msg", "Invalid request."), ".".join(location) or None)
+    message = first.get("msg", "Invalid request.").removeprefix("Value error, ")  # our validators' own words
+    return error_response(request, 422, "invalid", message, ".".join(location) or None)
 
 
 # Services name their own fields; the API's inputs are called these.

@@ -9,6 +9,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from brokers.paper.models import PaperOrder
+
 from .test_security_sweep import assert_api_error
 
 SQLISH = ["' OR '1'='1", "1 OR 1=1", "1; DROP TABLE orders_order; --", '" OR ""="', "%", "_", "\\", "%%' --"]
@@ -107,3 +109,77 @@ def test_api_path_ids_out_of_range_are_a_clean_4xx(path, owned):
         response = api.get(path.format(value))
         assert response.status_code in (404, 422), (path, value, response.status_code)
         assert set(response.json()["error"]) == {"code", "message", "field"}
+
+
+HUGE_NUMBERS = [str(2**70), "1e400", "-1e400", "99999999999999.999"]
+
+
+def test_api_bodies_with_absurd_numbers_and_times_are_a_clean_422(owned, settings):
+    settings.API_RATE_LIMITS = [(10_000, 1.0)]
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {owned['api_secret']}")
+    order = {"account_id": owned["account"].pk, "tradingsymbol": "INFY", "side": "BUY", "quantity": 1}
+    scheduled = {**order, "recurrence": "trading_days", "time_of_day": "10:15:00"}
+    cases = [("/api/v1/orders", "post", order), ("/api/v1/scheduled", "post", scheduled)]
+    cases += [(f"/api/v1/orders/{owned['order'].pk}", "patch", {})]
+    cases += [(f"/api/v1/strategies/{owned['strategy'].pk}/signal", "post", {**order, "id": "s1"})]
+    before = PaperOrder.objects.count()
+    for path, method, body in cases:
+        for field in ("quantity", "price") if method == "patch" else ("quantity", "price", "trigger_price"):
+            for value in HUGE_NUMBERS:
+                data = {**body, field: value}
+                if "id" in data:  # a new signal each time (a repeated id is a replay)
+                    data["id"] = f"{field}-{HUGE_NUMBERS.index(value)}"
+                if method == "post":  # a new order of the type that takes the field (a change keeps the type)
+                    data["order_type"] = {"quantity": "MARKET", "price": "LIMIT", "trigger_price": "SL-M"}[field]
+                response = getattr(api, method)(path, data, content_type="application/json")
+                if path.endswith("/signal") and value.startswith("-") and field != "quantity":
+                    # A signal is taken and answers per account; this one's order names the field.
+                    assert response.status_code == 201, (path, field, value, response.status_code)
+                    assert [r["field"] for r in response.json()["results"]] == [field], response.json()
+                    continue
+                error = assert_api_error(response, 422, f"{method} {path} {field}={value}")
+                assert error["field"] == field, (path, field, value, error)
+    for path in ("/api/v1/baskets", "/api/v1/strategies"):
+        for ids in ([2**70], [-(2**70)], [0]):
+            body = {"name": "n", "account_ids": ids, "items": [{"tradingsymbol": "INFY", "side": "BUY", "quantity": 1}]}
+            error = assert_api_error(api.post(path, body, content_type="application/json"), 422, f"{path} {ids}")
+            assert error["field"] == "account_ids.0", error
+    for value in ["10:15:00+05:30", "10:15:00Z", "25:00:00", "10:15:00.5+14:00"]:
+        response = api.post("/api/v1/scheduled", {**scheduled, "time_of_day": value}, content_type="application/json")
+        assert assert_api_error(response, 422, value)["field"] == "time_of_day"
+    assert PaperOrder.objects.count() == before
+
+
+def test_page_forms_with_absurd_numbers_show_the_field_error(owned, trader_client):
+    account, instrument = owned["account"], owned["instrument"]
+    schedule = {"instrument": "INFY", "recurrence": "trading_days", "time_of_day": "10:15", "timezone": "UTC"}
+    limits = {"label": "x", "copy_multiplier": "1", "allowed_products": ["MIS"]}
+    before = PaperOrder.objects.count()
+    for value in HUGE_NUMBERS:
+        ticket = {
+            "account": account.pk,
+            "instrument": instrument.pk,
+            "side": "BUY",
+            "quantity": value,
+            "order_type": "LIMIT",
+            "product": "MIS",
+            "validity": "DAY",
+            "price": value,
+            "token": owned["token"],
+        }
+        posts = [
+            (reverse("orders:ticket"), ticket),
+            (reverse("orders:modify", args=[owned["order"].pk]), {**ticket, "quantity": value}),
+            (reverse("sources:scheduled_list"), {**ticket, **schedule}),
+            (reverse("accounts:broker_edit", args=[account.pk]), {**limits, "max_quantity": value}),
+            (reverse("accounts:broker_edit", args=[account.pk]), {**limits, "max_order_value": value}),
+            (reverse("accounts:broker_edit", args=[account.pk]), {**limits, "copy_multiplier": value}),
+        ]
+        for url, data in posts:
+            response = trader_client.post(url, data)
+            assert response.status_code == 200, (url, value, response.status_code)
+            assert 'class="error"' in response.content.decode() or "errorlist" in response.content.decode(), (
+                url,
+                value,
+            )
+    assert PaperOrder.objects.count() == before
