@@ -139,8 +139,12 @@ class _Pool:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._queued = self._idle = self._threads = 0
 
+    _inside = threading.local()
+
     def submit(self, batch: _Batch, fn, *args) -> None:
-        if connection.in_atomic_block:
+        # Inline inside a transaction, and on the pool's own threads (a job waiting for jobs
+        # queued behind it could wait for ever once every thread does the same).
+        if connection.in_atomic_block or getattr(self._inside, "pool", False):
             fn(*args)
             return
         batch.add()
@@ -154,6 +158,7 @@ class _Pool:
                 threading.Thread(target=self._work, name="monitoring-pool", daemon=True).start()
 
     def _work(self) -> None:
+        self._inside.pool = True
         try:
             while True:
                 with self._lock:
@@ -193,6 +198,24 @@ def _in_pool(fn, items) -> None:
     batch.wait()
 
 
+def _insert(model, rows: list, **options) -> dict[int, BaseException]:
+    """Insert ``rows`` in one statement; if that fails, one by one, so that a bad row (one
+    account's) fails alone. Returns the failures by the row's index."""
+    try:
+        with transaction.atomic():
+            model.objects.bulk_create(rows, **options)
+        return {}
+    except Exception:
+        failures = {}
+        for index, row in enumerate(rows):
+            try:
+                with transaction.atomic():
+                    model.objects.bulk_create([row], **options)
+            except Exception as error:
+                failures[index] = error
+        return failures
+
+
 # --- 1. Fetch ---------------------------------------------------------------------------------
 
 FETCH_READS = ("orders", "trades", "positions")
@@ -216,12 +239,9 @@ def _fetch_many(contexts: list[Context]) -> dict[int, BaseException]:
     _in_pool(read, [(ctx, name) for ctx in contexts for name in FETCH_READS])
     _prices_many([ctx for ctx in contexts if id(ctx) not in failures], failures)
     fetched = [ctx for ctx in contexts if id(ctx) not in failures]
-    try:
-        _snapshots_save(fetched)
-    except Exception as error:
-        return {**failures, **{id(ctx): error for ctx in fetched}}
+    failures.update(_snapshots_save(fetched))
     for ctx in fetched:
-        ctx.fetched = True
+        ctx.fetched = id(ctx) not in failures
     return failures
 
 
@@ -269,20 +289,21 @@ def _prices_many(contexts: list[Context], failures: dict[int, BaseException]) ->
             ctx.last_prices = {tuple(key.split(":", 1)): prices[key] for key in wanted[id(ctx)] if key in prices}
 
 
-def _snapshots_save(contexts: list[Context]) -> None:
+def _snapshots_save(contexts: list[Context]) -> dict[int, BaseException]:
     """The broker's data as it was fetched, one row per account and kind, for all accounts in one upsert."""
     now = timezone.now()
-    rows = [
-        BrokerSnapshot(
-            account=ctx.account, kind=kind, data=[_plain(row) for row in getattr(ctx, f"broker_{kind}")], fetched_at=now
-        )
-        for ctx in contexts
-        for kind in FETCH_READS
-    ]
-    if rows:
-        features = connection.features
-        unique = {"unique_fields": ["account", "kind"]} if features.supports_update_conflicts_with_target else {}
-        BrokerSnapshot.objects.bulk_create(rows, update_conflicts=True, update_fields=["data", "fetched_at"], **unique)
+    owners, rows = [], []
+    for ctx in contexts:
+        for kind in FETCH_READS:
+            data = [_plain(row) for row in getattr(ctx, f"broker_{kind}")]
+            rows.append(BrokerSnapshot(account=ctx.account, kind=kind, data=data, fetched_at=now))
+            owners.append(ctx)
+    if not rows:
+        return {}
+    features = connection.features
+    unique = {"unique_fields": ["account", "kind"]} if features.supports_update_conflicts_with_target else {}
+    failed = _insert(BrokerSnapshot, rows, update_conflicts=True, update_fields=["data", "fetched_at"], **unique)
+    return {id(owners[index]): error for index, error in failed.items()}
 
 
 def _plain(row) -> dict:
@@ -323,7 +344,7 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
     held = defaultdict(list)
     for position in Position.objects.filter(account__in=[ctx.account for ctx in contexts]).select_related("instrument"):
         held[position.account_id].append(position)
-    points = []
+    points, owners = [], []
     with transaction.atomic():  # one commit for the batch's re-valued positions
         for ctx in contexts:
             if id(ctx) in failures:
@@ -334,9 +355,11 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
                     with transaction.atomic():  # a savepoint: one account's failure leaves the others' updates
                         portfolio.positions_mark(account=ctx.account, last_prices=ctx.last_prices, positions=positions)
                 points.append(portfolio.pnl_snapshot(account=ctx.account, positions=positions, save=False))
+                owners.append(ctx)
             except Exception as error:
                 failures[id(ctx)] = error
-    PnlSnapshot.objects.bulk_create(points)
+    for index, error in _insert(PnlSnapshot, points).items():
+        failures[id(owners[index])] = error
     return failures
 
 
@@ -881,7 +904,9 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
                     errors=ctx.errors,
                 )
             )
-        AccountRun.objects.bulk_create(results)
+        for index, error in _insert(AccountRun, results).items():
+            account_id = results[index].account_id
+            logger.error("monitoring: could not record the run of account %s", account_id, exc_info=error)
         for result in results:
             metrics.account_run_observed(result)
         # The traders' dashboards, coalesced, with this run's errors: only for those with a page open.

@@ -310,3 +310,20 @@ def test_when_redis_is_down_the_run_says_so_on_the_dashboard(account, settings):
     assert result.status == AccountRun.Status.ERRORS
     assert result.errors[0]["step"] == "lock" and "unavailable" in result.errors[0]["error"]
     assert AccountRun.objects.get(account=account).status == AccountRun.Status.ERRORS
+
+
+def test_a_bad_row_in_a_batch_insert_fails_alone(account, their_account):
+    from django.db import IntegrityError
+    from django.utils import timezone
+
+    from portfolio.models import PnlSnapshot
+
+    now = timezone.now()
+    rows = [
+        PnlSnapshot(account=account, taken_at=now, realized=D(1), unrealized=D(0)),
+        PnlSnapshot(account_id=None, taken_at=now, realized=D(2), unrealized=D(0)),  # NOT NULL: refused
+        PnlSnapshot(account=their_account, taken_at=now, realized=D(3), unrealized=D(0)),
+    ]
+    failures = cycle._insert(PnlSnapshot, rows)
+    assert list(failures) == [1] and isinstance(failures[1], IntegrityError)
+    assert sorted(PnlSnapshot.objects.values_list("realized", flat=True)) == [D(1), D(3)]
