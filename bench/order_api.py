@@ -913,15 +913,12 @@ def run_api(args, env, setup: str, traders: list[Trader], symbols, run_id: str) 
 
 def dispatch_once() -> int:
     """The body of ``orders.tasks.dispatch_scheduled``, without its once-per-interval lock."""
-    from django.conf import settings
-
     from orders import sources
     from orders.tasks import fire_scheduled
 
-    fires = sources.scheduled_claim_due(lead_s=settings.SCHEDULE_LEAD_S)
-    due = sources.scheduled_due_times(fires)
-    for fire_id in fires:
-        fire_scheduled.apply_async((fire_id,), eta=due.get(fire_id))
+    fires = sources.scheduled_dispatch()
+    for fire_id, eta in fires:
+        fire_scheduled.apply_async((fire_id,), eta=eta)
     return len(fires)
 
 

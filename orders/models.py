@@ -209,6 +209,7 @@ class ScheduledFire(models.Model):
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
+        PLACING = "placing", "Placing"  # a worker took it; a cancel is too late for this due time
         PLACED = "placed", "Placed"
         MISSED = "missed", "Missed"
         FAILED = "failed", "Failed"

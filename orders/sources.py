@@ -21,7 +21,7 @@ from django.utils import timezone
 from accounts.models import BrokerAccount
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
-from tradingplatform import logs
+from tradingplatform import locks, logs
 
 from . import services
 from .models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
@@ -239,16 +239,19 @@ def scheduled_save(
     row.full_clean(exclude=["owner", "account", "instrument"])
     with transaction.atomic():
         row.save()
-        _drop_claimed_ahead(row)  # a due time claimed for the old settings must not fire
+        # A time claimed ahead for the old settings must not fire (if the new settings keep it,
+        # the next claim takes it again); one whose time has come places with the new settings.
+        _drop_pending_fires(row, only_future=True)
     return row
 
 
 def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> bool:
+    """Cancel a scheduled order and every due time not yet being placed. Returns whether it was live."""
     if scheduled.owner_id != actor.pk:
         raise ValidationError({"scheduled": "No such scheduled order."})
     with transaction.atomic():
         # A once order whose time was claimed ahead shows done; dropping that claim cancels it.
-        dropped = _drop_claimed_ahead(scheduled)
+        dropped = _drop_pending_fires(scheduled, only_future=False)
         cancellable = [ScheduledOrder.Status.ACTIVE] + ([ScheduledOrder.Status.DONE] if dropped else [])
         cancelled = ScheduledOrder.objects.filter(pk=scheduled.pk, status__in=cancellable).update(
             status=ScheduledOrder.Status.CANCELLED, next_run_at=None
@@ -256,26 +259,41 @@ def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> bool:
     return bool(cancelled)
 
 
-def _drop_claimed_ahead(scheduled: ScheduledOrder) -> int:
-    """Cancel due times claimed ahead (``SCHEDULE_LEAD_S``) that have not come yet. One whose
-    time has come is being placed: like a cancel that reaches a broker after a fill, too late."""
-    return ScheduledFire.objects.filter(
-        scheduled_id=scheduled.pk, status=ScheduledFire.Status.PENDING, due_at__gt=timezone.now()
-    ).update(status=ScheduledFire.Status.CANCELLED, detail="cancelled before its time")
+def _drop_pending_fires(scheduled: ScheduledOrder, *, only_future: bool) -> int:
+    """Cancel claimed due times no worker has started placing (``scheduled_fire`` takes a fire
+    PENDING -> PLACING under its row lock, so a fire is either dropped here or placed, not both)."""
+    fires = ScheduledFire.objects.filter(scheduled_id=scheduled.pk, status=ScheduledFire.Status.PENDING)
+    if only_future:
+        fires = fires.filter(due_at__gt=timezone.now())
+    return fires.update(status=ScheduledFire.Status.CANCELLED, detail="cancelled before it was placed")
+
+
+def scheduled_dispatch(*, now: datetime | None = None) -> list[tuple[int, datetime | None]]:
+    """What the dispatcher sends to workers: (fire id, ETA), each fire once.
+
+    Due times are claimed ``SCHEDULE_LEAD_S`` ahead and sent with the due time as the ETA, so a
+    worker places each at its time rather than at the first poll after it. Fires a dead worker
+    left unplaced are sent again (at most every 30 s each; placing is idempotent).
+    """
+    fires = _claim(now=now or timezone.now(), lead_s=settings.SCHEDULE_LEAD_S, limit=1000)
+    stale = [pk for pk in scheduled_pending_stale() if locks.acquire(f"orders:refire:{pk}", ttl_s=30)]
+    return fires + [(pk, None) for pk in stale]
 
 
 def scheduled_claim_due(*, now: datetime | None = None, lead_s: float = 0.0, limit: int = 1000) -> list[int]:
-    """Claim scheduled orders due by ``now + lead_s``, once each, and return the fires to place.
+    """Claim scheduled orders due by ``now + lead_s``, once each; the ids of the fires to place."""
+    return [pk for pk, _due_at in _claim(now=now or timezone.now(), lead_s=lead_s, limit=limit)]
 
-    Claiming a little ahead lets the dispatcher hand each fire to a worker with its due time
-    as the ETA, so it is placed at that time rather than at the next poll after it.
+
+def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datetime]]:
+    """Claim due times: (fire id, due time) for each to place.
 
     ``select_for_update(skip_locked=True)``: two dispatchers (two workers, or two beats by
     mistake) never take the same row, and the unique (scheduled, due_at) fire row makes a
-    second claim of one due time impossible even so. A due time missed by more than its
-    grace window (the platform was down) is recorded as missed and reported, not fired late.
+    second claim of one due time impossible even so (a fire dropped by an edit that kept its
+    time is taken again). A due time missed by more than its grace window (the platform was
+    down) is recorded as missed and reported, not fired late.
     """
-    now = now or timezone.now()
     missed_notes = []
     with transaction.atomic():
         due = list(
@@ -286,21 +304,25 @@ def scheduled_claim_due(*, now: datetime | None = None, lead_s: float = 0.0, lim
         if not due:
             return []
         # Due times claimed before (a dispatcher that died after claiming): not again.
-        claimed = set(ScheduledFire.objects.filter(scheduled__in=due).values_list("scheduled_id", "due_at"))
-        fires = []
+        existing = {
+            (scheduled_id, due_at): (pk, status)
+            for pk, scheduled_id, due_at, status in ScheduledFire.objects.filter(scheduled__in=due).values_list(
+                "pk", "scheduled_id", "due_at", "status"
+            )
+        }
+        fires, revived = [], []
         for scheduled in due:
             due_at = scheduled.next_run_at
             late_s = (now - due_at).total_seconds()
             missed = late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s
-            if (scheduled.pk, due_at) not in claimed:
-                fires.append(
-                    ScheduledFire(
-                        scheduled=scheduled,
-                        due_at=due_at,
-                        status=ScheduledFire.Status.MISSED if missed else ScheduledFire.Status.PENDING,
-                        detail=f"{late_s:.0f}s late; the platform was not running" if missed else "",
-                    )
-                )
+            status = ScheduledFire.Status.MISSED if missed else ScheduledFire.Status.PENDING
+            detail = f"{late_s:.0f}s late; the platform was not running" if missed else ""
+            before = existing.get((scheduled.pk, due_at))
+            if before is None or before[1] == ScheduledFire.Status.CANCELLED:
+                if before is None:
+                    fires.append(ScheduledFire(scheduled=scheduled, due_at=due_at, status=status, detail=detail))
+                else:
+                    revived.append((before[0], status, detail))
                 if missed:
                     scheduled.last_run_at, scheduled.last_result = now, f"missed ({late_s:.0f}s late)"
                     missed_notes.append((scheduled, due_at))
@@ -309,40 +331,52 @@ def scheduled_claim_due(*, now: datetime | None = None, lead_s: float = 0.0, lim
                 scheduled.status = ScheduledOrder.Status.DONE
         # In bulk: 500 orders due in one second are claimed in milliseconds, not one by one.
         ScheduledFire.objects.bulk_create(fires)
+        for pk, status, detail in revived:
+            ScheduledFire.objects.filter(pk=pk).update(status=status, detail=detail, claimed_at=now)
         ScheduledOrder.objects.bulk_update(due, ["next_run_at", "status", "last_run_at", "last_result"])
         for scheduled, due_at in missed_notes:
             _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({due_at:%H:%M:%S}); not placed.")
-        pending = [(fire.scheduled_id, fire.due_at) for fire in fires if fire.status == ScheduledFire.Status.PENDING]
-    if not pending:
+        pending = {(f.scheduled_id, f.due_at) for f in fires if f.status == ScheduledFire.Status.PENDING}
+        pending_ids = [pk for pk, status, _ in revived if status == ScheduledFire.Status.PENDING]
+    if not pending and not pending_ids:
         return []
-    ids = ScheduledFire.objects.filter(
-        scheduled_id__in=[scheduled_id for scheduled_id, _ in pending], status=ScheduledFire.Status.PENDING
+    rows = ScheduledFire.objects.filter(
+        scheduled_id__in={scheduled_id for scheduled_id, _ in pending}, status=ScheduledFire.Status.PENDING
     ).values_list("pk", "scheduled_id", "due_at")
-    wanted = set(pending)
-    return [pk for pk, scheduled_id, due_at in ids if (scheduled_id, due_at) in wanted]
+    claimed = [(pk, due_at) for pk, scheduled_id, due_at in rows if (scheduled_id, due_at) in pending]
+    claimed += list(ScheduledFire.objects.filter(pk__in=pending_ids).values_list("pk", "due_at"))
+    return sorted(claimed, key=lambda fire: fire[1])
 
 
 def scheduled_fire(*, fire_id: int) -> ScheduledFire:
-    """Place the order of one claimed due time (idempotent: a repeat returns the same order)."""
-    fire = ScheduledFire.objects.select_related("scheduled__account", "scheduled__instrument").get(pk=fire_id)
-    if fire.status != ScheduledFire.Status.PENDING:
+    """Place the order of one claimed due time, never before it (idempotent: a repeat, or a
+    redelivery while the first is still placing, returns the same order)."""
+    fire = ScheduledFire.objects.get(pk=fire_id)
+    if fire.status not in (ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING):
         return fire
-    scheduled = fire.scheduled
     early_s = (fire.due_at - timezone.now()).total_seconds()
-    if early_s > 0:  # a worker whose clock runs ahead of the dispatcher's: never before its time
-        time_module.sleep(min(early_s, settings.SCHEDULE_LEAD_S + 1))
-        fire.refresh_from_db(fields=["status"])
-        if fire.status != ScheduledFire.Status.PENDING:
-            return fire
-    late_s = (timezone.now() - fire.due_at).total_seconds()
-    if late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s:
-        detail = f"missed: {late_s:.0f}s late when a worker got to it"
-        ScheduledFire.objects.filter(pk=fire.pk, status=ScheduledFire.Status.PENDING).update(
-            status=ScheduledFire.Status.MISSED, detail=detail
+    if early_s > settings.SCHEDULE_LEAD_S + 1:
+        return fire  # far too early (a clock far ahead): still pending, for its own time
+    if early_s > 0:  # sent with an ETA; a worker whose clock runs a little ahead waits
+        time_module.sleep(early_s)
+    with transaction.atomic():
+        fire = (
+            ScheduledFire.objects.select_for_update()
+            .select_related("scheduled__account", "scheduled__instrument", "scheduled__owner")
+            .get(pk=fire_id)
         )
-        _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({fire.due_at:%H:%M:%S}); not placed.")
-        fire.refresh_from_db()
-        return fire
+        if fire.status not in (ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING):
+            return fire  # placed, missed, failed, or cancelled meanwhile
+        scheduled = fire.scheduled
+        late_s = (timezone.now() - fire.due_at).total_seconds()
+        if fire.status == ScheduledFire.Status.PENDING and late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s:
+            fire.status = ScheduledFire.Status.MISSED
+            fire.detail = f"missed: {late_s:.0f}s late when a worker got to it"
+            fire.save(update_fields=["status", "detail"])
+            _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({fire.due_at:%H:%M:%S}); not placed.")
+            return fire
+        fire.status = ScheduledFire.Status.PLACING  # from here a cancel is too late for this due time
+        fire.save(update_fields=["status"])
     try:
         order = services.order_place(
             actor=scheduled.owner,
@@ -358,23 +392,21 @@ def scheduled_fire(*, fire_id: int) -> ScheduledFire:
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
     else:
         status, detail = ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
-    ScheduledFire.objects.filter(pk=fire.pk, status=ScheduledFire.Status.PENDING).update(status=status, detail=detail)
+    ScheduledFire.objects.filter(pk=fire.pk, status=ScheduledFire.Status.PLACING).update(status=status, detail=detail)
     ScheduledOrder.objects.filter(pk=scheduled.pk).update(last_run_at=timezone.now(), last_result=detail)
     fire.refresh_from_db()
     return fire
 
 
-def scheduled_due_times(fire_ids) -> dict[int, datetime]:
-    return dict(ScheduledFire.objects.filter(pk__in=list(fire_ids)).values_list("pk", "due_at"))
-
-
 def scheduled_pending_stale(*, older_than_s: float = 30) -> list[int]:
-    """Fires claimed but never placed (their worker died): place them now (idempotent)."""
+    """Fires claimed but never placed, or left placing (their worker died): place them now (idempotent)."""
     cutoff = timezone.now() - timedelta(seconds=older_than_s)
     return list(
-        ScheduledFire.objects.filter(status=ScheduledFire.Status.PENDING, claimed_at__lt=cutoff).values_list(
-            "pk", flat=True
-        )
+        ScheduledFire.objects.filter(
+            status__in=[ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING],
+            claimed_at__lt=cutoff,
+            due_at__lt=cutoff,
+        ).values_list("pk", flat=True)
     )
 
 

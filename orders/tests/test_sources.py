@@ -161,7 +161,7 @@ def test_a_due_order_fires_once_however_often_it_is_dispatched(trader, account):
     assert sources.scheduled_claim_due(now=due_at + timedelta(seconds=1)) == []  # claimed already
     ScheduledOrder.objects.filter(pk=row.pk).update(status="active", next_run_at=due_at)  # a replayed claim
     assert sources.scheduled_claim_due(now=due_at + timedelta(seconds=1)) == []  # unique (scheduled, due_at)
-    ScheduledFire.objects.filter(pk=fires[0]).update(claimed_at=timezone.now())
+    ScheduledFire.objects.filter(pk=fires[0]).update(claimed_at=timezone.now(), due_at=timezone.now())  # time's come
     first = sources.scheduled_fire(fire_id=fires[0])
     second = sources.scheduled_fire(fire_id=fires[0])  # a duplicate task delivery
     assert first.status == second.status == "placed"
@@ -209,10 +209,11 @@ def _due_soon(row, seconds: float):
 
 def test_a_due_time_is_claimed_ahead_and_placed_at_its_time_not_before(trader, account):
     row = make_scheduled(trader, account)
-    due_at = _due_soon(row, 0.6)
-    assert sources.scheduled_claim_due() == []  # not due yet
-    fires = sources.scheduled_claim_due(lead_s=2)
-    assert len(fires) == 1 and sources.scheduled_due_times(fires) == {fires[0]: due_at}
+    now = timezone.now()
+    due_at = _due_soon(row, 1.5)
+    assert sources.scheduled_claim_due(now=now) == []  # not due yet
+    fires = sources.scheduled_claim_due(now=now, lead_s=2)
+    assert len(fires) == 1
     fire = sources.scheduled_fire(fire_id=fires[0])  # a worker that got it early waits for its time
     assert fire.status == "placed"
     order = Order.objects.get(scheduled=row)
@@ -245,16 +246,59 @@ def test_a_due_time_claimed_ahead_is_dropped_by_a_cancel_or_a_change(trader, acc
     assert not Order.objects.exists() and not PaperOrder.objects.exists()
 
 
-def test_the_dispatcher_sends_each_claimed_fire_with_its_due_time(trader, account, settings):
+def test_the_dispatcher_sends_each_claimed_fire_with_its_due_time_as_eta(trader, account, monkeypatch):
     from orders import tasks
 
-    settings.CELERY_TASK_ALWAYS_EAGER = True
+    sent = []
+    monkeypatch.setattr(tasks.fire_scheduled, "apply_async", lambda args, eta=None: sent.append((args[0], eta)))
     row = make_scheduled(trader, account)
-    due_at = _due_soon(row, 0.5)
+    due_at = _due_soon(row, 1)
     assert tasks.dispatch_scheduled() == 1
     fire = ScheduledFire.objects.get(scheduled=row)
-    assert fire.status == "placed" and fire.due_at == due_at
-    assert Order.objects.get(scheduled=row).events.get(kind="submitted").created_at >= due_at
+    assert sent == [(fire.pk, due_at)] and fire.status == "pending"
+
+
+def test_an_edit_that_keeps_a_claimed_time_still_places_it(trader, account):
+    row = make_scheduled(trader, account)
+    keep = row.next_run_at  # five minutes away
+    fires = sources.scheduled_claim_due(now=keep)  # claimed (as if ahead of its time)
+    assert len(fires) == 1
+    sources.scheduled_save(  # only the quantity changes
+        owner=trader,
+        account=account,
+        spec=spec(quantity=2),
+        recurrence="once",
+        time_of_day=row.time_of_day,
+        timezone_name=row.timezone,
+        run_on=row.run_on,
+        scheduled=row,
+    )
+    assert ScheduledFire.objects.get(pk=fires[0]).status == "cancelled"
+    assert sources.scheduled_fire(fire_id=fires[0]).status == "cancelled"
+    assert sources.scheduled_claim_due(now=keep) == fires  # the same due time, taken again
+    assert sources.scheduled_fire(fire_id=fires[0]).status == "pending"  # five minutes early: not placed
+    ScheduledFire.objects.filter(pk=fires[0]).update(due_at=timezone.now())  # its time has come
+    assert sources.scheduled_fire(fire_id=fires[0]).status == "placed"
+    assert Order.objects.get(scheduled=row).quantity == 2
+
+
+def test_a_cancel_stops_a_due_time_waiting_for_a_worker_and_is_too_late_once_a_worker_took_it(trader, account):
+    waiting = make_scheduled(trader, account, recurrence="trading_days", run_on=None)
+    taken = make_scheduled(trader, account, recurrence="trading_days", run_on=None)
+    late = max(waiting.next_run_at, taken.next_run_at) + timedelta(seconds=1)
+    fires = dict(zip((waiting.pk, taken.pk), [None, None], strict=True))
+    for pk in sources.scheduled_claim_due(now=late):
+        fire = ScheduledFire.objects.get(pk=pk)
+        fires[fire.scheduled_id] = pk
+    ScheduledFire.objects.filter(pk__in=fires.values()).update(due_at=timezone.now())  # their time has come
+    ScheduledFire.objects.filter(pk=fires[taken.pk]).update(status="placing")  # a worker is placing it
+    for row in (waiting, taken):
+        assert sources.scheduled_cancel(scheduled=row, actor=trader) is True
+    assert sources.scheduled_fire(fire_id=fires[waiting.pk]).status == "cancelled"
+    assert sources.scheduled_fire(fire_id=fires[taken.pk]).status == "placed"  # redelivered: placed once
+    assert sources.scheduled_fire(fire_id=fires[taken.pk]).status == "placed"
+    assert list(Order.objects.values_list("scheduled_id", flat=True)) == [taken.pk]
+    assert PaperOrder.objects.count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
