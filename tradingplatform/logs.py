@@ -241,11 +241,12 @@ class JsonFormatter(logging.Formatter):
     exception's traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
+        # Redacted before encoding: once JSON-escaped, a quoted secret no longer looks like one.
         entry = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
             "request_id": getattr(record, "request_id", None),
             "user_id": getattr(record, "user_id", None),
         }
@@ -254,11 +255,15 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key in _STANDARD or key in entry or key.startswith("_"):
                 continue
-            entry[key] = "[redacted]" if _secret_key_name(key) else value
+            if _secret_key_name(key):
+                value = "[redacted]"
+            elif not isinstance(value, bool | int | float | type(None)):
+                value = redact(value if isinstance(value, str) else str(value))
+            entry[key] = value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         elif record.exc_text:
-            entry["exception"] = record.exc_text
+            entry["exception"] = redact(record.exc_text)
         if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return redact(json.dumps(entry, default=str, ensure_ascii=False))
+            entry["stack"] = redact(self.formatStack(record.stack_info))
+        return json.dumps(entry, default=str, ensure_ascii=False)

@@ -396,6 +396,7 @@ def test_secrets_are_redacted_in_json_and_plain_lines(json_logs):
         "calling with Authorization: token %s:%s and %s", "apikey", access_token, api_key, extra={"api_secret": "s3c"}
     )
     logger.info("login callback ?request_token=%s&state=st4te", access_token)
+    logger.warning("kite said %s", json.dumps({"access_token": access_token, "api_secret": "qu0tedS3cret"}))
     try:
         raise RuntimeError(f"password={access_token}")
     except RuntimeError:
@@ -403,6 +404,7 @@ def test_secrets_are_redacted_in_json_and_plain_lines(json_logs):
     records = json_logs()
     text = json.dumps(records)
     assert access_token not in text and api_key not in text and "s3c" not in text and "st4te" not in text
+    assert "qu0tedS3cret" not in text  # a secret quoted in the message, before the line is JSON-encoded
     assert records[0]["api_secret"] == "[redacted]" and "token [redacted]" in records[0]["message"]
 
     plain = logs.PlainFormatter("%(levelname)s%(rid)s %(message)s")
