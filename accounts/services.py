@@ -321,19 +321,20 @@ def api_key_authenticate(raw_key: str, *, ip: str | None = None) -> ApiKeyAuth |
     """The user a raw API key belongs to, or None when it is unknown, revoked or expired.
 
     Throttled per IP like the login page: ``API_KEY_FAILURES_PER_IP`` wrong keys lock the
-    address for ``API_KEY_LOCK_WINDOW_S``, during which even a right key is refused
-    (``ApiKeyLocked``), so keys cannot be guessed from it.
+    address for ``API_KEY_LOCK_WINDOW_S``, during which every wrong key from it gets
+    ``ApiKeyLocked`` (429) instead of a plain refusal. A right key still works: one broken
+    script behind a shared address (an office, a cloud NAT) must not stop every trader's
+    algos behind it, and a key (256 random bits) cannot be guessed anyway.
 
     A valid key is cached for ``API_KEY_CACHE_TTL_S`` so a busy algo does not hit the
     keys table on every call; revoking drops the cache entry.
     """
+    auth = _api_key_lookup(raw_key)
     counter = f"apikey:fail:ip:{ip}" if ip else None
-    if counter:
+    if auth is None and counter:
         locked = _lock_remaining([counter])
         if locked:
             raise ApiKeyLocked(locked)
-    auth = _api_key_lookup(raw_key)
-    if auth is None and counter:
         _count_failure(counter, settings.API_KEY_FAILURES_PER_IP, settings.API_KEY_LOCK_WINDOW_S)
         logger.info("wrong API key from %s", ip)
     return auth

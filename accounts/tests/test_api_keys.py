@@ -157,21 +157,35 @@ def test_revoke_is_post_only(trader_client, key_and_secret):
     assert trader_client.get(reverse("accounts:api_key_revoke", args=[key.pk])).status_code == 405
 
 
-def test_wrong_keys_from_one_ip_are_throttled_even_the_right_key(client, trader, key_and_secret, settings):
+def test_wrong_keys_from_one_ip_are_throttled_but_a_right_key_from_it_still_works(
+    client, trader, key_and_secret, settings
+):
     settings.API_KEY_FAILURES_PER_IP = 5
     _, secret = key_and_secret
     for attempt in range(5):
         wrong = f"{secret[:-4]}{attempt:04d}"
         response = client.get(ME, REMOTE_ADDR="10.7.7.7", **bearer(wrong))
         assert response.status_code == 401
-    for headers in (bearer(secret), {"HTTP_X_API_KEY": secret}, bearer("tp_guess_1")):
+    for headers in (bearer(f"{secret[:-4]}9999"), {"HTTP_X_API_KEY": "tp_guess_2"}, bearer("tp_guess_1")):
         locked = client.get(ME, REMOTE_ADDR="10.7.7.7", **headers)
         assert locked.status_code == 429
         assert int(locked["Retry-After"]) > 0
         assert locked.json()["error"]["code"] == "rate_limited"
         assert set(locked.json()["error"]) == {"code", "message", "field"}
-    # Another address, and the key itself, are not affected.
-    assert client.get(ME, REMOTE_ADDR="10.1.1.1", **bearer(secret)).status_code == 200
+    # A right key from that address (another trader's algo behind the same NAT) is not locked out.
+    for headers in (bearer(secret), {"HTTP_X_API_KEY": secret}):
+        assert client.get(ME, REMOTE_ADDR="10.7.7.7", **headers).status_code == 200
+
+
+def test_only_the_address_our_proxy_saw_counts(client, trader, key_and_secret, settings):
+    settings.USE_X_FORWARDED_FOR = True
+    settings.API_KEY_FAILURES_PER_IP = 2
+    _, secret = key_and_secret
+    for forged in ("1.1.1.1", "2.2.2.2"):  # a client cannot pick the address it is throttled as
+        client.get(ME, REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=f"{forged}, 10.9.9.9", **bearer("tp_wrong"))
+    locked = client.get(ME, REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="3.3.3.3, 10.9.9.9", **bearer("tp_wrong"))
+    assert locked.status_code == 429
+    assert client.get(ME, REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="10.8.8.8", **bearer("tp_x")).status_code == 401
 
 
 def test_right_keys_do_not_count_towards_the_wrong_key_throttle(client, trader, key_and_secret, settings):
@@ -191,6 +205,7 @@ def test_wrong_key_lock_lifts_after_the_window(client, trader, key_and_secret, s
     _, secret = key_and_secret
     client.get(ME, **bearer("tp_wrong_1"))
     client.get(ME, **bearer("tp_wrong_2"))
-    assert client.get(ME, **bearer(secret)).status_code == 429
+    assert client.get(ME, **bearer("tp_wrong_3")).status_code == 429
     time.sleep(1.6)
+    assert client.get(ME, **bearer("tp_wrong_3")).status_code == 401
     assert client.get(ME, **bearer(secret)).status_code == 200
