@@ -448,17 +448,18 @@ fill_listeners: list = []
 
 
 # A broker's client id -> our active accounts on it, read on every fill and order update. A
-# few seconds stale is harmless here: these only hurry work that the cycle does anyway.
+# few seconds stale is harmless here: these only hurry work that the cycle does anyway. None
+# found is not remembered (a just-connected account is seen at once). The accounts are shared
+# between threads: read them, never change them.
 _client_accounts = Memo("accounts of a broker client", ttl_s=5)
 
 
 def _accounts_of_client(broker: str, client_id: str) -> list[BrokerAccount]:
-    return _client_accounts.get(
-        (broker, client_id),
-        lambda: list(
-            BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True).select_related("owner")
-        ),
-    )
+    def load():
+        accounts = BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True)
+        return list(accounts.select_related("owner")) or None
+
+    return _client_accounts.get((broker, client_id), load) or []
 
 
 def broker_fills(*, broker: str, client_id: str, trades: list) -> int:
