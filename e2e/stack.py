@@ -135,8 +135,14 @@ class Process:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.signal(signal.SIGTERM)
+        self.wait_or_kill(timeout)
+
+    def wait_or_kill(self, timeout: float) -> None:
+        """Wait for an exit already asked for; SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(max(timeout, 0.1))
         except subprocess.TimeoutExpired:
             self.kill()
 
@@ -281,9 +287,13 @@ class Stack:
         if self._closed:
             return
         self._closed = True
-        for proc in reversed(list(self.processes.values())):
-            if proc.name != "redis":
-                proc.stop(timeout=10)
+        # All at once (a Celery worker's warm shutdown takes seconds), each then waited for.
+        running = [proc for proc in self.processes.values() if proc.name != "redis"]
+        for proc in running:
+            proc.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in running:
+            proc.wait_or_kill(deadline - time.monotonic())
         if self.mysql and self._db_created:
             with contextlib.suppress(Exception):
                 self._mysql(f"DROP DATABASE IF EXISTS `{self.db_name}`")
