@@ -3,8 +3,8 @@
 One pooled ``requests.Session`` per account, a timeout on every call,
 ``X-Kite-Version: 3`` and ``Authorization: token api_key:access_token``. Kite's error
 types map onto ours (TokenException -> AuthError, 429 -> RateLimited, 5xx and
-NetworkException -> BrokerUnavailable, a timeout -> NetworkError, order refusals ->
-OrderRejected). The base URL is ``settings.KITE_API_URL``: Kite itself by default, the
+NetworkException -> BrokerUnavailable, or to an order call a lost answer (NetworkError), as
+is a timeout; order refusals -> OrderRejected). The base URL is ``settings.KITE_API_URL``: Kite itself by default, the
 paper exchange's Kite face in tests and demos.
 """
 
@@ -152,13 +152,20 @@ class KiteBroker(base.Broker):
             body = response.json()
         except ValueError:
             if response.status_code >= 500:
-                raise BrokerUnavailable(f"Kite answered {response.status_code}") from None
+                raise self._server_error(order_call)(f"Kite answered {response.status_code}") from None
             raise InputError(f"Kite answered {response.status_code} without JSON") from None
         if body.get("status") == "error" or body.get("error_type"):
             self._raise(response.status_code, body, order_call=order_call)
         if response.status_code >= 500:
-            raise BrokerUnavailable(f"Kite answered {response.status_code}")
+            raise self._server_error(order_call)(f"Kite answered {response.status_code}")
         return body.get("data")
+
+    @staticmethod
+    def _server_error(order_call: bool) -> type[NetworkError]:
+        """A 5xx (or Kite's NetworkException) to an order call does not say the order was not
+        placed: a gateway's 502/504, or Kite losing the OMS's answer, may come after it was. So it
+        is a lost answer (looked up by tag, then reconciled), never "refused, send it again"."""
+        return NetworkError if order_call else BrokerUnavailable
 
     @staticmethod
     def _raise(status: int, body: dict, *, order_call: bool):
@@ -167,7 +174,7 @@ class KiteBroker(base.Broker):
         if error_type == "TokenException":
             raise AuthError(message)
         if status >= 500 or error_type in ("NetworkException", "DataException"):
-            raise BrokerUnavailable(message)
+            raise KiteBroker._server_error(order_call)(message)
         if "find that `order_id`" in message or "order not found" in message.lower():
             raise OrderNotFound(message)
         kind = classify_rejection(message)

@@ -155,3 +155,39 @@ def test_an_order_that_times_out_is_never_sent_twice(client, trader, face_url, k
         time.sleep(0.1)
     time.sleep(0.5)  # anything sent twice would have landed by now too
     assert PaperOrder.objects.filter(tag="KT-1").count() == 1
+
+
+def test_a_gateway_5xx_to_a_placement_is_a_lost_answer_not_a_refusal(settings):
+    """A 502/504 from a gateway in front of Kite may come after the order was placed: the
+    adapter says the answer was lost (look it up, then reconcile), never "refused, send again";
+    the same 5xx to a read is a plain unavailable broker."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from brokers.errors import NetworkError
+    from brokers.kite.adapter import KiteBroker
+
+    class Gateway(BaseHTTPRequestHandler):
+        def _answer(self):
+            self.send_response(504)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>504 Gateway Time-out</html>")
+
+        do_GET = do_POST = _answer  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.KITE_API_URL = f"http://127.0.0.1:{server.server_port}"
+    adapter = KiteBroker(client_id="GW1", credentials={"api_key": "k"}, access_token="t")
+    try:
+        with pytest.raises(NetworkError) as error:
+            adapter.place_order(order("GW-1"))
+        assert not isinstance(error.value, BrokerUnavailable)
+        with pytest.raises(BrokerUnavailable):
+            adapter.positions()
+    finally:
+        server.shutdown()
