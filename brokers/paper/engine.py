@@ -458,9 +458,8 @@ def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) 
     PaperClient.objects.filter(pk=order.client_id).update(
         cash=F("cash") - cash if order.transaction_type == BUY else F("cash") + cash
     )
-    # No instrument row update here: inserting the order and trade takes a shared lock on
-    # the instrument (foreign key), and two fills upgrading it would deadlock on MySQL.
-    # The feed keeps the day's volume.
+    # No instrument row update here: the market tick owns those rows (it rewrites them every
+    # second), and fills locking them would queue behind it. The feed keeps the day's volume.
     _announce_fill(trade)
     return trade
 

@@ -117,7 +117,12 @@ class PaperOrder(models.Model):
     order_id = models.CharField(max_length=20, unique=True)
     exchange_order_id = models.CharField(max_length=20, blank=True)
     client = models.ForeignKey(PaperClient, on_delete=models.CASCADE, related_name="orders")
-    instrument = models.ForeignKey(PaperInstrument, on_delete=models.PROTECT, related_name="orders")
+    # No database constraint (here and on PaperTrade): with one, every order insert takes a shared
+    # lock on the instrument row, which the market tick rewrites every second, so placements
+    # queued behind each tick. Instruments are never deleted (PROTECT still guards Django deletes).
+    instrument = models.ForeignKey(
+        PaperInstrument, on_delete=models.PROTECT, related_name="orders", db_constraint=False
+    )
     variety = models.CharField(max_length=16, default="regular")
     transaction_type = models.CharField(max_length=4)
     order_type = models.CharField(max_length=8)
@@ -162,7 +167,9 @@ class PaperTrade(models.Model):
     trade_id = models.CharField(max_length=20, unique=True)
     order = models.ForeignKey(PaperOrder, on_delete=models.CASCADE, related_name="trades")
     client = models.ForeignKey(PaperClient, on_delete=models.CASCADE, related_name="trades")
-    instrument = models.ForeignKey(PaperInstrument, on_delete=models.PROTECT, related_name="trades")
+    instrument = models.ForeignKey(
+        PaperInstrument, on_delete=models.PROTECT, related_name="trades", db_constraint=False
+    )
     transaction_type = models.CharField(max_length=4)
     product = models.CharField(max_length=8)
     quantity = models.PositiveIntegerField()
