@@ -341,23 +341,32 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
             ctx.act(f"recorded {len(created)} fill(s)")
 
     _in_pool(record, [ctx for ctx in contexts if ctx.broker_trades])
+    accounts = [ctx.account for ctx in contexts]
+    # Rows are locked in (account, instrument, product) order, the order the fill fast path locks
+    # one account's positions in, so the two never deadlock.
+    ordered = Position.objects.filter(account__in=accounts).order_by("account_id", "instrument_id", "product")
     held = defaultdict(list)
-    for position in Position.objects.filter(account__in=[ctx.account for ctx in contexts]).select_related("instrument"):
+    for position in ordered.select_related("instrument"):
         held[position.account_id].append(position)
-    points, owners = [], []
     with transaction.atomic():  # one commit for the batch's re-valued positions
         for ctx in contexts:
-            if id(ctx) in failures:
-                continue
             positions = held[ctx.account.pk]
+            if id(ctx) in failures or not positions or not ctx.last_prices:
+                continue
             try:
-                if positions and ctx.last_prices:
-                    with transaction.atomic():  # a savepoint: one account's failure leaves the others' updates
-                        portfolio.positions_mark(account=ctx.account, last_prices=ctx.last_prices, positions=positions)
-                points.append(portfolio.pnl_snapshot(account=ctx.account, positions=positions, save=False))
-                owners.append(ctx)
+                with transaction.atomic():  # a savepoint: one account's failure leaves the others' updates
+                    portfolio.positions_mark(account=ctx.account, last_prices=ctx.last_prices, positions=positions)
             except Exception as error:
                 failures[id(ctx)] = error
+    # The points from the positions as they are now (the fast path may have applied fills meanwhile).
+    now_held = defaultdict(list)
+    for position in Position.objects.filter(account__in=accounts).only("account_id", "realized_pnl", "unrealized_pnl"):
+        now_held[position.account_id].append(position)
+    points, owners = [], []
+    for ctx in contexts:
+        if id(ctx) not in failures:
+            points.append(portfolio.pnl_snapshot(account=ctx.account, positions=now_held[ctx.account.pk], save=False))
+            owners.append(ctx)
     for index, error in _insert(PnlSnapshot, points).items():
         failures[id(owners[index])] = error
     return failures

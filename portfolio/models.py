@@ -30,7 +30,13 @@ class Trade(models.Model):
             models.CheckConstraint(condition=Q(quantity__gt=0), name="trade_quantity_positive"),
             models.CheckConstraint(condition=Q(side__in=["BUY", "SELL"]), name="trade_side_valid"),
         ]
-        indexes = [models.Index(fields=["account", "-filled_at"])]
+        indexes = [
+            models.Index(fields=["account", "-filled_at"]),
+            # Linking fills to their order by broker order id: with it, that UPDATE locks only its
+            # own rows (without it MariaDB scanned and locked through the order index, and two
+            # accounts' links deadlocked).
+            models.Index(fields=["account", "broker_order_id"]),
+        ]
 
     def __str__(self):
         return f"{self.side} {self.quantity} {self.instrument} @ {self.price}"

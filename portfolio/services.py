@@ -156,13 +156,28 @@ def positions_mark(
         price = last_prices.get((position.instrument.exchange, position.instrument.tradingsymbol))
         if price is None or price == position.last_price:
             continue
-        state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
-        position.last_price, position.unrealized_pnl = price, state.unrealized_pnl(price)
-        Position.objects.filter(pk=position.pk).update(
-            last_price=price, unrealized_pnl=position.unrealized_pnl, updated_at=timezone.now()
-        )
-        changed += 1
+        # Valued from the lots we read, and written only if no fill was applied since (the fill
+        # fast path runs beside the cycle); otherwise the current lots are read and valued.
+        for _attempt in range(5):  # a fill racing each attempt five times over: the next cycle marks it
+            if _mark(position, price):
+                changed += 1
+                break
+            position.refresh_from_db(fields=_MARKED_FROM)
     return changed
+
+
+_MARKED_FROM = ["fifo", "last_trade_id", "net_quantity", "average_price", "realized_pnl", "last_price"]
+
+
+def _mark(position: Position, price: Decimal) -> bool:
+    state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
+    unrealized = state.unrealized_pnl(price)
+    if not Position.objects.filter(pk=position.pk, last_trade_id=position.last_trade_id).update(
+        last_price=price, unrealized_pnl=unrealized, updated_at=timezone.now()
+    ):
+        return False
+    position.last_price, position.unrealized_pnl = price, unrealized
+    return True
 
 
 def pnl_snapshot(*, account: BrokerAccount, now=None, positions: list[Position] | None = None, save: bool = True):

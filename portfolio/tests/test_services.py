@@ -61,6 +61,16 @@ def test_marking_and_snapshots(account):
     assert snapshot.total == D("35") and PnlSnapshot.objects.count() == 1
 
 
+def test_a_mark_from_positions_read_before_a_fill_values_the_lots_as_they_are_now(account):
+    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 10, "100")])
+    read_by_the_cycle = list(Position.objects.filter(account=account).select_related("instrument"))
+    services.trades_record(account=account, broker_trades=[fill("2", "SELL", 10, "110", seconds=1)])  # fast path
+    services.positions_mark(account=account, last_prices={("NSE", "INFY"): D("120")}, positions=read_by_the_cycle)
+    position = Position.objects.get(account=account)
+    assert position.net_quantity == 0 and position.unrealized_pnl == 0 and position.last_price == D("120")
+    assert services.pnl_snapshot(account=account).total == D("100")  # realized 10 x (110 - 100), nothing open
+
+
 def test_paper_fills_link_to_their_orders(trader, account):
     order = place(trader, account, quantity=3)
     created = services.trades_record(account=account, broker_trades=AccountBroker(account).trades())
