@@ -8,9 +8,9 @@ Environment:
 - ``E2E_ATTACH=var/e2e-run/<run id>``: use a stack ``python -m e2e.stack`` keeps running
   (quick iterations) instead of starting one.
 
-The stack runs with ``MONITORING_INTERVAL_S=5`` (``STACK_ENV``): fills reach the dashboard by
-the monitoring fast path at once; the short interval is only the safety net a slow fast path
-would fall back on, so a journey never waits a minute.
+The stack runs with bin/run's defaults (``STACK_ENV`` is empty; ``MONITORING_INTERVAL_S`` stays
+60 s): every live update a journey waits for must come by the fast path and the pushes, none by
+waiting for the next monitoring cycle.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from e2e.stack import Stack
 from e2e.steps import DESKTOP, PASSWORD, SCREENSHOTS, Trader
 
-STACK_ENV = {"MONITORING_INTERVAL_S": "5"}
+STACK_ENV: dict[str, str] = {}
 
 # Live updates come over the websocket within a second or two; a monitoring cycle on a busy
 # 2-core CI machine can take longer, so waits are generous (they end as soon as the DOM changes).
