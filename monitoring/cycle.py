@@ -54,7 +54,9 @@ from . import presence
 from .models import AccountRun, BrokerSnapshot
 
 logger = logging.getLogger(__name__)
-ACCOUNT_LOCK_TTL_S = 300
+# Renewed while a batch runs (``locks.kept``), so it only bounds how long a dead worker's
+# accounts wait before another worker may monitor them.
+ACCOUNT_LOCK_TTL_S = 60
 EXPECTED_ERRORS = (BrokerError, ValidationError, orders.OrderActionRefused)
 
 
@@ -894,7 +896,10 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
             logger.exception("monitoring: could not read the sessions of %s accounts", len(running))
             sessions = {}
         contexts = {a.pk: Context(account=a, run_id=run_id, session=sessions.get(a.pk)) for a in running}
-        _run_steps(list(contexts.values()))
+        # Renewed while the steps run: a batch slower than the TTL (a slow broker) must not let the
+        # next cycle run the same accounts beside it (Celery's time limits do not stop threads).
+        with locks.kept({name: token for name, token in tokens.items() if token}, ttl_s=ACCOUNT_LOCK_TTL_S):
+            _run_steps(list(contexts.values()))
         finished = timezone.now()
         results = []
         for account in accounts:

@@ -4,7 +4,9 @@
 holder has it. Locks always expire, so a holder that crashes cannot block forever.
 """
 
+import logging
 import secrets
+import threading
 import time
 from contextlib import contextmanager
 from functools import cache
@@ -12,7 +14,12 @@ from functools import cache
 from django.conf import settings
 from django.core.cache import cache as django_cache
 
+logger = logging.getLogger(__name__)
+
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+_EXTEND = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
 
 
 @cache
@@ -86,3 +93,40 @@ def held(name: str, *, ttl_s: float, wait_s: float = 0.0):
     finally:
         if token is not None:
             release(name, token)
+
+
+def extend_many(tokens: dict[str, str], *, ttl_s: float) -> None:
+    """Give each lock we still hold ({name: token}) ``ttl_s`` more, in one round trip."""
+    if not tokens:
+        return
+    if not settings.REDIS_URL:
+        for name, token in tokens.items():
+            if django_cache.get(_key(name)) == token:
+                django_cache.touch(_key(name), timeout=ttl_s)
+        return
+    pipe = redis_client().pipeline(transaction=False)
+    for name, token in tokens.items():
+        pipe.eval(_EXTEND, 1, _key(name), token, max(1, int(ttl_s * 1000)))
+    pipe.execute()
+
+
+@contextmanager
+def kept(tokens: dict[str, str], *, ttl_s: float):
+    """Keep the locks ({name: token}) from expiring while the block runs, however long it takes
+    (renewed every third of ``ttl_s``); they still expire ``ttl_s`` after a holder dies."""
+    stop = threading.Event()
+
+    def renew():
+        while not stop.wait(ttl_s / 3):
+            try:
+                extend_many(tokens, ttl_s=ttl_s)
+            except Exception:  # Redis away for a moment: try again at the next turn
+                logger.warning("could not renew %s locks", len(tokens), exc_info=True)
+
+    thread = threading.Thread(target=renew, name="lock-renewal", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
