@@ -130,3 +130,11 @@ def face_url(transactional_db, paper_market):
     thread.terminate()
     for conn in override.values():
         conn.dec_thread_sharing()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Django drops the SQLite test database's file, not its WAL and shared-memory files."""
+    name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if name and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        for suffix in ("-wal", "-shm"):
+            Path(f"{name}{suffix}").unlink(missing_ok=True)
