@@ -4,12 +4,14 @@ import socket
 
 from django.core.cache import cache
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers.models import BrokerSession
 from tradingplatform import locks
 
+from . import cycle
 from .models import MonitoringRun
 
 HEARTBEAT_KEY = "celery:heartbeat"
@@ -39,6 +41,18 @@ def cycle_start(*, trigger: str = MonitoringRun.Trigger.BEAT) -> tuple[Monitorin
     account_ids = list(monitored_accounts().values_list("pk", flat=True))
     run = MonitoringRun.objects.create(trigger=trigger, accounts=len(account_ids))
     return run, account_ids
+
+
+def batch_monitor(*, account_ids: list[int], run_id: int | None) -> list:
+    """One batch of a cycle: every step for each active account of ``account_ids``; the run's
+    finish time moves to the batch's end (batches end in any order). Returns the AccountRuns."""
+    accounts = list(BrokerAccount.objects.select_related("owner").filter(pk__in=account_ids, is_active=True))
+    results = cycle.accounts_monitor(accounts=accounts, run_id=run_id) if accounts else []
+    finished = max((r.finished_at for r in results if r.finished_at), default=None)
+    if run_id is not None and finished is not None:
+        later = Q(finished_at__isnull=True) | Q(finished_at__lt=finished)
+        MonitoringRun.objects.filter(later, pk=run_id).update(finished_at=finished)
+    return results
 
 
 def account_activity(account_id: int) -> None:

@@ -1,12 +1,9 @@
 from celery import shared_task
 from django.conf import settings
-from django.db.models import Q
 
-from accounts.models import BrokerAccount
 from tradingplatform.celery import periodic
 
-from . import cycle, services
-from .models import MonitoringRun
+from . import services
 
 
 @shared_task
@@ -29,12 +26,7 @@ def start_cycle():
 @shared_task(soft_time_limit=240)
 def monitor_accounts(account_ids: list[int], run_id: int | None):
     """One batch of a cycle (or the fast path's one account): every step for each active account."""
-    accounts = list(BrokerAccount.objects.select_related("owner").filter(pk__in=account_ids, is_active=True))
-    results = cycle.accounts_monitor(accounts=accounts, run_id=run_id) if accounts else []
-    finished = max((r.finished_at for r in results if r.finished_at), default=None)
-    if run_id is not None and finished is not None:
-        later = Q(finished_at__isnull=True) | Q(finished_at__lt=finished)
-        MonitoringRun.objects.filter(later, pk=run_id).update(finished_at=finished)
+    results = services.batch_monitor(account_ids=account_ids, run_id=run_id)
     statuses = [r.status for r in results]
     return {status: statuses.count(status) for status in set(statuses)}
 

@@ -17,7 +17,6 @@ from ninja.errors import HttpError
 from pydantic import field_validator
 
 from accounts.selectors import broker_account_of
-from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 
 from . import selectors, services, sources
@@ -29,10 +28,6 @@ Side = Literal["BUY", "SELL"]
 OrderType = Literal["MARKET", "LIMIT", "SL", "SL-M"]
 Product = Literal["CNC", "MIS", "NRML"]
 Validity = Literal["DAY", "IOC"]
-
-
-def instrument_from(exchange: str, tradingsymbol: str) -> Instrument | None:
-    return instrument_by_symbol(exchange, tradingsymbol)
 
 
 def account_for(request, account_id: int):
@@ -66,7 +61,7 @@ class OrderSpecIn(Schema):
 
     def spec(self) -> dict:
         return {
-            "instrument": instrument_from(self.exchange, self.tradingsymbol),
+            "instrument": instrument_by_symbol(self.exchange, self.tradingsymbol),
             "side": self.side,
             "quantity": self.quantity,
             "order_type": self.order_type,
@@ -548,7 +543,7 @@ def strategy_signal(request, strategy_id: int, payload: SignalIn):
         actor=request.user,
         signal_id=payload.id,
         via="api",
-        instrument=instrument_from(payload.exchange, payload.tradingsymbol),
+        instrument=instrument_by_symbol(payload.exchange, payload.tradingsymbol),
         side=payload.side,
         quantity=payload.quantity,
         order_type=payload.order_type,
