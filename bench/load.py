@@ -71,18 +71,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import seeding  # noqa: E402
-from bench.order_api import (  # noqa: E402
-    OrderMaker,
-    Pool,
-    instruments,
-    machine_busy_seconds,
-    mariadb_cpu_seconds,
-    percentile,
-    tree_cpu_seconds,
-    verify,
-    wait_quiet,
-)
-from e2e.stack import HOST, Stack, free_port  # noqa: E402
+from bench.harness import HOST, CpuMeter, free_port, percentile, wait_quiet  # noqa: E402
+from bench.order_api import OrderMaker, Pool, instruments, verify  # noqa: E402
+from e2e.stack import Stack  # noqa: E402
 
 ORDER_ROW = re.compile(r'id="order-(\d+)"')
 GOOD_STATUSES = {"SUBMITTED", "OPEN", "PARTIALLY_FILLED", "FILLED"}
@@ -315,31 +306,6 @@ class StepResult:
         )
 
 
-class CpuMeter:
-    """Cores used over a step by each process of the stack, MariaDB, this process and the rest of the machine."""
-
-    def __init__(self, pids: dict[str, int]):
-        self.pids = pids
-        self.start = self._read()
-
-    def _read(self) -> dict[str, float]:
-        values = {name: tree_cpu_seconds(pid) for name, pid in self.pids.items()}
-        values.update(mariadb=mariadb_cpu_seconds(), load_generator=time.process_time(), busy=machine_busy_seconds())
-        values["wall"] = time.monotonic()
-        return values
-
-    def line(self) -> str:
-        end = self._read()
-        delta = {k: end[k] - self.start[k] for k in end}
-        wall = max(delta.pop("wall"), 1e-6)
-        other = max(0.0, delta.pop("busy") - sum(delta.values()))
-        parts = ", ".join(f"{name} {value / wall:.2f}" for name, value in delta.items())
-        return (
-            f"cores: {parts}, other processes {other / wall:.2f} (of {os.cpu_count()}; "
-            f"load average {os.getloadavg()[0]:.1f})"
-        )
-
-
 class LogWatch:
     """What the stack's processes logged since the last call: warnings, errors, tracebacks."""
 
@@ -408,7 +374,7 @@ async def run_step(
         if order.get("status") not in GOOD_STATUSES or not order.get("broker_order_id"):
             sent.error = f"2xx with status {order.get('status')}, broker order id {order.get('broker_order_id')!r}"
 
-    meter = CpuMeter(meter_pids)
+    meter = CpuMeter(meter_pids, own="load_generator")
     sends, tasks = [], []
     for due, idx, k in plan:
         delay = due - loop.time()
@@ -432,7 +398,7 @@ async def run_step(
             break
         await asyncio.sleep(0.1)
     result = StepResult(n, args.step_seconds, max_p99_ms=args.max_p99_ms)
-    result.cpu = meter.line()
+    result.cpu = f"{meter.stop().line()} (of {os.cpu_count()}; load average {os.getloadavg()[0]:.1f})"
     measured = [s for s in sends if s.measured]
     result.sent = len(measured)
     limit_ms = args.max_ws_lateness_s * 1000

@@ -58,18 +58,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
 import importlib.util
 import io
 import json
 import math
 import os
 import random
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,7 +76,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-HOST = "127.0.0.1"
+from bench import harness  # noqa: E402
+from bench.harness import (  # noqa: E402
+    HOST,
+    CpuMeter,
+    CpuUse,
+    Managed,
+    django_setup,
+    flush_redis,
+    free_port,
+    percentile,
+    tree_cpu_seconds,
+    wait_healthz,
+    wait_quiet,
+)
+
+# What a stretch's CPU line says before anything was measured.
+NO_CPU = CpuUse(1.0, {"server": 0.0, "mariadb": 0.0, "load generator": 0.0})
 
 # --- Configuration ---------------------------------------------------------------------------------
 
@@ -151,60 +163,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def bench_env(args) -> dict[str, str]:
-    """The environment of this process's Django and of every server or worker it starts.
-
-    The secrets are derived from the database name, so a kept database can be read again.
-    """
-    user_password, _, host_port = args.mysql.rpartition("@")
-    user, _, password = user_password.partition(":")
-    host, _, port = host_port.partition(":")
-    fernet = base64.urlsafe_b64encode(hashlib.sha256(f"bench-fernet:{args.db_name}".encode()).digest()).decode()
-    secret = hashlib.sha256(f"bench-secret:{args.db_name}".encode()).hexdigest()
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="tradingplatform.settings",
-        DEBUG="false",
-        SECRET_KEY=secret,
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        FIELD_ENCRYPTION_KEYS=fernet,
-        DATABASE_URL=f"mysql://{user}:{password}@{host}:{port or 3306}/{args.db_name}",
-        REDIS_URL=args.redis_url,
+    """The environment of this process's Django and of every server or worker it starts."""
+    return harness.bench_env(
+        args,
         CONN_MAX_AGE=str(60 if args.conn_max_age is None else args.conn_max_age),
-        LOG_LEVEL="WARNING",
         CELERY_LOG_LEVEL="WARNING",
         CELERY_QUEUE="bench_orders",
         CACHE_KEY_PREFIX="benchorders",
         SCHEDULE_DISPATCH_INTERVAL_S=str(args.dispatch_interval_s),
-        PYTHONUNBUFFERED="1",
     )
-    env.pop("CELERY_TASK_ALWAYS_EAGER", None)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 # --- Database and fixtures -----------------------------------------------------------------------
 
 
-def mysql_connect(args, db: str | None = None):
-    import MySQLdb
-
-    user_password, _, host_port = args.mysql.rpartition("@")
-    user, _, password = user_password.partition(":")
-    host, _, port = host_port.partition(":")
-    kwargs = {"host": host, "user": user, "passwd": password, "port": int(port or 3306)}
-    if db:
-        kwargs["db"] = db
-    return MySQLdb.connect(**kwargs)
-
-
 def prepare_database(args) -> bool:
     """Create the bench database; returns whether an existing one was kept."""
-    conn = mysql_connect(args)
+    conn = harness.mysql_connect(args.mysql)
     try:
         cur = conn.cursor()
         cur.execute("SHOW DATABASES LIKE %s", (args.db_name,))
@@ -219,7 +194,7 @@ def prepare_database(args) -> bool:
 
 
 def drop_database(args) -> None:
-    conn = mysql_connect(args)
+    conn = harness.mysql_connect(args.mysql)
     try:
         conn.cursor().execute(f"DROP DATABASE IF EXISTS `{args.db_name}`")
     finally:
@@ -227,7 +202,7 @@ def drop_database(args) -> None:
 
 
 def mysql_settings(args) -> dict[str, str]:
-    conn = mysql_connect(args)
+    conn = harness.mysql_connect(args.mysql)
     try:
         cur = conn.cursor()
         names = ("innodb_flush_log_at_trx_commit", "sync_binlog", "log_bin", "innodb_buffer_pool_size", "version")
@@ -235,19 +210,6 @@ def mysql_settings(args) -> dict[str, str]:
         return {name: value for name, value in cur.fetchall() if name in names}
     finally:
         conn.close()
-
-
-def flush_redis(args) -> None:
-    import redis
-
-    redis.Redis.from_url(args.redis_url).flushdb()
-
-
-def django_setup(env: dict[str, str]) -> None:
-    os.environ.update(env)
-    import django
-
-    django.setup()
 
 
 @dataclass
@@ -362,84 +324,6 @@ def _verify(prefix: str, answered_keys: set[str]) -> Verdict:
 # --- Processes and CPU accounting ---------------------------------------------------------------------
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process (and its reaped children), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
-
-
-def tree_pids(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        pids.append(current)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-    return pids
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    return sum(proc_cpu_seconds(p) for p in tree_pids(pid))
-
-
-def mariadb_cpu_seconds() -> float:
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() in ("mariadbd", "mysqld"):
-                    total += proc_cpu_seconds(int(entry.name))
-    return total
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class CpuUse:
-    """Cores used during a stretch of wall time: by the server, MariaDB, this process and the rest."""
-
-    server: float = 0.0
-    mariadb: float = 0.0
-    client: float = 0.0
-    other: float = 0.0
-
-    def line(self) -> str:
-        return (
-            f"cores: server {self.server:.2f}, mariadb {self.mariadb:.2f}, load generator {self.client:.2f}, "
-            f"other processes {self.other:.2f}"
-        )
-
-
-class CpuMeter:
-    def __init__(self, server_pid: int):
-        self.server_pid = server_pid
-        self.start = self._read()
-
-    def _read(self):
-        return (
-            time.monotonic(),
-            tree_cpu_seconds(self.server_pid),
-            mariadb_cpu_seconds(),
-            time.process_time(),
-            machine_busy_seconds(),
-        )
-
-    def stop(self) -> CpuUse:
-        end = self._read()
-        wall, server, mariadb, client, busy = (b - a for a, b in zip(self.start, end, strict=True))
-        wall = max(wall, 1e-6)
-        return CpuUse(server / wall, mariadb / wall, client / wall, max(0.0, busy - server - mariadb - client) / wall)
-
-
 def wait_idle(pid: int, *, below: float = 0.05, timeout: float = 60.0) -> None:
     """Wait until the server's processes use less than ``below`` cores over 0.5 s (queued work is done)."""
     deadline = time.monotonic() + timeout
@@ -450,40 +334,6 @@ def wait_idle(pid: int, *, below: float = 0.05, timeout: float = 60.0) -> None:
         if current - previous < below * 0.5:
             return
         previous = current
-
-
-class Managed:
-    """A subprocess in its own process group, stopped (TERM, then KILL) by ``stop``."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], verbose: bool):
-        self.name = name
-        self.log = tempfile.NamedTemporaryFile(prefix=f"bench_{name}_", suffix=".log", delete=False)  # noqa: SIM115
-        out = None if verbose else self.log
-        self.proc = subprocess.Popen(  # noqa: S603  (our own interpreter and arguments)
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-n:])
-        return ""
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.log.name)
 
 
 SERVER_SETUPS = """\
@@ -514,18 +364,8 @@ def server_command(setup: str, port: int) -> list[str]:
 
 
 def start_server(setup: str, port: int, env: dict[str, str], verbose: bool) -> Managed:
-    server = Managed(setup.replace(":", "_"), server_command(setup, port), env, verbose)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise SystemExit(f"{setup} exited:\n{server.tail()}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=2) as s:
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            if s.recv(64).startswith(b"HTTP/1.1 200"):
-                return server
-        time.sleep(0.2)
-    server.stop()
-    raise SystemExit(f"{setup} did not answer /healthz within 60 s:\n{server.tail()}")
+    server = Managed(setup.replace(":", "_"), server_command(setup, port), env, verbose, stop_timeout=20.0)
+    return wait_healthz(server, port, setup)
 
 
 # --- HTTP load generator ----------------------------------------------------------------------------
@@ -659,7 +499,7 @@ class LoadResult:
     first_due: float = 0.0
     last_due: float = 0.0
     last_done: float = 0.0
-    cpu: CpuUse = field(default_factory=CpuUse)
+    cpu: CpuUse = field(default_factory=lambda: NO_CPU)
     retried: int = 0  # requests sent again after a stale keep-alive connection
 
     @property
@@ -685,14 +525,6 @@ class LoadResult:
 
     def error(self, key: str) -> None:
         self.errors[key] = self.errors.get(key, 0) + 1
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), math.ceil(q * len(sorted_values))))
-    return sorted_values[rank - 1]
 
 
 async def _one(pool: Pool, key: str, data: bytes, due: float, result: LoadResult, loop) -> None:
@@ -727,7 +559,7 @@ async def open_loop(port, maker, phase, rate, seconds, limit, server_pid, patien
     requests = [maker.make(phase, i) for i in range(n)]
     pool = Pool(port, limit)
     result = LoadResult(f"open loop {rate:.0f}/s", offered_rate=rate, sent=n)
-    meter = CpuMeter(server_pid)
+    meter = CpuMeter({"server": server_pid}, own="load generator")
     start = loop.time() + 0.05
     result.first_due = result.last_done = start
     tasks = []
@@ -756,7 +588,7 @@ async def closed_loop(port, maker, phase, concurrency, seconds, server_pid) -> L
     pool = Pool(port, concurrency)
     result = LoadResult(f"closed loop x{concurrency}")
     counter = iter(range(10**9))
-    meter = CpuMeter(server_pid)
+    meter = CpuMeter({"server": server_pid}, own="load generator")
     start = loop.time()
     end = start + seconds
     result.first_due = result.last_done = start
@@ -783,7 +615,7 @@ def describe(setup: str, r: LoadResult, v: Verdict) -> str:
         f"lag {r.lag_s:.2f} s\n#     {r.cpu.line()}"
     )
     if r.ok:
-        cpu_ms = (r.cpu.server + r.cpu.mariadb) * (r.last_done - r.first_due) / r.ok * 1000
+        cpu_ms = (r.cpu.cores("server") + r.cpu.cores("mariadb")) * (r.last_done - r.first_due) / r.ok * 1000
         line += f"; server+mariadb cpu per order {cpu_ms:.1f} ms"
     if r.retried:
         line += f"; {r.retried} sent again after the server closed an idle connection"
@@ -809,23 +641,8 @@ class ApiFigures:
     cpu_per_order_ms: float = float("nan")
 
 
-def wait_quiet(max_wait_s: float, own_pids: list[int], *, below: float = 0.3) -> float:
-    """Wait (up to ``max_wait_s``) for a second in which processes other than ours use < ``below`` cores."""
-    deadline = time.monotonic() + max_wait_s
-    while True:
-
-        def own() -> float:
-            return sum(tree_cpu_seconds(p) for p in own_pids) + time.process_time()
-
-        busy0, own0 = machine_busy_seconds(), own()
-        time.sleep(1.0)
-        other = machine_busy_seconds() - busy0 - (own() - own0)
-        if other < below or time.monotonic() >= deadline:
-            return max(0.0, other)
-
-
 def run_api(args, env, setup: str, traders: list[Trader], symbols, run_id: str) -> ApiFigures:
-    flush_redis(args)
+    flush_redis(args.redis_url)
     asgi = setup.startswith(("uvicorn", "daphne"))
     env = {**env, "CONN_MAX_AGE": str(args.conn_max_age if args.conn_max_age is not None else (0 if asgi else 60))}
     port = args.port or free_port()
@@ -902,7 +719,9 @@ def run_api(args, env, setup: str, traders: list[Trader], symbols, run_id: str) 
         figures.clean_at_rate = result.error_count == 0 and verdict.ok
         if result.ok:
             span = result.last_done - result.first_due
-            figures.cpu_per_order_ms = (result.cpu.server + result.cpu.mariadb) * span / result.ok * 1000
+            figures.cpu_per_order_ms = (
+                (result.cpu.cores("server") + result.cpu.cores("mariadb")) * span / result.ok * 1000
+            )
     finally:
         server.stop()
     return figures
@@ -934,7 +753,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
     from orders import sources
     from orders.models import OrderEvent, ScheduledFire, ScheduledOrder
 
-    flush_redis(args)
+    flush_redis(args.redis_url)
     celery = [sys.executable, "-m", "celery", "-A", "tradingplatform"]
     worker_cmd = [
         *celery,
@@ -956,9 +775,9 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
 
     # The worker (and beat) first, so that the due time finds them running.
     worker_name = f"bench-{os.getpid()}@{socket.gethostname()}"
-    procs = [Managed("worker", worker_cmd, env, args.verbose)]
+    procs = [Managed("worker", worker_cmd, env, args.verbose, stop_timeout=20.0)]
     if args.dispatcher == "beat":
-        procs.append(Managed("beat", beat_cmd, env, args.verbose))
+        procs.append(Managed("beat", beat_cmd, env, args.verbose, stop_timeout=20.0))
     try:
         from tradingplatform.celery import app
 
@@ -1019,7 +838,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
                     raise SystemExit(f"{p.name} exited:\n{p.tail()}")
             now = timezone.now()
             if meter is None and now >= due - timedelta(seconds=0.5):
-                meter = CpuMeter(procs[0].proc.pid)
+                meter = CpuMeter({"server": procs[0].proc.pid}, own="load generator")
             if now >= due:
                 if args.dispatcher == "loop":
                     t = time.perf_counter()
@@ -1035,7 +854,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
                 time.sleep(args.dispatch_interval_s if args.dispatcher == "loop" else 0.2)
             else:
                 time.sleep(max(0.0005, min(0.2, (due - now).total_seconds())))
-        cpu = meter.stop() if meter else CpuUse()
+        cpu = meter.stop() if meter else NO_CPU
         took = (timezone.now() - due).total_seconds()
     finally:
         for p in procs:
@@ -1088,7 +907,7 @@ def main(argv=None) -> dict[str, float]:
         if importlib.util.find_spec(module) is None:
             raise SystemExit(f"{setup} needs {module}: pip install {module}")
     kept = prepare_database(args)
-    flush_redis(args)  # cached broker sessions of an earlier database would skip the logins below
+    flush_redis(args.redis_url)  # cached broker sessions of an earlier database would skip the logins below
     django_setup(env)
     t0 = time.monotonic()
     traders = seed(args)
@@ -1125,7 +944,7 @@ def main(argv=None) -> dict[str, float]:
                 args, env, traders[args.accounts :]
             )
     finally:
-        flush_redis(args)
+        flush_redis(args.redis_url)
         if not args.keep_db:
             drop_database(args)
     for name, value in figures.items():

@@ -84,13 +84,15 @@ def _die_with_parent() -> None:
 
 
 class Process:
-    """One named subprocess of the stack, in its own process group, output to a log file."""
+    """One named subprocess of the stack, in its own process group, output to a log file (``echo``: to this
+    process's output instead)."""
 
-    def __init__(self, name: str, command: str, env: dict[str, str], log_path: Path):
+    def __init__(self, name: str, command: str, env: dict[str, str], log_path: Path, *, echo: bool = False):
         self.name = name
         self.command = command
         self.env = env
         self.log_path = log_path
+        self.echo = echo
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Process:
@@ -104,7 +106,7 @@ class Process:
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=None if self.echo else log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509  (no threads start processes here)
@@ -427,6 +429,14 @@ class Stack:
             conn.cursor().execute(statement)
         finally:
             conn.close()
+
+
+def django_setup(env: dict[str, str]) -> None:
+    """Django in this process, on ``env`` (a stack's or a bench's: its database, Redis, secrets)."""
+    os.environ.update(env)
+    import django
+
+    django.setup()
 
 
 # The caller's test settings must not leak into the stack (settings_test sets some of these).
