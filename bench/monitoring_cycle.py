@@ -53,10 +53,8 @@ runs on its own machines) apart from the platform.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import cProfile
-import hashlib
 import io
 import os
 import pstats
@@ -72,6 +70,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench import harness  # noqa: E402
+from bench.harness import CpuMeter, flush_redis, start_workers, wait_for_load  # noqa: E402
 
 STEPS = ("1_fetch", "2_pnl", "3_orders", "4_exits", "5_chase", "6_trail", "7_rejections", "8_reentry", "9_retries")
 
@@ -114,65 +115,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def bench_env(args) -> dict[str, str]:
     """The environment of this process's Django and of the workers (secrets derived from the db name)."""
-    user_password, _, host_port = args.mysql.rpartition("@")
-    user, _, password = user_password.partition(":")
-    host, _, port = host_port.partition(":")
-    fernet = base64.urlsafe_b64encode(hashlib.sha256(f"bench-fernet:{args.db_name}".encode()).digest()).decode()
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="tradingplatform.settings",
-        DEBUG="false",
-        SECRET_KEY=hashlib.sha256(f"bench-secret:{args.db_name}".encode()).hexdigest(),
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        FIELD_ENCRYPTION_KEYS=fernet,
-        DATABASE_URL=f"mysql://{user}:{password}@{host}:{port or 3306}/{args.db_name}",
-        REDIS_URL=args.redis_url,
+    return harness.bench_env(
+        args,
         CONN_MAX_AGE=str(args.conn_max_age),
         MONITORING_BATCH=str(args.batch),
         MONITORING_THREADS=str(args.threads),
-        LOG_LEVEL="WARNING",
         CELERY_QUEUE="bench_monitoring",
         CACHE_KEY_PREFIX="benchmon",
-        PYTHONUNBUFFERED="1",
     )
-    env.pop("CELERY_TASK_ALWAYS_EAGER", None)
-    return env
-
-
-def mysql_connect(args):
-    import MySQLdb
-
-    user_password, _, host_port = args.mysql.rpartition("@")
-    user, _, password = user_password.partition(":")
-    host, _, port = host_port.partition(":")
-    return MySQLdb.connect(host=host, user=user, passwd=password, port=int(port or 3306))
-
-
-def mysql_exec(args, *statements) -> list:
-    conn = mysql_connect(args)
-    try:
-        cur = conn.cursor()
-        rows = []
-        for statement in statements:
-            cur.execute(statement)
-            rows.extend(cur.fetchall())
-        return rows
-    finally:
-        conn.close()
-
-
-def flush_redis(args) -> None:
-    import redis
-
-    redis.Redis.from_url(args.redis_url).flushdb()
-
-
-def wait_for_load(below: float, max_wait_s: float) -> float:
-    """Poll the 1-minute load average every 30 s until it is below ``below`` (or the wait is over)."""
-    deadline = time.monotonic() + max_wait_s
-    while below > 0 and os.getloadavg()[0] >= below and time.monotonic() < deadline:
-        time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
-    return os.getloadavg()[0]
 
 
 # --- Fixtures ----------------------------------------------------------------------------------------
@@ -293,139 +243,6 @@ def activate_only(tag: str) -> int:
 # --- Processes and CPU ---------------------------------------------------------------------------------
 
 
-class Managed:
-    """A subprocess in its own process group, stopped (TERM, then KILL) by ``stop``."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], verbose: bool):
-        self.name = name
-        self.log = tempfile.NamedTemporaryFile(prefix=f"bench_{name}_", suffix=".log", delete=False)  # noqa: SIM115
-        self.proc = subprocess.Popen(  # noqa: S603  (our own interpreter and arguments)
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=None if verbose else self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-n:])
-        return ""
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.log.name)
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_pids(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        pids.append(current)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-    return pids
-
-
-def named_cpu_seconds(*names: str) -> float:
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() in names:
-                    total += proc_cpu_seconds(int(entry.name))
-    return total
-
-
-def machine_busy_seconds() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """Cores used over a stretch of wall time by the workers, MariaDB, Redis, this process and the rest."""
-
-    def __init__(self, worker_pids: list[int]):
-        self.worker_pids = worker_pids
-        self.start = self._read()
-
-    def _read(self):
-        workers = sum(proc_cpu_seconds(p) for pid in self.worker_pids for p in tree_pids(pid))
-        return (
-            time.monotonic(),
-            workers,
-            named_cpu_seconds("mariadbd", "mysqld"),
-            named_cpu_seconds("redis-server"),
-            time.process_time(),
-            machine_busy_seconds(),
-        )
-
-    def stop(self) -> dict[str, float]:
-        wall, workers, mariadb, redis, own, busy = (b - a for a, b in zip(self.start, self._read(), strict=True))
-        wall = max(wall, 1e-6)
-        other = max(0.0, busy - workers - mariadb - redis - own)
-        return {
-            "wall": wall,
-            "workers": workers / wall,
-            "mariadb": mariadb / wall,
-            "redis": redis / wall,
-            "bench": own / wall,
-            "other": other / wall,
-            "workers_cpu_s": workers,
-            "mariadb_cpu_s": mariadb,
-        }
-
-
-def start_workers(args, env) -> list[Managed]:
-    from tradingplatform.celery import app
-
-    workers, names = [], []
-    for k in range(args.workers):
-        name = f"benchmon{k}-{os.getpid()}@{os.uname().nodename}"
-        cmd = [
-            *(sys.executable, "-m", "celery", "-A", "tradingplatform", "worker", "--loglevel", "WARNING"),
-            *("--pool", args.pool, "--concurrency", str(args.concurrency), "-n", name, "-Q", env["CELERY_QUEUE"]),
-            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
-        ]
-        workers.append(Managed(f"worker{k}", cmd, env, args.verbose))
-        names.append(name)
-    deadline = time.monotonic() + 90
-    waiting = set(names)
-    while waiting:
-        for w in workers:
-            if not w.alive():
-                raise SystemExit(f"a Celery worker exited:\n{w.tail()}")
-        replies = app.control.ping(destination=list(waiting), timeout=0.5)
-        for reply in replies:
-            waiting -= set(reply)
-        if time.monotonic() > deadline:
-            raise SystemExit(f"Celery workers did not answer within 90 s:\n{workers[0].tail()}")
-    return workers
-
-
 # --- The cycle -------------------------------------------------------------------------------------------
 
 
@@ -453,8 +270,8 @@ def run_cycle(args, env, group: dict, spy_seconds: float = 0.0) -> CycleResult:
     from tradingplatform import locks
 
     active = activate_only(group["tag"])
-    flush_redis(args)  # cached sessions, rate windows, locks and queued tasks of an earlier cycle
-    workers = start_workers(args, env)
+    flush_redis(args.redis_url)  # cached sessions, rate windows, locks and queued tasks of an earlier cycle
+    workers = start_workers(args, env, "benchmon")
     spy = None
     result = CycleResult(accounts=active)
     try:
@@ -466,7 +283,7 @@ def run_cycle(args, env, group: dict, spy_seconds: float = 0.0) -> CycleResult:
         )
         locks.redis_client().delete(locks._key("periodic:monitoring.tasks.start_cycle"))
         before = MonitoringRun.objects.aggregate(last=Max("pk"))["last"] or 0
-        meter = CpuMeter([w.proc.pid for w in workers])
+        meter = CpuMeter({"workers": [w.proc.pid for w in workers]}, redis=True)
         sent = time.time()
         start_cycle.apply_async()
         if spy_seconds:
@@ -488,7 +305,14 @@ def run_cycle(args, env, group: dict, spy_seconds: float = 0.0) -> CycleResult:
             connection.close()
             if done >= run.accounts:
                 break
-        result.cpu = meter.stop()
+        use = meter.stop()
+        result.cpu = {name: use.cores(name) for name in use.seconds}
+        result.cpu.update(
+            wall=use.wall,
+            other=use.other,
+            workers_cpu_s=use.seconds["workers"],
+            mariadb_cpu_s=use.seconds["mariadb"],
+        )
         runs = AccountRun.objects.filter(run_id=run.pk) if run else AccountRun.objects.none()
         result.done = runs.count()
         last = runs.aggregate(finished=Max("finished_at"), started=Max("started_at"))
@@ -521,7 +345,7 @@ def run_cycle(args, env, group: dict, spy_seconds: float = 0.0) -> CycleResult:
             spy_report(spy)
         for w in workers:
             w.stop(timeout=5 if result.projected else 15)
-        flush_redis(args)
+        flush_redis(args.redis_url)
     return result
 
 
@@ -766,12 +590,12 @@ def main(argv=None) -> dict[str, float]:
     signal.signal(signal.SIGHUP, _stop_on_signal)
     sizes = [int(x) for x in args.accounts.split(",") if x.strip()]
     env = bench_env(args)
-    mysql_exec(
-        args,
+    harness.mysql_exec(
+        args.mysql,
         f"DROP DATABASE IF EXISTS `{args.db_name}`",
         f"CREATE DATABASE `{args.db_name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
     )
-    flush_redis(args)
+    flush_redis(args.redis_url)
     os.environ.update(env)
     import django
 
@@ -783,7 +607,7 @@ def main(argv=None) -> dict[str, float]:
         t0 = time.monotonic()
         call_command("migrate", verbosity=0, interactive=False)
         call_command("load_instruments", broker="paper", stdout=open(os.devnull, "w"))  # noqa: SIM115
-        variables = dict(mysql_exec(args, "SHOW VARIABLES"))
+        variables = dict(harness.mysql_exec(args.mysql, "SHOW VARIABLES"))
         print(
             f"# MariaDB {variables.get('version')}: innodb_flush_log_at_trx_commit="
             f"{variables.get('innodb_flush_log_at_trx_commit')}, innodb_buffer_pool_size="
@@ -824,9 +648,9 @@ def main(argv=None) -> dict[str, float]:
         from django.db import connections
 
         connections.close_all()
-        flush_redis(args)
+        flush_redis(args.redis_url)
         if not args.keep_db:
-            mysql_exec(args, f"DROP DATABASE IF EXISTS `{args.db_name}`")
+            harness.mysql_exec(args.mysql, f"DROP DATABASE IF EXISTS `{args.db_name}`")
     return figures
 
 
