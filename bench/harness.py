@@ -34,6 +34,7 @@ __all__ = [
     "bench_env",
     "django_setup",
     "flush_redis",
+    "fmt",
     "free_port",
     "machine_busy_seconds",
     "mariadb_cpu_seconds",
@@ -321,3 +322,8 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[max(1, min(len(ordered), math.ceil(q * len(ordered)))) - 1]
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    """A figure with ``digits`` decimals; ``inf`` and ``nan`` spelled so."""
+    return "inf" if math.isinf(value) else "nan" if math.isnan(value) else f"{value:.{digits}f}"

@@ -71,7 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import seeding  # noqa: E402
-from bench.harness import HOST, CpuMeter, free_port, percentile, wait_quiet  # noqa: E402
+from bench.harness import HOST, CpuMeter, fmt, free_port, percentile, wait_quiet  # noqa: E402
 from bench.order_api import OrderMaker, Pool, instruments, verify  # noqa: E402
 from e2e.stack import Stack  # noqa: E402
 
@@ -122,10 +122,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=7)
     return p.parse_args(argv)
-
-
-def fmt(value: float, digits: int = 1) -> str:
-    return "inf" if math.isinf(value) else "nan" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 # --- Traders and their sockets ----------------------------------------------------------------------

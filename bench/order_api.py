@@ -84,6 +84,7 @@ from bench.harness import (  # noqa: E402
     Managed,
     django_setup,
     flush_redis,
+    fmt,
     free_port,
     percentile,
     tree_cpu_seconds,
@@ -889,10 +890,6 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
 
 
 # --- Main -----------------------------------------------------------------------------------------
-
-
-def fmt(value: float, digits: int) -> str:
-    return "nan" if math.isnan(value) else "inf" if math.isinf(value) else f"{value:.{digits}f}"
 
 
 def main(argv=None) -> dict[str, float]:
