@@ -46,27 +46,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
 import math
 import os
 import random
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-HOST = "127.0.0.1"
+
+from bench import harness  # noqa: E402
+from bench.harness import (  # noqa: E402
+    HOST,
+    CpuMeter,
+    Managed,
+    flush_redis,
+    fmt,
+    free_port,
+    percentile,
+    start_workers,
+    wait_for_load,
+    wait_healthz,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,180 +112,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def bench_env(args) -> dict[str, str]:
-    user_password, _, host_port = args.mysql.rpartition("@")
-    user, _, password = user_password.partition(":")
-    host, _, port = host_port.partition(":")
-    fernet = base64.urlsafe_b64encode(hashlib.sha256(f"bench-fernet:{args.db_name}".encode()).digest()).decode()
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE=env.get("DJANGO_SETTINGS_MODULE", "tradingplatform.settings"),
-        DEBUG="false",
-        SECRET_KEY=hashlib.sha256(f"bench-secret:{args.db_name}".encode()).hexdigest(),
-        ALLOWED_HOSTS=f"{HOST},localhost",
-        FIELD_ENCRYPTION_KEYS=fernet,
-        DATABASE_URL=f"mysql://{user}:{password}@{host}:{port or 3306}/{args.db_name}",
-        REDIS_URL=args.redis_url,
-        LOG_LEVEL="WARNING",
+    env = harness.bench_env(
+        args,
+        DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "tradingplatform.settings"),
         CELERY_QUEUE="bench_fill_latency",
         CACHE_KEY_PREFIX="benchfill",
-        PYTHONUNBUFFERED="1",
         DASHBOARD_PUSH_INTERVAL_S=str(args.push_interval_s),
         BACKGROUND_THREADS=str(args.background_threads),
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.pop("CELERY_TASK_ALWAYS_EAGER", None)
     return env
 
 
-def mysql_exec(args, *statements) -> list:
-    import MySQLdb
-
-    user_password, _, host_port = args.mysql.rpartition("@")
-    user, _, password = user_password.partition(":")
-    host, _, port = host_port.partition(":")
-    conn = MySQLdb.connect(host=host, user=user, passwd=password, port=int(port or 3306))
-    try:
-        cur = conn.cursor()
-        rows = []
-        for statement in statements:
-            cur.execute(statement)
-            rows.extend(cur.fetchall())
-        return rows
-    finally:
-        conn.close()
-
-
-def flush_redis(args) -> None:
-    import redis
-
-    redis.Redis.from_url(args.redis_url).flushdb()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_for_load(below: float, max_wait_s: float) -> float:
-    deadline = time.monotonic() + max_wait_s
-    while below > 0 and os.getloadavg()[0] >= below and time.monotonic() < deadline:
-        time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
-    return os.getloadavg()[0]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (values need not be sorted)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(1, min(len(ordered), math.ceil(q * len(ordered)))) - 1]
-
-
 # --- Processes and CPU --------------------------------------------------------------------------------
-
-
-class Managed:
-    """A subprocess in its own process group, stopped (TERM, then KILL) by ``stop``."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], verbose: bool):
-        self.name = name
-        self.log = tempfile.NamedTemporaryFile(prefix=f"bench_{name}_", suffix=".log", delete=False)  # noqa: SIM115
-        self.proc = subprocess.Popen(  # noqa: S603  (our own interpreter and arguments)
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=None if verbose else self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-n:])
-        return ""
-
-    def log_text(self) -> str:
-        with contextlib.suppress(OSError):
-            return Path(self.log.name).read_text(errors="replace")
-        return ""
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.log.name)
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        total += proc_cpu_seconds(current)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-    return total
-
-
-def named_cpu_seconds(*names: str) -> float:
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() in names:
-                    total += proc_cpu_seconds(int(entry.name))
-    return total
-
-
-def machine_busy_seconds() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    def __init__(self, processes: dict[str, int]):
-        self.processes = processes
-        self.start = self._read()
-
-    def _read(self) -> dict[str, float]:
-        values = {name: tree_cpu_seconds(pid) for name, pid in self.processes.items()}
-        values.update(
-            wall=time.monotonic(),
-            mariadb=named_cpu_seconds("mariadbd", "mysqld"),
-            redis=named_cpu_seconds("redis-server"),
-            bench=time.process_time(),
-            busy=machine_busy_seconds(),
-        )
-        return values
-
-    def line(self) -> str:
-        end = self._read()
-        delta = {k: end[k] - self.start[k] for k in end}
-        wall = max(delta.pop("wall"), 1e-6)
-        busy = delta.pop("busy")
-        other = max(0.0, busy - sum(delta.values()))
-        parts = [f"{name} {value / wall:.2f}" for name, value in delta.items()]
-        return f"cores: {', '.join(parts)}, other processes {other / wall:.2f} (over {wall:.0f} s)"
 
 
 # --- Setup --------------------------------------------------------------------------------------------
@@ -293,78 +139,31 @@ class Trader:
 
 
 def seed(args) -> list[Trader]:
-    from django.conf import settings
     from django.core.management import call_command
     from django.db import connection
-    from django.test import Client
 
-    from accounts import services as account_services
-    from accounts.models import User
-    from brokers import services as broker_services
+    from bench import seeding
     from brokers.paper.models import PaperClient
 
     call_command("migrate", verbosity=0, interactive=False)
     call_command("load_instruments", broker="paper", stdout=open(os.devnull, "w"))  # noqa: SIM115
     traders = []
     for i in range(args.traders):
-        user = User.objects.create_user(username=f"fill{i:04d}", password=None)
-        account = account_services.broker_account_create(
-            owner=user, broker="paper", client_id=f"FILL{i:04d}", label=f"Paper {i}", credentials={}
+        seeded = seeding.paper_trader(
+            username=f"fill{i:04d}", client_id=f"FILL{i:04d}", label=f"Paper {i}", api_key=False, login=True
         )
-        broker_services.session_live(account)  # logs in: the exchange client, a token, the BrokerSession
-        client = Client()
-        client.force_login(user)
-        traders.append(Trader(user.pk, account.pk, 0, client.cookies[settings.SESSION_COOKIE_NAME].value))
+        traders.append(Trader(seeded.user_id, seeded.account_id, 0, seeded.cookie))
     clients = dict(PaperClient.objects.filter(user_id__startswith="FILL").values_list("user_id", "pk"))
     for i, trader in enumerate(traders):
         trader.client_pk = clients[f"FILL{i:04d}"]
-    PaperClient.objects.filter(user_id__startswith="FILL").update(
-        cash=Decimal(10**12), opening_funds=Decimal(10**12), latency_ms=args.latency_ms
-    )
+    seeding.fund_paper_clients("FILL", opening_funds=seeding.BENCH_CASH, latency_ms=args.latency_ms)
     connection.close()
     return traders
 
 
 def start_daphne(port: int, env, verbose: bool) -> Managed:
     cmd = [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "tradingplatform.asgi:application"]
-    daphne = Managed("daphne", cmd, env, verbose)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if not daphne.alive():
-            raise SystemExit(f"daphne exited:\n{daphne.tail()}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=2) as s:
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            if s.recv(64).startswith(b"HTTP/1.1 200"):
-                return daphne
-        time.sleep(0.2)
-    daphne.stop()
-    raise SystemExit(f"daphne did not answer /healthz within 60 s:\n{daphne.tail()}")
-
-
-def start_workers(args, env) -> list[Managed]:
-    from tradingplatform.celery import app
-
-    workers, names = [], []
-    for k in range(args.workers):
-        name = f"benchfill{k}-{os.getpid()}@{os.uname().nodename}"
-        cmd = [
-            *(sys.executable, "-m", "celery", "-A", "tradingplatform", "worker", "--loglevel", "WARNING"),
-            *("--pool", args.pool, "--concurrency", str(args.concurrency), "-n", name, "-Q", env["CELERY_QUEUE"]),
-            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
-        ]
-        workers.append(Managed(f"worker{k}", cmd, env, args.verbose))
-        names.append(name)
-    deadline = time.monotonic() + 90
-    waiting = set(names)
-    while waiting:
-        for w in workers:
-            if not w.alive():
-                raise SystemExit(f"the Celery worker exited:\n{w.tail()}")
-        for reply in app.control.ping(destination=list(waiting), timeout=0.5):
-            waiting -= set(reply)
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the Celery worker did not answer within 90 s:\n{workers[0].tail()}")
-    return workers
+    return wait_healthz(Managed("daphne", cmd, env, verbose), port, "daphne")
 
 
 # --- Dashboards (websockets) ---------------------------------------------------------------------------
@@ -542,10 +341,6 @@ def recorded_times(fills: list[Fill]) -> tuple[dict[str, float], dict[str, int]]
 # --- Main ----------------------------------------------------------------------------------------------
 
 
-def fmt(value: float) -> str:
-    return "inf" if math.isinf(value) else "nan" if math.isnan(value) else f"{value:.1f}"
-
-
 def _stop_on_sigterm(signum, frame):
     raise SystemExit(f"stopped by signal {signum}")
 
@@ -554,12 +349,12 @@ def main(argv=None) -> dict[str, float]:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # so the cleanup below runs
     env = bench_env(args)
-    mysql_exec(
-        args,
+    harness.mysql_exec(
+        args.mysql,
         f"DROP DATABASE IF EXISTS `{args.db_name}`",
         f"CREATE DATABASE `{args.db_name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
     )
-    flush_redis(args)
+    flush_redis(args.redis_url)
     os.environ.update(env)
     import django
 
@@ -572,7 +367,7 @@ def main(argv=None) -> dict[str, float]:
         traders = seed(args)
         port = free_port()
         procs.append(start_daphne(port, env, args.verbose))
-        procs.extend(start_workers(args, env))
+        procs.extend(start_workers(args, env, "benchfill"))
         print(
             f"# {args.traders} traders, one paper account and one open dashboard each; latency_ms={args.latency_ms}; "
             f"daphne on port {port}, {args.workers} Celery worker(s) --pool {args.pool} --concurrency "
@@ -604,7 +399,7 @@ def main(argv=None) -> dict[str, float]:
         fills: list[Fill] = []
         place_fills(args, traders, args.warmup, False, rng, fills)
         time.sleep(1)
-        meter = CpuMeter({"daphne": procs[0].proc.pid, **{p.name: p.proc.pid for p in procs[1:]}})
+        meter = CpuMeter({"daphne": procs[0].proc.pid, **{p.name: p.proc.pid for p in procs[1:]}}, redis=True)
         started = time.monotonic()
         place_fills(args, traders, args.fills, True, rng, fills)
         placing = time.monotonic() - started
@@ -618,7 +413,8 @@ def main(argv=None) -> dict[str, float]:
                 break
             time.sleep(0.5)
         time.sleep(1.0)
-        cpu = meter.line()
+        use = meter.stop()
+        cpu = f"{use.line()} (over {use.wall:.0f} s)"
         load_after = os.getloadavg()
         latencies, to_record, to_ws = [], [], []
         recorded, statuses = recorded_times(measured)
@@ -674,9 +470,9 @@ def main(argv=None) -> dict[str, float]:
         from django.db import connections
 
         connections.close_all()
-        flush_redis(args)
+        flush_redis(args.redis_url)
         if not args.keep_db:
-            mysql_exec(args, f"DROP DATABASE IF EXISTS `{args.db_name}`")
+            harness.mysql_exec(args.mysql, f"DROP DATABASE IF EXISTS `{args.db_name}`")
     for name, value in figures.items():
         print(f"{name}: {fmt(value)} ms")
     return figures
