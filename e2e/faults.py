@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
 import sys
 import threading
@@ -54,7 +53,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from e2e.stack import Stack  # noqa: E402
+from bench import seeding  # noqa: E402
+from e2e.stack import Stack, django_setup  # noqa: E402
 
 MONITORING_INTERVAL_S = 5
 VISIBILITY_TIMEOUT_S = 8
@@ -68,14 +68,7 @@ STALE_ORDER_S = 60
 KITE_TIMEOUT_S = 1.0
 
 
-# --- Django in this process, on the stack's database ---------------------------------------------------
-
-
-def django_setup(stack: Stack) -> None:
-    os.environ.update(stack.env)
-    import django
-
-    django.setup()
+# --- Django in this process, on the stack's database (django_setup) -----------------------------------
 
 
 def db(fn: Callable, *args, attempts: int = 20, **kwargs):
@@ -104,23 +97,17 @@ class Trader:
 
 def trader_create(name: str, **knobs) -> Trader:
     """A trader with an API key and a connected paper account (plenty of cash), knobs set."""
-    from accounts import services as account_services
-    from accounts.models import BrokerAccount, User
     from brokers.paper.models import PaperClient
-    from brokers.services import session_live
 
-    username = f"fault_{name.replace(' ', '_')}"
-    user = User.objects.create_user(username=username, password=None)
-    client_id = f"F{user.pk:05d}"
-    account = account_services.broker_account_create(
-        owner=user, broker="paper", client_id=client_id, label=f"Faults {name}", credentials={}
+    seeded = seeding.paper_trader(
+        username=f"fault_{name.replace(' ', '_')}",
+        client_id=lambda user_pk: f"F{user_pk:05d}",
+        label=f"Faults {name}",
+        key_name="faults",
     )
-    account = BrokerAccount.objects.get(pk=account.pk)
-    _, raw = account_services.api_key_create(owner=user, name="faults")
-    session_live(account)  # the first login creates the exchange client
-    PaperClient.objects.filter(user_id=client_id).update(cash=Decimal("1000000000"))
-    knobs_set(client_id, **knobs)
-    return Trader(name, user.pk, account.pk, client_id, raw)
+    PaperClient.objects.filter(user_id=seeded.client_id).update(cash=Decimal("1000000000"))
+    knobs_set(seeded.client_id, **knobs)
+    return Trader(name, seeded.user_id, seeded.account_id, seeded.client_id, seeded.key)
 
 
 def knobs_set(client_id: str, **knobs) -> None:
@@ -886,7 +873,7 @@ def main(argv=None) -> int:
     stack.env.update(KITE_API_URL=face, KITE_LOGIN_URL=f"{face}/connect/login", KITE_TIMEOUT_S=str(KITE_TIMEOUT_S))
     with stack:
         print(f"# stack up in {stack.up_s:.0f} s ({'MariaDB' if stack.mysql else 'SQLite'}); logs in {stack.dir}")
-        django_setup(stack)
+        django_setup(stack.env)
         pending: list[Pending] = []
         results: list[Result] = []
         for name in chosen:
