@@ -66,6 +66,7 @@ from bench.harness import (  # noqa: E402
     HOST,
     CpuMeter,
     Managed,
+    dashboard_connect,
     flush_redis,
     fmt,
     free_port,
@@ -179,16 +180,7 @@ class Inbox:
 
 
 async def open_dashboard(port: int, trader: Trader, inbox: Inbox, errors: list):
-    from websockets.asyncio.client import connect
-
-    ws = await connect(
-        f"ws://{HOST}:{port}/ws/",
-        origin=f"http://{HOST}:{port}",
-        additional_headers={"Cookie": f"sessionid={trader.cookie}"},
-        max_size=None,
-        open_timeout=30,
-        compression=None,
-    )
+    ws = await dashboard_connect(port, trader.cookie)
 
     async def reader():
         try:

@@ -32,6 +32,7 @@ __all__ = [
     "CpuUse",
     "Managed",
     "bench_env",
+    "dashboard_connect",
     "django_setup",
     "flush_redis",
     "fmt",
@@ -187,6 +188,21 @@ def start_workers(args, env: dict[str, str], prefix: str) -> list[Managed]:
         if time.monotonic() > deadline:
             raise SystemExit(f"Celery workers did not answer within 90 s:\n{workers[0].tail()}")
     return workers
+
+
+async def dashboard_connect(port: int, session_cookie: str):
+    """A trader's dashboard websocket (``ws://HOST:port/ws/``, signed in by the session cookie, Origin
+    matching ALLOWED_HOSTS), opened with the ``websockets`` package."""
+    from websockets.asyncio.client import connect
+
+    return await connect(
+        f"ws://{HOST}:{port}/ws/",
+        origin=f"http://{HOST}:{port}",
+        additional_headers={"Cookie": f"sessionid={session_cookie}"},
+        max_size=None,
+        open_timeout=30,
+        compression=None,
+    )
 
 
 # --- CPU accounting (from /proc) ------------------------------------------------------------------------

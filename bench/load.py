@@ -71,7 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import seeding  # noqa: E402
-from bench.harness import HOST, CpuMeter, fmt, free_port, percentile, wait_quiet  # noqa: E402
+from bench.harness import HOST, CpuMeter, dashboard_connect, fmt, free_port, percentile, wait_quiet  # noqa: E402
 from bench.order_api import OrderMaker, Pool, instruments, verify  # noqa: E402
 from e2e.stack import Stack  # noqa: E402
 
@@ -156,16 +156,7 @@ def seed_traders(start: int, count: int) -> list[seeding.SeededTrader]:
 
 
 async def open_dashboard(ws_port: int, trader: LoadTrader) -> None:
-    from websockets.asyncio.client import connect
-
-    ws = await connect(
-        f"ws://{HOST}:{ws_port}/ws/",
-        origin=f"http://{HOST}:{ws_port}",
-        additional_headers={"Cookie": f"sessionid={trader.cookie}"},
-        max_size=None,
-        open_timeout=30,
-        compression=None,
-    )
+    ws = await dashboard_connect(ws_port, trader.cookie)
     loop = asyncio.get_running_loop()
 
     async def read():
