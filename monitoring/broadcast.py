@@ -19,6 +19,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from . import presence
 from .consumers import MARKET_GROUP, user_group
 
 logger = logging.getLogger(__name__)
@@ -76,9 +77,15 @@ def _user_timezone(user_id: int) -> ZoneInfo:
 
 
 def push_fragment(*, user_id: int, template: str, context: dict) -> None:
-    """Render ``template`` (a fragment with a stable id) in the user's timezone and send it after commit."""
+    """Render ``template`` (a fragment with a stable id) in the user's timezone and send it after commit.
+
+    Only to a user with a page open (``presence``): an algo trading through the API with no page
+    open costs no render per order. A page opened later renders the current state itself.
+    """
 
     def send():
+        if not presence.watching([user_id]):
+            return
         with timezone.override(_user_timezone(user_id)):
             html = render_to_string(template, context)
         _sender.group_send(user_group(user_id), {"type": "fragment.push", "html": html})

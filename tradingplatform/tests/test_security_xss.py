@@ -15,7 +15,7 @@ from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
 from brokers.models import BrokerSession, Instrument
 from brokers.paper.models import PaperInstrument
-from monitoring import broadcast, cycle
+from monitoring import broadcast, cycle, presence
 from monitoring.models import AccountRun
 from orders import sources
 from orders.models import Order
@@ -175,6 +175,7 @@ def test_live_pushes_escape_what_traders_and_brokers_wrote(
 ):
     """Capture every fragment sent to the trader's websocket group while things happen."""
     sent = []
+    presence.joined(trader.pk, "xss-test-page")  # pushes go only to traders with a page open
     original = broadcast._sender.group_send
     monkeypatch.setattr(
         broadcast._sender, "group_send", lambda group, message: (sent.append(message), original(group, message))
