@@ -847,7 +847,8 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
                         claim_ms.append((time.perf_counter() - t) * 1000)
                 done = (
                     ScheduledFire.objects.filter(scheduled_id__in=created)
-                    .exclude(status=ScheduledFire.Status.PENDING)
+                    # A fire a worker is still placing is not done: stopping the worker now would cut it off.
+                    .exclude(status__in=[ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING])
                     .count()
                 )
                 if done >= len(created):
