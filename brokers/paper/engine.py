@@ -11,6 +11,7 @@ fills back, so every process (web, workers, the Kite face) sees one exchange.
 Errors are the exchange's own (Kite's error types); the adapters translate them.
 """
 
+import functools
 import hashlib
 import math
 import random
@@ -562,9 +563,13 @@ def _changed(order: PaperOrder) -> None:
     if order.status == Status.OPEN and not order.filled_quantity:
         return
     from brokers.services import broker_activity
+    from tradingplatform import background
 
     user_id = order.client.user_id
-    transaction.on_commit(lambda: broker_activity(broker="paper", client_id=user_id))
+    # Off the committing thread, as fills are announced: the placing request does not wait for it.
+    transaction.on_commit(
+        lambda: background.submit(functools.partial(broker_activity, broker="paper", client_id=user_id))
+    )
     if order.client.postback_url:  # callers load the client with the order
         from .tasks import send_postback
 
