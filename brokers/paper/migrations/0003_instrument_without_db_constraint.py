@@ -5,20 +5,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('paper', '0002_load_instruments'),
+        ("paper", "0002_load_instruments"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='paperorder',
-            name='instrument',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='paper.paperinstrument'),
+            model_name="paperorder",
+            name="instrument",
+            field=models.ForeignKey(
+                db_constraint=False,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="orders",
+                to="paper.paperinstrument",
+            ),
         ),
         migrations.AlterField(
-            model_name='papertrade',
-            name='instrument',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.PROTECT, related_name='trades', to='paper.paperinstrument'),
+            model_name="papertrade",
+            name="instrument",
+            field=models.ForeignKey(
+                db_constraint=False,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="trades",
+                to="paper.paperinstrument",
+            ),
         ),
     ]
