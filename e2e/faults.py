@@ -459,10 +459,8 @@ def s_broker_faults(stack: Stack) -> Pending:
     trader = trader_create(result.name, latency_ms=30, error_rate=0.25, timeout_rate=0.25, rate_limit_per_s=4)
     asked = api_flow(stack, trader, 24, threads=6, prefix="faults", seed=1)
     knobs_set(trader.client_id)  # the exchange recovers; the platform reconciles what is open
-    seen = sum(len(a.errors_seen) for a in asked)
-    result.notes.append(f"{unknown_outcomes(trader)} answers lost, looked up later; {seen} error answers retried")
-    asks = {a.key: a for a in asked}
-    return Pending(result, lambda: verify(trader, asks, api_ask_of(trader)), time.monotonic() + STALE_ORDER_S + 20)
+    result.notes.append(f"{unknown_outcomes(trader)} answers lost, looked up later")
+    return api_flow_checked(result, trader, asked)
 
 
 def s_kite_timeouts(stack: Stack) -> Pending:
@@ -516,6 +514,11 @@ def s_kite_timeouts(stack: Stack) -> Pending:
     flapper.join()
     knobs_set(client.user_id)
     result.notes.append(f"{len(flips) // 2} slow spells; {unknown_outcomes(trader)} answers lost, looked up later")
+    return api_flow_checked(result, trader, asked)
+
+
+def api_flow_checked(result: Result, trader, asked) -> Pending:
+    """The check of an API order flow's scenario, once its orders have settled."""
     result.notes.append(f"{sum(len(a.errors_seen) for a in asked)} error answers retried")
     asks = {a.key: a for a in asked}
     return Pending(result, lambda: verify(trader, asks, api_ask_of(trader)), time.monotonic() + STALE_ORDER_S + 20)
@@ -695,9 +698,7 @@ def s_db_dropped(stack: Stack) -> Pending | Result:
     for name in ("web", "worker", "beat"):
         if not stack[name].alive():
             result.failed_checks.append(f"{name} exited after its connection was killed")
-    result.notes.append(f"{sum(len(a.errors_seen) for a in asked)} error answers retried")
-    asks = {a.key: a for a in asked}
-    return Pending(result, lambda: verify(trader, asks, api_ask_of(trader)), time.monotonic() + STALE_ORDER_S + 20)
+    return api_flow_checked(result, trader, asked)
 
 
 def s_dispatch_twice(stack: Stack) -> Pending:
