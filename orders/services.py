@@ -111,6 +111,17 @@ def _decimal(value, field: str) -> Decimal | None:
     return result
 
 
+def positive_quantity(value) -> int:
+    """A quantity as a whole number above 0, or a ValidationError naming ``quantity``."""
+    try:
+        quantity = int(value)
+    except (TypeError, ValueError):
+        raise ValidationError({"quantity": "Enter a whole number."}) from None
+    if quantity <= 0:
+        raise ValidationError({"quantity": "Quantity must be greater than 0."})
+    return quantity
+
+
 def order_check(
     *,
     actor,
@@ -143,12 +154,7 @@ def order_check(
         raise ValidationError({"product": f"{product} is not allowed on {account.label}."})
     if product == "CNC" and instrument.instrument_type != "EQ":
         raise ValidationError({"product": "CNC is for equity delivery; use NRML or MIS for derivatives."})
-    try:
-        quantity = int(quantity)
-    except (TypeError, ValueError):
-        raise ValidationError({"quantity": "Enter a whole number."}) from None
-    if quantity <= 0:
-        raise ValidationError({"quantity": "Quantity must be greater than 0."})
+    quantity = positive_quantity(quantity)
     if quantity % instrument.lot_size:
         raise ValidationError({"quantity": f"Quantity must be a multiple of the lot size, {instrument.lot_size}."})
     price = _decimal(price, "price")

@@ -513,12 +513,7 @@ def strategy_signal(
     accounts = list(strategy.accounts.filter(is_active=True))
     if not accounts:
         raise ValidationError({"strategy": "This strategy has no active accounts."})
-    try:
-        quantity = int(quantity)
-    except (TypeError, ValueError):
-        raise ValidationError({"quantity": "Enter a whole number."}) from None
-    if quantity <= 0:
-        raise ValidationError({"quantity": "Quantity must be greater than 0."})
+    quantity = services.positive_quantity(quantity)
     payload = {
         "instrument": str(instrument),
         "side": side,
