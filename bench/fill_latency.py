@@ -95,18 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="DASHBOARD_PUSH_INTERVAL_S: at most one dashboard push per trader per interval (then a trailing push)",
     )
     p.add_argument("--background-threads", type=int, default=4, help="BACKGROUND_THREADS: fast-path threads a process")
-    p.add_argument("--mysql", default="root:@127.0.0.1:3306", help="user:password@host:port of MariaDB/MySQL")
-    p.add_argument("--db-name", default="bench_fill_latency", help="the bench's own database (dropped and re-created)")
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/6", help="Redis database for the bench (flushed)")
-    p.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
-    p.add_argument(
-        "--load-below",
-        type=float,
-        default=1.0,
-        help="before measuring, wait (polling every 30 s) for the 1-minute load average to drop below this\n"
-        "(0: do not wait)",
-    )
-    p.add_argument("--load-wait-s", type=float, default=600.0, help="... for at most this long")
+    harness.add_database_options(p, db_name="bench_fill_latency", redis_db=6)
+    harness.add_load_options(p, when="before measuring")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--verbose", action="store_true", help="show daphne's and the worker's output")
     return p.parse_args(argv)

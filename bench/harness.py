@@ -64,6 +64,27 @@ def _mysql_parts(mysql: str) -> tuple[str, str, str, int]:
     return user, password, host, int(port or 3306)
 
 
+def add_database_options(p, *, db_name: str, redis_db: int, keep_db_help: str = "keep the database afterwards"):
+    """The options every benchmark has: where MariaDB and Redis are, and its own database."""
+    p.add_argument("--mysql", default="root:@127.0.0.1:3306", help="user:password@host:port of MariaDB/MySQL")
+    p.add_argument("--db-name", default=db_name, help="the bench's own database (dropped and re-created)")
+    p.add_argument(
+        "--redis-url", default=f"redis://127.0.0.1:6379/{redis_db}", help="Redis database for the bench (flushed)"
+    )
+    p.add_argument("--keep-db", action="store_true", help=keep_db_help)
+
+
+def add_load_options(p, *, when: str) -> None:
+    """Waiting for a quiet machine before measuring (``when``: e.g. "before measuring")."""
+    p.add_argument(
+        "--load-below",
+        type=float,
+        default=1.0,
+        help=f"{when}, wait (polling every 30 s) for the 1-minute load average to drop below this\n(0: do not wait)",
+    )
+    p.add_argument("--load-wait-s", type=float, default=600.0, help="... for at most this long")
+
+
 def bench_env(args, **extra: str) -> dict[str, str]:
     """The environment of the bench's own Django and of every process it starts: DEBUG off, LOG_LEVEL=WARNING,
     the database ``args.db_name`` on ``args.mysql``, Redis ``args.redis_url``; ``extra`` on top (the queue,

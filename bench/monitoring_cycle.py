@@ -93,18 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=32, help="MONITORING_THREADS: broker-call threads per worker process")
     p.add_argument("--conn-max-age", type=int, default=0, help="CONN_MAX_AGE of the workers (the platform's default)")
     p.add_argument("--timeout", type=float, default=400.0, help="stop waiting for a cycle after this many seconds")
-    p.add_argument("--mysql", default="root:@127.0.0.1:3306", help="user:password@host:port of MariaDB/MySQL")
-    p.add_argument("--db-name", default="bench_monitoring", help="the bench's own database (dropped and re-created)")
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/7", help="Redis database for the bench (flushed)")
-    p.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
-    p.add_argument(
-        "--load-below",
-        type=float,
-        default=1.0,
-        help="before each cycle, wait (polling every 30 s) for the 1-minute load average to drop below this\n"
-        "(0: do not wait)",
-    )
-    p.add_argument("--load-wait-s", type=float, default=600.0, help="... for at most this long")
+    harness.add_database_options(p, db_name="bench_monitoring", redis_db=7)
+    harness.add_load_options(p, when="before each cycle")
     p.add_argument(
         "--no-profile", dest="profile", action="store_false", help="skip cProfiling one account_monitor call here"
     )

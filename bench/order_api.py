@@ -100,10 +100,9 @@ NO_CPU = CpuUse(1.0, {"server": 0.0, "mariadb": 0.0, "load generator": 0.0})
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--mysql", default="root:@127.0.0.1:3306", help="user:password@host:port of MariaDB/MySQL")
-    p.add_argument("--db-name", default="bench_orders", help="the bench's own database (dropped and re-created)")
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/5", help="Redis database for the bench (flushed)")
-    p.add_argument("--keep-db", action="store_true", help="reuse the database if it is there, and keep it afterwards")
+    harness.add_database_options(
+        p, db_name="bench_orders", redis_db=5, keep_db_help="reuse the database if it is there, and keep it afterwards"
+    )
     p.add_argument("--port", type=int, default=0, help="HTTP port for the server (default: a free one)")
     p.add_argument(
         "--server",
