@@ -182,10 +182,16 @@ def seed_group(args, tag: str, n: int) -> dict:
     # Orders, placed at the exchange directly: a filled MARKET BUY and a LIMIT BUY resting 10% below.
     t2 = time.monotonic()
     symbols = list(PaperInstrument.objects.filter(instrument_type="EQ").order_by("pk"))
-    listeners = list(broker_services.account_activity_listeners)
-    fill_listeners = list(broker_services.fill_listeners)
-    broker_services.account_activity_listeners.clear()  # no fast-path tasks from the setup's fills
-    broker_services.fill_listeners.clear()  # nor fast-path recording: the measured cycle records them
+    # The setup's orders and fills go unannounced: no fast-path runs, applying or recording (the
+    # measured cycle does all of it).
+    announced = (
+        broker_services.account_activity_listeners,
+        broker_services.order_update_listeners,
+        broker_services.fill_listeners,
+    )
+    kept = [list(listeners) for listeners in announced]
+    for listeners in announced:
+        listeners.clear()
     placed = 0
     try:
         with_orders = ids[:: max(1, args.orders_every)]
@@ -209,8 +215,8 @@ def seed_group(args, tag: str, n: int) -> dict:
         from tradingplatform import background
 
         background.wait_idle()  # the setup's fills are announced after commit, on background threads
-        broker_services.account_activity_listeners[:] = listeners
-        broker_services.fill_listeners[:] = fill_listeners
+        for listeners, saved in zip(announced, kept, strict=True):
+            listeners[:] = saved
     PaperClient.objects.filter(user_id__in=ids).update(latency_ms=args.latency_ms)
     timings["orders"] = time.monotonic() - t2
     connection.close()

@@ -195,6 +195,9 @@ class Broker:
       ``other``, ``quote``), each a list of (calls, per seconds); the shared rate budget
       enforces them for every process.
     - ``max_modifications``: how often one order may be modified.
+    - ``tells_order_updates``: True when the broker reliably tells us every change of our
+      orders as it happens, with their state and fills (``brokers.services.broker_order_update``):
+      nothing then needs to ask it after we place, modify or cancel.
     """
 
     code = ""
@@ -205,6 +208,7 @@ class Broker:
         "quote": [(1, 1)],
     }
     max_modifications = 25
+    tells_order_updates = False
 
     def __init__(self, *, client_id: str, credentials: dict | None = None, access_token: str | None = None):
         self.client_id = client_id

@@ -28,7 +28,7 @@ from tradingplatform import locks
 from tradingplatform.memo import Memo
 
 from . import registry, selectors
-from .base import Broker, SessionTokens
+from .base import Broker, BrokerOrder, SessionTokens
 from .errors import AuthError, BrokerError, BrokerUnavailable
 from .models import BrokerSession
 
@@ -429,15 +429,22 @@ def ticks_apply(quotes) -> int:
     return len(changed)
 
 
-# --- Order updates pushed by brokers (fills, postbacks) ------------------------------------------
+# --- Order updates pushed by brokers (paper changes, Kite postbacks) -----------------------------
 
-# Called with an account id when its broker reports an order update; the monitoring app
-# registers its fast path here (brokers does not import monitoring).
+# Called with (account, BrokerOrder, fills_follow) when a broker tells us the new state of one of
+# the account's orders; the orders app registers its fast path here (brokers does not import
+# orders). ``fills_follow``: the broker hands us the fills themselves too (the fill listeners
+# get them right after), so nothing needs to fetch them.
+order_update_listeners: list = []
+
+# Called with an account id when the account needs a whole monitoring run soon (we placed,
+# modified or cancelled at a broker that does not tell us what became of it, or a strategy
+# order changed); the monitoring app registers its debounced run here.
 account_activity_listeners: list = []
 
 
 def account_touched(account_id: int) -> None:
-    """Something changed for this account (we placed, modified or cancelled): same listeners."""
+    """The account needs its monitoring steps run soon: tell the listeners."""
     for listener in account_activity_listeners:
         listener(account_id)
 
@@ -462,20 +469,18 @@ def _accounts_of_client(broker: str, client_id: str) -> list[BrokerAccount]:
     return _client_accounts.get((broker, client_id), load) or []
 
 
-def broker_fills(*, broker: str, client_id: str, trades: list) -> int:
-    """A broker reported fills of this client: hand them to the listeners for each of its accounts."""
+def broker_order_update(*, broker: str, client_id: str, order: BrokerOrder, fills: list | None = None) -> int:
+    """A broker told us an order of this client changed (its state now) and, if it hands them over,
+    the fills of that change: the order listeners first (so our order has its broker id when the
+    fills are recorded and linked to it), then the fill listeners, for each of the client's accounts.
+    Returns how many accounts that was."""
     accounts = _accounts_of_client(broker, client_id)
     for account in accounts:
-        for listener in fill_listeners:
-            listener(account, trades)
-    return len(accounts)
-
-
-def broker_activity(*, broker: str, client_id: str) -> int:
-    """A broker told us an order of this client changed: notify listeners for its accounts."""
-    accounts = _accounts_of_client(broker, client_id)
-    for account in accounts:
-        account_touched(account.pk)
+        for listener in order_update_listeners:
+            listener(account, order, fills is not None)
+        if fills:
+            for listener in fill_listeners:
+                listener(account, fills)
     return len(accounts)
 
 

@@ -14,6 +14,7 @@ from accounts import selectors as account_selectors
 
 from . import selectors, services
 from .errors import BrokerError
+from .kite.adapter import to_order as kite_to_order
 
 logger = logging.getLogger(__name__)
 PENDING_KEY = "broker_connect_pending"
@@ -91,7 +92,8 @@ def instruments(request):
 @csrf_exempt
 @require_POST
 def kite_postback(request):
-    """Kite's order postbacks: verified by checksum, then the account's steps run at once."""
+    """Kite's order postbacks: verified by checksum, then the order's new state applied at once (and
+    the account's steps run if it filled or is a strategy's)."""
     import json
 
     try:
@@ -102,5 +104,11 @@ def kite_postback(request):
         return JsonResponse(
             {"error": {"code": "forbidden", "message": "Unknown or forged postback.", "field": None}}, status=403
         )
-    services.broker_activity(broker="kite", client_id=account.client_id)
+    try:
+        state = kite_to_order(body)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # verified but unreadable: run the account
+        logger.warning("unreadable Kite postback for %s: %s", account.client_id, exc)
+        services.account_touched(account.pk)
+    else:
+        services.broker_order_update(broker="kite", client_id=account.client_id, order=state)
     return JsonResponse({"status": "ok"})

@@ -57,7 +57,7 @@ def test_strategy_take_profit_exits_and_cancels_the_stop_loss(stack, context, pa
     mark_page(book)
 
     result = send_alert(webhook_url, secret, symbol="NSE:RELIANCE", side="BUY", quantity=1)
-    assert [row["status"] for row in result["results"]] == ["SUBMITTED"], result
+    assert [row["status"] for row in result["results"]] in (["SUBMITTED"], ["FILLED"]), result
 
     # The MARKET entry fills on arrival; the monitoring fast path then places both exits.
     entry = book_row(book, "RELIANCE", "BUY", "MARKET")

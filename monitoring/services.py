@@ -56,9 +56,11 @@ def batch_monitor(*, account_ids: list[int], run_id: int | None) -> list:
 
 
 def account_activity(account_id: int) -> None:
-    """A fill or order update arrived (paper fill, Kite postback): run the account's steps now.
+    """The account needs its steps run now: a strategy's order changed (exits, re-entry, retries
+    follow from it), a Kite order filled (its fills are fetched), or we placed, modified or
+    cancelled at a broker that tells us nothing of what became of it.
 
-    Debounced: a burst of fills within half a second queues one run.
+    Debounced: a burst within half a second queues one run.
     """
     from .tasks import monitor_account
 

@@ -28,7 +28,8 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
-from brokers.base import IST, OrderChange, OrderRequest, Status
+from brokers import registry
+from brokers.base import IST, BrokerOrder, OrderChange, OrderRequest, Status
 from brokers.client import AccountBroker
 from brokers.errors import (
     AuthError,
@@ -456,7 +457,7 @@ def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = Non
             broker_order_id=placed.broker_order_id,
             submitted_at=timezone.now(),
         )
-        _queue_sync(order.account_id)
+        _queue_sync(order)
     if order.status == OrderStatus.NEW:
         # Our transition lost to a reconciliation that found the order at the broker by its tag
         # first (an earlier order's sync, under load): answer with the order as it is now.
@@ -490,16 +491,25 @@ def _unknown_outcome(order: Order, message: str) -> None:
         cause="the broker's answer was lost",
         message=f"{message}; it will be looked up by its tag",
     )
-    _queue_sync(order.account_id, countdown=5)
+    _queue_sync(order, always=True)
 
 
 def _transition(
-    order: Order, to_status: str, *, kind: str, cause: str, message: str = "", created: bool = False, **fields
+    order: Order,
+    to_status: str,
+    *,
+    kind: str,
+    cause: str,
+    message: str = "",
+    created: bool = False,
+    expect: dict | None = None,
+    **fields,
 ) -> bool:
-    """Move an order from the status we read to ``to_status``, once. Returns whether we did."""
+    """Move an order from the status we read (and the ``expect``ed field values) to ``to_status``,
+    once. Returns whether we did."""
     from_status = order.status
     with transaction.atomic():
-        updated = Order.objects.filter(pk=order.pk, status=from_status).update(
+        updated = Order.objects.filter(pk=order.pk, status=from_status, **(expect or {})).update(
             status=to_status, updated_at=timezone.now(), **fields
         )
         if not updated:
@@ -513,12 +523,16 @@ def _transition(
     return True
 
 
-def _queue_sync(account_id: int, countdown: float = 1.0) -> None:
-    """Have the account reconciled with its broker shortly (the monitoring fast path, debounced:
-    a burst of orders and fills queues one run)."""
+def _queue_sync(order: Order, *, always: bool = False) -> None:
+    """Have the order's account reconciled with its broker shortly (its monitoring run, debounced: a
+    burst of orders queues one run), unless the broker tells us every change of our orders itself
+    (``order_broker_update``). ``always``: the broker may not have the order at all, so it cannot
+    tell us of it: only a look by its tag can."""
     from brokers.services import account_touched
 
-    transaction.on_commit(lambda: account_touched(account_id))
+    if always or not registry.get(order.account.broker).tells_order_updates:
+        account_id = order.account_id
+        transaction.on_commit(lambda: account_touched(account_id))
 
 
 def _broadcast(order: Order, *, created: bool = False) -> None:
@@ -600,7 +614,7 @@ def order_modify(
         )
     order.refresh_from_db()
     _broadcast(order)
-    _queue_sync(order.account_id)
+    _queue_sync(order)
     return order
 
 
@@ -630,7 +644,7 @@ def order_cancel(*, order: Order, actor, cause: str) -> Order:
         order.refresh_from_db()
         if order.status in Order.AT_BROKER:
             _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause)
-    _queue_sync(order.account_id)
+    _queue_sync(order)
     return order
 
 
@@ -672,7 +686,7 @@ def order_apply_broker_state(order: Order, state, *, cause: str) -> bool:
     moves_on = PROGRESS[target] > PROGRESS[order.status] or (
         order.status == OrderStatus.CANCELLED and target == OrderStatus.FILLED  # it filled before the cancel
     )
-    fills_changed = state.filled_quantity != order.filled_quantity
+    fills_changed = state.filled_quantity > order.filled_quantity  # never back: updates can arrive out of order
     if not moves_on and not fills_changed and order.broker_order_id:
         return False
     fields = {
@@ -697,8 +711,43 @@ def order_apply_broker_state(order: Order, state, *, cause: str) -> bool:
         message=f"{state.filled_quantity}/{order.quantity} filled at {state.average_price}"
         if state.filled_quantity
         else (state.status_message or ""),
+        expect={"filled_quantity": order.filled_quantity},
         **fields,
     )
+
+
+def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow: bool) -> bool:
+    """A broker told us the state of one of the account's orders (a paper change, a Kite postback):
+    apply it at once. Returns whether our order changed.
+
+    Only what needs more than that queues the account's whole monitoring run: a strategy's order
+    (its steps place exits, re-enter, retry, cancel dependants) and fills the broker did not
+    hand over (``fills_follow``), which the run fetches. An order not ours (placed elsewhere) is
+    left to the cycle's reconciliation, as is an update lost with its process.
+    """
+    from brokers.services import account_touched
+
+    ours = Order.objects.select_related("instrument").filter(account=account)
+    order = ours.filter(reference=state.tag).first() if state.tag else None
+    if order is None:
+        order = ours.filter(broker_order_id=state.broker_order_id).first()
+    if order is None:
+        return False
+    order.account = account
+    filled_before = order.filled_quantity
+    cause = f"{broker_name(order)}'s order update"
+    for _attempt in range(3):  # updates of one order applied side by side: the loser re-reads and tries again
+        seen = (order.status, order.filled_quantity)
+        if order_apply_broker_state(order, state, cause=cause):
+            break
+        order.refresh_from_db()
+        if (order.status, order.filled_quantity) == seen:
+            return False  # nothing to change
+    else:
+        return False
+    if order.strategy_id or order.parent_id or (not fills_follow and order.filled_quantity != filled_before):
+        account_touched(account.pk)
+    return True
 
 
 def orders_to_sync(**where):

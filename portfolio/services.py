@@ -127,9 +127,10 @@ def fills_fast_path(account: BrokerAccount, broker_trades: list[BrokerTrade]) ->
     """Fills a broker handed us as they happened (a paper fill, right after its commit): record them
     and push the trader's dashboard at once, coalesced.
 
-    The account's monitoring steps (exits, trailing, re-entry...) run as well, a moment later
-    (``monitoring.services.account_activity``, queued by the same order update); they find these
-    fills recorded and record nothing twice.
+    The order's state was applied just before, by the same announcement
+    (``orders.services.order_broker_update``), so the fills link to it; a strategy's order also
+    has its account's monitoring steps run a moment later, which find these fills recorded and
+    record nothing twice.
     """
     from monitoring import presence
 

@@ -6,7 +6,7 @@ that placed the order (the order path must stay fast); a Celery task would add a
 round trip and wait behind the cycle's thousands of queued ``monitor_account`` tasks. So
 the committing process does it itself, on these threads. A job lost with its process (a
 crash right after the commit) is not lost work: every job here is also done later by
-something durable (the monitoring run queued on Celery, the next cycle), idempotently.
+something durable (the next monitoring cycle's reconciliation), idempotently.
 
 ``submit(fn, *args, delay_s=...)`` runs ``fn`` on a background thread after ``delay_s``.
 Called inside a transaction it runs ``fn`` at once in the caller's thread instead: that

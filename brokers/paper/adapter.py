@@ -117,11 +117,12 @@ def to_broker_trade(trade) -> base.BrokerTrade:
     )
 
 
-def fill_announce(client_id: str, fill: base.BrokerTrade) -> None:
-    """A paper fill was committed: give it to the platform's fill listeners (like a postback with the fill)."""
-    from brokers.services import broker_fills
+def order_announce(client_id: str, state: base.BrokerOrder, fills: list[base.BrokerTrade]) -> None:
+    """A paper order change was committed: give its state and fills to the platform (like a postback
+    that carries the fills)."""
+    from brokers.services import broker_order_update
 
-    broker_fills(broker="paper", client_id=client_id, trades=[fill])
+    broker_order_update(broker="paper", client_id=client_id, order=state, fills=fills)
 
 
 def to_quote(instrument) -> base.Quote:
@@ -141,6 +142,7 @@ def to_quote(instrument) -> base.Quote:
 class PaperBroker(base.Broker):
     code = "paper"
     interactive_login = False
+    tells_order_updates = True  # in-process, after each change's commit (``order_announce``)
 
     def _client(self, *, write: bool = False):
         """The client behind this session, after the fault knobs (latency, 429, 5xx, lost answers)."""

@@ -11,7 +11,6 @@ fills back, so every process (web, workers, the Kite face) sees one exchange.
 Errors are the exchange's own (Kite's error types); the adapters translate them.
 """
 
-import functools
 import hashlib
 import math
 import random
@@ -397,9 +396,7 @@ def order_place(
     if touch is not None:
         _apply_fill(order, order.quantity, touch, now)
     _save_new(order, now)
-    if touch is not None:
-        _book_fill(order, order.quantity, touch, now)
-    _changed(order)
+    _changed(order, _book_fill(order, order.quantity, touch, now) if touch is not None else None)
     return order
 
 
@@ -420,10 +417,11 @@ def _arrival_fill_price(order: PaperOrder, instrument: PaperInstrument) -> Decim
     return touch if crosses else None
 
 
-def _fill_on_arrival(order: PaperOrder, instrument: PaperInstrument, now: datetime) -> None:
+def _fill_on_arrival(order: PaperOrder, instrument: PaperInstrument, now: datetime) -> PaperTrade | None:
     touch = _arrival_fill_price(order, instrument)
-    if touch is not None:
-        _record_fill(order, order.quantity - order.filled_quantity, touch, now)
+    if touch is None:
+        return None
+    return _record_fill(order, order.quantity - order.filled_quantity, touch, now)
 
 
 def _apply_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> None:
@@ -461,22 +459,7 @@ def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) 
     )
     # No instrument row update here: the market tick owns those rows (it rewrites them every
     # second), and fills locking them would queue behind it. The feed keeps the day's volume.
-    _announce_fill(trade)
     return trade
-
-
-def _announce_fill(trade: PaperTrade) -> None:
-    """After commit, hand the fill itself to the platform (its fast path), off the committing thread.
-
-    The fill is described now, from the rows in hand, so the announcement reads nothing back.
-    """
-    from tradingplatform import background
-
-    from .adapter import fill_announce, to_broker_trade
-
-    trade.instrument = trade.order.instrument  # the order's, loaded (inside the transaction) if not yet
-    client_id, fill = trade.order.client.user_id, to_broker_trade(trade)
-    transaction.on_commit(lambda: background.submit(fill_announce, client_id, fill))
 
 
 def _live_order(client: PaperClient, order_id: str) -> PaperOrder:
@@ -488,6 +471,7 @@ def _live_order(client: PaperClient, order_id: str) -> PaperOrder:
     )
     if order is None:
         raise InputException("Couldn't find that `order_id`.", kind="input")
+    order.client = client
     if order.status not in PaperOrder.LIVE:
         raise InputException(f"Order cannot be modified or cancelled as it is {order.status}.", kind="input")
     return order
@@ -541,9 +525,8 @@ def order_modify(
     order.modifications += 1
     order.updated_at = timezone.now()
     order.save()
-    if order.status == Status.OPEN:
-        _fill_on_arrival(order, order.instrument, order.updated_at)
-    _changed(order)
+    fill = _fill_on_arrival(order, order.instrument, order.updated_at) if order.status == Status.OPEN else None
+    _changed(order, fill)
     return order
 
 
@@ -558,19 +541,24 @@ def order_cancel(*, client: PaperClient, order_id: str) -> PaperOrder:
     return order
 
 
-def _changed(order: PaperOrder) -> None:
-    """After commit: tell the platform (in-process, like a postback) and the client's postback URL."""
-    if order.status == Status.OPEN and not order.filled_quantity:
-        return
-    from brokers.services import broker_activity
+def _changed(order: PaperOrder, fill: PaperTrade | None = None) -> None:
+    """After commit, tell the platform (in-process, like a postback) and the client's postback URL.
+
+    The platform hears of every change, with the order's state and the change's fill described
+    now, from the rows in hand (the announcement reads nothing back), off the committing thread
+    (the placing request does not wait for it).
+    """
     from tradingplatform import background
 
-    user_id = order.client.user_id
-    # Off the committing thread, as fills are announced: the placing request does not wait for it.
-    transaction.on_commit(
-        lambda: background.submit(functools.partial(broker_activity, broker="paper", client_id=user_id))
-    )
-    if order.client.postback_url:  # callers load the client with the order
+    from .adapter import order_announce, to_broker_order, to_broker_trade
+
+    if fill is not None:
+        fill.order, fill.instrument = order, order.instrument
+    state, fills = to_broker_order(order), [to_broker_trade(fill)] if fill is not None else []
+    user_id = order.client.user_id  # callers load the client with the order
+    transaction.on_commit(lambda: background.submit(order_announce, user_id, state, fills))
+    # Kite's postbacks: on fills and on closing, not on an order just opened.
+    if order.client.postback_url and (order.status != Status.OPEN or order.filled_quantity):
         from .tasks import send_postback
 
         transaction.on_commit(lambda: send_postback.delay(order.pk))
@@ -665,6 +653,8 @@ def match_instrument(*, instrument_id: int) -> int:
             book.add_stop(order.order_id, order.transaction_type, to_paise(order.trigger_price), remaining, limit)
         elif order.order_type == "LIMIT":
             book.add_limit(order.order_id, order.transaction_type, to_paise(order.price), remaining)
+    for order in orders.values():
+        order.instrument = instrument
     now = timezone.now()
     fills = 0
     for order_id, _side, _quantity, limit in book.trigger(to_paise(instrument.last_price)):
@@ -675,17 +665,17 @@ def match_instrument(*, instrument_id: int) -> int:
         order.save(update_fields=["status", "order_type", "updated_at"])
         touch = instrument.ask if order.transaction_type == BUY else instrument.bid
         crosses = limit is None or (order.price >= touch if order.transaction_type == BUY else order.price <= touch)
+        fill = None
         if crosses:
-            _record_fill(order, order.quantity - order.filled_quantity, touch, now)
+            fill = _record_fill(order, order.quantity - order.filled_quantity, touch, now)
             fills += 1
         else:
             book.add_limit(order.order_id, order.transaction_type, limit, order.quantity - order.filled_quantity)
-        _changed(order)
+        _changed(order, fill)
     volume = instrument.tick_volume
     for fill in book.match(bid=to_paise(instrument.bid), ask=to_paise(instrument.ask), volume=volume):
         order = orders[fill.order_id]
-        _record_fill(order, fill.quantity, from_paise(fill.price), now)
-        _changed(order)
+        _changed(order, _record_fill(order, fill.quantity, from_paise(fill.price), now))
         fills += 1
     return fills
 

@@ -9,7 +9,6 @@ from decimal import Decimal
 import pytest
 
 from accounts.tests.factories import make_kite_account
-from brokers import services as broker_services
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
 from monitoring import cycle
@@ -140,17 +139,6 @@ def test_one_failing_step_does_not_stop_the_others(account, monkeypatch):
     assert result.status == AccountRun.Status.ERRORS
     assert result.errors == [{"step": "4_exits", "error": "RuntimeError: boom"}]
     assert "9_retries" in result.step_ms
-
-
-def test_a_paper_fill_notifies_the_fast_path(trader, account, django_capture_on_commit_callbacks):
-    seen = []
-    broker_services.account_activity_listeners.append(seen.append)
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            place(trader, account)
-    finally:
-        broker_services.account_activity_listeners.remove(seen.append)
-    assert account.pk in seen
 
 
 def test_kite_postbacks_are_verified(client, trader, instruments):

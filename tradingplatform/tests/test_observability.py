@@ -31,7 +31,7 @@ from monitoring.tasks import heartbeat, monitor_account
 from orders import sources
 from orders.models import Order
 from orders.tests.factories import instrument, place
-from tradingplatform import locks, logs, metrics
+from tradingplatform import background, locks, logs, metrics
 from tradingplatform.testing import requires_redis
 
 TOKEN = "metrics-token-0123456789abcdef"
@@ -80,8 +80,19 @@ def api(client, trader):
     return client
 
 
-def order_body(account, **overrides):
-    return {"account_id": account.pk, "tradingsymbol": "INFY", "side": "BUY", "quantity": 1, **overrides}
+def signal_post(api, account, request_id: str):
+    """A strategy's entry through the API: its fill is what queues the account's monitoring run
+    (a manual order's fill is applied and recorded without one)."""
+    strategy, _ = sources.strategy_save(
+        owner=account.owner, name="Traced", account_ids=[account.pk], stop_loss=Decimal("5"), take_profit=Decimal("5")
+    )
+    body = {"id": f"signal-{request_id}", "tradingsymbol": "INFY", "side": "BUY", "quantity": 1}
+    response = api.post(
+        f"/api/v1/strategies/{strategy.pk}/signal", body, content_type="application/json", HTTP_X_REQUEST_ID=request_id
+    )
+    assert response.status_code == 201, response.json()
+    (placed,) = response.json()["results"]
+    return response, placed["reference"]
 
 
 # --- /metrics access -----------------------------------------------------------------------
@@ -331,14 +342,11 @@ def test_the_request_id_follows_an_order_through_its_task_to_the_broker_calls(ap
 
     before_task_publish.connect(record, weak=False)
     try:
-        response = api.post(
-            "/api/v1/orders", order_body(account), content_type="application/json", HTTP_X_REQUEST_ID="lb-order-0001"
-        )
+        response, reference = signal_post(api, account, "lb-order-0001")
+        assert background.wait_idle(30)  # the fill's update, on a background thread, queues the run
     finally:
         before_task_publish.disconnect(record)
-    assert response.status_code == 201, response.json()
     assert response["X-Request-ID"] == "lb-order-0001"
-    reference = response.json()["reference"]
     assert logs.current_request_id() is None  # nothing leaks past the request
 
     # The fast path queued the account's monitoring with the request's id in the task's headers.
@@ -353,9 +361,9 @@ def test_the_request_id_follows_an_order_through_its_task_to_the_broker_calls(ap
     records = json_logs()
     mine = [r for r in records if r["request_id"] == "lb-order-0001"]
     access = [r for r in mine if r["logger"] == "tradingplatform.access"]
-    assert access and access[0]["path"] == "/api/v1/orders" and access[0]["status"] == 201
+    assert access and access[0]["path"].endswith("/signal") and access[0]["status"] == 201
     assert access[0]["user_id"] == trader.pk
-    placed = [r for r in mine if r["logger"] == "brokers.calls" and r["method"] == "place_order"]
+    placed = [r for r in mine if r["logger"] == "brokers.calls" and r["method"] == "place_order" and not r.get("task")]
     assert len(placed) == 1 and placed[0]["order_ref"] == reference and placed[0]["outcome"] == "ok"
     assert placed[0]["user_id"] == trader.pk and placed[0]["broker"] == "paper"
     in_task = [r for r in mine if r.get("task") == monitor_account.name and r["logger"] == "brokers.calls"]
@@ -482,10 +490,7 @@ def test_a_real_worker_logs_the_task_with_the_request_id(api, account):
     reader = threading.Thread(target=lambda: lines.extend(iter(worker.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        response = api.post(
-            "/api/v1/orders", order_body(account), content_type="application/json", HTTP_X_REQUEST_ID="lb-worker-0001"
-        )
-        assert response.status_code == 201, response.json()
+        signal_post(api, account, "lb-worker-0001")
         deadline = time.monotonic() + 90
         while not AccountRun.objects.filter(account=account).exists() and time.monotonic() < deadline:
             assert worker.poll() is None, "".join(lines)

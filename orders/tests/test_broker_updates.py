@@ -1,0 +1,219 @@
+"""A broker's word on one of our orders (a paper change, a Kite postback) is applied at once.
+
+Only a strategy's order, or fills the broker did not hand over, queue the account's whole
+monitoring run; a manual order is placed, opened, filled and recorded without one. These tests
+commit for real (the paper exchange announces after its commit, on background threads) and wait
+for the background work to finish instead of waiting for a time.
+"""
+
+import hashlib
+import json
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+
+from accounts.tests.factories import make_kite_account
+from brokers import services as broker_services
+from brokers.base import BrokerOrder, Status
+from brokers.paper import engine
+from orders import services, sources
+from orders.models import Order
+from orders.tests.factories import instrument, place
+from portfolio.models import Position, Trade
+from tradingplatform import background
+
+pytestmark = pytest.mark.django_db(transaction=True)
+D = Decimal
+
+
+@pytest.fixture
+def runs_queued():
+    """The account ids whose whole monitoring run was asked for."""
+    seen: list[int] = []
+    broker_services.account_activity_listeners.append(seen.append)
+    yield seen
+    broker_services.account_activity_listeners.remove(seen.append)
+
+
+def settle():
+    assert background.wait_idle(30), "the background work did not finish"
+
+
+def set_price(last, symbol="INFY"):
+    last = D(last)
+    engine.market_set(exchange="NSE", tradingsymbol=symbol, last_price=last, bid=last - D("0.1"), ask=last + D("0.1"))
+
+
+def statuses(order):
+    return list(order.events.order_by("id").values_list("to_status", flat=True))
+
+
+def test_a_manual_fill_is_applied_recorded_and_linked_without_a_monitoring_run(trader, account, runs_queued):
+    order = place(trader, account, quantity=3)
+    settle()
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED and order.filled_quantity == 3 and order.broker_order_id
+    trade = Trade.objects.get(account=account)
+    assert trade.order_id == order.pk  # linked at once: the order had its broker id before the fill was recorded
+    assert Position.objects.get(account=account).net_quantity == 3
+    assert "paper exchange's order update" in order.events.get(to_status=Order.Status.FILLED).cause.lower()
+    assert runs_queued == []
+
+
+def test_a_resting_order_opens_fills_and_cancels_by_the_exchanges_word(trader, account, runs_queued):
+    set_price("1500")
+    resting = place(trader, account, quantity=2, order_type="LIMIT", price=D("1490"))
+    other = place(trader, account, quantity=2, order_type="LIMIT", price=D("1480"))
+    settle()
+    resting.refresh_from_db()
+    assert resting.status == Order.Status.OPEN  # not left SUBMITTED until the next cycle
+
+    set_price("1489")  # the ask crosses 1490: the exchange fills it on its next match
+    engine.match_instrument(instrument_id=engine.instrument_lookup("NSE", "INFY").pk)
+    services.order_cancel(order=other, actor=trader, cause="test")
+    settle()
+    resting.refresh_from_db()
+    other.refresh_from_db()
+    assert resting.status == Order.Status.FILLED and resting.filled_quantity == 2
+    assert Trade.objects.get(account=account).order_id == resting.pk
+    assert other.status == Order.Status.CANCELLED and statuses(other).count(Order.Status.CANCELLED) == 1
+    assert runs_queued == []
+
+
+def test_a_strategy_entry_fill_queues_the_accounts_run(trader, account, runs_queued):
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Guarded", account_ids=[account.pk], stop_loss=D("1"), take_profit=D("2")
+    )
+    entry = place(trader, account, quantity=1, strategy=strategy, source="strategy")
+    settle()
+    entry.refresh_from_db()
+    assert entry.status == Order.Status.FILLED
+    assert runs_queued == [account.pk]  # its exits are placed by the account's steps
+
+
+def _state(order: Order, **changes) -> BrokerOrder:
+    base = BrokerOrder(
+        broker_order_id=order.broker_order_id or "X1",
+        tag=order.reference,
+        exchange="NSE",
+        tradingsymbol="INFY",
+        side=order.side,
+        order_type=order.order_type,
+        product=order.product,
+        validity="DAY",
+        quantity=order.quantity,
+        price=order.price or D(0),
+        trigger_price=D(0),
+        status=Status.OPEN,
+        filled_quantity=0,
+        pending_quantity=order.quantity,
+        cancelled_quantity=0,
+        average_price=D(0),
+        status_message=None,
+        placed_at=None,
+        updated_at=None,
+    )
+    return replace(base, **changes)
+
+
+@pytest.fixture
+def resting(trader, account):
+    set_price("1500")
+    order = place(trader, account, quantity=10, order_type="LIMIT", price=D("1400"))
+    settle()
+    order.refresh_from_db()
+    assert order.status == Order.Status.OPEN
+    return order
+
+
+def test_updates_arriving_out_of_order_never_move_an_order_back(account, resting):
+    partly = _state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=6, average_price=D("1400"))
+    assert services.order_broker_update(account, partly, True)
+    for stale in (
+        _state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=4, average_price=D("1400")),
+        _state(resting),
+    ):
+        assert not services.order_broker_update(account, stale, True)
+    resting.refresh_from_db()
+    assert (resting.status, resting.filled_quantity) == (Order.Status.PARTIALLY_FILLED, 6)
+
+    assert services.order_broker_update(account, _state(resting, status=Status.FILLED, filled_quantity=10), True)
+    assert not services.order_broker_update(account, partly, True)
+    resting.refresh_from_db()
+    assert (resting.status, resting.filled_quantity) == (Order.Status.FILLED, 10)
+
+
+def test_an_update_that_loses_a_race_reads_again_and_lands(account, resting, monkeypatch):
+    """Two updates of one order applied side by side: the one whose write finds the order
+    changed under it re-reads it and applies its (later) state after all."""
+    apply = services.order_apply_broker_state
+    partly = _state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=3, average_price=D("1400"))
+    raced = []
+
+    def racing(order, state, *, cause):
+        if not raced:  # the other update commits between our read and our write
+            raced.append(True)
+            other = Order.objects.select_related("account", "instrument").get(pk=order.pk)
+            assert apply(other, partly, cause="the other update")
+        return apply(order, state, cause=cause)
+
+    monkeypatch.setattr(services, "order_apply_broker_state", racing)
+    filled = _state(resting, status=Status.FILLED, filled_quantity=10, average_price=D("1400"))
+    assert services.order_broker_update(account, filled, True)
+    resting.refresh_from_db()
+    assert (resting.status, resting.filled_quantity) == (Order.Status.FILLED, 10)
+    assert statuses(resting)[-2:] == [Order.Status.PARTIALLY_FILLED, Order.Status.FILLED]
+
+
+def test_an_order_not_ours_is_left_to_the_cycle(account, resting):
+    stranger = _state(resting, tag="SOMEONE-ELSE", broker_order_id="999", status=Status.FILLED, filled_quantity=10)
+    assert not services.order_broker_update(account, stranger, True)
+    resting.refresh_from_db()
+    assert resting.status == Order.Status.OPEN
+
+
+def _postback(client, account, order: Order, secret: str, **fields):
+    body = {
+        "user_id": account.client_id,
+        "order_id": order.broker_order_id,
+        "order_timestamp": "2026-11-21 10:00:00",
+        "tag": order.reference,
+        "quantity": order.quantity,
+        **fields,
+    }
+    signed = f"{body['order_id']}{body['order_timestamp']}{secret}".encode()
+    body["checksum"] = hashlib.sha256(signed).hexdigest()
+    return client.post("/hooks/kite/postback/", json.dumps(body), content_type="application/json")
+
+
+def test_a_kite_postback_applies_the_order_state_and_runs_the_account_for_its_fills(
+    client, trader, instruments, runs_queued
+):
+    account = make_kite_account(trader, client_id="AB1234", api_secret="s3cret")
+    order = Order.objects.create(
+        reference="261121A1N1",
+        account=account,
+        instrument=instrument(),
+        side="BUY",
+        quantity=5,
+        order_type="MARKET",
+        product="MIS",
+        source=Order.Source.MANUAL,
+        status=Order.Status.SUBMITTED,
+        broker_order_id="2611210001",
+    )
+    assert _postback(client, account, order, "s3cret", status="OPEN").status_code == 200
+    order.refresh_from_db()
+    assert order.status == Order.Status.OPEN and runs_queued == []  # nothing to fetch for an opened order
+
+    response = _postback(client, account, order, "s3cret", status="COMPLETE", filled_quantity=5, average_price=1500.5)
+    assert response.status_code == 200
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED and order.average_price == D("1500.5")
+    assert runs_queued == [account.pk]  # Kite's postback has no fills: the account's run fetches them
+
+    forged = _postback(client, account, order, "wrong", status="CANCELLED")
+    assert forged.status_code == 403
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED
