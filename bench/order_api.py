@@ -38,7 +38,8 @@ Figures (each on its own line as ``name: value unit``; lines starting with ``#``
    database scheduler and SCHEDULE_DISPATCH_INTERVAL_S=``--dispatch-interval-s``; ``loop``
    calls the body of ``orders.tasks.dispatch_scheduled`` from this script every
    ``--dispatch-interval-s`` (a stand-in for a dispatcher that wakes at due times). Lateness
-   is the order's 'submitted' OrderEvent time minus the due time.
+   is the time of the order's first event at the exchange ('submitted', or the exchange's own
+   'opened' or 'filled' when it came first) minus the due time.
 
 Database check, after each stretch: every request carries a unique ``Idempotency-Key``; per
 key the platform's ``Order`` rows are counted, and per order reference (the broker tag) the
@@ -750,7 +751,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
     from zoneinfo import ZoneInfo
 
     from django.db import connection
-    from django.db.models import Count
+    from django.db.models import Count, Min
     from django.utils import timezone
 
     from accounts.models import BrokerAccount, User
@@ -880,8 +881,10 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
         .annotate(n=Count("id"))
         .values_list("status", "n")
     )
-    submitted = OrderEvent.objects.filter(kind="submitted", order__scheduled_id__in=created)
-    submitted = list(submitted.values_list("created_at", flat=True))
+    # At the exchange: the order's first event after "created" (our "submitted", or the exchange's
+    # own update when it came first: "opened", "filled").
+    at_exchange = OrderEvent.objects.filter(order__scheduled_id__in=created, to_status__in=TAKEN)
+    submitted = list(at_exchange.values("order_id").annotate(at=Min("created_at")).values_list("at", flat=True))
     connection.close()
     lateness = sorted((at - due).total_seconds() * 1000 for at in submitted)
     lateness += [float("inf")] * (len(created) - len(lateness))
