@@ -8,67 +8,106 @@ from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers.base import BrokerTrade
-from brokers.models import Instrument
+from brokers.selectors import instrument_by_symbol
 from orders.models import Order
+from tradingplatform.memo import Memo
 
 from .fifo import PositionState
 from .models import PnlSnapshot, Position, Trade
 
+# (account id, instrument id, product) of positions known to exist, in this process: positions
+# are never deleted, so a fill of a known position skips the look for its row.
+_positions_made = Memo("positions known to exist", ttl_s=3600)
 
-def trades_record(*, account: BrokerAccount, broker_trades: list[BrokerTrade]) -> list[Trade]:
+
+def trades_record(*, account: BrokerAccount, broker_trades: list[BrokerTrade], fresh: bool = False) -> list[Trade]:
     """Record the fills not seen before and apply them to positions, in one transaction; the ones applied.
 
     A fill is recorded once (unique broker trade id per account) and applied once (the
     position remembers the last trade it applied), so a cycle that runs twice, a task
     delivered twice, or the fill fast path and a monitoring run seeing the same fill at
-    once, change nothing the second time.
+    once, change nothing the second time. ``fresh``: the broker just announced these fills
+    (the fast path), so they are most likely new: no first look for them outside the lock.
     """
     if not broker_trades:
         return []
-    known = dict(
-        Trade.objects.filter(account=account, broker_trade_id__in=[t.trade_id for t in broker_trades]).values_list(
-            "broker_trade_id", "order_id"
+    if not fresh:
+        known = dict(
+            Trade.objects.filter(account=account, broker_trade_id__in=[t.trade_id for t in broker_trades]).values_list(
+                "broker_trade_id", "order_id"
+            )
         )
-    )
-    fresh = [t for t in broker_trades if t.trade_id not in known]
-    unlinked = {t.broker_order_id for t in broker_trades if t.trade_id in known and known[t.trade_id] is None}
+        # The fast path can record a fill before its order has its broker id (an order update
+        # lost with its process): link such fills once the order has it.
+        unlinked = {t.broker_order_id for t in broker_trades if t.trade_id in known and known[t.trade_id] is None}
+        for broker_order_id, order_id in Order.objects.filter(
+            account=account, broker_order_id__in=unlinked
+        ).values_list("broker_order_id", "pk"):
+            Trade.objects.filter(account=account, broker_order_id=broker_order_id, order__isnull=True).update(
+                order_id=order_id
+            )
+        broker_trades = [t for t in broker_trades if t.trade_id not in known]
+        if not broker_trades:
+            return []
     orders = dict(
         Order.objects.filter(
-            account=account, broker_order_id__in={t.broker_order_id for t in fresh} | unlinked
+            account=account, broker_order_id__in={t.broker_order_id for t in broker_trades}
         ).values_list("broker_order_id", "pk")
     )
-    # The fast path can record a fill before its order has its broker id (the paper exchange
-    # fills inside the placement call): link such fills once the order has it.
-    for broker_order_id in unlinked & orders.keys():
-        Trade.objects.filter(account=account, broker_order_id=broker_order_id, order__isnull=True).update(
-            order_id=orders[broker_order_id]
-        )
-    if not fresh:
-        return []
-    instruments = {
-        (i.exchange, i.tradingsymbol): i
-        for i in Instrument.objects.filter(tradingsymbol__in={t.tradingsymbol for t in fresh})
-    }
+    instruments = {t.trade_id: instrument_by_symbol(t.exchange, t.tradingsymbol) for t in broker_trades}
     rows = [
         Trade(
             account=account,
             order_id=orders.get(t.broker_order_id),
             broker_trade_id=t.trade_id,
             broker_order_id=t.broker_order_id,
-            instrument=instruments[(t.exchange, t.tradingsymbol)],
+            instrument=instruments[t.trade_id],
             product=t.product,
             side=t.side,
             quantity=t.quantity,
             price=t.price,
             filled_at=t.filled_at or timezone.now(),
         )
-        for t in sorted(fresh, key=lambda t: (t.filled_at or timezone.now(), t.trade_id))
-        if (t.exchange, t.tradingsymbol) in instruments
+        for t in sorted(broker_trades, key=lambda t: (t.filled_at or timezone.now(), t.trade_id))
+        if instruments[t.trade_id] is not None
     ]
     keys = sorted({(row.instrument_id, row.product) for row in rows})
-    # New positions are created before the transaction, on their own: two recorders creating
-    # the same row inside their transactions would deadlock on MySQL (both keep a shared lock
-    # on the duplicate key, then both want it exclusive).
+    for _attempt in range(2):
+        if any(not _positions_made.get((account.pk, *key), lambda: None) for key in keys):
+            _positions_create(account, keys)
+        with transaction.atomic():
+            # Lock the positions first (in one order, so two recorders never deadlock): fills of a
+            # position are then inserted and applied by one recorder at a time, so what is recorded
+            # is also applied, and a position's ``last_trade_id`` never passes over a fill.
+            locked = Position.objects.select_for_update().filter(
+                account=account, instrument_id__in={key[0] for key in keys}
+            )
+            positions = {(p.instrument_id, p.product): p for p in locked.order_by("instrument_id", "product")}
+            if any(key not in positions for key in keys):  # this process's memo outlived a row (tests)
+                _positions_made.clear()
+                continue
+            # Under the locks, the fills another recorder got in first are seen here.
+            recorded = set(
+                Trade.objects.filter(
+                    account=account, broker_trade_id__in=[row.broker_trade_id for row in rows]
+                ).values_list("broker_trade_id", flat=True)
+            )
+            rows = [row for row in rows if row.broker_trade_id not in recorded]
+            Trade.objects.bulk_create(rows)
+            if rows and rows[0].pk is None:  # a database that does not hand back the new ids
+                rows = list(
+                    Trade.objects.filter(account=account, broker_trade_id__in=[row.broker_trade_id for row in rows])
+                    .select_related("instrument")
+                    .order_by("filled_at", "id")
+                )
+            return _apply(positions, rows)
+    raise RuntimeError(f"positions of account {account.pk} could not be locked")
+
+
+def _positions_create(account: BrokerAccount, keys: list[tuple]) -> None:
+    """The account's missing positions of ``keys``, created on their own, before the fills'
+    transaction: two recorders creating the same row inside their transactions would deadlock
+    on MySQL (both keep a shared lock on the duplicate key, then both want it exclusive)."""
     existing = set(
         Position.objects.filter(account=account, instrument_id__in={k[0] for k in keys}).values_list(
             "instrument_id", "product"
@@ -78,24 +117,8 @@ def trades_record(*, account: BrokerAccount, broker_trades: list[BrokerTrade]) -
         [Position(account=account, instrument_id=i, product=p) for i, p in keys if (i, p) not in existing],
         ignore_conflicts=True,
     )
-    with transaction.atomic():
-        # Lock the positions first (in one order, so two recorders never deadlock): fills of a
-        # position are then inserted and applied by one recorder at a time, so their ids grow in
-        # the order they are applied and a position's ``last_trade_id`` never passes over one
-        # that another recorder had inserted but not yet committed.
-        positions = {
-            key: Position.objects.select_for_update().get(account=account, instrument_id=key[0], product=key[1])
-            for key in keys
-        }
-        # ignore_conflicts: a recorder that got the fills in first wins; we then apply whatever
-        # is not applied yet (re-read by id below).
-        Trade.objects.bulk_create(rows, ignore_conflicts=True)
-        recorded = list(
-            Trade.objects.filter(account=account, broker_trade_id__in=[row.broker_trade_id for row in rows])
-            .select_related("instrument")
-            .order_by("filled_at", "id")
-        )
-        return _apply(positions, recorded)
+    for key in keys:
+        _positions_made.get((account.pk, *key), lambda: True)
 
 
 def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]:
@@ -136,7 +159,7 @@ def fills_fast_path(account: BrokerAccount, broker_trades: list[BrokerTrade]) ->
 
     from .broadcast import dashboard_push
 
-    applied = trades_record(account=account, broker_trades=broker_trades)
+    applied = trades_record(account=account, broker_trades=broker_trades, fresh=True)
     if applied and presence.watching([account.owner_id]):  # no page open: nothing to render for
         dashboard_push(account)
     return applied
