@@ -79,6 +79,9 @@ class OrderChange:
 @dataclass(frozen=True)
 class PlacedOrder:
     broker_order_id: str
+    # The order's state in the broker's answer, when the answer carries it (the paper exchange's
+    # does: the order may be filled on arrival already).
+    state: "BrokerOrder | None" = None
 
 
 @dataclass(frozen=True)

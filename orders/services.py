@@ -448,15 +448,19 @@ def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = Non
         logger.exception("unexpected error placing %s", order.reference)
         _unknown_outcome(order, f"{type(error).__name__} while sending")
     else:
-        _transition(
-            order,
-            OrderStatus.SUBMITTED,
-            kind="submitted",
-            cause=cause,
-            message=f"broker order {placed.broker_order_id}",
-            broker_order_id=placed.broker_order_id,
-            submitted_at=timezone.now(),
-        )
+        with transaction.atomic():
+            _transition(
+                order,
+                OrderStatus.SUBMITTED,
+                kind="submitted",
+                cause=cause,
+                message=f"broker order {placed.broker_order_id}",
+                broker_order_id=placed.broker_order_id,
+                submitted_at=timezone.now(),
+            )
+            if placed.state is not None and order.status == OrderStatus.SUBMITTED:
+                # What the answer says besides (opened, filled on arrival), in the same commit.
+                order_apply_broker_state(order, placed.state, cause=f"{broker_name(order)}'s answer")
         _queue_sync(order)
     if order.status == OrderStatus.NEW:
         # Our transition lost to a reconciliation that found the order at the broker by its tag
@@ -508,7 +512,7 @@ def _transition(
     """Move an order from the status we read (and the ``expect``ed field values) to ``to_status``,
     once. Returns whether we did."""
     from_status = order.status
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # within a caller's transaction, part of it
         updated = Order.objects.filter(pk=order.pk, status=from_status, **(expect or {})).update(
             status=to_status, updated_at=timezone.now(), **fields
         )
@@ -526,11 +530,13 @@ def _transition(
 def _queue_sync(order: Order, *, always: bool = False) -> None:
     """Have the order's account reconciled with its broker shortly (its monitoring run, debounced: a
     burst of orders queues one run), unless the broker tells us every change of our orders itself
-    (``order_broker_update``). ``always``: the broker may not have the order at all, so it cannot
-    tell us of it: only a look by its tag can."""
+    (``order_broker_update``) and the order is no strategy's (whose steps may have work at once: its
+    answer may say filled). ``always``: the broker may not have the order at all, so it cannot tell
+    us of it: only a look by its tag can."""
     from brokers.services import account_touched
 
-    if always or not registry.get(order.account.broker).tells_order_updates:
+    needs_steps = order.strategy_id or order.parent_id
+    if always or needs_steps or not registry.get(order.account.broker).tells_order_updates:
         account_id = order.account_id
         transaction.on_commit(lambda: account_touched(account_id))
 
@@ -678,17 +684,26 @@ KIND_FOR = {
 }
 
 
-def order_apply_broker_state(order: Order, state, *, cause: str) -> bool:
-    """Bring an order in line with what its broker says; returns whether anything changed."""
+def _moves_on(order: Order, target: str) -> bool:
+    return PROGRESS[target] > PROGRESS[order.status] or (
+        order.status == OrderStatus.CANCELLED and target == OrderStatus.FILLED  # it filled before the cancel
+    )
+
+
+def _tells_more(order: Order, state) -> bool:
+    """Whether the broker's state of the order is ahead of ours (never back: updates can arrive out of order)."""
     target = BROKER_TO_ORDER[state.status]
     if target == OrderStatus.SUBMITTED and order.status == OrderStatus.SUBMITTED and order.broker_order_id:
         return False
-    moves_on = PROGRESS[target] > PROGRESS[order.status] or (
-        order.status == OrderStatus.CANCELLED and target == OrderStatus.FILLED  # it filled before the cancel
-    )
-    fills_changed = state.filled_quantity > order.filled_quantity  # never back: updates can arrive out of order
-    if not moves_on and not fills_changed and order.broker_order_id:
+    return _moves_on(order, target) or state.filled_quantity > order.filled_quantity or not order.broker_order_id
+
+
+def order_apply_broker_state(order: Order, state, *, cause: str) -> bool:
+    """Bring an order in line with what its broker says; returns whether anything changed."""
+    if not _tells_more(order, state):
         return False
+    target = BROKER_TO_ORDER[state.status]
+    moves_on = _moves_on(order, target)
     fields = {
         "filled_quantity": state.filled_quantity,
         "average_price": state.average_price,
@@ -737,12 +752,11 @@ def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow
     filled_before = order.filled_quantity
     cause = f"{broker_name(order)}'s order update"
     for _attempt in range(3):  # updates of one order applied side by side: the loser re-reads and tries again
-        seen = (order.status, order.filled_quantity)
+        if not _tells_more(order, state):
+            return False
         if order_apply_broker_state(order, state, cause=cause):
             break
         order.refresh_from_db()
-        if (order.status, order.filled_quantity) == seen:
-            return False  # nothing to change
     else:
         return False
     if order.strategy_id or order.parent_id or (not fills_follow and order.filled_quantity != filled_before):

@@ -100,8 +100,10 @@ def order_outcome(order) -> None:
     status = order.status
     if status in ("REJECTED", "FAILED"):
         ORDERS_REJECTED.labels(*labels, status.lower(), order.reject_kind or "other").inc()
+    elif order.broker_order_id:  # SUBMITTED, or further already (the broker's answer or update said so)
+        ORDERS_PLACED.labels(*labels).inc()
     elif status == "SUBMITTED":
-        (ORDERS_PLACED if order.broker_order_id else ORDERS_UNKNOWN).labels(*labels).inc()
+        ORDERS_UNKNOWN.labels(*labels).inc()
 
 
 @contextmanager

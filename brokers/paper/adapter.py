@@ -196,7 +196,7 @@ class PaperBroker(base.Broker):
             raise OrderRejected(
                 classify_rejection(order.status_message), order.status_message, broker_order_id=order.order_id
             )
-        return base.PlacedOrder(broker_order_id=order.order_id)
+        return base.PlacedOrder(broker_order_id=order.order_id, state=to_broker_order(order))
 
     @translate_errors(order_call=True)
     def modify_order(self, broker_order_id: str, change: base.OrderChange) -> None:

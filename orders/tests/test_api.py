@@ -27,17 +27,18 @@ def post(api, path, data, **headers):
 
 
 def test_place_each_order_type(api, account):
+    # The answer says what the exchange said: filled on arrival, or resting (a stop waiting for its trigger).
     cases = [
-        {},
-        {"order_type": "LIMIT", "price": "1400.5"},
-        {"order_type": "SL", "side": "SELL", "price": "1390", "trigger_price": "1391"},
-        {"order_type": "SL-M", "trigger_price": "1510"},
+        ({}, "FILLED"),
+        ({"order_type": "LIMIT", "price": "1400.5"}, "OPEN"),
+        ({"order_type": "SL", "side": "SELL", "price": "1390", "trigger_price": "1391"}, "OPEN"),
+        ({"order_type": "SL-M", "trigger_price": "1510"}, "OPEN"),
     ]
-    for case in cases:
+    for case, status in cases:
         response = post(api, "/api/v1/orders", body(account, **case))
         assert response.status_code == 201, response.json()
         data = response.json()
-        assert data["status"] == "SUBMITTED" and data["broker_order_id"]
+        assert data["status"] == status and data["broker_order_id"]
         assert PaperOrder.objects.filter(tag=data["reference"]).count() == 1
     assert Order.objects.count() == 4
 
@@ -93,7 +94,7 @@ def test_list_filters_and_pagination(api, trader, account):
     page = api.get("/api/v1/orders", {"limit": 2}).json()
     assert page["count"] == 4 and len(page["items"]) == 2
     assert api.get("/api/v1/orders", {"symbol": "TCS"}).json()["count"] == 1
-    assert api.get("/api/v1/orders", {"status": "SUBMITTED", "account_id": account.pk}).json()["count"] == 4
+    assert api.get("/api/v1/orders", {"status": "OPEN", "account_id": account.pk}).json()["count"] == 3
     assert api.get("/api/v1/orders", {"limit": 1000}).status_code == 422
 
 
@@ -106,7 +107,7 @@ def test_modify_cancel_and_events(api, account):
     again = api.post(f"/api/v1/orders/{order['id']}/cancel")
     assert again.status_code == 409 and again.json()["error"]["code"] == "refused"
     kinds = [event["kind"] for event in api.get(f"/api/v1/orders/{order['id']}/events").json()]
-    assert kinds == ["created", "submitted", "modified", "cancelled"]
+    assert kinds == ["created", "submitted", "opened", "modified", "cancelled"]
 
 
 def test_per_key_rate_limit_answers_429_with_retry_after(api, settings):

@@ -69,20 +69,22 @@ def test_ticket_renders_a_one_time_token_and_only_active_accounts(trader_client,
 
 
 @pytest.mark.parametrize(
-    "order_fields",
+    ("order_fields", "status"),
     [
-        {"order_type": "MARKET"},
-        {"order_type": "LIMIT", "price": "1400"},
-        {"order_type": "SL", "price": "1515", "trigger_price": "1510"},
-        {"order_type": "SL-M", "trigger_price": "1510"},
+        ({"order_type": "MARKET"}, Order.Status.FILLED),  # on arrival
+        ({"order_type": "LIMIT", "price": "1400"}, Order.Status.OPEN),  # resting
+        ({"order_type": "SL", "price": "1515", "trigger_price": "1510"}, Order.Status.OPEN),  # waiting for its trigger
+        ({"order_type": "SL-M", "trigger_price": "1510"}, Order.Status.OPEN),
     ],
 )
-def test_each_order_type_from_the_ticket_places_one_order_at_the_exchange(trader_client, trader, account, order_fields):
+def test_each_order_type_from_the_ticket_places_one_order_at_the_exchange(
+    trader_client, trader, account, order_fields, status
+):
     data = ticket_data(account, **order_fields)
     response = trader_client.post(reverse("orders:ticket"), data)
     order = Order.objects.get()
     assert response.status_code == 302 and response.url == reverse("orders:detail", args=[order.pk])
-    assert order.order_type == order_fields["order_type"] and order.status == Order.Status.SUBMITTED
+    assert order.order_type == order_fields["order_type"] and order.status == status
     assert order.source == Order.Source.MANUAL and order.placed_by == trader
     assert order.idempotency_key == f"{trader.pk}:ui:{data['token']}"
     assert order.events.first().cause == "ticket by trader"
@@ -248,10 +250,9 @@ def test_book_shows_only_the_traders_orders_in_the_live_tbody(trader_client, tra
 
 def test_book_filters(trader_client, trader, account):
     other_account = make_broker_account(trader, broker="paper", client_id="PAPER-O9", label="Second")
-    filled = place(trader, account)  # MARKET: the paper exchange fills it, the sync records it
-    services.orders_sync_account(account=account)
+    filled = place(trader, account)  # MARKET: the paper exchange fills it on arrival
     resting = resting_order(trader, account, symbol="RELIANCE")
-    on_second = place(trader, other_account, source="strategy")
+    on_second = resting_order(trader, other_account, source="strategy")
     old = resting_order(trader, account)
     Order.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=3))
 
@@ -279,7 +280,7 @@ def test_book_ignores_another_traders_account_in_the_filter(trader_client, trade
 
 
 def test_book_paginates_fifty_a_page(trader_client, trader, account):
-    first = place(trader, account)
+    first = resting_order(trader, account)
     copies = [
         Order(
             reference=f"X{n:06d}",
@@ -313,7 +314,7 @@ def test_detail_shows_the_order_and_its_timeline_in_the_users_timezone(trader_cl
     html = response.content.decode()
     assert order.reference in html and order.broker_order_id in html
     events = list(order.events.all())
-    assert [event.kind for event in events] == ["created", "submitted"]
+    assert [event.kind for event in events] == ["created", "submitted", "opened"]
     for event in events:
         local = timezone.localtime(event.created_at, zoneinfo.ZoneInfo("America/New_York"))
         assert f"{local:%d %b %Y %H:%M:%S}" in html
@@ -495,9 +496,10 @@ def test_another_traders_order_is_404_and_untouched(client, trader, other_trader
     at_exchange = PaperOrder.objects.get(order_id=order.broker_order_id)
     assert at_exchange.status == "OPEN" and at_exchange.quantity == 1 and at_exchange.price == D("1400")
     order.refresh_from_db()
-    assert order.status == Order.Status.SUBMITTED and list(order.events.values_list("kind", flat=True)) == [
+    assert order.status == Order.Status.OPEN and list(order.events.values_list("kind", flat=True)) == [
         "created",
         "submitted",
+        "opened",
     ]
 
 

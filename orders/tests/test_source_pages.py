@@ -46,7 +46,7 @@ def test_build_place_and_see_results_of_a_basket(trader_client, trader, account)
     page = trader_client.get(reverse("sources:basket_detail", args=[basket.pk])).content.decode()
     token = page.split('name="token" value="')[1].split('"')[0]
     placed = trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": token})
-    assert placed.status_code == 200 and "SUBMITTED" in placed.content.decode()
+    assert placed.status_code == 200 and "FILLED" in placed.content.decode()
     trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": token})  # double click
     assert PaperOrder.objects.count() == 2
     assert basket.name in trader_client.get(reverse("sources:basket_list")).content.decode()

@@ -57,7 +57,9 @@ def test_basket_places_every_item_on_every_account_with_multipliers(trader, inst
         (two.pk, "INFY", 5),
         (two.pk, "TCS", 2),
     ]
-    assert all(r["status"] == "SUBMITTED" for r in results)
+    # Each answered with what the exchange said of it.
+    at_exchange = {o.tag: {"COMPLETE": "FILLED"}.get(o.status, o.status) for o in PaperOrder.objects.all()}
+    assert {Order.objects.get(pk=r["order_id"]).reference: r["status"] for r in results} == at_exchange
     assert PaperOrder.objects.count() == 4
     # The same run again (a double click) places nothing more.
     again = sources.basket_place(basket=basket, actor=trader, run_token="t1")
@@ -78,7 +80,7 @@ def test_one_failing_item_does_not_undo_the_others(trader, instruments):
     )
     account_services.broker_account_update(account=account, actor=trader, max_quantity=1)
     results = sources.basket_place(basket=basket, actor=trader, run_token="t2")
-    assert [r["status"] for r in results] == ["SUBMITTED", "REJECTED", "SUBMITTED"]
+    assert [r["status"] for r in results] == ["FILLED", "REJECTED", "FILLED"]
     assert results[1]["reason"].startswith("Your order price is outside the price band")
     assert PaperOrder.objects.count() == 3
 
@@ -167,7 +169,7 @@ def test_a_due_order_fires_once_however_often_it_is_dispatched(trader, account):
     assert first.status == second.status == "placed"
     assert Order.objects.filter(scheduled=row).count() == 1 and PaperOrder.objects.count() == 1
     row.refresh_from_db()
-    assert row.status == "done" and row.next_run_at is None and row.last_result.endswith("SUBMITTED")
+    assert row.status == "done" and row.next_run_at is None and row.last_result.endswith("FILLED")
 
 
 def test_a_missed_time_is_reported_not_fired_late(trader, account):
@@ -372,7 +374,7 @@ def webhook(client, strategy, **overrides):
 
 def test_webhook_places_once_and_refuses_forgeries_and_replays(client, strategy):
     response = webhook(client, strategy)
-    assert response.status_code == 201 and response.json()["results"][0]["status"] == "SUBMITTED"
+    assert response.status_code == 201 and response.json()["results"][0]["status"] == "FILLED"
     assert webhook(client, strategy).json()["replayed"] is True
     assert webhook(client, strategy, id="tv-2", secret="whsec_wrong").status_code == 403
     assert webhook(client, strategy, id="tv-3", timestamp=clock.time() - 3600).status_code == 403

@@ -188,7 +188,8 @@ def test_sl_m_order_place_modify_cancel(env):
 
 def test_market_order_fills_so_modify_and_cancel_are_refused(env):
     order = env.client.place_order(env.account.pk, "INFY", "BUY", 1)
-    assert (order.order_type, order.price, order.status) == ("MARKET", None, "SUBMITTED")
+    # Filled on arrival, and the answer says so.
+    assert (order.order_type, order.price, order.status) == ("MARKET", None, "FILLED")
     assert PaperOrder.objects.get(order_id=order.broker_order_id).status == "COMPLETE"
     with pytest.raises(Conflict) as error:
         env.client.modify_order(order.id, quantity=5)
@@ -196,7 +197,6 @@ def test_market_order_fills_so_modify_and_cancel_are_refused(env):
     with pytest.raises(Conflict) as error:
         env.client.cancel_order(order.id)
     assert error.value.code == "refused" and error.value.attempts == 1
-    # The refused cancel reconciled the order with the exchange: it filled.
     filled = env.client.order(order.id)
     assert filled.status == "FILLED" and filled.filled_quantity == 1 and filled.average_price > 0
 
@@ -487,8 +487,8 @@ def test_basket_create_place_and_repeat(env, trader):
 
     results = env.client.place_basket(basket.id, idempotency_key="run-1")
     assert [(r.symbol, r.quantity, r.status) for r in results] == [
-        ("INFY", 1, "SUBMITTED"),
-        ("RELIANCE", 2, "SUBMITTED"),
+        ("INFY", 1, "OPEN"),  # resting
+        ("RELIANCE", 2, "FILLED"),  # on arrival
     ]
     assert all(r.order_id and r.account_id == env.account.pk for r in results)
     again = env.client.place_basket(basket.id, idempotency_key="run-1")
@@ -732,7 +732,7 @@ def test_cli_baskets_and_strategies(tp, env, trader):
     argv = f"strategies signal {strategy.id} --signal-id x1 --symbol INFY --side BUY --qty 1".split()
     signal = tp(*argv)
     assert signal.code == 0, signal.err
-    assert signal.out.startswith("signal x1\n") and "SUBMITTED" in signal.out
+    assert signal.out.startswith("signal x1\n") and "FILLED" in signal.out
     repeat = tp(*argv)
     assert "a repeat" in repeat.out and PaperOrder.objects.count() == 3
     assert "CLI strategy" in tp("strategies", "list").out

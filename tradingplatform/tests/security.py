@@ -62,7 +62,7 @@ def owned(trader, account, other_trader):
     ordinary signed-in requests that simply name someone else's ids.
     """
     order = place(trader, account, order_type="LIMIT", price="1400")  # rests at the paper exchange
-    assert order.status == "SUBMITTED" and order.broker_order_id
+    assert order.status == "OPEN" and order.broker_order_id
     basket = sources.basket_save(
         owner=trader,
         name="Morning",

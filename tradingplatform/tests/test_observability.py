@@ -140,7 +140,7 @@ def test_placed_and_rejected_orders_and_broker_latency_are_counted(trader, accou
     filled = place(trader, account, quantity=2)
     banded = place(trader, account, order_type="LIMIT", price="2500")  # outside the paper exchange's band
     after = read_metrics()
-    assert filled.status == Order.Status.SUBMITTED and banded.status == Order.Status.REJECTED
+    assert filled.status == Order.Status.FILLED and banded.status == Order.Status.REJECTED
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
@@ -382,7 +382,7 @@ def test_a_basket_placed_on_several_threads_keeps_the_request_id(trader, instrum
         results = sources.basket_place(basket=basket, actor=trader, run_token="rid")
     finally:
         logs.request_id_var.reset(token)
-    assert [r["status"] for r in results] == ["SUBMITTED"] * 3
+    assert [r["status"] for r in results] == ["FILLED"] * 3
     placed = [r for r in json_logs() if r["logger"] == "brokers.calls" and r["method"] == "place_order"]
     assert len(placed) == 3 and {r["request_id"] for r in placed} == {"lb-basket-0001"}
 
