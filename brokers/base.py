@@ -119,6 +119,9 @@ class BrokerTrade:
     quantity: int
     price: Decimal
     filled_at: datetime | None
+    # The order's tag, where the broker gives it with the fill (the paper exchange does; Kite's
+    # trades do not).
+    order_tag: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ A client idempotency key returns the same order on a repeat. Every status change
 conditional update (only from the status we read), so two workers cannot both apply one.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -731,7 +732,13 @@ def order_apply_broker_state(order: Order, state, *, cause: str) -> bool:
     )
 
 
-def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow: bool) -> bool:
+# How often, and how far apart, an update of an order whose placer is still waiting for the
+# broker's answer is looked at again (the placer records what the answer says; a lost answer
+# leaves the update to us).
+UPDATE_WAITS, UPDATE_WAIT_S = 8, 0.25
+
+
+def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow: bool, *, waited: int = 0) -> bool:
     """A broker told us the state of one of the account's orders (a paper change, a Kite postback):
     apply it at once. Returns whether our order changed.
 
@@ -741,12 +748,19 @@ def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow
     left to the cycle's reconciliation, as is an update lost with its process.
     """
     from brokers.services import account_touched
+    from tradingplatform import background
 
     ours = Order.objects.select_related("instrument").filter(account=account)
     order = ours.filter(reference=state.tag).first() if state.tag else None
     if order is None:
         order = ours.filter(broker_order_id=state.broker_order_id).first()
     if order is None:
+        return False
+    if order.status == OrderStatus.NEW and waited < UPDATE_WAITS:
+        # Its placer has not recorded the broker's answer yet (the update came first): look again
+        # shortly rather than race it; by then the answer has usually said it all.
+        again = functools.partial(order_broker_update, account, state, fills_follow, waited=waited + 1)
+        background.submit(again, delay_s=UPDATE_WAIT_S)
         return False
     order.account = account
     filled_before = order.filled_quantity

@@ -4,6 +4,7 @@ from collections import defaultdict
 from decimal import Decimal
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
@@ -49,16 +50,21 @@ def trades_record(*, account: BrokerAccount, broker_trades: list[BrokerTrade], f
         broker_trades = [t for t in broker_trades if t.trade_id not in known]
         if not broker_trades:
             return []
-    orders = dict(
-        Order.objects.filter(
-            account=account, broker_order_id__in={t.broker_order_id for t in broker_trades}
-        ).values_list("broker_order_id", "pk")
-    )
+    # Our orders by broker id, or by their reference where the fill names its order's tag (a fill
+    # announced while its placer is still recording the broker's answer).
+    ids, tags = {t.broker_order_id for t in broker_trades}, {t.order_tag for t in broker_trades if t.order_tag}
+    ours = Q(broker_order_id__in=ids) | Q(reference__in=tags) if tags else Q(broker_order_id__in=ids)
+    orders = {}
+    for pk, broker_order_id, reference in Order.objects.filter(ours, account=account).values_list(
+        "pk", "broker_order_id", "reference"
+    ):
+        orders[broker_order_id] = orders[reference] = pk
+    orders.pop(None, None)
     instruments = {t.trade_id: instrument_by_symbol(t.exchange, t.tradingsymbol) for t in broker_trades}
     rows = [
         Trade(
             account=account,
-            order_id=orders.get(t.broker_order_id),
+            order_id=orders.get(t.broker_order_id) or orders.get(t.order_tag),
             broker_trade_id=t.trade_id,
             broker_order_id=t.broker_order_id,
             instrument=instruments[t.trade_id],

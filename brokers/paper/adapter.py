@@ -114,6 +114,7 @@ def to_broker_trade(trade) -> base.BrokerTrade:
         quantity=trade.quantity,
         price=trade.price,
         filled_at=trade.filled_at,
+        order_tag=trade.order.tag or None,
     )
 
 

@@ -220,3 +220,54 @@ def test_a_kite_postback_applies_the_order_state_and_runs_the_account_for_its_fi
     assert forged.status_code == 403
     order.refresh_from_db()
     assert order.status == Order.Status.FILLED
+
+
+def _new_order(account) -> Order:
+    """An order its placer has sent and is waiting for the broker's answer on."""
+    return Order.objects.create(
+        reference="261121A1N9",
+        account=account,
+        instrument=instrument(),
+        side="BUY",
+        quantity=10,
+        order_type="MARKET",
+        product="MIS",
+        source=Order.Source.MANUAL,
+    )
+
+
+def test_an_update_that_beats_the_answer_waits_for_the_placer_to_record_it(account, monkeypatch):
+    monkeypatch.setattr(services, "UPDATE_WAIT_S", 0.05)
+    order = _new_order(account)
+    filled = _state(order, broker_order_id="B9", status=Status.FILLED, filled_quantity=10, average_price=D("1500"))
+    assert not services.order_broker_update(account, filled, True)  # looked at again shortly
+    assert Order.objects.get(pk=order.pk).status == Order.Status.NEW
+    # The placer records the answer meanwhile (what the exchange said: filled).
+    services._transition(order, Order.Status.SUBMITTED, kind="submitted", cause="test", broker_order_id="B9")
+    services.order_apply_broker_state(order, filled, cause="the answer")
+    settle()
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 10)
+    assert list(order.events.values_list("kind", flat=True)) == ["submitted", "filled"]  # once
+
+
+def test_an_update_applies_after_all_when_the_answer_was_lost(account, monkeypatch):
+    monkeypatch.setattr(services, "UPDATE_WAIT_S", 0.05)
+    order = _new_order(account)
+    filled = _state(order, broker_order_id="B9", status=Status.FILLED, filled_quantity=10, average_price=D("1500"))
+    assert not services.order_broker_update(account, filled, True)
+    # The answer was lost: the placer leaves the order SUBMITTED with no broker id, to be found by its tag.
+    services._transition(order, Order.Status.SUBMITTED, kind="outcome_unknown", cause="test")
+    settle()
+    order.refresh_from_db()
+    assert (order.status, order.broker_order_id, order.filled_quantity) == (Order.Status.FILLED, "B9", 10)
+
+
+def test_an_update_of_an_order_stuck_new_applies_in_the_end(account, monkeypatch):
+    monkeypatch.setattr(services, "UPDATE_WAIT_S", 0.01)
+    order = _new_order(account)
+    filled = _state(order, broker_order_id="B9", status=Status.FILLED, filled_quantity=10, average_price=D("1500"))
+    services.order_broker_update(account, filled, True)
+    settle()  # its placer died: after the waits, the exchange's word is taken
+    order.refresh_from_db()
+    assert (order.status, order.broker_order_id) == (Order.Status.FILLED, "B9")
