@@ -221,7 +221,7 @@ class PaperBroker(base.Broker):
     @translate_errors()
     def orders(self) -> list[base.BrokerOrder]:
         client, faults = self._client()
-        result = [to_broker_order(order) for order in engine.orders_of(client)]
+        result = [to_broker_order(order) for order in engine.order_book(client)]
         faults.after()
         return result
 
@@ -250,7 +250,7 @@ class PaperBroker(base.Broker):
     @translate_errors()
     def trades(self) -> list[base.BrokerTrade]:
         client, faults = self._client()
-        result = [to_broker_trade(trade) for trade in engine.trades_of(client)]
+        result = [to_broker_trade(trade) for trade in engine.trade_book(client)]
         faults.after()
         return result
 

@@ -24,7 +24,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from django.conf import settings
 from django.contrib.auth.hashers import check_password
 from django.core.cache import cache
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Case, DecimalField, ExpressionWrapper, F, Q, Sum, When
 from django.utils import timezone
 
@@ -201,17 +201,21 @@ def session_from_request_token(*, api_key: str, request_token: str, checksum: st
     return client, token, expires
 
 
+# Every call of every account starts with this query, so it is written out once: Django
+# building it anew each time cost more than running it.
+_CLIENT_OF_TOKEN = (
+    "SELECT c.* FROM paper_paperclient c JOIN paper_papertoken t ON t.client_id = c.id "
+    "WHERE t.token_hash = %s AND t.kind = %s AND t.revoked_at IS NULL AND t.expires_at > %s"
+)
+
+
 def client_for_access_token(*, api_key: str | None, access_token: str) -> PaperClient:
     """The client a live access token belongs to, or TokenException."""
-    now = timezone.now()
-    token = (
-        PaperToken.objects.select_related("client")
-        .filter(kind=PaperToken.Kind.ACCESS, token_hash=_hash(access_token or ""), revoked_at__isnull=True)
-        .first()
-    )
-    if token is None or token.expires_at <= now or (api_key is not None and token.client.api_key != api_key):
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    found = list(PaperClient.objects.raw(_CLIENT_OF_TOKEN, [_hash(access_token or ""), PaperToken.Kind.ACCESS, now]))
+    if not found or (api_key is not None and found[0].api_key != api_key):
         raise TokenException("Incorrect `api_key` or `access_token`.")
-    return token.client
+    return found[0]
 
 
 def session_close(*, access_token: str) -> None:
@@ -687,6 +691,42 @@ def orders_of(client: PaperClient):
     return PaperOrder.objects.filter(client=client).select_related("instrument").order_by("placed_at", "id")
 
 
+# The whole-book reads every account makes every monitoring cycle, written out once: Django
+# building these queries anew each time cost more than running them.
+_ORDER_BOOK = "SELECT * FROM paper_paperorder WHERE client_id = %s ORDER BY placed_at, id"
+_TRADE_BOOK = (
+    "SELECT t.*, o.order_id AS order_ref, o.tag AS order_tag FROM paper_papertrade t "
+    "JOIN paper_paperorder o ON o.id = t.order_id WHERE t.client_id = %s ORDER BY t.filled_at, t.id"
+)
+
+
+def _with_instruments(rows: list) -> list:
+    """``rows`` (orders or trades) with their instruments, read in one query."""
+    ids = sorted({row.instrument_id for row in rows})
+    if ids:
+        # Only placeholders are put in the text; the ids go as parameters.
+        placeholders = ", ".join(["%s"] * len(ids))
+        sql = f"SELECT * FROM paper_paperinstrument WHERE id IN ({placeholders})"  # noqa: S608
+        instruments = PaperInstrument.objects.raw(sql, ids)
+        by_id = {instrument.pk: instrument for instrument in instruments}
+        for row in rows:
+            row.instrument = by_id[row.instrument_id]
+    return rows
+
+
+def order_book(client: PaperClient) -> list[PaperOrder]:
+    """Every order of the client with its instrument, oldest first (``orders_of``, in two plain queries)."""
+    return _with_instruments(list(PaperOrder.objects.raw(_ORDER_BOOK, [client.pk])))
+
+
+def trade_book(client: PaperClient) -> list[PaperTrade]:
+    """Every fill of the client with its instrument and its order's id and tag, oldest first."""
+    trades = list(PaperTrade.objects.raw(_TRADE_BOOK, [client.pk]))
+    for trade in trades:
+        trade.order = PaperOrder(pk=trade.order_id, order_id=trade.order_ref, tag=trade.order_tag or "")
+    return _with_instruments(trades)
+
+
 def order_of(client: PaperClient, order_id: str) -> PaperOrder:
     order = orders_of(client).filter(order_id=order_id).first()
     if order is None:
@@ -750,11 +790,9 @@ def positions_of(client: PaperClient, *, day_only: bool = False) -> list[Positio
     """Positions from the client's fills: delivery (CNC) from today, the rest from all days."""
     start_of_day = timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
     rows: dict[tuple, PositionRow] = {}
-    trades = PaperTrade.objects.filter(client=client).select_related("instrument")
-    trades = trades.filter(Q(filled_at__gte=start_of_day) | ~Q(product="CNC"))
-    if day_only:
-        trades = trades.filter(filled_at__gte=start_of_day)
-    for trade in trades.order_by("filled_at", "id"):
+    for trade in trade_book(client):
+        if trade.filled_at < start_of_day and (day_only or trade.product == "CNC"):
+            continue
         row = rows.setdefault((trade.instrument_id, trade.product), PositionRow(trade.instrument, trade.product))
         value = trade.quantity * trade.price
         today = trade.filled_at >= start_of_day

@@ -295,3 +295,35 @@ def test_staff_set_a_clients_password_and_knobs_in_admin(client, staff, django_u
     assert client.name == "Renamed" and client.error_rate == 0.5 and client.cash == D("500000")
     assert client.password.startswith("md5$") or client.password.startswith("argon2")
     engine.login_with_password(api_key=client.api_key, user_id=client.user_id, password="s3cret-pass")
+
+
+# --- The written-out book reads ------------------------------------------------------------
+
+
+def test_the_written_out_book_reads_give_what_the_querysets_give(client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from brokers.paper.adapter import to_broker_order, to_broker_trade
+
+    quote("TCS", last="3500", volume=1000)
+    place(client, order_type="MARKET", quantity=2, tag="T1")
+    place(client, side="SELL", order_type="MARKET", symbol="TCS", quantity=1, product="CNC")
+    place(client, price="1400", tag="RESTING")
+    old = place(client, order_type="MARKET", symbol="TCS", quantity=3, product="CNC")
+    PaperTrade.objects.filter(order=old).update(filled_at=timezone.now() - timedelta(days=2))  # yesterday's delivery
+    other = engine.client_get_or_create(user_id="C2")
+    place(other, order_type="MARKET", quantity=5)
+
+    assert [to_broker_order(o) for o in engine.order_book(client)] == [
+        to_broker_order(o) for o in engine.orders_of(client)
+    ]
+    assert [to_broker_trade(t) for t in engine.trade_book(client)] == [
+        to_broker_trade(t) for t in engine.trades_of(client)
+    ]
+    assert len(engine.order_book(client)) == 4 and len(engine.trade_book(client)) == 3
+    # Positions: today's delivery and every intraday fill; yesterday's delivery is a holding.
+    positions = {(row.instrument.tradingsymbol, row.product): row.quantity for row in engine.positions_of(client)}
+    assert positions == {("INFY", "MIS"): 2, ("TCS", "CNC"): -1}
+    assert engine.positions_of(client, day_only=True)[0].instrument.last_price == D("1500")
