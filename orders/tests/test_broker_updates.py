@@ -176,6 +176,21 @@ def test_an_order_not_ours_is_left_to_the_cycle(account, resting):
     assert resting.status == Order.Status.OPEN
 
 
+def _sent_order(account, *, quantity: int, **fields) -> Order:
+    """A MARKET order of ours as a placer leaves it (NEW unless ``fields`` say otherwise)."""
+    return Order.objects.create(
+        reference=f"261121A{account.pk}N9",
+        account=account,
+        instrument=instrument(),
+        side="BUY",
+        quantity=quantity,
+        order_type="MARKET",
+        product="MIS",
+        source=Order.Source.MANUAL,
+        **fields,
+    )
+
+
 def _postback(client, account, order: Order, secret: str, **fields):
     body = {
         "user_id": account.client_id,
@@ -194,18 +209,7 @@ def test_a_kite_postback_applies_the_order_state_and_runs_the_account_for_its_fi
     client, trader, instruments, runs_queued
 ):
     account = make_kite_account(trader, client_id="AB1234", api_secret="s3cret")
-    order = Order.objects.create(
-        reference="261121A1N1",
-        account=account,
-        instrument=instrument(),
-        side="BUY",
-        quantity=5,
-        order_type="MARKET",
-        product="MIS",
-        source=Order.Source.MANUAL,
-        status=Order.Status.SUBMITTED,
-        broker_order_id="2611210001",
-    )
+    order = _sent_order(account, quantity=5, status=Order.Status.SUBMITTED, broker_order_id="2611210001")
     assert _postback(client, account, order, "s3cret", status="OPEN").status_code == 200
     order.refresh_from_db()
     assert order.status == Order.Status.OPEN and runs_queued == []  # nothing to fetch for an opened order
@@ -224,16 +228,7 @@ def test_a_kite_postback_applies_the_order_state_and_runs_the_account_for_its_fi
 
 def _new_order(account) -> Order:
     """An order its placer has sent and is waiting for the broker's answer on."""
-    return Order.objects.create(
-        reference="261121A1N9",
-        account=account,
-        instrument=instrument(),
-        side="BUY",
-        quantity=10,
-        order_type="MARKET",
-        product="MIS",
-        source=Order.Source.MANUAL,
-    )
+    return _sent_order(account, quantity=10)
 
 
 def test_an_update_that_beats_the_answer_waits_for_the_placer_to_record_it(account, monkeypatch):
