@@ -771,6 +771,7 @@ def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow
         if order_apply_broker_state(order, state, cause=cause):
             break
         order.refresh_from_db()
+        order.account = account  # the refresh let go of it
     else:
         return False
     if order.strategy_id or order.parent_id or (not fills_follow and order.filled_quantity != filled_before):
