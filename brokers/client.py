@@ -13,7 +13,6 @@ It wraps the account's adapter with what every broker needs the same way:
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -58,9 +57,6 @@ class AccountBroker:
         self._session = session  # a live session already at hand (e.g. from sessions_live), else looked up
         self._adapter: Broker | None = None
         self.budget_wait_s = 0.0
-        self._budget_lock = threading.Lock()
-        self._batch: dict[str, int] = {}  # kind -> calls announced to come at once (``prepay``)
-        self._prepaid: dict[str, int] = {}  # kind -> slots taken ahead for them
 
     # --- plumbing ---------------------------------------------------------------------
     def _broker(self) -> Broker:
@@ -74,29 +70,16 @@ class AccountBroker:
         self._session = services.session_renew(self.account, failed_session_id=failed, error=str(error))
         self._adapter = services.adapter_for(self.account, self._session.access_token)
 
-    def prepay(self, kind: str, calls: int) -> None:
-        """The next ``calls`` calls of ``kind`` come at once (a monitoring run's reads): the first
-        takes their slots of the rate budget in one go, the others use them."""
-        with self._budget_lock:
-            self._batch[kind] = calls
-
     def _take_budget(self, kind: str) -> None:
-        with self._budget_lock:  # held while waiting for budget: the batch's other calls wait for it anyway
-            if self._prepaid.get(kind):
-                self._prepaid[kind] -= 1
-                return
-            limits = ratelimit.limits_for(self.account.broker, kind, type(self._broker()).rate_limits)
-            n = min(self._batch.pop(kind, 1), *(calls for calls, _ in limits))
-            self.budget_wait_s += ratelimit.acquire(
-                self.account.pk,
-                self.account.broker,
-                kind,
-                limits,
-                wait=self.wait_for_budget,
-                timeout_s=self.budget_timeout_s,
-                n=n,
-            )
-            self._prepaid[kind] = n - 1
+        limits = ratelimit.limits_for(self.account.broker, kind, type(self._broker()).rate_limits)
+        self.budget_wait_s += ratelimit.acquire(
+            self.account.pk,
+            self.account.broker,
+            kind,
+            limits,
+            wait=self.wait_for_budget,
+            timeout_s=self.budget_timeout_s,
+        )
 
     def _once(self, kind: str, method: str, *args):
         """One call with the budget taken, renewing the session once on AuthError."""

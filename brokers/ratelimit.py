@@ -21,32 +21,27 @@ from tradingplatform.locks import redis_client
 
 from .errors import RateLimited
 
-# KEYS: one sorted set per window. ARGV: member, slots wanted (n, at most the smallest limit),
-# then (limit, window_ms) per key. Returns 0 when the n slots were taken, else the
-# milliseconds until n are free.
+# KEYS: one sorted set per window. ARGV: member, then (limit, window_ms) per key.
+# Returns 0 when the slot was taken, else the milliseconds until one frees.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[2])
 local wait = 0
 for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 * i + 1])
-  local window = tonumber(ARGV[2 * i + 2])
+  local limit = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local count = redis.call('ZCARD', key)
-  if count + n > limit then
-    local first = count + n - limit - 1
-    local oldest = redis.call('ZRANGE', key, first, first, 'WITHSCORES')
+  if count >= limit then
+    local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
     local free_in = tonumber(oldest[2]) + window - now
     if free_in > wait then wait = free_in end
   end
 end
 if wait > 0 then return wait end
 for i, key in ipairs(KEYS) do
-  for j = 1, n do
-    redis.call('ZADD', key, now, ARGV[1] .. ':' .. now .. ':' .. j)
-  end
-  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 2]))
+  redis.call('ZADD', key, now, ARGV[1] .. ':' .. now)
+  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 1]))
 end
 return 0
 """
@@ -65,7 +60,7 @@ class _LocalWindows:
         self._lock = threading.Lock()
         self._calls: dict[str, deque] = defaultdict(deque)
 
-    def take(self, keys: list[str], limits: list[tuple[int, float]], n: int = 1) -> float:
+    def take(self, keys: list[str], limits: list[tuple[int, float]]) -> float:
         now = time.monotonic()
         with self._lock:
             wait = 0.0
@@ -73,12 +68,12 @@ class _LocalWindows:
                 calls = self._calls[key]
                 while calls and calls[0] <= now - window:
                     calls.popleft()
-                if len(calls) + n > limit:
-                    wait = max(wait, calls[len(calls) + n - limit - 1] + window - now)
+                if len(calls) >= limit:
+                    wait = max(wait, calls[len(calls) - limit] + window - now)
             if wait > 0:
                 return wait
             for key in keys:
-                self._calls[key].extend([now] * n)
+                self._calls[key].append(now)
             return 0.0
 
 
@@ -91,15 +86,12 @@ def reset_local() -> None:
     _local = _LocalWindows()
 
 
-def take(account_id: int, broker_code: str, kind: str, limits: list[tuple[int, float]], n: int = 1) -> float:
-    """Try to take ``n`` slots at once (at most the smallest limit); returns 0 on success, else the
-    seconds until they are free."""
-    if not 1 <= n <= min(calls for calls, _ in limits):
-        raise ValueError(f"{n} slots can never be taken at once within {limits}")
+def take(account_id: int, broker_code: str, kind: str, limits: list[tuple[int, float]]) -> float:
+    """Try to take one slot; returns 0 on success, else the seconds until one frees."""
     keys = [f"{settings.CACHE_KEY_PREFIX}:rate:{account_id}:{kind}:{calls}/{window}" for calls, window in limits]
     if not settings.REDIS_URL:
-        return _local.take(keys, limits, n)
-    args = [secrets.token_hex(6), n]
+        return _local.take(keys, limits)
+    args = [secrets.token_hex(6)]
     for calls, window in limits:
         args += [calls, int(window * 1000)]
     waited_ms = redis_client().eval(_TAKE, len(keys), *keys, *args)
@@ -107,20 +99,13 @@ def take(account_id: int, broker_code: str, kind: str, limits: list[tuple[int, f
 
 
 def acquire(
-    account_id: int,
-    broker_code: str,
-    kind: str,
-    limits: list[tuple[int, float]],
-    *,
-    wait: bool,
-    timeout_s: float = 10,
-    n: int = 1,
+    account_id: int, broker_code: str, kind: str, limits: list[tuple[int, float]], *, wait: bool, timeout_s: float = 10
 ) -> float:
-    """Take ``n`` slots or fail. Returns the seconds spent waiting."""
+    """Take a slot or fail. Returns the seconds spent waiting."""
     deadline = time.monotonic() + timeout_s
     waited = 0.0
     while True:
-        free_in = take(account_id, broker_code, kind, limits, n)
+        free_in = take(account_id, broker_code, kind, limits)
         if free_in <= 0:
             metrics.rate_budget_waited(broker_code, kind, waited)
             return waited

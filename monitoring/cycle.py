@@ -41,7 +41,7 @@ from django.utils import timezone
 from accounts.models import BrokerAccount
 from brokers import services as broker_services
 from brokers.base import BrokerOrder, BrokerPosition, BrokerTrade
-from brokers.client import OTHER_CALLS, AccountBroker
+from brokers.client import AccountBroker
 from brokers.errors import BrokerError, RejectKind
 from orders import services as orders
 from orders.models import Order, Strategy
@@ -238,8 +238,6 @@ def _fetch_many(contexts: list[Context]) -> dict[int, BaseException]:
             with lock:
                 failures.setdefault(id(ctx), error)
 
-    for ctx in contexts:  # the account's reads take their rate budget in one go
-        ctx.broker.prepay(OTHER_CALLS, len(FETCH_READS))
     _in_pool(read, [(ctx, name) for ctx in contexts for name in FETCH_READS])
     _prices_many([ctx for ctx in contexts if id(ctx) not in failures], failures)
     fetched = [ctx for ctx in contexts if id(ctx) not in failures]

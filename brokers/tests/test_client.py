@@ -179,22 +179,3 @@ def test_when_the_broker_cannot_be_asked_the_outcome_is_unknown(paper_account):
     with pytest.raises(OutcomeUnknown):
         broker.place_order(request(tag="UNK-1"))
     assert PaperOrder.objects.filter(tag="UNK-1").count() == 1  # it was placed; we just could not know
-
-
-def test_calls_announced_together_take_their_budget_in_one_go(paper_account, monkeypatch):
-    from brokers import ratelimit
-
-    taken = []
-    real_take = ratelimit.take
-
-    def counted(account_id, broker_code, kind, limits, n=1):
-        taken.append((kind, n))
-        return real_take(account_id, broker_code, kind, limits, n)
-
-    monkeypatch.setattr(ratelimit, "take", counted)
-    broker = AccountBroker(paper_account)
-    broker.prepay("other", 3)
-    broker.orders(), broker.trades(), broker.positions()  # a monitoring run makes them at once
-    assert taken == [("other", 3)]
-    broker.margins()  # past the announced calls: one slot each again
-    assert taken == [("other", 3), ("other", 1)]

@@ -73,17 +73,3 @@ def test_processes_share_one_budget_through_redis():
     ]
     granted = [int(worker.communicate(timeout=60)[0].strip().splitlines()[-1]) for worker in workers]
     assert sum(granted) == 25  # 80 attempts, one shared window of 25
-
-
-def test_several_slots_are_taken_at_once_or_not_at_all():
-    limits = [(5, 1.0), (50, 60.0)]
-    assert ratelimit.take(5, "paper", "other", limits, 3) == 0
-    assert 0 < ratelimit.take(5, "paper", "other", limits, 3) <= 1.0  # only 2 left: none taken
-    assert ratelimit.take(5, "paper", "other", limits, 2) == 0
-    assert ratelimit.take(5, "paper", "other", limits) > 0
-    try:
-        ratelimit.take(5, "paper", "other", limits, 6)
-    except ValueError as error:
-        assert "can never be taken" in str(error)
-    else:
-        raise AssertionError("more slots than the limit were asked for")
