@@ -450,7 +450,7 @@ def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = Non
         _unknown_outcome(order, f"{type(error).__name__} while sending")
     else:
         with transaction.atomic():
-            _transition(
+            if _transition(
                 order,
                 OrderStatus.SUBMITTED,
                 kind="submitted",
@@ -458,10 +458,12 @@ def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = Non
                 message=f"broker order {placed.broker_order_id}",
                 broker_order_id=placed.broker_order_id,
                 submitted_at=timezone.now(),
-            )
-            if placed.state is not None and order.status == OrderStatus.SUBMITTED:
-                # What the answer says besides (opened, filled on arrival), in the same commit.
-                order_apply_broker_state(order, placed.state, cause=f"{broker_name(order)}'s answer")
+                push=False,
+            ):
+                if placed.state is not None:
+                    # What the answer says besides (opened, filled on arrival), in the same commit.
+                    order_apply_broker_state(order, placed.state, cause=f"{broker_name(order)}'s answer", push=False)
+                _broadcast(order, created=True)  # one push, of the order as the answer left it
         _queue_sync(order)
     if order.status == OrderStatus.NEW:
         # Our transition lost to a reconciliation that found the order at the broker by its tag
@@ -508,10 +510,12 @@ def _transition(
     message: str = "",
     created: bool = False,
     expect: dict | None = None,
+    push: bool = True,
     **fields,
 ) -> bool:
     """Move an order from the status we read (and the ``expect``ed field values) to ``to_status``,
-    once. Returns whether we did."""
+    once, and push its row to the trader's pages (unless the caller pushes once for several).
+    Returns whether we did."""
     from_status = order.status
     with transaction.atomic(savepoint=False):  # within a caller's transaction, part of it
         updated = Order.objects.filter(pk=order.pk, status=from_status, **(expect or {})).update(
@@ -523,8 +527,8 @@ def _transition(
         for name, value in fields.items():
             setattr(order, name, value)
         _event(order, kind, cause=cause, from_status=from_status, message=message)
-    # A new order's first push is its outcome; it goes on top of the trader's order book.
-    _broadcast(order, created=created or from_status == OrderStatus.NEW)
+    if push:  # a new order's first push is its outcome; it goes on top of the trader's order book
+        _broadcast(order, created=created or from_status == OrderStatus.NEW)
     return True
 
 
@@ -699,7 +703,7 @@ def _tells_more(order: Order, state) -> bool:
     return _moves_on(order, target) or state.filled_quantity > order.filled_quantity or not order.broker_order_id
 
 
-def order_apply_broker_state(order: Order, state, *, cause: str) -> bool:
+def order_apply_broker_state(order: Order, state, *, cause: str, push: bool = True) -> bool:
     """Bring an order in line with what its broker says; returns whether anything changed."""
     if not _tells_more(order, state):
         return False
@@ -728,6 +732,7 @@ def order_apply_broker_state(order: Order, state, *, cause: str) -> bool:
         if state.filled_quantity
         else (state.status_message or ""),
         expect={"filled_quantity": order.filled_quantity},
+        push=push,
         **fields,
     )
 

@@ -266,3 +266,31 @@ def test_an_update_of_an_order_stuck_new_applies_in_the_end(account, monkeypatch
     settle()  # its placer died: after the waits, the exchange's word is taken
     order.refresh_from_db()
     assert (order.status, order.broker_order_id) == (Order.Status.FILLED, "B9")
+
+
+def test_a_placement_filled_on_arrival_pushes_its_row_once(trader, account):
+    import asyncio
+
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from monitoring import presence
+    from monitoring.consumers import user_group
+
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(user_group(trader.pk), channel)
+    presence.joined(trader.pk, channel)  # a page is open
+    order = place(trader, account, quantity=1)
+    settle()
+
+    async def drain():
+        messages = []
+        while True:
+            try:
+                messages.append(await asyncio.wait_for(layer.receive(channel), 0.5))
+            except TimeoutError:
+                return messages
+
+    rows = [m["html"] for m in async_to_sync(drain)() if f'id="order-{order.pk}"' in m.get("html", "")]
+    assert len(rows) == 1 and "afterbegin:#order-rows" in rows[0] and "Filled" in rows[0]
