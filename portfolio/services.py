@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers.base import BrokerTrade
+from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from orders.models import Order
 from tradingplatform.memo import Memo
@@ -166,7 +167,16 @@ def fills_fast_path(account: BrokerAccount, broker_trades: list[BrokerTrade]) ->
     from .broadcast import dashboard_push
 
     applied = trades_record(account=account, broker_trades=broker_trades, fresh=True)
-    if applied and presence.watching([account.owner_id]):  # no page open: nothing to render for
+    if not applied:
+        return applied
+    # Valued at the market's latest price, not the fill's: the price has often moved on (the fill
+    # of a resting order comes from a move through it), and no monitoring run follows a fill.
+    instrument_ids = {trade.instrument_id for trade in applied}
+    prices = Instrument.objects.filter(pk__in=instrument_ids, last_price__gt=0)
+    last_prices = {(e, s): p for e, s, p in prices.values_list("exchange", "tradingsymbol", "last_price")}
+    positions = Position.objects.filter(account=account, instrument_id__in=instrument_ids).select_related("instrument")
+    positions_mark(account=account, last_prices=last_prices, positions=list(positions))
+    if presence.watching([account.owner_id]):  # no page open: nothing to render for
         dashboard_push(account)
     return applied
 

@@ -152,3 +152,19 @@ def test_recorders_running_at_once_record_and_apply_each_fill_once(account):
     net = sum(f.quantity if f.side == "BUY" else -f.quantity for f in fills)
     assert position.net_quantity == net
     assert position.last_trade_id == Trade.objects.filter(account=account).latest("pk").pk
+
+
+def test_a_fill_is_valued_at_the_markets_latest_price_not_its_own(trader, account):
+    from brokers.models import Instrument
+    from brokers.paper import engine
+
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=D("1500"), bid=D("1499.9"), ask=D("1500.1"))
+    place(trader, account, quantity=2, order_type="LIMIT", price=D("1490"))
+    settle()
+    # The market falls through the limit; the platform's last price has the move already.
+    Instrument.objects.filter(exchange="NSE", tradingsymbol="INFY").update(last_price=D("1480"))
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=D("1480"), bid=D("1479.9"), ask=D("1480.1"))
+    settle()
+    position = Position.objects.get(account=account)
+    assert position.net_quantity == 2 and position.average_price == D("1490")
+    assert position.last_price == D("1480") and position.unrealized_pnl == D("-20")  # not 0 at the fill's price
