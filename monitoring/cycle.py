@@ -23,6 +23,8 @@ What makes a batch cheaper than its accounts one by one (the rules above do not 
 - The dashboard is rendered and pushed only for traders with a page open.
 """
 
+import contextvars
+import itertools
 import logging
 import os
 import queue
@@ -121,6 +123,11 @@ class _Batch:
                 self._cond.wait()
 
 
+# The order in which the pool serves monitoring runs: the oldest run's jobs first.
+_runs = itertools.count()
+_run_rank: contextvars.ContextVar[int | None] = contextvars.ContextVar("monitoring_run_rank", default=None)
+
+
 class _Pool:
     """Up to ``MONITORING_THREADS`` threads per process, shared by the batches it runs.
 
@@ -128,6 +135,11 @@ class _Pool:
     connection) after ``IDLE_S`` without work, so connections are held only while cycles run.
     Inside a transaction (tests) a job runs at once in the caller's thread instead, where
     the transaction's rows are visible.
+
+    Jobs are served oldest run first (``accounts_monitor`` ranks its run), then in the order
+    they came: a run that has fetched goes on to record its fills at once, instead of queueing
+    them behind the broker calls of every run that started beside it, so runs finish one after
+    another and the threads never stand idle while all runs are between their broker calls.
     """
 
     IDLE_S = 10.0
@@ -138,7 +150,8 @@ class _Pool:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
         self._queued = self._idle = self._threads = 0
 
     _inside = threading.local()
@@ -154,7 +167,10 @@ class _Pool:
             if self._pid != os.getpid():  # a forked child: the parent's threads are not here
                 self._reset()
             self._queued += 1
-            self._jobs.put((batch, logs.in_this_context(fn), args))  # its log lines keep the request id
+            rank = _run_rank.get()
+            rank = next(_runs) if rank is None else rank
+            # (rank, seq) is unique: the batch, function and arguments are never compared.
+            self._jobs.put((rank, next(self._seq), batch, logs.in_this_context(fn), args))  # log lines keep the request id
             if self._queued > self._idle and self._threads < max(1, settings.MONITORING_THREADS):
                 self._threads += 1
                 threading.Thread(target=self._work, name="monitoring-pool", daemon=True).start()
@@ -166,7 +182,7 @@ class _Pool:
                 with self._lock:
                     self._idle += 1
                 try:
-                    batch, fn, args = self._jobs.get(timeout=self.IDLE_S)
+                    _rank, _seq, batch, fn, args = self._jobs.get(timeout=self.IDLE_S)
                 except queue.Empty:
                     with self._lock:
                         self._idle -= 1
@@ -327,22 +343,26 @@ def step_fetch(ctx: Context) -> None:
 def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
     """Record new fills, update positions by FIFO, value them at last prices, snapshot PnL.
 
-    Fills are recorded account by account (each in its own transaction, and only where the
-    broker reported any); the positions are read for all accounts in one query, re-valued
-    where a price moved (in one transaction), and the PnL points inserted in one statement.
+    The batch's new fills are recorded together (one transaction; if that fails, account by
+    account, each in its own, so one account's bad fill fails alone); the positions are read
+    for all accounts in one query, re-valued where a price moved (in one transaction), and the
+    PnL points inserted in one statement.
     """
     failures: dict[int, BaseException] = {}
-
-    def record(ctx):
-        try:
-            created = portfolio.trades_record(account=ctx.account, broker_trades=ctx.broker_trades)
-        except Exception as error:
-            failures[id(ctx)] = error
-            return
-        if created:
-            ctx.act(f"recorded {len(created)} fill(s)")
-
-    _in_pool(record, [ctx for ctx in contexts if ctx.broker_trades])
+    with_fills = [ctx for ctx in contexts if ctx.broker_trades]
+    try:
+        created = portfolio.trades_record_many([(ctx.account, ctx.broker_trades) for ctx in with_fills])
+    except Exception:
+        logger.warning("monitoring: recording %s accounts' fills together failed; one by one", len(with_fills))
+        created = {}
+        for ctx in with_fills:
+            try:
+                created[ctx.account.pk] = portfolio.trades_record(account=ctx.account, broker_trades=ctx.broker_trades)
+            except Exception as error:
+                failures[id(ctx)] = error
+    for ctx in with_fills:
+        if created.get(ctx.account.pk):
+            ctx.act(f"recorded {len(created[ctx.account.pk])} fill(s)")
     accounts = [ctx.account for ctx in contexts]
     # Rows are locked in (account, instrument, product) order, the order the fill fast path locks
     # one account's positions in, so the two never deadlock.
@@ -871,6 +891,7 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
     Returns the accounts' ``AccountRun`` rows, in the order of ``accounts``.
     """
     tokens = {}
+    ranked = _run_rank.set(next(_runs))
     try:
         try:
             tokens = locks.acquire_many([f"monitor:{account.pk}" for account in accounts], ttl_s=ACCOUNT_LOCK_TTL_S)
@@ -930,6 +951,7 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
                 dashboard_push(account)
         return results
     finally:
+        _run_rank.reset(ranked)
         locks.release_many({name: token for name, token in tokens.items() if token})
 
 

@@ -31,107 +31,143 @@ def trades_record(*, account: BrokerAccount, broker_trades: list[BrokerTrade], f
     once, change nothing the second time. ``fresh``: the broker just announced these fills
     (the fast path), so they are most likely new: no first look for them outside the lock.
     """
-    if not broker_trades:
-        return []
+    return trades_record_many([(account, broker_trades)], fresh=fresh).get(account.pk, [])
+
+
+def trades_record_many(
+    fills: list[tuple[BrokerAccount, list[BrokerTrade]]], *, fresh: bool = False
+) -> dict[int, list[Trade]]:
+    """``trades_record`` for many accounts at once (the monitoring cycle's batch): the same rules,
+    in a handful of statements and one transaction for all of them. Returns the fills applied, by
+    account id. If the batch fails as a whole, raises; the caller then records account by account.
+    """
+    accounts = {account.pk: account for account, trades in fills if trades}
+    wanted = {(account.pk, t.trade_id): t for account, trades in fills for t in trades}
+    if not wanted:
+        return {}
+    trade_ids = {trade_id for _, trade_id in wanted}
     if not fresh:
-        known = dict(
-            Trade.objects.filter(account=account, broker_trade_id__in=[t.trade_id for t in broker_trades]).values_list(
-                "broker_trade_id", "order_id"
-            )
-        )
-        # The fast path can record a fill before its order has its broker id (an order update
-        # lost with its process): link such fills once the order has it.
-        unlinked = {t.broker_order_id for t in broker_trades if t.trade_id in known and known[t.trade_id] is None}
-        for broker_order_id, order_id in Order.objects.filter(
-            account=account, broker_order_id__in=unlinked
-        ).values_list("broker_order_id", "pk"):
-            Trade.objects.filter(account=account, broker_order_id=broker_order_id, order__isnull=True).update(
-                order_id=order_id
-            )
-        broker_trades = [t for t in broker_trades if t.trade_id not in known]
-        if not broker_trades:
-            return []
+        known = {
+            (account_id, trade_id): order_id
+            for account_id, trade_id, order_id in Trade.objects.filter(
+                account_id__in=accounts, broker_trade_id__in=trade_ids
+            ).values_list("account_id", "broker_trade_id", "order_id")
+            if (account_id, trade_id) in wanted
+        }
+        _link_unlinked({(a, wanted[(a, t)].broker_order_id) for (a, t), order_id in known.items() if order_id is None})
+        wanted = {key: t for key, t in wanted.items() if key not in known}
+        if not wanted:
+            return {}
     # Our orders by broker id, or by their reference where the fill names its order's tag (a fill
     # announced while its placer is still recording the broker's answer).
-    ids, tags = {t.broker_order_id for t in broker_trades}, {t.order_tag for t in broker_trades if t.order_tag}
+    ids = {t.broker_order_id for t in wanted.values()}
+    tags = {t.order_tag for t in wanted.values() if t.order_tag}
     ours = Q(broker_order_id__in=ids) | Q(reference__in=tags) if tags else Q(broker_order_id__in=ids)
     orders = {}
-    for pk, broker_order_id, reference in Order.objects.filter(ours, account=account).values_list(
-        "pk", "broker_order_id", "reference"
-    ):
-        orders[broker_order_id] = orders[reference] = pk
-    orders.pop(None, None)
-    instruments = {t.trade_id: instrument_by_symbol(t.exchange, t.tradingsymbol) for t in broker_trades}
-    rows = [
-        Trade(
-            account=account,
-            order_id=orders.get(t.broker_order_id) or orders.get(t.order_tag),
-            broker_trade_id=t.trade_id,
-            broker_order_id=t.broker_order_id,
-            instrument=instruments[t.trade_id],
-            product=t.product,
-            side=t.side,
-            quantity=t.quantity,
-            price=t.price,
-            filled_at=t.filled_at or timezone.now(),
+    for account_id, pk, broker_order_id, reference in Order.objects.filter(
+        ours, account_id__in={a for a, _ in wanted}
+    ).values_list("account_id", "pk", "broker_order_id", "reference"):
+        orders[(account_id, broker_order_id)] = orders[(account_id, reference)] = pk
+    rows = []
+    for (account_id, _), t in sorted(wanted.items(), key=lambda item: (item[1].filled_at or timezone.now(), item[0])):
+        instrument = instrument_by_symbol(t.exchange, t.tradingsymbol)
+        if instrument is None:
+            continue
+        rows.append(
+            Trade(
+                account=accounts[account_id],
+                order_id=orders.get((account_id, t.broker_order_id)) or orders.get((account_id, t.order_tag)),
+                broker_trade_id=t.trade_id,
+                broker_order_id=t.broker_order_id,
+                instrument=instrument,
+                product=t.product,
+                side=t.side,
+                quantity=t.quantity,
+                price=t.price,
+                filled_at=t.filled_at or timezone.now(),
+            )
         )
-        for t in sorted(broker_trades, key=lambda t: (t.filled_at or timezone.now(), t.trade_id))
-        if instruments[t.trade_id] is not None
-    ]
-    keys = sorted({(row.instrument_id, row.product) for row in rows})
+    keys = sorted({(row.account_id, row.instrument_id, row.product) for row in rows})
     for _attempt in range(2):
-        if any(not _positions_made.get((account.pk, *key), lambda: None) for key in keys):
-            _positions_create(account, keys)
+        missing = [key for key in keys if not _positions_made.get(key, lambda: None)]
+        if missing:
+            _positions_create(missing)
         with transaction.atomic():
             # Lock the positions first (in one order, so two recorders never deadlock): fills of a
             # position are then inserted and applied by one recorder at a time, so what is recorded
             # is also applied, and a position's ``last_trade_id`` never passes over a fill.
             locked = Position.objects.select_for_update().filter(
-                account=account, instrument_id__in={key[0] for key in keys}
+                account_id__in={key[0] for key in keys}, instrument_id__in={key[1] for key in keys}
             )
-            positions = {(p.instrument_id, p.product): p for p in locked.order_by("instrument_id", "product")}
+            positions = {
+                (p.account_id, p.instrument_id, p.product): p
+                for p in locked.order_by("account_id", "instrument_id", "product")
+            }
             if any(key not in positions for key in keys):  # this process's memo outlived a row (tests)
                 _positions_made.clear()
                 continue
             # Under the locks, the fills another recorder got in first are seen here.
             recorded = set(
                 Trade.objects.filter(
-                    account=account, broker_trade_id__in=[row.broker_trade_id for row in rows]
-                ).values_list("broker_trade_id", flat=True)
+                    account_id__in={row.account_id for row in rows},
+                    broker_trade_id__in={row.broker_trade_id for row in rows},
+                ).values_list("account_id", "broker_trade_id")
             )
-            rows = [row for row in rows if row.broker_trade_id not in recorded]
+            rows = [row for row in rows if (row.account_id, row.broker_trade_id) not in recorded]
             Trade.objects.bulk_create(rows)
             if rows and rows[0].pk is None:  # a database that does not hand back the new ids
-                rows = list(
-                    Trade.objects.filter(account=account, broker_trade_id__in=[row.broker_trade_id for row in rows])
-                    .select_related("instrument")
-                    .order_by("filled_at", "id")
+                made = Trade.objects.filter(
+                    account_id__in={row.account_id for row in rows},
+                    broker_trade_id__in={row.broker_trade_id for row in rows},
+                ).select_related("instrument")
+                new = {(row.account_id, row.broker_trade_id) for row in rows}
+                rows = sorted(
+                    (row for row in made if (row.account_id, row.broker_trade_id) in new),
+                    key=lambda row: (row.filled_at, row.pk),
                 )
-            return _apply(positions, rows)
-    raise RuntimeError(f"positions of account {account.pk} could not be locked")
+            applied = defaultdict(list)
+            for trade in _apply(positions, rows):
+                applied[trade.account_id].append(trade)
+            return dict(applied)
+    raise RuntimeError(f"positions of accounts {sorted(accounts)} could not be locked")
 
 
-def _positions_create(account: BrokerAccount, keys: list[tuple]) -> None:
-    """The account's missing positions of ``keys``, created on their own, before the fills'
-    transaction: two recorders creating the same row inside their transactions would deadlock
-    on MySQL (both keep a shared lock on the duplicate key, then both want it exclusive)."""
+def _link_unlinked(pairs: set[tuple[int, str]]) -> None:
+    """Link recorded fills to their orders once the orders have their broker ids: the fast path can
+    record a fill before its order has it (an order update lost with its process)."""
+    if not pairs:
+        return
+    found = Order.objects.filter(
+        account_id__in={a for a, _ in pairs}, broker_order_id__in={b for _, b in pairs}
+    ).values_list("account_id", "broker_order_id", "pk")
+    for account_id, broker_order_id, order_id in found:
+        if (account_id, broker_order_id) in pairs:
+            Trade.objects.filter(account_id=account_id, broker_order_id=broker_order_id, order__isnull=True).update(
+                order_id=order_id
+            )
+
+
+def _positions_create(keys: list[tuple]) -> None:
+    """The missing positions of ``keys`` (account id, instrument id, product), created on their own,
+    before the fills' transaction: two recorders creating the same row inside their transactions
+    would deadlock on MySQL (both keep a shared lock on the duplicate key, then both want it exclusive)."""
     existing = set(
-        Position.objects.filter(account=account, instrument_id__in={k[0] for k in keys}).values_list(
-            "instrument_id", "product"
-        )
+        Position.objects.filter(
+            account_id__in={k[0] for k in keys}, instrument_id__in={k[1] for k in keys}
+        ).values_list("account_id", "instrument_id", "product")
     )
     Position.objects.bulk_create(
-        [Position(account=account, instrument_id=i, product=p) for i, p in keys if (i, p) not in existing],
+        [Position(account_id=a, instrument_id=i, product=p) for a, i, p in keys if (a, i, p) not in existing],
         ignore_conflicts=True,
     )
     for key in keys:
-        _positions_made.get((account.pk, *key), lambda: True)
+        _positions_made.get(key, lambda: True)
 
 
 def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]:
     by_position = defaultdict(list)
     for trade in trades:
-        by_position[(trade.instrument_id, trade.product)].append(trade)
+        by_position[(trade.account_id, trade.instrument_id, trade.product)].append(trade)
     applied = []
     for key, fills in by_position.items():
         position = positions[key]

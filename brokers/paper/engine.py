@@ -11,6 +11,7 @@ fills back, so every process (web, workers, the Kite face) sees one exchange.
 Errors are the exchange's own (Kite's error types); the adapters translate them.
 """
 
+import functools
 import hashlib
 import math
 import random
@@ -29,6 +30,7 @@ from django.db.models import Case, DecimalField, ExpressionWrapper, F, Q, Sum, W
 from django.utils import timezone
 
 from brokers.base import IST, next_morning_expiry
+from tradingplatform.db import PlainRows
 
 from .book import BUY, SELL, OrderBook
 from .models import PaperClient, PaperFeedState, PaperInstrument, PaperOrder, PaperToken, PaperTrade
@@ -203,19 +205,27 @@ def session_from_request_token(*, api_key: str, request_token: str, checksum: st
 
 # Every call of every account starts with this query, so it is written out once: Django
 # building it anew each time cost more than running it.
-_CLIENT_OF_TOKEN = (
-    "SELECT c.* FROM paper_paperclient c JOIN paper_papertoken t ON t.client_id = c.id "
-    "WHERE t.token_hash = %s AND t.kind = %s AND t.revoked_at IS NULL AND t.expires_at > %s"
-)
+_CLIENTS = PlainRows(PaperClient)
+
+
+@functools.cache
+def _client_of_token_sql() -> str:
+    return (
+        f"SELECT {_CLIENTS.columns('c')} FROM paper_paperclient c JOIN paper_papertoken t ON t.client_id = c.id "
+        "WHERE t.token_hash = %s AND t.kind = %s AND t.revoked_at IS NULL AND t.expires_at > %s"
+    )
 
 
 def client_for_access_token(*, api_key: str | None, access_token: str) -> PaperClient:
     """The client a live access token belongs to, or TokenException."""
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    found = list(PaperClient.objects.raw(_CLIENT_OF_TOKEN, [_hash(access_token or ""), PaperToken.Kind.ACCESS, now]))
-    if not found or (api_key is not None and found[0].api_key != api_key):
+    with connection.cursor() as cursor:
+        cursor.execute(_client_of_token_sql(), [_hash(access_token or ""), PaperToken.Kind.ACCESS, now])
+        row = cursor.fetchone()
+    client = _CLIENTS.make(row) if row else None
+    if client is None or (api_key is not None and client.api_key != api_key):
         raise TokenException("Incorrect `api_key` or `access_token`.")
-    return found[0]
+    return client
 
 
 def session_close(*, access_token: str) -> None:
@@ -691,40 +701,57 @@ def orders_of(client: PaperClient):
     return PaperOrder.objects.filter(client=client).select_related("instrument").order_by("placed_at", "id")
 
 
-# The whole-book reads every account makes every monitoring cycle, written out once: Django
-# building these queries anew each time cost more than running them.
-_ORDER_BOOK = "SELECT * FROM paper_paperorder WHERE client_id = %s ORDER BY placed_at, id"
-_TRADE_BOOK = (
-    "SELECT t.*, o.order_id AS order_ref, o.tag AS order_tag FROM paper_papertrade t "
-    "JOIN paper_paperorder o ON o.id = t.order_id WHERE t.client_id = %s ORDER BY t.filled_at, t.id"
-)
+# The whole-book reads every account makes every monitoring cycle, written out once (each with
+# its instruments joined in): Django building these queries anew each time cost more than running them.
+_ORDERS, _TRADES, _INSTRUMENTS = PlainRows(PaperOrder), PlainRows(PaperTrade), PlainRows(PaperInstrument)
 
 
-def _with_instruments(rows: list) -> list:
-    """``rows`` (orders or trades) with their instruments, read in one query."""
-    ids = sorted({row.instrument_id for row in rows})
-    if ids:
-        # Only placeholders are put in the text; the ids go as parameters.
-        placeholders = ", ".join(["%s"] * len(ids))
-        sql = f"SELECT * FROM paper_paperinstrument WHERE id IN ({placeholders})"  # noqa: S608
-        instruments = PaperInstrument.objects.raw(sql, ids)
-        by_id = {instrument.pk: instrument for instrument in instruments}
-        for row in rows:
-            row.instrument = by_id[row.instrument_id]
-    return rows
+@functools.cache
+def _order_book_sql() -> str:
+    return (
+        f"SELECT {_ORDERS.columns('o')}, {_INSTRUMENTS.columns('i')} FROM paper_paperorder o "
+        "JOIN paper_paperinstrument i ON i.id = o.instrument_id WHERE o.client_id = %s ORDER BY o.placed_at, o.id"
+    )
+
+
+@functools.cache
+def _trade_book_sql() -> str:
+    return (
+        f"SELECT {_TRADES.columns('t')}, o.order_id, o.tag, {_INSTRUMENTS.columns('i')} FROM paper_papertrade t "
+        "JOIN paper_paperorder o ON o.id = t.order_id JOIN paper_paperinstrument i ON i.id = t.instrument_id "
+        "WHERE t.client_id = %s ORDER BY t.filled_at, t.id"
+    )
+
+
+def _rows_with_instruments(sql: str, client: PaperClient, rows: PlainRows, extra: int) -> list[tuple]:
+    """(instance, the ``extra`` values after its columns) per row, each with its instrument (one per id)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [client.pk])
+        fetched = cursor.fetchall()
+    instruments, result = {}, []
+    start = rows.width + extra
+    for values in fetched:
+        item = rows.make(values[: rows.width])
+        instrument_id = values[start]
+        if instrument_id not in instruments:
+            instruments[instrument_id] = _INSTRUMENTS.make(values[start:])
+        item.instrument = instruments[instrument_id]
+        result.append((item, values[rows.width : start]))
+    return result
 
 
 def order_book(client: PaperClient) -> list[PaperOrder]:
-    """Every order of the client with its instrument, oldest first (``orders_of``, in two plain queries)."""
-    return _with_instruments(list(PaperOrder.objects.raw(_ORDER_BOOK, [client.pk])))
+    """Every order of the client with its instrument, oldest first (``orders_of``, in one plain query)."""
+    return [order for order, _ in _rows_with_instruments(_order_book_sql(), client, _ORDERS, 0)]
 
 
 def trade_book(client: PaperClient) -> list[PaperTrade]:
     """Every fill of the client with its instrument and its order's id and tag, oldest first."""
-    trades = list(PaperTrade.objects.raw(_TRADE_BOOK, [client.pk]))
-    for trade in trades:
-        trade.order = PaperOrder(pk=trade.order_id, order_id=trade.order_ref, tag=trade.order_tag or "")
-    return _with_instruments(trades)
+    trades = []
+    for trade, (order_ref, order_tag) in _rows_with_instruments(_trade_book_sql(), client, _TRADES, 2):
+        trade.order = PaperOrder(pk=trade.order_id, order_id=order_ref, tag=order_tag or "")
+        trades.append(trade)
+    return trades
 
 
 def order_of(client: PaperClient, order_id: str) -> PaperOrder:
