@@ -169,8 +169,9 @@ class _Pool:
             self._queued += 1
             rank = _run_rank.get()
             rank = next(_runs) if rank is None else rank
-            # (rank, seq) is unique: the batch, function and arguments are never compared.
-            self._jobs.put((rank, next(self._seq), batch, logs.in_this_context(fn), args))  # log lines keep the request id
+            # (rank, seq) is unique: the batch, function and arguments are never compared. The
+            # job's log lines keep the request id (``in_this_context``).
+            self._jobs.put((rank, next(self._seq), batch, logs.in_this_context(fn), args))
             if self._queued > self._idle and self._threads < max(1, settings.MONITORING_THREADS):
                 self._threads += 1
                 threading.Thread(target=self._work, name="monitoring-pool", daemon=True).start()

@@ -210,8 +210,10 @@ _CLIENTS = PlainRows(PaperClient)
 
 @functools.cache
 def _client_of_token_sql() -> str:
+    # Only the model's column names are put in the text; values go as parameters.
     return (
-        f"SELECT {_CLIENTS.columns('c')} FROM paper_paperclient c JOIN paper_papertoken t ON t.client_id = c.id "
+        f"SELECT {_CLIENTS.columns('c')} FROM paper_paperclient c "  # noqa: S608
+        "JOIN paper_papertoken t ON t.client_id = c.id "
         "WHERE t.token_hash = %s AND t.kind = %s AND t.revoked_at IS NULL AND t.expires_at > %s"
     )
 
@@ -709,7 +711,7 @@ _ORDERS, _TRADES, _INSTRUMENTS = PlainRows(PaperOrder), PlainRows(PaperTrade), P
 @functools.cache
 def _order_book_sql() -> str:
     return (
-        f"SELECT {_ORDERS.columns('o')}, {_INSTRUMENTS.columns('i')} FROM paper_paperorder o "
+        f"SELECT {_ORDERS.columns('o')}, {_INSTRUMENTS.columns('i')} FROM paper_paperorder o "  # noqa: S608
         "JOIN paper_paperinstrument i ON i.id = o.instrument_id WHERE o.client_id = %s ORDER BY o.placed_at, o.id"
     )
 
@@ -717,7 +719,8 @@ def _order_book_sql() -> str:
 @functools.cache
 def _trade_book_sql() -> str:
     return (
-        f"SELECT {_TRADES.columns('t')}, o.order_id, o.tag, {_INSTRUMENTS.columns('i')} FROM paper_papertrade t "
+        f"SELECT {_TRADES.columns('t')}, o.order_id, o.tag, {_INSTRUMENTS.columns('i')} "  # noqa: S608
+        "FROM paper_papertrade t "
         "JOIN paper_paperorder o ON o.id = t.order_id JOIN paper_paperinstrument i ON i.id = t.instrument_id "
         "WHERE t.client_id = %s ORDER BY t.filled_at, t.id"
     )
