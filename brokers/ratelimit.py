@@ -9,6 +9,7 @@ Callers choose: ``wait=True`` sleeps until a slot frees (up to ``timeout_s``), o
 ``wait=False`` raises ``RateLimited`` with the seconds until a slot frees.
 """
 
+import functools
 import secrets
 import threading
 import time
@@ -45,6 +46,12 @@ for i, key in ipairs(KEYS) do
 end
 return 0
 """
+
+
+@functools.cache
+def _take_script():
+    """The script, sent once to each Redis server and then called by its digest (EVALSHA)."""
+    return redis_client().register_script(_TAKE)
 
 
 def limits_for(broker_code: str, kind: str, default: dict) -> list[tuple[int, float]]:
@@ -94,7 +101,7 @@ def take(account_id: int, broker_code: str, kind: str, limits: list[tuple[int, f
     args = [secrets.token_hex(6)]
     for calls, window in limits:
         args += [calls, int(window * 1000)]
-    waited_ms = redis_client().eval(_TAKE, len(keys), *keys, *args)
+    waited_ms = _take_script()(keys=keys, args=args, client=redis_client())
     return int(waited_ms) / 1000
 
 

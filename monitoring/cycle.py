@@ -24,6 +24,7 @@ What makes a batch cheaper than its accounts one by one (the rules above do not 
 """
 
 import contextvars
+import functools
 import itertools
 import logging
 import os
@@ -31,7 +32,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
@@ -325,10 +326,14 @@ def _snapshots_save(contexts: list[Context]) -> dict[int, BaseException]:
     return {id(owners[index]): error for index, error in failed.items()}
 
 
+@functools.cache
+def _snapshot_fields(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(kind) if f.name != "raw")
+
+
 def _plain(row) -> dict:
-    return {
-        k: (str(v) if not isinstance(v, int | str | type(None)) else v) for k, v in asdict(row).items() if k != "raw"
-    }
+    values = ((name, getattr(row, name)) for name in _snapshot_fields(type(row)))
+    return {k: v if v is None or isinstance(v, int | str) else str(v) for k, v in values}
 
 
 def step_fetch(ctx: Context) -> None:
