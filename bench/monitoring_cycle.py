@@ -3,7 +3,7 @@
 Run from the repository root (MariaDB and Redis must be up; ``--mysql`` / ``--redis-url`` say where):
 
     python bench/monitoring_cycle.py [--accounts 1000,10000] [--latency-ms 50] [--workers 2]
-                                     [--concurrency 4] [--batch 100] [--threads 32] [--timeout 400]
+                                     [--concurrency 4] [--batch 100] [--threads 48] [--timeout 400]
                                      [--py-spy SECONDS] [--help for the rest]
 
 Setup. It creates its own database (``--db-name``, default ``bench_monitoring``; dropped at the end
@@ -90,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pool", default="threads", help="Celery pool of each worker: threads, prefork, solo")
     p.add_argument("--concurrency", type=int, default=4, help="tasks at once per worker (threads or child processes)")
     p.add_argument("--batch", type=int, default=100, help="MONITORING_BATCH: accounts per monitoring task")
-    p.add_argument("--threads", type=int, default=32, help="MONITORING_THREADS: broker-call threads per worker process")
+    p.add_argument("--threads", type=int, default=48, help="MONITORING_THREADS: broker-call threads per worker process")
     p.add_argument("--conn-max-age", type=int, default=0, help="CONN_MAX_AGE of the workers (the platform's default)")
     p.add_argument("--timeout", type=float, default=400.0, help="stop waiting for a cycle after this many seconds")
     harness.add_database_options(p, db_name="bench_monitoring", redis_db=7)

@@ -223,7 +223,7 @@ PRICE_PUSH_INTERVAL_S = env.float("PRICE_PUSH_INTERVAL_S", default=1.0)
 # Monitoring cycle: accounts per Celery task, and threads per worker process for broker calls
 # (each holds a database connection while cycles run: mind the database's max_connections).
 MONITORING_BATCH = env.int("MONITORING_BATCH", default=100)
-MONITORING_THREADS = env.int("MONITORING_THREADS", default=32)
+MONITORING_THREADS = env.int("MONITORING_THREADS", default=48)
 if MONITORING_BATCH < 1 or MONITORING_THREADS < 1:
     raise ImproperlyConfigured("MONITORING_BATCH and MONITORING_THREADS must be at least 1.")
 # The fill fast path: threads per process for after-commit work (recording a fill, pushing the
