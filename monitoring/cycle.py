@@ -13,10 +13,11 @@ What makes a batch cheaper than its accounts one by one (the rules above do not 
 
 - Broker calls run on a pool of threads per process: an account's three reads at once,
   then its last prices, and many accounts' calls at the same time, since the wait is the
-  broker's. The pool's threads keep their database connections while they are busy.
-- The sessions of the batch are read at once; the broker snapshots (one upsert), the
-  positions (one read), the PnL snapshots and the ``AccountRun`` rows (one insert each)
-  are written for the whole batch.
+  broker's; the oldest run's jobs first. The pool's threads keep their database connections
+  while they are busy.
+- The sessions of the batch are read at once; the broker snapshots (one upsert), the new
+  fills (one transaction), the positions (one read), the PnL snapshots and the
+  ``AccountRun`` rows (one insert each) are written for the whole batch.
 - Steps 3 to 9 act only on orders that one query per step finds for the whole batch; an
   account with none of them (most accounts, most of the time) skips those steps, since
   none of them would do anything. An account with any runs all of them in order, as before.

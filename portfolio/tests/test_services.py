@@ -76,3 +76,32 @@ def test_paper_fills_link_to_their_orders(trader, account):
     created = services.trades_record(account=account, broker_trades=AccountBroker(account).trades())
     assert [trade.order_id for trade in created] == [order.pk]
     assert Position.objects.get(account=account).net_quantity == 3
+
+
+def test_many_accounts_fills_recorded_together_each_to_its_own_positions(account, other_trader):
+    from accounts.tests.factories import make_broker_account
+
+    theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-O2", label="Theirs")
+    # Broker trade ids are unique per account only: the same ids on two accounts are two fills each.
+    mine = [fill("1", "BUY", 10, "100"), fill("2", "SELL", 4, "120", seconds=1)]
+    their = [fill("1", "SELL", 5, "200"), fill("3", "BUY", 2, "10", symbol="TCS")]
+    applied = services.trades_record_many([(account, mine), (theirs, their), (account, [])])
+    assert {pk: sorted(t.broker_trade_id for t in trades) for pk, trades in applied.items()} == {
+        account.pk: ["1", "2"],
+        theirs.pk: ["1", "3"],
+    }
+    assert all(t.account_id == pk for pk, trades in applied.items() for t in trades)
+    position = Position.objects.get(account=account)
+    assert position.net_quantity == 6 and position.realized_pnl == D("80")  # 4 x (120 - 100)
+    assert Position.objects.get(account=theirs, instrument__tradingsymbol="INFY").net_quantity == -5
+    assert Position.objects.get(account=theirs, instrument__tradingsymbol="TCS").net_quantity == 2
+    assert not Position.objects.filter(account=account, instrument__tradingsymbol="TCS").exists()
+    # A second cycle, with a fill the fast path recorded meanwhile: nothing twice; and their new
+    # fill "2" is theirs to record, though my "2" is recorded.
+    services.trades_record(account=theirs, broker_trades=[fill("4", "BUY", 5, "190", seconds=2)], fresh=True)
+    later = [*their, fill("4", "BUY", 5, "190", seconds=2), fill("2", "BUY", 1, "195", seconds=3)]
+    again = services.trades_record_many([(account, mine), (theirs, later)])
+    assert {pk: [t.broker_trade_id for t in trades] for pk, trades in again.items()} == {theirs.pk: ["2"]}
+    assert Trade.objects.filter(account=account).count() == 2 and Trade.objects.filter(account=theirs).count() == 4
+    assert Position.objects.get(account=theirs, instrument__tradingsymbol="INFY").net_quantity == 1
+    assert services.trades_record_many([(account, mine), (theirs, later)]) == {}

@@ -323,6 +323,18 @@ def test_the_written_out_book_reads_give_what_the_querysets_give(client):
         to_broker_trade(t) for t in engine.trades_of(client)
     ]
     assert len(engine.order_book(client)) == 4 and len(engine.trade_book(client)) == 3
+
+    # Every column as the ORM reads it (datetimes aware, decimals, JSON, flags), instruments too.
+    def columns(row):
+        return {f.attname: getattr(row, f.attname) for f in type(row)._meta.concrete_fields}
+
+    assert [(columns(o), columns(o.instrument)) for o in engine.order_book(client)] == [
+        (columns(o), columns(o.instrument)) for o in engine.orders_of(client)
+    ]
+    assert [columns(t) for t in engine.trade_book(client)] == [columns(t) for t in engine.trades_of(client)]
+    token, _ = engine.session_open(client=client)
+    found = engine.client_for_access_token(api_key=None, access_token=token)
+    assert columns(found) == columns(PaperClient.objects.get(pk=client.pk))
     # Positions: today's delivery and every intraday fill; yesterday's delivery is a holding.
     positions = {(row.instrument.tradingsymbol, row.product): row.quantity for row in engine.positions_of(client)}
     assert positions == {("INFY", "MIS"): 2, ("TCS", "CNC"): -1}
