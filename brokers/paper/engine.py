@@ -726,20 +726,20 @@ def _trade_book_sql() -> str:
     )
 
 
-def _rows_with_instruments(sql: str, client: PaperClient, rows: PlainRows, extra: int) -> list[tuple]:
+def _rows_with_instruments(sql: str, client: PaperClient, kind: PlainRows, extra: int) -> list[tuple]:
     """(instance, the ``extra`` values after its columns) per row, each with its instrument (one per id)."""
     with connection.cursor() as cursor:
         cursor.execute(sql, [client.pk])
         fetched = cursor.fetchall()
     instruments, result = {}, []
-    start = rows.width + extra
+    start = kind.width + extra
     for values in fetched:
-        item = rows.make(values[: rows.width])
+        item = kind.make(values[: kind.width])
         instrument_id = values[start]
         if instrument_id not in instruments:
             instruments[instrument_id] = _INSTRUMENTS.make(values[start:])
         item.instrument = instruments[instrument_id]
-        result.append((item, values[rows.width : start]))
+        result.append((item, values[kind.width : start]))
     return result
 
 
