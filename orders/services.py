@@ -20,9 +20,12 @@ import functools
 import hashlib
 import json
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
@@ -45,6 +48,7 @@ from brokers.errors import (
 from brokers.models import Instrument
 from brokers.selectors import instrument_last_price
 from tradingplatform import metrics
+from tradingplatform.db import PlainInserts
 
 from .models import DailyCounter, Order, OrderEvent
 
@@ -263,16 +267,29 @@ def reference_for(account: BrokerAccount, day, number: int) -> str:
     return f"{day:%y%m%d}A{account.pk}N{number:06d}"
 
 
+_EVENTS = PlainInserts(OrderEvent)
+
+
 def _event(order: Order, kind: str, *, cause: str, from_status="", message="", data=None) -> OrderEvent:
-    return OrderEvent.objects.create(
-        order=order,
-        kind=kind,
-        from_status=from_status,
-        to_status=order.status,
-        cause=cause[:200],
-        message=(message or "")[:500],
-        data=data or {},
-    )
+    return _events(order, [(kind, from_status, order.status, cause, message, data)])[0]
+
+
+def _events(order: Order, steps) -> list[OrderEvent]:
+    """The order's events, one per (kind, from, to, cause, message, data) step, in one INSERT."""
+    events = [
+        OrderEvent(
+            order=order,
+            kind=kind,
+            from_status=from_status,
+            to_status=to_status,
+            cause=cause[:200],
+            message=(message or "")[:500],
+            data=data or {},
+        )
+        for kind, from_status, to_status, cause, message, data in steps
+    ]
+    _EVENTS.insert(*events)
+    return events
 
 
 def _existing_for_key(key: str, request_hash: str) -> Order | None:
@@ -357,6 +374,9 @@ def order_place(
     return order_submit(order=order, cause=cause, broker=broker)
 
 
+_ORDERS = PlainInserts(Order)
+
+
 def _create(checked: Checked, key, request_hash, *, day, actor, cause, **links) -> Order:
     """Step 2: the day's next number, the Order (NEW) and its first event, in one transaction."""
     account = checked.account
@@ -372,7 +392,7 @@ def _create(checked: Checked, key, request_hash, *, day, actor, cause, **links) 
                         raise ValidationError(
                             {"account": f"{account.label} already has {open_orders} open orders (its limit)."}
                         )
-                order = Order.objects.create(
+                order = Order(
                     reference=reference_for(account, day, number),
                     account=account,
                     placed_by=actor,
@@ -388,6 +408,7 @@ def _create(checked: Checked, key, request_hash, *, day, actor, cause, **links) 
                     request_hash=request_hash,
                     **links,
                 )
+                _ORDERS.insert(order)
                 # The prices it was placed at: what a chase is capped against, what a trail keeps its distance to.
                 placed_at = {"price": order.price, "trigger_price": order.trigger_price}
                 _event(order, "created", cause=cause, data={k: str(v) for k, v in placed_at.items() if v is not None})
@@ -397,8 +418,57 @@ def _create(checked: Checked, key, request_hash, *, day, actor, cause, **links) 
     raise RuntimeError("could not take a daily order number")
 
 
+class _Answers:
+    """The broker's answers this process is waiting for, or has just recorded, by order reference.
+
+    A broker that tells us every change of an order (the paper exchange) tells of a placement
+    right after its own commit, usually before the placer has recorded the answer, which says the
+    same. An update of an order placed in this process is compared with what its placer recorded
+    instead of reading the order again; one that says more (a later fill) is applied as any other.
+    The last ``KEEP`` placements are remembered (an update comes within moments of its answer).
+    """
+
+    KEEP = 4096
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_reference: OrderedDict[str, SimpleNamespace] = OrderedDict()
+
+    def sending(self, order: Order) -> None:
+        with self._lock:
+            self._by_reference[order.reference] = SimpleNamespace(account_id=order.account_id, status=None)
+            while len(self._by_reference) > self.KEEP:
+                self._by_reference.popitem(last=False)
+
+    def recorded(self, order: Order) -> None:
+        """The placer is done: the order as it left it (committed), or unknown after an error."""
+        with self._lock:
+            answer = self._by_reference.get(order.reference)
+            if answer is not None:
+                answer.quantity, answer.filled_quantity = order.quantity, order.filled_quantity
+                answer.broker_order_id, answer.status = order.broker_order_id, order.status
+
+    def of(self, account: BrokerAccount, reference: str | None) -> SimpleNamespace | None:
+        with self._lock:
+            answer = self._by_reference.get(reference) if reference else None
+        return answer if answer is not None and answer.account_id == account.pk else None
+
+
+_answers = _Answers()
+
+
 def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = None) -> Order:
     """Steps 3-5: send a NEW order to its broker and record what happened."""
+    _answers.sending(order)
+    try:
+        _submit(order, cause, broker)
+    finally:
+        _answers.recorded(order)
+    metrics.order_outcome(order)
+    return order
+
+
+def _submit(order: Order, cause: str, broker: AccountBroker | None) -> None:
     request = OrderRequest(
         exchange=order.instrument.exchange,
         tradingsymbol=order.instrument.tradingsymbol,
@@ -449,28 +519,33 @@ def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = Non
         logger.exception("unexpected error placing %s", order.reference)
         _unknown_outcome(order, f"{type(error).__name__} while sending")
     else:
-        with transaction.atomic():
-            if _transition(
-                order,
-                OrderStatus.SUBMITTED,
-                kind="submitted",
-                cause=cause,
-                message=f"broker order {placed.broker_order_id}",
+        answered = None
+        if placed.state is not None:
+            # What the answer says besides (opened, filled on arrival): written by the same UPDATE.
+            as_submitted = SimpleNamespace(
+                status=OrderStatus.SUBMITTED,
                 broker_order_id=placed.broker_order_id,
-                submitted_at=timezone.now(),
-                push=False,
-            ):
-                if placed.state is not None:
-                    # What the answer says besides (opened, filled on arrival), in the same commit.
-                    order_apply_broker_state(order, placed.state, cause=f"{broker_name(order)}'s answer", push=False)
-                _broadcast(order, created=True)  # one push, of the order as the answer left it
+                quantity=order.quantity,
+                filled_quantity=order.filled_quantity,
+            )
+            answered = _state_step(as_submitted, placed.state, cause=f"{broker_name(order)}'s answer")
+        if _transition(
+            order,
+            OrderStatus.SUBMITTED,
+            kind="submitted",
+            cause=cause,
+            message=f"broker order {placed.broker_order_id}",
+            push=False,
+            then=answered,
+            broker_order_id=placed.broker_order_id,
+            submitted_at=timezone.now(),
+        ):
+            _broadcast(order, created=True)  # one push, of the order as the answer left it
         _queue_sync(order)
     if order.status == OrderStatus.NEW:
         # Our transition lost to a reconciliation that found the order at the broker by its tag
         # first (an earlier order's sync, under load): answer with the order as it is now.
         order.refresh_from_db()
-    metrics.order_outcome(order)
-    return order
 
 
 def _fail(order: Order, kind: str, message: str, cause: str) -> None:
@@ -501,6 +576,17 @@ def _unknown_outcome(order: Order, message: str) -> None:
     _queue_sync(order, always=True)
 
 
+@dataclass(frozen=True)
+class _Step:
+    """A move of an order's status, with the fields it sets and the event that says why."""
+
+    to_status: str
+    kind: str
+    cause: str
+    message: str
+    fields: dict
+
+
 def _transition(
     order: Order,
     to_status: str,
@@ -511,12 +597,18 @@ def _transition(
     created: bool = False,
     expect: dict | None = None,
     push: bool = True,
+    then: _Step | None = None,
     **fields,
 ) -> bool:
     """Move an order from the status we read (and the ``expect``ed field values) to ``to_status``,
     once, and push its row to the trader's pages (unless the caller pushes once for several).
-    Returns whether we did."""
+    ``then``: a further move written by the same UPDATE (the broker's answer that says the order
+    is already open or filled), with an event of its own. Returns whether we did."""
     from_status = order.status
+    steps = [(kind, from_status, to_status, cause, message, None)]
+    if then is not None:
+        steps.append((then.kind, to_status, then.to_status, then.cause, then.message, None))
+        to_status, fields = then.to_status, {**fields, **then.fields}
     with transaction.atomic(savepoint=False):  # within a caller's transaction, part of it
         updated = Order.objects.filter(pk=order.pk, status=from_status, **(expect or {})).update(
             status=to_status, updated_at=timezone.now(), **fields
@@ -526,7 +618,7 @@ def _transition(
         order.status = to_status
         for name, value in fields.items():
             setattr(order, name, value)
-        _event(order, kind, cause=cause, from_status=from_status, message=message)
+        _events(order, steps)
     if push:  # a new order's first push is its outcome; it goes on top of the trader's order book
         _broadcast(order, created=created or from_status == OrderStatus.NEW)
     return True
@@ -703,12 +795,12 @@ def _tells_more(order: Order, state) -> bool:
     return _moves_on(order, target) or state.filled_quantity > order.filled_quantity or not order.broker_order_id
 
 
-def order_apply_broker_state(order: Order, state, *, cause: str, push: bool = True) -> bool:
-    """Bring an order in line with what its broker says; returns whether anything changed."""
+def _state_step(order, state, *, cause: str) -> _Step | None:
+    """The move the broker's state of an order makes in ours, or None when it says nothing new.
+    ``order`` needs only its status, quantities and broker id."""
     if not _tells_more(order, state):
-        return False
+        return None
     target = BROKER_TO_ORDER[state.status]
-    moves_on = _moves_on(order, target)
     fields = {
         "filled_quantity": state.filled_quantity,
         "average_price": state.average_price,
@@ -719,21 +811,34 @@ def order_apply_broker_state(order: Order, state, *, cause: str, push: bool = Tr
 
         fields["reject_reason"] = (state.status_message or "")[:500]
         fields["reject_kind"] = classify_rejection(state.status_message)
-    new_status = target if moves_on else order.status
+    new_status = target if _moves_on(order, target) else order.status
     if order.status == OrderStatus.FAILED and state.status:
         cause = f"{cause}: found at the broker after all"
-    kind = KIND_FOR.get(new_status, "updated") if new_status != order.status else "fill"
-    return _transition(
-        order,
-        new_status,
-        kind=kind,
+    return _Step(
+        to_status=new_status,
+        kind=KIND_FOR.get(new_status, "updated") if new_status != order.status else "fill",
         cause=cause,
         message=f"{state.filled_quantity}/{order.quantity} filled at {state.average_price}"
         if state.filled_quantity
         else (state.status_message or ""),
+        fields=fields,
+    )
+
+
+def order_apply_broker_state(order: Order, state, *, cause: str, push: bool = True) -> bool:
+    """Bring an order in line with what its broker says; returns whether anything changed."""
+    step = _state_step(order, state, cause=cause)
+    if step is None:
+        return False
+    return _transition(
+        order,
+        step.to_status,
+        kind=step.kind,
+        cause=step.cause,
+        message=step.message,
         expect={"filled_quantity": order.filled_quantity},
         push=push,
-        **fields,
+        **step.fields,
     )
 
 
@@ -755,6 +860,14 @@ def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow
     from brokers.services import account_touched
     from tradingplatform import background
 
+    answer = _answers.of(account, state.tag)
+    if answer is not None and answer.status is None and waited < UPDATE_WAITS:
+        # Its placer, in this process, is still waiting for the broker's answer: look again shortly.
+        again = functools.partial(order_broker_update, account, state, fills_follow, waited=waited + 1)
+        background.submit(again, delay_s=UPDATE_WAIT_S)
+        return False
+    if answer is not None and answer.status not in (None, OrderStatus.NEW) and not _tells_more(answer, state):
+        return False  # the placer recorded all this says (and an order never moves back): nothing to read
     ours = Order.objects.select_related("instrument").filter(account=account)
     order = ours.filter(reference=state.tag).first() if state.tag else None
     if order is None:

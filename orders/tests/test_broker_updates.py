@@ -294,3 +294,47 @@ def test_a_placement_filled_on_arrival_pushes_its_row_once(trader, account):
 
     rows = [m["html"] for m in async_to_sync(drain)() if f'id="order-{order.pk}"' in m.get("html", "")]
     assert len(rows) == 1 and "afterbegin:#order-rows" in rows[0] and "Filled" in rows[0]
+
+
+@pytest.fixture
+def statements(monkeypatch):
+    """Every SQL statement run meanwhile, by any thread (the updates come on background threads)."""
+    from django.db.backends import utils
+
+    seen: list[str] = []
+    execute = utils.CursorWrapper._execute
+
+    def recording(self, sql, *args):
+        seen.append(sql)
+        return execute(self, sql, *args)
+
+    monkeypatch.setattr(utils.CursorWrapper, "_execute", recording)
+    return seen
+
+
+def test_the_exchanges_word_on_a_placement_it_answered_is_not_read_again(trader, account, statements):
+    from django.db import connection
+
+    set_price("1500")
+    order = place(trader, account, quantity=2)  # filled on arrival: the answer says it all
+    settle()
+    by_reference = f"{connection.ops.quote_name('orders_order')}.{connection.ops.quote_name('reference')} ="
+    assert [sql for sql in statements if by_reference in sql] == []  # the update matched the placer's answer
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 2)
+    kinds = list(order.events.order_by("id").values_list("kind", "from_status", "to_status"))
+    assert kinds == [("created", "", "NEW"), ("submitted", "NEW", "SUBMITTED"), ("filled", "SUBMITTED", "FILLED")]
+
+
+def test_an_update_of_a_placement_that_says_more_than_its_answer_is_applied(trader, account):
+    set_price("1500")
+    order = place(trader, account, quantity=4, order_type="LIMIT", price=D("1490"))
+    settle()
+    order.refresh_from_db()
+    assert order.status == Order.Status.OPEN  # the answer: resting
+    later = _state(order, broker_order_id=order.broker_order_id, status=Status.FILLED, filled_quantity=4)
+    assert services.order_broker_update(account, later, True)  # the placer's answer said less: applied
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 4)
+    # The same word again (a repeat) changes nothing.
+    assert not services.order_broker_update(account, later, True)
