@@ -351,12 +351,12 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
 def scheduled_fire(*, fire_id: int) -> ScheduledFire:
     """Place the order of one claimed due time, never before it (idempotent: a repeat, or a
     redelivery while the first is still placing, returns the same order)."""
-    fire = ScheduledFire.objects.get(pk=fire_id)
-    if fire.status not in (ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING):
-        return fire
-    early_s = (fire.due_at - timezone.now()).total_seconds()
+    status, due_at = ScheduledFire.objects.values_list("status", "due_at").get(pk=fire_id)
+    if status not in (ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING):
+        return ScheduledFire.objects.get(pk=fire_id)
+    early_s = (due_at - timezone.now()).total_seconds()
     if early_s > settings.SCHEDULE_LEAD_S + 1:
-        return fire  # far too early (a clock far ahead): still pending, for its own time
+        return ScheduledFire.objects.get(pk=fire_id)  # far too early (a clock far ahead): pending, for its time
     if early_s > 0:  # sent with an ETA; a worker whose clock runs a little ahead waits
         time_module.sleep(early_s)
     with transaction.atomic():
@@ -392,9 +392,15 @@ def scheduled_fire(*, fire_id: int) -> ScheduledFire:
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
     else:
         status, detail = ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
-    ScheduledFire.objects.filter(pk=fire.pk, status=ScheduledFire.Status.PLACING).update(status=status, detail=detail)
-    ScheduledOrder.objects.filter(pk=scheduled.pk).update(last_run_at=timezone.now(), last_result=detail)
-    fire.refresh_from_db()
+    with transaction.atomic():  # one commit for both
+        recorded = ScheduledFire.objects.filter(pk=fire.pk, status=ScheduledFire.Status.PLACING).update(
+            status=status, detail=detail
+        )
+        ScheduledOrder.objects.filter(pk=scheduled.pk).update(last_run_at=timezone.now(), last_result=detail)
+    if recorded:
+        fire.status, fire.detail = status, detail
+    else:
+        fire.refresh_from_db()  # a redelivery of this fire recorded it first
     return fire
 
 
