@@ -1,0 +1,1 @@
+"""Database backends of the platform (Django's, with fewer round trips where it is safe)."""
