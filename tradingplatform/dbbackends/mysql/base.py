@@ -28,6 +28,7 @@ statements go in one round trip.
 """
 
 import re
+import time
 
 from django.db import IntegrityError
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -164,7 +165,20 @@ class DatabaseWrapper(mysql.DatabaseWrapper):
 
     @async_unsafe
     def create_cursor(self, name=None):
+        self._last_used = time.monotonic()
         return CursorWrapper(self.connection.cursor(), self)
+
+    # Django pings the server at the first query of each request (CONN_HEALTH_CHECKS), a round
+    # trip per request under load. A connection used this recently is taken as it is: if the
+    # server dropped it meanwhile, the request fails as one whose connection breaks midway does.
+    HEALTHY_WITHIN_S = 1.0
+    _last_used = float("-inf")
+
+    def close_if_health_check_failed(self):
+        if self.connection is not None and time.monotonic() - self._last_used < self.HEALTHY_WITHIN_S:
+            self.health_check_done = True
+            return
+        super().close_if_health_check_failed()
 
     # ##### Transactions #####
 
