@@ -353,20 +353,22 @@ def test_block_uses_the_sessions_isolation_level(table, other):
             assert cursor.fetchone()[0] == 2  # READ COMMITTED: a fresh snapshot per statement
 
 
-def test_the_health_check_pings_only_a_connection_idle_for_a_while(monkeypatch):
-    pings = []
-    is_usable = connection.is_usable
-    connection.ensure_connection()  # sets health_check_enabled from the settings
-    monkeypatch.setattr(connection, "health_check_enabled", True)
-    monkeypatch.setattr(connection, "is_usable", lambda: pings.append(1) or is_usable())
-    with connection.cursor() as cursor:
+def test_the_health_check_pings_only_a_connection_idle_for_a_while():
+    db = connections["default"]
+    with db.cursor() as cursor:
         cursor.execute("SELECT 1")
+    pings = []
+    db.is_usable = lambda: pings.append(1) or type(db).is_usable(db)
+    enabled, db.health_check_enabled = db.health_check_enabled, True
+    try:
+        db.health_check_done = False  # the next request starts
+        db.close_if_health_check_failed()
+        assert pings == []  # used moments ago: taken as it is
 
-    connection.health_check_done = False  # the next request starts
-    connection.close_if_health_check_failed()
-    assert pings == []  # used moments ago: taken as it is
-
-    monkeypatch.setattr(connection, "_last_used", time.monotonic() - connection.HEALTHY_WITHIN_S - 1)
-    connection.health_check_done = False
-    connection.close_if_health_check_failed()
-    assert pings == [1] and connection.connection is not None
+        db._last_used = time.monotonic() - db.HEALTHY_WITHIN_S - 1
+        db.health_check_done = False
+        db.close_if_health_check_failed()
+        assert pings == [1] and db.connection is not None
+    finally:
+        del db.is_usable
+        db.health_check_enabled = enabled
