@@ -3,8 +3,7 @@
 from collections import defaultdict
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
-from django.db.models import OuterRef, Q, Subquery
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
@@ -12,6 +11,7 @@ from brokers.base import BrokerTrade
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from orders.models import Order
+from tradingplatform.db import PlainRows
 from tradingplatform.memo import Memo
 
 from .fifo import PositionState
@@ -54,16 +54,7 @@ def trades_record_many(
         wanted = _unseen(accounts, wanted)
         if not wanted:
             return {}
-    # Our orders by broker id, or by their reference where the fill names its order's tag (a fill
-    # announced while its placer is still recording the broker's answer).
-    ids = {t.broker_order_id for t in wanted.values()}
-    tags = {t.order_tag for t in wanted.values() if t.order_tag}
-    ours = Q(broker_order_id__in=ids) | Q(reference__in=tags) if tags else Q(broker_order_id__in=ids)
-    orders = {}
-    for account_id, pk, broker_order_id, reference in Order.objects.filter(
-        ours, account_id__in={a for a, _ in wanted}
-    ).values_list("account_id", "pk", "broker_order_id", "reference"):
-        orders[(account_id, broker_order_id)] = orders[(account_id, reference)] = pk
+    orders = _orders_of(wanted.values(), accounts={a for a, _ in wanted})
     rows = []
     now = timezone.now()
     for (account_id, _), t in sorted(wanted.items(), key=lambda item: (item[1].filled_at or now, item[0])):
@@ -105,6 +96,25 @@ def trades_record_many(
     raise RuntimeError(f"positions of accounts {sorted(accounts)} could not be locked")
 
 
+def _orders_of(trades, *, accounts: set[int]) -> dict[tuple, int]:
+    """Our orders of these fills, {(account id, broker order id or reference): order id}: by broker
+    id, or by their reference where the fill names its order's tag (a fill announced while its
+    placer is still recording the broker's answer). Written out: this runs for every fill."""
+    ids, tags = {t.broker_order_id for t in trades}, {t.order_tag for t in trades if t.order_tag}
+    marks = lambda values: ", ".join(["%s"] * len(values))  # noqa: E731
+    ours = f"broker_order_id IN ({marks(ids)})" + (f" OR reference IN ({marks(tags)})" if tags else "")
+    sql = (
+        f"SELECT account_id, id, broker_order_id, reference FROM {Order._meta.db_table} "  # noqa: S608
+        f"WHERE account_id IN ({marks(accounts)}) AND ({ours})"
+    )
+    orders = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*accounts, *ids, *tags])
+        for account_id, pk, broker_order_id, reference in cursor.fetchall():
+            orders[(account_id, broker_order_id)] = orders[(account_id, reference)] = pk
+    return orders
+
+
 def _unseen(accounts: dict, wanted: dict) -> dict:
     """The fills of ``wanted`` not recorded yet (a first look, outside the positions' locks)."""
     known = {
@@ -125,17 +135,7 @@ def _record(keys: list[tuple], rows: list[Trade], *, look_first: bool, at_market
         # Lock the positions first (in one order, so two recorders never deadlock): fills of a
         # position are then inserted and applied by one recorder at a time, so what is recorded
         # is also applied, and a position's ``last_trade_id`` never passes over a fill.
-        locked = Position.objects.select_for_update().filter(
-            account_id__in={key[0] for key in keys}, instrument_id__in={key[1] for key in keys}
-        )
-        if at_market:
-            # Read with the lock, not locked (a subquery's rows are not locked by FOR UPDATE).
-            market = Instrument.objects.filter(pk=OuterRef("instrument_id"), last_price__gt=0)
-            locked = locked.annotate(market_price=Subquery(market.values("last_price")[:1]))
-        positions = {
-            (p.account_id, p.instrument_id, p.product): p
-            for p in locked.order_by("account_id", "instrument_id", "product")
-        }
+        positions = _positions_locked(keys, at_market=at_market)
         if any(key not in positions for key in keys):
             return None
         if look_first:
@@ -191,6 +191,63 @@ def _positions_create(keys: list[tuple]) -> None:
         _positions_made.get(key, lambda: True)
 
 
+_POSITIONS = PlainRows(Position)
+
+
+def _positions_locked(keys: list[tuple], *, at_market: bool) -> dict[tuple, Position]:
+    """The positions of the accounts and instruments of ``keys``, locked, in one order (so two
+    recorders never deadlock), by (account id, instrument id, product). ``at_market``: each with
+    ``market_price``, the instrument's last price (None when unknown), read with the lock, not
+    locked (FOR UPDATE does not lock a subquery's rows). Written out: this runs for every fill."""
+    accounts, instruments = sorted({key[0] for key in keys}), sorted({key[1] for key in keys})
+    market = (
+        f", (SELECT i.last_price FROM {Instrument._meta.db_table} i WHERE i.id = p.instrument_id AND i.last_price > 0)"  # noqa: S608
+        if at_market
+        else ""
+    )
+    sql = (
+        f"SELECT {_POSITIONS.columns('p')}{market} FROM {Position._meta.db_table} p "  # noqa: S608
+        f"WHERE p.account_id IN ({', '.join(['%s'] * len(accounts))}) "
+        f"AND p.instrument_id IN ({', '.join(['%s'] * len(instruments))}) "
+        "ORDER BY p.account_id, p.instrument_id, p.product"
+    )
+    if connection.features.has_select_for_update:
+        sql += " FOR UPDATE"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*accounts, *instruments])
+        fetched = cursor.fetchall()
+    positions = {}
+    width = _POSITIONS.width
+    for values in fetched:
+        position = _POSITIONS.make(values[:width])
+        if at_market:
+            position.market_price = _last_price(values[width])
+        positions[(position.account_id, position.instrument_id, position.product)] = position
+    return positions
+
+
+def _last_price(value) -> Decimal | None:
+    """An instrument's last price as read raw, converted as the ORM converts it."""
+    if value is None:
+        return None
+    field = Instrument._meta.get_field("last_price")
+    col = field.get_col(Instrument._meta.db_table)
+    for convert in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+        value = convert(value, col, connection)
+    return value
+
+
+def _position_write(position: Position, fields: list[str]) -> None:
+    """UPDATE the position's ``fields`` (and ``updated_at``), values prepared as the ORM prepares them."""
+    position.updated_at = timezone.now()
+    names = [*fields, "updated_at"]
+    model_fields = [Position._meta.get_field(name) for name in names]
+    assignments = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in model_fields)
+    params = [f.get_db_prep_save(getattr(position, f.attname), connection) for f in model_fields]
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {Position._meta.db_table} SET {assignments} WHERE id = %s", [*params, position.pk])  # noqa: S608
+
+
 _APPLIED = ["fifo", "net_quantity", "average_price", "realized_pnl", "unrealized_pnl", "last_price", "last_trade_id"]
 
 
@@ -216,7 +273,7 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
         position.unrealized_pnl = state.unrealized_pnl(last)
         position.last_price = last
         position.last_trade_id = new[-1].pk
-        position.save(update_fields=[*_APPLIED, "updated_at"])
+        _position_write(position, _APPLIED)
         applied.extend(new)
     for key, position in positions.items():
         # The instruments' other positions (another product, locked with these) at the market too.
@@ -224,7 +281,7 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
         if key not in by_position and market and market != position.last_price:
             state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
             position.last_price, position.unrealized_pnl = market, state.unrealized_pnl(market)
-            position.save(update_fields=["last_price", "unrealized_pnl", "updated_at"])
+            _position_write(position, ["last_price", "unrealized_pnl"])
     return sorted(applied, key=lambda trade: (trade.filled_at, trade.pk))
 
 
