@@ -3,8 +3,7 @@
 from collections import defaultdict
 from decimal import Decimal
 
-from django.db import transaction
-from django.db.models import Q
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
@@ -12,6 +11,7 @@ from brokers.base import BrokerTrade
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from orders.models import Order
+from tradingplatform.db import PlainRows
 from tradingplatform.memo import Memo
 
 from .fifo import PositionState
@@ -22,20 +22,25 @@ from .models import PnlSnapshot, Position, Trade
 _positions_made = Memo("positions known to exist", ttl_s=3600)
 
 
-def trades_record(*, account: BrokerAccount, broker_trades: list[BrokerTrade], fresh: bool = False) -> list[Trade]:
+def trades_record(
+    *, account: BrokerAccount, broker_trades: list[BrokerTrade], fresh: bool = False, at_market: bool = False
+) -> list[Trade]:
     """Record the fills not seen before and apply them to positions, in one transaction; the ones applied.
 
     A fill is recorded once (unique broker trade id per account) and applied once (the
     position remembers the last trade it applied), so a cycle that runs twice, a task
     delivered twice, or the fill fast path and a monitoring run seeing the same fill at
     once, change nothing the second time. ``fresh``: the broker just announced these fills
-    (the fast path), so they are most likely new: no first look for them outside the lock.
+    (the fast path), so they are most likely new: no look for them before inserting them (the
+    unique key refuses one recorded meanwhile, and the fills are then recorded looking first).
+    ``at_market``: the positions are valued at the market's latest price (the instrument's last
+    price), not at the last price they had or the fill's.
     """
-    return trades_record_many([(account, broker_trades)], fresh=fresh).get(account.pk, [])
+    return trades_record_many([(account, broker_trades)], fresh=fresh, at_market=at_market).get(account.pk, [])
 
 
 def trades_record_many(
-    fills: list[tuple[BrokerAccount, list[BrokerTrade]]], *, fresh: bool = False
+    fills: list[tuple[BrokerAccount, list[BrokerTrade]]], *, fresh: bool = False, at_market: bool = False
 ) -> dict[int, list[Trade]]:
     """``trades_record`` for many accounts at once (the monitoring cycle's batch): the same rules,
     in a handful of statements and one transaction for all of them. Returns the fills applied, by
@@ -45,31 +50,14 @@ def trades_record_many(
     wanted = {(account.pk, t.trade_id): t for account, trades in fills for t in trades}
     if not wanted:
         return {}
-    trade_ids = {trade_id for _, trade_id in wanted}
     if not fresh:
-        known = {
-            (account_id, trade_id): order_id
-            for account_id, trade_id, order_id in Trade.objects.filter(
-                account_id__in=accounts, broker_trade_id__in=trade_ids
-            ).values_list("account_id", "broker_trade_id", "order_id")
-            if (account_id, trade_id) in wanted
-        }
-        _link_unlinked({(a, wanted[(a, t)].broker_order_id) for (a, t), order_id in known.items() if order_id is None})
-        wanted = {key: t for key, t in wanted.items() if key not in known}
+        wanted = _unseen(accounts, wanted)
         if not wanted:
             return {}
-    # Our orders by broker id, or by their reference where the fill names its order's tag (a fill
-    # announced while its placer is still recording the broker's answer).
-    ids = {t.broker_order_id for t in wanted.values()}
-    tags = {t.order_tag for t in wanted.values() if t.order_tag}
-    ours = Q(broker_order_id__in=ids) | Q(reference__in=tags) if tags else Q(broker_order_id__in=ids)
-    orders = {}
-    for account_id, pk, broker_order_id, reference in Order.objects.filter(
-        ours, account_id__in={a for a, _ in wanted}
-    ).values_list("account_id", "pk", "broker_order_id", "reference"):
-        orders[(account_id, broker_order_id)] = orders[(account_id, reference)] = pk
+    orders = _orders_of(wanted.values(), accounts={a for a, _ in wanted})
     rows = []
-    for (account_id, _), t in sorted(wanted.items(), key=lambda item: (item[1].filled_at or timezone.now(), item[0])):
+    now = timezone.now()
+    for (account_id, _), t in sorted(wanted.items(), key=lambda item: (item[1].filled_at or now, item[0])):
         instrument = instrument_by_symbol(t.exchange, t.tradingsymbol)
         if instrument is None:
             continue
@@ -84,28 +72,73 @@ def trades_record_many(
                 side=t.side,
                 quantity=t.quantity,
                 price=t.price,
-                filled_at=t.filled_at or timezone.now(),
+                filled_at=t.filled_at or now,
             )
         )
+    if not rows:
+        return {}
     keys = sorted({(row.account_id, row.instrument_id, row.product) for row in rows})
     for _attempt in range(2):
         missing = [key for key in keys if not _positions_made.get(key, lambda: None)]
         if missing:
             _positions_create(missing)
-        with transaction.atomic():
-            # Lock the positions first (in one order, so two recorders never deadlock): fills of a
-            # position are then inserted and applied by one recorder at a time, so what is recorded
-            # is also applied, and a position's ``last_trade_id`` never passes over a fill.
-            locked = Position.objects.select_for_update().filter(
-                account_id__in={key[0] for key in keys}, instrument_id__in={key[1] for key in keys}
-            )
-            positions = {
-                (p.account_id, p.instrument_id, p.product): p
-                for p in locked.order_by("account_id", "instrument_id", "product")
-            }
-            if any(key not in positions for key in keys):  # this process's memo outlived a row (tests)
-                _positions_made.clear()
-                continue
+        try:
+            applied = _record(keys, rows, look_first=not fresh, at_market=at_market)
+        except IntegrityError:
+            if not fresh:
+                raise
+            # Another recorder got one of these fills in first (the unique key refused it; all of
+            # this was rolled back): record them again, leaving out the recorded ones.
+            return trades_record_many(fills, at_market=at_market)
+        if applied is not None:
+            return applied
+        _positions_made.clear()  # this process's memo outlived a row (tests): create it again
+    raise RuntimeError(f"positions of accounts {sorted(accounts)} could not be locked")
+
+
+def _orders_of(trades, *, accounts: set[int]) -> dict[tuple, int]:
+    """Our orders of these fills, {(account id, broker order id or reference): order id}: by broker
+    id, or by their reference where the fill names its order's tag (a fill announced while its
+    placer is still recording the broker's answer). Written out: this runs for every fill."""
+    ids, tags = {t.broker_order_id for t in trades}, {t.order_tag for t in trades if t.order_tag}
+    marks = lambda values: ", ".join(["%s"] * len(values))  # noqa: E731
+    ours = f"broker_order_id IN ({marks(ids)})" + (f" OR reference IN ({marks(tags)})" if tags else "")
+    sql = (
+        f"SELECT account_id, id, broker_order_id, reference FROM {Order._meta.db_table} "  # noqa: S608
+        f"WHERE account_id IN ({marks(accounts)}) AND ({ours})"
+    )
+    orders = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*accounts, *ids, *tags])
+        for account_id, pk, broker_order_id, reference in cursor.fetchall():
+            orders[(account_id, broker_order_id)] = orders[(account_id, reference)] = pk
+    return orders
+
+
+def _unseen(accounts: dict, wanted: dict) -> dict:
+    """The fills of ``wanted`` not recorded yet (a first look, outside the positions' locks)."""
+    known = {
+        (account_id, trade_id): order_id
+        for account_id, trade_id, order_id in Trade.objects.filter(
+            account_id__in=accounts, broker_trade_id__in={trade_id for _, trade_id in wanted}
+        ).values_list("account_id", "broker_trade_id", "order_id")
+        if (account_id, trade_id) in wanted
+    }
+    _link_unlinked({(a, wanted[(a, t)].broker_order_id) for (a, t), order_id in known.items() if order_id is None})
+    return {key: t for key, t in wanted.items() if key not in known}
+
+
+def _record(keys: list[tuple], rows: list[Trade], *, look_first: bool, at_market: bool) -> dict | None:
+    """Insert the fills and apply them to their positions, in one transaction: the applied fills by
+    account id, or None if a position of ``keys`` does not exist."""
+    with transaction.atomic():
+        # Lock the positions first (in one order, so two recorders never deadlock): fills of a
+        # position are then inserted and applied by one recorder at a time, so what is recorded
+        # is also applied, and a position's ``last_trade_id`` never passes over a fill.
+        positions = _positions_locked(keys, at_market=at_market)
+        if any(key not in positions for key in keys):
+            return None
+        if look_first:
             # Under the locks, the fills another recorder got in first are seen here.
             recorded = set(
                 Trade.objects.filter(
@@ -114,22 +147,24 @@ def trades_record_many(
                 ).values_list("account_id", "broker_trade_id")
             )
             rows = [row for row in rows if (row.account_id, row.broker_trade_id) not in recorded]
+        if len(rows) == 1:
+            _trade_insert(rows[0])  # a fill as it happened: the fast path's every one
+        else:
             Trade.objects.bulk_create(rows)
-            if rows and rows[0].pk is None:  # a database that does not hand back the new ids
-                made = Trade.objects.filter(
-                    account_id__in={row.account_id for row in rows},
-                    broker_trade_id__in={row.broker_trade_id for row in rows},
-                ).select_related("instrument")
-                new = {(row.account_id, row.broker_trade_id) for row in rows}
-                rows = sorted(
-                    (row for row in made if (row.account_id, row.broker_trade_id) in new),
-                    key=lambda row: (row.filled_at, row.pk),
-                )
-            applied = defaultdict(list)
-            for trade in _apply(positions, rows):
-                applied[trade.account_id].append(trade)
-            return dict(applied)
-    raise RuntimeError(f"positions of accounts {sorted(accounts)} could not be locked")
+        if rows and rows[0].pk is None:  # a database that does not hand back the new ids
+            made = Trade.objects.filter(
+                account_id__in={row.account_id for row in rows},
+                broker_trade_id__in={row.broker_trade_id for row in rows},
+            ).select_related("instrument")
+            new = {(row.account_id, row.broker_trade_id) for row in rows}
+            rows = sorted(
+                (row for row in made if (row.account_id, row.broker_trade_id) in new),
+                key=lambda row: (row.filled_at, row.pk),
+            )
+        applied = defaultdict(list)
+        for trade in _apply(positions, rows):
+            applied[trade.account_id].append(trade)
+        return dict(applied)
 
 
 def _link_unlinked(pairs: set[tuple[int, str]]) -> None:
@@ -150,18 +185,86 @@ def _link_unlinked(pairs: set[tuple[int, str]]) -> None:
 def _positions_create(keys: list[tuple]) -> None:
     """The missing positions of ``keys`` (account id, instrument id, product), created on their own,
     before the fills' transaction: two recorders creating the same row inside their transactions
-    would deadlock on MySQL (both keep a shared lock on the duplicate key, then both want it exclusive)."""
-    existing = set(
-        Position.objects.filter(
-            account_id__in={k[0] for k in keys}, instrument_id__in={k[1] for k in keys}
-        ).values_list("account_id", "instrument_id", "product")
-    )
+    would deadlock on MySQL (both keep a shared lock on the duplicate key, then both want it exclusive).
+    The ones that exist are left as they are (an insert that ignores them: one statement, no look first)."""
     Position.objects.bulk_create(
-        [Position(account_id=a, instrument_id=i, product=p) for a, i, p in keys if (a, i, p) not in existing],
-        ignore_conflicts=True,
+        [Position(account_id=a, instrument_id=i, product=p) for a, i, p in keys], ignore_conflicts=True
     )
     for key in keys:
         _positions_made.get(key, lambda: True)
+
+
+def _trade_insert(trade: Trade) -> None:
+    """INSERT one fill, its values prepared as the ORM prepares them (without the ORM building the
+    statement: this runs for every fill); the new id read back as the ORM reads it."""
+    fields = [field for field in Trade._meta.concrete_fields if not field.primary_key]
+    values = [field.get_db_prep_save(field.pre_save(trade, add=True), connection) for field in fields]
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    sql = f"INSERT INTO {Trade._meta.db_table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        trade.pk = connection.ops.last_insert_id(cursor, Trade._meta.db_table, Trade._meta.pk.column)
+    trade._state.adding, trade._state.db = False, connection.alias
+
+
+_POSITIONS = PlainRows(Position)
+
+
+def _positions_locked(keys: list[tuple], *, at_market: bool) -> dict[tuple, Position]:
+    """The positions of the accounts and instruments of ``keys``, locked, in one order (so two
+    recorders never deadlock), by (account id, instrument id, product). ``at_market``: each with
+    ``market_price``, the instrument's last price (None when unknown), read with the lock, not
+    locked (FOR UPDATE does not lock a subquery's rows). Written out: this runs for every fill."""
+    accounts, instruments = sorted({key[0] for key in keys}), sorted({key[1] for key in keys})
+    market = (
+        f", (SELECT i.last_price FROM {Instrument._meta.db_table} i WHERE i.id = p.instrument_id AND i.last_price > 0)"  # noqa: S608
+        if at_market
+        else ""
+    )
+    sql = (
+        f"SELECT {_POSITIONS.columns('p')}{market} FROM {Position._meta.db_table} p "  # noqa: S608
+        f"WHERE p.account_id IN ({', '.join(['%s'] * len(accounts))}) "
+        f"AND p.instrument_id IN ({', '.join(['%s'] * len(instruments))}) "
+        "ORDER BY p.account_id, p.instrument_id, p.product"
+    )
+    if connection.features.has_select_for_update:
+        sql += " FOR UPDATE"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*accounts, *instruments])
+        fetched = cursor.fetchall()
+    positions = {}
+    width = _POSITIONS.width
+    for values in fetched:
+        position = _POSITIONS.make(values[:width])
+        if at_market:
+            position.market_price = _last_price(values[width])
+        positions[(position.account_id, position.instrument_id, position.product)] = position
+    return positions
+
+
+def _last_price(value) -> Decimal | None:
+    """An instrument's last price as read raw, converted as the ORM converts it."""
+    if value is None:
+        return None
+    field = Instrument._meta.get_field("last_price")
+    col = field.get_col(Instrument._meta.db_table)
+    for convert in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+        value = convert(value, col, connection)
+    return value
+
+
+def _position_write(position: Position, fields: list[str]) -> None:
+    """UPDATE the position's ``fields`` (and ``updated_at``), values prepared as the ORM prepares them."""
+    position.updated_at = timezone.now()
+    names = [*fields, "updated_at"]
+    model_fields = [Position._meta.get_field(name) for name in names]
+    assignments = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in model_fields)
+    params = [f.get_db_prep_save(getattr(position, f.attname), connection) for f in model_fields]
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {Position._meta.db_table} SET {assignments} WHERE id = %s", [*params, position.pk])  # noqa: S608
+
+
+_APPLIED = ["fifo", "net_quantity", "average_price", "realized_pnl", "unrealized_pnl", "last_price", "last_trade_id"]
 
 
 def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]:
@@ -176,7 +279,9 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
             continue
         state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
         state.apply_many((fill.side, fill.quantity, fill.price) for fill in new)
-        last = position.last_price or new[-1].price
+        # The market's latest price where it was read with the lock (the fast path), else the
+        # position's own, else the fill's.
+        last = getattr(position, "market_price", None) or position.last_price or new[-1].price
         position.fifo = state.to_dict()
         position.net_quantity = state.net_quantity
         position.average_price = state.average_price
@@ -184,8 +289,15 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
         position.unrealized_pnl = state.unrealized_pnl(last)
         position.last_price = last
         position.last_trade_id = new[-1].pk
-        position.save()
+        _position_write(position, _APPLIED)
         applied.extend(new)
+    for key, position in positions.items():
+        # The instruments' other positions (another product, locked with these) at the market too.
+        market = getattr(position, "market_price", None)
+        if key not in by_position and market and market != position.last_price:
+            state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
+            position.last_price, position.unrealized_pnl = market, state.unrealized_pnl(market)
+            _position_write(position, ["last_price", "unrealized_pnl"])
     return sorted(applied, key=lambda trade: (trade.filled_at, trade.pk))
 
 
@@ -202,17 +314,10 @@ def fills_fast_path(account: BrokerAccount, broker_trades: list[BrokerTrade]) ->
 
     from .broadcast import dashboard_push
 
-    applied = trades_record(account=account, broker_trades=broker_trades, fresh=True)
-    if not applied:
-        return applied
     # Valued at the market's latest price, not the fill's: the price has often moved on (the fill
     # of a resting order comes from a move through it), and no monitoring run follows a fill.
-    instrument_ids = {trade.instrument_id for trade in applied}
-    prices = Instrument.objects.filter(pk__in=instrument_ids, last_price__gt=0)
-    last_prices = {(e, s): p for e, s, p in prices.values_list("exchange", "tradingsymbol", "last_price")}
-    positions = Position.objects.filter(account=account, instrument_id__in=instrument_ids).select_related("instrument")
-    positions_mark(account=account, last_prices=last_prices, positions=list(positions))
-    if presence.watching([account.owner_id]):  # no page open: nothing to render for
+    applied = trades_record(account=account, broker_trades=broker_trades, fresh=True, at_market=True)
+    if applied and presence.watching([account.owner_id]):  # no page open: nothing to render for
         dashboard_push(account)
     return applied
 

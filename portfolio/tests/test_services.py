@@ -105,3 +105,39 @@ def test_many_accounts_fills_recorded_together_each_to_its_own_positions(account
     assert Trade.objects.filter(account=account).count() == 2 and Trade.objects.filter(account=theirs).count() == 4
     assert Position.objects.get(account=theirs, instrument__tradingsymbol="INFY").net_quantity == 1
     assert services.trades_record_many([(account, mine), (theirs, later)]) == {}
+
+
+def test_a_fresh_fill_recorded_meanwhile_is_refused_by_its_key_and_nothing_else_changes(account):
+    # The monitoring run got the fill in first; the fast path, inserting without a look, is refused
+    # by the unique key, rolls back, and records the rest of its fills looking first.
+    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 10, "100")])
+    applied = services.trades_record(
+        account=account, broker_trades=[fill("1", "BUY", 10, "100"), fill("2", "SELL", 4, "110", seconds=1)], fresh=True
+    )
+    assert [t.broker_trade_id for t in applied] == ["2"]
+    assert services.trades_record(account=account, broker_trades=[fill("2", "SELL", 4, "110")], fresh=True) == []
+    position = Position.objects.get(account=account)
+    assert Trade.objects.filter(account=account).count() == 2
+    assert position.net_quantity == 6 and position.realized_pnl == D("40")
+
+
+def test_fills_valued_at_the_market_value_the_instruments_other_positions_too(account):
+    from brokers.models import Instrument
+
+    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 10, "100", product="CNC")])
+    Instrument.objects.filter(exchange="NSE", tradingsymbol="INFY").update(last_price=D("104"))
+    services.trades_record(account=account, broker_trades=[fill("2", "BUY", 5, "101")], at_market=True)
+    cnc, mis = (Position.objects.get(account=account, product=p) for p in ("CNC", "MIS"))
+    assert mis.last_price == D("104") and mis.unrealized_pnl == D("15")  # 5 x (104 - 101), not at the fill's 101
+    assert cnc.last_price == D("104") and cnc.unrealized_pnl == D("40")
+
+
+def test_a_fill_of_a_known_position_is_four_statements(account, django_assert_max_num_queries):
+    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 10, "100")])
+    # Its order looked up, the position locked (with the market's price), the fill inserted, the
+    # position updated; and within the test's transaction a savepoint and its release.
+    with django_assert_max_num_queries(6):
+        applied = services.trades_record(
+            account=account, broker_trades=[fill("2", "BUY", 5, "101")], fresh=True, at_market=True
+        )
+    assert len(applied) == 1 and Position.objects.get(account=account).net_quantity == 15
