@@ -11,7 +11,7 @@ from brokers.base import BrokerTrade
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from orders.models import Order
-from tradingplatform.db import PlainRows
+from tradingplatform.db import PlainInserts, PlainRows
 from tradingplatform.memo import Memo
 
 from .fifo import PositionState
@@ -148,7 +148,7 @@ def _record(keys: list[tuple], rows: list[Trade], *, look_first: bool, at_market
             )
             rows = [row for row in rows if (row.account_id, row.broker_trade_id) not in recorded]
         if len(rows) == 1:
-            _trade_insert(rows[0])  # a fill as it happened: the fast path's every one
+            _TRADES.insert(rows[0])  # a fill as it happened: the fast path's every one
         else:
             Trade.objects.bulk_create(rows)
         if rows and rows[0].pk is None:  # a database that does not hand back the new ids
@@ -194,17 +194,7 @@ def _positions_create(keys: list[tuple]) -> None:
         _positions_made.get(key, lambda: True)
 
 
-def _trade_insert(trade: Trade) -> None:
-    """INSERT one fill, its values prepared as the ORM prepares them (without the ORM building the
-    statement: this runs for every fill); the new id read back as the ORM reads it."""
-    fields = [field for field in Trade._meta.concrete_fields if not field.primary_key]
-    values = [field.get_db_prep_save(field.pre_save(trade, add=True), connection) for field in fields]
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    sql = f"INSERT INTO {Trade._meta.db_table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"  # noqa: S608
-    with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        trade.pk = connection.ops.last_insert_id(cursor, Trade._meta.db_table, Trade._meta.pk.column)
-    trade._state.adding, trade._state.db = False, connection.alias
+_TRADES = PlainInserts(Trade)
 
 
 _POSITIONS = PlainRows(Position)
