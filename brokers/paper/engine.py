@@ -20,13 +20,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 
 from django.conf import settings
 from django.contrib.auth.hashers import check_password
 from django.core.cache import cache
 from django.db import connection, transaction
-from django.db.models import Case, DecimalField, ExpressionWrapper, F, Q, Sum, When
+from django.db.models import Q
 from django.utils import timezone
 
 from brokers.base import IST, next_morning_expiry
@@ -34,6 +34,7 @@ from tradingplatform.db import PlainRows
 
 from .book import BUY, SELL, OrderBook
 from .models import PaperClient, PaperFeedState, PaperInstrument, PaperOrder, PaperToken, PaperTrade
+from .writes import PlainInsert
 
 PRICE_BAND = Decimal("0.20")
 MAX_MODIFICATIONS = 25
@@ -244,11 +245,22 @@ def session_expire_now(*, client: PaperClient) -> int:
 # --- Instruments and quotes -----------------------------------------------------------------
 
 
+@functools.cache
+def _instrument_sql() -> str:
+    return (
+        f"SELECT {_INSTRUMENTS.columns('i')} FROM paper_paperinstrument i "  # noqa: S608
+        "WHERE i.exchange = %s AND i.tradingsymbol = %s"
+    )
+
+
 def instrument_lookup(exchange: str, tradingsymbol: str) -> PaperInstrument:
-    instrument = PaperInstrument.objects.filter(exchange=exchange, tradingsymbol=tradingsymbol).first()
-    if instrument is None:
+    # Every placement reads its instrument (the quote it fills at): written out, like the token check.
+    with connection.cursor() as cursor:
+        cursor.execute(_instrument_sql(), [exchange, tradingsymbol])
+        row = cursor.fetchone()
+    if row is None:
         raise InputException(f"Invalid `tradingsymbol` {exchange}:{tradingsymbol}.", kind="instrument")
-    return instrument
+    return _INSTRUMENTS.make(row)
 
 
 def instruments_by_keys(keys) -> dict[str, PaperInstrument]:
@@ -266,12 +278,26 @@ def instruments_by_keys(keys) -> dict[str, PaperInstrument]:
 # --- Orders -------------------------------------------------------------------------------
 
 
+@functools.cache
+def _blocked_funds_sql() -> str:
+    return (
+        "SELECT SUM((o.quantity - o.filled_quantity) * "
+        "CASE WHEN o.order_type = 'SL-M' THEN o.trigger_price ELSE o.price END) "
+        "FROM paper_paperorder o WHERE o.client_id = %s AND o.transaction_type = %s AND o.status IN (%s, %s)"
+    )
+
+
+# SQLite sums decimals as floats; the ORM reads such a sum with 15 significant digits, and so do we.
+_FLOAT_SUM = Context(prec=15)
+
+
 def _blocked_funds(client: PaperClient) -> Decimal:
     """Cash set aside for live BUY orders: unfilled quantity at the limit (or the SL-M trigger)."""
-    reference = Case(When(order_type="SL-M", then=F("trigger_price")), default=F("price"))
-    blocked = PaperOrder.objects.filter(client=client, transaction_type=BUY, status__in=PaperOrder.LIVE).aggregate(
-        total=Sum(ExpressionWrapper((F("quantity") - F("filled_quantity")) * reference, output_field=DecimalField()))
-    )["total"]
+    with connection.cursor() as cursor:
+        cursor.execute(_blocked_funds_sql(), [client.pk, BUY, *PaperOrder.LIVE])
+        (blocked,) = cursor.fetchone()
+    if isinstance(blocked, float | int):
+        return _FLOAT_SUM.create_decimal_from_float(blocked)
     return Decimal(blocked or 0)
 
 
@@ -373,7 +399,7 @@ def order_place(
         trigger_price=trigger_price,
     )
     # Serialise this client's placements so two cannot spend the same cash.
-    client = PaperClient.objects.select_for_update().get(pk=client.pk)
+    client = _client_locked(client.pk)
     now = timezone.now()
     order = PaperOrder(
         client=client,
@@ -416,12 +442,28 @@ def order_place(
     return order
 
 
+@functools.cache
+def _client_locked_sql() -> str:
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    return f"SELECT {_CLIENTS.columns('c')} FROM paper_paperclient c WHERE c.id = %s{lock}"  # noqa: S608
+
+
+def _client_locked(client_id: int) -> PaperClient:
+    """The client row, locked until the transaction ends (``select_for_update().get()``, written out)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_client_locked_sql(), [client_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise PaperClient.DoesNotExist("PaperClient matching query does not exist.")
+    return _CLIENTS.make(row)
+
+
 def _save_new(order: PaperOrder, now: datetime) -> None:
     # A random 9-digit suffix per day: a clash (about one in a billion) fails the
     # placement with an IntegrityError, which the adapter reports as a busy exchange.
     order.order_id = _new_order_id(now)
     order.exchange_order_id = "1" + order.order_id
-    order.save()
+    _NEW_ORDERS.insert(order)
 
 
 def _arrival_fill_price(order: PaperOrder, instrument: PaperInstrument) -> Decimal | None:
@@ -456,9 +498,17 @@ def _record_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime
     return _book_fill(order, quantity, price, now)
 
 
+# Each placement writes its order, and each fill its trade and the client's cash: written out once.
+_NEW_ORDERS, _NEW_TRADES = PlainInsert(PaperOrder), PlainInsert(PaperTrade)
+_CASH_SQL = {
+    True: "UPDATE paper_paperclient SET cash = cash - %s WHERE id = %s",  # a BUY pays
+    False: "UPDATE paper_paperclient SET cash = cash + %s WHERE id = %s",
+}
+
+
 def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> PaperTrade:
     """The trade of a fill already applied to its (saved) order, and the client's cash."""
-    trade = PaperTrade.objects.create(
+    trade = PaperTrade(
         trade_id=f"{secrets.randbelow(10**12):012d}",
         order=order,
         client_id=order.client_id,
@@ -469,10 +519,10 @@ def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) 
         price=price,
         filled_at=now,
     )
+    _NEW_TRADES.insert(trade)
     cash = quantity * price
-    PaperClient.objects.filter(pk=order.client_id).update(
-        cash=F("cash") - cash if order.transaction_type == BUY else F("cash") + cash
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(_CASH_SQL[order.transaction_type == BUY], [cash, order.client_id])
     # No instrument row update here: the market tick owns those rows (it rewrites them every
     # second), and fills locking them would queue behind it. The feed keeps the day's volume.
     return trade
