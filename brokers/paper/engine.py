@@ -231,6 +231,35 @@ def client_for_access_token(*, api_key: str | None, access_token: str) -> PaperC
     return client
 
 
+@functools.cache
+def _client_and_instrument_sql() -> str:
+    return (
+        f"SELECT {_CLIENTS.columns('c')}, {_INSTRUMENTS.columns('i')} FROM paper_paperclient c "  # noqa: S608
+        "JOIN paper_papertoken t ON t.client_id = c.id "
+        "LEFT JOIN paper_paperinstrument i ON i.exchange = %s AND i.tradingsymbol = %s "
+        "WHERE t.token_hash = %s AND t.kind = %s AND t.revoked_at IS NULL AND t.expires_at > %s"
+    )
+
+
+def client_and_instrument(
+    *, access_token: str, exchange: str, tradingsymbol: str
+) -> tuple[PaperClient, PaperInstrument | None]:
+    """``client_for_access_token`` and ``instrument_lookup`` in one query, for a placement (it needs
+    both): the instrument is None when there is no such instrument (``order_place`` then says so)."""
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _client_and_instrument_sql(),
+            [exchange, tradingsymbol, _hash(access_token or ""), PaperToken.Kind.ACCESS, now],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise TokenException("Incorrect `api_key` or `access_token`.")
+    width = _CLIENTS.width
+    instrument = _INSTRUMENTS.make(row[width:]) if row[width] is not None else None
+    return _CLIENTS.make(row[:width]), instrument
+
+
 def session_close(*, access_token: str) -> None:
     PaperToken.objects.filter(token_hash=_hash(access_token), revoked_at__isnull=True).update(revoked_at=timezone.now())
 
@@ -378,14 +407,20 @@ def order_place(
     tag: str = "",
     variety: str = "regular",
     rng: random.Random | None = None,
+    instrument: PaperInstrument | None = None,
 ) -> PaperOrder:
-    """Validate and accept an order. Input errors raise; RMS refusals give a REJECTED order."""
+    """Validate and accept an order. Input errors raise; RMS refusals give a REJECTED order.
+
+    ``instrument``: the order's instrument as just read (``client_and_instrument``), else it is
+    looked up here.
+    """
     rng = rng or random
     if variety != "regular":
         raise InputException("Only the `regular` variety is supported by the paper exchange.")
     if tag and len(tag) > 40:
         raise InputException("Tag should be at most 40 characters.")
-    instrument = instrument_lookup(exchange, tradingsymbol)
+    if instrument is None:
+        instrument = instrument_lookup(exchange, tradingsymbol)
     price = Decimal(price) if price not in (None, "") else None
     trigger_price = Decimal(trigger_price) if trigger_price not in (None, "") else None
     _validate(
