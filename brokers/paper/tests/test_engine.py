@@ -407,4 +407,21 @@ def test_a_placement_writes_the_rows_the_orm_would_write(client):
     assert columns(PaperOrder.objects.get(pk=written.pk), "id", "order_id", "exchange_order_id") == columns(
         PaperOrder.objects.get(pk=by_orm.pk), "id", "order_id", "exchange_order_id"
     )
-    assert columns(trade) == columns(PaperTrade.objects.get(pk=trade.pk))
+    assert trade.price == D("1500.10") and trade.quantity == 3 and trade.client_id == client.pk
+    fill = {
+        "order": order,
+        "client_id": client.pk,
+        "instrument_id": order.instrument_id,
+        "transaction_type": "SELL",
+        "product": "CNC",
+        "quantity": 7,
+        "price": D("1499.95"),
+        "filled_at": now,
+    }
+    trade_by_orm = PaperTrade(trade_id="ORM", **fill)
+    trade_by_orm.save()
+    trade_written = PaperTrade(trade_id="PLAIN", **fill)
+    PlainInsert(PaperTrade).insert(trade_written)
+    assert columns(PaperTrade.objects.get(pk=trade_written.pk), "id", "trade_id") == columns(
+        PaperTrade.objects.get(pk=trade_by_orm.pk), "id", "trade_id"
+    )
