@@ -192,11 +192,17 @@ def test_a_placement_after_the_latency_knob_fills_at_the_quote_it_arrives_to(pap
     AccountBroker(paper_account).orders()
     knobs(paper_account, latency_ms=1)
 
-    def the_market_moves_meanwhile(_seconds):
+    slept, sleep = [], engine.time.sleep
+
+    def the_market_moves_meanwhile(seconds):
+        if slept:
+            return sleep(seconds)
+        slept.append(seconds)
         engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=Decimal("1510"), bid=None, ask=None)
 
     monkeypatch.setattr(engine.time, "sleep", the_market_moves_meanwhile)
     placed = AccountBroker(paper_account).place_order(request(tag="LATE-1"))
+    assert slept == [0.001]  # the knob's wait, once
     assert placed.state.average_price == Decimal("1510.1000")
     assert PaperOrder.objects.get(tag="LATE-1").average_price == Decimal("1510.1")
 
