@@ -71,10 +71,17 @@ def _cached_form(session: BrokerSession) -> dict:
     return {"id": session.pk, "tokens": session.tokens.token, "expires_at": session.expires_at.timestamp()}
 
 
+# A sealed token always opens to the same access token, so each is opened once per process, not
+# on every broker call. Which session is live is still asked of the cache on every call (an ended
+# session stops at once); this only remembers what a given ciphertext says, for a few minutes.
+_opened_tokens = Memo("opened session tokens", ttl_s=300)
+
+
 def _from_cache(cached: dict) -> LiveSession:
+    sealed = cached["tokens"]
     return LiveSession(
         session_id=cached["id"],
-        access_token=Sealed(cached["tokens"]).reveal()["access_token"],
+        access_token=_opened_tokens.get(sealed, lambda: Sealed(sealed).reveal()["access_token"]),
         expires_at=datetime.fromtimestamp(cached["expires_at"], tz=UTC),
     )
 

@@ -177,7 +177,15 @@ class PaperBroker(base.Broker):
     # --- Orders ------------------------------------------------------------------
     @translate_errors(order_call=True)
     def place_order(self, request: base.OrderRequest) -> base.PlacedOrder:
-        client, faults = self._client(write=True)
+        if not self.access_token:
+            raise engine.TokenException("No session: log in first.")
+        # The client and the instrument in one read (``_client`` and ``order_place``'s lookup).
+        client, instrument = engine.client_and_instrument(
+            access_token=self.access_token, exchange=request.exchange, tradingsymbol=request.tradingsymbol
+        )
+        faults = engine.faults_before(client, write=True)
+        if client.latency_ms:
+            instrument = None  # the order reaches the exchange after the latency: its quote then
         order = engine.order_place(
             client=client,
             exchange=request.exchange,
@@ -191,6 +199,7 @@ class PaperBroker(base.Broker):
             validity=request.validity,
             tag=request.tag,
             variety=request.variety,
+            instrument=instrument,
         )
         faults.after()
         if order.status == PaperOrder.Status.REJECTED:

@@ -20,13 +20,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 
 from django.conf import settings
 from django.contrib.auth.hashers import check_password
 from django.core.cache import cache
 from django.db import connection, transaction
-from django.db.models import Case, DecimalField, ExpressionWrapper, F, Q, Sum, When
+from django.db.models import Q
 from django.utils import timezone
 
 from brokers.base import IST, next_morning_expiry
@@ -34,6 +34,7 @@ from tradingplatform.db import PlainRows
 
 from .book import BUY, SELL, OrderBook
 from .models import PaperClient, PaperFeedState, PaperInstrument, PaperOrder, PaperToken, PaperTrade
+from .writes import PlainInsert
 
 PRICE_BAND = Decimal("0.20")
 MAX_MODIFICATIONS = 25
@@ -230,6 +231,35 @@ def client_for_access_token(*, api_key: str | None, access_token: str) -> PaperC
     return client
 
 
+@functools.cache
+def _client_and_instrument_sql() -> str:
+    return (
+        f"SELECT {_CLIENTS.columns('c')}, {_INSTRUMENTS.columns('i')} FROM paper_paperclient c "  # noqa: S608
+        "JOIN paper_papertoken t ON t.client_id = c.id "
+        "LEFT JOIN paper_paperinstrument i ON i.exchange = %s AND i.tradingsymbol = %s "
+        "WHERE t.token_hash = %s AND t.kind = %s AND t.revoked_at IS NULL AND t.expires_at > %s"
+    )
+
+
+def client_and_instrument(
+    *, access_token: str, exchange: str, tradingsymbol: str
+) -> tuple[PaperClient, PaperInstrument | None]:
+    """``client_for_access_token`` and ``instrument_lookup`` in one query, for a placement (it needs
+    both): the instrument is None when there is no such instrument (``order_place`` then says so)."""
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _client_and_instrument_sql(),
+            [exchange, tradingsymbol, _hash(access_token or ""), PaperToken.Kind.ACCESS, now],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise TokenException("Incorrect `api_key` or `access_token`.")
+    width = _CLIENTS.width
+    instrument = _INSTRUMENTS.make(row[width:]) if row[width] is not None else None
+    return _CLIENTS.make(row[:width]), instrument
+
+
 def session_close(*, access_token: str) -> None:
     PaperToken.objects.filter(token_hash=_hash(access_token), revoked_at__isnull=True).update(revoked_at=timezone.now())
 
@@ -244,11 +274,22 @@ def session_expire_now(*, client: PaperClient) -> int:
 # --- Instruments and quotes -----------------------------------------------------------------
 
 
+@functools.cache
+def _instrument_sql() -> str:
+    return (
+        f"SELECT {_INSTRUMENTS.columns('i')} FROM paper_paperinstrument i "  # noqa: S608
+        "WHERE i.exchange = %s AND i.tradingsymbol = %s"
+    )
+
+
 def instrument_lookup(exchange: str, tradingsymbol: str) -> PaperInstrument:
-    instrument = PaperInstrument.objects.filter(exchange=exchange, tradingsymbol=tradingsymbol).first()
-    if instrument is None:
+    # Every placement reads its instrument (the quote it fills at): written out, like the token check.
+    with connection.cursor() as cursor:
+        cursor.execute(_instrument_sql(), [exchange, tradingsymbol])
+        row = cursor.fetchone()
+    if row is None:
         raise InputException(f"Invalid `tradingsymbol` {exchange}:{tradingsymbol}.", kind="instrument")
-    return instrument
+    return _INSTRUMENTS.make(row)
 
 
 def instruments_by_keys(keys) -> dict[str, PaperInstrument]:
@@ -266,12 +307,26 @@ def instruments_by_keys(keys) -> dict[str, PaperInstrument]:
 # --- Orders -------------------------------------------------------------------------------
 
 
+@functools.cache
+def _blocked_funds_sql() -> str:
+    return (
+        "SELECT SUM((o.quantity - o.filled_quantity) * "
+        "CASE WHEN o.order_type = 'SL-M' THEN o.trigger_price ELSE o.price END) "
+        "FROM paper_paperorder o WHERE o.client_id = %s AND o.transaction_type = %s AND o.status IN (%s, %s)"
+    )
+
+
+# SQLite sums decimals as floats; the ORM reads such a sum with 15 significant digits, and so do we.
+_FLOAT_SUM = Context(prec=15)
+
+
 def _blocked_funds(client: PaperClient) -> Decimal:
     """Cash set aside for live BUY orders: unfilled quantity at the limit (or the SL-M trigger)."""
-    reference = Case(When(order_type="SL-M", then=F("trigger_price")), default=F("price"))
-    blocked = PaperOrder.objects.filter(client=client, transaction_type=BUY, status__in=PaperOrder.LIVE).aggregate(
-        total=Sum(ExpressionWrapper((F("quantity") - F("filled_quantity")) * reference, output_field=DecimalField()))
-    )["total"]
+    with connection.cursor() as cursor:
+        cursor.execute(_blocked_funds_sql(), [client.pk, BUY, *PaperOrder.LIVE])
+        (blocked,) = cursor.fetchone()
+    if isinstance(blocked, float | int):
+        return _FLOAT_SUM.create_decimal_from_float(blocked)
     return Decimal(blocked or 0)
 
 
@@ -352,14 +407,20 @@ def order_place(
     tag: str = "",
     variety: str = "regular",
     rng: random.Random | None = None,
+    instrument: PaperInstrument | None = None,
 ) -> PaperOrder:
-    """Validate and accept an order. Input errors raise; RMS refusals give a REJECTED order."""
+    """Validate and accept an order. Input errors raise; RMS refusals give a REJECTED order.
+
+    ``instrument``: the order's instrument as just read (``client_and_instrument``), else it is
+    looked up here.
+    """
     rng = rng or random
     if variety != "regular":
         raise InputException("Only the `regular` variety is supported by the paper exchange.")
     if tag and len(tag) > 40:
         raise InputException("Tag should be at most 40 characters.")
-    instrument = instrument_lookup(exchange, tradingsymbol)
+    if instrument is None:
+        instrument = instrument_lookup(exchange, tradingsymbol)
     price = Decimal(price) if price not in (None, "") else None
     trigger_price = Decimal(trigger_price) if trigger_price not in (None, "") else None
     _validate(
@@ -373,7 +434,7 @@ def order_place(
         trigger_price=trigger_price,
     )
     # Serialise this client's placements so two cannot spend the same cash.
-    client = PaperClient.objects.select_for_update().get(pk=client.pk)
+    client = _client_locked(client.pk)
     now = timezone.now()
     order = PaperOrder(
         client=client,
@@ -416,12 +477,28 @@ def order_place(
     return order
 
 
+@functools.cache
+def _client_locked_sql() -> str:
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    return f"SELECT {_CLIENTS.columns('c')} FROM paper_paperclient c WHERE c.id = %s{lock}"  # noqa: S608
+
+
+def _client_locked(client_id: int) -> PaperClient:
+    """The client row, locked until the transaction ends (``select_for_update().get()``, written out)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_client_locked_sql(), [client_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise PaperClient.DoesNotExist("PaperClient matching query does not exist.")
+    return _CLIENTS.make(row)
+
+
 def _save_new(order: PaperOrder, now: datetime) -> None:
     # A random 9-digit suffix per day: a clash (about one in a billion) fails the
     # placement with an IntegrityError, which the adapter reports as a busy exchange.
     order.order_id = _new_order_id(now)
     order.exchange_order_id = "1" + order.order_id
-    order.save()
+    _NEW_ORDERS.insert(order)
 
 
 def _arrival_fill_price(order: PaperOrder, instrument: PaperInstrument) -> Decimal | None:
@@ -456,9 +533,17 @@ def _record_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime
     return _book_fill(order, quantity, price, now)
 
 
+# Each placement writes its order, and each fill its trade and the client's cash: written out once.
+_NEW_ORDERS, _NEW_TRADES = PlainInsert(PaperOrder), PlainInsert(PaperTrade)
+_CASH_SQL = {
+    True: "UPDATE paper_paperclient SET cash = cash - %s WHERE id = %s",  # a BUY pays
+    False: "UPDATE paper_paperclient SET cash = cash + %s WHERE id = %s",
+}
+
+
 def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> PaperTrade:
     """The trade of a fill already applied to its (saved) order, and the client's cash."""
-    trade = PaperTrade.objects.create(
+    trade = PaperTrade(
         trade_id=f"{secrets.randbelow(10**12):012d}",
         order=order,
         client_id=order.client_id,
@@ -469,10 +554,10 @@ def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) 
         price=price,
         filled_at=now,
     )
+    _NEW_TRADES.insert(trade)
     cash = quantity * price
-    PaperClient.objects.filter(pk=order.client_id).update(
-        cash=F("cash") - cash if order.transaction_type == BUY else F("cash") + cash
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(_CASH_SQL[order.transaction_type == BUY], [cash, order.client_id])
     # No instrument row update here: the market tick owns those rows (it rewrites them every
     # second), and fills locking them would queue behind it. The feed keeps the day's volume.
     return trade

@@ -145,7 +145,13 @@ class PaperOrder(models.Model):
 
     class Meta:
         ordering = ["placed_at", "id"]
-        indexes = [models.Index(fields=["client", "placed_at"]), models.Index(fields=["instrument", "status"])]
+        indexes = [
+            models.Index(fields=["client", "placed_at"]),
+            models.Index(fields=["instrument", "status"]),
+            # A BUY's funds check sums the client's live orders: without this it read the client's
+            # whole order history on every BUY.
+            models.Index(fields=["client", "status"]),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(quantity__gt=0), name="paperorder_quantity_positive"),
             models.CheckConstraint(

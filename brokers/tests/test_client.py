@@ -179,3 +179,41 @@ def test_when_the_broker_cannot_be_asked_the_outcome_is_unknown(paper_account):
     with pytest.raises(OutcomeUnknown):
         broker.place_order(request(tag="UNK-1"))
     assert PaperOrder.objects.filter(tag="UNK-1").count() == 1  # it was placed; we just could not know
+
+
+def test_an_unknown_instrument_is_rejected_and_nothing_placed(paper_account):
+    with pytest.raises(OrderRejected) as error:
+        AccountBroker(paper_account).place_order(request(tag="NOPE-1", tradingsymbol="NOPE"))
+    assert error.value.kind == RejectKind.INSTRUMENT and "NOPE" in error.value.message
+    assert not PaperOrder.objects.filter(tag="NOPE-1").exists()
+
+
+def test_a_placement_after_the_latency_knob_fills_at_the_quote_it_arrives_to(paper_account, monkeypatch):
+    AccountBroker(paper_account).orders()
+    knobs(paper_account, latency_ms=1)
+
+    slept, sleep = [], engine.time.sleep
+
+    def the_market_moves_meanwhile(seconds):
+        if slept:
+            return sleep(seconds)
+        slept.append(seconds)
+        engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=Decimal("1510"), bid=None, ask=None)
+
+    monkeypatch.setattr(engine.time, "sleep", the_market_moves_meanwhile)
+    placed = AccountBroker(paper_account).place_order(request(tag="LATE-1"))
+    assert slept == [0.001]  # the knob's wait, once
+    assert placed.state.average_price == Decimal("1510.1000")
+    assert PaperOrder.objects.get(tag="LATE-1").average_price == Decimal("1510.1")
+
+
+def test_a_placement_on_a_session_the_broker_ended_renews_it_and_places_once(paper_account, paper_client):
+    AccountBroker(paper_account).orders()
+    engine.session_expire_now(client=paper_client)
+    with pytest.raises(engine.TokenException):
+        engine.client_and_instrument(
+            access_token=services.session_live(paper_account).access_token, exchange="NSE", tradingsymbol="INFY"
+        )
+    placed = AccountBroker(paper_account).place_order(request(tag="RENEWED-1"))
+    assert PaperOrder.objects.get(tag="RENEWED-1").order_id == placed.broker_order_id
+    assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_SESSION_REFRESHED).count() == 1

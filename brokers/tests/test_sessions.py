@@ -25,6 +25,20 @@ def test_session_live_logs_in_once_and_reuses(paper_account):
     assert first.access_token not in repr(first) and first.access_token not in str(session.tokens)
 
 
+def test_a_sealed_token_is_opened_once_and_an_ended_session_is_not_reused(paper_account, monkeypatch):
+    from accounts.crypto import Sealed
+
+    first = services.session_live(paper_account)
+    opened, reveal = [], Sealed.reveal
+    monkeypatch.setattr(Sealed, "reveal", lambda self: opened.append(self.token) or reveal(self))
+    assert services.session_live(paper_account) == services.session_live(paper_account) == first
+    assert len(opened) == 1  # from the cache, opened once
+    services.session_disconnect(account=paper_account, actor=None)
+    second = services.session_live(paper_account)  # logs in again: a new session, a new token
+    assert second.session_id != first.session_id and second.access_token != first.access_token
+    assert services.session_live(paper_account) == second
+
+
 def test_tokens_are_stored_encrypted(paper_account):
     live = services.session_live(paper_account)
     from django.db import connection

@@ -339,3 +339,89 @@ def test_the_written_out_book_reads_give_what_the_querysets_give(client):
     positions = {(row.instrument.tradingsymbol, row.product): row.quantity for row in engine.positions_of(client)}
     assert positions == {("INFY", "MIS"): 2, ("TCS", "CNC"): -1}
     assert engine.positions_of(client, day_only=True)[0].instrument.last_price == D("1500")
+
+
+# --- The written-out placement writes ------------------------------------------------------
+
+
+def test_the_written_out_blocked_funds_sum_what_the_orm_sums(client):
+    from django.db.models import Case, DecimalField, ExpressionWrapper, F, Sum, When
+
+    quote(last="1500.3", volume=0)  # nothing fills: every order below rests
+    place(client, price="1450.1", quantity=3)
+    place(client, order_type="SL-M", trigger="1510.1", quantity=2)
+    place(client, order_type="SL", price="1520.2", trigger="1510.1", quantity=7)
+    place(client, side="SELL", price="1550", quantity=5)  # a sell blocks nothing
+    partial = place(client, price="1440.3", quantity=4)
+    PaperOrder.objects.filter(pk=partial.pk).update(filled_quantity=1)
+    cancelled = place(client, price="1430", quantity=9)
+    engine.order_cancel(client=client, order_id=cancelled.order_id)
+    other = engine.client_get_or_create(user_id="C2")
+    place(other, price="1450", quantity=1)
+
+    reference = Case(When(order_type="SL-M", then=F("trigger_price")), default=F("price"))
+    expected = PaperOrder.objects.filter(client=client, transaction_type="BUY", status__in=PaperOrder.LIVE).aggregate(
+        total=Sum(ExpressionWrapper((F("quantity") - F("filled_quantity")) * reference, output_field=DecimalField()))
+    )["total"]
+    blocked = engine._blocked_funds(client)
+    assert blocked == expected == 3 * D("1450.1") + 2 * D("1510.1") + 7 * D("1520.2") + 3 * D("1440.3")
+    assert engine._blocked_funds(engine.client_get_or_create(user_id="C3")) == D(0)
+
+
+def test_a_placement_writes_the_rows_the_orm_would_write(client):
+    from django.utils import timezone
+
+    from brokers.paper.writes import PlainInsert
+
+    order = place(client, order_type="MARKET", quantity=3, tag="WRITTEN")
+    trade = PaperTrade.objects.get(order=order)
+    assert order.pk == PaperOrder.objects.get(tag="WRITTEN").pk and not order._state.adding
+
+    def columns(row, *skip):
+        return {f.attname: getattr(row, f.attname) for f in type(row)._meta.concrete_fields if f.attname not in skip}
+
+    # The same instance saved by the ORM and inserted written out reads back the same, column by column.
+    now = timezone.now()
+    values = {
+        "client": client,
+        "instrument": order.instrument,
+        "transaction_type": "BUY",
+        "order_type": "SL",
+        "product": "NRML",
+        "quantity": 5,
+        "price": D("1520.2"),
+        "trigger_price": D("1510.1"),
+        "status": Status.TRIGGER_PENDING,
+        "status_message": "ünïcode ✓",
+        "average_price": D("1500.1234"),
+        "tag": "",
+        "priority": 12345678901234567,
+        "placed_at": now,
+        "updated_at": now,
+    }
+    by_orm = PaperOrder(order_id="ORM", exchange_order_id="1ORM", **values)
+    by_orm.save()
+    written = PaperOrder(order_id="PLAIN", exchange_order_id="1PLAIN", **values)
+    PlainInsert(PaperOrder).insert(written)
+    assert written.pk and written.pk != by_orm.pk
+    assert columns(PaperOrder.objects.get(pk=written.pk), "id", "order_id", "exchange_order_id") == columns(
+        PaperOrder.objects.get(pk=by_orm.pk), "id", "order_id", "exchange_order_id"
+    )
+    assert trade.price == D("1500.10") and trade.quantity == 3 and trade.client_id == client.pk
+    fill = {
+        "order": order,
+        "client_id": client.pk,
+        "instrument_id": order.instrument_id,
+        "transaction_type": "SELL",
+        "product": "CNC",
+        "quantity": 7,
+        "price": D("1499.95"),
+        "filled_at": now,
+    }
+    trade_by_orm = PaperTrade(trade_id="ORM", **fill)
+    trade_by_orm.save()
+    trade_written = PaperTrade(trade_id="PLAIN", **fill)
+    PlainInsert(PaperTrade).insert(trade_written)
+    assert columns(PaperTrade.objects.get(pk=trade_written.pk), "id", "trade_id") == columns(
+        PaperTrade.objects.get(pk=trade_by_orm.pk), "id", "trade_id"
+    )
