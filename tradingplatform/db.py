@@ -114,7 +114,7 @@ class PlainInserts:
             cursor.execute(sql, params)
             if len(objs) == 1:
                 meta = self.model._meta
-                objs[0].pk = conn.ops.last_insert_id(cursor, meta.db_table, meta.pk.column)
+                objs[0].pk = meta.pk.to_python(conn.ops.last_insert_id(cursor, meta.db_table, meta.pk.column))
         for obj in objs:
             obj._state.adding = False
             obj._state.db = db

@@ -30,11 +30,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from brokers.base import IST, next_morning_expiry
-from tradingplatform.db import PlainRows
+from tradingplatform.db import PlainInserts, PlainRows
 
 from .book import BUY, SELL, OrderBook
 from .models import PaperClient, PaperFeedState, PaperInstrument, PaperOrder, PaperToken, PaperTrade
-from .writes import PlainInsert
 
 PRICE_BAND = Decimal("0.20")
 MAX_MODIFICATIONS = 25
@@ -534,7 +533,7 @@ def _record_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime
 
 
 # Each placement writes its order, and each fill its trade and the client's cash: written out once.
-_NEW_ORDERS, _NEW_TRADES = PlainInsert(PaperOrder), PlainInsert(PaperTrade)
+_NEW_ORDERS, _NEW_TRADES = PlainInserts(PaperOrder), PlainInserts(PaperTrade)
 _CASH_SQL = {
     True: "UPDATE paper_paperclient SET cash = cash - %s WHERE id = %s",  # a BUY pays
     False: "UPDATE paper_paperclient SET cash = cash + %s WHERE id = %s",

@@ -371,7 +371,7 @@ def test_the_written_out_blocked_funds_sum_what_the_orm_sums(client):
 def test_a_placement_writes_the_rows_the_orm_would_write(client):
     from django.utils import timezone
 
-    from brokers.paper.writes import PlainInsert
+    from tradingplatform.db import PlainInserts
 
     order = place(client, order_type="MARKET", quantity=3, tag="WRITTEN")
     trade = PaperTrade.objects.get(order=order)
@@ -402,7 +402,7 @@ def test_a_placement_writes_the_rows_the_orm_would_write(client):
     by_orm = PaperOrder(order_id="ORM", exchange_order_id="1ORM", **values)
     by_orm.save()
     written = PaperOrder(order_id="PLAIN", exchange_order_id="1PLAIN", **values)
-    PlainInsert(PaperOrder).insert(written)
+    PlainInserts(PaperOrder).insert(written)
     assert written.pk and written.pk != by_orm.pk
     assert columns(PaperOrder.objects.get(pk=written.pk), "id", "order_id", "exchange_order_id") == columns(
         PaperOrder.objects.get(pk=by_orm.pk), "id", "order_id", "exchange_order_id"
@@ -421,7 +421,7 @@ def test_a_placement_writes_the_rows_the_orm_would_write(client):
     trade_by_orm = PaperTrade(trade_id="ORM", **fill)
     trade_by_orm.save()
     trade_written = PaperTrade(trade_id="PLAIN", **fill)
-    PlainInsert(PaperTrade).insert(trade_written)
+    PlainInserts(PaperTrade).insert(trade_written)
     assert columns(PaperTrade.objects.get(pk=trade_written.pk), "id", "trade_id") == columns(
         PaperTrade.objects.get(pk=trade_by_orm.pk), "id", "trade_id"
     )
