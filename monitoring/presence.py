@@ -29,6 +29,9 @@ from tradingplatform import locks
 logger = logging.getLogger(__name__)
 TTL_S = 24 * 3600
 RETRY_S = 5.0  # a broken notice connection is opened again at most this often
+# Answers are kept at most this long even without a notice: a notice connection that died
+# silently (a half-open socket never reads as closed) cannot keep a stale answer for longer.
+KEEP_S = 5.0
 _local: dict[int, set[str]] = defaultdict(set)
 _local_lock = threading.Lock()
 
@@ -84,6 +87,7 @@ class _View:
         self._pid = None
         self._retry_at = 0.0
         self._known: dict[int, bool] = {}
+        self._known_since = 0.0
         self._epoch = 0  # notices read so far: an answer asked for before one is not kept
 
     def watching(self, user_ids: list[int]) -> set[int]:
@@ -112,6 +116,9 @@ class _View:
             self._pid, self._source, self._retry_at = os.getpid(), source, 0.0
         if self._conn is None and not self._connect(*source):
             return False
+        if time.monotonic() - self._known_since > KEEP_S:
+            self._known.clear()
+            self._known_since = time.monotonic()
         try:
             while self._conn.can_read(timeout=0):
                 message = self._conn.read_response()

@@ -440,8 +440,13 @@ class _Answers:
             while len(self._by_reference) > self.KEEP:
                 self._by_reference.popitem(last=False)
 
+    def forget(self, order: Order) -> None:
+        """Its updates are read from the database after all."""
+        with self._lock:
+            self._by_reference.pop(order.reference, None)
+
     def recorded(self, order: Order) -> None:
-        """The placer is done: the order as it left it (committed), or unknown after an error."""
+        """The placer is done: the order as it left it, committed."""
         with self._lock:
             answer = self._by_reference.get(order.reference)
             if answer is not None:
@@ -462,7 +467,12 @@ def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = Non
     _answers.sending(order)
     try:
         _submit(order, cause, broker)
-    finally:
+    except BaseException:
+        _answers.forget(order)  # what the order says may not be what was committed
+        raise
+    if connection.in_atomic_block:
+        _answers.forget(order)  # a caller's transaction: not committed yet, it may still roll back
+    else:
         _answers.recorded(order)
     metrics.order_outcome(order)
     return order
@@ -615,10 +625,10 @@ def _transition(
         )
         if not updated:
             return False
-        order.status = to_status
-        for name, value in fields.items():
-            setattr(order, name, value)
         _events(order, steps)
+    order.status = to_status  # once written (a failed write leaves the order as it was read)
+    for name, value in fields.items():
+        setattr(order, name, value)
     if push:  # a new order's first push is its outcome; it goes on top of the trader's order book
         _broadcast(order, created=created or from_status == OrderStatus.NEW)
     return True

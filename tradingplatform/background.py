@@ -28,9 +28,6 @@ from tradingplatform import logs
 
 logger = logging.getLogger(__name__)
 
-# A thread's database connection idle longer than this is checked before its next job.
-CHECK_IDLE_S = 1.0
-
 
 class _Lane:
     def __init__(self):
@@ -66,7 +63,6 @@ class _Lane:
 
     def _work(self) -> None:
         pid = os.getpid()
-        last_job = 0.0  # when this thread's connection was last used
         while True:
             with self._cond:
                 while True:
@@ -80,17 +76,18 @@ class _Lane:
                     self._cond.wait(self._jobs[0][0] - now if self._jobs else None)
             try:
                 # A connection idle for a while may have been dropped (a server restart, its idle
-                # timeout): make sure first. One used moments ago is not asked (a round trip per
-                # job under load); if it broke meanwhile, the job fails as one that breaks midway.
-                idle_s = time.monotonic() - last_job
-                if connection.connection is not None and idle_s > CHECK_IDLE_S and not connection.is_usable():
-                    connection.close()
+                # timeout): make sure first. One the backend saw used moments ago is not asked (a
+                # round trip per job under load); if it broke meanwhile, the job fails as one that
+                # breaks midway does.
+                recently_used = getattr(connection, "recently_used", None)
+                if connection.connection is not None and not (recently_used and recently_used()):
+                    if not connection.is_usable():
+                        connection.close()
                 fn(*args)
             except Exception:
                 logger.exception("background job %s failed", getattr(fn, "__qualname__", fn))
                 connection.close()
             finally:
-                last_job = time.monotonic()
                 with self._cond:
                     self._running -= 1
                     self._cond.notify_all()

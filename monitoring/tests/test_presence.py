@@ -72,3 +72,13 @@ def test_another_redis_is_asked_afresh(monkeypatch):
     # Not this process's answer from the other client's server (here the same server, so the set
     # is seen; what matters is that it was asked).
     assert presence.watching([7006]) == {7006}
+
+
+def test_an_answer_is_kept_at_most_keep_s_even_when_no_notice_comes(monkeypatch):
+    assert presence.watching([7010]) == set()
+    # A notice connection that died silently (half-open): the join's notice never arrives.
+    monkeypatch.setattr(presence._view._conn, "can_read", lambda timeout=0: False)
+    elsewhere().sadd(presence._key(7010), "their-socket")
+    assert presence.watching([7010]) == set()  # the kept answer, within KEEP_S
+    monkeypatch.setattr(presence._view, "_known_since", presence._view._known_since - presence.KEEP_S - 1)
+    assert presence.watching([7010]) == {7010}  # too old: asked again

@@ -338,3 +338,25 @@ def test_an_update_of_a_placement_that_says_more_than_its_answer_is_applied(trad
     assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 4)
     # The same word again (a repeat) changes nothing.
     assert not services.order_broker_update(account, later, True)
+
+
+def test_when_the_placer_fails_to_record_the_answer_the_exchanges_word_is_read_and_applied(
+    trader, account, monkeypatch
+):
+    from django.db import OperationalError
+
+    monkeypatch.setattr(services, "UPDATE_WAIT_S", 0.01)
+    record = services._events
+
+    def lost(order, steps):
+        if steps[0][0] == "submitted":
+            raise OperationalError(2013, "Lost connection to server during query")
+        return record(order, steps)
+
+    monkeypatch.setattr(services, "_events", lost)
+    with pytest.raises(OperationalError):
+        place(trader, account, quantity=2)  # filled at the exchange; our record of it rolled back
+    monkeypatch.setattr(services, "_events", record)
+    settle()
+    order = Order.objects.get(account=account)
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 2)  # the exchange's update applied
