@@ -11,11 +11,12 @@ from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.core.cache import cache
+from django.core.cache.backends import redis as django_redis_cache
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 
-from brokers import registry
+from brokers import ratelimit, registry
 from tradingplatform import memo
 
 from .crypto import EncryptedJSONField, Sealed
@@ -334,6 +335,7 @@ def api_keys_forget_owner(user_id: int) -> None:
 class ApiKeyAuth:
     key_id: int
     user: User
+    retry_after: float = 0.0  # over the key's rate budget: seconds until a slot frees (0: one was taken)
 
 
 class ApiKeyLocked(Exception):
@@ -356,6 +358,10 @@ def api_key_authenticate(raw_key: str, *, ip: str | None = None) -> ApiKeyAuth |
     A valid key is cached for ``API_KEY_CACHE_TTL_S`` with what the API needs of its owner,
     so a busy algo reads neither the keys nor the users table on every call; revoking the
     key, or changing or deactivating its owner, drops the entry at once.
+
+    A valid key also takes a slot of its own rate budget (``API_RATE_LIMITS``, shared by every
+    process): ``retry_after`` > 0 when there was none. With Redis, reading a cached entry and
+    taking the slot are one round trip.
     """
     auth = _api_key_lookup(raw_key)
     counter = f"apikey:fail:ip:{ip}" if ip else None
@@ -382,6 +388,11 @@ def _cached_user_columns() -> tuple[str, ...]:
 
 # Keys whose last use this process recorded (or saw recorded) within the minute.
 _recently_touched = memo.Memo("api key last use", ttl_s=60)
+# Hashed key -> its id (fixed for the key's life), so its rate windows can be named before its
+# entry is read. Only keys that authenticated are kept.
+_key_ids: dict[str, int] = {}
+# How Django's Redis cache stores values, to read the entry the rate script returns with it.
+_RAW_CACHE_VALUES = django_redis_cache.RedisSerializer()
 
 
 def _api_key_lookup(raw_key: str) -> ApiKeyAuth | None:
@@ -389,18 +400,38 @@ def _api_key_lookup(raw_key: str) -> ApiKeyAuth | None:
         return None
     hashed = _hash_key(raw_key)
     now = timezone.now()
-    cached = cache.get(_api_key_cache_key(hashed))
+    name = _api_key_cache_key(hashed)
+    key_id = _key_ids.get(hashed)
+    retry_after = None  # no slot asked for yet
+    if key_id is not None and settings.REDIS_URL:
+        # A key this process has seen: its entry and its rate slot in one round trip.
+        raw, retry_after = ratelimit.take_if_present(
+            cache.make_and_validate_key(name), f"apikey{key_id}", "api", "calls", settings.API_RATE_LIMITS
+        )
+        if raw is None:
+            cached, retry_after = None, None  # nothing was taken
+        else:
+            cached = _RAW_CACHE_VALUES.loads(raw)
+    else:
+        cached = cache.get(name)
     if not cached:  # missing, or marked changed
         cached = _api_key_entry(hashed, now, cache_it=cached is None)
         if cached is None:
             return None
     if cached["expires_at"] is not None and cached["expires_at"] <= now.timestamp():
-        cache.delete(_api_key_cache_key(hashed))
+        cache.delete(name)
         return None
+    if key_id != cached["id"]:  # first seen here (or a test database reused the secret)
+        if len(_key_ids) >= 100_000:
+            _key_ids.clear()
+        _key_ids[hashed] = cached["id"]
+        retry_after = None  # a slot taken under another id does not count
     user = User.from_db(DEFAULT_DB_ALIAS, _cached_user_columns(), cached["user"])
     # Record last use at most once a minute per key rather than writing on every call.
     _recently_touched.get(hashed, lambda: _api_key_touch(cached["id"], now))
-    return ApiKeyAuth(key_id=cached["id"], user=user)
+    if retry_after is None:
+        retry_after = ratelimit.take(f"apikey{cached['id']}", "api", "calls", settings.API_RATE_LIMITS)
+    return ApiKeyAuth(key_id=cached["id"], user=user, retry_after=retry_after)
 
 
 def _api_key_entry(hashed: str, now, *, cache_it: bool) -> dict | None:

@@ -278,3 +278,23 @@ def test_a_cached_key_costs_no_query_and_last_use_is_written_once_a_minute(key_a
         assert services.api_key_authenticate(secret).key_id == key.pk
     key.refresh_from_db()
     assert key.last_used_at is not None
+
+
+def test_a_known_key_reads_its_entry_and_takes_its_rate_slot_in_one_round_trip(key_and_secret, settings):
+    if not settings.REDIS_URL:
+        pytest.skip("the one round trip is Redis's; without it the cache and the windows are in-process")
+    key, secret = key_and_secret
+    assert services.api_key_authenticate(secret).key_id == key.pk  # first sight in this process
+    with (
+        mock.patch.object(services.cache, "get", side_effect=AssertionError("a second round trip")),
+        mock.patch.object(services.ratelimit, "take", side_effect=AssertionError("a second round trip")),
+    ):
+        assert services.api_key_authenticate(secret).retry_after == 0
+
+
+def test_a_revoked_key_over_its_budget_is_refused_not_rate_limited(client, trader, key_and_secret, settings):
+    settings.API_RATE_LIMITS = [(2, 10.0)]
+    key, secret = key_and_secret
+    assert [client.get(ME, **bearer(secret)).status_code for _ in range(3)] == [200, 200, 429]
+    services.api_key_revoke(key=key, actor=trader)
+    assert client.get(ME, **bearer(secret)).status_code == 401
