@@ -265,6 +265,12 @@ def _hash_key(raw_key: str) -> str:
 
 
 def _api_key_cache_key(hashed: str) -> str:
+    # v2: the entry carries the owner and a change is marked, not deleted. A new name, so that
+    # during a rolling deploy neither version reads the other's entries.
+    return f"apikey:v2:{hashed}"
+
+
+def _api_key_cache_key_v1(hashed: str) -> str:
     return f"apikey:{hashed}"
 
 
@@ -316,12 +322,16 @@ def api_keys_forget(hashed_keys) -> None:
     Call it wherever keys or their owners change without ``save()`` (``QuerySet.update``);
     the receivers in ``accounts.signals`` call it on every save and delete.
     """
-    names = [_api_key_cache_key(hashed) for hashed in hashed_keys]
-    if not names:
+    hashed_keys = list(hashed_keys)
+    if not hashed_keys:
         return
+    names = [_api_key_cache_key(hashed) for hashed in hashed_keys]
 
     def mark():
         cache.set_many(dict.fromkeys(names, _CHANGED), timeout=settings.API_KEY_CACHE_TTL_S)
+        # Processes still running the previous version cache under the old name: drop theirs too
+        # (this line can go once none does).
+        cache.delete_many([_api_key_cache_key_v1(hashed) for hashed in hashed_keys])
 
     mark()
     transaction.on_commit(mark)
