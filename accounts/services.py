@@ -386,7 +386,8 @@ def api_key_authenticate(raw_key: str, *, ip: str | None = None) -> ApiKeyAuth |
 
 # What the auth cache keeps of a key's owner: what the API uses of ``request.user``, never the
 # password hash. The User is built from it with every other field deferred (read on access,
-# and ``save()`` writes only the loaded fields).
+# and ``save()`` writes only the loaded fields). Changing the entry's shape means a new name
+# (``_api_key_cache_key``): processes of both versions run side by side during a deploy.
 CACHED_USER_FIELDS = frozenset({"id", "username", "is_active", "is_staff", "is_superuser", "timezone"})
 
 
@@ -436,7 +437,8 @@ def _api_key_lookup(raw_key: str) -> ApiKeyAuth | None:
             _key_ids.clear()
         _key_ids[hashed] = cached["id"]
         retry_after = None  # a slot taken under another id does not count
-    user = User.from_db(DEFAULT_DB_ALIAS, _cached_user_columns(), cached["user"])
+    owner = cached["user"]
+    user = User.from_db(DEFAULT_DB_ALIAS, _cached_user_columns(), [owner[name] for name in _cached_user_columns()])
     # Record last use at most once a minute per key rather than writing on every call.
     _recently_touched.get(hashed, lambda: _api_key_touch(cached["id"], now))
     if retry_after is None:
@@ -457,7 +459,7 @@ def _api_key_entry(hashed: str, now, *, cache_it: bool) -> dict | None:
     entry = {
         "id": key.pk,
         "expires_at": key.expires_at.timestamp() if key.expires_at else None,
-        "user": [getattr(key.owner, name) for name in _cached_user_columns()],
+        "user": {name: getattr(key.owner, name) for name in CACHED_USER_FIELDS},
     }
     if cache_it:
         # add, not set: a change marked meanwhile must win over what we read before it.
