@@ -2,12 +2,9 @@
 
 from decimal import Decimal
 
-from django.conf import settings
 from ninja import Router, Schema
 from ninja.security import APIKeyHeader as NinjaAPIKeyHeader
 from ninja.security import HttpBearer
-
-from brokers import ratelimit
 
 from . import selectors, services
 from .utils import client_ip
@@ -27,10 +24,8 @@ def _authenticate(request, raw_key: str | None):
         raise ApiRateLimited(exc.retry_after_s) from None
     if auth is None:
         return None
-    # Each key has its own budget (API_RATE_LIMITS), shared by every web process.
-    retry_after = ratelimit.take(f"apikey{auth.key_id}", "api", "calls", settings.API_RATE_LIMITS)
-    if retry_after > 0:
-        raise ApiRateLimited(retry_after)
+    if auth.retry_after > 0:  # each key has its own budget (API_RATE_LIMITS), shared by every process
+        raise ApiRateLimited(auth.retry_after)
     request.user = auth.user
     request.api_key_id = auth.key_id
     return auth.user

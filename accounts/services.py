@@ -1,5 +1,6 @@
 """Writes and rules for users, broker accounts, API keys, logins and the audit log."""
 
+import functools
 import hashlib
 import logging
 import secrets
@@ -10,11 +11,13 @@ from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.core.cache import cache
+from django.core.cache.backends import redis as django_redis_cache
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 
-from brokers import registry
+from brokers import ratelimit, registry
+from tradingplatform import memo
 
 from .crypto import EncryptedJSONField, Sealed
 from .models import ApiKey, AuditLog, BrokerAccount, User
@@ -262,6 +265,12 @@ def _hash_key(raw_key: str) -> str:
 
 
 def _api_key_cache_key(hashed: str) -> str:
+    # v2: the entry carries the owner and a change is marked, not deleted. A new name, so that
+    # during a rolling deploy neither version reads the other's entries.
+    return f"apikey:v2:{hashed}"
+
+
+def _api_key_cache_key_v1(hashed: str) -> str:
     return f"apikey:{hashed}"
 
 
@@ -296,17 +305,47 @@ def api_key_revoke(*, key: ApiKey, actor: User, ip: str | None = None) -> bool:
         updated = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         if updated:
             audit_record(action=Action.API_KEY_REVOKED, actor=actor, target=key, data={"prefix": key.prefix}, ip=ip)
-    cache.delete(_api_key_cache_key(key.hashed_key))
-    # Also after commit: a request that cached the key between our delete and the
-    # commit would otherwise keep it alive until the TTL runs out.
-    transaction.on_commit(lambda: cache.delete(_api_key_cache_key(key.hashed_key)))
+        api_keys_forget([key.hashed_key])
     return bool(updated)
+
+
+# A cached entry is a dict; this marks a key as changed: for one TTL nothing may cache it again
+# (``cache.add`` fails on it) and every call reads the rows. Without it a call that read the
+# rows just before a change committed could cache the old state after the change dropped it.
+_CHANGED = 0
+
+
+def api_keys_forget(hashed_keys) -> None:
+    """The keys' owner or the keys themselves changed: stop trusting their cached entries, now.
+
+    Marks them at once and again after commit (the rows a call reads change only then).
+    Call it wherever keys or their owners change without ``save()`` (``QuerySet.update``);
+    the receivers in ``accounts.signals`` call it on every save and delete.
+    """
+    hashed_keys = list(hashed_keys)
+    if not hashed_keys:
+        return
+    names = [_api_key_cache_key(hashed) for hashed in hashed_keys]
+
+    def mark():
+        cache.set_many(dict.fromkeys(names, _CHANGED), timeout=settings.API_KEY_CACHE_TTL_S)
+        # Processes still running the previous version cache under the old name: drop theirs too
+        # (this line can go once none does).
+        cache.delete_many([_api_key_cache_key_v1(hashed) for hashed in hashed_keys])
+
+    mark()
+    transaction.on_commit(mark)
+
+
+def api_keys_forget_owner(user_id: int) -> None:
+    api_keys_forget(ApiKey.objects.filter(owner_id=user_id).values_list("hashed_key", flat=True))
 
 
 @dataclass(frozen=True)
 class ApiKeyAuth:
     key_id: int
     user: User
+    retry_after: float = 0.0  # over the key's rate budget: seconds until a slot frees (0: one was taken)
 
 
 class ApiKeyLocked(Exception):
@@ -326,8 +365,13 @@ def api_key_authenticate(raw_key: str, *, ip: str | None = None) -> ApiKeyAuth |
     script behind a shared address (an office, a cloud NAT) must not stop every trader's
     algos behind it, and a key (256 random bits) cannot be guessed anyway.
 
-    A valid key is cached for ``API_KEY_CACHE_TTL_S`` so a busy algo does not hit the
-    keys table on every call; revoking drops the cache entry.
+    A valid key is cached for ``API_KEY_CACHE_TTL_S`` with what the API needs of its owner,
+    so a busy algo reads neither the keys nor the users table on every call; revoking the
+    key, or changing or deactivating its owner, drops the entry at once.
+
+    A valid key also takes a slot of its own rate budget (``API_RATE_LIMITS``, shared by every
+    process): ``retry_after`` > 0 when there was none. With Redis, reading a cached entry and
+    taking the slot are one round trip.
     """
     auth = _api_key_lookup(raw_key)
     counter = f"apikey:fail:ip:{ip}" if ip else None
@@ -340,32 +384,93 @@ def api_key_authenticate(raw_key: str, *, ip: str | None = None) -> ApiKeyAuth |
     return auth
 
 
+# What the auth cache keeps of a key's owner: what the API uses of ``request.user``, never the
+# password hash. The User is built from it with every other field deferred (read on access,
+# and ``save()`` writes only the loaded fields). Changing the entry's shape means a new name
+# (``_api_key_cache_key``): processes of both versions run side by side during a deploy.
+CACHED_USER_FIELDS = frozenset({"id", "username", "is_active", "is_staff", "is_superuser", "timezone"})
+
+
+@functools.cache
+def _cached_user_columns() -> tuple[str, ...]:
+    """CACHED_USER_FIELDS in the model's order, the order ``Model.from_db`` takes values in."""
+    return tuple(f.attname for f in User._meta.concrete_fields if f.attname in CACHED_USER_FIELDS)
+
+
+# Keys whose last use this process recorded (or saw recorded) within the minute.
+_recently_touched = memo.Memo("api key last use", ttl_s=60)
+# Hashed key -> its id (fixed for the key's life), so its rate windows can be named before its
+# entry is read. Only keys that authenticated are kept.
+_key_ids: dict[str, int] = {}
+# How Django's Redis cache stores values, to read the entry the rate script returns with it.
+_RAW_CACHE_VALUES = django_redis_cache.RedisSerializer()
+
+
 def _api_key_lookup(raw_key: str) -> ApiKeyAuth | None:
     if not raw_key or not raw_key.startswith(API_KEY_PREFIX) or len(raw_key) > 128:
         return None
     hashed = _hash_key(raw_key)
     now = timezone.now()
-    cached = cache.get(_api_key_cache_key(hashed))
-    if cached is None:
-        key = ApiKey.objects.filter(hashed_key=hashed).only("id", "owner_id", "expires_at", "revoked_at").first()
-        if key is None or not key.is_usable(now):
+    name = _api_key_cache_key(hashed)
+    key_id = _key_ids.get(hashed)
+    retry_after = None  # no slot asked for yet
+    if key_id is not None and settings.REDIS_URL:
+        # A key this process has seen: its entry and its rate slot in one round trip.
+        raw, retry_after = ratelimit.take_if_present(
+            cache.make_and_validate_key(name), f"apikey{key_id}", "api", "calls", settings.API_RATE_LIMITS
+        )
+        if raw is None:
+            cached, retry_after = None, None  # nothing was taken
+        else:
+            cached = _RAW_CACHE_VALUES.loads(raw)
+    else:
+        cached = cache.get(name)
+    if not cached:  # missing, or marked changed
+        cached = _api_key_entry(hashed, now, cache_it=cached is None)
+        if cached is None:
             return None
-        cached = {
-            "id": key.pk,
-            "user_id": key.owner_id,
-            "expires_at": key.expires_at.timestamp() if key.expires_at else None,
-        }
-        cache.set(_api_key_cache_key(hashed), cached, timeout=settings.API_KEY_CACHE_TTL_S)
     if cached["expires_at"] is not None and cached["expires_at"] <= now.timestamp():
-        cache.delete(_api_key_cache_key(hashed))
+        cache.delete(name)
         return None
-    user = User.objects.filter(pk=cached["user_id"], is_active=True).first()
-    if user is None:
-        return None
+    if key_id != cached["id"]:  # first seen here (or a test database reused the secret)
+        if len(_key_ids) >= 100_000:
+            _key_ids.clear()
+        _key_ids[hashed] = cached["id"]
+        retry_after = None  # a slot taken under another id does not count
+    owner = cached["user"]
+    user = User.from_db(DEFAULT_DB_ALIAS, _cached_user_columns(), [owner[name] for name in _cached_user_columns()])
     # Record last use at most once a minute per key rather than writing on every call.
-    if cache.add(f"apikey:touched:{cached['id']}", 1, timeout=60):
-        ApiKey.objects.filter(pk=cached["id"]).update(last_used_at=now)
-    return ApiKeyAuth(key_id=cached["id"], user=user)
+    _recently_touched.get(hashed, lambda: _api_key_touch(cached["id"], now))
+    if retry_after is None:
+        retry_after = ratelimit.take(f"apikey{cached['id']}", "api", "calls", settings.API_RATE_LIMITS)
+    return ApiKeyAuth(key_id=cached["id"], user=user, retry_after=retry_after)
+
+
+def _api_key_entry(hashed: str, now, *, cache_it: bool) -> dict | None:
+    """The key's auth entry from its row and its owner's, in one query; cached unless marked changed."""
+    key = (
+        ApiKey.objects.filter(hashed_key=hashed, owner__is_active=True)
+        .select_related("owner")
+        .only("id", "owner_id", "expires_at", "revoked_at", *(f"owner__{name}" for name in CACHED_USER_FIELDS))
+        .first()
+    )
+    if key is None or not key.is_usable(now):
+        return None
+    entry = {
+        "id": key.pk,
+        "expires_at": key.expires_at.timestamp() if key.expires_at else None,
+        "user": {name: getattr(key.owner, name) for name in CACHED_USER_FIELDS},
+    }
+    if cache_it:
+        # add, not set: a change marked meanwhile must win over what we read before it.
+        cache.add(_api_key_cache_key(hashed), entry, timeout=settings.API_KEY_CACHE_TTL_S)
+    return entry
+
+
+def _api_key_touch(key_id: int, now) -> bool:
+    if cache.add(f"apikey:touched:{key_id}", 1, timeout=60):  # once a minute across processes too
+        ApiKey.objects.filter(pk=key_id).update(last_used_at=now)
+    return True
 
 
 # --- Encryption keys ---------------------------------------------------------------

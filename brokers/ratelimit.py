@@ -22,36 +22,57 @@ from tradingplatform.locks import redis_client
 
 from .errors import RateLimited
 
-# KEYS: one sorted set per window. ARGV: member, then (limit, window_ms) per key.
-# Returns 0 when the slot was taken, else the milliseconds until one frees.
-_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local wait = 0
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 * i])
-  local window = tonumber(ARGV[2 * i + 1])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  local count = redis.call('ZCARD', key)
-  if count >= limit then
-    local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
-    local free_in = tonumber(oldest[2]) + window - now
-    if free_in > wait then wait = free_in end
+# The windows are KEYS[first], KEYS[first + 1], ...: one sorted set per window. ARGV: member,
+# then (limit, window_ms) per window. Returns 0 when the slot was taken, else the milliseconds
+# until one frees.
+_TAKE_FUNCTION = """
+local function take(first)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local wait = 0
+  for i = first, #KEYS do
+    local j = i - first + 1
+    local limit = tonumber(ARGV[2 * j])
+    local window = tonumber(ARGV[2 * j + 1])
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+    local count = redis.call('ZCARD', KEYS[i])
+    if count >= limit then
+      local oldest = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
+      local free_in = tonumber(oldest[2]) + window - now
+      if free_in > wait then wait = free_in end
+    end
   end
+  if wait > 0 then return wait end
+  for i = first, #KEYS do
+    local j = i - first + 1
+    redis.call('ZADD', KEYS[i], now, ARGV[1] .. ':' .. now)
+    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 * j + 1]))
+  end
+  return 0
 end
-if wait > 0 then return wait end
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now, ARGV[1] .. ':' .. now)
-  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 1]))
-end
-return 0
 """
+_TAKE = _TAKE_FUNCTION + "return take(1)"
+# KEYS[1] is read first, and a slot is taken only when it exists: {its value, the wait as above},
+# or {false, 0} with nothing taken.
+_TAKE_IF_PRESENT = (
+    _TAKE_FUNCTION
+    + """
+local value = redis.call('GET', KEYS[1])
+if not value then return {false, 0} end
+return {value, take(2)}
+"""
+)
 
 
 @functools.cache
 def _take_script():
     """The script, sent once to each Redis server and then called by its digest (EVALSHA)."""
     return redis_client().register_script(_TAKE)
+
+
+@functools.cache
+def _take_if_present_script():
+    return redis_client().register_script(_TAKE_IF_PRESENT)
 
 
 def limits_for(broker_code: str, kind: str, default: dict) -> list[tuple[int, float]]:
@@ -93,16 +114,38 @@ def reset_local() -> None:
     _local = _LocalWindows()
 
 
-def take(account_id: int, broker_code: str, kind: str, limits: list[tuple[int, float]]) -> float:
-    """Try to take one slot; returns 0 on success, else the seconds until one frees."""
-    keys = [f"{settings.CACHE_KEY_PREFIX}:rate:{account_id}:{kind}:{calls}/{window}" for calls, window in limits]
-    if not settings.REDIS_URL:
-        return _local.take(keys, limits)
+def _keys(account_id, kind: str, limits: list[tuple[int, float]]) -> list[str]:
+    return [f"{settings.CACHE_KEY_PREFIX}:rate:{account_id}:{kind}:{calls}/{window}" for calls, window in limits]
+
+
+def _args(limits: list[tuple[int, float]]) -> list:
     args = [secrets.token_hex(6)]
     for calls, window in limits:
         args += [calls, int(window * 1000)]
-    waited_ms = _take_script()(keys=keys, args=args, client=redis_client())
+    return args
+
+
+def take(account_id: int, broker_code: str, kind: str, limits: list[tuple[int, float]]) -> float:
+    """Try to take one slot; returns 0 on success, else the seconds until one frees."""
+    keys = _keys(account_id, kind, limits)
+    if not settings.REDIS_URL:
+        return _local.take(keys, limits)
+    waited_ms = _take_script()(keys=keys, args=_args(limits), client=redis_client())
     return int(waited_ms) / 1000
+
+
+def take_if_present(
+    guard: str, account_id, broker_code: str, kind: str, limits: list[tuple[int, float]]
+) -> tuple[bytes | None, float]:
+    """Read the Redis key ``guard`` and, only if it exists, ``take`` a slot: one round trip.
+
+    Returns the guard's raw value (None: missing, and nothing was taken) and the seconds until
+    a slot frees (0: taken). For a caller whose slot depends on a cached entry (an API key's
+    budget on its auth entry). Needs Redis (``settings.REDIS_URL``).
+    """
+    keys = [guard, *_keys(account_id, kind, limits)]
+    value, waited_ms = _take_if_present_script()(keys=keys, args=_args(limits), client=redis_client())
+    return value, int(waited_ms) / 1000
 
 
 def acquire(

@@ -87,11 +87,13 @@ MIDDLEWARE = [
     "tradingplatform.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Sessions, CSRF, the signed-in user and messages serve the web pages; the API (/api/, which
+    # authenticates each call by its key and sets request.user itself) passes them by.
+    "tradingplatform.middleware.WebSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "tradingplatform.middleware.WebCsrfViewMiddleware",
+    "tradingplatform.middleware.WebAuthenticationMiddleware",
+    "tradingplatform.middleware.WebMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "accounts.middleware.UserTimezoneMiddleware",
     "tradingplatform.middleware.ApiErrorShapeMiddleware",

@@ -209,3 +209,92 @@ def test_wrong_key_lock_lifts_after_the_window(client, trader, key_and_secret, s
     time.sleep(1.6)
     assert client.get(ME, **bearer("tp_wrong_3")).status_code == 401
     assert client.get(ME, **bearer(secret)).status_code == 200
+
+
+# --- The auth cache: what it keeps and when it lets go -----------------------------------------
+
+
+def test_deactivating_a_user_refuses_the_very_next_request_even_when_cached(client, trader, key_and_secret):
+    _, secret = key_and_secret
+    assert client.get(ME, **bearer(secret)).status_code == 200  # now cached, owner and all
+    trader.is_active = False
+    trader.save()
+    assert client.get(ME, **bearer(secret)).status_code == 401
+    trader.is_active = True
+    trader.save()
+    assert client.get(ME, **bearer(secret)).status_code == 200
+
+
+def test_deleting_a_user_refuses_their_cached_key(client, trader, key_and_secret):
+    _, secret = key_and_secret
+    assert client.get(ME, **bearer(secret)).status_code == 200
+    trader.delete()
+    assert client.get(ME, **bearer(secret)).status_code == 401
+
+
+def test_a_changed_user_is_seen_on_the_next_request(client, trader, key_and_secret):
+    _, secret = key_and_secret
+    assert client.get(ME, **bearer(secret)).json()["timezone"] == "Asia/Kolkata"
+    services.user_update_profile(user=trader, timezone_name="Europe/London")
+    assert client.get(ME, **bearer(secret)).json()["timezone"] == "Europe/London"
+
+
+def test_a_key_changed_by_save_is_read_again(client, trader, key_and_secret):
+    key, secret = key_and_secret
+    assert client.get(ME, **bearer(secret)).status_code == 200
+    key.revoked_at = timezone.now()  # as the admin would
+    key.save()
+    assert client.get(ME, **bearer(secret)).status_code == 401
+
+
+def test_a_read_from_before_a_change_cannot_be_cached_after_it(trader, key_and_secret, django_assert_num_queries):
+    """A call that read the rows just before a revocation committed must not cache what it read."""
+    key, secret = key_and_secret
+    hashed = services._hash_key(secret)
+    stale = services._api_key_entry(hashed, timezone.now(), cache_it=False)  # read before the change
+    services.api_key_revoke(key=key, actor=trader)
+    services.cache.add(services._api_key_cache_key(hashed), stale, timeout=60)  # ...cached after it
+    assert services.api_key_authenticate(secret) is None
+
+
+def test_the_cached_user_holds_no_password_and_saves_only_what_it_loaded(trader, key_and_secret, password):
+    _, secret = key_and_secret
+    services.api_key_authenticate(secret)
+    user = services.api_key_authenticate(secret).user  # built from the cache
+    assert (user.pk, user.username, user.timezone, user.is_active) == (trader.pk, "trader", "Asia/Kolkata", True)
+    assert "password" in user.get_deferred_fields()
+    assert "password" not in str(services.cache.get(services._api_key_cache_key(services._hash_key(secret))))
+    user.timezone = "Europe/Paris"
+    user.save()
+    trader.refresh_from_db()
+    assert trader.timezone == "Europe/Paris" and trader.check_password(password)
+
+
+def test_a_cached_key_costs_no_query_and_last_use_is_written_once_a_minute(key_and_secret, django_assert_num_queries):
+    key, secret = key_and_secret
+    with django_assert_num_queries(2):  # the key with its owner, then its last use
+        assert services.api_key_authenticate(secret).key_id == key.pk
+    with django_assert_num_queries(0):
+        assert services.api_key_authenticate(secret).key_id == key.pk
+    key.refresh_from_db()
+    assert key.last_used_at is not None
+
+
+def test_a_known_key_reads_its_entry_and_takes_its_rate_slot_in_one_round_trip(key_and_secret, settings):
+    if not settings.REDIS_URL:
+        pytest.skip("the one round trip is Redis's; without it the cache and the windows are in-process")
+    key, secret = key_and_secret
+    assert services.api_key_authenticate(secret).key_id == key.pk  # first sight in this process
+    with (
+        mock.patch.object(services.cache, "get", side_effect=AssertionError("a second round trip")),
+        mock.patch.object(services.ratelimit, "take", side_effect=AssertionError("a second round trip")),
+    ):
+        assert services.api_key_authenticate(secret).retry_after == 0
+
+
+def test_a_revoked_key_over_its_budget_is_refused_not_rate_limited(client, trader, key_and_secret, settings):
+    settings.API_RATE_LIMITS = [(2, 10.0)]
+    key, secret = key_and_secret
+    assert [client.get(ME, **bearer(secret)).status_code for _ in range(3)] == [200, 200, 429]
+    services.api_key_revoke(key=key, actor=trader)
+    assert client.get(ME, **bearer(secret)).status_code == 401

@@ -229,3 +229,23 @@ def test_audit_log_is_read_only_in_admin(client, staff, trader):
     assert response.status_code == 403
     entry.refresh_from_db()
     assert entry.action == AuditLog.Action.LOGIN
+
+
+def test_broker_account_of_reads_every_column_as_the_orm_does(trader, other_trader):
+    from django.http import Http404
+
+    from accounts import selectors
+
+    mine = make_broker_account(
+        trader, broker="kite", credentials={"api_key": "K", "api_secret": "S"}, max_order_value=Decimal("1234.50")
+    )
+    theirs = make_broker_account(other_trader)
+    read = selectors.broker_account_of(trader, mine.pk)
+    orm = BrokerAccount.objects.get(pk=mine.pk)
+    for field in BrokerAccount._meta.concrete_fields:
+        assert getattr(read, field.attname) == getattr(orm, field.attname), field.name
+    assert read.credentials.reveal() == {"api_key": "K", "api_secret": "S"}
+    assert read._state.adding is False
+    for pk in (theirs.pk, 10**9, "x", None, 2**64):  # another trader's id is the same 404 as an unknown one
+        with pytest.raises(Http404):
+            selectors.broker_account_of(trader, pk)
