@@ -61,23 +61,19 @@ class CursorWrapper(mysql.CursorWrapper):
         self.db = db
 
     def execute(self, query, args=None):
-        if not self.db._emulated:
-            return super().execute(query, args)
-        try:
-            return self._in_transaction(query, args, many=False)
-        except Database.OperationalError as e:
-            if e.args[0] in self.codes_for_integrityerror:
-                raise IntegrityError(*tuple(e.args))
-            raise
+        return self._run(query, args, many=False)
 
     def executemany(self, query, args):
+        return self._run(query, args, many=True)
+
+    def _run(self, query, args, many):
         if not self.db._emulated:
-            return super().executemany(query, args)
+            return super().executemany(query, args) if many else super().execute(query, args)
         try:
-            return self._in_transaction(query, args, many=True)
-        except Database.OperationalError as e:
+            return self._in_transaction(query, args, many=many)
+        except Database.OperationalError as e:  # as Django's own wrapper maps them
             if e.args[0] in self.codes_for_integrityerror:
-                raise IntegrityError(*tuple(e.args))
+                raise IntegrityError(*tuple(e.args))  # noqa: B904
             raise
 
     def callproc(self, procname, args=()):
