@@ -145,11 +145,14 @@ class PaperBroker(base.Broker):
     interactive_login = False
     tells_order_updates = True  # in-process, after each change's commit (``order_announce``)
 
-    def _client(self, *, write: bool = False):
-        """The client behind this session, after the fault knobs (latency, 429, 5xx, lost answers)."""
+    def _token(self) -> str:
         if not self.access_token:
             raise engine.TokenException("No session: log in first.")
-        client = engine.client_for_access_token(api_key=None, access_token=self.access_token)
+        return self.access_token
+
+    def _client(self, *, write: bool = False):
+        """The client behind this session, after the fault knobs (latency, 429, 5xx, lost answers)."""
+        client = engine.client_for_access_token(api_key=None, access_token=self._token())
         return client, engine.faults_before(client, write=write)
 
     # --- Sessions ----------------------------------------------------------------
@@ -177,11 +180,9 @@ class PaperBroker(base.Broker):
     # --- Orders ------------------------------------------------------------------
     @translate_errors(order_call=True)
     def place_order(self, request: base.OrderRequest) -> base.PlacedOrder:
-        if not self.access_token:
-            raise engine.TokenException("No session: log in first.")
         # The client and the instrument in one read (``_client`` and ``order_place``'s lookup).
         client, instrument = engine.client_and_instrument(
-            access_token=self.access_token, exchange=request.exchange, tradingsymbol=request.tradingsymbol
+            access_token=self._token(), exchange=request.exchange, tradingsymbol=request.tradingsymbol
         )
         faults = engine.faults_before(client, write=True)
         if client.latency_ms:

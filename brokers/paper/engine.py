@@ -208,21 +208,27 @@ def session_from_request_token(*, api_key: str, request_token: str, checksum: st
 _CLIENTS = PlainRows(PaperClient)
 
 
+# A client's live access token (parameters: its hash, the kind, now); the last part of a query.
+_LIVE_TOKEN = (
+    "JOIN paper_papertoken t ON t.client_id = c.id "
+    "WHERE t.token_hash = %s AND t.kind = %s AND t.revoked_at IS NULL AND t.expires_at > %s"
+)
+
+
 @functools.cache
 def _client_of_token_sql() -> str:
     # Only the model's column names are put in the text; values go as parameters.
-    return (
-        f"SELECT {_CLIENTS.columns('c')} FROM paper_paperclient c "  # noqa: S608
-        "JOIN paper_papertoken t ON t.client_id = c.id "
-        "WHERE t.token_hash = %s AND t.kind = %s AND t.revoked_at IS NULL AND t.expires_at > %s"
-    )
+    return f"SELECT {_CLIENTS.columns('c')} FROM paper_paperclient c {_LIVE_TOKEN}"  # noqa: S608
+
+
+def _live_token_params(access_token: str) -> list:
+    return [_hash(access_token or ""), PaperToken.Kind.ACCESS, connection.ops.adapt_datetimefield_value(timezone.now())]
 
 
 def client_for_access_token(*, api_key: str | None, access_token: str) -> PaperClient:
     """The client a live access token belongs to, or TokenException."""
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute(_client_of_token_sql(), [_hash(access_token or ""), PaperToken.Kind.ACCESS, now])
+        cursor.execute(_client_of_token_sql(), _live_token_params(access_token))
         row = cursor.fetchone()
     client = _CLIENTS.make(row) if row else None
     if client is None or (api_key is not None and client.api_key != api_key):
@@ -234,9 +240,7 @@ def client_for_access_token(*, api_key: str | None, access_token: str) -> PaperC
 def _client_and_instrument_sql() -> str:
     return (
         f"SELECT {_CLIENTS.columns('c')}, {_INSTRUMENTS.columns('i')} FROM paper_paperclient c "  # noqa: S608
-        "JOIN paper_papertoken t ON t.client_id = c.id "
-        "LEFT JOIN paper_paperinstrument i ON i.exchange = %s AND i.tradingsymbol = %s "
-        "WHERE t.token_hash = %s AND t.kind = %s AND t.revoked_at IS NULL AND t.expires_at > %s"
+        f"LEFT JOIN paper_paperinstrument i ON i.exchange = %s AND i.tradingsymbol = %s {_LIVE_TOKEN}"
     )
 
 
@@ -245,12 +249,8 @@ def client_and_instrument(
 ) -> tuple[PaperClient, PaperInstrument | None]:
     """``client_for_access_token`` and ``instrument_lookup`` in one query, for a placement (it needs
     both): the instrument is None when there is no such instrument (``order_place`` then says so)."""
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute(
-            _client_and_instrument_sql(),
-            [exchange, tradingsymbol, _hash(access_token or ""), PaperToken.Kind.ACCESS, now],
-        )
+        cursor.execute(_client_and_instrument_sql(), [exchange, tradingsymbol, *_live_token_params(access_token)])
         row = cursor.fetchone()
     if row is None:
         raise TokenException("Incorrect `api_key` or `access_token`.")
