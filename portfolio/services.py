@@ -198,6 +198,7 @@ _TRADES = PlainInserts(Trade)
 
 
 _POSITIONS = PlainRows(Position)
+_LAST_PRICES = PlainRows(Instrument, only=("last_price",))
 
 
 def _positions_locked(keys: list[tuple], *, at_market: bool) -> dict[tuple, Position]:
@@ -227,20 +228,9 @@ def _positions_locked(keys: list[tuple], *, at_market: bool) -> dict[tuple, Posi
     for values in fetched:
         position = _POSITIONS.make(values[:width])
         if at_market:
-            position.market_price = _last_price(values[width])
+            position.market_price = _LAST_PRICES.convert(values[width:])[0]
         positions[(position.account_id, position.instrument_id, position.product)] = position
     return positions
-
-
-def _last_price(value) -> Decimal | None:
-    """An instrument's last price as read raw, converted as the ORM converts it."""
-    if value is None:
-        return None
-    field = Instrument._meta.get_field("last_price")
-    col = field.get_col(Instrument._meta.db_table)
-    for convert in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
-        value = convert(value, col, connection)
-    return value
 
 
 def _position_write(position: Position, fields: list[str]) -> None:

@@ -39,13 +39,15 @@ class PlainRows:
     vendor, not once per query.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, only: tuple[str, ...] | None = None):
         self.model = model
+        self.only = only  # some of the columns, by field name: ``convert`` them, no instances
         self._converters: dict[str, list] = {}
 
     @cached_property
     def fields(self) -> tuple:
-        return self.model._meta.concrete_fields  # read once the app registry is ready
+        fields = self.model._meta.concrete_fields  # read once the app registry is ready
+        return fields if self.only is None else tuple(self.model._meta.get_field(name) for name in self.only)
 
     @cached_property
     def width(self) -> int:
@@ -66,7 +68,8 @@ class PlainRows:
             self._converters[conn.vendor] = converters
         return converters
 
-    def make(self, values, db: str = "default"):
+    def convert(self, values, db: str = "default") -> list:
+        """The row's values as the ORM would give them."""
         conn = connections[db]
         values = list(values)
         for index, col, found in self._for(conn):
@@ -74,7 +77,12 @@ class PlainRows:
             for convert in found:
                 value = convert(value, col, conn)
             values[index] = value
-        return self.model.from_db(db, None, values)
+        return values
+
+    def make(self, values, db: str = "default"):
+        if self.only is not None:
+            raise TypeError("a model instance needs every column")
+        return self.model.from_db(db, None, self.convert(values, db))
 
 
 class PlainInserts:
