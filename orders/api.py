@@ -16,7 +16,7 @@ from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import field_validator
 
-from accounts.selectors import broker_account_of
+from accounts.selectors import MAX_ID, broker_account_of
 from brokers.selectors import instrument_by_symbol
 
 from . import selectors, services, sources
@@ -43,7 +43,6 @@ def account_for(request, account_id: int):
 # What the order columns hold on every database: a larger value is a 422 naming the field, not a 500.
 MAX_QUANTITY = 2**31 - 1  # PositiveIntegerField
 MAX_PRICE = Decimal(10**12)  # DecimalField(max_digits=14, decimal_places=2)
-MAX_ID = 2**63 - 1  # a 64-bit primary key
 MAX_OFFSET = 10**9
 AccountId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
