@@ -75,14 +75,11 @@ class _Lane:
                         break
                     self._cond.wait(self._jobs[0][0] - now if self._jobs else None)
             try:
-                # A connection idle for a while may have been dropped (a server restart, its idle
-                # timeout): make sure first. One the backend saw used moments ago is not asked (a
-                # round trip per job under load); if it broke meanwhile, the job fails as one that
-                # breaks midway does.
-                recently_used = getattr(connection, "recently_used", None)
-                if connection.connection is not None and not (recently_used and recently_used()):
-                    if not connection.is_usable():
-                        connection.close()
+                # Each job starts as a request does: the connection's health is checked first (it
+                # may have been dropped: a server restart, its idle timeout), by the backend's own
+                # rule (the MySQL backend does not ask of one used within the last second).
+                connection.health_check_done = False
+                connection.close_if_health_check_failed()
                 fn(*args)
             except Exception:
                 logger.exception("background job %s failed", getattr(fn, "__qualname__", fn))

@@ -170,12 +170,8 @@ class DatabaseWrapper(mysql.DatabaseWrapper):
     HEALTHY_WITHIN_S = 1.0
     _last_used = float("-inf")
 
-    def recently_used(self) -> bool:
-        """Whether a statement went over this connection within ``HEALTHY_WITHIN_S``."""
-        return time.monotonic() - self._last_used < self.HEALTHY_WITHIN_S
-
     def close_if_health_check_failed(self):
-        if self.connection is not None and self.recently_used():
+        if self.connection is not None and time.monotonic() - self._last_used < self.HEALTHY_WITHIN_S:
             self.health_check_done = True
             return
         super().close_if_health_check_failed()
