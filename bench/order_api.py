@@ -281,13 +281,14 @@ class Verdict:
         )
 
 
-def verify(prefix: str, answered_keys: set[str]) -> Verdict:
-    """Count Orders per idempotency key and PaperOrders per reference for the keys ``{prefix}*``."""
+def verify(prefix: str, answered_keys: set[str], *, bare: bool = False) -> Verdict:
+    """Count Orders per idempotency key and PaperOrders per reference for the keys ``{prefix}*``
+    (``bare``: the yardstick endpoint's orders, matched in memory, have no PaperOrder)."""
     from django.db import OperationalError
 
     for attempt in range(10):
         try:
-            return _verify(prefix, answered_keys)
+            return _verify(prefix, answered_keys, bare)
         except OperationalError:  # e.g. too many connections for a moment on this shared server
             if attempt == 9:
                 raise
@@ -295,7 +296,7 @@ def verify(prefix: str, answered_keys: set[str]) -> Verdict:
     raise AssertionError("unreachable")
 
 
-def _verify(prefix: str, answered_keys: set[str]) -> Verdict:
+def _verify(prefix: str, answered_keys: set[str], bare: bool) -> Verdict:
     from collections import Counter
 
     from django.db import connection
@@ -312,7 +313,7 @@ def _verify(prefix: str, answered_keys: set[str]) -> Verdict:
     per_key = Counter(key.split(":api:", 1)[1] for key, _, _ in rows)
     references = [reference for _, reference, _ in rows]
     paper = Counter()
-    for start in range(0, len(references), 2000):
+    for start in range(0, 0 if bare else len(references), 2000):
         chunk = references[start : start + 2000]
         for tag, n in PaperOrder.objects.filter(tag__in=chunk).values_list("tag").annotate(n=Count("id")):
             paper[tag] += n
@@ -322,7 +323,7 @@ def _verify(prefix: str, answered_keys: set[str]) -> Verdict:
         orders=len(rows),
         lost=sum(1 for key in answered_keys if key not in per_key),
         duplicated=sum(1 for n in per_key.values() if n > 1) + sum(1 for n in paper.values() if n > 1),
-        not_at_exchange=sum(1 for r in references if r not in paper),
+        not_at_exchange=0 if bare else sum(1 for r in references if r not in paper),
         statuses=dict(Counter(status for _, _, status in rows)),
     )
 
@@ -346,13 +347,19 @@ SERVER_SETUPS = """\
 gunicorn-sync:W        gunicorn, W sync (prefork) workers, WSGI
 gunicorn-gthread:WxT   gunicorn, W workers of T threads each, WSGI
 uvicorn:W              uvicorn (uvloop, httptools), W workers, ASGI
-daphne                 daphne, one process, ASGI (what bin/web runs)"""
+daphne                 daphne, one process, ASGI (what bin/web runs)
+bare/<gunicorn setup>  the issue's yardstick, not the platform: bench/bare_endpoint.py (a bare
+                       Django view that matches in-process and inserts one Order) on that setup"""
 
 
 def server_command(setup: str, port: int) -> list[str]:
-    kind, _, size = setup.partition(":")
+    bare = setup.startswith("bare/")
+    kind, _, size = setup.removeprefix("bare/").partition(":")
+    if bare and not kind.startswith("gunicorn"):
+        raise SystemExit(f"{setup}: the bare endpoint is WSGI, served by gunicorn")
     py, bind = sys.executable, f"{HOST}:{port}"
-    gunicorn = [py, "-m", "gunicorn", "tradingplatform.wsgi:application", "-b", bind, "--backlog", "2048"]
+    app = "bench.bare_endpoint:application" if bare else "tradingplatform.wsgi:application"
+    gunicorn = [py, "-m", "gunicorn", app, "-b", bind, "--backlog", "2048"]
     if kind == "gunicorn-sync":
         return [*gunicorn, "-w", str(int(size or 4)), "--no-control-socket"]
     if kind == "gunicorn-gthread":
@@ -370,7 +377,8 @@ def server_command(setup: str, port: int) -> list[str]:
 
 
 def start_server(setup: str, port: int, env: dict[str, str], verbose: bool) -> Managed:
-    server = Managed(setup.replace(":", "_"), server_command(setup, port), env, verbose, stop_timeout=20.0)
+    name = setup.replace(":", "_").replace("/", "_")
+    server = Managed(name, server_command(setup, port), env, verbose, stop_timeout=20.0)
     return wait_healthz(server, port, setup)
 
 
@@ -665,7 +673,7 @@ def run_api(args, env, setup: str, traders: list[Trader], symbols, run_id: str) 
             wait_quiet(args.quiet_wait_s, [server.proc.pid])
         result = asyncio.run(coro_factory(port, maker, phase, *a))
         wait_idle(server.proc.pid)
-        verdict = verify(f"{maker.run_id}-{phase}-", result.ok_keys)
+        verdict = verify(f"{maker.run_id}-{phase}-", result.ok_keys, bare=setup.startswith("bare/"))
         print(describe(setup, result, verdict), flush=True)
         if not server.alive():
             raise SystemExit(f"{setup} died:\n{server.tail()}")
@@ -908,7 +916,7 @@ def main(argv=None) -> dict[str, float]:
     setups.remove(args.server)
     setups.append(args.server)
     for setup in setups if not args.skip_api else []:
-        module = setup.split("-")[0].split(":")[0]
+        module = setup.removeprefix("bare/").split("-")[0].split(":")[0]
         if importlib.util.find_spec(module) is None:
             raise SystemExit(f"{setup} needs {module}: pip install {module}")
     kept = prepare_database(args)
