@@ -4,9 +4,9 @@ matches it in-process, served like the platform (``--server bare/gunicorn-sync:1
 ``POST /api/v1/orders`` with the bench's body: no middleware, no API key, no validation, no
 daily counter, no events, no broker adapter. The order is matched at once against an in-memory
 book per instrument (the paper exchange's ``OrderBook``, the market one tick wide at the
-instrument's last price as loaded at start) and inserted as one FILLED ``Order`` row (autocommit: one durable
-commit), keyed by the request's ``Idempotency-Key`` as the platform keys them, so the bench's
-database check counts it the same way. It is a measuring stick, never part of the platform.
+instrument's last price as loaded at start) and inserted as one FILLED ``Order`` row
+(autocommit: one durable commit), keyed by the request's ``Idempotency-Key`` as the platform
+keys them, so the bench's database check counts it the same way. It is a measuring stick, never part of the platform.
 """
 
 import itertools
@@ -39,11 +39,14 @@ def _market(exchange: str, symbol: str):
         from brokers.paper.book import OrderBook
 
         with _load_lock:
-            for pk, ex, sym, last, tick in Instrument.objects.values_list(
-                "pk", "exchange", "tradingsymbol", "last_price", "tick_size"
-            ):
-                bid = int((last or Decimal(100)) * 100)  # the market: bid at the last price, ask a tick above
-                _books[(ex, sym)] = (pk, bid, bid + int(tick * 100), OrderBook(), threading.Lock())
+            if not _books:  # once, whichever thread comes first
+                books = {}
+                for pk, ex, sym, last, tick in Instrument.objects.values_list(
+                    "pk", "exchange", "tradingsymbol", "last_price", "tick_size"
+                ):
+                    bid = int((last or Decimal(100)) * 100)  # the market: bid at the last price, ask a tick above
+                    books[(ex, sym)] = (pk, bid, bid + int(tick * 100), OrderBook(), threading.Lock())
+                _books.update(books)
     return _books[(exchange, symbol)]
 
 

@@ -14,7 +14,8 @@ flushed before each phase and at the end; no other database is touched. Every se
 worker and beat is a subprocess this script starts and stops, with DEBUG off, LOG_LEVEL=WARNING
 and MariaDB's durable commits as configured (``innodb_flush_log_at_trx_commit`` is printed).
 Server setups (``--server``, ``--compare``): gunicorn sync or gthread workers (WSGI), uvicorn
-workers or daphne (ASGI; run with CONN_MAX_AGE=0, see ``--conn-max-age``).
+workers or daphne (ASGI; run with CONN_MAX_AGE=0, see ``--conn-max-age``); ``bare/<gunicorn
+setup>`` serves the issue's yardstick instead of the platform (``bench/bare_endpoint.py``).
 
 Figures (each on its own line as ``name: value unit``; lines starting with ``#`` are context):
 
