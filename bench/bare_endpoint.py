@@ -21,6 +21,7 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tradingplatform.settings")
 
 from django.conf import settings  # noqa: E402
+from django.db import IntegrityError  # noqa: E402
 from django.http import HttpResponse, JsonResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 from django.views.decorators.csrf import csrf_exempt  # noqa: E402
@@ -62,21 +63,26 @@ def order_place(request):
         book.add_limit(order_id, side, ask if side == "BUY" else bid, quantity)
         fills = book.match(bid=bid, ask=ask, volume=quantity)
     price = Decimal(fills[0].price) / 100 if fills else Decimal(0)
-    order = Order.objects.create(
-        reference=uuid.uuid4().hex[:20],
-        account_id=body["account_id"],
-        instrument_id=instrument_id,
-        side=side,
-        quantity=quantity,
-        order_type=body["order_type"],
-        product=body["product"],
-        status=Order.Status.FILLED,
-        source=Order.Source.MANUAL,
-        broker_order_id=order_id,
-        filled_quantity=sum(f.quantity for f in fills),
-        average_price=price,
-        idempotency_key=f"bare:api:{request.headers['Idempotency-Key']}",
-    )
+    key = f"bare:api:{request.headers['Idempotency-Key']}"
+    try:
+        order = Order.objects.create(
+            reference=uuid.uuid4().hex[:20],
+            account_id=body["account_id"],
+            instrument_id=instrument_id,
+            side=side,
+            quantity=quantity,
+            order_type=body["order_type"],
+            product=body["product"],
+            status=Order.Status.FILLED,
+            source=Order.Source.MANUAL,
+            broker_order_id=order_id,
+            filled_quantity=sum(f.quantity for f in fills),
+            average_price=price,
+            idempotency_key=key,
+        )
+    except IntegrityError:  # a request sent again (the bench resends once on a connection the server closed)
+        order = Order.objects.get(idempotency_key=key)
+        return JsonResponse({"id": order.pk, "status": order.status, "broker_order_id": order.broker_order_id})
     return JsonResponse({"id": order.pk, "status": order.status, "broker_order_id": order_id}, status=201)
 
 
