@@ -23,6 +23,7 @@ import functools
 import os
 
 from celery import Celery
+from celery.signals import worker_init, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tradingplatform.settings")
 
@@ -77,6 +78,14 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 app.autodiscover_tasks()
+
+
+@worker_init.connect  # the worker's main process (before a prefork pool forks: its children share the frozen pages)
+@worker_process_init.connect  # each prefork child, for what it made after the fork
+def _app_loaded(**_kwargs):
+    from tradingplatform import startup
+
+    startup.app_loaded()
 
 
 def periodic(func):
