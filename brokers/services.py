@@ -24,7 +24,7 @@ from accounts.crypto import Sealed
 from accounts.models import AuditLog, BrokerAccount
 from accounts.services import audit_record
 from monitoring.broadcast import push_prices
-from tradingplatform import locks
+from tradingplatform import background, locks
 from tradingplatform.memo import Memo
 
 from . import registry, selectors
@@ -456,8 +456,10 @@ def account_touched(account_id: int) -> None:
         listener(account_id)
 
 
-# Called with (account, [BrokerTrade]) when a broker hands us fills as they happen (the paper
-# exchange does, after each fill's commit); the portfolio app registers its fast path here.
+# Called with [(account, [BrokerTrade])] when a broker hands us fills as they happen (the paper
+# exchange does, after each fill's commit): the fills told of while the last call ran, gathered
+# (``_fills_gathered``), so a busy process records many in one transaction; the portfolio app
+# registers its fast path here.
 fill_listeners: list = []
 
 
@@ -485,10 +487,22 @@ def broker_order_update(*, broker: str, client_id: str, order: BrokerOrder, fill
     for account in accounts:
         for listener in order_update_listeners:
             listener(account, order, fills is not None)
-        if fills:
-            for listener in fill_listeners:
-                listener(account, fills)
+    if fills and accounts:
+        _fills_gathered.add([(account, fills) for account in accounts])
     return len(accounts)
+
+
+def _fills_tell(gathered: list[list[tuple[BrokerAccount, list]]]) -> None:
+    """Hand the gathered fills to the fill listeners at once, in the order they were told, by account."""
+    by_account: dict[int, tuple[BrokerAccount, list]] = {}
+    for told in gathered:
+        for account, fills in told:
+            by_account.setdefault(account.pk, (account, []))[1].extend(fills)
+    for listener in fill_listeners:
+        listener(list(by_account.values()))
+
+
+_fills_gathered = background.Batch(_fills_tell)
 
 
 def kite_postback_verify(body: dict) -> BrokerAccount:

@@ -357,16 +357,10 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
     """
     failures: dict[int, BaseException] = {}
     with_fills = [ctx for ctx in contexts if ctx.broker_trades]
-    try:
-        created = portfolio.trades_record_many([(ctx.account, ctx.broker_trades) for ctx in with_fills])
-    except Exception:
-        logger.warning("monitoring: recording %s accounts' fills together failed; one by one", len(with_fills))
-        created = {}
-        for ctx in with_fills:
-            try:
-                created[ctx.account.pk] = portfolio.trades_record(account=ctx.account, broker_trades=ctx.broker_trades)
-            except Exception as error:
-                failures[id(ctx)] = error
+    created, failed = portfolio.trades_record_each([(ctx.account, ctx.broker_trades) for ctx in with_fills])
+    for ctx in with_fills:
+        if ctx.account.pk in failed:
+            failures[id(ctx)] = failed[ctx.account.pk]
     for ctx in with_fills:
         if created.get(ctx.account.pk):
             ctx.act(f"recorded {len(created[ctx.account.pk])} fill(s)")

@@ -1,5 +1,6 @@
 """Recording fills and keeping positions and PnL from them (FIFO, incremental)."""
 
+import logging
 from collections import defaultdict
 from decimal import Decimal
 
@@ -16,6 +17,8 @@ from tradingplatform.memo import Memo
 
 from .fifo import PositionState
 from .models import PnlSnapshot, Position, Trade
+
+logger = logging.getLogger(__name__)
 
 # (account id, instrument id, product) of positions known to exist, in this process: positions
 # are never deleted, so a fill of a known position skips the look for its row.
@@ -281,14 +284,37 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
     return sorted(applied, key=lambda trade: (trade.filled_at, trade.pk))
 
 
-def fills_fast_path(account: BrokerAccount, broker_trades: list[BrokerTrade]) -> list[Trade]:
-    """Fills a broker handed us as they happened (a paper fill, right after its commit): record them
-    and push the trader's dashboard at once, coalesced.
+def trades_record_each(
+    fills: list[tuple[BrokerAccount, list[BrokerTrade]]], *, fresh: bool = False, at_market: bool = False
+) -> tuple[dict[int, list[Trade]], dict[int, BaseException]]:
+    """``trades_record_many``, and if the batch fails as a whole, account by account, each in its
+    own transaction, so one account's bad fill fails alone: (the fills applied, the errors), by
+    account id."""
+    try:
+        return trades_record_many(fills, fresh=fresh, at_market=at_market), {}
+    except Exception:
+        logger.warning("recording %s accounts' fills together failed; one by one", len(fills), exc_info=True)
+    applied, failures = {}, {}
+    for account, broker_trades in fills:
+        try:
+            applied[account.pk] = trades_record(
+                account=account, broker_trades=broker_trades, fresh=fresh, at_market=at_market
+            )
+        except Exception as error:
+            failures[account.pk] = error
+    return applied, failures
 
-    The order's state was applied just before, by the same announcement
+
+def fills_fast_path(fills: list[tuple[BrokerAccount, list[BrokerTrade]]]) -> dict[int, list[Trade]]:
+    """Fills brokers handed us as they happened (paper fills, right after their commits), by account:
+    record them, together, and push each trader's dashboard at once, coalesced. Returns the fills
+    applied, by account id.
+
+    Each order's state was applied just before, by its announcement
     (``orders.services.order_broker_update``), so the fills link to it; a strategy's order also
     has its account's monitoring steps run a moment later, which find these fills recorded and
-    record nothing twice.
+    record nothing twice. An account whose fills fail is logged and left to its next monitoring
+    run, which records them.
     """
     from monitoring import presence
 
@@ -296,9 +322,14 @@ def fills_fast_path(account: BrokerAccount, broker_trades: list[BrokerTrade]) ->
 
     # Valued at the market's latest price, not the fill's: the price has often moved on (the fill
     # of a resting order comes from a move through it), and no monitoring run follows a fill.
-    applied = trades_record(account=account, broker_trades=broker_trades, fresh=True, at_market=True)
-    if applied and presence.watching([account.owner_id]):  # no page open: nothing to render for
-        dashboard_push(account)
+    applied, failures = trades_record_each(fills, fresh=True, at_market=True)
+    for account_id, error in failures.items():
+        logger.error("fast path: account %s's fills failed (its next monitoring run records them): %r", account_id, error)
+    accounts = [account for account, _ in fills if applied.get(account.pk)]
+    watched = presence.watching([account.owner_id for account in accounts])  # no page open: nothing to render for
+    for account in accounts:
+        if account.owner_id in watched:
+            dashboard_push(account)
     return applied
 
 

@@ -12,8 +12,13 @@ something durable (the next monitoring cycle's reconciliation), idempotently.
 Called inside a transaction it runs ``fn`` at once in the caller's thread instead: that
 only happens in tests, whose ``on_commit`` callbacks run inside the test's transaction,
 where another thread could not see the rows.
+
+``Batch(fn)`` gathers items for one job: ``fn`` gets every item added while its last call ran
+(one transaction for many where one per item was the cost), so the busier the process, the
+more each call takes in, and an idle one handles an item at once, alone.
 """
 
+import contextvars
 import heapq
 import itertools
 import logging
@@ -105,3 +110,46 @@ _lane = _Lane()
 os.register_at_fork(after_in_child=_lane._after_fork)
 submit = _lane.submit
 wait_idle = _lane.wait_idle
+
+
+class Batch:
+    """``add(item)``: ``fn(items)`` runs on a background thread with the items added so far, in the
+    order they were added, at most ``max_items`` a call. One call at a time per process: items
+    added while one runs wait for the next, which takes them all. A call that raises is logged and
+    its items dropped, as a job's are (what they stood for is also done later by something
+    durable); the next call still runs. Inside a transaction (tests) ``fn([item])`` runs at once
+    in the caller's thread, as ``submit`` does. Each call runs in an empty context: its items come
+    from several requests, so its log lines carry none's id."""
+
+    def __init__(self, fn, *, max_items: int = 500):
+        self._fn = fn
+        self._max_items = max_items
+        self._after_fork()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list = []
+        self._busy = False  # a call is queued or running; it takes the items when it starts
+
+    def add(self, item) -> None:
+        if connection.in_atomic_block:
+            self._fn([item])
+            return
+        with self._lock:
+            self._items.append(item)
+            if self._busy:
+                return
+            self._busy = True
+        contextvars.Context().run(submit, self._call)
+
+    def _call(self) -> None:
+        with self._lock:
+            items, self._items = self._items[: self._max_items], self._items[self._max_items :]
+        try:
+            self._fn(items)
+        finally:
+            with self._lock:
+                self._busy = bool(self._items)
+                if self._busy:  # queued while this call is still running, so ``wait_idle`` waits for it
+                    submit(self._call)

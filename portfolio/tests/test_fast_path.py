@@ -154,6 +154,20 @@ def test_recorders_running_at_once_record_and_apply_each_fill_once(account):
     assert position.last_trade_id == Trade.objects.filter(account=account).latest("pk").pk
 
 
+def test_fills_of_several_accounts_are_recorded_together_and_a_bad_one_fails_alone(trader, other_trader, account):
+    """The gathered fills of a busy process: one account's bad fill (a side no column takes) fails
+    the batch's transaction, then only that account's; the others are recorded."""
+    other = make_broker_account(other_trader, broker="paper", client_id="PAPER-O2", label="Other")
+    bad = _fill(1, "HOLD", 1, "1500")
+    applied = services.fills_fast_path([(other, [bad]), (account, [_fill(2, "BUY", 2, "1500"), _fill(3, "SELL", 1, "1510")])])
+
+    assert [t.broker_trade_id for t in applied[account.pk]] == ["T2", "T3"]
+    assert other.pk not in applied
+    assert Trade.objects.filter(account=account).count() == 2
+    assert Position.objects.get(account=account).net_quantity == 1
+    assert not Trade.objects.filter(account=other).exists()
+
+
 def test_a_fill_is_valued_at_the_markets_latest_price_not_its_own(trader, account):
     from brokers.models import Instrument
     from brokers.paper import engine
