@@ -324,7 +324,7 @@ def fills_fast_path(fills: list[tuple[BrokerAccount, list[BrokerTrade]]]) -> dic
     # of a resting order comes from a move through it), and no monitoring run follows a fill.
     applied, failures = trades_record_each(fills, fresh=True, at_market=True)
     for account_id, error in failures.items():
-        logger.error("fast path: account %s's fills failed (its next monitoring run records them): %r", account_id, error)
+        logger.error("fast path: account %s's fills failed (its next run records them): %r", account_id, error)
     accounts = [account for account, _ in fills if applied.get(account.pk)]
     watched = presence.watching([account.owner_id for account in accounts])  # no page open: nothing to render for
     for account in accounts:

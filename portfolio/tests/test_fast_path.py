@@ -159,7 +159,8 @@ def test_fills_of_several_accounts_are_recorded_together_and_a_bad_one_fails_alo
     the batch's transaction, then only that account's; the others are recorded."""
     other = make_broker_account(other_trader, broker="paper", client_id="PAPER-O2", label="Other")
     bad = _fill(1, "HOLD", 1, "1500")
-    applied = services.fills_fast_path([(other, [bad]), (account, [_fill(2, "BUY", 2, "1500"), _fill(3, "SELL", 1, "1510")])])
+    good = [_fill(2, "BUY", 2, "1500"), _fill(3, "SELL", 1, "1510")]
+    applied = services.fills_fast_path([(other, [bad]), (account, good)])
 
     assert [t.broker_trade_id for t in applied[account.pk]] == ["T2", "T3"]
     assert other.pk not in applied
