@@ -648,15 +648,13 @@ def _changed(order: PaperOrder, fill: PaperTrade | None = None) -> None:
     now, from the rows in hand (the announcement reads nothing back), off the committing thread
     (the placing request does not wait for it).
     """
-    from tradingplatform import background
-
     from .adapter import order_announce, to_broker_order, to_broker_trade
 
     if fill is not None:
         fill.order, fill.instrument = order, order.instrument
     state, fills = to_broker_order(order), [to_broker_trade(fill)] if fill is not None else []
     user_id = order.client.user_id  # callers load the client with the order
-    transaction.on_commit(lambda: background.submit(order_announce, user_id, state, fills))
+    transaction.on_commit(lambda: order_announce(user_id, state, fills))
     # Kite's postbacks: on fills and on closing, not on an order just opened.
     if order.client.postback_url and (order.status != Status.OPEN or order.filled_quantity):
         from .tasks import send_postback
