@@ -745,17 +745,6 @@ def run_api(args, env, setup: str, traders: list[Trader], symbols, run_id: str) 
 # --- Phase 3: scheduled orders ------------------------------------------------------------------
 
 
-def dispatch_once() -> int:
-    """The body of ``orders.tasks.dispatch_scheduled``, without its once-per-interval lock."""
-    from orders import sources
-    from orders.tasks import fire_scheduled
-
-    fires = sources.scheduled_dispatch()
-    for fire_id, eta in fires:
-        fire_scheduled.apply_async((fire_id,), eta=eta)
-    return len(fires)
-
-
 def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
     from zoneinfo import ZoneInfo
 
@@ -767,6 +756,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
     from brokers.models import Instrument
     from orders import sources
     from orders.models import OrderEvent, ScheduledFire, ScheduledOrder
+    from orders.tasks import dispatch_due
 
     flush_redis(args.redis_url)
     celery = [sys.executable, "-m", "celery", "-A", "tradingplatform"]
@@ -857,7 +847,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
             if now >= due:
                 if args.dispatcher == "loop":
                     t = time.perf_counter()
-                    if dispatch_once():
+                    if dispatch_due():  # the body of dispatch_scheduled, without its once-per-interval lock
                         claim_ms.append((time.perf_counter() - t) * 1000)
                 done = (
                     ScheduledFire.objects.filter(scheduled_id__in=created)

@@ -4,6 +4,7 @@ Each source ends in ``services.order_place``, with an idempotency key that makes
 (a double click, a redelivered task, a replayed signal) return the same order.
 """
 
+import functools
 import hashlib
 import logging
 import secrets
@@ -268,8 +269,9 @@ def _drop_pending_fires(scheduled: ScheduledOrder, *, only_future: bool) -> int:
     return fires.update(status=ScheduledFire.Status.CANCELLED, detail="cancelled before it was placed")
 
 
-def scheduled_dispatch(*, now: datetime | None = None) -> list[tuple[int, datetime | None]]:
-    """What the dispatcher sends to workers: (fire id, ETA), each fire once.
+def scheduled_dispatch(*, now: datetime | None = None) -> list[tuple[list[int], datetime | None]]:
+    """What the dispatcher sends to workers: (fire ids, ETA), each fire once; fires due at the same
+    time together, ``SCHEDULE_FIRE_BATCH`` at most in one.
 
     Due times are claimed ``SCHEDULE_LEAD_S`` ahead and sent with the due time as the ETA, so a
     worker places each at its time rather than at the first poll after it. Fires a dead worker
@@ -277,7 +279,13 @@ def scheduled_dispatch(*, now: datetime | None = None) -> list[tuple[int, dateti
     """
     fires = _claim(now=now or timezone.now(), lead_s=settings.SCHEDULE_LEAD_S, limit=1000)
     stale = [pk for pk in scheduled_pending_stale() if locks.acquire(f"orders:refire:{pk}", ttl_s=30)]
-    return fires + [(pk, None) for pk in stale]
+    batches: list[tuple[list[int], datetime | None]] = []
+    for pk, eta in [*fires, *((pk, None) for pk in stale)]:
+        if batches and batches[-1][1] == eta and len(batches[-1][0]) < settings.SCHEDULE_FIRE_BATCH:
+            batches[-1][0].append(pk)
+        else:
+            batches.append(([pk], eta))
+    return batches
 
 
 def scheduled_claim_due(*, now: datetime | None = None, lead_s: float = 0.0, limit: int = 1000) -> list[int]:
@@ -335,7 +343,7 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
             ScheduledFire.objects.filter(pk=pk).update(status=status, detail=detail, claimed_at=now)
         ScheduledOrder.objects.bulk_update(due, ["next_run_at", "status", "last_run_at", "last_result"])
         for scheduled, due_at in missed_notes:
-            _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({due_at:%H:%M:%S}); not placed.")
+            _notify_missed(scheduled, due_at)
         pending = {(f.scheduled_id, f.due_at) for f in fires if f.status == ScheduledFire.Status.PENDING}
         pending_ids = [pk for pk, status, _ in revived if status == ScheduledFire.Status.PENDING]
     if not pending and not pending_ids:
@@ -349,34 +357,86 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
 
 
 def scheduled_fire(*, fire_id: int) -> ScheduledFire:
-    """Place the order of one claimed due time, never before it (idempotent: a repeat, or a
-    redelivery while the first is still placing, returns the same order)."""
-    status, due_at = ScheduledFire.objects.values_list("status", "due_at").get(pk=fire_id)
-    if status not in (ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING):
-        return ScheduledFire.objects.get(pk=fire_id)
-    early_s = (due_at - timezone.now()).total_seconds()
-    if early_s > settings.SCHEDULE_LEAD_S + 1:
-        return ScheduledFire.objects.get(pk=fire_id)  # far too early (a clock far ahead): pending, for its time
-    if early_s > 0:  # sent with an ETA; a worker whose clock runs a little ahead waits
-        time_module.sleep(early_s)
+    """``scheduled_fires`` of one."""
+    return scheduled_fires(fire_ids=[fire_id])[0]
+
+
+def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
+    """Place the orders of claimed due times, never before their time, side by side
+    (``SCHEDULE_FIRE_PARALLELISM`` threads), with one commit to take them all and one to record
+    them all. Idempotent: a repeat, or a redelivery while the first is still placing, places
+    nothing twice (each order's idempotency key is its fire's). Returns the fires as they are now,
+    in the order asked; one far too early is left pending, for its time.
+
+    A fire is PLACING from its first commit on (a cancel is then too late for that due time). If
+    placing one fails unexpectedly it stays PLACING and is sent again later (``scheduled_dispatch``);
+    the others are recorded.
+    """
+    ahead = {pk: (status, due_at) for pk, status, due_at in _fire_states(fire_ids)}
+    now = timezone.now()
+    due = [
+        pk
+        for pk, (status, due_at) in ahead.items()
+        if status in _TO_PLACE and (due_at - now).total_seconds() <= settings.SCHEDULE_LEAD_S + 1
+    ]  # far too early (a clock far ahead): left pending, for its time
+    placing = []
+    if due:
+        early_s = (max(ahead[pk][1] for pk in due) - now).total_seconds()
+        if early_s > 0:  # sent with an ETA; a worker whose clock runs a little ahead waits
+            time_module.sleep(early_s)
+        placing = _fires_take(due)
+    outcomes = _in_threads(
+        [functools.partial(_fire_place, fire) for fire in placing], settings.SCHEDULE_FIRE_PARALLELISM
+    )
+    _fires_record([(fire, outcome) for fire, outcome in zip(placing, outcomes, strict=True) if outcome])
+    placed = {fire.pk: fire for fire in placing}
+    rest = {f.pk: f for f in ScheduledFire.objects.filter(pk__in=[pk for pk in fire_ids if pk not in placed])}
+    return [placed.get(pk) or rest[pk] for pk in fire_ids if pk in placed or pk in rest]
+
+
+_TO_PLACE = (ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING)
+
+
+def _fire_states(fire_ids: list[int]) -> list[tuple[int, str, datetime]]:
+    """(id, status, due time) of the fires, read before their lock (a worker that waits for the due
+    time does not hold it while it waits)."""
+    return list(ScheduledFire.objects.filter(pk__in=fire_ids).values_list("pk", "status", "due_at"))
+
+
+def _fires_take(fire_ids: list[int]) -> list[ScheduledFire]:
+    """Lock the fires still to place and mark them PLACING, in one commit; report the ones a worker
+    got to too late as missed. Returns the ones to place, with their scheduled orders."""
+    now = timezone.now()
     with transaction.atomic():
-        fire = (
+        fires = list(
             ScheduledFire.objects.select_for_update()
             .select_related("scheduled__account", "scheduled__instrument", "scheduled__owner")
-            .get(pk=fire_id)
+            .filter(pk__in=fire_ids, status__in=_TO_PLACE)
+            .order_by("pk")
         )
-        if fire.status not in (ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING):
-            return fire  # placed, missed, failed, or cancelled meanwhile
-        scheduled = fire.scheduled
-        late_s = (timezone.now() - fire.due_at).total_seconds()
-        if fire.status == ScheduledFire.Status.PENDING and late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s:
-            fire.status = ScheduledFire.Status.MISSED
-            fire.detail = f"missed: {late_s:.0f}s late when a worker got to it"
-            fire.save(update_fields=["status", "detail"])
-            _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({fire.due_at:%H:%M:%S}); not placed.")
-            return fire
-        fire.status = ScheduledFire.Status.PLACING  # from here a cancel is too late for this due time
-        fire.save(update_fields=["status"])
+        taken = []
+        for fire in fires:
+            scheduled = fire.scheduled
+            late_s = (now - fire.due_at).total_seconds()
+            if fire.status == ScheduledFire.Status.PENDING and late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s:
+                fire.status = ScheduledFire.Status.MISSED
+                fire.detail = f"missed: {late_s:.0f}s late when a worker got to it"
+                fire.save(update_fields=["status", "detail"])
+                _notify_missed(scheduled, fire.due_at)
+            else:
+                taken.append(fire)
+        pending = [fire.pk for fire in taken if fire.status == ScheduledFire.Status.PENDING]
+        if pending:  # from here a cancel is too late for these due times
+            ScheduledFire.objects.filter(pk__in=pending).update(status=ScheduledFire.Status.PLACING)
+        for fire in taken:
+            fire.status = ScheduledFire.Status.PLACING
+    return taken
+
+
+def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
+    """Place one taken fire's order: (its fire's status, detail), or None when placing it failed
+    unexpectedly (it stays PLACING and is sent again later)."""
+    scheduled = fire.scheduled
     try:
         order = services.order_place(
             actor=scheduled.owner,
@@ -388,20 +448,32 @@ def scheduled_fire(*, fire_id: int) -> ScheduledFire:
             idempotency_key=f"scheduled:{fire.pk}",
         )
     except ValidationError as error:
-        status, detail = ScheduledFire.Status.FAILED, " ".join(error.messages)[:255]
+        detail = " ".join(error.messages)[:255]
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
-    else:
-        status, detail = ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
-    with transaction.atomic():  # one commit for both
-        recorded = ScheduledFire.objects.filter(pk=fire.pk, status=ScheduledFire.Status.PLACING).update(
-            status=status, detail=detail
-        )
-        ScheduledOrder.objects.filter(pk=scheduled.pk).update(last_run_at=timezone.now(), last_result=detail)
-    if recorded:
-        fire.status, fire.detail = status, detail
-    else:
-        fire.refresh_from_db()  # a redelivery of this fire recorded it first
-    return fire
+        return ScheduledFire.Status.FAILED, detail
+    except Exception:
+        logger.exception("scheduled fire %s: placing failed; it is sent again later", fire.pk)
+        return None
+    return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
+
+
+def _fires_record(outcomes: list[tuple[ScheduledFire, tuple[str, str]]]) -> None:
+    """Record what became of each placed fire and its scheduled order's last run, in one commit."""
+    if not outcomes:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        recorded = {}
+        for fire, (status, detail) in outcomes:
+            recorded[fire.pk] = ScheduledFire.objects.filter(pk=fire.pk, status=ScheduledFire.Status.PLACING).update(
+                status=status, detail=detail
+            )
+            ScheduledOrder.objects.filter(pk=fire.scheduled_id).update(last_run_at=now, last_result=detail)
+    for fire, (status, detail) in outcomes:
+        if recorded[fire.pk]:
+            fire.status, fire.detail = status, detail
+        else:
+            fire.refresh_from_db()  # a redelivery of this fire recorded it first
 
 
 def scheduled_pending_stale(*, older_than_s: float = 30) -> list[int]:
@@ -414,6 +486,10 @@ def scheduled_pending_stale(*, older_than_s: float = 30) -> list[int]:
             due_at__lt=cutoff,
         ).values_list("pk", flat=True)
     )
+
+
+def _notify_missed(scheduled: ScheduledOrder, due_at: datetime) -> None:
+    _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({due_at:%H:%M:%S}); not placed.")
 
 
 def _notify(scheduled: ScheduledOrder, text: str) -> None:

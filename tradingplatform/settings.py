@@ -251,6 +251,12 @@ SCHEDULE_DISPATCH_INTERVAL_S = env.float("SCHEDULE_DISPATCH_INTERVAL_S", default
 SCHEDULE_LEAD_S = env.float("SCHEDULE_LEAD_S", default=2.0)
 if SCHEDULE_LEAD_S < SCHEDULE_DISPATCH_INTERVAL_S:
     raise ImproperlyConfigured("SCHEDULE_LEAD_S must be at least SCHEDULE_DISPATCH_INTERVAL_S.")
+# Due times of the same moment sent to a worker as one task, at most this many, and placed side by
+# side in it by at most this many threads: 500 orders due at 09:15:00 are 25 tasks, not 500.
+SCHEDULE_FIRE_BATCH = env.int("SCHEDULE_FIRE_BATCH", default=20)
+SCHEDULE_FIRE_PARALLELISM = env.int("SCHEDULE_FIRE_PARALLELISM", default=8)
+if SCHEDULE_FIRE_BATCH < 1 or SCHEDULE_FIRE_PARALLELISM < 1:
+    raise ImproperlyConfigured("SCHEDULE_FIRE_BATCH and SCHEDULE_FIRE_PARALLELISM must be at least 1.")
 # Webhook signals must carry a timestamp this close to now (replay protection with the id).
 WEBHOOK_MAX_AGE_S = env.int("WEBHOOK_MAX_AGE_S", default=300)
 # Per API key: calls per window, e.g. 20/s and 1200/min.

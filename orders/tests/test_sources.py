@@ -257,7 +257,69 @@ def test_the_dispatcher_sends_each_claimed_fire_with_its_due_time_as_eta(trader,
     due_at = _due_soon(row, 1)
     assert tasks.dispatch_scheduled() == 1
     fire = ScheduledFire.objects.get(scheduled=row)
-    assert sent == [(fire.pk, due_at)] and fire.status == "pending"
+    assert sent == [([fire.pk], due_at)] and fire.status == "pending"
+
+
+def test_fires_due_at_the_same_time_go_to_a_worker_together_in_batches(trader, account, monkeypatch, settings):
+    from orders import tasks
+
+    settings.SCHEDULE_FIRE_BATCH = 2
+    sent = []
+    monkeypatch.setattr(tasks.fire_scheduled, "apply_async", lambda args, eta=None: sent.append((args[0], eta)))
+    rows = [make_scheduled(trader, account) for _ in range(4)]
+    due_at = timezone.now() + timedelta(seconds=1)
+    ScheduledOrder.objects.filter(pk__in=[r.pk for r in rows[:3]]).update(next_run_at=due_at)
+    later = _due_soon(rows[3], 1.5)
+    assert tasks.dispatch_scheduled() == 4
+
+    fires = dict(ScheduledFire.objects.values_list("scheduled_id", "pk"))
+    first_three = sorted(fires[r.pk] for r in rows[:3])
+    assert [eta for _, eta in sent] == [due_at, due_at, later]
+    assert sorted(pk for ids, _ in sent[:2] for pk in ids) == first_three and len(sent[0][0]) == 2
+    assert sent[2][0] == [fires[rows[3].pk]]
+
+
+def test_a_batch_places_each_fire_once_and_a_redelivery_places_nothing_more(trader, account):
+    rows = [make_scheduled(trader, account) for _ in range(3)]
+    sources.scheduled_claim_due(now=rows[0].next_run_at + timedelta(seconds=1))
+    of_row = dict(ScheduledFire.objects.values_list("scheduled_id", "pk"))
+    ids = [of_row[row.pk] for row in rows]
+    ScheduledFire.objects.filter(pk__in=ids).update(due_at=timezone.now())  # their time has come
+    ScheduledFire.objects.filter(pk=ids[1]).update(status="placing")  # a worker died placing it
+    sources.scheduled_cancel(scheduled=rows[2], actor=trader)
+
+    fires = sources.scheduled_fires(fire_ids=ids)
+    assert [fire.pk for fire in fires] == ids  # in the order asked
+    assert [fire.status for fire in fires] == ["placed", "placed", "cancelled"]
+    again = sources.scheduled_fires(fire_ids=ids)  # the same task delivered again
+    assert [fire.status for fire in again] == ["placed", "placed", "cancelled"]
+    assert Order.objects.filter(scheduled__in=rows).count() == 2 and PaperOrder.objects.count() == 2
+    for row in rows[:2]:
+        row.refresh_from_db()
+        assert row.last_result.endswith("FILLED")
+
+
+def test_a_fire_that_fails_unexpectedly_stays_placing_and_the_others_are_recorded(trader, account, monkeypatch):
+    from orders import services
+
+    rows = [make_scheduled(trader, account) for _ in range(3)]
+    sources.scheduled_claim_due(now=rows[0].next_run_at + timedelta(seconds=1))
+    of_row = dict(ScheduledFire.objects.values_list("scheduled_id", "pk"))
+    ids = [of_row[row.pk] for row in rows]
+    ScheduledFire.objects.filter(pk__in=ids).update(due_at=timezone.now())
+    broken = rows[1].pk
+    place = services.order_place
+
+    def order_place(**kwargs):
+        if kwargs["scheduled"].pk == broken:
+            raise RuntimeError("a bug while placing")
+        return place(**kwargs)
+
+    monkeypatch.setattr(services, "order_place", order_place)
+    assert [fire.status for fire in sources.scheduled_fires(fire_ids=ids)] == ["placed", "placing", "placed"]
+    monkeypatch.setattr(services, "order_place", place)  # sent again later (scheduled_dispatch's refire)
+    assert sources.scheduled_fire(fire_id=ids[1]).status == "placed"
+    assert Order.objects.filter(scheduled__in=rows).count() == 3
 
 
 def test_an_edit_that_keeps_a_claimed_time_still_places_it(trader, account):
