@@ -7,7 +7,9 @@ Each source ends in ``services.order_place``, with an idempotency key that makes
 import functools
 import hashlib
 import logging
+import os
 import secrets
+import threading
 import time as time_module
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta
@@ -433,20 +435,31 @@ def _fires_take(fire_ids: list[int]) -> list[ScheduledFire]:
     return taken
 
 
+@functools.cache
+def _placing_slots() -> threading.BoundedSemaphore:
+    """Scheduled orders placed at once in this process, whatever its tasks: each holds a database
+    connection while it places (a threads-pool worker runs several fire tasks side by side)."""
+    return threading.BoundedSemaphore(settings.SCHEDULE_FIRE_PARALLELISM)
+
+
+os.register_at_fork(after_in_child=_placing_slots.cache_clear)
+
+
 def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
     """Place one taken fire's order: (its fire's status, detail), or None when placing it failed
     unexpectedly (it stays PLACING and is sent again later)."""
     scheduled = fire.scheduled
     try:
-        order = services.order_place(
-            actor=scheduled.owner,
-            account=scheduled.account,
-            **scheduled.spec(),
-            source=Order.Source.SCHEDULED,
-            scheduled=scheduled,
-            cause=f"scheduled order #{scheduled.pk} due {fire.due_at:%Y-%m-%d %H:%M:%S}",
-            idempotency_key=f"scheduled:{fire.pk}",
-        )
+        with _placing_slots():
+            order = services.order_place(
+                actor=scheduled.owner,
+                account=scheduled.account,
+                **scheduled.spec(),
+                source=Order.Source.SCHEDULED,
+                scheduled=scheduled,
+                cause=f"scheduled order #{scheduled.pk} due {fire.due_at:%Y-%m-%d %H:%M:%S}",
+                idempotency_key=f"scheduled:{fire.pk}",
+            )
     except ValidationError as error:
         detail = " ".join(error.messages)[:255]
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")

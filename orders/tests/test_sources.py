@@ -322,6 +322,51 @@ def test_a_fire_that_fails_unexpectedly_stays_placing_and_the_others_are_recorde
     assert Order.objects.filter(scheduled__in=rows).count() == 3
 
 
+@pytest.mark.django_db(transaction=True)
+def test_fire_tasks_side_by_side_place_at_most_the_parallelism_at_once(trader, account, monkeypatch, settings):
+    """A threads-pool worker runs several fire tasks at once: together they hold at most
+    ``SCHEDULE_FIRE_PARALLELISM`` database connections for placing."""
+    from orders import services
+
+    settings.SCHEDULE_FIRE_PARALLELISM = 2
+    sources._placing_slots.cache_clear()  # made again with this setting
+    rows = [make_scheduled(trader, account) for _ in range(8)]
+    sources.scheduled_claim_due(now=rows[0].next_run_at + timedelta(seconds=1))
+    ids = sorted(ScheduledFire.objects.values_list("pk", flat=True))
+    ScheduledFire.objects.filter(pk__in=ids).update(due_at=timezone.now())
+    place, lock, at_once = services.order_place, threading.Lock(), {"now": 0, "most": 0}
+
+    def order_place(**kwargs):
+        with lock:
+            at_once["now"] += 1
+            at_once["most"] = max(at_once["most"], at_once["now"])
+        try:
+            clock.sleep(0.05)
+            return place(**kwargs)
+        finally:
+            with lock:
+                at_once["now"] -= 1
+
+    def task(fire_ids):  # a fire task on a worker thread of its own
+        try:
+            sources.scheduled_fires(fire_ids=fire_ids)
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(services, "order_place", order_place)
+    tasks = [threading.Thread(target=task, args=(ids[k::2],)) for k in range(2)]
+    try:
+        for thread in tasks:
+            thread.start()
+        for thread in tasks:
+            thread.join()
+    finally:
+        sources._placing_slots.cache_clear()  # the next tests' setting
+    assert at_once["most"] == 2
+    assert set(ScheduledFire.objects.values_list("status", flat=True)) == {"placed"}
+    assert Order.objects.filter(scheduled__in=rows).count() == 8
+
+
 def test_an_edit_that_keeps_a_claimed_time_still_places_it(trader, account):
     row = make_scheduled(trader, account)
     keep = row.next_run_at  # five minutes away
