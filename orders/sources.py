@@ -410,15 +410,16 @@ def _fires_take(fire_ids: list[int]) -> list[ScheduledFire]:
     got to too late as missed. Returns the ones to place, with their scheduled orders."""
     now = timezone.now()
     with transaction.atomic():
+        # Only the fires are locked: MariaDB's FOR UPDATE would lock every joined row too (the
+        # accounts, users and instruments that fire tasks side by side share: they deadlocked).
         fires = list(
-            ScheduledFire.objects.select_for_update()
-            .select_related("scheduled__account", "scheduled__instrument", "scheduled__owner")
-            .filter(pk__in=fire_ids, status__in=_TO_PLACE)
-            .order_by("pk")
+            ScheduledFire.objects.select_for_update().filter(pk__in=fire_ids, status__in=_TO_PLACE).order_by("pk")
         )
+        orders = ScheduledOrder.objects.select_related("account", "instrument", "owner")
+        scheduled_orders = orders.in_bulk({fire.scheduled_id for fire in fires})
         taken = []
         for fire in fires:
-            scheduled = fire.scheduled
+            fire.scheduled = scheduled = scheduled_orders[fire.scheduled_id]
             late_s = (now - fire.due_at).total_seconds()
             if fire.status == ScheduledFire.Status.PENDING and late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s:
                 fire.status = ScheduledFire.Status.MISSED
