@@ -251,8 +251,8 @@ SCHEDULE_DISPATCH_INTERVAL_S = env.float("SCHEDULE_DISPATCH_INTERVAL_S", default
 SCHEDULE_LEAD_S = env.float("SCHEDULE_LEAD_S", default=2.0)
 if SCHEDULE_LEAD_S < SCHEDULE_DISPATCH_INTERVAL_S:
     raise ImproperlyConfigured("SCHEDULE_LEAD_S must be at least SCHEDULE_DISPATCH_INTERVAL_S.")
-# Due times of the same moment sent to a worker as one task, at most this many, and placed side by
-# side in it by at most this many threads: 500 orders due at 09:15:00 are 25 tasks, not 500.
+# Due times of the same moment sent to a worker as one task, at most this many (500 orders due at
+# 09:15:00 are 25 tasks, not 500), placed side by side by at most this many threads a worker process.
 SCHEDULE_FIRE_BATCH = env.int("SCHEDULE_FIRE_BATCH", default=20)
 SCHEDULE_FIRE_PARALLELISM = env.int("SCHEDULE_FIRE_PARALLELISM", default=8)
 if SCHEDULE_FIRE_BATCH < 1 or SCHEDULE_FIRE_PARALLELISM < 1:
