@@ -7,6 +7,8 @@ a page that missed one resynchronises when its websocket reconnects.
 """
 
 import asyncio
+import atexit
+import concurrent.futures
 import logging
 import os
 import threading
@@ -30,6 +32,7 @@ class _Sender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._pid = None
+        self._in_flight: set[concurrent.futures.Future] = set()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -37,7 +40,7 @@ class _Sender:
             if self._loop is None or self._loop.is_closed() or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, name="channel-layer-sender", daemon=True).start()
-                self._loop, self._pid = loop, os.getpid()
+                self._loop, self._pid, self._in_flight = loop, os.getpid(), set()
             return self._loop
 
     def group_send(self, group: str, message: dict) -> None:
@@ -47,15 +50,29 @@ class _Sender:
             async_to_sync(layer.group_send)(group, message)
             return
         future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), self._running_loop())
-        future.add_done_callback(_log_failure)
+        with self._lock:
+            self._in_flight.add(future)
+        future.add_done_callback(self._sent)
 
+    def _sent(self, future: concurrent.futures.Future) -> None:
+        with self._lock:
+            self._in_flight.discard(future)
+        if future.exception() is not None:
+            logger.warning("websocket push failed: %r", future.exception())
 
-def _log_failure(future) -> None:
-    if future.exception() is not None:
-        logger.warning("websocket push failed: %r", future.exception())
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait for the pushes still being sent; False if some were not sent within ``timeout_s``.
+
+        Run at exit: the sender's thread is a daemon, so a short-lived process (a management
+        command, a script) would otherwise end before its last pushes left.
+        """
+        with self._lock:
+            in_flight = list(self._in_flight) if self._pid == os.getpid() else []
+        return not concurrent.futures.wait(in_flight, timeout=timeout_s).not_done
 
 
 _sender = _Sender()
+atexit.register(_sender.flush)
 
 
 _timezones: dict[int, tuple[float, str]] = {}
