@@ -563,14 +563,12 @@ def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) 
 
 
 def _live_order(client: PaperClient, order_id: str) -> PaperOrder:
-    order = (
-        PaperOrder.objects.select_for_update()
-        .select_related("instrument")
-        .filter(client=client, order_id=order_id)
-        .first()
-    )
+    # Only the order is locked (MariaDB's FOR UPDATE would lock a joined instrument row too, which
+    # the market tick locks for its quotes): its instrument is read beside the lock.
+    order = PaperOrder.objects.select_for_update().filter(client=client, order_id=order_id).first()
     if order is None:
         raise InputException("Couldn't find that `order_id`.", kind="input")
+    order.instrument = PaperInstrument.objects.get(pk=order.instrument_id)
     order.client = client
     if order.status not in PaperOrder.LIVE:
         raise InputException(f"Order cannot be modified or cancelled as it is {order.status}.", kind="input")
@@ -734,15 +732,18 @@ def market_set(
 def match_instrument(*, instrument_id: int) -> int:
     """Trigger stops and fill crossing LIMIT orders of one instrument at its current quote."""
     instrument = PaperInstrument.objects.get(pk=instrument_id)
+    # Only the orders are locked: MariaDB's FOR UPDATE would lock their joined clients too, which
+    # a placement or a modify of one of them holds while it waits for an order locked here (a
+    # deadlock). A client's cash changes by one UPDATE per fill, which takes its row then.
     orders = {
         order.order_id: order
         for order in PaperOrder.objects.select_for_update()
-        .select_related("client")
         .filter(instrument_id=instrument_id, status__in=PaperOrder.LIVE)
         .order_by("priority", "id")
     }
     if not orders:
         return 0
+    clients = PaperClient.objects.in_bulk({order.client_id for order in orders.values()})
     book = OrderBook()
     for order in orders.values():
         remaining = order.quantity - order.filled_quantity
@@ -752,7 +753,7 @@ def match_instrument(*, instrument_id: int) -> int:
         elif order.order_type == "LIMIT":
             book.add_limit(order.order_id, order.transaction_type, to_paise(order.price), remaining)
     for order in orders.values():
-        order.instrument = instrument
+        order.instrument, order.client = instrument, clients[order.client_id]
     now = timezone.now()
     fills = 0
     for order_id, _side, _quantity, limit in book.trigger(to_paise(instrument.last_price)):

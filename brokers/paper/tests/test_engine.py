@@ -1,8 +1,10 @@
 """The paper exchange's rules: fills, priority, triggers, rejections, funds and knobs."""
 
+import threading
 from decimal import Decimal
 
 import pytest
+from django.db import connection, transaction
 
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
@@ -39,7 +41,7 @@ def place(client, side="BUY", order_type="LIMIT", quantity=1, price=None, trigge
 
 
 @pytest.fixture
-def client(db):
+def client(db, paper_market):
     quote(last="1500", volume=1000)
     return engine.client_get_or_create(user_id="C1")
 
@@ -425,3 +427,56 @@ def test_a_placement_writes_the_rows_the_orm_would_write(client):
     assert columns(PaperTrade.objects.get(pk=trade_written.pk), "id", "trade_id") == columns(
         PaperTrade.objects.get(pk=trade_by_orm.pk), "id", "trade_id"
     )
+
+
+class _Holder:
+    """Another connection holding a row lock, as a placement (its client) or the tick (an instrument) does."""
+
+    def __init__(self, model, pk):
+        self.held, self.release = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._hold, args=(model, pk))
+
+    def _hold(self, model, pk):
+        try:
+            with transaction.atomic():
+                model.objects.select_for_update().get(pk=pk)
+                self.held.set()
+                self.release.wait(15)
+        finally:
+            connection.close()
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.held.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.thread.join()
+
+
+def _short_lock_waits():
+    if connection.vendor != "mysql":
+        pytest.skip("row locks: MariaDB")
+    with connection.cursor() as cursor:  # a wait on a held row fails in 2 s instead of 50
+        cursor.execute("SET SESSION innodb_lock_wait_timeout = 2")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_matching_locks_the_orders_not_their_clients(client):
+    """A placement holds its client's row while it checks funds; the tick's matching of that
+    client's resting order must not wait for it (it locks the orders, and the client only to pay)."""
+    _short_lock_waits()
+    place(client, price="1400")  # rests: nothing crosses
+    instrument = PaperInstrument.objects.get(tradingsymbol="INFY")
+    with _Holder(PaperClient, client.pk):
+        assert engine.match_instrument(instrument_id=instrument.pk) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_locks_its_order_not_its_instrument(client):
+    """The tick holds the instruments' rows while it moves their quotes; a cancel must not wait."""
+    _short_lock_waits()
+    order = place(client, price="1400")
+    with _Holder(PaperInstrument, order.instrument_id):
+        assert engine.order_cancel(client=client, order_id=order.order_id).status == Status.CANCELLED
