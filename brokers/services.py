@@ -9,6 +9,7 @@ same account at once, and a burst of failures causes one login, not many.
 Every login, renewal, expiry and failure is written to the audit log.
 """
 
+import contextvars
 import hmac
 import logging
 import secrets
@@ -24,7 +25,7 @@ from accounts.crypto import Sealed
 from accounts.models import AuditLog, BrokerAccount
 from accounts.services import audit_record
 from monitoring.broadcast import push_prices
-from tradingplatform import background, locks
+from tradingplatform import locks
 from tradingplatform.memo import Memo
 
 from . import registry, selectors
@@ -457,8 +458,8 @@ def account_touched(account_id: int) -> None:
 
 
 # Called with [(account, [BrokerTrade])] when a broker hands us fills as they happen (the paper
-# exchange does, after each fill's commit): the fills told of while the last call ran, gathered
-# (``_fills_gathered``), so a busy process records many in one transaction; the portfolio app
+# exchange does, after each fill's commit, for the changes gathered while the last ones were told:
+# ``broker_orders_update``), so a busy process records many in one transaction; the portfolio app
 # registers its fast path here.
 fill_listeners: list = []
 
@@ -483,26 +484,47 @@ def broker_order_update(*, broker: str, client_id: str, order: BrokerOrder, fill
     the fills of that change: the order listeners first (so our order has its broker id when the
     fills are recorded and linked to it), then the fill listeners, for each of the client's accounts.
     Returns how many accounts that was."""
+    accounts = _order_told(broker, client_id, order, fills)
+    _fills_tell([(account, fills) for account in accounts] if fills else [])
+    return len(accounts)
+
+
+def broker_orders_update(
+    *, broker: str, changes: list[tuple[contextvars.Context, str, BrokerOrder, list | None]]
+) -> None:
+    """Several such changes at once, in the order they happened (the paper exchange's, gathered
+    while the last ones were told): each order's state in the context of the request or task that
+    made the change (its log lines keep that id), then every change's fills to the fill listeners
+    in one call (one transaction for them all). A change that fails is logged and the others still
+    go: the account's next monitoring run reconciles what it would have told."""
+    fills_told = []
+    for context, client_id, order, fills in changes:
+        try:
+            accounts = context.run(_order_told, broker, client_id, order, fills)
+        except Exception:
+            logger.exception("%s: telling the platform of order %s failed", broker, order.broker_order_id)
+            continue
+        if fills:
+            fills_told.extend((account, fills) for account in accounts)
+    _fills_tell(fills_told)
+
+
+def _order_told(broker: str, client_id: str, order: BrokerOrder, fills: list | None) -> list[BrokerAccount]:
     accounts = _accounts_of_client(broker, client_id)
     for account in accounts:
         for listener in order_update_listeners:
             listener(account, order, fills is not None)
-    if fills and accounts:
-        _fills_gathered.add([(account, fills) for account in accounts])
-    return len(accounts)
+    return accounts
 
 
-def _fills_tell(gathered: list[list[tuple[BrokerAccount, list]]]) -> None:
-    """Hand the gathered fills to the fill listeners at once, in the order they were told, by account."""
+def _fills_tell(fills: list[tuple[BrokerAccount, list]]) -> None:
+    """Hand the fills to the fill listeners at once, in the order they were told, by account."""
     by_account: dict[int, tuple[BrokerAccount, list]] = {}
-    for told in gathered:
-        for account, fills in told:
-            by_account.setdefault(account.pk, (account, []))[1].extend(fills)
-    for listener in fill_listeners:
-        listener(list(by_account.values()))
-
-
-_fills_gathered = background.Batch(_fills_tell)
+    for account, trades in fills:
+        by_account.setdefault(account.pk, (account, []))[1].extend(trades)
+    if by_account:
+        for listener in fill_listeners:
+            listener(list(by_account.values()))
 
 
 def kite_postback_verify(body: dict) -> BrokerAccount:

@@ -8,7 +8,6 @@ exercises the same exchange over the real wire format.
 
 import contextvars
 import functools
-import logging
 from decimal import Decimal
 
 from django.db import IntegrityError, OperationalError
@@ -30,8 +29,6 @@ from tradingplatform import background
 
 from . import engine
 from .models import PaperOrder
-
-logger = logging.getLogger(__name__)
 
 REJECTION_KINDS = {
     "tick_size": RejectKind.TICK_SIZE,
@@ -125,25 +122,17 @@ def to_broker_trade(trade) -> base.BrokerTrade:
 
 def order_announce(client_id: str, state: base.BrokerOrder, fills: list[base.BrokerTrade]) -> None:
     """A paper order change was committed: tell the platform, with the other changes committed
-    meanwhile (``orders_announce``), off the committing thread."""
+    meanwhile (``broker_orders_update``), off the committing thread."""
     _announced.add((contextvars.copy_context(), client_id, state, fills))
 
 
-def orders_announce(changes: list[tuple[contextvars.Context, str, base.BrokerOrder, list[base.BrokerTrade]]]) -> None:
-    """Give each committed change's state and fills to the platform (like a postback that carries
-    the fills), in the order they were committed, each in the context of the request or task that
-    made it (its log lines keep that request's id). One that fails is logged and the others still
-    go: the account's next monitoring run reconciles what it would have told."""
-    from brokers.services import broker_order_update
+def _announce(changes: list[tuple[contextvars.Context, str, base.BrokerOrder, list[base.BrokerTrade]]]) -> None:
+    from brokers.services import broker_orders_update
 
-    for context, client_id, state, fills in changes:
-        try:
-            context.run(broker_order_update, broker="paper", client_id=client_id, order=state, fills=fills)
-        except Exception:
-            logger.exception("paper: telling the platform of order %s failed", state.broker_order_id)
+    broker_orders_update(broker="paper", changes=changes)  # like postbacks that carry the fills
 
 
-_announced = background.Batch(orders_announce)
+_announced = background.Batch(_announce)
 
 
 def to_quote(instrument) -> base.Quote:

@@ -1,4 +1,4 @@
-"""The paper exchange tells the platform of its committed changes in batches (``adapter.orders_announce``)."""
+"""The paper exchange tells the platform of its committed changes in batches (``services.broker_orders_update``)."""
 
 import contextvars
 from decimal import Decimal
@@ -8,7 +8,6 @@ from django.utils import timezone
 
 from brokers import services
 from brokers.base import BrokerOrder
-from brokers.paper import adapter
 from tradingplatform import logs
 
 pytestmark = pytest.mark.django_db
@@ -59,7 +58,8 @@ def test_each_change_is_told_in_its_own_requests_context_and_a_failing_one_does_
         told.append((to_account.pk, state.tag, logs.current_request_id()))
 
     monkeypatch.setattr(services, "order_update_listeners", [listener])
-    adapter.orders_announce([_change("FIRST", "req-1"), _change("BAD", "req-2"), _change("LAST", "req-3")])
+    changes = [_change("FIRST", "req-1"), _change("BAD", "req-2"), _change("LAST", "req-3")]
+    services.broker_orders_update(broker="paper", changes=changes)
 
     assert told == [(account.pk, "FIRST", "req-1"), (account.pk, "LAST", "req-3")]
     assert "telling the platform of order B-BAD failed" in caplog.text
