@@ -28,15 +28,12 @@ import contextvars
 import functools
 import itertools
 import logging
-import os
-import queue
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Q, Sum
@@ -52,7 +49,7 @@ from orders.models import Order, Strategy
 from portfolio import services as portfolio
 from portfolio.broadcast import dashboard_push
 from portfolio.models import PnlSnapshot, Position
-from tradingplatform import locks, logs, metrics
+from tradingplatform import background, locks, metrics
 
 from . import presence
 from .models import AccountRun, BrokerSnapshot
@@ -102,121 +99,23 @@ def _cause(step: str, why: str) -> str:
 # --- Threads for broker calls -------------------------------------------------------------------
 
 
-class _Batch:
-    """The jobs one caller submitted, to wait for."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._pending = 0
-
-    def add(self) -> None:
-        with self._cond:
-            self._pending += 1
-
-    def done(self) -> None:
-        with self._cond:
-            self._pending -= 1
-            if not self._pending:
-                self._cond.notify_all()
-
-    def wait(self) -> None:
-        with self._cond:
-            while self._pending:
-                self._cond.wait()
-
-
-# The order in which the pool serves monitoring runs: the oldest run's jobs first.
+# The order in which the pool serves monitoring runs: the oldest run's jobs first. A run that
+# has fetched goes on to record its fills at once, instead of queueing them behind the broker
+# calls of every run that started beside it, so runs finish one after another and the threads
+# never stand idle while all runs are between their broker calls.
 _runs = itertools.count()
 _run_rank: contextvars.ContextVar[int | None] = contextvars.ContextVar("monitoring_run_rank", default=None)
-
-
-class _Pool:
-    """Up to ``MONITORING_THREADS`` threads per process, shared by the batches it runs.
-
-    A thread is started when jobs wait and none is idle, and ends (closing its database
-    connection) after ``IDLE_S`` without work, so connections are held only while cycles run.
-    Inside a transaction (tests) a job runs at once in the caller's thread instead, where
-    the transaction's rows are visible.
-
-    Jobs are served oldest run first (``accounts_monitor`` ranks its run), then in the order
-    they came: a run that has fetched goes on to record its fills at once, instead of queueing
-    them behind the broker calls of every run that started beside it, so runs finish one after
-    another and the threads never stand idle while all runs are between their broker calls.
-    """
-
-    IDLE_S = 10.0
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._reset()
-
-    def _reset(self) -> None:
-        self._pid = os.getpid()
-        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
-        self._seq = itertools.count()
-        self._queued = self._idle = self._threads = 0
-
-    _inside = threading.local()
-
-    def submit(self, batch: _Batch, fn, *args) -> None:
-        # Inline inside a transaction, and on the pool's own threads (a job waiting for jobs
-        # queued behind it could wait for ever once every thread does the same).
-        if connection.in_atomic_block or getattr(self._inside, "pool", False):
-            fn(*args)
-            return
-        batch.add()
-        with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's threads are not here
-                self._reset()
-            self._queued += 1
-            rank = _run_rank.get()
-            rank = next(_runs) if rank is None else rank
-            # (rank, seq) is unique: the batch, function and arguments are never compared. The
-            # job's log lines keep the request id (``in_this_context``).
-            self._jobs.put((rank, next(self._seq), batch, logs.in_this_context(fn), args))
-            if self._queued > self._idle and self._threads < max(1, settings.MONITORING_THREADS):
-                self._threads += 1
-                threading.Thread(target=self._work, name="monitoring-pool", daemon=True).start()
-
-    def _work(self) -> None:
-        self._inside.pool = True
-        try:
-            while True:
-                with self._lock:
-                    self._idle += 1
-                try:
-                    _rank, _seq, batch, fn, args = self._jobs.get(timeout=self.IDLE_S)
-                except queue.Empty:
-                    with self._lock:
-                        self._idle -= 1
-                        self._threads -= 1
-                    return
-                with self._lock:
-                    self._idle -= 1
-                    self._queued -= 1
-                try:
-                    # After a failed job: close a broken connection. One the failure already
-                    # closed cannot be asked (is_usable would raise); the next query reconnects.
-                    if connection.errors_occurred and connection.connection is not None and not connection.is_usable():
-                        connection.close()
-                    fn(*args)
-                except Exception:
-                    logger.exception("monitoring job %s failed", getattr(fn, "__qualname__", fn))
-                finally:
-                    batch.done()
-        finally:
-            connection.close()
-
-
-_pool = _Pool()
+_pool = background.Pool("MONITORING_THREADS", "monitoring-pool")
 
 
 def _in_pool(fn, items) -> None:
-    """``fn(item)`` for every item on the pool's threads; returns when all are done."""
-    batch = _Batch()
+    """``fn(item)`` for every item on the pool's threads, this run's rank first; returns when all
+    are done (a job that fails is logged)."""
+    jobs = background.Jobs()
+    rank = _run_rank.get()
     for item in items:
-        _pool.submit(batch, fn, item)
-    batch.wait()
+        _pool.submit(jobs, fn, item, rank=next(_runs) if rank is None else rank)
+    jobs.wait()
 
 
 def _insert(model, rows: list, **options) -> dict[int, BaseException]:

@@ -4,27 +4,23 @@ Each source ends in ``services.order_place``, with an idempotency key that makes
 (a double click, a redelivered task, a replayed signal) return the same order.
 """
 
-import functools
 import hashlib
 import logging
-import os
 import secrets
-import threading
 import time as time_module
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
-from tradingplatform import locks, logs
+from tradingplatform import background, locks
 
 from . import services
 from .models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
@@ -68,21 +64,16 @@ def _place_for(actor, account: BrokerAccount, spec: dict, quantity: int, **kwarg
     return _result(account, order=order, **extra)
 
 
-def _in_threads(jobs: list, workers: int) -> list:
-    """Run the jobs concurrently (each account's rate budget paces its own); keep their order."""
-    if workers <= 1 or len(jobs) <= 1 or connection.in_atomic_block:
-        # Inside a transaction other threads could not see its rows: run here, in order.
-        return [job() for job in jobs]
+# Placements run side by side (each account's rate budget paces its own), on threads that keep
+# their database connections while there is work: baskets' items and strategies' copies on one
+# pool, scheduled orders on another (``SCHEDULE_FIRE_PARALLELISM`` at once per process, however
+# many fire tasks a threads-pool worker runs side by side).
+_copies = background.Pool("BASKET_PARALLELISM", "placing-copies")
+_fires = background.Pool("SCHEDULE_FIRE_PARALLELISM", "placing-scheduled")
 
-    def run(job):
-        try:
-            return job()
-        finally:
-            close_old_connections()
-            connection.close()
 
-    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        return list(pool.map(run, [logs.in_this_context(job) for job in jobs]))  # keep the request id
+def _call(job):
+    return job()
 
 
 # --- Baskets ---------------------------------------------------------------------------------
@@ -174,7 +165,7 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
                     idempotency_key=f"basket:{basket.pk}:{run_token}:{account.pk}:{item.pk}",
                 )
             )
-    results = _in_threads(jobs, settings.BASKET_PARALLELISM)
+    results = _copies.map(_call, jobs)
     Basket.objects.filter(pk=basket.pk).update(last_placed_at=timezone.now(), last_results=results)
     return results
 
@@ -387,9 +378,7 @@ def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
         if early_s > 0:  # sent with an ETA; a worker whose clock runs a little ahead waits
             time_module.sleep(early_s)
         placing = _fires_take(due)
-    outcomes = _in_threads(
-        [functools.partial(_fire_place, fire) for fire in placing], settings.SCHEDULE_FIRE_PARALLELISM
-    )
+    outcomes = _fires.map(_fire_place, placing)
     _fires_record([(fire, outcome) for fire, outcome in zip(placing, outcomes, strict=True) if outcome])
     placed = {fire.pk: fire for fire in placing}
     rest = {f.pk: f for f in ScheduledFire.objects.filter(pk__in=[pk for pk in fire_ids if pk not in placed])}
@@ -436,31 +425,20 @@ def _fires_take(fire_ids: list[int]) -> list[ScheduledFire]:
     return taken
 
 
-@functools.cache
-def _placing_slots() -> threading.BoundedSemaphore:
-    """Scheduled orders placed at once in this process, whatever its tasks: each holds a database
-    connection while it places (a threads-pool worker runs several fire tasks side by side)."""
-    return threading.BoundedSemaphore(settings.SCHEDULE_FIRE_PARALLELISM)
-
-
-os.register_at_fork(after_in_child=_placing_slots.cache_clear)
-
-
 def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
     """Place one taken fire's order: (its fire's status, detail), or None when placing it failed
     unexpectedly (it stays PLACING and is sent again later)."""
     scheduled = fire.scheduled
     try:
-        with _placing_slots():
-            order = services.order_place(
-                actor=scheduled.owner,
-                account=scheduled.account,
-                **scheduled.spec(),
-                source=Order.Source.SCHEDULED,
-                scheduled=scheduled,
-                cause=f"scheduled order #{scheduled.pk} due {fire.due_at:%Y-%m-%d %H:%M:%S}",
-                idempotency_key=f"scheduled:{fire.pk}",
-            )
+        order = services.order_place(
+            actor=scheduled.owner,
+            account=scheduled.account,
+            **scheduled.spec(),
+            source=Order.Source.SCHEDULED,
+            scheduled=scheduled,
+            cause=f"scheduled order #{scheduled.pk} due {fire.due_at:%Y-%m-%d %H:%M:%S}",
+            idempotency_key=f"scheduled:{fire.pk}",
+        )
     except ValidationError as error:
         detail = " ".join(error.messages)[:255]
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
@@ -645,7 +623,7 @@ def strategy_signal(
         )
         for account in accounts
     ]
-    signal.results = _in_threads(jobs, settings.BASKET_PARALLELISM)
+    signal.results = _copies.map(_call, jobs)
     StrategySignal.objects.filter(pk=signal.pk).update(results=signal.results)
     return signal, False
 

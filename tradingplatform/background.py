@@ -16,6 +16,10 @@ where another thread could not see the rows.
 ``Batch(fn)`` gathers items for one job: ``fn`` gets every item added while its last call ran
 (one transaction for many where one per item was the cost), so the busier the process, the
 more each call takes in, and an idle one handles an item at once, alone.
+
+``Pool(setting, name)`` is different: work the caller waits for (a monitoring batch's broker
+calls, a basket's or a scheduled batch's placements), run side by side on up to ``setting``
+threads per process that keep their database connections while there is work.
 """
 
 import contextvars
@@ -23,6 +27,7 @@ import heapq
 import itertools
 import logging
 import os
+import queue
 import threading
 import time
 
@@ -153,3 +158,127 @@ class Batch:
                 self._busy = bool(self._items)
                 if self._busy:  # queued while this call is still running, so ``wait_idle`` waits for it
                     submit(self._call)
+
+
+class Jobs:
+    """The jobs one caller submitted to a ``Pool``, to wait for."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._pending = 0
+
+    def add(self) -> None:
+        with self._cond:
+            self._pending += 1
+
+    def done(self) -> None:
+        with self._cond:
+            self._pending -= 1
+            if not self._pending:
+                self._cond.notify_all()
+
+    def wait(self) -> None:
+        with self._cond:
+            while self._pending:
+                self._cond.wait()
+
+
+_in_a_pool = threading.local()
+
+
+class Pool:
+    """Up to ``settings.<setting>`` threads per process, shared by every caller in it.
+
+    A thread is started when jobs wait and none is idle, and ends (closing its database
+    connection) after ``IDLE_S`` without work: a busy process reuses its threads' connections
+    instead of connecting for every job, and holds them only while there is work. Inside a
+    transaction (tests) a job runs at once in the caller's thread instead, where the
+    transaction's rows are visible; on any pool's own thread too (a job waiting for jobs queued
+    behind it could wait for ever once every thread does the same).
+
+    Jobs are served by ``rank``, then in the order they came; without a rank, in the order they
+    came. A job keeps the request id of whoever submitted it (``logs.in_this_context``).
+    """
+
+    IDLE_S = 10.0
+
+    def __init__(self, setting: str, name: str):
+        self._setting = setting
+        self._name = name
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._queued = self._idle = self._threads = 0
+
+    def submit(self, jobs: Jobs, fn, *args, rank: int | None = None) -> None:
+        """Run ``fn(*args)`` on a pool thread; ``jobs.wait()`` returns once it is done. A job that
+        raises is logged (``map`` hands its caller the error instead)."""
+        if connection.in_atomic_block or getattr(_in_a_pool, "yes", False):
+            fn(*args)
+            return
+        jobs.add()
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's threads are not here
+                self._reset()
+            self._queued += 1
+            seq = next(self._seq)
+            # (rank, seq) is unique: the jobs, function and arguments are never compared.
+            self._jobs.put((seq if rank is None else rank, seq, jobs, logs.in_this_context(fn), args))
+            if self._queued > self._idle and self._threads < max(1, getattr(settings, self._setting)):
+                self._threads += 1
+                threading.Thread(target=self._work, name=self._name, daemon=True).start()
+
+    def map(self, fn, items, *, rank: int | None = None) -> list:
+        """``[fn(item) for item in items]``, side by side on the pool's threads. The first item's
+        error (in the items' order) is raised once all are done."""
+        items = list(items)
+        results: list = [None] * len(items)
+        errors: list = [None] * len(items)
+
+        def one(index):
+            try:
+                results[index] = fn(items[index])
+            except BaseException as error:
+                errors[index] = error
+
+        jobs = Jobs()
+        for index in range(len(items)):
+            self.submit(jobs, one, index, rank=rank)
+        jobs.wait()
+        for error in errors:
+            if error is not None:
+                raise error
+        return results
+
+    def _work(self) -> None:
+        _in_a_pool.yes = True
+        try:
+            while True:
+                with self._lock:
+                    self._idle += 1
+                try:
+                    _rank, _seq, jobs, fn, args = self._jobs.get(timeout=self.IDLE_S)
+                except queue.Empty:
+                    with self._lock:
+                        self._idle -= 1
+                        self._threads -= 1
+                    return
+                with self._lock:
+                    self._idle -= 1
+                    self._queued -= 1
+                try:
+                    # After a failed job: close a broken connection. One the failure already
+                    # closed cannot be asked (is_usable would raise); the next query reconnects.
+                    if connection.errors_occurred and connection.connection is not None and not connection.is_usable():
+                        connection.close()
+                    fn(*args)
+                except Exception:
+                    logger.exception("%s job %s failed", self._name, getattr(fn, "__qualname__", fn))
+                finally:
+                    jobs.done()
+        finally:
+            connection.close()

@@ -7,7 +7,6 @@ import time as clock
 from decimal import Decimal
 
 import pytest
-from django.test import override_settings
 
 from accounts.tests.factories import make_kite_account
 from brokers.paper import engine
@@ -267,36 +266,6 @@ def test_when_the_batch_cannot_record_its_fills_each_account_records_its_own(
     assert Trade.objects.filter(account=account).count() == 1
     assert theirs.status == AccountRun.Status.ERRORS and [e["step"] for e in theirs.errors] == ["2_pnl"]
     assert not Trade.objects.filter(account=their_account).exists()
-
-
-def test_the_pool_serves_the_oldest_run_first():
-    """A run that has fetched records its fills before a newer run's broker calls (which would
-    otherwise hold every thread), so runs finish one after another."""
-    import threading
-
-    started, release, order = threading.Event(), threading.Event(), []
-
-    def blocker(_):
-        started.set()
-        release.wait(10)
-
-    def job(name):
-        order.append(name)
-
-    batch = cycle._Batch()
-    with override_settings(MONITORING_THREADS=1):
-        cycle._pool.submit(batch, blocker, None)  # the one thread is busy
-        assert started.wait(10)
-        for rank, names in ((7, ["newer fetch 1", "newer fetch 2"]), (3, ["older record"]), (7, ["newer 3"])):
-            ranked = cycle._run_rank.set(rank)
-            try:
-                for name in names:
-                    cycle._pool.submit(batch, job, name)
-            finally:
-                cycle._run_rank.reset(ranked)
-        release.set()
-        batch.wait()
-    assert order == ["older record", "newer fetch 1", "newer fetch 2", "newer 3"]
 
 
 def test_a_locked_or_failing_account_leaves_the_rest_of_the_batch_alone(account, their_account):

@@ -329,7 +329,6 @@ def test_fire_tasks_side_by_side_place_at_most_the_parallelism_at_once(trader, a
     from orders import services
 
     settings.SCHEDULE_FIRE_PARALLELISM = 2
-    sources._placing_slots.cache_clear()  # made again with this setting
     rows = [make_scheduled(trader, account) for _ in range(8)]
     sources.scheduled_claim_due(now=rows[0].next_run_at + timedelta(seconds=1))
     ids = sorted(ScheduledFire.objects.values_list("pk", flat=True))
@@ -355,13 +354,10 @@ def test_fire_tasks_side_by_side_place_at_most_the_parallelism_at_once(trader, a
 
     monkeypatch.setattr(services, "order_place", order_place)
     tasks = [threading.Thread(target=task, args=(ids[k::2],)) for k in range(2)]
-    try:
-        for thread in tasks:
-            thread.start()
-        for thread in tasks:
-            thread.join()
-    finally:
-        sources._placing_slots.cache_clear()  # the next tests' setting
+    for thread in tasks:
+        thread.start()
+    for thread in tasks:
+        thread.join()
     assert at_once["most"] == 2
     assert set(ScheduledFire.objects.values_list("status", flat=True)) == {"placed"}
     assert Order.objects.filter(scheduled__in=rows).count() == 8

@@ -1,8 +1,12 @@
-"""Background work: ``Batch`` gathers the items added while its last call ran into its next call."""
+"""Background work: ``Batch`` gathers the items added while its last call ran into its next call;
+``Pool`` runs the work its callers wait for on threads that keep their database connections."""
 
 import threading
 
 import pytest
+from django.db import connection
+from django.db.backends.signals import connection_created
+from django.test import override_settings
 
 from tradingplatform import background, logs
 
@@ -112,3 +116,103 @@ def test_inside_a_transaction_the_item_is_handled_at_once_in_the_callers_thread(
     background.Batch(fn).add("now")
     assert fn.calls == [["now"]]
     assert fn.threads == {threading.current_thread().name}
+
+
+# --- Pool ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pool():
+    return background.Pool("MONITORING_THREADS", "test-pool")
+
+
+def test_the_pool_serves_jobs_by_rank_then_in_the_order_they_came(pool):
+    """(The monitoring cycle ranks its runs: an older run's jobs before a newer run's broker calls.)"""
+    started, release, order = threading.Event(), threading.Event(), []
+
+    def blocker(_):
+        started.set()
+        release.wait(10)
+
+    jobs = background.Jobs()
+    with override_settings(MONITORING_THREADS=1):
+        pool.submit(jobs, blocker, None, rank=1)  # the one thread is busy
+        assert started.wait(10)
+        for rank, names in ((7, ["newer fetch 1", "newer fetch 2"]), (3, ["older record"]), (7, ["newer 3"])):
+            for name in names:
+                pool.submit(jobs, order.append, name, rank=rank)
+        release.set()
+        jobs.wait()
+    assert order == ["older record", "newer fetch 1", "newer fetch 2", "newer 3"]
+
+
+def test_map_keeps_the_items_order_runs_side_by_side_and_keeps_the_request_id(pool):
+    running, most, lock, barrier = [0], [0], threading.Lock(), threading.Barrier(3, timeout=10)
+
+    def square(n):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        if n < 3:
+            barrier.wait()  # the first three only finish once all three run at once
+        with lock:
+            running[0] -= 1
+        return n * n, logs.current_request_id(), threading.current_thread().name
+
+    token = logs.request_id_var.set("req-pool")
+    try:
+        with override_settings(MONITORING_THREADS=3):
+            results = pool.map(square, range(6))
+    finally:
+        logs.request_id_var.reset(token)
+    assert [r[0] for r in results] == [0, 1, 4, 9, 16, 25]
+    assert {r[1] for r in results} == {"req-pool"}
+    assert {r[2] for r in results} == {"test-pool"}
+    assert most[0] == 3
+
+
+def test_map_raises_the_first_items_error_after_every_item_ran(pool):
+    ran = []
+
+    def job(n):
+        ran.append(n)
+        if n in (2, 4):
+            raise ValueError(f"item {n}")
+        return n
+
+    with pytest.raises(ValueError, match="item 2"):
+        pool.map(job, range(6))
+    assert sorted(ran) == list(range(6))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_thread_keeps_its_database_connection_between_jobs(pool):
+    """What the pool is for: a busy process does not connect to the database for every job."""
+    connected = []
+
+    def count(sender, connection, **kwargs):
+        connected.append(threading.current_thread().name)
+
+    def query(_):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+    connection_created.connect(count)
+    try:
+        with override_settings(MONITORING_THREADS=1):
+            for _ in range(3):
+                pool.map(query, [1, 2])
+    finally:
+        connection_created.disconnect(count)
+    assert connected == ["test-pool"]
+
+
+@pytest.mark.django_db
+def test_inside_a_transaction_a_pool_job_runs_in_the_callers_thread(pool):
+    assert pool.map(lambda _: threading.current_thread().name, [1, 2]) == [threading.current_thread().name] * 2
+
+
+def test_a_job_on_a_pool_thread_runs_its_own_jobs_inline(pool):
+    """A job that waits for jobs of its own (a basket placed from a pool thread) cannot wait for ever."""
+    with override_settings(MONITORING_THREADS=1):
+        assert pool.map(lambda n: pool.map(lambda m: m + 1, [n, n]), [1, 5]) == [[2, 2], [6, 6]]

@@ -1,0 +1,185 @@
+"""Where one API order's cost goes, in this process: CPU and statements per order.
+
+Places orders through the WSGI application in this process (the whole middleware stack, the
+API, the order service, the paper exchange), on the same fixtures as ``bench/order_api.py``
+(MariaDB with durable commits, Redis), and prints per order: Python CPU, MariaDB CPU, SQL
+statements by kind, commits, and Redis commands. ``--list`` prints one order's statements in the
+order they ran (the placing thread's and the background threads' alike). ``--threads N`` places
+from N threads at once, as a server's threads would.
+
+These are not figures of the issue (``bench/order_api.py`` measures those, through real servers);
+they are what to compare before and after a change of the order path, far steadier than a
+throughput figure on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import harness  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    harness.add_database_options(p, db_name="bench_order_profile", redis_db=5)
+    p.add_argument("--accounts", type=int, default=200)
+    p.add_argument("--orders", type=int, default=600)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--list", action="store_true", help="print one order's statements")
+    return p.parse_args(argv)
+
+
+class Statements:
+    """Every statement this process sends, counted by its first word (and listed when asked)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.kinds = collections.Counter()
+        self.listing: list[str] | None = None
+
+    def __call__(self, execute, sql, params, many, context):
+        kind = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"
+        with self.lock:
+            self.kinds[kind] += 1
+            if self.listing is not None:
+                self.listing.append(f"{threading.current_thread().name[:12]:12} {sql[:150]}")
+        return execute(sql, params, many, context)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from bench import order_api
+
+    env = harness.bench_env(args, CONN_MAX_AGE="60", CACHE_KEY_PREFIX="benchprofile", CELERY_QUEUE="bench_profile")
+    order_api.prepare_database(argparse.Namespace(mysql=args.mysql, db_name=args.db_name, keep_db=False))
+    harness.flush_redis(args.redis_url)
+    harness.django_setup(env)
+
+    import redis
+    from django.db import connection, connections
+    from django.db.backends.signals import connection_created
+    from django.test import Client
+
+    from tradingplatform import background
+
+    statements = Statements()
+
+    def wrap(sender, connection, **kwargs):
+        if statements not in connection.execute_wrappers:
+            connection.execute_wrappers.append(statements)
+
+    connection_created.connect(wrap)
+    traders = order_api.seed(
+        argparse.Namespace(
+            accounts=args.accounts, scheduled=0, scheduled_accounts=0, db_name=args.db_name, keep_db=False
+        )
+    )
+    symbols = order_api.instruments()
+    maker = order_api.OrderMaker(traders, symbols, f"p{int(time.time())}")
+    r = redis.Redis.from_url(args.redis_url)
+
+    def body_of(i):
+        key, raw = maker.make("profile", i)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        token = [line for line in head.decode().split("\r\n") if line.startswith("Authorization:")][0]
+        return key, token.split(" ", 2)[2], body
+
+    def place(client, i):
+        key, token, body = body_of(i)
+        response = client.post(
+            "/api/v1/orders",
+            data=body,
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key},
+        )
+        if response.status_code not in (200, 201):
+            raise SystemExit(f"order {i}: {response.status_code} {response.content[:300]!r}")
+
+    def run(start, count):
+        per_thread = count // args.threads
+
+        def worker(t):
+            client = Client(SERVER_NAME=harness.HOST)
+            for i in range(start + t * per_thread, start + (t + 1) * per_thread):
+                place(client, i)
+            connections.close_all()
+
+        threads = [threading.Thread(target=worker, args=(t,), name=f"placer-{t}") for t in range(args.threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        background.drain() if hasattr(background, "drain") else time.sleep(0.5)
+        return per_thread * args.threads
+
+    run(0, args.warmup)
+    time.sleep(1)
+    if args.list:
+        statements.listing = []
+        place(Client(SERVER_NAME=harness.HOST), args.warmup)
+        time.sleep(1)
+        print("\n".join(statements.listing))
+        statements.listing = None
+
+    def mariadb_status():
+        cur = harness.mysql_connect(args.mysql).cursor()
+        cur.execute("SHOW GLOBAL STATUS")
+        return {k: int(v) for k, v in cur.fetchall() if v.isdigit()}
+
+    statements.kinds.clear()
+    redis_before = r.info("commandstats")
+    status_before = mariadb_status()
+    db_cpu, cpu, wall = harness.mariadb_cpu_seconds(), time.process_time(), time.perf_counter()
+    n = run(args.warmup + 1, args.orders)
+    time.sleep(1.0)  # the fills' bookkeeping on the background threads
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall - 1.0
+    db_cpu = harness.mariadb_cpu_seconds() - db_cpu
+    status_after = mariadb_status()
+    redis_after = r.info("commandstats")
+    redis_calls = sum(v["calls"] for v in redis_after.values()) - sum(v["calls"] for v in redis_before.values())
+
+    def delta(name):
+        return (status_after.get(name, 0) - status_before.get(name, 0)) / n
+
+    print(
+        json.dumps(
+            {
+                "orders": n,
+                "threads": args.threads,
+                "python_cpu_ms_per_order": round(cpu / n * 1000, 2),
+                "mariadb_cpu_ms_per_order": round(db_cpu / n * 1000, 2),
+                "wall_ms_per_order": round(wall / n * 1000, 2),
+                "statements_per_order": round(sum(statements.kinds.values()) / n, 2),
+                "by_kind": {k: round(v / n, 2) for k, v in statements.kinds.most_common()},
+                "mariadb_commits_per_order": round(delta("Com_commit"), 2),
+                "mariadb_fsyncs_per_order": round(delta("Innodb_data_fsyncs"), 2),
+                "mariadb_questions_per_order": round(delta("Questions"), 2),
+                "mariadb_com_per_order": {
+                    name.removeprefix("Com_").lower(): round(delta(name), 2)
+                    for name in sorted(status_after)
+                    if name.startswith("Com_") and delta(name) >= 0.05
+                },
+                "redis_commands_per_order": round(redis_calls / n, 2),
+                "redis_by_command": {
+                    name.removeprefix("cmdstat_"): round((v["calls"] - redis_before.get(name, {}).get("calls", 0)) / n, 2)
+                    for name, v in sorted(redis_after.items())
+                    if v["calls"] != redis_before.get(name, {}).get("calls", 0)
+                },
+            },
+            indent=1,
+        )
+    )
+    order_api.drop_database(args)
+
+
+if __name__ == "__main__":
+    main()
