@@ -124,6 +124,15 @@ class OrderModifyForm(forms.Form):
         compatible = STOP_TYPES if order.order_type in STOP_TYPES else PLAIN_TYPES
         self.fields["order_type"].choices = [(value, label) for value, label in ORDER_TYPES if value in compatible]
 
+    def clean(self):
+        # The page hides the prices the chosen type takes none of; what they still hold is not sent.
+        data = super().clean()
+        if data.get("order_type") not in ("LIMIT", "SL"):
+            data["price"] = None
+        if data.get("order_type") not in ("SL", "SL-M"):
+            data["trigger_price"] = None
+        return data
+
 
 class OrderFilterForm(forms.Form):
     STATUS_CHOICES = [("", "Any status"), ("open", "Open (not final)"), *Order.Status.choices]

@@ -105,33 +105,48 @@ def request_hash(account, instrument, side, quantity, order_type, product, valid
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()
 
 
+# What the order columns hold on every database: a larger value is an error naming the field.
+MAX_QUANTITY = 2**31 - 1  # PositiveIntegerField
+MAX_PRICE = Decimal(10**12)  # DecimalField(max_digits=14, decimal_places=2)
+PRICE_PLACES = Decimal("0.01")
+
+
 def _decimal(value, field: str) -> Decimal | None:
     if value in (None, ""):
         return None
+    if isinstance(value, bool):
+        raise ValidationError({field: "Enter a number."})
     try:
         result = Decimal(str(value))
     except ArithmeticError:
         raise ValidationError({field: "Enter a number."}) from None
     if not result.is_finite():
         raise ValidationError({field: "Enter a number."})
+    if abs(result) >= MAX_PRICE:
+        raise ValidationError({field: f"Must be below {MAX_PRICE:,}."})
     return result
 
 
 def positive_quantity(value) -> int:
-    """A quantity as a whole number above 0, or a ValidationError naming ``quantity``."""
+    """A quantity as a whole number above 0 (1.9 is refused, not cut to 1), or a ValidationError
+    naming ``quantity``."""
+    if isinstance(value, bool):
+        raise ValidationError({"quantity": "Enter a whole number."})
     try:
-        quantity = int(value)
-    except (TypeError, ValueError):
+        number = Decimal(str(value).strip())
+    except ArithmeticError:
         raise ValidationError({"quantity": "Enter a whole number."}) from None
-    if quantity <= 0:
+    if not number.is_finite() or number != number.to_integral_value():
+        raise ValidationError({"quantity": "Enter a whole number."})
+    if number <= 0:
         raise ValidationError({"quantity": "Quantity must be greater than 0."})
-    return quantity
+    if number > MAX_QUANTITY:
+        raise ValidationError({"quantity": f"At most {MAX_QUANTITY:,}."})
+    return int(number)
 
 
-def order_check(
+def spec_check(
     *,
-    actor,
-    account: BrokerAccount,
     instrument: Instrument | None,
     side: str,
     quantity,
@@ -140,12 +155,13 @@ def order_check(
     validity: str = "DAY",
     price=None,
     trigger_price=None,
-) -> Checked:
-    """Every rule an order must meet before it may be sent. Raises ValidationError naming the field."""
-    if account is None or account.owner_id != actor.pk:
-        raise ValidationError({"account": "No such broker account."})
-    if not account.is_active:
-        raise ValidationError({"account": f"{account.label} is deactivated."})
+    whole_lots: bool = True,
+) -> tuple[int, Decimal | None, Decimal | None]:
+    """The rules an order's own fields must meet, whatever account it goes to: the choices, the
+    quantity (in whole lots unless ``whole_lots`` is off: a basket item's or a signal's quantity
+    is rounded down to lots per account), the price and trigger rules of its type, the tick size.
+    Returns (quantity, price, trigger price) as the order stores them. Raises ValidationError
+    naming the field."""
     if instrument is None:
         raise ValidationError({"instrument": "No such instrument."})
     if side not in ("BUY", "SELL"):
@@ -156,12 +172,10 @@ def order_check(
         raise ValidationError({"validity": "Choose DAY or IOC."})
     if product not in ("CNC", "MIS", "NRML"):
         raise ValidationError({"product": "Choose CNC, MIS or NRML."})
-    if product not in account.allowed_products:
-        raise ValidationError({"product": f"{product} is not allowed on {account.label}."})
     if product == "CNC" and instrument.instrument_type != "EQ":
         raise ValidationError({"product": "CNC is for equity delivery; use NRML or MIS for derivatives."})
     quantity = positive_quantity(quantity)
-    if quantity % instrument.lot_size:
+    if whole_lots and quantity % instrument.lot_size:
         raise ValidationError({"quantity": f"Quantity must be a multiple of the lot size, {instrument.lot_size}."})
     price = _decimal(price, "price")
     trigger_price = _decimal(trigger_price, "trigger_price")
@@ -186,6 +200,49 @@ def order_check(
             raise ValidationError({"price": "A sell stop-loss limit price must be at or below its trigger."})
     elif trigger_price is not None:
         raise ValidationError({"trigger_price": f"A {order_type} order takes no trigger price."})
+    return quantity, _as_stored(price, "price"), _as_stored(trigger_price, "trigger_price")
+
+
+def _as_stored(value: Decimal | None, field: str) -> Decimal | None:
+    """A price as its column holds it (two places): "1E+3" is 1000.00 in every answer."""
+    if value is None:
+        return None
+    stored = value.quantize(PRICE_PLACES)
+    if stored != value:
+        raise ValidationError({field: "At most two decimal places."})
+    return stored
+
+
+def order_check(
+    *,
+    actor,
+    account: BrokerAccount,
+    instrument: Instrument | None,
+    side: str,
+    quantity,
+    order_type: str,
+    product: str,
+    validity: str = "DAY",
+    price=None,
+    trigger_price=None,
+) -> Checked:
+    """Every rule an order must meet before it may be sent. Raises ValidationError naming the field."""
+    if account is None or account.owner_id != actor.pk:
+        raise ValidationError({"account": "No such broker account."})
+    if not account.is_active:
+        raise ValidationError({"account": f"{account.label} is deactivated."})
+    quantity, price, trigger_price = spec_check(
+        instrument=instrument,
+        side=side,
+        quantity=quantity,
+        order_type=order_type,
+        product=product,
+        validity=validity,
+        price=price,
+        trigger_price=trigger_price,
+    )
+    if product not in account.allowed_products:
+        raise ValidationError({"product": f"{product} is not allowed on {account.label}."})
     if account.max_quantity is not None and quantity > account.max_quantity:
         raise ValidationError({"quantity": f"Above this account's limit of {account.max_quantity}."})
     if account.max_order_value is not None:
@@ -673,6 +730,10 @@ def order_modify(
     if (new_type in ("SL", "SL-M")) != (order.order_type in ("SL", "SL-M")):
         raise OrderActionRefused("A stop order stays a stop order, a plain one plain.", field="order_type")
     keep = lambda value, current: current if value in (None, "") else value  # noqa: E731
+    if price not in (None, "") and new_type not in ("LIMIT", "SL"):
+        raise ValidationError({"price": f"A {new_type} order takes no price."})
+    if trigger_price not in (None, "") and new_type not in ("SL", "SL-M"):
+        raise ValidationError({"trigger_price": f"A {new_type} order takes no trigger price."})
     checked = order_check(
         actor=actor,
         account=order.account,
@@ -710,14 +771,11 @@ def order_modify(
         "trigger_price": checked.trigger_price,
     }
     with transaction.atomic():
-        # Only while still open: a fill or cancel that landed meanwhile is not overwritten.
-        if not Order.objects.filter(pk=order.pk, status__in=Order.AT_BROKER).update(
-            updated_at=timezone.now(), **fields
-        ):
-            order.refresh_from_db()
-            raise OrderActionRefused(f"The order became {order.get_status_display()} before the change applied.")
-        for name, value in fields.items():
-            setattr(order, name, value)
+        # The broker took the change, so it holds whatever happened next: a fill it caused (a
+        # modify to MARKET, a price moved across the market) may already be recorded, and the
+        # order is then filled as changed. Only the changed fields are written, never the status.
+        Order.objects.filter(pk=order.pk).update(updated_at=timezone.now(), **fields)
+        order.refresh_from_db()
         _event(
             order,
             "modified",
@@ -725,7 +783,6 @@ def order_modify(
             from_status=order.status,
             data={k: str(v) for k, v in vars(change).items() if v is not None},
         )
-    order.refresh_from_db()
     _broadcast(order)
     _queue_sync(order)
     return order

@@ -41,7 +41,8 @@ class AccountsField(forms.ModelMultipleChoiceField):
 
 class OrderSpecForm(forms.Form):
     instrument = InstrumentField()
-    side = forms.ChoiceField(choices=SIDES)
+    # Each choice starts at what its select shows first, so a blank row left as it is has not changed.
+    side = forms.ChoiceField(choices=SIDES, initial="BUY")
     quantity = forms.IntegerField(min_value=1)
     order_type = forms.ChoiceField(choices=ORDER_TYPES, initial="MARKET")
     product = forms.ChoiceField(choices=PRODUCTS, initial="MIS")

@@ -43,6 +43,20 @@ def _basket_initial(basket) -> list[dict]:
     ]
 
 
+def _apply_item_errors(form, item_forms, error: ValidationError) -> None:
+    """The service's ``items.<n>.<field>`` errors on that row's field; the rest on the form."""
+    rest = {}
+    for key, messages in error.message_dict.items():
+        index, _, field = key.removeprefix("items.").partition(".")
+        if key.startswith("items.") and index.isdigit() and int(index) < len(item_forms):
+            row = item_forms[int(index)]
+            row.add_error(field if field in row.fields else None, messages)
+        else:
+            rest[key] = messages
+    if rest:
+        apply_validation_error(form, ValidationError(rest))
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def basket_edit(request, pk=None):
@@ -51,17 +65,17 @@ def basket_edit(request, pk=None):
     form = BasketForm(request.POST or None, initial=initial, user=request.user)
     items = BasketItemFormSet(request.POST or None, initial=_basket_initial(basket) if basket else None, prefix="items")
     if request.method == "POST" and form.is_valid() and items.is_valid():
-        rows = [item.spec() for item in items if item.cleaned_data and not item.cleaned_data.get("DELETE")]
+        kept = [item for item in items if item.cleaned_data and not item.cleaned_data.get("DELETE")]
         try:
             saved = sources.basket_save(
                 owner=request.user,
                 basket=basket,
                 name=form.cleaned_data["name"],
-                items=rows,
+                items=[item.spec() for item in kept],
                 account_ids=[account.pk for account in form.cleaned_data["accounts"]],
             )
         except ValidationError as exc:
-            apply_validation_error(form, exc)
+            _apply_item_errors(form, kept, exc)
         else:
             messages.success(request, f"Saved basket {saved.name}.")
             return redirect("sources:basket_detail", saved.pk)
@@ -82,8 +96,10 @@ def basket_detail(request, pk):
                 basket=basket, actor=request.user, run_token=f"ui:{form.cleaned_data['token']}", account_ids=account_ids
             )
         except ValidationError as exc:
-            apply_validation_error(form, exc)
-        form = BasketPlaceForm(initial={"token": uuid.uuid4().hex}, user=request.user)
+            apply_validation_error(form, exc)  # nothing was placed: the form shows why, as sent
+        else:
+            basket.refresh_from_db()  # its time of placing
+            form = BasketPlaceForm(initial={"token": uuid.uuid4().hex}, user=request.user)
     context = {"basket": basket, "form": form, "results": results if results is not None else basket.last_results}
     return render(request, "orders/basket_detail.html", context)
 

@@ -4,13 +4,14 @@ Each source ends in ``services.order_place``, with an idempotency key that makes
 (a double click, a redelivered task, a replayed signal) return the same order.
 """
 
+import functools
 import hashlib
 import logging
 import secrets
 import time as time_module
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -87,18 +88,29 @@ def _clean_items(items: list[dict]) -> list[dict]:
         instrument = item.get("instrument")
         if not isinstance(instrument, Instrument):
             raise ValidationError({f"items.{index}.instrument": "No such instrument."})
-        row = BasketItem(
-            instrument=instrument,
-            side=item.get("side", ""),
-            quantity=item.get("quantity") or 0,
-            order_type=item.get("order_type", "MARKET"),
-            product=item.get("product", "MIS"),
-            validity=item.get("validity", "DAY"),
-            price=item.get("price") or None,
-            trigger_price=item.get("trigger_price") or None,
-            position=index,
-        )
-        try:
+        spec = {
+            "side": item.get("side", ""),
+            "order_type": item.get("order_type", "MARKET"),
+            "product": item.get("product", "MIS"),
+            "validity": item.get("validity", "DAY"),
+        }
+        try:  # the rules of the item's own fields now, not first when it is placed
+            quantity, price, trigger_price = services.spec_check(
+                instrument=instrument,
+                quantity=item.get("quantity"),
+                price=item.get("price"),
+                trigger_price=item.get("trigger_price"),
+                whole_lots=False,  # rounded down to lots per account, after its multiplier
+                **spec,
+            )
+            row = BasketItem(
+                instrument=instrument,
+                quantity=quantity,
+                price=price,
+                trigger_price=trigger_price,
+                position=index,
+                **spec,
+            )
             row.full_clean(exclude=["basket"])
         except ValidationError as error:
             field, messages = next(iter(error.message_dict.items()))
@@ -175,11 +187,19 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
 TRADING_DAYS = [0, 1, 2, 3, 4]  # Monday to Friday (exchange holidays are not modelled)
 
 
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def _zone(name: str) -> ZoneInfo:
+    """An IANA zone by name ("localtime" and file paths are not zones: the time would depend on the server)."""
+    if name not in _zone_names():
+        raise ValidationError({"timezone": "Unknown timezone; use an IANA name such as Asia/Kolkata."})
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationError({"timezone": "Unknown timezone."}) from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValidationError({"timezone": "Unknown timezone; use an IANA name such as Asia/Kolkata."}) from None
 
 
 def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | None:
@@ -196,6 +216,9 @@ def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | No
         if day.weekday() in days and due > after:
             return due
     return None
+
+
+SCHEDULE_MAX_YEARS_AHEAD = 10
 
 
 def scheduled_save(
@@ -220,6 +243,18 @@ def scheduled_save(
         raise ValidationError({"weekdays": "Choose at least one weekday."})
     if recurrence not in ScheduledOrder.Recurrence.values:
         raise ValidationError({"recurrence": "Choose once, every trading day or chosen weekdays."})
+    zone = _zone(timezone_name)
+    if recurrence == ScheduledOrder.Recurrence.ONCE:
+        if run_on > timezone.now().date() + timedelta(days=366 * SCHEDULE_MAX_YEARS_AHEAD):
+            raise ValidationError({"run_on": f"Choose a date within {SCHEDULE_MAX_YEARS_AHEAD} years."})
+        wall = datetime.combine(run_on, time_of_day, tzinfo=zone)
+        if wall.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != wall.replace(tzinfo=None):
+            skipped = f"{time_of_day:%H:%M} does not exist on {run_on} in {timezone_name} (the clocks skip it)."
+            raise ValidationError({"time_of_day": skipped})
+    if scheduled is not None and scheduled.status == ScheduledOrder.Status.CANCELLED:
+        raise ValidationError(
+            {"scheduled": ValidationError("This scheduled order is cancelled; create a new one.", code="conflict")}
+        )
     row = scheduled or ScheduledOrder(owner=owner)
     row.account = account
     for name, value in spec.items():
@@ -581,13 +616,22 @@ def strategy_signal(
     existing = StrategySignal.objects.filter(strategy=strategy, signal_id=signal_id).first()
     if existing is not None:
         return existing, True
-    # A refused signal leaves no trace, so the same id can be sent again once corrected.
-    if instrument is None:
-        raise ValidationError({"instrument": "No such instrument."})
+    # A refused signal leaves no trace, so the same id can be sent again once corrected: what
+    # every account's order must meet is checked before the id is taken (each account's own
+    # rules, its products and limits, are its placement's result).
+    quantity, price, trigger_price = services.spec_check(
+        instrument=instrument,
+        side=side,
+        quantity=quantity,
+        order_type=order_type,
+        product=product,
+        price=price,
+        trigger_price=trigger_price,
+        whole_lots=False,  # rounded down to lots per account, after its multiplier
+    )
     accounts = list(strategy.accounts.filter(is_active=True))
     if not accounts:
         raise ValidationError({"strategy": "This strategy has no active accounts."})
-    quantity = services.positive_quantity(quantity)
     payload = {
         "instrument": str(instrument),
         "side": side,
@@ -647,13 +691,16 @@ def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, b
         raise ValidationError({"timestamp": "Send the time of the alert (seconds since the epoch)."}) from None
     if abs((timezone.now() - sent_at).total_seconds()) > settings.WEBHOOK_MAX_AGE_S:
         raise PermissionError("stale or future timestamp")
+    signal_id = body.get("id")
+    if isinstance(signal_id, bool) or not isinstance(signal_id, str | int):
+        raise ValidationError({"signal_id": "Give each signal a unique id (a string)."})
     symbol = str(body.get("symbol") or "")
     exchange, _, tradingsymbol = symbol.partition(":")
     instrument = instrument_by_symbol(exchange, tradingsymbol)
     return strategy_signal(
         strategy=strategy,
         actor=strategy.owner,
-        signal_id=str(body.get("id") or ""),
+        signal_id=str(signal_id),
         via="webhook",
         instrument=instrument,
         side=str(body.get("side") or body.get("action") or "").upper(),

@@ -11,7 +11,6 @@ import logging
 from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 
 from accounts.utils import client_ip
 from tradingplatform.errors import first_error
@@ -25,9 +24,16 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> Js
     return JsonResponse({"error": {"code": code, "message": message, "field": field}}, status=status)
 
 
+# The service's names for the alert's fields.
+FIELD_NAMES = {"instrument": "symbol", "signal_id": "id"}
+
+
 @csrf_exempt
-@require_POST
 def strategy_signal(request, pk):
+    if request.method != "POST":
+        response = _error(405, "method_not_allowed", "POST the alert's JSON here.")
+        response["Allow"] = "POST"
+        return response
     try:
         body = json.loads(request.body or b"{}")
         if not isinstance(body, dict):
@@ -41,7 +47,10 @@ def strategy_signal(request, pk):
         return _error(403, "forbidden", "Unknown strategy, wrong secret, or a timestamp too far from now.")
     except ValidationError as exc:
         field, message, _code = first_error(exc)
-        return _error(422, "invalid", message, field)
+        return _error(422, "invalid", message, FIELD_NAMES.get(field, field))
+    except Exception:
+        logger.exception("webhook for strategy %s failed", pk)
+        return _error(500, "internal", "The alert could not be handled.")
     return JsonResponse(
         {"signal": signal.signal_id, "replayed": replayed, "results": signal.results}, status=200 if replayed else 201
     )

@@ -3,6 +3,8 @@
 Every error answers ``{"error": {"code": ..., "message": ..., "field": ...}}``.
 """
 
+import logging
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from ninja import NinjaAPI
@@ -16,6 +18,8 @@ from orders.api import router as orders_router
 from orders.services import OrderActionRefused
 
 from .errors import first_error
+
+logger = logging.getLogger(__name__)
 
 # The answers every operation can give besides its own: the handlers below produce them.
 ERROR_SCHEMA = {
@@ -136,6 +140,13 @@ HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conf
 @api.exception_handler(HttpError)
 def on_http_error(request, exc):
     return error_response(request, exc.status_code, HTTP_CODES.get(exc.status_code, "error"), str(exc))
+
+
+@api.exception_handler(Exception)
+def on_unexpected(request, exc):
+    """A bug or an outage: logged with its traceback, answered in the one shape."""
+    logger.exception("API %s %s failed", request.method, request.path, exc_info=exc)
+    return error_response(request, 500, "internal", "Something went wrong on our side; the error was logged.")
 
 
 api.add_router("/", accounts_router)

@@ -262,13 +262,33 @@ def test_a_repeat_key_returns_the_order_even_after_the_account_changed(trader, a
         place(trader, account, idempotency_key="k-3")
 
 
-def test_a_modify_that_loses_the_race_to_a_fill_changes_nothing(trader, account):
+def test_a_modify_that_fills_the_order_at_once_is_recorded_as_made(trader, account, monkeypatch):
+    """Modified to MARKET, a resting order fills as the broker takes the change; the fill can be
+    recorded before the change is: the order is still the changed one, filled, with its event."""
+    modify = AccountBroker.modify_order
+
+    def modify_then_fill_recorded(self, broker_order_id, change):
+        modify(self, broker_order_id, change)  # the exchange fills it on arrival ...
+        services.orders_sync_account(account=account, cause="the fill's update")  # ... told first
+
+    order = place(trader, account, order_type="LIMIT", price="1400", quantity=2)
+    monkeypatch.setattr(AccountBroker, "modify_order", modify_then_fill_recorded)
+    changed = services.order_modify(order=order, actor=trader, cause="test", order_type="MARKET")
+    assert changed.status == Order.Status.FILLED and changed.filled_quantity == 2
+    assert changed.order_type == "MARKET" and changed.price is None
+    assert events(changed)[-1] == "modified"
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).status == "COMPLETE"
+
+
+def test_a_modify_refuses_a_price_its_order_type_takes_none_of(trader, account):
     order = place(trader, account, order_type="LIMIT", price="1400")
-    Order.objects.filter(pk=order.pk).update(status=Order.Status.FILLED)  # a reconcile landed first
-    with pytest.raises(services.OrderActionRefused):
-        services.order_modify(order=order, actor=trader, cause="test", price="1401")
+    with pytest.raises(ValidationError) as error:
+        services.order_modify(order=order, actor=trader, cause="test", trigger_price="1390")
+    assert error.value.message_dict == {"trigger_price": ["A LIMIT order takes no trigger price."]}
+    with pytest.raises(ValidationError, match="A MARKET order takes no price"):
+        services.order_modify(order=order, actor=trader, cause="test", order_type="MARKET", price="1401")
     order.refresh_from_db()
-    assert order.price == D("1400") and "modified" not in events(order)
+    assert order.order_type == "LIMIT" and "modified" not in events(order)
 
 
 def test_a_placement_overtaken_by_reconciliation_answers_with_the_order_as_it_is(trader, account):

@@ -174,3 +174,51 @@ def test_names_are_escaped(trader_client, trader, account):
     sources.strategy_save(owner=trader, name="<script>alert(1)</script>", account_ids=[account.pk])
     page = trader_client.get(reverse("sources:strategy_list")).content.decode()
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+
+
+def test_a_basket_saves_with_its_blank_row_left_as_it_is(trader_client, trader, account):
+    """The edit page's extra row posts its selects' first choices; untouched, it is not an item."""
+    basket = sources.basket_save(
+        owner=trader,
+        name="Old",
+        account_ids=[account.pk],
+        items=[{"instrument": instrument(), "side": "BUY", "quantity": 1}],
+    )
+    blank = {
+        "items-TOTAL_FORMS": "2",
+        "items-INITIAL_FORMS": "1",
+        "items-0-quantity": "1",
+        "items-1-instrument": "",
+        "items-1-side": "BUY",
+        "items-1-quantity": "",
+        "items-1-order_type": "MARKET",
+        "items-1-product": "MIS",
+        "items-1-price": "",
+        "items-1-trigger_price": "",
+    }
+    data = {k: v for k, v in basket_form(account, name="Renamed", **blank).items() if not k.startswith("items-1-price")}
+    data["items-1-price"] = ""
+    response = trader_client.post(reverse("sources:basket_edit", args=[basket.pk]), data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    basket.refresh_from_db()
+    assert basket.name == "Renamed" and basket.items.count() == 1
+
+
+def test_a_basket_items_bad_price_is_shown_on_its_row(trader_client, account):
+    response = trader_client.post(
+        reverse("sources:basket_create"), basket_form(account, **{"items-1-price": "26000.03"})
+    )
+    page = response.content.decode()
+    assert response.status_code == 200 and "multiple of the tick size" in page
+    row = page.split('name="items-1-price"')[1].split("</td>")[0]  # the message is in the price's cell
+    assert "multiple of the tick size" in row and "Constraint" not in page
+    assert not Basket.objects.exists()
+
+
+def test_placing_a_basket_with_no_account_says_so(trader_client, trader, account):
+    basket = sources.basket_save(
+        owner=trader, name="Lonely", account_ids=[], items=[{"instrument": instrument(), "side": "BUY", "quantity": 1}]
+    )
+    response = trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": "t-1"})
+    assert response.status_code == 200 and "Choose at least one account." in response.content.decode()
+    assert not PaperOrder.objects.exists()

@@ -490,7 +490,7 @@ def test_webhook_places_once_and_refuses_forgeries_and_replays(client, strategy)
 
 
 def test_webhook_for_a_paused_strategy_or_unknown_symbol(client, strategy):
-    assert webhook(client, strategy, id="x1", symbol="NSE:NOPE").json()["error"]["field"] == "instrument"
+    assert webhook(client, strategy, id="x1", symbol="NSE:NOPE").json()["error"]["field"] == "symbol"
     strategy.is_active = False
     strategy.save()
     assert webhook(client, strategy, id="x2").json()["error"]["field"] == "strategy"
