@@ -65,7 +65,7 @@ def main(argv=None):
     harness.django_setup(env)
 
     import redis
-    from django.db import connection, connections
+    from django.db import connections
     from django.db.backends.signals import connection_created
     from django.test import Client
 
@@ -147,6 +147,9 @@ def main(argv=None):
     redis_after = r.info("commandstats")
     redis_calls = sum(v["calls"] for v in redis_after.values()) - sum(v["calls"] for v in redis_before.values())
 
+    def calls_before(name):
+        return redis_before.get(name, {}).get("calls", 0)
+
     def delta(name):
         return (status_after.get(name, 0) - status_before.get(name, 0)) / n
 
@@ -170,9 +173,9 @@ def main(argv=None):
                 },
                 "redis_commands_per_order": round(redis_calls / n, 2),
                 "redis_by_command": {
-                    name.removeprefix("cmdstat_"): round((v["calls"] - redis_before.get(name, {}).get("calls", 0)) / n, 2)
+                    name.removeprefix("cmdstat_"): round((v["calls"] - calls_before(name)) / n, 2)
                     for name, v in sorted(redis_after.items())
-                    if v["calls"] != redis_before.get(name, {}).get("calls", 0)
+                    if v["calls"] != calls_before(name)
                 },
             },
             indent=1,

@@ -46,13 +46,13 @@ def _basket_initial(basket) -> list[dict]:
 def _apply_item_errors(form, item_forms, error: ValidationError) -> None:
     """The service's ``items.<n>.<field>`` errors on that row's field; the rest on the form."""
     rest = {}
-    for key, messages in error.message_dict.items():
+    for key, texts in error.message_dict.items():
         index, _, field = key.removeprefix("items.").partition(".")
         if key.startswith("items.") and index.isdigit() and int(index) < len(item_forms):
             row = item_forms[int(index)]
-            row.add_error(field if field in row.fields else None, messages)
+            row.add_error(field if field in row.fields else None, texts)
         else:
-            rest[key] = messages
+            rest[key] = texts
     if rest:
         apply_validation_error(form, ValidationError(rest))
 
