@@ -18,6 +18,7 @@ from pydantic import field_validator
 
 from accounts.selectors import MAX_ID, broker_account_of
 from brokers.selectors import instrument_by_symbol
+from tradingplatform.schemas import In, api_field, aware_in_range
 
 from . import selectors, services, sources
 from .models import Order, ScheduledOrder
@@ -40,18 +41,18 @@ def account_for(request, account_id: int):
 
 # --- Schemas ---------------------------------------------------------------------------------
 
-# What the order columns hold on every database: a larger value is a 422 naming the field, not a 500.
-MAX_QUANTITY = 2**31 - 1  # PositiveIntegerField
-MAX_PRICE = Decimal(10**12)  # DecimalField(max_digits=14, decimal_places=2)
+MAX_QUANTITY, MAX_PRICE = services.MAX_QUANTITY, services.MAX_PRICE
 MAX_OFFSET = 10**9
+# A whole JSON number: "2", true and 2.5 are refused, not read as 2, 1 and 2.
+Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True)]
 AccountId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
-class OrderSpecIn(Schema):
+class OrderSpecIn(In):
     exchange: str = Field("NSE", max_length=16)
     tradingsymbol: str = Field(..., max_length=64)
     side: Side
-    quantity: int = Field(..., gt=0, le=MAX_QUANTITY)
+    quantity: Quantity
     order_type: OrderType = "MARKET"
     product: Product = "MIS"
     validity: Validity = "DAY"
@@ -75,8 +76,8 @@ class OrderIn(OrderSpecIn):
     account_id: AccountId
 
 
-class OrderChangeIn(Schema):
-    quantity: int | None = Field(None, gt=0, le=MAX_QUANTITY)
+class OrderChangeIn(In):
+    quantity: Quantity | None = None
     price: Decimal | None = Field(None, lt=MAX_PRICE)
     trigger_price: Decimal | None = Field(None, lt=MAX_PRICE)
     order_type: OrderType | None = None
@@ -129,8 +130,10 @@ class OrderPage(Schema):
 
 class OrderFilters(Schema):
     account_id: int | None = Field(None, ge=1, le=MAX_ID)
-    status: list[str] | None = None
-    source: str | None = None
+    status: list[Literal["open", *Order.Status.values]] | None = Field(  # type: ignore[valid-type]
+        None, description="Any of these statuses; `open`: not final."
+    )
+    source: Literal[*Order.Source.values] | None = None  # type: ignore[valid-type]
     symbol: str | None = Field(None, max_length=64)
     since: datetime | None = None
     limit: int = Field(50, ge=1, le=500)
@@ -138,10 +141,8 @@ class OrderFilters(Schema):
 
     @field_validator("since")
     @classmethod
-    def since_in_range(cls, value: datetime | None) -> datetime | None:
-        if value is not None and not 1970 <= value.year <= 2999:
-            raise ValueError("Give a time between the years 1970 and 2999.")
-        return value
+    def aware(cls, value: datetime | None) -> datetime | None:
+        return aware_in_range(value)
 
 
 class PlacementOut(Schema):
@@ -157,16 +158,21 @@ class PlacementOut(Schema):
     error: str | None = None
     field: str | None = None
 
+    @staticmethod
+    def resolve_field(row) -> str | None:
+        return api_field(row.get("field"))
+
 
 # --- Orders ----------------------------------------------------------------------------------
 
 
 @router.get("/orders", response=OrderPage)
 def order_list(request, filters: Query[OrderFilters]):
+    statuses = [s for status in filters.status or [] for s in (Order.LIVE if status == "open" else [status])]
     orders = selectors.orders_of(
         request.user,
         account=filters.account_id,
-        status=filters.status,
+        status=statuses,
         source=filters.source,
         symbol=filters.symbol,
         since=filters.since,
@@ -224,7 +230,7 @@ def order_cancel(request, order_id: int):
 # --- Baskets ---------------------------------------------------------------------------------
 
 
-class BasketIn(Schema):
+class BasketIn(In):
     name: str = Field(..., min_length=1, max_length=100)
     account_ids: list[AccountId] = []
     items: list[OrderSpecIn] = Field(..., min_length=1, max_length=100)
@@ -260,7 +266,7 @@ class BasketOut(Schema):
         return list(basket.items.all())
 
 
-class BasketPlaceIn(Schema):
+class BasketPlaceIn(In):
     account_ids: list[AccountId] | None = None
 
 
@@ -409,7 +415,7 @@ def scheduled_delete(request, scheduled_id: int):
 # --- Strategies ------------------------------------------------------------------------------
 
 
-class StrategyIn(Schema):
+class StrategyIn(In):
     name: str = Field(..., min_length=1, max_length=100)
     account_ids: list[AccountId] = []
     stop_loss: Decimal | None = Field(None, gt=0)
@@ -462,12 +468,12 @@ class StrategyCreated(StrategyOut):
     webhook_secret: str = Field(..., description="Shown once; keep it to sign webhook alerts.")
 
 
-class SignalIn(Schema):
+class SignalIn(In):
     id: str = Field(..., min_length=1, max_length=64, description="Unique per strategy; a repeat places nothing.")
     exchange: str = "NSE"
     tradingsymbol: str = Field(..., max_length=64)
     side: Side
-    quantity: int = Field(..., gt=0, le=MAX_QUANTITY)
+    quantity: Quantity
     order_type: OrderType = "MARKET"
     product: Product = "MIS"
     price: Decimal | None = Field(None, lt=MAX_PRICE)
@@ -494,6 +500,7 @@ def strategy_create(request, payload: StrategyIn):
     strategy, secret = sources.strategy_save(
         owner=request.user, name=payload.name, account_ids=payload.account_ids, **_strategy_params(payload)
     )
+    strategy = selectors.strategy_of(request.user, strategy.pk)  # as stored: 1E+1 is answered 10.00
     strategy.webhook_secret = secret
     return Status(201, strategy)
 

@@ -567,6 +567,9 @@ def strategy_save(*, owner, name: str, account_ids, strategy: Strategy | None = 
     kinds = params.get("retryable_kinds")
     if kinds is not None and (not isinstance(kinds, list) or set(kinds) - set(RejectKind.ALL)):
         raise ValidationError({"retryable_kinds": f"Choose from {', '.join(RejectKind.ALL)}."})
+    for field in ("stop_loss", "take_profit", "trailing_step", "chase_max_percent"):
+        if params.get(field) is not None and params[field] <= 0:
+            raise ValidationError({field: "Must be above 0 (leave it blank for none)."})
     accounts = _owned_accounts(owner, account_ids)
     row = strategy or Strategy(owner=owner)
     row.name = name

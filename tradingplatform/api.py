@@ -16,8 +16,10 @@ from accounts.api import router as accounts_router
 from brokers.api import router as instruments_router
 from orders.api import router as orders_router
 from orders.services import OrderActionRefused
+from portfolio.api import router as portfolio_router
 
 from .errors import first_error
+from .schemas import api_field
 
 logger = logging.getLogger(__name__)
 
@@ -93,20 +95,15 @@ def on_auth_error(request, exc):
 @api.exception_handler(NinjaValidationError)
 def on_request_invalid(request, exc):
     first = exc.errors[0] if exc.errors else {}
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "payload")]
+    # (where, [the view's argument,] the field, ...): the field, and an item's index in a body.
+    where, *path = first.get("loc", ()) or ("body",)
+    location = [
+        str(part)
+        for part in path
+        if part not in ("payload", "filters", "query") and (where == "body" or not isinstance(part, int))
+    ]
     message = first.get("msg", "Invalid request.").removeprefix("Value error, ")  # our validators' own words
     return error_response(request, 422, "invalid", message, ".".join(location) or None)
-
-
-# Services name their own fields; the API's inputs are called these.
-FIELD_NAMES = {"instrument": "tradingsymbol", "account": "account_id"}
-
-
-def api_field(field: str | None) -> str | None:
-    if field is None:
-        return None
-    *path, last = field.split(".")
-    return ".".join([*path, FIELD_NAMES.get(last, last)])
 
 
 @api.exception_handler(DjangoValidationError)
@@ -152,3 +149,4 @@ def on_unexpected(request, exc):
 api.add_router("/", accounts_router)
 api.add_router("/", instruments_router)
 api.add_router("/", orders_router)
+api.add_router("/", portfolio_router)

@@ -164,3 +164,87 @@ def test_long_basket_keys_are_not_cut_short(api, trader, account):
     second = post(api, path, {}, HTTP_IDEMPOTENCY_KEY=common + "2").json()
     assert first[0]["order_id"] != second[0]["order_id"]
     assert post(api, path, {}, HTTP_IDEMPOTENCY_KEY="x" * 101).status_code == 422
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"validty": "IOC"}, "validty"),  # a misspelt field is not ignored
+        ({"quantity": "2"}, "quantity"),
+        ({"quantity": True}, "quantity"),
+        ({"quantity": 1.5}, "quantity"),
+        ({"order_type": "LIMIT", "price": "1e20"}, "price"),
+    ],
+)
+def test_loose_input_is_refused_naming_the_field(api, account, overrides, field):
+    response = post(api, "/api/v1/orders", body(account, **overrides))
+    assert response.status_code == 422, response.json()
+    assert response.json()["error"]["field"] == field
+    assert not PaperOrder.objects.exists()
+
+
+def test_a_price_is_answered_as_stored(api, account):
+    data = post(api, "/api/v1/orders", body(account, order_type="LIMIT", price="1.4E+3")).json()
+    assert data["price"] == "1400.00"
+    assert api.get(f"/api/v1/orders/{data['id']}").json()["price"] == "1400.00"
+
+
+def test_a_modify_with_a_price_its_type_takes_none_of_is_422(api, account):
+    order = post(api, "/api/v1/orders", body(account, order_type="LIMIT", price="1400")).json()
+    response = api.patch(f"/api/v1/orders/{order['id']}", {"trigger_price": "1390"}, content_type="application/json")
+    assert response.status_code == 422 and response.json()["error"]["field"] == "trigger_price"
+
+
+def test_list_filters_refuse_what_they_do_not_know(api, trader, account):
+    place(trader, account, order_type="LIMIT", price="1400")
+    place(trader, account)
+    assert api.get("/api/v1/orders", {"status": "open"}).json()["count"] == 1
+    for bad in ({"status": "BOGUS"}, {"source": "bogus"}, {"since": "2026-12-03T07:56:30"}):
+        response = api.get("/api/v1/orders", bad)
+        assert response.status_code == 422, bad
+        assert response.json()["error"]["field"] == next(iter(bad))
+    assert api.get("/api/v1/orders", {"since": "2026-12-03T07:56:30Z"}).status_code == 200
+
+
+def test_an_unexpected_error_is_answered_in_the_one_shape(api, account, monkeypatch):
+    from orders import services
+
+    def broken(**kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(services, "order_place", broken)
+    response = post(api, "/api/v1/orders", body(account))
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal" and "a bug" not in response.content.decode()
+
+
+def test_trades_and_positions_are_read_only_and_the_callers_own(api, trader, account, other_trader, instruments):
+    from monitoring import cycle
+
+    place(trader, account, quantity=2)
+    place(trader, account, side="SELL", quantity=1)
+    theirs = make_broker_account(other_trader, broker="paper", client_id="THEIRS")
+    place(other_trader, theirs, quantity=5)
+    for each in (account, theirs):  # the monitoring cycle records the fills
+        cycle.account_monitor(account=each)
+    trades = api.get("/api/v1/trades").json()
+    assert trades["count"] == 2 and {t["account_id"] for t in trades["items"]} == {account.pk}
+    assert [t["side"] for t in trades["items"]] == ["SELL", "BUY"]  # newest first
+    assert api.get("/api/v1/trades", {"account_id": theirs.pk}).json()["count"] == 0
+    assert api.get("/api/v1/trades", {"symbol": "TCS"}).json()["count"] == 0
+    assert api.get("/api/v1/trades", {"since": "2026-12-03T07:56:30"}).status_code == 422
+    positions = api.get("/api/v1/positions").json()
+    assert [(p["tradingsymbol"], p["net_quantity"]) for p in positions] == [("INFY", 1)]
+    assert positions[0]["average_price"] == trades["items"][1]["price"][: len(positions[0]["average_price"])]
+    assert api.post("/api/v1/trades", {}, content_type="application/json").status_code == 405
+
+
+def test_a_signal_with_a_bad_field_does_not_use_up_its_id(api, trader, account):
+    strategy = post(api, "/api/v1/strategies", {"name": "S", "account_ids": [account.pk]}).json()
+    path = f"/api/v1/strategies/{strategy['id']}/signal"
+    signal = {"id": "b1", "tradingsymbol": "INFY", "side": "BUY", "quantity": 1, "order_type": "LIMIT"}
+    refused = post(api, path, {**signal, "price": "1400.05"})
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "price"
+    placed = post(api, path, {**signal, "price": "1400"})
+    assert placed.status_code == 201 and placed.json()["replayed"] is False
+    assert placed.json()["results"][0]["status"] == "OPEN"

@@ -149,6 +149,8 @@ SWEEP: dict[str, Endpoint] = {
     "api:account_detail": endpoint("GET", ids={"account_id": "account"}),
     "api:instrument_search": endpoint("GET"),
     "api:order_list": endpoint("GET"),
+    "api:trade_list": endpoint("GET"),
+    "api:position_list": endpoint("GET"),
     "api:order_create": endpoint("POST"),
     "api:order_detail": endpoint("GET", ids={"order_id": "order"}),
     "api:order_change": endpoint("PATCH", ids={"order_id": "order"}, body=lambda o: {"quantity": 2, "price": "1401"}),

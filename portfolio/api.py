@@ -1,0 +1,94 @@
+"""The portfolio part of the JSON API: trades (fills) and positions, read only.
+
+Each reads through the portfolio selectors, which scope every row to the caller.
+"""
+
+from datetime import datetime
+from decimal import Decimal
+
+from ninja import Field, Query, Router, Schema
+from pydantic import field_validator
+
+from accounts.selectors import MAX_ID
+from tradingplatform.schemas import aware_in_range
+
+from . import selectors
+
+router = Router(tags=["portfolio"])
+
+
+class TradeOut(Schema):
+    id: int
+    account_id: int
+    order_id: int | None
+    broker_trade_id: str
+    broker_order_id: str
+    exchange: str = Field(..., alias="instrument.exchange")
+    tradingsymbol: str = Field(..., alias="instrument.tradingsymbol")
+    product: str
+    side: str
+    quantity: int
+    price: Decimal
+    filled_at: datetime
+
+
+class TradePage(Schema):
+    count: int
+    limit: int
+    offset: int
+    items: list[TradeOut]
+
+
+class TradeFilters(Schema):
+    account_id: int | None = Field(None, ge=1, le=MAX_ID)
+    symbol: str | None = Field(None, max_length=64, description="Trading symbol prefix.")
+    since: datetime | None = Field(None, description="Filled at or after (with an offset).")
+    until: datetime | None = Field(None, description="Filled before (with an offset).")
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0, le=10**9)
+
+    @field_validator("since", "until")
+    @classmethod
+    def aware(cls, value: datetime | None) -> datetime | None:
+        return aware_in_range(value)
+
+
+@router.get("/trades", response=TradePage)
+def trade_list(request, filters: Query[TradeFilters]):
+    """The caller's fills, newest first."""
+    trades = selectors.trades_of(
+        request.user, account=filters.account_id, symbol=filters.symbol, since=filters.since, until=filters.until
+    )
+    return {
+        "count": trades.count(),
+        "limit": filters.limit,
+        "offset": filters.offset,
+        "items": list(trades[filters.offset : filters.offset + filters.limit]),
+    }
+
+
+class PositionOut(Schema):
+    account_id: int
+    exchange: str = Field(..., alias="instrument.exchange")
+    tradingsymbol: str = Field(..., alias="instrument.tradingsymbol")
+    product: str
+    net_quantity: int
+    average_price: Decimal
+    last_price: Decimal
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal
+    updated_at: datetime
+
+
+class PositionFilters(Schema):
+    account_id: int | None = Field(None, ge=1, le=MAX_ID)
+    open_only: bool = Field(False, description="Only positions with a net quantity.")
+
+
+@router.get("/positions", response=list[PositionOut])
+def position_list(request, filters: Query[PositionFilters]):
+    """The caller's positions (FIFO PnL, valued at the last price), by account and symbol."""
+    positions = selectors.positions_of(request.user, open_only=filters.open_only)
+    if filters.account_id is not None:
+        positions = positions.filter(account_id=filters.account_id)
+    return list(positions)
