@@ -736,3 +736,64 @@ def test_cli_baskets_and_strategies(tp, env, trader):
     repeat = tp(*argv)
     assert "a repeat" in repeat.out and PaperOrder.objects.count() == 3
     assert "CLI strategy" in tp("strategies", "list").out
+
+
+# --- Trades, positions, and what the client refuses to wait for ---------------------------------
+
+
+def test_trades_and_positions(env, tp):
+    from monitoring import cycle
+
+    env.client.place_order(env.account.pk, "INFY", "BUY", 3)
+    env.client.place_order(env.account.pk, "INFY", "SELL", 1)
+    cycle.account_monitor(account=env.account)  # records the fills
+    page = env.client.trades()
+    assert page.count == 2 and [t.side for t in page.items] == ["SELL", "BUY"]
+    assert isinstance(page.items[0].price, D) and page.items[0].filled_at.tzinfo is not None
+    assert env.client.trades(symbol="TCS").count == 0
+    with pytest.raises(InvalidRequest) as error:
+        env.client.trades(since=datetime(2026, 12, 3, 9, 15))  # no offset: which zone?
+    assert error.value.field == "since"
+    [position] = env.client.positions(open_only=True)
+    assert (position.tradingsymbol, position.net_quantity) == ("INFY", 2)
+    listed = tp("trades", "list")
+    assert listed.code == 0 and "NSE:INFY" in listed.out and "2 of 2" in listed.out
+    held = tp("positions", "list", "--open", "--json")
+    assert held.code == 0 and json.loads(held.out)[0]["net_quantity"] == 2
+
+
+class FirstGetIs500(FirstGetIs503):
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if response.status_code == 503:
+            response.status_code, response.reason = 500, "Internal Server Error"
+        return response
+
+
+def test_500_is_retried_like_the_other_5xx(env):
+    adapter = mount(env.client, FirstGetIs500())
+    assert env.client.me().username == "trader"
+    assert len(adapter.calls) == 2
+
+
+def test_a_retry_after_longer_than_max_retry_wait_is_raised_at_once(env, settings):
+    settings.API_RATE_LIMITS = [(1, 600.0)]
+    client = Client(env.url, env.key, retries=3, max_retry_wait=5)
+    client.me()
+    started = time.monotonic()
+    with pytest.raises(RateLimited) as error:
+        client.me()
+    assert error.value.retry_after > 5 and time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    "url, options",
+    [("foo", {}), ("http://[::1", {}), ("ftp://example.com", {}), ("http://127.0.0.1:1", {"timeout": 0})],
+)
+def test_a_bad_url_or_timeout_is_refused_up_front(url, options, tp, monkeypatch):
+    with pytest.raises(ValueError):
+        Client(url, "tp_key", **options)
+    monkeypatch.setenv("TP_URL", url)
+    argv = ["--timeout", "0", "me"] if options else ["me"]
+    result = tp(*argv)
+    assert result.code == 2 and result.err.startswith("tp: error:") and "Traceback" not in result.err

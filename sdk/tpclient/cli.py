@@ -193,6 +193,40 @@ def cmd_orders_cancel(client: Client, args):
     return order, orders_table([order])
 
 
+def cmd_trades_list(client: Client, args):
+    page = client.trades(account_id=args.account, symbol=args.symbol, limit=args.limit, offset=args.offset)
+    rows = [
+        [t.filled_at, t.account_id, f"{t.exchange}:{t.tradingsymbol}", t.side, t.quantity, t.price, t.order_id]
+        for t in page.items
+    ]
+    text = table(rows, ["FILLED AT", "ACCOUNT", "SYMBOL", "SIDE", "QTY", "PRICE", "ORDER"])
+    text += f"\n{len(page.items)} of {page.count}"
+    if page.has_more:
+        text += f" (next: --offset {page.offset + len(page.items)})"
+    return page, text
+
+
+def cmd_positions_list(client: Client, args):
+    rows = client.positions(account_id=args.account, open_only=args.open)
+    text = table(
+        [
+            [
+                p.account_id,
+                f"{p.exchange}:{p.tradingsymbol}",
+                p.product,
+                p.net_quantity,
+                p.average_price,
+                p.last_price,
+                p.realized_pnl,
+                p.unrealized_pnl,
+            ]
+            for p in rows
+        ],
+        ["ACCOUNT", "SYMBOL", "PRODUCT", "NET QTY", "AVG PRICE", "LAST", "REALIZED", "UNREALIZED"],
+    )
+    return rows, text
+
+
 def cmd_baskets_list(client: Client, args):
     baskets = client.baskets()
     rows = [
@@ -394,6 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", type=_choice(ORDER_TYPES))
     command(orders, "cancel", cmd_orders_cancel, "cancel an open order").add_argument("id", type=int)
 
+    trades = group("trades", "your fills")
+    p = command(trades, "list", cmd_trades_list, "list your fills, newest first")
+    p.add_argument("--account", type=int, help="filter by broker account id")
+    p.add_argument("--symbol", help="symbol prefix")
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+
+    positions = group("positions", "your positions")
+    p = command(positions, "list", cmd_positions_list, "list your positions with their PnL")
+    p.add_argument("--account", type=int, help="filter by broker account id")
+    p.add_argument("--open", action="store_true", help="only positions with a net quantity")
+
     baskets = group("baskets", "baskets")
     command(baskets, "list", cmd_baskets_list, "list your baskets")
     command(baskets, "get", cmd_baskets_get, "show one basket").add_argument("id", type=int)
@@ -433,7 +479,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.retries is not None:
         options["retries"] = args.retries
     try:
-        with Client(url, api_key, **options) as client:
+        client = Client(url, api_key, **options)
+    except ValueError as error:  # a URL that is not one, a timeout of 0
+        print(f"tp: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        with client:
             data, text = args.func(client, args)
     except UsageError as error:
         print(f"tp: error: {error}", file=sys.stderr)

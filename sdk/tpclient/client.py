@@ -2,9 +2,10 @@
 
 Retries
     A call is retried (up to ``retries`` times) on 429, waiting the server's ``Retry-After``
-    seconds, and on 502/503/504, connection errors and timeouts, waiting an exponential
-    backoff with jitter (``backoff * 2**attempt``, scaled by a random factor in [0.5, 1]).
-    Other 4xx answers are never retried.
+    seconds (a wait longer than ``max_retry_wait`` is not waited: ``RateLimited`` is raised at
+    once, with its ``retry_after``), and on 500/502/503/504, connection errors and timeouts,
+    waiting an exponential backoff with jitter (``backoff * 2**attempt``, scaled by a random
+    factor in [0.5, 1]). Other 4xx answers are never retried.
 
     A request the server may have carried out (its answer was lost) is repeated only when
     repeating it cannot do anything twice: reads, PUT/PATCH/DELETE, order placement and basket
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
@@ -43,9 +45,11 @@ from .models import (
     OrderPage,
     OrderSpec,
     Placement,
+    Position,
     Scheduled,
     SignalResult,
     Strategy,
+    TradePage,
     from_json,
 )
 
@@ -53,7 +57,7 @@ __all__ = ["Client"]
 
 logger = logging.getLogger("tpclient")
 
-RETRY_STATUSES = frozenset({502, 503, 504})
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
 API_PREFIX = "/api/v1"
 
 
@@ -124,12 +128,18 @@ class Client:
         timeout: float = 10,
         retries: int = 3,
         backoff: float = 0.5,
+        max_retry_wait: float = 60,
         session: requests.Session | None = None,
     ):
         if not base_url:
             raise ValueError("base_url is required")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url must be an http:// or https:// URL with a host, not {base_url!r}")
         if not api_key:
             raise ValueError("api_key is required")
+        if not timeout or timeout <= 0:
+            raise ValueError("timeout must be above 0 seconds")
         root = base_url.rstrip("/")
         if not root.endswith(API_PREFIX):
             root += API_PREFIX
@@ -138,6 +148,7 @@ class Client:
         self.timeout = timeout
         self.retries = max(0, int(retries))
         self.backoff = max(0.0, float(backoff))
+        self.max_retry_wait = max(0.0, float(max_retry_wait))
         self.session = session or requests.Session()
         self._owns_session = session is None
 
@@ -214,6 +225,10 @@ class Client:
                 failure = TransportError(f"{method} {path} failed: {error}")
                 failure.attempts, failure.after_lost_answer = attempt + 1, maybe_done
                 raise failure from error
+            except requests.RequestException as error:  # a URL requests cannot send to, a bad header...
+                failure = TransportError(f"{method} {path} could not be sent: {error}")
+                failure.attempts, failure.after_lost_answer = attempt + 1, maybe_done
+                raise failure from error
             status = response.status_code
             if status < 400:
                 body = None
@@ -226,7 +241,8 @@ class Client:
                         ) from None
                 return _Answer(status, body, attempt + 1)
             error = error_from_response(response)
-            if attempt < self.retries and (status == 429 or (status in RETRY_STATUSES and repeatable)):
+            too_long = isinstance(error, RateLimited) and (error.retry_after or 0) > self.max_retry_wait
+            if attempt < self.retries and not too_long and (status == 429 or (status in RETRY_STATUSES and repeatable)):
                 if isinstance(error, RateLimited) and error.retry_after is not None:
                     delay = error.retry_after + random.uniform(0, 0.1)
                 else:
@@ -370,6 +386,34 @@ class Client:
                     return order
             raise
         return from_json(Order, answer.body)
+
+    # --- Trades and positions --------------------------------------------------------------
+
+    def trades(
+        self,
+        account_id: int | None = None,
+        symbol: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> TradePage:
+        """One page of your fills, newest first (``since`` inclusive, ``until`` exclusive; aware times)."""
+        body = self._get(
+            "/trades",
+            account_id=account_id,
+            symbol=symbol,
+            since=since.isoformat() if since else None,
+            until=until.isoformat() if until else None,
+            limit=limit,
+            offset=offset,
+        )
+        return from_json(TradePage, body)
+
+    def positions(self, account_id: int | None = None, open_only: bool = False) -> list[Position]:
+        """Your positions with their FIFO PnL, by account and symbol."""
+        body = self._get("/positions", account_id=account_id, open_only="true" if open_only else None)
+        return [from_json(Position, row) for row in body]
 
     # --- Baskets ---------------------------------------------------------------------------
 

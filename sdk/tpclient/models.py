@@ -31,6 +31,9 @@ __all__ = [
     "Scheduled",
     "Strategy",
     "SignalResult",
+    "Trade",
+    "TradePage",
+    "Position",
     "from_json",
     "to_json",
 ]
@@ -142,6 +145,54 @@ class OrderPage:
     @property
     def has_more(self) -> bool:
         return self.offset + len(self.items) < self.count
+
+
+@dataclass(frozen=True)
+class Trade:
+    """One fill of one of your orders, as the broker reported it."""
+
+    id: int
+    account_id: int
+    order_id: int | None
+    broker_trade_id: str
+    broker_order_id: str
+    exchange: str
+    tradingsymbol: str
+    product: str
+    side: str
+    quantity: int
+    price: Decimal
+    filled_at: datetime
+
+
+@dataclass(frozen=True)
+class TradePage:
+    """One page of fills: ``count`` is the total matching the filters, ``items`` this page."""
+
+    count: int
+    limit: int
+    offset: int
+    items: list[Trade]
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.count
+
+
+@dataclass(frozen=True)
+class Position:
+    """Net quantity and FIFO PnL of one instrument and product on one account."""
+
+    account_id: int
+    exchange: str
+    tradingsymbol: str
+    product: str
+    net_quantity: int
+    average_price: Decimal
+    last_price: Decimal
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
