@@ -7,6 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -137,7 +138,8 @@ def scheduled_list(request):
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
-            messages.success(request, f"Scheduled #{row.pk}; next run {row.next_run_at:%Y-%m-%d %H:%M:%S %Z}.")
+            next_run = timezone.localtime(row.next_run_at)  # in the trader's zone, as the list shows it
+            messages.success(request, f"Scheduled #{row.pk}; next run {next_run:%Y-%m-%d %H:%M:%S %Z}.")
             return redirect("sources:scheduled_list")
     rows = selectors.scheduled_of(request.user)
     fires = ScheduledFire.objects.filter(scheduled__owner=request.user).select_related("scheduled")[:20]

@@ -11,5 +11,6 @@ urlpatterns = [
     path("instruments/<int:pk>/", views.instrument_pick, name="instrument_pick"),
     path("<int:pk>/", views.detail, name="detail"),
     path("<int:pk>/modify/", views.modify, name="modify"),
+    path("<int:pk>/row/", views.row, name="row"),
     path("<int:pk>/cancel/", views.cancel, name="cancel"),
 ]

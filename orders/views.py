@@ -34,7 +34,9 @@ def order_book(request):
     filters = OrderFilterForm(request.user, request.GET)
     orders = selectors.orders_of(request.user, **filters.selector_kwargs())
     page = Paginator(orders, ORDERS_PER_PAGE).get_page(request.GET.get("page"))
-    return render(request, "orders/book.html", {"filters": filters, "page": page})
+    # A new order is today's and tops the first page, unless a filter other than the date leaves it out.
+    narrowed = page.number > 1 or any(v for k, v in filters.selector_kwargs().items() if k != "since")
+    return render(request, "orders/book.html", {"filters": filters, "page": page, "narrowed": narrowed})
 
 
 @login_required
@@ -124,25 +126,49 @@ def _render_detail(request, order: Order, *, modify_form: OrderModifyForm, statu
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def modify(request, pk):
+    """The detail page's modify form posts here; so does the book's inline one (htmx), which GET
+    opens in the order's row and answers with the row as it now is, or the form with its errors."""
     order = selectors.order_of(request.user, pk)
-    form = OrderModifyForm(request.POST, order=order)
+    inline = _is_htmx(request)
+    # The book shows several rows' forms at once: each its own ids.
+    options = {"order": order, "auto_id": f"modify_{order.pk}_%s"} if inline else {"order": order}
+    if request.method == "GET":
+        if not inline:  # the row's Modify link without htmx: the order's page, with its form
+            return _render_detail(request, order, modify_form=OrderModifyForm(order=order))
+        form = OrderModifyForm(**options)
+        return render(request, "orders/partials/order_row_edit.html", {"order": order, "form": form})
+    form = OrderModifyForm(request.POST, **options)
+    changed = False
     if form.is_valid():
         try:
             services.order_modify(order=order, actor=request.user, cause=_page_cause(request), **form.cleaned_data)
+            changed = True
         except ValidationError as exc:
             apply_validation_error(form, exc)
         except services.OrderActionRefused as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
-        else:
-            if form.has_changed():
-                messages.success(request, f"Modified {order.reference}.")
-            else:
-                messages.info(request, f"Nothing to change on {order.reference}.")
-            return redirect("orders:detail", pk=order.pk)
     order.refresh_from_db()
+    if inline:
+        if changed:
+            context = {"order": order, "changed": form.has_changed()}
+            return render(request, "orders/partials/modify_result.html", context)
+        return render(request, "orders/partials/order_row_edit.html", {"order": order, "form": form})
+    if changed:
+        if form.has_changed():
+            messages.success(request, f"Modified {order.reference}.")
+        else:
+            messages.info(request, f"Nothing to change on {order.reference}.")
+        return redirect("orders:detail", pk=order.pk)
     return _render_detail(request, order, modify_form=form)
+
+
+@login_required
+@require_GET
+def row(request, pk):
+    """An order's row in the book (closing its inline modify form)."""
+    return render(request, "orders/partials/order_row.html", {"order": selectors.order_of(request.user, pk)})
 
 
 @login_required

@@ -440,7 +440,8 @@ VIEWS = [
     ("orders:ticket", False, ["put", "delete"]),
     ("orders:instrument_options", False, ["post"]),
     ("orders:detail", True, ["post"]),
-    ("orders:modify", True, ["get"]),
+    ("orders:modify", True, ["put", "delete"]),
+    ("orders:row", True, ["post"]),
     ("orders:cancel", True, ["get"]),
 ]
 
@@ -527,3 +528,44 @@ def test_nav_links_to_orders_and_the_ticket(trader_client, account):
     html = trader_client.get(reverse("orders:book")).content.decode()
     assert f'href="{reverse("orders:book")}" aria-current="page">Orders<' in html
     assert f'href="{reverse("orders:ticket")}"' in html and f'href="{reverse("brokers:instruments")}"' in html
+
+
+# --- Inline modify in the book, and what a filtered book does with new orders ----------------------
+
+
+def test_inline_modify_opens_in_the_row_and_answers_with_the_row(trader_client, trader, account):
+    order = resting_order(trader, account, quantity=2)
+    url = reverse("orders:modify", args=[order.pk])
+    book = trader_client.get(reverse("orders:book")).content.decode()
+    assert f'hx-get="{url}"' in book  # the row's Modify opens the form in place
+    opened = trader_client.get(url, HTTP_HX_REQUEST="true").content.decode()
+    assert opened.lstrip().startswith(f'<tr id="order-{order.pk}"') and f'hx-post="{url}"' in opened
+    assert f'id="modify_{order.pk}_quantity"' in opened and "<html" not in opened
+    data = {"quantity": "3", "order_type": "LIMIT", "price": "1401.5", "trigger_price": ""}
+    saved = trader_client.post(url, data, HTTP_HX_REQUEST="true").content.decode()
+    assert saved.lstrip().startswith(f'<tr id="order-{order.pk}"') and "Modified" in saved and "<form" not in saved
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).price == D("1401.5")
+    closed = trader_client.get(reverse("orders:row", args=[order.pk])).content.decode()
+    assert closed.lstrip().startswith(f'<tr id="order-{order.pk}"') and "1401.5" in closed
+    # Without htmx, the row's Modify link shows the order's page with its form.
+    assert 'id="modify"' in trader_client.get(url).content.decode()
+
+
+def test_inline_modify_errors_stay_in_the_row_and_change_nothing(trader_client, trader, account):
+    order = resting_order(trader, account)
+    url = reverse("orders:modify", args=[order.pk])
+    data = {"quantity": "1", "order_type": "LIMIT", "price": "1400.03", "trigger_price": ""}
+    answer = trader_client.post(url, data, HTTP_HX_REQUEST="true")
+    html = answer.content.decode()
+    assert answer.status_code == 200 and f'hx-post="{url}"' in html and "multiple of the tick size" in html
+    assert 'value="1400.03"' in html  # what the trader typed is kept
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).price == D("1400")
+
+
+def test_a_filtered_book_takes_new_orders_out_of_sight(trader_client, trader, account):
+    resting_order(trader, account)
+    plain = trader_client.get(reverse("orders:book")).content.decode()
+    assert '<tbody id="order-rows">' in plain  # today's first page: a new order goes on top
+    for params in ({"status": "CANCELLED"}, {"symbol": "TCS"}, {"source": "basket", "date": "all"}):
+        narrowed = trader_client.get(reverse("orders:book"), params).content.decode()
+        assert '<tbody id="order-rows" hidden></tbody>' in narrowed, params

@@ -117,7 +117,10 @@ SWEEP: dict[str, Endpoint] = {
     "orders:instrument_options": page("GET"),
     "orders:instrument_pick": page("GET", ids={"pk": "instrument"}, why="instruments are market data, shared"),
     "orders:detail": page("GET", ids=ORDER),
-    "orders:modify": page("POST", ids=ORDER, body=lambda o: {"quantity": "2", "order_type": "LIMIT", "price": "1401"}),
+    "orders:modify": page(
+        "GET", "POST", ids=ORDER, body=lambda o: {"quantity": "2", "order_type": "LIMIT", "price": "1401"}
+    ),
+    "orders:row": page("GET", ids=ORDER),
     "orders:cancel": page("POST", ids=ORDER),
     "sources:basket_list": page("GET"),
     "sources:basket_create": page("GET", "POST"),
