@@ -1,4 +1,5 @@
-"""A new trader, from sign-in to a filled LIMIT order seen live on the order book and dashboard."""
+"""A new trader, from sign-in to a filled LIMIT order, modified inline on the order book, seen filling live on
+the order book, its own page and the dashboard."""
 
 from decimal import Decimal
 
@@ -38,6 +39,22 @@ def test_new_trader_sees_limit_order_rest_then_fill_live(stack, context, page, t
     mark_page(book)
     screenshot(book, "order-book-open")
 
+    # Modified inline on the book: a tick lower, without leaving the page.
+    limit -= Decimal(quote["tick"])
+    row.get_by_role("link", name="Modify").click()
+    row.locator("input[name=price]").fill(f"{limit:.2f}")
+    screenshot(book, "order-book-modify")
+    row.get_by_role("button", name="Save").click()
+    expect(book.locator("#notices")).to_contain_text("Modified")
+    expect(row.locator("[data-label=Price]")).to_have_text(f"{limit:.2f}")
+    expect(row.locator(".badge.status")).to_have_text("Open")
+
+    detail = context.new_page()
+    detail.goto(f"/orders/{order_id}/")
+    wait_for_websocket(detail)
+    expect(detail.locator("#modify")).to_be_visible()
+    mark_page(detail)
+
     dashboard = context.new_page()
     dashboard.goto("/dashboard/")
     wait_for_websocket(dashboard)
@@ -53,6 +70,11 @@ def test_new_trader_sees_limit_order_rest_then_fill_live(stack, context, page, t
     expect(row).to_contain_text("1/1")
     expect(row.locator("[data-label=Avg]")).to_have_text(f"{limit:.2f}")
 
+    # The order's own page follows: its details and timeline say filled, and it offers no modify.
+    expect(detail.locator("#order-fields .badge.status")).to_have_text("Filled")
+    expect(detail.locator("#timeline")).to_contain_text("filled")
+    expect(detail.locator("#modify")).to_have_count(0)
+
     position = dashboard.locator("#positions tbody tr", has_text="INFY")
     expect(position.locator("[data-label='Net qty']")).to_have_text("1")
     expect(position.locator("[data-label=Avg]")).to_have_text(f"{limit:.2f}")
@@ -61,6 +83,7 @@ def test_new_trader_sees_limit_order_rest_then_fill_live(stack, context, page, t
     expect(dashboard.locator("#open-orders")).not_to_contain_text("INFY")
 
     assert_not_reloaded(book)
+    assert_not_reloaded(detail)
     assert_not_reloaded(dashboard)
     screenshot(dashboard, "dashboard")
     screenshot(book, "order-book")
