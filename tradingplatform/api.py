@@ -10,6 +10,7 @@ from django.http import Http404
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.parser import Parser
 
 from accounts.api import ApiKeyBearer, ApiKeyHeader, ApiRateLimited
 from accounts.api import router as accounts_router
@@ -70,7 +71,17 @@ class TradingAPI(NinjaAPI):
         return schema
 
 
+class JsonParser(Parser):
+    """Bodies are JSON, said so by their Content-Type: a form or text body is not read as JSON."""
+
+    def parse_body(self, request):
+        if request.content_type != "application/json" and not request.content_type.endswith("+json"):
+            raise ValueError(f"Content-Type {request.content_type or 'missing'}")
+        return super().parse_body(request)
+
+
 api = TradingAPI(
+    parser=JsonParser(),
     title="Trading platform API",
     version="1",
     auth=[ApiKeyBearer(), ApiKeyHeader()],
@@ -136,7 +147,10 @@ HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conf
 
 @api.exception_handler(HttpError)
 def on_http_error(request, exc):
-    return error_response(request, exc.status_code, HTTP_CODES.get(exc.status_code, "error"), str(exc))
+    message = str(exc)
+    if exc.status_code == 400:  # ninja's "Cannot parse request body"
+        message = "The body must be JSON, sent with Content-Type: application/json."
+    return error_response(request, exc.status_code, HTTP_CODES.get(exc.status_code, "error"), message)
 
 
 @api.exception_handler(Exception)

@@ -248,3 +248,12 @@ def test_a_signal_with_a_bad_field_does_not_use_up_its_id(api, trader, account):
     placed = post(api, path, {**signal, "price": "1400"})
     assert placed.status_code == 201 and placed.json()["replayed"] is False
     assert placed.json()["results"][0]["status"] == "OPEN"
+
+
+def test_a_body_that_is_not_sent_as_json_is_refused(api, account):
+    import json
+
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        response = api.post("/api/v1/orders", json.dumps(body(account)), content_type=content_type)
+        assert response.status_code == 400 and "Content-Type: application/json" in response.json()["error"]["message"]
+    assert not PaperOrder.objects.exists()
