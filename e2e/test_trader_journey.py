@@ -20,6 +20,9 @@ from e2e.steps import (
 
 
 def test_new_trader_sees_limit_order_rest_then_fill_live(stack, context, page, trader):
+    # Every page gets every push; a page takes only the pieces it shows, with no error for the rest.
+    console_errors = []
+    context.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
     log_in(page, trader)
     connect_paper_account(page, "Paper main")
 
@@ -85,5 +88,6 @@ def test_new_trader_sees_limit_order_rest_then_fill_live(stack, context, page, t
     assert_not_reloaded(book)
     assert_not_reloaded(detail)
     assert_not_reloaded(dashboard)
+    assert console_errors == []
     screenshot(dashboard, "dashboard")
     screenshot(book, "order-book")
