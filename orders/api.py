@@ -312,14 +312,15 @@ def basket_delete(request, basket_id: int):
 
 
 @router.post("/baskets/{basket_id}/place", response=list[PlacementOut])
-def basket_place(request, basket_id: int, payload: BasketPlaceIn):
+def basket_place(request, basket_id: int, payload: BasketPlaceIn | None = None):
     """Place every item on each account. ``Idempotency-Key`` makes a retried call return the same orders."""
     basket = selectors.basket_of(request.user, basket_id)
     key = request.headers.get("Idempotency-Key") or secrets.token_hex(8)
     if len(key) > 100:
         raise ValidationError({"idempotency_key": "At most 100 characters."})
     run_token = "api:" + hashlib.sha256(key.encode()).hexdigest()[:40]  # fits the order key column, any length
-    return sources.basket_place(basket=basket, actor=request.user, run_token=run_token, account_ids=payload.account_ids)
+    account_ids = payload.account_ids if payload else None  # no body: the basket's own accounts
+    return sources.basket_place(basket=basket, actor=request.user, run_token=run_token, account_ids=account_ids)
 
 
 # --- Scheduled orders --------------------------------------------------------------------------

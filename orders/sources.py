@@ -235,7 +235,9 @@ def scheduled_save(
     scheduled: ScheduledOrder | None = None,
 ) -> ScheduledOrder:
     """Create or change a scheduled order; its order is checked now, as if placed."""
-    services.order_check(actor=owner, account=account, **spec)
+    checked = services.order_check(actor=owner, account=account, **spec)
+    # As it will be placed (and stored: "1E+3" is 1000.00).
+    spec = {**spec, "quantity": checked.quantity, "price": checked.price, "trigger_price": checked.trigger_price}
     weekdays = sorted({int(day) for day in weekdays or []})
     if recurrence == ScheduledOrder.Recurrence.ONCE and run_on is None:
         raise ValidationError({"run_on": "Choose the date."})

@@ -257,3 +257,21 @@ def test_a_body_that_is_not_sent_as_json_is_refused(api, account):
         response = api.post("/api/v1/orders", json.dumps(body(account)), content_type=content_type)
         assert response.status_code == 400 and "Content-Type: application/json" in response.json()["error"]["message"]
     assert not PaperOrder.objects.exists()
+
+
+def test_a_basket_placed_with_no_body_goes_to_its_own_accounts(api, account):
+    basket = post(
+        api,
+        "/api/v1/baskets",
+        {"name": "B", "account_ids": [account.pk], "items": [{"tradingsymbol": "INFY", "side": "BUY", "quantity": 1}]},
+    ).json()
+    response = api.generic("POST", f"/api/v1/baskets/{basket['id']}/place")  # no body at all
+    assert response.status_code == 200, response.json()
+    assert [row["account_id"] for row in response.json()] == [account.pk] and PaperOrder.objects.count() == 1
+
+
+def test_a_scheduled_orders_price_is_answered_as_stored(api, account):
+    data = {**body(account), "order_type": "LIMIT", "price": "1.4E+3", "recurrence": "trading_days"}
+    response = post(api, "/api/v1/scheduled", {**data, "time_of_day": "10:15:00"})
+    assert response.status_code == 201, response.json()
+    assert response.json()["price"] == "1400.00"

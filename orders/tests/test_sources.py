@@ -495,3 +495,30 @@ def test_webhook_for_a_paused_strategy_or_unknown_symbol(client, strategy):
     strategy.save()
     assert webhook(client, strategy, id="x2").json()["error"]["field"] == "strategy"
     assert not PaperOrder.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"quantity": 10**30}, "quantity"),  # was a 500 that used up the id
+        ({"quantity": 1.9}, "quantity"),  # was cut to 1 and filled
+        ({"quantity": True}, "quantity"),
+        ({"order_type": "LIMIT", "price": "1e20"}, "price"),
+        ({"order_type": "LIMIT", "price": "1400.05"}, "price"),  # not a tick multiple
+        ({"side": "HOLD"}, "side"),
+        ({"id": ["x"]}, "id"),
+    ],
+)
+def test_a_refused_alert_names_its_field_and_leaves_its_id_free(client, strategy, overrides, field):
+    from brokers.paper.models import PaperOrder
+
+    refused = webhook(client, strategy, **overrides)
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == field
+    assert not strategy.signals.exists() and not PaperOrder.objects.exists()
+    assert webhook(client, strategy).status_code == 201  # the same id, corrected
+
+
+def test_the_webhook_answers_other_methods_in_the_error_shape(client, strategy):
+    response = client.get(f"/hooks/strategies/{strategy.pk}/")
+    assert response.status_code == 405 and response["Allow"] == "POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
