@@ -192,9 +192,10 @@ def _zone_names() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
-def _zone(name: str) -> ZoneInfo:
-    """An IANA zone by name ("localtime" and file paths are not zones: the time would depend on the server)."""
-    if name not in _zone_names():
+def _zone(name: str, *, new: bool = False) -> ZoneInfo:
+    """A zone by name. ``new``: one a trader gives now, which must be an IANA name ("localtime" and
+    file paths are not zones: the time would depend on the server); a stored one is read as it is."""
+    if new and name not in _zone_names():
         raise ValidationError({"timezone": "Unknown timezone; use an IANA name such as Asia/Kolkata."})
     try:
         return ZoneInfo(name)
@@ -245,7 +246,7 @@ def scheduled_save(
         raise ValidationError({"weekdays": "Choose at least one weekday."})
     if recurrence not in ScheduledOrder.Recurrence.values:
         raise ValidationError({"recurrence": "Choose once, every trading day or chosen weekdays."})
-    zone = _zone(timezone_name)
+    zone = _zone(timezone_name, new=True)
     if recurrence == ScheduledOrder.Recurrence.ONCE:
         if run_on > timezone.now().date() + timedelta(days=366 * SCHEDULE_MAX_YEARS_AHEAD):
             raise ValidationError({"run_on": f"Choose a date within {SCHEDULE_MAX_YEARS_AHEAD} years."})
