@@ -2,6 +2,7 @@
 
 import uuid
 from datetime import datetime, time
+from decimal import Decimal
 
 from django import forms
 
@@ -27,8 +28,20 @@ def instrument_from(value) -> Instrument | None:
     return Instrument.objects.filter(pk=value).first() if value.isdigit() else None
 
 
+class PriceField(forms.DecimalField):
+    """A price of at most two places; zeros after them are not places ("1454.8000" is 1454.80)."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value is not None and value.is_finite() and value.as_tuple().exponent < -self.decimal_places:
+            shorter = value.quantize(Decimal(1).scaleb(-self.decimal_places))
+            if shorter == value:
+                return shorter
+        return value
+
+
 def price_field(label: str) -> forms.DecimalField:
-    return forms.DecimalField(
+    return PriceField(
         label=label,
         required=False,
         max_digits=14,

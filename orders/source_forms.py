@@ -8,6 +8,7 @@ from accounts.models import BrokerAccount
 from brokers.errors import RejectKind
 from brokers.selectors import instrument_by_symbol
 
+from .forms import PriceField
 from .models import ORDER_TYPES, PRODUCTS, SIDES, ScheduledOrder, Strategy
 
 WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
@@ -46,8 +47,8 @@ class OrderSpecForm(forms.Form):
     quantity = forms.IntegerField(min_value=1)
     order_type = forms.ChoiceField(choices=ORDER_TYPES, initial="MARKET")
     product = forms.ChoiceField(choices=PRODUCTS, initial="MIS")
-    price = forms.DecimalField(required=False, max_digits=14, decimal_places=2, min_value=0)
-    trigger_price = forms.DecimalField(required=False, max_digits=14, decimal_places=2, min_value=0)
+    price = PriceField(required=False, max_digits=14, decimal_places=2, min_value=0)
+    trigger_price = PriceField(required=False, max_digits=14, decimal_places=2, min_value=0)
 
     def spec(self) -> dict:
         data = self.cleaned_data

@@ -569,3 +569,12 @@ def test_a_filtered_book_takes_new_orders_out_of_sight(trader_client, trader, ac
     for params in ({"status": "CANCELLED"}, {"symbol": "TCS"}, {"source": "basket", "date": "all"}):
         narrowed = trader_client.get(reverse("orders:book"), params).content.decode()
         assert '<tbody id="order-rows" hidden></tbody>' in narrowed, params
+
+
+def test_zeros_after_a_prices_two_places_are_not_places(trader_client, account):
+    data = ticket_data(account, order_type="LIMIT", price="1400.5000")
+    response = trader_client.post(reverse("orders:ticket"), data)
+    assert response.status_code == 302, response.content.decode()[:500]
+    assert Order.objects.get().price == D("1400.50")
+    refused = trader_client.post(reverse("orders:ticket"), ticket_data(account, order_type="LIMIT", price="1400.505"))
+    assert refused.status_code == 200 and Order.objects.count() == 1
