@@ -4,6 +4,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.exceptions import ValidationError
 
 from brokers import registry
+from tradingplatform.admin import ReadOnlyAdmin
 
 from . import services
 from .forms import apply_validation_error, credential_fields
@@ -110,17 +111,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
+class AuditLogAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "action", "actor", "target_type", "target_id", "ip")
+    list_select_related = ("actor",)
     list_filter = ("action", "target_type")
     search_fields = ("actor__username", "target_id", "ip")
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -9,6 +9,9 @@ class AccountRunInline(admin.TabularInline):
     can_delete = False
     readonly_fields = ("account", "status", "started_at", "finished_at", "step_ms", "actions", "errors")
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("account")
+
 
 @admin.register(MonitoringRun)
 class MonitoringRunAdmin(admin.ModelAdmin):
@@ -19,6 +22,7 @@ class MonitoringRunAdmin(admin.ModelAdmin):
 @admin.register(AccountRun)
 class AccountRunAdmin(admin.ModelAdmin):
     list_display = ("account", "status", "started_at", "finished_at", "run")
+    list_select_related = ("account", "run")
     list_filter = ("status",)
     search_fields = ("account__label",)
 

@@ -1,5 +1,8 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from tradingplatform.admin import ReadOnlyAdmin
+
+from . import sources
 from .models import Basket, BasketItem, Order, OrderEvent, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
 
 
@@ -14,7 +17,7 @@ class OrderEventInline(admin.TabularInline):
 
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(ReadOnlyAdmin):
     """Orders change only through the order services (and brokers); staff read them here."""
 
     list_display = (
@@ -33,15 +36,6 @@ class OrderAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     inlines = [OrderEventInline]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 class BasketItemInline(admin.TabularInline):
     model = BasketItem
@@ -57,14 +51,23 @@ class BasketAdmin(admin.ModelAdmin):
 
 
 @admin.register(ScheduledOrder)
-class ScheduledOrderAdmin(admin.ModelAdmin):
+class ScheduledOrderAdmin(ReadOnlyAdmin):
+    """Changed only through ``sources.scheduled_save`` (which checks the order and moves the next
+    run); staff can cancel."""
+
     list_display = ("pk", "owner", "account", "instrument", "side", "quantity", "recurrence", "next_run_at", "status")
+    list_select_related = ("owner", "account", "instrument")
     list_filter = ("status", "recurrence")
-    raw_id_fields = ("instrument",)
+    actions = ["cancel"]
+
+    @admin.action(description="Cancel selected scheduled orders")
+    def cancel(self, request, queryset):
+        cancelled = sum(sources.scheduled_cancel(scheduled=row, actor=row.owner) for row in queryset)
+        self.message_user(request, f"Cancelled {cancelled} scheduled order(s).", messages.SUCCESS)
 
 
 @admin.register(ScheduledFire)
-class ScheduledFireAdmin(admin.ModelAdmin):
+class ScheduledFireAdmin(ReadOnlyAdmin):
     list_display = ("scheduled", "due_at", "status", "detail", "claimed_at")
     list_filter = ("status",)
 
@@ -74,7 +77,13 @@ class StrategyAdmin(admin.ModelAdmin):
     list_display = ("name", "owner", "is_active", "stop_loss", "take_profit", "max_reentries", "max_retries")
     exclude = ("webhook_secret_hash",)
 
+    def has_delete_permission(self, request, obj=None):
+        # A strategy's orders need it (their exits, re-entries and retries): pause it instead.
+        return obj is not None and not obj.orders.exists() and super().has_delete_permission(request, obj)
+
 
 @admin.register(StrategySignal)
-class StrategySignalAdmin(admin.ModelAdmin):
+class StrategySignalAdmin(ReadOnlyAdmin):
+    """A signal's row is what makes a replay of its id place nothing."""
+
     list_display = ("strategy", "signal_id", "via", "received_at")

@@ -2,6 +2,8 @@ from django import forms
 from django.contrib import admin
 from django.contrib.auth.hashers import make_password
 
+from tradingplatform.admin import ReadOnlyAdmin
+
 from .models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
 
 
@@ -58,17 +60,6 @@ class PaperInstrumentAdmin(admin.ModelAdmin):
     list_display = ("tradingsymbol", "exchange", "last_price", "bid", "ask", "previous_close", "lot_size", "tick_size")
     list_filter = ("exchange", "instrument_type")
     search_fields = ("tradingsymbol", "name")
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(PaperOrder)

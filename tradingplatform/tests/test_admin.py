@@ -1,0 +1,78 @@
+"""Staff in Django admin cannot go around the services: rows that only the services (and brokers)
+change are read-only there, and what admin does change goes through the services."""
+
+from datetime import timedelta
+
+import pytest
+from django.contrib import admin
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from monitoring import cycle
+from orders import sources
+from orders.models import ScheduledOrder, Strategy, StrategySignal
+from orders.tests.factories import instrument, place
+from portfolio.models import PnlSnapshot, Position, Trade
+from tradingplatform.admin import ReadOnlyAdmin
+
+
+@pytest.fixture
+def staff_client(staff):
+    client = Client()
+    client.force_login(staff)
+    return client
+
+
+@pytest.fixture
+def filled(trader, account):
+    place(trader, account, quantity=3)
+    cycle.account_monitor(account=account)  # records the fill and the position
+    return Trade.objects.get()
+
+
+@pytest.mark.parametrize("model", [Trade, Position, PnlSnapshot, StrategySignal])
+def test_rows_only_services_change_are_read_only(model):
+    assert isinstance(admin.site._registry[model], ReadOnlyAdmin)
+
+
+def test_a_fill_cannot_be_deleted_or_edited_by_staff(staff_client, filled):
+    """A deleted fill would be recorded again from the broker at the next cycle and counted twice."""
+    delete = reverse("admin:portfolio_trade_delete", args=[filled.pk])
+    assert staff_client.post(delete, {"post": "yes"}).status_code == 403
+    change = reverse("admin:portfolio_trade_change", args=[filled.pk])
+    assert staff_client.post(change, {"price": "1.00"}).status_code == 403
+    assert staff_client.get(change).status_code == 200  # read
+    filled.refresh_from_db()
+    assert Trade.objects.count() == 1 and filled.price != 1
+    assert Position.objects.get().net_quantity == 3
+
+
+def test_a_strategy_with_orders_cannot_be_deleted_in_admin(staff_client, trader, account):
+    strategy, _ = sources.strategy_save(owner=trader, name="Guarded", account_ids=[account.pk])
+    page = reverse("admin:orders_strategy_delete", args=[strategy.pk])
+    place(trader, account, order_type="LIMIT", price="1400", strategy=strategy, source="strategy")
+    assert staff_client.post(page, {"post": "yes"}).status_code == 403
+    assert Strategy.objects.filter(pk=strategy.pk).exists()
+    unused, _ = sources.strategy_save(owner=trader, name="Unused", account_ids=[account.pk])
+    staff_client.post(reverse("admin:orders_strategy_delete", args=[unused.pk]), {"post": "yes"})
+    assert not Strategy.objects.filter(pk=unused.pk).exists()
+
+
+def test_a_scheduled_order_is_cancelled_not_edited_in_admin(staff_client, trader, account):
+    due = timezone.now() + timedelta(days=1)
+    row = sources.scheduled_save(
+        owner=trader,
+        account=account,
+        spec={"instrument": instrument(), "side": "BUY", "quantity": 1, "order_type": "MARKET", "product": "MIS"},
+        recurrence="once",
+        time_of_day=due.astimezone(timezone.get_current_timezone()).time().replace(microsecond=0),
+        timezone_name=timezone.get_current_timezone_name(),
+        run_on=due.astimezone(timezone.get_current_timezone()).date(),
+    )
+    change = reverse("admin:orders_scheduledorder_change", args=[row.pk])
+    assert staff_client.post(change, {"time_of_day": "09:20:00"}).status_code == 403
+    changelist = reverse("admin:orders_scheduledorder_changelist")
+    staff_client.post(changelist, {"action": "cancel", "_selected_action": [row.pk]})
+    row.refresh_from_db()
+    assert row.status == ScheduledOrder.Status.CANCELLED and row.next_run_at is None
