@@ -21,12 +21,14 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from types import SimpleNamespace
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -350,15 +352,30 @@ def _events(order: Order, steps) -> list[OrderEvent]:
 
 
 def _existing_for_key(key: str, request_hash: str) -> Order | None:
-    """The order a key already placed (marked ``replayed``), or None."""
-    order = Order.objects.select_related("account", "instrument").filter(idempotency_key=key).first()
+    """The order a key already placed (marked ``replayed``), or None. One that its first request is
+    still sending is waited for (``REPLAY_WAIT_S`` at most), so a retry answers with the broker's
+    word, not NEW."""
+    orders = Order.objects.select_related("account", "instrument").filter(idempotency_key=key)
+    order = orders.first()
     if order is not None and order.request_hash and order.request_hash != request_hash:
         raise ValidationError(
             {"idempotency_key": ValidationError("This key was already used for a different order.", code="conflict")}
         )
     if order is not None:
+        order = settled(order, lambda: orders.first(), lambda o: o.status != OrderStatus.NEW)
         order.replayed = True
     return order
+
+
+def settled(row, read, done):
+    """``row`` once ``done(row)``, read again (``read()``) every 50 ms while its first request is
+    still at work, for ``REPLAY_WAIT_S`` at most (then as it is: that request may have died; its
+    reconciliation finishes it). Never inside a transaction: its snapshot would not change."""
+    deadline = time.monotonic() + settings.REPLAY_WAIT_S
+    while not done(row) and not connection.in_atomic_block and time.monotonic() < deadline:
+        time.sleep(0.05)
+        row = read() or row
+    return row
 
 
 def order_place(

@@ -619,9 +619,10 @@ def strategy_signal(
     signal_id = (signal_id or "").strip()[:64]
     if not signal_id:
         raise ValidationError({"signal_id": "Give each signal a unique id."})
-    existing = StrategySignal.objects.filter(strategy=strategy, signal_id=signal_id).first()
-    if existing is not None:
-        return existing, True
+    signals = StrategySignal.objects.filter(strategy=strategy, signal_id=signal_id)
+    existing = signals.first()
+    if existing is not None:  # a replay: with its results once its first request has them
+        return services.settled(existing, signals.first, lambda signal: signal.results), True
     # A refused signal leaves no trace, so the same id can be sent again once corrected: what
     # every account's order must meet is checked before the id is taken (each account's own
     # rules, its products and limits, are its placement's result).
@@ -650,8 +651,8 @@ def strategy_signal(
     try:
         with transaction.atomic():
             signal = StrategySignal.objects.create(strategy=strategy, signal_id=signal_id, via=via, payload=payload)
-    except IntegrityError:
-        return StrategySignal.objects.get(strategy=strategy, signal_id=signal_id), True
+    except IntegrityError:  # the same id at the same moment: the other request places it
+        return services.settled(signals.get(), signals.first, lambda signal: signal.results), True
     spec = {
         "instrument": instrument,
         "side": side,

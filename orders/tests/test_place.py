@@ -1,6 +1,7 @@
 """order_place, modify and cancel against the paper exchange."""
 
 import threading
+import time as clock
 from datetime import timedelta
 from decimal import Decimal
 
@@ -304,3 +305,31 @@ def test_a_placement_overtaken_by_reconciliation_answers_with_the_order_as_it_is
     assert order.status == Order.Status.FILLED and order.broker_order_id and order.filled_quantity == 2
     assert events(order) == ["created", "filled"]
     assert PaperOrder.objects.filter(tag=order.reference).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_while_the_first_request_is_sending_answers_with_the_brokers_word(trader, instruments):
+    """A client retrying while its first request still waits on a slow broker gets the order as the
+    broker answered it, not NEW without a broker id."""
+    account = make_broker_account(trader, broker="paper", client_id="PAPER-R1")
+    account_services.broker_account_update(account=account, actor=trader)
+    PaperClient.objects.filter(user_id=account.client_id).update(latency_ms=600)
+    first = []
+
+    def send():
+        try:
+            first.append(place(trader, account, idempotency_key="slow-1"))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    deadline = clock.monotonic() + 10
+    while not Order.objects.filter(idempotency_key__endswith="slow-1").exists() and clock.monotonic() < deadline:
+        clock.sleep(0.01)
+    assert Order.objects.get(idempotency_key__endswith="slow-1").status == Order.Status.NEW  # still sending
+    again = place(trader, account, idempotency_key="slow-1")
+    thread.join()
+    assert again.replayed and again.pk == first[0].pk
+    assert again.status == Order.Status.FILLED and again.broker_order_id == first[0].broker_order_id
+    assert PaperOrder.objects.count() == 1

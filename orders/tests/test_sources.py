@@ -522,3 +522,35 @@ def test_the_webhook_answers_other_methods_in_the_error_shape(client, strategy):
     response = client.get(f"/hooks/strategies/{strategy.pk}/")
     assert response.status_code == 405 and response["Allow"] == "POST"
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_signal_replayed_while_its_first_request_places_answers_with_its_results(trader, instruments):
+    import threading
+
+    from django.db import connection
+
+    from accounts import services as account_services
+    from accounts.tests.factories import make_broker_account
+    from brokers.paper.models import PaperClient
+
+    account = make_broker_account(trader, broker="paper", client_id="PAPER-S9")
+    account_services.broker_account_update(account=account, actor=trader)
+    PaperClient.objects.filter(user_id=account.client_id).update(latency_ms=600)
+    strategy, _ = sources.strategy_save(owner=trader, name="Slow", account_ids=[account.pk])
+    signal = {"instrument": instrument(), "side": "BUY", "quantity": 1}
+
+    def send():
+        try:
+            sources.strategy_signal(strategy=strategy, actor=trader, signal_id="s-1", via="api", **signal)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    deadline = clock.monotonic() + 10
+    while not strategy.signals.exists() and clock.monotonic() < deadline:
+        clock.sleep(0.01)
+    again, replayed = sources.strategy_signal(strategy=strategy, actor=trader, signal_id="s-1", via="api", **signal)
+    thread.join()
+    assert replayed and [row["status"] for row in again.results] == ["FILLED"]
