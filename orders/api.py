@@ -18,7 +18,7 @@ from pydantic import field_validator
 
 from accounts.selectors import MAX_ID, broker_account_of
 from brokers.selectors import instrument_by_symbol
-from tradingplatform.schemas import In, api_field, aware_in_range
+from tradingplatform.schemas import In, api_field, aware_in_range, page_of
 
 from . import selectors, services, sources
 from .models import Order, ScheduledOrder
@@ -168,21 +168,15 @@ class PlacementOut(Schema):
 
 @router.get("/orders", response=OrderPage)
 def order_list(request, filters: Query[OrderFilters]):
-    statuses = [s for status in filters.status or [] for s in (Order.LIVE if status == "open" else [status])]
     orders = selectors.orders_of(
         request.user,
         account=filters.account_id,
-        status=statuses,
+        status=filters.status,
         source=filters.source,
         symbol=filters.symbol,
         since=filters.since,
     )
-    return {
-        "count": orders.count(),
-        "limit": filters.limit,
-        "offset": filters.offset,
-        "items": list(orders[filters.offset : filters.offset + filters.limit]),
-    }
+    return page_of(orders, filters.limit, filters.offset)
 
 
 @router.get("/orders/{order_id}", response=OrderOut)

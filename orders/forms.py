@@ -169,7 +169,7 @@ class OrderFilterForm(forms.Form):
         date = data.get("date") or "today"
         return {
             "account": data["account"].pk if data.get("account") else None,
-            "status": list(Order.LIVE) if status == "open" else status,
+            "status": status,
             "source": data.get("source") or None,
             "symbol": data.get("symbol") or None,
             # The trading day is the exchange's day (as in order references).

@@ -7,11 +7,13 @@ from .models import Basket, Order, ScheduledOrder, Strategy
 
 
 def orders_of(user, *, account=None, status=None, source=None, symbol=None, since=None) -> QuerySet[Order]:
+    """The user's orders. ``status``: one or several statuses; ``open`` stands for every one not final."""
     orders = Order.objects.filter(account__owner=user).select_related("account", "instrument")
     if account:
         orders = orders.filter(account_id=account)
     if status:
-        orders = orders.filter(status__in=status if isinstance(status, list | tuple) else [status])
+        statuses = status if isinstance(status, list | tuple) else [status]
+        orders = orders.filter(status__in=[s for one in statuses for s in (Order.LIVE if one == "open" else [one])])
     if source:
         orders = orders.filter(source=source)
     if symbol:

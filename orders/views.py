@@ -32,10 +32,11 @@ def _page_cause(request) -> str:
 @require_GET
 def order_book(request):
     filters = OrderFilterForm(request.user, request.GET)
-    orders = selectors.orders_of(request.user, **filters.selector_kwargs())
+    wanted = filters.selector_kwargs()
+    orders = selectors.orders_of(request.user, **wanted)
     page = Paginator(orders, ORDERS_PER_PAGE).get_page(request.GET.get("page"))
     # A new order is today's and tops the first page, unless a filter other than the date leaves it out.
-    narrowed = page.number > 1 or any(v for k, v in filters.selector_kwargs().items() if k != "since")
+    narrowed = page.number > 1 or any(value for name, value in wanted.items() if name != "since")
     return render(request, "orders/book.html", {"filters": filters, "page": page, "narrowed": narrowed})
 
 

@@ -10,7 +10,7 @@ from ninja import Field, Query, Router, Schema
 from pydantic import field_validator
 
 from accounts.selectors import MAX_ID
-from tradingplatform.schemas import aware_in_range
+from tradingplatform.schemas import aware_in_range, page_of
 
 from . import selectors
 
@@ -59,12 +59,7 @@ def trade_list(request, filters: Query[TradeFilters]):
     trades = selectors.trades_of(
         request.user, account=filters.account_id, symbol=filters.symbol, since=filters.since, until=filters.until
     )
-    return {
-        "count": trades.count(),
-        "limit": filters.limit,
-        "offset": filters.offset,
-        "items": list(trades[filters.offset : filters.offset + filters.limit]),
-    }
+    return page_of(trades, filters.limit, filters.offset)
 
 
 class PositionOut(Schema):

@@ -34,3 +34,8 @@ def api_field(field: str | None) -> str | None:
         return None
     *path, last = field.split(".")
     return ".".join([*path, FIELD_NAMES.get(last, last)])
+
+
+def page_of(rows, limit: int, offset: int) -> dict:
+    """One page of a query: the count of all its rows, and ``limit`` of them from ``offset``."""
+    return {"count": rows.count(), "limit": limit, "offset": offset, "items": list(rows[offset : offset + limit])}
