@@ -32,6 +32,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.exceptions import ValidationError
@@ -67,6 +68,7 @@ class Context:
     run_id: int | None = None
     session: broker_services.LiveSession | None = None
     broker_orders: list[BrokerOrder] = field(default_factory=list)
+    orders_asked_at: datetime | None = None  # when the order book was asked for
     broker_trades: list[BrokerTrade] = field(default_factory=list)
     broker_positions: list[BrokerPosition] = field(default_factory=list)
     last_prices: dict = field(default_factory=dict)
@@ -150,6 +152,8 @@ def _fetch_many(contexts: list[Context]) -> dict[int, BaseException]:
 
     def read(job):
         ctx, name = job
+        if name == "orders":
+            ctx.orders_asked_at = timezone.now()
         try:
             setattr(ctx, f"broker_{name}", getattr(ctx.broker, name)())
         except Exception as error:
@@ -307,7 +311,10 @@ def step_pnl(ctx: Context) -> None:
 def step_orders(ctx: Context) -> None:
     """Bring our orders in line with the broker's order book."""
     changed = orders.orders_sync_account(
-        account=ctx.account, cause=_cause("step 3", "reconciled with the broker"), broker_orders=ctx.broker_orders
+        account=ctx.account,
+        cause=_cause("step 3", "reconciled with the broker"),
+        broker_orders=ctx.broker_orders,
+        asked_at=ctx.orders_asked_at,
     )
     if changed:
         ctx.act(f"updated {changed} order(s) from the broker")

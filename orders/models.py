@@ -11,7 +11,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
-from tradingplatform.db import AppendOnlyModel
+from tradingplatform.db import AppendOnlyModel, ExactCharField
 
 ORDER_TYPES = [("MARKET", "Market"), ("LIMIT", "Limit"), ("SL", "Stop-loss limit"), ("SL-M", "Stop-loss market")]
 PRODUCTS = [("CNC", "CNC (delivery)"), ("MIS", "MIS (intraday)"), ("NRML", "NRML (carry forward)")]
@@ -126,7 +126,7 @@ class StrategySignal(models.Model):
     """A signal received for a strategy; its id is unique per strategy (replay protection)."""
 
     strategy = models.ForeignKey(Strategy, on_delete=models.CASCADE, related_name="signals")
-    signal_id = models.CharField(max_length=64)
+    signal_id = ExactCharField(max_length=64)
     received_at = models.DateTimeField(auto_now_add=True)
     via = models.CharField(max_length=16)  # api, webhook
     payload = models.JSONField(default=dict)
@@ -297,7 +297,7 @@ class Order(OrderSpec):
     reentry_count = models.PositiveIntegerField(default=0)
     chase_count = models.PositiveIntegerField(default=0)
     # "<user id>:<client key>", so one trader's key can never return another's order.
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)  # noqa: DJ001
+    idempotency_key = ExactCharField(max_length=200, null=True, blank=True, unique=True)  # noqa: DJ001
     request_hash = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -52,7 +52,7 @@ from brokers.selectors import instrument_last_price
 from tradingplatform import metrics
 from tradingplatform.db import PlainInserts
 
-from .models import DailyCounter, Order, OrderEvent
+from .models import ORDER_TYPES, DailyCounter, Order, OrderEvent
 
 logger = logging.getLogger(__name__)
 
@@ -157,11 +157,11 @@ def spec_check(
     validity: str = "DAY",
     price=None,
     trigger_price=None,
-    whole_lots: bool = True,
 ) -> tuple[int, Decimal | None, Decimal | None]:
     """The rules an order's own fields must meet, whatever account it goes to: the choices, the
-    quantity (in whole lots unless ``whole_lots`` is off: a basket item's or a signal's quantity
-    is rounded down to lots per account), the price and trigger rules of its type, the tick size.
+    quantity in whole lots (a basket item's or a signal's too: only its copies, after an
+    account's multiplier, are rounded down to lots), the price and trigger rules of its type,
+    the tick size.
     Returns (quantity, price, trigger price) as the order stores them. Raises ValidationError
     naming the field."""
     if instrument is None:
@@ -177,7 +177,7 @@ def spec_check(
     if product == "CNC" and instrument.instrument_type != "EQ":
         raise ValidationError({"product": "CNC is for equity delivery; use NRML or MIS for derivatives."})
     quantity = positive_quantity(quantity)
-    if whole_lots and quantity % instrument.lot_size:
+    if quantity % instrument.lot_size:
         raise ValidationError({"quantity": f"Quantity must be a multiple of the lot size, {instrument.lot_size}."})
     price = _decimal(price, "price")
     trigger_price = _decimal(trigger_price, "trigger_price")
@@ -407,6 +407,10 @@ def order_place(
     # first: most keys are new); a repeat that no longer validates (account deactivated,
     # limits changed) still returns the first order.
     try:
+        if role == Order.Role.ENTRY and not actor.is_active:
+            # A webhook, a schedule or a re-entry acting for a deactivated trader opens nothing;
+            # the exits that protect their open positions are still placed.
+            raise ValidationError({"account": "This account's owner is deactivated."})
         checked = order_check(
             actor=actor,
             account=account,
@@ -778,6 +782,13 @@ def order_modify(
     except (OrderRejected, InputError) as error:
         _event(order, "modify_rejected", cause=cause, from_status=order.status, message=error.message)
         raise OrderActionRefused(f"The broker refused the change: {error.message}") from error
+    except NetworkError as error:
+        # The broker may have made the change: the order is brought in line with its book.
+        _event(order, "modify_unknown", cause=cause, from_status=order.status, message=f"{error}; looked up next")
+        _queue_sync(order, always=True)
+        raise OrderActionRefused(
+            f"The broker's answer was lost ({error}); the order will show what the broker holds shortly."
+        ) from error
     except BrokerError as error:
         _event(order, "modify_failed", cause=cause, from_status=order.status, message=str(error))
         raise OrderActionRefused(f"Could not reach the broker: {error}") from error
@@ -822,6 +833,8 @@ def order_cancel(*, order: Order, actor, cause: str) -> Order:
             orders_sync_account(account=order.account, cause="after a refused cancel")
         except BrokerError:
             logger.info("could not reconcile %s after a refused cancel", order.reference)
+        except Exception:  # the refusal is the answer; the sync's own failure is logged and retried
+            logger.exception("could not reconcile %s after a refused cancel", order.reference)
         raise OrderActionRefused(f"The broker refused to cancel: {error.message}") from error
     except BrokerError as error:
         _event(order, "cancel_failed", cause=cause, from_status=order.status, message=str(error))
@@ -879,16 +892,38 @@ def _tells_more(order: Order, state) -> bool:
     return _moves_on(order, target) or state.filled_quantity > order.filled_quantity or not order.broker_order_id
 
 
-def _state_step(order, state, *, cause: str) -> _Step | None:
+ORDER_TYPE_NAMES = frozenset(name for name, _label in ORDER_TYPES)
+
+
+def _broker_terms(order: Order, state) -> dict:
+    """The order's terms as its broker holds them, where they differ from ours: a change the broker
+    made whose answer was lost (a modify that timed out)."""
+    if state.quantity <= 0 or state.order_type not in ORDER_TYPE_NAMES:
+        return {}
+    terms = {
+        "quantity": state.quantity,
+        "order_type": state.order_type,
+        "price": state.price if state.order_type in ("LIMIT", "SL") else None,
+        "trigger_price": state.trigger_price if state.order_type in ("SL", "SL-M") else None,
+    }
+    return {name: value for name, value in terms.items() if value != getattr(order, name)}
+
+
+def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | None:
     """The move the broker's state of an order makes in ours, or None when it says nothing new.
-    ``order`` needs only its status, quantities and broker id."""
-    if not _tells_more(order, state):
+    ``order`` needs only its status, quantities and broker id, unless ``terms``: then the
+    broker's quantity, type and prices are taken too where they differ (the caller knows the
+    state is newer than the order's last change). They are taken anyway when the broker has
+    filled more than our quantity: only a change we did not hear of explains that."""
+    changed = _broker_terms(order, state) if terms or state.filled_quantity > order.quantity else {}
+    if not _tells_more(order, state) and not changed:
         return None
     target = BROKER_TO_ORDER[state.status]
     fields = {
         "filled_quantity": state.filled_quantity,
         "average_price": state.average_price,
         "broker_order_id": order.broker_order_id or state.broker_order_id,
+        **changed,
     }
     if target == OrderStatus.REJECTED:
         from brokers.errors import classify_rejection
@@ -898,29 +933,39 @@ def _state_step(order, state, *, cause: str) -> _Step | None:
     new_status = target if _moves_on(order, target) else order.status
     if order.status == OrderStatus.FAILED and state.status:
         cause = f"{cause}: found at the broker after all"
-    return _Step(
-        to_status=new_status,
-        kind=KIND_FOR.get(new_status, "updated") if new_status != order.status else "fill",
-        cause=cause,
-        message=f"{state.filled_quantity}/{order.quantity} filled at {state.average_price}"
+    quantity = changed.get("quantity", order.quantity)
+    message = (
+        f"{state.filled_quantity}/{quantity} filled at {state.average_price}"
         if state.filled_quantity
-        else (state.status_message or ""),
-        fields=fields,
+        else (state.status_message or "")
     )
+    kind = KIND_FOR.get(new_status, "updated") if new_status != order.status else "fill"
+    if changed:
+        held = ", ".join(f"{name.replace('_', ' ')} {'-' if v is None else v}" for name, v in changed.items())
+        message = "; ".join(filter(None, [f"found changed at the broker: {held}", message]))
+        if new_status == order.status and state.filled_quantity == order.filled_quantity:
+            kind = "modified"
+    return _Step(to_status=new_status, kind=kind, cause=cause, message=message, fields=fields)
 
 
-def order_apply_broker_state(order: Order, state, *, cause: str, push: bool = True) -> bool:
-    """Bring an order in line with what its broker says; returns whether anything changed."""
-    step = _state_step(order, state, cause=cause)
+def order_apply_broker_state(order: Order, state, *, cause: str, push: bool = True, asked_at=None) -> bool:
+    """Bring an order in line with what its broker says; returns whether anything changed.
+    ``asked_at``: when the state was asked for; the broker's terms of an order not changed here
+    since then are taken too."""
+    terms = asked_at is not None and order.updated_at < asked_at
+    step = _state_step(order, state, cause=cause, terms=terms)
     if step is None:
         return False
+    expect = {"filled_quantity": order.filled_quantity}
+    if terms:
+        expect["updated_at"] = order.updated_at  # a modify recorded meanwhile wins over an older state
     return _transition(
         order,
         step.to_status,
         kind=step.kind,
         cause=step.cause,
         message=step.message,
-        expect={"filled_quantity": order.filled_quantity},
+        expect=expect,
         push=push,
         **step.fields,
     )
@@ -990,29 +1035,39 @@ def orders_to_sync(**where):
 
 
 def orders_sync_account(
-    *, account: BrokerAccount, cause: str = "reconciled with the broker", broker_orders=None
+    *, account: BrokerAccount, cause: str = "reconciled with the broker", broker_orders=None, asked_at=None
 ) -> int:
     """Read the account's order book at the broker and update our orders from it (by id, else by tag).
 
-    Orders the broker never got are closed too, so nothing stays in limbo: a NEW order
-    whose sender died, or one whose outcome was unknown, that the broker still does not
-    have a minute later becomes FAILED.
+    The broker's quantity, type and prices are taken too, for orders not changed here since the
+    book was asked for (``asked_at``, with ``broker_orders`` read by the caller): a modify whose
+    answer was lost. Orders the broker never got are closed too, so nothing stays in limbo: a
+    NEW order whose sender died, or one whose outcome was unknown, that the broker still does
+    not have a minute later becomes FAILED. One order that cannot be updated does not stop the
+    others; the first such error is raised after them.
     """
     if broker_orders is None:
+        asked_at = timezone.now()
         broker_orders = AccountBroker(account).orders()
     by_id = {o.broker_order_id: o for o in broker_orders}
     by_tag = {o.tag: o for o in broker_orders if o.tag}
     candidates = orders_to_sync(account=account)
-    changed = 0
+    changed, errors = 0, []
     stale = timezone.now() - timedelta(seconds=60)
     for order in candidates.select_related("account", "instrument"):
         state = by_id.get(order.broker_order_id) if order.broker_order_id else by_tag.get(order.reference)
-        if state is not None:
-            changed += order_apply_broker_state(order, state, cause=cause)
-        elif order.status == OrderStatus.NEW and order.created_at < stale:
-            _fail(order, RejectKind.NETWORK, "never reached the broker (the sender stopped)", cause)
-            changed += 1
-        elif order.status == OrderStatus.SUBMITTED and not order.broker_order_id and order.created_at < stale:
-            _fail(order, RejectKind.NETWORK, "not at the broker: its lost answer was a lost request", cause)
-            changed += 1
+        try:
+            if state is not None:
+                changed += order_apply_broker_state(order, state, cause=cause, asked_at=asked_at)
+            elif order.status == OrderStatus.NEW and order.created_at < stale:
+                _fail(order, RejectKind.NETWORK, "never reached the broker (the sender stopped)", cause)
+                changed += 1
+            elif order.status == OrderStatus.SUBMITTED and not order.broker_order_id and order.created_at < stale:
+                _fail(order, RejectKind.NETWORK, "not at the broker: its lost answer was a lost request", cause)
+                changed += 1
+        except Exception as error:
+            logger.exception("could not reconcile %s with the broker", order.reference)
+            errors.append(error)
+    if errors:
+        raise errors[0]
     return changed

@@ -1,13 +1,12 @@
 """Forms for baskets, scheduled orders and strategies. They parse; the sources module decides."""
 
-import zoneinfo
-
 from django import forms
 
 from accounts.models import BrokerAccount
 from brokers.errors import RejectKind
 from brokers.selectors import instrument_by_symbol
 
+from . import sources
 from .forms import PriceField
 from .models import ORDER_TYPES, PRODUCTS, SIDES, ScheduledOrder, Strategy
 
@@ -97,7 +96,7 @@ class ScheduledForm(OrderSpecForm):
     grace_s = forms.IntegerField(
         min_value=0, max_value=86400, initial=0, label="Grace (seconds)", help_text="Still place it this late."
     )
-    timezone = forms.ChoiceField(choices=[(name, name) for name in sorted(zoneinfo.available_timezones())])
+    timezone = forms.ChoiceField(choices=lambda: [(name, name) for name in sorted(sources.zone_names())])
 
     field_order = ["account", "instrument", "side", "quantity", "order_type", "product", "price", "trigger_price"]
 

@@ -2,6 +2,7 @@
 
 import uuid
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -143,7 +144,11 @@ def scheduled_list(request):
             return redirect("sources:scheduled_list")
     rows = selectors.scheduled_of(request.user)
     fires = ScheduledFire.objects.filter(scheduled__owner=request.user).select_related("scheduled")[:20]
-    return render(request, "orders/scheduled.html", {"form": form, "rows": rows, "fires": fires})
+    return render(
+        request,
+        "orders/scheduled.html",
+        {"form": form, "rows": rows, "fires": fires, "on_time_s": settings.SCHEDULE_ON_TIME_S},
+    )
 
 
 @login_required

@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
+from brokers.base import IST
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from tradingplatform import background, locks
@@ -100,7 +101,6 @@ def _clean_items(items: list[dict]) -> list[dict]:
                 quantity=item.get("quantity"),
                 price=item.get("price"),
                 trigger_price=item.get("trigger_price"),
-                whole_lots=False,  # rounded down to lots per account, after its multiplier
                 **spec,
             )
             row = BasketItem(
@@ -184,18 +184,23 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
 
 # --- Scheduled orders -------------------------------------------------------------------------
 
-TRADING_DAYS = [0, 1, 2, 3, 4]  # Monday to Friday (exchange holidays are not modelled)
+TRADING_DAYS = [0, 1, 2, 3, 4]  # Monday to Friday at the exchange, in IST (holidays are not modelled)
+
+
+# In the zone database but not places: "localtime" is the server's own zone, "Factory" none.
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
 
 
 @functools.cache
-def _zone_names() -> frozenset[str]:
-    return frozenset(available_timezones())
+def zone_names() -> frozenset[str]:
+    """The zones a trader may choose: the IANA names of places."""
+    return frozenset(name for name in available_timezones() if name not in _NOT_ZONES)
 
 
 def _zone(name: str, *, new: bool = False) -> ZoneInfo:
     """A zone by name. ``new``: one a trader gives now, which must be an IANA name ("localtime" and
     file paths are not zones: the time would depend on the server); a stored one is read as it is."""
-    if new and name not in _zone_names():
+    if new and name not in zone_names():
         raise ValidationError({"timezone": "Unknown timezone; use an IANA name such as Asia/Kolkata."})
     try:
         return ZoneInfo(name)
@@ -209,12 +214,16 @@ def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | No
     if scheduled.recurrence == ScheduledOrder.Recurrence.ONCE:
         due = datetime.combine(scheduled.run_on, scheduled.time_of_day, tzinfo=zone)
         return due if due > after else None
-    days = TRADING_DAYS if scheduled.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS else scheduled.weekdays
+    trading_days = scheduled.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS
+    days = TRADING_DAYS if trading_days else scheduled.weekdays
     local_day = after.astimezone(zone).date()
-    for offset in range(0, 8):
+    for offset in range(0, 9):
         day: date = local_day + timedelta(days=offset)
         due = datetime.combine(day, scheduled.time_of_day, tzinfo=zone)
-        if day.weekday() in days and due > after:
+        # A trading day is the exchange's (23:30 in New York is the next morning in India);
+        # chosen weekdays are the trader's own.
+        weekday = due.astimezone(IST).weekday() if trading_days else day.weekday()
+        if weekday in days and due > after:
             return due
     return None
 
@@ -264,7 +273,7 @@ def scheduled_save(
         setattr(row, name, value)
     row.recurrence, row.weekdays, row.time_of_day = recurrence, weekdays, time_of_day
     row.timezone, row.run_on, row.grace_s = timezone_name, run_on, int(grace_s or 0)
-    row.next_run_at = next_occurrence(row, timezone.now())
+    row.next_run_at = next_occurrence(row, _not_again_today(row, timezone.now()))
     if row.next_run_at is None:
         raise ValidationError({"run_on": "That time has already passed."})
     row.status = ScheduledOrder.Status.ACTIVE
@@ -275,6 +284,23 @@ def scheduled_save(
         # the next claim takes it again); one whose time has come places with the new settings.
         _drop_pending_fires(row, only_future=True)
     return row
+
+
+def _not_again_today(row: ScheduledOrder, now: datetime) -> datetime:
+    """Where an edited recurring order's next run is looked for: after today (in its zone) when
+    today's run placed an order already, or a new time later today would place a second."""
+    if row.pk is None or row.recurrence == ScheduledOrder.Recurrence.ONCE:
+        return now
+    zone = _zone(row.timezone)
+    today = datetime.combine(now.astimezone(zone).date(), time.min, tzinfo=zone)
+    tomorrow = today + timedelta(days=1)
+    placed_today = ScheduledFire.objects.filter(
+        scheduled_id=row.pk,
+        due_at__gte=today,
+        due_at__lt=tomorrow,
+        status__in=[ScheduledFire.Status.PLACING, ScheduledFire.Status.PLACED],
+    ).exists()
+    return max(now, tomorrow - timedelta(microseconds=1)) if placed_today else now
 
 
 def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> bool:
@@ -444,13 +470,26 @@ def _fires_take(fire_ids: list[int]) -> list[ScheduledFire]:
         )
         orders = ScheduledOrder.objects.select_related("account", "instrument", "owner")
         scheduled_orders = orders.in_bulk({fire.scheduled_id for fire in fires})
+        late = {
+            fire.pk: late_s
+            for fire in fires
+            if (late_s := (now - fire.due_at).total_seconds())
+            > settings.SCHEDULE_ON_TIME_S + scheduled_orders[fire.scheduled_id].grace_s
+        }
+        # A late fire left PLACING by a worker that died: finished if its order exists (placing it
+        # again returns that order), missed if the worker stopped before making it.
+        started = set(
+            Order.objects.filter(
+                idempotency_key__in=[_fire_key(scheduled_orders[f.scheduled_id], f) for f in fires if f.pk in late]
+            ).values_list("idempotency_key", flat=True)
+        )
         taken = []
         for fire in fires:
             fire.scheduled = scheduled = scheduled_orders[fire.scheduled_id]
-            late_s = (now - fire.due_at).total_seconds()
-            if fire.status == ScheduledFire.Status.PENDING and late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s:
+            if fire.pk in late and _fire_key(scheduled, fire) not in started:
+                stopped = "; the worker placing it stopped" if fire.status == ScheduledFire.Status.PLACING else ""
                 fire.status = ScheduledFire.Status.MISSED
-                fire.detail = f"missed: {late_s:.0f}s late when a worker got to it"
+                fire.detail = f"missed: {late[fire.pk]:.0f}s late when a worker got to it{stopped}"
                 fire.save(update_fields=["status", "detail"])
                 _notify_missed(scheduled, fire.due_at)
             else:
@@ -461,6 +500,14 @@ def _fires_take(fire_ids: list[int]) -> list[ScheduledFire]:
         for fire in taken:
             fire.status = ScheduledFire.Status.PLACING
     return taken
+
+
+_FIRE_KEY = "scheduled:{fire}"
+
+
+def _fire_key(scheduled: ScheduledOrder, fire: ScheduledFire) -> str:
+    """The stored idempotency key of a fire's order (``order_place`` prefixes the actor)."""
+    return f"{scheduled.owner_id}:{_FIRE_KEY.format(fire=fire.pk)}"
 
 
 def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
@@ -475,7 +522,7 @@ def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
             source=Order.Source.SCHEDULED,
             scheduled=scheduled,
             cause=f"scheduled order #{scheduled.pk} due {fire.due_at:%Y-%m-%d %H:%M:%S}",
-            idempotency_key=f"scheduled:{fire.pk}",
+            idempotency_key=_FIRE_KEY.format(fire=fire.pk),
         )
     except ValidationError as error:
         detail = " ".join(error.messages)[:255]
@@ -573,6 +620,16 @@ def strategy_save(*, owner, name: str, account_ids, strategy: Strategy | None = 
     for field in ("stop_loss", "take_profit", "trailing_step", "chase_max_percent"):
         if params.get(field) is not None and params[field] <= 0:
             raise ValidationError({field: "Must be above 0 (leave it blank for none)."})
+    # A percent of 100 or more puts a long's stop, or a short's target, at a price of 0 or less:
+    # the exit could never be placed, and the entry would run without it.
+    percents = {"chase_max_percent": Strategy.Unit.PERCENT}
+    for field in ("stop_loss", "take_profit"):
+        percents[field] = params.get(f"{field}_unit", strategy and getattr(strategy, f"{field}_unit"))
+    for field, unit in percents.items():
+        if unit in (None, Strategy.Unit.PERCENT) and params.get(field) is not None and params[field] >= 100:
+            raise ValidationError({field: "A percent must be below 100."})
+    if params.get("trailing_step") is not None and params.get("stop_loss", strategy and strategy.stop_loss) is None:
+        raise ValidationError({"trailing_step": "A trailing step moves the stop-loss; set a stop-loss too."})
     accounts = _owned_accounts(owner, account_ids)
     row = strategy or Strategy(owner=owner)
     row.name = name
@@ -616,9 +673,11 @@ def strategy_signal(
         raise ValidationError({"strategy": "No such strategy."})
     if not strategy.is_active:
         raise ValidationError({"strategy": "This strategy is paused."})
-    signal_id = (signal_id or "").strip()[:64]
-    if not signal_id:
+    # Taken as sent: "Sig-A", "sig-a" and " sig-a" are three signals, and an id is never cut.
+    if not isinstance(signal_id, str) or not signal_id.strip():
         raise ValidationError({"signal_id": "Give each signal a unique id."})
+    if len(signal_id) > SIGNAL_ID_MAX_LENGTH:
+        raise ValidationError({"signal_id": f"A signal id has at most {SIGNAL_ID_MAX_LENGTH} characters."})
     signals = StrategySignal.objects.filter(strategy=strategy, signal_id=signal_id)
     existing = signals.first()
     if existing is not None:  # a replay: with its results once its first request has them
@@ -634,7 +693,6 @@ def strategy_signal(
         product=product,
         price=price,
         trigger_price=trigger_price,
-        whole_lots=False,  # rounded down to lots per account, after its multiplier
     )
     accounts = list(strategy.accounts.filter(is_active=True))
     if not accounts:
@@ -679,6 +737,35 @@ def strategy_signal(
     return signal, False
 
 
+SIGNAL_ID_MAX_LENGTH = StrategySignal._meta.get_field("signal_id").max_length
+
+
+def _alert_time(value) -> datetime:
+    """An alert's time: seconds or milliseconds since the epoch, or ISO 8601 with its offset
+    (TradingView's ``{{timenow}}`` is "2026-12-03T12:25:00Z")."""
+    refusal = ValidationError(
+        {"timestamp": "Send the time of the alert: seconds since the epoch, or ISO 8601 with its offset."}
+    )
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise refusal
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            sent_at = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise refusal from None
+        if timezone.is_naive(sent_at):
+            raise refusal from None
+        return sent_at
+    if seconds > 10**11:  # milliseconds (seconds would be past the year 5000)
+        seconds /= 1000
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise refusal from None
+
+
 def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, bool]:
     """A TradingView-style alert: JSON with the strategy's secret, a unique id and a timestamp.
 
@@ -692,18 +779,18 @@ def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, b
     digest = hashlib.sha256(supplied.encode()).hexdigest()
     if not secrets.compare_digest(digest, strategy.webhook_secret_hash):
         raise PermissionError("wrong secret")
-    try:
-        sent_at = datetime.fromtimestamp(float(body.get("timestamp")), tz=UTC)
-    except (TypeError, ValueError, OverflowError):
-        raise ValidationError({"timestamp": "Send the time of the alert (seconds since the epoch)."}) from None
+    if not strategy.owner.is_active:
+        raise PermissionError("the strategy's owner is deactivated")
+    sent_at = _alert_time(body.get("timestamp"))
     if abs((timezone.now() - sent_at).total_seconds()) > settings.WEBHOOK_MAX_AGE_S:
         raise PermissionError("stale or future timestamp")
     signal_id = body.get("id")
     if isinstance(signal_id, bool) or not isinstance(signal_id, str | int):
         raise ValidationError({"signal_id": "Give each signal a unique id (a string)."})
     symbol = str(body.get("symbol") or "")
-    exchange, _, tradingsymbol = symbol.partition(":")
-    instrument = instrument_by_symbol(exchange, tradingsymbol)
+    # "NSE:INFY", or TradingView's {{ticker}} alone ("INFY"), which is on NSE.
+    exchange, _, tradingsymbol = symbol.rpartition(":")
+    instrument = instrument_by_symbol(exchange or "NSE", tradingsymbol)
     return strategy_signal(
         strategy=strategy,
         actor=strategy.owner,

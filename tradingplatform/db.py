@@ -4,6 +4,21 @@ from django.db import connection, connections, models
 from django.utils.functional import cached_property
 
 
+class ExactCharField(models.CharField):
+    """Text compared byte for byte: ids and keys a client chooses, where "Sig-A" and "sig-a" are two.
+
+    MariaDB's default collation ignores case, accents and trailing spaces, so its unique index
+    would take a second, different signal or key for a replay of the first (and ``_bin`` still
+    ignores trailing spaces: ``nopad``). SQLite compares bytes already.
+    """
+
+    def db_parameters(self, connection):
+        params = super().db_parameters(connection)
+        if connection.vendor == "mysql":
+            params["collation"] = "utf8mb4_nopad_bin" if connection.mysql_is_mariadb else "utf8mb4_0900_bin"
+        return params
+
+
 class AppendOnlyQuerySet(models.QuerySet):
     def update(self, **kwargs):
         raise PermissionError(f"{self.model.__name__} is append-only")

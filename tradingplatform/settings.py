@@ -244,7 +244,7 @@ if not 0 < DASHBOARD_PUSH_INTERVAL_S <= 60:
 # Basket items and strategy copies placed at once (each account's rate budget still paces it).
 BASKET_PARALLELISM = env.int("BASKET_PARALLELISM", default=8)
 # A scheduled order more than this late (plus its grace window) is reported missed, not fired.
-SCHEDULE_ON_TIME_S = env.int("SCHEDULE_ON_TIME_S", default=60)
+SCHEDULE_ON_TIME_S = env.int("SCHEDULE_ON_TIME_S", default=10)
 SCHEDULE_DISPATCH_INTERVAL_S = env.float("SCHEDULE_DISPATCH_INTERVAL_S", default=1.0)
 # How far ahead the dispatcher claims due times (sent to a worker with the due time as ETA);
 # at least the dispatch interval, so every due time is claimed before it comes.

@@ -360,3 +360,91 @@ def test_when_the_placer_fails_to_record_the_answer_the_exchanges_word_is_read_a
     settle()
     order = Order.objects.get(account=account)
     assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 2)  # the exchange's update applied
+
+
+# --- A modify whose answer is lost ------------------------------------------------------------
+
+
+def _knobs(account, **values):
+    from brokers.paper.models import PaperClient
+
+    PaperClient.objects.filter(user_id=account.client_id).update(**values)
+
+
+def _modify_lost(trader, account, order, **change):
+    """Modify with every answer of the exchange lost (the exchange makes the change)."""
+    from brokers.paper.models import PaperOrder
+
+    _knobs(account, timeout_rate=1)
+    with pytest.raises(services.OrderActionRefused, match="answer was lost"):
+        services.order_modify(order=order, actor=trader, cause="test", **change)
+    _knobs(account, timeout_rate=0)
+    return PaperOrder.objects.get(order_id=order.broker_order_id)
+
+
+def test_a_modify_whose_answer_was_lost_is_taken_from_the_brokers_book(trader, account):
+    set_price("1500")
+    order = place(trader, account, quantity=2, order_type="LIMIT", price=D("1480"))
+    settle()
+    at_exchange = _modify_lost(trader, account, order, quantity=4, price="1470.5")
+    assert (at_exchange.quantity, at_exchange.price) == (4, D("1470.5"))  # the exchange made it
+    order.refresh_from_db()
+    assert (order.quantity, order.price) == (2, D("1480"))  # not known here yet
+    assert order.events.last().kind == "modify_unknown"
+
+    services.orders_sync_account(account=account)
+    order.refresh_from_db()
+    assert (order.quantity, order.price, order.status) == (4, D("1470.50"), Order.Status.OPEN)
+    event = order.events.last()
+    assert event.kind == "modified" and "found changed at the broker" in event.message
+    assert services.orders_sync_account(account=account) == 0  # in line now: nothing more to do
+
+
+def test_a_fill_beyond_our_quantity_takes_the_brokers_quantity(trader, account):
+    """The lost modify raised the quantity and crossed the market: the exchange fills 5 of an
+    order we knew as 2. The fill's update (and any sync) records it, with the broker's terms."""
+    set_price("1500")
+    order = place(trader, account, quantity=2, order_type="LIMIT", price=D("1480"))
+    other = place(trader, account, quantity=1, order_type="LIMIT", price=D("1450"))
+    settle()
+    _modify_lost(trader, account, order, quantity=5, price="1500.5")
+    engine.match_instrument(instrument_id=engine.instrument_lookup("NSE", "INFY").pk)
+    settle()
+    order.refresh_from_db()
+    assert (order.status, order.quantity, order.filled_quantity) == (Order.Status.FILLED, 5, 5)
+    assert Position.objects.get(account=account).net_quantity == 5
+    # The account's other orders are still reconciled (one bad row used to stop them all).
+    services.order_cancel(order=other, actor=trader, cause="test")
+    assert services.orders_sync_account(account=account) == 0
+
+
+def test_an_older_book_never_undoes_a_modify_recorded_since(trader, account):
+    set_price("1500")
+    order = place(trader, account, quantity=2, order_type="LIMIT", price=D("1480"))
+    settle()
+    asked_at = services.timezone.now()
+    book = [_state(order)]  # the book as it was before the modify
+    services.order_modify(order=order, actor=trader, cause="test", quantity=3)
+    services.orders_sync_account(account=account, broker_orders=book, asked_at=asked_at)
+    order.refresh_from_db()
+    assert order.quantity == 3
+
+
+def test_one_order_that_cannot_be_reconciled_does_not_stop_the_others(trader, account, monkeypatch):
+    set_price("1500")
+    first = place(trader, account, quantity=1, order_type="LIMIT", price=D("1480"))
+    second = place(trader, account, quantity=1, order_type="LIMIT", price=D("1470"))
+    settle()
+    book = [_state(first, status=Status.CANCELLED), _state(second, status=Status.CANCELLED)]
+    apply = services.order_apply_broker_state
+
+    def broken_for_first(order, state, **kwargs):
+        if order.pk == first.pk:
+            raise RuntimeError("a bad row")
+        return apply(order, state, **kwargs)
+
+    monkeypatch.setattr(services, "order_apply_broker_state", broken_for_first)
+    with pytest.raises(RuntimeError, match="a bad row"):
+        services.orders_sync_account(account=account, broker_orders=book)
+    second.refresh_from_db()
+    assert second.status == Order.Status.CANCELLED

@@ -1,0 +1,209 @@
+"""The rules of baskets, scheduled orders and strategy signals that a trader's money depends on:
+when an order may be placed, and when two requests are one."""
+
+import json
+import time as clock
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from brokers.paper.models import PaperOrder
+from orders import sources
+from orders.models import Order, ScheduledFire, ScheduledOrder
+from orders.tests.factories import instrument, place
+from orders.tests.test_sources import make_scheduled, spec, webhook
+
+IST = ZoneInfo("Asia/Kolkata")
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+@pytest.fixture
+def strategy(trader, account):
+    row, secret = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk])
+    row.secret = secret
+    return row
+
+
+# --- Two requests are one only when their ids are the same, byte for byte ---------------------
+
+
+def test_signal_ids_that_differ_in_case_accents_or_spaces_are_different_signals(client, strategy):
+    ids = ["Sig-Case-X", "sig-case-x", "sig-case-x ", "sig-cáse-x"]
+    answers = [webhook(client, strategy, id=signal_id) for signal_id in ids]
+    assert [a.status_code for a in answers] == [201, 201, 201, 201]
+    assert strategy.signals.count() == 4 and PaperOrder.objects.count() == 4
+    assert webhook(client, strategy, id="sig-case-x").json()["replayed"] is True
+
+
+def test_a_signal_id_is_never_cut(client, strategy):
+    refused = webhook(client, strategy, id="x" * 64 + "A")
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "id"
+    assert webhook(client, strategy, id="x" * 64).status_code == 201
+    assert PaperOrder.objects.count() == 1
+
+
+def test_idempotency_keys_that_differ_in_case_or_accents_are_different_orders(trader, account):
+    keys = ["Idem-Case-Q", "idem-case-q", "idem-cáse-q"]
+    orders = [place(trader, account, idempotency_key=key) for key in keys]
+    assert len({order.pk for order in orders}) == 3
+    assert place(trader, account, idempotency_key="idem-case-q").pk == orders[1].pk
+    assert PaperOrder.objects.count() == 3
+
+
+def test_the_webhook_takes_tradingview_times_and_a_bare_symbol(client, strategy):
+    now = datetime.now(UTC)
+    assert webhook(client, strategy, id="iso", timestamp=now.isoformat().replace("+00:00", "Z")).status_code == 201
+    assert webhook(client, strategy, id="ms", timestamp=int(clock.time() * 1000)).status_code == 201
+    assert webhook(client, strategy, id="bare", symbol="INFY").status_code == 201
+    naive = webhook(client, strategy, id="naive", timestamp=now.replace(tzinfo=None).isoformat())
+    assert naive.status_code == 422 and naive.json()["error"]["field"] == "timestamp"
+    assert PaperOrder.objects.count() == 3
+
+
+# --- A deactivated trader opens nothing --------------------------------------------------------
+
+
+def test_a_deactivated_traders_webhook_schedule_and_entries_place_nothing(client, trader, account, strategy):
+    row = make_scheduled(trader, account)
+    fire_ids = sources.scheduled_claim_due(now=row.next_run_at + timedelta(seconds=1))
+    ScheduledFire.objects.filter(pk__in=fire_ids).update(due_at=timezone.now())
+    trader.is_active = False
+    trader.save()
+
+    assert webhook(client, strategy).status_code == 403
+    fire = sources.scheduled_fire(fire_id=fire_ids[0])
+    assert fire.status == "failed" and "deactivated" in fire.detail
+    with pytest.raises(ValidationError) as error:
+        place(trader, account)
+    assert "account" in error.value.message_dict
+    assert not PaperOrder.objects.exists()
+    # The exits that protect what they hold are still placed.
+    assert place(trader, account, side="SELL", role=Order.Role.STOP_LOSS).status == Order.Status.FILLED
+
+
+# --- When a scheduled order fires ----------------------------------------------------------------
+
+
+def test_every_trading_day_means_the_exchanges_days_in_any_zone(trader, account):
+    """23:30 in New York is 10:00 the next morning in India: Thursday to Friday evenings in New
+    York are trading days, Friday and Saturday evenings are not, Sunday evening is Monday's."""
+    row = make_scheduled(trader, account, recurrence="trading_days", run_on=None, time_of_day=time(23, 30))
+    row.timezone = "America/New_York"
+    after = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)  # Thursday
+    runs = []
+    for _ in range(4):
+        after = sources.next_occurrence(row, after)
+        runs.append(after.astimezone(IST).strftime("%a %H:%M"))
+    assert runs == ["Fri 10:00", "Mon 10:00", "Tue 10:00", "Wed 10:00"]
+    row.recurrence, row.weekdays = "weekdays", [5]  # chosen weekdays are the trader's own
+    assert sources.next_occurrence(row, after).astimezone(NEW_YORK).strftime("%a %H:%M") == "Sat 23:30"
+
+
+@pytest.mark.parametrize("name", ["localtime", "Factory", "posixrules"])
+def test_a_zone_must_be_a_place(trader, account, name):
+    with pytest.raises(ValidationError) as error:
+        make_scheduled(trader, account, timezone_name=name)
+    assert "timezone" in error.value.message_dict
+    assert not ScheduledOrder.objects.exists()
+
+
+def test_a_time_missed_by_seconds_is_not_placed_without_grace(trader, account, settings):
+    row = make_scheduled(trader, account)
+    assert settings.SCHEDULE_ON_TIME_S == 10
+    assert sources.scheduled_claim_due(now=row.next_run_at + timedelta(seconds=30)) == []
+    assert ScheduledFire.objects.get(scheduled=row).status == "missed"
+
+
+def test_a_late_fire_whose_worker_died_before_placing_is_missed_not_placed_late(trader, account):
+    rows = [make_scheduled(trader, account) for _ in range(2)]
+    fire_ids = sources.scheduled_claim_due(now=rows[0].next_run_at + timedelta(seconds=1))
+    ScheduledFire.objects.filter(pk__in=fire_ids).update(due_at=timezone.now())
+    placed = sources.scheduled_fire(fire_id=fire_ids[0])  # its worker made the order, then died
+    assert placed.status == "placed"
+    # Both left PLACING by the dead worker, sent again two minutes after their time.
+    ScheduledFire.objects.filter(pk__in=fire_ids).update(
+        status="placing", due_at=timezone.now() - timedelta(minutes=2)
+    )
+    again = {fire.pk: fire for fire in sources.scheduled_fires(fire_ids=fire_ids)}
+    assert again[fire_ids[0]].status == "placed"  # its order exists: the same one, not another
+    assert again[fire_ids[1]].status == "missed" and "stopped" in again[fire_ids[1]].detail
+    assert Order.objects.filter(scheduled__in=rows).count() == 1 and PaperOrder.objects.count() == 1
+
+
+def test_an_edit_after_todays_run_does_not_place_again_today(trader, account):
+    every_day = {"recurrence": "weekdays", "weekdays": list(range(7)), "run_on": None}
+    row = make_scheduled(trader, account, **every_day)
+    now = timezone.now()
+    ScheduledFire.objects.create(scheduled=row, due_at=now - timedelta(seconds=1), status="placed")
+    later_today = (now + timedelta(seconds=30)).astimezone(IST)
+    if later_today.date() != now.astimezone(IST).date():
+        pytest.skip("too close to midnight in India")
+    edited = sources.scheduled_save(
+        owner=trader,
+        account=account,
+        spec=spec(quantity=2),
+        time_of_day=later_today.time(),
+        timezone_name="Asia/Kolkata",
+        scheduled=row,
+        **every_day,
+    )
+    assert edited.next_run_at.astimezone(IST).date() == later_today.date() + timedelta(days=1)
+    # With no order placed today, the new time later today is today's run.
+    ScheduledFire.objects.filter(scheduled=row).update(status="failed")
+    edited = sources.scheduled_save(
+        owner=trader,
+        account=account,
+        spec=spec(quantity=2),
+        time_of_day=later_today.time(),
+        timezone_name="Asia/Kolkata",
+        scheduled=row,
+        **every_day,
+    )
+    assert edited.next_run_at.astimezone(IST).date() == later_today.date()
+
+
+# --- What a basket or a strategy accepts ---------------------------------------------------------
+
+
+def test_a_basket_items_quantity_is_whole_lots(trader, account):
+    future = instrument("NIFTY26DECFUT", "NFO")
+    item = spec(instrument=future, product="NRML", quantity=future.lot_size + 5)
+    with pytest.raises(ValidationError) as error:
+        sources.basket_save(owner=trader, name="Lots", account_ids=[account.pk], items=[item])
+    assert "items.0.quantity" in error.value.message_dict
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"stop_loss": Decimal("150")}, "stop_loss"),
+        ({"stop_loss": Decimal("100")}, "stop_loss"),
+        ({"take_profit": Decimal("100")}, "take_profit"),
+        ({"chase_max_percent": Decimal("500")}, "chase_max_percent"),
+        ({"trailing_step": Decimal("2")}, "trailing_step"),
+    ],
+)
+def test_strategy_exits_that_could_never_be_placed_are_refused(trader, account, params, field):
+    with pytest.raises(ValidationError) as error:
+        sources.strategy_save(owner=trader, name="Bad", account_ids=[account.pk], **params)
+    assert field in error.value.message_dict
+
+
+def test_a_stop_loss_in_points_may_be_large(trader, account):
+    row, _ = sources.strategy_save(
+        owner=trader, name="Points", account_ids=[account.pk], stop_loss=Decimal("150"), stop_loss_unit="points"
+    )
+    assert row.stop_loss == Decimal("150")
+
+
+def test_the_api_names_a_bad_webhook_body(client, strategy):
+    response = client.post(
+        f"/hooks/strategies/{strategy.pk}/",
+        json.dumps({"secret": strategy.secret, "id": "t", "timestamp": True, "symbol": "INFY", "side": "BUY"}),
+        content_type="application/json",
+    )
+    assert response.status_code == 422 and response.json()["error"]["field"] == "timestamp"
