@@ -9,9 +9,12 @@ class MonitoringConfig(AppConfig):
         from brokers.services import account_activity_listeners
         from tradingplatform.logs import connect_task_signals
 
+        from . import signals
         from .services import account_activity
 
         if account_activity not in account_activity_listeners:
             account_activity_listeners.append(account_activity)
+        # A user's websockets close when their sessions end (the consumer checks the user only on connect).
+        signals.connect()
         # A task's log lines carry the id of the request that queued it.
         connect_task_signals()

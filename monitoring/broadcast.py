@@ -22,7 +22,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from . import presence
-from .consumers import MARKET_GROUP, user_group
+from .consumers import MARKET_GROUP, session_tag, user_group
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +113,19 @@ def push_fragment(*, user_id: int, template: str, context: dict) -> None:
 def push_prices(prices: dict[str, dict]) -> None:
     """Send one coalesced price tick ({instrument id: {last, change, pct}}) to subscribed pages, after commit."""
     transaction.on_commit(lambda: _sender.group_send(MARKET_GROUP, {"type": "prices.tick", "prices": prices}))
+
+
+def user_sockets_close(*, user_id: int, session_key: str | None = None) -> None:
+    """Close the user's open websockets after commit: those of ``session_key`` (a logout), else all.
+
+    Never raises: a logout or a save of the user must not fail because Redis is down (it is logged).
+    """
+    event = {"type": "session.end", "session": session_tag(session_key) if session_key else None}
+
+    def send():
+        try:
+            _sender.group_send(user_group(user_id), event)
+        except Exception:
+            logger.warning("closing the websockets of user %s failed", user_id, exc_info=True)
+
+    transaction.on_commit(send)

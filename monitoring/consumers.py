@@ -1,5 +1,6 @@
 """The per-user websocket: live fragments pushed to ``user.<id>``, and live prices."""
 
+import hashlib
 import json
 
 from asgiref.sync import sync_to_async
@@ -18,6 +19,11 @@ def user_group(user_id: int) -> str:
     return f"user.{user_id}"
 
 
+def session_tag(session_key: str) -> str:
+    """How a ``session.end`` event names a session: a hash, so no live session key goes through Redis."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32]
+
+
 class UserConsumer(AsyncWebsocketConsumer):
     """Accepts only signed-in users and joins them to their own group.
 
@@ -26,6 +32,10 @@ class UserConsumer(AsyncWebsocketConsumer):
     A page showing prices sends ``{"subscribe": [instrument ids]}``; the consumer then
     joins the public ``market`` group (prices are market data, not user data) and
     forwards the subscribed instruments' price cells from each coalesced tick.
+
+    The user is checked only on connect, so a ``session.end`` event (a logout, a deactivation,
+    a password change) closes the socket. The htmx ws extension does not reconnect after a 4xxx
+    close; the page's next load connects again if its session is still good.
     """
 
     async def connect(self):
@@ -34,6 +44,7 @@ class UserConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401)
             return
         self.group = user_group(user.pk)
+        self.session = session_tag(self.scope["session"].session_key)
         self.price_ids: set[str] = set()
         await self.channel_layer.group_add(self.group, self.channel_name)
         await sync_to_async(presence.joined)(user.pk, self.channel_name)
@@ -66,6 +77,11 @@ class UserConsumer(AsyncWebsocketConsumer):
 
     async def fragment_push(self, event):
         await self.send(text_data=event["html"])
+
+    async def session_end(self, event):
+        # Names a session on a logout; names none (every session of the user) otherwise.
+        if event.get("session") in (None, self.session):
+            await self.close(code=4401)
 
     async def prices_tick(self, event):
         rows = [(pk, price) for pk, price in event["prices"].items() if pk in self.price_ids]

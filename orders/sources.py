@@ -212,7 +212,7 @@ def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | No
     """The first due time strictly after ``after`` (aware), in UTC; None when there is none."""
     zone = _zone(scheduled.timezone)
     if scheduled.recurrence == ScheduledOrder.Recurrence.ONCE:
-        due = datetime.combine(scheduled.run_on, scheduled.time_of_day, tzinfo=zone)
+        due = datetime.combine(scheduled.run_on, scheduled.time_of_day, tzinfo=zone).astimezone(UTC)
         return due if due > after else None
     trading_days = scheduled.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS
     days = TRADING_DAYS if trading_days else scheduled.weekdays
@@ -224,7 +224,7 @@ def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | No
         # chosen weekdays are the trader's own.
         weekday = due.astimezone(IST).weekday() if trading_days else day.weekday()
         if weekday in days and due > after:
-            return due
+            return due.astimezone(UTC)
     return None
 
 
@@ -248,7 +248,7 @@ def scheduled_save(
     checked = services.order_check(actor=owner, account=account, **spec)
     # As it will be placed (and stored: "1E+3" is 1000.00).
     spec = {**spec, "quantity": checked.quantity, "price": checked.price, "trigger_price": checked.trigger_price}
-    weekdays = sorted({int(day) for day in weekdays or []})
+    weekdays = sorted({int(day) for day in weekdays or []}) if recurrence == ScheduledOrder.Recurrence.WEEKDAYS else []
     if recurrence == ScheduledOrder.Recurrence.ONCE and run_on is None:
         raise ValidationError({"run_on": "Choose the date."})
     if recurrence == ScheduledOrder.Recurrence.WEEKDAYS and (not weekdays or not set(weekdays) <= set(range(7))):
@@ -381,7 +381,7 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
             late_s = (now - due_at).total_seconds()
             missed = late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s
             status = ScheduledFire.Status.MISSED if missed else ScheduledFire.Status.PENDING
-            detail = f"{late_s:.0f}s late; the platform was not running" if missed else ""
+            detail = f"{late_s:.0f}s late; the scheduler was not running" if missed else ""
             before = existing.get((scheduled.pk, due_at))
             if before is None or before[1] == ScheduledFire.Status.CANCELLED:
                 if before is None:
@@ -694,8 +694,8 @@ def strategy_signal(
         price=price,
         trigger_price=trigger_price,
     )
-    accounts = list(strategy.accounts.filter(is_active=True))
-    if not accounts:
+    accounts = list(strategy.accounts.order_by("pk"))  # a deactivated one answers with why, as in a basket
+    if not any(account.is_active for account in accounts):
         raise ValidationError({"strategy": "This strategy has no active accounts."})
     payload = {
         "instrument": str(instrument),

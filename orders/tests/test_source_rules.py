@@ -207,3 +207,18 @@ def test_the_api_names_a_bad_webhook_body(client, strategy):
         content_type="application/json",
     )
     assert response.status_code == 422 and response.json()["error"]["field"] == "timestamp"
+
+
+def test_a_signal_answers_for_a_deactivated_account_too(trader, account, strategy):
+    from accounts.tests.factories import make_broker_account
+
+    resting = make_broker_account(trader, broker="paper", client_id="SIG-OFF", label="Resting")
+    resting.is_active = False
+    resting.save(update_fields=["is_active"])
+    strategy.accounts.add(resting)
+    signal, _ = sources.strategy_signal(
+        strategy=strategy, actor=trader, signal_id="s", via="api", instrument=instrument(), side="BUY", quantity=1
+    )
+    by_account = {row["account_id"]: row for row in signal.results}
+    assert by_account[account.pk]["status"] == "FILLED"
+    assert by_account[resting.pk]["status"] == "INVALID" and "deactivated" in by_account[resting.pk]["error"]

@@ -1,0 +1,155 @@
+"""A user's open websockets close when their sessions end: a logout, a deactivation, a password change."""
+
+import logging
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.tests.factories import PASSWORD
+from monitoring import broadcast
+from tradingplatform.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = (b"origin", b"http://localhost")
+CLOSED = {"type": "websocket.close", "code": 4401}
+
+
+def signed_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+async def sign_in(*users) -> list[Client]:
+    return [await sync_to_async(signed_in)(user) for user in users]
+
+
+async def open_socket(client: Client) -> WebsocketCommunicator:
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    communicator = WebsocketCommunicator(application, "/ws/", headers=[ORIGIN, (b"cookie", cookie.encode())])
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def still_open(communicator: WebsocketCommunicator, user) -> bool:
+    await get_channel_layer().group_send(f"user.{user.pk}", {"type": "fragment.push", "html": "<div id='x'></div>"})
+    return await communicator.receive_output(timeout=2) == {"type": "websocket.send", "text": "<div id='x'></div>"}
+
+
+async def test_logout_closes_that_sessions_socket_only(trader, other_trader):
+    browser, laptop, other = await sign_in(trader, trader, other_trader)
+    socket, laptop_socket, other_socket = [await open_socket(c) for c in (browser, laptop, other)]
+
+    response = await sync_to_async(browser.post)(reverse("logout"))
+
+    assert response.status_code == 302
+    assert await socket.receive_output(timeout=2) == CLOSED
+    # The trader's other session is still signed in over HTTP, so its socket stays too.
+    assert await still_open(laptop_socket, trader)
+    assert await still_open(other_socket, other_trader)
+    for communicator in (socket, laptop_socket, other_socket):
+        await communicator.disconnect()
+
+
+async def test_a_closed_sockets_session_cannot_connect_again(trader):
+    [browser] = await sign_in(trader)
+    cookie = browser.cookies[settings.SESSION_COOKIE_NAME].value
+    socket = await open_socket(browser)
+    await sync_to_async(browser.post)(reverse("logout"))
+    assert await socket.receive_output(timeout=2) == CLOSED
+    await socket.disconnect()
+
+    header = (b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode())
+    again = WebsocketCommunicator(application, "/ws/", headers=[ORIGIN, header])
+    connected, code = await again.connect()
+    assert not connected and code == 4401
+    await again.disconnect()
+
+
+def change_in_admin(admin: Client, user, **changes):
+    local = timezone.localtime(user.date_joined)
+    data = {
+        "username": user.username,
+        "email": user.email,
+        "is_active": "on" if user.is_active else "",
+        "date_joined_0": local.strftime("%Y-%m-%d"),
+        "date_joined_1": local.strftime("%H:%M:%S"),
+        "timezone": user.timezone,
+        **changes,
+    }
+    response = admin.post(reverse("admin:accounts_user_change", args=[user.pk]), {k: v for k, v in data.items() if v})
+    assert response.status_code == 302, response.content.decode()[:2000]
+
+
+async def test_deactivation_in_the_admin_closes_every_socket_of_the_user(trader, other_trader, staff):
+    browser, laptop, other = await sign_in(trader, trader, other_trader)
+    socket, laptop_socket, other_socket = [await open_socket(c) for c in (browser, laptop, other)]
+
+    [admin] = await sign_in(staff)
+    await sync_to_async(change_in_admin)(admin, trader, is_active="")
+
+    await trader.arefresh_from_db()
+    assert not trader.is_active
+    assert await socket.receive_output(timeout=2) == CLOSED
+    assert await laptop_socket.receive_output(timeout=2) == CLOSED
+    assert await still_open(other_socket, other_trader)
+    for communicator in (socket, laptop_socket, other_socket):
+        await communicator.disconnect()
+
+
+async def test_an_admin_edit_that_keeps_the_user_active_closes_nothing(trader, staff):
+    browser, admin = await sign_in(trader, staff)
+    socket = await open_socket(browser)
+    await sync_to_async(change_in_admin)(admin, trader, first_name="Alice")
+    assert await still_open(socket, trader)
+    await socket.disconnect()
+
+
+async def test_password_change_closes_every_socket_of_the_user(trader, other_trader):
+    browser, laptop, other = await sign_in(trader, trader, other_trader)
+    socket, laptop_socket, other_socket = [await open_socket(c) for c in (browser, laptop, other)]
+    new = "N3w-passw0rd!x"
+    data = {"form": "password", "old_password": PASSWORD, "new_password1": new, "new_password2": new}
+
+    response = await sync_to_async(browser.post)(reverse("accounts:profile"), data)
+
+    assert response.status_code == 302
+    assert await socket.receive_output(timeout=2) == CLOSED
+    assert await laptop_socket.receive_output(timeout=2) == CLOSED
+    assert await still_open(other_socket, other_trader)
+    for communicator in (socket, laptop_socket, other_socket):
+        await communicator.disconnect()
+
+
+async def test_a_profile_save_or_a_login_closes_nothing(trader):
+    [browser] = await sign_in(trader)
+    socket = await open_socket(browser)
+    await sync_to_async(browser.post)(reverse("accounts:profile"), {"form": "profile", "timezone": "Europe/London"})
+    await sync_to_async(Client().post)(reverse("login"), {"username": trader.username, "password": PASSWORD})
+    assert await still_open(socket, trader)
+    await socket.disconnect()
+
+
+def test_an_unreachable_channel_layer_breaks_neither_logout_nor_a_save(trader, monkeypatch, caplog):
+    def unreachable(*_args, **_kwargs):
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(broadcast, "get_channel_layer", unreachable)
+    browser = signed_in(trader)
+    with caplog.at_level(logging.WARNING, logger="monitoring.broadcast"):
+        assert browser.post(reverse("logout")).status_code == 302
+        trader.is_active = False
+        trader.save()
+
+    assert browser.get(reverse("accounts:profile")).status_code == 302  # signed out
+    trader.refresh_from_db()
+    assert not trader.is_active
+    assert caplog.text.count(f"closing the websockets of user {trader.pk} failed") == 2

@@ -1,0 +1,69 @@
+"""The order pushed to a trader's open pages: a new one goes on top of the book and takes away its empty line."""
+
+import asyncio
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.urls import reverse
+
+from monitoring import presence
+from orders import services
+from orders.tests.factories import place
+
+EMPTY_LINE = '<p class="empty" id="orders-empty">'
+DELETE_EMPTY_LINE = '<p id="orders-empty" hx-swap-oob="delete"></p>'
+
+
+def pushes_to(user, action) -> list[str]:
+    """The fragments pushed to ``user``'s open pages while ``action`` runs and its transaction commits."""
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(f"user.{user.pk}", channel)
+    presence.joined(user.pk, channel)
+    try:
+        action()
+
+        async def received() -> list[str]:
+            html = []
+            while True:
+                try:
+                    html.append((await asyncio.wait_for(layer.receive(channel), 2))["html"])
+                except TimeoutError:
+                    return html
+
+        return async_to_sync(received)()
+    finally:
+        presence.left(user.pk, channel)
+
+
+def test_the_first_order_pushed_to_an_empty_book_deletes_its_empty_line(
+    trader_client, trader, account, django_capture_on_commit_callbacks
+):
+    assert EMPTY_LINE in trader_client.get(reverse("orders:book")).content.decode()
+
+    def place_and_commit():
+        with django_capture_on_commit_callbacks(execute=True):
+            place(trader, account, order_type="LIMIT", price="1400")
+
+    [created] = [html for html in pushes_to(trader, place_and_commit) if "afterbegin:#order-rows" in html]
+    assert DELETE_EMPTY_LINE in created
+
+
+def test_a_changed_order_push_leaves_the_books_lines_alone(
+    trader_client, trader, account, django_capture_on_commit_callbacks
+):
+    order = place(trader, account, order_type="LIMIT", price="1400")
+
+    def cancel_and_commit():
+        with django_capture_on_commit_callbacks(execute=True):
+            services.order_cancel(order=order, actor=trader, cause="test")
+
+    pushed = pushes_to(trader, cancel_and_commit)
+    assert pushed and f'id="order-{order.pk}"' in pushed[0]
+    assert not any("orders-empty" in html for html in pushed)
+
+
+def test_a_narrowed_empty_book_keeps_its_line_when_an_order_is_pushed(trader_client, account):
+    # The push's new row lands in a hidden tbody there, so the line must not be the one the push deletes.
+    narrowed = trader_client.get(reverse("orders:book"), {"status": "CANCELLED"}).content.decode()
+    assert "No orders match these filters." in narrowed and 'id="orders-empty"' not in narrowed
