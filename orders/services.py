@@ -828,13 +828,14 @@ def order_cancel(*, order: Order, actor, cause: str) -> Order:
     try:
         AccountBroker(order.account).cancel_order(order.broker_order_id)
     except InputError as error:
-        _event(order, "cancel_refused", cause=cause, from_status=order.status, message=error.message)
-        try:
+        try:  # the broker's refusal usually means the order moved on (filled, cancelled): catch up
             orders_sync_account(account=order.account, cause="after a refused cancel")
         except BrokerError:
             logger.info("could not reconcile %s after a refused cancel", order.reference)
         except Exception:  # the refusal is the answer; the sync's own failure is logged and retried
             logger.exception("could not reconcile %s after a refused cancel", order.reference)
+        order.refresh_from_db()
+        _event(order, "cancel_refused", cause=cause, from_status=order.status, message=error.message)
         raise OrderActionRefused(f"The broker refused to cancel: {error.message}") from error
     except BrokerError as error:
         _event(order, "cancel_failed", cause=cause, from_status=order.status, message=str(error))
