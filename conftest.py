@@ -1,3 +1,4 @@
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,20 @@ def pytest_runtest_call(item):
         return (yield)
     finally:
         assert background.wait_idle(60), "background work still running 60 s after the test"
+
+
+# The paper exchange's contracts (its instruments.csv) are those of late 2026. Tests judge which
+# have expired as of a day of their life, so they do not start failing as the calendar passes an
+# expiry (a time given explicitly is still read as it is).
+PAPER_DATA_DAY = date(2026, 12, 3)
+
+
+@pytest.fixture(autouse=True)
+def _paper_contracts_day(monkeypatch):
+    from brokers import base
+
+    real = base.ist_today
+    monkeypatch.setattr(base, "ist_today", lambda now=None: PAPER_DATA_DAY if now is None else real(now))
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,20 @@ VALIDITIES = ("DAY", "IOC")
 IST = ZoneInfo("Asia/Kolkata")
 
 
+def ist_today(now: datetime | None = None) -> date:
+    """The trading day in India now (or at ``now``): contracts expire and sessions end by it."""
+    return (now or datetime.now(IST)).astimezone(IST).date()
+
+
+def instrument_expired(instrument, today: date | None = None) -> bool:
+    """Whether a contract has expired: its expiry is before today (IST). One expiring today still trades.
+
+    ``instrument`` is anything with an ``expiry`` date or None (equities never expire).
+    """
+    expiry = getattr(instrument, "expiry", None)
+    return expiry is not None and expiry < (today or ist_today())
+
+
 def next_morning_expiry(now: datetime) -> datetime:
     """When an Indian broker session ends: 06:00 IST the next morning (Kite's rule)."""
     local = now.astimezone(IST)

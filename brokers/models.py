@@ -6,6 +6,8 @@ from django.utils import timezone
 
 from accounts.crypto import EncryptedJSONField
 
+from .base import instrument_expired
+
 
 class Instrument(models.Model):
     exchange = models.CharField(max_length=16)
@@ -38,6 +40,11 @@ class Instrument(models.Model):
     @property
     def key(self) -> str:
         return f"{self.exchange}:{self.tradingsymbol}"
+
+    @property
+    def is_expired(self) -> bool:
+        """The contract's expiry is before today (IST): it can no longer be traded."""
+        return instrument_expired(self)
 
     @property
     def change(self):

@@ -2,6 +2,7 @@ from django.db.models import Q
 
 from tradingplatform.memo import Memo
 
+from . import base
 from .models import Instrument
 
 # Lot and tick sizes change at most daily (and ``instruments_load`` clears this); last prices
@@ -25,9 +26,29 @@ def instruments_changed() -> None:
     _by_symbol.clear()
 
 
+def instrument_expired(instrument: Instrument, today=None) -> bool:
+    """Whether the instrument's contract expired before today (IST); one expiring today still trades.
+
+    ``Instrument.is_expired`` says the same for today. Orders on an expired instrument are refused.
+    """
+    return base.instrument_expired(instrument, today)
+
+
+def instruments_tradable(today=None):
+    """Instruments that can still be traded: no expiry, or one today (IST) or later.
+
+    Expired contracts stay in the table (positions on them still exist); they only stop
+    being offered.
+    """
+    return Instrument.objects.filter(Q(expiry__isnull=True) | Q(expiry__gte=today or base.ist_today()))
+
+
 def instruments_search(query: str, *, limit: int = 100) -> tuple[list[Instrument], bool]:
-    """Instruments whose symbol starts with, or whose name contains, the query. (rows, truncated)"""
-    rows = Instrument.objects.all()
+    """Tradable instruments whose symbol starts with, or whose name contains, the query. (rows, truncated)
+
+    Expired contracts are left out (``instruments_tradable``).
+    """
+    rows = instruments_tradable()
     query = (query or "").strip()[:64]
     if query:
         rows = rows.filter(Q(tradingsymbol__istartswith=query) | Q(name__icontains=query))

@@ -166,6 +166,10 @@ def spec_check(
     naming the field."""
     if instrument is None:
         raise ValidationError({"instrument": "No such instrument."})
+    if instrument.is_expired:
+        raise ValidationError(
+            {"instrument": f"{instrument} expired on {instrument.expiry:%Y-%m-%d}; it cannot be traded."}
+        )
     if side not in ("BUY", "SELL"):
         raise ValidationError({"side": "Choose BUY or SELL."})
     if order_type not in ("MARKET", "LIMIT", "SL", "SL-M"):

@@ -29,7 +29,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from brokers.base import IST, next_morning_expiry
+from brokers.base import IST, instrument_expired, next_morning_expiry
 from tradingplatform.db import PlainInserts, PlainRows
 
 from .book import BUY, SELL, OrderBook
@@ -306,27 +306,89 @@ def instruments_by_keys(keys) -> dict[str, PaperInstrument]:
 # --- Orders -------------------------------------------------------------------------------
 
 
-@functools.cache
-def _blocked_funds_sql() -> str:
-    return (
-        "SELECT SUM((o.quantity - o.filled_quantity) * "
-        "CASE WHEN o.order_type = 'SL-M' THEN o.trigger_price ELSE o.price END) "
-        "FROM paper_paperorder o WHERE o.client_id = %s AND o.transaction_type = %s AND o.status IN (%s, %s)"
-    )
+# The funds a client's live orders block (parameters: SELL, the client, the live statuses): each
+# order's blocked quantity at its limit (or its SL-M trigger). A BUY blocks its whole unfilled
+# quantity; a SELL only the part that opens or adds to a short: its ``uncovered_quantity``, at most
+# its unfilled quantity (its fills use the long first). A SELL that exits a long blocks nothing.
+_BLOCKED_FUNDS = (
+    "SELECT SUM("
+    "CASE WHEN o.transaction_type = %s AND o.uncovered_quantity < o.quantity - o.filled_quantity "
+    "THEN o.uncovered_quantity ELSE o.quantity - o.filled_quantity END * "
+    "CASE WHEN o.order_type = 'SL-M' THEN o.trigger_price ELSE o.price END) "
+    "FROM paper_paperorder o WHERE o.client_id = %s AND o.status IN (%s, %s)"
+)
+
+
+def _blocked_funds_params(client_id: int) -> list:
+    return [SELL, client_id, *PaperOrder.LIVE]
 
 
 # SQLite sums decimals as floats; the ORM reads such a sum with 15 significant digits, and so do we.
 _FLOAT_SUM = Context(prec=15)
 
 
+def _summed_decimal(value) -> Decimal:
+    if isinstance(value, float | int):
+        return _FLOAT_SUM.create_decimal_from_float(value)
+    return Decimal(value or 0)
+
+
 def _blocked_funds(client: PaperClient) -> Decimal:
-    """Cash set aside for live BUY orders: unfilled quantity at the limit (or the SL-M trigger)."""
+    """Cash set aside for live orders: what BUYs and short-opening SELLs would pay (``_BLOCKED_FUNDS``)."""
     with connection.cursor() as cursor:
-        cursor.execute(_blocked_funds_sql(), [client.pk, BUY, *PaperOrder.LIVE])
+        cursor.execute(_BLOCKED_FUNDS, _blocked_funds_params(client.pk))
         (blocked,) = cursor.fetchone()
-    if isinstance(blocked, float | int):
-        return _FLOAT_SUM.create_decimal_from_float(blocked)
-    return Decimal(blocked or 0)
+    return _summed_decimal(blocked)
+
+
+# What a SELL may use, in one round trip: the client's blocked funds (``_BLOCKED_FUNDS``, its
+# parameters first), what its other live SELL orders in the instrument and product still have to
+# sell (parameters: client, instrument, product, SELL, the order to leave out or 0, the live
+# statuses), and its bought and sold quantity there, all days (BUY, SELL, client, instrument,
+# product: the trades' (client, instrument, product) index).
+_SELL_COVER = (
+    f"SELECT ({_BLOCKED_FUNDS}), "  # noqa: S608 (constant text; values go as parameters)
+    "(SELECT SUM(o.quantity - o.filled_quantity) FROM paper_paperorder o WHERE o.client_id = %s "
+    "AND o.instrument_id = %s AND o.product = %s AND o.transaction_type = %s AND o.id <> %s "
+    "AND o.status IN (%s, %s)), "
+    "f.bought, f.sold "
+    "FROM (SELECT SUM(CASE WHEN t.transaction_type = %s THEN t.quantity ELSE 0 END) AS bought, "
+    "SUM(CASE WHEN t.transaction_type = %s THEN t.quantity ELSE 0 END) AS sold "
+    "FROM paper_papertrade t WHERE t.client_id = %s AND t.instrument_id = %s AND t.product = %s) f"
+)
+
+
+@dataclass
+class SellCover:
+    long: int  # the client's net position in the instrument and product (negative: short)
+    pending: int  # still to be sold by its other live SELL orders there
+    blocked: Decimal  # the client's blocked funds (``_blocked_funds``)
+
+    @property
+    def available(self) -> int:
+        """What a new SELL can sell out of the long without opening a short."""
+        return max(0, self.long - self.pending)
+
+
+def _sell_cover(client_id: int, instrument_id: int, product: str, *, leave_out: int = 0) -> SellCover:
+    """The long a SELL may sell from (``_SELL_COVER``): one indexed query, on SELLs only."""
+    params = _blocked_funds_params(client_id)
+    params += [client_id, instrument_id, product, SELL, leave_out, *PaperOrder.LIVE]
+    params += [BUY, SELL, client_id, instrument_id, product]
+    with connection.cursor() as cursor:
+        cursor.execute(_SELL_COVER, params)
+        blocked, pending, bought, sold = cursor.fetchone()
+    long = int(bought or 0) - int(sold or 0)
+    return SellCover(long=long, pending=int(pending or 0), blocked=_summed_decimal(blocked))
+
+
+def _cnc_refusal(instrument: PaperInstrument, quantity: int, cover: SellCover) -> InputException:
+    return InputException(
+        f"Insufficient holding of {instrument.tradingsymbol} for a CNC sell of {quantity}: "
+        f"{max(cover.long, 0)} held, {cover.pending} of them in open sell orders. "
+        "Delivery (CNC) can only sell shares held; use MIS to sell short intraday.",
+        kind="input",
+    )
 
 
 def _reference_price(order) -> Decimal:
@@ -334,10 +396,15 @@ def _reference_price(order) -> Decimal:
         return order.price
     if order.order_type == "SL-M":
         return order.trigger_price
-    return order.instrument.ask
+    return order.instrument.ask if order.transaction_type == BUY else order.instrument.bid
 
 
 def _validate(instrument: PaperInstrument, *, side, order_type, product, validity, quantity, price, trigger_price):
+    if instrument_expired(instrument):
+        raise InputException(
+            f"{instrument.tradingsymbol} expired on {instrument.expiry:%Y-%m-%d}; it can no longer be traded.",
+            kind="instrument",
+        )
     if side not in (BUY, SELL):
         raise InputException("Invalid `transaction_type`.")
     if order_type not in ("MARKET", "LIMIT", "SL", "SL-M"):
@@ -452,10 +519,18 @@ def order_place(
         placed_at=now,
         updated_at=now,
     )
+    # A SELL needs funds only for what the client's long does not cover (it opens a short);
+    # delivery cannot go short at all.
+    needs_funds, cover = quantity, None
+    if transaction_type == SELL:
+        cover = _sell_cover(client.pk, instrument.pk, product)
+        order.uncovered_quantity = needs_funds = max(0, quantity - cover.available)
+        if needs_funds and product == "CNC":
+            raise _cnc_refusal(instrument, quantity, cover)
     rejection = _band_violation(instrument, order.price, order.trigger_price)
-    if rejection is None and transaction_type == BUY:
-        required = quantity * (_reference_price(order))
-        available = client.cash - _blocked_funds(client)
+    if rejection is None and needs_funds:
+        required = needs_funds * _reference_price(order)
+        available = client.cash - (cover.blocked if cover is not None else _blocked_funds(client))
         if required > available:
             rejection = (
                 f"Insufficient funds. Required margin is {required:.2f} but available margin is {available:.2f}."
@@ -613,6 +688,13 @@ def order_modify(
     rejection = _band_violation(order.instrument, new_price if new_type in ("LIMIT", "SL") else None)
     if rejection:
         raise InputException(rejection, kind="price_band")
+    if order.transaction_type == SELL and new_quantity != order.quantity:
+        # What the long covers is worked out again for the new quantity (like a BUY's modify,
+        # funds are not checked again; the blocked sum counts the new uncovered part).
+        cover = _sell_cover(client.pk, order.instrument_id, order.product, leave_out=order.pk)
+        order.uncovered_quantity = max(0, new_quantity - order.filled_quantity - cover.available)
+        if order.uncovered_quantity and order.product == "CNC":
+            raise _cnc_refusal(order.instrument, new_quantity - order.filled_quantity, cover)
     # Exchange rule: a new price or a larger quantity goes to the back of the queue.
     if new_price != order.price or new_trigger != order.trigger_price or new_quantity > order.quantity:
         order.priority = time.time_ns()

@@ -138,6 +138,11 @@ class PaperOrder(models.Model):
     average_price = models.DecimalField(max_digits=14, decimal_places=4, default=0)
     tag = models.CharField(max_length=40, blank=True, db_index=True)
     modifications = models.PositiveIntegerField(default=0)
+    # A SELL: the part of its quantity its client's long position (less other live sells) did
+    # not cover when it was placed or its quantity changed, which opens or adds to a short. Its
+    # unfilled part up to this blocks funds, as a BUY's whole unfilled part does (fills use the
+    # long first). 0 for a BUY.
+    uncovered_quantity = models.PositiveIntegerField(default=0)
     # Time priority: set at placement, and again when a modification loses priority.
     priority = models.BigIntegerField()
     placed_at = models.DateTimeField(default=timezone.now)
@@ -148,8 +153,8 @@ class PaperOrder(models.Model):
         indexes = [
             models.Index(fields=["client", "placed_at"]),
             models.Index(fields=["instrument", "status"]),
-            # A BUY's funds check sums the client's live orders: without this it read the client's
-            # whole order history on every BUY.
+            # A funds check sums the client's live orders: without this it read the client's
+            # whole order history on every order.
             models.Index(fields=["client", "status"]),
         ]
         constraints = [
@@ -184,7 +189,11 @@ class PaperTrade(models.Model):
 
     class Meta:
         ordering = ["filled_at", "id"]
-        indexes = [models.Index(fields=["client", "filled_at"])]
+        indexes = [
+            models.Index(fields=["client", "filled_at"]),
+            # A SELL sums its client's fills in its instrument and product (the long it may use).
+            models.Index(fields=["client", "instrument", "product"]),
+        ]
 
     def __str__(self):
         return self.trade_id

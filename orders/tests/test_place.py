@@ -66,6 +66,7 @@ def test_references_count_up_per_account_and_day(trader, account):
         ({"product": "XYZ"}, "product"),
         ({"symbol": "NIFTY26DECFUT", "exchange": "NFO", "product": "CNC", "quantity": 75}, "product"),
         ({"price": "abc", "order_type": "LIMIT"}, "price"),
+        ({"symbol": "NIFTY26NOVFUT", "exchange": "NFO", "product": "NRML", "quantity": 75}, "instrument"),  # expired
     ],
 )
 def test_bad_input_names_the_field_and_sends_nothing(trader, account, kwargs, field):

@@ -311,10 +311,10 @@ def test_the_written_out_book_reads_give_what_the_querysets_give(client):
 
     quote("TCS", last="3500", volume=1000)
     place(client, order_type="MARKET", quantity=2, tag="T1")
-    place(client, side="SELL", order_type="MARKET", symbol="TCS", quantity=1, product="CNC")
-    place(client, price="1400", tag="RESTING")
     old = place(client, order_type="MARKET", symbol="TCS", quantity=3, product="CNC")
     PaperTrade.objects.filter(order=old).update(filled_at=timezone.now() - timedelta(days=2))  # yesterday's delivery
+    place(client, side="SELL", order_type="MARKET", symbol="TCS", quantity=1, product="CNC")  # sells from it
+    place(client, price="1400", tag="RESTING")
     other = engine.client_get_or_create(user_id="C2")
     place(other, order_type="MARKET", quantity=5)
 
@@ -349,24 +349,35 @@ def test_the_written_out_book_reads_give_what_the_querysets_give(client):
 def test_the_written_out_blocked_funds_sum_what_the_orm_sums(client):
     from django.db.models import Case, DecimalField, ExpressionWrapper, F, Sum, When
 
+    place(client, order_type="MARKET", quantity=4)  # a long of 4 (MIS) that sells can use
     quote(last="1500.3", volume=0)  # nothing fills: every order below rests
     place(client, price="1450.1", quantity=3)
     place(client, order_type="SL-M", trigger="1510.1", quantity=2)
     place(client, order_type="SL", price="1520.2", trigger="1510.1", quantity=7)
-    place(client, side="SELL", price="1550", quantity=5)  # a sell blocks nothing
+    place(client, side="SELL", price="1550", quantity=3)  # sells from the long: blocks nothing
+    place(client, side="SELL", price="1560", quantity=5)  # 1 left of the long, 4 go short
+    short = place(client, side="SELL", price="1570", quantity=6)  # all short
+    PaperOrder.objects.filter(pk=short.pk).update(filled_quantity=2)
+    place(client, side="SELL", price="1580", quantity=2, product="NRML")  # the MIS long is not NRML's
     partial = place(client, price="1440.3", quantity=4)
     PaperOrder.objects.filter(pk=partial.pk).update(filled_quantity=1)
     cancelled = place(client, price="1430", quantity=9)
     engine.order_cancel(client=client, order_id=cancelled.order_id)
     other = engine.client_get_or_create(user_id="C2")
     place(other, price="1450", quantity=1)
+    place(other, side="SELL", price="1550", quantity=1)
 
+    unfilled = F("quantity") - F("filled_quantity")
+    blocking = Case(
+        When(transaction_type="SELL", uncovered_quantity__lt=unfilled, then=F("uncovered_quantity")), default=unfilled
+    )
     reference = Case(When(order_type="SL-M", then=F("trigger_price")), default=F("price"))
-    expected = PaperOrder.objects.filter(client=client, transaction_type="BUY", status__in=PaperOrder.LIVE).aggregate(
-        total=Sum(ExpressionWrapper((F("quantity") - F("filled_quantity")) * reference, output_field=DecimalField()))
+    expected = PaperOrder.objects.filter(client=client, status__in=PaperOrder.LIVE).aggregate(
+        total=Sum(ExpressionWrapper(blocking * reference, output_field=DecimalField()))
     )["total"]
     blocked = engine._blocked_funds(client)
-    assert blocked == expected == 3 * D("1450.1") + 2 * D("1510.1") + 7 * D("1520.2") + 3 * D("1440.3")
+    buys = 3 * D("1450.1") + 2 * D("1510.1") + 7 * D("1520.2") + 3 * D("1440.3")
+    assert blocked == expected == buys + 4 * D("1560") + 4 * D("1570") + 2 * D("1580")
     assert engine._blocked_funds(engine.client_get_or_create(user_id="C3")) == D(0)
 
 

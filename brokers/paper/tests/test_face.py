@@ -14,8 +14,9 @@ from django.utils import timezone
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
 
+from brokers.base import ist_today
 from brokers.paper import engine, kite_format
-from brokers.paper.models import PaperClient, PaperOrder, PaperTrade
+from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
 
 MOCKS = Path(__file__).resolve().parents[2] / "kite" / "samples"
 REDIRECT = "http://app.example/callback"
@@ -246,3 +247,13 @@ def test_fills_cancels_and_rejections_are_posted_back(kite_client, settings):
     for body in received:
         expected = hashlib.sha256(f"{body['order_id']}{body['order_timestamp']}{client.api_secret}".encode())
         assert body["checksum"] == expected.hexdigest()
+
+
+def test_the_kite_face_refuses_an_expired_contract(kite):
+    PaperInstrument.objects.filter(tradingsymbol="NIFTY26DECFUT").update(expiry=ist_today() - timedelta(days=1))
+    with pytest.raises(kite_errors.InputException, match="NIFTY26DECFUT expired on"):
+        kite.place_order(
+            variety="regular", exchange="NFO", tradingsymbol="NIFTY26DECFUT", transaction_type="SELL",
+            quantity=75, product="NRML", order_type="MARKET",
+        )  # fmt: skip
+    assert not PaperOrder.objects.exists()
