@@ -125,9 +125,7 @@ def test_a_late_fire_whose_worker_died_before_placing_is_missed_not_placed_late(
     placed = sources.scheduled_fire(fire_id=fire_ids[0])  # its worker made the order, then died
     assert placed.status == "placed"
     # Both left PLACING by the dead worker, sent again two minutes after their time.
-    ScheduledFire.objects.filter(pk__in=fire_ids).update(
-        status="placing", due_at=timezone.now() - timedelta(minutes=2)
-    )
+    ScheduledFire.objects.filter(pk__in=fire_ids).update(status="placing", due_at=timezone.now() - timedelta(minutes=2))
     again = {fire.pk: fire for fire in sources.scheduled_fires(fire_ids=fire_ids)}
     assert again[fire_ids[0]].status == "placed"  # its order exists: the same one, not another
     assert again[fire_ids[1]].status == "missed" and "stopped" in again[fire_ids[1]].detail
