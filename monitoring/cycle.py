@@ -37,7 +37,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Q, Sum
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
@@ -46,7 +47,7 @@ from brokers.base import BrokerOrder, BrokerPosition, BrokerTrade
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError, RejectKind
 from orders import services as orders
-from orders.models import Order, Strategy
+from orders.models import Order, OrderEvent, Strategy
 from portfolio import services as portfolio
 from portfolio.broadcast import dashboard_push
 from portfolio.models import PnlSnapshot, Position
@@ -331,93 +332,136 @@ def _on_tick(price: Decimal, tick: Decimal) -> Decimal:
     return ((price / tick).to_integral_value(rounding=ROUND_HALF_UP) * tick).quantize(Decimal("0.01"))
 
 
+EXIT_ROLES = (Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT)
+# Exits of one role for one entry the broker refused (rejected, failed) before the cycle stops
+# placing new ones and only reports the entry as unprotected.
+EXIT_ATTEMPTS = 3
+_EXITS = Q(children__role__in=EXIT_ROLES)
+
+
 def _filled_entries(**where):
-    return Order.objects.filter(
-        **where,
-        role=Order.Role.ENTRY,
-        strategy__isnull=False,
-        filled_quantity__gt=0,
-        status__in=[Order.Status.FILLED, Order.Status.PARTIALLY_FILLED],
-    )
-
-
-def _exit_siblings(**where):
-    """Open exits whose other exit (same parent) filled."""
-    filled_exits = Order.objects.filter(
-        **where,
-        role__in=[Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT],
-        status=Order.Status.FILLED,
-        parent__isnull=False,
-    )
-    return Order.objects.filter(
-        parent_id__in=filled_exits.values("parent_id"),
-        role__in=[Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT],
-        status__in=Order.AT_BROKER,
+    """Strategy entries whose exits need a look: part of what they bought or sold is still held
+    (not yet sold or bought back by their exits), or an exit of theirs is still live. A cancelled
+    entry counts for what filled before the cancel."""
+    return (
+        Order.objects.filter(
+            **where,
+            role=Order.Role.ENTRY,
+            strategy__isnull=False,
+            filled_quantity__gt=0,
+            status__in=[Order.Status.FILLED, Order.Status.PARTIALLY_FILLED, Order.Status.CANCELLED],
+        )
+        .annotate(
+            exited=Coalesce(Sum("children__filled_quantity", filter=_EXITS), 0),
+            live_exits=Count("children", filter=_EXITS & Q(children__status__in=Order.LIVE)),
+        )
+        .filter(Q(filled_quantity__gt=F("exited")) | Q(live_exits__gt=0))
     )
 
 
 def step_exits(ctx: Context) -> None:
-    """Place SL (SL-M) and TP (LIMIT) for filled strategy entries not yet covered; one cancels the other."""
+    """Keep each filled strategy entry's SL (SL-M) and TP (LIMIT) at what it still holds.
+
+    What is held is what the entry filled less what its exits filled. Each role's live exits
+    cover exactly that: a new fill of the entry, or an exit the broker refused, gets a new exit
+    for the rest; an exit that filled (wholly or in part) shrinks the other role's exits, down to
+    cancelling them when nothing is held (one cancels the other). An exit the trader (or the
+    broker) cancelled is not placed again. Refusals are the run's errors: the position is
+    unprotected.
+    """
     entries = _filled_entries(account=ctx.account).select_related("strategy", "instrument", "account")
     for entry in entries:
+        exits = list(entry.children.filter(role__in=EXIT_ROLES).order_by("pk"))
+        held = max(entry.filled_quantity - sum(e.filled_quantity for e in exits), 0)
         strategy = entry.strategy
-        exit_side = "SELL" if entry.side == "BUY" else "BUY"
-        tick = entry.instrument.tick_size
-        average = Decimal(entry.average_price)
         for role, amount, unit in (
             (Order.Role.STOP_LOSS, strategy.stop_loss, strategy.stop_loss_unit),
             (Order.Role.TAKE_PROFIT, strategy.take_profit, strategy.take_profit_unit),
         ):
-            if not amount:
-                continue
-            covered = (
-                entry.children.filter(role=role)
-                .exclude(status__in=[Order.Status.CANCELLED, Order.Status.REJECTED, Order.Status.FAILED])
-                .aggregate(total=Sum("quantity"))["total"]
-                or 0
-            )
-            missing = entry.filled_quantity - covered
-            if missing <= 0:
-                continue
-            distance = _offset(average, amount, unit)
-            protective = (role == Order.Role.STOP_LOSS) == (entry.side == "BUY")
-            level = _on_tick(average - distance if protective else average + distance, tick)
-            kwargs = (
-                {"order_type": "SL-M", "trigger_price": level}
-                if role == Order.Role.STOP_LOSS
-                else {"order_type": "LIMIT", "price": level}
-            )
-            try:
-                placed = orders.order_place(
-                    actor=ctx.account.owner,
-                    account=ctx.account,
-                    instrument=entry.instrument,
-                    side=exit_side,
-                    quantity=missing,
-                    product=entry.product,
-                    source=Order.Source.SYSTEM,
-                    role=role,
-                    parent=entry,
-                    strategy=strategy,
-                    cause=_cause("step 4", f"{role.replace('_', '-')} for {entry.reference}"),
-                    idempotency_key=f"exit:{entry.pk}:{role}:{entry.filled_quantity}",
-                    **kwargs,
-                )
-            except ValidationError as error:
-                ctx.act(f"could not place {role} for {entry.reference}: {' '.join(error.messages)}")
-                continue
-            ctx.act(f"placed {role.replace('_', '-')} {placed.reference} for {entry.reference}")
-    _one_cancels_other(ctx)
+            mine = [e for e in exits if e.role == role]
+            live = [e for e in mine if e.status in Order.LIVE]
+            covering = sum(e.quantity - e.filled_quantity for e in live)
+            if covering > held:
+                _exits_shrink(ctx, live, covering - held, held)
+            elif covering < held and amount:
+                _exit_place(ctx, entry, role, mine, held - covering, amount, unit)
 
 
-def _one_cancels_other(ctx: Context) -> None:
-    siblings = _exit_siblings(account=ctx.account).select_related("account", "instrument")
-    for sibling in siblings:
+def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> None:
+    """Take ``excess`` off an entry's live exits of one role, newest first: whole ones cancelled,
+    the last one cut down."""
+    why = "nothing is held any more (its other exit filled)" if held == 0 else f"only {held} are held now"
+    for order in reversed(live):
+        if excess <= 0:
+            return
+        remaining = order.quantity - order.filled_quantity
+        cause = _cause("step 4", why)
         try:
-            orders.order_cancel(order=sibling, actor=ctx.account.owner, cause=_cause("step 4", "its other exit filled"))
-            ctx.act(f"cancelled {sibling.reference}: the other exit filled")
-        except orders.OrderActionRefused as refused:
-            ctx.act(f"could not cancel {sibling.reference}: {refused.message}")
+            if remaining <= excess:
+                orders.order_cancel(order=order, actor=ctx.account.owner, cause=cause)
+                ctx.act(f"cancelled {order.reference}: {why}")
+            else:
+                orders.order_modify(order=order, actor=ctx.account.owner, cause=cause, quantity=order.quantity - excess)
+                ctx.act(f"cut {order.reference} to {order.quantity - excess}: {why}")
+        except (ValidationError, orders.OrderActionRefused) as error:
+            _run_error(ctx, f"could not shrink {order.reference} ({why}): {' '.join(error.messages)}")
+            continue
+        excess -= remaining
+
+
+def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, amount, unit) -> None:
+    name = role.replace("_", "-")
+    declined = [e for e in mine if e.status == Order.Status.CANCELLED]
+    if declined and (
+        OrderEvent.objects.filter(order__in=declined, kind="cancelled")
+        .exclude(cause__startswith=_cause("step 4", ""))
+        .exists()
+    ):
+        return  # cancelled by the trader (or the broker): not put back
+    refused = [e for e in mine if e.status in (Order.Status.REJECTED, Order.Status.FAILED)]
+    if len(refused) >= EXIT_ATTEMPTS:
+        last = refused[-1].reject_reason
+        _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: {len(refused)} refused (last: {last})")
+        return
+    average = Decimal(entry.average_price)
+    distance = _offset(average, amount, unit)
+    protective = (role == Order.Role.STOP_LOSS) == (entry.side == "BUY")
+    level = _on_tick(average - distance if protective else average + distance, entry.instrument.tick_size)
+    if role == Order.Role.STOP_LOSS:
+        prices = {"order_type": "SL-M", "trigger_price": level}
+    else:
+        prices = {"order_type": "LIMIT", "price": level}
+    try:
+        placed = orders.order_place(
+            actor=ctx.account.owner,
+            account=ctx.account,
+            instrument=entry.instrument,
+            side="SELL" if entry.side == "BUY" else "BUY",
+            quantity=missing,
+            product=entry.product,
+            source=Order.Source.SYSTEM,
+            role=role,
+            parent=entry,
+            strategy=entry.strategy,
+            cause=_cause("step 4", f"{name} for {entry.reference}"),
+            # The n-th exit of this role: one per cycle's look however often a cycle runs.
+            idempotency_key=f"exit:{entry.pk}:{role}:#{len(mine)}",
+            **prices,
+        )
+    except ValidationError as error:
+        _run_error(ctx, f"could not place a {name} for {entry.reference}: {' '.join(error.messages)}")
+        return
+    if placed.status in (Order.Status.REJECTED, Order.Status.FAILED):
+        _run_error(ctx, f"{name} {placed.reference} for {entry.reference} {placed.status}: {placed.reject_reason}")
+    else:
+        ctx.act(f"placed {name} {placed.reference} for {entry.reference}")
+
+
+def _run_error(ctx: Context, text: str) -> None:
+    """What the trader must see (a position left unprotected): the run's error on the monitoring
+    page, not just an action."""
+    ctx.act(text)
+    ctx.errors.append({"step": "4_exits", "error": text[:500]})
 
 
 # --- 5. Chase toward a fair price ----------------------------------------------------------------
@@ -425,8 +469,14 @@ def _one_cancels_other(ctx: Context) -> None:
 BROKER_MODIFICATION_CAP = 25
 
 
+REPLACE_KEY = ":replace:"
+
+
 def _placed(order: Order, field: str) -> Decimal:
-    """A price as the order was first placed (kept in its "created" event)."""
+    """A price as the order was first placed (kept in its "created" event); for a replacement
+    (``_cancel_and_replace``), as the order it replaced was, back to the first."""
+    while order.parent_id and REPLACE_KEY in (order.idempotency_key or ""):
+        order = order.parent
     created = order.events.filter(kind="created").first()
     value = (created.data or {}).get(field) if created else None
     return Decimal(value) if value else getattr(order, field)
@@ -496,6 +546,12 @@ def _cancel_and_replace(ctx: Context, order: Order, price: Decimal, cause: str) 
     except orders.OrderActionRefused as refused:
         ctx.act(f"could not replace {order.reference}: {refused.message}")
         return
+    # What filled before the cancel took may not be recorded yet: the broker's word on it first.
+    try:
+        orders.order_apply_broker_state(order, ctx.broker.order(order.broker_order_id), cause=cause)
+    except BrokerError as error:
+        _run_error(ctx, f"could not replace {order.reference}: its fills are not known ({error})")
+        return
     order.refresh_from_db()
     remaining = order.quantity - order.filled_quantity
     if remaining <= 0:
@@ -514,7 +570,7 @@ def _cancel_and_replace(ctx: Context, order: Order, price: Decimal, cause: str) 
         parent=order,
         strategy=order.strategy,
         cause=cause,
-        idempotency_key=f"replace:{order.pk}",
+        idempotency_key=f"{REPLACE_KEY.strip(':')}:{order.pk}",
     )
     ctx.act(f"replaced {order.reference} with {replacement.reference} at {price}")
 
@@ -570,9 +626,10 @@ def step_trail(ctx: Context) -> None:
 
 
 def _dependants_of_rejected(**where):
+    """Live orders whose parent was rejected or failed; not its retries (step 9), which replace it."""
     return Order.objects.filter(
         **where, parent__status__in=[Order.Status.REJECTED, Order.Status.FAILED], status__in=Order.AT_BROKER
-    )
+    ).exclude(idempotency_key__contains=RETRY_KEY)
 
 
 def step_rejections(ctx: Context) -> None:
@@ -618,7 +675,11 @@ def _place_again(ctx: Context, like: Order, *, role: str, cause: str, key: str) 
 
 def _stopped_out(**where):
     return Order.objects.filter(
-        **where, role=Order.Role.STOP_LOSS, status=Order.Status.FILLED, parent__strategy__reentry_enabled=True
+        **where,
+        role=Order.Role.STOP_LOSS,
+        status=Order.Status.FILLED,
+        parent__strategy__reentry_enabled=True,
+        parent__strategy__is_active=True,  # a paused strategy opens nothing new
     )
 
 
@@ -651,9 +712,14 @@ def step_reentry(ctx: Context) -> None:
 # --- 9. Retries ---------------------------------------------------------------------------------
 
 
+RETRY_KEY = ":retry:"
+
+
 def _rejected_with_retries(**where):
+    """Refused strategy entries (a refused exit is placed again by step 4)."""
     return Order.objects.filter(
         **where,
+        role=Order.Role.ENTRY,
         strategy__isnull=False,
         status__in=[Order.Status.REJECTED, Order.Status.FAILED],
         strategy__max_retries__gt=0,
@@ -670,7 +736,7 @@ def step_retries(ctx: Context) -> None:
         attempt = failed.retry_count + 1
         if failed.reject_kind not in kinds or attempt > strategy.max_retries:
             continue
-        if Order.objects.filter(Q(parent=failed) & Q(idempotency_key__endswith=f":retry:{failed.pk}")).exists():
+        if Order.objects.filter(Q(parent=failed) & Q(idempotency_key__endswith=f"{RETRY_KEY}{failed.pk}")).exists():
             continue
         if (now - failed.updated_at).total_seconds() < 2 ** (attempt - 1):
             continue  # backoff: 1 s, 2 s, 4 s...
@@ -679,7 +745,7 @@ def step_retries(ctx: Context) -> None:
             failed,
             role=failed.role,
             cause=_cause("step 9", f"retry {attempt} of {failed.reference} ({failed.reject_kind})"),
-            key=f"retry:{failed.pk}",
+            key=f"{RETRY_KEY.strip(':')}:{failed.pk}",
         )
         if retried is None:
             continue
@@ -709,7 +775,7 @@ BATCHED = {step_fetch: _fetch_many, step_pnl: _pnl_many}
 # one, or a test's stand-in) runs for every account, and then so do the rest.
 ACTS_ON = {
     step_orders: (orders.orders_to_sync,),
-    step_exits: (_filled_entries, _exit_siblings),
+    step_exits: (_filled_entries,),
     step_chase: (_chased,),
     step_trail: (_trailing_stops,),
     step_rejections: (_dependants_of_rejected,),

@@ -898,19 +898,21 @@ def _tells_more(order: Order, state) -> bool:
 
 
 ORDER_TYPE_NAMES = frozenset(name for name, _label in ORDER_TYPES)
+STOPS = ("SL", "SL-M")
 
 
 def _broker_terms(order: Order, state) -> dict:
     """The order's terms as its broker holds them, where they differ from ours: a change the broker
     made whose answer was lost (a modify that timed out)."""
-    if state.quantity <= 0 or state.order_type not in ORDER_TYPE_NAMES:
+    if state.quantity <= 0:
         return {}
-    terms = {
-        "quantity": state.quantity,
-        "order_type": state.order_type,
-        "price": state.price if state.order_type in ("LIMIT", "SL") else None,
-        "trigger_price": state.trigger_price if state.order_type in ("SL", "SL-M") else None,
-    }
+    terms = {"quantity": state.quantity}
+    # A stop order that triggered shows at some brokers as the plain order it became (SL-M as
+    # MARKET): it is still our stop, so only a change a modify can make is taken (a stop stays a stop).
+    if state.order_type in ORDER_TYPE_NAMES and (state.order_type in STOPS) == (order.order_type in STOPS):
+        terms["order_type"] = state.order_type
+        terms["price"] = state.price if state.order_type in ("LIMIT", "SL") else None
+        terms["trigger_price"] = state.trigger_price if state.order_type in STOPS else None
     return {name: value for name, value in terms.items() if value != getattr(order, name)}
 
 
@@ -1032,10 +1034,11 @@ def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow
 
 
 def orders_to_sync(**where):
-    """The orders a sync looks at: today's live and failed ones (``where`` picks the accounts)."""
+    """The orders a sync looks at: today's live, failed and cancelled ones (a fill can land just
+    before a cancel takes, and be told after it; ``where`` picks the accounts)."""
     today_start = timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
     return Order.objects.filter(**where).filter(
-        status__in=[*Order.LIVE, OrderStatus.FAILED], created_at__gte=today_start
+        status__in=[*Order.LIVE, OrderStatus.FAILED, OrderStatus.CANCELLED], created_at__gte=today_start
     )
 
 

@@ -448,3 +448,15 @@ def test_one_order_that_cannot_be_reconciled_does_not_stop_the_others(trader, ac
         services.orders_sync_account(account=account, broker_orders=book)
     second.refresh_from_db()
     assert second.status == Order.Status.CANCELLED
+
+
+def test_a_triggered_stop_shown_as_the_plain_order_it_became_stays_our_stop(trader, account):
+    set_price("1500")
+    stop = place(trader, account, side="SELL", quantity=2, order_type="SL-M", trigger_price=D("1480"))
+    settle()
+    stop.refresh_from_db()
+    asked_at = services.timezone.now()
+    triggered = _state(stop, order_type="MARKET", status=Status.FILLED, filled_quantity=2, average_price=D("1479.9"))
+    services.orders_sync_account(account=account, broker_orders=[triggered], asked_at=asked_at)
+    stop.refresh_from_db()
+    assert (stop.status, stop.order_type, stop.trigger_price) == (Order.Status.FILLED, "SL-M", D("1480.00"))

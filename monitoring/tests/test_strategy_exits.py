@@ -1,0 +1,211 @@
+"""A strategy's exits keep up with what its entry still holds, whatever fills, fails or is cancelled.
+
+Each test is a life a review found broken against the paper exchange: exits split in pairs,
+partly filled, refused by the broker, retried, replaced, or left behind by a cancelled entry.
+"""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from brokers.paper import engine
+from brokers.paper.models import PaperClient
+from monitoring import cycle
+from monitoring.models import AccountRun
+from orders import services, sources
+from orders.models import Order
+from orders.tests.factories import place
+from portfolio.models import Position
+from tradingplatform import background
+
+D = Decimal
+EXITS = ("stop_loss", "take_profit")
+
+
+def monitor(account):
+    return cycle.account_monitor(account=account)
+
+
+def quote(last, *, bid=None, ask=None, volume=10**6):
+    """The market for INFY; ``volume``: what may trade at each match (less than an order: a partial fill)."""
+    last = D(last)
+    engine.market_set(
+        exchange="NSE",
+        tradingsymbol="INFY",
+        last_price=last,
+        bid=D(bid) if bid else last - D("0.1"),
+        ask=D(ask) if ask else last + D("0.1"),
+        tick_volume=volume,
+    )
+
+
+def strategy(trader, account, **params):
+    row, _ = sources.strategy_save(owner=trader, name="Guarded", account_ids=[account.pk], **params)
+    return row
+
+
+def entry(trader, account, guarded, **kwargs):
+    return place(trader, account, quantity=10, strategy=guarded, source="strategy", **kwargs)
+
+
+def live_exits(account, role):
+    return sum(
+        o.quantity - o.filled_quantity for o in Order.objects.filter(account=account, role=role, status__in=Order.LIVE)
+    )
+
+
+def held(account):
+    return Position.objects.get(account=account).net_quantity
+
+
+def knobs(account, **values):
+    engine.client_get_or_create(user_id=account.client_id)
+    PaperClient.objects.filter(user_id=account.client_id).update(**values)
+
+
+def test_an_exit_filling_leaves_the_exits_of_the_rest_of_the_position(trader, account):
+    """The entry fills 4, then 6: two pairs of exits. The first take-profit (4) fills: the other
+    six stay covered, and the first pair's stop-loss goes."""
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    monitor(account)
+    quote("1498.9", bid="1498.8", ask="1498.9")
+    monitor(account)
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 10
+    quote("1529.1", bid="1529.1", ask="1529.2", volume=4)  # 4 trade at the first take-profit
+    monitor(account)
+    monitor(account)
+    assert held(account) == 6
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 6
+
+
+def test_a_partly_filled_take_profit_cuts_the_stop_loss_to_what_is_held(trader, account):
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    quote("1530.2", bid="1530.2", ask="1530.3", volume=4)  # the take-profit (1530.10) sells 4
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    assert (stop.quantity, stop.status) == (6, Order.Status.OPEN)
+    assert "only 6 are held" in stop.events.last().cause
+    quote("1480")  # the stop triggers: it sells what is held, not more
+    monitor(account)
+    monitor(account)
+    assert held(account) == 0 and live_exits(account, "take_profit") == 0
+
+
+def test_a_refused_exit_is_an_error_of_the_run_and_is_placed_again(trader, account):
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    knobs(account, rejection_rate=1)
+    run = monitor(account)
+    assert run.status == AccountRun.Status.ERRORS
+    assert any("REJECTED" in error["error"] for error in run.errors)
+    knobs(account, rejection_rate=0)
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 10
+    assert first.children.filter(role="stop_loss").count() == 2  # the refused one and its replacement
+
+
+def test_an_exit_refused_again_and_again_is_reported_not_placed_forever(trader, account):
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    knobs(account, rejection_rate=1)
+    for _ in range(cycle.EXIT_ATTEMPTS + 2):
+        run = monitor(account)
+    assert first.children.filter(role="stop_loss").count() == cycle.EXIT_ATTEMPTS
+    assert "without a stop-loss" in run.errors[-1]["error"]
+
+
+def test_an_exit_the_trader_cancelled_is_not_put_back(trader, account):
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    services.order_cancel(order=first.children.get(role="stop_loss"), actor=trader, cause="trader via the order page")
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK and run.actions == []
+    assert live_exits(account, "stop_loss") == 0 and live_exits(account, "take_profit") == 10
+
+
+def test_a_retried_entry_is_not_cancelled_as_a_dependant_of_the_refused_one(trader, account):
+    guarded = strategy(trader, account, max_retries=1, retryable_kinds=["funds"])
+    quote("1500")
+    knobs(account, cash=D("10"))
+    refused = entry(trader, account, guarded, order_type="LIMIT", price="1490")
+    assert refused.status == Order.Status.REJECTED
+    knobs(account, cash=D("10000000"))
+    Order.objects.filter(pk=refused.pk).update(updated_at=timezone.now() - timedelta(days=1))
+    monitor(account)
+    monitor(account)
+    retry = Order.objects.get(parent=refused)
+    assert retry.status == Order.Status.OPEN and retry.retry_count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancelled_entry_that_partly_filled_gets_exits_for_what_filled(trader, account):
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    services.order_cancel(order=first, actor=trader, cause="trader cancels the rest")
+    assert background.wait_idle(30)
+    monitor(account)
+    monitor(account)
+    first.refresh_from_db()
+    assert (first.status, first.filled_quantity) == (Order.Status.CANCELLED, 4)
+    assert held(account) == live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 4
+
+
+def test_a_replacement_buys_only_what_the_cancelled_order_had_not(trader, account, monkeypatch):
+    """Past the modification cap a chased entry is cancelled and replaced; 4 filled between the
+    cycle's fetch and the cancel: the replacement is for 6."""
+    guarded = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    Order.objects.filter(pk=first.pk).update(chase_count=cycle.BROKER_MODIFICATION_CAP - 1)
+
+    def fills_some(ctx):
+        quote("1499.0", bid="1498.9", ask="1499.0", volume=4)
+        ctx.last_prices[("NSE", "INFY")] = D("1499.20")
+
+    monkeypatch.setattr(cycle, "STEPS", [*cycle.STEPS[:4], ("4b_fills", fills_some), *cycle.STEPS[4:]])
+    monitor(account)
+    replacement = Order.objects.get(parent=first, role="entry")
+    first.refresh_from_db()
+    assert first.filled_quantity == 4 and replacement.quantity == 6
+
+
+def test_a_replacement_is_chased_no_further_than_the_first_orders_cap(trader, account):
+    guarded = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)  # 1499.00 + 10 x 0.10
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    Order.objects.filter(pk=first.pk).update(chase_count=cycle.BROKER_MODIFICATION_CAP - 1)
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    monitor(account)
+    for last in ("1499.40", "1500", "1503", "1510"):
+        quote(last, bid=last, ask=D(last) + D("5"))  # never crosses the entry
+        monitor(account)
+    live = Order.objects.get(account=account, role="entry", status__in=Order.LIVE)
+    assert live.pk != first.pk and live.price == D("1500.00")
+
+
+def test_a_paused_strategy_does_not_re_enter(trader, account):
+    guarded = strategy(trader, account, stop_loss=D("1"), reentry_enabled=True, max_reentries=2)
+    quote("1500")
+    entry(trader, account, guarded)
+    monitor(account)
+    guarded.is_active = False
+    guarded.save()
+    quote("1480")  # the stop-loss fills
+    monitor(account)
+    monitor(account)
+    assert Order.objects.filter(account=account, role="entry").count() == 1
