@@ -249,9 +249,10 @@ def seed(args) -> list[Trader]:
 
 
 def instruments() -> list[tuple[str, str, int]]:
-    from brokers.models import Instrument
+    """What the orders are for: every instrument still traded (not an expired contract)."""
+    from brokers.selectors import instruments_tradable
 
-    return [(i.exchange, i.tradingsymbol, i.lot_size) for i in Instrument.objects.order_by("pk")]
+    return [(i.exchange, i.tradingsymbol, i.lot_size) for i in instruments_tradable().order_by("pk")]
 
 
 # --- Verification ----------------------------------------------------------------------------------

@@ -107,17 +107,25 @@ def main(argv=None):
     def run(start, count):
         per_thread = count // args.threads
 
+        failures = []
+
         def worker(t):
             client = Client(SERVER_NAME=harness.HOST)
-            for i in range(start + t * per_thread, start + (t + 1) * per_thread):
-                place(client, i)
-            connections.close_all()
+            try:
+                for i in range(start + t * per_thread, start + (t + 1) * per_thread):
+                    place(client, i)
+            except BaseException as error:  # a thread's SystemExit would end only the thread
+                failures.append(error)
+            finally:
+                connections.close_all()
 
         threads = [threading.Thread(target=worker, args=(t,), name=f"placer-{t}") for t in range(args.threads)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if failures:
+            raise failures[0]
         background.drain() if hasattr(background, "drain") else time.sleep(0.5)
         return per_thread * args.threads
 
