@@ -754,7 +754,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
     from django.utils import timezone
 
     from accounts.models import BrokerAccount, User
-    from brokers.models import Instrument
+    from brokers.selectors import instruments_tradable
     from orders import sources
     from orders.models import OrderEvent, ScheduledFire, ScheduledOrder
     from orders.tasks import dispatch_due
@@ -776,7 +776,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
     )
     accounts = list(BrokerAccount.objects.filter(pk__in=[t.account_id for t in traders]).order_by("pk"))
     owners = {u.pk: u for u in User.objects.filter(pk__in=[a.owner_id for a in accounts])}
-    symbols = list(Instrument.objects.order_by("pk"))
+    symbols = list(instruments_tradable().order_by("pk"))
     connection.close()
 
     # The worker (and beat) first, so that the due time finds them running.
