@@ -37,7 +37,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, Exists, F, OuterRef, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -47,7 +47,7 @@ from brokers.base import BrokerOrder, BrokerPosition, BrokerTrade
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError, RejectKind
 from orders import services as orders
-from orders.models import Order, OrderEvent, Strategy
+from orders.models import Order, Strategy
 from portfolio import services as portfolio
 from portfolio.broadcast import dashboard_push
 from portfolio.models import PnlSnapshot, Position
@@ -333,16 +333,21 @@ def _on_tick(price: Decimal, tick: Decimal) -> Decimal:
 
 
 EXIT_ROLES = (Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT)
-# Exits of one role for one entry the broker refused (rejected, failed) before the cycle stops
-# placing new ones and only reports the entry as unprotected.
+# Exits of one role for one entry the broker rejected before the cycle stops placing new ones
+# and only reports the entry as unprotected. Exits that failed (never reached it: network, rate
+# limit, session) do not count: they are placed again, further apart each time.
 EXIT_ATTEMPTS = 3
+EXIT_RETRY_MAX_S = 60
 _EXITS = Q(children__role__in=EXIT_ROLES)
 
 
 def _filled_entries(**where):
-    """Strategy entries whose exits need a look: part of what they bought or sold is still held
-    (not yet sold or bought back by their exits), or an exit of theirs is still live. A cancelled
-    entry counts for what filled before the cancel."""
+    """Strategy entries whose exits need a look: the account still has a position in the
+    instrument and product and part of the entry's fill is not yet closed by its exits, or an
+    exit of theirs is still live. A cancelled entry counts for what filled before the cancel."""
+    open_position = Position.objects.filter(
+        account=OuterRef("account"), instrument=OuterRef("instrument"), product=OuterRef("product")
+    ).exclude(net_quantity=0)
     return (
         Order.objects.filter(
             **where,
@@ -355,24 +360,40 @@ def _filled_entries(**where):
             exited=Coalesce(Sum("children__filled_quantity", filter=_EXITS), 0),
             live_exits=Count("children", filter=_EXITS & Q(children__status__in=Order.LIVE)),
         )
-        .filter(Q(filled_quantity__gt=F("exited")) | Q(live_exits__gt=0))
+        .filter((Q(filled_quantity__gt=F("exited")) & Exists(open_position)) | Q(live_exits__gt=0))
     )
 
 
 def step_exits(ctx: Context) -> None:
     """Keep each filled strategy entry's SL (SL-M) and TP (LIMIT) at what it still holds.
 
-    What is held is what the entry filled less what its exits filled. Each role's live exits
+    What an entry holds is what it filled less what its exits filled, and never more than the
+    account holds on its side in the instrument and product (the position, shared by the
+    entries in it newest first: a sale by hand closes the oldest first). Each role's live exits
     cover exactly that: a new fill of the entry, or an exit the broker refused, gets a new exit
-    for the rest; an exit that filled (wholly or in part) shrinks the other role's exits, down to
-    cancelling them when nothing is held (one cancels the other). An exit the trader (or the
-    broker) cancelled is not placed again. Refusals are the run's errors: the position is
-    unprotected.
+    for the rest; an exit that filled (wholly or in part) shrinks the other role's exits, down
+    to cancelling them when nothing is held (one cancels the other). An exit the trader
+    cancelled is not placed again. Refusals are the run's errors: the position is unprotected.
     """
-    entries = _filled_entries(account=ctx.account).select_related("strategy", "instrument", "account")
+    entries = list(
+        _filled_entries(account=ctx.account).select_related("strategy", "instrument", "account").order_by("-pk")
+    )
+    positions = {
+        (p.instrument_id, p.product): p.net_quantity
+        for p in Position.objects.filter(account=ctx.account, instrument__in={e.instrument_id for e in entries}).only(
+            "instrument_id", "product", "net_quantity"
+        )
+    }
+    children = defaultdict(list)
+    for child in Order.objects.filter(parent__in=entries, role__in=EXIT_ROLES).order_by("pk"):
+        children[child.parent_id].append(child)
     for entry in entries:
-        exits = list(entry.children.filter(role__in=EXIT_ROLES).order_by("pk"))
-        held = max(entry.filled_quantity - sum(e.filled_quantity for e in exits), 0)
+        exits = children[entry.pk]
+        side = 1 if entry.side == "BUY" else -1
+        position = (entry.instrument_id, entry.product)
+        on_side = max(side * positions.get(position, 0), 0)
+        held = min(max(entry.filled_quantity - sum(e.filled_quantity for e in exits), 0), on_side)
+        positions[position] = side * (on_side - held)  # what is left for older entries
         strategy = entry.strategy
         for role, amount, unit in (
             (Order.Role.STOP_LOSS, strategy.stop_loss, strategy.stop_loss_unit),
@@ -389,7 +410,7 @@ def step_exits(ctx: Context) -> None:
 
 def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> None:
     """Take ``excess`` off an entry's live exits of one role, newest first: whole ones cancelled,
-    the last one cut down."""
+    the last one cut down. A failure stops here: the next cycle reads what happened."""
     why = "nothing is held any more (its other exit filled)" if held == 0 else f"only {held} are held now"
     for order in reversed(live):
         if excess <= 0:
@@ -398,31 +419,32 @@ def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> No
         cause = _cause("step 4", why)
         try:
             if remaining <= excess:
-                orders.order_cancel(order=order, actor=ctx.account.owner, cause=cause)
+                orders.order_cancel(order=order, actor=ctx.account.owner, cause=cause, by_trader=False)
                 ctx.act(f"cancelled {order.reference}: {why}")
             else:
                 orders.order_modify(order=order, actor=ctx.account.owner, cause=cause, quantity=order.quantity - excess)
                 ctx.act(f"cut {order.reference} to {order.quantity - excess}: {why}")
         except (ValidationError, orders.OrderActionRefused) as error:
-            _run_error(ctx, f"could not shrink {order.reference} ({why}): {' '.join(error.messages)}")
-            continue
+            _run_error(ctx, f"could not shrink {order.reference} ({why}): {_refusal(error)}")
+            return
         excess -= remaining
 
 
 def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, amount, unit) -> None:
     name = role.replace("_", "-")
-    declined = [e for e in mine if e.status == Order.Status.CANCELLED]
-    if declined and (
-        OrderEvent.objects.filter(order__in=declined, kind="cancelled")
-        .exclude(cause__startswith=_cause("step 4", ""))
-        .exists()
-    ):
-        return  # cancelled by the trader (or the broker): not put back
-    refused = [e for e in mine if e.status in (Order.Status.REJECTED, Order.Status.FAILED)]
-    if len(refused) >= EXIT_ATTEMPTS:
-        last = refused[-1].reject_reason
-        _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: {len(refused)} refused (last: {last})")
+    if any(orders.cancel_asked_by_trader(e) for e in mine if e.status == Order.Status.CANCELLED):
+        return  # the trader cancelled this exit: not put back
+    rejected = [e for e in mine if e.status == Order.Status.REJECTED]
+    if len(rejected) >= EXIT_ATTEMPTS:
+        last = rejected[-1].reject_reason
+        _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: {len(rejected)} rejected (last: {last})")
         return
+    failed = [e for e in mine if e.status == Order.Status.FAILED]
+    if mine and mine[-1].status == Order.Status.FAILED:
+        wait_s = min(2 ** len(failed), EXIT_RETRY_MAX_S)
+        if (timezone.now() - mine[-1].updated_at).total_seconds() < wait_s:
+            _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: placing again within {wait_s} s")
+            return
     average = Decimal(entry.average_price)
     distance = _offset(average, amount, unit)
     protective = (role == Order.Role.STOP_LOSS) == (entry.side == "BUY")
@@ -449,12 +471,17 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             **prices,
         )
     except ValidationError as error:
-        _run_error(ctx, f"could not place a {name} for {entry.reference}: {' '.join(error.messages)}")
+        _run_error(ctx, f"could not place a {name} for {entry.reference}: {_refusal(error)}")
         return
     if placed.status in (Order.Status.REJECTED, Order.Status.FAILED):
         _run_error(ctx, f"{name} {placed.reference} for {entry.reference} {placed.status}: {placed.reject_reason}")
     else:
         ctx.act(f"placed {name} {placed.reference} for {entry.reference}")
+
+
+def _refusal(error: Exception) -> str:
+    """What a ValidationError or an OrderActionRefused says, as one line."""
+    return " ".join(getattr(error, "messages", None) or [str(getattr(error, "message", error))])
 
 
 def _run_error(ctx: Context, text: str) -> None:
@@ -542,7 +569,9 @@ def step_chase(ctx: Context) -> None:
 
 def _cancel_and_replace(ctx: Context, order: Order, price: Decimal, cause: str) -> None:
     try:
-        orders.order_cancel(order=order, actor=ctx.account.owner, cause=f"{cause}; the modification cap is reached")
+        orders.order_cancel(
+            order=order, actor=ctx.account.owner, cause=f"{cause}; the modification cap is reached", by_trader=False
+        )
     except orders.OrderActionRefused as refused:
         ctx.act(f"could not replace {order.reference}: {refused.message}")
         return
@@ -638,7 +667,10 @@ def step_rejections(ctx: Context) -> None:
     for order in dependants:
         try:
             orders.order_cancel(
-                order=order, actor=ctx.account.owner, cause=_cause("step 7", f"{order.parent.reference} was rejected")
+                order=order,
+                actor=ctx.account.owner,
+                cause=_cause("step 7", f"{order.parent.reference} was rejected"),
+                by_trader=False,
             )
             ctx.act(f"cancelled {order.reference}: its parent was rejected")
         except orders.OrderActionRefused as refused:

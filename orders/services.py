@@ -31,6 +31,7 @@ from types import SimpleNamespace
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
@@ -617,8 +618,8 @@ def _submit(order: Order, cause: str, broker: AccountBroker | None) -> None:
             as_submitted = SimpleNamespace(
                 status=OrderStatus.SUBMITTED,
                 broker_order_id=placed.broker_order_id,
-                quantity=order.quantity,
                 filled_quantity=order.filled_quantity,
+                **{name: getattr(order, name) for name in ("quantity", "order_type", "price", "trigger_price")},
             )
             answered = _state_step(as_submitted, placed.state, cause=f"{broker_name(order)}'s answer")
         if _transition(
@@ -820,7 +821,10 @@ def order_modify(
     return order
 
 
-def order_cancel(*, order: Order, actor, cause: str) -> Order:
+def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True) -> Order:
+    """Cancel an order at its broker. ``by_trader``: the trader asked (a page, the API), not one of
+    the platform's own steps; the request is recorded first, whoever's word on the cancel lands
+    first, so a strategy's cycle never puts back an exit the trader cancelled."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
     if order.status == OrderStatus.NEW and not order.broker_order_id:
@@ -829,6 +833,8 @@ def order_cancel(*, order: Order, actor, cause: str) -> Order:
         raise OrderActionRefused(f"This order is {order.get_status_display()}; there is nothing to cancel.")
     if not order.broker_order_id:
         raise OrderActionRefused("The broker's answer for this order was lost; it is being looked up.")
+    by = "trader" if by_trader else "platform"
+    _event(order, "cancel_requested", cause=cause, from_status=order.status, data={"by": by})
     try:
         AccountBroker(order.account).cancel_order(order.broker_order_id)
     except InputError as error:
@@ -851,6 +857,11 @@ def order_cancel(*, order: Order, actor, cause: str) -> Order:
             _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause)
     _queue_sync(order)
     return order
+
+
+def cancel_asked_by_trader(order: Order) -> bool:
+    """Whether the trader asked for this order's cancel (not the platform's own steps)."""
+    return order.events.filter(kind="cancel_requested", data__by="trader").exists()
 
 
 # --- Reconciliation with the broker ------------------------------------------------------------
@@ -1033,12 +1044,19 @@ def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow
     return True
 
 
+# How long a cancelled order is still read from the broker: a fill can land just before a
+# cancel takes, and be told after it.
+CANCELLED_SETTLE_S = 600
+
+
 def orders_to_sync(**where):
-    """The orders a sync looks at: today's live, failed and cancelled ones (a fill can land just
-    before a cancel takes, and be told after it; ``where`` picks the accounts)."""
-    today_start = timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
-    return Order.objects.filter(**where).filter(
-        status__in=[*Order.LIVE, OrderStatus.FAILED, OrderStatus.CANCELLED], created_at__gte=today_start
+    """The orders a sync looks at: today's live and failed ones, and those cancelled in the last
+    ``CANCELLED_SETTLE_S`` (``where`` picks the accounts)."""
+    now = timezone.now()
+    today_start = now.astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+    return Order.objects.filter(**where, created_at__gte=today_start).filter(
+        Q(status__in=[*Order.LIVE, OrderStatus.FAILED])
+        | Q(status=OrderStatus.CANCELLED, updated_at__gte=now - timedelta(seconds=CANCELLED_SETTLE_S))
     )
 
 

@@ -487,7 +487,14 @@ def _fires_take(fire_ids: list[int]) -> list[ScheduledFire]:
         for fire in fires:
             fire.scheduled = scheduled = scheduled_orders[fire.scheduled_id]
             if fire.pk in late and _fire_key(scheduled, fire) not in started:
-                stopped = "; the worker placing it stopped" if fire.status == ScheduledFire.Status.PLACING else ""
+                stopped = ""
+                if fire.status == ScheduledFire.Status.PLACING:
+                    # Missed only if its worker stopped: one still placing it (slow) holds its lock.
+                    token = locks.acquire(_placing_lock(fire), ttl_s=FIRE_PLACING_TTL_S)
+                    if token is None:
+                        continue
+                    locks.release(_placing_lock(fire), token)
+                    stopped = "; the worker placing it stopped"
                 fire.status = ScheduledFire.Status.MISSED
                 fire.detail = f"missed: {late[fire.pk]:.0f}s late when a worker got to it{stopped}"
                 fire.save(update_fields=["status", "detail"])
@@ -510,9 +517,28 @@ def _fire_key(scheduled: ScheduledOrder, fire: ScheduledFire) -> str:
     return f"{scheduled.owner_id}:{_FIRE_KEY.format(fire=fire.pk)}"
 
 
+# How long a worker placing a fire holds it (longer than any placement takes): a late fire still
+# PLACING whose lock is free was left by a worker that stopped.
+FIRE_PLACING_TTL_S = 120
+
+
+def _placing_lock(fire: ScheduledFire) -> str:
+    return f"orders:placing-fire:{fire.pk}"
+
+
 def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
     """Place one taken fire's order: (its fire's status, detail), or None when placing it failed
-    unexpectedly (it stays PLACING and is sent again later)."""
+    unexpectedly or another worker is placing it (it stays PLACING and is sent again later)."""
+    token = locks.acquire(_placing_lock(fire), ttl_s=FIRE_PLACING_TTL_S)
+    if token is None:
+        return None
+    try:
+        return _fire_order(fire)
+    finally:
+        locks.release(_placing_lock(fire), token)
+
+
+def _fire_order(fire: ScheduledFire) -> tuple[str, str] | None:
     scheduled = fire.scheduled
     try:
         order = services.order_place(

@@ -342,15 +342,10 @@ def _blocked_funds(client: PaperClient) -> Decimal:
 
 
 # What a SELL may use, in one round trip: the client's blocked funds (``_BLOCKED_FUNDS``, its
-# parameters first), what its other live SELL orders in the instrument and product still have to
-# sell (parameters: client, instrument, product, SELL, the order to leave out or 0, the live
-# statuses), and its bought and sold quantity there, all days (BUY, SELL, client, instrument,
-# product: the trades' (client, instrument, product) index).
+# parameters first) and its bought and sold quantity in the instrument and product, all days
+# (BUY, SELL, client, instrument, product: the trades' (client, instrument, product) index).
 _SELL_COVER = (
     f"SELECT ({_BLOCKED_FUNDS}), "  # noqa: S608 (constant text; values go as parameters)
-    "(SELECT SUM(o.quantity - o.filled_quantity) FROM paper_paperorder o WHERE o.client_id = %s "
-    "AND o.instrument_id = %s AND o.product = %s AND o.transaction_type = %s AND o.id <> %s "
-    "AND o.status IN (%s, %s)), "
     "f.bought, f.sold "
     "FROM (SELECT SUM(CASE WHEN t.transaction_type = %s THEN t.quantity ELSE 0 END) AS bought, "
     "SUM(CASE WHEN t.transaction_type = %s THEN t.quantity ELSE 0 END) AS sold "
@@ -361,31 +356,29 @@ _SELL_COVER = (
 @dataclass
 class SellCover:
     long: int  # the client's net position in the instrument and product (negative: short)
-    pending: int  # still to be sold by its other live SELL orders there
     blocked: Decimal  # the client's blocked funds (``_blocked_funds``)
 
     @property
     def available(self) -> int:
-        """What a new SELL can sell out of the long without opening a short."""
-        return max(0, self.long - self.pending)
+        """What a SELL can sell out of the long without opening a short. Other open sells of the
+        same long are not netted: a strategy's stop-loss and take-profit both sell it, and the
+        platform cancels one when the other fills."""
+        return max(0, self.long)
 
 
-def _sell_cover(client_id: int, instrument_id: int, product: str, *, leave_out: int = 0) -> SellCover:
+def _sell_cover(client_id: int, instrument_id: int, product: str) -> SellCover:
     """The long a SELL may sell from (``_SELL_COVER``): one indexed query, on SELLs only."""
-    params = _blocked_funds_params(client_id)
-    params += [client_id, instrument_id, product, SELL, leave_out, *PaperOrder.LIVE]
-    params += [BUY, SELL, client_id, instrument_id, product]
+    params = [*_blocked_funds_params(client_id), BUY, SELL, client_id, instrument_id, product]
     with connection.cursor() as cursor:
         cursor.execute(_SELL_COVER, params)
-        blocked, pending, bought, sold = cursor.fetchone()
-    long = int(bought or 0) - int(sold or 0)
-    return SellCover(long=long, pending=int(pending or 0), blocked=_summed_decimal(blocked))
+        blocked, bought, sold = cursor.fetchone()
+    return SellCover(long=int(bought or 0) - int(sold or 0), blocked=_summed_decimal(blocked))
 
 
 def _cnc_refusal(instrument: PaperInstrument, quantity: int, cover: SellCover) -> InputException:
     return InputException(
         f"Insufficient holding of {instrument.tradingsymbol} for a CNC sell of {quantity}: "
-        f"{max(cover.long, 0)} held, {cover.pending} of them in open sell orders. "
+        f"{max(cover.long, 0)} held. "
         "Delivery (CNC) can only sell shares held; use MIS to sell short intraday.",
         kind="input",
     )
@@ -691,7 +684,7 @@ def order_modify(
     if order.transaction_type == SELL and new_quantity != order.quantity:
         # What the long covers is worked out again for the new quantity (like a BUY's modify,
         # funds are not checked again; the blocked sum counts the new uncovered part).
-        cover = _sell_cover(client.pk, order.instrument_id, order.product, leave_out=order.pk)
+        cover = _sell_cover(client.pk, order.instrument_id, order.product)
         order.uncovered_quantity = max(0, new_quantity - order.filled_quantity - cover.available)
         if order.uncovered_quantity and order.product == "CNC":
             raise _cnc_refusal(order.instrument, new_quantity - order.filled_quantity, cover)

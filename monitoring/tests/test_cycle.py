@@ -290,7 +290,8 @@ def test_steps_3_to_9_run_only_for_accounts_with_orders_to_look_at(trader, accou
     ids = [account.pk, their_account.pk]
     assert cycle._accounts_with_work(ids, run) == set()
     set_price("1500")
-    entry(trader, account, strategy)  # a filled strategy entry: step 4 has work
+    entry(trader, account, strategy)
+    monitor(account)  # its fill recorded, its exits live: step 4 has work
     assert cycle._accounts_with_work(ids, run) == {account.pk}
     # A step the filters do not know (a new one) runs for everyone.
     assert cycle._accounts_with_work(ids, [*run, ("10_new", lambda ctx: None)]) == set(ids)

@@ -121,6 +121,7 @@ async def test_password_change_closes_every_socket_of_the_user(trader, other_tra
 
     response = await sync_to_async(browser.post)(reverse("accounts:profile"), data)
 
+    # The page where it was changed reloads (302) and connects again with its new session key.
     assert response.status_code == 302
     assert await socket.receive_output(timeout=2) == CLOSED
     assert await laptop_socket.receive_output(timeout=2) == CLOSED

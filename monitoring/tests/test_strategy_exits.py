@@ -209,3 +209,59 @@ def test_a_paused_strategy_does_not_re_enter(trader, account):
     monitor(account)
     monitor(account)
     assert Order.objects.filter(account=account, role="entry").count() == 1
+
+
+def test_exits_the_cycle_cancelled_are_placed_again_when_the_entry_fills_more(trader, account):
+    """The take-profit for the first 4 fills and the cycle cancels its stop-loss (whoever's word on
+    that cancel lands first); when the entry fills its other 6, both exits come back for 6."""
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    monitor(account)
+    quote("1529.1", bid="1529.1", ask="1529.2")  # the take-profit for 4 fills
+    monitor(account)
+    assert held(account) == 0 and live_exits(account, "stop_loss") == 0
+    quote("1498.9", bid="1498.8", ask="1498.9")  # the rest of the entry fills
+    monitor(account)
+    assert held(account) == live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 6
+
+
+def test_no_exit_is_placed_for_a_position_closed_by_hand(trader, account):
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    knobs(account, rejection_rate=1)
+    monitor(account)  # its stop-loss is rejected
+    knobs(account, rejection_rate=0)
+    place(trader, account, side="SELL", quantity=10)  # the trader closes the position by hand
+    monitor(account)
+    assert held(account) == 0
+    assert list(first.children.values_list("status", flat=True)) == [Order.Status.REJECTED]
+
+
+def test_an_exit_that_never_reached_the_broker_is_placed_again_after_a_while(trader, account, monkeypatch):
+    from brokers.client import AccountBroker
+    from brokers.errors import NetworkError
+
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    send = AccountBroker.place_order
+
+    def unreachable_for_stops(broker, request):
+        if request.order_type == "SL-M":
+            raise NetworkError("connection refused")
+        return send(broker, request)
+
+    monkeypatch.setattr(AccountBroker, "place_order", unreachable_for_stops)
+    for _ in range(cycle.EXIT_ATTEMPTS + 1):  # failures do not use up the attempts
+        Order.objects.filter(parent=first).update(updated_at=timezone.now() - timedelta(minutes=5))
+        monitor(account)
+    assert first.children.filter(status=Order.Status.FAILED).count() == cycle.EXIT_ATTEMPTS + 1
+    run = monitor(account)
+    assert "placing again within" in run.errors[-1]["error"]  # the last failure was just now
+    monkeypatch.setattr(AccountBroker, "place_order", send)
+    Order.objects.filter(parent=first).update(updated_at=timezone.now() - timedelta(minutes=5))
+    monitor(account)
+    assert live_exits(account, "stop_loss") == 10

@@ -107,7 +107,7 @@ def test_modify_cancel_and_events(api, account):
     again = api.post(f"/api/v1/orders/{order['id']}/cancel")
     assert again.status_code == 409 and again.json()["error"]["code"] == "refused"
     kinds = [event["kind"] for event in api.get(f"/api/v1/orders/{order['id']}/events").json()]
-    assert kinds == ["created", "submitted", "opened", "modified", "cancelled"]
+    assert kinds == ["created", "submitted", "opened", "modified", "cancel_requested", "cancelled"]
 
 
 def test_per_key_rate_limit_answers_429_with_retry_after(api, settings):

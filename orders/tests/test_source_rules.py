@@ -220,3 +220,19 @@ def test_a_signal_answers_for_a_deactivated_account_too(trader, account, strateg
     by_account = {row["account_id"]: row for row in signal.results}
     assert by_account[account.pk]["status"] == "FILLED"
     assert by_account[resting.pk]["status"] == "INVALID" and "deactivated" in by_account[resting.pk]["error"]
+
+
+def test_a_late_fire_a_live_worker_is_still_placing_is_neither_missed_nor_placed_again(trader, account):
+    from tradingplatform import locks
+
+    row = make_scheduled(trader, account)
+    (fire_id,) = sources.scheduled_claim_due(now=row.next_run_at + timedelta(seconds=1))
+    ScheduledFire.objects.filter(pk=fire_id).update(status="placing", due_at=timezone.now() - timedelta(minutes=2))
+    fire = ScheduledFire.objects.get(pk=fire_id)
+    token = locks.acquire(sources._placing_lock(fire), ttl_s=60)  # its worker, slow but alive
+    try:
+        assert sources.scheduled_fire(fire_id=fire_id).status == "placing"
+    finally:
+        locks.release(sources._placing_lock(fire), token)
+    assert not PaperOrder.objects.exists()
+    assert sources.scheduled_fire(fire_id=fire_id).status == "missed"  # once its worker is gone

@@ -355,8 +355,8 @@ def test_the_written_out_blocked_funds_sum_what_the_orm_sums(client):
     place(client, order_type="SL-M", trigger="1510.1", quantity=2)
     place(client, order_type="SL", price="1520.2", trigger="1510.1", quantity=7)
     place(client, side="SELL", price="1550", quantity=3)  # sells from the long: blocks nothing
-    place(client, side="SELL", price="1560", quantity=5)  # 1 left of the long, 4 go short
-    short = place(client, side="SELL", price="1570", quantity=6)  # all short
+    place(client, side="SELL", price="1560", quantity=5)  # 4 from the long (not netted), 1 goes short
+    short = place(client, side="SELL", price="1570", quantity=6)  # 2 go short; 2 fill, 2 short still to
     PaperOrder.objects.filter(pk=short.pk).update(filled_quantity=2)
     place(client, side="SELL", price="1580", quantity=2, product="NRML")  # the MIS long is not NRML's
     partial = place(client, price="1440.3", quantity=4)
@@ -377,7 +377,7 @@ def test_the_written_out_blocked_funds_sum_what_the_orm_sums(client):
     )["total"]
     blocked = engine._blocked_funds(client)
     buys = 3 * D("1450.1") + 2 * D("1510.1") + 7 * D("1520.2") + 3 * D("1440.3")
-    assert blocked == expected == buys + 4 * D("1560") + 4 * D("1570") + 2 * D("1580")
+    assert blocked == expected == buys + 1 * D("1560") + 2 * D("1570") + 2 * D("1580")
     assert engine._blocked_funds(engine.client_get_or_create(user_id="C3")) == D(0)
 
 

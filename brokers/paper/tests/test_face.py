@@ -14,7 +14,7 @@ from django.utils import timezone
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
 
-from brokers.base import ist_today
+from brokers import base
 from brokers.paper import engine, kite_format
 from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
 
@@ -250,7 +250,7 @@ def test_fills_cancels_and_rejections_are_posted_back(kite_client, settings):
 
 
 def test_the_kite_face_refuses_an_expired_contract(kite):
-    PaperInstrument.objects.filter(tradingsymbol="NIFTY26DECFUT").update(expiry=ist_today() - timedelta(days=1))
+    PaperInstrument.objects.filter(tradingsymbol="NIFTY26DECFUT").update(expiry=base.ist_today() - timedelta(days=1))
     with pytest.raises(kite_errors.InputException, match="NIFTY26DECFUT expired on"):
         kite.place_order(
             variety="regular", exchange="NFO", tradingsymbol="NIFTY26DECFUT", transaction_type="SELL",
