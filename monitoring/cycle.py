@@ -47,7 +47,7 @@ from brokers.base import BrokerOrder, BrokerPosition, BrokerTrade
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError, RejectKind
 from orders import services as orders
-from orders.models import Order, Strategy
+from orders.models import Order, OrderEvent, Strategy
 from portfolio import services as portfolio
 from portfolio.broadcast import dashboard_push
 from portfolio.models import PnlSnapshot, Position
@@ -338,18 +338,20 @@ EXIT_ROLES = (Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT)
 # limit, session) do not count: they are placed again, further apart each time.
 EXIT_ATTEMPTS = 3
 EXIT_RETRY_MAX_S = 60
+# An entry that can fill no more and holds nothing (its exits filled, or the position was closed
+# some other way) is done: a later position in the instrument (a buy by hand) is not its.
+EXITS_DONE = "exits_done"
 _EXITS = Q(children__role__in=EXIT_ROLES)
 
 
 def _filled_entries(**where):
-    """Strategy entries whose exits need a look: the account still has a position in the
-    instrument and product and part of the entry's fill is not yet closed by its exits, or an
-    exit of theirs is still live. A cancelled entry counts for what filled before the cancel."""
-    open_position = Position.objects.filter(
-        account=OuterRef("account"), instrument=OuterRef("instrument"), product=OuterRef("product")
-    ).exclude(net_quantity=0)
+    """Strategy entries whose exits need a look: part of the entry's fill is not yet closed by its
+    exits, or an exit of theirs is still live, and it is not done (``EXITS_DONE``). A cancelled
+    entry counts for what filled before the cancel."""
+    done = OrderEvent.objects.filter(order=OuterRef("pk"), kind=EXITS_DONE)
     return (
         Order.objects.filter(
+            ~Exists(done),
             **where,
             role=Order.Role.ENTRY,
             strategy__isnull=False,
@@ -360,7 +362,7 @@ def _filled_entries(**where):
             exited=Coalesce(Sum("children__filled_quantity", filter=_EXITS), 0),
             live_exits=Count("children", filter=_EXITS & Q(children__status__in=Order.LIVE)),
         )
-        .filter((Q(filled_quantity__gt=F("exited")) & Exists(open_position)) | Q(live_exits__gt=0))
+        .filter(Q(filled_quantity__gt=F("exited")) | Q(live_exits__gt=0))
     )
 
 
@@ -394,6 +396,9 @@ def step_exits(ctx: Context) -> None:
         on_side = max(side * positions.get(position, 0), 0)
         held = min(max(entry.filled_quantity - sum(e.filled_quantity for e in exits), 0), on_side)
         positions[position] = side * (on_side - held)  # what is left for older entries
+        if held == 0 and entry.status in Order.FINAL and not any(e.status in Order.LIVE for e in exits):
+            orders.order_event_add(entry, EXITS_DONE, cause=_cause("step 4", "nothing of it is held any more"))
+            continue
         strategy = entry.strategy
         for role, amount, unit in (
             (Order.Role.STOP_LOSS, strategy.stop_loss, strategy.stop_loss_unit),
@@ -432,14 +437,23 @@ def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> No
 
 def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, amount, unit) -> None:
     name = role.replace("_", "-")
-    if any(orders.cancel_asked_by_trader(e) for e in mine if e.status == Order.Status.CANCELLED):
-        return  # the trader cancelled this exit: not put back
+    if any(
+        not (orders.cancel_asked_by_platform(e) or _cancelled_by_step_4(e))
+        for e in mine
+        if e.status == Order.Status.CANCELLED
+    ):
+        return  # cancelled by the trader (a page, the API, the broker's app) or the broker: not put back
     rejected = [e for e in mine if e.status == Order.Status.REJECTED]
     if len(rejected) >= EXIT_ATTEMPTS:
         last = rejected[-1].reject_reason
         _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: {len(rejected)} rejected (last: {last})")
         return
     failed = [e for e in mine if e.status == Order.Status.FAILED]
+    if failed and not ctx.fetched:
+        # One that failed may be at the broker after all: only this cycle's sync (which looks
+        # for it by its tag) can tell, and it did not run.
+        _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: the broker's orders could not be read")
+        return
     if mine and mine[-1].status == Order.Status.FAILED:
         wait_s = min(2 ** len(failed), EXIT_RETRY_MAX_S)
         if (timezone.now() - mine[-1].updated_at).total_seconds() < wait_s:
@@ -482,6 +496,11 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
 def _refusal(error: Exception) -> str:
     """What a ValidationError or an OrderActionRefused says, as one line."""
     return " ".join(getattr(error, "messages", None) or [str(getattr(error, "message", error))])
+
+
+def _cancelled_by_step_4(order: Order) -> bool:
+    """An exit step 4 cancelled before cancels were recorded as asked (``cancel_requested``)."""
+    return order.events.filter(kind="cancelled", cause__startswith=_cause("step 4", "")).exists()
 
 
 def _run_error(ctx: Context, text: str) -> None:
@@ -825,7 +844,7 @@ def _accounts_with_work(account_ids: list[int], steps) -> set[int]:
         for orders_of in ACTS_ON[step]:
             rest = [pk for pk in account_ids if pk not in busy]
             if rest:
-                busy.update(orders_of(account_id__in=rest).values_list("account_id", flat=True).distinct())
+                busy.update(orders_of(account_id__in=rest).order_by().values_list("account_id", flat=True).distinct())
     return busy
 
 

@@ -859,9 +859,15 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True) -> 
     return order
 
 
-def cancel_asked_by_trader(order: Order) -> bool:
-    """Whether the trader asked for this order's cancel (not the platform's own steps)."""
-    return order.events.filter(kind="cancel_requested", data__by="trader").exists()
+def order_event_add(order: Order, kind: str, *, cause: str, message: str = "") -> None:
+    """An event that changes nothing of the order: what a step decided about it."""
+    _event(order, kind, cause=cause, from_status=order.status, message=message)
+
+
+def cancel_asked_by_platform(order: Order) -> bool:
+    """Whether one of the platform's own steps asked for this order's cancel (not the trader, on
+    a page, through the API or in the broker's own app, nor the broker)."""
+    return order.events.filter(kind="cancel_requested", data__by="platform").exists()
 
 
 # --- Reconciliation with the broker ------------------------------------------------------------

@@ -441,9 +441,13 @@ def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
         early_s = (max(ahead[pk][1] for pk in due) - now).total_seconds()
         if early_s > 0:  # sent with an ETA; a worker whose clock runs a little ahead waits
             time_module.sleep(early_s)
-        placing = _fires_take(due)
-    outcomes = _fires.map(_fire_place, placing)
-    _fires_record([(fire, outcome) for fire, outcome in zip(placing, outcomes, strict=True) if outcome])
+        placing, tokens = _fires_take(due)
+        try:
+            with locks.kept(tokens, ttl_s=FIRE_PLACING_TTL_S):
+                outcomes = _fires.map(_fire_place, placing)
+                _fires_record([(fire, outcome) for fire, outcome in zip(placing, outcomes, strict=True) if outcome])
+        finally:
+            locks.release_many(tokens)
     placed = {fire.pk: fire for fire in placing}
     rest = {f.pk: f for f in ScheduledFire.objects.filter(pk__in=[pk for pk in fire_ids if pk not in placed])}
     return [placed.get(pk) or rest[pk] for pk in fire_ids if pk in placed or pk in rest]
@@ -458,9 +462,11 @@ def _fire_states(fire_ids: list[int]) -> list[tuple[int, str, datetime]]:
     return list(ScheduledFire.objects.filter(pk__in=fire_ids).values_list("pk", "status", "due_at"))
 
 
-def _fires_take(fire_ids: list[int]) -> list[ScheduledFire]:
+def _fires_take(fire_ids: list[int]) -> tuple[list[ScheduledFire], dict[str, str]]:
     """Lock the fires still to place and mark them PLACING, in one commit; report the ones a worker
-    got to too late as missed. Returns the ones to place, with their scheduled orders."""
+    got to too late as missed. Returns the ones to place, with their scheduled orders, and the
+    placing locks taken for them (``_placing_lock``: held until they are recorded, so a late
+    re-send can tell a fire another worker is still placing from one whose worker stopped)."""
     now = timezone.now()
     with transaction.atomic():
         # Only the fires are locked: MariaDB's FOR UPDATE would lock every joined row too (the
@@ -483,18 +489,16 @@ def _fires_take(fire_ids: list[int]) -> list[ScheduledFire]:
                 idempotency_key__in=[_fire_key(scheduled_orders[f.scheduled_id], f) for f in fires if f.pk in late]
             ).values_list("idempotency_key", flat=True)
         )
+        # A fire another worker holds (it took it and is placing it, however slowly) is its.
+        held = locks.acquire_many([_placing_lock(fire) for fire in fires], ttl_s=FIRE_PLACING_TTL_S)
+        tokens = {name: token for name, token in held.items() if token}
         taken = []
         for fire in fires:
+            if _placing_lock(fire) not in tokens:
+                continue
             fire.scheduled = scheduled = scheduled_orders[fire.scheduled_id]
             if fire.pk in late and _fire_key(scheduled, fire) not in started:
-                stopped = ""
-                if fire.status == ScheduledFire.Status.PLACING:
-                    # Missed only if its worker stopped: one still placing it (slow) holds its lock.
-                    token = locks.acquire(_placing_lock(fire), ttl_s=FIRE_PLACING_TTL_S)
-                    if token is None:
-                        continue
-                    locks.release(_placing_lock(fire), token)
-                    stopped = "; the worker placing it stopped"
+                stopped = "; the worker placing it stopped" if fire.status == ScheduledFire.Status.PLACING else ""
                 fire.status = ScheduledFire.Status.MISSED
                 fire.detail = f"missed: {late[fire.pk]:.0f}s late when a worker got to it{stopped}"
                 fire.save(update_fields=["status", "detail"])
@@ -506,7 +510,9 @@ def _fires_take(fire_ids: list[int]) -> list[ScheduledFire]:
             ScheduledFire.objects.filter(pk__in=pending).update(status=ScheduledFire.Status.PLACING)
         for fire in taken:
             fire.status = ScheduledFire.Status.PLACING
-    return taken
+    taken_locks = {_placing_lock(fire) for fire in taken}
+    locks.release_many({name: token for name, token in tokens.items() if name not in taken_locks})
+    return taken, {name: token for name, token in tokens.items() if name in taken_locks}
 
 
 _FIRE_KEY = "scheduled:{fire}"
@@ -517,9 +523,9 @@ def _fire_key(scheduled: ScheduledOrder, fire: ScheduledFire) -> str:
     return f"{scheduled.owner_id}:{_FIRE_KEY.format(fire=fire.pk)}"
 
 
-# How long a worker placing a fire holds it (longer than any placement takes): a late fire still
-# PLACING whose lock is free was left by a worker that stopped.
-FIRE_PLACING_TTL_S = 120
+# A worker holds the fires it took (renewed while it places them); a late fire still PLACING
+# whose lock is free was left by a worker that stopped.
+FIRE_PLACING_TTL_S = 60
 
 
 def _placing_lock(fire: ScheduledFire) -> str:
@@ -528,17 +534,7 @@ def _placing_lock(fire: ScheduledFire) -> str:
 
 def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
     """Place one taken fire's order: (its fire's status, detail), or None when placing it failed
-    unexpectedly or another worker is placing it (it stays PLACING and is sent again later)."""
-    token = locks.acquire(_placing_lock(fire), ttl_s=FIRE_PLACING_TTL_S)
-    if token is None:
-        return None
-    try:
-        return _fire_order(fire)
-    finally:
-        locks.release(_placing_lock(fire), token)
-
-
-def _fire_order(fire: ScheduledFire) -> tuple[str, str] | None:
+    unexpectedly (it stays PLACING and is sent again later)."""
     scheduled = fire.scheduled
     try:
         order = services.order_place(

@@ -237,7 +237,38 @@ def test_no_exit_is_placed_for_a_position_closed_by_hand(trader, account):
     place(trader, account, side="SELL", quantity=10)  # the trader closes the position by hand
     monitor(account)
     assert held(account) == 0
+    place(trader, account, quantity=10)  # and later buys again by hand: not the strategy's
+    monitor(account)
+    assert held(account) == 10
     assert list(first.children.values_list("status", flat=True)) == [Order.Status.REJECTED]
+
+
+def test_an_exit_cancelled_at_the_broker_is_not_put_back(trader, account):
+    """Cancelled in the broker's own app (no request of ours): the trader's word, not the cycle's."""
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    engine.order_cancel(client=engine.client_get_or_create(user_id=account.client_id), order_id=stop.broker_order_id)
+    monitor(account)
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.status == Order.Status.CANCELLED and live_exits(account, "stop_loss") == 0
+
+
+def test_a_failed_exit_waits_for_a_cycle_that_could_read_the_brokers_orders(trader, account, monkeypatch):
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    Order.objects.filter(parent=first).update(
+        status=Order.Status.FAILED, updated_at=timezone.now() - timedelta(hours=1)
+    )
+    monkeypatch.setattr(cycle, "FETCH_READS", ("missing_read",))  # the fetch fails
+    run = monitor(account)
+    assert "could not be read" in run.errors[-1]["error"]
+    assert first.children.count() == 1
 
 
 def test_an_exit_that_never_reached_the_broker_is_placed_again_after_a_while(trader, account, monkeypatch):
