@@ -140,27 +140,22 @@ def test_an_edit_after_todays_run_does_not_place_again_today(trader, account):
     later_today = (now + timedelta(seconds=30)).astimezone(IST)
     if later_today.date() != now.astimezone(IST).date():
         pytest.skip("too close to midnight in India")
-    edited = sources.scheduled_save(
-        owner=trader,
-        account=account,
-        spec=spec(quantity=2),
-        time_of_day=later_today.time(),
-        timezone_name="Asia/Kolkata",
-        scheduled=row,
-        **every_day,
-    )
-    assert edited.next_run_at.astimezone(IST).date() == later_today.date() + timedelta(days=1)
+
+    def edit():
+        return sources.scheduled_save(
+            owner=trader,
+            account=account,
+            spec=spec(quantity=2),
+            time_of_day=later_today.time(),
+            timezone_name="Asia/Kolkata",
+            scheduled=row,
+            **every_day,
+        )
+
+    assert edit().next_run_at.astimezone(IST).date() == later_today.date() + timedelta(days=1)
     # With no order placed today, the new time later today is today's run.
     ScheduledFire.objects.filter(scheduled=row).update(status="failed")
-    edited = sources.scheduled_save(
-        owner=trader,
-        account=account,
-        spec=spec(quantity=2),
-        time_of_day=later_today.time(),
-        timezone_name="Asia/Kolkata",
-        scheduled=row,
-        **every_day,
-    )
+    edited = edit()
     assert edited.next_run_at.astimezone(IST).date() == later_today.date()
 
 
