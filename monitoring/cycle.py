@@ -50,7 +50,7 @@ from orders import services as orders
 from orders.models import Order, OrderEvent, Strategy
 from portfolio import services as portfolio
 from portfolio.broadcast import dashboard_push
-from portfolio.models import PnlSnapshot, Position
+from portfolio.models import PnlSnapshot, Position, Trade
 from tradingplatform import background, locks, metrics
 
 from . import presence
@@ -374,8 +374,9 @@ def step_exits(ctx: Context) -> None:
     entries in it newest first: a sale by hand closes the oldest first). Each role's live exits
     cover exactly that: a new fill of the entry, or an exit the broker refused, gets a new exit
     for the rest; an exit that filled (wholly or in part) shrinks the other role's exits, down
-    to cancelling them when nothing is held (one cancels the other). An exit the trader
-    cancelled is not placed again. Refusals are the run's errors: the position is unprotected.
+    to cancelling them when nothing is held (one cancels the other). An exit cancelled other
+    than at the platform's own request is not placed again. An entry that can fill no more and
+    holds nothing is done. Refusals are the run's errors: the position is unprotected.
     """
     entries = list(
         _filled_entries(account=ctx.account).select_related("strategy", "instrument", "account").order_by("-pk")
@@ -396,7 +397,12 @@ def step_exits(ctx: Context) -> None:
         on_side = max(side * positions.get(position, 0), 0)
         held = min(max(entry.filled_quantity - sum(e.filled_quantity for e in exits), 0), on_side)
         positions[position] = side * (on_side - held)  # what is left for older entries
-        if held == 0 and entry.status in Order.FINAL and not any(e.status in Order.LIVE for e in exits):
+        if (
+            held == 0
+            and entry.status in Order.FINAL
+            and not any(e.status in Order.LIVE for e in exits)
+            and _fills_in_position(entry)
+        ):
             orders.order_event_add(entry, EXITS_DONE, cause=_cause("step 4", "nothing of it is held any more"))
             continue
         strategy = entry.strategy
@@ -493,6 +499,14 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         ctx.act(f"placed {name} {placed.reference} for {entry.reference}")
 
 
+def _fills_in_position(entry: Order) -> bool:
+    """Whether every fill of the entry is recorded (and so in its position): one told by a
+    broker's update is recorded a moment after the order says filled, and until then the position
+    does not show it."""
+    recorded = Trade.objects.filter(order_id=entry.pk).aggregate(total=Sum("quantity"))["total"] or 0
+    return recorded >= entry.filled_quantity
+
+
 def _refusal(error: Exception) -> str:
     """What a ValidationError or an OrderActionRefused says, as one line."""
     return " ".join(getattr(error, "messages", None) or [str(getattr(error, "message", error))])
@@ -503,11 +517,11 @@ def _cancelled_by_step_4(order: Order) -> bool:
     return order.events.filter(kind="cancelled", cause__startswith=_cause("step 4", "")).exists()
 
 
-def _run_error(ctx: Context, text: str) -> None:
+def _run_error(ctx: Context, text: str, *, step: str = "4_exits") -> None:
     """What the trader must see (a position left unprotected): the run's error on the monitoring
     page, not just an action."""
     ctx.act(text)
-    ctx.errors.append({"step": "4_exits", "error": text[:500]})
+    ctx.errors.append({"step": step, "error": text[:500]})
 
 
 # --- 5. Chase toward a fair price ----------------------------------------------------------------
@@ -598,7 +612,7 @@ def _cancel_and_replace(ctx: Context, order: Order, price: Decimal, cause: str) 
     try:
         orders.order_apply_broker_state(order, ctx.broker.order(order.broker_order_id), cause=cause)
     except BrokerError as error:
-        _run_error(ctx, f"could not replace {order.reference}: its fills are not known ({error})")
+        _run_error(ctx, f"could not replace {order.reference}: its fills are not known ({error})", step="5_chase")
         return
     order.refresh_from_db()
     remaining = order.quantity - order.filled_quantity

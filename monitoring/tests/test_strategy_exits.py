@@ -296,3 +296,15 @@ def test_an_exit_that_never_reached_the_broker_is_placed_again_after_a_while(tra
     Order.objects.filter(parent=first).update(updated_at=timezone.now() - timedelta(minutes=5))
     monitor(account)
     assert live_exits(account, "stop_loss") == 10
+
+
+def test_an_entry_whose_fill_is_not_recorded_yet_is_not_taken_for_closed(trader, account):
+    """Filled by the broker's word, its fill not yet in the position: step 4 waits for it."""
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    assert first.status == Order.Status.FILLED and not Position.objects.filter(account=account).exists()
+    cycle.step_exits(cycle.Context(account=account))  # before step 2 has recorded the fill
+    assert not first.events.filter(kind=cycle.EXITS_DONE).exists()
+    monitor(account)
+    assert live_exits(account, "stop_loss") == 10
