@@ -37,7 +37,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Sum
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -366,6 +366,12 @@ def _filled_entries(**where):
     )
 
 
+def _recorded_fills():
+    """An entry's fills recorded as trades (a fill and its position change commit together)."""
+    fills = Trade.objects.filter(order_id=OuterRef("pk")).order_by().values("order_id")
+    return Coalesce(Subquery(fills.annotate(total=Sum("quantity")).values("total")), 0)
+
+
 def step_exits(ctx: Context) -> None:
     """Keep each filled strategy entry's SL (SL-M) and TP (LIMIT) at what it still holds.
 
@@ -378,8 +384,12 @@ def step_exits(ctx: Context) -> None:
     than at the platform's own request is not placed again. An entry that can fill no more and
     holds nothing is done. Refusals are the run's errors: the position is unprotected.
     """
+    # Read before the positions: a fill counted here is in the positions read next.
     entries = list(
-        _filled_entries(account=ctx.account).select_related("strategy", "instrument", "account").order_by("-pk")
+        _filled_entries(account=ctx.account)
+        .annotate(recorded=_recorded_fills())
+        .select_related("strategy", "instrument", "account")
+        .order_by("-pk")
     )
     positions = {
         (p.instrument_id, p.product): p.net_quantity
@@ -396,12 +406,12 @@ def step_exits(ctx: Context) -> None:
         position = (entry.instrument_id, entry.product)
         on_side = max(side * positions.get(position, 0), 0)
         held = min(max(entry.filled_quantity - sum(e.filled_quantity for e in exits), 0), on_side)
-        positions[position] = side * (on_side - held)  # what is left for older entries
+        positions[position] = positions.get(position, 0) - side * held  # what is left for older entries
         if (
             held == 0
             and entry.status in Order.FINAL
             and not any(e.status in Order.LIVE for e in exits)
-            and _fills_in_position(entry)
+            and entry.recorded >= entry.filled_quantity  # else its fill is not in the position yet
         ):
             orders.order_event_add(entry, EXITS_DONE, cause=_cause("step 4", "nothing of it is held any more"))
             continue
@@ -497,14 +507,6 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         _run_error(ctx, f"{name} {placed.reference} for {entry.reference} {placed.status}: {placed.reject_reason}")
     else:
         ctx.act(f"placed {name} {placed.reference} for {entry.reference}")
-
-
-def _fills_in_position(entry: Order) -> bool:
-    """Whether every fill of the entry is recorded (and so in its position): one told by a
-    broker's update is recorded a moment after the order says filled, and until then the position
-    does not show it."""
-    recorded = Trade.objects.filter(order_id=entry.pk).aggregate(total=Sum("quantity"))["total"] or 0
-    return recorded >= entry.filled_quantity
 
 
 def _refusal(error: Exception) -> str:

@@ -865,9 +865,11 @@ def order_event_add(order: Order, kind: str, *, cause: str, message: str = "") -
 
 
 def cancel_asked_by_platform(order: Order) -> bool:
-    """Whether one of the platform's own steps asked for this order's cancel (not the trader, on
-    a page, through the API or in the broker's own app, nor the broker)."""
-    return order.events.filter(kind="cancel_requested", data__by="platform").exists()
+    """Whether the last cancel asked for this order was one of the platform's own steps, and the
+    broker did not refuse it (not the trader, on a page, through the API or in the broker's own
+    app, nor the broker)."""
+    last = order.events.filter(kind__in=["cancel_requested", "cancel_refused"]).order_by("-pk").first()
+    return last is not None and last.kind == "cancel_requested" and last.data.get("by") == "platform"
 
 
 # --- Reconciliation with the broker ------------------------------------------------------------

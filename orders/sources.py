@@ -468,51 +468,60 @@ def _fires_take(fire_ids: list[int]) -> tuple[list[ScheduledFire], dict[str, str
     placing locks taken for them (``_placing_lock``: held until they are recorded, so a late
     re-send can tell a fire another worker is still placing from one whose worker stopped)."""
     now = timezone.now()
-    with transaction.atomic():
-        # Only the fires are locked: MariaDB's FOR UPDATE would lock every joined row too (the
-        # accounts, users and instruments that fire tasks side by side share: they deadlocked).
-        fires = list(
-            ScheduledFire.objects.select_for_update().filter(pk__in=fire_ids, status__in=_TO_PLACE).order_by("pk")
-        )
-        orders = ScheduledOrder.objects.select_related("account", "instrument", "owner")
-        scheduled_orders = orders.in_bulk({fire.scheduled_id for fire in fires})
-        late = {
-            fire.pk: late_s
-            for fire in fires
-            if (late_s := (now - fire.due_at).total_seconds())
-            > settings.SCHEDULE_ON_TIME_S + scheduled_orders[fire.scheduled_id].grace_s
-        }
-        # A late fire left PLACING by a worker that died: finished if its order exists (placing it
-        # again returns that order), missed if the worker stopped before making it.
-        started = set(
-            Order.objects.filter(
-                idempotency_key__in=[_fire_key(scheduled_orders[f.scheduled_id], f) for f in fires if f.pk in late]
-            ).values_list("idempotency_key", flat=True)
-        )
-        # A fire another worker holds (it took it and is placing it, however slowly) is its.
-        held = locks.acquire_many([_placing_lock(fire) for fire in fires], ttl_s=FIRE_PLACING_TTL_S)
-        tokens = {name: token for name, token in held.items() if token}
-        taken = []
-        for fire in fires:
-            if _placing_lock(fire) not in tokens:
-                continue
-            fire.scheduled = scheduled = scheduled_orders[fire.scheduled_id]
-            if fire.pk in late and _fire_key(scheduled, fire) not in started:
-                stopped = "; the worker placing it stopped" if fire.status == ScheduledFire.Status.PLACING else ""
-                fire.status = ScheduledFire.Status.MISSED
-                fire.detail = f"missed: {late[fire.pk]:.0f}s late when a worker got to it{stopped}"
-                fire.save(update_fields=["status", "detail"])
-                _notify_missed(scheduled, fire.due_at)
-            else:
-                taken.append(fire)
-        pending = [fire.pk for fire in taken if fire.status == ScheduledFire.Status.PENDING]
-        if pending:  # from here a cancel is too late for these due times
-            ScheduledFire.objects.filter(pk__in=pending).update(status=ScheduledFire.Status.PLACING)
-        for fire in taken:
-            fire.status = ScheduledFire.Status.PLACING
+    tokens: dict[str, str] = {}
+    try:
+        with transaction.atomic():
+            # Only the fires are locked: MariaDB's FOR UPDATE would lock every joined row too (the
+            # accounts, users and instruments that fire tasks side by side share: they deadlocked).
+            fires = list(
+                ScheduledFire.objects.select_for_update().filter(pk__in=fire_ids, status__in=_TO_PLACE).order_by("pk")
+            )
+            orders = ScheduledOrder.objects.select_related("account", "instrument", "owner")
+            scheduled_orders = orders.in_bulk({fire.scheduled_id for fire in fires})
+            for fire in fires:
+                fire.scheduled = scheduled_orders[fire.scheduled_id]
+            # A fire another worker holds (it took it and is placing it, however slowly) is its.
+            held = locks.acquire_many([_placing_lock(fire) for fire in fires], ttl_s=FIRE_PLACING_TTL_S)
+            tokens = {name: token for name, token in held.items() if token}
+            taken = _fires_mark([fire for fire in fires if _placing_lock(fire) in tokens], now)
+    except BaseException:
+        locks.release_many(tokens)
+        raise
     taken_locks = {_placing_lock(fire) for fire in taken}
     locks.release_many({name: token for name, token in tokens.items() if name not in taken_locks})
     return taken, {name: token for name, token in tokens.items() if name in taken_locks}
+
+
+def _fires_mark(fires: list[ScheduledFire], now: datetime) -> list[ScheduledFire]:
+    """Within ``_fires_take``'s transaction: the fires a worker got to too late marked missed, the
+    others PLACING. A late fire left PLACING by a worker that died is finished if its order exists
+    (placing it again returns that order), missed if the worker stopped before making it."""
+    late = {
+        fire.pk: late_s
+        for fire in fires
+        if (late_s := (now - fire.due_at).total_seconds()) > settings.SCHEDULE_ON_TIME_S + fire.scheduled.grace_s
+    }
+    started = set(
+        Order.objects.filter(
+            idempotency_key__in=[_fire_key(fire.scheduled, fire) for fire in fires if fire.pk in late]
+        ).values_list("idempotency_key", flat=True)
+    )
+    taken = []
+    for fire in fires:
+        if fire.pk in late and _fire_key(fire.scheduled, fire) not in started:
+            stopped = "; the worker placing it stopped" if fire.status == ScheduledFire.Status.PLACING else ""
+            fire.status = ScheduledFire.Status.MISSED
+            fire.detail = f"missed: {late[fire.pk]:.0f}s late when a worker got to it{stopped}"
+            fire.save(update_fields=["status", "detail"])
+            _notify_missed(fire.scheduled, fire.due_at)
+        else:
+            taken.append(fire)
+    pending = [fire.pk for fire in taken if fire.status == ScheduledFire.Status.PENDING]
+    if pending:  # from here a cancel is too late for these due times
+        ScheduledFire.objects.filter(pk__in=pending).update(status=ScheduledFire.Status.PLACING)
+    for fire in taken:
+        fire.status = ScheduledFire.Status.PLACING
+    return taken
 
 
 _FIRE_KEY = "scheduled:{fire}"

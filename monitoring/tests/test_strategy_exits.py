@@ -308,3 +308,14 @@ def test_an_entry_whose_fill_is_not_recorded_yet_is_not_taken_for_closed(trader,
     assert not first.events.filter(kind=cycle.EXITS_DONE).exists()
     monitor(account)
     assert live_exits(account, "stop_loss") == 10
+
+
+def test_an_entry_on_the_other_side_leaves_the_position_of_the_older_ones(trader, account):
+    """Long 10 with exits, then a strategy SELL of 5: the long entry holds 5, not nothing."""
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    entry(trader, account, guarded)
+    monitor(account)
+    place(trader, account, side="SELL", quantity=5, strategy=guarded, source="strategy")
+    monitor(account)
+    assert held(account) == 5 and live_exits(account, "stop_loss") == 5
