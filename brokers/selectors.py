@@ -26,14 +26,6 @@ def instruments_changed() -> None:
     _by_symbol.clear()
 
 
-def instrument_expired(instrument: Instrument, today=None) -> bool:
-    """Whether the instrument's contract expired before today (IST); one expiring today still trades.
-
-    ``Instrument.is_expired`` says the same for today. Orders on an expired instrument are refused.
-    """
-    return base.instrument_expired(instrument, today)
-
-
 def instruments_tradable(today=None):
     """Instruments that can still be traded: no expiry, or one today (IST) or later.
 

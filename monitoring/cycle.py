@@ -733,7 +733,7 @@ def _place_again(ctx: Context, like: Order, *, role: str, cause: str, key: str) 
             idempotency_key=key,
         )
     except ValidationError as error:
-        ctx.act(f"could not place again like {like.reference}: {' '.join(error.messages)}")
+        ctx.act(f"could not place again like {like.reference}: {_refusal(error)}")
         return None
 
 

@@ -54,12 +54,10 @@ def test_the_order_tickets_search_leaves_out_expired_contracts(trader_client, in
 def test_instrument_expired_is_true_only_after_the_expiry_day(instruments):
     nov, dec, infy = (Instrument.objects.get(tradingsymbol=s) for s in (NOV, DEC, "INFY"))
     assert nov.is_expired and not dec.is_expired and not infy.is_expired
-    assert selectors.instrument_expired(nov) and not selectors.instrument_expired(dec)
-    assert not selectors.instrument_expired(infy)
+    assert base.instrument_expired(nov) and not base.instrument_expired(dec)
+    assert not base.instrument_expired(infy)
     day_after = base.ist_today() + timedelta(days=1)
-    assert selectors.instrument_expired(dec, today=day_after) and not selectors.instrument_expired(
-        dec, today=dec.expiry
-    )
+    assert base.instrument_expired(dec, today=day_after) and not base.instrument_expired(dec, today=dec.expiry)
 
 
 def test_the_trading_day_is_indias():
@@ -68,4 +66,4 @@ def test_the_trading_day_is_indias():
     assert base.ist_today(late) == date(2026, 11, 25)
     assert base.ist_today(datetime(2026, 11, 24, 18, 0, tzinfo=UTC)) == date(2026, 11, 24)
     contract = Instrument(expiry=date(2026, 11, 24))
-    assert selectors.instrument_expired(contract, today=base.ist_today(late))
+    assert base.instrument_expired(contract, today=base.ist_today(late))
