@@ -45,7 +45,7 @@ from accounts.models import BrokerAccount
 from brokers import services as broker_services
 from brokers.base import BrokerOrder, BrokerPosition, BrokerTrade
 from brokers.client import AccountBroker
-from brokers.errors import BrokerError, RejectKind
+from brokers.errors import BrokerError, OrderRejected, RejectKind
 from orders import services as orders
 from orders.models import Order, OrderEvent, Strategy
 from portfolio import services as portfolio
@@ -445,7 +445,13 @@ def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> No
             else:
                 orders.order_modify(order=order, actor=ctx.account.owner, cause=cause, quantity=order.quantity - excess)
                 ctx.act(f"cut {order.reference} to {order.quantity - excess}: {why}")
-        except (ValidationError, orders.OrderActionRefused) as error:
+        except orders.OrderActionRefused as refused:
+            if not _at_modification_cap(refused):
+                _run_error(ctx, f"could not shrink {order.reference} ({why}): {refused.message}")
+                return
+            _cancel_and_replace(ctx, order, cause, step="4_exits", parent=order.parent, less=excess)
+            return  # what the replacement covers is read by the next look
+        except ValidationError as error:
             _run_error(ctx, f"could not shrink {order.reference} ({why}): {_refusal(error)}")
             return
         excess -= remaining
@@ -534,11 +540,25 @@ BROKER_MODIFICATION_CAP = 25
 REPLACE_KEY = ":replace:"
 
 
+def _replaced(order: Order) -> Order | None:
+    """The order ``order`` replaced (its key names it: ``_cancel_and_replace``), if it is a replacement."""
+    key = order.idempotency_key or ""
+    if REPLACE_KEY not in key:
+        return None
+    return Order.objects.filter(pk=int(key.rsplit(REPLACE_KEY, 1)[1]), account_id=order.account_id).first()
+
+
+def _at_modification_cap(refused: Exception) -> bool:
+    """A modify the broker refused because the order was modified as often as it allows."""
+    cause = refused.__cause__
+    return isinstance(cause, OrderRejected) and cause.kind == RejectKind.MODIFICATION_CAP
+
+
 def _placed(order: Order, field: str) -> Decimal:
     """A price as the order was first placed (kept in its "created" event); for a replacement
     (``_cancel_and_replace``), as the order it replaced was, back to the first."""
-    while order.parent_id and REPLACE_KEY in (order.idempotency_key or ""):
-        order = order.parent
+    while (replaced := _replaced(order)) is not None:
+        order = replaced
     created = order.events.filter(kind="created").first()
     value = (created.data or {}).get(field) if created else None
     return Decimal(value) if value else getattr(order, field)
@@ -599,44 +619,66 @@ def step_chase(ctx: Context) -> None:
             Order.objects.filter(pk=order.pk).update(chase_count=order.chase_count + 1)
             ctx.act(f"chased {order.reference} to {target}")
         else:
-            _cancel_and_replace(ctx, order, target, cause)
+            _cancel_and_replace(ctx, order, cause, step="5_chase", parent=order, price=target)
 
 
-def _cancel_and_replace(ctx: Context, order: Order, price: Decimal, cause: str) -> None:
+def _cancel_and_replace(
+    ctx: Context, order: Order, cause: str, *, step: str, parent: Order, less: int = 0, **terms
+) -> Order | None:
+    """The way past the broker's modification cap: cancel ``order`` and place one like it, with
+    ``terms`` (prices) changed, for what it had not filled, ``less`` fewer. Its key names the
+    order it replaces, so a cycle run twice places one, and ``_placed`` follows it back to the
+    first. ``parent``: the replacement's (a chased entry's is the order it replaces, an exit's
+    its entry). Failures are the run's errors, but for a cancel refused (it filled meanwhile:
+    the next cycle sees it)."""
     try:
         orders.order_cancel(
             order=order, actor=ctx.account.owner, cause=f"{cause}; the modification cap is reached", by_trader=False
         )
     except orders.OrderActionRefused as refused:
         ctx.act(f"could not replace {order.reference}: {refused.message}")
-        return
+        return None
     # What filled before the cancel took may not be recorded yet: the broker's word on it first.
     try:
         orders.order_apply_broker_state(order, ctx.broker.order(order.broker_order_id), cause=cause)
     except BrokerError as error:
-        _run_error(ctx, f"could not replace {order.reference}: its fills are not known ({error})", step="5_chase")
-        return
+        _run_error(ctx, f"could not replace {order.reference}: its fills are not known ({error})", step=step)
+        return None
     order.refresh_from_db()
-    remaining = order.quantity - order.filled_quantity
-    if remaining <= 0:
-        return
-    replacement = orders.order_place(
-        actor=ctx.account.owner,
-        account=ctx.account,
-        instrument=order.instrument,
-        side=order.side,
-        quantity=remaining,
-        order_type="LIMIT",
-        product=order.product,
-        price=price,
-        source=Order.Source.SYSTEM,
-        role=order.role,
-        parent=order,
-        strategy=order.strategy,
-        cause=cause,
-        idempotency_key=f"{REPLACE_KEY.strip(':')}:{order.pk}",
-    )
-    ctx.act(f"replaced {order.reference} with {replacement.reference} at {price}")
+    quantity = order.quantity - order.filled_quantity - less
+    if quantity <= 0:
+        return None
+    terms = {"price": order.price, "trigger_price": order.trigger_price, **terms}
+    try:
+        replacement = orders.order_place(
+            actor=ctx.account.owner,
+            account=ctx.account,
+            instrument=order.instrument,
+            side=order.side,
+            quantity=quantity,
+            order_type=order.order_type,
+            product=order.product,
+            source=Order.Source.SYSTEM,
+            role=order.role,
+            parent=parent,
+            strategy=order.strategy,
+            cause=cause,
+            idempotency_key=f"{REPLACE_KEY.strip(':')}:{order.pk}",
+            **terms,
+        )
+    except ValidationError as error:
+        _run_error(ctx, f"could not replace {order.reference}: {_refusal(error)}", step=step)
+        return None
+    if replacement.status in (Order.Status.REJECTED, Order.Status.FAILED):
+        _run_error(
+            ctx,
+            f"{order.reference}'s replacement {replacement.reference} {replacement.status}: "
+            f"{replacement.reject_reason}",
+            step=step,
+        )
+    else:
+        ctx.act(f"replaced {order.reference} with {replacement.reference}")
+    return replacement
 
 
 # --- 6. Trailing stops ---------------------------------------------------------------------------
@@ -673,15 +715,17 @@ def step_trail(ctx: Context) -> None:
             stop.trigger_price + steps * step if long_position else stop.trigger_price - steps * step,
             stop.instrument.tick_size,
         )
+        cause = _cause("step 6", f"trailing: last {last}, step {step}")
         try:
-            orders.order_modify(
-                order=stop,
-                actor=ctx.account.owner,
-                cause=_cause("step 6", f"trailing: last {last}, step {step}"),
-                trigger_price=new_trigger,
-            )
-        except (ValidationError, orders.OrderActionRefused) as error:
-            ctx.act(f"could not trail {stop.reference}: {error}")
+            orders.order_modify(order=stop, actor=ctx.account.owner, cause=cause, trigger_price=new_trigger)
+        except orders.OrderActionRefused as refused:
+            if _at_modification_cap(refused):
+                _cancel_and_replace(ctx, stop, cause, step="6_trail", parent=stop.parent, trigger_price=new_trigger)
+            else:
+                ctx.act(f"could not trail {stop.reference}: {refused.message}")
+            continue
+        except ValidationError as error:
+            ctx.act(f"could not trail {stop.reference}: {_refusal(error)}")
             continue
         ctx.act(f"trailed {stop.reference} to {new_trigger}")
 

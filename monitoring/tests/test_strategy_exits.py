@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from brokers.paper import engine
-from brokers.paper.models import PaperClient
+from brokers.paper.models import PaperClient, PaperOrder
 from monitoring import cycle
 from monitoring.models import AccountRun
 from orders import services, sources
@@ -319,3 +319,57 @@ def test_an_entry_on_the_other_side_leaves_the_position_of_the_older_ones(trader
     place(trader, account, side="SELL", quantity=5, strategy=guarded, source="strategy")
     monitor(account)
     assert held(account) == 5 and live_exits(account, "stop_loss") == 5
+
+
+def at_modification_cap(order):
+    PaperOrder.objects.filter(order_id=order.broker_order_id).update(modifications=engine.MAX_MODIFICATIONS)
+
+
+def test_a_trailing_stop_past_the_modification_cap_is_replaced_and_trails_on(trader, account):
+    """After 25 trails the broker refuses the stop's next modify: it is cancelled and replaced at
+    the new trigger, for what it covered, and the replacement trails at the first stop's distance."""
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    assert stop.trigger_price == D("1490.10")
+    at_modification_cap(stop)
+    quote("1512")  # two steps of 5
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    stop.refresh_from_db()
+    assert stop.status == Order.Status.CANCELLED and stop.trigger_price == D("1490.10")
+    replacement = first.children.get(role="stop_loss", status__in=Order.LIVE)
+    assert (replacement.trigger_price, replacement.quantity, replacement.order_type) == (D("1500.10"), 10, "SL-M")
+    quote("1517")  # one more step, from the first stop's distance (10), not the replacement's
+    monitor(account)
+    replacement.refresh_from_db()
+    assert replacement.trigger_price == D("1505.10")
+    assert live_exits(account, "stop_loss") == held(account) == 10
+    monitor(account)
+    assert first.children.filter(role="stop_loss").count() == 2  # the cycle places nothing more
+
+
+def test_an_exit_past_the_modification_cap_is_replaced_to_shrink_it(trader, account):
+    """The take-profit sells 4 of 10; the stop-loss, modified as often as the broker allows,
+    cannot be cut to 6: it is replaced by one for 6 (not left at 10, which would sell short)."""
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    at_modification_cap(stop)
+    quote("1530.2", bid="1530.2", ask="1530.3", volume=4)  # the take-profit (1530.10) sells 4
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    stop.refresh_from_db()
+    assert stop.status == Order.Status.CANCELLED
+    replacement = first.children.get(role="stop_loss", status__in=Order.LIVE)
+    assert (replacement.quantity, replacement.trigger_price) == (6, stop.trigger_price)
+    monitor(account)
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == held(account) == 6
+    quote("1480")  # the stop triggers: it sells what is held, not more
+    monitor(account)
+    monitor(account)
+    assert held(account) == 0 and live_exits(account, "take_profit") == 0
