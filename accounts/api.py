@@ -2,12 +2,25 @@
 
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
+from django.http import Http404
 from ninja import Router, Schema
 from ninja.security import APIKeyHeader as NinjaAPIKeyHeader
 from ninja.security import HttpBearer
 
 from . import selectors, services
 from .utils import client_ip
+
+
+def account_for(request, account_id: int | None):
+    """The caller's account (None for None); another trader's id is a field error, the same as an
+    unknown one (a filter too: not an empty answer that looks like no orders)."""
+    if account_id is None:
+        return None
+    try:
+        return selectors.broker_account_of(request.user, account_id)
+    except Http404:
+        raise ValidationError({"account_id": "No such broker account."}) from None
 
 
 class ApiRateLimited(Exception):

@@ -11,12 +11,12 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from django.core.exceptions import ValidationError
-from django.http import Http404
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import field_validator
 
-from accounts.selectors import MAX_ID, broker_account_of
+from accounts.api import account_for
+from accounts.selectors import MAX_ID
 from brokers.selectors import instrument_by_symbol
 from tradingplatform.schemas import In, api_field, aware_in_range, page_of
 
@@ -31,21 +31,13 @@ Product = Literal["CNC", "MIS", "NRML"]
 Validity = Literal["DAY", "IOC"]
 
 
-def account_for(request, account_id: int):
-    """The caller's account; another trader's id is a field error, the same as an unknown one."""
-    try:
-        return broker_account_of(request.user, account_id)
-    except Http404:
-        raise ValidationError({"account_id": "No such broker account."}) from None
-
-
 # --- Schemas ---------------------------------------------------------------------------------
 
 MAX_QUANTITY, MAX_PRICE = services.MAX_QUANTITY, services.MAX_PRICE
 MAX_OFFSET = 10**9
 # A whole JSON number: "2", true and 2.5 are refused, not read as 2, 1 and 2.
 Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True)]
-AccountId = Annotated[int, Field(ge=1, le=MAX_ID)]
+AccountId = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]
 
 
 class OrderSpecIn(In):
@@ -168,6 +160,7 @@ class PlacementOut(Schema):
 
 @router.get("/orders", response=OrderPage)
 def order_list(request, filters: Query[OrderFilters]):
+    account_for(request, filters.account_id)
     orders = selectors.orders_of(
         request.user,
         account=filters.account_id,

@@ -342,8 +342,35 @@ class OrderEvent(AppendOnlyModel):
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
+    # What a trader reads in the timeline for each kind; another kind reads as itself.
+    KIND_LABELS = {
+        "created": "Created",
+        "submitted": "Sent to the broker",
+        "outcome_unknown": "Broker's answer lost (looked up by reference)",
+        "opened": "Open at the broker",
+        "partially_filled": "Partly filled",
+        "filled": "Filled",
+        "fill": "Filled more",
+        "updated": "Updated by the broker",
+        "rejected": "Rejected",
+        "failed": "Failed",
+        "modified": "Modified",
+        "modify_rejected": "Modify refused by the broker",
+        "modify_failed": "Modify failed",
+        "modify_unknown": "Modify's answer lost (checked with the broker)",
+        "cancel_requested": "Cancel asked",
+        "cancelled": "Cancelled",
+        "cancel_refused": "Cancel refused",
+        "cancel_failed": "Cancel failed",
+        "exits_done": "Exits done (nothing held)",
+    }
+
     class Meta:
         ordering = ["created_at", "id"]
 
     def __str__(self):
         return f"{self.order_id} {self.kind} {self.from_status}->{self.to_status}"
+
+    @property
+    def kind_label(self) -> str:
+        return self.KIND_LABELS.get(self.kind, self.kind.replace("_", " ").capitalize())

@@ -119,11 +119,18 @@ def _clean_items(items: list[dict]) -> list[dict]:
     return cleaned
 
 
-def _owned_accounts(owner, account_ids) -> list[BrokerAccount]:
+def _owned_accounts(owner, account_ids, *, kept=None) -> list[BrokerAccount]:
+    """The owner's accounts of these ids. With ``kept`` (what a basket or strategy being saved
+    has now), a deactivated account is refused unless it is one of them: it could place nothing."""
     ids = list(dict.fromkeys(int(i) for i in account_ids or []))
     accounts = list(BrokerAccount.objects.filter(owner=owner, pk__in=ids))
     if len(accounts) != len(ids):
         raise ValidationError({"account_ids": "No such broker account."})
+    if kept is not None:
+        kept_ids = set(kept.accounts.values_list("pk", flat=True)) if kept.pk else set()
+        for account in accounts:
+            if not account.is_active and account.pk not in kept_ids:
+                raise ValidationError({"account_ids": f"{account.label} is deactivated; reactivate it first."})
     return accounts
 
 
@@ -136,7 +143,7 @@ def basket_save(*, owner, name: str, items: list[dict], account_ids, basket: Bas
     if Basket.objects.filter(owner=owner, name=name).exclude(pk=basket.pk if basket else None).exists():
         raise ValidationError({"name": "You already have a basket with this name."})
     rows = _clean_items(items)
-    accounts = _owned_accounts(owner, account_ids)
+    accounts = _owned_accounts(owner, account_ids, kept=basket or Basket())
     if basket is None:
         basket = Basket.objects.create(owner=owner, name=name)
     else:
@@ -661,7 +668,7 @@ def strategy_save(*, owner, name: str, account_ids, strategy: Strategy | None = 
             raise ValidationError({field: "A percent must be below 100."})
     if params.get("trailing_step") is not None and params.get("stop_loss", strategy and strategy.stop_loss) is None:
         raise ValidationError({"trailing_step": "A trailing step moves the stop-loss; set a stop-loss too."})
-    accounts = _owned_accounts(owner, account_ids)
+    accounts = _owned_accounts(owner, account_ids, kept=strategy or Strategy())
     row = strategy or Strategy(owner=owner)
     row.name = name
     for field, value in params.items():

@@ -9,6 +9,7 @@ from decimal import Decimal
 from ninja import Field, Query, Router, Schema
 from pydantic import field_validator
 
+from accounts.api import account_for
 from accounts.selectors import MAX_ID
 from tradingplatform.schemas import aware_in_range, page_of
 
@@ -56,6 +57,7 @@ class TradeFilters(Schema):
 @router.get("/trades", response=TradePage)
 def trade_list(request, filters: Query[TradeFilters]):
     """The caller's fills, newest first."""
+    account_for(request, filters.account_id)
     trades = selectors.trades_of(
         request.user, account=filters.account_id, symbol=filters.symbol, since=filters.since, until=filters.until
     )
@@ -83,6 +85,7 @@ class PositionFilters(Schema):
 @router.get("/positions", response=list[PositionOut])
 def position_list(request, filters: Query[PositionFilters]):
     """The caller's positions (FIFO PnL, valued at the last price), by account and symbol."""
+    account_for(request, filters.account_id)
     positions = selectors.positions_of(request.user, open_only=filters.open_only)
     if filters.account_id is not None:
         positions = positions.filter(account_id=filters.account_id)

@@ -173,6 +173,7 @@ def test_long_basket_keys_are_not_cut_short(api, trader, account):
         ({"quantity": "2"}, "quantity"),
         ({"quantity": True}, "quantity"),
         ({"quantity": 1.5}, "quantity"),
+        ({"account_id": "1"}, "account_id"),  # a string is not read as an id
         ({"order_type": "LIMIT", "price": "1e20"}, "price"),
     ],
 )
@@ -230,7 +231,11 @@ def test_trades_and_positions_are_read_only_and_the_callers_own(api, trader, acc
     trades = api.get("/api/v1/trades").json()
     assert trades["count"] == 2 and {t["account_id"] for t in trades["items"]} == {account.pk}
     assert [t["side"] for t in trades["items"]] == ["SELL", "BUY"]  # newest first
-    assert api.get("/api/v1/trades", {"account_id": theirs.pk}).json()["count"] == 0
+    for path in ("/api/v1/trades", "/api/v1/positions", "/api/v1/orders"):
+        # Another trader's account is no filter of the caller's: an error naming it, not an empty list.
+        refused = api.get(path, {"account_id": theirs.pk})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "account_id", path
+        assert api.get(path, {"account_id": account.pk}).status_code == 200
     assert api.get("/api/v1/trades", {"symbol": "TCS"}).json()["count"] == 0
     assert api.get("/api/v1/trades", {"since": "2026-12-03T07:56:30"}).status_code == 422
     positions = api.get("/api/v1/positions").json()

@@ -320,6 +320,7 @@ def test_detail_shows_the_order_and_its_timeline_in_the_users_timezone(trader_cl
         assert f"{local:%d %b %Y %H:%M:%S}" in html
     assert html.index(f'id="event-{events[0].pk}"') < html.index(f'id="event-{events[1].pk}"')
     assert "NEW → SUBMITTED" in html and '<td data-label="Cause">test</td>' in html
+    assert ">Sent to the broker</td>" in html and ">Open at the broker</td>" in html  # not "submitted"
     assert f'<td data-label="Message">broker order {order.broker_order_id}</td>' in html
     assert 'id="modify"' in html and reverse("orders:modify", args=[order.pk]) in html
 

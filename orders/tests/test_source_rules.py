@@ -170,6 +170,28 @@ def test_a_basket_items_quantity_is_whole_lots(trader, account):
     assert "items.0.quantity" in error.value.message_dict
 
 
+def test_a_deactivated_account_is_not_added_to_a_basket_or_strategy(trader, account):
+    from accounts.tests.factories import make_broker_account
+
+    spare = make_broker_account(trader, broker="paper", client_id="PAPER-SPARE", label="Spare")
+    spare.is_active = False
+    spare.save()
+    item = spec(quantity=1)
+    for save in (
+        lambda ids: sources.basket_save(owner=trader, name="B", account_ids=ids, items=[item]),
+        lambda ids: sources.strategy_save(owner=trader, name="S", account_ids=ids),
+    ):
+        with pytest.raises(ValidationError) as error:
+            save([account.pk, spare.pk])
+        assert "Spare is deactivated" in error.value.message_dict["account_ids"][0]
+    basket = sources.basket_save(owner=trader, name="B", account_ids=[account.pk], items=[item])
+    account.is_active = False
+    account.save()
+    # One deactivated after it was chosen stays chosen: the basket can still be renamed.
+    renamed = sources.basket_save(owner=trader, name="B2", account_ids=[account.pk], items=[item], basket=basket)
+    assert list(renamed.accounts.all()) == [account]
+
+
 @pytest.mark.parametrize(
     "params, field",
     [
