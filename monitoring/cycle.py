@@ -46,6 +46,7 @@ from brokers import services as broker_services
 from brokers.base import BrokerOrder, BrokerPosition, BrokerTrade
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError, OrderRejected, RejectKind
+from brokers.selectors import instrument_by_symbol
 from orders import services as orders
 from orders.models import Order, OrderEvent, Strategy
 from portfolio import services as portfolio
@@ -177,10 +178,19 @@ def _prices_many(contexts: list[Context], failures: dict[int, BaseException]) ->
     broker (up to PRICES_PER_CALL instruments a call) through one of its accounts, not once per
     account; if that fails, each account asks for its own (and a failure is that account's).
     """
+    # What the platform holds too: a broker lists only today's orders, and a position carried
+    # from an earlier day may be in its holdings rather than its positions (Kite's CNC).
+    held = defaultdict(set)
+    open_positions = Position.objects.filter(account__in=[ctx.account for ctx in contexts]).exclude(net_quantity=0)
+    for account_id, exchange, symbol in open_positions.values_list(
+        "account_id", "instrument__exchange", "instrument__tradingsymbol"
+    ):
+        held[account_id].add(f"{exchange}:{symbol}")
     wanted = {}
     for ctx in contexts:
         symbols = {f"{p.exchange}:{p.tradingsymbol}" for p in ctx.broker_positions if p.quantity}
-        wanted[id(ctx)] = symbols | {f"{o.exchange}:{o.tradingsymbol}" for o in ctx.broker_orders}
+        symbols |= {f"{o.exchange}:{o.tradingsymbol}" for o in ctx.broker_orders}
+        wanted[id(ctx)] = symbols | held[ctx.account.pk]
     by_broker = defaultdict(list)
     for ctx in contexts:
         if wanted[id(ctx)]:
@@ -265,6 +275,17 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
     for ctx in with_fills:
         if ctx.account.pk in failed:
             failures[id(ctx)] = failed[ctx.account.pk]
+        unknown = sorted(
+            {f"{t.exchange}:{t.tradingsymbol}" for t in ctx.broker_trades}
+            - {f"{exchange}:{symbol}" for exchange, symbol in _known(ctx.broker_trades)}
+        )
+        if unknown:  # not recorded, so not in the positions or PnL: the trader must know
+            _run_error(
+                ctx,
+                f"fills in {', '.join(unknown)} are not recorded: the instrument is not loaded "
+                "(load the broker's instruments)",
+                step="2_pnl",
+            )
     for ctx in with_fills:
         if created.get(ctx.account.pk):
             ctx.act(f"recorded {len(created[ctx.account.pk])} fill(s)")
@@ -297,6 +318,11 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
     for index, error in _insert(PnlSnapshot, points).items():
         failures[id(owners[index])] = error
     return failures
+
+
+def _known(trades: list[BrokerTrade]) -> set[tuple[str, str]]:
+    symbols = {(t.exchange, t.tradingsymbol) for t in trades}
+    return {symbol for symbol in symbols if instrument_by_symbol(*symbol) is not None}
 
 
 def step_pnl(ctx: Context) -> None:

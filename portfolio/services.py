@@ -2,6 +2,7 @@
 
 import logging
 from collections import defaultdict
+from datetime import datetime
 from decimal import Decimal
 
 from django.db import IntegrityError, connection, transaction
@@ -247,6 +248,8 @@ def _position_write(position: Position, fields: list[str]) -> None:
         cursor.execute(f"UPDATE {Position._meta.db_table} SET {assignments} WHERE id = %s", [*params, position.pk])  # noqa: S608
 
 
+# Kept in the position's ``fifo`` beside the lots: when the latest fill applied to it filled.
+LAST_FILLED_AT = "last_filled_at"
 _APPLIED = ["fifo", "net_quantity", "average_price", "realized_pnl", "unrealized_pnl", "last_price", "last_trade_id"]
 
 
@@ -260,12 +263,23 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
         new = [fill for fill in fills if fill.pk > position.last_trade_id]
         if not new:
             continue
-        state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
-        state.apply_many((fill.side, fill.quantity, fill.price) for fill in new)
+        applied_until = position.fifo.get(LAST_FILLED_AT) if position.fifo else None
+        if applied_until and min(fill.filled_at for fill in new) < datetime.fromisoformat(applied_until):
+            # A fill older than one applied already (recorded late: it waited for a retry or its
+            # instrument): FIFO matches in the order they filled, so all of them again in that order.
+            state = PositionState()
+            every = Trade.objects.filter(account_id=key[0], instrument_id=key[1], product=key[2])
+            state.apply_many(every.order_by("filled_at", "pk").values_list("side", "quantity", "price"))
+        else:
+            state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
+            state.apply_many((fill.side, fill.quantity, fill.price) for fill in new)
+        latest = max(fill.filled_at for fill in new)
+        if applied_until:
+            latest = max(latest, datetime.fromisoformat(applied_until))
         # The market's latest price where it was read with the lock (the fast path), else the
         # position's own, else the fill's.
         last = getattr(position, "market_price", None) or position.last_price or new[-1].price
-        position.fifo = state.to_dict()
+        position.fifo = {**state.to_dict(), LAST_FILLED_AT: latest.isoformat()}
         position.net_quantity = state.net_quantity
         position.average_price = state.average_price
         position.realized_pnl = state.realized_pnl
@@ -346,7 +360,7 @@ def positions_mark(
         positions = Position.objects.filter(account=account).select_related("instrument")
     for position in positions:
         price = last_prices.get((position.instrument.exchange, position.instrument.tradingsymbol))
-        if price is None or price == position.last_price:
+        if price is None or price <= 0 or price == position.last_price:  # 0: no trade yet, not a price
             continue
         # Valued from the lots we read, and written only if no fill was applied since (the fill
         # fast path runs beside the cycle); otherwise the current lots are read and valued.

@@ -1,0 +1,104 @@
+"""PnL at the edges a review found wrong: fills recorded out of the order they filled, a last price
+of 0, a fill in an instrument the platform has not loaded, a position carried from an earlier day."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.utils import timezone
+
+from brokers.base import BrokerTrade
+from brokers.models import Instrument
+from brokers.paper import engine
+from brokers.paper.adapter import PaperBroker
+from brokers.paper.models import PaperOrder, PaperTrade
+from monitoring import cycle
+from monitoring.models import AccountRun
+from orders.tests.factories import place
+from portfolio import selectors, services
+from portfolio.models import Position, Trade
+
+D = Decimal
+
+
+def fill(trade_id, side, quantity, price, *, at, symbol="INFY"):
+    return BrokerTrade(
+        trade_id=trade_id,
+        broker_order_id=f"o{trade_id}",
+        exchange="NSE",
+        tradingsymbol=symbol,
+        side=side,
+        product="MIS",
+        quantity=quantity,
+        price=D(price),
+        filled_at=at,
+    )
+
+
+def set_price(last, symbol="INFY"):
+    last = D(last)
+    engine.market_set(exchange="NSE", tradingsymbol=symbol, last_price=last, bid=last - D("0.1"), ask=last + D("0.1"))
+
+
+def test_a_fill_recorded_after_a_later_one_is_matched_in_the_order_they_filled(trader, account):
+    """BUY 10 @ 110 is recorded before the earlier BUY 10 @ 100 (told late); a SELL 10 @ 120 then
+    closes the 100 lot first: realized 200, 10 left at 110, as the per-day replay says."""
+    t0 = timezone.now() - timedelta(minutes=10)
+    services.trades_record(account=account, broker_trades=[fill("2", "BUY", 10, "110", at=t0 + timedelta(seconds=2))])
+    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 10, "100", at=t0)])
+    services.trades_record(account=account, broker_trades=[fill("3", "SELL", 10, "120", at=t0 + timedelta(seconds=3))])
+    position = Position.objects.get(account=account)
+    per_day = sum(row.realized for row in selectors.pnl_by_symbol_and_day(trader).days)
+    assert position.realized_pnl == per_day == D("200")
+    assert (position.net_quantity, position.average_price) == (10, D("110"))
+    # In order again afterwards: the next fill goes on from the lots as they are.
+    services.trades_record(account=account, broker_trades=[fill("4", "SELL", 5, "130", at=t0 + timedelta(seconds=4))])
+    position.refresh_from_db()
+    assert (position.realized_pnl, position.net_quantity) == (D("300"), 5)
+
+
+def test_a_last_price_of_0_is_no_price(account):
+    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 75, "120", at=timezone.now())])
+    services.positions_mark(account=account, last_prices={("NSE", "INFY"): D("0")})
+    position = Position.objects.get(account=account)
+    assert (position.last_price, position.unrealized_pnl) == (D("120"), 0)
+
+
+def test_a_fill_in_an_instrument_not_loaded_is_an_error_of_the_run(trader, account):
+    """Bought in the broker's own app in a contract the platform has not loaded: it cannot be in
+    the positions, and the run says so instead of reporting all well."""
+    Instrument.objects.filter(exchange="NSE", tradingsymbol="WIPRO").delete()
+    client = engine.client_get_or_create(user_id=account.client_id)
+    engine.order_place(
+        client=client, exchange="NSE", tradingsymbol="WIPRO", transaction_type="BUY", order_type="MARKET",
+        quantity=100, product="MIS", price=None, trigger_price=None, validity="DAY", tag="", variety="regular",
+    )  # fmt: skip
+    run = cycle.account_monitor(account=account)
+    assert run.status == AccountRun.Status.ERRORS
+    assert "NSE:WIPRO are not recorded" in run.errors[0]["error"] and run.errors[0]["step"] == "2_pnl"
+    assert not Trade.objects.exists()
+
+
+def test_a_position_carried_from_an_earlier_day_is_valued_at_todays_price(trader, account, monkeypatch):
+    """A broker lists today's orders only (Kite), and yesterday's CNC buy is in its holdings, not its
+    positions: the platform's open position is still priced each cycle."""
+    real_orders = PaperBroker.orders
+    today = timezone.now().astimezone(engine.IST).date()
+    monkeypatch.setattr(
+        PaperBroker,
+        "orders",
+        lambda self: [o for o in real_orders(self) if o.placed_at.astimezone(engine.IST).date() == today],
+    )
+    monkeypatch.setattr(PaperBroker, "positions", lambda self: [])
+    set_price("1500")
+    place(trader, account, quantity=10, product="CNC")
+    cycle.account_monitor(account=account)
+    yesterday = timezone.now() - timedelta(days=1)
+    PaperTrade.objects.update(filled_at=yesterday)
+    PaperOrder.objects.update(placed_at=yesterday, updated_at=yesterday)
+    Trade.objects.update(filled_at=yesterday)
+    set_price("1600")
+    run = cycle.account_monitor(account=account)
+    assert run.errors == []
+    position = Position.objects.get(account=account, product="CNC")
+    assert position.last_price == D("1600")
+    assert position.unrealized_pnl == 10 * (D("1600") - position.average_price)
