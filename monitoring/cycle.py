@@ -44,6 +44,7 @@ from django.utils import timezone
 from accounts.models import BrokerAccount
 from brokers import services as broker_services
 from brokers.base import BrokerOrder, BrokerPosition, BrokerTrade
+from brokers.base import Status as BrokerStatus
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError, OrderRejected, RejectKind
 from brokers.selectors import instrument_by_symbol
@@ -639,8 +640,14 @@ def step_chase(ctx: Context) -> None:
         if order.chase_count < BROKER_MODIFICATION_CAP - 1:
             try:
                 orders.order_modify(order=order, actor=ctx.account.owner, cause=cause, price=target)
-            except (ValidationError, orders.OrderActionRefused) as error:
-                ctx.act(f"could not chase {order.reference}: {error}")
+            except orders.OrderActionRefused as refused:
+                if _at_modification_cap(refused):  # the trader's own modifies used the cap up
+                    _cancel_and_replace(ctx, order, cause, step="5_chase", parent=order, price=target)
+                else:
+                    ctx.act(f"could not chase {order.reference}: {refused.message}")
+                continue
+            except ValidationError as error:
+                ctx.act(f"could not chase {order.reference}: {_refusal(error)}")
                 continue
             Order.objects.filter(pk=order.pk).update(chase_count=order.chase_count + 1)
             ctx.act(f"chased {order.reference} to {target}")
@@ -666,9 +673,15 @@ def _cancel_and_replace(
         return None
     # What filled before the cancel took may not be recorded yet: the broker's word on it first.
     try:
-        orders.order_apply_broker_state(order, ctx.broker.order(order.broker_order_id), cause=cause)
+        state = ctx.broker.order(order.broker_order_id)
+        orders.order_apply_broker_state(order, state, cause=cause)
     except BrokerError as error:
         _run_error(ctx, f"could not replace {order.reference}: its fills are not known ({error})", step=step)
+        return None
+    if state.status not in BrokerStatus.FINAL:
+        # The broker took the request but has not closed the order (a cancel pending at Kite): it
+        # may still fill, so nothing replaces it now. A cancelled exit is put back by step 4.
+        ctx.act(f"{order.reference}'s cancel is pending at the broker ({state.status}); not replaced")
         return None
     order.refresh_from_db()
     quantity = order.quantity - order.filled_quantity - less

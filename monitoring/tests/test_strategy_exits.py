@@ -373,3 +373,34 @@ def test_an_exit_past_the_modification_cap_is_replaced_to_shrink_it(trader, acco
     monitor(account)
     monitor(account)
     assert held(account) == 0 and live_exits(account, "take_profit") == 0
+
+
+def test_a_chased_entry_whose_cap_the_trader_used_up_is_replaced(trader, account):
+    guarded = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    at_modification_cap(first)  # modified by hand 25 times: the chase's own count is 0
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    monitor(account)
+    first.refresh_from_db()
+    replacement = Order.objects.get(parent=first, role="entry")
+    assert first.status == Order.Status.CANCELLED and replacement.price == D("1499.20")
+
+
+def test_an_order_whose_cancel_is_still_pending_is_not_replaced(trader, account, monkeypatch):
+    """Kite answers a cancel once it has the request; the order may still fill. Only an order the
+    broker has closed is replaced (else both could fill)."""
+    import dataclasses
+
+    from brokers.paper.adapter import PaperBroker
+
+    guarded = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    Order.objects.filter(pk=first.pk).update(chase_count=cycle.BROKER_MODIFICATION_CAP - 1)
+    real = PaperBroker.order
+    monkeypatch.setattr(PaperBroker, "order", lambda self, i: dataclasses.replace(real(self, i), status="OPEN"))
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first).exists()
+    assert any("cancel is pending" in action for action in run.actions)
