@@ -133,6 +133,10 @@ class OrderModifyForm(forms.Form):
         )
         kwargs.setdefault("auto_id", "modify_%s")
         super().__init__(*args, **kwargs)
+        # Each field carries the value the page showed, so only what the trader changed is sent
+        # (``changes``): a price a chase or another tab moved meanwhile is not put back.
+        for field in self.fields.values():
+            field.show_hidden_initial = True
         # A stop order stays a stop order, a plain one plain (the broker's rule too).
         compatible = STOP_TYPES if order.order_type in STOP_TYPES else PLAIN_TYPES
         self.fields["order_type"].choices = [(value, label) for value, label in ORDER_TYPES if value in compatible]
@@ -145,6 +149,10 @@ class OrderModifyForm(forms.Form):
         if data.get("order_type") not in ("SL", "SL-M"):
             data["trigger_price"] = None
         return data
+
+    def changes(self) -> dict:
+        """What the trader changed from what the page showed, cleaned."""
+        return {name: self.cleaned_data[name] for name in self.changed_data}
 
 
 class OrderFilterForm(forms.Form):

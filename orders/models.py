@@ -362,6 +362,7 @@ class OrderEvent(AppendOnlyModel):
         "cancelled": "Cancelled",
         "cancel_refused": "Cancel refused",
         "cancel_failed": "Cancel failed",
+        "cancel_unknown": "Cancel's answer lost (checked with the broker)",
         "exits_done": "Exits done (nothing held)",
     }
 

@@ -50,7 +50,7 @@ from brokers.errors import (
 )
 from brokers.models import Instrument
 from brokers.selectors import instrument_last_price
-from tradingplatform import metrics
+from tradingplatform import locks, metrics
 from tradingplatform.db import PlainInserts
 
 from .models import ORDER_TYPES, DailyCounter, Order, OrderEvent
@@ -744,12 +744,28 @@ def _broadcast(order: Order, *, created: bool = False) -> None:
 # --- Modify and cancel -------------------------------------------------------------------------
 
 
+# One modify of an order at a time (two tabs, a double click, a retried API call, the cycle's
+# chase or trail): each reads the order afresh under the lock and sends only what still differs.
+MODIFY_LOCK_TTL_S, MODIFY_LOCK_WAIT_S = 60.0, 15.0
+
+
 def order_modify(
     *, order: Order, actor, cause: str, quantity=None, price=None, trigger_price=None, order_type=None
 ) -> Order:
-    """Change an open order at its broker; the order's fields change only when the broker agrees."""
+    """Change an open order at its broker; the order's fields change only when the broker agrees.
+    Values not given (None or "") stay as the order has them when the change is made."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
+    with locks.held(f"orders:modify:{order.pk}", ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S) as took:
+        if not took:
+            raise OrderActionRefused("Another change of this order is still being made; try again.")
+        order.refresh_from_db()
+        return _modify(
+            order, actor, cause, quantity=quantity, price=price, trigger_price=trigger_price, order_type=order_type
+        )
+
+
+def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, order_type) -> Order:
     if order.status not in Order.AT_BROKER or not order.broker_order_id:
         raise OrderActionRefused(f"Only an open order can be modified; this one is {order.get_status_display()}.")
     new_type = order_type or order.order_type
@@ -797,12 +813,9 @@ def order_modify(
     except BrokerError as error:
         _event(order, "modify_failed", cause=cause, from_status=order.status, message=str(error))
         raise OrderActionRefused(f"Could not reach the broker: {error}") from error
-    fields = {
-        "quantity": checked.quantity,
-        "order_type": checked.order_type,
-        "price": checked.price,
-        "trigger_price": checked.trigger_price,
-    }
+    fields = {name: value for name, value in vars(change).items() if value is not None}
+    if change.order_type is not None:  # a price or trigger the new type takes none of goes
+        fields.update(price=checked.price, trigger_price=checked.trigger_price)
     with transaction.atomic():
         # The broker took the change, so it holds whatever happened next: a fill it caused (a
         # modify to MARKET, a price moved across the market) may already be recorded, and the
@@ -847,6 +860,13 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True) -> 
         order.refresh_from_db()
         _event(order, "cancel_refused", cause=cause, from_status=order.status, message=error.message)
         raise OrderActionRefused(f"The broker refused to cancel: {error.message}") from error
+    except NetworkError as error:
+        # The broker may have cancelled it: the order is brought in line with its book.
+        _event(order, "cancel_unknown", cause=cause, from_status=order.status, message=f"{error}; looked up next")
+        _queue_sync(order, always=True)
+        raise OrderActionRefused(
+            f"The broker's answer was lost ({error}); the order will show what the broker holds shortly."
+        ) from error
     except BrokerError as error:
         _event(order, "cancel_failed", cause=cause, from_status=order.status, message=str(error))
         raise OrderActionRefused(f"Could not reach the broker: {error}") from error
@@ -920,10 +940,22 @@ ORDER_TYPE_NAMES = frozenset(name for name, _label in ORDER_TYPES)
 STOPS = ("SL", "SL-M")
 
 
+# A broker's statuses of an order while a change or the order itself is still being validated
+# (Kite's): its book shows the old terms until then, which are not the broker's word on a change.
+TERMS_IN_FLUX = {
+    "MODIFY VALIDATION PENDING",
+    "MODIFY PENDING",
+    "PUT ORDER REQ RECEIVED",
+    "VALIDATION PENDING",
+    "OPEN PENDING",
+    "MODIFIED",
+}
+
+
 def _broker_terms(order: Order, state) -> dict:
     """The order's terms as its broker holds them, where they differ from ours: a change the broker
     made whose answer was lost (a modify that timed out)."""
-    if state.quantity <= 0:
+    if state.quantity <= 0 or str((state.raw or {}).get("status", "")).upper() in TERMS_IN_FLUX:
         return {}
     terms = {"quantity": state.quantity}
     # A stop order that triggered shows at some brokers as the plain order it became (SL-M as
@@ -940,8 +972,10 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
     ``order`` needs only its status, quantities and broker id, unless ``terms``: then the
     broker's quantity, type and prices are taken too where they differ (the caller knows the
     state is newer than the order's last change). They are taken anyway when the broker has
-    filled more than our quantity: only a change we did not hear of explains that."""
-    changed = _broker_terms(order, state) if terms or state.filled_quantity > order.quantity else {}
+    filled more than our quantity (only a change we did not hear of explains that), and when it
+    has filled the order (its terms are final: a modify whose answer was lost, then the fill)."""
+    final_terms = state.filled_quantity > order.quantity or state.status == Status.FILLED
+    changed = _broker_terms(order, state) if terms or final_terms else {}
     if not _tells_more(order, state) and not changed:
         return None
     target = BROKER_TO_ORDER[state.status]

@@ -144,7 +144,7 @@ def modify(request, pk):
     changed = False
     if form.is_valid():
         try:
-            services.order_modify(order=order, actor=request.user, cause=_page_cause(request), **form.cleaned_data)
+            services.order_modify(order=order, actor=request.user, cause=_page_cause(request), **form.changes())
             changed = True
         except ValidationError as exc:
             apply_validation_error(form, exc)

@@ -1,0 +1,176 @@
+"""Modify and cancel when things overlap: two tabs, a double click, a stale page, a lost answer."""
+
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.urls import reverse
+
+from brokers import services as broker_services
+from brokers.client import AccountBroker
+from brokers.paper import adapter, engine
+from brokers.paper.models import PaperClient, PaperOrder
+from orders import services
+from orders.models import Order
+from orders.tests.factories import place
+from tradingplatform import background
+
+pytestmark = pytest.mark.django_db(transaction=True)
+D = Decimal
+
+
+def settle():
+    assert background.wait_idle(30)
+
+
+def set_price(last, volume=None):
+    last = D(last)
+    engine.market_set(
+        exchange="NSE", tradingsymbol="INFY", last_price=last, bid=last - D("0.1"), ask=last + D("0.1"),
+        tick_volume=volume,
+    )  # fmt: skip
+
+
+def knobs(account, **values):
+    PaperClient.objects.filter(user_id=account.client_id).update(**values)
+
+
+def resting(trader, account, quantity=2, price="1400"):
+    set_price("1500")
+    order = place(trader, account, order_type="LIMIT", price=price, quantity=quantity)
+    settle()
+    return order
+
+
+def at_broker(order):
+    return PaperOrder.objects.get(order_id=order.broker_order_id)
+
+
+def test_two_overlapping_modifies_each_change_only_what_they_asked(trader, account):
+    order = resting(trader, account)
+    tab_a, tab_b = Order.objects.get(pk=order.pk), Order.objects.get(pk=order.pk)  # read before either
+    services.order_modify(order=tab_a, actor=trader, cause="A", price="1401")
+    services.order_modify(order=tab_b, actor=trader, cause="B", quantity=3)
+    settle()
+    order.refresh_from_db()
+    assert (at_broker(order).quantity, at_broker(order).price) == (3, D("1401"))
+    assert (order.quantity, order.price) == (3, D("1401"))
+
+
+def test_a_modify_from_an_order_read_before_a_raise_and_a_fill_is_made_on_the_order_as_it_is(trader, account):
+    order = resting(trader, account)
+    stale = Order.objects.get(pk=order.pk)  # the monitoring cycle's read
+    services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", quantity=10)
+    set_price("1390", volume=5)  # 5 of 10 fill
+    settle()
+    services.order_modify(order=stale, actor=trader, cause="chase", price="1385")
+    settle()
+    order.refresh_from_db()
+    assert (order.quantity, order.price, order.filled_quantity) == (10, D("1385"), 5)
+    assert (at_broker(order).quantity, at_broker(order).price) == (10, D("1385"))
+
+
+def test_a_double_submitted_modify_is_made_once(trader, account, monkeypatch):
+    order = resting(trader, account)
+    real = AccountBroker.modify_order
+
+    def slow(self, broker_order_id, change):
+        real(self, broker_order_id, change)
+        time.sleep(0.5)  # the answer on its way back while the second click arrives
+
+    monkeypatch.setattr(AccountBroker, "modify_order", slow)
+    barrier, errors = threading.Barrier(2), []
+
+    def click():
+        try:
+            barrier.wait()
+            services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="page", price="1401")
+        except Exception as error:  # noqa: BLE001 - the test reports it
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    settle()
+    assert errors == []
+    assert at_broker(order).modifications == 1
+    assert list(Order.objects.get(pk=order.pk).events.values_list("kind", flat=True)).count("modified") == 1
+
+
+def test_the_page_sends_only_what_the_trader_changed(trader, account, client):
+    """The page was opened at 1400; a chase moved the price to 1410; the trader changes only the
+    quantity: the price stays 1410."""
+    client.force_login(trader)
+    order = resting(trader, account)
+    form = client.get(reverse("orders:detail", args=[order.pk])).context["modify_form"]
+    shown = {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
+    html = client.get(reverse("orders:detail", args=[order.pk])).content.decode()
+    assert 'name="initial-price"' in html  # what the page showed goes back with the form
+    services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="chase", price="1410")
+    settle()
+    data = {**shown, **{f"initial-{name}": value for name, value in shown.items()}, "quantity": 4}
+    client.post(reverse("orders:modify", args=[order.pk]), data)
+    settle()
+    order.refresh_from_db()
+    assert (order.quantity, order.price) == (4, D("1410"))
+    assert (at_broker(order).quantity, at_broker(order).price) == (4, D("1410"))
+
+
+def test_a_modify_whose_answer_was_lost_and_that_filled_takes_the_brokers_terms(trader, account):
+    order = resting(trader, account, quantity=5, price="1480")
+    knobs(account, timeout_rate=1)
+    with pytest.raises(services.OrderActionRefused, match="answer was lost"):
+        services.order_modify(order=order, actor=trader, cause="test", quantity=3, price="1510")  # crosses: fills
+    knobs(account, timeout_rate=0)
+    settle()
+    services.orders_sync_account(account=account)  # what the queued run does
+    settle()
+    order.refresh_from_db()
+    assert at_broker(order).status == "COMPLETE" and at_broker(order).quantity == 3
+    assert (order.status, order.quantity, order.filled_quantity, order.price) == ("FILLED", 3, 3, D("1510"))
+
+
+def test_a_cancel_whose_answer_was_lost_is_looked_up_at_once(trader, account, client, monkeypatch):
+    """At a broker that does not tell each change (Kite), a cancel whose answer is lost queues the
+    account's reconciliation, and the trader is told the order's state follows."""
+    order = resting(trader, account, quantity=3)
+    monkeypatch.setattr(adapter.PaperBroker, "tells_order_updates", False)
+    monkeypatch.setattr(adapter, "order_announce", lambda *a, **k: None)
+    queued = []
+    broker_services.account_activity_listeners.append(queued.append)
+    try:
+        knobs(account, timeout_rate=1)
+        client.force_login(trader)
+        answer = client.post(reverse("orders:cancel", args=[order.pk]), HTTP_HX_REQUEST="true")
+        knobs(account, timeout_rate=0)
+        settle()
+    finally:
+        broker_services.account_activity_listeners.remove(queued.append)
+    assert at_broker(order).status == "CANCELLED"
+    assert queued == [account.pk]
+    assert "will show what the broker holds shortly" in answer.content.decode()
+    assert order.events.filter(kind="cancel_unknown").exists()
+
+
+@pytest.mark.parametrize("raw_status", ["MODIFY VALIDATION PENDING", "MODIFY PENDING", "MODIFIED", "OPEN"])
+def test_a_book_read_while_a_change_is_validated_is_not_taken_for_the_brokers_terms(trader, account, raw_status):
+    """Kite's book shows the old terms until a modify is through (its order history: MODIFY
+    VALIDATION PENDING, MODIFY PENDING and MODIFIED at the old price, then OPEN at the new)."""
+    import dataclasses
+
+    from django.utils import timezone
+
+    order = resting(trader, account)
+    services.order_modify(order=order, actor=trader, cause="trader", price="1405")
+    order.refresh_from_db()
+    state = AccountBroker(account).order(order.broker_order_id)
+    old_terms = dataclasses.replace(state, price=D("1400"), raw={"status": raw_status})
+    services.order_apply_broker_state(order, old_terms, cause="sync", asked_at=timezone.now())
+    order.refresh_from_db()
+    assert order.price == (D("1400") if raw_status == "OPEN" else D("1405"))
