@@ -36,6 +36,12 @@ def instrument_expired(instrument, today: date | None = None) -> bool:
     return expiry is not None and expiry < (today or ist_today())
 
 
+# Exchanges whose quantities are lots of a contract multiplier (Kite's MCX, CDS and BCD: 1 lot
+# of LEADMINI is 1000 kg). The platform's PnL is price x quantity, so it neither trades them nor
+# records their fills until it keeps each contract's multiplier.
+MULTIPLIED_EXCHANGES = frozenset({"MCX", "CDS", "BCD"})
+
+
 def next_morning_expiry(now: datetime) -> datetime:
     """When an Indian broker session ends: 06:00 IST the next morning (Kite's rule)."""
     local = now.astimezone(IST)

@@ -27,12 +27,14 @@ def instruments_changed() -> None:
 
 
 def instruments_tradable(today=None):
-    """Instruments that can still be traded: no expiry, or one today (IST) or later.
+    """Instruments that can still be traded here: no expiry, or one today (IST) or later, and not
+    on an exchange whose quantities need a contract multiplier (``base.MULTIPLIED_EXCHANGES``).
 
     Expired contracts stay in the table (positions on them still exist); they only stop
     being offered.
     """
-    return Instrument.objects.filter(Q(expiry__isnull=True) | Q(expiry__gte=today or base.ist_today()))
+    unexpired = Instrument.objects.filter(Q(expiry__isnull=True) | Q(expiry__gte=today or base.ist_today()))
+    return unexpired.exclude(exchange__in=base.MULTIPLIED_EXCHANGES)
 
 
 def instruments_search(query: str, *, limit: int = 100) -> tuple[list[Instrument], bool]:

@@ -43,7 +43,7 @@ from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers import services as broker_services
-from brokers.base import BrokerOrder, BrokerPosition, BrokerTrade
+from brokers.base import MULTIPLIED_EXCHANGES, BrokerOrder, BrokerPosition, BrokerTrade
 from brokers.base import Status as BrokerStatus
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError, OrderRejected, RejectKind
@@ -276,17 +276,9 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
     for ctx in with_fills:
         if ctx.account.pk in failed:
             failures[id(ctx)] = failed[ctx.account.pk]
-        unknown = sorted(
-            {f"{t.exchange}:{t.tradingsymbol}" for t in ctx.broker_trades}
-            - {f"{exchange}:{symbol}" for exchange, symbol in _known(ctx.broker_trades)}
-        )
-        if unknown:  # not recorded, so not in the positions or PnL: the trader must know
-            _run_error(
-                ctx,
-                f"fills in {', '.join(unknown)} are not recorded: the instrument is not loaded "
-                "(load the broker's instruments)",
-                step="2_pnl",
-            )
+        for symbols, why in _unrecordable(ctx.broker_trades):
+            # Not recorded, so not in the positions or PnL: the trader must know.
+            _run_error(ctx, f"fills in {', '.join(symbols)} are not recorded: {why}", step="2_pnl")
     for ctx in with_fills:
         if created.get(ctx.account.pk):
             ctx.act(f"recorded {len(created[ctx.account.pk])} fill(s)")
@@ -321,9 +313,19 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
     return failures
 
 
-def _known(trades: list[BrokerTrade]) -> set[tuple[str, str]]:
-    symbols = {(t.exchange, t.tradingsymbol) for t in trades}
-    return {symbol for symbol in symbols if instrument_by_symbol(*symbol) is not None}
+def _unrecordable(trades: list[BrokerTrade]) -> list[tuple[list[str], str]]:
+    """The fills ``portfolio.trades_record`` leaves out, by why: [(symbols, why)]."""
+    symbols = sorted({(t.exchange, t.tradingsymbol) for t in trades})
+    unknown = [f"{e}:{s}" for e, s in symbols if instrument_by_symbol(e, s) is None]
+    multiplied = [f"{e}:{s}" for e, s in symbols if e in MULTIPLIED_EXCHANGES and f"{e}:{s}" not in unknown]
+    return [
+        (names, why)
+        for names, why in (
+            (unknown, "the instrument is not loaded (load the broker's instruments)"),
+            (multiplied, "their contract multiplier is not kept yet, so their PnL would be wrong"),
+        )
+        if names
+    ]
 
 
 def step_pnl(ctx: Context) -> None:

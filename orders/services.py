@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers import registry
-from brokers.base import IST, BrokerOrder, OrderChange, OrderRequest, Status
+from brokers.base import IST, MULTIPLIED_EXCHANGES, BrokerOrder, OrderChange, OrderRequest, Status
 from brokers.client import AccountBroker
 from brokers.errors import (
     AuthError,
@@ -170,6 +170,13 @@ def spec_check(
     if instrument.is_expired:
         raise ValidationError(
             {"instrument": f"{instrument} expired on {instrument.expiry:%Y-%m-%d}; it cannot be traded."}
+        )
+    if instrument.exchange in MULTIPLIED_EXCHANGES:
+        raise ValidationError(
+            {
+                "instrument": f"{instrument.exchange} contracts are not traded here yet "
+                "(their PnL needs the contract multiplier)."
+            }
         )
     if side not in ("BUY", "SELL"):
         raise ValidationError({"side": "Choose BUY or SELL."})

@@ -9,7 +9,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
-from brokers.base import BrokerTrade
+from brokers.base import MULTIPLIED_EXCHANGES, BrokerTrade
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from orders.models import Order
@@ -63,8 +63,8 @@ def trades_record_many(
     now = timezone.now()
     for (account_id, _), t in sorted(wanted.items(), key=lambda item: (item[1].filled_at or now, item[0])):
         instrument = instrument_by_symbol(t.exchange, t.tradingsymbol)
-        if instrument is None:
-            continue
+        if instrument is None or instrument.exchange in MULTIPLIED_EXCHANGES:
+            continue  # the monitoring run reports it: its fills are in no position
         rows.append(
             Trade(
                 account=accounts[account_id],

@@ -11,6 +11,7 @@ from brokers.models import Instrument
 from brokers.paper import engine
 from brokers.paper.adapter import PaperBroker
 from brokers.paper.models import PaperOrder, PaperTrade
+from brokers.selectors import instruments_search
 from monitoring import cycle
 from monitoring.models import AccountRun
 from orders.tests.factories import place
@@ -102,3 +103,38 @@ def test_a_position_carried_from_an_earlier_day_is_valued_at_todays_price(trader
     position = Position.objects.get(account=account, product="CNC")
     assert position.last_price == D("1600")
     assert position.unrealized_pnl == 10 * (D("1600") - position.average_price)
+
+
+def test_contracts_quoted_in_lots_of_a_multiplier_are_neither_traded_nor_recorded_wrong(trader, account):
+    """An MCX lot of LEADMINI is 1000 kg: price x quantity would make a 500 rupee gain 0.50."""
+    import pytest
+    from django.core.exceptions import ValidationError
+
+    from orders import services as orders
+
+    lead = Instrument.objects.create(
+        exchange="MCX", tradingsymbol="LEADMINI26DECFUT", instrument_token=53496327, tick_size=D("0.05"), lot_size=1
+    )
+    assert lead not in instruments_search("LEADMINI")[0]  # not offered
+    with pytest.raises(ValidationError) as error:
+        orders.spec_check(instrument=lead, side="BUY", quantity=1, order_type="MARKET", product="NRML")
+    assert "multiplier" in error.value.message_dict["instrument"][0]
+    trades = [
+        BrokerTrade(
+            trade_id=str(n),
+            broker_order_id=f"o{n}",
+            exchange="MCX",
+            tradingsymbol=lead.tradingsymbol,
+            side=side,
+            product="NRML",
+            quantity=1,
+            price=D(price),
+            filled_at=timezone.now(),
+        )  # fmt: skip
+        for n, side, price in ((1, "BUY", "161.05"), (2, "SELL", "161.55"))
+    ]
+    assert services.trades_record(account=account, broker_trades=trades) == []
+    assert not Position.objects.exists()
+    assert cycle._unrecordable(trades) == [
+        (["MCX:LEADMINI26DECFUT"], "their contract multiplier is not kept yet, so their PnL would be wrong")
+    ]
