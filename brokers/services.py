@@ -275,11 +275,28 @@ def connect_login_url(*, account: BrokerAccount, state: str) -> str:
     return adapter_for(account).login_url(state=state)
 
 
+def _check_login_user(account: BrokerAccount, tokens: SessionTokens, adapter: Broker) -> None:
+    """Refuse a login as another broker user than the account's client id: stored, its session
+    would trade in someone else's account. Its token is logged out, as it is never used."""
+    logged_in = (tokens.user_id or "").strip()
+    if logged_in.casefold() == account.client_id.strip().casefold():
+        return
+    try:
+        adapter.logout()
+    except BrokerError:
+        logger.info("could not log out the refused login for account %s", account.pk)
+    raise AuthError(
+        f"You logged in to the broker as {logged_in or 'an unknown user'}, but this account is"
+        f" {account.client_id}. Log in as {account.client_id} to connect it."
+    )
+
+
 def connect_complete(*, account: BrokerAccount, request_token: str, actor) -> LiveSession:
     """Exchange the broker's one-time request token for a session (the callback)."""
     adapter = adapter_for(account)
     try:
         tokens = adapter.complete_login(request_token=request_token)
+        _check_login_user(account, tokens, adapter)
     except BrokerError as exc:
         _record_failure(account, exc, actor=actor)
         raise

@@ -4,8 +4,8 @@ One pooled ``requests.Session`` per account, a timeout on every call,
 ``X-Kite-Version: 3`` and ``Authorization: token api_key:access_token``. Kite's error
 types map onto ours (TokenException -> AuthError, 429 -> RateLimited, 5xx and
 NetworkException -> BrokerUnavailable, or to an order call a lost answer (NetworkError), as
-is a timeout; order refusals -> OrderRejected). The base URL is ``settings.KITE_API_URL``: Kite itself by default, the
-paper exchange's Kite face in tests and demos.
+is a timeout or an answer that cannot be read; order refusals -> OrderRejected). The base URL is
+``settings.KITE_API_URL``: Kite itself by default, the paper exchange's Kite face in tests and demos.
 """
 
 import csv
@@ -33,6 +33,11 @@ from brokers.errors import (
     RateLimited,
     classify_rejection,
 )
+
+# Since April 2026 Kite refuses API orders of these types without ``market_protection``; -1 asks
+# for Kite's automatic protection band (a percentage 1-100 would set our own).
+MARKET_PROTECTED_TYPES = ("MARKET", "SL-M")
+AUTO_MARKET_PROTECTION = -1
 
 _sessions: dict[tuple[str, str], requests.Session] = {}
 _sessions_lock = threading.Lock()
@@ -71,7 +76,8 @@ def order_status(data: dict) -> str:
         return Status.CANCELLED
     if status == "REJECTED":
         return Status.REJECTED
-    if status in ("OPEN", "TRIGGER PENDING", "MODIFIED", "AMO REQ RECEIVED"):
+    # UPDATE: a postback's word for an open order that changed (a partial fill, a modify).
+    if status in ("OPEN", "TRIGGER PENDING", "MODIFIED", "AMO REQ RECEIVED", "UPDATE"):
         return Status.PARTIALLY_FILLED if filled else Status.OPEN
     return Status.PARTIALLY_FILLED if filled else Status.SUBMITTED
 
@@ -126,7 +132,21 @@ class KiteBroker(base.Broker):
     def _http(self) -> requests.Session:
         return http_session(self.api_key, self.client_id)
 
-    def _request(self, method: str, path: str, *, params=None, data=None, order_call: bool = False, raw=False):
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params=None,
+        data=None,
+        order_call: bool = False,
+        changes_order: bool = False,
+        raw=False,
+    ):
+        """One call; ``order_call`` (a placement or modify: Kite's refusals are ``OrderRejected``)
+        implies ``changes_order`` (a cancel too: a server error or an answer that cannot be read
+        leaves the outcome unknown, a ``NetworkError``)."""
+        changes_order = changes_order or order_call
         headers = {}
         if self.access_token:
             headers["Authorization"] = f"token {self.api_key}:{self.access_token}"
@@ -151,30 +171,33 @@ class KiteBroker(base.Broker):
         try:
             body = response.json()
         except ValueError:
-            if response.status_code >= 500:
-                raise self._server_error(order_call)(f"Kite answered {response.status_code}") from None
-            raise InputError(f"Kite answered {response.status_code} without JSON") from None
+            body = None
+        if not isinstance(body, dict):
+            # A proxy's or firewall's page in front of Kite, or a cut body: it does not say what
+            # Kite did. To an order call that is a lost answer (looked up by tag, reconciled),
+            # never a refusal; to a read, a broker not answering properly for now.
+            raise self._server_error(changes_order)(f"Kite answered {response.status_code} without Kite's JSON")
         if body.get("status") == "error" or body.get("error_type"):
-            self._raise(response.status_code, body, order_call=order_call)
+            self._raise(response.status_code, body, order_call=order_call, changes_order=changes_order)
         if response.status_code >= 500:
-            raise self._server_error(order_call)(f"Kite answered {response.status_code}")
+            raise self._server_error(changes_order)(f"Kite answered {response.status_code}")
         return body.get("data")
 
     @staticmethod
-    def _server_error(order_call: bool) -> type[NetworkError]:
+    def _server_error(changes_order: bool) -> type[NetworkError]:
         """A 5xx (or Kite's NetworkException) to an order call does not say the order was not
         placed: a gateway's 502/504, or Kite losing the OMS's answer, may come after it was. So it
         is a lost answer (looked up by tag, then reconciled), never "refused, send it again"."""
-        return NetworkError if order_call else BrokerUnavailable
+        return NetworkError if changes_order else BrokerUnavailable
 
     @staticmethod
-    def _raise(status: int, body: dict, *, order_call: bool):
+    def _raise(status: int, body: dict, *, order_call: bool, changes_order: bool):
         error_type = body.get("error_type") or "GeneralException"
         message = body.get("message") or error_type
         if error_type == "TokenException":
             raise AuthError(message)
         if status >= 500 or error_type in ("NetworkException", "DataException"):
-            raise KiteBroker._server_error(order_call)(message)
+            raise KiteBroker._server_error(changes_order)(message)
         if "find that `order_id`" in message or "order not found" in message.lower():
             raise OrderNotFound(message)
         kind = classify_rejection(message)
@@ -235,7 +258,11 @@ class KiteBroker(base.Broker):
             data["price"] = str(request.price)
         if request.trigger_price is not None:
             data["trigger_price"] = str(request.trigger_price)
+        if request.order_type in MARKET_PROTECTED_TYPES:
+            data["market_protection"] = AUTO_MARKET_PROTECTION
         result = self._request("POST", f"/orders/{request.variety}", data=data, order_call=True)
+        if not isinstance(result, dict) or not result.get("order_id"):
+            raise NetworkError(f"Kite's answer to placing {request.tag} has no order id")
         return base.PlacedOrder(broker_order_id=str(result["order_id"]))
 
     def modify_order(self, broker_order_id: str, change: base.OrderChange) -> None:
@@ -249,10 +276,12 @@ class KiteBroker(base.Broker):
             )
             if value is not None
         }
+        if change.order_type in MARKET_PROTECTED_TYPES:
+            data["market_protection"] = str(AUTO_MARKET_PROTECTION)
         self._request("PUT", f"/orders/regular/{broker_order_id}", data=data, order_call=True)
 
     def cancel_order(self, broker_order_id: str) -> None:
-        self._request("DELETE", f"/orders/regular/{broker_order_id}")
+        self._request("DELETE", f"/orders/regular/{broker_order_id}", changes_order=True)
 
     def orders(self) -> list[base.BrokerOrder]:
         return [to_order(row) for row in self._request("GET", "/orders")]

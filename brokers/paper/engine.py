@@ -476,8 +476,8 @@ def order_place(
     rng = rng or random
     if variety != "regular":
         raise InputException("Only the `regular` variety is supported by the paper exchange.")
-    if tag and len(tag) > 40:
-        raise InputException("Tag should be at most 40 characters.")
+    if tag and len(tag) > 20:  # Kite's limit
+        raise InputException("Tag should be at most 20 characters.")
     if instrument is None:
         instrument = instrument_lookup(exchange, tradingsymbol)
     price = Decimal(price) if price not in (None, "") else None

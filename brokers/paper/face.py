@@ -80,6 +80,27 @@ def _decimal(value, name: str) -> Decimal | None:
         raise InputException(f"Invalid `{name}`.") from None
 
 
+# Since April 2026 Kite refuses API orders of these types without a market protection: -1 (Kite's
+# automatic band) or a percentage above 0 up to 100. The in-process paper adapter is no Kite client.
+MARKET_PROTECTED_TYPES = ("MARKET", "SL-M")
+
+
+def _check_market_protection(order_type, value) -> None:
+    if order_type not in MARKET_PROTECTED_TYPES:
+        return
+    try:
+        protection = Decimal(str(value)) if value not in (None, "") else Decimal(0)
+    except InvalidOperation:
+        raise InputException("Invalid `market_protection`.") from None
+    if protection == 0:
+        raise InputException(
+            "Market orders without market protection are not allowed via API."
+            " Please set market protection or use a Limit order."
+        )
+    if protection != -1 and not (protection.is_finite() and 0 < protection <= 100):
+        raise InputException("Invalid `market_protection`.")
+
+
 # --- Login and sessions ---------------------------------------------------------------------
 
 
@@ -157,6 +178,7 @@ def order_place_or_history(request, client, segment):
     if request.method == "GET":
         return success([kite_format.order(engine.order_of(client, segment))])
     data = request.POST
+    _check_market_protection(data.get("order_type", ""), data.get("market_protection"))
     order = engine.order_place(
         client=client,
         variety=segment,
@@ -179,6 +201,7 @@ def order_modify_or_cancel(request, client, variety, order_id):
     if request.method == "DELETE":
         return success({"order_id": engine.order_cancel(client=client, order_id=order_id).order_id})
     data = QueryDict(request.body)
+    _check_market_protection(data.get("order_type"), data.get("market_protection"))
     order = engine.order_modify(
         client=client,
         order_id=order_id,

@@ -10,7 +10,7 @@ import hashlib
 import io
 from decimal import Decimal
 
-from .engine import IST, PositionRow
+from .engine import IST, PositionRow, Status
 from .models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
 
 EXCHANGES = ["NSE", "NFO", "BFO", "CDS", "BSE", "MCX", "BCD", "MF"]
@@ -109,6 +109,8 @@ def postback(order_row: PaperOrder) -> dict:
     client = order_row.client
     body = order(order_row)
     body.pop("modified")  # Kite's postback has every order field but this one
+    if body["status"] == Status.OPEN and order_row.filled_quantity:
+        body["status"] = "UPDATE"  # what Kite posts back for a partial fill of an open order
     checksum = hashlib.sha256(f"{order_row.order_id}{body['order_timestamp']}{client.api_secret}".encode()).hexdigest()
     return {
         "user_id": client.user_id,

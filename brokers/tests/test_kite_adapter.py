@@ -1,19 +1,27 @@
 """The kite adapter over the real wire: against the paper exchange's Kite face on a real port."""
 
+import json
 import re
+import threading
 import time
+from datetime import timedelta
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
 from django.contrib.auth.hashers import make_password
 from django.urls import reverse
+from django.utils import timezone
 
+from accounts.crypto import Sealed
 from accounts.tests.factories import make_kite_account
 from brokers.base import OrderChange, OrderRequest, Status
 from brokers.client import AccountBroker
 from brokers.errors import AuthError, BrokerUnavailable, InputError, OrderRejected, OutcomeUnknown, RejectKind
+from brokers.kite.adapter import KiteBroker
 from brokers.models import BrokerSession
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
@@ -191,3 +199,198 @@ def test_a_gateway_5xx_to_a_placement_is_a_lost_answer_not_a_refusal(settings):
             adapter.positions()
     finally:
         server.shutdown()
+
+
+def test_a_login_as_another_kite_user_is_refused_audited_and_explained(client, trader, face_url, kite_setup):
+    """The account is ZX9999; the trader logs in to Kite as YY1111. Stored, that session would
+    trade in YY1111's Kite account: it is refused, and its token logged out at Kite."""
+    from accounts.models import AuditLog
+    from brokers.paper.models import PaperToken
+
+    account, exchange_client = kite_setup
+    PaperClient.objects.filter(pk=exchange_client.pk).update(user_id="YY1111")
+    exchange_client.refresh_from_db()
+    client.force_login(trader)
+    response = connect_through_the_pages(client, face_url, account, exchange_client)
+    session = BrokerSession.objects.get(account=account)
+    assert session.status == "failed" and "YY1111" in session.last_error and "ZX9999" in session.last_error
+    assert AuditLog.objects.filter(action="broker_session_failed", target_id=str(account.pk)).count() == 1
+    assert not PaperToken.objects.filter(client=exchange_client, kind="access", revoked_at__isnull=True).exists()
+    page = client.get(response.url).content.decode()
+    assert "You logged in to the broker as YY1111" in page and "Login failed" in page
+    with pytest.raises(AuthError):
+        AccountBroker(account).orders()
+
+
+def test_a_login_as_the_accounts_user_matches_whatever_the_case(client, trader, face_url, kite_setup):
+    account, exchange_client = kite_setup
+    from accounts.models import BrokerAccount
+
+    BrokerAccount.objects.filter(pk=account.pk).update(client_id="zx9999")
+    account.refresh_from_db()
+    client.force_login(trader)
+    connect_through_the_pages(client, face_url, account, exchange_client)
+    assert BrokerSession.objects.get(account=account).status == "active"
+
+
+# --- Kite at the HTTP boundary ---------------------------------------------------------------
+
+SAMPLES = Path(__file__).resolve().parents[1] / "kite" / "samples"
+PROXY_PAGE = (200, "text/html", b"<html><body>Request received</body></html>")
+
+
+class FakeKite(BaseHTTPRequestHandler):
+    """Kite's order routes on a real port: the orders it takes kept as Kite's JSON (the samples'
+    order row), each route answering Kite's success, or what ``answers[method]`` says (a
+    proxy's page in front of Kite)."""
+
+    book: list = []
+    forms: list = []
+    answers: dict = {}
+
+    def _form(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        return dict(parse_qsl(self.rfile.read(length).decode()))
+
+    def do_POST(self):  # noqa: N802
+        form = self._form()
+        FakeKite.forms.append(form)
+        row = json.loads((SAMPLES / "orders.json").read_text())["data"][0]
+        row.update(
+            order_id=f"26120300000{len(FakeKite.book) + 1:04d}",
+            tag=form["tag"],
+            status="OPEN",
+            exchange=form["exchange"],
+            tradingsymbol=form["tradingsymbol"],
+            order_type=form["order_type"],
+            product=form["product"],
+            quantity=int(form["quantity"]),
+            price=float(form.get("price") or 0),
+            pending_quantity=int(form["quantity"]),
+            cancelled_quantity=0,
+        )
+        FakeKite.book.append(row)
+        self._answer("POST", {"order_id": row["order_id"]})
+
+    def do_PUT(self):  # noqa: N802
+        FakeKite.forms.append(self._form())
+        self._answer("PUT", {"order_id": self.path.rsplit("/", 1)[-1]})
+
+    def do_DELETE(self):  # noqa: N802
+        self._answer("DELETE", {"order_id": self.path.rsplit("/", 1)[-1]})
+
+    def do_GET(self):  # noqa: N802
+        self._answer("GET", FakeKite.book)
+
+    def _answer(self, method, data):
+        status, content_type, body = FakeKite.answers.get(
+            method, (200, "application/json", json.dumps({"status": "success", "data": data}).encode())
+        )
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_kite(settings):
+    FakeKite.book, FakeKite.forms, FakeKite.answers = [], [], {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKite)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.KITE_API_URL = f"http://127.0.0.1:{server.server_port}"
+    yield FakeKite
+    server.shutdown()
+
+
+@pytest.fixture
+def connected_kite_account(trader, instruments):
+    """A kite account with a live session (as the callback stores it)."""
+    account = make_kite_account(trader, client_id="KT0001")
+    BrokerSession.objects.create(
+        account=account,
+        tokens=Sealed.seal({"access_token": "kite-token", "refresh_token": None}),
+        status=BrokerSession.Status.ACTIVE,
+        active_for=account.pk,
+        broker_user_id="KT0001",
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    return account
+
+
+def adapter():
+    return KiteBroker(client_id="KT0001", credentials={"api_key": "k"}, access_token="t")
+
+
+@pytest.mark.parametrize(
+    ("order_type", "fields", "protection"),
+    [
+        ("MARKET", {}, "-1"),
+        ("SL-M", {"trigger_price": Decimal("1390")}, "-1"),
+        ("LIMIT", {"price": Decimal("1400")}, None),
+        ("SL", {"price": Decimal("1389"), "trigger_price": Decimal("1390")}, None),
+    ],
+)
+def test_market_and_stop_market_orders_ask_for_kites_market_protection(fake_kite, order_type, fields, protection):
+    """Since April 2026 Kite refuses API orders of type MARKET and SL-M without it."""
+    adapter().place_order(order("MP-1", side="SELL", order_type=order_type, **fields))
+    assert fake_kite.forms[-1].get("market_protection") == protection
+
+
+@pytest.mark.parametrize(
+    ("change", "protection"),
+    [
+        (OrderChange(order_type="MARKET"), "-1"),
+        (OrderChange(order_type="SL-M", trigger_price=Decimal("1390")), "-1"),
+        (OrderChange(price=Decimal("1401")), None),
+    ],
+)
+def test_a_modify_to_market_or_stop_market_asks_for_market_protection(fake_kite, change, protection):
+    adapter().modify_order("261203000000001", change)
+    assert fake_kite.forms[-1].get("market_protection") == protection
+
+
+@pytest.mark.parametrize("answer", [PROXY_PAGE, (403, "text/html", b"<html>Forbidden</html>")])
+def test_an_unreadable_answer_to_an_order_call_is_a_lost_answer_and_to_a_read_a_passing_fault(fake_kite, answer):
+    from brokers.errors import NetworkError
+
+    fake_kite.answers = {"POST": answer, "PUT": answer, "DELETE": answer, "GET": answer}
+    for call in (
+        lambda: adapter().place_order(order("UA-1")),
+        lambda: adapter().modify_order("261203000000001", OrderChange(price=Decimal("1401"))),
+        lambda: adapter().cancel_order("261203000000001"),
+    ):
+        with pytest.raises(NetworkError) as error:
+            call()
+        assert not isinstance(error.value, BrokerUnavailable)  # not "refused": the order may have changed
+    with pytest.raises(BrokerUnavailable):
+        adapter().orders()
+
+
+def test_a_placement_answered_by_a_proxys_page_is_found_by_tag_not_rejected(trader, connected_kite_account, fake_kite):
+    from orders.models import Order
+    from orders.tests.factories import place
+
+    fake_kite.answers = {"POST": PROXY_PAGE}
+    placed = place(trader, connected_kite_account, quantity=10, order_type="LIMIT", price=Decimal("1400"))
+    placed.refresh_from_db()
+    assert [row["tag"] for row in fake_kite.book] == [placed.reference]  # sent once
+    assert placed.status == Order.Status.SUBMITTED and placed.broker_order_id == fake_kite.book[0]["order_id"]
+
+
+def test_a_lookup_by_tag_answered_by_a_proxys_page_leaves_the_outcome_unknown(
+    trader, connected_kite_account, fake_kite
+):
+    from orders.models import Order
+    from orders.tests.factories import place
+
+    fake_kite.answers = {"POST": PROXY_PAGE, "GET": (403, "text/html", b"<html>Forbidden</html>")}
+    with pytest.raises(OutcomeUnknown):
+        AccountBroker(connected_kite_account, sleep=lambda s: None).place_order(order("LU-1"))
+    placed = place(trader, connected_kite_account, quantity=10, order_type="LIMIT", price=Decimal("1400"))
+    placed.refresh_from_db()
+    assert placed.status != Order.Status.REJECTED and not placed.reject_kind
+    assert len(fake_kite.book) == 2  # each sent once, never again blindly

@@ -1,4 +1,4 @@
-"""A broker's word on one of our orders (a paper change, a Kite postback) is applied at once.
+"""A broker's word on one of our orders (a paper change, Kite's state read on its postback) is applied at once.
 
 Only a strategy's order, or fills the broker did not hand over, queue the account's whole
 monitoring run; a manual order is placed, opened, filled and recorded without one. These tests
@@ -6,17 +6,16 @@ commit for real (the paper exchange announces after its commit, on background th
 for the background work to finish instead of waiting for a time.
 """
 
-import hashlib
 import json
 from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 
-from accounts.tests.factories import make_kite_account
 from brokers import services as broker_services
 from brokers.base import BrokerOrder, Status
-from brokers.paper import engine
+from brokers.paper import engine, kite_format
+from brokers.paper.models import PaperClient, PaperOrder
 from orders import services, sources
 from orders.models import Order
 from orders.tests.factories import instrument, place
@@ -191,39 +190,69 @@ def _sent_order(account, *, quantity: int, **fields) -> Order:
     )
 
 
-def _postback(client, account, order: Order, secret: str, **fields):
-    body = {
-        "user_id": account.client_id,
-        "order_id": order.broker_order_id,
-        "order_timestamp": "2026-11-21 10:00:00",
-        "tag": order.reference,
-        "quantity": order.quantity,
-        **fields,
-    }
-    signed = f"{body['order_id']}{body['order_timestamp']}{secret}".encode()
-    body["checksum"] = hashlib.sha256(signed).hexdigest()
-    return client.post("/hooks/kite/postback/", json.dumps(body), content_type="application/json")
+def _postback(client, body: dict, **edits):
+    """POST Kite's postback body, edited as a replayer might: the checksum still verifies, as it
+    signs only order_id + order_timestamp."""
+    return client.post("/hooks/kite/postback/", json.dumps({**body, **edits}), content_type="application/json")
 
 
-def test_a_kite_postback_applies_the_order_state_and_runs_the_account_for_its_fills(
-    client, trader, instruments, runs_queued
-):
-    account = make_kite_account(trader, client_id="AB1234", api_secret="s3cret")
-    order = _sent_order(account, quantity=5, status=Order.Status.SUBMITTED, broker_order_id="2611210001")
-    assert _postback(client, account, order, "s3cret", status="OPEN").status_code == 200
+def _kite_order(trader, account, **fields) -> tuple[Order, dict]:
+    set_price("1500")
+    order = place(trader, account, **fields)
+    order.refresh_from_db()
+    assert order.status == Order.Status.SUBMITTED  # Kite's answer to a placement is its order id only
+    return order, kite_format.postback(PaperOrder.objects.get(tag=order.reference))
+
+
+def test_a_kite_postback_applies_kites_state_of_the_order_never_the_bodys(client, trader, kite_on_face, runs_queued):
+    account = kite_on_face
+    order, genuine = _kite_order(trader, account, quantity=5, order_type="LIMIT", price=D("1400"))
+    runs_queued.clear()  # the placement's own (Kite tells us of an order only by postback)
+    assert _postback(client, genuine).status_code == 200
     order.refresh_from_db()
     assert order.status == Order.Status.OPEN and runs_queued == []  # nothing to fetch for an opened order
 
-    response = _postback(client, account, order, "s3cret", status="COMPLETE", filled_quantity=5, average_price=1500.5)
-    assert response.status_code == 200
+    replayed = _postback(client, genuine, status="COMPLETE", filled_quantity=5, pending_quantity=0, average_price=1.05)
+    assert replayed.status_code == 200
     order.refresh_from_db()
-    assert order.status == Order.Status.FILLED and order.average_price == D("1500.5")
+    assert (order.status, order.filled_quantity) == (Order.Status.OPEN, 0)
+
+    set_price("1390")  # the exchange fills it; a stale body still prompts the read
+    assert _postback(client, genuine).status_code == 200
+    order.refresh_from_db()
+    paper = PaperOrder.objects.get(tag=order.reference)
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 5)
+    assert order.average_price == paper.average_price != D("1.05")
     assert runs_queued == [account.pk]  # Kite's postback has no fills: the account's run fetches them
 
-    forged = _postback(client, account, order, "wrong", status="CANCELLED")
+    forged = _postback(client, genuine, checksum="0" * 64, status="CANCELLED")
     assert forged.status_code == 403
     order.refresh_from_db()
     assert order.status == Order.Status.FILLED
+
+
+def test_a_kite_postback_whose_order_cannot_be_read_runs_the_account_and_applies_nothing(
+    client, trader, kite_on_face, runs_queued
+):
+    account = kite_on_face
+    order, genuine = _kite_order(trader, account, quantity=5, order_type="LIMIT", price=D("1400"))
+    runs_queued.clear()  # the placement's own (Kite tells us of an order only by postback)
+    PaperClient.objects.filter(user_id="AB1234").update(error_rate=1)  # Kite answers 503
+    response = _postback(client, genuine, status="COMPLETE", filled_quantity=5, average_price=1.05)
+    assert response.status_code == 200
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.SUBMITTED, 0)
+    assert runs_queued == [account.pk]  # the run reconciles it with Kite's book
+
+
+def test_kites_postback_for_a_partial_fill_shows_the_order_partly_filled(client, trader, kite_on_face):
+    order, _ = _kite_order(trader, kite_on_face, quantity=10, order_type="LIMIT", price=D("1400"))
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=D("1390"), tick_volume=4)
+    body = kite_format.postback(PaperOrder.objects.get(tag=order.reference))
+    assert body["status"] == "UPDATE"  # Kite's word for it
+    assert _postback(client, body).status_code == 200
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.PARTIALLY_FILLED, 4)
 
 
 def _new_order(account) -> Order:

@@ -110,7 +110,7 @@ def test_kiteconnect_places_modifies_cancels_and_lists(kite, kite_client):
 
     filled = kite.place_order(
         variety="regular", exchange="NSE", tradingsymbol="INFY", transaction_type="BUY",
-        quantity=1, product="CNC", order_type="MARKET",
+        quantity=1, product="CNC", order_type="MARKET", market_protection=-1,
     )  # fmt: skip
     assert [o["order_id"] for o in kite.orders()] == [order_id, filled]
     assert kite.order_trades(filled)[0]["quantity"] == 1
@@ -158,13 +158,13 @@ def keys(value):
 def test_responses_match_kites_samples_field_for_field(face_url, kite, kite_client):
     order_id = kite.place_order(
         variety="regular", exchange="NSE", tradingsymbol="SBIN", transaction_type="BUY",
-        quantity=1, product="CNC", order_type="MARKET",
+        quantity=1, product="CNC", order_type="MARKET", market_protection=-1,
     )  # fmt: skip
     # A delivery bought yesterday shows as a holding today.
     PaperTrade.objects.update(filled_at=timezone.now() - timedelta(days=1))
     kite.place_order(
         variety="regular", exchange="NSE", tradingsymbol="INFY", transaction_type="SELL",
-        quantity=1, product="MIS", order_type="MARKET",
+        quantity=1, product="MIS", order_type="MARKET", market_protection=-1,
     )  # fmt: skip
     auth = {"Authorization": f"token {kite.api_key}:{kite.access_token}", "X-Kite-Version": "3"}
 
@@ -254,6 +254,6 @@ def test_the_kite_face_refuses_an_expired_contract(kite):
     with pytest.raises(kite_errors.InputException, match="NIFTY26DECFUT expired on"):
         kite.place_order(
             variety="regular", exchange="NFO", tradingsymbol="NIFTY26DECFUT", transaction_type="SELL",
-            quantity=75, product="NRML", order_type="MARKET",
+            quantity=75, product="NRML", order_type="MARKET", market_protection=-1,
         )  # fmt: skip
     assert not PaperOrder.objects.exists()
