@@ -224,6 +224,10 @@ class Broker:
     - ``tells_order_updates``: True when the broker reliably tells us every change of our
       orders as it happens, with their state and fills (``brokers.services.broker_order_update``):
       nothing then needs to ask it after we place, modify or cancel.
+    - ``cancels_at_once``: True when a cancel the broker accepted has closed the order by the
+      time it answers (the paper exchange). Otherwise the order is read back after a cancel:
+      Kite answers once it has the request, and the exchange may still fill the order or refuse
+      the cancel.
     """
 
     code = ""
@@ -235,6 +239,7 @@ class Broker:
     }
     max_modifications = 25
     tells_order_updates = False
+    cancels_at_once = False
 
     def __init__(self, *, client_id: str, credentials: dict | None = None, access_token: str | None = None):
         self.client_id = client_id

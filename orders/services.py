@@ -877,7 +877,14 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True) -> 
     except BrokerError as error:
         _event(order, "cancel_failed", cause=cause, from_status=order.status, message=str(error))
         raise OrderActionRefused(f"Could not reach the broker: {error}") from error
-    if not _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause):
+    if not registry.get(order.account.broker).cancels_at_once:
+        # The broker has the request; only its word closes the order (it may still fill).
+        try:
+            order_apply_broker_state(order, AccountBroker(order.account).order(order.broker_order_id), cause=cause)
+        except BrokerError as error:
+            logger.info("%s: reading it back after its cancel failed (%s); the sync reads it", order.reference, error)
+        order.refresh_from_db()
+    elif not _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause):
         # A reconcile moved it meanwhile (e.g. SUBMITTED -> OPEN): cancel from where it is now.
         order.refresh_from_db()
         if order.status in Order.AT_BROKER:

@@ -186,6 +186,8 @@ def cancel(request, pk):
         return render(request, "orders/partials/cancel_result.html", {"order": order, "refusal": refusal})
     if refusal:
         messages.error(request, f"Could not cancel {order.reference}: {refusal}")
-    else:
+    elif order.status == Order.Status.CANCELLED:
         messages.success(request, f"Cancelled {order.reference}.")
+    else:
+        messages.success(request, f"Cancel of {order.reference} asked; the broker has not closed it yet.")
     return redirect("orders:detail", pk=order.pk)

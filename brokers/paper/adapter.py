@@ -153,6 +153,7 @@ class PaperBroker(base.Broker):
     code = "paper"
     interactive_login = False
     tells_order_updates = True  # in-process, after each change's commit (``order_announce``)
+    cancels_at_once = True
 
     def _token(self) -> str:
         if not self.access_token:

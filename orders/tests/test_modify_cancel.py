@@ -174,3 +174,29 @@ def test_a_book_read_while_a_change_is_validated_is_not_taken_for_the_brokers_te
     services.order_apply_broker_state(order, old_terms, cause="sync", asked_at=timezone.now())
     order.refresh_from_db()
     assert order.price == (D("1400") if raw_status == "OPEN" else D("1405"))
+
+
+def test_a_kite_order_is_cancelled_when_kite_says_so_not_when_it_takes_the_request(
+    trader,
+    kite_on_face,
+    client,
+    monkeypatch,
+):
+    """Kite answers a cancel once it has the request; the exchange may still fill the order or refuse
+    the cancel. The order is read back: cancelled when Kite has closed it, else left as Kite holds it."""
+    import dataclasses
+
+    from brokers.kite.adapter import KiteBroker
+
+    account = kite_on_face
+    first, second = (resting(trader, account, quantity=3) for _ in range(2))
+    services.order_cancel(order=first, actor=trader, cause="test")
+    assert first.status == Order.Status.CANCELLED  # Kite's book says so already
+
+    real = KiteBroker.order
+    monkeypatch.setattr(KiteBroker, "order", lambda self, i: dataclasses.replace(real(self, i), status="OPEN"))
+    client.force_login(trader)
+    answer = client.post(reverse("orders:cancel", args=[second.pk]), HTTP_HX_REQUEST="true").content.decode()
+    second.refresh_from_db()
+    assert second.status != Order.Status.CANCELLED and "has not closed it yet" in answer
+    assert second.events.filter(kind="cancel_requested").exists()
