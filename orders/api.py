@@ -11,14 +11,14 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from django.core.exceptions import ValidationError
-from ninja import Field, Query, Router, Schema, Status
+from ninja import Field, Header, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import field_validator
 
 from accounts.api import account_for
 from accounts.selectors import MAX_ID
 from brokers.selectors import instrument_by_symbol
-from tradingplatform.schemas import In, api_field, aware_in_range, page_of
+from tradingplatform.schemas import In, PageFilters, api_field, aware_in_range, page_of
 
 from . import selectors, services, sources
 from .models import Order, ScheduledOrder
@@ -34,10 +34,20 @@ Validity = Literal["DAY", "IOC"]
 # --- Schemas ---------------------------------------------------------------------------------
 
 MAX_QUANTITY, MAX_PRICE = services.MAX_QUANTITY, services.MAX_PRICE
-MAX_OFFSET = 10**9
 # A whole JSON number: "2", true and 2.5 are refused, not read as 2, 1 and 2.
 Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True)]
 AccountId = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]
+# Read here only to be declared in the schema; the endpoints check its length themselves, so that
+# an over-long key is the 422 naming `idempotency_key` it always was.
+IdempotencyKey = Header(
+    None,
+    alias="Idempotency-Key",
+    description=(
+        "Makes a retry safe: a repeat with the same key (at most 100 characters) returns what the first call "
+        "placed and places nothing again; the same key with another body is a 409. Send a new key for each "
+        "new placement and the same one on every retry of it."
+    ),
+)
 
 
 class OrderSpecIn(In):
@@ -114,22 +124,24 @@ class OrderEventOut(Schema):
 
 
 class OrderPage(Schema):
-    count: int
+    count: int = Field(..., description="All the orders matching the filters (and below `before_id`).")
     limit: int
     offset: int
-    items: list[OrderOut]
+    items: list[OrderOut] = Field(..., description="This page, newest first (by id, descending).")
 
 
-class OrderFilters(Schema):
+class OrderFilters(PageFilters):
     account_id: int | None = Field(None, ge=1, le=MAX_ID)
     status: list[Literal["open", *Order.Status.values]] | None = Field(  # type: ignore[valid-type]
-        None, description="Any of these statuses; `open`: not final."
+        None,
+        description=(
+            "Any of these statuses. `open` (lower case): every order not final (NEW, SUBMITTED, OPEN, "
+            "PARTIALLY_FILLED); `OPEN`: only orders resting at the broker."
+        ),
     )
     source: Literal[*Order.Source.values] | None = None  # type: ignore[valid-type]
     symbol: str | None = Field(None, max_length=64)
     since: datetime | None = None
-    limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
     @field_validator("since")
     @classmethod
@@ -160,6 +172,8 @@ class PlacementOut(Schema):
 
 @router.get("/orders", response=OrderPage)
 def order_list(request, filters: Query[OrderFilters]):
+    """The caller's orders, newest first (by id). To page through all of them, pass the last id of each page
+    as `before_id` for the next: orders placed, or leaving the filter, meanwhile do not shift the pages."""
     account_for(request, filters.account_id)
     orders = selectors.orders_of(
         request.user,
@@ -169,7 +183,7 @@ def order_list(request, filters: Query[OrderFilters]):
         symbol=filters.symbol,
         since=filters.since,
     )
-    return page_of(orders, filters.limit, filters.offset)
+    return page_of(orders, filters)
 
 
 @router.get("/orders/{order_id}", response=OrderOut)
@@ -183,9 +197,9 @@ def order_events(request, order_id: int):
 
 
 @router.post("/orders", response={201: OrderOut, 200: OrderOut})
-def order_create(request, payload: OrderIn):
-    """Place an order. Send ``Idempotency-Key`` to make retries safe: a repeat returns the same order."""
-    key = request.headers.get("Idempotency-Key") or None
+def order_create(request, payload: OrderIn, idempotency_key: str | None = IdempotencyKey):
+    """Place an order. Send ``Idempotency-Key`` to make retries safe: a repeat returns the same order (200)."""
+    key = idempotency_key or None
     if key and len(key) > 100:
         raise ValidationError({"idempotency_key": "At most 100 characters."})
     account = account_for(request, payload.account_id)
@@ -299,10 +313,12 @@ def basket_delete(request, basket_id: int):
 
 
 @router.post("/baskets/{basket_id}/place", response=list[PlacementOut])
-def basket_place(request, basket_id: int, payload: BasketPlaceIn | None = None):
+def basket_place(
+    request, basket_id: int, payload: BasketPlaceIn | None = None, idempotency_key: str | None = IdempotencyKey
+):
     """Place every item on each account. ``Idempotency-Key`` makes a retried call return the same orders."""
     basket = selectors.basket_of(request.user, basket_id)
-    key = request.headers.get("Idempotency-Key") or secrets.token_hex(8)
+    key = idempotency_key or secrets.token_hex(8)
     if len(key) > 100:
         raise ValidationError({"idempotency_key": "At most 100 characters."})
     run_token = "api:" + hashlib.sha256(key.encode()).hexdigest()[:40]  # fits the order key column, any length

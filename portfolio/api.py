@@ -11,7 +11,7 @@ from pydantic import field_validator
 
 from accounts.api import account_for
 from accounts.selectors import MAX_ID
-from tradingplatform.schemas import aware_in_range, page_of
+from tradingplatform.schemas import PageFilters, aware_in_range, page_of
 
 from . import selectors
 
@@ -34,19 +34,17 @@ class TradeOut(Schema):
 
 
 class TradePage(Schema):
-    count: int
+    count: int = Field(..., description="All the fills matching the filters (and below `before_id`).")
     limit: int
     offset: int
-    items: list[TradeOut]
+    items: list[TradeOut] = Field(..., description="This page, newest first (by id, descending: as recorded).")
 
 
-class TradeFilters(Schema):
+class TradeFilters(PageFilters):
     account_id: int | None = Field(None, ge=1, le=MAX_ID)
     symbol: str | None = Field(None, max_length=64, description="Trading symbol prefix.")
     since: datetime | None = Field(None, description="Filled at or after (with an offset).")
     until: datetime | None = Field(None, description="Filled before (with an offset).")
-    limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=10**9)
 
     @field_validator("since", "until")
     @classmethod
@@ -56,12 +54,13 @@ class TradeFilters(Schema):
 
 @router.get("/trades", response=TradePage)
 def trade_list(request, filters: Query[TradeFilters]):
-    """The caller's fills, newest first."""
+    """The caller's fills, newest first (by id: the order they were recorded in). To page through all of them,
+    pass the last id of each page as `before_id` for the next."""
     account_for(request, filters.account_id)
     trades = selectors.trades_of(
         request.user, account=filters.account_id, symbol=filters.symbol, since=filters.since, until=filters.until
     )
-    return page_of(trades, filters.limit, filters.offset)
+    return page_of(trades, filters)
 
 
 class PositionOut(Schema):

@@ -3,8 +3,12 @@
 Every error answers ``{"error": {"code": ..., "message": ..., "field": ...}}``.
 """
 
+import json
 import logging
+from decimal import Decimal
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from ninja import NinjaAPI
@@ -45,6 +49,7 @@ ERROR_RESPONSES = {
     "401": "No valid API key.",
     "404": "Unknown id, or another trader's.",
     "409": "Conflict (an idempotency key reused with another body) or refused in the order's state.",
+    "413": "The body is larger than the server takes (`payload_too_large`).",
     "422": "Invalid input; `field` names it.",
     "429": "Over the key's rate budget or too many failed keys from this address; see Retry-After.",
 }
@@ -59,7 +64,7 @@ class TradingAPI(NinjaAPI):
         for operations in schema["paths"].values():
             for method, operation in operations.items():
                 parameters = operation.get("parameters", [])
-                codes = ["401", "429"] + (["400"] if "requestBody" in operation else [])
+                codes = ["401", "429"] + (["400", "413"] if "requestBody" in operation else [])
                 if parameters or "requestBody" in operation:
                     codes.append("422")
                 if any(parameter["in"] == "path" for parameter in parameters):
@@ -72,12 +77,17 @@ class TradingAPI(NinjaAPI):
 
 
 class JsonParser(Parser):
-    """Bodies are JSON, said so by their Content-Type: a form or text body is not read as JSON."""
+    """Bodies are JSON, said so by their Content-Type: a form or text body is not read as JSON.
+
+    A JSON number with a fraction is read as a ``Decimal``, exactly as written: through a float,
+    ``"price": 1400.0000000000001`` would become 1400.0 and pass the tick check it fails. Decimal
+    fields take it as it is; whole-number fields (quantities, ids) are strict and still refuse 1.5.
+    """
 
     def parse_body(self, request):
         if request.content_type != "application/json" and not request.content_type.endswith("+json"):
             raise ValueError(f"Content-Type {request.content_type or 'missing'}")
-        return super().parse_body(request)
+        return json.loads(request.body, parse_float=Decimal)
 
 
 api = TradingAPI(
@@ -140,6 +150,14 @@ def on_rate_limited(request, exc):
 @api.exception_handler(Http404)
 def on_not_found(request, exc):
     return error_response(request, 404, "not_found", "Not found.")
+
+
+@api.exception_handler(RequestDataTooBig)
+def on_body_too_large(request, exc):
+    """A body over ``DATA_UPLOAD_MAX_MEMORY_SIZE``: the caller's mistake (not retried by clients), not ours."""
+    logger.warning("API %s %s: body too large (%s)", request.method, request.path, request.META.get("CONTENT_LENGTH"))
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return error_response(request, 413, "payload_too_large", f"The body is too large: at most {limit} bytes.")
 
 
 HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conflict", 422: "invalid"}

@@ -1,9 +1,13 @@
-"""What the JSON API's schemas share: strict request bodies and time filters."""
+"""What the JSON API's schemas share: strict request bodies, time filters and list pages."""
 
 from datetime import datetime
 
-from ninja import Schema
+from ninja import Field, Schema
 from pydantic import ConfigDict
+
+from accounts.selectors import MAX_ID
+
+MAX_OFFSET = 10**9
 
 
 class In(Schema):
@@ -36,6 +40,31 @@ def api_field(field: str | None) -> str | None:
     return ".".join([*path, FIELD_NAMES.get(last, last)])
 
 
-def page_of(rows, limit: int, offset: int) -> dict:
-    """One page of a query: the count of all its rows, and ``limit`` of them from ``offset``."""
+class PageFilters(Schema):
+    """How a list is paged: newest first (by id, descending), ``limit`` rows from ``offset``, or after a cursor."""
+
+    limit: int = Field(50, ge=1, le=500, description="Rows per page.")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Rows to skip (after `before_id`, when given).")
+    before_id: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_ID,
+        description=(
+            "Only rows with an id below this one: pass the last id of the page you have to get the next. "
+            "Unlike `offset`, rows added, or leaving the filter, while you page neither repeat nor get skipped."
+        ),
+    )
+
+
+def page_of(rows, filters: PageFilters) -> dict:
+    """One page of a query, newest first by id: the count of all its rows (below ``before_id``, when given),
+    and ``limit`` of them from ``offset``.
+
+    Ordered by the primary key alone, so ``before_id`` (a keyset cursor) pages exactly: an offset shifts
+    when a row is added to the list or leaves it (an order cancelled while "open" ones are paged), a cursor
+    does not."""
+    rows = rows.order_by("-pk")
+    if filters.before_id is not None:
+        rows = rows.filter(pk__lt=filters.before_id)
+    offset, limit = filters.offset, filters.limit
     return {"count": rows.count(), "limit": limit, "offset": offset, "items": list(rows[offset : offset + limit])}

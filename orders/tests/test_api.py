@@ -280,3 +280,77 @@ def test_a_scheduled_orders_price_is_answered_as_stored(api, account):
     response = post(api, "/api/v1/scheduled", {**data, "time_of_day": "10:15:00"})
     assert response.status_code == 201, response.json()
     assert response.json()["price"] == "1400.00"
+
+
+def test_lists_page_newest_first_by_id_and_before_id_pages_without_repeats(api, trader, account):
+    placed = [place(trader, account, order_type="LIMIT", price="1400").pk for _ in range(4)]
+    # Newest first is by id: a clock that went back does not reorder the list (or a cursor on it).
+    Order.objects.filter(pk=placed[0]).update(created_at=Order.objects.get(pk=placed[-1]).created_at)
+    first = api.get("/api/v1/orders", {"limit": 2}).json()
+    assert [o["id"] for o in first["items"]] == [placed[3], placed[2]]
+    newer = [place(trader, account, order_type="LIMIT", price="1400").pk for _ in range(2)]  # arrive meanwhile
+    rest = api.get("/api/v1/orders", {"limit": 2, "before_id": first["items"][-1]["id"]}).json()
+    assert [o["id"] for o in rest["items"]] == [placed[1], placed[0]]
+    assert (rest["count"], rest["offset"]) == (2, 0)
+    assert [o["id"] for o in api.get("/api/v1/orders", {"limit": 2}).json()["items"]] == newer[::-1]
+    after_one = api.get("/api/v1/orders", {"before_id": placed[3], "offset": 1}).json()
+    assert [o["id"] for o in after_one["items"]] == [placed[1], placed[0]]
+    for bad in (0, -1, "x"):
+        response = api.get("/api/v1/orders", {"before_id": bad})
+        assert response.status_code == 422 and response.json()["error"]["field"] == "before_id"
+
+
+def test_trades_page_by_before_id(api, trader, account):
+    from monitoring import cycle
+
+    for _ in range(3):
+        place(trader, account)
+    cycle.account_monitor(account=account)  # records the fills
+    every = [t["id"] for t in api.get("/api/v1/trades").json()["items"]]
+    assert len(every) == 3 and every == sorted(every, reverse=True)
+    page = api.get("/api/v1/trades", {"limit": 2}).json()
+    rest = api.get("/api/v1/trades", {"limit": 2, "before_id": page["items"][-1]["id"]}).json()
+    assert [t["id"] for t in page["items"] + rest["items"]] == every and rest["count"] == 1
+
+
+def test_a_price_sent_as_a_json_number_is_read_exactly(api, account):
+    import json
+
+    def send(price: str, **overrides):
+        data = json.dumps(body(account, order_type="LIMIT", **overrides))
+        return api.post("/api/v1/orders", data[:-1] + f', "price": {price}}}', content_type="application/json")
+
+    # Through a float this was 1400.0 and placed at 1400.00; it is not a multiple of the 0.1 tick.
+    refused = send("1400.0000000000001")
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "price"
+    assert not PaperOrder.objects.exists()
+    placed = send("1400.5")
+    assert placed.status_code == 201 and placed.json()["price"] == "1400.50"
+    whole = send("1400.5", quantity=1.0)  # a quantity stays a whole JSON number
+    assert whole.status_code == 422 and whole.json()["error"]["field"] == "quantity"
+    assert PaperOrder.objects.count() == 1
+
+
+def test_an_oversized_body_is_413_in_the_one_shape(api, account, settings, caplog):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = post(api, "/api/v1/orders", body(account, tradingsymbol="X" * 2000))
+    assert response.status_code == 413
+    assert response.json()["error"] == {
+        "code": "payload_too_large",
+        "message": "The body is too large: at most 1000 bytes.",
+        "field": None,
+    }
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not Order.objects.exists()
+
+
+def test_openapi_declares_the_idempotency_key_and_the_page_cursor(client, db):
+    schema = client.get("/api/v1/openapi.json").json()
+    for path in ("/api/v1/orders", "/api/v1/baskets/{basket_id}/place"):
+        operation = schema["paths"][path]["post"]
+        [header] = [p for p in operation["parameters"] if p["in"] == "header"]
+        assert header["name"] == "Idempotency-Key" and header["required"] is False and header["description"]
+        assert "413" in operation["responses"]
+    for path in ("/api/v1/orders", "/api/v1/trades"):
+        [cursor] = [p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == "before_id"]
+        assert cursor["in"] == "query" and "last id" in cursor["description"]

@@ -78,15 +78,72 @@ class Recorder(HTTPAdapter):
 class LoseFirstPostAnswer(Recorder):
     """The first POST reaches the server and is carried out, but its answer is lost on the way back."""
 
+    method = "POST"
     lost = False
+    error = requests.ConnectionError
+    settle = False  # wait for what the call set off (a fill) before the client may repeat it
 
     def send(self, request, **kwargs):
         response = super().send(request, **kwargs)
-        if request.method == "POST" and not self.lost:
+        if request.method == self.method and not self.lost:
             self.lost = True
+            response.close()
+            if self.settle:
+                assert background.wait_idle(30)
+            raise self.error("connection reset by peer (answer lost)", request=request)
+        return response
+
+
+class LoseFirstPatchAnswer(LoseFirstPostAnswer):
+    method = "PATCH"
+    settle = True
+
+
+class CutFirstPostAnswer(LoseFirstPostAnswer):
+    """The first POST's answer arrives cut short: the connection closed in the middle of its body."""
+
+    error = requests.exceptions.ChunkedEncodingError
+
+
+class GarbleFirstPostAnswer(LoseFirstPostAnswer):
+    """The first POST's answer arrives, but its body cannot be decoded (a broken gzip stream)."""
+
+    error = requests.exceptions.ContentDecodingError
+
+
+class LoseEveryPostAnswer(Recorder):
+    """Every POST is carried out and every answer lost."""
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method == "POST":
             response.close()
             raise requests.ConnectionError("connection reset by peer (answer lost)", request=request)
         return response
+
+
+class EveryPostIs502(Recorder):
+    """A proxy answers 502 to every POST, after the server carried it out."""
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method == "POST":
+            response.status_code, response.reason, response._content = 502, "Bad Gateway", b"<html>bad gateway</html>"
+        return response
+
+
+def lossy_cli(monkeypatch, adapter_class):
+    """The CLI's client sends through ``adapter_class`` (a new one per client made); the adapters made."""
+    made = []
+
+    def client(*args, **kwargs):
+        made.append(adapter_class())
+        lossy = Client(*args, **{"backoff": 0.01, **kwargs})
+        mount(lossy, made[-1])
+        return lossy
+
+    monkeypatch.setattr(cli, "Client", client)
+    return made
 
 
 class FirstGetIs503(Recorder):
@@ -201,6 +258,26 @@ def test_market_order_fills_so_modify_and_cancel_are_refused(env):
     assert filled.status == "FILLED" and filled.filled_quantity == 1 and filled.average_price > 0
 
 
+def test_a_change_to_market_whose_answer_was_lost_returns_the_filled_order(env):
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    assert background.wait_idle(30)
+    adapter = mount(env.client, LoseFirstPatchAnswer())
+    # The first attempt changes it to MARKET, which fills at once; the repeat is refused (filled).
+    changed = env.client.modify_order(order.id, order_type="MARKET")
+    assert [status for method, _, _, status in adapter.calls if method == "PATCH"] == [200, 409]
+    assert (changed.id, changed.order_type, changed.status) == (order.id, "MARKET", "FILLED")
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).status == "COMPLETE"
+
+
+def test_a_modify_refused_after_a_lost_answer_is_still_refused(env):
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1)  # filled on arrival
+    adapter = mount(env.client, LoseFirstPatchAnswer())
+    with pytest.raises(Conflict) as error:
+        env.client.modify_order(order.id, quantity=5)  # refused both times: the order shows no change
+    assert error.value.after_lost_answer and error.value.code == "refused"
+    assert [status for method, _, _, status in adapter.calls if method == "PATCH"] == [409, 409]
+
+
 def test_modify_of_a_cancelled_order_is_refused(env):
     order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
     env.client.cancel_order(order.id)
@@ -242,6 +319,31 @@ def test_orders_list_filters_and_pagination(env, trader):
     assert len(page3.items) == 1 and not page3.has_more
     assert [o.id for p in (page1, page2, page3) for o in p.items] == [o.id for o in everything.items]
     assert [o.id for o in env.client.iter_orders(page_size=2)] == [o.id for o in everything.items]
+
+
+def test_cancelling_every_open_order_while_iterating_reaches_them_all(env):
+    placed = [
+        env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400").id for _ in range(6)
+    ]
+    seen = []
+    for order in env.client.iter_orders(status="open", page_size=2):
+        seen.append(order.id)
+        env.client.cancel_order(order.id)  # it leaves the list being paged
+    assert seen == placed[::-1]
+    assert env.client.orders(status="open").count == 0
+
+
+def test_orders_placed_while_iterating_are_not_repeated(env):
+    placed = [
+        env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400").id for _ in range(4)
+    ]
+    pages = env.client.iter_orders(page_size=2)
+    seen = [next(pages).id, next(pages).id]
+    for _ in range(2):
+        env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    seen += [order.id for order in pages]
+    assert seen == placed[::-1]
+    assert [o.id for o in env.client.iter_orders(page_size=2, before_id=placed[2])] == [placed[1], placed[0]]
 
 
 def test_list_is_scoped_to_the_key_owner(env, other_trader):
@@ -393,6 +495,32 @@ def test_lost_answer_of_a_cancel_still_reports_the_cancelled_order(env):
     cancelled = env.client.cancel_order(order.id)
     assert cancelled.status == "CANCELLED"
     assert [status for method, _, _, status in adapter.calls if method == "POST"] == [200, 409]
+
+
+@pytest.mark.parametrize("cut", [CutFirstPostAnswer, GarbleFirstPostAnswer])
+def test_an_answer_cut_short_is_a_lost_answer(env, cut):
+    adapter = mount(env.client, cut())
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    posts = [(key, status) for method, _, key, status in adapter.calls if method == "POST"]
+    assert [status for _, status in posts] == [201, 200] and posts[0][0] == posts[1][0]  # retried, same key
+    assert PaperOrder.objects.count() == 1 and order.id == Order.objects.get().pk
+    # A call that cannot be repeated is not, and says it may have been carried out (it was).
+    client = Client(env.url, env.key, backoff=0.01)
+    mount(client, cut())
+    with pytest.raises(TransportError) as error:
+        client.create_basket("cut", [OrderSpec("INFY", "BUY", 1)])
+    assert "could not be sent" not in error.value.message and error.value.attempts == 1
+    assert [b.name for b in env.client.baskets()] == ["cut"]
+
+
+def test_an_oversized_body_is_413_and_not_retried(env, settings):
+    basket = env.client.create_basket("Big", [OrderSpec("INFY", "BUY", 1)], account_ids=[env.account.pk])
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    recorder = mount(env.client, Recorder())
+    with pytest.raises(ApiError) as error:
+        env.client.place_basket(basket.id, account_ids=[env.account.pk] * 300)
+    assert (error.value.status, error.value.code, error.value.attempts) == (413, "payload_too_large", 1)
+    assert len(recorder.calls) == 1 and not PaperOrder.objects.exists()
 
 
 def test_a_create_whose_answer_was_lost_is_not_repeated(env):
@@ -611,7 +739,19 @@ def test_signal_whose_answer_was_lost_places_once(env):
     adapter = mount(env.client, LoseFirstPostAnswer())
     result = env.client.signal(strategy.id, "sig-lost", "INFY", "BUY", 1)
     assert [status for method, _, _, status in adapter.calls if method == "POST"] == [201, 200]
-    assert result.replayed is True and len(result.results) == 1 and PaperOrder.objects.count() == 1
+    assert len(result.results) == 1 and PaperOrder.objects.count() == 1
+    # The server's "replayed" found what this call's own first attempt placed: not a repeat of another call.
+    assert result.replayed is False and result.after_lost_answer is True
+    assert env.client.signal(strategy.id, "sig-lost", "INFY", "BUY", 1).replayed is True  # a second call
+
+
+def test_cli_signal_whose_answer_was_lost_does_not_say_nothing_was_placed(tp, env, monkeypatch):
+    strategy = env.client.create_strategy("Lost CLI signal", account_ids=[env.account.pk])
+    lossy_cli(monkeypatch, LoseFirstPostAnswer)
+    result = tp(*f"strategies signal {strategy.id} --signal-id lost-1 --symbol INFY --side BUY --qty 1".split())
+    assert result.code == 0, result.err
+    assert "a repeat" not in result.out and "placed by an earlier attempt of this command" in result.out
+    assert PaperOrder.objects.count() == 1
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -665,7 +805,10 @@ def test_cli_orders_list_json_and_table(tp, env):
     table = tp("orders", "list", "--limit", "2")
     lines = table.out.splitlines()
     assert lines[0].startswith("ID") and len(lines) == 4
-    assert lines[-1] == "1-2 of 3 (next: --offset 2)"
+    second = json.loads(tp("orders", "list", "--limit", "2", "--json").out)["items"][-1]["id"]
+    assert lines[-1] == f"1-2 of 3 (next: --before-id {second})"
+    rest = tp("orders", "list", "--before-id", str(second), "--json")
+    assert [o["id"] for o in json.loads(rest.out)["items"]] == [first.id]
 
     got = tp("orders", "get", str(first.id))
     assert got.code == 0 and "CANCELLED" in got.out and first.reference in got.out
@@ -683,7 +826,52 @@ def test_cli_errors_exit_1_with_the_message_and_field(tp, env):
     assert missing.code == 1 and missing.err.strip() == "error: Not found."
     denied = tp("me", "--api-key", "tp_nope")
     assert denied.code == 1 and denied.err.startswith("error: Send a valid API key")
+    assert "--key" not in bad_tick.err  # refused: nothing was placed, nothing to repeat safely
     assert not PaperOrder.objects.exists()
+
+
+def test_cli_place_whose_answers_are_lost_names_the_key_that_repeats_it_safely(tp, env, monkeypatch):
+    made = lossy_cli(monkeypatch, LoseEveryPostAnswer)
+    argv = f"orders place --account {env.account.pk} --symbol INFY --side BUY --qty 1 --type LIMIT --price 1400"
+    failed = tp(*argv.split(), "--retries", "1")
+    assert failed.code == 1 and failed.out == ""
+    [key] = {key for method, _, key, _ in made[0].calls if method == "POST"}  # the CLI's, on both attempts
+    assert failed.err.startswith("error: ") and "may have been placed" in failed.err
+    assert f"--key {key}:" in failed.err and "tp orders list" in failed.err
+    assert PaperOrder.objects.count() == 1  # it was placed; only the answers were lost
+
+    monkeypatch.setattr(cli, "Client", Client)
+    again = tp(*argv.split(), "--key", key, "--json")
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["id"] == Order.objects.get().pk and PaperOrder.objects.count() == 1
+
+
+def test_cli_basket_place_answered_5xx_names_the_key_that_repeats_it_safely(tp, env, monkeypatch):
+    basket = env.client.create_basket("Proxy", [OrderSpec("INFY", "BUY", 1)], account_ids=[env.account.pk])
+    made = lossy_cli(monkeypatch, EveryPostIs502)
+    failed = tp("baskets", "place", str(basket.id), "--retries", "0")
+    assert failed.code == 1 and "may have been placed" in failed.err
+    [key] = {key for method, _, key, _ in made[0].calls if method == "POST"}
+    assert f"--key {key}:" in failed.err and PaperOrder.objects.count() == 1
+
+    monkeypatch.setattr(cli, "Client", Client)
+    again = tp("baskets", "place", str(basket.id), "--key", key, "--json")
+    assert again.code == 0, again.err
+    assert [r["order_id"] for r in json.loads(again.out)] == [Order.objects.get().pk]
+    assert PaperOrder.objects.count() == 1
+
+
+def test_cli_status_open_lists_every_order_not_final(tp, env):
+    resting = env.client.place_order(env.account.pk, "INFY", "BUY", 5, order_type="LIMIT", price="1400")
+    partly = env.client.place_order(env.account.pk, "INFY", "BUY", 5, order_type="LIMIT", price="1400")
+    env.client.place_order(env.account.pk, "INFY", "BUY", 1)  # filled
+    assert background.wait_idle(30)
+    Order.objects.filter(pk=partly.id).update(status="PARTIALLY_FILLED", filled_quantity=1)
+    working = json.loads(tp("orders", "list", "--status", "open", "--json").out)
+    assert [o["id"] for o in working["items"]] == [partly.id, resting.id]
+    resting_only = json.loads(tp("orders", "list", "--status", "OPEN", "--json").out)
+    assert [o["id"] for o in resting_only["items"]] == [resting.id]
+    assert "not final" in tp("orders", "list", "--help").out
 
 
 def test_cli_usage_errors_exit_2(tp, env, monkeypatch):
@@ -756,8 +944,13 @@ def test_trades_and_positions(env, tp):
     assert error.value.field == "since"
     [position] = env.client.positions(open_only=True)
     assert (position.tradingsymbol, position.net_quantity) == ("INFY", 2)
+    assert [t.id for t in env.client.iter_trades(page_size=1)] == [t.id for t in page.items]
     listed = tp("trades", "list")
     assert listed.code == 0 and "NSE:INFY" in listed.out and "2 of 2" in listed.out
+    newest = tp("trades", "list", "--limit", "1")
+    assert newest.out.splitlines()[-1] == f"1 of 2 (next: --before-id {page.items[0].id})"
+    older = tp("trades", "list", "--before-id", str(page.items[0].id), "--json")
+    assert [t["id"] for t in json.loads(older.out)["items"]] == [page.items[1].id]
     held = tp("positions", "list", "--open", "--json")
     assert held.code == 0 and json.loads(held.out)[0]["net_quantity"] == 2
 

@@ -3,6 +3,10 @@
 The server and key come from ``TP_URL`` and ``TP_API_KEY`` (or ``--url`` and ``--api-key``).
 Output is a table by default, JSON with ``--json``. Exit status: 0 on success, 1 when the
 API refuses or fails (``error: <message> (field: x)`` on stderr), 2 on a usage error.
+
+``orders place`` and ``baskets place`` make their idempotency key themselves when ``--key`` is not
+given, so that when a call fails after it may have been carried out (no answer, a 5xx, a lost
+answer before the last try) they can say which key repeats it safely.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -18,7 +24,7 @@ from typing import Any
 
 from ._version import __version__
 from .client import Client
-from .errors import ApiError
+from .errors import ApiError, TransportError
 from .models import Order, Placement, to_json
 
 SIDES = ("BUY", "SELL")
@@ -26,6 +32,7 @@ ORDER_TYPES = ("MARKET", "LIMIT", "SL", "SL-M")
 PRODUCTS = ("CNC", "MIS", "NRML")
 VALIDITIES = ("DAY", "IOC")
 STATUSES = ("NEW", "SUBMITTED", "OPEN", "PARTIALLY_FILLED", "FILLED", "CANCELLED", "REJECTED", "FAILED")
+ANY_OPEN = "open"  # the API's filter for every order not final; "OPEN" is one status (resting at the broker)
 
 
 # --- Output ----------------------------------------------------------------------------------
@@ -142,12 +149,15 @@ def cmd_orders_list(client: Client, args):
         symbol=args.symbol,
         limit=args.limit,
         offset=args.offset,
+        before_id=args.before_id,
     )
     text = orders_table(page.items)
     first = page.offset + 1 if page.items else page.offset
     text += f"\n{first}-{page.offset + len(page.items)} of {page.count}"
+    if args.before_id is not None:
+        text += f" below id {args.before_id}"
     if page.has_more:
-        text += f" (next: --offset {page.offset + len(page.items)})"
+        text += f" (next: --before-id {page.items[-1].id})"
     return page, text
 
 
@@ -162,20 +172,48 @@ def cmd_orders_events(client: Client, args):
     return events, table(rows, ["AT", "KIND", "FROM", "TO", "CAUSE", "MESSAGE"])
 
 
-def cmd_orders_place(client: Client, args):
-    order = client.place_order(
-        account_id=args.account,
-        tradingsymbol=args.symbol,
-        side=args.side,
-        quantity=args.qty,
-        order_type=args.type,
-        product=args.product,
-        exchange=args.exchange,
-        price=args.price,
-        trigger_price=args.trigger,
-        validity=args.validity,
-        idempotency_key=args.key,
+class OutcomeUnknown(Exception):
+    """A placement failed in a way where it may have been carried out all the same; ``advice`` says what to do."""
+
+    def __init__(self, error: ApiError, advice: str):
+        super().__init__(error.message)
+        self.error = error
+        self.advice = advice
+
+
+def _may_have_been_done(error: ApiError) -> bool:
+    """Whether the call that raised ``error`` may have been carried out: no answer, a 5xx, or an
+    earlier attempt whose answer was lost."""
+    return error.after_lost_answer or isinstance(error, TransportError) or (error.status or 0) >= 500
+
+
+def _retry_advice(what: str, check: str, key: str) -> str:
+    return (
+        f"{what} may have been placed all the same. Check `{check}`, or repeat the command with "
+        f"--key {shlex.quote(key)}: with that key a repeat returns what was placed and never places it twice."
     )
+
+
+def cmd_orders_place(client: Client, args):
+    key = args.key or str(uuid.uuid4())
+    try:
+        order = client.place_order(
+            account_id=args.account,
+            tradingsymbol=args.symbol,
+            side=args.side,
+            quantity=args.qty,
+            order_type=args.type,
+            product=args.product,
+            exchange=args.exchange,
+            price=args.price,
+            trigger_price=args.trigger,
+            validity=args.validity,
+            idempotency_key=key,
+        )
+    except ApiError as error:
+        if _may_have_been_done(error):
+            raise OutcomeUnknown(error, _retry_advice("The order", "tp orders list", key)) from error
+        raise
     return order, orders_table([order])
 
 
@@ -194,15 +232,19 @@ def cmd_orders_cancel(client: Client, args):
 
 
 def cmd_trades_list(client: Client, args):
-    page = client.trades(account_id=args.account, symbol=args.symbol, limit=args.limit, offset=args.offset)
+    page = client.trades(
+        account_id=args.account, symbol=args.symbol, limit=args.limit, offset=args.offset, before_id=args.before_id
+    )
     rows = [
-        [t.filled_at, t.account_id, f"{t.exchange}:{t.tradingsymbol}", t.side, t.quantity, t.price, t.order_id]
+        [t.id, t.filled_at, t.account_id, f"{t.exchange}:{t.tradingsymbol}", t.side, t.quantity, t.price, t.order_id]
         for t in page.items
     ]
-    text = table(rows, ["FILLED AT", "ACCOUNT", "SYMBOL", "SIDE", "QTY", "PRICE", "ORDER"])
+    text = table(rows, ["ID", "FILLED AT", "ACCOUNT", "SYMBOL", "SIDE", "QTY", "PRICE", "ORDER"])
     text += f"\n{len(page.items)} of {page.count}"
+    if args.before_id is not None:
+        text += f" below id {args.before_id}"
     if page.has_more:
-        text += f" (next: --offset {page.offset + len(page.items)})"
+        text += f" (next: --before-id {page.items[-1].id})"
     return page, text
 
 
@@ -254,7 +296,14 @@ def cmd_baskets_get(client: Client, args):
 
 
 def cmd_baskets_place(client: Client, args):
-    results = client.place_basket(args.id, account_ids=args.account, idempotency_key=args.key)
+    key = args.key or str(uuid.uuid4())
+    try:
+        results = client.place_basket(args.id, account_ids=args.account, idempotency_key=key)
+    except ApiError as error:
+        if _may_have_been_done(error):
+            advice = _retry_advice("The basket's orders", "tp orders list --source basket", key)
+            raise OutcomeUnknown(error, advice) from error
+        raise
     return results, placements_table(results)
 
 
@@ -309,7 +358,11 @@ def cmd_strategies_signal(client: Client, args):
         price=args.price,
         trigger_price=args.trigger,
     )
-    head = f"signal {result.signal}" + (" (a repeat: nothing new was placed)" if result.replayed else "")
+    head = f"signal {result.signal}"
+    if result.replayed:
+        head += " (a repeat: nothing new was placed)"
+    elif result.after_lost_answer:
+        head += " (placed by an earlier attempt of this command, whose answer was lost)"
     return result, head + "\n" + placements_table(result.results)
 
 
@@ -349,6 +402,16 @@ def _choice(choices: Sequence[str]) -> Callable[[str], str]:
 
     parse.__name__ = "choice"
     return parse
+
+
+def _status(text: str) -> str:
+    """A status filter: ``open`` (lower case) is the API's "not final"; anything else is one status."""
+    if text == ANY_OPEN:
+        return ANY_OPEN
+    try:
+        return _choice(STATUSES)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"choose from {ANY_OPEN}, {', '.join(STATUSES)}") from None
 
 
 def _common(defaults: bool) -> argparse.ArgumentParser:
@@ -407,19 +470,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     orders = group("orders", "orders")
     p = command(orders, "list", cmd_orders_list, "list your orders, newest first")
-    p.add_argument("--status", type=_choice(STATUSES), action="append", help="filter by status (repeatable)")
+    p.add_argument(
+        "--status",
+        type=_status,
+        action="append",
+        help=(
+            "filter by status (repeatable): open (lower case) for every order not final "
+            "(NEW, SUBMITTED, OPEN, PARTIALLY_FILLED), or one of " + ", ".join(STATUSES) + " (OPEN: resting)"
+        ),
+    )
     p.add_argument("--account", type=int, help="filter by broker account id")
     p.add_argument("--source", help="manual, basket, scheduled, strategy or system")
     p.add_argument("--symbol", help="symbol prefix")
     p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--offset", type=int, default=0)
+    p.add_argument(
+        "--before-id", type=_positive_int, help="only orders with a lower id: the last id shown, for the next page"
+    )
     command(orders, "get", cmd_orders_get, "show one order").add_argument("id", type=int)
     command(orders, "events", cmd_orders_events, "what happened to one order").add_argument("id", type=int)
     p = command(orders, "place", cmd_orders_place, "place an order")
     p.add_argument("--account", type=int, required=True, help="broker account id")
     _order_options(p)
     p.add_argument("--validity", default="DAY", type=_choice(VALIDITIES), help="DAY (default) or IOC")
-    p.add_argument("--key", help="idempotency key: a repeat with the same key returns the same order")
+    p.add_argument(
+        "--key", help="idempotency key: a repeat with the same key returns the same order (default: a new one)"
+    )
     p = command(orders, "modify", cmd_orders_modify, "change an open order")
     p.add_argument("id", type=int)
     p.add_argument("--qty", type=_positive_int)
@@ -434,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symbol", help="symbol prefix")
     p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--offset", type=int, default=0)
+    p.add_argument(
+        "--before-id", type=_positive_int, help="only fills with a lower id: the last id shown, for the next page"
+    )
 
     positions = group("positions", "your positions")
     p = command(positions, "list", cmd_positions_list, "list your positions with their PnL")
@@ -446,7 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(baskets, "place", cmd_baskets_place, "place every item of a basket")
     p.add_argument("id", type=int)
     p.add_argument("--account", type=int, action="extend", nargs="+", help="account ids (default: the basket's own)")
-    p.add_argument("--key", help="idempotency key: a repeat with the same key returns the same orders")
+    p.add_argument(
+        "--key", help="idempotency key: a repeat with the same key returns the same orders (default: a new one)"
+    )
 
     scheduled = group("scheduled", "scheduled orders")
     command(scheduled, "list", cmd_scheduled_list, "list your scheduled orders")
@@ -459,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signal-id", required=True, help="unique per strategy; a repeat places nothing")
     _order_options(p)
     return parser
+
+
+def _message(error: ApiError) -> str:
+    return error.message + (f" (field: {error.field})" if error.field else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -489,9 +574,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"tp: error: {error}", file=sys.stderr)
         return 2
+    except OutcomeUnknown as unknown:
+        print(f"error: {_message(unknown.error)}", file=sys.stderr)
+        print(unknown.advice, file=sys.stderr)
+        return 1
     except ApiError as error:
-        message = error.message + (f" (field: {error.field})" if error.field else "")
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_message(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -5,7 +5,7 @@ Retries
     seconds (a wait longer than ``max_retry_wait`` is not waited: ``RateLimited`` is raised at
     once, with its ``retry_after``), and on 500/502/503/504, connection errors and timeouts,
     waiting an exponential backoff with jitter (``backoff * 2**attempt``, scaled by a random
-    factor in [0.5, 1]). Other 4xx answers are never retried.
+    factor in [0.5, 1]). Other 4xx answers (413 too) are never retried.
 
     A request the server may have carried out (its answer was lost) is repeated only when
     repeating it cannot do anything twice: reads, PUT/PATCH/DELETE, order placement and basket
@@ -13,11 +13,18 @@ Retries
     makes, the same on every retry of that call), cancels and strategy signals (a signal id is
     used once). Creating a basket, scheduled order or strategy is retried only when the
     request provably never reached the server (the connection could not be opened), so a
-    lost answer can never create a second one.
+    lost answer can never create a second one. An answer cut short (the connection closed
+    mid-body, a body that cannot be decoded) is a lost answer too: the server did the work.
+
+    When a repeat after a lost answer is refused because the first attempt did the work (a
+    cancel finds the order cancelled, a modify finds it changed or filled), the call reads the
+    order and returns it instead of raising.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import http.client
 import logging
 import random
 import time as _time
@@ -30,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError
 
 from ._version import __version__
 from .errors import ApiError, Conflict, NotFound, RateLimited, TransportError, error_from_response
@@ -49,6 +56,7 @@ from .models import (
     Scheduled,
     SignalResult,
     Strategy,
+    Trade,
     TradePage,
     from_json,
 )
@@ -59,6 +67,17 @@ logger = logging.getLogger("tpclient")
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 API_PREFIX = "/api/v1"
+# No whole answer: the request failed, timed out, or its answer was cut short or garbled on the way
+# back (the server had answered, so it did the work). requests wraps urllib3's and http.client's
+# errors; the last two are for any that come through unwrapped.
+NO_ANSWER = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    ProtocolError,
+    http.client.IncompleteRead,
+)
 
 
 @dataclass
@@ -66,6 +85,8 @@ class _Answer:
     status: int
     body: Any
     attempts: int
+    # Whether an earlier attempt of this call may have been carried out (its answer was lost).
+    after_lost_answer: bool = False
 
 
 def _after_lost_answer(error: ApiError) -> bool:
@@ -73,13 +94,28 @@ def _after_lost_answer(error: ApiError) -> bool:
     return error.after_lost_answer
 
 
-def _never_sent(error: requests.RequestException) -> bool:
+def _never_sent(error: Exception) -> bool:
     """Whether the request certainly did not reach the server (the connection was never opened)."""
     if isinstance(error, requests.ConnectTimeout):
         return True
     cause = error.args[0] if error.args else None
     reason = getattr(cause, "reason", cause)  # urllib3's MaxRetryError carries the real failure
     return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+
+
+def _shows_change(order: Order, changes: Mapping[str, Any]) -> bool:
+    """Whether ``order`` holds every value a modify asked for (prices compared as Decimals)."""
+    for name, wanted in changes.items():
+        if name == "order_type" and wanted == "MARKET" and order.status == "FILLED":
+            continue  # a change to MARKET fills at once: filled is what it was for
+        have = getattr(order, name)
+        if name in ("price", "trigger_price"):
+            same = have is not None and Decimal(str(wanted)) == have
+        else:
+            same = have == wanted
+        if not same:
+            return False
+    return True
 
 
 def _jsonable(value: Any) -> Any:
@@ -211,7 +247,7 @@ class Client:
                     headers=headers,
                     timeout=self.timeout,
                 )
-            except (requests.ConnectionError, requests.Timeout) as error:
+            except NO_ANSWER as error:
                 never_sent = _never_sent(error)
                 if attempt < self.retries and (repeatable or never_sent):
                     maybe_done = maybe_done or not never_sent
@@ -239,7 +275,7 @@ class Client:
                         raise ApiError(
                             f"{method} {path}: the answer is not JSON", status=status, code="bad_response"
                         ) from None
-                return _Answer(status, body, attempt + 1)
+                return _Answer(status, body, attempt + 1, after_lost_answer=maybe_done)
             error = error_from_response(response)
             too_long = isinstance(error, RateLimited) and (error.retry_after or 0) > self.max_retry_wait
             if attempt < self.retries and not too_long and (status == 429 or (status in RETRY_STATUSES and repeatable)):
@@ -293,8 +329,14 @@ class Client:
         limit: int = 50,
         offset: int = 0,
         since: datetime | None = None,
+        before_id: int | None = None,
     ) -> OrderPage:
-        """One page of your orders, newest first. ``status`` may be one status or several."""
+        """One page of your orders, newest first (by id). ``status`` may be one status or several;
+        ``"open"`` (lower case) stands for every order not final, ``"OPEN"`` for those resting at the broker.
+
+        ``before_id``: only orders with a lower id; pass the last id of a page to get the next one
+        (:meth:`iter_orders` does), which neither repeats nor skips orders placed or changed meanwhile.
+        """
         statuses = [status] if isinstance(status, str) else list(status or [])
         params = {
             "account_id": account_id,
@@ -304,19 +346,33 @@ class Client:
             "since": since.isoformat() if since else None,
             "limit": limit,
             "offset": offset,
+            "before_id": before_id,
         }
         body = self._get("/orders", **params)
         return from_json(OrderPage, body)
 
     def iter_orders(self, *, page_size: int = 100, **filters) -> Iterator[Order]:
-        """Every order matching the filters of :meth:`orders`, page by page."""
+        """Every order matching the filters of :meth:`orders`, newest first, page by page.
+
+        Each page after the first asks for the orders below the last one seen (``before_id``), not
+        for an offset, so the loop may change what it lists: cancelling each order of
+        ``iter_orders(status="open")`` reaches them all, and orders placed meanwhile repeat nothing.
+        """
+        return self._pages(self.orders, page_size, filters)
+
+    def _pages(self, read_page, page_size: int, filters: dict) -> Iterator[Any]:
+        """Every item of a list, following its ``before_id`` cursor (the first page from ``offset``, if given)."""
         offset = filters.pop("offset", 0)
+        before_id = filters.pop("before_id", None)
         while True:
-            page = self.orders(limit=page_size, offset=offset, **filters)
+            page = read_page(limit=page_size, offset=offset, before_id=before_id, **filters)
+            if before_id is not None and any(item.id >= before_id for item in page.items):
+                # A server that ignores before_id would hand back the first page for ever.
+                raise ApiError("The server does not page by before_id; upgrade it.", code="bad_response")
             yield from page.items
-            offset += len(page.items)
-            if not page.items or offset >= page.count:
+            if not page.items or not page.has_more:
                 return
+            before_id, offset = page.items[-1].id, 0
 
     def order(self, id: int) -> Order:
         return from_json(Order, self._get(f"/orders/{int(id)}"))
@@ -367,11 +423,22 @@ class Client:
         trigger_price: Decimal | str | None = None,
         order_type: str | None = None,
     ) -> Order:
-        """Change an open order; only the values given are sent."""
+        """Change an open order; only the values given are sent.
+
+        A repeat after a lost answer that is refused (Conflict) because the first attempt made the
+        change and the order moved on (a change to MARKET fills at once) returns the order as it is.
+        """
         payload = {"quantity": quantity, "price": price, "trigger_price": trigger_price, "order_type": order_type}
-        body = self._request(
-            "PATCH", f"/orders/{int(id)}", json={k: v for k, v in payload.items() if v is not None}
-        ).body
+        changes = {k: v for k, v in payload.items() if v is not None}
+        try:
+            body = self._request("PATCH", f"/orders/{int(id)}", json=changes).body
+        except Conflict as error:
+            # Refused now, but an earlier attempt may have been carried out: then it is done, not refused.
+            if _after_lost_answer(error):
+                order = self.order(id)
+                if _shows_change(order, changes):
+                    return order
+            raise
         return from_json(Order, body)
 
     def cancel_order(self, id: int) -> Order:
@@ -397,8 +464,10 @@ class Client:
         until: datetime | None = None,
         limit: int = 50,
         offset: int = 0,
+        before_id: int | None = None,
     ) -> TradePage:
-        """One page of your fills, newest first (``since`` inclusive, ``until`` exclusive; aware times)."""
+        """One page of your fills, newest first by id, as recorded (``since`` inclusive, ``until`` exclusive;
+        aware times). ``before_id``: only fills with a lower id (the last id of a page, for the next)."""
         body = self._get(
             "/trades",
             account_id=account_id,
@@ -407,8 +476,14 @@ class Client:
             until=until.isoformat() if until else None,
             limit=limit,
             offset=offset,
+            before_id=before_id,
         )
         return from_json(TradePage, body)
+
+    def iter_trades(self, *, page_size: int = 100, **filters) -> Iterator[Trade]:
+        """Every fill matching the filters of :meth:`trades`, newest first, page by page (by ``before_id``,
+        so fills recorded meanwhile repeat nothing)."""
+        return self._pages(self.trades, page_size, filters)
 
     def positions(self, account_id: int | None = None, open_only: bool = False) -> list[Position]:
         """Your positions with their FIFO PnL, by account and symbol."""
@@ -594,6 +669,10 @@ class Client:
 
         ``signal_id`` is unique per strategy: a repeat places nothing and returns the first results
         (``replayed`` is then True), so this call is safe to retry.
+
+        When an attempt's answer was lost and the client's own retry is answered "replayed", the
+        orders are this call's: its earlier attempt placed them. The result then says
+        ``after_lost_answer`` and not ``replayed`` (which is kept for an earlier call with the same id).
         """
         payload = {
             "id": signal_id,
@@ -608,4 +687,8 @@ class Client:
         }
         payload = {k: v for k, v in payload.items() if v is not None}
         path = f"/strategies/{int(strategy_id)}/signal"
-        return from_json(SignalResult, self._request("POST", path, json=payload, repeatable=True).body)
+        answer = self._request("POST", path, json=payload, repeatable=True)
+        result = from_json(SignalResult, answer.body)
+        if answer.after_lost_answer:
+            result = dataclasses.replace(result, replayed=False, after_lost_answer=True)
+        return result

@@ -320,11 +320,18 @@ class Strategy:
 
 @dataclass(frozen=True)
 class SignalResult:
-    """What a strategy signal did: one placement per account; ``replayed`` when the id was seen before."""
+    """What a strategy signal did: one placement per account; ``replayed`` when an earlier call had sent
+    the id (this one placed nothing).
+
+    ``after_lost_answer``: the client sent the signal again after an attempt whose answer was lost.
+    A "replayed" answer to that repeat found what this call's own earlier attempt placed, so
+    ``replayed`` is then False: the orders in ``results`` are new, placed by this call.
+    """
 
     signal: str
     replayed: bool
     results: list[Placement]
+    after_lost_answer: bool = False
 
 
 # --- JSON -> dataclasses ---------------------------------------------------------------------
