@@ -384,6 +384,14 @@ def _cnc_refusal(instrument: PaperInstrument, quantity: int, cover: SellCover) -
     )
 
 
+def _blocks(order: PaperOrder) -> Decimal:
+    """What ``_BLOCKED_FUNDS`` sets aside for this live order, as it is stored."""
+    open_quantity = order.quantity - order.filled_quantity
+    if order.transaction_type == SELL:
+        open_quantity = min(order.uncovered_quantity, open_quantity)
+    return open_quantity * (order.trigger_price if order.order_type == "SL-M" else order.price)
+
+
 def _reference_price(order) -> Decimal:
     if order.order_type in ("LIMIT", "SL"):
         return order.price
@@ -678,12 +686,16 @@ def order_modify(
         price=new_price if new_type in ("LIMIT", "SL") else None,
         trigger_price=new_trigger if new_type in ("SL", "SL-M") else None,
     )
-    rejection = _band_violation(order.instrument, new_price if new_type in ("LIMIT", "SL") else None)
+    rejection = _band_violation(
+        order.instrument,
+        new_price if new_type in ("LIMIT", "SL") else None,
+        new_trigger if new_type in ("SL", "SL-M") else None,
+    )
     if rejection:
         raise InputException(rejection, kind="price_band")
+    blocked_before = _blocks(order)
     if order.transaction_type == SELL and new_quantity != order.quantity:
-        # What the long covers is worked out again for the new quantity (like a BUY's modify,
-        # funds are not checked again; the blocked sum counts the new uncovered part).
+        # What the long covers is worked out again for the new quantity.
         cover = _sell_cover(client.pk, order.instrument_id, order.product)
         order.uncovered_quantity = max(0, new_quantity - order.filled_quantity - cover.available)
         if order.uncovered_quantity and order.product == "CNC":
@@ -695,6 +707,19 @@ def order_modify(
     order.quantity = new_quantity
     order.price = new_price if new_type in ("LIMIT", "SL") else Decimal(0)
     order.trigger_price = new_trigger if new_type in ("SL", "SL-M") else Decimal(0)
+    # A larger quantity or a higher price needs the funds a new order would (this order's own
+    # block is freed for it): a modify is no way around the funds check.
+    open_quantity = new_quantity - order.filled_quantity
+    needs = min(order.uncovered_quantity, open_quantity) if order.transaction_type == SELL else open_quantity
+    required = needs * _reference_price(order)
+    if required > blocked_before:
+        locked = _client_locked(client.pk)
+        available = locked.cash - _blocked_funds(locked) + blocked_before
+        if required > available:
+            raise InputException(
+                f"Insufficient funds. Required margin is {required:.2f} but available margin is {available:.2f}.",
+                kind="funds",
+            )
     order.modifications += 1
     order.updated_at = timezone.now()
     order.save()

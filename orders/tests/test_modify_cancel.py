@@ -200,3 +200,31 @@ def test_a_kite_order_is_cancelled_when_kite_says_so_not_when_it_takes_the_reque
     second.refresh_from_db()
     assert second.status != Order.Status.CANCELLED and "has not closed it yet" in answer
     assert second.events.filter(kind="cancel_requested").exists()
+
+
+def cash(account):
+    return PaperClient.objects.get(user_id=account.client_id).cash
+
+
+@pytest.mark.parametrize("change", [{"quantity": 1000}, {"price": "1785"}])
+def test_a_modify_needs_the_funds_a_new_order_would(trader, account, change):
+    """10,00,000 of cash: 600 x 1400 rests (8.4 lakh). Raising it to 1000, or its price to 1785
+    (10.71 lakh), is refused for funds; cut back, it passes (its own block is freed for it)."""
+    order = resting(trader, account, quantity=600)
+    with pytest.raises(services.OrderActionRefused, match="Insufficient funds"):
+        services.order_modify(order=order, actor=trader, cause="test", **change)
+    order.refresh_from_db()
+    assert (order.quantity, order.price) == (600, D("1400"))
+    services.order_modify(order=order, actor=trader, cause="test", quantity=700)  # 9.8 lakh: fits
+    set_price("1390", volume=10**6)
+    settle()
+    assert cash(account) >= 0
+
+
+def test_a_modify_checks_the_trigger_against_the_price_band(trader, account):
+    set_price("1500")
+    order = place(trader, account, order_type="SL-M", trigger_price="1510", quantity=1)
+    settle()
+    far = (at_broker(order).instrument.previous_close * D("1.5")).quantize(D("1"))
+    with pytest.raises(services.OrderActionRefused, match="band"):
+        services.order_modify(order=order, actor=trader, cause="test", trigger_price=str(far))

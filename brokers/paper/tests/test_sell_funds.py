@@ -139,6 +139,9 @@ def test_growing_a_resting_sell_beyond_the_long_blocks_the_growth(client):
     future(client, "BUY")
     resting = future(client, "SELL", price="27700")
     assert engine._blocked_funds(client) == 0
+    with pytest.raises(engine.InputException, match="Insufficient funds"):  # 130 short: 36 lakh
+        engine.order_modify(client=client, order_id=resting.order_id, quantity=195)
+    PaperClient.objects.filter(pk=client.pk).update(cash=D("5000000"))
     engine.order_modify(client=client, order_id=resting.order_id, quantity=195)
     assert PaperOrder.objects.get(pk=resting.pk).uncovered_quantity == 130
     assert engine._blocked_funds(client) == 130 * D("27700")
