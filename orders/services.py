@@ -974,7 +974,13 @@ def _broker_terms(order: Order, state) -> dict:
     terms = {"quantity": state.quantity}
     # A stop order that triggered shows at some brokers as the plain order it became (SL-M as
     # MARKET): it is still our stop, so only a change a modify can make is taken (a stop stays a stop).
-    if state.order_type in ORDER_TYPE_NAMES and (state.order_type in STOPS) == (order.order_type in STOPS):
+    # Kite's market protection shows a MARKET order as the LIMIT at its band it became: still ours.
+    protected = order.order_type == "MARKET" and state.order_type == "LIMIT"
+    if (
+        state.order_type in ORDER_TYPE_NAMES
+        and (state.order_type in STOPS) == (order.order_type in STOPS)
+        and not protected
+    ):
         terms["order_type"] = state.order_type
         terms["price"] = state.price if state.order_type in ("LIMIT", "SL") else None
         terms["trigger_price"] = state.trigger_price if state.order_type in STOPS else None

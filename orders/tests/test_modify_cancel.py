@@ -228,3 +228,19 @@ def test_a_modify_checks_the_trigger_against_the_price_band(trader, account):
     far = (at_broker(order).instrument.previous_close * D("1.5")).quantize(D("1"))
     with pytest.raises(services.OrderActionRefused, match="band"):
         services.order_modify(order=order, actor=trader, cause="test", trigger_price=str(far))
+
+
+def test_a_market_order_kite_shows_as_the_limit_of_its_protection_stays_a_market_order(trader, account):
+    import dataclasses
+
+    from django.utils import timezone
+
+    set_price("1500")
+    order = place(trader, account, quantity=2)  # MARKET
+    settle()
+    order.refresh_from_db()
+    state = AccountBroker(account).order(order.broker_order_id)
+    protected = dataclasses.replace(state, order_type="LIMIT", price=D("1575.00"))
+    services.order_apply_broker_state(order, protected, cause="sync", asked_at=timezone.now())
+    order.refresh_from_db()
+    assert (order.order_type, order.price) == ("MARKET", None)
