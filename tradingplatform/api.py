@@ -87,7 +87,21 @@ class JsonParser(Parser):
     def parse_body(self, request):
         if request.content_type != "application/json" and not request.content_type.endswith("+json"):
             raise ValueError(f"Content-Type {request.content_type or 'missing'}")
-        return json.loads(request.body, parse_float=Decimal)
+        return json.loads(request.body, parse_float=Decimal, object_pairs_hook=_unique_keys)
+
+
+class RepeatedKey(ValueError):
+    """A JSON object whose keys repeat: which of two prices was meant is not ours to guess."""
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    seen = dict(pairs)
+    if len(seen) != len(pairs):
+        keys = [key for key, _ in pairs]
+        raise RepeatedKey(
+            f"The body is refused: the key {next(k for k in keys if keys.count(k) > 1)!r} appears more than once."
+        )
+    return seen
 
 
 api = TradingAPI(
@@ -166,7 +180,9 @@ HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conf
 @api.exception_handler(HttpError)
 def on_http_error(request, exc):
     message = str(exc)
-    if exc.status_code == 400:  # ninja's "Cannot parse request body"
+    if isinstance(exc.__cause__, RepeatedKey):
+        message = str(exc.__cause__)
+    elif exc.status_code == 400:  # ninja's "Cannot parse request body"
         message = "The body must be JSON, sent with Content-Type: application/json."
     return error_response(request, exc.status_code, HTTP_CODES.get(exc.status_code, "error"), message)
 

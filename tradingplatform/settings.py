@@ -256,8 +256,9 @@ if SCHEDULE_LEAD_S < SCHEDULE_DISPATCH_INTERVAL_S:
 SCHEDULE_FIRE_BATCH = env.int("SCHEDULE_FIRE_BATCH", default=20)
 SCHEDULE_FIRE_PARALLELISM = env.int("SCHEDULE_FIRE_PARALLELISM", default=8)
 # A replayed idempotency key or signal id whose first request is still placing waits this long
-# for its result before answering with what there is.
-REPLAY_WAIT_S = env.float("REPLAY_WAIT_S", default=10.0)
+# for its result before answering with what there is (the order as it stands, NEW while it is
+# being sent): well under a client's timeout (the SDK's is 10 s), so the retry gets an answer.
+REPLAY_WAIT_S = env.float("REPLAY_WAIT_S", default=5.0)
 if SCHEDULE_FIRE_BATCH < 1 or SCHEDULE_FIRE_PARALLELISM < 1:
     raise ImproperlyConfigured("SCHEDULE_FIRE_BATCH and SCHEDULE_FIRE_PARALLELISM must be at least 1.")
 # Webhook signals must carry a timestamp this close to now (replay protection with the id).

@@ -261,6 +261,9 @@ def test_a_body_that_is_not_sent_as_json_is_refused(api, account):
     for content_type in ("text/plain", "application/x-www-form-urlencoded"):
         response = api.post("/api/v1/orders", json.dumps(body(account)), content_type=content_type)
         assert response.status_code == 400 and "Content-Type: application/json" in response.json()["error"]["message"]
+    twice = f'{{"account_id": {account.pk}, "tradingsymbol": "INFY", "side": "BUY", "quantity": 1, "quantity": 100}}'
+    refused = api.post("/api/v1/orders", twice, content_type="application/json")
+    assert refused.status_code == 400 and "'quantity' appears more than once" in refused.json()["error"]["message"]
     assert not PaperOrder.objects.exists()
 
 
