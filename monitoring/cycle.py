@@ -32,7 +32,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.exceptions import ValidationError
@@ -472,8 +472,9 @@ def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> No
                 orders.order_cancel(order=order, actor=ctx.account.owner, cause=cause, by_trader=False)
                 ctx.act(f"cancelled {order.reference}: {why}")
             else:
-                orders.order_modify(order=order, actor=ctx.account.owner, cause=cause, quantity=order.quantity - excess)
-                ctx.act(f"cut {order.reference} to {order.quantity - excess}: {why}")
+                cut_to = order.quantity - excess
+                orders.order_modify(order=order, actor=ctx.account.owner, cause=cause, quantity=cut_to)
+                ctx.act(f"cut {order.reference} to {cut_to}: {why}")
         except orders.OrderActionRefused as refused:
             if not _at_modification_cap(refused):
                 _run_error(ctx, f"could not shrink {order.reference} ({why}): {refused.message}")
@@ -567,6 +568,8 @@ BROKER_MODIFICATION_CAP = 25
 
 
 REPLACE_KEY = ":replace:"
+# The end of the cause of a cancel asked so that an order past the cap can be replaced.
+CAP_REACHED = "the modification cap is reached"
 
 
 def _replaced(order: Order) -> Order | None:
@@ -604,37 +607,74 @@ def _chased(**where):
     )
 
 
+# How long a chased entry cancelled past the cap stays owed its replacement (``_chase_owed``).
+CHASE_OWED_S = 6 * 3600
+
+
+def _chase_owed(**where):
+    """Chased entries cancelled past the modification cap and not replaced yet: the broker had not
+    closed them when they were cancelled (a cancel pending at Kite, or its answer lost), so the
+    replacement waited (``_cancel_and_replace``). Only recent ones: a chase is an intraday matter."""
+    replaced = Order.objects.filter(parent=OuterRef("pk"), idempotency_key__contains=REPLACE_KEY)
+    return Order.objects.filter(
+        **where,
+        role=Order.Role.ENTRY,
+        order_type="LIMIT",
+        status=Order.Status.CANCELLED,
+        filled_quantity__lt=F("quantity"),
+        strategy__chase_after_s__isnull=False,
+        updated_at__gte=timezone.now() - timedelta(seconds=CHASE_OWED_S),
+        events__kind="cancel_requested",
+        events__cause__endswith=CAP_REACHED,
+    ).exclude(Exists(replaced))
+
+
+def _chase_target(ctx: Context, order: Order) -> tuple[Decimal, Decimal | None, Decimal] | None:
+    """(the price a chase moves the order to, its cap, the last price), or None with no last price:
+    the last price on its tick, no further from the first order's price than the strategy's cap."""
+    last = ctx.last_prices.get((order.instrument.exchange, order.instrument.tradingsymbol))
+    if last is None:
+        return None
+    strategy, tick = order.strategy, order.instrument.tick_size
+    original = _placed(order, "price")
+    caps = []
+    if strategy.chase_max_ticks:
+        caps.append(strategy.chase_max_ticks * tick)
+    if strategy.chase_max_percent:
+        caps.append(original * strategy.chase_max_percent / 100)
+    cap = min(caps) if caps else None
+    target = _on_tick(last, tick)
+    if cap is not None:
+        target = (
+            min(target, _on_tick(original + cap, tick))
+            if order.side == "BUY"
+            else max(target, _on_tick(original - cap, tick))
+        )
+    return target, cap, last
+
+
 def step_chase(ctx: Context) -> None:
     """Move open LIMIT entries older than the chase delay toward the last price, within the cap.
 
-    Past the broker's modification cap the order is cancelled and replaced.
+    Past the broker's modification cap the order is cancelled and replaced; one whose broker had
+    not closed it then is replaced once it has.
     """
+    for order in _chase_owed(account=ctx.account).select_related("strategy", "instrument", "account").distinct():
+        chase = _chase_target(ctx, order)
+        price = chase[0] if chase else order.price
+        cause = _cause("step 5", "replacing an entry cancelled past the cap, now closed at the broker")
+        _replace_closed(ctx, order, cause, step="5_chase", parent=order, price=price)
     now = timezone.now()
     candidates = _chased(account=ctx.account).select_related("strategy", "instrument", "account")
     for order in candidates:
-        strategy = order.strategy
         last_move = order.events.filter(kind="modified").order_by("-created_at").first()
         since = last_move.created_at if last_move else (order.submitted_at or order.created_at)
-        if (now - since).total_seconds() < strategy.chase_after_s:
+        if (now - since).total_seconds() < order.strategy.chase_after_s:
             continue
-        last = ctx.last_prices.get((order.instrument.exchange, order.instrument.tradingsymbol))
-        if last is None:
+        chase = _chase_target(ctx, order)
+        if chase is None:
             continue
-        tick = order.instrument.tick_size
-        original = _placed(order, "price")
-        caps = []
-        if strategy.chase_max_ticks:
-            caps.append(strategy.chase_max_ticks * tick)
-        if strategy.chase_max_percent:
-            caps.append(original * strategy.chase_max_percent / 100)
-        cap = min(caps) if caps else None
-        target = _on_tick(last, tick)
-        if cap is not None:
-            target = (
-                min(target, _on_tick(original + cap, tick))
-                if order.side == "BUY"
-                else max(target, _on_tick(original - cap, tick))
-            )
+        target, cap, last = chase
         moves_toward = target > order.price if order.side == "BUY" else target < order.price
         if not moves_toward:
             continue
@@ -661,18 +701,40 @@ def _cancel_and_replace(
     ctx: Context, order: Order, cause: str, *, step: str, parent: Order, less: int = 0, **terms
 ) -> Order | None:
     """The way past the broker's modification cap: cancel ``order`` and place one like it, with
-    ``terms`` (prices) changed, for what it had not filled, ``less`` fewer. Its key names the
-    order it replaces, so a cycle run twice places one, and ``_placed`` follows it back to the
-    first. ``parent``: the replacement's (a chased entry's is the order it replaces, an exit's
-    its entry). Failures are the run's errors, but for a cancel refused (it filled meanwhile:
-    the next cycle sees it)."""
+    ``terms`` (prices) changed, for what it had not filled, ``less`` fewer (``_replace_closed``).
+    The replacement is checked first: one that would be refused cancels nothing. Failures are
+    the run's errors, but for a cancel refused (it filled meanwhile: the next cycle sees it)."""
     try:
-        orders.order_cancel(
-            order=order, actor=ctx.account.owner, cause=f"{cause}; the modification cap is reached", by_trader=False
+        remaining = order.quantity - order.filled_quantity - less
+        orders.order_check(
+            actor=ctx.account.owner,
+            account=ctx.account,
+            instrument=order.instrument,
+            side=order.side,
+            quantity=max(remaining, 1),
+            order_type=order.order_type,
+            product=order.product,
+            validity=order.validity,
+            **{"price": order.price, "trigger_price": order.trigger_price, **terms},
         )
+    except ValidationError as error:
+        _run_error(ctx, f"could not replace {order.reference}: {_refusal(error)}", step=step)
+        return None
+    try:
+        orders.order_cancel(order=order, actor=ctx.account.owner, cause=f"{cause}; {CAP_REACHED}", by_trader=False)
     except orders.OrderActionRefused as refused:
         ctx.act(f"could not replace {order.reference}: {refused.message}")
         return None
+    return _replace_closed(ctx, order, cause, step=step, parent=parent, less=less, **terms)
+
+
+def _replace_closed(
+    ctx: Context, order: Order, cause: str, *, step: str, parent: Order, less: int = 0, **terms
+) -> Order | None:
+    """Place the replacement of a cancelled ``order`` once its broker has closed it (else it may
+    still fill: nothing now). Its key names the order it replaces, so a cycle run twice places one,
+    and ``_placed`` follows it back to the first. ``parent``: the replacement's (a chased entry's
+    is the order it replaces, an exit's its entry)."""
     # What filled before the cancel took may not be recorded yet: the broker's word on it first.
     try:
         state = ctx.broker.order(order.broker_order_id)
@@ -682,8 +744,8 @@ def _cancel_and_replace(
         return None
     if state.status not in BrokerStatus.FINAL:
         # The broker took the request but has not closed the order (a cancel pending at Kite): it
-        # may still fill, so nothing replaces it now. A cancelled exit is put back by step 4.
-        ctx.act(f"{order.reference}'s cancel is pending at the broker ({state.status}); not replaced")
+        # may still fill. A cancelled exit is put back by step 4, a chased entry by step 5.
+        ctx.act(f"{order.reference}'s cancel is pending at the broker ({state.status}); not replaced yet")
         return None
     order.refresh_from_db()
     quantity = order.quantity - order.filled_quantity - less
@@ -928,7 +990,7 @@ BATCHED = {step_fetch: _fetch_many, step_pnl: _pnl_many}
 ACTS_ON = {
     step_orders: (orders.orders_to_sync,),
     step_exits: (_filled_entries,),
-    step_chase: (_chased,),
+    step_chase: (_chased, _chase_owed),
     step_trail: (_trailing_stops,),
     step_rejections: (_dependants_of_rejected,),
     step_reentry: (_stopped_out,),

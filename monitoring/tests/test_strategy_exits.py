@@ -89,9 +89,10 @@ def test_a_partly_filled_take_profit_cuts_the_stop_loss_to_what_is_held(trader, 
     first = entry(trader, account, guarded)
     monitor(account)
     quote("1530.2", bid="1530.2", ask="1530.3", volume=4)  # the take-profit (1530.10) sells 4
-    monitor(account)
+    run = monitor(account)
     stop = first.children.get(role="stop_loss")
     assert (stop.quantity, stop.status) == (6, Order.Status.OPEN)
+    assert f"cut {stop.reference} to 6: only 6 are held now" in run.actions
     assert "only 6 are held" in stop.events.last().cause
     quote("1480")  # the stop triggers: it sells what is held, not more
     monitor(account)
@@ -387,9 +388,9 @@ def test_a_chased_entry_whose_cap_the_trader_used_up_is_replaced(trader, account
     assert first.status == Order.Status.CANCELLED and replacement.price == D("1499.20")
 
 
-def test_an_order_whose_cancel_is_still_pending_is_not_replaced(trader, account, monkeypatch):
+def test_an_order_whose_cancel_is_still_pending_is_replaced_once_the_broker_closes_it(trader, account, monkeypatch):
     """Kite answers a cancel once it has the request; the order may still fill. Only an order the
-    broker has closed is replaced (else both could fill)."""
+    broker has closed is replaced (else both could fill): the next cycle, once it has."""
     import dataclasses
 
     from brokers.paper.adapter import PaperBroker
@@ -404,3 +405,35 @@ def test_an_order_whose_cancel_is_still_pending_is_not_replaced(trader, account,
     run = monitor(account)
     assert not Order.objects.filter(parent=first).exists()
     assert any("cancel is pending" in action for action in run.actions)
+    monkeypatch.undo()  # the broker has closed it now
+    monitor(account)
+    monitor(account)
+    first.refresh_from_db()
+    replacement = Order.objects.get(parent=first)  # one, however many cycles
+    assert first.status == Order.Status.CANCELLED and replacement.status in Order.LIVE
+    assert (replacement.quantity, replacement.role) == (10, "entry")
+
+
+def test_a_replacement_that_would_be_refused_cancels_nothing(trader, account, monkeypatch):
+    from django.core.exceptions import ValidationError
+
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    at_modification_cap(stop)
+    checks, real = [], services.order_check
+
+    def refuses_the_replacement(**spec):  # the modify's own check passes; the replacement's does not
+        checks.append(spec)
+        if len(checks) > 1:
+            raise ValidationError({"quantity": "Above this account's limit of 5."})
+        return real(**spec)
+
+    monkeypatch.setattr(services, "order_check", refuses_the_replacement)
+    quote("1512")
+    run = monitor(account)
+    stop.refresh_from_db()
+    assert stop.status == Order.Status.OPEN and stop.trigger_price == D("1490.10")  # still protecting
+    assert any("could not replace" in error["error"] for error in run.errors), (run.errors, run.actions)
