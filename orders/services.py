@@ -810,16 +810,8 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
     except (OrderRejected, InputError) as error:
         _event(order, "modify_rejected", cause=cause, from_status=order.status, message=error.message)
         raise OrderActionRefused(f"The broker refused the change: {error.message}") from error
-    except NetworkError as error:
-        # The broker may have made the change: the order is brought in line with its book.
-        _event(order, "modify_unknown", cause=cause, from_status=order.status, message=f"{error}; looked up next")
-        _queue_sync(order, always=True)
-        raise OrderActionRefused(
-            f"The broker's answer was lost ({error}); the order will show what the broker holds shortly."
-        ) from error
     except BrokerError as error:
-        _event(order, "modify_failed", cause=cause, from_status=order.status, message=str(error))
-        raise OrderActionRefused(f"Could not reach the broker: {error}") from error
+        raise _unanswered(order, "modify", error, cause=cause) from error
     fields = {name: value for name, value in vars(change).items() if value is not None}
     if change.order_type is not None:  # a price or trigger the new type takes none of goes
         fields.update(price=checked.price, trigger_price=checked.trigger_price)
@@ -867,16 +859,8 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True) -> 
         order.refresh_from_db()
         _event(order, "cancel_refused", cause=cause, from_status=order.status, message=error.message)
         raise OrderActionRefused(f"The broker refused to cancel: {error.message}") from error
-    except NetworkError as error:
-        # The broker may have cancelled it: the order is brought in line with its book.
-        _event(order, "cancel_unknown", cause=cause, from_status=order.status, message=f"{error}; looked up next")
-        _queue_sync(order, always=True)
-        raise OrderActionRefused(
-            f"The broker's answer was lost ({error}); the order will show what the broker holds shortly."
-        ) from error
     except BrokerError as error:
-        _event(order, "cancel_failed", cause=cause, from_status=order.status, message=str(error))
-        raise OrderActionRefused(f"Could not reach the broker: {error}") from error
+        raise _unanswered(order, "cancel", error, cause=cause) from error
     if not registry.get(order.account.broker).cancels_at_once:
         # The broker has the request; only its word closes the order (it may still fill).
         try:
@@ -891,6 +875,20 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True) -> 
             _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause)
     _queue_sync(order)
     return order
+
+
+def _unanswered(order: Order, action: str, error: BrokerError, *, cause: str) -> OrderActionRefused:
+    """A modify or cancel the broker did not answer, recorded (``<action>_unknown`` or
+    ``<action>_failed``), as the refusal to raise. A lost answer (the broker may have done it)
+    has the order brought in line with the broker's book at once."""
+    if isinstance(error, NetworkError):
+        _event(order, f"{action}_unknown", cause=cause, from_status=order.status, message=f"{error}; looked up next")
+        _queue_sync(order, always=True)
+        return OrderActionRefused(
+            f"The broker's answer was lost ({error}); the order will show what the broker holds shortly."
+        )
+    _event(order, f"{action}_failed", cause=cause, from_status=order.status, message=str(error))
+    return OrderActionRefused(f"Could not reach the broker: {error}")
 
 
 def order_event_add(order: Order, kind: str, *, cause: str, message: str = "") -> None:

@@ -17,22 +17,9 @@ from monitoring.models import AccountRun
 from orders.tests.factories import place
 from portfolio import selectors, services
 from portfolio.models import Position, Trade
+from portfolio.tests.test_services import fill
 
 D = Decimal
-
-
-def fill(trade_id, side, quantity, price, *, at, symbol="INFY"):
-    return BrokerTrade(
-        trade_id=trade_id,
-        broker_order_id=f"o{trade_id}",
-        exchange="NSE",
-        tradingsymbol=symbol,
-        side=side,
-        product="MIS",
-        quantity=quantity,
-        price=D(price),
-        filled_at=at,
-    )
 
 
 def set_price(last, symbol="INFY"):
@@ -43,22 +30,21 @@ def set_price(last, symbol="INFY"):
 def test_a_fill_recorded_after_a_later_one_is_matched_in_the_order_they_filled(trader, account):
     """BUY 10 @ 110 is recorded before the earlier BUY 10 @ 100 (told late); a SELL 10 @ 120 then
     closes the 100 lot first: realized 200, 10 left at 110, as the per-day replay says."""
-    t0 = timezone.now() - timedelta(minutes=10)
-    services.trades_record(account=account, broker_trades=[fill("2", "BUY", 10, "110", at=t0 + timedelta(seconds=2))])
-    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 10, "100", at=t0)])
-    services.trades_record(account=account, broker_trades=[fill("3", "SELL", 10, "120", at=t0 + timedelta(seconds=3))])
+    services.trades_record(account=account, broker_trades=[fill("2", "BUY", 10, "110", seconds=-598)])
+    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 10, "100", seconds=-600)])
+    services.trades_record(account=account, broker_trades=[fill("3", "SELL", 10, "120", seconds=-597)])
     position = Position.objects.get(account=account)
     per_day = sum(row.realized for row in selectors.pnl_by_symbol_and_day(trader).days)
     assert position.realized_pnl == per_day == D("200")
     assert (position.net_quantity, position.average_price) == (10, D("110"))
     # In order again afterwards: the next fill goes on from the lots as they are.
-    services.trades_record(account=account, broker_trades=[fill("4", "SELL", 5, "130", at=t0 + timedelta(seconds=4))])
+    services.trades_record(account=account, broker_trades=[fill("4", "SELL", 5, "130", seconds=-596)])
     position.refresh_from_db()
     assert (position.realized_pnl, position.net_quantity) == (D("300"), 5)
 
 
 def test_a_last_price_of_0_is_no_price(account):
-    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 75, "120", at=timezone.now())])
+    services.trades_record(account=account, broker_trades=[fill("1", "BUY", 75, "120")])
     services.positions_mark(account=account, last_prices={("NSE", "INFY"): D("0")})
     position = Position.objects.get(account=account)
     assert (position.last_price, position.unrealized_pnl) == (D("120"), 0)
