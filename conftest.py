@@ -3,15 +3,17 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
 from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connections
 from django.test.testcases import LiveServerThread
 
-from accounts.tests.factories import PASSWORD, make_broker_account, make_user
+from accounts.tests.factories import PASSWORD, make_broker_account, make_kite_account, make_user
+from brokers import services as broker_services
 from brokers.paper import engine
 from brokers.paper.face_asgi import FaceWSGIHandler
-from brokers.paper.models import PaperInstrument
+from brokers.paper.models import PaperClient, PaperInstrument
 
 INSTRUMENTS_CSV = Path(engine.__file__).resolve().parent / "data" / "instruments.csv"
 
@@ -153,3 +155,18 @@ def pytest_sessionfinish(session, exitstatus):
     if name and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         for suffix in ("-wal", "-shm"):
             Path(f"{name}{suffix}").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def kite_on_face(face_url, settings, trader, instruments):
+    """A kite account connected to the paper exchange's Kite face, as the callback leaves it."""
+    settings.KITE_API_URL = face_url
+    exchange_client = PaperClient.objects.create(user_id="AB1234", password=make_password("pw-123456"))
+    account = make_kite_account(
+        trader, client_id="AB1234", api_key=exchange_client.api_key, api_secret=exchange_client.api_secret
+    )
+    _, request_token = engine.login_with_password(
+        api_key=exchange_client.api_key, user_id="AB1234", password="pw-123456"
+    )
+    broker_services.connect_complete(account=account, request_token=request_token, actor=trader)
+    return account

@@ -511,14 +511,24 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         if (timezone.now() - mine[-1].updated_at).total_seconds() < wait_s:
             _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: placing again within {wait_s} s")
             return
-    average = Decimal(entry.average_price)
-    distance = _offset(average, amount, unit)
-    protective = (role == Order.Role.STOP_LOSS) == (entry.side == "BUY")
-    level = _on_tick(average - distance if protective else average + distance, entry.instrument.tick_size)
-    if role == Order.Role.STOP_LOSS:
-        prices = {"order_type": "SL-M", "trigger_price": level}
+    owed = _owed_terms(mine[-1]) if mine and mine[-1].status == Order.Status.CANCELLED else None
+    if owed is not None:
+        # Cancelled past the cap to be replaced (a trail's new trigger), its broker closing it only
+        # later: put back as that replacement, which keeps the trail's distance (``_placed``).
+        replaced = mine[-1]
+        prices = {"order_type": replaced.order_type, "price": replaced.price, "trigger_price": replaced.trigger_price}
+        prices.update(owed)
+        key = f"{REPLACE_KEY.strip(':')}:{replaced.pk}"
     else:
-        prices = {"order_type": "LIMIT", "price": level}
+        average = Decimal(entry.average_price)
+        distance = _offset(average, amount, unit)
+        protective = (role == Order.Role.STOP_LOSS) == (entry.side == "BUY")
+        level = _on_tick(average - distance if protective else average + distance, entry.instrument.tick_size)
+        if role == Order.Role.STOP_LOSS:
+            prices = {"order_type": "SL-M", "trigger_price": level}
+        else:
+            prices = {"order_type": "LIMIT", "price": level}
+        key = f"exit:{entry.pk}:{role}:#{len(mine)}"  # the n-th exit of this role, however often a cycle looks
     try:
         placed = orders.order_place(
             actor=ctx.account.owner,
@@ -532,8 +542,7 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             parent=entry,
             strategy=entry.strategy,
             cause=_cause("step 4", f"{name} for {entry.reference}"),
-            # The n-th exit of this role: one per cycle's look however often a cycle runs.
-            idempotency_key=f"exit:{entry.pk}:{role}:#{len(mine)}",
+            idempotency_key=key,
             **prices,
         )
     except ValidationError as error:
@@ -578,6 +587,16 @@ def _replaced(order: Order) -> Order | None:
     if REPLACE_KEY not in key:
         return None
     return Order.objects.filter(pk=int(key.rsplit(REPLACE_KEY, 1)[1]), account_id=order.account_id).first()
+
+
+def _owed_terms(order: Order) -> dict | None:
+    """What the platform meant to place instead of ``order`` when it cancelled it past the cap
+    (the terms to change, maybe none), or None when no replacement is owed: it did not cancel it
+    so, or the trader asked for a cancel since."""
+    request = orders.last_cancel_request(order)
+    if request is None or request.data.get("by") != "platform" or "replace" not in request.data:
+        return None
+    return {name: Decimal(value) for name, value in request.data["replace"].items()}
 
 
 def _at_modification_cap(refused: Exception) -> bool:
@@ -660,6 +679,8 @@ def step_chase(ctx: Context) -> None:
     not closed it then is replaced once it has.
     """
     for order in _chase_owed(account=ctx.account).select_related("strategy", "instrument", "account").distinct():
+        if _owed_terms(order) is None:  # the trader cancelled it since: nothing is owed
+            continue
         chase = _chase_target(ctx, order)
         price = chase[0] if chase else order.price
         cause = _cause("step 5", "replacing an entry cancelled past the cap, now closed at the broker")
@@ -720,8 +741,11 @@ def _cancel_and_replace(
     except ValidationError as error:
         _run_error(ctx, f"could not replace {order.reference}: {_refusal(error)}", step=step)
         return None
+    owed = {"replace": {name: str(value) for name, value in terms.items() if value is not None}}
     try:
-        orders.order_cancel(order=order, actor=ctx.account.owner, cause=f"{cause}; {CAP_REACHED}", by_trader=False)
+        orders.order_cancel(
+            order=order, actor=ctx.account.owner, cause=f"{cause}; {CAP_REACHED}", by_trader=False, data=owed
+        )
     except orders.OrderActionRefused as refused:
         ctx.act(f"could not replace {order.reference}: {refused.message}")
         return None
@@ -886,6 +910,8 @@ def _place_again(ctx: Context, like: Order, *, role: str, cause: str, key: str) 
 
 # --- 8. Re-entry --------------------------------------------------------------------------------
 
+REENTRY_KEY = ":reentry:"
+
 
 def _stopped_out(**where):
     return Order.objects.filter(
@@ -898,16 +924,24 @@ def _stopped_out(**where):
 
 
 def step_reentry(ctx: Context) -> None:
-    """After a stop-loss exit, place a new entry like the first, if the strategy allows another."""
+    """Once an entry is out of the market by a stop-loss (it can fill no more and none of its exits
+    is working), place a new entry like it, once, if the strategy allows another. An entry whose
+    fills got several stop-losses re-enters once, not once for each."""
     stopped = _stopped_out(account=ctx.account).select_related(
         "parent__strategy", "parent__instrument", "parent__account"
     )
+    looked_at = set()
     for exit_order in stopped:
         entry = exit_order.parent
-        strategy = entry.strategy
+        if entry.pk in looked_at:
+            continue
+        looked_at.add(entry.pk)
         if (
-            entry.reentry_count >= strategy.max_reentries
-            or Order.objects.filter(idempotency_key=f"{ctx.account.owner_id}:reentry:{exit_order.pk}").exists()
+            entry.reentry_count >= entry.strategy.max_reentries
+            or entry.status in Order.LIVE
+            or Order.objects.filter(parent=entry, role__in=EXIT_ROLES, status__in=Order.LIVE).exists()
+            # One re-entry an entry (keyed by it; earlier ones were keyed by their stop-loss).
+            or Order.objects.filter(parent=entry, role=Order.Role.ENTRY, idempotency_key__contains=REENTRY_KEY).exists()
         ):
             continue
         placed = _place_again(
@@ -915,7 +949,7 @@ def step_reentry(ctx: Context) -> None:
             entry,
             role=Order.Role.ENTRY,
             cause=_cause("step 8", f"re-entry after {exit_order.reference} stopped out"),
-            key=f"reentry:{exit_order.pk}",
+            key=f"{REENTRY_KEY.strip(':')}:{entry.pk}",
         )
         if placed is None:
             continue

@@ -833,10 +833,13 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
     return order
 
 
-def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True) -> Order:
+def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, data: dict | None = None) -> Order:
     """Cancel an order at its broker. ``by_trader``: the trader asked (a page, the API), not one of
     the platform's own steps; the request is recorded first, whoever's word on the cancel lands
-    first, so a strategy's cycle never puts back an exit the trader cancelled."""
+    first, so a strategy's cycle never puts back an exit the trader cancelled. ``data``: kept with
+    the request (what a step means to place instead). At a broker that answers before it has
+    closed the order, a cancel already with it is not sent again (a second one is refused while
+    the first is processed): the request is recorded, and the order read back."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
     if order.status == OrderStatus.NEW and not order.broker_order_id:
@@ -845,8 +848,14 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True) -> 
         raise OrderActionRefused(f"This order is {order.get_status_display()}; there is nothing to cancel.")
     if not order.broker_order_id:
         raise OrderActionRefused("The broker's answer for this order was lost; it is being looked up.")
+    at_once = registry.get(order.account.broker).cancels_at_once
+    pending = not at_once and _last_cancel_event(order) == "cancel_requested"
     by = "trader" if by_trader else "platform"
-    _event(order, "cancel_requested", cause=cause, from_status=order.status, data={"by": by})
+    _event(order, "cancel_requested", cause=cause, from_status=order.status, data={"by": by, **(data or {})})
+    if pending:
+        _read_back(order, cause)
+        _queue_sync(order)
+        return order
     try:
         AccountBroker(order.account).cancel_order(order.broker_order_id)
     except InputError as error:
@@ -861,13 +870,9 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True) -> 
         raise OrderActionRefused(f"The broker refused to cancel: {error.message}") from error
     except BrokerError as error:
         raise _unanswered(order, "cancel", error, cause=cause) from error
-    if not registry.get(order.account.broker).cancels_at_once:
+    if not at_once:
         # The broker has the request; only its word closes the order (it may still fill).
-        try:
-            order_apply_broker_state(order, AccountBroker(order.account).order(order.broker_order_id), cause=cause)
-        except BrokerError as error:
-            logger.info("%s: reading it back after its cancel failed (%s); the sync reads it", order.reference, error)
-        order.refresh_from_db()
+        _read_back(order, cause)
     elif not _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause):
         # A reconcile moved it meanwhile (e.g. SUBMITTED -> OPEN): cancel from where it is now.
         order.refresh_from_db()
@@ -875,6 +880,26 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True) -> 
             _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause)
     _queue_sync(order)
     return order
+
+
+def _read_back(order: Order, cause: str) -> None:
+    """The order as its broker holds it now, applied (after a cancel; a failed read is the sync's)."""
+    try:
+        order_apply_broker_state(order, AccountBroker(order.account).order(order.broker_order_id), cause=cause)
+    except BrokerError as error:
+        logger.info("%s: reading it back after its cancel failed (%s); the sync reads it", order.reference, error)
+    order.refresh_from_db()
+
+
+def _last_cancel_event(order: Order) -> str | None:
+    """The kind of the order's latest cancel event: asked, refused, lost (unknown) or failed."""
+    kinds = ["cancel_requested", "cancel_refused", "cancel_unknown", "cancel_failed"]
+    return order.events.filter(kind__in=kinds).order_by("-pk").values_list("kind", flat=True).first()
+
+
+def last_cancel_request(order: Order) -> OrderEvent | None:
+    """The order's latest cancel request (who asked, and what it carried), if any."""
+    return order.events.filter(kind="cancel_requested").order_by("-pk").first()
 
 
 def _unanswered(order: Order, action: str, error: BrokerError, *, cause: str) -> OrderActionRefused:
