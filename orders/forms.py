@@ -133,8 +133,10 @@ class OrderModifyForm(forms.Form):
         )
         kwargs.setdefault("auto_id", "modify_%s")
         super().__init__(*args, **kwargs)
+        self.order = order
         # Each field carries the value the page showed, so only what the trader changed is sent
-        # (``changes``): a price a chase or another tab moved meanwhile is not put back.
+        # (``changes``): a price a chase or another tab moved meanwhile is not put back, and a form
+        # older than the order is refused (``clean``).
         for field in self.fields.values():
             field.show_hidden_initial = True
         # A stop order stays a stop order, a plain one plain (the broker's rule too).
@@ -142,6 +144,15 @@ class OrderModifyForm(forms.Form):
         self.fields["order_type"].choices = [(value, label) for value, label in ORDER_TYPES if value in compatible]
 
     def clean(self):
+        # The order changed since the page showed it (a fill, a chase, another tab): what the trader
+        # left as shown may not be what they mean now (a quantity cut back to the 10 shown, while
+        # the order is at 20, would be no change). They look again at the order as it is.
+        moved = [self.fields[name].label or name for name in self.fields if self._shown_differs(name)]
+        if moved:
+            raise forms.ValidationError(
+                f"This order has changed since this form was shown ({', '.join(moved).lower()}): "
+                "check the values against the order as it is now, and save again."
+            )
         # The page hides the prices the chosen type takes none of; what they still hold is not sent.
         data = super().clean()
         if data.get("order_type") not in ("LIMIT", "SL"):
@@ -149,6 +160,17 @@ class OrderModifyForm(forms.Form):
         if data.get("order_type") not in ("SL", "SL-M"):
             data["trigger_price"] = None
         return data
+
+    def _shown_differs(self, name: str) -> bool:
+        """Whether the value this form showed for ``name`` (its hidden initial) is not the order's now."""
+        raw = self.data.get(self.add_initial_prefix(name))
+        if raw is None:
+            return False  # a form without what it showed (a client of its own): nothing to compare
+        try:
+            shown = self.fields[name].to_python(raw)
+        except forms.ValidationError:
+            return True
+        return shown != self.get_initial_for_field(self.fields[name], name)
 
     def changes(self) -> dict:
         """What the trader changed from what the page showed, cleaned."""

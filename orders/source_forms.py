@@ -1,6 +1,7 @@
 """Forms for baskets, scheduled orders and strategies. They parse; the sources module decides."""
 
 from django import forms
+from django.db.models import Q
 
 from accounts.models import BrokerAccount
 from brokers.errors import RejectKind
@@ -31,12 +32,27 @@ class InstrumentField(forms.CharField):
 
 
 class AccountsField(forms.ModelMultipleChoiceField):
-    def __init__(self, user, **kwargs):
-        super().__init__(
-            queryset=BrokerAccount.objects.filter(owner=user, is_active=True),
-            widget=forms.CheckboxSelectMultiple,
-            **kwargs,
-        )
+    """The trader's active accounts, and ``kept`` (what a basket or strategy being edited has now),
+    deactivated ones among them marked so: saving keeps them (renaming must not drop an account), and
+    a deactivated one not kept is refused by name."""
+
+    def __init__(self, user, kept=(), **kwargs):
+        self.owner, self.kept = user, {account.pk for account in kept}
+        queryset = BrokerAccount.objects.filter(owner=user).filter(Q(is_active=True) | Q(pk__in=self.kept))
+        super().__init__(queryset=queryset.order_by("label"), widget=forms.CheckboxSelectMultiple, **kwargs)
+
+    def label_from_instance(self, account):
+        return account.label if account.is_active else f"{account.label} (deactivated)"
+
+    def _check_values(self, value):
+        try:
+            return super()._check_values(value)
+        except forms.ValidationError:
+            # One deactivated since the page was shown: say which, not "not one of the choices".
+            ids = [pk for pk in value if str(pk).isdigit()]
+            for account in BrokerAccount.objects.filter(owner=self.owner, pk__in=ids, is_active=False):
+                raise forms.ValidationError(f"{account.label} is deactivated; reactivate it first.") from None
+            raise
 
 
 class OrderSpecForm(forms.Form):
@@ -66,9 +82,12 @@ class OrderSpecForm(forms.Form):
 class BasketForm(forms.Form):
     name = forms.CharField(max_length=100)
 
-    def __init__(self, *args, user, **kwargs):
+    def __init__(self, *args, user, basket=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["accounts"] = AccountsField(user, required=False, help_text="Where “Place” sends it by default.")
+        kept = basket.accounts.all() if basket else ()
+        self.fields["accounts"] = AccountsField(
+            user, kept=kept, required=False, help_text="Where “Place” sends it by default."
+        )
 
 
 class BasketItemForm(OrderSpecForm):
@@ -135,9 +154,9 @@ class StrategyForm(forms.ModelForm):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["accounts"] = AccountsField(user, required=False)
-        if self.instance.pk:
-            self.fields["accounts"].initial = list(self.instance.accounts.all())
+        kept = list(self.instance.accounts.all()) if self.instance.pk else []
+        self.fields["accounts"] = AccountsField(user, kept=kept, required=False)
+        self.fields["accounts"].initial = kept
 
     def _post_clean(self):
         # The service validates the whole strategy (names are unique per owner).

@@ -64,7 +64,7 @@ def _apply_item_errors(form, item_forms, error: ValidationError) -> None:
 def basket_edit(request, pk=None):
     basket = selectors.basket_of(request.user, pk) if pk else None
     initial = {"name": basket.name, "accounts": list(basket.accounts.all())} if basket else None
-    form = BasketForm(request.POST or None, initial=initial, user=request.user)
+    form = BasketForm(request.POST or None, initial=initial, user=request.user, basket=basket)
     items = BasketItemFormSet(request.POST or None, initial=_basket_initial(basket) if basket else None, prefix="items")
     if request.method == "POST" and form.is_valid() and items.is_valid():
         kept = [item for item in items if item.cleaned_data and not item.cleaned_data.get("DELETE")]

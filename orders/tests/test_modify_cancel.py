@@ -103,19 +103,26 @@ def test_a_double_submitted_modify_is_made_once(trader, account, monkeypatch):
     assert list(Order.objects.get(pk=order.pk).events.values_list("kind", flat=True)).count("modified") == 1
 
 
-def test_the_page_sends_only_what_the_trader_changed(trader, account, client):
-    """The page was opened at 1400; a chase moved the price to 1410; the trader changes only the
-    quantity: the price stays 1410."""
+def test_the_page_sends_only_what_the_trader_changed_and_refuses_a_form_older_than_the_order(trader, account, client):
+    """The page was opened at 1400; a chase moved the price to 1410. Its form is refused (what the
+    trader left as shown is not the order any more); shown afresh, changing only the quantity keeps
+    the price the chase set."""
     client.force_login(trader)
     order = resting(trader, account)
-    form = client.get(reverse("orders:detail", args=[order.pk])).context["modify_form"]
-    shown = {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
-    html = client.get(reverse("orders:detail", args=[order.pk])).content.decode()
-    assert 'name="initial-price"' in html  # what the page showed goes back with the form
+
+    def form_as_shown():
+        form = client.get(reverse("orders:detail", args=[order.pk])).context["modify_form"]
+        shown = {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
+        return {**shown, **{f"initial-{name}": value for name, value in shown.items()}}
+
+    stale = form_as_shown()
     services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="chase", price="1410")
     settle()
-    data = {**shown, **{f"initial-{name}": value for name, value in shown.items()}, "quantity": 4}
-    client.post(reverse("orders:modify", args=[order.pk]), data)
+    refused = client.post(reverse("orders:modify", args=[order.pk]), {**stale, "quantity": 4})
+    assert "This order has changed since this form was shown (price)" in refused.content.decode()
+    order.refresh_from_db()
+    assert (order.quantity, order.price) == (2, D("1410"))
+    client.post(reverse("orders:modify", args=[order.pk]), {**form_as_shown(), "quantity": 4})
     settle()
     order.refresh_from_db()
     assert (order.quantity, order.price) == (4, D("1410"))

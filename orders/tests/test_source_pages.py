@@ -77,6 +77,37 @@ def test_edit_and_delete_a_basket(trader_client, trader, account):
     assert not Basket.objects.exists()
 
 
+def test_an_account_deactivated_after_it_was_chosen_is_kept_and_one_not_chosen_is_refused_by_name(
+    trader_client, trader, account
+):
+    spare = make_broker_account(trader, broker="paper", client_id="PAPER-SPARE", label="Spare")
+    basket = sources.basket_save(
+        owner=trader,
+        name="Two",
+        account_ids=[account.pk, spare.pk],
+        items=[{"instrument": instrument(), "side": "BUY", "quantity": 1}],
+    )
+    strategy, _ = sources.strategy_save(owner=trader, name="Both", account_ids=[account.pk, spare.pk])
+    spare.is_active = False
+    spare.save()
+    page = trader_client.get(reverse("sources:basket_edit", args=[basket.pk])).content.decode()
+    assert "Spare (deactivated)" in page
+    renamed = trader_client.post(
+        reverse("sources:basket_edit", args=[basket.pk]),
+        basket_form(account, name="Renamed", accounts=[account.pk, spare.pk]),
+    )
+    assert renamed.status_code == 302
+    assert set(Basket.objects.get().accounts.values_list("label", flat=True)) == {account.label, "Spare"}
+    page = trader_client.get(reverse("sources:strategy_edit", args=[strategy.pk])).content.decode()
+    assert "Spare (deactivated)" in page and "checked" in page.split("Spare (deactivated)")[0].rsplit("<input", 1)[1]
+    # A new basket on it: refused, naming it, not "12 is not one of the available choices".
+    refused = trader_client.post(
+        reverse("sources:basket_create"), basket_form(account, accounts=[account.pk, spare.pk])
+    )
+    assert refused.status_code == 200 and "Spare is deactivated; reactivate it first." in refused.content.decode()
+    assert Basket.objects.count() == 1
+
+
 @pytest.mark.parametrize("name", ["sources:basket_detail", "sources:basket_edit", "sources:basket_delete"])
 def test_another_traders_basket_is_404(trader_client, other_trader, instruments, name):
     theirs = make_broker_account(other_trader, broker="paper", client_id="THEIRS")

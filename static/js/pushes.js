@@ -16,13 +16,41 @@
       return true; // a selector this code does not understand: let htmx judge it
     }
   }
+  /* Rows carry their order's version (its last change, in microseconds). Pushes and answers are
+     rendered on different threads and may arrive out of order: a row older than the one on the
+     page (an order's "Open" rendered before its fill) must not replace it. */
+  function version(el) {
+    var v = el && el.getAttribute && el.getAttribute("data-version");
+    return v ? Number(v) : null;
+  }
+  function onPage(row) {
+    return row.id ? document.getElementById(row.id) : null;
+  }
+  function older(row) {
+    var mine = version(row), theirs = version(onPage(row));
+    return mine !== null && theirs !== null && mine < theirs;
+  }
+  function rows(piece) {
+    return piece.hasAttribute("data-version") ? [piece] : Array.from(piece.querySelectorAll("[data-version]"));
+  }
   htmx.defineExtension("shown-targets", {
     transformResponse: function (text, xhr, elt) {
-      if (xhr) return text; // only pushes: an ordinary answer is what was asked for
       var holder = document.createElement("template");
       holder.innerHTML = text;
-      Array.from(holder.content.children).forEach(function (piece) {
-        if (!shown(piece)) piece.remove();
+      var pieces = Array.from(holder.content.children);
+      if (xhr) {
+        // An answer swaps in what was asked for; a row in it older than the page's stays as shown.
+        var stale = [].concat.apply([], pieces.map(rows)).filter(older);
+        if (!stale.length) return text;
+        stale.forEach(function (row) {
+          row.replaceWith(onPage(row).cloneNode(true));
+        });
+        return holder.innerHTML;
+      }
+      pieces.forEach(function (piece) {
+        var editing = piece.id && onPage(piece) && onPage(piece).classList.contains("editing");
+        // A row open for editing keeps its form: a change meanwhile is caught when it is saved.
+        if (!shown(piece) || editing || rows(piece).some(older)) piece.remove();
       });
       return holder.innerHTML;
     }
