@@ -45,6 +45,8 @@ def test_new_trader_sees_limit_order_rest_then_fill_live(stack, context, page, t
     # Modified inline on the book: a tick lower, without leaving the page.
     limit -= Decimal(quote["tick"])
     row.get_by_role("link", name="Modify").click()
+    # The inline form fits the order type as the ticket does: a LIMIT takes a price, no trigger.
+    expect(row.locator("input[name=trigger_price]")).to_be_hidden()
     row.locator("input[name=price]").fill(f"{limit:.2f}")
     screenshot(book, "order-book-modify")
     row.get_by_role("button", name="Save").click()

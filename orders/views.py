@@ -141,23 +141,27 @@ def modify(request, pk):
         form = OrderModifyForm(**options)
         return render(request, "orders/partials/order_row_edit.html", {"order": order, "form": form})
     form = OrderModifyForm(request.POST, **options)
-    changed = False
+    done = modified = False
     if form.is_valid():
+        terms = lambda o: (o.quantity, o.order_type, o.price, o.trigger_price)  # noqa: E731
+        before = terms(order)
         try:
             services.order_modify(order=order, actor=request.user, cause=_page_cause(request), **form.changes())
-            changed = True
+            done = True
         except ValidationError as exc:
             apply_validation_error(form, exc)
         except services.OrderActionRefused as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
-    order.refresh_from_db()
+        order.refresh_from_db()
+        modified = done and terms(order) != before  # what the broker took, not what was typed
+    else:
+        order.refresh_from_db()
     if inline:
-        if changed:
-            context = {"order": order, "changed": form.has_changed()}
-            return render(request, "orders/partials/modify_result.html", context)
+        if done:
+            return render(request, "orders/partials/modify_result.html", {"order": order, "changed": modified})
         return render(request, "orders/partials/order_row_edit.html", {"order": order, "form": form})
-    if changed:
-        if form.has_changed():
+    if done:
+        if modified:
             messages.success(request, f"Modified {order.reference}.")
         else:
             messages.info(request, f"Nothing to change on {order.reference}.")

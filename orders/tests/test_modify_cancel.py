@@ -251,3 +251,21 @@ def test_a_market_order_kite_shows_as_the_limit_of_its_protection_stays_a_market
     services.order_apply_broker_state(order, protected, cause="sync", asked_at=timezone.now())
     order.refresh_from_db()
     assert (order.order_type, order.price) == ("MARKET", None)
+
+
+def test_the_inline_modify_says_nothing_changed_when_the_broker_took_no_change(trader, account, client):
+    """A trigger price typed on a LIMIT row is dropped (a LIMIT takes none): nothing reaches the
+    broker, and the notice says so rather than "Modified"."""
+    client.force_login(trader)
+    order = resting(trader, account)
+    opened = client.get(reverse("orders:modify", args=[order.pk]), HTTP_HX_REQUEST="true")
+    assert 'hx-disabled-elt="find button[type=submit]"' in opened.content.decode()  # a double click sends once
+    form = opened.context["form"]
+    shown = {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
+    data = {**shown, **{f"initial-{name}": value for name, value in shown.items()}, "trigger_price": "1390"}
+    answer = client.post(reverse("orders:modify", args=[order.pk]), data, HTTP_HX_REQUEST="true").content.decode()
+    assert "Nothing to change on" in answer and "Modified" not in answer
+    assert at_broker(order).modifications == 0
+    data.update(trigger_price="", price="1401")
+    answer = client.post(reverse("orders:modify", args=[order.pk]), data, HTTP_HX_REQUEST="true").content.decode()
+    assert f"Modified {order.reference}." in answer and 'hx-disabled-elt="find button[type=submit]"' not in answer
