@@ -375,3 +375,16 @@ class OrderEvent(AppendOnlyModel):
     @property
     def kind_label(self) -> str:
         return self.KIND_LABELS.get(self.kind, self.kind.replace("_", " ").capitalize())
+
+    @property
+    def summary(self) -> str:
+        """The message, or what the event's data says: a modify's changes (quantity 12, price
+        1401.00), the prices an order was placed at, who asked for a cancel."""
+        if self.message:
+            return self.message
+        data = self.data or {}
+        if self.kind in ("modified", "created"):
+            return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in data.items())
+        if self.kind == "cancel_requested" and data.get("by"):
+            return f"asked by the {data['by']}"
+        return ""

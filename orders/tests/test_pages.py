@@ -321,6 +321,7 @@ def test_detail_shows_the_order_and_its_timeline_in_the_users_timezone(trader_cl
     assert html.index(f'id="event-{events[0].pk}"') < html.index(f'id="event-{events[1].pk}"')
     assert "NEW → SUBMITTED" in html and '<td data-label="Cause">test</td>' in html
     assert ">Sent to the broker</td>" in html and ">Open at the broker</td>" in html  # not "submitted"
+    assert '<td data-label="Message">price 1400.00</td>' in html  # what it was placed at
     assert f'<td data-label="Message">broker order {order.broker_order_id}</td>' in html
     assert 'id="modify"' in html and reverse("orders:modify", args=[order.pk]) in html
 
