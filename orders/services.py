@@ -709,14 +709,16 @@ def _transition(
     if then is not None:
         steps.append((then.kind, to_status, then.to_status, then.cause, then.message, None))
         to_status, fields = then.to_status, {**fields, **then.fields}
+    now = timezone.now()
     with transaction.atomic(savepoint=False):  # within a caller's transaction, part of it
         updated = Order.objects.filter(pk=order.pk, status=from_status, **(expect or {})).update(
-            status=to_status, updated_at=timezone.now(), **fields
+            status=to_status, updated_at=now, **fields
         )
         if not updated:
             return False
         _events(order, steps)
-    order.status = to_status  # once written (a failed write leaves the order as it was read)
+    # Once written (a failed write leaves the order as it was read); its version goes with its row.
+    order.status, order.updated_at = to_status, now
     for name, value in fields.items():
         setattr(order, name, value)
     if push:  # a new order's first push is its outcome; it goes on top of the trader's order book

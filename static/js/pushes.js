@@ -16,19 +16,25 @@
       return true; // a selector this code does not understand: let htmx judge it
     }
   }
-  /* Rows carry their order's version (its last change, in microseconds). Pushes and answers are
-     rendered on different threads and may arrive out of order: a row older than the one on the
-     page (an order's "Open" rendered before its fill) must not replace it. */
-  function version(el) {
-    var v = el && el.getAttribute && el.getAttribute("data-version");
+  /* Rows carry their order's version (its last change, in microseconds), its filled quantity and
+     whether it is final. Pushes and answers are rendered on different threads and may arrive out of
+     order: a row older than the one on the page (an order's "Open" rendered before its fill) must
+     not replace it. An order never fills less, nor leaves a final state for a live one, whatever
+     two hosts' clocks say. */
+  function number(el, name) {
+    var v = el && el.getAttribute && el.getAttribute(name);
     return v ? Number(v) : null;
   }
   function onPage(row) {
     return row.id ? document.getElementById(row.id) : null;
   }
   function older(row) {
-    var mine = version(row), theirs = version(onPage(row));
-    return mine !== null && theirs !== null && mine < theirs;
+    var page = onPage(row);
+    var mine = number(row, "data-version"), theirs = number(page, "data-version");
+    if (mine === null || theirs === null) return false;
+    if (page.hasAttribute("data-final") && !row.hasAttribute("data-final")) return true;
+    if (number(row, "data-filled") < number(page, "data-filled")) return true;
+    return mine < theirs;
   }
   function rows(piece) {
     return piece.hasAttribute("data-version") ? [piece] : Array.from(piece.querySelectorAll("[data-version]"));
