@@ -9,7 +9,7 @@ import pytest
 from brokers.errors import InputError
 from brokers.kite.adapter import KiteBroker
 from monitoring import cycle
-from monitoring.tests.test_strategy_exits import at_modification_cap, entry, live_exits, quote, strategy
+from monitoring.tests.test_strategy_exits import entry, live_exits, quote, strategy, trailing_stop_at_the_cap
 from orders import services
 from orders.models import Order
 from tradingplatform import background
@@ -88,12 +88,7 @@ def test_a_trailing_stop_replaced_past_the_cap_after_kite_closes_it_keeps_the_tr
     when the price has eased to 1506. It is put back at 1500.10 (a trail never moves back), not at
     the first level, and trails on at the first stop's distance."""
     account = kite_on_face
-    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
-    quote("1500")
-    first = entry(trader, account, guarded)
-    monitor(account)
-    stop = first.children.get(role="stop_loss")
-    at_modification_cap(stop)
+    first, stop = trailing_stop_at_the_cap(trader, account, run=monitor)
     kite = PendingCancels(monkeypatch)
     quote("1512")
     monitor(account)

@@ -326,16 +326,23 @@ def at_modification_cap(order):
     PaperOrder.objects.filter(order_id=order.broker_order_id).update(modifications=engine.MAX_MODIFICATIONS)
 
 
-def test_a_trailing_stop_past_the_modification_cap_is_replaced_and_trails_on(trader, account):
-    """After 25 trails the broker refuses the stop's next modify: it is cancelled and replaced at
-    the new trigger, for what it covered, and the replacement trails at the first stop's distance."""
+def trailing_stop_at_the_cap(trader, account, run=None):
+    """An entry of 10 at 1500 with a stop-loss 10 points below (1490.10), trailing by 5, whose stop
+    the broker will not modify again: (the entry, its stop)."""
     guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
     quote("1500")
     first = entry(trader, account, guarded)
-    monitor(account)
+    (run or monitor)(account)
     stop = first.children.get(role="stop_loss")
     assert stop.trigger_price == D("1490.10")
     at_modification_cap(stop)
+    return first, stop
+
+
+def test_a_trailing_stop_past_the_modification_cap_is_replaced_and_trails_on(trader, account):
+    """After 25 trails the broker refuses the stop's next modify: it is cancelled and replaced at
+    the new trigger, for what it covered, and the replacement trails at the first stop's distance."""
+    first, stop = trailing_stop_at_the_cap(trader, account)
     quote("1512")  # two steps of 5
     run = monitor(account)
     assert run.status == AccountRun.Status.OK, run.errors
@@ -417,12 +424,7 @@ def test_an_order_whose_cancel_is_still_pending_is_replaced_once_the_broker_clos
 def test_a_replacement_that_would_be_refused_cancels_nothing(trader, account, monkeypatch):
     from django.core.exceptions import ValidationError
 
-    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
-    quote("1500")
-    first = entry(trader, account, guarded)
-    monitor(account)
-    stop = first.children.get(role="stop_loss")
-    at_modification_cap(stop)
+    first, stop = trailing_stop_at_the_cap(trader, account)
     checks, real = [], services.order_check
 
     def refuses_the_replacement(**spec):  # the modify's own check passes; the replacement's does not
