@@ -126,6 +126,9 @@ class BrokerOrder:
     placed_at: datetime | None
     updated_at: datetime | None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+    # False while the broker is still validating the order or a change of it: its quantity, type
+    # and prices may then be the old ones (Kite's book shows them until a modify is through).
+    terms_settled: bool = True
 
 
 @dataclass(frozen=True)

@@ -893,15 +893,19 @@ def _read_back(order: Order, cause: str) -> None:
     order.refresh_from_db()
 
 
+def _last_event(order: Order, *kinds: str) -> OrderEvent | None:
+    return order.events.filter(kind__in=kinds).order_by("-pk").first()
+
+
 def _last_cancel_event(order: Order) -> str | None:
     """The kind of the order's latest cancel event: asked, refused, lost (unknown) or failed."""
-    kinds = ["cancel_requested", "cancel_refused", "cancel_unknown", "cancel_failed"]
-    return order.events.filter(kind__in=kinds).order_by("-pk").values_list("kind", flat=True).first()
+    last = _last_event(order, "cancel_requested", "cancel_refused", "cancel_unknown", "cancel_failed")
+    return last.kind if last else None
 
 
 def last_cancel_request(order: Order) -> OrderEvent | None:
     """The order's latest cancel request (who asked, and what it carried), if any."""
-    return order.events.filter(kind="cancel_requested").order_by("-pk").first()
+    return _last_event(order, "cancel_requested")
 
 
 def _unanswered(order: Order, action: str, error: BrokerError, *, cause: str) -> OrderActionRefused:
@@ -927,7 +931,7 @@ def cancel_asked_by_platform(order: Order) -> bool:
     """Whether the last cancel asked for this order was one of the platform's own steps, and the
     broker did not refuse it (not the trader, on a page, through the API or in the broker's own
     app, nor the broker)."""
-    last = order.events.filter(kind__in=["cancel_requested", "cancel_refused"]).order_by("-pk").first()
+    last = _last_event(order, "cancel_requested", "cancel_refused")
     return last is not None and last.kind == "cancel_requested" and last.data.get("by") == "platform"
 
 
@@ -979,22 +983,10 @@ ORDER_TYPE_NAMES = frozenset(name for name, _label in ORDER_TYPES)
 STOPS = ("SL", "SL-M")
 
 
-# A broker's statuses of an order while a change or the order itself is still being validated
-# (Kite's): its book shows the old terms until then, which are not the broker's word on a change.
-TERMS_IN_FLUX = {
-    "MODIFY VALIDATION PENDING",
-    "MODIFY PENDING",
-    "PUT ORDER REQ RECEIVED",
-    "VALIDATION PENDING",
-    "OPEN PENDING",
-    "MODIFIED",
-}
-
-
 def _broker_terms(order: Order, state) -> dict:
     """The order's terms as its broker holds them, where they differ from ours: a change the broker
     made whose answer was lost (a modify that timed out)."""
-    if state.quantity <= 0 or str((state.raw or {}).get("status", "")).upper() in TERMS_IN_FLUX:
+    if state.quantity <= 0 or not state.terms_settled:  # a change still being validated: old terms
         return {}
     terms = {"quantity": state.quantity}
     # A stop order that triggered shows at some brokers as the plain order it became (SL-M as

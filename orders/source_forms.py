@@ -44,12 +44,14 @@ class AccountsField(forms.ModelMultipleChoiceField):
     def label_from_instance(self, account):
         return account.label if account.is_active else f"{account.label} (deactivated)"
 
-    def _check_values(self, value):
+    def clean(self, value):
         try:
-            return super()._check_values(value)
-        except forms.ValidationError:
+            return super().clean(value)
+        except forms.ValidationError as error:
+            if error.code != "invalid_choice":
+                raise
             # One deactivated since the page was shown: say which, not "not one of the choices".
-            ids = [pk for pk in value if str(pk).isdigit()]
+            ids = [pk for pk in value or () if str(pk).isdigit()]
             for account in BrokerAccount.objects.filter(owner=self.owner, pk__in=ids, is_active=False):
                 raise forms.ValidationError(f"{account.label} is deactivated; reactivate it first.") from None
             raise

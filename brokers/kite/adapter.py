@@ -82,6 +82,21 @@ def order_status(data: dict) -> str:
     return Status.PARTIALLY_FILLED if filled else Status.SUBMITTED
 
 
+# Kite's statuses while an order or a change of it is being validated: its book shows the old
+# terms until then (order history: MODIFY VALIDATION PENDING, MODIFY PENDING and MODIFIED at the
+# old price, then OPEN at the new).
+TERMS_IN_FLUX = frozenset(
+    {
+        "PUT ORDER REQ RECEIVED",
+        "VALIDATION PENDING",
+        "OPEN PENDING",
+        "MODIFY VALIDATION PENDING",
+        "MODIFY PENDING",
+        "MODIFIED",
+    }
+)
+
+
 def to_order(data: dict) -> base.BrokerOrder:
     return base.BrokerOrder(
         broker_order_id=str(data["order_id"]),
@@ -104,6 +119,7 @@ def to_order(data: dict) -> base.BrokerOrder:
         placed_at=parse_time(data.get("order_timestamp")),
         updated_at=parse_time(data.get("exchange_update_timestamp") or data.get("order_timestamp")),
         raw=data,
+        terms_settled=str(data.get("status") or "").upper() not in TERMS_IN_FLUX,
     )
 
 

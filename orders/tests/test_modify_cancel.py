@@ -173,11 +173,14 @@ def test_a_book_read_while_a_change_is_validated_is_not_taken_for_the_brokers_te
 
     from django.utils import timezone
 
+    from brokers.kite.adapter import to_order
+
     order = resting(trader, account)
     services.order_modify(order=order, actor=trader, cause="trader", price="1405")
     order.refresh_from_db()
     state = AccountBroker(account).order(order.broker_order_id)
-    old_terms = dataclasses.replace(state, price=D("1400"), raw={"status": raw_status})
+    kite_row = to_order({"order_id": order.broker_order_id, "status": raw_status})  # as Kite's adapter reads it
+    old_terms = dataclasses.replace(state, price=D("1400"), terms_settled=kite_row.terms_settled)
     services.order_apply_broker_state(order, old_terms, cause="sync", asked_at=timezone.now())
     order.refresh_from_db()
     assert order.price == (D("1400") if raw_status == "OPEN" else D("1405"))
