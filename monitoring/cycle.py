@@ -914,13 +914,19 @@ REENTRY_KEY = ":reentry:"
 
 
 def _stopped_out(**where):
+    """Filled stop-losses of entries that may re-enter: their strategy allows it and is active, the
+    entry's re-entries are under its count, and it has not re-entered yet (one re-entry an entry)."""
+    reentered = Order.objects.filter(
+        parent=OuterRef("parent"), role=Order.Role.ENTRY, idempotency_key__contains=REENTRY_KEY
+    )
     return Order.objects.filter(
         **where,
         role=Order.Role.STOP_LOSS,
         status=Order.Status.FILLED,
         parent__strategy__reentry_enabled=True,
         parent__strategy__is_active=True,  # a paused strategy opens nothing new
-    )
+        parent__reentry_count__lt=F("parent__strategy__max_reentries"),
+    ).exclude(Exists(reentered))
 
 
 def step_reentry(ctx: Context) -> None:
@@ -936,13 +942,8 @@ def step_reentry(ctx: Context) -> None:
         if entry.pk in looked_at:
             continue
         looked_at.add(entry.pk)
-        if (
-            entry.reentry_count >= entry.strategy.max_reentries
-            or entry.status in Order.LIVE
-            or Order.objects.filter(parent=entry, role__in=EXIT_ROLES, status__in=Order.LIVE).exists()
-            # One re-entry an entry (keyed by it; earlier ones were keyed by their stop-loss).
-            or Order.objects.filter(parent=entry, role=Order.Role.ENTRY, idempotency_key__contains=REENTRY_KEY).exists()
-        ):
+        # Out of the market only once it can fill no more and none of its exits is working.
+        if entry.status in Order.LIVE or entry.children.filter(role__in=EXIT_ROLES, status__in=Order.LIVE).exists():
             continue
         placed = _place_again(
             ctx,
