@@ -9,7 +9,8 @@ MONEY = {"max_digits": 18, "decimal_places": 4}
 
 
 class Trade(models.Model):
-    """One fill at the broker, recorded once (unique broker trade id per account)."""
+    """One fill at the broker, recorded once: a broker's trade id is unique within its order (Kite's
+    are the exchange's trade numbers, which another exchange, or another day, can repeat)."""
 
     account = models.ForeignKey("accounts.BrokerAccount", on_delete=models.PROTECT, related_name="trades")
     order = models.ForeignKey("orders.Order", null=True, blank=True, on_delete=models.SET_NULL, related_name="trades")
@@ -26,17 +27,16 @@ class Trade(models.Model):
     class Meta:
         ordering = ["-filled_at", "-id"]
         constraints = [
-            models.UniqueConstraint(fields=["account", "broker_trade_id"], name="trade_unique_per_account"),
+            # Its leading (account, broker order id) also serves linking fills to their order by
+            # broker order id: that UPDATE locks only its own rows (through the order index
+            # instead, MariaDB scanned and locked more, and two accounts' links deadlocked).
+            models.UniqueConstraint(
+                fields=["account", "broker_order_id", "broker_trade_id"], name="trade_unique_per_order"
+            ),
             models.CheckConstraint(condition=Q(quantity__gt=0), name="trade_quantity_positive"),
             models.CheckConstraint(condition=Q(side__in=["BUY", "SELL"]), name="trade_side_valid"),
         ]
-        indexes = [
-            models.Index(fields=["account", "-filled_at"]),
-            # Linking fills to their order by broker order id: with it, that UPDATE locks only its
-            # own rows (without it MariaDB scanned and locked through the order index, and two
-            # accounts' links deadlocked).
-            models.Index(fields=["account", "broker_order_id"]),
-        ]
+        indexes = [models.Index(fields=["account", "-filled_at"])]
 
     def __str__(self):
         return f"{self.side} {self.quantity} {self.instrument} @ {self.price}"
@@ -92,3 +92,25 @@ class PnlSnapshot(models.Model):
     @property
     def total(self) -> Decimal:
         return self.realized + self.unrealized
+
+
+class Opening(models.Model):
+    """That an account's opening positions were taken, once: what it held at the start of the
+    trading day the platform first met its book, recorded as opening lots (``portfolio.openings``).
+
+    One row per account (the one-to-one key): a second taking, by a duplicate task or a second
+    worker, finds it and does nothing. ``detail`` says what was seeded, what was skipped and why.
+    """
+
+    class Outcome(models.TextChoices):
+        SEEDED = "seeded", "Seeded from the broker's book"
+        EARLIER_FILLS = "earlier_fills", "Not seeded: fills recorded from an earlier day"
+
+    account = models.OneToOneField("accounts.BrokerAccount", on_delete=models.CASCADE, related_name="opening")
+    trading_date = models.DateField()
+    taken_at = models.DateTimeField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    detail = models.JSONField(default=dict)
+
+    def __str__(self):
+        return f"{self.account_id} {self.trading_date} {self.outcome}"

@@ -51,17 +51,17 @@ def trades_record_many(
     account id. If the batch fails as a whole, raises; the caller then records account by account.
     """
     accounts = {account.pk: account for account, trades in fills if trades}
-    wanted = {(account.pk, t.trade_id): t for account, trades in fills for t in trades}
+    wanted = {(account.pk, t.broker_order_id, t.trade_id): t for account, trades in fills for t in trades}
     if not wanted:
         return {}
     if not fresh:
         wanted = _unseen(accounts, wanted)
         if not wanted:
             return {}
-    orders = _orders_of(wanted.values(), accounts={a for a, _ in wanted})
+    orders = _orders_of(wanted.values(), accounts={a for a, _, _ in wanted})
     rows = []
     now = timezone.now()
-    for (account_id, _), t in sorted(wanted.items(), key=lambda item: (item[1].filled_at or now, item[0])):
+    for (account_id, _, _), t in sorted(wanted.items(), key=lambda item: (item[1].filled_at or now, item[0])):
         instrument = instrument_by_symbol(t.exchange, t.tradingsymbol)
         if instrument is None or instrument.exchange in MULTIPLIED_EXCHANGES:
             continue  # the monitoring run reports it: its fills are in no position
@@ -121,15 +121,22 @@ def _orders_of(trades, *, accounts: set[int]) -> dict[tuple, int]:
 
 def _unseen(accounts: dict, wanted: dict) -> dict:
     """The fills of ``wanted`` not recorded yet (a first look, outside the positions' locks)."""
-    known = {
-        (account_id, trade_id): order_id
-        for account_id, trade_id, order_id in Trade.objects.filter(
-            account_id__in=accounts, broker_trade_id__in={trade_id for _, trade_id in wanted}
-        ).values_list("account_id", "broker_trade_id", "order_id")
-        if (account_id, trade_id) in wanted
-    }
-    _link_unlinked({(a, wanted[(a, t)].broker_order_id) for (a, t), order_id in known.items() if order_id is None})
+    known = {tuple(row[:3]): row[3] for row in _recorded(wanted, "order_id")}
+    _link_unlinked({(a, broker_order_id) for (a, broker_order_id, _), order_id in known.items() if order_id is None})
     return {key: t for key, t in wanted.items() if key not in known}
+
+
+def _recorded(keys, *more: str) -> list[tuple]:
+    """The recorded fills among ``keys`` (account id, broker order id, broker trade id): their keys,
+    then the fields ``more`` names. A broker's trade id is unique only within its order."""
+    keys = set(keys)
+    fields = ("account_id", "broker_order_id", "broker_trade_id")
+    rows = Trade.objects.filter(
+        account_id__in={k[0] for k in keys},
+        broker_order_id__in={k[1] for k in keys},
+        broker_trade_id__in={k[2] for k in keys},
+    ).values_list(*fields, *more)
+    return [tuple(row) for row in rows if tuple(row[:3]) in keys]
 
 
 def _record(keys: list[tuple], rows: list[Trade], *, look_first: bool, at_market: bool) -> dict | None:
@@ -144,31 +151,26 @@ def _record(keys: list[tuple], rows: list[Trade], *, look_first: bool, at_market
             return None
         if look_first:
             # Under the locks, the fills another recorder got in first are seen here.
-            recorded = set(
-                Trade.objects.filter(
-                    account_id__in={row.account_id for row in rows},
-                    broker_trade_id__in={row.broker_trade_id for row in rows},
-                ).values_list("account_id", "broker_trade_id")
-            )
-            rows = [row for row in rows if (row.account_id, row.broker_trade_id) not in recorded]
+            recorded = set(_recorded(_key(row) for row in rows))
+            rows = [row for row in rows if _key(row) not in recorded]
         if len(rows) == 1:
             _TRADES.insert(rows[0])  # a fill as it happened: the fast path's every one
         else:
             Trade.objects.bulk_create(rows)
         if rows and rows[0].pk is None:  # a database that does not hand back the new ids
-            made = Trade.objects.filter(
-                account_id__in={row.account_id for row in rows},
-                broker_trade_id__in={row.broker_trade_id for row in rows},
-            ).select_related("instrument")
-            new = {(row.account_id, row.broker_trade_id) for row in rows}
+            made = set(_recorded((_key(row) for row in rows), "pk"))
             rows = sorted(
-                (row for row in made if (row.account_id, row.broker_trade_id) in new),
+                Trade.objects.filter(pk__in=[pk for *_, pk in made]).select_related("instrument"),
                 key=lambda row: (row.filled_at, row.pk),
             )
         applied = defaultdict(list)
         for trade in _apply(positions, rows):
             applied[trade.account_id].append(trade)
         return dict(applied)
+
+
+def _key(trade: Trade) -> tuple:
+    return (trade.account_id, trade.broker_order_id, trade.broker_trade_id)
 
 
 def _link_unlinked(pairs: set[tuple[int, str]]) -> None:

@@ -1,5 +1,6 @@
 """Recording fills from the broker and keeping positions by FIFO, once each."""
 
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -82,7 +83,7 @@ def test_many_accounts_fills_recorded_together_each_to_its_own_positions(account
     from accounts.tests.factories import make_broker_account
 
     theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-O2", label="Theirs")
-    # Broker trade ids are unique per account only: the same ids on two accounts are two fills each.
+    # Broker trade ids are unique per order only: the same ids on two accounts are two fills each.
     mine = [fill("1", "BUY", 10, "100"), fill("2", "SELL", 4, "120", seconds=1)]
     their = [fill("1", "SELL", 5, "200"), fill("3", "BUY", 2, "10", symbol="TCS")]
     applied = services.trades_record_many([(account, mine), (theirs, their), (account, [])])
@@ -105,6 +106,21 @@ def test_many_accounts_fills_recorded_together_each_to_its_own_positions(account
     assert Trade.objects.filter(account=account).count() == 2 and Trade.objects.filter(account=theirs).count() == 4
     assert Position.objects.get(account=theirs, instrument__tradingsymbol="INFY").net_quantity == 1
     assert services.trades_record_many([(account, mine), (theirs, later)]) == {}
+
+
+def test_one_trade_id_in_two_orders_is_two_fills(account):
+    # Kite's trade ids are the exchange's trade numbers: another exchange, or another day, can
+    # repeat one within an account. Each is a fill of its own order; each is still recorded once.
+    first = fill("7", "BUY", 10, "100")
+    again = replace(first, broker_order_id="o-next-day", side="SELL", quantity=4, price=D("120"))
+    again = replace(again, filled_at=first.filled_at + timedelta(seconds=1))
+    assert len(services.trades_record(account=account, broker_trades=[first])) == 1
+    assert len(services.trades_record(account=account, broker_trades=[first, again], fresh=True)) == 1
+    assert services.trades_record(account=account, broker_trades=[first, again]) == []
+    assert services.trades_record(account=account, broker_trades=[again], fresh=True) == []
+    assert sorted(Trade.objects.values_list("broker_order_id", "broker_trade_id")) == [("o-next-day", "7"), ("o7", "7")]
+    position = Position.objects.get(account=account)
+    assert position.net_quantity == 6 and position.realized_pnl == D("80")  # 4 x (120 - 100)
 
 
 def test_a_fresh_fill_recorded_meanwhile_is_refused_by_its_key_and_nothing_else_changes(account):
