@@ -9,10 +9,13 @@ monitoring run is asked for, and reconciles the order with Kite's book.
 
 import logging
 
+from django.core.cache import cache
+
 from accounts.models import BrokerAccount
 from brokers import services
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError
+from tradingplatform import locks
 
 logger = logging.getLogger(__name__)
 
@@ -23,16 +26,48 @@ READ_BUDGET_WAIT_S = 2.0
 
 def postback_apply(*, account: BrokerAccount, order_id: str) -> bool:
     """Read the order a verified postback names and apply Kite's state of it. False when it could
-    not be read (the account's run is queued instead)."""
+    not be read (the account's run is queued instead).
+
+    One read of an order at a time, and one more after it for the postbacks that came meanwhile:
+    each postback marks the order due, and whoever holds the order's read lock reads it while it is
+    due. A flood (Kite sending again, a replayed capture) then costs two reads, not one each, and a
+    change told while a read was under way is still read."""
+    if not order_id:
+        return _not_read(account, order_id, "the postback names no order")
+    name = f"kite:postback:{account.pk}:{order_id}"
+    cache.set(_due(name), True, DUE_TTL_S)
+    read = True
+    while token := locks.acquire(name, ttl_s=READ_LOCK_TTL_S):
+        try:
+            if not cache.delete(_due(name)):
+                return read  # another reader read it after this postback came
+            read = _read(account, order_id)
+        finally:
+            locks.release(name, token)
+    return read  # the holder reads it (again) once it is done
+
+
+# The read lock outlasts a read that waits for its budget and then for Kite's answer; a postback
+# marks its order due for as long.
+READ_LOCK_TTL_S = DUE_TTL_S = 30
+
+
+def _due(name: str) -> str:
+    return f"{name}:due"
+
+
+def _read(account: BrokerAccount, order_id: str) -> bool:
     try:
-        if not order_id:
-            raise ValueError("the postback names no order")
         state = AccountBroker(account, budget_timeout_s=READ_BUDGET_WAIT_S, attempts=1).order(order_id)
     except (BrokerError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
-        logger.warning(
-            "Kite postback for %s: could not read order %s (%s); running the account", account.client_id, order_id, exc
-        )
-        services.account_touched(account.pk)
-        return False
+        return _not_read(account, order_id, exc)
     services.broker_order_update(broker="kite", client_id=account.client_id, order=state)
     return True
+
+
+def _not_read(account: BrokerAccount, order_id: str, why) -> bool:
+    logger.warning(
+        "Kite postback for %s: could not read order %s (%s); running the account", account.client_id, order_id, why
+    )
+    services.account_touched(account.pk)
+    return False

@@ -7,13 +7,18 @@ for the background work to finish instead of waiting for a time.
 """
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 
 from brokers import services as broker_services
 from brokers.base import BrokerOrder, Status
+from brokers.client import AccountBroker
+from brokers.kite import postbacks as kite_postbacks
 from brokers.paper import engine, kite_format
 from brokers.paper.models import PaperClient, PaperOrder
 from orders import services, sources
@@ -253,6 +258,41 @@ def test_kites_postback_for_a_partial_fill_shows_the_order_partly_filled(client,
     assert _postback(client, body).status_code == 200
     order.refresh_from_db()
     assert (order.status, order.filled_quantity) == (Order.Status.PARTIALLY_FILLED, 4)
+
+
+def test_a_flood_of_postbacks_reads_the_order_once_and_once_more_for_those_that_came_meanwhile(
+    trader, kite_on_face, monkeypatch
+):
+    order, _ = _kite_order(trader, kite_on_face, quantity=5, order_type="LIMIT", price=D("1400"))
+    reads, first_read, go_on = [], threading.Event(), threading.Event()
+    read = AccountBroker.order
+
+    def counted(self, broker_order_id):
+        reads.append(broker_order_id)
+        state = read(self, broker_order_id)
+        if len(reads) == 1:  # the first read has Kite's answer (OPEN) and is still applying it
+            first_read.set()
+            go_on.wait(10)
+        return state
+
+    def postback():
+        try:
+            return kite_postbacks.postback_apply(account=kite_on_face, order_id=order.broker_order_id)
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(AccountBroker, "order", counted)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(postback)
+        assert first_read.wait(10)
+        set_price("1390")  # the order fills while that read is under way; Kite sends it again and again
+        assert [postback() for _ in range(10)] == [True] * 10
+        assert len(reads) == 1  # each left the order due for the reader
+        go_on.set()
+        assert first.result(10) is True
+    assert reads == [order.broker_order_id] * 2  # and the reader read it once more
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 5)
 
 
 def _new_order(account) -> Order:
