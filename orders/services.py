@@ -29,6 +29,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
@@ -807,29 +808,32 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
     )
     if change == OrderChange():
         return order
+    asked = {name: str(value) for name, value in vars(change).items() if value is not None}
+    # Kept while the modify is on its way: the broker's word of what it did (a fill it caused) can
+    # come before its answer, and is then no change made at the broker (``_modify_asked``).
+    cache.set(_asked_key(order.pk), asked, timeout=MODIFY_LOCK_TTL_S)
     try:
-        AccountBroker(order.account).modify_order(order.broker_order_id, change)
-    except (OrderRejected, InputError) as error:
-        _event(order, "modify_rejected", cause=cause, from_status=order.status, message=error.message)
-        raise OrderActionRefused(f"The broker refused the change: {error.message}") from error
-    except BrokerError as error:
-        raise _unanswered(order, "modify", error, cause=cause) from error
-    fields = {name: value for name, value in vars(change).items() if value is not None}
-    if change.order_type is not None:  # a price or trigger the new type takes none of goes
-        fields.update(price=checked.price, trigger_price=checked.trigger_price)
-    with transaction.atomic():
-        # The broker took the change, so it holds whatever happened next: a fill it caused (a
-        # modify to MARKET, a price moved across the market) may already be recorded, and the
-        # order is then filled as changed. Only the changed fields are written, never the status.
-        Order.objects.filter(pk=order.pk).update(updated_at=timezone.now(), **fields)
-        order.refresh_from_db()
-        _event(
-            order,
-            "modified",
-            cause=cause,
-            from_status=order.status,
-            data={k: str(v) for k, v in vars(change).items() if v is not None},
-        )
+        try:
+            AccountBroker(order.account).modify_order(order.broker_order_id, change)
+        except (OrderRejected, InputError) as error:
+            _event(order, "modify_rejected", cause=cause, from_status=order.status, message=error.message)
+            raise OrderActionRefused(f"The broker refused the change: {error.message}") from error
+        except BrokerError as error:
+            raise _unanswered(order, "modify", error, cause=cause, data=asked) from error
+        fields = {name: value for name, value in vars(change).items() if value is not None}
+        if change.order_type is not None:  # a price or trigger the new type takes none of goes
+            fields.update(price=checked.price, trigger_price=checked.trigger_price)
+        with transaction.atomic():
+            # The broker took the change, so it holds whatever happened next: a fill it caused (a
+            # modify to MARKET, a price moved across the market) may already be recorded, and the
+            # order is then filled as changed. Only the changed fields are written, never the status.
+            Order.objects.filter(pk=order.pk).update(updated_at=timezone.now(), **fields)
+            order.refresh_from_db()
+            _event(order, "modified", cause=cause, from_status=order.status, data=asked)
+    finally:
+        # Once its outcome is committed (an event says what was asked from then on).
+        key = _asked_key(order.pk)
+        transaction.on_commit(lambda: cache.delete(key))
     _broadcast(order)
     _queue_sync(order)
     return order
@@ -908,17 +912,20 @@ def last_cancel_request(order: Order) -> OrderEvent | None:
     return _last_event(order, "cancel_requested")
 
 
-def _unanswered(order: Order, action: str, error: BrokerError, *, cause: str) -> OrderActionRefused:
+def _unanswered(
+    order: Order, action: str, error: BrokerError, *, cause: str, data: dict | None = None
+) -> OrderActionRefused:
     """A modify or cancel the broker did not answer, recorded (``<action>_unknown`` or
-    ``<action>_failed``), as the refusal to raise. A lost answer (the broker may have done it)
-    has the order brought in line with the broker's book at once."""
+    ``<action>_failed``, with what it asked: ``data``), as the refusal to raise. A lost answer
+    (the broker may have done it) has the order brought in line with the broker's book at once."""
     if isinstance(error, NetworkError):
-        _event(order, f"{action}_unknown", cause=cause, from_status=order.status, message=f"{error}; looked up next")
+        message = f"{error}; looked up next"
+        _event(order, f"{action}_unknown", cause=cause, from_status=order.status, message=message, data=data)
         _queue_sync(order, always=True)
         return OrderActionRefused(
             f"The broker's answer was lost ({error}); the order will show what the broker holds shortly."
         )
-    _event(order, f"{action}_failed", cause=cause, from_status=order.status, message=str(error))
+    _event(order, f"{action}_failed", cause=cause, from_status=order.status, message=str(error), data=data)
     return OrderActionRefused(f"Could not reach the broker: {error}")
 
 
@@ -983,6 +990,55 @@ ORDER_TYPE_NAMES = frozenset(name for name, _label in ORDER_TYPES)
 STOPS = ("SL", "SL-M")
 
 
+def _asked_key(order_pk: int) -> str:
+    return f"orders:modify:{order_pk}:asked"
+
+
+def _asked_terms(data: dict) -> dict:
+    """The terms a modify's request (its event's ``data``: what it changed) leaves the order with."""
+    terms = {}
+    if "quantity" in data:
+        terms["quantity"] = int(data["quantity"])
+    for name in ("price", "trigger_price"):
+        if name in data:
+            terms[name] = Decimal(data[name])
+    if data.get("order_type"):  # a price or trigger the new type takes none of goes
+        terms["order_type"] = order_type = data["order_type"]
+        if order_type not in ("LIMIT", "SL"):
+            terms["price"] = None
+        if order_type not in STOPS:
+            terms["trigger_price"] = None
+    return terms
+
+
+def _lost_modify_asked(order, terms: dict) -> bool:
+    """Whether the latest modify of ours that set the order's type or price is one whose answer was
+    lost, asking for these ``terms``. A later modify that was answered (recorded as ``modified``)
+    supersedes it: the order has that one's terms."""
+    if getattr(order, "pk", None) is None:  # a placement's answer: no modify yet
+        return False
+    events = OrderEvent.objects.filter(order_id=order.pk, kind__in=("modify_unknown", "modified"))
+    for kind, data in events.order_by("-pk").values_list("kind", "data"):
+        asked = _asked_terms(data or {})
+        if "order_type" in asked or "price" in asked:
+            return kind == "modify_unknown" and all(asked.get(name) == value for name, value in terms.items())
+    return False
+
+
+def _modify_asked(order, changed: dict) -> bool:
+    """Whether the broker's terms that differ from the order's (``changed``) are those of our own
+    modify on its way (its answer not recorded yet: the broker told of a fill it caused first), or
+    just recorded (the order was read before it). Then they are no change made at the broker."""
+    if getattr(order, "pk", None) is None:
+        return False
+    asked = cache.get(_asked_key(order.pk))
+    if asked is None:
+        last = _last_event(order, "modified")
+        asked = last.data if last is not None else {}
+    terms = _asked_terms(asked or {})
+    return all(name in terms and terms[name] == value for name, value in changed.items())
+
+
 def _broker_terms(order: Order, state) -> dict:
     """The order's terms as its broker holds them, where they differ from ours: a change the broker
     made whose answer was lost (a modify that timed out)."""
@@ -991,8 +1047,13 @@ def _broker_terms(order: Order, state) -> dict:
     terms = {"quantity": state.quantity}
     # A stop order that triggered shows at some brokers as the plain order it became (SL-M as
     # MARKET): it is still our stop, so only a change a modify can make is taken (a stop stays a stop).
-    # Kite's market protection shows a MARKET order as the LIMIT at its band it became: still ours.
-    protected = order.order_type == "MARKET" and state.order_type == "LIMIT"
+    # Kite's market protection shows a MARKET order as the LIMIT at its band it became: still ours,
+    # unless our modify whose answer was lost asked for that LIMIT (looked up only then).
+    protected = (
+        order.order_type == "MARKET"
+        and state.order_type == "LIMIT"
+        and not _lost_modify_asked(order, {"order_type": "LIMIT", "price": state.price})
+    )
     if (
         state.order_type in ORDER_TYPE_NAMES
         and (state.order_type in STOPS) == (order.order_type in STOPS)
@@ -1013,8 +1074,9 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
     has filled the order (its terms are final: a modify whose answer was lost, then the fill)."""
     final_terms = state.filled_quantity > order.quantity or state.status == Status.FILLED
     changed = _broker_terms(order, state) if terms or final_terms else {}
-    if not _tells_more(order, state) and not changed:
-        return None
+    ours = bool(changed) and _modify_asked(order, changed)
+    if not _tells_more(order, state) and (not changed or ours):
+        return None  # our modify records its own terms
     target = BROKER_TO_ORDER[state.status]
     fields = {
         "filled_quantity": state.filled_quantity,
@@ -1039,7 +1101,8 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
     kind = KIND_FOR.get(new_status, "updated") if new_status != order.status else "fill"
     if changed:
         held = ", ".join(f"{name.replace('_', ' ')} {'-' if v is None else v}" for name, v in changed.items())
-        message = "; ".join(filter(None, [f"found changed at the broker: {held}", message]))
+        held = f"as our modify asked: {held}" if ours else f"found changed at the broker: {held}"
+        message = "; ".join(filter(None, [held, message]))
         if new_status == order.status and state.filled_quantity == order.filled_quantity:
             kind = "modified"
     return _Step(to_status=new_status, kind=kind, cause=cause, message=message, fields=fields)
