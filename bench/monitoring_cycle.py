@@ -11,7 +11,8 @@ unless ``--keep-db``), migrates it and loads the platform's instruments from the
 For each size in ``--accounts`` it creates a fresh group of traders, each with one paper broker
 account, the paper exchange's client (cash enough for anything, ``latency_ms`` = ``--latency-ms``
 added to every broker call), a real access token (``engine.session_open``) and a live
-``BrokerSession`` holding it sealed; users, accounts, clients and sessions are bulk-inserted. One
+``BrokerSession`` holding it sealed, and its opening marked taken (as after its first run ever:
+``portfolio/openings.py``); users, accounts, clients and sessions are bulk-inserted. One
 account in ``--orders-every`` (default 5) gets one MARKET order (filled at once) and one LIMIT order
 resting 10% below the market, placed through ``brokers.paper.engine.order_place``, so the cycle has
 fills to record, positions to mark, prices to fetch. Each cycle covers only its own group (the
@@ -130,6 +131,7 @@ def seed_group(args, tag: str, n: int) -> dict:
     from brokers.models import BrokerSession
     from brokers.paper import engine
     from brokers.paper.models import PaperClient, PaperInstrument
+    from portfolio.models import Opening
 
     t0 = time.monotonic()
     timings = {}
@@ -151,6 +153,13 @@ def seed_group(args, tag: str, n: int) -> dict:
         [PaperClient(user_id=name.upper(), name=name, cash=Decimal(10**12)) for name in names], batch_size=2000
     )
     clients = {c.user_id: c for c in PaperClient.objects.filter(user_id__in=list(accounts))}
+    # Met before (an account's opening is taken once, in its first run ever): the cycle measured is
+    # the one every account has from then on.
+    day = timezone.now()
+    Opening.objects.bulk_create(
+        [Opening(account_id=pk, trading_date=day.date(), taken_at=day, outcome="seeded") for pk in accounts.values()],
+        batch_size=2000,
+    )
     timings["rows"] = time.monotonic() - t0
 
     # Real access tokens from the exchange, then the platform's sessions holding them sealed.

@@ -50,6 +50,7 @@ from brokers.errors import BrokerError, OrderRejected, RejectKind
 from brokers.selectors import instrument_by_symbol
 from orders import services as orders
 from orders.models import Order, OrderEvent, Strategy
+from portfolio import openings
 from portfolio import services as portfolio
 from portfolio.broadcast import dashboard_push
 from portfolio.models import PnlSnapshot, Position, Trade
@@ -265,12 +266,14 @@ def step_fetch(ctx: Context) -> None:
 def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
     """Record new fills, update positions by FIFO, value them at last prices, snapshot PnL.
 
-    The batch's new fills are recorded together (one transaction; if that fails, account by
-    account, each in its own, so one account's bad fill fails alone); the positions are read
-    for all accounts in one query, re-valued where a price moved (in one transaction), and the
-    PnL points inserted in one statement.
+    First the openings of the accounts met for the first time (``_openings_many``). The batch's
+    new fills are recorded together (one transaction; if that fails, account by account, each in
+    its own, so one account's bad fill fails alone); the positions are read for all accounts in
+    one query, re-valued where a price moved (in one transaction), and the PnL points inserted in
+    one statement.
     """
     failures: dict[int, BaseException] = {}
+    _openings_many(contexts)
     with_fills = [ctx for ctx in contexts if ctx.broker_trades]
     created, failed = portfolio.trades_record_each([(ctx.account, ctx.broker_trades) for ctx in with_fills])
     for ctx in with_fills:
@@ -311,6 +314,44 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
     for index, error in _insert(PnlSnapshot, points).items():
         failures[id(owners[index])] = error
     return failures
+
+
+def _openings_many(contexts: list[Context]) -> None:
+    """Take the opening of each account the platform meets for the first time (what it held at the
+    start of the day, ``portfolio.openings``), before the run's fills are recorded. One query finds
+    them for the batch; an account already opened (all of them, nearly always) costs nothing more.
+    An opening not taken (a broker error, a fill that came in while its book was read) is taken by
+    a later run: its lots are at the day's start, so they are replayed before the fills recorded
+    meanwhile."""
+    try:
+        waiting = openings.accounts_to_open([ctx.account.pk for ctx in contexts])
+    except Exception:
+        logger.exception("monitoring: could not tell which accounts' openings are taken")
+        return
+    if not waiting:
+        return
+
+    def take(ctx: Context) -> None:
+        try:
+            opening = openings.opening_take(account=ctx.account, broker=ctx.broker, trades_before=ctx.broker_trades)
+        except Exception as error:
+            if not isinstance(error, EXPECTED_ERRORS):
+                logger.error("monitoring: the opening of account %s failed", ctx.account.pk, exc_info=error)
+            why = f"{type(error).__name__}: {error}"
+            _run_error(ctx, f"opening positions not taken yet (the next run tries again): {why}", step="2_pnl")
+            return
+        if opening is None:
+            ctx.act("opening positions not taken: the book changed while it was read (the next run takes them)")
+            return
+        seeded = opening.detail.get("seeded", [])
+        if seeded:
+            ctx.act(f"recorded {len(seeded)} opening position(s) held at the start of {opening.trading_date}")
+        for row in opening.detail.get("skipped", []):
+            # Not recorded, so not in the positions or PnL: the trader must know.
+            text = f"opening position {row['product']} {row['quantity']} {row['instrument']} is not recorded"
+            _run_error(ctx, f"{text}: {row['why']}", step="2_pnl")
+
+    _in_pool(take, [ctx for ctx in contexts if ctx.account.pk in waiting])
 
 
 def _unrecordable(trades: list[BrokerTrade]) -> list[tuple[list[str], str]]:

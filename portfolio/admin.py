@@ -2,7 +2,7 @@ from django.contrib import admin
 
 from tradingplatform.admin import ReadOnlyAdmin
 
-from .models import PnlSnapshot, Position, Trade
+from .models import Opening, PnlSnapshot, Position, Trade
 
 
 @admin.register(Trade)
@@ -33,3 +33,13 @@ class PositionAdmin(ReadOnlyAdmin):
 @admin.register(PnlSnapshot)
 class PnlSnapshotAdmin(ReadOnlyAdmin):
     list_display = ("account", "taken_at", "realized", "unrealized")
+
+
+@admin.register(Opening)
+class OpeningAdmin(ReadOnlyAdmin):
+    """Taken once per account by the monitoring cycle; its detail says what was seeded and skipped.
+    A deleted row would be taken again (the trades' keys keep the same day's lots from doubling)."""
+
+    list_display = ("account", "trading_date", "outcome", "taken_at")
+    list_filter = ("outcome",)
+    search_fields = ("account__label", "account__client_id")

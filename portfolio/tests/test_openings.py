@@ -1,0 +1,223 @@
+"""Opening positions: what an account held before the platform met it, taken once by the monitoring
+cycle, so a later sale nets against it FIFO with the right PnL (``portfolio.openings``).
+
+The account's history is made at the paper exchange for real: its orders filled, then dated days
+back. Kite lists only today's orders and fills; the paper exchange lists every day's, so where a
+test stands for Kite, the ``kite_day_books`` fixture keeps the paper adapter's lists to today's.
+"""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from brokers.base import IST
+from brokers.client import AccountBroker
+from brokers.models import Instrument
+from brokers.paper import engine
+from brokers.paper.adapter import PaperBroker
+from brokers.paper.models import PaperClient, PaperOrder, PaperTrade
+from monitoring import cycle
+from monitoring.models import AccountRun
+from orders.tests.factories import place
+from portfolio import openings
+from portfolio.models import Opening, Position, Trade
+
+D = Decimal
+
+
+def start_of_today():
+    return timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def set_price(symbol, last, exchange="NSE"):
+    last = D(last)
+    engine.market_set(exchange=exchange, tradingsymbol=symbol, last_price=last, bid=last, ask=last)
+
+
+def history(account, symbol, side, quantity, price, *, product="CNC", days_ago=1, exchange="NSE"):
+    """A fill of the account at the paper exchange ``days_ago`` days back, at ``price``."""
+    set_price(symbol, price, exchange)
+    client = engine.client_get_or_create(user_id=account.client_id)
+    PaperClient.objects.filter(pk=client.pk).update(cash=D("10000000"))  # a future's full margin too
+    order = engine.order_place(
+        client=client, exchange=exchange, tradingsymbol=symbol,
+        transaction_type=side, order_type="MARKET", quantity=quantity, product=product,
+    )  # fmt: skip
+    assert order.status == "COMPLETE", order.status_message
+    when = timezone.now() - timedelta(days=days_ago)
+    PaperTrade.objects.filter(order=order).update(filled_at=when, price=D(price))
+    PaperOrder.objects.filter(pk=order.pk).update(placed_at=when, updated_at=when)
+
+
+@pytest.fixture
+def kite_day_books(monkeypatch):
+    """The paper adapter's order book and fills as Kite gives them: today's only."""
+    real_orders, real_trades = PaperBroker.orders, PaperBroker.trades
+
+    def today(rows, when):
+        return [row for row in rows if when(row) is None or when(row) >= start_of_today()]
+
+    monkeypatch.setattr(PaperBroker, "orders", lambda self: today(real_orders(self), lambda o: o.placed_at))
+    monkeypatch.setattr(PaperBroker, "trades", lambda self: today(real_trades(self), lambda t: t.filled_at))
+
+
+def sell_today(trader, account, symbol, quantity, price, *, product="CNC", exchange="NSE"):
+    """A SELL through the order service at ``price``; the fill of the exchange, as recorded."""
+    set_price(symbol, price, exchange)
+    order = place(trader, account, symbol=symbol, side="SELL", quantity=quantity, product=product, exchange=exchange)
+    run = cycle.account_monitor(account=account)
+    assert run.errors == []
+    fill = PaperTrade.objects.get(order__order_id=order.broker_order_id)
+    assert fill.price == D(price)
+    return fill
+
+
+def test_holdings_and_an_overnight_short_are_opening_lots_a_later_sale_nets_against(trader, account, kite_day_books):
+    """100 INFY bought ten days ago (delivery: the broker's holdings) and 75 NIFTY futures sold short
+    two days ago (NRML, carried in its positions), connected today: the first run takes them as
+    opening lots at the start of the day, and a SELL 40 INFY today realizes its PnL against the
+    earlier average instead of opening a short."""
+    history(account, "INFY", "BUY", 100, "1412.35", days_ago=10)
+    history(account, "NIFTY26DECFUT", "SELL", 75, "24100.5", product="NRML", days_ago=2, exchange="NFO")
+
+    run = cycle.account_monitor(account=account)
+    assert run.errors == []
+    day = start_of_today()
+    opening = Opening.objects.get(account=account)
+    assert (opening.outcome, opening.trading_date) == (Opening.Outcome.SEEDED, day.date())
+    lots = Trade.objects.filter(account=account).order_by("product")
+    assert [(t.product, t.instrument.tradingsymbol, t.side, t.quantity, t.price) for t in lots] == [
+        ("CNC", "INFY", "BUY", 100, D("1412.35")),
+        ("NRML", "NIFTY26DECFUT", "SELL", 75, D("24100.5")),
+    ]
+    for lot in lots:
+        assert lot.broker_order_id == f"opening:{day.date().isoformat()}" and lot.order_id is None
+        assert lot.filled_at == day and openings.is_opening(lot)
+    short = Position.objects.get(account=account, product="NRML")
+    assert (short.net_quantity, short.average_price) == (-75, D("24100.5"))
+
+    fill = sell_today(trader, account, "INFY", 40, "1500.05")
+    position = Position.objects.get(account=account, product="CNC")
+    assert (position.net_quantity, position.average_price) == (60, D("1412.35"))
+    assert position.realized_pnl == 40 * (fill.price - D("1412.35")) == D("3508.0000")
+
+    # A second run, and a duplicate taking (its row lost, a task delivered twice): nothing twice.
+    assert cycle.account_monitor(account=account).errors == []
+    Opening.objects.filter(account=account).delete()
+    assert openings.opening_take(account=account, broker=AccountBroker(account)).outcome == Opening.Outcome.SEEDED
+    assert Trade.objects.filter(account=account).count() == 3
+    position.refresh_from_db()
+    assert (position.net_quantity, position.realized_pnl) == (60, D("3508.0000"))
+
+
+def test_a_sale_recorded_before_the_first_run_is_replayed_after_the_opening(trader, account, kite_day_books):
+    """The account's SELL 30 is recorded (a short, as nothing else is known) before its first run
+    takes the opening: the lot, at the start of the day, goes before it, and the position is
+    rebuilt in the order they filled."""
+    history(account, "INFY", "BUY", 100, "1400")
+    set_price("INFY", "1450")
+    order = place(trader, account, side="SELL", quantity=30, product="CNC")
+    fill = PaperTrade.objects.get(order__order_id=order.broker_order_id)
+    from portfolio import services
+
+    services.trades_record(account=account, broker_trades=AccountBroker(account).trades())
+    assert Position.objects.get(account=account).net_quantity == -30  # not known yet
+
+    assert cycle.account_monitor(account=account).errors == []
+    position = Position.objects.get(account=account)
+    assert (position.net_quantity, position.average_price) == (70, D("1400"))
+    assert position.realized_pnl == 30 * (fill.price - D("1400")) == D("1500.0000")
+    assert position.fifo[services.LAST_FILLED_AT] == fill.filled_at.isoformat()
+
+
+def test_an_account_with_fills_from_an_earlier_day_is_not_seeded(trader, account, kite_day_books):
+    """Fills recorded yesterday: the platform knew the account, and its holdings include what the
+    platform bought: seeding them would count them twice."""
+    set_price("INFY", "1400")
+    place(trader, account, quantity=10, product="CNC")
+    cycle.account_monitor(account=account)  # as before openings existed: recorded as a fill
+    Opening.objects.all().delete()
+    Trade.objects.filter(account=account).update(filled_at=timezone.now() - timedelta(days=1))
+    PaperTrade.objects.update(filled_at=timezone.now() - timedelta(days=1))
+
+    assert cycle.account_monitor(account=account).errors == []
+    opening = Opening.objects.get(account=account)
+    assert opening.outcome == Opening.Outcome.EARLIER_FILLS and "earlier day" in opening.detail["why"]
+    assert not Trade.objects.filter(broker_order_id__startswith="opening:").exists()
+    assert Position.objects.get(account=account).net_quantity == 10
+
+
+def test_a_holding_in_an_instrument_not_loaded_is_skipped_and_reported(trader, account, kite_day_books):
+    history(account, "INFY", "BUY", 5, "1400")
+    history(account, "WIPRO", "BUY", 100, "245.5")
+    Instrument.objects.filter(exchange="NSE", tradingsymbol="WIPRO").delete()
+
+    run = cycle.account_monitor(account=account)
+    assert run.status == AccountRun.Status.ERRORS
+    assert run.errors == [
+        {
+            "step": "2_pnl",
+            "error": "opening position CNC 100 NSE:WIPRO is not recorded: "
+            "the instrument is not loaded (load the broker's instruments)",
+        }
+    ]
+    detail = Opening.objects.get(account=account).detail
+    assert [row["instrument"] for row in detail["seeded"]] == ["NSE:INFY"]
+    assert detail["skipped"] == [
+        {"instrument": "NSE:WIPRO", "product": "CNC", "quantity": 100, "why": openings.NOT_LOADED}
+    ]
+    assert Position.objects.get(account=account).net_quantity == 5
+    # Reported once: the next run does not take the opening again.
+    assert cycle.account_monitor(account=account).errors == []
+
+
+def test_the_paper_exchanges_own_earlier_fills_are_not_seeded_again(trader, account):
+    """The paper exchange lists every day's fills (Kite only today's): those are recorded as they
+    filled, and the holdings they explain are no opening lot (100 held, not 200)."""
+    history(account, "INFY", "BUY", 100, "1400", days_ago=3)
+    history(account, "INFY", "SELL", 20, "1420", days_ago=2)
+
+    assert cycle.account_monitor(account=account).errors == []
+    detail = Opening.objects.get(account=account).detail
+    assert detail["seeded"] == [] and detail["skipped"] == []
+    assert detail["explained_by_fills"] == [
+        {"instrument": "NSE:INFY", "product": "CNC", "quantity": 80, "why": "the broker's fills from earlier days"}
+    ]
+    position = Position.objects.get(account=account)
+    assert (position.net_quantity, position.realized_pnl) == (80, D("400.0000"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kite_accounts_holdings_are_read_through_the_kite_face(trader, kite_on_face, monkeypatch):
+    """Kite's holdings and positions, parsed by the Kite adapter from the paper exchange's Kite face
+    (whose fill list is kept to today's, as Kite's)."""
+    account = kite_on_face
+    real = engine.trades_of
+    today = lambda client, order_id=None: real(client, order_id).filter(filled_at__gte=start_of_today())  # noqa: E731
+    monkeypatch.setattr(engine, "trades_of", today)
+    history(account, "INFY", "BUY", 12, "1401.45", days_ago=5)
+
+    assert cycle.account_monitor(account=account).errors == []
+    (lot,) = Trade.objects.filter(account=account)
+    assert (lot.side, lot.quantity, lot.price, lot.filled_at) == ("BUY", 12, D("1401.45"), start_of_today())
+    fill = sell_today(trader, account, "INFY", 12, "1390")
+    position = Position.objects.get(account=account)
+    assert (position.net_quantity, position.realized_pnl) == (0, 12 * (fill.price - D("1401.45")))
+
+
+def test_a_fill_that_comes_in_while_the_book_is_read_puts_the_opening_off(trader, account, kite_day_books):
+    """The positions read may or may not have counted a fill the run's own fill list lacks: nothing
+    is taken then (the next run takes it), rather than a start of the day off by that fill."""
+    history(account, "NIFTY26DECFUT", "BUY", 75, "24000", product="NRML", days_ago=2, exchange="NFO")
+    set_price("NIFTY26DECFUT", "24010", "NFO")
+    place(trader, account, symbol="NIFTY26DECFUT", exchange="NFO", quantity=75, product="NRML")
+    broker = AccountBroker(account)
+    assert openings.opening_take(account=account, broker=broker, trades_before=[]) is None
+    assert not Opening.objects.exists() and not Trade.objects.exists()
+
+    assert cycle.account_monitor(account=account).errors == []
+    opening_lot = Trade.objects.get(account=account, broker_order_id__startswith="opening:")
+    assert (opening_lot.side, opening_lot.quantity, opening_lot.price) == ("BUY", 75, D("24000"))
+    assert Position.objects.get(account=account).net_quantity == 150
