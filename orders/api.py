@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from django.core.exceptions import ValidationError
 from ninja import Field, Header, Query, Router, Schema, Status
 from ninja.errors import HttpError
-from pydantic import field_validator
+from pydantic import create_model, field_validator
 
 from accounts.api import account_for
 from accounts.selectors import MAX_ID
@@ -72,6 +72,23 @@ class OrderSpecIn(In):
             "price": self.price,
             "trigger_price": self.trigger_price,
         }
+
+
+def partial_of(schema: type[In]) -> type[In]:
+    """A PATCH body: ``schema``'s fields, each optional and checked as it is there. A field left out
+    is kept as it is stored; null is taken only where ``schema`` takes it (it clears a stop-loss,
+    not a name)."""
+    fields = {}
+    for name, info in schema.model_fields.items():
+
+        def no_default(field_schema: dict, extra=info.json_schema_extra) -> None:
+            if isinstance(extra, dict):
+                field_schema.update(extra)
+            field_schema.pop("default", None)  # left out means unchanged, not this value
+
+        annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        fields[name] = (annotation, Field(None, description=info.description, json_schema_extra=no_default))
+    return create_model(f"{schema.__name__.removesuffix('In')}ChangeIn", __base__=schema, **fields)
 
 
 class OrderIn(OrderSpecIn):
@@ -306,6 +323,24 @@ def basket_update(request, basket_id: int, payload: BasketIn):
     return selectors.basket_of(request.user, basket_id)
 
 
+BasketChangeIn = partial_of(BasketIn)
+
+
+@router.patch("/baskets/{basket_id}", response=BasketOut)
+def basket_change(request, basket_id: int, payload: BasketChangeIn):
+    """Change only the fields sent; the others stay as they are now, whatever another request changed
+    meanwhile. `items`, when sent, replace them all."""
+    basket = selectors.basket_of(request.user, basket_id)
+    sources.basket_change(
+        owner=request.user,
+        basket=basket,
+        name=payload.name,
+        items=_basket_items(payload) if payload.items is not None else None,
+        account_ids=payload.account_ids,
+    )
+    return selectors.basket_of(request.user, basket_id)
+
+
 @router.delete("/baskets/{basket_id}", response={204: None})
 def basket_delete(request, basket_id: int):
     selectors.basket_of(request.user, basket_id).delete()
@@ -405,6 +440,23 @@ def scheduled_detail(request, scheduled_id: int):
 @router.put("/scheduled/{scheduled_id}", response=ScheduledOut)
 def scheduled_update(request, scheduled_id: int, payload: ScheduledIn):
     return _scheduled_save(request, payload, selectors.scheduled_one_of(request.user, scheduled_id))
+
+
+ScheduledChangeIn = partial_of(ScheduledIn)
+
+
+@router.patch("/scheduled/{scheduled_id}", response=ScheduledOut)
+def scheduled_change(request, scheduled_id: int, payload: ScheduledChangeIn):
+    """Change only the fields sent; the others stay as they are now, whatever another request changed
+    meanwhile. The result is checked as a whole (a change to MARKET needs `price` null too). `timezone`
+    null is yours."""
+    scheduled = selectors.scheduled_one_of(request.user, scheduled_id)
+    changes = payload.dict(exclude_unset=True)
+    if "account_id" in changes:
+        changes["account"] = account_for(request, changes.pop("account_id"))
+    if "timezone" in changes:
+        changes["timezone_name"] = changes.pop("timezone") or request.user.timezone
+    return sources.scheduled_change(owner=request.user, scheduled=scheduled, **changes)
 
 
 @router.delete("/scheduled/{scheduled_id}", response=ScheduledOut)
@@ -524,6 +576,19 @@ def strategy_update(request, strategy_id: int, payload: StrategyIn):
         account_ids=payload.account_ids,
         **_strategy_params(payload),
     )
+    return selectors.strategy_of(request.user, strategy_id)
+
+
+StrategyChangeIn = partial_of(StrategyIn)
+
+
+@router.patch("/strategies/{strategy_id}", response=StrategyOut)
+def strategy_change(request, strategy_id: int, payload: StrategyChangeIn):
+    """Change only the fields sent; the others stay as they are now, whatever another request changed
+    meanwhile. The rules between fields apply to the result (a trailing step needs a stop-loss); null
+    clears a setting that may be empty."""
+    strategy = selectors.strategy_of(request.user, strategy_id)
+    sources.strategy_change(owner=request.user, strategy=strategy, **payload.dict(exclude_unset=True))
     return selectors.strategy_of(request.user, strategy_id)
 
 

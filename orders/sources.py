@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
@@ -134,14 +135,19 @@ def _owned_accounts(owner, account_ids, *, kept=None) -> list[BrokerAccount]:
     return accounts
 
 
-@transaction.atomic
-def basket_save(*, owner, name: str, items: list[dict], account_ids, basket: Basket | None = None) -> Basket:
-    """Create a basket or replace its name, accounts and items."""
+def _basket_name(owner, name: str, basket: Basket | None) -> str:
     name = (name or "").strip()
     if not name:
         raise ValidationError({"name": "Give the basket a name."})
     if Basket.objects.filter(owner=owner, name=name).exclude(pk=basket.pk if basket else None).exists():
         raise ValidationError({"name": "You already have a basket with this name."})
+    return name
+
+
+@transaction.atomic
+def basket_save(*, owner, name: str, items: list[dict], account_ids, basket: Basket | None = None) -> Basket:
+    """Create a basket or replace its name, accounts and items."""
+    name = _basket_name(owner, name, basket)
     rows = _clean_items(items)
     accounts = _owned_accounts(owner, account_ids, kept=basket or Basket())
     if basket is None:
@@ -155,6 +161,40 @@ def basket_save(*, owner, name: str, items: list[dict], account_ids, basket: Bas
     BasketItem.objects.bulk_create(rows)
     basket.accounts.set(accounts)
     return basket
+
+
+@transaction.atomic
+def basket_change(
+    *, owner, basket: Basket, name: str | None = None, items: list[dict] | None = None, account_ids=None
+) -> Basket:
+    """Change what is given of a basket (None: kept), checked as ``basket_save`` checks it.
+
+    Under the basket's row lock, so edits of different fields made at the same time all stay.
+    Items given replace them all; items not given keep their rows and ids (a placement's
+    idempotency keys name them, so a rename must not make a repeated placement place again).
+    """
+    basket = _locked(Basket, basket, owner)
+    if name is None and items is None and account_ids is None:
+        return basket
+    if name is not None:
+        basket.name = _basket_name(owner, name, basket)
+    rows = _clean_items(items) if items is not None else None
+    accounts = _owned_accounts(owner, account_ids, kept=basket) if account_ids is not None else None
+    basket.save(update_fields=["name", "updated_at"])
+    if rows is not None:
+        basket.items.all().delete()
+        for row in rows:
+            row.basket = basket
+        BasketItem.objects.bulk_create(rows)
+    if accounts is not None:
+        basket.accounts.set(accounts)
+    return basket
+
+
+def _locked(model, row, owner):
+    """``row`` read again under its row lock (in the caller's transaction): the values another
+    edit committed meanwhile, and none committed until this one is. Gone meanwhile: 404."""
+    return get_object_or_404(model.objects.select_for_update(), pk=row.pk, owner=owner)
 
 
 def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:
@@ -291,6 +331,43 @@ def scheduled_save(
         # the next claim takes it again); one whose time has come places with the new settings.
         _drop_pending_fires(row, only_future=True)
     return row
+
+
+# What a change of a scheduled order may name: its order's fields and its schedule's.
+SCHEDULED_ORDER_FIELDS = ("side", "quantity", "order_type", "product", "validity", "price", "trigger_price")
+SCHEDULE_FIELDS = ("account", "recurrence", "time_of_day", "timezone_name", "run_on", "weekdays", "grace_s")
+
+
+def scheduled_change(*, owner, scheduled: ScheduledOrder, **changes) -> ScheduledOrder:
+    """Change what is given of a scheduled order and keep the rest as it is now: ``scheduled_save``
+    with the stored values for the fields not given, so it is checked as a whole, as a replace is.
+
+    ``changes``: ``SCHEDULED_ORDER_FIELDS``, ``SCHEDULE_FIELDS``, and ``exchange`` and
+    ``tradingsymbol`` (either alone keeps the other). Under the row lock, so edits of different
+    fields made at the same time all stay (the dispatcher skips the row meanwhile).
+    """
+    unknown = set(changes) - {*SCHEDULED_ORDER_FIELDS, *SCHEDULE_FIELDS, "exchange", "tradingsymbol"}
+    if unknown:
+        raise TypeError(f"unexpected fields: {sorted(unknown)}")
+    with transaction.atomic():
+        row = _locked(ScheduledOrder, scheduled, owner)
+        spec = row.spec()
+        if "exchange" in changes or "tradingsymbol" in changes:
+            current = row.instrument
+            spec["instrument"] = instrument_by_symbol(
+                changes.pop("exchange", current.exchange), changes.pop("tradingsymbol", current.tradingsymbol)
+            )
+        spec.update({name: changes.pop(name) for name in SCHEDULED_ORDER_FIELDS if name in changes})
+        kept = {
+            "account": row.account,
+            "recurrence": row.recurrence,
+            "time_of_day": row.time_of_day,
+            "timezone_name": row.timezone,
+            "run_on": row.run_on,
+            "weekdays": row.weekdays,
+            "grace_s": row.grace_s,
+        }
+        return scheduled_save(owner=owner, spec=spec, scheduled=row, **{**kept, **changes})
 
 
 def _not_again_today(row: ScheduledOrder, now: datetime) -> datetime:
@@ -680,6 +757,24 @@ def strategy_save(*, owner, name: str, account_ids, strategy: Strategy | None = 
     row.save()
     row.accounts.set(accounts)
     return row, secret
+
+
+@transaction.atomic
+def strategy_change(*, owner, strategy: Strategy, **changes) -> Strategy:
+    """Change what is given of a strategy (``name``, ``account_ids``, ``STRATEGY_FIELDS``) and keep
+    the rest as it is now: ``strategy_save`` with the stored values for the fields not given, so
+    the rules between fields (a trailing step needs a stop-loss) hold for the result as a whole.
+
+    Under the row lock, so edits of different fields made at the same time all stay.
+    """
+    row = _locked(Strategy, strategy, owner)
+    name = changes.pop("name", row.name)
+    account_ids = changes.pop("account_ids", None)
+    if account_ids is None:
+        account_ids = list(row.accounts.values_list("pk", flat=True))
+    params = {field: getattr(row, field) for field in STRATEGY_FIELDS}
+    row, _secret = strategy_save(owner=owner, name=name, account_ids=account_ids, strategy=row, **{**params, **changes})
+    return row
 
 
 def strategy_rotate_secret(*, strategy: Strategy) -> str:

@@ -37,7 +37,9 @@ from tpclient.models import Order as OrderModel
 from accounts.services import api_key_create
 from accounts.tests.factories import make_broker_account
 from brokers.paper.models import PaperOrder
+from orders.models import Basket as BasketRow
 from orders.models import Order
+from orders.models import Strategy as StrategyRow
 from tradingplatform import background
 
 D = Decimal
@@ -666,6 +668,74 @@ def test_basket_update_delete_and_errors(env, other_trader):
         env.client.basket(basket.id)
     with pytest.raises(NotFound):
         env.client.delete_basket(basket.id)
+
+
+class EditBeforeTheWrite(requests.Session):
+    """Someone else's edit lands while a call is under way: just before the call's write (PUT or PATCH) is sent."""
+
+    def __init__(self, edit):
+        super().__init__()
+        self.edit = edit
+
+    def request(self, method, url, *args, **kwargs):
+        if method in ("PUT", "PATCH") and self.edit:
+            edit, self.edit = self.edit, None
+            edit()
+        return super().request(method, url, *args, **kwargs)
+
+
+def test_update_basket_keeps_a_concurrent_change_of_another_field(env, trader):
+    """Only the name is sent: the accounts someone else set meanwhile stay (a read, then a replace
+    with what was read, would put the old accounts back)."""
+    basket = env.client.create_basket("Shared", [OrderSpec("INFY", "BUY", 1)], account_ids=[env.account.pk])
+    second = make_broker_account(trader, broker="paper", client_id="SDK-P2")
+    client = Client(
+        env.url,
+        env.key,
+        backoff=0.01,
+        session=EditBeforeTheWrite(lambda: BasketRow.objects.get(pk=basket.id).accounts.set([second])),
+    )
+    recorder = mount(client, Recorder())
+    updated = client.update_basket(basket.id, name="Renamed")
+    assert (updated.name, updated.account_ids) == ("Renamed", [second.pk])
+    assert [i.id for i in updated.items] == [i.id for i in basket.items]
+    assert env.client.basket(basket.id) == updated
+    assert [(method, status) for method, _, _, status in recorder.calls] == [("PATCH", 200)]  # nothing read first
+
+
+def test_update_strategy_keeps_a_concurrent_change_of_another_field(env):
+    strategy = env.client.create_strategy("Shared", account_ids=[env.account.pk], stop_loss=D("1"))
+    client = Client(
+        env.url,
+        env.key,
+        backoff=0.01,
+        session=EditBeforeTheWrite(
+            lambda: StrategyRow.objects.filter(pk=strategy.id).update(take_profit=D("2"), max_retries=3)
+        ),
+    )
+    recorder = mount(client, Recorder())
+    updated = client.update_strategy(strategy.id, is_active=False)
+    assert (updated.is_active, updated.take_profit, updated.max_retries, updated.stop_loss) == (
+        False,
+        D("2"),
+        3,
+        D("1"),
+    )
+    assert [(method, status) for method, _, _, status in recorder.calls] == [("PATCH", 200)]
+    cleared = client.update_strategy(strategy.id, stop_loss=None)  # None is sent: it clears the setting
+    assert (cleared.stop_loss, cleared.take_profit, cleared.is_active) == (None, D("2"), False)
+    with pytest.raises(InvalidRequest) as error:
+        client.update_strategy(strategy.id, name="", max_retries=5)
+    assert error.value.field == "name" and env.client.strategy(strategy.id).max_retries == 3
+
+
+def test_an_update_whose_answer_was_lost_is_sent_again(env):
+    """A PATCH sets values: repeating it after a lost answer changes nothing more."""
+    strategy = env.client.create_strategy("Lost update", account_ids=[env.account.pk])
+    adapter = mount(env.client, LoseFirstPatchAnswer())
+    updated = env.client.update_strategy(strategy.id, max_retries=4, retryable_kinds=["network"])
+    assert (updated.max_retries, updated.retryable_kinds) == (4, ["network"])
+    assert [(method, status) for method, _, _, status in adapter.calls] == [("PATCH", 200), ("PATCH", 200)]
 
 
 # --- Scheduled orders -------------------------------------------------------------------------

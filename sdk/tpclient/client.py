@@ -512,14 +512,19 @@ class Client:
         items: Iterable[OrderSpec | Mapping[str, Any]] | None = None,
         account_ids: Iterable[int] | None = None,
     ) -> Basket:
-        """Replace a basket's name, items and accounts; what is not given is kept as it is."""
-        if name is None or items is None or account_ids is None:
-            current = self.basket(id)
-            name = current.name if name is None else name
-            items = [i.spec() for i in current.items] if items is None else items
-            account_ids = current.account_ids if account_ids is None else account_ids
-        payload = {"name": name, "account_ids": list(account_ids), "items": [_order_spec(i) for i in items]}
-        return from_json(Basket, self._request("PUT", f"/baskets/{int(id)}", json=payload).body)
+        """Change a basket's name, items (given, they replace them all) or accounts: only what is given is
+        sent and changed; the rest stays as it is on the server, even if someone changed it meanwhile.
+
+        Safe to retry (it sets values), so it is retried like a read.
+        """
+        payload: dict[str, Any] = {}
+        if name is not None:
+            payload["name"] = name
+        if items is not None:
+            payload["items"] = [_order_spec(i) for i in items]
+        if account_ids is not None:
+            payload["account_ids"] = list(account_ids)
+        return from_json(Basket, self._request("PATCH", f"/baskets/{int(id)}", json=payload).body)
 
     def delete_basket(self, id: int) -> None:
         try:
@@ -612,33 +617,17 @@ class Client:
         return from_json(Strategy, self._request("POST", "/strategies", json=payload).body)
 
     def update_strategy(self, id: int, name: str | None = None, account_ids: Iterable[int] | None = None, **params):
-        """Change a strategy; settings not given are kept as they are."""
-        current = self.strategy(id)
-        keep = {
-            k: getattr(current, k)
-            for k in (
-                "stop_loss",
-                "stop_loss_unit",
-                "take_profit",
-                "take_profit_unit",
-                "trailing_step",
-                "reentry_enabled",
-                "max_reentries",
-                "chase_after_s",
-                "chase_max_ticks",
-                "chase_max_percent",
-                "max_retries",
-                "retryable_kinds",
-                "is_active",
-            )
-        }
-        payload = {
-            **keep,
-            **params,
-            "name": current.name if name is None else name,
-            "account_ids": current.account_ids if account_ids is None else list(account_ids),
-        }
-        return from_json(Strategy, self._request("PUT", f"/strategies/{int(id)}", json=payload).body)
+        """Change a strategy: only what is given is sent and changed (a setting given as None is cleared,
+        e.g. ``stop_loss=None``); the rest stays as it is on the server, even if someone changed it meanwhile.
+
+        Safe to retry (it sets values), so it is retried like a read.
+        """
+        payload = dict(params)
+        if name is not None:
+            payload["name"] = name
+        if account_ids is not None:
+            payload["account_ids"] = list(account_ids)
+        return from_json(Strategy, self._request("PATCH", f"/strategies/{int(id)}", json=payload).body)
 
     def delete_strategy(self, id: int) -> None:
         """Delete a strategy that has no orders (Conflict otherwise: pause it with ``is_active=False``)."""
