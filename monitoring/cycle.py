@@ -452,7 +452,8 @@ def step_exits(ctx: Context) -> None:
     for the rest; an exit that filled (wholly or in part) shrinks the other role's exits, down
     to cancelling them when nothing is held (one cancels the other). An exit cancelled other
     than at the platform's own request is not placed again. An entry that can fill no more and
-    holds nothing is done. Refusals are the run's errors: the position is unprotected.
+    holds nothing is done. Refusals, and exits cancelled at the broker (not by the trader through
+    the platform), are the run's errors: the position is unprotected.
     """
     # Read before the positions: a fill counted here is in the positions read next.
     entries = list(
@@ -530,12 +531,22 @@ def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> No
 
 def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, amount, unit) -> None:
     name = role.replace("_", "-")
-    if any(
-        not (orders.cancel_asked_by_platform(e) or _cancelled_by_step_4(e))
+    not_ours = [
+        e
         for e in mine
-        if e.status == Order.Status.CANCELLED
-    ):
-        return  # cancelled by the trader (a page, the API, the broker's app) or the broker: not put back
+        if e.status == Order.Status.CANCELLED and not (orders.cancel_asked_by_platform(e) or _cancelled_by_step_4(e))
+    ]
+    if not_ours:
+        # Cancelled by the trader (a page, the API, the broker's app) or the broker: not put back.
+        # Unless the trader asked through the platform, nobody here saw it go: say it is unprotected.
+        request = orders.last_cancel_request(not_ours[-1])
+        if request is None or request.data.get("by") != "trader":
+            _run_error(
+                ctx,
+                f"{entry.reference} holds {missing} without a {name}: {not_ours[-1].reference} was cancelled at"
+                " the broker, not through the platform, so it is not placed again (place one, or close the position)",
+            )
+        return
     rejected = [e for e in mine if e.status == Order.Status.REJECTED]
     if len(rejected) >= EXIT_ATTEMPTS:
         last = rejected[-1].reject_reason

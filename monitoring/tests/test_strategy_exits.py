@@ -253,9 +253,18 @@ def test_an_exit_cancelled_at_the_broker_is_not_put_back(trader, account):
     stop = first.children.get(role="stop_loss")
     engine.order_cancel(client=engine.client_get_or_create(user_id=account.client_id), order_id=stop.broker_order_id)
     monitor(account)
-    monitor(account)
+    run = monitor(account)
     stop.refresh_from_db()
     assert stop.status == Order.Status.CANCELLED and live_exits(account, "stop_loss") == 0
+    # Nobody here saw it go: the position is unprotected, and the trader is told so on every run.
+    assert run.status == AccountRun.Status.ERRORS
+    assert run.errors == [
+        {
+            "step": "4_exits",
+            "error": f"{first.reference} holds 10 without a stop-loss: {stop.reference} was cancelled at the broker,"
+            " not through the platform, so it is not placed again (place one, or close the position)",
+        }
+    ]
 
 
 def test_a_failed_exit_waits_for_a_cycle_that_could_read_the_brokers_orders(trader, account, monkeypatch):
