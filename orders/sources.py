@@ -311,9 +311,7 @@ def scheduled_save(
             skipped = f"{time_of_day:%H:%M} does not exist on {run_on} in {timezone_name} (the clocks skip it)."
             raise ValidationError({"time_of_day": skipped})
     if scheduled is not None and scheduled.status == ScheduledOrder.Status.CANCELLED:
-        raise ValidationError(
-            {"scheduled": ValidationError("This scheduled order is cancelled; create a new one.", code="conflict")}
-        )
+        raise _cancelled()
     row = scheduled or ScheduledOrder(owner=owner)
     row.account = account
     for name, value in spec.items():
@@ -326,11 +324,26 @@ def scheduled_save(
     row.status = ScheduledOrder.Status.ACTIVE
     row.full_clean(exclude=["owner", "account", "instrument"])
     with transaction.atomic():
+        if scheduled is not None:
+            # ``scheduled`` may have been read before a cancel on another tab (a cancelled order
+            # stays cancelled), or before the dispatcher recorded a run (its record is kept).
+            now_stored = ScheduledOrder.objects.select_for_update().filter(pk=row.pk)
+            status, row.last_run_at, row.last_result = now_stored.values_list(
+                "status", "last_run_at", "last_result"
+            ).get()
+            if status == ScheduledOrder.Status.CANCELLED:
+                raise _cancelled()
         row.save()
         # A time claimed ahead for the old settings must not fire (if the new settings keep it,
         # the next claim takes it again); one whose time has come places with the new settings.
         _drop_pending_fires(row, only_future=True)
     return row
+
+
+def _cancelled() -> ValidationError:
+    return ValidationError(
+        {"scheduled": ValidationError("This scheduled order is cancelled; create a new one.", code="conflict")}
+    )
 
 
 # What a change of a scheduled order may name: its order's fields and its schedule's.
@@ -751,10 +764,13 @@ def strategy_save(*, owner, name: str, account_ids, strategy: Strategy | None = 
     for field, value in params.items():
         setattr(row, field, value)
     secret = ""
+    changed = ["name", *params, "updated_at"]
     if not row.webhook_secret_hash:
         secret, row.webhook_secret_hash, row.webhook_secret_prefix = _secret()
+        changed += ["webhook_secret_hash", "webhook_secret_prefix"]
     row.full_clean(exclude=["owner"])
-    row.save()
+    # A change writes only what it changes: a secret rotated since ``strategy`` was read stays.
+    row.save(update_fields=changed if strategy is not None else None)
     row.accounts.set(accounts)
     return row, secret
 

@@ -17,7 +17,7 @@ from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
 from brokers.paper.models import PaperOrder
 from orders import sources
-from orders.models import Order, ScheduledFire, ScheduledOrder
+from orders.models import Order, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import instrument
 
 IST = ZoneInfo("Asia/Kolkata")
@@ -200,6 +200,27 @@ def test_cancel(trader, other_trader, account):
     with pytest.raises(ValidationError):
         sources.scheduled_cancel(scheduled=row, actor=other_trader)
     assert sources.scheduled_cancel(scheduled=row, actor=trader) is True
+    assert sources.scheduled_claim_due(now=timezone.now() + timedelta(hours=1)) == []
+
+
+def test_an_edit_read_before_a_cancel_does_not_bring_the_order_back(trader, account):
+    row = make_scheduled(trader, account)
+    read_for_the_edit = ScheduledOrder.objects.get(pk=row.pk)
+    assert sources.scheduled_cancel(scheduled=row, actor=trader) is True  # on another tab
+    soon = timezone.now().astimezone(IST) + timedelta(minutes=9)
+    with pytest.raises(ValidationError) as error:
+        sources.scheduled_save(
+            owner=trader,
+            account=account,
+            spec=spec(),
+            scheduled=read_for_the_edit,
+            recurrence="once",
+            time_of_day=soon.time().replace(microsecond=0),
+            timezone_name="Asia/Kolkata",
+            run_on=soon.date(),
+        )
+    assert "cancelled" in error.value.message_dict["scheduled"][0]
+    assert ScheduledOrder.objects.get(pk=row.pk).status == ScheduledOrder.Status.CANCELLED
     assert sources.scheduled_claim_due(now=timezone.now() + timedelta(hours=1)) == []
 
 
@@ -444,6 +465,19 @@ def test_the_webhook_secret_is_shown_once_and_stored_hashed(strategy):
     assert strategy.webhook_secret_hash == hashlib.sha256(strategy.secret.encode()).hexdigest()
     _, again = sources.strategy_save(owner=strategy.owner, name="Breakout", account_ids=[], strategy=strategy)
     assert again == ""
+
+
+def test_an_edit_keeps_a_secret_rotated_since_the_strategy_was_read(strategy):
+    # The edit page (or a PUT) read the strategy, the trader rotated the leaked secret on another
+    # tab, then the edit is saved: the old secret must not come back.
+    read_for_the_edit = Strategy.objects.get(pk=strategy.pk)
+    new_secret = sources.strategy_rotate_secret(strategy=strategy)
+    sources.strategy_save(
+        owner=strategy.owner, name="Renamed", account_ids=[], strategy=read_for_the_edit, take_profit=Decimal("2")
+    )
+    row = Strategy.objects.get(pk=strategy.pk)
+    assert row.webhook_secret_hash == hashlib.sha256(new_secret.encode()).hexdigest()
+    assert (row.name, row.take_profit, row.stop_loss) == ("Renamed", Decimal("2"), Decimal("1"))
 
 
 def test_a_signal_places_on_each_account_and_a_replay_places_nothing(trader, strategy, instruments):
