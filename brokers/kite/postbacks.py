@@ -39,11 +39,17 @@ def postback_apply(*, account: BrokerAccount, order_id: str) -> bool:
     read = True
     while token := locks.acquire(name, ttl_s=READ_LOCK_TTL_S):
         try:
-            if not cache.delete(_due(name)):
-                return read  # another reader read it after this postback came
-            read = _read(account, order_id)
+            due = cache.delete(_due(name))
+            if due:
+                read = _read(account, order_id)
+        except Exception:
+            services.account_touched(account.pk)  # the postbacks that left their read to this one
+            raise
         finally:
             locks.release(name, token)
+        # One that came after the look above, while the lock was still held, left its read to us.
+        if not due and not cache.get(_due(name)):
+            return read
     return read  # the holder reads it (again) once it is done
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 
 from brokers import services as broker_services
 from brokers.base import BrokerOrder, Status
@@ -25,7 +25,7 @@ from orders import services, sources
 from orders.models import Order
 from orders.tests.factories import instrument, place
 from portfolio.models import Position, Trade
-from tradingplatform import background
+from tradingplatform import background, locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 D = Decimal
@@ -293,6 +293,44 @@ def test_a_flood_of_postbacks_reads_the_order_once_and_once_more_for_those_that_
     assert reads == [order.broker_order_id] * 2  # and the reader read it once more
     order.refresh_from_db()
     assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 5)
+
+
+def test_a_postback_that_comes_as_the_reader_lets_go_is_read(trader, kite_on_face, monkeypatch):
+    """The reader read, looked again, found nothing due and is letting go of the order's read lock
+    when a postback (the order just filled) comes, finds the lock held and leaves the read to it:
+    it reads once more."""
+    order, _ = _kite_order(trader, kite_on_face, quantity=5, order_type="LIMIT", price=D("1400"))
+    release, late, released = locks.release, [], []
+
+    def release_after_a_postback(name, token):
+        released.append(name)
+        if name.startswith("kite:postback:") and len(released) == 2 and not late:
+            set_price("1390")  # the order fills; Kite's postback for it comes (another process)
+            late.append(kite_postbacks.postback_apply(account=kite_on_face, order_id=order.broker_order_id))
+        return release(name, token)
+
+    monkeypatch.setattr(locks, "release", release_after_a_postback)
+    assert kite_postbacks.postback_apply(account=kite_on_face, order_id=order.broker_order_id)
+    assert late == [True]
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 5)
+
+
+def test_postbacks_left_to_a_reader_that_fails_run_the_account(trader, kite_on_face, monkeypatch, runs_queued):
+    order, _ = _kite_order(trader, kite_on_face, quantity=5, order_type="LIMIT", price=D("1400"))
+    runs_queued.clear()
+    late = []
+
+    def failing_apply(**kwargs):
+        set_price("1390")  # the order fills while this read is applied; Kite tells us
+        late.append(kite_postbacks.postback_apply(account=kite_on_face, order_id=order.broker_order_id))
+        raise OperationalError("Deadlock found when trying to get lock")
+
+    monkeypatch.setattr(broker_services, "broker_order_update", failing_apply)
+    with pytest.raises(OperationalError):
+        kite_postbacks.postback_apply(account=kite_on_face, order_id=order.broker_order_id)
+    assert late == [True]  # it left its read to the failed one ...
+    assert runs_queued == [kite_on_face.pk]  # ... whose failure has the account's run read the book
 
 
 def _new_order(account) -> Order:
