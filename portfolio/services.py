@@ -68,7 +68,8 @@ def trades_record_many(
         rows.append(
             Trade(
                 account=accounts[account_id],
-                order_id=orders.get((account_id, t.broker_order_id)) or orders.get((account_id, t.order_tag)),
+                order_id=orders.get((account_id, t.broker_order_id))
+                or (orders.get((account_id, t.order_tag)) if t.order_tag else None),
                 broker_trade_id=t.trade_id,
                 broker_order_id=t.broker_order_id,
                 instrument=instrument,
@@ -115,7 +116,11 @@ def _orders_of(trades, *, accounts: set[int]) -> dict[tuple, int]:
     with connection.cursor() as cursor:
         cursor.execute(sql, [*accounts, *ids, *tags])
         for account_id, pk, broker_order_id, reference in cursor.fetchall():
-            orders[(account_id, broker_order_id)] = orders[(account_id, reference)] = pk
+            # An order found by its reference may not have its broker id yet: no key of None, which
+            # every fill without a tag would find.
+            if broker_order_id:
+                orders[(account_id, broker_order_id)] = pk
+            orders[(account_id, reference)] = pk
     return orders
 
 

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from brokers.base import BrokerTrade
 from brokers.client import AccountBroker
+from orders.models import Order
 from orders.tests.factories import place
 from portfolio import services
 from portfolio.models import PnlSnapshot, Position, Trade
@@ -106,6 +107,18 @@ def test_many_accounts_fills_recorded_together_each_to_its_own_positions(account
     assert Trade.objects.filter(account=account).count() == 2 and Trade.objects.filter(account=theirs).count() == 4
     assert Position.objects.get(account=theirs, instrument__tradingsymbol="INFY").net_quantity == 1
     assert services.trades_record_many([(account, mine), (theirs, later)]) == {}
+
+
+def test_a_fill_without_a_tag_is_not_linked_to_an_order_still_without_its_broker_id(trader, account):
+    # Our order is found by the tag of its own fill before it has its broker id; a fill of an order
+    # placed by hand at the broker (no tag, an id we do not know) in the same batch is nobody's.
+    ours = place(trader, account, quantity=1)
+    Order.objects.filter(pk=ours.pk).update(broker_order_id=None)
+    mine = replace(fill("t-ours", "BUY", 1, "100"), broker_order_id="B-OURS", order_tag=ours.reference)
+    by_hand = replace(fill("t-hand", "BUY", 1, "100"), broker_order_id="B-HAND")
+    services.trades_record_many([(account, [mine, by_hand])], fresh=True)
+    linked = dict(Trade.objects.filter(broker_trade_id__startswith="t-").values_list("broker_trade_id", "order_id"))
+    assert linked == {"t-ours": ours.pk, "t-hand": None}
 
 
 def test_one_trade_id_in_two_orders_is_two_fills(account):
