@@ -1033,8 +1033,12 @@ def _modify_asked(order, changed: dict) -> bool:
         return False
     asked = cache.get(_asked_key(order.pk))
     if asked is None:
+        # Just recorded only if the stored order has these terms already: else they were changed
+        # since (at the broker, with a fill), and the broker went back to what an old modify asked.
         last = _last_event(order, "modified")
-        asked = last.data if last is not None else {}
+        if last is None or not Order.objects.filter(pk=order.pk, **changed).exists():
+            return False
+        asked = last.data
     terms = _asked_terms(asked or {})
     return all(name in terms and terms[name] == value for name, value in changed.items())
 

@@ -155,3 +155,26 @@ def test_a_change_made_at_the_broker_itself_is_still_said_so(trader, account, mo
     order.refresh_from_db()
     assert (order.status, order.order_type, order.price) == ("FILLED", "MARKET", None)
     assert "found changed at the broker: order type MARKET, price -" in order.events.get(kind="filled").message
+
+
+def test_a_change_at_the_broker_back_to_what_an_old_modify_of_ours_asked_is_taken(trader, account, monkeypatch):
+    set_price("1500")
+    order = place(trader, account, order_type="LIMIT", price="1400", quantity=10)
+    settle()
+    services.order_modify(order=order, actor=trader, cause="trader", price="1401")  # ours, recorded
+    monkeypatch.setattr(adapter, "order_announce", lambda *a, **k: None)  # only syncs tell us (as at Kite)
+    client = PaperClient.objects.get(user_id=account.client_id)
+    engine.order_modify(client=client, order_id=order.broker_order_id, price=D("1420"))  # in the broker's app
+    engine.market_set(
+        exchange="NSE", tradingsymbol="INFY", last_price=D("1415"), bid=D("1414.9"), ask=D("1415.1"), tick_volume=4
+    )
+    set_price("1500")
+    services.orders_sync_account(account=account)  # both at once: the change and a part fill
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity, order.price) == (Order.Status.PARTIALLY_FILLED, 4, D("1420"))
+
+    engine.order_modify(client=client, order_id=order.broker_order_id, price=D("1401"))  # back, in the app
+    services.orders_sync_account(account=account)
+    order.refresh_from_db()
+    assert at_broker(order).price == order.price == D("1401")
+    assert "found changed at the broker: price 1401" in order.events.latest("pk").message
