@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -391,12 +392,14 @@ def _not_again_today(row: ScheduledOrder, now: datetime) -> datetime:
     zone = _zone(row.timezone)
     today = datetime.combine(now.astimezone(zone).date(), time.min, tzinfo=zone)
     tomorrow = today + timedelta(days=1)
-    placed_today = ScheduledFire.objects.filter(
-        scheduled_id=row.pk,
-        due_at__gte=today,
-        due_at__lt=tomorrow,
-        status__in=[ScheduledFire.Status.PLACING, ScheduledFire.Status.PLACED],
-    ).exists()
+    # A claimed due time that has come places too, unless it is already too late for it (an edit
+    # keeps it: ``_drop_pending_fires`` drops only those still to come).
+    on_time_since = now - timedelta(seconds=settings.SCHEDULE_ON_TIME_S + row.grace_s)
+    placing = Q(status__in=[ScheduledFire.Status.PLACING, ScheduledFire.Status.PLACED]) | Q(
+        status=ScheduledFire.Status.PENDING, due_at__lte=now, due_at__gte=on_time_since
+    )
+    placed_today = ScheduledFire.objects.filter(placing, scheduled_id=row.pk, due_at__gte=today, due_at__lt=tomorrow)
+    placed_today = placed_today.exists()
     return max(now, tomorrow - timedelta(microseconds=1)) if placed_today else now
 
 

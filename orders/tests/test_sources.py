@@ -230,6 +230,25 @@ def _due_soon(row, seconds: float):
     return due_at
 
 
+def test_moving_a_daily_time_just_after_its_time_came_does_not_place_twice_that_day(trader, account):
+    # Today's due time is claimed and has come, no worker has taken it yet; the trader moves the time
+    # later today. That due time still places (with the new settings): the next run is tomorrow.
+    zone = next(
+        z for z in ("UTC", "Asia/Kolkata", "America/New_York") if 1 <= timezone.now().astimezone(ZoneInfo(z)).hour < 23
+    )
+    local = timezone.now().astimezone(ZoneInfo(zone))
+    daily = dict(recurrence="weekdays", weekdays=list(range(7)), run_on=None, timezone_name=zone)
+    row = make_scheduled(
+        trader, account, time_of_day=(local + timedelta(minutes=30)).time().replace(microsecond=0), **daily
+    )
+    _due_soon(row, -2)
+    [fire_id] = sources.scheduled_claim_due()
+    later = (local + timedelta(minutes=5)).time().replace(microsecond=0)
+    row = sources.scheduled_save(owner=trader, account=account, spec=spec(), scheduled=row, time_of_day=later, **daily)
+    assert row.next_run_at.astimezone(ZoneInfo(zone)).date() > local.date()
+    assert sources.scheduled_fire(fire_id=fire_id).status == "placed"
+
+
 def test_a_due_time_is_claimed_ahead_and_placed_at_its_time_not_before(trader, account):
     row = make_scheduled(trader, account)
     now = timezone.now()
