@@ -318,17 +318,21 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
 
 def _openings_many(contexts: list[Context]) -> None:
     """Take the opening of each account the platform meets for the first time (what it held at the
-    start of the day, ``portfolio.openings``), before the run's fills are recorded. One query finds
-    them for the batch; an account already opened (all of them, nearly always) costs nothing more.
-    An opening not taken (a broker error, a fill that came in while its book was read) is taken by
-    a later run: its lots are at the day's start, so they are replayed before the fills recorded
-    meanwhile."""
+    start of the day, ``portfolio.openings``), before the run's fills are recorded, and record the
+    lots that waited for their instruments where those are loaded now. One query finds both for
+    the batch; an account already opened with nothing waiting (all of them, nearly always) costs
+    nothing more. An opening not taken (a broker error, a fill that came in while its book was
+    read) is taken by a later run: its lots are at the start of the day the account was first
+    met, so they are replayed before the fills recorded meanwhile. Lots recorded here are valued
+    at the market in this run (the run's prices were asked for before their positions existed)."""
     try:
-        waiting = openings.accounts_to_open([ctx.account.pk for ctx in contexts])
+        to_open, waiting = openings.openings_due([ctx.account.pk for ctx in contexts])
     except Exception:
         logger.exception("monitoring: could not tell which accounts' openings are taken")
         return
-    if not waiting:
+    if waiting:
+        _openings_waiting([ctx for ctx in contexts if ctx.account.pk in waiting])
+    if not to_open:
         return
 
     def take(ctx: Context) -> None:
@@ -341,17 +345,56 @@ def _openings_many(contexts: list[Context]) -> None:
             _run_error(ctx, f"opening positions not taken yet (the next run tries again): {why}", step="2_pnl")
             return
         if opening is None:
-            ctx.act("opening positions not taken: the book changed while it was read (the next run takes them)")
+            ctx.act("opening positions were taken by another run meanwhile")
+            return
+        if opening.outcome == opening.Outcome.PENDING:
+            why = opening.detail.get("why", "")
+            ctx.act(f"opening positions not taken: {why} (the next run takes them)")
             return
         seeded = opening.detail.get("seeded", [])
         if seeded:
             ctx.act(f"recorded {len(seeded)} opening position(s) held at the start of {opening.trading_date}")
-        for row in opening.detail.get("skipped", []):
-            # Not recorded, so not in the positions or PnL: the trader must know.
-            text = f"opening position {row['product']} {row['quantity']} {row['instrument']} is not recorded"
-            _run_error(ctx, f"{text}: {row['why']}", step="2_pnl")
+        for row in seeded:
+            # The book's last price: the run's prices were asked for before these positions existed.
+            if Decimal(row.get("last_price") or 0) > 0:
+                exchange, symbol = row["instrument"].split(":", 1)
+                ctx.last_prices.setdefault((exchange, symbol), Decimal(row["last_price"]))
+        _openings_report(ctx, opening.detail.get("waiting", []), opening.detail.get("skipped", []))
 
-    _in_pool(take, [ctx for ctx in contexts if ctx.account.pk in waiting])
+    _in_pool(take, [ctx for ctx in contexts if ctx.account.pk in to_open])
+
+
+def _openings_waiting(contexts: list[Context]) -> None:
+    """Record the waiting opening lots of these accounts whose instruments are loaded now."""
+    try:
+        done = openings.waiting_record([ctx.account for ctx in contexts])
+    except Exception:
+        logger.exception("monitoring: could not record the opening lots that waited for their instruments")
+        return
+    for ctx in contexts:
+        waited = done.get(ctx.account.pk)
+        if waited is None:
+            continue
+        if waited.recorded:
+            ctx.act(f"recorded {len(waited.recorded)} opening position(s) whose instruments are loaded now")
+        if waited.failed:
+            names = ", ".join(row["instrument"] for row in waited.failed)
+            why = f"{type(waited.error).__name__}: {waited.error}"
+            _run_error(
+                ctx, f"opening positions in {names} not recorded yet (the next run tries again): {why}", step="2_pnl"
+            )
+        _openings_report(ctx, waited.waiting, [])
+
+
+def _openings_report(ctx: Context, waiting: list[dict], skipped: list[dict]) -> None:
+    """Opening lots not recorded, so not in the positions or PnL: the trader must know."""
+    for row in waiting:
+        quantity = row["quantity"] if row["side"] == "BUY" else -row["quantity"]
+        text = f"opening position {row['product']} {quantity} {row['instrument']} is not recorded yet"
+        _run_error(ctx, f"{text}: {openings.NOT_LOADED}", step="2_pnl")
+    for row in skipped:
+        text = f"opening position {row['product']} {row['quantity']} {row['instrument']} is not recorded"
+        _run_error(ctx, f"{text}: {row['why']}", step="2_pnl")
 
 
 def _unrecordable(trades: list[BrokerTrade]) -> list[tuple[list[str], str]]:

@@ -37,9 +37,11 @@ class PnlSnapshotAdmin(ReadOnlyAdmin):
 
 @admin.register(Opening)
 class OpeningAdmin(ReadOnlyAdmin):
-    """Taken once per account by the monitoring cycle; its detail says what was seeded and skipped.
-    A deleted row would be taken again (the trades' keys keep the same day's lots from doubling)."""
+    """Taken once per account by the monitoring cycle; its detail says what was seeded, what waits
+    for its instrument to be loaded (``waiting``) and what was skipped. Pending: not taken yet (its
+    trading date is the day the account was first met). A deleted row would be taken again (the
+    trades' keys keep the same day's lots from doubling)."""
 
-    list_display = ("account", "trading_date", "outcome", "taken_at")
-    list_filter = ("outcome",)
+    list_display = ("account", "trading_date", "outcome", "waiting", "taken_at")
+    list_filter = ("outcome", "waiting")
     search_fields = ("account__label", "account__client_id")

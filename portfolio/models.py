@@ -99,10 +99,15 @@ class Opening(models.Model):
     trading day the platform first met its book, recorded as opening lots (``portfolio.openings``).
 
     One row per account (the one-to-one key): a second taking, by a duplicate task or a second
-    worker, finds it and does nothing. ``detail`` says what was seeded, what was skipped and why.
+    worker, finds it and does nothing. ``detail`` says what was seeded, what waits, what was
+    skipped and why. ``PENDING``: the opening is not taken yet (it failed), and ``trading_date`` is
+    the day the account was first met, the day its lots are taken at. ``waiting``: lots wait in
+    ``detail["waiting"]`` for their instruments to be loaded (the cycle's batch reads this flag
+    with the outcome, so an account with none costs nothing more).
     """
 
     class Outcome(models.TextChoices):
+        PENDING = "pending", "Not taken yet: first met on its trading date"
         SEEDED = "seeded", "Seeded from the broker's book"
         EARLIER_FILLS = "earlier_fills", "Not seeded: fills recorded from an earlier day"
 
@@ -111,6 +116,7 @@ class Opening(models.Model):
     taken_at = models.DateTimeField()
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     detail = models.JSONField(default=dict)
+    waiting = models.BooleanField(default=False, db_index=True)
 
     def __str__(self):
         return f"{self.account_id} {self.trading_date} {self.outcome}"

@@ -32,22 +32,40 @@ Representation: one synthetic ``Trade`` per instrument and product, recorded thr
 ``opening:<YYYY-MM-DD>``, broker trade id ``<product>:<exchange>:<symbol>`` (unique within the
 account on its own as well), no order, filled at the start of the trading day, before every fill
 of the day (one recorded earlier, by the fill fast path, is replayed after it). Prices are kept
-to 4 decimal places (the price columns' and FIFO's), half to even.
+to 4 decimal places (the price columns' and FIFO's), half to even. The lots are valued at the
+market at once (the instrument's last price, then the broker's last price in the book read), so
+the run that records them shows their unrealized PnL, not a position at its purchase price.
 
 Once per account: the trades' unique key makes a second seed of the same day impossible, and the
-``Opening`` row (one per account) says it was taken. An account with fills recorded from an
-earlier day was met before this (its holdings include what the platform bought for it): it is
-marked taken and not seeded. Today's fills (the fast path's, before the account's first run) do
-not count as earlier. Instruments not loaded, and those of the exchanges whose quantities are lots
-of a multiplier (``MULTIPLIED_EXCHANGES``), are skipped as their fills are, and reported.
+``Opening`` row (one per account) says it was taken. An account with fills recorded from before
+the day it was first met was met before this (its holdings include what the platform bought for
+it): it is marked taken and not seeded. Fills recorded since (today's, by the fast path before
+the account's first run, or those of the days its opening kept failing) do not count as earlier.
+
+An opening not taken at the first try (a broker error, a fill that came in while the book was
+read) leaves a ``PENDING`` row dated the day the account was first met, and a later run takes it.
+Taken on a later day, each lot is the book at today's start less the net of the fills the
+platform recorded since the first-met day's start (per instrument and product), recorded at the
+first-met day's start, so those fills are replayed after it. Its price is the broker's average
+price now, an approximation where the account bought more of it meanwhile (Kite's holdings keep
+one average; a sale does not move it). A lot whose book is flat now, or on the other side, has
+no price the broker gives: it is skipped and reported.
+
+Instruments not loaded wait: their lots are kept on the ``Opening`` (``waiting``, with their
+figures and day) and reported on every run until the broker's instruments are loaded; the run
+after that records them under the same keys and at the same time as if they had been seeded.
+Those of the exchanges whose quantities are lots of a multiplier (``MULTIPLIED_EXCHANGES``) are
+skipped for good, as their fills are (their PnL cannot be kept), and reported once.
 """
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
@@ -62,10 +80,12 @@ logger = logging.getLogger(__name__)
 
 ORDER_PREFIX = "opening:"
 _PLACES = Decimal(1).scaleb(-PRICE_PLACES)
-NOT_LOADED = "the instrument is not loaded (load the broker's instruments)"
-MULTIPLIED = "its contract multiplier is not kept yet, so its PnL would be wrong"
+NOT_LOADED = "the instrument is not loaded (load the broker's instruments: the next run records it then)"
+MULTIPLIED = "its contract multiplier is not kept yet, so its PnL would be wrong (it stays out of the positions)"
 PART_EXPLAINED = "the broker's fills from earlier days explain only part of it"
 DISAGREE = "the broker's position figures disagree with its fills of today"
+NO_PRICE = "the fills recorded since the day it was first met leave it without a price the broker gives"
+RACED = "a fill came in while the book was read"
 
 
 @dataclass(frozen=True)
@@ -79,11 +99,21 @@ class Lot:
     quantity: int
     price: Decimal
     source: str  # "holdings" or "positions"
+    last_price: Decimal | None = None  # the market's, as the broker gave it with the book
+
+    @property
+    def signed(self) -> int:
+        return self.quantity if self.side == "BUY" else -self.quantity
 
 
 def day_start(now: datetime | None = None) -> datetime:
     """The start of the trading day (midnight, Asia/Kolkata) at ``now``."""
     return (now or timezone.now()).astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def date_start(day: date) -> datetime:
+    """The start of the trading day ``day``."""
+    return datetime.combine(day, time.min, tzinfo=IST)
 
 
 def is_opening(trade: Trade) -> bool:
@@ -102,13 +132,13 @@ def book_at_day_start(
             today[key].append(t)
         else:
             earlier[key] += t.quantity if t.side == "BUY" else -t.quantity
-    held = {}  # key: (signed quantity, price, source)
+    held = {}  # key: (signed quantity, price, source, last price)
     skipped = []
     for h in holdings:
         if h.quantity:
             key = (h.exchange, h.tradingsymbol, "CNC")
-            quantity, price, _ = held.get(key, (0, h.average_price, "holdings"))
-            held[key] = (quantity + h.quantity, price, "holdings")
+            quantity, price, _, _ = held.get(key, (0, h.average_price, "holdings", None))
+            held[key] = (quantity + h.quantity, price, "holdings", h.last_price)
     for p in positions:
         if p.product == "CNC":
             continue  # today's delivery trading: its fills come as fills
@@ -132,10 +162,10 @@ def book_at_day_start(
                 skipped.append(_named(key, quantity, DISAGREE))
                 continue
             price = value / count
-        held[key] = (quantity, price, "positions")
+        held[key] = (quantity, price, "positions", p.last_price)
     lots, explained = [], []
     for key in sorted(set(held) | set(earlier)):
-        quantity, price, source = held.get(key, (0, Decimal(0), "holdings"))
+        quantity, price, source, last = held.get(key, (0, Decimal(0), "holdings", None))
         if earlier.get(key):
             if earlier[key] == quantity:
                 explained.append(_named(key, quantity, "the broker's fills from earlier days"))
@@ -147,7 +177,7 @@ def book_at_day_start(
         exchange, symbol, product = key
         side = "BUY" if quantity > 0 else "SELL"
         price = Decimal(price).quantize(_PLACES, rounding=ROUND_HALF_EVEN)
-        lots.append(Lot(exchange, symbol, product, side, abs(quantity), price, source))
+        lots.append(Lot(exchange, symbol, product, side, abs(quantity), price, source, last))
     return lots, skipped, explained
 
 
@@ -156,10 +186,24 @@ def _named(key: tuple, quantity: int, why: str) -> dict:
     return {"instrument": f"{exchange}:{symbol}", "product": product, "quantity": quantity, "why": why}
 
 
-def accounts_to_open(account_ids) -> set[int]:
-    """Of these accounts, those whose opening is not taken yet (one query for a batch)."""
+def openings_due(account_ids) -> tuple[set[int], set[int]]:
+    """Of these accounts, (those whose opening is not taken yet, those whose opening has lots waiting
+    for their instruments), in one query for a batch (by the account's unique key)."""
     ids = set(account_ids)
-    return ids - set(Opening.objects.filter(account_id__in=ids).values_list("account_id", flat=True))
+    rows = Opening.objects.filter(account_id__in=ids).values_list("account_id", "outcome", "waiting")
+    met, pending, waiting = set(), set(), set()
+    for account_id, outcome, waits in rows:
+        met.add(account_id)
+        if outcome == Opening.Outcome.PENDING:
+            pending.add(account_id)
+        elif waits:
+            waiting.add(account_id)
+    return (ids - met) | pending, waiting
+
+
+def accounts_to_open(account_ids) -> set[int]:
+    """Of these accounts, those whose opening is not taken yet: never met, or pending (one query)."""
+    return openings_due(account_ids)[0]
 
 
 def _trade_id(lot: Lot, instrument) -> str:
@@ -170,64 +214,197 @@ def _trade_id(lot: Lot, instrument) -> str:
     )
 
 
+def _fill(lot: Lot, instrument, start: datetime) -> BrokerTrade:
+    """The lot as the synthetic fill it is recorded as: its key is the same whenever it is recorded."""
+    return BrokerTrade(
+        trade_id=_trade_id(lot, instrument),
+        broker_order_id=f"{ORDER_PREFIX}{start.date().isoformat()}",
+        exchange=lot.exchange,
+        tradingsymbol=lot.tradingsymbol,
+        side=lot.side,
+        product=lot.product,
+        quantity=lot.quantity,
+        price=lot.price,
+        filled_at=start,
+    )
+
+
+def _row(lot: Lot) -> dict:
+    name = f"{lot.exchange}:{lot.tradingsymbol}"
+    row = {"instrument": name, "product": lot.product, "side": lot.side, "quantity": lot.quantity}
+    row.update(price=str(lot.price), source=lot.source)
+    if lot.last_price:
+        row["last_price"] = str(lot.last_price)
+    return row
+
+
+def _lot(row: dict) -> Lot:
+    exchange, symbol = row["instrument"].split(":", 1)
+    side, quantity, price = row["side"], row["quantity"], Decimal(row["price"])
+    return Lot(exchange, symbol, row["product"], side, quantity, price, row["source"])
+
+
 def opening_take(*, account: BrokerAccount, broker, trades_before: list[BrokerTrade] | None = None, now=None):
-    """Take the account's opening, once: the ``Opening`` row, or None when not taken this time.
+    """Take the account's opening, once. Returns its ``Opening`` row: taken (``SEEDED``,
+    ``EARLIER_FILLS``), or ``PENDING`` when not taken this time (``detail["why"]``); or None when
+    another taker took it first.
 
     ``broker`` is the account's ``AccountBroker``. Its positions and holdings are read between two
     reads of its fills (``trades_before``: the fills the caller read just before, e.g. the
     monitoring run's; else read here first): a fill that came in meanwhile would be counted in the
     position and not among today's fills (or the other way round), so then nothing is taken and
-    the next run tries again (its lots, at the day's start, are replayed before the fills recorded
-    meanwhile). A broker error is raised, nothing taken.
+    the next run tries again (its lots, at the first-met day's start, are replayed before the fills
+    recorded meanwhile). A broker error is raised, nothing taken. Either way the ``PENDING`` row
+    keeps the day the account was first met (the module's rules).
     """
     now = now or timezone.now()
-    start = day_start(now)
-    if Opening.objects.filter(account=account).exists():
+    today = day_start(now)
+    row = Opening.objects.filter(account=account).first()
+    if row is not None and row.outcome != Opening.Outcome.PENDING:
         return None
-    if Trade.objects.filter(account=account, filled_at__lt=start).exists():
+    first = today if row is None else min(date_start(row.trading_date), today)
+    if Trade.objects.filter(account=account, filled_at__lt=first).exists():
         why = "fills were recorded from an earlier day: the platform met it before, and its holdings include them"
-        return _mark(account, start, now, Opening.Outcome.EARLIER_FILLS, {"why": why})
-    if trades_before is None:
-        trades_before = broker.trades()
-    positions, holdings, trades = broker.positions(), broker.holdings(), broker.trades()
+        return _mark(account, first, now, Opening.Outcome.EARLIER_FILLS, {"why": why})
+    try:
+        if trades_before is None:
+            trades_before = broker.trades()
+        positions, holdings, trades = broker.positions(), broker.holdings(), broker.trades()
+    except Exception as error:
+        _pending(account, first, f"{type(error).__name__}: {error}"[:500])
+        raise
     if {(t.broker_order_id, t.trade_id) for t in trades} != {(t.broker_order_id, t.trade_id) for t in trades_before}:
         logger.info("opening of account %s: a fill came in while reading its book; next run", account.pk)
-        return None
-    lots, skipped, explained = book_at_day_start(holdings=holdings, positions=positions, trades=trades, start=start)
-    seeded, fills = [], []
+        return _pending(account, first, RACED)
+    lots, skipped, explained = book_at_day_start(holdings=holdings, positions=positions, trades=trades, start=today)
+    if first < today:
+        listed = {(t.exchange, t.tradingsymbol, t.product) for t in trades if t.filled_at and t.filled_at < today}
+        lots, more = _back_to(account, lots, since=first, until=today, listed=listed)
+        skipped += more
+    seeded, waiting, fills = [], [], []
     for lot in lots:
-        instrument = instrument_by_symbol(lot.exchange, lot.tradingsymbol)
-        if instrument is None or instrument.exchange in MULTIPLIED_EXCHANGES:
-            quantity = lot.quantity if lot.side == "BUY" else -lot.quantity
-            why = NOT_LOADED if instrument is None else MULTIPLIED
-            skipped.append(_named((lot.exchange, lot.tradingsymbol, lot.product), quantity, why))
+        key = (lot.exchange, lot.tradingsymbol, lot.product)
+        if lot.exchange in MULTIPLIED_EXCHANGES:
+            skipped.append(_named(key, lot.signed, MULTIPLIED))
             continue
-        name = f"{lot.exchange}:{lot.tradingsymbol}"
-        seeded.append({"instrument": name, "product": lot.product, "side": lot.side, "quantity": lot.quantity})
-        seeded[-1].update(price=str(lot.price), source=lot.source)
-        fills.append(
-            BrokerTrade(
-                trade_id=_trade_id(lot, instrument),
-                broker_order_id=f"{ORDER_PREFIX}{start.date().isoformat()}",
-                exchange=lot.exchange,
-                tradingsymbol=lot.tradingsymbol,
-                side=lot.side,
-                product=lot.product,
-                quantity=lot.quantity,
-                price=lot.price,
-                filled_at=start,
-            )
-        )
+        instrument = instrument_by_symbol(lot.exchange, lot.tradingsymbol)
+        if instrument is None:
+            waiting.append({**_row(lot), "day": first.date().isoformat()})
+            continue
+        seeded.append(_row(lot))
+        fills.append(_fill(lot, instrument, first))
     if fills:
         # Recorded first: if this dies before the row below, the next run records nothing twice
-        # (the same day's keys), and the next day's finds these as earlier fills.
-        services.trades_record_many([(account, fills)])
-    detail = {"seeded": seeded, "skipped": skipped, "explained_by_fills": explained}
-    return _mark(account, start, now, Opening.Outcome.SEEDED, detail)
+        # (the same keys), and counts these among the fills recorded since the first-met day.
+        # At the market: the run's prices were asked for before these positions existed.
+        services.trades_record_many([(account, fills)], at_market=True)
+    detail = {"seeded": seeded, "waiting": waiting, "skipped": skipped, "explained_by_fills": explained}
+    if first < today:
+        detail["book_of"] = today.date().isoformat()
+    return _mark(account, first, now, Opening.Outcome.SEEDED, detail)
 
 
-def _mark(account: BrokerAccount, start: datetime, now: datetime, outcome: str, detail: dict) -> Opening:
-    """The account's ``Opening`` row: this one, or the one another taker wrote first."""
-    row = Opening(account=account, trading_date=start.date(), taken_at=now, outcome=outcome, detail=detail)
-    Opening.objects.bulk_create([row], ignore_conflicts=True)
-    return Opening.objects.get(account=account)
+def _back_to(account: BrokerAccount, lots: list[Lot], *, since: datetime, until: datetime, listed: set):
+    """The lots at ``since`` (the first-met day's start), from those at ``until`` (today's start):
+    less the net of the fills recorded in between, per instrument and product; the ones the broker's
+    own fill list reaches (``listed``) are left as they are (it explained them). (lots, skipped)."""
+    recorded = defaultdict(int)
+    rows = (
+        Trade.objects.filter(account=account, filled_at__gte=since, filled_at__lt=until)
+        .order_by()
+        .values_list("instrument__exchange", "instrument__tradingsymbol", "product", "side")
+        .annotate(quantity=Sum("quantity"))
+    )
+    for exchange, symbol, product, side, quantity in rows:
+        recorded[(exchange, symbol, product)] += quantity if side == "BUY" else -quantity
+    at_until = {(lot.exchange, lot.tradingsymbol, lot.product): lot for lot in lots}
+    out, skipped = [], []
+    for key in sorted(set(at_until) | set(recorded)):
+        lot = at_until.get(key)
+        if key in listed:
+            if lot is not None:
+                out.append(lot)
+            continue
+        quantity = (lot.signed if lot else 0) - recorded.get(key, 0)
+        if not quantity:
+            continue
+        if lot is None or (quantity > 0) != (lot.signed > 0):
+            skipped.append(_named(key, quantity, NO_PRICE))
+            continue
+        out.append(replace(lot, side="BUY" if quantity > 0 else "SELL", quantity=abs(quantity)))
+    return out, skipped
+
+
+def _pending(account: BrokerAccount, first: datetime, why: str) -> Opening | None:
+    """The account's ``PENDING`` row, dated the day it was first met (kept if it exists), saying why;
+    None when another taker took the opening meanwhile."""
+    Opening.objects.bulk_create(
+        [Opening(account=account, trading_date=first.date(), taken_at=timezone.now(), outcome=Opening.Outcome.PENDING)],
+        ignore_conflicts=True,
+    )
+    Opening.objects.filter(account=account, outcome=Opening.Outcome.PENDING).update(detail={"why": why})
+    row = Opening.objects.get(account=account)
+    return row if row.outcome == Opening.Outcome.PENDING else None  # another taker took it meanwhile
+
+
+def _mark(account: BrokerAccount, first: datetime, now: datetime, outcome: str, detail: dict) -> Opening | None:
+    """The account's ``Opening`` row, taken: its ``PENDING`` row updated, or a new one; None when
+    another taker wrote it taken first."""
+    values = {"taken_at": now, "outcome": outcome, "detail": detail, "waiting": bool(detail.get("waiting"))}
+    for _attempt in range(2):
+        if Opening.objects.filter(account=account, outcome=Opening.Outcome.PENDING).update(**values):
+            return Opening.objects.get(account=account)
+        try:
+            with transaction.atomic():
+                return Opening.objects.create(account=account, trading_date=first.date(), **values)
+        except IntegrityError:
+            continue  # another taker wrote it meanwhile: pending (updated now) or taken (not ours)
+    return None
+
+
+@dataclass
+class Waited:
+    """What became of an account's waiting lots in a run (``waiting_record``)."""
+
+    recorded: list[dict]
+    waiting: list[dict]  # their instruments still not loaded
+    failed: list[dict] = field(default_factory=list)  # loaded, but recording them failed: they wait
+    error: BaseException | None = None  # why they failed
+
+
+def waiting_record(accounts: list[BrokerAccount], now=None) -> dict[int, Waited]:
+    """Record the waiting lots of these accounts' openings whose instruments are loaded now, under
+    the keys and at the time they would have had if seeded (at the market, as seeded ones), and keep
+    the others waiting. One query finds the openings; by account id. An account whose lots fail to
+    record keeps them all waiting (the next run tries again)."""
+    now = now or timezone.now()
+    by_id = {account.pk: account for account in accounts}
+    rows = list(Opening.objects.filter(account_id__in=by_id, waiting=True))
+    fills, split = [], {}
+    for opening in rows:
+        ready, still, account_fills = [], [], []
+        for row in opening.detail.get("waiting", []):
+            lot = _lot(row)
+            instrument = instrument_by_symbol(lot.exchange, lot.tradingsymbol)
+            if instrument is None:
+                still.append(row)
+                continue
+            ready.append(row)
+            account_fills.append(_fill(lot, instrument, date_start(date.fromisoformat(row["day"]))))
+        split[opening.account_id] = (ready, still)
+        if account_fills:
+            fills.append((by_id[opening.account_id], account_fills))
+    failed = services.trades_record_each(fills, at_market=True)[1] if fills else {}
+    result = {}
+    for opening in rows:
+        ready, still = split[opening.account_id]
+        if opening.account_id in failed:
+            result[opening.account_id] = Waited([], still, failed=ready, error=failed[opening.account_id])
+            continue
+        recorded = [{**row, "recorded_on": day_start(now).date().isoformat()} for row in ready]
+        if recorded or not still:  # (nothing waits: the flag goes, so it costs no query again)
+            seeded = [*opening.detail.get("seeded", []), *recorded]
+            detail = {**opening.detail, "seeded": seeded, "waiting": still}
+            Opening.objects.filter(pk=opening.pk).update(detail=detail, waiting=bool(still))
+        result[opening.account_id] = Waited(recorded, still)
+    return result

@@ -10,6 +10,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from brokers.base import IST
@@ -17,11 +18,11 @@ from brokers.client import AccountBroker
 from brokers.models import Instrument
 from brokers.paper import engine
 from brokers.paper.adapter import PaperBroker
-from brokers.paper.models import PaperClient, PaperOrder, PaperTrade
+from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
 from monitoring import cycle
 from monitoring.models import AccountRun
 from orders.tests.factories import place
-from portfolio import openings
+from portfolio import openings, services
 from portfolio.models import Opening, Position, Trade
 
 D = Decimal
@@ -120,8 +121,6 @@ def test_a_sale_recorded_before_the_first_run_is_replayed_after_the_opening(trad
     set_price("INFY", "1450")
     order = place(trader, account, side="SELL", quantity=30, product="CNC")
     fill = PaperTrade.objects.get(order__order_id=order.broker_order_id)
-    from portfolio import services
-
     services.trades_record(account=account, broker_trades=AccountBroker(account).trades())
     assert Position.objects.get(account=account).net_quantity == -30  # not known yet
 
@@ -149,28 +148,109 @@ def test_an_account_with_fills_from_an_earlier_day_is_not_seeded(trader, account
     assert Position.objects.get(account=account).net_quantity == 10
 
 
-def test_a_holding_in_an_instrument_not_loaded_is_skipped_and_reported(trader, account, kite_day_books):
+def test_a_holding_in_an_instrument_not_loaded_waits_and_is_reported_until_it_is_loaded(
+    trader, account, kite_day_books
+):
+    """WIPRO's instrument is not loaded: its lot waits on the opening, with its figures and day,
+    and every run says so, until staff load the instruments (as the error tells them): the run
+    after that records it as it would have been seeded, before the day's fills, at the market."""
     history(account, "INFY", "BUY", 5, "1400")
     history(account, "WIPRO", "BUY", 100, "245.5")
     Instrument.objects.filter(exchange="NSE", tradingsymbol="WIPRO").delete()
+    waits = {
+        "step": "2_pnl",
+        "error": "opening position CNC 100 NSE:WIPRO is not recorded yet: "
+        "the instrument is not loaded (load the broker's instruments: the next run records it then)",
+    }
 
     run = cycle.account_monitor(account=account)
     assert run.status == AccountRun.Status.ERRORS
+    assert run.errors == [waits]
+    opening = Opening.objects.get(account=account)
+    assert [row["instrument"] for row in opening.detail["seeded"]] == ["NSE:INFY"]
+    assert opening.waiting and opening.detail["skipped"] == []
+    ((row),) = opening.detail["waiting"]
+    day = start_of_today()
+    assert (row["instrument"], row["side"], row["quantity"], row["price"]) == ("NSE:WIPRO", "BUY", 100, "245.5000")
+    assert row["day"] == day.date().isoformat()
+    assert Position.objects.get(account=account).net_quantity == 5
+    assert cycle.account_monitor(account=account).errors == [waits]  # still true: said again
+
+    call_command("load_instruments", broker="paper")  # staff do as told
+    set_price("WIPRO", "250")
+    sold = place(trader, account, symbol="WIPRO", side="SELL", quantity=30, product="CNC")
+    services.trades_record(account=account, broker_trades=AccountBroker(account).trades())  # as the fast path does
+    assert Position.objects.get(account=account, instrument__tradingsymbol="WIPRO").net_quantity == -30
+    run = cycle.account_monitor(account=account)
+    assert run.errors == [] and "recorded 1 opening position(s) whose instruments are loaded now" in run.actions
+    opening.refresh_from_db()
+    assert not opening.waiting and opening.detail["waiting"] == []
+    assert [row["instrument"] for row in opening.detail["seeded"]] == ["NSE:INFY", "NSE:WIPRO"]
+    lot = Trade.objects.get(account=account, instrument__tradingsymbol="WIPRO", broker_order_id__startswith="opening:")
+    assert (lot.broker_order_id, lot.broker_trade_id) == (f"opening:{day.date().isoformat()}", "CNC:NSE:WIPRO")
+    assert (lot.side, lot.quantity, lot.price, lot.filled_at) == ("BUY", 100, D("245.5"), day)
+    fill = PaperTrade.objects.get(order__order_id=sold.broker_order_id)
+    wipro = Position.objects.get(account=account, instrument__tradingsymbol="WIPRO")
+    assert (wipro.net_quantity, wipro.realized_pnl) == (70, 30 * (fill.price - D("245.5")))
+    assert cycle.account_monitor(account=account).errors == []
+    assert Trade.objects.filter(account=account, broker_order_id__startswith="opening:").count() == 2
+
+
+def test_holding_skipped_as_not_loaded_is_seeded_once_instruments_are_loaded(trader, account, kite_day_books):
+    history(account, "INFY", "BUY", 100, "1400", days_ago=10)
+    Instrument.objects.filter(exchange="NSE", tradingsymbol="INFY").delete()
+    run = cycle.account_monitor(account=account)
+    assert "not loaded" in run.errors[0]["error"]
+    call_command("load_instruments", broker="paper")  # staff do as told
+    run = cycle.account_monitor(account=account)
+    assert run.errors == []
+    assert Position.objects.get(account=account, product="CNC").net_quantity == 100
+    sell_today(trader, account, "INFY", 40, "1500")
+    position = Position.objects.get(account=account, product="CNC")
+    assert position.net_quantity == 60
+
+
+def _mcx_contract(symbol="LEADMINI26DECFUT"):
+    """An MCX future at the paper exchange (its data has none), and loaded here."""
+    like = PaperInstrument.objects.filter(exchange="NFO").first()
+    PaperInstrument.objects.create(
+        **{
+            f.name: getattr(like, f.name)
+            for f in PaperInstrument._meta.concrete_fields
+            if f.name not in ("id", "exchange", "segment", "tradingsymbol", "instrument_token", "lot_size")
+        },
+        exchange="MCX",
+        segment="MCX",
+        tradingsymbol=symbol,
+        instrument_token=53496327,
+        lot_size=1,
+    )
+    call_command("load_instruments", broker="paper")
+
+
+@pytest.mark.parametrize("loaded", [True, False])
+def test_a_holding_of_a_contract_quoted_in_lots_of_a_multiplier_is_skipped_for_good(
+    trader, account, kite_day_books, loaded
+):
+    """MCX: its PnL cannot be kept, loaded or not: skipped and reported once, without telling staff
+    to load instruments, and never waiting."""
+    _mcx_contract()
+    history(account, "LEADMINI26DECFUT", "BUY", 2, "161.05", product="NRML", days_ago=2, exchange="MCX")
+    if not loaded:
+        Instrument.objects.filter(exchange="MCX").delete()
+
+    run = cycle.account_monitor(account=account)
     assert run.errors == [
         {
             "step": "2_pnl",
-            "error": "opening position CNC 100 NSE:WIPRO is not recorded: "
-            "the instrument is not loaded (load the broker's instruments)",
+            "error": "opening position NRML 2 MCX:LEADMINI26DECFUT is not recorded: " + openings.MULTIPLIED,
         }
     ]
-    detail = Opening.objects.get(account=account).detail
-    assert [row["instrument"] for row in detail["seeded"]] == ["NSE:INFY"]
-    assert detail["skipped"] == [
-        {"instrument": "NSE:WIPRO", "product": "CNC", "quantity": 100, "why": openings.NOT_LOADED}
-    ]
-    assert Position.objects.get(account=account).net_quantity == 5
-    # Reported once: the next run does not take the opening again.
+    assert "load" not in openings.MULTIPLIED
+    opening = Opening.objects.get(account=account)
+    assert not opening.waiting and opening.detail["waiting"] == []
     assert cycle.account_monitor(account=account).errors == []
+    assert not Trade.objects.exists()
 
 
 def test_the_paper_exchanges_own_earlier_fills_are_not_seeded_again(trader, account):
@@ -214,10 +294,127 @@ def test_a_fill_that_comes_in_while_the_book_is_read_puts_the_opening_off(trader
     set_price("NIFTY26DECFUT", "24010", "NFO")
     place(trader, account, symbol="NIFTY26DECFUT", exchange="NFO", quantity=75, product="NRML")
     broker = AccountBroker(account)
-    assert openings.opening_take(account=account, broker=broker, trades_before=[]) is None
-    assert not Opening.objects.exists() and not Trade.objects.exists()
+    opening = openings.opening_take(account=account, broker=broker, trades_before=[])
+    assert (opening.outcome, opening.detail, opening.trading_date) == (
+        Opening.Outcome.PENDING,
+        {"why": openings.RACED},
+        start_of_today().date(),
+    )
+    assert not Trade.objects.exists()
 
     assert cycle.account_monitor(account=account).errors == []
     opening_lot = Trade.objects.get(account=account, broker_order_id__startswith="opening:")
     assert (opening_lot.side, opening_lot.quantity, opening_lot.price) == ("BUY", 75, D("24000"))
     assert Position.objects.get(account=account).net_quantity == 150
+
+
+def test_first_run_values_a_seeded_holding_at_the_market(trader, account, kite_day_books):
+    from portfolio.models import PnlSnapshot
+
+    history(account, "INFY", "BUY", 100, "1400", days_ago=10)
+    set_price("INFY", "1500")
+    assert cycle.account_monitor(account=account).errors == []
+    position = Position.objects.get(account=account, product="CNC")
+    point = PnlSnapshot.objects.filter(account=account).latest("taken_at")
+    assert (position.last_price, position.unrealized_pnl, point.unrealized) == (D("1500"), D("10000"), D("10000"))
+
+
+def _a_day_passes(account):
+    """Everything of the account dated today (its recorded fills, its paper fills, its opening's
+    first-met day) is moved a day back: today is the next day."""
+    yesterday = timezone.now() - timedelta(days=1)
+    Trade.objects.filter(account=account).update(filled_at=yesterday)
+    PaperTrade.objects.filter(filled_at__gte=timezone.now() - timedelta(hours=23)).update(filled_at=yesterday)
+    Opening.objects.filter(account=account).update(trading_date=yesterday.astimezone(IST).date(), taken_at=yesterday)
+    return yesterday.astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def test_opening_failing_through_its_first_day_is_taken_the_next_day(trader, account, kite_day_books, monkeypatch):
+    """The broker's holdings fail all day: the account is first met that day (a pending opening)
+    and its SELL 40 is recorded as a short. The next day the opening is taken at the start of the
+    first-met day: today's book (60) plus what was sold since (40), before the sale."""
+    history(account, "INFY", "BUY", 100, "1400", days_ago=10)
+    real = PaperBroker.holdings
+
+    def broken(self):
+        raise RuntimeError("holdings unavailable")
+
+    monkeypatch.setattr(PaperBroker, "holdings", broken)
+    set_price("INFY", "1450")
+    order = place(trader, account, symbol="INFY", side="SELL", quantity=40, product="CNC")
+    run = cycle.account_monitor(account=account)
+    assert any("tries again" in e["error"] for e in run.errors)
+    assert Position.objects.get(account=account, product="CNC").net_quantity == -40
+    pending = Opening.objects.get(account=account)
+    assert (pending.outcome, pending.detail) == (Opening.Outcome.PENDING, {"why": "RuntimeError: holdings unavailable"})
+    assert openings.accounts_to_open([account.pk]) == {account.pk}
+    assert any("tries again" in e["error"] for e in cycle.account_monitor(account=account).errors)
+
+    first_met = _a_day_passes(account)
+    monkeypatch.setattr(PaperBroker, "holdings", real)
+    assert cycle.account_monitor(account=account).errors == []
+    opening = Opening.objects.get(account=account)
+    position = Position.objects.get(account=account, product="CNC")
+    assert position.net_quantity == 60, (opening.outcome, opening.detail, position.net_quantity)
+    assert (opening.outcome, opening.trading_date) == (Opening.Outcome.SEEDED, first_met.date())
+    assert opening.detail["book_of"] == start_of_today().date().isoformat()
+    lot = Trade.objects.get(account=account, broker_order_id__startswith="opening:")
+    assert (lot.side, lot.quantity, lot.price, lot.filled_at) == ("BUY", 100, D("1400"), first_met)
+    assert lot.broker_order_id == f"opening:{first_met.date().isoformat()}"
+    fill = PaperTrade.objects.get(order__order_id=order.broker_order_id)
+    assert position.realized_pnl == 40 * (fill.price - D("1400")) == D("2000.0000")
+    assert openings.accounts_to_open([account.pk]) == set()
+
+
+def test_fills_from_before_the_first_met_day_still_mark_a_pending_opening(trader, account, kite_day_books, monkeypatch):
+    """A pending opening dated today, and fills recorded from before today: met before."""
+    set_price("INFY", "1400")
+    place(trader, account, quantity=10, product="CNC")
+    monkeypatch.setattr(PaperBroker, "holdings", lambda self: (_ for _ in ()).throw(RuntimeError("down")))
+    cycle.account_monitor(account=account)
+    assert Opening.objects.get(account=account).outcome == Opening.Outcome.PENDING
+    Trade.objects.filter(account=account).update(filled_at=start_of_today() - timedelta(seconds=1))
+    monkeypatch.undo()
+    cycle.account_monitor(account=account)
+    assert Opening.objects.get(account=account).outcome == Opening.Outcome.EARLIER_FILLS
+
+
+def test_a_pending_opening_on_the_paper_exchange_is_left_to_its_fills(trader, account, monkeypatch):
+    """The paper exchange lists every day's fills: the BUY 100 and SELL 30 of the day its opening
+    failed, recorded that day, explain the holding the next day: nothing is seeded and nothing is
+    skipped (they are not earlier fills: the account was first met that day)."""
+    monkeypatch.setattr(PaperBroker, "holdings", lambda self: (_ for _ in ()).throw(RuntimeError("down")))
+    set_price("INFY", "1400")
+    place(trader, account, quantity=100, product="CNC")
+    set_price("INFY", "1410")
+    place(trader, account, side="SELL", quantity=30, product="CNC")
+    cycle.account_monitor(account=account)
+    _a_day_passes(account)
+    monkeypatch.undo()
+
+    assert cycle.account_monitor(account=account).errors == []
+    opening = Opening.objects.get(account=account)
+    assert (opening.outcome, opening.detail["seeded"], opening.detail["skipped"]) == (Opening.Outcome.SEEDED, [], [])
+    assert [row["quantity"] for row in opening.detail["explained_by_fills"]] == [70]
+    position = Position.objects.get(account=account)
+    assert (position.net_quantity, position.realized_pnl) == (70, D("300.0000"))
+
+
+def test_an_opening_another_run_took_meanwhile_is_said_so(trader, account, kite_day_books, monkeypatch):
+    """A duplicate taker takes the opening while this run reads the book: the run says so, and
+    records nothing twice."""
+    history(account, "INFY", "BUY", 100, "1400")
+    real = PaperBroker.holdings
+
+    def meanwhile(self):
+        monkeypatch.setattr(PaperBroker, "holdings", real)
+        assert openings.opening_take(account=account, broker=AccountBroker(account)).outcome == "seeded"
+        return real(self)
+
+    monkeypatch.setattr(PaperBroker, "holdings", meanwhile)
+    run = cycle.account_monitor(account=account)
+    assert run.errors == []
+    assert "opening positions were taken by another run meanwhile" in run.actions
+    assert not any(action.startswith("recorded 1 opening") for action in run.actions)
+    assert Trade.objects.filter(account=account).count() == 1
+    assert Position.objects.get(account=account).net_quantity == 100
