@@ -212,9 +212,11 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
     items = list(basket.items.select_related("instrument"))
     jobs = []
     for account in accounts:
-        for item in items:
+        # An item's key is its place in the basket, not its row: items saved again (a rename that
+        # sends them, a PUT) are new rows, and a repeat of the placement must still find its orders.
+        for number, item in enumerate(items, start=1):
             jobs.append(
-                lambda account=account, item=item: _place_for(
+                lambda account=account, item=item, number=number: _place_for(
                     actor,
                     account,
                     item.spec(),
@@ -222,7 +224,7 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
                     source=Order.Source.BASKET,
                     basket=basket,
                     cause=f"basket {basket.name}",
-                    idempotency_key=f"basket:{basket.pk}:{run_token}:{account.pk}:{item.pk}",
+                    idempotency_key=f"basket:{basket.pk}:{run_token}:{account.pk}:#{number}",
                 )
             )
     results = _copies.map(_call, jobs)

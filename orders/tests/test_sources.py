@@ -70,6 +70,25 @@ def test_basket_places_every_item_on_every_account_with_multipliers(trader, inst
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_repeat_of_a_placement_after_the_basket_was_saved_again_places_nothing_more(trader, account, instruments):
+    items = [spec(quantity=2), spec("TCS", quantity=1)]
+    basket = sources.basket_save(owner=trader, name="Morning", account_ids=[account.pk], items=items)
+    first = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    # Saved again as it was (a rename that sends the items too; a PUT): its items are new rows.
+    basket = sources.basket_save(owner=trader, name="Opening", account_ids=[account.pk], items=items, basket=basket)
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t1")  # the client's retry
+    assert [r["order_id"] for r in again] == [r["order_id"] for r in first]
+    assert PaperOrder.objects.count() == 2
+    # Items changed meanwhile: the repeat is refused for the changed one, nothing placed twice.
+    basket = sources.basket_save(
+        owner=trader, name="Opening", account_ids=[account.pk], items=[spec(quantity=3), items[1]], basket=basket
+    )
+    changed = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert changed[0]["status"] == "INVALID" and "different order" in changed[0]["error"]
+    assert changed[1]["order_id"] == first[1]["order_id"] and PaperOrder.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
 def test_one_failing_item_does_not_undo_the_others(trader, instruments):
     account = make_broker_account(trader, broker="paper", client_id="B3")
     basket = sources.basket_save(
