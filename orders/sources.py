@@ -171,8 +171,7 @@ def basket_change(
     """Change what is given of a basket (None: kept), checked as ``basket_save`` checks it.
 
     Under the basket's row lock, so edits of different fields made at the same time all stay.
-    Items given replace them all; items not given keep their rows and ids (a placement's
-    idempotency keys name them, so a rename must not make a repeated placement place again).
+    Items given replace them all; items not given keep their rows.
     """
     basket = _locked(Basket, basket, owner)
     if name is None and items is None and account_ids is None:
