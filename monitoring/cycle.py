@@ -375,6 +375,10 @@ def _openings_waiting(contexts: list[Context]) -> None:
         waited = done.get(ctx.account.pk)
         if waited is None:
             continue
+        if waited.retaken:
+            names = ", ".join(row["instrument"] for row in waited.waiting)
+            ctx.act(f"opening positions in {names}: {openings.RETAKE} (the next run)")
+            continue
         if waited.recorded:
             ctx.act(f"recorded {len(waited.recorded)} opening position(s) whose instruments are loaded now")
         if waited.failed:

@@ -85,6 +85,7 @@ MULTIPLIED = "its contract multiplier is not kept yet, so its PnL would be wrong
 PART_EXPLAINED = "the broker's fills from earlier days explain only part of it"
 DISAGREE = "the broker's position figures disagree with its fills of today"
 NO_PRICE = "the fills recorded since the day it was first met leave it without a price the broker gives"
+RETAKE = "instruments were loaded after the day its lots were held: taken again from the broker's book"
 RACED = "a fill came in while the book was read"
 
 
@@ -267,12 +268,16 @@ def opening_take(*, account: BrokerAccount, broker, trades_before: list[BrokerTr
         why = "fills were recorded from an earlier day: the platform met it before, and its holdings include them"
         return _mark(account, first, now, Opening.Outcome.EARLIER_FILLS, {"why": why})
     try:
-        if trades_before is None:
-            trades_before = broker.trades()
-        positions, holdings, trades = broker.positions(), broker.holdings(), broker.trades()
-    except Exception as error:
+        return _take(account, broker, trades_before, first=first, today=today, now=now)
+    except Exception as error:  # whatever failed (the broker, the database), the first-met day is kept
         _pending(account, first, f"{type(error).__name__}: {error}"[:500])
         raise
+
+
+def _take(account: BrokerAccount, broker, trades_before, *, first: datetime, today: datetime, now: datetime):
+    if trades_before is None:
+        trades_before = broker.trades()
+    positions, holdings, trades = broker.positions(), broker.holdings(), broker.trades()
     if {(t.broker_order_id, t.trade_id) for t in trades} != {(t.broker_order_id, t.trade_id) for t in trades_before}:
         logger.info("opening of account %s: a fill came in while reading its book; next run", account.pk)
         return _pending(account, first, RACED)
@@ -311,6 +316,7 @@ def _back_to(account: BrokerAccount, lots: list[Lot], *, since: datetime, until:
     recorded = defaultdict(int)
     rows = (
         Trade.objects.filter(account=account, filled_at__gte=since, filled_at__lt=until)
+        .exclude(broker_order_id__startswith=ORDER_PREFIX)  # lots of this opening recorded before
         .order_by()
         .values_list("instrument__exchange", "instrument__tradingsymbol", "product", "side")
         .annotate(quantity=Sum("quantity"))
@@ -370,6 +376,7 @@ class Waited:
     waiting: list[dict]  # their instruments still not loaded
     failed: list[dict] = field(default_factory=list)  # loaded, but recording them failed: they wait
     error: BaseException | None = None  # why they failed
+    retaken: bool = False  # held on an earlier day: the opening is taken again from the book (next run)
 
 
 def waiting_record(accounts: list[BrokerAccount], now=None) -> dict[int, Waited]:
@@ -380,10 +387,22 @@ def waiting_record(accounts: list[BrokerAccount], now=None) -> dict[int, Waited]
     now = now or timezone.now()
     by_id = {account.pk: account for account in accounts}
     rows = list(Opening.objects.filter(account_id__in=by_id, waiting=True))
-    fills, split = [], {}
-    for opening in rows:
+    fills, split, result = [], {}, {}
+    for opening in list(rows):
         ready, still, account_fills = [], [], []
-        for row in opening.detail.get("waiting", []):
+        waiting = opening.detail.get("waiting", [])
+        loaded = [row for row in waiting if instrument_by_symbol(*row["instrument"].split(":", 1)) is not None]
+        if any(date.fromisoformat(row["day"]) < day_start(now).date() for row in loaded):
+            # Held on an earlier day: what was sold or bought of it since could not be recorded (its
+            # instrument was not loaded), so its figures are stale. The opening is taken again from
+            # the book as it is now (a pending opening; the lots recorded already keep their keys).
+            Opening.objects.filter(pk=opening.pk, waiting=True).update(
+                outcome=Opening.Outcome.PENDING, waiting=False, detail={**opening.detail, "why": RETAKE}
+            )
+            result[opening.account_id] = Waited([], waiting, retaken=True)
+            rows.remove(opening)
+            continue
+        for row in waiting:
             lot = _lot(row)
             instrument = instrument_by_symbol(lot.exchange, lot.tradingsymbol)
             if instrument is None:
@@ -395,7 +414,6 @@ def waiting_record(accounts: list[BrokerAccount], now=None) -> dict[int, Waited]
         if account_fills:
             fills.append((by_id[opening.account_id], account_fills))
     failed = services.trades_record_each(fills, at_market=True)[1] if fills else {}
-    result = {}
     for opening in rows:
         ready, still = split[opening.account_id]
         if opening.account_id in failed:

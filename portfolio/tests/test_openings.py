@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError
 from django.utils import timezone
 
 from brokers.base import IST
@@ -418,3 +419,52 @@ def test_an_opening_another_run_took_meanwhile_is_said_so(trader, account, kite_
     assert not any(action.startswith("recorded 1 opening") for action in run.actions)
     assert Trade.objects.filter(account=account).count() == 1
     assert Position.objects.get(account=account).net_quantity == 100
+
+
+def test_a_waiting_lot_held_on_an_earlier_day_is_taken_again_from_the_book(trader, account, kite_day_books):
+    """WIPRO is not loaded when the account is first met: its 100 wait. That day 30 are sold at the
+    broker (a fill the platform cannot record). Loaded the next day, the 100 are stale: the opening
+    is taken again from the book as it is (70), not from the figures that waited."""
+    history(account, "WIPRO", "BUY", 100, "245.5", days_ago=10)
+    Instrument.objects.filter(exchange="NSE", tradingsymbol="WIPRO").delete()
+    assert "not recorded yet" in cycle.account_monitor(account=account).errors[0]["error"]
+    history(account, "WIPRO", "SELL", 30, "250", days_ago=0)
+    cycle.account_monitor(account=account)  # its fill is not recorded: the instrument is not loaded
+
+    first_met = _a_day_passes(account)
+    opening = Opening.objects.get(account=account)
+    opening.detail["waiting"][0]["day"] = first_met.date().isoformat()
+    Opening.objects.filter(pk=opening.pk).update(detail=opening.detail)
+    call_command("load_instruments", broker="paper")
+    assert {h.tradingsymbol: h.quantity for h in AccountBroker(account).holdings()} == {"WIPRO": 70}
+    run = cycle.account_monitor(account=account)
+    assert any("taken again from the broker's book" in action for action in run.actions)
+    assert Opening.objects.get(account=account).outcome == Opening.Outcome.PENDING
+    assert cycle.account_monitor(account=account).errors == []
+    wipro = Position.objects.get(account=account, instrument__tradingsymbol="WIPRO")
+    assert wipro.net_quantity == 70
+    lot = Trade.objects.get(account=account, instrument__tradingsymbol="WIPRO")
+    assert (lot.broker_order_id, lot.filled_at, lot.quantity) == (f"opening:{first_met.date()}", first_met, 70)
+
+
+def test_an_opening_whose_recording_fails_all_its_first_day_is_taken_the_next_day(
+    trader, account, kite_day_books, monkeypatch
+):
+    """Not the broker: the database refuses the lots all day. The first-met day is kept all the same."""
+    history(account, "INFY", "BUY", 100, "1400", days_ago=10)
+
+    def lock_timeout(*args, **kwargs):
+        raise OperationalError(1205, "Lock wait timeout exceeded; try restarting transaction")
+
+    monkeypatch.setattr(services, "trades_record_many", lock_timeout)
+    set_price("INFY", "1450")
+    place(trader, account, symbol="INFY", side="SELL", quantity=40, product="CNC")
+    run = cycle.account_monitor(account=account)
+    assert any("the next run tries again" in e["error"] for e in run.errors), run.errors
+    assert Opening.objects.get(account=account).outcome == Opening.Outcome.PENDING
+
+    _a_day_passes(account)
+    monkeypatch.undo()
+    assert cycle.account_monitor(account=account).errors == []
+    assert Opening.objects.get(account=account).outcome == Opening.Outcome.SEEDED
+    assert Position.objects.get(account=account).net_quantity == 60
