@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -320,7 +319,8 @@ def scheduled_save(
         setattr(row, name, value)
     row.recurrence, row.weekdays, row.time_of_day = recurrence, weekdays, time_of_day
     row.timezone, row.run_on, row.grace_s = timezone_name, run_on, int(grace_s or 0)
-    row.next_run_at = next_occurrence(row, _not_again_today(row, timezone.now()))
+    start, came_due, end_of_today = _not_again_today(row, timezone.now())
+    row.next_run_at = next_occurrence(row, start)
     if row.next_run_at is None:
         raise ValidationError({"run_on": "That time has already passed."})
     row.status = ScheduledOrder.Status.ACTIVE
@@ -335,6 +335,14 @@ def scheduled_save(
             ).get()
             if status == ScheduledOrder.Status.CANCELLED:
                 raise _cancelled()
+        if came_due:
+            # Today's due time came and is still unplaced: the later time today replaces it. Unless a
+            # worker took it meanwhile (PLACING): then it is today's run.
+            dropped = ScheduledFire.objects.filter(pk__in=came_due, status=ScheduledFire.Status.PENDING).update(
+                status=ScheduledFire.Status.CANCELLED, detail="moved to a later time today"
+            )
+            if dropped < len(came_due):
+                row.next_run_at = next_occurrence(row, end_of_today)
         row.save()
         # A time claimed ahead for the old settings must not fire (if the new settings keep it,
         # the next claim takes it again); one whose time has come places with the new settings.
@@ -385,23 +393,30 @@ def scheduled_change(*, owner, scheduled: ScheduledOrder, **changes) -> Schedule
         return scheduled_save(owner=owner, spec=spec, scheduled=row, **{**kept, **changes})
 
 
-def _not_again_today(row: ScheduledOrder, now: datetime) -> datetime:
-    """Where an edited recurring order's next run is looked for: after today (in its zone) when
-    today's run placed an order already, or a new time later today would place a second."""
+def _not_again_today(row: ScheduledOrder, now: datetime) -> tuple[datetime, list[int], datetime]:
+    """Where an edited recurring order's next run is looked for, so that it places once a day:
+    (from when, today's came-due fires the edit drops, the end of today in its zone).
+
+    After today when today's run placed (or is placing) an order already. A due time of today that
+    has come and is claimed but not taken by a worker yet (PENDING; ``_drop_pending_fires`` drops
+    only those still to come): if the new settings have a time later today, that time replaces it
+    (the edit drops it: one run today, at the time the trader asked, even if a late worker would have
+    missed it); else it places with the new settings, and is today's run."""
     if row.pk is None or row.recurrence == ScheduledOrder.Recurrence.ONCE:
-        return now
+        return now, [], now
     zone = _zone(row.timezone)
     today = datetime.combine(now.astimezone(zone).date(), time.min, tzinfo=zone)
-    tomorrow = today + timedelta(days=1)
-    # A claimed due time that has come places too, unless it is already too late for it (an edit
-    # keeps it: ``_drop_pending_fires`` drops only those still to come).
-    on_time_since = now - timedelta(seconds=settings.SCHEDULE_ON_TIME_S + row.grace_s)
-    placing = Q(status__in=[ScheduledFire.Status.PLACING, ScheduledFire.Status.PLACED]) | Q(
-        status=ScheduledFire.Status.PENDING, due_at__lte=now, due_at__gte=on_time_since
-    )
-    placed_today = ScheduledFire.objects.filter(placing, scheduled_id=row.pk, due_at__gte=today, due_at__lt=tomorrow)
-    placed_today = placed_today.exists()
-    return max(now, tomorrow - timedelta(microseconds=1)) if placed_today else now
+    end_of_today = max(now, today + timedelta(days=1) - timedelta(microseconds=1))
+    fires = ScheduledFire.objects.filter(scheduled_id=row.pk, due_at__gte=today, due_at__lte=end_of_today)
+    if fires.filter(status__in=[ScheduledFire.Status.PLACING, ScheduledFire.Status.PLACED]).exists():
+        return end_of_today, [], end_of_today
+    came_due = list(fires.filter(status=ScheduledFire.Status.PENDING, due_at__lte=now).values_list("pk", flat=True))
+    if not came_due:
+        return now, [], end_of_today
+    later_today = next_occurrence(row, now)
+    if later_today is not None and later_today <= end_of_today:
+        return now, came_due, end_of_today
+    return end_of_today, [], end_of_today
 
 
 def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> bool:

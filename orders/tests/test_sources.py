@@ -249,9 +249,8 @@ def _due_soon(row, seconds: float):
     return due_at
 
 
-def test_moving_a_daily_time_just_after_its_time_came_does_not_place_twice_that_day(trader, account):
-    # Today's due time is claimed and has come, no worker has taken it yet; the trader moves the time
-    # later today. That due time still places (with the new settings): the next run is tomorrow.
+def _daily_due_a_moment_ago(trader, account):
+    """A daily order whose due time came 2 s ago, claimed, no worker on it yet; the time it is moved to."""
     zone = next(
         z for z in ("UTC", "Asia/Kolkata", "America/New_York") if 1 <= timezone.now().astimezone(ZoneInfo(z)).hour < 23
     )
@@ -263,9 +262,24 @@ def test_moving_a_daily_time_just_after_its_time_came_does_not_place_twice_that_
     _due_soon(row, -2)
     [fire_id] = sources.scheduled_claim_due()
     later = (local + timedelta(minutes=5)).time().replace(microsecond=0)
-    row = sources.scheduled_save(owner=trader, account=account, spec=spec(), scheduled=row, time_of_day=later, **daily)
-    assert row.next_run_at.astimezone(ZoneInfo(zone)).date() > local.date()
-    assert sources.scheduled_fire(fire_id=fire_id).status == "placed"
+    return row, fire_id, dict(time_of_day=later, **daily), local
+
+
+def test_moving_a_daily_time_later_just_after_its_time_came_places_once_that_day_at_the_new_time(trader, account):
+    # The later time replaces the one that came (a late worker would have missed it, or placed it
+    # and the later time a second one): one order today, at the time the trader asked.
+    row, fire_id, moved, local = _daily_due_a_moment_ago(trader, account)
+    row = sources.scheduled_save(owner=trader, account=account, spec=spec(), scheduled=row, **moved)
+    assert row.next_run_at == datetime.combine(local.date(), moved["time_of_day"], tzinfo=local.tzinfo)
+    assert sources.scheduled_fire(fire_id=fire_id).status == "cancelled"
+    assert not Order.objects.filter(scheduled=row).exists()
+
+
+def test_moving_a_daily_time_whose_due_time_a_worker_took_places_next_tomorrow(trader, account):
+    row, fire_id, moved, local = _daily_due_a_moment_ago(trader, account)
+    ScheduledFire.objects.filter(pk=fire_id).update(status=ScheduledFire.Status.PLACING)  # a worker has it
+    row = sources.scheduled_save(owner=trader, account=account, spec=spec(), scheduled=row, **moved)
+    assert row.next_run_at.astimezone(local.tzinfo).date() > local.date()
 
 
 def test_a_due_time_is_claimed_ahead_and_placed_at_its_time_not_before(trader, account):
