@@ -117,10 +117,6 @@ def date_start(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=IST)
 
 
-def is_opening(trade: Trade) -> bool:
-    return trade.broker_order_id.startswith(ORDER_PREFIX)
-
-
 def book_at_day_start(
     *, holdings: list[Holding], positions: list[BrokerPosition], trades: list[BrokerTrade], start: datetime
 ) -> tuple[list[Lot], list[dict], list[dict]]:
@@ -200,11 +196,6 @@ def openings_due(account_ids) -> tuple[set[int], set[int]]:
         elif waits:
             waiting.add(account_id)
     return (ids - met) | pending, waiting
-
-
-def accounts_to_open(account_ids) -> set[int]:
-    """Of these accounts, those whose opening is not taken yet: never met, or pending (one query)."""
-    return openings_due(account_ids)[0]
 
 
 def _trade_id(lot: Lot, instrument) -> str:
@@ -391,7 +382,8 @@ def waiting_record(accounts: list[BrokerAccount], now=None) -> dict[int, Waited]
     for opening in list(rows):
         ready, still, account_fills = [], [], []
         waiting = opening.detail.get("waiting", [])
-        loaded = [row for row in waiting if instrument_by_symbol(*row["instrument"].split(":", 1)) is not None]
+        instruments = [instrument_by_symbol(*row["instrument"].split(":", 1)) for row in waiting]
+        loaded = [row for row, instrument in zip(waiting, instruments, strict=True) if instrument is not None]
         if any(date.fromisoformat(row["day"]) < day_start(now).date() for row in loaded):
             # Held on an earlier day: what was sold or bought of it since could not be recorded (its
             # instrument was not loaded), so its figures are stale. The opening is taken again from
@@ -402,9 +394,8 @@ def waiting_record(accounts: list[BrokerAccount], now=None) -> dict[int, Waited]
             result[opening.account_id] = Waited([], waiting, retaken=True)
             rows.remove(opening)
             continue
-        for row in waiting:
+        for row, instrument in zip(waiting, instruments, strict=True):
             lot = _lot(row)
-            instrument = instrument_by_symbol(lot.exchange, lot.tradingsymbol)
             if instrument is None:
                 still.append(row)
                 continue

@@ -96,7 +96,7 @@ def test_holdings_and_an_overnight_short_are_opening_lots_a_later_sale_nets_agai
     ]
     for lot in lots:
         assert lot.broker_order_id == f"opening:{day.date().isoformat()}" and lot.order_id is None
-        assert lot.filled_at == day and openings.is_opening(lot)
+        assert lot.filled_at == day and lot.broker_order_id.startswith(openings.ORDER_PREFIX)
     short = Position.objects.get(account=account, product="NRML")
     assert (short.net_quantity, short.average_price) == (-75, D("24100.5"))
 
@@ -348,7 +348,7 @@ def test_opening_failing_through_its_first_day_is_taken_the_next_day(trader, acc
     assert Position.objects.get(account=account, product="CNC").net_quantity == -40
     pending = Opening.objects.get(account=account)
     assert (pending.outcome, pending.detail) == (Opening.Outcome.PENDING, {"why": "RuntimeError: holdings unavailable"})
-    assert openings.accounts_to_open([account.pk]) == {account.pk}
+    assert openings.openings_due([account.pk])[0] == {account.pk}
     assert any("tries again" in e["error"] for e in cycle.account_monitor(account=account).errors)
 
     first_met = _a_day_passes(account)
@@ -364,7 +364,7 @@ def test_opening_failing_through_its_first_day_is_taken_the_next_day(trader, acc
     assert lot.broker_order_id == f"opening:{first_met.date().isoformat()}"
     fill = PaperTrade.objects.get(order__order_id=order.broker_order_id)
     assert position.realized_pnl == 40 * (fill.price - D("1400")) == D("2000.0000")
-    assert openings.accounts_to_open([account.pk]) == set()
+    assert openings.openings_due([account.pk])[0] == set()
 
 
 def test_fills_from_before_the_first_met_day_still_mark_a_pending_opening(trader, account, kite_day_books, monkeypatch):
