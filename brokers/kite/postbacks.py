@@ -31,17 +31,24 @@ def postback_apply(*, account: BrokerAccount, order_id: str) -> bool:
     One read of an order at a time, and one more after it for the postbacks that came meanwhile:
     each postback marks the order due, and whoever holds the order's read lock reads it while it is
     due. A flood (Kite sending again, a replayed capture) then costs two reads, not one each, and a
-    change told while a read was under way is still read."""
+    change told while a read was under way is still read. A flood that goes on through every read
+    does not keep one request reading: after ``MAX_READS`` the account's run is asked for (it reads
+    the whole book), and the next postback reads again."""
     if not order_id:
         return _not_read(account, order_id, "the postback names no order")
     name = f"kite:postback:{account.pk}:{order_id}"
     cache.set(_due(name), True, DUE_TTL_S)
-    read = True
+    read, reads = True, 0
     while token := locks.acquire(name, ttl_s=READ_LOCK_TTL_S):
+        if reads == MAX_READS:
+            locks.release(name, token)
+            logger.info("Kite postbacks for %s keep coming for order %s; running the account", account.pk, order_id)
+            services.account_touched(account.pk)
+            return read
         try:
             due = cache.delete(_due(name))
             if due:
-                read = _read(account, order_id)
+                read, reads = _read(account, order_id), reads + 1
         except Exception:
             services.account_touched(account.pk)  # the postbacks that left their read to this one
             raise
@@ -56,6 +63,8 @@ def postback_apply(*, account: BrokerAccount, order_id: str) -> bool:
 # The read lock outlasts a read that waits for its budget and then for Kite's answer; a postback
 # marks its order due for as long.
 READ_LOCK_TTL_S = DUE_TTL_S = 30
+# Reads one request makes at most (the first, and those for postbacks that came during the reads).
+MAX_READS = 3
 
 
 def _due(name: str) -> str:

@@ -295,6 +295,34 @@ def test_a_flood_of_postbacks_reads_the_order_once_and_once_more_for_those_that_
     assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 5)
 
 
+def test_a_flood_that_goes_on_through_every_read_does_not_keep_one_request_reading(
+    trader, kite_on_face, monkeypatch, runs_queued
+):
+    """Kite (or a replayed capture) sends the order's postback again during every read: the request
+    holding the read lock stops after ``MAX_READS`` reads and asks for the account's run instead of
+    reading for as long as they come; the next postback reads again."""
+    order, _ = _kite_order(trader, kite_on_face, quantity=5, order_type="LIMIT", price=D("1400"))
+    runs_queued.clear()
+    reads, others = [], []
+    read = AccountBroker.order
+
+    def flooded(self, broker_order_id):
+        reads.append(broker_order_id)
+        if len(reads) <= 20:  # another postback comes (another process) while this one reads
+            others.append(kite_postbacks.postback_apply(account=kite_on_face, order_id=broker_order_id))
+        return read(self, broker_order_id)
+
+    monkeypatch.setattr(AccountBroker, "order", flooded)
+    assert kite_postbacks.postback_apply(account=kite_on_face, order_id=order.broker_order_id)
+    assert len(reads) == kite_postbacks.MAX_READS
+    assert others == [True] * kite_postbacks.MAX_READS  # each left its read to the reader
+    assert runs_queued == [kite_on_face.pk]  # whose last look is the account's run
+    set_price("1390")  # the order fills; its postback reads it (the lock was let go)
+    assert kite_postbacks.postback_apply(account=kite_on_face, order_id=order.broker_order_id)
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 5)
+
+
 def test_a_postback_that_comes_as_the_reader_lets_go_is_read(trader, kite_on_face, monkeypatch):
     """The reader read, looked again, found nothing due and is letting go of the order's read lock
     when a postback (the order just filled) comes, finds the lock held and leaves the read to it:
