@@ -109,8 +109,10 @@ def place_from_ticket(
     order_type: str = "MARKET",
     price=None,
     product: str = "MIS",
+    notice: str = "Placed",
 ) -> int:
-    """Fill in the order ticket as a trader does (search, choose, fields) and place; returns the order id."""
+    """Fill in the order ticket as a trader does (search, choose, fields) and place; returns the order id
+    (``notice``: what the page then says, e.g. "was rejected")."""
     page.goto("/orders/new/")
     choose_account(page.locator("#id_account"), account)
     page.locator("#instrument-search").fill(symbol)
@@ -124,7 +126,7 @@ def place_from_ticket(
         page.locator("#id_price").fill(str(price))
     page.get_by_role("button", name="Place order").click()
     expect(page).to_have_url(re.compile(r"/orders/\d+/$"))
-    expect(page.locator("#notices")).to_contain_text("Placed")
+    expect(page.locator("#notices")).to_contain_text(notice)
     return int(page.url.rstrip("/").rsplit("/", 1)[1])
 
 

@@ -33,6 +33,8 @@ def test_pages_fit_a_phone_and_show_their_controls(stack, page, trader):
     place_from_ticket(page, account="Phone desk", symbol="SBIN", side="BUY", quantity=5)
     limit = price_off_market(paper_quote(stack, "ITC"), "-0.05")
     place_from_ticket(page, account="Phone desk", symbol="ITC", side="BUY", order_type="LIMIT", price=limit)
+    # And one the exchange refuses, whose long reason must not push the book's actions out of view.
+    place_from_ticket(page, account="Phone desk", symbol="SBIN", side="BUY", quantity=5_000_000, notice="was rejected")
 
     for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
         page.set_viewport_size(viewport)
@@ -42,6 +44,11 @@ def test_pages_fit_a_phone_and_show_their_controls(stack, page, trader):
                 expect(page.locator("#positions")).to_contain_text("SBIN")
             if name == "order-book":
                 expect(page.locator("#order-rows")).to_contain_text("ITC")
+                expect(page.locator("#order-rows")).to_contain_text("Insufficient funds")
+                if width == "desktop":  # the book fits: its actions are in view without scrolling it
+                    wrap = page.locator(".table-wrap").first
+                    assert wrap.evaluate("e => e.scrollWidth - e.clientWidth") <= 0, "the book scrolls sideways"
+                    expect(page.locator("#order-rows button", has_text="Cancel").first).to_be_in_viewport()
             if name == "ticket":
                 page.locator("#instrument-search").fill("SBIN")
                 page.locator("#instrument-options .option", has_text="SBIN").first.click()
