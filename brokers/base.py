@@ -161,6 +161,25 @@ class BrokerPosition:
     buy_value: Decimal
     sell_quantity: int
     sell_value: Decimal
+    # Where the broker gives them (Kite does), the quantity carried into the trading day (negative
+    # for a short) and today's buys and sells within the figures above: they say what the day
+    # opened with without the fill list, which can lag the positions. None where it does not.
+    overnight_quantity: int | None = None
+    day_buy_quantity: int | None = None
+    day_buy_value: Decimal | None = None
+    day_sell_quantity: int | None = None
+    day_sell_value: Decimal | None = None
+
+    @property
+    def day_figures(self) -> bool:
+        """Whether the broker gave the start of the day's quantity and today's buys and sells."""
+        return None not in (
+            self.overnight_quantity,
+            self.day_buy_quantity,
+            self.day_buy_value,
+            self.day_sell_quantity,
+            self.day_sell_value,
+        )
 
 
 @dataclass(frozen=True)
@@ -171,6 +190,9 @@ class Holding:
     average_price: Decimal
     last_price: Decimal
     close_price: Decimal
+    # The quantity held at the start of the trading day (Kite's ``opening_quantity``), where the
+    # broker says; None where it does not.
+    opening_quantity: int | None = None
 
 
 @dataclass(frozen=True)

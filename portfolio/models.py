@@ -100,8 +100,9 @@ class Opening(models.Model):
 
     One row per account (the one-to-one key): a second taking, by a duplicate task or a second
     worker, finds it and does nothing. ``detail`` says what was seeded, what waits, what was
-    skipped and why. ``PENDING``: the opening is not taken yet (it failed), and ``trading_date`` is
-    the day the account was first met, the day its lots are taken at. ``waiting``: lots wait in
+    skipped and why. ``PENDING``: the opening is not taken yet (it failed, or the account was first
+    met through its recorded fills, before any monitoring run), and ``trading_date`` is the day the
+    account was first met, the day its lots are taken at. ``waiting``: lots wait in
     ``detail["waiting"]`` for their instruments to be loaded (the cycle's batch reads this flag
     with the outcome, so an account with none costs nothing more).
     """

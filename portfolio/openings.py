@@ -3,29 +3,37 @@
 The portfolio is built only from the fills it records, and a broker lists only today's fills
 (Kite's ``trades()``). An account connected holding 100 INFY bought last month (Kite's holdings,
 CNC) or an overnight NRML future would show a sale of them as a short position and a wrong PnL.
-So the first time the monitoring cycle meets an account's book, it takes the account's opening:
-what the account held at the start of that trading day (midnight, Asia/Kolkata), recorded as
-opening lots at the broker's average price, once per account (``Opening``), before that run's
-fills are recorded. Later fills then net against the lots FIFO.
+So the monitoring cycle takes the account's opening once: what the account held at the start of
+the trading day (midnight, Asia/Kolkata) the platform first met it, recorded as opening lots at
+the broker's average price, once per account (``Opening``), before that run's fills are
+recorded. Later fills then net against the lots FIFO.
 
 Which quantities are the start of the day's holding:
 
-* Delivery (CNC) from ``holdings()`` only, ``Holding.quantity``: Kite's ``quantity`` is the
-  demat plus T+1 quantity, bought before today; today's CNC buys are not in it, and Kite does not
-  take today's sales out of it either (those are its ``used_quantity``), so it is what the day
-  opened with (Kite's ``opening_quantity``, which the adapter does not parse). A CNC row of
-  ``positions()`` is today's delivery trading only (Kite moves yesterday's to holdings), whose
-  fills come as fills: never counted.
-* Every other product (NRML, MIS carried as NRML...) from ``positions()``: its net ``quantity``
-  less today's fills in it (Kite's ``overnight_quantity``, which the adapter does not parse either),
-  at the position's ``average_price`` when it has no fill today, else the average of its buys
-  (sells for a short) less today's (Kite carries an overnight position as a buy or sell of its
-  overnight quantity at its average). A short overnight position is a SELL lot.
+* Delivery (CNC) from ``holdings()`` only: ``Holding.opening_quantity`` where the broker gives it
+  (Kite's ``opening_quantity``, carried overnight; the paper exchange's), else ``Holding.quantity``:
+  Kite's ``quantity`` is the demat plus T+1 quantity, bought before today; today's CNC buys are not
+  in it, and Kite does not take today's sales out of it either (those are its ``used_quantity``),
+  so it is what the day opened with too. A CNC row of ``positions()`` is today's delivery trading
+  only (Kite moves yesterday's to holdings), whose fills come as fills: never counted.
+* Every other product (NRML, MIS carried as NRML...) from ``positions()``. Where the broker gives
+  the day's figures (``BrokerPosition.day_figures``: Kite and the paper exchange do), its
+  ``overnight_quantity`` (negative for a short), at the position's ``average_price`` when it has
+  no buy or sell today, else the average of its buys (sells for a short) less today's
+  (``buy_value - day_buy_value`` over ``buy_quantity - day_buy_quantity``: Kite carries an
+  overnight position as a buy or sell of its overnight quantity at its average). One read of the
+  positions decides it: Kite's fill list is another endpoint and can lag them, and a fill the
+  positions count but ``trades()`` does not list yet would make a lot too large by that fill, to
+  be recorded again when it is listed. A broker without the figures: the net ``quantity`` less
+  today's fills in ``trades()``, priced the same way with those fills, and the positions read
+  between two reads of the fill list (a fill that came in meanwhile puts the opening off; one
+  that both reads lack is that broker's risk). A short overnight position is a SELL lot.
 * Less what the broker's own fill list already says about earlier days: a broker whose
   ``trades()`` reaches before today (the paper exchange lists every day's fills) has those fills
   recorded with their own times, so only what they do not explain is an opening. A holding they
   explain wholly is left to them; one they explain only in part is skipped and reported (no
-  honest price for the rest).
+  honest price for the rest). The start of the day's quantity is compared with them, never
+  reduced by them: today's fills are the only ones either rule takes out.
 
 Representation: one synthetic ``Trade`` per instrument and product, recorded through
 ``trades_record_many`` (so a FIFO rebuild, which replays the trades, keeps it): broker order id
@@ -37,19 +45,24 @@ market at once (the instrument's last price, then the broker's last price in the
 the run that records them shows their unrealized PnL, not a position at its purchase price.
 
 Once per account: the trades' unique key makes a second seed of the same day impossible, and the
-``Opening`` row (one per account) says it was taken. An account with fills recorded from before
-the day it was first met was met before this (its holdings include what the platform bought for
-it): it is marked taken and not seeded. Fills recorded since (today's, by the fast path before
-the account's first run, or those of the days its opening kept failing) do not count as earlier.
+``Opening`` row (one per account) says it was taken. The platform first meets an account at its
+first monitoring run, or at its first fills recorded if those come first: the fill fast path
+records them outside the cycle (an account whose first order filled on a day its monitoring did
+not run), and ``services.trades_record_many`` then leaves a ``PENDING`` row dated the day of
+those fills, which a later run takes as below. An account with fills recorded from before the day
+it was first met (fills recorded before the platform kept that day with them) was met before this
+(its holdings include what the platform bought for it): it is marked taken and not seeded. Fills
+recorded since (today's, by the fast path before the account's first run, or those of the days
+its opening was not taken) do not count as earlier.
 
 An opening not taken at the first try (a broker error, a fill that came in while the book was
-read) leaves a ``PENDING`` row dated the day the account was first met, and a later run takes it.
-Taken on a later day, each lot is the book at today's start less the net of the fills the
-platform recorded since the first-met day's start (per instrument and product), recorded at the
-first-met day's start, so those fills are replayed after it. Its price is the broker's average
-price now, an approximation where the account bought more of it meanwhile (Kite's holdings keep
-one average; a sale does not move it). A lot whose book is flat now, or on the other side, has
-no price the broker gives: it is skipped and reported.
+read), or not yet tried (first met through its fills), has a ``PENDING`` row dated the day the
+account was first met, and a later run takes it. Taken on a later day, each lot is the book at
+today's start less the net of the fills the platform recorded since the first-met day's start
+(per instrument and product), recorded at the first-met day's start, so those fills are replayed
+after it. Its price is the broker's average price now, an approximation where the account bought
+more of it meanwhile (Kite's holdings keep one average; a sale does not move it). A lot whose
+book is flat now, or on the other side, has no price the broker gives: it is skipped and reported.
 
 Instruments not loaded wait: their lots are kept on the ``Opening`` (``waiting``, with their
 figures and day) and reported on every run until the broker's instruments are loaded; the run
@@ -132,29 +145,37 @@ def book_at_day_start(
     held = {}  # key: (signed quantity, price, source, last price)
     skipped = []
     for h in holdings:
-        if h.quantity:
+        opened = h.quantity if h.opening_quantity is None else h.opening_quantity
+        if opened:
             key = (h.exchange, h.tradingsymbol, "CNC")
             quantity, price, _, _ = held.get(key, (0, h.average_price, "holdings", None))
-            held[key] = (quantity + h.quantity, price, "holdings", h.last_price)
+            held[key] = (quantity + opened, price, "holdings", h.last_price)
     for p in positions:
         if p.product == "CNC":
             continue  # today's delivery trading: its fills come as fills
         key = (p.exchange, p.tradingsymbol, p.product)
-        fills = today.get(key, [])
-        bought = [(t.quantity, t.quantity * t.price) for t in fills if t.side == "BUY"]
-        sold = [(t.quantity, t.quantity * t.price) for t in fills if t.side != "BUY"]
-        quantity = p.quantity - sum(q for q, _ in bought) + sum(q for q, _ in sold)
+        if p.day_figures:  # the broker's own start of the day: no need of the fill list, which can lag
+            quantity = p.overnight_quantity
+            if quantity + p.day_buy_quantity - p.day_sell_quantity != p.quantity:
+                skipped.append(_named(key, quantity, DISAGREE))  # one row's figures that do not add up
+                continue
+            traded = bool(p.day_buy_quantity or p.day_sell_quantity)
+            bought, sold = (p.day_buy_quantity, p.day_buy_value), (p.day_sell_quantity, p.day_sell_value)
+        else:
+            fills = today.get(key, [])
+            traded = bool(fills)
+            bought = _total(t for t in fills if t.side == "BUY")
+            sold = _total(t for t in fills if t.side != "BUY")
+            quantity = p.quantity - bought[0] + sold[0]
         if not quantity:
             continue
-        if not fills:
+        if not traded:
             price = p.average_price
         else:
             # The carried part of the day's buys (sells for a short), without today's.
-            count, value, side_fills = (
-                (p.buy_quantity, p.buy_value, bought) if quantity > 0 else (p.sell_quantity, p.sell_value, sold)
-            )
-            count -= sum(q for q, _ in side_fills)
-            value -= sum((v for _, v in side_fills), Decimal(0))
+            count, value = (p.buy_quantity, p.buy_value) if quantity > 0 else (p.sell_quantity, p.sell_value)
+            today_count, today_value = bought if quantity > 0 else sold
+            count, value = count - today_count, value - today_value
             if count <= 0:
                 skipped.append(_named(key, quantity, DISAGREE))
                 continue
@@ -176,6 +197,12 @@ def book_at_day_start(
         price = Decimal(price).quantize(_PLACES, rounding=ROUND_HALF_EVEN)
         lots.append(Lot(exchange, symbol, product, side, abs(quantity), price, source, last))
     return lots, skipped, explained
+
+
+def _total(fills) -> tuple[int, Decimal]:
+    """(quantity, value) of these fills."""
+    fills = list(fills)
+    return sum(t.quantity for t in fills), sum((t.quantity * t.price for t in fills), Decimal(0))
 
 
 def _named(key: tuple, quantity: int, why: str) -> dict:
@@ -241,13 +268,15 @@ def opening_take(*, account: BrokerAccount, broker, trades_before: list[BrokerTr
     ``EARLIER_FILLS``), or ``PENDING`` when not taken this time (``detail["why"]``); or None when
     another taker took it first.
 
-    ``broker`` is the account's ``AccountBroker``. Its positions and holdings are read between two
-    reads of its fills (``trades_before``: the fills the caller read just before, e.g. the
-    monitoring run's; else read here first): a fill that came in meanwhile would be counted in the
-    position and not among today's fills (or the other way round), so then nothing is taken and
-    the next run tries again (its lots, at the first-met day's start, are replayed before the fills
-    recorded meanwhile). A broker error is raised, nothing taken. Either way the ``PENDING`` row
-    keeps the day the account was first met (the module's rules).
+    ``broker`` is the account's ``AccountBroker``. Its positions and holdings are read after its
+    fills (``trades_before``: the fills the caller read just before, e.g. the monitoring run's; else
+    read here first). Where they give the start of the day's quantities (Kite's, the paper
+    exchange's), that one read decides. Where they do not, the fills are read again: a fill that
+    came in meanwhile would be counted in the position and not among today's fills (or the other
+    way round), so then nothing is taken and the next run tries again (its lots, at the first-met
+    day's start, are replayed before the fills recorded meanwhile). A broker error is raised,
+    nothing taken. Either way the ``PENDING`` row keeps the day the account was first met (the
+    module's rules).
     """
     now = now or timezone.now()
     today = day_start(now)
@@ -268,10 +297,21 @@ def opening_take(*, account: BrokerAccount, broker, trades_before: list[BrokerTr
 def _take(account: BrokerAccount, broker, trades_before, *, first: datetime, today: datetime, now: datetime):
     if trades_before is None:
         trades_before = broker.trades()
-    positions, holdings, trades = broker.positions(), broker.holdings(), broker.trades()
-    if {(t.broker_order_id, t.trade_id) for t in trades} != {(t.broker_order_id, t.trade_id) for t in trades_before}:
-        logger.info("opening of account %s: a fill came in while reading its book; next run", account.pk)
-        return _pending(account, first, RACED)
+    positions, holdings = broker.positions(), broker.holdings()
+    if all(p.day_figures for p in positions if p.product != "CNC") and all(
+        h.opening_quantity is not None for h in holdings
+    ):
+        # The book says what the day opened with: today's fills, however late the fill list lists
+        # them, change none of it. The fill list read before serves only for the fills of earlier
+        # days it lists (the paper exchange's).
+        trades = trades_before
+    else:
+        trades = broker.trades()
+        if {(t.broker_order_id, t.trade_id) for t in trades} != {
+            (t.broker_order_id, t.trade_id) for t in trades_before
+        }:
+            logger.info("opening of account %s: a fill came in while reading its book; next run", account.pk)
+            return _pending(account, first, RACED)
     lots, skipped, explained = book_at_day_start(holdings=holdings, positions=positions, trades=trades, start=today)
     if first < today:
         listed = {(t.exchange, t.tradingsymbol, t.product) for t in trades if t.filled_at and t.filled_at < today}

@@ -9,7 +9,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
-from brokers.base import MULTIPLIED_EXCHANGES, BrokerTrade
+from brokers.base import IST, MULTIPLIED_EXCHANGES, BrokerTrade
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from orders.models import Order
@@ -17,13 +17,17 @@ from tradingplatform.db import PlainInserts, PlainRows
 from tradingplatform.memo import Memo
 
 from .fifo import PositionState
-from .models import PnlSnapshot, Position, Trade
+from .models import Opening, PnlSnapshot, Position, Trade
 
 logger = logging.getLogger(__name__)
 
 # (account id, instrument id, product) of positions known to exist, in this process: positions
 # are never deleted, so a fill of a known position skips the look for its row.
 _positions_made = Memo("positions known to exist", ttl_s=3600)
+# Accounts known to have an ``Opening`` row, in this process: the row goes only with its account,
+# so a fill of a known account costs no statement for it.
+_openings_made = Memo("accounts known to have an opening row", ttl_s=3600)
+FIRST_MET_BY_FILLS = "its fills were recorded before a monitoring run met its book: the next run takes it"
 
 
 def trades_record(
@@ -82,6 +86,7 @@ def trades_record_many(
         )
     if not rows:
         return {}
+    _first_met(rows)
     keys = sorted({(row.account_id, row.instrument_id, row.product) for row in rows})
     for _attempt in range(2):
         missing = [key for key in keys if not _positions_made.get(key, lambda: None)]
@@ -99,6 +104,43 @@ def trades_record_many(
             return applied
         _positions_made.clear()  # this process's memo outlived a row (tests): create it again
     raise RuntimeError(f"positions of accounts {sorted(accounts)} could not be locked")
+
+
+def _first_met(rows: list[Trade]) -> None:
+    """An account whose fills are recorded before a monitoring run met its book (the fill fast path
+    records them outside the cycle, and its workers may be down all that day) is first met the day
+    of its earliest fill here: a ``PENDING`` ``Opening`` row dated that day, unless it has a row, so
+    a later run takes what it held at that day's start (``portfolio.openings``), instead of taking
+    these fills for a sign the platform met it before and never taking it. One statement for the
+    batch's accounts not known to have a row, an insert that leaves existing rows as they are,
+    before the fills' transaction (as ``_positions_create``, for the same reason). A monitoring
+    run takes an account's opening before it records the account's fills, so this changes nothing
+    there: the opening's own lots, recorded before it is marked taken, leave the row pending,
+    dated their own day, and the marking takes it."""
+    first = {}
+    for row in rows:
+        if _openings_made.get(row.account_id, lambda: None):
+            continue
+        day = row.filled_at.astimezone(IST).date()
+        first[row.account_id] = min(day, first.get(row.account_id, day))
+    if not first:
+        return
+    now = timezone.now()
+    Opening.objects.bulk_create(
+        [
+            Opening(
+                account_id=account_id,
+                trading_date=day,
+                taken_at=now,
+                outcome=Opening.Outcome.PENDING,
+                detail={"why": FIRST_MET_BY_FILLS},
+            )
+            for account_id, day in sorted(first.items())
+        ],
+        ignore_conflicts=True,
+    )
+    for account_id in first:
+        _openings_made.get(account_id, lambda: True)
 
 
 def _orders_of(trades, *, accounts: set[int]) -> dict[tuple, int]:

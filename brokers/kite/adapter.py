@@ -97,6 +97,15 @@ TERMS_IN_FLUX = frozenset(
 )
 
 
+def optional_int(value) -> int | None:
+    """A figure Kite may leave out: None when it does (not 0, which would be a claim)."""
+    return None if value is None else int(value)
+
+
+def optional_decimal(value) -> Decimal | None:
+    return None if value is None else decimal(value)
+
+
 def to_order(data: dict) -> base.BrokerOrder:
     return base.BrokerOrder(
         broker_order_id=str(data["order_id"]),
@@ -134,6 +143,41 @@ def to_trade(data: dict) -> base.BrokerTrade:
         quantity=int(data["quantity"]),
         price=decimal(data.get("average_price")),
         filled_at=parse_time(data.get("fill_timestamp") or data.get("exchange_timestamp")),
+    )
+
+
+def to_position(row: dict) -> base.BrokerPosition:
+    """A row of Kite's ``net`` positions."""
+    return base.BrokerPosition(
+        exchange=row["exchange"],
+        tradingsymbol=row["tradingsymbol"],
+        product=row["product"],
+        quantity=int(row["quantity"]),
+        average_price=decimal(row["average_price"]),
+        last_price=decimal(row["last_price"]),
+        realised=decimal(row.get("realised")),
+        unrealised=decimal(row.get("unrealised")),
+        buy_quantity=int(row.get("buy_quantity") or 0),
+        buy_value=decimal(row.get("buy_value")),
+        sell_quantity=int(row.get("sell_quantity") or 0),
+        sell_value=decimal(row.get("sell_value")),
+        overnight_quantity=optional_int(row.get("overnight_quantity")),
+        day_buy_quantity=optional_int(row.get("day_buy_quantity")),
+        day_buy_value=optional_decimal(row.get("day_buy_value")),
+        day_sell_quantity=optional_int(row.get("day_sell_quantity")),
+        day_sell_value=optional_decimal(row.get("day_sell_value")),
+    )
+
+
+def to_holding(row: dict) -> base.Holding:
+    return base.Holding(
+        exchange=row["exchange"],
+        tradingsymbol=row["tradingsymbol"],
+        quantity=int(row["quantity"]),
+        average_price=decimal(row["average_price"]),
+        last_price=decimal(row["last_price"]),
+        close_price=decimal(row.get("close_price")),
+        opening_quantity=optional_int(row.get("opening_quantity")),
     )
 
 
@@ -316,36 +360,10 @@ class KiteBroker(base.Broker):
 
     # --- Portfolio and market data ------------------------------------------------
     def positions(self) -> list[base.BrokerPosition]:
-        return [
-            base.BrokerPosition(
-                exchange=row["exchange"],
-                tradingsymbol=row["tradingsymbol"],
-                product=row["product"],
-                quantity=int(row["quantity"]),
-                average_price=decimal(row["average_price"]),
-                last_price=decimal(row["last_price"]),
-                realised=decimal(row.get("realised")),
-                unrealised=decimal(row.get("unrealised")),
-                buy_quantity=int(row.get("buy_quantity") or 0),
-                buy_value=decimal(row.get("buy_value")),
-                sell_quantity=int(row.get("sell_quantity") or 0),
-                sell_value=decimal(row.get("sell_value")),
-            )
-            for row in self._request("GET", "/portfolio/positions")["net"]
-        ]
+        return [to_position(row) for row in self._request("GET", "/portfolio/positions")["net"]]
 
     def holdings(self) -> list[base.Holding]:
-        return [
-            base.Holding(
-                exchange=row["exchange"],
-                tradingsymbol=row["tradingsymbol"],
-                quantity=int(row["quantity"]),
-                average_price=decimal(row["average_price"]),
-                last_price=decimal(row["last_price"]),
-                close_price=decimal(row.get("close_price")),
-            )
-            for row in self._request("GET", "/portfolio/holdings")
-        ]
+        return [to_holding(row) for row in self._request("GET", "/portfolio/holdings")]
 
     def margins(self) -> base.Margins:
         equity = self._request("GET", "/user/margins/equity")

@@ -292,6 +292,11 @@ class PaperBroker(base.Broker):
                 buy_value=row.buy_value,
                 sell_quantity=row.sell_quantity,
                 sell_value=row.sell_value,
+                overnight_quantity=row.overnight_quantity,
+                day_buy_quantity=row.day_buy_quantity,
+                day_buy_value=row.day_buy_value,
+                day_sell_quantity=row.day_sell_quantity,
+                day_sell_value=row.day_sell_value,
             )
             for row in engine.positions_of(client)
         ]
@@ -309,6 +314,7 @@ class PaperBroker(base.Broker):
                 average_price=average,
                 last_price=instrument.last_price,
                 close_price=instrument.previous_close,
+                opening_quantity=quantity,  # bought before today, today's sales not taken out (Kite's too)
             )
             for instrument, quantity, average in engine.holdings_of(client)
         ]

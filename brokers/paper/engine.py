@@ -970,6 +970,12 @@ class PositionRow:
         return self.buy_quantity - self.sell_quantity
 
     @property
+    def overnight_quantity(self) -> int:
+        """Carried into today (Asia/Kolkata): the net of the fills of earlier days (0 for delivery,
+        whose earlier days are holdings)."""
+        return self.quantity - self.day_buy_quantity + self.day_sell_quantity
+
+    @property
     def buy_price(self) -> Decimal:
         return self.buy_value / self.buy_quantity if self.buy_quantity else Decimal(0)
 

@@ -148,7 +148,7 @@ def position(row: PositionRow) -> dict:
         "instrument_token": instrument.instrument_token,
         "product": row.product,
         "quantity": row.quantity,
-        "overnight_quantity": 0,
+        "overnight_quantity": row.overnight_quantity,
         "multiplier": 1,
         "average_price": number(round(row.average_price, 4)),
         "close_price": number(instrument.previous_close),

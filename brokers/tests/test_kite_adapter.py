@@ -394,3 +394,88 @@ def test_a_lookup_by_tag_answered_by_a_proxys_page_leaves_the_outcome_unknown(
     placed.refresh_from_db()
     assert placed.status != Order.Status.REJECTED and not placed.reject_kind
     assert len(fake_kite.book) == 2  # each sent once, never again blindly
+
+
+# --- The start of the day's figures ----------------------------------------------------------------
+
+
+def test_kites_positions_and_holdings_carry_the_start_of_the_days_figures(fake_kite):
+    """Kite's samples: each position's quantity carried into the day and today's buys and sells
+    (GOLDGUINEA: 3 carried in, 1 bought and 4 sold today, flat now), each holding's opening
+    quantity; an answer without them (an older API, another broker's shape) has none, not zeros."""
+    fake_kite.answers = {"GET": (200, "application/json", (SAMPLES / "positions.json").read_bytes())}
+    positions = {p.tradingsymbol: p for p in adapter().positions()}
+    figures = lambda p: (  # noqa: E731
+        p.quantity,
+        p.overnight_quantity,
+        p.day_buy_quantity,
+        p.day_buy_value,
+        p.day_sell_quantity,
+        p.day_sell_value,
+    )
+    assert figures(positions["GOLDGUINEA17DECFUT"]) == (0, 3, 1, Decimal("23388"), 4, Decimal("93360"))
+    assert figures(positions["LEADMINI17DECFUT"]) == (1, 0, 1, Decimal("161050"), 0, Decimal("0"))
+    assert figures(positions["SBIN"]) == (0, 0, 1, Decimal("311"), 1, Decimal("309"))
+    assert all(p.day_figures for p in positions.values())
+    fake_kite.answers = {"GET": (200, "application/json", (SAMPLES / "holdings.json").read_bytes())}
+    assert {h.tradingsymbol: (h.quantity, h.opening_quantity) for h in adapter().holdings()} == {
+        "AARON": (1, 1),
+        "SBIN": (16, 16),
+    }
+
+    for name, keys in (
+        ("positions", ["overnight_quantity", "day_buy_quantity", "day_buy_value"]),
+        ("holdings", ["opening_quantity"]),
+    ):
+        body = json.loads((SAMPLES / f"{name}.json").read_text())
+        rows = body["data"]["net"] if name == "positions" else body["data"]
+        for row in rows:
+            for key in keys:
+                del row[key]
+        fake_kite.answers = {"GET": (200, "application/json", json.dumps(body).encode())}
+        read = getattr(adapter(), name)()
+        assert read and all(getattr(row, key) is None for row in read for key in keys)
+        if name == "positions":
+            assert not any(p.day_figures for p in read)
+            assert read[0].day_sell_quantity is not None  # what was there is still read
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_paper_exchange_reports_the_start_of_the_days_figures_from_its_fills(kite_on_face):
+    """Its figures by trading day (Asia/Kolkata), alike in-process and on its Kite face: NIFTY NRML
+    bought 150 three days ago and sold 75 two days ago (75 carried in), then bought 75 and sold 150
+    today (flat now); INFY CNC bought 10 two days ago (its holding opened with 10) and 4 sold today
+    (a delivery position of today's only: nothing carried in)."""
+    from brokers.paper.adapter import PaperBroker
+    from brokers.paper.models import PaperTrade
+
+    client = PaperClient.objects.get(user_id="AB1234")
+    PaperClient.objects.filter(pk=client.pk).update(cash=Decimal("100000000"))
+
+    def fill(symbol, side, quantity, price, *, days_ago, exchange="NFO", product="NRML"):
+        price = Decimal(price)
+        engine.market_set(exchange=exchange, tradingsymbol=symbol, last_price=price, bid=price, ask=price)
+        placed = engine.order_place(
+            client=client, exchange=exchange, tradingsymbol=symbol,
+            transaction_type=side, order_type="MARKET", quantity=quantity, product=product,
+        )  # fmt: skip
+        assert placed.status == "COMPLETE", placed.status_message
+        PaperTrade.objects.filter(order=placed).update(filled_at=timezone.now() - timedelta(days=days_ago))
+
+    fill("NIFTY26DECFUT", "BUY", 150, "24000", days_ago=3)
+    fill("NIFTY26DECFUT", "SELL", 75, "24100", days_ago=2)
+    fill("INFY", "BUY", 10, "1400", days_ago=2, exchange="NSE", product="CNC")
+    fill("NIFTY26DECFUT", "BUY", 75, "24010", days_ago=0)
+    fill("NIFTY26DECFUT", "SELL", 150, "24020", days_ago=0)
+    fill("INFY", "SELL", 4, "1410", days_ago=0, exchange="NSE", product="CNC")
+
+    paper = PaperBroker(client_id="AB1234")
+    paper.login()
+    for broker in (paper, AccountBroker(kite_on_face)):
+        positions = {p.product: p for p in broker.positions()}
+        future, delivery = positions["NRML"], positions["CNC"]
+        assert (future.quantity, future.overnight_quantity) == (0, 75)
+        assert (future.day_buy_quantity, future.day_buy_value) == (75, Decimal("1800750"))
+        assert (future.day_sell_quantity, future.day_sell_value) == (150, Decimal("3603000"))
+        assert (delivery.quantity, delivery.overnight_quantity, delivery.day_sell_quantity) == (-4, 0, 4)
+        assert [(h.tradingsymbol, h.quantity, h.opening_quantity) for h in broker.holdings()] == [("INFY", 10, 10)]

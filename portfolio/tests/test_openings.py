@@ -6,15 +6,19 @@ back. Kite lists only today's orders and fills; the paper exchange lists every d
 test stands for Kite, the ``kite_day_books`` fixture keeps the paper adapter's lists to today's.
 """
 
+import json
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.db import OperationalError
 from django.utils import timezone
 
-from brokers.base import IST
+from accounts.models import BrokerAccount
+from brokers.base import IST, BrokerTrade
 from brokers.client import AccountBroker
 from brokers.models import Instrument
 from brokers.paper import engine
@@ -25,8 +29,10 @@ from monitoring.models import AccountRun
 from orders.tests.factories import place
 from portfolio import openings, services
 from portfolio.models import Opening, Position, Trade
+from tradingplatform import background
 
 D = Decimal
+KITE_SAMPLES = Path(__file__).resolve().parents[2] / "brokers" / "kite" / "samples"
 
 
 def start_of_today():
@@ -63,6 +69,19 @@ def kite_day_books(monkeypatch):
 
     monkeypatch.setattr(PaperBroker, "orders", lambda self: today(real_orders(self), lambda o: o.placed_at))
     monkeypatch.setattr(PaperBroker, "trades", lambda self: today(real_trades(self), lambda t: t.filled_at))
+
+
+@pytest.fixture
+def no_day_figures(monkeypatch):
+    """The paper adapter's positions and holdings as a broker without the start of the day's figures
+    gives them (only the net figures: openings subtract today's fills)."""
+    real_positions, real_holdings = PaperBroker.positions, PaperBroker.holdings
+    plain = {name: None for name in ("overnight_quantity", "day_buy_quantity", "day_buy_value")}
+    plain |= {"day_sell_quantity": None, "day_sell_value": None}
+    monkeypatch.setattr(PaperBroker, "positions", lambda self: [replace(p, **plain) for p in real_positions(self)])
+    monkeypatch.setattr(
+        PaperBroker, "holdings", lambda self: [replace(h, opening_quantity=None) for h in real_holdings(self)]
+    )
 
 
 def sell_today(trader, account, symbol, quantity, price, *, product="CNC", exchange="NSE"):
@@ -288,9 +307,48 @@ def test_a_kite_accounts_holdings_are_read_through_the_kite_face(trader, kite_on
     assert (position.net_quantity, position.realized_pnl) == (0, 12 * (fill.price - D("1401.45")))
 
 
-def test_a_fill_that_comes_in_while_the_book_is_read_puts_the_opening_off(trader, account, kite_day_books):
-    """The positions read may or may not have counted a fill the run's own fill list lacks: nothing
-    is taken then (the next run takes it), rather than a start of the day off by that fill."""
+@pytest.mark.django_db(transaction=True)
+def test_a_fill_kites_positions_count_before_its_fill_list_lists_it_is_not_counted_twice(
+    trader, kite_on_face, monkeypatch
+):
+    """Kite's positions and fill list are separate endpoints, and the fill list can lag: a SELL 75
+    made today (on Kite's own app) is in the positions (-150) but in no read of the fill list yet.
+    The opening is the -75 the day opened with (the positions' overnight quantity, at the average
+    of the carried sells), not -150; once the fill list lists the 75 sold, they are recorded after
+    it: -150 in all, not -225."""
+    account = kite_on_face
+    real, lagging = engine.trades_of, set()
+
+    def listed(client, order_id=None):  # Kite's: today's only, less the fills not listed yet
+        return real(client, order_id).filter(filled_at__gte=start_of_today()).exclude(trade_id__in=lagging)
+
+    monkeypatch.setattr(engine, "trades_of", listed)
+    history(account, "NIFTY26DECFUT", "SELL", 75, "24100.5", product="NRML", days_ago=2, exchange="NFO")
+    history(account, "NIFTY26DECFUT", "SELL", 75, "24050", product="NRML", days_ago=0, exchange="NFO")
+    (today,) = PaperTrade.objects.filter(filled_at__gte=start_of_today())
+    lagging.add(today.trade_id)
+    (position,) = AccountBroker(account).positions()
+    assert (position.quantity, position.overnight_quantity, position.day_sell_quantity) == (-150, -75, 75)
+
+    assert cycle.account_monitor(account=account).errors == []
+    (lot,) = Trade.objects.filter(account=account)
+    assert lot.broker_order_id.startswith(openings.ORDER_PREFIX)
+    assert (lot.side, lot.quantity, lot.price, lot.filled_at) == ("SELL", 75, D("24100.5"), start_of_today())
+    assert Position.objects.get(account=account).net_quantity == -75
+
+    lagging.clear()  # listed now
+    assert cycle.account_monitor(account=account).errors == []
+    position = Position.objects.get(account=account)
+    assert Trade.objects.filter(account=account).count() == 2
+    assert (position.net_quantity, position.average_price) == (-150, D("24075.25"))
+
+
+def test_a_fill_that_comes_in_while_the_book_is_read_puts_the_opening_off(
+    trader, account, kite_day_books, no_day_figures
+):
+    """A broker without the start of the day's figures: the positions read may or may not have
+    counted a fill the run's own fill list lacks: nothing is taken then (the next run takes it),
+    rather than a start of the day off by that fill."""
     history(account, "NIFTY26DECFUT", "BUY", 75, "24000", product="NRML", days_ago=2, exchange="NFO")
     set_price("NIFTY26DECFUT", "24010", "NFO")
     place(trader, account, symbol="NIFTY26DECFUT", exchange="NFO", quantity=75, product="NRML")
@@ -307,6 +365,68 @@ def test_a_fill_that_comes_in_while_the_book_is_read_puts_the_opening_off(trader
     opening_lot = Trade.objects.get(account=account, broker_order_id__startswith="opening:")
     assert (opening_lot.side, opening_lot.quantity, opening_lot.price) == ("BUY", 75, D("24000"))
     assert Position.objects.get(account=account).net_quantity == 150
+
+
+def test_a_broker_giving_the_start_of_the_days_figures_is_not_put_off_by_a_fill_coming_in(
+    trader, account, kite_day_books
+):
+    """The positions say what was carried into the day: a fill the run's fill list lacks changes
+    none of it, so the opening is taken at once, and the fill is recorded after it."""
+    history(account, "NIFTY26DECFUT", "BUY", 75, "24000", product="NRML", days_ago=2, exchange="NFO")
+    set_price("NIFTY26DECFUT", "24010", "NFO")
+    place(trader, account, symbol="NIFTY26DECFUT", exchange="NFO", quantity=75, product="NRML")
+    opening = openings.opening_take(account=account, broker=AccountBroker(account), trades_before=[])
+    assert (opening.outcome, opening.trading_date) == (Opening.Outcome.SEEDED, start_of_today().date())
+    lot = Trade.objects.get(account=account, broker_order_id__startswith="opening:")
+    assert (lot.side, lot.quantity, lot.price) == ("BUY", 75, D("24000"))
+
+    assert cycle.account_monitor(account=account).errors == []
+    position = Position.objects.get(account=account)
+    assert (position.net_quantity, position.average_price) == (150, D("24005"))
+
+
+def test_the_day_figures_decide_a_position_flat_now_that_opened_long():
+    """Kite's own example (its positions sample, a broker answer parsed by the Kite adapter):
+    GOLDGUINEA carried 3 in, bought 1 and sold 4 today, flat now: the day opened with 3, at the
+    average of the buys less today's. LEADMINI (bought today) and SBIN (today's round trip) carried
+    nothing in. With the same rows but no day figures, today's fills in the fill list are taken out."""
+    from brokers.kite.adapter import to_position
+
+    sample = json.loads((KITE_SAMPLES / "positions.json").read_text())["data"]["net"]
+    positions = [to_position(row) for row in sample]
+    start = start_of_today()
+    lots, skipped, explained = openings.book_at_day_start(holdings=[], positions=positions, trades=[], start=start)
+    assert (skipped, explained) == ([], [])
+    assert [(lot.tradingsymbol, lot.side, lot.quantity, lot.price) for lot in lots] == [
+        ("GOLDGUINEA17DECFUT", "BUY", 3, D("23057.0000"))
+    ]
+
+    # A broker without the figures, its fill list of today listing the same buys and sells.
+    plain = [replace(p, overnight_quantity=None) for p in positions]
+    fills = [
+        BrokerTrade("1", "A", "MCX", "GOLDGUINEA17DECFUT", "BUY", "NRML", 1, D("23388"), start + timedelta(hours=10)),
+        BrokerTrade("2", "B", "MCX", "GOLDGUINEA17DECFUT", "SELL", "NRML", 4, D("23340"), start + timedelta(hours=11)),
+        BrokerTrade("3", "C", "MCX", "LEADMINI17DECFUT", "BUY", "NRML", 1, D("161050"), start + timedelta(hours=10)),
+        BrokerTrade("4", "D", "NSE", "SBIN", "BUY", "CO", 1, D("311"), start + timedelta(hours=10)),
+        BrokerTrade("5", "E", "NSE", "SBIN", "SELL", "CO", 1, D("309"), start + timedelta(hours=11)),
+    ]
+    assert openings.book_at_day_start(holdings=[], positions=plain, trades=fills, start=start)[0] == lots
+
+
+def test_day_figures_that_do_not_add_up_seed_nothing_and_say_why():
+    """A position row whose overnight quantity, today's buys and sells and net quantity disagree
+    (a broker's half-updated row) is no honest start of the day: skipped and reported, not seeded
+    at a quantity that may be wrong."""
+    from brokers.kite.adapter import to_position
+
+    sample = json.loads((KITE_SAMPLES / "positions.json").read_text())["data"]["net"]
+    gold = next(to_position(row) for row in sample if row["tradingsymbol"] == "GOLDGUINEA17DECFUT")
+    torn = replace(gold, quantity=1)  # 3 carried + 1 bought - 4 sold is 0, not 1
+    lots, skipped, _ = openings.book_at_day_start(holdings=[], positions=[torn], trades=[], start=start_of_today())
+    assert lots == []
+    assert skipped == [
+        {"instrument": "MCX:GOLDGUINEA17DECFUT", "product": "NRML", "quantity": 3, "why": openings.DISAGREE}
+    ]
 
 
 def test_first_run_values_a_seeded_holding_at_the_market(trader, account, kite_day_books):
@@ -468,3 +588,81 @@ def test_an_opening_whose_recording_fails_all_its_first_day_is_taken_the_next_da
     assert cycle.account_monitor(account=account).errors == []
     assert Opening.objects.get(account=account).outcome == Opening.Outcome.SEEDED
     assert Position.objects.get(account=account).net_quantity == 60
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_account_first_met_through_the_fast_path_has_its_opening_taken_the_next_day(trader, account, kite_day_books):
+    """The account held 100 INFY before it was connected. Its first orders (SELL 30 INFY, BUY 10
+    TCS) fill on a day its monitoring never runs: the fill fast path records them (a short, as
+    nothing else is known) and the account counts as first met that day. The next day's run takes
+    its opening at that day's start (today's 70 plus the 30 sold since; TCS bought since, none), so
+    the sales net FIFO against the 100 at their price, and TCS is not counted twice."""
+    BrokerAccount.objects.filter(pk=account.pk).update(is_active=False)  # not connected: told nothing
+    history(account, "INFY", "BUY", 100, "1400", days_ago=10)
+    assert background.wait_idle(30)
+    BrokerAccount.objects.filter(pk=account.pk).update(is_active=True)
+    set_price("INFY", "1450")
+    sold = place(trader, account, symbol="INFY", side="SELL", quantity=30, product="CNC")
+    set_price("TCS", "3500")
+    place(trader, account, symbol="TCS", quantity=10, product="CNC")
+    assert background.wait_idle(30)
+    assert Position.objects.get(account=account, instrument__tradingsymbol="INFY").net_quantity == -30
+    pending = Opening.objects.get(account=account)
+    assert (pending.outcome, pending.trading_date) == (Opening.Outcome.PENDING, start_of_today().date())
+    assert not AccountRun.objects.exists()
+
+    first_met = _a_day_passes(account)
+    assert cycle.account_monitor(account=account).errors == []
+    opening = Opening.objects.get(account=account)
+    assert (opening.outcome, opening.trading_date) == (Opening.Outcome.SEEDED, first_met.date())
+    lot = Trade.objects.get(account=account, broker_order_id__startswith=openings.ORDER_PREFIX)
+    assert (lot.instrument.tradingsymbol, lot.side, lot.quantity, lot.price) == ("INFY", "BUY", 100, D("1400"))
+    assert lot.filled_at == first_met
+
+    fill = sell_today(trader, account, "INFY", 40, "1500")
+    assert background.wait_idle(30)
+    day_one = PaperTrade.objects.get(order__order_id=sold.broker_order_id)
+    infy = Position.objects.get(account=account, instrument__tradingsymbol="INFY")
+    assert (infy.net_quantity, infy.average_price) == (30, D("1400"))
+    assert infy.realized_pnl == 30 * (day_one.price - D("1400")) + 40 * (fill.price - D("1400")) == D("5500")
+    assert Position.objects.get(account=account, instrument__tradingsymbol="TCS").net_quantity == 10
+
+
+def test_the_first_fills_of_accounts_never_met_cost_one_statement_for_their_openings(trader, account):
+    """Recording fills leaves a pending opening for each account without one, dated its earliest
+    fill's day, in one statement for the batch; an account known to have one costs none, and one
+    whose opening is taken keeps it as it is."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.tests.factories import make_broker_account
+
+    other = make_broker_account(trader, broker="paper", client_id="PAPER-O2", label="Other")
+    Opening.objects.create(
+        account=other, trading_date=start_of_today().date(), taken_at=timezone.now(), outcome=Opening.Outcome.SEEDED
+    )
+    third = make_broker_account(trader, broker="paper", client_id="PAPER-O3", label="Third")
+
+    def fill(n, when):
+        return BrokerTrade(f"T{n}", f"O{n}", "NSE", "INFY", "BUY", "CNC", 1, D("1400"), when)
+
+    yesterday = timezone.now() - timedelta(days=1)
+
+    def opening_statements(fills):
+        with CaptureQueriesContext(connection) as queries:
+            services.trades_record_many(fills)
+        return [q["sql"] for q in queries if Opening._meta.db_table in q["sql"]]
+
+    statements = opening_statements(
+        [(account, [fill(1, timezone.now()), fill(2, yesterday)]), (other, [fill(3, timezone.now())])]
+    )
+    assert len(statements) == 1 and statements[0].upper().startswith("INSERT")
+    mine = Opening.objects.get(account=account)
+    assert (mine.outcome, mine.trading_date) == (Opening.Outcome.PENDING, yesterday.astimezone(IST).date())
+    assert Opening.objects.get(account=other).outcome == Opening.Outcome.SEEDED
+
+    assert opening_statements([(account, [fill(4, timezone.now())]), (other, [fill(5, timezone.now())])]) == []
+    assert len(opening_statements([(account, [fill(6, timezone.now())]), (third, [fill(7, timezone.now())])])) == 1
+    assert Opening.objects.get(account=third).trading_date == start_of_today().date()
+    assert Opening.objects.get(account=account).trading_date == yesterday.astimezone(IST).date()
+    assert Trade.objects.count() == 7
