@@ -9,6 +9,7 @@ import hashlib
 import logging
 import secrets
 import time as time_module
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -135,31 +136,50 @@ def _owned_accounts(owner, account_ids, *, kept=None) -> list[BrokerAccount]:
     return accounts
 
 
+BASKET_NAME_TAKEN = "You already have a basket with this name."
+
+
 def _basket_name(owner, name: str, basket: Basket | None) -> str:
     name = (name or "").strip()
     if not name:
         raise ValidationError({"name": "Give the basket a name."})
     if Basket.objects.filter(owner=owner, name=name).exclude(pk=basket.pk if basket else None).exists():
-        raise ValidationError({"name": "You already have a basket with this name."})
+        raise ValidationError({"name": BASKET_NAME_TAKEN})
     return name
 
 
-@transaction.atomic
+@contextmanager
+def _name_written(model, owner, name: str, row, taken: str):
+    """Around the write of a row's name: a name another request took after it was checked (two
+    creates or renames to one name at the same moment, stopped by the unique constraint) is the
+    check's own refusal naming ``name``, not a 500. Everything the save wrote is rolled back."""
+    try:
+        with transaction.atomic():
+            yield
+    except IntegrityError:
+        if model.objects.filter(owner=owner, name=name).exclude(pk=row.pk if row else None).exists():
+            raise ValidationError({"name": taken}) from None
+        raise
+
+
 def basket_save(*, owner, name: str, items: list[dict], account_ids, basket: Basket | None = None) -> Basket:
-    """Create a basket or replace its name, accounts and items."""
-    name = _basket_name(owner, name, basket)
-    rows = _clean_items(items)
-    accounts = _owned_accounts(owner, account_ids, kept=basket or Basket())
-    if basket is None:
-        basket = Basket.objects.create(owner=owner, name=name)
-    else:
-        basket.name = name
-        basket.save(update_fields=["name", "updated_at"])
-        basket.items.all().delete()
-    for row in rows:
-        row.basket = basket
-    BasketItem.objects.bulk_create(rows)
-    basket.accounts.set(accounts)
+    """Create a basket, or replace its name, accounts and items: ``basket_change`` with every field,
+    under the basket's row lock, so two saves at the same time are made one after the other (the
+    basket ends as one of them left it, never with the items of both)."""
+    if basket is not None:
+        return basket_change(
+            owner=owner, basket=basket, name=name or "", items=items or [], account_ids=account_ids or []
+        )
+    with transaction.atomic():
+        name = _basket_name(owner, name, None)
+        rows = _clean_items(items)
+        accounts = _owned_accounts(owner, account_ids, kept=Basket())
+        with _name_written(Basket, owner, name, None, BASKET_NAME_TAKEN):
+            basket = Basket.objects.create(owner=owner, name=name)
+        for row in rows:
+            row.basket = basket
+        BasketItem.objects.bulk_create(rows)
+        basket.accounts.set(accounts)
     return basket
 
 
@@ -169,8 +189,9 @@ def basket_change(
 ) -> Basket:
     """Change what is given of a basket (None: kept), checked as ``basket_save`` checks it.
 
-    Under the basket's row lock, so edits of different fields made at the same time all stay.
-    Items given replace them all; items not given keep their rows.
+    Under the basket's row lock, taken before anything is read: edits of different fields made at
+    the same time all stay, and each is checked against what the one before it left. Items given
+    replace them all; items not given keep their rows.
     """
     basket = _locked(Basket, basket, owner)
     if name is None and items is None and account_ids is None:
@@ -179,7 +200,8 @@ def basket_change(
         basket.name = _basket_name(owner, name, basket)
     rows = _clean_items(items) if items is not None else None
     accounts = _owned_accounts(owner, account_ids, kept=basket) if account_ids is not None else None
-    basket.save(update_fields=["name", "updated_at"])
+    with _name_written(Basket, owner, basket.name, basket, BASKET_NAME_TAKEN):
+        basket.save(update_fields=["name", "updated_at"])
     if rows is not None:
         basket.items.all().delete()
         for row in rows:
@@ -292,7 +314,30 @@ def scheduled_save(
     grace_s: int = 0,
     scheduled: ScheduledOrder | None = None,
 ) -> ScheduledOrder:
-    """Create or change a scheduled order; its order is checked now, as if placed."""
+    """Create a scheduled order, or replace all of one; its order is checked now, as if placed.
+
+    What is given is checked first; a replace then takes the row's lock and is decided and written
+    under it (``_scheduled_write``), as a change (``scheduled_change``) is."""
+    values = _scheduled_values(
+        owner=owner,
+        account=account,
+        spec=spec,
+        recurrence=recurrence,
+        time_of_day=time_of_day,
+        timezone_name=timezone_name,
+        run_on=run_on,
+        weekdays=weekdays,
+        grace_s=grace_s,
+    )
+    with transaction.atomic():
+        row = ScheduledOrder(owner=owner) if scheduled is None else _locked(ScheduledOrder, scheduled, owner)
+        return _scheduled_write(row, values)
+
+
+def _scheduled_values(
+    *, owner, account, spec: dict, recurrence, time_of_day, timezone_name, run_on, weekdays, grace_s
+) -> dict:
+    """A scheduled order's fields as given, checked (its order as if placed now), whatever it has now."""
     checked = services.order_check(actor=owner, account=account, **spec)
     # As it will be placed (and stored: "1E+3" is 1000.00).
     spec = {**spec, "quantity": checked.quantity, "price": checked.price, "trigger_price": checked.trigger_price}
@@ -311,42 +356,47 @@ def scheduled_save(
         if wall.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != wall.replace(tzinfo=None):
             skipped = f"{time_of_day:%H:%M} does not exist on {run_on} in {timezone_name} (the clocks skip it)."
             raise ValidationError({"time_of_day": skipped})
-    if scheduled is not None and scheduled.status == ScheduledOrder.Status.CANCELLED:
-        raise _cancelled()
-    row = scheduled or ScheduledOrder(owner=owner)
-    row.account = account
-    for name, value in spec.items():
+    return {
+        "account": account,
+        **spec,
+        "recurrence": recurrence,
+        "weekdays": weekdays,
+        "time_of_day": time_of_day,
+        "timezone": timezone_name,
+        "run_on": run_on,
+        "grace_s": int(grace_s or 0),
+    }
+
+
+def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
+    """Write checked ``values`` over ``row`` (a new one, or one read under its row lock in the
+    caller's transaction) with its next due time, and drop the due times they replace.
+
+    Under that lock its due times stay as they are read here: the dispatcher claims one, a worker
+    takes one to place it (PENDING -> PLACING) and a cancel drops one only under it too. So a due
+    time still waiting for a worker is placed as this write leaves the order (or dropped by it),
+    and one a worker took is being placed as it was: the change is refused until it is placed."""
+    if row.pk is not None:
+        if row.status == ScheduledOrder.Status.CANCELLED:  # read before a cancel on another tab: it stays cancelled
+            raise _cancelled()
+        _not_while_placing(row)
+    for name, value in values.items():
         setattr(row, name, value)
-    row.recurrence, row.weekdays, row.time_of_day = recurrence, weekdays, time_of_day
-    row.timezone, row.run_on, row.grace_s = timezone_name, run_on, int(grace_s or 0)
     start, came_due, end_of_today = _not_again_today(row, timezone.now())
     row.next_run_at = next_occurrence(row, start)
     if row.next_run_at is None:
         raise ValidationError({"run_on": "That time has already passed."})
     row.status = ScheduledOrder.Status.ACTIVE
     row.full_clean(exclude=["owner", "account", "instrument"])
-    with transaction.atomic():
-        if scheduled is not None:
-            # ``scheduled`` may have been read before a cancel on another tab (a cancelled order
-            # stays cancelled), or before the dispatcher recorded a run (its record is kept).
-            now_stored = ScheduledOrder.objects.select_for_update().filter(pk=row.pk)
-            status, row.last_run_at, row.last_result = now_stored.values_list(
-                "status", "last_run_at", "last_result"
-            ).get()
-            if status == ScheduledOrder.Status.CANCELLED:
-                raise _cancelled()
-        if came_due:
-            # Today's due time came and is still unplaced: the later time today replaces it. Unless a
-            # worker took it meanwhile (PLACING): then it is today's run.
-            dropped = ScheduledFire.objects.filter(pk__in=came_due, status=ScheduledFire.Status.PENDING).update(
-                status=ScheduledFire.Status.CANCELLED, detail="moved to a later time today"
-            )
-            if dropped < len(came_due):
-                row.next_run_at = next_occurrence(row, end_of_today)
-        row.save()
-        # A time claimed ahead for the old settings must not fire (if the new settings keep it,
-        # the next claim takes it again); one whose time has come places with the new settings.
-        _drop_pending_fires(row, only_future=True)
+    if came_due:
+        # Today's due time came and is still unplaced: the later time today replaces it.
+        ScheduledFire.objects.filter(pk__in=came_due, status=ScheduledFire.Status.PENDING).update(
+            status=ScheduledFire.Status.CANCELLED, detail="moved to a later time today"
+        )
+    row.save()
+    # A time claimed ahead for the old settings must not fire (if the new settings keep it, the next
+    # claim takes it again); one whose time has come places with the new settings.
+    _drop_pending_fires(row, only_future=True)
     return row
 
 
@@ -354,6 +404,28 @@ def _cancelled() -> ValidationError:
     return ValidationError(
         {"scheduled": ValidationError("This scheduled order is cancelled; create a new one.", code="conflict")}
     )
+
+
+def _not_while_placing(row: ScheduledOrder) -> None:
+    """Refuse to change a scheduled order while a worker places one of its due times (PLACING: too
+    late to change, it places the settings it was taken with). An answer with the new settings
+    would tell the trader that order has them. Once it is placed (a moment), a change of a
+    recurring order applies from its next due time."""
+    due_at = (
+        ScheduledFire.objects.filter(scheduled_id=row.pk, status=ScheduledFire.Status.PLACING)
+        .order_by("due_at")
+        .values_list("due_at", flat=True)
+        .first()
+    )
+    if due_at is None:
+        return
+    due = f"{due_at.astimezone(_zone(row.timezone)):%Y-%m-%d %H:%M:%S} {row.timezone}"
+    text = f"This scheduled order's run due {due} is being placed now, as it was"
+    if row.recurrence == ScheduledOrder.Recurrence.ONCE:
+        text += "; it is too late to change it."
+    else:
+        text += "; send the change again once it is placed, and it applies from the next run."
+    raise ValidationError({"scheduled": ValidationError(text, code="conflict")})
 
 
 # What a change of a scheduled order may name: its order's fields and its schedule's.
@@ -390,7 +462,7 @@ def scheduled_change(*, owner, scheduled: ScheduledOrder, **changes) -> Schedule
             "weekdays": row.weekdays,
             "grace_s": row.grace_s,
         }
-        return scheduled_save(owner=owner, spec=spec, scheduled=row, **{**kept, **changes})
+        return _scheduled_write(row, _scheduled_values(owner=owner, spec=spec, **{**kept, **changes}))
 
 
 def _not_again_today(row: ScheduledOrder, now: datetime) -> tuple[datetime, list[int], datetime]:
@@ -424,18 +496,24 @@ def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> bool:
     if scheduled.owner_id != actor.pk:
         raise ValidationError({"scheduled": "No such scheduled order."})
     with transaction.atomic():
+        # Its row first, then its fires: the order an edit, the dispatcher and a worker taking a due
+        # time lock them in (a cancel and a take of the same order at once would deadlock otherwise).
+        stored = ScheduledOrder.objects.select_for_update().filter(pk=scheduled.pk)
+        status = stored.values_list("status", flat=True).first()
         # A once order whose time was claimed ahead shows done; dropping that claim cancels it.
         dropped = _drop_pending_fires(scheduled, only_future=False)
-        cancellable = [ScheduledOrder.Status.ACTIVE] + ([ScheduledOrder.Status.DONE] if dropped else [])
-        cancelled = ScheduledOrder.objects.filter(pk=scheduled.pk, status__in=cancellable).update(
-            status=ScheduledOrder.Status.CANCELLED, next_run_at=None
-        )
-    return bool(cancelled)
+        if status == ScheduledOrder.Status.ACTIVE or (status == ScheduledOrder.Status.DONE and dropped):
+            ScheduledOrder.objects.filter(pk=scheduled.pk).update(
+                status=ScheduledOrder.Status.CANCELLED, next_run_at=None
+            )
+            return True
+    return False
 
 
 def _drop_pending_fires(scheduled: ScheduledOrder, *, only_future: bool) -> int:
-    """Cancel claimed due times no worker has started placing (``scheduled_fire`` takes a fire
-    PENDING -> PLACING under its row lock, so a fire is either dropped here or placed, not both)."""
+    """Cancel claimed due times no worker has started placing. Under the scheduled order's row lock
+    (a worker takes a fire PENDING -> PLACING under it too), so a fire is either dropped here or
+    placed, not both."""
     fires = ScheduledFire.objects.filter(scheduled_id=scheduled.pk, status=ScheduledFire.Status.PENDING)
     if only_future:
         fires = fires.filter(due_at__gt=timezone.now())
@@ -541,15 +619,16 @@ def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
     nothing twice (each order's idempotency key is its fire's). Returns the fires as they are now,
     in the order asked; one far too early is left pending, for its time.
 
-    A fire is PLACING from its first commit on (a cancel is then too late for that due time). If
-    placing one fails unexpectedly it stays PLACING and is sent again later (``scheduled_dispatch``);
-    the others are recorded.
+    A fire is PLACING from its first commit on (a cancel is then too late for that due time, and a
+    change of its scheduled order is refused until it is recorded). If placing one fails
+    unexpectedly it stays PLACING and is sent again later (``scheduled_dispatch``); the others are
+    recorded.
     """
-    ahead = {pk: (status, due_at) for pk, status, due_at in _fire_states(fire_ids)}
+    ahead = {pk: (status, due_at, scheduled_id) for pk, status, due_at, scheduled_id in _fire_states(fire_ids)}
     now = timezone.now()
     due = [
         pk
-        for pk, (status, due_at) in ahead.items()
+        for pk, (status, due_at, _scheduled_id) in ahead.items()
         if status in _TO_PLACE and (due_at - now).total_seconds() <= settings.SCHEDULE_LEAD_S + 1
     ]  # far too early (a clock far ahead): left pending, for its time
     placing = []
@@ -557,7 +636,7 @@ def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
         early_s = (max(ahead[pk][1] for pk in due) - now).total_seconds()
         if early_s > 0:  # sent with an ETA; a worker whose clock runs a little ahead waits
             time_module.sleep(early_s)
-        placing, tokens = _fires_take(due)
+        placing, tokens = _fires_take(due, {ahead[pk][2] for pk in due})
         try:
             with locks.kept(tokens, ttl_s=FIRE_PLACING_TTL_S):
                 outcomes = _fires.map(_fire_place, placing)
@@ -572,13 +651,13 @@ def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
 _TO_PLACE = (ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING)
 
 
-def _fire_states(fire_ids: list[int]) -> list[tuple[int, str, datetime]]:
-    """(id, status, due time) of the fires, read before their lock (a worker that waits for the due
-    time does not hold it while it waits)."""
-    return list(ScheduledFire.objects.filter(pk__in=fire_ids).values_list("pk", "status", "due_at"))
+def _fire_states(fire_ids: list[int]) -> list[tuple[int, str, datetime, int]]:
+    """(id, status, due time, scheduled order id) of the fires, read before their locks (a worker
+    that waits for the due time does not hold them while it waits)."""
+    return list(ScheduledFire.objects.filter(pk__in=fire_ids).values_list("pk", "status", "due_at", "scheduled_id"))
 
 
-def _fires_take(fire_ids: list[int]) -> tuple[list[ScheduledFire], dict[str, str]]:
+def _fires_take(fire_ids: list[int], scheduled_ids) -> tuple[list[ScheduledFire], dict[str, str]]:
     """Lock the fires still to place and mark them PLACING, in one commit; report the ones a worker
     got to too late as missed. Returns the ones to place, with their scheduled orders, and the
     placing locks taken for them (``_placing_lock``: held until they are recorded, so a late
@@ -587,12 +666,18 @@ def _fires_take(fire_ids: list[int]) -> tuple[list[ScheduledFire], dict[str, str
     tokens: dict[str, str] = {}
     try:
         with transaction.atomic():
-            # Only the fires are locked: MariaDB's FOR UPDATE would lock every joined row too (the
-            # accounts, users and instruments that fire tasks side by side share: they deadlocked).
+            # Their scheduled orders' rows first, in id order, then the fires: the order an edit, a
+            # cancel and the dispatcher lock them in. An edit of one is then made wholly before the
+            # take (which places what it left, or finds the fire dropped) or after it (and finds the
+            # fire being placed), and the two never deadlock. Each table on its own, without joins:
+            # MariaDB's FOR UPDATE would lock every joined row too (the accounts, users and
+            # instruments that fire tasks side by side share: they deadlocked).
+            locked = ScheduledOrder.objects.select_for_update().filter(pk__in=scheduled_ids).order_by("pk")
+            list(locked.values_list("pk", flat=True))
             fires = list(
                 ScheduledFire.objects.select_for_update().filter(pk__in=fire_ids, status__in=_TO_PLACE).order_by("pk")
             )
-            orders = ScheduledOrder.objects.select_related("account", "instrument", "owner")
+            orders = ScheduledOrder.objects.select_related("account", "instrument", "owner")  # read under their locks
             scheduled_orders = orders.in_bulk({fire.scheduled_id for fire in fires})
             for fire in fires:
                 fire.scheduled = scheduled_orders[fire.scheduled_id]
@@ -688,11 +773,12 @@ def _fires_record(outcomes: list[tuple[ScheduledFire, tuple[str, str]]]) -> None
     now = timezone.now()
     with transaction.atomic():
         recorded = {}
-        for fire, (status, detail) in outcomes:
+        # Each scheduled order's row before its fire, in id order: the order the take locks them in.
+        for fire, (status, detail) in sorted(outcomes, key=lambda outcome: (outcome[0].scheduled_id, outcome[0].pk)):
+            ScheduledOrder.objects.filter(pk=fire.scheduled_id).update(last_run_at=now, last_result=detail)
             recorded[fire.pk] = ScheduledFire.objects.filter(pk=fire.pk, status=ScheduledFire.Status.PLACING).update(
                 status=status, detail=detail
             )
-            ScheduledOrder.objects.filter(pk=fire.scheduled_id).update(last_run_at=now, last_result=detail)
     for fire, (status, detail) in outcomes:
         if recorded[fire.pk]:
             fire.status, fire.detail = status, detail
@@ -748,9 +834,22 @@ def _secret() -> tuple[str, str, str]:
     return raw, hashlib.sha256(raw.encode()).hexdigest(), raw[:12]
 
 
-@transaction.atomic
+STRATEGY_NAME_TAKEN = "You already have a strategy with this name."
+
+
 def strategy_save(*, owner, name: str, account_ids, strategy: Strategy | None = None, **params) -> tuple[Strategy, str]:
-    """Create or change a strategy. Returns it with its webhook secret when one was just made (else "")."""
+    """Create a strategy, or change its name, accounts and the settings given. Returns it with its
+    webhook secret when one was just made (else "").
+
+    A change is made under the strategy's row lock, taken before anything is read (as
+    ``strategy_change``), so two saves at the same time are made one after the other."""
+    with transaction.atomic():
+        row = _locked(Strategy, strategy, owner) if strategy is not None else None
+        return _strategy_write(owner=owner, name=name, account_ids=account_ids, strategy=row, **params)
+
+
+def _strategy_write(*, owner, name: str, account_ids, strategy: Strategy | None, **params) -> tuple[Strategy, str]:
+    """``strategy_save`` of a strategy as read under its row lock (None: a new one), in the caller's transaction."""
     from brokers.errors import RejectKind
 
     unknown = set(params) - set(STRATEGY_FIELDS)
@@ -760,7 +859,7 @@ def strategy_save(*, owner, name: str, account_ids, strategy: Strategy | None = 
     if not name:
         raise ValidationError({"name": "Give the strategy a name."})
     if Strategy.objects.filter(owner=owner, name=name).exclude(pk=strategy.pk if strategy else None).exists():
-        raise ValidationError({"name": "You already have a strategy with this name."})
+        raise ValidationError({"name": STRATEGY_NAME_TAKEN})
     kinds = params.get("retryable_kinds")
     if kinds is not None and (not isinstance(kinds, list) or set(kinds) - set(RejectKind.ALL)):
         raise ValidationError({"retryable_kinds": f"Choose from {', '.join(RejectKind.ALL)}."})
@@ -788,8 +887,9 @@ def strategy_save(*, owner, name: str, account_ids, strategy: Strategy | None = 
         secret, row.webhook_secret_hash, row.webhook_secret_prefix = _secret()
         changed += ["webhook_secret_hash", "webhook_secret_prefix"]
     row.full_clean(exclude=["owner"])
-    # A change writes only what it changes: a secret rotated since ``strategy`` was read stays.
-    row.save(update_fields=changed if strategy is not None else None)
+    # A change writes only what it changes: the secret is ``strategy_rotate_secret``'s alone.
+    with _name_written(Strategy, owner, name, strategy, STRATEGY_NAME_TAKEN):
+        row.save(update_fields=changed if strategy is not None else None)
     row.accounts.set(accounts)
     return row, secret
 
@@ -808,7 +908,9 @@ def strategy_change(*, owner, strategy: Strategy, **changes) -> Strategy:
     if account_ids is None:
         account_ids = list(row.accounts.values_list("pk", flat=True))
     params = {field: getattr(row, field) for field in STRATEGY_FIELDS}
-    row, _secret = strategy_save(owner=owner, name=name, account_ids=account_ids, strategy=row, **{**params, **changes})
+    row, _secret = _strategy_write(
+        owner=owner, name=name, account_ids=account_ids, strategy=row, **{**params, **changes}
+    )
     return row
 
 

@@ -278,6 +278,13 @@ def test_moving_a_daily_time_later_just_after_its_time_came_places_once_that_day
 def test_moving_a_daily_time_whose_due_time_a_worker_took_places_next_tomorrow(trader, account):
     row, fire_id, moved, local = _daily_due_a_moment_ago(trader, account)
     ScheduledFire.objects.filter(pk=fire_id).update(status=ScheduledFire.Status.PLACING)  # a worker has it
+    # While it is being placed the change is refused (that order has the settings it had) ...
+    with pytest.raises(ValidationError) as error:
+        sources.scheduled_save(owner=trader, account=account, spec=spec(), scheduled=row, **moved)
+    assert error.value.error_dict["scheduled"][0].code == "conflict"
+    assert "being placed now" in error.value.message_dict["scheduled"][0]
+    # ... and once it is placed, it was today's run: the next is tomorrow.
+    ScheduledFire.objects.filter(pk=fire_id).update(status=ScheduledFire.Status.PLACED)
     row = sources.scheduled_save(owner=trader, account=account, spec=spec(), scheduled=row, **moved)
     assert row.next_run_at.astimezone(local.tzinfo).date() > local.date()
 
