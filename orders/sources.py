@@ -937,7 +937,9 @@ def strategy_signal(
     """Place a strategy's entry on each of its accounts. Returns (signal, replayed).
 
     A signal id is used once per strategy: a repeat returns the first signal's results
-    and places nothing.
+    and places nothing. A repeat saying something else (another side, quantity, symbol...) is
+    refused (409 on ``signal_id``) rather than answered with the first one's results: an alert
+    that sends one fixed id would otherwise have every later signal silently dropped.
     """
     if strategy.owner_id != actor.pk:
         raise ValidationError({"strategy": "No such strategy."})
@@ -950,23 +952,23 @@ def strategy_signal(
         raise ValidationError({"signal_id": f"A signal id has at most {SIGNAL_ID_MAX_LENGTH} characters."})
     signals = StrategySignal.objects.filter(strategy=strategy, signal_id=signal_id)
     existing = signals.first()
-    if existing is not None:  # a replay: with its results once its first request has them
-        return services.settled(existing, signals.first, lambda signal: signal.results), True
     # A refused signal leaves no trace, so the same id can be sent again once corrected: what
     # every account's order must meet is checked before the id is taken (each account's own
     # rules, its products and limits, are its placement's result).
-    quantity, price, trigger_price = services.spec_check(
-        instrument=instrument,
-        side=side,
-        quantity=quantity,
-        order_type=order_type,
-        product=product,
-        price=price,
-        trigger_price=trigger_price,
-    )
-    accounts = list(strategy.accounts.order_by("pk"))  # a deactivated one answers with why, as in a basket
-    if not any(account.is_active for account in accounts):
-        raise ValidationError({"strategy": "This strategy has no active accounts."})
+    try:
+        quantity, price, trigger_price = services.spec_check(
+            instrument=instrument,
+            side=side,
+            quantity=quantity,
+            order_type=order_type,
+            product=product,
+            price=price,
+            trigger_price=trigger_price,
+        )
+    except ValidationError:
+        if existing is None:
+            raise
+        raise _signal_id_reused() from None  # the first one with this id was a signal that passed
     payload = {
         "instrument": str(instrument),
         "side": side,
@@ -976,11 +978,16 @@ def strategy_signal(
         "price": str(price) if price is not None else None,
         "trigger_price": str(trigger_price) if trigger_price is not None else None,
     }
+    if existing is not None:
+        return _replayed(existing, payload, signals), True
+    accounts = list(strategy.accounts.order_by("pk"))  # a deactivated one answers with why, as in a basket
+    if not any(account.is_active for account in accounts):
+        raise ValidationError({"strategy": "This strategy has no active accounts."})
     try:
         with transaction.atomic():
             signal = StrategySignal.objects.create(strategy=strategy, signal_id=signal_id, via=via, payload=payload)
     except IntegrityError:  # the same id at the same moment: the other request places it
-        return services.settled(signals.get(), signals.first, lambda signal: signal.results), True
+        return _replayed(signals.get(), payload, signals), True
     spec = {
         "instrument": instrument,
         "side": side,
@@ -1008,6 +1015,25 @@ def strategy_signal(
 
 
 SIGNAL_ID_MAX_LENGTH = StrategySignal._meta.get_field("signal_id").max_length
+
+
+def _replayed(first: StrategySignal, payload: dict, signals) -> StrategySignal:
+    """The signal first sent with this id, with its results once its request has them, when this
+    repeat says the same; else refused."""
+    if first.payload and first.payload != payload:
+        raise _signal_id_reused()
+    return services.settled(first, signals.first, lambda signal: signal.results)
+
+
+def _signal_id_reused() -> ValidationError:
+    return ValidationError(
+        {
+            "signal_id": ValidationError(
+                "This id was already used for a different signal; nothing was placed. Give each signal its own id.",
+                code="conflict",
+            )
+        }
+    )
 
 
 def _alert_time(value) -> datetime:

@@ -46,8 +46,9 @@ def strategy_signal(request, pk):
         logger.warning("refused webhook for strategy %s from %s: %s", pk, client_ip(request), exc)
         return _error(403, "forbidden", "Unknown strategy, wrong secret, or a timestamp too far from now.")
     except ValidationError as exc:
-        field, message, _code = first_error(exc)
-        return _error(422, "invalid", message, FIELD_NAMES.get(field, field))
+        field, message, code = first_error(exc)
+        status, code = (409, "conflict") if code == "conflict" else (422, "invalid")
+        return _error(status, code, message, FIELD_NAMES.get(field, field))
     except Exception:
         logger.exception("webhook for strategy %s failed", pk)
         return _error(500, "internal", "The alert could not be handled.")

@@ -152,6 +152,16 @@ def test_a_refused_signal_does_not_use_up_its_id(api, trader, account):
     assert PaperOrder.objects.count() == 1
 
 
+def test_a_signal_id_used_for_another_signal_answers_409(api, trader, account):
+    strategy = post(api, "/api/v1/strategies", {"name": "S", "account_ids": [account.pk]}).json()
+    path = f"/api/v1/strategies/{strategy['id']}/signal"
+    assert post(api, path, {"id": "a1", "tradingsymbol": "INFY", "side": "BUY", "quantity": 1}).status_code == 201
+    assert post(api, path, {"id": "a1", "tradingsymbol": "INFY", "side": "BUY", "quantity": 1}).status_code == 200
+    refused = post(api, path, {"id": "a1", "tradingsymbol": "INFY", "side": "SELL", "quantity": 1})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "conflict"
+    assert PaperOrder.objects.count() == 1
+
+
 def test_long_basket_keys_are_not_cut_short(api, trader, account):
     basket = post(
         api,

@@ -582,6 +582,20 @@ def test_webhook_places_once_and_refuses_forgeries_and_replays(client, strategy)
     assert PaperOrder.objects.count() == 1
 
 
+def test_a_used_id_sent_with_another_signal_is_refused_and_places_nothing(client, strategy):
+    """An alert that sends one fixed id for every signal: the first places, a true repeat answers
+    with its results, and a different signal under that id is refused, saying so (409 on the id),
+    not answered with the first one's results as though it had been placed."""
+    assert webhook(client, strategy).status_code == 201
+    assert webhook(client, strategy, side="BUY").json()["replayed"] is True  # the same signal
+    for other in ({"side": "sell"}, {"quantity": 2}, {"symbol": "NSE:TCS"}, {"quantity": 1.5}):
+        refused = webhook(client, strategy, **other)
+        assert refused.status_code == 409, other
+        assert refused.json()["error"]["code"] == "conflict" and refused.json()["error"]["field"] == "id"
+        assert "already used for a different signal" in refused.json()["error"]["message"]
+    assert PaperOrder.objects.count() == 1
+
+
 def test_webhook_for_a_paused_strategy_or_unknown_symbol(client, strategy):
     assert webhook(client, strategy, id="x1", symbol="NSE:NOPE").json()["error"]["field"] == "symbol"
     strategy.is_active = False
