@@ -50,6 +50,12 @@ def test_strategy_take_profit_exits_and_cancels_the_stop_loss(stack, context, pa
     secret = page.locator("#webhook-secret .secret-value").inner_text().strip()
     webhook_url = page.locator("#webhook-url").inner_text().strip()
     assert secret and webhook_url.endswith("/")
+    # Shown once: the address is the strategy's own, and a reload shows it without the secret
+    # (it does not send the form again).
+    expect(page).to_have_url(re.compile(r"/strategies/\d+/$"))
+    page.reload()
+    expect(page.get_by_role("heading", name="Breakout", level=1)).to_be_visible()
+    expect(page.locator("#webhook-secret")).to_have_count(0)
 
     book = context.new_page()
     book.goto("/orders/")
