@@ -1,3 +1,8 @@
+import threading
+from contextlib import contextmanager
+
+from django.db import connection, transaction
+
 from brokers.models import Instrument
 from orders import services
 
@@ -19,3 +24,31 @@ def place(actor, account, *, symbol="INFY", side="BUY", quantity=1, order_type="
         product=product,
         **kwargs,
     )
+
+
+@contextmanager
+def sent_while_locked(model, request):
+    """Run ``request()`` (an API call) on a thread of its own while the block holds ``model``'s row
+    lock (in the block's transaction): the thread is started once the block has taken it, and the
+    block ends (committing) once the request reaches that row (a ``FOR UPDATE`` or an ``UPDATE``
+    of its table, where it waits). Yields the list the request's answer is put in once it is done."""
+    table, reached, answers = f"`{model._meta.db_table}`", threading.Event(), []
+
+    def at_the_row(execute, sql, params, many, context):
+        if table in sql and ("FOR UPDATE" in sql or sql.lstrip().upper().startswith("UPDATE")):
+            reached.set()
+        return execute(sql, params, many, context)
+
+    def send():
+        try:
+            with connection.execute_wrapper(at_the_row):
+                answers.append(request())
+        finally:
+            reached.set()
+            connection.close()
+
+    thread = threading.Thread(target=send)
+    with transaction.atomic():
+        yield answers, thread.start
+        assert reached.wait(60), "the request never came to the row"
+    thread.join(60)

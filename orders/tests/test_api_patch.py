@@ -1,17 +1,17 @@
 """PATCH of baskets, scheduled orders and strategies: only the fields sent change, checked as a PUT
 is, under the row lock (two edits of different fields made at the same time both stay)."""
 
-import threading
 from datetime import date, timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.test import Client
 
 from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
 from orders import sources
 from orders.models import Basket, BasketItem, ScheduledOrder, Strategy
+from orders.tests.factories import sent_while_locked
 from tradingplatform.tests.security import db_snapshot
 
 
@@ -228,27 +228,8 @@ def test_two_patches_of_different_fields_at_once_both_stay(kind, trader, account
     api = api_for(trader)
     pk = MAKE[kind](api, account)["id"]
     hold, body, both_stay = AT_ONCE[kind]
-    table = f"`{MODELS[kind]._meta.db_table}`"
-    reached, answers = threading.Event(), []
-
-    def at_the_row(execute, sql, params, many, context):
-        if table in sql and ("FOR UPDATE" in sql or sql.lstrip().upper().startswith("UPDATE")):
-            reached.set()
-        return execute(sql, params, many, context)
-
-    def send():
-        try:
-            with connection.execute_wrapper(at_the_row):
-                answers.append(patch(api, f"/api/v1/{kind}/{pk}", body))
-        finally:
-            reached.set()
-            connection.close()
-
-    thread = threading.Thread(target=send)
-    with transaction.atomic():
+    with sent_while_locked(MODELS[kind], lambda: patch(api, f"/api/v1/{kind}/{pk}", body)) as (answers, start):
         hold(trader, MODELS[kind].objects.get(pk=pk))
-        thread.start()
-        assert reached.wait(60), "the PATCH never came to the row"
-    thread.join(60)
+        start()
     assert answers and answers[0].status_code == 200, answers and answers[0].json()
     assert both_stay(MODELS[kind].objects.get(pk=pk))

@@ -20,7 +20,7 @@ from django.utils import timezone
 from accounts.tests.factories import make_broker_account
 from orders import services, sources
 from orders.models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy
-from orders.tests.factories import instrument
+from orders.tests.factories import instrument, sent_while_locked
 from orders.tests.test_api_patch import api_for, create, item, patch
 from tradingplatform.tests.security import db_snapshot
 
@@ -142,28 +142,10 @@ def test_a_put_is_checked_against_what_an_edit_committed_meanwhile(kind, api, tr
     pk = create(api, f"/api/v1/{kind}", body_of(kind, "Both", [account.pk, spare.pk]))["id"]
     spare.is_active = False
     spare.save()
-    table = f"`{MODELS[kind]._meta.db_table}`"
-    reached, answers = threading.Event(), []
-
-    def at_the_row(execute, sql, params, many, context):
-        if table in sql and ("FOR UPDATE" in sql or sql.lstrip().upper().startswith("UPDATE")):
-            reached.set()
-        return execute(sql, params, many, context)
-
-    def send():
-        try:
-            with connection.execute_wrapper(at_the_row):
-                answers.append(put(api, f"/api/v1/{kind}/{pk}", body_of(kind, "Both", [account.pk, spare.pk])))
-        finally:
-            reached.set()
-            connection.close()
-
-    thread = threading.Thread(target=send)
-    with transaction.atomic():
+    body = body_of(kind, "Both", [account.pk, spare.pk])
+    with sent_while_locked(MODELS[kind], lambda: put(api, f"/api/v1/{kind}/{pk}", body)) as (answers, start):
         HOLD[kind](trader, MODELS[kind].objects.get(pk=pk), [account.pk])
-        thread.start()
-        assert reached.wait(60), "the PUT never came to the row"
-    thread.join(60)
+        start()
     assert answers and answers[0].status_code == 422, answers and answers[0].json()
     assert answers[0].json()["error"] == {
         "code": "invalid",
@@ -445,29 +427,10 @@ def test_two_moves_of_a_daily_time_later_today_at_once_keep_todays_run(api, trad
         "time_of_day": put_to.isoformat(),
         "timezone": row.timezone,
     }
-    table = f"`{ScheduledOrder._meta.db_table}`"
-    reached, answers = threading.Event(), []
-
-    def at_the_row(execute, sql, params, many, context):
-        if table in sql and ("FOR UPDATE" in sql or sql.lstrip().upper().startswith("UPDATE")):
-            reached.set()
-        return execute(sql, params, many, context)
-
-    def send():
-        try:
-            with connection.execute_wrapper(at_the_row):
-                answers.append(put(api, f"/api/v1/scheduled/{row.pk}", body))
-        finally:
-            reached.set()
-            connection.close()
-
-    thread = threading.Thread(target=send)
-    with transaction.atomic():
+    with sent_while_locked(ScheduledOrder, lambda: put(api, f"/api/v1/scheduled/{row.pk}", body)) as (answers, start):
         held = sources.scheduled_change(owner=trader, scheduled=row, time_of_day=held_to)
         assert held.next_run_at.astimezone(zone).date() == local.date()
-        thread.start()
-        assert reached.wait(60), "the PUT never came to the row"
-    thread.join(60)
+        start()
     assert answers and answers[0].status_code == 200, answers and answers[0].json()
     next_run = ScheduledOrder.objects.get(pk=row.pk).next_run_at.astimezone(zone)
     assert (next_run.date(), next_run.time()) == (local.date(), put_to)
