@@ -45,6 +45,13 @@ def _paper_contracts_day(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _openings_at_any_hour(settings):
+    """Tests run at any hour: opening positions are taken whatever the time of day (the hour they
+    are put off until is tested on its own)."""
+    settings.OPENINGS_FROM = "00:00"
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache():
     """Each test starts with an empty cache and no locks (only this run's keys are touched)."""
     _clear_cache()

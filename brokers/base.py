@@ -190,9 +190,6 @@ class Holding:
     average_price: Decimal
     last_price: Decimal
     close_price: Decimal
-    # The quantity held at the start of the trading day (Kite's ``opening_quantity``), where the
-    # broker says; None where it does not.
-    opening_quantity: int | None = None
 
 
 @dataclass(frozen=True)

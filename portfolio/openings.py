@@ -10,12 +10,13 @@ recorded. Later fills then net against the lots FIFO.
 
 Which quantities are the start of the day's holding:
 
-* Delivery (CNC) from ``holdings()`` only: ``Holding.opening_quantity`` where the broker gives it
-  (Kite's ``opening_quantity``, carried overnight; the paper exchange's), else ``Holding.quantity``:
-  Kite's ``quantity`` is the demat plus T+1 quantity, bought before today; today's CNC buys are not
-  in it, and Kite does not take today's sales out of it either (those are its ``used_quantity``),
-  so it is what the day opened with too. A CNC row of ``positions()`` is today's delivery trading
-  only (Kite moves yesterday's to holdings), whose fills come as fills: never counted.
+* Delivery (CNC) from ``holdings()`` only, ``Holding.quantity``: Kite's ``quantity`` is the
+  demat plus T+1 quantity, bought before today; today's CNC buys are not in it, and Kite does not
+  take today's sales out of it either (those are its ``used_quantity``), so it is what the day
+  opened with (Kite's ``opening_quantity`` is not used: whether it counts T+1 shares is not
+  documented, and a holding that arrives during the day would have none). A CNC row of
+  ``positions()`` is today's delivery trading only (Kite moves yesterday's to holdings), whose
+  fills come as fills: never counted.
 * Every other product (NRML, MIS carried as NRML...) from ``positions()``. Where the broker gives
   the day's figures (``BrokerPosition.day_figures``: Kite and the paper exchange do), its
   ``overnight_quantity`` (negative for a short), at the position's ``average_price`` when it has
@@ -55,14 +56,20 @@ it was first met (fills recorded before the platform kept that day with them) wa
 recorded since (today's, by the fast path before the account's first run, or those of the days
 its opening was not taken) do not count as earlier.
 
+It is taken from ``OPENINGS_FROM`` (08:00 IST) on: earlier, a broker's book can still be the day
+before's (Kite's start-of-day run comes in the early morning). A run whose trading day turns
+while it reads the book (just before midnight) takes nothing either: the book's figures would be
+the next day's.
+
 An opening not taken at the first try (a broker error, a fill that came in while the book was
-read), or not yet tried (first met through its fills), has a ``PENDING`` row dated the day the
-account was first met, and a later run takes it. Taken on a later day, each lot is the book at
-today's start less the net of the fills the platform recorded since the first-met day's start
-(per instrument and product), recorded at the first-met day's start, so those fills are replayed
-after it. Its price is the broker's average price now, an approximation where the account bought
-more of it meanwhile (Kite's holdings keep one average; a sale does not move it). A lot whose
-book is flat now, or on the other side, has no price the broker gives: it is skipped and reported.
+read, the hour or the day as above), or not yet tried (first met through its fills), has a
+``PENDING`` row dated the day the account was first met, and a later run takes it. Taken on a
+later day, each lot is the book at today's start less the net of the fills the platform recorded
+since the first-met day's start (per instrument and product), recorded at the first-met day's
+start, so those fills are replayed after it. Its price is the broker's average price now, an
+approximation where the account bought more of it meanwhile (Kite's holdings keep one average; a
+sale does not move it). A lot whose book is flat now, or on the other side, has no price the
+broker gives: it is skipped and reported.
 
 Instruments not loaded wait: their lots are kept on the ``Opening`` (``waiting``, with their
 figures and day) and reported on every run until the broker's instruments are loaded; the run
@@ -77,6 +84,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -100,6 +108,8 @@ DISAGREE = "the broker's position figures disagree with its fills of today"
 NO_PRICE = "the fills recorded since the day it was first met leave it without a price the broker gives"
 RETAKE = "instruments were loaded after the day its lots were held: taken again from the broker's book"
 RACED = "a fill came in while the book was read"
+DAY_TURNED = "the trading day turned while the book was read"
+NOT_BEGUN = "the broker's trading day has not begun (its book can still be the day before's)"
 
 
 @dataclass(frozen=True)
@@ -145,11 +155,10 @@ def book_at_day_start(
     held = {}  # key: (signed quantity, price, source, last price)
     skipped = []
     for h in holdings:
-        opened = h.quantity if h.opening_quantity is None else h.opening_quantity
-        if opened:
+        if h.quantity:
             key = (h.exchange, h.tradingsymbol, "CNC")
             quantity, price, _, _ = held.get(key, (0, h.average_price, "holdings", None))
-            held[key] = (quantity + opened, price, "holdings", h.last_price)
+            held[key] = (quantity + h.quantity, price, "holdings", h.last_price)
     for p in positions:
         if p.product == "CNC":
             continue  # today's delivery trading: its fills come as fills
@@ -287,6 +296,8 @@ def opening_take(*, account: BrokerAccount, broker, trades_before: list[BrokerTr
     if Trade.objects.filter(account=account, filled_at__lt=first).exists():
         why = "fills were recorded from an earlier day: the platform met it before, and its holdings include them"
         return _mark(account, first, now, Opening.Outcome.EARLIER_FILLS, {"why": why})
+    if now.astimezone(IST).time() < time.fromisoformat(settings.OPENINGS_FROM):
+        return _pending(account, first, NOT_BEGUN)
     try:
         return _take(account, broker, trades_before, first=first, today=today, now=now)
     except Exception as error:  # whatever failed (the broker, the database), the first-met day is kept
@@ -298,9 +309,9 @@ def _take(account: BrokerAccount, broker, trades_before, *, first: datetime, tod
     if trades_before is None:
         trades_before = broker.trades()
     positions, holdings = broker.positions(), broker.holdings()
-    if all(p.day_figures for p in positions if p.product != "CNC") and all(
-        h.opening_quantity is not None for h in holdings
-    ):
+    if day_start() != today:  # the book was read on the next day: its day figures are that day's
+        return _pending(account, first, DAY_TURNED)
+    if all(p.day_figures for p in positions if p.product != "CNC"):
         # The book says what the day opened with: today's fills, however late the fill list lists
         # them, change none of it. The fill list read before serves only for the fills of earlier
         # days it lists (the paper exchange's).

@@ -7,6 +7,7 @@ encryption key generated once into `var/`. With DEBUG off nothing is generated: 
 missing secret stops startup with a message naming the variable.
 """
 
+import datetime
 from pathlib import Path
 
 import environ
@@ -245,6 +246,13 @@ if not 0 < DASHBOARD_PUSH_INTERVAL_S <= 60:
 BASKET_PARALLELISM = env.int("BASKET_PARALLELISM", default=8)
 # A scheduled order more than this late (plus its grace window) is reported missed, not fired.
 SCHEDULE_ON_TIME_S = env.int("SCHEDULE_ON_TIME_S", default=10)
+# Opening positions are taken from this time of day on (IST, HH:MM): before it a broker's book can
+# still be the day before's (Kite's start-of-day run comes in the early morning).
+OPENINGS_FROM = env.str("OPENINGS_FROM", default="08:00")
+try:
+    datetime.time.fromisoformat(OPENINGS_FROM)
+except ValueError:
+    raise ImproperlyConfigured(f"OPENINGS_FROM must be a time of day, HH:MM (not {OPENINGS_FROM!r}).") from None
 SCHEDULE_DISPATCH_INTERVAL_S = env.float("SCHEDULE_DISPATCH_INTERVAL_S", default=1.0)
 # How far ahead the dispatcher claims due times (sent to a worker with the due time as ETA);
 # at least the dispatch interval, so every due time is claimed before it comes.

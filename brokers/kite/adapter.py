@@ -177,7 +177,6 @@ def to_holding(row: dict) -> base.Holding:
         average_price=decimal(row["average_price"]),
         last_price=decimal(row["last_price"]),
         close_price=decimal(row.get("close_price")),
-        opening_quantity=optional_int(row.get("opening_quantity")),
     )
 
 

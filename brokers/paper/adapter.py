@@ -314,7 +314,6 @@ class PaperBroker(base.Broker):
                 average_price=average,
                 last_price=instrument.last_price,
                 close_price=instrument.previous_close,
-                opening_quantity=quantity,  # bought before today, today's sales not taken out (Kite's too)
             )
             for instrument, quantity, average in engine.holdings_of(client)
         ]

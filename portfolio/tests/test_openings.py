@@ -73,15 +73,12 @@ def kite_day_books(monkeypatch):
 
 @pytest.fixture
 def no_day_figures(monkeypatch):
-    """The paper adapter's positions and holdings as a broker without the start of the day's figures
-    gives them (only the net figures: openings subtract today's fills)."""
-    real_positions, real_holdings = PaperBroker.positions, PaperBroker.holdings
+    """The paper adapter's positions as a broker without the start of the day's figures gives them
+    (only the net figures: openings subtract today's fills)."""
+    real_positions = PaperBroker.positions
     plain = {name: None for name in ("overnight_quantity", "day_buy_quantity", "day_buy_value")}
     plain |= {"day_sell_quantity": None, "day_sell_value": None}
     monkeypatch.setattr(PaperBroker, "positions", lambda self: [replace(p, **plain) for p in real_positions(self)])
-    monkeypatch.setattr(
-        PaperBroker, "holdings", lambda self: [replace(h, opening_quantity=None) for h in real_holdings(self)]
-    )
 
 
 def sell_today(trader, account, symbol, quantity, price, *, product="CNC", exchange="NSE"):
@@ -666,3 +663,33 @@ def test_the_first_fills_of_accounts_never_met_cost_one_statement_for_their_open
     assert Opening.objects.get(account=third).trading_date == start_of_today().date()
     assert Opening.objects.get(account=account).trading_date == yesterday.astimezone(IST).date()
     assert Trade.objects.count() == 7
+
+
+def test_before_the_brokers_day_begins_the_opening_waits_for_it(trader, account, settings):
+    """At 02:00 IST a broker's book can still be the day before's (Kite's start-of-day run comes in
+    the early morning): the opening is put off, pending from today, and taken from ``OPENINGS_FROM``."""
+    settings.OPENINGS_FROM = "08:00"
+    history(account, "INFY", "BUY", 100, "1400", days_ago=3)
+    night = start_of_today() + timedelta(hours=2)
+    broker = AccountBroker(account)
+    opening = openings.opening_take(account=account, broker=broker, now=night)
+    assert (opening.outcome, opening.detail["why"]) == (Opening.Outcome.PENDING, openings.NOT_BEGUN)
+    assert not Trade.objects.filter(account=account).exists()
+    opening = openings.opening_take(account=account, broker=broker, now=start_of_today() + timedelta(hours=9))
+    assert opening.outcome == Opening.Outcome.SEEDED
+
+
+def test_a_run_whose_day_turns_while_it_reads_the_book_takes_nothing_then(trader, account):
+    """A run meets the account just before midnight (IST): its day is the one ending, and the paper
+    exchange's book, read just after midnight, gives the next day's start. A fill of the ending day
+    would be both in that start and among the run's fills of its day (counted twice): nothing is
+    taken, and the next run takes it."""
+    history(account, "NIFTY26DECFUT", "BUY", 75, "24000", product="NRML", days_ago=0, exchange="NFO")
+    PaperTrade.objects.update(filled_at=start_of_today() - timedelta(minutes=2))
+    broker = AccountBroker(account)
+    fills = broker.trades()
+    before_midnight = start_of_today() - timedelta(milliseconds=100)
+    opening = openings.opening_take(account=account, broker=broker, trades_before=fills, now=before_midnight)
+    assert (opening.outcome, opening.detail["why"]) == (Opening.Outcome.PENDING, openings.DAY_TURNED)
+    services.trades_record(account=account, broker_trades=fills)
+    assert Position.objects.get(account=account).net_quantity == 75
