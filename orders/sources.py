@@ -473,9 +473,18 @@ def _not_again_today(row: ScheduledOrder, now: datetime) -> tuple[datetime, list
     has come and is claimed but not taken by a worker yet (PENDING; ``_drop_pending_fires`` drops
     only those still to come): if the new settings have a time later today, that time replaces it
     (the edit drops it: one run today, at the time the trader asked, even if a late worker would have
-    missed it); else it places with the new settings, and is today's run."""
-    if row.pk is None or row.recurrence == ScheduledOrder.Recurrence.ONCE:
+    missed it); else it places with the new settings, and is today's run.
+
+    A one-off order's due time that has come and is not taken yet is replaced by the time the edit
+    leaves (one run, at that time), or, when the edit leaves none ("already passed"), the edit is
+    refused and it places as it was."""
+    if row.pk is None:
         return now, [], now
+    if row.recurrence == ScheduledOrder.Recurrence.ONCE:
+        came_due = ScheduledFire.objects.filter(
+            scheduled_id=row.pk, status=ScheduledFire.Status.PENDING, due_at__lte=now
+        ).values_list("pk", flat=True)
+        return now, list(came_due), now
     zone = _zone(row.timezone)
     today = datetime.combine(now.astimezone(zone).date(), time.min, tzinfo=zone)
     end_of_today = max(now, today + timedelta(days=1) - timedelta(microseconds=1))

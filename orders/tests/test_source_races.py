@@ -491,3 +491,65 @@ def test_a_cancel_an_edit_and_a_fire_of_one_order_at_once_never_deadlock(api, tr
         assert getattr(cancelled, "status_code", None) == 200, cancelled
         assert isinstance(fired, list) and len(fired) == 1, fired
         told_the_truth(changed, row)
+
+
+def once_came_due(trader, account) -> tuple[ScheduledOrder, int, ZoneInfo]:
+    """A one-off order claimed ahead of its time; its time has just come, no worker has taken it yet
+    (a worker busy with the batch before, or its task a moment behind)."""
+    zone = ZoneInfo(_zone_away_from_midnight())
+    due = (timezone.now() + timedelta(seconds=2)).astimezone(zone).replace(microsecond=0)
+    row = sources.scheduled_save(
+        owner=trader,
+        account=account,
+        spec=spec_of(),
+        recurrence="once",
+        run_on=due.date(),
+        time_of_day=due.time(),
+        timezone_name=str(zone),
+    )
+    [fire_id] = sources.scheduled_claim_due(lead_s=5)
+    clock.sleep(max(0.0, (due - timezone.now()).total_seconds()) + 0.3)  # its time came
+    assert ScheduledFire.objects.get(pk=fire_id).status == "pending"
+    return ScheduledOrder.objects.get(pk=row.pk), fire_id, zone
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_one_off_order_moved_later_today_after_its_time_came_places_once(api, trader, account):
+    """The trader moves a one-off order a few seconds later just after its time came, before a
+    worker took that due time: the new time replaces it (one order, at the new time), as a daily
+    order's later time today does."""
+    row, fire_id, zone = once_came_due(trader, account)
+    later = (timezone.now() + timedelta(seconds=3)).astimezone(zone).replace(microsecond=0)
+    moved = patch(api, f"/api/v1/scheduled/{row.pk}", {"time_of_day": later.time().isoformat()})
+    assert moved.status_code == 200, moved.json()
+
+    sources.scheduled_fires(fire_ids=[fire_id])  # the worker gets to the due time that came
+    clock.sleep(max(0.0, (later - timezone.now()).total_seconds()) + 0.2)
+    sources.scheduled_fires(fire_ids=sources.scheduled_claim_due(lead_s=2))  # the new time, as asked
+    placed = list(Order.objects.filter(scheduled=row).values_list("reference", flat=True))
+    assert len(placed) == 1, f"a one-off order placed {len(placed)} orders: {placed}"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_one_off_order_moved_to_tomorrow_after_its_time_came_does_not_place_today_too(api, trader, account):
+    """Moved to tomorrow just after its time came (no worker on it yet): answered with tomorrow's run,
+    and nothing places today."""
+    row, fire_id, _zone = once_came_due(trader, account)
+    moved = patch(api, f"/api/v1/scheduled/{row.pk}", {"run_on": str(row.run_on + timedelta(days=1))})
+    assert moved.status_code == 200, moved.json()
+    tomorrow = ScheduledOrder.objects.get(pk=row.pk).next_run_at
+
+    sources.scheduled_fires(fire_ids=[fire_id])  # the worker gets to today's due time
+    claimed_tomorrow = sources.scheduled_claim_due(now=tomorrow)
+    placed_today = Order.objects.filter(scheduled=row).count()
+    assert (placed_today, len(claimed_tomorrow)) == (0, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_one_off_order_edited_after_its_time_came_keeping_that_time_is_refused_and_places(api, trader, account):
+    """An edit that leaves the time that came ("already passed") changes nothing: it places as it was."""
+    row, fire_id, _zone = once_came_due(trader, account)
+    refused = patch(api, f"/api/v1/scheduled/{row.pk}", {"quantity": 2})
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "run_on", refused.json()
+    sources.scheduled_fires(fire_ids=[fire_id])
+    assert list(Order.objects.filter(scheduled=row).values_list("quantity", flat=True)) == [1]
