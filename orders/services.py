@@ -218,6 +218,11 @@ def spec_check(
     return quantity, _as_stored(price, "price"), _as_stored(trigger_price, "trigger_price")
 
 
+def as_stored_price(value, field: str) -> Decimal | None:
+    """A price as given (a number or its text) as its column holds it, or a ValidationError naming ``field``."""
+    return _as_stored(_decimal(value, field), field)
+
+
 def _as_stored(value: Decimal | None, field: str) -> Decimal | None:
     """A price as its column holds it (two places): "1E+3" is 1000.00 in every answer."""
     if value is None:

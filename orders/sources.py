@@ -961,34 +961,24 @@ def strategy_signal(
         raise ValidationError({"signal_id": f"A signal id has at most {SIGNAL_ID_MAX_LENGTH} characters."})
     signals = StrategySignal.objects.filter(strategy=strategy, signal_id=signal_id)
     existing = signals.first()
+    if existing is not None:
+        # A repeat: compared with the first as sent, not checked again (its instrument's lot or
+        # tick may have changed since; a retry is still a retry).
+        sent = _signal_payload(instrument, side, quantity, order_type, product, price, trigger_price)
+        return _replayed(existing, sent, signals), True
     # A refused signal leaves no trace, so the same id can be sent again once corrected: what
     # every account's order must meet is checked before the id is taken (each account's own
     # rules, its products and limits, are its placement's result).
-    try:
-        quantity, price, trigger_price = services.spec_check(
-            instrument=instrument,
-            side=side,
-            quantity=quantity,
-            order_type=order_type,
-            product=product,
-            price=price,
-            trigger_price=trigger_price,
-        )
-    except ValidationError:
-        if existing is None:
-            raise
-        raise _signal_id_reused() from None  # the first one with this id was a signal that passed
-    payload = {
-        "instrument": str(instrument),
-        "side": side,
-        "quantity": quantity,
-        "order_type": order_type,
-        "product": product,
-        "price": str(price) if price is not None else None,
-        "trigger_price": str(trigger_price) if trigger_price is not None else None,
-    }
-    if existing is not None:
-        return _replayed(existing, payload, signals), True
+    quantity, price, trigger_price = services.spec_check(
+        instrument=instrument,
+        side=side,
+        quantity=quantity,
+        order_type=order_type,
+        product=product,
+        price=price,
+        trigger_price=trigger_price,
+    )
+    payload = _signal_payload(instrument, side, quantity, order_type, product, price, trigger_price)
     accounts = list(strategy.accounts.order_by("pk"))  # a deactivated one answers with why, as in a basket
     if not any(account.is_active for account in accounts):
         raise ValidationError({"strategy": "This strategy has no active accounts."})
@@ -1026,7 +1016,27 @@ def strategy_signal(
 SIGNAL_ID_MAX_LENGTH = StrategySignal._meta.get_field("signal_id").max_length
 
 
-def _replayed(first: StrategySignal, payload: dict, signals) -> StrategySignal:
+def _signal_payload(instrument, side, quantity, order_type, product, price, trigger_price) -> dict | None:
+    """A signal as it is stored (as ``spec_check`` leaves a valid one: a whole quantity, prices to
+    two places), to tell a repeat of it from another signal; None when its numbers cannot be read."""
+    try:
+        quantity = services.positive_quantity(quantity)
+        price = services.as_stored_price(price, "price")
+        trigger_price = services.as_stored_price(trigger_price, "trigger_price")
+    except ValidationError:
+        return None
+    return {
+        "instrument": str(instrument),
+        "side": side,
+        "quantity": quantity,
+        "order_type": order_type,
+        "product": product,
+        "price": str(price) if price is not None else None,
+        "trigger_price": str(trigger_price) if trigger_price is not None else None,
+    }
+
+
+def _replayed(first: StrategySignal, payload: dict | None, signals) -> StrategySignal:
     """The signal first sent with this id, with its results once its request has them, when this
     repeat says the same; else refused."""
     if first.payload and first.payload != payload:
@@ -1038,7 +1048,8 @@ def _signal_id_reused() -> ValidationError:
     return ValidationError(
         {
             "signal_id": ValidationError(
-                "This id was already used for a different signal; nothing was placed. Give each signal its own id.",
+                "This id was already used for a different signal (the first one's orders stand); this one was "
+                "not placed. Give each signal its own id.",
                 code="conflict",
             )
         }

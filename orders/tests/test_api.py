@@ -162,6 +162,28 @@ def test_a_signal_id_used_for_another_signal_answers_409(api, trader, account):
     assert PaperOrder.objects.count() == 1
 
 
+def test_a_retry_of_a_signal_after_its_instrument_changed_is_a_replay(api, trader, account):
+    """A signal for one NIFTY lot is placed and its answer lost; the instruments are refreshed (the
+    exchange revised the lot size), and the client sends the very same request again: a replay
+    (200, the first signal's results), not refused as another signal, which would invite the client
+    to send it again under a new id and place it twice."""
+    from brokers import selectors
+    from brokers.models import Instrument
+
+    strategy = post(api, "/api/v1/strategies", {"name": "S", "account_ids": [account.pk]}).json()
+    path = f"/api/v1/strategies/{strategy['id']}/signal"
+    signal = {"id": "a1", "exchange": "NFO", "tradingsymbol": "NIFTY26DECFUT", "side": "BUY", "quantity": 75,
+              "product": "NRML"}  # fmt: skip
+    first = post(api, path, signal)
+    assert first.status_code == 201, first.json()
+    Instrument.objects.filter(exchange="NFO", tradingsymbol="NIFTY26DECFUT").update(lot_size=65)
+    selectors.instruments_changed()
+    retry = post(api, path, signal)
+    assert retry.status_code == 200, retry.json()
+    assert retry.json()["replayed"] is True and retry.json()["results"] == first.json()["results"]
+    assert PaperOrder.objects.count() == 1
+
+
 def test_long_basket_keys_are_not_cut_short(api, trader, account):
     basket = post(
         api,
