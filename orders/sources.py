@@ -375,14 +375,19 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
     Under that lock its due times stay as they are read here: the dispatcher claims one, a worker
     takes one to place it (PENDING -> PLACING) and a cancel drops one only under it too. So a due
     time still waiting for a worker is placed as this write leaves the order (or dropped by it),
-    and one a worker took is being placed as it was: the change is refused until it is placed."""
+    and one a worker took is being placed as it was: the change is refused until it is placed. A
+    one-off order whose run was placed is not armed again by a change (an edit page opened before
+    its time, sent after it): refused too. One reading of the clock for all of it, so a due time
+    that comes while this is written is either dropped as come or as still to come."""
     if row.pk is not None:
         if row.status == ScheduledOrder.Status.CANCELLED:  # read before a cancel on another tab: it stays cancelled
             raise _cancelled()
         _not_while_placing(row)
+        _not_after_its_run(row)
     for name, value in values.items():
         setattr(row, name, value)
-    start, came_due, end_of_today = _not_again_today(row, timezone.now())
+    now = timezone.now()
+    start, came_due, end_of_today = _not_again_today(row, now)
     row.next_run_at = next_occurrence(row, start)
     if row.next_run_at is None:
         raise ValidationError({"run_on": "That time has already passed."})
@@ -396,8 +401,18 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
     row.save()
     # A time claimed ahead for the old settings must not fire (if the new settings keep it, the next
     # claim takes it again); one whose time has come places with the new settings.
-    _drop_pending_fires(row, only_future=True)
+    _drop_pending_fires(row, only_future=True, now=now)
     return row
+
+
+def _not_after_its_run(row: ScheduledOrder) -> None:
+    """Refuse to change a one-off order (as stored) whose run placed its order: it ran."""
+    if row.recurrence != ScheduledOrder.Recurrence.ONCE:
+        return
+    placed = ScheduledFire.objects.filter(scheduled_id=row.pk, status=ScheduledFire.Status.PLACED).exists()
+    if placed:
+        text = "This one-off scheduled order has placed its order already; create a new one for another run."
+        raise ValidationError({"scheduled": ValidationError(text, code="conflict")})
 
 
 def _cancelled() -> ValidationError:
@@ -519,13 +534,13 @@ def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> bool:
     return False
 
 
-def _drop_pending_fires(scheduled: ScheduledOrder, *, only_future: bool) -> int:
+def _drop_pending_fires(scheduled: ScheduledOrder, *, only_future: bool, now: datetime | None = None) -> int:
     """Cancel claimed due times no worker has started placing. Under the scheduled order's row lock
     (a worker takes a fire PENDING -> PLACING under it too), so a fire is either dropped here or
     placed, not both."""
     fires = ScheduledFire.objects.filter(scheduled_id=scheduled.pk, status=ScheduledFire.Status.PENDING)
     if only_future:
-        fires = fires.filter(due_at__gt=timezone.now())
+        fires = fires.filter(due_at__gt=now or timezone.now())
     return fires.update(status=ScheduledFire.Status.CANCELLED, detail="cancelled before it was placed")
 
 

@@ -553,3 +553,65 @@ def test_a_one_off_order_edited_after_its_time_came_keeping_that_time_is_refused
     assert refused.status_code == 422 and refused.json()["error"]["field"] == "run_on", refused.json()
     sources.scheduled_fires(fire_ids=[fire_id])
     assert list(Order.objects.filter(scheduled=row).values_list("quantity", flat=True)) == [1]
+
+
+def once_due_in(trader, account, seconds: float) -> tuple[ScheduledOrder, int, ZoneInfo]:
+    """A one-off order due in about ``seconds``, its due time claimed ahead (PENDING, for a worker)."""
+    zone = ZoneInfo(_zone_away_from_midnight())
+    due = (timezone.now() + timedelta(seconds=seconds)).astimezone(zone).replace(microsecond=0)
+    row = sources.scheduled_save(
+        owner=trader, account=account, spec=spec_of(), recurrence="once",
+        run_on=due.date(), time_of_day=due.time(), timezone_name=str(zone),
+    )  # fmt: skip
+    [fire_id] = sources.scheduled_claim_due(lead_s=seconds + 3)
+    return ScheduledOrder.objects.get(pk=row.pk), fire_id, zone
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_one_off_order_already_placed_is_not_placed_again_by_a_stale_edit(api, trader, account):
+    """The trader opened the edit of a one-off order due now to move it a little later; the worker
+    placed it meanwhile (DONE). The edit, sent a moment after, must not arm the one-off order again
+    (a second order at the new time): it is too late to change, as it is while it is being placed
+    (409), and as a daily order's edit after today's run does not place again today."""
+    row, fire_id, zone = once_due_in(trader, account, 2)
+    due_at = ScheduledFire.objects.get(pk=fire_id).due_at
+    clock.sleep(max(0.0, (due_at - timezone.now()).total_seconds()) + 0.1)
+    sources.scheduled_fires(fire_ids=[fire_id])  # the worker places it
+    assert ScheduledFire.objects.get(pk=fire_id).status == "placed"
+    assert ScheduledOrder.objects.get(pk=row.pk).status == "done"
+
+    later = (timezone.now() + timedelta(seconds=3)).astimezone(zone).replace(microsecond=0)
+    moved = patch(api, f"/api/v1/scheduled/{row.pk}", {"time_of_day": later.time().isoformat()})
+    clock.sleep(max(0.0, (later - timezone.now()).total_seconds()) + 0.2)
+    sources.scheduled_fires(fire_ids=sources.scheduled_claim_due(lead_s=2))
+    placed = list(Order.objects.filter(scheduled=row).values_list("reference", flat=True))
+    assert len(placed) == 1, f"a one-off order placed {len(placed)} orders (the edit answered {moved.status_code})"
+    assert moved.status_code == 409, moved.json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_one_off_due_time_that_comes_while_the_edit_is_written_is_dropped_too(api, trader, account, monkeypatch):
+    """The edit reads the clock once to find the due times that came (``_not_again_today``) and again,
+    after the row is checked and saved, to drop those still to come (``_drop_pending_fires``). A due
+    time that comes between the two readings is neither: it stays for the worker, which places it
+    with the new settings, and the new time places again. Held here between the two readings."""
+    row, fire_id, zone = once_due_in(trader, account, 1.5)
+    real = sources._not_again_today
+
+    def slow(row_, now):
+        answer = real(row_, now)
+        fire = ScheduledFire.objects.get(pk=fire_id)
+        clock.sleep(max(0.0, (fire.due_at - timezone.now()).total_seconds()) + 0.1)  # full_clean, save...
+        return answer
+
+    monkeypatch.setattr(sources, "_not_again_today", slow)
+    later = (timezone.now() + timedelta(seconds=4)).astimezone(zone).replace(microsecond=0)
+    moved = patch(api, f"/api/v1/scheduled/{row.pk}", {"time_of_day": later.time().isoformat()})
+    assert moved.status_code == 200, moved.json()
+    monkeypatch.setattr(sources, "_not_again_today", real)
+
+    sources.scheduled_fires(fire_ids=[fire_id])  # the worker gets to the due time that came
+    clock.sleep(max(0.0, (later - timezone.now()).total_seconds()) + 0.2)
+    sources.scheduled_fires(fire_ids=sources.scheduled_claim_due(lead_s=2))  # the new time
+    placed = list(Order.objects.filter(scheduled=row).values_list("reference", flat=True))
+    assert len(placed) == 1, f"a one-off order placed {len(placed)} orders: {placed}"
