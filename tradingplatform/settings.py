@@ -7,7 +7,7 @@ encryption key generated once into `var/`. With DEBUG off nothing is generated: 
 missing secret stops startup with a message naming the variable.
 """
 
-import datetime
+import re
 from pathlib import Path
 
 import environ
@@ -249,10 +249,8 @@ SCHEDULE_ON_TIME_S = env.int("SCHEDULE_ON_TIME_S", default=10)
 # Opening positions are taken from this time of day on (IST, HH:MM): before it a broker's book can
 # still be the day before's (Kite's start-of-day run comes in the early morning).
 OPENINGS_FROM = env.str("OPENINGS_FROM", default="08:00")
-try:
-    datetime.time.fromisoformat(OPENINGS_FROM)
-except ValueError:
-    raise ImproperlyConfigured(f"OPENINGS_FROM must be a time of day, HH:MM (not {OPENINGS_FROM!r}).") from None
+if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", OPENINGS_FROM):
+    raise ImproperlyConfigured(f"OPENINGS_FROM must be a time of day in IST, HH:MM (not {OPENINGS_FROM!r}).")
 SCHEDULE_DISPATCH_INTERVAL_S = env.float("SCHEDULE_DISPATCH_INTERVAL_S", default=1.0)
 # How far ahead the dispatcher claims due times (sent to a worker with the due time as ETA);
 # at least the dispatch interval, so every due time is claimed before it comes.

@@ -693,3 +693,34 @@ def test_a_run_whose_day_turns_while_it_reads_the_book_takes_nothing_then(trader
     assert (opening.outcome, opening.detail["why"]) == (Opening.Outcome.PENDING, openings.DAY_TURNED)
     services.trades_record(account=account, broker_trades=fills)
     assert Position.objects.get(account=account).net_quantity == 75
+
+
+def test_fills_of_the_day_before_recorded_by_a_night_run_do_not_cancel_the_opening(
+    trader, account, settings, monkeypatch
+):
+    """100 INFY bought ten days ago (in the holdings, in no fill list) and 5 TCS bought yesterday.
+    The platform first meets the account at night, before OPENINGS_FROM: the opening is put off,
+    and the fills the broker still lists then (yesterday's TCS) are left to it, not recorded as
+    fills. The first run from OPENINGS_FROM on takes the opening (INFY 100, TCS 5). Had the night
+    run recorded yesterday's fill, it would read as one from before the platform met the account:
+    marked EARLIER_FILLS, INFY
+    never seeded, and a sale of it shows as a short with a wrong PnL."""
+    real_trades = PaperBroker.trades
+    lists_since = {"day": start_of_today() - timedelta(days=1)}  # before the start-of-day run
+    monkeypatch.setattr(
+        PaperBroker, "trades", lambda self: [t for t in real_trades(self) if t.filled_at >= lists_since["day"]]
+    )
+    history(account, "INFY", "BUY", 100, "1400", days_ago=10)
+    history(account, "TCS", "BUY", 5, "3200", days_ago=1)
+
+    if timezone.now().astimezone(IST).strftime("%H:%M") >= "23:58":
+        pytest.skip("23:59 stands in for a time the broker's day has not begun at")
+    settings.OPENINGS_FROM = "23:59"  # the night: the broker's day has not begun
+    cycle.account_monitor(account=account)
+    assert Opening.objects.get(account=account).outcome == Opening.Outcome.PENDING
+
+    settings.OPENINGS_FROM = "00:00"  # from OPENINGS_FROM on; the broker lists today's fills only
+    lists_since["day"] = start_of_today()
+    cycle.account_monitor(account=account)
+    held = {p.instrument.tradingsymbol: p.net_quantity for p in Position.objects.filter(account=account)}
+    assert held == {"INFY": 100, "TCS": 5}, (Opening.objects.get(account=account).outcome, held)
