@@ -351,10 +351,11 @@ def _openings_many(contexts: list[Context]) -> None:
             why = opening.detail.get("why", "")
             ctx.act(f"opening positions not taken: {why} (the next run takes them)")
             if why == openings.NOT_BEGUN:
-                # The broker's fill list can still be the day before's: those fills are in the
-                # opening it takes later. Recorded now, they would read as fills from before the
-                # account was met, and its opening would never be taken.
-                start = openings.day_start()
+                # The broker's fill list can still be the day before's: its fills from before the
+                # day the account was first met are in the opening taken later. Recorded now, they
+                # would read as fills from before the account was met, and its opening would never
+                # be taken. Those of the first-met day (and since) are its own: recorded.
+                start = openings.date_start(opening.trading_date)
                 ctx.broker_trades = [t for t in ctx.broker_trades if t.filled_at is None or t.filled_at >= start]
             return
         seeded = opening.detail.get("seeded", [])

@@ -406,10 +406,12 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
 
 
 def _not_after_its_run(row: ScheduledOrder) -> None:
-    """Refuse to change a one-off order (as stored) whose run placed its order: it ran."""
-    if row.recurrence != ScheduledOrder.Recurrence.ONCE:
+    """Refuse to change a one-off order (as stored) whose run placed its order: it ran. Its run is
+    its stored due time (a daily order made one-off keeps its earlier days' runs: not this one's)."""
+    if row.recurrence != ScheduledOrder.Recurrence.ONCE or row.run_on is None:
         return
-    placed = ScheduledFire.objects.filter(scheduled_id=row.pk, status=ScheduledFire.Status.PLACED).exists()
+    due = datetime.combine(row.run_on, row.time_of_day, tzinfo=_zone(row.timezone)).astimezone(UTC)
+    placed = ScheduledFire.objects.filter(scheduled_id=row.pk, status=ScheduledFire.Status.PLACED, due_at=due).exists()
     if placed:
         text = "This one-off scheduled order has placed its order already; create a new one for another run."
         raise ValidationError({"scheduled": ValidationError(text, code="conflict")})

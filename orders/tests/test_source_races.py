@@ -615,3 +615,23 @@ def test_a_one_off_due_time_that_comes_while_the_edit_is_written_is_dropped_too(
     sources.scheduled_fires(fire_ids=sources.scheduled_claim_due(lead_s=2))  # the new time
     placed = list(Order.objects.filter(scheduled=row).values_list("reference", flat=True))
     assert len(placed) == 1, f"a one-off order placed {len(placed)} orders: {placed}"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_daily_order_made_one_off_can_still_be_edited_before_its_one_run(api, trader, account):
+    """A daily order placed today's run; the trader then makes it a one-off order for tomorrow.
+    Until that one run, the one-off order can still be changed: the daily runs' placed fires are
+    not its run."""
+    row, fire_id = daily_came_due(trader, account)
+    sources.scheduled_fires(fire_ids=[fire_id])
+    assert ScheduledFire.objects.get(pk=fire_id).status == "placed"
+
+    zone = ZoneInfo(row.timezone)
+    tomorrow = (timezone.now() + timedelta(days=1)).astimezone(zone).date()
+    made_once = patch(api, f"/api/v1/scheduled/{row.pk}", {"recurrence": "once", "run_on": tomorrow.isoformat()})
+    assert made_once.status_code == 200, made_once.json()
+    assert ScheduledOrder.objects.get(pk=row.pk).recurrence == "once"
+
+    edited = patch(api, f"/api/v1/scheduled/{row.pk}", {"quantity": 2})
+    assert edited.status_code == 200, edited.json()
+    assert ScheduledOrder.objects.get(pk=row.pk).quantity == 2

@@ -724,3 +724,42 @@ def test_fills_of_the_day_before_recorded_by_a_night_run_do_not_cancel_the_openi
     cycle.account_monitor(account=account)
     held = {p.instrument.tradingsymbol: p.net_quantity for p in Position.objects.filter(account=account)}
     assert held == {"INFY": 100, "TCS": 5}, (Opening.objects.get(account=account).outcome, held)
+
+
+def test_a_night_run_records_the_fills_of_the_day_the_account_was_first_met(trader, account, settings, monkeypatch):
+    """The account is first met yesterday through the fill fast path (its platform order, BUY 10
+    TCS MIS; no monitoring run took the opening yesterday): its opening is pending, dated
+    yesterday. The trader sold those 10 TCS yesterday in the broker's own app: only the monitoring
+    run's fill list has that fill. The night run (before OPENINGS_FROM, the broker still lists
+    yesterday's fills) leaves out only fills from before the first-met day, so it records the SELL;
+    from OPENINGS_FROM on the broker lists today's fills only, and the opening is taken: flat TCS
+    with its 1000 realized, INFY 100."""
+    real_trades = PaperBroker.trades
+    lists_since = {"day": start_of_today() - timedelta(days=1)}  # before the start-of-day run
+    monkeypatch.setattr(
+        PaperBroker, "trades", lambda self: [t for t in real_trades(self) if t.filled_at >= lists_since["day"]]
+    )
+    history(account, "INFY", "BUY", 100, "1400", days_ago=10)
+    history(account, "TCS", "BUY", 10, "3200", product="MIS", days_ago=1)
+    services.trades_record(account=account, broker_trades=AccountBroker(account).trades())  # as the fast path does
+    yesterday = (start_of_today() - timedelta(days=1)).date()
+    assert (Opening.objects.get(account=account).outcome, Opening.objects.get(account=account).trading_date) == (
+        Opening.Outcome.PENDING,
+        yesterday,
+    )
+    history(account, "TCS", "SELL", 10, "3300", product="MIS", days_ago=1)  # in the broker's own app
+
+    if timezone.now().astimezone(IST).strftime("%H:%M") >= "23:58":
+        pytest.skip("23:59 stands in for a time the broker's day has not begun at")
+    settings.OPENINGS_FROM = "23:59"  # the night: the broker's day has not begun
+    cycle.account_monitor(account=account)
+    assert Opening.objects.get(account=account).outcome == Opening.Outcome.PENDING
+
+    settings.OPENINGS_FROM = "00:00"  # from OPENINGS_FROM on; the broker lists today's fills only
+    lists_since["day"] = start_of_today()
+    cycle.account_monitor(account=account)
+    assert Opening.objects.get(account=account).outcome == Opening.Outcome.SEEDED
+    tcs = Position.objects.get(account=account, instrument__tradingsymbol="TCS")
+    infy = Position.objects.get(account=account, instrument__tradingsymbol="INFY")
+    assert infy.net_quantity == 100
+    assert (tcs.net_quantity, tcs.realized_pnl) == (0, D("1000")), Opening.objects.get(account=account).detail
