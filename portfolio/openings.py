@@ -58,9 +58,10 @@ its opening was not taken) do not count as earlier.
 
 It is taken from ``OPENINGS_FROM`` (08:00 IST) on: earlier, a broker's book can still be the day
 before's (Kite's start-of-day run comes in the early morning), and the monitoring run then
-leaves the fills of earlier days the broker lists to the opening (recorded, they would read as
-fills from before the account was met). A run whose trading day turns while it reads the book
-(just before midnight) takes nothing either: the book's figures would be the next day's.
+leaves the fills the broker lists from before the day the account was first met to the opening
+(recorded, they would read as fills from before the account was met; those of that day and since
+are recorded). A run whose trading day turns while it reads the book (just before midnight)
+takes nothing either: the book's figures would be the next day's.
 
 An opening not taken at the first try (a broker error, a fill that came in while the book was
 read, the hour or the day as above), or not yet tried (first met through its fills), has a
