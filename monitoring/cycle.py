@@ -337,7 +337,10 @@ def _openings_many(contexts: list[Context]) -> None:
 
     def take(ctx: Context) -> None:
         try:
-            opening = openings.opening_take(account=ctx.account, broker=ctx.broker, trades_before=ctx.broker_trades)
+            # As of when its book was read: a run that read it before midnight takes the day it read.
+            opening = openings.opening_take(
+                account=ctx.account, broker=ctx.broker, trades_before=ctx.broker_trades, now=ctx.orders_asked_at
+            )
         except Exception as error:
             if not isinstance(error, EXPECTED_ERRORS):
                 logger.error("monitoring: the opening of account %s failed", ctx.account.pk, exc_info=error)

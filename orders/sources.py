@@ -396,7 +396,7 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
     if came_due:
         # Today's due time came and is still unplaced: the later time today replaces it.
         ScheduledFire.objects.filter(pk__in=came_due, status=ScheduledFire.Status.PENDING).update(
-            status=ScheduledFire.Status.CANCELLED, detail="moved to a later time today"
+            status=ScheduledFire.Status.CANCELLED, detail="replaced by an edit of its order"
         )
     row.save()
     # A time claimed ahead for the old settings must not fire (if the new settings keep it, the next
@@ -490,22 +490,28 @@ def _not_again_today(row: ScheduledOrder, now: datetime) -> tuple[datetime, list
     has come and is claimed but not taken by a worker yet (PENDING; ``_drop_pending_fires`` drops
     only those still to come): if the new settings have a time later today, that time replaces it
     (the edit drops it: one run today, at the time the trader asked, even if a late worker would have
-    missed it); else it places with the new settings, and is today's run.
+    missed it); else it places with the new settings, and is today's run, unless today is no
+    longer one of its days (the edit drops it: no run today).
 
     A one-off order's due time that has come and is not taken yet is replaced by the time the edit
     leaves (one run, at that time), or, when the edit leaves none ("already passed"), the edit is
     refused and it places as it was."""
     if row.pk is None:
         return now, [], now
-    if row.recurrence == ScheduledOrder.Recurrence.ONCE:
-        came_due = ScheduledFire.objects.filter(
-            scheduled_id=row.pk, status=ScheduledFire.Status.PENDING, due_at__lte=now
-        ).values_list("pk", flat=True)
-        return now, list(came_due), now
     zone = _zone(row.timezone)
     today = datetime.combine(now.astimezone(zone).date(), time.min, tzinfo=zone)
     end_of_today = max(now, today + timedelta(days=1) - timedelta(microseconds=1))
     fires = ScheduledFire.objects.filter(scheduled_id=row.pk, due_at__gte=today, due_at__lte=end_of_today)
+    if row.recurrence == ScheduledOrder.Recurrence.ONCE:
+        if row.run_on == today.date() and fires.filter(status=ScheduledFire.Status.PLACED).exists():
+            # A daily order made a one-off for later today, after today's run placed (an edit page
+            # opened before it): a second order today.
+            text = "Today's run of this order placed its order already; choose another day."
+            raise ValidationError({"run_on": ValidationError(text, code="conflict")})
+        came_due = ScheduledFire.objects.filter(
+            scheduled_id=row.pk, status=ScheduledFire.Status.PENDING, due_at__lte=now
+        ).values_list("pk", flat=True)
+        return now, list(came_due), now
     if fires.filter(status__in=[ScheduledFire.Status.PLACING, ScheduledFire.Status.PLACED]).exists():
         return end_of_today, [], end_of_today
     came_due = list(fires.filter(status=ScheduledFire.Status.PENDING, due_at__lte=now).values_list("pk", flat=True))
@@ -513,6 +519,9 @@ def _not_again_today(row: ScheduledOrder, now: datetime) -> tuple[datetime, list
         return now, [], end_of_today
     later_today = next_occurrence(row, now)
     if later_today is not None and later_today <= end_of_today:
+        return now, came_due, end_of_today
+    runs_today = next_occurrence(row, today - timedelta(microseconds=1))
+    if runs_today is None or runs_today > end_of_today:  # today is no longer one of its days: no run today
         return now, came_due, end_of_today
     return end_of_today, [], end_of_today
 

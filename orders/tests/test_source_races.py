@@ -635,3 +635,44 @@ def test_a_daily_order_made_one_off_can_still_be_edited_before_its_one_run(api, 
     edited = patch(api, f"/api/v1/scheduled/{row.pk}", {"quantity": 2})
     assert edited.status_code == 200, edited.json()
     assert ScheduledOrder.objects.get(pk=row.pk).quantity == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_edit_making_a_daily_order_one_off_later_today_does_not_place_today_twice(api, trader, account):
+    """The trader opened the edit page of a daily order before today's time to make it a one-off
+    order a little later today instead; today's daily run placed meanwhile. The edit, sent a moment
+    after, must not add a second order today (a daily edit after today's run moves the next run to
+    tomorrow; a one-off edit after its run is refused): at most one order today."""
+    row, fire_id = daily_came_due(trader, account)
+    sources.scheduled_fires(fire_ids=[fire_id])  # today's daily run places
+    assert ScheduledFire.objects.get(pk=fire_id).status == "placed"
+
+    zone = ZoneInfo(row.timezone)
+    later = (timezone.now() + timedelta(seconds=3)).astimezone(zone).replace(microsecond=0)
+    moved = patch(
+        api,
+        f"/api/v1/scheduled/{row.pk}",
+        {"recurrence": "once", "run_on": later.date().isoformat(), "time_of_day": later.time().isoformat()},
+    )
+    clock.sleep(max(0.0, (later - timezone.now()).total_seconds()) + 0.2)
+    sources.scheduled_fires(fire_ids=sources.scheduled_claim_due(lead_s=2))
+    placed = list(Order.objects.filter(scheduled=row).values_list("reference", flat=True))
+    assert len(placed) == 1, f"{len(placed)} orders today (the edit answered {moved.status_code}: {moved.json()})"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_recurring_order_whose_days_no_longer_include_today_does_not_place_today(api, trader, account):
+    """Today's time came a moment ago (claimed, no worker on it yet) and the trader takes today out of
+    the order's days. The answer says the next run is on another day; nothing may place today (as a
+    one-off order moved to tomorrow after its time came places nothing today, and as a daily order
+    made a one-off order for tomorrow drops today's due time)."""
+    row, fire_id = daily_came_due(trader, account)
+    today = timezone.now().astimezone(ZoneInfo(row.timezone)).weekday()
+    others = [day for day in range(7) if day != today]
+    changed = patch(api, f"/api/v1/scheduled/{row.pk}", {"weekdays": others})
+    assert changed.status_code == 200, changed.json()
+    assert ScheduledOrder.objects.get(pk=row.pk).next_run_at.astimezone(ZoneInfo(row.timezone)).weekday() != today
+
+    sources.scheduled_fires(fire_ids=[fire_id])  # the worker gets to the due time that came
+    placed = list(Order.objects.filter(scheduled=row).values_list("quantity", flat=True))
+    assert placed == [], f"placed today {placed} after today was taken out of its days"

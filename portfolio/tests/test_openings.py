@@ -763,3 +763,29 @@ def test_a_night_run_records_the_fills_of_the_day_the_account_was_first_met(trad
     infy = Position.objects.get(account=account, instrument__tradingsymbol="INFY")
     assert infy.net_quantity == 100
     assert (tcs.net_quantity, tcs.realized_pnl) == (0, D("1000")), Opening.objects.get(account=account).detail
+
+
+def test_a_run_takes_the_opening_as_of_when_it_read_the_book(trader, account, settings, monkeypatch):
+    """The run reads the account's book at 23:59:59 (a TCS MIS round trip of that day, made in the
+    broker's own app) and comes to its opening just after midnight. The opening is taken as of when
+    the book was read: that day, after OPENINGS_FROM, not the next day's night, when it would be put
+    off and the fills it read dropped as fills from before the day the account was first met (the
+    broker does not list them again after its start-of-day run)."""
+    settings.OPENINGS_FROM = "08:00"
+    history(account, "TCS", "BUY", 10, "3200", product="MIS", days_ago=0)
+    history(account, "TCS", "SELL", 10, "3300", product="MIS", days_ago=0)
+    read_at = start_of_today() + timedelta(days=1, seconds=-1)
+    real_fetch, real_take, asked = cycle._fetch_many, openings.opening_take, []
+
+    def fetch(contexts):
+        failures = real_fetch(contexts)
+        for ctx in contexts:
+            ctx.orders_asked_at = read_at  # the book was read at 23:59:59
+        return failures
+
+    monkeypatch.setitem(cycle.BATCHED, cycle.step_fetch, fetch)
+    monkeypatch.setattr(openings, "opening_take", lambda **kw: asked.append(kw.get("now")) or real_take(**kw))
+    cycle.account_monitor(account=account)
+    assert asked == [read_at]
+    assert Opening.objects.get(account=account).detail.get("why") != openings.NOT_BEGUN
+    assert Trade.objects.filter(account=account, instrument__tradingsymbol="TCS").count() == 2
