@@ -281,22 +281,22 @@ def daily_came_due(trader, account, seconds_ago=2) -> tuple[ScheduledOrder, int]
     return ScheduledOrder.objects.get(pk=row.pk), fire_ids[0]
 
 
+def once_due_in(trader, account, seconds: float) -> tuple[ScheduledOrder, int, ZoneInfo]:
+    """A one-off order due in about ``seconds``, its due time claimed ahead (PENDING, for a worker)."""
+    zone = ZoneInfo(_zone_away_from_midnight())
+    due = (timezone.now() + timedelta(seconds=seconds)).astimezone(zone).replace(microsecond=0)
+    row = sources.scheduled_save(
+        owner=trader, account=account, spec=spec_of(), recurrence="once",
+        run_on=due.date(), time_of_day=due.time(), timezone_name=str(zone),
+    )  # fmt: skip
+    [fire_id] = sources.scheduled_claim_due(lead_s=seconds + 3)
+    return ScheduledOrder.objects.get(pk=row.pk), fire_id, zone
+
+
 def once_due_in_a_moment(trader, account) -> tuple[ScheduledOrder, int]:
     """A one-off order due in a second or two, claimed ahead of its time."""
-    zone = ZoneInfo("Asia/Kolkata")
-    due = (timezone.now() + timedelta(seconds=2.5)).astimezone(zone).replace(microsecond=0)
-    row = sources.scheduled_save(
-        owner=trader,
-        account=account,
-        spec=spec_of(),
-        recurrence="once",
-        run_on=due.date(),
-        time_of_day=due.time(),
-        timezone_name="Asia/Kolkata",
-    )
-    fire_ids = sources.scheduled_claim_due(lead_s=5)
-    assert len(fire_ids) == 1
-    return ScheduledOrder.objects.get(pk=row.pk), fire_ids[0]
+    row, fire_id, _zone = once_due_in(trader, account, 2.5)
+    return row, fire_id
 
 
 def fire_on_a_thread(fire_id) -> tuple[threading.Thread, list]:
@@ -496,21 +496,10 @@ def test_a_cancel_an_edit_and_a_fire_of_one_order_at_once_never_deadlock(api, tr
 def once_came_due(trader, account) -> tuple[ScheduledOrder, int, ZoneInfo]:
     """A one-off order claimed ahead of its time; its time has just come, no worker has taken it yet
     (a worker busy with the batch before, or its task a moment behind)."""
-    zone = ZoneInfo(_zone_away_from_midnight())
-    due = (timezone.now() + timedelta(seconds=2)).astimezone(zone).replace(microsecond=0)
-    row = sources.scheduled_save(
-        owner=trader,
-        account=account,
-        spec=spec_of(),
-        recurrence="once",
-        run_on=due.date(),
-        time_of_day=due.time(),
-        timezone_name=str(zone),
-    )
-    [fire_id] = sources.scheduled_claim_due(lead_s=5)
-    clock.sleep(max(0.0, (due - timezone.now()).total_seconds()) + 0.3)  # its time came
+    row, fire_id, zone = once_due_in(trader, account, 2)
+    clock.sleep(max(0.0, (ScheduledFire.objects.get(pk=fire_id).due_at - timezone.now()).total_seconds()) + 0.3)
     assert ScheduledFire.objects.get(pk=fire_id).status == "pending"
-    return ScheduledOrder.objects.get(pk=row.pk), fire_id, zone
+    return row, fire_id, zone
 
 
 @pytest.mark.django_db(transaction=True)
@@ -553,18 +542,6 @@ def test_a_one_off_order_edited_after_its_time_came_keeping_that_time_is_refused
     assert refused.status_code == 422 and refused.json()["error"]["field"] == "run_on", refused.json()
     sources.scheduled_fires(fire_ids=[fire_id])
     assert list(Order.objects.filter(scheduled=row).values_list("quantity", flat=True)) == [1]
-
-
-def once_due_in(trader, account, seconds: float) -> tuple[ScheduledOrder, int, ZoneInfo]:
-    """A one-off order due in about ``seconds``, its due time claimed ahead (PENDING, for a worker)."""
-    zone = ZoneInfo(_zone_away_from_midnight())
-    due = (timezone.now() + timedelta(seconds=seconds)).astimezone(zone).replace(microsecond=0)
-    row = sources.scheduled_save(
-        owner=trader, account=account, spec=spec_of(), recurrence="once",
-        run_on=due.date(), time_of_day=due.time(), timezone_name=str(zone),
-    )  # fmt: skip
-    [fire_id] = sources.scheduled_claim_due(lead_s=seconds + 3)
-    return ScheduledOrder.objects.get(pk=row.pk), fire_id, zone
 
 
 @pytest.mark.django_db(transaction=True)

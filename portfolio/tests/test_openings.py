@@ -695,6 +695,29 @@ def test_a_run_whose_day_turns_while_it_reads_the_book_takes_nothing_then(trader
     assert Position.objects.get(account=account).net_quantity == 75
 
 
+def broker_lists_fills_since(monkeypatch, day) -> dict:
+    """The paper exchange's fill list as a broker's before its start-of-day run: from ``day`` on
+    (the returned ``{"day": ...}`` moves it)."""
+    real_trades, since = PaperBroker.trades, {"day": day}
+    monkeypatch.setattr(
+        PaperBroker, "trades", lambda self: [t for t in real_trades(self) if t.filled_at >= since["day"]]
+    )
+    return since
+
+
+def a_night_then_a_morning(account, settings, lists_since) -> None:
+    """A monitoring run at night (before OPENINGS_FROM: the opening waits), then one from
+    OPENINGS_FROM on, when the broker lists today's fills only."""
+    if timezone.now().astimezone(IST).strftime("%H:%M") >= "23:58":
+        pytest.skip("23:59 stands in for a time the broker's day has not begun at")
+    settings.OPENINGS_FROM = "23:59"  # the night: the broker's day has not begun
+    cycle.account_monitor(account=account)
+    assert Opening.objects.get(account=account).outcome == Opening.Outcome.PENDING
+    settings.OPENINGS_FROM = "00:00"
+    lists_since["day"] = start_of_today()
+    cycle.account_monitor(account=account)
+
+
 def test_fills_of_the_day_before_recorded_by_a_night_run_do_not_cancel_the_opening(
     trader, account, settings, monkeypatch
 ):
@@ -705,23 +728,11 @@ def test_fills_of_the_day_before_recorded_by_a_night_run_do_not_cancel_the_openi
     run recorded yesterday's fill, it would read as one from before the platform met the account:
     marked EARLIER_FILLS, INFY
     never seeded, and a sale of it shows as a short with a wrong PnL."""
-    real_trades = PaperBroker.trades
-    lists_since = {"day": start_of_today() - timedelta(days=1)}  # before the start-of-day run
-    monkeypatch.setattr(
-        PaperBroker, "trades", lambda self: [t for t in real_trades(self) if t.filled_at >= lists_since["day"]]
-    )
+    lists_since = broker_lists_fills_since(monkeypatch, start_of_today() - timedelta(days=1))
     history(account, "INFY", "BUY", 100, "1400", days_ago=10)
     history(account, "TCS", "BUY", 5, "3200", days_ago=1)
 
-    if timezone.now().astimezone(IST).strftime("%H:%M") >= "23:58":
-        pytest.skip("23:59 stands in for a time the broker's day has not begun at")
-    settings.OPENINGS_FROM = "23:59"  # the night: the broker's day has not begun
-    cycle.account_monitor(account=account)
-    assert Opening.objects.get(account=account).outcome == Opening.Outcome.PENDING
-
-    settings.OPENINGS_FROM = "00:00"  # from OPENINGS_FROM on; the broker lists today's fills only
-    lists_since["day"] = start_of_today()
-    cycle.account_monitor(account=account)
+    a_night_then_a_morning(account, settings, lists_since)
     held = {p.instrument.tradingsymbol: p.net_quantity for p in Position.objects.filter(account=account)}
     assert held == {"INFY": 100, "TCS": 5}, (Opening.objects.get(account=account).outcome, held)
 
@@ -734,11 +745,7 @@ def test_a_night_run_records_the_fills_of_the_day_the_account_was_first_met(trad
     yesterday's fills) leaves out only fills from before the first-met day, so it records the SELL;
     from OPENINGS_FROM on the broker lists today's fills only, and the opening is taken: flat TCS
     with its 1000 realized, INFY 100."""
-    real_trades = PaperBroker.trades
-    lists_since = {"day": start_of_today() - timedelta(days=1)}  # before the start-of-day run
-    monkeypatch.setattr(
-        PaperBroker, "trades", lambda self: [t for t in real_trades(self) if t.filled_at >= lists_since["day"]]
-    )
+    lists_since = broker_lists_fills_since(monkeypatch, start_of_today() - timedelta(days=1))
     history(account, "INFY", "BUY", 100, "1400", days_ago=10)
     history(account, "TCS", "BUY", 10, "3200", product="MIS", days_ago=1)
     services.trades_record(account=account, broker_trades=AccountBroker(account).trades())  # as the fast path does
@@ -749,15 +756,7 @@ def test_a_night_run_records_the_fills_of_the_day_the_account_was_first_met(trad
     )
     history(account, "TCS", "SELL", 10, "3300", product="MIS", days_ago=1)  # in the broker's own app
 
-    if timezone.now().astimezone(IST).strftime("%H:%M") >= "23:58":
-        pytest.skip("23:59 stands in for a time the broker's day has not begun at")
-    settings.OPENINGS_FROM = "23:59"  # the night: the broker's day has not begun
-    cycle.account_monitor(account=account)
-    assert Opening.objects.get(account=account).outcome == Opening.Outcome.PENDING
-
-    settings.OPENINGS_FROM = "00:00"  # from OPENINGS_FROM on; the broker lists today's fills only
-    lists_since["day"] = start_of_today()
-    cycle.account_monitor(account=account)
+    a_night_then_a_morning(account, settings, lists_since)
     assert Opening.objects.get(account=account).outcome == Opening.Outcome.SEEDED
     tcs = Position.objects.get(account=account, instrument__tradingsymbol="TCS")
     infy = Position.objects.get(account=account, instrument__tradingsymbol="INFY")
