@@ -498,16 +498,13 @@ def _not_again_today(row: ScheduledOrder, now: datetime) -> tuple[datetime, list
     refused and it places as it was."""
     if row.pk is None:
         return now, [], now
-    zone = _zone(row.timezone)
+    # "Today" is the exchange's day (IST) for a trading-days order, the trader's for the others.
+    zone = IST if row.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS else _zone(row.timezone)
     today = datetime.combine(now.astimezone(zone).date(), time.min, tzinfo=zone)
     end_of_today = max(now, today + timedelta(days=1) - timedelta(microseconds=1))
     fires = ScheduledFire.objects.filter(scheduled_id=row.pk, due_at__gte=today, due_at__lte=end_of_today)
     if row.recurrence == ScheduledOrder.Recurrence.ONCE:
-        if row.run_on == today.date() and fires.filter(status=ScheduledFire.Status.PLACED).exists():
-            # A daily order made a one-off for later today, after today's run placed (an edit page
-            # opened before it): a second order today.
-            text = "Today's run of this order placed its order already; choose another day."
-            raise ValidationError({"run_on": ValidationError(text, code="conflict")})
+        _not_on_a_day_it_placed(row, next_occurrence(row, now))
         came_due = ScheduledFire.objects.filter(
             scheduled_id=row.pk, status=ScheduledFire.Status.PENDING, due_at__lte=now
         ).values_list("pk", flat=True)
@@ -524,6 +521,25 @@ def _not_again_today(row: ScheduledOrder, now: datetime) -> tuple[datetime, list
     if runs_today is None or runs_today > end_of_today:  # today is no longer one of its days: no run today
         return now, came_due, end_of_today
     return end_of_today, [], end_of_today
+
+
+def _not_on_a_day_it_placed(row: ScheduledOrder, due: datetime | None) -> None:
+    """Refuse a one-off run (a daily or trading-days order made one-off, by an edit page opened
+    before today's run) on a day an earlier run of the order placed its order: the trader's day or
+    the exchange's (IST)."""
+    if due is None:
+        return
+    zone = _zone(row.timezone)
+    placed = ScheduledFire.objects.filter(
+        scheduled_id=row.pk, status=ScheduledFire.Status.PLACED, due_at__range=(due - timedelta(days=2), due)
+    ).values_list("due_at", flat=True)
+    for at in placed:
+        if (
+            at.astimezone(zone).date() == due.astimezone(zone).date()
+            or at.astimezone(IST).date() == due.astimezone(IST).date()
+        ):
+            text = "A run of this order placed its order on that day already; choose another day."
+            raise ValidationError({"run_on": ValidationError(text, code="conflict")})
 
 
 def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> bool:

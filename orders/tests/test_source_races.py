@@ -7,10 +7,11 @@ point and the other sent meanwhile.
 
 import threading
 import time as clock
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.http import Http404
 from django.test import Client
@@ -18,6 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.tests.factories import make_broker_account
+from brokers.base import IST
 from orders import services, sources
 from orders.models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import instrument, sent_while_locked
@@ -653,3 +655,60 @@ def test_a_recurring_order_whose_days_no_longer_include_today_does_not_place_tod
     sources.scheduled_fires(fire_ids=[fire_id])  # the worker gets to the due time that came
     placed = list(Order.objects.filter(scheduled=row).values_list("quantity", flat=True))
     assert placed == [], f"placed today {placed} after today was taken out of its days"
+
+
+@pytest.mark.django_db
+def test_an_edit_after_todays_run_does_not_place_again_on_the_same_exchange_day(trader, account, monkeypatch):
+    """A trading-days order at 23:30 New York (10:00 IST the next morning) placed its run of IST
+    Tuesday (Monday 23:30 in New York). Ten minutes later the trader moves its time to 09:00 New
+    York (19:30 IST). Trading days are the exchange's, whatever the trader's zone, and an edit after
+    today's run must not place again today: the next run must not be on IST Tuesday again."""
+    ny = ZoneInfo("America/New_York")
+    created = datetime(2026, 12, 7, 12, 0, tzinfo=ny)  # Monday noon in New York
+    monkeypatch.setattr(timezone, "now", lambda: created.astimezone(ZoneInfo("UTC")))
+    row = sources.scheduled_save(
+        owner=trader, account=account, spec=spec_of(), recurrence="trading_days",
+        time_of_day=time(23, 30), timezone_name="America/New_York",
+    )  # fmt: skip
+    ran = datetime(2026, 12, 7, 23, 30, tzinfo=ny)
+    assert row.next_run_at == ran
+    ScheduledFire.objects.create(scheduled=row, due_at=ran, status=ScheduledFire.Status.PLACED)
+    ScheduledOrder.objects.filter(pk=row.pk).update(next_run_at=ran + timedelta(days=1))
+
+    edit_at = ran + timedelta(minutes=10)
+    monkeypatch.setattr(timezone, "now", lambda: edit_at.astimezone(ZoneInfo("UTC")))
+    row = sources.scheduled_change(owner=trader, scheduled=row, time_of_day=time(9, 0))
+    ran_day, next_day = ran.astimezone(IST).date(), row.next_run_at.astimezone(IST).date()
+    assert next_day != ran_day, (
+        f"placed on IST {ran_day} at {ran.astimezone(IST):%H:%M} and due again on IST {next_day} "
+        f"at {row.next_run_at.astimezone(IST):%H:%M}: two orders on one trading day"
+    )
+
+
+@pytest.mark.django_db
+def test_a_one_off_on_the_exchange_day_a_run_placed_is_refused(trader, account, monkeypatch):
+    """The same trading-days order (23:30 New York, 10:00 IST the next morning) placed its run of
+    IST Tuesday; ten minutes later an edit page opened before it makes it a one-off for 09:00 New
+    York Tuesday, which is IST Tuesday too: a second order on that trading day, so refused."""
+    ny = ZoneInfo("America/New_York")
+    monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 7, 12, 0, tzinfo=ny))
+    row = sources.scheduled_save(
+        owner=trader, account=account, spec=spec_of(), recurrence="trading_days",
+        time_of_day=time(23, 30), timezone_name="America/New_York",
+    )  # fmt: skip
+    ran = datetime(2026, 12, 7, 23, 30, tzinfo=ny)
+    ScheduledFire.objects.create(scheduled=row, due_at=ran, status=ScheduledFire.Status.PLACED)
+    ScheduledOrder.objects.filter(pk=row.pk).update(next_run_at=ran + timedelta(days=1))
+    monkeypatch.setattr(timezone, "now", lambda: ran + timedelta(minutes=10))
+    with pytest.raises(ValidationError) as refused:
+        sources.scheduled_change(
+            owner=trader,
+            scheduled=row,
+            recurrence="once",
+            run_on=ran.date() + timedelta(days=1),
+            time_of_day=time(9, 0),
+        )
+    assert refused.value.message_dict == {
+        "run_on": ["A run of this order placed its order on that day already; choose another day."]
+    }
+    assert ScheduledOrder.objects.get(pk=row.pk).recurrence == "trading_days"
