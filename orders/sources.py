@@ -176,11 +176,17 @@ def basket_save(*, owner, name: str, items: list[dict], account_ids, basket: Bas
         accounts = _owned_accounts(owner, account_ids, kept=Basket())
         with _name_written(Basket, owner, name, None, BASKET_NAME_TAKEN):
             basket = Basket.objects.create(owner=owner, name=name)
-        for row in rows:
-            row.basket = basket
-        BasketItem.objects.bulk_create(rows)
+        _items_write(basket, rows)
         basket.accounts.set(accounts)
     return basket
+
+
+def _items_write(basket: Basket, rows: list[BasketItem]) -> None:
+    """The basket's items, all replaced by ``rows`` (checked)."""
+    basket.items.all().delete()
+    for row in rows:
+        row.basket = basket
+    BasketItem.objects.bulk_create(rows)
 
 
 @transaction.atomic
@@ -203,10 +209,7 @@ def basket_change(
     with _name_written(Basket, owner, basket.name, basket, BASKET_NAME_TAKEN):
         basket.save(update_fields=["name", "updated_at"])
     if rows is not None:
-        basket.items.all().delete()
-        for row in rows:
-            row.basket = basket
-        BasketItem.objects.bulk_create(rows)
+        _items_write(basket, rows)
     if accounts is not None:
         basket.accounts.set(accounts)
     return basket
