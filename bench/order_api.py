@@ -853,7 +853,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
                 done = (
                     ScheduledFire.objects.filter(scheduled_id__in=created)
                     # A fire a worker is still placing is not done: stopping the worker now would cut it off.
-                    .exclude(status__in=[ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING])
+                    .exclude(status__in=[*ScheduledFire.WAITING, ScheduledFire.Status.PLACING])
                     .count()
                 )
                 if done >= len(created):
@@ -885,11 +885,14 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
     # own update when it came first: "opened", "filled").
     at_exchange = OrderEvent.objects.filter(order__scheduled_id__in=created, to_status__in=TAKEN)
     submitted = list(at_exchange.values("order_id").annotate(at=Min("created_at")).values_list("at", flat=True))
+    written = OrderEvent.objects.filter(order__scheduled_id__in=created, kind="created")
+    prepared = written.filter(created_at__lt=due).count()
     connection.close()
     lateness = sorted((at - due).total_seconds() * 1000 for at in submitted)
     lateness += [float("inf")] * (len(created) - len(lateness))
     print(
-        f"# scheduled: fires {statuses}; submitted {len(submitted)}/{len(created)}, first +{lateness[0]:.0f} ms, "
+        f"# scheduled: fires {statuses}; {prepared} orders written ahead of their time (prepared); "
+        f"submitted {len(submitted)}/{len(created)}, first +{lateness[0]:.0f} ms, "
         f"last +{lateness[-1]:.0f} ms; {took:.1f} s until all were done\n"
         f"#     {cpu.line().replace('server', 'celery worker')}",
         flush=True,

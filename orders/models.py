@@ -209,11 +209,16 @@ class ScheduledFire(models.Model):
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
-        PLACING = "placing", "Placing"  # a worker took it; a cancel is too late for this due time
+        # Its order checked and written (NEW) ahead of its time, not sent: a change or cancel still drops both.
+        PREPARED = "prepared", "Prepared"
+        PLACING = "placing", "Placing"  # a worker took it to send; a cancel is too late for this due time
         PLACED = "placed", "Placed"
         MISSED = "missed", "Missed"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"  # claimed ahead of its time, then the trader cancelled or changed it
+
+    # Claimed, not yet taken to be sent: a change or cancel of the scheduled order drops these.
+    WAITING = (Status.PENDING, Status.PREPARED)
 
     scheduled = models.ForeignKey(ScheduledOrder, on_delete=models.CASCADE, related_name="fires")
     due_at = models.DateTimeField()

@@ -288,21 +288,30 @@ _counters_seen: set = set()  # (account id, day) rows known to exist, in this pr
 
 
 def _ensure_counter(account: BrokerAccount, day) -> None:
-    """Create the account's counter row for the day, committed on its own (at value 0).
+    counters_ready([account.pk], day)
+
+
+def counters_ready(account_ids, day) -> None:
+    """Create the accounts' counter rows for the day, each committed on its own (at value 0).
 
     Doing this outside the order's transaction matters on MySQL: concurrent first orders
     of the day inserting the same row inside their transactions deadlock on the
-    duplicate-key locks. Creating a row at 0 uses no number, so numbers stay gap-free.
+    duplicate-key locks. Creating a row at 0 uses no number, so numbers stay gap-free. Call it
+    before a transaction that numbers orders of these accounts.
     """
-    if (account.pk, day) in _counters_seen:
+    unseen = {pk for pk in account_ids if (pk, day) not in _counters_seen}
+    if not unseen:
         return
-    if not DailyCounter.objects.filter(account=account, trading_date=day).exists():
+    there = set(
+        DailyCounter.objects.filter(account_id__in=unseen, trading_date=day).values_list("account_id", flat=True)
+    )
+    for pk in sorted(unseen - there):
         try:
             with transaction.atomic():
-                DailyCounter.objects.create(account=account, trading_date=day, value=0)
+                DailyCounter.objects.create(account_id=pk, trading_date=day, value=0)
         except IntegrityError:
             pass  # another placement created it first
-    _counters_seen.add((account.pk, day))
+    _counters_seen.update((pk, day) for pk in unseen)
 
 
 class _CounterMissing(Exception):
@@ -396,7 +405,15 @@ def settled(row, read, done):
     return row
 
 
-def order_place(
+def order_place(*, broker: AccountBroker | None = None, **order) -> Order:
+    """Place one order, whoever asks: ``order_prepare`` (steps 1-2), then ``order_submit`` (steps
+    3-5). Takes ``order_prepare``'s arguments. Returns the order (a repeat key returns the first
+    one, not sent again)."""
+    placed, fresh = order_prepare(**order)
+    return order_submit(order=placed, cause=order["cause"], broker=broker) if fresh else placed
+
+
+def order_prepare(
     *,
     actor,
     account: BrokerAccount,
@@ -416,9 +433,13 @@ def order_place(
     strategy=None,
     basket=None,
     scheduled=None,
-    broker: AccountBroker | None = None,
-) -> Order:
-    """Place one order, whoever asks. Returns the order (a repeat key returns the first one)."""
+    day=None,
+) -> tuple[Order, bool]:
+    """Steps 1-2: check an order and write it NEW with its number and first event; nothing is
+    sent. Returns (the order, whether this call wrote it: then ``order_submit`` sends it). A
+    repeated key returns the first order (False: it is not sent again). ``day``: the trading day
+    of its number (default today's; an order written ahead of its time takes the day it is sent
+    on). Within a caller's transaction its writes are part of it."""
     digest = request_hash(account, instrument, side, quantity, order_type, product, validity, price, trigger_price)
     key = f"{actor.pk}:{idempotency_key}" if idempotency_key else None
     # A repeated key is found by the unique index when the order is inserted (no read
@@ -443,15 +464,14 @@ def order_place(
         )
     except ValidationError:
         if key and (existing := _existing_for_key(key, digest)):
-            return existing
+            return existing, False
         raise
-    day = trading_date()
     try:
         order = _create(
             checked,
             key,
             digest,
-            day=day,
+            day=day or trading_date(),
             actor=actor,
             source=source,
             role=role,
@@ -465,9 +485,26 @@ def order_place(
         # The key's order exists (the unique index refused a second one, waiting for the
         # first request to commit if both came at once) or a limit refused the repeat.
         if key and (existing := _existing_for_key(key, digest)):
-            return existing
+            return existing, False
         raise
-    return order_submit(order=order, cause=cause, broker=broker)
+    return order, True
+
+
+def orders_unsent_drop(*, keys, cause: str) -> int:
+    """Close orders written ahead of their time and never sent (``order_prepare`` without
+    ``order_submit``: a scheduled time changed, cancelled or missed before it came): CANCELLED, with
+    an event that says why, and their idempotency keys given back (the same due time claimed again
+    writes its order anew). Within the caller's transaction, which holds what decides they are not
+    to be sent. Returns how many."""
+    unsent = Order.objects.select_related("account", "instrument").filter(
+        idempotency_key__in=list(keys), status=OrderStatus.NEW, broker_order_id=None
+    )
+    return sum(
+        _transition(
+            order, OrderStatus.CANCELLED, kind="cancelled", cause=cause, message="never sent", idempotency_key=None
+        )
+        for order in unsent
+    )
 
 
 _ORDERS = PlainInserts(Order)

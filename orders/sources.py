@@ -376,7 +376,8 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
     caller's transaction) with its next due time, and drop the due times they replace.
 
     Under that lock its due times stay as they are read here: the dispatcher claims one, a worker
-    takes one to place it (PENDING -> PLACING) and a cancel drops one only under it too. So a due
+    prepares one or takes one to send it (PENDING -> PREPARED -> PLACING) and a cancel drops one
+    only under it too. So a due
     time still waiting for a worker is placed as this write leaves the order (or dropped by it),
     and one a worker took is being placed as it was: the change is refused until it is placed. A
     one-off order whose run was placed is not armed again by a change (an edit page opened before
@@ -398,9 +399,7 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
     row.full_clean(exclude=["owner", "account", "instrument"])
     if came_due:
         # Today's due time came and is still unplaced: the later time today replaces it.
-        ScheduledFire.objects.filter(pk__in=came_due, status=ScheduledFire.Status.PENDING).update(
-            status=ScheduledFire.Status.CANCELLED, detail="replaced by an edit of its order"
-        )
+        _drop(ScheduledFire.objects.filter(pk__in=came_due), "replaced by an edit of its order")
     row.save()
     # A time claimed ahead for the old settings must not fire (if the new settings keep it, the next
     # claim takes it again); one whose time has come places with the new settings.
@@ -490,7 +489,7 @@ def _not_again_today(row: ScheduledOrder, now: datetime) -> tuple[datetime, list
     (from when, today's came-due fires the edit drops, the end of today in its zone).
 
     After today when today's run placed (or is placing) an order already. A due time of today that
-    has come and is claimed but not taken by a worker yet (PENDING; ``_drop_pending_fires`` drops
+    has come and is claimed but not taken by a worker yet (PENDING or PREPARED; ``_drop_pending_fires`` drops
     only those still to come): if the new settings have a time later today, that time replaces it
     (the edit drops it: one run today, at the time the trader asked, even if a late worker would have
     missed it); else it places with the new settings, and is today's run, unless today is no
@@ -509,12 +508,12 @@ def _not_again_today(row: ScheduledOrder, now: datetime) -> tuple[datetime, list
     if row.recurrence == ScheduledOrder.Recurrence.ONCE:
         _not_on_a_day_it_placed(row, next_occurrence(row, now))
         came_due = ScheduledFire.objects.filter(
-            scheduled_id=row.pk, status=ScheduledFire.Status.PENDING, due_at__lte=now
+            scheduled_id=row.pk, status__in=ScheduledFire.WAITING, due_at__lte=now
         ).values_list("pk", flat=True)
         return now, list(came_due), now
     if fires.filter(status__in=[ScheduledFire.Status.PLACING, ScheduledFire.Status.PLACED]).exists():
         return end_of_today, [], end_of_today
-    came_due = list(fires.filter(status=ScheduledFire.Status.PENDING, due_at__lte=now).values_list("pk", flat=True))
+    came_due = list(fires.filter(status__in=ScheduledFire.WAITING, due_at__lte=now).values_list("pk", flat=True))
     if not came_due:
         return now, [], end_of_today
     later_today = next_occurrence(row, now)
@@ -566,12 +565,27 @@ def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> bool:
 
 def _drop_pending_fires(scheduled: ScheduledOrder, *, only_future: bool, now: datetime | None = None) -> int:
     """Cancel claimed due times no worker has started placing. Under the scheduled order's row lock
-    (a worker takes a fire PENDING -> PLACING under it too), so a fire is either dropped here or
+    (a worker prepares a fire or takes it to send under it too), so a fire is either dropped here or
     placed, not both."""
-    fires = ScheduledFire.objects.filter(scheduled_id=scheduled.pk, status=ScheduledFire.Status.PENDING)
+    fires = ScheduledFire.objects.filter(scheduled_id=scheduled.pk)
     if only_future:
         fires = fires.filter(due_at__gt=now or timezone.now())
-    return fires.update(status=ScheduledFire.Status.CANCELLED, detail="cancelled before it was placed")
+    return _drop(fires, "cancelled before it was placed")
+
+
+def _drop(fires, detail: str) -> int:
+    """Cancel those of ``fires`` still waiting (PENDING, PREPARED), under their scheduled orders'
+    row locks; the orders written ahead for prepared ones were never sent: they are closed
+    (``services.orders_unsent_drop``). Returns how many were dropped."""
+    prepared = list(fires.filter(status=ScheduledFire.Status.PREPARED).select_related("scheduled"))
+    dropped = fires.filter(status__in=ScheduledFire.WAITING).update(
+        status=ScheduledFire.Status.CANCELLED, detail=detail
+    )
+    if prepared:
+        services.orders_unsent_drop(
+            keys=[_fire_key(fire.scheduled, fire) for fire in prepared], cause=f"its scheduled time was {detail}"
+        )
+    return dropped
 
 
 def scheduled_dispatch(*, now: datetime | None = None) -> list[tuple[list[int], datetime | None]]:
@@ -666,12 +680,77 @@ def scheduled_fire(*, fire_id: int) -> ScheduledFire:
     return scheduled_fires(fire_ids=[fire_id])[0]
 
 
+def scheduled_prepare(*, fire_ids: list[int]) -> list[ScheduledFire]:
+    """Ahead of their time, what can be done before it: check the orders of claimed due times and
+    write them NEW (numbered for the day they are sent on, with their first event), in one commit
+    with the fires PENDING -> PREPARED, so that a fire is PREPARED exactly when its order is
+    written; at the time, ``scheduled_fires`` only sends them. A check that fails is the due time's
+    outcome at once (FAILED, reported). A change or cancel of the scheduled order before the time
+    still drops a prepared due time, and closes its order, never sent (``_drop``).
+
+    Only due times still to come, within ``SCHEDULE_LEAD_S`` + 1 s, are prepared; the others are
+    left as they are. Returns the fires as they are now, in the order asked.
+    """
+    now = timezone.now()
+    soon = now + timedelta(seconds=settings.SCHEDULE_LEAD_S + 1)
+    ahead = [
+        (pk, scheduled_id, due_at)
+        for pk, status, due_at, scheduled_id in _fire_states(fire_ids)
+        if status == ScheduledFire.Status.PENDING and now < due_at <= soon
+    ]
+    if ahead:
+        _fires_prepare(ahead)
+    return _fires_as_asked(fire_ids, {})
+
+
+def _fires_prepare(ahead: list[tuple[int, int, datetime]]) -> None:
+    scheduled_ids = {scheduled_id for _pk, scheduled_id, _due_at in ahead}
+    accounts = dict(ScheduledOrder.objects.filter(pk__in=scheduled_ids).values_list("pk", "account_id"))
+    for day in {services.trading_date(due_at) for _pk, _scheduled_id, due_at in ahead}:
+        # Outside the transaction below, which numbers the orders (see ``services.counters_ready``).
+        services.counters_ready(set(accounts.values()), day)
+    failed = []
+    with transaction.atomic():
+        fires = _fires_locked(
+            [pk for pk, _scheduled_id, _due_at in ahead], scheduled_ids, (ScheduledFire.Status.PENDING,)
+        )
+        prepared = []
+        # The accounts' daily counters are locked until the commit: in account order, as another
+        # worker preparing orders of the same accounts takes them.
+        for fire in sorted(fires, key=lambda fire: (fire.scheduled.account_id, fire.pk)):
+            try:
+                services.order_prepare(**_fire_order(fire), day=services.trading_date(fire.due_at))
+            except ValidationError as error:
+                failed.append((fire, (ScheduledFire.Status.FAILED, " ".join(error.messages)[:255])))
+            else:
+                prepared.append(fire.pk)
+        ScheduledFire.objects.filter(pk__in=prepared).update(status=ScheduledFire.Status.PREPARED)
+        _fires_record(failed, taken_as=ScheduledFire.Status.PENDING)
+    for fire, (_status, detail) in failed:
+        _notify(fire.scheduled, f"Scheduled order #{fire.scheduled_id} was not placed: {detail}")
+
+
+def _fire_order(fire: ScheduledFire) -> dict:
+    """What ``services.order_prepare`` and ``order_place`` are asked for a due time's order."""
+    scheduled = fire.scheduled
+    return {
+        "actor": scheduled.owner,
+        "account": scheduled.account,
+        **scheduled.spec(),
+        "source": Order.Source.SCHEDULED,
+        "scheduled": scheduled,
+        "cause": f"scheduled order #{scheduled.pk} due {fire.due_at:%Y-%m-%d %H:%M:%S}",
+        "idempotency_key": _FIRE_KEY.format(fire=fire.pk),
+    }
+
+
 def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
     """Place the orders of claimed due times, never before their time, side by side
     (``SCHEDULE_FIRE_PARALLELISM`` threads), with one commit to take them all and one to record
-    them all. Idempotent: a repeat, or a redelivery while the first is still placing, places
+    them all. A prepared due time's order (``scheduled_prepare``) is only sent; the others are
+    placed whole. Idempotent: a repeat, or a redelivery while the first is still placing, places
     nothing twice (each order's idempotency key is its fire's). Returns the fires as they are now,
-    in the order asked; one far too early is left pending, for its time.
+    in the order asked; one far too early is left as it is, for its time.
 
     A fire is PLACING from its first commit on (a cancel is then too late for that due time, and a
     change of its scheduled order is refused until it is recorded). If placing one fails
@@ -693,22 +772,46 @@ def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
         placing, tokens = _fires_take(due, {ahead[pk][2] for pk in due})
         try:
             with locks.kept(tokens, ttl_s=FIRE_PLACING_TTL_S):
+                _fires_ready(placing)
                 outcomes = _fires.map(_fire_place, placing)
                 _fires_record([(fire, outcome) for fire, outcome in zip(placing, outcomes, strict=True) if outcome])
         finally:
             locks.release_many(tokens)
-    placed = {fire.pk: fire for fire in placing}
-    rest = {f.pk: f for f in ScheduledFire.objects.filter(pk__in=[pk for pk in fire_ids if pk not in placed])}
-    return [placed.get(pk) or rest[pk] for pk in fire_ids if pk in placed or pk in rest]
+    return _fires_as_asked(fire_ids, {fire.pk: fire for fire in placing})
 
 
-_TO_PLACE = (ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING)
+def _fires_as_asked(fire_ids: list[int], known: dict[int, ScheduledFire]) -> list[ScheduledFire]:
+    rest = {f.pk: f for f in ScheduledFire.objects.filter(pk__in=[pk for pk in fire_ids if pk not in known])}
+    return [known.get(pk) or rest[pk] for pk in fire_ids if pk in known or pk in rest]
+
+
+_TO_PLACE = (ScheduledFire.Status.PENDING, ScheduledFire.Status.PREPARED, ScheduledFire.Status.PLACING)
 
 
 def _fire_states(fire_ids: list[int]) -> list[tuple[int, str, datetime, int]]:
     """(id, status, due time, scheduled order id) of the fires, read before their locks (a worker
     that waits for the due time does not hold them while it waits)."""
     return list(ScheduledFire.objects.filter(pk__in=fire_ids).values_list("pk", "status", "due_at", "scheduled_id"))
+
+
+def _fires_locked(fire_ids: list[int], scheduled_ids, statuses) -> list[ScheduledFire]:
+    """Within a transaction: lock the fires still in ``statuses``, with their scheduled orders.
+
+    Their scheduled orders' rows first, in id order, then the fires: the order an edit, a cancel
+    and the dispatcher lock them in. An edit of one is then made wholly before the take (which
+    places what it left, or finds the fire dropped) or after it (and finds the fire being placed),
+    and the two never deadlock. Each table on its own, without joins: MariaDB's FOR UPDATE would
+    lock every joined row too (the accounts, users and instruments that fire tasks side by side
+    share: they deadlocked).
+    """
+    locked = ScheduledOrder.objects.select_for_update().filter(pk__in=scheduled_ids).order_by("pk")
+    list(locked.values_list("pk", flat=True))
+    fires = list(ScheduledFire.objects.select_for_update().filter(pk__in=fire_ids, status__in=statuses).order_by("pk"))
+    orders = ScheduledOrder.objects.select_related("account", "instrument", "owner")  # read under their locks
+    scheduled_orders = orders.in_bulk({fire.scheduled_id for fire in fires})
+    for fire in fires:
+        fire.scheduled = scheduled_orders[fire.scheduled_id]
+    return fires
 
 
 def _fires_take(fire_ids: list[int], scheduled_ids) -> tuple[list[ScheduledFire], dict[str, str]]:
@@ -720,21 +823,7 @@ def _fires_take(fire_ids: list[int], scheduled_ids) -> tuple[list[ScheduledFire]
     tokens: dict[str, str] = {}
     try:
         with transaction.atomic():
-            # Their scheduled orders' rows first, in id order, then the fires: the order an edit, a
-            # cancel and the dispatcher lock them in. An edit of one is then made wholly before the
-            # take (which places what it left, or finds the fire dropped) or after it (and finds the
-            # fire being placed), and the two never deadlock. Each table on its own, without joins:
-            # MariaDB's FOR UPDATE would lock every joined row too (the accounts, users and
-            # instruments that fire tasks side by side share: they deadlocked).
-            locked = ScheduledOrder.objects.select_for_update().filter(pk__in=scheduled_ids).order_by("pk")
-            list(locked.values_list("pk", flat=True))
-            fires = list(
-                ScheduledFire.objects.select_for_update().filter(pk__in=fire_ids, status__in=_TO_PLACE).order_by("pk")
-            )
-            orders = ScheduledOrder.objects.select_related("account", "instrument", "owner")  # read under their locks
-            scheduled_orders = orders.in_bulk({fire.scheduled_id for fire in fires})
-            for fire in fires:
-                fire.scheduled = scheduled_orders[fire.scheduled_id]
+            fires = _fires_locked(fire_ids, scheduled_ids, _TO_PLACE)
             # A fire another worker holds (it took it and is placing it, however slowly) is its.
             held = locks.acquire_many([_placing_lock(fire) for fire in fires], ttl_s=FIRE_PLACING_TTL_S)
             tokens = {name: token for name, token in held.items() if token}
@@ -750,7 +839,8 @@ def _fires_take(fire_ids: list[int], scheduled_ids) -> tuple[list[ScheduledFire]
 def _fires_mark(fires: list[ScheduledFire], now: datetime) -> list[ScheduledFire]:
     """Within ``_fires_take``'s transaction: the fires a worker got to too late marked missed, the
     others PLACING. A late fire left PLACING by a worker that died is finished if its order exists
-    (placing it again returns that order), missed if the worker stopped before making it."""
+    (placing it again returns that order), missed if the worker stopped before making it. A late
+    prepared fire is missed, and its order, never sent, closed."""
     late = {
         fire.pk: late_s
         for fire in fires
@@ -761,22 +851,42 @@ def _fires_mark(fires: list[ScheduledFire], now: datetime) -> list[ScheduledFire
             idempotency_key__in=[_fire_key(fire.scheduled, fire) for fire in fires if fire.pk in late]
         ).values_list("idempotency_key", flat=True)
     )
-    taken = []
+    taken, unsent = [], []
     for fire in fires:
-        if fire.pk in late and _fire_key(fire.scheduled, fire) not in started:
+        fire.prepared = fire.status == ScheduledFire.Status.PREPARED
+        if fire.pk in late and (fire.prepared or _fire_key(fire.scheduled, fire) not in started):
             stopped = "; the worker placing it stopped" if fire.status == ScheduledFire.Status.PLACING else ""
             fire.status = ScheduledFire.Status.MISSED
             fire.detail = f"missed: {late[fire.pk]:.0f}s late when a worker got to it{stopped}"
             fire.save(update_fields=["status", "detail"])
             _notify_missed(fire.scheduled, fire.due_at)
+            if fire.prepared:
+                unsent.append(_fire_key(fire.scheduled, fire))
         else:
             taken.append(fire)
-    pending = [fire.pk for fire in taken if fire.status == ScheduledFire.Status.PENDING]
-    if pending:  # from here a cancel is too late for these due times
-        ScheduledFire.objects.filter(pk__in=pending).update(status=ScheduledFire.Status.PLACING)
+    if unsent:
+        services.orders_unsent_drop(keys=unsent, cause="its scheduled time was missed")
+    waiting = [fire.pk for fire in taken if fire.status in ScheduledFire.WAITING]
+    if waiting:  # from here a cancel is too late for these due times
+        ScheduledFire.objects.filter(pk__in=waiting).update(status=ScheduledFire.Status.PLACING)
     for fire in taken:
         fire.status = ScheduledFire.Status.PLACING
     return taken
+
+
+def _fires_ready(fires: list[ScheduledFire]) -> None:
+    """What the taken fires are sent with: the orders written ahead for the prepared ones, read in
+    one query, and each account's live session, read at once for all (``sessions_live``)."""
+    from brokers.client import AccountBroker
+    from brokers.services import sessions_live
+
+    keys = {_fire_key(fire.scheduled, fire): fire for fire in fires if fire.prepared}
+    for order in Order.objects.select_related("account", "instrument").filter(idempotency_key__in=keys):
+        keys[order.idempotency_key].order = order
+    accounts = {fire.scheduled.account_id: fire.scheduled.account for fire in fires}
+    sessions = sessions_live(list(accounts.values()))
+    for fire in fires:
+        fire.broker = AccountBroker(fire.scheduled.account, session=sessions.get(fire.scheduled.account_id))
 
 
 _FIRE_KEY = "scheduled:{fire}"
@@ -797,19 +907,16 @@ def _placing_lock(fire: ScheduledFire) -> str:
 
 
 def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
-    """Place one taken fire's order: (its fire's status, detail), or None when placing it failed
-    unexpectedly (it stays PLACING and is sent again later)."""
+    """Place one taken fire's order, or send the one written ahead for it: (its fire's status,
+    detail), or None when placing it failed unexpectedly (it stays PLACING and is sent again
+    later)."""
     scheduled = fire.scheduled
+    order = getattr(fire, "order", None)
     try:
-        order = services.order_place(
-            actor=scheduled.owner,
-            account=scheduled.account,
-            **scheduled.spec(),
-            source=Order.Source.SCHEDULED,
-            scheduled=scheduled,
-            cause=f"scheduled order #{scheduled.pk} due {fire.due_at:%Y-%m-%d %H:%M:%S}",
-            idempotency_key=_FIRE_KEY.format(fire=fire.pk),
-        )
+        if order is None:
+            order = services.order_place(**_fire_order(fire), broker=fire.broker)
+        elif order.status == Order.Status.NEW:
+            order = services.order_submit(order=order, cause=_fire_order(fire)["cause"], broker=fire.broker)
     except ValidationError as error:
         detail = " ".join(error.messages)[:255]
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
@@ -820,8 +927,11 @@ def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
     return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
 
 
-def _fires_record(outcomes: list[tuple[ScheduledFire, tuple[str, str]]]) -> None:
-    """Record what became of each placed fire and its scheduled order's last run, in one commit."""
+def _fires_record(
+    outcomes: list[tuple[ScheduledFire, tuple[str, str]]], *, taken_as: str = ScheduledFire.Status.PLACING
+) -> None:
+    """Record what became of each fire (``taken_as`` until now) and its scheduled order's last run,
+    in one commit."""
     if not outcomes:
         return
     now = timezone.now()
@@ -830,7 +940,7 @@ def _fires_record(outcomes: list[tuple[ScheduledFire, tuple[str, str]]]) -> None
         # Each scheduled order's row before its fire, in id order: the order the take locks them in.
         for fire, (status, detail) in sorted(outcomes, key=lambda outcome: (outcome[0].scheduled_id, outcome[0].pk)):
             ScheduledOrder.objects.filter(pk=fire.scheduled_id).update(last_run_at=now, last_result=detail)
-            recorded[fire.pk] = ScheduledFire.objects.filter(pk=fire.pk, status=ScheduledFire.Status.PLACING).update(
+            recorded[fire.pk] = ScheduledFire.objects.filter(pk=fire.pk, status=taken_as).update(
                 status=status, detail=detail
             )
     for fire, (status, detail) in outcomes:
@@ -845,7 +955,7 @@ def scheduled_pending_stale(*, older_than_s: float = 30) -> list[int]:
     cutoff = timezone.now() - timedelta(seconds=older_than_s)
     return list(
         ScheduledFire.objects.filter(
-            status__in=[ScheduledFire.Status.PENDING, ScheduledFire.Status.PLACING],
+            status__in=_TO_PLACE,
             claimed_at__lt=cutoff,
             due_at__lt=cutoff,
         ).values_list("pk", flat=True)

@@ -1,6 +1,8 @@
+from datetime import timedelta
 from itertools import groupby
 
 from celery import shared_task
+from django.utils import timezone
 
 from tradingplatform.celery import periodic
 
@@ -17,19 +19,35 @@ def dispatch_scheduled():
 
 def dispatch_due() -> int:
     """The dispatcher's work: each claimed due time sent to a worker once, with those due at the
-    same time, the due time as its ETA. Returns how many due times were sent."""
+    same time, at once: the worker prepares their orders ahead of their time and sends them at it.
+    Returns how many due times were sent."""
     batches = sources.scheduled_dispatch()
-    for fire_ids, eta in batches:
-        fire_scheduled.apply_async((fire_ids,), eta=eta)
+    for fire_ids, _due_at in batches:
+        fire_scheduled.apply_async((fire_ids,))
     return sum(len(fire_ids) for fire_ids, _ in batches)
 
 
 @shared_task
 def fire_scheduled(fire_ids: list[int] | int):
-    """Place claimed due times (several due at the same time, or one); a redelivery finds them
-    placed and does nothing. Returns their statuses."""
-    fires = sources.scheduled_fires(fire_ids=[fire_ids] if isinstance(fire_ids, int) else list(fire_ids))
-    early = sorted((fire for fire in fires if fire.status == ScheduledFire.Status.PENDING), key=lambda f: f.due_at)
-    for due_at, came_early in groupby(early, key=lambda f: f.due_at):  # far too early: again at their time
-        fire_scheduled.apply_async(([fire.pk for fire in came_early],), eta=due_at)
-    return [fire.status for fire in fires]
+    """Claimed due times (several due at the same time, or one): ahead of their time their orders
+    are prepared (checked and written, ``scheduled_prepare``) and the task comes again at the time
+    to send them; at it they are placed. A redelivery finds them prepared or placed and does
+    neither twice. Returns their statuses."""
+    fire_ids = [fire_ids] if isinstance(fire_ids, int) else list(fire_ids)
+    fires = sources.scheduled_prepare(fire_ids=fire_ids)
+    soon = timezone.now() + timedelta(seconds=AHEAD_S)
+    ahead = sorted((fire for fire in fires if fire.status in ScheduledFire.WAITING and fire.due_at > soon), key=_due)
+    for due_at, later in groupby(ahead, key=_due):  # again at their time
+        fire_scheduled.apply_async(([fire.pk for fire in later],), eta=due_at)
+    waiting = {fire.pk for fire in ahead}
+    now_due = [fire.pk for fire in fires if fire.pk not in waiting]
+    placed = {fire.pk: fire for fire in sources.scheduled_fires(fire_ids=now_due)} if now_due else {}
+    return [placed.get(fire.pk, fire).status for fire in fires]
+
+
+# A due time nearer than this is waited for by the task at hand (``scheduled_fires``), not sent again.
+AHEAD_S = 0.05
+
+
+def _due(fire: ScheduledFire):
+    return fire.due_at

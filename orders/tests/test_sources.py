@@ -328,16 +328,37 @@ def test_a_due_time_claimed_ahead_is_dropped_by_a_cancel_or_a_change(trader, acc
     assert not Order.objects.exists() and not PaperOrder.objects.exists()
 
 
-def test_the_dispatcher_sends_each_claimed_fire_with_its_due_time_as_eta(trader, account, monkeypatch):
+def test_the_dispatcher_sends_each_claimed_fire_at_once_and_the_worker_prepares_it_then_sends_it_at_its_time(
+    trader, account, monkeypatch
+):
     from orders import tasks
 
     sent = []
     monkeypatch.setattr(tasks.fire_scheduled, "apply_async", lambda args, eta=None: sent.append((args[0], eta)))
     row = make_scheduled(trader, account)
-    due_at = _due_soon(row, 1)
+    due_at = _due_soon(row, 1.5)
     assert tasks.dispatch_scheduled() == 1
     fire = ScheduledFire.objects.get(scheduled=row)
-    assert sent == [([fire.pk], due_at)] and fire.status == "pending"
+    assert sent == [([fire.pk], None)] and fire.status == "pending"
+
+    # The worker, ahead of the time: the order checked and written, numbered, not sent; the task
+    # comes again at the time.
+    assert tasks.fire_scheduled([fire.pk]) == ["prepared"]
+    assert sent[1:] == [([fire.pk], due_at)]
+    order = Order.objects.get(scheduled=row)
+    assert order.status == "NEW" and order.reference.endswith("N000001")
+    assert list(order.events.values_list("kind", flat=True)) == ["created"]
+    assert not PaperOrder.objects.exists()
+    assert tasks.fire_scheduled([fire.pk]) == ["prepared"]  # a redelivery ahead of the time: nothing more
+    assert Order.objects.count() == 1 and len(sent) == 3
+
+    # At the time: only sent, once, however often the task comes.
+    clock.sleep(max(0, (due_at - timezone.now()).total_seconds()))
+    assert tasks.fire_scheduled([fire.pk]) == ["placed"]
+    assert tasks.fire_scheduled([fire.pk]) == ["placed"]
+    order.refresh_from_db()
+    assert order.status in ("SUBMITTED", "OPEN", "FILLED") and order.events.get(kind="submitted").created_at >= due_at
+    assert Order.objects.count() == 1 and PaperOrder.objects.filter(tag=order.reference).count() == 1
 
 
 def test_fires_due_at_the_same_time_go_to_a_worker_together_in_batches(trader, account, monkeypatch, settings):
@@ -349,12 +370,12 @@ def test_fires_due_at_the_same_time_go_to_a_worker_together_in_batches(trader, a
     rows = [make_scheduled(trader, account) for _ in range(4)]
     due_at = timezone.now() + timedelta(seconds=1)
     ScheduledOrder.objects.filter(pk__in=[r.pk for r in rows[:3]]).update(next_run_at=due_at)
-    later = _due_soon(rows[3], 1.5)
+    _due_soon(rows[3], 1.5)
     assert tasks.dispatch_scheduled() == 4
 
     fires = dict(ScheduledFire.objects.values_list("scheduled_id", "pk"))
     first_three = sorted(fires[r.pk] for r in rows[:3])
-    assert [eta for _, eta in sent] == [due_at, due_at, later]
+    assert [eta for _, eta in sent] == [None, None, None]  # at once: the worker prepares them ahead
     assert sorted(pk for ids, _ in sent[:2] for pk in ids) == first_three and len(sent[0][0]) == 2
     assert sent[2][0] == [fires[rows[3].pk]]
 
