@@ -35,6 +35,13 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--list", action="store_true", help="print one order's statements")
+    p.add_argument(
+        "--scheduled",
+        action="store_true",
+        help="profile scheduled orders instead: --orders one-off orders due together, prepared ahead of their\n"
+        "time (measured on their own) and sent at it (measured on their own), in tasks of SCHEDULE_FIRE_BATCH\n"
+        "run one after another from each of --threads threads, as worker processes would",
+    )
     return p.parse_args(argv)
 
 
@@ -129,7 +136,7 @@ def main(argv=None):
         background.drain() if hasattr(background, "drain") else time.sleep(0.5)
         return per_thread * args.threads
 
-    run(0, args.warmup)
+    run(0, args.warmup)  # the API's and the order path's first calls, for either profile
     time.sleep(1)
     if args.list:
         statements.listing = []
@@ -143,53 +150,150 @@ def main(argv=None):
         cur.execute("SHOW GLOBAL STATUS")
         return {k: int(v) for k, v in cur.fetchall() if v.isdigit()}
 
-    statements.kinds.clear()
-    redis_before = r.info("commandstats")
-    status_before = mariadb_status()
-    db_cpu, cpu, wall = harness.mariadb_cpu_seconds(), time.process_time(), time.perf_counter()
-    n = run(args.warmup + 1, args.orders)
-    time.sleep(1.0)  # the fills' bookkeeping on the background threads
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall - 1.0
-    db_cpu = harness.mariadb_cpu_seconds() - db_cpu
-    status_after = mariadb_status()
-    redis_after = r.info("commandstats")
-    redis_calls = sum(v["calls"] for v in redis_after.values()) - sum(v["calls"] for v in redis_before.values())
+    def measured(what, work, settle_s=1.0):
+        """Run ``work()`` (it returns how many orders it did) and print what they cost each."""
+        statements.kinds.clear()
+        redis_before = r.info("commandstats")
+        status_before = mariadb_status()
+        db_cpu, cpu, wall = harness.mariadb_cpu_seconds(), time.process_time(), time.perf_counter()
+        n = work()
+        wall = time.perf_counter() - wall
+        time.sleep(settle_s)  # the fills' bookkeeping on the background threads
+        cpu = time.process_time() - cpu
+        db_cpu = harness.mariadb_cpu_seconds() - db_cpu
+        status_after = mariadb_status()
+        redis_after = r.info("commandstats")
+        redis_calls = sum(v["calls"] for v in redis_after.values()) - sum(v["calls"] for v in redis_before.values())
 
-    def calls_before(name):
-        return redis_before.get(name, {}).get("calls", 0)
+        def calls_before(name):
+            return redis_before.get(name, {}).get("calls", 0)
 
-    def delta(name):
-        return (status_after.get(name, 0) - status_before.get(name, 0)) / n
+        def delta(name):
+            return (status_after.get(name, 0) - status_before.get(name, 0)) / n
 
-    print(
-        json.dumps(
-            {
-                "orders": n,
-                "threads": args.threads,
-                "python_cpu_ms_per_order": round(cpu / n * 1000, 2),
-                "mariadb_cpu_ms_per_order": round(db_cpu / n * 1000, 2),
-                "wall_ms_per_order": round(wall / n * 1000, 2),
-                "statements_per_order": round(sum(statements.kinds.values()) / n, 2),
-                "by_kind": {k: round(v / n, 2) for k, v in statements.kinds.most_common()},
-                "mariadb_commits_per_order": round(delta("Com_commit"), 2),
-                "mariadb_fsyncs_per_order": round(delta("Innodb_data_fsyncs"), 2),
-                "mariadb_questions_per_order": round(delta("Questions"), 2),
-                "mariadb_com_per_order": {
-                    name.removeprefix("Com_").lower(): round(delta(name), 2)
-                    for name in sorted(status_after)
-                    if name.startswith("Com_") and delta(name) >= 0.05
+        print(
+            json.dumps(
+                {
+                    "what": what,
+                    "orders": n,
+                    "threads": args.threads,
+                    "python_cpu_ms_per_order": round(cpu / n * 1000, 2),
+                    "mariadb_cpu_ms_per_order": round(db_cpu / n * 1000, 2),
+                    "wall_ms_per_order": round(wall / n * 1000, 2),
+                    "statements_per_order": round(sum(statements.kinds.values()) / n, 2),
+                    "by_kind": {k: round(v / n, 2) for k, v in statements.kinds.most_common()},
+                    "mariadb_commits_per_order": round(delta("Com_commit"), 2),
+                    "mariadb_fsyncs_per_order": round(delta("Innodb_data_fsyncs"), 2),
+                    "mariadb_questions_per_order": round(delta("Questions"), 2),
+                    "mariadb_com_per_order": {
+                        name.removeprefix("Com_").lower(): round(delta(name), 2)
+                        for name in sorted(status_after)
+                        if name.startswith("Com_") and delta(name) >= 0.05
+                    },
+                    "redis_commands_per_order": round(redis_calls / n, 2),
+                    "redis_by_command": {
+                        name.removeprefix("cmdstat_"): round((v["calls"] - calls_before(name)) / n, 2)
+                        for name, v in sorted(redis_after.items())
+                        if v["calls"] != calls_before(name)
+                    },
                 },
-                "redis_commands_per_order": round(redis_calls / n, 2),
-                "redis_by_command": {
-                    name.removeprefix("cmdstat_"): round((v["calls"] - calls_before(name)) / n, 2)
-                    for name, v in sorted(redis_after.items())
-                    if v["calls"] != calls_before(name)
-                },
-            },
-            indent=1,
+                indent=1,
+            ),
+            flush=True,
         )
-    )
+
+    if args.scheduled:
+        scheduled_profile(args, traders, measured)
+    else:
+        measured("API orders", lambda: run(args.warmup + 1, args.orders))
     order_api.drop_database(args)
+
+
+def scheduled_profile(args, traders, measured) -> None:
+    """Scheduled orders: ``args.orders`` one-off orders on the traders' accounts, all due at one
+    time, claimed, prepared in tasks, and sent at the time in tasks (``orders.tasks.fire_scheduled``'s
+    two steps, called here), each step measured on its own."""
+    import random
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from django.conf import settings
+    from django.db import connections
+    from django.utils import timezone
+
+    from accounts.models import BrokerAccount, User
+    from brokers.selectors import instruments_tradable
+    from orders import sources
+    from orders.models import ScheduledFire
+
+    accounts = list(BrokerAccount.objects.filter(pk__in=[t.account_id for t in traders]).order_by("pk"))
+    owners = {u.pk: u for u in User.objects.filter(pk__in=[a.owner_id for a in accounts])}
+    symbols = list(instruments_tradable().order_by("pk"))
+    rng = random.Random(7)
+    # Far enough ahead for the orders to be written and prepared; claimed as the dispatcher would.
+    due = (timezone.now() + timedelta(seconds=30)).astimezone(ZoneInfo("Asia/Kolkata")).replace(microsecond=0)
+    for i in range(args.orders):
+        account, instrument = accounts[i % len(accounts)], symbols[rng.randrange(len(symbols))]
+        spec = {
+            "instrument": instrument,
+            "side": "BUY" if i % 2 == 0 else "SELL",
+            "quantity": instrument.lot_size,
+            "order_type": "MARKET",
+            "product": "MIS",
+            "price": None,
+            "trigger_price": None,
+            "validity": "DAY",
+        }
+        sources.scheduled_save(
+            owner=owners[account.owner_id],
+            account=account,
+            spec=spec,
+            recurrence="once",
+            time_of_day=due.time(),
+            timezone_name="Asia/Kolkata",
+            run_on=due.date(),
+        )
+    wait = (due - timezone.now()).total_seconds() - settings.SCHEDULE_LEAD_S
+    if wait < 0:
+        raise SystemExit("writing the scheduled orders took too long; use fewer --orders")
+    time.sleep(wait)
+    fire_ids = sources.scheduled_claim_due(lead_s=settings.SCHEDULE_LEAD_S, limit=args.orders)
+    batches = [
+        fire_ids[i : i + settings.SCHEDULE_FIRE_BATCH] for i in range(0, len(fire_ids), settings.SCHEDULE_FIRE_BATCH)
+    ]
+
+    def tasks(step):
+        def work():
+            failures = []
+
+            def worker(t):
+                try:
+                    for batch in batches[t :: args.threads]:
+                        step(fire_ids=batch)
+                except BaseException as error:
+                    failures.append(error)
+                finally:
+                    connections.close_all()
+
+            threads = [threading.Thread(target=worker, args=(t,), name=f"task-{t}") for t in range(args.threads)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if failures:
+                raise failures[0]
+            return len(fire_ids)
+
+        return work
+
+    measured("scheduled: prepared ahead of their time", tasks(sources.scheduled_prepare), settle_s=0)
+    left = (due - timezone.now()).total_seconds()
+    if left < 0:
+        raise SystemExit("preparing took longer than SCHEDULE_LEAD_S: the send is not measured alone")
+    time.sleep(left)
+    measured("scheduled: sent at their time", tasks(sources.scheduled_fires))
+    statuses = collections.Counter(ScheduledFire.objects.filter(pk__in=fire_ids).values_list("status", flat=True))
+    print(f"# fires: {dict(statuses)}")
 
 
 if __name__ == "__main__":

@@ -489,11 +489,22 @@ _client_accounts = Memo("accounts of a broker client", ttl_s=5)
 
 
 def _accounts_of_client(broker: str, client_id: str) -> list[BrokerAccount]:
-    def load():
-        accounts = BrokerAccount.objects.filter(broker=broker, client_id=client_id, is_active=True)
-        return list(accounts.select_related("owner")) or None
+    return _accounts_of_clients(broker, [client_id]).get(client_id, [])
 
-    return _client_accounts.get((broker, client_id), load) or []
+
+def _accounts_of_clients(broker: str, client_ids) -> dict[str, list[BrokerAccount]]:
+    """{client id: its active accounts} for the clients that have any; those not in the memo read
+    in one query."""
+
+    def load(keys):
+        accounts = BrokerAccount.objects.filter(broker=broker, client_id__in=[key[1] for key in keys], is_active=True)
+        found: dict = {}
+        for account in accounts.select_related("owner"):
+            found.setdefault((broker, account.client_id), []).append(account)
+        return found
+
+    held = _client_accounts.get_many([(broker, client_id) for client_id in client_ids], load)
+    return {client_id: accounts for (_broker, client_id), accounts in held.items()}
 
 
 def broker_order_update(*, broker: str, client_id: str, order: BrokerOrder, fills: list | None = None) -> int:
@@ -515,6 +526,7 @@ def broker_orders_update(
     in one call (one transaction for them all). A change that fails is logged and the others still
     go: the account's next monitoring run reconciles what it would have told."""
     fills_told = []
+    _accounts_of_clients(broker, [client_id for _context, client_id, _order, _fills in changes])  # in one query
     for context, client_id, order, fills in changes:
         try:
             accounts = context.run(_order_told, broker, client_id, order, fills)

@@ -924,6 +924,10 @@ def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
     except Exception:
         logger.exception("scheduled fire %s: placing failed; it is sent again later", fire.pk)
         return None
+    if order.status == Order.Status.FAILED and not order.broker_order_id:
+        # Written ahead and closed unsent meanwhile (its send came over a minute late, after the
+        # account's reconciliation gave it up): not placed.
+        return ScheduledFire.Status.FAILED, f"{order.reference} {order.status}: {order.reject_reason}"[:255]
     return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
 
 
@@ -935,19 +939,29 @@ def _fires_record(
     if not outcomes:
         return
     now = timezone.now()
+    outcomes = sorted(outcomes, key=lambda outcome: (outcome[0].scheduled_id, outcome[0].pk))
+    # A scheduled order's last run is its latest fire's (several of one in a re-send).
+    last_runs = {
+        fire.scheduled_id: ScheduledOrder(pk=fire.scheduled_id, last_run_at=now, last_result=detail)
+        for fire, (_status, detail) in outcomes
+    }
     with transaction.atomic():
-        recorded = {}
-        # Each scheduled order's row before its fire, in id order: the order the take locks them in.
-        for fire, (status, detail) in sorted(outcomes, key=lambda outcome: (outcome[0].scheduled_id, outcome[0].pk)):
-            ScheduledOrder.objects.filter(pk=fire.scheduled_id).update(last_run_at=now, last_result=detail)
-            recorded[fire.pk] = ScheduledFire.objects.filter(pk=fire.pk, status=taken_as).update(
-                status=status, detail=detail
-            )
+        # The scheduled orders' rows before their fires, each in id order: the order the take locks
+        # them in. A fire no longer ``taken_as`` was recorded by a redelivery first.
+        ScheduledOrder.objects.bulk_update(list(last_runs.values()), ["last_run_at", "last_result"])
+        fires = ScheduledFire.objects.select_for_update().filter(pk__in=[fire.pk for fire, _ in outcomes])
+        ours = set(fires.filter(status=taken_as).order_by("pk").values_list("pk", flat=True))
+        recorded = [
+            ScheduledFire(pk=fire.pk, status=status, detail=detail)
+            for fire, (status, detail) in outcomes
+            if fire.pk in ours
+        ]
+        ScheduledFire.objects.bulk_update(recorded, ["status", "detail"])
     for fire, (status, detail) in outcomes:
-        if recorded[fire.pk]:
+        if fire.pk in ours:
             fire.status, fire.detail = status, detail
         else:
-            fire.refresh_from_db()  # a redelivery of this fire recorded it first
+            fire.refresh_from_db()
 
 
 def scheduled_pending_stale(*, older_than_s: float = 30) -> list[int]:

@@ -36,6 +36,27 @@ class Memo:
                 self._values[key] = (now + self.ttl_s, value)
         return value
 
+    def get_many(self, keys, load_many: Callable[[list], dict]) -> dict:
+        """The values for ``keys`` ({key: value}), those missing or stale from one
+        ``load_many(missing keys)`` ({key: value}; a key it leaves out, or maps to ``None``, is not
+        kept)."""
+        now = time.monotonic()
+        found, missing = {}, []
+        for key in dict.fromkeys(keys):
+            hit = self._values.get(key)
+            if hit is not None and hit[0] > now:
+                found[key] = hit[1]
+            else:
+                missing.append(key)
+        if missing:
+            loaded = {key: value for key, value in load_many(missing).items() if value is not None}
+            with self._lock:
+                if len(self._values) + len(loaded) > self.max_entries:
+                    self._values.clear()
+                self._values.update((key, (now + self.ttl_s, value)) for key, value in loaded.items())
+            found.update(loaded)
+        return found
+
     def drop(self, key: Hashable) -> None:
         self._values.pop(key, None)
 

@@ -252,9 +252,10 @@ OPENINGS_FROM = env.str("OPENINGS_FROM", default="08:00")
 if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", OPENINGS_FROM):
     raise ImproperlyConfigured(f"OPENINGS_FROM must be a time of day in IST, HH:MM (not {OPENINGS_FROM!r}).")
 SCHEDULE_DISPATCH_INTERVAL_S = env.float("SCHEDULE_DISPATCH_INTERVAL_S", default=1.0)
-# How far ahead the dispatcher claims due times (sent to a worker with the due time as ETA);
-# at least the dispatch interval, so every due time is claimed before it comes.
-SCHEDULE_LEAD_S = env.float("SCHEDULE_LEAD_S", default=2.0)
+# How far ahead the dispatcher claims due times: a worker prepares their orders at once (checks
+# them and writes them NEW) and sends them at the time. At least the dispatch interval, so every
+# due time is claimed before it comes; with room for a burst's orders to be prepared.
+SCHEDULE_LEAD_S = env.float("SCHEDULE_LEAD_S", default=3.0)
 if SCHEDULE_LEAD_S < SCHEDULE_DISPATCH_INTERVAL_S:
     raise ImproperlyConfigured("SCHEDULE_LEAD_S must be at least SCHEDULE_DISPATCH_INTERVAL_S.")
 # Due times of the same moment sent to a worker as one task, at most this many (500 orders due at

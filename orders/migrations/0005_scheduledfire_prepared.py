@@ -4,15 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('orders', '0004_entries_exits_done'),
+        ("orders", "0004_entries_exits_done"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='scheduledfire',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Pending'), ('prepared', 'Prepared'), ('placing', 'Placing'), ('placed', 'Placed'), ('missed', 'Missed'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='pending', max_length=16),
+            model_name="scheduledfire",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("pending", "Pending"),
+                    ("prepared", "Prepared"),
+                    ("placing", "Placing"),
+                    ("placed", "Placed"),
+                    ("missed", "Missed"),
+                    ("failed", "Failed"),
+                    ("cancelled", "Cancelled"),
+                ],
+                default="pending",
+                max_length=16,
+            ),
         ),
     ]

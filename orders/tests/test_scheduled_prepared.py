@@ -1,0 +1,163 @@
+"""Scheduled orders prepared ahead of their time (checked and written NEW, numbered) and only sent
+at it: what a cancel, an edit, a late worker, a failed check and a race with the send do to them."""
+
+import time as clock
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import BrokerAccount
+from brokers.base import IST
+from brokers.paper.models import PaperOrder
+from orders import services, sources
+from orders.models import Order, ScheduledFire, ScheduledOrder
+from orders.tests.factories import sent_while_locked
+
+from .test_sources import _due_soon, make_scheduled
+
+
+def _prepared(row, seconds: float = 2.0):
+    """``row`` due in ``seconds``, claimed and prepared: (its fire, its due time, its order)."""
+    due_at = _due_soon(row, seconds)
+    [fire_id] = sources.scheduled_claim_due(lead_s=seconds + 1)
+    [fire] = sources.scheduled_prepare(fire_ids=[fire_id])
+    assert fire.status == ScheduledFire.Status.PREPARED
+    order = Order.objects.get(scheduled=row)
+    assert order.status == Order.Status.NEW and not order.broker_order_id
+    return fire, due_at, order
+
+
+def _at(due_at):
+    clock.sleep(max(0, (due_at - timezone.now()).total_seconds()) + 0.01)
+
+
+def _unsent(order, why: str):
+    order.refresh_from_db()
+    assert order.status == Order.Status.CANCELLED and order.idempotency_key is None  # its key given back
+    assert list(order.events.values_list("kind", "message")) == [("created", ""), ("cancelled", "never sent")]
+    assert why in order.events.get(kind="cancelled").cause
+    assert not PaperOrder.objects.filter(tag=order.reference).exists()
+
+
+def test_a_cancel_before_the_time_drops_a_prepared_due_time_and_its_order_is_never_sent(trader, account):
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row)
+    assert sources.scheduled_cancel(scheduled=row, actor=trader) is True
+    _unsent(order, "cancelled before it was placed")
+    _at(due_at)
+    assert sources.scheduled_fire(fire_id=fire.pk).status == ScheduledFire.Status.CANCELLED  # the task at the time
+    assert not PaperOrder.objects.exists()
+
+
+def test_an_edit_before_the_time_replaces_a_prepared_due_time_and_one_made_again_is_placed_once(
+    trader, account, settings
+):
+    settings.SCHEDULE_LEAD_S = 5
+    due = (timezone.now() + timedelta(seconds=4)).astimezone(IST).replace(microsecond=0)
+    if due.date() != (due + timedelta(minutes=10)).date():
+        pytest.skip("too close to midnight IST for a time ten minutes later today")
+    row = make_scheduled(trader, account, time_of_day=due.time(), run_on=due.date())
+    [fire_id] = sources.scheduled_claim_due(lead_s=5)
+    [fire] = sources.scheduled_prepare(fire_ids=[fire_id])
+    first = Order.objects.get(scheduled=row)
+    assert fire.status == ScheduledFire.Status.PREPARED and first.reference.endswith("N000001")
+
+    # Moved later: the prepared due time and its order are dropped, not sent ...
+    row = sources.scheduled_change(owner=trader, scheduled=row, time_of_day=(due + timedelta(minutes=10)).time())
+    assert ScheduledFire.objects.get(pk=fire_id).status == ScheduledFire.Status.CANCELLED
+    _unsent(first, "cancelled before it was placed")
+    # ... and moved back: the same due time is claimed again and its order written anew, under the same key.
+    sources.scheduled_change(owner=trader, scheduled=row, time_of_day=due.time())
+    assert sources.scheduled_claim_due(lead_s=5) == [fire_id]
+    assert [f.status for f in sources.scheduled_prepare(fire_ids=[fire_id])] == [ScheduledFire.Status.PREPARED]
+    second = Order.objects.get(scheduled=row, status=Order.Status.NEW)
+    assert second.reference.endswith("N000002")  # numbers stay gap-free: the first keeps its own
+
+    _at(due)
+    assert sources.scheduled_fire(fire_id=fire_id).status == ScheduledFire.Status.PLACED
+    assert sources.scheduled_fire(fire_id=fire_id).status == ScheduledFire.Status.PLACED  # a redelivery
+    second.refresh_from_db()
+    assert second.status in Order.AT_BROKER + (Order.Status.FILLED,)
+    assert list(PaperOrder.objects.values_list("tag", flat=True)) == [second.reference]
+
+
+def test_a_prepared_due_time_a_worker_gets_to_too_late_is_missed_and_its_order_never_sent(trader, account, settings):
+    settings.SCHEDULE_ON_TIME_S = 0
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row, seconds=0.5)
+    _at(due_at + timedelta(seconds=1))
+    fire = sources.scheduled_fire(fire_id=fire.pk)
+    assert fire.status == ScheduledFire.Status.MISSED and "1s late" in fire.detail
+    _unsent(order, "missed")
+
+
+def test_a_check_that_fails_ahead_of_the_time_is_the_due_times_outcome_at_once(trader, account):
+    row = make_scheduled(trader, account)
+    BrokerAccount.objects.filter(pk=account.pk).update(is_active=False)  # deactivated after it was saved
+    _due_soon(row, 2)
+    [fire_id] = sources.scheduled_claim_due(lead_s=3)
+    [fire] = sources.scheduled_prepare(fire_ids=[fire_id])
+    assert fire.status == ScheduledFire.Status.FAILED and "deactivated" in fire.detail
+    row.refresh_from_db()
+    assert row.last_result == fire.detail
+    assert not Order.objects.exists()
+    assert sources.scheduled_fire(fire_id=fire_id).status == ScheduledFire.Status.FAILED  # the time: nothing more
+
+
+def test_a_redelivered_prepare_writes_one_order(trader, account):
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row)
+    assert [f.status for f in sources.scheduled_prepare(fire_ids=[fire.pk])] == [ScheduledFire.Status.PREPARED]
+    assert list(Order.objects.values_list("pk", flat=True)) == [order.pk]
+    _at(due_at)
+    assert sources.scheduled_fire(fire_id=fire.pk).status == ScheduledFire.Status.PLACED
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_that_locks_the_row_first_leaves_the_send_nothing_to_send(trader, account):
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row, seconds=1)
+    _at(due_at)
+    with sent_while_locked(ScheduledOrder, lambda: sources.scheduled_fires(fire_ids=[fire.pk])) as (sent, start):
+        assert sources.scheduled_cancel(scheduled=row, actor=trader) is True
+        start()
+    assert [f.status for f in sent[0]] == [ScheduledFire.Status.CANCELLED]
+    _unsent(order, "cancelled before it was placed")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_that_comes_once_the_send_took_the_due_time_is_too_late_for_it(trader, account):
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row, seconds=1)
+    _at(due_at)
+    cancel = lambda: sources.scheduled_cancel(scheduled=row, actor=trader)  # noqa: E731
+    with sent_while_locked(ScheduledOrder, cancel) as (cancelled, start):
+        taken, tokens = sources._fires_take([fire.pk], {row.pk})  # the worker takes it to send ...
+        start()
+    # ... so the cancel (of its later times) drops nothing of it: that due time is being placed.
+    assert cancelled == [True] and [f.status for f in taken] == [ScheduledFire.Status.PLACING]
+    assert ScheduledFire.objects.get(pk=fire.pk).status == ScheduledFire.Status.PLACING
+    order.refresh_from_db()
+    assert order.status == Order.Status.NEW and order.idempotency_key  # still to be sent, as taken
+    sources._fires_ready(taken)
+    sources._fires_record([(f, sources._fire_place(f)) for f in taken])
+    assert ScheduledFire.objects.get(pk=fire.pk).status == ScheduledFire.Status.PLACED
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
+
+
+def test_a_prepared_order_the_reconciliation_gave_up_before_its_late_send_is_not_reported_placed(
+    trader, account, settings
+):
+    settings.SCHEDULE_ON_TIME_S = 0
+    row = make_scheduled(trader, account)
+    ScheduledOrder.objects.filter(pk=row.pk).update(grace_s=600)  # a late send is still wanted
+    fire, due_at, order = _prepared(row, seconds=0.5)
+    # Its send task was lost; over a minute later the account's reconciliation closed it unsent.
+    Order.objects.filter(pk=order.pk).update(created_at=timezone.now() - timedelta(minutes=2))
+    assert services.orders_sync_account(account=account) == 1
+    _at(due_at)
+    fire = sources.scheduled_fire(fire_id=fire.pk)  # the re-send
+    assert fire.status == ScheduledFire.Status.FAILED and "never reached the broker" in fire.detail
+    assert not PaperOrder.objects.exists()
