@@ -25,6 +25,7 @@ from brokers.base import IST
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from tradingplatform import background, locks
+from tradingplatform.db import PlainUpdates
 
 from . import services
 from .models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
@@ -931,6 +932,10 @@ def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
     return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
 
 
+_LAST_RUNS = PlainUpdates(ScheduledOrder, ("last_run_at", "last_result"))
+_OUTCOMES = PlainUpdates(ScheduledFire, ("status", "detail"))
+
+
 def _fires_record(
     outcomes: list[tuple[ScheduledFire, tuple[str, str]]], *, taken_as: str = ScheduledFire.Status.PLACING
 ) -> None:
@@ -941,22 +946,14 @@ def _fires_record(
     now = timezone.now()
     outcomes = sorted(outcomes, key=lambda outcome: (outcome[0].scheduled_id, outcome[0].pk))
     # A scheduled order's last run is its latest fire's (several of one in a re-send).
-    last_runs = {
-        fire.scheduled_id: ScheduledOrder(pk=fire.scheduled_id, last_run_at=now, last_result=detail)
-        for fire, (_status, detail) in outcomes
-    }
+    last_runs = {fire.scheduled_id: (now, detail) for fire, (_status, detail) in outcomes}
     with transaction.atomic():
         # The scheduled orders' rows before their fires, each in id order: the order the take locks
         # them in. A fire no longer ``taken_as`` was recorded by a redelivery first.
-        ScheduledOrder.objects.bulk_update(list(last_runs.values()), ["last_run_at", "last_result"])
+        _LAST_RUNS.update(last_runs)
         fires = ScheduledFire.objects.select_for_update().filter(pk__in=[fire.pk for fire, _ in outcomes])
         ours = set(fires.filter(status=taken_as).order_by("pk").values_list("pk", flat=True))
-        recorded = [
-            ScheduledFire(pk=fire.pk, status=status, detail=detail)
-            for fire, (status, detail) in outcomes
-            if fire.pk in ours
-        ]
-        ScheduledFire.objects.bulk_update(recorded, ["status", "detail"])
+        _OUTCOMES.update({fire.pk: outcome for fire, outcome in outcomes if fire.pk in ours})
     for fire, (status, detail) in outcomes:
         if fire.pk in ours:
             fire.status, fire.detail = status, detail

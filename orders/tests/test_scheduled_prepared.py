@@ -14,6 +14,7 @@ from orders import services, sources
 from orders.models import Order, ScheduledFire, ScheduledOrder
 from orders.tests.factories import sent_while_locked
 
+from .test_source_races import mariadb_only
 from .test_sources import _due_soon, make_scheduled
 
 
@@ -117,6 +118,7 @@ def test_a_redelivered_prepare_writes_one_order(trader, account):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_cancel_that_locks_the_row_first_leaves_the_send_nothing_to_send(trader, account):
+    mariadb_only()
     row = make_scheduled(trader, account)
     fire, due_at, order = _prepared(row, seconds=1)
     _at(due_at)
@@ -129,6 +131,7 @@ def test_a_cancel_that_locks_the_row_first_leaves_the_send_nothing_to_send(trade
 
 @pytest.mark.django_db(transaction=True)
 def test_a_cancel_that_comes_once_the_send_took_the_due_time_is_too_late_for_it(trader, account):
+    mariadb_only()
     row = make_scheduled(trader, account)
     fire, due_at, order = _prepared(row, seconds=1)
     _at(due_at)
