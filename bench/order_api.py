@@ -746,6 +746,42 @@ def run_api(args, env, setup: str, traders: list[Trader], symbols, run_id: str) 
 # --- Phase 3: scheduled orders ------------------------------------------------------------------
 
 
+def scheduled_write(accounts, count: int, due, *, seed: int) -> list[int]:
+    """``count`` one-off scheduled MARKET orders of one lot due at ``due`` (IST), on ``accounts`` in
+    turn, BUY and SELL by turns, on random tradable instruments: their ids."""
+    from accounts.models import User
+    from brokers.selectors import instruments_tradable
+    from orders import sources
+
+    owners = {u.pk: u for u in User.objects.filter(pk__in=[a.owner_id for a in accounts])}
+    symbols = list(instruments_tradable().order_by("pk"))
+    rng = random.Random(seed)
+    created = []
+    for i in range(count):
+        account, instrument = accounts[i % len(accounts)], symbols[rng.randrange(len(symbols))]
+        spec = {
+            "instrument": instrument,
+            "side": "BUY" if i % 2 == 0 else "SELL",
+            "quantity": instrument.lot_size,
+            "order_type": "MARKET",
+            "product": "MIS",
+            "price": None,
+            "trigger_price": None,
+            "validity": "DAY",
+        }
+        row = sources.scheduled_save(
+            owner=owners[account.owner_id],
+            account=account,
+            spec=spec,
+            recurrence="once",
+            time_of_day=due.time(),
+            timezone_name="Asia/Kolkata",
+            run_on=due.date(),
+        )
+        created.append(row.pk)
+    return created
+
+
 def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
     from zoneinfo import ZoneInfo
 
@@ -753,9 +789,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
     from django.db.models import Count, Min
     from django.utils import timezone
 
-    from accounts.models import BrokerAccount, User
-    from brokers.selectors import instruments_tradable
-    from orders import sources
+    from accounts.models import BrokerAccount
     from orders.models import OrderEvent, ScheduledFire, ScheduledOrder
     from orders.tasks import dispatch_due
 
@@ -775,8 +809,6 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
         status=ScheduledOrder.Status.CANCELLED, next_run_at=None
     )
     accounts = list(BrokerAccount.objects.filter(pk__in=[t.account_id for t in traders]).order_by("pk"))
-    owners = {u.pk: u for u in User.objects.filter(pk__in=[a.owner_id for a in accounts])}
-    symbols = list(instruments_tradable().order_by("pk"))
     connection.close()
 
     # The worker (and beat) first, so that the due time finds them running.
@@ -795,31 +827,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
         # The due time: a whole second, far enough ahead for the rows to be written.
         zone = ZoneInfo("Asia/Kolkata")
         due = (timezone.now() + timedelta(seconds=args.scheduled_lead_s)).astimezone(zone).replace(microsecond=0)
-        rng = random.Random(11)
-        created = []
-        for i in range(args.scheduled):
-            account = accounts[i % len(accounts)]
-            instrument = symbols[rng.randrange(len(symbols))]
-            spec = {
-                "instrument": instrument,
-                "side": "BUY" if i % 2 == 0 else "SELL",
-                "quantity": instrument.lot_size,
-                "order_type": "MARKET",
-                "product": "MIS",
-                "price": None,
-                "trigger_price": None,
-                "validity": "DAY",
-            }
-            row = sources.scheduled_save(
-                owner=owners[account.owner_id],
-                account=account,
-                spec=spec,
-                recurrence="once",
-                time_of_day=due.time(),
-                timezone_name="Asia/Kolkata",
-                run_on=due.date(),
-            )
-            created.append(row.pk)
+        created = scheduled_write(accounts, args.scheduled, due, seed=11)
         connection.close()
         remaining = (due - timezone.now()).total_seconds()
         print(

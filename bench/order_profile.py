@@ -72,7 +72,6 @@ def main(argv=None):
     harness.django_setup(env)
 
     import redis
-    from django.db import connections
     from django.db.backends.signals import connection_created
     from django.test import Client
 
@@ -114,25 +113,12 @@ def main(argv=None):
     def run(start, count):
         per_thread = count // args.threads
 
-        failures = []
-
-        def worker(t):
+        def placer(t):
             client = Client(SERVER_NAME=harness.HOST)
-            try:
-                for i in range(start + t * per_thread, start + (t + 1) * per_thread):
-                    place(client, i)
-            except BaseException as error:  # a thread's SystemExit would end only the thread
-                failures.append(error)
-            finally:
-                connections.close_all()
+            for i in range(start + t * per_thread, start + (t + 1) * per_thread):
+                place(client, i)
 
-        threads = [threading.Thread(target=worker, args=(t,), name=f"placer-{t}") for t in range(args.threads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if failures:
-            raise failures[0]
+        on_threads(args.threads, placer)
         background.drain() if hasattr(background, "drain") else time.sleep(0.5)
         return per_thread * args.threads
 
@@ -209,50 +195,49 @@ def main(argv=None):
     order_api.drop_database(args)
 
 
+def on_threads(n: int, work) -> None:
+    """``work(t)`` on ``n`` threads at once (t = 0..n-1), each closing its database connections at
+    the end; the first failure is raised once all are done."""
+    from django.db import connections
+
+    failures = []
+
+    def run(t):
+        try:
+            work(t)
+        except BaseException as error:  # a thread's SystemExit would end only the thread
+            failures.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(t,), name=f"worker-{t}") for t in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+
+
 def scheduled_profile(args, traders, measured) -> None:
     """Scheduled orders: ``args.orders`` one-off orders on the traders' accounts, all due at one
     time, claimed, prepared in tasks, and sent at the time in tasks (``orders.tasks.fire_scheduled``'s
     two steps, called here), each step measured on its own."""
-    import random
     from datetime import timedelta
     from zoneinfo import ZoneInfo
 
     from django.conf import settings
-    from django.db import connections
     from django.utils import timezone
 
-    from accounts.models import BrokerAccount, User
-    from brokers.selectors import instruments_tradable
+    from accounts.models import BrokerAccount
+    from bench import order_api
     from orders import sources
     from orders.models import ScheduledFire
 
     accounts = list(BrokerAccount.objects.filter(pk__in=[t.account_id for t in traders]).order_by("pk"))
-    owners = {u.pk: u for u in User.objects.filter(pk__in=[a.owner_id for a in accounts])}
-    symbols = list(instruments_tradable().order_by("pk"))
-    rng = random.Random(7)
     # Far enough ahead for the orders to be written and prepared; claimed as the dispatcher would.
     due = (timezone.now() + timedelta(seconds=30)).astimezone(ZoneInfo("Asia/Kolkata")).replace(microsecond=0)
-    for i in range(args.orders):
-        account, instrument = accounts[i % len(accounts)], symbols[rng.randrange(len(symbols))]
-        spec = {
-            "instrument": instrument,
-            "side": "BUY" if i % 2 == 0 else "SELL",
-            "quantity": instrument.lot_size,
-            "order_type": "MARKET",
-            "product": "MIS",
-            "price": None,
-            "trigger_price": None,
-            "validity": "DAY",
-        }
-        sources.scheduled_save(
-            owner=owners[account.owner_id],
-            account=account,
-            spec=spec,
-            recurrence="once",
-            time_of_day=due.time(),
-            timezone_name="Asia/Kolkata",
-            run_on=due.date(),
-        )
+    order_api.scheduled_write(accounts, args.orders, due, seed=7)
     wait = (due - timezone.now()).total_seconds() - settings.SCHEDULE_LEAD_S
     if wait < 0:
         raise SystemExit("writing the scheduled orders took too long; use fewer --orders")
@@ -264,24 +249,7 @@ def scheduled_profile(args, traders, measured) -> None:
 
     def tasks(step):
         def work():
-            failures = []
-
-            def worker(t):
-                try:
-                    for batch in batches[t :: args.threads]:
-                        step(fire_ids=batch)
-                except BaseException as error:
-                    failures.append(error)
-                finally:
-                    connections.close_all()
-
-            threads = [threading.Thread(target=worker, args=(t,), name=f"task-{t}") for t in range(args.threads)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if failures:
-                raise failures[0]
+            on_threads(args.threads, lambda t: [step(fire_ids=batch) for batch in batches[t :: args.threads]])
             return len(fire_ids)
 
         return work
