@@ -494,14 +494,19 @@ def _accounts_of_client(broker: str, client_id: str) -> list[BrokerAccount]:
 
 def _accounts_of_clients(broker: str, client_ids) -> dict[str, list[BrokerAccount]]:
     """{client id: its active accounts} for the clients that have any; those not in the memo read
-    in one query."""
+    in one query. A client id is matched as the database matches it (MariaDB: whatever its case, as
+    a broker may spell it)."""
 
     def load(keys):
-        accounts = BrokerAccount.objects.filter(broker=broker, client_id__in=[key[1] for key in keys], is_active=True)
-        found: dict = {}
-        for account in accounts.select_related("owner"):
-            found.setdefault((broker, account.client_id), []).append(account)
-        return found
+        wanted = [client_id for _broker, client_id in keys]
+        accounts = list(
+            BrokerAccount.objects.filter(broker=broker, client_id__in=wanted, is_active=True).select_related("owner")
+        )
+        found = {}
+        for client_id in wanted:
+            same = [a for a in accounts if a.client_id == client_id]
+            found[(broker, client_id)] = same or [a for a in accounts if a.client_id.lower() == client_id.lower()]
+        return {key: held for key, held in found.items() if held}
 
     held = _client_accounts.get_many([(broker, client_id) for client_id in client_ids], load)
     return {client_id: accounts for (_broker, client_id), accounts in held.items()}

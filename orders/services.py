@@ -611,8 +611,9 @@ def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = Non
     return order
 
 
-def _submit(order: Order, cause: str, broker: AccountBroker | None) -> None:
-    request = OrderRequest(
+def order_request(order: Order) -> OrderRequest:
+    """What the broker is sent for an order: its terms, its reference as the tag."""
+    return OrderRequest(
         exchange=order.instrument.exchange,
         tradingsymbol=order.instrument.tradingsymbol,
         side=order.side,
@@ -624,9 +625,12 @@ def _submit(order: Order, cause: str, broker: AccountBroker | None) -> None:
         trigger_price=order.trigger_price,
         validity=order.validity,
     )
+
+
+def _submit(order: Order, cause: str, broker: AccountBroker | None) -> None:
     broker = broker or AccountBroker(order.account)
     try:
-        placed = broker.place_order(request)
+        placed = broker.place_order(order_request(order))
     except OrderRejected as error:
         _transition(
             order,
@@ -891,6 +895,11 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
     if order.status == OrderStatus.NEW and not order.broker_order_id:
+        if order.scheduled_id:  # written ahead of its time: stopped by its scheduled order, not here
+            raise OrderActionRefused(
+                f"This order is scheduled order #{order.scheduled_id}'s, to be sent at its time; cancel that "
+                "scheduled order to stop it, or cancel this one once the broker has it."
+            )
         raise OrderActionRefused("This order is being sent; cancel it once the broker has it.")
     if order.status not in Order.AT_BROKER:
         raise OrderActionRefused(f"This order is {order.get_status_display()}; there is nothing to cancel.")

@@ -389,6 +389,7 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
             raise _cancelled()
         _not_while_placing(row)
         _not_after_its_run(row)
+    placed_as = (row.account_id, row.spec()) if row.pk is not None else None
     for name, value in values.items():
         setattr(row, name, value)
     now = timezone.now()
@@ -403,8 +404,13 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
         _drop(ScheduledFire.objects.filter(pk__in=came_due), "replaced by an edit of its order")
     row.save()
     # A time claimed ahead for the old settings must not fire (if the new settings keep it, the next
-    # claim takes it again); one whose time has come places with the new settings.
+    # claim takes it again); one whose time has come places with the new settings: if its order was
+    # prepared with the old ones, that order is closed unsent and the worker writes it anew.
     _drop_pending_fires(row, only_future=True, now=now)
+    if placed_as is not None and placed_as != (row.account_id, row.spec()):
+        _unprepare(
+            ScheduledFire.objects.filter(scheduled_id=row.pk), "its scheduled order was changed before it was sent"
+        )
     return row
 
 
@@ -578,15 +584,20 @@ def _drop(fires, detail: str) -> int:
     """Cancel those of ``fires`` still waiting (PENDING, PREPARED), under their scheduled orders'
     row locks; the orders written ahead for prepared ones were never sent: they are closed
     (``services.orders_unsent_drop``). Returns how many were dropped."""
-    prepared = list(fires.filter(status=ScheduledFire.Status.PREPARED).select_related("scheduled"))
-    dropped = fires.filter(status__in=ScheduledFire.WAITING).update(
+    _unprepare(fires, f"its scheduled time was {detail}")
+    return fires.filter(status=ScheduledFire.Status.PENDING).update(
         status=ScheduledFire.Status.CANCELLED, detail=detail
     )
+
+
+def _unprepare(fires, cause: str) -> None:
+    """Those of ``fires`` PREPARED back to PENDING, their orders written ahead closed unsent (their
+    keys given back, for the orders the worker writes instead). Under their scheduled orders' row
+    locks, as ``_drop``."""
+    prepared = list(fires.filter(status=ScheduledFire.Status.PREPARED).select_related("scheduled"))
     if prepared:
-        services.orders_unsent_drop(
-            keys=[_fire_key(fire.scheduled, fire) for fire in prepared], cause=f"its scheduled time was {detail}"
-        )
-    return dropped
+        ScheduledFire.objects.filter(pk__in=[fire.pk for fire in prepared]).update(status=ScheduledFire.Status.PENDING)
+        services.orders_unsent_drop(keys=[_fire_key(fire.scheduled, fire) for fire in prepared], cause=cause)
 
 
 def scheduled_dispatch(*, now: datetime | None = None) -> list[tuple[list[int], datetime | None]]:
@@ -854,7 +865,7 @@ def _fires_mark(fires: list[ScheduledFire], now: datetime) -> list[ScheduledFire
     )
     taken, unsent = [], []
     for fire in fires:
-        fire.prepared = fire.status == ScheduledFire.Status.PREPARED
+        fire.prepared, fire.late = fire.status == ScheduledFire.Status.PREPARED, fire.pk in late
         if fire.pk in late and (fire.prepared or _fire_key(fire.scheduled, fire) not in started):
             stopped = "; the worker placing it stopped" if fire.status == ScheduledFire.Status.PLACING else ""
             fire.status = ScheduledFire.Status.MISSED
@@ -876,12 +887,13 @@ def _fires_mark(fires: list[ScheduledFire], now: datetime) -> list[ScheduledFire
 
 
 def _fires_ready(fires: list[ScheduledFire]) -> None:
-    """What the taken fires are sent with: the orders written ahead for the prepared ones, read in
-    one query, and each account's live session, read at once for all (``sessions_live``)."""
+    """What the taken fires are sent with: the orders already written for them (prepared ahead, or
+    by a worker that stopped after taking them), read in one query, and each account's live
+    session, read at once for all (``sessions_live``)."""
     from brokers.client import AccountBroker
     from brokers.services import sessions_live
 
-    keys = {_fire_key(fire.scheduled, fire): fire for fire in fires if fire.prepared}
+    keys = {_fire_key(fire.scheduled, fire): fire for fire in fires}
     for order in Order.objects.select_related("account", "instrument").filter(idempotency_key__in=keys):
         keys[order.idempotency_key].order = order
     accounts = {fire.scheduled.account_id: fire.scheduled.account for fire in fires}
@@ -908,16 +920,15 @@ def _placing_lock(fire: ScheduledFire) -> str:
 
 
 def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
-    """Place one taken fire's order, or send the one written ahead for it: (its fire's status,
-    detail), or None when placing it failed unexpectedly (it stays PLACING and is sent again
-    later)."""
+    """Place one taken fire's order, or send the one written for it: (its fire's status, detail),
+    or None when placing it failed unexpectedly (it stays PLACING and is sent again later)."""
     scheduled = fire.scheduled
     order = getattr(fire, "order", None)
     try:
         if order is None:
             order = services.order_place(**_fire_order(fire), broker=fire.broker)
         elif order.status == Order.Status.NEW:
-            order = services.order_submit(order=order, cause=_fire_order(fire)["cause"], broker=fire.broker)
+            return _fire_send(fire, order)
     except ValidationError as error:
         detail = " ".join(error.messages)[:255]
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
@@ -926,9 +937,42 @@ def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
         logger.exception("scheduled fire %s: placing failed; it is sent again later", fire.pk)
         return None
     if order.status == Order.Status.FAILED and not order.broker_order_id:
-        # Written ahead and closed unsent meanwhile (its send came over a minute late, after the
+        # Written and closed unsent meanwhile (its send came over a minute late, after the
         # account's reconciliation gave it up): not placed.
-        return ScheduledFire.Status.FAILED, f"{order.reference} {order.status}: {order.reject_reason}"[:255]
+        detail = f"{order.reference} {order.status}: {order.reject_reason}"[:255]
+        _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
+        return ScheduledFire.Status.FAILED, detail
+    return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
+
+
+def _fire_send(fire: ScheduledFire, order: Order) -> tuple[str, str]:
+    """Send a fire's order written before (NEW). One taken again from PLACING was written by a
+    worker that stopped after taking it: its placing lock was let go or expired (``FIRE_PLACING_TTL_S``),
+    so a request it sent has long landed; the broker is asked for it by its tag first, and one the
+    broker does not have is sent only while on time (else it is missed, closed unsent)."""
+    scheduled = fire.scheduled
+    cause = _fire_order(fire)["cause"]
+    refused = (
+        f"{scheduled.account.label} is deactivated."
+        if not scheduled.account.is_active
+        else "This account's owner is deactivated."
+        if not scheduled.owner.is_active
+        else ""
+    )
+    if refused:  # since its order was written ahead: not sent
+        services.orders_unsent_drop(keys=[order.idempotency_key], cause=refused)
+        _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {refused}")
+        return ScheduledFire.Status.FAILED, refused
+    if not fire.prepared:
+        found = fire.broker.find_by_tag(order.reference)
+        if found is not None:
+            services.order_apply_broker_state(order, found, cause=f"{services.broker_name(order)} had it")
+            return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
+        if fire.late:
+            services.orders_unsent_drop(keys=[order.idempotency_key], cause="its scheduled time was missed")
+            _notify_missed(scheduled, fire.due_at)
+            return ScheduledFire.Status.MISSED, "missed: the worker placing it stopped before sending it"
+    order = services.order_submit(order=order, cause=cause, broker=fire.broker)
     return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
 
 

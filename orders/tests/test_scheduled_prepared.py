@@ -3,19 +3,22 @@ at it: what a cancel, an edit, a late worker, a failed check and a race with the
 
 import time as clock
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers.base import IST
+from brokers.client import AccountBroker
 from brokers.paper.models import PaperOrder
 from orders import services, sources
 from orders.models import Order, ScheduledFire, ScheduledOrder
 from orders.tests.factories import sent_while_locked
+from tradingplatform import locks
 
-from .test_source_races import mariadb_only
-from .test_sources import _due_soon, make_scheduled
+from .test_source_races import _zone_away_from_midnight, mariadb_only
+from .test_sources import _due_soon, make_scheduled, spec
 
 
 def _prepared(row, seconds: float = 2.0):
@@ -164,3 +167,131 @@ def test_a_prepared_order_the_reconciliation_gave_up_before_its_late_send_is_not
     fire = sources.scheduled_fire(fire_id=fire.pk)  # the re-send
     assert fire.status == ScheduledFire.Status.FAILED and "never reached the broker" in fire.detail
     assert not PaperOrder.objects.exists()
+
+
+def _daily_prepared_and_come(trader, account) -> tuple:
+    """A daily order's due time prepared (quantity 1), come, and not taken by a worker yet (a
+    burst, a late ETA): (the order, its fire's id)."""
+    zone = ZoneInfo(_zone_away_from_midnight())
+    due = (timezone.now() + timedelta(seconds=2)).astimezone(zone).replace(microsecond=0) + timedelta(seconds=1)
+    row = sources.scheduled_save(
+        owner=trader, account=account, spec=spec(), recurrence="weekdays", weekdays=list(range(7)),
+        time_of_day=due.time(), timezone_name=str(zone),
+    )  # fmt: skip
+    assert row.next_run_at == due
+    [fire_id] = sources.scheduled_claim_due(lead_s=4)
+    assert [f.status for f in sources.scheduled_prepare(fire_ids=[fire_id])] == ["prepared"]
+    _at(due)
+    return row, fire_id
+
+
+def test_an_edit_after_a_prepared_daily_time_came_places_the_new_settings_as_it_answered(trader, account):
+    """The edit keeps the due time that came as today's run "with the new settings"
+    (``_not_again_today``) and answers quantity 2: the order sent is of 2."""
+    row, fire_id = _daily_prepared_and_come(trader, account)
+    edited = sources.scheduled_change(owner=trader, scheduled=row, quantity=2)
+    assert edited.quantity == 2
+    assert ScheduledFire.objects.get(pk=fire_id).status in ScheduledFire.WAITING  # kept: today's run
+
+    assert sources.scheduled_fire(fire_id=fire_id).status == ScheduledFire.Status.PLACED
+    sent = list(PaperOrder.objects.values_list("quantity", flat=True))
+    assert sent == [2], f"sent {sent} after the edit answered quantity 2"
+
+
+def test_a_prepared_due_time_whose_send_stopped_after_the_take_is_sent_by_the_next_delivery(
+    trader, account, settings, monkeypatch
+):
+    """The worker took the prepared due time (PLACING) and stopped before sending it (here: reading
+    the sessions failed; a killed worker alike). The next delivery, still on time, must send the
+    order: it found the prepared order by its key, did not send it, and reported the run placed."""
+    settings.REPLAY_WAIT_S = 0.2
+    row = make_scheduled(trader, account)
+    due_at = _due_soon(row, 1.5)
+    [fire_id] = sources.scheduled_claim_due(lead_s=3)
+    [fire] = sources.scheduled_prepare(fire_ids=[fire_id])
+    assert fire.status == ScheduledFire.Status.PREPARED
+    order = Order.objects.get(scheduled=row)
+
+    ready = sources._fires_ready
+    calls = []
+
+    def stops_once(fires):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("the worker stopped here")
+        return ready(fires)
+
+    monkeypatch.setattr(sources, "_fires_ready", stops_once)
+    _at(due_at)
+    with pytest.raises(ConnectionError):
+        sources.scheduled_fires(fire_ids=[fire_id])
+    assert ScheduledFire.objects.get(pk=fire_id).status == ScheduledFire.Status.PLACING
+
+    fire = sources.scheduled_fire(fire_id=fire_id)  # a redelivery, a second after the time
+    order.refresh_from_db()
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1, (
+        f"fire {fire.status} ({fire.detail}) but order {order.status}, never sent"
+    )
+    assert fire.status == ScheduledFire.Status.PLACED and order.status != Order.Status.NEW
+
+
+def _taken_then_stopped(row, seconds: float = 1.0):
+    """``row``'s due time prepared, then taken to send by a worker that stopped before sending it
+    (its placing lock let go): (the fire, its due time, its order)."""
+    fire, due_at, order = _prepared(row, seconds=seconds)
+    _at(due_at)
+    taken, tokens = sources._fires_take([fire.pk], {row.pk})
+    assert [f.status for f in taken] == [ScheduledFire.Status.PLACING]
+    locks.release_many(tokens)
+    return fire, due_at, order
+
+
+def test_a_due_time_whose_worker_stopped_after_sending_is_not_sent_again(trader, account):
+    row = make_scheduled(trader, account)
+    fire, _due_at, order = _taken_then_stopped(row)
+    # It had sent the order; recording the answer is what it did not get to.
+    placed = AccountBroker(account).place_order(services.order_request(order))
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
+    fire = sources.scheduled_fire(fire_id=fire.pk)  # the re-send
+    order.refresh_from_db()
+    assert fire.status == ScheduledFire.Status.PLACED and order.broker_order_id == placed.broker_order_id
+    assert order.status != Order.Status.NEW
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1  # asked by its tag, not sent again
+
+
+def test_a_due_time_whose_worker_stopped_before_sending_is_missed_when_the_resend_is_late(trader, account, settings):
+    row = make_scheduled(trader, account)
+    fire, _due_at, order = _taken_then_stopped(row)
+    settings.SCHEDULE_ON_TIME_S = 0  # the re-send comes after its time (and grace) went by
+    clock.sleep(1)
+    fire = sources.scheduled_fire(fire_id=fire.pk)
+    assert fire.status == ScheduledFire.Status.MISSED and "stopped before sending" in fire.detail
+    _unsent(order, "missed")
+
+
+def test_an_owner_deactivated_between_the_prepare_and_the_time_gets_nothing_sent(trader, account):
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row, seconds=1)
+    type(trader).objects.filter(pk=trader.pk).update(is_active=False)
+    _at(due_at)
+    fire = sources.scheduled_fire(fire_id=fire.pk)
+    assert fire.status == ScheduledFire.Status.FAILED and "deactivated" in fire.detail
+    _unsent(order, "deactivated")
+
+
+def test_a_prepared_order_is_stopped_through_its_scheduled_order_not_from_the_book(trader, account):
+    row = make_scheduled(trader, account)
+    _fire, _due_at, order = _prepared(row, seconds=2)
+    with pytest.raises(services.OrderActionRefused) as refused:
+        services.order_cancel(order=order, actor=trader, cause="test")
+    assert f"scheduled order #{row.pk}" in str(refused.value)
+
+
+def test_an_edit_after_the_time_came_that_leaves_the_order_as_it_was_keeps_its_prepared_order(trader, account):
+    row, fire_id = _daily_prepared_and_come(trader, account)
+    order = Order.objects.get(scheduled=row)
+    sources.scheduled_change(owner=trader, scheduled=row, grace_s=30)
+    assert ScheduledFire.objects.get(pk=fire_id).status == ScheduledFire.Status.PREPARED
+    assert sources.scheduled_fire(fire_id=fire_id).status == ScheduledFire.Status.PLACED
+    assert list(Order.objects.values_list("pk", flat=True)) == [order.pk]
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
