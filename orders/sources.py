@@ -601,12 +601,13 @@ def _unprepare(fires, cause: str) -> None:
 
 
 def scheduled_dispatch(*, now: datetime | None = None) -> list[tuple[list[int], datetime | None]]:
-    """What the dispatcher sends to workers: (fire ids, ETA), each fire once; fires due at the same
-    time together, ``SCHEDULE_FIRE_BATCH`` at most in one.
+    """What the dispatcher sends to workers: (fire ids, their due time), each fire once; fires due
+    at the same time together, ``SCHEDULE_FIRE_BATCH`` at most in one.
 
-    Due times are claimed ``SCHEDULE_LEAD_S`` ahead and sent with the due time as the ETA, so a
-    worker places each at its time rather than at the first poll after it. Fires a dead worker
-    left unplaced are sent again (at most every 30 s each; placing is idempotent).
+    Due times are claimed ``SCHEDULE_LEAD_S`` ahead, so a worker prepares their orders before the
+    time and sends them at it rather than at the first poll after it. Fires a dead worker left
+    unplaced are sent again (at most every 30 s each, with None for a due time; placing is
+    idempotent).
     """
     fires = _claim(now=now or timezone.now(), lead_s=settings.SCHEDULE_LEAD_S, limit=1000)
     stale = [pk for pk in scheduled_pending_stale() if locks.acquire(f"orders:refire:{pk}", ttl_s=30)]
