@@ -54,7 +54,7 @@ from brokers.selectors import instrument_last_price
 from tradingplatform import locks, metrics
 from tradingplatform.db import PlainInserts
 
-from .models import ORDER_TYPES, DailyCounter, Order, OrderEvent
+from .models import ORDER_TYPES, DailyCounter, Order, OrderEvent, ScheduledFire
 
 logger = logging.getLogger(__name__)
 
@@ -895,7 +895,7 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
     if order.status == OrderStatus.NEW and not order.broker_order_id:
-        if order.scheduled_id:  # written ahead of its time: stopped by its scheduled order, not here
+        if _awaits_its_time(order, taken=False):  # written ahead: stopped by its scheduled order, not here
             raise OrderActionRefused(
                 f"This order is scheduled order #{order.scheduled_id}'s, to be sent at its time; cancel that "
                 "scheduled order to stop it, or cancel this one once the broker has it."
@@ -1257,6 +1257,16 @@ def orders_to_sync(**where):
     )
 
 
+def _awaits_its_time(order: Order, *, taken: bool = True) -> bool:
+    """Whether a NEW order is a scheduled order's, written ahead of its time and still to be sent
+    by its due time's worker (PREPARED; ``taken``: or PLACING, being sent or sent again), which
+    ends it one way or the other: sent, or closed unsent."""
+    if not order.scheduled_id:
+        return False
+    statuses = [ScheduledFire.Status.PREPARED, *([ScheduledFire.Status.PLACING] if taken else [])]
+    return ScheduledFire.objects.filter(scheduled_id=order.scheduled_id, status__in=statuses).exists()
+
+
 def orders_sync_account(
     *, account: BrokerAccount, cause: str = "reconciled with the broker", broker_orders=None, asked_at=None
 ) -> int:
@@ -1282,7 +1292,7 @@ def orders_sync_account(
         try:
             if state is not None:
                 changed += order_apply_broker_state(order, state, cause=cause, asked_at=asked_at)
-            elif order.status == OrderStatus.NEW and order.created_at < stale:
+            elif order.status == OrderStatus.NEW and order.created_at < stale and not _awaits_its_time(order):
                 _fail(order, RejectKind.NETWORK, "never reached the broker (the sender stopped)", cause)
                 changed += 1
             elif order.status == OrderStatus.SUBMITTED and not order.broker_order_id and order.created_at < stale:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -407,6 +407,11 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
     # claim takes it again); one whose time has come places with the new settings: if its order was
     # prepared with the old ones, that order is closed unsent and the worker writes it anew.
     _drop_pending_fires(row, only_future=True, now=now)
+    # A due time still to come whose order failed its check ahead of it: claimed again as the
+    # edit leaves the order (the edit may be the trader's correction).
+    ScheduledFire.objects.filter(scheduled_id=row.pk, status=ScheduledFire.Status.FAILED, due_at__gt=now).update(
+        status=ScheduledFire.Status.CANCELLED, detail="failed its check ahead of its time; changed since"
+    )
     if placed_as is not None and placed_as != (row.account_id, row.spec()):
         _unprepare(
             ScheduledFire.objects.filter(scheduled_id=row.pk), "its scheduled order was changed before it was sent"
@@ -712,7 +717,10 @@ def scheduled_prepare(*, fire_ids: list[int]) -> list[ScheduledFire]:
         if status == ScheduledFire.Status.PENDING and now < due_at <= soon
     ]
     if ahead:
-        _fires_prepare(ahead)
+        try:
+            _fires_prepare(ahead)
+        except Exception:  # left pending: placed whole at their time
+            logger.exception("scheduled fires %s: preparing them failed", [pk for pk, _s, _d in ahead])
     return _fires_as_asked(fire_ids, {})
 
 
@@ -732,9 +740,14 @@ def _fires_prepare(ahead: list[tuple[int, int, datetime]]) -> None:
         # worker preparing orders of the same accounts takes them.
         for fire in sorted(fires, key=lambda fire: (fire.scheduled.account_id, fire.pk)):
             try:
-                services.order_prepare(**_fire_order(fire), day=services.trading_date(fire.due_at))
+                with transaction.atomic():  # one that fails leaves no writes; the others go on
+                    services.order_prepare(**_fire_order(fire), day=services.trading_date(fire.due_at))
             except ValidationError as error:
                 failed.append((fire, (ScheduledFire.Status.FAILED, " ".join(error.messages)[:255])))
+            except DatabaseError:
+                raise  # the transaction may be gone (a deadlock): all are left pending
+            except Exception:
+                logger.exception("scheduled fire %s: preparing it failed; it is placed whole at its time", fire.pk)
             else:
                 prepared.append(fire.pk)
         ScheduledFire.objects.filter(pk__in=prepared).update(status=ScheduledFire.Status.PREPARED)
@@ -950,20 +963,9 @@ def _fire_send(fire: ScheduledFire, order: Order) -> tuple[str, str]:
     """Send a fire's order written before (NEW). One taken again from PLACING was written by a
     worker that stopped after taking it: its placing lock was let go or expired (``FIRE_PLACING_TTL_S``),
     so a request it sent has long landed; the broker is asked for it by its tag first, and one the
-    broker does not have is sent only while on time (else it is missed, closed unsent)."""
+    broker does not have is sent only while on time (else it is missed, closed unsent). Nothing is
+    sent for an owner or account deactivated since the order was written."""
     scheduled = fire.scheduled
-    cause = _fire_order(fire)["cause"]
-    refused = (
-        f"{scheduled.account.label} is deactivated."
-        if not scheduled.account.is_active
-        else "This account's owner is deactivated."
-        if not scheduled.owner.is_active
-        else ""
-    )
-    if refused:  # since its order was written ahead: not sent
-        services.orders_unsent_drop(keys=[order.idempotency_key], cause=refused)
-        _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {refused}")
-        return ScheduledFire.Status.FAILED, refused
     if not fire.prepared:
         found = fire.broker.find_by_tag(order.reference)
         if found is not None:
@@ -973,7 +975,18 @@ def _fire_send(fire: ScheduledFire, order: Order) -> tuple[str, str]:
             services.orders_unsent_drop(keys=[order.idempotency_key], cause="its scheduled time was missed")
             _notify_missed(scheduled, fire.due_at)
             return ScheduledFire.Status.MISSED, "missed: the worker placing it stopped before sending it"
-    order = services.order_submit(order=order, cause=cause, broker=fire.broker)
+    refused = (
+        f"{scheduled.account.label} is deactivated."
+        if not scheduled.account.is_active
+        else "This account's owner is deactivated."
+        if not scheduled.owner.is_active
+        else ""
+    )
+    if refused:
+        services.orders_unsent_drop(keys=[order.idempotency_key], cause=refused)
+        _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {refused}")
+        return ScheduledFire.Status.FAILED, refused
+    order = services.order_submit(order=order, cause=_fire_order(fire)["cause"], broker=fire.broker)
     return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
 
 

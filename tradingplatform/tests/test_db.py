@@ -1,6 +1,11 @@
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
+from orders.models import ScheduledOrder
+from orders.tests.test_sources import make_scheduled
 from tradingplatform.db import PlainUpdates
 
 
@@ -15,3 +20,17 @@ def test_plain_updates_write_each_row_its_own_values_and_leave_the_others():
     assert rows == {"ann": ("Ann", False), "bob": ("-", True), "cid": ("Cid", True)}
     assert updates.update({bob.pk: ("Bob", True)}) == 1  # another row count: its own statement
     assert users.objects.get(pk=bob.pk).first_name == "Bob"
+
+
+@pytest.mark.django_db
+def test_plain_updates_write_nulls_datetimes_and_mixed_rows(trader, account):
+    a, b = make_scheduled(trader, account), make_scheduled(trader, account)
+    at = timezone.now().replace(microsecond=123456) - timedelta(days=1)
+    updates = PlainUpdates(ScheduledOrder, ("last_run_at", "last_result", "next_run_at"))
+    assert updates.update({a.pk: (at, "x", None), b.pk: (None, "", at)}) == 2
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert (a.last_run_at, a.last_result, a.next_run_at) == (at, "x", None)
+    assert (b.last_run_at, b.last_result, b.next_run_at) == (None, "", at)
+    # Writing the same values again still counts the rows (MySQL's affected rows vs matched rows).
+    assert updates.update({a.pk: (at, "x", None)}) == 1
