@@ -533,8 +533,11 @@ def s_worker_killed(stack: Stack) -> Pending:
     result = Result("worker killed mid-task")
     trader = trader_create(result.name, latency_ms=4000)
     ids = scheduled_create(trader, 3, in_s=2, seed=2)
-    wait_for(
-        lambda: Order.objects.filter(scheduled_id__in=ids, status="NEW").count() == len(ids),
+    wait_for(  # prepared ahead (NEW), then taken to be sent at their time: mid-placement
+        lambda: (
+            ScheduledFire.objects.filter(scheduled_id__in=ids, status="placing").count() == len(ids)
+            and Order.objects.filter(scheduled_id__in=ids, status="NEW").count() == len(ids)
+        ),
         30,
         "the scheduled orders to be mid-placement",
     )

@@ -712,6 +712,12 @@ def broker_name(order: Order) -> str:
     return order.account.get_broker_display()
 
 
+def order_outcome_unknown(order: Order, message: str) -> None:
+    """A NEW order that may or may not be at its broker: marked so (SUBMITTED, ``outcome_unknown``),
+    and looked up by its tag by its account's reconciliation."""
+    _unknown_outcome(order, message)
+
+
 def _unknown_outcome(order: Order, message: str) -> None:
     _transition(
         order,

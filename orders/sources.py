@@ -21,7 +21,8 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
-from brokers.base import IST
+from brokers.base import IST, ist_today
+from brokers.errors import AuthError, BrokerError
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from tradingplatform import background, locks
@@ -942,7 +943,9 @@ def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
         if order is None:
             order = services.order_place(**_fire_order(fire), broker=fire.broker)
         elif order.status == Order.Status.NEW:
-            return _fire_send(fire, order)
+            order = _fire_send(fire, order)
+            if isinstance(order, tuple):  # not sent: the fire's outcome
+                return order
     except ValidationError as error:
         detail = " ".join(error.messages)[:255]
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
@@ -951,27 +954,38 @@ def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
         logger.exception("scheduled fire %s: placing failed; it is sent again later", fire.pk)
         return None
     if order.status == Order.Status.FAILED and not order.broker_order_id:
-        # Written and closed unsent meanwhile (its send came over a minute late, after the
-        # account's reconciliation gave it up): not placed.
+        # Not at the broker (its send failed, or it was closed unsent meanwhile): not placed.
         detail = f"{order.reference} {order.status}: {order.reject_reason}"[:255]
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
         return ScheduledFire.Status.FAILED, detail
     return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
 
 
-def _fire_send(fire: ScheduledFire, order: Order) -> tuple[str, str]:
-    """Send a fire's order written before (NEW). One taken again from PLACING was written by a
-    worker that stopped after taking it: its placing lock was let go or expired (``FIRE_PLACING_TTL_S``),
-    so a request it sent has long landed; the broker is asked for it by its tag first, and one the
-    broker does not have is sent only while on time (else it is missed, closed unsent). Nothing is
+def _fire_send(fire: ScheduledFire, order: Order) -> Order | tuple[str, str]:
+    """Send a fire's order written before (NEW): the order as sent, or the fire's outcome when it
+    is not sent.
+
+    One taken again from PLACING was written by a worker that stopped after taking it: its placing
+    lock was let go or expired (``FIRE_PLACING_TTL_S``), so a request it sent has long landed; the
+    broker is asked for it by its tag first, and one the broker does not have is sent only while
+    on time (else it is missed, closed unsent). When the broker cannot be asked (the account needs
+    its trader, or the time is past), or no longer lists that day's orders, whether it got the order
+    is not known: the order is marked so and reconciled by its tag, and the trader told. Nothing is
     sent for an owner or account deactivated since the order was written."""
     scheduled = fire.scheduled
     if not fire.prepared:
-        found = fire.broker.find_by_tag(order.reference)
+        try:
+            found = fire.broker.find_by_tag(order.reference)
+        except BrokerError as error:
+            if fire.late or isinstance(error, AuthError):
+                return _fire_unknown(fire, order, str(error))
+            raise  # sent again later
         if found is not None:
             services.order_apply_broker_state(order, found, cause=f"{services.broker_name(order)} had it")
-            return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
+            return order
         if fire.late:
+            if ist_today() != ist_today(order.created_at):  # a broker lists the day's orders only
+                return _fire_unknown(fire, order, "the broker lists today's orders only")
             services.orders_unsent_drop(keys=[order.idempotency_key], cause="its scheduled time was missed")
             _notify_missed(scheduled, fire.due_at)
             return ScheduledFire.Status.MISSED, "missed: the worker placing it stopped before sending it"
@@ -986,8 +1000,14 @@ def _fire_send(fire: ScheduledFire, order: Order) -> tuple[str, str]:
         services.orders_unsent_drop(keys=[order.idempotency_key], cause=refused)
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {refused}")
         return ScheduledFire.Status.FAILED, refused
-    order = services.order_submit(order=order, cause=_fire_order(fire)["cause"], broker=fire.broker)
-    return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
+    return services.order_submit(order=order, cause=_fire_order(fire)["cause"], broker=fire.broker)
+
+
+def _fire_unknown(fire: ScheduledFire, order: Order, why: str) -> tuple[str, str]:
+    services.order_outcome_unknown(order, f"its worker stopped while sending it; the broker could not be asked: {why}")
+    detail = f"{order.reference}: not known whether the broker got it ({why}); it is looked up by its tag"[:255]
+    _notify(fire.scheduled, f"Scheduled order #{fire.scheduled_id}: {detail}")
+    return ScheduledFire.Status.FAILED, detail
 
 
 _LAST_RUNS = PlainUpdates(ScheduledOrder, ("last_run_at", "last_result"))

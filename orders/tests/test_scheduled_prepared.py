@@ -6,11 +6,13 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers.base import IST
 from brokers.client import AccountBroker
+from brokers.errors import BrokerUnavailable
 from brokers.paper.models import PaperOrder
 from orders import services, sources
 from orders.models import Order, ScheduledFire, ScheduledOrder
@@ -376,3 +378,63 @@ def test_a_cancel_refusal_sends_the_trader_to_the_scheduled_order_only_while_tha
     with pytest.raises(services.OrderActionRefused) as refused:
         services.order_cancel(order=order, actor=trader, cause="order book")
     assert "being sent" in str(refused.value) and "scheduled order" not in str(refused.value)
+
+
+def test_a_resent_due_time_of_an_account_deactivated_meanwhile_is_resolved_not_left_placing(trader, account):
+    row = make_scheduled(trader, account, recurrence="weekdays", weekdays=list(range(7)), run_on=None)
+    fire, _due_at, order = _taken_then_stopped(row)  # taken to send; its worker stopped
+    BrokerAccount.objects.filter(pk=account.pk).update(is_active=False)  # staff deactivate the account
+
+    for _resend in range(3):  # the dispatcher's re-sends (every 30 s, with no end)
+        fire = sources.scheduled_fire(fire_id=fire.pk)
+    order.refresh_from_db()
+    assert not PaperOrder.objects.exists()
+    assert fire.status != ScheduledFire.Status.PLACING, (
+        f"fire still {fire.status} after 3 re-sends; order {order.reference} {order.status}"
+    )
+    assert order.status != Order.Status.NEW  # not "being sent" in the order book for ever
+    try:  # the trader's edit may be refused for the deactivated account, not as "being placed now" for ever
+        sources.scheduled_change(owner=trader, scheduled=row, quantity=2)
+    except ValidationError as error:
+        assert "being placed now" not in " ".join(error.messages)
+
+
+def test_a_due_time_whose_send_the_broker_never_got_is_reported_alike_prepared_or_placed_whole(
+    trader, account, monkeypatch
+):
+    """The broker is down at the time: both orders end FAILED ("the broker does not have it"). The
+    due time placed whole is reported not placed (FAILED, with a notice); the one prepared ahead
+    (the usual way now) is recorded PLACED, without a notice."""
+    prepared_row, whole_row = make_scheduled(trader, account), make_scheduled(trader, account)
+    due_at = timezone.now() + timedelta(seconds=1)
+    ScheduledOrder.objects.filter(pk__in=[prepared_row.pk, whole_row.pk]).update(next_run_at=due_at)
+    claimed = sources.scheduled_claim_due(lead_s=2)
+    fire_ids = dict(ScheduledFire.objects.filter(pk__in=claimed).values_list("scheduled_id", "pk"))
+    assert [f.status for f in sources.scheduled_prepare(fire_ids=[fire_ids[prepared_row.pk]])] == ["prepared"]
+
+    notices = []
+    monkeypatch.setattr(sources, "_notify", lambda scheduled, text: notices.append(scheduled.pk))
+
+    def down(self, request):
+        raise BrokerUnavailable("503 from the broker")
+
+    monkeypatch.setattr(AccountBroker, "place_order", down)
+    _at(due_at)
+    fires = {f.scheduled_id: f for f in sources.scheduled_fires(fire_ids=claimed)}
+    assert set(Order.objects.values_list("status", flat=True)) == {Order.Status.FAILED}  # neither reached it
+    outcome = {pk: (fires[pk].status, pk in notices) for pk in (prepared_row.pk, whole_row.pk)}
+    assert outcome[whole_row.pk] == (ScheduledFire.Status.FAILED, True)
+    assert outcome[prepared_row.pk] == outcome[whole_row.pk], f"prepared: {fires[prepared_row.pk].detail}"
+
+
+def test_a_resent_due_time_whose_order_dates_from_an_earlier_day_is_not_closed_as_never_sent(trader, account, settings):
+    row = make_scheduled(trader, account)
+    fire, _due_at, order = _taken_then_stopped(row)
+    settings.SCHEDULE_ON_TIME_S = 0
+    # Its re-sends failed until the next day: the broker lists that day's orders only.
+    Order.objects.filter(pk=order.pk).update(created_at=timezone.now() - timedelta(days=1))
+    clock.sleep(1)
+    fire = sources.scheduled_fire(fire_id=fire.pk)
+    order.refresh_from_db()
+    assert fire.status == ScheduledFire.Status.FAILED and "not known whether the broker got it" in fire.detail
+    assert order.status == Order.Status.SUBMITTED and order.events.filter(kind="outcome_unknown").exists()
