@@ -984,7 +984,9 @@ def _fire_send(fire: ScheduledFire, order: Order) -> Order | tuple[str, str]:
             services.order_apply_broker_state(order, found, cause=f"{services.broker_name(order)} had it")
             return order
         if fire.late:
-            if ist_today() != ist_today(order.created_at):  # a broker lists the day's orders only
+            if ist_today() != ist_today(
+                fire.due_at
+            ):  # sent on its day, if at all: a broker lists the day's orders only
                 return _fire_unknown(fire, order, "the broker lists today's orders only")
             services.orders_unsent_drop(keys=[order.idempotency_key], cause="its scheduled time was missed")
             _notify_missed(scheduled, fire.due_at)

@@ -427,12 +427,12 @@ def test_a_due_time_whose_send_the_broker_never_got_is_reported_alike_prepared_o
     assert outcome[prepared_row.pk] == outcome[whole_row.pk], f"prepared: {fires[prepared_row.pk].detail}"
 
 
-def test_a_resent_due_time_whose_order_dates_from_an_earlier_day_is_not_closed_as_never_sent(trader, account, settings):
+def test_a_resent_due_time_of_an_earlier_day_is_not_closed_as_never_sent(trader, account, settings):
     row = make_scheduled(trader, account)
-    fire, _due_at, order = _taken_then_stopped(row)
+    fire, due_at, order = _taken_then_stopped(row)
     settings.SCHEDULE_ON_TIME_S = 0
     # Its re-sends failed until the next day: the broker lists that day's orders only.
-    Order.objects.filter(pk=order.pk).update(created_at=timezone.now() - timedelta(days=1))
+    ScheduledFire.objects.filter(pk=fire.pk).update(due_at=due_at - timedelta(days=1))
     clock.sleep(1)
     fire = sources.scheduled_fire(fire_id=fire.pk)
     order.refresh_from_db()
