@@ -712,10 +712,15 @@ def broker_name(order: Order) -> str:
     return order.account.get_broker_display()
 
 
-def order_outcome_unknown(order: Order, message: str) -> None:
+def order_outcome_unknown(order: Order, message: str, *, listed: bool = True) -> None:
     """A NEW order that may or may not be at its broker: marked so (SUBMITTED, ``outcome_unknown``),
-    and looked up by its tag by its account's reconciliation."""
-    _unknown_outcome(order, message)
+    and looked up by its tag by its account's reconciliation. ``listed=False``: the broker no
+    longer lists its day's orders, so no look can tell: closed (FAILED, with ``message``) for the
+    trader to check the broker's own history, not left open for ever."""
+    if listed:
+        _unknown_outcome(order, message)
+    else:
+        _fail(order, RejectKind.OTHER, message, "the broker's answer was lost")
 
 
 def _unknown_outcome(order: Order, message: str) -> None:

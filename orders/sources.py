@@ -958,6 +958,12 @@ def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
         detail = f"{order.reference} {order.status}: {order.reject_reason}"[:255]
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
         return ScheduledFire.Status.FAILED, detail
+    if order.status == Order.Status.SUBMITTED and not order.broker_order_id:
+        # Sent, and its answer lost: placed, as far as we know; its account's reconciliation
+        # finds it by its tag, or closes it if the broker never got it.
+        detail = f"{order.reference}: sent, its answer lost; it is looked up by its tag"
+        _notify(scheduled, f"Scheduled order #{scheduled.pk}: {detail}")
+        return ScheduledFire.Status.PLACED, detail
     return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
 
 
@@ -984,10 +990,8 @@ def _fire_send(fire: ScheduledFire, order: Order) -> Order | tuple[str, str]:
             services.order_apply_broker_state(order, found, cause=f"{services.broker_name(order)} had it")
             return order
         if fire.late:
-            if ist_today() != ist_today(
-                fire.due_at
-            ):  # sent on its day, if at all: a broker lists the day's orders only
-                return _fire_unknown(fire, order, "the broker lists today's orders only")
+            if ist_today() != ist_today(max(order.created_at, fire.due_at)):  # sent on that day, if at all
+                return _fire_unknown(fire, order, "the broker lists today's orders only", listed=False)
             services.orders_unsent_drop(keys=[order.idempotency_key], cause="its scheduled time was missed")
             _notify_missed(scheduled, fire.due_at)
             return ScheduledFire.Status.MISSED, "missed: the worker placing it stopped before sending it"
@@ -1005,11 +1009,18 @@ def _fire_send(fire: ScheduledFire, order: Order) -> Order | tuple[str, str]:
     return services.order_submit(order=order, cause=_fire_order(fire)["cause"], broker=fire.broker)
 
 
-def _fire_unknown(fire: ScheduledFire, order: Order, why: str) -> tuple[str, str]:
-    services.order_outcome_unknown(order, f"its worker stopped while sending it; the broker could not be asked: {why}")
-    detail = f"{order.reference}: not known whether the broker got it ({why}); it is looked up by its tag"[:255]
-    _notify(fire.scheduled, f"Scheduled order #{fire.scheduled_id}: {detail}")
-    return ScheduledFire.Status.FAILED, detail
+def _fire_unknown(fire: ScheduledFire, order: Order, why: str, *, listed: bool = True) -> tuple[str, str]:
+    """Whether the broker got the order its stopped worker may have sent is not known: the order
+    is marked so (``services.order_outcome_unknown``) and the trader told."""
+    stopped = f"its worker stopped while sending it; the broker could not be asked: {why}"
+    if listed:
+        services.order_outcome_unknown(order, stopped)
+        detail = f"{order.reference}: not known whether the broker got it ({why}); it is looked up by its tag"
+    else:
+        services.order_outcome_unknown(order, f"{stopped}; check the broker's order history", listed=False)
+        detail = f"{order.reference}: not known whether the broker got it ({why}); check the broker's order history"
+    _notify(fire.scheduled, f"Scheduled order #{fire.scheduled_id}: {detail}"[:255])
+    return ScheduledFire.Status.FAILED, detail[:255]
 
 
 _LAST_RUNS = PlainUpdates(ScheduledOrder, ("last_run_at", "last_result"))

@@ -12,7 +12,7 @@ from django.utils import timezone
 from accounts.models import BrokerAccount
 from brokers.base import IST
 from brokers.client import AccountBroker
-from brokers.errors import BrokerUnavailable
+from brokers.errors import BrokerUnavailable, OutcomeUnknown
 from brokers.paper.models import PaperOrder
 from orders import services, sources
 from orders.models import Order, ScheduledFire, ScheduledOrder
@@ -427,14 +427,50 @@ def test_a_due_time_whose_send_the_broker_never_got_is_reported_alike_prepared_o
     assert outcome[prepared_row.pk] == outcome[whole_row.pk], f"prepared: {fires[prepared_row.pk].detail}"
 
 
-def test_a_resent_due_time_of_an_earlier_day_is_not_closed_as_never_sent(trader, account, settings):
+def test_a_resent_due_time_of_an_earlier_day_is_closed_for_the_trader_to_check_not_left_open(trader, account, settings):
     row = make_scheduled(trader, account)
     fire, due_at, order = _taken_then_stopped(row)
     settings.SCHEDULE_ON_TIME_S = 0
-    # Its re-sends failed until the next day: the broker lists that day's orders only.
+    # Its re-sends failed until the next day: the broker lists that day's orders only, so neither
+    # a look now nor a reconciliation can tell whether it got it.
     ScheduledFire.objects.filter(pk=fire.pk).update(due_at=due_at - timedelta(days=1))
+    Order.objects.filter(pk=order.pk).update(created_at=due_at - timedelta(days=1, seconds=2))
     clock.sleep(1)
     fire = sources.scheduled_fire(fire_id=fire.pk)
     order.refresh_from_db()
-    assert fire.status == ScheduledFire.Status.FAILED and "not known whether the broker got it" in fire.detail
+    assert fire.status == ScheduledFire.Status.FAILED and "check the broker's order history" in fire.detail
+    assert order.status == Order.Status.FAILED and "check the broker's order history" in order.reject_reason
+    assert not PaperOrder.objects.filter(tag=order.reference).exists()
+
+
+def test_a_due_time_just_after_midnight_prepared_just_before_it_is_missed_not_unknown(trader, account, settings):
+    now = timezone.now().astimezone(IST)
+    if (now.hour, now.minute) in ((0, 0),) or (now.hour == 23 and now.minute > 58):
+        pytest.skip("too close to midnight IST")
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    row = make_scheduled(trader, account)
+    fire, _due_at, order = _taken_then_stopped(row)
+    ScheduledFire.objects.filter(pk=fire.pk).update(due_at=midnight)  # today's first moment, IST
+    Order.objects.filter(pk=order.pk).update(created_at=midnight - timedelta(seconds=2))  # prepared the day before
+    settings.SCHEDULE_ON_TIME_S = 0
+    fire = sources.scheduled_fire(fire_id=fire.pk)
+    assert fire.status == ScheduledFire.Status.MISSED, f"{fire.status}: {fire.detail}"
+    _unsent(order, "missed")
+
+
+def test_a_due_time_whose_send_answer_was_lost_is_reported_with_a_notice(trader, account, monkeypatch):
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row, seconds=1)
+    notices = []
+    monkeypatch.setattr(sources, "_notify", lambda scheduled, text: notices.append(text))
+
+    def lost(self, request):
+        raise OutcomeUnknown("timed out reading the answer")
+
+    monkeypatch.setattr(AccountBroker, "place_order", lost)
+    _at(due_at)
+    fire = sources.scheduled_fire(fire_id=fire.pk)
+    order.refresh_from_db()
     assert order.status == Order.Status.SUBMITTED and order.events.filter(kind="outcome_unknown").exists()
+    assert fire.status == ScheduledFire.Status.PLACED and "answer lost" in fire.detail
+    assert notices and "looked up by its tag" in notices[0]
