@@ -78,6 +78,8 @@ def test_session_states_for_the_accounts_page(trader, paper_account, settings):
     kite = make_kite_account(trader, client_id="K2")
     idle = make_broker_account(trader, client_id="P-IDLE")
     live = services.session_live(paper_account)
+    # Hours from its end, whatever the time of day (a session made 05:00-06:00 IST ends at 06:00).
+    BrokerSession.objects.filter(pk=live.session_id).update(expires_at=timezone.now() + timedelta(hours=6))
     BrokerSession.objects.create(account=kite, status="failed", last_error="Invalid checksum")
     states = services.session_states([paper_account, kite, idle])
     assert states[paper_account.pk].state == "active"
