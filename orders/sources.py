@@ -798,7 +798,7 @@ def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
             time_module.sleep(early_s)
         placing, tokens = _fires_take(due, {ahead[pk][2] for pk in due})
         try:
-            with locks.kept(tokens, ttl_s=FIRE_PLACING_TTL_S):
+            with locks.kept(tokens, ttl_s=FIRE_PLACING_TTL_S), background.urgent():
                 _fires_ready(placing)
                 outcomes = _fires.map(_fire_place, placing)
                 _fires_record([(fire, outcome) for fire, outcome in zip(placing, outcomes, strict=True) if outcome])

@@ -17,11 +17,16 @@ where another thread could not see the rows.
 (one transaction for many where one per item was the cost), so the busier the process, the
 more each call takes in, and an idle one handles an item at once, alone.
 
+``urgent()`` marks work a caller does against the clock (a scheduled burst's sends): a ``Batch``
+made with ``yields=True`` holds its calls back while such work runs in the process, so bookkeeping
+that can wait does not take the interpreter and the database from it (see ``Batch``).
+
 ``Pool(setting, name)`` is different: work the caller waits for (a monitoring batch's broker
 calls, a basket's or a scheduled batch's placements), run side by side on up to ``setting``
 threads per process that keep their database connections while there is work.
 """
 
+import contextlib
 import contextvars
 import heapq
 import itertools
@@ -117,6 +122,51 @@ submit = _lane.submit
 wait_idle = _lane.wait_idle
 
 
+class _Urgent:
+    """How much work against the clock (``urgent()``) runs in this process, and when the last ended."""
+
+    def __init__(self):
+        self._after_fork()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._ended = float("-inf")
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._cond:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._ended = time.monotonic()
+                self._cond.notify_all()
+
+    @property
+    def running(self) -> bool:
+        return self._running > 0
+
+    def wait_quiet(self, *, quiet_s: float, max_s: float) -> None:
+        """Return once no urgent work has run for ``quiet_s`` (the next of a burst's tasks usually
+        starts sooner), or after ``max_s`` at most."""
+        deadline = time.monotonic() + max_s
+        with self._cond:
+            while (now := time.monotonic()) < deadline:
+                if self._running:
+                    self._cond.wait(deadline - now)
+                elif now < self._ended + quiet_s:
+                    self._cond.wait(min(deadline, self._ended + quiet_s) - now)
+                else:
+                    return
+
+
+urgent = _Urgent()
+
+
 class Batch:
     """``add(item)``: ``fn(items)`` runs on a background thread with the items added so far, in the
     order they were added, at most ``max_items`` a call. One call at a time per process: items
@@ -124,11 +174,16 @@ class Batch:
     its items dropped, as a job's are (what they stood for is also done later by something
     durable); the next call still runs. Inside a transaction (tests) ``fn([item])`` runs at once
     in the caller's thread, as ``submit`` does. Each call runs in an empty context: its items come
-    from several requests, so its log lines carry none's id."""
+    from several requests, so its log lines carry none's id.
 
-    def __init__(self, fn, *, max_items: int = 500):
+    ``yields=True``: a call waits while work against the clock runs in the process (``urgent()``)
+    and until it has been quiet ``BACKGROUND_YIELD_QUIET_S``, at most ``BACKGROUND_YIELD_MAX_S``, then
+    takes everything added meanwhile. Its work is bookkeeping a trader sees a moment later instead."""
+
+    def __init__(self, fn, *, max_items: int = 500, yields: bool = False):
         self._fn = fn
         self._max_items = max_items
+        self._yields = yields
         self._after_fork()
         os.register_at_fork(after_in_child=self._after_fork)
 
@@ -149,6 +204,8 @@ class Batch:
         contextvars.Context().run(submit, self._call)
 
     def _call(self) -> None:
+        if self._yields:
+            urgent.wait_quiet(quiet_s=settings.BACKGROUND_YIELD_QUIET_S, max_s=settings.BACKGROUND_YIELD_MAX_S)
         with self._lock:
             items, self._items = self._items[: self._max_items], self._items[self._max_items :]
         try:

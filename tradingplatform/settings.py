@@ -238,6 +238,12 @@ BACKGROUND_THREADS = env.int("BACKGROUND_THREADS", default=4)
 DASHBOARD_PUSH_INTERVAL_S = env.float("DASHBOARD_PUSH_INTERVAL_S", default=0.1)
 if BACKGROUND_THREADS < 1:
     raise ImproperlyConfigured("BACKGROUND_THREADS must be at least 1.")
+# While a worker sends a scheduled burst, it records the fills after it: once it has sent nothing
+# for the quiet time, and at most the longest time after the fill.
+BACKGROUND_YIELD_QUIET_S = env.float("BACKGROUND_YIELD_QUIET_S", default=0.3)
+BACKGROUND_YIELD_MAX_S = env.float("BACKGROUND_YIELD_MAX_S", default=5.0)
+if not 0 <= BACKGROUND_YIELD_QUIET_S <= BACKGROUND_YIELD_MAX_S <= 60:
+    raise ImproperlyConfigured("BACKGROUND_YIELD_QUIET_S and BACKGROUND_YIELD_MAX_S: 0 <= quiet <= max <= 60.")
 if not 0 < DASHBOARD_PUSH_INTERVAL_S <= 60:
     raise ImproperlyConfigured("DASHBOARD_PUSH_INTERVAL_S must be more than 0 and at most 60.")
 

@@ -132,7 +132,8 @@ def _announce(changes: list[tuple[contextvars.Context, str, base.BrokerOrder, li
     broker_orders_update(broker="paper", changes=changes)  # like postbacks that carry the fills
 
 
-_announced = background.Batch(_announce)
+# Bookkeeping a trader sees a moment later: it waits while a scheduled burst is sent.
+_announced = background.Batch(_announce, yields=True)
 
 
 def to_quote(instrument) -> base.Quote:

@@ -17,7 +17,7 @@ from brokers.paper.models import PaperOrder
 from orders import services, sources
 from orders.models import Order, ScheduledFire, ScheduledOrder
 from orders.tests.factories import sent_while_locked
-from tradingplatform import locks
+from tradingplatform import background, locks
 
 from .test_source_races import _zone_away_from_midnight, mariadb_only
 from .test_sources import _due_soon, make_scheduled, spec
@@ -44,6 +44,22 @@ def _unsent(order, why: str):
     assert list(order.events.values_list("kind", "message")) == [("created", ""), ("cancelled", "never sent")]
     assert why in order.events.get(kind="cancelled").cause
     assert not PaperOrder.objects.filter(tag=order.reference).exists()
+
+
+def test_the_send_at_the_time_is_urgent_work_that_fill_bookkeeping_yields_to(trader, account, monkeypatch):
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row)
+    assert not background.urgent.running  # preparing ahead is not
+    submit, sent_urgently = services.order_submit, []
+
+    def order_submit(**kwargs):
+        sent_urgently.append(background.urgent.running)
+        return submit(**kwargs)
+
+    monkeypatch.setattr(services, "order_submit", order_submit)
+    _at(due_at)
+    assert sources.scheduled_fire(fire_id=fire.pk).status == ScheduledFire.Status.PLACED
+    assert sent_urgently == [True] and not background.urgent.running
 
 
 def test_a_cancel_before_the_time_drops_a_prepared_due_time_and_its_order_is_never_sent(trader, account):

@@ -2,6 +2,7 @@
 ``Pool`` runs the work its callers wait for on threads that keep their database connections."""
 
 import threading
+import time
 
 import pytest
 from django.db import connection
@@ -33,6 +34,7 @@ class Recorder:
             self.calls.append(list(items))
             self.threads.add(threading.current_thread().name)
             self.request_ids.append(logs.current_request_id())
+        self.started_at = time.monotonic()
         self.started.set()
         try:
             assert self.hold.wait(10)
@@ -108,6 +110,44 @@ def test_a_call_carries_no_request_id_of_the_requests_its_items_came_from():
         logs.request_id_var.reset(token)
     assert background.wait_idle(10)
     assert fn.request_ids == [None]
+
+
+@override_settings(BACKGROUND_YIELD_QUIET_S=0.2, BACKGROUND_YIELD_MAX_S=10)
+def test_a_yielding_batch_waits_for_urgent_work_and_a_quiet_moment_then_takes_every_item():
+    """(The paper exchange's fill bookkeeping waits while a scheduled burst is sent.)"""
+    fn = Recorder()
+    batch = background.Batch(fn, yields=True)
+    with background.urgent():
+        batch.add(1)
+        with background.urgent():  # two tasks' sends side by side
+            batch.add(2)
+        time.sleep(0.4)  # quiet long enough, but the other is still sending
+        assert fn.calls == []
+        batch.add(3)
+        ended = time.monotonic()
+    assert background.wait_idle(10)
+    assert fn.calls == [[1, 2, 3]]
+    assert fn.started_at - ended >= 0.2  # the quiet time after the last urgent work
+
+
+@override_settings(BACKGROUND_YIELD_QUIET_S=0.1, BACKGROUND_YIELD_MAX_S=0.5)
+def test_a_yielding_batch_waits_at_most_the_longest_wait():
+    fn = Recorder()
+    batch = background.Batch(fn, yields=True)
+    with background.urgent():
+        added = time.monotonic()
+        batch.add(1)
+        assert fn.started.wait(10)  # while the urgent work goes on
+    assert 0.5 <= fn.started_at - added < 5
+    assert fn.calls == [[1]]
+
+
+def test_a_batch_that_does_not_yield_runs_during_urgent_work():
+    fn = Recorder()
+    with background.urgent():
+        background.Batch(fn).add(1)
+        assert fn.started.wait(10)
+    assert fn.calls == [[1]]
 
 
 @pytest.mark.django_db
