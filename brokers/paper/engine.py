@@ -287,8 +287,12 @@ def instrument_lookup(exchange: str, tradingsymbol: str) -> PaperInstrument:
         cursor.execute(_instrument_sql(), [exchange, tradingsymbol])
         row = cursor.fetchone()
     if row is None:
-        raise InputException(f"Invalid `tradingsymbol` {exchange}:{tradingsymbol}.", kind="instrument")
+        raise _no_instrument(exchange, tradingsymbol)
     return _INSTRUMENTS.make(row)
+
+
+def _no_instrument(exchange: str, tradingsymbol: str) -> InputException:
+    return InputException(f"Invalid `tradingsymbol` {exchange}:{tradingsymbol}.", kind="instrument")
 
 
 def instruments_by_keys(keys) -> dict[str, PaperInstrument]:
@@ -310,13 +314,13 @@ def instruments_by_keys(keys) -> dict[str, PaperInstrument]:
 # order's blocked quantity at its limit (or its SL-M trigger). A BUY blocks its whole unfilled
 # quantity; a SELL only the part that opens or adds to a short: its ``uncovered_quantity``, at most
 # its unfilled quantity (its fills use the long first). A SELL that exits a long blocks nothing.
-_BLOCKED_FUNDS = (
-    "SELECT SUM("
+_BLOCKED_SUM = (
+    "SUM("
     "CASE WHEN o.transaction_type = %s AND o.uncovered_quantity < o.quantity - o.filled_quantity "
     "THEN o.uncovered_quantity ELSE o.quantity - o.filled_quantity END * "
-    "CASE WHEN o.order_type = 'SL-M' THEN o.trigger_price ELSE o.price END) "
-    "FROM paper_paperorder o WHERE o.client_id = %s AND o.status IN (%s, %s)"
+    "CASE WHEN o.order_type = 'SL-M' THEN o.trigger_price ELSE o.price END)"
 )
+_BLOCKED_FUNDS = f"SELECT {_BLOCKED_SUM} FROM paper_paperorder o WHERE o.client_id = %s AND o.status IN (%s, %s)"  # noqa: S608
 
 
 def _blocked_funds_params(client_id: int) -> list:
@@ -481,75 +485,276 @@ def order_place(
     ``instrument``: the order's instrument as just read (``client_and_instrument``), else it is
     looked up here.
     """
+    if instrument is None:
+        _checked_tag_and_variety(tag, variety)
+        instrument = instrument_lookup(exchange, tradingsymbol)
+    order = _arriving(
+        client,
+        instrument,
+        transaction_type=transaction_type,
+        order_type=order_type,
+        quantity=quantity,
+        product=product,
+        price=price,
+        trigger_price=trigger_price,
+        validity=validity,
+        tag=tag,
+        variety=variety,
+    )
+    # Serialise this client's placements so two cannot spend the same cash.
+    order.client = client = _client_locked(client.pk)
+    order.placed_at = order.updated_at = now = timezone.now()
+    order.priority = time.time_ns()
+    cover = _sell_cover(client.pk, instrument.pk, product) if transaction_type == SELL else None
+    touch = _judged(
+        order,
+        cover=cover,
+        available=lambda: client.cash - (cover.blocked if cover is not None else _blocked_funds(client)),
+        rng=rng or random,
+    )
+    _save_new(order, now)
+    _changed(order, _book_fill(order, order.quantity, touch, now) if touch is not None else None)
+    return order
+
+
+@dataclass
+class Placement:
+    """One order of ``orders_place_many``: the session it comes with and its terms (``order_place``'s)."""
+
+    access_token: str
+    exchange: str
+    tradingsymbol: str
+    transaction_type: str
+    order_type: str
+    quantity: int
+    product: str
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+    validity: str = "DAY"
+    tag: str = ""
+    variety: str = "regular"
+
+
+def orders_place_many(placements: list[Placement], *, rng: random.Random | None = None) -> list:
+    """``order_place`` of many orders, of any clients, in one transaction: each client's row locked
+    once (in id order), its blocked funds and its longs read once, the orders and their fills written
+    by one statement each. Each order is judged as ``order_place`` judges it, one after another in
+    the list's order: the funds and longs the earlier ones took or freed count for the later ones.
+
+    Returns, for each placement, its order (REJECTED by the RMS, or accepted), the exchange's error
+    (``InputException``, ``TokenException``), or None for an order of a client with call knobs set
+    (latency, 429s, 5xx, lost answers): those are placed one by one (``order_place``), where the knobs
+    act. A failure of the whole (the database) raises, and nothing of it was written.
+    """
     rng = rng or random
+    results: list = [None] * len(placements)
+    # Read before the transaction, as a single placement reads them: no lock is held meanwhile.
+    client_ids = _clients_of_tokens({_hash(p.access_token or "") for p in placements})
+    instruments = instruments_by_keys({f"{p.exchange}:{p.tradingsymbol}" for p in placements})
+    todo = []
+    for index, p in enumerate(placements):
+        client_id = client_ids.get(_hash(p.access_token or ""))
+        instrument = instruments.get(f"{p.exchange}:{p.tradingsymbol}")
+        if client_id is None:
+            results[index] = TokenException("Incorrect `api_key` or `access_token`.")
+        elif instrument is None:
+            results[index] = _no_instrument(p.exchange, p.tradingsymbol)
+        else:
+            todo.append((index, client_id, instrument))
+    if not todo:
+        return results
+    with transaction.atomic():
+        clients = _clients_locked({client_id for _index, client_id, _instrument in todo})
+        todo = [(i, clients[c], instrument) for i, c, instrument in todo if not _has_call_knobs(clients[c])]
+        ids = sorted({client.pk for _index, client, _instrument in todo})
+        blocked = _blocked_funds_of(ids)
+        longs = _longs_of(ids, {instrument.pk for _index, _client, instrument in todo})
+        cash = {client_id: clients[client_id].cash for client_id in ids}
+        now = timezone.now()
+        placed = []
+        for index, client, instrument in todo:
+            p = placements[index]
+            key = (client.pk, instrument.pk, p.product)
+            try:
+                order = _arriving(
+                    client,
+                    instrument,
+                    transaction_type=p.transaction_type,
+                    order_type=p.order_type,
+                    quantity=p.quantity,
+                    product=p.product,
+                    price=p.price,
+                    trigger_price=p.trigger_price,
+                    validity=p.validity,
+                    tag=p.tag,
+                    variety=p.variety,
+                )
+                order.placed_at = order.updated_at = now
+                order.priority = time.time_ns()
+                sell = p.transaction_type == SELL
+                touch = _judged(
+                    order,
+                    cover=SellCover(long=longs[key], blocked=blocked[client.pk]) if sell else None,
+                    available=lambda c=client.pk: cash[c] - blocked[c],
+                    rng=rng,
+                )
+            except InputException as error:
+                results[index] = error
+                continue
+            if order.status in PaperOrder.LIVE:
+                blocked[client.pk] += _blocks(order)
+            if touch is not None:
+                bought = -order.quantity if sell else order.quantity
+                cash[client.pk] -= bought * touch
+                longs[key] += bought
+            placed.append((index, order, touch))
+        for _index, order, _touch in placed:
+            order.order_id = _new_order_id(now)
+            order.exchange_order_id = "1" + order.order_id
+        PaperOrder.objects.bulk_create([order for _index, order, _touch in placed])
+        fills = {
+            order.pk: _trade(order, order.quantity, touch, now) for _i, order, touch in placed if touch is not None
+        }
+        PaperTrade.objects.bulk_create(fills.values())
+        with connection.cursor() as cursor:
+            for client_id in ids:
+                if cash[client_id] != clients[client_id].cash:
+                    cursor.execute(_CASH_SQL[True], [clients[client_id].cash - cash[client_id], client_id])
+        for index, order, _touch in placed:
+            _changed(order, fills.get(order.pk))
+            results[index] = order
+    return results
+
+
+def _has_call_knobs(client: PaperClient) -> bool:
+    return bool(client.latency_ms or client.rate_limit_per_s or client.error_rate or client.timeout_rate)
+
+
+def _marks(values) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+def _clients_of_tokens(token_hashes: set[str]) -> dict[str, int]:
+    """The client of each live access token, by the token's hash."""
+    hashes = sorted(token_hashes)
+    sql = (
+        "SELECT t.token_hash, t.client_id FROM paper_papertoken t "  # noqa: S608 (placeholders only)
+        f"WHERE t.token_hash IN ({_marks(hashes)}) AND t.kind = %s AND t.revoked_at IS NULL AND t.expires_at > %s"
+    )
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*hashes, PaperToken.Kind.ACCESS, now])
+        return dict(cursor.fetchall())
+
+
+def _clients_locked(client_ids: set[int]) -> dict[int, PaperClient]:
+    """The clients' rows, locked in id order until the transaction ends (``_client_locked`` of many)."""
+    ids = sorted(client_ids)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    sql = f"SELECT {_CLIENTS.columns('c')} FROM paper_paperclient c WHERE c.id IN ({_marks(ids)}) ORDER BY c.id{lock}"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, ids)
+        clients = [_CLIENTS.make(row) for row in cursor.fetchall()]
+    return {client.pk: client for client in clients}
+
+
+def _blocked_funds_of(client_ids: list[int]) -> dict[int, Decimal]:
+    """``_blocked_funds`` of several clients, in one query."""
+    sql = (
+        f"SELECT o.client_id, {_BLOCKED_SUM} FROM paper_paperorder o "  # noqa: S608 (placeholders only)
+        f"WHERE o.client_id IN ({_marks(client_ids)}) AND o.status IN (%s, %s) GROUP BY o.client_id"
+    )
+    blocked = dict.fromkeys(client_ids, Decimal(0))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [SELL, *client_ids, *PaperOrder.LIVE])
+        blocked.update({client_id: _summed_decimal(value) for client_id, value in cursor.fetchall()})
+    return blocked
+
+
+def _longs_of(client_ids: list[int], instrument_ids: set[int]) -> defaultdict:
+    """Each client's net position by (client, instrument, product), all days, as ``_sell_cover``
+    reads it for one; 0 where it has no trade."""
+    instruments = sorted(instrument_ids)
+    sql = (
+        "SELECT t.client_id, t.instrument_id, t.product, "  # noqa: S608 (placeholders only)
+        "SUM(CASE WHEN t.transaction_type = %s THEN t.quantity ELSE 0 END), "
+        "SUM(CASE WHEN t.transaction_type = %s THEN t.quantity ELSE 0 END) FROM paper_papertrade t "
+        f"WHERE t.client_id IN ({_marks(client_ids)}) AND t.instrument_id IN ({_marks(instruments)}) "
+        "GROUP BY t.client_id, t.instrument_id, t.product"
+    )
+    longs = defaultdict(int)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [BUY, SELL, *client_ids, *instruments])
+        for client_id, instrument_id, product, bought, sold in cursor.fetchall():
+            longs[(client_id, instrument_id, product)] = int(bought or 0) - int(sold or 0)
+    return longs
+
+
+def _checked_tag_and_variety(tag: str, variety: str) -> None:
     if variety != "regular":
         raise InputException("Only the `regular` variety is supported by the paper exchange.")
     if tag and len(tag) > 20:  # Kite's limit
         raise InputException("Tag should be at most 20 characters.")
-    if instrument is None:
-        instrument = instrument_lookup(exchange, tradingsymbol)
+
+
+def _arriving(client: PaperClient, instrument: PaperInstrument, *, price, trigger_price, tag, variety, **terms):
+    """An order as it arrives (not saved): its input checked (``InputException``), OPEN for now."""
+    _checked_tag_and_variety(tag, variety)
     price = Decimal(price) if price not in (None, "") else None
     trigger_price = Decimal(trigger_price) if trigger_price not in (None, "") else None
+    side, order_type = terms["transaction_type"], terms["order_type"]
     _validate(
         instrument,
-        side=transaction_type,
+        side=side,
         order_type=order_type,
-        product=product,
-        validity=validity,
-        quantity=quantity,
+        product=terms["product"],
+        validity=terms["validity"],
+        quantity=terms["quantity"],
         price=price,
         trigger_price=trigger_price,
     )
-    # Serialise this client's placements so two cannot spend the same cash.
-    client = _client_locked(client.pk)
-    now = timezone.now()
-    order = PaperOrder(
+    return PaperOrder(
         client=client,
         instrument=instrument,
         variety=variety,
-        transaction_type=transaction_type,
-        order_type=order_type,
-        product=product,
-        validity=validity,
-        quantity=quantity,
+        **terms,
         price=price if order_type in ("LIMIT", "SL") else Decimal(0),
         trigger_price=trigger_price if order_type in ("SL", "SL-M") else Decimal(0),
         tag=tag or "",
         status=Status.OPEN,
-        priority=time.time_ns(),
-        placed_at=now,
-        updated_at=now,
     )
+
+
+def _judged(order: PaperOrder, *, cover: SellCover | None, available, rng) -> Decimal | None:
+    """The exchange's RMS and its arrival, on the order's fields (not saved): REJECTED with the reason,
+    TRIGGER_PENDING, or OPEN, and filled at once when it crosses the touch. ``cover``: a SELL's
+    (``_sell_cover``); ``available()``: the client's cash less its blocked funds, asked only when the
+    order needs funds. Returns the price it filled at on arrival, or None."""
     # A SELL needs funds only for what the client's long does not cover (it opens a short);
     # delivery cannot go short at all.
-    needs_funds, cover = quantity, None
-    if transaction_type == SELL:
-        cover = _sell_cover(client.pk, instrument.pk, product)
-        order.uncovered_quantity = needs_funds = max(0, quantity - cover.available)
-        if needs_funds and product == "CNC":
-            raise _cnc_refusal(instrument, quantity, cover)
-    rejection = _band_violation(instrument, order.price, order.trigger_price)
+    needs_funds = order.quantity
+    if order.transaction_type == SELL:
+        order.uncovered_quantity = needs_funds = max(0, order.quantity - cover.available)
+        if needs_funds and order.product == "CNC":
+            raise _cnc_refusal(order.instrument, order.quantity, cover)
+    rejection = _band_violation(order.instrument, order.price, order.trigger_price)
     if rejection is None and needs_funds:
         required = needs_funds * _reference_price(order)
-        available = client.cash - (cover.blocked if cover is not None else _blocked_funds(client))
-        if required > available:
-            rejection = (
-                f"Insufficient funds. Required margin is {required:.2f} but available margin is {available:.2f}."
-            )
-    if rejection is None and client.rejection_rate and rng.random() < client.rejection_rate:
+        funds = available()
+        if required > funds:
+            rejection = f"Insufficient funds. Required margin is {required:.2f} but available margin is {funds:.2f}."
+    if rejection is None and order.client.rejection_rate and rng.random() < order.client.rejection_rate:
         rejection = "RMS: order rejected by the simulated risk system (rejection_rate knob)."
     if rejection:
         order.status = Status.REJECTED
         order.status_message = rejection
-    elif order_type in ("SL", "SL-M"):
+    elif order.order_type in ("SL", "SL-M"):
         order.status = Status.TRIGGER_PENDING
     # An order that fills on arrival is written filled: one insert, no update after it.
-    touch = _arrival_fill_price(order, instrument) if order.status == Status.OPEN else None
+    touch = _arrival_fill_price(order, order.instrument) if order.status == Status.OPEN else None
     if touch is not None:
-        _apply_fill(order, order.quantity, touch, now)
-    _save_new(order, now)
-    _changed(order, _book_fill(order, order.quantity, touch, now) if touch is not None else None)
-    return order
+        _apply_fill(order, order.quantity, touch, order.placed_at)
+    return touch
 
 
 @functools.cache
@@ -616,9 +821,9 @@ _CASH_SQL = {
 }
 
 
-def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> PaperTrade:
-    """The trade of a fill already applied to its (saved) order, and the client's cash."""
-    trade = PaperTrade(
+def _trade(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> PaperTrade:
+    """The trade of a fill of a saved order (not saved)."""
+    return PaperTrade(
         trade_id=f"{secrets.randbelow(10**12):012d}",
         order=order,
         client_id=order.client_id,
@@ -629,6 +834,11 @@ def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) 
         price=price,
         filled_at=now,
     )
+
+
+def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> PaperTrade:
+    """The trade of a fill already applied to its (saved) order, and the client's cash."""
+    trade = _trade(order, quantity, price, now)
     _NEW_TRADES.insert(trade)
     cash = quantity * price
     with connection.cursor() as cursor:
