@@ -107,18 +107,25 @@ class AccountBroker:
         raise AssertionError("unreachable")
 
     # --- orders -----------------------------------------------------------------------
-    def place_order(self, request: OrderRequest) -> PlacedOrder:
+    def place_order(self, request: OrderRequest, *, first=None) -> PlacedOrder:
         """Place once. A lost answer is resolved by tag before the order is ever sent again.
 
         Raises ``OutcomeUnknown`` when the broker cannot be asked whether it has the order, or
         does not have it yet after a timeout (the request may still arrive): the caller records
         that and reconciles later by the same tag. Only after ``BrokerUnavailable`` (the broker
         refused the call) is an order it does not have sent again; the last one is raised.
+
+        ``first``: what the first call already answered (a ``PlacedOrder``) or raised, when it was
+        sent with other accounts' orders (``place_together``); the rest goes on from there.
         """
         if not request.tag:
             raise ValueError("an order needs a tag to be placed safely")
         for attempt in range(self.attempts):
             try:
+                if attempt == 0 and first is not None:
+                    if isinstance(first, BaseException):
+                        raise first
+                    return first
                 return self._once(ORDER_CALLS, "place_order", request)
             except RateLimited as error:
                 # Refused before processing: safe to send again after the wait.
@@ -147,6 +154,39 @@ class AccountBroker:
                     raise
                 self.sleep(backoff_delay(attempt))
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def place_together(calls: list[tuple["AccountBroker", OrderRequest]]) -> list:
+        """The first calls of several accounts' placements, sent at once where their adapter can
+        take them together (``place_together``: the paper exchange's, in one transaction). Each
+        account's rate budget is taken as for its own call. For each: what its first call answered
+        or raised, to go on from with ``place_order(request, first=...)``, or None where it was not
+        sent (an adapter that cannot, no live session at hand, no budget, a session to renew):
+        ``place_order`` sends it, taking its budget again."""
+        results: list = [None] * len(calls)
+        together: dict[type, list[tuple[int, AccountBroker, OrderRequest]]] = {}
+        for index, (broker, request) in enumerate(calls):
+            try:
+                adapter = broker._broker()
+                if not hasattr(adapter, "place_together") or not request.tag:
+                    continue
+                broker._take_budget(ORDER_CALLS)
+            except Exception:  # placed alone, which meets the same error where it handles it
+                logger.debug("%s: not placed together", request.tag, exc_info=True)
+                continue
+            together.setdefault(type(adapter), []).append((index, broker, request))
+        for adapter_type, group in together.items():
+            started = time.perf_counter()
+            answers = adapter_type.place_together([(broker._broker(), request) for _i, broker, request in group])
+            elapsed = time.perf_counter() - started
+            for (index, broker, request), answer in zip(group, answers, strict=True):
+                if isinstance(answer, AuthError):
+                    answer = None  # placed alone: its session is renewed once, as for any call
+                results[index] = answer
+                if answer is not None:
+                    outcome = type(answer).__name__ if isinstance(answer, BaseException) else "ok"
+                    metrics.broker_call_done(broker.account, "place_order", (request,), outcome, elapsed)
+        return results
 
     def modify_order(self, broker_order_id: str, change: OrderChange) -> None:
         return self._once(ORDER_CALLS, "modify_order", broker_order_id, change)

@@ -595,11 +595,12 @@ class _Answers:
 _answers = _Answers()
 
 
-def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = None) -> Order:
-    """Steps 3-5: send a NEW order to its broker and record what happened."""
+def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = None, first=None) -> Order:
+    """Steps 3-5: send a NEW order to its broker and record what happened. ``first``: what the
+    broker answered or raised when the order was sent with others (``orders_send_together``)."""
     _answers.sending(order)
     try:
-        _submit(order, cause, broker)
+        _submit(order, cause, broker, first)
     except BaseException:
         _answers.forget(order)  # what the order says may not be what was committed
         raise
@@ -627,10 +628,20 @@ def order_request(order: Order) -> OrderRequest:
     )
 
 
-def _submit(order: Order, cause: str, broker: AccountBroker | None) -> None:
+def orders_send_together(orders: list[tuple[Order, AccountBroker]]) -> list:
+    """Send several NEW orders of any accounts at once, where their brokers can take them together
+    (``AccountBroker.place_together``). For each, what its broker answered or raised, or None where
+    it was not sent: ``order_submit(..., first=...)`` then records each (and sends the others)."""
+    for order, _broker in orders:
+        _answers.sending(order)
+    return AccountBroker.place_together([(broker, order_request(order)) for order, broker in orders])
+
+
+def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) -> None:
     broker = broker or AccountBroker(order.account)
     try:
-        placed = broker.place_order(order_request(order))
+        request = order_request(order)
+        placed = broker.place_order(request) if first is None else broker.place_order(request, first=first)
     except OrderRejected as error:
         _transition(
             order,

@@ -766,9 +766,13 @@ def _fire_order(fire: ScheduledFire) -> dict:
         **scheduled.spec(),
         "source": Order.Source.SCHEDULED,
         "scheduled": scheduled,
-        "cause": f"scheduled order #{scheduled.pk} due {fire.due_at:%Y-%m-%d %H:%M:%S}",
+        "cause": _fire_cause(fire),
         "idempotency_key": _FIRE_KEY.format(fire=fire.pk),
     }
+
+
+def _fire_cause(fire: ScheduledFire) -> str:
+    return f"scheduled order #{fire.scheduled_id} due {fire.due_at:%Y-%m-%d %H:%M:%S}"
 
 
 def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
@@ -800,6 +804,7 @@ def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
         try:
             with locks.kept(tokens, ttl_s=FIRE_PLACING_TTL_S), background.urgent():
                 _fires_ready(placing)
+                _fires_send_together(placing)
                 outcomes = _fires.map(_fire_place, placing)
                 _fires_record([(fire, outcome) for fire, outcome in zip(placing, outcomes, strict=True) if outcome])
         finally:
@@ -917,6 +922,28 @@ def _fires_ready(fires: list[ScheduledFire]) -> None:
         fire.broker = AccountBroker(fire.scheduled.account, session=sessions.get(fire.scheduled.account_id))
 
 
+def _fires_send_together(fires: list[ScheduledFire]) -> None:
+    """The prepared orders of the taken fires, sent at once where their brokers can take them
+    together (``services.orders_send_together``: the paper exchange, in one transaction): each
+    fire keeps its order's first answer (``fire.first``) for ``_fire_send`` to record. A fire
+    taken again (its worker stopped) asks its broker first, one by one, as does one refused."""
+    ready = [
+        fire
+        for fire in fires
+        if fire.prepared and getattr(fire, "order", None) is not None and fire.order.status == Order.Status.NEW
+        if not _fire_refusal(fire)
+    ]
+    if len(ready) < 2:
+        return
+    try:
+        answers = services.orders_send_together([(fire.order, fire.broker) for fire in ready])
+    except Exception as error:  # whether any was sent is not known: each is recorded so, never sent again
+        logger.exception("scheduled fires %s: sending them together failed", [fire.pk for fire in ready])
+        answers = [error] * len(ready)
+    for fire, answer in zip(ready, answers, strict=True):
+        fire.first = answer
+
+
 _FIRE_KEY = "scheduled:{fire}"
 
 
@@ -995,18 +1022,23 @@ def _fire_send(fire: ScheduledFire, order: Order) -> Order | tuple[str, str]:
             services.orders_unsent_drop(keys=[order.idempotency_key], cause="its scheduled time was missed")
             _notify_missed(scheduled, fire.due_at)
             return ScheduledFire.Status.MISSED, "missed: the worker placing it stopped before sending it"
-    refused = (
-        f"{scheduled.account.label} is deactivated."
-        if not scheduled.account.is_active
-        else "This account's owner is deactivated."
-        if not scheduled.owner.is_active
-        else ""
-    )
+    refused = _fire_refusal(fire)
     if refused:
         services.orders_unsent_drop(keys=[order.idempotency_key], cause=refused)
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {refused}")
         return ScheduledFire.Status.FAILED, refused
-    return services.order_submit(order=order, cause=_fire_order(fire)["cause"], broker=fire.broker)
+    first = getattr(fire, "first", None)
+    return services.order_submit(order=order, cause=_fire_cause(fire), broker=fire.broker, first=first)
+
+
+def _fire_refusal(fire: ScheduledFire) -> str:
+    """Why nothing is sent for a fire: its account or owner deactivated since its order was written."""
+    scheduled = fire.scheduled
+    if not scheduled.account.is_active:
+        return f"{scheduled.account.label} is deactivated."
+    if not scheduled.owner.is_active:
+        return "This account's owner is deactivated."
+    return ""
 
 
 def _fire_unknown(fire: ScheduledFire, order: Order, why: str, *, listed: bool = True) -> tuple[str, str]:

@@ -117,29 +117,33 @@ def broker_call(account, method: str, args: tuple = ()):
         outcome = type(error).__name__
         raise
     finally:
-        elapsed = time.perf_counter() - started
-        BROKER_CALL_SECONDS.labels(account.broker, method, outcome).observe(elapsed)
-        level = logging.INFO if method in _ORDER_METHODS else logging.DEBUG
-        if broker_logger.isEnabledFor(level):
-            first = args[0] if args else None
-            # The order's reference (the tag) or the broker's order id: what lets you follow an order.
-            order_ref = getattr(first, "tag", None) or (first if isinstance(first, str) else None)
-            broker_logger.log(
-                level,
-                "broker call %s %s: %s in %.1f ms",
-                account.broker,
-                method,
-                outcome,
-                elapsed * 1000,
-                extra={
-                    "broker": account.broker,
-                    "account_id": account.pk,
-                    "method": method,
-                    "outcome": outcome,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "order_ref": order_ref,
-                },
-            )
+        broker_call_done(account, method, args, outcome, time.perf_counter() - started)
+
+
+def broker_call_done(account, method: str, args: tuple, outcome: str, elapsed: float) -> None:
+    """Record a broker call that took ``elapsed`` seconds: ``outcome`` is "ok" or its error's type name."""
+    BROKER_CALL_SECONDS.labels(account.broker, method, outcome).observe(elapsed)
+    level = logging.INFO if method in _ORDER_METHODS else logging.DEBUG
+    if broker_logger.isEnabledFor(level):
+        first = args[0] if args else None
+        # The order's reference (the tag) or the broker's order id: what lets you follow an order.
+        order_ref = getattr(first, "tag", None) or (first if isinstance(first, str) else None)
+        broker_logger.log(
+            level,
+            "broker call %s %s: %s in %.1f ms",
+            account.broker,
+            method,
+            outcome,
+            elapsed * 1000,
+            extra={
+                "broker": account.broker,
+                "account_id": account.pk,
+                "method": method,
+                "outcome": outcome,
+                "duration_ms": round(elapsed * 1000, 2),
+                "order_ref": order_ref,
+            },
+        )
 
 
 def rate_budget_waited(broker: str, kind: str, waited_s: float) -> None:

@@ -47,28 +47,47 @@ def translate_errors(*, order_call: bool = False):
         def wrapper(self, *args, **kwargs):
             try:
                 return method(self, *args, **kwargs)
-            except engine.TokenException as error:
-                raise AuthError(error.message) from error
-            except engine.RateLimitExceeded as error:
-                raise RateLimited(error.message, retry_after=1.0) from error
-            except engine.AnswerLost as error:
-                raise NetworkError(error.message) from error
-            except engine.ServerError as error:
-                raise BrokerUnavailable(error.message) from error
-            except (OperationalError, IntegrityError) as error:
-                # The exchange's own transaction failed (a lock timeout or deadlock) and
-                # rolled back: like a broker's 503, the call did not happen.
-                raise BrokerUnavailable(f"the paper exchange was busy ({error})") from error
-            except engine.InputException as error:
-                if "find that `order_id`" in error.message:
-                    raise OrderNotFound(error.message) from error
-                if order_call and error.kind in REJECTION_KINDS:
-                    raise OrderRejected(REJECTION_KINDS[error.kind], error.message) from error
-                raise InputError(error.message) from error
+            except (engine.ExchangeError, OperationalError, IntegrityError) as error:
+                translated = broker_error(error, order_call=order_call)
+                if translated is error:
+                    raise
+                raise translated from error
 
         return wrapper
 
     return decorator
+
+
+def broker_error(error: Exception, *, order_call: bool = False) -> Exception:
+    """The broker error an exchange error (or the exchange's own database failing) stands for."""
+    if isinstance(error, engine.TokenException):
+        return AuthError(error.message)
+    if isinstance(error, engine.RateLimitExceeded):
+        return RateLimited(error.message, retry_after=1.0)
+    if isinstance(error, engine.AnswerLost):
+        return NetworkError(error.message)
+    if isinstance(error, engine.ServerError):
+        return BrokerUnavailable(error.message)
+    if isinstance(error, OperationalError | IntegrityError):
+        # The exchange's own transaction failed (a lock timeout or deadlock) and
+        # rolled back: like a broker's 503, the call did not happen.
+        return BrokerUnavailable(f"the paper exchange was busy ({error})")
+    if isinstance(error, engine.InputException):
+        if "find that `order_id`" in error.message:
+            return OrderNotFound(error.message)
+        if order_call and error.kind in REJECTION_KINDS:
+            return OrderRejected(REJECTION_KINDS[error.kind], error.message)
+        return InputError(error.message)
+    return error
+
+
+def _placed(order: PaperOrder) -> base.PlacedOrder:
+    """The answer to a placement: the order, or ``OrderRejected`` when the RMS refused it."""
+    if order.status == PaperOrder.Status.REJECTED:
+        raise OrderRejected(
+            classify_rejection(order.status_message), order.status_message, broker_order_id=order.order_id
+        )
+    return base.PlacedOrder(broker_order_id=order.order_id, state=to_broker_order(order))
 
 
 def broker_status(order: PaperOrder) -> str:
@@ -214,11 +233,45 @@ class PaperBroker(base.Broker):
             instrument=instrument,
         )
         faults.after()
-        if order.status == PaperOrder.Status.REJECTED:
-            raise OrderRejected(
-                classify_rejection(order.status_message), order.status_message, broker_order_id=order.order_id
+        return _placed(order)
+
+    @classmethod
+    def place_together(cls, calls: list[tuple["PaperBroker", base.OrderRequest]]) -> list:
+        """``place_order`` of several sessions' orders at once, in one transaction of the exchange
+        (``engine.orders_place_many``). For each: its ``PlacedOrder``, the broker error it raised, or
+        None where it is to be placed alone (its client has call knobs set). When the whole fails,
+        each gets that error (``BrokerUnavailable`` for the exchange's database: nothing was placed)."""
+        placements = [
+            engine.Placement(
+                access_token=broker.access_token or "",
+                exchange=request.exchange,
+                tradingsymbol=request.tradingsymbol,
+                transaction_type=request.side,
+                order_type=request.order_type,
+                quantity=request.quantity,
+                product=request.product,
+                price=request.price,
+                trigger_price=request.trigger_price,
+                validity=request.validity,
+                tag=request.tag,
+                variety=request.variety,
             )
-        return base.PlacedOrder(broker_order_id=order.order_id, state=to_broker_order(order))
+            for broker, request in calls
+        ]
+        try:
+            results = engine.orders_place_many(placements)
+        except Exception as error:
+            return [broker_error(error, order_call=True)] * len(calls)
+        answers = []
+        for result in results:
+            if isinstance(result, PaperOrder):
+                try:
+                    answers.append(_placed(result))
+                except OrderRejected as rejected:
+                    answers.append(rejected)
+            else:
+                answers.append(None if result is None else broker_error(result, order_call=True))
+        return answers
 
     @translate_errors(order_call=True)
     def modify_order(self, broker_order_id: str, change: base.OrderChange) -> None:

@@ -490,3 +490,100 @@ def test_a_due_time_whose_send_answer_was_lost_is_reported_with_a_notice(trader,
     assert order.status == Order.Status.SUBMITTED and order.events.filter(kind="outcome_unknown").exists()
     assert fire.status == ScheduledFire.Status.PLACED and "answer lost" in fire.detail
     assert notices and "looked up by its tag" in notices[0]
+
+
+# --- Sent together: a task's prepared orders go to the paper exchange in one transaction ----------
+
+
+def _burst(trader, accounts, seconds: float = 1.5):
+    """One scheduled order per account, due together, claimed and prepared: (fire ids, due time)."""
+    rows = [make_scheduled(trader, account) for account in accounts]
+    due_at = timezone.now() + timedelta(seconds=seconds)
+    ScheduledOrder.objects.filter(pk__in=[row.pk for row in rows]).update(next_run_at=due_at)
+    fire_ids = sources.scheduled_claim_due(lead_s=seconds + 1)
+    assert {f.status for f in sources.scheduled_prepare(fire_ids=fire_ids)} == {ScheduledFire.Status.PREPARED}
+    return fire_ids, due_at
+
+
+@pytest.fixture
+def accounts(trader, account):
+    from accounts.tests.factories import make_broker_account
+
+    return [account] + [make_broker_account(trader, broker="paper", client_id=f"PAPER-T{i}") for i in range(3)]
+
+
+def _placed_once_each(fires):
+    assert {fire.status for fire in fires} == {ScheduledFire.Status.PLACED}, [fire.detail for fire in fires]
+    orders = Order.objects.filter(scheduled__in=[fire.scheduled_id for fire in fires])
+    assert orders.count() == len(fires)
+    for order in orders:
+        assert order.broker_order_id and order.status == Order.Status.FILLED
+        assert list(PaperOrder.objects.filter(tag=order.reference).values_list("order_id", flat=True)) == [
+            order.broker_order_id
+        ]
+        assert [e.kind for e in order.events.order_by("pk")][:2] == ["created", "submitted"]
+
+
+def test_a_bursts_prepared_orders_reach_the_exchange_together_and_are_recorded_as_if_sent_alone(
+    trader, accounts, monkeypatch
+):
+    from brokers.paper import engine
+
+    fire_ids, due_at = _burst(trader, accounts)
+    calls = []
+    place_many = engine.orders_place_many
+    monkeypatch.setattr(
+        engine, "orders_place_many", lambda placements: calls.append(len(placements)) or place_many(placements)
+    )
+    _at(due_at)
+    _placed_once_each(sources.scheduled_fires(fire_ids=fire_ids))
+    assert calls == [len(accounts)]  # one transaction of the exchange for the task's orders
+
+
+def test_a_refused_fire_and_a_client_with_call_knobs_are_not_sent_with_the_others(trader, accounts):
+    from brokers.paper.models import PaperClient
+
+    fire_ids, due_at = _burst(trader, accounts)
+    BrokerAccount.objects.filter(pk=accounts[1].pk).update(is_active=False)
+    PaperClient.objects.filter(user_id=accounts[2].client_id).update(latency_ms=1)  # placed alone
+    _at(due_at)
+    fires = {fire.scheduled.account_id: fire for fire in sources.scheduled_fires(fire_ids=fire_ids)}
+    refused = fires.pop(accounts[1].pk)
+    assert refused.status == ScheduledFire.Status.FAILED and "deactivated" in refused.detail
+    assert not PaperOrder.objects.filter(client__user_id=accounts[1].client_id).exists()
+    _placed_once_each(list(fires.values()))
+
+
+def test_when_the_exchanges_transaction_fails_each_order_is_looked_up_then_sent_alone_once(
+    trader, accounts, monkeypatch
+):
+    from django.db import OperationalError
+
+    from brokers.paper import engine
+
+    fire_ids, due_at = _burst(trader, accounts)
+
+    def deadlocked(placements):
+        raise OperationalError(1213, "Deadlock found when trying to get lock")
+
+    monkeypatch.setattr(engine, "orders_place_many", deadlocked)
+    _at(due_at)
+    _placed_once_each(sources.scheduled_fires(fire_ids=fire_ids))
+
+
+def test_an_unexpected_failure_after_the_exchange_took_them_sends_nothing_twice(trader, accounts, monkeypatch):
+    fire_ids, due_at = _burst(trader, accounts)
+    send_together = services.orders_send_together
+
+    def sent_then_failed(orders):
+        send_together(orders)
+        raise RuntimeError("a bug after the exchange's commit")
+
+    monkeypatch.setattr(services, "orders_send_together", sent_then_failed)
+    _at(due_at)
+    fires = sources.scheduled_fires(fire_ids=fire_ids)
+    for fire in fires:  # not known whether the broker got it: never sent again, looked up by its tag
+        assert fire.status == ScheduledFire.Status.PLACED and "answer lost" in fire.detail
+        order = Order.objects.get(scheduled_id=fire.scheduled_id)
+        assert order.status == Order.Status.SUBMITTED and order.events.filter(kind="outcome_unknown").exists()
+        assert PaperOrder.objects.filter(tag=order.reference).count() == 1
