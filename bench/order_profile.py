@@ -35,6 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--list", action="store_true", help="print one order's statements")
+    p.add_argument("--by-table", action="store_true", help="count statements by kind and table")
     p.add_argument(
         "--scheduled",
         action="store_true",
@@ -52,9 +53,14 @@ class Statements:
         self.lock = threading.Lock()
         self.kinds = collections.Counter()
         self.listing: list[str] | None = None
+        self.by_table = False
 
     def __call__(self, execute, sql, params, many, context):
         kind = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"
+        if kind in ("UPDATE", "INSERT", "SELECT") and self.by_table:  # with the table written or read
+            words = sql.replace("`", "").split()
+            at = words.index("FROM") + 1 if kind == "SELECT" and "FROM" in words else 1 if kind == "UPDATE" else 2
+            kind = f"{kind} {words[at] if at < len(words) else '?'}"
         with self.lock:
             self.kinds[kind] += 1
             if self.listing is not None:
@@ -78,6 +84,7 @@ def main(argv=None):
     from tradingplatform import background
 
     statements = Statements()
+    statements.by_table = args.by_table
 
     def wrap(sender, connection, **kwargs):
         if statements not in connection.execute_wrappers:

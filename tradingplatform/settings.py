@@ -265,8 +265,9 @@ SCHEDULE_LEAD_S = env.float("SCHEDULE_LEAD_S", default=3.0)
 if SCHEDULE_LEAD_S < SCHEDULE_DISPATCH_INTERVAL_S:
     raise ImproperlyConfigured("SCHEDULE_LEAD_S must be at least SCHEDULE_DISPATCH_INTERVAL_S.")
 # Due times of the same moment sent to a worker as one task, at most this many (500 orders due at
-# 09:15:00 are 25 tasks, not 500), placed side by side by at most this many threads a worker process.
-SCHEDULE_FIRE_BATCH = env.int("SCHEDULE_FIRE_BATCH", default=20)
+# 09:15:00 are 10 tasks, not 500; the paper exchange takes a task's orders in one transaction),
+# recorded side by side by at most this many threads a worker process.
+SCHEDULE_FIRE_BATCH = env.int("SCHEDULE_FIRE_BATCH", default=50)
 SCHEDULE_FIRE_PARALLELISM = env.int("SCHEDULE_FIRE_PARALLELISM", default=8)
 # A replayed idempotency key or signal id whose first request is still placing waits this long
 # for its result before answering with what there is (the order as it stands, NEW while it is

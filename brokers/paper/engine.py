@@ -616,14 +616,22 @@ def orders_place_many(placements: list[Placement], *, rng: random.Random | None 
             order.pk: _trade(order, order.quantity, touch, now) for _i, order, touch in placed if touch is not None
         }
         PaperTrade.objects.bulk_create(fills.values())
-        with connection.cursor() as cursor:
-            for client_id in ids:
-                if cash[client_id] != clients[client_id].cash:
-                    cursor.execute(_CASH_SQL[True], [clients[client_id].cash - cash[client_id], client_id])
+        _cash_paid({c: clients[c].cash - cash[c] for c in ids if cash[c] != clients[c].cash})
         for index, order, _touch in placed:
             _changed(order, fills.get(order.pk))
             results[index] = order
     return results
+
+
+def _cash_paid(paid: dict[int, Decimal]) -> None:
+    """Each client's cash less what it paid (received, when negative), in one statement."""
+    if not paid:
+        return
+    ids = sorted(paid)
+    cases = " ".join(["WHEN %s THEN %s"] * len(ids))
+    sql = f"UPDATE paper_paperclient SET cash = cash - CASE id {cases} END WHERE id IN ({_marks(ids)})"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for client_id in ids for value in (client_id, paid[client_id])] + ids)
 
 
 def _has_call_knobs(client: PaperClient) -> bool:
