@@ -70,8 +70,11 @@ class AccountBroker:
         self._session = services.session_renew(self.account, failed_session_id=failed, error=str(error))
         self._adapter = services.adapter_for(self.account, self._session.access_token)
 
+    def _limits(self, kind: str) -> list[tuple[int, float]]:
+        return ratelimit.limits_for(self.account.broker, kind, type(self._broker()).rate_limits)
+
     def _take_budget(self, kind: str) -> None:
-        limits = ratelimit.limits_for(self.account.broker, kind, type(self._broker()).rate_limits)
+        limits = self._limits(kind)
         self.budget_wait_s += ratelimit.acquire(
             self.account.pk,
             self.account.broker,
@@ -159,10 +162,11 @@ class AccountBroker:
     def place_together(calls: list[tuple["AccountBroker", OrderRequest]]) -> list:
         """The first calls of several accounts' placements, sent at once where their adapter can
         take them together (``place_together``: the paper exchange's, in one transaction). Each
-        account's rate budget is taken as for its own call. For each: what its first call answered
-        or raised, to go on from with ``place_order(request, first=...)``, or None where it was not
-        sent (an adapter that cannot, no live session at hand, no budget, a session to renew):
-        ``place_order`` sends it, taking its budget again."""
+        account's rate budget is taken as for its own call, without waiting for it. For each: what
+        its first call answered or raised, to go on from with ``place_order(request, first=...)``,
+        or None where it was not sent (an adapter that cannot, no live session at hand, no budget
+        left at once, a session to renew): ``place_order`` sends it, taking its budget (again, for
+        a session to renew or an exchange client with call knobs)."""
         results: list = [None] * len(calls)
         together: dict[type, list[tuple[int, AccountBroker, OrderRequest]]] = {}
         for index, (broker, request) in enumerate(calls):
@@ -170,7 +174,10 @@ class AccountBroker:
                 adapter = broker._broker()
                 if not hasattr(adapter, "place_together") or not request.tag:
                     continue
-                broker._take_budget(ORDER_CALLS)
+                # No waiting here: an account out of budget would hold back every other one's order.
+                account = broker.account
+                if ratelimit.take(account.pk, account.broker, ORDER_CALLS, broker._limits(ORDER_CALLS)) > 0:
+                    continue
             except Exception:  # placed alone, which meets the same error where it handles it
                 logger.debug("%s: not placed together", request.tag, exc_info=True)
                 continue
@@ -180,12 +187,11 @@ class AccountBroker:
             answers = adapter_type.place_together([(broker._broker(), request) for _i, broker, request in group])
             elapsed = time.perf_counter() - started
             for (index, broker, request), answer in zip(group, answers, strict=True):
-                if isinstance(answer, AuthError):
-                    answer = None  # placed alone: its session is renewed once, as for any call
-                results[index] = answer
                 if answer is not None:
                     outcome = type(answer).__name__ if isinstance(answer, BaseException) else "ok"
                     metrics.broker_call_done(broker.account, "place_order", (request,), outcome, elapsed)
+                # An expired session: placed alone, where it is renewed once, as for any call.
+                results[index] = None if isinstance(answer, AuthError) else answer
         return results
 
     def modify_order(self, broker_order_id: str, change: OrderChange) -> None:

@@ -287,10 +287,6 @@ def trading_date(now=None):
 _counters_seen: set = set()  # (account id, day) rows known to exist, in this process
 
 
-def _ensure_counter(account: BrokerAccount, day) -> None:
-    counters_ready([account.pk], day)
-
-
 def counters_ready(account_ids, day) -> None:
     """Create the accounts' counter rows for the day, each committed on its own (at value 0).
 
@@ -514,7 +510,7 @@ def _create(checked: Checked, key, request_hash, *, day, actor, cause, **links) 
     """Step 2: the day's next number, the Order (NEW) and its first event, in one transaction."""
     account = checked.account
     for _attempt in range(2):
-        _ensure_counter(account, day)
+        counters_ready([account.pk], day)
         try:
             with transaction.atomic():
                 number = _next_number(account, day)

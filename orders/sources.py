@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers.base import IST, ist_today
-from brokers.errors import AuthError, BrokerError
+from brokers.errors import AuthError, BrokerError, OutcomeUnknown
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from tradingplatform import background, locks
@@ -937,9 +937,9 @@ def _fires_send_together(fires: list[ScheduledFire]) -> None:
         return
     try:
         answers = services.orders_send_together([(fire.order, fire.broker) for fire in ready])
-    except Exception as error:  # whether any was sent is not known: each is recorded so, never sent again
+    except Exception as error:  # whether any was sent is not known: each is looked up, never sent again
         logger.exception("scheduled fires %s: sending them together failed", [fire.pk for fire in ready])
-        answers = [error] * len(ready)
+        answers = [OutcomeUnknown(f"sent with others, then {type(error).__name__}: {error}") for _fire in ready]
     for fire, answer in zip(ready, answers, strict=True):
         fire.first = answer
 

@@ -150,18 +150,23 @@ class _Urgent:
     def running(self) -> bool:
         return self._running > 0
 
-    def wait_quiet(self, *, quiet_s: float, max_s: float) -> None:
+    def wait_quiet(self, *, quiet_s: float, max_s: float, unless=lambda: False) -> None:
         """Return once no urgent work has run for ``quiet_s`` (the next of a burst's tasks usually
-        starts sooner), or after ``max_s`` at most."""
+        starts sooner), or after ``max_s`` at most, or once ``unless()`` (asked again on ``poke``)."""
         deadline = time.monotonic() + max_s
         with self._cond:
-            while (now := time.monotonic()) < deadline:
+            while (now := time.monotonic()) < deadline and not unless():
                 if self._running:
                     self._cond.wait(deadline - now)
                 elif now < self._ended + quiet_s:
                     self._cond.wait(min(deadline, self._ended + quiet_s) - now)
                 else:
                     return
+
+    def poke(self) -> None:
+        """Have the waiters of ``wait_quiet`` ask their ``unless`` again."""
+        with self._cond:
+            self._cond.notify_all()
 
 
 urgent = _Urgent()
@@ -176,9 +181,10 @@ class Batch:
     in the caller's thread, as ``submit`` does. Each call runs in an empty context: its items come
     from several requests, so its log lines carry none's id.
 
-    ``yields=True``: a call waits while work against the clock runs in the process (``urgent()``)
-    and until it has been quiet ``BACKGROUND_YIELD_QUIET_S``, at most ``BACKGROUND_YIELD_MAX_S``, then
-    takes everything added meanwhile. Its work is bookkeeping a trader sees a moment later instead."""
+    ``yields=True``: a call whose items were all added with ``can_wait=True`` waits while work
+    against the clock runs in the process (``urgent()``) and until it has been quiet
+    ``BACKGROUND_YIELD_QUIET_S``, at most ``BACKGROUND_YIELD_MAX_S``, then takes everything added
+    meanwhile; an item that cannot wait, added meanwhile, ends the wait at once."""
 
     def __init__(self, fn, *, max_items: int = 500, yields: bool = False):
         self._fn = fn
@@ -189,15 +195,20 @@ class Batch:
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._items: list = []
+        self._items: list = []  # (item, whether it can wait)
+        self._hurry = False  # an item that cannot wait is among them
         self._busy = False  # a call is queued or running; it takes the items when it starts
 
-    def add(self, item) -> None:
+    def add(self, item, *, can_wait: bool = False) -> None:
         if connection.in_atomic_block:
             self._fn([item])
             return
         with self._lock:
-            self._items.append(item)
+            self._items.append((item, can_wait))
+            if not can_wait and not self._hurry:
+                self._hurry = True
+                if self._busy and self._yields:
+                    urgent.poke()  # a call waiting for the urgent work to end: at once, now
             if self._busy:
                 return
             self._busy = True
@@ -205,9 +216,15 @@ class Batch:
 
     def _call(self) -> None:
         if self._yields:
-            urgent.wait_quiet(quiet_s=settings.BACKGROUND_YIELD_QUIET_S, max_s=settings.BACKGROUND_YIELD_MAX_S)
+            urgent.wait_quiet(
+                quiet_s=settings.BACKGROUND_YIELD_QUIET_S,
+                max_s=settings.BACKGROUND_YIELD_MAX_S,
+                unless=lambda: self._hurry,
+            )
         with self._lock:
-            items, self._items = self._items[: self._max_items], self._items[self._max_items :]
+            taken, self._items = self._items[: self._max_items], self._items[self._max_items :]
+            self._hurry = any(not can_wait for _item, can_wait in self._items)
+        items = [item for item, _can_wait in taken]
         try:
             self._fn(items)
         finally:

@@ -8,6 +8,7 @@ exercises the same exchange over the real wire format.
 
 import contextvars
 import functools
+import logging
 from decimal import Decimal
 
 from django.db import IntegrityError, OperationalError
@@ -29,6 +30,8 @@ from tradingplatform import background
 
 from . import engine
 from .models import PaperOrder
+
+logger = logging.getLogger(__name__)
 
 REJECTION_KINDS = {
     "tick_size": RejectKind.TICK_SIZE,
@@ -139,10 +142,14 @@ def to_broker_trade(trade) -> base.BrokerTrade:
     )
 
 
-def order_announce(client_id: str, state: base.BrokerOrder, fills: list[base.BrokerTrade]) -> None:
+def order_announce(
+    client_id: str, state: base.BrokerOrder, fills: list[base.BrokerTrade], *, can_wait: bool = False
+) -> None:
     """A paper order change was committed: tell the platform, with the other changes committed
-    meanwhile (``broker_orders_update``), off the committing thread."""
-    _announced.add((contextvars.copy_context(), client_id, state, fills))
+    meanwhile (``broker_orders_update``), off the committing thread. ``can_wait``: a scheduled
+    burst's own placement, which its placer records from the answer; it may wait for the burst to
+    be sent (``background.Batch``); any other change (a fill of a resting stop-loss) is told at once."""
+    _announced.add((contextvars.copy_context(), client_id, state, fills), can_wait=can_wait)
 
 
 def _announce(changes: list[tuple[contextvars.Context, str, base.BrokerOrder, list[base.BrokerTrade]]]) -> None:
@@ -151,7 +158,7 @@ def _announce(changes: list[tuple[contextvars.Context, str, base.BrokerOrder, li
     broker_orders_update(broker="paper", changes=changes)  # like postbacks that carry the fills
 
 
-# Bookkeeping a trader sees a moment later: it waits while a scheduled burst is sent.
+# A scheduled burst's own fills wait while it is sent (bookkeeping a trader sees a moment later).
 _announced = background.Batch(_announce, yields=True)
 
 
@@ -239,8 +246,9 @@ class PaperBroker(base.Broker):
     def place_together(cls, calls: list[tuple["PaperBroker", base.OrderRequest]]) -> list:
         """``place_order`` of several sessions' orders at once, in one transaction of the exchange
         (``engine.orders_place_many``). For each: its ``PlacedOrder``, the broker error it raised, or
-        None where it is to be placed alone (its client has call knobs set). When the whole fails,
-        each gets that error (``BrokerUnavailable`` for the exchange's database: nothing was placed)."""
+        None where it is to be placed alone (its client has call knobs set). When the whole fails
+        (nothing of it was written, unless its commit's answer was lost) each gets a
+        ``BrokerUnavailable``, after which ``AccountBroker.place_order`` looks it up before sending it."""
         placements = [
             engine.Placement(
                 access_token=broker.access_token or "",
@@ -260,8 +268,10 @@ class PaperBroker(base.Broker):
         ]
         try:
             results = engine.orders_place_many(placements)
-        except Exception as error:
-            return [broker_error(error, order_call=True)] * len(calls)
+        except Exception as error:  # rolled back, or its commit's answer lost: looked up before a re-send
+            if not isinstance(error, OperationalError | IntegrityError):
+                logger.exception("the paper exchange failed placing %s orders together", len(calls))
+            return [BrokerUnavailable(f"the paper exchange failed ({error})") for _call in calls]
         answers = []
         for result in results:
             if isinstance(result, PaperOrder):

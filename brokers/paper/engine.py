@@ -13,6 +13,7 @@ Errors are the exchange's own (Kite's error types); the adapters translate them.
 
 import functools
 import hashlib
+import logging
 import math
 import random
 import secrets
@@ -34,6 +35,8 @@ from tradingplatform.db import PlainInserts, PlainRows
 
 from .book import BUY, SELL, OrderBook
 from .models import PaperClient, PaperFeedState, PaperInstrument, PaperOrder, PaperToken, PaperTrade
+
+logger = logging.getLogger(__name__)
 
 PRICE_BAND = Decimal("0.20")
 MAX_MODIFICATIONS = 25
@@ -544,7 +547,9 @@ def orders_place_many(placements: list[Placement], *, rng: random.Random | None 
     Returns, for each placement, its order (REJECTED by the RMS, or accepted), the exchange's error
     (``InputException``, ``TokenException``), or None for an order of a client with call knobs set
     (latency, 429s, 5xx, lost answers): those are placed one by one (``order_place``), where the knobs
-    act. A failure of the whole (the database) raises, and nothing of it was written.
+    act. A failure of the whole raises, and nothing of it was written (unless the failure is the
+    commit's answer lost). Once committed, each order is told (``_changed``) on its own: one telling
+    that fails is logged and leaves the others, and the placements, as they are.
     """
     rng = rng or random
     results: list = [None] * len(placements)
@@ -563,9 +568,13 @@ def orders_place_many(placements: list[Placement], *, rng: random.Random | None 
             todo.append((index, client_id, instrument))
     if not todo:
         return results
+    in_callers_transaction = connection.in_atomic_block  # tests: told when the caller commits
+    tellings = []
     with transaction.atomic():
         clients = _clients_locked({client_id for _index, client_id, _instrument in todo})
         todo = [(i, clients[c], instrument) for i, c, instrument in todo if not _has_call_knobs(clients[c])]
+        if not todo:
+            return results
         ids = sorted({client.pk for _index, client, _instrument in todo})
         blocked = _blocked_funds_of(ids)
         longs = _longs_of(ids, {instrument.pk for _index, _client, instrument in todo})
@@ -618,8 +627,17 @@ def orders_place_many(placements: list[Placement], *, rng: random.Random | None 
         PaperTrade.objects.bulk_create(fills.values())
         _cash_paid({c: clients[c].cash - cash[c] for c in ids if cash[c] != clients[c].cash})
         for index, order, _touch in placed:
-            _changed(order, fills.get(order.pk))
+            tellings += _tellings(order, fills.get(order.pk), can_wait=True)
             results[index] = order
+        if in_callers_transaction:
+            for tell in tellings:
+                transaction.on_commit(tell)
+    if not in_callers_transaction:
+        for tell in tellings:
+            try:
+                tell()
+            except Exception:  # the placements stand; the reconciliation tells the platform later
+                logger.exception("telling of a paper order placed with others failed")
     return results
 
 
@@ -964,18 +982,25 @@ def _changed(order: PaperOrder, fill: PaperTrade | None = None) -> None:
     now, from the rows in hand (the announcement reads nothing back), off the committing thread
     (the placing request does not wait for it).
     """
+    for tell in _tellings(order, fill):
+        transaction.on_commit(tell)
+
+
+def _tellings(order: PaperOrder, fill: PaperTrade | None, *, can_wait: bool = False) -> list:
+    """What ``_changed`` does once the change is committed (``order_announce``'s ``can_wait``)."""
     from .adapter import order_announce, to_broker_order, to_broker_trade
 
     if fill is not None:
         fill.order, fill.instrument = order, order.instrument
     state, fills = to_broker_order(order), [to_broker_trade(fill)] if fill is not None else []
     user_id = order.client.user_id  # callers load the client with the order
-    transaction.on_commit(lambda: order_announce(user_id, state, fills))
+    tellings = [lambda: order_announce(user_id, state, fills, can_wait=can_wait)]
     # Kite's postbacks: on fills and on closing, not on an order just opened.
     if order.client.postback_url and (order.status != Status.OPEN or order.filled_quantity):
         from .tasks import send_postback
 
-        transaction.on_commit(lambda: send_postback.delay(order.pk))
+        tellings.append(lambda: send_postback.delay(order.pk))
+    return tellings
 
 
 # --- The market ----------------------------------------------------------------------------

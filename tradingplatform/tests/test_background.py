@@ -118,12 +118,12 @@ def test_a_yielding_batch_waits_for_urgent_work_and_a_quiet_moment_then_takes_ev
     fn = Recorder()
     batch = background.Batch(fn, yields=True)
     with background.urgent():
-        batch.add(1)
+        batch.add(1, can_wait=True)
         with background.urgent():  # two tasks' sends side by side
-            batch.add(2)
+            batch.add(2, can_wait=True)
         time.sleep(0.4)  # quiet long enough, but the other is still sending
         assert fn.calls == []
-        batch.add(3)
+        batch.add(3, can_wait=True)
         ended = time.monotonic()
     assert background.wait_idle(10)
     assert fn.calls == [[1, 2, 3]]
@@ -136,10 +136,29 @@ def test_a_yielding_batch_waits_at_most_the_longest_wait():
     batch = background.Batch(fn, yields=True)
     with background.urgent():
         added = time.monotonic()
-        batch.add(1)
+        batch.add(1, can_wait=True)
         assert fn.started.wait(10)  # while the urgent work goes on
     assert 0.5 <= fn.started_at - added < 5
     assert fn.calls == [[1]]
+
+
+@override_settings(BACKGROUND_YIELD_QUIET_S=0.1, BACKGROUND_YIELD_MAX_S=10)
+def test_an_item_that_cannot_wait_is_handled_at_once_with_those_waiting():
+    """(A resting stop-loss filled by the tick is told at once, whatever burst is being sent.)"""
+    fn = Recorder()
+    batch = background.Batch(fn, yields=True)
+    with background.urgent():
+        batch.add("burst fill", can_wait=True)
+        time.sleep(0.3)
+        assert fn.calls == []  # waiting for the burst
+        batch.add("stop-loss fill")
+        assert fn.started.wait(5)
+        assert fn.calls == [["burst fill", "stop-loss fill"]]
+        fn.started.clear()
+        batch.add("another one")  # alone: no call was waiting
+        assert fn.started.wait(5)
+    assert background.wait_idle(10)
+    assert fn.calls[-1] == ["another one"]
 
 
 def test_a_batch_that_does_not_yield_runs_during_urgent_work():

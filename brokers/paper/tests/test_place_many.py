@@ -142,10 +142,10 @@ def test_a_failure_of_the_whole_writes_nothing(market, monkeypatch):
     [client] = clients("F", 1, "1000000")
     token = engine.session_open(client=client)[0]
 
-    def broken(order, fill=None):
+    def broken(paid):  # after the orders and fills were inserted
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(engine, "_changed", broken)
+    monkeypatch.setattr(engine, "_cash_paid", broken)
     terms = {"exchange": "NSE", "tradingsymbol": "INFY", "transaction_type": "BUY", "order_type": "MARKET",
              "quantity": 3, "product": "MIS"}  # fmt: skip
     with pytest.raises(RuntimeError):
@@ -196,3 +196,89 @@ def test_the_funds_are_read_once_the_client_is_locked_so_a_placement_committed_m
     second.join()
     [order] = results
     assert order.status == Status.REJECTED and "available margin is 6000.00" in order.status_message
+
+
+def test_a_batch_whose_clients_all_have_call_knobs_leaves_each_to_be_placed_alone(market):
+    a, b = clients("KN", 2, "1000000")
+    PaperClient.objects.filter(pk__in=[a.pk, b.pk]).update(latency_ms=1)
+    tokens = [engine.session_open(client=c)[0] for c in (a, b)]
+    terms = {"exchange": "NSE", "tradingsymbol": "INFY", "transaction_type": "BUY", "order_type": "MARKET",
+             "quantity": 1, "product": "MIS"}  # fmt: skip
+    placements = [engine.Placement(access_token=t, **terms, tag=f"K{i}") for i, t in enumerate(tokens)]
+    assert engine.orders_place_many(placements) == [None, None]
+    assert not PaperOrder.objects.exists()
+
+
+def _rule_cases():
+    """More of order_place's rules than the random mix meets: CNC buy, sell and oversell, SL-M
+    uncovered sell, IOC, futures lots, a tag too long, a variety not supported, funds short."""
+    fut = {"exchange": "NFO", "tradingsymbol": "NIFTY26DECFUT"}
+    infy = {"exchange": "NSE", "tradingsymbol": "INFY"}
+    cases = []
+    for k in (0, 1):
+        cases += [
+            (k, {**infy, "transaction_type": "BUY", "order_type": "MARKET", "quantity": 5, "product": "CNC"}),
+            (k, {**infy, "transaction_type": "SELL", "order_type": "MARKET", "quantity": 5, "product": "CNC"}),
+            (k, {**infy, "transaction_type": "SELL", "order_type": "MARKET", "quantity": 1, "product": "CNC"}),
+            (k, {**infy, "transaction_type": "SELL", "order_type": "SL-M", "quantity": 7, "product": "MIS",
+                 "trigger_price": D("1490")}),
+            (k, {**infy, "transaction_type": "BUY", "order_type": "LIMIT", "quantity": 3, "product": "MIS",
+                 "price": D("1480.05"), "validity": "IOC"}),
+            (k, {**fut, "transaction_type": "BUY", "order_type": "MARKET", "quantity": 75, "product": "NRML"}),
+            (k, {**fut, "transaction_type": "SELL", "order_type": "LIMIT", "quantity": 150, "product": "NRML",
+                 "price": D("26000")}),
+            (k, {**infy, "transaction_type": "BUY", "order_type": "MARKET", "quantity": 1, "product": "MIS",
+                 "tag": "X" * 21}),
+            (k, {**infy, "transaction_type": "BUY", "order_type": "MARKET", "quantity": 1, "product": "MIS",
+                 "variety": "amo"}),
+            (k, {**infy, "transaction_type": "BUY", "order_type": "LIMIT", "quantity": 400, "product": "MIS",
+                 "price": D("1499.90")}),
+            (k, {**infy, "transaction_type": "BUY", "order_type": "MARKET", "quantity": 2, "product": "MIS"}),
+        ]  # fmt: skip
+    return cases
+
+
+def test_placed_together_matches_alone_for_futures_ioc_tags_and_the_rejection_knob(market):
+    engine.market_set(exchange="NFO", tradingsymbol="NIFTY26DECFUT", last_price=D("26104"),
+                      bid=D("26103.9"), ask=D("26104.1"))  # fmt: skip
+    alone, together = clients("DA", 2, "3000000"), clients("DB", 2, "3000000")
+    PaperClient.objects.filter(pk__in=[alone[1].pk, together[1].pk]).update(rejection_rate=0.5)
+    for client in alone + together:
+        client.refresh_from_db()
+    cases = [(k, {"tag": f"T{i}", **terms}) for i, (k, terms) in enumerate(_rule_cases())]
+    expected, rng = [], random.Random(7)
+    for k, terms in cases:
+        try:
+            expected.append(outcome(engine.order_place(client=alone[k], **terms, rng=rng)))
+        except engine.ExchangeError as error:
+            expected.append(outcome(error))
+    tokens = [engine.session_open(client=client)[0] for client in together]
+    placements = [engine.Placement(access_token=tokens[k], **terms) for k, terms in cases]
+    results = engine.orders_place_many(placements, rng=random.Random(7))
+
+    assert [outcome(result) for result in results] == expected
+    for a, b in zip(alone, together, strict=True):
+        a.refresh_from_db()
+        b.refresh_from_db()
+        assert (b.cash, engine._blocked_funds(b)) == (a.cash, engine._blocked_funds(a))
+
+
+def test_a_batchs_own_placements_are_told_as_able_to_wait_others_at_once(
+    market, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A burst's own placements may wait for the burst to be sent (``background.Batch``); a single
+    placement (a resting stop-loss's fill, too) is told at once."""
+    from brokers.paper import adapter
+
+    told = []
+    monkeypatch.setattr(
+        adapter, "order_announce", lambda user_id, state, fills, can_wait=False: told.append((state.tag, can_wait))
+    )
+    [client] = clients("W", 1, "1000000")
+    token = engine.session_open(client=client)[0]
+    terms = {"exchange": "NSE", "tradingsymbol": "INFY", "transaction_type": "BUY", "order_type": "MARKET",
+             "quantity": 1, "product": "MIS"}  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.order_place(client=client, **terms, tag="ALONE")
+        engine.orders_place_many([engine.Placement(access_token=token, **terms, tag=f"B{i}") for i in range(2)])
+    assert told == [("ALONE", False), ("B0", True), ("B1", True)]
