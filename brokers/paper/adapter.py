@@ -84,6 +84,23 @@ def broker_error(error: Exception, *, order_call: bool = False) -> Exception:
     return error
 
 
+def _terms(request: base.OrderRequest) -> dict:
+    """An order's terms in the exchange's words (Kite's)."""
+    return {
+        "exchange": request.exchange,
+        "tradingsymbol": request.tradingsymbol,
+        "transaction_type": request.side,
+        "order_type": request.order_type,
+        "quantity": request.quantity,
+        "product": request.product,
+        "price": request.price,
+        "trigger_price": request.trigger_price,
+        "validity": request.validity,
+        "tag": request.tag,
+        "variety": request.variety,
+    }
+
+
 def _placed(order: PaperOrder) -> base.PlacedOrder:
     """The answer to a placement: the order, or ``OrderRejected`` when the RMS refused it."""
     if order.status == PaperOrder.Status.REJECTED:
@@ -224,21 +241,7 @@ class PaperBroker(base.Broker):
         faults = engine.faults_before(client, write=True)
         if client.latency_ms:
             instrument = None  # the order reaches the exchange after the latency: its quote then
-        order = engine.order_place(
-            client=client,
-            exchange=request.exchange,
-            tradingsymbol=request.tradingsymbol,
-            transaction_type=request.side,
-            order_type=request.order_type,
-            quantity=request.quantity,
-            product=request.product,
-            price=request.price,
-            trigger_price=request.trigger_price,
-            validity=request.validity,
-            tag=request.tag,
-            variety=request.variety,
-            instrument=instrument,
-        )
+        order = engine.order_place(client=client, **_terms(request), instrument=instrument)
         faults.after()
         return _placed(order)
 
@@ -250,21 +253,7 @@ class PaperBroker(base.Broker):
         (nothing of it was written, unless its commit's answer was lost) each gets a
         ``BrokerUnavailable``, after which ``AccountBroker.place_order`` looks it up before sending it."""
         placements = [
-            engine.Placement(
-                access_token=broker.access_token or "",
-                exchange=request.exchange,
-                tradingsymbol=request.tradingsymbol,
-                transaction_type=request.side,
-                order_type=request.order_type,
-                quantity=request.quantity,
-                product=request.product,
-                price=request.price,
-                trigger_price=request.trigger_price,
-                validity=request.validity,
-                tag=request.tag,
-                variety=request.variety,
-            )
-            for broker, request in calls
+            engine.Placement(access_token=broker.access_token or "", **_terms(request)) for broker, request in calls
         ]
         try:
             results = engine.orders_place_many(placements)

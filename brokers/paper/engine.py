@@ -562,8 +562,12 @@ def orders_place_many(placements: list[Placement], *, rng: random.Random | None 
         instrument = instruments.get(f"{p.exchange}:{p.tradingsymbol}")
         if client_id is None:
             results[index] = TokenException("Incorrect `api_key` or `access_token`.")
-        elif instrument is None:
-            results[index] = _no_instrument(p.exchange, p.tradingsymbol)
+        elif instrument is None:  # a bad tag or variety is told first, as order_place tells it
+            try:
+                _checked_tag_and_variety(p.tag, p.variety)
+                results[index] = _no_instrument(p.exchange, p.tradingsymbol)
+            except InputException as error:
+                results[index] = error
         else:
             todo.append((index, client_id, instrument))
     if not todo:

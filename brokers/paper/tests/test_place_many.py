@@ -127,6 +127,7 @@ def test_a_client_with_call_knobs_is_left_to_be_placed_alone_and_bad_sessions_or
             engine.Placement(access_token=knobbed_token, **terms, tag="KNOB"),
             engine.Placement(access_token="expired-or-made-up", **terms, tag="NOSESSION"),
             engine.Placement(access_token=token, **{**terms, "tradingsymbol": "NOSUCH"}, tag="NOSYMBOL"),
+            engine.Placement(access_token=token, **{**terms, "tradingsymbol": "NOSUCH"}, tag="T" * 21),
             engine.Placement(access_token=token, **terms, tag="PLAIN"),
         ]
     )
@@ -134,7 +135,8 @@ def test_a_client_with_call_knobs_is_left_to_be_placed_alone_and_bad_sessions_or
     assert results[0] is None
     assert isinstance(results[1], engine.TokenException)
     assert isinstance(results[2], engine.InputException) and "NOSUCH" in results[2].message
-    assert results[3].status == Status.COMPLETE
+    assert "at most 20 characters" in results[3].message  # as order_place tells it: the tag first
+    assert results[4].status == Status.COMPLETE
     assert list(PaperOrder.objects.values_list("tag", flat=True)) == ["PLAIN"]
 
 
