@@ -22,11 +22,14 @@ from django.conf import settings
 from accounts.models import BrokerAccount
 from tradingplatform import metrics
 
-from . import ratelimit, services
+from . import ratelimit, registry, services
 from .base import Broker, BrokerOrder, OrderChange, OrderRequest, PlacedOrder, Quote
 from .errors import AuthError, BrokerUnavailable, NetworkError, OutcomeUnknown, RateLimited
 
 logger = logging.getLogger(__name__)
+
+# ``AccountBroker.place_together``'s answer for an order left to be sent alone, its budget taken.
+BUDGET_TAKEN = object()
 
 ORDER_CALLS = "orders"
 QUOTE_CALLS = "quote"
@@ -84,19 +87,23 @@ class AccountBroker:
             timeout_s=self.budget_timeout_s,
         )
 
-    def _once(self, kind: str, method: str, *args):
-        """One call with the budget taken, renewing the session once on AuthError."""
+    def _once(self, kind: str, method: str, *args, budget_taken: bool = False, failed: AuthError | None = None):
+        """One call with the budget taken (``budget_taken``: already), renewing the session once on
+        AuthError (``failed``: the call already failed so, sent with other accounts' calls)."""
+        if failed is None:
+            if not budget_taken:
+                self._take_budget(kind)
+            try:
+                call = getattr(self._broker(), method)
+                with metrics.broker_call(self.account, method, args):
+                    return call(*args)
+            except AuthError as error:
+                failed = error
+        self._renew_session(failed)
         self._take_budget(kind)
-        try:
-            call = getattr(self._broker(), method)
-            with metrics.broker_call(self.account, method, args):
-                return call(*args)
-        except AuthError as error:
-            self._renew_session(error)
-            self._take_budget(kind)
-            call = getattr(self._broker(), method)
-            with metrics.broker_call(self.account, method, args):
-                return call(*args)
+        call = getattr(self._broker(), method)
+        with metrics.broker_call(self.account, method, args):
+            return call(*args)
 
     def _read(self, kind: str, method: str, *args):
         """A call with no side effect: transient errors are retried with backoff."""
@@ -118,13 +125,18 @@ class AccountBroker:
         that and reconciles later by the same tag. Only after ``BrokerUnavailable`` (the broker
         refused the call) is an order it does not have sent again; the last one is raised.
 
-        ``first``: what the first call already answered (a ``PlacedOrder``) or raised, when it was
-        sent with other accounts' orders (``place_together``); the rest goes on from there.
+        ``first``: what ``place_together`` answered for it: what its first call answered (a
+        ``PlacedOrder``) or raised, from which the rest goes on, or ``BUDGET_TAKEN`` (its first call
+        is still to be made, its budget taken).
         """
         if not request.tag:
             raise ValueError("an order needs a tag to be placed safely")
         for attempt in range(self.attempts):
             try:
+                if attempt == 0 and first is BUDGET_TAKEN:
+                    return self._once(ORDER_CALLS, "place_order", request, budget_taken=True)
+                if attempt == 0 and isinstance(first, AuthError):
+                    return self._once(ORDER_CALLS, "place_order", request, failed=first)
                 if attempt == 0 and first is not None:
                     if isinstance(first, BaseException):
                         raise first
@@ -158,22 +170,29 @@ class AccountBroker:
                 self.sleep(backoff_delay(attempt))
         raise AssertionError("unreachable")
 
+    def places_together(self) -> bool:
+        """Whether ``place_together`` sends this account's orders with others: its adapter can, and
+        its session is at hand (an account to log in, waiting for its login lock, is sent alone on
+        its own thread, not before the others)."""
+        has_session = self._session is not None or self._adapter is not None
+        return has_session and hasattr(registry.get(self.account.broker), "place_together")
+
     @staticmethod
     def place_together(calls: list[tuple["AccountBroker", OrderRequest]]) -> list:
         """The first calls of several accounts' placements, sent at once where their adapter can
         take them together (``place_together``: the paper exchange's, in one transaction). Each
         account's rate budget is taken as for its own call, without waiting for it. For each: what
-        its first call answered or raised, to go on from with ``place_order(request, first=...)``,
-        or None where it was not sent (an adapter that cannot, no live session at hand, no budget
-        left at once, a session to renew): ``place_order`` sends it, taking its budget (again, for
-        a session to renew or an exchange client with call knobs)."""
+        its first call answered or raised, to go on from with ``place_order(request, first=...)``
+        (an ``AuthError``: the session is renewed and the order sent, once), ``BUDGET_TAKEN`` where
+        the adapter left it to be sent alone (an exchange client with call knobs), or None where it
+        was not sent (an adapter that cannot, no live session at hand, no budget left at once)."""
         results: list = [None] * len(calls)
         together: dict[type, list[tuple[int, AccountBroker, OrderRequest]]] = {}
         for index, (broker, request) in enumerate(calls):
             try:
-                adapter = broker._broker()
-                if not hasattr(adapter, "place_together") or not request.tag:
+                if not broker.places_together() or not request.tag:
                     continue
+                adapter = broker._broker()
                 # No waiting here: an account out of budget would hold back every other one's order.
                 account = broker.account
                 if ratelimit.take(account.pk, account.broker, ORDER_CALLS, broker._limits(ORDER_CALLS)) > 0:
@@ -190,8 +209,7 @@ class AccountBroker:
                 if answer is not None:
                     outcome = type(answer).__name__ if isinstance(answer, BaseException) else "ok"
                     metrics.broker_call_done(broker.account, "place_order", (request,), outcome, elapsed)
-                # An expired session: placed alone, where it is renewed once, as for any call.
-                results[index] = None if isinstance(answer, AuthError) else answer
+                results[index] = BUDGET_TAKEN if answer is None else answer
         return results
 
     def modify_order(self, broker_order_id: str, change: OrderChange) -> None:

@@ -152,6 +152,20 @@ def sessions_live(accounts: list[BrokerAccount]) -> dict[int, LiveSession]:
     return live
 
 
+def sessions_ready(accounts: list[BrokerAccount]) -> None:
+    """Log in ahead of their use the accounts that log in unattended (the paper exchange) and have
+    no live session, so that a send at a due time finds them at hand (``sessions_live``). A login
+    that fails is left to the call that needs the session, which meets it again and says why."""
+    live = sessions_live(accounts)
+    for account in accounts:
+        if account.pk in live or not account.is_active or registry.get(account.broker).interactive_login:
+            continue
+        try:
+            session_live(account)
+        except BrokerError as error:
+            logger.info("account %s: no session ahead of its orders (%s)", account.pk, error)
+
+
 def session_renew(account: BrokerAccount, *, failed_session_id: int | None, error: str = "") -> LiveSession:
     """Replace a session that failed (or is missing), once, under the account's login lock.
 

@@ -25,6 +25,7 @@ from brokers.base import IST, ist_today
 from brokers.errors import AuthError, BrokerError, OutcomeUnknown
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
+from brokers.services import sessions_live, sessions_ready
 from tradingplatform import background, locks
 from tradingplatform.db import PlainUpdates
 
@@ -755,6 +756,8 @@ def _fires_prepare(ahead: list[tuple[int, int, datetime]]) -> None:
         _fires_record(failed, taken_as=ScheduledFire.Status.PENDING)
     for fire, (_status, detail) in failed:
         _notify(fire.scheduled, f"Scheduled order #{fire.scheduled_id} was not placed: {detail}")
+    # Their sessions at hand at the time: an account logged in then is sent alone (``_fires_place``).
+    sessions_ready(list({fire.scheduled.account_id: fire.scheduled.account for fire in fires}.values()))
 
 
 def _fire_order(fire: ScheduledFire) -> dict:
@@ -804,8 +807,7 @@ def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
         try:
             with locks.kept(tokens, ttl_s=FIRE_PLACING_TTL_S), background.urgent():
                 _fires_ready(placing)
-                _fires_send_together(placing)
-                outcomes = _fires.map(_fire_place, placing)
+                outcomes = _fires_place(placing)
                 _fires_record([(fire, outcome) for fire, outcome in zip(placing, outcomes, strict=True) if outcome])
         finally:
             locks.release_many(tokens)
@@ -911,7 +913,6 @@ def _fires_ready(fires: list[ScheduledFire]) -> None:
     by a worker that stopped after taking them), read in one query, and each account's live
     session, read at once for all (``sessions_live``)."""
     from brokers.client import AccountBroker
-    from brokers.services import sessions_live
 
     keys = {_fire_key(fire.scheduled, fire): fire for fire in fires}
     for order in Order.objects.select_related("account", "instrument").filter(idempotency_key__in=keys):
@@ -922,19 +923,38 @@ def _fires_ready(fires: list[ScheduledFire]) -> None:
         fire.broker = AccountBroker(fire.scheduled.account, session=sessions.get(fire.scheduled.account_id))
 
 
-def _fires_send_together(fires: list[ScheduledFire]) -> None:
-    """The prepared orders of the taken fires, sent at once where their brokers can take them
-    together (``services.orders_send_together``: the paper exchange, in one transaction): each
-    fire keeps its order's first answer (``fire.first``) for ``_fire_send`` to record. A fire
-    taken again (its worker stopped) asks its broker first, one by one, as does one refused."""
+def _fires_place(fires: list[ScheduledFire]) -> list:
+    """``_fire_place`` of each taken fire (its outcome, in the fires' order), side by side: the
+    prepared orders sent together (``_fires_send_together``) while the others are already on
+    their way, one by one on the pool's threads (a real broker's order does not wait for the
+    paper exchange's transaction)."""
     ready = [
         fire
         for fire in fires
         if fire.prepared and getattr(fire, "order", None) is not None and fire.order.status == Order.Status.NEW
-        if not _fire_refusal(fire)
+        if not _fire_refusal(fire) and fire.broker.places_together()
     ]
     if len(ready) < 2:
-        return
+        return _fires.map(_fire_place, fires)
+    alone, outcomes = [fire for fire in fires if fire not in ready], {}
+
+    def place_alone(fire):
+        outcomes[fire.pk] = _fire_place(fire)
+
+    jobs = background.Jobs()
+    for fire in alone:
+        _fires.submit(jobs, place_alone, fire)
+    _fires_send_together(ready)
+    outcomes.update(zip([fire.pk for fire in ready], _fires.map(_fire_place, ready), strict=True))
+    jobs.wait()
+    return [outcomes.get(fire.pk) for fire in fires]
+
+
+def _fires_send_together(ready: list[ScheduledFire]) -> None:
+    """The prepared orders of taken fires, sent at once where their brokers can take them together
+    (``services.orders_send_together``: the paper exchange, in one transaction): each fire keeps its
+    order's first answer (``fire.first``) for ``_fire_send`` to record. (A fire taken again, its
+    worker stopped, asks its broker first, one by one, as does one refused: ``_fires_place``.)"""
     try:
         answers = services.orders_send_together([(fire.order, fire.broker) for fire in ready])
     except Exception as error:  # whether any was sent is not known: each is looked up, never sent again

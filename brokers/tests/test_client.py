@@ -217,3 +217,44 @@ def test_a_placement_on_a_session_the_broker_ended_renews_it_and_places_once(pap
     placed = AccountBroker(paper_account).place_order(request(tag="RENEWED-1"))
     assert PaperOrder.objects.get(tag="RENEWED-1").order_id == placed.broker_order_id
     assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_SESSION_REFRESHED).count() == 1
+
+
+# --- Sent with other accounts' orders: place_together, then place_order(first=...) -------------
+
+
+def test_orders_of_several_accounts_go_together_and_each_goes_on_from_its_first_answer(paper_account, trader):
+    from accounts.tests.factories import make_broker_account
+    from brokers.client import BUDGET_TAKEN
+
+    other = make_broker_account(trader, broker="paper", client_id="PAPER-C2")
+    knobbed = make_broker_account(trader, broker="paper", client_id="PAPER-C3")
+    brokers = [AccountBroker(account, sleep=no_sleep) for account in (paper_account, other, knobbed)]
+    for broker in brokers:
+        broker.orders()  # logged in: a session at hand
+    knobs(knobbed, latency_ms=1)
+    calls = [(broker, request(tag=f"TOG-{i}")) for i, broker in enumerate(brokers)]
+    calls.append((brokers[0], request(tag="TOG-BAD", tradingsymbol="NOSUCH")))
+
+    first = AccountBroker.place_together(calls)
+
+    assert [type(answer).__name__ for answer in first[:2]] == ["PlacedOrder", "PlacedOrder"]
+    assert first[2] is BUDGET_TAKEN and isinstance(first[3], OrderRejected)
+    assert sorted(PaperOrder.objects.values_list("tag", flat=True)) == ["TOG-0", "TOG-1"]
+    # Each goes on from there: an answer is the answer, the one left alone is sent now, once.
+    assert brokers[0].place_order(calls[0][1], first=first[0]) is first[0]
+    placed = brokers[2].place_order(calls[2][1], first=first[2])
+    assert PaperOrder.objects.get(tag="TOG-2").order_id == placed.broker_order_id
+    with pytest.raises(OrderRejected):
+        brokers[0].place_order(calls[3][1], first=first[3])
+    assert PaperOrder.objects.count() == 3
+
+
+def test_a_first_answer_that_the_exchange_failed_is_looked_up_before_the_order_is_sent_again(paper_account):
+    broker = AccountBroker(paper_account, sleep=no_sleep)
+    broker.orders()
+    sent = broker.place_order(request(tag="ONCE-1"))  # the exchange took it, its answer was lost
+    found = broker.place_order(request(tag="ONCE-1"), first=BrokerUnavailable("the paper exchange failed"))
+    assert found.broker_order_id == sent.broker_order_id
+    again = broker.place_order(request(tag="ONCE-2"), first=BrokerUnavailable("the paper exchange failed"))
+    assert PaperOrder.objects.get(tag="ONCE-2").order_id == again.broker_order_id  # not there: sent
+    assert PaperOrder.objects.count() == 2

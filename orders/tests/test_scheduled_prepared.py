@@ -1,6 +1,7 @@
 """Scheduled orders prepared ahead of their time (checked and written NEW, numbered) and only sent
 at it: what a cancel, an edit, a late worker, a failed check and a race with the send do to them."""
 
+import threading
 import time as clock
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -637,3 +638,86 @@ def test_one_clients_postback_failing_after_the_commit_leaves_the_other_answers_
     monkeypatch.setattr(tasks.send_postback, "delay", broker_down)
     _at(due_at)
     _placed_once_each(sources.scheduled_fires(fire_ids=fire_ids))
+
+
+def _late_s(account, due_at) -> list[float]:
+    """How long after their time the account's orders reached the exchange."""
+    refs = list(Order.objects.filter(account=account).values_list("reference", flat=True))
+    return sorted((o.placed_at - due_at).total_seconds() for o in PaperOrder.objects.filter(tag__in=refs))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_account_whose_session_is_being_renewed_does_not_hold_back_other_accounts_orders(trader, accounts):
+    """Only accounts with a live session at hand are sent together: one to log in (another worker
+    holds its login lock) is sent alone, on its own thread."""
+    from django.core.cache import cache
+
+    from brokers import services as broker_services
+    from brokers.models import BrokerSession
+
+    a, b = accounts[0], accounts[1]
+    fire_ids, due_at = _burst(trader, [a, a, b])
+    broker_services.session_live(a)
+    BrokerSession.objects.filter(account=b).update(status=BrokerSession.Status.EXPIRED, active_for=None)
+    cache.delete(broker_services._cache_key(b.pk))
+    token = locks.acquire(f"broker-login:{b.pk}", ttl_s=60)
+    assert token
+    threading.Timer(3.0, lambda: locks.release(f"broker-login:{b.pk}", token)).start()
+    _at(due_at)
+    fires = sources.scheduled_fires(fire_ids=fire_ids)
+    assert {f.status for f in fires} == {ScheduledFire.Status.PLACED}, [f.detail for f in fires]
+    late = _late_s(a, due_at)
+    assert len(late) == 2 and max(late) < 0.5, f"account A's orders reached the exchange {late} s after their time"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_order_left_to_be_sent_alone_does_not_pay_its_rate_budget_twice(trader, accounts):
+    """An exchange client with call knobs is left to be sent alone: the slot taken for it then is its."""
+    from brokers.paper import engine
+    from brokers.paper.models import PaperClient
+
+    a, b = accounts[0], accounts[1]
+    fire_ids, due_at = _burst(trader, [a] * 10 + [b])
+    engine.client_get_or_create(user_id=a.client_id)
+    assert PaperClient.objects.filter(user_id=a.client_id).update(latency_ms=1) == 1
+    _at(due_at)
+    fires = sources.scheduled_fires(fire_ids=fire_ids)
+    assert {f.status for f in fires} == {ScheduledFire.Status.PLACED}, [f.detail for f in fires]
+    late = _late_s(a, due_at)
+    assert len(late) == 10 and max(late) < 0.5, f"account A's orders reached the exchange up to {max(late):.2f} s late"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kite_order_due_with_paper_ones_is_not_held_back_by_the_paper_exchanges_transaction(
+    trader, accounts, kite_on_face
+):
+    """A paper client's row held by another transaction holds the paper batch; a Kite order of the
+    same task is on its way meanwhile."""
+    from django.db import connection, transaction
+
+    from brokers.paper import engine
+    from brokers.paper.models import PaperClient
+
+    a, b = accounts[0], accounts[1]
+    fire_ids, due_at = _burst(trader, [a, b, kite_on_face])
+    engine.client_get_or_create(user_id=a.client_id)
+    locked, done = threading.Event(), threading.Event()
+
+    def hold_row():
+        try:
+            with transaction.atomic():
+                PaperClient.objects.select_for_update().filter(user_id=a.client_id).get()
+                locked.set()
+                done.wait(2.0)
+        finally:
+            connection.close()
+
+    _at(due_at)
+    holder = threading.Thread(target=hold_row)
+    holder.start()
+    assert locked.wait(5)
+    fires = sources.scheduled_fires(fire_ids=fire_ids)
+    holder.join()
+    assert {f.status for f in fires} == {ScheduledFire.Status.PLACED}, [f.detail for f in fires]
+    [kite_late] = _late_s(kite_on_face, due_at)
+    assert kite_late < 0.5, f"the Kite order reached its broker {kite_late:.2f} s after its time"
