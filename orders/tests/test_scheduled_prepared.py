@@ -693,6 +693,7 @@ def test_a_kite_order_due_with_paper_ones_is_not_held_back_by_the_paper_exchange
 ):
     """A paper client's row held by another transaction holds the paper batch; a Kite order of the
     same task is on its way meanwhile."""
+    mariadb_only()  # row locks
     from django.db import connection, transaction
 
     from brokers.paper import engine
