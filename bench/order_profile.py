@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import json
 import sys
 import threading
@@ -36,6 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--list", action="store_true", help="print one order's statements")
     p.add_argument("--by-table", action="store_true", help="count statements by kind and table")
+    p.add_argument("--cprofile", metavar="FILE", help="profile the placing threads' calls (cProfile) into FILE")
     p.add_argument(
         "--scheduled",
         action="store_true",
@@ -122,8 +124,13 @@ def main(argv=None):
 
         def placer(t):
             client = Client(SERVER_NAME=harness.HOST)
+            profile = cProfile.Profile() if args.cprofile and start else None
+            profile and profile.enable()
             for i in range(start + t * per_thread, start + (t + 1) * per_thread):
                 place(client, i)
+            if profile:
+                profile.disable()
+                profile.dump_stats(f"{args.cprofile}.{t}")
 
         on_threads(args.threads, placer)
         background.drain() if hasattr(background, "drain") else time.sleep(0.5)

@@ -52,7 +52,7 @@ from brokers.errors import (
 from brokers.models import Instrument
 from brokers.selectors import instrument_last_price
 from tradingplatform import locks, metrics
-from tradingplatform.db import PlainInserts
+from tradingplatform.db import PlainInserts, PlainUpdate
 
 from .models import ORDER_TYPES, DailyCounter, Order, OrderEvent, ScheduledFire
 
@@ -564,8 +564,13 @@ class _Answers:
         self._by_reference: OrderedDict[str, SimpleNamespace] = OrderedDict()
 
     def sending(self, order: Order) -> None:
+        # Its id is handed out (``placed_order_ids``) only once its row is committed: a caller's
+        # transaction may still roll it back.
+        order_id = None if connection.in_atomic_block else order.pk
         with self._lock:
-            self._by_reference[order.reference] = SimpleNamespace(account_id=order.account_id, status=None)
+            self._by_reference[order.reference] = SimpleNamespace(
+                account_id=order.account_id, status=None, order_id=order_id
+            )
             while len(self._by_reference) > self.KEEP:
                 self._by_reference.popitem(last=False)
 
@@ -587,8 +592,24 @@ class _Answers:
             answer = self._by_reference.get(reference) if reference else None
         return answer if answer is not None and answer.account_id == account.pk else None
 
+    def order_ids(self, wanted) -> dict[tuple[int, str], int]:
+        with self._lock:
+            answers = {(account_id, reference): self._by_reference.get(reference) for account_id, reference in wanted}
+        return {
+            key: answer.order_id
+            for key, answer in answers.items()
+            if answer is not None and answer.account_id == key[0] and answer.order_id is not None
+        }
+
 
 _answers = _Answers()
+
+
+def placed_order_ids(wanted) -> dict[tuple[int, str], int]:
+    """{(account id, reference): order id} of the ``wanted`` (account id, reference) pairs whose
+    orders this process sent (the last ``_Answers.KEEP``) and had committed: what a fill the
+    broker announces right after a placement here needs of its order, without reading it."""
+    return _answers.order_ids(wanted)
 
 
 def order_submit(*, order: Order, cause: str, broker: AccountBroker | None = None, first=None) -> Order:
@@ -752,6 +773,9 @@ class _Step:
     fields: dict
 
 
+_ORDER_UPDATE = PlainUpdate(Order)
+
+
 def _transition(
     order: Order,
     to_status: str,
@@ -776,8 +800,8 @@ def _transition(
         to_status, fields = then.to_status, {**fields, **then.fields}
     now = timezone.now()
     with transaction.atomic(savepoint=False):  # within a caller's transaction, part of it
-        updated = Order.objects.filter(pk=order.pk, status=from_status, **(expect or {})).update(
-            status=to_status, updated_at=now, **fields
+        updated = _ORDER_UPDATE.update(
+            order.pk, {"status": to_status, "updated_at": now, **fields}, where={"status": from_status, **(expect or {})}
         )
         if not updated:
             return False

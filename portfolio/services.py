@@ -13,6 +13,7 @@ from brokers.base import IST, MULTIPLIED_EXCHANGES, BrokerTrade
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from orders.models import Order
+from orders.services import placed_order_ids
 from tradingplatform.db import PlainInserts, PlainRows
 from tradingplatform.memo import Memo
 
@@ -62,7 +63,7 @@ def trades_record_many(
         wanted = _unseen(accounts, wanted)
         if not wanted:
             return {}
-    orders = _orders_of(wanted.values(), accounts={a for a, _, _ in wanted})
+    orders = _orders_of(wanted)
     rows = []
     now = timezone.now()
     for (account_id, _, _), t in sorted(wanted.items(), key=lambda item: (item[1].filled_at or now, item[0])):
@@ -143,18 +144,24 @@ def _first_met(rows: list[Trade]) -> None:
         _openings_made.get(account_id, lambda: True)
 
 
-def _orders_of(trades, *, accounts: set[int]) -> dict[tuple, int]:
-    """Our orders of these fills, {(account id, broker order id or reference): order id}: by broker
-    id, or by their reference where the fill names its order's tag (a fill announced while its
-    placer is still recording the broker's answer). Written out: this runs for every fill."""
-    ids, tags = {t.broker_order_id for t in trades}, {t.order_tag for t in trades if t.order_tag}
+def _orders_of(wanted: dict[tuple, BrokerTrade]) -> dict[tuple, int]:
+    """Our orders of these fills ({(account id, broker order id, trade id): fill}), {(account id,
+    broker order id or reference): order id}: by broker id, or by their reference where the fill
+    names its order's tag (a fill announced while its placer is still recording the broker's
+    answer). Orders this process has just placed are known without a read (``placed_order_ids``);
+    the others are read in one statement, written out: this runs for every fill."""
+    orders = placed_order_ids({(key[0], t.order_tag) for key, t in wanted.items() if t.order_tag})
+    rest = [(key[0], t) for key, t in wanted.items() if (key[0], t.order_tag) not in orders]
+    if not rest:
+        return orders
+    accounts = {account_id for account_id, _t in rest}
+    ids, tags = {t.broker_order_id for _a, t in rest}, {t.order_tag for _a, t in rest if t.order_tag}
     marks = lambda values: ", ".join(["%s"] * len(values))  # noqa: E731
     ours = f"broker_order_id IN ({marks(ids)})" + (f" OR reference IN ({marks(tags)})" if tags else "")
     sql = (
         f"SELECT account_id, id, broker_order_id, reference FROM {Order._meta.db_table} "  # noqa: S608
         f"WHERE account_id IN ({marks(accounts)}) AND ({ours})"
     )
-    orders = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, [*accounts, *ids, *tags])
         for account_id, pk, broker_order_id, reference in cursor.fetchall():

@@ -178,3 +178,49 @@ class PlainUpdates:
         with conn.cursor() as cursor:
             cursor.execute(sql, [*params, *rows])
             return cursor.rowcount
+
+
+class PlainUpdate:
+    """``Model.objects.filter(pk=..., **where).update(**values)`` for one row of one model, the
+    statement written out once per vendor and set of field names: for hot writes, as
+    ``PlainInserts`` (``QuerySet.update`` compiles its statement anew on each call). Values are
+    prepared as ``QuerySet.update`` prepares them (``get_db_prep_save``), the conditions as an
+    exact lookup does (``None`` is ``IS NULL``); fields by name or attname, no expressions. Returns
+    how many rows matched (0 when the row is gone or a condition no longer holds)."""
+
+    def __init__(self, model):
+        self.model = model
+        self._sql: dict[tuple, str] = {}
+
+    @cached_property
+    def _fields(self) -> dict:
+        fields = {}
+        for field in self.model._meta.concrete_fields:
+            fields[field.name] = fields[field.attname] = field
+        return fields
+
+    def update(self, pk, values: dict, *, where: dict | None = None, db: str = "default") -> int:
+        conn = connections[db]
+        fields, where = self._fields, where or {}
+        nulls = frozenset(name for name, value in where.items() if value is None)
+        shape = (conn.vendor, tuple(values), tuple(where), nulls)
+        sql = self._sql.get(shape)
+        if sql is None:
+            quote = conn.ops.quote_name
+            sets = ", ".join(f"{quote(fields[name].column)} = %s" for name in values)
+            conditions = [f"{quote(self.model._meta.pk.column)} = %s"] + [
+                f"{quote(fields[name].column)} IS NULL" if name in nulls else f"{quote(fields[name].column)} = %s"
+                for name in where
+            ]
+            # Only the model's table and column names are put in the text; values go as parameters.
+            table = quote(self.model._meta.db_table)
+            sql = f"UPDATE {table} SET {sets} WHERE {' AND '.join(conditions)}"  # noqa: S608
+            self._sql[shape] = sql
+        params = [fields[name].get_db_prep_save(value, conn) for name, value in values.items()]
+        params.append(self.model._meta.pk.get_db_prep_value(pk, conn))
+        params += [
+            fields[name].get_db_prep_value(value, conn) for name, value in where.items() if value is not None
+        ]
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount

@@ -13,12 +13,14 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.tests.factories import make_broker_account
 from brokers.base import BrokerTrade
 from monitoring import cycle, presence
 from monitoring.consumers import user_group
+from orders.models import Order
 from orders.tests.factories import place
 from portfolio import services
 from portfolio.models import Position, Trade
@@ -183,3 +185,62 @@ def test_a_fill_is_valued_at_the_markets_latest_price_not_its_own(trader, accoun
     position = Position.objects.get(account=account)
     assert position.net_quantity == 2 and position.average_price == D("1490")
     assert position.last_price == D("1480") and position.unrealized_pnl == D("-20")  # not 0 at the fill's price
+
+
+def test_a_fill_of_an_order_placed_here_finds_its_order_without_reading_it(trader, other_trader, account):
+    from orders.services import placed_order_ids
+
+    order = place(trader, account, symbol="INFY", quantity=2)
+    settle()
+    assert Trade.objects.get(account=account).order_id == order.pk
+    assert placed_order_ids({(account.pk, order.reference)}) == {(account.pk, order.reference): order.pk}
+    # Another account's fill naming that reference is not this order's.
+    theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-O3", label="Theirs")
+    assert placed_order_ids({(theirs.pk, order.reference)}) == {}
+
+    def fill(account_id, tag, broker_order_id="elsewhere-1"):
+        trade = BrokerTrade(
+            trade_id="T1",
+            broker_order_id=broker_order_id,
+            exchange="NSE",
+            tradingsymbol="INFY",
+            side="BUY",
+            product="CNC",
+            quantity=1,
+            price=D("1"),
+            filled_at=timezone.now(),
+            order_tag=tag,
+        )
+        return {(account_id, broker_order_id, "T1"): trade}
+
+    with CaptureQueriesContext(connection) as queries:
+        assert services._orders_of(fill(account.pk, order.reference)) == {(account.pk, order.reference): order.pk}
+    assert len(queries) == 0
+    # An order not placed here (or another account's) is read, by its broker id or its reference.
+    with CaptureQueriesContext(connection) as queries:
+        assert services._orders_of(fill(theirs.pk, order.reference)) == {}
+        assert services._orders_of(fill(account.pk, None, order.broker_order_id)) == {
+            (account.pk, order.broker_order_id): order.pk,
+            (account.pk, order.reference): order.pk,
+        }
+    assert len(queries) == 2
+
+
+def test_an_order_sent_inside_a_callers_transaction_is_read_not_taken_from_memory(trader, account):
+    from orders import services as orders
+    from orders.tests.factories import instrument
+
+    terms = dict(actor=trader, account=account, side="BUY", quantity=1, order_type="MARKET", product="MIS")
+    with transaction.atomic():
+        order, _fresh = orders.order_prepare(**terms, instrument=instrument("TCS"), source="manual", cause="test")
+        orders._answers.sending(order)
+        # Not committed: the caller's transaction could still roll its row back.
+        assert orders.placed_order_ids({(account.pk, order.reference)}) == {}
+    order = place(trader, account, symbol="TCS", quantity=1)
+    with transaction.atomic():
+        place(trader, account, symbol="TCS", quantity=1)
+    settle()
+    assert orders.placed_order_ids({(account.pk, order.reference)}) == {(account.pk, order.reference): order.pk}
+    filled = Order.objects.filter(account=account, status="FILLED").values_list("pk", flat=True)
+    assert len(filled) == 2
+    assert sorted(Trade.objects.filter(account=account).values_list("order_id", flat=True)) == sorted(filled)
