@@ -800,9 +800,8 @@ def _transition(
         to_status, fields = then.to_status, {**fields, **then.fields}
     now = timezone.now()
     with transaction.atomic(savepoint=False):  # within a caller's transaction, part of it
-        updated = _ORDER_UPDATE.update(
-            order.pk, {"status": to_status, "updated_at": now, **fields}, where={"status": from_status, **(expect or {})}
-        )
+        where = {"status": from_status, **(expect or {})}
+        updated = _ORDER_UPDATE.update(order.pk, {"status": to_status, "updated_at": now, **fields}, where=where)
         if not updated:
             return False
         _events(order, steps)
