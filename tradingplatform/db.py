@@ -218,9 +218,7 @@ class PlainUpdate:
             self._sql[shape] = sql
         params = [fields[name].get_db_prep_save(value, conn) for name, value in values.items()]
         params.append(self.model._meta.pk.get_db_prep_value(pk, conn))
-        params += [
-            fields[name].get_db_prep_value(value, conn) for name, value in where.items() if value is not None
-        ]
+        params += [fields[name].get_db_prep_value(value, conn) for name, value in where.items() if value is not None]
         with conn.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.rowcount
