@@ -187,7 +187,7 @@ class AccountBroker:
         the adapter left it to be sent alone (an exchange client with call knobs), or None where it
         was not sent (an adapter that cannot, no live session at hand, no budget left at once)."""
         results: list = [None] * len(calls)
-        together: dict[type, list[tuple[int, AccountBroker, OrderRequest]]] = {}
+        together: dict[type, list[tuple[int, AccountBroker, Broker, OrderRequest]]] = {}
         for index, (broker, request) in enumerate(calls):
             try:
                 if not broker.places_together() or not request.tag:
@@ -200,12 +200,12 @@ class AccountBroker:
             except Exception:  # placed alone, which meets the same error where it handles it
                 logger.debug("%s: not placed together", request.tag, exc_info=True)
                 continue
-            together.setdefault(type(adapter), []).append((index, broker, request))
+            together.setdefault(type(adapter), []).append((index, broker, adapter, request))
         for adapter_type, group in together.items():
             started = time.perf_counter()
-            answers = adapter_type.place_together([(broker._broker(), request) for _i, broker, request in group])
+            answers = adapter_type.place_together([(adapter, request) for _i, _b, adapter, request in group])
             elapsed = time.perf_counter() - started
-            for (index, broker, request), answer in zip(group, answers, strict=True):
+            for (index, broker, _adapter, request), answer in zip(group, answers, strict=True):
                 if answer is not None:
                     outcome = type(answer).__name__ if isinstance(answer, BaseException) else "ok"
                     metrics.broker_call_done(broker.account, "place_order", (request,), outcome, elapsed)
