@@ -216,6 +216,8 @@ class PlainUpdate:
             table = quote(self.model._meta.db_table)
             sql = f"UPDATE {table} SET {sets} WHERE {' AND '.join(conditions)}"  # noqa: S608
             self._sql[shape] = sql
+        if any(hasattr(value, "resolve_expression") for value in (*values.values(), *where.values())):
+            raise TypeError("PlainUpdate takes plain values, not expressions (use QuerySet.update)")
         params = [fields[name].get_db_prep_save(value, conn) for name, value in values.items()]
         params.append(self.model._meta.pk.get_db_prep_value(pk, conn))
         params += [fields[name].get_db_prep_value(value, conn) for name, value in where.items() if value is not None]

@@ -2,6 +2,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db.models import F
 from django.utils import timezone
 
 from orders.models import ScheduledOrder
@@ -53,3 +54,7 @@ def test_plain_update_writes_one_row_only_while_its_conditions_hold(trader, acco
     assert (a.last_result, a.last_run_at, a.next_run_at) == ("again", at, None)
     assert (b.last_result, b.last_run_at) == ("", None)  # the other row is untouched
     assert update.update(10**9, {"last_result": "gone"}) == 0
+    with pytest.raises(TypeError):  # an expression would otherwise be written as its text
+        update.update(a.pk, {"last_result": F("last_result")})
+    a.refresh_from_db()
+    assert a.last_result == "again"
