@@ -7,7 +7,7 @@ the same way for every broker. Prices are ``Decimal``; times are timezone-aware.
 Adapters raise only the errors in ``brokers.errors``.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -102,6 +102,12 @@ class PlacedOrder:
     # The order's state in the broker's answer, when the answer carries it (the paper exchange's
     # does: the order may be filled on arrival already).
     state: "BrokerOrder | None" = None
+    # The broker's own word on this change (the paper exchange's announcement of it), held back for
+    # the placer because the answer says the same: whoever takes the answer calls it if the answer
+    # is not recorded after all (it then tells the platform as any change is told). With it, the
+    # fills of that state (an order filled on arrival), which the placer records with the answer.
+    untold: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    fills: tuple["BrokerTrade", ...] = ()
 
 
 @dataclass(frozen=True)

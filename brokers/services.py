@@ -13,6 +13,7 @@ import contextvars
 import hmac
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -495,11 +496,41 @@ def account_touched(account_id: int) -> None:
 fill_listeners: list = []
 
 
+# Called with (account, [BrokerTrade]) for the fills a broker's answer to a placement carries
+# (``PlacedOrder.fills``: the broker leaves them to the placer), before the placer's transaction
+# that records the answer; each returns a callable the placer runs inside that transaction, which
+# records them there. The portfolio app registers its recorder here.
+placed_fill_recorders: list = []
+
+
+def placed_fills_recorder(account: BrokerAccount, fills) -> Callable[[], None] | None:
+    """What records the fills of a placement's answer inside the placer's transaction (run it
+    there), or None when no app records fills. Prepares what must come before that transaction
+    now. If the callable raises, the placer rolls back and lets the broker's word go
+    (``PlacedOrder.untold``)."""
+    recorders = [make(account, list(fills)) for make in placed_fill_recorders]
+    if not recorders:
+        return None
+
+    def record() -> None:
+        for recorder in recorders:
+            recorder()
+
+    return record
+
+
 # A broker's client id -> our active accounts on it, read on every fill and order update. A
-# few seconds stale is harmless here: these only hurry work that the cycle does anyway. None
-# found is not remembered (a just-connected account is seen at once). The accounts are shared
+# minute stale is harmless here: these only hurry work that each account's monitoring cycle does
+# anyway (an account deactivated in another process has its fills recorded for a minute more).
+# None found is not remembered (a just-connected account is seen at once), and this process
+# forgets them all when it changes an account (``client_accounts_forget``). The accounts are shared
 # between threads: read them, never change them.
-_client_accounts = Memo("accounts of a broker client", ttl_s=5)
+_client_accounts = Memo("accounts of a broker client", ttl_s=60)
+
+
+def client_accounts_forget() -> None:
+    """An account was added, changed or (de)activated in this process: read its client's accounts again."""
+    _client_accounts.clear()
 
 
 def _accounts_of_client(broker: str, client_id: str) -> list[BrokerAccount]:

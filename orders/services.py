@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers import registry
-from brokers.base import IST, MULTIPLIED_EXCHANGES, BrokerOrder, OrderChange, OrderRequest, Status
+from brokers.base import IST, MULTIPLIED_EXCHANGES, BrokerOrder, OrderChange, OrderRequest, PlacedOrder, Status
 from brokers.client import AccountBroker
 from brokers.errors import (
     AuthError,
@@ -51,6 +51,7 @@ from brokers.errors import (
 )
 from brokers.models import Instrument
 from brokers.selectors import instrument_last_price
+from brokers.services import placed_fills_recorder
 from tradingplatform import locks, metrics
 from tradingplatform.db import PlainInserts, PlainUpdate
 
@@ -704,7 +705,8 @@ def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) 
                 **{name: getattr(order, name) for name in ("quantity", "order_type", "price", "trigger_price")},
             )
             answered = _state_step(as_submitted, placed.state, cause=f"{broker_name(order)}'s answer")
-        if _transition(
+        submitted = functools.partial(
+            _transition,
             order,
             OrderStatus.SUBMITTED,
             kind="submitted",
@@ -714,13 +716,42 @@ def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) 
             then=answered,
             broker_order_id=placed.broker_order_id,
             submitted_at=timezone.now(),
-        ):
+        )
+        if _answer_record(order, placed, submitted):
             _broadcast(order, created=True)  # one push, of the order as the answer left it
         _queue_sync(order)
     if order.status == OrderStatus.NEW:
         # Our transition lost to a reconciliation that found the order at the broker by its tag
         # first (an earlier order's sync, under load): answer with the order as it is now.
         order.refresh_from_db()
+
+
+def _answer_record(order: Order, placed: PlacedOrder, record_answer) -> bool:
+    """``record_answer()`` (the answer's move: whether it moved the order). Where the broker held
+    its own word on the change back for the answer (``placed.untold``), the fills the answer
+    carries are recorded in the same transaction (one commit for both), and if that fails the
+    answer is recorded on its own (unless the order moved meanwhile) and the broker's word let go,
+    to be applied and recorded as any change of an order is."""
+    if placed.untold is None:
+        return record_answer()
+    status = order.status
+    try:
+        record = placed_fills_recorder(order.account, placed.fills) if placed.fills else None
+        if record is not None or not placed.fills:  # else no app records fills: the broker's word carries them
+            with transaction.atomic():
+                if record is not None:
+                    record()  # first: if it fails, the order is left as it was read
+                return record_answer()
+    except Exception:
+        logger.warning("%s: its answer and fills together failed; the answer alone", order.reference, exc_info=True)
+    try:
+        if order.status != status:
+            # The move was applied to it, then rolled back, or committed with only the commit's
+            # answer lost: as the database has it.
+            order.refresh_from_db()
+        return record_answer() if order.status == status else False
+    finally:
+        placed.untold()
 
 
 def _fail(order: Order, kind: str, message: str, cause: str) -> None:

@@ -14,7 +14,8 @@ from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
 from orders.models import Order
 from orders.services import placed_order_ids
-from tradingplatform.db import PlainInserts, PlainRows
+from tradingplatform import background
+from tradingplatform.db import PlainInserts, PlainRows, PlainUpdate
 from tradingplatform.memo import Memo
 
 from .fifo import PositionState
@@ -55,14 +56,38 @@ def trades_record_many(
     in a handful of statements and one transaction for all of them. Returns the fills applied, by
     account id. If the batch fails as a whole, raises; the caller then records account by account.
     """
+    rows = _rows_of(fills, fresh=fresh)
+    if not rows:
+        return {}
+    _first_met(rows)
+    keys = _keys(rows)
+    for _attempt in range(2):
+        _positions_ready(keys)
+        try:
+            applied = _record(keys, rows, look_first=not fresh, at_market=at_market)
+        except IntegrityError:
+            if not fresh:
+                raise
+            # Another recorder got one of these fills in first (the unique key refused it; all of
+            # this was rolled back): record them again, leaving out the recorded ones.
+            return trades_record_many(fills, at_market=at_market)
+        if applied is not None:
+            return applied
+        _positions_made.clear()  # this process's memo outlived a row (tests): create it again
+    raise RuntimeError(f"positions of accounts {sorted({key[0] for key in keys})} could not be locked")
+
+
+def _rows_of(fills: list[tuple[BrokerAccount, list[BrokerTrade]]], *, fresh: bool) -> list[Trade]:
+    """The fills to record, as unsaved ``Trade`` rows in the order they filled: those not recorded
+    yet (unless ``fresh``: no look first), of instruments we keep positions of, linked to our orders."""
     accounts = {account.pk: account for account, trades in fills if trades}
     wanted = {(account.pk, t.broker_order_id, t.trade_id): t for account, trades in fills for t in trades}
     if not wanted:
-        return {}
+        return []
     if not fresh:
         wanted = _unseen(accounts, wanted)
         if not wanted:
-            return {}
+            return []
     orders = _orders_of(wanted)
     rows = []
     now = timezone.now()
@@ -85,26 +110,50 @@ def trades_record_many(
                 filled_at=t.filled_at or now,
             )
         )
+    return rows
+
+
+def _keys(rows: list[Trade]) -> list[tuple]:
+    """The positions of ``rows``, (account id, instrument id, product), in the order they are locked."""
+    return sorted({(row.account_id, row.instrument_id, row.product) for row in rows})
+
+
+def _positions_ready(keys: list[tuple]) -> None:
+    """The positions of ``keys`` exist: those this process does not know of are created (on their own)."""
+    missing = [key for key in keys if not _positions_made.get(key, lambda: None)]
+    if missing:
+        _positions_create(missing)
+
+
+class PositionGone(Exception):
+    """A position this process knew of was not there to lock (its memo outlived the row)."""
+
+
+def fills_with_answer(account: BrokerAccount, broker_trades: list[BrokerTrade]):
+    """The fills a broker's answer to a placement carries (``brokers.services.placed_fill_recorders``):
+    their positions' and opening rows are made now, before the placer's transaction (as
+    ``trades_record_many`` makes them before its own), and the callable returned records and applies
+    them inside that transaction, then pushes the trader's dashboard once it commits. Recorded as the
+    fast path records a fill (no look first, valued at the market's price); where the fast path would
+    try again (the unique key refused a fill recorded meanwhile, a position was gone), it raises
+    instead: the placer rolls back and lets the broker's word on the order go, and its fills are
+    recorded as any announced fill is."""
+    rows = _rows_of([(account, broker_trades)], fresh=True)
     if not rows:
-        return {}
+        return lambda: None
     _first_met(rows)
-    keys = sorted({(row.account_id, row.instrument_id, row.product) for row in rows})
-    for _attempt in range(2):
-        missing = [key for key in keys if not _positions_made.get(key, lambda: None)]
-        if missing:
-            _positions_create(missing)
-        try:
-            applied = _record(keys, rows, look_first=not fresh, at_market=at_market)
-        except IntegrityError:
-            if not fresh:
-                raise
-            # Another recorder got one of these fills in first (the unique key refused it; all of
-            # this was rolled back): record them again, leaving out the recorded ones.
-            return trades_record_many(fills, at_market=at_market)
-        if applied is not None:
-            return applied
-        _positions_made.clear()  # this process's memo outlived a row (tests): create it again
-    raise RuntimeError(f"positions of accounts {sorted(accounts)} could not be locked")
+    keys = _keys(rows)
+    _positions_ready(keys)
+
+    def record() -> None:
+        applied = _record(keys, rows, look_first=False, at_market=True, savepoint=False)
+        if applied is None:
+            _positions_made.clear()
+            raise PositionGone(f"a position of account {account.pk} was not there to lock")
+        if applied:
+            transaction.on_commit(lambda: _dashboards_push([account], soon=True))
+
+    return record
 
 
 def _first_met(rows: list[Trade]) -> None:
@@ -193,10 +242,13 @@ def _recorded(keys, *more: str) -> list[tuple]:
     return [tuple(row) for row in rows if tuple(row[:3]) in keys]
 
 
-def _record(keys: list[tuple], rows: list[Trade], *, look_first: bool, at_market: bool) -> dict | None:
+def _record(
+    keys: list[tuple], rows: list[Trade], *, look_first: bool, at_market: bool, savepoint: bool = True
+) -> dict | None:
     """Insert the fills and apply them to their positions, in one transaction: the applied fills by
-    account id, or None if a position of ``keys`` does not exist."""
-    with transaction.atomic():
+    account id, or None if a position of ``keys`` does not exist. ``savepoint=False``: within a
+    caller's transaction, as part of it (a failure fails the caller's transaction)."""
+    with transaction.atomic(savepoint=savepoint):
         # Lock the positions first (in one order, so two recorders never deadlock): fills of a
         # position are then inserted and applied by one recorder at a time, so what is recorded
         # is also applied, and a position's ``last_trade_id`` never passes over a fill.
@@ -207,10 +259,8 @@ def _record(keys: list[tuple], rows: list[Trade], *, look_first: bool, at_market
             # Under the locks, the fills another recorder got in first are seen here.
             recorded = set(_recorded(_key(row) for row in rows))
             rows = [row for row in rows if _key(row) not in recorded]
-        if len(rows) == 1:
-            _TRADES.insert(rows[0])  # a fill as it happened: the fast path's every one
-        else:
-            Trade.objects.bulk_create(rows)
+        if rows:
+            _TRADES.insert(*rows)
         if rows and rows[0].pk is None:  # a database that does not hand back the new ids
             made = set(_recorded((_key(row) for row in rows), "pk"))
             rows = sorted(
@@ -247,14 +297,13 @@ def _positions_create(keys: list[tuple]) -> None:
     before the fills' transaction: two recorders creating the same row inside their transactions
     would deadlock on MySQL (both keep a shared lock on the duplicate key, then both want it exclusive).
     The ones that exist are left as they are (an insert that ignores them: one statement, no look first)."""
-    Position.objects.bulk_create(
-        [Position(account_id=a, instrument_id=i, product=p) for a, i, p in keys], ignore_conflicts=True
-    )
+    _NEW_POSITIONS.insert(*(Position(account_id=a, instrument_id=i, product=p) for a, i, p in keys))
     for key in keys:
         _positions_made.get(key, lambda: True)
 
 
-_TRADES = PlainInserts(Trade)
+_TRADES = PlainInserts(Trade, returning_ids=True)
+_NEW_POSITIONS = PlainInserts(Position, ignore_conflicts=True)
 
 
 _POSITIONS = PlainRows(Position)
@@ -296,12 +345,10 @@ def _positions_locked(keys: list[tuple], *, at_market: bool) -> dict[tuple, Posi
 def _position_write(position: Position, fields: list[str]) -> None:
     """UPDATE the position's ``fields`` (and ``updated_at``), values prepared as the ORM prepares them."""
     position.updated_at = timezone.now()
-    names = [*fields, "updated_at"]
-    model_fields = [Position._meta.get_field(name) for name in names]
-    assignments = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in model_fields)
-    params = [f.get_db_prep_save(getattr(position, f.attname), connection) for f in model_fields]
-    with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {Position._meta.db_table} SET {assignments} WHERE id = %s", [*params, position.pk])  # noqa: S608
+    _POSITION_UPDATE.update(position.pk, {name: getattr(position, name) for name in (*fields, "updated_at")})
+
+
+_POSITION_UPDATE = PlainUpdate(Position)
 
 
 # Kept in the position's ``fifo`` beside the lots: when the latest fill applied to it filled.
@@ -386,21 +433,30 @@ def fills_fast_path(fills: list[tuple[BrokerAccount, list[BrokerTrade]]]) -> dic
     record nothing twice. An account whose fills fail is logged and left to its next monitoring
     run, which records them.
     """
-    from monitoring import presence
-
-    from .broadcast import dashboard_push
-
     # Valued at the market's latest price, not the fill's: the price has often moved on (the fill
     # of a resting order comes from a move through it), and no monitoring run follows a fill.
     applied, failures = trades_record_each(fills, fresh=True, at_market=True)
     for account_id, error in failures.items():
         logger.error("fast path: account %s's fills failed (its next run records them): %r", account_id, error)
-    accounts = [account for account, _ in fills if applied.get(account.pk)]
-    watched = presence.watching([account.owner_id for account in accounts])  # no page open: nothing to render for
-    for account in accounts:
-        if account.owner_id in watched:
-            dashboard_push(account)
+    _dashboards_push([account for account, _ in fills if applied.get(account.pk)])
     return applied
+
+
+def _dashboards_push(accounts: list[BrokerAccount], *, soon: bool = False) -> None:
+    """Push the accounts' dashboards to their traders' open pages (none open: nothing is rendered).
+    ``soon``: rendered and sent on a background thread (the caller answers a request meanwhile)."""
+    from monitoring import presence
+
+    from .broadcast import dashboard_push
+
+    watched = presence.watching([account.owner_id for account in accounts])
+    for account in accounts:
+        if account.owner_id not in watched:
+            continue
+        if soon:
+            background.submit(dashboard_push, account)
+        else:
+            dashboard_push(account)
 
 
 def positions_mark(

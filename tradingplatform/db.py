@@ -1,6 +1,7 @@
 """Model helpers shared by apps."""
 
 from django.db import connection, connections, models
+from django.db.models.constants import OnConflict
 from django.utils.functional import cached_property
 
 
@@ -103,16 +104,22 @@ class PlainRows:
 class PlainInserts:
     """INSERTs of one model's rows, the statement written out once per vendor and row count.
 
-    For the hottest writes (an order's own rows): every value is prepared exactly as
+    For the hottest writes (an order's own rows, a fill's): every value is prepared exactly as
     ``Model.save`` prepares it (``pre_save``, so ``auto_now``/``auto_now_add`` are set on the
     instance, then ``get_db_prep_save``), without the ORM building the query anew on each call.
-    The model's primary key must be an auto field; it is set on the instance when one row is
-    inserted (several rows go in one statement and keep no ids).
+    The model's primary key must be an auto field; one row's id is set on its instance (from the
+    connection, no statement). Several rows in one statement keep no ids, unless ``returning_ids``:
+    then the database hands them back where it can (``RETURNING``: MariaDB, SQLite, PostgreSQL),
+    as ``bulk_create`` has it. ``ignore_conflicts``: rows that would break a unique key are left
+    out, as ``bulk_create(ignore_conflicts=True)`` leaves them, and no instance is given an id
+    (which rows went in is not known).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, *, returning_ids: bool = False, ignore_conflicts: bool = False):
         self.model = model
-        self._sql: dict[tuple[str, int], str] = {}
+        self.returning_ids = returning_ids and not ignore_conflicts
+        self.ignore_conflicts = ignore_conflicts
+        self._sql: dict[tuple[str, int], tuple[str, bool]] = {}
 
     @cached_property
     def fields(self) -> list:
@@ -121,22 +128,37 @@ class PlainInserts:
             raise TypeError(f"{self.model.__name__}'s primary key is not an auto field")
         return [field for field in meta.concrete_fields if not field.primary_key]
 
+    def _statement(self, conn, count: int) -> tuple[str, bool]:
+        """The statement for ``count`` rows, and whether it hands back their ids."""
+        quote = conn.ops.quote_name
+        columns = ", ".join(quote(field.column) for field in self.fields)
+        row = "(" + ", ".join(["%s"] * len(self.fields)) + ")"
+        # Only the model's table and column names are put in the text; values go as parameters.
+        table = quote(self.model._meta.db_table)
+        conflict = OnConflict.IGNORE if self.ignore_conflicts else None
+        sql = f"{conn.ops.insert_statement(on_conflict=conflict)} {table} ({columns}) VALUES {', '.join([row] * count)}"
+        if conflict:
+            suffix = conn.ops.on_conflict_suffix_sql(self.fields, conflict, None, None)
+            return (f"{sql} {suffix}" if suffix else sql), False
+        returning = count > 1 and self.returning_ids and conn.features.can_return_rows_from_bulk_insert
+        if returning:
+            sql += " " + conn.ops.return_insert_columns([self.model._meta.pk])[0]
+        return sql, returning
+
     def insert(self, *objs, db: str = "default") -> None:
         conn = connections[db]
-        sql = self._sql.get((conn.vendor, len(objs)))
-        if sql is None:
-            quote = conn.ops.quote_name
-            columns = ", ".join(quote(field.column) for field in self.fields)
-            row = "(" + ", ".join(["%s"] * len(self.fields)) + ")"
-            # Only the model's table and column names are put in the text; values go as parameters.
-            table = quote(self.model._meta.db_table)
-            sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(objs))}"  # noqa: S608
-            self._sql[(conn.vendor, len(objs))] = sql
+        statement = self._sql.get((conn.vendor, len(objs)))
+        if statement is None:
+            statement = self._sql[(conn.vendor, len(objs))] = self._statement(conn, len(objs))
+        sql, returning = statement
         params = [field.get_db_prep_save(field.pre_save(obj, True), conn) for obj in objs for field in self.fields]
+        meta = self.model._meta
         with conn.cursor() as cursor:
             cursor.execute(sql, params)
-            if len(objs) == 1:
-                meta = self.model._meta
+            if returning:
+                for obj, (pk,) in zip(objs, conn.ops.fetch_returned_insert_rows(cursor), strict=True):
+                    obj.pk = meta.pk.to_python(pk)
+            elif len(objs) == 1 and not self.ignore_conflicts:
                 objs[0].pk = meta.pk.to_python(conn.ops.last_insert_id(cursor, meta.db_table, meta.pk.column))
         for obj in objs:
             obj._state.adding = False

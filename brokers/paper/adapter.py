@@ -10,6 +10,7 @@ import contextvars
 import functools
 import logging
 from decimal import Decimal
+from types import SimpleNamespace
 
 from django.db import IntegrityError, OperationalError
 
@@ -101,13 +102,19 @@ def _terms(request: base.OrderRequest) -> dict:
     }
 
 
-def _placed(order: PaperOrder) -> base.PlacedOrder:
-    """The answer to a placement: the order, or ``OrderRejected`` when the RMS refused it."""
+def _placed(order: PaperOrder, *, held: tuple | None = None) -> base.PlacedOrder:
+    """The answer to a placement: the order, or ``OrderRejected`` when the RMS refused it.
+    ``held``: its announcement, held back for the answer (``order_announce``)."""
     if order.status == PaperOrder.Status.REJECTED:
         raise OrderRejected(
             classify_rejection(order.status_message), order.status_message, broker_order_id=order.order_id
         )
-    return base.PlacedOrder(broker_order_id=order.order_id, state=to_broker_order(order))
+    state = to_broker_order(order)
+    if held is None:
+        return base.PlacedOrder(broker_order_id=order.order_id, state=state)
+    return base.PlacedOrder(
+        broker_order_id=order.order_id, state=state, untold=lambda: _announced.add(held), fills=tuple(held[3])
+    )
 
 
 def broker_status(order: PaperOrder) -> str:
@@ -165,8 +172,21 @@ def order_announce(
     """A paper order change was committed: tell the platform, with the other changes committed
     meanwhile (``broker_orders_update``), off the committing thread. ``can_wait``: a scheduled
     burst's own placement, which its placer records from the answer; it may wait for the burst to
-    be sent (``background.Batch``); any other change (a fill of a resting stop-loss) is told at once."""
-    _announced.add((contextvars.copy_context(), client_id, state, fills), can_wait=can_wait)
+    be sent (``background.Batch``); any other change (a fill of a resting stop-loss) is told at once.
+
+    The placement this thread is sending (``PaperBroker.place_order``) is held back: its answer
+    says the same, and carries its fills to the placer (``PlacedOrder.untold``, ``.fills``)."""
+    change = (contextvars.copy_context(), client_id, state, fills)
+    held = _held.get()
+    if held is not None and held.tag == state.tag and held.change is None:
+        held.change = change
+        return
+    _announced.add(change, can_wait=can_wait)
+
+
+# The placement this thread is sending, while it is sent: its tag, and its announcement once it
+# was committed (``order_announce``).
+_held: contextvars.ContextVar[SimpleNamespace | None] = contextvars.ContextVar("paper placement held", default=None)
 
 
 def _announce(changes: list[tuple[contextvars.Context, str, base.BrokerOrder, list[base.BrokerTrade]]]) -> None:
@@ -241,9 +261,20 @@ class PaperBroker(base.Broker):
         faults = engine.faults_before(client, write=True)
         if client.latency_ms:
             instrument = None  # the order reaches the exchange after the latency: its quote then
-        order = engine.order_place(client=client, **_terms(request), instrument=instrument)
-        faults.after()
-        return _placed(order)
+        # Its announcement is held for the answer, unless the answer is to be lost (then it is told
+        # as any change is) or a caller's transaction defers the commit (it is told after that).
+        held = SimpleNamespace(tag=request.tag, change=None) if request.tag and not faults.lose_answer else None
+        holding = _held.set(held)
+        try:
+            order = engine.order_place(client=client, **_terms(request), instrument=instrument)
+            faults.after()
+            return _placed(order, held=held.change if held is not None else None)
+        except Exception:
+            if held is not None and held.change is not None:
+                _announced.add(held.change)  # committed, but no answer says so: told as any change
+            raise
+        finally:
+            _held.reset(holding)
 
     @classmethod
     def place_together(cls, calls: list[tuple["PaperBroker", base.OrderRequest]]) -> list:

@@ -497,6 +497,29 @@ def test_when_the_placer_fails_to_record_the_answer_the_exchanges_word_is_read_a
     assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 2)  # the exchange's update applied
 
 
+def test_when_the_placer_fails_to_record_a_resting_orders_answer_the_exchanges_word_is_applied(
+    trader, account, monkeypatch
+):
+    from brokers.paper.models import PaperInstrument
+
+    monkeypatch.setattr(services, "UPDATE_WAIT_S", 0.01)
+    record = services._events
+
+    def lost(order, steps):
+        if steps[0][0] == "submitted":
+            raise OperationalError(2013, "Lost connection to server during query")
+        return record(order, steps)
+
+    last = PaperInstrument.objects.get(exchange="NSE", tradingsymbol="INFY").last_price
+    monkeypatch.setattr(services, "_events", lost)
+    with pytest.raises(OperationalError):
+        place(trader, account, quantity=1, order_type="LIMIT", price=last - 20)  # open at the exchange
+    monkeypatch.setattr(services, "_events", record)
+    settle()
+    order = Order.objects.get(account=account)
+    assert order.status == Order.Status.OPEN and order.broker_order_id  # the exchange's word applied
+
+
 # --- A modify whose answer is lost ------------------------------------------------------------
 
 

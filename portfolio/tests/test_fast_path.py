@@ -244,3 +244,124 @@ def test_an_order_sent_inside_a_callers_transaction_is_read_not_taken_from_memor
     filled = Order.objects.filter(account=account, status="FILLED").values_list("pk", flat=True)
     assert len(filled) == 2
     assert sorted(Trade.objects.filter(account=account).values_list("order_id", flat=True)) == sorted(filled)
+
+
+@pytest.fixture
+def announced(monkeypatch):
+    """The paper exchange's announcements, as they are handed to the background (and still are)."""
+    from brokers.paper import adapter
+
+    told = []
+    add = adapter._announced.add
+
+    def spy(change, **kwargs):
+        told.append(change)
+        add(change, **kwargs)
+
+    monkeypatch.setattr(adapter._announced, "add", spy)
+    return told
+
+
+def test_a_fill_on_arrival_is_recorded_with_its_answer_in_one_transaction(trader, account, announced):
+    with CaptureQueriesContext(connection) as queries:
+        order = place(trader, account, symbol="INFY", quantity=2)
+    # Recorded by the time the placement returns, with no announcement of it to record after.
+    assert announced == []
+    trade = Trade.objects.get(account=account)
+    position = Position.objects.get(account=account)
+    assert order.status == "FILLED" and trade.order_id == order.pk and trade.quantity == 2
+    assert position.net_quantity == 2 and position.last_trade_id == trade.pk
+    assert list(order.events.values_list("kind", flat=True)) == ["created", "submitted", "filled"]
+    # The fill's rows and the answer's move went in one transaction: no commit between them.
+    sql = [q["sql"] for q in queries]
+    first = next(
+        i for i, s in enumerate(sql) if "INSERT INTO `portfolio_trade`" in s or 'INSERT INTO "portfolio_trade"' in s
+    )
+    moved = next(i for i, s in enumerate(sql) if i > first and s.startswith("UPDATE") and "orders_order" in s)
+    assert not any(s.upper().startswith("COMMIT") for s in sql[first:moved])
+    settle()
+    assert Trade.objects.filter(account=account).count() == 1
+    position.refresh_from_db()
+    assert position.net_quantity == 2 and position.last_trade_id == trade.pk
+
+
+def test_a_resting_order_is_not_announced_and_its_later_fill_is(trader, account, announced):
+    from brokers.paper import engine
+    from brokers.paper.models import PaperInstrument
+
+    last = PaperInstrument.objects.get(exchange="NSE", tradingsymbol="INFY").last_price
+    order = place(trader, account, symbol="INFY", quantity=1, order_type="LIMIT", price=last - 20)
+    assert order.status == "OPEN" and announced == []  # the answer said all its announcement would
+    settle()
+    assert not Trade.objects.exists()
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=last - 30)  # through its price
+    settle()
+    assert [change[2].status for change in announced] == ["FILLED"]
+    order.refresh_from_db()
+    assert order.status == "FILLED" and Trade.objects.get(account=account).order_id == order.pk
+
+
+def test_when_the_fill_cannot_go_with_its_answer_the_answer_goes_alone_and_the_fill_after(
+    trader, account, announced, monkeypatch
+):
+    from django.db import OperationalError
+
+    locked = services._positions_locked
+    calls = []
+
+    def deadlocked_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError(1213, "Deadlock found when trying to get lock")
+        return locked(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_positions_locked", deadlocked_once)
+    order = place(trader, account, symbol="TCS", quantity=3)
+    # The answer is recorded once, as it would be alone.
+    assert order.status == "FILLED"
+    assert list(order.events.values_list("kind", flat=True)) == ["created", "submitted", "filled"]
+    settle()
+    # The exchange's word, let go, has the fill recorded and applied once.
+    trade = Trade.objects.get(account=account)
+    position = Position.objects.get(account=account)
+    assert trade.order_id == order.pk and trade.quantity == 3
+    assert position.net_quantity == 3 and position.last_trade_id == trade.pk
+    assert len(calls) == 2 and [change[2].status for change in announced] == ["FILLED"]
+
+
+def test_when_only_the_commits_answer_is_lost_nothing_is_recorded_twice(trader, account, announced, monkeypatch):
+    from contextlib import contextmanager
+
+    from django.db import OperationalError
+
+    from orders import services as orders
+
+    real_atomic, real_recorder = transaction.atomic, orders.placed_fills_recorder
+    armed = []
+
+    def recorder(*args):
+        armed.append(True)  # the next plain atomic() is the answer's and its fills' transaction
+        return real_recorder(*args)
+
+    @contextmanager
+    def atomic(*args, **kwargs):
+        lose = armed and not args and not kwargs
+        if lose:
+            armed.clear()
+        with real_atomic(*args, **kwargs):
+            yield
+        if lose:  # committed, but the connection went before the server said so
+            raise OperationalError(2013, "Lost connection to server during query")
+
+    monkeypatch.setattr(orders, "placed_fills_recorder", recorder)
+    monkeypatch.setattr(orders.transaction, "atomic", atomic)
+    order = place(trader, account, symbol="SBIN", quantity=4)
+    monkeypatch.undo()
+    settle()
+    # The answer is not recorded again over itself, and the fill, told after all, is not recorded twice.
+    order.refresh_from_db()
+    assert order.status == "FILLED"
+    assert list(order.events.values_list("kind", flat=True)) == ["created", "submitted", "filled"]
+    trade = Trade.objects.get(account=account)
+    position = Position.objects.get(account=account)
+    assert trade.order_id == order.pk and position.net_quantity == 4 and position.last_trade_id == trade.pk

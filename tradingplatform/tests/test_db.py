@@ -2,6 +2,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -58,3 +59,49 @@ def test_plain_update_writes_one_row_only_while_its_conditions_hold(trader, acco
         update.update(a.pk, {"last_result": F("last_result")})
     a.refresh_from_db()
     assert a.last_result == "again"
+
+
+@pytest.mark.django_db
+def test_plain_inserts_give_several_rows_their_ids_where_asked_and_leave_conflicting_rows_out(trader, account):
+    from orders.tests.factories import instrument
+    from portfolio.models import Position
+    from tradingplatform.db import PlainInserts
+
+    infy, tcs, sbin = instrument("INFY"), instrument("TCS"), instrument("SBIN")
+    made = [
+        Position(account=account, instrument=infy, product="CNC"),
+        Position(account=account, instrument=tcs, product="CNC"),
+    ]
+    PlainInserts(Position, returning_ids=True).insert(*made)
+    stored = dict(Position.objects.values_list("instrument_id", "pk"))
+    assert connection.features.can_return_rows_from_bulk_insert  # MariaDB, SQLite: each row its own id back
+    assert [p.pk for p in made] == [stored[infy.pk], stored[tcs.pk]]
+    assert all(not p._state.adding for p in made)
+    # Without returning_ids, several rows keep no ids; one row always gets its own.
+    plain = [
+        Position(account=account, instrument=sbin, product="CNC"),
+        Position(account=account, instrument=sbin, product="MIS"),
+    ]
+    PlainInserts(Position).insert(*plain)
+    assert [p.pk for p in plain] == [None, None]
+    one = Position(account=account, instrument=infy, product="MIS")
+    PlainInserts(Position).insert(one)
+    assert one.pk == Position.objects.get(instrument=infy, product="MIS").pk
+
+    # ignore_conflicts: the rows that exist are left as they are (their values too), the new one goes in.
+    Position.objects.filter(pk=stored[infy.pk]).update(net_quantity=5)
+    again = [
+        Position(account=account, instrument=infy, product="CNC"),
+        Position(account=account, instrument=tcs, product="MIS"),
+    ]
+    PlainInserts(Position, ignore_conflicts=True).insert(*again)
+    rows = sorted(Position.objects.values_list("instrument__tradingsymbol", "product", "net_quantity"))
+    assert rows == [
+        ("INFY", "CNC", 5),
+        ("INFY", "MIS", 0),
+        ("SBIN", "CNC", 0),
+        ("SBIN", "MIS", 0),
+        ("TCS", "CNC", 0),
+        ("TCS", "MIS", 0),
+    ]
+    assert [p.pk for p in again] == [None, None]
