@@ -475,30 +475,9 @@ def test_an_update_of_a_placement_that_says_more_than_its_answer_is_applied(trad
     assert not services.order_broker_update(account, later, True)
 
 
+@pytest.mark.parametrize("resting", [False, True], ids=["filled on arrival", "resting"])
 def test_when_the_placer_fails_to_record_the_answer_the_exchanges_word_is_read_and_applied(
-    trader, account, monkeypatch
-):
-    from django.db import OperationalError
-
-    monkeypatch.setattr(services, "UPDATE_WAIT_S", 0.01)
-    record = services._events
-
-    def lost(order, steps):
-        if steps[0][0] == "submitted":
-            raise OperationalError(2013, "Lost connection to server during query")
-        return record(order, steps)
-
-    monkeypatch.setattr(services, "_events", lost)
-    with pytest.raises(OperationalError):
-        place(trader, account, quantity=2)  # filled at the exchange; our record of it rolled back
-    monkeypatch.setattr(services, "_events", record)
-    settle()
-    order = Order.objects.get(account=account)
-    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 2)  # the exchange's update applied
-
-
-def test_when_the_placer_fails_to_record_a_resting_orders_answer_the_exchanges_word_is_applied(
-    trader, account, monkeypatch
+    trader, account, monkeypatch, resting
 ):
     from brokers.paper.models import PaperInstrument
 
@@ -511,13 +490,16 @@ def test_when_the_placer_fails_to_record_a_resting_orders_answer_the_exchanges_w
         return record(order, steps)
 
     last = PaperInstrument.objects.get(exchange="NSE", tradingsymbol="INFY").last_price
+    terms = {"order_type": "LIMIT", "price": last - 20} if resting else {}
     monkeypatch.setattr(services, "_events", lost)
     with pytest.raises(OperationalError):
-        place(trader, account, quantity=1, order_type="LIMIT", price=last - 20)  # open at the exchange
+        place(trader, account, quantity=2, **terms)  # at the exchange; our record of it rolled back
     monkeypatch.setattr(services, "_events", record)
     settle()
     order = Order.objects.get(account=account)
-    assert order.status == Order.Status.OPEN and order.broker_order_id  # the exchange's word applied
+    # The exchange's word applied: open, or filled on arrival.
+    expected = (Order.Status.OPEN, 0) if resting else (Order.Status.FILLED, 2)
+    assert (order.status, order.filled_quantity) == expected and order.broker_order_id
 
 
 # --- A modify whose answer is lost ------------------------------------------------------------
