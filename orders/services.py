@@ -729,29 +729,33 @@ def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) 
 def _answer_record(order: Order, placed: PlacedOrder, record_answer) -> bool:
     """``record_answer()`` (the answer's move: whether it moved the order). Where the broker held
     its own word on the change back for the answer (``placed.untold``), the fills the answer
-    carries are recorded in the same transaction (one commit for both), and if that fails the
-    answer is recorded on its own (unless the order moved meanwhile) and the broker's word let go,
-    to be applied and recorded as any change of an order is."""
+    carries are recorded in the same transaction (one commit for both). Unless that commits and
+    moves the order, the broker's word is let go, to be applied and recorded as any change of an
+    order is (it brings forward an order moved meanwhile, e.g. failed by a sync while it was being
+    sent; it records nothing twice); if it fails, the answer is first recorded on its own."""
     if placed.untold is None:
         return record_answer()
-    status = order.status
+    status, recorded = order.status, False
     try:
-        record = placed_fills_recorder(order.account, placed.fills) if placed.fills else None
-        if record is not None or not placed.fills:  # else no app records fills: the broker's word carries them
-            with transaction.atomic():
-                if record is not None:
-                    record()  # first: if it fails, the order is left as it was read
-                return record_answer()
-    except Exception:
-        logger.warning("%s: its answer and fills together failed; the answer alone", order.reference, exc_info=True)
-    try:
+        try:
+            record = placed_fills_recorder(order.account, placed.fills) if placed.fills else None
+            if record is not None or not placed.fills:  # else no app records fills: the broker's word carries them
+                with transaction.atomic():
+                    if record is not None:
+                        record()  # first: if it fails, the order is left as it was read
+                    moved = record_answer()
+                recorded = moved
+                return moved
+        except Exception:
+            logger.warning("%s: its answer and fills together failed; the answer alone", order.reference, exc_info=True)
         if order.status != status:
             # The move was applied to it, then rolled back, or committed with only the commit's
             # answer lost: as the database has it.
             order.refresh_from_db()
         return record_answer() if order.status == status else False
     finally:
-        placed.untold()
+        if not recorded:
+            placed.untold()
 
 
 def _fail(order: Order, kind: str, message: str, cause: str) -> None:

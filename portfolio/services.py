@@ -151,7 +151,8 @@ def fills_with_answer(account: BrokerAccount, broker_trades: list[BrokerTrade]):
             _positions_made.clear()
             raise PositionGone(f"a position of account {account.pk} was not there to lock")
         if applied:
-            transaction.on_commit(lambda: _dashboards_push([account], soon=True))
+            # Robust: a push that cannot start (Redis down) is logged, never taken for a failed commit.
+            transaction.on_commit(lambda: _dashboards_push([account], soon=True), robust=True)
 
     return record
 

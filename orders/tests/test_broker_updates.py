@@ -600,3 +600,26 @@ def test_a_triggered_stop_shown_as_the_plain_order_it_became_stays_our_stop(trad
     services.orders_sync_account(account=account, broker_orders=[triggered], asked_at=asked_at)
     stop.refresh_from_db()
     assert (stop.status, stop.order_type, stop.trigger_price) == (Order.Status.FILLED, "SL-M", D("1480.00"))
+
+
+def test_an_order_failed_by_a_sync_while_it_was_being_sent_is_brought_to_filled(trader, account):
+    """Review: its answer's move loses (the order is no longer NEW), so the exchange's word, held
+    back for the answer, is let go and brings it forward; its fill is recorded once."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    class SlowSender(AccountBroker):
+        def place_order(self, request, **kwargs):
+            Order.objects.filter(reference=request.tag).update(created_at=timezone.now() - timedelta(seconds=120))
+            services.orders_sync_account(account=account, cause="the cycle's sync")  # not at the broker yet
+            assert Order.objects.get(reference=request.tag).status == Order.Status.FAILED
+            return super().place_order(request, **kwargs)
+
+    order = place(trader, account, quantity=2, broker=SlowSender(account))
+    settle()
+    order.refresh_from_db()
+    assert PaperOrder.objects.get(tag=order.reference).filled_quantity == 2
+    assert Trade.objects.get(account=account).order_id == order.pk
+    assert Position.objects.get(account=account).net_quantity == 2
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 2)

@@ -365,3 +365,15 @@ def test_when_only_the_commits_answer_is_lost_nothing_is_recorded_twice(trader, 
     trade = Trade.objects.get(account=account)
     position = Position.objects.get(account=account)
     assert trade.order_id == order.pk and position.net_quantity == 4 and position.last_trade_id == trade.pk
+
+
+def test_a_dashboard_push_that_cannot_start_does_not_undo_the_answer(trader, account, announced, monkeypatch, caplog):
+    def redis_down(*args, **kwargs):
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(services, "_dashboards_push", redis_down)
+    order = place(trader, account, symbol="INFY", quantity=1)
+    assert order.status == "FILLED" and announced == []
+    assert list(order.events.values_list("kind", flat=True)) == ["created", "submitted", "filled"]
+    assert Trade.objects.get(account=account).order_id == order.pk
+    assert "together failed" not in caplog.text
