@@ -260,8 +260,10 @@ def _record(
             # Under the locks, the fills another recorder got in first are seen here.
             recorded = set(_recorded(_key(row) for row in rows))
             rows = [row for row in rows if _key(row) not in recorded]
-        if rows:
-            _TRADES.insert(*rows)
+        if len(rows) > _TRADES.KEPT_ROWS:
+            Trade.objects.bulk_create(rows)  # a monitoring run's batch: split within the database's limits
+        elif rows:
+            _TRADES.insert(*rows)  # the fills as they happen: one or a few
         if rows and rows[0].pk is None:  # a database that does not hand back the new ids
             made = set(_recorded((_key(row) for row in rows), "pk"))
             rows = sorted(

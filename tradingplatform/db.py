@@ -112,8 +112,12 @@ class PlainInserts:
     then the database hands them back where it can (``RETURNING``: MariaDB, SQLite, PostgreSQL),
     as ``bulk_create`` has it. ``ignore_conflicts``: rows that would break a unique key are left
     out, as ``bulk_create(ignore_conflicts=True)`` leaves them, and no instance is given an id
-    (which rows went in is not known).
+    (which rows went in is not known). The statements of up to ``KEPT_ROWS`` rows are kept; larger
+    ones are written out on each call (a caller with hundreds of rows may prefer ``bulk_create``,
+    which also splits them within the database's limits).
     """
+
+    KEPT_ROWS = 16
 
     def __init__(self, model, *, returning_ids: bool = False, ignore_conflicts: bool = False):
         self.model = model
@@ -149,7 +153,9 @@ class PlainInserts:
         conn = connections[db]
         statement = self._sql.get((conn.vendor, len(objs)))
         if statement is None:
-            statement = self._sql[(conn.vendor, len(objs))] = self._statement(conn, len(objs))
+            statement = self._statement(conn, len(objs))
+            if len(objs) <= self.KEPT_ROWS:
+                self._sql[(conn.vendor, len(objs))] = statement
         sql, returning = statement
         params = [field.get_db_prep_save(field.pre_save(obj, True), conn) for obj in objs for field in self.fields]
         meta = self.model._meta

@@ -105,3 +105,16 @@ def test_plain_inserts_give_several_rows_their_ids_where_asked_and_leave_conflic
         ("TCS", "MIS", 0),
     ]
     assert [p.pk for p in again] == [None, None]
+
+
+@pytest.mark.django_db
+def test_plain_inserts_keep_the_statements_of_a_few_rows_only():
+    from tradingplatform.db import PlainInserts
+
+    users = get_user_model()
+    inserts = PlainInserts(users)
+    many = PlainInserts.KEPT_ROWS + 1
+    inserts.insert(*(users(username=f"u{i}", first_name="-") for i in range(many)))  # written out, not kept
+    inserts.insert(users(username="one", first_name="-"))
+    assert [count for _vendor, count in inserts._sql] == [1]
+    assert users.objects.filter(username__startswith="u").count() == many
