@@ -186,7 +186,6 @@ def broker_account_create(
     _validate_products(account.allowed_products)
     account.credentials = Sealed.seal(cleaned) if cleaned else None
     account.save()
-    _client_accounts_changed()
     audit_record(
         action=Action.BROKER_ACCOUNT_CREATED,
         actor=owner,
@@ -195,13 +194,6 @@ def broker_account_create(
         ip=ip,
     )
     return account
-
-
-def _client_accounts_changed() -> None:
-    """Once committed, the fill and order-update fast paths of this process read the accounts again."""
-    from brokers.services import client_accounts_forget  # brokers.services imports this module
-
-    transaction.on_commit(client_accounts_forget)
 
 
 def _validate_products(products) -> None:
@@ -235,7 +227,6 @@ def broker_account_update(
     if not changed and not credentials_changed:
         return account
     account.save()
-    _client_accounts_changed()
     # Record which fields changed, never the credential values.
     audit_record(
         action=Action.BROKER_ACCOUNT_CHANGED,
@@ -255,7 +246,10 @@ def broker_account_set_active(*, account: BrokerAccount, actor: User, active: bo
     )
     account.is_active = active
     if updated:
-        _client_accounts_changed()
+        # An update sends no post_save (``brokers.signals``): the fast paths read the accounts again.
+        from brokers.services import client_accounts_forget  # brokers.services imports this module
+
+        transaction.on_commit(client_accounts_forget)
         audit_record(
             action=Action.BROKER_ACCOUNT_REACTIVATED if active else Action.BROKER_ACCOUNT_DEACTIVATED,
             actor=actor,

@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class BrokersConfig(AppConfig):
     name = "brokers"
     verbose_name = "Brokers"
+
+    def ready(self):
+        from . import signals
+
+        signals.connect()

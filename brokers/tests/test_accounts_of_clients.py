@@ -21,7 +21,7 @@ def test_an_update_naming_the_client_in_another_case_still_finds_its_account(tra
 @pytest.mark.django_db
 def test_a_change_of_an_account_here_is_seen_at_once_by_the_fast_paths(trader, django_capture_on_commit_callbacks):
     """The client's accounts are remembered for a minute, but this process forgets them when it
-    changes or (de)activates an account: no fill of an account deactivated here is recorded by
+    changes, (de)activates or deletes an account: no fill of an account deactivated here is recorded by
     its fast paths, and one reactivated gets its fills at once."""
     from accounts import services as accounts_services
 
@@ -36,3 +36,6 @@ def test_a_change_of_an_account_here_is_seen_at_once_by_the_fast_paths(trader, d
     with django_capture_on_commit_callbacks(execute=True):
         accounts_services.broker_account_update(account=account, actor=trader, label="renamed")
     assert [a.label for a in services._accounts_of_client("paper", "CL77")] == ["renamed"]
+    with django_capture_on_commit_callbacks(execute=True):
+        account.delete()  # as the admin deletes it
+    assert services._accounts_of_client("paper", "CL77") == []
