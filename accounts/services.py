@@ -11,7 +11,6 @@ from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.core.cache import cache
-from django.core.cache.backends import redis as django_redis_cache
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
@@ -406,8 +405,6 @@ _recently_touched = memo.Memo("api key last use", ttl_s=60)
 # Hashed key -> its id (fixed for the key's life), so its rate windows can be named before its
 # entry is read. Only keys that authenticated are kept.
 _key_ids: dict[str, int] = {}
-# How Django's Redis cache stores values, to read the entry the rate script returns with it.
-_RAW_CACHE_VALUES = django_redis_cache.RedisSerializer()
 
 
 def _api_key_lookup(raw_key: str) -> ApiKeyAuth | None:
@@ -420,13 +417,11 @@ def _api_key_lookup(raw_key: str) -> ApiKeyAuth | None:
     retry_after = None  # no slot asked for yet
     if key_id is not None and settings.REDIS_URL:
         # A key this process has seen: its entry and its rate slot in one round trip.
-        raw, retry_after = ratelimit.take_if_present(
-            cache.make_and_validate_key(name), f"apikey{key_id}", "api", "calls", settings.API_RATE_LIMITS
+        cached, retry_after = ratelimit.take_if_cached(
+            name, f"apikey{key_id}", "api", "calls", settings.API_RATE_LIMITS
         )
-        if raw is None:
-            cached, retry_after = None, None  # nothing was taken
-        else:
-            cached = _RAW_CACHE_VALUES.loads(raw)
+        if cached is None:
+            retry_after = None  # nothing was taken
     else:
         cached = cache.get(name)
     if not cached:  # missing, or marked changed

@@ -3,7 +3,7 @@
 Places orders through the WSGI application in this process (the whole middleware stack, the
 API, the order service, the paper exchange), on the same fixtures as ``bench/order_api.py``
 (MariaDB with durable commits, Redis), and prints per order: Python CPU, MariaDB CPU, SQL
-statements by kind, commits, and Redis commands. ``--list`` prints one order's statements in the
+statements by kind, commits, Redis round trips and commands. ``--list`` prints one order's statements in the
 order they ran (the placing thread's and the background threads' alike). ``--threads N`` places
 from N threads at once, as a server's threads would.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
+import itertools
 import json
 import sys
 import threading
@@ -78,6 +79,9 @@ def main(argv=None):
     order_api.prepare_database(argparse.Namespace(mysql=args.mysql, db_name=args.db_name, keep_db=False))
     harness.flush_redis(args.redis_url)
     harness.django_setup(env)
+    from tradingplatform import startup
+
+    startup.app_loaded()  # as a server's worker is set up (tradingplatform.wsgi)
 
     import redis
     from django.db.backends.signals import connection_created
@@ -93,6 +97,7 @@ def main(argv=None):
             connection.execute_wrappers.append(statements)
 
     connection_created.connect(wrap)
+    round_trips = redis_round_trips()
     traders = order_api.seed(
         argparse.Namespace(
             accounts=args.accounts, scheduled=0, scheduled_accounts=0, db_name=args.db_name, keep_db=False
@@ -153,6 +158,7 @@ def main(argv=None):
     def measured(what, work, settle_s=1.0):
         """Run ``work()`` (it returns how many orders it did) and print what they cost each."""
         statements.kinds.clear()
+        trips_before = next(round_trips)
         redis_before = r.info("commandstats")
         status_before = mariadb_status()
         db_cpu, cpu, wall = harness.mariadb_cpu_seconds(), time.process_time(), time.perf_counter()
@@ -162,6 +168,7 @@ def main(argv=None):
         cpu = time.process_time() - cpu
         db_cpu = harness.mariadb_cpu_seconds() - db_cpu
         status_after = mariadb_status()
+        trips = next(round_trips) - trips_before - 1
         redis_after = r.info("commandstats")
         redis_calls = sum(v["calls"] for v in redis_after.values()) - sum(v["calls"] for v in redis_before.values())
 
@@ -190,6 +197,7 @@ def main(argv=None):
                         for name in sorted(status_after)
                         if name.startswith("Com_") and delta(name) >= 0.05
                     },
+                    "redis_round_trips_per_order": round(trips / n, 2),
                     "redis_commands_per_order": round(redis_calls / n, 2),
                     "redis_by_command": {
                         name.removeprefix("cmdstat_"): round((v["calls"] - calls_before(name)) / n, 2)
@@ -207,6 +215,23 @@ def main(argv=None):
     else:
         measured("API orders", lambda: run(args.warmup + 1, args.orders))
     order_api.drop_database(args)
+
+
+def redis_round_trips() -> itertools.count:
+    """Counts every request this process sends to Redis (a command, a pipeline or a script call
+    each is one round trip; the commands a script runs inside Redis are not): ``next()`` reads and
+    counts one."""
+    from redis.connection import AbstractConnection
+
+    sent = itertools.count()
+    send = AbstractConnection.send_packed_command
+
+    def counted(self, command, *args, **kwargs):
+        next(sent)
+        return send(self, command, *args, **kwargs)
+
+    AbstractConnection.send_packed_command = counted
+    return sent
 
 
 def on_threads(n: int, work) -> None:

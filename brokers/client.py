@@ -74,18 +74,20 @@ class AccountBroker:
         self._adapter = services.adapter_for(self.account, self._session.access_token)
 
     def _limits(self, kind: str) -> list[tuple[int, float]]:
-        return ratelimit.limits_for(self.account.broker, kind, type(self._broker()).rate_limits)
+        return ratelimit.limits_for(self.account.broker, kind, registry.get(self.account.broker).rate_limits)
 
     def _take_budget(self, kind: str) -> None:
         limits = self._limits(kind)
-        self.budget_wait_s += ratelimit.acquire(
-            self.account.pk,
-            self.account.broker,
-            kind,
-            limits,
-            wait=self.wait_for_budget,
-            timeout_s=self.budget_timeout_s,
-        )
+        options = {"wait": self.wait_for_budget, "timeout_s": self.budget_timeout_s}
+        if self._session is None and self._adapter is None and self.account.is_active:
+            # The first call: its slot and the cached session in one round trip.
+            session, waited = services.session_cached_taking(self.account, kind, limits, **options)
+            self._session = session
+            if waited is not None:
+                self.budget_wait_s += waited
+                return
+        self._broker()  # the session first: an account to reconnect takes no slot
+        self.budget_wait_s += ratelimit.acquire(self.account.pk, self.account.broker, kind, limits, **options)
 
     def _once(self, kind: str, method: str, *args, budget_taken: bool = False, failed: AuthError | None = None):
         """One call with the budget taken (``budget_taken``: already), renewing the session once on

@@ -16,6 +16,8 @@ import time
 from collections import defaultdict, deque
 
 from django.conf import settings
+from django.core.cache import cache
+from django.core.cache.backends import redis as django_redis_cache
 
 from tradingplatform import metrics
 from tradingplatform.locks import redis_client
@@ -62,6 +64,10 @@ if not value then return {false, 0} end
 return {value, take(2)}
 """
 )
+
+
+# How Django's Redis cache stores values, to read an entry a script returns.
+_CACHE_VALUES = django_redis_cache.RedisSerializer()
 
 
 @functools.cache
@@ -134,28 +140,59 @@ def take(account_id: int, broker_code: str, kind: str, limits: list[tuple[int, f
     return int(waited_ms) / 1000
 
 
-def take_if_present(
-    guard: str, account_id, broker_code: str, kind: str, limits: list[tuple[int, float]]
-) -> tuple[bytes | None, float]:
-    """Read the Redis key ``guard`` and, only if it exists, ``take`` a slot: one round trip.
+def take_if_cached(
+    name: str, account_id, broker_code: str, kind: str, limits: list[tuple[int, float]]
+) -> tuple[object | None, float]:
+    """Read the Django cache entry ``name`` and, only if it is there, ``take`` a slot: one round trip.
 
-    Returns the guard's raw value (None: missing, and nothing was taken) and the seconds until
-    a slot frees (0: taken). For a caller whose slot depends on a cached entry (an API key's
-    budget on its auth entry). Needs Redis (``settings.REDIS_URL``).
+    Returns the entry (None: missing, and nothing was taken) and the seconds until a slot frees (0:
+    taken). For a caller that needs both at once (an API key's auth entry and its budget; a broker
+    call's session and its account's budget). Needs Redis (``settings.REDIS_URL``) as the cache.
     """
-    keys = [guard, *_keys(account_id, kind, limits)]
-    value, waited_ms = _take_if_present_script()(keys=keys, args=_args(limits), client=redis_client())
-    return value, int(waited_ms) / 1000
+    keys = [cache.make_and_validate_key(name), *_keys(account_id, kind, limits)]
+    raw, waited_ms = _take_if_present_script()(keys=keys, args=_args(limits), client=redis_client())
+    return (None if raw is None else _CACHE_VALUES.loads(raw)), int(waited_ms) / 1000
+
+
+def acquire_if_cached(
+    name: str,
+    account_id: int,
+    broker_code: str,
+    kind: str,
+    limits: list[tuple[int, float]],
+    *,
+    wait: bool,
+    timeout_s: float = 10,
+) -> tuple[object | None, float | None]:
+    """``acquire``, with the Django cache entry ``name`` read in the first try's round trip
+    (``take_if_cached``). Returns the entry and the seconds spent waiting; when the entry is missing
+    (or there is no Redis): (None, None), and no slot was taken. Raises ``RateLimited`` as
+    ``acquire`` does."""
+    if not settings.REDIS_URL:
+        return None, None
+    value, free_in = take_if_cached(name, account_id, broker_code, kind, limits)
+    if value is None:
+        return None, None
+    return value, acquire(account_id, broker_code, kind, limits, wait=wait, timeout_s=timeout_s, first=free_in)
 
 
 def acquire(
-    account_id: int, broker_code: str, kind: str, limits: list[tuple[int, float]], *, wait: bool, timeout_s: float = 10
+    account_id: int,
+    broker_code: str,
+    kind: str,
+    limits: list[tuple[int, float]],
+    *,
+    wait: bool,
+    timeout_s: float = 10,
+    first: float | None = None,
 ) -> float:
-    """Take a slot or fail. Returns the seconds spent waiting."""
+    """Take a slot or fail. Returns the seconds spent waiting. ``first``: what a ``take`` just
+    answered (0: the slot is taken), where the first try was made with another read."""
     deadline = time.monotonic() + timeout_s
     waited = 0.0
     while True:
-        free_in = take(account_id, broker_code, kind, limits)
+        free_in = take(account_id, broker_code, kind, limits) if first is None else first
+        first = None
         if free_in <= 0:
             metrics.rate_budget_waited(broker_code, kind, waited)
             return waited

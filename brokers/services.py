@@ -29,7 +29,7 @@ from monitoring.broadcast import push_prices
 from tradingplatform import locks
 from tradingplatform.memo import Memo
 
-from . import registry, selectors
+from . import ratelimit, registry, selectors
 from .base import Broker, BrokerOrder, SessionTokens
 from .errors import AuthError, BrokerError, BrokerUnavailable
 from .models import BrokerSession
@@ -129,6 +129,21 @@ def session_live(account: BrokerAccount) -> LiveSession:
     if session is not None:
         session_expire(session=session)
     return session_renew(account, failed_session_id=session.pk if session else None)
+
+
+def session_cached_taking(
+    account: BrokerAccount, kind: str, limits: list[tuple[int, float]], *, wait: bool, timeout_s: float
+) -> tuple[LiveSession | None, float | None]:
+    """A slot of the account's rate budget for ``kind`` calls (``ratelimit.acquire``) taken in the
+    round trip that reads its cached session: a broker call needs both. Returns the session (None:
+    not cached, or expired: ``session_live`` finds it) and the seconds spent waiting, or (None,
+    None) when nothing was taken (no cached session, or no Redis): then take it as usual."""
+    cached, waited = ratelimit.acquire_if_cached(
+        _cache_key(account.pk), account.pk, account.broker, kind, limits, wait=wait, timeout_s=timeout_s
+    )
+    if cached and cached["expires_at"] > timezone.now().timestamp():
+        return _from_cache(cached), waited
+    return None, waited
 
 
 def sessions_live(accounts: list[BrokerAccount]) -> dict[int, LiveSession]:

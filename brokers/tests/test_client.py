@@ -14,6 +14,7 @@ from brokers.errors import BrokerUnavailable, NetworkError, OrderRejected, RateL
 from brokers.models import BrokerSession
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
+from tradingplatform.testing import requires_redis
 
 
 def request(tag="T-1", **overrides):
@@ -136,6 +137,25 @@ def test_budget_refuses_or_waits_as_the_caller_chooses(paper_account, settings):
     assert waiting.budget_wait_s > 0
     assert PaperOrder.objects.filter(tag__in=["B1", "B2", "B4"]).count() == 3
     assert not PaperOrder.objects.filter(tag="B3").exists()
+
+
+@requires_redis
+def test_a_first_call_reads_its_cached_session_in_the_round_trip_that_takes_its_slot(paper_account, monkeypatch):
+    from django.core.cache import cache
+
+    from brokers import ratelimit
+
+    AccountBroker(paper_account).orders()  # logs in: the session is cached
+    session_key = f"brokersession:{paper_account.pk}"
+    read = cache.get
+    monkeypatch.setattr(
+        cache, "get", lambda key, *a, **k: pytest.fail("read apart") if key == session_key else read(key, *a, **k)
+    )
+    took = []
+    monkeypatch.setattr(ratelimit, "take", lambda *a, **k: took.append(a) or 0)
+    placed = AccountBroker(paper_account).place_order(request(tag="ONE-TRIP"))
+    assert PaperOrder.objects.get(tag="ONE-TRIP").order_id == placed.broker_order_id
+    assert took == []  # its slot was taken with the session's read, not on its own
 
 
 def test_broker_429_is_retried_after_the_wait(paper_account):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from django.conf import settings
 
 from brokers import ratelimit
@@ -73,3 +74,20 @@ def test_processes_share_one_budget_through_redis():
     ]
     granted = [int(worker.communicate(timeout=60)[0].strip().splitlines()[-1]) for worker in workers]
     assert sum(granted) == 25  # 80 attempts, one shared window of 25
+
+
+@requires_redis
+def test_a_cached_entry_is_read_with_the_slot_and_a_missing_one_takes_nothing():
+    from django.core.cache import cache
+
+    from brokers.errors import RateLimited
+
+    limits = [(2, 30.0)]
+    assert ratelimit.acquire_if_cached("rl-test-entry", 91, "paper", "orders", limits, wait=False) == (None, None)
+    assert ratelimit.take(91, "paper", "orders", limits) == 0  # nothing was taken: both slots are left
+    cache.set("rl-test-entry", {"id": 7}, timeout=30)
+    assert ratelimit.acquire_if_cached("rl-test-entry", 91, "paper", "orders", limits, wait=False) == ({"id": 7}, 0.0)
+    with pytest.raises(RateLimited) as refused:  # the entry is read, but no slot is left
+        ratelimit.acquire_if_cached("rl-test-entry", 91, "paper", "orders", limits, wait=False)
+    assert 0 < refused.value.retry_after <= 30
+    cache.delete("rl-test-entry")
