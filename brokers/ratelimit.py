@@ -154,26 +154,17 @@ def take_if_cached(
     return (None if raw is None else _CACHE_VALUES.loads(raw)), int(waited_ms) / 1000
 
 
-def acquire_if_cached(
-    name: str,
-    account_id: int,
-    broker_code: str,
-    kind: str,
-    limits: list[tuple[int, float]],
-    *,
-    wait: bool,
-    timeout_s: float = 10,
-) -> tuple[object | None, float | None]:
-    """``acquire``, with the Django cache entry ``name`` read in the first try's round trip
-    (``take_if_cached``). Returns the entry and the seconds spent waiting; when the entry is missing
-    (or there is no Redis): (None, None), and no slot was taken. Raises ``RateLimited`` as
-    ``acquire`` does."""
+def acquire_if_cached(name: str, *call, wait: bool, timeout_s: float = 10) -> tuple[object | None, float | None]:
+    """``acquire`` (``call``: its account id, broker code, kind and limits), with the Django cache
+    entry ``name`` read in the first try's round trip (``take_if_cached``). Returns the entry and
+    the seconds spent waiting; when the entry is missing (or there is no Redis): (None, None), and
+    no slot was taken. Raises ``RateLimited`` as ``acquire`` does."""
     if not settings.REDIS_URL:
         return None, None
-    value, free_in = take_if_cached(name, account_id, broker_code, kind, limits)
+    value, free_in = take_if_cached(name, *call)
     if value is None:
         return None, None
-    return value, acquire(account_id, broker_code, kind, limits, wait=wait, timeout_s=timeout_s, first=free_in)
+    return value, acquire(*call, wait=wait, timeout_s=timeout_s, first=free_in)
 
 
 def acquire(
