@@ -7,6 +7,12 @@ statements by kind, commits, Redis round trips and commands. ``--list`` prints o
 order they ran (the placing thread's and the background threads' alike). ``--threads N`` places
 from N threads at once, as a server's threads would.
 
+``--instructions`` runs the same under valgrind's callgrind and adds the CPU instructions this
+process ran per order (the placing threads' and the background threads', the measured orders
+only): the same code gives the same count to about half a percent however busy the machine is,
+where its CPU seconds vary by a sixth from one run to the next. It is about 30 times slower (use
+fewer ``--orders``, ``--warmup`` and ``--accounts``); MariaDB's and Redis's work is not in it.
+
 These are not figures of the issue (``bench/order_api.py`` measures those, through real servers);
 they are what to compare before and after a change of the order path, far steadier than a
 throughput figure on a shared machine.
@@ -19,7 +25,11 @@ import collections
 import cProfile
 import itertools
 import json
+import os
+import re
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,6 +48,11 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--list", action="store_true", help="print one order's statements")
     p.add_argument("--by-table", action="store_true", help="count statements by kind and table")
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count this process's CPU instructions per order under valgrind's callgrind (repeatable)",
+    )
     p.add_argument("--cprofile", metavar="FILE", help="profile the placing threads' calls (cProfile) into FILE")
     p.add_argument(
         "--scheduled",
@@ -71,8 +86,15 @@ class Statements:
         return execute(sql, params, many, context)
 
 
+# Set in the run under callgrind (``--instructions``): the file its counts are dumped to.
+CALLGRIND_OUT = "ORDER_PROFILE_CALLGRIND_OUT"
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.instructions and not os.environ.get(CALLGRIND_OUT):
+        raise SystemExit(under_callgrind(sys.argv[1:] if argv is None else argv))
+    instructions = Instructions(os.environ[CALLGRIND_OUT]) if args.instructions else None
     from bench import order_api
 
     env = harness.bench_env(args, CONN_MAX_AGE="60", CACHE_KEY_PREFIX="benchprofile", CELERY_QUEUE="bench_profile")
@@ -161,10 +183,12 @@ def main(argv=None):
         trips_before = next(round_trips)
         redis_before = r.info("commandstats")
         status_before = mariadb_status()
+        instructions and instructions.start()
         db_cpu, cpu, wall = harness.mariadb_cpu_seconds(), time.process_time(), time.perf_counter()
         n = work()
         wall = time.perf_counter() - wall
         time.sleep(settle_s)  # the fills' bookkeeping on the background threads
+        ran = instructions.stop() if instructions else None
         cpu = time.process_time() - cpu
         db_cpu = harness.mariadb_cpu_seconds() - db_cpu
         status_after = mariadb_status()
@@ -184,6 +208,7 @@ def main(argv=None):
                     "what": what,
                     "orders": n,
                     "threads": args.threads,
+                    **({"python_instructions_per_order": round(ran / n)} if ran is not None else {}),
                     "python_cpu_ms_per_order": round(cpu / n * 1000, 2),
                     "mariadb_cpu_ms_per_order": round(db_cpu / n * 1000, 2),
                     "wall_ms_per_order": round(wall / n * 1000, 2),
@@ -215,6 +240,38 @@ def main(argv=None):
     else:
         measured("API orders", lambda: run(args.warmup + 1, args.orders))
     order_api.drop_database(args)
+
+
+def under_callgrind(argv: list[str]) -> int:
+    """Run this bench again under callgrind, counting nothing until ``Instructions.start``."""
+    with tempfile.TemporaryDirectory(prefix="order_profile.") as folder:
+        out = str(Path(folder) / "callgrind.out")
+        command = ["valgrind", "-q", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+        env = {**os.environ, CALLGRIND_OUT: out}
+        return subprocess.call([*command, sys.executable, __file__, *argv], env=env)  # noqa: S603
+
+
+class Instructions:
+    """This process's instruction count under callgrind, between ``start`` and ``stop``."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.dumps = 0
+
+    def _control(self, *options: str) -> None:
+        command = ["callgrind_control", *options, str(os.getpid())]
+        subprocess.run(command, check=True, capture_output=True, timeout=300)  # noqa: S603, S607
+
+    def start(self) -> None:
+        self._control("--zero")
+        self._control("--instr=on")
+
+    def stop(self) -> int:
+        self._control("--dump")
+        self._control("--instr=off")
+        self.dumps += 1
+        text = Path(f"{self.out}.{self.dumps}").read_text()
+        return int(re.search(r"^(?:totals|summary): (\d+)", text, re.MULTILINE).group(1))
 
 
 def redis_round_trips() -> itertools.count:
