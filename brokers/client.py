@@ -24,7 +24,7 @@ from tradingplatform import metrics
 
 from . import ratelimit, registry, services
 from .base import Broker, BrokerOrder, OrderChange, OrderRequest, PlacedOrder, Quote
-from .errors import AuthError, BrokerUnavailable, NetworkError, OutcomeUnknown, RateLimited
+from .errors import AuthError, BrokerError, BrokerUnavailable, NetworkError, OutcomeUnknown, RateLimited
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +153,13 @@ class AccountBroker:
                 self.sleep(settings.ORDER_LOOKUP_DELAY_S)
                 try:
                     found = self.find_by_tag(request.tag)
-                except (NetworkError, RateLimited) as lookup_error:
+                except BrokerError as lookup_error:
+                    # Whatever stopped the look (the network, the budget, a session that ended
+                    # meanwhile and needs the trader), the order may be at the broker: never a
+                    # refusal or a failure, which say it is not.
                     raise OutcomeUnknown(
                         f"placing {request.tag} failed ({error}) and the broker could not be asked whether it has it"
+                        f" ({lookup_error})"
                     ) from lookup_error
                 if found is not None:
                     logger.info("order %s found by tag after a lost answer", request.tag)

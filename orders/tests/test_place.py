@@ -138,6 +138,25 @@ def test_a_lost_answer_is_resolved_by_tag_and_placed_once(trader, account):
     assert order.broker_order_id == PaperOrder.objects.get(tag=order.reference).order_id
 
 
+def test_a_session_ended_before_a_lost_answer_is_looked_up_leaves_the_outcome_unknown(trader, kite_on_face, settings):
+    """The answer to a Kite placement is lost, and the session ends (Kite's 06:00 expiry, a logout
+    elsewhere) before the order is looked up by its tag: a login needs the trader, so the broker
+    cannot be asked. The order may be there (it is): never FAILED, which says it is not, and which
+    a trader would answer by placing it again."""
+    settings.ORDER_LOOKUP_DELAY_S = 0
+    client = PaperClient.objects.get(user_id=kite_on_face.client_id)
+    PaperClient.objects.filter(pk=client.pk).update(timeout_rate=1)
+
+    def session_ends(_seconds):
+        PaperClient.objects.filter(pk=client.pk).update(timeout_rate=0)
+        engine.session_expire_now(client=client)
+
+    order = place(trader, kite_on_face, broker=AccountBroker(kite_on_face, sleep=session_ends))
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
+    assert order.status == Order.Status.SUBMITTED and order.broker_order_id is None
+    assert events(order) == ["created", "outcome_unknown"]
+
+
 def test_an_unreachable_broker_leaves_an_unknown_outcome_that_reconciles(trader, account):
     knobs(account, error_rate=1)
     order = place(trader, account)
