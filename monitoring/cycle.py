@@ -900,6 +900,9 @@ def _replace_closed(
             strategy=order.strategy,
             cause=cause,
             idempotency_key=f"{REPLACE_KEY.strip(':')}:{order.pk}",
+            # It stands for the order it replaces: a retry or a re-entry still, with its count.
+            retry_count=order.retry_count,
+            reentry_count=order.reentry_count,
             **terms,
         )
     except ValidationError as error:
@@ -992,8 +995,9 @@ def step_rejections(ctx: Context) -> None:
             ctx.act(f"could not cancel {order.reference}: {refused.message}")
 
 
-def _place_again(ctx: Context, like: Order, *, role: str, cause: str, key: str) -> Order | None:
-    """A new order like ``like`` (its child), placed once per ``key``; None when refused."""
+def _place_again(ctx: Context, like: Order, *, role: str, cause: str, key: str, **counts) -> Order | None:
+    """A new order like ``like`` (its child), placed once per ``key``; None when refused.
+    ``counts``: its ``retry_count`` and ``reentry_count`` (written with its row)."""
     try:
         return orders.order_place(
             actor=ctx.account.owner,
@@ -1011,6 +1015,7 @@ def _place_again(ctx: Context, like: Order, *, role: str, cause: str, key: str) 
             strategy=like.strategy,
             cause=cause,
             idempotency_key=key,
+            **counts,
         )
     except ValidationError as error:
         ctx.act(f"could not place again like {like.reference}: {_refusal(error)}")
@@ -1060,10 +1065,10 @@ def step_reentry(ctx: Context) -> None:
             role=Order.Role.ENTRY,
             cause=_cause("step 8", f"re-entry after {exit_order.reference} stopped out"),
             key=f"{REENTRY_KEY.strip(':')}:{entry.pk}",
+            reentry_count=entry.reentry_count + 1,
         )
         if placed is None:
             continue
-        Order.objects.filter(pk=placed.pk).update(reentry_count=entry.reentry_count + 1)
         ctx.act(f"re-entered {placed.reference} after {exit_order.reference}")
 
 
@@ -1104,10 +1109,11 @@ def step_retries(ctx: Context) -> None:
             role=failed.role,
             cause=_cause("step 9", f"retry {attempt} of {failed.reference} ({failed.reject_kind})"),
             key=f"{RETRY_KEY.strip(':')}:{failed.pk}",
+            retry_count=attempt,
+            reentry_count=failed.reentry_count,  # a retried re-entry is that re-entry still
         )
         if retried is None:
             continue
-        Order.objects.filter(pk=retried.pk).update(retry_count=attempt)
         ctx.act(f"retried {failed.reference} as {retried.reference}")
 
 

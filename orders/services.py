@@ -431,12 +431,16 @@ def order_prepare(
     basket=None,
     scheduled=None,
     day=None,
+    retry_count: int = 0,
+    reentry_count: int = 0,
 ) -> tuple[Order, bool]:
     """Steps 1-2: check an order and write it NEW with its number and first event; nothing is
     sent. Returns (the order, whether this call wrote it: then ``order_submit`` sends it). A
     repeated key returns the first order (False: it is not sent again). ``day``: the trading day
     of its number (default today's; an order written ahead of its time takes the day it is sent
-    on). Within a caller's transaction its writes are part of it."""
+    on). ``retry_count``, ``reentry_count``: a strategy's retry or re-entry counts, written with
+    the order's row (never after it: a stop between the two would let it count as none). Within
+    a caller's transaction its writes are part of it."""
     digest = request_hash(account, instrument, side, quantity, order_type, product, validity, price, trigger_price)
     key = f"{actor.pk}:{idempotency_key}" if idempotency_key else None
     # A repeated key is found by the unique index when the order is inserted (no read
@@ -477,6 +481,8 @@ def order_prepare(
             basket=basket,
             scheduled=scheduled,
             cause=cause,
+            retry_count=retry_count,
+            reentry_count=reentry_count,
         )
     except (IntegrityError, ValidationError):
         # The key's order exists (the unique index refused a second one, waiting for the
