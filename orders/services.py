@@ -973,7 +973,9 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
     first, so a strategy's cycle never puts back an exit the trader cancelled. ``data``: kept with
     the request (what a step means to place instead). At a broker that answers before it has
     closed the order, a cancel already with it is not sent again (a second one is refused while
-    the first is processed): the request is recorded, and the order read back."""
+    the first is processed): the request is recorded, and the order read back. One asked more than
+    ``CANCEL_PENDING_S`` ago that left the order open did not take (the exchange refused it after
+    the broker took it, or it never left): a new one is sent."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
     if order.status == OrderStatus.NEW and not order.broker_order_id:
@@ -988,7 +990,7 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
     if not order.broker_order_id:
         raise OrderActionRefused("The broker's answer for this order was lost; it is being looked up.")
     at_once = registry.get(order.account.broker).cancels_at_once
-    pending = not at_once and _last_cancel_event(order) == "cancel_requested"
+    pending = not at_once and _cancel_pending(order)
     by = "trader" if by_trader else "platform"
     _event(order, "cancel_requested", cause=cause, from_status=order.status, data={"by": by, **(data or {})})
     if pending:
@@ -1034,10 +1036,17 @@ def _last_event(order: Order, *kinds: str) -> OrderEvent | None:
     return order.events.filter(kind__in=kinds).order_by("-pk").first()
 
 
-def _last_cancel_event(order: Order) -> str | None:
-    """The kind of the order's latest cancel event: asked, refused, lost (unknown) or failed."""
+# How long a cancel asked at a broker that answers before it closes the order is taken as still
+# being processed there (Kite: the exchange closes the order, or refuses, within moments).
+CANCEL_PENDING_S = 15
+
+
+def _cancel_pending(order: Order) -> bool:
+    """Whether the order's latest cancel event is a request asked within ``CANCEL_PENDING_S``, not
+    answered since as refused, lost (unknown) or failed."""
     last = _last_event(order, "cancel_requested", "cancel_refused", "cancel_unknown", "cancel_failed")
-    return last.kind if last else None
+    recent = timezone.now() - timedelta(seconds=CANCEL_PENDING_S)
+    return last is not None and last.kind == "cancel_requested" and last.created_at > recent
 
 
 def last_cancel_request(order: Order) -> OrderEvent | None:
@@ -1068,10 +1077,11 @@ def order_event_add(order: Order, kind: str, *, cause: str, message: str = "") -
 
 
 def cancel_asked_by_platform(order: Order) -> bool:
-    """Whether the last cancel asked for this order was one of the platform's own steps, and the
-    broker did not refuse it (not the trader, on a page, through the API or in the broker's own
-    app, nor the broker)."""
-    last = _last_event(order, "cancel_requested", "cancel_refused")
+    """Whether the last cancel asked for this order was one of the platform's own steps, and it
+    reached the broker, which did not refuse it (not the trader, on a page, through the API or in
+    the broker's own app, nor the broker). A request that failed (refused before it was sent: a
+    rate limit, a session to renew) closed nothing."""
+    last = _last_event(order, "cancel_requested", "cancel_refused", "cancel_failed")
     return last is not None and last.kind == "cancel_requested" and last.data.get("by") == "platform"
 
 
@@ -1329,13 +1339,48 @@ CANCELLED_SETTLE_S = 600
 
 
 def orders_to_sync(**where):
-    """The orders a sync looks at: today's live and failed ones, and those cancelled in the last
+    """The orders a sync looks at: live ones of any day (one the broker closed after the last sync
+    of its day is closed here too), today's failed ones, and today's cancelled in the last
     ``CANCELLED_SETTLE_S`` (``where`` picks the accounts)."""
     now = timezone.now()
     today_start = now.astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
-    return Order.objects.filter(**where, created_at__gte=today_start).filter(
-        Q(status__in=[*Order.LIVE, OrderStatus.FAILED])
-        | Q(status=OrderStatus.CANCELLED, updated_at__gte=now - timedelta(seconds=CANCELLED_SETTLE_S))
+    return Order.objects.filter(**where).filter(
+        Q(status__in=Order.LIVE)
+        | Q(created_at__gte=today_start, status=OrderStatus.FAILED)
+        | Q(
+            created_at__gte=today_start,
+            status=OrderStatus.CANCELLED,
+            updated_at__gte=now - timedelta(seconds=CANCELLED_SETTLE_S),
+        )
+    )
+
+
+def _closed_with_its_day(order: Order, cause: str) -> bool:
+    """A live order of an earlier day that its broker no longer lists (Kite lists today's only): a
+    day order, closed by its exchange at that day's end. One at the broker is CANCELLED with what
+    we knew it had filled; one whose answer never came is not known to have reached it (FAILED).
+    Fills after our last look are not known: the message sends the trader to the broker's history."""
+    day = trading_date(order.created_at)
+    if order.broker_order_id and order.status in Order.AT_BROKER:
+        return _transition(
+            order,
+            OrderStatus.CANCELLED,
+            kind="cancelled",
+            cause=cause,
+            message=(
+                f"a day order of {day:%d %b}, closed by the exchange at that day's end; {order.filled_quantity} "
+                f"filled when last seen (the broker lists today's orders only: its history has the rest)"
+            ),
+        )
+    message = f"its answer never came on {day:%d %b}, and the broker lists today's orders only: see its history"
+    return _transition(
+        order,
+        OrderStatus.FAILED,
+        kind="failed",
+        cause=cause,
+        message=message,
+        reject_kind=RejectKind.OTHER,
+        reject_reason=message[:500],
     )
 
 
@@ -1369,11 +1414,14 @@ def orders_sync_account(
     candidates = orders_to_sync(account=account)
     changed, errors = 0, []
     stale = timezone.now() - timedelta(seconds=60)
+    today = trading_date()
     for order in candidates.select_related("account", "instrument"):
         state = by_id.get(order.broker_order_id) if order.broker_order_id else by_tag.get(order.reference)
         try:
             if state is not None:
                 changed += order_apply_broker_state(order, state, cause=cause, asked_at=asked_at)
+            elif trading_date(order.created_at) < today and not _awaits_its_time(order):
+                changed += _closed_with_its_day(order, cause)
             elif order.status == OrderStatus.NEW and order.created_at < stale and not _awaits_its_time(order):
                 _fail(order, RejectKind.NETWORK, "never reached the broker (the sender stopped)", cause)
                 changed += 1

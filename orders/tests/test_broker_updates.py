@@ -623,3 +623,31 @@ def test_an_order_failed_by_a_sync_while_it_was_being_sent_is_brought_to_filled(
     assert Trade.objects.get(account=account).order_id == order.pk
     assert Position.objects.get(account=account).net_quantity == 2
     assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 2)
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_a_day_order_the_broker_closed_after_the_last_sync_of_its_day_is_closed_here(
+    trader, kite_on_face, monkeypatch, listed
+):
+    """A DAY order rests at Kite; the exchange closes it at the day's end, and no sync of the account
+    ran before midnight (IST). The next sync closes it here too: from the broker's book where it is
+    still listed, else (Kite lists today's orders only) as a day order its exchange closed."""
+    from datetime import timedelta
+
+    account = kite_on_face
+    set_price("1500")
+    order = place(trader, account, order_type="LIMIT", price="1400", quantity=3)
+    settle()
+    services.orders_sync_account(account=account)
+    order.refresh_from_db()
+    assert order.status == Order.Status.OPEN
+    engine.order_cancel(client=PaperClient.objects.get(user_id=account.client_id), order_id=order.broker_order_id)
+    Order.objects.filter(pk=order.pk).update(created_at=order.created_at - timedelta(days=1))
+    if not listed:
+        monkeypatch.setattr(AccountBroker, "orders", lambda broker: [])
+    services.orders_sync_account(account=account)
+    order.refresh_from_db()
+    assert order.status == Order.Status.CANCELLED
+    if not listed:
+        assert "closed by the exchange at that day's end" in order.events.get(kind="cancelled").message
+    assert not services.orders_to_sync(account=account).exists()

@@ -212,6 +212,33 @@ def test_a_kite_order_is_cancelled_when_kite_says_so_not_when_it_takes_the_reque
     assert second.events.filter(kind="cancel_requested").exists()
 
 
+@pytest.mark.parametrize("first", ["taken_then_refused_by_the_exchange", "never_sent"])
+def test_a_kite_cancel_that_did_not_take_lets_a_later_one_be_sent(trader, kite_on_face, client, monkeypatch, first):
+    """Kite took the first cancel and the exchange refused it, or it never left (the worker failed
+    between recording it and sending it): the order is still open at the broker. A cancel asked
+    while the first may still be processed is not sent again; one asked later is, and closes it."""
+    from brokers.kite.adapter import KiteBroker
+
+    order = resting(trader, kite_on_face, quantity=3)
+    if first == "never_sent":
+        monkeypatch.setattr(AccountBroker, "cancel_order", lambda self, i: (_ for _ in ()).throw(RuntimeError))
+        with pytest.raises(RuntimeError):
+            services.order_cancel(order=order, actor=trader, cause="first click")
+    else:
+        monkeypatch.setattr(KiteBroker, "cancel_order", lambda self, i: None)
+        services.order_cancel(order=order, actor=trader, cause="first click")
+    monkeypatch.undo()
+    order.refresh_from_db()
+    assert at_broker(order).status == "OPEN" and order.status != Order.Status.CANCELLED
+    services.order_cancel(order=order, actor=trader, cause="a click at once")  # the first may still be at work
+    assert at_broker(order).status == "OPEN"
+    monkeypatch.setattr(services, "CANCEL_PENDING_S", 0)  # later
+    client.force_login(trader)
+    client.post(reverse("orders:cancel", args=[order.pk]), HTTP_HX_REQUEST="true")
+    order.refresh_from_db()
+    assert at_broker(order).status == "CANCELLED" and order.status == Order.Status.CANCELLED
+
+
 def cash(account):
     return PaperClient.objects.get(user_id=account.client_id).cash
 
