@@ -473,8 +473,9 @@ _EXITS = Q(children__role__in=EXIT_ROLES)
 
 def _filled_entries(**where):
     """Strategy entries whose exits need a look: part of the entry's fill is not yet closed by its
-    exits, or an exit of theirs is still live, and it is not done (``EXITS_DONE``). A cancelled
-    entry counts for what filled before the cancel."""
+    exits, or an exit of theirs is still live, or they closed more than it filled (both filled:
+    said once), and it is not done (``EXITS_DONE``). A cancelled entry counts for what filled
+    before the cancel."""
     done = OrderEvent.objects.filter(order=OuterRef("pk"), kind=EXITS_DONE)
     return (
         Order.objects.filter(
@@ -489,7 +490,7 @@ def _filled_entries(**where):
             exited=Coalesce(Sum("children__filled_quantity", filter=_EXITS), 0),
             live_exits=Count("children", filter=_EXITS & Q(children__status__in=Order.LIVE)),
         )
-        .filter(Q(filled_quantity__gt=F("exited")) | Q(live_exits__gt=0))
+        .filter(~Q(exited=F("filled_quantity")) | Q(live_exits__gt=0))
     )
 
 
@@ -497,6 +498,14 @@ def _recorded_fills():
     """An entry's fills recorded as trades (a fill and its position change commit together)."""
     fills = Trade.objects.filter(order_id=OuterRef("pk")).order_by().values("order_id")
     return Coalesce(Subquery(fills.annotate(total=Sum("quantity")).values("total")), 0)
+
+
+def _position_of_entry():
+    """The net quantity of an entry's account in its instrument and product (0 with no position)."""
+    held = Position.objects.filter(
+        account_id=OuterRef("account_id"), instrument_id=OuterRef("instrument_id"), product=OuterRef("product")
+    )
+    return Coalesce(Subquery(held.values("net_quantity")[:1]), 0)
 
 
 def step_exits(ctx: Context) -> None:
@@ -512,19 +521,25 @@ def step_exits(ctx: Context) -> None:
     holds nothing is done. Refusals, and exits cancelled at the broker (not by the trader through
     the platform), are the run's errors: the position is unprotected.
     """
-    # Read before the positions: a fill counted here is in the positions read next.
+    # The entries' recorded fills and their positions in one statement, so that they agree.
     entries = list(
         _filled_entries(account=ctx.account)
-        .annotate(recorded=_recorded_fills())
+        .annotate(recorded=_recorded_fills(), position=_position_of_entry())
         .select_related("strategy", "instrument", "account")
         .order_by("-pk")
     )
-    positions = {
-        (p.instrument_id, p.product): p.net_quantity
-        for p in Position.objects.filter(account=ctx.account, instrument__in={e.instrument_id for e in entries}).only(
-            "instrument_id", "product", "net_quantity"
-        )
-    }
+    positions = {}
+    for entry in entries:
+        key = (entry.instrument_id, entry.product)
+        positions.setdefault(key, entry.position)
+    for entry in entries:
+        # A fill the broker's book shows but its fill list has not brought yet (it lags, or the fill
+        # came between a run's two reads) is not in the position: counted in as if it were, or a
+        # newer entry would take an older one's share and strip its exits.
+        unrecorded = entry.filled_quantity - entry.recorded
+        if unrecorded > 0 and entry.instrument.exchange not in MULTIPLIED_EXCHANGES:
+            key = (entry.instrument_id, entry.product)
+            positions[key] += (1 if entry.side == "BUY" else -1) * unrecorded
     children = defaultdict(list)
     for child in Order.objects.filter(parent__in=entries, role__in=EXIT_ROLES).order_by("pk"):
         children[child.parent_id].append(child)
@@ -541,6 +556,13 @@ def step_exits(ctx: Context) -> None:
             and not any(e.status in Order.LIVE for e in exits)
             and entry.recorded >= entry.filled_quantity  # else its fill is not in the position yet
         ):
+            over = sum(e.filled_quantity for e in exits) - entry.filled_quantity
+            if over > 0:  # both exits filled before one could cancel the other
+                _run_error(
+                    ctx,
+                    f"both exits of {entry.reference} filled: {over} more than it held were "
+                    f"{'sold' if side > 0 else 'bought'}, the position is reversed; close it by hand",
+                )
             orders.order_event_add(entry, EXITS_DONE, cause=_cause("step 4", "nothing of it is held any more"))
             continue
         strategy = entry.strategy
@@ -1057,8 +1079,12 @@ def step_reentry(ctx: Context) -> None:
             continue
         looked_at.add(entry.pk)
         # Out of the market only once it can fill no more and none of its exits is working.
-        if entry.status in Order.LIVE or entry.children.filter(role__in=EXIT_ROLES, status__in=Order.LIVE).exists():
+        exits = entry.children.filter(role__in=EXIT_ROLES)
+        if entry.status in Order.LIVE or exits.filter(status__in=Order.LIVE).exists():
             continue
+        if (exits.aggregate(total=Sum("filled_quantity"))["total"] or 0) > entry.filled_quantity:
+            continue  # both exits filled: the position is reversed already (step 4 says so), no more
+
         placed = _place_again(
             ctx,
             entry,

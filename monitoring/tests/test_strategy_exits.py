@@ -448,3 +448,111 @@ def test_a_replacement_that_would_be_refused_cancels_nothing(trader, account, mo
     stop.refresh_from_db()
     assert stop.status == Order.Status.OPEN and stop.trigger_price == D("1490.10")  # still protecting
     assert any("could not replace" in error["error"] for error in run.errors), (run.errors, run.actions)
+
+
+def test_an_exit_the_trader_cancelled_at_the_broker_after_a_failed_platform_cancel_is_not_put_back(
+    trader, account, monkeypatch
+):
+    """The trailing stop is at the modification cap: the cycle's cancel to replace it fails before it
+    is sent (a 429: ``cancel_failed``). The trader then cancels the stop in the broker's own app:
+    that cancel is theirs, and the cycle does not put a stop-loss back."""
+    from brokers.client import AccountBroker
+    from brokers.errors import RateLimited
+
+    first, stop = trailing_stop_at_the_cap(trader, account)
+
+    def refused(self, broker_order_id):
+        raise RateLimited("Too many requests", retry_after=1)
+
+    monkeypatch.setattr(AccountBroker, "cancel_order", refused)
+    quote("1512")  # the trail wants a step up: the cap refuses the modify, the cycle cancels to replace
+    monitor(account)
+    monkeypatch.undo()
+    stop.refresh_from_db()
+    kinds = list(stop.events.values_list("kind", flat=True))
+    assert stop.status == Order.Status.OPEN and kinds[-2:] == ["cancel_requested", "cancel_failed"], kinds
+    engine.order_cancel(client=engine.client_get_or_create(user_id=account.client_id), order_id=stop.broker_order_id)
+    monitor(account)
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.status == Order.Status.CANCELLED and not services.cancel_asked_by_platform(stop)
+    assert live_exits(account, "stop_loss") == 0
+
+
+def two_entries_the_newer_filled_at_the_broker(trader, account):
+    """E1 (10, filled and recorded, its stop-loss and take-profit live) and E2 (10, the same
+    instrument and product) just filled at the broker."""
+    guarded, _ = sources.strategy_save(
+        owner=trader, name="Guarded", account_ids=[account.pk], stop_loss=D("1"), take_profit=D("2")
+    )
+    quote("1500")
+    e1 = place(trader, account, quantity=10, strategy=guarded, source="strategy")
+    monitor(account)
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 10
+    e2 = place(trader, account, quantity=10, strategy=guarded, source="strategy", order_type="LIMIT", price="1499.00")
+    monitor(account)
+    quote("1498.9", bid="1498.8", ask="1498.9")  # E2 fills
+    e2.refresh_from_db()
+    return e1, e2
+
+
+def test_a_newer_entrys_fill_the_fill_list_lacks_yet_does_not_strip_the_older_entrys_exits(
+    trader, account, monkeypatch
+):
+    """The book says E2 filled; the fill list lags (as Kite's can), or E2 filled between a run's two
+    reads: its fill is not in the position yet. E1 still holds its 10 and keeps its exits, run after
+    run; E2 gets its own; once the fill is recorded, 20 are held and covered."""
+    from brokers.client import AccountBroker
+
+    e1, e2 = two_entries_the_newer_filled_at_the_broker(trader, account)
+    trades = AccountBroker.trades
+    monkeypatch.setattr(
+        AccountBroker, "trades", lambda broker: [t for t in trades(broker) if t.broker_order_id != e2.broker_order_id]
+    )
+    monitor(account)
+    monitor(account)
+    assert Position.objects.get(account=account).net_quantity == 10  # E2's fill: not recorded yet
+    assert Order.objects.filter(parent=e1, status__in=Order.LIVE).count() == 2
+    assert not e1.events.filter(kind=cycle.EXITS_DONE).exists()
+    monkeypatch.undo()
+    monitor(account)
+    assert Position.objects.get(account=account).net_quantity == 20
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 20
+
+
+def test_a_newer_entrys_fill_told_before_it_is_recorded_does_not_strip_the_older_entrys_exits(trader, account):
+    """E2's order update (a postback) lands between a run's steps 2 and 4, before its fill is in the
+    position: step 4 leaves E1's exits as they are."""
+    from brokers.client import AccountBroker
+
+    e1, e2 = two_entries_the_newer_filled_at_the_broker(trader, account)
+    services.order_broker_update(account, AccountBroker(account).order(e2.broker_order_id), True)
+    e2.refresh_from_db()
+    assert e2.status == Order.Status.FILLED and Position.objects.get(account=account).net_quantity == 10
+    cycle.step_exits(cycle.Context(account=account))
+    assert Order.objects.filter(parent=e1, status__in=Order.LIVE).count() == 2
+
+
+def test_both_exits_filling_is_told_to_the_trader_and_nothing_re_enters(trader, account):
+    """The take-profit fills, and before a run can cancel the stop-loss the price falls through it:
+    both sell 10, and the account is short 10 that nobody asked for. The run says so, and the
+    strategy does not re-enter on top of it."""
+    guarded, _ = sources.strategy_save(
+        owner=trader,
+        name="Guarded",
+        account_ids=[account.pk],
+        stop_loss=D("1"),
+        take_profit=D("2"),
+        reentry_enabled=True,
+        max_reentries=3,
+    )
+    quote("1500")
+    place(trader, account, quantity=10, strategy=guarded, source="strategy")
+    monitor(account)
+    quote("1531")  # the take-profit fills
+    quote("1480")  # then the stop-loss, before any run
+    runs = [monitor(account), monitor(account)]
+    assert Position.objects.get(account=account).net_quantity == -10
+    errors = [e["error"] for run in runs for e in run.errors]
+    assert any("the position is reversed" in error for error in errors), errors
+    assert Order.objects.filter(account=account, role="entry").count() == 1
