@@ -482,14 +482,12 @@ def test_an_exit_the_trader_cancelled_at_the_broker_after_a_failed_platform_canc
 def two_entries_the_newer_filled_at_the_broker(trader, account):
     """E1 (10, filled and recorded, its stop-loss and take-profit live) and E2 (10, the same
     instrument and product) just filled at the broker."""
-    guarded, _ = sources.strategy_save(
-        owner=trader, name="Guarded", account_ids=[account.pk], stop_loss=D("1"), take_profit=D("2")
-    )
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
     quote("1500")
-    e1 = place(trader, account, quantity=10, strategy=guarded, source="strategy")
+    e1 = entry(trader, account, guarded)
     monitor(account)
     assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 10
-    e2 = place(trader, account, quantity=10, strategy=guarded, source="strategy", order_type="LIMIT", price="1499.00")
+    e2 = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
     monitor(account)
     quote("1498.9", bid="1498.8", ask="1498.9")  # E2 fills
     e2.refresh_from_db()
@@ -537,17 +535,9 @@ def test_both_exits_filling_is_told_to_the_trader_and_nothing_re_enters(trader, 
     """The take-profit fills, and before a run can cancel the stop-loss the price falls through it:
     both sell 10, and the account is short 10 that nobody asked for. The run says so, and the
     strategy does not re-enter on top of it."""
-    guarded, _ = sources.strategy_save(
-        owner=trader,
-        name="Guarded",
-        account_ids=[account.pk],
-        stop_loss=D("1"),
-        take_profit=D("2"),
-        reentry_enabled=True,
-        max_reentries=3,
-    )
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"), reentry_enabled=True, max_reentries=3)
     quote("1500")
-    place(trader, account, quantity=10, strategy=guarded, source="strategy")
+    entry(trader, account, guarded)
     monitor(account)
     quote("1531")  # the take-profit fills
     quote("1480")  # then the stop-loss, before any run
