@@ -24,7 +24,15 @@ from tradingplatform import metrics
 
 from . import ratelimit, registry, services
 from .base import Broker, BrokerOrder, OrderChange, OrderRequest, PlacedOrder, Quote
-from .errors import AuthError, BrokerError, BrokerUnavailable, NetworkError, OutcomeUnknown, RateLimited
+from .errors import (
+    AuthError,
+    BrokerError,
+    BrokerUnavailable,
+    NetworkError,
+    OutcomeUnknown,
+    RateLimited,
+    SendTooLate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,11 @@ OTHER_CALLS = "other"
 def backoff_delay(attempt: int, *, base_s: float = 0.2, cap_s: float = 5.0) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
     return random.uniform(0, min(cap_s, base_s * (2**attempt)))
+
+
+def _in_time(send_by: float | None) -> None:
+    if send_by is not None and time.time() > send_by:
+        raise SendTooLate(f"not sent: its time to be sent ran out {time.time() - send_by:.1f} s ago")
 
 
 class AccountBroker:
@@ -89,14 +102,24 @@ class AccountBroker:
         self._broker()  # the session first: an account to reconnect takes no slot
         self.budget_wait_s += ratelimit.acquire(self.account.pk, self.account.broker, kind, limits, **options)
 
-    def _once(self, kind: str, method: str, *args, budget_taken: bool = False, failed: AuthError | None = None):
+    def _once(
+        self,
+        kind: str,
+        method: str,
+        *args,
+        budget_taken: bool = False,
+        failed: AuthError | None = None,
+        send_by: float | None = None,
+    ):
         """One call with the budget taken (``budget_taken``: already), renewing the session once on
-        AuthError (``failed``: the call already failed so, sent with other accounts' calls)."""
+        AuthError (``failed``: the call already failed so, sent with other accounts' calls). With
+        ``send_by`` (a ``time.time()``), it is not made after then: ``SendTooLate``."""
         if failed is None:
             if not budget_taken:
                 self._take_budget(kind)
             try:
                 call = getattr(self._broker(), method)
+                _in_time(send_by)
                 with metrics.broker_call(self.account, method, args):
                     return call(*args)
             except AuthError as error:
@@ -104,6 +127,7 @@ class AccountBroker:
         self._renew_session(failed)
         self._take_budget(kind)
         call = getattr(self._broker(), method)
+        _in_time(send_by)
         with metrics.broker_call(self.account, method, args):
             return call(*args)
 
@@ -119,8 +143,12 @@ class AccountBroker:
         raise AssertionError("unreachable")
 
     # --- orders -----------------------------------------------------------------------
-    def place_order(self, request: OrderRequest, *, first=None) -> PlacedOrder:
+    def place_order(self, request: OrderRequest, *, first=None, send_by: float | None = None) -> PlacedOrder:
         """Place once. A lost answer is resolved by tag before the order is ever sent again.
+
+        ``send_by``: a ``time.time()`` after which the order is not sent (nor sent again): a
+        ``SendTooLate`` instead, for a caller that takes an order not sent by then for one that
+        never will be.
 
         Raises ``OutcomeUnknown`` when the broker cannot be asked whether it has the order, or
         does not have it yet after a timeout (the request may still arrive): the caller records
@@ -136,14 +164,14 @@ class AccountBroker:
         for attempt in range(self.attempts):
             try:
                 if attempt == 0 and first is BUDGET_TAKEN:
-                    return self._once(ORDER_CALLS, "place_order", request, budget_taken=True)
+                    return self._once(ORDER_CALLS, "place_order", request, budget_taken=True, send_by=send_by)
                 if attempt == 0 and isinstance(first, AuthError):
-                    return self._once(ORDER_CALLS, "place_order", request, failed=first)
+                    return self._once(ORDER_CALLS, "place_order", request, failed=first, send_by=send_by)
                 if attempt == 0 and first is not None:
                     if isinstance(first, BaseException):
                         raise first
                     return first
-                return self._once(ORDER_CALLS, "place_order", request)
+                return self._once(ORDER_CALLS, "place_order", request, send_by=send_by)
             except RateLimited as error:
                 # Refused before processing: safe to send again after the wait.
                 if attempt == self.attempts - 1:

@@ -50,6 +50,13 @@ class BrokerUnavailable(NetworkError):
     """The broker answered with a server error (5xx) or said it is down."""
 
 
+class SendTooLate(BrokerError):
+    """An order was not sent: its deadline (``AccountBroker.place_order``'s ``send_by``) passed
+    while it waited for the rate budget, a session or a retry. The broker does not have it."""
+
+    permanent = False
+
+
 class InputError(BrokerError):
     """The request itself is wrong (unknown parameter, bad value). Fix it; do not retry."""
 

@@ -48,6 +48,7 @@ from brokers.errors import (
     OutcomeUnknown,
     RateLimited,
     RejectKind,
+    SendTooLate,
 )
 from brokers.models import Instrument
 from brokers.selectors import instrument_last_price
@@ -661,11 +662,23 @@ def orders_send_together(orders: list[tuple[Order, AccountBroker]]) -> list:
     return AccountBroker.place_together([(broker, order_request(order)) for order, broker in orders])
 
 
+# A NEW order its broker does not have ``UNSENT_STALE_S`` after it was written has lost its sender:
+# a sync closes it (FAILED, and a strategy may retry it). So its placer sends it only within
+# ``SEND_WITHIN_S`` of being written, and a call still in flight then (``KITE_TIMEOUT_S`` at most)
+# lands before: an order a sync closed is never sent after all. A scheduled order's is sent at its
+# time, and its fire keeps the sync off it meanwhile (``_awaits_its_time``).
+UNSENT_STALE_S = 60
+SEND_WITHIN_S = 40
+
+
 def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) -> None:
     broker = broker or AccountBroker(order.account)
+    options = {} if first is None else {"first": first}
+    if not order.scheduled_id:
+        options["send_by"] = order.created_at.timestamp() + SEND_WITHIN_S
     try:
         request = order_request(order)
-        placed = broker.place_order(request) if first is None else broker.place_order(request, first=first)
+        placed = broker.place_order(request, **options)
     except OrderRejected as error:
         _transition(
             order,
@@ -689,6 +702,9 @@ def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) 
         )
     except OutcomeUnknown as error:
         _unknown_outcome(order, str(error))
+    except SendTooLate as error:
+        message = f"{error}, waiting for the rate budget, a session or a retry; the broker does not have it"
+        _fail(order, RejectKind.NETWORK, message, cause)
     except AuthError as error:
         _fail(order, "auth", f"{error} (reconnect the account)", cause)
     except RateLimited as error:
@@ -1413,7 +1429,7 @@ def orders_sync_account(
     by_tag = {o.tag: o for o in broker_orders if o.tag}
     candidates = orders_to_sync(account=account)
     changed, errors = 0, []
-    stale = timezone.now() - timedelta(seconds=60)
+    stale = timezone.now() - timedelta(seconds=UNSENT_STALE_S)
     today = trading_date()
     for order in candidates.select_related("account", "instrument"):
         state = by_id.get(order.broker_order_id) if order.broker_order_id else by_tag.get(order.reference)

@@ -290,10 +290,10 @@ def test_an_exit_that_never_reached_the_broker_is_placed_again_after_a_while(tra
     first = entry(trader, account, guarded)
     send = AccountBroker.place_order
 
-    def unreachable_for_stops(broker, request):
+    def unreachable_for_stops(broker, request, **options):
         if request.order_type == "SL-M":
             raise NetworkError("connection refused")
-        return send(broker, request)
+        return send(broker, request, **options)
 
     monkeypatch.setattr(AccountBroker, "place_order", unreachable_for_stops)
     for _ in range(cycle.EXIT_ATTEMPTS + 1):  # failures do not use up the attempts

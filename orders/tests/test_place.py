@@ -157,6 +157,19 @@ def test_a_session_ended_before_a_lost_answer_is_looked_up_leaves_the_outcome_un
     assert events(order) == ["created", "outcome_unknown"]
 
 
+def test_an_order_not_sent_in_time_is_never_sent_after_a_sync_could_close_it(trader, account, settings, monkeypatch):
+    """A sync closes a NEW order its broker does not have a minute after it was written (its sender
+    stopped), and a strategy may then place it again. So a placer held up past its time (waiting
+    for the rate budget here) does not send it at all: FAILED, and the broker never has it."""
+    settings.BROKER_RATE_LIMITS = {"paper": {"orders": [(1, 1.0)]}}
+    monkeypatch.setattr(services, "SEND_WITHIN_S", 0.3)
+    first = place(trader, account)
+    late = place(trader, account)  # waits about a second for the budget's next slot
+    assert first.status == Order.Status.FILLED
+    assert late.status == Order.Status.FAILED and "its time to be sent ran out" in late.reject_reason
+    assert not PaperOrder.objects.filter(tag=late.reference).exists()
+
+
 def test_an_unreachable_broker_leaves_an_unknown_outcome_that_reconciles(trader, account):
     knobs(account, error_rate=1)
     order = place(trader, account)
@@ -316,8 +329,8 @@ def test_a_placement_overtaken_by_reconciliation_answers_with_the_order_as_it_is
     # Under load an earlier order's sync can find this one at the broker by its tag (filled)
     # between the broker's answer and our move to SUBMITTED; the answer must not say NEW.
     class ReconciledMeanwhile(AccountBroker):
-        def place_order(self, request):
-            placed = super().place_order(request)
+        def place_order(self, request, **options):
+            placed = super().place_order(request, **options)
             services.orders_sync_account(account=account, cause="an earlier order's sync")
             return placed
 
