@@ -56,11 +56,9 @@ def trades_record_many(
     in a handful of statements and one transaction for all of them. Returns the fills applied, by
     account id. If the batch fails as a whole, raises; the caller then records account by account.
     """
-    rows = _rows_of(fills, fresh=fresh)
+    rows, keys = _prepared(fills, fresh=fresh)
     if not rows:
         return {}
-    _first_met(rows)
-    keys = _keys(rows)
     for _attempt in range(2):
         _positions_ready(keys)
         try:
@@ -113,6 +111,15 @@ def _rows_of(fills: list[tuple[BrokerAccount, list[BrokerTrade]]], *, fresh: boo
     return rows
 
 
+def _prepared(fills: list[tuple[BrokerAccount, list[BrokerTrade]]], *, fresh: bool) -> tuple[list[Trade], list[tuple]]:
+    """The fills to record (``_rows_of``) and their positions' keys (``_keys``), with their
+    accounts' opening rows made (``_first_met``): what comes before the fills' transaction."""
+    rows = _rows_of(fills, fresh=fresh)
+    if rows:
+        _first_met(rows)
+    return rows, _keys(rows)
+
+
 def _keys(rows: list[Trade]) -> list[tuple]:
     """The positions of ``rows``, (account id, instrument id, product), in the order they are locked."""
     return sorted({(row.account_id, row.instrument_id, row.product) for row in rows})
@@ -138,11 +145,9 @@ def fills_with_answer(account: BrokerAccount, broker_trades: list[BrokerTrade]):
     try again (the unique key refused a fill recorded meanwhile, a position was gone), it raises
     instead: the placer rolls back and lets the broker's word on the order go, and its fills are
     recorded as any announced fill is."""
-    rows = _rows_of([(account, broker_trades)], fresh=True)
+    rows, keys = _prepared([(account, broker_trades)], fresh=True)
     if not rows:
         return lambda: None
-    _first_met(rows)
-    keys = _keys(rows)
     _positions_ready(keys)
 
     def record() -> None:
