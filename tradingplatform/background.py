@@ -252,6 +252,17 @@ class Jobs:
                 self._cond.notify_all()
 
     def wait(self) -> None:
+        """Return once every job is done. A wait cut short (Celery's soft time limit raises in the
+        waiting thread, from a signal, not in the pool's) still waits for the jobs before the error
+        goes on: what the caller holds while they run (the monitoring cycle's account locks) must
+        outlast them. A hard time limit ends the process, its jobs with it."""
+        try:
+            self._wait()
+        except BaseException:
+            self._wait()
+            raise
+
+    def _wait(self) -> None:
         with self._cond:
             while self._pending:
                 self._cond.wait()

@@ -1,6 +1,8 @@
 """Background work: ``Batch`` gathers the items added while its last call ran into its next call;
 ``Pool`` runs the work its callers wait for on threads that keep their database connections."""
 
+import os
+import signal
 import threading
 import time
 
@@ -242,6 +244,31 @@ def test_map_raises_the_first_items_error_after_every_item_ran(pool):
     with pytest.raises(ValueError, match="item 2"):
         pool.map(job, range(6))
     assert sorted(ran) == list(range(6))
+
+
+def test_a_wait_cut_short_by_a_time_limit_still_waits_for_the_jobs(pool):
+    """Celery's soft time limit is a signal whose handler raises in the waiting thread, not in the
+    pool's: the caller's cleanup (the monitoring cycle releases its accounts' locks) must still come
+    after the jobs, which go on running, or the next cycle would run the same accounts beside them."""
+
+    class TimeLimit(Exception):
+        pass
+
+    def limit(_signum, _frame):
+        raise TimeLimit()
+
+    finished = []
+    previous = signal.signal(signal.SIGUSR1, limit)  # billiard's soft limit: SIGUSR1 to the worker
+    try:
+        jobs = background.Jobs()
+        pool.submit(jobs, lambda _: (time.sleep(0.5), finished.append(time.monotonic())), None)
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        with pytest.raises(TimeLimit):
+            jobs.wait()
+        raised_at = time.monotonic()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert finished and finished[0] <= raised_at
 
 
 @pytest.mark.django_db(transaction=True)
