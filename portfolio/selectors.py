@@ -8,6 +8,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from itertools import groupby
+from operator import itemgetter
 
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.utils import timezone
@@ -21,6 +23,7 @@ from orders.selectors import orders_of
 
 from .fifo import PositionState
 from .models import PnlSnapshot, Position, Trade
+from .services import fifo_order
 
 ZERO = Decimal("0.0000")
 DASHBOARD_TRADES = 20
@@ -153,16 +156,29 @@ def pnl_by_symbol_and_day(user) -> PnlBreakdown:
     fills = (
         Trade.objects.filter(account__owner=user)
         .order_by("filled_at", "id")
-        .values_list("account_id", "instrument_id", "product", "side", "quantity", "price", "filled_at")
+        .values_list(
+            "filled_at",
+            "broker_trade_id",
+            "broker_order_id",
+            "account_id",
+            "instrument_id",
+            "product",
+            "side",
+            "quantity",
+            "price",
+        )
     )
-    for account_id, instrument_id, product, side, quantity, price, filled_at in fills.iterator(chunk_size=2000):
-        realized = states[(account_id, instrument_id, product)].apply(side, quantity, price)
-        day = filled_at.astimezone(IST).date()
-        row = days.get(day)
-        if row is None:
-            row = days[day] = DayPnl(day=day)
-        row.realized += realized
-        row.fills += 1
+    for _at, tied in groupby(fills.iterator(chunk_size=2000), key=itemgetter(0)):
+        # The fills of one time in the order their positions matched them (``fifo_order``).
+        for fill in sorted(tied, key=lambda fill: fifo_order(*fill[:3])):
+            filled_at, _trade, _order, account_id, instrument_id, product, side, quantity, price = fill
+            realized = states[(account_id, instrument_id, product)].apply(side, quantity, price)
+            day = filled_at.astimezone(IST).date()
+            row = days.get(day)
+            if row is None:
+                row = days[day] = DayPnl(day=day)
+            row.realized += realized
+            row.fills += 1
     return PnlBreakdown(
         symbols=sorted(symbols.values(), key=lambda row: (row.tradingsymbol, row.exchange)),
         days=sorted(days.values(), key=lambda row: row.day, reverse=True),

@@ -89,7 +89,12 @@ def _rows_of(fills: list[tuple[BrokerAccount, list[BrokerTrade]]], *, fresh: boo
     orders = _orders_of(wanted)
     rows = []
     now = timezone.now()
-    for (account_id, _, _), t in sorted(wanted.items(), key=lambda item: (item[1].filled_at or now, item[0])):
+
+    def order(item: tuple) -> tuple:
+        (account_id, broker_order_id, trade_id), t = item
+        return (*fifo_order(t.filled_at or now, trade_id, broker_order_id), account_id)
+
+    for (account_id, _, _), t in sorted(wanted.items(), key=order):
         instrument = instrument_by_symbol(t.exchange, t.tradingsymbol)
         if instrument is None or instrument.exchange in MULTIPLIED_EXCHANGES:
             continue  # the monitoring run reports it: its fills are in no position
@@ -109,6 +114,15 @@ def _rows_of(fills: list[tuple[BrokerAccount, list[BrokerTrade]]], *, fresh: boo
             )
         )
     return rows
+
+
+def fifo_order(filled_at: datetime, broker_trade_id: str, broker_order_id: str) -> tuple:
+    """Where a fill comes in its position's FIFO queue: when it filled, then, among the fills of
+    one second (Kite's times are to the second), its trade id, the exchange's trade number, which
+    grows as trades happen (the shorter first, so digits compare as numbers), then its order's id.
+    Never when it was recorded: the fills of a second reach us in different batches and orders
+    (the placement's answer, a lagging trade list), and must match the same way whichever."""
+    return (filled_at, len(broker_trade_id), broker_trade_id, broker_order_id)
 
 
 def _prepared(fills: list[tuple[BrokerAccount, list[BrokerTrade]]], *, fresh: bool) -> tuple[list[Trade], list[tuple]]:
@@ -375,12 +389,16 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
         if not new:
             continue
         applied_until = position.fifo.get(LAST_FILLED_AT) if position.fifo else None
-        if applied_until and min(fill.filled_at for fill in new) < datetime.fromisoformat(applied_until):
-            # A fill older than one applied already (recorded late: it waited for a retry or its
-            # instrument): FIFO matches in the order they filled, so all of them again in that order.
+        if applied_until and min(fill.filled_at for fill in new) <= datetime.fromisoformat(applied_until):
+            # A fill no later than one applied already (recorded late: it waited for a retry or its
+            # instrument, or the trade list lagged the placement's answer; of the same second, it may
+            # come first by its trade number): FIFO matches in the order they filled (``fifo_order``),
+            # so all of them again in that order.
             state = PositionState()
-            every = Trade.objects.filter(account_id=key[0], instrument_id=key[1], product=key[2])
-            state.apply_many(every.order_by("filled_at", "pk").values_list("side", "quantity", "price"))
+            every = Trade.objects.filter(account_id=key[0], instrument_id=key[1], product=key[2]).values_list(
+                "filled_at", "broker_trade_id", "broker_order_id", "side", "quantity", "price"
+            )
+            state.apply_many(fill[3:] for fill in sorted(every, key=lambda fill: fifo_order(*fill[:3])))
         else:
             state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
             state.apply_many((fill.side, fill.quantity, fill.price) for fill in new)

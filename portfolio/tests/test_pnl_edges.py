@@ -1,9 +1,12 @@
 """PnL at the edges a review found wrong: fills recorded out of the order they filled, a last price
 of 0, a fill in an instrument the platform has not loaded, a position carried from an earlier day."""
 
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from brokers.base import BrokerTrade
@@ -41,6 +44,56 @@ def test_a_fill_recorded_after_a_later_one_is_matched_in_the_order_they_filled(t
     services.trades_record(account=account, broker_trades=[fill("4", "SELL", 5, "130", seconds=-596)])
     position.refresh_from_db()
     assert (position.realized_pnl, position.net_quantity) == (D("300"), 5)
+
+
+def tied_fills():
+    """Kite's fills, to the second: two BUYs in one second, in the exchange's order of their trade
+    numbers (its orders' ids, given when they were placed, the other way round), then a SELL."""
+    second = timezone.now().replace(microsecond=0) - timedelta(seconds=600)
+    made = [
+        ("250101000000011", "BUY", 10, "100", 0, "250101000000002"),
+        ("250101000000012", "BUY", 10, "110", 0, "250101000000001"),
+        ("250101000000013", "SELL", 15, "120", 1, "250101000000003"),
+    ]
+    return {
+        trade_id: replace(
+            fill(trade_id, side, qty, price), broker_order_id=order, filled_at=second + timedelta(seconds=s)
+        )
+        for trade_id, side, qty, price, s, order in made
+    }
+
+
+def with_answer(account, trades):
+    with transaction.atomic():
+        services.fills_with_answer(account, trades)()
+
+
+@pytest.mark.parametrize(
+    "arrivals",
+    [
+        [("sync", ["11", "12", "13"])],
+        [("answer", ["12"]), ("sync", ["11", "12", "13"])],  # the trade list lags the placement's answer
+        [("sync", ["12"]), ("sync", ["11"]), ("sync", ["13"])],
+        [("sync", ["13"]), ("sync", ["12"]), ("sync", ["11"])],
+        [("sync", ["12", "13"]), ("sync", ["13", "11", "12"])],  # overlapping batches: each fill counts once
+    ],
+)
+def test_fills_of_one_second_match_in_their_trade_numbers_order_however_they_arrive(trader, account, arrivals):
+    """Fills tied on their second match FIFO in the order of their trade numbers (the exchange's),
+    whichever batches and order they are recorded in: 10 @ 100 then 5 @ 110 close at 120,
+    realized 250, 5 left at 110 (the other way round would be 200, 5 at 100)."""
+    fills = tied_fills()
+    for path, trade_ids in arrivals:
+        trades = [fills[f"2501010000000{trade_id}"] for trade_id in trade_ids]
+        if path == "answer":
+            with_answer(account, trades)
+        else:
+            services.trades_record_many([(account, trades)])
+    position = Position.objects.get(account=account)
+    per_day = sum(row.realized for row in selectors.pnl_by_symbol_and_day(trader).days)
+    assert position.realized_pnl == per_day == D("250")
+    assert (position.net_quantity, position.average_price) == (5, D("110"))
+    assert Trade.objects.filter(account=account).count() == 3
 
 
 def test_a_last_price_of_0_is_no_price(account):
