@@ -375,7 +375,25 @@ _POSITION_UPDATE = PlainUpdate(Position)
 
 # Kept in the position's ``fifo`` beside the lots: when the latest fill applied to it filled.
 LAST_FILLED_AT = "last_filled_at"
+LAST_FILL = "last_fill"  # the latest applied fill's trade and order ids, beside its time
 _APPLIED = ["fifo", "net_quantity", "average_price", "realized_pnl", "unrealized_pnl", "last_price", "last_trade_id"]
+
+
+def _fifo_key(trade: Trade) -> tuple:
+    return fifo_order(trade.filled_at, trade.broker_trade_id, trade.broker_order_id)
+
+
+def _last_applied(position: Position) -> tuple | None:
+    """Where the latest fill applied to the position comes in its FIFO queue (``fifo_order``). A
+    position written before the fill's ids were kept has only its time: a fill of that second is
+    then taken as coming before it (the position is replayed once)."""
+    fifo = position.fifo or {}
+    if LAST_FILLED_AT not in fifo:
+        return None
+    at = datetime.fromisoformat(fifo[LAST_FILLED_AT])
+    if LAST_FILL not in fifo:
+        return (at, float("inf"), "", "")
+    return fifo_order(at, *fifo[LAST_FILL])
 
 
 def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]:
@@ -385,15 +403,15 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
     applied = []
     for key, fills in by_position.items():
         position = positions[key]
-        new = [fill for fill in fills if fill.pk > position.last_trade_id]
+        new = sorted((fill for fill in fills if fill.pk > position.last_trade_id), key=_fifo_key)
         if not new:
             continue
-        applied_until = position.fifo.get(LAST_FILLED_AT) if position.fifo else None
-        if applied_until and min(fill.filled_at for fill in new) <= datetime.fromisoformat(applied_until):
-            # A fill no later than one applied already (recorded late: it waited for a retry or its
-            # instrument, or the trade list lagged the placement's answer; of the same second, it may
-            # come first by its trade number): FIFO matches in the order they filled (``fifo_order``),
-            # so all of them again in that order.
+        applied_until = _last_applied(position)
+        if applied_until is not None and _fifo_key(new[0]) < applied_until:
+            # A fill that comes before one applied already (recorded late: it waited for a retry or
+            # its instrument, or the trade list lagged the placement's answer; of the same second, it
+            # may come first by its trade number): FIFO matches in the order they filled
+            # (``fifo_order``), so all of them again in that order.
             state = PositionState()
             every = Trade.objects.filter(account_id=key[0], instrument_id=key[1], product=key[2]).values_list(
                 "filled_at", "broker_trade_id", "broker_order_id", "side", "quantity", "price"
@@ -402,19 +420,17 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
         else:
             state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
             state.apply_many((fill.side, fill.quantity, fill.price) for fill in new)
-        latest = max(fill.filled_at for fill in new)
-        if applied_until:
-            latest = max(latest, datetime.fromisoformat(applied_until))
+        latest = max(applied_until, _fifo_key(new[-1])) if applied_until is not None else _fifo_key(new[-1])
         # The market's latest price where it was read with the lock (the fast path), else the
         # position's own, else the fill's.
         last = getattr(position, "market_price", None) or position.last_price or new[-1].price
-        position.fifo = {**state.to_dict(), LAST_FILLED_AT: latest.isoformat()}
+        position.fifo = {**state.to_dict(), LAST_FILLED_AT: latest[0].isoformat(), LAST_FILL: list(latest[2:])}
         position.net_quantity = state.net_quantity
         position.average_price = state.average_price
         position.realized_pnl = state.realized_pnl
         position.unrealized_pnl = state.unrealized_pnl(last)
         position.last_price = last
-        position.last_trade_id = new[-1].pk
+        position.last_trade_id = max(fill.pk for fill in new)
         _position_write(position, _APPLIED)
         applied.extend(new)
     for key, position in positions.items():

@@ -6,7 +6,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from brokers.base import BrokerTrade
@@ -94,6 +95,20 @@ def test_fills_of_one_second_match_in_their_trade_numbers_order_however_they_arr
     assert position.realized_pnl == per_day == D("250")
     assert (position.net_quantity, position.average_price) == (5, D("110"))
     assert Trade.objects.filter(account=account).count() == 3
+
+
+def test_a_fill_of_the_same_second_that_comes_after_the_latest_goes_on_from_the_kept_lots(account):
+    """Only a fill that comes before one applied replays the position's history: one of the same
+    second with a later trade number (most fills of a busy second, at Kite) goes on from the lots."""
+    fills = tied_fills()
+    services.trades_record_many([(account, [fills["250101000000011"]])])
+    with CaptureQueriesContext(connection) as queries:
+        services.trades_record_many([(account, [fills["250101000000012"]])])
+    replays = [q for q in queries if q["sql"].startswith("SELECT") and "`portfolio_trade`.`product` =" in q["sql"]]
+    assert not replays  # the replay reads every fill of the position (account, instrument, product)
+    services.trades_record_many([(account, [fills["250101000000013"]])])
+    position = Position.objects.get(account=account)
+    assert (position.realized_pnl, position.net_quantity, position.average_price) == (D("250"), 5, D("110"))
 
 
 def test_a_last_price_of_0_is_no_price(account):
