@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 
 from tradingplatform.admin import ReadOnlyAdmin
@@ -37,6 +38,26 @@ class OrderAdmin(ReadOnlyAdmin):
     inlines = [OrderEventInline]
 
 
+class OwnedAccountsForm(forms.ModelForm):
+    """A basket's or strategy's accounts are its owner's, as ``sources`` keeps them: a strategy's
+    settings drive the exits of the orders on them, and its owner changes those settings. So its
+    owner is fixed once it exists (as a broker account's is), and another trader's account is refused."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["owner"].disabled = True
+
+    def clean(self):
+        cleaned = super().clean()
+        owner, accounts = cleaned.get("owner"), cleaned.get("accounts")
+        if owner is not None and accounts is not None:
+            foreign = [account.label for account in accounts if account.owner_id != owner.pk]
+            if foreign:
+                self.add_error("accounts", f"Not {owner.username}'s: {', '.join(foreign)}.")
+        return cleaned
+
+
 class BasketItemInline(admin.TabularInline):
     model = BasketItem
     extra = 0
@@ -45,6 +66,7 @@ class BasketItemInline(admin.TabularInline):
 
 @admin.register(Basket)
 class BasketAdmin(admin.ModelAdmin):
+    form = OwnedAccountsForm
     list_display = ("name", "owner", "last_placed_at")
     search_fields = ("name", "owner__username")
     inlines = [BasketItemInline]
@@ -74,6 +96,7 @@ class ScheduledFireAdmin(ReadOnlyAdmin):
 
 @admin.register(Strategy)
 class StrategyAdmin(admin.ModelAdmin):
+    form = OwnedAccountsForm
     list_display = ("name", "owner", "is_active", "stop_loss", "take_profit", "max_reentries", "max_retries")
     exclude = ("webhook_secret_hash",)
 

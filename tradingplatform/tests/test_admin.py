@@ -76,3 +76,76 @@ def test_a_scheduled_order_is_cancelled_not_edited_in_admin(staff_client, trader
     staff_client.post(changelist, {"action": "cancel", "_selected_action": [row.pk]})
     row.refresh_from_db()
     assert row.status == ScheduledOrder.Status.CANCELLED and row.next_run_at is None
+
+
+def _change_form_data(form) -> dict:
+    """What the admin's change page posts for ``form`` as it is shown (unbound)."""
+    from django import forms
+
+    data = {}
+    for name, field in form.fields.items():
+        value = form[name].value()
+        if value is None or value is False or field.disabled:
+            continue
+        if isinstance(field, forms.ModelMultipleChoiceField):
+            data[name] = [str(getattr(v, "pk", v)) for v in value]
+        elif isinstance(field, forms.JSONField):
+            data[name] = field.prepare_value(value)
+        else:
+            data[name] = "on" if value is True else str(value)
+    return data
+
+
+def _admin_form(model, obj, staff):
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/")
+    request.user = staff
+    return admin.site._registry[model].get_form(request, obj, change=obj is not None)
+
+
+def test_staff_cannot_give_a_strategy_another_traders_account_or_owner(
+    staff_client, staff, trader, account, other_trader
+):
+    """A strategy's accounts are its owner's (as ``sources.strategy_save`` keeps them): its settings
+    drive the exits of the orders placed on them, and its owner changes its settings. An edit in
+    the admin that hands another trader's account to it, or it to another trader, is refused."""
+    from accounts.tests.factories import make_broker_account
+
+    theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-X1", label="Theirs")
+    strategy, _ = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk])
+    change = reverse("admin:orders_strategy_change", args=[strategy.pk])
+    data = _change_form_data(_admin_form(Strategy, strategy, staff)(instance=strategy))
+
+    response = staff_client.post(change, {**data, "accounts": [str(account.pk), str(theirs.pk)]})
+    assert response.status_code == 200  # the form again, with the error
+    assert list(strategy.accounts.values_list("pk", flat=True)) == [account.pk]
+
+    staff_client.post(change, {**data, "owner": str(other_trader.pk)})
+    strategy.refresh_from_db()
+    assert strategy.owner_id == trader.pk
+
+    form = _admin_form(Strategy, None, staff)(
+        {**data, "name": "New", "owner": str(other_trader.pk), "accounts": [str(account.pk)]}
+    )
+    assert not form.is_valid() and "accounts" in form.errors
+
+
+def test_staff_cannot_give_a_basket_another_traders_account_or_owner(staff, trader, account, other_trader):
+    from accounts.tests.factories import make_broker_account
+    from orders.models import Basket
+
+    theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-X1", label="Theirs")
+    basket = sources.basket_save(
+        owner=trader,
+        name="Morning",
+        items=[{"instrument": instrument("INFY"), "side": "BUY", "quantity": 1}],
+        account_ids=[account.pk],
+    )
+    Form = _admin_form(Basket, basket, staff)
+    data = _change_form_data(Form(instance=basket))
+    assert Form(data, instance=basket).is_valid()
+    form = Form({**data, "accounts": [str(account.pk), str(theirs.pk)]}, instance=basket)
+    assert not form.is_valid() and "accounts" in form.errors
+    form = Form({**data, "owner": str(other_trader.pk)}, instance=basket)
+    assert form.is_valid() and form.cleaned_data["owner"] == trader  # the owner field is fixed
