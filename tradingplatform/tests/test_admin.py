@@ -4,14 +4,16 @@ change are read-only there, and what admin does change goes through the services
 from datetime import timedelta
 
 import pytest
+from django import forms
 from django.contrib import admin
-from django.test import Client
+from django.test import Client, RequestFactory
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.tests.factories import make_broker_account
 from monitoring import cycle
 from orders import sources
-from orders.models import ScheduledOrder, Strategy, StrategySignal
+from orders.models import Basket, ScheduledOrder, Strategy, StrategySignal
 from orders.tests.factories import instrument, place
 from portfolio.models import PnlSnapshot, Position, Trade
 from tradingplatform.admin import ReadOnlyAdmin
@@ -80,8 +82,6 @@ def test_a_scheduled_order_is_cancelled_not_edited_in_admin(staff_client, trader
 
 def _change_form_data(form) -> dict:
     """What the admin's change page posts for ``form`` as it is shown (unbound)."""
-    from django import forms
-
     data = {}
     for name, field in form.fields.items():
         value = form[name].value()
@@ -97,8 +97,6 @@ def _change_form_data(form) -> dict:
 
 
 def _admin_form(model, obj, staff):
-    from django.test import RequestFactory
-
     request = RequestFactory().get("/")
     request.user = staff
     return admin.site._registry[model].get_form(request, obj, change=obj is not None)
@@ -110,8 +108,6 @@ def test_staff_cannot_give_a_strategy_another_traders_account_or_owner(
     """A strategy's accounts are its owner's (as ``sources.strategy_save`` keeps them): its settings
     drive the exits of the orders placed on them, and its owner changes its settings. An edit in
     the admin that hands another trader's account to it, or it to another trader, is refused."""
-    from accounts.tests.factories import make_broker_account
-
     theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-X1", label="Theirs")
     strategy, _ = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk])
     change = reverse("admin:orders_strategy_change", args=[strategy.pk])
@@ -132,9 +128,6 @@ def test_staff_cannot_give_a_strategy_another_traders_account_or_owner(
 
 
 def test_staff_cannot_give_a_basket_another_traders_account_or_owner(staff, trader, account, other_trader):
-    from accounts.tests.factories import make_broker_account
-    from orders.models import Basket
-
     theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-X1", label="Theirs")
     basket = sources.basket_save(
         owner=trader,
