@@ -322,7 +322,11 @@ def _check_login_user(account: BrokerAccount, tokens: SessionTokens, adapter: Br
 
 
 def connect_complete(*, account: BrokerAccount, request_token: str, actor) -> LiveSession:
-    """Exchange the broker's one-time request token for a session (the callback)."""
+    """Exchange the broker's one-time request token for a session (the callback). An account
+    deactivated since the trader went to the broker's login page gets none."""
+    account.refresh_from_db(fields=["is_active"])
+    if not account.is_active:
+        raise AuthError("The broker account is deactivated.")
     adapter = adapter_for(account)
     try:
         tokens = adapter.complete_login(request_token=request_token)

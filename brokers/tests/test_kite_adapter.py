@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.crypto import Sealed
+from accounts.models import BrokerAccount
 from accounts.tests.factories import make_kite_account
 from brokers.base import OrderChange, OrderRequest, Status
 from brokers.client import AccountBroker
@@ -40,7 +41,7 @@ def kite_setup(face_url, settings, trader):
     return account, exchange_client
 
 
-def connect_through_the_pages(client, face_url, account, exchange_client):
+def connect_through_the_pages(client, face_url, account, exchange_client, *, before_callback=lambda: None):
     """Connect on the accounts page, log in on the broker's page, come back to the callback."""
     login_url = client.post(reverse("brokers:connect", args=[account.pk])).url
     assert login_url.startswith(f"{face_url}/connect/login?")
@@ -61,6 +62,7 @@ def connect_through_the_pages(client, face_url, account, exchange_client):
         allow_redirects=False,
     ).headers["Location"]
     url = urlsplit(back)
+    before_callback()
     return client.get(url.path, dict(parse_qsl(url.query)))
 
 
@@ -97,6 +99,16 @@ def test_connect_trade_and_read_over_the_wire(client, trader, face_url, kite_set
     assert broker.ltp(["NSE:TCS"])["NSE:TCS"] > 0
     assert broker.margins().net > 0
     assert any(row.tradingsymbol == "INFY" for row in broker.instruments("NSE"))
+
+
+def test_an_account_deactivated_during_its_login_gets_no_session(client, trader, face_url, kite_setup):
+    account, exchange_client = kite_setup
+    client.force_login(trader)
+    deactivate = lambda: BrokerAccount.objects.filter(pk=account.pk).update(is_active=False)  # noqa: E731
+    response = connect_through_the_pages(client, face_url, account, exchange_client, before_callback=deactivate)
+    assert response.status_code == 302
+    assert not BrokerSession.objects.filter(account=account).exists()
+    assert "deactivated" in client.get(reverse("accounts:broker_list")).content.decode()
 
 
 def test_kite_errors_map_onto_ours(client, trader, face_url, kite_setup):
