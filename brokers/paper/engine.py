@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import secrets
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -851,10 +852,25 @@ _CASH_SQL = {
 }
 
 
+_last_trade_us = 0
+_trade_numbers_lock = threading.Lock()
+
+
+def _trade_number() -> str:
+    """A trade id that grows as the trades happen, as an exchange's trade numbers do (the platform
+    orders fills of one time by it: ``portfolio.services.fifo_order``): the microsecond, never the
+    same twice in a process, and 4 random digits that keep two processes' trades apart."""
+    global _last_trade_us
+    with _trade_numbers_lock:
+        _last_trade_us = max(_last_trade_us + 1, time.time_ns() // 1000)
+        us = _last_trade_us
+    return f"{us:016d}{secrets.randbelow(10**4):04d}"
+
+
 def _trade(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> PaperTrade:
     """The trade of a fill of a saved order (not saved)."""
     return PaperTrade(
-        trade_id=f"{secrets.randbelow(10**12):012d}",
+        trade_id=_trade_number(),
         order=order,
         client_id=order.client_id,
         instrument_id=order.instrument_id,
