@@ -971,9 +971,20 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
             # The broker took the change, so it holds whatever happened next: a fill it caused (a
             # modify to MARKET, a price moved across the market) may already be recorded, and the
             # order is then filled as changed. Only the changed fields are written, never the status.
-            Order.objects.filter(pk=order.pk).update(updated_at=timezone.now(), **fields)
+            ours = Order.objects.filter(pk=order.pk)
+            if change.quantity is not None:
+                # Unless fills told meanwhile (a broker that answers once it has the request: Kite)
+                # went past the quantity asked: the exchange refuses that cut, so it is not written.
+                ours = ours.filter(filled_quantity__lte=change.quantity)
+            taken = ours.update(updated_at=timezone.now(), **fields)
             order.refresh_from_db()
-            _event(order, "modified", cause=cause, from_status=order.status, data=asked)
+            if taken:
+                _event(order, "modified", cause=cause, from_status=order.status, data=asked)
+        if not taken:
+            message = f"{order.filled_quantity} were filled while it was sent; the order is read from the broker"
+            _event(order, "modify_rejected", cause=cause, from_status=order.status, message=message, data=asked)
+            _queue_sync(order)
+            raise OrderActionRefused(f"The change cannot take: {message}.", field="quantity")
     finally:
         # Once its outcome is committed (an event says what was asked from then on).
         key = _asked_key(order.pk)
@@ -1205,7 +1216,14 @@ def _modify_asked(order, changed: dict) -> bool:
 def _broker_terms(order: Order, state) -> dict:
     """The order's terms as its broker holds them, where they differ from ours: a change the broker
     made whose answer was lost (a modify that timed out)."""
-    if state.quantity <= 0 or not state.terms_settled:  # a change still being validated: old terms
+    if state.quantity <= 0:
+        return {}
+    if not state.terms_settled:  # a change still being validated: the book may show the old terms
+        # Unless it has filled past our quantity: a cut of ours that the broker took, overtaken by
+        # fills (the exchange refuses it). The quantity it shows, which holds those fills, is then
+        # the one the order keeps; its prices may still change, so they are left for a later look.
+        if order.quantity < state.filled_quantity <= state.quantity:
+            return {"quantity": state.quantity}
         return {}
     terms = {"quantity": state.quantity}
     # A stop order that triggered shows at some brokers as the plain order it became (SL-M as

@@ -299,3 +299,69 @@ def test_the_inline_modify_says_nothing_changed_when_the_broker_took_no_change(t
     data.update(trigger_price="", price="1401")
     answer = client.post(reverse("orders:modify", args=[order.pk]), data, HTTP_HX_REQUEST="true").content.decode()
     assert f"Modified {order.reference}." in answer and 'hx-disabled-elt="find button[type=submit]"' not in answer
+
+
+def _cut_to_50_after_30_filled(trader, account):
+    """100 rest at 1400, 30 fill, and the trader cuts the order to 50 (the broker takes it)."""
+    order = resting(trader, account, quantity=100)
+    set_price("1390", volume=30)
+    settle()
+    set_price("1500")
+    services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", quantity=50)
+    settle()
+    order.refresh_from_db()
+    assert (order.quantity, order.filled_quantity) == (50, 30)
+    return order
+
+
+@pytest.mark.parametrize("path", ["sync", "order_update", "read_back"])
+def test_a_cut_overtaken_by_fills_while_kite_validates_it_keeps_the_brokers_quantity(trader, account, path):
+    """Kite took the cut to 50, but 40 more filled before the exchange had it: its book still shows
+    the change as being validated (old terms: 100), with 70 filled. The order is not left at 50
+    with 70 filled (no such row can be written): it takes the quantity Kite holds, and says why."""
+    import dataclasses
+
+    from django.utils import timezone
+
+    order = _cut_to_50_after_30_filled(trader, account)
+    state = dataclasses.replace(
+        AccountBroker(account).order(order.broker_order_id),
+        quantity=100,
+        filled_quantity=70,
+        pending_quantity=30,
+        status="PARTIALLY_FILLED",
+        average_price=D("1400"),
+        terms_settled=False,  # MODIFY VALIDATION PENDING
+    )
+    if path == "sync":
+        services.orders_sync_account(account=account, broker_orders=[state], asked_at=timezone.now())
+    elif path == "order_update":
+        assert services.order_broker_update(account, state, True)
+    else:
+        services.order_apply_broker_state(order, state, cause="read back")
+    order.refresh_from_db()
+    assert (order.status, order.quantity, order.filled_quantity) == ("PARTIALLY_FILLED", 100, 70)
+    assert "quantity 100" in order.events.order_by("-pk").first().message
+
+
+def test_a_cut_the_broker_takes_after_more_filled_than_it_leaves_is_not_written(trader, account, monkeypatch):
+    """Kite answers a modify once it has the request. Its word of 40 more fills (70 of 100) came
+    while the cut to 50 was on its way: the exchange refuses that cut, so it is not written over
+    the fills (no such row can be), and the trader is told."""
+    import dataclasses
+
+    order = resting(trader, account, quantity=100)
+    set_price("1390", volume=30)
+    settle()
+    state = AccountBroker(account).order(order.broker_order_id)
+    filled_meanwhile = dataclasses.replace(state, filled_quantity=70, pending_quantity=30, status="PARTIALLY_FILLED")
+
+    def taken(self, broker_order_id, change):
+        assert services.order_broker_update(account, filled_meanwhile, True)
+
+    monkeypatch.setattr(AccountBroker, "modify_order", taken)
+    with pytest.raises(services.OrderActionRefused, match="70 were filled while it was sent"):
+        services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", quantity=50)
+    order.refresh_from_db()
+    assert (order.quantity, order.filled_quantity) == (100, 70)
+    assert order.events.filter(kind="modify_rejected").exists()
