@@ -961,6 +961,8 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
             AccountBroker(order.account).modify_order(order.broker_order_id, change)
         except (OrderRejected, InputError) as error:
             _event(order, "modify_rejected", cause=cause, from_status=order.status, message=error.message)
+            # The refusal often means the order moved on (filled, cancelled) unheard: catch up soon.
+            _queue_sync(order)
             raise OrderActionRefused(f"The broker refused the change: {error.message}") from error
         except BrokerError as error:
             raise _unanswered(order, "modify", error, cause=cause, data=asked) from error

@@ -365,3 +365,27 @@ def test_a_cut_the_broker_takes_after_more_filled_than_it_leaves_is_not_written(
     order.refresh_from_db()
     assert (order.quantity, order.filled_quantity) == (100, 70)
     assert order.events.filter(kind="modify_rejected").exists()
+
+
+def test_a_modify_the_broker_refuses_has_the_order_looked_up(trader, account, monkeypatch):
+    """At a broker that does not tell each change (Kite), a refused modify usually means the order
+    moved on (filled, cancelled) unheard: the account's reconciliation is queued, as for a refused
+    cancel, and brings the order in line at once rather than at the next cycle."""
+    order = resting(trader, account)
+    monkeypatch.setattr(adapter.PaperBroker, "tells_order_updates", False)
+    monkeypatch.setattr(adapter, "order_announce", lambda *a, **k: None)
+    set_price("1390")  # fills at the exchange; not told
+    settle()
+    assert at_broker(order).status == "COMPLETE"
+    queued = []
+    broker_services.account_activity_listeners.append(queued.append)
+    try:
+        with pytest.raises(services.OrderActionRefused, match="refused the change"):
+            services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", price="1401")
+    finally:
+        broker_services.account_activity_listeners.remove(queued.append)
+    assert order.events.filter(kind="modify_rejected").exists()
+    assert queued == [account.pk]
+    services.orders_sync_account(account=account)  # what the queued run does
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == ("FILLED", 2)
