@@ -1109,9 +1109,20 @@ def cancel_asked_by_platform(order: Order) -> bool:
     """Whether the last cancel asked for this order was one of the platform's own steps, and it
     reached the broker, which did not refuse it (not the trader, on a page, through the API or in
     the broker's own app, nor the broker). A request that failed (refused before it was sent: a
-    rate limit, a session to renew) closed nothing."""
-    last = _last_event(order, "cancel_requested", "cancel_refused", "cancel_failed")
-    return last is not None and last.kind == "cancel_requested" and last.data.get("by") == "platform"
+    rate limit, a session to renew) closed nothing. One refused because the order was cancelled
+    already (its refusal recorded with the order CANCELLED: a step's retry after its first request
+    took late, at a broker that answers before it closes the order) closed nothing either: it is
+    passed over, with its refusal, and the request before it says who cancelled, if any did."""
+    events = order.events.filter(kind__in=("cancel_requested", "cancel_refused", "cancel_failed")).order_by("-pk")
+    passing_over = False  # the latest request left was refused as already cancelled
+    for kind, from_status, data in events.values_list("kind", "from_status", "data"):
+        if kind == "cancel_refused" and from_status == OrderStatus.CANCELLED:
+            passing_over = True
+        elif kind == "cancel_requested" and passing_over:
+            passing_over = False
+        else:
+            return kind == "cancel_requested" and (data or {}).get("by") == "platform"
+    return False
 
 
 # --- Reconciliation with the broker ------------------------------------------------------------

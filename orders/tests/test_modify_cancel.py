@@ -389,3 +389,30 @@ def test_a_modify_the_broker_refuses_has_the_order_looked_up(trader, account, mo
     services.orders_sync_account(account=account)  # what the queued run does
     order.refresh_from_db()
     assert (order.status, order.filled_quantity) == ("FILLED", 2)
+
+
+@pytest.mark.parametrize("first_taken", [True, False])
+def test_a_platform_cancel_refused_as_already_cancelled_is_the_platforms_if_its_first_one_took(
+    trader, kite_on_face, monkeypatch, first_taken
+):
+    """Step 4 cancels an exit; Kite takes the request, the exchange closes the order only after the
+    next cycle's sync read it open, and that cycle's cancel is refused (already cancelled). The
+    cancel is still the platform's (its exit is put back if it was owed one, and no "cancelled at
+    the broker" is reported). Cancelled at the broker with no request of ours before, it is not."""
+    from brokers.kite.adapter import KiteBroker
+
+    order = resting(trader, kite_on_face, quantity=3)
+    if first_taken:
+        monkeypatch.setattr(KiteBroker, "cancel_order", lambda self, i: None)  # taken, not closed yet
+        services.order_cancel(order=order, actor=trader, cause="step 4", by_trader=False)
+        monkeypatch.undo()
+        order.refresh_from_db()
+        assert order.status == Order.Status.OPEN and services.cancel_asked_by_platform(order)
+    client = PaperClient.objects.get(user_id=kite_on_face.client_id)
+    engine.order_cancel(client=client, order_id=order.broker_order_id)  # the exchange closes it
+    monkeypatch.setattr(services, "CANCEL_PENDING_S", 0)  # the next cycle
+    with pytest.raises(services.OrderActionRefused, match="refused to cancel"):
+        services.order_cancel(order=order, actor=trader, cause="step 4 again", by_trader=False)
+    order.refresh_from_db()
+    assert order.status == Order.Status.CANCELLED and order.events.filter(kind="cancel_refused").exists()
+    assert services.cancel_asked_by_platform(order) is first_taken
