@@ -1017,16 +1017,19 @@ def step_rejections(ctx: Context) -> None:
             ctx.act(f"could not cancel {order.reference}: {refused.message}")
 
 
-def _place_again(ctx: Context, like: Order, *, role: str, cause: str, key: str, **counts) -> Order | None:
+def _place_again(
+    ctx: Context, like: Order, *, role: str, cause: str, key: str, quantity: int | None = None, **counts
+) -> Order | None:
     """A new order like ``like`` (its child), placed once per ``key``; None when refused.
-    ``counts``: its ``retry_count`` and ``reentry_count`` (written with its row)."""
+    ``quantity``: its own, where not ``like``'s. ``counts``: its ``retry_count`` and
+    ``reentry_count`` (written with its row)."""
     try:
         return orders.order_place(
             actor=ctx.account.owner,
             account=ctx.account,
             instrument=like.instrument,
             side=like.side,
-            quantity=like.quantity,
+            quantity=like.quantity if quantity is None else quantity,
             order_type=like.order_type,
             product=like.product,
             price=like.price,
@@ -1068,7 +1071,12 @@ def _stopped_out(**where):
 def step_reentry(ctx: Context) -> None:
     """Once an entry is out of the market by a stop-loss (it can fill no more and none of its exits
     is working), place a new entry like it, once, if the strategy allows another. An entry whose
-    fills got several stop-losses re-enters once, not once for each."""
+    fills got several stop-losses re-enters once, not once for each.
+
+    The re-entry buys back what its stop-losses closed, not what the entry asked for: an entry
+    cancelled part filled, a position cut by hand or a take-profit that closed part of it (at
+    the strategy's target: not stopped out) held less, and a re-entry of the whole would open
+    more than was ever stopped out. Whole lots only, so never more than that either."""
     stopped = _stopped_out(account=ctx.account).select_related(
         "parent__strategy", "parent__instrument", "parent__account"
     )
@@ -1082,8 +1090,16 @@ def step_reentry(ctx: Context) -> None:
         exits = entry.children.filter(role__in=EXIT_ROLES)
         if entry.status in Order.LIVE or exits.filter(status__in=Order.LIVE).exists():
             continue
-        if (exits.aggregate(total=Sum("filled_quantity"))["total"] or 0) > entry.filled_quantity:
+        closed = exits.aggregate(
+            total=Coalesce(Sum("filled_quantity"), 0),
+            stopped=Coalesce(Sum("filled_quantity", filter=Q(role=Order.Role.STOP_LOSS)), 0),
+        )
+        if closed["total"] > entry.filled_quantity:
             continue  # both exits filled: the position is reversed already (step 4 says so), no more
+        quantity = closed["stopped"] - closed["stopped"] % entry.instrument.lot_size
+        if quantity <= 0:
+            ctx.act(f"no re-entry after {exit_order.reference}: it closed {closed['stopped']}, less than a lot")
+            continue
 
         placed = _place_again(
             ctx,
@@ -1091,6 +1107,7 @@ def step_reentry(ctx: Context) -> None:
             role=Order.Role.ENTRY,
             cause=_cause("step 8", f"re-entry after {exit_order.reference} stopped out"),
             key=f"{REENTRY_KEY.strip(':')}:{entry.pk}",
+            quantity=quantity,
             reentry_count=entry.reentry_count + 1,
         )
         if placed is None:

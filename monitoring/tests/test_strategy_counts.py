@@ -1,15 +1,20 @@
-"""A strategy's retry and re-entry limits hold whatever replaces an order and wherever a worker stops."""
+"""A strategy's retry and re-entry limits hold whatever replaces an order and wherever a worker stops;
+a re-entry buys back what was stopped out."""
 
 from decimal import Decimal
 
+import pytest
+
+from brokers.models import Instrument
 from brokers.paper import engine
 from brokers.paper.models import PaperClient
 from monitoring import cycle
-from orders import sources
+from orders import services, sources
 from orders.models import Order
 from orders.tests.factories import place
+from tradingplatform import background
 
-from .test_strategy_exits import quote
+from .test_strategy_exits import held, knobs, quote
 
 D = Decimal
 
@@ -87,3 +92,94 @@ def test_a_retry_placed_just_before_the_worker_stops_counts_as_one(trader, accou
     cycle.account_monitor(account=account)
     cycle.account_monitor(account=account)
     assert Order.objects.filter(account=account).count() == 2  # the first and its one retry
+
+
+def reentering(trader, account, **params):
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Reenter", account_ids=[account.pk], reentry_enabled=True, **params
+    )
+    return strategy
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reentry_restores_what_was_stopped_out_not_what_the_entry_asked_for(trader, account):
+    """max_reentries=2: the entry (10) fills 4 and the trader cancels the rest; its stop-loss (4)
+    fills. The re-entry buys the 4 that were stopped out, not 10; so does the re-entry's own."""
+    strategy = reentering(trader, account, stop_loss=D("1"), max_reentries=2)
+    quote("1500")
+    first = place(
+        trader, account, quantity=10, order_type="LIMIT", price="1499.00", strategy=strategy, source="strategy"
+    )
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    services.order_cancel(order=first, actor=trader, cause="trader cancels the rest")
+    assert background.wait_idle(30)
+    cycle.account_monitor(account=account)  # its stop-loss, for 4
+    quote("1480")  # the stop-loss fills
+    cycle.account_monitor(account=account)
+    cycle.account_monitor(account=account)
+    reentry = Order.objects.get(parent=first, role="entry")
+    assert (reentry.quantity, reentry.status, reentry.reentry_count) == (4, Order.Status.FILLED, 1)
+    assert held(account) == 4
+    cycle.account_monitor(account=account)  # the re-entry's stop-loss
+    quote("1460")  # it fills
+    cycle.account_monitor(account=account)
+    cycle.account_monitor(account=account)
+    again = Order.objects.get(parent=reentry, role="entry")
+    assert (again.quantity, again.reentry_count) == (4, 2)
+    assert held(account) == 4
+
+
+def test_a_reentry_after_a_take_profit_took_part_buys_back_only_what_the_stop_loss_sold(trader, account):
+    """The entry (10) fills; its take-profit sells 4, so its stop-loss is cut to 6 and then sells
+    those. The 4 were closed at the strategy's target, not stopped out: the re-entry buys 6."""
+    strategy = reentering(trader, account, stop_loss=D("1"), take_profit=D("2"), max_reentries=1)
+    quote("1500")
+    first = place(trader, account, quantity=10, strategy=strategy, source="strategy")
+    cycle.account_monitor(account=account)  # its exits
+    quote("1530.2", bid="1530.2", ask="1530.3", volume=4)  # the take-profit sells 4
+    cycle.account_monitor(account=account)
+    quote("1480")  # the stop-loss sells the other 6
+    cycle.account_monitor(account=account)
+    cycle.account_monitor(account=account)
+    reentry = Order.objects.get(parent=first, role="entry")
+    assert (reentry.quantity, reentry.status) == (6, Order.Status.FILLED)
+    assert held(account) == 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reentry_in_a_future_buys_back_the_lots_stopped_out(trader, account):
+    """A NIFTY future (lot 75): the entry (3 lots) fills 1 lot and is cancelled; its stop-loss sells
+    that lot. The re-entry is that lot, a multiple of the lot size the broker takes."""
+    strategy = reentering(trader, account, stop_loss=D("1"), max_reentries=1)
+    symbol = Instrument.objects.filter(exchange="NFO", name="NIFTY").latest("expiry").tradingsymbol  # not expired
+
+    def future(last, volume=10**6):
+        last = D(last)
+        engine.market_set(
+            exchange="NFO", tradingsymbol=symbol, last_price=last, bid=last - 1, ask=last, tick_volume=volume
+        )
+
+    knobs(account, cash=D("100000000"))
+    future("26000")
+    first = place(
+        trader,
+        account,
+        symbol=symbol,
+        exchange="NFO",
+        quantity=225,
+        order_type="LIMIT",
+        price="25990.00",
+        strategy=strategy,
+        source="strategy",
+    )
+    future("25990", volume=75)
+    services.order_cancel(order=first, actor=trader, cause="trader cancels the rest")
+    assert background.wait_idle(30)
+    cycle.account_monitor(account=account)  # its stop-loss, for 75
+    future("25700")  # the stop-loss fills
+    cycle.account_monitor(account=account)
+    cycle.account_monitor(account=account)
+    first.refresh_from_db()
+    assert first.filled_quantity == 75
+    reentry = Order.objects.get(parent=first, role="entry")
+    assert (reentry.quantity, reentry.status) == (75, Order.Status.FILLED)
