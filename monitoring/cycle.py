@@ -1149,6 +1149,7 @@ def step_retries(ctx: Context) -> None:
         retried = _place_again(
             ctx,
             failed,
+            quantity=failed.quantity - failed.filled_quantity,  # a refusal after part filled: the rest
             role=failed.role,
             cause=_cause("step 9", f"retry {attempt} of {failed.reference} ({failed.reject_kind})"),
             key=f"{RETRY_KEY.strip(':')}:{failed.pk}",

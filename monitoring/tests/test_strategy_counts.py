@@ -94,6 +94,22 @@ def test_a_retry_placed_just_before_the_worker_stops_counts_as_one(trader, accou
     assert Order.objects.filter(account=account).count() == 2  # the first and its one retry
 
 
+def test_a_retry_places_only_what_its_refused_order_did_not_fill(trader, account):
+    """A broker's word of a refusal after part filled (4 of 10): the retry places the other 6,
+    never the 10 again (which would hold 14)."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Retry", account_ids=[account.pk], max_retries=1, retryable_kinds=["rms"]
+    )
+    rejecting(account, 1)
+    first = place(trader, account, quantity=10, strategy=strategy, source="strategy")
+    assert first.status == Order.Status.REJECTED
+    Order.objects.filter(pk=first.pk).update(filled_quantity=4, average_price=D("1500"))
+    backed_off(Order.objects.get(pk=first.pk))
+    rejecting(account, 0)
+    cycle.account_monitor(account=account)
+    assert Order.objects.get(parent=first, role="entry").quantity == 6
+
+
 def reentering(trader, account, **params):
     strategy, _ = sources.strategy_save(
         owner=trader, name="Reenter", account_ids=[account.pk], reentry_enabled=True, **params

@@ -1,5 +1,6 @@
 """Modify and cancel when things overlap: two tabs, a double click, a stale page, a lost answer."""
 
+import dataclasses
 import threading
 import time
 from decimal import Decimal
@@ -7,9 +8,11 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 from django.urls import reverse
+from django.utils import timezone
 
 from brokers import services as broker_services
 from brokers.client import AccountBroker
+from brokers.kite.adapter import KiteBroker, to_order
 from brokers.paper import adapter, engine
 from brokers.paper.models import PaperClient, PaperOrder
 from orders import services
@@ -169,12 +172,6 @@ def test_a_cancel_whose_answer_was_lost_is_looked_up_at_once(trader, account, cl
 def test_a_book_read_while_a_change_is_validated_is_not_taken_for_the_brokers_terms(trader, account, raw_status):
     """Kite's book shows the old terms until a modify is through (its order history: MODIFY
     VALIDATION PENDING, MODIFY PENDING and MODIFIED at the old price, then OPEN at the new)."""
-    import dataclasses
-
-    from django.utils import timezone
-
-    from brokers.kite.adapter import to_order
-
     order = resting(trader, account)
     services.order_modify(order=order, actor=trader, cause="trader", price="1405")
     order.refresh_from_db()
@@ -194,10 +191,6 @@ def test_a_kite_order_is_cancelled_when_kite_says_so_not_when_it_takes_the_reque
 ):
     """Kite answers a cancel once it has the request; the exchange may still fill the order or refuse
     the cancel. The order is read back: cancelled when Kite has closed it, else left as Kite holds it."""
-    import dataclasses
-
-    from brokers.kite.adapter import KiteBroker
-
     account = kite_on_face
     first, second = (resting(trader, account, quantity=3) for _ in range(2))
     services.order_cancel(order=first, actor=trader, cause="test")
@@ -217,8 +210,6 @@ def test_a_kite_cancel_that_did_not_take_lets_a_later_one_be_sent(trader, kite_o
     """Kite took the first cancel and the exchange refused it, or it never left (the worker failed
     between recording it and sending it): the order is still open at the broker. A cancel asked
     while the first may still be processed is not sent again; one asked later is, and closes it."""
-    from brokers.kite.adapter import KiteBroker
-
     order = resting(trader, kite_on_face, quantity=3)
     if first == "never_sent":
         monkeypatch.setattr(AccountBroker, "cancel_order", lambda self, i: (_ for _ in ()).throw(RuntimeError))
@@ -268,10 +259,6 @@ def test_a_modify_checks_the_trigger_against_the_price_band(trader, account):
 
 
 def test_a_market_order_kite_shows_as_the_limit_of_its_protection_stays_a_market_order(trader, account):
-    import dataclasses
-
-    from django.utils import timezone
-
     set_price("1500")
     order = place(trader, account, quantity=2)  # MARKET
     settle()
@@ -319,10 +306,6 @@ def test_a_cut_overtaken_by_fills_while_kite_validates_it_keeps_the_brokers_quan
     """Kite took the cut to 50, but 40 more filled before the exchange had it: its book still shows
     the change as being validated (old terms: 100), with 70 filled. The order is not left at 50
     with 70 filled (no such row can be written): it takes the quantity Kite holds, and says why."""
-    import dataclasses
-
-    from django.utils import timezone
-
     order = _cut_to_50_after_30_filled(trader, account)
     state = dataclasses.replace(
         AccountBroker(account).order(order.broker_order_id),
@@ -348,8 +331,6 @@ def test_a_cut_the_broker_takes_after_more_filled_than_it_leaves_is_not_written(
     """Kite answers a modify once it has the request. Its word of 40 more fills (70 of 100) came
     while the cut to 50 was on its way: the exchange refuses that cut, so it is not written over
     the fills (no such row can be), and the trader is told."""
-    import dataclasses
-
     order = resting(trader, account, quantity=100)
     set_price("1390", volume=30)
     settle()
@@ -399,8 +380,6 @@ def test_a_platform_cancel_refused_as_already_cancelled_is_the_platforms_if_its_
     next cycle's sync read it open, and that cycle's cancel is refused (already cancelled). The
     cancel is still the platform's (its exit is put back if it was owed one, and no "cancelled at
     the broker" is reported). Cancelled at the broker with no request of ours before, it is not."""
-    from brokers.kite.adapter import KiteBroker
-
     order = resting(trader, kite_on_face, quantity=3)
     if first_taken:
         monkeypatch.setattr(KiteBroker, "cancel_order", lambda self, i: None)  # taken, not closed yet
