@@ -64,14 +64,21 @@ class PnlSummary:
     accounts: list[AccountPnl]
     realized: Decimal = ZERO
     unrealized: Decimal = ZERO
+    # When its positions were read (what was committed before it is in it): the version the page
+    # compares, so a push read earlier that arrives later does not put older figures back.
+    read_at: datetime | None = None
 
     @property
     def total(self) -> Decimal:
         return self.realized + self.unrealized
 
 
-def pnl_summary(user) -> PnlSummary:
-    """Realized, unrealized and total PnL of the user's positions: overall and per account (every account)."""
+def pnl_summary(user, *, now: datetime | None = None) -> PnlSummary:
+    """Realized, unrealized and total PnL of the user's positions: overall and per account (every account).
+
+    ``now``: when the caller started reading (before this reads anything), kept as ``read_at``.
+    """
+    read_at = now or timezone.now()
     rows = {account.pk: AccountPnl(account=account) for account in broker_accounts_of(user)}
     for account_id, realized, unrealized in Position.objects.filter(account__owner=user).values_list(
         "account_id", "realized_pnl", "unrealized_pnl"
@@ -84,6 +91,7 @@ def pnl_summary(user) -> PnlSummary:
         accounts=accounts,
         realized=sum((row.realized for row in accounts), ZERO),
         unrealized=sum((row.unrealized for row in accounts), ZERO),
+        read_at=read_at,
     )
 
 
@@ -260,6 +268,9 @@ class Dashboard:
     trades: list[Trade]
     errors: list[AccountRun]
     chart_since: datetime
+    # When its state was read, before any of it was: each live part's version on the page (pushes are
+    # rendered on different processes and threads, and one read earlier may arrive later).
+    read_at: datetime
 
 
 def dashboard_of(user, *, now: datetime | None = None) -> Dashboard:
@@ -267,11 +278,12 @@ def dashboard_of(user, *, now: datetime | None = None) -> Dashboard:
     now = now or timezone.now()
     day_start = trading_day_start(now)
     return Dashboard(
-        summary=pnl_summary(user),
+        summary=pnl_summary(user, now=now),
         point=pnl_latest_point(user, day_start),
         positions=list(positions_of(user, open_only=True)),
         open_orders=list(orders_of(user, status=list(Order.LIVE))[:DASHBOARD_ORDERS]),
         trades=list(trades_of(user)[:DASHBOARD_TRADES]),
         errors=list(account_runs_of(user, errors_only=True, since=now - ERRORS_WINDOW)[:DASHBOARD_ERRORS]),
         chart_since=day_start,
+        read_at=now,
     )

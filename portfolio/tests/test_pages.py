@@ -10,6 +10,7 @@ from itertools import count
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, include, path, reverse
 from django.utils import timezone
 
@@ -19,8 +20,9 @@ from monitoring import cycle
 from monitoring.models import AccountRun
 from monitoring.tests.test_consumer import connect
 from orders.tests.factories import instrument, place
-from portfolio import broadcast, selectors
+from portfolio import broadcast, selectors, services
 from portfolio.models import PnlSnapshot, Position, Trade
+from portfolio.tests.test_services import fill as trade
 from tradingplatform import background
 
 D = Decimal
@@ -485,3 +487,30 @@ async def test_a_burst_of_pushes_sends_one_now_and_one_trailing_push_with_the_la
     assert 'data-label="Net qty" class="num up">9<' in section(last, "positions")
     assert await communicator.receive_nothing(timeout=0.5)
     await communicator.disconnect()
+
+
+def _version(html: str, element_id: str) -> int | None:
+    root = re.search(rf'<section id="{element_id}"[^>]*>', html)
+    assert root, f"no #{element_id} section"
+    version = re.search(r'data-version="(\d+)"', root.group(0))
+    return int(version.group(1)) if version else None
+
+
+def test_a_dashboard_push_read_before_a_fill_is_older_than_the_page_read_after_it(trader, trader_client, account):
+    """Pushes are rendered on different processes and threads (a monitoring run's, a fill's trailing
+    push) and may reach the page in either order: one read before the last fill, arriving after the
+    page showed that fill, must not put the fill's PnL back. Each live part carries the time its state
+    was read (its version, as order rows carry theirs), so the page keeps the newer (pushes.js)."""
+    services.trades_record(account=account, broker_trades=[trade("1", "BUY", 10, "100", seconds=-2)])
+    stale = render_to_string(broadcast.TEMPLATE, {"dashboard": selectors.dashboard_of(trader)})
+    services.trades_record(account=account, broker_trades=[trade("2", "SELL", 10, "110", seconds=-1)])
+    page = get(trader_client, "dashboard").content.decode()
+    portfolio = get(trader_client, "portfolio").content.decode()
+    fresh = get(trader_client, "dashboard_fragments").content.decode()
+
+    assert 'data-label="Net qty" class="num up">10<' in section(stale, "positions")  # the fill is not in it
+    assert re.search(r'id="pnl-realized"><span class="num up">100\.00</span>', section(page, "pnl-summary"))
+    for element_id in ("pnl-summary", "positions", "recent-trades", "monitoring-errors"):
+        old, shown, new = (_version(html, element_id) for html in (stale, page, fresh))
+        assert old is not None and old < shown <= new, element_id
+    assert _version(stale, "pnl-summary") < _version(portfolio, "pnl-summary")

@@ -20,7 +20,9 @@
      whether it is final. Pushes and answers are rendered on different threads and may arrive out of
      order: a row older than the one on the page (an order's "Open" rendered before its fill) must
      not replace it. An order never fills less, nor leaves a final state for a live one, whatever
-     two hosts' clocks say. */
+     two hosts' clocks say. The dashboard's live parts (PnL, positions, trades, errors) carry the time
+     their state was read: a push read before the last fill, arriving after one read after it, is
+     dropped. */
   function number(el, name) {
     var v = el && el.getAttribute && el.getAttribute(name);
     return v ? Number(v) : null;
