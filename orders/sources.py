@@ -1258,6 +1258,11 @@ def strategy_signal(
     and places nothing. A repeat saying something else (another side, quantity, symbol...) is
     refused (409 on ``signal_id``) rather than answered with the first one's results: an alert
     that sends one fixed id would otherwise have every later signal silently dropped.
+
+    A repeat of a signal whose first request died after taking the id and before recording its
+    results (a worker restarted, a timeout) places it: under the same idempotency keys, so an
+    account whose order that request placed gets it back, not a second one, and the others are
+    not left without theirs (an alert's retry would else be answered "replayed" with nothing placed).
     """
     if strategy.owner_id != actor.pk:
         raise ValidationError({"strategy": "No such strategy."})
@@ -1269,12 +1274,14 @@ def strategy_signal(
     if len(signal_id) > SIGNAL_ID_MAX_LENGTH:
         raise ValidationError({"signal_id": f"A signal id has at most {SIGNAL_ID_MAX_LENGTH} characters."})
     signals = StrategySignal.objects.filter(strategy=strategy, signal_id=signal_id)
-    existing = signals.first()
-    if existing is not None:
+    signal = signals.first()
+    if signal is not None:
         # A repeat: compared with the first as sent, not checked again (its instrument's lot or
         # tick may have changed since; a retry is still a retry).
         sent = _signal_payload(instrument, side, quantity, order_type, product, price, trigger_price)
-        return _replayed(existing, sent, signals), True
+        signal = _replayed(signal, sent, signals)
+        if signal.results:
+            return signal, True
     # A refused signal leaves no trace, so the same id can be sent again once corrected: what
     # every account's order must meet is checked before the id is taken (each account's own
     # rules, its products and limits, are its placement's result).
@@ -1291,11 +1298,15 @@ def strategy_signal(
     accounts = list(strategy.accounts.order_by("pk"))  # a deactivated one answers with why, as in a basket
     if not any(account.is_active for account in accounts):
         raise ValidationError({"strategy": "This strategy has no active accounts."})
-    try:
-        with transaction.atomic():
-            signal = StrategySignal.objects.create(strategy=strategy, signal_id=signal_id, via=via, payload=payload)
-    except IntegrityError:  # the same id at the same moment: the other request places it
-        return _replayed(signals.get(), payload, signals), True
+    replayed = signal is not None
+    if not replayed:
+        try:
+            with transaction.atomic():
+                signal = StrategySignal.objects.create(strategy=strategy, signal_id=signal_id, via=via, payload=payload)
+        except IntegrityError:  # the same id at the same moment: the other request places it
+            signal, replayed = _replayed(signals.get(), payload, signals), True
+            if signal.results:
+                return signal, True
     spec = {
         "instrument": instrument,
         "side": side,
@@ -1319,7 +1330,7 @@ def strategy_signal(
     ]
     signal.results = _copies.map(_call, jobs)
     StrategySignal.objects.filter(pk=signal.pk).update(results=signal.results)
-    return signal, False
+    return signal, replayed
 
 
 SIGNAL_ID_MAX_LENGTH = StrategySignal._meta.get_field("signal_id").max_length

@@ -576,6 +576,35 @@ def test_a_signal_places_on_each_account_and_a_replay_places_nothing(trader, str
     assert PaperOrder.objects.count() == 2
 
 
+def test_a_signal_whose_first_request_died_is_placed_by_its_retry_once(client, trader, strategy, monkeypatch):
+    """The first delivery took the signal's id, placed on one account and died before the other (a
+    worker restarted, a timeout): TradingView's retry places what is missing, not nothing and not
+    the first account's order again."""
+    from orders import services
+
+    second = make_broker_account(trader, broker="paper", client_id="SIG2")
+    strategy.accounts.add(second)
+    real = services.order_place
+
+    def dies_on_the_second(**order):
+        if order["account"].pk == second.pk:
+            raise RuntimeError("worker lost")
+        return real(**order)
+
+    monkeypatch.setattr(services, "order_place", dies_on_the_second)
+    assert webhook(client, strategy).status_code == 500
+    assert PaperOrder.objects.count() == 1
+    monkeypatch.setattr(services, "order_place", real)
+    retried = webhook(client, strategy)
+    assert retried.json()["replayed"] is True
+    assert sorted(row["account_id"] for row in retried.json()["results"]) == sorted(
+        [strategy.accounts.first().pk, second.pk]
+    )
+    assert Order.objects.filter(strategy=strategy).count() == PaperOrder.objects.count() == 2
+    assert webhook(client, strategy).json()["replayed"] is True
+    assert PaperOrder.objects.count() == 2
+
+
 def webhook(client, strategy, **overrides):
     payload = {
         "secret": strategy.secret,
