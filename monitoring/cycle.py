@@ -642,11 +642,11 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         if (timezone.now() - mine[-1].updated_at).total_seconds() < wait_s:
             _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: placing again within {wait_s} s")
             return
-    owed = _owed_terms(mine[-1]) if mine and mine[-1].status == Order.Status.CANCELLED else None
+    owed = _owed_exit(mine)
     if owed is not None:
         # Cancelled past the cap to be replaced (a trail's new trigger), its broker closing it only
         # later: put back as that replacement, which keeps the trail's distance (``_placed``).
-        replaced = mine[-1]
+        replaced, owed = owed
         prices = {"order_type": replaced.order_type, "price": replaced.price, "trigger_price": replaced.trigger_price}
         prices.update(owed)
         key = f"{REPLACE_KEY.strip(':')}:{replaced.pk}"
@@ -683,6 +683,20 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         _run_error(ctx, f"{name} {placed.reference} for {entry.reference} {placed.status}: {placed.reject_reason}")
     else:
         ctx.act(f"placed {name} {placed.reference} for {entry.reference}")
+
+
+def _owed_exit(mine: list[Order]) -> tuple[Order, dict] | None:
+    """The newest of an entry's exits of one role cancelled past the cap to be replaced and not
+    replaced yet, with the terms owed (``_owed_terms``). Not only the last one: a newer exit of the
+    role still live (the entry filled in parts, one exit per part) must not hide it, or what it
+    covered would go back at the first level, loosening what a trail had tightened."""
+    replaced = {e.idempotency_key.rsplit(REPLACE_KEY, 1)[1] for e in mine if REPLACE_KEY in (e.idempotency_key or "")}
+    for order in reversed(mine):
+        if order.status == Order.Status.CANCELLED and str(order.pk) not in replaced:
+            terms = _owed_terms(order)
+            if terms is not None:
+                return order, terms
+    return None
 
 
 def _refusal(error: Exception) -> str:

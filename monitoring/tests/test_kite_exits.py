@@ -9,7 +9,14 @@ import pytest
 from brokers.errors import InputError
 from brokers.kite.adapter import KiteBroker
 from monitoring import cycle
-from monitoring.tests.test_strategy_exits import entry, live_exits, quote, strategy, trailing_stop_at_the_cap
+from monitoring.tests.test_strategy_exits import (
+    at_modification_cap,
+    entry,
+    live_exits,
+    quote,
+    strategy,
+    trailing_stop_at_the_cap,
+)
 from orders import services
 from orders.models import Order
 from tradingplatform import background
@@ -104,6 +111,37 @@ def test_a_trailing_stop_replaced_past_the_cap_after_kite_closes_it_keeps_the_tr
     monitor(account)
     now.refresh_from_db()
     assert now.trigger_price == D("1505.10")
+
+
+def test_the_older_of_two_trailing_stops_replaced_past_the_cap_is_put_back_where_it_had_trailed(
+    trader, kite_on_face, monkeypatch
+):
+    """The entry filled 4, then 6: two stop-losses, both trailed to 1499.00. The older one, at the
+    cap, is cancelled to be replaced; Kite closes it a cycle later, when the price has eased to
+    1506. Its 4 are put back at 1499.00 (a trail never moves back), not at the first level of
+    1489.00 (trailed again only to 1494.00): the newer, live stop must not hide what was owed."""
+    account = kite_on_face
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    monitor(account)
+    quote("1498.9", bid="1498.8", ask="1498.9")
+    monitor(account)
+    older, newer = first.children.filter(role="stop_loss").order_by("pk")
+    assert (older.quantity, newer.quantity, older.trigger_price) == (4, 6, D("1489.00"))
+    at_modification_cap(older)
+    kite = PendingCancels(monkeypatch)
+    quote("1512")
+    monitor(account)
+    newer.refresh_from_db()
+    assert newer.trigger_price == D("1499.00") and kite.sent == [older.broker_order_id]
+    kite.close_all()
+    quote("1506")
+    monitor(account)
+    monitor(account)
+    live = first.children.filter(role="stop_loss", status__in=Order.LIVE).order_by("pk")
+    assert [(o.quantity, o.trigger_price) for o in live] == [(6, D("1499.00")), (4, D("1499.00"))]
 
 
 def test_a_chased_entry_the_trader_cancelled_while_its_cap_cancel_was_pending_is_not_replaced(
