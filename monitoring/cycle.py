@@ -33,7 +33,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -455,8 +455,8 @@ def _offset(price: Decimal, amount: Decimal, unit: str) -> Decimal:
     return price * amount / 100 if unit == Strategy.Unit.PERCENT else amount
 
 
-def _on_tick(price: Decimal, tick: Decimal) -> Decimal:
-    return ((price / tick).to_integral_value(rounding=ROUND_HALF_UP) * tick).quantize(Decimal("0.01"))
+def _on_tick(price: Decimal, tick: Decimal, rounding: str = ROUND_HALF_UP) -> Decimal:
+    return ((price / tick).to_integral_value(rounding=rounding) * tick).quantize(Decimal("0.01"))
 
 
 EXIT_ROLES = (Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT)
@@ -809,10 +809,12 @@ def _chase_target(ctx: Context, order: Order) -> tuple[Decimal, Decimal | None, 
     cap = min(caps) if caps else None
     target = _on_tick(last, tick)
     if cap is not None:
+        # The cap's last price on a tick is the one within it (down for a buy, up for a sell): rounded
+        # half up, a percent cap (0.02 % of 1499.00 is 0.2998) would be passed by up to half a tick.
         target = (
-            min(target, _on_tick(original + cap, tick))
+            min(target, _on_tick(original + cap, tick, ROUND_FLOOR))
             if order.side == "BUY"
-            else max(target, _on_tick(original - cap, tick))
+            else max(target, _on_tick(original - cap, tick, ROUND_CEILING))
         )
     return target, cap, last
 

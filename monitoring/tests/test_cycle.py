@@ -183,6 +183,22 @@ def test_an_open_limit_entry_is_chased_within_its_cap(trader, account):
     assert order.price == D("1497")
 
 
+@pytest.mark.parametrize("side, far, chased_to", [("BUY", "1520", "1499.20"), ("SELL", "1480", "1498.80")])
+def test_a_percent_chase_cap_is_not_passed_by_rounding_to_the_tick(trader, account, side, far, chased_to):
+    """0.02 % of the first price (1499.00) is 0.2998: a buy is chased to 1499.2998 at most, a sell
+    to 1498.7002 at least. The chase stops at the last tick within (1499.20, 1498.80), not at the
+    tick rounded half up past it (1499.30, 1498.70)."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Chaser", account_ids=[account.pk], chase_after_s=0, chase_max_percent=D("0.02")
+    )
+    set_price(far)  # far away, never crossing the order
+    order = entry(trader, account, strategy, side=side, order_type="LIMIT", price="1499.00")
+    monitor(account)
+    order.refresh_from_db()
+    assert order.price == D(chased_to)
+    assert abs(order.price - D("1499.00")) <= D("1499.00") * D("0.02") / 100
+
+
 def test_a_stop_loss_trails_favourable_moves_and_never_back(trader, account):
     strategy, _ = sources.strategy_save(
         owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
