@@ -1052,12 +1052,20 @@ def _fire_send(fire: ScheduledFire, order: Order) -> Order | tuple[str, str]:
 
 
 def _fire_refusal(fire: ScheduledFire) -> str:
-    """Why nothing is sent for a fire: its account or owner deactivated since its order was written."""
+    """Why nothing is sent for a fire's order written before its time: its account or owner
+    deactivated since, or the order no longer meets its account's rules (products and limits the
+    trader lowered meanwhile, an instrument expired at midnight). Checked again at the time, with
+    the account as read under the take's locks, as an order placed whole then is checked: else a
+    prepared order would be sent under limits the trader had already taken away."""
     scheduled = fire.scheduled
     if not scheduled.account.is_active:
         return f"{scheduled.account.label} is deactivated."
     if not scheduled.owner.is_active:
         return "This account's owner is deactivated."
+    try:
+        services.order_check(actor=scheduled.owner, account=scheduled.account, **scheduled.spec())
+    except ValidationError as error:
+        return " ".join(error.messages)[:255]
     return ""
 
 

@@ -722,3 +722,17 @@ def test_a_kite_order_due_with_paper_ones_is_not_held_back_by_the_paper_exchange
     assert {f.status for f in fires} == {ScheduledFire.Status.PLACED}, [f.detail for f in fires]
     [kite_late] = _late_s(kite_on_face, due_at)
     assert kite_late < 0.5, f"the Kite order reached its broker {kite_late:.2f} s after its time"
+
+
+def test_a_prepared_order_whose_accounts_limits_were_lowered_before_its_time_is_not_sent(trader, account):
+    """The limits were met when the order was written ahead; the trader lowered them before its
+    time. An order placed whole at its time is checked then: a prepared one must be too."""
+    from accounts.services import broker_account_update
+
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row, seconds=1)
+    broker_account_update(account=account, actor=trader, allowed_products=["CNC"])
+    _at(due_at)
+    fire = sources.scheduled_fire(fire_id=fire.pk)
+    assert fire.status == ScheduledFire.Status.FAILED and "MIS is not allowed" in fire.detail, fire.detail
+    _unsent(order, "MIS is not allowed")
