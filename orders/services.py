@@ -1467,7 +1467,10 @@ def orders_sync_account(
         try:
             if state is not None:
                 changed += order_apply_broker_state(order, state, cause=cause, asked_at=asked_at)
-            elif trading_date(order.created_at) < today and not _awaits_its_time(order):
+            elif trading_date(order.created_at) < today and order.created_at < stale and not _awaits_its_time(order):
+                # Only one written over a minute ago: one written just before midnight (a scheduled
+                # order prepared for a time just after it) was sent today, and a request of it that
+                # is still on its way is waited for here as any lost answer is (below).
                 changed += _closed_with_its_day(order, cause)
             elif order.status == OrderStatus.NEW and order.created_at < stale and not _awaits_its_time(order):
                 _fail(order, RejectKind.NETWORK, "never reached the broker (the sender stopped)", cause)

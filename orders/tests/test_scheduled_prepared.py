@@ -736,3 +736,27 @@ def test_a_prepared_order_whose_accounts_limits_were_lowered_before_its_time_is_
     fire = sources.scheduled_fire(fire_id=fire.pk)
     assert fire.status == ScheduledFire.Status.FAILED and "MIS is not allowed" in fire.detail, fire.detail
     _unsent(order, "MIS is not allowed")
+
+
+def test_a_lost_answer_of_an_order_prepared_before_midnight_is_not_closed_as_the_days_before(
+    trader, account, monkeypatch
+):
+    """Prepared at 23:59:58 IST, sent at midnight, its answer lost: the request may still land. The
+    sync that the lost answer asks for runs at once, on the new trading day, while the order was
+    written on the day before: it must wait for the request as for any lost answer (a minute), not
+    close it as a day order of the day before (FAILED: a Kite account, whose sync no longer reads
+    an earlier day's failed orders, keeps it failed while it fills)."""
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row, seconds=1)
+    monkeypatch.setattr(
+        AccountBroker, "place_order", lambda self, request, **_: (_ for _ in ()).throw(OutcomeUnknown("timed out"))
+    )
+    _at(due_at)
+    sources.scheduled_fire(fire_id=fire.pk)
+    order.refresh_from_db()
+    assert order.status == Order.Status.SUBMITTED and not order.broker_order_id
+    real = services.trading_date
+    monkeypatch.setattr(services, "trading_date", lambda now=None: real(now) + timedelta(days=now is None))
+    services.orders_sync_account(account=account)  # just after midnight; the request still on its way
+    order.refresh_from_db()
+    assert order.status == Order.Status.SUBMITTED, f"{order.status}: {order.reject_reason}"
