@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -1113,15 +1114,27 @@ def _fires_record(
 
 
 def scheduled_pending_stale(*, older_than_s: float = 30) -> list[int]:
-    """Fires claimed but never placed, or left placing (their worker died): place them now (idempotent)."""
-    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    """Fires claimed but never placed, or left placing (their worker died): place them now (idempotent).
+
+    One still waiting (PENDING, PREPARED) ``RESEND_WAITING_S`` after its time (and its claim) was
+    not taken by the task sent for it, due at its time: that task was lost with its worker (killed
+    after preparing it; a message it held comes back only after the broker's visibility timeout).
+    It is sent again then, while it can still be placed on time, not first when it is sure to be
+    missed."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=older_than_s)
+    waiting_cutoff = now - timedelta(seconds=min(older_than_s, RESEND_WAITING_S))
     return list(
         ScheduledFire.objects.filter(
-            status__in=_TO_PLACE,
-            claimed_at__lt=cutoff,
-            due_at__lt=cutoff,
+            Q(status__in=_TO_PLACE, claimed_at__lt=cutoff, due_at__lt=cutoff)
+            | Q(status__in=ScheduledFire.WAITING, claimed_at__lt=waiting_cutoff, due_at__lt=waiting_cutoff)
         ).values_list("pk", flat=True)
     )
+
+
+# A waiting due time not taken this long after its time lost its task (``scheduled_pending_stale``);
+# well within ``SCHEDULE_ON_TIME_S``, and longer than a burst's tasks take to be taken at their time.
+RESEND_WAITING_S = 2.0
 
 
 def _notify_missed(scheduled: ScheduledOrder, due_at: datetime) -> None:

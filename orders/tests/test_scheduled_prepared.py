@@ -760,3 +760,18 @@ def test_a_lost_answer_of_an_order_prepared_before_midnight_is_not_closed_as_the
     services.orders_sync_account(account=account)  # just after midnight; the request still on its way
     order.refresh_from_db()
     assert order.status == Order.Status.SUBMITTED, f"{order.status}: {order.reject_reason}"
+
+
+def test_a_prepared_due_time_whose_task_was_lost_is_sent_again_while_still_on_time(trader, account):
+    """The worker prepared the due time and was killed before its time (the task it sent for the
+    time went with it, or waits out the broker's visibility timeout, an hour). The dispatcher must
+    send it again while it can still be placed on time, not only once it is sure to be missed."""
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row, seconds=1)
+    _at(due_at + timedelta(seconds=2.5))  # no task came at its time
+    resent = [pk for fire_ids, _due_at in sources.scheduled_dispatch() for pk in fire_ids]
+    assert resent == [fire.pk]
+    fire = sources.scheduled_fire(fire_id=fire.pk)
+    order.refresh_from_db()
+    assert fire.status == ScheduledFire.Status.PLACED, fire.detail
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
