@@ -19,6 +19,7 @@ from brokers.paper.models import PaperOrder
 from orders import sources
 from orders.models import Order, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import instrument
+from tradingplatform import background
 
 IST = ZoneInfo("Asia/Kolkata")
 
@@ -430,6 +431,8 @@ def test_fire_tasks_side_by_side_place_at_most_the_parallelism_at_once(trader, a
     from orders import services
 
     settings.SCHEDULE_FIRE_PARALLELISM = 2
+    # A fresh pool: one an earlier test used at a higher setting keeps its idle threads a while.
+    monkeypatch.setattr(sources, "_fires", background.Pool("SCHEDULE_FIRE_PARALLELISM", "placing-scheduled"))
     rows = [make_scheduled(trader, account) for _ in range(8)]
     sources.scheduled_claim_due(now=rows[0].next_run_at + timedelta(seconds=1))
     ids = sorted(ScheduledFire.objects.values_list("pk", flat=True))
