@@ -1138,11 +1138,11 @@ RETRY_KEY = ":retry:"
 
 
 def _rejected_with_retries(**where):
-    """Refused strategy entries (a refused exit is placed again by step 4)."""
+    """Refused strategy entries (a refused exit is placed again by step 4) of an active strategy."""
     return Order.objects.filter(
         **where,
         role=Order.Role.ENTRY,
-        strategy__isnull=False,
+        strategy__is_active=True,  # a paused strategy opens nothing new (step 8 neither)
         status__in=[Order.Status.REJECTED, Order.Status.FAILED],
         strategy__max_retries__gt=0,
     )

@@ -10,7 +10,7 @@ from brokers.paper import engine
 from brokers.paper.models import PaperClient
 from monitoring import cycle
 from orders import services, sources
-from orders.models import Order
+from orders.models import Order, Strategy
 from orders.tests.factories import place
 from tradingplatform import background
 
@@ -108,6 +108,24 @@ def test_a_retry_places_only_what_its_refused_order_did_not_fill(trader, account
     rejecting(account, 0)
     cycle.account_monitor(account=account)
     assert Order.objects.get(parent=first, role="entry").quantity == 6
+
+
+def test_a_paused_strategy_retries_nothing_until_it_is_resumed(trader, account):
+    """A retry is a new entry: a paused strategy opens nothing new (as it re-enters nothing)."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Retry", account_ids=[account.pk], max_retries=1, retryable_kinds=["rms"]
+    )
+    rejecting(account, 1)
+    first = place(trader, account, strategy=strategy, source="strategy")
+    assert first.status == Order.Status.REJECTED
+    backed_off(first)
+    rejecting(account, 0)
+    Strategy.objects.filter(pk=strategy.pk).update(is_active=False)
+    cycle.account_monitor(account=account)
+    assert not Order.objects.filter(parent=first).exists()
+    Strategy.objects.filter(pk=strategy.pk).update(is_active=True)
+    cycle.account_monitor(account=account)
+    assert Order.objects.get(parent=first).status == Order.Status.FILLED
 
 
 def reentering(trader, account, **params):
