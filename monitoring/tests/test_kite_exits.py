@@ -113,6 +113,17 @@ def test_a_trailing_stop_replaced_past_the_cap_after_kite_closes_it_keeps_the_tr
     assert now.trigger_price == D("1505.10")
 
 
+def filled_in_two(trader, account, guarded):
+    """An entry of 10 at 1499.00 that fills 4, then 6, a cycle after each: two stop-losses."""
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    monitor(account)
+    quote("1498.9", bid="1498.8", ask="1498.9")
+    monitor(account)
+    return first
+
+
 def test_the_older_of_two_trailing_stops_replaced_past_the_cap_is_put_back_where_it_had_trailed(
     trader, kite_on_face, monkeypatch
 ):
@@ -122,12 +133,7 @@ def test_the_older_of_two_trailing_stops_replaced_past_the_cap_is_put_back_where
     1489.00 (trailed again only to 1494.00): the newer, live stop must not hide what was owed."""
     account = kite_on_face
     guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
-    quote("1500")
-    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
-    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
-    monitor(account)
-    quote("1498.9", bid="1498.8", ask="1498.9")
-    monitor(account)
+    first = filled_in_two(trader, account, guarded)
     older, newer = first.children.filter(role="stop_loss").order_by("pk")
     assert (older.quantity, newer.quantity, older.trigger_price) == (4, 6, D("1489.00"))
     at_modification_cap(older)
@@ -171,12 +177,7 @@ def test_an_entry_stopped_out_by_two_stop_losses_re_enters_once(trader, kite_on_
     10 (max_reentries 1), not one per stop-loss."""
     account = kite_on_face
     guarded = strategy(trader, account, stop_loss=D("1"), reentry_enabled=True, max_reentries=1)
-    quote("1500")
-    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
-    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
-    monitor(account)
-    quote("1498.9", bid="1498.8", ask="1498.9")
-    monitor(account)
+    first = filled_in_two(trader, account, guarded)
     assert first.children.filter(role="stop_loss").count() == 2
     quote("1470")  # both stops trigger
     for _ in range(3):

@@ -29,6 +29,18 @@ def backed_off(order):
     Order.objects.filter(pk=order.pk).update(updated_at=order.updated_at.replace(year=2020))
 
 
+def refused_entry(trader, account, **order):
+    """A strategy that retries an RMS refusal once, and its entry, refused, its backoff passed."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Retry", account_ids=[account.pk], max_retries=1, retryable_kinds=["rms"]
+    )
+    rejecting(account, 1)
+    first = place(trader, account, strategy=strategy, source="strategy", **order)
+    assert first.status == Order.Status.REJECTED
+    backed_off(first)
+    return strategy, first
+
+
 def test_a_retried_reentry_is_the_reentry_still_and_does_not_reenter_past_the_limit(trader, account):
     """max_reentries=1: the stop-loss fills, the re-entry is refused (RMS) and retried; the retry
     fills and its own stop-loss fills. The strategy has re-entered once: nothing more is placed."""
@@ -67,13 +79,7 @@ def test_a_retried_reentry_is_the_reentry_still_and_does_not_reenter_past_the_li
 def test_a_retry_placed_just_before_the_worker_stops_counts_as_one(trader, account, monkeypatch):
     """max_retries=1: the worker stops right after placing the retry, which is refused too. Its
     count was written with its row, so no run retries it again."""
-    strategy, _ = sources.strategy_save(
-        owner=trader, name="Retry", account_ids=[account.pk], max_retries=1, retryable_kinds=["rms"]
-    )
-    rejecting(account, 1)
-    first = place(trader, account, strategy=strategy, source="strategy")
-    assert first.status == Order.Status.REJECTED
-    backed_off(first)
+    _, first = refused_entry(trader, account)
     placing = cycle._place_again
 
     def stops_after_placing(*args, **kwargs):
@@ -97,14 +103,8 @@ def test_a_retry_placed_just_before_the_worker_stops_counts_as_one(trader, accou
 def test_a_retry_places_only_what_its_refused_order_did_not_fill(trader, account):
     """A broker's word of a refusal after part filled (4 of 10): the retry places the other 6,
     never the 10 again (which would hold 14)."""
-    strategy, _ = sources.strategy_save(
-        owner=trader, name="Retry", account_ids=[account.pk], max_retries=1, retryable_kinds=["rms"]
-    )
-    rejecting(account, 1)
-    first = place(trader, account, quantity=10, strategy=strategy, source="strategy")
-    assert first.status == Order.Status.REJECTED
+    _, first = refused_entry(trader, account, quantity=10)
     Order.objects.filter(pk=first.pk).update(filled_quantity=4, average_price=D("1500"))
-    backed_off(Order.objects.get(pk=first.pk))
     rejecting(account, 0)
     cycle.account_monitor(account=account)
     assert Order.objects.get(parent=first, role="entry").quantity == 6
@@ -112,13 +112,7 @@ def test_a_retry_places_only_what_its_refused_order_did_not_fill(trader, account
 
 def test_a_paused_strategy_retries_nothing_until_it_is_resumed(trader, account):
     """A retry is a new entry: a paused strategy opens nothing new (as it re-enters nothing)."""
-    strategy, _ = sources.strategy_save(
-        owner=trader, name="Retry", account_ids=[account.pk], max_retries=1, retryable_kinds=["rms"]
-    )
-    rejecting(account, 1)
-    first = place(trader, account, strategy=strategy, source="strategy")
-    assert first.status == Order.Status.REJECTED
-    backed_off(first)
+    strategy, first = refused_entry(trader, account)
     rejecting(account, 0)
     Strategy.objects.filter(pk=strategy.pk).update(is_active=False)
     cycle.account_monitor(account=account)
