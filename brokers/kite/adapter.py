@@ -222,6 +222,10 @@ class KiteBroker(base.Broker):
             raise NetworkError(f"Kite did not answer within {settings.KITE_TIMEOUT_S}s") from exc
         except requests.ConnectionError as exc:
             raise NetworkError("Could not reach Kite") from exc
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
+            # The connection dropped while the answer came in, or it cannot be decoded: like a
+            # timeout, it does not say what Kite did (to an order call, a lost answer: looked up by tag).
+            raise NetworkError("Kite's answer broke off before it could be read") from exc
         if response.status_code == 429:
             raise RateLimited("Kite: too many requests", retry_after=float(response.headers.get("Retry-After", 1)))
         content_type = response.headers.get("Content-Type", "")

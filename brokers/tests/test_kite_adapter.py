@@ -254,11 +254,12 @@ PROXY_PAGE = (200, "text/html", b"<html><body>Request received</body></html>")
 class FakeKite(BaseHTTPRequestHandler):
     """Kite's order routes on a real port: the orders it takes kept as Kite's JSON (the samples'
     order row), each route answering Kite's success, or what ``answers[method]`` says (a
-    proxy's page in front of Kite)."""
+    proxy's page in front of Kite); for the methods in ``cut``, the answer breaks off midway."""
 
     book: list = []
     forms: list = []
     answers: dict = {}
+    cut: set = set()
 
     def _form(self) -> dict:
         length = int(self.headers.get("Content-Length") or 0)
@@ -302,6 +303,8 @@ class FakeKite(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if method in FakeKite.cut:  # the connection drops halfway through the answer
+            body, self.close_connection = body[: len(body) // 2], True
         self.wfile.write(body)
 
     def log_message(self, *args):
@@ -310,7 +313,7 @@ class FakeKite(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_kite(settings):
-    FakeKite.book, FakeKite.forms, FakeKite.answers = [], [], {}
+    FakeKite.book, FakeKite.forms, FakeKite.answers, FakeKite.cut = [], [], {}, set()
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKite)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     settings.KITE_API_URL = f"http://127.0.0.1:{server.server_port}"
@@ -406,6 +409,29 @@ def test_a_lookup_by_tag_answered_by_a_proxys_page_leaves_the_outcome_unknown(
     placed.refresh_from_db()
     assert placed.status != Order.Status.REJECTED and not placed.reject_kind
     assert len(fake_kite.book) == 2  # each sent once, never again blindly
+
+
+def test_an_answer_cut_off_midway_is_a_lost_answer_found_by_tag(trader, connected_kite_account, fake_kite):
+    """The connection drops while Kite's answer comes in (``requests`` raises neither a timeout
+    nor a ConnectionError then): the order call may have been done, so it is a lost answer, and a
+    placement is looked up by its tag, never taken for a refusal or sent again."""
+    from brokers.errors import BrokerError, NetworkError
+
+    fake_kite.cut = {"POST", "PUT", "DELETE"}
+    for call in (
+        lambda: adapter().place_order(order("CA-1")),
+        lambda: adapter().modify_order("261203000000001", OrderChange(price=Decimal("1401"))),
+        lambda: adapter().cancel_order("261203000000001"),
+    ):
+        with pytest.raises(NetworkError) as error:
+            call()
+        assert not isinstance(error.value, BrokerUnavailable)
+    placed = AccountBroker(connected_kite_account, sleep=lambda s: None).place_order(order("CA-2"))
+    assert [row["tag"] for row in fake_kite.book] == ["CA-1", "CA-2"]  # each sent once
+    assert placed.broker_order_id == fake_kite.book[1]["order_id"]
+    fake_kite.cut = {"GET"}
+    with pytest.raises(BrokerError):
+        adapter().orders()
 
 
 # --- The start of the day's figures ----------------------------------------------------------------
