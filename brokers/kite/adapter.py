@@ -235,10 +235,11 @@ class KiteBroker(base.Broker):
             body = response.json()
         except ValueError:
             body = None
-        if not isinstance(body, dict):
-            # A proxy's or firewall's page in front of Kite, or a cut body: it does not say what
-            # Kite did. To an order call that is a lost answer (looked up by tag, reconciled),
-            # never a refusal; to a read, a broker not answering properly for now.
+        if not isinstance(body, dict) or not (body.get("status") in ("success", "error") or body.get("error_type")):
+            # A proxy's or firewall's page in front of Kite (its own JSON too: Kite's answers all
+            # carry ``status``), or a cut body: it does not say what Kite did. To an order call that
+            # is a lost answer (looked up by tag, reconciled), never a refusal nor a change done;
+            # to a read, a broker not answering properly for now.
             raise self._server_error(changes_order)(f"Kite answered {response.status_code} without Kite's JSON")
         if body.get("status") == "error" or body.get("error_type"):
             self._raise(response.status_code, body, order_call=order_call, changes_order=changes_order)

@@ -368,7 +368,16 @@ def test_a_modify_to_market_or_stop_market_asks_for_market_protection(fake_kite,
     assert fake_kite.forms[-1].get("market_protection") == protection
 
 
-@pytest.mark.parametrize("answer", [PROXY_PAGE, (403, "text/html", b"<html>Forbidden</html>")])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        PROXY_PAGE,
+        (403, "text/html", b"<html>Forbidden</html>"),
+        # A gateway's or firewall's own JSON in front of Kite: JSON, but not Kite's answer.
+        (403, "application/json", b'{"message": "Forbidden"}'),
+        (404, "application/json", b'{"error": "no route"}'),
+    ],
+)
 def test_an_unreadable_answer_to_an_order_call_is_a_lost_answer_and_to_a_read_a_passing_fault(fake_kite, answer):
     from brokers.errors import NetworkError
 
