@@ -264,6 +264,10 @@ class KiteBroker(base.Broker):
             raise KiteBroker._server_error(changes_order)(message)
         if "find that `order_id`" in message or "order not found" in message.lower():
             raise OrderNotFound(message)
+        if changes_order and error_type == "GeneralException":
+            # Kite's unclassified error (its type too when the answer names none), whatever the
+            # HTTP status: it does not say the order call was not done, so it is a lost answer.
+            raise NetworkError(message)
         kind = classify_rejection(message)
         if order_call and (error_type == "OrderException" or kind not in ("other", "input")):
             raise OrderRejected(kind, message)

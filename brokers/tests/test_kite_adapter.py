@@ -443,6 +443,26 @@ def test_an_answer_cut_off_midway_is_a_lost_answer_found_by_tag(trader, connecte
         adapter().orders()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "error", "message": "Something went wrong.", "error_type": "GeneralException"},
+        {"status": "error", "message": "Insufficient funds.", "error_type": "GeneralException"},
+        {"status": "error", "message": "Something went wrong."},  # no type: Kite's general error
+    ],
+)
+@pytest.mark.parametrize("status", [400, 500])
+def test_a_general_exception_to_a_placement_is_looked_up_by_tag_not_a_refusal(
+    trader, connected_kite_account, fake_kite, body, status
+):
+    """Kite's GeneralException is unclassified: it does not say the order was not placed, whatever
+    its HTTP status. The order is looked up by its tag (here Kite has it), never rejected."""
+    fake_kite.answers = {"POST": (status, "application/json", json.dumps({**body, "data": None}).encode())}
+    placed = AccountBroker(connected_kite_account, sleep=lambda s: None).place_order(order("GE-1"))
+    assert [row["tag"] for row in fake_kite.book] == ["GE-1"]  # sent once
+    assert placed.broker_order_id == fake_kite.book[0]["order_id"]
+
+
 # --- The start of the day's figures ----------------------------------------------------------------
 
 
