@@ -25,7 +25,8 @@ def product_choices(instrument: Instrument | None) -> list[tuple[str, str]]:
 
 def instrument_from(value) -> Instrument | None:
     value = str(value or "").strip()
-    return Instrument.objects.filter(pk=value).first() if value.isdigit() else None
+    # isdecimal, not isdigit: "²" is a digit but no number int() reads.
+    return Instrument.objects.filter(pk=value).first() if value.isdecimal() else None
 
 
 class PriceField(forms.DecimalField):
@@ -87,7 +88,7 @@ class OrderTicketForm(forms.Form):
         if product not in dict(product_choices(instrument)):
             product = "MIS"
         quantity = str(quantity or "")
-        if not quantity.isdigit() or int(quantity) == 0 or int(quantity) % instrument.lot_size:
+        if not quantity.isdecimal() or int(quantity) == 0 or int(quantity) % instrument.lot_size:
             quantity = instrument.lot_size
         return cls(user, initial={"instrument": instrument.pk, "product": product, "quantity": quantity})
 

@@ -235,6 +235,16 @@ def test_picking_an_unknown_instrument_is_404(trader_client, instruments):
     assert trader_client.get(reverse("orders:instrument_pick", args=[999999])).status_code == 404
 
 
+def test_an_instrument_id_or_quantity_of_digits_that_are_no_number_is_refused_not_a_500(trader_client, account):
+    """A "²" is a digit to ``str.isdigit`` but no number to ``int``: the id is not found, the quantity not kept."""
+    assert trader_client.get(reverse("orders:ticket"), {"instrument": "²"}).status_code == 200
+    response = trader_client.post(reverse("orders:ticket"), ticket_data(account, instrument="²"))
+    assert response.status_code == 200 and "instrument" in response.context["form"].errors
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+    picked = trader_client.get(reverse("orders:instrument_pick", args=[instrument("INFY").pk]), {"quantity": "²"})
+    assert picked.status_code == 200 and re.search(r'name="quantity" value="1"', picked.content.decode())
+
+
 # --- Order book ----------------------------------------------------------------------------------
 
 
