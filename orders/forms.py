@@ -34,7 +34,10 @@ class PriceField(forms.DecimalField):
 
     def to_python(self, value):
         value = super().to_python(value)
-        if value is not None and value.is_finite() and value.as_tuple().exponent < -self.decimal_places:
+        if value is not None and not value.is_finite():
+            # Refused here, not first by ``validate``: a signalling NaN cannot even be compared.
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+        if value is not None and value.as_tuple().exponent < -self.decimal_places:
             shorter = value.quantize(Decimal(1).scaleb(-self.decimal_places))
             if shorter == value:
                 return shorter

@@ -590,3 +590,15 @@ def test_zeros_after_a_prices_two_places_are_not_places(trader_client, account):
     assert Order.objects.get().price == D("1400.50")
     refused = trader_client.post(reverse("orders:ticket"), ticket_data(account, order_type="LIMIT", price="1400.505"))
     assert refused.status_code == 200 and Order.objects.count() == 1
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_modify_form_whose_shown_price_is_no_number_is_refused_not_a_500(trader_client, trader, account, inline):
+    """A signalling NaN ("sNaN") cannot even be compared: the form it was shown with is out of date."""
+    order = resting_order(trader, account)
+    data = {"quantity": "1", "order_type": "LIMIT", "price": "1401", "trigger_price": ""}
+    shown = {f"initial-{name}": value for name, value in {**data, "price": "sNaN"}.items()}
+    headers = {"HTTP_HX_REQUEST": "true"} if inline else {}
+    response = trader_client.post(reverse("orders:modify", args=[order.pk]), {**data, **shown}, **headers)
+    assert response.status_code == 200 and "has changed since this form was shown (price)" in response.content.decode()
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).price == D("1400")
