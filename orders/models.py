@@ -193,6 +193,8 @@ class ScheduledOrder(OrderSpec):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     last_run_at = models.DateTimeField(null=True, blank=True)
     last_result = models.CharField(max_length=255, blank=True)
+    # "<user id>:<client key>" of the form that created it: that form sent twice makes one.
+    idempotency_key = ExactCharField(max_length=200, null=True, blank=True, unique=True)  # noqa: DJ001
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,5 +1,7 @@
 """Forms for baskets, scheduled orders and strategies. They parse; the sources module decides."""
 
+import uuid
+
 from django import forms
 from django.db.models import Q
 
@@ -118,6 +120,11 @@ class ScheduledForm(OrderSpecForm):
         min_value=0, max_value=86400, initial=0, label="Grace (seconds)", help_text="Still place it this late."
     )
     timezone = forms.ChoiceField(choices=lambda: [(name, name) for name in sorted(sources.zone_names())])
+    # One per rendered form: the same form sent twice makes one scheduled order.
+    token = forms.UUIDField(
+        widget=forms.HiddenInput,
+        error_messages={"required": "This form is out of date; check it and submit again."},
+    )
 
     field_order = ["account", "instrument", "side", "quantity", "order_type", "product", "price", "trigger_price"]
 
@@ -128,6 +135,13 @@ class ScheduledForm(OrderSpecForm):
         )
         self.fields["timezone"].initial = user.timezone
         self.order_fields(self.field_order)
+        if not self.is_bound:
+            self.initial.setdefault("token", uuid.uuid4())
+
+    def renew_token(self) -> None:
+        """A fresh token for a form shown again after its token was refused."""
+        self.data = self.data.copy()
+        self.data["token"] = str(uuid.uuid4())
 
 
 class StrategyForm(forms.ModelForm):

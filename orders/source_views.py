@@ -119,6 +119,7 @@ def basket_delete(request, pk):
 
 
 @login_required
+@never_cache  # Back to the form fetches a fresh one-time token rather than reusing the sent one
 @require_http_methods(["GET", "POST"])
 def scheduled_list(request):
     form = ScheduledForm(request.POST or None, user=request.user, initial={"recurrence": "once", "grace_s": 0})
@@ -135,13 +136,18 @@ def scheduled_list(request):
                 run_on=data.get("run_on"),
                 weekdays=data.get("weekdays"),
                 grace_s=data.get("grace_s") or 0,
+                idempotency_key=f"ui:{data['token']}",
             )
         except ValidationError as exc:
             apply_validation_error(form, exc)
+            if "idempotency_key" in getattr(exc, "error_dict", {}):
+                form.renew_token()
         else:
             next_run = timezone.localtime(row.next_run_at)  # in the trader's zone, as the list shows it
             messages.success(request, f"Scheduled #{row.pk}; next run {next_run:%Y-%m-%d %H:%M:%S %Z}.")
             return redirect("sources:scheduled_list")
+    elif "token" in form.errors:
+        form.renew_token()
     rows = selectors.scheduled_of(request.user)
     fires = ScheduledFire.objects.filter(scheduled__owner=request.user).select_related("scheduled")[:20]
     return render(

@@ -320,11 +320,14 @@ def scheduled_save(
     weekdays=None,
     grace_s: int = 0,
     scheduled: ScheduledOrder | None = None,
+    idempotency_key: str | None = None,
 ) -> ScheduledOrder:
     """Create a scheduled order, or replace all of one; its order is checked now, as if placed.
 
     What is given is checked first; a replace then takes the row's lock and is decided and written
-    under it (``_scheduled_write``), as a change (``scheduled_change``) is."""
+    under it (``_scheduled_write``), as a change (``scheduled_change``) is. ``idempotency_key`` (a
+    create's): a repeat (a double submit, at once or after) returns the first one instead of making
+    a second, which would place every run twice; a repeat asking for something else is refused."""
     values = _scheduled_values(
         owner=owner,
         account=account,
@@ -336,9 +339,25 @@ def scheduled_save(
         weekdays=weekdays,
         grace_s=grace_s,
     )
-    with transaction.atomic():
-        row = ScheduledOrder(owner=owner) if scheduled is None else _locked(ScheduledOrder, scheduled, owner)
-        return _scheduled_write(row, values)
+    key = f"{owner.pk}:{idempotency_key}" if idempotency_key and scheduled is None else None
+    first = ScheduledOrder.objects.filter(idempotency_key=key).first() if key else None
+    if first is None:
+        try:
+            with transaction.atomic():
+                if scheduled is None:
+                    row = ScheduledOrder(owner=owner, idempotency_key=key)
+                else:
+                    row = _locked(ScheduledOrder, scheduled, owner)
+                return _scheduled_write(row, values)
+        except IntegrityError:
+            # The key's first request committed its row while this one was written (the unique index waited for it).
+            first = ScheduledOrder.objects.filter(idempotency_key=key).first() if key else None
+            if first is None:
+                raise
+    if any(getattr(first, name) != value for name, value in values.items()):
+        text = "This form was already used for a different scheduled order; check it and submit again."
+        raise ValidationError({"idempotency_key": ValidationError(text, code="conflict")})
+    return first
 
 
 def _scheduled_values(
@@ -401,7 +420,7 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
     if row.next_run_at is None:
         raise ValidationError({"run_on": "That time has already passed."})
     row.status = ScheduledOrder.Status.ACTIVE
-    row.full_clean(exclude=["owner", "account", "instrument"])
+    row.full_clean(exclude=["owner", "account", "instrument", "idempotency_key"])  # its unique index decides
     if came_due:
         # Today's due time came and is still unplaced: the later time today replaces it.
         _drop(ScheduledFire.objects.filter(pk__in=came_due), "replaced by an edit of its order")

@@ -1,5 +1,6 @@
 """Pages for baskets, scheduled orders and strategies."""
 
+import uuid
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -135,6 +136,7 @@ def scheduled_form(account, **overrides):
         "time_of_day": soon.strftime("%H:%M:%S"),
         "grace_s": "0",
         "timezone": "Asia/Kolkata",
+        "token": str(uuid.uuid4()),
     }
     data.update(overrides)
     return data
@@ -149,6 +151,25 @@ def test_schedule_list_and_cancel(trader_client, account):
     trader_client.post(reverse("sources:scheduled_cancel", args=[row.pk]))
     row.refresh_from_db()
     assert row.status == "cancelled"
+
+
+def test_a_double_submitted_schedule_is_made_once(trader_client, account):
+    page = trader_client.get(reverse("sources:scheduled_list"))
+    token = page.context["form"]["token"].value()
+    assert f'name="token" value="{token}"' in page.content.decode()
+    data = scheduled_form(account, token=token)
+    first = trader_client.post(reverse("sources:scheduled_list"), data)
+    second = trader_client.post(reverse("sources:scheduled_list"), data)  # a double click
+    assert first.status_code == second.status_code == 302
+    assert ScheduledOrder.objects.count() == 1
+    # The same form sent again with other values (back, changed, sent): refused, with a fresh token.
+    changed = trader_client.post(reverse("sources:scheduled_list"), {**data, "quantity": "2"})
+    assert changed.status_code == 200 and "already used" in changed.content.decode()
+    assert changed.context["form"]["token"].value() != token
+    # A form without its token (a page from before it had one) says so, and makes nothing.
+    stale = trader_client.post(reverse("sources:scheduled_list"), {**data, "token": ""})
+    assert stale.status_code == 200 and "This form is out of date" in stale.content.decode()
+    assert ScheduledOrder.objects.count() == 1
 
 
 def test_schedule_form_errors_name_the_field(trader_client, account):

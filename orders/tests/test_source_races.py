@@ -254,6 +254,21 @@ def test_two_pages_creating_one_name_at_once_show_the_second_the_name_taken(kind
         assert MODELS[kind].objects.filter(name=name).count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_one_schedule_form_sent_twice_at_once_makes_one_scheduled_order(trader, account):
+    from orders.tests.test_source_pages import scheduled_form
+
+    clients = [Client(), Client()]
+    for client in clients:
+        client.force_login(trader)
+    for _round in range(3):
+        token = clients[0].get(reverse("sources:scheduled_list")).context["form"]["token"].value()
+        data = scheduled_form(account, token=token)
+        answers = at_once(*(lambda c=c, data=data: c.post(reverse("sources:scheduled_list"), data) for c in clients))
+        assert [getattr(answer, "status_code", answer) for answer in answers] == [302, 302], answers
+    assert ScheduledOrder.objects.count() == 3
+
+
 # --- A scheduled order edited as a worker takes its due time -----------------------------------
 
 
