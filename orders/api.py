@@ -50,6 +50,13 @@ IdempotencyKey = Header(
 )
 
 
+def _api_key(idempotency_key: str | None) -> str | None:
+    """The caller's ``Idempotency-Key`` (None without one), as the platform keeps it: ``api:<key>``."""
+    if idempotency_key and len(idempotency_key) > 100:
+        raise ValidationError({"idempotency_key": "At most 100 characters."})
+    return f"api:{idempotency_key}" if idempotency_key else None
+
+
 class OrderSpecIn(In):
     exchange: str = Field("NSE", max_length=16)
     tradingsymbol: str = Field(..., max_length=64)
@@ -216,9 +223,7 @@ def order_events(request, order_id: int):
 @router.post("/orders", response={201: OrderOut, 200: OrderOut})
 def order_create(request, payload: OrderIn, idempotency_key: str | None = IdempotencyKey):
     """Place an order. Send ``Idempotency-Key`` to make retries safe: a repeat returns the same order (200)."""
-    key = idempotency_key or None
-    if key and len(key) > 100:
-        raise ValidationError({"idempotency_key": "At most 100 characters."})
+    key = _api_key(idempotency_key)
     account = account_for(request, payload.account_id)
     order = services.order_place(
         actor=request.user,
@@ -226,7 +231,7 @@ def order_create(request, payload: OrderIn, idempotency_key: str | None = Idempo
         **payload.spec(),
         source=Order.Source.MANUAL,
         cause=f"API by {request.user.username}",
-        idempotency_key=f"api:{key}" if key else None,
+        idempotency_key=key,
     )
     return Status(200 if getattr(order, "replayed", False) else 201, order)
 
@@ -405,7 +410,9 @@ class ScheduledOut(Schema):
     last_result: str
 
 
-def _scheduled_save(request, payload: ScheduledIn, scheduled: ScheduledOrder | None = None) -> ScheduledOrder:
+def _scheduled_save(
+    request, payload: ScheduledIn, scheduled: ScheduledOrder | None = None, idempotency_key: str | None = None
+) -> ScheduledOrder:
     spec = payload.spec()
     spec.pop("validity")
     return sources.scheduled_save(
@@ -419,6 +426,7 @@ def _scheduled_save(request, payload: ScheduledIn, scheduled: ScheduledOrder | N
         weekdays=payload.weekdays,
         grace_s=payload.grace_s,
         scheduled=scheduled,
+        idempotency_key=idempotency_key,
     )
 
 
@@ -427,9 +435,12 @@ def scheduled_list(request):
     return selectors.scheduled_of(request.user)
 
 
-@router.post("/scheduled", response={201: ScheduledOut})
-def scheduled_create(request, payload: ScheduledIn):
-    return Status(201, _scheduled_save(request, payload))
+@router.post("/scheduled", response={201: ScheduledOut, 200: ScheduledOut})
+def scheduled_create(request, payload: ScheduledIn, idempotency_key: str | None = IdempotencyKey):
+    """Schedule an order. Send ``Idempotency-Key`` to make retries safe: a repeat returns the same
+    scheduled order (200)."""
+    scheduled = _scheduled_save(request, payload, idempotency_key=_api_key(idempotency_key))
+    return Status(200 if getattr(scheduled, "replayed", False) else 201, scheduled)
 
 
 @router.get("/scheduled/{scheduled_id}", response=ScheduledOut)

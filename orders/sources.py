@@ -357,6 +357,7 @@ def scheduled_save(
     if any(getattr(first, name) != value for name, value in values.items()):
         text = "This form was already used for a different scheduled order; check it and submit again."
         raise ValidationError({"idempotency_key": ValidationError(text, code="conflict")})
+    first.replayed = True
     return first
 
 

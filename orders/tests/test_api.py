@@ -5,7 +5,7 @@ import pytest
 from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
 from brokers.paper.models import PaperOrder
-from orders.models import Order
+from orders.models import Order, ScheduledOrder
 from orders.tests.factories import place
 
 
@@ -315,6 +315,22 @@ def test_a_scheduled_orders_price_is_answered_as_stored(api, account):
     response = post(api, "/api/v1/scheduled", {**data, "time_of_day": "10:15:00"})
     assert response.status_code == 201, response.json()
     assert response.json()["price"] == "1400.00"
+
+
+def test_an_idempotency_key_makes_a_scheduled_order_once(api, account):
+    """A client's retry of a create whose answer was lost must not schedule the order twice (it
+    would be placed twice at every run)."""
+    data = {**body(account), "recurrence": "trading_days", "time_of_day": "10:15:00"}
+    first = post(api, "/api/v1/scheduled", data, HTTP_IDEMPOTENCY_KEY="sched-1")
+    again = post(api, "/api/v1/scheduled", data, HTTP_IDEMPOTENCY_KEY="sched-1")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"] and ScheduledOrder.objects.count() == 1
+    conflict = post(api, "/api/v1/scheduled", {**data, "quantity": 2}, HTTP_IDEMPOTENCY_KEY="sched-1")
+    assert conflict.status_code == 409 and conflict.json()["error"]["field"] == "idempotency_key"
+    too_long = post(api, "/api/v1/scheduled", data, HTTP_IDEMPOTENCY_KEY="k" * 101)
+    assert too_long.status_code == 422 and too_long.json()["error"]["field"] == "idempotency_key"
+    assert post(api, "/api/v1/scheduled", data).status_code == 201  # no key: a new one each time
+    assert ScheduledOrder.objects.count() == 2
 
 
 def test_lists_page_newest_first_by_id_and_before_id_pages_without_repeats(api, trader, account):

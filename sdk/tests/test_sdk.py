@@ -475,6 +475,14 @@ def test_lost_answer_is_retried_with_the_same_key_and_places_once(env):
     assert order.id == Order.objects.get().pk and order.broker_order_id == PaperOrder.objects.get().order_id
 
 
+def test_a_lost_answer_to_scheduling_is_retried_with_the_same_key_and_schedules_once(env):
+    adapter = mount(env.client, LoseFirstPostAnswer())
+    row = env.client.create_scheduled(env.account.pk, "INFY", "BUY", 1, "09:20", recurrence="trading_days")
+    posts = [(key, status) for method, _, key, status in adapter.calls if method == "POST"]
+    assert [status for _, status in posts] == [201, 200] and posts[0][0] and posts[0][0] == posts[1][0]
+    assert [s.id for s in env.client.scheduled()] == [row.id]
+
+
 def test_lost_answer_with_the_callers_key(env):
     adapter = mount(env.client, LoseFirstPostAnswer())
     order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, idempotency_key="mine-1")

@@ -9,9 +9,9 @@ Retries
 
     A request the server may have carried out (its answer was lost) is repeated only when
     repeating it cannot do anything twice: reads, PUT/PATCH/DELETE, order placement and basket
-    placement (which always carry an ``Idempotency-Key``: the caller's, or a uuid4 the client
-    makes, the same on every retry of that call), cancels and strategy signals (a signal id is
-    used once). Creating a basket, scheduled order or strategy is retried only when the
+    placement and scheduling an order (which always carry an ``Idempotency-Key``: the caller's,
+    or a uuid4 the client makes, the same on every retry of that call), cancels and strategy
+    signals (a signal id is used once). Creating a basket or strategy is retried only when the
     request provably never reached the server (the connection could not be opened), so a
     lost answer can never create a second one. An answer cut short (the connection closed
     mid-body, a body that cannot be decoded) is a lost answer too: the server did the work.
@@ -572,9 +572,13 @@ class Client:
         price: Decimal | str | None = None,
         trigger_price: Decimal | str | None = None,
         validity: str = "DAY",
+        idempotency_key: str | None = None,
     ) -> Scheduled:
         """Schedule an order: ``recurrence`` is ``once`` (on ``run_on``), ``trading_days`` or ``weekdays``
-        (0 = Monday ... 6 = Sunday); ``time_of_day`` is in ``timezone`` (default: yours)."""
+        (0 = Monday ... 6 = Sunday); ``time_of_day`` is in ``timezone`` (default: yours).
+
+        Safe to retry like :meth:`place_order`: the same key returns the same scheduled order.
+        """
         payload = {
             "account_id": account_id,
             "exchange": exchange,
@@ -594,7 +598,8 @@ class Client:
             "grace_s": grace_s,
         }
         payload = {k: v for k, v in payload.items() if v is not None}
-        return from_json(Scheduled, self._request("POST", "/scheduled", json=payload).body)
+        key = idempotency_key or str(uuid.uuid4())
+        return from_json(Scheduled, self._request("POST", "/scheduled", json=payload, idempotency_key=key).body)
 
     def cancel_scheduled(self, id: int) -> Scheduled:
         """Cancel a scheduled order (it stays listed, as cancelled)."""
