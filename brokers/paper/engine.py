@@ -4,7 +4,8 @@ It behaves like a broker: orders are validated (lot, tick, price band, funds), M
 orders fill at the touch, LIMIT orders that cross on arrival fill at the better price,
 resting LIMIT orders fill at their own price when a tick crosses them (price-time
 priority, up to the tick's volume, so partial fills happen), SL / SL-M orders wait for
-their trigger and then become LIMIT / MARKET. The matching itself is the in-memory
+their trigger and then become LIMIT / MARKET, and what an IOC order does not fill the
+moment it reaches the book is cancelled. The matching itself is the in-memory
 ``OrderBook``; this module loads live orders into it for each tick and writes the
 fills back, so every process (web, workers, the Kite face) sees one exchange.
 
@@ -785,7 +786,16 @@ def _judged(order: PaperOrder, *, cover: SellCover | None, available, rng) -> De
     touch = _arrival_fill_price(order, order.instrument) if order.status == Status.OPEN else None
     if touch is not None:
         _apply_fill(order, order.quantity, touch, order.placed_at)
+    elif order.status == Status.OPEN and order.validity == "IOC":
+        _ioc_cancelled(order)
     return touch
+
+
+def _ioc_cancelled(order: PaperOrder) -> None:
+    """An IOC order's rest, cancelled (not saved): Immediate Or Cancel fills what it can the moment it
+    reaches the book and never rests there, so a later tick cannot fill it and it blocks no funds."""
+    order.status = Status.CANCELLED
+    order.cancelled_quantity = order.quantity - order.filled_quantity
 
 
 @functools.cache
@@ -1124,14 +1134,16 @@ def match_instrument(*, instrument_id: int) -> int:
         order.status = Status.OPEN
         order.order_type = "LIMIT" if limit is not None else "MARKET"
         order.updated_at = now
-        order.save(update_fields=["status", "order_type", "updated_at"])
         touch = instrument.ask if order.transaction_type == BUY else instrument.bid
         crosses = limit is None or (order.price >= touch if order.transaction_type == BUY else order.price <= touch)
+        if not crosses and order.validity == "IOC":  # a triggered IOC stop reaches the book as an IOC
+            _ioc_cancelled(order)
+        order.save(update_fields=["status", "order_type", "cancelled_quantity", "updated_at"])
         fill = None
         if crosses:
             fill = _record_fill(order, order.quantity - order.filled_quantity, touch, now)
             fills += 1
-        else:
+        elif order.status == Status.OPEN:
             book.add_limit(order.order_id, order.transaction_type, limit, order.quantity - order.filled_quantity)
         _changed(order, fill)
     volume = instrument.tick_volume

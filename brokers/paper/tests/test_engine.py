@@ -122,6 +122,27 @@ def test_sl_sell_triggers_into_a_limit_that_can_rest(client):
     assert reload(order).status == Status.COMPLETE and reload(order).average_price == D("1489")
 
 
+def test_an_ioc_limit_that_does_not_cross_is_cancelled_at_once_and_blocks_nothing(client):
+    order = place(client, price="1490", quantity=5, validity="IOC")  # ask 1500.1: nothing fills
+    assert order.status == Status.CANCELLED and reload(order).status == Status.CANCELLED
+    assert (order.filled_quantity, order.pending_quantity, order.cancelled_quantity) == (0, 0, 5)
+    assert engine._blocked_funds(client) == 0
+    quote(last="1480", volume=1000)  # a later tick that crosses its price fills nothing
+    assert not PaperTrade.objects.exists()
+    filled = place(client, price="1510", quantity=2, validity="IOC")  # crosses: fills at once, as a DAY order
+    assert filled.status == Status.COMPLETE and filled.cancelled_quantity == 0
+
+
+def test_a_triggered_ioc_stop_that_does_not_cross_is_cancelled(client):
+    order = place(client, side="SELL", order_type="SL", trigger="1490", price="1489", quantity=2, validity="IOC")
+    assert order.status == Status.TRIGGER_PENDING
+    quote(last="1490", bid="1488", ask="1490.1")  # triggered; limit 1489 above bid 1488: does not fill
+    order = reload(order)
+    assert order.status == Status.CANCELLED and order.cancelled_quantity == 2 and order.filled_quantity == 0
+    quote(last="1485", volume=1000)
+    assert not PaperTrade.objects.exists()
+
+
 def test_cancel_and_modify(client):
     order = place(client, price="1490", quantity=2)
     modified = engine.order_modify(client=client, order_id=order.order_id, price=D("1491"), quantity=3)

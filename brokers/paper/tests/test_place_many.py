@@ -284,3 +284,14 @@ def test_a_batchs_own_placements_are_told_as_able_to_wait_others_at_once(
         engine.order_place(client=client, **terms, tag="ALONE")
         engine.orders_place_many([engine.Placement(access_token=token, **terms, tag=f"B{i}") for i in range(2)])
     assert told == [("ALONE", False), ("B0", True), ("B1", True)]
+
+
+def test_an_ioc_that_does_not_fill_is_cancelled_together_as_alone(market):
+    alone, together = clients("IA", 1, "1000000")[0], clients("IB", 1, "1000000")[0]
+    terms = {"exchange": "NSE", "tradingsymbol": "INFY", "transaction_type": "BUY", "order_type": "LIMIT",
+             "quantity": 3, "product": "MIS", "price": D("1480"), "validity": "IOC", "tag": "IOC"}  # fmt: skip
+    expected = outcome(engine.order_place(client=alone, **terms))
+    token = engine.session_open(client=together)[0]
+    (result,) = engine.orders_place_many([engine.Placement(access_token=token, **terms)])
+    assert outcome(result) == expected and expected[1] == Status.CANCELLED
+    assert engine._blocked_funds(together) == engine._blocked_funds(alone) == 0
