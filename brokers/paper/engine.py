@@ -1134,11 +1134,14 @@ def match_instrument(*, instrument_id: int) -> int:
         order.status = Status.OPEN
         order.order_type = "LIMIT" if limit is not None else "MARKET"
         order.updated_at = now
+        # It enters the book now, behind what rests at its price already (as ``add_limit`` puts it in
+        # this tick): its time priority is its trigger's, or later ticks would put it first again.
+        order.priority = time.time_ns()
         touch = instrument.ask if order.transaction_type == BUY else instrument.bid
         crosses = limit is None or (order.price >= touch if order.transaction_type == BUY else order.price <= touch)
         if not crosses and order.validity == "IOC":  # a triggered IOC stop reaches the book as an IOC
             _ioc_cancelled(order)
-        order.save(update_fields=["status", "order_type", "cancelled_quantity", "updated_at"])
+        order.save(update_fields=["status", "order_type", "cancelled_quantity", "priority", "updated_at"])
         fill = None
         if crosses:
             fill = _record_fill(order, order.quantity - order.filled_quantity, touch, now)

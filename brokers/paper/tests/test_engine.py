@@ -143,6 +143,18 @@ def test_a_triggered_ioc_stop_that_does_not_cross_is_cancelled(client):
     assert not PaperTrade.objects.exists()
 
 
+def test_a_triggered_stop_queues_behind_the_limits_already_resting_at_its_price(client):
+    """A stop enters the book when it triggers: limits resting at its price before then go first,
+    in the tick it triggers in and in every later one (it does not keep its placement's time)."""
+    quote(last="1500", bid="1480", ask="1500.1")
+    stop = place(client, side="SELL", order_type="SL", trigger="1490", price="1489", quantity=1)
+    limit = place(client, side="SELL", price="1489", quantity=1)  # placed after the stop, rests before it
+    quote(last="1490", bid="1480", ask="1490.1")  # the stop triggers and rests at 1489 behind the limit
+    assert reload(stop).status == Status.OPEN and reload(limit).status == Status.OPEN
+    quote(last="1489", bid="1489", ask="1489.1", volume=1)  # one share: the earlier in the book
+    assert reload(limit).status == Status.COMPLETE and reload(stop).filled_quantity == 0
+
+
 def test_cancel_and_modify(client):
     order = place(client, price="1490", quantity=2)
     modified = engine.order_modify(client=client, order_id=order.order_id, price=D("1491"), quantity=3)
