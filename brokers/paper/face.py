@@ -72,12 +72,16 @@ def _int(value, name: str) -> int:
 
 
 def _decimal(value, name: str) -> Decimal | None:
+    """A price from the wire; NaN and Infinity are no price (and comparing a NaN raises, a 500)."""
     if value in (None, "", "0", 0):
         return None
     try:
-        return Decimal(str(value))
+        number = Decimal(str(value))
     except InvalidOperation:
         raise InputException(f"Invalid `{name}`.") from None
+    if not number.is_finite():
+        raise InputException(f"Invalid `{name}`.")
+    return number
 
 
 # Since April 2026 Kite refuses API orders of these types without a market protection: -1 (Kite's

@@ -257,3 +257,19 @@ def test_the_kite_face_refuses_an_expired_contract(kite):
             quantity=75, product="NRML", order_type="MARKET", market_protection=-1,
         )  # fmt: skip
     assert not PaperOrder.objects.exists()
+
+
+@pytest.mark.parametrize("value", ["NaN", "sNaN", "Infinity", "-inf"])
+def test_a_price_or_trigger_that_is_no_finite_number_is_an_input_error_and_changes_nothing(kite, value):
+    """Kite answers a price it cannot read with an InputException; it never reaches the funds check."""
+    terms = {"variety": kite.VARIETY_REGULAR, "exchange": "NSE", "tradingsymbol": "INFY", "quantity": 1,
+             "transaction_type": kite.TRANSACTION_TYPE_BUY, "product": kite.PRODUCT_MIS}  # fmt: skip
+    with pytest.raises(kite_errors.InputException, match="Invalid `price`"):
+        kite.place_order(**terms, order_type=kite.ORDER_TYPE_LIMIT, price=value)
+    with pytest.raises(kite_errors.InputException, match="Invalid `trigger_price`"):
+        kite.place_order(**terms, order_type=kite.ORDER_TYPE_SL, price=1600, trigger_price=value)
+    order_id = kite.place_order(**terms, order_type=kite.ORDER_TYPE_LIMIT, price=1450)
+    with pytest.raises(kite_errors.InputException, match="Invalid `price`"):
+        kite.modify_order(variety=kite.VARIETY_REGULAR, order_id=order_id, price=value)
+    (order,) = PaperOrder.objects.all()
+    assert (order.price, order.modifications) == (Decimal("1450"), 0)
