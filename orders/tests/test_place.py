@@ -43,6 +43,13 @@ def test_market_order_is_sent_with_its_reference_as_tag_and_fills(trader, accoun
     assert services.orders_sync_account(account=account) == 0  # the reconciliation finds nothing to change
 
 
+def test_an_ioc_order_that_does_not_cross_is_cancelled_at_once(trader, account):
+    """Immediate or cancel: a LIMIT BUY below the market is not left resting (nor blocking funds)."""
+    order = place(trader, account, quantity=3, order_type="LIMIT", price="1300", validity="IOC")
+    assert (order.status, order.filled_quantity) == (Order.Status.CANCELLED, 0)
+    assert services.orders_sync_account(account=account) == 0
+
+
 def test_references_count_up_per_account_and_day(trader, account):
     other = make_broker_account(trader, broker="paper", client_id="PAPER-O2")
     refs = [place(trader, account).reference, place(trader, other).reference, place(trader, account).reference]
