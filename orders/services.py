@@ -1450,8 +1450,8 @@ def orders_sync_account(
     book was asked for (``asked_at``, with ``broker_orders`` read by the caller): a modify whose
     answer was lost. Orders the broker never got are closed too, so nothing stays in limbo: a
     NEW order whose sender died, or one whose outcome was unknown, that the broker still does
-    not have a minute later becomes FAILED. One order that cannot be updated does not stop the
-    others; the first such error is raised after them.
+    not have a minute later (when the book was read) becomes FAILED. One order that cannot be
+    updated does not stop the others; the first such error is raised after them.
     """
     if broker_orders is None:
         asked_at = timezone.now()
@@ -1460,7 +1460,8 @@ def orders_sync_account(
     by_tag = {o.tag: o for o in broker_orders if o.tag}
     candidates = orders_to_sync(account=account)
     changed, errors = 0, []
-    stale = timezone.now() - timedelta(seconds=UNSENT_STALE_S)
+    # Judged by when the book was read, not by now: one sent after that read is not in it.
+    stale = (asked_at or timezone.now()) - timedelta(seconds=UNSENT_STALE_S)
     today = trading_date()
     for order in candidates.select_related("account", "instrument"):
         state = by_id.get(order.broker_order_id) if order.broker_order_id else by_tag.get(order.reference)

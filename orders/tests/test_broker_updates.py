@@ -651,3 +651,33 @@ def test_a_day_order_the_broker_closed_after_the_last_sync_of_its_day_is_closed_
     if not listed:
         assert "closed by the exchange at that day's end" in order.events.get(kind="cancelled").message
     assert not services.orders_to_sync(account=account).exists()
+
+
+def test_a_sync_judges_an_unsent_order_by_when_its_book_was_read_not_by_now(trader, account):
+    """The cycle reads the book (step 1) and reconciles from it later (step 3): an order sent after
+    that read, within ``SEND_WITHIN_S`` of being written, is not in it. A minute after it was written
+    by the clock, but not a minute before the book was read, it is not failed (a strategy would
+    place it again): the next read finds it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    seen = {}
+
+    class SentAfterTheRead(AccountBroker):
+        def place_order(self, request, **kwargs):
+            # Written 61 s ago; the book read 30 s after that, before this send; step 3 runs now.
+            book, now = AccountBroker(account).orders(), timezone.now()
+            Order.objects.filter(reference=request.tag).update(created_at=now - timedelta(seconds=61))
+            services.orders_sync_account(
+                account=account, cause="the cycle's sync", broker_orders=book, asked_at=now - timedelta(seconds=31)
+            )
+            seen["status"] = Order.objects.get(reference=request.tag).status
+            return super().place_order(request, **kwargs)
+
+    order = place(trader, account, quantity=2, broker=SentAfterTheRead(account))
+    settle()
+    order.refresh_from_db()
+    assert seen["status"] == Order.Status.NEW
+    assert not order.events.filter(kind="failed").exists()
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 2)
