@@ -1476,7 +1476,9 @@ def orders_sync_account(
             elif order.status == OrderStatus.NEW and order.created_at < stale and not _awaits_its_time(order):
                 _fail(order, RejectKind.NETWORK, "never reached the broker (the sender stopped)", cause)
                 changed += 1
-            elif order.status == OrderStatus.SUBMITTED and not order.broker_order_id and order.created_at < stale:
+            elif order.status == OrderStatus.SUBMITTED and not order.broker_order_id and order.updated_at < stale:
+                # Since its answer was lost, not since it was written: a scheduled order's send can
+                # come long after it was written (a late one), and its request lands before that.
                 _fail(order, RejectKind.NETWORK, "not at the broker: its lost answer was a lost request", cause)
                 changed += 1
         except Exception as error:

@@ -183,7 +183,8 @@ def test_an_unreachable_broker_leaves_an_unknown_outcome_that_reconciles(trader,
     assert order.status == Order.Status.SUBMITTED and order.broker_order_id is None
     assert events(order) == ["created", "outcome_unknown"]
     knobs(account, error_rate=0)
-    Order.objects.filter(pk=order.pk).update(created_at=timezone.now() - timedelta(minutes=2))
+    two_minutes_ago = timezone.now() - timedelta(minutes=2)  # written and its answer lost then
+    Order.objects.filter(pk=order.pk).update(created_at=two_minutes_ago, updated_at=two_minutes_ago)
     services.orders_sync_account(account=account)
     order.refresh_from_db()
     assert order.status == Order.Status.FAILED and "not at the broker" in order.reject_reason

@@ -775,3 +775,37 @@ def test_a_prepared_due_time_whose_task_was_lost_is_sent_again_while_still_on_ti
     order.refresh_from_db()
     assert fire.status == ScheduledFire.Status.PLACED, fire.detail
     assert PaperOrder.objects.filter(tag=order.reference).count() == 1
+
+
+def test_a_late_send_whose_answer_was_lost_is_not_failed_from_a_book_read_before_it(
+    trader, account, settings, monkeypatch
+):
+    """A prepared order sent 70 s late (a busy worker), its answer lost though the exchange took it.
+    The account's run read the book just before the send: the order is not in it, yet it was sent
+    moments ago, not a minute before that read. It stays to be looked up by its tag (failed, a
+    strategy would place it again), and the next read finds it."""
+    settings.SCHEDULE_ON_TIME_S = 0
+    row = make_scheduled(trader, account)
+    ScheduledOrder.objects.filter(pk=row.pk).update(grace_s=600)
+    fire, due_at, order = _prepared(row, seconds=0.5)
+    Order.objects.filter(pk=order.pk).update(created_at=timezone.now() - timedelta(seconds=70))
+    read = {}
+    send = AccountBroker.place_order
+
+    def taken_then_lost(self, request, **kwargs):
+        read["book"], read["asked_at"] = AccountBroker(account).orders(), timezone.now()  # step 1, before the send
+        send(self, request, **kwargs)
+        raise OutcomeUnknown("timed out reading the answer")
+
+    monkeypatch.setattr(AccountBroker, "place_order", taken_then_lost)
+    _at(due_at)
+    sources.scheduled_fire(fire_id=fire.pk)
+    order.refresh_from_db()
+    assert order.status == Order.Status.SUBMITTED and not order.broker_order_id
+    services.orders_sync_account(account=account, broker_orders=read["book"], asked_at=read["asked_at"])  # step 3
+    order.refresh_from_db()
+    assert order.status == Order.Status.SUBMITTED and not order.events.filter(kind="failed").exists()
+    services.orders_sync_account(account=account)  # the next run's read has it
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED and order.broker_order_id
+    assert not order.events.filter(kind="failed").exists()
