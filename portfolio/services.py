@@ -416,11 +416,15 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
             every = Trade.objects.filter(account_id=key[0], instrument_id=key[1], product=key[2]).values_list(
                 "filled_at", "broker_trade_id", "broker_order_id", "side", "quantity", "price"
             )
-            state.apply_many(fill[3:] for fill in sorted(every, key=lambda fill: fifo_order(*fill[:3])))
+            every = sorted(every, key=lambda fill: fifo_order(*fill[:3]))
+            state.apply_many(fill[3:] for fill in every)
+            # The latest of them all, with its ids (a position written before they were kept has its
+            # second only, which must not be kept: a later fill of that second would not replay it).
+            latest = fifo_order(*every[-1][:3])
         else:
             state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
             state.apply_many((fill.side, fill.quantity, fill.price) for fill in new)
-        latest = max(applied_until, _fifo_key(new[-1])) if applied_until is not None else _fifo_key(new[-1])
+            latest = max(applied_until, _fifo_key(new[-1])) if applied_until is not None else _fifo_key(new[-1])
         # The market's latest price where it was read with the lock (the fast path), else the
         # position's own, else the fill's.
         last = getattr(position, "market_price", None) or position.last_price or new[-1].price

@@ -192,3 +192,26 @@ def test_contracts_quoted_in_lots_of_a_multiplier_are_neither_traded_nor_recorde
     assert cycle._unrecordable(trades) == [
         (["MCX:LEADMINI26DECFUT"], "their contract multiplier is not kept yet, so their PnL would be wrong")
     ]
+
+
+def test_a_replay_of_a_position_written_before_fill_ids_were_kept_keeps_the_latest_fills_ids(account):
+    """A position written before its latest fill's ids were kept has only that fill's second: a fill
+    of that second replays it (it may come first). The replay then keeps the latest fill's ids, so a
+    third fill of that second, earlier than it by its trade number, replays it again: BUY 10 @ 100
+    (#10), 10 @ 110 (#11), 10 @ 120 (#12), recorded #12, #11, #10; a SELL 10 @ 130 closes the 100 lot."""
+    second = timezone.now().replace(microsecond=0) - timedelta(seconds=600)
+
+    def tied(number, side, quantity, price, seconds=0):
+        trade_id = f"2501010000000{number}"
+        made = fill(trade_id, side, quantity, price)
+        return replace(made, broker_order_id=f"9{trade_id}", filled_at=second + timedelta(seconds=seconds))
+
+    services.trades_record_many([(account, [tied(12, "BUY", 10, "120")])])
+    position = Position.objects.get(account=account)
+    legacy = {k: v for k, v in position.fifo.items() if k != services.LAST_FILL}  # as written before today
+    Position.objects.filter(pk=position.pk).update(fifo=legacy)
+    services.trades_record_many([(account, [tied(11, "BUY", 10, "110")])])
+    services.trades_record_many([(account, [tied(10, "BUY", 10, "100")])])
+    services.trades_record_many([(account, [tied(13, "SELL", 10, "130", seconds=1)])])
+    position.refresh_from_db()
+    assert (position.realized_pnl, position.net_quantity, position.average_price) == (D("300"), 20, D("115"))
