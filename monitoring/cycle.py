@@ -594,7 +594,13 @@ def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> No
                 ctx.act(f"cancelled {order.reference}: {why}")
             else:
                 cut_to = order.quantity - excess
-                orders.order_modify(order=order, actor=ctx.account.owner, cause=cause, quantity=cut_to)
+                orders.order_modify(
+                    order=order,
+                    actor=ctx.account.owner,
+                    cause=cause,
+                    quantity=cut_to,
+                    expect={"quantity": order.quantity},
+                )
                 ctx.act(f"cut {order.reference} to {cut_to}: {why}")
         except orders.OrderActionRefused as refused:
             if not _at_modification_cap(refused):
@@ -849,7 +855,9 @@ def step_chase(ctx: Context) -> None:
         cause = _cause("step 5", f"chasing toward {last} (cap {cap})")
         if order.chase_count < BROKER_MODIFICATION_CAP - 1:
             try:
-                orders.order_modify(order=order, actor=ctx.account.owner, cause=cause, price=target)
+                orders.order_modify(
+                    order=order, actor=ctx.account.owner, cause=cause, price=target, expect={"price": order.price}
+                )
             except orders.OrderActionRefused as refused:
                 if _at_modification_cap(refused):  # the trader's own modifies used the cap up
                     _cancel_and_replace(ctx, order, cause, step="5_chase", parent=order, price=target)
@@ -994,7 +1002,13 @@ def step_trail(ctx: Context) -> None:
         )
         cause = _cause("step 6", f"trailing: last {last}, step {step}")
         try:
-            orders.order_modify(order=stop, actor=ctx.account.owner, cause=cause, trigger_price=new_trigger)
+            orders.order_modify(
+                order=stop,
+                actor=ctx.account.owner,
+                cause=cause,
+                trigger_price=new_trigger,
+                expect={"trigger_price": stop.trigger_price},
+            )
         except orders.OrderActionRefused as refused:
             if _at_modification_cap(refused):
                 _cancel_and_replace(ctx, stop, cause, step="6_trail", parent=stop.parent, trigger_price=new_trigger)

@@ -904,16 +904,30 @@ MODIFY_LOCK_TTL_S, MODIFY_LOCK_WAIT_S = 60.0, 15.0
 
 
 def order_modify(
-    *, order: Order, actor, cause: str, quantity=None, price=None, trigger_price=None, order_type=None
+    *,
+    order: Order,
+    actor,
+    cause: str,
+    quantity=None,
+    price=None,
+    trigger_price=None,
+    order_type=None,
+    expect: dict | None = None,
 ) -> Order:
     """Change an open order at its broker; the order's fields change only when the broker agrees.
-    Values not given (None or "") stay as the order has them when the change is made."""
+    Values not given (None or "") stay as the order has them when the change is made. ``expect``:
+    the order's values the change was worked out from (a step's trail, chase or cut); if another
+    change made meanwhile (the trader's, by hand) left others, nothing is sent, as it is no longer
+    the change meant (a trail would loosen a stop the trader had just tightened)."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
     with locks.held(f"orders:modify:{order.pk}", ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S) as took:
         if not took:
             raise OrderActionRefused("Another change of this order is still being made; try again.")
         order.refresh_from_db()
+        changed = [name for name, value in (expect or {}).items() if getattr(order, name) != value]
+        if changed:
+            raise OrderActionRefused(f"The order was changed meanwhile ({', '.join(changed)}); nothing was sent.")
         return _modify(
             order, actor, cause, quantity=quantity, price=price, trigger_price=trigger_price, order_type=order_type
         )

@@ -13,7 +13,7 @@ from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
 from monitoring import cycle
 from monitoring.models import AccountRun, BrokerSnapshot
-from orders import sources
+from orders import services, sources
 from orders.models import Order
 from orders.tests.factories import place
 from portfolio.models import Position, Trade
@@ -217,6 +217,32 @@ def test_a_stop_loss_trails_favourable_moves_and_never_back(trader, account):
     monitor(account)
     stop.refresh_from_db()
     assert stop.trigger_price == D("1500.10")
+
+
+def test_a_trail_worked_out_before_the_trader_tightened_the_stop_by_hand_is_not_sent(trader, account, monkeypatch):
+    """Step 6 works out a trail from the stop as it read it (1490.10 -> 1500.10); the trader moves
+    the stop to 1505.10 by hand before the step's modify takes the order's lock. The trail is not
+    sent over it: it would loosen the stop the trader had just tightened."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
+        trailing_step=D("5"),
+    )  # fmt: skip
+    set_price("1500")
+    first = entry(trader, account, strategy)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    modify = services.order_modify
+
+    def trader_first(**kwargs):
+        monkeypatch.setattr(services, "order_modify", modify)
+        modify(order=Order.objects.get(pk=stop.pk), actor=trader, cause="trader by hand", trigger_price="1505.10")
+        return modify(**kwargs)
+
+    monkeypatch.setattr(services, "order_modify", trader_first)
+    set_price("1512")
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1505.10")
 
 
 # --- Batches: many accounts in one run ---------------------------------------------------------
