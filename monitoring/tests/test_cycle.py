@@ -199,7 +199,8 @@ def test_a_percent_chase_cap_is_not_passed_by_rounding_to_the_tick(trader, accou
     assert abs(order.price - D("1499.00")) <= D("1499.00") * D("0.02") / 100
 
 
-def test_a_stop_loss_trails_favourable_moves_and_never_back(trader, account):
+def trailing_stop(trader, account):
+    """A strategy's stop-loss 10 points under an entry filled at 1500 (1490.10), trailing in steps of 5."""
     strategy, _ = sources.strategy_save(
         owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
         trailing_step=D("5"),
@@ -207,7 +208,11 @@ def test_a_stop_loss_trails_favourable_moves_and_never_back(trader, account):
     set_price("1500")
     first = entry(trader, account, strategy)
     monitor(account)
-    stop = first.children.get(role="stop_loss")
+    return first.children.get(role="stop_loss")
+
+
+def test_a_stop_loss_trails_favourable_moves_and_never_back(trader, account):
+    stop = trailing_stop(trader, account)
     assert stop.trigger_price == D("1490.10")
     set_price("1512")  # +11.9 over the entry: two steps of 5
     monitor(account)
@@ -223,14 +228,7 @@ def test_a_trail_worked_out_before_the_trader_tightened_the_stop_by_hand_is_not_
     """Step 6 works out a trail from the stop as it read it (1490.10 -> 1500.10); the trader moves
     the stop to 1505.10 by hand before the step's modify takes the order's lock. The trail is not
     sent over it: it would loosen the stop the trader had just tightened."""
-    strategy, _ = sources.strategy_save(
-        owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
-        trailing_step=D("5"),
-    )  # fmt: skip
-    set_price("1500")
-    first = entry(trader, account, strategy)
-    monitor(account)
-    stop = first.children.get(role="stop_loss")
+    stop = trailing_stop(trader, account)
     modify = services.order_modify
 
     def trader_first(**kwargs):
