@@ -86,6 +86,11 @@ class AccountBroker:
         self._session = services.session_renew(self.account, failed_session_id=failed, error=str(error))
         self._adapter = services.adapter_for(self.account, self._session.access_token)
 
+    def _too_long(self, error: BaseException) -> bool:
+        """A broker's wait (its 429's Retry-After) longer than this caller waits for a budget: not
+        slept through in a request or a cycle, the refusal is the answer."""
+        return getattr(error, "retry_after", 0) > self.budget_timeout_s
+
     def _limits(self, kind: str) -> list[tuple[int, float]]:
         return ratelimit.limits_for(self.account.broker, kind, registry.get(self.account.broker).rate_limits)
 
@@ -137,7 +142,7 @@ class AccountBroker:
             try:
                 return self._once(kind, method, *args)
             except (NetworkError, RateLimited) as error:
-                if attempt == self.attempts - 1:
+                if attempt == self.attempts - 1 or self._too_long(error):
                     raise
                 self.sleep(max(backoff_delay(attempt), getattr(error, "retry_after", 0)))
         raise AssertionError("unreachable")
@@ -174,7 +179,7 @@ class AccountBroker:
                 return self._once(ORDER_CALLS, "place_order", request, send_by=send_by)
             except RateLimited as error:
                 # Refused before processing: safe to send again after the wait.
-                if attempt == self.attempts - 1:
+                if attempt == self.attempts - 1 or self._too_long(error):
                     raise
                 self.sleep(max(backoff_delay(attempt), error.retry_after))
             except NetworkError as error:

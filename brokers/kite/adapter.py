@@ -11,9 +11,11 @@ is a timeout or an answer that cannot be read; order refusals -> OrderRejected).
 import csv
 import hashlib
 import io
+import math
 import threading
 from datetime import date, datetime
 from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote as urlquote
 from urllib.parse import urlencode
 
@@ -95,6 +97,25 @@ TERMS_IN_FLUX = frozenset(
         "MODIFIED",
     }
 )
+
+
+def retry_after_s(value: str | None, default: float = 1.0) -> float:
+    """A ``Retry-After`` header as seconds to wait: delay seconds or an HTTP date (RFC 9110),
+    a date past meaning now. What is neither (or no finite wait) is ``default``, never an error:
+    the call was refused either way."""
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return default
+        if when.tzinfo is None:
+            return default
+        return max((when - timezone.now()).total_seconds(), 0.0)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else default
 
 
 def optional_int(value) -> int | None:
@@ -227,7 +248,7 @@ class KiteBroker(base.Broker):
             # timeout, it does not say what Kite did (to an order call, a lost answer: looked up by tag).
             raise NetworkError("Kite's answer broke off before it could be read") from exc
         if response.status_code == 429:
-            raise RateLimited("Kite: too many requests", retry_after=float(response.headers.get("Retry-After", 1)))
+            raise RateLimited("Kite: too many requests", retry_after=retry_after_s(response.headers.get("Retry-After")))
         content_type = response.headers.get("Content-Type", "")
         if raw and response.ok and "csv" in content_type:
             return response.text

@@ -13,6 +13,7 @@ from brokers.client import AccountBroker
 from brokers.errors import BrokerUnavailable, NetworkError, OrderRejected, RateLimited, RejectKind
 from brokers.models import BrokerSession
 from brokers.paper import engine
+from brokers.paper.adapter import PaperBroker
 from brokers.paper.models import PaperClient, PaperOrder
 from tradingplatform.testing import requires_redis
 
@@ -171,6 +172,23 @@ def test_broker_429_is_retried_after_the_wait(paper_account):
     assert waits and all(wait >= 1.0 for wait in waits)
     assert not PaperOrder.objects.filter(tag=refused).exists()  # refused, retried, refused: never placed
     assert PaperOrder.objects.filter(tag__in=tags).count() == tags.index(refused)
+
+
+def test_a_broker_asking_for_a_wait_longer_than_the_caller_waits_refuses_at_once(paper_account, monkeypatch):
+    """A 429 whose Retry-After is longer than the caller waits for a budget (an hour, from a
+    broker in trouble) is not slept through in a request or a cycle: it is the refusal."""
+
+    def refused(self, *args):
+        raise RateLimited("come back in an hour", retry_after=3600)
+
+    monkeypatch.setattr(PaperBroker, "place_order", refused)
+    monkeypatch.setattr(PaperBroker, "orders", refused)
+    waits = []
+    broker = AccountBroker(paper_account, sleep=waits.append, budget_timeout_s=10)
+    for call in (lambda: broker.place_order(request(tag="LONG-WAIT")), broker.orders):
+        with pytest.raises(RateLimited):
+            call()
+    assert waits == []
 
 
 def test_deactivated_account_gets_no_session(paper_account):

@@ -6,6 +6,7 @@ import threading
 import time
 from datetime import timedelta
 from decimal import Decimal
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -21,7 +22,16 @@ from accounts.models import BrokerAccount
 from accounts.tests.factories import make_kite_account
 from brokers.base import OrderChange, OrderRequest, Status
 from brokers.client import AccountBroker
-from brokers.errors import AuthError, BrokerUnavailable, InputError, OrderRejected, OutcomeUnknown, RejectKind
+from brokers.errors import (
+    AuthError,
+    BrokerUnavailable,
+    InputError,
+    NetworkError,
+    OrderRejected,
+    OutcomeUnknown,
+    RateLimited,
+    RejectKind,
+)
 from brokers.kite.adapter import KiteBroker
 from brokers.models import BrokerSession
 from brokers.paper import engine
@@ -259,6 +269,7 @@ class FakeKite(BaseHTTPRequestHandler):
     book: list = []
     forms: list = []
     answers: dict = {}
+    headers: dict = {}
     cut: set = set()
 
     def _form(self) -> dict:
@@ -302,6 +313,8 @@ class FakeKite(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in FakeKite.headers.items():
+            self.send_header(name, value)
         self.end_headers()
         if method in FakeKite.cut:  # the connection drops halfway through the answer
             body, self.close_connection = body[: len(body) // 2], True
@@ -313,7 +326,7 @@ class FakeKite(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_kite(settings):
-    FakeKite.book, FakeKite.forms, FakeKite.answers, FakeKite.cut = [], [], {}, set()
+    FakeKite.book, FakeKite.forms, FakeKite.answers, FakeKite.headers, FakeKite.cut = [], [], {}, {}, set()
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKite)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     settings.KITE_API_URL = f"http://127.0.0.1:{server.server_port}"
@@ -379,8 +392,6 @@ def test_a_modify_to_market_or_stop_market_asks_for_market_protection(fake_kite,
     ],
 )
 def test_an_unreadable_answer_to_an_order_call_is_a_lost_answer_and_to_a_read_a_passing_fault(fake_kite, answer):
-    from brokers.errors import NetworkError
-
     fake_kite.answers = {"POST": answer, "PUT": answer, "DELETE": answer, "GET": answer}
     for call in (
         lambda: adapter().place_order(order("UA-1")),
@@ -392,6 +403,31 @@ def test_an_unreadable_answer_to_an_order_call_is_a_lost_answer_and_to_a_read_a_
         assert not isinstance(error.value, BrokerUnavailable)  # not "refused": the order may have changed
     with pytest.raises(BrokerUnavailable):
         adapter().orders()
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "low", "high"),
+    [
+        ("7", 7, 7),
+        ("2.5", 2.5, 2.5),
+        # RFC 9110 allows an HTTP date too; a past date means now.
+        (lambda now: format_datetime(now + timedelta(seconds=30), usegmt=True), 25, 31),
+        (lambda now: format_datetime(now - timedelta(hours=1), usegmt=True), 0, 0),
+        # What cannot be read (or is not a wait) is the default second, never an error.
+        ("soon", 1, 1),
+        ("nan", 1, 1),
+        ("-5", 1, 1),
+        ("inf", 1, 1),
+    ],
+)
+def test_kites_retry_after_as_seconds_or_a_date_is_how_long_to_wait(fake_kite, retry_after, low, high):
+    if callable(retry_after):
+        retry_after = retry_after(timezone.now())
+    fake_kite.answers = {"GET": (429, "application/json", b'{"status": "error", "message": "Too many requests"}')}
+    fake_kite.headers = {"Retry-After": retry_after}
+    with pytest.raises(RateLimited) as limited:
+        adapter().orders()
+    assert low <= limited.value.retry_after <= high
 
 
 def test_a_placement_answered_by_a_proxys_page_is_found_by_tag_not_rejected(trader, connected_kite_account, fake_kite):
