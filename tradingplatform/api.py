@@ -5,6 +5,7 @@ Every error answers ``{"error": {"code": ..., "message": ..., "field": ...}}``.
 
 import json
 import logging
+import math
 from decimal import Decimal
 
 from django.conf import settings
@@ -157,7 +158,8 @@ def on_refused(request, exc):
 @api.exception_handler(ApiRateLimited)
 def on_rate_limited(request, exc):
     response = error_response(request, 429, "rate_limited", f"Too many requests; retry in {exc.retry_after:.1f}s.")
-    response["Retry-After"] = str(max(1, round(exc.retry_after + 0.49)))
+    # Whole seconds, rounded up: a client that waits exactly this long must find a slot free.
+    response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response
 
 

@@ -119,6 +119,18 @@ def test_per_key_rate_limit_answers_429_with_retry_after(api, settings):
     assert int(response["Retry-After"]) >= 1 and response.json()["error"]["code"] == "rate_limited"
 
 
+@pytest.mark.parametrize("wait, header", [(0.2, "1"), (1.3, "2"), (2.005, "3"), (2.01, "3"), (3.0, "3")])
+def test_retry_after_is_never_shorter_than_the_wait(api, trader, monkeypatch, wait, header):
+    """A client that waits Retry-After whole seconds must find a slot free: 2.005 s is "3", not "2"."""
+    monkeypatch.setattr(
+        account_services,
+        "api_key_authenticate",
+        lambda raw_key, ip=None: account_services.ApiKeyAuth(key_id=1, user=trader, retry_after=wait),
+    )
+    response = api.get("/api/v1/me")
+    assert response.status_code == 429 and response["Retry-After"] == header
+
+
 def test_instruments_search(api, instruments):
     page = api.get("/api/v1/instruments", {"q": "INF"}).json()
     assert [row["tradingsymbol"] for row in page["items"]] == ["INFY"]
