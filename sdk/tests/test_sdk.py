@@ -1068,3 +1068,15 @@ def test_a_bad_url_or_timeout_is_refused_up_front(url, options, tp, monkeypatch)
     argv = ["--timeout", "0", "me"] if options else ["me"]
     result = tp(*argv)
     assert result.code == 2 and result.err.startswith("tp: error:") and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "1e12"])
+def test_a_timeout_no_socket_takes_is_refused_up_front(timeout, monkeypatch, capsys):
+    """NaN, infinity or a wait past what a socket takes failed at the first call, with a Python traceback."""
+    with pytest.raises(ValueError, match="timeout"):
+        Client("http://127.0.0.1:1", "tp_key", timeout=float(timeout))
+    monkeypatch.setenv("TP_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("TP_API_KEY", "tp_key")
+    code = cli.main(["--timeout", timeout, "--retries", "0", "me"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("tp: error:") and "timeout" in err

@@ -66,6 +66,8 @@ __all__ = ["Client"]
 logger = logging.getLogger("tpclient")
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+# The longest wait a socket takes (``settimeout`` overflows a little above 9e9 s).
+MAX_TIMEOUT = 10**9
 API_PREFIX = "/api/v1"
 # No whole answer: the request failed, timed out, or its answer was cut short or garbled on the way
 # back (the server had answered, so it did the work). requests wraps urllib3's and http.client's
@@ -174,8 +176,8 @@ class Client:
             raise ValueError(f"base_url must be an http:// or https:// URL with a host, not {base_url!r}")
         if not api_key:
             raise ValueError("api_key is required")
-        if not timeout or timeout <= 0:
-            raise ValueError("timeout must be above 0 seconds")
+        if not 0 < timeout <= MAX_TIMEOUT:  # NaN too: a socket takes none of these
+            raise ValueError(f"timeout must be above 0 and at most {MAX_TIMEOUT} seconds, not {timeout!r}")
         root = base_url.rstrip("/")
         if not root.endswith(API_PREFIX):
             root += API_PREFIX
