@@ -924,6 +924,33 @@ def test_cli_place_whose_answers_are_lost_names_the_key_that_repeats_it_safely(t
     assert json.loads(again.out)["id"] == Order.objects.get().pk and PaperOrder.objects.count() == 1
 
 
+class InterruptedWaitingForThePostAnswer(Recorder):
+    """The trader presses Ctrl-C while the POST, already carried out by the server, waits for its answer."""
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method == "POST":
+            response.close()
+            raise KeyboardInterrupt
+        return response
+
+
+def test_cli_place_interrupted_names_the_key_that_repeats_it_safely(tp, env, monkeypatch):
+    """Ctrl-C on a slow placement: without the key, running the command again places the order twice."""
+    made = lossy_cli(monkeypatch, InterruptedWaitingForThePostAnswer)
+    argv = f"orders place --account {env.account.pk} --symbol INFY --side BUY --qty 1 --type LIMIT --price 1400"
+    interrupted = tp(*argv.split())
+    assert interrupted.code == 130 and interrupted.out == ""
+    [key] = {key for method, _, key, _ in made[0].calls if method == "POST"}
+    assert "may have been placed" in interrupted.err and f"--key {key}:" in interrupted.err
+    assert PaperOrder.objects.count() == 1
+
+    monkeypatch.setattr(cli, "Client", Client)
+    again = tp(*argv.split(), "--key", key, "--json")
+    assert again.code == 0 and json.loads(again.out)["id"] == Order.objects.get().pk
+    assert PaperOrder.objects.count() == 1
+
+
 def test_cli_basket_place_answered_5xx_names_the_key_that_repeats_it_safely(tp, env, monkeypatch):
     basket = env.client.create_basket("Proxy", [OrderSpec("INFY", "BUY", 1)], account_ids=[env.account.pk])
     made = lossy_cli(monkeypatch, EveryPostIs502)

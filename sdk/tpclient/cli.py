@@ -6,7 +6,7 @@ API refuses or fails (``error: <message> (field: x)`` on stderr), 2 on a usage e
 
 ``orders place`` and ``baskets place`` make their idempotency key themselves when ``--key`` is not
 given, so that when a call fails after it may have been carried out (no answer, a 5xx, a lost
-answer before the last try) they can say which key repeats it safely.
+answer before the last try, Ctrl-C while it waits) they can say which key repeats it safely.
 """
 
 from __future__ import annotations
@@ -181,6 +181,14 @@ class OutcomeUnknown(Exception):
         self.advice = advice
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a placement, which may have been carried out all the same; ``advice`` says what to do."""
+
+    def __init__(self, advice: str):
+        super().__init__(advice)
+        self.advice = advice
+
+
 def _may_have_been_done(error: ApiError) -> bool:
     """Whether the call that raised ``error`` may have been carried out: no answer, a 5xx, or an
     earlier attempt whose answer was lost."""
@@ -214,6 +222,8 @@ def cmd_orders_place(client: Client, args):
         if _may_have_been_done(error):
             raise OutcomeUnknown(error, _retry_advice("The order", "tp orders list", key)) from error
         raise
+    except KeyboardInterrupt:  # the request may have reached the server
+        raise Interrupted(_retry_advice("The order", "tp orders list", key)) from None
     return order, orders_table([order])
 
 
@@ -304,6 +314,8 @@ def cmd_baskets_place(client: Client, args):
             advice = _retry_advice("The basket's orders", "tp orders list --source basket", key)
             raise OutcomeUnknown(error, advice) from error
         raise
+    except KeyboardInterrupt:  # the request may have reached the server
+        raise Interrupted(_retry_advice("The basket's orders", "tp orders list --source basket", key)) from None
     return results, placements_table(results)
 
 
@@ -581,6 +593,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as error:
         print(f"error: {_message(error)}", file=sys.stderr)
         return 1
+    except Interrupted as interrupted:
+        print("tp: interrupted", file=sys.stderr)
+        print(interrupted.advice, file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         return 130
     if args.json:
