@@ -151,10 +151,12 @@ class OrderModifyForm(forms.Form):
         # The order changed since the page showed it (a fill, a chase, another tab): what the trader
         # left as shown may not be what they mean now (a quantity cut back to the 10 shown, while
         # the order is at 20, would be no change). They look again at the order as it is.
-        moved = [self.fields[name].label or name for name in self.fields if self._shown_differs(name)]
+        moved = [name for name in self.fields if self._shown_differs(name)]
         if moved:
+            self._show_as_now(moved)
             raise forms.ValidationError(
-                f"This order has changed since this form was shown ({', '.join(moved).lower()}): "
+                f"This order has changed since this form was shown "
+                f"({', '.join(self.fields[name].label or name for name in moved).lower()}): "
                 "check the values against the order as it is now, and save again."
             )
         # The page hides the prices the chosen type takes none of; what they still hold is not sent.
@@ -175,6 +177,27 @@ class OrderModifyForm(forms.Form):
         except forms.ValidationError:
             return True
         return shown != self.get_initial_for_field(self.fields[name], name)
+
+    def _show_as_now(self, moved: list[str]) -> None:
+        """The form shown with the refusal carries the order's values now as what it showed (else
+        saving it again is refused again, for ever); a moved field the trader left as shown shows
+        the order's value now (else saving again would put back the value the order moved from)."""
+        self.data = self.data.copy()
+        for name in moved:
+            now = self.get_initial_for_field(self.fields[name], name)
+            now = "" if now is None else str(now)
+            if self._left_as_shown(name):
+                self.data[self.add_prefix(name)] = now
+            self.data[self.add_initial_prefix(name)] = now
+
+    def _left_as_shown(self, name: str) -> bool:
+        field = self.fields[name]
+        try:
+            return field.to_python(self.data.get(self.add_prefix(name))) == field.to_python(
+                self.data.get(self.add_initial_prefix(name))
+            )
+        except forms.ValidationError:
+            return False
 
     def changes(self) -> dict:
         """What the trader changed from what the page showed, cleaned."""

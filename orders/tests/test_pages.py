@@ -47,6 +47,20 @@ def product_options(html: str) -> list[str]:
     return re.findall(r'<option value="([^"]*)"', select)
 
 
+def shown_form(html: str, action: str) -> dict:
+    """What a browser would send from the form posting to ``action`` as the page shows it."""
+    form = re.search(rf'<form[^>]*(?:action|hx-post)="{re.escape(action)}".*?</form>', html, re.S).group(0)
+    values = {}
+    for tag in re.findall(r"<input[^>]*>", form):
+        name = re.search(r'name="([^"]*)"', tag).group(1)
+        value = re.search(r'value="([^"]*)"', tag)
+        values[name] = value.group(1) if value else ""
+    for name, options in re.findall(r'<select name="([^"]*)"[^>]*>(.*?)</select>', form, re.S):
+        values[name] = re.search(r'<option value="([^"]*)" selected>', options).group(1)
+    values.pop("csrfmiddlewaretoken", None)
+    return values
+
+
 def resting_order(trader, account, **kwargs):
     kwargs.setdefault("order_type", "LIMIT")
     kwargs.setdefault("price", "1400")
@@ -602,3 +616,27 @@ def test_a_modify_form_whose_shown_price_is_no_number_is_refused_not_a_500(trade
     response = trader_client.post(reverse("orders:modify", args=[order.pk]), {**data, **shown}, **headers)
     assert response.status_code == 200 and "has changed since this form was shown (price)" in response.content.decode()
     assert PaperOrder.objects.get(order_id=order.broker_order_id).price == D("1400")
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_form_refused_as_older_than_the_order_is_shown_again_as_the_order_is_now(
+    trader_client, trader, account, inline
+):
+    """Another tab moved the price while the form was open: the form is refused, and the one shown
+    with the refusal compares with the order as it is now, so saving it again changes the order
+    (what the trader changed is kept; what they left as shown shows the order's value now)."""
+    order = resting_order(trader, account, quantity=2)
+    url = reverse("orders:modify", args=[order.pk])
+    headers = {"HTTP_HX_REQUEST": "true"} if inline else {}
+    page = trader_client.get(url, **headers) if inline else trader_client.get(reverse("orders:detail", args=[order.pk]))
+    stale = shown_form(page.content.decode(), url)
+    services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="another tab", price="1410")
+    refused = trader_client.post(url, {**stale, "quantity": "4"}, **headers)
+    assert "has changed since this form was shown (price)" in refused.content.decode()
+    again = shown_form(refused.content.decode(), url)
+    assert again["quantity"] == "4" and D(again["price"]) == D("1410")
+    trader_client.post(url, again, **headers)
+    order.refresh_from_db()
+    assert (order.quantity, order.price) == (4, D("1410"))
+    at_exchange = PaperOrder.objects.get(order_id=order.broker_order_id)
+    assert (at_exchange.quantity, at_exchange.price) == (4, D("1410"))
