@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from tradingplatform.admin import ReadOnlyAdmin
+
 from .models import AccountRun, BrokerSnapshot, MonitoringRun
 
 
@@ -14,13 +16,13 @@ class AccountRunInline(admin.TabularInline):
 
 
 @admin.register(MonitoringRun)
-class MonitoringRunAdmin(admin.ModelAdmin):
+class MonitoringRunAdmin(ReadOnlyAdmin):
     list_display = ("pk", "trigger", "started_at", "finished_at", "accounts")
     inlines = [AccountRunInline]
 
 
 @admin.register(AccountRun)
-class AccountRunAdmin(admin.ModelAdmin):
+class AccountRunAdmin(ReadOnlyAdmin):
     list_display = ("account", "status", "started_at", "finished_at", "run")
     list_select_related = ("account", "run")
     list_filter = ("status",)
@@ -28,6 +30,8 @@ class AccountRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(BrokerSnapshot)
-class BrokerSnapshotAdmin(admin.ModelAdmin):
+class BrokerSnapshotAdmin(ReadOnlyAdmin):
+    """Exactly what the broker returned (what explains a number): written only by the cycle."""
+
     list_display = ("account", "kind", "fetched_at")
     list_filter = ("kind",)

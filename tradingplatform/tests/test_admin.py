@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from accounts.tests.factories import make_broker_account
 from monitoring import cycle
+from monitoring.models import AccountRun, BrokerSnapshot, MonitoringRun
 from orders import sources
 from orders.models import Basket, ScheduledOrder, Strategy, StrategySignal
 from orders.tests.factories import instrument, place
@@ -33,7 +34,9 @@ def filled(trader, account):
     return Trade.objects.get()
 
 
-@pytest.mark.parametrize("model", [Trade, Position, PnlSnapshot, StrategySignal])
+@pytest.mark.parametrize(
+    "model", [Trade, Position, PnlSnapshot, StrategySignal, BrokerSnapshot, MonitoringRun, AccountRun]
+)
 def test_rows_only_services_change_are_read_only(model):
     assert isinstance(admin.site._registry[model], ReadOnlyAdmin)
 
@@ -48,6 +51,27 @@ def test_a_fill_cannot_be_deleted_or_edited_by_staff(staff_client, filled):
     filled.refresh_from_db()
     assert Trade.objects.count() == 1 and filled.price != 1
     assert Position.objects.get().net_quantity == 3
+
+
+def test_the_brokers_snapshot_and_a_runs_errors_cannot_be_edited_by_staff(staff_client, filled):
+    """The snapshot is the broker's book exactly as it returned it (what explains a number to a
+    trader or staff), and a run's errors are what the trader is shown: records, not settings."""
+    snapshot = BrokerSnapshot.objects.get(kind="trades")
+    change = reverse("admin:monitoring_brokersnapshot_change", args=[snapshot.pk])
+    forged = {"account": snapshot.account_id, "kind": "trades", "data": '[{"trade_id": "forged"}]'}
+    answer = staff_client.post(change, {**forged, "fetched_at_0": "2026-01-01", "fetched_at_1": "09:15:00"})
+    assert answer.status_code == 403
+    snapshot.refresh_from_db()
+    assert snapshot.data != [{"trade_id": "forged"}]
+    run = AccountRun.objects.first()
+    change = reverse("admin:monitoring_accountrun_change", args=[run.pk])
+    assert staff_client.post(change, {"account": run.account_id, "status": "ok", "errors": "[]"}).status_code == 403
+    cycle_run = MonitoringRun.objects.create(accounts=1)
+    AccountRun.objects.filter(pk=run.pk).update(run=cycle_run)
+    delete = reverse("admin:monitoring_monitoringrun_delete", args=[cycle_run.pk])
+    assert staff_client.post(delete, {"post": "yes"}).status_code == 403
+    assert AccountRun.objects.filter(pk=run.pk).exists()
+    assert staff_client.get(reverse("admin:monitoring_monitoringrun_change", args=[cycle_run.pk])).status_code == 200
 
 
 def test_a_strategy_with_orders_cannot_be_deleted_in_admin(staff_client, trader, account):
