@@ -62,12 +62,14 @@ class UserConsumer(AsyncWebsocketConsumer):
         # Commands go through HTTP with CSRF; the socket only takes price subscriptions.
         try:
             message = json.loads(text_data or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to read
             return
         ids = message.get("subscribe") if isinstance(message, dict) else None
         if ids is None:
             return
         ids = [ids] if isinstance(ids, str | int) else ids
+        if not isinstance(ids, list):
+            return  # not a list of ids (a number with a fraction, an object): ignored
         self.price_ids = {str(i) for i in ids if str(i).isdigit()}
         self.price_ids = set(sorted(self.price_ids)[:MAX_PRICE_SUBSCRIPTIONS])
         if self.price_ids:

@@ -86,3 +86,16 @@ async def test_rolled_back_transaction_pushes_nothing(trader):
     await sync_to_async(push_then_roll_back)()
     assert await communicator.receive_nothing(timeout=0.3)
     await communicator.disconnect()
+
+
+@pytest.mark.parametrize("message", ['{"subscribe": 1.5}', '{"subscribe": {"a": [1]}}', "[" * 100000 + "]" * 100000])
+async def test_a_malformed_message_leaves_the_socket_open(trader, message):
+    """The socket takes only price subscriptions: anything else is ignored, not a crash that drops
+    the trader's live updates."""
+    communicator, connected, _ = await connect(trader)
+    assert connected
+    await communicator.send_to(text_data=message)
+    assert await communicator.receive_nothing(timeout=0.3)
+    await get_channel_layer().group_send(f"user.{trader.pk}", {"type": "fragment.push", "html": "<div id='x'>y</div>"})
+    assert await communicator.receive_from(timeout=2) == "<div id='x'>y</div>"
+    await communicator.disconnect()
