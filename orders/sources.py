@@ -379,6 +379,9 @@ def _scheduled_values(
     if recurrence == ScheduledOrder.Recurrence.ONCE:
         if run_on > timezone.now().date() + timedelta(days=366 * SCHEDULE_MAX_YEARS_AHEAD):
             raise ValidationError({"run_on": f"Choose a date within {SCHEDULE_MAX_YEARS_AHEAD} years."})
+        # Before yesterday (UTC) it is past in every zone; and 0001-01-01 east of UTC has no UTC time.
+        if run_on < timezone.now().date() - timedelta(days=1):
+            raise ValidationError({"run_on": "That time has already passed."})
         wall = datetime.combine(run_on, time_of_day, tzinfo=zone)
         if wall.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != wall.replace(tzinfo=None):
             skipped = f"{time_of_day:%H:%M} does not exist on {run_on} in {timezone_name} (the clocks skip it)."

@@ -4,7 +4,7 @@ import hashlib
 import json
 import threading
 import time as clock
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -171,6 +171,15 @@ def test_scheduled_validation_names_the_field(trader, account):
             run_on=datetime(2030, 1, 1).date(),
         )
     assert "price" in error.value.message_dict
+    assert not ScheduledOrder.objects.exists()
+
+
+def test_a_date_at_the_start_of_the_calendar_is_refused_naming_it_not_a_500(trader, account):
+    # 0001-01-01 00:00 in a zone east of UTC is before the first UTC time there is.
+    for zone in ("Asia/Kolkata", "America/New_York"):
+        with pytest.raises(ValidationError) as error:
+            make_scheduled(trader, account, run_on=date.min, time_of_day=time(0), timezone_name=zone)
+        assert "run_on" in error.value.message_dict
     assert not ScheduledOrder.objects.exists()
 
 
