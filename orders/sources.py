@@ -1161,7 +1161,9 @@ RESEND_WAITING_S = 2.0
 
 
 def _notify_missed(scheduled: ScheduledOrder, due_at: datetime) -> None:
-    _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({due_at:%H:%M:%S}); not placed.")
+    # In the zone its time was chosen in (``due_at`` is UTC), as the trader set it.
+    due = f"{due_at.astimezone(_zone(scheduled.timezone)):%Y-%m-%d %H:%M:%S} {scheduled.timezone}"
+    _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({due}); not placed.")
 
 
 def _notify(scheduled: ScheduledOrder, text: str) -> None:

@@ -210,6 +210,16 @@ def test_a_missed_time_is_reported_not_fired_late(trader, account):
     assert not PaperOrder.objects.exists()
 
 
+def test_a_missed_time_is_reported_at_the_time_the_trader_chose_in_their_zone(trader, account, monkeypatch):
+    notices = []
+    monkeypatch.setattr(sources, "_notify", lambda scheduled, text: notices.append(text))
+    row = make_scheduled(trader, account, run_on=datetime(2030, 1, 2).date(), time_of_day=time(9, 15))
+    sources.scheduled_claim_due(now=row.next_run_at + timedelta(hours=3))
+    assert ScheduledFire.objects.get(scheduled=row).status == "missed"
+    # 09:15 in Kolkata, not 03:45 (the due time in UTC).
+    assert notices == [f"Scheduled order #{row.pk} missed its time (2030-01-02 09:15:00 Asia/Kolkata); not placed."]
+
+
 def test_a_grace_window_allows_a_late_fire(trader, account):
     row = make_scheduled(trader, account, grace_s=4 * 3600)
     fires = sources.scheduled_claim_due(now=row.next_run_at + timedelta(hours=3))
