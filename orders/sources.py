@@ -697,7 +697,9 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
                 if missed:
                     scheduled.last_run_at, scheduled.last_result = now, f"missed ({late_s:.0f}s late)"
                     missed_notes.append((scheduled, due_at))
-            scheduled.next_run_at = next_occurrence(scheduled, max(due_at, now))
+            # Its next due time even if that came too (the dispatcher was down): the next beat
+            # reports it missed, or places it while still within its grace; none is skipped unseen.
+            scheduled.next_run_at = next_occurrence(scheduled, due_at)
             if scheduled.next_run_at is None:
                 scheduled.status = ScheduledOrder.Status.DONE
         # In bulk: 500 orders due in one second are claimed in milliseconds, not one by one.

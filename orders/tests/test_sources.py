@@ -226,6 +226,21 @@ def test_a_grace_window_allows_a_late_fire(trader, account):
     assert len(fires) == 1
 
 
+def test_after_an_outage_each_missed_run_is_reported_and_one_still_within_its_grace_is_placed(trader, account):
+    # The dispatcher was down from before yesterday's run until an hour after today's.
+    ran_at = (timezone.now() - timedelta(hours=1)).astimezone(IST).replace(microsecond=0)
+    daily = dict(recurrence="weekdays", weekdays=list(range(7)), run_on=None, grace_s=2 * 3600)
+    row = make_scheduled(trader, account, time_of_day=ran_at.time(), **daily)
+    yesterday = ran_at - timedelta(days=1)
+    ScheduledOrder.objects.filter(pk=row.pk).update(next_run_at=yesterday)
+    claimed = [fire for _beat in range(3) for fire in sources.scheduled_claim_due()]  # the next beats
+    fires = {fire.due_at: fire for fire in ScheduledFire.objects.filter(scheduled=row)}
+    assert fires[yesterday].status == "missed"  # a day late: beyond its grace, reported
+    assert fires[ran_at].status == "pending" and claimed == [fires[ran_at].pk]  # an hour late: within it
+    row.refresh_from_db()
+    assert row.next_run_at == ran_at + timedelta(days=1)
+
+
 def test_a_recurring_order_moves_to_its_next_time(trader, account):
     row = make_scheduled(trader, account, recurrence="trading_days", run_on=None)
     first_due = row.next_run_at
