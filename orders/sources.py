@@ -87,6 +87,25 @@ def _call(job):
 # --- Baskets ---------------------------------------------------------------------------------
 
 
+def _place_item(actor, account: BrokerAccount, spec: dict, quantity: int, *, idempotency_key: str, **kwargs) -> dict:
+    """``_place_for`` for one basket item: an unexpected error in it (a bug, a lost connection) is
+    its own result, so the other items, placed or not, are still answered and recorded. The order
+    its key wrote, if it got that far; else FAILED, which a repeat of the run places again."""
+    try:
+        return _place_for(actor, account, spec, quantity, idempotency_key=idempotency_key, **kwargs)
+    except Exception as error:
+        logger.exception("placing %s on %s failed", spec["instrument"].tradingsymbol, account.label)
+        extra = {"symbol": spec["instrument"].tradingsymbol, "side": spec["side"], "quantity": quantity}
+        try:
+            order = Order.objects.filter(idempotency_key=f"{actor.pk}:{idempotency_key}").first()
+        except DatabaseError:
+            order = None
+        if order is not None:  # as far as it got (a sync finishes it)
+            return _result(account, order=order, **extra)
+        failed = _result(account, status="FAILED", **extra)
+        return {**failed, "error": f"Not placed: {type(error).__name__} on our side; place it again."}
+
+
 def _clean_items(items: list[dict]) -> list[dict]:
     if not items:
         raise ValidationError({"items": "Add at least one item."})
@@ -243,7 +262,7 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
         # sends them, a PUT) are new rows, and a repeat of the placement must still find its orders.
         for number, item in enumerate(items, start=1):
             jobs.append(
-                lambda account=account, item=item, number=number: _place_for(
+                lambda account=account, item=item, number=number: _place_item(
                     actor,
                     account,
                     item.spec(),

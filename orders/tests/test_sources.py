@@ -16,7 +16,7 @@ from django.utils import timezone
 from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
 from brokers.paper.models import PaperOrder
-from orders import sources
+from orders import services, sources
 from orders.models import Order, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import instrument
 from tradingplatform import background
@@ -102,6 +102,34 @@ def test_one_failing_item_does_not_undo_the_others(trader, instruments):
     results = sources.basket_place(basket=basket, actor=trader, run_token="t2")
     assert [r["status"] for r in results] == ["FILLED", "REJECTED", "FILLED"]
     assert results[1]["reason"].startswith("Your order price is outside the price band")
+    assert PaperOrder.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_error_in_one_item_still_answers_every_item(trader, account, instruments, monkeypatch):
+    basket = sources.basket_save(
+        owner=trader, name="Mixed", account_ids=[account.pk], items=[spec(), spec("TCS"), spec("SBIN")]
+    )
+    place = services.order_place
+
+    def place_but_tcs(**order):
+        if order["instrument"].tradingsymbol == "TCS":
+            raise RuntimeError("lost the database connection")
+        return place(**order)
+
+    monkeypatch.setattr(services, "order_place", place_but_tcs)
+    results = sources.basket_place(basket=basket, actor=trader, run_token="t3")
+    # The others are placed and answered; the failed one says it was not placed.
+    assert [(r["symbol"], r["status"]) for r in results] == [("INFY", "FILLED"), ("TCS", "FAILED"), ("SBIN", "FILLED")]
+    assert "order_id" not in results[1] and results[1]["error"].startswith("Not placed")
+    assert PaperOrder.objects.count() == 2
+    basket.refresh_from_db()
+    assert basket.last_results == results
+    # The retry of that run places the failed one only.
+    monkeypatch.setattr(services, "order_place", place)
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t3")
+    assert [r["status"] for r in again] == ["FILLED", "FILLED", "FILLED"]
+    assert again[0]["order_id"] == results[0]["order_id"] and again[2]["order_id"] == results[2]["order_id"]
     assert PaperOrder.objects.count() == 3
 
 
