@@ -92,7 +92,8 @@ def basket_detail(request, pk):
     form = BasketPlaceForm(request.POST or None, initial={"token": uuid.uuid4().hex}, user=request.user)
     results = None
     if request.method == "POST" and form.is_valid():
-        account_ids = [account.pk for account in form.cleaned_data["accounts"]]
+        # None chosen: the basket's own accounts, as the form says.
+        account_ids = [account.pk for account in form.cleaned_data["accounts"]] or None
         try:
             results = sources.basket_place(
                 basket=basket, actor=request.user, run_token=f"ui:{form.cleaned_data['token']}", account_ids=account_ids

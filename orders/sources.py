@@ -252,7 +252,8 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
     """
     if basket.owner_id != actor.pk:
         raise ValidationError({"basket": "No such basket."})
-    accounts = _owned_accounts(actor, account_ids) if account_ids else list(basket.accounts.all())
+    # None: the basket's own accounts; an empty choice places nothing (not on every account).
+    accounts = _owned_accounts(actor, account_ids) if account_ids is not None else list(basket.accounts.all())
     if not accounts:
         raise ValidationError({"account_ids": "Choose at least one account."})
     items = list(basket.items.select_related("instrument"))

@@ -322,6 +322,24 @@ def test_a_basket_placed_with_no_body_goes_to_its_own_accounts(api, account):
     assert [row["account_id"] for row in response.json()] == [account.pk] and PaperOrder.objects.count() == 1
 
 
+def test_a_basket_placed_on_an_empty_list_of_accounts_places_nothing(api, trader, account):
+    spare = make_broker_account(trader, broker="paper", client_id="SPARE", label="Spare")
+    basket = post(
+        api,
+        "/api/v1/baskets",
+        {
+            "name": "B",
+            "account_ids": [account.pk, spare.pk],
+            "items": [{"tradingsymbol": "INFY", "side": "BUY", "quantity": 1}],
+        },
+    ).json()
+    # The client chose no account (a filter that kept none): not "every account of the basket".
+    response = post(api, f"/api/v1/baskets/{basket['id']}/place", {"account_ids": []})
+    assert response.status_code == 422, response.json()
+    assert response.json()["error"]["field"] == "account_ids"
+    assert not PaperOrder.objects.exists()
+
+
 def test_a_scheduled_orders_price_is_answered_as_stored(api, account):
     data = {**body(account), "order_type": "LIMIT", "price": "1.4E+3", "recurrence": "trading_days"}
     response = post(api, "/api/v1/scheduled", {**data, "time_of_day": "10:15:00"})
