@@ -1454,6 +1454,8 @@ def _alert_time(value) -> datetime:
         raise refusal
     try:
         seconds = float(value)
+    except OverflowError:  # a whole number too large for a float: no time at all
+        raise refusal from None
     except ValueError:
         try:
             sent_at = datetime.fromisoformat(value.strip())

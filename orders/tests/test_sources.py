@@ -729,6 +729,7 @@ def test_webhook_for_a_paused_strategy_or_unknown_symbol(client, strategy):
         ({"order_type": "LIMIT", "price": "1400.05"}, "price"),  # not a tick multiple
         ({"side": "HOLD"}, "side"),
         ({"id": ["x"]}, "id"),
+        ({"timestamp": 10**400}, "timestamp"),  # a whole number too large for a float
     ],
 )
 def test_a_refused_alert_names_its_field_and_leaves_its_id_free(client, strategy, overrides, field):
