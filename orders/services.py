@@ -128,7 +128,7 @@ def _decimal(value, field: str) -> Decimal | None:
         raise ValidationError({field: "Enter a number."}) from None
     if not result.is_finite():
         raise ValidationError({field: "Enter a number."})
-    if abs(result) >= MAX_PRICE:
+    if result.copy_abs() >= MAX_PRICE:  # not abs(): it rounds, and overflows on 1e999999999
         raise ValidationError({field: f"Must be below {MAX_PRICE:,}."})
     return result
 

@@ -730,6 +730,8 @@ def test_webhook_for_a_paused_strategy_or_unknown_symbol(client, strategy):
         ({"side": "HOLD"}, "side"),
         ({"id": ["x"]}, "id"),
         ({"timestamp": 10**400}, "timestamp"),  # a whole number too large for a float
+        ({"order_type": "LIMIT", "price": "1e999999999"}, "price"),  # beyond what Decimal arithmetic takes
+        ({"order_type": "SL-M", "trigger_price": "-1e999999999"}, "trigger_price"),
     ],
 )
 def test_a_refused_alert_names_its_field_and_leaves_its_id_free(client, strategy, overrides, field):
