@@ -38,7 +38,7 @@ def strategy_signal(request, pk):
         body = json.loads(request.body or b"{}")
         if not isinstance(body, dict):
             raise ValueError
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to read
         return _error(400, "invalid", "Send a JSON object.")
     try:
         signal, replayed = sources.strategy_webhook(strategy_id=pk, body=body)

@@ -693,6 +693,8 @@ def test_webhook_places_once_and_refuses_forgeries_and_replays(client, strategy)
     assert (
         client.post(f"/hooks/strategies/{strategy.pk}/", "nonsense", content_type="application/json").status_code == 400
     )
+    nested = client.post(f"/hooks/strategies/{strategy.pk}/", "[" * 100_000, content_type="application/json")
+    assert nested.status_code == 400 and nested.json()["error"]["code"] == "invalid"
     assert client.get(f"/hooks/strategies/{strategy.pk}/").status_code == 405
     assert PaperOrder.objects.count() == 1
 
