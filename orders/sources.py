@@ -1450,7 +1450,7 @@ def _alert_time(value) -> datetime:
     refusal = ValidationError(
         {"timestamp": "Send the time of the alert: seconds since the epoch, or ISO 8601 with its offset."}
     )
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise refusal
     try:
         seconds = float(value)

@@ -7,6 +7,7 @@ authenticates it; the id and timestamp stop replays.
 
 import json
 import logging
+from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.http import JsonResponse
@@ -35,7 +36,9 @@ def strategy_signal(request, pk):
         response["Allow"] = "POST"
         return response
     try:
-        body = json.loads(request.body or b"{}")
+        # A number with a fraction as written (as the API reads it), never through a float:
+        # "price": 1400.0000000000001 would become 1400.0 and pass the tick check it fails.
+        body = json.loads(request.body or b"{}", parse_float=Decimal)
         if not isinstance(body, dict):
             raise ValueError
     except (ValueError, RecursionError):  # RecursionError: nested too deep to read

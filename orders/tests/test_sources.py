@@ -745,6 +745,23 @@ def test_a_refused_alert_names_its_field_and_leaves_its_id_free(client, strategy
     assert webhook(client, strategy).status_code == 201  # the same id, corrected
 
 
+def test_an_alerts_numbers_are_read_exactly_as_written(client, strategy):
+    """Read through a float, 1400.0000000000001 became 1400.0 and was placed as a LIMIT at 1400.00,
+    and a quantity of 1.0000000000000001 became 1: the API refuses both, and so does the webhook."""
+    head = f'"secret": "{strategy.secret}", "id": "exact", "timestamp": {clock.time():.3f}, "symbol": "NSE:INFY"'
+    for field, rest in (
+        ("price", '"side": "BUY", "quantity": 1, "order_type": "LIMIT", "price": 1400.0000000000001'),
+        ("quantity", '"side": "BUY", "quantity": 1.0000000000000001'),
+    ):
+        body = "{" + head + ", " + rest + "}"
+        refused = client.post(f"/hooks/strategies/{strategy.pk}/", body, content_type="application/json")
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == field, refused.json()
+    assert not Order.objects.exists()
+    placed = client.post(f"/hooks/strategies/{strategy.pk}/", "{" + head + ', "side": "BUY", "quantity": 1}',
+                         content_type="application/json")  # fmt: skip
+    assert placed.status_code == 201  # a time with a fraction is still a time
+
+
 def test_the_webhook_answers_other_methods_in_the_error_shape(client, strategy):
     response = client.get(f"/hooks/strategies/{strategy.pk}/")
     assert response.status_code == 405 and response["Allow"] == "POST"
