@@ -762,6 +762,16 @@ def test_an_alerts_numbers_are_read_exactly_as_written(client, strategy):
     assert placed.status_code == 201  # a time with a fraction is still a time
 
 
+def test_an_alert_that_says_a_field_twice_is_refused(client, strategy):
+    """{"side": "buy", ..., "side": "sell"} placed a SELL (the last one read): which was meant is not
+    ours to guess, and the API refuses such a body too."""
+    body = json.dumps({"secret": strategy.secret, "id": "twice", "timestamp": clock.time(), "symbol": "NSE:INFY",
+                       "side": "buy", "quantity": 1})[:-1] + ', "side": "sell"}'  # fmt: skip
+    refused = client.post(f"/hooks/strategies/{strategy.pk}/", body, content_type="application/json")
+    assert refused.status_code == 400 and "'side' appears more than once" in refused.json()["error"]["message"]
+    assert not Order.objects.exists() and not strategy.signals.exists()
+
+
 def test_the_webhook_answers_other_methods_in_the_error_shape(client, strategy):
     response = client.get(f"/hooks/strategies/{strategy.pk}/")
     assert response.status_code == 405 and response["Allow"] == "POST"
