@@ -491,11 +491,11 @@ class StrategyIn(In):
     take_profit_unit: Literal["percent", "points"] = "percent"
     trailing_step: Decimal | None = Field(None, gt=0)
     reentry_enabled: bool = False
-    max_reentries: int = Field(0, ge=0, le=100)
+    max_reentries: int = Field(0, ge=0, le=sources.MAX_REENTRIES)
     chase_after_s: int | None = Field(None, ge=1)
     chase_max_ticks: int | None = Field(None, ge=1)
     chase_max_percent: Decimal | None = Field(None, gt=0)
-    max_retries: int = Field(0, ge=0, le=20)
+    max_retries: int = Field(0, ge=0, le=sources.MAX_RETRIES)
     retryable_kinds: list[str] = []
     is_active: bool = True
 

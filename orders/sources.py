@@ -1215,6 +1215,12 @@ STRATEGY_FIELDS = (
 )
 
 
+# At most this many re-entries after a stop-loss, and retries of a rejected entry (the API's and
+# the page's limit alike).
+MAX_REENTRIES = 100
+MAX_RETRIES = 20
+
+
 def _secret() -> tuple[str, str, str]:
     raw = f"whsec_{secrets.token_urlsafe(24)}"
     return raw, hashlib.sha256(raw.encode()).hexdigest(), raw[:12]
@@ -1249,6 +1255,10 @@ def _strategy_write(*, owner, name: str, account_ids, strategy: Strategy | None,
     kinds = params.get("retryable_kinds")
     if kinds is not None and (not isinstance(kinds, list) or set(kinds) - set(RejectKind.ALL)):
         raise ValidationError({"retryable_kinds": f"Choose from {', '.join(RejectKind.ALL)}."})
+    for field, most in (("max_reentries", MAX_REENTRIES), ("max_retries", MAX_RETRIES)):
+        # A count saved before the cap stays as it is when other settings change (pausing it must work).
+        if params.get(field) is not None and params[field] > most and params[field] != getattr(strategy, field, None):
+            raise ValidationError({field: f"At most {most}."})
     for field in ("stop_loss", "take_profit", "trailing_step", "chase_max_percent"):
         if params.get(field) is not None and params[field] <= 0:
             raise ValidationError({field: "Must be above 0 (leave it blank for none)."})

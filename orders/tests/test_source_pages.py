@@ -211,6 +211,17 @@ def test_strategy_secret_is_shown_once(trader_client, account):
     assert "whsec_" in rotated and secret not in rotated
 
 
+@pytest.mark.parametrize("field, value", [("max_retries", "21"), ("max_reentries", "101"), ("max_retries", "1000000")])
+def test_the_strategy_page_keeps_the_retry_and_reentry_caps_the_api_has(trader_client, account, field, value):
+    """The API takes at most 20 retries and 100 re-entries; the page saved any number (a million
+    retries of a rejected entry, a re-entry after every stop-loss without end)."""
+    form = {"name": "Trend", "accounts": [account.pk], "stop_loss_unit": "percent", "take_profit_unit": "points",
+            "max_reentries": "0", "max_retries": "0", "is_active": "on", field: value}  # fmt: skip
+    page = trader_client.post(reverse("sources:strategy_create"), form).content.decode()
+    assert not Strategy.objects.exists()
+    assert "At most" in page
+
+
 @pytest.mark.parametrize(
     "name, method",
     [("sources:strategy_detail", "get"), ("sources:strategy_edit", "post"), ("sources:strategy_secret", "post")],
