@@ -14,7 +14,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.utils import client_ip
-from tradingplatform.api import RepeatedKey, _unique_keys
+from tradingplatform.api import RepeatedKey, unique_keys
 from tradingplatform.errors import first_error
 
 from . import sources
@@ -40,7 +40,7 @@ def strategy_signal(request, pk):
         # A number with a fraction as written (as the API reads it), never through a float:
         # "price": 1400.0000000000001 would become 1400.0 and pass the tick check it fails.
         # A key said twice is refused (as by the API): which side or price was meant is not ours to guess.
-        body = json.loads(request.body or b"{}", parse_float=Decimal, object_pairs_hook=_unique_keys)
+        body = json.loads(request.body or b"{}", parse_float=Decimal, object_pairs_hook=unique_keys)
         if not isinstance(body, dict):
             raise ValueError
     except RepeatedKey as exc:

@@ -88,14 +88,14 @@ class JsonParser(Parser):
     def parse_body(self, request):
         if request.content_type != "application/json" and not request.content_type.endswith("+json"):
             raise ValueError(f"Content-Type {request.content_type or 'missing'}")
-        return json.loads(request.body, parse_float=Decimal, object_pairs_hook=_unique_keys)
+        return json.loads(request.body, parse_float=Decimal, object_pairs_hook=unique_keys)
 
 
 class RepeatedKey(ValueError):
     """A JSON object whose keys repeat: which of two prices was meant is not ours to guess."""
 
 
-def _unique_keys(pairs: list[tuple]) -> dict:
+def unique_keys(pairs: list[tuple]) -> dict:
     seen = dict(pairs)
     if len(seen) != len(pairs):
         keys = [key for key, _ in pairs]
