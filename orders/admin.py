@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
 from tradingplatform.admin import ReadOnlyAdmin
 
@@ -94,11 +95,36 @@ class ScheduledFireAdmin(ReadOnlyAdmin):
     list_filter = ("status",)
 
 
+class StrategyForm(OwnedAccountsForm):
+    """Held to the rules the trader's page and the API keep (``sources.strategy_check``): a
+    strategy's settings drive its orders' exits, and one that could never be placed is refused."""
+
+    def clean(self):
+        cleaned = super().clean()
+        params = {field: cleaned[field] for field in sources.STRATEGY_FIELDS if field in cleaned}
+        try:
+            sources.strategy_check(params, strategy=self.instance if self.instance.pk else None)
+        except ValidationError as error:
+            self.add_error(None, error)
+        return cleaned
+
+
 @admin.register(Strategy)
 class StrategyAdmin(admin.ModelAdmin):
-    form = OwnedAccountsForm
+    form = StrategyForm
     list_display = ("name", "owner", "is_active", "stop_loss", "take_profit", "max_reentries", "max_retries")
     exclude = ("webhook_secret_hash",)
+    readonly_fields = ("webhook_secret_prefix",)
+
+    def save_model(self, request, obj, form, change):
+        secret = "" if obj.webhook_secret_hash else sources.strategy_new_secret(obj)
+        super().save_model(request, obj, form, change)
+        if secret:
+            self.message_user(
+                request,
+                f"Its webhook secret, shown this once (its trader can make a new one on its page): {secret}",
+                messages.WARNING,
+            )
 
     def has_delete_permission(self, request, obj=None):
         # A strategy's orders need it (their exits, re-entries and retries): pause it instead.

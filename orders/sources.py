@@ -1240,18 +1240,12 @@ def strategy_save(*, owner, name: str, account_ids, strategy: Strategy | None = 
         return _strategy_write(owner=owner, name=name, account_ids=account_ids, strategy=row, **params)
 
 
-def _strategy_write(*, owner, name: str, account_ids, strategy: Strategy | None, **params) -> tuple[Strategy, str]:
-    """``strategy_save`` of a strategy as read under its row lock (None: a new one), in the caller's transaction."""
+def strategy_check(params: dict, *, strategy: Strategy | None = None) -> None:
+    """The rules a strategy's settings (``STRATEGY_FIELDS``, those given) must keep, whoever saves
+    them (the trader's page and API, staff in admin): a ValidationError naming the field.
+    ``strategy``: the one changed, as stored (None: a new one)."""
     from brokers.errors import RejectKind
 
-    unknown = set(params) - set(STRATEGY_FIELDS)
-    if unknown:
-        raise TypeError(f"unexpected fields: {sorted(unknown)}")
-    name = (name or "").strip()
-    if not name:
-        raise ValidationError({"name": "Give the strategy a name."})
-    if Strategy.objects.filter(owner=owner, name=name).exclude(pk=strategy.pk if strategy else None).exists():
-        raise ValidationError({"name": STRATEGY_NAME_TAKEN})
     kinds = params.get("retryable_kinds")
     if kinds is not None and (not isinstance(kinds, list) or set(kinds) - set(RejectKind.ALL)):
         raise ValidationError({"retryable_kinds": f"Choose from {', '.join(RejectKind.ALL)}."})
@@ -1272,6 +1266,19 @@ def _strategy_write(*, owner, name: str, account_ids, strategy: Strategy | None,
             raise ValidationError({field: "A percent must be below 100."})
     if params.get("trailing_step") is not None and params.get("stop_loss", strategy and strategy.stop_loss) is None:
         raise ValidationError({"trailing_step": "A trailing step moves the stop-loss; set a stop-loss too."})
+
+
+def _strategy_write(*, owner, name: str, account_ids, strategy: Strategy | None, **params) -> tuple[Strategy, str]:
+    """``strategy_save`` of a strategy as read under its row lock (None: a new one), in the caller's transaction."""
+    unknown = set(params) - set(STRATEGY_FIELDS)
+    if unknown:
+        raise TypeError(f"unexpected fields: {sorted(unknown)}")
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "Give the strategy a name."})
+    if Strategy.objects.filter(owner=owner, name=name).exclude(pk=strategy.pk if strategy else None).exists():
+        raise ValidationError({"name": STRATEGY_NAME_TAKEN})
+    strategy_check(params, strategy=strategy)
     accounts = _owned_accounts(owner, account_ids, kept=strategy or Strategy())
     row = strategy or Strategy(owner=owner)
     row.name = name
@@ -1280,7 +1287,7 @@ def _strategy_write(*, owner, name: str, account_ids, strategy: Strategy | None,
     secret = ""
     changed = ["name", *params, "updated_at"]
     if not row.webhook_secret_hash:
-        secret, row.webhook_secret_hash, row.webhook_secret_prefix = _secret()
+        secret = strategy_new_secret(row)
         changed += ["webhook_secret_hash", "webhook_secret_prefix"]
     row.full_clean(exclude=["owner"])
     # A change writes only what it changes: the secret is ``strategy_rotate_secret``'s alone.
@@ -1313,6 +1320,13 @@ def strategy_change(*, owner, strategy: Strategy, **changes) -> Strategy:
 def strategy_rotate_secret(*, strategy: Strategy) -> str:
     secret, digest, prefix = _secret()
     Strategy.objects.filter(pk=strategy.pk).update(webhook_secret_hash=digest, webhook_secret_prefix=prefix)
+    return secret
+
+
+def strategy_new_secret(strategy: Strategy) -> str:
+    """Give a strategy not saved yet with a secret (made in admin) its webhook secret; returns it,
+    to be shown once (only its hash is kept)."""
+    secret, strategy.webhook_secret_hash, strategy.webhook_secret_prefix = _secret()
     return secret
 
 

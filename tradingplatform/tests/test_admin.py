@@ -1,7 +1,9 @@
 """Staff in Django admin cannot go around the services: rows that only the services (and brokers)
 change are read-only there, and what admin does change goes through the services."""
 
+import hashlib
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django import forms
@@ -114,7 +116,7 @@ def _change_form_data(form) -> dict:
         if isinstance(field, forms.ModelMultipleChoiceField):
             data[name] = [str(getattr(v, "pk", v)) for v in value]
         elif isinstance(field, forms.JSONField):
-            data[name] = field.prepare_value(value)
+            data[name] = value  # the JSON text the page shows (``value()`` prepares it already)
         else:
             data[name] = "on" if value is True else str(value)
     return data
@@ -149,6 +151,40 @@ def test_staff_cannot_give_a_strategy_another_traders_account_or_owner(
         {**data, "name": "New", "owner": str(other_trader.pk), "accounts": [str(account.pk)]}
     )
     assert not form.is_valid() and "accounts" in form.errors
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"stop_loss": "150", "stop_loss_unit": "percent"}, "stop_loss"),  # a long's stop at a price below 0
+        ({"stop_loss": "", "trailing_step": "2"}, "trailing_step"),  # a trail with no stop to move
+        ({"max_retries": "1000000"}, "max_retries"),
+        ({"retryable_kinds": '["nonsense"]'}, "retryable_kinds"),
+    ],
+)
+def test_staff_are_held_to_a_strategys_rules_as_its_trader_is(staff, trader, account, change, field):
+    """A strategy's settings drive its orders' exits: one the trader's page and the API refuse (an
+    exit that could never be placed) is refused in the admin too, naming the field."""
+    strategy, _ = sources.strategy_save(owner=trader, name="Ruled", account_ids=[account.pk], stop_loss=Decimal("2"))
+    Form = _admin_form(Strategy, strategy, staff)
+    data = _change_form_data(Form(instance=strategy))
+    unchanged = Form(data, instance=strategy)
+    assert unchanged.is_valid(), unchanged.errors
+    form = Form({**data, **change}, instance=strategy)
+    assert not form.is_valid() and field in form.errors
+    new = _admin_form(Strategy, None, staff)({**data, **change, "name": "Fresh", "owner": str(trader.pk)})
+    assert not new.is_valid() and field in new.errors
+
+
+def test_a_strategy_made_in_admin_gets_a_webhook_secret_shown_once(staff_client, staff, trader, account):
+    data = _change_form_data(_admin_form(Strategy, None, staff)())
+    data.update(name="By staff", owner=str(trader.pk), accounts=[str(account.pk)])
+    response = staff_client.post(reverse("admin:orders_strategy_add"), data, follow=True)
+    strategy = Strategy.objects.get(name="By staff")
+    [shown] = [str(m) for m in response.context["messages"] if "whsec_" in str(m)]
+    secret = shown[shown.index("whsec_") :].split()[0].rstrip(".")
+    assert strategy.webhook_secret_hash == hashlib.sha256(secret.encode()).hexdigest()
+    assert strategy.webhook_secret_prefix == secret[:12]
 
 
 def test_staff_cannot_give_a_basket_another_traders_account_or_owner(staff, trader, account, other_trader):
