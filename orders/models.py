@@ -157,6 +157,24 @@ class Basket(models.Model):
         return self.name
 
 
+class BasketRun(models.Model):
+    """One placement of a basket, by its run token (the page's one-time token, the API's
+    Idempotency-Key): what it asked for, so that the token sent again asking for something else
+    (other accounts, another basket) is refused, not placed as a new placement under old keys."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    basket = models.ForeignKey(Basket, on_delete=models.CASCADE, related_name="runs")
+    token = models.CharField(max_length=100)
+    account_ids = models.JSONField(null=True, blank=True, help_text="The accounts chosen; null: the basket's own.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "token"], name="basketrun_unique_token_per_owner")]
+
+    def __str__(self):
+        return f"{self.basket} run {self.token}"
+
+
 class BasketItem(OrderSpec):
     basket = models.ForeignKey(Basket, on_delete=models.CASCADE, related_name="items")
     position = models.PositiveIntegerField(default=0)

@@ -31,7 +31,7 @@ from tradingplatform import background, locks
 from tradingplatform.db import PlainUpdates
 
 from . import services
-from .models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
+from .models import Basket, BasketItem, BasketRun, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +244,18 @@ def _locked(model, row, owner):
     return get_object_or_404(model.objects.select_for_update(), pk=row.pk, owner=owner)
 
 
+def _basket_run(basket: Basket, actor, run_token: str, account_ids) -> None:
+    """Record what a run token asks for, the first time it is sent; sent again asking for other
+    accounts or another basket, it is a conflict (its orders' keys would place the new ask)."""
+    asked = sorted({int(pk) for pk in account_ids}) if account_ids is not None else None
+    run, _ = BasketRun.objects.get_or_create(
+        owner=actor, token=run_token, defaults={"basket": basket, "account_ids": asked}
+    )
+    if run.basket_id != basket.pk or run.account_ids != asked:
+        message = "This key already placed another basket or other accounts; send a new key to place this."
+        raise ValidationError({"idempotency_key": ValidationError(message, code="conflict")})
+
+
 def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:
     """Place every item on every chosen account, concurrently; one result per item and account.
 
@@ -256,6 +268,7 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
     accounts = _owned_accounts(actor, account_ids) if account_ids is not None else list(basket.accounts.all())
     if not accounts:
         raise ValidationError({"account_ids": "Choose at least one account."})
+    _basket_run(basket, actor, run_token, account_ids)
     items = list(basket.items.select_related("instrument"))
     jobs = []
     for account in accounts:

@@ -340,6 +340,30 @@ def test_a_basket_placed_on_an_empty_list_of_accounts_places_nothing(api, trader
     assert not PaperOrder.objects.exists()
 
 
+def test_a_basket_key_reused_for_other_accounts_or_another_basket_is_a_conflict(api, trader, account):
+    """The same Idempotency-Key with another body is a 409 (as for orders): not a placement on the
+    accounts the retry names, nor of the other basket the key is sent to."""
+    spare = make_broker_account(trader, broker="paper", client_id="SPARE", label="Spare")
+    items = [{"tradingsymbol": "INFY", "side": "BUY", "quantity": 1}]
+    basket = post(api, "/api/v1/baskets", {"name": "B", "account_ids": [account.pk, spare.pk], "items": items}).json()
+    other = post(api, "/api/v1/baskets", {"name": "C", "account_ids": [account.pk], "items": items}).json()
+    place = f"/api/v1/baskets/{basket['id']}/place"
+    first = post(api, place, {"account_ids": [account.pk]}, HTTP_IDEMPOTENCY_KEY="run-1")
+    assert first.status_code == 200 and PaperOrder.objects.count() == 1
+    assert post(api, place, {"account_ids": [account.pk]}, HTTP_IDEMPOTENCY_KEY="run-1").json() == first.json()
+    for path, payload in (
+        (place, {"account_ids": [spare.pk]}),
+        (place, {}),
+        (f"/api/v1/baskets/{other['id']}/place", {}),
+    ):
+        conflict = post(api, path, payload, HTTP_IDEMPOTENCY_KEY="run-1")
+        assert conflict.status_code == 409, conflict.json()
+        assert conflict.json()["error"]["field"] == "idempotency_key"
+    assert PaperOrder.objects.count() == 1
+    # A new key is a new placement; the basket's own accounts when none are named.
+    assert len(post(api, place, {}, HTTP_IDEMPOTENCY_KEY="run-2").json()) == 2 and PaperOrder.objects.count() == 3
+
+
 def test_a_scheduled_orders_price_is_answered_as_stored(api, account):
     data = {**body(account), "order_type": "LIMIT", "price": "1.4E+3", "recurrence": "trading_days"}
     response = post(api, "/api/v1/scheduled", {**data, "time_of_day": "10:15:00"})
