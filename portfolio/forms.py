@@ -7,7 +7,9 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
 from accounts.selectors import broker_accounts_of
+from brokers.base import IST
 
+IST_DAYS = "ist"  # the ``days`` parameter: the dates are IST trading days
 DATE_RANGE = [MinValueValidator(date(1970, 1, 1)), MaxValueValidator(date(2999, 12, 31))]
 
 
@@ -29,11 +31,13 @@ class TradeFilterForm(forms.Form):
     def selector_kwargs(self) -> dict:
         """Keyword arguments for ``selectors.trades_of``; a bad filter value is left out (and shown).
 
-        Dates are days in the viewer's timezone, both ends included, as the times on the page are shown.
+        Dates are days in the viewer's timezone, both ends included, as the times on the page are shown;
+        IST trading days with ``days=ist`` (the portfolio page's per-day rows link so: a row counts the
+        fills of its IST day, which in another timezone straddles two dates).
         """
         self.is_valid()
         data = self.cleaned_data
-        zone = timezone.get_current_timezone()
+        zone = IST if self.data.get("days") == IST_DAYS else timezone.get_current_timezone()
         start, end = data.get("date_from"), data.get("date_to")
         return {
             "account": data.get("account"),

@@ -275,6 +275,25 @@ def test_realized_pnl_per_ist_trading_day_replays_fills_fifo(trader, trader_clie
     assert by_day.index("day-2025-01-08") < by_day.index("day-2025-01-06")  # newest first
 
 
+def test_a_trading_days_link_lists_that_ist_days_fills_whatever_the_traders_timezone(trader, trader_client, account):
+    """The per-day rows are IST trading days; their link must list the fills the row counts, not
+    those of the same date in the trader's own timezone (New York is 10.5 hours behind IST)."""
+    trader.timezone = "America/New_York"
+    trader.save()
+    opening = fill(account, "INFY", "BUY", 10, "100", ist(2025, 1, 6, 9, 30))  # the 5th, 23:00 in New York
+    closing = fill(account, "INFY", "SELL", 10, "101", ist(2025, 1, 6, 15, 0))  # the 6th, 04:30 in New York
+    fill(account, "INFY", "BUY", 1, "100", ist(2025, 1, 7, 9, 20))  # the 6th, 22:50 in New York: IST's 7th
+    by_day = section(get(trader_client, "portfolio").content.decode(), "pnl-by-day")
+    row = re.search(r'<tr id="day-2025-01-06">.*?</tr>', by_day, re.S).group(0)
+    assert 'data-label="Fills" class="num">2<' in row
+    link = re.search(r'href="([^"]+)"', row).group(1).replace("&amp;", "&")
+    html = trader_client.get(link).content.decode()
+    listed = re.findall(r'<tr id="trade-(\d+)"', html)
+    assert listed == [str(closing.pk), str(opening.pk)]
+    csv_ids = [row[10] for row in csv_rows(trader_client.get(link + "&format=csv"))[1:]]
+    assert csv_ids == [closing.broker_trade_id, opening.broker_trade_id]
+
+
 # --- Trades and the CSV export --------------------------------------------------------------------
 
 
