@@ -286,14 +286,15 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
         if created.get(ctx.account.pk):
             ctx.act(f"recorded {len(created[ctx.account.pk])} fill(s)")
     accounts = [ctx.account for ctx in contexts]
-    # Rows are locked in (account, instrument, product) order, the order the fill fast path locks
-    # one account's positions in, so the two never deadlock.
+    # Rows are locked in (account, instrument, product) order, the order every fill recorder locks
+    # them in (the fast path one account's, a scheduled burst many accounts'), so none deadlock:
+    # the accounts too, not in the batch's order.
     ordered = Position.objects.filter(account__in=accounts).order_by("account_id", "instrument_id", "product")
     held = defaultdict(list)
     for position in ordered.select_related("instrument"):
         held[position.account_id].append(position)
     with transaction.atomic():  # one commit for the batch's re-valued positions
-        for ctx in contexts:
+        for ctx in sorted(contexts, key=lambda ctx: ctx.account.pk):
             positions = held[ctx.account.pk]
             if id(ctx) in failures or not positions or not ctx.last_prices:
                 continue

@@ -2,11 +2,14 @@
 
 import hashlib
 import json
+import re
 import socket
 import time as clock
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from accounts.tests.factories import make_kite_account
 from brokers.paper import engine
@@ -275,6 +278,29 @@ def test_a_batch_records_every_account_and_asks_for_prices_once(trader, account,
         assert Trade.objects.filter(account=acct).count() == 1
         assert BrokerSnapshot.objects.filter(account=acct).count() == 3
     assert all(set(r.step_ms) == {name for name, _ in cycle.STEPS} for r in results)
+
+
+def test_a_batch_marks_its_positions_in_account_order_whatever_its_accounts_order(account, their_account):
+    """The batch's re-valued positions are written in one transaction in (account, instrument,
+    product) order, the order every fill recorder locks them in (a scheduled burst records the fills
+    of many accounts in one transaction): in the batch's own order, two accounts' rows could be
+    taken the other way round from a recorder, a deadlock that rolls back the batch's marks."""
+    set_price("1500")
+    for acct in (account, their_account):
+        place(acct.owner, acct, quantity=2)
+        monitor(acct)
+    set_price("1520")
+    account_of = dict(Position.objects.values_list("pk", "account_id"))
+    with CaptureQueriesContext(connection) as queries:
+        cycle.accounts_monitor(accounts=[their_account, account])  # not in account order
+    marked = [
+        account_of[int(match.group(1))]
+        for query in queries
+        if query["sql"].startswith("UPDATE `portfolio_position`")
+        and (match := re.search(r"`id` = (\d+)", query["sql"]))
+    ]
+    assert sorted(marked) == marked and set(marked) == {account.pk, their_account.pk}
+    assert set(Position.objects.values_list("last_price", flat=True)) == {D("1520")}
 
 
 def test_when_the_batch_cannot_record_its_fills_each_account_records_its_own(
