@@ -55,17 +55,18 @@ class LoginFailed(Exception):
 
 
 def _throttle_keys(username: str, ip: str | None) -> list[tuple[str, int]]:
-    keys = [
-        (f"login:user:{hashlib.sha256(username.lower().encode()).hexdigest()}", settings.LOGIN_FAILURES_PER_USERNAME)
-    ]
+    """The failure counters a login with this username from this IP counts on.
+
+    A username that signs in to a user counts on that user's counter: the database finds the user
+    as its collation matches names (MariaDB takes "TRÂDER" or "trâder" for "trader"), so a counter
+    per spelling would let a guesser rotate spellings and never be locked out.
+    """
+    user_id = User._default_manager.filter(**{User.USERNAME_FIELD: username}).values_list("pk", flat=True).first()
+    name = f"id:{user_id}" if user_id is not None else hashlib.sha256(username.lower().encode()).hexdigest()
+    keys = [(f"login:user:{name}", settings.LOGIN_FAILURES_PER_USERNAME)]
     if ip:
         keys.append((f"login:ip:{ip}", settings.LOGIN_FAILURES_PER_IP))
     return keys
-
-
-def _locked_for(username: str, ip: str | None) -> int:
-    """Seconds until the login lock for this username or IP lifts (0: not locked)."""
-    return _lock_remaining([key for key, _limit in _throttle_keys(username, ip)])
 
 
 def _lock_remaining(keys: list[str]) -> int:
@@ -99,19 +100,20 @@ def login_attempt(*, username: str, password: str, ip: str | None, request=None)
     a locked account cannot be probed), ``LoginFailed`` on bad credentials.
     """
     window = settings.LOGIN_LOCK_WINDOW_S
-    locked = _locked_for(username, ip)
+    keys = _throttle_keys(username, ip)
+    locked = _lock_remaining([key for key, _limit in keys])
     if locked:
         audit_record(action=Action.LOGIN_LOCKED, data={"username": username[:150]}, ip=ip)
         raise LoginLocked(locked)
 
     user = authenticate(request, username=username, password=password)
     if user is not None:
-        cache.delete(_throttle_keys(username, ip)[0][0])
+        cache.delete(keys[0][0])
         audit_record(action=Action.LOGIN, actor=user, target=user, ip=ip)
         return user
 
     audit_record(action=Action.LOGIN_FAILED, data={"username": username[:150]}, ip=ip)
-    for key, limit in _throttle_keys(username, ip):
+    for key, limit in keys:
         _count_failure(key, limit, window)
     logger.info("failed login for a username from %s", ip)
     raise LoginFailed("Your username and password didn't match. Please try again.")

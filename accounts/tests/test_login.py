@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth.hashers import check_password, make_password
 from django.urls import reverse
 
-from accounts.models import AuditLog
+from accounts.models import AuditLog, User
 from tradingplatform import settings as base_settings
 
 
@@ -82,6 +82,21 @@ def test_success_resets_the_username_counter(client, trader, password, settings)
     login(client, "trader", "wrong")
     login(client, "trader", "wrong")
     assert login(client, "trader", password).status_code == 302
+
+
+def test_spellings_of_a_username_that_sign_in_to_one_user_share_its_lock(client, trader, password, settings):
+    # MariaDB's collation finds "trader" for "TRÄDER" or "trâder": each spelling must count against
+    # the one user it signs in to, or a guesser rotating spellings is never locked out.
+    variants = ["trâder", "trÄder", "tràder", "TRÁDER"]
+    if not User.objects.filter(username=variants[0]).exists():
+        pytest.skip("this database matches usernames exactly")
+    settings.LOGIN_FAILURES_PER_USERNAME = 3
+    settings.LOGIN_FAILURES_PER_IP = 100
+    for i, variant in enumerate(variants[:3]):  # from as many addresses
+        assert login(client, variant, "wrong", REMOTE_ADDR=f"10.0.0.{i + 1}").status_code == 200
+    assert login(client, variants[3], password, REMOTE_ADDR="10.0.0.99").status_code == 429
+    assert login(client, "trader", password, REMOTE_ADDR="10.0.0.98").status_code == 429
+    assert "_auth_user_id" not in client.session
 
 
 def test_logout_is_post_only_and_audited(trader_client, trader):
