@@ -39,7 +39,7 @@ def cleanse_uri(uri: str) -> str:
 
 
 class SafeExceptionReporterFilter(debug.SafeExceptionReporterFilter):
-    """Also hides query parameters named like secrets, wherever the request shows up in a report."""
+    """Also hides query and POST parameters named like secrets, wherever the request shows up in a report."""
 
     def get_safe_request_meta(self, request):
         meta = super().get_safe_request_meta(request)
@@ -56,6 +56,11 @@ class SafeExceptionReporterFilter(debug.SafeExceptionReporterFilter):
                 if SENSITIVE_PARAM.search(str(key)):
                     multivaluedict[key] = CLEANSED
         return multivaluedict
+
+    def get_post_parameters(self, request):
+        # Django hides only the fields a view marked (sensitive_post_parameters); the admin's forms
+        # (a broker account's api_secret) mark none.
+        return self.get_cleansed_multivaluedict(request, super().get_post_parameters(request))
 
     def cleanse_special_types(self, request, value):
         if isinstance(value, HttpRequest):  # its repr is the full path, query string included

@@ -1,9 +1,11 @@
 import logging
+import sys
 from decimal import Decimal
 
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.views.debug import get_exception_reporter_class
 
 from accounts.models import AuditLog, BrokerAccount
 from accounts.tests.factories import make_broker_account, make_kite_account
@@ -205,6 +207,33 @@ def test_staff_edit_in_admin_keeps_credentials_and_is_audited(client, staff, tra
     assert account.label == "From admin" and account.copy_multiplier == Decimal("2")
     assert account.credentials.reveal()["api_secret"] == SECRET
     assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_CHANGED, actor=staff).exists()
+
+
+def test_a_secret_typed_into_the_admin_never_reaches_an_error_report(client, staff, trader):
+    """Django's report of a 500 (mailed to ADMINS, shown by an error tracker) lists the POST: a
+    credential typed into the admin's form must be hidden there as on the trader's own form."""
+    account = make_kite_account(trader, api_key=KEY, api_secret=SECRET)
+    client.force_login(staff)
+    new_secret, new_key = "KITE-SECRET-typed-in-admin-77", "KITE-APIKEY-typed-in-admin-78"
+    data = {"label": "L", "is_active": "on", "allowed_products": '["CNC"]', "copy_multiplier": "1"}
+    for page, extra in [
+        (reverse("admin:accounts_brokeraccount_change", args=[account.pk]), {}),
+        (reverse("admin:accounts_brokeraccount_add"), {"owner": trader.pk, "broker": "kite", "client_id": "ZZ9"}),
+    ]:
+        response = client.post(page, {**data, **extra, "api_key": new_key, "api_secret": new_secret})
+        assert response.status_code == 302, response.content[:2000]
+        report = error_report(response.wsgi_request)
+        assert "api_secret" in report  # the POST is in the report, its values hidden
+        assert new_secret not in report and new_key not in report
+
+
+def error_report(request) -> str:
+    """Django's report (as mailed to ADMINS) of an error raised while serving ``request``."""
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        reporter = get_exception_reporter_class(request)(request, *sys.exc_info(), is_email=True)
+    return reporter.get_traceback_text() + reporter.get_traceback_html()
 
 
 def test_audit_log_is_append_only(trader):
