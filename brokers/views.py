@@ -99,7 +99,7 @@ def kite_postback(request):
     try:
         body = json.loads(request.body or b"{}")
         account = services.kite_postback_verify(body if isinstance(body, dict) else {})
-    except (ValueError, PermissionError) as exc:
+    except (ValueError, RecursionError, PermissionError) as exc:  # RecursionError: nested too deep to read
         logger.warning("refused a Kite postback from %s: %s", request.META.get("REMOTE_ADDR"), exc)
         return JsonResponse(
             {"error": {"code": "forbidden", "message": "Unknown or forged postback.", "field": None}}, status=403

@@ -236,6 +236,13 @@ def test_a_kite_postback_applies_kites_state_of_the_order_never_the_bodys(client
     assert order.status == Order.Status.FILLED
 
 
+def test_a_kite_postback_body_that_cannot_be_read_is_refused_not_a_500(client, db):
+    for body in ["nonsense", "[1]", "[" * 100_000, '{"a": ' * 100_000]:  # the last two: nested too deep
+        answer = client.post("/hooks/kite/postback/", body, content_type="application/json")
+        assert answer.status_code == 403, body[:20]
+        assert answer.json()["error"]["code"] == "forbidden"
+
+
 def test_a_kite_postback_whose_order_cannot_be_read_runs_the_account_and_applies_nothing(
     client, trader, kite_on_face, runs_queued
 ):
