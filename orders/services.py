@@ -247,8 +247,13 @@ def order_check(
     validity: str = "DAY",
     price=None,
     trigger_price=None,
+    closing: bool = False,
 ) -> Checked:
-    """Every rule an order must meet before it may be sent. Raises ValidationError naming the field."""
+    """Every rule an order must meet before it may be sent. Raises ValidationError naming the field.
+    ``closing``: a strategy's exit of a position (its stop-loss or take-profit, or a trail of it),
+    which the quantity and order value limits do not hold back: they cap what an order may open,
+    and the position it closes passed them (its exit is worth more than the entry was when it is
+    above the entry's price: a target, a short's stop, a stop trailed up)."""
     if account is None or account.owner_id != actor.pk:
         raise ValidationError({"account": "No such broker account."})
     if not account.is_active:
@@ -265,9 +270,9 @@ def order_check(
     )
     if product not in account.allowed_products:
         raise ValidationError({"product": f"{product} is not allowed on {account.label}."})
-    if account.max_quantity is not None and quantity > account.max_quantity:
+    if account.max_quantity is not None and quantity > account.max_quantity and not closing:
         raise ValidationError({"quantity": f"Above this account's limit of {account.max_quantity}."})
-    if account.max_order_value is not None:
+    if account.max_order_value is not None and not closing:
         reference_price = price or trigger_price or instrument_last_price(instrument)
         if not reference_price:
             raise ValidationError({"instrument": "No last price to check this order's value against the limit."})
@@ -463,6 +468,7 @@ def order_prepare(
             validity=validity,
             price=price,
             trigger_price=trigger_price,
+            closing=_closes(role, parent),
         )
     except ValidationError:
         if key and (existing := _existing_for_key(key, digest)):
@@ -492,6 +498,11 @@ def order_prepare(
             return existing, False
         raise
     return order, True
+
+
+def _closes(role: str, parent) -> bool:
+    """Whether an order of this role and parent is a strategy's exit of its entry's position."""
+    return role != Order.Role.ENTRY and parent is not None
 
 
 def orders_unsent_drop(*, keys, cause: str) -> int:
@@ -955,6 +966,7 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
         validity=order.validity,
         price=keep(price, order.price) if new_type in ("LIMIT", "SL") else None,
         trigger_price=keep(trigger_price, order.trigger_price) if new_type in ("SL", "SL-M") else None,
+        closing=_closes(order.role, order.parent_id),
     )
     if checked.quantity <= order.filled_quantity:
         raise OrderActionRefused(f"{order.filled_quantity} are already filled.", field="quantity")

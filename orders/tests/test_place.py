@@ -97,6 +97,24 @@ def test_risk_limits(trader, account):
     assert not PaperOrder.objects.exists()
 
 
+def test_an_exit_of_a_position_is_not_refused_by_the_order_value_limit(trader, account):
+    """The order value limit caps what an order may open. A strategy's exit closes (part of) a
+    position that passed it: a take-profit above the entry price, a short's stop above it, or a
+    trail following the price up is worth more than the entry was, and must still be placed and
+    moved, or the position is left without it."""
+    account_services.broker_account_update(account=account, actor=trader, max_order_value=D("15500"))
+    account.refresh_from_db()
+    entry = place(trader, account, quantity=10)  # 10 x 1500 at the last price: within the limit
+    assert entry.status == Order.Status.FILLED
+    exit_terms = {"side": "SELL", "quantity": 10, "role": Order.Role.TAKE_PROFIT, "parent": entry, "source": "system"}
+    target = place(trader, account, order_type="LIMIT", price="1600", **exit_terms)  # 16000
+    assert target.status == Order.Status.OPEN
+    services.order_modify(order=target, actor=trader, cause="test", price="1610")
+    assert PaperOrder.objects.get(order_id=target.broker_order_id).price == D("1610")
+    with pytest.raises(ValidationError, match="Order value"):  # an entry is still held to it
+        place(trader, account, quantity=11)
+
+
 def test_max_open_orders(trader, account):
     account_services.broker_account_update(account=account, actor=trader, max_open_orders=2)
     account.refresh_from_db()
