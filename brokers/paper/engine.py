@@ -28,7 +28,7 @@ from decimal import ROUND_HALF_UP, Context, Decimal
 from django.conf import settings
 from django.contrib.auth.hashers import check_password
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -409,7 +409,18 @@ def _reference_price(order) -> Decimal:
     return order.instrument.ask if order.transaction_type == BUY else order.instrument.bid
 
 
+def _fits(name: str, value) -> bool:
+    """Whether an order's column can hold the value (else storing it, even REJECTED, fails)."""
+    field = PaperOrder._meta.get_field(name)
+    if isinstance(field, models.DecimalField):
+        return abs(value) < Decimal(10) ** (field.max_digits - field.decimal_places)
+    return value <= connection.ops.integer_field_range(field.get_internal_type())[1]
+
+
 def _validate(instrument: PaperInstrument, *, side, order_type, product, validity, quantity, price, trigger_price):
+    for name, value in (("quantity", quantity), ("price", price), ("trigger_price", trigger_price)):
+        if value is not None and not _fits(name, value):
+            raise InputException(f"Invalid `{name}`.")
     if instrument_expired(instrument):
         raise InputException(
             f"{instrument.tradingsymbol} expired on {instrument.expiry:%Y-%m-%d}; it can no longer be traded.",

@@ -248,6 +248,30 @@ def test_rejects_bad_order_parameters(client, kwargs, message):
         place(client, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"quantity": 10**12, "price": "1500"}, "Invalid `quantity`"),
+        ({"price": "1e13"}, "Invalid `price`"),
+        ({"order_type": "SL-M", "trigger": "1e13"}, "Invalid `trigger_price`"),
+    ],
+    ids=["quantity", "price", "trigger"],
+)
+def test_refuses_a_quantity_or_price_no_order_can_hold_and_stores_nothing(client, kwargs, message):
+    # These were stored as REJECTED orders (funds, band), which the columns cannot hold: a server error.
+    with pytest.raises(engine.InputException, match=message):
+        place(client, **kwargs)
+    assert not PaperOrder.objects.exists()
+
+
+def test_a_modify_to_a_quantity_no_order_can_hold_is_refused(client):
+    PaperClient.objects.filter(pk=client.pk).update(cash=D("1e13"))
+    order = place(client, price="1400", quantity=1)
+    with pytest.raises(engine.InputException, match="Invalid `quantity`"):
+        engine.order_modify(client=client, order_id=order.order_id, quantity=5 * 10**9)
+    assert reload(order).quantity == 1
+
+
 # --- Knobs, sessions, the feed -------------------------------------------------------------
 
 
