@@ -1,9 +1,16 @@
 from celery import shared_task
 from django.conf import settings
 
+from tradingplatform import locks
 from tradingplatform.celery import periodic
 
 from . import services
+from .models import AccountRun
+
+# A fast-path run that finds its account held by another run (a cycle's batch, which may have read
+# the broker before what queued this one) is queued again, further apart each time, for as long as
+# a run can hold an account (the tasks' hard time limit), then the next cycle covers it.
+FAST_PATH_AGAIN_S, FAST_PATH_AGAIN_MAX_S, FAST_PATH_AGAIN_TIMES = 0.5, 8.0, 45
 
 
 @shared_task
@@ -32,7 +39,13 @@ def monitor_accounts(account_ids: list[int], run_id: int | None):
 
 
 @shared_task(soft_time_limit=240)
-def monitor_account(account_id: int, run_id: int | None):
+def monitor_account(account_id: int, run_id: int | None, again: int = 0):
     """The fast path's run of one account (and tasks queued before batches existed)."""
     result = monitor_accounts(account_ids=[account_id], run_id=run_id)
-    return next(iter(result), "inactive")
+    status = next(iter(result), "inactive")
+    if status == AccountRun.Status.SKIPPED and run_id is None and again < FAST_PATH_AGAIN_TIMES:
+        delay = min(FAST_PATH_AGAIN_S * 2**again, FAST_PATH_AGAIN_MAX_S)
+        # One queued at a time per account (the fast path's debounce key): later ones would find it queued.
+        if locks.acquire(f"monitor:queued:{account_id}", ttl_s=delay):
+            monitor_account.apply_async((account_id, None, again + 1), countdown=delay)
+    return status

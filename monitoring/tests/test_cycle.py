@@ -14,8 +14,8 @@ from django.test.utils import CaptureQueriesContext
 from accounts.tests.factories import make_kite_account
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
-from monitoring import cycle
-from monitoring.models import AccountRun, BrokerSnapshot
+from monitoring import cycle, tasks
+from monitoring.models import AccountRun, BrokerSnapshot, MonitoringRun
 from orders import services, sources
 from orders.models import Order
 from orders.tests.factories import place
@@ -131,6 +131,23 @@ def test_an_account_still_running_is_skipped(account):
     assert monitor(account).status == AccountRun.Status.SKIPPED
     locks.release(f"monitor:{account.pk}", token)
     assert monitor(account).status == AccountRun.Status.OK
+
+
+def test_a_fast_path_run_that_finds_the_account_running_is_queued_again(account, monkeypatch):
+    # A fill's run (the fast path) while a cycle's batch still holds the account, which may have read
+    # the broker before the fill: dropped, the fill's exits would wait for the next cycle.
+    queued = []
+    monkeypatch.setattr(tasks.monitor_account, "apply_async", lambda args, **options: queued.append(args))
+    token = locks.acquire(f"monitor:{account.pk}", ttl_s=30)
+    try:
+        assert tasks.monitor_account(account.pk, None) == AccountRun.Status.SKIPPED
+        assert [args[:2] for args in queued] == [(account.pk, None)]
+        queued.clear()
+        run = MonitoringRun.objects.create()
+        assert tasks.monitor_account(account.pk, run.pk) == AccountRun.Status.SKIPPED
+        assert queued == []  # a cycle's own run skipped: the run holding the account is that cycle's work
+    finally:
+        locks.release(f"monitor:{account.pk}", token)
 
 
 def test_one_failing_step_does_not_stop_the_others(account, monkeypatch):
