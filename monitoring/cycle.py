@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
@@ -1331,8 +1332,18 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
         contexts = {a.pk: Context(account=a, run_id=run_id, session=sessions.get(a.pk)) for a in running}
         # Renewed while the steps run: a batch slower than the TTL (a slow broker) must not let the
         # next cycle run the same accounts beside it (Celery's time limits do not stop threads).
+        cut_short = None
         with locks.kept({name: token for name, token in tokens.items() if token}, ttl_s=ACCOUNT_LOCK_TTL_S):
-            _run_steps(list(contexts.values()))
+            try:
+                _run_steps(list(contexts.values()))
+            except SoftTimeLimitExceeded as error:
+                # Raised in this thread once the pool's jobs are done (``Jobs.wait``): what the steps
+                # did is recorded, and the steps not run are the traders' errors, before it goes on.
+                logger.warning("monitoring: a batch of %s accounts reached its time limit", len(contexts))
+                cut_short = error
+                for ctx in contexts.values():
+                    why = "the run reached its time limit: steps it had not begun did not run (the next run does them)"
+                    ctx.errors.append({"step": "time_limit", "error": why})
         finished = timezone.now()
         results = []
         for account in accounts:
@@ -1361,6 +1372,8 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
         for account in running:
             if account.owner_id in watched:
                 dashboard_push(account)
+        if cut_short is not None:
+            raise cut_short
         return results
     finally:
         _run_rank.reset(ranked)

@@ -8,6 +8,7 @@ import time as clock
 from decimal import Decimal
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -148,6 +149,27 @@ def test_a_fast_path_run_that_finds_the_account_running_is_queued_again(account,
         assert queued == []  # a cycle's own run skipped: the run holding the account is that cycle's work
     finally:
         locks.release(f"monitor:{account.pk}", token)
+
+
+def test_a_batch_cut_short_by_its_time_limit_still_records_what_it_did(trader, account, monkeypatch):
+    # Celery's soft time limit is raised in the task's thread while it waits for the pool's jobs
+    # (which still finish): what the accounts' steps did and the errors the traders see are kept.
+    place(trader, account, quantity=4)
+    real = cycle._in_pool
+
+    def cut_short(fn, items):
+        real(fn, items)
+        if fn is cycle._account_steps:
+            raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(cycle, "_in_pool", cut_short)
+    with pytest.raises(SoftTimeLimitExceeded):
+        monitor(account)
+    run = AccountRun.objects.get(account=account)
+    assert run.status == AccountRun.Status.ERRORS
+    assert "recorded 1 fill(s)" in run.actions
+    assert [e["step"] for e in run.errors] == ["time_limit"]
+    assert locks.acquire(f"monitor:{account.pk}", ttl_s=1)  # and the account is free again
 
 
 def test_one_failing_step_does_not_stop_the_others(account, monkeypatch):
