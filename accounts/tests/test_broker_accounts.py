@@ -1,14 +1,13 @@
 import logging
-import sys
 from decimal import Decimal
 
 import pytest
 from django.test import Client
 from django.urls import reverse
-from django.views.debug import get_exception_reporter_class
 
 from accounts.models import AuditLog, BrokerAccount
 from accounts.tests.factories import make_broker_account, make_kite_account
+from tradingplatform.testing import error_report
 
 SECRET = "KITE-SECRET-do-not-show-42"
 KEY = "KITE-APIKEY-do-not-show-17"
@@ -225,15 +224,6 @@ def test_a_secret_typed_into_the_admin_never_reaches_an_error_report(client, sta
         report = error_report(response.wsgi_request)
         assert "api_secret" in report  # the POST is in the report, its values hidden
         assert new_secret not in report and new_key not in report
-
-
-def error_report(request) -> str:
-    """Django's report (as mailed to ADMINS) of an error raised while serving ``request``."""
-    try:
-        raise RuntimeError("boom")
-    except RuntimeError:
-        reporter = get_exception_reporter_class(request)(request, *sys.exc_info(), is_email=True)
-    return reporter.get_traceback_text() + reporter.get_traceback_html()
 
 
 def test_audit_log_is_append_only(trader):

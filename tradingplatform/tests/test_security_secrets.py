@@ -10,12 +10,10 @@ every API answer, and Django's error report for requests that carried them.
 
 import logging
 import re
-import sys
 from urllib.parse import parse_qsl, urlsplit
 
 from django.test import Client, RequestFactory
 from django.urls import reverse
-from django.views.debug import get_exception_reporter_class
 
 from accounts.views import login_view
 from brokers.models import BrokerSession
@@ -23,6 +21,7 @@ from brokers.paper import engine
 from brokers.paper.models import PaperClient
 from brokers.tests.test_kite_adapter import connect_through_the_pages, kite_setup  # noqa: F401
 from orders.models import Order
+from tradingplatform.testing import error_report
 
 from .test_security_sweep import API, SESSION, SWEEP, url_of
 
@@ -148,15 +147,6 @@ def test_secrets_never_reach_logs_pages_api_answers_or_error_reports(
     ]:
         report = error_report(request)
         assert not leaks(report), (request.path, leaks(report))
-
-
-def error_report(request) -> str:
-    """Django's report (as mailed to ADMINS, or the debug page) of an error raised while serving ``request``."""
-    try:
-        raise RuntimeError("boom")
-    except RuntimeError:
-        reporter = get_exception_reporter_class(request)(request, *sys.exc_info(), is_email=True)
-    return reporter.get_traceback_text() + reporter.get_traceback_html()
 
 
 def _secret_on_page(html: str) -> str:
