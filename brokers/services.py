@@ -394,10 +394,17 @@ def session_states(accounts) -> dict[int, SessionState]:
 
 
 def instruments_load(rows) -> tuple[int, int]:
-    """Upsert broker instrument rows (``InstrumentInfo``) by exchange and symbol. Returns (created, updated)."""
+    """Upsert broker instrument rows (``InstrumentInfo``) by exchange and symbol. Returns (created, updated).
+
+    Rows with no tick or no lot (Kite's indices: segment INDICES, tick 0, lot 0) cannot be
+    ordered and are left out, so that they do not make the whole refresh fail.
+    """
     from .models import Instrument
 
-    rows = list(rows)
+    given = list(rows)
+    rows = [row for row in given if row.tick_size > 0 and row.lot_size > 0]
+    if len(rows) < len(given):
+        logger.info("instruments: %d rows with no tick or lot size left out", len(given) - len(rows))
     existing = {
         (i.exchange, i.tradingsymbol): i
         for i in Instrument.objects.filter(tradingsymbol__in={row.tradingsymbol for row in rows})

@@ -39,6 +39,21 @@ def test_load_instruments_refuses_a_file_that_is_not_a_dump(tmp_path, db):
     assert not Instrument.objects.exists()
 
 
+def test_a_dump_with_index_rows_loads_its_instruments_and_leaves_the_indices_out(tmp_path, db, capsys):
+    # Kite's full dump lists indices (segment INDICES) with no tick and no lot: they cannot be
+    # ordered, and a row the table cannot hold must not lose the whole refresh.
+    dump = tmp_path / "instruments.csv"
+    dump.write_text(
+        SAMPLE.read_text().rstrip("\n")
+        + "\n256265,1001,NIFTY 50,NIFTY 50,0.0,,0.0,0.0,0,EQ,INDICES,NSE"
+        + "\n260105,1016,NIFTY BANK,NIFTY BANK,0.0,,0.0,0.0,0,EQ,INDICES,NSE\n"
+    )
+    call_command("load_instruments", file=dump)
+    assert "99 created" in capsys.readouterr().out
+    assert Instrument.objects.filter(exchange="NSE", tradingsymbol="CENTRALBK-BE").exists()
+    assert not Instrument.objects.filter(tradingsymbol__in=["NIFTY 50", "NIFTY BANK"]).exists()
+
+
 @pytest.fixture
 def instruments(paper_market):
     call_command("load_instruments", broker="paper")
