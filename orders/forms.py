@@ -23,10 +23,21 @@ def product_choices(instrument: Instrument | None) -> list[tuple[str, str]]:
     return [(value, label) for value, label in PRODUCTS if value != "CNC"]
 
 
-def instrument_from(value) -> Instrument | None:
+# Digits read as a whole number: more than an id or a quantity ever has is none (and int() reads
+# no more than 4300 digits).
+MAX_NUMBER_DIGITS = 18
+
+
+def whole_number(value) -> int | None:
+    """A whole number typed or sent as text, or None."""
     value = str(value or "").strip()
     # isdecimal, not isdigit: "²" is a digit but no number int() reads.
-    return Instrument.objects.filter(pk=value).first() if value.isdecimal() else None
+    return int(value) if value.isdecimal() and len(value) <= MAX_NUMBER_DIGITS else None
+
+
+def instrument_from(value) -> Instrument | None:
+    pk = whole_number(value)
+    return Instrument.objects.filter(pk=pk).first() if pk is not None else None
 
 
 class PriceField(forms.DecimalField):
@@ -90,8 +101,8 @@ class OrderTicketForm(forms.Form):
         """The ticket's fields for a newly chosen instrument, keeping what still fits it."""
         if product not in dict(product_choices(instrument)):
             product = "MIS"
-        quantity = str(quantity or "")
-        if not quantity.isdecimal() or int(quantity) == 0 or int(quantity) % instrument.lot_size:
+        quantity = whole_number(quantity)
+        if not quantity or quantity % instrument.lot_size:
             quantity = instrument.lot_size
         return cls(user, initial={"instrument": instrument.pk, "product": product, "quantity": quantity})
 

@@ -259,6 +259,19 @@ def test_an_instrument_id_or_quantity_of_digits_that_are_no_number_is_refused_no
     assert picked.status_code == 200 and re.search(r'name="quantity" value="1"', picked.content.decode())
 
 
+def test_an_instrument_id_or_quantity_of_thousands_of_digits_is_refused_not_a_500(trader_client, account):
+    """Python reads no more than 4300 digits as a number: such an id is not found, such a quantity not kept."""
+    huge = "9" * 5000
+    assert trader_client.get(reverse("orders:ticket"), {"instrument": huge}).status_code == 200
+    response = trader_client.post(reverse("orders:ticket"), ticket_data(account, instrument=huge))
+    assert response.status_code == 200 and "instrument" in response.context["form"].errors
+    response = trader_client.post(reverse("orders:ticket"), ticket_data(account, quantity=huge))
+    assert response.status_code == 200 and "quantity" in response.context["form"].errors
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+    picked = trader_client.get(reverse("orders:instrument_pick", args=[instrument("INFY").pk]), {"quantity": huge})
+    assert picked.status_code == 200 and re.search(r'name="quantity" value="1"', picked.content.decode())
+
+
 # --- Order book ----------------------------------------------------------------------------------
 
 
