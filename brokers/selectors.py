@@ -1,4 +1,4 @@
-from django.db.models import Q
+from django.db.models import Case, Q, Value, When
 
 from tradingplatform.memo import Memo
 
@@ -38,13 +38,24 @@ def instruments_tradable(today=None):
 
 
 def instruments_search(query: str, *, limit: int = 100) -> tuple[list[Instrument], bool]:
-    """Tradable instruments whose symbol starts with, or whose name contains, the query. (rows, truncated)
+    """Tradable instruments whose symbol starts with, or whose name contains, the query, the symbol
+    typed first, then symbols starting with it, then names containing it. (rows, truncated)
 
     Expired contracts are left out (``instruments_tradable``).
     """
     rows = instruments_tradable()
     query = (query or "").strip()[:64]
+    order = ["exchange", "tradingsymbol"]
     if query:
         rows = rows.filter(Q(tradingsymbol__istartswith=query) | Q(name__icontains=query))
-    found = list(rows.order_by("exchange", "tradingsymbol")[: limit + 1])
+        # The symbol typed first, then the symbols that start with it (a real dump has hundreds of
+        # contracts starting with an equity's symbol: ordered by exchange alone, NFO's came first
+        # and the equity never showed among the first rows).
+        closeness = Case(
+            When(tradingsymbol__iexact=query, then=Value(0)),
+            When(tradingsymbol__istartswith=query, then=Value(1)),
+            default=Value(2),
+        )
+        order.insert(0, closeness)
+    found = list(rows.order_by(*order)[: limit + 1])
     return found[:limit], len(found) > limit

@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from brokers import services
+from brokers import selectors, services
 from brokers.base import Quote
 from brokers.models import Instrument
 from monitoring.tests.test_consumer import connect
@@ -66,6 +66,31 @@ def test_search_by_symbol_or_name(trader_client, instruments):
     assert "NIFTY26DECFUT" in page and "BANKNIFTY26DECFUT" not in page
     page = trader_client.get(reverse("brokers:instruments"), {"q": "zzzz"}).content.decode()
     assert "No instruments match" in page
+
+
+def test_search_puts_the_symbol_typed_before_the_contracts_that_start_with_it(trader_client, instruments):
+    # A real dump has hundreds of INFY options (NFO sorts before NSE): the equity itself must
+    # still be among the matches shown, on the instruments page and on the ticket.
+    infy = Instrument.objects.get(exchange="NSE", tradingsymbol="INFY")
+    Instrument.objects.bulk_create(
+        Instrument(
+            exchange="NFO",
+            tradingsymbol=f"INFY26DEC{1000 + 20 * n}CE",
+            name="INFY",
+            segment="NFO-OPT",
+            instrument_type="CE",
+            instrument_token=90000 + n,
+            tick_size=Decimal("0.05"),
+            lot_size=400,
+        )
+        for n in range(120)
+    )
+    rows, truncated = selectors.instruments_search("infy")
+    assert rows[0] == infy and truncated
+    page = trader_client.get(reverse("brokers:instruments"), {"q": "INFY"}).content.decode()
+    assert f'id="instrument-{infy.pk}"' in page
+    options = trader_client.get(reverse("orders:instrument_options"), {"q": "INFY"}).content.decode()
+    assert f'id="option-{infy.pk}"' in options
 
 
 def test_search_is_safe_against_injection_and_escapes(trader_client, instruments):
