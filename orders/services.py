@@ -1332,23 +1332,28 @@ def order_apply_broker_state(order: Order, state, *, cause: str, push: bool = Tr
     """Bring an order in line with what its broker says; returns whether anything changed.
     ``asked_at``: when the state was asked for; the broker's terms of an order not changed here
     since then are taken too."""
-    terms = asked_at is not None and order.updated_at < asked_at
-    step = _state_step(order, state, cause=cause, terms=terms)
-    if step is None:
-        return False
-    expect = {"filled_quantity": order.filled_quantity}
-    if terms:
-        expect["updated_at"] = order.updated_at  # a modify recorded meanwhile wins over an older state
-    return _transition(
-        order,
-        step.to_status,
-        kind=step.kind,
-        cause=step.cause,
-        message=step.message,
-        expect=expect,
-        push=push,
-        **step.fields,
-    )
+    for _attempt in range(3):
+        terms = asked_at is not None and order.updated_at < asked_at
+        step = _state_step(order, state, cause=cause, terms=terms)
+        if step is None:
+            return False
+        # Written only on the row as read: one changed meanwhile (a modify recorded, its row pushed
+        # with a later version than this write's; an older state's terms must not undo it) is read
+        # again and the state applied to it, so the stored and pushed version never goes back.
+        expect = {"filled_quantity": order.filled_quantity, "updated_at": order.updated_at}
+        if _transition(
+            order,
+            step.to_status,
+            kind=step.kind,
+            cause=step.cause,
+            message=step.message,
+            expect=expect,
+            push=push,
+            **step.fields,
+        ):
+            return True
+        order.refresh_from_db()
+    return False
 
 
 # How often, and how far apart, an update of an order whose placer is still waiting for the

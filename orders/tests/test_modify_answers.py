@@ -6,10 +6,13 @@ the fill's update before its answer is recorded: the fill does not say the broke
 """
 
 import dataclasses
+import threading
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 
+from brokers.base import Status
 from brokers.client import AccountBroker
 from brokers.paper import adapter, engine
 from brokers.paper.models import PaperClient, PaperOrder
@@ -178,3 +181,53 @@ def test_a_change_at_the_broker_back_to_what_an_old_modify_of_ours_asked_is_take
     order.refresh_from_db()
     assert at_broker(order).price == order.price == D("1401")
     assert "found changed at the broker: price 1401" in order.events.latest("pk").message
+
+
+def test_a_fill_written_after_a_modify_recorded_meanwhile_is_pushed_as_the_newer_row(trader, account, monkeypatch):
+    """The fill's update read the order and took its time; a modify of the order was recorded (and
+    its row pushed) before the fill's write. The fill's row must be pushed as newer than the
+    modify's, with the modify's price: the page keeps the newest row, and would keep "Open"."""
+    set_price("1500")
+    order = place(trader, account, order_type="LIMIT", price="1400", quantity=2)
+    settle()
+    filled = dataclasses.replace(
+        AccountBroker(account).order(order.broker_order_id),
+        price=D("1401"),  # the broker filled it as modified
+        status=Status.FILLED,
+        filled_quantity=2,
+        pending_quantity=0,
+        average_price=D("1401"),
+    )
+    pushed = []
+    broadcast = services._broadcast
+
+    def recorded(pushed_order, **kwargs):
+        pushed.append((pushed_order.status, pushed_order.updated_at, pushed_order.price))
+        broadcast(pushed_order, **kwargs)
+
+    def modify_elsewhere():
+        try:
+            services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", price="1401")
+        finally:
+            connection.close()
+
+    update = services._ORDER_UPDATE.update
+    modified = []
+
+    def after_a_modify(pk, values, **kwargs):
+        if values.get("status") == Order.Status.FILLED and not modified:
+            modified.append(True)  # the modify is recorded between the fill's read and its write
+            thread = threading.Thread(target=modify_elsewhere)
+            thread.start()
+            thread.join()
+        return update(pk, values, **kwargs)
+
+    monkeypatch.setattr(services, "_broadcast", recorded)
+    monkeypatch.setattr(services._ORDER_UPDATE, "update", after_a_modify)
+    assert services.order_broker_update(account, filled, True)
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity, order.price) == (Order.Status.FILLED, 2, D("1401"))
+    assert [status for status, _version, _price in pushed] == [Order.Status.OPEN, Order.Status.FILLED]
+    (_, modify_version, _), (_, fill_version, fill_price) = pushed
+    assert fill_version > modify_version and fill_price == D("1401")
+    assert order.updated_at == fill_version  # the stored version never goes back either
