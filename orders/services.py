@@ -1069,11 +1069,16 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
     if not at_once:
         # The broker has the request; only its word closes the order (it may still fill).
         _read_back(order, cause)
-    elif not _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause):
-        # A reconcile moved it meanwhile (e.g. SUBMITTED -> OPEN): cancel from where it is now.
-        order.refresh_from_db()
-        if order.status in Order.AT_BROKER:
-            _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause)
+    else:
+        # Closed on the row as read: a reconcile that moved it meanwhile (SUBMITTED -> OPEN, or more
+        # filled) has it read again, so it is answered and pushed with what filled before the cancel.
+        for _attempt in range(3):
+            expect = {"updated_at": order.updated_at}
+            if _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause, expect=expect):
+                break
+            order.refresh_from_db()
+            if order.status not in Order.AT_BROKER:
+                break
     _queue_sync(order)
     return order
 

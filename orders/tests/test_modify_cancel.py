@@ -395,3 +395,29 @@ def test_a_platform_cancel_refused_as_already_cancelled_is_the_platforms_if_its_
     order.refresh_from_db()
     assert order.status == Order.Status.CANCELLED and order.events.filter(kind="cancel_refused").exists()
     assert services.cancel_asked_by_platform(order) is first_taken
+
+
+def test_a_cancel_the_broker_closes_at_once_answers_and_pushes_what_filled_before_it(trader, account, monkeypatch):
+    """The page (or an API client) read the order partly filled; more filled before its cancel
+    took. The cancelled order it is answered with, and pushed to the pages, holds every fill."""
+    order = resting(trader, account, quantity=10)
+    set_price("1399.5", volume=3)
+    settle()
+    as_read = Order.objects.select_related("account", "instrument").get(pk=order.pk)
+    assert (as_read.status, as_read.filled_quantity) == (Order.Status.PARTIALLY_FILLED, 3)
+    set_price("1399.5", volume=2)  # two more, told and recorded before the cancel
+    set_price("1500")
+    settle()
+    pushed = []
+    broadcast = services._broadcast
+
+    def recorded(pushed_order, **kwargs):
+        pushed.append((pushed_order.status, pushed_order.filled_quantity))
+        broadcast(pushed_order, **kwargs)
+
+    monkeypatch.setattr(services, "_broadcast", recorded)
+    cancelled = services.order_cancel(order=as_read, actor=trader, cause="trader")
+    settle()
+    assert at_broker(order).filled_quantity == 5
+    assert (cancelled.status, cancelled.filled_quantity) == (Order.Status.CANCELLED, 5)
+    assert pushed[-1] == (Order.Status.CANCELLED, 5)
