@@ -734,8 +734,10 @@ def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) 
             as_submitted = SimpleNamespace(
                 status=OrderStatus.SUBMITTED,
                 broker_order_id=placed.broker_order_id,
-                filled_quantity=order.filled_quantity,
-                **{name: getattr(order, name) for name in ("quantity", "order_type", "price", "trigger_price")},
+                **{
+                    name: getattr(order, name)
+                    for name in ("quantity", "filled_quantity", "average_price", "order_type", "price", "trigger_price")
+                },
             )
             answered = _state_step(as_submitted, placed.state, cause=f"{broker_name(order)}'s answer")
         submitted = functools.partial(
@@ -1303,9 +1305,14 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
     if not _tells_more(order, state) and (not changed or ours):
         return None  # our modify records its own terms
     target = BROKER_TO_ORDER[state.status]
+    # Fills are never taken back: a state with fewer than we know (a book read before an update we
+    # applied, its status still news: CANCELLED) moves the order on with the fills we know.
+    filled, average = state.filled_quantity, state.average_price
+    if filled < order.filled_quantity:
+        filled, average = order.filled_quantity, order.average_price
     fields = {
-        "filled_quantity": state.filled_quantity,
-        "average_price": state.average_price,
+        "filled_quantity": filled,
+        "average_price": average,
         "broker_order_id": order.broker_order_id or state.broker_order_id,
         **changed,
     }
@@ -1318,17 +1325,13 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
     if order.status == OrderStatus.FAILED and state.status:
         cause = f"{cause}: found at the broker after all"
     quantity = changed.get("quantity", order.quantity)
-    message = (
-        f"{state.filled_quantity}/{quantity} filled at {state.average_price}"
-        if state.filled_quantity
-        else (state.status_message or "")
-    )
+    message = f"{filled}/{quantity} filled at {average}" if filled else (state.status_message or "")
     kind = KIND_FOR.get(new_status, "updated") if new_status != order.status else "fill"
     if changed:
         held = ", ".join(f"{name.replace('_', ' ')} {'-' if v is None else v}" for name, v in changed.items())
         held = f"as our modify asked: {held}" if ours else f"found changed at the broker: {held}"
         message = "; ".join(filter(None, [held, message]))
-        if new_status == order.status and state.filled_quantity == order.filled_quantity:
+        if new_status == order.status and filled == order.filled_quantity:
             kind = "modified"
     return _Step(to_status=new_status, kind=kind, cause=cause, message=message, fields=fields)
 

@@ -10,6 +10,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -149,6 +150,25 @@ def test_updates_arriving_out_of_order_never_move_an_order_back(account, resting
     assert not services.order_broker_update(account, partly, True)
     resting.refresh_from_db()
     assert (resting.status, resting.filled_quantity) == (Order.Status.FILLED, 10)
+
+
+@pytest.mark.parametrize("asked_before", [False, True])
+def test_a_final_state_with_fewer_fills_than_we_know_closes_the_order_with_ours(account, resting, asked_before):
+    """A book read before an update we applied (Kite's book lagging its postbacks) can say
+    CANCELLED with fewer fills than the update brought: the order is closed, its fills are never
+    taken back (they are in the position already), through a sync that takes the book's terms too."""
+    partly = _state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=5, average_price=D("1401"))
+    assert services.order_broker_update(account, partly, True)
+    resting.refresh_from_db()
+    stale = _state(resting, status=Status.CANCELLED, filled_quantity=3, average_price=D("1400"))
+    asked_at = resting.updated_at + timedelta(seconds=1) if asked_before else None
+    assert services.order_apply_broker_state(resting, stale, cause="the sync", asked_at=asked_at)
+    resting.refresh_from_db()
+    assert (resting.status, resting.filled_quantity, resting.average_price) == (
+        Order.Status.CANCELLED,
+        5,
+        D("1401"),
+    )
 
 
 def test_an_update_that_loses_a_race_reads_again_and_lands(account, resting, monkeypatch):
