@@ -994,6 +994,9 @@ def test_cli_me_accounts_instruments(tp, env):
     assert "trader" in tp("me").out
     accounts = tp("accounts", "list")
     assert accounts.code == 0 and "SDK-P1" in accounts.out
+    # The last column is has_credentials: a paper account stores none, however connected it is.
+    header, row = accounts.out.splitlines()[:2]
+    assert header.split()[-1] == "CREDENTIALS" and row.split()[-1] == "no"
     assert json.loads(tp("accounts", "list", "--json").out)[0]["client_id"] == "SDK-P1"
     found = tp("instruments", "search", "INFY")
     assert found.code == 0 and "INFY" in found.out and "INFOSYS" in found.out

@@ -120,7 +120,9 @@ def cmd_accounts_list(client: Client, args):
         [a.id, a.broker, a.client_id, a.label, a.is_active, a.allowed_products, a.copy_multiplier, a.has_credentials]
         for a in accounts
     ]
-    headers = ["ID", "BROKER", "CLIENT ID", "LABEL", "ACTIVE", "PRODUCTS", "MULTIPLIER", "CONNECTED"]
+    # has_credentials says whether the account stores broker credentials, not whether it has a live
+    # session (the API does not say that): a connected paper account has none.
+    headers = ["ID", "BROKER", "CLIENT ID", "LABEL", "ACTIVE", "PRODUCTS", "MULTIPLIER", "CREDENTIALS"]
     return accounts, table(rows, headers)
 
 
