@@ -1371,8 +1371,6 @@ def strategy_signal(
     """
     if strategy.owner_id != actor.pk:
         raise ValidationError({"strategy": "No such strategy."})
-    if not strategy.is_active:
-        raise ValidationError({"strategy": "This strategy is paused."})
     # Taken as sent: "Sig-A", "sig-a" and " sig-a" are three signals, and an id is never cut.
     if not isinstance(signal_id, str) or not signal_id.strip():
         raise ValidationError({"signal_id": "Give each signal a unique id."})
@@ -1386,7 +1384,9 @@ def strategy_signal(
         sent = _signal_payload(instrument, side, quantity, order_type, product, price, trigger_price)
         signal = _replayed(signal, sent, signals)
         if signal.results:
-            return signal, True
+            return signal, True  # even if paused since: what it placed, not "paused"
+    if not strategy.is_active:
+        raise ValidationError({"strategy": "This strategy is paused."})
     # A refused signal leaves no trace, so the same id can be sent again once corrected: what
     # every account's order must meet is checked before the id is taken (each account's own
     # rules, its products and limits, are its placement's result).

@@ -641,6 +641,20 @@ def test_a_signal_places_on_each_account_and_a_replay_places_nothing(trader, str
     assert PaperOrder.objects.count() == 2
 
 
+def test_a_signal_repeated_after_its_strategy_was_paused_answers_what_it_placed(trader, strategy, instruments):
+    """A client's retry of a signal placed before the pause (its answer was lost) is told what the
+    signal placed, not "paused" as if it had placed nothing; a new signal is refused."""
+    signal = {"via": "api", "instrument": instrument(), "side": "BUY", "quantity": 2}
+    placed, _ = sources.strategy_signal(strategy=strategy, actor=trader, signal_id="s-1", **signal)
+    sources.strategy_change(owner=trader, strategy=strategy, is_active=False)
+    strategy.refresh_from_db()
+    again, replayed = sources.strategy_signal(strategy=strategy, actor=trader, signal_id="s-1", **signal)
+    assert replayed is True and again.results == placed.results and PaperOrder.objects.count() == 1
+    with pytest.raises(ValidationError) as refused:
+        sources.strategy_signal(strategy=strategy, actor=trader, signal_id="s-2", **signal)
+    assert refused.value.message_dict == {"strategy": ["This strategy is paused."]}
+
+
 def test_a_signal_whose_first_request_died_is_placed_by_its_retry_once(client, trader, strategy, monkeypatch):
     """The first delivery took the signal's id, placed on one account and died before the other (a
     worker restarted, a timeout): TradingView's retry places what is missing, not nothing and not
