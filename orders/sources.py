@@ -426,7 +426,8 @@ def _scheduled_values(
         "weekdays": weekdays,
         "time_of_day": time_of_day,
         "timezone": timezone_name,
-        "run_on": run_on,
+        # A one-off's alone: kept on a recurring order, a later change back to once would reuse it.
+        "run_on": run_on if recurrence == ScheduledOrder.Recurrence.ONCE else None,
         "grace_s": int(grace_s or 0),
     }
 

@@ -104,6 +104,18 @@ def test_a_scheduled_patch_keeps_what_it_does_not_send(api, account):
     assert (moved["time_of_day"], moved["run_on"], moved["timezone"]) == ("09:20:00", scheduled["run_on"], "UTC")
 
 
+def test_a_scheduled_order_made_recurring_keeps_no_date_that_a_patch_back_to_once_would_reuse(api, account):
+    """A date is a one-off's alone: kept on a recurring order (shown beside "every trading day"), a
+    later PATCH back to once would place on that old date the trader no longer had in mind."""
+    scheduled = a_scheduled(api, account)
+    url = f"/api/v1/scheduled/{scheduled['id']}"
+    recurring = patch(api, url, {"recurrence": "trading_days"})
+    assert recurring.status_code == 200 and recurring.json()["run_on"] is None
+    once = patch(api, url, {"recurrence": "once"})
+    assert once.status_code == 422 and once.json()["error"]["field"] == "run_on"
+    assert ScheduledOrder.objects.get(pk=scheduled["id"]).recurrence == "trading_days"
+
+
 # --- A bad field: named, and nothing changes ----------------------------------------------------
 
 
