@@ -486,7 +486,12 @@ def _filled_entries(**where):
             role=Order.Role.ENTRY,
             strategy__isnull=False,
             filled_quantity__gt=0,
-            status__in=[Order.Status.FILLED, Order.Status.PARTIALLY_FILLED, Order.Status.CANCELLED],
+            status__in=[
+                Order.Status.FILLED,
+                Order.Status.PARTIALLY_FILLED,
+                Order.Status.CANCELLED,
+                Order.Status.REJECTED,
+            ],
         )
         .annotate(
             exited=Coalesce(Sum("children__filled_quantity", filter=_EXITS), 0),
@@ -1027,9 +1032,14 @@ def step_trail(ctx: Context) -> None:
 
 
 def _dependants_of_rejected(**where):
-    """Live orders whose parent was rejected or failed; not its retries (step 9), which replace it."""
+    """Live orders whose parent was rejected or failed; not its retries (step 9), which replace it,
+    nor what hangs on a parent refused after part filled (its exits, its re-entry): what it filled
+    is held, and step 4 keeps its exits at that."""
     return Order.objects.filter(
-        **where, parent__status__in=[Order.Status.REJECTED, Order.Status.FAILED], status__in=Order.AT_BROKER
+        **where,
+        parent__status__in=[Order.Status.REJECTED, Order.Status.FAILED],
+        parent__filled_quantity=0,
+        status__in=Order.AT_BROKER,
     ).exclude(idempotency_key__contains=RETRY_KEY)
 
 

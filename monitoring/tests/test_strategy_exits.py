@@ -546,3 +546,21 @@ def test_both_exits_filling_is_told_to_the_trader_and_nothing_re_enters(trader, 
     errors = [e["error"] for run in runs for e in run.errors]
     assert any("the position is reversed" in error for error in errors), errors
     assert Order.objects.filter(account=account, role="entry").count() == 1
+
+
+def test_an_entry_the_broker_rejected_after_part_filled_keeps_its_exits(trader, account):
+    """4 of 10 fill, then the broker refuses the rest (REJECTED with 4 filled): the 4 held keep
+    their stop-loss and take-profit (step 7 cancelled them as a rejected order's dependants)."""
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    monitor(account)
+    assert held(account) == live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 4
+    PaperOrder.objects.filter(order_id=first.broker_order_id).update(status="REJECTED", status_message="RMS")
+    quote("1500")
+    monitor(account)
+    monitor(account)
+    first.refresh_from_db()
+    assert (first.status, first.filled_quantity) == (Order.Status.REJECTED, 4)
+    assert held(account) == live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 4
