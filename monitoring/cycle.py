@@ -1164,10 +1164,13 @@ RETRY_KEY = ":retry:"
 
 
 def _rejected_with_retries(**where):
-    """Refused strategy entries (a refused exit is placed again by step 4) of an active strategy."""
+    """Refused strategy entries (a refused exit is placed again by step 4) of an active strategy,
+    placed today: one refused on an earlier day (its strategy paused or its account idle since)
+    is a stale signal, not retried."""
     return Order.objects.filter(
         **where,
         role=Order.Role.ENTRY,
+        created_at__gte=openings.day_start(),
         strategy__is_active=True,  # a paused strategy opens nothing new (step 8 neither)
         status__in=[Order.Status.REJECTED, Order.Status.FAILED],
         strategy__max_retries__gt=0,

@@ -1,6 +1,7 @@
 """A strategy's retry and re-entry limits hold whatever replaces an order and wherever a worker stops;
 a re-entry buys back what was stopped out."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -211,3 +212,14 @@ def test_a_reentry_in_a_future_buys_back_the_lots_stopped_out(trader, account):
     assert first.filled_quantity == 75
     reentry = Order.objects.get(parent=first, role="entry")
     assert (reentry.quantity, reentry.status) == (75, Order.Status.FILLED)
+
+
+def test_an_entry_refused_on_an_earlier_day_is_not_retried(trader, account):
+    """Refused yesterday, its strategy paused then resumed today (or the account back today): its
+    signal is a day old; a retry would open a position nobody asked for today."""
+    strategy, first = refused_entry(trader, account)
+    Order.objects.filter(pk=first.pk).update(created_at=first.created_at - timedelta(days=1))
+    rejecting(account, 0)
+    cycle.account_monitor(account=account)
+    cycle.account_monitor(account=account)
+    assert not Order.objects.filter(parent=first).exists()
