@@ -5,6 +5,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from brokers.models import Instrument
 from brokers.paper import engine
@@ -223,3 +224,20 @@ def test_an_entry_refused_on_an_earlier_day_is_not_retried(trader, account):
     cycle.account_monitor(account=account)
     cycle.account_monitor(account=account)
     assert not Order.objects.filter(parent=first).exists()
+
+
+def test_a_stop_loss_filled_on_an_earlier_day_does_not_re_enter_when_the_strategy_is_resumed(trader, account):
+    """Stopped out while the strategy was paused; resumed the next day: that stop-out is a day
+    old, a re-entry now would open a position on it."""
+    strategy = reentering(trader, account, stop_loss=D("1"), max_reentries=2)
+    quote("1500")
+    first = place(trader, account, quantity=10, strategy=strategy, source="strategy")
+    cycle.account_monitor(account=account)  # its stop-loss
+    Strategy.objects.filter(pk=strategy.pk).update(is_active=False)
+    quote("1480")  # the stop-loss fills
+    cycle.account_monitor(account=account)
+    stop = first.children.get(role="stop_loss", status=Order.Status.FILLED)
+    Order.objects.filter(pk=stop.pk).update(updated_at=timezone.now() - timedelta(days=1))
+    Strategy.objects.filter(pk=strategy.pk).update(is_active=True)
+    cycle.account_monitor(account=account)
+    assert not Order.objects.filter(parent=first, role="entry").exists()
