@@ -945,7 +945,7 @@ def _fires_mark(fires: list[ScheduledFire], now: datetime) -> list[ScheduledFire
             idempotency_key__in=[_fire_key(fire.scheduled, fire) for fire in fires if fire.pk in late]
         ).values_list("idempotency_key", flat=True)
     )
-    taken, unsent = [], []
+    taken, unsent, missed = [], [], {}
     for fire in fires:
         fire.prepared, fire.late = fire.status == ScheduledFire.Status.PREPARED, fire.pk in late
         if fire.pk in late and (fire.prepared or _fire_key(fire.scheduled, fire) not in started):
@@ -953,11 +953,14 @@ def _fires_mark(fires: list[ScheduledFire], now: datetime) -> list[ScheduledFire
             fire.status = ScheduledFire.Status.MISSED
             fire.detail = f"missed: {late[fire.pk]:.0f}s late when a worker got to it{stopped}"
             fire.save(update_fields=["status", "detail"])
+            missed[fire.scheduled_id] = (now, fire.detail)  # its scheduled order's last run, as ``_claim``'s
             _notify_missed(fire.scheduled, fire.due_at)
             if fire.prepared:
                 unsent.append(_fire_key(fire.scheduled, fire))
         else:
             taken.append(fire)
+    if missed:
+        _LAST_RUNS.update(missed)
     if unsent:
         services.orders_unsent_drop(keys=unsent, cause="its scheduled time was missed")
     waiting = [fire.pk for fire in taken if fire.status in ScheduledFire.WAITING]

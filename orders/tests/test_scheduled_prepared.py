@@ -809,3 +809,18 @@ def test_a_late_send_whose_answer_was_lost_is_not_failed_from_a_book_read_before
     order.refresh_from_db()
     assert order.status == Order.Status.FILLED and order.broker_order_id
     assert not order.events.filter(kind="failed").exists()
+
+
+def test_a_due_time_a_worker_gets_to_too_late_shows_missed_as_its_orders_last_result(trader, account, settings):
+    """A daily order placed its order yesterday; today's due time is taken too late (missed). Its
+    page must say today's run was missed, not yesterday's order as its last result."""
+    settings.SCHEDULE_ON_TIME_S = 0
+    row = make_scheduled(trader, account)
+    ScheduledOrder.objects.filter(pk=row.pk).update(
+        last_run_at=timezone.now() - timedelta(days=1), last_result="20260101-PAPER-N000001 FILLED"
+    )
+    fire, due_at, _order = _prepared(row, seconds=0.5)
+    _at(due_at + timedelta(seconds=1))
+    assert sources.scheduled_fire(fire_id=fire.pk).status == ScheduledFire.Status.MISSED
+    row.refresh_from_db()
+    assert "missed" in row.last_result and row.last_run_at > due_at, (row.last_run_at, row.last_result)
