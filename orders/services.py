@@ -317,6 +317,19 @@ def counters_ready(account_ids, day) -> None:
     _counters_seen.update((pk, day) for pk in unseen)
 
 
+def open_orders_check(account: BrokerAccount, *, besides: Order | None = None) -> None:
+    """Refuse one more open order on an account at its open orders limit (``besides``: an order
+    already written, not yet sent, that is that one more: not counted)."""
+    if account.max_open_orders is None:
+        return
+    open_orders = Order.objects.filter(account=account, status__in=Order.LIVE)
+    if besides is not None:
+        open_orders = open_orders.exclude(pk=besides.pk)
+    count = open_orders.count()
+    if count >= account.max_open_orders:
+        raise ValidationError({"account": f"{account.label} already has {count} open orders (its limit)."})
+
+
 class _CounterMissing(Exception):
     pass
 
@@ -533,13 +546,8 @@ def _create(checked: Checked, key, request_hash, *, day, actor, cause, **links) 
         try:
             with transaction.atomic():
                 number = _next_number(account, day)
-                if account.max_open_orders is not None:
-                    # Checked under the counter's row lock, so concurrent placements cannot overshoot.
-                    open_orders = Order.objects.filter(account=account, status__in=Order.LIVE).count()
-                    if open_orders >= account.max_open_orders:
-                        raise ValidationError(
-                            {"account": f"{account.label} already has {open_orders} open orders (its limit)."}
-                        )
+                # Checked under the counter's row lock, so concurrent placements cannot overshoot.
+                open_orders_check(account)
                 order = Order(
                     reference=reference_for(account, day, number),
                     account=account,

@@ -1117,9 +1117,10 @@ def _fire_send(fire: ScheduledFire, order: Order) -> Order | tuple[str, str]:
 def _fire_refusal(fire: ScheduledFire) -> str:
     """Why nothing is sent for a fire's order written before its time: its account or owner
     deactivated since, or the order no longer meets its account's rules (products and limits the
-    trader lowered meanwhile, an instrument expired at midnight). Checked again at the time, with
-    the account as read under the take's locks, as an order placed whole then is checked: else a
-    prepared order would be sent under limits the trader had already taken away."""
+    trader lowered meanwhile, its open orders limit among them, an instrument expired at midnight).
+    Checked again at the time, with the account as read under the take's locks, as an order placed
+    whole then is checked: else a prepared order would be sent under limits the trader had already
+    taken away."""
     scheduled = fire.scheduled
     if not scheduled.account.is_active:
         return f"{scheduled.account.label} is deactivated."
@@ -1127,6 +1128,7 @@ def _fire_refusal(fire: ScheduledFire) -> str:
         return "This account's owner is deactivated."
     try:
         services.order_check(actor=scheduled.owner, account=scheduled.account, **scheduled.spec())
+        services.open_orders_check(scheduled.account, besides=getattr(fire, "order", None))
     except ValidationError as error:
         return " ".join(error.messages)[:255]
     return ""

@@ -17,7 +17,7 @@ from brokers.errors import BrokerUnavailable, OutcomeUnknown
 from brokers.paper.models import PaperOrder
 from orders import services, sources
 from orders.models import Order, ScheduledFire, ScheduledOrder
-from orders.tests.factories import sent_while_locked
+from orders.tests.factories import place, sent_while_locked
 from tradingplatform import background, locks
 
 from .test_source_races import _zone_away_from_midnight, mariadb_only
@@ -824,3 +824,20 @@ def test_a_due_time_a_worker_gets_to_too_late_shows_missed_as_its_orders_last_re
     assert sources.scheduled_fire(fire_id=fire.pk).status == ScheduledFire.Status.MISSED
     row.refresh_from_db()
     assert "missed" in row.last_result and row.last_run_at > due_at, (row.last_run_at, row.last_result)
+
+
+def test_a_prepared_order_whose_accounts_open_orders_limit_was_lowered_before_its_time_is_not_sent(trader, account):
+    """The account had room for it when it was written ahead; before its time the trader placed a
+    LIMIT order (it stays open) and lowered the account's open orders limit to 1. Placed whole at
+    its time the order would be refused: a prepared one must not be sent either."""
+    from accounts.services import broker_account_update
+
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row, seconds=1.5)
+    manual = place(trader, account, order_type="LIMIT", price="1400")
+    assert manual.status == Order.Status.OPEN
+    broker_account_update(account=account, actor=trader, max_open_orders=1)
+    _at(due_at)
+    fire = sources.scheduled_fire(fire_id=fire.pk)
+    assert fire.status == ScheduledFire.Status.FAILED and "open orders" in fire.detail, fire.detail
+    _unsent(order, "open orders")
