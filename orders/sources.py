@@ -1105,12 +1105,14 @@ def _fire_send(fire: ScheduledFire, order: Order) -> Order | tuple[str, str]:
             services.orders_unsent_drop(keys=[order.idempotency_key], cause="its scheduled time was missed")
             _notify_missed(scheduled, fire.due_at)
             return ScheduledFire.Status.MISSED, "missed: the worker placing it stopped before sending it"
-    refused = _fire_refusal(fire)
+    # One sent with others (``first``: its broker's answer) was checked just before: it is at its
+    # broker (or may be), and what changed since (a price tick under a value limit) refuses nothing.
+    first = getattr(fire, "first", None)
+    refused = _fire_refusal(fire) if first is None else ""
     if refused:
         services.orders_unsent_drop(keys=[order.idempotency_key], cause=refused)
         _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {refused}")
         return ScheduledFire.Status.FAILED, refused
-    first = getattr(fire, "first", None)
     return services.order_submit(order=order, cause=_fire_cause(fire), broker=fire.broker, first=first)
 
 

@@ -841,3 +841,27 @@ def test_a_prepared_order_whose_accounts_open_orders_limit_was_lowered_before_it
     fire = sources.scheduled_fire(fire_id=fire.pk)
     assert fire.status == ScheduledFire.Status.FAILED and "open orders" in fire.detail, fire.detail
     _unsent(order, "open orders")
+
+
+def test_prepared_orders_sent_together_are_not_closed_unsent_when_the_price_moves_as_they_are_sent(
+    trader, accounts, monkeypatch
+):
+    """Each account's order value limit is just met at the last price when the burst is sent
+    together; the price ticks up as the exchange takes them. The orders are at the exchange: they
+    must be recorded placed, not checked again and closed as never sent."""
+    from brokers.models import Instrument
+
+    instrument = spec()["instrument"]
+    price = Instrument.objects.get(pk=instrument.pk).last_price
+    BrokerAccount.objects.filter(pk__in=[a.pk for a in accounts]).update(max_order_value=price)
+    fire_ids, due_at = _burst(trader, accounts)
+    send_together = services.orders_send_together
+
+    def sent_then_ticked(orders):
+        answers = send_together(orders)
+        Instrument.objects.filter(pk=instrument.pk).update(last_price=price + 1)
+        return answers
+
+    monkeypatch.setattr(services, "orders_send_together", sent_then_ticked)
+    _at(due_at)
+    _placed_once_each(sources.scheduled_fires(fire_ids=fire_ids))
