@@ -1119,10 +1119,19 @@ def match_instrument(*, instrument_id: int) -> int:
     # Only the orders are locked: MariaDB's FOR UPDATE would lock their joined clients too, which
     # a placement or a modify of one of them holds while it waits for an order locked here (a
     # deadlock). A client's cash changes by one UPDATE per fill, which takes its row then.
+    # They are locked by their primary key: a lock taken through the (instrument, status) index
+    # holds that index's entry while it waits for the row, and a modify or cancel holding the row
+    # needs that entry to change the order's status (a deadlock, which lost the whole tick's fills
+    # of the instrument, or the trader's cancel). One that closed meanwhile is left out as read.
+    live = list(
+        PaperOrder.objects.filter(instrument_id=instrument_id, status__in=PaperOrder.LIVE).values_list("pk", flat=True)
+    )
+    if not live:
+        return 0
     orders = {
         order.order_id: order
         for order in PaperOrder.objects.select_for_update()
-        .filter(instrument_id=instrument_id, status__in=PaperOrder.LIVE)
+        .filter(pk__in=live, status__in=PaperOrder.LIVE)
         .order_by("priority", "id")
     }
     if not orders:

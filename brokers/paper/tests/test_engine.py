@@ -1,6 +1,7 @@
 """The paper exchange's rules: fills, priority, triggers, rejections, funds and knobs."""
 
 import threading
+import time
 from decimal import Decimal
 
 import pytest
@@ -548,3 +549,54 @@ def test_a_cancel_locks_its_order_not_its_instrument(client):
     order = place(client, price="1400")
     with _Holder(PaperInstrument, order.instrument_id):
         assert engine.order_cancel(client=client, order_id=order.order_id).status == Status.CANCELLED
+
+
+def _waiting_for_a_lock(connection_id) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = %s AND trx_state = %s",
+            [connection_id, "LOCK WAIT"],
+        )
+        return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("change", ["cancel", "modify"])
+def test_a_modify_or_cancel_and_the_ticks_matching_of_its_order_at_once_both_go_through(client, change):
+    """A cancel (or a modify that crosses: it fills at once) holds its order's row and then changes
+    its status; the tick's matching of that instrument reaches the same order meanwhile. It waits
+    for the row and matches after: neither is failed as a deadlock (which lost the tick's fills of
+    the whole instrument, or the trader's cancel)."""
+    _short_lock_waits()
+    order = place(client, price="1400")  # rests
+    quote(last="1390", volume=0)  # crosses, but nothing trades this tick
+    matching = {}
+
+    def match():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT CONNECTION_ID()")
+                matching["connection_id"] = cursor.fetchone()[0]
+            matching["fills"] = engine.match_instrument(instrument_id=order.instrument_id)
+        except Exception as error:  # noqa: BLE001 - the test reports it
+            matching["error"] = error
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=match)
+    with transaction.atomic():
+        PaperOrder.objects.select_for_update().filter(client=client, order_id=order.order_id).get()  # as both do
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not ("connection_id" in matching and _waiting_for_a_lock(matching["connection_id"])):
+            assert time.monotonic() < deadline and thread.is_alive(), matching
+            time.sleep(0.02)
+        if change == "cancel":
+            changed = engine.order_cancel(client=client, order_id=order.order_id)
+        else:
+            changed = engine.order_modify(client=client, order_id=order.order_id, price=D("1395"))
+    thread.join(15)
+    assert "error" not in matching, matching
+    assert matching["fills"] == 0
+    assert changed.status == (Status.CANCELLED if change == "cancel" else Status.COMPLETE)
+    assert reload(order).status == changed.status
