@@ -1043,6 +1043,18 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
     the broker took it, or it never left): a new one is sent."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
+    # One cancel of an order at a time (the trader's and a step's, two tabs): each reads the order
+    # afresh under the lock, so the second finds it closed (or its cancel on its way) rather than
+    # sending one whose refusal would be taken for the first's, and the first's request for the
+    # one that closed it (which decides whether a step puts an exit back).
+    with locks.held(f"orders:cancel:{order.pk}", ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S) as took:
+        if not took:
+            raise OrderActionRefused("Another cancel of this order is still being made; try again.")
+        order.refresh_from_db()
+        return _cancel(order, cause, by_trader=by_trader, data=data)
+
+
+def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> Order:
     if order.status == OrderStatus.NEW and not order.broker_order_id:
         if _awaits_its_time(order, taken=False):  # written ahead: stopped by its scheduled order, not here
             raise OrderActionRefused(

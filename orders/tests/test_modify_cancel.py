@@ -421,3 +421,44 @@ def test_a_cancel_the_broker_closes_at_once_answers_and_pushes_what_filled_befor
     assert at_broker(order).filled_quantity == 5
     assert (cancelled.status, cancelled.filled_quantity) == (Order.Status.CANCELLED, 5)
     assert pushed[-1] == (Order.Status.CANCELLED, 5)
+
+
+def test_two_cancels_at_once_the_one_that_closed_the_order_is_the_one_recorded(trader, account, monkeypatch):
+    """Step 4 cancels an exit as the trader cancels it on a page. The broker closes it with one of
+    them; which one decides whether the cycle puts the exit back (the platform's cancel) or leaves
+    it cancelled (the trader's): the trader's cancel is never taken for the platform's."""
+    order = resting(trader, account)
+    real = AccountBroker.cancel_order
+    platform_sending, trader_done, closed_by = threading.Event(), threading.Event(), []
+
+    def cancel(self, broker_order_id):
+        if threading.current_thread().name == "platform":
+            platform_sending.set()
+            trader_done.wait(3)  # the trader's cancel overtakes it, unless it waits for this one
+        real(self, broker_order_id)
+        closed_by.append(threading.current_thread().name)
+
+    monkeypatch.setattr(AccountBroker, "cancel_order", cancel)
+
+    def step_4():
+        try:
+            services.order_cancel(order=Order.objects.get(pk=order.pk), actor=trader, cause="step 4", by_trader=False)
+        except services.OrderActionRefused:
+            pass
+        finally:
+            connection.close()
+
+    platform = threading.Thread(target=step_4, name="platform")
+    platform.start()
+    assert platform_sending.wait(10)
+    try:
+        services.order_cancel(order=Order.objects.get(pk=order.pk), actor=trader, cause="page")
+    except services.OrderActionRefused:
+        pass
+    trader_done.set()
+    platform.join(30)
+    settle()
+    order.refresh_from_db()
+    assert order.status == Order.Status.CANCELLED and len(closed_by) == 1
+    assert services.cancel_asked_by_platform(order) == (closed_by == ["platform"]), closed_by
+    assert order.events.filter(kind="cancelled").count() == 1
