@@ -29,6 +29,7 @@ from django.conf import settings
 from django.contrib.auth.hashers import check_password
 from django.core.cache import cache
 from django.db import connection, models, transaction
+from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Q
 from django.utils import timezone
 
@@ -414,7 +415,8 @@ def _fits(name: str, value) -> bool:
     field = PaperOrder._meta.get_field(name)
     if isinstance(field, models.DecimalField):
         return abs(value) < Decimal(10) ** (field.max_digits - field.decimal_places)
-    return value <= connection.ops.integer_field_range(field.get_internal_type())[1]
+    # The portable range (MariaDB's column), not the backend's: SQLite would store any integer.
+    return value <= BaseDatabaseOperations.integer_field_ranges[field.get_internal_type()][1]
 
 
 def _validate(instrument: PaperInstrument, *, side, order_type, product, validity, quantity, price, trigger_price):

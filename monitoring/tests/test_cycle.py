@@ -335,8 +335,8 @@ def test_a_batch_marks_its_positions_in_account_order_whatever_its_accounts_orde
     marked = [
         account_of[int(match.group(1))]
         for query in queries
-        if query["sql"].startswith("UPDATE `portfolio_position`")
-        and (match := re.search(r"`id` = (\d+)", query["sql"]))
+        if re.match(r"UPDATE [`\"]portfolio_position[`\"]", query["sql"])
+        and (match := re.search(r"[`\"]id[`\"] = (\d+)", query["sql"]))
     ]
     assert sorted(marked) == marked and set(marked) == {account.pk, their_account.pk}
     assert set(Position.objects.values_list("last_price", flat=True)) == {D("1520")}
