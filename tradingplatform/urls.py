@@ -1,6 +1,6 @@
 from django.contrib import admin
-from django.contrib.auth.decorators import login_required
-from django.urls import include, path
+from django.contrib.auth.views import redirect_to_login
+from django.urls import include, path, reverse
 
 from accounts import views as account_views
 from brokers import views as broker_views
@@ -11,7 +11,19 @@ from .api import api
 
 # Every sign-in goes through our throttled, audited login page, the admin's too;
 # the admin's logout is ours as well (below), so it is audited.
-admin.site.login = login_required(admin.site.login)
+_admin_login = admin.site.login
+
+
+def admin_login(request, extra_context=None):
+    """The admin's own form is never shown nor taken: it checks a password with no throttle and no
+    audit (a signed-in trader could guess a staff password there at will). Staff who are signed in
+    get the admin's answer (its index); everyone else our login page, which checks ``next``."""
+    if request.method == "GET" and admin.site.has_permission(request):
+        return _admin_login(request, extra_context)
+    return redirect_to_login(request.GET.get("next") or reverse("admin:index"))
+
+
+admin.site.login = admin_login
 admin.site.site_header = "Trading platform desk"
 
 urlpatterns = [

@@ -112,6 +112,19 @@ def test_admin_login_goes_through_the_throttled_login_page(client, db):
     assert response.status_code == 302 and response.url.startswith(reverse("login"))
 
 
+def test_a_signed_in_trader_cannot_sign_in_as_staff_through_the_admins_login_form(
+    trader_client, trader, staff, password, settings
+):
+    # The admin's own form would check passwords with no throttle and no audit: a trader could
+    # guess a superuser's password there as often as they liked.
+    settings.LOGIN_FAILURES_PER_USERNAME = 2
+    for guess in ("wrong", "wrong", "wrong", password):
+        response = trader_client.post("/admin/login/?next=/admin/", {"username": "staff", "password": guess})
+        assert response.status_code == 302 and response.url.startswith(reverse("login")), response.status_code
+    assert trader_client.session["_auth_user_id"] == str(trader.pk)
+    assert trader_client.get("/admin/").status_code == 302
+
+
 def test_production_hasher_is_argon2(db, settings):
     assert base_settings.PASSWORD_HASHERS[0].endswith("Argon2PasswordHasher")
     settings.PASSWORD_HASHERS = base_settings.PASSWORD_HASHERS
