@@ -103,9 +103,9 @@ def _trades_csv(rows) -> HttpResponse:
             [
                 trade.filled_at.astimezone(zone).isoformat(),
                 _text(trade.account.label),
-                trade.instrument.exchange,
+                _text(trade.instrument.exchange),
                 _text(trade.instrument.tradingsymbol),
-                trade.product,
+                _text(trade.product),
                 trade.side,
                 trade.quantity,
                 trade.price,

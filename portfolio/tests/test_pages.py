@@ -15,6 +15,7 @@ from django.urls import NoReverseMatch, include, path, reverse
 from django.utils import timezone
 
 from accounts.tests.factories import make_broker_account
+from brokers.models import Instrument
 from brokers.paper import engine
 from monitoring import cycle
 from monitoring.models import AccountRun
@@ -351,6 +352,28 @@ def test_trades_csv_has_exact_values_in_the_traders_timezone(trader, trader_clie
     assert infy[10] == ledger["infy"].broker_trade_id
     assert body[1][7:9] == ["3100.1000", "6200.2000"]
     assert "WIPRO" not in response.content.decode() and "Their desk" not in response.content.decode()
+
+
+def test_trades_csv_cells_from_brokers_and_traders_never_start_a_formula(trader_client, account):
+    """A cell starting with =, +, - or @ is run by a spreadsheet as a formula (DDE, HYPERLINK):
+    every text that came from a broker (its instrument dump's exchange, a fill's product) or a
+    trader (a label) is written so it stays text."""
+    infy = instrument("INFY")
+    hostile = Instrument.objects.create(
+        exchange="=cmd|'/c calc'!A",
+        tradingsymbol="@SUM(1+1)",
+        instrument_token=990001,
+        tick_size=infy.tick_size,
+        lot_size=1,
+    )
+    account.label = "-2+3"
+    account.save()
+    traded = fill(account, "INFY", "BUY", 1, "100", datetime(2025, 1, 6, 4, 0, tzinfo=UTC), product="+1+1")
+    Trade.objects.filter(pk=traded.pk).update(instrument=hostile)
+    rows = csv_rows(get(trader_client, "trades", format="csv"))
+    assert len(rows) == 2
+    risky = [cell for cell in rows[1] if cell[:1] in ("=", "+", "-", "@")]
+    assert not risky, risky
 
 
 @pytest.mark.parametrize(
