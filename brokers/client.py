@@ -94,18 +94,32 @@ class AccountBroker:
     def _limits(self, kind: str) -> list[tuple[int, float]]:
         return ratelimit.limits_for(self.account.broker, kind, registry.get(self.account.broker).rate_limits)
 
-    def _take_budget(self, kind: str) -> None:
+    def _take_budget(self, kind: str, send_by: float | None = None) -> None:
+        """A slot for one call. With ``send_by``, a call not to be made after then neither waits for
+        a slot that frees later nor takes one: ``SendTooLate`` (the slot is left to the next call)."""
         limits = self._limits(kind)
-        options = {"wait": self.wait_for_budget, "timeout_s": self.budget_timeout_s}
-        if self._session is None and self._adapter is None and self.account.is_active:
-            # The first call: its slot and the cached session in one round trip.
-            session, waited = services.session_cached_taking(self.account, kind, limits, **options)
-            self._session = session
-            if waited is not None:
-                self.budget_wait_s += waited
-                return
-        self._broker()  # the session first: an account to reconnect takes no slot
-        self.budget_wait_s += ratelimit.acquire(self.account.pk, self.account.broker, kind, limits, **options)
+        timeout_s = self.budget_timeout_s
+        if send_by is not None:
+            _in_time(send_by)
+            timeout_s = min(timeout_s, send_by - time.time())
+        options = {"wait": self.wait_for_budget, "timeout_s": timeout_s}
+        try:
+            if self._session is None and self._adapter is None and self.account.is_active:
+                # The first call: its slot and the cached session in one round trip.
+                session, waited = services.session_cached_taking(self.account, kind, limits, **options)
+                self._session = session
+                if waited is not None:
+                    self.budget_wait_s += waited
+                    return
+            self._broker()  # the session first: an account to reconnect takes no slot
+            self.budget_wait_s += ratelimit.acquire(self.account.pk, self.account.broker, kind, limits, **options)
+        except RateLimited as error:
+            if send_by is not None and time.time() + error.retry_after > send_by:
+                raise SendTooLate(
+                    f"not sent: its time to be sent ran out before the rate budget had a slot for it"
+                    f" (in {error.retry_after:.1f} s)"
+                ) from error
+            raise
 
     def _once(
         self,
@@ -121,7 +135,7 @@ class AccountBroker:
         ``send_by`` (a ``time.time()``), it is not made after then: ``SendTooLate``."""
         if failed is None:
             if not budget_taken:
-                self._take_budget(kind)
+                self._take_budget(kind, send_by)
             try:
                 call = getattr(self._broker(), method)
                 _in_time(send_by)
@@ -130,7 +144,7 @@ class AccountBroker:
             except AuthError as error:
                 failed = error
         self._renew_session(failed)
-        self._take_budget(kind)
+        self._take_budget(kind, send_by)
         call = getattr(self._broker(), method)
         _in_time(send_by)
         with metrics.broker_call(self.account, method, args):

@@ -1,16 +1,17 @@
 """AccountBroker against the paper exchange: sessions, retries, budgets, lost answers."""
 
 import threading
+import time
 from decimal import Decimal
 
 import pytest
 from django.db import connection
 
 from accounts.models import AuditLog
-from brokers import services
+from brokers import ratelimit, services
 from brokers.base import OrderRequest, Status
 from brokers.client import AccountBroker
-from brokers.errors import BrokerUnavailable, NetworkError, OrderRejected, RateLimited, RejectKind
+from brokers.errors import BrokerUnavailable, NetworkError, OrderRejected, RateLimited, RejectKind, SendTooLate
 from brokers.models import BrokerSession
 from brokers.paper import engine
 from brokers.paper.adapter import PaperBroker
@@ -138,6 +139,21 @@ def test_budget_refuses_or_waits_as_the_caller_chooses(paper_account, settings):
     assert waiting.budget_wait_s > 0
     assert PaperOrder.objects.filter(tag__in=["B1", "B2", "B4"]).count() == 3
     assert not PaperOrder.objects.filter(tag="B3").exists()
+
+
+def test_an_order_whose_time_runs_out_before_a_slot_frees_neither_waits_nor_takes_one(paper_account, settings):
+    """An order not to be sent after ``send_by`` is not kept waiting for a slot that frees later,
+    nor does it take that slot and then not send: the account's next order would wait for it."""
+    settings.BROKER_RATE_LIMITS = {"paper": {"orders": [(1, 1)]}}
+    AccountBroker(paper_account).orders()
+    AccountBroker(paper_account).place_order(request(tag="IN-TIME"))  # the window's one slot
+    taken_at = time.monotonic()
+    with pytest.raises(SendTooLate):
+        AccountBroker(paper_account).place_order(request(tag="TOO-LATE"), send_by=time.time() + 0.3)
+    assert time.monotonic() - taken_at < 0.5  # refused at once, not after waiting the second out
+    time.sleep(max(0.0, taken_at + 1.05 - time.monotonic()))
+    assert ratelimit.take(paper_account.pk, "paper", "orders", [(1, 1)]) == 0  # the freed slot is left
+    assert not PaperOrder.objects.filter(tag="TOO-LATE").exists()
 
 
 @requires_redis
