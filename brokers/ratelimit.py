@@ -9,12 +9,14 @@ Callers choose: ``wait=True`` sleeps until a slot frees (up to ``timeout_s``), o
 ``wait=False`` raises ``RateLimited`` with the seconds until a slot frees.
 """
 
+import contextlib
 import functools
 import secrets
 import threading
 import time
 from collections import defaultdict, deque
 
+import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.core.cache.backends import redis as django_redis_cache
@@ -136,8 +138,20 @@ def take(account_id: int, broker_code: str, kind: str, limits: list[tuple[int, f
     keys = _keys(account_id, kind, limits)
     if not settings.REDIS_URL:
         return _local.take(keys, limits)
-    waited_ms = _take_script()(keys=keys, args=_args(limits), client=redis_client())
+    with _budget_unreachable(kind):
+        waited_ms = _take_script()(keys=keys, args=_args(limits), client=redis_client())
     return int(waited_ms) / 1000
+
+
+@contextlib.contextmanager
+def _budget_unreachable(kind: str):
+    """A Redis that cannot be asked: no call is made without its slot (the broker's limit holds),
+    and the caller learns so as a refusal before the call (``RateLimited``), never as an error
+    that may have come after it."""
+    try:
+        yield
+    except redis.RedisError as error:
+        raise RateLimited(f"the rate budget for {kind} calls could not be checked ({error})") from error
 
 
 def take_if_cached(
@@ -150,7 +164,8 @@ def take_if_cached(
     call's session and its account's budget). Needs Redis (``settings.REDIS_URL``) as the cache.
     """
     keys = [cache.make_and_validate_key(name), *_keys(account_id, kind, limits)]
-    raw, waited_ms = _take_if_present_script()(keys=keys, args=_args(limits), client=redis_client())
+    with _budget_unreachable(kind):
+        raw, waited_ms = _take_if_present_script()(keys=keys, args=_args(limits), client=redis_client())
     return (None if raw is None else _CACHE_VALUES.loads(raw)), int(waited_ms) / 1000
 
 

@@ -6,18 +6,21 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import redis
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
+from brokers import ratelimit
 from brokers.client import AccountBroker
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
 from orders import services
 from orders.models import Order, OrderEvent
 from orders.tests.factories import place
+from tradingplatform.testing import requires_redis
 
 D = Decimal
 
@@ -193,6 +196,20 @@ def test_an_order_not_sent_in_time_is_never_sent_after_a_sync_could_close_it(tra
     assert first.status == Order.Status.FILLED
     assert late.status == Order.Status.FAILED and "its time to be sent ran out" in late.reject_reason
     assert not PaperOrder.objects.filter(tag=late.reference).exists()
+
+
+@requires_redis
+def test_an_order_whose_rate_budget_cannot_be_checked_fails_unsent_not_maybe_sent(trader, account, monkeypatch):
+    """The budget is taken before the broker is called: when its Redis cannot be reached the order
+    was certainly not sent. FAILED, saying why, not SUBMITTED with its outcome "unknown" (looked up
+    by its tag a minute later, while the trader takes it for sent)."""
+    place(trader, account)  # logged in
+    monkeypatch.setattr(ratelimit, "redis_client", lambda: redis.Redis(port=1, socket_connect_timeout=1))
+    order = place(trader, account, broker=AccountBroker(account, sleep=lambda _seconds: None))
+    assert order.status == Order.Status.FAILED and order.broker_order_id is None
+    assert "rate budget" in order.reject_reason
+    assert events(order) == ["created", "failed"]
+    assert not PaperOrder.objects.filter(tag=order.reference).exists()
 
 
 def test_an_unreachable_broker_leaves_an_unknown_outcome_that_reconciles(trader, account):
