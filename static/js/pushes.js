@@ -41,6 +41,39 @@
   function rows(piece) {
     return piece.hasAttribute("data-version") ? [piece] : Array.from(piece.querySelectorAll("[data-version]"));
   }
+  /* A page whose websocket was down (a server restart) or not yet open when it was rendered missed the
+     pushes of that time: when the socket opens, a page with order rows ([data-resync-rows]: the book, an
+     order's page) reads itself again. Each row shown takes its current one, unless that is older or the
+     row is open for an inline modify; orders new since go on top of the book's rows. */
+  function resyncRows() {
+    if (!document.querySelector("[data-resync-rows]") || !window.fetch) return;
+    fetch(location.href, {credentials: "same-origin", cache: "no-store"})
+      .then(function (answer) { return answer.ok ? answer.text() : null; })
+      .then(function (html) {
+        if (!html) return;
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        var added = [];
+        fresh.querySelectorAll("[data-resync-rows] tr[id][data-version]").forEach(function (row) {
+          var shown = onPage(row);
+          if (!shown) { added.push(row); return; }
+          if (shown.classList.contains("editing") || older(row)) return;
+          var node = document.importNode(row, true);
+          shown.replaceWith(node);
+          htmx.process(node);
+        });
+        var book = document.querySelector("[data-resync-rows] #order-rows");
+        if (!book || !added.length) return;
+        added.reverse().forEach(function (row) {
+          var node = document.importNode(row, true);
+          book.prepend(node);
+          htmx.process(node);
+        });
+        var empty = document.getElementById("orders-empty");
+        if (empty) empty.remove();
+      })
+      .catch(function () {});
+  }
+  document.addEventListener("htmx:wsOpen", resyncRows);
   htmx.defineExtension("shown-targets", {
     transformResponse: function (text, xhr, elt) {
       var holder = document.createElement("template");
