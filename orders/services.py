@@ -513,6 +513,15 @@ def order_prepare(
     return order, True
 
 
+def _raised(quantity, current: int) -> bool:
+    """Whether a modify's quantity, as given, is above the order's (one that cannot be read is
+    taken as raised: ``order_check`` names what is wrong with it)."""
+    try:
+        return positive_quantity(quantity) > current
+    except ValidationError:
+        return True
+
+
 def _closes(role: str, parent) -> bool:
     """Whether an order of this role and parent is a strategy's exit of its entry's position."""
     return role != Order.Role.ENTRY and parent is not None
@@ -976,7 +985,8 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
         validity=order.validity,
         price=keep(price, order.price) if new_type in ("LIMIT", "SL") else None,
         trigger_price=keep(trigger_price, order.trigger_price) if new_type in ("SL", "SL-M") else None,
-        closing=_closes(order.role, order.parent_id),
+        # An exit raised past its quantity would open more than the position it closes: held to the limits.
+        closing=_closes(order.role, order.parent_id) and not _raised(keep(quantity, order.quantity), order.quantity),
     )
     if checked.quantity <= order.filled_quantity:
         raise OrderActionRefused(f"{order.filled_quantity} are already filled.", field="quantity")

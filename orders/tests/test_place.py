@@ -118,6 +118,25 @@ def test_an_exit_of_a_position_is_not_refused_by_the_order_value_limit(trader, a
         place(trader, account, quantity=11)
 
 
+def test_an_exit_raised_past_its_position_is_held_to_the_quantity_limit(trader, account):
+    """An exit is spared the limits because it closes a position that passed them. Its quantity
+    raised by hand past that position (a fat finger: 5000 for 50) would open one in the other
+    direction when it triggers: that modify is held to the limits like any order that opens."""
+    entry = place(trader, account, quantity=50)
+    assert entry.status == Order.Status.FILLED
+    account_services.broker_account_update(account=account, actor=trader, max_quantity=100)
+    account.refresh_from_db()
+    exit_terms = {"side": "SELL", "quantity": 50, "role": Order.Role.TAKE_PROFIT, "parent": entry, "source": "system"}
+    target = place(trader, account, order_type="LIMIT", price="1600", **exit_terms)
+    assert target.status == Order.Status.OPEN
+    with pytest.raises(ValidationError, match="limit of 100"):
+        services.order_modify(order=target, actor=trader, cause="test", quantity=5000)
+    target.refresh_from_db()
+    assert target.quantity == 50
+    assert PaperOrder.objects.get(order_id=target.broker_order_id).quantity == 50
+    services.order_modify(order=target, actor=trader, cause="test", quantity=40, price="1610")  # a cut: still spared
+
+
 def test_max_open_orders(trader, account):
     account_services.broker_account_update(account=account, actor=trader, max_open_orders=2)
     account.refresh_from_db()
