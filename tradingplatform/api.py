@@ -6,6 +6,7 @@ Every error answers ``{"error": {"code": ..., "message": ..., "field": ...}}``.
 import json
 import logging
 import math
+from collections import Counter
 from decimal import Decimal
 
 from django.conf import settings
@@ -98,10 +99,10 @@ class RepeatedKey(ValueError):
 def unique_keys(pairs: list[tuple]) -> dict:
     seen = dict(pairs)
     if len(seen) != len(pairs):
-        keys = [key for key, _ in pairs]
-        raise RepeatedKey(
-            f"The body is refused: the key {next(k for k in keys if keys.count(k) > 1)!r} appears more than once."
-        )
+        # Counted once (not each key over the whole body: quadratic, minutes for a large body).
+        counts = Counter(key for key, _ in pairs)
+        repeated = next(key for key, _ in pairs if counts[key] > 1)
+        raise RepeatedKey(f"The body is refused: the key {repeated!r} appears more than once.")
     return seen
 
 

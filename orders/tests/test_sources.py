@@ -786,6 +786,18 @@ def test_an_alert_that_says_a_field_twice_is_refused(client, strategy):
     assert not Order.objects.exists() and not strategy.signals.exists()
 
 
+def test_an_alert_with_many_keys_said_twice_is_refused_at_once(client, strategy):
+    """The repeated-key check named the key by counting each key over the whole body: a body of
+    40,000 keys, one said twice, took minutes of a worker to refuse (2.5 MB one hours), and the
+    webhook reads it before any secret is checked. It is refused as fast as it is read."""
+    keys = ", ".join(f'"k{number}": 0' for number in range(40_000))
+    body = "{" + keys + ', "k39999": 1}'
+    started = clock.monotonic()
+    refused = client.post(f"/hooks/strategies/{strategy.pk}/", body, content_type="application/json")
+    assert refused.status_code == 400 and "'k39999' appears more than once" in refused.json()["error"]["message"]
+    assert clock.monotonic() - started < 3
+
+
 def test_the_webhook_answers_other_methods_in_the_error_shape(client, strategy):
     response = client.get(f"/hooks/strategies/{strategy.pk}/")
     assert response.status_code == 405 and response["Allow"] == "POST"
