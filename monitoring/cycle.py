@@ -1284,6 +1284,8 @@ def _run_steps(contexts: list[Context]) -> None:
             started = time.perf_counter()
             try:
                 failures = BATCHED[step](ready) if ready else {}
+            except SoftTimeLimitExceeded:
+                raise  # not a step's failure: the run stops here (``accounts_monitor`` records it)
             except Exception as error:
                 failures = {id(ctx): error for ctx in ready}
             share = round((time.perf_counter() - started) * 1000 / max(1, len(ready)), 1)
@@ -1300,6 +1302,8 @@ def _run_steps(contexts: list[Context]) -> None:
         started = time.perf_counter()
         try:
             busy = _accounts_with_work([ctx.account.pk for ctx in contexts], run)
+        except SoftTimeLimitExceeded:
+            raise
         except Exception:
             logger.exception("monitoring: could not tell which accounts have orders to look at")
             busy = {ctx.account.pk for ctx in contexts}

@@ -172,6 +172,30 @@ def test_a_batch_cut_short_by_its_time_limit_still_records_what_it_did(trader, a
     assert locks.acquire(f"monitor:{account.pk}", ttl_s=1)  # and the account is free again
 
 
+def test_a_batch_cut_short_while_it_reads_the_brokers_stops_there(trader, account, monkeypatch):
+    # The time limit reached while the batch waits for the brokers' answers (a slow broker, the
+    # likeliest moment): taken for a failed read, the batch went on with its other steps until the
+    # hard time limit ended the worker, and then nothing of the run was recorded.
+    place(trader, account, quantity=4)
+    real = cycle._in_pool
+    later = []
+
+    def cut_short(fn, items):
+        if fn is cycle._account_steps:
+            later.append(items)
+        real(fn, items)
+        if fn.__qualname__.startswith("_fetch_many"):
+            raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(cycle, "_in_pool", cut_short)
+    with pytest.raises(SoftTimeLimitExceeded):
+        monitor(account)
+    assert later == []  # no step after the limit
+    run = AccountRun.objects.get(account=account)
+    assert "time_limit" in [e["step"] for e in run.errors]
+    assert locks.acquire(f"monitor:{account.pk}", ttl_s=1)
+
+
 def test_one_failing_step_does_not_stop_the_others(account, monkeypatch):
     def broken(ctx):
         raise RuntimeError("boom")
