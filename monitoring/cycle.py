@@ -208,6 +208,8 @@ def _prices_many(contexts: list[Context], failures: dict[int, BaseException]) ->
     def own(ctx: Context) -> None:
         try:
             prices = ask(ctx, sorted(wanted[id(ctx)]))
+        except SoftTimeLimitExceeded:
+            raise  # the task's time limit, raised in its thread during the call: not the broker's failure
         except Exception as error:
             failures.setdefault(id(ctx), error)
             return
@@ -219,6 +221,8 @@ def _prices_many(contexts: list[Context], failures: dict[int, BaseException]) ->
             continue
         try:
             prices = ask(group[0], sorted(set().union(*(wanted[id(ctx)] for ctx in group))))
+        except SoftTimeLimitExceeded:
+            raise
         except Exception:
             logger.warning("monitoring: one price request for %s accounts failed; each asks itself", len(group))
             _in_pool(own, group)

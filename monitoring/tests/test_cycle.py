@@ -343,6 +343,31 @@ def test_a_batch_records_every_account_and_asks_for_prices_once(trader, account,
     assert all(set(r.step_ms) == {name for name, _ in cycle.STEPS} for r in results)
 
 
+@pytest.mark.parametrize("batch", ["one account", "two accounts"])
+def test_a_batch_cut_short_while_a_broker_answers_its_price_request_stops_there(
+    trader, account, their_account, monkeypatch, batch
+):
+    # The batch's price request is made from the task's own thread, where the time limit is raised
+    # while a slow broker has not answered: taken for a failed request, each account asked again
+    # (the slow broker again) and the steps went on until the hard limit, nothing recorded.
+    accounts = [account] if batch == "one account" else [account, their_account]
+    for acct in accounts:
+        place(acct.owner, acct, quantity=2)
+    asked = []
+
+    def slow(self, instruments):
+        asked.append(self.account.pk)
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(cycle.AccountBroker, "ltp", slow)
+    with pytest.raises(SoftTimeLimitExceeded):
+        cycle.accounts_monitor(accounts=accounts)
+    assert len(asked) == 1
+    runs = AccountRun.objects.filter(account__in=accounts)
+    assert len(runs) == len(accounts)
+    assert all("time_limit" in [e["step"] for e in run.errors] for run in runs)
+
+
 def test_a_batch_marks_its_positions_in_account_order_whatever_its_accounts_order(account, their_account):
     """The batch's re-valued positions are written in one transaction in (account, instrument,
     product) order, the order every fill recorder locks them in (a scheduled burst records the fills
