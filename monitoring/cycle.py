@@ -902,6 +902,9 @@ def _cancel_and_replace(
             order_type=order.order_type,
             product=order.product,
             validity=order.validity,
+            # An exit's replacement closes what it covered, as the exit did: not held to the limits
+            # on what an order may open (a stop trailed up is worth more than the entry was).
+            closing=order.role != Order.Role.ENTRY,
             **{"price": order.price, "trigger_price": order.trigger_price, **terms},
         )
     except ValidationError as error:

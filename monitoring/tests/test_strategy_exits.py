@@ -368,6 +368,19 @@ def test_a_trailing_stop_past_the_modification_cap_is_replaced_and_trails_on(tra
     assert first.children.filter(role="stop_loss").count() == 2  # the cycle places nothing more
 
 
+def test_a_trailing_stop_past_the_cap_is_replaced_whatever_the_accounts_order_value_limit(trader, account):
+    """The stop trailed up is worth more than the entry was: the limits that cap what an order
+    opens do not hold back its replacement past the modification cap (nor the stop itself)."""
+    account.max_order_value = D("15000")  # the entry of 10 at 1500, exactly
+    account.save(update_fields=["max_order_value"])
+    first, stop = trailing_stop_at_the_cap(trader, account)
+    quote("1512")
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    replacement = first.children.get(role="stop_loss", status__in=Order.LIVE)
+    assert (replacement.trigger_price, replacement.quantity) == (D("1500.10"), 10)  # worth 15,001
+
+
 def test_an_exit_past_the_modification_cap_is_replaced_to_shrink_it(trader, account):
     """The take-profit sells 4 of 10; the stop-loss, modified as often as the broker allows,
     cannot be cut to 6: it is replaced by one for 6 (not left at 10, which would sell short)."""
