@@ -1104,16 +1104,17 @@ REENTRY_KEY = ":reentry:"
 def _stopped_out(**where):
     """Filled stop-losses of entries that may re-enter: their strategy allows it and is active, the
     entry's re-entries are under its count, and it has not re-entered yet (one re-entry an entry).
-    Only today's: a stop-out of an earlier day (its strategy paused since, or its account idle) is
-    a stale signal, not re-entered on."""
+    Only today's, by when it filled (its recorded fills), not when we heard of it: a stop-out of an
+    earlier day (its strategy paused since, or its account idle) is a stale signal, not re-entered on."""
     reentered = Order.objects.filter(
         parent=OuterRef("parent"), role=Order.Role.ENTRY, idempotency_key__contains=REENTRY_KEY
     )
+    filled_today = Trade.objects.filter(order=OuterRef("pk"), filled_at__gte=openings.day_start())
     return Order.objects.filter(
+        Exists(filled_today),
         **where,
         role=Order.Role.STOP_LOSS,
         status=Order.Status.FILLED,
-        updated_at__gte=openings.day_start(),  # when it filled, or later
         parent__strategy__reentry_enabled=True,
         parent__strategy__is_active=True,  # a paused strategy opens nothing new
         parent__reentry_count__lt=F("parent__strategy__max_reentries"),

@@ -9,11 +9,12 @@ from django.utils import timezone
 
 from brokers.models import Instrument
 from brokers.paper import engine
-from brokers.paper.models import PaperClient
+from brokers.paper.models import PaperClient, PaperTrade
 from monitoring import cycle
 from orders import services, sources
 from orders.models import Order, Strategy
 from orders.tests.factories import place
+from portfolio.models import Trade
 from tradingplatform import background
 
 from .test_strategy_exits import held, knobs, quote
@@ -237,7 +238,26 @@ def test_a_stop_loss_filled_on_an_earlier_day_does_not_re_enter_when_the_strateg
     quote("1480")  # the stop-loss fills
     cycle.account_monitor(account=account)
     stop = first.children.get(role="stop_loss", status=Order.Status.FILLED)
-    Order.objects.filter(pk=stop.pk).update(updated_at=timezone.now() - timedelta(days=1))
+    Trade.objects.filter(order=stop).update(filled_at=timezone.now() - timedelta(days=1))  # it filled yesterday
     Strategy.objects.filter(pk=strategy.pk).update(is_active=True)
     cycle.account_monitor(account=account)
+    assert not Order.objects.filter(parent=first, role="entry").exists()
+
+
+def test_a_stop_loss_that_filled_yesterday_and_is_learnt_of_today_does_not_re_enter(trader, account):
+    """An account not monitored overnight: today's first run learns of a stop-out that happened
+    yesterday (a broker listing earlier days' orders, as the paper exchange does). When it filled,
+    not when we heard of it, makes it a day old: no re-entry on it."""
+    strategy = reentering(trader, account, stop_loss=D("1"), max_reentries=2)
+    quote("1500")
+    first = place(trader, account, quantity=10, strategy=strategy, source="strategy")
+    cycle.account_monitor(account=account)  # its stop-loss
+    stop = first.children.get(role="stop_loss")
+    quote("1480")  # the stop-loss fills; say it filled yesterday
+    yesterday = timezone.now() - timedelta(days=1)
+    PaperTrade.objects.filter(order__order_id=stop.broker_order_id).update(filled_at=yesterday)
+    Trade.objects.filter(order=stop).update(filled_at=yesterday)
+    cycle.account_monitor(account=account)
+    stop.refresh_from_db()
+    assert stop.status == Order.Status.FILLED and stop.updated_at > yesterday + timedelta(hours=12)
     assert not Order.objects.filter(parent=first, role="entry").exists()
