@@ -252,7 +252,10 @@ def _basket_run(basket: Basket, actor, run_token: str, account_ids) -> None:
         owner=actor, token=run_token, defaults={"basket": basket, "account_ids": asked}
     )
     if run.basket_id != basket.pk or run.account_ids != asked:
-        message = "This key already placed another basket or other accounts; send a new key to place this."
+        message = (
+            "This placement was already made for other accounts or another basket; start a new one "
+            "to place this (the API: a new Idempotency-Key; the page: reload it)."
+        )
         raise ValidationError({"idempotency_key": ValidationError(message, code="conflict")})
 
 
