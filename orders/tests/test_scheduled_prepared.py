@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
+from accounts.services import broker_account_update
 from brokers.base import IST
 from brokers.client import AccountBroker
 from brokers.errors import BrokerUnavailable, OutcomeUnknown
@@ -724,18 +725,32 @@ def test_a_kite_order_due_with_paper_ones_is_not_held_back_by_the_paper_exchange
     assert kite_late < 0.5, f"the Kite order reached its broker {kite_late:.2f} s after its time"
 
 
-def test_a_prepared_order_whose_accounts_limits_were_lowered_before_its_time_is_not_sent(trader, account):
-    """The limits were met when the order was written ahead; the trader lowered them before its
-    time. An order placed whole at its time is checked then: a prepared one must be too."""
-    from accounts.services import broker_account_update
-
-    row = make_scheduled(trader, account)
-    fire, due_at, order = _prepared(row, seconds=1)
+def _products_narrowed(trader, account):
     broker_account_update(account=account, actor=trader, allowed_products=["CNC"])
+
+
+def _open_orders_limit_met(trader, account):
+    # A LIMIT order placed meanwhile stays open; then the limit is lowered to 1.
+    assert place(trader, account, order_type="LIMIT", price="1400").status == Order.Status.OPEN
+    broker_account_update(account=account, actor=trader, max_open_orders=1)
+
+
+@pytest.mark.parametrize(
+    ("lowered", "refusal"), [(_products_narrowed, "MIS is not allowed"), (_open_orders_limit_met, "open orders")]
+)
+def test_a_prepared_order_whose_accounts_limits_were_lowered_before_its_time_is_not_sent(
+    trader, account, lowered, refusal
+):
+    """The limits were met when the order was written ahead; the trader lowered them before its
+    time (the products allowed, the open orders limit). An order placed whole at its time is
+    checked then: a prepared one must be too."""
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _prepared(row, seconds=1.5)
+    lowered(trader, account)
     _at(due_at)
     fire = sources.scheduled_fire(fire_id=fire.pk)
-    assert fire.status == ScheduledFire.Status.FAILED and "MIS is not allowed" in fire.detail, fire.detail
-    _unsent(order, "MIS is not allowed")
+    assert fire.status == ScheduledFire.Status.FAILED and refusal in fire.detail, fire.detail
+    _unsent(order, refusal)
 
 
 def test_a_lost_answer_of_an_order_prepared_before_midnight_is_not_closed_as_the_days_before(
@@ -824,23 +839,6 @@ def test_a_due_time_a_worker_gets_to_too_late_shows_missed_as_its_orders_last_re
     assert sources.scheduled_fire(fire_id=fire.pk).status == ScheduledFire.Status.MISSED
     row.refresh_from_db()
     assert "missed" in row.last_result and row.last_run_at > due_at, (row.last_run_at, row.last_result)
-
-
-def test_a_prepared_order_whose_accounts_open_orders_limit_was_lowered_before_its_time_is_not_sent(trader, account):
-    """The account had room for it when it was written ahead; before its time the trader placed a
-    LIMIT order (it stays open) and lowered the account's open orders limit to 1. Placed whole at
-    its time the order would be refused: a prepared one must not be sent either."""
-    from accounts.services import broker_account_update
-
-    row = make_scheduled(trader, account)
-    fire, due_at, order = _prepared(row, seconds=1.5)
-    manual = place(trader, account, order_type="LIMIT", price="1400")
-    assert manual.status == Order.Status.OPEN
-    broker_account_update(account=account, actor=trader, max_open_orders=1)
-    _at(due_at)
-    fire = sources.scheduled_fire(fire_id=fire.pk)
-    assert fire.status == ScheduledFire.Status.FAILED and "open orders" in fire.detail, fire.detail
-    _unsent(order, "open orders")
 
 
 def test_prepared_orders_sent_together_are_not_closed_unsent_when_the_price_moves_as_they_are_sent(
