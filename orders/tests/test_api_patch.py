@@ -4,7 +4,6 @@ is, under the row lock (two edits of different fields made at the same time both
 from datetime import date, timedelta
 
 import pytest
-from django.db import connection
 from django.test import Client
 
 from accounts import services as account_services
@@ -12,6 +11,7 @@ from accounts.tests.factories import make_broker_account
 from orders import sources
 from orders.models import Basket, BasketItem, ScheduledOrder, Strategy
 from orders.tests.factories import sent_while_locked
+from tradingplatform.testing import mariadb_only
 from tradingplatform.tests.security import db_snapshot
 
 
@@ -235,8 +235,7 @@ def test_two_patches_of_different_fields_at_once_both_stay(kind, trader, account
     commits once the PATCH sends its first statement that locks or writes the row. A PATCH that read
     the row before locking it would then write the old value of the first field back; this one waits
     for the row and reads it as committed: both changes stay."""
-    if connection.vendor != "mysql":
-        pytest.skip("row locks are MariaDB's; SQLite's IMMEDIATE transactions run one writer at a time")
+    mariadb_only()
     api = api_for(trader)
     pk = MAKE[kind](api, account)["id"]
     hold, body, both_stay = AT_ONCE[kind]

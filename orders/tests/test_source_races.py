@@ -24,6 +24,7 @@ from orders import services, sources
 from orders.models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import instrument, sent_while_locked
 from orders.tests.test_api_patch import api_for, create, item, patch
+from tradingplatform.testing import mariadb_only
 from tradingplatform.tests.security import db_snapshot
 
 MODELS = {"baskets": Basket, "strategies": Strategy}
@@ -33,11 +34,6 @@ MODELS = {"baskets": Basket, "strategies": Strategy}
 def api(trader, settings):
     settings.API_RATE_LIMITS = [(10_000, 1.0)]  # these tests send many requests with one key
     return api_for(trader)
-
-
-def mariadb_only():
-    if connection.vendor != "mysql":
-        pytest.skip("row locks are MariaDB's; SQLite's IMMEDIATE transactions run one writer at a time")
 
 
 def at_once(*calls) -> list:
