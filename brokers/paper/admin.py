@@ -31,6 +31,12 @@ class PaperClientForm(forms.ModelForm):
             "rate_limit_per_s",
         ]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Fills change the cash while the page is open: the page posts the cash it showed too, so
+        # the save can tell a cash staff typed from one the fills have moved on since.
+        self.fields["cash"].show_hidden_initial = True
+
     def save(self, commit=True):
         client = super().save(commit=False)
         if self.cleaned_data.get("new_password"):
@@ -53,6 +59,18 @@ class PaperClientAdmin(admin.ModelAdmin):
         ("Funds", {"fields": ("opening_funds", "cash")}),
         ("Fault knobs", {"fields": ("latency_ms", "error_rate", "timeout_rate", "rejection_rate", "rate_limit_per_s")}),
     )
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return super().save_model(request, obj, form, change)
+        # Only what staff changed: writing back the rest as the page showed it would undo what the
+        # exchange wrote meanwhile (the cash its fills paid and received).
+        columns = {field.name for field in obj._meta.concrete_fields}
+        fields = [name for name in form.changed_data if name in columns]
+        if form.cleaned_data.get("new_password"):
+            fields.append("password")
+        if fields:
+            obj.save(update_fields=fields)
 
 
 @admin.register(PaperInstrument)

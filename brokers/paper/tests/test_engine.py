@@ -1,5 +1,6 @@
 """The paper exchange's rules: fills, priority, triggers, rejections, funds and knobs."""
 
+import re
 import threading
 import time
 from decimal import Decimal
@@ -355,6 +356,29 @@ def test_staff_set_a_clients_password_and_knobs_in_admin(client, staff, django_u
     assert client.name == "Renamed" and client.error_rate == 0.5 and client.cash == D("500000")
     assert client.password.startswith("md5$") or client.password.startswith("argon2")
     engine.login_with_password(api_key=client.api_key, user_id=client.user_id, password="s3cret-pass")
+
+
+def test_staff_changing_a_clients_knobs_in_admin_keep_the_fills_paid_meanwhile(client, staff):
+    """The admin's page shows the client's cash; a fill paid while staff edit a fault knob must not
+    be undone by the save writing back the cash the page showed."""
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(staff)
+    url = f"/admin/paper/paperclient/{client.pk}/change/"
+    page = browser.get(url)
+    form = page.context["adminform"].form
+    data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
+    data.update(re.findall(r'name="(initial-[\w-]+)" value="([^"]*)"', page.content.decode()))  # as it posts
+    shown = client.cash
+    place(client, order_type="MARKET", quantity=2)  # pays 2 x 1500.10 while the page is open
+    paid = shown - PaperClient.objects.get(pk=client.pk).cash
+    assert paid == D("3000.20")
+
+    assert browser.post(url, {**data, "latency_ms": 7}).status_code == 302
+    client.refresh_from_db()
+    assert client.latency_ms == 7
+    assert client.cash == shown - paid
 
 
 # --- The written-out book reads ------------------------------------------------------------
