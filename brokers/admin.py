@@ -33,6 +33,10 @@ class BrokerSessionAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # A deleted row leaves its token in use (the live session is cached) and no audit: end it.
+        return False
+
     @admin.action(description="End selected sessions (the trader must reconnect)")
     def end_sessions(self, request, queryset):
         from .services import session_expire

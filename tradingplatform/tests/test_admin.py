@@ -12,7 +12,10 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.models import AuditLog
 from accounts.tests.factories import make_broker_account
+from brokers import services as broker_services
+from brokers.models import BrokerSession
 from monitoring import cycle
 from monitoring.models import AccountRun, BrokerSnapshot, MonitoringRun
 from orders import sources
@@ -202,3 +205,18 @@ def test_staff_cannot_give_a_basket_another_traders_account_or_owner(staff, trad
     assert not form.is_valid() and "accounts" in form.errors
     form = Form({**data, "owner": str(other_trader.pk)}, instance=basket)
     assert form.is_valid() and form.cleaned_data["owner"] == trader  # the owner field is fixed
+
+
+def test_staff_end_a_broker_session_they_cannot_delete_it(staff_client, account):
+    """A deleted session row left the platform trading on its token (the live session is cached)
+    with nothing in the audit trail: staff end a session through the action, which does both."""
+    live = broker_services.session_live(account)
+    delete = reverse("admin:brokers_brokersession_delete", args=[live.session_id])
+    assert staff_client.post(delete, {"post": "yes"}).status_code == 403
+    changelist = reverse("admin:brokers_brokersession_changelist")
+    staff_client.post(changelist, {"action": "delete_selected", "_selected_action": [live.session_id], "post": "yes"})
+    assert BrokerSession.objects.filter(pk=live.session_id, status="active").exists()
+
+    staff_client.post(changelist, {"action": "end_sessions", "_selected_action": [live.session_id]})
+    assert BrokerSession.objects.get(pk=live.session_id).status == BrokerSession.Status.EXPIRED
+    assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_SESSION_EXPIRED).exists()
