@@ -104,6 +104,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # the secret is shown once to its owner; keys are created on their page
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # a deleted key leaves no record of who removed it: revoke it (audited)
+
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):
         revoked = sum(services.api_key_revoke(key=key, actor=request.user, ip=client_ip(request)) for key in queryset)

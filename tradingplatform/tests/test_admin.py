@@ -12,7 +12,8 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import AuditLog
+from accounts import services as account_services
+from accounts.models import ApiKey, AuditLog
 from accounts.tests.factories import make_broker_account
 from brokers import services as broker_services
 from brokers.models import BrokerSession
@@ -220,3 +221,17 @@ def test_staff_end_a_broker_session_they_cannot_delete_it(staff_client, account)
     staff_client.post(changelist, {"action": "end_sessions", "_selected_action": [live.session_id]})
     assert BrokerSession.objects.get(pk=live.session_id).status == BrokerSession.Status.EXPIRED
     assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_SESSION_EXPIRED).exists()
+
+
+def test_staff_revoke_an_api_key_they_cannot_delete_it(staff_client, trader):
+    """A deleted key vanished with no record of who removed it: staff revoke it, and it is audited."""
+    key, _ = account_services.api_key_create(owner=trader, name="Algo")
+    delete = reverse("admin:accounts_apikey_delete", args=[key.pk])
+    assert staff_client.post(delete, {"post": "yes"}).status_code == 403
+    changelist = reverse("admin:accounts_apikey_changelist")
+    staff_client.post(changelist, {"action": "delete_selected", "_selected_action": [key.pk], "post": "yes"})
+    assert ApiKey.objects.filter(pk=key.pk).exists()
+
+    staff_client.post(changelist, {"action": "revoke", "_selected_action": [key.pk]})
+    assert ApiKey.objects.get(pk=key.pk).revoked_at is not None
+    assert AuditLog.objects.filter(action=AuditLog.Action.API_KEY_REVOKED, target_id=str(key.pk)).exists()
