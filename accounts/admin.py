@@ -107,7 +107,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # a deleted key leaves no record of who removed it: revoke it (audited)
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request, queryset):
         revoked = sum(services.api_key_revoke(key=key, actor=request.user, ip=client_ip(request)) for key in queryset)
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)

@@ -37,7 +37,7 @@ class BrokerSessionAdmin(admin.ModelAdmin):
         # A deleted row leaves its token in use (the live session is cached) and no audit: end it.
         return False
 
-    @admin.action(description="End selected sessions (the trader must reconnect)")
+    @admin.action(description="End selected sessions (the trader must reconnect)", permissions=["change"])
     def end_sessions(self, request, queryset):
         from .services import session_expire
 

@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
 from django.core.exceptions import ValidationError
 
 from tradingplatform.admin import ReadOnlyAdmin
@@ -83,7 +84,12 @@ class ScheduledOrderAdmin(ReadOnlyAdmin):
     list_filter = ("status", "recurrence")
     actions = ["cancel"]
 
-    @admin.action(description="Cancel selected scheduled orders")
+    def has_cancel_permission(self, request):
+        # Read-only here, but cancelling changes the trader's order: staff who may only view cannot.
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+
+    @admin.action(description="Cancel selected scheduled orders", permissions=["cancel"])
     def cancel(self, request, queryset):
         cancelled = sum(sources.scheduled_cancel(scheduled=row, actor=row.owner) for row in queryset)
         self.message_user(request, f"Cancelled {cancelled} scheduled order(s).", messages.SUCCESS)

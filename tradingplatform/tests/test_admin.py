@@ -8,13 +8,14 @@ from decimal import Decimal
 import pytest
 from django import forms
 from django.contrib import admin
+from django.contrib.auth.models import Permission
 from django.test import Client, RequestFactory
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import ApiKey, AuditLog
-from accounts.tests.factories import make_broker_account
+from accounts.tests.factories import make_broker_account, make_user
 from brokers import services as broker_services
 from brokers.models import BrokerSession
 from monitoring import cycle
@@ -235,3 +236,43 @@ def test_staff_revoke_an_api_key_they_cannot_delete_it(staff_client, trader):
     staff_client.post(changelist, {"action": "revoke", "_selected_action": [key.pk]})
     assert ApiKey.objects.get(pk=key.pk).revoked_at is not None
     assert AuditLog.objects.filter(action=AuditLog.Action.API_KEY_REVOKED, target_id=str(key.pk)).exists()
+
+
+@pytest.fixture
+def viewer_client(db):
+    """Staff who may only look (the desk's read-only support): every view permission, no other."""
+    viewer = make_user("viewer", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
+    client = Client()
+    client.force_login(viewer)
+    return client
+
+
+def test_staff_who_may_only_view_cannot_revoke_end_or_cancel(viewer_client, trader, account):
+    """The admin's actions change a trader's keys, sessions and scheduled orders: staff with only
+    the view permission see those rows, and the actions are not theirs to run."""
+    key, _ = account_services.api_key_create(owner=trader, name="Algo")
+    live = broker_services.session_live(account)
+    due = timezone.now() + timedelta(days=1)
+    local = due.astimezone(timezone.get_current_timezone())
+    scheduled = sources.scheduled_save(
+        owner=trader,
+        account=account,
+        spec={"instrument": instrument(), "side": "BUY", "quantity": 1, "order_type": "MARKET", "product": "MIS"},
+        recurrence="once",
+        time_of_day=local.time().replace(microsecond=0),
+        timezone_name=timezone.get_current_timezone_name(),
+        run_on=local.date(),
+    )
+    for model, action, pk in (
+        ("accounts_apikey", "revoke", key.pk),
+        ("brokers_brokersession", "end_sessions", live.session_id),
+        ("orders_scheduledorder", "cancel", scheduled.pk),
+    ):
+        changelist = reverse(f"admin:{model}_changelist")
+        assert viewer_client.get(changelist).status_code == 200
+        viewer_client.post(changelist, {"action": action, "_selected_action": [pk]})
+
+    assert ApiKey.objects.get(pk=key.pk).revoked_at is None
+    assert BrokerSession.objects.get(pk=live.session_id).status == BrokerSession.Status.ACTIVE
+    assert ScheduledOrder.objects.get(pk=scheduled.pk).status == ScheduledOrder.Status.ACTIVE
