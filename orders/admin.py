@@ -71,6 +71,8 @@ class BasketAdmin(admin.ModelAdmin):
     form = OwnedAccountsForm
     list_display = ("name", "owner", "last_placed_at")
     search_fields = ("name", "owner__username")
+    # What its last placement did, shown to its trader: written by ``sources.basket_place`` alone.
+    readonly_fields = ("last_placed_at", "last_results")
     inlines = [BasketItemInline]
 
 

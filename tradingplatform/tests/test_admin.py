@@ -276,3 +276,26 @@ def test_staff_who_may_only_view_cannot_revoke_end_or_cancel(viewer_client, trad
     assert ApiKey.objects.get(pk=key.pk).revoked_at is None
     assert BrokerSession.objects.get(pk=live.session_id).status == BrokerSession.Status.ACTIVE
     assert ScheduledOrder.objects.get(pk=scheduled.pk).status == ScheduledOrder.Status.ACTIVE
+
+
+def test_a_basket_edited_in_admin_keeps_the_results_of_a_placement_made_meanwhile(staff, trader, account):
+    """A basket's last results are what its last placement did (its page shows them to the trader):
+    only the placement writes them, not an admin edit sending back what its page showed before."""
+    basket = sources.basket_save(
+        owner=trader,
+        name="Morning",
+        items=[{"instrument": instrument("INFY"), "side": "BUY", "quantity": 1}],
+        account_ids=[account.pk],
+    )
+    Form = _admin_form(Basket, basket, staff)
+    data = _change_form_data(Form(instance=basket))  # the page staff opened
+    results = sources.basket_place(basket=basket, actor=trader, run_token="run-1")
+    stored = Basket.objects.get(pk=basket.pk)
+    assert stored.last_results == results and stored.last_placed_at is not None
+
+    form = Form({**data, "name": "Morning (desk)"}, instance=stored)
+    assert form.is_valid(), form.errors
+    form.save()
+    basket.refresh_from_db()
+    assert basket.name == "Morning (desk)"
+    assert basket.last_results == results and basket.last_placed_at == stored.last_placed_at
