@@ -114,7 +114,9 @@ class AccountBroker:
             self._broker()  # the session first: an account to reconnect takes no slot
             self.budget_wait_s += ratelimit.acquire(self.account.pk, self.account.broker, kind, limits, **options)
         except RateLimited as error:
-            if send_by is not None and time.time() + error.retry_after > send_by:
+            # Only a wait this caller would have made (and retried after) is cut by ``send_by``; a
+            # longer one is the budget's refusal, as without a deadline (``_too_long``).
+            if send_by is not None and not self._too_long(error) and time.time() + error.retry_after > send_by:
                 raise SendTooLate(
                     f"not sent: its time to be sent ran out before the rate budget had a slot for it"
                     f" (in {error.retry_after:.1f} s)"

@@ -217,6 +217,19 @@ def test_an_order_not_sent_in_time_is_never_sent_after_a_sync_could_close_it(tra
     assert not PaperOrder.objects.filter(tag=late.reference).exists()
 
 
+def test_an_order_over_the_rate_budget_for_longer_than_a_wait_fails_as_rate_limited(trader, account, settings):
+    """An account whose order budget frees its next slot only in a minute: the order is refused by
+    the rate budget (rate_limit, which a strategy may choose to retry), not said to have run out of
+    time waiting (network): it was never kept waiting, the budget is what refused it."""
+    settings.BROKER_RATE_LIMITS = {"paper": {"orders": [(1, 60.0)]}}
+    first = place(trader, account)
+    refused = place(trader, account)
+    assert first.status == Order.Status.FILLED
+    assert refused.status == Order.Status.FAILED
+    assert refused.reject_kind == "rate_limit", refused.reject_reason
+    assert not PaperOrder.objects.filter(tag=refused.reference).exists()
+
+
 @requires_redis
 def test_an_order_whose_rate_budget_cannot_be_checked_fails_unsent_not_maybe_sent(trader, account, monkeypatch):
     """The budget is taken before the broker is called: when its Redis cannot be reached the order
