@@ -132,12 +132,16 @@ def _insert(model, rows: list, **options) -> dict[int, BaseException]:
         with transaction.atomic():
             model.objects.bulk_create(rows, **options)
         return {}
+    except SoftTimeLimitExceeded:
+        raise  # the task's time limit, raised in its thread during the write: not a row's failure
     except Exception:
         failures = {}
         for index, row in enumerate(rows):
             try:
                 with transaction.atomic():
                     model.objects.bulk_create([row], **options)
+            except SoftTimeLimitExceeded:
+                raise
             except Exception as error:
                 failures[index] = error
         return failures
@@ -306,6 +310,8 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
             try:
                 with transaction.atomic():  # a savepoint: one account's failure leaves the others' updates
                     portfolio.positions_mark(account=ctx.account, last_prices=ctx.last_prices, positions=positions)
+            except SoftTimeLimitExceeded:
+                raise  # the task's time limit, not this account's failure
             except Exception as error:
                 failures[id(ctx)] = error
     # The points from the positions as they are now (the fast path may have applied fills meanwhile).
@@ -333,6 +339,8 @@ def _openings_many(contexts: list[Context]) -> None:
     at the market in this run (the run's prices were asked for before their positions existed)."""
     try:
         to_open, waiting = openings.openings_due([ctx.account.pk for ctx in contexts])
+    except SoftTimeLimitExceeded:
+        raise
     except Exception:
         logger.exception("monitoring: could not tell which accounts' openings are taken")
         return
@@ -384,6 +392,8 @@ def _openings_waiting(contexts: list[Context]) -> None:
     """Record the waiting opening lots of these accounts whose instruments are loaded now."""
     try:
         done = openings.waiting_record([ctx.account for ctx in contexts])
+    except SoftTimeLimitExceeded:
+        raise
     except Exception:
         logger.exception("monitoring: could not record the opening lots that waited for their instruments")
         return

@@ -5,6 +5,7 @@ from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -455,6 +456,8 @@ def trades_record_each(
     account id."""
     try:
         return trades_record_many(fills, fresh=fresh, at_market=at_market), {}
+    except SoftTimeLimitExceeded:
+        raise  # a task's time limit (a monitoring batch's), raised in its thread: not the fills' failure
     except Exception:
         logger.warning("recording %s accounts' fills together failed; one by one", len(fills), exc_info=True)
     applied, failures = {}, {}
@@ -463,6 +466,8 @@ def trades_record_each(
             applied[account.pk] = trades_record(
                 account=account, broker_trades=broker_trades, fresh=fresh, at_market=at_market
             )
+        except SoftTimeLimitExceeded:
+            raise
         except Exception as error:
             failures[account.pk] = error
     return applied, failures

@@ -196,6 +196,43 @@ def test_a_batch_cut_short_while_it_reads_the_brokers_stops_there(trader, accoun
     assert locks.acquire(f"monitor:{account.pk}", ttl_s=1)
 
 
+@pytest.mark.parametrize("where", ["saving the snapshots", "recording the fills", "marking the positions"])
+def test_a_batch_cut_short_while_it_records_what_it_read_stops_there(trader, account, monkeypatch, where):
+    # The time limit reached in the batched steps' own writes (step 1 saves what it read, step 2
+    # records the fills and values the positions): taken for one account's failure, or for the
+    # batch's and done again row by row, the batch went on with its other steps until the hard
+    # time limit, and then nothing of the run was recorded.
+    place(trader, account, quantity=4)
+    monitor(account)  # a position held, to be valued by the next run
+    place(trader, account, quantity=2)  # and a fill to record
+    owner, name = {
+        "saving the snapshots": (BrokerSnapshot.objects, "bulk_create"),
+        "recording the fills": (cycle.portfolio, "trades_record_many"),
+        "marking the positions": (cycle.portfolio, "positions_mark"),
+    }[where]
+    real, real_pool = getattr(owner, name), cycle._in_pool
+    cut, later = [], []
+
+    def once(*args, **kwargs):
+        if not cut:
+            cut.append(name)
+            raise SoftTimeLimitExceeded()  # Celery raises it once, where the thread is
+        return real(*args, **kwargs)
+
+    def watched(fn, items):
+        if fn is cycle._account_steps:
+            later.extend(items)
+        real_pool(fn, items)
+
+    monkeypatch.setattr(owner, name, once)
+    monkeypatch.setattr(cycle, "_in_pool", watched)
+    with pytest.raises(SoftTimeLimitExceeded):
+        monitor(account)
+    assert cut and later == []  # no step after the limit
+    run = AccountRun.objects.filter(account=account).latest("pk")
+    assert "time_limit" in [e["step"] for e in run.errors]
+
+
 def test_one_failing_step_does_not_stop_the_others(account, monkeypatch):
     def broken(ctx):
         raise RuntimeError("boom")
