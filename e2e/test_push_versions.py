@@ -85,14 +85,15 @@ def modify_elsewhere(stack: Stack, trader: Trader, order_id: int, price: Decimal
     )
 
 
-def push_stale_row(stack: Stack, trader: Trader, snapshot: dict, *, seen: int) -> None:
-    """Push the order's row as it was in ``snapshot``, as the platform pushes a changed order; then mark the page."""
+def push_stale_row(stack: Stack, trader: Trader, snapshot: dict, *, seen: int, created: bool = False) -> None:
+    """Push the order's row as it was in ``snapshot``, as the platform pushes a changed order (``created``: a
+    new one, which goes on top of the book); then mark the page."""
     stack.shell(
         "import base64, pickle\n"
         "from monitoring import broadcast\n"
         f"order = pickle.loads(base64.b64decode({snapshot['order']!r}))\n"
         f"broadcast.push_fragment(user_id={trader.user_id}, template='orders/partials/order_push.html',"
-        " context={'order': order})\n" + _marker_code(trader.user_id, seen)
+        f" context={{'order': order, 'created': {created}}})\n" + _marker_code(trader.user_id, seen)
     )
 
 
@@ -164,5 +165,13 @@ def test_book_keeps_the_newest_pushed_row(stack, page, trader):
     expect(row).to_contain_text("1/1")
     expect(row).to_have_attribute("data-version", filled)
     expect(row.get_by_role("link", name="Modify")).to_have_count(0)
+
+    # The push of a new order comes after the page already shows it (the page was read, or read itself
+    # again on its socket's opening, after the order was written): the row is not shown twice.
+    now = stack.shell_json(_SNAPSHOT + f"print(json.dumps(snapshot({order_id})))")
+    push_stale_row(stack, trader, now, seen=5, created=True)
+    wait_for_marker(page, 5)
+    expect(page.locator(f"#order-{order_id}")).to_have_count(1)
+    expect(status).to_have_text("Filled")
     assert_not_reloaded(page)
     screenshot(page, "push-versions-filled")

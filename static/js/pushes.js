@@ -91,7 +91,25 @@
       pieces.forEach(function (piece) {
         var editing = piece.id && onPage(piece) && onPage(piece).classList.contains("editing");
         // A row open for editing keeps its form: a change meanwhile is caught when it is saved.
-        if (!shown(piece) || editing || rows(piece).some(older)) piece.remove();
+        if (!shown(piece) || editing || rows(piece).some(older)) {
+          piece.remove();
+          return;
+        }
+        // A new order's row goes on top of the book; one the page already shows (read, or read again
+        // when its socket opened, after the order was written) replaces its row instead of doubling it.
+        if (!piece.id) {
+          rows(piece).forEach(function (row) {
+            var page = onPage(row);
+            if (!page) return;
+            if (!page.classList.contains("editing")) {
+              var node = document.importNode(row, true);
+              page.replaceWith(node);
+              htmx.process(node);
+            }
+            row.remove();
+          });
+          if (!piece.children.length) piece.remove();
+        }
       });
       return holder.innerHTML;
     }
