@@ -914,7 +914,7 @@ def _cancel_and_replace(
             validity=order.validity,
             # An exit's replacement closes what it covered, as the exit did: not held to the limits
             # on what an order may open (a stop trailed up is worth more than the entry was).
-            closing=order.role != Order.Role.ENTRY,
+            closing=orders.closes_position(order.role, order.parent_id),
             **{"price": order.price, "trigger_price": order.trigger_price, **terms},
         )
     except ValidationError as error:

@@ -481,7 +481,7 @@ def order_prepare(
             validity=validity,
             price=price,
             trigger_price=trigger_price,
-            closing=_closes(role, parent),
+            closing=closes_position(role, parent),
         )
     except ValidationError:
         if key and (existing := _existing_for_key(key, digest)):
@@ -522,7 +522,7 @@ def _raised(quantity, current: int) -> bool:
         return True
 
 
-def _closes(role: str, parent) -> bool:
+def closes_position(role: str, parent) -> bool:
     """Whether an order of this role and parent is a strategy's exit of its entry's position."""
     return role != Order.Role.ENTRY and parent is not None
 
@@ -986,7 +986,9 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
         price=keep(price, order.price) if new_type in ("LIMIT", "SL") else None,
         trigger_price=keep(trigger_price, order.trigger_price) if new_type in ("SL", "SL-M") else None,
         # An exit raised past its quantity would open more than the position it closes: held to the limits.
-        closing=_closes(order.role, order.parent_id) and not _raised(keep(quantity, order.quantity), order.quantity),
+        closing=(
+            closes_position(order.role, order.parent_id) and not _raised(keep(quantity, order.quantity), order.quantity)
+        ),
     )
     if checked.quantity <= order.filled_quantity:
         raise OrderActionRefused(f"{order.filled_quantity} are already filled.", field="quantity")
