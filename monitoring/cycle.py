@@ -1400,7 +1400,14 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
                     errors=ctx.errors,
                 )
             )
-        for index, error in _insert(AccountRun, results).items():
+        try:
+            failed = _insert(AccountRun, results)
+        except SoftTimeLimitExceeded as error:
+            # The time limit reached while the runs are written (raised once): still written, they
+            # are what the traders see of this run; the error goes on once they are.
+            cut_short = cut_short or error
+            failed = _insert(AccountRun, results)
+        for index, error in failed.items():
             account_id = results[index].account_id
             logger.error("monitoring: could not record the run of account %s", account_id, exc_info=error)
         for result in results:

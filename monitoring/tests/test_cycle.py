@@ -233,6 +233,28 @@ def test_a_batch_cut_short_while_it_records_what_it_read_stops_there(trader, acc
     assert "time_limit" in [e["step"] for e in run.errors]
 
 
+def test_a_batch_whose_time_limit_comes_while_it_records_its_runs_still_records_them(trader, account, monkeypatch):
+    # Every step done, the time limit reached while the batch writes its accounts' runs: the runs
+    # are what the traders' dashboards show of it (the fill recorded, or an error), not to be lost.
+    place(trader, account, quantity=4)
+    real = AccountRun.objects.bulk_create
+    cut = []
+
+    def once(*args, **kwargs):
+        if not cut:
+            cut.append(True)
+            raise SoftTimeLimitExceeded()  # Celery raises it once, where the thread is
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AccountRun.objects, "bulk_create", once)
+    with pytest.raises(SoftTimeLimitExceeded):
+        monitor(account)
+    assert cut
+    run = AccountRun.objects.get(account=account)
+    assert "recorded 1 fill(s)" in run.actions
+    assert locks.acquire(f"monitor:{account.pk}", ttl_s=1)
+
+
 def test_one_failing_step_does_not_stop_the_others(account, monkeypatch):
     def broken(ctx):
         raise RuntimeError("boom")
