@@ -90,7 +90,8 @@ def _call(job):
 def _place_item(actor, account: BrokerAccount, spec: dict, quantity: int, *, idempotency_key: str, **kwargs) -> dict:
     """``_place_for`` for one basket item: an unexpected error in it (a bug, a lost connection) is
     its own result, so the other items, placed or not, are still answered and recorded. The order
-    its key wrote, if it got that far; else FAILED, which a repeat of the run places again."""
+    its key wrote, if it got that far; else FAILED, which a repeat of the run places again. When
+    that cannot be read either, it may have been sent: UNKNOWN, never "not placed"."""
     try:
         return _place_for(actor, account, spec, quantity, idempotency_key=idempotency_key, **kwargs)
     except Exception as error:
@@ -99,7 +100,9 @@ def _place_item(actor, account: BrokerAccount, spec: dict, quantity: int, *, ide
         try:
             order = Order.objects.filter(idempotency_key=f"{actor.pk}:{idempotency_key}").first()
         except DatabaseError:
-            order = None
+            unknown = _result(account, status="UNKNOWN", **extra)
+            message = f"Not known whether it was placed ({type(error).__name__} on our side): see the order book"
+            return {**unknown, "error": f"{message}; a repeat of this placement never places it twice."}
         if order is not None:  # as far as it got (a sync finishes it)
             return _result(account, order=order, **extra)
         failed = _result(account, status="FAILED", **extra)

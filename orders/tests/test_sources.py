@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import OperationalError, connection
 from django.utils import timezone
 
 from accounts import services as account_services
@@ -132,6 +132,35 @@ def test_an_error_in_one_item_still_answers_every_item(trader, account, instrume
     assert [r["status"] for r in again] == ["FILLED", "FILLED", "FILLED"]
     assert again[0]["order_id"] == results[0]["order_id"] and again[2]["order_id"] == results[2]["order_id"]
     assert PaperOrder.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_item_whose_answer_and_lookup_both_lost_the_database_is_not_said_unplaced(trader, account, monkeypatch):
+    """The item reached the exchange; recording its answer lost the database connection, and so did
+    the look for its order. It may well be placed (it is): never "Not placed ... place it again",
+    which a trader would answer by placing it twice."""
+    basket = sources.basket_save(owner=trader, name="One", account_ids=[account.pk], items=[spec()])
+    place = services.order_place
+
+    def placed_then_lost(**order):
+        place(**order)
+        here = connection  # this thread's: its next statement fails too
+
+        def gone(execute, sql, params, many, context):
+            here.execute_wrappers.remove(gone)
+            raise OperationalError(2006, "MySQL server has gone away")
+
+        here.execute_wrappers.append(gone)
+        raise OperationalError(2013, "Lost connection to MySQL server during query")
+
+    monkeypatch.setattr(services, "order_place", placed_then_lost)
+    results = sources.basket_place(basket=basket, actor=trader, run_token="t4")
+    assert PaperOrder.objects.count() == 1
+    assert results[0]["status"] != "FAILED" and "place it again" not in results[0]["error"]
+    # The retry of that run answers with the order, placed once.
+    monkeypatch.setattr(services, "order_place", place)
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t4")
+    assert again[0]["status"] == "FILLED" and PaperOrder.objects.count() == 1
 
 
 def test_basket_validation(trader, account, other_trader):
