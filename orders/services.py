@@ -406,8 +406,24 @@ def _existing_for_key(key: str, request_hash: str) -> Order | None:
         )
     if order is not None:
         order = settled(order, lambda: orders.first(), lambda o: o.status != OrderStatus.NEW)
+        if order.status == OrderStatus.NEW and not order.scheduled_id and not connection.in_atomic_block:
+            _replay_looked_up(order)
         order.replayed = True
     return order
+
+
+def _replay_looked_up(order: Order) -> None:
+    """A replayed order still NEW after the wait: its sender may have died after the broker took
+    it, before recording the answer. Looked up by its tag (a read: nothing is sent), and what the
+    broker has applied, so the retry answers with the broker's word, not NEW. Not found, it is left
+    NEW: its sender may only be slow (it sends until ``SEND_WITHIN_S``), and the sync closes it."""
+    try:
+        state = AccountBroker(order.account).find_by_tag(order.reference)
+    except BrokerError:
+        logger.info("replay of %s: its broker could not be asked for it", order.reference, exc_info=True)
+        return
+    if state is not None:
+        order_apply_broker_state(order, state, cause=f"{broker_name(order)}'s word, looked up on a retry")
 
 
 def settled(row, read, done):

@@ -440,3 +440,56 @@ def test_a_replay_while_the_first_request_is_sending_answers_with_the_brokers_wo
     assert again.replayed and again.pk == first[0].pk
     assert again.status == Order.Status.FILLED and again.broker_order_id == first[0].broker_order_id
     assert PaperOrder.objects.count() == 1
+
+
+class _SenderDied(BaseException):
+    """The placing process stopped (killed, its pod evicted) at this point."""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_of_an_order_whose_sender_died_after_the_broker_had_it_answers_with_the_brokers_word(
+    trader, instruments, settings
+):
+    """The sender stopped after the exchange took the order and before it recorded the answer: the
+    row is still NEW. The client's retry (same key) gets the order as the exchange has it (filled,
+    with its id), not NEW, which says it was never sent; and it is not sent again."""
+    settings.REPLAY_WAIT_S = 0.1
+    account = make_broker_account(trader, broker="paper", client_id="PAPER-R2")
+    account_services.broker_account_update(account=account, actor=trader)
+
+    class DiesAfterSending(AccountBroker):
+        def place_order(self, request, **options):
+            super().place_order(request, **options)
+            raise _SenderDied
+
+    with pytest.raises(_SenderDied):
+        place(trader, account, quantity=2, idempotency_key="died-1", broker=DiesAfterSending(account))
+    again = place(trader, account, quantity=2, idempotency_key="died-1")
+    at_exchange = PaperOrder.objects.get()
+    assert again.replayed and at_exchange.tag == again.reference
+    assert (again.status, again.broker_order_id) == (Order.Status.FILLED, at_exchange.order_id)
+    assert again.filled_quantity == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_of_an_order_whose_sender_died_before_sending_it_does_not_send_it(trader, instruments, settings):
+    """The sender stopped after writing the row, before the call: the retry cannot tell it from a
+    slow sender, so it does not send it (twice, maybe): NEW, and the sync closes it a minute on."""
+    settings.REPLAY_WAIT_S = 0.1
+    account = make_broker_account(trader, broker="paper", client_id="PAPER-R3")
+    account_services.broker_account_update(account=account, actor=trader)
+
+    class DiesBeforeSending(AccountBroker):
+        def place_order(self, request, **options):
+            raise _SenderDied
+
+    with pytest.raises(_SenderDied):
+        place(trader, account, idempotency_key="died-2", broker=DiesBeforeSending(account))
+    again = place(trader, account, idempotency_key="died-2")
+    assert again.replayed and (again.status, again.broker_order_id) == (Order.Status.NEW, None)
+    assert not PaperOrder.objects.exists()
+    two_minutes_ago = timezone.now() - timedelta(minutes=2)
+    Order.objects.filter(pk=again.pk).update(created_at=two_minutes_ago)
+    services.orders_sync_account(account=account)
+    last = place(trader, account, idempotency_key="died-2")
+    assert (last.status, last.reject_kind) == (Order.Status.FAILED, "network") and not PaperOrder.objects.exists()
