@@ -51,6 +51,11 @@ def login_view(request):
             form.add_error(None, str(exc))
             status = 429 if isinstance(exc, services.LoginLocked) else 200
         else:
+            if request.user.is_authenticated and request.user.pk != user.pk:
+                # Another person signing in on this browser: end the previous user's session as a
+                # logout would (login() alone drops it silently, leaving its open tabs' pushes live).
+                services.logout_record(user=request.user, ip=client_ip(request))
+                logout(request)
             login(request, user)
             return redirect(next_url or "home")
     return render(request, "accounts/login.html", {"form": form, "next": next_url}, status=status)

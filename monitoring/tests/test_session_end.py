@@ -154,3 +154,16 @@ def test_an_unreachable_channel_layer_breaks_neither_logout_nor_a_save(trader, m
     trader.refresh_from_db()
     assert not trader.is_active
     assert caplog.text.count(f"closing the websockets of user {trader.pk} failed") == 2
+
+
+async def test_another_user_signing_in_on_the_same_browser_closes_the_previous_users_socket(trader, other_trader):
+    # A shared computer: the next person signs in over the previous trader's still-open tab.
+    [browser] = await sign_in(trader)
+    socket = await open_socket(browser)
+
+    data = {"username": other_trader.username, "password": PASSWORD}
+    response = await sync_to_async(browser.post)(reverse("login"), data)
+
+    assert response.status_code == 302
+    assert await socket.receive_output(timeout=2) == CLOSED
+    await socket.disconnect()
