@@ -78,7 +78,10 @@ def readyz(request):
         checks["celery"] = _timed(_celery)
     ok = all(check["status"] == "ok" for check in checks.values())
     body = {"status": "ok" if ok else "error", "checks": checks}
-    beat = services.heartbeat_age_s()
+    try:
+        beat = services.heartbeat_age_s()
+    except Exception:  # the cache is down: its check above already says so (503), the age is unknown
+        beat = None
     body["beat_heartbeat_age_s"] = None if beat is None else round(beat, 1)
     return JsonResponse(body, status=200 if ok else 503)
 

@@ -1,5 +1,6 @@
 from unittest import mock
 
+from django.core.cache import cache
 from django.db import connection
 from django.db.utils import OperationalError
 
@@ -38,3 +39,12 @@ def test_readyz_is_503_naming_the_failed_dependency(client, db):
 def test_probes_are_get_only(client, db):
     assert client.post("/healthz").status_code == 405
     assert client.post("/readyz").status_code == 405
+
+
+def test_readyz_is_503_not_500_when_the_cache_is_down(client, db):
+    with mock.patch.object(cache, "get", side_effect=ConnectionError("Error 111 connecting to redis:6379")):
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["cache"]["status"] == "error"
+    assert body["checks"]["database"]["status"] == "ok"
