@@ -1,10 +1,16 @@
 """The per-user websocket: live fragments pushed to ``user.<id>``, and live prices."""
 
+import asyncio
 import hashlib
 import json
+import logging
+from importlib import import_module
 
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY
 from django.template.loader import render_to_string
 
 from tradingplatform import metrics
@@ -13,6 +19,9 @@ from . import presence
 
 MARKET_GROUP = "market"
 MAX_PRICE_SUBSCRIPTIONS = 500
+SESSION_RECHECK_S = 300  # an open socket reads its session again at least this often (and at its expiry)
+
+logger = logging.getLogger(__name__)
 
 
 def user_group(user_id: int) -> str:
@@ -35,7 +44,9 @@ class UserConsumer(AsyncWebsocketConsumer):
 
     The user is checked only on connect, so a ``session.end`` event (a logout, a deactivation,
     a password change) closes the socket. The htmx ws extension does not reconnect after a 4xxx
-    close; the page's next load connects again if its session is still good.
+    close; the page's next load connects again if its session is still good. A session that
+    ends otherwise (it expires, or is dropped by a sign-in as someone else) is noticed by reading
+    it again at its expiry and every ``SESSION_RECHECK_S``.
     """
 
     async def connect(self):
@@ -50,9 +61,12 @@ class UserConsumer(AsyncWebsocketConsumer):
         await sync_to_async(presence.joined)(user.pk, self.channel_name)
         await self.accept()
         metrics.websocket_opened(self)
+        self.session_watch = asyncio.ensure_future(self._close_when_session_ends())
 
     async def disconnect(self, code):
         metrics.websocket_closed(self)
+        if getattr(self, "session_watch", None) is not None:
+            self.session_watch.cancel()
         if hasattr(self, "group"):
             await sync_to_async(presence.left)(self.scope["user"].pk, self.channel_name)
             await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -76,6 +90,25 @@ class UserConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(MARKET_GROUP, self.channel_name)
         else:
             await self.channel_layer.group_discard(MARKET_GROUP, self.channel_name)
+
+    async def _close_when_session_ends(self):
+        session = self.scope["session"]
+        store = import_module(settings.SESSION_ENGINE).SessionStore
+        key, user_pk = session.session_key, str(self.scope["user"].pk)
+        delay = await sync_to_async(session.get_expiry_age)()
+        while True:
+            await asyncio.sleep(min(max(delay, 1), SESSION_RECHECK_S))
+            fresh = store(key)
+            try:
+                data = await database_sync_to_async(fresh.load)()  # {} once expired or deleted
+            except Exception:  # the store is down: the socket stays, read again later
+                logger.warning("websocket: could not read its session", exc_info=True)
+                delay = SESSION_RECHECK_S
+                continue
+            if str(data.get(SESSION_KEY)) != user_pk:
+                await self.close(code=4401)
+                return
+            delay = fresh.get_expiry_age(expiry=data.get("_session_expiry"))
 
     async def fragment_push(self, event):
         await self.send(text_data=event["html"])

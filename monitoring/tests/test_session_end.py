@@ -1,5 +1,6 @@
 """A user's open websockets close when their sessions end: a logout, a deactivation, a password change."""
 
+import asyncio
 import logging
 
 import pytest
@@ -12,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.tests.factories import PASSWORD
-from monitoring import broadcast
+from monitoring import broadcast, consumers
 from tradingplatform.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -166,4 +167,29 @@ async def test_another_user_signing_in_on_the_same_browser_closes_the_previous_u
 
     assert response.status_code == 302
     assert await socket.receive_output(timeout=2) == CLOSED
+    await socket.disconnect()
+
+
+def expire_in(client: Client, seconds: int) -> None:
+    session = client.session
+    session.set_expiry(seconds)
+    session.save()
+
+
+async def test_a_socket_closes_when_its_session_expires(trader):
+    # A tab left open on a shared computer: once the session has expired, the pushes stop.
+    [browser] = await sign_in(trader)
+    await sync_to_async(expire_in)(browser, 1)
+    socket = await open_socket(browser)
+
+    assert await socket.receive_output(timeout=5) == CLOSED
+    await socket.disconnect()
+
+
+async def test_a_socket_whose_session_is_still_good_stays_open_after_a_recheck(trader, monkeypatch):
+    monkeypatch.setattr(consumers, "SESSION_RECHECK_S", 1)
+    [browser] = await sign_in(trader)
+    socket = await open_socket(browser)
+    await asyncio.sleep(1.5)
+    assert await still_open(socket, trader)
     await socket.disconnect()
