@@ -192,14 +192,18 @@ def test_a_strategy_made_in_admin_gets_a_webhook_secret_shown_once(staff_client,
     assert strategy.webhook_secret_prefix == secret[:12]
 
 
-def test_staff_cannot_give_a_basket_another_traders_account_or_owner(staff, trader, account, other_trader):
-    theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-X1", label="Theirs")
-    basket = sources.basket_save(
+def morning_basket(trader, account):
+    return sources.basket_save(
         owner=trader,
         name="Morning",
         items=[{"instrument": instrument("INFY"), "side": "BUY", "quantity": 1}],
         account_ids=[account.pk],
     )
+
+
+def test_staff_cannot_give_a_basket_another_traders_account_or_owner(staff, trader, account, other_trader):
+    theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-X1", label="Theirs")
+    basket = morning_basket(trader, account)
     Form = _admin_form(Basket, basket, staff)
     data = _change_form_data(Form(instance=basket))
     assert Form(data, instance=basket).is_valid()
@@ -281,12 +285,7 @@ def test_staff_who_may_only_view_cannot_revoke_end_or_cancel(viewer_client, trad
 def test_a_basket_edited_in_admin_keeps_the_results_of_a_placement_made_meanwhile(staff, trader, account):
     """A basket's last results are what its last placement did (its page shows them to the trader):
     only the placement writes them, not an admin edit sending back what its page showed before."""
-    basket = sources.basket_save(
-        owner=trader,
-        name="Morning",
-        items=[{"instrument": instrument("INFY"), "side": "BUY", "quantity": 1}],
-        account_ids=[account.pk],
-    )
+    basket = morning_basket(trader, account)
     Form = _admin_form(Basket, basket, staff)
     data = _change_form_data(Form(instance=basket))  # the page staff opened
     results = sources.basket_place(basket=basket, actor=trader, run_token="run-1")
