@@ -51,10 +51,11 @@ def login_view(request):
             form.add_error(None, str(exc))
             status = 429 if isinstance(exc, services.LoginLocked) else 200
         else:
-            if request.user.is_authenticated and request.user.pk != user.pk:
+            previous = getattr(request, "user", None)  # as login() reads it: a request may have none
+            if previous is not None and previous.is_authenticated and previous.pk != user.pk:
                 # Another person signing in on this browser: end the previous user's session as a
                 # logout would (login() alone drops it silently, leaving its open tabs' pushes live).
-                services.logout_record(user=request.user, ip=client_ip(request))
+                services.logout_record(user=previous, ip=client_ip(request))
                 logout(request)
             login(request, user)
             return redirect(next_url or "home")
