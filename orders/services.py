@@ -394,6 +394,16 @@ def _events(order: Order, steps) -> list[OrderEvent]:
     return events
 
 
+# An order's links (its account, instrument, parent, source rows) are set when it is written and
+# never change: re-reading it takes only its own fields and keeps the related rows already read
+# (``refresh_from_db()`` drops them, and each later use, ``order.account`` first, reads them again).
+_OWN_FIELDS = [field.name for field in Order._meta.concrete_fields if not field.is_relation]
+
+
+def _reread(order: Order) -> None:
+    order.refresh_from_db(fields=_OWN_FIELDS)
+
+
 def _existing_for_key(key: str, request_hash: str) -> Order | None:
     """The order a key already placed (marked ``replayed``), or None. One that its first request is
     still sending is waited for (``REPLAY_WAIT_S`` at most), so a retry answers with the broker's
@@ -791,7 +801,7 @@ def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) 
     if order.status == OrderStatus.NEW:
         # Our transition lost to a reconciliation that found the order at the broker by its tag
         # first (an earlier order's sync, under load): answer with the order as it is now.
-        order.refresh_from_db()
+        _reread(order)
 
 
 def _answer_record(order: Order, placed: PlacedOrder, record_answer) -> bool:
@@ -819,7 +829,7 @@ def _answer_record(order: Order, placed: PlacedOrder, record_answer) -> bool:
         if order.status != status:
             # The move was applied to it, then rolled back, or committed with only the commit's
             # answer lost: as the database has it.
-            order.refresh_from_db()
+            _reread(order)
         return record_answer() if order.status == status else False
     finally:
         if not recorded:
@@ -970,7 +980,7 @@ def order_modify(
     with locks.held(f"orders:modify:{order.pk}", ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S) as took:
         if not took:
             raise OrderActionRefused("Another change of this order is still being made; try again.")
-        order.refresh_from_db()
+        _reread(order)
         changed = [name for name, value in (expect or {}).items() if getattr(order, name) != value]
         if changed:
             raise OrderActionRefused(f"The order was changed meanwhile ({', '.join(changed)}); nothing was sent.")
@@ -1043,7 +1053,7 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
                 # went past the quantity asked: the exchange refuses that cut, so it is not written.
                 ours = ours.filter(filled_quantity__lte=change.quantity)
             taken = ours.update(updated_at=timezone.now(), **fields)
-            order.refresh_from_db()
+            _reread(order)
             if taken:
                 _event(order, "modified", cause=cause, from_status=order.status, data=asked)
         if not taken:
@@ -1078,7 +1088,7 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
     with locks.held(f"orders:cancel:{order.pk}", ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S) as took:
         if not took:
             raise OrderActionRefused("Another cancel of this order is still being made; try again.")
-        order.refresh_from_db()
+        _reread(order)
         return _cancel(order, cause, by_trader=by_trader, data=data)
 
 
@@ -1111,7 +1121,7 @@ def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> 
             logger.info("could not reconcile %s after a refused cancel", order.reference)
         except Exception:  # the refusal is the answer; the sync's own failure is logged and retried
             logger.exception("could not reconcile %s after a refused cancel", order.reference)
-        order.refresh_from_db()
+        _reread(order)
         _event(order, "cancel_refused", cause=cause, from_status=order.status, message=error.message)
         raise OrderActionRefused(f"The broker refused to cancel: {error.message}") from error
     except BrokerError as error:
@@ -1126,7 +1136,7 @@ def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> 
             expect = {"updated_at": order.updated_at}
             if _transition(order, OrderStatus.CANCELLED, kind="cancelled", cause=cause, expect=expect):
                 break
-            order.refresh_from_db()
+            _reread(order)
             if order.status not in Order.AT_BROKER:
                 break
     _queue_sync(order)
@@ -1139,7 +1149,7 @@ def _read_back(order: Order, cause: str) -> None:
         order_apply_broker_state(order, AccountBroker(order.account).order(order.broker_order_id), cause=cause)
     except BrokerError as error:
         logger.info("%s: reading it back after its cancel failed (%s); the sync reads it", order.reference, error)
-    order.refresh_from_db()
+    _reread(order)
 
 
 def _last_event(order: Order, *kinds: str) -> OrderEvent | None:
@@ -1408,7 +1418,7 @@ def order_apply_broker_state(order: Order, state, *, cause: str, push: bool = Tr
             **step.fields,
         ):
             return True
-        order.refresh_from_db()
+        _reread(order)
     return False
 
 
@@ -1458,7 +1468,7 @@ def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow
             return False
         if order_apply_broker_state(order, state, cause=cause):
             break
-        order.refresh_from_db()
+        _reread(order)
         order.account = account  # the refresh let go of it
     else:
         return False
