@@ -10,8 +10,9 @@ recorded. Later fills then net against the lots FIFO.
 
 Which quantities are the start of the day's holding:
 
-* Delivery (CNC) from ``holdings()`` only, ``Holding.quantity``: Kite's ``quantity`` is the
-  demat plus T+1 quantity, bought before today; today's CNC buys are not in it, and Kite does not
+* Delivery (CNC) from ``holdings()`` only, ``Holding.quantity``: Kite's ``quantity`` (settled
+  into the demat account) plus its ``t1_quantity`` (bought on the last trading day, not settled
+  yet), bought before today; today's CNC buys are not in it, and Kite does not
   take today's sales out of it either (those are its ``used_quantity``), so it is what the day
   opened with (Kite's ``opening_quantity`` is not used: whether it counts T+1 shares is not
   documented, and a holding that arrives during the day would have none). A CNC row of

@@ -191,10 +191,13 @@ def to_position(row: dict) -> base.BrokerPosition:
 
 
 def to_holding(row: dict) -> base.Holding:
+    # Kite's ``quantity`` is what has settled into the demat account; shares bought on the last
+    # trading day are still in ``t1_quantity`` until they settle (Kite shows "Qty 0, T1 5").
+    # Both are held, and both can be sold today.
     return base.Holding(
         exchange=row["exchange"],
         tradingsymbol=row["tradingsymbol"],
-        quantity=int(row["quantity"]),
+        quantity=int(row["quantity"]) + int(row.get("t1_quantity") or 0),
         average_price=decimal(row["average_price"]),
         last_price=decimal(row["last_price"]),
         close_price=decimal(row.get("close_price")),

@@ -502,6 +502,16 @@ def test_a_general_exception_to_a_placement_is_looked_up_by_tag_not_a_refusal(
 # --- The start of the day's figures ----------------------------------------------------------------
 
 
+def test_a_kite_holding_bought_on_the_last_trading_day_counts_its_unsettled_shares(fake_kite):
+    """Kite keeps shares bought on the last trading day in ``t1_quantity`` until they settle into
+    the demat account (``quantity``): bought yesterday, the account holds all of them today."""
+    body = json.loads((SAMPLES / "holdings.json").read_text())
+    body["data"][0].update(quantity=0, t1_quantity=5, realised_quantity=0, opening_quantity=0)
+    body["data"][1].update(quantity=16, t1_quantity=4)
+    fake_kite.answers = {"GET": (200, "application/json", json.dumps(body).encode())}
+    assert [(h.tradingsymbol, h.quantity) for h in adapter().holdings()] == [("AARON", 5), ("SBIN", 20)]
+
+
 def test_kites_positions_and_holdings_carry_the_start_of_the_days_figures(fake_kite):
     """Kite's samples: each position's quantity carried into the day and today's buys and sells
     (GOLDGUINEA: 3 carried in, 1 bought and 4 sold today, flat now), each holding's opening
@@ -521,6 +531,7 @@ def test_kites_positions_and_holdings_carry_the_start_of_the_days_figures(fake_k
     assert figures(positions["SBIN"]) == (0, 0, 1, Decimal("311"), 1, Decimal("309"))
     assert all(p.day_figures for p in positions.values())
     fake_kite.answers = {"GET": (200, "application/json", (SAMPLES / "holdings.json").read_bytes())}
+    assert [(h.tradingsymbol, h.quantity) for h in adapter().holdings()] == [("AARON", 1), ("SBIN", 16)]
 
     keys = ["overnight_quantity", "day_buy_quantity", "day_buy_value"]
     body = json.loads((SAMPLES / "positions.json").read_text())
