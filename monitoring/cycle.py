@@ -44,14 +44,14 @@ from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers import services as broker_services
-from brokers.base import MULTIPLIED_EXCHANGES, BrokerOrder, BrokerPosition, BrokerTrade
+from brokers.base import MULTIPLIED_EXCHANGES, BrokerOrder, BrokerPosition, BrokerTrade, Holding
 from brokers.base import Status as BrokerStatus
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError, OrderRejected, RejectKind
 from brokers.selectors import instrument_by_symbol
 from orders import services as orders
 from orders.models import Order, OrderEvent, Strategy
-from portfolio import openings
+from portfolio import openings, reconcile
 from portfolio import services as portfolio
 from portfolio.broadcast import dashboard_push
 from portfolio.models import PnlSnapshot, Position, Trade
@@ -150,6 +150,8 @@ def _insert(model, rows: list, **options) -> dict[int, BaseException]:
 # --- 1. Fetch ---------------------------------------------------------------------------------
 
 FETCH_READS = ("orders", "trades", "positions")
+HOLDINGS = "holdings"  # read once a trading day (``_holdings_of_day``), kept as a snapshot too
+_HOLDING_PRICES = ("average_price", "last_price", "close_price")
 PRICES_PER_CALL = 500
 
 
@@ -237,19 +239,22 @@ def _prices_many(contexts: list[Context], failures: dict[int, BaseException]) ->
 
 def _snapshots_save(contexts: list[Context]) -> dict[int, BaseException]:
     """The broker's data as it was fetched, one row per account and kind, for all accounts in one upsert."""
+    return _snapshots_upsert([(ctx, kind, getattr(ctx, f"broker_{kind}")) for ctx in contexts for kind in FETCH_READS])
+
+
+def _snapshots_upsert(read: list[tuple[Context, str, list]]) -> dict[int, BaseException]:
+    """(account's context, kind, the broker's rows) as snapshots, in one upsert. The failures by ``id(ctx)``."""
     now = timezone.now()
-    owners, rows = [], []
-    for ctx in contexts:
-        for kind in FETCH_READS:
-            data = [_plain(row) for row in getattr(ctx, f"broker_{kind}")]
-            rows.append(BrokerSnapshot(account=ctx.account, kind=kind, data=data, fetched_at=now))
-            owners.append(ctx)
+    rows = [
+        BrokerSnapshot(account=ctx.account, kind=kind, data=[_plain(row) for row in data], fetched_at=now)
+        for ctx, kind, data in read
+    ]
     if not rows:
         return {}
     features = connection.features
     unique = {"unique_fields": ["account", "kind"]} if features.supports_update_conflicts_with_target else {}
     failed = _insert(BrokerSnapshot, rows, update_conflicts=True, update_fields=["data", "fetched_at"], **unique)
-    return {id(owners[index]): error for index, error in failed.items()}
+    return {id(read[index][0]): error for index, error in failed.items()}
 
 
 @functools.cache
@@ -325,7 +330,66 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
             owners.append(ctx)
     for index, error in _insert(PnlSnapshot, points).items():
         failures[id(owners[index])] = error
+    _positions_compare([ctx for ctx in contexts if id(ctx) not in failures])
     return failures
+
+
+def _positions_compare(contexts: list[Context]) -> None:
+    """Compare the accounts' positions with the broker's book this run read, and report the
+    differences seen the same on two runs (``portfolio.reconcile``). Not before the broker's
+    trading day has begun (its book can still be the day before's). A failure here is logged: the
+    run's PnL stands, and the next run compares again."""
+    now = timezone.now()
+    if not openings.day_begun(now):
+        return
+    try:
+        held = reconcile.held_by([ctx.account.pk for ctx in contexts])
+        compared = [ctx for ctx in contexts if ctx.account.pk in held]
+        holdings = _holdings_of_day(compared, since=openings.day_start(now))
+        found = {
+            ctx.account.pk: reconcile.differences(
+                held=held[ctx.account.pk], positions=ctx.broker_positions, holdings=holdings.get(ctx.account.pk)
+            )
+            for ctx in compared
+        }
+        differ = reconcile.confirmed(found)
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception:
+        logger.exception("monitoring: could not compare positions with the brokers' books")
+        return
+    for ctx in compared:
+        for difference in differ.get(ctx.account.pk, []):
+            _run_error(ctx, str(difference), step="2_pnl")
+
+
+def _holdings_of_day(contexts: list[Context], *, since: datetime) -> dict[int, list[Holding]]:
+    """Each account's holdings, by account id: read from the broker once a trading day (what the
+    day opened with: today's trading does not change them, ``portfolio.openings``) and kept as its
+    ``holdings`` snapshot. An account whose holdings cannot be read is left out (said in its run)."""
+    kept = BrokerSnapshot.objects.filter(account__in=[ctx.account for ctx in contexts], kind=HOLDINGS)
+    today = {row.account_id: row.data for row in kept if row.fetched_at >= since}
+    result = {
+        account_id: [
+            Holding(r["exchange"], r["tradingsymbol"], int(r["quantity"]), *(Decimal(r[k]) for k in _HOLDING_PRICES))
+            for r in rows
+        ]
+        for account_id, rows in today.items()
+    }
+    stale = [ctx for ctx in contexts if ctx.account.pk not in today]
+
+    def read(ctx: Context) -> None:
+        try:
+            result[ctx.account.pk] = ctx.broker.holdings()
+        except Exception as error:
+            why = f"{type(error).__name__}: {error}"
+            ctx.act(f"holdings not read ({why}): delivery positions not compared with the broker's this run")
+
+    _in_pool(read, stale)
+    read_now = [(ctx, HOLDINGS, result[ctx.account.pk]) for ctx in stale if ctx.account.pk in result]
+    for error in _snapshots_upsert(read_now).values():
+        logger.warning("monitoring: could not keep the holdings of a run's account: %s", error)
+    return result
 
 
 def _openings_many(contexts: list[Context]) -> None:

@@ -138,6 +138,12 @@ def day_start(now: datetime | None = None) -> datetime:
     return (now or timezone.now()).astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def day_begun(now: datetime) -> bool:
+    """Whether the broker's trading day has begun at ``now`` (``OPENINGS_FROM``, IST): before it, a
+    broker's book can still be the day before's."""
+    return now.astimezone(IST).time() >= time.fromisoformat(settings.OPENINGS_FROM)
+
+
 def date_start(day: date) -> datetime:
     """The start of the trading day ``day``."""
     return datetime.combine(day, time.min, tzinfo=IST)
@@ -299,7 +305,7 @@ def opening_take(*, account: BrokerAccount, broker, trades_before: list[BrokerTr
     if Trade.objects.filter(account=account, filled_at__lt=first).exists():
         why = "fills were recorded from an earlier day: the platform met it before, and its holdings include them"
         return _mark(account, first, now, Opening.Outcome.EARLIER_FILLS, {"why": why})
-    if now.astimezone(IST).time() < time.fromisoformat(settings.OPENINGS_FROM):
+    if not day_begun(now):
         return _pending(account, first, NOT_BEGUN)
     try:
         return _take(account, broker, trades_before, first=first, today=today, now=now)

@@ -61,7 +61,8 @@ def test_fetch_pnl_and_orders_steps(trader, account):
     assert order.status == Order.Status.FILLED
     assert Trade.objects.get(order=order).quantity == 4
     assert Position.objects.get(account=account).net_quantity == 4
-    assert BrokerSnapshot.objects.filter(account=account).count() == 3
+    kinds = BrokerSnapshot.objects.filter(account=account).values_list("kind", flat=True)
+    assert sorted(kinds) == ["holdings", "orders", "positions", "trades"]  # holdings: once a day
     assert set(result.step_ms) >= {"1_fetch", "2_pnl", "3_orders", "4_exits"}
 
 
@@ -398,7 +399,7 @@ def test_a_batch_records_every_account_and_asks_for_prices_once(trader, account,
         position = Position.objects.get(account=acct)
         assert position.net_quantity == quantity and position.last_price == D("1510")
         assert Trade.objects.filter(account=acct).count() == 1
-        assert BrokerSnapshot.objects.filter(account=acct).count() == 3
+        assert BrokerSnapshot.objects.filter(account=acct).count() == 4  # with the day's holdings
     assert all(set(r.step_ms) == {name for name, _ in cycle.STEPS} for r in results)
 
 
@@ -494,7 +495,7 @@ def test_a_locked_or_failing_account_leaves_the_rest_of_the_batch_alone(account,
     assert failing.status == AccountRun.Status.ERRORS
     assert [e["step"] for e in failing.errors] == ["1_fetch", "2_pnl", "3_orders"]
     assert fine.status == AccountRun.Status.OK, fine.errors
-    assert BrokerSnapshot.objects.filter(account=third).count() == 3
+    assert BrokerSnapshot.objects.filter(account=third).count() == 4  # with the day's holdings
     assert not BrokerSnapshot.objects.filter(account=account).exists()
 
 

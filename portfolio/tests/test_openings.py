@@ -29,14 +29,11 @@ from monitoring.models import AccountRun
 from orders.tests.factories import place
 from portfolio import openings, services
 from portfolio.models import Opening, Position, Trade
+from portfolio.tests.conftest import start_of_today
 from tradingplatform import background
 
 D = Decimal
 KITE_SAMPLES = Path(__file__).resolve().parents[2] / "brokers" / "kite" / "samples"
-
-
-def start_of_today():
-    return timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def set_price(symbol, last, exchange="NSE"):
@@ -57,18 +54,6 @@ def history(account, symbol, side, quantity, price, *, product="CNC", days_ago=1
     when = timezone.now() - timedelta(days=days_ago)
     PaperTrade.objects.filter(order=order).update(filled_at=when, price=D(price))
     PaperOrder.objects.filter(pk=order.pk).update(placed_at=when, updated_at=when)
-
-
-@pytest.fixture
-def kite_day_books(monkeypatch):
-    """The paper adapter's order book and fills as Kite gives them: today's only."""
-    real_orders, real_trades = PaperBroker.orders, PaperBroker.trades
-
-    def today(rows, when):
-        return [row for row in rows if when(row) is None or when(row) >= start_of_today()]
-
-    monkeypatch.setattr(PaperBroker, "orders", lambda self: today(real_orders(self), lambda o: o.placed_at))
-    monkeypatch.setattr(PaperBroker, "trades", lambda self: today(real_trades(self), lambda t: t.filled_at))
 
 
 @pytest.fixture

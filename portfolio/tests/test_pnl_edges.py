@@ -17,7 +17,7 @@ from brokers.paper.adapter import PaperBroker
 from brokers.paper.models import PaperOrder, PaperTrade
 from brokers.selectors import instruments_search
 from monitoring import cycle
-from monitoring.models import AccountRun
+from monitoring.models import AccountRun, BrokerSnapshot
 from orders.tests.factories import place
 from portfolio import selectors, services
 from portfolio.models import Position, Trade
@@ -151,6 +151,7 @@ def test_a_position_carried_from_an_earlier_day_is_valued_at_todays_price(trader
     PaperTrade.objects.update(filled_at=yesterday)
     PaperOrder.objects.update(placed_at=yesterday, updated_at=yesterday)
     Trade.objects.update(filled_at=yesterday)
+    BrokerSnapshot.objects.update(fetched_at=yesterday)  # the holdings read yesterday: read again today
     set_price("1600")
     run = cycle.account_monitor(account=account)
     assert run.errors == []
