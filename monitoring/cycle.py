@@ -209,7 +209,9 @@ def _prices_many(contexts: list[Context], failures: dict[int, BaseException]) ->
         prices = {}
         for start in range(0, len(symbols), PRICES_PER_CALL):
             prices.update(ctx.broker.ltp(symbols[start : start + PRICES_PER_CALL]))
-        return prices
+        # 0 is no price (an instrument not traded yet, a number missing from the broker's answer):
+        # a chase or a trail toward it would move an order or a stop by its whole cap.
+        return {key: price for key, price in prices.items() if price > 0}
 
     def own(ctx: Context) -> None:
         try:

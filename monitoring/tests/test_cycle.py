@@ -350,6 +350,30 @@ def test_a_stop_loss_trails_favourable_moves_and_never_back(trader, account):
     assert stop.trigger_price == D("1500.10")
 
 
+def test_a_last_price_of_zero_is_no_price_to_trail_or_chase_to(trader, account, monkeypatch):
+    """The broker gives 0 for an instrument's last price (no trade yet, a number missing from its
+    answer): a short's trailing stop is not pulled down toward 0, nor a SELL entry chased there."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Trail short", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
+        trailing_step=D("5"), chase_after_s=0, chase_max_percent=D("5"),
+    )  # fmt: skip
+    set_price("1500")
+    short = entry(trader, account, strategy, side="SELL")
+    monitor(account)
+    stop = short.children.get(role="stop_loss")
+    before = stop.trigger_price
+    set_price("1600")  # far above: the SELL LIMIT below rests
+    chased = entry(trader, account, strategy, side="SELL", order_type="LIMIT", price="1650.00")
+    from brokers.paper.adapter import PaperBroker
+
+    real = PaperBroker.ltp
+    monkeypatch.setattr(PaperBroker, "ltp", lambda self, keys: {k: D(0) for k in real(self, keys)})
+    monitor(account)
+    stop.refresh_from_db()
+    chased.refresh_from_db()
+    assert (stop.trigger_price, chased.price) == (before, D("1650.00"))
+
+
 def test_a_trail_worked_out_before_the_trader_tightened_the_stop_by_hand_is_not_sent(trader, account, monkeypatch):
     """Step 6 works out a trail from the stop as it read it (1490.10 -> 1500.10); the trader moves
     the stop to 1505.10 by hand before the step's modify takes the order's lock. The trail is not
