@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import datetime, time
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from django import forms
 
@@ -49,7 +49,10 @@ class PriceField(forms.DecimalField):
             # Refused here, not first by ``validate``: a signalling NaN cannot even be compared.
             raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
         if value is not None and value.as_tuple().exponent < -self.decimal_places:
-            shorter = value.quantize(Decimal(1).scaleb(-self.decimal_places))
+            try:
+                shorter = value.quantize(Decimal(1).scaleb(-self.decimal_places))
+            except InvalidOperation:  # more digits than decimal arithmetic holds: ``validate`` refuses it
+                return value
             if shorter == value:
                 return shorter
         return value

@@ -619,6 +619,15 @@ def test_zeros_after_a_prices_two_places_are_not_places(trader_client, account):
     assert refused.status_code == 200 and Order.objects.count() == 1
 
 
+def test_a_price_longer_than_decimal_arithmetic_is_a_field_error_not_a_500(trader_client, account):
+    """28 digits and more cannot be rounded to two places (``decimal.InvalidOperation``): refused on
+    the price, with nothing placed."""
+    data = ticket_data(account, order_type="LIMIT", price="1234567890123456789012345678.125")
+    response = trader_client.post(reverse("orders:ticket"), data)
+    assert response.status_code == 200 and "no more than 14 digits" in response.content.decode()
+    assert not Order.objects.exists()
+
+
 @pytest.mark.parametrize("inline", [True, False])
 def test_a_modify_form_whose_shown_price_is_no_number_is_refused_not_a_500(trader_client, trader, account, inline):
     """A signalling NaN ("sNaN") cannot even be compared: the form it was shown with is out of date."""
