@@ -1280,7 +1280,8 @@ def strategy_check(params: dict, *, strategy: Strategy | None = None) -> None:
         # A count saved before the cap stays as it is when other settings change (pausing it must work).
         if params.get(field) is not None and params[field] > most and params[field] != getattr(strategy, field, None):
             raise ValidationError({field: f"At most {most}."})
-    for field in ("stop_loss", "take_profit", "trailing_step", "chase_max_percent"):
+    # 0 would read as none where it is used (a chase cap of 0 ticks as no cap: a chase without end).
+    for field in ("stop_loss", "take_profit", "trailing_step", "chase_max_percent", "chase_max_ticks"):
         if params.get(field) is not None and params[field] <= 0:
             raise ValidationError({field: "Must be above 0 (leave it blank for none)."})
     # A percent of 100 or more puts a long's stop, or a short's target, at a price of 0 or less:

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from brokers.paper.models import PaperOrder
 from orders import sources
-from orders.models import Order, ScheduledFire, ScheduledOrder
+from orders.models import Order, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import instrument, place
 from orders.tests.test_sources import make_scheduled, spec, webhook
 
@@ -206,6 +206,15 @@ def test_strategy_exits_that_could_never_be_placed_are_refused(trader, account, 
     with pytest.raises(ValidationError) as error:
         sources.strategy_save(owner=trader, name="Bad", account_ids=[account.pk], **params)
     assert field in error.value.message_dict
+
+
+def test_a_chase_cap_of_no_ticks_is_refused_not_taken_for_no_cap(trader, account):
+    """0 ticks reads as "do not move it"; the cycle would take it as no cap and chase without end.
+    Refused on the field, as the API refuses it."""
+    with pytest.raises(ValidationError) as error:
+        sources.strategy_save(owner=trader, name="Chase", account_ids=[account.pk], chase_after_s=5, chase_max_ticks=0)
+    assert error.value.message_dict == {"chase_max_ticks": ["Must be above 0 (leave it blank for none)."]}
+    assert not Strategy.objects.exists()
 
 
 def test_a_stop_loss_in_points_may_be_large(trader, account):
