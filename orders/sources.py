@@ -516,8 +516,7 @@ def _not_while_placing(row: ScheduledOrder) -> None:
     )
     if due_at is None:
         return
-    due = f"{due_at.astimezone(_zone(row.timezone)):%Y-%m-%d %H:%M:%S} {row.timezone}"
-    text = f"This scheduled order's run due {due} is being placed now, as it was"
+    text = f"This scheduled order's run due {_due_text(row, due_at)} is being placed now, as it was"
     if row.recurrence == ScheduledOrder.Recurrence.ONCE:
         text += "; it is too late to change it."
     else:
@@ -841,7 +840,12 @@ def _fire_order(fire: ScheduledFire) -> dict:
 
 
 def _fire_cause(fire: ScheduledFire) -> str:
-    return f"scheduled order #{fire.scheduled_id} due {fire.due_at:%Y-%m-%d %H:%M:%S}"
+    return f"scheduled order #{fire.scheduled_id} due {_due_text(fire.scheduled, fire.due_at)}"
+
+
+def _due_text(scheduled: ScheduledOrder, due_at: datetime) -> str:
+    """A due time as the trader set it: in the zone its time was chosen in (``due_at`` is UTC)."""
+    return f"{due_at.astimezone(_zone(scheduled.timezone)):%Y-%m-%d %H:%M:%S} {scheduled.timezone}"
 
 
 def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
@@ -1210,9 +1214,7 @@ RESEND_WAITING_S = 2.0
 
 
 def _notify_missed(scheduled: ScheduledOrder, due_at: datetime) -> None:
-    # In the zone its time was chosen in (``due_at`` is UTC), as the trader set it.
-    due = f"{due_at.astimezone(_zone(scheduled.timezone)):%Y-%m-%d %H:%M:%S} {scheduled.timezone}"
-    _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({due}); not placed.")
+    _notify(scheduled, f"Scheduled order #{scheduled.pk} missed its time ({_due_text(scheduled, due_at)}); not placed.")
 
 
 def _notify(scheduled: ScheduledOrder, text: str) -> None:

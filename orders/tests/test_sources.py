@@ -278,6 +278,26 @@ def test_a_missed_time_is_reported_at_the_time_the_trader_chose_in_their_zone(tr
     assert notices == [f"Scheduled order #{row.pk} missed its time (2030-01-02 09:15:00 Asia/Kolkata); not placed."]
 
 
+def test_a_scheduled_orders_events_say_its_due_time_in_the_zone_the_trader_chose(trader, account):
+    """The order's timeline says which run made it: at the time the trader set, in their zone (the
+    order page shows it as text), not the due time in UTC, which reads as a time hours away."""
+    york = ZoneInfo("America/New_York")
+    soon = timezone.now().astimezone(york) + timedelta(minutes=5)
+    row = make_scheduled(
+        trader,
+        account,
+        timezone_name="America/New_York",
+        run_on=soon.date(),
+        time_of_day=soon.time().replace(microsecond=0),
+    )
+    due_at = _due_soon(row, -0.5)
+    [fire_id] = sources.scheduled_claim_due()
+    assert sources.scheduled_fire(fire_id=fire_id).status == "placed"
+    order = Order.objects.get(scheduled=row)
+    wanted = f"scheduled order #{row.pk} due {due_at.astimezone(york):%Y-%m-%d %H:%M:%S} America/New_York"
+    assert set(order.events.filter(kind__in=["created", "submitted"]).values_list("cause", flat=True)) == {wanted}
+
+
 def test_a_grace_window_allows_a_late_fire(trader, account):
     row = make_scheduled(trader, account, grace_s=4 * 3600)
     fires = sources.scheduled_claim_due(now=row.next_run_at + timedelta(hours=3))
