@@ -23,6 +23,8 @@ class TradeFilterForm(forms.Form):
     date_to = forms.DateField(
         label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}), validators=DATE_RANGE
     )
+    # Kept by the form: a trading day's list (``days=ist``) filtered again stays that IST day.
+    days = forms.ChoiceField(choices=[("", ""), (IST_DAYS, IST_DAYS)], required=False, widget=forms.HiddenInput)
 
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -37,7 +39,7 @@ class TradeFilterForm(forms.Form):
         """
         self.is_valid()
         data = self.cleaned_data
-        zone = IST if self.data.get("days") == IST_DAYS else timezone.get_current_timezone()
+        zone = IST if data.get("days") == IST_DAYS else timezone.get_current_timezone()
         start, end = data.get("date_from"), data.get("date_to")
         return {
             "account": data.get("account"),

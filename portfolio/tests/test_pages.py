@@ -295,6 +295,26 @@ def test_a_trading_days_link_lists_that_ist_days_fills_whatever_the_traders_time
     assert csv_ids == [closing.broker_trade_id, opening.broker_trade_id]
 
 
+def test_filtering_a_trading_days_list_again_keeps_it_that_ist_day(trader, trader_client, account):
+    """The trades page a per-day row links to is that IST day's; narrowing it with the page's own
+    filter form (an account, a symbol) must keep the same day, not switch to the trader's own date,
+    which in New York drops the day's first fills and takes in the next day's."""
+    trader.timezone = "America/New_York"
+    trader.save()
+    first = fill(account, "INFY", "BUY", 10, "100", ist(2025, 1, 6, 9, 30))  # the 5th, 23:00 in New York
+    later = fill(account, "INFY", "SELL", 10, "101", ist(2025, 1, 6, 15, 0))
+    fill(account, "INFY", "BUY", 1, "100", ist(2025, 1, 7, 9, 20))  # IST's 7th, the 6th in New York
+    by_day = section(get(trader_client, "portfolio").content.decode(), "pnl-by-day")
+    row = re.search(r'<tr id="day-2025-01-06">.*?</tr>', by_day, re.S).group(0)
+    html = trader_client.get(re.search(r'href="([^"]+)"', row).group(1).replace("&amp;", "&")).content.decode()
+    # The form as the page shows it, sent with an account chosen.
+    form = re.search(r'<form method="get"[^>]*class="filters".*?</form>', html, re.S).group(0)
+    fields = dict(re.findall(r'<input[^>]*name="(\w+)"[^>]*value="([^"]*)"', form))
+    fields["account"] = account.pk
+    again = trader_client.get(reverse("portfolio:trades"), fields).content.decode()
+    assert re.findall(r'<tr id="trade-(\d+)"', again) == [str(later.pk), str(first.pk)]
+
+
 # --- Trades and the CSV export --------------------------------------------------------------------
 
 
