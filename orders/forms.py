@@ -1,7 +1,7 @@
 """Forms of the order pages: they parse input; ``services.order_check`` decides what is allowed."""
 
 import uuid
-from datetime import datetime, time
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from django import forms
@@ -244,5 +244,5 @@ class OrderFilterForm(forms.Form):
             "source": data.get("source") or None,
             "symbol": data.get("symbol") or None,
             # The trading day is the exchange's day (as in order references).
-            "since": datetime.combine(datetime.now(IST).date(), time.min, tzinfo=IST) if date == "today" else None,
+            "day": datetime.now(IST).date() if date == "today" else None,
         }

@@ -1,13 +1,22 @@
 """Reads of orders and their sources, always scoped to the trader who asks."""
 
-from django.db.models import QuerySet
+from datetime import datetime, time, timedelta
+
+from django.conf import settings
+from django.db.models import Q, QuerySet
 from django.shortcuts import get_object_or_404
 
+from brokers.base import IST
+
+from . import services
 from .models import Basket, Order, ScheduledOrder, Strategy
 
 
-def orders_of(user, *, account=None, status=None, source=None, symbol=None, since=None) -> QuerySet[Order]:
-    """The user's orders. ``status``: one or several statuses; ``open`` stands for every one not final."""
+def orders_of(user, *, account=None, status=None, source=None, symbol=None, since=None, day=None) -> QuerySet[Order]:
+    """The user's orders. ``status``: one or several statuses; ``open`` stands for every one not final.
+    ``since``: written at or after it. ``day``: the orders of that trading day (IST), as their
+    references number them: written that day, or written just before it for a time in it (a
+    scheduled order due just after midnight is prepared seconds before, numbered for its time)."""
     orders = Order.objects.filter(account__owner=user).select_related("account", "instrument")
     if account:
         orders = orders.filter(account_id=account)
@@ -20,6 +29,12 @@ def orders_of(user, *, account=None, status=None, source=None, symbol=None, sinc
         orders = orders.filter(instrument__tradingsymbol__istartswith=symbol.strip()[:64])
     if since:
         orders = orders.filter(created_at__gte=since)
+    if day:
+        start = datetime.combine(day, time.min, tzinfo=IST)
+        ahead = start - timedelta(seconds=settings.SCHEDULE_LEAD_S + 1)  # how early one is prepared
+        orders = orders.filter(
+            Q(created_at__gte=start) | Q(created_at__gte=ahead, reference__startswith=services.reference_day(day))
+        )
     return orders
 
 

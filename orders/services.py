@@ -366,7 +366,12 @@ def _next_number(account: BrokerAccount, day) -> int:
 
 def reference_for(account: BrokerAccount, day, number: int) -> str:
     """``YYMMDD`` + ``A<account>`` + ``N<number>``: unique, and at most 20 alphanumerics (Kite's tag rule)."""
-    return f"{day:%y%m%d}A{account.pk}N{number:06d}"
+    return f"{reference_day(day)}{account.pk}N{number:06d}"
+
+
+def reference_day(day) -> str:
+    """How the references of the orders numbered for the trading day ``day`` begin."""
+    return f"{day:%y%m%d}A"
 
 
 _EVENTS = PlainInserts(OrderEvent)

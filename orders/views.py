@@ -36,7 +36,7 @@ def order_book(request):
     orders = selectors.orders_of(request.user, **wanted)
     page = Paginator(orders, ORDERS_PER_PAGE).get_page(request.GET.get("page"))
     # A new order is today's and tops the first page, unless a filter other than the date leaves it out.
-    narrowed = page.number > 1 or any(value for name, value in wanted.items() if name != "since")
+    narrowed = page.number > 1 or any(value for name, value in wanted.items() if name != "day")
     return render(request, "orders/book.html", {"filters": filters, "page": page, "narrowed": narrowed})
 
 

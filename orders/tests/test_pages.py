@@ -3,7 +3,7 @@
 import re
 import uuid
 import zoneinfo
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 
 import pytest
@@ -305,6 +305,22 @@ def test_book_filters(trader_client, trader, account):
     assert shown(account=other_account.pk) == {on_second.pk}
     assert shown(source="strategy") == {on_second.pk}
     assert shown(source="manual", status="open", date="all") == {resting.pk, old.pk}
+
+
+def test_todays_book_lists_an_order_written_just_before_midnight_for_a_time_after_it(trader_client, trader, account):
+    """A scheduled order due just after midnight IST is written (prepared) seconds before it, and is
+    numbered for, and sent on, the day of its time: that day's book lists it. An order of the day
+    before, written at the same moment, is not today's."""
+    midnight = services.trading_date()
+    start = datetime.combine(midnight, time.min, tzinfo=services.IST)
+    ahead = resting_order(trader, account)  # numbered for today (its reference's day)
+    yesterdays = resting_order(trader, account)
+    Order.objects.filter(pk__in=[ahead.pk, yesterdays.pk]).update(created_at=start - timedelta(seconds=2))
+    Order.objects.filter(pk=yesterdays.pk).update(
+        reference=services.reference_for(account, midnight - timedelta(days=1), 999)
+    )
+    page = trader_client.get(reverse("orders:book")).context["page"]
+    assert {order.pk for order in page} == {ahead.pk}
 
 
 def test_book_ignores_another_traders_account_in_the_filter(trader_client, trader, other_trader, account):
