@@ -4,6 +4,8 @@
 broker unavailable, rate limited) may be retried; permanent ones must not be.
 """
 
+import re
+
 
 class BrokerError(Exception):
     permanent = True
@@ -125,9 +127,11 @@ def classify_rejection(message: str | None) -> str:
         (("modifications", "modification limit"), RejectKind.MODIFICATION_CAP),
         (("invalid `tradingsymbol`", "instrument"), RejectKind.INSTRUMENT),
         (("too many requests", "rate limit"), RejectKind.RATE_LIMIT),
-        (("rms",), RejectKind.RMS),
     )
     for needles, kind in rules:
         if any(needle in text for needle in needles):
             return kind
+    # The word only: "terms", "norms" or "platforms" are not the broker's risk check (which is retried).
+    if re.search(r"\brms\b", text):
+        return RejectKind.RMS
     return RejectKind.OTHER

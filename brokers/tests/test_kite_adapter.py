@@ -31,6 +31,7 @@ from brokers.errors import (
     OutcomeUnknown,
     RateLimited,
     RejectKind,
+    classify_rejection,
 )
 from brokers.kite.adapter import KiteBroker
 from brokers.models import BrokerSession
@@ -119,6 +120,23 @@ def test_an_account_deactivated_during_its_login_gets_no_session(client, trader,
     assert response.status_code == 302
     assert not BrokerSession.objects.filter(account=account).exists()
     assert "deactivated" in client.get(reverse("accounts:broker_list")).content.decode()
+
+
+@pytest.mark.parametrize(
+    "message, kind",
+    [
+        ("RMS:Margin Exceeds,Required:1500, Available:20", RejectKind.FUNDS),
+        ("RMS:Blocked for nrml on securities as per exchange norms", RejectKind.RMS),
+        ("Order blocked by RMS", RejectKind.RMS),
+        ("Order not allowed as per the terms of the scheme", RejectKind.OTHER),
+        ("Blocked as per exchange norms", RejectKind.OTHER),
+        ("Market orders are not allowed on this platforms segment", RejectKind.OTHER),
+    ],
+)
+def test_a_rejection_is_the_brokers_risk_check_only_where_it_says_rms(message, kind):
+    """RMS rejections are retried by strategies (margin can free up); "terms", "norms" or
+    "platforms" say nothing of it: an order refused for them is not sent again."""
+    assert classify_rejection(message) == kind
 
 
 def test_kite_errors_map_onto_ours(client, trader, face_url, kite_setup):
