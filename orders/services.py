@@ -431,14 +431,20 @@ def _replay_looked_up(order: Order) -> None:
     """A replayed order still NEW after the wait: its sender may have died after the broker took
     it, before recording the answer. Looked up by its tag (a read: nothing is sent), and what the
     broker has applied, so the retry answers with the broker's word, not NEW. Not found, it is left
-    NEW: its sender may only be slow (it sends until ``SEND_WITHIN_S``), and the sync closes it."""
+    NEW while its sender may only be slow (it sends until ``SEND_WITHIN_S``), and the sync closes
+    it; written ``UNSENT_STALE_S`` before the look-up, it is closed here as the sync would, so the
+    retry answers that it was never sent (place it again), not NEW."""
+    asked_at = timezone.now()
     try:
         state = AccountBroker(order.account).find_by_tag(order.reference)
     except BrokerError:
         logger.info("replay of %s: its broker could not be asked for it", order.reference, exc_info=True)
         return
+    cause = f"{broker_name(order)}'s word, looked up on a retry"
     if state is not None:
-        order_apply_broker_state(order, state, cause=f"{broker_name(order)}'s word, looked up on a retry")
+        order_apply_broker_state(order, state, cause=cause)
+    elif order.created_at < asked_at - timedelta(seconds=UNSENT_STALE_S):
+        _fail(order, RejectKind.NETWORK, NEVER_SENT, cause)
 
 
 def settled(row, read, done):
@@ -728,6 +734,7 @@ def orders_send_together(orders: list[tuple[Order, AccountBroker]]) -> list:
 # time, and its fire keeps the sync off it meanwhile (``_awaits_its_time``).
 UNSENT_STALE_S = 60
 SEND_WITHIN_S = 40
+NEVER_SENT = "never reached the broker (the sender stopped)"
 
 
 def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) -> None:
@@ -1576,7 +1583,7 @@ def orders_sync_account(
                 # is still on its way is waited for here as any lost answer is (below).
                 changed += _closed_with_its_day(order, cause)
             elif order.status == OrderStatus.NEW and order.created_at < stale and not _awaits_its_time(order):
-                _fail(order, RejectKind.NETWORK, "never reached the broker (the sender stopped)", cause)
+                _fail(order, RejectKind.NETWORK, NEVER_SENT, cause)
                 changed += 1
             elif order.status == OrderStatus.SUBMITTED and not order.broker_order_id and order.updated_at < stale:
                 # Since its answer was lost, not since it was written: a scheduled order's send can

@@ -493,3 +493,25 @@ def test_a_retry_of_an_order_whose_sender_died_before_sending_it_does_not_send_i
     services.orders_sync_account(account=account)
     last = place(trader, account, idempotency_key="died-2")
     assert (last.status, last.reject_kind) == (Order.Status.FAILED, "network") and not PaperOrder.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_a_minute_after_its_sender_died_before_sending_answers_never_sent(trader, instruments, settings):
+    """Written over a minute ago, never sent, and not at the broker when the retry looks: no sender
+    is on its way (one sends within SEND_WITHIN_S), so the retry closes it as the sync would and
+    answers FAILED, never sent (the client places it again with a new key), not NEW; still not sent."""
+    settings.REPLAY_WAIT_S = 0.1
+    account = make_broker_account(trader, broker="paper", client_id="PAPER-R4")
+    account_services.broker_account_update(account=account, actor=trader)
+
+    class DiesBeforeSending(AccountBroker):
+        def place_order(self, request, **options):
+            raise _SenderDied
+
+    with pytest.raises(_SenderDied):
+        place(trader, account, idempotency_key="died-3", broker=DiesBeforeSending(account))
+    Order.objects.update(created_at=timezone.now() - timedelta(seconds=services.UNSENT_STALE_S + 1))
+    again = place(trader, account, idempotency_key="died-3")
+    assert again.replayed and (again.status, again.reject_kind) == (Order.Status.FAILED, "network")
+    assert again.reject_reason == services.NEVER_SENT and not PaperOrder.objects.exists()
+    assert place(trader, account, idempotency_key="died-3").status == Order.Status.FAILED
