@@ -2,7 +2,8 @@
 
 ``/healthz`` answers as long as the process serves requests. ``/readyz`` checks what a
 request needs: the database, the cache, Redis when configured and, when configured, a
-live Celery worker; it answers 503 when any of them is down, with a status each.
+live Celery worker; it answers 503 when any of them is down, with a status each (and the
+error's text for staff and the metrics scraper only).
 ``/metrics`` is Prometheus's text format (``tradingplatform.metrics``), for staff and for
 a scraper sending ``Authorization: Bearer <METRICS_TOKEN>``.
 """
@@ -77,6 +78,12 @@ def readyz(request):
     if settings.READYZ_CHECK_CELERY:
         checks["celery"] = _timed(_celery)
     ok = all(check["status"] == "ok" for check in checks.values())
+    if not (request.user.is_staff or _metrics_token_ok(request)):
+        # An exception's text can name a database user, a host or a port: anyone sees which check
+        # failed and its type; staff and the metrics scraper see why.
+        for check in checks.values():
+            if "error" in check:
+                check["error"] = check["error"].split(":", 1)[0]
     body = {"status": "ok" if ok else "error", "checks": checks}
     try:
         beat = services.heartbeat_age_s()
