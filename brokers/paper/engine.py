@@ -1075,12 +1075,51 @@ def _set_quote(
 QUOTE_FIELDS = ["last_price", "bid", "ask", "high", "low", "tick_volume", "updated_at"]
 
 
+def _day_start(now: datetime | None = None) -> datetime:
+    """The start of the trading day (midnight, Asia/Kolkata) at ``now``."""
+    return (now or timezone.now()).astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+DAY_ENDED = "Order cancelled at the end of its trading day (a DAY order is valid for the day it was placed)"
+
+
+def day_orders_close(now: datetime | None = None) -> int:
+    """Live DAY orders placed on an earlier trading day (IST), closed as the exchange closes them
+    at the day's end: CANCELLED, their rest cancelled (so their funds are free), the platform told
+    as of any cancel. Without this a resting order of yesterday could fill today. Returns how many."""
+    now = now or timezone.now()
+    stale = list(
+        PaperOrder.objects.filter(status__in=PaperOrder.LIVE, validity="DAY", placed_at__lt=_day_start(now))
+        .values_list("pk", flat=True)
+        .order_by("pk")
+    )
+    if not stale:
+        return 0
+    with transaction.atomic():
+        # Locked by primary key, as ``match_instrument`` locks them (no deadlock with a tick's match).
+        orders = list(PaperOrder.objects.select_for_update().filter(pk__in=stale, status__in=PaperOrder.LIVE))
+        # Read beside the lock, not joined to it (MariaDB would lock the joined rows too).
+        instruments = PaperInstrument.objects.in_bulk({order.instrument_id for order in orders})
+        clients = PaperClient.objects.in_bulk({order.client_id for order in orders})
+        for order in orders:
+            order.instrument, order.client = instruments[order.instrument_id], clients[order.client_id]
+            order.cancelled_quantity = order.quantity - order.filled_quantity
+            order.status = Status.CANCELLED
+            order.status_message = DAY_ENDED
+            order.updated_at = now
+            order.save(update_fields=["cancelled_quantity", "status", "status_message", "updated_at"])
+            _changed(order)
+    return len(orders)
+
+
 def market_tick(*, rng_seed: int | None = None) -> int:
-    """Advance every instrument one step of the random walk and match what crosses.
+    """Advance every instrument one step of the random walk and match what crosses, once the
+    DAY orders of earlier trading days are closed (``day_orders_close``).
 
     Repeatable: the walk of each instrument at tick N depends only on the seed and N.
     Returns the number of fills.
     """
+    day_orders_close()
     with transaction.atomic():
         state, _ = PaperFeedState.objects.select_for_update().get_or_create(
             pk=1, defaults={"seed": settings.PAPER_FEED_SEED}
@@ -1307,7 +1346,7 @@ class PositionRow:
 
 def positions_of(client: PaperClient, *, day_only: bool = False) -> list[PositionRow]:
     """Positions from the client's fills: delivery (CNC) from today, the rest from all days."""
-    start_of_day = timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+    start_of_day = _day_start()
     rows: dict[tuple, PositionRow] = {}
     for trade in trade_book(client):
         if trade.filled_at < start_of_day and (day_only or trade.product == "CNC"):
@@ -1332,7 +1371,7 @@ def positions_of(client: PaperClient, *, day_only: bool = False) -> list[Positio
 
 def holdings_of(client: PaperClient) -> list[tuple[PaperInstrument, int, Decimal]]:
     """Delivery bought before today and still held: (instrument, quantity, average price)."""
-    start_of_day = timezone.now().astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
+    start_of_day = _day_start()
     held = defaultdict(lambda: [0, Decimal(0)])
     trades = PaperTrade.objects.filter(client=client, product="CNC", filled_at__lt=start_of_day)
     for trade in trades.select_related("instrument").order_by("filled_at", "id"):

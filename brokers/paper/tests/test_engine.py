@@ -3,10 +3,12 @@
 import re
 import threading
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
 
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
@@ -624,3 +626,36 @@ def test_a_modify_or_cancel_and_the_ticks_matching_of_its_order_at_once_both_go_
     assert matching["fills"] == 0
     assert changed.status == (Status.CANCELLED if change == "cancel" else Status.COMPLETE)
     assert reload(order).status == changed.status
+
+
+# --- The day's end ----------------------------------------------------------------------------
+
+
+def test_day_orders_of_an_earlier_day_are_closed_not_filled_today(client):
+    """A DAY order is valid for the day it was placed: one still resting from yesterday (a LIMIT
+    part filled, a stop not triggered) is cancelled by the next tick, keeping its fills and
+    freeing its funds, before a price that crosses it could fill it; today's stays."""
+    part = place(client, price="1490", quantity=10)
+    quote(last="1489", volume=4)  # 4 of it fill (the tick's volume)
+    stop = place(client, side="SELL", order_type="SL-M", trigger="1400", quantity=2)
+    today = place(client, price="1450", quantity=3)
+    assert (reload(part).filled_quantity, reload(stop).status) == (4, Status.TRIGGER_PENDING)
+    yesterday = timezone.now() - timedelta(days=1)
+    PaperOrder.objects.filter(pk__in=[part.pk, stop.pk]).update(placed_at=yesterday)
+
+    assert engine.day_orders_close() == 2
+    quote(last="1390", volume=100)  # would fill all three
+    part, stop, today = reload(part), reload(stop), reload(today)
+    assert (part.status, part.filled_quantity, part.cancelled_quantity) == (Status.CANCELLED, 4, 6)
+    assert part.status_message == engine.DAY_ENDED
+    assert (stop.status, stop.cancelled_quantity, PaperTrade.objects.filter(order=stop).exists()) == (
+        Status.CANCELLED, 2, False
+    )  # fmt: skip
+    assert (today.status, today.filled_quantity) == (Status.COMPLETE, 3)
+    assert engine._blocked_funds(client) == 0
+    assert engine.day_orders_close() == 0  # once
+
+    late = place(client, price="1380", quantity=1)  # under the market: it rests
+    PaperOrder.objects.filter(pk=late.pk).update(placed_at=yesterday)
+    engine.market_tick(rng_seed=1)  # the feed's every tick closes them first
+    assert reload(late).status == Status.CANCELLED
