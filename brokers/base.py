@@ -256,6 +256,9 @@ class Broker:
       time it answers (the paper exchange). Otherwise the order is read back after a cancel:
       Kite answers once it has the request, and the exchange may still fill the order or refuse
       the cancel.
+    - ``shared_market_data``: True when prices asked through one account are not that account's
+      to spend: no per-trader credentials, quote budget or subscription behind them (the paper
+      exchange). Otherwise a trader's session asks prices only for that trader's accounts.
     """
 
     code = ""
@@ -268,6 +271,7 @@ class Broker:
     max_modifications = 25
     tells_order_updates = False
     cancels_at_once = False
+    shared_market_data = False
 
     def __init__(self, *, client_id: str, credentials: dict | None = None, access_token: str | None = None):
         self.client_id = client_id

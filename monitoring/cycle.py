@@ -43,6 +43,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
+from brokers import registry
 from brokers import services as broker_services
 from brokers.base import MULTIPLIED_EXCHANGES, BrokerOrder, BrokerPosition, BrokerTrade, Holding
 from brokers.base import Status as BrokerStatus
@@ -185,7 +186,9 @@ def _prices_many(contexts: list[Context], failures: dict[int, BaseException]) ->
 
     Prices are market data, the same for every account at a broker, so a batch asks once per
     broker (up to PRICES_PER_CALL instruments a call) through one of its accounts, not once per
-    account; if that fails, each account asks for its own (and a failure is that account's).
+    account; if that fails, each account asks for its own (and a failure is that account's). Once
+    per broker and trader where a quote is the account's to spend (Kite: the trader's own API app,
+    its quote budget): one trader's session never asks for the instruments another trader holds.
     """
     # What the platform holds too: a broker lists only today's orders, and a position carried
     # from an earlier day may be in its holdings rather than its positions (Kite's CNC).
@@ -203,7 +206,9 @@ def _prices_many(contexts: list[Context], failures: dict[int, BaseException]) ->
     by_broker = defaultdict(list)
     for ctx in contexts:
         if wanted[id(ctx)]:
-            by_broker[ctx.account.broker].append(ctx)
+            broker = ctx.account.broker
+            shared = registry.get(broker).shared_market_data
+            by_broker[broker if shared else (broker, ctx.account.owner_id)].append(ctx)
 
     def ask(ctx: Context, symbols: list[str]) -> dict:
         prices = {}

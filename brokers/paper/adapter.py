@@ -218,6 +218,7 @@ class PaperBroker(base.Broker):
     interactive_login = False
     tells_order_updates = True  # in-process, after each change's commit (``order_announce``)
     cancels_at_once = True
+    shared_market_data = True  # the platform's own exchange: no trader's credentials or budget behind a quote
 
     def _token(self) -> str:
         if not self.access_token:
