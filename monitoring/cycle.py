@@ -866,6 +866,7 @@ def _chased(**where):
         status__in=[Order.Status.SUBMITTED, Order.Status.OPEN, Order.Status.PARTIALLY_FILLED],
         broker_order_id__isnull=False,
         strategy__chase_after_s__isnull=False,
+        strategy__is_active=True,  # a paused strategy opens nothing new: its entries are not chased
     )
 
 
@@ -885,6 +886,7 @@ def _chase_owed(**where):
         status=Order.Status.CANCELLED,
         filled_quantity__lt=F("quantity"),
         strategy__chase_after_s__isnull=False,
+        strategy__is_active=True,  # nor replaced
         updated_at__gte=timezone.now() - timedelta(seconds=CHASE_OWED_S),
         events__kind="cancel_requested",
         events__cause__endswith=CAP_REACHED,

@@ -309,6 +309,20 @@ def test_an_open_limit_entry_is_chased_within_its_cap(trader, account):
     assert order.price == D("1497")
 
 
+def test_a_paused_strategys_entry_is_not_chased(trader, account):
+    """Pausing a strategy stops it opening anything new: its resting entry is left where it is,
+    not moved toward the market to fill (its exits still protect what it holds)."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Chaser", account_ids=[account.pk], chase_after_s=0, chase_max_ticks=20
+    )
+    set_price("1520")
+    order = entry(trader, account, strategy, order_type="LIMIT", price="1495.00")
+    sources.strategy_save(owner=trader, name="Chaser", account_ids=[account.pk], strategy=strategy, is_active=False)
+    monitor(account)
+    order.refresh_from_db()
+    assert (order.price, order.chase_count) == (D("1495.00"), 0)
+
+
 @pytest.mark.parametrize("side, far, chased_to", [("BUY", "1520", "1499.20"), ("SELL", "1480", "1498.80")])
 def test_a_percent_chase_cap_is_not_passed_by_rounding_to_the_tick(trader, account, side, far, chased_to):
     """0.02 % of the first price (1499.00) is 0.2998: a buy is chased to 1499.2998 at most, a sell
