@@ -10,6 +10,7 @@ from . import services
 from .forms import apply_validation_error, credential_fields
 from .models import ApiKey, AuditLog, BrokerAccount, User
 from .utils import client_ip
+from .views import live_orders_left
 
 
 @admin.register(User)
@@ -87,9 +88,11 @@ class BrokerAccountAdmin(admin.ModelAdmin):
         account = BrokerAccount.objects.get(pk=obj.pk)
         services.broker_account_update(account=account, actor=request.user, credentials=credentials, ip=ip, **limits)
         if form.cleaned_data["is_active"] != account.is_active:
-            services.broker_account_set_active(
-                account=account, actor=request.user, active=form.cleaned_data["is_active"], ip=ip
-            )
+            active = form.cleaned_data["is_active"]
+            services.broker_account_set_active(account=account, actor=request.user, active=active, ip=ip)
+            left = None if active else live_orders_left(account)
+            if left:
+                self.message_user(request, left, messages.WARNING)
 
 
 @admin.register(ApiKey)

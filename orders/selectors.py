@@ -38,6 +38,11 @@ def orders_of(user, *, account=None, status=None, source=None, symbol=None, sinc
     return orders
 
 
+def live_orders_count(account) -> int:
+    """How many of the account's orders are still live at its broker (not final)."""
+    return Order.objects.filter(account=account, status__in=Order.LIVE).count()
+
+
 def order_of(user, pk) -> Order:
     return get_object_or_404(orders_of(user), pk=pk)
 

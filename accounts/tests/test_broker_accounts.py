@@ -132,6 +132,20 @@ def test_deactivate_and_reactivate(trader_client, trader):
     assert account.is_active is True
 
 
+def test_deactivating_an_account_with_live_orders_says_they_are_no_longer_followed(trader_client, trader, account):
+    """Its orders live at the broker keep working there, but the platform stops following the
+    account: the trader is told, so a stop-loss and its take-profit are not left to both fill."""
+    from orders.tests.factories import place
+
+    place(trader, account, order_type="LIMIT", price="1400", quantity=1)
+    response = trader_client.post(reverse("accounts:broker_deactivate", args=[account.pk]), follow=True)
+    page = response.content.decode()
+    assert "Deactivated Paper." in page
+    assert "1 order of it still live at the broker: the platform no longer follows them" in page
+    reactivated = trader_client.post(reverse("accounts:broker_reactivate", args=[account.pk]), follow=True)
+    assert "still live" not in reactivated.content.decode()
+
+
 @pytest.mark.parametrize(
     "name, method",
     [("broker_edit", "get"), ("broker_edit", "post"), ("broker_deactivate", "post"), ("broker_reactivate", "post")],
@@ -206,6 +220,21 @@ def test_staff_edit_in_admin_keeps_credentials_and_is_audited(client, staff, tra
     assert account.label == "From admin" and account.copy_multiplier == Decimal("2")
     assert account.credentials.reveal()["api_secret"] == SECRET
     assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_CHANGED, actor=staff).exists()
+
+
+def test_staff_deactivating_an_account_with_live_orders_are_told_they_are_no_longer_followed(
+    client, staff, trader, account
+):
+    from orders.tests.factories import place
+
+    place(trader, account, order_type="LIMIT", price="1400", quantity=1)
+    place(trader, account, order_type="LIMIT", price="1401", quantity=1)
+    client.force_login(staff)
+    data = {"label": "Paper", "allowed_products": '["CNC", "MIS", "NRML"]', "copy_multiplier": "1"}
+    response = client.post(reverse("admin:accounts_brokeraccount_change", args=[account.pk]), data, follow=True)
+    account.refresh_from_db()
+    assert account.is_active is False
+    assert "2 orders of it still live at the broker" in response.content.decode()
 
 
 def test_a_secret_typed_into_the_admin_never_reaches_an_error_report(client, staff, trader):
