@@ -20,7 +20,8 @@ difference that changes starts over. What is reported is what a trader can act o
 quantities, and that the platform's PnL for it is not the broker's until it is put right.
 
 Left out: instruments not loaded and exchanges whose quantities are lots of a multiplier (their
-fills are not recorded, and each run already says so), and accounts whose opening is not taken
+fills are not recorded, and each run already says so), row by row (a holding the broker lists
+under BSE while only NSE is loaded is an opening lot waiting, not a difference), and accounts whose opening is not taken
 (the next run takes it; until then the difference is the opening's).
 """
 
@@ -74,11 +75,9 @@ def _key(exchange: str, tradingsymbol: str, product: str) -> tuple[str, str, str
     return (exchange, tradingsymbol, product)
 
 
-def _compared(key: tuple[str, str, str], *, with_holdings: bool) -> bool:
-    exchange, symbol, product = key
-    if product == DELIVERY and not with_holdings:
-        return False
-    return any(e not in MULTIPLIED_EXCHANGES and instrument_by_symbol(e, symbol) for e in exchange.split("/"))
+def _recorded(exchange: str, tradingsymbol: str) -> bool:
+    """Whether the platform records fills of this instrument (and so an opening lot of it)."""
+    return exchange not in MULTIPLIED_EXCHANGES and instrument_by_symbol(exchange, tradingsymbol) is not None
 
 
 def differences(
@@ -87,16 +86,22 @@ def differences(
     """Where the platform's net quantities (``held``: exchange, symbol, product, net quantity) are
     not the broker's book. ``holdings`` None: they could not be read, so delivery is not compared."""
     mine, theirs = defaultdict(int), defaultdict(int)
+    # Rows of an instrument the platform does not record are left out row by row: a holding listed
+    # under BSE while only NSE is loaded waits as an opening lot (and its runs say so), though the
+    # same symbol's delivery on NSE is compared.
     for exchange, symbol, product, quantity in held:
-        mine[_key(exchange, symbol, product)] += quantity
+        if _recorded(exchange, symbol):
+            mine[_key(exchange, symbol, product)] += quantity
     for p in positions:
-        theirs[_key(p.exchange, p.tradingsymbol, p.product)] += p.quantity
+        if _recorded(p.exchange, p.tradingsymbol):
+            theirs[_key(p.exchange, p.tradingsymbol, p.product)] += p.quantity
     for h in holdings or []:
-        theirs[_key(h.exchange, h.tradingsymbol, DELIVERY)] += h.quantity
+        if _recorded(h.exchange, h.tradingsymbol):
+            theirs[_key(h.exchange, h.tradingsymbol, DELIVERY)] += h.quantity
     return [
         Difference(*key, platform=mine[key], broker=theirs[key])
         for key in sorted(set(mine) | set(theirs))
-        if mine[key] != theirs[key] and _compared(key, with_holdings=holdings is not None)
+        if mine[key] != theirs[key] and (key[2] != DELIVERY or holdings is not None)
     ]
 
 

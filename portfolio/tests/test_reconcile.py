@@ -14,8 +14,10 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from brokers.base import BrokerPosition, Holding
+from brokers.models import Instrument
 from brokers.paper import engine
 from brokers.paper.adapter import PaperBroker
+from brokers.paper.models import PaperInstrument
 from monitoring import cycle
 from monitoring.models import BrokerSnapshot
 from orders.tests.factories import place
@@ -179,6 +181,11 @@ def test_delivery_is_one_position_across_nse_and_bse(instruments):
     """Kite lists a holding under one exchange whichever it was bought on, and it can be sold on
     the other: delivery is compared per symbol across both. A multiplied exchange's (MCX) and an
     instrument not loaded are left out (their fills are not recorded, and runs say so)."""
+    nse = Instrument.objects.get(exchange="NSE", tradingsymbol="INFY")
+    Instrument.objects.create(
+        **{f.name: getattr(nse, f.name) for f in Instrument._meta.concrete_fields if f.name != "id"}
+        | {"exchange": "BSE", "segment": "BSE", "instrument_token": nse.instrument_token + 1}
+    )
     held = [("NSE", "INFY", "CNC", 16), ("NSE", "INFY", "MIS", 5)]
     positions = [_position("NSE", "INFY", "MIS", 5), _position("MCX", "GOLDGUINEA17DECFUT", "NRML", 3)]
     positions.append(_position("NSE", "NOT-LOADED", "MIS", 7))
@@ -187,6 +194,9 @@ def test_delivery_is_one_position_across_nse_and_bse(instruments):
         Difference("NSE/BSE", "INFY", "CNC", platform=16, broker=10)
     ]
     assert reconcile.differences(held=held, positions=positions, holdings=None) == []  # delivery not compared
+    # A holding listed under an exchange not loaded is the opening's waiting lot, not a difference.
+    waiting = [_holding("BSE", "TCS", 7), _holding("NSE", "TCS", 3)]
+    assert reconcile.differences(held=[("NSE", "TCS", "CNC", 3)], positions=[], holdings=waiting) == []
 
 
 def test_a_difference_is_confirmed_when_seen_the_same_again_after_the_wait(db):
@@ -202,3 +212,24 @@ def test_a_difference_is_confirmed_when_seen_the_same_again_after_the_wait(db):
     assert reconcile.confirmed({7: [changed]}, now=1000 + 2 * wait + 120) == {7: [changed]}
     assert reconcile.confirmed({7: []}, now=2000) == {}
     assert reconcile.confirmed({7: [changed]}, now=2000 + wait) == {}  # gone in between: seen anew
+
+
+def test_a_holding_waiting_for_its_instrument_is_not_reported_as_a_difference(trader, account, kite_day_books, at_once):
+    """Only NSE's instruments are loaded (``load_instruments --exchange NSE``) and the broker lists
+    100 INFY under BSE, where they were bought: the opening lot waits for BSE:INFY to be loaded, and
+    each run says so. Its fills would not be recorded either: no difference to report, not even
+    when INFY is traded on NSE today."""
+    nse = PaperInstrument.objects.get(exchange="NSE", tradingsymbol="INFY")
+    PaperInstrument.objects.create(
+        **{f.name: getattr(nse, f.name) for f in PaperInstrument._meta.concrete_fields if f.name != "id"}
+        | {"exchange": "BSE", "segment": "BSE", "instrument_token": nse.instrument_token + 1}
+    )
+    history(account, "INFY", "BUY", 100, "1400", days_ago=10, exchange="BSE")
+    waits = "opening position CNC 100 BSE:INFY is not recorded yet"
+    assert [e["error"].startswith(waits) for e in cycle.account_monitor(account=account).errors] == [True]
+    set_price("INFY", "1450")
+    place(trader, account, symbol="INFY", side="BUY", quantity=5, product="CNC")
+    for _ in range(2):
+        run = cycle.account_monitor(account=account)
+        assert reported(run) == []
+        assert [e["error"].startswith(waits) for e in run.errors] == [True]
