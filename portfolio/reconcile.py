@@ -13,6 +13,10 @@ monitoring run compares them, per instrument and product:
   bought on (and it can be sold on the other).
 * Every other product: the net quantity of the broker's positions (carried in plus today's).
 
+An instrument is reported only where its total across products differs (an equity's on NSE and
+BSE together): a position converted at the broker (Kite's MIS to CNC, NRML to MIS) is listed
+under its new product while the fills the platform recorded keep the one they were placed with.
+
 A difference is reported only once it has been seen the same on two runs at least
 ``CONFIRM_S`` apart: the broker's fill list can lag its positions (a fill counted in one and not
 listed in the other yet), and the fill fast path records fills between a run's reads. A
@@ -75,6 +79,13 @@ def _key(exchange: str, tradingsymbol: str, product: str) -> tuple[str, str, str
     return (exchange, tradingsymbol, product)
 
 
+def _instrument(key: tuple[str, str, str]) -> tuple[str, str]:
+    """The instrument a key is of, whatever its product: an equity on NSE or BSE is one."""
+    exchange, symbol, _product = key
+    either = "/".join(EQUITY_EXCHANGES)
+    return (either if exchange in (*EQUITY_EXCHANGES, either) else exchange, symbol)
+
+
 def _recorded(exchange: str, tradingsymbol: str) -> bool:
     """Whether the platform records fills of this instrument (and so an opening lot of it)."""
     return exchange not in MULTIPLIED_EXCHANGES and instrument_by_symbol(exchange, tradingsymbol) is not None
@@ -98,10 +109,23 @@ def differences(
     for h in holdings or []:
         if _recorded(h.exchange, h.tradingsymbol):
             theirs[_key(h.exchange, h.tradingsymbol, DELIVERY)] += h.quantity
+    keys = set(mine) | set(theirs)
+    # A position the broker moved to another product (Kite's position conversion: MIS to CNC,
+    # NRML to MIS) is listed under the new one, while its fills, recorded once, stay under the
+    # product they were placed with: only a difference in the instrument's total across its
+    # products is one. Without the holdings, an equity with any delivery is not compared at all
+    # (its total is not known).
+    unknown = {_instrument(key) for key in keys if key[2] == DELIVERY and holdings is None}
+    total_mine, total_theirs = defaultdict(int), defaultdict(int)
+    for key in keys:
+        total_mine[_instrument(key)] += mine[key]
+        total_theirs[_instrument(key)] += theirs[key]
     return [
         Difference(*key, platform=mine[key], broker=theirs[key])
-        for key in sorted(set(mine) | set(theirs))
-        if mine[key] != theirs[key] and (key[2] != DELIVERY or holdings is not None)
+        for key in sorted(keys)
+        if mine[key] != theirs[key]
+        and _instrument(key) not in unknown
+        and total_mine[_instrument(key)] != total_theirs[_instrument(key)]
     ]
 
 

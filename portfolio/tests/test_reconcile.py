@@ -17,7 +17,7 @@ from brokers.base import BrokerPosition, Holding
 from brokers.models import Instrument
 from brokers.paper import engine
 from brokers.paper.adapter import PaperBroker
-from brokers.paper.models import PaperInstrument
+from brokers.paper.models import PaperInstrument, PaperTrade
 from monitoring import cycle
 from monitoring.models import BrokerSnapshot
 from orders.tests.factories import place
@@ -233,3 +233,27 @@ def test_a_holding_waiting_for_its_instrument_is_not_reported_as_a_difference(tr
         run = cycle.account_monitor(account=account)
         assert reported(run) == []
         assert [e["error"].startswith(waits) for e in run.errors] == [True]
+
+
+def test_a_position_the_broker_converted_to_another_product_is_not_reported(trader, account, kite_day_books, at_once):
+    """The trader buys 10 INFY intraday (MIS) here and, before the broker squares it off, converts
+    it to delivery in the broker's app (Kite's position conversion): the broker's book lists 110
+    CNC and no MIS, its fill keeps the product it was placed with, and so does the platform. The
+    account holds what the platform says, run after run and the next day (110 in the holdings):
+    nothing is reported."""
+    history(account, "INFY", "BUY", 100, "1400", days_ago=10)
+    assert cycle.account_monitor(account=account).errors == []
+    set_price("INFY", "1450")
+    place(trader, account, symbol="INFY", side="BUY", quantity=10, product="MIS")
+    assert cycle.account_monitor(account=account).errors == []
+    PaperTrade.objects.filter(product="MIS").update(product="CNC")  # converted at the broker
+
+    for _ in range(2):
+        assert reported(cycle.account_monitor(account=account)) == []
+    the_next_day(account)
+    for _ in range(2):
+        assert reported(cycle.account_monitor(account=account)) == []
+    assert dict(Position.objects.filter(account=account).values_list("product", "net_quantity")) == {
+        "CNC": 100,
+        "MIS": 10,
+    }
