@@ -10,14 +10,13 @@ recorded. Later fills then net against the lots FIFO.
 
 Which quantities are the start of the day's holding:
 
-* Delivery (CNC) from ``holdings()`` only, ``Holding.quantity``: Kite's ``quantity`` (settled
-  into the demat account) plus its ``t1_quantity`` (bought on the last trading day, not settled
-  yet), bought before today; today's CNC buys are not in it, and Kite does not
-  take today's sales out of it either (those are its ``used_quantity``), so it is what the day
-  opened with (Kite's ``opening_quantity`` is not used: whether it counts T+1 shares is not
-  documented, and a holding that arrives during the day would have none). A CNC row of
-  ``positions()`` is today's delivery trading only (Kite moves yesterday's to holdings), whose
-  fills come as fills: never counted.
+* Delivery (CNC) from ``holdings()`` only, ``Holding.quantity``: settled and unsettled (T+1)
+  shares (``brokers.kite.adapter.holding_quantity``), bought before today; today's CNC buys are
+  not in it, and Kite does not take today's sales out of it either (those are its
+  ``used_quantity``), so it is what the day opened with (Kite's ``opening_quantity`` is not
+  used: whether it counts T+1 shares is not documented, and a holding that arrives during the
+  day would have none). A CNC row of ``positions()`` is today's delivery trading only (Kite
+  moves yesterday's to holdings), whose fills come as fills: never counted.
 * Every other product (NRML, MIS carried as NRML...) from ``positions()``. Where the broker gives
   the day's figures (``BrokerPosition.day_figures``: Kite and the paper exchange do), its
   ``overnight_quantity`` (negative for a short), at the position's ``average_price`` when it has

@@ -190,14 +190,24 @@ def to_position(row: dict) -> base.BrokerPosition:
     )
 
 
+def holding_quantity(row: dict) -> int:
+    """What a Kite holding holds, settled or not. Kite documents ``quantity`` as "T+1 + realised",
+    while accounts are seen answering ``quantity`` 0 and ``t1_quantity`` 5 for shares bought on the
+    last trading day and not settled yet (Kite's "Qty 0, T1 5"). Read either way: the larger of
+    ``quantity`` and settled (``realised_quantity``) plus unsettled, so T+1 shares are neither
+    missed nor counted twice."""
+    quantity, t1 = int(row["quantity"]), int(row.get("t1_quantity") or 0)
+    realised = row.get("realised_quantity")
+    if not t1 or realised is None:
+        return quantity
+    return max(quantity, int(realised) + t1)
+
+
 def to_holding(row: dict) -> base.Holding:
-    # Kite's ``quantity`` is what has settled into the demat account; shares bought on the last
-    # trading day are still in ``t1_quantity`` until they settle (Kite shows "Qty 0, T1 5").
-    # Both are held, and both can be sold today.
     return base.Holding(
         exchange=row["exchange"],
         tradingsymbol=row["tradingsymbol"],
-        quantity=int(row["quantity"]) + int(row.get("t1_quantity") or 0),
+        quantity=holding_quantity(row),
         average_price=decimal(row["average_price"]),
         last_price=decimal(row["last_price"]),
         close_price=decimal(row.get("close_price")),

@@ -520,14 +520,20 @@ def test_a_general_exception_to_a_placement_is_looked_up_by_tag_not_a_refusal(
 # --- The start of the day's figures ----------------------------------------------------------------
 
 
-def test_a_kite_holding_bought_on_the_last_trading_day_counts_its_unsettled_shares(fake_kite):
-    """Kite keeps shares bought on the last trading day in ``t1_quantity`` until they settle into
-    the demat account (``quantity``): bought yesterday, the account holds all of them today."""
+def test_a_kite_holding_bought_on_the_last_trading_day_counts_its_unsettled_shares_once(fake_kite):
+    """Kite documents a holding's ``quantity`` as "T+1 + realised", while accounts are seen
+    answering ``quantity`` 0, ``t1_quantity`` 5 for shares bought on the last trading day: read
+    either way, the unsettled shares are held, and counted once."""
     body = json.loads((SAMPLES / "holdings.json").read_text())
-    body["data"][0].update(quantity=0, t1_quantity=5, realised_quantity=0, opening_quantity=0)
-    body["data"][1].update(quantity=16, t1_quantity=4)
+    aaron, sbin = body["data"]
+    seen = {**aaron, "quantity": 0, "t1_quantity": 5, "realised_quantity": 0}
+    documented = {**aaron, "tradingsymbol": "DOCS", "quantity": 5, "t1_quantity": 5, "realised_quantity": 0}
+    mixed_seen = {**sbin, "quantity": 16, "t1_quantity": 4, "realised_quantity": 16}
+    mixed_documented = {**sbin, "tradingsymbol": "DOCS2", "quantity": 20, "t1_quantity": 4, "realised_quantity": 16}
+    body["data"] = [seen, documented, mixed_seen, mixed_documented]
     fake_kite.answers = {"GET": (200, "application/json", json.dumps(body).encode())}
-    assert [(h.tradingsymbol, h.quantity) for h in adapter().holdings()] == [("AARON", 5), ("SBIN", 20)]
+    held = [(h.tradingsymbol, h.quantity) for h in adapter().holdings()]
+    assert held == [("AARON", 5), ("DOCS", 5), ("SBIN", 20), ("DOCS2", 20)]
 
 
 def test_kites_positions_and_holdings_carry_the_start_of_the_days_figures(fake_kite):
