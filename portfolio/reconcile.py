@@ -67,9 +67,9 @@ class Difference:
     def __str__(self) -> str:
         return (
             f"position {self.exchange}:{self.tradingsymbol} {self.product} is {self.platform} here and"
-            f" {self.broker} at the broker: the broker's book changed without fills the platform"
-            " recorded (trades made while it could not read the account, an expiry or settlement, a"
-            " corporate action), so its PnL here leaves that out"
+            f" {self.broker} at the broker: the broker's book holds what the platform's fills do not"
+            " (trades made while it could not read the account or before it first did, an opening it"
+            " could not price, an expiry or settlement, a corporate action), so its PnL here leaves that out"
         )
 
 

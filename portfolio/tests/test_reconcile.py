@@ -28,8 +28,9 @@ from portfolio.tests.test_openings import _a_day_passes, history, set_price
 
 D = Decimal
 CAUSE = (
-    " at the broker: the broker's book changed without fills the platform recorded (trades made while it could not"
-    " read the account, an expiry or settlement, a corporate action), so its PnL here leaves that out"
+    " at the broker: the broker's book holds what the platform's fills do not (trades made while it could not read"
+    " the account or before it first did, an opening it could not price, an expiry or settlement, a corporate"
+    " action), so its PnL here leaves that out"
 )
 
 
