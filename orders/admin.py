@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 
 from tradingplatform.admin import ReadOnlyAdmin
 
-from . import sources
+from . import services, sources
 from .models import Basket, BasketItem, Order, OrderEvent, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
 
 
@@ -60,8 +60,29 @@ class OwnedAccountsForm(forms.ModelForm):
         return cleaned
 
 
+class BasketItemForm(forms.ModelForm):
+    """Held to the order rules the trader's page and the API keep (``services.spec_check``, as
+    ``sources`` checks a basket's items): an item its placement would refuse on every account (a
+    price off the tick, part of a lot, delivery of a derivative) is refused here, naming the field."""
+
+    SPEC = ("instrument", "side", "quantity", "order_type", "product", "validity", "price", "trigger_price")
+
+    def clean(self):
+        cleaned = super().clean()
+        if any(name in self.errors for name in self.SPEC):
+            return cleaned  # a field's own error says it
+        try:
+            cleaned["quantity"], cleaned["price"], cleaned["trigger_price"] = services.spec_check(
+                **{name: cleaned.get(name) for name in self.SPEC}
+            )
+        except ValidationError as error:
+            self.add_error(None, error)
+        return cleaned
+
+
 class BasketItemInline(admin.TabularInline):
     model = BasketItem
+    form = BasketItemForm
     extra = 0
     raw_id_fields = ("instrument",)
 

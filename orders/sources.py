@@ -63,7 +63,13 @@ def _result(account: BrokerAccount, *, order: Order | None = None, error: Valida
 def _place_for(actor, account: BrokerAccount, spec: dict, quantity: int, **kwargs) -> dict:
     extra = {"symbol": spec["instrument"].tradingsymbol, "side": spec["side"], "quantity": quantity}
     if quantity <= 0:
-        error = ValidationError({"quantity": f"Below one lot on {account.label} after its multiplier."})
+        multiplier = f"multiplier of {account.copy_multiplier}"
+        error = ValidationError({"quantity": f"Below one lot on {account.label} after its {multiplier}."})
+        if "quantity" in spec:  # a basket item's own: part of a lot (a row from before its rules) is its fault
+            try:
+                services.spec_check(**spec)
+            except ValidationError as refused:
+                error = refused
         return _result(account, error=error, **extra)
     try:
         order = services.order_place(actor=actor, account=account, **{**spec, "quantity": quantity}, **kwargs)

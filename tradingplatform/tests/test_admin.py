@@ -298,3 +298,61 @@ def test_a_basket_edited_in_admin_keeps_the_results_of_a_placement_made_meanwhil
     basket.refresh_from_db()
     assert basket.name == "Morning (desk)"
     assert basket.last_results == results and basket.last_placed_at == stored.last_placed_at
+
+
+def _items_formset(basket, staff, rows):
+    """The admin's basket item inline, bound to ``rows`` as its page posts them."""
+    request = RequestFactory().get("/")
+    request.user = staff
+    inline = next(i for i in admin.site._registry[Basket].get_inline_instances(request, basket))
+    FormSet = inline.get_formset(request, basket)
+    data = {"items-TOTAL_FORMS": str(len(rows)), "items-INITIAL_FORMS": "0", "items-MIN_NUM_FORMS": "0"}
+    data["items-MAX_NUM_FORMS"] = "1000"
+    blank = {
+        "side": "BUY",
+        "order_type": "MARKET",
+        "product": "MIS",
+        "validity": "DAY",
+        "price": "",
+        "trigger_price": "",
+    }
+    for index, row in enumerate(rows):
+        for name, value in {**blank, **row, "position": str(index)}.items():
+            data[f"items-{index}-{name}"] = value
+    return FormSet(data, instance=basket, prefix="items")
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"symbol": "INFY", "quantity": "1", "order_type": "LIMIT", "price": "1400.03"}, "price"),  # tick 0.1
+        ({"symbol": "NIFTY26DECFUT", "quantity": "1"}, "quantity"),  # a lot of 75
+        ({"symbol": "NIFTY26DECFUT", "quantity": "75", "product": "CNC"}, "product"),  # delivery of a future
+        ({"symbol": "INFY", "quantity": "1", "order_type": "SL-M", "trigger_price": "1400.05"}, "trigger_price"),
+    ],
+)
+def test_staff_are_held_to_a_basket_items_order_rules_as_its_trader_is(staff, trader, account, row, field):
+    """A basket item the trader's page and the API refuse (its placement would refuse it on every
+    account) is refused in the admin too, naming the field, and nothing is written."""
+    basket = morning_basket(trader, account)
+    symbol = row.pop("symbol")
+    exchange = "NFO" if symbol.endswith("FUT") else "NSE"
+    formset = _items_formset(basket, staff, [{**row, "instrument": str(instrument(symbol, exchange).pk)}])
+    assert not formset.is_valid()
+    assert field in formset.errors[0], formset.errors
+    good = {"instrument": str(instrument("INFY").pk), "quantity": "2", "order_type": "LIMIT", "price": "1400.10"}
+    formset = _items_formset(basket, staff, [good])
+    assert formset.is_valid(), formset.errors
+    formset.save()
+    assert basket.items.filter(quantity=2, price=Decimal("1400.10")).exists()
+
+
+def test_a_basket_item_of_less_than_a_lot_is_refused_for_its_lot_not_a_multiplier(trader, account):
+    """An item below the lot size (a row written before the admin held items to the rules) is
+    refused on each account for what is wrong with it, not as "below one lot after its multiplier"
+    on an account whose multiplier is 1."""
+    basket = morning_basket(trader, account)
+    basket.items.update(instrument=instrument("NIFTY26DECFUT", "NFO"), quantity=1)
+    [result] = sources.basket_place(basket=basket, actor=trader, run_token="run-1")
+    assert result["status"] == "INVALID" and result["field"] == "quantity"
+    assert result["error"] == "Quantity must be a multiple of the lot size, 75.", result
