@@ -4,6 +4,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.exceptions import ValidationError
 
 from brokers import registry
+from tradingplatform import numbers
 from tradingplatform.admin import ReadOnlyAdmin
 
 from . import services
@@ -60,6 +61,7 @@ class BrokerAccountAdminForm(forms.ModelForm):
 @admin.register(BrokerAccount)
 class BrokerAccountAdmin(admin.ModelAdmin):
     form = BrokerAccountAdminForm
+    formfield_overrides = numbers.NUMBER_FIELDS
     list_display = ("label", "owner", "broker", "client_id", "is_active", "has_credentials", "updated_at")
     list_filter = ("broker", "is_active")
     search_fields = ("label", "client_id", "owner__username")

@@ -2,6 +2,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from brokers import registry
+from tradingplatform import numbers
 
 from .models import PRODUCTS, BrokerAccount, User
 
@@ -48,6 +49,7 @@ class BrokerAccountBaseForm(forms.ModelForm):
 
     class Meta:
         model = BrokerAccount
+        formfield_callback = numbers.formfield
         fields = ["label", "max_order_value", "max_quantity", "max_open_orders", "allowed_products", "copy_multiplier"]
         help_texts = {
             "max_order_value": "Largest single order value in rupees; blank for no limit.",

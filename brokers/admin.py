@@ -1,10 +1,13 @@
 from django.contrib import admin
 
+from tradingplatform import numbers
+
 from .models import BrokerSession, Instrument
 
 
 @admin.register(Instrument)
 class InstrumentAdmin(admin.ModelAdmin):
+    formfield_overrides = numbers.NUMBER_FIELDS
     list_display = ("tradingsymbol", "exchange", "name", "instrument_type", "lot_size", "tick_size", "last_price")
     list_filter = ("exchange", "instrument_type")
     search_fields = ("tradingsymbol", "name")

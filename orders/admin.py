@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import ValidationError
 
+from tradingplatform import numbers
 from tradingplatform.admin import ReadOnlyAdmin
 
 from . import services, sources
@@ -83,6 +84,7 @@ class BasketItemForm(forms.ModelForm):
 class BasketItemInline(admin.TabularInline):
     model = BasketItem
     form = BasketItemForm
+    formfield_overrides = numbers.NUMBER_FIELDS
     extra = 0
     raw_id_fields = ("instrument",)
 
@@ -141,6 +143,7 @@ class StrategyForm(OwnedAccountsForm):
 @admin.register(Strategy)
 class StrategyAdmin(admin.ModelAdmin):
     form = StrategyForm
+    formfield_overrides = numbers.NUMBER_FIELDS
     list_display = ("name", "owner", "is_active", "stop_loss", "take_profit", "max_reentries", "max_retries")
     exclude = ("webhook_secret_hash",)
     readonly_fields = ("webhook_secret_prefix",)

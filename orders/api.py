@@ -18,7 +18,7 @@ from pydantic import create_model, field_validator
 from accounts.api import account_for
 from accounts.selectors import MAX_ID
 from brokers.selectors import instrument_by_symbol
-from tradingplatform.schemas import In, PageFilters, api_field, aware_in_range, page_of
+from tradingplatform.schemas import In, Number, PageFilters, api_field, aware_in_range, page_of
 
 from . import selectors, services, sources
 from .models import Order, ScheduledOrder
@@ -65,8 +65,8 @@ class OrderSpecIn(In):
     order_type: OrderType = "MARKET"
     product: Product = "MIS"
     validity: Validity = "DAY"
-    price: Decimal | None = Field(None, lt=MAX_PRICE)
-    trigger_price: Decimal | None = Field(None, lt=MAX_PRICE)
+    price: Number | None = Field(None, lt=MAX_PRICE)
+    trigger_price: Number | None = Field(None, lt=MAX_PRICE)
 
     def spec(self) -> dict:
         return {
@@ -104,8 +104,8 @@ class OrderIn(OrderSpecIn):
 
 class OrderChangeIn(In):
     quantity: Quantity | None = None
-    price: Decimal | None = Field(None, lt=MAX_PRICE)
-    trigger_price: Decimal | None = Field(None, lt=MAX_PRICE)
+    price: Number | None = Field(None, lt=MAX_PRICE)
+    trigger_price: Number | None = Field(None, lt=MAX_PRICE)
     order_type: OrderType | None = None
 
 
@@ -485,16 +485,16 @@ def scheduled_delete(request, scheduled_id: int):
 class StrategyIn(In):
     name: str = Field(..., min_length=1, max_length=100)
     account_ids: list[AccountId] = []
-    stop_loss: Decimal | None = Field(None, gt=0)
+    stop_loss: Number | None = Field(None, gt=0)
     stop_loss_unit: Literal["percent", "points"] = "percent"
-    take_profit: Decimal | None = Field(None, gt=0)
+    take_profit: Number | None = Field(None, gt=0)
     take_profit_unit: Literal["percent", "points"] = "percent"
-    trailing_step: Decimal | None = Field(None, gt=0)
+    trailing_step: Number | None = Field(None, gt=0)
     reentry_enabled: bool = False
     max_reentries: int = Field(0, ge=0, le=sources.MAX_REENTRIES)
     chase_after_s: int | None = Field(None, ge=1)
     chase_max_ticks: int | None = Field(None, ge=1)
-    chase_max_percent: Decimal | None = Field(None, gt=0)
+    chase_max_percent: Number | None = Field(None, gt=0)
     max_retries: int = Field(0, ge=0, le=sources.MAX_RETRIES)
     retryable_kinds: list[str] = []
     is_active: bool = True
@@ -543,8 +543,8 @@ class SignalIn(In):
     quantity: Quantity
     order_type: OrderType = "MARKET"
     product: Product = "MIS"
-    price: Decimal | None = Field(None, lt=MAX_PRICE)
-    trigger_price: Decimal | None = Field(None, lt=MAX_PRICE)
+    price: Number | None = Field(None, lt=MAX_PRICE)
+    trigger_price: Number | None = Field(None, lt=MAX_PRICE)
 
 
 class SignalOut(Schema):

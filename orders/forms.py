@@ -9,6 +9,7 @@ from django import forms
 from accounts.selectors import broker_accounts_of
 from brokers.base import IST
 from brokers.models import Instrument
+from tradingplatform import numbers
 
 from .models import ORDER_TYPES, PRODUCTS, SIDES, VALIDITIES, Order
 
@@ -40,7 +41,7 @@ def instrument_from(value) -> Instrument | None:
     return Instrument.objects.filter(pk=pk).first() if pk is not None else None
 
 
-class PriceField(forms.DecimalField):
+class PriceField(numbers.DecimalField):
     """A price of at most two places; zeros after them are not places ("1454.8000" is 1454.80)."""
 
     def to_python(self, value):
@@ -76,7 +77,7 @@ class OrderTicketForm(forms.Form):
         error_messages={"required": "Search for an instrument and choose one."},
     )
     side = forms.ChoiceField(choices=SIDES, initial="BUY", widget=forms.RadioSelect)
-    quantity = forms.IntegerField(widget=forms.NumberInput(attrs={"min": "1", "inputmode": "numeric"}))
+    quantity = numbers.IntegerField(widget=forms.NumberInput(attrs={"min": "1", "inputmode": "numeric"}))
     order_type = forms.ChoiceField(label="Order type", choices=ORDER_TYPES, initial="MARKET")
     product = forms.ChoiceField(choices=PRODUCTS, initial="MIS")
     validity = forms.ChoiceField(choices=VALIDITIES, initial="DAY")
@@ -134,7 +135,7 @@ class OrderTicketForm(forms.Form):
 
 
 class OrderModifyForm(forms.Form):
-    quantity = forms.IntegerField(widget=forms.NumberInput(attrs={"min": "1", "inputmode": "numeric"}))
+    quantity = numbers.IntegerField(widget=forms.NumberInput(attrs={"min": "1", "inputmode": "numeric"}))
     order_type = forms.ChoiceField(label="Order type")
     price = price_field("Price")
     trigger_price = price_field("Trigger price")

@@ -53,7 +53,7 @@ from brokers.errors import (
 from brokers.models import Instrument
 from brokers.selectors import instrument_last_price
 from brokers.services import placed_fills_recorder
-from tradingplatform import locks, metrics
+from tradingplatform import locks, metrics, numbers
 from tradingplatform.db import PlainInserts, PlainUpdate
 
 from .models import ORDER_TYPES, DailyCounter, Order, OrderEvent, ScheduledFire
@@ -122,6 +122,8 @@ def _decimal(value, field: str) -> Decimal | None:
         return None
     if isinstance(value, bool):
         raise ValidationError({field: "Enter a number."})
+    if numbers.separated(value):
+        raise ValidationError({field: numbers.SEPARATOR_MESSAGE})
     try:
         result = Decimal(str(value))
     except ArithmeticError:
@@ -138,6 +140,8 @@ def positive_quantity(value) -> int:
     naming ``quantity``."""
     if isinstance(value, bool):
         raise ValidationError({"quantity": "Enter a whole number."})
+    if numbers.separated(value):
+        raise ValidationError({"quantity": numbers.SEPARATOR_MESSAGE})
     try:
         number = Decimal(str(value).strip())
     except ArithmeticError:

@@ -8,6 +8,7 @@ from django.db.models import Q
 from accounts.models import BrokerAccount
 from brokers.errors import RejectKind
 from brokers.selectors import instrument_by_symbol
+from tradingplatform import numbers
 
 from . import sources
 from .forms import PriceField
@@ -63,7 +64,7 @@ class OrderSpecForm(forms.Form):
     instrument = InstrumentField()
     # Each choice starts at what its select shows first, so a blank row left as it is has not changed.
     side = forms.ChoiceField(choices=SIDES, initial="BUY")
-    quantity = forms.IntegerField(min_value=1)
+    quantity = numbers.IntegerField(min_value=1)
     order_type = forms.ChoiceField(choices=ORDER_TYPES, initial="MARKET")
     product = forms.ChoiceField(choices=PRODUCTS, initial="MIS")
     price = PriceField(required=False, max_digits=14, decimal_places=2, min_value=0)
@@ -116,7 +117,7 @@ class ScheduledForm(OrderSpecForm):
     weekdays = forms.TypedMultipleChoiceField(
         choices=WEEKDAYS, coerce=int, required=False, widget=forms.CheckboxSelectMultiple
     )
-    grace_s = forms.IntegerField(
+    grace_s = numbers.IntegerField(
         min_value=0, max_value=86400, initial=0, label="Grace (seconds)", help_text="Still place it this late."
     )
     timezone = forms.ChoiceField(choices=lambda: [(name, name) for name in sorted(sources.zone_names())])
@@ -151,6 +152,7 @@ class StrategyForm(forms.ModelForm):
 
     class Meta:
         model = Strategy
+        formfield_callback = numbers.formfield
         fields = [
             "name",
             "stop_loss",

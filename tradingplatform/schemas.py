@@ -1,11 +1,14 @@
 """What the JSON API's schemas share: strict request bodies, time filters and list pages."""
 
 from datetime import datetime
+from decimal import Decimal
+from typing import Annotated
 
 from ninja import Field, Schema
-from pydantic import ConfigDict
+from pydantic import BeforeValidator, ConfigDict
 
 from accounts.selectors import MAX_ID
+from tradingplatform import numbers
 
 MAX_OFFSET = 10**9
 
@@ -15,6 +18,10 @@ class In(Schema):
     must not place a DAY order)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+# A number sent as a JSON number or as text; text with '_' is refused ("1_400" is no 1400 here).
+Number = Annotated[Decimal, BeforeValidator(numbers.no_separators)]
 
 
 def aware_in_range(value: datetime | None) -> datetime | None:

@@ -2,6 +2,7 @@ from django import forms
 from django.contrib import admin
 from django.contrib.auth.hashers import make_password
 
+from tradingplatform import numbers
 from tradingplatform.admin import ReadOnlyAdmin
 
 from .models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
@@ -51,6 +52,7 @@ class PaperClientAdmin(admin.ModelAdmin):
     """The exchange's clients: their app key and secret (the exchange's own), funds and fault knobs."""
 
     form = PaperClientForm
+    formfield_overrides = numbers.NUMBER_FIELDS
     list_display = ("user_id", "name", "api_key", "cash", "latency_ms", "error_rate", "timeout_rate", "rejection_rate")
     search_fields = ("user_id", "name", "api_key")
     fieldsets = (
@@ -75,6 +77,7 @@ class PaperClientAdmin(admin.ModelAdmin):
 
 @admin.register(PaperInstrument)
 class PaperInstrumentAdmin(admin.ModelAdmin):
+    formfield_overrides = numbers.NUMBER_FIELDS
     list_display = ("tradingsymbol", "exchange", "last_price", "bid", "ask", "previous_close", "lot_size", "tick_size")
     list_filter = ("exchange", "instrument_type")
     search_fields = ("tradingsymbol", "name")

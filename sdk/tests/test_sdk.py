@@ -1110,3 +1110,20 @@ def test_a_timeout_no_socket_takes_is_refused_up_front(timeout, monkeypatch, cap
     code = cli.main(["--timeout", timeout, "--retries", "0", "me"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("tp: error:") and "timeout" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["orders", "place", "--account", "1", "--symbol", "INFY", "--side", "BUY", "--qty", "1_0"],
+        ["orders", "place", "--account", "1", "--symbol", "INFY", "--side", "BUY", "--qty", "1", "--price", "1_400"],
+        ["orders", "modify", "1", "--trigger", "1_390"],
+        ["orders", "cancel", "1_2"],
+        ["orders", "place", "--account", "1_2", "--symbol", "INFY", "--side", "BUY", "--qty", "1"],
+    ],
+)
+def test_the_cli_refuses_a_number_with_an_underscore(argv, capsys):
+    """Python reads "1_0" as 10: the CLI refuses it (a slip, not ten shares or order 12), sending nothing."""
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(argv)
+    assert exited.value.code == 2 and "'_'" in capsys.readouterr().err

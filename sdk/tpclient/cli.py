@@ -387,9 +387,16 @@ class UsageError(Exception):
     pass
 
 
+def _plain(text: str) -> str:
+    """A number's text: Python reads "1_0" as 10 and "1_400" as 1400, no number anyone types here."""
+    if "_" in text:
+        raise argparse.ArgumentTypeError(f"write the number without '_': {text!r}")
+    return text
+
+
 def _decimal(text: str) -> Decimal:
     try:
-        value = Decimal(text)
+        value = Decimal(_plain(text))
     except InvalidOperation:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value.is_finite():
@@ -397,11 +404,15 @@ def _decimal(text: str) -> Decimal:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _int(text: str) -> int:
     try:
-        value = int(text)
+        return int(_plain(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
     return value
@@ -436,7 +447,7 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
     parser.add_argument("--api-key", help="API key (default: $TP_API_KEY)", **suppress)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table", **suppress)
     parser.add_argument("--timeout", type=float, help="seconds per request (default 10)", **suppress)
-    parser.add_argument("--retries", type=int, help="retries on 429/5xx/network errors (default 3)", **suppress)
+    parser.add_argument("--retries", type=_int, help="retries on 429/5xx/network errors (default 3)", **suppress)
     return parser
 
 
@@ -475,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     accounts = group("accounts", "broker accounts")
     command(accounts, "list", cmd_accounts_list, "list your broker accounts")
-    command(accounts, "get", cmd_accounts_get, "show one broker account").add_argument("id", type=int)
+    command(accounts, "get", cmd_accounts_get, "show one broker account").add_argument("id", type=_int)
 
     instruments = group("instruments", "instruments")
     p = command(instruments, "search", cmd_instruments_search, "find instruments by symbol or name")
@@ -493,64 +504,64 @@ def build_parser() -> argparse.ArgumentParser:
             "(NEW, SUBMITTED, OPEN, PARTIALLY_FILLED), or one of " + ", ".join(STATUSES) + " (OPEN: resting)"
         ),
     )
-    p.add_argument("--account", type=int, help="filter by broker account id")
+    p.add_argument("--account", type=_int, help="filter by broker account id")
     p.add_argument("--source", help="manual, basket, scheduled, strategy or system")
     p.add_argument("--symbol", help="symbol prefix")
     p.add_argument("--limit", type=_positive_int, default=50)
-    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--offset", type=_int, default=0)
     p.add_argument(
         "--before-id", type=_positive_int, help="only orders with a lower id: the last id shown, for the next page"
     )
-    command(orders, "get", cmd_orders_get, "show one order").add_argument("id", type=int)
-    command(orders, "events", cmd_orders_events, "what happened to one order").add_argument("id", type=int)
+    command(orders, "get", cmd_orders_get, "show one order").add_argument("id", type=_int)
+    command(orders, "events", cmd_orders_events, "what happened to one order").add_argument("id", type=_int)
     p = command(orders, "place", cmd_orders_place, "place an order")
-    p.add_argument("--account", type=int, required=True, help="broker account id")
+    p.add_argument("--account", type=_int, required=True, help="broker account id")
     _order_options(p)
     p.add_argument("--validity", default="DAY", type=_choice(VALIDITIES), help="DAY (default) or IOC")
     p.add_argument(
         "--key", help="idempotency key: a repeat with the same key returns the same order (default: a new one)"
     )
     p = command(orders, "modify", cmd_orders_modify, "change an open order")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=_int)
     p.add_argument("--qty", type=_positive_int)
     p.add_argument("--price", type=_decimal)
     p.add_argument("--trigger", type=_decimal)
     p.add_argument("--type", type=_choice(ORDER_TYPES))
-    command(orders, "cancel", cmd_orders_cancel, "cancel an open order").add_argument("id", type=int)
+    command(orders, "cancel", cmd_orders_cancel, "cancel an open order").add_argument("id", type=_int)
 
     trades = group("trades", "your fills")
     p = command(trades, "list", cmd_trades_list, "list your fills, newest first")
-    p.add_argument("--account", type=int, help="filter by broker account id")
+    p.add_argument("--account", type=_int, help="filter by broker account id")
     p.add_argument("--symbol", help="symbol prefix")
     p.add_argument("--limit", type=_positive_int, default=50)
-    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--offset", type=_int, default=0)
     p.add_argument(
         "--before-id", type=_positive_int, help="only fills with a lower id: the last id shown, for the next page"
     )
 
     positions = group("positions", "your positions")
     p = command(positions, "list", cmd_positions_list, "list your positions with their PnL")
-    p.add_argument("--account", type=int, help="filter by broker account id")
+    p.add_argument("--account", type=_int, help="filter by broker account id")
     p.add_argument("--open", action="store_true", help="only positions with a net quantity")
 
     baskets = group("baskets", "baskets")
     command(baskets, "list", cmd_baskets_list, "list your baskets")
-    command(baskets, "get", cmd_baskets_get, "show one basket").add_argument("id", type=int)
+    command(baskets, "get", cmd_baskets_get, "show one basket").add_argument("id", type=_int)
     p = command(baskets, "place", cmd_baskets_place, "place every item of a basket")
-    p.add_argument("id", type=int)
-    p.add_argument("--account", type=int, action="extend", nargs="+", help="account ids (default: the basket's own)")
+    p.add_argument("id", type=_int)
+    p.add_argument("--account", type=_int, action="extend", nargs="+", help="account ids (default: the basket's own)")
     p.add_argument(
         "--key", help="idempotency key: a repeat with the same key returns the same orders (default: a new one)"
     )
 
     scheduled = group("scheduled", "scheduled orders")
     command(scheduled, "list", cmd_scheduled_list, "list your scheduled orders")
-    command(scheduled, "cancel", cmd_scheduled_cancel, "cancel a scheduled order").add_argument("id", type=int)
+    command(scheduled, "cancel", cmd_scheduled_cancel, "cancel a scheduled order").add_argument("id", type=_int)
 
     strategies = group("strategies", "strategies")
     command(strategies, "list", cmd_strategies_list, "list your strategies")
     p = command(strategies, "signal", cmd_strategies_signal, "send a strategy an entry signal")
-    p.add_argument("id", type=int, help="strategy id")
+    p.add_argument("id", type=_int, help="strategy id")
     p.add_argument("--signal-id", required=True, help="unique per strategy; a repeat places nothing")
     _order_options(p)
     return parser

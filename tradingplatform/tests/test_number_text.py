@@ -1,0 +1,93 @@
+"""Number text with '_' (a digit separator to Python's int() and Decimal(): "1_5" is 15) is
+refused, naming the field, at every entry point: the pages, the admin, the API and the webhook."""
+
+import json
+import time as clock
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.contrib import admin
+from django.test import RequestFactory
+from django.urls import reverse
+
+from accounts import services as account_services
+from accounts.models import BrokerAccount
+from brokers.paper.models import PaperOrder
+from orders import sources
+from orders.models import Order, Strategy
+from orders.tests.factories import instrument
+from tradingplatform.numbers import SEPARATOR_MESSAGE
+
+
+def ticket(account, **overrides):
+    data = {"token": str(uuid.uuid4()), "account": account.pk, "instrument": instrument("INFY").pk, "side": "BUY",
+            "quantity": "1", "order_type": "MARKET", "product": "MIS", "validity": "DAY", "price": "",
+            "trigger_price": ""}  # fmt: skip
+    return {**data, **overrides}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"), [({"quantity": "1_0"}, "quantity"), ({"order_type": "LIMIT", "price": "1_400"}, "price")]
+)
+def test_the_ticket_refuses_a_number_with_an_underscore(trader_client, account, change, field):
+    response = trader_client.post(reverse("orders:ticket"), ticket(account, **change))
+    assert response.status_code == 200
+    assert response.context["form"].errors[field] == [SEPARATOR_MESSAGE]
+    assert not Order.objects.exists()
+
+
+def test_a_copy_multiplier_with_an_underscore_is_refused_not_read_as_15(trader_client, account):
+    data = {"label": "Paper", "allowed_products": ["CNC", "MIS", "NRML"], "copy_multiplier": "1_5",
+            "max_order_value": "", "max_quantity": "", "max_open_orders": ""}  # fmt: skip
+    response = trader_client.post(reverse("accounts:broker_edit", args=[account.pk]), data)
+    assert response.status_code == 200
+    assert response.context["form"].errors["copy_multiplier"] == [SEPARATOR_MESSAGE]
+    account.refresh_from_db()
+    assert account.copy_multiplier == Decimal("1")
+
+
+def test_the_strategy_page_refuses_a_number_with_an_underscore(trader_client, account):
+    form = {"name": "Trend", "accounts": [account.pk], "stop_loss": "1_5", "stop_loss_unit": "percent",
+            "take_profit_unit": "points", "max_reentries": "0", "max_retries": "0", "is_active": "on"}  # fmt: skip
+    response = trader_client.post(reverse("sources:strategy_create"), form)
+    assert response.context["form"].errors["stop_loss"] == [SEPARATOR_MESSAGE]
+    assert not Strategy.objects.exists()
+
+
+def test_the_admin_refuses_a_number_with_an_underscore(staff, account):
+    request = RequestFactory().get("/")
+    request.user = staff
+    Form = admin.site._registry[BrokerAccount].get_form(request, account, change=True)
+    field = Form.base_fields["copy_multiplier"]
+    with pytest.raises(Exception, match="without '_'"):
+        field.clean("1_5")
+    assert field.clean("1.5") == Decimal("1.5")
+
+
+@pytest.fixture
+def api(client, trader):
+    _, secret = account_services.api_key_create(owner=trader, name="bot")
+    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+    return client
+
+
+def test_the_api_refuses_a_price_sent_as_text_with_an_underscore(api, account):
+    order = {"account_id": account.pk, "tradingsymbol": "INFY", "side": "BUY", "quantity": 1, "order_type": "LIMIT"}
+    response = api.post("/api/v1/orders", {**order, "price": "1_400"}, content_type="application/json")
+    assert response.status_code == 422 and response.json()["error"]["field"] == "price", response.json()
+    strategy = {"name": "Trend", "account_ids": [account.pk], "stop_loss": "1_5"}
+    response = api.post("/api/v1/strategies", strategy, content_type="application/json")
+    assert response.status_code == 422 and response.json()["error"]["field"] == "stop_loss", response.json()
+    assert not PaperOrder.objects.exists() and not Strategy.objects.exists()
+
+
+@pytest.mark.parametrize(("change", "field"), [({"quantity": "1_0"}, "quantity"), ({"price": "1_400"}, "price")])
+def test_the_webhook_refuses_a_number_with_an_underscore(client, trader, account, change, field):
+    strategy, secret = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk])
+    body = {"secret": secret, "id": "tv-1", "timestamp": clock.time(), "symbol": "NSE:INFY", "side": "buy",
+            "quantity": 1, "order_type": "LIMIT", "price": "1400", **change}  # fmt: skip
+    response = client.post(f"/hooks/strategies/{strategy.pk}/", json.dumps(body), content_type="application/json")
+    assert response.status_code == 422, response.json()
+    assert response.json()["error"]["field"] == field and "_" in response.json()["error"]["message"]
+    assert not PaperOrder.objects.exists()
