@@ -34,7 +34,8 @@ Validity = Literal["DAY", "IOC"]
 # --- Schemas ---------------------------------------------------------------------------------
 
 MAX_QUANTITY, MAX_PRICE = services.MAX_QUANTITY, services.MAX_PRICE
-# A whole JSON number: "2", true and 2.5 are refused, not read as 2, 1 and 2.
+# A whole JSON number: "2", true and 2.5 are refused, not read as 2, 1 and 2 (every whole number
+# the API takes is strict so: a weekday of true was Tuesday).
 Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True)]
 AccountId = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]
 # Read here only to be declared in the schema; the endpoints check its length themselves, so that
@@ -373,10 +374,10 @@ class ScheduledIn(OrderSpecIn):
     account_id: AccountId
     recurrence: Literal["once", "trading_days", "weekdays"] = "once"
     run_on: date | None = None
-    weekdays: list[int] = []
+    weekdays: list[Annotated[int, Field(strict=True)]] = []
     time_of_day: time = Field(..., json_schema_extra={"format": "partial-time"})
     timezone: str | None = None
-    grace_s: int = Field(0, ge=0, le=86400)
+    grace_s: int = Field(0, ge=0, le=86400, strict=True)
 
     @field_validator("time_of_day")
     @classmethod
@@ -491,11 +492,11 @@ class StrategyIn(In):
     take_profit_unit: Literal["percent", "points"] = "percent"
     trailing_step: Number | None = Field(None, gt=0)
     reentry_enabled: bool = False
-    max_reentries: int = Field(0, ge=0, le=sources.MAX_REENTRIES)
-    chase_after_s: int | None = Field(None, ge=1)
-    chase_max_ticks: int | None = Field(None, ge=1)
+    max_reentries: int = Field(0, ge=0, le=sources.MAX_REENTRIES, strict=True)
+    chase_after_s: int | None = Field(None, ge=1, strict=True)
+    chase_max_ticks: int | None = Field(None, ge=1, strict=True)
     chase_max_percent: Number | None = Field(None, gt=0)
-    max_retries: int = Field(0, ge=0, le=sources.MAX_RETRIES)
+    max_retries: int = Field(0, ge=0, le=sources.MAX_RETRIES, strict=True)
     retryable_kinds: list[str] = []
     is_active: bool = True
 

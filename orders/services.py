@@ -135,19 +135,27 @@ def _decimal(value, field: str) -> Decimal | None:
     return result
 
 
+WHOLE_QUANTITY = "Enter the quantity as a whole number in digits, e.g. 75."
+
+
 def positive_quantity(value) -> int:
-    """A quantity as a whole number above 0 (1.9 is refused, not cut to 1), or a ValidationError
-    naming ``quantity``."""
-    if isinstance(value, bool):
-        raise ValidationError({"quantity": "Enter a whole number."})
+    """A quantity as a whole number above 0, or a ValidationError naming ``quantity``: a number
+    (75), or its digits alone ("75": a webhook's text). A fraction, an exponent, a sign or spaces
+    ("75.0", 75.0, "1E+1", "+75", " 75 ") are refused, not read as 75 or 10: 1.9 is not cut to 1,
+    and the ticket and the API take none of them either."""
     if numbers.separated(value):
         raise ValidationError({"quantity": numbers.SEPARATOR_MESSAGE})
-    try:
-        number = Decimal(str(value).strip())
-    except ArithmeticError:
-        raise ValidationError({"quantity": "Enter a whole number."}) from None
-    if not number.is_finite() or number != number.to_integral_value():
-        raise ValidationError({"quantity": "Enter a whole number."})
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            raise ValidationError({"quantity": WHOLE_QUANTITY})
+        digits = value.lstrip("0")
+        number = int(digits or "0") if len(digits) <= len(str(MAX_QUANTITY)) else MAX_QUANTITY + 1
+    elif isinstance(value, Decimal) and value.is_finite() and value.as_tuple().exponent == 0:
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:  # true, None, a JSON 75.0 or 1e1 (read as Decimal("75.0"), Decimal("1E+1")), a list
+        raise ValidationError({"quantity": WHOLE_QUANTITY})
     if number <= 0:
         raise ValidationError({"quantity": "Quantity must be greater than 0."})
     if number > MAX_QUANTITY:

@@ -91,3 +91,62 @@ def test_the_webhook_refuses_a_number_with_an_underscore(client, trader, account
     assert response.status_code == 422, response.json()
     assert response.json()["error"]["field"] == field and "_" in response.json()["error"]["message"]
     assert not PaperOrder.objects.exists()
+
+
+# --- Whole numbers are whole numbers, as written ---------------------------------------------
+
+
+def scheduled(account, **overrides):
+    return {"account_id": account.pk, "tradingsymbol": "INFY", "side": "BUY", "quantity": 1, "time_of_day": "09:20",
+            "recurrence": "weekdays", "weekdays": [0], **overrides}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"weekdays": [True]}, "weekdays"),  # was Tuesday
+        ({"weekdays": ["1"]}, "weekdays"),
+        ({"weekdays": [1.0]}, "weekdays"),
+        ({"grace_s": True}, "grace_s"),
+        ({"grace_s": "60"}, "grace_s"),
+    ],
+)
+def test_the_api_takes_a_scheduled_orders_whole_numbers_only_as_json_integers(api, account, change, field):
+    response = api.post("/api/v1/scheduled", scheduled(account, **change), content_type="application/json")
+    assert response.status_code == 422 and response.json()["error"]["field"].startswith(field), response.json()
+    response = api.post("/api/v1/scheduled", scheduled(account, grace_s=60), content_type="application/json")
+    assert response.status_code == 201, response.json()
+
+
+@pytest.mark.parametrize("field", ["chase_after_s", "chase_max_ticks", "max_retries", "max_reentries"])
+@pytest.mark.parametrize("value", [True, "2", 2.0])
+def test_the_api_takes_a_strategys_whole_numbers_only_as_json_integers(api, account, field, value):
+    body = {"name": "Trend", "account_ids": [account.pk], field: value}
+    response = api.post("/api/v1/strategies", body, content_type="application/json")
+    assert response.status_code == 422 and response.json()["error"]["field"] == field, response.json()
+    assert not Strategy.objects.exists()
+    response = api.post("/api/v1/strategies", {**body, field: 2}, content_type="application/json")
+    assert response.status_code == 201, response.json()
+
+
+@pytest.mark.parametrize(
+    "quantity", ['"1E+1"', "1e1", '"5.0"', "5.0", '"+5"', '" 5 "', '"\\u0665"', "true", '"-5"', "-5"]
+)
+def test_the_webhook_takes_a_quantity_as_a_whole_number_in_digits(client, trader, account, quantity):
+    """The webhook reads its body's numbers exactly (a JSON 5.0 is Decimal("5.0")); a quantity is a
+    whole number of shares written as one, as the ticket and the API take it: 5 or "5"."""
+    strategy, secret = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk])
+    body = {"secret": secret, "id": "tv-1", "timestamp": clock.time(), "symbol": "NSE:INFY", "side": "buy"}
+    text = json.dumps(body)[:-1] + f', "quantity": {quantity}}}'
+    response = client.post(f"/hooks/strategies/{strategy.pk}/", text, content_type="application/json")
+    assert response.status_code == 422, response.json()
+    error = response.json()["error"]
+    assert error["field"] == "quantity" and "quantity" in error["message"].lower(), error
+    assert not PaperOrder.objects.exists()
+    for sent in (5, "5"):
+        response = client.post(
+            f"/hooks/strategies/{strategy.pk}/",
+            json.dumps({**body, "id": f"tv-{sent!r}", "quantity": sent}),
+            content_type="application/json",
+        )
+        assert response.status_code == 201 and response.json()["results"][0]["quantity"] == 5, response.json()
