@@ -131,7 +131,8 @@ def _decimal(value, field: str) -> Decimal | None:
     if not result.is_finite():
         raise ValidationError({field: "Enter a number."})
     if result.copy_abs() >= MAX_PRICE:  # not abs(): it rounds, and overflows on 1e999999999
-        raise ValidationError({field: f"Must be below {MAX_PRICE:,}."})
+        # A price is above 0 (a large negative one is not "too large" but below 0).
+        raise ValidationError({field: f"Must be below {MAX_PRICE:,}." if result > 0 else "Must be above 0."})
     return result
 
 

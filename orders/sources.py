@@ -416,8 +416,10 @@ def _scheduled_values(
     weekdays = sorted({int(day) for day in weekdays or []}) if recurrence == ScheduledOrder.Recurrence.WEEKDAYS else []
     if recurrence == ScheduledOrder.Recurrence.ONCE and run_on is None:
         raise ValidationError({"run_on": "Choose the date."})
-    if recurrence == ScheduledOrder.Recurrence.WEEKDAYS and (not weekdays or not set(weekdays) <= set(range(7))):
+    if recurrence == ScheduledOrder.Recurrence.WEEKDAYS and not weekdays:
         raise ValidationError({"weekdays": "Choose at least one weekday."})
+    if not set(weekdays) <= set(range(7)):
+        raise ValidationError({"weekdays": "Weekdays are 0 (Monday) to 6 (Sunday)."})
     if recurrence not in ScheduledOrder.Recurrence.values:
         raise ValidationError({"recurrence": "Choose once, every trading day or chosen weekdays."})
     zone = _zone(timezone_name, new=True)

@@ -25,6 +25,7 @@ from orders.api import router as orders_router
 from orders.services import OrderActionRefused
 from portfolio.api import router as portfolio_router
 
+from . import numbers
 from .errors import first_error
 from .schemas import api_field
 
@@ -89,7 +90,7 @@ class JsonParser(Parser):
     def parse_body(self, request):
         if request.content_type != "application/json" and not request.content_type.endswith("+json"):
             raise ValueError(f"Content-Type {request.content_type or 'missing'}")
-        return json.loads(request.body, parse_float=Decimal, object_pairs_hook=unique_keys)
+        return json.loads(request.body, parse_float=Decimal, parse_int=numbers.json_int, object_pairs_hook=unique_keys)
 
 
 class RepeatedKey(ValueError):

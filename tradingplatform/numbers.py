@@ -24,6 +24,34 @@ def no_separators(value):
     return value
 
 
+class TooLongNumber:
+    """A JSON integer of more digits than Python reads (``sys.get_int_max_str_digits``, 4300), as
+    ``json_int`` leaves it: no field takes it, and its refusal names the field it was sent in."""
+
+    MESSAGE = "This number is too long to be read."
+
+    def __repr__(self):
+        return "TooLongNumber()"
+
+
+def json_int(text: str):
+    """``json.loads``'s ``parse_int``: the integer, or a TooLongNumber (not a ValueError that
+    makes the whole body unreadable, naming no field)."""
+    try:
+        return int(text)
+    except ValueError:
+        return TooLongNumber()
+
+
+def too_long(value):
+    """A field's value (or an item of it) that was a TooLongNumber: a ValueError saying so."""
+    if isinstance(value, TooLongNumber) or (
+        isinstance(value, list) and any(isinstance(v, TooLongNumber) for v in value)
+    ):
+        raise ValueError(TooLongNumber.MESSAGE)
+    return value
+
+
 class PlainNumberMixin:
     """A form's number field that refuses text with ``_`` (an error on the field)."""
 

@@ -5,7 +5,7 @@ from decimal import Decimal
 from typing import Annotated
 
 from ninja import Field, Schema
-from pydantic import BeforeValidator, ConfigDict
+from pydantic import BeforeValidator, ConfigDict, field_validator
 
 from accounts.selectors import MAX_ID
 from tradingplatform import numbers
@@ -18,6 +18,11 @@ class In(Schema):
     must not place a DAY order)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def readable_number(cls, value):
+        return numbers.too_long(value)
 
 
 # A number sent as a JSON number or as text; text with '_' is refused ("1_400" is no 1400 here).

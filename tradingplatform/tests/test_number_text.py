@@ -150,3 +150,34 @@ def test_the_webhook_takes_a_quantity_as_a_whole_number_in_digits(client, trader
             content_type="application/json",
         )
         assert response.status_code == 201 and response.json()["results"][0]["quantity"] == 5, response.json()
+
+
+# --- Errors that say what is wrong -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["quantity", "price", "account_id"])
+def test_a_json_integer_too_long_to_read_is_an_error_on_its_field(api, account, field):
+    """Python reads no integer of more than 4300 digits: the body was answered as not JSON at all."""
+    order = {"account_id": account.pk, "tradingsymbol": "INFY", "side": "BUY", "quantity": 1, "order_type": "LIMIT",
+             "price": 1400}  # fmt: skip
+    text = json.dumps({**order, field: 0}).replace(f'"{field}": 0', f'"{field}": {"1" * 5000}')
+    response = api.post("/api/v1/orders", text, content_type="application/json")
+    assert response.status_code == 422, response.json()
+    error = response.json()["error"]
+    assert error["field"] == field and "too long" in error["message"], error
+    assert not Order.objects.exists()
+
+
+def test_a_large_negative_price_is_not_told_to_be_below_a_trillion(api, account):
+    order = {"account_id": account.pk, "tradingsymbol": "INFY", "side": "BUY", "quantity": 1, "order_type": "LIMIT"}
+    response = api.post("/api/v1/orders", {**order, "price": "-1e13"}, content_type="application/json")
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == "price" and "above 0" in error["message"], error
+
+
+def test_a_weekday_out_of_range_says_which_days_are_allowed(api, account):
+    response = api.post("/api/v1/scheduled", scheduled(account, weekdays=[7]), content_type="application/json")
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == "weekdays" and "0 (Monday) to 6 (Sunday)" in error["message"], error
