@@ -1093,10 +1093,15 @@ def step_trail(ctx: Context) -> None:
         steps = int(moved // step)
         if steps < 1:
             continue
-        new_trigger = _on_tick(
-            stop.trigger_price + steps * step if long_position else stop.trigger_price - steps * step,
-            stop.instrument.tick_size,
-        )
+        # On the tick toward the stop's own side (down for a long's, up for a short's), as
+        # ``_chase_target`` caps a chase: half up could bring it up to half a tick closer than the
+        # distance the trader set. A step smaller than a tick may round back to where it is: not sent.
+        if long_position:
+            new_trigger = _on_tick(stop.trigger_price + steps * step, stop.instrument.tick_size, ROUND_FLOOR)
+        else:
+            new_trigger = _on_tick(stop.trigger_price - steps * step, stop.instrument.tick_size, ROUND_CEILING)
+        if new_trigger == stop.trigger_price:
+            continue
         cause = _cause("step 6", f"trailing: last {last}, step {step}")
         try:
             orders.order_modify(

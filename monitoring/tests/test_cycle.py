@@ -364,6 +364,49 @@ def test_a_stop_loss_trails_favourable_moves_and_never_back(trader, account):
     assert stop.trigger_price == D("1500.10")
 
 
+def odd_step_stop(trader, account, step):
+    """As ``trailing_stop`` (10 points under 1500.10: 1490.10), trailing in steps of ``step``, not
+    a multiple of INFY's tick of 0.1."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Odd", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
+        trailing_step=D(step),
+    )  # fmt: skip
+    set_price("1500")
+    first = entry(trader, account, strategy)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    assert stop.trigger_price == D("1490.10")
+    return stop
+
+
+def test_a_trail_of_a_step_off_the_tick_never_comes_closer_than_the_distance(trader, account):
+    """One step of 0.07 from 1490.10 is 1490.17, on the tick 1490.20 (rounded half up): 9.98
+    under a last price of 1500.18, closer than the 10 points the trader set. It stays at 1490.10
+    until a whole tick of steps fits (two steps: 1490.24, down to 1490.20)."""
+    stop = odd_step_stop(trader, account, "0.07")
+    set_price("1500.18")
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1490.10")
+    set_price("1500.25")
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1490.20") and D("1500.25") - stop.trigger_price >= D("10")
+
+
+def test_a_trail_of_a_step_off_the_tick_is_not_sent_when_it_rounds_back(trader, account):
+    """One step of 0.03 from 1490.10 is 1490.13, back to 1490.10 on the tick: the trail moved
+    nothing, yet was sent as a modification every cycle (each one of the broker's 25)."""
+    stop = odd_step_stop(trader, account, "0.03")
+    events = stop.events.count()
+    set_price("1500.14")
+    for _ in range(2):
+        result = monitor(account)
+        assert not [action for action in result.actions if "trail" in action], result.actions
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1490.10") and stop.events.count() == events
+
+
 def test_a_last_price_of_zero_is_no_price_to_trail_or_chase_to(trader, account, monkeypatch):
     """The broker gives 0 for an instrument's last price (no trade yet, a number missing from its
     answer): a short's trailing stop is not pulled down toward 0, nor a SELL entry chased there."""
