@@ -1127,3 +1127,33 @@ def test_the_cli_refuses_a_number_with_an_underscore(argv, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.build_parser().parse_args(argv)
     assert exited.value.code == 2 and "'_'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["tp_abc\u2019def", "tp_abc def", "tp_abc\rdef"])
+def test_an_api_key_with_a_stray_character_is_refused_up_front_and_not_shown(key, monkeypatch, capsys):
+    """A key pasted with a curly quote made ``tp`` die with a UnicodeEncodeError traceback; one with a
+    control character was refused by requests, whose message (printed by ``tp``) showed the whole key."""
+    with pytest.raises(ValueError, match="api_key"):
+        Client("http://127.0.0.1:1", key)
+    monkeypatch.setenv("TP_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("TP_API_KEY", key)
+    code = cli.main(["--retries", "0", "me"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("tp: error:") and "abc" not in err, err
+
+
+def test_an_api_key_read_with_its_line_end_works(env):
+    """A key read from a file keeps the file's line end: the client sends the key without it."""
+    assert Client(env.url, f"{env.key}\r\n").me().username == env.user.username
+
+
+@pytest.mark.parametrize("key", ["k\u2019", "k\nx", " k"])
+def test_an_idempotency_key_that_cannot_be_sent_is_refused_before_sending(key, tp, env):
+    """The same with an idempotency key: a traceback from ``tp orders place --key``, or the advice that
+    the order "may have been placed" when it was never sent."""
+    with pytest.raises(ValueError, match="idempotency_key"):
+        env.client.place_order(env.account.pk, "INFY", "BUY", 1, idempotency_key=key)
+    place = f"orders place --account {env.account.pk} --symbol INFY --side BUY --qty 1"
+    result = tp(*place.split(), "--key", key)
+    assert result.code == 2 and "--key" in result.err and "may have been placed" not in result.err, result.err
+    assert not Order.objects.exists()

@@ -23,7 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ._version import __version__
-from .client import Client
+from .client import Client, header_safe
 from .errors import ApiError, TransportError
 from .models import Order, Placement, to_json
 
@@ -418,6 +418,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _idempotency_key(text: str) -> str:
+    if not header_safe(text):
+        raise argparse.ArgumentTypeError(f"use visible ASCII characters (spaces only inside), not {text!r}")
+    return text
+
+
 def _choice(choices: Sequence[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.upper()
@@ -519,7 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     _order_options(p)
     p.add_argument("--validity", default="DAY", type=_choice(VALIDITIES), help="DAY (default) or IOC")
     p.add_argument(
-        "--key", help="idempotency key: a repeat with the same key returns the same order (default: a new one)"
+        "--key",
+        type=_idempotency_key,
+        help="idempotency key: a repeat with the same key returns the same order (default: a new one)",
     )
     p = command(orders, "modify", cmd_orders_modify, "change an open order")
     p.add_argument("id", type=_int)
@@ -551,7 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=_int)
     p.add_argument("--account", type=_int, action="extend", nargs="+", help="account ids (default: the basket's own)")
     p.add_argument(
-        "--key", help="idempotency key: a repeat with the same key returns the same orders (default: a new one)"
+        "--key",
+        type=_idempotency_key,
+        help="idempotency key: a repeat with the same key returns the same orders (default: a new one)",
     )
 
     scheduled = group("scheduled", "scheduled orders")

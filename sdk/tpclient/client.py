@@ -120,6 +120,13 @@ def _shows_change(order: Order, changes: Mapping[str, Any]) -> bool:
     return True
 
 
+def header_safe(value: str) -> bool:
+    """Whether ``value`` can be sent as a header's value as it is: visible ASCII, inner spaces allowed.
+    Anything else fails in ``requests`` (a traceback for a character outside Latin-1, or an error
+    whose message shows the whole header) or reaches the server as another value."""
+    return value.isascii() and value.isprintable() and value == value.strip()
+
+
 def _jsonable(value: Any) -> Any:
     """Request bodies: Decimals as strings (exact), dates and times in ISO 8601."""
     if isinstance(value, Decimal):
@@ -174,8 +181,14 @@ class Client:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base_url must be an http:// or https:// URL with a host, not {base_url!r}")
+        api_key = (api_key or "").strip()  # a key read from a file may keep its line end
         if not api_key:
             raise ValueError("api_key is required")
+        if not header_safe(api_key) or " " in api_key:
+            # Never shown: it is a secret, and most of it is right.
+            raise ValueError(
+                "api_key has a character no API key has (a space, a quote, a non-ASCII letter): copy it again"
+            )
         if not 0 < timeout <= MAX_TIMEOUT:  # NaN too: a socket takes none of these
             raise ValueError(f"timeout must be above 0 and at most {MAX_TIMEOUT} seconds, not {timeout!r}")
         root = base_url.rstrip("/")
@@ -235,6 +248,10 @@ class Client:
             "User-Agent": f"tpclient/{__version__} python-requests/{requests.__version__}",
         }
         if idempotency_key is not None:
+            if not header_safe(idempotency_key):
+                raise ValueError(
+                    f"idempotency_key must be visible ASCII characters (spaces only inside), not {idempotency_key!r}"
+                )
             headers["Idempotency-Key"] = idempotency_key
         url = self.base_url + path
         attempt = 0
