@@ -396,6 +396,7 @@ class ScheduledOut(Schema):
     quantity: int
     order_type: str
     product: str
+    validity: str
     price: Decimal | None
     trigger_price: Decimal | None
     recurrence: str

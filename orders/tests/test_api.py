@@ -371,6 +371,22 @@ def test_a_scheduled_orders_price_is_answered_as_stored(api, account):
     assert response.json()["price"] == "1400.00"
 
 
+def test_a_scheduled_orders_validity_is_answered(api, account, client):
+    """`validity` is taken, stored and used when the order is placed, but was never answered: a
+    trader could set IOC and not read back which the order will be placed with."""
+    data = {**body(account), "validity": "IOC", "recurrence": "trading_days", "time_of_day": "10:15:00"}
+    created = post(api, "/api/v1/scheduled", data)
+    assert created.status_code == 201, created.json()
+    assert created.json().get("validity") == "IOC"
+    assert api.get(f"/api/v1/scheduled/{created.json()['id']}").json()["validity"] == "IOC"
+    changed = api.patch(
+        f"/api/v1/scheduled/{created.json()['id']}", {"validity": "DAY"}, content_type="application/json"
+    )
+    assert changed.json()["validity"] == "DAY" == ScheduledOrder.objects.get().validity
+    schema = client.get("/api/v1/openapi.json").json()["components"]["schemas"]["ScheduledOut"]
+    assert "validity" in schema["required"]
+
+
 def test_an_idempotency_key_makes_a_scheduled_order_once(api, account):
     """A client's retry of a create whose answer was lost must not schedule the order twice (it
     would be placed twice at every run)."""

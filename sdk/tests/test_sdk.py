@@ -765,9 +765,18 @@ def test_scheduled_create_list_cancel(env):
     assert [s.id for s in env.client.scheduled()] == [row.id]
     assert env.client.scheduled_order(row.id).tradingsymbol == "INFY"
     weekly = env.client.create_scheduled(
-        env.account.pk, "RELIANCE", "SELL", 1, "15:10", recurrence="weekdays", weekdays=[0, 2], timezone="UTC"
+        env.account.pk,
+        "RELIANCE",
+        "SELL",
+        1,
+        "15:10",
+        recurrence="weekdays",
+        weekdays=[0, 2],
+        timezone="UTC",
+        validity="IOC",
     )
     assert weekly.weekdays == [0, 2] and weekly.timezone == "UTC"
+    assert (row.validity, weekly.validity) == ("DAY", "IOC")  # as it will be placed
     cancelled = env.client.cancel_scheduled(row.id)
     assert cancelled.status == "cancelled" and cancelled.next_run_at is None
     with pytest.raises(InvalidRequest) as error:

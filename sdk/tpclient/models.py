@@ -279,6 +279,7 @@ class Scheduled:
     quantity: int
     order_type: str
     product: str
+    validity: str
     price: Decimal | None
     trigger_price: Decimal | None
     recurrence: str
