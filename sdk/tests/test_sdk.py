@@ -6,7 +6,10 @@ request was served, to show what the client's retries do.
 """
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -15,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import requests
+import tpclient
 from django.core.management import call_command
 from requests.adapters import HTTPAdapter
 from tpclient import (
@@ -1166,3 +1170,29 @@ def test_an_idempotency_key_that_cannot_be_sent_is_refused_before_sending(key, t
     result = tp(*place.split(), "--key", key)
     assert result.code == 2 and "--key" in result.err and "may have been placed" not in result.err, result.err
     assert not Order.objects.exists()
+
+
+def test_cli_output_read_only_in_part_is_no_traceback(env):
+    """`tp orders list | head -1`: the reader closes the pipe before tp has written everything. tp
+    ended with a BrokenPipeError traceback (and "Exception ignored ... BrokenPipeError")."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before tp writes
+    environment = {
+        **os.environ,
+        "TP_URL": env.url,
+        "TP_API_KEY": env.key,
+        "PYTHONPATH": os.path.dirname(os.path.dirname(tpclient.__file__)),
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tpclient.cli", "accounts", "list", "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=environment,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    err = done.stderr.decode()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert done.returncode == 141

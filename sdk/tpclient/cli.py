@@ -2,7 +2,8 @@
 
 The server and key come from ``TP_URL`` and ``TP_API_KEY`` (or ``--url`` and ``--api-key``).
 Output is a table by default, JSON with ``--json``. Exit status: 0 on success, 1 when the
-API refuses or fails (``error: <message> (field: x)`` on stderr), 2 on a usage error.
+API refuses or fails (``error: <message> (field: x)`` on stderr), 2 on a usage error, 141 when
+the output's reader closed it early (``tp orders list | head -1``).
 
 ``orders place`` and ``baskets place`` make their idempotency key themselves when ``--key`` is not
 given, so that when a call fails after it may have been carried out (no answer, a 5xx, a lost
@@ -622,10 +623,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except KeyboardInterrupt:
         return 130
-    if args.json:
-        print(json.dumps(to_json(data), indent=2))
-    else:
-        print(text)
+    try:
+        print(json.dumps(to_json(data), indent=2) if args.json else text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`tp orders list | head -1`): what it read is what it wanted. Nothing
+        # more is written (Python would flush again at exit and report the same error there).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a command ended by SIGPIPE
     return 0
 
 
