@@ -1,5 +1,6 @@
 """API-key authentication and the accounts endpoints of the JSON API."""
 
+import logging
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
@@ -8,8 +9,12 @@ from ninja import Router, Schema
 from ninja.security import APIKeyHeader as NinjaAPIKeyHeader
 from ninja.security import HttpBearer
 
+from brokers.errors import RateLimited
+
 from . import selectors, services
 from .utils import client_ip
+
+logger = logging.getLogger(__name__)
 
 
 def account_for(request, account_id: int | None):
@@ -28,6 +33,10 @@ class ApiRateLimited(Exception):
         self.retry_after = retry_after
 
 
+class ApiBudgetUnavailable(Exception):
+    """The key's rate budget could not be checked (its Redis unreachable): nothing is served."""
+
+
 def _authenticate(request, raw_key: str | None):
     if not raw_key:  # this scheme's header is absent (ninja asks every scheme): not a guess
         return None
@@ -35,6 +44,9 @@ def _authenticate(request, raw_key: str | None):
         auth = services.api_key_authenticate(raw_key, ip=client_ip(request))
     except services.ApiKeyLocked as exc:
         raise ApiRateLimited(exc.retry_after_s) from None
+    except RateLimited as exc:  # the budget's Redis could not be asked: an outage, not a bug
+        logger.warning("API key budget not checked: %s", exc)
+        raise ApiBudgetUnavailable from None
     if auth is None:
         return None
     if auth.retry_after > 0:  # each key has its own budget (API_RATE_LIMITS), shared by every process

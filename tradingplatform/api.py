@@ -18,7 +18,7 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.parser import Parser
 
-from accounts.api import ApiKeyBearer, ApiKeyHeader, ApiRateLimited
+from accounts.api import ApiBudgetUnavailable, ApiKeyBearer, ApiKeyHeader, ApiRateLimited
 from accounts.api import router as accounts_router
 from brokers.api import router as instruments_router
 from orders.api import router as orders_router
@@ -162,6 +162,13 @@ def on_rate_limited(request, exc):
     response = error_response(request, 429, "rate_limited", f"Too many requests; retry in {exc.retry_after:.1f}s.")
     # Whole seconds, rounded up: a client that waits exactly this long must find a slot free.
     response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
+
+
+@api.exception_handler(ApiBudgetUnavailable)
+def on_budget_unavailable(request, exc):
+    response = error_response(request, 503, "unavailable", "The request could not be served just now; retry shortly.")
+    response["Retry-After"] = "1"
     return response
 
 

@@ -119,6 +119,21 @@ def test_per_key_rate_limit_answers_429_with_retry_after(api, settings):
     assert int(response["Retry-After"]) >= 1 and response.json()["error"]["code"] == "rate_limited"
 
 
+def test_a_key_budget_that_cannot_be_checked_is_503_to_retry_not_a_500(api, monkeypatch):
+    """Redis unreachable when a key's budget is taken: the request is not served (no call without
+    its slot), and the client is told to retry shortly in the one error shape, as an outage (503,
+    which the SDK retries with the same idempotency key), not as the platform's bug."""
+    from brokers.errors import RateLimited
+
+    def unreachable(raw_key, ip=None):
+        raise RateLimited("the rate budget for calls could not be checked (Error 111 connecting to redis:6379)")
+
+    monkeypatch.setattr(account_services, "api_key_authenticate", unreachable)
+    response = api.get("/api/v1/me")
+    assert response.status_code == 503 and response["Retry-After"] == "1"
+    assert response.json()["error"]["code"] == "unavailable" and "redis" not in response.content.decode()
+
+
 @pytest.mark.parametrize("wait, header", [(0.2, "1"), (1.3, "2"), (2.005, "3"), (2.01, "3"), (3.0, "3")])
 def test_retry_after_is_never_shorter_than_the_wait(api, trader, monkeypatch, wait, header):
     """A client that waits Retry-After whole seconds must find a slot free: 2.005 s is "3", not "2"."""
