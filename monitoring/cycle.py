@@ -65,7 +65,13 @@ logger = logging.getLogger(__name__)
 # Renewed while a batch runs (``locks.kept``), so it only bounds how long a dead worker's
 # accounts wait before another worker may monitor them.
 ACCOUNT_LOCK_TTL_S = 60
-EXPECTED_ERRORS = (BrokerError, ValidationError, orders.OrderActionRefused)
+
+
+class BatchStepFailed(Exception):
+    """A batched step failed as a whole: what each account's run says of it (logged once, in full)."""
+
+
+EXPECTED_ERRORS = (BrokerError, ValidationError, orders.OrderActionRefused, BatchStepFailed)
 
 
 @dataclass
@@ -1364,6 +1370,16 @@ def _account_steps(job) -> None:
         ctx.step_ms[name] = round((time.perf_counter() - started) * 1000, 1)
 
 
+def _batch_failure(step: str, error: Exception, accounts: int) -> Exception:
+    """What each account's run records of a batched step's failure as a whole. For a batch of
+    several accounts, its type only: its text can name another account's rows (a duplicate key, a
+    broker order id), and each trader sees their run's errors; the whole of it is logged once."""
+    if accounts == 1:
+        return error
+    logger.error("monitoring step %s failed for a batch of %s accounts", step, accounts, exc_info=error)
+    return BatchStepFailed(f"{type(error).__name__} (the whole batch's failure; the details are logged)")
+
+
 def _run_steps(contexts: list[Context]) -> None:
     """Every step for every account, in order. A batched step's time is shared out among its accounts;
     so is the query that finds which accounts the per-account steps have anything to do for."""
@@ -1383,7 +1399,7 @@ def _run_steps(contexts: list[Context]) -> None:
             except SoftTimeLimitExceeded:
                 raise  # not a step's failure: the run stops here (``accounts_monitor`` records it)
             except Exception as error:
-                failures = {id(ctx): error for ctx in ready}
+                failures = {id(ctx): _batch_failure(name, error, len(ready)) for ctx in ready}
             share = round((time.perf_counter() - started) * 1000 / max(1, len(ready)), 1)
             for ctx in ready:
                 ctx.step_ms[name] = share

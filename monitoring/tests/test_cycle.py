@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.test.utils import CaptureQueriesContext
 
 from accounts.tests.factories import make_kite_account
@@ -578,6 +578,25 @@ def test_a_locked_or_failing_account_leaves_the_rest_of_the_batch_alone(account,
     assert fine.status == AccountRun.Status.OK, fine.errors
     assert BrokerSnapshot.objects.filter(account=third).count() == 4  # with the day's holdings
     assert not BrokerSnapshot.objects.filter(account=account).exists()
+
+
+def test_a_batched_steps_failure_as_a_whole_shows_no_accounts_data_to_another_trader(
+    account, their_account, monkeypatch
+):
+    """A batched step that fails for the whole batch: its text can name one account's rows (a
+    duplicate key). Each trader's run says which step failed and how, not that text; one account
+    alone (the fast path) keeps its own."""
+
+    def broken(contexts):
+        raise IntegrityError(f"(1062, \"Duplicate entry '{account.pk}-260DIFFERENTSECRET' for key 'trade_unique'\")")
+
+    monkeypatch.setitem(cycle.BATCHED, cycle.step_pnl, broken)
+    mine, theirs = cycle.accounts_monitor(accounts=[account, their_account])
+    for run in (mine, theirs):
+        (error,) = [e for e in run.errors if e["step"] == "2_pnl"]
+        assert "SECRET" not in error["error"] and error["error"].startswith("BatchStepFailed: IntegrityError")
+    (alone,) = [e for e in cycle.account_monitor(account=account).errors if e["step"] == "2_pnl"]
+    assert "DIFFERENTSECRET" in alone["error"]
 
 
 def test_steps_3_to_9_run_only_for_accounts_with_orders_to_look_at(trader, account, their_account, strategy):
