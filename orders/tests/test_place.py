@@ -471,12 +471,9 @@ def test_a_retry_of_an_order_whose_sender_died_after_the_broker_had_it_answers_w
     assert again.filled_quantity == 2
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_retry_of_an_order_whose_sender_died_before_sending_it_does_not_send_it(trader, instruments, settings):
-    """The sender stopped after writing the row, before the call: the retry cannot tell it from a
-    slow sender, so it does not send it (twice, maybe): NEW, and the sync closes it a minute on."""
-    settings.REPLAY_WAIT_S = 0.1
-    account = make_broker_account(trader, broker="paper", client_id="PAPER-R3")
+def _sender_died_before_sending(trader, client_id: str, key: str):
+    """A new paper account whose order (``key``) was written, its sender stopping before the call."""
+    account = make_broker_account(trader, broker="paper", client_id=client_id)
     account_services.broker_account_update(account=account, actor=trader)
 
     class DiesBeforeSending(AccountBroker):
@@ -484,7 +481,16 @@ def test_a_retry_of_an_order_whose_sender_died_before_sending_it_does_not_send_i
             raise _SenderDied
 
     with pytest.raises(_SenderDied):
-        place(trader, account, idempotency_key="died-2", broker=DiesBeforeSending(account))
+        place(trader, account, idempotency_key=key, broker=DiesBeforeSending(account))
+    return account
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_of_an_order_whose_sender_died_before_sending_it_does_not_send_it(trader, instruments, settings):
+    """The sender stopped after writing the row, before the call: the retry cannot tell it from a
+    slow sender, so it does not send it (twice, maybe): NEW, and the sync closes it a minute on."""
+    settings.REPLAY_WAIT_S = 0.1
+    account = _sender_died_before_sending(trader, "PAPER-R3", "died-2")
     again = place(trader, account, idempotency_key="died-2")
     assert again.replayed and (again.status, again.broker_order_id) == (Order.Status.NEW, None)
     assert not PaperOrder.objects.exists()
@@ -501,15 +507,7 @@ def test_a_retry_a_minute_after_its_sender_died_before_sending_answers_never_sen
     is on its way (one sends within SEND_WITHIN_S), so the retry closes it as the sync would and
     answers FAILED, never sent (the client places it again with a new key), not NEW; still not sent."""
     settings.REPLAY_WAIT_S = 0.1
-    account = make_broker_account(trader, broker="paper", client_id="PAPER-R4")
-    account_services.broker_account_update(account=account, actor=trader)
-
-    class DiesBeforeSending(AccountBroker):
-        def place_order(self, request, **options):
-            raise _SenderDied
-
-    with pytest.raises(_SenderDied):
-        place(trader, account, idempotency_key="died-3", broker=DiesBeforeSending(account))
+    account = _sender_died_before_sending(trader, "PAPER-R4", "died-3")
     Order.objects.update(created_at=timezone.now() - timedelta(seconds=services.UNSENT_STALE_S + 1))
     again = place(trader, account, idempotency_key="died-3")
     assert again.replayed and (again.status, again.reject_kind) == (Order.Status.FAILED, "network")
