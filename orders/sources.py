@@ -62,14 +62,17 @@ def _result(account: BrokerAccount, *, order: Order | None = None, error: Valida
 
 def _place_for(actor, account: BrokerAccount, spec: dict, quantity: int, **kwargs) -> dict:
     extra = {"symbol": spec["instrument"].tradingsymbol, "side": spec["side"], "quantity": quantity}
+    if "quantity" in spec:
+        # A basket item's own rules first: an item off its lot (a row from before its rules, a lot
+        # size revised since) is its fault on every account, not cut to a lot the trader never asked
+        # for (100 of a 75-lot placed as 75), nor blamed on a multiplier.
+        try:
+            services.spec_check(**spec)
+        except ValidationError as refused:
+            return _result(account, error=refused, **extra)
     if quantity <= 0:
         multiplier = f"multiplier of {account.copy_multiplier}"
         error = ValidationError({"quantity": f"Below one lot on {account.label} after its {multiplier}."})
-        if "quantity" in spec:  # a basket item's own: part of a lot (a row from before its rules) is its fault
-            try:
-                services.spec_check(**spec)
-            except ValidationError as refused:
-                error = refused
         return _result(account, error=error, **extra)
     try:
         order = services.order_place(actor=actor, account=account, **{**spec, "quantity": quantity}, **kwargs)

@@ -186,6 +186,25 @@ def test_copy_quantity_rounds_down_to_whole_lots(trader, account):
     assert sources._copy_quantity(future_lot, account, future) == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_basket_item_off_its_lot_is_refused_on_every_account_not_cut_to_a_lot(trader, account):
+    """An item of 100 of a 75-lot future (a row from before the rules, or a lot size revised since)
+    asks for what the exchange cannot take. Rounded down it placed 75 on an account whose multiplier
+    is 1 (and 150 at 1.5): a quantity the trader never asked for. It is refused on each account for
+    its lot, as the ticket, the API and a signal refuse it; nothing is sent."""
+    more = make_broker_account(trader, broker="paper", client_id="B15", label="More", copy_multiplier=Decimal("1.5"))
+    future = instrument("NIFTY26DECFUT", "NFO")
+    item = spec(instrument=future, quantity=75, product="NRML")
+    basket = sources.basket_save(owner=trader, name="Futures", account_ids=[account.pk, more.pk], items=[item])
+    basket.items.update(quantity=100)
+    results = sources.basket_place(basket=basket, actor=trader, run_token="lots")
+    assert [(r["status"], r.get("field")) for r in results] == [("INVALID", "quantity")] * 2, [
+        (r["quantity"], r["status"], r.get("reason")) for r in results
+    ]
+    assert {r["error"] for r in results} == {"Quantity must be a multiple of the lot size, 75."}
+    assert not PaperOrder.objects.exists() and not Order.objects.exists()
+
+
 # --- Scheduled orders ------------------------------------------------------------------------
 
 
