@@ -50,7 +50,7 @@ def _result(account: BrokerAccount, *, order: Order | None = None, error: Valida
             order_id=order.pk,
             reference=order.reference,
             status=order.status,
-            reason=order.reject_reason,
+            reason=order.reject_reason or _unanswered(order),
         )
     if error is not None:
         field, messages = (
@@ -58,6 +58,15 @@ def _result(account: BrokerAccount, *, order: Order | None = None, error: Valida
         )
         row.update(status="INVALID", error=" ".join(messages), field=None if field == "__all__" else field)
     return row
+
+
+ANSWER_LOST = "Sent, but the broker's answer was lost; it is being looked up by its reference (see the order book)."
+
+
+def _unanswered(order: Order) -> str:
+    """Why an order said SUBMITTED is not known to be at its broker: no broker order id (its answer,
+    and the look-up by its tag, were lost: ``services.order_outcome_unknown``). Else ""."""
+    return ANSWER_LOST if order.status == Order.Status.SUBMITTED and not order.broker_order_id else ""
 
 
 def _place_for(actor, account: BrokerAccount, spec: dict, quantity: int, **kwargs) -> dict:

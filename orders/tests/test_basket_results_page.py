@@ -5,7 +5,8 @@ from decimal import Decimal
 from django.urls import reverse
 
 from accounts.tests.factories import make_broker_account
-from brokers.paper.models import PaperOrder
+from brokers.paper import engine
+from brokers.paper.models import PaperClient, PaperOrder
 from orders import sources
 from orders.tests.factories import instrument
 
@@ -25,3 +26,26 @@ def test_a_row_below_one_lot_after_the_multiplier_is_shown_with_why(trader_clien
     again = trader_client.get(reverse("sources:basket_detail", args=[basket.pk]))
     assert again.status_code == 200  # and on every later visit
     assert "Below one lot on Half" in again.content.decode()
+
+
+def test_an_item_whose_broker_answer_was_lost_says_so_not_submitted(trader_client, trader, account):
+    """One account's broker is down (the paper exchange's error knob: every call a 503, the look-up by
+    tag too): whether its items reached it is not known. The row said SUBMITTED, in green, with no
+    word, as though the broker had taken it (the ticket says the answer was lost); it says so now,
+    and the order is left for its reconciliation to settle."""
+    down = make_broker_account(trader, broker="paper", client_id="DOWN", label="Down")
+    engine.client_get_or_create(user_id=down.client_id)
+    PaperClient.objects.filter(user_id=down.client_id).update(error_rate=1)
+    basket = sources.basket_save(
+        owner=trader,
+        name="Two",
+        account_ids=[account.pk, down.pk],
+        items=[{"instrument": instrument(), "side": "BUY", "quantity": 1}],
+    )
+    placed = trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": "t-1"})
+    results = {row["account"]: row for row in placed.context["results"]}
+    assert results["Paper"]["status"] == "FILLED"
+    lost = results["Down"]
+    assert lost["status"] == "SUBMITTED" and "answer was lost" in (lost["reason"] or ""), lost
+    page = placed.content.decode()
+    assert '<span class="badge ok">SUBMITTED</span>' not in page and "answer was lost" in page
