@@ -15,7 +15,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts.forms import apply_validation_error
 
 from . import selectors, sources
-from .models import ScheduledFire
+from .models import Basket, ScheduledFire
 from .source_forms import BasketForm, BasketItemFormSet, BasketPlaceForm, ScheduledForm, StrategyForm
 
 # --- Baskets ---------------------------------------------------------------------------------
@@ -101,7 +101,10 @@ def basket_detail(request, pk):
         except ValidationError as exc:
             apply_validation_error(form, exc)  # nothing was placed: the form shows why, as sent
         else:
-            basket.refresh_from_db()  # its time of placing
+            try:
+                basket.refresh_from_db()  # its time of placing
+            except Basket.DoesNotExist:  # deleted meanwhile: what was placed is still shown
+                messages.warning(request, f"Basket {basket.name} was deleted while it was being placed.")
             form = BasketPlaceForm(initial={"token": uuid.uuid4().hex}, user=request.user)
     context = {"basket": basket, "form": form, "results": results if results is not None else basket.last_results}
     return render(request, "orders/basket_detail.html", context)

@@ -1,13 +1,15 @@
-"""A basket's results page with a row refused before the broker (INVALID: no ``reason`` key)."""
+"""A basket's results page: every row shown with why, whatever happened to the placement or the basket."""
 
 from decimal import Decimal
 
+import pytest
 from django.urls import reverse
 
 from accounts.tests.factories import make_broker_account
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
-from orders import sources
+from orders import services, sources
+from orders.models import Basket, Order
 from orders.tests.factories import instrument
 
 
@@ -49,3 +51,25 @@ def test_an_item_whose_broker_answer_was_lost_says_so_not_submitted(trader_clien
     assert lost["status"] == "SUBMITTED" and "answer was lost" in (lost["reason"] or ""), lost
     page = placed.content.decode()
     assert '<span class="badge ok">SUBMITTED</span>' not in page and "answer was lost" in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_basket_deleted_while_it_is_placed_still_shows_what_was_placed(trader_client, trader, account, monkeypatch):
+    """The trader deletes the basket in another tab while its item is being placed, after it went to
+    the exchange. The page answered 500, hiding the order the broker has; it shows the item's result
+    and says the basket is gone."""
+    items = [{"instrument": instrument(), "side": "BUY", "quantity": 1}]
+    basket = sources.basket_save(owner=trader, name="One", account_ids=[account.pk], items=items)
+    place = services.order_place
+
+    def placed_then_deleted(**order):
+        placed = place(**order)
+        Basket.objects.filter(pk=basket.pk).delete()
+        return placed
+
+    monkeypatch.setattr(services, "order_place", placed_then_deleted)
+    placed = trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": "t-1"})
+    assert placed.status_code == 200, placed.status_code
+    assert PaperOrder.objects.count() == 1
+    page = placed.content.decode()
+    assert Order.objects.get().reference in page and "was deleted" in page
