@@ -311,7 +311,13 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
                     idempotency_key=f"basket:{basket.pk}:{run_token}:{account.pk}:#{number}",
                 )
             )
-    results = _copies.map(_call, jobs)
+    # Sent item by item across the accounts, not account by account: a slow or rate-limited
+    # account's items must not take every sending thread while the other accounts' wait. The
+    # results keep the accounts' order.
+    turns = sorted(range(len(jobs)), key=lambda index: (index % len(items), index // len(items)))
+    results = [None] * len(jobs)
+    for index, result in zip(turns, _copies.map(_call, [jobs[index] for index in turns]), strict=True):
+        results[index] = result
     Basket.objects.filter(pk=basket.pk).update(last_placed_at=timezone.now(), last_results=results)
     return results
 

@@ -71,6 +71,30 @@ def test_basket_places_every_item_on_every_account_with_multipliers(trader, inst
     assert basket.last_results == again and basket.last_placed_at
 
 
+def test_a_baskets_items_go_out_item_by_item_across_its_accounts(trader, instruments, monkeypatch):
+    """Each account's first item is sent before any account's second: a slow or rate-limited
+    account's items must not take every sending thread while the other accounts' wait (fills at
+    the open come late). The results keep the accounts' order."""
+    one = make_broker_account(trader, broker="paper", client_id="B1")
+    two = make_broker_account(trader, broker="paper", client_id="B2")
+    basket = sources.basket_save(
+        owner=trader, name="Open", account_ids=[one.pk, two.pk], items=[spec(quantity=1), spec("TCS", quantity=1)]
+    )
+    sent, real = [], sources._place_item
+    monkeypatch.setattr(
+        sources,
+        "_place_item",
+        lambda actor, account, spec, *a, **kw: (
+            sent.append((account.pk, spec["instrument"].tradingsymbol)) or real(actor, account, spec, *a, **kw)
+        ),
+    )
+    results = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert sent == [(one.pk, "INFY"), (two.pk, "INFY"), (one.pk, "TCS"), (two.pk, "TCS")]
+    assert [(r["account_id"], r["symbol"]) for r in results] == [
+        (one.pk, "INFY"), (one.pk, "TCS"), (two.pk, "INFY"), (two.pk, "TCS")
+    ]  # fmt: skip
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_repeat_of_a_placement_after_the_basket_was_saved_again_places_nothing_more(trader, account, instruments):
     items = [spec(quantity=2), spec("TCS", quantity=1)]
