@@ -1083,16 +1083,54 @@ def _trailing_stops(**where):
     )
 
 
+# What step 6 notes on a stop it finds moved by hand: the distance the trail keeps from then on.
+TRAIL_DISTANCE = "trail_distance"
+TRAIL_CAUSE = _cause("step 6", "")
+
+
+def _moved_by_hand(stop: Order, since_pk: int) -> bool:
+    """Whether the stop's trigger was changed other than by the trail after event ``since_pk``: by
+    the trader through the platform (a page, the API) or in the broker's own app (found changed)."""
+    moves = stop.events.filter(kind="modified", pk__gt=since_pk).exclude(cause__startswith=TRAIL_CAUSE)
+    return any(
+        "trigger_price" in (data or {}) or ("found changed at the broker" in message and "trigger price" in message)
+        for data, message in moves.values_list("data", "message")
+    )
+
+
+def _trail_distance(ctx: Context, stop: Order, last: Decimal) -> Decimal | None:
+    """How far behind the last price a stop trails: as the strategy placed it (the entry's price to
+    the stop's first trigger), or, once the trader has moved the stop by hand, as far as they put it
+    from the market. That one is taken at the first look after the move, which does not move the
+    stop: measured from the strategy's distance, a stop loosened by hand would be pulled straight
+    back, undoing what the trader did. ``None``: not trailed this run."""
+    chain = [stop]
+    while (replaced := _replaced(chain[-1])) is not None:
+        chain.append(replaced)
+    note = OrderEvent.objects.filter(order__in=chain, kind=TRAIL_DISTANCE).order_by("-pk").first()
+    if not _moved_by_hand(stop, note.pk if note else 0):
+        if note is not None:
+            return Decimal(note.data["distance"])
+        return abs(Decimal(stop.parent.average_price) - _placed(stop, "trigger_price"))
+    distance = last - stop.trigger_price if stop.side == "SELL" else stop.trigger_price - last
+    data = {"distance": str(distance), "trigger_price": str(stop.trigger_price)}
+    orders.order_event_add(stop, TRAIL_DISTANCE, cause=_cause("step 6", "the stop was moved by hand"), data=data)
+    ctx.act(f"{stop.reference} was moved by hand to {stop.trigger_price}: it trails {distance} from the market now")
+    return None
+
+
 def step_trail(ctx: Context) -> None:
-    """Open stop-losses with a trailing step follow favourable moves, a step at a time, never back."""
+    """Open stop-losses with a trailing step follow favourable moves, a step at a time, never back;
+    a stop the trader moved by hand trails on from where they put it (``_trail_distance``)."""
     stops = _trailing_stops(account=ctx.account).select_related("strategy", "instrument", "account", "parent")
     for stop in stops:
         last = ctx.last_prices.get((stop.instrument.exchange, stop.instrument.tradingsymbol))
         if last is None or stop.trigger_price is None:
             continue
         step = stop.strategy.trailing_step
-        entry_price = Decimal(stop.parent.average_price)
-        distance = abs(entry_price - _placed(stop, "trigger_price"))
+        distance = _trail_distance(ctx, stop, last)
+        if distance is None:
+            continue
         long_position = stop.side == "SELL"
         wanted = last - distance if long_position else last + distance
         moved = (wanted - stop.trigger_price) if long_position else (stop.trigger_price - wanted)

@@ -1216,9 +1216,9 @@ def _unanswered(
     return OrderActionRefused(f"Could not reach the broker: {error}")
 
 
-def order_event_add(order: Order, kind: str, *, cause: str, message: str = "") -> None:
-    """An event that changes nothing of the order: what a step decided about it."""
-    _event(order, kind, cause=cause, from_status=order.status, message=message)
+def order_event_add(order: Order, kind: str, *, cause: str, message: str = "", data: dict | None = None) -> None:
+    """An event that changes nothing of the order: what a step decided about it (``data``: with what)."""
+    _event(order, kind, cause=cause, from_status=order.status, message=message, data=data)
 
 
 def cancel_asked_by_platform(order: Order) -> bool:

@@ -1,0 +1,64 @@
+"""A strategy's exits after the trader acted on them by hand: the cycle goes on from what the trader
+did, and never undoes it. Each test is a life a review found broken against the paper exchange."""
+
+from decimal import Decimal
+
+from brokers.paper import engine
+from monitoring import cycle
+from monitoring.tests.test_strategy_exits import entry, quote
+from orders import services, sources
+
+D = Decimal
+
+
+def monitor(account):
+    return cycle.account_monitor(account=account)
+
+
+def test_a_trailing_stop_the_trader_loosened_by_hand_is_not_pulled_back(trader, account):
+    """The stop trails 10 behind; the trader gives it room (1490.10 -> 1480.10) with the market
+    where it was. The trail does not pull it back to 10 behind: it trails on from where the trader
+    put it, as far behind the market as they put it."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
+        trailing_step=D("5"),
+    )  # fmt: skip
+    quote("1500")
+    first = entry(trader, account, strategy)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    assert stop.trigger_price == D("1490.10")
+    services.order_modify(order=stop, actor=trader, cause="trader by hand", trigger_price="1480.10")
+    run = monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1480.10"), run.actions
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1480.10")
+    quote("1505")  # a step up: the stop follows, 19.90 behind, as the trader left it
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1485.10")
+
+
+def test_a_short_trailing_stop_the_trader_loosened_in_the_brokers_app_is_not_pulled_back(trader, account):
+    """The same for a short, its stop moved in the broker's own app: the platform finds it changed."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
+        trailing_step=D("5"),
+    )  # fmt: skip
+    quote("1500")
+    first = entry(trader, account, strategy, side="SELL")
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    assert stop.trigger_price == D("1509.90")
+    client = engine.client_get_or_create(user_id=account.client_id)
+    engine.order_modify(client=client, order_id=stop.broker_order_id, trigger_price=D("1519.90"))
+    monitor(account)
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1519.90")
+    quote("1495")  # a step down: the stop follows, 19.90 above the market, as the trader left it
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1514.90")
