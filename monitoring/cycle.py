@@ -730,6 +730,20 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
                 " the broker, not through the platform, so it is not placed again (place one, or close the position)",
             )
         return
+    cut = {e: by for e in mine if (by := _cut_by_hand(e)) is not None}
+    owed = _owed_exit(mine)
+    if cut and owed is None:
+        # Its quantity cut by the trader: what they left uncovered is theirs, not topped up again
+        # (an exit cancelled past the cap to be replaced is still put back, below, for what it had).
+        # Unless they did it through the platform, nobody here saw it: say it is unprotected.
+        if "broker" in cut.values():
+            order = next(e for e, by in cut.items() if by == "broker")
+            _run_error(
+                ctx,
+                f"{entry.reference} holds {missing} without a {name}: {order.reference}'s quantity was cut at the"
+                " broker, not through the platform, so it is not topped up (place one, or close the position)",
+            )
+        return
     rejected = [e for e in mine if e.status == Order.Status.REJECTED]
     if len(rejected) >= EXIT_ATTEMPTS:
         last = rejected[-1].reject_reason
@@ -746,11 +760,12 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         if (timezone.now() - mine[-1].updated_at).total_seconds() < wait_s:
             _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: placing again within {wait_s} s")
             return
-    owed = _owed_exit(mine)
     if owed is not None:
         # Cancelled past the cap to be replaced (a trail's new trigger), its broker closing it only
         # later: put back as that replacement, which keeps the trail's distance (``_placed``).
         replaced, owed = owed
+        if cut:  # for what it had, not more: the rest was the trader's to leave uncovered
+            missing = min(missing, replaced.quantity - replaced.filled_quantity)
         prices = {"order_type": replaced.order_type, "price": replaced.price, "trigger_price": replaced.trigger_price}
         prices.update(owed)
         key = f"{REPLACE_KEY.strip(':')}:{replaced.pk}"
@@ -801,6 +816,20 @@ def _owed_exit(mine: list[Order]) -> tuple[Order, dict] | None:
             if terms is not None:
                 return order, terms
     return None
+
+
+def _cut_by_hand(order: Order) -> str | None:
+    """Who changed an exit's quantity other than step 4 (which keeps it at what is held): "trader"
+    (a page, the API: the platform's modify), "broker" (found changed there: the broker's own app),
+    or None."""
+    moves = order.events.filter(kind="modified").exclude(cause__startswith=_cause("step 4", ""))
+    by = None
+    for data, message in moves.values_list("data", "message"):
+        if "quantity" in (data or {}):
+            by = "trader"
+        elif "found changed at the broker" in message and "quantity " in message:
+            by = "broker"
+    return by
 
 
 def _refusal(error: Exception) -> str:

@@ -5,7 +5,8 @@ from decimal import Decimal
 
 from brokers.paper import engine
 from monitoring import cycle
-from monitoring.tests.test_strategy_exits import entry, quote
+from monitoring.models import AccountRun
+from monitoring.tests.test_strategy_exits import entry, held, live_exits, quote, strategy
 from orders import services, sources
 
 D = Decimal
@@ -19,12 +20,12 @@ def test_a_trailing_stop_the_trader_loosened_by_hand_is_not_pulled_back(trader, 
     """The stop trails 10 behind; the trader gives it room (1490.10 -> 1480.10) with the market
     where it was. The trail does not pull it back to 10 behind: it trails on from where the trader
     put it, as far behind the market as they put it."""
-    strategy, _ = sources.strategy_save(
+    trailing, _ = sources.strategy_save(
         owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
         trailing_step=D("5"),
     )  # fmt: skip
     quote("1500")
-    first = entry(trader, account, strategy)
+    first = entry(trader, account, trailing)
     monitor(account)
     stop = first.children.get(role="stop_loss")
     assert stop.trigger_price == D("1490.10")
@@ -43,12 +44,12 @@ def test_a_trailing_stop_the_trader_loosened_by_hand_is_not_pulled_back(trader, 
 
 def test_a_short_trailing_stop_the_trader_loosened_in_the_brokers_app_is_not_pulled_back(trader, account):
     """The same for a short, its stop moved in the broker's own app: the platform finds it changed."""
-    strategy, _ = sources.strategy_save(
+    trailing, _ = sources.strategy_save(
         owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
         trailing_step=D("5"),
     )  # fmt: skip
     quote("1500")
-    first = entry(trader, account, strategy, side="SELL")
+    first = entry(trader, account, trailing, side="SELL")
     monitor(account)
     stop = first.children.get(role="stop_loss")
     assert stop.trigger_price == D("1509.90")
@@ -62,3 +63,43 @@ def test_a_short_trailing_stop_the_trader_loosened_in_the_brokers_app_is_not_pul
     monitor(account)
     stop.refresh_from_db()
     assert stop.trigger_price == D("1514.90")
+
+
+def test_a_stop_loss_the_trader_cut_by_hand_is_not_topped_up_again(trader, account):
+    """The trader keeps a stop on half the position (10 -> 5) through the order page: the cycle does
+    not place a second stop-loss for the other half, undoing the cut."""
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    services.order_modify(order=stop, actor=trader, cause="trader via the order page", quantity=5)
+    run = monitor(account)
+    monitor(account)
+    assert live_exits(account, "stop_loss") == 5, run.actions
+    assert first.children.filter(role="stop_loss").count() == 1
+    assert run.status == AccountRun.Status.OK and live_exits(account, "take_profit") == 10
+    quote("1530.2", bid="1530.2", ask="1530.3", volume=7)  # the take-profit sells 7: 3 held, the stop cut to 3
+    monitor(account)
+    monitor(account)
+    assert held(account) == 3 and live_exits(account, "stop_loss") == 3
+
+
+def test_a_stop_loss_cut_in_the_brokers_app_is_not_topped_up_and_the_trader_is_told(trader, account):
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    client = engine.client_get_or_create(user_id=account.client_id)
+    engine.order_modify(client=client, order_id=stop.broker_order_id, quantity=4)
+    monitor(account)
+    run = monitor(account)
+    assert live_exits(account, "stop_loss") == 4
+    assert run.errors == [
+        {
+            "step": "4_exits",
+            "error": f"{first.reference} holds 6 without a stop-loss: {stop.reference}'s quantity was cut at the"
+            " broker, not through the platform, so it is not topped up (place one, or close the position)",
+        }
+    ]

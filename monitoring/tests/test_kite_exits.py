@@ -184,3 +184,30 @@ def test_an_entry_stopped_out_by_two_stop_losses_re_enters_once(trader, kite_on_
         monitor(account)
     again = Order.objects.filter(account=account, role="entry").exclude(pk=first.pk)
     assert [(o.quantity, o.parent_id) for o in again] == [(10, first.pk)]
+
+
+def test_a_stop_the_trader_cut_by_hand_is_put_back_for_its_cut_quantity_after_kite_closes_its_cap_cancel(
+    trader, kite_on_face, monkeypatch
+):
+    """The trader keeps the stop on 5 of the 10 (cut by hand); past the cap its trail cancels it to
+    replace it, and Kite closes it a cycle later. It is put back, for the trader's 5, where it had
+    trailed: a cut by hand is not a reason to leave the position with no stop at all."""
+    account = kite_on_face
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    services.order_modify(order=stop, actor=trader, cause="trader via the order page", quantity=5)
+    at_modification_cap(stop)
+    kite = PendingCancels(monkeypatch)
+    quote("1512")
+    monitor(account)
+    monitor(account)
+    assert len(kite.sent) == 1
+    kite.close_all()
+    quote("1506")
+    monitor(account)
+    monitor(account)
+    live = first.children.filter(role="stop_loss", status__in=Order.LIVE)
+    assert [(o.quantity, o.trigger_price) for o in live] == [(5, D("1500.10"))]
