@@ -960,10 +960,26 @@ def _queue_sync(order: Order, *, always: bool = False) -> None:
     us of it: only a look by its tag can."""
     from brokers.services import account_touched
 
-    needs_steps = order.strategy_id or order.parent_id
+    needs_steps = order.strategy_id or order.parent_id or _moves_a_guarded_position(order)
     if always or needs_steps or not registry.get(order.account.broker).tells_order_updates:
         account_id = order.account_id
         transaction.on_commit(lambda: account_touched(account_id))
+
+
+def _moves_a_guarded_position(order: Order) -> bool:
+    """Whether ``order`` (one of the trader's own) filled in a position a strategy's exits are
+    working on: closed by hand, its exits must go at once (the account's steps), not at the next
+    cycle, or the market reaching one first would open a position the other way."""
+    return (
+        order.filled_quantity > 0
+        and Order.objects.filter(
+            account_id=order.account_id,
+            instrument_id=order.instrument_id,
+            product=order.product,
+            role__in=(Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT),
+            status__in=Order.LIVE,
+        ).exists()
+    )
 
 
 def _broadcast(order: Order, *, created: bool = False) -> None:
@@ -1497,7 +1513,8 @@ def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow
         order.account = account  # the refresh let go of it
     else:
         return False
-    if order.strategy_id or order.parent_id or (not fills_follow and order.filled_quantity != filled_before):
+    filled_more = order.filled_quantity != filled_before
+    if order.strategy_id or order.parent_id or (filled_more and (not fills_follow or _moves_a_guarded_position(order))):
         account_touched(account.pk)
     return True
 

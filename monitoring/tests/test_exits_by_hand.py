@@ -3,11 +3,17 @@ did, and never undoes it. Each test is a life a review found broken against the 
 
 from decimal import Decimal
 
+import pytest
+
+from brokers import services as broker_services
+from brokers.client import AccountBroker
 from brokers.paper import engine
 from monitoring import cycle
 from monitoring.models import AccountRun
 from monitoring.tests.test_strategy_exits import entry, held, live_exits, quote, strategy
 from orders import services, sources
+from orders.tests.factories import place
+from tradingplatform import background
 
 D = Decimal
 
@@ -103,3 +109,43 @@ def test_a_stop_loss_cut_in_the_brokers_app_is_not_topped_up_and_the_trader_is_t
             " broker, not through the platform, so it is not topped up (place one, or close the position)",
         }
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_position_closed_by_hand_has_its_exits_cancelled_at_once_not_at_the_next_cycle(trader, account):
+    """The trader sells the strategy's 10 by hand (a MARKET order of their own). Its exits, still
+    resting at the exchange, would sell 10 more (a short) if the market reached them before the next
+    cycle: the fill has the account's steps run at once, as a strategy order's fill does."""
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    entry(trader, account, guarded)
+    monitor(account)
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 10
+    queued = []
+    broker_services.account_activity_listeners.append(queued.append)
+    try:
+        place(trader, account, side="SELL", quantity=10)
+        assert background.wait_idle(30)
+    finally:
+        broker_services.account_activity_listeners.remove(queued.append)
+    assert queued == [account.pk]
+    monitor(account)  # the run that queued: the exits go before the market reaches them
+    quote("1531")
+    monitor(account)
+    assert held(account) == 0 and sum(exchange_positions(account).values()) == 0
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 0
+
+
+def test_a_manual_fill_where_no_strategy_guards_the_position_queues_no_run(trader, account):
+    """Unchanged: a manual fill in an instrument no strategy's exit covers needs no monitoring run."""
+    queued = []
+    broker_services.account_activity_listeners.append(queued.append)
+    try:
+        place(trader, account, quantity=3)
+    finally:
+        broker_services.account_activity_listeners.remove(queued.append)
+    assert queued == []
+
+
+def exchange_positions(account):
+    return {(p.tradingsymbol, p.product): p.quantity for p in AccountBroker(account).positions()}
