@@ -680,7 +680,8 @@ def step_exits(ctx: Context) -> None:
 def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> None:
     """Take ``excess`` off an entry's live exits of one role, newest first: whole ones cancelled,
     the last one cut down. A failure stops here: the next cycle reads what happened."""
-    why = "nothing is held any more (its other exit filled)" if held == 0 else f"only {held} are held now"
+    # Its other exit filled, or the position was closed by hand: either way, this is what is held.
+    why = "nothing is held any more" if held == 0 else f"only {held} are held now"
     for order in reversed(live):
         if excess <= 0:
             return
