@@ -819,18 +819,24 @@ def _owed_exit(mine: list[Order]) -> tuple[Order, dict] | None:
     return None
 
 
-def _cut_by_hand(order: Order) -> str | None:
-    """Who changed an exit's quantity other than step 4 (which keeps it at what is held): "trader"
-    (a page, the API: the platform's modify), "broker" (found changed there: the broker's own app),
-    or None."""
-    moves = order.events.filter(kind="modified").exclude(cause__startswith=_cause("step 4", ""))
+def _changed_by_hand(order: Order, field: str, *, step: str, since_pk: int = 0) -> str | None:
+    """Who last changed the order's ``field`` other than the cycle's ``step`` (after event
+    ``since_pk``): "trader" (a page, the API: the platform's modify), "broker" (found changed
+    there: the broker's own app), or None."""
+    moves = order.events.filter(kind="modified", pk__gt=since_pk).exclude(cause__startswith=_cause(step, ""))
+    found_at_broker = f"{orders.BROKER_CHANGED}: "
     by = None
     for data, message in moves.values_list("data", "message"):
-        if "quantity" in (data or {}):
+        if field in (data or {}):
             by = "trader"
-        elif "found changed at the broker" in message and "quantity " in message:
+        elif message.startswith(found_at_broker) and f"{field.replace('_', ' ')} " in message.split(";")[0]:
             by = "broker"
     return by
+
+
+def _cut_by_hand(order: Order) -> str | None:
+    """Who changed an exit's quantity other than step 4 (which keeps it at what is held)."""
+    return _changed_by_hand(order, "quantity", step="step 4")
 
 
 def _refusal(error: Exception) -> str:
@@ -1115,17 +1121,12 @@ def _trailing_stops(**where):
 
 # What step 6 notes on a stop it finds moved by hand: the distance the trail keeps from then on.
 TRAIL_DISTANCE = "trail_distance"
-TRAIL_CAUSE = _cause("step 6", "")
 
 
 def _moved_by_hand(stop: Order, since_pk: int) -> bool:
     """Whether the stop's trigger was changed other than by the trail after event ``since_pk``: by
     the trader through the platform (a page, the API) or in the broker's own app (found changed)."""
-    moves = stop.events.filter(kind="modified", pk__gt=since_pk).exclude(cause__startswith=TRAIL_CAUSE)
-    return any(
-        "trigger_price" in (data or {}) or ("found changed at the broker" in message and "trigger price" in message)
-        for data, message in moves.values_list("data", "message")
-    )
+    return _changed_by_hand(stop, "trigger_price", step="step 6", since_pk=since_pk) is not None
 
 
 def _trail_distance(ctx: Context, stop: Order, last: Decimal) -> Decimal | None:

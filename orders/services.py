@@ -748,6 +748,8 @@ def orders_send_together(orders: list[tuple[Order, AccountBroker]]) -> list:
 UNSENT_STALE_S = 60
 SEND_WITHIN_S = 40
 NEVER_SENT = "never reached the broker (the sender stopped)"
+# How an event says an order's terms were changed at the broker, not through the platform.
+BROKER_CHANGED = "found changed at the broker"
 
 
 def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) -> None:
@@ -1428,7 +1430,7 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
     kind = KIND_FOR.get(new_status, "updated") if new_status != order.status else "fill"
     if changed:
         held = ", ".join(f"{name.replace('_', ' ')} {'-' if v is None else v}" for name, v in changed.items())
-        held = f"as our modify asked: {held}" if ours else f"found changed at the broker: {held}"
+        held = f"as our modify asked: {held}" if ours else f"{BROKER_CHANGED}: {held}"
         message = "; ".join(filter(None, [held, message]))
         if new_status == order.status and filled == order.filled_quantity:
             kind = "modified"
