@@ -731,12 +731,19 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
                 " the broker, not through the platform, so it is not placed again (place one, or close the position)",
             )
         return
-    cut = {e: by for e in mine if (by := _cut_by_hand(e)) is not None}
+    cut = {e: found for e in mine if (found := _cut_by_hand(e)) is not None}
     owed = _owed_exit(mine)
     if cut and owed is None:
         # Its quantity cut by the trader: what they left uncovered is theirs, not topped up again
-        # (an exit cancelled past the cap to be replaced is still put back, below, for what it had).
+        # (an exit cancelled past the cap to be replaced is still put back, below, for what it had);
+        # what the entry fills after the cut is not, and is covered (``_left_by_hand``).
         # Unless they did it through the platform, nobody here saw it: say it is unprotected.
+        left = _left_by_hand(entry, role, max(pk for _by, pk in cut.values()), missing)
+        if left is not None and missing > left:
+            missing -= left
+            cut = {}
+    if cut and owed is None:
+        cut = {e: by for e, (by, _pk) in cut.items()}
         if "broker" in cut.values():
             order = next(e for e, by in cut.items() if by == "broker")
             _run_error(
@@ -819,23 +826,41 @@ def _owed_exit(mine: list[Order]) -> tuple[Order, dict] | None:
     return None
 
 
-def _changed_by_hand(order: Order, field: str, *, step: str, since_pk: int = 0) -> str | None:
+def _changed_by_hand(order: Order, field: str, *, step: str, since_pk: int = 0) -> tuple[str, int] | None:
     """Who last changed the order's ``field`` other than the cycle's ``step`` (after event
     ``since_pk``): "trader" (a page, the API: the platform's modify), "broker" (found changed
-    there: the broker's own app), or None."""
+    there: the broker's own app), or None; with that change's event id."""
     moves = order.events.filter(kind="modified", pk__gt=since_pk).exclude(cause__startswith=_cause(step, ""))
     found_at_broker = f"{orders.BROKER_CHANGED}: "
-    by = None
-    for data, message in moves.values_list("data", "message"):
+    found = None
+    for pk, data, message in moves.order_by("pk").values_list("pk", "data", "message"):
         if field in (data or {}):
-            by = "trader"
+            found = ("trader", pk)
         elif message.startswith(found_at_broker) and f"{field.replace('_', ' ')} " in message.split(";")[0]:
-            by = "broker"
-    return by
+            found = ("broker", pk)
+    return found
 
 
-def _cut_by_hand(order: Order) -> str | None:
-    """Who changed an exit's quantity other than step 4 (which keeps it at what is held)."""
+# What step 4 notes on an entry the first time it finds one of its exits cut by hand: how much the
+# cut left uncovered. That is the trader's; what the entry fills after it is not, and is covered.
+CUT_NOTED = "exit_cut_noted"
+
+
+def _left_by_hand(entry: Order, role: str, cut_pk: int, missing: int) -> int | None:
+    """How much of ``entry``'s position the trader left without a ``role`` exit by the latest cut
+    by hand (event ``cut_pk``), as step 4 found it at its first look after that cut (noted then:
+    ``missing``, and None returned). Shares the entry fills afterwards are the rest of ``missing``."""
+    notes = entry.events.filter(kind=CUT_NOTED, pk__gt=cut_pk).order_by("-pk").values_list("data", flat=True)
+    noted = next((data for data in notes if (data or {}).get("role") == role), None)
+    if noted is None:
+        why = f"a {role.replace('_', '-')} was cut by hand, leaving {missing} uncovered"
+        orders.order_event_add(entry, CUT_NOTED, cause=_cause("step 4", why), data={"role": role, "left": missing})
+        return None
+    return int(noted["left"])
+
+
+def _cut_by_hand(order: Order) -> tuple[str, int] | None:
+    """Who changed an exit's quantity other than step 4 (which keeps it at what is held), and when."""
     return _changed_by_hand(order, "quantity", step="step 4")
 
 

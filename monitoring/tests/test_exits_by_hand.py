@@ -91,6 +91,27 @@ def test_a_stop_loss_the_trader_cut_by_hand_is_not_topped_up_again(trader, accou
     assert held(account) == 3 and live_exits(account, "stop_loss") == 3
 
 
+def test_a_stop_loss_cut_by_hand_still_covers_what_the_entry_fills_after_the_cut(trader, account):
+    """The entry fills 4 of 10 and gets a stop for 4; the trader cuts that stop to 2 (leaving 2 of
+    the 4 uncovered). The entry then fills its other 6: those are new shares, not what the trader
+    chose to leave uncovered, and they get their stop-loss (the trader's 2 stay uncovered)."""
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    monitor(account)
+    assert live_exits(account, "stop_loss") == 4
+    stop = first.children.get(role="stop_loss")
+    services.order_modify(order=stop, actor=trader, cause="trader via the order page", quantity=2)
+    monitor(account)
+    assert live_exits(account, "stop_loss") == 2
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=100)  # the other 6 fill
+    run = monitor(account)
+    monitor(account)
+    assert held(account) == 10
+    assert live_exits(account, "stop_loss") == 8, run.actions
+
+
 def test_a_stop_loss_cut_in_the_brokers_app_is_not_topped_up_and_the_trader_is_told(trader, account):
     guarded = strategy(trader, account, stop_loss=D("1"))
     quote("1500")
