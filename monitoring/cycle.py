@@ -830,14 +830,23 @@ def _changed_by_hand(order: Order, field: str, *, step: str, since_pk: int = 0) 
     """Who last changed the order's ``field`` other than the cycle's ``step`` (after event
     ``since_pk``): "trader" (a page, the API: the platform's modify), "broker" (found changed
     there: the broker's own app), or None; with that change's event id."""
-    moves = order.events.filter(kind="modified", pk__gt=since_pk).exclude(cause__startswith=_cause(step, ""))
+    own = _cause(step, "")
+    events = order.events.filter(kind__in=("modified", "modify_unknown"), pk__gt=since_pk).order_by("pk")
     found_at_broker = f"{orders.BROKER_CHANGED}: "
-    found = None
-    for pk, data, message in moves.order_by("pk").values_list("pk", "data", "message"):
+    found, lost = None, None  # lost: what the step's latest modify whose answer was lost asked
+    for pk, kind, cause, data, message in events.values_list("pk", "kind", "cause", "data", "message"):
+        if cause.startswith(own):
+            if kind == "modify_unknown":
+                lost = (data or {}).get(field)
+            continue
+        if kind != "modified":
+            continue
         if field in (data or {}):
             found = ("trader", pk)
         elif message.startswith(found_at_broker) and f"{field.replace('_', ' ')} " in message.split(";")[0]:
-            found = ("broker", pk)
+            # Found at the broker as the step's own lost modify asked (the order has it now): its own.
+            if lost is None or Decimal(str(lost)) != Decimal(str(getattr(order, field))):
+                found = ("broker", pk)
     return found
 
 

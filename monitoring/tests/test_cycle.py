@@ -431,6 +431,26 @@ def test_a_last_price_of_zero_is_no_price_to_trail_or_chase_to(trader, account, 
     assert (stop.trigger_price, chased.price) == (before, D("1650.00"))
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_trail_whose_answer_was_lost_is_not_taken_for_a_move_by_hand(trader, account):
+    """The trail's own modify reaches the exchange but its answer is lost; the next sync finds the
+    trigger changed at the broker. That is the trail's own change, not the trader's: the stop
+    trails on at the strategy's distance (not re-measured from the market as one moved by hand)."""
+    stop = trailing_stop(trader, account)
+    PaperClient.objects.filter(user_id=account.client_id).update(timeout_rate=1)
+    set_price("1512")
+    monitor(account)  # trails to 1500.10 at the exchange; the answer is lost
+    PaperClient.objects.filter(user_id=account.client_id).update(timeout_rate=0)
+    services.orders_sync_account(account=account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1500.10") and "found changed at the broker" in stop.events.last().message
+    set_price("1522")
+    run = monitor(account)
+    stop.refresh_from_db()
+    assert not [a for a in run.actions if "moved by hand" in a]
+    assert stop.trigger_price == D("1510.10")
+
+
 def test_a_trail_worked_out_before_the_trader_tightened_the_stop_by_hand_is_not_sent(trader, account, monkeypatch):
     """Step 6 works out a trail from the stop as it read it (1490.10 -> 1500.10); the trader moves
     the stop to 1505.10 by hand before the step's modify takes the order's lock. The trail is not
