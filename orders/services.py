@@ -456,6 +456,10 @@ def _replay_looked_up(order: Order) -> None:
     cause = f"{broker_name(order)}'s word, looked up on a retry"
     if state is not None:
         order_apply_broker_state(order, state, cause=cause)
+    elif trading_date(order.created_at) < trading_date(asked_at):
+        # As the sync closes it: Kite lists today's orders only, so one it took on an earlier day
+        # is not found either; that day's history says whether it was.
+        _closed_with_its_day(order, cause)
     elif order.created_at < asked_at - timedelta(seconds=UNSENT_STALE_S):
         _fail(order, RejectKind.NETWORK, NEVER_SENT, cause)
 

@@ -513,3 +513,16 @@ def test_a_retry_a_minute_after_its_sender_died_before_sending_answers_never_sen
     assert again.replayed and (again.status, again.reject_kind) == (Order.Status.FAILED, "network")
     assert again.reject_reason == services.NEVER_SENT and not PaperOrder.objects.exists()
     assert place(trader, account, idempotency_key="died-3").status == Order.Status.FAILED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_on_a_later_day_of_an_order_whose_sender_died_sends_to_the_days_history(trader, instruments, settings):
+    """A day later the broker may have taken it that day and list today's orders only (Kite): not
+    found is no proof it was never sent. Closed as the sync closes such an order: FAILED, pointing
+    to that day's history, not "never reached the broker"."""
+    settings.REPLAY_WAIT_S = 0.1
+    account = _sender_died_before_sending(trader, "PAPER-R5", "died-4")
+    Order.objects.update(created_at=timezone.now() - timedelta(days=1))
+    again = place(trader, account, idempotency_key="died-4")
+    assert again.replayed and again.status == Order.Status.FAILED
+    assert "answer never came on" in again.reject_reason and again.reject_reason != services.NEVER_SENT
