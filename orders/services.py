@@ -141,18 +141,24 @@ WHOLE_QUANTITY = "Enter the quantity as a whole number in digits, e.g. 75."
 
 def positive_quantity(value) -> int:
     """A quantity as a whole number above 0, or a ValidationError naming ``quantity``: a number
-    (75), or its digits alone ("75": a webhook's text). A fraction, an exponent, a sign or spaces
-    ("75.0", 75.0, "1E+1", "+75", " 75 ") are refused, not read as 75 or 10: 1.9 is not cut to 1,
-    and the ticket and the API take none of them either."""
+    (75, or 75.0 as TradingView's placeholders can write one), or its digits ("75", "75.0": a
+    webhook's text). A fraction, an exponent, a sign or spaces ("75.5", "1E+1", "+75", " 75 ") are
+    refused, not read as 75 or 10: 1.9 is not cut to 1."""
     if numbers.separated(value):
         raise ValidationError({"quantity": numbers.SEPARATOR_MESSAGE})
     if isinstance(value, str):
-        if not (value.isascii() and value.isdigit()):
+        whole, point, zeros = value.partition(".")
+        if not (whole.isascii() and whole.isdigit() and (not point or (zeros and not zeros.strip("0")))):
             raise ValidationError({"quantity": WHOLE_QUANTITY})
-        digits = value.lstrip("0")
+        digits = whole.lstrip("0")
         number = int(digits or "0") if len(digits) <= len(str(MAX_QUANTITY)) else MAX_QUANTITY + 1
-    elif isinstance(value, Decimal) and value.is_finite() and value.as_tuple().exponent == 0:
-        number = int(value)
+    elif isinstance(value, Decimal) and value.is_finite() and value.as_tuple().exponent <= 0:
+        if abs(value) > MAX_QUANTITY:  # told as such (and never divided: past 28 digits it cannot be)
+            number = MAX_QUANTITY + 1 if value > 0 else 0
+        elif value % 1:
+            raise ValidationError({"quantity": WHOLE_QUANTITY})
+        else:
+            number = int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
     else:  # true, None, a JSON 75.0 or 1e1 (read as Decimal("75.0"), Decimal("1E+1")), a list

@@ -130,11 +130,11 @@ def test_the_api_takes_a_strategys_whole_numbers_only_as_json_integers(api, acco
 
 
 @pytest.mark.parametrize(
-    "quantity", ['"1E+1"', "1e1", '"5.0"', "5.0", '"+5"', '" 5 "', '"\\u0665"', "true", '"-5"', "-5"]
+    "quantity", ['"1E+1"', "1e1", '"5.5"', "5.5", '"5."', '"+5"', '" 5 "', '"\\u0665"', "true", '"-5"', "-5", "-5.0"]
 )
 def test_the_webhook_takes_a_quantity_as_a_whole_number_in_digits(client, trader, account, quantity):
     """The webhook reads its body's numbers exactly (a JSON 5.0 is Decimal("5.0")); a quantity is a
-    whole number of shares written as one, as the ticket and the API take it: 5 or "5"."""
+    whole number of shares: 5, "5", or as TradingView's placeholders can write one, 5.0 or "5.0"."""
     strategy, secret = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk])
     body = {"secret": secret, "id": "tv-1", "timestamp": clock.time(), "symbol": "NSE:INFY", "side": "buy"}
     text = json.dumps(body)[:-1] + f', "quantity": {quantity}}}'
@@ -143,13 +143,16 @@ def test_the_webhook_takes_a_quantity_as_a_whole_number_in_digits(client, trader
     error = response.json()["error"]
     assert error["field"] == "quantity" and "quantity" in error["message"].lower(), error
     assert not PaperOrder.objects.exists()
-    for sent in (5, "5"):
+    for sent in ("5", '"5"', "5.0", '"5.00"'):
         response = client.post(
             f"/hooks/strategies/{strategy.pk}/",
-            json.dumps({**body, "id": f"tv-{sent!r}", "quantity": sent}),
+            json.dumps({**body, "id": f"tv-{sent!r}"})[:-1] + f', "quantity": {sent}}}',
             content_type="application/json",
         )
         assert response.status_code == 201 and response.json()["results"][0]["quantity"] == 5, response.json()
+    huge = json.dumps({**body, "id": "tv-huge"})[:-1] + f', "quantity": {"1" * 40}.0}}'
+    response = client.post(f"/hooks/strategies/{strategy.pk}/", huge, content_type="application/json")
+    assert response.status_code == 422 and response.json()["error"]["field"] == "quantity"
 
 
 # --- Errors that say what is wrong -----------------------------------------------------------
