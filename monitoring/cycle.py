@@ -728,7 +728,8 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             _run_error(
                 ctx,
                 f"{entry.reference} holds {missing} without a {name}: {not_ours[-1].reference} was cancelled at"
-                " the broker, not through the platform, so it is not placed again (place one, or close the position)",
+                " the broker (in its own app, or by the exchange at the end of its day), not through the platform,"
+                " so it is not placed again (place one, or close the position)",
             )
         return
     cut = {e: found for e in mine if (found := _cut_by_hand(e)) is not None}
