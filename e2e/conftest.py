@@ -84,11 +84,19 @@ def context(browser, stack, request) -> Iterator[BrowserContext]:
     def record(page, frame):
         frames.append(f"{time.strftime('%H:%M:%S')} {page.url}: {str(frame)[:1500]}")
 
-    script_errors: list[str] = []  # uncaught exceptions in the pages' scripts fail the journey
+    script_errors: list[str] = []  # uncaught exceptions in the pages' scripts, and CSP refusals, fail the journey
 
     def watch(page):
         page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: record(page, frame)))
         page.on("pageerror", lambda error: script_errors.append(f"{page.url}: {error}"))
+        # What the Content-Security-Policy refuses (an inline script or style, an eval) is logged
+        # by the browser as a console error: it fails the journey too.
+        page.on(
+            "console",
+            lambda message: (
+                "Content Security Policy" in message.text and script_errors.append(f"{page.url}: {message.text}")
+            ),
+        )
 
     ctx.on("page", watch)
     yield ctx
