@@ -55,6 +55,7 @@ from brokers.selectors import instrument_last_price
 from brokers.services import placed_fills_recorder
 from tradingplatform import locks, metrics, numbers
 from tradingplatform.db import PlainInserts, PlainUpdate
+from tradingplatform.memo import Memo
 
 from .models import ORDER_TYPES, DailyCounter, Order, OrderEvent, ScheduledFire
 
@@ -978,20 +979,28 @@ def _queue_sync(order: Order, *, always: bool = False) -> None:
         transaction.on_commit(lambda: account_touched(account_id))
 
 
+# The positions (account, instrument, product) strategy exits are live on, read at most once a
+# second per process: a burst of the trader's own fills (a scheduled square-off of 500 orders)
+# costs one look, not one each. A position guarded less than a second before it is closed by hand
+# waits for the next cycle, as every one did before this look.
+_guarded = Memo("positions with live strategy exits", ttl_s=1.0)
+
+
 def _moves_a_guarded_position(order: Order) -> bool:
     """Whether ``order`` (one of the trader's own) filled in a position a strategy's exits are
     working on: closed by hand, its exits must go at once (the account's steps), not at the next
     cycle, or the market reaching one first would open a position the other way."""
-    return (
-        order.filled_quantity > 0
-        and Order.objects.filter(
-            account_id=order.account_id,
-            instrument_id=order.instrument_id,
-            product=order.product,
-            role__in=(Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT),
-            status__in=Order.LIVE,
-        ).exists()
+    if order.filled_quantity <= 0:
+        return False
+    guarded = _guarded.get(
+        "live exits",
+        lambda: frozenset(
+            Order.objects.filter(role__in=(Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT), status__in=Order.LIVE)
+            .order_by()
+            .values_list("account_id", "instrument_id", "product")
+        ),
     )
+    return (order.account_id, order.instrument_id, order.product) in guarded
 
 
 def _broadcast(order: Order, *, created: bool = False) -> None:
