@@ -159,7 +159,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--worker-pool", default="prefork", help="Celery pool: prefork or threads")
     p.add_argument("--dispatcher", choices=("beat", "loop"), default="beat")
     p.add_argument("--dispatch-interval-s", type=float, default=1.0, help="SCHEDULE_DISPATCH_INTERVAL_S / loop period")
-    p.add_argument("--scheduled-lead-s", type=float, default=8.0, help="seconds from setup to the due time")
+    p.add_argument("--scheduled-lead-s", type=float, default=20.0, help="seconds from setup to the due time")
     p.add_argument("--scheduled-timeout-s", type=float, default=120.0, help="give up this long after the due time")
     p.add_argument("--verbose", action="store_true", help="show the servers' output")
     return p.parse_args(argv)
