@@ -339,14 +339,15 @@ def test_a_percent_chase_cap_is_not_passed_by_rounding_to_the_tick(trader, accou
     assert abs(order.price - D("1499.00")) <= D("1499.00") * D("0.02") / 100
 
 
-def trailing_stop(trader, account):
-    """A strategy's stop-loss 10 points under an entry filled at 1500 (1490.10), trailing in steps of 5."""
+def trailing_stop(trader, account, *, step="5", side="BUY"):
+    """A strategy's stop-loss 10 points from an entry filled at 1500 (a long's at 1490.10, a short's
+    at 1509.90), trailing in steps of ``step``."""
     strategy, _ = sources.strategy_save(
         owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
-        trailing_step=D("5"),
+        trailing_step=D(step),
     )  # fmt: skip
     set_price("1500")
-    first = entry(trader, account, strategy)
+    first = entry(trader, account, strategy, side=side)
     monitor(account)
     return first.children.get(role="stop_loss")
 
@@ -367,14 +368,7 @@ def test_a_stop_loss_trails_favourable_moves_and_never_back(trader, account):
 def odd_step_stop(trader, account, step):
     """As ``trailing_stop`` (10 points under 1500.10: 1490.10), trailing in steps of ``step``, not
     a multiple of INFY's tick of 0.1."""
-    strategy, _ = sources.strategy_save(
-        owner=trader, name="Odd", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
-        trailing_step=D(step),
-    )  # fmt: skip
-    set_price("1500")
-    first = entry(trader, account, strategy)
-    monitor(account)
-    stop = first.children.get(role="stop_loss")
+    stop = trailing_stop(trader, account, step=step)
     assert stop.trigger_price == D("1490.10")
     return stop
 

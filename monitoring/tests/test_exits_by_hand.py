@@ -10,8 +10,9 @@ from brokers.client import AccountBroker
 from brokers.paper import engine
 from monitoring import cycle
 from monitoring.models import AccountRun
+from monitoring.tests.test_cycle import trailing_stop
 from monitoring.tests.test_strategy_exits import entry, held, live_exits, quote, strategy
-from orders import services, sources
+from orders import services
 from orders.tests.factories import place
 from tradingplatform import background
 
@@ -26,14 +27,7 @@ def test_a_trailing_stop_the_trader_loosened_by_hand_is_not_pulled_back(trader, 
     """The stop trails 10 behind; the trader gives it room (1490.10 -> 1480.10) with the market
     where it was. The trail does not pull it back to 10 behind: it trails on from where the trader
     put it, as far behind the market as they put it."""
-    trailing, _ = sources.strategy_save(
-        owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
-        trailing_step=D("5"),
-    )  # fmt: skip
-    quote("1500")
-    first = entry(trader, account, trailing)
-    monitor(account)
-    stop = first.children.get(role="stop_loss")
+    stop = trailing_stop(trader, account)
     assert stop.trigger_price == D("1490.10")
     services.order_modify(order=stop, actor=trader, cause="trader by hand", trigger_price="1480.10")
     run = monitor(account)
@@ -50,14 +44,7 @@ def test_a_trailing_stop_the_trader_loosened_by_hand_is_not_pulled_back(trader, 
 
 def test_a_short_trailing_stop_the_trader_loosened_in_the_brokers_app_is_not_pulled_back(trader, account):
     """The same for a short, its stop moved in the broker's own app: the platform finds it changed."""
-    trailing, _ = sources.strategy_save(
-        owner=trader, name="Trail", account_ids=[account.pk], stop_loss=D("10"), stop_loss_unit="points",
-        trailing_step=D("5"),
-    )  # fmt: skip
-    quote("1500")
-    first = entry(trader, account, trailing, side="SELL")
-    monitor(account)
-    stop = first.children.get(role="stop_loss")
+    stop = trailing_stop(trader, account, side="SELL")
     assert stop.trigger_price == D("1509.90")
     client = engine.client_get_or_create(user_id=account.client_id)
     engine.order_modify(client=client, order_id=stop.broker_order_id, trigger_price=D("1519.90"))

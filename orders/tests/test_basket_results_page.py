@@ -13,14 +13,15 @@ from orders.models import Basket, Order
 from orders.tests.factories import instrument
 
 
+def one_share_basket(trader, name, accounts):
+    """A basket buying one INFY on each of ``accounts``."""
+    items = [{"instrument": instrument(), "side": "BUY", "quantity": 1}]
+    return sources.basket_save(owner=trader, name=name, account_ids=[a.pk for a in accounts], items=items)
+
+
 def test_a_row_below_one_lot_after_the_multiplier_is_shown_with_why(trader_client, trader, account):
     half = make_broker_account(trader, broker="paper", client_id="HALF", label="Half", copy_multiplier=Decimal("0.5"))
-    basket = sources.basket_save(
-        owner=trader,
-        name="Mixed",
-        account_ids=[account.pk, half.pk],
-        items=[{"instrument": instrument(), "side": "BUY", "quantity": 1}],
-    )
+    basket = one_share_basket(trader, "Mixed", [account, half])
     placed = trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": "t-1"})
     assert PaperOrder.objects.count() == 1  # placed on the first account, refused (0 shares) on "Half"
     assert placed.status_code == 200  # the results page, not a 500 after an order went to the broker
@@ -38,12 +39,7 @@ def test_an_item_whose_broker_answer_was_lost_says_so_not_submitted(trader_clien
     down = make_broker_account(trader, broker="paper", client_id="DOWN", label="Down")
     engine.client_get_or_create(user_id=down.client_id)
     PaperClient.objects.filter(user_id=down.client_id).update(error_rate=1)
-    basket = sources.basket_save(
-        owner=trader,
-        name="Two",
-        account_ids=[account.pk, down.pk],
-        items=[{"instrument": instrument(), "side": "BUY", "quantity": 1}],
-    )
+    basket = one_share_basket(trader, "Two", [account, down])
     placed = trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": "t-1"})
     results = {row["account"]: row for row in placed.context["results"]}
     assert results["Paper"]["status"] == "FILLED"
