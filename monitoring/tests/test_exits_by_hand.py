@@ -11,7 +11,7 @@ from brokers.paper import engine
 from monitoring import cycle
 from monitoring.models import AccountRun
 from monitoring.tests.test_cycle import trailing_stop
-from monitoring.tests.test_strategy_exits import entry, held, live_exits, quote, strategy
+from monitoring.tests.test_strategy_exits import entry, entry_with_stop, held, live_exits, quote, strategy
 from orders import services
 from orders.tests.factories import place
 from tradingplatform import background
@@ -100,11 +100,7 @@ def test_a_stop_loss_cut_by_hand_still_covers_what_the_entry_fills_after_the_cut
 
 
 def test_a_stop_loss_cut_in_the_brokers_app_is_not_topped_up_and_the_trader_is_told(trader, account):
-    guarded = strategy(trader, account, stop_loss=D("1"))
-    quote("1500")
-    first = entry(trader, account, guarded)
-    monitor(account)
-    stop = first.children.get(role="stop_loss")
+    first, stop = entry_with_stop(trader, account)
     client = engine.client_get_or_create(user_id=account.client_id)
     engine.order_modify(client=client, order_id=stop.broker_order_id, quantity=4)
     monitor(account)

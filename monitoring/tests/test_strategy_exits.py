@@ -50,6 +50,15 @@ def entry(trader, account, guarded, **kwargs):
     return place(trader, account, quantity=10, strategy=guarded, source="strategy", **kwargs)
 
 
+def entry_with_stop(trader, account):
+    """A strategy's entry of 10 filled at 1500 and, after a run, its stop-loss 1 % under it."""
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    return first, first.children.get(role="stop_loss")
+
+
 def live_exits(account, role):
     return sum(
         o.quantity - o.filled_quantity for o in Order.objects.filter(account=account, role=role, status__in=Order.LIVE)
@@ -246,11 +255,7 @@ def test_no_exit_is_placed_for_a_position_closed_by_hand(trader, account):
 
 def test_an_exit_cancelled_at_the_broker_is_not_put_back(trader, account):
     """Cancelled in the broker's own app (no request of ours): the trader's word, not the cycle's."""
-    guarded = strategy(trader, account, stop_loss=D("1"))
-    quote("1500")
-    first = entry(trader, account, guarded)
-    monitor(account)
-    stop = first.children.get(role="stop_loss")
+    first, stop = entry_with_stop(trader, account)
     engine.order_cancel(client=engine.client_get_or_create(user_id=account.client_id), order_id=stop.broker_order_id)
     monitor(account)
     run = monitor(account)
