@@ -43,6 +43,11 @@ def test_book_and_order_page_catch_up_after_the_websocket_reconnects(stack, cont
     wait_for_websocket(detail)
     mark_page(detail)
 
+    # However many tries failed while the server was down, the next comes within 5 s of the last (htmx's
+    # default waits up to 2^n s after the n-th: a page could stay without pushes for a minute).
+    waits = book.evaluate("() => [0, 3, 6, 20].map((n) => htmx.config.wsReconnectDelay(n))")
+    assert all(0 < wait <= 5000 for wait in waits), waits
+
     # The web process goes down; the order fills while no page is connected (its push reaches nobody).
     stack.stop("web")
     move_market(stack, SYMBOL, limit - 5 * Decimal(quote["tick"]))

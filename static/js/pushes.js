@@ -74,6 +74,14 @@
       .catch(function () {});
   }
   document.addEventListener("htmx:wsOpen", resyncRows);
+  /* After a server restart the socket is tried again: htmx's default ("full-jitter") waits up to
+     2^n seconds after the n-th failed try, so a page could stay without pushes for up to a minute
+     once the server is back. A trading page waits at most 5 s, spread by jitter so that every open
+     page does not knock at once. */
+  htmx.config.wsReconnectDelay = function (retryCount) {
+    var ceiling = Math.min(500 * Math.pow(2, retryCount), 5000);
+    return ceiling / 2 + (ceiling / 2) * Math.random();
+  };
   htmx.defineExtension("shown-targets", {
     transformResponse: function (text, xhr, elt) {
       var holder = document.createElement("template");
