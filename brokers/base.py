@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from zoneinfo import ZoneInfo
+
+from brokers.markets import IST, trading_date
 
 BUY, SELL = "BUY", "SELL"
 ORDER_TYPES = ("MARKET", "LIMIT", "SL", "SL-M")
@@ -19,12 +20,9 @@ PRODUCTS = ("CNC", "MIS", "NRML")
 VALIDITIES = ("DAY", "IOC")
 
 
-IST = ZoneInfo("Asia/Kolkata")
-
-
 def ist_today(now: datetime | None = None) -> date:
     """The trading day in India now (or at ``now``): contracts expire and sessions end by it."""
-    return (now or datetime.now(IST)).astimezone(IST).date()
+    return trading_date(now)
 
 
 def instrument_expired(instrument, today: date | None = None) -> bool:

@@ -50,6 +50,7 @@ from brokers.errors import (
     RejectKind,
     SendTooLate,
 )
+from brokers.markets import trading_date
 from brokers.models import Instrument
 from brokers.selectors import instrument_last_price
 from brokers.services import placed_fills_recorder
@@ -305,10 +306,6 @@ def order_check(
 
 
 # --- Placement -------------------------------------------------------------------------------
-
-
-def trading_date(now=None):
-    return (now or timezone.now()).astimezone(IST).date()
 
 
 _counters_seen: set = set()  # (account id, day) rows known to exist, in this process

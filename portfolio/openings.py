@@ -93,6 +93,7 @@ from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers.base import IST, MULTIPLIED_EXCHANGES, BrokerPosition, BrokerTrade, Holding
+from brokers.markets import date_start, day_start
 from brokers.selectors import instrument_by_symbol
 
 from . import services
@@ -132,20 +133,10 @@ class Lot:
         return self.quantity if self.side == "BUY" else -self.quantity
 
 
-def day_start(now: datetime | None = None) -> datetime:
-    """The start of the trading day (midnight, Asia/Kolkata) at ``now``."""
-    return (now or timezone.now()).astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
-
-
 def day_begun(now: datetime) -> bool:
     """Whether the broker's trading day has begun at ``now`` (``OPENINGS_FROM``, IST): before it, a
     broker's book can still be the day before's."""
     return now.astimezone(IST).time() >= time.fromisoformat(settings.OPENINGS_FROM)
-
-
-def date_start(day: date) -> datetime:
-    """The start of the trading day ``day``."""
-    return datetime.combine(day, time.min, tzinfo=IST)
 
 
 def book_at_day_start(

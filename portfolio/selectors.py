@@ -6,7 +6,7 @@ decimals as floats), so every figure shown is exact.
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from itertools import groupby
 from operator import itemgetter
@@ -17,6 +17,7 @@ from django.utils import timezone
 from accounts.models import BrokerAccount
 from accounts.selectors import broker_accounts_of
 from brokers.base import IST
+from brokers.markets import day_start
 from monitoring.models import AccountRun
 from orders.models import Order
 from orders.selectors import orders_of
@@ -30,12 +31,6 @@ DASHBOARD_TRADES = 20
 DASHBOARD_ORDERS = 50
 DASHBOARD_ERRORS = 10
 ERRORS_WINDOW = timedelta(hours=24)
-
-
-def trading_day_start(now: datetime | None = None) -> datetime:
-    """Midnight IST of the current trading day (the exchange's day, whatever the viewer's timezone)."""
-    local = (now or timezone.now()).astimezone(IST)
-    return datetime.combine(local.date(), time.min, tzinfo=IST)
 
 
 # --- Positions and the PnL summary ---------------------------------------------------------------
@@ -276,14 +271,14 @@ class Dashboard:
 def dashboard_of(user, *, now: datetime | None = None) -> Dashboard:
     """Everything the dashboard shows; its live pushes and its resync render the same."""
     now = now or timezone.now()
-    day_start = trading_day_start(now)
+    start = day_start(now)
     return Dashboard(
         summary=pnl_summary(user, now=now),
-        point=pnl_latest_point(user, day_start),
+        point=pnl_latest_point(user, start),
         positions=list(positions_of(user, open_only=True)),
         open_orders=list(orders_of(user, status=list(Order.LIVE))[:DASHBOARD_ORDERS]),
         trades=list(trades_of(user)[:DASHBOARD_TRADES]),
         errors=list(account_runs_of(user, errors_only=True, since=now - ERRORS_WINDOW)[:DASHBOARD_ERRORS]),
-        chart_since=day_start,
+        chart_since=start,
         read_at=now,
     )

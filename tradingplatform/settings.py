@@ -261,6 +261,12 @@ SCHEDULE_ON_TIME_S = env.int("SCHEDULE_ON_TIME_S", default=10)
 OPENINGS_FROM = env.str("OPENINGS_FROM", default="08:00")
 if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", OPENINGS_FROM):
     raise ImproperlyConfigured(f"OPENINGS_FROM must be a time of day in IST, HH:MM (not {OPENINGS_FROM!r}).")
+# The exchanges' holidays (YYYY-MM-DD, comma-separated; weekends are closed anyway): on them a
+# strategy's exits that ended with their day are not put back (``brokers.markets``).
+EXCHANGE_HOLIDAYS = frozenset(env.list("EXCHANGE_HOLIDAYS", default=[]))
+for _holiday in EXCHANGE_HOLIDAYS:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", _holiday):
+        raise ImproperlyConfigured(f"EXCHANGE_HOLIDAYS: {_holiday!r} is not a date (YYYY-MM-DD).")
 SCHEDULE_DISPATCH_INTERVAL_S = env.float("SCHEDULE_DISPATCH_INTERVAL_S", default=1.0)
 # How far ahead the dispatcher claims due times: a worker prepares their orders at once (checks
 # them and writes them NEW) and sends them at the time. At least the dispatch interval, so every

@@ -34,6 +34,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from brokers.base import IST, instrument_expired, next_morning_expiry
+from brokers.markets import day_start
 from tradingplatform.db import PlainInserts, PlainRows
 
 from .book import BUY, SELL, OrderBook
@@ -1075,11 +1076,6 @@ def _set_quote(
 QUOTE_FIELDS = ["last_price", "bid", "ask", "high", "low", "tick_volume", "updated_at"]
 
 
-def _day_start(now: datetime | None = None) -> datetime:
-    """The start of the trading day (midnight, Asia/Kolkata) at ``now``."""
-    return (now or timezone.now()).astimezone(IST).replace(hour=0, minute=0, second=0, microsecond=0)
-
-
 DAY_ENDED = "Order cancelled at the end of its trading day (a DAY order is valid for the day it was placed)"
 
 
@@ -1089,7 +1085,7 @@ def day_orders_close(now: datetime | None = None) -> int:
     as of any cancel. Without this a resting order of yesterday could fill today. Returns how many."""
     now = now or timezone.now()
     stale = list(
-        PaperOrder.objects.filter(status__in=PaperOrder.LIVE, validity="DAY", placed_at__lt=_day_start(now))
+        PaperOrder.objects.filter(status__in=PaperOrder.LIVE, validity="DAY", placed_at__lt=day_start(now))
         .values_list("pk", flat=True)
         .order_by("pk")
     )
@@ -1346,7 +1342,7 @@ class PositionRow:
 
 def positions_of(client: PaperClient, *, day_only: bool = False) -> list[PositionRow]:
     """Positions from the client's fills: delivery (CNC) from today, the rest from all days."""
-    start_of_day = _day_start()
+    start_of_day = day_start()
     rows: dict[tuple, PositionRow] = {}
     for trade in trade_book(client):
         if trade.filled_at < start_of_day and (day_only or trade.product == "CNC"):
@@ -1371,7 +1367,7 @@ def positions_of(client: PaperClient, *, day_only: bool = False) -> list[Positio
 
 def holdings_of(client: PaperClient) -> list[tuple[PaperInstrument, int, Decimal]]:
     """Delivery bought before today and still held: (instrument, quantity, average price)."""
-    start_of_day = _day_start()
+    start_of_day = day_start()
     held = defaultdict(lambda: [0, Decimal(0)])
     trades = PaperTrade.objects.filter(client=client, product="CNC", filled_at__lt=start_of_day)
     for trade in trades.select_related("instrument").order_by("filled_at", "id"):

@@ -15,6 +15,7 @@ from django.urls import NoReverseMatch, include, path, reverse
 from django.utils import timezone
 
 from accounts.tests.factories import make_broker_account
+from brokers import markets
 from brokers.models import Instrument
 from brokers.paper import engine
 from monitoring import cycle
@@ -188,7 +189,7 @@ def test_dashboard_resyncs_when_the_websocket_reconnects(trader_client, account,
 
 def test_pnl_series_carries_each_accounts_latest_snapshot_forward(trader, account, theirs):
     second = make_broker_account(trader, broker="paper", client_id="PAPER-O2", label="Second")
-    day = selectors.trading_day_start()
+    day = markets.day_start()
     PnlSnapshot.objects.create(account=account, taken_at=day - timedelta(minutes=5), realized=D(999), unrealized=0)
     for minutes, row, realized, unrealized in (
         (10, account, "100", "0"),

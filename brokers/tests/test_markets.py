@@ -1,0 +1,47 @@
+"""The exchanges' days and hours (``brokers.markets``)."""
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from brokers import markets
+from brokers.markets import IST
+
+
+def at(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 12, day, hour, minute, tzinfo=IST)
+
+
+def test_the_trading_day_is_india_s_whatever_the_instant_s_zone():
+    assert markets.trading_date(datetime(2026, 12, 6, 18, 45, tzinfo=UTC)) == date(2026, 12, 7)
+    assert markets.day_start(datetime(2026, 12, 6, 18, 45, tzinfo=UTC)) == at(7, 0)
+    assert markets.date_start(date(2026, 12, 7)) == at(7, 0)
+
+
+@pytest.mark.parametrize(
+    ("exchange", "when", "open_"),
+    [
+        ("NSE", at(7, 9, 14), False),
+        ("NSE", at(7, 9, 15), True),
+        ("NSE", at(7, 15, 29), True),
+        ("NSE", at(7, 15, 30), False),
+        ("NFO", at(7, 12), True),
+        ("CDS", at(7, 16, 30), True),
+        ("MCX", at(7, 23, 0), True),
+        ("MCX", at(7, 23, 55), False),
+        ("NSE", at(5, 12), False),  # a Saturday
+        ("NSE", at(6, 12), False),  # a Sunday
+    ],
+)
+def test_an_exchange_is_open_in_its_session_on_weekdays(exchange, when, open_):
+    assert markets.is_open(exchange, when) is open_
+
+
+def test_holidays_are_closed_and_skipped_to_the_next_session(settings):
+    settings.EXCHANGE_HOLIDAYS = frozenset({"2026-12-07"})
+    assert not markets.is_open("NSE", at(7, 12))
+    # Friday after the close: not Saturday, Sunday nor the Monday holiday, but Tuesday's open.
+    assert markets.next_open("NSE", at(4, 15, 30)) == at(8, 9, 15)
+    assert markets.next_open("NSE", at(8, 10)) == at(8, 10)  # open: now
+    assert markets.next_open("MCX", at(8, 23, 0)) == at(8, 23, 0)
+    assert markets.next_open("MCX", at(8, 23, 56)) == at(9, 9, 0)
