@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from brokers import markets
 from brokers.markets import IST, trading_date
 
 BUY, SELL = "BUY", "SELL"
@@ -257,6 +258,9 @@ class Broker:
     - ``shared_market_data``: True when prices asked through one account are not that account's
       to spend: no per-trader credentials, quote budget or subscription behind them (the paper
       exchange). Otherwise a trader's session asks prices only for that trader's accounts.
+
+    Class methods say when its exchanges trade (``day_orders_end``, ``next_open``): the Indian
+    exchanges' sessions (``brokers.markets``) unless an adapter trades otherwise.
     """
 
     code = ""
@@ -275,6 +279,18 @@ class Broker:
         self.client_id = client_id
         self.credentials = credentials or {}
         self.access_token = access_token
+
+    # --- The exchanges' hours ----------------------------------------------------
+    @classmethod
+    def day_orders_end(cls, exchange: str, day: date) -> datetime:
+        """When the DAY orders of trading day ``day`` on ``exchange`` that still rest are closed:
+        at the exchange's close."""
+        return markets.session(exchange, day)[1]
+
+    @classmethod
+    def next_open(cls, exchange: str, after: datetime) -> datetime:
+        """When orders on ``exchange`` trade next after ``after`` (``after`` itself in a session)."""
+        return markets.next_open(exchange, after)
 
     # --- Sessions ----------------------------------------------------------------
     def login(self) -> SessionTokens:

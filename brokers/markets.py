@@ -52,16 +52,6 @@ def session(exchange: str, day: date) -> tuple[datetime, datetime]:
     return datetime.combine(day, opens, tzinfo=IST), datetime.combine(day, closes, tzinfo=IST)
 
 
-def is_open(exchange: str, now: datetime | None = None) -> bool:
-    """Whether ``exchange``'s normal session is on at ``now``."""
-    now = now or timezone.now()
-    day = trading_date(now)
-    if not is_trading_day(day):
-        return False
-    opens, closes = session(exchange, day)
-    return opens <= now < closes
-
-
 def next_open(exchange: str, after: datetime) -> datetime:
     """When ``exchange`` next opens after ``after`` (``after`` itself while it is open)."""
     day = trading_date(after)

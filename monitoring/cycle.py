@@ -43,7 +43,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
-from brokers import registry
+from brokers import markets, registry
 from brokers import services as broker_services
 from brokers.base import MULTIPLIED_EXCHANGES, BrokerOrder, BrokerPosition, BrokerTrade, Holding
 from brokers.base import Status as BrokerStatus
@@ -615,9 +615,11 @@ def step_exits(ctx: Context) -> None:
     cover exactly that: a new fill of the entry, or an exit the broker refused, gets a new exit
     for the rest; an exit that filled (wholly or in part) shrinks the other role's exits, down
     to cancelling them when nothing is held (one cancels the other). An exit cancelled other
-    than at the platform's own request is not placed again. An entry that can fill no more and
-    holds nothing is done. Refusals, and exits cancelled at the broker (not by the trader through
-    the platform), are the run's errors: the position is unprotected.
+    than at the platform's own request is not placed again, unless the exchange ended it with
+    its day: it goes back at its terms when orders trade again (``_ended_with_its_day``). An
+    entry that can fill no more and holds nothing is done. Refusals, and exits cancelled at the
+    broker (not by the trader through the platform), are the run's errors: the position is
+    unprotected.
     """
     # The entries' recorded fills and their positions in one statement, so that they agree.
     entries = list(
@@ -720,6 +722,8 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         for e in mine
         if e.status == Order.Status.CANCELLED and not (orders.cancel_asked_by_platform(e) or _cancelled_by_step_4(e))
     ]
+    ended = {e: how for e in not_ours if (how := _ended_with_its_day(ctx, entry, e)) is not None}
+    not_ours = [e for e in not_ours if e not in ended]
     if not_ours:
         # Cancelled by the trader (a page, the API, the broker's app) or the broker: not put back.
         # Unless the trader asked through the platform, nobody here saw it go: say it is unprotected.
@@ -728,12 +732,23 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             _run_error(
                 ctx,
                 f"{entry.reference} holds {missing} without a {name}: {not_ours[-1].reference} was cancelled at"
-                " the broker (in its own app, or by the exchange at the end of its day), not through the platform,"
-                " so it is not placed again (place one, or close the position)",
+                " the broker (in its own app, or by its risk system), not through the platform, so it is not"
+                " placed again (place one, or close the position)",
             )
         return
     cut = {e: found for e in mine if (found := _cut_by_hand(e)) is not None}
-    owed = _owed_exit(mine)
+    owed = _owed_exit(mine, ended)
+    if owed is not None and ended.get(owed[0]) == ENDED_FILLS_UNKNOWN:
+        _run_error(
+            ctx,
+            f"{entry.reference} holds {missing} without a {name}: {owed[0].reference} ended with its trading day"
+            " while the platform was not reading the broker, and what it filled since our last look is not known"
+            " (the broker lists today's orders only), so it is not placed again (check the position at the"
+            " broker, then place one or close it)",
+        )
+        return
+    if owed is not None and owed[0] in ended and not _carry_now(ctx, entry, owed[0], name):
+        return
     if cut and owed is None:
         # Its quantity cut by the trader: what they left uncovered is theirs, not topped up again
         # (an exit cancelled past the cap to be replaced is still put back, below, for what it had);
@@ -771,12 +786,16 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             return
     if owed is not None:
         # Cancelled past the cap to be replaced (a trail's new trigger), its broker closing it only
-        # later: put back as that replacement, which keeps the trail's distance (``_placed``).
+        # later, or ended with its day: put back as that replacement, which keeps the trail's
+        # distance (``_placed``).
         replaced, owed = owed
         if cut:  # for what it had, not more: the rest was the trader's to leave uncovered
             missing = min(missing, replaced.quantity - replaced.filled_quantity)
         prices = {"order_type": replaced.order_type, "price": replaced.price, "trigger_price": replaced.trigger_price}
         prices.update(owed)
+        if replaced in ended and _stop_passed(ctx, replaced):
+            # The market opened beyond the stop: the stop would have fired there had it rested.
+            prices = {"order_type": "MARKET", "price": None, "trigger_price": None}
         key = f"{REPLACE_KEY.strip(':')}:{replaced.pk}"
     else:
         average = Decimal(entry.average_price)
@@ -813,18 +832,69 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         ctx.act(f"placed {name} {placed.reference} for {entry.reference}")
 
 
-def _owed_exit(mine: list[Order]) -> tuple[Order, dict] | None:
-    """The newest of an entry's exits of one role cancelled past the cap to be replaced and not
-    replaced yet, with the terms owed (``_owed_terms``). Not only the last one: a newer exit of the
-    role still live (the entry filled in parts, one exit per part) must not hide it, or what it
-    covered would go back at the first level, loosening what a trail had tightened."""
+def _owed_exit(mine: list[Order], ended: dict[Order, str]) -> tuple[Order, dict] | None:
+    """The newest of an entry's exits of one role cancelled past the cap to be replaced, or
+    ``ended`` with its trading day, and not replaced yet, with the terms owed (``_owed_terms``;
+    an ended one's own). Not only the last one: a newer exit of the role still live (the entry
+    filled in parts, one exit per part) must not hide it, or what it covered would go back at the
+    first level, loosening what a trail had tightened."""
     replaced = {e.idempotency_key.rsplit(REPLACE_KEY, 1)[1] for e in mine if REPLACE_KEY in (e.idempotency_key or "")}
     for order in reversed(mine):
         if order.status == Order.Status.CANCELLED and str(order.pk) not in replaced:
-            terms = _owed_terms(order)
+            terms = {} if order in ended else _owed_terms(order)
             if terms is not None:
                 return order, terms
     return None
+
+
+# How an exit that was cancelled at the broker ended (``_ended_with_its_day``).
+ENDED, ENDED_FILLS_UNKNOWN = "ended", "ended, its last fills unknown"
+
+
+def _ended_with_its_day(ctx: Context, entry: Order, order: Order) -> str | None:
+    """Whether the exchange closed ``order``, a DAY exit of ``entry`` still resting, at its day's end: its broker
+    had it cancelled when the DAY orders of the day it was placed end (``Broker.day_orders_end``:
+    Kite's at the exchange's close; by the broker's time where it gives one, else when the platform
+    saw it), and nobody asked for a cancel through the platform. ``ENDED``; ``ENDED_FILLS_UNKNOWN``
+    when the platform closed it itself on a later day, its broker no longer listing it (what it
+    filled after the platform's last look is not known); None when it was cancelled some other way
+    (in the broker's app, by its risk system: before then). A trader's cancel in the broker's app
+    after the close is taken for the day's end."""
+    if order.validity != "DAY" or orders.last_cancel_request(order) is not None:
+        return None
+    event = order.events.filter(kind="cancelled").order_by("-pk").first()
+    if event is None:
+        return None
+    data = event.data or {}
+    at = datetime.fromisoformat(data[orders.BROKER_AT]) if orders.BROKER_AT in data else event.created_at
+    broker = registry.get(ctx.account.broker)
+    if at < broker.day_orders_end(entry.instrument.exchange, markets.trading_date(order.created_at)):
+        return None
+    return ENDED_FILLS_UNKNOWN if data.get(orders.FILLS_UNKNOWN) else ENDED
+
+
+def _carry_now(ctx: Context, entry: Order, ended: Order, name: str) -> bool:
+    """Whether an exit that ended with its day goes back now: in its exchange's next session (at
+    once at a broker that trades round the clock). Until then the run says when."""
+    exchange = entry.instrument.exchange
+    now = timezone.now()
+    at = registry.get(ctx.account.broker).next_open(exchange, now)
+    if at <= now and markets.trading_date(now) > markets.trading_date(ended.created_at):
+        return True
+    at = at.astimezone(markets.IST)
+    ctx.act(
+        f"{ended.reference} ({name} of {entry.reference}) ended with its trading day: placed again at"
+        f" {exchange}'s open, {at:%a %d %b %H:%M} IST"
+    )
+    return False
+
+
+def _stop_passed(ctx: Context, stop: Order) -> bool:
+    """Whether the last price is at or beyond a stop-loss's trigger (a gap past it overnight)."""
+    last = ctx.last_prices.get((stop.instrument.exchange, stop.instrument.tradingsymbol))
+    if stop.role != Order.Role.STOP_LOSS or stop.trigger_price is None or not last:
+        return False
+    return last <= stop.trigger_price if stop.side == "SELL" else last >= stop.trigger_price
 
 
 def _changed_by_hand(order: Order, field: str, *, step: str, since_pk: int = 0) -> tuple[str, int] | None:

@@ -758,6 +758,9 @@ SEND_WITHIN_S = 40
 NEVER_SENT = "never reached the broker (the sender stopped)"
 # How an event says an order's terms were changed at the broker, not through the platform.
 BROKER_CHANGED = "found changed at the broker"
+# Event data: when the broker says a status move happened (ISO time), and that an order was closed
+# with its day without its last fills known (``_closed_with_its_day``).
+BROKER_AT, FILLS_UNKNOWN = "broker_at", "fills_unknown"
 
 
 def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) -> None:
@@ -919,6 +922,7 @@ class _Step:
     cause: str
     message: str
     fields: dict
+    data: dict | None = None  # the event's
 
 
 _ORDER_UPDATE = PlainUpdate(Order)
@@ -935,16 +939,18 @@ def _transition(
     expect: dict | None = None,
     push: bool = True,
     then: _Step | None = None,
+    data: dict | None = None,
     **fields,
 ) -> bool:
     """Move an order from the status we read (and the ``expect``ed field values) to ``to_status``,
     once, and push its row to the trader's pages (unless the caller pushes once for several).
     ``then``: a further move written by the same UPDATE (the broker's answer that says the order
-    is already open or filled), with an event of its own. Returns whether we did."""
+    is already open or filled), with an event of its own; ``data``, this move's event's. Returns
+    whether we did."""
     from_status = order.status
-    steps = [(kind, from_status, to_status, cause, message, None)]
+    steps = [(kind, from_status, to_status, cause, message, data)]
     if then is not None:
-        steps.append((then.kind, to_status, then.to_status, then.cause, then.message, None))
+        steps.append((then.kind, to_status, then.to_status, then.cause, then.message, then.data))
         to_status, fields = then.to_status, {**fields, **then.fields}
     now = timezone.now()
     with transaction.atomic(savepoint=False):  # within a caller's transaction, part of it
@@ -1450,7 +1456,10 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
         message = "; ".join(filter(None, [held, message]))
         if new_status == order.status and filled == order.filled_quantity:
             kind = "modified"
-    return _Step(to_status=new_status, kind=kind, cause=cause, message=message, fields=fields)
+    # When the broker says it happened: an exit the exchange closed at its day's end is told from
+    # one the trader cancelled in the broker's app by it (``monitoring.cycle``), not by when we saw it.
+    data = {BROKER_AT: state.updated_at.isoformat()} if state.updated_at and new_status != order.status else None
+    return _Step(to_status=new_status, kind=kind, cause=cause, message=message, fields=fields, data=data)
 
 
 def order_apply_broker_state(order: Order, state, *, cause: str, push: bool = True, asked_at=None) -> bool:
@@ -1474,6 +1483,7 @@ def order_apply_broker_state(order: Order, state, *, cause: str, push: bool = Tr
             message=step.message,
             expect=expect,
             push=push,
+            data=step.data,
             **step.fields,
         ):
             return True
@@ -1575,6 +1585,7 @@ def _closed_with_its_day(order: Order, cause: str) -> bool:
                 f"a day order of {day:%d %b}, closed by the exchange at that day's end; {order.filled_quantity} "
                 f"filled when last seen (the broker lists today's orders only: its history has the rest)"
             ),
+            data={FILLS_UNKNOWN: True},
         )
     message = f"its answer never came on {day:%d %b}, and the broker lists today's orders only: see its history"
     return _transition(

@@ -9,12 +9,13 @@ exercises the same exchange over the real wire format.
 import contextvars
 import functools
 import logging
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from types import SimpleNamespace
 
 from django.db import IntegrityError, OperationalError
 
-from brokers import base
+from brokers import base, markets
 from brokers.base import Status
 from brokers.errors import (
     AuthError,
@@ -219,6 +220,15 @@ class PaperBroker(base.Broker):
     tells_order_updates = True  # in-process, after each change's commit (``order_announce``)
     cancels_at_once = True
     shared_market_data = True  # the platform's own exchange: no trader's credentials or budget behind a quote
+
+    # Its market trades round the clock; its DAY orders rest until midnight (``engine.day_orders_close``).
+    @classmethod
+    def day_orders_end(cls, exchange: str, day: date) -> datetime:
+        return markets.date_start(day + timedelta(days=1))
+
+    @classmethod
+    def next_open(cls, exchange: str, after: datetime) -> datetime:
+        return after
 
     def _token(self) -> str:
         if not self.access_token:

@@ -267,8 +267,8 @@ def test_an_exit_cancelled_at_the_broker_is_not_put_back(trader, account):
         {
             "step": "4_exits",
             "error": f"{first.reference} holds 10 without a stop-loss: {stop.reference} was cancelled at the broker"
-            " (in its own app, or by the exchange at the end of its day), not through the platform, so it is not"
-            " placed again (place one, or close the position)",
+            " (in its own app, or by its risk system), not through the platform, so it is not placed again"
+            " (place one, or close the position)",
         }
     ]
 

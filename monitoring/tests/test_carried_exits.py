@@ -1,0 +1,169 @@
+"""A strategy's exits of a position carried overnight: the exchange ends DAY orders with their day,
+and step 4 puts them back, at their own terms (a trail's level), when orders trade again (the
+paper exchange's market never shuts: at once; Kite's at the exchange's next open); not those the
+trader cancelled, nor one whose last fills the platform never saw.
+
+The exchanges' hours are ``brokers.markets``' (tested in ``brokers/tests/test_markets.py``); on
+Kite here the session is open or not as the test says."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from brokers import markets
+from brokers.client import AccountBroker
+from brokers.paper import engine
+from brokers.paper.models import PaperClient, PaperOrder
+from monitoring import cycle
+from monitoring.models import AccountRun
+from orders import services
+from orders.models import Order
+from tradingplatform import background
+
+from .test_strategy_exits import D, entry, held, live_exits, quote, strategy
+
+
+@pytest.fixture
+def session(monkeypatch):
+    """The exchanges' sessions: shut (opening in an hour) until a test opens them (``session["open"] = True``)."""
+    state = {"open": False}
+    monkeypatch.setattr(
+        markets, "next_open", lambda exchange, after: after + timedelta(hours=0 if state["open"] else 1)
+    )
+    return state
+
+
+def monitor(account):
+    assert background.wait_idle(30)
+    run = cycle.account_monitor(account=account)
+    assert background.wait_idle(30)
+    return run
+
+
+def guarded_yesterday(trader, account, **params):
+    """A delivery (CNC) entry of 10 bought at 1500 and its stop-loss 10 points under it, placed on
+    the day before today: (the entry, its stop)."""
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", **params)
+    quote("1500")
+    first = entry(trader, account, guarded, product="CNC")
+    monitor(account)
+    return first, first.children.get(role="stop_loss")
+
+
+def placed_yesterday(order):
+    yesterday = timezone.now() - timedelta(days=1)
+    Order.objects.filter(pk=order.pk).update(created_at=yesterday)
+    PaperOrder.objects.filter(tag=order.reference).update(placed_at=yesterday)
+
+
+def day_ends(stop):
+    """The exchange closes yesterday's resting DAY orders (the platform reads it at its next run)."""
+    placed_yesterday(stop)
+    assert engine.day_orders_close() == 1
+
+
+def stops(first):
+    return list(first.children.filter(role="stop_loss").order_by("pk"))
+
+
+def test_a_stop_the_exchange_ended_with_its_day_goes_back_the_next_day(trader, account):
+    first, stop = guarded_yesterday(trader, account)
+    assert stop.trigger_price == D("1490.10")
+    day_ends(stop)
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    stop.refresh_from_db()
+    assert stop.status == Order.Status.CANCELLED
+    assert stop.events.get(kind="cancelled").data[services.BROKER_AT]
+    monitor(account)  # once
+    old, new = stops(first)
+    assert old.pk == stop.pk
+    assert (new.status, new.order_type, new.trigger_price, new.quantity) == (
+        Order.Status.OPEN,
+        "SL-M",
+        D("1490.10"),
+        10,
+    )
+    assert new.idempotency_key.endswith(f"replace:{stop.pk}")
+    assert (new.product, new.side) == ("CNC", "SELL")
+
+
+def test_a_trailed_stop_goes_back_where_it_had_trailed_and_trails_on(trader, account):
+    first, stop = guarded_yesterday(trader, account, trailing_step=D("5"))
+    quote("1512")  # two steps of 5
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1500.10")
+    day_ends(stop)
+    monitor(account)
+    _old, new = stops(first)
+    assert new.trigger_price == D("1500.10")  # not the first level, 1490.10
+    quote("1517")  # the trail's distance (10) is kept: one more step
+    monitor(account)
+    new.refresh_from_db()
+    assert new.trigger_price == D("1505.10")
+
+
+def test_a_stop_the_market_opened_beyond_is_an_exit_at_market(trader, account):
+    first, stop = guarded_yesterday(trader, account)
+    day_ends(stop)
+    quote("1470")  # the market opens under the stop's trigger (1490.10)
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    _old, new = stops(first)
+    assert (new.order_type, new.trigger_price) == ("MARKET", None)
+    monitor(account)
+    new.refresh_from_db()
+    assert (new.status, new.filled_quantity) == (Order.Status.FILLED, 10)
+    assert held(account) == 0
+
+
+def test_a_stop_the_trader_cancelled_at_the_broker_during_its_day_is_not_put_back(trader, account, monkeypatch):
+    first, stop = guarded_yesterday(trader, account)
+    placed_yesterday(stop)
+    # Cancelled in the broker's app at 11:00 yesterday, before the close: the broker's time says so,
+    # however late the platform hears of it.
+    at = markets.date_start(markets.trading_date() - timedelta(days=1)) + timedelta(hours=11)
+    with monkeypatch.context() as clock:
+        clock.setattr(timezone, "now", lambda: at)
+        engine.order_cancel(client=PaperClient.objects.get(user_id=account.client_id), order_id=stop.broker_order_id)
+    assert background.wait_idle(30)
+    run = monitor(account)
+    assert run.status == AccountRun.Status.ERRORS
+    assert "was cancelled at the broker" in run.errors[-1]["error"]
+    assert stops(first) == [stop]
+
+
+def test_a_stop_closed_with_its_day_while_nobody_read_the_broker_is_reported_not_put_back(trader, account, monkeypatch):
+    """Kite lists today's orders only: a stop still live when the platform last read it, gone from
+    the book the next day, may have filled before the close. Placed again, it could sell what is no
+    longer held."""
+    first, stop = guarded_yesterday(trader, account)
+    placed_yesterday(stop)
+    monkeypatch.setattr(AccountBroker, "orders", lambda broker: [])
+    run = monitor(account)
+    stop.refresh_from_db()
+    assert stop.status == Order.Status.CANCELLED
+    assert run.status == AccountRun.Status.ERRORS
+    assert "what it filled since our last look is not known" in run.errors[-1]["error"]
+    assert stops(first) == [stop]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kite_stop_the_exchange_ended_goes_back_at_the_next_open(trader, kite_on_face, session):
+    """On a Kite account (the paper exchange's Kite face), Kite's time of the cancel
+    (``exchange_update_timestamp``), heard by postback or read from the book, says the day ended
+    it; it goes back when the exchange opens, and until then the run says when."""
+    account = kite_on_face
+    first, stop = guarded_yesterday(trader, account)
+    day_ends(stop)
+    run = monitor(account)  # the exchange is shut: it waits for the open, and says so
+    assert run.status == AccountRun.Status.OK, run.errors
+    assert any("ended with its trading day: placed again at NSE's open" in a for a in run.actions), run.actions
+    assert live_exits(account, "stop_loss") == 0
+    session["open"] = True
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    _old, new = stops(first)
+    assert new.status in Order.LIVE and (new.trigger_price, new.quantity) == (D("1490.10"), 10)
