@@ -327,6 +327,19 @@ def test_orders_list_filters_and_pagination(env, trader):
     assert [o.id for o in env.client.iter_orders(page_size=2)] == [o.id for o in everything.items]
 
 
+def test_iterating_stops_at_the_limit_asked(env):
+    placed = [
+        env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400").id for _ in range(5)
+    ]
+    assert [o.id for o in env.client.iter_orders(limit=3, page_size=2)] == placed[::-1][:3]
+    assert [o.id for o in env.client.iter_orders(limit=9)] == placed[::-1]
+    assert list(env.client.iter_orders(limit=0)) == []
+    assert list(env.client.iter_trades(limit=2)) == []
+    for bad in ({"limit": -1}, {"limit": "3"}, {"page_size": 0}, {"limit": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            env.client.iter_orders(**bad)
+
+
 def test_cancelling_every_open_order_while_iterating_reaches_them_all(env):
     placed = [
         env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400").id for _ in range(6)

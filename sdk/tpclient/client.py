@@ -370,25 +370,39 @@ class Client:
         body = self._get("/orders", **params)
         return from_json(OrderPage, body)
 
-    def iter_orders(self, *, page_size: int = 100, **filters) -> Iterator[Order]:
-        """Every order matching the filters of :meth:`orders`, newest first, page by page.
+    def iter_orders(self, *, page_size: int = 100, limit: int | None = None, **filters) -> Iterator[Order]:
+        """Every order matching the filters of :meth:`orders`, newest first, page by page; at
+        most ``limit`` of them, if given.
 
         Each page after the first asks for the orders below the last one seen (``before_id``), not
         for an offset, so the loop may change what it lists: cancelling each order of
         ``iter_orders(status="open")`` reaches them all, and orders placed meanwhile repeat nothing.
         """
-        return self._pages(self.orders, page_size, filters)
+        return self._pages(self.orders, page_size, limit, filters)
 
-    def _pages(self, read_page, page_size: int, filters: dict) -> Iterator[Any]:
-        """Every item of a list, following its ``before_id`` cursor (the first page from ``offset``, if given)."""
+    def _pages(self, read_page, page_size: int, limit: int | None, filters: dict) -> Iterator[Any]:
+        """Every item of a list, ``limit`` at most, following its ``before_id`` cursor (the first
+        page from ``offset``, if given)."""
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a whole number of at least 1, not {page_size!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be a whole number of at least 0 (or None: all), not {limit!r}")
+        return self._walk(read_page, page_size, limit, filters)
+
+    def _walk(self, read_page, page_size: int, limit: int | None, filters: dict) -> Iterator[Any]:
         offset = filters.pop("offset", 0)
         before_id = filters.pop("before_id", None)
-        while True:
-            page = read_page(limit=page_size, offset=offset, before_id=before_id, **filters)
+        left = limit
+        while left is None or left > 0:
+            size = page_size if left is None else min(page_size, left)
+            page = read_page(limit=size, offset=offset, before_id=before_id, **filters)
             if before_id is not None and any(item.id >= before_id for item in page.items):
                 # A server that ignores before_id would hand back the first page for ever.
                 raise ApiError("The server does not page by before_id; upgrade it.", code="bad_response")
-            yield from page.items
+            items = page.items if left is None else page.items[:left]
+            yield from items
+            if left is not None:
+                left -= len(items)
             if not page.items or not page.has_more:
                 return
             before_id, offset = page.items[-1].id, 0
@@ -499,10 +513,10 @@ class Client:
         )
         return from_json(TradePage, body)
 
-    def iter_trades(self, *, page_size: int = 100, **filters) -> Iterator[Trade]:
+    def iter_trades(self, *, page_size: int = 100, limit: int | None = None, **filters) -> Iterator[Trade]:
         """Every fill matching the filters of :meth:`trades`, newest first, page by page (by ``before_id``,
-        so fills recorded meanwhile repeat nothing)."""
-        return self._pages(self.trades, page_size, filters)
+        so fills recorded meanwhile repeat nothing); at most ``limit`` of them, if given."""
+        return self._pages(self.trades, page_size, limit, filters)
 
     def positions(self, account_id: int | None = None, open_only: bool = False) -> list[Position]:
         """Your positions with their FIFO PnL, by account and symbol."""
