@@ -903,9 +903,8 @@ def _changed_by_hand(order: Order, field: str, *, step: str, since_pk: int = 0) 
     there: the broker's own app), or None; with that change's event id."""
     own = _cause(step, "")
     events = order.events.filter(kind__in=("modified", "modify_unknown"), pk__gt=since_pk).order_by("pk")
-    found_at_broker = f"{orders.BROKER_CHANGED}: "
     found, lost = None, None  # lost: what the step's latest modify whose answer was lost asked
-    for pk, kind, cause, data, message in events.values_list("pk", "kind", "cause", "data", "message"):
+    for pk, kind, cause, data in events.values_list("pk", "kind", "cause", "data"):
         if cause.startswith(own):
             if kind == "modify_unknown":
                 lost = (data or {}).get(field)
@@ -914,7 +913,7 @@ def _changed_by_hand(order: Order, field: str, *, step: str, since_pk: int = 0) 
             continue
         if field in (data or {}):
             found = ("trader", pk)
-        elif message.startswith(found_at_broker) and f"{field.replace('_', ' ')} " in message.split(";")[0]:
+        elif field in (data or {}).get(orders.CHANGED_AT_BROKER, {}):
             # Found at the broker as the step's own lost modify asked (the order has it now): its own.
             if lost is None or Decimal(str(lost)) != Decimal(str(getattr(order, field))):
                 found = ("broker", pk)

@@ -758,9 +758,10 @@ SEND_WITHIN_S = 40
 NEVER_SENT = "never reached the broker (the sender stopped)"
 # How an event says an order's terms were changed at the broker, not through the platform.
 BROKER_CHANGED = "found changed at the broker"
-# Event data: when the broker says a status move happened (ISO time), and that an order was closed
-# with its day without its last fills known (``_closed_with_its_day``).
-BROKER_AT, FILLS_UNKNOWN = "broker_at", "fills_unknown"
+# Event data: the terms found changed at the broker ({field: value as text, or None}), when the
+# broker says a status move happened (ISO time), and that an order was closed with its day without
+# its last fills known (``_closed_with_its_day``).
+CHANGED_AT_BROKER, BROKER_AT, FILLS_UNKNOWN = "broker_changed", "broker_at", "fills_unknown"
 
 
 def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) -> None:
@@ -1456,10 +1457,14 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
         message = "; ".join(filter(None, [held, message]))
         if new_status == order.status and filled == order.filled_quantity:
             kind = "modified"
-    # When the broker says it happened: an exit the exchange closed at its day's end is told from
-    # one the trader cancelled in the broker's app by it (``monitoring.cycle``), not by when we saw it.
-    data = {BROKER_AT: state.updated_at.isoformat()} if state.updated_at and new_status != order.status else None
-    return _Step(to_status=new_status, kind=kind, cause=cause, message=message, fields=fields, data=data)
+    data = {}
+    if changed and not ours:  # who changed what, for the steps that keep what the trader did by hand
+        data[CHANGED_AT_BROKER] = {name: None if v is None else str(v) for name, v in changed.items()}
+    if state.updated_at and new_status != order.status:
+        # When the broker says it happened: an exit the exchange closed at its day's end is told from one
+        # the trader cancelled in the broker's app by it (``monitoring.cycle``), not by when we saw it.
+        data[BROKER_AT] = state.updated_at.isoformat()
+    return _Step(to_status=new_status, kind=kind, cause=cause, message=message, fields=fields, data=data or None)
 
 
 def order_apply_broker_state(order: Order, state, *, cause: str, push: bool = True, asked_at=None) -> bool:

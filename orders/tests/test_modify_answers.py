@@ -76,7 +76,9 @@ def test_a_market_order_changed_to_a_limit_whose_answer_was_lost_takes_the_limit
     services.orders_sync_account(account=account)  # what the queued run does
     order.refresh_from_db()
     assert (order.order_type, order.price, order.status) == ("LIMIT", D("1405"), Order.Status.OPEN)
-    assert "found changed at the broker: order type LIMIT, price 1405" in order.events.last().message
+    found = order.events.last()
+    assert "found changed at the broker: order type LIMIT, price 1405" in found.message
+    assert found.data[services.CHANGED_AT_BROKER] == {"order_type": "LIMIT", "price": "1405"}
     assert services.orders_sync_account(account=account) == 0  # in line now
 
 
@@ -158,7 +160,10 @@ def test_a_change_made_at_the_broker_itself_is_still_said_so(trader, account, mo
     services.orders_sync_account(account=account)
     order.refresh_from_db()
     assert (order.status, order.order_type, order.price) == ("FILLED", "MARKET", None)
-    assert "found changed at the broker: order type MARKET, price -" in order.events.get(kind="filled").message
+    filled = order.events.get(kind="filled")
+    assert "found changed at the broker: order type MARKET, price -" in filled.message
+    assert filled.data[services.CHANGED_AT_BROKER] == {"order_type": "MARKET", "price": None}
+    assert filled.data[services.BROKER_AT]
 
 
 def test_a_change_at_the_broker_back_to_what_an_old_modify_of_ours_asked_is_taken(trader, account, monkeypatch):
@@ -233,3 +238,18 @@ def test_a_fill_written_after_a_modify_recorded_meanwhile_is_pushed_as_the_newer
     (_, modify_version, _), (_, fill_version, fill_price) = pushed
     assert fill_version > modify_version and fill_price == D("1401")
     assert order.updated_at == fill_version  # the stored version never goes back either
+
+
+def test_changes_found_at_the_broker_before_they_were_data_are_read_from_their_message():
+    """Migration 0008 writes the terms of earlier "found changed at the broker" events into their data."""
+    import importlib
+
+    migration = importlib.import_module("orders.migrations.0008_broker_changed_data")
+    assert migration.terms("found changed at the broker: trigger price 1490.10, quantity 5; 2/5 filled at 1490") == {
+        "trigger_price": "1490.10",
+        "quantity": "5",
+    }
+    assert migration.terms("found changed at the broker: order type MARKET, price -") == {
+        "order_type": "MARKET",
+        "price": None,
+    }
