@@ -7,11 +7,10 @@ from brokers import registry
 from tradingplatform import numbers
 from tradingplatform.admin import ReadOnlyAdmin
 
-from . import services
+from . import selectors, services
 from .forms import apply_validation_error, credential_fields
 from .models import ApiKey, AuditLog, BrokerAccount, User
 from .utils import client_ip
-from .views import live_orders_left
 
 
 @admin.register(User)
@@ -92,7 +91,7 @@ class BrokerAccountAdmin(admin.ModelAdmin):
         if form.cleaned_data["is_active"] != account.is_active:
             active = form.cleaned_data["is_active"]
             services.broker_account_set_active(account=account, actor=request.user, active=active, ip=ip)
-            left = None if active else live_orders_left(account)
+            left = None if active else selectors.live_orders_left(account)
             if left:
                 self.message_user(request, left, messages.WARNING)
 

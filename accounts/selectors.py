@@ -55,3 +55,17 @@ def api_key_of(user, pk) -> ApiKey:
 
 def recent_activity_of(user, limit: int = 20) -> QuerySet[AuditLog]:
     return AuditLog.objects.filter(actor=user)[:limit]
+
+
+def live_orders_left(account) -> str | None:
+    """What a deactivated account's trader (or staff) must know of its orders still live at the broker."""
+    from orders.selectors import live_orders_count  # orders builds on accounts
+
+    live = live_orders_count(account)
+    if not live:
+        return None
+    return (
+        f"{live} order{'' if live == 1 else 's'} of it still live at the broker: the platform no longer"
+        " follows them (their fills are not recorded, and a stop-loss and its take-profit no longer"
+        " cancel each other). Cancel them, or reactivate the account."
+    )

@@ -140,24 +140,10 @@ def broker_deactivate(request, pk):
     account = selectors.broker_account_of(request.user, pk)
     if services.broker_account_set_active(account=account, actor=request.user, active=False, ip=client_ip(request)):
         messages.success(request, f"Deactivated {account.label}. No orders will be placed on it.")
-        left = live_orders_left(account)
+        left = selectors.live_orders_left(account)
         if left:
             messages.warning(request, left)
     return redirect("accounts:broker_list")
-
-
-def live_orders_left(account) -> str | None:
-    """What a deactivated account's trader (or staff) must know of its orders still live at the broker."""
-    from orders.selectors import live_orders_count  # orders builds on accounts
-
-    live = live_orders_count(account)
-    if not live:
-        return None
-    return (
-        f"{live} order{'' if live == 1 else 's'} of it still live at the broker: the platform no longer"
-        " follows them (their fills are not recorded, and a stop-loss and its take-profit no longer"
-        " cancel each other). Cancel them, or reactivate the account."
-    )
 
 
 @login_required
