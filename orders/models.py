@@ -166,6 +166,9 @@ class BasketRun(models.Model):
     basket = models.ForeignKey(Basket, on_delete=models.CASCADE, related_name="runs")
     token = models.CharField(max_length=100)
     account_ids = models.JSONField(null=True, blank=True, help_text="The accounts chosen; null: the basket's own.")
+    placed_on = models.JSONField(
+        null=True, blank=True, help_text="The accounts it placed on, in order (the basket's own as they were then)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -265,12 +265,15 @@ def _locked(model, row, owner):
     return get_object_or_404(model.objects.select_for_update(), pk=row.pk, owner=owner)
 
 
-def _basket_run(basket: Basket, actor, run_token: str, account_ids) -> None:
-    """Record what a run token asks for, the first time it is sent; sent again asking for other
-    accounts or another basket, it is a conflict (its orders' keys would place the new ask)."""
+def _basket_run(basket: Basket, actor, run_token: str, account_ids, accounts: list[BrokerAccount]) -> None:
+    """Record what a run token asks for, and the accounts it places on, the first time it is sent;
+    sent again asking for other accounts or another basket, it is a conflict (its orders' keys
+    would place the new ask)."""
     asked = sorted({int(pk) for pk in account_ids}) if account_ids is not None else None
     run, _ = BasketRun.objects.get_or_create(
-        owner=actor, token=run_token, defaults={"basket": basket, "account_ids": asked}
+        owner=actor,
+        token=run_token,
+        defaults={"basket": basket, "account_ids": asked, "placed_on": [account.pk for account in accounts]},
     )
     if run.basket_id != basket.pk or run.account_ids != asked:
         message = (
@@ -290,9 +293,16 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
         raise ValidationError({"basket": "No such basket."})
     # None: the basket's own accounts; an empty choice places nothing (not on every account).
     accounts = _owned_accounts(actor, account_ids) if account_ids is not None else list(basket.accounts.all())
+    if account_ids is None:
+        # A repeat of a run on the basket's own accounts is on those it placed on then, whatever
+        # the basket's list is now: a retry never places on an account added since.
+        placed_on = BasketRun.objects.filter(owner=actor, token=run_token).values_list("placed_on", flat=True).first()
+        if placed_on is not None:
+            owned = BrokerAccount.objects.filter(owner=actor, pk__in=placed_on).in_bulk()
+            accounts = [owned[pk] for pk in placed_on if pk in owned]
     if not accounts:
         raise ValidationError({"account_ids": "Choose at least one account."})
-    _basket_run(basket, actor, run_token, account_ids)
+    _basket_run(basket, actor, run_token, account_ids, accounts)
     items = list(basket.items.select_related("instrument"))
     jobs = []
     for account in accounts:

@@ -114,6 +114,22 @@ def test_a_repeat_of_a_placement_after_the_basket_was_saved_again_places_nothing
     assert changed[1]["order_id"] == first[1]["order_id"] and PaperOrder.objects.count() == 2
 
 
+def test_a_repeat_of_a_placement_is_on_the_accounts_it_placed_on_whatever_the_basket_has_now(trader, instruments):
+    """A client's retry after the basket's accounts were edited answers what the placement placed:
+    nothing on an account added since, and the orders of one taken off."""
+    one = make_broker_account(trader, broker="paper", client_id="R1")
+    two = make_broker_account(trader, broker="paper", client_id="R2")
+    basket = sources.basket_save(owner=trader, name="Morning", account_ids=[one.pk], items=[spec(quantity=1)])
+    first = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    basket = sources.basket_save(
+        owner=trader, name="Morning", account_ids=[two.pk], items=[spec(quantity=1)], basket=basket
+    )
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert [(r["account_id"], r["order_id"]) for r in again] == [(one.pk, first[0]["order_id"])]
+    assert PaperOrder.objects.count() == 1
+    assert sources.basket_place(basket=basket, actor=trader, run_token="t2")[0]["account_id"] == two.pk  # a new one
+
+
 @pytest.mark.django_db(transaction=True)
 def test_one_failing_item_does_not_undo_the_others(trader, instruments):
     account = make_broker_account(trader, broker="paper", client_id="B3")
