@@ -569,6 +569,56 @@ def test_connection_refused_is_retried_then_raised(env):
     with pytest.raises(TransportError) as error:
         client.create_basket("never", [OrderSpec("INFY", "BUY", 1)])  # retried: the request never left
     assert error.value.attempts == 3 and time.monotonic() - started < 5
+    assert error.value.sent is False  # it certainly was not carried out
+
+
+def test_a_lost_answer_is_a_transport_error_that_may_have_been_carried_out(env):
+    client = Client(env.url, env.key, retries=0)
+    mount(client, LoseFirstPostAnswer())
+    with pytest.raises(TransportError) as error:
+        client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    assert error.value.sent is True
+
+
+def test_a_placement_that_never_reached_the_server_says_so_not_maybe_placed(env, tp, monkeypatch):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    monkeypatch.setenv("TP_URL", f"http://127.0.0.1:{port}")
+    place = f"orders place --account {env.account.pk} --symbol INFY --side BUY --qty 1 --type LIMIT --price 1400"
+    result = tp(*place.split(), "--retries", "0")
+    assert result.code != 0 and "failed" in result.err, result.err
+    assert "may have been placed" not in result.err
+
+
+class FirstGetIs503RetryAfter(Recorder):
+    """The server is unavailable for a while and says how long (``Retry-After``) on the first GET."""
+
+    def __init__(self, seconds: str):
+        super().__init__()
+        self.seconds, self.failed = seconds, False
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method == "GET" and not self.failed:
+            self.failed = True
+            response.status_code, response.reason = 503, "Service Unavailable"
+            response.headers["Retry-After"] = self.seconds
+        return response
+
+
+def test_a_503_s_retry_after_is_waited_not_the_backoff(env, monkeypatch):
+    waits = []
+    monkeypatch.setattr(env.client, "_sleep", waits.append)
+    mount(env.client, FirstGetIs503RetryAfter("3"))
+    assert env.client.me().username == "trader"
+    assert len(waits) == 1 and 3 <= waits[0] < 3.2  # not the backoff's 0.25-0.5 s
+    client = Client(env.url, env.key, retries=3, max_retry_wait=5)
+    mount(client, FirstGetIs503RetryAfter("60"))
+    with pytest.raises(ServerError) as error:
+        client.me()  # longer than it will wait: raised at once
+    assert (error.value.status, error.value.retry_after, error.value.attempts) == (503, 60, 1)
 
 
 def test_502_503_504_are_retried_with_backoff(env):

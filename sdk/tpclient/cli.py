@@ -193,9 +193,10 @@ class Interrupted(Exception):
 
 
 def _may_have_been_done(error: ApiError) -> bool:
-    """Whether the call that raised ``error`` may have been carried out: no answer, a 5xx, or an
-    earlier attempt whose answer was lost."""
-    return error.after_lost_answer or isinstance(error, TransportError) or (error.status or 0) >= 500
+    """Whether the call that raised ``error`` may have been carried out: no answer to a request that
+    reached the server, a 5xx, or an earlier attempt whose answer was lost."""
+    sent = isinstance(error, TransportError) and error.sent
+    return error.after_lost_answer or sent or (error.status or 0) >= 500
 
 
 def _retry_advice(what: str, check: str, key: str) -> str:

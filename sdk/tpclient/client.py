@@ -4,8 +4,9 @@ Retries
     A call is retried (up to ``retries`` times) on 429, waiting the server's ``Retry-After``
     seconds (a wait longer than ``max_retry_wait`` is not waited: ``RateLimited`` is raised at
     once, with its ``retry_after``), and on 500/502/503/504, connection errors and timeouts,
-    waiting an exponential backoff with jitter (``backoff * 2**attempt``, scaled by a random
-    factor in [0.5, 1]). Other 4xx answers (413 too) are never retried.
+    waiting the ``Retry-After`` a 503 gives (a longer one than ``max_retry_wait`` raised at once
+    as ``ServerError``), else an exponential backoff with jitter (``backoff * 2**attempt``,
+    scaled by a random factor in [0.5, 1]). Other 4xx answers (413 too) are never retried.
 
     A request the server may have carried out (its answer was lost) is repeated only when
     repeating it cannot do anything twice: reads, PUT/PATCH/DELETE, order placement and basket
@@ -40,7 +41,7 @@ import requests
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError
 
 from ._version import __version__
-from .errors import ApiError, Conflict, NotFound, RateLimited, TransportError, error_from_response
+from .errors import ApiError, Conflict, NotFound, TransportError, error_from_response
 from .models import (
     Account,
     Basket,
@@ -277,11 +278,11 @@ class Client:
                     attempt += 1
                     self._sleep(delay)
                     continue
-                failure = TransportError(f"{method} {path} failed: {error}")
+                failure = TransportError(f"{method} {path} failed: {error}", sent=maybe_done or not never_sent)
                 failure.attempts, failure.after_lost_answer = attempt + 1, maybe_done
                 raise failure from error
             except requests.RequestException as error:  # a URL requests cannot send to, a bad header...
-                failure = TransportError(f"{method} {path} could not be sent: {error}")
+                failure = TransportError(f"{method} {path} could not be sent: {error}", sent=maybe_done)
                 failure.attempts, failure.after_lost_answer = attempt + 1, maybe_done
                 raise failure from error
             status = response.status_code
@@ -296,10 +297,11 @@ class Client:
                         ) from None
                 return _Answer(status, body, attempt + 1, after_lost_answer=maybe_done)
             error = error_from_response(response)
-            too_long = isinstance(error, RateLimited) and (error.retry_after or 0) > self.max_retry_wait
+            retry_after = getattr(error, "retry_after", None)  # a 429's or a 503's
+            too_long = (retry_after or 0) > self.max_retry_wait
             if attempt < self.retries and not too_long and (status == 429 or (status in RETRY_STATUSES and repeatable)):
-                if isinstance(error, RateLimited) and error.retry_after is not None:
-                    delay = error.retry_after + random.uniform(0, 0.1)
+                if retry_after is not None:
+                    delay = retry_after + random.uniform(0, 0.1)
                 else:
                     delay = self._backoff_delay(attempt)
                 logger.warning(

@@ -82,18 +82,26 @@ class RateLimited(ApiError):
 
 
 class ServerError(ApiError):
-    """5xx: the server (or a proxy in front of it) failed."""
+    """5xx: the server (or a proxy in front of it) failed; ``retry_after`` is the seconds it asked
+    to be given (a 503's ``Retry-After`` header), if it did."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
 
 
 class TransportError(ApiError):
     """No answer: the connection failed or timed out (after the client's retries).
 
     The call may or may not have been carried out: look before repeating one that is not
-    idempotent (an order placed with your own ``idempotency_key`` is safe to repeat).
+    idempotent (an order placed with your own ``idempotency_key`` is safe to repeat). ``sent`` is
+    False when no attempt of it can have reached the server (no connection was ever opened, or the
+    request could not be made): then it certainly was not.
     """
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, sent: bool = True):
         super().__init__(message, status=None, code="transport_error")
+        self.sent = sent
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {
@@ -141,13 +149,10 @@ def error_from_response(response) -> ApiError:
         message = f"HTTP {status} {response.reason or ''}".strip()
         if text and len(text) <= 200 and not text.startswith("<"):
             message += f": {text}"
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if status == 429:
-        return RateLimited(
-            message,
-            status=status,
-            code=code,
-            field=field,
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-        )
-    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else ApiError)
+        return RateLimited(message, status=status, code=code, field=field, retry_after=retry_after)
+    if status >= 500:
+        return ServerError(message, status=status, code=code, field=field, retry_after=retry_after)
+    cls = _BY_STATUS.get(status) or ApiError
     return cls(message, status=status, code=code, field=field)
