@@ -38,23 +38,24 @@ MAX_QUANTITY, MAX_PRICE = services.MAX_QUANTITY, services.MAX_PRICE
 # the API takes is strict so: a weekday of true was Tuesday).
 Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True)]
 AccountId = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]
-# Read here only to be declared in the schema; the endpoints check its length themselves, so that
-# an over-long key is the 422 naming `idempotency_key` it always was.
+IDEMPOTENCY_KEY_MAX = 100
+# Read here only to be declared in the schema (its length too: ``TradingAPI``); the endpoints check
+# its length themselves, so that an over-long key is the 422 naming `idempotency_key` it always was.
 IdempotencyKey = Header(
     None,
     alias="Idempotency-Key",
     description=(
-        "Makes a retry safe: a repeat with the same key (at most 100 characters) returns what the first call "
-        "placed and places nothing again; the same key with another body is a 409. Send a new key for each "
-        "new placement and the same one on every retry of it."
+        f"Makes a retry safe: a repeat with the same key (at most {IDEMPOTENCY_KEY_MAX} characters) returns what"
+        " the first call placed and places nothing again; the same key with another body is a 409. Send a new"
+        " key for each new placement and the same one on every retry of it."
     ),
 )
 
 
 def _api_key(idempotency_key: str | None) -> str | None:
     """The caller's ``Idempotency-Key`` (None without one), as the platform keeps it: ``api:<key>``."""
-    if idempotency_key and len(idempotency_key) > 100:
-        raise ValidationError({"idempotency_key": "At most 100 characters."})
+    if idempotency_key and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
+        raise ValidationError({"idempotency_key": f"At most {IDEMPOTENCY_KEY_MAX} characters."})
     return f"api:{idempotency_key}" if idempotency_key else None
 
 

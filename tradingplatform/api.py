@@ -21,6 +21,7 @@ from ninja.parser import Parser
 from accounts.api import ApiBudgetUnavailable, ApiKeyBearer, ApiKeyHeader, ApiRateLimited
 from accounts.api import router as accounts_router
 from brokers.api import router as instruments_router
+from orders.api import IDEMPOTENCY_KEY_MAX
 from orders.api import router as orders_router
 from orders.services import OrderActionRefused
 from portfolio.api import router as portfolio_router
@@ -60,13 +61,18 @@ ERROR_RESPONSES = {
 
 class TradingAPI(NinjaAPI):
     def get_openapi_schema(self, *, path_prefix=None, path_params=None):
-        """Ninja's schema, with the error answers documented on every operation that can give them."""
+        """Ninja's schema, with the error answers documented on every operation that can give them,
+        and the ``Idempotency-Key`` header's length (checked by the endpoints, so that an over-long
+        key is a 422 naming ``idempotency_key``)."""
         schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
         schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
         error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
         for operations in schema["paths"].values():
             for method, operation in operations.items():
                 parameters = operation.get("parameters", [])
+                for parameter in parameters:
+                    if parameter["in"] == "header" and parameter["name"] == "Idempotency-Key":
+                        parameter["schema"]["maxLength"] = IDEMPOTENCY_KEY_MAX
                 codes = ["401", "429"] + (["400", "413"] if "requestBody" in operation else [])
                 if parameters or "requestBody" in operation:
                     codes.append("422")

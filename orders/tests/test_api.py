@@ -482,10 +482,11 @@ def test_an_oversized_body_is_413_in_the_one_shape(api, account, settings, caplo
 
 def test_openapi_declares_the_idempotency_key_and_the_page_cursor(client, db):
     schema = client.get("/api/v1/openapi.json").json()
-    for path in ("/api/v1/orders", "/api/v1/baskets/{basket_id}/place"):
+    for path in ("/api/v1/orders", "/api/v1/baskets/{basket_id}/place", "/api/v1/scheduled"):
         operation = schema["paths"][path]["post"]
         [header] = [p for p in operation["parameters"] if p["in"] == "header"]
         assert header["name"] == "Idempotency-Key" and header["required"] is False and header["description"]
+        assert header["schema"]["maxLength"] == 100
         assert "413" in operation["responses"]
     for path in ("/api/v1/orders", "/api/v1/trades"):
         [cursor] = [p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == "before_id"]
