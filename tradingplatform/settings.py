@@ -8,6 +8,7 @@ missing secret stops startup with a message naming the variable.
 """
 
 import re
+import urllib.parse
 from pathlib import Path
 
 import environ
@@ -333,9 +334,13 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # Scripts, styles, fetches and the websocket from this origin only ('self' covers ws:/wss: to it);
 # no inline code or styles anywhere (htmx is told not to add its indicator <style> nor to eval);
-# images also as data: (the empty favicon). Never framed, no plugins, no <base>.
+# images also as data: (the empty favicon). Never framed, no plugins, no <base>. Forms post here
+# only, and their redirects go here or to Kite's login (connecting a Kite account): an injected
+# form cannot send what a trader types elsewhere.
+_kite_login = urllib.parse.urlsplit(KITE_LOGIN_URL)
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    f"form-action 'self' {_kite_login.scheme}://{_kite_login.netloc}; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)

@@ -30,6 +30,7 @@ def test_every_answer_carries_a_strict_content_security_policy(client, path):
     assert policy.get("object-src") == ["'none'"]
     assert policy.get("base-uri") == ["'none'"]
     assert policy.get("frame-ancestors") == ["'none'"]
+    assert policy.get("form-action") == ["'self'", "https://kite.zerodha.com"]  # connecting a Kite account
     for directive, sources in policy.items():
         if directive != "img-src":  # the favicon is an empty data: URL
             assert not set(sources) & set(UNSAFE), f"{directive} allows {sources}"
