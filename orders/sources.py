@@ -400,20 +400,23 @@ def scheduled_save(
     What is given is checked first; a replace then takes the row's lock and is decided and written
     under it (``_scheduled_write``), as a change (``scheduled_change``) is. ``idempotency_key`` (a
     create's): a repeat (a double submit, at once or after) returns the first one instead of making
-    a second, which would place every run twice; a repeat asking for something else is refused."""
-    values = _scheduled_values(
-        owner=owner,
-        account=account,
-        spec=spec,
-        recurrence=recurrence,
-        time_of_day=time_of_day,
-        timezone_name=timezone_name,
-        run_on=run_on,
-        weekdays=weekdays,
-        grace_s=grace_s,
-    )
+    a second, which would place every run twice; a repeat asking for something else is refused.
+    A repeat is not checked again as if placed now: the account's limits lowered or its one-off
+    time come since, it is still the first one (refused, its sender could schedule it twice)."""
     key = f"{owner.pk}:{idempotency_key}" if idempotency_key and scheduled is None else None
     first = ScheduledOrder.objects.filter(idempotency_key=key).first() if key else None
+    asked = {
+        "owner": owner,
+        "account": account,
+        "spec": spec,
+        "recurrence": recurrence,
+        "time_of_day": time_of_day,
+        "timezone_name": timezone_name,
+        "run_on": run_on,
+        "weekdays": weekdays,
+        "grace_s": grace_s,
+    }
+    values = _scheduled_values(**asked, as_placed=first is None)
     if first is None:
         try:
             with transaction.atomic():
@@ -435,12 +438,18 @@ def scheduled_save(
 
 
 def _scheduled_values(
-    *, owner, account, spec: dict, recurrence, time_of_day, timezone_name, run_on, weekdays, grace_s
+    *, owner, account, spec: dict, recurrence, time_of_day, timezone_name, run_on, weekdays, grace_s, as_placed=True
 ) -> dict:
-    """A scheduled order's fields as given, checked (its order as if placed now), whatever it has now."""
-    checked = services.order_check(actor=owner, account=account, **spec)
+    """A scheduled order's fields as given, checked (its order as if placed now, unless not
+    ``as_placed``: then by its own rules only, as a repeat of a create is compared with the first),
+    whatever it has now."""
+    if as_placed:
+        checked = services.order_check(actor=owner, account=account, **spec)
+        quantity, price, trigger_price = checked.quantity, checked.price, checked.trigger_price
+    else:
+        quantity, price, trigger_price = services.spec_check(**spec)
     # As it will be placed (and stored: "1E+3" is 1000.00).
-    spec = {**spec, "quantity": checked.quantity, "price": checked.price, "trigger_price": checked.trigger_price}
+    spec = {**spec, "quantity": quantity, "price": price, "trigger_price": trigger_price}
     weekdays = sorted({int(day) for day in weekdays or []}) if recurrence == ScheduledOrder.Recurrence.WEEKDAYS else []
     if recurrence == ScheduledOrder.Recurrence.ONCE and run_on is None:
         raise ValidationError({"run_on": "Choose the date."})
@@ -451,7 +460,7 @@ def _scheduled_values(
     if recurrence not in ScheduledOrder.Recurrence.values:
         raise ValidationError({"recurrence": "Choose once, every trading day or chosen weekdays."})
     zone = _zone(timezone_name, new=True)
-    if recurrence == ScheduledOrder.Recurrence.ONCE:
+    if recurrence == ScheduledOrder.Recurrence.ONCE and as_placed:
         if run_on > timezone.now().date() + timedelta(days=366 * SCHEDULE_MAX_YEARS_AHEAD):
             raise ValidationError({"run_on": f"Choose a date within {SCHEDULE_MAX_YEARS_AHEAD} years."})
         # Before yesterday (UTC) it is past in every zone; and 0001-01-01 east of UTC has no UTC time.

@@ -418,6 +418,19 @@ def test_an_idempotency_key_makes_a_scheduled_order_once(api, account):
     assert ScheduledOrder.objects.count() == 2
 
 
+def test_a_repeat_of_a_scheduled_create_is_the_first_one_though_its_limits_changed_since(api, account, trader):
+    """The retry comes after the account's limit was lowered (or its one-off time came): it is not
+    checked again as a new order, or its sender, told 422, would schedule it a second time."""
+    data = {**body(account, quantity=5), "recurrence": "trading_days", "time_of_day": "10:15:00"}
+    first = post(api, "/api/v1/scheduled", data, HTTP_IDEMPOTENCY_KEY="sched-2")
+    account_services.broker_account_update(account=account, actor=trader, max_quantity=1)
+    again = post(api, "/api/v1/scheduled", data, HTTP_IDEMPOTENCY_KEY="sched-2")
+    assert (first.status_code, again.status_code) == (201, 200), again.json()
+    assert again.json()["id"] == first.json()["id"] and ScheduledOrder.objects.count() == 1
+    new = post(api, "/api/v1/scheduled", data, HTTP_IDEMPOTENCY_KEY="sched-3")  # a new one is checked
+    assert new.status_code == 422 and new.json()["error"]["field"] == "quantity"
+
+
 def test_lists_page_newest_first_by_id_and_before_id_pages_without_repeats(api, trader, account):
     placed = [place(trader, account, order_type="LIMIT", price="1400").pk for _ in range(4)]
     # Newest first is by id: a clock that went back does not reorder the list (or a cursor on it).
