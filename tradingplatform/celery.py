@@ -89,12 +89,12 @@ def _app_loaded(**_kwargs):
 
 
 def periodic(func):
-    """Run a periodic job at most once per interval, however many beats send it.
+    """Run a periodic job at most once per beat of its interval, however many beats send it.
 
-    The lock lives for 80% of the job's interval from ``PERIODIC_TASKS``; a second
-    delivery inside that window (a second beat, a redelivery after a crash) is skipped
-    and returns ``"skipped"``. Staff who shorten an interval in admin get skipped runs
-    for the difference, never doubled ones.
+    A delivery within 80% of the job's interval (``PERIODIC_TASKS``) of the beat last served (a
+    second beat, a redelivery after a crash) is skipped and returns ``"skipped"``; one held up in
+    the queue serves its own beat and does not push the next one out (``locks.claim_beat``).
+    Staff who shorten an interval in admin get skipped runs for the difference, never doubled ones.
     """
     name = f"{func.__module__}.{func.__name__}"
     interval = next((job["schedule"] for job in PERIODIC_TASKS.values() if job["task"] == name), None)
@@ -105,7 +105,7 @@ def periodic(func):
     def guarded(*args, **kwargs):
         from tradingplatform import locks
 
-        if not locks.acquire(f"periodic:{name}", ttl_s=float(interval) * 0.8):
+        if not locks.claim_beat(f"periodic:{name}", interval_s=float(interval)):
             return "skipped"
         return func(*args, **kwargs)
 

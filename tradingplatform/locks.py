@@ -57,6 +57,41 @@ def release(name: str, token: str) -> None:
         django_cache.delete(_key(name))
 
 
+# Whether a periodic job's delivery at ARGV[1] (seconds) serves a new beat of its interval ARGV[2]
+# (``claim_beat``): KEYS[1] holds the time of the beat last served.
+_BEAT = """
+local last = tonumber(redis.call('get', KEYS[1]) or '')
+local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+if last and now < last + 0.8 * interval then return 0 end
+local served = now
+if last and now > last + interval and now <= last + 2 * interval then served = last + interval end
+redis.call('set', KEYS[1], tostring(served), 'px', math.ceil(3 * interval * 1000))
+return 1
+"""
+_beat_lock = threading.Lock()
+
+
+def claim_beat(name: str, *, interval_s: float, now: float | None = None) -> bool:
+    """Whether a periodic job's delivery ``now`` serves a beat of its interval not served yet.
+
+    A delivery within 80% of an interval of the beat last served is a second beat's, or a
+    redelivery's: False. A delivery held up in the queue serves the beat it was sent for (one
+    interval after the last), not its own arrival time: the next beat, on time, still runs (with a
+    lock taken at the late run, the beat after it was skipped: a gap of two intervals). Early
+    deliveries (a beat a little fast) serve their own time, so that none drifts into the skip
+    window; after a pause of more than two intervals, the count starts again from now."""
+    now = time.time() if now is None else now
+    if settings.REDIS_URL:
+        return bool(redis_client().eval(_BEAT, 1, _key(name), repr(now), repr(float(interval_s))))
+    with _beat_lock:  # the cache (one process without Redis): not atomic across processes
+        last = django_cache.get(_key(name))
+        if last is not None and now < last + 0.8 * interval_s:
+            return False
+        late = last is not None and last + interval_s < now <= last + 2 * interval_s
+        django_cache.set(_key(name), last + interval_s if late else now, timeout=max(1, round(3 * interval_s)))
+        return True
+
+
 def acquire_many(names: list[str], *, ttl_s: float) -> dict[str, str | None]:
     """``acquire`` for each name, in one round trip to Redis: {name: token, or None when held}."""
     if not settings.REDIS_URL:
