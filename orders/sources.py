@@ -265,12 +265,23 @@ def _locked(model, row, owner):
     return get_object_or_404(model.objects.select_for_update(), pk=row.pk, owner=owner)
 
 
-def _basket_run(basket: Basket, actor, run_token: str, account_ids, accounts: list[BrokerAccount]) -> None:
-    """Record what a run token asks for, and the accounts it places on, the first time it is sent;
-    sent again asking for other accounts or another basket, it is a conflict (its orders' keys
-    would place the new ask)."""
+def _placed_under(actor, keys) -> dict[str, Order]:
+    """The actor's orders written under these idempotency keys, by key."""
+    prefix = f"{actor.pk}:"
+    rows = Order.objects.filter(idempotency_key__in=[prefix + key for key in keys]).select_related("instrument")
+    return {order.idempotency_key.removeprefix(prefix): order for order in rows}
+
+
+def _terms(order: Order) -> dict:
+    return {"symbol": order.instrument.tradingsymbol, "side": order.side, "quantity": order.quantity}
+
+
+def _basket_run(basket: Basket, actor, run_token: str, account_ids, accounts: list[BrokerAccount]) -> bool:
+    """Record what a run token asks for, and the accounts it places on, the first time it is sent
+    (returns whether this was it); sent again asking for other accounts or another basket, it is a
+    conflict (its orders' keys would place the new ask)."""
     asked = sorted({int(pk) for pk in account_ids}) if account_ids is not None else None
-    run, _ = BasketRun.objects.get_or_create(
+    run, created = BasketRun.objects.get_or_create(
         owner=actor,
         token=run_token,
         defaults={"basket": basket, "account_ids": asked, "placed_on": [account.pk for account in accounts]},
@@ -281,6 +292,7 @@ def _basket_run(basket: Basket, actor, run_token: str, account_ids, accounts: li
             "to place this (the API: a new Idempotency-Key; the page: reload it)."
         )
         raise ValidationError({"idempotency_key": ValidationError(message, code="conflict")})
+    return created
 
 
 def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:
@@ -302,15 +314,27 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
             accounts = [owned[pk] for pk in placed_on if pk in owned]
     if not accounts:
         raise ValidationError({"account_ids": "Choose at least one account."})
-    _basket_run(basket, actor, run_token, account_ids, accounts)
+    first = _basket_run(basket, actor, run_token, account_ids, accounts)
     items = list(basket.items.select_related("instrument"))
+    # An item's key is its place in the basket, not its row: items saved again (a rename that
+    # sends them, a PUT) are new rows, and a repeat of the placement must still find its orders.
+    keys = {
+        (account.pk, number): f"basket:{basket.pk}:{run_token}:{account.pk}:#{number}"
+        for account in accounts
+        for number in range(1, len(items) + 1)
+    }
+    # A repeat answers what the placement placed, as it was placed: an item or a copy multiplier
+    # changed since would make it "a different order", read as not placed (and placed again).
+    placed = {} if first else _placed_under(actor, keys.values())
     jobs = []
     for account in accounts:
-        # An item's key is its place in the basket, not its row: items saved again (a rename that
-        # sends them, a PUT) are new rows, and a repeat of the placement must still find its orders.
         for number, item in enumerate(items, start=1):
+            key = keys[account.pk, number]
+            if key in placed:
+                jobs.append(lambda account=account, order=placed[key]: _result(account, order=order, **_terms(order)))
+                continue
             jobs.append(
-                lambda account=account, item=item, number=number: _place_item(
+                lambda account=account, item=item, key=key: _place_item(
                     actor,
                     account,
                     item.spec(),
@@ -318,7 +342,7 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
                     source=Order.Source.BASKET,
                     basket=basket,
                     cause=f"basket {basket.name}",
-                    idempotency_key=f"basket:{basket.pk}:{run_token}:{account.pk}:#{number}",
+                    idempotency_key=key,
                 )
             )
     # Sent item by item across the accounts, not account by account: a slow or rate-limited

@@ -105,13 +105,30 @@ def test_a_repeat_of_a_placement_after_the_basket_was_saved_again_places_nothing
     again = sources.basket_place(basket=basket, actor=trader, run_token="t1")  # the client's retry
     assert [r["order_id"] for r in again] == [r["order_id"] for r in first]
     assert PaperOrder.objects.count() == 2
-    # Items changed meanwhile: the repeat is refused for the changed one, nothing placed twice.
+    # Items changed meanwhile: the repeat answers what it placed, as it was placed (not "a different
+    # order", read as not placed, and placed again); nothing is placed twice.
     basket = sources.basket_save(
         owner=trader, name="Opening", account_ids=[account.pk], items=[spec(quantity=3), items[1]], basket=basket
     )
     changed = sources.basket_place(basket=basket, actor=trader, run_token="t1")
-    assert changed[0]["status"] == "INVALID" and "different order" in changed[0]["error"]
-    assert changed[1]["order_id"] == first[1]["order_id"] and PaperOrder.objects.count() == 2
+    assert [(r["order_id"], r["quantity"], r.get("error")) for r in changed] == [
+        (first[0]["order_id"], 2, None),
+        (first[1]["order_id"], 1, None),
+    ]
+    assert PaperOrder.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_repeat_of_a_placement_after_a_copy_multiplier_changed_answers_what_it_placed(trader, instruments):
+    account = make_broker_account(trader, broker="paper", client_id="M1")
+    basket = sources.basket_save(owner=trader, name="Copy", account_ids=[account.pk], items=[spec(quantity=2)])
+    first = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    account_services.broker_account_update(account=account, actor=trader, copy_multiplier=Decimal("2"))
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert [(r["order_id"], r["status"], r["quantity"]) for r in again] == [
+        (first[0]["order_id"], first[0]["status"], 2)
+    ]
+    assert PaperOrder.objects.count() == 1
 
 
 def test_a_repeat_of_a_placement_is_on_the_accounts_it_placed_on_whatever_the_basket_has_now(trader, instruments):
