@@ -676,7 +676,13 @@ def step_exits(ctx: Context) -> None:
             if covering > held:
                 _exits_shrink(ctx, live, covering - held, held)
             elif covering < held and amount:
-                _exit_place(ctx, entry, role, mine, held - covering, amount, unit)
+                # Exits that ended with their day go back each for what it had (one per part the
+                # entry filled in): all of them now, not one a run.
+                while (carried := _exit_place(ctx, entry, role, mine, held - covering, amount, unit)) is not None:
+                    mine.append(carried)
+                    covering += carried.quantity
+                    if covering >= held:
+                        break
 
 
 def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> None:
@@ -715,7 +721,9 @@ def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> No
         excess -= remaining
 
 
-def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, amount, unit) -> None:
+def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, amount, unit) -> Order | None:
+    """Place what ``entry`` misses of a ``role`` exit (``missing``), as ``step_exits`` says. Returns the
+    replacement of an exit that ended with its day when one was placed (another may be owed), else None."""
     name = role.replace("_", "-")
     not_ours = [
         e
@@ -789,15 +797,19 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         # later, or ended with its day: put back as that replacement, which keeps the trail's
         # distance (``_placed``).
         replaced, owed = owed
-        if cut:  # for what it had, not more: the rest was the trader's to leave uncovered
+        carried = replaced in ended
+        if cut or carried:
+            # For what it had, not more: the rest was the trader's to leave uncovered, or is another
+            # exit's that ended with it (the entry filled in parts), which goes back as its own.
             missing = min(missing, replaced.quantity - replaced.filled_quantity)
         prices = {"order_type": replaced.order_type, "price": replaced.price, "trigger_price": replaced.trigger_price}
         prices.update(owed)
-        if replaced in ended and _stop_passed(ctx, replaced):
+        if carried and _stop_passed(ctx, replaced):
             # The market opened beyond the stop: the stop would have fired there had it rested.
             prices = {"order_type": "MARKET", "price": None, "trigger_price": None}
         key = f"{REPLACE_KEY.strip(':')}:{replaced.pk}"
     else:
+        carried = False
         average = Decimal(entry.average_price)
         distance = _offset(average, amount, unit)
         protective = (role == Order.Role.STOP_LOSS) == (entry.side == "BUY")
@@ -828,8 +840,9 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         return
     if placed.status in (Order.Status.REJECTED, Order.Status.FAILED):
         _run_error(ctx, f"{name} {placed.reference} for {entry.reference} {placed.status}: {placed.reject_reason}")
-    else:
-        ctx.act(f"placed {name} {placed.reference} for {entry.reference}")
+        return None
+    ctx.act(f"placed {name} {placed.reference} for {entry.reference}")
+    return placed if carried else None
 
 
 def _owed_exit(mine: list[Order], ended: dict[Order, str]) -> tuple[Order, dict] | None:

@@ -167,3 +167,32 @@ def test_a_kite_stop_the_exchange_ended_goes_back_at_the_next_open(trader, kite_
     assert run.status == AccountRun.Status.OK, run.errors
     _old, new = stops(first)
     assert new.status in Order.LIVE and (new.trigger_price, new.quantity) == (D("1490.10"), 10)
+
+
+def test_stops_of_an_entry_filled_in_two_parts_each_go_back_and_a_cut_of_one_is_not_topped_up(trader, account):
+    """The entry fills 4, then 6: a stop for each part. Both end with their day: each goes back for
+    what it had, at once. The trader then cuts one of them in the broker's app: the cut is theirs,
+    and the other part's stop (already back) is not put back a second time to top it up."""
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points")
+    quote("1500")
+    first = entry(trader, account, guarded, product="CNC", order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    monitor(account)
+    quote("1498.9", bid="1498.8", ask="1498.9")
+    monitor(account)
+    monitor(account)
+    parts = stops(first)
+    assert [stop.quantity for stop in parts] == [4, 6]
+    for stop in parts:
+        placed_yesterday(stop)
+    assert engine.day_orders_close() == 2
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    assert live_exits(account, "stop_loss") == 10
+    newest = stops(first)[-1]
+    client = engine.client_get_or_create(user_id=account.client_id)
+    engine.order_modify(client=client, order_id=newest.broker_order_id, quantity=newest.quantity - 2)
+    monitor(account)
+    run = monitor(account)
+    assert live_exits(account, "stop_loss") == 8, run.actions
+    assert "so it is not topped up" in run.errors[-1]["error"]
