@@ -666,10 +666,14 @@ def step_exits(ctx: Context) -> None:
             orders.order_event_add(entry, EXITS_DONE, cause=_cause("step 4", "nothing of it is held any more"))
             continue
         strategy = entry.strategy
+        stopped_out = False  # a stop put back at market (the market opened beyond it): it closes what is held
         for role, amount, unit in (
             (Order.Role.STOP_LOSS, strategy.stop_loss, strategy.stop_loss_unit),
             (Order.Role.TAKE_PROFIT, strategy.take_profit, strategy.take_profit_unit),
         ):
+            if stopped_out:
+                ctx.act(f"no {role.replace('_', '-')} put back for {entry.reference}: its stop went at market")
+                continue
             mine = [e for e in exits if e.role == role]
             live = [e for e in mine if e.status in Order.LIVE]
             covering = sum(e.quantity - e.filled_quantity for e in live)
@@ -681,6 +685,7 @@ def step_exits(ctx: Context) -> None:
                 while (carried := _exit_place(ctx, entry, role, mine, held - covering, amount, unit)) is not None:
                     mine.append(carried)
                     covering += carried.quantity
+                    stopped_out = stopped_out or carried.order_type == "MARKET"
                     if covering >= held:
                         break
 

@@ -106,17 +106,23 @@ def test_a_trailed_stop_goes_back_where_it_had_trailed_and_trails_on(trader, acc
 
 
 def test_a_stop_the_market_opened_beyond_is_an_exit_at_market(trader, account):
-    first, stop = guarded_yesterday(trader, account)
-    day_ends(stop)
+    """And its take-profit is not put back beside it (it would sell what the stop sells: refused for
+    delivery shares no longer held, or opening a short)."""
+    first, stop = guarded_yesterday(trader, account, take_profit=D("50"), take_profit_unit="points")
+    for exit_ in (stop, first.children.get(role="take_profit")):
+        placed_yesterday(exit_)
+    assert engine.day_orders_close() == 2
     quote("1470")  # the market opens under the stop's trigger (1490.10)
     run = monitor(account)
     assert run.status == AccountRun.Status.OK, run.errors
     _old, new = stops(first)
     assert (new.order_type, new.trigger_price) == ("MARKET", None)
-    monitor(account)
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
     new.refresh_from_db()
     assert (new.status, new.filled_quantity) == (Order.Status.FILLED, 10)
     assert held(account) == 0
+    assert first.children.filter(role="take_profit").count() == 1  # the one that ended, not put back
 
 
 def test_a_stop_the_trader_cancelled_at_the_broker_during_its_day_is_not_put_back(trader, account, monkeypatch):
