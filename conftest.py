@@ -45,6 +45,15 @@ def _paper_contracts_day(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _exchanges_open_at_any_hour(monkeypatch):
+    """Tests run at any hour: every broker's exchanges trade then (their hours are tested on their
+    own: brokers/tests/test_markets.py, monitoring/tests/test_carried_exits.py)."""
+    from brokers.base import Broker
+
+    monkeypatch.setattr(Broker, "next_open", classmethod(lambda cls, exchange, after: after))
+
+
+@pytest.fixture(autouse=True)
 def _openings_at_any_hour(settings):
     """Tests run at any hour: opening positions are taken whatever the time of day (the hour they
     are put off until is tested on its own)."""

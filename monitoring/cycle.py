@@ -760,8 +760,6 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             " broker, then place one or close it)",
         )
         return
-    if owed is not None and owed[0] in ended and not _carry_now(ctx, entry, owed[0], name):
-        return
     if cut and owed is None:
         # Its quantity cut by the trader: what they left uncovered is theirs, not topped up again
         # (an exit cancelled past the cap to be replaced is still put back, below, for what it had);
@@ -824,6 +822,9 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         else:
             prices = {"order_type": "LIMIT", "price": level}
         key = f"exit:{entry.pk}:{role}:#{len(mine)}"  # the n-th exit of this role, however often a cycle looks
+    what = f"{replaced.reference} ({name} of {entry.reference}) ended with its trading day" if carried else None
+    if _exchange_shut(ctx, entry, what or f"a {name} for {entry.reference}"):
+        return None
     try:
         placed = orders.order_place(
             actor=ctx.account.owner,
@@ -891,20 +892,17 @@ def _ended_with_its_day(ctx: Context, entry: Order, order: Order) -> str | None:
     return ENDED_FILLS_UNKNOWN if data.get(orders.FILLS_UNKNOWN) else ENDED
 
 
-def _carry_now(ctx: Context, entry: Order, ended: Order, name: str) -> bool:
-    """Whether an exit that ended with its day goes back now: in its exchange's next session (at
-    once at a broker that trades round the clock). Until then the run says when."""
+def _exchange_shut(ctx: Context, entry: Order, what: str) -> bool:
+    """Whether the entry's exchange is shut now, as the account's broker trades it (an order sent
+    now would be refused, and three refusals end an exit's attempts: an entry filled just before
+    the close would go unprotected for good). The run then says when ``what`` is placed."""
     exchange = entry.instrument.exchange
     now = timezone.now()
     at = registry.get(ctx.account.broker).next_open(exchange, now)
-    if at <= now and markets.trading_date(now) > markets.trading_date(ended.created_at):
-        return True
-    at = at.astimezone(markets.IST)
-    ctx.act(
-        f"{ended.reference} ({name} of {entry.reference}) ended with its trading day: placed again at"
-        f" {exchange}'s open, {at:%a %d %b %H:%M} IST"
-    )
-    return False
+    if at <= now:
+        return False
+    ctx.act(f"{what}: placed at {exchange}'s open, {at.astimezone(markets.IST):%a %d %b %H:%M} IST")
+    return True
 
 
 def _stop_passed(ctx: Context, stop: Order) -> bool:

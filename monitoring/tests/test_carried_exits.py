@@ -12,6 +12,7 @@ import pytest
 from django.utils import timezone
 
 from brokers import markets
+from brokers.base import Broker
 from brokers.client import AccountBroker
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
@@ -28,9 +29,8 @@ from .test_strategy_exits import D, entry, held, live_exits, quote, strategy
 def session(monkeypatch):
     """The exchanges' sessions: shut (opening in an hour) until a test opens them (``session["open"] = True``)."""
     state = {"open": False}
-    monkeypatch.setattr(
-        markets, "next_open", lambda exchange, after: after + timedelta(hours=0 if state["open"] else 1)
-    )
+    shut_for = lambda: timedelta(hours=0 if state["open"] else 1)  # noqa: E731
+    monkeypatch.setattr(Broker, "next_open", classmethod(lambda cls, exchange, after: after + shut_for()))
     return state
 
 
@@ -162,17 +162,36 @@ def test_a_kite_stop_the_exchange_ended_goes_back_at_the_next_open(trader, kite_
     (``exchange_update_timestamp``), heard by postback or read from the book, says the day ended
     it; it goes back when the exchange opens, and until then the run says when."""
     account = kite_on_face
+    session["open"] = True
     first, stop = guarded_yesterday(trader, account)
     day_ends(stop)
+    session["open"] = False
     run = monitor(account)  # the exchange is shut: it waits for the open, and says so
     assert run.status == AccountRun.Status.OK, run.errors
-    assert any("ended with its trading day: placed again at NSE's open" in a for a in run.actions), run.actions
+    assert any("ended with its trading day: placed at NSE's open" in a for a in run.actions), run.actions
     assert live_exits(account, "stop_loss") == 0
     session["open"] = True
     run = monitor(account)
     assert run.status == AccountRun.Status.OK, run.errors
     _old, new = stops(first)
     assert new.status in Order.LIVE and (new.trigger_price, new.quantity) == (D("1490.10"), 10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kite_exit_due_while_the_exchange_is_shut_waits_for_its_open(trader, kite_on_face, session):
+    """An entry filled just before the close: its stop is not sent to a shut exchange (Kite refuses
+    regular orders then, and three refusals would end the stop's attempts for good)."""
+    account = kite_on_face
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points")
+    quote("1500")
+    first = entry(trader, account, guarded, product="CNC")
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    assert any(f"a stop-loss for {first.reference}: placed at NSE's open" in a for a in run.actions), run.actions
+    assert stops(first) == []
+    session["open"] = True
+    monitor(account)
+    assert [(s.trigger_price, s.quantity) for s in stops(first)] == [(D("1490.10"), 10)]
 
 
 def test_stops_of_an_entry_filled_in_two_parts_each_go_back_and_a_cut_of_one_is_not_topped_up(trader, account):
