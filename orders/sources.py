@@ -265,11 +265,23 @@ def _locked(model, row, owner):
     return get_object_or_404(model.objects.select_for_update(), pk=row.pk, owner=owner)
 
 
-def _placed_under(actor, keys) -> dict[str, Order]:
-    """The actor's orders written under these idempotency keys, by key."""
-    prefix = f"{actor.pk}:"
-    rows = Order.objects.filter(idempotency_key__in=[prefix + key for key in keys]).select_related("instrument")
-    return {order.idempotency_key.removeprefix(prefix): order for order in rows}
+def _basket_key(basket: Basket, run_token: str, account_pk: int, number: int) -> str:
+    """The idempotency key of a run's order of the basket's ``number``-th item on an account."""
+    return f"basket:{basket.pk}:{run_token}:{account_pk}:#{number}"
+
+
+def _placed_by_run(actor, basket: Basket, run_token: str, accounts) -> dict[tuple[int, int], Order]:
+    """The orders a run of the basket wrote on these accounts, by (account id, item number): every
+    one, an item taken off the basket since included (one query)."""
+    prefix = f"{actor.pk}:basket:{basket.pk}:{run_token}:"  # ``_basket_key``'s, before the account
+    wanted = {account.pk for account in accounts}
+    placed = {}
+    for order in Order.objects.filter(idempotency_key__startswith=prefix).select_related("instrument"):
+        account_pk, _, number = order.idempotency_key.removeprefix(prefix).partition(":#")
+        # Another run's token that starts as this one does ("t1:5...") is not of this run.
+        if account_pk.isdigit() and number.isdigit() and int(account_pk) in wanted:
+            placed[int(account_pk), int(number)] = order
+    return placed
 
 
 def _terms(order: Order) -> dict:
@@ -318,39 +330,45 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
     items = list(basket.items.select_related("instrument"))
     # An item's key is its place in the basket, not its row: items saved again (a rename that
     # sends them, a PUT) are new rows, and a repeat of the placement must still find its orders.
-    keys = {
-        (account.pk, number): f"basket:{basket.pk}:{run_token}:{account.pk}:#{number}"
-        for account in accounts
-        for number in range(1, len(items) + 1)
-    }
     # A repeat answers what the placement placed, as it was placed: an item or a copy multiplier
-    # changed since would make it "a different order", read as not placed (and placed again).
-    placed = {} if first else _placed_under(actor, keys.values())
-    jobs = []
-    for account in accounts:
-        for number, item in enumerate(items, start=1):
-            key = keys[account.pk, number]
-            if key in placed:
-                jobs.append(lambda account=account, order=placed[key]: _result(account, order=order, **_terms(order)))
+    # changed since would make it "a different order", read as not placed (and placed again); an
+    # item taken off the basket since is still answered (else read as never placed).
+    placed = {} if first else _placed_by_run(actor, basket, run_token, accounts)
+    jobs = []  # (account's place, item number, job)
+    for place, account in enumerate(accounts):
+        numbers = [number for pk, number in placed if pk == account.pk]
+        for number in range(1, max([len(items), *numbers]) + 1):
+            if (account.pk, number) in placed:
+                order = placed[account.pk, number]
+                jobs.append(
+                    (place, number, lambda account=account, order=order: _result(account, order=order, **_terms(order)))
+                )
                 continue
+            if number > len(items):
+                continue  # a number of an item taken off since that placed nothing: nothing to answer
+            item = items[number - 1]
             jobs.append(
-                lambda account=account, item=item, key=key: _place_item(
-                    actor,
-                    account,
-                    item.spec(),
-                    _copy_quantity(item.quantity, account, item.instrument),
-                    source=Order.Source.BASKET,
-                    basket=basket,
-                    cause=f"basket {basket.name}",
-                    idempotency_key=key,
+                (
+                    place,
+                    number,
+                    lambda account=account, item=item, number=number: _place_item(
+                        actor,
+                        account,
+                        item.spec(),
+                        _copy_quantity(item.quantity, account, item.instrument),
+                        source=Order.Source.BASKET,
+                        basket=basket,
+                        cause=f"basket {basket.name}",
+                        idempotency_key=_basket_key(basket, run_token, account.pk, number),
+                    ),
                 )
             )
     # Sent item by item across the accounts, not account by account: a slow or rate-limited
     # account's items must not take every sending thread while the other accounts' wait. The
     # results keep the accounts' order.
-    turns = sorted(range(len(jobs)), key=lambda index: (index % len(items), index // len(items)))
+    turns = sorted(range(len(jobs)), key=lambda index: (jobs[index][1], jobs[index][0]))
     results = [None] * len(jobs)
-    for index, result in zip(turns, _copies.map(_call, [jobs[index] for index in turns]), strict=True):
+    for index, result in zip(turns, _copies.map(_call, [jobs[index][2] for index in turns]), strict=True):
         results[index] = result
     Basket.objects.filter(pk=basket.pk).update(last_placed_at=timezone.now(), last_results=results)
     return results

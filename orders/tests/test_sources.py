@@ -119,6 +119,26 @@ def test_a_repeat_of_a_placement_after_the_basket_was_saved_again_places_nothing
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_repeat_of_a_placement_after_an_item_was_taken_off_still_answers_its_order(trader, instruments):
+    """The client's retry (its first answer lost) after the basket lost an item answers every order
+    the placement placed: the taken-off item's too, or it reads as never placed (and the trader's
+    position in it as not there); nothing is placed twice, nothing new is placed."""
+    one = make_broker_account(trader, broker="paper", client_id="D1")
+    two = make_broker_account(trader, broker="paper", client_id="D2")
+    items = [spec(quantity=2), spec("TCS", quantity=1)]
+    basket = sources.basket_save(owner=trader, name="Morning", account_ids=[one.pk, two.pk], items=items)
+    first = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    basket = sources.basket_save(
+        owner=trader, name="Morning", account_ids=[one.pk, two.pk], items=items[:1], basket=basket
+    )
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert [(r["account_id"], r["order_id"], r["symbol"]) for r in again] == [
+        (r["account_id"], r["order_id"], r["symbol"]) for r in first
+    ]
+    assert PaperOrder.objects.count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_repeat_of_a_placement_after_a_copy_multiplier_changed_answers_what_it_placed(trader, instruments):
     account = make_broker_account(trader, broker="paper", client_id="M1")
     basket = sources.basket_save(owner=trader, name="Copy", account_ids=[account.pk], items=[spec(quantity=2)])
