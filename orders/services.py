@@ -436,11 +436,18 @@ def _existing_for_key(key: str, request_hash: str) -> Order | None:
         raise ValidationError(
             {"idempotency_key": ValidationError("This key was already used for a different order.", code="conflict")}
         )
-    if order is not None:
-        order = settled(order, lambda: orders.first(), lambda o: o.status != OrderStatus.NEW)
-        if order.status == OrderStatus.NEW and not order.scheduled_id and not connection.in_atomic_block:
-            _replay_looked_up(order)
-        order.replayed = True
+    return order_replayed(order, lambda: orders.first()) if order is not None else None
+
+
+def order_replayed(order: Order, read=None) -> Order:
+    """What a repeat answers of an order its key already placed (marked ``replayed``): one its
+    first request is still sending, waited for (``REPLAY_WAIT_S`` at most); one still NEW then,
+    looked up at its broker (``_replay_looked_up``). ``read``: the order read again (default: by its id)."""
+    read = read or (lambda: Order.objects.select_related("account", "instrument").filter(pk=order.pk).first())
+    order = settled(order, read, lambda o: o.status != OrderStatus.NEW)
+    if order.status == OrderStatus.NEW and not order.scheduled_id and not connection.in_atomic_block:
+        _replay_looked_up(order)
+    order.replayed = True
     return order
 
 

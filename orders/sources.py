@@ -276,12 +276,22 @@ def _placed_by_run(actor, basket: Basket, run_token: str, accounts) -> dict[tupl
     prefix = f"{actor.pk}:basket:{basket.pk}:{run_token}:"  # ``_basket_key``'s, before the account
     wanted = {account.pk for account in accounts}
     placed = {}
-    for order in Order.objects.filter(idempotency_key__startswith=prefix).select_related("instrument"):
+    for order in Order.objects.filter(idempotency_key__startswith=prefix).select_related("account", "instrument"):
         account_pk, _, number = order.idempotency_key.removeprefix(prefix).partition(":#")
         # Another run's token that starts as this one does ("t1:5...") is not of this run.
         if account_pk.isdigit() and number.isdigit() and int(account_pk) in wanted:
             placed[int(account_pk), int(number)] = order
     return placed
+
+
+def _replayed_item(account: BrokerAccount, order: Order) -> dict:
+    """A repeat's answer of an order its run already wrote, as ``order_place`` answers a repeat
+    of its key (``services.order_replayed``); an unexpected error in that, the order as read."""
+    try:
+        order = services.order_replayed(order)
+    except Exception:
+        logger.exception("answering %s again failed", order.reference)
+    return _result(account, order=order, **_terms(order))
 
 
 def _terms(order: Order) -> dict:
@@ -339,10 +349,11 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
         numbers = [number for pk, number in placed if pk == account.pk]
         for number in range(1, max([len(items), *numbers]) + 1):
             if (account.pk, number) in placed:
+                # As order_place answers a repeat of its key: one still being sent is waited for, one
+                # left NEW by a request that died is looked up at its broker (not answered NEW: read
+                # as on its way, though it may never have been sent).
                 order = placed[account.pk, number]
-                jobs.append(
-                    (place, number, lambda account=account, order=order: _result(account, order=order, **_terms(order)))
-                )
+                jobs.append((place, number, lambda account=account, order=order: _replayed_item(account, order)))
                 continue
             if number > len(items):
                 continue  # a number of an item taken off since that placed nothing: nothing to answer

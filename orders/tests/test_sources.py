@@ -139,6 +139,47 @@ def test_a_repeat_of_a_placement_after_an_item_was_taken_off_still_answers_its_o
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_repeat_of_a_placement_whose_first_request_died_answers_its_orders_as_their_broker_has_them(
+    trader, instruments, settings
+):
+    """The first request died after writing its orders: one taken by the exchange before the
+    answer was recorded, one never sent (a minute ago). The client's retry answers each as
+    ``order_place`` answers a repeat of its key: the first FILLED (its broker's word), the second
+    FAILED, never sent (to be placed again), not NEW (read as on its way). Nothing is sent again."""
+    settings.REPLAY_WAIT_S = 0.1
+    account = make_broker_account(trader, broker="paper", client_id="DIED")
+    basket = sources.basket_save(
+        owner=trader, name="Open", account_ids=[account.pk], items=[spec(quantity=2), spec("TCS", quantity=1)]
+    )
+
+    class DiesAfterSending(services.AccountBroker):
+        def place_order(self, request, **options):
+            super().place_order(request, **options)
+            raise KeyboardInterrupt  # the process stopped here
+
+    sources._basket_run(basket, trader, "t1", None, [account])  # what the first request recorded
+    key = f"basket:{basket.pk}:t1:{account.pk}:#"
+    with pytest.raises(KeyboardInterrupt):
+        services.order_place(
+            actor=trader, account=account, **spec(quantity=2), source=Order.Source.BASKET, basket=basket,
+            cause="basket Open", idempotency_key=key + "1", broker=DiesAfterSending(account),
+        )  # fmt: skip
+    unsent, _ = services.order_prepare(
+        actor=trader, account=account, **spec("TCS", quantity=1), source=Order.Source.BASKET, basket=basket,
+        cause="basket Open", idempotency_key=key + "2",
+    )  # fmt: skip
+    Order.objects.filter(pk=unsent.pk).update(
+        created_at=timezone.now() - timedelta(seconds=services.UNSENT_STALE_S + 1)
+    )
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert [(r["symbol"], r["status"], r["reason"]) for r in again] == [
+        ("INFY", Order.Status.FILLED, ""),
+        ("TCS", Order.Status.FAILED, services.NEVER_SENT),
+    ]
+    assert PaperOrder.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_repeat_of_a_placement_after_a_copy_multiplier_changed_answers_what_it_placed(trader, instruments):
     account = make_broker_account(trader, broker="paper", client_id="M1")
     basket = sources.basket_save(owner=trader, name="Copy", account_ids=[account.pk], items=[spec(quantity=2)])
