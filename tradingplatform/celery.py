@@ -94,7 +94,7 @@ def periodic(func):
     A delivery within 80% of the job's interval (``PERIODIC_TASKS``) of the beat last served (a
     second beat, a redelivery after a crash) is skipped and returns ``"skipped"``; one held up in
     the queue serves its own beat and does not push the next one out (``locks.claim_beat``).
-    Staff who shorten an interval in admin get skipped runs for the difference, never doubled ones.
+    Staff who shorten an interval in admin get skipped runs for the difference.
     """
     name = f"{func.__module__}.{func.__name__}"
     interval = next((job["schedule"] for job in PERIODIC_TASKS.values() if job["task"] == name), None)

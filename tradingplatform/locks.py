@@ -57,11 +57,16 @@ def release(name: str, token: str) -> None:
         django_cache.delete(_key(name))
 
 
-# Whether a periodic job's delivery at ARGV[1] (seconds) serves a new beat of its interval ARGV[2]
-# (``claim_beat``): KEYS[1] holds the time of the beat last served.
+# Whether a periodic job's delivery at ARGV[1] (seconds; empty: Redis's clock, the same for every
+# worker) serves a new beat of its interval ARGV[2] (``claim_beat``): KEYS[1] holds the time of the
+# beat last served.
 _BEAT = """
 local last = tonumber(redis.call('get', KEYS[1]) or '')
 local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+if not now then
+  local clock = redis.call('time')
+  now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+end
 if last and now < last + 0.8 * interval then return 0 end
 local served = now
 if last and now > last + interval and now <= last + 2 * interval then served = last + interval end
@@ -79,10 +84,14 @@ def claim_beat(name: str, *, interval_s: float, now: float | None = None) -> boo
     interval after the last), not its own arrival time: the next beat, on time, still runs (with a
     lock taken at the late run, the beat after it was skipped: a gap of two intervals). Early
     deliveries (a beat a little fast) serve their own time, so that none drifts into the skip
-    window; after a pause of more than two intervals, the count starts again from now."""
-    now = time.time() if now is None else now
+    window; after a pause of more than two intervals, the count starts again from now (Redis's
+    clock: workers' clocks may differ). With two beats and a queue holding a delivery for most of
+    an interval, a beat can be served twice: what the periodic jobs do is safe to do twice
+    (per-account locks, atomic claims of due times)."""
     if settings.REDIS_URL:
-        return bool(redis_client().eval(_BEAT, 1, _key(name), repr(now), repr(float(interval_s))))
+        at = "" if now is None else repr(now)
+        return bool(redis_client().eval(_BEAT, 1, _key(name), at, repr(float(interval_s))))
+    now = time.time() if now is None else now
     with _beat_lock:  # the cache (one process without Redis): not atomic across processes
         last = django_cache.get(_key(name))
         if last is not None and now < last + 0.8 * interval_s:

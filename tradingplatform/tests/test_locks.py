@@ -39,3 +39,8 @@ def test_a_periodic_job_serves_each_beat_once_and_a_late_run_does_not_push_the_n
     # After a pause (beat down), the count starts again from the first delivery.
     last = 1120.0 + 59.9 * 199
     assert claim(last + 600) and not claim(last + 620) and claim(last + 660)
+
+
+def test_a_beat_is_claimed_by_the_shared_clock_when_no_time_is_given():
+    assert locks.claim_beat("clock-test", interval_s=60)
+    assert not locks.claim_beat("clock-test", interval_s=60)  # the same beat (Redis's TIME, or the cache's)
