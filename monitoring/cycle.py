@@ -672,7 +672,7 @@ def step_exits(ctx: Context) -> None:
             (Order.Role.TAKE_PROFIT, strategy.take_profit, strategy.take_profit_unit),
         ):
             if stopped_out:
-                ctx.act(f"no {role.replace('_', '-')} put back for {entry.reference}: its stop went at market")
+                ctx.act(f"no {role.replace('_', '-')} placed for {entry.reference} this run: its stop went at market")
                 continue
             mine = [e for e in exits if e.role == role]
             live = [e for e in mine if e.status in Order.LIVE]
@@ -682,10 +682,10 @@ def step_exits(ctx: Context) -> None:
             elif covering < held and amount:
                 # Exits that ended with their day go back each for what it had (one per part the
                 # entry filled in): all of them now, not one a run.
-                while (carried := _exit_place(ctx, entry, role, mine, held - covering, amount, unit)) is not None:
-                    mine.append(carried)
-                    covering += carried.quantity
-                    stopped_out = stopped_out or carried.order_type == "MARKET"
+                while (placed := _exit_place(ctx, entry, role, mine, held - covering, amount, unit)) is not None:
+                    mine.append(placed)
+                    covering += placed.quantity
+                    stopped_out = stopped_out or placed.order_type == "MARKET"
                     if covering >= held:
                         break
 
@@ -728,7 +728,9 @@ def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> No
 
 def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, amount, unit) -> Order | None:
     """Place what ``entry`` misses of a ``role`` exit (``missing``), as ``step_exits`` says. Returns the
-    replacement of an exit that ended with its day when one was placed (another may be owed), else None."""
+    exit placed, if one was (it may cover less than ``missing``: the replacement of one exit of several
+    that ended with their day, another then owed), else None. A stop-loss whose trigger the market is
+    already past goes at market (``_at_market_if_passed``)."""
     name = role.replace("_", "-")
     not_ours = [
         e
@@ -807,9 +809,6 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             missing = min(missing, replaced.quantity - replaced.filled_quantity)
         prices = {"order_type": replaced.order_type, "price": replaced.price, "trigger_price": replaced.trigger_price}
         prices.update(owed)
-        if carried and _stop_passed(ctx, replaced):
-            # The market opened beyond the stop: the stop would have fired there had it rested.
-            prices = {"order_type": "MARKET", "price": None, "trigger_price": None}
         key = f"{REPLACE_KEY.strip(':')}:{replaced.pk}"
     else:
         carried = False
@@ -822,6 +821,8 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         else:
             prices = {"order_type": "LIMIT", "price": level}
         key = f"exit:{entry.pk}:{role}:#{len(mine)}"  # the n-th exit of this role, however often a cycle looks
+    side = "SELL" if entry.side == "BUY" else "BUY"
+    prices = _at_market_if_passed(ctx, entry.instrument, role, side, f"{name} for {entry.reference}", prices)
     what = f"{replaced.reference} ({name} of {entry.reference}) ended with its trading day" if carried else None
     if _exchange_shut(ctx, entry, what or f"a {name} for {entry.reference}"):
         return None
@@ -830,7 +831,7 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             actor=ctx.account.owner,
             account=ctx.account,
             instrument=entry.instrument,
-            side="SELL" if entry.side == "BUY" else "BUY",
+            side=side,
             quantity=missing,
             product=entry.product,
             source=Order.Source.SYSTEM,
@@ -848,7 +849,7 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         _run_error(ctx, f"{name} {placed.reference} for {entry.reference} {placed.status}: {placed.reject_reason}")
         return None
     ctx.act(f"placed {name} {placed.reference} for {entry.reference}")
-    return placed if carried else None
+    return placed
 
 
 def _owed_exit(mine: list[Order], ended: dict[Order, str]) -> tuple[Order, dict] | None:
@@ -905,12 +906,20 @@ def _exchange_shut(ctx: Context, entry: Order, what: str) -> bool:
     return True
 
 
-def _stop_passed(ctx: Context, stop: Order) -> bool:
-    """Whether the last price is at or beyond a stop-loss's trigger (a gap past it overnight)."""
-    last = ctx.last_prices.get((stop.instrument.exchange, stop.instrument.tradingsymbol))
-    if stop.role != Order.Role.STOP_LOSS or stop.trigger_price is None or not last:
-        return False
-    return last <= stop.trigger_price if stop.side == "SELL" else last >= stop.trigger_price
+def _at_market_if_passed(ctx: Context, instrument, role: str, side: str, what: str, prices: dict) -> dict:
+    """``prices`` of a stop-loss about to be placed, or MARKET's when the last price is already at or
+    beyond its trigger: the market opened beyond a stop carried overnight, fell through a fresh stop's
+    level before it was placed, or through a trail's new trigger before its replacement was. A stop
+    would have fired there had it rested; sent as a stop, the broker refuses it (a sell's trigger must
+    be under the last price), and three refusals leave the position unprotected as it loses."""
+    trigger = prices.get("trigger_price")
+    last = ctx.last_prices.get((instrument.exchange, instrument.tradingsymbol))
+    if role != Order.Role.STOP_LOSS or prices.get("order_type") not in ("SL", "SL-M") or not trigger or not last:
+        return prices
+    if (last > trigger) if side == "SELL" else (last < trigger):  # a long's stop sells under the market
+        return prices
+    ctx.act(f"{what} sent at market: the last price {last} is past its trigger {trigger}")
+    return {**prices, "order_type": "MARKET", "price": None, "trigger_price": None}
 
 
 def _changed_by_hand(order: Order, field: str, *, step: str, since_pk: int = 0) -> tuple[str, int] | None:
@@ -1189,7 +1198,10 @@ def _replace_closed(
     quantity = order.quantity - order.filled_quantity - less
     if quantity <= 0:
         return None
-    terms = {"price": order.price, "trigger_price": order.trigger_price, **terms}
+    terms = {"order_type": order.order_type, "price": order.price, "trigger_price": order.trigger_price, **terms}
+    terms = _at_market_if_passed(
+        ctx, order.instrument, order.role, order.side, f"{order.reference}'s replacement", terms
+    )
     try:
         replacement = orders.order_place(
             actor=ctx.account.owner,
@@ -1197,7 +1209,6 @@ def _replace_closed(
             instrument=order.instrument,
             side=order.side,
             quantity=quantity,
-            order_type=order.order_type,
             product=order.product,
             source=Order.Source.SYSTEM,
             role=order.role,

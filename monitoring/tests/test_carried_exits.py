@@ -221,3 +221,22 @@ def test_stops_of_an_entry_filled_in_two_parts_each_go_back_and_a_cut_of_one_is_
     run = monitor(account)
     assert live_exits(account, "stop_loss") == 8, run.actions
     assert "so it is not topped up" in run.errors[-1]["error"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kite_stop_the_market_fell_past_before_it_was_placed_goes_at_market(trader, kite_on_face, session):
+    """Through Kite's wire format too: the fresh stop's level (1490.10) is over the last price, so it
+    goes at market instead of as an SL-M Kite would refuse."""
+    account = kite_on_face
+    session["open"] = True
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points")
+    quote("1500")
+    first = entry(trader, account, guarded, product="CNC")
+    quote("1480")
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    [stop] = stops(first)
+    assert (stop.order_type, stop.quantity, stop.side) == ("MARKET", 10, "SELL")
+    monitor(account)
+    stop.refresh_from_db()
+    assert (stop.status, stop.filled_quantity) == (Order.Status.FILLED, 10)

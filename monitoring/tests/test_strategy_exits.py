@@ -583,3 +583,59 @@ def test_an_entry_the_broker_rejected_after_part_filled_keeps_its_exits(trader, 
     first.refresh_from_db()
     assert (first.status, first.filled_quantity) == (Order.Status.REJECTED, 4)
     assert held(account) == live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 4
+
+
+def test_a_stop_the_market_fell_past_before_it_was_placed_goes_at_market(trader, account):
+    """The entry fills at 1500 and the market falls through the stop's level (1485.10) before step 4
+    places it: a stop-loss sell must trigger under the last price (the exchange refuses it, three
+    refusals end the attempts: the position would be left unprotected as it loses). It goes at market,
+    as the stop would have fired had it rested, and the take-profit waits: nothing is left to take."""
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    quote("1480")
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    stop = first.children.get(role="stop_loss")
+    assert (stop.order_type, stop.trigger_price, stop.quantity) == ("MARKET", None, 10)
+    assert any("at market" in action and "1485.10" in action for action in run.actions), run.actions
+    assert not first.children.filter(role="take_profit").exists()
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    stop.refresh_from_db()
+    assert (stop.status, stop.filled_quantity) == (Order.Status.FILLED, 10)
+    assert held(account) == 0
+    assert not first.children.filter(role="take_profit").exists()
+
+
+def test_a_short_entrys_stop_the_market_rose_past_goes_at_market(trader, account):
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, guarded, side="SELL")
+    quote("1520")  # past the buy stop's level, 1514.90
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    stop = first.children.get(role="stop_loss")
+    assert (stop.side, stop.order_type, stop.quantity) == ("BUY", "MARKET", 10)
+
+
+def test_a_trailed_stops_owed_replacement_the_market_fell_past_goes_at_market(trader, account, monkeypatch):
+    """The trail's cancel past the modification cap is pending at the broker; by the time the broker
+    closes it, the market is under the trail's new trigger (1500.10): the replacement goes at market."""
+    import dataclasses
+
+    from brokers.paper.adapter import PaperBroker
+
+    first, stop = trailing_stop_at_the_cap(trader, account)
+    real = PaperBroker.order
+    monkeypatch.setattr(PaperBroker, "order", lambda self, i: dataclasses.replace(real(self, i), status="OPEN"))
+    quote("1512")
+    monitor(account)
+    assert not first.children.filter(role="stop_loss", status__in=Order.LIVE).exists()
+    monkeypatch.undo()
+    quote("1495")  # above the cancelled stop (1490.10), under the trail's new trigger
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    replacement = first.children.get(role="stop_loss", status__in=Order.LIVE + (Order.Status.FILLED,))
+    assert replacement.idempotency_key.endswith(f"replace:{stop.pk}")
+    assert (replacement.order_type, replacement.quantity) == ("MARKET", 10)
