@@ -96,6 +96,7 @@ class RejectKind:
     NETWORK = "network"
     BROKER_ERROR = "broker_error"
     INPUT = "input"
+    MARKET_CLOSED = "market_closed"
     OTHER = "other"
 
     ALL = (
@@ -110,9 +111,11 @@ class RejectKind:
         NETWORK,
         BROKER_ERROR,
         INPUT,
+        MARKET_CLOSED,
         OTHER,
     )
-    # Kinds that can succeed if the same order is sent again later.
+    # Kinds that can succeed if the same order is sent again later. Not MARKET_CLOSED: an entry
+    # refused outside market hours is not placed hours later unasked (a strategy may choose it).
     RETRYABLE_BY_NATURE = (FUNDS, RMS, RATE_LIMIT, NETWORK, BROKER_ERROR)
 
 
@@ -127,6 +130,7 @@ def classify_rejection(message: str | None) -> str:
         (("modifications", "modification limit"), RejectKind.MODIFICATION_CAP),
         (("invalid `tradingsymbol`", "instrument"), RejectKind.INSTRUMENT),
         (("too many requests", "rate limit"), RejectKind.RATE_LIMIT),
+        (("markets are closed", "market is closed", "outside market hours"), RejectKind.MARKET_CLOSED),
     )
     for needles, kind in rules:
         if any(needle in text for needle in needles):

@@ -558,6 +558,11 @@ EXIT_ROLES = (Order.Role.STOP_LOSS, Order.Role.TAKE_PROFIT)
 # limit, session) do not count: they are placed again, further apart each time.
 EXIT_ATTEMPTS = 3
 EXIT_RETRY_MAX_S = 60
+# Nor do exits refused because the broker's market is closed when the platform's calendar has it
+# open (``brokers.markets``: a holiday missing from EXCHANGE_HOLIDAYS, a halt): tried again after
+# CLOSED_RETRY_S, twice as long after each refusal in a row, at most CLOSED_RETRY_MAX_S.
+CLOSED_RETRY_S = 300
+CLOSED_RETRY_MAX_S = 3600
 # An entry that can fill no more and holds nothing (its exits filled, or the position was closed
 # some other way) is done: a later position in the instrument (a buy by hand) is not its.
 EXITS_DONE = "exits_done"
@@ -782,6 +787,17 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             )
         return
     rejected = [e for e in mine if e.status == Order.Status.REJECTED]
+    closed = list(itertools.takewhile(_refused_as_closed, reversed(mine)))  # the latest tries', newest first
+    rejected = [e for e in rejected if not _refused_as_closed(e)]
+    if closed:
+        wait_s = min(CLOSED_RETRY_S * 2 ** (len(closed) - 1), CLOSED_RETRY_MAX_S)
+        if (timezone.now() - closed[0].updated_at).total_seconds() < wait_s:
+            _run_error(
+                ctx,
+                f"{entry.reference} holds {missing} without a {name}: the broker refused {closed[0].reference} as its"
+                f" market is closed (a holiday missing from EXCHANGE_HOLIDAYS?); placing again within {wait_s} s",
+            )
+            return
     if len(rejected) >= EXIT_ATTEMPTS:
         last = rejected[-1].reject_reason
         _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: {len(rejected)} rejected (last: {last})")
@@ -810,6 +826,8 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         prices = {"order_type": replaced.order_type, "price": replaced.price, "trigger_price": replaced.trigger_price}
         prices.update(owed)
         key = f"{REPLACE_KEY.strip(':')}:{replaced.pk}"
+        if tries := sum(_replaced_pk(e) == replaced.pk for e in mine):  # those refused (``_owed_exit``)
+            key = f"{key}#{tries + 1}"
     else:
         carried = False
         average = Decimal(entry.average_price)
@@ -857,10 +875,12 @@ def _owed_exit(mine: list[Order], ended: dict[Order, str]) -> tuple[Order, dict]
     ``ended`` with its trading day, and not replaced yet, with the terms owed (``_owed_terms``;
     an ended one's own). Not only the last one: a newer exit of the role still live (the entry
     filled in parts, one exit per part) must not hide it, or what it covered would go back at the
-    first level, loosening what a trail had tightened."""
-    replaced = {e.idempotency_key.rsplit(REPLACE_KEY, 1)[1] for e in mine if REPLACE_KEY in (e.idempotency_key or "")}
+    first level, loosening what a trail had tightened. Nor does a replacement the broker refused or
+    that never reached it: the next is that replacement again (its key counting the tries)."""
+    refused = (Order.Status.REJECTED, Order.Status.FAILED)
+    replaced = {_replaced_pk(e) for e in mine if e.status not in refused}
     for order in reversed(mine):
-        if order.status == Order.Status.CANCELLED and str(order.pk) not in replaced:
+        if order.status == Order.Status.CANCELLED and order.pk not in replaced:
             terms = {} if order in ended else _owed_terms(order)
             if terms is not None:
                 return order, terms
@@ -995,12 +1015,22 @@ REPLACE_KEY = ":replace:"
 CAP_REACHED = "the modification cap is reached"
 
 
-def _replaced(order: Order) -> Order | None:
-    """The order ``order`` replaced (its key names it: ``_cancel_and_replace``), if it is a replacement."""
+def _replaced_pk(order: Order) -> int | None:
+    """The id of the order ``order`` replaced (its key names it, then maybe ``#<try>``), if it is a replacement."""
     key = order.idempotency_key or ""
     if REPLACE_KEY not in key:
         return None
-    return Order.objects.filter(pk=int(key.rsplit(REPLACE_KEY, 1)[1]), account_id=order.account_id).first()
+    return int(key.rsplit(REPLACE_KEY, 1)[1].split("#", 1)[0])
+
+
+def _replaced(order: Order) -> Order | None:
+    """The order ``order`` replaced (``_cancel_and_replace``, ``_owed_exit``), if it is a replacement."""
+    pk = _replaced_pk(order)
+    return None if pk is None else Order.objects.filter(pk=pk, account_id=order.account_id).first()
+
+
+def _refused_as_closed(order: Order) -> bool:
+    return order.status == Order.Status.REJECTED and order.reject_kind == RejectKind.MARKET_CLOSED
 
 
 def _owed_terms(order: Order) -> dict | None:

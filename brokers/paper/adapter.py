@@ -41,6 +41,7 @@ REJECTION_KINDS = {
     "instrument": RejectKind.INSTRUMENT,
     "price_band": RejectKind.PRICE_BAND,
     "modification_cap": RejectKind.MODIFICATION_CAP,
+    "market_closed": RejectKind.MARKET_CLOSED,
 }
 
 

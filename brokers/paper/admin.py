@@ -30,6 +30,7 @@ class PaperClientForm(forms.ModelForm):
             "timeout_rate",
             "rejection_rate",
             "rate_limit_per_s",
+            "market_closed",
         ]
 
     def __init__(self, *args, **kwargs):
@@ -59,7 +60,19 @@ class PaperClientAdmin(admin.ModelAdmin):
         (None, {"fields": ("user_id", "name", "new_password")}),
         ("Kite app", {"fields": ("api_key", "api_secret", "redirect_url", "postback_url", "session_ttl_s")}),
         ("Funds", {"fields": ("opening_funds", "cash")}),
-        ("Fault knobs", {"fields": ("latency_ms", "error_rate", "timeout_rate", "rejection_rate", "rate_limit_per_s")}),
+        (
+            "Fault knobs",
+            {
+                "fields": (
+                    "latency_ms",
+                    "error_rate",
+                    "timeout_rate",
+                    "rejection_rate",
+                    "rate_limit_per_s",
+                    "market_closed",
+                )
+            },
+        ),
     )
 
     def save_model(self, request, obj, form, change):

@@ -743,9 +743,15 @@ def _checked_tag_and_variety(tag: str, variety: str) -> None:
         raise InputException("Tag should be at most 20 characters.")
 
 
+# Kite's answer to a regular order outside market hours.
+MARKET_CLOSED = "Markets are closed right now. Use GTT for placing long standing orders instead."
+
+
 def _arriving(client: PaperClient, instrument: PaperInstrument, *, price, trigger_price, tag, variety, **terms):
     """An order as it arrives (not saved): its input checked (``InputException``), OPEN for now."""
     _checked_tag_and_variety(tag, variety)
+    if client.market_closed:
+        raise InputException(MARKET_CLOSED, kind="market_closed")
     price = Decimal(price) if price not in (None, "") else None
     trigger_price = Decimal(trigger_price) if trigger_price not in (None, "") else None
     side, order_type = terms["transaction_type"], terms["order_type"]

@@ -37,6 +37,11 @@ class PaperClient(models.Model):
     )
     rejection_rate = models.FloatField(default=0, help_text="Share of orders rejected by RMS (0-1).")
     rate_limit_per_s = models.PositiveIntegerField(default=0, help_text="Calls per second before 429; 0 = none.")
+    market_closed = models.BooleanField(
+        default=False,
+        help_text="New orders refused as Kite refuses them outside market hours (a holiday, a halt); "
+        "the paper exchange's market is otherwise open round the clock.",
+    )
     session_ttl_s = models.PositiveIntegerField(default=0, help_text="Session lifetime; 0 = until 06:00 IST.")
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -22,7 +22,7 @@ from orders import services
 from orders.models import Order
 from tradingplatform import background
 
-from .test_strategy_exits import D, entry, held, live_exits, quote, strategy
+from .test_strategy_exits import D, entry, held, knobs, live_exits, quote, strategy
 
 
 @pytest.fixture
@@ -240,3 +240,78 @@ def test_a_kite_stop_the_market_fell_past_before_it_was_placed_goes_at_market(tr
     monitor(account)
     stop.refresh_from_db()
     assert (stop.status, stop.filled_quantity) == (Order.Status.FILLED, 10)
+
+
+def test_an_exit_refused_because_the_market_is_closed_keeps_its_terms_and_its_attempts(trader, account):
+    """A holiday the platform's calendar lacks: the exchange refuses the trailed stop put back at the
+    open ("Markets are closed right now"). It is not one of the stop's three attempts (three runs would
+    leave the position unprotected for good), it is tried again further apart, and it goes back at the
+    trail's level, not the strategy's first one."""
+    first, stop = guarded_yesterday(trader, account, trailing_step=D("5"))
+    quote("1512")  # the trail moves the stop to 1500.10
+    monitor(account)
+    day_ends(stop)
+    knobs(account, market_closed=True)
+    run = monitor(account)
+    assert run.status == AccountRun.Status.ERRORS
+    [refused] = stops(first)[1:]
+    assert (refused.status, refused.reject_kind) == (Order.Status.REJECTED, "market_closed")
+    for _ in range(cycle.EXIT_ATTEMPTS + 1):  # within the wait: not sent again
+        run = monitor(account)
+        assert "market is closed" in run.errors[-1]["error"], run.errors
+    assert len(stops(first)) == 2
+    Order.objects.filter(pk=refused.pk).update(updated_at=timezone.now() - timedelta(seconds=cycle.CLOSED_RETRY_S))
+    monitor(account)  # tried again, refused again: now it waits twice as long
+    assert [s.status for s in stops(first)[1:]] == [Order.Status.REJECTED] * 2
+    knobs(account, market_closed=False)
+    Order.objects.filter(role="stop_loss").update(updated_at=timezone.now() - timedelta(hours=2))
+    quote("1505")  # a fresh stop at the first level (1490.10) would not trail up to where it was
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    back = stops(first)[-1]
+    assert (back.status, back.order_type, back.trigger_price, back.quantity) == (
+        Order.Status.OPEN,
+        "SL-M",
+        D("1500.10"),
+        10,
+    )
+    assert back.idempotency_key.endswith(f"replace:{stop.pk}#3")
+    quote("1517")  # and it trails on at the first stop's distance
+    monitor(account)
+    back.refresh_from_db()
+    assert back.trigger_price == D("1505.10")
+
+
+def test_a_carried_stop_refused_by_the_broker_goes_back_at_its_own_level_next_time(trader, account):
+    """A refusal of another kind is one of its attempts, but the next try is the same stop put back
+    (the trail's level), not a fresh one at the strategy's first level."""
+    first, stop = guarded_yesterday(trader, account, trailing_step=D("5"))
+    quote("1512")
+    monitor(account)
+    day_ends(stop)
+    knobs(account, rejection_rate=1)
+    monitor(account)
+    knobs(account, rejection_rate=0)
+    quote("1505")  # a fresh stop at the first level (1490.10) would not trail up to where it was
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    _old, refused, back = stops(first)
+    assert refused.status == Order.Status.REJECTED and refused.reject_kind != "market_closed"
+    assert (back.status, back.trigger_price) == (Order.Status.OPEN, D("1500.10"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kite_refusal_because_markets_are_closed_is_not_an_attempt(trader, kite_on_face, session):
+    account = kite_on_face
+    session["open"] = True
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points")
+    quote("1500")
+    first = entry(trader, account, guarded, product="CNC")
+    knobs(account, market_closed=True)
+    monitor(account)
+    [refused] = stops(first)
+    assert (refused.status, refused.reject_kind) == (Order.Status.REJECTED, "market_closed")
+    knobs(account, market_closed=False)
+    Order.objects.filter(pk=refused.pk).update(updated_at=timezone.now() - timedelta(seconds=cycle.CLOSED_RETRY_S))
+    monitor(account)
+    assert [(s.status in Order.LIVE, s.trigger_price) for s in stops(first)][1:] == [(True, D("1490.10"))]
