@@ -1049,11 +1049,21 @@ def _at_modification_cap(refused: Exception) -> bool:
     return isinstance(cause, OrderRejected) and cause.kind == RejectKind.MODIFICATION_CAP
 
 
+def _stood_for(order: Order) -> Order | None:
+    """The order ``order`` stands for, if any: the one it replaced (``_cancel_and_replace``) or
+    retried (step 9: its key names the refused order, as a replacement's does)."""
+    key = order.idempotency_key or ""
+    if RETRY_KEY in key:
+        return Order.objects.filter(pk=int(key.rsplit(RETRY_KEY, 1)[1]), account_id=order.account_id).first()
+    return _replaced(order)
+
+
 def _placed(order: Order, field: str) -> Decimal:
     """A price as the order was first placed (kept in its "created" event); for a replacement
-    (``_cancel_and_replace``), as the order it replaced was, back to the first."""
-    while (replaced := _replaced(order)) is not None:
-        order = replaced
+    (``_cancel_and_replace``) or a retry (step 9), as the order it stands for was, back to the
+    first: a retry of a replacement placed at the chase's cap is chased no further than that cap."""
+    while (earlier := _stood_for(order)) is not None:
+        order = earlier
     created = order.events.filter(kind="created").first()
     value = (created.data or {}).get(field) if created else None
     return Decimal(value) if value else getattr(order, field)

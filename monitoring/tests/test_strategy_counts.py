@@ -261,3 +261,29 @@ def test_a_stop_loss_that_filled_yesterday_and_is_learnt_of_today_does_not_re_en
     stop.refresh_from_db()
     assert stop.status == Order.Status.FILLED and stop.updated_at > yesterday + timedelta(hours=12)
     assert not Order.objects.filter(parent=first, role="entry").exists()
+
+
+def test_a_retried_replacement_is_chased_no_further_than_the_first_orders_cap(trader, account):
+    """A chased entry past the modification cap is replaced at its cap (1499.00 + 10 ticks); the
+    replacement is refused (RMS) and retried. The retry stands for the first order still: it is
+    chased no further than that order's cap, not 10 more ticks from where the replacement was."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Chase", account_ids=[account.pk], chase_after_s=0, chase_max_ticks=10,
+        max_retries=1, retryable_kinds=["rms"],
+    )  # fmt: skip
+    quote("1500", bid="1500", ask="1505")  # never crosses the entry
+    first = place(trader, account, strategy=strategy, source="strategy", order_type="LIMIT", price="1499.00")
+    Order.objects.filter(pk=first.pk).update(chase_count=cycle.BROKER_MODIFICATION_CAP - 1)
+    rejecting(account, 1)
+    cycle.account_monitor(account=account)
+    replacement = Order.objects.get(parent=first, role="entry")
+    assert replacement.status == Order.Status.REJECTED and replacement.price == D("1500.00")
+    rejecting(account, 0)
+    backed_off(replacement)
+    cycle.account_monitor(account=account)
+    retry = Order.objects.get(parent=replacement, role="entry")
+    assert retry.status == Order.Status.OPEN and retry.price == D("1500.00")
+    quote("1510", bid="1510", ask="1515")
+    cycle.account_monitor(account=account)
+    retry.refresh_from_db()
+    assert retry.price == D("1500.00")
