@@ -1187,6 +1187,8 @@ def _cancel_and_replace(
     the run's errors, but for a cancel refused (it filled meanwhile: the next cycle sees it)."""
     try:
         remaining = order.quantity - order.filled_quantity - less
+        # As ``order_place`` will check it: an entry is not put back for a deactivated trader.
+        orders.owner_check(ctx.account.owner, order.role)
         orders.order_check(
             actor=ctx.account.owner,
             account=ctx.account,

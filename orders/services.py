@@ -531,10 +531,7 @@ def order_prepare(
     # first: most keys are new); a repeat that no longer validates (account deactivated,
     # limits changed) still returns the first order.
     try:
-        if role == Order.Role.ENTRY and not actor.is_active:
-            # A webhook, a schedule or a re-entry acting for a deactivated trader opens nothing;
-            # the exits that protect their open positions are still placed.
-            raise ValidationError({"account": "This account's owner is deactivated."})
+        owner_check(actor, role)
         checked = order_check(
             actor=actor,
             account=account,
@@ -576,6 +573,14 @@ def order_prepare(
             return existing, False
         raise
     return order, True
+
+
+def owner_check(actor, role: str) -> None:
+    """A webhook, a schedule, a re-entry or a retry acting for a deactivated trader opens nothing
+    (a ValidationError naming the account); the exits that protect their open positions are still
+    placed."""
+    if role == Order.Role.ENTRY and not actor.is_active:
+        raise ValidationError({"account": "This account's owner is deactivated."})
 
 
 def _raised(quantity, current: int) -> bool:

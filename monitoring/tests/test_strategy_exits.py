@@ -449,6 +449,24 @@ def test_an_order_whose_cancel_is_still_pending_is_replaced_once_the_broker_clos
     assert (replacement.quantity, replacement.role) == (10, "entry")
 
 
+def test_a_chased_entry_of_a_deactivated_trader_is_not_cancelled_past_the_cap(trader, account):
+    """No entry is placed for a deactivated trader (``order_prepare``), so the replacement of a chased
+    entry past the modification cap would be refused: the entry is left resting, not cancelled with
+    nothing put back."""
+    guarded = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    Order.objects.filter(pk=first.pk).update(chase_count=cycle.BROKER_MODIFICATION_CAP - 1)
+    type(trader).objects.filter(pk=trader.pk).update(is_active=False)
+    account.owner.refresh_from_db()
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    run = monitor(account)
+    first.refresh_from_db()
+    assert first.status == Order.Status.OPEN and first.price == D("1499.00")
+    assert PaperOrder.objects.get(tag=first.reference).status == "OPEN"
+    assert any("deactivated" in error["error"] for error in run.errors), run.errors
+
+
 def test_a_replacement_that_would_be_refused_cancels_nothing(trader, account, monkeypatch):
     from django.core.exceptions import ValidationError
 
