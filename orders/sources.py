@@ -22,6 +22,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from accounts.models import BrokerAccount
+from brokers import markets
 from brokers.base import IST, ist_today
 from brokers.errors import AuthError, BrokerError, OutcomeUnknown
 from brokers.models import Instrument
@@ -387,9 +388,6 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
 
 # --- Scheduled orders -------------------------------------------------------------------------
 
-TRADING_DAYS = [0, 1, 2, 3, 4]  # Monday to Friday at the exchange, in IST (holidays are not modelled)
-
-
 # In the zone database but not places: "localtime" is the server's own zone, "Factory" none.
 _NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
 
@@ -418,15 +416,18 @@ def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | No
         due = datetime.combine(scheduled.run_on, scheduled.time_of_day, tzinfo=zone).astimezone(UTC)
         return due if due > after else None
     trading_days = scheduled.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS
-    days = TRADING_DAYS if trading_days else scheduled.weekdays
     local_day = after.astimezone(zone).date()
-    for offset in range(0, 9):
+    # A week and a day for chosen weekdays; past a run of holidays too for trading days.
+    for offset in range(0, 40 if trading_days else 9):
         day: date = local_day + timedelta(days=offset)
         due = datetime.combine(day, scheduled.time_of_day, tzinfo=zone)
-        # A trading day is the exchange's (23:30 in New York is the next morning in India);
-        # chosen weekdays are the trader's own.
-        weekday = due.astimezone(IST).weekday() if trading_days else day.weekday()
-        if weekday in days and due > after:
+        # A trading day is the exchange's (23:30 in New York is the next morning in India), and
+        # not one of its holidays (``EXCHANGE_HOLIDAYS``); chosen weekdays are the trader's own.
+        if trading_days:
+            runs = markets.is_trading_day(due.astimezone(IST).date())
+        else:
+            runs = day.weekday() in scheduled.weekdays
+        if runs and due > after:
             return due.astimezone(UTC)
     return None
 

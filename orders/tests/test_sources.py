@@ -1036,3 +1036,19 @@ def test_a_signal_replayed_while_its_first_request_places_answers_with_its_resul
     again, replayed = sources.strategy_signal(strategy=strategy, actor=trader, signal_id="s-1", via="api", **signal)
     thread.join()
     assert replayed and [row["status"] for row in again.results] == ["FILLED"]
+
+
+def test_an_every_trading_day_order_skips_the_exchanges_holidays(trader, account, settings):
+    """An exchange holiday (``EXCHANGE_HOLIDAYS``) is no trading day: an every-trading-day order
+    does not fire on it (its order would go to a shut exchange), but on the next trading day."""
+    settings.EXCHANGE_HOLIDAYS = frozenset({"2026-11-23", "2026-11-24"})  # a Monday and Tuesday
+    row = make_scheduled(trader, account, recurrence="trading_days", run_on=None, time_of_day=time(9, 30))
+    saturday = datetime(2026, 11, 21, 12, 0, tzinfo=IST)
+    assert sources.next_occurrence(row, saturday) == datetime(2026, 11, 25, 9, 30, tzinfo=IST)
+    # A trader in New York: 23:00 on Sunday there is Monday morning in India, a holiday.
+    york = ZoneInfo("America/New_York")
+    row.timezone, row.time_of_day = "America/New_York", time(23, 0)
+    assert sources.next_occurrence(row, saturday) == datetime(2026, 11, 24, 23, 0, tzinfo=york)
+    # Chosen weekdays are the trader's own days, holidays or not.
+    row.timezone, row.time_of_day, row.recurrence, row.weekdays = "Asia/Kolkata", time(9, 30), "weekdays", [0]
+    assert sources.next_occurrence(row, saturday) == datetime(2026, 11, 23, 9, 30, tzinfo=IST)
