@@ -1517,7 +1517,8 @@ def strategy_signal(
     )
     payload = _signal_payload(instrument, side, quantity, order_type, product, price, trigger_price)
     accounts = list(strategy.accounts.order_by("pk"))  # a deactivated one answers with why, as in a basket
-    if not any(account.is_active for account in accounts):
+    placed = _placed_by_signal(actor, signal) if signal is not None else {}
+    if not placed and not any(account.is_active for account in accounts):
         raise ValidationError({"strategy": "This strategy has no active accounts."})
     replayed = signal is not None
     if not replayed:
@@ -1528,6 +1529,13 @@ def strategy_signal(
             signal, replayed = _replayed(signals.get(), payload, signals), True
             if signal.results:
                 return signal, True
+            placed = _placed_by_signal(actor, signal)
+    # A repeat of a signal whose first request stopped answers the orders that request wrote as
+    # they stand, on whatever account (one taken off the strategy since, one whose multiplier
+    # changed since: its key would refuse the new quantity as another order), and places the rest.
+    by_pk = {account.pk: account for account in accounts}
+    by_pk.update({pk: order.account for pk, order in placed.items() if pk not in by_pk})
+    accounts = [by_pk[pk] for pk in sorted(by_pk)]
     spec = {
         "instrument": instrument,
         "side": side,
@@ -1537,7 +1545,9 @@ def strategy_signal(
         "trigger_price": trigger_price,
     }
     jobs = [
-        lambda account=account: _place_for(
+        (lambda account=account: _replayed_item(account, placed[account.pk]))
+        if account.pk in placed
+        else lambda account=account: _place_for(
             actor,
             account,
             spec,
@@ -1545,7 +1555,7 @@ def strategy_signal(
             source=Order.Source.STRATEGY,
             strategy=strategy,
             cause=f"strategy {strategy.name}: signal {signal_id} via {via}",
-            idempotency_key=f"signal:{signal.pk}:{account.pk}",
+            idempotency_key=_signal_key(signal, account.pk),
         )
         for account in accounts
     ]
@@ -1555,6 +1565,22 @@ def strategy_signal(
 
 
 SIGNAL_ID_MAX_LENGTH = StrategySignal._meta.get_field("signal_id").max_length
+
+
+def _signal_key(signal: StrategySignal, account_pk: int) -> str:
+    """The idempotency key of a signal's order on an account (``order_place`` prefixes the actor)."""
+    return f"signal:{signal.pk}:{account_pk}"
+
+
+def _placed_by_signal(actor, signal: StrategySignal) -> dict[int, Order]:
+    """The orders a signal's requests wrote, by account id (one query)."""
+    prefix = f"{actor.pk}:signal:{signal.pk}:"  # ``_signal_key``'s, before the account
+    placed = {}
+    for order in Order.objects.filter(idempotency_key__startswith=prefix).select_related("account", "instrument"):
+        account_pk = order.idempotency_key.removeprefix(prefix)
+        if account_pk.isdigit():
+            placed[int(account_pk)] = order
+    return placed
 
 
 def _signal_payload(instrument, side, quantity, order_type, product, price, trigger_price) -> dict | None:

@@ -1052,3 +1052,42 @@ def test_an_every_trading_day_order_skips_the_exchanges_holidays(trader, account
     # Chosen weekdays are the trader's own days, holidays or not.
     row.timezone, row.time_of_day, row.recurrence, row.weekdays = "Asia/Kolkata", time(9, 30), "weekdays", [0]
     assert sources.next_occurrence(row, saturday) == datetime(2026, 11, 23, 9, 30, tzinfo=IST)
+
+
+def test_a_retry_of_a_signal_whose_first_request_died_answers_what_it_placed_whatever_changed_since(
+    client, trader, strategy, monkeypatch
+):
+    """The first delivery placed on the first account and died before the second. Before the
+    alert's retry, the trader doubled the first account's multiplier and took it off the strategy
+    (a third was added). The retry answers the first account's order as it stands (its quantity
+    then, not "already used for a different order", not left out: that order is the signal's, and
+    an answer without it invites placing it again by hand), and places only what is missing."""
+    first = strategy.accounts.get()
+    second = make_broker_account(trader, broker="paper", client_id="SIG2")
+    strategy.accounts.add(second)
+    real = services.order_place
+
+    def dies_on_the_second(**order):
+        if order["account"].pk == second.pk:
+            raise RuntimeError("worker lost")
+        return real(**order)
+
+    monkeypatch.setattr(services, "order_place", dies_on_the_second)
+    assert webhook(client, strategy, quantity=2).status_code == 500
+    placed = Order.objects.get(strategy=strategy)
+    assert (placed.account_id, placed.quantity) == (first.pk, 2)
+    monkeypatch.setattr(services, "order_place", real)
+
+    account_services.broker_account_update(account=first, actor=trader, copy_multiplier=Decimal("2"))
+    sources.strategy_change(owner=trader, strategy=strategy, account_ids=[second.pk])
+    retried = webhook(client, strategy, quantity=2)
+    assert retried.status_code == 200 and retried.json()["replayed"] is True
+    answers = {row["account_id"]: row for row in retried.json()["results"]}
+    assert set(answers) == {first.pk, second.pk}
+    assert (answers[first.pk]["order_id"], answers[first.pk]["status"], answers[first.pk]["quantity"]) == (
+        placed.pk,
+        "FILLED",
+        2,
+    )
+    assert answers[second.pk]["status"] == "FILLED"
+    assert Order.objects.filter(strategy=strategy).count() == PaperOrder.objects.count() == 2
