@@ -822,6 +822,14 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
         fires, revived = [], []
         for scheduled in due:
             due_at = scheduled.next_run_at
+            if scheduled.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS and not markets.is_trading_day(
+                due_at.astimezone(IST).date()
+            ):
+                # A holiday declared after this due time was set (``EXCHANGE_HOLIDAYS`` changed): not a run.
+                scheduled.next_run_at = next_occurrence(scheduled, due_at)
+                if scheduled.next_run_at is None:
+                    scheduled.status = ScheduledOrder.Status.DONE
+                continue
             late_s = (now - due_at).total_seconds()
             missed = late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s
             status = ScheduledFire.Status.MISSED if missed else ScheduledFire.Status.PENDING

@@ -1091,3 +1091,16 @@ def test_a_retry_of_a_signal_whose_first_request_died_answers_what_it_placed_wha
     )
     assert answers[second.pk]["status"] == "FILLED"
     assert Order.objects.filter(strategy=strategy).count() == PaperOrder.objects.count() == 2
+
+
+def test_a_holiday_declared_after_the_next_run_was_set_is_not_fired(trader, account, settings):
+    """The next run was set for a Monday before that Monday was declared a holiday (the setting
+    changed with a deploy): the dispatcher does not fire it, and moves on to the next trading day."""
+    row = make_scheduled(trader, account, recurrence="trading_days", run_on=None, time_of_day=time(9, 30))
+    monday = datetime(2026, 11, 23, 9, 30, tzinfo=IST)
+    ScheduledOrder.objects.filter(pk=row.pk).update(next_run_at=monday)
+    settings.EXCHANGE_HOLIDAYS = frozenset({"2026-11-23"})
+    assert sources.scheduled_claim_due(now=monday + timedelta(seconds=1)) == []
+    assert not ScheduledFire.objects.filter(scheduled=row).exists()
+    row.refresh_from_db()
+    assert (row.status, row.next_run_at) == ("active", datetime(2026, 11, 24, 9, 30, tzinfo=IST))
