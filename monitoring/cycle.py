@@ -1446,15 +1446,19 @@ def _stopped_out(**where):
         parent=OuterRef("parent"), role=Order.Role.ENTRY, idempotency_key__contains=REENTRY_KEY
     )
     filled_today = Trade.objects.filter(order=OuterRef("pk"), filled_at__gte=openings.day_start())
-    return Order.objects.filter(
-        Exists(filled_today),
-        **where,
-        role=Order.Role.STOP_LOSS,
-        status=Order.Status.FILLED,
-        parent__strategy__reentry_enabled=True,
-        parent__strategy__is_active=True,  # a paused strategy opens nothing new
-        parent__reentry_count__lt=F("parent__strategy__max_reentries"),
-    ).exclude(Exists(reentered))
+    return (
+        Order.objects.filter(
+            Exists(filled_today),
+            **where,
+            role=Order.Role.STOP_LOSS,
+            status=Order.Status.FILLED,
+            parent__strategy__reentry_enabled=True,
+            parent__strategy__is_active=True,  # a paused strategy opens nothing new
+            parent__reentry_count__lt=F("parent__strategy__max_reentries"),
+        )
+        .exclude(Exists(reentered))
+        .filter(_on_its_strategy("parent__strategy_id"))
+    )
 
 
 def step_reentry(ctx: Context) -> None:
@@ -1521,7 +1525,17 @@ def _rejected_with_retries(**where):
         strategy__is_active=True,  # a paused strategy opens nothing new (step 8 neither)
         status__in=[Order.Status.REJECTED, Order.Status.FAILED],
         strategy__max_retries__gt=0,
+    ).filter(_on_its_strategy("strategy_id"))
+
+
+def _on_its_strategy(strategy_id: str) -> Exists:
+    """The order's account is still one of its strategy's (``strategy_id``: the path to the strategy's
+    id): one the trader took off the strategy gets nothing new opened by it, retries and re-entries
+    included, as a paused strategy opens nothing; what it holds keeps its exits (step 4)."""
+    on = Strategy.accounts.through.objects.filter(
+        strategy_id=OuterRef(strategy_id), brokeraccount_id=OuterRef("account_id")
     )
+    return Exists(on)
 
 
 def step_retries(ctx: Context) -> None:

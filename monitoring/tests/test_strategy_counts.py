@@ -287,3 +287,33 @@ def test_a_retried_replacement_is_chased_no_further_than_the_first_orders_cap(tr
     cycle.account_monitor(account=account)
     retry.refresh_from_db()
     assert retry.price == D("1500.00")
+
+
+def test_an_account_taken_off_the_strategy_gets_no_retry_of_its_refused_entry(trader, account):
+    """A retry is a new entry: the trader who took the account off the strategy wants nothing new
+    opened there by it (as a paused strategy opens nothing)."""
+    strategy, first = refused_entry(trader, account)
+    rejecting(account, 0)
+    strategy.accounts.remove(account)
+    cycle.account_monitor(account=account)
+    assert not Order.objects.filter(parent=first).exists()
+    strategy.accounts.add(account)
+    cycle.account_monitor(account=account)
+    assert Order.objects.get(parent=first).status == Order.Status.FILLED
+
+
+def test_an_account_taken_off_the_strategy_does_not_re_enter_but_keeps_its_exits(trader, account):
+    strategy = reentering(trader, account, stop_loss=D("1"), take_profit=D("2"), max_reentries=1)
+    quote("1500")
+    first = place(trader, account, quantity=10, strategy=strategy, source="strategy")
+    strategy.accounts.remove(account)
+    cycle.account_monitor(account=account)  # what it holds is still protected
+    assert set(first.children.values_list("role", "status")) == {
+        ("stop_loss", Order.Status.OPEN),
+        ("take_profit", Order.Status.OPEN),
+    }
+    quote("1480")  # the stop-loss fills
+    cycle.account_monitor(account=account)
+    cycle.account_monitor(account=account)
+    assert held(account) == 0
+    assert not Order.objects.filter(parent=first, role="entry").exists()
