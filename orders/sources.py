@@ -1403,6 +1403,14 @@ def strategy_check(params: dict, *, strategy: Strategy | None = None) -> None:
             raise ValidationError({field: "A percent must be below 100."})
     if params.get("trailing_step") is not None and params.get("stop_loss", strategy and strategy.stop_loss) is None:
         raise ValidationError({"trailing_step": "A trailing step moves the stop-loss; set a stop-loss too."})
+    # A chase moves an entry toward the market up to its cap (DESIGN 5): without one it would chase
+    # without end, a limit order become a market one. Checked when the chase is set or its caps
+    # changed (a strategy saved before this rule can still be paused or renamed).
+    chase = ("chase_after_s", "chase_max_ticks", "chase_max_percent")
+    if any(field in params for field in chase):
+        after, ticks, percent = (params.get(field, strategy and getattr(strategy, field)) for field in chase)
+        if after is not None and ticks is None and percent is None:
+            raise ValidationError({"chase_max_ticks": "A chase needs a cap: set its ticks, its percent, or both."})
 
 
 def _strategy_write(*, owner, name: str, account_ids, strategy: Strategy | None, **params) -> tuple[Strategy, str]:

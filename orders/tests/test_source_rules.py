@@ -217,6 +217,28 @@ def test_a_chase_cap_of_no_ticks_is_refused_not_taken_for_no_cap(trader, account
     assert not Strategy.objects.exists()
 
 
+def test_a_chase_without_a_cap_is_refused(trader, account):
+    """Without a cap in ticks or percent the cycle would chase the entry to whatever the market
+    does: refused on the field, on creation and when a change takes the last cap off."""
+    with pytest.raises(ValidationError) as error:
+        sources.strategy_save(owner=trader, name="Chase", account_ids=[account.pk], chase_after_s=5)
+    assert error.value.message_dict == {
+        "chase_max_ticks": ["A chase needs a cap: set its ticks, its percent, or both."]
+    }
+    assert not Strategy.objects.exists()
+    chaser, _ = sources.strategy_save(
+        owner=trader, name="Chase", account_ids=[account.pk], chase_after_s=5, chase_max_percent=Decimal("1")
+    )
+    with pytest.raises(ValidationError) as error:
+        sources.strategy_save(
+            owner=trader, name="Chase", account_ids=[account.pk], strategy=chaser, chase_max_percent=None
+        )
+    assert "chase_max_ticks" in error.value.message_dict
+    chaser.refresh_from_db()
+    assert chaser.chase_max_percent == Decimal("1")
+    sources.strategy_save(owner=trader, name="Chase", account_ids=[account.pk], strategy=chaser, max_retries=1)
+
+
 def test_a_stop_loss_in_points_may_be_large(trader, account):
     row, _ = sources.strategy_save(
         owner=trader, name="Points", account_ids=[account.pk], stop_loss=Decimal("150"), stop_loss_unit="points"
