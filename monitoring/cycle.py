@@ -786,9 +786,8 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
                 " broker, not through the platform, so it is not topped up (place one, or close the position)",
             )
         return
-    rejected = [e for e in mine if e.status == Order.Status.REJECTED]
     closed = list(itertools.takewhile(_refused_as_closed, reversed(mine)))  # the latest tries', newest first
-    rejected = [e for e in rejected if not _refused_as_closed(e)]
+    rejected = [e for e in mine if e.status == Order.Status.REJECTED and not _refused_as_closed(e)]
     if closed:
         wait_s = min(CLOSED_RETRY_S * 2 ** (len(closed) - 1), CLOSED_RETRY_MAX_S)
         if (timezone.now() - closed[0].updated_at).total_seconds() < wait_s:
@@ -839,11 +838,11 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         else:
             prices = {"order_type": "LIMIT", "price": level}
         key = f"exit:{entry.pk}:{role}:#{len(mine)}"  # the n-th exit of this role, however often a cycle looks
-    side = "SELL" if entry.side == "BUY" else "BUY"
-    prices = _at_market_if_passed(ctx, entry.instrument, role, side, f"{name} for {entry.reference}", prices)
     what = f"{replaced.reference} ({name} of {entry.reference}) ended with its trading day" if carried else None
     if _exchange_shut(ctx, entry, what or f"a {name} for {entry.reference}"):
         return None
+    side = "SELL" if entry.side == "BUY" else "BUY"
+    prices = _at_market_if_passed(ctx, entry.instrument, role, side, f"{name} for {entry.reference}", prices)
     try:
         placed = orders.order_place(
             actor=ctx.account.owner,
