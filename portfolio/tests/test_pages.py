@@ -21,6 +21,7 @@ from brokers.paper import engine
 from monitoring import cycle
 from monitoring.models import AccountRun
 from monitoring.tests.test_consumer import connect
+from orders import services as order_services
 from orders.tests.factories import instrument, place
 from portfolio import broadcast, selectors, services
 from portfolio.models import PnlSnapshot, Position, Trade
@@ -577,3 +578,23 @@ def test_a_dashboard_push_read_before_a_fill_is_older_than_the_page_read_after_i
         old, shown, new = (_version(html, element_id) for html in (stale, page, fresh))
         assert old is not None and old < shown <= new, element_id
     assert _version(stale, "pnl-summary") < _version(portfolio, "pnl-summary")
+
+
+def test_a_dashboard_push_of_open_orders_read_before_a_cancel_is_older_than_the_page(trader, trader_client, account):
+    """The open orders are a live part of the dashboard too: a push read while an order was still
+    open, arriving after the page dropped it (cancelled or filled), must not put it back as open.
+    Its rows cannot tell (the order's row is no longer on the page to compare with), so the section
+    carries the time its state was read, as the other live parts do."""
+    set_price("1500")
+    resting = place(trader, account, quantity=2, order_type="LIMIT", price=D("1200"))
+    stale = render_to_string(broadcast.TEMPLATE, {"dashboard": selectors.dashboard_of(trader)})
+    order_services.order_cancel(order=resting, actor=trader, cause="test")
+    resting.refresh_from_db()
+    assert resting.status == "CANCELLED"
+    page = get(trader_client, "dashboard").content.decode()
+    fresh = get(trader_client, "dashboard_fragments").content.decode()
+
+    assert f'id="order-{resting.pk}"' in section(stale, "open-orders")  # still open when it was read
+    assert f'id="order-{resting.pk}"' not in section(page, "open-orders")
+    old, shown, new = (_version(html, "open-orders") for html in (stale, page, fresh))
+    assert old is not None and old < shown <= new

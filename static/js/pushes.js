@@ -38,8 +38,11 @@
     if (number(row, "data-filled") < number(page, "data-filled")) return true;
     return mine < theirs;
   }
+  /* A piece's versioned elements: itself (a live part of the dashboard, as of when it was read) and
+     the order rows in it (the open orders: a row pushed on its own since may be newer than its read). */
   function rows(piece) {
-    return piece.hasAttribute("data-version") ? [piece] : Array.from(piece.querySelectorAll("[data-version]"));
+    var inner = Array.from(piece.querySelectorAll("[data-version]"));
+    return piece.hasAttribute("data-version") ? [piece].concat(inner) : inner;
   }
   /* A page whose websocket was down (a server restart) or not yet open when it was rendered missed the
      pushes of that time: when the socket opens, a page with order rows ([data-resync-rows]: the book, an
