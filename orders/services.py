@@ -1128,8 +1128,9 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
             ours = Order.objects.filter(pk=order.pk)
             if change.quantity is not None:
                 # Unless fills told meanwhile (a broker that answers once it has the request: Kite)
-                # went past the quantity asked: the exchange refuses that cut, so it is not written.
-                ours = ours.filter(filled_quantity__lte=change.quantity)
+                # reached the quantity asked: the exchange refuses a cut to no more than what filled
+                # (as this modify does before sending, above), so it is not written.
+                ours = ours.filter(filled_quantity__lt=change.quantity)
             taken = ours.update(updated_at=timezone.now(), **fields)
             _reread(order)
             if taken:

@@ -348,6 +348,27 @@ def test_a_cut_the_broker_takes_after_more_filled_than_it_leaves_is_not_written(
     assert order.events.filter(kind="modify_rejected").exists()
 
 
+def test_a_cut_the_broker_takes_after_fills_reached_the_quantity_it_leaves_is_not_written(trader, account, monkeypatch):
+    """As above, but the fills told while the cut to 50 was on its way reach exactly 50: a cut to
+    no more than what filled is refused (here before it is sent, and by the exchange), so the order
+    is not written as 50 of 50 filled and still open, nor the trader told it was modified."""
+    order = resting(trader, account, quantity=100)
+    set_price("1390", volume=30)
+    settle()
+    state = AccountBroker(account).order(order.broker_order_id)
+    filled_meanwhile = dataclasses.replace(state, filled_quantity=50, pending_quantity=50, status="PARTIALLY_FILLED")
+
+    def taken(self, broker_order_id, change):
+        assert services.order_broker_update(account, filled_meanwhile, True)
+
+    monkeypatch.setattr(AccountBroker, "modify_order", taken)
+    with pytest.raises(services.OrderActionRefused, match="50 were filled while it was sent"):
+        services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", quantity=50)
+    order.refresh_from_db()
+    assert (order.quantity, order.filled_quantity) == (100, 50)
+    assert not order.events.filter(kind="modified").exists()
+
+
 def test_a_modify_the_broker_refuses_has_the_order_looked_up(trader, account, monkeypatch):
     """At a broker that does not tell each change (Kite), a refused modify usually means the order
     moved on (filled, cancelled) unheard: the account's reconciliation is queued, as for a refused
