@@ -646,6 +646,7 @@ def kite_postback_verify(body: dict) -> BrokerAccount:
         raise PermissionError("no such Kite account")
     secret = account.credentials.reveal().get("api_secret", "")
     expected = hashlib.sha256(f"{body.get('order_id')}{body.get('order_timestamp')}{secret}".encode()).hexdigest()
-    if not hmac.compare_digest(expected, str(body.get("checksum") or "")):
+    # Compared as bytes: ``compare_digest`` refuses str with non-ASCII characters (a TypeError, a 500).
+    if not hmac.compare_digest(expected.encode(), str(body.get("checksum") or "").encode()):
         raise PermissionError("bad checksum")
     return account

@@ -263,6 +263,18 @@ def test_a_kite_postback_body_that_cannot_be_read_is_refused_not_a_500(client, d
         assert answer.json()["error"]["code"] == "forbidden"
 
 
+def test_a_kite_postback_with_a_checksum_that_is_not_hex_is_refused_not_a_500(client, trader, kite_on_face):
+    """A forged checksum with characters no SHA-256 hex digest has (é, a full-width digit) is a
+    forgery like any other: 403, not a 500 from comparing it."""
+    order, genuine = _kite_order(trader, kite_on_face, quantity=5, order_type="LIMIT", price=D("1400"))
+    for checksum in ["é" * 64, "\uff10" * 64, genuine["checksum"][:-1] + "é"]:
+        answer = _postback(client, genuine, checksum=checksum, status="CANCELLED")
+        assert answer.status_code == 403, checksum
+        assert answer.json()["error"]["code"] == "forbidden"
+    order.refresh_from_db()
+    assert order.status == Order.Status.SUBMITTED
+
+
 def test_a_kite_postback_whose_order_cannot_be_read_runs_the_account_and_applies_nothing(
     client, trader, kite_on_face, runs_queued
 ):
