@@ -298,7 +298,7 @@ def connect_state_check(*, state: str, csrf_secret: str, pending: dict) -> int |
     if entry is None or timezone.now().timestamp() - entry["at"] > 900:
         return None
     expected = _state_signature(csrf_secret, nonce, entry["account"])
-    return entry["account"] if hmac.compare_digest(expected, signature) else None
+    return entry["account"] if hmac.compare_digest(expected.encode(), signature.encode()) else None
 
 
 def connect_login_url(*, account: BrokerAccount, state: str) -> str:

@@ -194,7 +194,7 @@ def session_from_request_token(*, api_key: str, request_token: str, checksum: st
     if client is None:
         raise InputException("Invalid `api_key`.")
     expected = hashlib.sha256(f"{api_key}{request_token}{client.api_secret}".encode()).hexdigest()
-    if not secrets.compare_digest(expected, checksum or ""):
+    if not secrets.compare_digest(expected.encode(), (checksum or "").encode()):  # bytes: any characters
         raise TokenException("Invalid `checksum`.")
     now = timezone.now()
     used = PaperToken.objects.filter(

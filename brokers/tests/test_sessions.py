@@ -155,3 +155,18 @@ def test_callback_state_is_one_time_and_bound_to_the_browser(client, trader, oth
     other.force_login(other_trader)
     other.get(reverse("brokers:login_callback"), {"state": state, "request_token": "t", "status": "success"})
     assert not BrokerSession.objects.exists()
+
+
+def test_callback_refuses_a_state_whose_signature_is_not_ascii(client, trader):
+    """Its nonce is this browser's, its signature tampered with (characters outside ASCII): refused
+    as any forged state, not a 500."""
+    account = make_kite_account(trader)
+    client.force_login(trader)
+    response = client.post(reverse("brokers:connect", args=[account.pk]))
+    state = parse_qs(parse_qs(urlsplit(response.url).query)["redirect_params"][0])["state"][0]
+    nonce = state.partition(".")[0]
+    response = client.get(
+        reverse("brokers:login_callback"), {"state": f"{nonce}.é", "request_token": "t", "status": "success"}
+    )
+    assert response.status_code == 302
+    assert not BrokerSession.objects.exists()

@@ -273,3 +273,9 @@ def test_a_price_or_trigger_that_is_no_finite_number_is_an_input_error_and_chang
         kite.modify_order(variety=kite.VARIETY_REGULAR, order_id=order_id, price=value)
     (order,) = PaperOrder.objects.all()
     assert (order.price, order.modifications) == (Decimal("1450"), 0)
+
+
+def test_a_checksum_with_characters_outside_ascii_is_refused_not_a_crash(face_url, kite_client):
+    token = request_token_for(face_url, kite_client)
+    with pytest.raises(engine.TokenException):
+        engine.session_from_request_token(api_key=kite_client.api_key, request_token=token, checksum="é" * 64)
