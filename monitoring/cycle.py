@@ -1087,8 +1087,13 @@ CHASE_OWED_S = 6 * 3600
 def _chase_owed(**where):
     """Chased entries cancelled past the modification cap and not replaced yet: the broker had not
     closed them when they were cancelled (a cancel pending at Kite, or its answer lost), so the
-    replacement waited (``_cancel_and_replace``). Only recent ones: a chase is an intraday matter."""
-    replaced = Order.objects.filter(parent=OuterRef("pk"), idempotency_key__contains=REPLACE_KEY)
+    replacement waited (``_cancel_and_replace``), or its replacement never reached the broker
+    (FAILED: the platform cancelled the trader's entry, it owes it back, ``_replace_again_due``),
+    unless step 9 retried that one (before it was so). Only recent ones: a chase is an intraday matter."""
+    retried = Order.objects.filter(parent=OuterRef("pk"))
+    replaced = Order.objects.filter(parent=OuterRef("pk"), idempotency_key__contains=REPLACE_KEY).filter(
+        ~Q(status=Order.Status.FAILED) | Exists(retried)
+    )
     return Order.objects.filter(
         **where,
         role=Order.Role.ENTRY,
@@ -1101,6 +1106,29 @@ def _chase_owed(**where):
         events__kind="cancel_requested",
         events__cause__endswith=CAP_REACHED,
     ).exclude(Exists(replaced))
+
+
+# A chased entry's replacement that never reached the broker is placed again after this long,
+# twice as long after each failure, EXIT_ATTEMPTS times at most.
+REPLACE_AGAIN_S = 30
+
+
+def _replace_again_due(ctx: Context, order: Order, failed: list[Order]) -> bool:
+    """Whether the replacement of chased ``order`` is placed again now, its earlier ones ``failed``
+    (oldest first): by a cycle that could read the broker's orders (its sync looks for them by tag:
+    one may be there after all), after the wait. Beyond the attempts, the run says so."""
+    if len(failed) >= EXIT_ATTEMPTS:
+        _run_error(
+            ctx,
+            f"{order.reference} was cancelled past the modification cap and its replacement failed"
+            f" {len(failed)} times (last: {failed[-1].reject_reason}): it is not placed again",
+            step="5_chase",
+        )
+        return False
+    if not ctx.fetched:
+        return False
+    wait_s = REPLACE_AGAIN_S * 2 ** (len(failed) - 1)
+    return (timezone.now() - failed[-1].updated_at).total_seconds() >= wait_s
 
 
 def _chase_target(ctx: Context, order: Order) -> tuple[Decimal, Decimal | None, Decimal] | None:
@@ -1140,8 +1168,11 @@ def step_chase(ctx: Context) -> None:
             continue
         chase = _chase_target(ctx, order)
         price = chase[0] if chase else order.price
+        failed = list(order.children.filter(idempotency_key__contains=REPLACE_KEY, status=Order.Status.FAILED))
+        if failed and not _replace_again_due(ctx, order, failed):
+            continue
         cause = _cause("step 5", "replacing an entry cancelled past the cap, now closed at the broker")
-        _replace_closed(ctx, order, cause, step="5_chase", parent=order, price=price)
+        _replace_closed(ctx, order, cause, step="5_chase", parent=order, tries=len(failed), price=price)
     now = timezone.now()
     candidates = _chased(account=ctx.account).select_related("strategy", "instrument", "account")
     for order in candidates:
@@ -1217,12 +1248,13 @@ def _cancel_and_replace(
 
 
 def _replace_closed(
-    ctx: Context, order: Order, cause: str, *, step: str, parent: Order, less: int = 0, **terms
+    ctx: Context, order: Order, cause: str, *, step: str, parent: Order, less: int = 0, tries: int = 0, **terms
 ) -> Order | None:
     """Place the replacement of a cancelled ``order`` once its broker has closed it (else it may
-    still fill: nothing now). Its key names the order it replaces, so a cycle run twice places one,
-    and ``_placed`` follows it back to the first. ``parent``: the replacement's (a chased entry's
-    is the order it replaces, an exit's its entry)."""
+    still fill: nothing now). Its key names the order it replaces (and the try, after ``tries``
+    that never reached the broker), so a cycle run twice places one, and ``_placed`` follows it
+    back to the first. ``parent``: the replacement's (a chased entry's is the order it replaces,
+    an exit's its entry)."""
     # What filled before the cancel took may not be recorded yet: the broker's word on it first.
     try:
         state = ctx.broker.order(order.broker_order_id)
@@ -1256,7 +1288,7 @@ def _replace_closed(
             parent=parent,
             strategy=order.strategy,
             cause=cause,
-            idempotency_key=f"{REPLACE_KEY.strip(':')}:{order.pk}",
+            idempotency_key=f"{REPLACE_KEY.strip(':')}:{order.pk}" + (f"#{tries + 1}" if tries else ""),
             # It stands for the order it replaces: a retry or a re-entry still, with its count.
             retry_count=order.retry_count,
             reentry_count=order.reentry_count,
@@ -1524,7 +1556,11 @@ def _rejected_with_retries(**where):
         strategy__is_active=True,  # a paused strategy opens nothing new (step 8 neither)
         status__in=[Order.Status.REJECTED, Order.Status.FAILED],
         strategy__max_retries__gt=0,
-    ).filter(_on_its_strategy("strategy_id"))
+    ).filter(
+        _on_its_strategy("strategy_id"),
+        # A chased entry's replacement that never reached the broker is step 5's to place again.
+        ~Q(status=Order.Status.FAILED, idempotency_key__contains=REPLACE_KEY),
+    )
 
 
 def _on_its_strategy(strategy_id: str) -> Exists:

@@ -657,3 +657,38 @@ def test_a_trailed_stops_owed_replacement_the_market_fell_past_goes_at_market(tr
     replacement = first.children.get(role="stop_loss", status__in=Order.LIVE + (Order.Status.FILLED,))
     assert replacement.idempotency_key.endswith(f"replace:{stop.pk}")
     assert (replacement.order_type, replacement.quantity) == ("MARKET", 10)
+
+
+def test_a_chased_entrys_replacement_that_never_reached_the_broker_is_placed_again(trader, account, monkeypatch):
+    """The chase cancelled the trader's entry past the cap; its replacement failed before the broker
+    had it. The platform cancelled the entry: it owes it back, whatever the strategy's
+    retries (none here), once, after a wait; not by step 9 too."""
+    from brokers.errors import BrokerError
+    from brokers.paper.adapter import PaperBroker
+
+    guarded = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    at_modification_cap(first)
+    real, calls = PaperBroker.place_order, []
+
+    def limited_once(self, request):
+        calls.append(request)
+        if len(calls) == 1:
+            raise BrokerError("the broker's order system is down")
+        return real(self, request)
+
+    monkeypatch.setattr(PaperBroker, "place_order", limited_once)
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    run = monitor(account)
+    failed = Order.objects.get(parent=first, role="entry")
+    assert failed.status == Order.Status.FAILED, run.errors
+    monitor(account)  # within the wait: nothing more
+    assert Order.objects.filter(parent=first).count() == 1
+    Order.objects.filter(pk=failed.pk).update(updated_at=timezone.now() - timedelta(seconds=120))
+    run = monitor(account)
+    monitor(account)
+    again = Order.objects.exclude(pk=failed.pk).get(parent=first)
+    assert again.status in Order.LIVE and (again.quantity, again.price) == (10, D("1499.20")), run.errors
+    assert again.idempotency_key.endswith(f"replace:{first.pk}#2")
+    assert Order.objects.filter(role="entry", status__in=Order.LIVE).count() == 1
