@@ -138,6 +138,22 @@ class EveryPostIs502(Recorder):
         return response
 
 
+class PostsMovedPermanently(Recorder):
+    """A proxy in front of the server moves every POST elsewhere with a 301, as one that sends plain
+    http to https does (here to the same address, which this test's server serves). A client that
+    follows it sends a GET there: a 301 or 302 turns a POST into a GET, its body dropped."""
+
+    def send(self, request, **kwargs):
+        if request.method != "POST":
+            return super().send(request, **kwargs)
+        response = requests.Response()
+        response.status_code, response.reason, response.url, response.request = 301, "Moved", request.url, request
+        response.headers["Location"] = request.url
+        response._content, response._content_consumed = b"", True
+        self.calls.append((request.method, requests.utils.urlparse(request.url).path, None, 301))
+        return response
+
+
 def lossy_cli(monkeypatch, adapter_class):
     """The CLI's client sends through ``adapter_class`` (a new one per client made); the adapters made."""
     made = []
@@ -548,6 +564,23 @@ def test_an_oversized_body_is_413_and_not_retried(env, settings):
         env.client.place_basket(basket.id, account_ids=[env.account.pk] * 300)
     assert (error.value.status, error.value.code, error.value.attempts) == (413, "payload_too_large", 1)
     assert len(recorder.calls) == 1 and not PaperOrder.objects.exists()
+
+
+def test_a_redirected_placement_is_an_error_not_an_empty_order(env, tp, monkeypatch):
+    """A placement answered with a redirect was not placed: followed, it became a GET of the order
+    list, whose 200 was read as the order (every field None), and the order was silently lost."""
+    adapter = mount(env.client, PostsMovedPermanently())
+    with pytest.raises(ApiError) as error:
+        env.client.place_order(env.account.pk, "INFY", "BUY", 1)
+    assert error.value.status == 301 and error.value.code == "redirected"
+    assert [method for method, *_ in adapter.calls] == ["POST"]  # not followed, not retried
+    with pytest.raises(ApiError):
+        env.client.create_basket("moved", [OrderSpec("INFY", "BUY", 1)])
+    assert not Order.objects.exists() and not BasketRow.objects.exists()
+    lossy_cli(monkeypatch, PostsMovedPermanently)
+    result = tp("orders", "place", "--account", str(env.account.pk), "--symbol", "INFY", "--side", "BUY", "--qty", "1")
+    assert result.code == 1 and "redirect" in result.err, result
+    assert not Order.objects.exists()
 
 
 def test_a_create_whose_answer_was_lost_is_not_repeated(env):

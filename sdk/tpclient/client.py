@@ -20,6 +20,11 @@ Retries
     When a repeat after a lost answer is refused because the first attempt did the work (a
     cancel finds the order cancelled, a modify finds it changed or filled), the call reads the
     order and returns it instead of raising.
+
+Redirects
+    A redirect (3xx) is never followed: it raises ``ApiError`` (code ``redirected``, the target in
+    the message), so a placement is never turned into a GET by a 301/302 (e.g. a proxy sending
+    http:// to https://) and read as done. Give ``base_url`` as the address the server is served at.
 """
 
 from __future__ import annotations
@@ -266,6 +271,9 @@ class Client:
                     json=_jsonable(json) if json is not None else None,
                     headers=headers,
                     timeout=self.timeout,
+                    # A redirect is answered, not followed: a 301/302/303 turns a POST into a GET
+                    # (its body dropped), whose 200 would read as the placement's answer.
+                    allow_redirects=False,
                 )
             except NO_ANSWER as error:
                 never_sent = _never_sent(error)
@@ -286,6 +294,17 @@ class Client:
                 failure.attempts, failure.after_lost_answer = attempt + 1, maybe_done
                 raise failure from error
             status = response.status_code
+            if 300 <= status < 400:
+                location = response.headers.get("Location") or "nowhere"
+                response.close()
+                error = ApiError(
+                    f"{method} {path}: the server answered {status}, a redirect to {location}, which is not"
+                    " followed (it may turn the request into another): give base_url as the address it points to",
+                    status=status,
+                    code="redirected",
+                )
+                error.attempts, error.after_lost_answer = attempt + 1, maybe_done
+                raise error
             if status < 400:
                 body = None
                 if status != 204 and response.content:
