@@ -1017,6 +1017,22 @@ def test_cli_errors_exit_1_with_the_message_and_field(tp, env):
     assert not PaperOrder.objects.exists()
 
 
+def test_cli_errors_name_the_option_that_gave_the_field(tp, env, other_trader):
+    """The API names its fields (tradingsymbol, quantity, account_id); the command's options are
+    --symbol, --qty, --account: the error says which option to fix."""
+    place = ["orders", "place", "--account", str(env.account.pk), "--side", "BUY"]
+    unknown = tp(*place, "--symbol", "NOPE", "--qty", "1")
+    assert unknown.code == 1 and unknown.err.rstrip().endswith("(field: tradingsymbol, option --symbol)"), unknown.err
+    theirs = make_broker_account(other_trader, broker="paper", client_id="THEIRS")
+    other = tp("orders", "place", "--account", str(theirs.pk), "--side", "BUY", "--symbol", "INFY", "--qty", "1")
+    assert other.code == 1 and other.err.rstrip().endswith("(field: account_id, option --account)"), other.err
+    stop = tp(*place, "--symbol", "INFY", "--qty", "1", "--type", "SL-M")
+    assert stop.code == 1 and stop.err.rstrip().endswith("(field: trigger_price, option --trigger)"), stop.err
+    listed = tp("orders", "list", "--account", str(theirs.pk))
+    assert listed.code == 1 and listed.err.rstrip().endswith("(field: account_id, option --account)"), listed.err
+    assert not PaperOrder.objects.exists()
+
+
 def test_cli_place_whose_answers_are_lost_names_the_key_that_repeats_it_safely(tp, env, monkeypatch):
     made = lossy_cli(monkeypatch, LoseEveryPostAnswer)
     argv = f"orders place --account {env.account.pk} --symbol INFY --side BUY --qty 1 --type LIMIT --price 1400"

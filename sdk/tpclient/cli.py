@@ -579,8 +579,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _message(error: ApiError) -> str:
-    return error.message + (f" (field: {error.field})" if error.field else "")
+# The API's name of a field -> the command's option that gives it, where the two differ.
+FIELD_OPTIONS = {
+    "account_id": "account",
+    "account_ids": "account",
+    "tradingsymbol": "symbol",
+    "quantity": "qty",
+    "order_type": "type",
+    "trigger_price": "trigger",
+    "idempotency_key": "key",
+    "id": "signal_id",
+}
+
+
+def _message(error: ApiError, args: argparse.Namespace | None = None) -> str:
+    """The error's message and the field at fault, with the option of this command that gives it
+    when it is named otherwise (the API's ``tradingsymbol`` is ``--symbol`` here)."""
+    if not error.field:
+        return error.message
+    dest = FIELD_OPTIONS.get(error.field, error.field)
+    if args is not None and dest != error.field and dest in vars(args):
+        return f"{error.message} (field: {error.field}, option --{dest.replace('_', '-')})"
+    return f"{error.message} (field: {error.field})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -612,11 +632,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tp: error: {error}", file=sys.stderr)
         return 2
     except OutcomeUnknown as unknown:
-        print(f"error: {_message(unknown.error)}", file=sys.stderr)
+        print(f"error: {_message(unknown.error, args)}", file=sys.stderr)
         print(unknown.advice, file=sys.stderr)
         return 1
     except ApiError as error:
-        print(f"error: {_message(error)}", file=sys.stderr)
+        print(f"error: {_message(error, args)}", file=sys.stderr)
         return 1
     except Interrupted as interrupted:
         print("tp: interrupted", file=sys.stderr)
