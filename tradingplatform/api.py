@@ -28,7 +28,7 @@ from portfolio.api import router as portfolio_router
 
 from . import numbers
 from .errors import first_error
-from .schemas import api_field
+from .schemas import UnknownFilter, api_field
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,11 @@ def on_request_invalid(request, exc):
     ]
     message = first.get("msg", "Invalid request.").removeprefix("Value error, ")  # our validators' own words
     return error_response(request, 422, "invalid", message, ".".join(location) or None)
+
+
+@api.exception_handler(UnknownFilter)
+def on_unknown_filter(request, exc):
+    return error_response(request, 422, "invalid", exc.message, exc.field)
 
 
 @api.exception_handler(DjangoValidationError)

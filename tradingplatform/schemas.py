@@ -80,3 +80,21 @@ def page_of(rows, filters: PageFilters) -> dict:
         rows = rows.filter(pk__lt=filters.before_id)
     offset, limit = filters.offset, filters.limit
     return {"count": rows.count(), "limit": limit, "offset": offset, "items": list(rows[offset : offset + limit])}
+
+
+def known_filters(request, filters: type[Schema]) -> None:
+    """A query parameter the list does not take is a 422 naming it, as a body's unknown field is:
+    a misspelt filter (``acount_id``, ``statuses``) must not answer the list unfiltered (a script
+    cancelling one account's open orders would cancel every account's)."""
+    known = {info.alias or name for name, info in filters.model_fields.items()}
+    unknown = next((name for name in request.GET if name not in known), None)
+    if unknown is not None:
+        raise UnknownFilter(unknown[:64], f"Unknown filter; this list takes {', '.join(sorted(known))}.")
+
+
+class UnknownFilter(Exception):
+    """A query parameter a list does not take: answered 422 naming it (``tradingplatform.api``)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field, self.message = field, message

@@ -266,6 +266,29 @@ def test_list_filters_refuse_what_they_do_not_know(api, trader, account):
     assert api.get("/api/v1/orders", {"since": "2026-12-03T07:56:30Z"}).status_code == 200
 
 
+def test_a_filter_a_list_does_not_take_is_422_naming_it(api, trader, account, instruments):
+    """A misspelt filter was dropped and the list answered unfiltered: ``acount_id`` listed every
+    account's open orders (a script cancelling one account's would cancel them all)."""
+    other = make_broker_account(trader, broker="paper", client_id="OTHER")
+    place(trader, account, order_type="LIMIT", price="1400")
+    place(trader, other, order_type="LIMIT", price="1400")
+    assert api.get("/api/v1/orders", {"account_id": account.pk, "status": "open"}).json()["count"] == 1
+    for path, bad in [
+        ("/api/v1/orders", {"acount_id": account.pk, "status": "open"}),
+        ("/api/v1/orders", {"statuses": "open"}),
+        ("/api/v1/trades", {"account": account.pk}),
+        ("/api/v1/positions", {"open": "true"}),
+        ("/api/v1/instruments", {"query": "INF"}),
+    ]:
+        response = api.get(path, bad)
+        assert response.status_code == 422, (path, bad, response.json())
+        error = response.json()["error"]
+        assert error["code"] == "invalid" and error["field"] in bad and "Unknown filter" in error["message"], error
+    assert api.get("/api/v1/orders", {"limit": 1, "before_id": 10**6, "source": "manual"}).status_code == 200
+    assert api.get("/api/v1/positions", {"account_id": account.pk, "open_only": "true"}).status_code == 200
+    assert api.get("/api/v1/instruments", {"q": "INF", "limit": 5}).status_code == 200
+
+
 def test_an_unexpected_error_is_answered_in_the_one_shape(api, account, monkeypatch):
     from orders import services
 
