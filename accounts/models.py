@@ -18,8 +18,14 @@ from .crypto import EncryptedJSONField
 PRODUCTS = ["CNC", "MIS", "NRML"]
 
 
+# In the zone database as files but not places: "localtime" is the server's own zone (times would
+# follow the server's setting), "Factory" none at all. Scheduled orders refuse them too
+# (``orders.sources.zone_names``), and take the trader's zone as their default.
+NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+
+
 def timezone_choices():
-    return [(name, name) for name in sorted(zoneinfo.available_timezones())]
+    return [(name, name) for name in sorted(zoneinfo.available_timezones() - NOT_ZONES)]
 
 
 class User(AbstractUser):

@@ -21,7 +21,7 @@ from django.db.models import Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
-from accounts.models import BrokerAccount
+from accounts.models import NOT_ZONES, BrokerAccount
 from brokers import markets
 from brokers.base import IST, ist_today
 from brokers.errors import AuthError, BrokerError, OutcomeUnknown
@@ -388,8 +388,8 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
 
 # --- Scheduled orders -------------------------------------------------------------------------
 
-# In the zone database but not places: "localtime" is the server's own zone, "Factory" none.
-_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+# In the zone database but not places (as the trader's own zone: ``accounts.models.NOT_ZONES``).
+_NOT_ZONES = NOT_ZONES
 
 
 @functools.cache

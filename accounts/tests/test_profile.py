@@ -75,3 +75,15 @@ def test_seed_demo_creates_the_trader_and_paper_account_once(db, capsys):
     password = first.strip().rsplit(" ", 1)[-1]
     assert user.check_password(password)
     assert BrokerAccount.objects.filter(owner=user, broker="paper").count() == 1
+
+
+def test_profile_refuses_zone_files_that_are_not_places(trader_client, trader):
+    """The zone "localtime" is the server's own and "Factory" none at all (both are in the zone database
+    as files): a trader's times would follow the server's setting, and the scheduled orders that
+    take the trader's zone as their default refuse them. The profile refuses them as they do."""
+    for name in ("localtime", "Factory"):
+        response = trader_client.post(reverse("accounts:profile"), {"form": "profile", "timezone": name})
+        assert response.status_code == 200, name
+        assert "timezone" in response.context["profile_form"].errors
+        trader.refresh_from_db()
+        assert trader.timezone == "Asia/Kolkata"
