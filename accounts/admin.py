@@ -46,6 +46,12 @@ class BrokerAccountAdminForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        if "allowed_products" in cleaned:
+            # Held to the services' rule here, as the save would be (else its refusal is a 500).
+            try:
+                services.products_check(cleaned["allowed_products"])
+            except ValidationError as exc:
+                apply_validation_error(self, exc)
         broker = cleaned.get("broker") or self.instance.broker
         existing = self.instance.credentials.reveal() if self.instance.pk and self.instance.credentials else None
         supplied = {c.name: cleaned.get(c.name) or "" for c in registry.all_credential_fields()}

@@ -184,7 +184,7 @@ def broker_account_create(
     account = BrokerAccount(owner=owner, broker=broker, client_id=client_id.strip(), label=label.strip(), **limits)
     cleaned = credentials_clean(broker, credentials, None)
     account.full_clean()
-    _validate_products(account.allowed_products)
+    products_check(account.allowed_products)
     account.credentials = Sealed.seal(cleaned) if cleaned else None
     account.save()
     audit_record(
@@ -197,7 +197,8 @@ def broker_account_create(
     return account
 
 
-def _validate_products(products) -> None:
+def products_check(products) -> None:
+    """The products an account allows: one or more of ``PRODUCTS`` (a ValidationError naming the field)."""
     from .models import PRODUCTS
 
     if not isinstance(products, list) or not products or any(p not in PRODUCTS for p in products):
@@ -217,7 +218,7 @@ def broker_account_update(
     for name, value in changes.items():
         setattr(account, name, value)
     account.full_clean()
-    _validate_products(account.allowed_products)
+    products_check(account.allowed_products)
     credentials_changed = False
     if credentials and any(value and value.strip() for value in credentials.values()):
         existing = account.credentials.reveal() if account.credentials else None

@@ -297,3 +297,23 @@ def test_broker_account_of_reads_every_column_as_the_orm_does(trader, other_trad
     for pk in (theirs.pk, 10**9, "x", None, 2**64):  # another trader's id is the same 404 as an unknown one
         with pytest.raises(Http404):
             selectors.broker_account_of(trader, pk)
+
+
+@pytest.mark.parametrize("products", ['["XYZ"]', "[]", '"CNC"'])
+def test_staff_giving_an_account_unknown_products_in_admin_get_the_form_again(client, staff, trader, products):
+    """The products an account allows are held to the services' rule in the admin too: a list the
+    service refuses is the form's error naming the field, not a 500 from the save."""
+    account = make_broker_account(trader, label="Paper")
+    client.force_login(staff)
+    data = {"label": "Paper", "is_active": "on", "allowed_products": products, "copy_multiplier": "1"}
+    response = client.post(reverse("admin:accounts_brokeraccount_change", args=[account.pk]), data)
+    assert response.status_code == 200
+    assert "allowed_products" in response.context["adminform"].form.errors
+    account.refresh_from_db()
+    assert account.allowed_products == ["CNC", "MIS", "NRML"]
+
+    add = {**data, "owner": trader.pk, "broker": "paper", "client_id": "ZZ-NEW-1"}
+    response = client.post(reverse("admin:accounts_brokeraccount_add"), add)
+    assert response.status_code == 200
+    assert "allowed_products" in response.context["adminform"].form.errors
+    assert not BrokerAccount.objects.filter(client_id="ZZ-NEW-1").exists()
