@@ -88,8 +88,11 @@ class BrokerAccountAdmin(admin.ModelAdmin):
                 client_id=form.cleaned_data["client_id"],
                 credentials=credentials,
                 ip=ip,
+                actor=request.user,
                 **limits,
             )
+            if not form.cleaned_data["is_active"]:  # added as staff set it, and that audited too
+                services.broker_account_set_active(account=created, actor=request.user, active=False, ip=ip)
             obj.pk = created.pk
             return
         account = BrokerAccount.objects.get(pk=obj.pk)

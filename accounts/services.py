@@ -176,8 +176,10 @@ def broker_account_create(
     label: str,
     credentials: dict[str, str],
     ip: str | None = None,
+    actor: User | None = None,
     **limits,
 ) -> BrokerAccount:
+    """Add an account for ``owner``; ``actor``: who adds it when not its owner (staff in admin)."""
     unknown = set(limits) - set(ACCOUNT_EDITABLE_FIELDS)
     if unknown:
         raise TypeError(f"unexpected fields: {sorted(unknown)}")
@@ -189,7 +191,7 @@ def broker_account_create(
     account.save()
     audit_record(
         action=Action.BROKER_ACCOUNT_CREATED,
-        actor=owner,
+        actor=actor or owner,
         target=account,
         data={"broker": broker, "client_id": account.client_id, "label": account.label},
         ip=ip,

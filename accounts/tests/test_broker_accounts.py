@@ -317,3 +317,23 @@ def test_staff_giving_an_account_unknown_products_in_admin_get_the_form_again(cl
     assert response.status_code == 200
     assert "allowed_products" in response.context["adminform"].form.errors
     assert not BrokerAccount.objects.filter(client_id="ZZ-NEW-1").exists()
+
+
+def test_an_account_staff_add_in_admin_is_audited_as_theirs_and_kept_as_they_set_it(client, staff, trader):
+    """Staff adding a trader's account in the admin: the audit trail names staff as who added it
+    (not the trader, who did nothing), and an account added unticked "active" is not live for orders."""
+    client.force_login(staff)
+    data = {
+        "owner": trader.pk,
+        "broker": "paper",
+        "client_id": "ZZ-STAFF-1",
+        "label": "Added by staff",
+        "allowed_products": '["CNC"]',
+        "copy_multiplier": "1",
+    }  # "is_active" left unticked
+    response = client.post(reverse("admin:accounts_brokeraccount_add"), data)
+    assert response.status_code == 302, response.content[:2000]
+    account = BrokerAccount.objects.get(client_id="ZZ-STAFF-1")
+    assert account.owner == trader
+    assert AuditLog.objects.get(action=AuditLog.Action.BROKER_ACCOUNT_CREATED, target_id=str(account.pk)).actor == staff
+    assert account.is_active is False
