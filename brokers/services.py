@@ -9,6 +9,7 @@ same account at once, and a burst of failures causes one login, not many.
 Every login, renewal, expiry and failure is written to the audit log.
 """
 
+import contextlib
 import contextvars
 import hmac
 import logging
@@ -182,14 +183,24 @@ def sessions_ready(accounts: list[BrokerAccount]) -> None:
             logger.info("account %s: no session ahead of its orders (%s)", account.pk, error)
 
 
+@contextlib.contextmanager
+def _login_locked(account: BrokerAccount):
+    """The account's login lock, for the block: every login to an account (a worker's renewal, the
+    trader's Connect and its Kite callback) is made under it, so two never run at once (two
+    sessions racing for the one active slot, one ending the other's just made). ``BrokerUnavailable``
+    when another holds it for longer than ``LOGIN_LOCK_WAIT_S``."""
+    with locks.held(f"broker-login:{account.pk}", ttl_s=LOGIN_LOCK_TTL_S, wait_s=LOGIN_LOCK_WAIT_S) as got:
+        if not got:
+            raise BrokerUnavailable("Another worker is logging in to this account; try again shortly.")
+        yield
+
+
 def session_renew(account: BrokerAccount, *, failed_session_id: int | None, error: str = "") -> LiveSession:
     """Replace a session that failed (or is missing), once, under the account's login lock.
 
     If another worker renewed it while we waited for the lock, its session is returned.
     """
-    with locks.held(f"broker-login:{account.pk}", ttl_s=LOGIN_LOCK_TTL_S, wait_s=LOGIN_LOCK_WAIT_S) as got:
-        if not got:
-            raise BrokerUnavailable("Another worker is logging in to this account; try again shortly.")
+    with _login_locked(account):
         current = _active(account.pk)
         if current is not None and current.pk != failed_session_id and current.expires_at > timezone.now():
             return _remember(account.pk, current)
@@ -258,19 +269,20 @@ def sessions_expire_due() -> int:
 
 
 def session_connect(*, account: BrokerAccount, actor) -> LiveSession:
-    """The trader's Connect / Reconnect for an unattended broker: log in now."""
-    current = _active(account.pk)
-    if current is not None:
-        _end(current, BrokerSession.Status.REVOKED, "replaced by a reconnect")
-    adapter = adapter_for(account)
-    try:
-        tokens = adapter.login()
-    except BrokerError as exc:
-        _record_failure(account, exc, actor=actor)
-        raise
-    session = _store(account, tokens)
-    audit_record(action=Action.BROKER_SESSION_LOGIN, actor=actor, target=account, data={"session": session.pk})
-    return _remember(account.pk, session)
+    """The trader's Connect / Reconnect for an unattended broker: log in now (under the login lock)."""
+    with _login_locked(account):
+        current = _active(account.pk)
+        if current is not None:
+            _end(current, BrokerSession.Status.REVOKED, "replaced by a reconnect")
+        adapter = adapter_for(account)
+        try:
+            tokens = adapter.login()
+        except BrokerError as exc:
+            _record_failure(account, exc, actor=actor)
+            raise
+        session = _store(account, tokens)
+        audit_record(action=Action.BROKER_SESSION_LOGIN, actor=actor, target=account, data={"session": session.pk})
+        return _remember(account.pk, session)
 
 
 # --- Interactive (Kite-style) login ------------------------------------------------------
@@ -324,19 +336,20 @@ def _check_login_user(account: BrokerAccount, tokens: SessionTokens, adapter: Br
 def connect_complete(*, account: BrokerAccount, request_token: str, actor) -> LiveSession:
     """Exchange the broker's one-time request token for a session (the callback). An account
     deactivated since the trader went to the broker's login page gets none."""
-    account.refresh_from_db(fields=["is_active"])
-    if not account.is_active:
-        raise AuthError("The broker account is deactivated.")
-    adapter = adapter_for(account)
-    try:
-        tokens = adapter.complete_login(request_token=request_token)
-        _check_login_user(account, tokens, adapter)
-    except BrokerError as exc:
-        _record_failure(account, exc, actor=actor)
-        raise
-    session = _store(account, tokens)
-    audit_record(action=Action.BROKER_SESSION_LOGIN, actor=actor, target=account, data={"session": session.pk})
-    return _remember(account.pk, session)
+    with _login_locked(account):
+        account.refresh_from_db(fields=["is_active"])
+        if not account.is_active:
+            raise AuthError("The broker account is deactivated.")
+        adapter = adapter_for(account)
+        try:
+            tokens = adapter.complete_login(request_token=request_token)
+            _check_login_user(account, tokens, adapter)
+        except BrokerError as exc:
+            _record_failure(account, exc, actor=actor)
+            raise
+        session = _store(account, tokens)
+        audit_record(action=Action.BROKER_SESSION_LOGIN, actor=actor, target=account, data={"session": session.pk})
+        return _remember(account.pk, session)
 
 
 def session_disconnect(*, account: BrokerAccount, actor) -> bool:

@@ -170,3 +170,30 @@ def test_callback_refuses_a_state_whose_signature_is_not_ascii(client, trader):
     )
     assert response.status_code == 302
     assert not BrokerSession.objects.exists()
+
+
+def test_a_reconnect_waits_for_a_worker_logging_in_to_the_account(paper_account, monkeypatch):
+    """The trader's Connect logs in as a worker renewing the session does: under the account's
+    login lock. While a worker holds it (mid-login), a reconnect neither logs in beside it (two
+    logins at once, two sessions racing for the one active slot) nor ends the session the worker is
+    about to replace: it waits, and says so when the lock stays taken."""
+    from brokers.errors import BrokerUnavailable
+    from brokers.paper.adapter import PaperBroker
+    from tradingplatform import locks
+
+    first = services.session_live(paper_account)
+    logins = []
+    login = PaperBroker.login
+    monkeypatch.setattr(PaperBroker, "login", lambda self: logins.append(1) or login(self))
+    monkeypatch.setattr(services, "LOGIN_LOCK_WAIT_S", 0.3)
+    token = locks.acquire(f"broker-login:{paper_account.pk}", ttl_s=30)  # a worker logging in
+    try:
+        with pytest.raises(BrokerUnavailable):
+            services.session_connect(account=paper_account, actor=paper_account.owner)
+        assert logins == []
+        assert BrokerSession.objects.get(pk=first.session_id).status == "active"
+    finally:
+        locks.release(f"broker-login:{paper_account.pk}", token)
+    connected = services.session_connect(account=paper_account, actor=paper_account.owner)  # the lock free
+    assert logins == [1] and connected.session_id != first.session_id
+    assert BrokerSession.objects.get(pk=first.session_id).status == "revoked"
