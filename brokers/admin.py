@@ -42,7 +42,11 @@ class BrokerSessionAdmin(admin.ModelAdmin):
 
     @admin.action(description="End selected sessions (the trader must reconnect)", permissions=["change"])
     def end_sessions(self, request, queryset):
+        from accounts.utils import client_ip
+
         from .services import session_expire
 
-        ended = sum(session_expire(session=session) for session in queryset.filter(status="active"))
+        ip = client_ip(request)
+        active = queryset.filter(status="active").select_related("account")
+        ended = sum(session_expire(session=session, actor=request.user, ip=ip) for session in active)
         self.message_user(request, f"Ended {ended} session(s).")

@@ -255,9 +255,16 @@ def _record_failure(account: BrokerAccount, exc: BrokerError, *, actor=None) -> 
     logger.warning("broker login failed for account %s: %s", account.pk, type(exc).__name__)
 
 
-def session_expire(*, session: BrokerSession) -> bool:
-    if _end(session, BrokerSession.Status.EXPIRED, "expired"):
-        audit_record(action=Action.BROKER_SESSION_EXPIRED, target=session.account, data={"session": session.pk})
+def session_expire(*, session: BrokerSession, actor=None, ip: str | None = None) -> bool:
+    """End a session as expired; ``actor``: who ended it (staff in admin), None for its expiry."""
+    if _end(session, BrokerSession.Status.EXPIRED, "ended by staff" if actor is not None else "expired"):
+        audit_record(
+            action=Action.BROKER_SESSION_EXPIRED,
+            actor=actor,
+            target=session.account,
+            data={"session": session.pk},
+            ip=ip,
+        )
         return True
     return False
 

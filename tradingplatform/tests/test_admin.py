@@ -356,3 +356,13 @@ def test_a_basket_item_of_less_than_a_lot_is_refused_for_its_lot_not_a_multiplie
     [result] = sources.basket_place(basket=basket, actor=trader, run_token="run-1")
     assert result["status"] == "INVALID" and result["field"] == "quantity"
     assert result["error"] == "Quantity must be a multiple of the lot size, 75.", result
+
+
+def test_a_session_staff_end_is_audited_as_theirs(staff_client, staff, account):
+    """Staff ending a trader's broker session is a staff action: the audit trail names who ended it
+    and from where, not an expiry nobody caused."""
+    live = broker_services.session_live(account)
+    changelist = reverse("admin:brokers_brokersession_changelist")
+    staff_client.post(changelist, {"action": "end_sessions", "_selected_action": [live.session_id]})
+    entry = AuditLog.objects.get(action=AuditLog.Action.BROKER_SESSION_EXPIRED, target_id=str(account.pk))
+    assert entry.actor == staff and entry.ip == "127.0.0.1"
