@@ -17,6 +17,24 @@ from .utils import client_ip
 class UserAdmin(DjangoUserAdmin):
     fieldsets = DjangoUserAdmin.fieldsets + (("Preferences", {"fields": ("timezone",)}),)
     list_display = ("username", "email", "is_staff", "is_active", "timezone", "last_login")
+    # What grants permissions: only a superuser gives them. Staff who may change users (the desk)
+    # would otherwise tick "superuser" on themselves, or give themselves any permission refused them.
+    GRANTS = ("is_superuser", "groups", "user_permissions")
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = super().get_readonly_fields(request, obj)
+        return readonly if request.user.is_superuser else (*readonly, *self.GRANTS)
+
+    def has_change_permission(self, request, obj=None):
+        # A superuser is changed (its password set, among the rest) by superusers only.
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
 
 
 class BrokerAccountAdminForm(forms.ModelForm):

@@ -366,3 +366,44 @@ def test_a_session_staff_end_is_audited_as_theirs(staff_client, staff, account):
     staff_client.post(changelist, {"action": "end_sessions", "_selected_action": [live.session_id]})
     entry = AuditLog.objects.get(action=AuditLog.Action.BROKER_SESSION_EXPIRED, target_id=str(account.pk))
     assert entry.actor == staff and entry.ip == "127.0.0.1"
+
+
+@pytest.fixture
+def desk(db):
+    """Staff who manage traders' users (the support desk): may view and change users, nothing more."""
+    from accounts.models import User
+
+    desk = make_user("desk", is_staff=True)
+    desk.user_permissions.set(Permission.objects.filter(codename__in=["view_user", "change_user"]))
+    return User.objects.get(pk=desk.pk)  # no cached permissions
+
+
+def test_staff_who_may_change_users_cannot_make_anyone_superuser_or_give_permissions(desk, staff):
+    """A desk member changing users (a trader's email, timezone, whether they may sign in) must not
+    grant what they lack: ticking "superuser" or adding permissions, on themselves or anyone, would
+    give them every permission the desk was refused (ending sessions, revoking keys, editing orders'
+    strategies). Nor may they change a superuser (whose password they could then set)."""
+    from accounts.models import User
+
+    client = Client()
+    client.force_login(desk)
+    everything = Permission.objects.values_list("pk", flat=True)
+    for target in (desk, make_user("trader9")):
+        page = reverse("admin:accounts_user_change", args=[target.pk])
+        data = _change_form_data(_admin_form(User, target, desk)(instance=target))
+        data.pop("last_login", None)
+        joined = data.pop("date_joined").split(" ")
+        data.update({"date_joined_0": joined[0], "date_joined_1": joined[1][:8]})
+        data.update({"is_superuser": "on", "user_permissions": [str(pk) for pk in everything]})
+        answer = client.post(page, data)
+        assert answer.status_code == 302, answer.context["adminform"].form.errors
+        target = User.objects.get(pk=target.pk)
+        assert (
+            not target.is_superuser
+            and not target.user_permissions.exclude(codename__in=["view_user", "change_user"]).exists()
+        )
+    password = reverse("admin:auth_user_password_change", args=[staff.pk])
+    answer = client.post(password, {"password1": "Taken-0ver!x9", "password2": "Taken-0ver!x9"})
+    assert answer.status_code == 403
+    staff.refresh_from_db()
+    assert not staff.check_password("Taken-0ver!x9")
