@@ -44,7 +44,8 @@ class OrderAdmin(ReadOnlyAdmin):
 class OwnedAccountsForm(forms.ModelForm):
     """A basket's or strategy's accounts are its owner's, as ``sources`` keeps them: a strategy's
     settings drive the exits of the orders on them, and its owner changes those settings. So its
-    owner is fixed once it exists (as a broker account's is), and another trader's account is refused."""
+    owner is fixed once it exists (as a broker account's is), and another trader's account is refused,
+    as is a deactivated one it does not have already."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -58,6 +59,11 @@ class OwnedAccountsForm(forms.ModelForm):
             foreign = [account.label for account in accounts if account.owner_id != owner.pk]
             if foreign:
                 self.add_error("accounts", f"Not {owner.username}'s: {', '.join(foreign)}.")
+            # As ``sources._owned_accounts``: a deactivated account could place nothing; one it has stays.
+            kept = set(self.instance.accounts.values_list("pk", flat=True)) if self.instance.pk else set()
+            parked = [account.label for account in accounts if not account.is_active and account.pk not in kept]
+            if parked:
+                self.add_error("accounts", f"Deactivated (reactivate it first): {', '.join(parked)}.")
         return cleaned
 
 

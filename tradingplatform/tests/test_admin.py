@@ -407,3 +407,21 @@ def test_staff_who_may_change_users_cannot_make_anyone_superuser_or_give_permiss
     assert answer.status_code == 403
     staff.refresh_from_db()
     assert not staff.check_password("Taken-0ver!x9")
+
+
+def test_staff_cannot_give_a_strategy_or_basket_a_deactivated_account(staff, trader, account):
+    """A deactivated account is refused to a strategy or basket that does not have it already (as
+    ``sources`` refuses it to the trader's page and the API): it could place nothing, and its
+    signals and placements would fail on it. One it already has stays (an edit can keep it)."""
+    parked = make_broker_account(trader, broker="paper", client_id="PAPER-PARKED", label="Parked")
+    account_services.broker_account_set_active(account=parked, actor=trader, active=False)
+    strategy, _ = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk])
+    basket = morning_basket(trader, account)
+    for model, row in ((Strategy, strategy), (Basket, basket)):
+        Form = _admin_form(model, row, staff)
+        data = _change_form_data(Form(instance=row))
+        form = Form({**data, "accounts": [str(account.pk), str(parked.pk)]}, instance=row)
+        assert not form.is_valid() and "accounts" in form.errors, model
+        account_services.broker_account_set_active(account=account, actor=trader, active=False)
+        assert Form({**data, "accounts": [str(account.pk)]}, instance=row).is_valid(), model  # kept
+        account_services.broker_account_set_active(account=account, actor=trader, active=True)
