@@ -281,15 +281,20 @@ def session_connect(*, account: BrokerAccount, actor) -> LiveSession:
         current = _active(account.pk)
         if current is not None:
             _end(current, BrokerSession.Status.REVOKED, "replaced by a reconnect")
-        adapter = adapter_for(account)
-        try:
-            tokens = adapter.login()
-        except BrokerError as exc:
-            _record_failure(account, exc, actor=actor)
-            raise
-        session = _store(account, tokens)
-        audit_record(action=Action.BROKER_SESSION_LOGIN, actor=actor, target=account, data={"session": session.pk})
-        return _remember(account.pk, session)
+        return _logged_in(account, actor, adapter_for(account).login)
+
+
+def _logged_in(account: BrokerAccount, actor, login) -> LiveSession:
+    """The account's session from ``login()`` (an adapter's login, under the login lock), stored
+    and audited; its failure recorded before it is raised."""
+    try:
+        tokens = login()
+    except BrokerError as exc:
+        _record_failure(account, exc, actor=actor)
+        raise
+    session = _store(account, tokens)
+    audit_record(action=Action.BROKER_SESSION_LOGIN, actor=actor, target=account, data={"session": session.pk})
+    return _remember(account.pk, session)
 
 
 # --- Interactive (Kite-style) login ------------------------------------------------------
@@ -348,15 +353,13 @@ def connect_complete(*, account: BrokerAccount, request_token: str, actor) -> Li
         if not account.is_active:
             raise AuthError("The broker account is deactivated.")
         adapter = adapter_for(account)
-        try:
+
+        def login():
             tokens = adapter.complete_login(request_token=request_token)
             _check_login_user(account, tokens, adapter)
-        except BrokerError as exc:
-            _record_failure(account, exc, actor=actor)
-            raise
-        session = _store(account, tokens)
-        audit_record(action=Action.BROKER_SESSION_LOGIN, actor=actor, target=account, data={"session": session.pk})
-        return _remember(account.pk, session)
+            return tokens
+
+        return _logged_in(account, actor, login)
 
 
 def session_disconnect(*, account: BrokerAccount, actor) -> bool:
