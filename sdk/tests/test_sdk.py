@@ -1308,3 +1308,16 @@ def test_cli_output_read_only_in_part_is_no_traceback(env):
     err = done.stderr.decode()
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert done.returncode == 141
+
+
+def test_an_answer_that_is_not_the_object_asked_for_is_an_error_not_an_object_of_nones():
+    """Behind a proxy that answers with another page's JSON (a list, an error object of its own),
+    the client must not hand back an Order whose every field is None, as if one were placed."""
+    from tpclient.models import Order as OrderModel
+    from tpclient.models import from_json
+
+    for answer in ([], [{"id": 1}], {"items": [], "count": 0}, {}, "ok", None):
+        with pytest.raises(ApiError) as error:
+            from_json(OrderModel, answer)
+        assert error.value.code == "unexpected_answer", answer
+    assert from_json(OrderModel, {"id": 7, "reference": "X"}).id == 7  # fields an older server lacks are None

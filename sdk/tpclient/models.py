@@ -16,6 +16,8 @@ from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any, TypeVar
 
+from .errors import ApiError
+
 __all__ = [
     "Me",
     "Account",
@@ -373,10 +375,21 @@ def _convert(value: Any, hint: Any) -> Any:
 
 
 def from_json(cls: type[T], data: dict) -> T:
-    """Build the dataclass ``cls`` from the API's JSON object (unknown keys are ignored)."""
+    """Build the dataclass ``cls`` from the API's JSON object (unknown keys are ignored, a field an
+    older server does not send is None). An answer that is not such an object (a list, another
+    page's JSON behind a proxy, none of its fields) is an ``ApiError`` (code ``unexpected_answer``):
+    never an object of Nones taken for, say, an order placed."""
+    fields = dataclasses.fields(cls)
+    if not isinstance(data, dict) or not any(f.name in data for f in fields):
+        shape = (
+            type(data).__name__
+            if not isinstance(data, dict)
+            else f"an object with {', '.join(sorted(data)) or 'nothing'}"
+        )
+        raise ApiError(f"The server's answer is not a {cls.__name__} ({shape[:200]}).", code="unexpected_answer")
     hints = _hints(cls)
     kwargs = {}
-    for f in dataclasses.fields(cls):
+    for f in fields:
         if f.name in data:
             kwargs[f.name] = _convert(data[f.name], hints[f.name])
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
