@@ -34,7 +34,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from brokers.base import IST, instrument_expired, next_morning_expiry
-from brokers.markets import day_start
+from brokers.markets import day_start, trading_date
 from tradingplatform.db import PlainInserts, PlainRows
 
 from .book import BUY, SELL, OrderBook
@@ -1080,6 +1080,14 @@ def _set_quote(
 
 
 QUOTE_FIELDS = ["last_price", "bid", "ask", "high", "low", "tick_volume", "updated_at"]
+DAY_FIELDS = ["previous_close", "open", "volume"]
+
+
+def _day_open(instrument: PaperInstrument) -> None:
+    """A new trading day: the last price closes the day before and opens this one (not saved)."""
+    last = instrument.last_price
+    instrument.previous_close = instrument.open = instrument.high = instrument.low = last
+    instrument.volume = 0
 
 
 DAY_ENDED = "Order cancelled at the end of its trading day (a DAY order is valid for the day it was placed)"
@@ -1126,14 +1134,20 @@ def market_tick(*, rng_seed: int | None = None) -> int:
         state, _ = PaperFeedState.objects.select_for_update().get_or_create(
             pk=1, defaults={"seed": settings.PAPER_FEED_SEED}
         )
+        now = timezone.now()
+        # The first tick of a new trading day (IST) closes the day before: its last price is the
+        # new day's previous close (the price band's and the day change's base), as at an exchange.
+        new_day = state.ticked_at is not None and trading_date(state.ticked_at) != trading_date(now)
         state.tick_no += 1
-        state.ticked_at = timezone.now()
+        state.ticked_at = now
         state.save()
         seed = state.seed if rng_seed is None else rng_seed
         instruments = list(PaperInstrument.objects.select_for_update().all())
         for instrument in instruments:
+            if new_day:
+                _day_open(instrument)
             _feed_step(instrument, random.Random(f"{seed}:{instrument.instrument_token}:{state.tick_no}"))
-        PaperInstrument.objects.bulk_update(instruments, QUOTE_FIELDS)
+        PaperInstrument.objects.bulk_update(instruments, QUOTE_FIELDS + (DAY_FIELDS if new_day else []))
     live = set(PaperOrder.objects.filter(status__in=PaperOrder.LIVE).values_list("instrument_id", flat=True))
     return sum(match_instrument(instrument_id=instrument_id) for instrument_id in live)
 

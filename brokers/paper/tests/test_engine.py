@@ -659,3 +659,24 @@ def test_day_orders_of_an_earlier_day_are_closed_not_filled_today(client):
     PaperOrder.objects.filter(pk=late.pk).update(placed_at=yesterday)
     engine.market_tick(rng_seed=1)  # the feed's every tick closes them first
     assert reload(late).status == Status.CANCELLED
+
+
+def test_a_new_trading_day_takes_the_last_price_as_its_previous_close(client, settings):
+    """The price band and the day change are measured from the previous day's close: the first
+    tick of a trading day (IST) closes the day before at its last price. The close stayed the
+    instruments file's for ever, so after a day's move a price inside today's band was refused,
+    and the walk stayed pinned inside the first day's band."""
+    from brokers.paper.models import PaperFeedState
+
+    settings.PAPER_TICK_SIGMA = 0  # the walk stands still: the tick only closes the day
+    PaperFeedState.objects.update_or_create(pk=1, defaults={"ticked_at": timezone.now() - timedelta(days=1)})
+    quote(last="1750", volume=10)  # yesterday's last price (the file's close is 1500)
+    engine.market_tick()
+    infy = PaperInstrument.objects.get(tradingsymbol="INFY")
+    assert (infy.previous_close, infy.open, infy.high, infy.low) == (D("1750"),) * 4
+    # 20 % of 1750 allows 2100 (20 % of 1500 only 1800)
+    assert place(client, side="SELL", price="1950", quantity=1).status == Status.OPEN
+
+    quote(last="1760", volume=10)
+    engine.market_tick()  # a later tick of the same day closes nothing
+    assert PaperInstrument.objects.get(tradingsymbol="INFY").previous_close == D("1750")
