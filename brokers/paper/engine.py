@@ -1076,11 +1076,12 @@ def _set_quote(
     instrument.low = min(instrument.low, last)
     if tick_volume is not None:
         instrument.tick_volume = tick_volume
+        instrument.volume += tick_volume  # the day's volume: what each tick traded
     instrument.updated_at = timezone.now()
 
 
-QUOTE_FIELDS = ["last_price", "bid", "ask", "high", "low", "tick_volume", "updated_at"]
-DAY_FIELDS = ["previous_close", "open", "volume"]
+QUOTE_FIELDS = ["last_price", "bid", "ask", "high", "low", "tick_volume", "volume", "updated_at"]
+DAY_FIELDS = ["previous_close", "open"]
 
 
 def _day_open(instrument: PaperInstrument) -> None:

@@ -680,3 +680,21 @@ def test_a_new_trading_day_takes_the_last_price_as_its_previous_close(client, se
     quote(last="1760", volume=10)
     engine.market_tick()  # a later tick of the same day closes nothing
     assert PaperInstrument.objects.get(tradingsymbol="INFY").previous_close == D("1750")
+
+
+def test_the_days_volume_adds_up_the_ticks_volumes(client):
+    """A quote's volume is the day's traded volume (Kite's): each tick's adds to it, a new day
+    starts it again. It stayed 0 (the feed never counted it)."""
+    from brokers.paper.models import PaperFeedState
+
+    start = PaperInstrument.objects.get(tradingsymbol="INFY").volume
+    quote(last="1500", volume=30)
+    quote(last="1501", volume=12)
+    assert PaperInstrument.objects.get(tradingsymbol="INFY").volume == start + 42
+    engine.market_tick(rng_seed=3)
+    infy = PaperInstrument.objects.get(tradingsymbol="INFY")
+    assert infy.volume == start + 42 + infy.tick_volume
+    PaperFeedState.objects.filter(pk=1).update(ticked_at=timezone.now() - timedelta(days=1))
+    engine.market_tick(rng_seed=3)
+    infy = PaperInstrument.objects.get(tradingsymbol="INFY")
+    assert infy.volume == infy.tick_volume
