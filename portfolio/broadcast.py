@@ -51,16 +51,26 @@ def dashboard_push(account: BrokerAccount) -> bool:
         if locks.acquire(_window(user_id), ttl_s=interval):
             _push(user_id, owner=account.owner if BrokerAccount.owner.is_cached(account) else None)
             return True
-        # Someone pushed within the interval. One trailing push per window: if its slot is
-        # taken, that push has not read the state yet (it frees the slot first), so it will
-        # include this change.
-        token = locks.acquire(_trailing(user_id), ttl_s=interval + TRAILING_SLOT_SPARE_S)
-        if token:
-            delay = locks.remaining_s(_window(user_id)) or interval
-            transaction.on_commit(lambda: background.submit(_push_trailing, user_id, token, delay_s=delay))
+        # Someone pushed within the interval: a trailing push, once the change is committed (a
+        # change rolled back holds no slot, which would make the next one within the window skip
+        # its push).
+        transaction.on_commit(lambda: _trail(user_id))
     except Exception:
         logger.exception("dashboard push failed for user %s", user_id)
     return False
+
+
+def _trail(user_id: int) -> None:
+    """One trailing push per window: if its slot is taken, that push has not read the state yet (it
+    frees the slot first), so it will include this change."""
+    interval = settings.DASHBOARD_PUSH_INTERVAL_S
+    try:
+        token = locks.acquire(_trailing(user_id), ttl_s=interval + TRAILING_SLOT_SPARE_S)
+        if token:
+            delay = locks.remaining_s(_window(user_id)) or interval
+            background.submit(_push_trailing, user_id, token, delay_s=delay)
+    except Exception:
+        logger.exception("dashboard push failed for user %s", user_id)
 
 
 def _push_trailing(user_id: int, token: str) -> None:

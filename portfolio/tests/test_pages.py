@@ -598,3 +598,23 @@ def test_a_dashboard_push_of_open_orders_read_before_a_cancel_is_older_than_the_
     assert f'id="order-{resting.pk}"' not in section(page, "open-orders")
     old, shown, new = (_version(html, "open-orders") for html in (stale, page, fresh))
     assert old is not None and old < shown <= new
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_trailing_push_asked_for_in_a_transaction_rolled_back_does_not_hold_the_slot(
+    trader, push_account, settings, monkeypatch
+):
+    """The change was rolled back, so its trailing push never runs: its slot must not make the next
+    (committed) change within the window skip its own push, leaving the page stale until a run."""
+    from django.db import transaction
+
+    settings.DASHBOARD_PUSH_INTERVAL_S = 1.0
+    pushed = []
+    monkeypatch.setattr(broadcast, "_push", lambda user_id, owner=None: pushed.append(user_id))
+    assert broadcast.dashboard_push(push_account) is True  # the window opens
+    with pytest.raises(RuntimeError), transaction.atomic():
+        assert broadcast.dashboard_push(push_account) is False
+        raise RuntimeError("the change fails: rolled back")
+    assert broadcast.dashboard_push(push_account) is False  # a committed change, inside the window
+    assert background.wait_idle(10)
+    assert pushed == [trader.pk, trader.pk]  # at once, then the committed change's trailing push
