@@ -7,6 +7,11 @@ from tradingplatform.admin import ReadOnlyAdmin
 
 from .models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
 
+# The client's settings on its admin page, in the groups it shows them in.
+KITE_APP = ("api_key", "api_secret", "redirect_url", "postback_url", "session_ttl_s")
+FUNDS = ("opening_funds", "cash")
+FAULT_KNOBS = ("latency_ms", "error_rate", "timeout_rate", "rejection_rate", "rate_limit_per_s", "market_closed")
+
 
 class PaperClientForm(forms.ModelForm):
     new_password = forms.CharField(
@@ -15,23 +20,7 @@ class PaperClientForm(forms.ModelForm):
 
     class Meta:
         model = PaperClient
-        fields = [
-            "user_id",
-            "name",
-            "api_key",
-            "api_secret",
-            "redirect_url",
-            "postback_url",
-            "session_ttl_s",
-            "opening_funds",
-            "cash",
-            "latency_ms",
-            "error_rate",
-            "timeout_rate",
-            "rejection_rate",
-            "rate_limit_per_s",
-            "market_closed",
-        ]
+        fields = ["user_id", "name", *KITE_APP, *FUNDS, *FAULT_KNOBS]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -58,21 +47,9 @@ class PaperClientAdmin(admin.ModelAdmin):
     search_fields = ("user_id", "name", "api_key")
     fieldsets = (
         (None, {"fields": ("user_id", "name", "new_password")}),
-        ("Kite app", {"fields": ("api_key", "api_secret", "redirect_url", "postback_url", "session_ttl_s")}),
-        ("Funds", {"fields": ("opening_funds", "cash")}),
-        (
-            "Fault knobs",
-            {
-                "fields": (
-                    "latency_ms",
-                    "error_rate",
-                    "timeout_rate",
-                    "rejection_rate",
-                    "rate_limit_per_s",
-                    "market_closed",
-                )
-            },
-        ),
+        ("Kite app", {"fields": KITE_APP}),
+        ("Funds", {"fields": FUNDS}),
+        ("Fault knobs", {"fields": FAULT_KNOBS}),
     )
 
     def save_model(self, request, obj, form, change):
