@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
-from brokers import ratelimit
+from brokers import markets, ratelimit
 from brokers.client import AccountBroker
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
@@ -250,8 +250,8 @@ def test_an_unreachable_broker_leaves_an_unknown_outcome_that_reconciles(trader,
     assert order.status == Order.Status.SUBMITTED and order.broker_order_id is None
     assert events(order) == ["created", "outcome_unknown"]
     knobs(account, error_rate=0)
-    two_minutes_ago = timezone.now() - timedelta(minutes=2)  # written and its answer lost then
-    Order.objects.filter(pk=order.pk).update(created_at=two_minutes_ago, updated_at=two_minutes_ago)
+    lost_at = _stale_today()  # written and its answer lost then
+    Order.objects.filter(pk=order.pk).update(created_at=lost_at, updated_at=lost_at)
     services.orders_sync_account(account=account)
     order.refresh_from_db()
     assert order.status == Order.Status.FAILED and "not at the broker" in order.reject_reason
@@ -471,6 +471,16 @@ def test_a_retry_of_an_order_whose_sender_died_after_the_broker_had_it_answers_w
     assert again.filled_quantity == 2
 
 
+def _stale_today():
+    """A time written more than ``UNSENT_STALE_S`` ago, on today's trading date: an order written
+    on an earlier day is closed with its day instead (``_closed_with_its_day``), so in the first
+    minute after midnight in India this waits that minute out."""
+    ago = timedelta(seconds=services.UNSENT_STALE_S + 1)
+    while markets.trading_date(timezone.now() - ago) != markets.trading_date():
+        clock.sleep(1)
+    return timezone.now() - ago
+
+
 def _sender_died_before_sending(trader, client_id: str, key: str):
     """A new paper account whose order (``key``) was written, its sender stopping before the call."""
     account = make_broker_account(trader, broker="paper", client_id=client_id)
@@ -494,8 +504,7 @@ def test_a_retry_of_an_order_whose_sender_died_before_sending_it_does_not_send_i
     again = place(trader, account, idempotency_key="died-2")
     assert again.replayed and (again.status, again.broker_order_id) == (Order.Status.NEW, None)
     assert not PaperOrder.objects.exists()
-    two_minutes_ago = timezone.now() - timedelta(minutes=2)
-    Order.objects.filter(pk=again.pk).update(created_at=two_minutes_ago)
+    Order.objects.filter(pk=again.pk).update(created_at=_stale_today())
     services.orders_sync_account(account=account)
     last = place(trader, account, idempotency_key="died-2")
     assert (last.status, last.reject_kind) == (Order.Status.FAILED, "network") and not PaperOrder.objects.exists()
@@ -508,7 +517,7 @@ def test_a_retry_a_minute_after_its_sender_died_before_sending_answers_never_sen
     answers FAILED, never sent (the client places it again with a new key), not NEW; still not sent."""
     settings.REPLAY_WAIT_S = 0.1
     account = _sender_died_before_sending(trader, "PAPER-R4", "died-3")
-    Order.objects.update(created_at=timezone.now() - timedelta(seconds=services.UNSENT_STALE_S + 1))
+    Order.objects.update(created_at=_stale_today())
     again = place(trader, account, idempotency_key="died-3")
     assert again.replayed and (again.status, again.reject_kind) == (Order.Status.FAILED, "network")
     assert again.reject_reason == services.NEVER_SENT and not PaperOrder.objects.exists()
