@@ -1500,6 +1500,8 @@ def strategy_signal(
     results (a worker restarted, a timeout) places it: under the same idempotency keys, so an
     account whose order that request placed gets it back, not a second one, and the others are
     not left without theirs (an alert's retry would else be answered "replayed" with nothing placed).
+    An unexpected error in one account's placement is that account's result, as a basket item's
+    (``_place_item``): the others are answered and recorded, and a repeat places that one again.
     """
     if strategy.owner_id != actor.pk:
         raise ValidationError({"strategy": "No such strategy."})
@@ -1515,8 +1517,8 @@ def strategy_signal(
         # tick may have changed since; a retry is still a retry).
         sent = _signal_payload(instrument, side, quantity, order_type, product, price, trigger_price)
         signal = _replayed(signal, sent, signals)
-        if signal.results:
-            return signal, True  # even if paused since: what it placed, not "paused"
+        if _answered(signal, strategy):
+            return signal, True
     if not strategy.is_active:
         raise ValidationError({"strategy": "This strategy is paused."})
     # A refused signal leaves no trace, so the same id can be sent again once corrected: what
@@ -1543,7 +1545,7 @@ def strategy_signal(
                 signal = StrategySignal.objects.create(strategy=strategy, signal_id=signal_id, via=via, payload=payload)
         except IntegrityError:  # the same id at the same moment: the other request places it
             signal, replayed = _replayed(signals.get(), payload, signals), True
-            if signal.results:
+            if _answered(signal, strategy):
                 return signal, True
             placed = _placed_by_signal(actor, signal)
     # A repeat of a signal whose first request stopped answers the orders that request wrote as
@@ -1563,7 +1565,7 @@ def strategy_signal(
     jobs = [
         (lambda account=account: _replayed_item(account, placed[account.pk]))
         if account.pk in placed
-        else lambda account=account: _place_for(
+        else lambda account=account: _place_item(
             actor,
             account,
             spec,
@@ -1581,6 +1583,18 @@ def strategy_signal(
 
 
 SIGNAL_ID_MAX_LENGTH = StrategySignal._meta.get_field("signal_id").max_length
+
+
+def _answered(signal: StrategySignal, strategy: Strategy) -> bool:
+    """Whether a repeat of ``signal`` is answered with its results as they are: once it has them,
+    unless an account's order in them was not placed for an error on our side (FAILED) or is not
+    known to be (UNKNOWN), which the repeat places under its key (an order that was placed after
+    all is answered, not placed again), as a basket run's repeat does. Paused since, what it placed
+    is answered, not "paused"."""
+    if not signal.results:
+        return False
+    unplaced = any(row.get("status") in ("FAILED", "UNKNOWN") for row in signal.results)
+    return not unplaced or not strategy.is_active
 
 
 def _signal_key(signal: StrategySignal, account_pk: int) -> str:

@@ -17,7 +17,7 @@ from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
 from brokers.paper.models import PaperOrder
 from orders import services, sources
-from orders.models import Order, ScheduledFire, ScheduledOrder, Strategy
+from orders.models import Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
 from orders.tests.factories import instrument
 from tradingplatform import background
 from tradingplatform.api import RepeatedKey, unique_keys
@@ -854,11 +854,12 @@ def test_a_signal_whose_first_request_died_is_placed_by_its_retry_once(client, t
 
     def dies_on_the_second(**order):
         if order["account"].pk == second.pk:
-            raise RuntimeError("worker lost")
+            raise WorkerLost
         return real(**order)
 
     monkeypatch.setattr(services, "order_place", dies_on_the_second)
-    assert webhook(client, strategy).status_code == 500
+    with pytest.raises(WorkerLost):
+        webhook(client, strategy)
     assert PaperOrder.objects.count() == 1
     monkeypatch.setattr(services, "order_place", real)
     retried = webhook(client, strategy)
@@ -868,6 +869,47 @@ def test_a_signal_whose_first_request_died_is_placed_by_its_retry_once(client, t
     )
     assert Order.objects.filter(strategy=strategy).count() == PaperOrder.objects.count() == 2
     assert webhook(client, strategy).json()["replayed"] is True
+    assert PaperOrder.objects.count() == 2
+
+
+class WorkerLost(BaseException):
+    """The request's process stopped in the middle (killed, restarted): nothing after it runs."""
+
+
+def test_an_error_on_one_account_still_answers_and_records_the_others_and_its_repeat_places_it(
+    client, trader, strategy, monkeypatch
+):
+    """One account's placement raised something unexpected (a bug, a lost connection): the signal
+    is answered with every account's result and recorded (TradingView does not retry, and a 500
+    would leave the strategy's page without the order that was placed), that account's saying it
+    was not placed; a repeat of the signal places it, and only it."""
+    first = strategy.accounts.get()
+    second = make_broker_account(trader, broker="paper", client_id="SIG2")
+    strategy.accounts.add(second)
+    real = services.order_place
+
+    def fails_on_the_second(**order):
+        if order["account"].pk == second.pk:
+            raise RuntimeError("lost the database connection")
+        return real(**order)
+
+    monkeypatch.setattr(services, "order_place", fails_on_the_second)
+    response = webhook(client, strategy)
+    assert response.status_code == 201
+    answers = {row["account_id"]: row for row in response.json()["results"]}
+    assert (answers[first.pk]["status"], answers[second.pk]["status"]) == ("FILLED", "FAILED")
+    assert answers[second.pk]["error"].startswith("Not placed")
+    assert StrategySignal.objects.get(strategy=strategy).results == response.json()["results"]
+    assert PaperOrder.objects.count() == 1
+
+    monkeypatch.setattr(services, "order_place", real)
+    retried = webhook(client, strategy)
+    assert retried.json()["replayed"] is True
+    answers = {row["account_id"]: row for row in retried.json()["results"]}
+    assert (answers[first.pk]["status"], answers[second.pk]["status"]) == ("FILLED", "FILLED")
+    assert Order.objects.filter(strategy=strategy).count() == PaperOrder.objects.count() == 2
+    assert StrategySignal.objects.get(strategy=strategy).results == retried.json()["results"]
+    assert webhook(client, strategy).json()["results"] == retried.json()["results"]
     assert PaperOrder.objects.count() == 2
 
 
@@ -1069,11 +1111,12 @@ def test_a_retry_of_a_signal_whose_first_request_died_answers_what_it_placed_wha
 
     def dies_on_the_second(**order):
         if order["account"].pk == second.pk:
-            raise RuntimeError("worker lost")
+            raise WorkerLost
         return real(**order)
 
     monkeypatch.setattr(services, "order_place", dies_on_the_second)
-    assert webhook(client, strategy, quantity=2).status_code == 500
+    with pytest.raises(WorkerLost):
+        webhook(client, strategy, quantity=2)
     placed = Order.objects.get(strategy=strategy)
     assert (placed.account_id, placed.quantity) == (first.pk, 2)
     monkeypatch.setattr(services, "order_place", real)
