@@ -272,9 +272,10 @@ def order_check(
 ) -> Checked:
     """Every rule an order must meet before it may be sent. Raises ValidationError naming the field.
     ``closing``: a strategy's exit of a position (its stop-loss or take-profit, or a trail of it),
-    which the quantity and order value limits do not hold back: they cap what an order may open,
-    and the position it closes passed them (its exit is worth more than the entry was when it is
-    above the entry's price: a target, a short's stop, a stop trailed up)."""
+    which the quantity and order value limits (and the open orders limit, ``_create``) do not hold
+    back: they cap what an order may open, and the position it closes passed them (its exit is
+    worth more than the entry was when it is above the entry's price: a target, a short's stop, a
+    stop trailed up)."""
     if account is None or account.owner_id != actor.pk:
         raise ValidationError({"account": "No such broker account."})
     if not account.is_active:
@@ -626,7 +627,9 @@ def _create(checked: Checked, key, request_hash, *, day, actor, cause, **links) 
             with transaction.atomic():
                 number = _next_number(account, day)
                 # Checked under the counter's row lock, so concurrent placements cannot overshoot.
-                open_orders_check(account)
+                # A strategy's exit is not held back: it protects a position already taken.
+                if not closes_position(links["role"], links["parent"]):
+                    open_orders_check(account)
                 order = Order(
                     reference=reference_for(account, day, number),
                     account=account,

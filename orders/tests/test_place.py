@@ -152,6 +152,24 @@ def test_max_open_orders(trader, account):
     assert place(trader, account).reference.endswith("N000003")
 
 
+def test_an_exit_of_a_position_is_not_refused_by_the_open_orders_limit(trader, account):
+    """The open orders limit caps how many orders a trader has working. A filled entry's stop-loss
+    and take-profit protect a position already taken: refused at the limit (the trader's other
+    entries resting), the position would be left unprotected. They are placed, and counted."""
+    account_services.broker_account_update(account=account, actor=trader, max_open_orders=2)
+    account.refresh_from_db()
+    entry = place(trader, account, quantity=10)
+    assert entry.status == Order.Status.FILLED
+    place(trader, account, order_type="LIMIT", price="1400")
+    place(trader, account, order_type="LIMIT", price="1400")  # at the limit
+    exit_terms = {"side": "SELL", "quantity": 10, "parent": entry, "source": "system"}
+    stop = place(trader, account, order_type="SL-M", trigger_price="1450", role=Order.Role.STOP_LOSS, **exit_terms)
+    target = place(trader, account, order_type="LIMIT", price="1600", role=Order.Role.TAKE_PROFIT, **exit_terms)
+    assert (stop.status, target.status) == (Order.Status.OPEN, Order.Status.OPEN)
+    with pytest.raises(ValidationError, match="4 open orders"):  # an entry is still held to it
+        place(trader, account, order_type="LIMIT", price="1400")
+
+
 def test_someone_elses_or_an_inactive_account_is_refused(trader, other_trader, account):
     with pytest.raises(ValidationError, match="No such broker account"):
         place(other_trader, account)
