@@ -1,6 +1,8 @@
 """Per-account rate budget, shared by every process through Redis.
 
-Each account has one sliding window per limit (e.g. 10 orders/s, 400/min, 5000/day).
+Each account has one sliding window per limit (e.g. 10 orders/s, 400/min, 5000/day); a
+window of a whole day (``DAY_S``) is the trading day's, from midnight IST, as a broker counts its
+daily limit, not the last 24 hours' (yesterday evening's orders do not hold back this morning's).
 Taking a slot checks every window and records the call in all of them in one Lua
 script, so two workers can never both take the last slot. Without Redis (tests, a
 single process) an in-process implementation with the same rules is used.
@@ -15,16 +17,22 @@ import secrets
 import threading
 import time
 from collections import defaultdict, deque
+from datetime import timedelta
 
 import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.core.cache.backends import redis as django_redis_cache
+from django.utils import timezone
 
 from tradingplatform import metrics
 from tradingplatform.locks import redis_client
 
+from . import markets
 from .errors import RateLimited
+
+# A limit per day counts the calls of the trading day (IST): its window starts again at midnight.
+DAY_S = 86400
 
 # The windows are KEYS[first], KEYS[first + 1], ...: one sorted set per window. ARGV: member,
 # then (limit, window_ms) per window. Returns 0 when the slot was taken, else the milliseconds
@@ -123,7 +131,22 @@ def reset_local() -> None:
 
 
 def _keys(account_id, kind: str, limits: list[tuple[int, float]]) -> list[str]:
-    return [f"{settings.CACHE_KEY_PREFIX}:rate:{account_id}:{kind}:{calls}/{window}" for calls, window in limits]
+    day = markets.trading_date().isoformat()  # a day's window holds that day's calls only
+    return [
+        f"{settings.CACHE_KEY_PREFIX}:rate:{account_id}:{kind}:{calls}/{window}"
+        + (f":{day}" if window == DAY_S else "")
+        for calls, window in limits
+    ]
+
+
+def _day_ends_in(limits: list[tuple[int, float]], free_in: float) -> float:
+    """A wait no longer than the trading day has left when a day's window is among ``limits``: a
+    full day frees at midnight. (A shorter window's longer wait is then cut short too, and the
+    caller is told again when it asks.)"""
+    if free_in <= 0 or not any(window == DAY_S for _calls, window in limits):
+        return free_in
+    now = timezone.now()
+    return min(free_in, (markets.day_start(now) + timedelta(days=1) - now).total_seconds())
 
 
 def _args(limits: list[tuple[int, float]]) -> list:
@@ -137,10 +160,10 @@ def take(account_id: int, broker_code: str, kind: str, limits: list[tuple[int, f
     """Try to take one slot; returns 0 on success, else the seconds until one frees."""
     keys = _keys(account_id, kind, limits)
     if not settings.REDIS_URL:
-        return _local.take(keys, limits)
+        return _day_ends_in(limits, _local.take(keys, limits))
     with _budget_unreachable(kind):
         waited_ms = _take_script()(keys=keys, args=_args(limits), client=redis_client())
-    return int(waited_ms) / 1000
+    return _day_ends_in(limits, int(waited_ms) / 1000)
 
 
 @contextlib.contextmanager
@@ -166,7 +189,7 @@ def take_if_cached(
     keys = [cache.make_and_validate_key(name), *_keys(account_id, kind, limits)]
     with _budget_unreachable(kind):
         raw, waited_ms = _take_if_present_script()(keys=keys, args=_args(limits), client=redis_client())
-    return (None if raw is None else _CACHE_VALUES.loads(raw)), int(waited_ms) / 1000
+    return (None if raw is None else _CACHE_VALUES.loads(raw)), _day_ends_in(limits, int(waited_ms) / 1000)
 
 
 def acquire_if_cached(name: str, *call, wait: bool, timeout_s: float = 10) -> tuple[object | None, float | None]:

@@ -4,11 +4,14 @@ import os
 import subprocess
 import sys
 import threading
+from datetime import datetime, timedelta
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from brokers import ratelimit
+from brokers.markets import IST
 from tradingplatform.testing import requires_redis
 
 
@@ -19,6 +22,19 @@ def test_each_window_is_enforced_and_says_when_a_slot_frees():
     assert 0 < wait <= 1.0
     # Another account has its own budget.
     assert ratelimit.take(2, "paper", "orders", limits) == 0
+
+
+def test_the_day_limit_starts_again_at_midnight_in_india(monkeypatch):
+    """Kite's 5000 orders a day are the trading day's (IST), not those of the last 24 hours: the
+    orders of yesterday evening do not hold back this morning's."""
+    limits = [(10, 1.0), (3, 86400.0)]
+    evening = datetime(2026, 12, 3, 23, 59, 50, tzinfo=IST)
+    monkeypatch.setattr(timezone, "now", lambda: evening)
+    assert [ratelimit.take(6, "kite", "orders", limits) for _ in range(3)] == [0, 0, 0]
+    wait = ratelimit.take(6, "kite", "orders", limits)
+    assert 0 < wait <= 10  # the day's budget is used up until midnight, 10 s away
+    monkeypatch.setattr(timezone, "now", lambda: evening + timedelta(seconds=11))
+    assert ratelimit.take(6, "kite", "orders", limits) == 0
 
 
 def test_waiting_callers_get_a_slot_when_it_frees():
