@@ -39,19 +39,25 @@ def monitored_accounts():
 def cycle_start(*, trigger: str = MonitoringRun.Trigger.BEAT) -> tuple[MonitoringRun, list[int]]:
     """A new run and the accounts it covers; the caller fans out one task per account."""
     account_ids = list(monitored_accounts().values_list("pk", flat=True))
-    run = MonitoringRun.objects.create(trigger=trigger, accounts=len(account_ids))
+    # With no account to look at, no batch will end it: it ends as it starts.
+    finished_at = None if account_ids else timezone.now()
+    run = MonitoringRun.objects.create(trigger=trigger, accounts=len(account_ids), finished_at=finished_at)
     return run, account_ids
 
 
 def batch_monitor(*, account_ids: list[int], run_id: int | None) -> list:
     """One batch of a cycle: every step for each active account of ``account_ids``; the run's
-    finish time moves to the batch's end (batches end in any order). Returns the AccountRuns."""
-    accounts = list(BrokerAccount.objects.select_related("owner").filter(pk__in=account_ids, is_active=True))
-    results = cycle.accounts_monitor(accounts=accounts, run_id=run_id) if accounts else []
-    finished = max((r.finished_at for r in results if r.finished_at), default=None)
-    if run_id is not None and finished is not None:
-        later = Q(finished_at__isnull=True) | Q(finished_at__lt=finished)
-        MonitoringRun.objects.filter(later, pk=run_id).update(finished_at=finished)
+    finish time moves to the batch's end (batches end in any order), however the batch ended (its
+    accounts skipped or deactivated, its time limit reached). Returns the AccountRuns."""
+    results = []
+    try:
+        accounts = list(BrokerAccount.objects.select_related("owner").filter(pk__in=account_ids, is_active=True))
+        results = cycle.accounts_monitor(accounts=accounts, run_id=run_id) if accounts else []
+    finally:
+        if run_id is not None:
+            finished = max((r.finished_at for r in results if r.finished_at), default=None) or timezone.now()
+            later = Q(finished_at__isnull=True) | Q(finished_at__lt=finished)
+            MonitoringRun.objects.filter(later, pk=run_id).update(finished_at=finished)
     return results
 
 

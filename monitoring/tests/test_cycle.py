@@ -16,6 +16,7 @@ from accounts.tests.factories import make_kite_account
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
 from monitoring import cycle, tasks
+from monitoring import services as monitoring_services
 from monitoring.models import AccountRun, BrokerSnapshot, MonitoringRun
 from orders import services, sources
 from orders.models import Order
@@ -171,6 +172,42 @@ def test_a_batch_cut_short_by_its_time_limit_still_records_what_it_did(trader, a
     assert "recorded 1 fill(s)" in run.actions
     assert [e["step"] for e in run.errors] == ["time_limit"]
     assert locks.acquire(f"monitor:{account.pk}", ttl_s=1)  # and the account is free again
+
+
+def test_a_cycle_run_ends_however_its_batches_end(trader, account, monkeypatch):
+    # A run without a finish time reads as one still going, in admin, for ever: a batch cut short
+    # by its time limit, a batch whose accounts were all still running (skipped) and a cycle with
+    # no account to look at end their runs too.
+    place(trader, account, quantity=4)
+    cut = MonitoringRun.objects.create(accounts=1)
+    real = cycle._in_pool
+
+    def cut_short(fn, items):
+        real(fn, items)
+        if fn is cycle._account_steps:
+            raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(cycle, "_in_pool", cut_short)
+    with pytest.raises(SoftTimeLimitExceeded):
+        tasks.monitor_accounts([account.pk], cut.pk)
+    cut.refresh_from_db()
+    assert cut.finished_at is not None
+    monkeypatch.setattr(cycle, "_in_pool", real)
+
+    skipped = MonitoringRun.objects.create(accounts=1)
+    token = locks.acquire(f"monitor:{account.pk}", ttl_s=30)
+    try:
+        assert tasks.monitor_accounts([account.pk], skipped.pk) == {AccountRun.Status.SKIPPED: 1}
+    finally:
+        locks.release(f"monitor:{account.pk}", token)
+    skipped.refresh_from_db()
+    assert skipped.finished_at is not None
+
+    account.is_active = False
+    account.save(update_fields=["is_active"])
+    empty, account_ids = monitoring_services.cycle_start()
+    empty.refresh_from_db()
+    assert account_ids == [] and empty.finished_at is not None
 
 
 def test_a_batch_cut_short_while_it_reads_the_brokers_stops_there(trader, account, monkeypatch):
