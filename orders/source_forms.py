@@ -12,7 +12,7 @@ from tradingplatform import numbers
 
 from . import sources
 from .forms import PriceField
-from .models import ORDER_TYPES, PRODUCTS, SIDES, ScheduledOrder, Strategy
+from .models import ORDER_TYPES, PRODUCTS, SIDES, VALIDITIES, ScheduledOrder, Strategy
 
 WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
 
@@ -78,7 +78,7 @@ class OrderSpecForm(forms.Form):
             "quantity": data["quantity"],
             "order_type": data["order_type"],
             "product": data["product"],
-            "validity": "DAY",
+            "validity": data.get("validity", "DAY"),
             "price": data.get("price"),
             "trigger_price": data.get("trigger_price"),
         }
@@ -96,7 +96,9 @@ class BasketForm(forms.Form):
 
 
 class BasketItemForm(OrderSpecForm):
-    pass
+    # An item may be IOC (the API takes it): saving the page must not make it DAY. Not sent (a page
+    # from before it had the field), DAY as before.
+    validity = forms.TypedChoiceField(choices=VALIDITIES, initial="DAY", required=False, empty_value="DAY")
 
 
 BasketItemFormSet = forms.formset_factory(BasketItemForm, extra=1, can_delete=True, max_num=100, validate_max=True)

@@ -38,6 +38,7 @@ def _basket_initial(basket) -> list[dict]:
             "quantity": item.quantity,
             "order_type": item.order_type,
             "product": item.product,
+            "validity": item.validity,
             "price": item.price,
             "trigger_price": item.trigger_price,
         }

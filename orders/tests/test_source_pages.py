@@ -285,3 +285,67 @@ def test_placing_a_basket_with_no_account_says_so(trader_client, trader, account
     response = trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": "t-1"})
     assert response.status_code == 200 and "Choose at least one account." in response.content.decode()
     assert not PaperOrder.objects.exists()
+
+
+def form_as_sent(page: str, marker: str) -> dict:
+    """What a browser sends of the page's form holding ``marker``, as it was shown: its inputs'
+    values, each select's chosen option (else its first), checked boxes only."""
+    from html.parser import HTMLParser
+
+    form = next(part for part in page.split("<form")[1:] if marker in part.split("</form>")[0])
+    form = form.split("</form>")[0]
+    form = form.split("<template", 1)[0] + form.split("</template>", 1)[-1]  # a row the script adds
+
+    class Fields(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.data, self.select, self.first = {}, None, None
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "input" and "name" in attrs:
+                if attrs.get("type") not in ("checkbox", "radio") or "checked" in attrs:
+                    self.data.setdefault(attrs["name"], []).append(attrs.get("value") or "")
+            elif tag == "select":
+                self.select, self.first = attrs["name"], None
+            elif tag == "option" and self.select:
+                self.first = attrs.get("value", "") if self.first is None else self.first
+                if "selected" in attrs:
+                    self.data[self.select] = [attrs.get("value", "")]
+
+        def handle_endtag(self, tag):
+            if tag == "select" and self.select:
+                self.data.setdefault(self.select, [self.first or ""])
+                self.select = None
+
+    fields = Fields()
+    fields.feed(form)
+    return fields.data
+
+
+def test_renaming_a_basket_on_its_page_keeps_its_items_validity(trader_client, trader, account):
+    """An IOC item (the API takes a validity) saved again from the edit page, as it was shown but
+    renamed, was written back DAY: the page had no validity. Placed, it rested at the exchange all
+    day instead of being cancelled when not filled at once."""
+    basket = sources.basket_save(
+        owner=trader,
+        name="Quick",
+        account_ids=[account.pk],
+        items=[
+            {
+                "instrument": instrument(),
+                "side": "BUY",
+                "quantity": 1,
+                "order_type": "LIMIT",
+                "price": "1400",
+                "validity": "IOC",
+            },
+        ],
+    )
+    url = reverse("sources:basket_edit", args=[basket.pk])
+    data = form_as_sent(trader_client.get(url).content.decode(), "items-TOTAL_FORMS")
+    data["name"] = ["Quick exit"]
+    response = trader_client.post(url, data)
+    assert response.status_code == 302, (data, response.context["form"].errors, response.context["items"].errors)
+    assert [(item.quantity, item.validity) for item in Basket.objects.get().items.all()] == [(1, "IOC")]
+    assert "IOC" in trader_client.get(reverse("sources:basket_detail", args=[basket.pk])).content.decode()
