@@ -169,6 +169,9 @@ class BasketRun(models.Model):
     placed_on = models.JSONField(
         null=True, blank=True, help_text="The accounts it placed on, in order (the basket's own as they were then)."
     )
+    items = models.JSONField(
+        null=True, blank=True, help_text="The items it placed, in order, as they were then (a repeat places these)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

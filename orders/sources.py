@@ -299,15 +299,23 @@ def _terms(order: Order) -> dict:
     return {"symbol": order.instrument.tradingsymbol, "side": order.side, "quantity": order.quantity}
 
 
-def _basket_run(basket: Basket, actor, run_token: str, account_ids, accounts: list[BrokerAccount]) -> bool:
-    """Record what a run token asks for, and the accounts it places on, the first time it is sent
-    (returns whether this was it); sent again asking for other accounts or another basket, it is a
-    conflict (its orders' keys would place the new ask)."""
+def _basket_run(
+    basket: Basket, actor, run_token: str, account_ids, accounts: list[BrokerAccount], items: list[BasketItem]
+) -> tuple[list[BasketItem], bool]:
+    """Record what a run token asks for, the accounts it places on and the items it places, the
+    first time it is sent; returns the run's items (as they were then) and whether this was it.
+    Sent again asking for other accounts or another basket, it is a conflict (its orders' keys
+    would place the new ask)."""
     asked = sorted({int(pk) for pk in account_ids}) if account_ids is not None else None
     run, created = BasketRun.objects.get_or_create(
         owner=actor,
         token=run_token,
-        defaults={"basket": basket, "account_ids": asked, "placed_on": [account.pk for account in accounts]},
+        defaults={
+            "basket": basket,
+            "account_ids": asked,
+            "placed_on": [account.pk for account in accounts],
+            "items": [_item_record(item) for item in items],
+        },
     )
     if run.basket_id != basket.pk or run.account_ids != asked:
         message = (
@@ -315,7 +323,30 @@ def _basket_run(basket: Basket, actor, run_token: str, account_ids, accounts: li
             "to place this (the API: a new Idempotency-Key; the page: reload it)."
         )
         raise ValidationError({"idempotency_key": ValidationError(message, code="conflict")})
-    return created
+    return (items if created or run.items is None else _recorded_items(run.items)), created
+
+
+_ITEM_TERMS = ("side", "quantity", "order_type", "product", "validity")
+_ITEM_PRICES = ("price", "trigger_price")
+
+
+def _item_record(item: BasketItem) -> dict:
+    """What a run keeps of one of its items (prices as text: JSON has no decimals)."""
+    prices = {name: None if getattr(item, name) is None else str(getattr(item, name)) for name in _ITEM_PRICES}
+    return {"instrument_id": item.instrument_id, **{name: getattr(item, name) for name in _ITEM_TERMS}, **prices}
+
+
+def _recorded_items(records: list[dict]) -> list[BasketItem]:
+    """A run's items as ``_item_record`` kept them (not saved: what a repeat of the run places)."""
+    instruments = Instrument.objects.in_bulk({record["instrument_id"] for record in records})
+    return [
+        BasketItem(
+            instrument=instruments[record["instrument_id"]],
+            **{name: record[name] for name in _ITEM_TERMS},
+            **{name: None if record[name] is None else Decimal(record[name]) for name in _ITEM_PRICES},
+        )
+        for record in records
+    ]
 
 
 def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:
@@ -337,8 +368,12 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
             accounts = [owned[pk] for pk in placed_on if pk in owned]
     if not accounts:
         raise ValidationError({"account_ids": "Choose at least one account."})
-    first = _basket_run(basket, actor, run_token, account_ids, accounts)
-    items = list(basket.items.select_related("instrument"))
+    # A repeat places the items its placement asked for (as it does on the accounts it placed on),
+    # whatever the basket has now: an item put in front since moved the others down a place, and
+    # the last of them, already placed, was placed again.
+    items, first = _basket_run(
+        basket, actor, run_token, account_ids, accounts, list(basket.items.select_related("instrument"))
+    )
     # An item's key is its place in the basket, not its row: items saved again (a rename that
     # sends them, a PUT) are new rows, and a repeat of the placement must still find its orders.
     # A repeat answers what the placement placed, as it was placed: an item or a copy multiplier

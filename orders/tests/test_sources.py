@@ -157,7 +157,7 @@ def test_a_repeat_of_a_placement_whose_first_request_died_answers_its_orders_as_
             super().place_order(request, **options)
             raise KeyboardInterrupt  # the process stopped here
 
-    sources._basket_run(basket, trader, "t1", None, [account])  # what the first request recorded
+    sources._basket_run(basket, trader, "t1", None, [account], list(basket.items.all()))  # as the first request
     key = f"basket:{basket.pk}:t1:{account.pk}:#"
     with pytest.raises(KeyboardInterrupt):
         services.order_place(
@@ -1147,3 +1147,21 @@ def test_a_holiday_declared_after_the_next_run_was_set_is_not_fired(trader, acco
     assert not ScheduledFire.objects.filter(scheduled=row).exists()
     row.refresh_from_db()
     assert (row.status, row.next_run_at) == ("active", datetime(2026, 11, 24, 9, 30, tzinfo=IST))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_repeat_of_a_placement_after_an_item_was_put_in_front_places_nothing_twice(trader, account, instruments):
+    """A client's retry of a placement (the CLI's key run again) after an item was put at the top of
+    the basket: the placement's items moved down a place, and its retry took the last of them, already
+    placed, for an item it had not placed, and placed it again (and never the new one, which it was
+    not asked for either). A retry places what its placement asked for and had not placed, nothing
+    else, as the accounts it places on are those of its first request."""
+    items = [spec(quantity=1), spec("TCS", quantity=1)]
+    basket = sources.basket_save(owner=trader, name="Morning", account_ids=[account.pk], items=items)
+    first = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    basket = sources.basket_save(
+        owner=trader, name="Morning", account_ids=[account.pk], items=[spec("SBIN", quantity=1), *items], basket=basket
+    )
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert [(r["order_id"], r["symbol"]) for r in again] == [(r["order_id"], r["symbol"]) for r in first]
+    assert sorted(PaperOrder.objects.values_list("instrument__tradingsymbol", flat=True)) == ["INFY", "TCS"]
