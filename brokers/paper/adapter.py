@@ -245,6 +245,12 @@ class PaperBroker(base.Broker):
     @translate_errors()
     def login(self) -> base.SessionTokens:
         client = engine.client_get_or_create(user_id=self.client_id)
+        if client.password:
+            # Staff gave it a password for the Kite-style login page: it is someone's, signed in to
+            # with that password (a kite account), never taken by its client id alone.
+            raise engine.TokenException(
+                f"{client.user_id} signs in with its password at the Kite-style login page; add it as a Kite account."
+            )
         token, expires_at = engine.session_open(client=client)
         self.access_token = token
         return base.SessionTokens(access_token=token, expires_at=expires_at, user_id=client.user_id)

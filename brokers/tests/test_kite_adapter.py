@@ -598,8 +598,8 @@ def test_the_paper_exchange_reports_the_start_of_the_days_figures_from_its_fills
     fill("NIFTY26DECFUT", "SELL", 150, "24020", days_ago=0)
     fill("INFY", "SELL", 4, "1410", days_ago=0, exchange="NSE", product="CNC")
 
-    paper = PaperBroker(client_id="AB1234")
-    paper.login()
+    # The in-process view of the same client (a Kite face client: no paper account signs in to it).
+    paper = PaperBroker(client_id="AB1234", access_token=engine.session_open(client=client)[0])
     for broker in (paper, AccountBroker(kite_on_face)):
         positions = {p.product: p for p in broker.positions()}
         future, delivery = positions["NRML"], positions["CNC"]
