@@ -1044,7 +1044,11 @@ def _tellings(order: PaperOrder, fill: PaperTrade | None, *, can_wait: bool = Fa
         fill.order, fill.instrument = order, order.instrument
     state, fills = to_broker_order(order), [to_broker_trade(fill)] if fill is not None else []
     user_id = order.client.user_id  # callers load the client with the order
-    tellings = [lambda: order_announce(user_id, state, fills, can_wait=can_wait)]
+    # The platform's ``paper`` accounts hear of their clients' changes; a client with a login
+    # password is a Kite face client (never a paper account's: ``PaperBroker.login``), whose
+    # changes are not told to a paper account that names it (another trader's, who would record
+    # its fills as theirs): its own trader hears of them through Kite's postbacks and reads.
+    tellings = [] if order.client.password else [lambda: order_announce(user_id, state, fills, can_wait=can_wait)]
     # Kite's postbacks: on fills and on closing, not on an order just opened.
     if order.client.postback_url and (order.status != Status.OPEN or order.filled_quantity):
         from .tasks import send_postback

@@ -11,6 +11,7 @@ from brokers import services as broker_services
 from brokers.client import AccountBroker
 from brokers.errors import AuthError
 from orders.tests.factories import place
+from portfolio.models import Position, Trade
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,3 +26,18 @@ def test_another_trader_cannot_take_a_kite_face_client_as_a_paper_account(kite_o
     with pytest.raises(AuthError):
         seen = AccountBroker(theirs, attempts=1).orders()
         pytest.fail(f"another trader's paper account read the kite client's orders: {seen}")
+
+
+def test_a_kite_face_clients_fills_are_not_told_to_another_traders_paper_account(kite_on_face, trader, other_trader):
+    """The exchange tells the platform of its changes in-process, as the ``paper`` broker's, by client
+    id: a paper account with the Kite client's id (refused a session, but still there) had the other
+    trader's fills recorded as its own, in its positions and PnL."""
+    from tradingplatform import background
+
+    theirs = make_broker_account(other_trader, broker="paper", client_id=kite_on_face.client_id, label="Taken")
+    mine = place(trader, kite_on_face, quantity=2)
+    assert mine.broker_order_id
+    assert background.wait_idle(30)
+
+    assert not Trade.objects.filter(account=theirs).exists(), "the kite client's fill was recorded on a paper account"
+    assert not Position.objects.filter(account=theirs).exists()
