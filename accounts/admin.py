@@ -25,14 +25,21 @@ class UserAdmin(DjangoUserAdmin):
         readonly = super().get_readonly_fields(request, obj)
         return readonly if request.user.is_superuser else (*readonly, *self.GRANTS)
 
+    def _out_of_reach(self, request, obj) -> bool:
+        """Staff (a superuser among them) are changed (their password set, among the rest) by
+        superusers only, each by themselves too: the desk, setting a colleague's password, would
+        sign in with every permission that colleague holds and the desk was refused."""
+        if obj is None or request.user.is_superuser or obj.pk == request.user.pk:
+            return False
+        return obj.is_staff or obj.is_superuser
+
     def has_change_permission(self, request, obj=None):
-        # A superuser is changed (its password set, among the rest) by superusers only.
-        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+        if self._out_of_reach(request, obj):
             return False
         return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None):
-        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+        if self._out_of_reach(request, obj):
             return False
         return super().has_delete_permission(request, obj)
 

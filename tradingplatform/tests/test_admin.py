@@ -425,3 +425,27 @@ def test_staff_cannot_give_a_strategy_or_basket_a_deactivated_account(staff, tra
         account_services.broker_account_set_active(account=account, actor=trader, active=False)
         assert Form({**data, "accounts": [str(account.pk)]}, instance=row).is_valid(), model  # kept
         account_services.broker_account_set_active(account=account, actor=trader, active=True)
+
+
+def test_staff_who_may_change_users_cannot_take_over_a_colleague_with_other_permissions(desk, trader):
+    """Review: the desk may not tick "superuser" nor add permissions, but could set the password of
+    any staff member who is not a superuser, and sign in as them: a colleague who may end brokers'
+    sessions or revoke keys gave the desk all of that. Staff are changed by superusers (and each by
+    themselves); the desk still changes traders."""
+    from accounts.models import User
+
+    ops = make_user("ops", is_staff=True)
+    ops.user_permissions.set(Permission.objects.filter(codename__in=["view_brokersession", "change_brokersession"]))
+    client = Client()
+    client.force_login(desk)
+    new = {"password1": "Taken-0ver!x9", "password2": "Taken-0ver!x9"}
+
+    answer = client.post(reverse("admin:auth_user_password_change", args=[ops.pk]), new)
+    assert answer.status_code == 403
+    assert not User.objects.get(pk=ops.pk).check_password("Taken-0ver!x9"), "the desk set a colleague's password"
+    assert client.get(reverse("admin:accounts_user_change", args=[ops.pk])).context["has_change_permission"] is False
+
+    assert client.post(reverse("admin:auth_user_password_change", args=[trader.pk]), new).status_code == 302
+    assert User.objects.get(pk=trader.pk).check_password("Taken-0ver!x9")
+    own = client.post(reverse("admin:auth_user_password_change", args=[desk.pk]), {**new, "usable_password": "true"})
+    assert own.status_code == 302
