@@ -1583,6 +1583,11 @@ def step_retries(ctx: Context) -> None:
         attempt = failed.retry_count + 1
         if failed.reject_kind not in kinds or attempt > strategy.max_retries:
             continue
+        if failed.status == Order.Status.FAILED and not ctx.fetched:
+            # One that failed may be at the broker after all: only this cycle's sync (which looks
+            # for it by its tag) can tell, and it did not run (as step 4 waits for a failed exit).
+            ctx.act(f"{failed.reference} is not retried this run: the broker's orders could not be read")
+            continue
         if Order.objects.filter(Q(parent=failed) & Q(idempotency_key__endswith=f"{RETRY_KEY}{failed.pk}")).exists():
             continue
         if (now - failed.updated_at).total_seconds() < 2 ** (attempt - 1):

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from brokers.models import Instrument
 from brokers.paper import engine
-from brokers.paper.models import PaperClient, PaperTrade
+from brokers.paper.models import PaperClient, PaperOrder, PaperTrade
 from monitoring import cycle
 from orders import services, sources
 from orders.models import Order, Strategy
@@ -317,3 +317,33 @@ def test_an_account_taken_off_the_strategy_does_not_re_enter_but_keeps_its_exits
     cycle.account_monitor(account=account)
     assert held(account) == 0
     assert not Order.objects.filter(parent=first, role="entry").exists()
+
+
+def test_a_failed_entry_is_not_retried_by_a_cycle_that_could_not_read_the_brokers_orders(trader, account, monkeypatch):
+    """The platform holds a strategy's entry FAILED (as far as it knows the broker never got it: a
+    network failure); the broker has it after all. Only a sync, looking for it by its tag, can tell:
+    a cycle that could not read the broker's orders does not retry it (a second position), the next
+    one finds it at the broker, and nothing is placed twice."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Retry", account_ids=[account.pk], max_retries=1, retryable_kinds=["network"]
+    )
+    quote("1500")
+    first = place(trader, account, quantity=10, strategy=strategy, source="strategy")
+    assert first.status == Order.Status.FILLED
+    Order.objects.filter(pk=first.pk).update(
+        status=Order.Status.FAILED,
+        broker_order_id=None,
+        filled_quantity=0,
+        average_price=D(0),
+        reject_kind="network",
+        updated_at=first.updated_at.replace(year=2020),  # its backoff long passed
+    )
+    monkeypatch.setattr(cycle, "FETCH_READS", ("missing_read",))  # the fetch fails
+    cycle.account_monitor(account=account)
+    assert not Order.objects.filter(parent=first).exists()
+    monkeypatch.undo()
+    cycle.account_monitor(account=account)
+    cycle.account_monitor(account=account)
+    first.refresh_from_db()
+    assert first.status == Order.Status.FILLED and not Order.objects.filter(parent=first).exists()
+    assert PaperOrder.objects.filter(client__user_id=account.client_id).count() == 1
