@@ -1336,9 +1336,10 @@ def _moved_by_hand(stop: Order, since_pk: int) -> bool:
 def _trail_distance(ctx: Context, stop: Order, last: Decimal) -> Decimal | None:
     """How far behind the last price a stop trails: as the strategy placed it (the entry's price to
     the stop's first trigger), or, once the trader has moved the stop by hand, as far as they put it
-    from the market. That one is taken at the first look after the move, which does not move the
-    stop: measured from the strategy's distance, a stop loosened by hand would be pulled straight
-    back, undoing what the trader did. ``None``: not trailed this run."""
+    from the market. That one is taken at the first look after the move (or the next, when the
+    market had passed the stop's new trigger since its last price was read), which does not move
+    the stop: measured from the strategy's distance, a stop loosened by hand would be pulled
+    straight back, undoing what the trader did. ``None``: not trailed this run."""
     chain = [stop]
     while (replaced := _replaced(chain[-1])) is not None:
         chain.append(replaced)
@@ -1348,6 +1349,10 @@ def _trail_distance(ctx: Context, stop: Order, last: Decimal) -> Decimal | None:
             return Decimal(note.data["distance"])
         return abs(Decimal(stop.parent.average_price) - _placed(stop, "trigger_price"))
     distance = last - stop.trigger_price if stop.side == "SELL" else stop.trigger_price - last
+    if distance <= 0:
+        # The last price was read before the move and the market has passed it since (a stop at or
+        # beyond the market would have fired): no distance to keep. The next run measures it.
+        return None
     data = {"distance": str(distance), "trigger_price": str(stop.trigger_price)}
     orders.order_event_add(stop, TRAIL_DISTANCE, cause=_cause("step 6", "the stop was moved by hand"), data=data)
     ctx.act(f"{stop.reference} was moved by hand to {stop.trigger_price}: it trails {distance} from the market now")

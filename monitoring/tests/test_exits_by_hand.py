@@ -13,6 +13,7 @@ from monitoring.models import AccountRun
 from monitoring.tests.test_cycle import trailing_stop
 from monitoring.tests.test_strategy_exits import entry, entry_with_stop, held, live_exits, quote, strategy
 from orders import services
+from orders.models import Order
 from orders.tests.factories import place
 from tradingplatform import background
 
@@ -56,6 +57,36 @@ def test_a_short_trailing_stop_the_trader_loosened_in_the_brokers_app_is_not_pul
     monitor(account)
     stop.refresh_from_db()
     assert stop.trigger_price == D("1514.90")
+
+
+def test_a_stop_the_trader_tightened_past_the_runs_last_price_trails_on_from_where_they_put_it(
+    trader, account, monkeypatch
+):
+    """The market rises to 1510 while a run is under way, its last price read at 1500; the trader
+    tightens the stop to 1505.10 before its step 6. Measured against the run's last price, the
+    stop would trail 5.10 beyond the market, every trail refused by the broker (a sell's trigger
+    above the last price): the stop would never trail again. It is measured when the next run
+    reads the market (6.90 behind 1512) and trails on from there."""
+    stop = trailing_stop(trader, account)
+
+    def trader_tightens(ctx):
+        quote("1510")
+        services.order_modify(
+            order=Order.objects.get(pk=stop.pk), actor=trader, cause="by hand", trigger_price="1505.10"
+        )
+
+    steps = cycle.STEPS
+    monkeypatch.setattr(cycle, "STEPS", [*steps[:5], ("5b_by_hand", trader_tightens), *steps[5:]])
+    monitor(account)
+    monkeypatch.setattr(cycle, "STEPS", steps)
+    quote("1512")
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1505.10")
+    quote("1517")  # a step up: the stop follows, 6.90 behind
+    run = monitor(account)
+    stop.refresh_from_db()
+    assert (stop.status, stop.trigger_price) == (Order.Status.OPEN, D("1510.10")), run.actions
 
 
 def test_a_stop_loss_the_trader_cut_by_hand_is_not_topped_up_again(trader, account):
