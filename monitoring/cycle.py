@@ -865,6 +865,9 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
     if placed.status in (Order.Status.REJECTED, Order.Status.FAILED):
         _run_error(ctx, f"{name} {placed.reference} for {entry.reference} {placed.status}: {placed.reject_reason}")
         return None
+    trails = entry.strategy.trailing_step is not None and placed.trigger_price is not None
+    if trails and owed is None and not getattr(placed, "replayed", False):
+        _trail_distance_keep(placed, average)
     ctx.act(f"placed {name} {placed.reference} for {entry.reference}")
     return placed
 
@@ -1327,6 +1330,14 @@ def _trailing_stops(**where):
 TRAIL_DISTANCE = "trail_distance"
 
 
+def _trail_distance_keep(stop: Order, average: Decimal) -> None:
+    """Note how far from its entry's average a trailing stop was placed: the distance it trails at
+    (``_trail_distance``). The entry's average moves when it fills more at other prices (a chased
+    entry fills higher): measured from that, the stop would trail further behind than it was placed."""
+    data = {"distance": str(abs(average - stop.trigger_price)), "trigger_price": str(stop.trigger_price)}
+    orders.order_event_add(stop, TRAIL_DISTANCE, cause=_cause("step 4", "the distance it trails at"), data=data)
+
+
 def _moved_by_hand(stop: Order, since_pk: int) -> bool:
     """Whether the stop's trigger was changed other than by the trail after event ``since_pk``: by
     the trader through the platform (a page, the API) or in the broker's own app (found changed)."""
@@ -1334,12 +1345,13 @@ def _moved_by_hand(stop: Order, since_pk: int) -> bool:
 
 
 def _trail_distance(ctx: Context, stop: Order, last: Decimal) -> Decimal | None:
-    """How far behind the last price a stop trails: as the strategy placed it (the entry's price to
-    the stop's first trigger), or, once the trader has moved the stop by hand, as far as they put it
-    from the market. That one is taken at the first look after the move (or the next, when the
-    market had passed the stop's new trigger since its last price was read), which does not move
-    the stop: measured from the strategy's distance, a stop loosened by hand would be pulled
-    straight back, undoing what the trader did. ``None``: not trailed this run."""
+    """How far behind the last price a stop trails: as the strategy placed it (the entry's average
+    then to the stop's first trigger, noted when it was placed: ``_trail_distance_keep``), or, once
+    the trader has moved the stop by hand, as far as they put it from the market. That one is taken
+    at the first look after the move (or the next, when the market had passed the stop's new
+    trigger since its last price was read), which does not move the stop: measured from the
+    strategy's distance, a stop loosened by hand would be pulled straight back, undoing what the
+    trader did. ``None``: not trailed this run."""
     chain = [stop]
     while (replaced := _replaced(chain[-1])) is not None:
         chain.append(replaced)

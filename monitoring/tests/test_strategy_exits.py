@@ -374,6 +374,33 @@ def test_a_trailing_stop_past_the_modification_cap_is_replaced_and_trails_on(tra
     assert first.children.filter(role="stop_loss").count() == 2  # the cycle places nothing more
 
 
+def test_the_stop_of_an_entrys_first_fill_trails_at_its_own_distance_when_the_entry_fills_higher(trader, account):
+    """A chased entry fills 4 at 1499: their stop-loss goes 10 points under, at 1489. The entry is
+    chased up and fills 6 more at 1510 (its average 1505.60). The first stop still trails 10
+    behind the market, as the strategy placed it, not 16.60 (the entry's new average to its
+    first trigger), which left those 4 shares 6.60 less protected than the strategy says."""
+    guarded = strategy(
+        trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("1"),
+        chase_after_s=0, chase_max_percent=D("1"),
+    )  # fmt: skip
+    quote("1500", bid="1500", ask="1505")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    quote("1499.0", bid="1498.9", ask="1499.0", volume=4)  # 4 fill at 1499
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    assert (stop.quantity, stop.trigger_price) == (4, D("1489.00"))
+    quote("1510", bid="1509.9", ask="1510.0", volume=0)  # the entry is chased to 1510
+    monitor(account)
+    quote("1513", bid="1512.9", ask="1513.0")  # the other 6 fill at 1510
+    monitor(account)
+    first.refresh_from_db()
+    assert (first.filled_quantity, first.average_price) == (10, D("1505.60"))
+    quote("1530", bid="1529.9", ask="1530.0")
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1520.00")
+
+
 def test_a_trailing_stop_past_the_cap_is_replaced_whatever_the_accounts_order_value_limit(trader, account):
     """The stop trailed up is worth more than the entry was: the limits that cap what an order
     opens do not hold back its replacement past the modification cap (nor the stop itself)."""
