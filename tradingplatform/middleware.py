@@ -1,9 +1,14 @@
+from urllib.parse import urlsplit
+
 from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.auth.views import redirect_to_login
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
+from django.shortcuts import resolve_url
+from django.utils.http import url_has_allowed_host_and_scheme
 
 ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 API_PREFIX = "/api/"
@@ -56,6 +61,34 @@ class ContentSecurityPolicyMiddleware:
         if self.policy and "Content-Security-Policy" not in response:
             response["Content-Security-Policy"] = self.policy
         return response
+
+
+class HtmxLoginRedirectMiddleware:
+    """An htmx request (the book's Cancel, an inline modify, the ticket's instrument search) whose
+    session has ended (signed out in another tab, expired) is sent to the login page as a whole
+    page, coming back to the page it was made from: followed by the browser, the redirect would
+    swap the login page in place of the order's row or the search's options."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            request.headers.get("HX-Request") != "true"
+            or response.status_code != 302
+            or urlsplit(response["Location"]).path != resolve_url(settings.LOGIN_URL)
+        ):
+            return response
+        page = request.headers.get("HX-Current-URL", "")
+        if url_has_allowed_host_and_scheme(page, allowed_hosts={request.get_host()}):
+            parts = urlsplit(page)
+            login = redirect_to_login(parts.path + (f"?{parts.query}" if parts.query else ""))["Location"]
+        else:
+            login = resolve_url(settings.LOGIN_URL)
+        answer = HttpResponse(status=204)
+        answer["HX-Redirect"] = login
+        return answer
 
 
 # --- The web pages' middleware, passed by for the API ----------------------------------------

@@ -101,6 +101,7 @@ MIDDLEWARE = [
     "tradingplatform.middleware.WebAuthenticationMiddleware",
     "tradingplatform.middleware.WebMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "tradingplatform.middleware.HtmxLoginRedirectMiddleware",
     "accounts.middleware.UserTimezoneMiddleware",
     "tradingplatform.middleware.ApiErrorShapeMiddleware",
 ]

@@ -5,6 +5,7 @@ import uuid
 import zoneinfo
 from datetime import datetime, time, timedelta
 from decimal import Decimal
+from urllib.parse import quote
 
 import pytest
 from django.test import Client
@@ -557,6 +558,37 @@ def test_another_traders_order_is_404_and_untouched(client, trader, other_trader
         "submitted",
         "opened",
     ]
+
+
+@pytest.mark.parametrize(
+    "name, method, takes_order",
+    [
+        ("orders:cancel", "post", True),
+        ("orders:modify", "get", True),
+        ("orders:modify", "post", True),
+        ("orders:row", "get", True),
+        ("orders:instrument_options", "get", False),
+    ],
+)
+def test_an_htmx_request_after_the_session_ended_sends_the_page_to_login_instead_of_into_the_row(
+    client, trader, account, name, method, takes_order
+):
+    """Signed out in another tab (or the session expired), the book's Cancel was followed to the login
+    page and that whole page was swapped in place of the order's row (the row was gone)."""
+    order = resting_order(trader, account)
+    page = reverse("orders:book") + "?status=open&date=all"
+    headers = {"HX-Request": "true", "HX-Current-URL": f"http://testserver{page}"}
+    url = reverse(name, args=[order.pk] if takes_order else [])
+    response = getattr(client, method)(url, {"q": "INF"} if not takes_order else {}, headers=headers)
+    assert response.status_code == 204 and not response.content
+    assert response["HX-Redirect"] == "/login/?next=" + quote(page)
+    assert PaperOrder.objects.get().status == "OPEN"
+    # A request not from htmx is sent to the login page as before; an htmx one from another site's page
+    # comes back to the page it asked for.
+    assert client.post(reverse("orders:cancel", args=[order.pk])).url.startswith("/login/?next=")
+    elsewhere = {"HX-Request": "true", "HX-Current-URL": f"https://evil.example{page}"}
+    response = client.post(reverse("orders:cancel", args=[order.pk]), headers=elsewhere)
+    assert response["HX-Redirect"] == "/login/"
 
 
 def test_csrf_is_enforced_on_modify_and_cancel(trader, account):
