@@ -11,7 +11,7 @@ from brokers.selectors import instrument_by_symbol
 from tradingplatform import numbers
 
 from . import sources
-from .forms import PriceField
+from .forms import PriceField, whole_number
 from .models import ORDER_TYPES, PRODUCTS, SIDES, VALIDITIES, ScheduledOrder, Strategy
 
 WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
@@ -48,6 +48,12 @@ class AccountsField(forms.ModelMultipleChoiceField):
         return account.label if account.is_active else f"{account.label} (deactivated)"
 
     def clean(self, value):
+        # More digits than any id has: no account, and not looked up (SQLite cannot hold the number).
+        for pk in value or ():
+            if str(pk).strip().isdecimal() and whole_number(pk) is None:
+                raise forms.ValidationError(
+                    self.error_messages["invalid_choice"], code="invalid_choice", params={"value": pk}
+                )
         try:
             return super().clean(value)
         except forms.ValidationError as error:

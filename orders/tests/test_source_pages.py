@@ -349,3 +349,28 @@ def test_renaming_a_basket_on_its_page_keeps_its_items_validity(trader_client, t
     assert response.status_code == 302, (data, response.context["form"].errors, response.context["items"].errors)
     assert [(item.quantity, item.validity) for item in Basket.objects.get().items.all()] == [(1, "IOC")]
     assert "IOC" in trader_client.get(reverse("sources:basket_detail", args=[basket.pk])).content.decode()
+
+
+@pytest.mark.parametrize("page", ["basket_create", "basket_place", "strategy_create"])
+def test_an_account_id_of_more_digits_than_any_id_is_refused_on_the_field_not_a_500(
+    trader_client, trader, account, page
+):
+    """Twenty digits in the accounts list (a mangled or hand-made form) was a 500 on SQLite: the
+    choices were looked up with an integer the database cannot hold."""
+    huge = "9" * 20
+    if page == "basket_create":
+        url, data = reverse("sources:basket_create"), basket_form(account, accounts=[account.pk, huge])
+    elif page == "basket_place":
+        basket = sources.basket_save(
+            owner=trader, name="B", account_ids=[], items=[{"instrument": instrument(), "side": "BUY", "quantity": 1}]
+        )
+        url, data = reverse("sources:basket_detail", args=[basket.pk]), {"token": "t-1", "accounts": [huge]}
+    else:
+        data = {"name": "Trend", "accounts": [account.pk, huge], "stop_loss_unit": "percent",
+                "take_profit_unit": "points", "max_reentries": "0", "max_retries": "0", "is_active": "on"}  # fmt: skip
+        url = reverse("sources:strategy_create")
+    response = trader_client.post(url, data)
+    assert response.status_code == 200
+    assert "accounts" in response.context["form"].errors
+    assert not Strategy.objects.exists() and Basket.objects.count() == (1 if page == "basket_place" else 0)
+    assert not PaperOrder.objects.exists()
