@@ -45,6 +45,24 @@
     var first = document.querySelector("#instrument-options .option");
     if (first) first.click();
   });
+  // An htmx request (the book's Cancel, an inline modify, the instrument search) the server answered
+  // with an error (a 500, a proxy's 502 while it restarts) or never got (offline) swaps nothing in:
+  // say so, or a Cancel clicked looks as if it were on its way while the order stays open.
+  function failed(text) {
+    var notices = document.getElementById("notices");
+    if (!notices) return;
+    var notice = document.createElement("div");
+    notice.className = "notice notice-error";
+    notice.setAttribute("role", "status");
+    notice.textContent = text + ": what you asked may not have been done. Check the order before trying again.";
+    notices.prepend(notice);
+  }
+  document.addEventListener("htmx:responseError", function (event) {
+    failed("The server answered an error (" + event.detail.xhr.status + ")");
+  });
+  document.addEventListener("htmx:sendError", function () {
+    failed("The server could not be reached");
+  });
   window.addEventListener("pageshow", function () {
     document.querySelectorAll("form[data-order-form]").forEach(function (form) { delete form.dataset.sent; });
   });
