@@ -148,8 +148,11 @@ def scheduled_list(request):
             if "idempotency_key" in getattr(exc, "error_dict", {}):
                 form.renew_token()
         else:
-            next_run = timezone.localtime(row.next_run_at)  # in the trader's zone, as the list shows it
-            messages.success(request, f"Scheduled #{row.pk}; next run {next_run:%Y-%m-%d %H:%M:%S %Z}.")
+            if row.next_run_at is None:  # a repeat of a one-off that has run since (or was cancelled)
+                messages.success(request, f"Scheduled #{row.pk}; {row.get_status_display().lower()}, no next run.")
+            else:
+                next_run = timezone.localtime(row.next_run_at)  # in the trader's zone, as the list shows it
+                messages.success(request, f"Scheduled #{row.pk}; next run {next_run:%Y-%m-%d %H:%M:%S %Z}.")
             return redirect("sources:scheduled_list")
     elif "token" in form.errors:
         form.renew_token()
@@ -168,6 +171,11 @@ def scheduled_cancel(request, pk):
     row = selectors.scheduled_one_of(request.user, pk)
     if sources.scheduled_cancel(scheduled=row, actor=request.user):
         messages.success(request, f"Cancelled scheduled order #{row.pk}.")
+    else:  # it ran its last time, or was cancelled, meanwhile
+        row.refresh_from_db(fields=["status"])
+        messages.info(
+            request, f"Scheduled order #{row.pk} was not cancelled: it is {row.get_status_display().lower()}."
+        )
     return redirect("sources:scheduled_list")
 
 

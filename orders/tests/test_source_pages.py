@@ -172,6 +172,24 @@ def test_a_double_submitted_schedule_is_made_once(trader_client, account):
     assert ScheduledOrder.objects.count() == 1
 
 
+def test_a_repeat_or_a_cancel_of_a_schedule_that_ran_since_says_so(trader_client, account):
+    """A one-off that ran (or was cancelled) between a double submit's two requests, or before its
+    Cancel arrived: the repeat said "next run" with the time now, as if it would fire then; the
+    Cancel said nothing at all."""
+    data = scheduled_form(account)
+    trader_client.post(reverse("sources:scheduled_list"), data, follow=True)  # its message shown
+    row = ScheduledOrder.objects.get()
+    ScheduledOrder.objects.filter(pk=row.pk).update(status="done", next_run_at=None)  # it ran
+
+    repeat = trader_client.post(reverse("sources:scheduled_list"), data, follow=True)
+    said = [str(message) for message in repeat.context["messages"]]
+    assert said == [f"Scheduled #{row.pk}; done, no next run."]
+    cancel = trader_client.post(reverse("sources:scheduled_cancel", args=[row.pk]), follow=True)
+    said = [str(message) for message in cancel.context["messages"]]
+    assert said == [f"Scheduled order #{row.pk} was not cancelled: it is done."]
+    assert ScheduledOrder.objects.get().status == "done"
+
+
 def test_schedule_form_errors_name_the_field(trader_client, account):
     response = trader_client.post(reverse("sources:scheduled_list"), scheduled_form(account, order_type="LIMIT"))
     assert "price" in response.context["form"].errors
