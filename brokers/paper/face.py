@@ -16,8 +16,6 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from brokers.markets import day_start
-
 from . import engine, kite_format
 from .engine import ExchangeError, InputException, TokenException
 from .models import PaperInstrument
@@ -175,10 +173,7 @@ def user_margins(request, client, segment=None):
 
 @kite_api(["GET"])
 def orders(request, client):
-    """The day's orders, as Kite's order book lists (an earlier day's are gone from it; the
-    in-process adapter's book keeps every day)."""
-    today = engine.orders_of(client).filter(placed_at__gte=day_start())
-    return success([kite_format.order(order) for order in today])
+    return success([kite_format.order(order) for order in engine.orders_of(client)])
 
 
 @kite_api(["GET", "POST"])
@@ -230,9 +225,7 @@ def order_trades(request, client, order_id):
 
 @kite_api(["GET"])
 def trades(request, client):
-    """The day's fills, as Kite's trade book lists."""
-    today = engine.trades_of(client).filter(filled_at__gte=day_start())
-    return success([kite_format.trade(trade) for trade in today])
+    return success([kite_format.trade(trade) for trade in engine.trades_of(client)])
 
 
 # --- Portfolio ------------------------------------------------------------------------------

@@ -2,12 +2,11 @@
 real Kite would refuse fails our own tests: market protection, the tag's length, and the
 postback Kite sends for a partial fill."""
 
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth.hashers import make_password
-from django.utils import timezone
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
 
@@ -15,7 +14,7 @@ from accounts.tests.factories import make_kite_account
 from brokers.base import Status
 from brokers.kite.adapter import to_order
 from brokers.paper import engine, kite_format
-from brokers.paper.models import PaperClient, PaperOrder, PaperTrade
+from brokers.paper.models import PaperClient, PaperOrder
 from orders.services import reference_for
 
 ORDER = dict(variety="regular", exchange="NSE", tradingsymbol="INFY", quantity=1, product="MIS")
@@ -102,18 +101,3 @@ def kite_client_with_order(transactional_db, paper_market):
         quantity=10,
         product="MIS",
     )
-
-
-def test_the_face_lists_the_days_orders_and_fills_only_as_kite_does(kite):
-    """Kite's order and trade books hold today's (Asia/Kolkata) orders and fills only; the platform
-    reads an order missing from them as gone with its day (``monitoring.cycle``), so the face that
-    rehearses Kite must list the same."""
-    yesterday = kite.place_order(transaction_type="BUY", order_type="MARKET", market_protection=-1, **ORDER)
-    today = kite.place_order(transaction_type="BUY", order_type="MARKET", market_protection=-1, **ORDER)
-    a_day_back = timezone.now() - timedelta(days=1)
-    PaperOrder.objects.filter(order_id=yesterday).update(placed_at=a_day_back)
-    PaperTrade.objects.filter(order__order_id=yesterday).update(filled_at=a_day_back)
-
-    assert [o["order_id"] for o in kite.orders()] == [today]
-    assert [t["order_id"] for t in kite.trades()] == [today]
-    assert kite.order_history(yesterday)[-1]["status"] == "COMPLETE"  # asked by its id, still answered
