@@ -201,16 +201,19 @@ def pnl_series(user, since: datetime) -> list[PnlPoint]:
     """The user's total PnL at each snapshot time since ``since``, summed across accounts.
 
     Accounts are snapshotted at different moments, so each point adds every account's
-    latest snapshot so far (carried forward), not only the snapshots taken at that instant.
+    latest snapshot so far (carried forward), not only the snapshots taken at that instant;
+    an account's latest from before ``since`` counts from the first point on (one not
+    snapshotted since, deactivated or not connected yet today, is in the total as it is in
+    ``pnl_summary``'s), though it makes no point of its own.
     """
-    latest: dict[int, Decimal] = {}
+    latest = {s.account_id: s.total for s in _latest_snapshots(user, before=since)}
     points: list[PnlPoint] = []
     snapshots = (
         PnlSnapshot.objects.filter(account__owner=user, taken_at__gte=since)
         .order_by("taken_at", "id")
         .values_list("account_id", "taken_at", "realized", "unrealized")
     )
-    running = ZERO
+    running = sum(latest.values(), ZERO)
     for account_id, taken_at, realized, unrealized in snapshots.iterator(chunk_size=2000):
         value = realized + unrealized
         running += value - latest.get(account_id, ZERO)
@@ -225,18 +228,22 @@ def pnl_series(user, since: datetime) -> list[PnlPoint]:
 
 def pnl_latest_point(user, since: datetime) -> PnlPoint | None:
     """The last point ``pnl_series`` would return, from one snapshot per account (for live pushes)."""
-    latest_id = (
-        PnlSnapshot.objects.filter(account=OuterRef("pk"), taken_at__gte=since)
-        .order_by("-taken_at", "-id")
-        .values("id")[:1]
-    )
-    ids = broker_accounts_of(user).annotate(latest=Subquery(latest_id)).values_list("latest", flat=True)
-    snapshots = list(PnlSnapshot.objects.filter(pk__in=[pk for pk in ids if pk]))
-    if not snapshots:
+    snapshots = _latest_snapshots(user)
+    if not any(s.taken_at >= since for s in snapshots):
         return None
     return PnlPoint(
         taken_at=max(s.taken_at for s in snapshots), total=sum((s.realized + s.unrealized for s in snapshots), ZERO)
     )
+
+
+def _latest_snapshots(user, *, before: datetime | None = None) -> list[PnlSnapshot]:
+    """Each of the user's accounts' latest snapshot (taken before ``before``, when given)."""
+    snapshots = PnlSnapshot.objects.filter(account=OuterRef("pk"))
+    if before is not None:
+        snapshots = snapshots.filter(taken_at__lt=before)
+    latest_id = snapshots.order_by("-taken_at", "-id").values("id")[:1]
+    ids = broker_accounts_of(user).annotate(latest=Subquery(latest_id)).values_list("latest", flat=True)
+    return list(PnlSnapshot.objects.filter(pk__in=[pk for pk in ids if pk]))
 
 
 # --- Monitoring results --------------------------------------------------------------------------

@@ -211,6 +211,45 @@ def test_pnl_series_carries_each_accounts_latest_snapshot_forward(trader, accoun
     assert selectors.pnl_latest_point(trader, day) == points[-1]
 
 
+def test_the_charts_points_count_an_account_not_snapshotted_today_as_the_total_does(trader, trader_client, account):
+    """A trader's total PnL over the day counts every account, as the Total beside the chart does:
+    one with no snapshot yet today (deactivated, its session expired overnight, or not yet reached
+    by the day's first cycle) counts at its latest snapshot, not as nothing until its next one."""
+    idle = make_broker_account(trader, broker="paper", client_id="PAPER-O2", label="Idle")
+    idle.is_active = False
+    idle.save()
+    day = markets.day_start()
+    Position.objects.create(account=idle, instrument=instrument("INFY"), product="NRML", realized_pnl=D("500"))
+    PnlSnapshot.objects.create(account=idle, taken_at=day - timedelta(hours=3), realized=D(400), unrealized=0)
+    PnlSnapshot.objects.create(account=idle, taken_at=day - timedelta(hours=2), realized=D(500), unrealized=0)
+    Position.objects.create(account=account, instrument=instrument("INFY"), product="MIS", realized_pnl=D("-100.5"))
+    for minutes, realized in ((1, "-80"), (2, "-100.5")):
+        PnlSnapshot.objects.create(
+            account=account, taken_at=day + timedelta(minutes=minutes), realized=D(realized), unrealized=0
+        )
+
+    points = selectors.pnl_series(trader, day)
+    assert [(p.taken_at - day, p.total) for p in points] == [
+        (timedelta(minutes=1), D("420")),
+        (timedelta(minutes=2), D("399.5")),
+    ]
+    assert selectors.pnl_latest_point(trader, day) == points[-1]
+    assert selectors.pnl_summary(trader).total == points[-1].total
+
+    html = get(trader_client, "dashboard").content.decode()
+    series = json.loads(re.search(r'<script id="pnl-series" type="application/json">(.*?)</script>', html).group(1))
+    assert [total for _t, total in series] == ["420.0000", "399.5000"]
+    assert 'data-point-total="399.5000"' in section(html, "pnl-summary")
+
+
+def test_no_chart_point_before_the_days_first_snapshot(trader, account):
+    """Yesterday's snapshots carry into today's points, but make none: the chart starts empty."""
+    day = markets.day_start()
+    PnlSnapshot.objects.create(account=account, taken_at=day - timedelta(hours=1), realized=D(500), unrealized=0)
+    assert selectors.pnl_series(trader, day) == []
+    assert selectors.pnl_latest_point(trader, day) is None
+
+
 def test_monitoring_errors_of_the_last_day_are_on_the_dashboard(trader_client, account):
     recent = AccountRun.objects.create(
         account=account, status=AccountRun.Status.ERRORS, errors=[{"step": "1_fetch", "error": "BrokerError: down"}]
