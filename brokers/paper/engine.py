@@ -1099,12 +1099,14 @@ DAY_ENDED = "Order cancelled at the end of its trading day (a DAY order is valid
 
 
 def day_orders_close(now: datetime | None = None) -> int:
-    """Live DAY orders placed on an earlier trading day (IST), closed as the exchange closes them
-    at the day's end: CANCELLED, their rest cancelled (so their funds are free), the platform told
-    as of any cancel. Without this a resting order of yesterday could fill today. Returns how many."""
+    """Live orders placed on an earlier trading day (IST), closed as the exchange closes them at the
+    day's end: CANCELLED, their rest cancelled (so their funds are free), the platform told as of any
+    cancel. Without this a resting order of yesterday could fill today. DAY orders, and IOC stops
+    still waiting for their trigger (an IOC order is live only then): every regular order ends with
+    its day. Returns how many."""
     now = now or timezone.now()
     stale = list(
-        PaperOrder.objects.filter(status__in=PaperOrder.LIVE, validity="DAY", placed_at__lt=day_start(now))
+        PaperOrder.objects.filter(status__in=PaperOrder.LIVE, placed_at__lt=day_start(now))
         .values_list("pk", flat=True)
         .order_by("pk")
     )

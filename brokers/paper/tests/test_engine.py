@@ -698,3 +698,18 @@ def test_the_days_volume_adds_up_the_ticks_volumes(client):
     engine.market_tick(rng_seed=3)
     infy = PaperInstrument.objects.get(tradingsymbol="INFY")
     assert infy.volume == infy.tick_volume
+
+
+def test_an_ioc_stop_of_an_earlier_day_is_closed_with_its_day_not_triggered_today(client):
+    """An IOC stop waits for its trigger like any stop, but only for the day it was placed: every
+    regular order ends with its day. Only DAY orders were closed, so yesterday's IOC stop stayed
+    TRIGGER PENDING (its funds blocked) and a price of any later day triggered and filled it."""
+    stop = place(client, order_type="SL-M", trigger="1510", quantity=2, validity="IOC")
+    assert stop.status == Status.TRIGGER_PENDING and engine._blocked_funds(client) == 2 * D("1510")
+    PaperOrder.objects.filter(pk=stop.pk).update(placed_at=timezone.now() - timedelta(days=1))
+
+    assert engine.day_orders_close() == 1
+    quote(last="1520", volume=100)  # would trigger and fill it
+    stop = reload(stop)
+    assert (stop.status, stop.cancelled_quantity, stop.status_message) == (Status.CANCELLED, 2, engine.DAY_ENDED)
+    assert not PaperTrade.objects.filter(order=stop).exists() and engine._blocked_funds(client) == 0
