@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Context, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal
 
 from django.conf import settings
 from django.contrib.auth.hashers import check_password
@@ -474,10 +474,12 @@ def _band_violation(instrument: PaperInstrument, *prices) -> str | None:
     high = instrument.previous_close * (1 + PRICE_BAND)
     for price in prices:
         if price is not None and price > 0 and not (low <= price <= high):
-            return (
-                f"Your order price is outside the price band of {round_to_tick(low, instrument.tick_size)}"
-                f" - {round_to_tick(high, instrument.tick_size)} for {instrument.tradingsymbol}."
-            )
+            # The lowest and highest prices on the tick inside the band (the nearest ticks to its
+            # edges can lie outside it).
+            tick = instrument.tick_size
+            lowest = ((low / tick).to_integral_value(ROUND_CEILING) * tick).quantize(Decimal("0.01"))
+            highest = ((high / tick).to_integral_value(ROUND_FLOOR) * tick).quantize(Decimal("0.01"))
+            return f"Your order price is outside the price band of {lowest} - {highest} for {instrument.tradingsymbol}."
     return None
 
 

@@ -206,6 +206,19 @@ def test_rejects_price_outside_the_band(client):
     assert not PaperTrade.objects.exists()
 
 
+def test_the_band_a_refusal_names_is_the_band_it_allows(client):
+    """The refusal names the lowest and highest prices the band allows. It named the band's edges
+    rounded to the nearest tick, which can lie outside it (20 % of 1500.40 is 300.08: 1200.3 and
+    1800.5 were named, and an order at either was refused again)."""
+    PaperInstrument.objects.filter(tradingsymbol="INFY").update(previous_close=D("1500.4"))
+    refused = place(client, price="1900")
+    assert refused.status == Status.REJECTED
+    assert "price band of 1200.40 - 1800.40 " in refused.status_message
+    assert place(client, price="1800.4").status == Status.COMPLETE  # crosses: filled at the ask
+    assert place(client, side="SELL", price="1200.4").status == Status.COMPLETE
+    assert place(client, price="1800.5").status == Status.REJECTED
+
+
 def test_rejects_insufficient_funds_counting_open_orders(client):
     PaperClient.objects.filter(pk=client.pk).update(cash=D("10000"))
     place(client, price="1450", quantity=6)  # blocks 8700
