@@ -189,7 +189,8 @@ def _login_locked(account: BrokerAccount):
     trader's Connect and its Kite callback) is made under it, so two never run at once (two
     sessions racing for the one active slot, one ending the other's just made). ``BrokerUnavailable``
     when another holds it for longer than ``LOGIN_LOCK_WAIT_S``."""
-    with locks.held(f"broker-login:{account.pk}", ttl_s=LOGIN_LOCK_TTL_S, wait_s=LOGIN_LOCK_WAIT_S) as got:
+    lock = f"broker-login:{account.pk}"
+    with locks.held(lock, ttl_s=LOGIN_LOCK_TTL_S, wait_s=LOGIN_LOCK_WAIT_S, keep=True) as got:
         if not got:
             raise BrokerUnavailable("Another worker is logging in to this account; try again shortly.")
         yield

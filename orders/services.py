@@ -1058,7 +1058,8 @@ def order_modify(
     the change meant (a trail would loosen a stop the trader had just tightened)."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
-    with locks.held(f"orders:modify:{order.pk}", ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S) as took:
+    lock = f"orders:modify:{order.pk}"
+    with locks.held(lock, ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S, keep=True) as took:
         if not took:
             raise OrderActionRefused("Another change of this order is still being made; try again.")
         _reread(order)
@@ -1167,7 +1168,8 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
     # afresh under the lock, so the second finds it closed (or its cancel on its way) rather than
     # sending one whose refusal would be taken for the first's, and the first's request for the
     # one that closed it (which decides whether a step puts an exit back).
-    with locks.held(f"orders:cancel:{order.pk}", ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S) as took:
+    lock = f"orders:cancel:{order.pk}"
+    with locks.held(lock, ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S, keep=True) as took:
         if not took:
             raise OrderActionRefused("Another cancel of this order is still being made; try again.")
         _reread(order)

@@ -125,15 +125,22 @@ def release_many(tokens: dict[str, str]) -> None:
 
 
 @contextmanager
-def held(name: str, *, ttl_s: float, wait_s: float = 0.0):
-    """Hold the lock for the block; yields False if it could not be taken in ``wait_s``."""
+def held(name: str, *, ttl_s: float, wait_s: float = 0.0, keep: bool = False):
+    """Hold the lock for the block; yields False if it could not be taken in ``wait_s``.
+    ``keep``: renewed while the block runs, however long it takes (``kept``), so a slow holder
+    (a broker call waiting out its budget, a session renewal and a timeout) is never overtaken by
+    the next; it still expires ``ttl_s`` after a holder dies."""
     deadline = time.monotonic() + wait_s
     token = acquire(name, ttl_s=ttl_s)
     while token is None and time.monotonic() < deadline:
         time.sleep(0.05)
         token = acquire(name, ttl_s=ttl_s)
     try:
-        yield token is not None
+        if token is not None and keep:
+            with kept({name: token}, ttl_s=ttl_s):
+                yield True
+        else:
+            yield token is not None
     finally:
         if token is not None:
             release(name, token)

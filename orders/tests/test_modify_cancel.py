@@ -106,6 +106,39 @@ def test_a_double_submitted_modify_is_made_once(trader, account, monkeypatch):
     assert list(Order.objects.get(pk=order.pk).events.values_list("kind", flat=True)).count("modified") == 1
 
 
+def test_a_modify_slower_than_its_lock_is_not_overtaken_by_the_next(trader, account, monkeypatch):
+    """A modify can outlast its lock's time (a budget wait, a session renewal, a timeout and a
+    lookup): the lock is kept while it runs, so a second change of the order (a trail, the trader)
+    is refused, not sent beside it."""
+    order = resting(trader, account)
+    monkeypatch.setattr(services, "MODIFY_LOCK_TTL_S", 0.3)
+    monkeypatch.setattr(services, "MODIFY_LOCK_WAIT_S", 0)
+    real, sending = AccountBroker.modify_order, threading.Event()
+
+    def slow(self, broker_order_id, change):
+        sending.set()
+        time.sleep(1.0)  # three times the lock's time
+        return real(self, broker_order_id, change)
+
+    monkeypatch.setattr(AccountBroker, "modify_order", slow)
+
+    def first():
+        try:
+            services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="page", price="1401")
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert sending.wait(10)
+    time.sleep(0.6)  # the lock's time has passed twice
+    with pytest.raises(services.OrderActionRefused, match="still being made"):
+        services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trail", price="1402")
+    thread.join()
+    settle()
+    assert at_broker(order).modifications == 1 and at_broker(order).price == Decimal("1401")
+
+
 def test_the_page_sends_only_what_the_trader_changed_and_refuses_a_form_older_than_the_order(trader, account, client):
     """The page was opened at 1400; a chase moved the price to 1410. Its form is refused (what the
     trader left as shown is not the order any more); shown afresh, changing only the quantity keeps
