@@ -395,7 +395,12 @@ def session_states(accounts) -> dict[int, SessionState]:
     warn = now + timedelta(seconds=settings.BROKER_SESSION_WARN_S)
     latest: dict[int, BrokerSession] = {}
     for session in BrokerSession.objects.filter(account_id__in=ids).order_by("account_id", "-created_at", "-id"):
-        latest.setdefault(session.account_id, session)
+        shown = latest.setdefault(session.account_id, session)
+        # The live session, if any, over a later failed login (a reconnect that failed leaves it
+        # trading): the page says what the account trades on, the failure was said as a message.
+        live = session.status == BrokerSession.Status.ACTIVE and session.expires_at > now
+        if live and shown.status != BrokerSession.Status.ACTIVE:
+            latest[session.account_id] = session
     states = {}
     for account_id in ids:
         session = latest.get(account_id)

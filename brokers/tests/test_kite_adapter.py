@@ -262,6 +262,28 @@ def test_a_login_as_another_kite_user_is_refused_audited_and_explained(client, t
         AccountBroker(account).orders()
 
 
+def test_a_failed_reconnect_shows_the_session_still_live_and_lets_it_be_disconnected(
+    client, trader, face_url, kite_setup
+):
+    """Connected, the trader reconnects and the login fails (here as another Kite user): the
+    session from before is still the account's and still trades, so the page says Connected and
+    offers Disconnect, not "Login failed" (which reads as not connected)."""
+    account, exchange_client = kite_setup
+    client.force_login(trader)
+    connect_through_the_pages(client, face_url, account, exchange_client)
+    live = BrokerSession.objects.get(account=account, status="active")
+    PaperClient.objects.filter(pk=exchange_client.pk).update(user_id="YY1111")
+    exchange_client.refresh_from_db()
+    response = connect_through_the_pages(client, face_url, account, exchange_client)
+    assert BrokerSession.objects.filter(account=account, status="failed").count() == 1
+    assert BrokerSession.objects.get(pk=live.pk).status == "active"
+    page = client.get(response.url).content.decode()
+    assert "You logged in to the broker as YY1111" in page  # the failure is still said, as a message
+    row = page[page.index(f'id="session-{account.pk}"') :].split("</td>")[0]
+    assert "Login failed" not in row
+    assert ("Connected" in row or "Expiring soon" in row) and "Disconnect" in row
+
+
 def test_a_login_as_the_accounts_user_matches_whatever_the_case(client, trader, face_url, kite_setup):
     account, exchange_client = kite_setup
     from accounts.models import BrokerAccount

@@ -91,6 +91,15 @@ def test_session_states_for_the_accounts_page(trader, paper_account, settings):
     assert services.session_states([paper_account])[paper_account.pk].state == "expired"
 
 
+def test_a_failed_login_shows_over_an_expired_session_not_over_a_live_one(trader, paper_account):
+    live = services.session_live(paper_account)
+    BrokerSession.objects.create(account=paper_account, status="failed", last_error="Invalid checksum")
+    assert services.session_states([paper_account])[paper_account.pk].state in ("active", "expiring")
+    BrokerSession.objects.filter(pk=live.session_id).update(expires_at=timezone.now() - timedelta(minutes=5))
+    state = services.session_states([paper_account])[paper_account.pk]
+    assert state.state == "failed" and state.reason == "Invalid checksum"
+
+
 # --- Pages ---------------------------------------------------------------------------------
 
 
