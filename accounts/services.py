@@ -134,6 +134,24 @@ def user_update_profile(*, user: User, timezone_name: str) -> User:
     return user
 
 
+def password_check_allowed(*, user: User, ip: str | None) -> None:
+    """Before a signed-in user's current password is checked (the password change): ``LoginLocked``
+    while the user's or the address's failed logins lock them, as on the login page. Else whoever
+    holds a signed-in browser could guess the password there at will, then change it."""
+    locked = _lock_remaining([key for key, _limit in _throttle_keys(user.get_username(), ip)])
+    if locked:
+        audit_record(action=Action.LOGIN_LOCKED, actor=user, data={"username": user.get_username()[:150]}, ip=ip)
+        raise LoginLocked(locked)
+
+
+def password_check_failed(*, user: User, ip: str | None) -> None:
+    """A wrong current password on the password change: a failed login of the user and the address."""
+    audit_record(action=Action.LOGIN_FAILED, actor=user, data={"username": user.get_username()[:150]}, ip=ip)
+    for key, limit in _throttle_keys(user.get_username(), ip):
+        _count_failure(key, limit, settings.LOGIN_LOCK_WINDOW_S)
+    logger.info("wrong current password on a password change from %s", ip)
+
+
 def user_password_changed(*, user: User, ip: str | None) -> None:
     audit_record(action=Action.PASSWORD_CHANGED, actor=user, target=user, ip=ip)
 

@@ -200,6 +200,7 @@ def api_key_revoke(request, pk):
 def profile(request):
     profile_form = ProfileForm(instance=request.user)
     password_form = PasswordChangeForm(request.user)
+    status = 200
     if request.method == "POST" and request.POST.get("form") == "profile":
         profile_form = ProfileForm(request.POST, instance=request.user)
         if profile_form.is_valid():
@@ -207,16 +208,25 @@ def profile(request):
             messages.success(request, "Profile saved.")
             return redirect("accounts:profile")
     elif request.method == "POST" and request.POST.get("form") == "password":
-        password_form = PasswordChangeForm(request.user, request.POST)
-        if password_form.is_valid():
-            user = password_form.save()
-            update_session_auth_hash(request, user)
-            services.user_password_changed(user=user, ip=client_ip(request))
-            messages.success(request, "Password changed.")
-            return redirect("accounts:profile")
+        try:
+            services.password_check_allowed(user=request.user, ip=client_ip(request))
+        except services.LoginLocked as exc:
+            # Said as a message: the form is not bound, which would check the old password.
+            messages.error(request, str(exc))
+            status = 429
+        else:
+            password_form = PasswordChangeForm(request.user, request.POST)
+            if password_form.is_valid():
+                user = password_form.save()
+                update_session_auth_hash(request, user)
+                services.user_password_changed(user=user, ip=client_ip(request))
+                messages.success(request, "Password changed.")
+                return redirect("accounts:profile")
+            if password_form.has_error("old_password", "password_incorrect"):
+                services.password_check_failed(user=request.user, ip=client_ip(request))
     context = {
         "profile_form": profile_form,
         "password_form": password_form,
         "activity": selectors.recent_activity_of(request.user),
     }
-    return render(request, "accounts/profile.html", context)
+    return render(request, "accounts/profile.html", context, status=status)

@@ -2,6 +2,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from django.core.management import call_command
+from django.test import Client
 from django.urls import reverse
 
 from accounts.models import AuditLog, BrokerAccount, User
@@ -59,6 +60,34 @@ def test_password_change_with_wrong_old_password_changes_nothing(trader_client, 
     assert "old_password" in response.context["password_form"].errors
     trader.refresh_from_db()
     assert trader.check_password(password)
+
+
+def test_guessing_the_current_password_on_the_profile_is_throttled_like_the_login(
+    trader_client, trader, password, settings
+):
+    """Whoever has a signed-in browser (a shared computer, a stolen cookie) could try passwords in
+    the password change's "old password" as often as they liked, unthrottled and unaudited, and
+    learn (then change) the trader's password. Wrong ones count as failed logins of the user."""
+    settings.LOGIN_FAILURES_PER_USERNAME = 3
+
+    def change(old):
+        data = {
+            "form": "password",
+            "old_password": old,
+            "new_password1": "N3w-passw0rd!x",
+            "new_password2": "N3w-passw0rd!x",
+        }
+        return trader_client.post(reverse("accounts:profile"), data)
+
+    for guess in ("wrong-1", "wrong-2", "wrong-3"):
+        assert change(guess).status_code == 200
+    assert AuditLog.objects.filter(action=AuditLog.Action.LOGIN_FAILED, actor=trader).count() == 3
+    response = change(password)
+    assert response.status_code == 429 and b"Too many failed login attempts" in response.content
+    trader.refresh_from_db()
+    assert trader.check_password(password)
+    # The login page is locked for the user too: the same guesser cannot go on there.
+    assert Client().post(reverse("login"), {"username": "trader", "password": password}).status_code == 429
 
 
 def test_profile_refuses_other_methods(trader_client):
