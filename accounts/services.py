@@ -249,14 +249,15 @@ def broker_account_update(
     if not changed and not credentials_changed:
         return account
     account.save()
+    data = {"fields": changed, "credentials_changed": credentials_changed}
+    if credentials_changed:
+        # The session was made with the old credentials (a Kite token is its API key's): it would
+        # go on showing "Connected" until a call failed, which may be a stop-loss's. Connect again.
+        from brokers.services import session_revoke  # brokers.services imports this module
+
+        data["session_ended"] = session_revoke(account, reason="the account's credentials changed; connect again")
     # Record which fields changed, never the credential values.
-    audit_record(
-        action=Action.BROKER_ACCOUNT_CHANGED,
-        actor=actor,
-        target=account,
-        data={"fields": changed, "credentials_changed": credentials_changed},
-        ip=ip,
-    )
+    audit_record(action=Action.BROKER_ACCOUNT_CHANGED, actor=actor, target=account, data=data, ip=ip)
     return account
 
 

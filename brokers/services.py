@@ -363,6 +363,13 @@ def connect_complete(*, account: BrokerAccount, request_token: str, actor) -> Li
         return _logged_in(account, actor, login)
 
 
+def session_revoke(account: BrokerAccount, *, reason: str) -> bool:
+    """End the account's live session here, not at the broker (its credentials changed: the old
+    token is not theirs, and a logout would go with the new ones). Returns whether one was live."""
+    current = _active(account.pk)
+    return current is not None and _end(current, BrokerSession.Status.REVOKED, reason)
+
+
 def session_disconnect(*, account: BrokerAccount, actor) -> bool:
     current = _active(account.pk)
     if current is None:

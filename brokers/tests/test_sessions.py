@@ -120,6 +120,39 @@ def test_disconnect_ends_the_session_at_the_broker_too(trader_client, paper_acco
     assert PaperToken.objects.filter(kind="access", revoked_at__isnull=False).count() == 1
 
 
+def test_a_deactivated_accounts_session_can_still_be_disconnected_from_its_page(trader_client, trader, paper_account):
+    """Deactivating keeps the session (reactivated, the account trades again on it); its page hid
+    Disconnect, so the trader could not log the token out before it expired."""
+    from accounts import services as account_services
+
+    services.session_live(paper_account)
+    account_services.broker_account_set_active(account=paper_account, actor=trader, active=False)
+    page = trader_client.get(reverse("accounts:broker_list")).content.decode()
+    assert reverse("brokers:disconnect", args=[paper_account.pk]) in page
+    assert reverse("brokers:connect", args=[paper_account.pk]) not in page
+    trader_client.post(reverse("brokers:disconnect", args=[paper_account.pk]))
+    assert BrokerSession.objects.get().status == "revoked"
+
+
+def test_new_credentials_end_the_session_made_with_the_old_ones(kite_on_face, trader):
+    """A Kite token is its API key's: after the key changed, the page went on saying "Connected"
+    until a call failed, which may be a stop-loss's. The session ends with the change; the page
+    says to connect again."""
+    from accounts import services as account_services
+
+    assert services.session_states([kite_on_face])[kite_on_face.pk].state == "active"
+    account_services.broker_account_update(account=kite_on_face, actor=trader, label="Renamed")
+    assert services.session_states([kite_on_face])[kite_on_face.pk].state == "active"  # no credentials: kept
+
+    account_services.broker_account_update(account=kite_on_face, actor=trader, credentials={"api_key": "new-key"})
+    assert BrokerSession.objects.get(account=kite_on_face).status == "revoked"
+    assert services.session_states([kite_on_face])[kite_on_face.pk].state != "active"
+    with pytest.raises(AuthError):
+        services.session_live(kite_on_face)
+    audit = AuditLog.objects.filter(action="broker_account_changed").latest("pk")
+    assert audit.data == {"fields": [], "credentials_changed": True, "session_ended": True}
+
+
 @pytest.mark.parametrize("name", ["brokers:connect", "brokers:disconnect"])
 def test_another_traders_account_is_404(trader_client, other_trader, name):
     theirs = make_broker_account(other_trader, client_id="THEIRS")
