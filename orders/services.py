@@ -1466,6 +1466,9 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
     new_status = target if _moves_on(order, target) else order.status
     if order.status == OrderStatus.FAILED and state.status:
         cause = f"{cause}: found at the broker after all"
+        if target != OrderStatus.REJECTED:
+            # The failure it was closed with (never sent, its answer lost) was wrong: not its reason any more.
+            fields["reject_kind"], fields["reject_reason"] = "", ""
     quantity = changed.get("quantity", order.quantity)
     message = f"{filled}/{quantity} filled at {average}" if filled else (state.status_message or "")
     kind = KIND_FOR.get(new_status, "updated") if new_status != order.status else "fill"

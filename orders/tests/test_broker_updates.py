@@ -662,6 +662,7 @@ def test_an_order_failed_by_a_sync_while_it_was_being_sent_is_brought_to_filled(
     assert Trade.objects.get(account=account).order_id == order.pk
     assert Position.objects.get(account=account).net_quantity == 2
     assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 2)
+    assert (order.reject_kind, order.reject_reason) == ("", "")  # the sync's "never sent" was wrong
 
 
 @pytest.mark.parametrize("listed", [True, False])
