@@ -86,6 +86,10 @@ class Context:
     last_prices: dict = field(default_factory=dict)
     actions: list[str] = field(default_factory=list)
     fetched: bool = False
+    # Broker order ids of fills step 2 recorded with no order of ours (one placed in the broker's
+    # app, or ours whose broker id step 3 has yet to learn: its answer was lost, and the fill names
+    # no tag): step 3 links them to the orders it gives those ids.
+    unlinked_fills: set[str] = field(default_factory=set)
     step_ms: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)
     _broker: AccountBroker | None = None
@@ -312,6 +316,7 @@ def _pnl_many(contexts: list[Context]) -> dict[int, BaseException]:
     for ctx in with_fills:
         if created.get(ctx.account.pk):
             ctx.act(f"recorded {len(created[ctx.account.pk])} fill(s)")
+            ctx.unlinked_fills = {t.broker_order_id for t in created[ctx.account.pk] if t.order_id is None}
     accounts = [ctx.account for ctx in contexts]
     # Rows are locked in (account, instrument, product) order, the order every fill recorder locks
     # them in (the fast path one account's, a scheduled burst many accounts'), so none deadlock:
@@ -539,6 +544,8 @@ def step_orders(ctx: Context) -> None:
     )
     if changed:
         ctx.act(f"updated {changed} order(s) from the broker")
+    if ctx.unlinked_fills:
+        portfolio.trades_link(account=ctx.account, broker_order_ids=ctx.unlinked_fills)
 
 
 # --- 4. Stop-loss and take-profit -----------------------------------------------------------------

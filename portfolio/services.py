@@ -300,6 +300,12 @@ def _key(trade: Trade) -> tuple:
     return (trade.account_id, trade.broker_order_id, trade.broker_trade_id)
 
 
+def trades_link(*, account: BrokerAccount, broker_order_ids: set[str]) -> None:
+    """Link the account's fills of these broker orders that no order of ours had when they were
+    recorded to the orders that have those broker ids now (none: orders not ours, left as they are)."""
+    _link_unlinked({(account.pk, broker_order_id) for broker_order_id in broker_order_ids})
+
+
 def _link_unlinked(pairs: set[tuple[int, str]]) -> None:
     """Link recorded fills to their orders once the orders have their broker ids: the fast path can
     record a fill before its order has it (an order update lost with its process)."""
