@@ -185,9 +185,11 @@ def _fetch_many(contexts: list[Context]) -> dict[int, BaseException]:
     _in_pool(read, [(ctx, name) for ctx in contexts for name in FETCH_READS])
     _prices_many([ctx for ctx in contexts if id(ctx) not in failures], failures)
     fetched = [ctx for ctx in contexts if id(ctx) not in failures]
-    failures.update(_snapshots_save(fetched))
     for ctx in fetched:
-        ctx.fetched = id(ctx) not in failures
+        ctx.fetched = True
+    # The snapshots are a copy kept for staff: one the database refuses (an account's book too large
+    # for a row) is the run's error, not a reason to leave the fills and orders read unrecorded.
+    failures.update(_snapshots_save(fetched))
     return failures
 
 

@@ -13,10 +13,11 @@ from brokers.client import AccountBroker
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
 from monitoring import cycle
+from monitoring.models import BrokerSnapshot
 from orders import services
 from orders.models import Order
 from orders.tests.factories import place
-from portfolio.models import Trade
+from portfolio.models import Position, Trade
 
 D = Decimal
 
@@ -102,3 +103,24 @@ def test_an_order_failed_as_not_at_the_broker_then_found_there_drops_its_failure
     assert order.status == Order.Status.OPEN and order.broker_order_id
     assert (order.reject_kind, order.reject_reason) == ("", "")
     assert "found at the broker after all" in order.events.get(to_status=Order.Status.OPEN).cause
+
+
+def test_a_snapshot_the_database_refuses_does_not_stop_the_accounts_fills_and_orders(trader, account, monkeypatch):
+    """The broker's data is read: keeping its raw copy (for staff) failing for one account, its
+    fills are still recorded and its orders reconciled; the failure is the run's error."""
+    set_price("1500")
+    order = place(trader, account, quantity=10, order_type="LIMIT", price="1490")
+    set_price("1489")
+    real = BrokerSnapshot.objects.bulk_create
+
+    def refused(rows, **options):
+        if any(row.kind == "orders" for row in rows):
+            raise ValueError("row size too large")
+        return real(rows, **options)
+
+    monkeypatch.setattr(BrokerSnapshot.objects, "bulk_create", refused)
+    run = monitor(account)
+    assert [e["step"] for e in run.errors] == ["1_fetch"] and "row size too large" in run.errors[0]["error"]
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 10)
+    assert Position.objects.get(account=account).net_quantity == 10
