@@ -1,21 +1,25 @@
 """Steps 1-3 of the cycle against the paper exchange: the broker's order book and fills brought
 into our orders, trades and positions, whatever order, how often and from where they come."""
 
+import threading
 import time as clock
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
+from django.db import connection
 from django.utils import timezone
 
+from accounts.tests.factories import make_broker_account
 from brokers import markets
 from brokers.client import AccountBroker
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
-from monitoring import cycle
-from monitoring.models import BrokerSnapshot
+from monitoring import cycle, tasks
+from monitoring.models import AccountRun, BrokerSnapshot, MonitoringRun
 from orders import services
-from orders.models import Order
+from orders.models import Order, OrderEvent
 from orders.tests.factories import place
 from portfolio.models import Position, Trade
 
@@ -67,6 +71,91 @@ def written_a_minute_ago(order: Order) -> None:
         clock.sleep(1)
     at = timezone.now() - ago
     Order.objects.filter(pk=order.pk).update(created_at=at, updated_at=at)
+
+
+def test_partial_fills_move_an_order_on_run_by_run_and_each_fill_is_recorded_once(trader, account):
+    set_price("1500")
+    order = place(trader, account, quantity=10, order_type="LIMIT", price="1490")
+    monitor(account)
+    for filled in (4, 8):
+        set_price("1489", volume=4)  # the ask crosses 1490: 4 a tick
+        run = monitor(account)
+        assert run.status == AccountRun.Status.OK, run.errors
+        order.refresh_from_db()
+        assert (order.status, order.filled_quantity) == (Order.Status.PARTIALLY_FILLED, filled)
+        assert Position.objects.get(account=account).net_quantity == filled
+    set_price("1489", volume=4)
+    monitor(account)
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity, order.average_price) == (Order.Status.FILLED, 10, D("1490"))
+    kinds = list(order.events.order_by("pk").values_list("kind", flat=True))
+    assert kinds[-3:] == ["partially_filled", "fill", "filled"]
+    monitor(account)  # the same book and fills again
+    assert order.events.count() == len(kinds)
+    assert list(Trade.objects.filter(account=account).order_by("pk").values_list("quantity", "order_id")) == [
+        (4, order.pk),
+        (4, order.pk),
+        (2, order.pk),
+    ]
+    assert Position.objects.get(account=account).net_quantity == 10
+
+
+def test_a_book_read_before_a_fill_never_moves_the_order_back(trader, account, monkeypatch):
+    set_price("1500")
+    order = place(trader, account, quantity=10, order_type="LIMIT", price="1490")
+    monitor(account)
+    book_before = AccountBroker(account).orders()  # the order open
+    set_price("1489")
+    monitor(account)
+    order.refresh_from_db()
+    events = order.events.count()
+    monkeypatch.setattr(AccountBroker, "orders", lambda broker: book_before)  # a lagging replica, a retry's old answer
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 10)
+    assert order.events.count() == events
+
+
+def test_an_order_cancelled_at_the_broker_after_part_filled_keeps_its_fills(trader, account):
+    set_price("1500")
+    order = place(trader, account, quantity=10, order_type="LIMIT", price="1490")
+    set_price("1489", volume=3)
+    engine.order_cancel(client=exchange_client(account), order_id=PaperOrder.objects.get(tag=order.reference).order_id)
+    monitor(account)
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.CANCELLED, 3)
+    assert Trade.objects.get(account=account).order_id == order.pk
+    assert Position.objects.get(account=account).net_quantity == 3
+
+
+def test_orders_placed_in_the_brokers_app_count_in_the_position_and_make_no_order_rows(trader, account):
+    set_price("1500")
+    client = exchange_client(account)
+    terms = {"client": client, "exchange": "NSE", "tradingsymbol": "INFY", "transaction_type": "BUY", "product": "MIS"}
+    engine.order_place(**terms, order_type="MARKET", quantity=5)
+    engine.order_place(**terms, order_type="LIMIT", price=D("1450"), quantity=5)  # rests
+    mine = place(trader, account, quantity=2)
+    for _ in range(2):
+        run = monitor(account)
+        assert run.status == AccountRun.Status.OK, run.errors
+    assert list(Order.objects.values_list("pk", flat=True)) == [mine.pk]
+    assert sorted(Trade.objects.filter(account=account).values_list("quantity", "order_id")) == [
+        (2, mine.pk),
+        (5, None),
+    ]
+    assert Position.objects.get(account=account).net_quantity == 7
+
+
+def test_a_fill_the_broker_lists_twice_is_recorded_once(trader, account, monkeypatch):
+    set_price("1500")
+    order = place(trader, account, quantity=4)
+    listed = AccountBroker.trades
+    monkeypatch.setattr(AccountBroker, "trades", lambda broker: listed(broker) * 2)
+    monitor(account)
+    monitor(account)
+    assert list(Trade.objects.values_list("order_id", "quantity")) == [(order.pk, 4)]
+    assert Position.objects.get(account=account).net_quantity == 4
 
 
 def test_a_fill_recorded_before_its_order_had_its_broker_id_is_linked_in_the_same_run(trader, account, monkeypatch):
@@ -124,3 +213,54 @@ def test_a_snapshot_the_database_refuses_does_not_stop_the_accounts_fills_and_or
     order.refresh_from_db()
     assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 10)
     assert Position.objects.get(account=account).net_quantity == 10
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_of_an_account_still_running_is_skipped_not_run_beside_it(trader, account, monkeypatch):
+    set_price("1500")
+    place(trader, account, quantity=4)
+    reading, go_on = threading.Event(), threading.Event()
+    fetch = cycle._fetch_many
+
+    def slow_broker(contexts):
+        reading.set()
+        assert go_on.wait(30)
+        return fetch(contexts)
+
+    monkeypatch.setitem(cycle.BATCHED, cycle.step_fetch, slow_broker)
+    first = []
+
+    def run_first():
+        try:
+            first.append(monitor(account))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    try:
+        assert reading.wait(30)
+        second = monitor(account)
+    finally:
+        go_on.set()
+        thread.join(60)
+    assert second.status == AccountRun.Status.SKIPPED and second.step_ms == {}
+    assert first[0].status == AccountRun.Status.OK, first[0].errors
+    assert Trade.objects.filter(account=account).count() == 1
+    assert Position.objects.get(account=account).net_quantity == 4
+
+
+def test_a_batch_delivered_twice_changes_nothing_the_second_time(trader, account, other_trader, instruments):
+    theirs = make_broker_account(other_trader, broker="paper", client_id="PAPER-O2", label="Theirs")
+    set_price("1500")
+    place(trader, account, quantity=4)
+    place(other_trader, theirs, quantity=3, order_type="LIMIT", price="1450")
+    run = MonitoringRun.objects.create(accounts=2)
+    assert tasks.monitor_accounts([account.pk, theirs.pk], run.pk) == {AccountRun.Status.OK: 2}
+    events, trades = OrderEvent.objects.count(), list(Trade.objects.values_list("pk", flat=True))
+    orders = list(Order.objects.order_by("pk").values_list("status", "filled_quantity", "updated_at"))
+    assert tasks.monitor_accounts([account.pk, theirs.pk], run.pk) == {AccountRun.Status.OK: 2}
+    assert OrderEvent.objects.count() == events
+    assert list(Trade.objects.values_list("pk", flat=True)) == trades
+    assert list(Order.objects.order_by("pk").values_list("status", "filled_quantity", "updated_at")) == orders
+    assert [p.net_quantity for p in Position.objects.order_by("account_id")] == [4]
