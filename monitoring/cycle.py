@@ -183,10 +183,15 @@ def _fetch_many(contexts: list[Context]) -> dict[int, BaseException]:
                 failures.setdefault(id(ctx), error)
 
     _in_pool(read, [(ctx, name) for ctx in contexts for name in FETCH_READS])
-    _prices_many([ctx for ctx in contexts if id(ctx) not in failures], failures)
+    unpriced: dict[int, BaseException] = {}
+    _prices_many([ctx for ctx in contexts if id(ctx) not in failures], unpriced)
     fetched = [ctx for ctx in contexts if id(ctx) not in failures]
     for ctx in fetched:
         ctx.fetched = True
+    # Prices value positions and move orders (a chase, a trail, a stop past its trigger): an account
+    # whose prices could not be read (a quote limit, a 5xx) still has its fills recorded and its
+    # orders reconciled; the steps that need a price do without this run, and the failure is its error.
+    failures.update(unpriced)
     # The snapshots are a copy kept for staff: one the database refuses (an account's book too large
     # for a row) is the run's error, not a reason to leave the fills and orders read unrecorded.
     failures.update(_snapshots_save(fetched))

@@ -215,6 +215,28 @@ def test_a_snapshot_the_database_refuses_does_not_stop_the_accounts_fills_and_or
     assert Position.objects.get(account=account).net_quantity == 10
 
 
+def test_prices_that_cannot_be_read_do_not_stop_the_accounts_fills_and_orders(trader, account, monkeypatch):
+    """The order book, fills and positions were read, the last prices were not (Kite's quote limit,
+    a 5xx): the fills are still recorded and the orders reconciled, not left for the next run; the
+    price failure is the run's error."""
+    from brokers.client import AccountBroker
+    from brokers.errors import BrokerUnavailable
+
+    set_price("1500")
+    order = place(trader, account, quantity=10, order_type="LIMIT", price="1490")
+    set_price("1489")
+
+    def no_prices(self, symbols):
+        raise BrokerUnavailable("quotes are down")
+
+    monkeypatch.setattr(AccountBroker, "ltp", no_prices)
+    run = monitor(account)
+    assert [e["step"] for e in run.errors] == ["1_fetch"] and "quotes are down" in run.errors[0]["error"]
+    order.refresh_from_db()
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 10)
+    assert Position.objects.get(account=account).net_quantity == 10
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_run_of_an_account_still_running_is_skipped_not_run_beside_it(trader, account, monkeypatch):
     set_price("1500")
