@@ -1,23 +1,34 @@
 """The Kite face on a real port: the official kiteconnect client, and Kite's wire format field for field."""
 
+import contextlib
 import hashlib
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
 from django.contrib.auth.hashers import make_password
+from django.db import connection
 from django.utils import timezone
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
 
 from brokers import base
+from brokers.kite.adapter import KiteBroker
 from brokers.paper import engine, kite_format
-from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
+from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperToken, PaperTrade
 
+ROOT = Path(__file__).resolve().parents[3]
 MOCKS = Path(__file__).resolve().parents[2] / "kite" / "samples"
 REDIRECT = "http://app.example/callback"
 
@@ -31,6 +42,20 @@ def kite_client(transactional_db, paper_market):
     return PaperClient.objects.create(
         user_id="AB1234", name="Paper Trader", password=make_password("pw-123456"), redirect_url=REDIRECT
     )
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    auth = quote(db["USER"] or "root", safe="") + (f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else "")
+    return f"mysql://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 3306}/{db['NAME']}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def browser_login(face_url, client, password="pw-123456", redirect_params=""):
@@ -279,3 +304,58 @@ def test_a_checksum_with_characters_outside_ascii_is_refused_not_a_crash(face_ur
     token = request_token_for(face_url, kite_client)
     with pytest.raises(engine.TokenException):
         engine.session_from_request_token(api_key=kite_client.api_key, request_token=token, checksum="é" * 64)
+
+
+def test_the_face_process_writes_no_access_token_to_its_log(kite_client, settings, tmp_path):
+    """The face as the Procfile starts it: the platform's Kite logout sends the access token in the
+    query string (Kite's wire format), which daphne's own access line would write out."""
+    token, _ = engine.session_open(client=kite_client)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test",
+        "DATABASE_URL": _database_url(),
+        "PAPER_FACE_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    face_line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("face:"))
+    log_path = tmp_path / "face.log"
+    with log_path.open("w") as log:
+        face = subprocess.Popen(  # noqa: S603
+            ["bash", "-c", f"exec {face_line.partition(':')[2].strip()}"],  # noqa: S607
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                assert face.poll() is None, log_path.read_text()[-3000:]
+                with contextlib.suppress(requests.RequestException):
+                    requests.get(f"{base_url}/user/profile", timeout=2)
+                    break
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.2)
+            settings.KITE_API_URL = base_url
+            adapter = KiteBroker(
+                client_id=kite_client.user_id,
+                credentials={"api_key": kite_client.api_key, "api_secret": kite_client.api_secret},
+                access_token=token,
+            )
+            adapter.logout()
+            assert PaperToken.objects.get(kind=PaperToken.Kind.ACCESS).revoked_at is not None
+        finally:
+            os.killpg(face.pid, signal.SIGTERM)
+            try:
+                face.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(face.pid, signal.SIGKILL)
+                face.wait(5)
+    written = log_path.read_text(errors="replace")
+    assert "DELETE /session/token 200" in written, written[-3000:]  # Django's access line, without the query
+    assert token not in written, written[-3000:]
