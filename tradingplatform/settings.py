@@ -49,6 +49,8 @@ FIELD_ENCRYPTION_KEYS = [
     for key in _required_or_local("FIELD_ENCRYPTION_KEYS", lambda: Fernet.generate_key().decode()).split(",")
     if key.strip()
 ]
+if not FIELD_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS holds no key (set one Fernet key, or several comma-separated).")
 for _key in FIELD_ENCRYPTION_KEYS:
     try:
         Fernet(_key)

@@ -22,6 +22,14 @@ def test_production_settings_refuse_a_bad_encryption_key():
     assert result.returncode != 0 and "FIELD_ENCRYPTION_KEYS" in result.stderr
 
 
+@pytest.mark.parametrize("keys", [",", " , "])
+def test_settings_refuse_encryption_keys_that_name_no_key(keys):
+    """A list with nothing in it (two unset variables joined by a comma) is no key at all: without
+    this, startup went through and the first broker account saved was a 500 (MultiFernet: no key)."""
+    result = load_settings({**production_env(), "FIELD_ENCRYPTION_KEYS": keys})
+    assert result.returncode != 0 and "FIELD_ENCRYPTION_KEYS" in result.stderr, result.stderr[-2000:]
+
+
 def test_production_settings_are_secure():
     result = load_settings(
         production_env(),
