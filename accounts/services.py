@@ -530,6 +530,11 @@ def encryption_keys_rotate(*, batch_size: int = 500) -> dict[str, int]:
                     model.objects.filter(pk=row.pk).update(**{field_name: value.rotated()})
                     count += 1
         counts[f"{model._meta.label}.{field_name}"] = count
+    # The cache remembers live sessions as they were sealed: read with the old key dropped, every
+    # broker call (an order sent) would fail until they expire there.
+    from brokers.services import sessions_forget  # brokers.services imports this module
+
+    sessions_forget()
     return counts
 
 

@@ -100,6 +100,13 @@ def _forget(account_id: int) -> None:
     cache.delete(_cache_key(account_id))
 
 
+def sessions_forget() -> None:
+    """Drop every live session the cache remembers (their rows were sealed again: a key rotation),
+    so that none is read sealed with a key about to be dropped; the next call reads its row."""
+    live = BrokerSession.objects.filter(status=BrokerSession.Status.ACTIVE).values_list("account_id", flat=True)
+    cache.delete_many([_cache_key(account_id) for account_id in live])
+
+
 def _active(account_id: int) -> BrokerSession | None:
     return BrokerSession.objects.filter(account_id=account_id, status=BrokerSession.Status.ACTIVE).first()
 

@@ -6,6 +6,7 @@ from django.db import connection
 from accounts.crypto import DecryptionError, Sealed
 from accounts.models import BrokerAccount
 from accounts.tests.factories import make_kite_account
+from tradingplatform import memo
 
 
 def raw_column(account) -> str:
@@ -62,3 +63,20 @@ def test_rotation_without_the_old_key_fails_and_changes_nothing(trader, settings
     with pytest.raises(CommandError, match="keep the old key"):
         call_command("rotate_encryption_keys")
     assert raw_column(account) == before
+
+
+def test_orders_go_through_once_the_old_key_is_dropped_right_after_rotation(trader, account, settings):
+    """The rotation's steps as its help says (new key first, rotate, drop the old key): the session
+    remembered in the cache before the rotation was sealed with the old key."""
+    from orders.tests.factories import place
+
+    assert place(trader, account).status == "FILLED"  # logs in: the session is cached
+    old_key = settings.FIELD_ENCRYPTION_KEYS[0]
+    new_key = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    call_command("rotate_encryption_keys")
+    settings.FIELD_ENCRYPTION_KEYS = [new_key]
+    memo.clear_all()  # the processes restarted with the new key alone
+
+    order = place(trader, account)
+    assert (order.status, order.reject_reason) == ("FILLED", "")
