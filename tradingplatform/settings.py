@@ -393,7 +393,12 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # Django's default logging gives "django" a console handler (with DEBUG on) and a mail one
+        # (ADMINS, unset) of its own, which write without redacting: its records go to ours only.
+        "django": {"handlers": []},
+    },
 }
 
 # --- Metrics ----------------------------------------------------------------------

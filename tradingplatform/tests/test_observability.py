@@ -443,6 +443,24 @@ def test_log_format_json_is_what_the_console_writes():
     assert line["message"] == "hello there" and line["level"] == "WARNING" and line["logger"] == "probe"
 
 
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_djangos_own_loggers_write_only_redacted_lines(log_format):
+    """Django's default logging gives its ``django`` logger a console handler of its own (written
+    with DEBUG on, as ``bin/run`` runs): its records are written by ours alone, redacted."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test", "DEBUG": "true"}
+    env["LOG_FORMAT"] = log_format
+    code = (
+        "import django, logging; django.setup()\n"
+        "logging.getLogger('django.request').error('Internal Server Error: token apikey01:Acc3ssT0kenValue')\n"
+    )
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", code], env=env, cwd=django_settings.BASE_DIR, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[redacted]" in result.stderr  # written, by our handler
+    assert "Acc3ssT0kenValue" not in result.stdout + result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("name, bad", [("LOG_FORMAT", "xml"), ("METRICS_TOKEN", "short")])
 def test_bad_observability_settings_stop_startup(name, bad):
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test", name: bad}
