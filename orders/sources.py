@@ -444,18 +444,29 @@ def _zone(name: str, *, new: bool = False) -> ZoneInfo:
         raise ValidationError({"timezone": "Unknown timezone; use an IANA name such as Asia/Kolkata."}) from None
 
 
+def _wall_time(day: date, time_of_day: time, zone: ZoneInfo, after: datetime) -> datetime:
+    """``time_of_day`` on ``day`` in ``zone``, in UTC. A time the clocks go back over happens
+    twice: its first moment, or its second when the first has passed by ``after`` and by the clock
+    it is still to come (``after`` in the repeated hour, before that time): the same wall time is
+    one run, never both."""
+    wall = datetime.combine(day, time_of_day, tzinfo=zone)
+    first, second = wall.astimezone(UTC), wall.replace(fold=1).astimezone(UTC)
+    still_to_come = after.astimezone(zone).replace(tzinfo=None) < wall.replace(tzinfo=None)
+    return second if first <= after < second and still_to_come else first
+
+
 def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | None:
     """The first due time strictly after ``after`` (aware), in UTC; None when there is none."""
     zone = _zone(scheduled.timezone)
     if scheduled.recurrence == ScheduledOrder.Recurrence.ONCE:
-        due = datetime.combine(scheduled.run_on, scheduled.time_of_day, tzinfo=zone).astimezone(UTC)
+        due = _wall_time(scheduled.run_on, scheduled.time_of_day, zone, after)
         return due if due > after else None
     trading_days = scheduled.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS
     local_day = after.astimezone(zone).date()
     # A week and a day for chosen weekdays; past a run of holidays too for trading days.
     for offset in range(0, 40 if trading_days else 9):
         day: date = local_day + timedelta(days=offset)
-        due = datetime.combine(day, scheduled.time_of_day, tzinfo=zone)
+        due = _wall_time(day, scheduled.time_of_day, zone, after)
         # A trading day is the exchange's (23:30 in New York is the next morning in India), and
         # not one of its holidays (``EXCHANGE_HOLIDAYS``); chosen weekdays are the trader's own.
         if trading_days:
@@ -463,7 +474,7 @@ def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | No
         else:
             runs = day.weekday() in scheduled.weekdays
         if runs and due > after:
-            return due.astimezone(UTC)
+            return due
     return None
 
 
@@ -624,8 +635,11 @@ def _not_after_its_run(row: ScheduledOrder) -> None:
     its stored due time (a daily order made one-off keeps its earlier days' runs: not this one's)."""
     if row.recurrence != ScheduledOrder.Recurrence.ONCE or row.run_on is None:
         return
-    due = datetime.combine(row.run_on, row.time_of_day, tzinfo=_zone(row.timezone)).astimezone(UTC)
-    placed = ScheduledFire.objects.filter(scheduled_id=row.pk, status=ScheduledFire.Status.PLACED, due_at=due).exists()
+    wall = datetime.combine(row.run_on, row.time_of_day, tzinfo=_zone(row.timezone))
+    dues = {wall.astimezone(UTC), wall.replace(fold=1).astimezone(UTC)}  # either moment of a time the clocks repeat
+    placed = ScheduledFire.objects.filter(
+        scheduled_id=row.pk, status=ScheduledFire.Status.PLACED, due_at__in=dues
+    ).exists()
     if placed:
         text = "This one-off scheduled order has placed its order already; create a new one for another run."
         raise ValidationError({"scheduled": ValidationError(text, code="conflict")})

@@ -103,6 +103,35 @@ def test_every_trading_day_means_the_exchanges_days_in_any_zone(trader, account)
     assert sources.next_occurrence(row, after).astimezone(NEW_YORK).strftime("%a %H:%M") == "Sat 23:30"
 
 
+def test_a_time_in_the_hour_the_clocks_go_back_over_is_still_to_come_the_second_time_round(
+    trader, account, monkeypatch
+):
+    """New York's clocks go back from 02:00 EDT to 01:00 EST on 1 Nov 2026: 01:00-01:59 happens
+    twice. At 01:10 the second time round, 01:30 is twenty minutes away on the trader's clock: a
+    one-off for it is placed then, not refused as passed; and a weekly order that ran at the first
+    01:30 does not run at the second."""
+    second_pass = datetime(2026, 11, 1, 6, 10, tzinfo=UTC)  # 01:10 EST
+    monkeypatch.setattr(timezone, "now", lambda: second_pass)
+    at_0130 = {"time_of_day": time(1, 30), "timezone_name": "America/New_York"}
+    row = make_scheduled(trader, account, run_on=second_pass.astimezone(NEW_YORK).date(), **at_0130)
+    assert row.next_run_at == datetime(2026, 11, 1, 6, 30, tzinfo=UTC)  # 01:30 EST
+    assert len(sources.scheduled_claim_due(now=row.next_run_at)) == 1
+    row.refresh_from_db()
+    assert row.status == "done" and row.next_run_at is None
+    ScheduledFire.objects.filter(scheduled=row).update(status=ScheduledFire.Status.PLACED)
+    monkeypatch.setattr(timezone, "now", lambda: second_pass + timedelta(minutes=30))
+    with pytest.raises(ValidationError) as refused:  # its run placed: not armed again for another day
+        sources.scheduled_change(owner=trader, scheduled=row, run_on=row.run_on + timedelta(days=1))
+    assert refused.value.error_dict["scheduled"][0].code == "conflict"
+
+    monkeypatch.setattr(timezone, "now", lambda: second_pass)
+    sundays = make_scheduled(trader, account, recurrence="weekdays", weekdays=[6], run_on=None, **at_0130)
+    assert sundays.next_run_at == datetime(2026, 11, 1, 6, 30, tzinfo=UTC)
+    first_pass = datetime(2026, 11, 1, 5, 30, tzinfo=UTC)  # 01:30 EDT, the first 01:30
+    assert sources.next_occurrence(sundays, first_pass) == datetime(2026, 11, 8, 6, 30, tzinfo=UTC)
+    assert sources.next_occurrence(sundays, first_pass - timedelta(minutes=20)) == first_pass
+
+
 @pytest.mark.parametrize("name", ["localtime", "Factory", "posixrules"])
 def test_a_zone_must_be_a_place(trader, account, name):
     with pytest.raises(ValidationError) as error:
