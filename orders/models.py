@@ -193,6 +193,9 @@ class BasketItem(OrderSpec):
         return f"{self.side} {self.quantity} {self.instrument}"
 
 
+WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # 0 = Monday, as datetime.weekday()
+
+
 class ScheduledOrder(OrderSpec):
     class Recurrence(models.TextChoices):
         ONCE = "once", "Once"
@@ -228,6 +231,11 @@ class ScheduledOrder(OrderSpec):
 
     def __str__(self):
         return f"{self.get_recurrence_display()} {self.side} {self.quantity} {self.instrument}"
+
+    @property
+    def weekday_names(self) -> str:
+        """Its chosen weekdays as shown: "Mon, Wed, Fri"."""
+        return ", ".join(WEEKDAY_NAMES[day] for day in sorted(self.weekdays) if 0 <= day < len(WEEKDAY_NAMES))
 
 
 class ScheduledFire(models.Model):

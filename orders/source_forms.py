@@ -12,9 +12,9 @@ from tradingplatform import numbers
 
 from . import sources
 from .forms import PriceField, whole_number
-from .models import ORDER_TYPES, PRODUCTS, SIDES, VALIDITIES, ScheduledOrder, Strategy
+from .models import ORDER_TYPES, PRODUCTS, SIDES, VALIDITIES, WEEKDAY_NAMES, ScheduledOrder, Strategy
 
-WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
+WEEKDAYS = list(enumerate(WEEKDAY_NAMES))
 
 
 class InstrumentField(forms.CharField):

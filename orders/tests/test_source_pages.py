@@ -153,6 +153,14 @@ def test_schedule_list_and_cancel(trader_client, account):
     assert row.status == "cancelled"
 
 
+def test_the_schedule_list_shows_the_chosen_weekdays(trader_client, account):
+    """ "Chosen weekdays" alone did not say which: the page has no other view of them."""
+    data = scheduled_form(account, recurrence="weekdays", run_on="", weekdays=["2", "0"])
+    assert trader_client.post(reverse("sources:scheduled_list"), data).status_code == 302
+    page = trader_client.get(reverse("sources:scheduled_list")).content.decode()
+    assert "Chosen weekdays (Mon, Wed)" in page
+
+
 def test_a_double_submitted_schedule_is_made_once(trader_client, account):
     page = trader_client.get(reverse("sources:scheduled_list"))
     token = page.context["form"]["token"].value()
