@@ -46,7 +46,8 @@ class UserConsumer(AsyncWebsocketConsumer):
     a password change) closes the socket. The htmx ws extension does not reconnect after a 4xxx
     close; the page's next load connects again if its session is still good. A session that
     ends otherwise (it expires, or is dropped by a sign-in as someone else) is noticed by reading
-    it again at its expiry and every ``SESSION_RECHECK_S``.
+    it again at its expiry and every ``SESSION_RECHECK_S``; each read that finds it good joins the
+    socket to its groups and to ``presence`` again, as both forget a member a day after it joined.
     """
 
     async def connect(self):
@@ -109,6 +110,18 @@ class UserConsumer(AsyncWebsocketConsumer):
                 await self.close(code=4401)
                 return
             delay = fresh.get_expiry_age(expiry=data.get("_session_expiry"))
+            try:
+                await self._join_again()
+            except Exception:  # Redis is down: joined at the next read (this watch must go on)
+                logger.warning("websocket: could not join its groups again", exc_info=True)
+
+    async def _join_again(self):
+        # The channel layer drops a group's member (group_expiry) and the presence set expires a day
+        # after the join: a page open longer would stop getting its pushes, with nothing to show it.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        if self.price_ids:
+            await self.channel_layer.group_add(MARKET_GROUP, self.channel_name)
+        await sync_to_async(presence.joined)(self.scope["user"].pk, self.channel_name)
 
     async def fragment_push(self, event):
         await self.send(text_data=event["html"])

@@ -1,6 +1,7 @@
 """A user's open websockets close when their sessions end: a logout, a deactivation, a password change."""
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -13,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.tests.factories import PASSWORD
-from monitoring import broadcast, consumers
+from monitoring import broadcast, consumers, presence
 from tradingplatform.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -192,4 +193,25 @@ async def test_a_socket_whose_session_is_still_good_stays_open_after_a_recheck(t
     socket = await open_socket(browser)
     await asyncio.sleep(1.5)
     assert await still_open(socket, trader)
+    await socket.disconnect()
+
+
+async def test_a_page_left_open_longer_than_a_day_still_gets_its_pushes(trader, monkeypatch):
+    # The channel layer drops a group's member a day (its group_expiry) after it joined, and the
+    # presence set expires a day after its last join: a socket open longer (a trading screen left on
+    # over days) must join both again, or its orders and dashboard stop updating with no sign of it.
+    layer = get_channel_layer()
+    monkeypatch.setattr(consumers, "SESSION_RECHECK_S", 1)
+    monkeypatch.setattr(layer, "group_expiry", 2)
+    monkeypatch.setattr(presence, "TTL_S", 2)
+    [browser] = await sign_in(trader)
+    socket = await open_socket(browser)
+    await socket.send_to(text_data=json.dumps({"subscribe": ["101"]}))
+    await asyncio.sleep(3.5)
+
+    if settings.REDIS_URL:  # asked of Redis itself: this process may keep an answer a few seconds
+        assert await sync_to_async(presence._ask)([trader.pk]) == {trader.pk: True}
+    assert await still_open(socket, trader)
+    await layer.group_send(consumers.MARKET_GROUP, {"type": "prices.tick", "prices": {"101": {"last": "1"}}})
+    assert (await socket.receive_output(timeout=2))["type"] == "websocket.send"
     await socket.disconnect()
