@@ -34,8 +34,11 @@
     var page = onPage(row);
     var mine = number(row, "data-version"), theirs = number(page, "data-version");
     if (mine === null || theirs === null) return false;
-    if (page.hasAttribute("data-final") && !row.hasAttribute("data-final")) return true;
-    if (number(row, "data-filled") < number(page, "data-filled")) return true;
+    // Said either way: a final row or a fuller fill is the newer, whatever version it carries.
+    var final = row.hasAttribute("data-final");
+    if (final !== page.hasAttribute("data-final")) return !final;
+    var filled = number(row, "data-filled"), shownFilled = number(page, "data-filled");
+    if (filled !== shownFilled) return filled < shownFilled;
     return mine < theirs;
   }
   /* A piece's versioned elements: itself (a live part of the dashboard, as of when it was read) and

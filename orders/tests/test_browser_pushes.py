@@ -1,0 +1,93 @@
+"""Order rows pushed over the websocket, in a browser (Debian's Chromium, against a live server on the
+test database, its websocket replaced by one the test pushes through): which push a page keeps."""
+
+import os
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+
+from orders.models import Order
+from orders.tests.factories import place
+
+CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM}"),
+    pytest.mark.django_db(transaction=True),
+]
+
+# The page's websocket: opens at once, and takes what the test hands it as the server's messages.
+FAKE_SOCKET = """
+window.pushedSockets = [];
+window.WebSocket = class extends EventTarget {
+  constructor(url) {
+    super();
+    this.url = url; this.readyState = 0; this.OPEN = 1;
+    window.pushedSockets.push(this);
+    setTimeout(() => { this.readyState = 1; if (this.onopen) this.onopen(new Event("open")); }, 0);
+  }
+  send() {}
+  close() { this.readyState = 3; }
+};
+"""
+PUSH = "html => window.pushedSockets.at(-1).dispatchEvent(new MessageEvent('message', {data: html}))"
+
+
+@pytest.fixture(params=["orders:book", "portfolio:dashboard"])
+def rows_page(request, live_server, client, trader):
+    """Opens a page with the trader's order rows (the book, the dashboard's open orders) in Chromium,
+    once the test has written what it shows (the browser's driver runs an event loop in this thread,
+    where the ORM refuses to run)."""
+    client.force_login(trader)
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    driver = None
+
+    def open_page():
+        nonlocal driver
+        driver = playwright.sync_playwright().start()
+        browser = driver.chromium.launch(executable_path=CHROMIUM)
+        context = browser.new_context(base_url=live_server.url)
+        context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live_server.url}])
+        context.add_init_script(FAKE_SOCKET)
+        page = context.new_page()
+        page.goto(reverse(request.param))
+        page.wait_for_load_state("networkidle")  # its socket opened and the page read itself again
+        return page
+
+    yield open_page
+    if driver is not None:
+        driver.stop()
+
+
+@pytest.mark.parametrize(
+    "change, shown",
+    [
+        ({"status": Order.Status.CANCELLED}, "Cancelled"),
+        ({"status": Order.Status.PARTIALLY_FILLED, "filled_quantity": 1, "average_price": Decimal("1400")}, "1/2"),
+    ],
+)
+def test_a_pushed_fill_or_final_state_is_shown_even_when_its_version_reads_older(
+    rows_page, trader, account, change, shown
+):
+    """An order's row written on a host whose clock is a little ahead (the web's modify), then its
+    cancel or fill written on another (a worker's): the push carried a lower version than the row
+    shown, and the page kept showing the order open and unfilled, although an order never leaves a
+    final state nor fills less."""
+    order = place(trader, account, order_type="LIMIT", price="1400", quantity=2)
+    ahead = timezone.now() + timedelta(seconds=2)
+    Order.objects.filter(pk=order.pk).update(updated_at=ahead)
+    for name, value in {**change, "updated_at": ahead - timedelta(milliseconds=50)}.items():
+        setattr(order, name, value)
+    pushed = render_to_string("orders/partials/order_push.html", {"order": order})
+
+    page = rows_page()
+    row = page.locator(f"#order-{order.pk}")
+    playwright.expect(row).to_contain_text("Open")
+    page.evaluate(PUSH, pushed)
+    playwright.expect(row).to_contain_text(shown)
