@@ -365,6 +365,12 @@ class Order(OrderSpec):
         return self.status in self.LIVE
 
     @property
+    def is_settled(self) -> bool:
+        """Final for good: a FAILED order (its answer lost, not found in time) may yet be found at its
+        broker and move on to OPEN or FILLED."""
+        return self.status in (self.Status.FILLED, self.Status.CANCELLED, self.Status.REJECTED)
+
+    @property
     def pending_quantity(self) -> int:
         return self.quantity - self.filled_quantity if self.is_live else 0
 

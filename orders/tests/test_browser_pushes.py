@@ -12,6 +12,8 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from brokers.base import BrokerOrder, Status
+from orders import services
 from orders.models import Order
 from orders.tests.factories import place
 
@@ -39,16 +41,15 @@ window.WebSocket = class extends EventTarget {
 PUSH = "html => window.pushedSockets.at(-1).dispatchEvent(new MessageEvent('message', {data: html}))"
 
 
-@pytest.fixture(params=["orders:book", "portfolio:dashboard"])
-def rows_page(request, live_server, client, trader):
-    """Opens a page with the trader's order rows (the book, the dashboard's open orders) in Chromium,
-    once the test has written what it shows (the browser's driver runs an event loop in this thread,
-    where the ORM refuses to run)."""
+@pytest.fixture
+def in_browser(live_server, client, trader):
+    """Opens a page of the trader's in Chromium, once the test has written what it shows (the
+    browser's driver runs an event loop in this thread, where the ORM refuses to run)."""
     client.force_login(trader)
     session = client.cookies[settings.SESSION_COOKIE_NAME].value
     driver = None
 
-    def open_page():
+    def open_page(url):
         nonlocal driver
         driver = playwright.sync_playwright().start()
         browser = driver.chromium.launch(executable_path=CHROMIUM)
@@ -56,13 +57,19 @@ def rows_page(request, live_server, client, trader):
         context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live_server.url}])
         context.add_init_script(FAKE_SOCKET)
         page = context.new_page()
-        page.goto(reverse(request.param))
+        page.goto(url)
         page.wait_for_load_state("networkidle")  # its socket opened and the page read itself again
         return page
 
     yield open_page
     if driver is not None:
         driver.stop()
+
+
+@pytest.fixture(params=["orders:book", "portfolio:dashboard"])
+def rows_page(request, in_browser):
+    """Opens a page with the trader's order rows (the book, the dashboard's open orders)."""
+    return lambda: in_browser(reverse(request.param))
 
 
 @pytest.mark.parametrize(
@@ -91,3 +98,49 @@ def test_a_pushed_fill_or_final_state_is_shown_even_when_its_version_reads_older
     playwright.expect(row).to_contain_text("Open")
     page.evaluate(PUSH, pushed)
     playwright.expect(row).to_contain_text(shown)
+
+
+BOOK, DETAIL = (lambda order: reverse("orders:book")), (lambda order: reverse("orders:detail", args=[order.pk]))
+
+
+@pytest.mark.parametrize("page_of", [BOOK, DETAIL], ids=["book", "detail"])
+def test_an_order_failed_then_found_at_its_broker_is_shown_open_when_pushed(
+    in_browser, trader, account, monkeypatch, page_of
+):
+    """An order closed as FAILED (its answer lost, a sync did not find it in time) and later found
+    at its broker moves on to OPEN: its push was dropped as if it left a final state, so the page
+    kept saying Failed for an order resting at the broker (placed again by hand, it fills twice)."""
+    order = place(trader, account, order_type="LIMIT", price="1400")
+    assert order.status == Order.Status.OPEN
+    Order.objects.filter(pk=order.pk).update(status=Order.Status.FAILED, reject_reason="lost answer")
+    order.refresh_from_db()
+    page = in_browser(page_of(order))
+    row = page.locator(f"#order-{order.pk}")
+    playwright.expect(row).to_contain_text("Failed")
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")  # the ORM beside the browser's driver
+    state = BrokerOrder(  # the broker's word: resting there all along
+        broker_order_id=order.broker_order_id,
+        tag=order.reference,
+        exchange="NSE",
+        tradingsymbol="INFY",
+        side=order.side,
+        order_type=order.order_type,
+        product=order.product,
+        validity="DAY",
+        quantity=order.quantity,
+        price=order.price,
+        trigger_price=Decimal(0),
+        status=Status.OPEN,
+        filled_quantity=0,
+        pending_quantity=order.quantity,
+        cancelled_quantity=0,
+        average_price=Decimal(0),
+        status_message=None,
+        placed_at=None,
+        updated_at=None,
+    )
+    assert services.order_apply_broker_state(order, state, cause="found at the broker")
+    assert order.status == Order.Status.OPEN
+    page.evaluate(PUSH, render_to_string("orders/partials/order_push.html", {"order": order}))
+    playwright.expect(row).to_contain_text("Open")

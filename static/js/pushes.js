@@ -17,7 +17,8 @@
     }
   }
   /* Rows carry their order's version (its last change, in microseconds), its filled quantity and
-     whether it is final. Pushes and answers are rendered on different threads and may arrive out of
+     whether it is final for good (data-final: filled, cancelled or rejected; a failed order may yet be
+     found at its broker). Pushes and answers are rendered on different threads and may arrive out of
      order: a row older than the one on the page (an order's "Open" rendered before its fill) must
      not replace it. An order never fills less, nor leaves a final state for a live one, whatever
      two hosts' clocks say. The dashboard's live parts (PnL, positions, trades, errors) carry the time
