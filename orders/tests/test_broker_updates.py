@@ -467,7 +467,8 @@ def test_a_placement_filled_on_arrival_pushes_its_row_once(trader, account):
                 return messages
 
     rows = [m["html"] for m in async_to_sync(drain)() if f'id="order-{order.pk}"' in m.get("html", "")]
-    assert len(rows) == 1 and "afterbegin:#order-rows" in rows[0] and "Filled" in rows[0]
+    # On top of the book (#orders) only: filled, it is not one of the dashboard's open orders.
+    assert len(rows) == 1 and "afterbegin:#orders #order-rows" in rows[0] and "Filled" in rows[0]
 
 
 @pytest.fixture

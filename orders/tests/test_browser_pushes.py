@@ -144,3 +144,25 @@ def test_an_order_failed_then_found_at_its_broker_is_shown_open_when_pushed(
     assert order.status == Order.Status.OPEN
     page.evaluate(PUSH, render_to_string("orders/partials/order_push.html", {"order": order}))
     playwright.expect(row).to_contain_text("Open")
+
+
+@pytest.mark.parametrize("where", ["orders:book", "portfolio:dashboard"])
+def test_a_new_order_refused_at_once_goes_on_top_of_the_book_and_not_into_open_orders(
+    in_browser, trader, account, where
+):
+    """The dashboard's open orders took every new order pushed, as the book does: an order the broker
+    refused at once sat under "Open orders" as Rejected (and took their "No open orders." line away)
+    until the dashboard was next pushed, a minute later or not at all."""
+    order = place(trader, account, quantity=5_000_000)
+    assert order.status == Order.Status.REJECTED
+    pushed = render_to_string("orders/partials/order_push.html", {"order": order, "created": True})
+
+    page = in_browser(reverse(where))
+    page.evaluate(PUSH, pushed)
+    page.evaluate(PUSH, '<div id="notices" hx-swap-oob="beforeend"><i id="seen"></i></div>')  # handled after it
+    playwright.expect(page.locator("#seen")).to_have_count(1)
+    if where == "orders:book":
+        playwright.expect(page.locator("#order-rows tr").first).to_have_id(f"order-{order.pk}")
+    else:
+        playwright.expect(page.locator(f"#order-{order.pk}")).to_have_count(0)
+        playwright.expect(page.locator("#open-orders")).to_contain_text("No open orders.")

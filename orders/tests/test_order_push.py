@@ -75,11 +75,11 @@ def test_the_first_order_pushed_to_the_dashboard_deletes_its_no_open_orders_line
     # The dashboard's open orders take the pushed new order on top of their #order-rows, as the book
     # does: their "No open orders." line must be the one the push deletes, or it stays above the order.
     dashboard = trader_client.get(reverse("portfolio:dashboard")).content.decode()
-    assert '<p class="empty" id="orders-empty">No open orders.</p>' in dashboard
+    assert '<p class="empty" id="open-orders-empty">No open orders.</p>' in dashboard
 
     def place_and_commit():
         with django_capture_on_commit_callbacks(execute=True):
             place(trader, account, order_type="LIMIT", price="1400")
 
     [created] = [html for html in pushes_to(trader, place_and_commit) if "afterbegin:#order-rows" in html]
-    assert DELETE_EMPTY_LINE in created
+    assert '<p id="open-orders-empty" hx-swap-oob="delete"></p>' in created
