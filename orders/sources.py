@@ -1454,9 +1454,10 @@ def strategy_check(params: dict, *, strategy: Strategy | None = None) -> None:
         raise ValidationError({"trailing_step": "A trailing step moves the stop-loss; set a stop-loss too."})
     # A chase moves an entry toward the market up to its cap (DESIGN 5): without one it would chase
     # without end, a limit order become a market one. Checked when the chase is set or its caps
-    # changed (a strategy saved before this rule can still be paused or renamed).
+    # changed (a strategy saved before this rule can still be paused or renamed). A change that sends
+    # every setting (a PATCH, a PUT, the page) sends them as stored: that is no change.
     chase = ("chase_after_s", "chase_max_ticks", "chase_max_percent")
-    if any(field in params for field in chase):
+    if any(field in params and params[field] != getattr(strategy, field, None) for field in chase):
         after, ticks, percent = (params.get(field, strategy and getattr(strategy, field)) for field in chase)
         if after is not None and ticks is None and percent is None:
             raise ValidationError({"chase_max_ticks": "A chase needs a cap: set its ticks, its percent, or both."})

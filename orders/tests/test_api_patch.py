@@ -244,3 +244,19 @@ def test_two_patches_of_different_fields_at_once_both_stay(kind, trader, account
         start()
     assert answers and answers[0].status_code == 200, answers and answers[0].json()
     assert both_stay(MODELS[kind].objects.get(pk=pk))
+
+
+def test_a_strategy_saved_before_the_chase_cap_rule_can_still_be_paused(api, account):
+    """A strategy saved before a chase needed a cap (``chase_after_s`` alone) must still be paused,
+    the way to stop it, and renamed: a PATCH sends neither the chase nor its caps. Its chase stays
+    refused once it is changed."""
+    row = Strategy.objects.create(owner=account.owner, name="Old chaser", chase_after_s=5, webhook_secret_hash="x")
+    row.accounts.set([account])
+    response = patch(api, f"/api/v1/strategies/{row.pk}", {"is_active": False, "name": "Old chaser, paused"})
+    assert response.status_code == 200, response.json()
+    row.refresh_from_db()
+    assert (row.is_active, row.name, row.chase_after_s) == (False, "Old chaser, paused", 5)
+    response = patch(api, f"/api/v1/strategies/{row.pk}", {"chase_after_s": 10})
+    assert response.status_code == 422 and response.json()["error"]["field"] == "chase_max_ticks"
+    row.refresh_from_db()
+    assert row.chase_after_s == 5
