@@ -10,7 +10,7 @@ from collections import Counter
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from ninja import NinjaAPI
@@ -194,6 +194,14 @@ def on_body_too_large(request, exc):
     logger.warning("API %s %s: body too large (%s)", request.method, request.path, request.META.get("CONTENT_LENGTH"))
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     return error_response(request, 413, "payload_too_large", f"The body is too large: at most {limit} bytes.")
+
+
+@api.exception_handler(SuspiciousOperation)
+def on_suspicious(request, exc):
+    """A request Django refuses to read (more query parameters than ``DATA_UPLOAD_MAX_NUMBER_FIELDS``):
+    the caller's, a 400 as Django answers it elsewhere, not a failure of ours."""
+    logger.warning("API %s %s: refused (%s: %s)", request.method, request.path, type(exc).__name__, exc)
+    return error_response(request, 400, "bad_request", f"The request is refused: {exc}")
 
 
 HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conflict", 422: "invalid"}

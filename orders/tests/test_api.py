@@ -527,3 +527,14 @@ def test_openapi_declares_the_idempotency_key_and_the_page_cursor(client, db):
     for path in ("/api/v1/orders", "/api/v1/trades"):
         [cursor] = [p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == "before_id"]
         assert cursor["in"] == "query" and "last id" in cursor["description"]
+
+
+def test_a_query_with_too_many_parameters_is_400_in_the_one_shape_not_a_500(api, account, settings, caplog):
+    """Django refuses a query string of more than ``DATA_UPLOAD_MAX_NUMBER_FIELDS`` parameters as
+    suspicious (a 400 of its own); read inside the API it was answered as our failure, a 500 logged
+    with its traceback."""
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    response = api.get("/api/v1/orders?" + "&".join(["status=open"] * 11))
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_request" and response.json()["error"]["field"] is None
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
