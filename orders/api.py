@@ -581,8 +581,15 @@ def strategy_detail(request, strategy_id: int):
     return selectors.strategy_of(request.user, strategy_id)
 
 
+class StrategyPutIn(StrategyIn):
+    """A PUT is the whole strategy: whether it is live must be said, not taken as the default (a
+    client leaving it out would make a paused strategy trade again)."""
+
+    is_active: bool = Field(..., description="Required in a PUT: left out, a paused strategy would go live.")
+
+
 @router.put("/strategies/{strategy_id}", response=StrategyOut)
-def strategy_update(request, strategy_id: int, payload: StrategyIn):
+def strategy_update(request, strategy_id: int, payload: StrategyPutIn):
     strategy = selectors.strategy_of(request.user, strategy_id)
     sources.strategy_save(
         owner=request.user,

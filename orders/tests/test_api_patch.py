@@ -260,3 +260,19 @@ def test_a_strategy_saved_before_the_chase_cap_rule_can_still_be_paused(api, acc
     assert response.status_code == 422 and response.json()["error"]["field"] == "chase_max_ticks"
     row.refresh_from_db()
     assert row.chase_after_s == 5
+
+
+def test_a_put_of_a_strategy_must_say_whether_it_is_live(api, account):
+    """A PUT is the whole strategy. One that left out is_active took its default, true: a client
+    renaming a paused strategy with a PUT made it trade again on the next signal."""
+    strategy = a_strategy(api, account)
+    url = f"/api/v1/strategies/{strategy['id']}"
+    assert patch(api, url, {"is_active": False}).json()["is_active"] is False
+    body = {"name": "Renamed", "account_ids": [account.pk], "stop_loss": "1"}
+
+    response = api.put(url, body, content_type="application/json")
+    assert response.status_code == 422 and response.json()["error"]["field"] == "is_active"
+    assert Strategy.objects.get(pk=strategy["id"]).is_active is False
+    response = api.put(url, {**body, "is_active": False}, content_type="application/json")
+    assert response.status_code == 200 and response.json()["is_active"] is False
+    assert Strategy.objects.get(pk=strategy["id"]).name == "Renamed"

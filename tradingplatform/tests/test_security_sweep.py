@@ -177,7 +177,9 @@ SWEEP: dict[str, Endpoint] = {
     "api:strategy_list": endpoint("GET"),
     "api:strategy_create": endpoint("POST"),
     "api:strategy_detail": endpoint("GET", ids={"strategy_id": "strategy"}),
-    "api:strategy_update": endpoint("PUT", ids={"strategy_id": "strategy"}, body=lambda o: {"name": "hijacked"}),
+    "api:strategy_update": endpoint(
+        "PUT", ids={"strategy_id": "strategy"}, body=lambda o: {"name": "hijacked", "is_active": True}
+    ),
     "api:strategy_change": endpoint("PATCH", ids={"strategy_id": "strategy"}, body=lambda o: {"name": "hijacked"}),
     "api:strategy_delete": endpoint("DELETE", ids={"strategy_id": "strategy"}),
     "api:strategy_new_secret": endpoint("POST", ids={"strategy_id": "strategy"}, body=lambda o: {}),
