@@ -1,6 +1,8 @@
 """Helpers shared by the test suites of every app."""
 
+import socket
 import sys
+from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -24,3 +26,19 @@ def error_report(request) -> str:
     except RuntimeError:
         reporter = get_exception_reporter_class(request)(request, *sys.exc_info(), is_email=True)
     return reporter.get_traceback_text() + reporter.get_traceback_html()
+
+
+def database_url() -> str:
+    """The test database as a ``DATABASE_URL``, for a process a test starts (a worker, a server)."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    auth = quote(db["USER"] or "root", safe="") + (f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else "")
+    return f"mysql://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 3306}/{db['NAME']}"
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

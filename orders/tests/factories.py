@@ -1,8 +1,11 @@
 import threading
 from contextlib import contextmanager
+from dataclasses import replace
+from decimal import Decimal
 
 from django.db import connection, transaction
 
+from brokers.base import BrokerOrder, Status
 from brokers.models import Instrument
 from orders import services
 
@@ -52,3 +55,29 @@ def sent_while_locked(model, request):
         yield answers, thread.start
         assert reached.wait(60), "the request never came to the row"
     thread.join(60)
+
+
+def broker_state(order, **changes) -> BrokerOrder:
+    """What the broker's book says of ``order``: resting, nothing filled, unless ``changes`` say more."""
+    base = BrokerOrder(
+        broker_order_id=order.broker_order_id or "X1",
+        tag=order.reference,
+        exchange="NSE",
+        tradingsymbol="INFY",
+        side=order.side,
+        order_type=order.order_type,
+        product=order.product,
+        validity="DAY",
+        quantity=order.quantity,
+        price=order.price or Decimal(0),
+        trigger_price=Decimal(0),
+        status=Status.OPEN,
+        filled_quantity=0,
+        pending_quantity=order.quantity,
+        cancelled_quantity=0,
+        average_price=Decimal(0),
+        status_message=None,
+        placed_at=None,
+        updated_at=None,
+    )
+    return replace(base, **changes)

@@ -9,7 +9,6 @@ for the background work to finish instead of waiting for a time.
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -17,14 +16,14 @@ import pytest
 from django.db import OperationalError, connection
 
 from brokers import services as broker_services
-from brokers.base import BrokerOrder, Status
+from brokers.base import Status
 from brokers.client import AccountBroker
 from brokers.kite import postbacks as kite_postbacks
 from brokers.paper import engine, kite_format
 from brokers.paper.models import PaperClient, PaperOrder
 from orders import services, sources
 from orders.models import Order
-from orders.tests.factories import instrument, place
+from orders.tests.factories import broker_state, instrument, place
 from portfolio.models import Position, Trade
 from tradingplatform import background, locks
 
@@ -100,31 +99,6 @@ def test_a_strategy_entry_fill_queues_the_accounts_run(trader, account, runs_que
     assert runs_queued == [account.pk]  # its exits are placed by the account's steps
 
 
-def _state(order: Order, **changes) -> BrokerOrder:
-    base = BrokerOrder(
-        broker_order_id=order.broker_order_id or "X1",
-        tag=order.reference,
-        exchange="NSE",
-        tradingsymbol="INFY",
-        side=order.side,
-        order_type=order.order_type,
-        product=order.product,
-        validity="DAY",
-        quantity=order.quantity,
-        price=order.price or D(0),
-        trigger_price=D(0),
-        status=Status.OPEN,
-        filled_quantity=0,
-        pending_quantity=order.quantity,
-        cancelled_quantity=0,
-        average_price=D(0),
-        status_message=None,
-        placed_at=None,
-        updated_at=None,
-    )
-    return replace(base, **changes)
-
-
 @pytest.fixture
 def resting(trader, account):
     set_price("1500")
@@ -136,17 +110,17 @@ def resting(trader, account):
 
 
 def test_updates_arriving_out_of_order_never_move_an_order_back(account, resting):
-    partly = _state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=6, average_price=D("1400"))
+    partly = broker_state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=6, average_price=D("1400"))
     assert services.order_broker_update(account, partly, True)
     for stale in (
-        _state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=4, average_price=D("1400")),
-        _state(resting),
+        broker_state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=4, average_price=D("1400")),
+        broker_state(resting),
     ):
         assert not services.order_broker_update(account, stale, True)
     resting.refresh_from_db()
     assert (resting.status, resting.filled_quantity) == (Order.Status.PARTIALLY_FILLED, 6)
 
-    assert services.order_broker_update(account, _state(resting, status=Status.FILLED, filled_quantity=10), True)
+    assert services.order_broker_update(account, broker_state(resting, status=Status.FILLED, filled_quantity=10), True)
     assert not services.order_broker_update(account, partly, True)
     resting.refresh_from_db()
     assert (resting.status, resting.filled_quantity) == (Order.Status.FILLED, 10)
@@ -157,10 +131,10 @@ def test_a_final_state_with_fewer_fills_than_we_know_closes_the_order_with_ours(
     """A book read before an update we applied (Kite's book lagging its postbacks) can say
     CANCELLED with fewer fills than the update brought: the order is closed, its fills are never
     taken back (they are in the position already), through a sync that takes the book's terms too."""
-    partly = _state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=5, average_price=D("1401"))
+    partly = broker_state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=5, average_price=D("1401"))
     assert services.order_broker_update(account, partly, True)
     resting.refresh_from_db()
-    stale = _state(resting, status=Status.CANCELLED, filled_quantity=3, average_price=D("1400"))
+    stale = broker_state(resting, status=Status.CANCELLED, filled_quantity=3, average_price=D("1400"))
     asked_at = resting.updated_at + timedelta(seconds=1) if asked_before else None
     assert services.order_apply_broker_state(resting, stale, cause="the sync", asked_at=asked_at)
     resting.refresh_from_db()
@@ -175,7 +149,7 @@ def test_an_update_that_loses_a_race_reads_again_and_lands(account, resting, mon
     """Two updates of one order applied side by side: the one whose write finds the order
     changed under it re-reads it and applies its (later) state after all."""
     apply = services.order_apply_broker_state
-    partly = _state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=3, average_price=D("1400"))
+    partly = broker_state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=3, average_price=D("1400"))
     raced = []
 
     def racing(order, state, *, cause):
@@ -186,7 +160,7 @@ def test_an_update_that_loses_a_race_reads_again_and_lands(account, resting, mon
         return apply(order, state, cause=cause)
 
     monkeypatch.setattr(services, "order_apply_broker_state", racing)
-    filled = _state(resting, status=Status.FILLED, filled_quantity=10, average_price=D("1400"))
+    filled = broker_state(resting, status=Status.FILLED, filled_quantity=10, average_price=D("1400"))
     assert services.order_broker_update(account, filled, True)
     resting.refresh_from_db()
     assert (resting.status, resting.filled_quantity) == (Order.Status.FILLED, 10)
@@ -194,7 +168,9 @@ def test_an_update_that_loses_a_race_reads_again_and_lands(account, resting, mon
 
 
 def test_an_order_not_ours_is_left_to_the_cycle(account, resting):
-    stranger = _state(resting, tag="SOMEONE-ELSE", broker_order_id="999", status=Status.FILLED, filled_quantity=10)
+    stranger = broker_state(
+        resting, tag="SOMEONE-ELSE", broker_order_id="999", status=Status.FILLED, filled_quantity=10
+    )
     assert not services.order_broker_update(account, stranger, True)
     resting.refresh_from_db()
     assert resting.status == Order.Status.OPEN
@@ -408,7 +384,9 @@ def _new_order(account) -> Order:
 def test_an_update_that_beats_the_answer_waits_for_the_placer_to_record_it(account, monkeypatch):
     monkeypatch.setattr(services, "UPDATE_WAIT_S", 0.05)
     order = _new_order(account)
-    filled = _state(order, broker_order_id="B9", status=Status.FILLED, filled_quantity=10, average_price=D("1500"))
+    filled = broker_state(
+        order, broker_order_id="B9", status=Status.FILLED, filled_quantity=10, average_price=D("1500")
+    )
     assert not services.order_broker_update(account, filled, True)  # looked at again shortly
     assert Order.objects.get(pk=order.pk).status == Order.Status.NEW
     # The placer records the answer meanwhile (what the exchange said: filled).
@@ -423,7 +401,9 @@ def test_an_update_that_beats_the_answer_waits_for_the_placer_to_record_it(accou
 def test_an_update_applies_after_all_when_the_answer_was_lost(account, monkeypatch):
     monkeypatch.setattr(services, "UPDATE_WAIT_S", 0.05)
     order = _new_order(account)
-    filled = _state(order, broker_order_id="B9", status=Status.FILLED, filled_quantity=10, average_price=D("1500"))
+    filled = broker_state(
+        order, broker_order_id="B9", status=Status.FILLED, filled_quantity=10, average_price=D("1500")
+    )
     assert not services.order_broker_update(account, filled, True)
     # The answer was lost: the placer leaves the order SUBMITTED with no broker id, to be found by its tag.
     services._transition(order, Order.Status.SUBMITTED, kind="outcome_unknown", cause="test")
@@ -435,7 +415,9 @@ def test_an_update_applies_after_all_when_the_answer_was_lost(account, monkeypat
 def test_an_update_of_an_order_stuck_new_applies_in_the_end(account, monkeypatch):
     monkeypatch.setattr(services, "UPDATE_WAIT_S", 0.01)
     order = _new_order(account)
-    filled = _state(order, broker_order_id="B9", status=Status.FILLED, filled_quantity=10, average_price=D("1500"))
+    filled = broker_state(
+        order, broker_order_id="B9", status=Status.FILLED, filled_quantity=10, average_price=D("1500")
+    )
     services.order_broker_update(account, filled, True)
     settle()  # its placer died: after the waits, the exchange's word is taken
     order.refresh_from_db()
@@ -507,7 +489,7 @@ def test_an_update_of_a_placement_that_says_more_than_its_answer_is_applied(trad
     settle()
     order.refresh_from_db()
     assert order.status == Order.Status.OPEN  # the answer: resting
-    later = _state(order, broker_order_id=order.broker_order_id, status=Status.FILLED, filled_quantity=4)
+    later = broker_state(order, broker_order_id=order.broker_order_id, status=Status.FILLED, filled_quantity=4)
     assert services.order_broker_update(account, later, True)  # the placer's answer said less: applied
     order.refresh_from_db()
     assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 4)
@@ -603,7 +585,7 @@ def test_an_older_book_never_undoes_a_modify_recorded_since(trader, account):
     order = place(trader, account, quantity=2, order_type="LIMIT", price=D("1480"))
     settle()
     asked_at = services.timezone.now()
-    book = [_state(order)]  # the book as it was before the modify
+    book = [broker_state(order)]  # the book as it was before the modify
     services.order_modify(order=order, actor=trader, cause="test", quantity=3)
     services.orders_sync_account(account=account, broker_orders=book, asked_at=asked_at)
     order.refresh_from_db()
@@ -615,7 +597,7 @@ def test_one_order_that_cannot_be_reconciled_does_not_stop_the_others(trader, ac
     first = place(trader, account, quantity=1, order_type="LIMIT", price=D("1480"))
     second = place(trader, account, quantity=1, order_type="LIMIT", price=D("1470"))
     settle()
-    book = [_state(first, status=Status.CANCELLED), _state(second, status=Status.CANCELLED)]
+    book = [broker_state(first, status=Status.CANCELLED), broker_state(second, status=Status.CANCELLED)]
     apply = services.order_apply_broker_state
 
     def broken_for_first(order, state, **kwargs):
@@ -636,7 +618,9 @@ def test_a_triggered_stop_shown_as_the_plain_order_it_became_stays_our_stop(trad
     settle()
     stop.refresh_from_db()
     asked_at = services.timezone.now()
-    triggered = _state(stop, order_type="MARKET", status=Status.FILLED, filled_quantity=2, average_price=D("1479.9"))
+    triggered = broker_state(
+        stop, order_type="MARKET", status=Status.FILLED, filled_quantity=2, average_price=D("1479.9")
+    )
     services.orders_sync_account(account=account, broker_orders=[triggered], asked_at=asked_at)
     stop.refresh_from_db()
     assert (stop.status, stop.order_type, stop.trigger_price) == (Order.Status.FILLED, "SL-M", D("1480.00"))

@@ -12,10 +12,9 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
-from brokers.base import BrokerOrder, Status
 from orders import services
 from orders.models import Order
-from orders.tests.factories import place
+from orders.tests.factories import broker_state, place
 
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api")
@@ -119,27 +118,7 @@ def test_an_order_failed_then_found_at_its_broker_is_shown_open_when_pushed(
     playwright.expect(row).to_contain_text("Failed")
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")  # the ORM beside the browser's driver
-    state = BrokerOrder(  # the broker's word: resting there all along
-        broker_order_id=order.broker_order_id,
-        tag=order.reference,
-        exchange="NSE",
-        tradingsymbol="INFY",
-        side=order.side,
-        order_type=order.order_type,
-        product=order.product,
-        validity="DAY",
-        quantity=order.quantity,
-        price=order.price,
-        trigger_price=Decimal(0),
-        status=Status.OPEN,
-        filled_quantity=0,
-        pending_quantity=order.quantity,
-        cancelled_quantity=0,
-        average_price=Decimal(0),
-        status_message=None,
-        placed_at=None,
-        updated_at=None,
-    )
+    state = broker_state(order)  # the broker's word: resting there all along
     assert services.order_apply_broker_state(order, state, cause="found at the broker")
     assert order.status == Order.Status.OPEN
     page.evaluate(PUSH, render_to_string("orders/partials/order_push.html", {"order": order}))

@@ -15,7 +15,6 @@ import pytest
 from asgiref.sync import sync_to_async
 from celery.signals import before_task_publish
 from django.conf import settings as django_settings
-from django.db import connection
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,7 +31,7 @@ from orders import sources
 from orders.models import Order
 from orders.tests.factories import instrument, place
 from tradingplatform import background, locks, logs, metrics
-from tradingplatform.testing import requires_redis
+from tradingplatform.testing import database_url, requires_redis
 
 TOKEN = "metrics-token-0123456789abcdef"
 
@@ -478,20 +477,13 @@ def test_bad_observability_settings_stop_startup(name, bad):
 # --- A real worker ----------------------------------------------------------------------------
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    return f"mysql://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 3306}/{db['NAME']}"
-
-
 @requires_redis
 @pytest.mark.django_db(transaction=True)
 def test_a_real_worker_logs_the_task_with_the_request_id(api, account):
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test",
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "LOG_FORMAT": "json",
     }
     worker = subprocess.Popen(  # noqa: S603

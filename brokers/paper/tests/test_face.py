@@ -6,19 +6,16 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import requests
 from django.contrib.auth.hashers import make_password
-from django.db import connection
 from django.utils import timezone
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
@@ -27,6 +24,7 @@ from brokers import base
 from brokers.kite.adapter import KiteBroker
 from brokers.paper import engine, kite_format
 from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperToken, PaperTrade
+from tradingplatform.testing import database_url, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 MOCKS = Path(__file__).resolve().parents[2] / "kite" / "samples"
@@ -42,20 +40,6 @@ def kite_client(transactional_db, paper_market):
     return PaperClient.objects.create(
         user_id="AB1234", name="Paper Trader", password=make_password("pw-123456"), redirect_url=REDIRECT
     )
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    auth = quote(db["USER"] or "root", safe="") + (f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else "")
-    return f"mysql://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 3306}/{db['NAME']}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def browser_login(face_url, client, password="pw-123456", redirect_params=""):
@@ -310,12 +294,12 @@ def test_the_face_process_writes_no_access_token_to_its_log(kite_client, setting
     """The face as the Procfile starts it: the platform's Kite logout sends the access token in the
     query string (Kite's wire format), which daphne's own access line would write out."""
     token, _ = engine.session_open(client=kite_client)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "DJANGO_SETTINGS_MODULE": "tradingplatform.settings_test",
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "PAPER_FACE_PORT": str(port),
         "PYTHONUNBUFFERED": "1",
     }
