@@ -758,8 +758,13 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
     ]
     ended = {e: how for e in not_ours if (how := _ended_with_its_day(ctx, entry, e)) is not None}
     not_ours = [e for e in not_ours if e not in ended]
-    if not_ours:
-        # Cancelled by the trader (a page, the API, the broker's app) or the broker: not put back.
+    # Cancelled by the trader (a page, the API, the broker's app) or the broker: not put back. What
+    # they left uncovered is theirs; what the entry holds beyond it is not (another part's exit that
+    # ended with its day, what the entry fills after the cancel), and is covered, as after a cut.
+    theirs = sum(e.quantity - e.filled_quantity for e in not_ours)
+    if not_ours and missing > theirs:
+        missing -= theirs
+    elif not_ours:
         # Unless the trader asked through the platform, nobody here saw it go: say it is unprotected.
         request = orders.last_cancel_request(not_ours[-1])
         if request is None or request.data.get("by") != "trader":

@@ -315,3 +315,29 @@ def test_a_kite_refusal_because_markets_are_closed_is_not_an_attempt(trader, kit
     Order.objects.filter(pk=refused.pk).update(updated_at=timezone.now() - timedelta(seconds=cycle.CLOSED_RETRY_S))
     monitor(account)
     assert [(s.status in Order.LIVE, s.trigger_price) for s in stops(first)][1:] == [(True, D("1490.10"))]
+
+
+def test_a_stop_the_exchange_ended_goes_back_beside_one_the_trader_cancelled(trader, account):
+    """The entry fills 4, then 6: a stop for each part. The trader cancels the first part's stop
+    through the platform (those 4 are theirs to leave uncovered); the second part's stop ends with
+    its day. It goes back for its 6, as it would alone: the trader's cancel was of the other one."""
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points")
+    quote("1500")
+    first = entry(trader, account, guarded, product="CNC", order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    monitor(account)
+    quote("1498.9", bid="1498.8", ask="1498.9")
+    monitor(account)
+    monitor(account)
+    theirs, ended = stops(first)
+    assert (theirs.quantity, ended.quantity) == (4, 6)
+    services.order_cancel(order=theirs, actor=trader, cause="trader via the order page")
+    monitor(account)
+    assert live_exits(account, "stop_loss") == 6
+    day_ends(ended)
+    monitor(account)
+    run = monitor(account)
+    assert held(account) == 10
+    assert live_exits(account, "stop_loss") == 6, (run.actions, run.errors)
+    back = stops(first)[-1]
+    assert back.idempotency_key.endswith(f"replace:{ended.pk}") and back.quantity == 6

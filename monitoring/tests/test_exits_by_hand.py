@@ -146,6 +146,26 @@ def test_a_stop_loss_cut_in_the_brokers_app_is_not_topped_up_and_the_trader_is_t
     ]
 
 
+def test_what_the_entry_fills_after_the_trader_cancelled_its_stop_gets_one(trader, account):
+    """The entry fills 4 of 10 and gets a stop for 4; the trader cancels it through the platform (those
+    4 are theirs to leave uncovered). The entry then fills its other 6: new shares, which get their
+    stop-loss, as after a cut by hand (the trader's 4 stay uncovered)."""
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    monitor(account)
+    theirs = first.children.get(role="stop_loss")
+    services.order_cancel(order=theirs, actor=trader, cause="trader via the order page")
+    monitor(account)
+    assert live_exits(account, "stop_loss") == 0
+    quote("1498.9", bid="1498.8", ask="1498.9")  # the other 6 fill
+    run = monitor(account)
+    monitor(account)
+    assert held(account) == 10
+    assert live_exits(account, "stop_loss") == 6, (run.actions, run.errors)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_position_closed_by_hand_has_its_exits_cancelled_at_once_not_at_the_next_cycle(trader, account):
     """The trader sells the strategy's 10 by hand (a MARKET order of their own). Its exits, still
