@@ -851,7 +851,13 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         average = Decimal(entry.average_price)
         distance = _offset(average, amount, unit)
         protective = (role == Order.Role.STOP_LOSS) == (entry.side == "BUY")
-        level = _on_tick(average - distance if protective else average + distance, entry.instrument.tick_size)
+        exact = average - distance if protective else average + distance
+        level = _on_tick(exact, entry.instrument.tick_size)
+        if (level >= average) if protective else (level <= average):
+            # Within half a tick of the entry (a 1 % stop of a 2.35 option on 0.05 ticks), rounded onto
+            # its price: the stop would go at market at once, the take-profit sell at no profit. The
+            # tick beyond it, on the exit's side.
+            level = _on_tick(exact, entry.instrument.tick_size, ROUND_FLOOR if protective else ROUND_CEILING)
         if role == Order.Role.STOP_LOSS:
             prices = {"order_type": "SL-M", "trigger_price": level}
         else:

@@ -664,6 +664,28 @@ def test_a_short_entrys_stop_the_market_rose_past_goes_at_market(trader, account
     assert (stop.side, stop.order_type, stop.quantity) == ("BUY", "MARKET", 10)
 
 
+@pytest.mark.parametrize("side, stop, target", [("BUY", "1499.90", "1500.10"), ("SELL", "1500.10", "1499.90")])
+def test_exits_closer_to_the_entry_than_half_a_tick_are_not_rounded_onto_its_price(trader, account, side, stop, target):
+    """INFY's tick is 0.10; the exits are 0.04 from the entry at 1500.00 (as a 1 % stop is from a 2.35
+    option on 0.05 ticks). Rounded to the nearest tick both would sit on the entry's own price: the
+    stop would go at market at once, closing what was just bought, and the take-profit sell at no
+    profit. Each goes to the tick beyond the entry instead, on its own side."""
+    guarded = strategy(
+        trader, account, stop_loss=D("0.04"), stop_loss_unit="points", take_profit=D("0.04"),
+        take_profit_unit="points",
+    )  # fmt: skip
+    quote("1500", bid="1500", ask="1500")
+    first = entry(trader, account, guarded, side=side)
+    assert first.average_price == D("1500.00")
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    sl = first.children.get(role="stop_loss")
+    assert (sl.order_type, sl.trigger_price, sl.status) == ("SL-M", D(stop), Order.Status.OPEN), run.actions
+    tp = first.children.get(role="take_profit")
+    assert (tp.order_type, tp.price, tp.status) == ("LIMIT", D(target), Order.Status.OPEN)
+    assert abs(held(account)) == 10
+
+
 def test_a_trailed_stops_owed_replacement_the_market_fell_past_goes_at_market(trader, account, monkeypatch):
     """The trail's cancel past the modification cap is pending at the broker; by the time the broker
     closes it, the market is under the trail's new trigger (1500.10): the replacement goes at market."""
