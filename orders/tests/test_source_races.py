@@ -61,6 +61,8 @@ def body_of(kind, name, account_ids, items=None) -> dict:
     body = {"name": name, "account_ids": account_ids}
     if kind == "baskets":
         body["items"] = items or [item()]
+    if kind == "strategies":
+        body["is_active"] = True  # a strategy's PUT says whether it is live
     return body
 
 
