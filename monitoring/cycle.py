@@ -926,8 +926,10 @@ def _ended_with_its_day(ctx: Context, entry: Order, order: Order) -> str | None:
     when the platform closed it itself on a later day, its broker no longer listing it (what it
     filled after the platform's last look is not known); None when it was cancelled some other way
     (in the broker's app, by its risk system: before then). A trader's cancel in the broker's app
-    after the close is taken for the day's end."""
-    if order.validity != "DAY" or orders.last_cancel_request(order) is not None:
+    after the close is taken for the day's end. A cancel asked through the platform during the day
+    that the broker refused or that failed (a rate limit, a trail's cancel-and-replace) closed
+    nothing: the order rested on, and the day's end closed it."""
+    if order.validity != "DAY":
         return None
     event = order.events.filter(kind="cancelled").order_by("-pk").first()
     if event is None:
@@ -935,8 +937,12 @@ def _ended_with_its_day(ctx: Context, entry: Order, order: Order) -> str | None:
     data = event.data or {}
     at = datetime.fromisoformat(data[orders.BROKER_AT]) if orders.BROKER_AT in data else event.created_at
     broker = registry.get(ctx.account.broker)
-    if at < broker.day_orders_end(entry.instrument.exchange, markets.trading_date(order.created_at)):
+    day_end = broker.day_orders_end(entry.instrument.exchange, markets.trading_date(order.created_at))
+    if at < day_end:
         return None
+    request = orders.last_cancel_request(order)
+    if request is not None and (request.created_at >= day_end or not orders.cancel_did_not_take(order, request)):
+        return None  # asked for (after the close too: the trader wants it gone, whatever the answer)
     return ENDED_FILLS_UNKNOWN if data.get(orders.FILLS_UNKNOWN) else ENDED
 
 

@@ -1258,6 +1258,13 @@ def last_cancel_request(order: Order) -> OrderEvent | None:
     return _last_event(order, "cancel_requested")
 
 
+def cancel_did_not_take(order: Order, request: OrderEvent) -> bool:
+    """Whether the broker refused ``request`` (not as already cancelled) or it failed before it was
+    sent: it closed nothing."""
+    after = order.events.filter(pk__gt=request.pk, kind__in=("cancel_refused", "cancel_failed"))
+    return after.exclude(kind="cancel_refused", from_status=OrderStatus.CANCELLED).exists()
+
+
 def _unanswered(
     order: Order, action: str, error: BrokerError, *, cause: str, data: dict | None = None
 ) -> OrderActionRefused:

@@ -341,3 +341,44 @@ def test_a_stop_the_exchange_ended_goes_back_beside_one_the_trader_cancelled(tra
     assert live_exits(account, "stop_loss") == 6, (run.actions, run.errors)
     back = stops(first)[-1]
     assert back.idempotency_key.endswith(f"replace:{ended.pk}") and back.quantity == 6
+
+
+def test_a_stop_whose_cancel_failed_during_its_day_goes_back_after_the_day_ended_it(trader, account, monkeypatch):
+    """The trader's cancel of the stop failed yesterday before it reached the broker (a rate limit):
+    the stop rested on, and the exchange ended it with its day. A cancel that closed nothing is no
+    reason to leave the position without its stop the next day, unannounced."""
+    from brokers.errors import RateLimited
+
+    first, stop = guarded_yesterday(trader, account)
+
+    def refused(self, broker_order_id):
+        raise RateLimited("Too many requests", retry_after=1)
+
+    at = markets.date_start(markets.trading_date() - timedelta(days=1)) + timedelta(hours=11)  # yesterday
+    with monkeypatch.context() as broker:
+        broker.setattr(AccountBroker, "cancel_order", refused)
+        broker.setattr(timezone, "now", lambda: at)
+        with pytest.raises(services.OrderActionRefused):
+            services.order_cancel(order=stop, actor=trader, cause="the trader, on the book")
+    assert stop.events.get(kind="cancel_failed").created_at == at
+    day_ends(stop)
+    monitor(account)
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    old, new = stops(first)
+    assert old.pk == stop.pk and old.status == Order.Status.CANCELLED
+    assert (new.status, new.trigger_price, new.quantity) == (Order.Status.OPEN, D("1490.10"), 10)
+
+
+def test_a_stop_the_trader_asked_to_cancel_after_its_day_ended_is_not_put_back(trader, account):
+    """The day's end closed the stop before the platform read it; the trader's cancel asked then is
+    refused by the broker (it is closed already), but says what they want: it stays cancelled."""
+    first, stop = guarded_yesterday(trader, account)
+    day_ends(stop)
+    with pytest.raises(services.OrderActionRefused):
+        services.order_cancel(order=stop, actor=trader, cause="the trader, on the book")
+    monitor(account)
+    monitor(account)
+    assert stops(first) == [stop]
+    stop.refresh_from_db()
+    assert stop.status == Order.Status.CANCELLED
