@@ -67,6 +67,19 @@ def stops(first):
     return list(first.children.filter(role="stop_loss").order_by("pk"))
 
 
+def filled_in_two_parts(trader, account):
+    """A delivery entry that filled 4, then 6, with a stop-loss 10 points under it for each part."""
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points")
+    quote("1500")
+    first = entry(trader, account, guarded, product="CNC", order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
+    monitor(account)
+    quote("1498.9", bid="1498.8", ask="1498.9")
+    monitor(account)
+    monitor(account)
+    return first
+
+
 def test_a_stop_the_exchange_ended_with_its_day_goes_back_the_next_day(trader, account):
     first, stop = guarded_yesterday(trader, account)
     assert stop.trigger_price == D("1490.10")
@@ -198,14 +211,7 @@ def test_stops_of_an_entry_filled_in_two_parts_each_go_back_and_a_cut_of_one_is_
     """The entry fills 4, then 6: a stop for each part. Both end with their day: each goes back for
     what it had, at once. The trader then cuts one of them in the broker's app: the cut is theirs,
     and the other part's stop (already back) is not put back a second time to top it up."""
-    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points")
-    quote("1500")
-    first = entry(trader, account, guarded, product="CNC", order_type="LIMIT", price="1499.00")
-    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
-    monitor(account)
-    quote("1498.9", bid="1498.8", ask="1498.9")
-    monitor(account)
-    monitor(account)
+    first = filled_in_two_parts(trader, account)
     parts = stops(first)
     assert [stop.quantity for stop in parts] == [4, 6]
     for stop in parts:
@@ -321,14 +327,7 @@ def test_a_stop_the_exchange_ended_goes_back_beside_one_the_trader_cancelled(tra
     """The entry fills 4, then 6: a stop for each part. The trader cancels the first part's stop
     through the platform (those 4 are theirs to leave uncovered); the second part's stop ends with
     its day. It goes back for its 6, as it would alone: the trader's cancel was of the other one."""
-    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points")
-    quote("1500")
-    first = entry(trader, account, guarded, product="CNC", order_type="LIMIT", price="1499.00")
-    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)
-    monitor(account)
-    quote("1498.9", bid="1498.8", ask="1498.9")
-    monitor(account)
-    monitor(account)
+    first = filled_in_two_parts(trader, account)
     theirs, ended = stops(first)
     assert (theirs.quantity, ended.quantity) == (4, 6)
     services.order_cancel(order=theirs, actor=trader, cause="trader via the order page")

@@ -153,10 +153,8 @@ def test_a_fast_path_run_that_finds_the_account_running_is_queued_again(account,
         locks.release(f"monitor:{account.pk}", token)
 
 
-def test_a_batch_cut_short_by_its_time_limit_still_records_what_it_did(trader, account, monkeypatch):
-    # Celery's soft time limit is raised in the task's thread while it waits for the pool's jobs
-    # (which still finish): what the accounts' steps did and the errors the traders see are kept.
-    place(trader, account, quantity=4)
+def cut_short_by_the_time_limit(monkeypatch):
+    """Celery's soft time limit raised in the task's thread once the accounts' steps are done."""
     real = cycle._in_pool
 
     def cut_short(fn, items):
@@ -165,6 +163,13 @@ def test_a_batch_cut_short_by_its_time_limit_still_records_what_it_did(trader, a
             raise SoftTimeLimitExceeded()
 
     monkeypatch.setattr(cycle, "_in_pool", cut_short)
+
+
+def test_a_batch_cut_short_by_its_time_limit_still_records_what_it_did(trader, account, monkeypatch):
+    # Celery's soft time limit is raised in the task's thread while it waits for the pool's jobs
+    # (which still finish): what the accounts' steps did and the errors the traders see are kept.
+    place(trader, account, quantity=4)
+    cut_short_by_the_time_limit(monkeypatch)
     with pytest.raises(SoftTimeLimitExceeded):
         monitor(account)
     run = AccountRun.objects.get(account=account)
@@ -180,19 +185,12 @@ def test_a_cycle_run_ends_however_its_batches_end(trader, account, monkeypatch):
     # no account to look at end their runs too.
     place(trader, account, quantity=4)
     cut = MonitoringRun.objects.create(accounts=1)
-    real = cycle._in_pool
-
-    def cut_short(fn, items):
-        real(fn, items)
-        if fn is cycle._account_steps:
-            raise SoftTimeLimitExceeded()
-
-    monkeypatch.setattr(cycle, "_in_pool", cut_short)
-    with pytest.raises(SoftTimeLimitExceeded):
-        tasks.monitor_accounts([account.pk], cut.pk)
+    with monkeypatch.context() as limit:
+        cut_short_by_the_time_limit(limit)
+        with pytest.raises(SoftTimeLimitExceeded):
+            tasks.monitor_accounts([account.pk], cut.pk)
     cut.refresh_from_db()
     assert cut.finished_at is not None
-    monkeypatch.setattr(cycle, "_in_pool", real)
 
     skipped = MonitoringRun.objects.create(accounts=1)
     token = locks.acquire(f"monitor:{account.pk}", ttl_s=30)
