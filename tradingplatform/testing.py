@@ -1,6 +1,9 @@
 """Helpers shared by the test suites of every app."""
 
+import os
+import signal
 import socket
+import subprocess
 import sys
 from urllib.parse import quote
 
@@ -42,3 +45,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """Stop a server a test started in its own session (``start_new_session``): SIGTERM to its
+    group, SIGKILL when it has not gone in 15 s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)

@@ -8,7 +8,6 @@ fills these tests make go through daphne's own HTTP API and are pushed from daph
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from websockets.exceptions import InvalidStatus
 
 from accounts import services as account_services
 from accounts.tests.factories import PASSWORD, make_broker_account
-from tradingplatform.testing import database_url, free_port
+from tradingplatform.testing import database_url, free_port, stop_process_group
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,13 +62,7 @@ def daphne(instruments):
         yield base
     finally:
         print(f"daphne's log (shown when the test fails):\n{Path(log.name).read_text(errors='replace')[-5000:]}")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process_group(proc)
         log.close()
         with contextlib.suppress(OSError):
             os.unlink(log.name)

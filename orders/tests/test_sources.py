@@ -852,12 +852,7 @@ def test_a_signal_whose_first_request_died_is_placed_by_its_retry_once(client, t
     strategy.accounts.add(second)
     real = services.order_place
 
-    def dies_on_the_second(**order):
-        if order["account"].pk == second.pk:
-            raise WorkerLost
-        return real(**order)
-
-    monkeypatch.setattr(services, "order_place", dies_on_the_second)
+    monkeypatch.setattr(services, "order_place", failing_on(second, WorkerLost))
     with pytest.raises(WorkerLost):
         webhook(client, strategy)
     assert PaperOrder.objects.count() == 1
@@ -876,6 +871,17 @@ class WorkerLost(BaseException):
     """The request's process stopped in the middle (killed, restarted): nothing after it runs."""
 
 
+def failing_on(account, error, place=services.order_place):
+    """``order_place`` that raises ``error`` for ``account``'s order and places the others."""
+
+    def order_place(**order):
+        if order["account"].pk == account.pk:
+            raise error
+        return place(**order)
+
+    return order_place
+
+
 def test_an_error_on_one_account_still_answers_and_records_the_others_and_its_repeat_places_it(
     client, trader, strategy, monkeypatch
 ):
@@ -888,12 +894,7 @@ def test_an_error_on_one_account_still_answers_and_records_the_others_and_its_re
     strategy.accounts.add(second)
     real = services.order_place
 
-    def fails_on_the_second(**order):
-        if order["account"].pk == second.pk:
-            raise RuntimeError("lost the database connection")
-        return real(**order)
-
-    monkeypatch.setattr(services, "order_place", fails_on_the_second)
+    monkeypatch.setattr(services, "order_place", failing_on(second, RuntimeError("lost the database connection")))
     response = webhook(client, strategy)
     assert response.status_code == 201
     answers = {row["account_id"]: row for row in response.json()["results"]}
@@ -1109,12 +1110,7 @@ def test_a_retry_of_a_signal_whose_first_request_died_answers_what_it_placed_wha
     strategy.accounts.add(second)
     real = services.order_place
 
-    def dies_on_the_second(**order):
-        if order["account"].pk == second.pk:
-            raise WorkerLost
-        return real(**order)
-
-    monkeypatch.setattr(services, "order_place", dies_on_the_second)
+    monkeypatch.setattr(services, "order_place", failing_on(second, WorkerLost))
     with pytest.raises(WorkerLost):
         webhook(client, strategy, quantity=2)
     placed = Order.objects.get(strategy=strategy)

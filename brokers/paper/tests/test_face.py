@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from brokers import base
 from brokers.kite.adapter import KiteBroker
 from brokers.paper import engine, kite_format
 from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperToken, PaperTrade
-from tradingplatform.testing import database_url, free_port
+from tradingplatform.testing import database_url, free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[3]
 MOCKS = Path(__file__).resolve().parents[2] / "kite" / "samples"
@@ -334,12 +333,7 @@ def test_the_face_process_writes_no_access_token_to_its_log(kite_client, setting
             adapter.logout()
             assert PaperToken.objects.get(kind=PaperToken.Kind.ACCESS).revoked_at is not None
         finally:
-            os.killpg(face.pid, signal.SIGTERM)
-            try:
-                face.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(face.pid, signal.SIGKILL)
-                face.wait(5)
+            stop_process_group(face)
     written = log_path.read_text(errors="replace")
     assert "DELETE /session/token 200" in written, written[-3000:]  # Django's access line, without the query
     assert token not in written, written[-3000:]
