@@ -41,6 +41,14 @@ def _required_or_local(name: str, generate) -> str:
 
 
 SECRET_KEY = _required_or_local("SECRET_KEY", lambda: Fernet.generate_key().decode() * 2)
+# It signs sessions and the broker login's state: with DEBUG off a guessable one (Django's own
+# `check --deploy` rule: under 50 characters, under 5 different ones, or the startproject
+# placeholder) stops startup instead of a warning nobody reads.
+if not DEBUG and (len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure-")):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is too weak: use at least 50 random characters"
+        " (python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+    )
 
 # Comma-separated Fernet keys, newest first: the first encrypts, all decrypt. Rotate
 # by prepending a new key and running `manage.py rotate_encryption_keys`.

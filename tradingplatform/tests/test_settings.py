@@ -1,6 +1,7 @@
 """Settings as production loads them: each case in a fresh interpreter with its own environment."""
 
 import os
+import secrets
 import subprocess
 import sys
 
@@ -28,6 +29,13 @@ def test_settings_refuse_encryption_keys_that_name_no_key(keys):
     this, startup went through and the first broker account saved was a 500 (MultiFernet: no key)."""
     result = load_settings({**production_env(), "FIELD_ENCRYPTION_KEYS": keys})
     assert result.returncode != 0 and "FIELD_ENCRYPTION_KEYS" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("key", ["x" * 50, "s3cret-but-short", "django-insecure-" + "k7#q9z!m2v" * 5])
+def test_production_settings_refuse_a_guessable_secret_key(key):
+    """A key anyone could guess signs sessions anyone could forge: startup used to go through."""
+    result = load_settings({**production_env(), "SECRET_KEY": key})
+    assert result.returncode != 0 and "SECRET_KEY is too weak" in result.stderr, result.stderr[-2000:]
 
 
 def test_production_settings_are_secure():
@@ -66,7 +74,7 @@ def production_env() -> dict:
         **keep,
         "DJANGO_SETTINGS_MODULE": "tradingplatform.settings",
         "DEBUG": "false",
-        "SECRET_KEY": "x" * 50,
+        "SECRET_KEY": secrets.token_urlsafe(50),
         "ALLOWED_HOSTS": "trade.example.com",
         "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
     }
