@@ -566,14 +566,21 @@ def strategy_list(request):
     return selectors.strategies_of(request.user)
 
 
-@router.post("/strategies", response={201: StrategyCreated})
-def strategy_create(request, payload: StrategyIn):
-    strategy, secret = sources.strategy_save(
-        owner=request.user, name=payload.name, account_ids=payload.account_ids, **_strategy_params(payload)
+@router.post("/strategies", response={201: StrategyCreated, 200: StrategyCreated})
+def strategy_create(request, payload: StrategyIn, idempotency_key: str | None = IdempotencyKey):
+    """Create a strategy; its ``webhook_secret`` is in this answer only. Send ``Idempotency-Key`` to
+    make retries safe: a repeat returns the same strategy (200) with a new secret (the first answer's
+    may never have arrived), and the first answer's secret stops working."""
+    created, secret = sources.strategy_save(
+        owner=request.user,
+        name=payload.name,
+        account_ids=payload.account_ids,
+        create_key=_api_key(idempotency_key),
+        **_strategy_params(payload),
     )
-    strategy = selectors.strategy_of(request.user, strategy.pk)  # as stored: 1E+1 is answered 10.00
+    strategy = selectors.strategy_of(request.user, created.pk)  # as stored: 1E+1 is answered 10.00
     strategy.webhook_secret = secret
-    return Status(201, strategy)
+    return Status(200 if getattr(created, "replayed", False) else 201, strategy)
 
 
 @router.get("/strategies/{strategy_id}", response=StrategyOut)

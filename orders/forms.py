@@ -69,7 +69,27 @@ def price_field(label: str) -> forms.DecimalField:
     )
 
 
-class OrderTicketForm(forms.Form):
+class OneTimeTokenForm(forms.Form):
+    """A form whose every rendering carries a one-time token: the same form sent twice (a double
+    click, a resubmit) is one request to the service, which keys what it makes on the token."""
+
+    token = forms.UUIDField(
+        widget=forms.HiddenInput,
+        error_messages={"required": "This form is out of date; check it and submit again."},
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.initial.setdefault("token", uuid.uuid4())
+
+    def renew_token(self) -> None:
+        """A fresh token for a form shown again after its token was refused."""
+        self.data = self.data.copy()
+        self.data["token"] = str(uuid.uuid4())
+
+
+class OrderTicketForm(OneTimeTokenForm):
     account = forms.ModelChoiceField(queryset=None, empty_label=None)
     instrument = forms.ModelChoiceField(
         queryset=Instrument.objects.all(),
@@ -83,7 +103,7 @@ class OrderTicketForm(forms.Form):
     validity = forms.ChoiceField(choices=VALIDITIES, initial="DAY")
     price = price_field("Price")
     trigger_price = price_field("Trigger price")
-    # One per rendered ticket: a second submit of the same ticket returns the first order.
+    # A second submit of the same ticket returns the first order.
     token = forms.UUIDField(
         widget=forms.HiddenInput,
         error_messages={"required": "This ticket is out of date; check it and submit again."},
@@ -92,8 +112,6 @@ class OrderTicketForm(forms.Form):
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["account"].queryset = broker_accounts_of(user).filter(is_active=True)
-        if not self.is_bound:
-            self.initial.setdefault("token", uuid.uuid4())
         self.chosen_instrument = instrument_from(self["instrument"].value())
         self.fields["product"].choices = product_choices(self.chosen_instrument)
         if not self.is_bound and self.chosen_instrument is not None:
@@ -109,11 +127,6 @@ class OrderTicketForm(forms.Form):
         if not quantity or quantity % instrument.lot_size:
             quantity = instrument.lot_size
         return cls(user, initial={"instrument": instrument.pk, "product": product, "quantity": quantity})
-
-    def renew_token(self) -> None:
-        """A fresh token for a ticket shown again after its token was refused."""
-        self.data = self.data.copy()
-        self.data["token"] = str(uuid.uuid4())
 
     @property
     def spec(self) -> dict:

@@ -105,6 +105,9 @@ class Strategy(models.Model):
     webhook_secret_hash = models.CharField(max_length=64, blank=True)
     webhook_secret_prefix = models.CharField(max_length=16, blank=True)
     is_active = models.BooleanField(default=True)
+    # "<owner id>:<key>" of the request that created it (the page's one-time token, the API's
+    # Idempotency-Key): a repeat of that request is the same strategy, not "name taken".
+    create_key = models.CharField(max_length=140, null=True, blank=True, unique=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

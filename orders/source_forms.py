@@ -1,7 +1,5 @@
 """Forms for baskets, scheduled orders and strategies. They parse; the sources module decides."""
 
-import uuid
-
 from django import forms
 from django.db.models import Q
 
@@ -11,7 +9,7 @@ from brokers.selectors import instrument_by_symbol
 from tradingplatform import numbers
 
 from . import sources
-from .forms import PriceField, whole_number
+from .forms import OneTimeTokenForm, PriceField, whole_number
 from .models import ORDER_TYPES, PRODUCTS, SIDES, VALIDITIES, WEEKDAY_NAMES, ScheduledOrder, Strategy
 
 WEEKDAYS = list(enumerate(WEEKDAY_NAMES))
@@ -118,7 +116,9 @@ class BasketPlaceForm(forms.Form):
         self.fields["accounts"] = AccountsField(user, required=False, help_text="Blank: the basket's accounts.")
 
 
-class ScheduledForm(OrderSpecForm):
+class ScheduledForm(OneTimeTokenForm, OrderSpecForm):
+    """The same form sent twice makes one scheduled order."""
+
     recurrence = forms.ChoiceField(choices=ScheduledOrder.Recurrence.choices)
     run_on = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="Date")
     time_of_day = forms.TimeField(widget=forms.TimeInput(attrs={"type": "time", "step": 1}), label="Time")
@@ -129,11 +129,6 @@ class ScheduledForm(OrderSpecForm):
         min_value=0, max_value=86400, initial=0, label="Grace (seconds)", help_text="Still place it this late."
     )
     timezone = forms.ChoiceField(choices=lambda: [(name, name) for name in sorted(sources.zone_names())])
-    # One per rendered form: the same form sent twice makes one scheduled order.
-    token = forms.UUIDField(
-        widget=forms.HiddenInput,
-        error_messages={"required": "This form is out of date; check it and submit again."},
-    )
 
     field_order = ["account", "instrument", "side", "quantity", "order_type", "product", "price", "trigger_price"]
 
@@ -144,16 +139,12 @@ class ScheduledForm(OrderSpecForm):
         )
         self.fields["timezone"].initial = user.timezone
         self.order_fields(self.field_order)
-        if not self.is_bound:
-            self.initial.setdefault("token", uuid.uuid4())
-
-    def renew_token(self) -> None:
-        """A fresh token for a form shown again after its token was refused."""
-        self.data = self.data.copy()
-        self.data["token"] = str(uuid.uuid4())
 
 
-class StrategyForm(forms.ModelForm):
+class StrategyForm(OneTimeTokenForm, forms.ModelForm):
+    """The same new-strategy form sent twice makes one strategy (``sources.strategy_save``), shown
+    with a new secret."""
+
     retryable_kinds = forms.MultipleChoiceField(
         choices=[(kind, kind) for kind in RejectKind.ALL], required=False, widget=forms.CheckboxSelectMultiple
     )
@@ -183,6 +174,11 @@ class StrategyForm(forms.ModelForm):
         kept = list(self.instance.accounts.all()) if self.instance.pk else []
         self.fields["accounts"] = AccountsField(user, kept=kept, required=False)
         self.fields["accounts"].initial = kept
+        self.fields["token"].required = False  # an edit, or a page rendered before it had one
+
+    def create_key(self) -> str | None:
+        token = self.cleaned_data.get("token")
+        return f"ui:{token}" if token else None
 
     def _post_clean(self):
         # The service validates the whole strategy (names are unique per owner).

@@ -201,15 +201,20 @@ def strategy_edit(request, pk=None):
                 strategy=strategy,
                 name=form.cleaned_data["name"],
                 account_ids=[account.pk for account in form.cleaned_data["accounts"]],
+                create_key=form.create_key(),
                 **form.params(),
             )
         except ValidationError as exc:
             apply_validation_error(form, exc)
+            if "idempotency_key" in getattr(exc, "error_dict", {}):
+                form.renew_token()
         else:
             if secret:
                 return _show_secret(request, saved, secret)
             messages.success(request, f"Saved {saved.name}.")
             return redirect("sources:strategy_detail", saved.pk)
+    elif "token" in form.errors:
+        form.renew_token()
     return render(request, "orders/strategy_form.html", {"form": form, "strategy": strategy})
 
 

@@ -1414,15 +1414,51 @@ def _secret() -> tuple[str, str, str]:
 STRATEGY_NAME_TAKEN = "You already have a strategy with this name."
 
 
-def strategy_save(*, owner, name: str, account_ids, strategy: Strategy | None = None, **params) -> tuple[Strategy, str]:
+def strategy_save(
+    *, owner, name: str, account_ids, strategy: Strategy | None = None, create_key: str | None = None, **params
+) -> tuple[Strategy, str]:
     """Create a strategy, or change its name, accounts and the settings given. Returns it with its
     webhook secret when one was just made (else "").
 
     A change is made under the strategy's row lock, taken before anything is read (as
-    ``strategy_change``), so two saves at the same time are made one after the other."""
-    with transaction.atomic():
-        row = _locked(Strategy, strategy, owner) if strategy is not None else None
-        return _strategy_write(owner=owner, name=name, account_ids=account_ids, strategy=row, **params)
+    ``strategy_change``), so two saves at the same time are made one after the other.
+
+    ``create_key`` (a create's one-time form token or Idempotency-Key): a repeat of the create
+    returns the strategy the first made, with a new secret. The first answer, the only one that
+    showed a secret, may never have been seen (a double click shows the second), and a secret
+    cannot be shown twice (only its hash is kept). The same key with another name or other
+    settings is refused on ``idempotency_key``."""
+    if strategy is not None:
+        with transaction.atomic():
+            row = _locked(Strategy, strategy, owner)
+            return _strategy_write(owner=owner, name=name, account_ids=account_ids, strategy=row, **params)
+    key = f"{owner.pk}:{create_key}" if create_key else None
+    asked = {"name": (name or "").strip(), "account_ids": account_ids, **params}
+    try:
+        with transaction.atomic():
+            return _strategy_repeat(owner, key, asked) or _strategy_write(
+                owner=owner, name=name, account_ids=account_ids, strategy=None, create_key=key, **params
+            )
+    except (ValidationError, IntegrityError):
+        # The first request committed its row while this one was written (the unique index waited for it).
+        made = _strategy_repeat(owner, key, asked)
+        if made is None:
+            raise
+        return made
+
+
+def _strategy_repeat(owner, key: str | None, asked: dict) -> tuple[Strategy, str] | None:
+    """The strategy a create with this key made, with a new secret; None if none has."""
+    first = Strategy.objects.filter(owner=owner, create_key=key).first() if key else None
+    if first is None:
+        return None
+    kept = {"name": first.name, "account_ids": set(first.accounts.values_list("pk", flat=True))}
+    kept.update((field, getattr(first, field)) for field in asked if field in STRATEGY_FIELDS)
+    if any(value != (set(asked[field]) if field == "account_ids" else asked[field]) for field, value in kept.items()):
+        text = "This form was already used for a different strategy; check it and submit again."
+        raise ValidationError({"idempotency_key": ValidationError(text, code="conflict")})
+    first.replayed = True
+    return first, strategy_rotate_secret(strategy=first)
 
 
 def strategy_check(params: dict, *, strategy: Strategy | None = None) -> None:
@@ -1463,8 +1499,11 @@ def strategy_check(params: dict, *, strategy: Strategy | None = None) -> None:
             raise ValidationError({"chase_max_ticks": "A chase needs a cap: set its ticks, its percent, or both."})
 
 
-def _strategy_write(*, owner, name: str, account_ids, strategy: Strategy | None, **params) -> tuple[Strategy, str]:
-    """``strategy_save`` of a strategy as read under its row lock (None: a new one), in the caller's transaction."""
+def _strategy_write(
+    *, owner, name: str, account_ids, strategy: Strategy | None, create_key: str | None = None, **params
+) -> tuple[Strategy, str]:
+    """``strategy_save`` of a strategy as read under its row lock (None: a new one, made by the
+    request ``create_key`` names), in the caller's transaction."""
     unknown = set(params) - set(STRATEGY_FIELDS)
     if unknown:
         raise TypeError(f"unexpected fields: {sorted(unknown)}")
@@ -1475,7 +1514,7 @@ def _strategy_write(*, owner, name: str, account_ids, strategy: Strategy | None,
         raise ValidationError({"name": STRATEGY_NAME_TAKEN})
     strategy_check(params, strategy=strategy)
     accounts = _owned_accounts(owner, account_ids, kept=strategy or Strategy())
-    row = strategy or Strategy(owner=owner)
+    row = strategy or Strategy(owner=owner, create_key=create_key)
     row.name = name
     for field, value in params.items():
         setattr(row, field, value)

@@ -1,11 +1,13 @@
 """The orders JSON API: placing, idempotency, filters, errors, ownership, rate limits."""
 
+import hashlib
+
 import pytest
 
 from accounts import services as account_services
-from accounts.tests.factories import make_broker_account
+from accounts.tests.factories import make_broker_account, make_user
 from brokers.paper.models import PaperOrder
-from orders.models import Order, ScheduledOrder
+from orders.models import Order, ScheduledOrder, Strategy
 from orders.tests.factories import place
 
 
@@ -516,9 +518,32 @@ def test_an_oversized_body_is_413_in_the_one_shape(api, account, settings, caplo
     assert not Order.objects.exists()
 
 
+def test_a_strategy_create_retried_with_its_key_is_the_same_strategy_with_a_working_secret(api, trader, account):
+    """A create whose answer was lost (a timeout) and was retried: the retry said "name taken" and
+    the strategy's secret, in the lost answer only, could not be had. The retry with the same key is
+    the same strategy (200) with a new secret, the one that then signs alerts."""
+    create = {"name": "Trend", "account_ids": [account.pk], "stop_loss": "1.5"}
+    first = post(api, "/api/v1/strategies", create, HTTP_IDEMPOTENCY_KEY="make-1")
+    again = post(api, "/api/v1/strategies", create, HTTP_IDEMPOTENCY_KEY="make-1")
+    assert (first.status_code, again.status_code) == (201, 200), again.json()
+    assert again.json()["id"] == first.json()["id"] and Strategy.objects.count() == 1
+    secret = again.json()["webhook_secret"]
+    assert secret != first.json()["webhook_secret"]
+    assert Strategy.objects.get().webhook_secret_hash == hashlib.sha256(secret.encode()).hexdigest()
+    conflict = post(api, "/api/v1/strategies", {**create, "stop_loss": "2"}, HTTP_IDEMPOTENCY_KEY="make-1")
+    assert conflict.status_code == 409 and conflict.json()["error"]["field"] == "idempotency_key"
+    # Another trader's key of the same text is theirs: a strategy of their own, not a replay of this one.
+    other = make_user(username="other-bot")
+    _, secret = account_services.api_key_create(owner=other, name="bot")
+    theirs = post(api, "/api/v1/strategies", {"name": "Trend"}, HTTP_IDEMPOTENCY_KEY="make-1",
+                  HTTP_AUTHORIZATION=f"Bearer {secret}")  # fmt: skip
+    assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
+    assert post(api, "/api/v1/strategies", create).status_code == 422  # no key: the name is taken
+
+
 def test_openapi_declares_the_idempotency_key_and_the_page_cursor(client, db):
     schema = client.get("/api/v1/openapi.json").json()
-    for path in ("/api/v1/orders", "/api/v1/baskets/{basket_id}/place", "/api/v1/scheduled"):
+    for path in ("/api/v1/orders", "/api/v1/baskets/{basket_id}/place", "/api/v1/scheduled", "/api/v1/strategies"):
         operation = schema["paths"][path]["post"]
         [header] = [p for p in operation["parameters"] if p["in"] == "header"]
         assert header["name"] == "Idempotency-Key" and header["required"] is False and header["description"]

@@ -1,5 +1,6 @@
 """Pages for baskets, scheduled orders and strategies."""
 
+import hashlib
 import uuid
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -235,6 +236,31 @@ def test_strategy_secret_is_shown_once(trader_client, account):
     assert secret not in detail and f"/hooks/strategies/{strategy.pk}/" in detail
     rotated = trader_client.post(reverse("sources:strategy_secret", args=[strategy.pk])).content.decode()
     assert "whsec_" in rotated and secret not in rotated
+
+
+def test_a_new_strategy_saved_twice_is_one_strategy_shown_with_a_secret_that_works(trader_client, account):
+    """A double-clicked Save: the browser shows the second answer, which said "name taken", and the
+    secret (in the first answer only) was lost. The same form sent again is the first's strategy,
+    shown with a new secret, the one that then signs alerts."""
+    form = {"name": "Trend", "accounts": [account.pk], "stop_loss_unit": "percent", "take_profit_unit": "points",
+            "max_reentries": "0", "max_retries": "0", "is_active": "on", "token": str(uuid.uuid4())}  # fmt: skip
+    first = trader_client.post(reverse("sources:strategy_create"), form).content.decode()
+    second = trader_client.post(reverse("sources:strategy_create"), form)
+    strategy = Strategy.objects.get()
+    assert second.status_code == 200 and "taken" not in second.content.decode()
+    secrets = [page.split('class="secret-value">')[1].split("<")[0] for page in (first, second.content.decode())]
+    assert secrets[0] != secrets[1] and all(secret.startswith("whsec_") for secret in secrets)
+    shown = hashlib.sha256(secrets[1].encode()).hexdigest()
+    strategy.refresh_from_db()
+    assert strategy.webhook_secret_hash == shown
+    # The same form with another name is not a repeat: refused on the page, a fresh form to send.
+    changed = trader_client.post(reverse("sources:strategy_create"), {**form, "name": "Other"})
+    assert "already used for a different strategy" in changed.content.decode()
+    assert changed.context["form"]["token"].value() != form["token"]
+    assert list(Strategy.objects.values_list("name", flat=True)) == ["Trend"]
+    # A new form (a new token) with the name taken is still "name taken".
+    again = trader_client.post(reverse("sources:strategy_create"), {**form, "token": str(uuid.uuid4())})
+    assert sources.STRATEGY_NAME_TAKEN in again.content.decode() and Strategy.objects.count() == 1
 
 
 @pytest.mark.parametrize("field, value", [("max_retries", "21"), ("max_reentries", "101"), ("max_retries", "1000000")])

@@ -5,8 +5,10 @@ serve them), on MariaDB; where a race is too narrow to hit reliably, one side is
 point and the other sent meanwhile.
 """
 
+import hashlib
 import threading
 import time as clock
+import uuid
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -265,6 +267,24 @@ def test_one_schedule_form_sent_twice_at_once_makes_one_scheduled_order(trader, 
         answers = at_once(*(lambda c=c, data=data: c.post(reverse("sources:scheduled_list"), data) for c in clients))
         assert [getattr(answer, "status_code", answer) for answer in answers] == [302, 302], answers
     assert ScheduledOrder.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_strategy_form_sent_twice_at_once_makes_one_strategy_and_a_secret_that_works(trader, account):
+    """Both answers show the strategy with a secret (neither "name taken"), one strategy is made,
+    and the secret stored is one of those shown: the later, which replaced the first."""
+    page, form = PAGES["strategies"]
+    clients = [Client(), Client()]
+    for client in clients:
+        client.force_login(trader)
+    for round_ in range(3):
+        data = {**form(account, f"Twin {round_}"), "token": str(uuid.uuid4())}
+        answers = at_once(*(lambda c=c, data=data: c.post(reverse(page), data) for c in clients))
+        assert [getattr(answer, "status_code", answer) for answer in answers] == [200, 200], answers
+        shown = [answer.content.decode().split('class="secret-value">')[1].split("<")[0] for answer in answers]
+        strategy = Strategy.objects.get(name=f"Twin {round_}")
+        assert strategy.webhook_secret_hash in {hashlib.sha256(secret.encode()).hexdigest() for secret in shown}
+    assert Strategy.objects.count() == 3
 
 
 # --- A scheduled order edited as a worker takes its due time -----------------------------------
