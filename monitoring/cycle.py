@@ -745,6 +745,19 @@ def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> No
         excess -= remaining
 
 
+def _fill_average(entry: Order) -> Decimal:
+    """The entry's average fill price: that of its fills recorded when they are all of them, else the
+    broker's, else that of the fills recorded. Kite documents ``average_price`` for complete orders
+    only: a partly filled one may say 0, or keep the one of fewer fills (``orders.services``). 0 when
+    none is known: an exit priced from 0 would be a stop at 0 and a target that sells at once."""
+    fills = list(entry.trades.values_list("quantity", "price"))
+    held = sum(quantity for quantity, _ in fills)
+    recorded = sum(quantity * price for quantity, price in fills) / held if held else Decimal(0)
+    if held == entry.filled_quantity or entry.average_price <= 0:
+        return recorded
+    return Decimal(entry.average_price)
+
+
 def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, amount, unit) -> Order | None:
     """Place what ``entry`` misses of a ``role`` exit (``missing``), as ``step_exits`` says. Returns the
     exit placed, if one was (it may cover less than ``missing``: the replacement of one exit of several
@@ -848,7 +861,10 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             key = f"{key}#{tries + 1}"
     else:
         carried = False
-        average = Decimal(entry.average_price)
+        average = _fill_average(entry)
+        if average <= 0:
+            _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: its fill price is not known yet")
+            return None
         distance = _offset(average, amount, unit)
         protective = (role == Order.Role.STOP_LOSS) == (entry.side == "BUY")
         exact = average - distance if protective else average + distance
@@ -1390,7 +1406,7 @@ def _trail_distance(ctx: Context, stop: Order, last: Decimal) -> Decimal | None:
     if not _moved_by_hand(stop, note.pk if note else 0):
         if note is not None:
             return Decimal(note.data["distance"])
-        return abs(Decimal(stop.parent.average_price) - _placed(stop, "trigger_price"))
+        return abs(_fill_average(stop.parent) - _placed(stop, "trigger_price"))
     distance = last - stop.trigger_price if stop.side == "SELL" else stop.trigger_price - last
     if distance <= 0:
         # The last price was read before the move and the market has passed it since (a stop at or

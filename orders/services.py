@@ -1459,6 +1459,11 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
     filled, average = state.filled_quantity, state.average_price
     if filled < order.filled_quantity:
         filled, average = order.filled_quantity, order.average_price
+    elif filled and not average:
+        # Fills without their average (Kite documents ``average_price`` for complete orders only):
+        # not a price of 0. The one we know stays until one is told (``monitoring.cycle`` prices
+        # an exit from the fills recorded).
+        average = order.average_price
     fields = {
         "filled_quantity": filled,
         "average_price": average,
@@ -1477,7 +1482,8 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
             # The failure it was closed with (never sent, its answer lost) was wrong: not its reason any more.
             fields["reject_kind"], fields["reject_reason"] = "", ""
     quantity = changed.get("quantity", order.quantity)
-    message = f"{filled}/{quantity} filled at {average}" if filled else (state.status_message or "")
+    message = f"{filled}/{quantity} filled" + (f" at {average}" if average else "") if filled else ""
+    message = message or state.status_message or ""
     kind = KIND_FOR.get(new_status, "updated") if new_status != order.status else "fill"
     if changed:
         held = ", ".join(f"{name.replace('_', ' ')} {'-' if v is None else v}" for name, v in changed.items())

@@ -4,6 +4,7 @@ Each test is a life a review found broken against the paper exchange: exits spli
 partly filled, refused by the broker, retried, replaced, or left behind by a cancelled entry.
 """
 
+import dataclasses
 from datetime import timedelta
 from decimal import Decimal
 
@@ -90,6 +91,33 @@ def test_an_exit_filling_leaves_the_exits_of_the_rest_of_the_position(trader, ac
     monitor(account)
     assert held(account) == 6
     assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 6
+
+
+def test_a_partly_filled_entry_whose_broker_tells_no_average_is_guarded_from_its_fills(trader, account, monkeypatch):
+    """Kite documents ``average_price`` for complete orders only: a partly filled entry may come
+    with 0. Its exits were priced from 0: a stop-loss at 0 or below, a take-profit selling at once.
+    They are priced from the fills recorded, and the order keeps no average of 0 it was told."""
+    from brokers.paper import adapter
+
+    told = adapter.to_broker_order
+
+    def without_average(order):
+        state = told(order)
+        return state if state.status == "FILLED" else dataclasses.replace(state, average_price=D(0))
+
+    monkeypatch.setattr(adapter, "to_broker_order", without_average)
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    quote("1498.9", bid="1498.8", ask="1498.9", volume=4)  # 4 of 10 fill at its limit
+    monitor(account)
+    monitor(account)
+    first.refresh_from_db()
+    assert (first.status, first.filled_quantity, first.average_price) == (Order.Status.PARTIALLY_FILLED, 4, 0)
+    assert set(first.trades.values_list("price", flat=True)) == {D("1499")}
+    stop, target = (first.children.get(role=role) for role in EXITS)
+    assert (stop.trigger_price, target.price) == (D("1484.00"), D("1529.00"))  # 1 % and 2 % from 1499, on ticks
+    assert target.status == Order.Status.OPEN and held(account) == 4
 
 
 def test_a_partly_filled_take_profit_cuts_the_stop_loss_to_what_is_held(trader, account):

@@ -126,6 +126,18 @@ def test_updates_arriving_out_of_order_never_move_an_order_back(account, resting
     assert (resting.status, resting.filled_quantity) == (Order.Status.FILLED, 10)
 
 
+def test_fills_told_without_their_average_keep_the_average_known(account, resting):
+    """Kite documents ``average_price`` for complete orders only: a partly filled order may come
+    with 0. It was taken as the price ("6/10 filled at 0", an average of 0 kept) until the order filled."""
+    told = broker_state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=4, average_price=D("1400"))
+    assert services.order_broker_update(account, told, True)
+    more = broker_state(resting, status=Status.PARTIALLY_FILLED, filled_quantity=6, average_price=D(0))
+    assert services.order_broker_update(account, more, True)
+    resting.refresh_from_db()
+    assert (resting.filled_quantity, resting.average_price) == (6, D("1400"))
+    assert resting.events.last().message == "6/10 filled at 1400.0000"
+
+
 @pytest.mark.parametrize("asked_before", [False, True])
 def test_a_final_state_with_fewer_fills_than_we_know_closes_the_order_with_ours(account, resting, asked_before):
     """A book read before an update we applied (Kite's book lagging its postbacks) can say
