@@ -69,3 +69,18 @@ def test_a_basket_deleted_while_it_is_placed_still_shows_what_was_placed(trader_
     assert PaperOrder.objects.count() == 1
     page = placed.content.decode()
     assert Order.objects.get().reference in page and "was deleted" in page
+
+
+@pytest.mark.parametrize(
+    "status, badge",
+    [("PARTIALLY_FILLED", "ok"), ("NEW", "warn"), ("UNKNOWN", "warn"), ("CANCELLED", "muted")],
+)
+def test_an_item_placed_or_maybe_placed_is_not_shown_as_an_error(trader_client, trader, account, status, badge):
+    """A market item that filled in part on arrival is at its exchange, filling; one still NEW, or
+    UNKNOWN, may be there (its sender stopped after sending it). Their badges were the red of a
+    refused item, which tells the trader to place it again: a second order of the same item."""
+    basket = one_share_basket(trader, "Open", [account])
+    row = {"account_id": account.pk, "account": "Paper", "symbol": "INFY", "side": "BUY", "quantity": 1}
+    Basket.objects.filter(pk=basket.pk).update(last_results=[{**row, "status": status}])
+    page = trader_client.get(reverse("sources:basket_detail", args=[basket.pk])).content.decode()
+    assert f'<span class="badge {badge}">{status}</span>' in page
