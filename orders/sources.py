@@ -371,9 +371,11 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
     # A repeat places the items its placement asked for (as it does on the accounts it placed on),
     # whatever the basket has now: an item put in front since moved the others down a place, and
     # the last of them, already placed, was placed again.
-    items, first = _basket_run(
-        basket, actor, run_token, account_ids, accounts, list(basket.items.select_related("instrument"))
-    )
+    current = list(basket.items.select_related("instrument"))
+    if not current and not BasketRun.objects.filter(owner=actor, token=run_token).exists():
+        # Its items all taken off (in the admin): nothing to place, not an empty placement.
+        raise ValidationError({"items": "This basket has no items; add one first."})
+    items, first = _basket_run(basket, actor, run_token, account_ids, accounts, current)
     # An item's key is its place in the basket, not its row: items saved again (a rename that
     # sends them, a PUT) are new rows, and a repeat of the placement must still find its orders.
     # A repeat answers what the placement placed, as it was placed: an item or a copy multiplier

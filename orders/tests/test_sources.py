@@ -17,7 +17,7 @@ from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
 from brokers.paper.models import PaperOrder
 from orders import services, sources
-from orders.models import Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
+from orders.models import BasketRun, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
 from orders.tests.factories import instrument
 from tradingplatform import background
 from tradingplatform.api import RepeatedKey, unique_keys
@@ -321,6 +321,19 @@ def test_a_basket_item_off_its_lot_is_refused_on_every_account_not_cut_to_a_lot(
     ]
     assert {r["error"] for r in results} == {"Quantity must be a multiple of the lot size, 75."}
     assert not PaperOrder.objects.exists() and not Order.objects.exists()
+
+
+def test_a_basket_left_with_no_items_is_refused_not_answered_as_placed(trader, account):
+    """A basket whose items were all taken off in the admin: placing it answered an empty list (the
+    page showed nothing, no word, and wrote it as its last placement), as though it had been
+    placed. It is refused naming its items; nothing is written."""
+    basket = sources.basket_save(owner=trader, name="Emptied", account_ids=[account.pk], items=[spec()])
+    basket.items.all().delete()
+    with pytest.raises(ValidationError) as error:
+        sources.basket_place(basket=basket, actor=trader, run_token="empty")
+    assert "items" in error.value.message_dict
+    basket.refresh_from_db()
+    assert basket.last_placed_at is None and not BasketRun.objects.exists() and not Order.objects.exists()
 
 
 # --- Scheduled orders ------------------------------------------------------------------------
