@@ -1,13 +1,17 @@
 from django.contrib import admin
 
-from tradingplatform import numbers
+from tradingplatform.admin import ReadOnlyAdmin
 
 from .models import BrokerSession, Instrument
 
 
 @admin.register(Instrument)
-class InstrumentAdmin(admin.ModelAdmin):
-    formfield_overrides = numbers.NUMBER_FIELDS
+class InstrumentAdmin(ReadOnlyAdmin):
+    """The broker's list, kept by ``load_instruments`` (and prices by the ticks): staff read it here.
+    An edit went around it: a symbol "corrected" here is one the broker does not know (the exit of a
+    position held in it rejected), a lot size it does not use refuses the trader's orders, and the
+    next load undoes either."""
+
     list_display = ("tradingsymbol", "exchange", "name", "instrument_type", "lot_size", "tick_size", "last_price")
     list_filter = ("exchange", "instrument_type")
     search_fields = ("tradingsymbol", "name")

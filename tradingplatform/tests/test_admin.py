@@ -20,7 +20,7 @@ from brokers import services as broker_services
 from brokers.models import BrokerSession
 from monitoring import cycle
 from monitoring.models import AccountRun, BrokerSnapshot, MonitoringRun
-from orders import sources
+from orders import services, sources
 from orders.models import Basket, ScheduledOrder, Strategy, StrategySignal
 from orders.tests.factories import instrument, place
 from portfolio.models import PnlSnapshot, Position, Trade
@@ -449,3 +449,39 @@ def test_staff_who_may_change_users_cannot_take_over_a_colleague_with_other_perm
     assert User.objects.get(pk=trader.pk).check_password("Taken-0ver!x9")
     own = client.post(reverse("admin:auth_user_password_change", args=[desk.pk]), {**new, "usable_password": "true"})
     assert own.status_code == 302
+
+
+def test_staff_cannot_edit_an_instrument_a_trader_holds(staff_client, filled):
+    """Instruments are the broker's list (``load_instruments``): an edit in the admin went around it.
+    A symbol "corrected" there made the trader's INFY an instrument the broker does not know: the
+    exit of the 3 INFY they held was rejected by the broker. Staff read instruments; none is deleted."""
+    from brokers.models import Instrument
+
+    infy = filled.instrument
+    change = reverse("admin:brokers_instrument_change", args=[infy.pk])
+    assert staff_client.get(change).status_code == 200  # read
+    data = {
+        field.name: getattr(infy, field.attname)
+        for field in Instrument._meta.concrete_fields
+        if field.name not in ("id", "updated_at") and getattr(infy, field.attname) is not None
+    }
+    data.update(updated_at_0="2026-12-03", updated_at_1="09:15:00")
+    staff_client.post(change, {**data, "tradingsymbol": "INFY-EQ"})
+    exit_ = services.order_place(
+        actor=filled.account.owner,
+        account=filled.account,
+        instrument=Instrument.objects.get(pk=infy.pk),
+        side="SELL",
+        quantity=3,
+        order_type="MARKET",
+        product="MIS",
+        source="manual",
+        cause="test",
+    )
+    assert exit_.status not in ("REJECTED", "FAILED"), exit_.reject_reason
+    infy.refresh_from_db()
+    assert infy.tradingsymbol == "INFY"
+
+    delete = reverse("admin:brokers_instrument_delete", args=[instrument("SBIN").pk])
+    assert staff_client.post(delete, {"post": "yes"}).status_code == 403
+    assert Instrument.objects.filter(tradingsymbol="SBIN").exists()
