@@ -127,6 +127,7 @@ class AuditLog(AppendOnlyModel):
         BROKER_SESSION_EXPIRED = "broker_session_expired", "Broker session expired"
         BROKER_SESSION_FAILED = "broker_session_failed", "Broker login failed"
         BROKER_SESSION_LOGOUT = "broker_session_logout", "Broker session closed"
+        SCHEDULED_ORDER_CANCELLED = "scheduled_order_cancelled", "Scheduled order cancelled by staff"
 
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import ValidationError
 
+from accounts.utils import client_ip
 from tradingplatform import numbers
 from tradingplatform.admin import ReadOnlyAdmin
 
@@ -122,8 +123,17 @@ class ScheduledOrderAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Cancel selected scheduled orders", permissions=["cancel"])
     def cancel(self, request, queryset):
-        cancelled = sum(sources.scheduled_cancel(scheduled=row, actor=row.owner) for row in queryset)
-        self.message_user(request, f"Cancelled {cancelled} scheduled order(s).", messages.SUCCESS)
+        ip, cancelled, not_live = client_ip(request), [], []
+        for row in queryset.order_by("pk"):
+            live = sources.scheduled_cancel_by_staff(scheduled=row, staff=request.user, ip=ip)
+            (cancelled if live else not_live).append(f"#{row.pk}")
+        if cancelled:
+            self.message_user(request, f"Cancelled {', '.join(cancelled)}.", messages.SUCCESS)
+        if not_live:
+            # It ran its last time, or was cancelled, before (or while) the action ran.
+            self.message_user(
+                request, f"Not cancelled (done or cancelled already): {', '.join(not_live)}.", messages.WARNING
+            )
 
 
 @admin.register(ScheduledFire)

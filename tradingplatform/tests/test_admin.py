@@ -485,3 +485,33 @@ def test_staff_cannot_edit_an_instrument_a_trader_holds(staff_client, filled):
     delete = reverse("admin:brokers_instrument_delete", args=[instrument("SBIN").pk])
     assert staff_client.post(delete, {"post": "yes"}).status_code == 403
     assert Instrument.objects.filter(tradingsymbol="SBIN").exists()
+
+
+def test_a_scheduled_order_staff_cancel_is_recorded_as_theirs(staff_client, staff, trader, account):
+    """Staff cancelling a trader's scheduled order is a staff action: the audit trail names who did
+    it and from where, the order its due time had written (never sent) says so in its event, and
+    the page says which rows were cancelled and which were not live any more. It was recorded as
+    nobody's (as if its trader had cancelled it, since the action ran as its owner)."""
+    from orders.models import Order, ScheduledFire
+    from orders.tests.test_scheduled_prepared import _prepared
+    from orders.tests.test_sources import make_scheduled
+
+    row = make_scheduled(trader, account)
+    fire, _due_at, order = _prepared(row)
+    done = make_scheduled(trader, account)
+    ScheduledOrder.objects.filter(pk=done.pk).update(status=ScheduledOrder.Status.DONE, next_run_at=None)
+
+    changelist = reverse("admin:orders_scheduledorder_changelist")
+    answer = staff_client.post(changelist, {"action": "cancel", "_selected_action": [row.pk, done.pk]}, follow=True)
+
+    row.refresh_from_db()
+    assert row.status == ScheduledOrder.Status.CANCELLED
+    entry = AuditLog.objects.get(target_type="orders.scheduledorder", target_id=str(row.pk))
+    assert entry.actor == staff and entry.ip == "127.0.0.1"
+    assert not AuditLog.objects.filter(target_type="orders.scheduledorder", target_id=str(done.pk)).exists()
+    order.refresh_from_db()
+    assert order.status == Order.Status.CANCELLED
+    assert "staff" in order.events.get(kind="cancelled").cause
+    assert "staff" in ScheduledFire.objects.get(pk=fire.pk).detail
+    shown = " ".join(str(m) for m in answer.context["messages"])
+    assert f"#{row.pk}" in shown and f"#{done.pk}" in shown, shown
