@@ -5,6 +5,7 @@ from django.contrib.auth.hashers import make_password
 from tradingplatform import numbers
 from tradingplatform.admin import ReadOnlyAdmin
 
+from . import engine
 from .models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
 
 # The client's settings on its admin page, in the groups it shows them in.
@@ -71,6 +72,37 @@ class PaperInstrumentAdmin(admin.ModelAdmin):
     list_display = ("tradingsymbol", "exchange", "last_price", "bid", "ask", "previous_close", "lot_size", "tick_size")
     list_filter = ("exchange", "instrument_type")
     search_fields = ("tradingsymbol", "name")
+    # Set as the feed sets them (``engine.market_set``), when staff change one of them.
+    QUOTE = ("last_price", "bid", "ask")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        # The ticks move the quote while the page is open: the page posts the values it showed too,
+        # so the save can tell a value staff typed from one the market has moved on since.
+        for field in form.base_fields.values():
+            field.show_hidden_initial = True
+        return form
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return super().save_model(request, obj, form, change)
+        # Only what staff changed: writing back the rest as the page showed it would put the market
+        # back where it was when the page was opened (the next MARKET order filled at that ask).
+        columns = {field.name for field in obj._meta.concrete_fields}
+        quote = [name for name in self.QUOTE if name in form.changed_data]
+        fields = [name for name in form.changed_data if name in columns and name not in self.QUOTE]
+        if fields:
+            obj.save(update_fields=fields)
+        if quote:
+            typed = {name: form.cleaned_data[name] for name in quote}
+            stored = PaperInstrument.objects.get(pk=obj.pk)
+            engine.market_set(
+                exchange=stored.exchange,
+                tradingsymbol=stored.tradingsymbol,
+                last_price=typed.get("last_price", stored.last_price),
+                bid=typed.get("bid"),
+                ask=typed.get("ask"),
+            )
 
 
 @admin.register(PaperOrder)

@@ -726,3 +726,46 @@ def test_an_ioc_stop_of_an_earlier_day_is_closed_with_its_day_not_triggered_toda
     stop = reload(stop)
     assert (stop.status, stop.cancelled_quantity, stop.status_message) == (Status.CANCELLED, 2, engine.DAY_ENDED)
     assert not PaperTrade.objects.filter(order=stop).exists() and engine._blocked_funds(client) == 0
+
+
+def _admin_page_data(page) -> dict:
+    """What the admin's change page posts as it was shown (its initial values included)."""
+    form = page.context["adminform"].form
+    data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
+    data.update(re.findall(r'name="(initial-[\w-]+)" value="([^"]*)"', page.content.decode()))
+    for name, value in list(data.items()):
+        if hasattr(value, "tzinfo"):  # a split date and time field
+            local = timezone.localtime(data.pop(name))
+            data.update({f"{name}_0": f"{local:%Y-%m-%d}", f"{name}_1": f"{local:%H:%M:%S}"})
+    return data
+
+
+def test_staff_editing_an_instrument_in_admin_keep_the_prices_ticked_meanwhile(client, staff):
+    """The admin's page shows the instrument's quote; the ticks move it while the page is open. A
+    save of another field (its previous close, a demo's band) wrote back the quote the page showed:
+    the market jumped back to it, and the next MARKET buy filled at the old ask. A price staff type
+    is set as the feed sets one: bid and ask a tick around it, crossing orders filled at once."""
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(staff)
+    infy = PaperInstrument.objects.get(tradingsymbol="INFY")
+    url = f"/admin/paper/paperinstrument/{infy.pk}/change/"
+    data = _admin_page_data(browser.get(url))
+    quote(last="1510")  # a tick while the page is open
+
+    answer = browser.post(url, {**data, "previous_close": "1490"})
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    infy.refresh_from_db()
+    assert infy.previous_close == D("1490")
+    assert (infy.last_price, infy.bid, infy.ask) == (D("1510"), D("1509.90"), D("1510.10"))
+    bought = place(client, order_type="MARKET", quantity=1)
+    assert bought.average_price == D("1510.10")
+
+    resting = place(client, side="SELL", price="1550", quantity=1)
+    data = _admin_page_data(browser.get(url))
+    assert browser.post(url, {**data, "last_price": "1600"}).status_code == 302
+    infy.refresh_from_db()
+    assert (infy.last_price, infy.bid, infy.ask) == (D("1600"), D("1599.90"), D("1600.10"))
+    resting.refresh_from_db()
+    assert resting.status == PaperOrder.Status.COMPLETE and resting.average_price == D("1550")
