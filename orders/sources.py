@@ -1716,13 +1716,16 @@ SIGNAL_ID_MAX_LENGTH = StrategySignal._meta.get_field("signal_id").max_length
 
 def _answered(signal: StrategySignal, strategy: Strategy) -> bool:
     """Whether a repeat of ``signal`` is answered with its results as they are: once it has them,
-    unless an account's order in them was not placed for an error on our side (FAILED) or is not
-    known to be (UNKNOWN), which the repeat places under its key (an order that was placed after
-    all is answered, not placed again), as a basket run's repeat does. Paused since, what it placed
-    is answered, not "paused"."""
+    unless an account's copy in them was not written for an error on our side (FAILED, no order)
+    or is not known to be (UNKNOWN), which the repeat places under its key (an order that was
+    placed after all is answered, not placed again), as a basket run's repeat does. A copy whose
+    order was written is that order, whatever its status (one FAILED at its broker, a disconnected
+    account's, is not sent again by its key): a repeat is not checked again for it, as a new signal
+    would be (a lot size revised since would refuse it, though its orders stand). Paused since,
+    what it placed is answered, not "paused"."""
     if not signal.results:
         return False
-    unplaced = any(row.get("status") in ("FAILED", "UNKNOWN") for row in signal.results)
+    unplaced = any(row.get("status") in ("FAILED", "UNKNOWN") and "order_id" not in row for row in signal.results)
     return not unplaced or not strategy.is_active
 
 

@@ -1145,6 +1145,35 @@ def test_a_retry_of_a_signal_whose_first_request_died_answers_what_it_placed_wha
     assert Order.objects.filter(strategy=strategy).count() == PaperOrder.objects.count() == 2
 
 
+def test_a_retry_of_a_signal_with_a_copy_failed_at_its_broker_is_a_replay_whatever_changed_since(
+    client, trader, strategy
+):
+    """One of the strategy's accounts is disconnected: its copy of every signal FAILED at its broker
+    ("reconnect the account"), its order written under the signal's key. The alert's retry (its
+    answer lost) came after the exchange revised the lot size: it was checked again as a new signal
+    and refused, 422 on quantity, though the signal's orders stand, inviting it to be sent again
+    under a new id and placed twice. A copy whose order was written is that order: answered, as a
+    retry of a signal whose copies were all placed is."""
+    from accounts.tests.factories import make_kite_account
+    from brokers import selectors
+    from brokers.models import Instrument
+
+    make_kite_account(trader, client_id="KT-OFF", label="Kite")  # never connected
+    strategy.accounts.add(*trader.broker_accounts.filter(client_id="KT-OFF"))
+    signal = {"id": "nifty-1", "symbol": "NFO:NIFTY26DECFUT", "quantity": 75}
+    first = webhook(client, strategy, **signal)
+    assert first.status_code == 201, first.json()
+    # The paper account's funds are short of a NIFTY lot: its broker's answer, as final as a fill.
+    assert [row["status"] for row in first.json()["results"]] == ["REJECTED", "FAILED"]
+    Instrument.objects.filter(exchange="NFO", tradingsymbol="NIFTY26DECFUT").update(lot_size=65)
+    selectors.instruments_changed()
+
+    retry = webhook(client, strategy, **signal)
+    assert retry.status_code == 200, retry.json()
+    assert retry.json()["replayed"] is True and retry.json()["results"] == first.json()["results"]
+    assert Order.objects.filter(strategy=strategy).count() == 2 and PaperOrder.objects.count() == 1
+
+
 def test_a_holiday_declared_after_the_next_run_was_set_is_not_fired(trader, account, settings):
     """The next run was set for a Monday before that Monday was declared a holiday (the setting
     changed with a deploy): the dispatcher does not fire it, and moves on to the next trading day."""
