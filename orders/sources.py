@@ -1813,6 +1813,22 @@ def _alert_time(value) -> datetime:
         raise refusal from None
 
 
+# What an alert's JSON may say ("action" is TradingView's word for the side).
+ALERT_FIELDS = (
+    "secret",
+    "id",
+    "timestamp",
+    "symbol",
+    "side",
+    "action",
+    "quantity",
+    "order_type",
+    "product",
+    "price",
+    "trigger_price",
+)
+
+
 def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, bool]:
     """A TradingView-style alert: JSON with the strategy's secret, a unique id and a timestamp.
 
@@ -1831,6 +1847,11 @@ def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, b
     sent_at = _alert_time(body.get("timestamp"))
     if abs((timezone.now() - sent_at).total_seconds()) > settings.WEBHOOK_MAX_AGE_S:
         raise PermissionError("stale or future timestamp")
+    # A field an alert does not take is named, not dropped (as the API refuses one): a "validity"
+    # of IOC would place a DAY order, a misspelt "product" of CNC an MIS one.
+    unknown = [field for field in body if field not in ALERT_FIELDS]
+    if unknown:
+        raise ValidationError({unknown[0]: f"An alert has no such field; it takes {', '.join(ALERT_FIELDS)}."})
     signal_id = body.get("id")
     if isinstance(signal_id, bool) or not isinstance(signal_id, str | int):
         raise ValidationError({"signal_id": "Give each signal a unique id (a string)."})

@@ -1,8 +1,8 @@
 """``POST /hooks/strategies/<id>/``: TradingView-style alerts that place a strategy's orders.
 
-The body is JSON: ``{"secret", "id", "timestamp", "symbol": "NSE:INFY", "side", "quantity",
-"order_type"?, "product"?, "price"?, "trigger_price"?}``. No session or CSRF: the secret
-authenticates it; the id and timestamp stop replays.
+The body is JSON: ``{"secret", "id", "timestamp", "symbol": "NSE:INFY", "side" (or "action"),
+"quantity", "order_type"?, "product"?, "price"?, "trigger_price"?}``; any other field is refused,
+naming it. No session or CSRF: the secret authenticates it; the id and timestamp stop replays.
 """
 
 import json

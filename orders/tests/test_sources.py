@@ -991,6 +991,10 @@ def test_webhook_for_a_paused_strategy_or_unknown_symbol(client, strategy):
         ({"timestamp": 10**400}, "timestamp"),  # a whole number too large for a float
         ({"order_type": "LIMIT", "price": "1e999999999"}, "price"),  # beyond what Decimal arithmetic takes
         ({"order_type": "SL-M", "trigger_price": "-1e999999999"}, "trigger_price"),
+        # A field an alert does not take was dropped: an IOC order placed as DAY, a misspelt
+        # product's CNC as MIS (squared off the same day). The API refuses them as well.
+        ({"order_type": "LIMIT", "price": "1400", "validity": "IOC"}, "validity"),
+        ({"prodcut": "CNC"}, "prodcut"),
     ],
 )
 def test_a_refused_alert_names_its_field_and_leaves_its_id_free(client, strategy, overrides, field):
