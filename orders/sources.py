@@ -1650,18 +1650,28 @@ def strategy_signal(
             return signal, True
     if not strategy.is_active:
         raise ValidationError({"strategy": "This strategy is paused."})
-    # A refused signal leaves no trace, so the same id can be sent again once corrected: what
-    # every account's order must meet is checked before the id is taken (each account's own
-    # rules, its products and limits, are its placement's result).
-    quantity, price, trigger_price = services.spec_check(
-        instrument=instrument,
-        side=side,
-        quantity=quantity,
-        order_type=order_type,
-        product=product,
-        price=price,
-        trigger_price=trigger_price,
-    )
+    if signal is not None and signal.payload:
+        # A repeat of a signal that took its id (the same terms: ``_replayed``) places what its
+        # first request did not, not checked again as a new signal: a lot or tick revised since
+        # would refuse it whole, 422 as if nothing had been placed, with its orders standing. Each
+        # copy still to place is checked on its own account, as every copy is.
+        quantity, price, trigger_price = (
+            signal.payload["quantity"],
+            *(_stored_price(signal.payload[field]) for field in ("price", "trigger_price")),
+        )
+    else:
+        # A refused signal leaves no trace, so the same id can be sent again once corrected: what
+        # every account's order must meet is checked before the id is taken (each account's own
+        # rules, its products and limits, are its placement's result).
+        quantity, price, trigger_price = services.spec_check(
+            instrument=instrument,
+            side=side,
+            quantity=quantity,
+            order_type=order_type,
+            product=product,
+            price=price,
+            trigger_price=trigger_price,
+        )
     payload = _signal_payload(instrument, side, quantity, order_type, product, price, trigger_price)
     accounts = list(strategy.accounts.order_by("pk"))  # a deactivated one answers with why, as in a basket
     placed = _placed_by_signal(actor, signal) if signal is not None else {}
@@ -1686,6 +1696,7 @@ def strategy_signal(
     spec = {
         "instrument": instrument,
         "side": side,
+        "quantity": quantity,  # the signal's own: a repeat's is checked on each copy (``_place_for``)
         "order_type": order_type,
         "product": product,
         "price": price,
@@ -1763,6 +1774,11 @@ def _signal_payload(instrument, side, quantity, order_type, product, price, trig
         "price": str(price) if price is not None else None,
         "trigger_price": str(trigger_price) if trigger_price is not None else None,
     }
+
+
+def _stored_price(text: str | None) -> Decimal | None:
+    """A price as ``_signal_payload`` stored it."""
+    return Decimal(text) if text is not None else None
 
 
 def _replayed(first: StrategySignal, payload: dict | None, signals) -> StrategySignal:

@@ -1178,6 +1178,38 @@ def test_a_retry_of_a_signal_with_a_copy_failed_at_its_broker_is_a_replay_whatev
     assert Order.objects.filter(strategy=strategy).count() == 2 and PaperOrder.objects.count() == 1
 
 
+def test_a_retry_of_a_signal_whose_first_request_died_after_a_lot_revision_answers_what_it_placed(
+    client, trader, strategy, monkeypatch
+):
+    """The first delivery placed on the first account and died before the second; the exchange then
+    revised the lot size. The retry was checked again as a new signal and refused, 422 on quantity,
+    as if nothing had been placed: sent again under a new id, the first account's order would be
+    placed twice. The retry answers that order, and the copy it has still to place is refused on
+    its own account, saying why."""
+    from brokers import selectors
+    from brokers.models import Instrument
+
+    first = strategy.accounts.get()
+    second = make_broker_account(trader, broker="paper", client_id="SIG2")
+    strategy.accounts.add(second)
+    signal = {"id": "nifty-1", "symbol": "NFO:NIFTY26DECFUT", "quantity": 75}
+    real = services.order_place
+    monkeypatch.setattr(services, "order_place", failing_on(second, WorkerLost))
+    with pytest.raises(WorkerLost):
+        webhook(client, strategy, **signal)
+    placed = Order.objects.get(strategy=strategy)
+    monkeypatch.setattr(services, "order_place", real)
+    Instrument.objects.filter(exchange="NFO", tradingsymbol="NIFTY26DECFUT").update(lot_size=65)
+    selectors.instruments_changed()
+
+    retry = webhook(client, strategy, **signal)
+    assert retry.status_code == 200, retry.json()
+    answers = {row["account_id"]: row for row in retry.json()["results"]}
+    assert retry.json()["replayed"] is True and answers[first.pk]["order_id"] == placed.pk
+    assert answers[second.pk]["status"] == "INVALID" and "lot size, 65" in answers[second.pk]["error"]
+    assert Order.objects.filter(strategy=strategy).count() == PaperOrder.objects.count() == 1
+
+
 def test_a_holiday_declared_after_the_next_run_was_set_is_not_fired(trader, account, settings):
     """The next run was set for a Monday before that Monday was declared a holiday (the setting
     changed with a deploy): the dispatcher does not fire it, and moves on to the next trading day."""
