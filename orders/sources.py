@@ -1871,6 +1871,9 @@ def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, b
     signal_id = body.get("id")
     if isinstance(signal_id, bool) or not isinstance(signal_id, str | int):
         raise ValidationError({"signal_id": "Give each signal a unique id (a string)."})
+    sides = {str(body[field]).upper() for field in ("side", "action") if body.get(field)}
+    if len(sides) > 1:  # {"side": "buy", "action": "sell"}: the one meant cannot be told
+        raise ValidationError({"side": "The alert's side and action differ; send one of them."})
     symbol = str(body.get("symbol") or "")
     # "NSE:INFY", or TradingView's {{ticker}} alone ("INFY"), which is on NSE.
     exchange, _, tradingsymbol = symbol.rpartition(":")
@@ -1881,7 +1884,7 @@ def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, b
         signal_id=str(signal_id),
         via="webhook",
         instrument=instrument,
-        side=str(body.get("side") or body.get("action") or "").upper(),
+        side=next(iter(sides), ""),
         quantity=body.get("quantity"),
         order_type=str(body.get("order_type") or "MARKET").upper(),
         product=str(body.get("product") or "MIS").upper(),

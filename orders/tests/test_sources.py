@@ -995,6 +995,7 @@ def test_webhook_for_a_paused_strategy_or_unknown_symbol(client, strategy):
         # product's CNC as MIS (squared off the same day). The API refuses them as well.
         ({"order_type": "LIMIT", "price": "1400", "validity": "IOC"}, "validity"),
         ({"prodcut": "CNC"}, "prodcut"),
+        ({"side": "BUY", "action": "sell"}, "side"),  # was placed as a BUY, the action unread
     ],
 )
 def test_a_refused_alert_names_its_field_and_leaves_its_id_free(client, strategy, overrides, field):
