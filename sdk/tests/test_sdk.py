@@ -556,6 +556,37 @@ def test_an_answer_cut_short_is_a_lost_answer(env, cut):
     assert [b.name for b in env.client.baskets()] == ["cut"]
 
 
+class TruncateFirstPostBody(Recorder):
+    """The first POST's answer arrives with its status (201: placed) but only part of its body: a
+    close-delimited answer cut short, which no HTTP check can tell (no length to fall short of)."""
+
+    truncated = False
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method == "POST" and not self.truncated:
+            self.truncated = True
+            response._content = response.content[: len(response.content) // 2]
+        return response
+
+
+def test_a_success_answer_whose_body_cannot_be_read_is_a_lost_answer(env, tp, monkeypatch):
+    """The order was placed (201) but its answer's body was cut short: the call is repeated with the
+    same key and answers the order, not "the answer is not JSON" (read as not placed, placed again)."""
+    adapter = mount(env.client, TruncateFirstPostBody())
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    posts = [(key, status) for method, _, key, status in adapter.calls if method == "POST"]
+    assert [status for _, status in posts] == [201, 200] and posts[0][0] == posts[1][0]
+    assert PaperOrder.objects.count() == 1 and order.id == Order.objects.get().pk
+
+    made = lossy_cli(monkeypatch, TruncateFirstPostBody)
+    argv = f"orders place --account {env.account.pk} --symbol INFY --side BUY --qty 2 --type LIMIT --price 1400"
+    failed = tp(*argv.split(), "--retries", "0")
+    [key] = {key for method, _, key, _ in made[0].calls if method == "POST"}
+    assert failed.code == 1 and "may have been placed" in failed.err and f"--key {key}:" in failed.err, failed.err
+    assert PaperOrder.objects.count() == 2
+
+
 def test_an_oversized_body_is_413_and_not_retried(env, settings):
     basket = env.client.create_basket("Big", [OrderSpec("INFY", "BUY", 1)], account_ids=[env.account.pk])
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000

@@ -15,7 +15,8 @@ Retries
     signals (a signal id is used once). Creating a basket or strategy is retried only when the
     request provably never reached the server (the connection could not be opened), so a
     lost answer can never create a second one. An answer cut short (the connection closed
-    mid-body, a body that cannot be decoded) is a lost answer too: the server did the work.
+    mid-body, a body that cannot be decoded, a success whose body is not JSON) is a lost answer
+    too: the server did the work.
 
     When a repeat after a lost answer is refused because the first attempt did the work (a
     cancel finds the order cancelled, a modify finds it changed or filled), the call reads the
@@ -311,9 +312,31 @@ class Client:
                     try:
                         body = response.json()
                     except ValueError:
-                        raise ApiError(
-                            f"{method} {path}: the answer is not JSON", status=status, code="bad_response"
-                        ) from None
+                        # The server answered success (it did the work) but its answer cannot be read
+                        # (cut short where no length says so): a lost answer, as one cut short is.
+                        if attempt < self.retries and repeatable:
+                            delay = self._backoff_delay(attempt)
+                            logger.warning(
+                                "%s %s: HTTP %d answer is not JSON; retry %d/%d in %.2fs",
+                                method,
+                                path,
+                                status,
+                                attempt + 1,
+                                self.retries,
+                                delay,
+                            )
+                            response.close()
+                            maybe_done = True
+                            attempt += 1
+                            self._sleep(delay)
+                            continue
+                        failure = TransportError(
+                            f"{method} {path}: the server answered {status} but its answer is not JSON"
+                            " (cut short?): it may have been carried out",
+                            sent=True,
+                        )
+                        failure.attempts, failure.after_lost_answer = attempt + 1, maybe_done
+                        raise failure from None
                 return _Answer(status, body, attempt + 1, after_lost_answer=maybe_done)
             error = error_from_response(response)
             retry_after = getattr(error, "retry_after", None)  # a 429's or a 503's
