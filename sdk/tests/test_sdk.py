@@ -587,6 +587,34 @@ def test_a_success_answer_whose_body_cannot_be_read_is_a_lost_answer(env, tp, mo
     assert PaperOrder.objects.count() == 2
 
 
+class PostAnsweredWith(Recorder):
+    """A proxy in front of the server replaces every POST's answer (after the server carried it out)
+    with a 200 and a body of its own."""
+
+    body = b""
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method == "POST":
+            response.status_code, response._content = 200, self.body
+        return response
+
+
+@pytest.mark.parametrize("body", [b'{"ok": true}', b""])
+def test_cli_placement_answered_with_something_else_names_the_key_that_repeats_it_safely(body, tp, env, monkeypatch):
+    """The server placed the order, but what came back is not it (another JSON, nothing): the outcome
+    is unknown, so the error must name the key that repeats the command safely, not read as refused."""
+    basket = env.client.create_basket("Proxied", [OrderSpec("INFY", "BUY", 1)], account_ids=[env.account.pk])
+    made = lossy_cli(monkeypatch, type("Answered", (PostAnsweredWith,), {"body": body}))
+    place = f"orders place --account {env.account.pk} --symbol INFY --side BUY --qty 1 --type LIMIT --price 1400"
+    for argv, check in ((place.split(), "tp orders list"), (["baskets", "place", str(basket.id)], "--source basket")):
+        failed = tp(*argv, "--retries", "0")
+        [key] = {key for method, _, key, _ in made[-1].calls if method == "POST"}
+        assert failed.code == 1 and "Traceback" not in failed.err, failed.err
+        assert "may have been placed" in failed.err and f"--key {key}:" in failed.err and check in failed.err
+    assert PaperOrder.objects.count() == 2  # both were placed
+
+
 def test_an_oversized_body_is_413_and_not_retried(env, settings):
     basket = env.client.create_basket("Big", [OrderSpec("INFY", "BUY", 1)], account_ids=[env.account.pk])
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000

@@ -194,9 +194,11 @@ class Interrupted(Exception):
 
 def _may_have_been_done(error: ApiError) -> bool:
     """Whether the call that raised ``error`` may have been carried out: no answer to a request that
-    reached the server, a 5xx, or an earlier attempt whose answer was lost."""
+    reached the server, a 5xx, an earlier attempt whose answer was lost, or a success answer that is
+    not what was placed (a proxy's own JSON, nothing)."""
     sent = isinstance(error, TransportError) and error.sent
-    return error.after_lost_answer or sent or (error.status or 0) >= 500
+    unreadable = error.code == "unexpected_answer"
+    return error.after_lost_answer or sent or unreadable or (error.status or 0) >= 500
 
 
 def _retry_advice(what: str, check: str, key: str) -> str:

@@ -147,6 +147,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _rows(cls: type, body: Any) -> list:
+    """A list answer's rows; anything else (an object, nothing: a proxy's answer) is an ``ApiError``
+    (code ``unexpected_answer``), as ``from_json`` says of an object, not a TypeError."""
+    if not isinstance(body, list):
+        shape = type(body).__name__ if body is not None else "nothing"
+        raise ApiError(f"The server's answer is not a list of {cls.__name__} ({shape}).", code="unexpected_answer")
+    return body
+
+
 def _order_spec(item: OrderSpec | Mapping[str, Any]) -> dict:
     if isinstance(item, OrderSpec):
         item = {
@@ -367,7 +376,7 @@ class Client:
         return from_json(Me, self._get("/me"))
 
     def accounts(self) -> list[Account]:
-        return [from_json(Account, row) for row in self._get("/accounts")]
+        return [from_json(Account, row) for row in _rows(Account, self._get("/accounts"))]
 
     def account(self, id: int) -> Account:
         return from_json(Account, self._get(f"/accounts/{int(id)}"))
@@ -456,7 +465,7 @@ class Client:
 
     def order_events(self, id: int) -> list[OrderEvent]:
         """What happened to the order, oldest first."""
-        return [from_json(OrderEvent, row) for row in self._get(f"/orders/{int(id)}/events")]
+        return [from_json(OrderEvent, row) for row in _rows(OrderEvent, self._get(f"/orders/{int(id)}/events"))]
 
     def place_order(
         self,
@@ -565,12 +574,12 @@ class Client:
     def positions(self, account_id: int | None = None, open_only: bool = False) -> list[Position]:
         """Your positions with their FIFO PnL, by account and symbol."""
         body = self._get("/positions", account_id=account_id, open_only="true" if open_only else None)
-        return [from_json(Position, row) for row in body]
+        return [from_json(Position, row) for row in _rows(Position, body)]
 
     # --- Baskets ---------------------------------------------------------------------------
 
     def baskets(self) -> list[Basket]:
-        return [from_json(Basket, row) for row in self._get("/baskets")]
+        return [from_json(Basket, row) for row in _rows(Basket, self._get("/baskets"))]
 
     def basket(self, id: int) -> Basket:
         return from_json(Basket, self._get(f"/baskets/{int(id)}"))
@@ -620,12 +629,12 @@ class Client:
         payload = {"account_ids": list(account_ids) if account_ids is not None else None}
         key = idempotency_key or str(uuid.uuid4())
         answer = self._request("POST", f"/baskets/{int(id)}/place", json=payload, idempotency_key=key)
-        return [from_json(Placement, row) for row in answer.body]
+        return [from_json(Placement, row) for row in _rows(Placement, answer.body)]
 
     # --- Scheduled orders ------------------------------------------------------------------
 
     def scheduled(self) -> list[Scheduled]:
-        return [from_json(Scheduled, row) for row in self._get("/scheduled")]
+        return [from_json(Scheduled, row) for row in _rows(Scheduled, self._get("/scheduled"))]
 
     def scheduled_order(self, id: int) -> Scheduled:
         return from_json(Scheduled, self._get(f"/scheduled/{int(id)}"))
@@ -685,7 +694,7 @@ class Client:
     # --- Strategies ------------------------------------------------------------------------
 
     def strategies(self) -> list[Strategy]:
-        return [from_json(Strategy, row) for row in self._get("/strategies")]
+        return [from_json(Strategy, row) for row in _rows(Strategy, self._get("/strategies"))]
 
     def strategy(self, id: int) -> Strategy:
         return from_json(Strategy, self._get(f"/strategies/{int(id)}"))
