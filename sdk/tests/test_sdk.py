@@ -947,6 +947,24 @@ def test_scheduled_create_list_cancel(env):
 # --- Strategies -------------------------------------------------------------------------------
 
 
+def test_update_scheduled_changes_only_what_is_given(env):
+    """The API changes a scheduled order in place (PATCH); the SDK had no method for it, so a script
+    could only cancel it and schedule another (losing its history) or send raw requests."""
+    day = date.today() + timedelta(days=2)
+    row = env.client.create_scheduled(
+        env.account.pk, "INFY", "BUY", 3, dtime(9, 20), run_on=day, order_type="LIMIT", price=D("1400")
+    )
+    changed = env.client.update_scheduled(row.id, price=D("1400.50"), time_of_day=dtime(9, 30))
+    assert (changed.id, changed.price, changed.time_of_day) == (row.id, D("1400.50"), dtime(9, 30))
+    assert (changed.quantity, changed.run_on, changed.order_type) == (3, day, "LIMIT")  # kept
+    market = env.client.update_scheduled(row.id, order_type="MARKET", price=None)  # None clears the price
+    assert (market.order_type, market.price) == ("MARKET", None)
+    with pytest.raises(InvalidRequest) as error:
+        env.client.update_scheduled(row.id, quantity=0)
+    assert error.value.field == "quantity" and env.client.scheduled_order(row.id).quantity == 3
+    assert not PaperOrder.objects.exists()
+
+
 def test_strategy_create_and_signal(env):
     strategy = env.client.create_strategy(
         "Breakout", account_ids=[env.account.pk], max_retries=2, retryable_kinds=["network"], chase_max_percent="1.5"

@@ -687,6 +687,19 @@ class Client:
         key = idempotency_key or str(uuid.uuid4())
         return from_json(Scheduled, self._request("POST", "/scheduled", json=payload, idempotency_key=key).body)
 
+    def update_scheduled(self, id: int, **changes: Any) -> Scheduled:
+        """Change a scheduled order: ``changes`` are any of :meth:`create_scheduled`'s fields
+        (``quantity``, ``price``, ``time_of_day``, ``run_on``, ``weekdays``, ``account_id``, ...); only
+        they are sent and changed (``price=None`` clears the price, ``timezone=None`` makes it yours),
+        the rest stays as it is on the server. The result is checked as a whole: an invalid change
+        raises ``InvalidRequest`` naming the field and changes nothing.
+
+        Safe to retry (it sets values), so it is retried like a read.
+        """
+        if "weekdays" in changes and changes["weekdays"] is not None:
+            changes["weekdays"] = list(changes["weekdays"])
+        return from_json(Scheduled, self._request("PATCH", f"/scheduled/{int(id)}", json=changes).body)
+
     def cancel_scheduled(self, id: int) -> Scheduled:
         """Cancel a scheduled order (it stays listed, as cancelled)."""
         return from_json(Scheduled, self._request("DELETE", f"/scheduled/{int(id)}").body)
