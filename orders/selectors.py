@@ -38,6 +38,11 @@ def orders_of(user, *, account=None, status=None, source=None, symbol=None, sinc
     return orders
 
 
+def order_of_key(user, idempotency_key: str) -> Order | None:
+    """The user's order placed with this idempotency key (as ``order_place`` was given it), if any."""
+    return orders_of(user).filter(idempotency_key=services.stored_idempotency_key(user, idempotency_key)).first()
+
+
 def live_orders_count(account) -> int:
     """How many of the account's orders are still live at its broker (not final)."""
     return Order.objects.filter(account=account, status__in=Order.LIVE).count()

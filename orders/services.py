@@ -487,6 +487,11 @@ def settled(row, read, done):
     return row
 
 
+def stored_idempotency_key(actor, idempotency_key: str) -> str:
+    """A client's idempotency key as its order stores it: one trader's key never finds another's order."""
+    return f"{actor.pk}:{idempotency_key}"
+
+
 def order_place(*, broker: AccountBroker | None = None, **order) -> Order:
     """Place one order, whoever asks: ``order_prepare`` (steps 1-2), then ``order_submit`` (steps
     3-5). Takes ``order_prepare``'s arguments. Returns the order (a repeat key returns the first
@@ -527,7 +532,7 @@ def order_prepare(
     the order's row (never after it: a stop between the two would let it count as none). Within
     a caller's transaction its writes are part of it."""
     digest = request_hash(account, instrument, side, quantity, order_type, product, validity, price, trigger_price)
-    key = f"{actor.pk}:{idempotency_key}" if idempotency_key else None
+    key = stored_idempotency_key(actor, idempotency_key) if idempotency_key else None
     # A repeated key is found by the unique index when the order is inserted (no read
     # first: most keys are new); a repeat that no longer validates (account deactivated,
     # limits changed) still returns the first order.

@@ -47,18 +47,23 @@ def ticket(request):
     if request.method == "POST":
         form = OrderTicketForm(request.user, request.POST)
         if form.is_valid():
+            key = f"ui:{form.cleaned_data['token']}"
             try:
                 order = services.order_place(
                     actor=request.user,
                     **form.spec,
                     source=Order.Source.MANUAL,
                     cause=f"ticket by {request.user.username}",
-                    idempotency_key=f"ui:{form.cleaned_data['token']}",
+                    idempotency_key=key,
                 )
             except ValidationError as exc:
-                apply_validation_error(form, exc)
                 if "idempotency_key" in getattr(exc, "error_dict", {}):
+                    # This ticket's send went through before (the trader has no "key"): say which order it
+                    # placed, or the renewed ticket sent again places a second one unawares.
+                    form.add_error(None, _ticket_used(selectors.order_of_key(request.user, key)))
                     form.renew_token()
+                else:
+                    apply_validation_error(form, exc)
             else:
                 _announce_placed(request, order)
                 return redirect("orders:detail", pk=order.pk)
@@ -67,6 +72,16 @@ def ticket(request):
     else:
         form = OrderTicketForm(request.user, initial={"instrument": request.GET.get("instrument")})
     return render(request, "orders/ticket.html", {"form": form, "instrument": form.chosen_instrument})
+
+
+def _ticket_used(order: Order | None) -> str:
+    if order is None:
+        return "This ticket was already sent; check the order book, then submit it again to place a new order."
+    return (
+        f"This ticket already placed {order.reference} ({order.side} {order.quantity} "
+        f"{order.instrument.tradingsymbol}, {order.get_status_display().lower()}); it was not placed again "
+        "with these changes. Check that order before submitting this ticket again: it would place a new one."
+    )
 
 
 def _announce_placed(request, order: Order) -> None:

@@ -126,6 +126,21 @@ def test_a_used_token_with_changed_fields_places_nothing_and_renews_the_token(tr
     assert Order.objects.count() == 1 and PaperOrder.objects.count() == 1
 
 
+def test_a_used_token_with_changed_fields_names_the_order_the_ticket_already_placed(trader_client, account):
+    """A ticket sent again with changed fields (a resubmitted page, a form edited after its send
+    went through) said "This key was already used for a different order": a trader has no key, and
+    was not told an order had been placed, so the renewed ticket sent again placed a second one."""
+    data = ticket_data(account, order_type="LIMIT", price="1400")
+    trader_client.post(reverse("orders:ticket"), data)
+    placed = Order.objects.get()
+    response = trader_client.post(reverse("orders:ticket"), {**data, "quantity": "5"})
+    errors = response.context["form"].non_field_errors()
+    assert any(placed.reference in error and "already placed" in error for error in errors), errors
+    assert not any("key" in error for error in errors), errors
+    assert placed.reference in response.content.decode()
+    assert Order.objects.count() == 1 and PaperOrder.objects.count() == 1
+
+
 @pytest.mark.parametrize(
     "overrides, field",
     [
