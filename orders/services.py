@@ -1169,6 +1169,13 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
     the broker took it, or it never left): a new one is sent."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
+    if by_trader and not order.account.is_active:
+        # Nothing can be sent for a deactivated account (its sessions are refused): said before a
+        # request is recorded, and not as a broker that could not be reached.
+        raise OrderActionRefused(
+            f"{order.account.label} is deactivated, so the platform sends it nothing: cancel this order at "
+            f"{broker_name(order)}, or reactivate the account to cancel it here."
+        )
     # One cancel of an order at a time (the trader's and a step's, two tabs): each reads the order
     # afresh under the lock, so the second finds it closed (or its cancel on its way) rather than
     # sending one whose refusal would be taken for the first's, and the first's request for the

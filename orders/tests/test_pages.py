@@ -495,6 +495,27 @@ def test_htmx_cancel_of_a_filled_order_returns_the_row_and_the_refusal(trader_cl
     assert order.status == Order.Status.FILLED
 
 
+@pytest.mark.parametrize("inline", [True, False])
+def test_cancel_on_a_deactivated_account_says_so_instead_of_could_not_reach_the_broker(
+    trader_client, trader, account, inline
+):
+    """Cancel of an order still open on an account the trader deactivated answered "Could not reach
+    the broker: The broker account is deactivated." (nothing was sent) and wrote a cancel the trader
+    asked and one that failed into the order's timeline: the trader was told neither what happened
+    nor where the order can still be cancelled."""
+    order = resting_order(trader, account)
+    account_services.broker_account_set_active(account=account, actor=trader, active=False)
+    headers = {"HTTP_HX_REQUEST": "true"} if inline else {}
+    response = trader_client.post(reverse("orders:cancel", args=[order.pk]), follow=not inline, **headers)
+    said = response.content.decode().replace("&#x27;", "'")
+    assert "Could not reach the broker" not in said
+    assert "Paper is deactivated" in said and "reactivate" in said and "Paper exchange" in said
+    order.refresh_from_db()
+    assert order.status == Order.Status.OPEN
+    assert [event.kind for event in order.events.all()] == ["created", "submitted", "opened"]
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).status == "OPEN"
+
+
 def test_the_row_offers_cancel_only_while_open_at_the_broker(trader_client, trader, account):
     filled = place(trader, account)
     services.orders_sync_account(account=account)
