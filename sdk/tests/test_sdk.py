@@ -5,6 +5,7 @@ The only fakes are transport adapters that lose or replace an answer *after* the
 request was served, to show what the client's retries do.
 """
 
+import hashlib
 import json
 import os
 import socket
@@ -894,6 +895,19 @@ def test_update_strategy_keeps_a_concurrent_change_of_another_field(env):
     with pytest.raises(InvalidRequest) as error:
         client.update_strategy(strategy.id, name="", max_retries=5)
     assert error.value.field == "name" and env.client.strategy(strategy.id).max_retries == 3
+
+
+def test_a_strategy_create_whose_answer_was_lost_is_the_same_strategy_with_a_secret_that_works(env):
+    """Retried without a key, the repeat was "name taken" and the secret, in the lost answer only,
+    could not be had: the strategy could never sign an alert until its secret was rotated."""
+    adapter = mount(env.client, LoseFirstPostAnswer())
+    strategy = env.client.create_strategy("Lost create", account_ids=[env.account.pk])
+    assert [(method, status) for method, _, _, status in adapter.calls] == [("POST", 201), ("POST", 200)]
+    row = StrategyRow.objects.get(name="Lost create")
+    assert (
+        strategy.id == row.pk
+        and row.webhook_secret_hash == hashlib.sha256(strategy.webhook_secret.encode()).hexdigest()
+    )
 
 
 def test_an_update_whose_answer_was_lost_is_sent_again(env):

@@ -712,13 +712,18 @@ class Client:
     def strategy(self, id: int) -> Strategy:
         return from_json(Strategy, self._get(f"/strategies/{int(id)}"))
 
-    def create_strategy(self, name: str, account_ids: Iterable[int] = (), **params) -> Strategy:
+    def create_strategy(
+        self, name: str, account_ids: Iterable[int] = (), idempotency_key: str | None = None, **params
+    ) -> Strategy:
         """Create a strategy; ``params`` are its settings (``stop_loss``, ``take_profit``, ``max_retries``, ...).
 
         The returned strategy's ``webhook_secret`` is shown this once: keep it to sign webhook alerts.
+        Safe to retry: a repeat with the same ``idempotency_key`` (one is made when none is given)
+        returns the same strategy with a new secret, which replaces one whose answer was lost.
         """
         payload = {"name": name, "account_ids": list(account_ids), **params}
-        return from_json(Strategy, self._request("POST", "/strategies", json=payload).body)
+        key = idempotency_key or str(uuid.uuid4())
+        return from_json(Strategy, self._request("POST", "/strategies", json=payload, idempotency_key=key).body)
 
     def update_strategy(self, id: int, name: str | None = None, account_ids: Iterable[int] | None = None, **params):
         """Change a strategy: only what is given is sent and changed (a setting given as None is cleared,
