@@ -5,8 +5,6 @@ from decimal import Decimal
 
 from ninja import Field, Query, Router, Schema
 
-from tradingplatform.schemas import known_filters
-
 from . import selectors
 
 router = Router(tags=["instruments"])
@@ -38,6 +36,5 @@ class InstrumentQuery(Schema):
 
 @router.get("/instruments", response=InstrumentPage)
 def instrument_search(request, query: Query[InstrumentQuery]):
-    known_filters(request, InstrumentQuery)
     rows, truncated = selectors.instruments_search(query.q, limit=query.limit)
     return {"truncated": truncated, "items": rows}

@@ -18,7 +18,7 @@ from pydantic import create_model, field_validator
 from accounts.api import account_for
 from accounts.selectors import MAX_ID
 from brokers.selectors import instrument_by_symbol
-from tradingplatform.schemas import In, Number, PageFilters, api_field, aware_in_range, known_filters, page_of
+from tradingplatform.schemas import In, Number, PageFilters, api_field, aware_in_range, page_of
 
 from . import selectors, services, sources
 from .models import Order, ScheduledOrder
@@ -200,7 +200,6 @@ class PlacementOut(Schema):
 def order_list(request, filters: Query[OrderFilters]):
     """The caller's orders, newest first (by id). To page through all of them, pass the last id of each page
     as `before_id` for the next: orders placed, or leaving the filter, meanwhile do not shift the pages."""
-    known_filters(request, OrderFilters)
     account_for(request, filters.account_id)
     orders = selectors.orders_of(
         request.user,

@@ -11,7 +11,7 @@ from pydantic import field_validator
 
 from accounts.api import account_for
 from accounts.selectors import MAX_ID
-from tradingplatform.schemas import PageFilters, aware_in_range, known_filters, page_of
+from tradingplatform.schemas import PageFilters, aware_in_range, page_of
 
 from . import selectors
 
@@ -56,7 +56,6 @@ class TradeFilters(PageFilters):
 def trade_list(request, filters: Query[TradeFilters]):
     """The caller's fills, newest first (by id: the order they were recorded in). To page through all of them,
     pass the last id of each page as `before_id` for the next."""
-    known_filters(request, TradeFilters)
     account_for(request, filters.account_id)
     trades = selectors.trades_of(
         request.user, account=filters.account_id, symbol=filters.symbol, since=filters.since, until=filters.until
@@ -85,7 +84,6 @@ class PositionFilters(Schema):
 @router.get("/positions", response=list[PositionOut])
 def position_list(request, filters: Query[PositionFilters]):
     """The caller's positions (FIFO PnL, valued at the last price), by account and symbol."""
-    known_filters(request, PositionFilters)
     account_for(request, filters.account_id)
     positions = selectors.positions_of(request.user, open_only=filters.open_only)
     if filters.account_id is not None:

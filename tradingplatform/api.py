@@ -28,7 +28,7 @@ from portfolio.api import router as portfolio_router
 
 from . import numbers
 from .errors import first_error
-from .schemas import UnknownFilter, api_field
+from .schemas import UnknownFilter, api_field, declared_query_only
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ class TradingAPI(NinjaAPI):
                     if parameter["in"] == "header" and parameter["name"] == "Idempotency-Key":
                         parameter["schema"]["maxLength"] = IDEMPOTENCY_KEY_MAX
                 codes = ["401", "429"] + (["400", "413"] if "requestBody" in operation else [])
-                if parameters or "requestBody" in operation:
-                    codes.append("422")
+                codes.append("422")  # every operation refuses a query parameter it does not take
                 if any(parameter["in"] == "path" for parameter in parameters):
                     codes.append("404")
                 if method in ("post", "put", "patch", "delete"):
@@ -224,6 +223,7 @@ def on_unexpected(request, exc):
     return error_response(request, 500, "internal", "Something went wrong on our side; the error was logged.")
 
 
+api.add_decorator(declared_query_only)  # every operation, after its key and its input were checked
 api.add_router("/", accounts_router)
 api.add_router("/", instruments_router)
 api.add_router("/", orders_router)

@@ -1,5 +1,6 @@
 """What the JSON API's schemas share: strict request bodies, time filters and list pages."""
 
+import functools
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
@@ -82,18 +83,39 @@ def page_of(rows, filters: PageFilters) -> dict:
     return {"count": rows.count(), "limit": limit, "offset": offset, "items": list(rows[offset : offset + limit])}
 
 
-def known_filters(request, filters: type[Schema]) -> None:
-    """A query parameter the list does not take is a 422 naming it, as a body's unknown field is:
-    a misspelt filter (``acount_id``, ``statuses``) must not answer the list unfiltered (a script
-    cancelling one account's open orders would cancel every account's)."""
-    known = {info.alias or name for name, info in filters.model_fields.items()}
-    unknown = next((name for name in request.GET if name not in known), None)
-    if unknown is not None:
-        raise UnknownFilter(unknown[:64], f"Unknown filter; this list takes {', '.join(sorted(known))}.")
+def declared_query_only(view):
+    """An operation's view (``api.add_decorator``: run after its key and its input were checked)
+    that refuses a query parameter the operation does not declare: a 422 naming it, as a body's
+    unknown field is. A misspelt filter (``acount_id``, ``statuses``) must not answer the list
+    unfiltered (a script cancelling one account's open orders would cancel every account's), nor
+    a body's field sent in the URL be dropped (``POST /baskets/1/place?account_ids=2`` placed the
+    basket on every one of its accounts)."""
+    operation = view._ninja_operation
+    known = frozenset(
+        name
+        for model in operation.models
+        if model.__ninja_param_source__ == "query"
+        for name in model.__ninja_flatten_map__
+    )
+
+    @functools.wraps(view)
+    def checked(request, *args, **kwargs):
+        unknown = next((name for name in request.GET if name not in known), None)
+        if unknown is not None:
+            if known:
+                message = f"Unknown filter; this list takes {', '.join(sorted(known))}."
+            elif request.method == "GET":
+                message = "Unknown query parameter; this takes none."
+            else:
+                message = "Unknown query parameter; this takes none (send the fields in the JSON body)."
+            raise UnknownFilter(unknown[:64], message)
+        return view(request, *args, **kwargs)
+
+    return checked
 
 
 class UnknownFilter(Exception):
-    """A query parameter a list does not take: answered 422 naming it (``tradingplatform.api``)."""
+    """A query parameter an operation does not take: answered 422 naming it (``tradingplatform.api``)."""
 
     def __init__(self, field: str, message: str):
         super().__init__(message)

@@ -83,7 +83,8 @@ def test_another_traders_ids_are_404_or_refused(api, account, other_trader, inst
         ("post", f"/api/v1/orders/{their_order.pk}/cancel"),
         ("patch", f"/api/v1/orders/{their_order.pk}"),
     ]:
-        response = getattr(api, method)(path, {"price": "1401"}, content_type="application/json")
+        data = {"price": "1401"} if method == "patch" else None  # a GET's data would be its query
+        response = getattr(api, method)(path, data, content_type="application/json")
         assert response.status_code == 404, path
         assert response.json()["error"]["code"] == "not_found"
     assert PaperOrder.objects.get(tag=their_order.reference).status == "OPEN"
@@ -563,3 +564,30 @@ def test_a_query_with_too_many_parameters_is_400_in_the_one_shape_not_a_500(api,
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad_request" and response.json()["error"]["field"] is None
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_a_query_parameter_an_endpoint_does_not_take_is_422_and_changes_nothing(api, trader, account):
+    """Only the lists with filters refused a query parameter they do not take; every other endpoint
+    dropped it. A basket placed with ``?account_ids=`` (the body's field sent in the URL) was placed
+    on every account of the basket, and ``GET /scheduled?account_id=`` answered every account's
+    scheduled orders (a script cancelling one account's would cancel them all)."""
+    spare = make_broker_account(trader, broker="paper", client_id="SPARE", label="Spare")
+    items = [{"tradingsymbol": "INFY", "side": "BUY", "quantity": 1}]
+    basket = post(api, "/api/v1/baskets", {"name": "B", "account_ids": [account.pk, spare.pk], "items": items}).json()
+    response = api.generic("POST", f"/api/v1/baskets/{basket['id']}/place?account_ids={spare.pk}")
+    assert response.status_code == 422, response.json()
+    assert response.json()["error"]["field"] == "account_ids"
+    assert not PaperOrder.objects.exists()
+    for path, bad in [
+        ("/api/v1/scheduled", {"account_id": account.pk}),
+        ("/api/v1/baskets", {"name": "B"}),
+        ("/api/v1/strategies", {"is_active": "true"}),
+        ("/api/v1/accounts", {"is_active": "false"}),
+        ("/api/v1/me", {"x": "1"}),
+    ]:
+        response = api.get(path, bad)
+        assert response.status_code == 422, (path, response.json())
+        assert response.json()["error"]["field"] == next(iter(bad))
+    assert api.get("/api/v1/scheduled").status_code == 200
+    schema = api.get("/api/v1/openapi.json").json()
+    assert "422" in schema["paths"]["/api/v1/scheduled"]["get"]["responses"]
