@@ -56,6 +56,14 @@ ERROR_RESPONSES = {
     "413": "The body is larger than the server takes (`payload_too_large`).",
     "422": "Invalid input; `field` names it.",
     "429": "Over the key's rate budget or too many failed keys from this address; see Retry-After.",
+    "503": "The key's budget could not be checked just now (`unavailable`); nothing was done: retry after Retry-After.",
+}
+# The answers that say how long to wait before sending the request again.
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Whole seconds to wait before retrying.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
 }
 
 
@@ -73,14 +81,17 @@ class TradingAPI(NinjaAPI):
                 for parameter in parameters:
                     if parameter["in"] == "header" and parameter["name"] == "Idempotency-Key":
                         parameter["schema"]["maxLength"] = IDEMPOTENCY_KEY_MAX
-                codes = ["401", "429"] + (["400", "413"] if "requestBody" in operation else [])
+                codes = ["401", "429", "503"] + (["400", "413"] if "requestBody" in operation else [])
                 codes.append("422")  # every operation refuses a query parameter it does not take
                 if any(parameter["in"] == "path" for parameter in parameters):
                     codes.append("404")
                 if method in ("post", "put", "patch", "delete"):
                     codes.append("409")
                 for code in codes:
-                    operation["responses"].setdefault(code, {"description": ERROR_RESPONSES[code], "content": error})
+                    answer = {"description": ERROR_RESPONSES[code], "content": error}
+                    if code in ("429", "503"):
+                        answer["headers"] = RETRY_AFTER
+                    operation["responses"].setdefault(code, answer)
         return schema
 
 

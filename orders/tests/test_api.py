@@ -137,6 +137,19 @@ def test_a_key_budget_that_cannot_be_checked_is_503_to_retry_not_a_500(api, monk
     assert response.json()["error"]["code"] == "unavailable" and "redis" not in response.content.decode()
 
 
+def test_openapi_documents_the_busy_answers_every_operation_can_give_and_their_retry_after(client, db):
+    """Every operation answers 503 (its key's budget could not be checked) and 429, each with a
+    Retry-After to wait: a client generated from the document must know both, and the header."""
+    schema = client.get("/api/v1/openapi.json").json()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for code in ("429", "503"):
+                answer = operation["responses"].get(code)
+                assert answer is not None, (method, path, code)
+                assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+                assert answer["headers"]["Retry-After"]["schema"]["type"] == "integer", (method, path, code)
+
+
 @pytest.mark.parametrize("wait, header", [(0.2, "1"), (1.3, "2"), (2.005, "3"), (2.01, "3"), (3.0, "3")])
 def test_retry_after_is_never_shorter_than_the_wait(api, trader, monkeypatch, wait, header):
     """A client that waits Retry-After whole seconds must find a slot free: 2.005 s is "3", not "2"."""
