@@ -18,7 +18,7 @@ from pydantic import create_model, field_validator
 from accounts.api import account_for
 from accounts.selectors import MAX_ID
 from brokers.selectors import instrument_by_symbol
-from tradingplatform.schemas import In, Number, PageFilters, api_field, aware_in_range, page_of
+from tradingplatform.schemas import In, Number, PageFilters, TimeFilter, api_field, page_of
 
 from . import selectors, services, sources
 from .models import Order, ScheduledOrder
@@ -167,12 +167,7 @@ class OrderFilters(PageFilters):
     )
     source: Literal[*Order.Source.values] | None = None  # type: ignore[valid-type]
     symbol: str | None = Field(None, max_length=64)
-    since: datetime | None = None
-
-    @field_validator("since")
-    @classmethod
-    def aware(cls, value: datetime | None) -> datetime | None:
-        return aware_in_range(value)
+    since: TimeFilter = None
 
 
 class PlacementOut(Schema):

@@ -7,11 +7,10 @@ from datetime import datetime
 from decimal import Decimal
 
 from ninja import Field, Query, Router, Schema
-from pydantic import field_validator
 
 from accounts.api import account_for
 from accounts.selectors import MAX_ID
-from tradingplatform.schemas import PageFilters, aware_in_range, page_of
+from tradingplatform.schemas import PageFilters, TimeFilter, page_of
 
 from . import selectors
 
@@ -43,13 +42,8 @@ class TradePage(Schema):
 class TradeFilters(PageFilters):
     account_id: int | None = Field(None, ge=1, le=MAX_ID)
     symbol: str | None = Field(None, max_length=64, description="Trading symbol prefix.")
-    since: datetime | None = Field(None, description="Filled at or after (with an offset).")
-    until: datetime | None = Field(None, description="Filled before (with an offset).")
-
-    @field_validator("since", "until")
-    @classmethod
-    def aware(cls, value: datetime | None) -> datetime | None:
-        return aware_in_range(value)
+    since: TimeFilter = Field(None, description="Filled at or after (with an offset).")
+    until: TimeFilter = Field(None, description="Filled before (with an offset).")
 
 
 @router.get("/trades", response=TradePage)

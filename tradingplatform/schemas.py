@@ -1,12 +1,13 @@
 """What the JSON API's schemas share: strict request bodies, time filters and list pages."""
 
 import functools
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
 from ninja import Field, Schema
-from pydantic import BeforeValidator, ConfigDict, field_validator
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, field_validator
 
 from accounts.selectors import MAX_ID
 from tradingplatform import numbers
@@ -30,6 +31,21 @@ class In(Schema):
 Number = Annotated[Decimal, BeforeValidator(numbers.no_separators)]
 
 
+# A time whose offset's '+' was typed into a URL as it is, and so read as a space:
+# "2026-12-03T09:15:00 05:30" (from ``...09:15:00+05:30``).
+_PLUS_READ_AS_SPACE = re.compile(r"[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)? \d{2}(:?\d{2})?$")
+
+
+def offset_plus_kept(value):
+    """A time filter's text as sent, or a ValueError saying that its offset's '+' was read as a
+    space (a URL's '+' is one): not pydantic's "unexpected extra characters", which does not say why."""
+    if isinstance(value, str) and _PLUS_READ_AS_SPACE.search(value.strip()):
+        raise ValueError(
+            "The offset's '+' was read as a space, as a URL reads it: send it as %2B (+05:30 as %2B05:30)."
+        )
+    return value
+
+
 def aware_in_range(value: datetime | None) -> datetime | None:
     """A time filter: with its offset (a bare time would be read in the server's zone), 1970-2999."""
     if value is None:
@@ -39,6 +55,10 @@ def aware_in_range(value: datetime | None) -> datetime | None:
     if not 1970 <= value.year <= 2999:
         raise ValueError("Give a time between the years 1970 and 2999.")
     return value
+
+
+# A time a list is filtered by: with its offset, in 1970-2999, and its '+' not lost in the URL.
+TimeFilter = Annotated[datetime | None, BeforeValidator(offset_plus_kept), AfterValidator(aware_in_range)]
 
 
 # Services name their own fields; the API's inputs are called these.

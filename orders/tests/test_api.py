@@ -282,6 +282,21 @@ def test_list_filters_refuse_what_they_do_not_know(api, trader, account):
     assert api.get("/api/v1/orders", {"since": "2026-12-03T07:56:30Z"}).status_code == 200
 
 
+def test_a_time_filter_whose_plus_was_read_as_a_space_says_so(api, trader, account):
+    """``?since=2026-12-03T09:15:00+05:30`` typed into a URL as it is: its '+' reaches the server as a
+    space. The 422 said "unexpected extra characters at the end of the input", though the time was
+    right as written; it must say to send the '+' as %2B."""
+    place(trader, account)
+    for path, name in (("/api/v1/orders", "since"), ("/api/v1/trades", "since"), ("/api/v1/trades", "until")):
+        response = api.get(f"{path}?{name}=2026-12-03T09:15:00+05:30")
+        assert response.status_code == 422, response.json()
+        error = response.json()["error"]
+        assert error["field"] == name and "%2B" in error["message"], error
+    assert api.get("/api/v1/orders?since=2026-12-03T09:15:00%2B05:30").json()["count"] == 1
+    assert api.get("/api/v1/orders?since=2026-12-03 09:15:00Z").json()["count"] == 1  # a space before the time is fine
+    assert "offset" in api.get("/api/v1/orders?since=2026-12-03 09:15").json()["error"]["message"]
+
+
 def test_a_filter_a_list_does_not_take_is_422_naming_it(api, trader, account, instruments):
     """A misspelt filter was dropped and the list answered unfiltered: ``acount_id`` listed every
     account's open orders (a script cancelling one account's would cancel them all)."""
