@@ -98,14 +98,21 @@ def push_fragment(*, user_id: int, template: str, context: dict) -> None:
 
     Only to a user with a page open (``presence``): an algo trading through the API with no page
     open costs no render per order. A page opened later renders the current state itself.
+
+    Never raises: outside a transaction the push is made at once, inside the caller (an order's
+    placement, its broker's answer just recorded), which must not fail because Redis is out for a
+    moment or a fragment does not render (it is logged; the page catches up when it reconnects).
     """
 
     def send():
-        if not presence.watching([user_id]):
-            return
-        with timezone.override(_user_timezone(user_id)):
-            html = render_to_string(template, context)
-        _sender.group_send(user_group(user_id), {"type": "fragment.push", "html": html})
+        try:
+            if not presence.watching([user_id]):
+                return
+            with timezone.override(_user_timezone(user_id)):
+                html = render_to_string(template, context)
+            _sender.group_send(user_group(user_id), {"type": "fragment.push", "html": html})
+        except Exception:
+            logger.warning("pushing %s to user %s failed", template, user_id, exc_info=True)
 
     transaction.on_commit(send)
 

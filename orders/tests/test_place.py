@@ -17,6 +17,7 @@ from brokers import markets, ratelimit
 from brokers.client import AccountBroker
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
+from monitoring import presence
 from orders import services
 from orders.models import Order, OrderEvent
 from orders.tests.factories import place
@@ -274,6 +275,25 @@ def test_an_unreachable_broker_leaves_an_unknown_outcome_that_reconciles(trader,
     order.refresh_from_db()
     assert order.status == Order.Status.FAILED and "not at the broker" in order.reject_reason
     assert not PaperOrder.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_push_that_cannot_be_sent_does_not_turn_a_placed_order_into_an_error(trader, account, monkeypatch):
+    """Redis (which says whether the trader has a page open) is out for a moment when the broker's
+    answer comes: the order is at the broker and recorded, and the placement answers it, not an
+    error (a 500 a trader would answer by placing it again). The same for a cancel."""
+
+    def redis_down(_user_ids):
+        raise redis.exceptions.ConnectionError("Error 111 connecting to redis")
+
+    monkeypatch.setattr(presence, "watching", redis_down)
+    order = place(trader, account, quantity=2)
+    assert order.status == Order.Status.FILLED and order.broker_order_id
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
+    resting = place(trader, account, order_type="LIMIT", price="1400")
+    assert resting.status == Order.Status.OPEN
+    services.order_cancel(order=resting, actor=trader, cause="test")
+    assert resting.status == Order.Status.CANCELLED
 
 
 def test_broker_rejections_are_recorded_with_their_kind(trader, account):
