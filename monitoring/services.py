@@ -1,5 +1,6 @@
 """Monitoring services: cycles across accounts, the fast path after fills, the beat heartbeat."""
 
+import logging
 import socket
 
 from django.core.cache import cache
@@ -13,6 +14,8 @@ from tradingplatform import locks
 
 from . import cycle
 from .models import MonitoringRun
+
+logger = logging.getLogger(__name__)
 
 HEARTBEAT_KEY = "celery:heartbeat"
 FAST_PATH_DEBOUNCE_S = 0.5
@@ -67,11 +70,18 @@ def account_activity(account_id: int) -> None:
     cancelled at a broker that tells us nothing of what became of it.
 
     Debounced: a burst within half a second queues one run.
+
+    Never raises: it is called right after a placement, modify or cancel was recorded, which must
+    not fail because Redis (the lock, Celery's broker) is out for a moment; the account's next
+    cycle runs its steps anyway (the failure is logged).
     """
     from .tasks import monitor_account
 
     def queue():
-        if locks.acquire(f"monitor:queued:{account_id}", ttl_s=FAST_PATH_DEBOUNCE_S):
-            monitor_account.apply_async((account_id, None), countdown=FAST_PATH_DEBOUNCE_S)
+        try:
+            if locks.acquire(f"monitor:queued:{account_id}", ttl_s=FAST_PATH_DEBOUNCE_S):
+                monitor_account.apply_async((account_id, None), countdown=FAST_PATH_DEBOUNCE_S)
+        except Exception:
+            logger.warning("account %s: its run could not be queued; the next cycle runs it", account_id, exc_info=True)
 
     transaction.on_commit(queue)

@@ -5,6 +5,7 @@ import time as clock
 from datetime import timedelta
 from decimal import Decimal
 
+import kombu.exceptions
 import pytest
 import redis
 from django.core.exceptions import ValidationError
@@ -16,8 +17,10 @@ from accounts.tests.factories import make_broker_account
 from brokers import markets, ratelimit
 from brokers.client import AccountBroker
 from brokers.paper import engine
+from brokers.paper.adapter import PaperBroker
 from brokers.paper.models import PaperClient, PaperOrder
 from monitoring import presence
+from monitoring.tasks import monitor_account
 from orders import services
 from orders.models import Order, OrderEvent
 from orders.tests.factories import place
@@ -287,6 +290,27 @@ def test_a_push_that_cannot_be_sent_does_not_turn_a_placed_order_into_an_error(t
         raise redis.exceptions.ConnectionError("Error 111 connecting to redis")
 
     monkeypatch.setattr(presence, "watching", redis_down)
+    order = place(trader, account, quantity=2)
+    assert order.status == Order.Status.FILLED and order.broker_order_id
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
+    resting = place(trader, account, order_type="LIMIT", price="1400")
+    assert resting.status == Order.Status.OPEN
+    services.order_cancel(order=resting, actor=trader, cause="test")
+    assert resting.status == Order.Status.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_that_cannot_be_queued_does_not_turn_a_placed_order_into_an_error(trader, account, monkeypatch):
+    """At a broker that tells nothing of what became of an order (Kite), each placement and cancel
+    queues its account's run. Redis (Celery's broker) out for a moment then: the order is at the
+    broker and recorded, and the placement answers it, not an error a trader would answer by
+    placing it again; the cycle runs the account anyway."""
+
+    def queue_down(*args, **kwargs):
+        raise kombu.exceptions.OperationalError("Error 111 connecting to redis")
+
+    monkeypatch.setattr(PaperBroker, "tells_order_updates", False)
+    monkeypatch.setattr(monitor_account, "apply_async", queue_down)
     order = place(trader, account, quantity=2)
     assert order.status == Order.Status.FILLED and order.broker_order_id
     assert PaperOrder.objects.filter(tag=order.reference).count() == 1
