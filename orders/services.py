@@ -458,7 +458,8 @@ def _replay_looked_up(order: Order) -> None:
     broker has applied, so the retry answers with the broker's word, not NEW. Not found, it is left
     NEW while its sender may only be slow (it sends until ``SEND_WITHIN_S``), and the sync closes
     it; written ``UNSENT_STALE_S`` before the look-up, it is closed here as the sync would, so the
-    retry answers that it was never sent (place it again), not NEW."""
+    retry answers that it was never sent (place it again), not NEW. One written on an earlier day
+    is closed with that day only then too: written just before midnight, it may still be on its way."""
     asked_at = timezone.now()
     try:
         state = AccountBroker(order.account).find_by_tag(order.reference)
@@ -468,11 +469,13 @@ def _replay_looked_up(order: Order) -> None:
     cause = f"{broker_name(order)}'s word, looked up on a retry"
     if state is not None:
         order_apply_broker_state(order, state, cause=cause)
+    elif order.created_at >= asked_at - timedelta(seconds=UNSENT_STALE_S):
+        return  # its sender may still be sending it
     elif trading_date(order.created_at) < trading_date(asked_at):
         # As the sync closes it: Kite lists today's orders only, so one it took on an earlier day
         # is not found either; that day's history says whether it was.
         _closed_with_its_day(order, cause)
-    elif order.created_at < asked_at - timedelta(seconds=UNSENT_STALE_S):
+    else:
         _fail(order, RejectKind.NETWORK, NEVER_SENT, cause)
 
 

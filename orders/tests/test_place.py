@@ -597,3 +597,24 @@ def test_a_retry_on_a_later_day_of_an_order_whose_sender_died_sends_to_the_days_
     again = place(trader, account, idempotency_key="died-4")
     assert again.replayed and again.status == Order.Status.FAILED
     assert "answer never came on" in again.reject_reason and again.reject_reason != services.NEVER_SENT
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_just_after_midnight_of_an_order_its_sender_may_still_send_is_not_closed(
+    trader, instruments, settings, monkeypatch
+):
+    """Written seconds before midnight, not at the broker yet when the retry looks just after it:
+    its sender may still be sending it (it sends within SEND_WITHIN_S), as the sync knows (it closes
+    an earlier day's order only once it is a minute old). The retry answers NEW, not FAILED ("its
+    answer never came"), which the client would answer by placing it again; the sender then lands it."""
+    settings.REPLAY_WAIT_S = 0.1
+    account = _sender_died_before_sending(trader, "PAPER-R6", "midnight-1")
+    Order.objects.update(created_at=timezone.now() - timedelta(seconds=10))
+    midnight, real = timezone.now() - timedelta(seconds=5), services.trading_date
+    monkeypatch.setattr(
+        services, "trading_date", lambda when=None: real(when) - timedelta(days=(when or midnight) < midnight)
+    )
+    again = place(trader, account, idempotency_key="midnight-1")
+    assert again.replayed and (again.status, again.broker_order_id) == (Order.Status.NEW, None)
+    sent = services.order_submit(order=Order.objects.get(pk=again.pk), cause="its sender, on its way")
+    assert sent.status == Order.Status.FILLED and PaperOrder.objects.get().tag == sent.reference
