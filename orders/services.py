@@ -1155,7 +1155,8 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
     finally:
         # Once its outcome is committed (an event says what was asked from then on).
         key = _asked_key(order.pk)
-        transaction.on_commit(lambda: cache.delete(key))
+        # robust: a cache away for a moment does not make a change the broker took an error (the key expires).
+        transaction.on_commit(lambda: cache.delete(key), robust=True)
     _broadcast(order)
     _queue_sync(order)
     return order

@@ -143,7 +143,10 @@ def held(name: str, *, ttl_s: float, wait_s: float = 0.0, keep: bool = False):
             yield token is not None
     finally:
         if token is not None:
-            release(name, token)
+            try:
+                release(name, token)
+            except Exception:  # Redis away for a moment: it expires on its own; what the block did stands
+                logger.warning("could not release lock %s (it expires in %s s)", name, ttl_s, exc_info=True)
 
 
 def extend_many(tokens: dict[str, str], *, ttl_s: float) -> None:

@@ -51,6 +51,26 @@ def at_broker(order):
     return PaperOrder.objects.get(order_id=order.broker_order_id)
 
 
+def test_a_modify_and_a_cancel_done_while_redis_is_away_are_answered_done(trader, account, monkeypatch):
+    """The broker took the change (or the cancel) and it is recorded; then Redis went away for a
+    moment, and freeing the order's lock (or its modify note) raised: the answer was a 500 a trader
+    would take for a refusal and send again. It expires on its own; the answer is what was done."""
+    from tradingplatform import locks
+
+    def away(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to redis")
+
+    order = place(trader, account, order_type="LIMIT", price="1400", quantity=2)
+    monkeypatch.setattr(locks, "release", away)
+    monkeypatch.setattr(services.cache, "delete", away)
+    services.order_modify(order=order, actor=trader, cause="test", price=D("1401"))
+    order.refresh_from_db()
+    assert (order.price, PaperOrder.objects.get(order_id=order.broker_order_id).price) == (D("1401"), D("1401"))
+    services.order_cancel(order=order, actor=trader, cause="test")
+    order.refresh_from_db()
+    assert order.status == Order.Status.CANCELLED
+
+
 def test_two_overlapping_modifies_each_change_only_what_they_asked(trader, account):
     order = resting(trader, account)
     tab_a, tab_b = Order.objects.get(pk=order.pk), Order.objects.get(pk=order.pk)  # read before either
