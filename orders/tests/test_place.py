@@ -280,37 +280,27 @@ def test_an_unreachable_broker_leaves_an_unknown_outcome_that_reconciles(trader,
     assert not PaperOrder.objects.exists()
 
 
+@pytest.mark.parametrize("away", ["push", "queue"])
 @pytest.mark.django_db(transaction=True)
-def test_a_push_that_cannot_be_sent_does_not_turn_a_placed_order_into_an_error(trader, account, monkeypatch):
-    """Redis (which says whether the trader has a page open) is out for a moment when the broker's
-    answer comes: the order is at the broker and recorded, and the placement answers it, not an
-    error (a 500 a trader would answer by placing it again). The same for a cancel."""
+def test_redis_away_for_a_moment_does_not_turn_a_placed_order_into_an_error(trader, account, monkeypatch, away):
+    """Redis out for a moment when the broker's answer comes: the order is at the broker and
+    recorded, and the placement answers it, not an error (a 500 a trader would answer by placing it
+    again). The same for a cancel. ``push``: Redis says whether the trader has a page open to push
+    the order to. ``queue``: at a broker that tells nothing of what became of an order (Kite), each
+    placement and cancel queues its account's run through Celery's broker; the cycle runs it anyway."""
+    if away == "push":
 
-    def redis_down(_user_ids):
-        raise redis.exceptions.ConnectionError("Error 111 connecting to redis")
+        def down(_user_ids):
+            raise redis.exceptions.ConnectionError("Error 111 connecting to redis")
 
-    monkeypatch.setattr(presence, "watching", redis_down)
-    order = place(trader, account, quantity=2)
-    assert order.status == Order.Status.FILLED and order.broker_order_id
-    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
-    resting = place(trader, account, order_type="LIMIT", price="1400")
-    assert resting.status == Order.Status.OPEN
-    services.order_cancel(order=resting, actor=trader, cause="test")
-    assert resting.status == Order.Status.CANCELLED
+        monkeypatch.setattr(presence, "watching", down)
+    else:
 
+        def down(*args, **kwargs):
+            raise kombu.exceptions.OperationalError("Error 111 connecting to redis")
 
-@pytest.mark.django_db(transaction=True)
-def test_a_sync_that_cannot_be_queued_does_not_turn_a_placed_order_into_an_error(trader, account, monkeypatch):
-    """At a broker that tells nothing of what became of an order (Kite), each placement and cancel
-    queues its account's run. Redis (Celery's broker) out for a moment then: the order is at the
-    broker and recorded, and the placement answers it, not an error a trader would answer by
-    placing it again; the cycle runs the account anyway."""
-
-    def queue_down(*args, **kwargs):
-        raise kombu.exceptions.OperationalError("Error 111 connecting to redis")
-
-    monkeypatch.setattr(PaperBroker, "tells_order_updates", False)
-    monkeypatch.setattr(monitor_account, "apply_async", queue_down)
+        monkeypatch.setattr(PaperBroker, "tells_order_updates", False)
+        monkeypatch.setattr(monitor_account, "apply_async", down)
     order = place(trader, account, quantity=2)
     assert order.status == Order.Status.FILLED and order.broker_order_id
     assert PaperOrder.objects.filter(tag=order.reference).count() == 1
