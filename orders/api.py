@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 
 from django.core.exceptions import ValidationError
 from ninja import Field, Header, Query, Router, Schema, Status
-from ninja.errors import HttpError
 from pydantic import create_model, field_validator
 
 from accounts.api import account_for
@@ -617,10 +616,7 @@ def strategy_change(request, strategy_id: int, payload: StrategyChangeIn):
 
 @router.delete("/strategies/{strategy_id}", response={204: None})
 def strategy_delete(request, strategy_id: int):
-    strategy = selectors.strategy_of(request.user, strategy_id)
-    if strategy.orders.exists():
-        raise HttpError(409, "This strategy has orders; pause it (is_active false) instead.")
-    strategy.delete()
+    sources.strategy_delete(owner=request.user, strategy=selectors.strategy_of(request.user, strategy_id))
     return Status(204, None)
 
 

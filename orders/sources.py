@@ -1591,6 +1591,18 @@ def strategy_change(*, owner, strategy: Strategy, **changes) -> Strategy:
     return row
 
 
+@transaction.atomic
+def strategy_delete(*, owner, strategy: Strategy) -> None:
+    """Delete a strategy that has no orders (one that has is paused instead: its orders' exits are
+    its). Under its row lock, which an order given to it meanwhile (a signal's) waits on to commit
+    first: refused then, not a 500 on the database's foreign key."""
+    row = _locked(Strategy, strategy, owner)
+    if row.orders.exists():
+        text = "This strategy has orders; pause it (is_active false) instead."
+        raise ValidationError({"strategy": ValidationError(text, code="conflict")})
+    row.delete()
+
+
 def strategy_rotate_secret(*, strategy: Strategy) -> str:
     secret, digest, prefix = _secret()
     Strategy.objects.filter(pk=strategy.pk).update(webhook_secret_hash=digest, webhook_secret_prefix=prefix)

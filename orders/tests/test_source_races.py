@@ -24,7 +24,7 @@ from accounts.tests.factories import make_broker_account
 from brokers.base import IST
 from orders import services, sources
 from orders.models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy
-from orders.tests.factories import instrument, sent_while_locked
+from orders.tests.factories import instrument, place, sent_while_locked
 from orders.tests.test_api_patch import api_for, create, item, patch
 from tradingplatform.testing import mariadb_only
 from tradingplatform.tests.security import db_snapshot
@@ -122,6 +122,22 @@ def test_a_save_of_one_deleted_meanwhile_is_not_found(kind, trader, account):
         else:
             sources.strategy_save(owner=trader, name="New", account_ids=[account.pk], strategy=read_for_the_edit)
     assert not MODELS[kind].objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_strategy_deleted_as_it_is_given_an_order_is_refused_not_a_500(api, trader, account):
+    """A signal's order was given the strategy between the delete's check for orders and its DELETE:
+    the database's foreign key refused the DELETE (a 500, after waiting out the order's lock). The
+    delete takes the strategy's row lock first: the order commits, and the delete is refused."""
+    mariadb_only()
+    row, _secret = sources.strategy_save(owner=trader, name="Gone", account_ids=[account.pk])
+    order = place(trader, account)
+    with sent_while_locked(Strategy, lambda: api.delete(f"/api/v1/strategies/{row.pk}")) as (answers, send):
+        Order.objects.filter(pk=order.pk).update(strategy=row)  # its foreign key check holds the strategy's row
+        send()
+    assert answers[0].status_code == 409, answers[0].content
+    assert answers[0].json()["error"]["field"] == "strategy"
+    assert Order.objects.get(pk=order.pk).strategy_id == row.pk
 
 
 HOLD = {
