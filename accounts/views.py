@@ -1,10 +1,13 @@
 """Pages for signing in, broker accounts, API keys and the profile. Thin: services do the work."""
 
+from urllib.parse import urlsplit
+
 from django.contrib import messages
 from django.contrib.auth import login, logout, update_session_auth_hash
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordChangeForm
 from django.core.exceptions import ValidationError
+from django.http import HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
@@ -28,15 +31,24 @@ from .utils import client_ip
 CREDENTIAL_PARAMS = [credential.name for credential in registry.all_credential_fields()]
 
 
+def _next_url(request) -> str:
+    """Where to go after signing in: a path or URL of this site, else "" (the home page). A URL,
+    never a view name: ``redirect("dashboard")`` would reverse it (a 500 when nothing is called so)."""
+    next_url = request.POST.get("next") or request.GET.get("next") or ""
+    if not next_url.startswith("/") and not urlsplit(next_url).netloc:
+        return ""
+    if not url_has_allowed_host_and_scheme(
+        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return ""
+    return next_url
+
+
 @sensitive_post_parameters("password")
 @require_http_methods(["GET", "POST"])
 @never_cache
 def login_view(request):
-    next_url = request.POST.get("next") or request.GET.get("next") or ""
-    if not url_has_allowed_host_and_scheme(
-        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        next_url = ""
+    next_url = _next_url(request)
     form = LoginForm(request.POST or None)
     status = 200
     if request.method == "POST" and form.is_valid():
@@ -58,7 +70,7 @@ def login_view(request):
                 services.logout_record(user=previous, ip=client_ip(request))
                 logout(request)
             login(request, user)
-            return redirect(next_url or "home")
+            return HttpResponseRedirect(next_url) if next_url else redirect("home")
     return render(request, "accounts/login.html", {"form": form, "next": next_url}, status=status)
 
 

@@ -35,6 +35,15 @@ def test_login_keeps_a_safe_next_and_drops_an_offsite_one(client, trader, passwo
     assert response.url == reverse("home")
 
 
+@pytest.mark.parametrize("next_url", ["dashboard", "?tab=orders", "logout", "accounts:profile"])
+def test_a_next_that_is_not_a_path_signs_in_to_the_home_page(client, trader, password, next_url):
+    # A next such as "dashboard" (no slash) was taken for a view name: a 500 right after signing in,
+    # or, when it named one ("logout"), a redirect to that view.
+    response = client.post(reverse("login") + f"?next={next_url}", {"username": "trader", "password": password})
+    assert response.status_code == 302 and response.url == reverse("home")
+    assert client.session["_auth_user_id"] == str(trader.pk)
+
+
 def test_failed_login_shows_error_and_is_audited(client, trader):
     response = login(client, "trader", "wrong")
     assert response.status_code == 200
