@@ -12,7 +12,7 @@ from django.conf import settings
 from django.contrib.auth import authenticate
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 from django.utils import timezone
 
 from brokers import ratelimit, registry
@@ -206,7 +206,15 @@ def broker_account_create(
     account.full_clean()
     products_check(account.allowed_products)
     account.credentials = Sealed.seal(cleaned) if cleaned else None
-    account.save()
+    try:
+        with transaction.atomic():  # a savepoint: the caller's transaction goes on after a refusal
+            account.save()
+    except IntegrityError:
+        # Added by another request since full_clean found the client id free (a double-clicked Add):
+        # the same answer as when it was already there.
+        if not BrokerAccount.objects.filter(broker=account.broker, client_id=account.client_id).exists():
+            raise
+        raise ValidationError({"client_id": "A broker account with this broker and client id already exists."}) from None
     audit_record(
         action=Action.BROKER_ACCOUNT_CREATED,
         actor=actor or owner,

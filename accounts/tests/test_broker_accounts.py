@@ -89,6 +89,27 @@ def test_duplicate_broker_client_id_is_refused(trader_client, other_trader):
     assert BrokerAccount.objects.count() == 1
 
 
+def test_an_account_added_twice_at_once_is_refused_naming_the_client_id_not_a_500(
+    trader_client, other_trader, monkeypatch
+):
+    """A double-clicked Add (or another trader adding the same client id at that moment): the other
+    request's row is committed after this one checked the client id was free and before it inserts.
+    The insert met the unique constraint: a 500, not the form's answer."""
+    from accounts import services
+
+    check = services.products_check
+
+    def added_meanwhile(products):
+        check(products)
+        BrokerAccount.objects.create(owner=other_trader, broker="kite", client_id="AB1234", label="Theirs")
+
+    monkeypatch.setattr(services, "products_check", added_meanwhile)
+    response = trader_client.post(reverse("accounts:broker_create"), create_form())
+    assert response.status_code == 200
+    assert "client_id" in response.context["form"].errors
+    assert not AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_CREATED).exists()
+
+
 def test_edit_keeps_credentials_when_left_blank(trader_client, trader):
     account = make_kite_account(trader, api_key=KEY, api_secret=SECRET)
     data = create_form(label="Renamed", api_key="", api_secret="")
