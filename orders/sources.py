@@ -890,7 +890,9 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
     mistake) never take the same row, and the unique (scheduled, due_at) fire row makes a
     second claim of one due time impossible even so (a fire dropped by an edit that kept its
     time is taken again). A due time missed by more than its grace window (the platform was
-    down) is recorded as missed and reported, not fired late.
+    down) is recorded as missed and reported, not fired late; every due time of an order that
+    has come is seen in one claim (the dispatcher was down over several), so the one still on
+    time is claimed at its time, not after a beat for each past one.
     """
     missed_notes = []
     with transaction.atomic():
@@ -909,32 +911,34 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
             )
         }
         fires, revived = [], []
+        horizon = now + timedelta(seconds=lead_s)
         for scheduled in due:
             due_at = scheduled.next_run_at
-            if scheduled.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS and not markets.is_trading_day(
-                due_at.astimezone(IST).date()
-            ):
-                # A holiday declared after this due time was set (``EXCHANGE_HOLIDAYS`` changed): not a run.
-                scheduled.next_run_at = next_occurrence(scheduled, due_at)
-                if scheduled.next_run_at is None:
-                    scheduled.status = ScheduledOrder.Status.DONE
-                continue
-            late_s = (now - due_at).total_seconds()
-            missed = late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s
-            status = ScheduledFire.Status.MISSED if missed else ScheduledFire.Status.PENDING
-            detail = f"{late_s:.0f}s late; the scheduler was not running" if missed else ""
-            before = existing.get((scheduled.pk, due_at))
-            if before is None or before[1] == ScheduledFire.Status.CANCELLED:
-                if before is None:
-                    fires.append(ScheduledFire(scheduled=scheduled, due_at=due_at, status=status, detail=detail))
-                else:
-                    revived.append((before[0], status, detail))
-                if missed:
-                    scheduled.last_run_at, scheduled.last_result = now, f"missed ({late_s:.0f}s late)"
-                    missed_notes.append((scheduled, due_at))
-            # Its next due time even if that came too (the dispatcher was down): the next beat
-            # reports it missed, or places it while still within its grace; none is skipped unseen.
-            scheduled.next_run_at = next_occurrence(scheduled, due_at)
+            # Every due time that has come, in this one claim (the dispatcher was down over several):
+            # each missed one reported, and today's still claimed on time, not a beat per past run later.
+            while due_at is not None and due_at <= horizon:
+                following = next_occurrence(scheduled, due_at)
+                if scheduled.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS and not markets.is_trading_day(
+                    due_at.astimezone(IST).date()
+                ):
+                    # A holiday declared after this due time was set (``EXCHANGE_HOLIDAYS`` changed): not a run.
+                    due_at = following
+                    continue
+                late_s = (now - due_at).total_seconds()
+                missed = late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s
+                status = ScheduledFire.Status.MISSED if missed else ScheduledFire.Status.PENDING
+                detail = f"{late_s:.0f}s late; the scheduler was not running" if missed else ""
+                before = existing.get((scheduled.pk, due_at))
+                if before is None or before[1] == ScheduledFire.Status.CANCELLED:
+                    if before is None:
+                        fires.append(ScheduledFire(scheduled=scheduled, due_at=due_at, status=status, detail=detail))
+                    else:
+                        revived.append((before[0], status, detail))
+                    if missed:
+                        scheduled.last_run_at, scheduled.last_result = now, f"missed ({late_s:.0f}s late)"
+                        missed_notes.append((scheduled, due_at))
+                due_at = following
+            scheduled.next_run_at = due_at
             if scheduled.next_run_at is None:
                 scheduled.status = ScheduledOrder.Status.DONE
         # In bulk: 500 orders due in one second are claimed in milliseconds, not one by one.

@@ -469,6 +469,37 @@ def test_after_an_outage_each_missed_run_is_reported_and_one_still_within_its_gr
     assert row.next_run_at == ran_at + timedelta(days=1)
 
 
+def _daily_after_an_outage(trader, account, *, days_down: int, back_s: float, grace_s: int = 0):
+    """A daily order (IST) whose dispatcher was down for ``days_down`` of its runs before today's,
+    due ``back_s`` after the dispatcher is back (negative: already come); today's due time."""
+    back = timezone.now()
+    today = (back + timedelta(seconds=back_s)).astimezone(IST).replace(microsecond=0)
+    daily = dict(recurrence="weekdays", weekdays=list(range(7)), run_on=None, grace_s=grace_s)
+    row = make_scheduled(trader, account, time_of_day=today.time(), **daily)
+    ScheduledOrder.objects.filter(pk=row.pk).update(next_run_at=today - timedelta(days=days_down))
+    return row, today, back
+
+
+def test_after_a_long_outage_todays_run_is_placed_on_time_and_each_missed_run_reported(
+    trader, account, settings, monkeypatch
+):
+    """The dispatcher comes back 2 s before a daily order's time, after three weeks down. Each beat
+    (one a second) claimed one past run of the order, so today's came to be claimed 19 s after its
+    time, past the on-time window: reported missed, never placed, with the platform up all along.
+    Every past run is reported at the first beat and today's is claimed on time."""
+    notices = []
+    monkeypatch.setattr(sources, "_notify", lambda scheduled, text: notices.append(text))
+    row, today, back = _daily_after_an_outage(trader, account, days_down=21, back_s=2)
+    for beat in range(25):
+        sources.scheduled_claim_due(now=back + timedelta(seconds=beat), lead_s=settings.SCHEDULE_LEAD_S)
+    fires = {fire.due_at: fire for fire in ScheduledFire.objects.filter(scheduled=row)}
+    assert (fires[today].status, fires[today].detail) == ("pending", "")
+    assert [fires[today - timedelta(days=days)].status for days in range(1, 22)] == ["missed"] * 21
+    assert len(notices) == 21
+    row.refresh_from_db()
+    assert row.next_run_at == today + timedelta(days=1)
+
+
 def test_a_recurring_order_moves_to_its_next_time(trader, account):
     row = make_scheduled(trader, account, recurrence="trading_days", run_on=None)
     first_due = row.next_run_at
