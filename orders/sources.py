@@ -892,7 +892,8 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
     time is taken again). A due time missed by more than its grace window (the platform was
     down) is recorded as missed and reported, not fired late; every due time of an order that
     has come is seen in one claim (the dispatcher was down over several), so the one still on
-    time is claimed at its time, not after a beat for each past one.
+    time is claimed at its time, not after a beat for each past one. Of those, only the latest
+    is placed: an earlier one still within its grace is reported missed too, not placed with it.
     """
     missed_notes = []
     with transaction.atomic():
@@ -925,9 +926,14 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
                     due_at = following
                     continue
                 late_s = (now - due_at).total_seconds()
-                missed = late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s
+                # A later run came too (a grace as long as a day): only the latest is placed, not
+                # one order per past run at once.
+                superseded = following is not None and following <= horizon
+                missed = superseded or late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s
                 status = ScheduledFire.Status.MISSED if missed else ScheduledFire.Status.PENDING
                 detail = f"{late_s:.0f}s late; the scheduler was not running" if missed else ""
+                if superseded and late_s <= settings.SCHEDULE_ON_TIME_S + scheduled.grace_s:
+                    detail += f"; a later run (due {_due_text(scheduled, following)}) came too and is placed instead"
                 before = existing.get((scheduled.pk, due_at))
                 if before is None or before[1] == ScheduledFire.Status.CANCELLED:
                     if before is None:

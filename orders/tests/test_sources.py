@@ -500,6 +500,19 @@ def test_after_a_long_outage_todays_run_is_placed_on_time_and_each_missed_run_re
     assert row.next_run_at == today + timedelta(days=1)
 
 
+def test_after_an_outage_a_grace_of_a_day_places_one_run_not_yesterdays_and_todays_at_once(trader, account):
+    """A daily order with a day's grace; the dispatcher was down over yesterday's run and comes back
+    just after today's. Both were within the grace, and each beat claimed one: yesterday's order and
+    today's were placed together, twice what the trader places a day. Only the latest run that came
+    is placed; the earlier one is reported missed."""
+    row, today, back = _daily_after_an_outage(trader, account, days_down=1, back_s=-5, grace_s=86400)
+    claimed = [fire for beat in range(3) for fire in sources.scheduled_claim_due(now=back + timedelta(seconds=beat))]
+    fires = {fire.due_at: fire for fire in ScheduledFire.objects.filter(scheduled=row)}
+    assert claimed == [fires[today].pk]
+    assert fires[today - timedelta(days=1)].status == "missed"
+    assert "later run" in fires[today - timedelta(days=1)].detail
+
+
 def test_a_recurring_order_moves_to_its_next_time(trader, account):
     row = make_scheduled(trader, account, recurrence="trading_days", run_on=None)
     first_due = row.next_run_at
