@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from accounts.models import NOT_ZONES, BrokerAccount
 from brokers import markets
-from brokers.base import IST, ist_today
+from brokers.base import IST, instrument_expired, ist_today
 from brokers.errors import AuthError, BrokerError, OutcomeUnknown
 from brokers.models import Instrument
 from brokers.selectors import instrument_by_symbol
@@ -610,6 +610,7 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
     row.next_run_at = next_occurrence(row, start)
     if row.next_run_at is None:
         raise ValidationError({"run_on": "That time has already passed."})
+    _not_after_its_expiry(row)
     row.status = ScheduledOrder.Status.ACTIVE
     row.full_clean(exclude=["owner", "account", "instrument", "idempotency_key"])  # its unique index decides
     if came_due:
@@ -630,6 +631,19 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
             ScheduledFire.objects.filter(scheduled_id=row.pk), "its scheduled order was changed before it was sent"
         )
     return row
+
+
+def _not_after_its_expiry(row: ScheduledOrder) -> None:
+    """Refuse a schedule whose next run comes after its contract's last trading day: its order
+    could only fail then, on the expired contract."""
+    expiry = getattr(row.instrument, "expiry", None)
+    if expiry is None or not instrument_expired(row.instrument, today=markets.trading_date(row.next_run_at)):
+        return
+    field = "run_on" if row.recurrence == ScheduledOrder.Recurrence.ONCE else "instrument"
+    next_run = _due_text(row, row.next_run_at)
+    raise ValidationError(
+        {field: f"{row.instrument} expires on {expiry:%Y-%m-%d}, before this order's next run ({next_run})."}
+    )
 
 
 def _not_after_its_run(row: ScheduledOrder) -> None:

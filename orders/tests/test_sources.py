@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
+from brokers.models import Instrument
 from brokers.paper.models import PaperOrder
 from orders import services, sources
 from orders.models import BasketRun, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
@@ -1284,3 +1285,25 @@ def test_a_repeat_of_a_placement_after_an_item_was_put_in_front_places_nothing_t
     again = sources.basket_place(basket=basket, actor=trader, run_token="t1")
     assert [(r["order_id"], r["symbol"]) for r in again] == [(r["order_id"], r["symbol"]) for r in first]
     assert sorted(PaperOrder.objects.values_list("instrument__tradingsymbol", flat=True)) == ["INFY", "TCS"]
+
+
+def test_a_scheduled_order_whose_run_comes_after_its_contract_expires_is_refused(trader, account):
+    """A one-off for the day after the future expires, or an every-trading-day order saved on its
+    last trading day once that day's time has gone by: the schedule was taken ("next run ..."), and
+    at its time the order could only fail on the expired contract. It is refused when saved, naming
+    the field, and nothing is written."""
+    future = instrument("NIFTY26DECFUT", "NFO")
+    order = spec(instrument=future, quantity=future.lot_size, product="NRML")
+    once = dict(recurrence="once", run_on=future.expiry + timedelta(days=1), time_of_day=time(9, 30))
+    with pytest.raises(ValidationError) as error:
+        sources.scheduled_save(owner=trader, account=account, spec=order, timezone_name="Asia/Kolkata", **once)
+    assert f"expires on {future.expiry:%Y-%m-%d}" in error.value.message_dict["run_on"][0]
+    Instrument.objects.filter(pk=future.pk).update(expiry=timezone.now().astimezone(IST).date())
+    future.refresh_from_db()
+    daily = dict(recurrence="trading_days", time_of_day=time(0, 0))  # today's has gone by
+    with pytest.raises(ValidationError) as error:
+        sources.scheduled_save(
+            owner=trader, account=account, spec={**order, "instrument": future}, timezone_name="Asia/Kolkata", **daily
+        )
+    assert f"expires on {future.expiry:%Y-%m-%d}" in error.value.message_dict["instrument"][0]
+    assert not ScheduledOrder.objects.exists()
