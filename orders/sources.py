@@ -1304,6 +1304,11 @@ def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
         detail = f"{order.reference}: sent, its answer lost; it is looked up by its tag"
         _notify(scheduled, f"Scheduled order #{scheduled.pk}: {detail}")
         return ScheduledFire.Status.PLACED, detail
+    if order.status == Order.Status.REJECTED:
+        # Its run was made (sent: not again this day), and the broker refused it: said, as a failure is.
+        detail = f"{order.reference} {order.status}: {order.reject_reason}"[:255]
+        _notify(scheduled, f"Scheduled order #{scheduled.pk} was refused by the broker: {detail}"[:255])
+        return ScheduledFire.Status.PLACED, detail
     return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
 
 

@@ -410,6 +410,29 @@ def test_a_due_order_fires_once_however_often_it_is_dispatched(trader, account):
     assert row.status == "done" and row.next_run_at is None and row.last_result.endswith("FILLED")
 
 
+def test_a_run_the_broker_refused_is_told_to_the_trader(trader, account, monkeypatch):
+    """Its order was placed and REJECTED (here outside the price band): the run said "Placed" and
+    the trader was told nothing, as they are of a run that failed."""
+    notices = []
+    monkeypatch.setattr(sources, "_notify", lambda scheduled, text: notices.append(text))
+    soon = timezone.now().astimezone(IST) + timedelta(minutes=5)
+    row = sources.scheduled_save(
+        owner=trader,
+        account=account,
+        spec=spec(order_type="LIMIT", price="2500"),
+        recurrence="once",
+        time_of_day=soon.time().replace(microsecond=0),
+        timezone_name="Asia/Kolkata",
+        run_on=soon.date(),
+    )
+    [fire] = sources.scheduled_claim_due(now=row.next_run_at + timedelta(milliseconds=300))
+    ScheduledFire.objects.filter(pk=fire).update(due_at=timezone.now())  # its time has come
+    done = sources.scheduled_fire(fire_id=fire)
+    order = Order.objects.get(scheduled=row)
+    assert order.status == Order.Status.REJECTED and done.status == "placed" and "REJECTED" in done.detail
+    assert notices == [f"Scheduled order #{row.pk} was refused by the broker: {done.detail}"]
+
+
 def test_a_missed_time_is_reported_not_fired_late(trader, account):
     row = make_scheduled(trader, account)
     fires = sources.scheduled_claim_due(now=row.next_run_at + timedelta(hours=3))
