@@ -925,8 +925,13 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
                 "pk", "scheduled_id", "due_at", "status"
             )
         }
-        fires, revived = [], []
+        fires, revived, ended = [], [], []
         horizon = now + timedelta(seconds=lead_s)
+        expiries = dict(
+            Instrument.objects.filter(pk__in={s.instrument_id for s in due}, expiry__isnull=False).values_list(
+                "pk", "expiry"
+            )
+        )
         for scheduled in due:
             due_at = scheduled.next_run_at
             # Every due time that has come, in this one claim (the dispatcher was down over several):
@@ -958,6 +963,11 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
                         scheduled.last_run_at, scheduled.last_result = now, f"missed ({late_s:.0f}s late)"
                         missed_notes.append((scheduled, due_at))
                 due_at = following
+            expiry = expiries.get(scheduled.instrument_id)
+            if due_at is not None and expiry is not None and markets.trading_date(due_at) > expiry:
+                # Its contract expires before its next run, which could only fail: it ends, said once.
+                due_at, scheduled.last_result = None, f"ended: its contract expired on {expiry:%Y-%m-%d}"
+                ended.append((scheduled, expiry))
             scheduled.next_run_at = due_at
             if scheduled.next_run_at is None:
                 scheduled.status = ScheduledOrder.Status.DONE
@@ -968,6 +978,8 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
         ScheduledOrder.objects.bulk_update(due, ["next_run_at", "status", "last_run_at", "last_result"])
         for scheduled, due_at in missed_notes:
             _notify_missed(scheduled, due_at)
+        for scheduled, expiry in ended:
+            _notify(scheduled, f"Scheduled order #{scheduled.pk} has ended: its contract expired on {expiry:%Y-%m-%d}.")
         pending = {(f.scheduled_id, f.due_at) for f in fires if f.status == ScheduledFire.Status.PENDING}
         pending_ids = [pk for pk, status, _ in revived if status == ScheduledFire.Status.PENDING]
     if not pending and not pending_ids:

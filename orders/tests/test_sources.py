@@ -1330,3 +1330,28 @@ def test_a_scheduled_order_whose_run_comes_after_its_contract_expires_is_refused
         )
     assert f"expires on {future.expiry:%Y-%m-%d}" in error.value.message_dict["instrument"][0]
     assert not ScheduledOrder.objects.exists()
+
+
+def test_a_recurring_order_ends_with_its_contracts_last_run_said_once(trader, account, monkeypatch):
+    """Its contract expired while it was active: every trading day after, a run failed on the
+    expired contract with a notice, for ever, and the order showed Active with a next run that
+    could never place. Its last run before the expiry is claimed and the order ends then, said once."""
+    notices = []
+    monkeypatch.setattr(sources, "_notify", lambda scheduled, text: notices.append(text))
+    future = instrument("NIFTY26DECFUT", "NFO")
+    soon = timezone.now().astimezone(IST) + timedelta(minutes=5)
+    row = sources.scheduled_save(
+        owner=trader,
+        account=account,
+        spec=spec(instrument=future, quantity=future.lot_size, product="NRML"),
+        recurrence="trading_days",
+        time_of_day=soon.time().replace(microsecond=0),
+        timezone_name="Asia/Kolkata",
+    )
+    last_day = row.next_run_at.astimezone(IST).date()
+    Instrument.objects.filter(pk=future.pk).update(expiry=last_day)  # its run due next is its last
+    [fire] = sources.scheduled_claim_due(now=row.next_run_at + timedelta(milliseconds=300))
+    row.refresh_from_db()
+    assert ScheduledFire.objects.get(pk=fire).status == "pending"  # the last run is placed
+    assert (row.status, row.next_run_at) == ("done", None)
+    assert notices == [f"Scheduled order #{row.pk} has ended: its contract expired on {last_day:%Y-%m-%d}."]
