@@ -126,14 +126,23 @@ _run_rank: contextvars.ContextVar[int | None] = contextvars.ContextVar("monitori
 _pool = background.Pool("MONITORING_THREADS", "monitoring-pool")
 
 
-def _in_pool(fn, items) -> None:
+def _in_pool(fn, items, *, cut: threading.Event | None = None) -> None:
     """``fn(item)`` for every item on the pool's threads, this run's rank first; returns when all
-    are done (a job that fails is logged)."""
+    are done (a job that fails is logged). Cut short by the task's time limit (raised here, in the
+    waiting thread), it still waits for the jobs that have begun, then raises; those not begun do
+    nothing, and ``cut`` is set for those that have to stop at their next step."""
     jobs = background.Jobs()
     rank = _run_rank.get()
+    cut = cut or threading.Event()
+
+    @functools.wraps(fn)
+    def job(item):
+        if not cut.is_set():
+            fn(item)
+
     for item in items:
-        _pool.submit(jobs, fn, item, rank=next(_runs) if rank is None else rank)
-    jobs.wait()
+        _pool.submit(jobs, job, item, rank=next(_runs) if rank is None else rank)
+    jobs.wait(cut_short=cut.set)
 
 
 def _insert(model, rows: list, **options) -> dict[int, BaseException]:
@@ -1716,9 +1725,12 @@ def _accounts_with_work(account_ids: list[int], steps) -> set[int]:
 
 
 def _account_steps(job) -> None:
-    """One account's run of per-account steps, in order, each timed, each failure recorded."""
-    ctx, steps = job
+    """One account's run of per-account steps, in order, each timed, each failure recorded; none
+    begun once the batch is ``cut`` short by its time limit (``accounts_monitor`` says so)."""
+    ctx, steps, cut = job
     for name, step in steps:
+        if cut.is_set():
+            return
         if name in NEEDS_FETCH and not ctx.fetched:
             ctx.errors.append({"step": name, "error": "skipped: the broker data could not be fetched"})
             continue
@@ -1787,7 +1799,8 @@ def _run_steps(contexts: list[Context]) -> None:
                     ctx.errors.append({"step": step_name, "error": "skipped: the broker data could not be fetched"})
                 else:
                     ctx.step_ms[step_name] = share
-        _in_pool(_account_steps, [(ctx, run) for ctx in contexts if ctx.account.pk in busy])
+        cut = threading.Event()
+        _in_pool(_account_steps, [(ctx, run, cut) for ctx in contexts if ctx.account.pk in busy], cut=cut)
 
 
 def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None) -> list[AccountRun]:

@@ -251,14 +251,18 @@ class Jobs:
             if not self._pending:
                 self._cond.notify_all()
 
-    def wait(self) -> None:
+    def wait(self, *, cut_short=None) -> None:
         """Return once every job is done. A wait cut short (Celery's soft time limit raises in the
         waiting thread, from a signal, not in the pool's) still waits for the jobs before the error
         goes on: what the caller holds while they run (the monitoring cycle's account locks) must
-        outlast them. A hard time limit ends the process, its jobs with it."""
+        outlast them. ``cut_short()`` is called first, for the caller to have the jobs not begun
+        yet do nothing (they would run past the limit, into the hard one). A hard time limit ends
+        the process, its jobs with it."""
         try:
             self._wait()
         except BaseException:
+            if cut_short is not None:
+                cut_short()
             self._wait()
             raise
 

@@ -4,6 +4,7 @@ import hashlib
 import json
 import re
 import socket
+import threading
 import time as clock
 from decimal import Decimal
 
@@ -157,8 +158,8 @@ def cut_short_by_the_time_limit(monkeypatch):
     """Celery's soft time limit raised in the task's thread once the accounts' steps are done."""
     real = cycle._in_pool
 
-    def cut_short(fn, items):
-        real(fn, items)
+    def cut_short(fn, items, **options):
+        real(fn, items, **options)
         if fn is cycle._account_steps:
             raise SoftTimeLimitExceeded()
 
@@ -216,10 +217,10 @@ def test_a_batch_cut_short_while_it_reads_the_brokers_stops_there(trader, accoun
     real = cycle._in_pool
     later = []
 
-    def cut_short(fn, items):
+    def cut_short(fn, items, **options):
         if fn is cycle._account_steps:
             later.append(items)
-        real(fn, items)
+        real(fn, items, **options)
         if fn.__qualname__.startswith("_fetch_many"):
             raise SoftTimeLimitExceeded()
 
@@ -255,10 +256,10 @@ def test_a_batch_cut_short_while_it_records_what_it_read_stops_there(trader, acc
             raise SoftTimeLimitExceeded()  # Celery raises it once, where the thread is
         return real(*args, **kwargs)
 
-    def watched(fn, items):
+    def watched(fn, items, **options):
         if fn is cycle._account_steps:
             later.extend(items)
-        real_pool(fn, items)
+        real_pool(fn, items, **options)
 
     monkeypatch.setattr(owner, name, once)
     monkeypatch.setattr(cycle, "_in_pool", watched)
@@ -710,3 +711,48 @@ def test_a_bad_row_in_a_batch_insert_fails_alone(account, their_account):
     failures = cycle._insert(PnlSnapshot, rows)
     assert list(failures) == [1] and isinstance(failures[1], IntegrityError)
     assert sorted(PnlSnapshot.objects.values_list("realized", flat=True)) == [D(1), D(3)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_cut_short_while_its_accounts_steps_run_begins_no_more_of_them(
+    account, their_account, monkeypatch, settings
+):
+    """Celery's soft time limit raised while the batch waits for its accounts' steps (a slow broker
+    holds the first account's): the batch waits for what has begun (the account locks must outlast
+    it), but the accounts whose steps had not begun, and the steps an account had not begun, used
+    to run all the same, placing and cancelling past the limit until the hard limit killed the
+    worker, and then no run of the batch was recorded. They do not run: each run says so."""
+    from tradingplatform import background
+
+    settings.MONITORING_THREADS = 1  # one account's steps at a time: the second waits its turn
+    monkeypatch.setattr(cycle, "_pool", background.Pool("MONITORING_THREADS", "test-monitoring-pool"))
+    ran, started, release = [], threading.Event(), threading.Event()
+
+    def slow_step(ctx):
+        ran.append(("slow", ctx.account.pk))
+        if ctx.account.pk == account.pk:
+            started.set()
+            assert release.wait(10)  # the slow broker answers once the limit has come
+
+    def next_step(ctx):
+        ran.append(("next", ctx.account.pk))
+
+    monkeypatch.setattr(cycle, "STEPS", [("8_slow", slow_step), ("9_next", next_step)])
+    real_wait, waits = background.Jobs._wait, []
+
+    def cut_short_once(self):
+        waits.append(self)
+        if len(waits) == 1:
+            assert started.wait(10)
+            raise SoftTimeLimitExceeded()  # in the waiting thread, as Celery's signal handler does
+        release.set()
+        real_wait(self)
+
+    monkeypatch.setattr(background.Jobs, "_wait", cut_short_once)
+    with pytest.raises(SoftTimeLimitExceeded):
+        cycle.accounts_monitor(accounts=[account, their_account])
+    assert ran == [("slow", account.pk)]
+    runs = {run.account_id: run for run in AccountRun.objects.all()}
+    assert set(runs) == {account.pk, their_account.pk}
+    assert all("time_limit" in [e["step"] for e in run.errors] for run in runs.values())
+    assert list(runs[account.pk].step_ms) == ["8_slow"] and runs[their_account.pk].step_ms == {}
