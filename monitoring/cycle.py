@@ -1810,6 +1810,7 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
     """
     tokens = {}
     ranked = _run_rank.set(next(_runs))
+    started = timezone.now()
     try:
         try:
             tokens = locks.acquire_many([f"monitor:{account.pk}" for account in accounts], ttl_s=ACCOUNT_LOCK_TTL_S)
@@ -1821,6 +1822,7 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
                     run_id=run_id,
                     account=account,
                     status=AccountRun.Status.ERRORS,
+                    started_at=started,
                     finished_at=timezone.now(),
                     errors=[{"step": "lock", "error": why}],
                 )
@@ -1853,14 +1855,18 @@ def accounts_monitor(*, accounts: list[BrokerAccount], run_id: int | None = None
         results = []
         for account in accounts:
             ctx = contexts.get(account.pk)
-            if ctx is None:
-                results.append(AccountRun(run_id=run_id, account=account, status=AccountRun.Status.SKIPPED))
+            if ctx is None:  # its account held by another run: this one ended as it began
+                skipped = AccountRun.Status.SKIPPED
+                results.append(
+                    AccountRun(run_id=run_id, account=account, status=skipped, started_at=started, finished_at=started)
+                )
                 continue
             results.append(
                 AccountRun(
                     run_id=run_id,
                     account=account,
                     status=AccountRun.Status.ERRORS if ctx.errors else AccountRun.Status.OK,
+                    started_at=started,
                     finished_at=finished,
                     step_ms=ctx.step_ms,
                     actions=ctx.actions,

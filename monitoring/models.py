@@ -1,6 +1,7 @@
 """Monitoring cycles: what each cycle did for each account, and the broker's raw data."""
 
 from django.db import models
+from django.utils import timezone
 
 
 class MonitoringRun(models.Model):
@@ -32,7 +33,8 @@ class AccountRun(models.Model):
     run = models.ForeignKey(MonitoringRun, null=True, blank=True, on_delete=models.CASCADE, related_name="results")
     account = models.ForeignKey("accounts.BrokerAccount", on_delete=models.CASCADE, related_name="monitoring")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OK)
-    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # When its steps began (the row is written once they are done: not auto_now_add).
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     step_ms = models.JSONField(default=dict)
     actions = models.JSONField(default=list)

@@ -12,6 +12,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import IntegrityError, connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from accounts.tests.factories import make_kite_account
 from brokers.paper import engine
@@ -756,3 +757,28 @@ def test_a_batch_cut_short_while_its_accounts_steps_run_begins_no_more_of_them(
     assert set(runs) == {account.pk, their_account.pk}
     assert all("time_limit" in [e["step"] for e in run.errors] for run in runs.values())
     assert list(runs[account.pk].step_ms) == ["8_slow"] and runs[their_account.pk].step_ms == {}
+
+
+def test_a_runs_record_says_when_it_started_and_a_skipped_one_when_it_ended(account, monkeypatch):
+    """The monitoring page's time of a run and admin's start and finish: the start was the time the
+    record was written, after its steps (after its own finish), so a slow run showed as starting
+    when it ended; a run skipped (its account still running elsewhere) never showed a finish."""
+
+    def slow(ctx):
+        clock.sleep(0.3)  # a slow broker
+
+    monkeypatch.setattr(cycle, "STEPS", [*cycle.STEPS, ("10_slow", slow)])
+    before = timezone.now()
+    run = monitor(account)
+    run.refresh_from_db()
+    assert before <= run.started_at < run.finished_at
+    assert (run.finished_at - run.started_at).total_seconds() >= 0.3
+
+    token = locks.acquire(f"monitor:{account.pk}", ttl_s=30)
+    try:
+        skipped = monitor(account)
+    finally:
+        locks.release(f"monitor:{account.pk}", token)
+    skipped.refresh_from_db()
+    assert skipped.status == AccountRun.Status.SKIPPED
+    assert skipped.finished_at is not None and run.finished_at <= skipped.started_at <= skipped.finished_at
