@@ -327,7 +327,8 @@ LOGIN_LOCK_WINDOW_S = env.int("LOGIN_LOCK_WINDOW_S", default=900)
 # Trust X-Forwarded-For for the client IP only behind a proxy that sets it.
 USE_X_FORWARDED_FOR = env.bool("USE_X_FORWARDED_FOR", default=False)
 API_KEY_CACHE_TTL_S = env.int("API_KEY_CACHE_TTL_S", default=60)
-# Wrong-API-key throttle: this many wrong keys from one IP lock it (every key refused) for the window.
+# Wrong-API-key throttle: this many wrong keys from one IP lock it for the window (its wrong keys
+# then get 429; right keys still work).
 API_KEY_FAILURES_PER_IP = env.int("API_KEY_FAILURES_PER_IP", default=20)
 API_KEY_LOCK_WINDOW_S = env.int("API_KEY_LOCK_WINDOW_S", default=900)
 
