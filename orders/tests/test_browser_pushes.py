@@ -2,6 +2,7 @@
 test database, its websocket replaced by one the test pushes through): which push a page keeps."""
 
 import os
+import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -145,3 +146,27 @@ def test_a_new_order_refused_at_once_goes_on_top_of_the_book_and_not_into_open_o
     else:
         playwright.expect(page.locator(f"#order-{order.pk}")).to_have_count(0)
         playwright.expect(page.locator("#open-orders")).to_contain_text("No open orders.")
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1006])
+def test_a_page_whose_socket_the_server_closes_connects_again_and_catches_up(
+    in_browser, trader, account, monkeypatch, code
+):
+    """daphne closes every websocket a day after it opened (its websocket_timeout, a normal close: 1000),
+    and a server or proxy going away closes with 1001. htmx's ws extension connects again only after an
+    abnormal close (a dropped connection: 1006), so a trading screen left open overnight stopped getting
+    pushes, showing an order cancelled meanwhile as Open, with no sign of it."""
+    order = place(trader, account, order_type="LIMIT", price="1400")
+    page = in_browser(reverse("orders:book"))
+    row = page.locator(f"#order-{order.pk}")
+    playwright.expect(row).to_contain_text("Open")
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")  # the ORM beside the browser's driver
+    Order.objects.filter(pk=order.pk).update(status=Order.Status.CANCELLED, updated_at=timezone.now())
+    page.evaluate(f"window.pushedSockets.at(-1).onclose(new CloseEvent('close', {{code: {code}, wasClean: true}}))")
+
+    deadline = time.monotonic() + 15
+    while page.evaluate("window.pushedSockets.length") < 2:  # wait_for_function: refused by the CSP
+        assert time.monotonic() < deadline, "the page did not connect again"
+        page.wait_for_timeout(100)
+    playwright.expect(row).to_contain_text("Cancelled")  # read again once connected

@@ -89,6 +89,19 @@
     var ceiling = Math.min(500 * Math.pow(2, retryCount), 5000);
     return ceiling / 2 + (ceiling / 2) * Math.random();
   };
+  /* htmx's ws extension connects again only after an abnormal close (a dropped connection, 1006) or a
+     server error, not after a normal one: daphne closes every socket a day after it opened (its
+     websocket_timeout: 1000), and a server or proxy going away says 1001. A page left open overnight
+     would stop getting pushes with no sign of it: it connects again (and reads itself again, above). A
+     socket closed by the page itself (1005) or refused its session (4401) is left closed. */
+  document.addEventListener("htmx:wsClose", function (evt) {
+    var code = evt.detail && evt.detail.event && evt.detail.event.code;
+    var socket = evt.detail && evt.detail.socketWrapper;
+    if ((code !== 1000 && code !== 1001) || !socket || !socket.reconnect) return;
+    setTimeout(function () {
+      if (document.body.contains(evt.target) && evt.target.hasAttribute("ws-connect")) socket.reconnect();
+    }, htmx.config.wsReconnectDelay(2));
+  });
   htmx.defineExtension("shown-targets", {
     transformResponse: function (text, xhr, elt) {
       var holder = document.createElement("template");
