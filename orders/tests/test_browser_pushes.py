@@ -170,3 +170,27 @@ def test_a_page_whose_socket_the_server_closes_connects_again_and_catches_up(
         assert time.monotonic() < deadline, "the page did not connect again"
         page.wait_for_timeout(100)
     playwright.expect(row).to_contain_text("Cancelled")  # read again once connected
+
+
+@pytest.mark.parametrize("where", ["orders:book", "portfolio:dashboard"])
+def test_a_new_orders_push_arriving_after_its_fills_push_does_not_show_it_open(
+    in_browser, trader, account, monkeypatch, where
+):
+    """A new order's push (sent by the process that placed it, after its commit) and its fill's (sent by
+    the process that recorded the fill) come from different processes and may arrive the other way
+    round. The fill's row had no row to replace yet and was dropped; the new order's row then went in
+    as it was placed: the page showed a filled order as Open until it was loaded again."""
+    page = in_browser(reverse(where))
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")  # the ORM beside the browser's driver
+    order = place(trader, account, order_type="LIMIT", price="1400")
+    assert order.status == Order.Status.OPEN
+    created = render_to_string("orders/partials/order_push.html", {"order": order, "created": True})
+    order.status, order.filled_quantity, order.average_price = Order.Status.FILLED, 1, Decimal("1400")
+    order.updated_at += timedelta(milliseconds=5)
+    filled = render_to_string("orders/partials/order_push.html", {"order": order})
+
+    page.evaluate(PUSH, filled)
+    page.evaluate(PUSH, created)
+    page.evaluate(PUSH, '<div id="notices" hx-swap-oob="beforeend"><i id="seen"></i></div>')  # handled after it
+    playwright.expect(page.locator("#seen")).to_have_count(1)
+    playwright.expect(page.locator(f"#order-{order.pk} .badge")).to_have_text("Filled")

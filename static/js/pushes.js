@@ -32,7 +32,9 @@
     return row.id ? document.getElementById(row.id) : null;
   }
   function older(row) {
-    var page = onPage(row);
+    return olderThan(row, onPage(row));
+  }
+  function olderThan(row, page) {
     var mine = number(row, "data-version"), theirs = number(page, "data-version");
     if (mine === null || theirs === null) return false;
     // Said either way: a final row or a fuller fill is the newer, whatever version it carries.
@@ -41,6 +43,28 @@
     var filled = number(row, "data-filled"), shownFilled = number(page, "data-filled");
     if (filled !== shownFilled) return filled < shownFilled;
     return mine < theirs;
+  }
+  /* A new order's push and its first change's (a fill) are sent by different processes and may arrive
+     the other way round: the change, with no row to replace yet, is dropped, and the new order's row
+     would then go in as it was placed (a filled order shown Open). The newest of each dropped row is
+     kept a while; a new order's row older than it goes in as that one instead. */
+  var dropped = new Map();
+  var DROPPED_KEPT = 500;
+  function keepDropped(piece) {
+    if (piece.tagName !== "TR" || !piece.id || !piece.hasAttribute("data-version")) return;
+    var kept = dropped.get(piece.id);
+    if (kept && !olderThan(kept, piece)) return;
+    dropped.delete(piece.id);
+    dropped.set(piece.id, piece);
+    if (dropped.size > DROPPED_KEPT) dropped.delete(dropped.keys().next().value);
+  }
+  function newestOf(row) {
+    var kept = dropped.get(row.id);
+    if (!kept || !olderThan(row, kept)) return row;
+    var newer = kept.cloneNode(true);
+    newer.removeAttribute("hx-swap-oob");
+    row.replaceWith(newer);
+    return newer;
   }
   /* A piece's versioned elements: itself (a live part of the dashboard, as of when it was read) and
      the order rows in it (the open orders: a row pushed on its own since may be newer than its read). */
@@ -120,6 +144,7 @@
         var editing = piece.id && onPage(piece) && onPage(piece).classList.contains("editing");
         // A row open for editing keeps its form: a change meanwhile is caught when it is saved.
         if (!shown(piece) || editing || rows(piece).some(older)) {
+          if (!shown(piece)) keepDropped(piece);
           piece.remove();
           return;
         }
@@ -128,7 +153,10 @@
         if (!piece.id) {
           rows(piece).forEach(function (row) {
             var page = onPage(row);
-            if (!page) return;
+            if (!page) {
+              newestOf(row);
+              return;
+            }
             if (!page.classList.contains("editing")) {
               var node = document.importNode(row, true);
               page.replaceWith(node);
