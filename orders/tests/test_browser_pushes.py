@@ -194,3 +194,18 @@ def test_a_new_orders_push_arriving_after_its_fills_push_does_not_show_it_open(
     page.evaluate(PUSH, '<div id="notices" hx-swap-oob="beforeend"><i id="seen"></i></div>')  # handled after it
     playwright.expect(page.locator("#seen")).to_have_count(1)
     playwright.expect(page.locator(f"#order-{order.pk} .badge")).to_have_text("Filled")
+
+
+def test_a_page_whose_socket_is_closed_for_its_sign_in_says_it_is_no_longer_live(in_browser, trader, account):
+    """A password change closes every socket of the user (4401), the other tabs of the browser that made
+    it too, and so do a sign-out and an expired session: the page is not connected again (its session
+    is gone), and it went on showing its orders and PnL as if live, frozen, with no sign of it."""
+    order = place(trader, account, order_type="LIMIT", price="1400")
+    page = in_browser(reverse("portfolio:dashboard"))
+    playwright.expect(page.locator(f"#order-{order.pk}")).to_contain_text("Open")
+    playwright.expect(page.locator("#notices")).not_to_contain_text("Live updates stopped")
+
+    page.evaluate("window.pushedSockets.at(-1).onclose(new CloseEvent('close', {code: 4401, wasClean: true}))")
+
+    playwright.expect(page.locator("#notices")).to_contain_text("Live updates stopped")
+    assert page.evaluate("window.pushedSockets.length") == 1  # not connected again

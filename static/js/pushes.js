@@ -126,6 +126,21 @@
       if (document.body.contains(evt.target) && evt.target.hasAttribute("ws-connect")) socket.reconnect();
     }, htmx.config.wsReconnectDelay(2));
   });
+  /* A socket closed because its session ended (4401: a sign-out, a password change, which ends the
+     other tabs' sessions of the browser too, an expired or replaced session) is not connected again:
+     the page says its orders and PnL are no longer live, rather than showing them frozen as if they were. */
+  document.addEventListener("htmx:wsClose", function (evt) {
+    var code = evt.detail && evt.detail.event && evt.detail.event.code;
+    var notices = document.getElementById("notices");
+    if (code !== 4401 || !notices || document.getElementById("live-stopped")) return;
+    var notice = document.createElement("div");
+    notice.id = "live-stopped";
+    notice.className = "notice notice-warning";
+    notice.setAttribute("role", "alert");
+    notice.textContent = "Live updates stopped: this page's sign-in ended (signed out, password changed or " +
+      "expired). Reload the page to see current orders, positions and PnL.";
+    notices.prepend(notice);
+  });
   htmx.defineExtension("shown-targets", {
     transformResponse: function (text, xhr, elt) {
       var holder = document.createElement("template");
