@@ -209,3 +209,27 @@ def test_a_page_whose_socket_is_closed_for_its_sign_in_says_it_is_no_longer_live
 
     playwright.expect(page.locator("#notices")).to_contain_text("Live updates stopped")
     assert page.evaluate("window.pushedSockets.length") == 1  # not connected again
+
+
+def test_a_dashboard_push_read_before_a_new_order_does_not_take_that_order_out_of_open_orders(
+    in_browser, trader, account, monkeypatch
+):
+    """A dashboard push (a fill's, read just before) and a new order's push come from different processes:
+    the dashboard's, arriving second, replaced the open orders with what it read, without the new order.
+    The order was resting at its broker, and the dashboard said there were no open orders until its next
+    push (a monitoring run, a minute later)."""
+    from portfolio.selectors import dashboard_of
+
+    page = in_browser(reverse("portfolio:dashboard"))
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")  # the ORM beside the browser's driver
+    read_before = render_to_string("portfolio/partials/dashboard_push.html", {"dashboard": dashboard_of(trader)})
+    order = place(trader, account, order_type="LIMIT", price="1400")
+    assert order.status == Order.Status.OPEN
+    created = render_to_string("orders/partials/order_push.html", {"order": order, "created": True})
+
+    page.evaluate(PUSH, created)
+    page.evaluate(PUSH, read_before)
+    page.evaluate(PUSH, '<div id="notices" hx-swap-oob="beforeend"><i id="seen"></i></div>')  # handled after it
+    playwright.expect(page.locator("#seen")).to_have_count(1)
+    playwright.expect(page.locator(f"#open-orders #order-{order.pk}")).to_contain_text("Open")
+    playwright.expect(page.locator("#open-orders")).not_to_contain_text("No open orders.")

@@ -66,6 +66,20 @@
     row.replaceWith(newer);
     return newer;
   }
+  /* A live part pushed as it was read (the dashboard's open orders) replaces the page's: an order row the
+     page got since that read (a new order's push, from another process, arriving first) is not in it, and
+     would go until the next push. Such a row stays on top. */
+  function keepNewerRows(piece) {
+    var page = onPage(piece), read = number(piece, "data-version"), tbody = piece.querySelector("#order-rows");
+    if (!page || read === null || !tbody) return false;
+    var newer = Array.from(page.querySelectorAll("#order-rows > tr[id][data-version]")).filter(function (row) {
+      return number(row, "data-version") > read && !piece.querySelector("#" + CSS.escape(row.id));
+    });
+    newer.reverse().forEach(function (row) { tbody.prepend(row.cloneNode(true)); });
+    var empty = newer.length && piece.querySelector("#open-orders-empty");
+    if (empty) empty.remove();
+    return newer.length > 0;
+  }
   /* A piece's versioned elements: itself (a live part of the dashboard, as of when it was read) and
      the order rows in it (the open orders: a row pushed on its own since may be newer than its read). */
   function rows(piece) {
@@ -148,8 +162,9 @@
       var pieces = Array.from(holder.content.children);
       if (xhr) {
         // An answer swaps in what was asked for; a row in it older than the page's stays as shown.
+        var kept = pieces.filter(function (piece) { return piece.id && !older(piece) && keepNewerRows(piece); });
         var stale = [].concat.apply([], pieces.map(rows)).filter(older);
-        if (!stale.length) return text;
+        if (!stale.length) return kept.length ? holder.innerHTML : text;
         stale.forEach(function (row) {
           row.replaceWith(onPage(row).cloneNode(true));
         });
@@ -163,6 +178,7 @@
           piece.remove();
           return;
         }
+        if (piece.id) keepNewerRows(piece);
         // A new order's row goes on top of the book; one the page already shows (read, or read again
         // when its socket opened, after the order was written) replaces its row instead of doubling it.
         if (!piece.id) {
