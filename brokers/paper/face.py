@@ -10,6 +10,7 @@ import functools
 from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from django.conf import settings
 from django.http import HttpResponse, HttpResponseRedirect, JsonResponse, QueryDict
 from django.shortcuts import render
 from django.utils import timezone
@@ -18,7 +19,7 @@ from django.views.decorators.http import require_http_methods
 
 from . import engine, kite_format
 from .engine import ExchangeError, InputException, TokenException
-from .models import PaperInstrument
+from .models import PaperClient, PaperInstrument
 
 
 def success(data, status: int = 200) -> JsonResponse:
@@ -130,7 +131,28 @@ def connect_login(request):
                 parts = urlsplit(client.redirect_url)
                 query = urlencode([*parse_qsl(parts.query), *params.items()])
                 return HttpResponseRedirect(urlunsplit(parts._replace(query=query)))
-    return render(request, "paper/login.html", context, status=400 if context["error"] else 200)
+    response = render(request, "paper/login.html", context, status=400 if context["error"] else 200)
+    return _form_action_with_app(response, api_key)
+
+
+def _form_action_with_app(response, api_key: str):
+    """The login page's policy, with its form allowed to end at the app's redirect URL.
+
+    A browser holds a form to its page's ``form-action`` through the redirects that answer it: with
+    the site's policy (``'self'``) the redirect to the app (another origin: the platform's callback)
+    was refused, and the trader stayed on this page with no word. Only the app's own origin is
+    added, so an injected form still cannot send the password anywhere else."""
+    policy = settings.CONTENT_SECURITY_POLICY
+    client = PaperClient.objects.filter(api_key=api_key).only("redirect_url").first() if api_key else None
+    target = urlsplit(client.redirect_url) if client and client.redirect_url else None
+    if not policy or target is None or target.scheme not in ("http", "https") or not target.netloc:
+        return response
+    directives = [directive.strip() for directive in policy.split(";") if directive.strip()]
+    origin = f"{target.scheme}://{target.netloc.rpartition('@')[2]}"  # no user:password@ in a source
+    response["Content-Security-Policy"] = "; ".join(
+        f"{directive} {origin}" if directive.split()[0] == "form-action" else directive for directive in directives
+    )
+    return response
 
 
 @csrf_exempt
