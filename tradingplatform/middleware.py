@@ -1,13 +1,15 @@
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.auth.views import redirect_to_login
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import resolve_url
+from django.urls import NoReverseMatch
 from django.utils.http import url_has_allowed_host_and_scheme
 
 ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
@@ -64,28 +66,53 @@ class ContentSecurityPolicyMiddleware:
 
 
 class HtmxLoginRedirectMiddleware:
-    """An htmx request (the book's Cancel, an inline modify, the ticket's instrument search) whose
-    session has ended (signed out in another tab, expired) is sent to the login page as a whole
-    page, coming back to the page it was made from: followed by the browser, the redirect would
-    swap the login page in place of the order's row or the search's options."""
+    """A request sent to the login page because its session has ended (signed out in another tab,
+    expired) comes back, once signed in, to the page it was made from, and a form's is told it was
+    not done.
+
+    - An htmx request (the book's Cancel, an inline modify, the ticket's instrument search) is sent
+      there as a whole page: followed by the browser, the redirect would swap the login page in
+      place of the order's row or the search's options. Its page is HX-Current-URL.
+    - A form's POST (Cancel order, Deactivate, Revoke...) comes back to the page the form was on
+      (its Referer), not to the form's address: most answer POST only, and signing in ended on a
+      blank 405 page.
+
+    Only a page of this site is come back to."""
+
+    NOT_DONE = "You were signed out, so what you sent was not done. Sign in, then send it again."
 
     def __init__(self, get_response):
         self.get_response = get_response
 
+    @staticmethod
+    def _login_path() -> str | None:
+        try:
+            return resolve_url(settings.LOGIN_URL)
+        except NoReverseMatch:  # the paper exchange's face: its own URLconf, no login page of ours
+            return None
+
     def __call__(self, request):
         response = self.get_response(request)
-        if (
-            request.headers.get("HX-Request") != "true"
-            or response.status_code != 302
-            or urlsplit(response["Location"]).path != resolve_url(settings.LOGIN_URL)
-        ):
+        htmx = request.headers.get("HX-Request") == "true"
+        sent = request.method not in ("GET", "HEAD", "OPTIONS")
+        if not (htmx or sent) or response.status_code != 302:
             return response
-        page = request.headers.get("HX-Current-URL", "")
+        location = urlsplit(response["Location"])
+        # login_required's redirect names the page asked for (signing out, sent to the login page, does not).
+        if "next" not in parse_qs(location.query) or location.path != self._login_path():
+            return response
+        if sent and hasattr(request, "_messages"):
+            messages.warning(request, self.NOT_DONE)
+        page = request.headers.get("HX-Current-URL" if htmx else "Referer", "")
         if url_has_allowed_host_and_scheme(page, allowed_hosts={request.get_host()}):
             parts = urlsplit(page)
             login = redirect_to_login(parts.path + (f"?{parts.query}" if parts.query else ""))["Location"]
-        else:
+        elif htmx:
             login = resolve_url(settings.LOGIN_URL)
+        else:
+            return response  # no page of ours to come back to (a browser sends its Referer to its own site)
+        if not htmx:
+            return HttpResponseRedirect(login)
         answer = HttpResponse(status=204)
         answer["HX-Redirect"] = login
         return answer

@@ -16,6 +16,7 @@ endpoint cannot skip these checks.
 import hashlib
 import json
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -554,3 +555,38 @@ def test_a_post_with_the_csrf_token_goes_through(owned, trader):
     response = browser.post(reverse("accounts:api_keys"), {"name": "with token", "csrfmiddlewaretoken": token})
     assert response.status_code == 200
     assert get_user_model().objects.get(pk=trader.pk).api_keys.filter(name="with token").exists()
+
+
+# --- A form sent after the session ended ------------------------------------------------------
+
+POST_ONLY = [key for key, spec in SWEEP.items() if spec.auth == SESSION and spec.methods == ("POST",)]
+
+
+@pytest.mark.parametrize("key", POST_ONLY)
+def test_a_form_sent_after_the_session_ended_comes_back_to_its_page_after_signing_in(key, owned, client, trader):
+    """Signed out (the session expired, or ended in another tab), the trader pressed a form's button
+    (Cancel order, Deactivate, Revoke...): the login page's ``next`` was the form's POST-only address,
+    so signing in ended on a blank 405 page, with no word that the action was not done."""
+    page = reverse("portfolio:dashboard")
+    before = db_snapshot()
+    response = client.post(url_of(key, owned), headers={"Referer": f"http://testserver{page}"})
+    assert response.status_code == 302
+    assert response.url == f"/login/?next={quote(page)}", (key, response.url)
+    assert_unchanged(before, db_snapshot(), f"POST {key} signed out")
+    login = client.get(response.url)
+    assert "not done" in login.content.decode(), "the login page does not say the action was not done"
+    client.force_login(trader)
+    assert client.get(page).status_code == 200
+    # From another site's page: never sent back there.
+    client.logout()
+    response = client.post(url_of(key, owned), headers={"Referer": f"https://evil.example{page}"})
+    assert response.status_code == 302 and response.url.startswith("/login/?next=/"), (key, response.url)
+    assert "evil" not in response.url, (key, response.url)
+
+
+def test_signing_out_is_not_taken_for_a_form_sent_after_the_session_ended(trader_client):
+    page = reverse("portfolio:dashboard")
+    response = trader_client.post(reverse("logout"), headers={"Referer": f"http://testserver{page}"})
+    assert response.status_code == 302 and response.url == reverse("login")
+    shown = trader_client.get(response.url).content.decode()
+    assert "You have signed out." in shown and "not done" not in shown
