@@ -916,11 +916,13 @@ def _trade(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> P
 
 def _book_fill(order: PaperOrder, quantity: int, price: Decimal, now: datetime) -> PaperTrade:
     """The trade of a fill already applied to its (saved) order, and the client's cash."""
+    # The cash first: its UPDATE takes the client's row exclusively. The trade's insert takes it
+    # shared (its foreign key), and a shared lock raised to an exclusive one deadlocks with a
+    # placement of the client waiting for the row meanwhile (the tick's fills or the order lost).
+    with connection.cursor() as cursor:
+        cursor.execute(_CASH_SQL[order.transaction_type == BUY], [quantity * price, order.client_id])
     trade = _trade(order, quantity, price, now)
     _NEW_TRADES.insert(trade)
-    cash = quantity * price
-    with connection.cursor() as cursor:
-        cursor.execute(_CASH_SQL[order.transaction_type == BUY], [cash, order.client_id])
     # No instrument row update here: the market tick owns those rows (it rewrites them every
     # second), and fills locking them would queue behind it. The feed keeps the day's volume.
     return trade

@@ -641,6 +641,56 @@ def test_a_modify_or_cancel_and_the_ticks_matching_of_its_order_at_once_both_go_
     assert reload(order).status == changed.status
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("filler", ["tick", "modify"])
+def test_a_fill_and_a_placement_of_the_same_client_at_once_both_go_through(client, filler, monkeypatch):
+    """A fill (the tick's, or a modify's that crosses) writes its trade and pays its client's cash;
+    a placement of the same client meanwhile waits for the client's row. The trade's insert took a
+    shared lock on that row (its foreign key) and the payment then wanted it exclusive, behind the
+    waiting placement: a deadlock, which failed the trader's order as a busy exchange, or lost the
+    tick's fills of the whole instrument."""
+    _short_lock_waits()
+    resting = place(client, price="1400")
+    quote(last="1390", volume=0)  # crosses, but nothing trades this tick
+    if filler == "tick":
+        PaperInstrument.objects.filter(tradingsymbol="INFY").update(tick_volume=1000)  # the next match fills
+    placing = {}
+
+    def place_meanwhile():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT CONNECTION_ID()")
+                placing["connection_id"] = cursor.fetchone()[0]
+            placing["order"] = place(client, side="SELL", symbol="TCS", order_type="MARKET")
+        except Exception as error:  # noqa: BLE001 - the test reports it
+            placing["error"] = error
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=place_meanwhile)
+    insert = engine._NEW_TRADES.insert
+
+    def insert_then_let_the_placement_wait(trade):
+        insert(trade)
+        if thread.ident is not None:  # the placement's own fill
+            return
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not ("connection_id" in placing and _waiting_for_a_lock(placing["connection_id"])):
+            assert time.monotonic() < deadline and thread.is_alive(), placing
+            time.sleep(0.02)
+
+    monkeypatch.setattr(engine._NEW_TRADES, "insert", insert_then_let_the_placement_wait)
+    if filler == "tick":
+        assert engine.match_instrument(instrument_id=resting.instrument_id) == 1
+    else:
+        engine.order_modify(client=client, order_id=resting.order_id, price=D("1395"))
+    thread.join(15)
+    assert "error" not in placing, placing
+    assert placing["order"].status == Status.COMPLETE
+    assert reload(resting).status == Status.COMPLETE
+
+
 # --- The day's end ----------------------------------------------------------------------------
 
 
