@@ -469,16 +469,21 @@ def _validate(instrument: PaperInstrument, *, side, order_type, product, validit
             raise InputException("Trigger price should be on the right side of the limit price.")
 
 
-def _band_violation(instrument: PaperInstrument, *prices) -> str | None:
+def price_band(instrument: PaperInstrument) -> tuple[Decimal, Decimal]:
+    """The lowest and highest prices an order may have (its circuit limits): the prices on the tick
+    inside 20 % of the previous close (the nearest ticks to the band's edges can lie outside it)."""
     low = instrument.previous_close * (1 - PRICE_BAND)
     high = instrument.previous_close * (1 + PRICE_BAND)
+    tick = instrument.tick_size
+    lowest = ((low / tick).to_integral_value(ROUND_CEILING) * tick).quantize(Decimal("0.01"))
+    highest = ((high / tick).to_integral_value(ROUND_FLOOR) * tick).quantize(Decimal("0.01"))
+    return lowest, highest
+
+
+def _band_violation(instrument: PaperInstrument, *prices) -> str | None:
+    lowest, highest = price_band(instrument)
     for price in prices:
-        if price is not None and price > 0 and not (low <= price <= high):
-            # The lowest and highest prices on the tick inside the band (the nearest ticks to its
-            # edges can lie outside it).
-            tick = instrument.tick_size
-            lowest = ((low / tick).to_integral_value(ROUND_CEILING) * tick).quantize(Decimal("0.01"))
-            highest = ((high / tick).to_integral_value(ROUND_FLOOR) * tick).quantize(Decimal("0.01"))
+        if price is not None and price > 0 and not (lowest <= price <= highest):
             return f"Your order price is outside the price band of {lowest} - {highest} for {instrument.tradingsymbol}."
     return None
 

@@ -10,7 +10,7 @@ import hashlib
 import io
 from decimal import Decimal
 
-from .engine import IST, PositionRow, Status
+from .engine import IST, PositionRow, Status, price_band
 from .models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
 
 EXCHANGES = ["NSE", "NFO", "BFO", "CDS", "BSE", "MCX", "BCD", "MF"]
@@ -254,6 +254,7 @@ def quote(instrument: PaperInstrument, *, kind: str = "full") -> dict:
         return {**key_fields, "ohlc": ohlc}
     empty = [{"price": 0, "quantity": 0, "orders": 0} for _ in range(4)]
     size = instrument.tick_volume or instrument.lot_size
+    lower_circuit, upper_circuit = price_band(instrument)  # the prices the exchange accepts, on its tick
     return {
         "instrument_token": instrument.instrument_token,
         "timestamp": kite_time(instrument.updated_at),
@@ -268,8 +269,8 @@ def quote(instrument: PaperInstrument, *, kind: str = "full") -> dict:
         "oi_day_high": 0,
         "oi_day_low": 0,
         "net_change": number(instrument.last_price - instrument.previous_close),
-        "lower_circuit_limit": number(round(instrument.previous_close * Decimal("0.8"), 2)),
-        "upper_circuit_limit": number(round(instrument.previous_close * Decimal("1.2"), 2)),
+        "lower_circuit_limit": number(lower_circuit),
+        "upper_circuit_limit": number(upper_circuit),
         "ohlc": ohlc,
         "depth": {
             "buy": [{"price": number(instrument.bid), "quantity": size, "orders": 1}, *empty],

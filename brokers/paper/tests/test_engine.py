@@ -219,6 +219,22 @@ def test_the_band_a_refusal_names_is_the_band_it_allows(client):
     assert place(client, price="1800.5").status == Status.REJECTED
 
 
+def test_the_quotes_circuit_limits_are_the_prices_the_band_allows(client):
+    """A Kite client reads the band from the quote's circuit limits (an algo clamps its price to
+    them). They were 80 % and 120 % of the close to the paisa, off the tick once a day had closed
+    off a round price (1200.08 - 1800.12 for 1500.10): an order at either was refused."""
+    from brokers.paper import kite_format
+
+    PaperInstrument.objects.filter(tradingsymbol="INFY").update(previous_close=D("1500.1"))
+    instrument = engine.instrument_lookup("NSE", "INFY")
+    limits = kite_format.quote(instrument)
+    lower, upper = D(str(limits["lower_circuit_limit"])), D(str(limits["upper_circuit_limit"]))
+    assert (lower, upper) == (D("1200.1"), D("1800.1"))
+    assert place(client, price=str(upper)).status == Status.COMPLETE  # crosses: filled at the ask
+    assert place(client, side="SELL", price=str(lower)).status == Status.COMPLETE
+    assert place(client, price=str(upper + instrument.tick_size)).status == Status.REJECTED
+
+
 def test_rejects_insufficient_funds_counting_open_orders(client):
     PaperClient.objects.filter(pk=client.pk).update(cash=D("10000"))
     place(client, price="1450", quantity=6)  # blocks 8700
