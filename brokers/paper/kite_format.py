@@ -69,17 +69,20 @@ def session(client: PaperClient, access_token: str, login_time) -> dict:
 
 def order(order: PaperOrder) -> dict:
     instrument = order.instrument
+    # The paper exchange refuses in its RMS, before the exchange: Kite's REJECTED order has no
+    # exchange order id and no exchange timestamps.
+    at_exchange = order.status != Status.REJECTED
     return {
         "placed_by": order.client.user_id,
         "order_id": order.order_id,
-        "exchange_order_id": order.exchange_order_id or None,
+        "exchange_order_id": (order.exchange_order_id or None) if at_exchange else None,
         "parent_order_id": None,
         "status": order.status,
         "status_message": order.status_message or None,
         "status_message_raw": order.status_message or None,
         "order_timestamp": kite_time(order.placed_at),
-        "exchange_update_timestamp": kite_time(order.updated_at),
-        "exchange_timestamp": kite_time(order.placed_at),
+        "exchange_update_timestamp": kite_time(order.updated_at) if at_exchange else None,
+        "exchange_timestamp": kite_time(order.placed_at) if at_exchange else None,
         "variety": order.variety,
         "modified": order.modifications > 0,
         "exchange": instrument.exchange,

@@ -223,6 +223,25 @@ def test_postback_matches_kite_and_carries_a_valid_checksum(kite_client):
     assert Decimal(str(body["average_price"])) == PaperOrder.objects.get(pk=order.pk).average_price
 
 
+def test_an_order_the_rms_rejected_never_reached_the_exchange_as_at_kite(db, paper_market):
+    """Kite's REJECTED order (its RMS refused it: orders.json) has no exchange order id and no exchange
+    timestamps, null; a Kite client tells an order the exchange never saw by them. The face gave
+    each a value, as if the exchange had taken and then refused it."""
+    client = engine.client_get_or_create(user_id="AB1234")
+    common = dict(client=client, exchange="NSE", tradingsymbol="INFY", quantity=1, product="MIS")
+    rejected = engine.order_place(transaction_type="BUY", order_type="LIMIT", price=Decimal("5000"), **common)
+    assert rejected.status == PaperOrder.Status.REJECTED
+    body = kite_format.order(PaperOrder.objects.select_related("client", "instrument").get(pk=rejected.pk))
+    sample = next(order for order in mock("orders")["data"] if order["status"] == "REJECTED")
+    fields = ("exchange_order_id", "exchange_timestamp", "exchange_update_timestamp")
+    assert {name: body[name] for name in fields} == {name: sample[name] for name in fields} == dict.fromkeys(fields)
+    assert body["order_timestamp"] == kite_format.kite_time(rejected.placed_at)
+    assert kite_format.postback(PaperOrder.objects.get(pk=rejected.pk))["exchange_order_id"] is None
+    filled = engine.order_place(transaction_type="BUY", order_type="MARKET", **common)
+    body = kite_format.order(PaperOrder.objects.select_related("client", "instrument").get(pk=filled.pk))
+    assert body["exchange_order_id"] == filled.exchange_order_id and body["exchange_timestamp"]
+
+
 def test_fills_cancels_and_rejections_are_posted_back(kite_client, settings):
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
