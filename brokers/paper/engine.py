@@ -1221,7 +1221,9 @@ def match_instrument(*, instrument_id: int) -> int:
     for order in orders.values():
         order.instrument, order.client = instrument, clients[order.client_id]
     now = timezone.now()
-    fills = 0
+    # What the tick does is decided first (the book is in memory): the stops it triggers, which of
+    # them fill at once, and the resting limits it fills.
+    triggered = []
     for order_id, _side, _quantity, limit in book.trigger(to_paise(instrument.last_price)):
         order = orders[order_id]
         order.status = Status.OPEN
@@ -1234,16 +1236,26 @@ def match_instrument(*, instrument_id: int) -> int:
         crosses = limit is None or (order.price >= touch if order.transaction_type == BUY else order.price <= touch)
         if not crosses and order.validity == "IOC":  # a triggered IOC stop reaches the book as an IOC
             _ioc_cancelled(order)
+        elif not crosses:
+            book.add_limit(order.order_id, order.transaction_type, limit, order.quantity - order.filled_quantity)
+        triggered.append((order, touch if crosses else None))
+    matched = book.match(bid=to_paise(instrument.bid), ask=to_paise(instrument.ask), volume=instrument.tick_volume)
+    # The clients to pay, locked in id order before the first is paid, as a batch of placements locks
+    # them (``_clients_locked``): paid in the book's order, a client paid first and another wanted next,
+    # which a batch held while it waited for the first, was a deadlock.
+    paid = {order.client_id for order, touch in triggered if touch is not None}
+    paid |= {orders[fill.order_id].client_id for fill in matched}
+    if paid:
+        _clients_locked(paid)
+    fills = 0
+    for order, touch in triggered:
         order.save(update_fields=["status", "order_type", "cancelled_quantity", "priority", "updated_at"])
         fill = None
-        if crosses:
+        if touch is not None:
             fill = _record_fill(order, order.quantity - order.filled_quantity, touch, now)
             fills += 1
-        elif order.status == Status.OPEN:
-            book.add_limit(order.order_id, order.transaction_type, limit, order.quantity - order.filled_quantity)
         _changed(order, fill)
-    volume = instrument.tick_volume
-    for fill in book.match(bid=to_paise(instrument.bid), ask=to_paise(instrument.ask), volume=volume):
+    for fill in matched:
         order = orders[fill.order_id]
         _changed(order, _record_fill(order, fill.quantity, from_paise(fill.price), now))
         fills += 1

@@ -707,6 +707,61 @@ def test_a_fill_and_a_placement_of_the_same_client_at_once_both_go_through(clien
     assert reload(resting).status == Status.COMPLETE
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_tick_filling_several_clients_and_a_batch_placing_for_them_at_once_both_go_through(client, monkeypatch):
+    """The tick pays the clients whose orders fill in the book's order (best price first); a batch of
+    placements (``orders_place_many``) locks its clients in id order. A tick that paid the later
+    client first and then wanted the earlier one, which the batch held while it waited for the later
+    one, deadlocked: the batch's orders were failed, or the tick's fills of the instrument lost."""
+    _short_lock_waits()
+    later = engine.client_get_or_create(user_id="C2")
+    assert later.pk > client.pk
+    place(later, price="1401")  # the better price: filled first
+    place(client, price="1400")
+    quote(last="1390", volume=0)  # both cross; nothing trades this tick, the next match fills both
+    PaperInstrument.objects.filter(tradingsymbol="INFY").update(tick_volume=1000)
+    tokens = {c.pk: engine.session_open(client=c)[0] for c in (client, later)}
+    placing = {}
+
+    def place_together():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT CONNECTION_ID()")
+                placing["connection_id"] = cursor.fetchone()[0]
+            placing["orders"] = engine.orders_place_many(
+                [
+                    engine.Placement(
+                        access_token=tokens[c.pk], exchange="NSE", tradingsymbol="TCS", transaction_type="BUY",
+                        order_type="LIMIT", quantity=1, product="MIS", price=D("3000"),
+                    )
+                    for c in (client, later)
+                ]
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - the test reports it
+            placing["error"] = error
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=place_together)
+    insert = engine._NEW_TRADES.insert
+
+    def insert_then_let_the_batch_wait(trade):
+        insert(trade)
+        if thread.ident is not None:
+            return
+        thread.start()  # after the tick's first fill: the later client's
+        deadline = time.monotonic() + 10
+        while not ("connection_id" in placing and _waiting_for_a_lock(placing["connection_id"])):
+            assert time.monotonic() < deadline and thread.is_alive(), placing
+            time.sleep(0.02)
+
+    monkeypatch.setattr(engine._NEW_TRADES, "insert", insert_then_let_the_batch_wait)
+    assert engine.match_instrument(instrument_id=PaperInstrument.objects.get(tradingsymbol="INFY").pk) == 2
+    thread.join(15)
+    assert "error" not in placing, placing
+    assert [order.status for order in placing["orders"]] == [Status.OPEN, Status.OPEN]
+
+
 # --- The day's end ----------------------------------------------------------------------------
 
 
