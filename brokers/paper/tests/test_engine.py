@@ -5,6 +5,7 @@ import threading
 import time
 from datetime import timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 from django.db import connection, transaction
@@ -314,8 +315,10 @@ def test_error_rate_knob_fails_before_doing_anything(client):
         engine.faults_before(client)
 
 
-def test_rate_limit_knob(client):
+def test_rate_limit_knob(client, monkeypatch):
     client.rate_limit_per_s = 2
+    # Its window is the wall clock's second: three calls either side of a second's turn are two windows.
+    monkeypatch.setattr(engine, "time", SimpleNamespace(time=lambda: 1_800_000_000.25, sleep=time.sleep))
     engine.faults_before(client)
     engine.faults_before(client)
     with pytest.raises(engine.RateLimitExceeded):
