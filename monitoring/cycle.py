@@ -828,7 +828,11 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             )
         return
     closed = list(itertools.takewhile(_refused_as_closed, reversed(mine)))  # the latest tries', newest first
-    rejected = [e for e in mine if e.status == Order.Status.REJECTED and not _refused_as_closed(e)]
+    # The latest tries refused in a row (one refused as closed neither counts nor breaks it): an exit
+    # taken since (put back after its day, replaced) starts again, or refusals over a delivery
+    # position's weeks would end its exits for good.
+    refused = (e for e in reversed(mine) if not _refused_as_closed(e))
+    rejected = list(itertools.takewhile(lambda e: e.status == Order.Status.REJECTED, refused))[::-1]
     if closed:
         wait_s = min(CLOSED_RETRY_S * 2 ** (len(closed) - 1), CLOSED_RETRY_MAX_S)
         if (timezone.now() - closed[0].updated_at).total_seconds() < wait_s:

@@ -102,6 +102,32 @@ def test_a_stop_the_exchange_ended_with_its_day_goes_back_the_next_day(trader, a
     assert (new.product, new.side) == ("CNC", "SELL")
 
 
+def test_a_stop_refused_days_after_earlier_refusals_is_still_put_back(trader, account):
+    """Refusals over the entry's whole life were counted: two on its first day and one of its stop
+    put back after a day's end made three, and the delivery position was left without a stop-loss
+    for good. Only refusals in a row count; a stop taken since starts again."""
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points")
+    quote("1500")
+    first = entry(trader, account, guarded, product="CNC")
+    knobs(account, rejection_rate=1)
+    monitor(account)
+    monitor(account)
+    knobs(account, rejection_rate=0)
+    monitor(account)
+    *refused, stop = stops(first)
+    assert [o.status for o in refused] == [Order.Status.REJECTED] * 2 and stop.status == Order.Status.OPEN
+    day_ends(stop)
+    knobs(account, rejection_rate=1)
+    monitor(account)
+    monitor(account)  # its day's end read, and it is put back: refused
+    assert stops(first)[-1].status == Order.Status.REJECTED
+    knobs(account, rejection_rate=0)
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    assert live_exits(account, "stop_loss") == 10
+    assert stops(first)[-1].trigger_price == D("1490.10")  # where the stop taken had been
+
+
 def test_a_trailed_stop_goes_back_where_it_had_trailed_and_trails_on(trader, account):
     first, stop = guarded_yesterday(trader, account, trailing_step=D("5"))
     quote("1512")  # two steps of 5
