@@ -107,7 +107,8 @@ class Strategy(models.Model):
     is_active = models.BooleanField(default=True)
     # "<owner id>:<key>" of the request that created it (the page's one-time token, the API's
     # Idempotency-Key): a repeat of that request is the same strategy, not "name taken".
-    create_key = models.CharField(max_length=140, null=True, blank=True, unique=True, editable=False)
+    # Compared byte for byte, as an order's key: "Key" and "key" are two creates.
+    create_key = ExactCharField(max_length=140, null=True, blank=True, unique=True, editable=False)  # noqa: DJ001
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

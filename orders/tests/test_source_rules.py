@@ -54,6 +54,19 @@ def test_idempotency_keys_that_differ_in_case_or_accents_are_different_orders(tr
     assert PaperOrder.objects.count() == 3
 
 
+def test_strategy_create_keys_that_differ_in_case_accents_or_spaces_are_different_creates(trader, account):
+    """MariaDB's collation took "make-case-k" for "Make-Case-K": the second create was refused as
+    the first's repeat with other settings (or, asking the same, rotated the first's secret)."""
+    keys = ["Make-Case-K", "make-case-k", "make-cáse-k", "make-case-k "]
+    made = [
+        sources.strategy_save(owner=trader, name=f"Case {n}", account_ids=[account.pk], create_key=key)[0]
+        for n, key in enumerate(keys)
+    ]
+    assert len({strategy.pk for strategy in made}) == 4 and Strategy.objects.count() == 4
+    again, secret = sources.strategy_save(owner=trader, name="Case 1", account_ids=[account.pk], create_key=keys[1])
+    assert again.pk == made[1].pk and secret
+
+
 def test_the_webhook_takes_tradingview_times_and_a_bare_symbol(client, strategy):
     now = datetime.now(UTC)
     assert webhook(client, strategy, id="iso", timestamp=now.isoformat().replace("+00:00", "Z")).status_code == 201

@@ -1,0 +1,17 @@
+from django.db import migrations
+
+import tradingplatform.db
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("orders", "0011_strategy_create_key"),
+    ]
+
+    operations = [
+        migrations.AlterField(
+            model_name="strategy",
+            name="create_key",
+            field=tradingplatform.db.ExactCharField(blank=True, editable=False, max_length=140, null=True, unique=True),
+        ),
+    ]
