@@ -11,7 +11,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
-from tradingplatform.db import AppendOnlyModel, ExactCharField
+from tradingplatform.db import AppendOnlyModel, ExactCharField, NameCharField
 
 ORDER_TYPES = [("MARKET", "Market"), ("LIMIT", "Limit"), ("SL", "Stop-loss limit"), ("SL-M", "Stop-loss market")]
 PRODUCTS = [("CNC", "CNC (delivery)"), ("MIS", "MIS (intraday)"), ("NRML", "NRML (carry forward)")]
@@ -79,7 +79,7 @@ class Strategy(models.Model):
         POINTS = "points", "Points"
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="strategies")
-    name = models.CharField(max_length=100)
+    name = NameCharField(max_length=100)
     accounts = models.ManyToManyField("accounts.BrokerAccount", related_name="strategies", blank=True)
     stop_loss = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
     stop_loss_unit = models.CharField(max_length=8, choices=Unit.choices, default=Unit.PERCENT)
@@ -146,7 +146,7 @@ class StrategySignal(models.Model):
 
 class Basket(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="baskets")
-    name = models.CharField(max_length=100)
+    name = NameCharField(max_length=100)
     accounts = models.ManyToManyField("accounts.BrokerAccount", related_name="baskets", blank=True)
     last_placed_at = models.DateTimeField(null=True, blank=True)
     last_results = models.JSONField(default=list, blank=True)

@@ -20,6 +20,21 @@ class ExactCharField(models.CharField):
         return params
 
 
+class NameCharField(models.CharField):
+    """A name a person gives (a strategy's, a basket's): case and accents ignored on MariaDB as its
+    default collation ignores them, but every character its own. MariaDB's ``utf8mb4_general_ci``
+    and ``utf8mb4_unicode_ci`` weigh every character beyond the BMP (every emoji) alike, so a unique
+    name index took "📈 Scalp" for "🚀 Scalp"; ``unicode_520`` weighs them apart. MySQL's default
+    (``0900_ai_ci``) and SQLite tell them apart already.
+    """
+
+    def db_parameters(self, connection):
+        params = super().db_parameters(connection)
+        if connection.vendor == "mysql" and connection.mysql_is_mariadb:
+            params["collation"] = "utf8mb4_unicode_520_ci"
+        return params
+
+
 class AppendOnlyQuerySet(models.QuerySet):
     def update(self, **kwargs):
         raise PermissionError(f"{self.model.__name__} is append-only")

@@ -67,6 +67,23 @@ def test_strategy_create_keys_that_differ_in_case_accents_or_spaces_are_differen
     assert again.pk == made[1].pk and secret
 
 
+def test_names_that_differ_only_in_an_emoji_are_different_names(trader, account):
+    """MariaDB's default collation weighs every character beyond the BMP (every emoji) alike: a
+    second strategy or basket named "📈 Scalp" beside "🚀 Scalp" was refused as a name taken."""
+    first, _ = sources.strategy_save(owner=trader, name="🚀 Scalp", account_ids=[account.pk])
+    second, _ = sources.strategy_save(owner=trader, name="📈 Scalp", account_ids=[account.pk])
+    assert first.pk != second.pk
+    assert set(Strategy.objects.values_list("name", flat=True)) == {"🚀 Scalp", "📈 Scalp"}
+    item = {"instrument": instrument("INFY"), "side": "BUY", "quantity": 1}
+    baskets = [
+        sources.basket_save(owner=trader, name=name, items=[item], account_ids=[]) for name in ("🟢 Open", "🔴 Open")
+    ]
+    assert baskets[0].pk != baskets[1].pk
+    with pytest.raises(ValidationError) as taken:  # the same name is still taken
+        sources.strategy_save(owner=trader, name="🚀 Scalp", account_ids=[account.pk])
+    assert taken.value.message_dict == {"name": [sources.STRATEGY_NAME_TAKEN]}
+
+
 def test_the_webhook_takes_tradingview_times_and_a_bare_symbol(client, strategy):
     now = datetime.now(UTC)
     assert webhook(client, strategy, id="iso", timestamp=now.isoformat().replace("+00:00", "Z")).status_code == 201
