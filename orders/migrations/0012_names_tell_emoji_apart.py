@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
     """Strategy and basket names in a collation that weighs each emoji on its own (MariaDB)."""
 
     dependencies = [
-        ("orders", "0012_strategy_create_key_exact"),
+        ("orders", "0011_strategy_create_key"),
     ]
 
     operations = [
