@@ -2,8 +2,10 @@
 
 ``/healthz`` answers as long as the process serves requests. ``/readyz`` checks what a
 request needs: the database, the cache, Redis when configured and, when configured, a
-live Celery worker; it answers 503 when any of them is down, with a status each (and the
-error's text for staff and the metrics scraper only).
+live Celery worker, beat's heartbeat and the scheduled monitoring cycle (started and
+finishing); it answers 503 when any of them is down, with a status each (and the error's
+text for staff and the metrics scraper only, except the beat and cycle verdicts, which name
+no host and which the desk's probe needs to read).
 ``/metrics`` is Prometheus's text format (``tradingplatform.metrics``), for staff and for
 a scraper sending ``Authorization: Bearer <METRICS_TOKEN>``.
 """
@@ -21,11 +23,21 @@ from django.views.decorators.http import require_GET
 from . import services
 
 
+class NotRunning(Exception):
+    """A check's verdict in our own words (no host, user or port in it): shown to anyone."""
+
+    def __init__(self, reason: str, detail: dict | None = None):
+        super().__init__(reason)
+        self.detail = detail or {}
+
+
 def _timed(check) -> dict:
     started = time.perf_counter()
     try:
         detail = check() or {}
         result = {"status": "ok", **detail}
+    except NotRunning as exc:
+        result = {"status": "error", **exc.detail, "error": str(exc), "public": True}
     except Exception as exc:  # a probe reports every failure, it never raises
         result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
     result["ms"] = round((time.perf_counter() - started) * 1000, 1)
@@ -63,6 +75,23 @@ def _celery():
     return {"worker": next(iter(replies[0]))}
 
 
+def _beat():
+    age = services.heartbeat_age_s()
+    if age is None:
+        raise NotRunning("no heartbeat recorded: beat, or every Celery worker, is not running")
+    detail = {"age_s": round(age, 1)}
+    if age > settings.READYZ_HEARTBEAT_MAX_AGE_S:
+        raise NotRunning(f"the last heartbeat is {age:.0f} s old: beat, or every Celery worker, is down", detail)
+    return detail
+
+
+def _monitoring_cycle():
+    problem, detail = services.cycle_health()
+    if problem:
+        raise NotRunning(problem, detail)
+    return detail
+
+
 @require_GET
 @never_cache
 def healthz(request):
@@ -77,13 +106,18 @@ def readyz(request):
         checks["redis"] = _timed(_redis)
     if settings.READYZ_CHECK_CELERY:
         checks["celery"] = _timed(_celery)
+    if settings.READYZ_CHECK_BEAT:
+        checks["beat"] = _timed(_beat)
+        checks["monitoring_cycle"] = _timed(_monitoring_cycle)
     ok = all(check["status"] == "ok" for check in checks.values())
     if not (request.user.is_staff or _metrics_token_ok(request)):
         # An exception's text can name a database user, a host or a port: anyone sees which check
         # failed and its type; staff and the metrics scraper see why.
         for check in checks.values():
-            if "error" in check:
+            if "error" in check and not check.get("public"):
                 check["error"] = check["error"].split(":", 1)[0]
+    for check in checks.values():
+        check.pop("public", None)
     body = {"status": "ok" if ok else "error", "checks": checks}
     try:
         beat = services.heartbeat_age_s()

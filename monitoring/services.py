@@ -2,6 +2,7 @@
 
 import logging
 import socket
+from datetime import timedelta
 
 from django.core.cache import cache
 from django.db import transaction
@@ -31,6 +32,52 @@ def heartbeat_record() -> dict:
 def heartbeat_age_s() -> float | None:
     beat = cache.get(HEARTBEAT_KEY)
     return None if beat is None else timezone.now().timestamp() - beat["at"]
+
+
+CYCLE_JOB = "monitoring-cycle"  # its name in PERIODIC_TASKS and in django-celery-beat's table
+# A cycle is overdue after this many of its intervals (plus beat's slack) without a start.
+CYCLE_MISSED_INTERVALS = 3
+CYCLE_SLACK_S = 30.0
+
+
+def cycle_health() -> tuple[str | None, dict]:
+    """Whether scheduled monitoring cycles run: (what is wrong or None, what was seen).
+
+    Wrong: the job is paused in admin; no scheduled run started for ``CYCLE_MISSED_INTERVALS``
+    intervals (beat stopped sending it, ``start_cycle`` fails every time); or runs start but none
+    finished for as long again plus a batch's time limit (their batches never end them). Time is
+    counted from the later of the last run and beat's last install or staff's last edit of the job
+    (``date_changed``), so a fresh start has its first cycles' time.
+    """
+    from django_celery_beat.models import PeriodicTask
+
+    from tradingplatform.celery import PERIODIC_TASKS, app
+
+    now = timezone.now()
+    job = PeriodicTask.objects.select_related("interval").filter(name=CYCLE_JOB).first()
+    interval_s = float(PERIODIC_TASKS[CYCLE_JOB]["schedule"])
+    if job is not None and job.interval is not None:  # staff may re-time it in admin
+        interval_s = timedelta(**{job.interval.period: job.interval.every}).total_seconds()
+    scheduled = MonitoringRun.objects.filter(trigger=MonitoringRun.Trigger.BEAT)
+    started = scheduled.values_list("started_at", flat=True).first()
+    finished = scheduled.filter(finished_at__isnull=False).values_list("started_at", flat=True).first()
+    detail = {
+        "interval_s": interval_s,
+        "last_started_s_ago": None if started is None else round((now - started).total_seconds(), 1),
+        "last_finished_started_s_ago": None if finished is None else round((now - finished).total_seconds(), 1),
+    }
+    if job is None:
+        return "beat has never installed the monitoring cycle (beat has not run)", detail
+    if not job.enabled:
+        return f"the {CYCLE_JOB} job is paused in admin (Periodic tasks): no cycle runs", detail
+    since = job.date_changed
+    start_limit_s = CYCLE_MISSED_INTERVALS * interval_s + CYCLE_SLACK_S
+    if (now - max(filter(None, (started, since)))).total_seconds() > start_limit_s:
+        return f"no monitoring cycle started in the last {start_limit_s:.0f} s", detail
+    finish_limit_s = start_limit_s + app.conf.task_time_limit
+    if (now - max(filter(None, (finished, since)))).total_seconds() > finish_limit_s:
+        return f"monitoring cycles start but none finished in the last {finish_limit_s:.0f} s", detail
+    return None, detail
 
 
 def monitored_accounts():

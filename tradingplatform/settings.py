@@ -222,6 +222,10 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TIMEZONE = "Asia/Kolkata"
 # Whether /readyz pings a Celery worker; on by default wherever a broker exists.
 READYZ_CHECK_CELERY = env.bool("READYZ_CHECK_CELERY", default=bool(REDIS_URL))
+# Whether /readyz fails when beat's heartbeat is older than READYZ_HEARTBEAT_MAX_AGE_S (it runs
+# every 30 s) or the scheduled monitoring cycle stopped starting or finishing; on wherever beat can run.
+READYZ_CHECK_BEAT = env.bool("READYZ_CHECK_BEAT", default=bool(REDIS_URL))
+READYZ_HEARTBEAT_MAX_AGE_S = env.float("READYZ_HEARTBEAT_MAX_AGE_S", default=120.0)
 
 # --- Brokers ----------------------------------------------------------------------
 # How long a live broker session is reused from the cache before the database is asked.

@@ -11,6 +11,7 @@ import uuid
 os.environ.setdefault("DEBUG", "true")
 os.environ.setdefault("CACHE_KEY_PREFIX", f"test-{uuid.uuid4().hex[:8]}")
 os.environ.setdefault("READYZ_CHECK_CELERY", "false")
+os.environ.setdefault("READYZ_CHECK_BEAT", "false")
 os.environ.setdefault("CELERY_QUEUE", os.environ["CACHE_KEY_PREFIX"])
 
 from .settings import *  # noqa: E402, F403

@@ -54,3 +54,129 @@ def test_readyz_is_503_not_500_when_the_cache_is_down(client, db):
     body = response.json()
     assert body["checks"]["cache"]["status"] == "error"
     assert body["checks"]["database"]["status"] == "ok"
+
+
+# --- beat and the monitoring cycle ------------------------------------------------------------
+
+
+def _schedule_installed(every_s: int = 60, *, enabled: bool = True):
+    """The monitoring-cycle job as beat installs it at start (django-celery-beat's table)."""
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    interval, _ = IntervalSchedule.objects.get_or_create(every=every_s, period=IntervalSchedule.SECONDS)
+    return PeriodicTask.objects.update_or_create(
+        name="monitoring-cycle",
+        defaults={"task": "monitoring.tasks.start_cycle", "interval": interval, "enabled": enabled},
+    )[0]
+
+
+def _age(model, pk, seconds: float, field: str = "started_at"):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    model.objects.filter(pk=pk).update(**{field: timezone.now() - timedelta(seconds=seconds)})
+
+
+def _healthy_cycle(settings):
+    """Beat on (heartbeat fresh) and a scheduled cycle that started and finished just now."""
+    from monitoring import services
+
+    settings.READYZ_CHECK_BEAT = True
+    _schedule_installed()
+    services.heartbeat_record()
+    services.cycle_start()
+
+
+def test_readyz_is_ok_while_beat_and_the_cycle_run(client, db, settings):
+    _healthy_cycle(settings)
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["checks"]["beat"]["status"] == "ok"
+    assert body["checks"]["monitoring_cycle"]["status"] == "ok"
+
+
+def test_readyz_is_503_when_beat_stopped_sending_the_heartbeat(client, db, settings):
+    from monitoring import services
+
+    _healthy_cycle(settings)
+    beat = cache.get(services.HEARTBEAT_KEY)
+    cache.set(services.HEARTBEAT_KEY, {**beat, "at": beat["at"] - 600}, timeout=3600)
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 503, body
+    assert body["checks"]["beat"]["status"] == "error"
+    # A reason anyone (the desk's probe) can read: it names no host or user.
+    assert "heartbeat" in body["checks"]["beat"]["error"] and "600 s" in body["checks"]["beat"]["error"]
+
+    cache.delete(services.HEARTBEAT_KEY)
+    response = client.get("/readyz")
+    assert response.status_code == 503 and "no heartbeat" in response.json()["checks"]["beat"]["error"]
+
+
+def test_readyz_is_503_when_no_cycle_started_for_several_intervals(client, db, settings):
+    """Beat and the workers are up (the heartbeat is fresh) but start_cycle fails every time, or
+    the job was re-timed away: the last scheduled run is old, and stop-losses are not placed."""
+    from monitoring.models import MonitoringRun
+
+    _healthy_cycle(settings)
+    run = MonitoringRun.objects.get()
+    _age(MonitoringRun, run.pk, 600)
+    _age(MonitoringRun, run.pk, 600, "finished_at")
+    from django_celery_beat.models import PeriodicTask
+
+    run.refresh_from_db()
+    PeriodicTask.objects.filter(name="monitoring-cycle").update(date_changed=run.started_at)
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 503, body
+    check = body["checks"]["monitoring_cycle"]
+    assert check["status"] == "error" and "no monitoring cycle started" in check["error"]
+
+
+def test_readyz_is_503_when_staff_paused_the_cycle_in_admin(client, db, settings):
+    _healthy_cycle(settings)
+    _schedule_installed(enabled=False)
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 503, body
+    assert "paused" in body["checks"]["monitoring_cycle"]["error"]
+
+
+def test_readyz_is_503_when_cycles_start_but_never_finish(client, db, settings):
+    """Every run's batches die with their worker: runs keep starting, none ends."""
+    from django_celery_beat.models import PeriodicTask
+
+    from monitoring.models import MonitoringRun
+
+    _healthy_cycle(settings)
+    first = MonitoringRun.objects.get()
+    _age(MonitoringRun, first.pk, 3600)
+    _age(MonitoringRun, first.pk, 3600, "finished_at")
+    first.refresh_from_db()
+    PeriodicTask.objects.filter(name="monitoring-cycle").update(date_changed=first.started_at)
+    for seconds in (120, 60, 0):
+        run = MonitoringRun.objects.create(accounts=3)  # its batches never end it
+        _age(MonitoringRun, run.pk, seconds)
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 503, body
+    assert "finished" in body["checks"]["monitoring_cycle"]["error"]
+
+
+def test_readyz_waits_for_the_first_cycle_after_beat_starts(client, db, settings):
+    """A fresh install: beat just installed its jobs, no cycle has had time to run yet."""
+    from monitoring import services
+
+    settings.READYZ_CHECK_BEAT = True
+    _schedule_installed()
+    services.heartbeat_record()
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.json()
+
+    from django_celery_beat.models import PeriodicTask
+
+    _age(PeriodicTask, PeriodicTask.objects.get(name="monitoring-cycle").pk, 600, "date_changed")
+    response = client.get("/readyz")
+    assert response.status_code == 503, response.json()
