@@ -1,11 +1,14 @@
-"""One way to turn a ValidationError into the API's error fields; error reports that hide secrets."""
+"""One way to turn a ValidationError into the API's error fields; error reports that hide secrets;
+the 500 page, which tells the trader the request id the error was logged with."""
 
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseServerError
+from django.template import loader
 from django.views import debug
+from django.views.decorators.csrf import requires_csrf_token
 
 CLEANSED = debug.SafeExceptionReporterFilter.cleansed_substitute
 
@@ -77,3 +80,11 @@ class SafeExceptionReporter(debug.ExceptionReporter):
         if self.request is not None and "request_GET_items" in data:
             data["request_GET_items"] = self.filter.get_cleansed_multivaluedict(self.request, self.request.GET).items()
         return data
+
+
+@requires_csrf_token
+def server_error(request):
+    """``handler500``: Django's page, plus the request id (``X-Request-ID``) its traceback was logged with,
+    for the trader to quote to the desk. No context processors: the database may be what failed."""
+    request_id = getattr(request, "request_id", None)
+    return HttpResponseServerError(loader.get_template("500.html").render({"request_id": request_id}))

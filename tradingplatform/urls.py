@@ -26,6 +26,8 @@ def admin_login(request, extra_context=None):
 admin.site.login = admin_login
 admin.site.site_header = "Trading platform desk"
 
+handler500 = "tradingplatform.errors.server_error"
+
 urlpatterns = [
     path("", account_views.home, name="home"),
     path("login/", account_views.login_view, name="login"),

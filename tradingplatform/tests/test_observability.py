@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -528,3 +529,18 @@ def test_a_real_worker_logs_the_task_with_the_request_id(api, account):
 def test_decimal_and_other_values_are_written_as_text(json_logs):
     logging.getLogger("tradingplatform.tests").info("price", extra={"price": Decimal("1500.05")})
     assert json_logs()[-1]["price"] == "1500.05"
+
+
+def test_an_unexpected_page_error_shows_the_trader_its_logged_request_id(client, trader, json_logs, settings):
+    """The trader can quote the id to the desk, who finds the one logged traceback by it."""
+    settings.DEBUG = False
+    client.raise_request_exception = False
+    client.force_login(trader)
+    with mock.patch("accounts.views.selectors.broker_accounts_of", side_effect=RuntimeError("boom")):
+        response = client.get("/accounts/brokers/")
+    assert response.status_code == 500
+    request_id = response.headers["X-Request-ID"]
+    assert request_id in response.content.decode()
+    errors = [r for r in json_logs() if r["level"] == "ERROR"]
+    assert len(errors) == 1 and errors[0]["request_id"] == request_id and "RuntimeError: boom" in errors[0]["exception"]
+
