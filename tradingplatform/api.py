@@ -231,7 +231,13 @@ def on_http_error(request, exc):
 def on_unexpected(request, exc):
     """A bug or an outage: logged with its traceback, answered in the one shape."""
     logger.exception("API %s %s failed", request.method, request.path, exc_info=exc)
-    return error_response(request, 500, "internal", "Something went wrong on our side; the error was logged.")
+    request_id = getattr(request, "request_id", None)
+    message = "Something went wrong on our side; the error was logged"
+    message = f"{message} (request id {request_id})." if request_id else f"{message}."
+    response = error_response(request, 500, "internal", message)
+    # Logged above, with its traceback: Django's handler must not log it again ("Internal Server Error").
+    response._has_been_logged = True
+    return response
 
 
 api.add_decorator(declared_query_only)  # every operation, after its key and its input were checked

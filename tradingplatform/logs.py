@@ -214,7 +214,8 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
-            record.request_id = request_id_var.get()
+            # Django's "Not Found: ..." lines are written after the request's context ended; they carry the request.
+            record.request_id = request_id_var.get() or getattr(getattr(record, "request", None), "request_id", None)
         if getattr(record, "user_id", None) is None:
             record.user_id = _user_id()
         if getattr(record, "task", None) is None:

@@ -544,3 +544,24 @@ def test_an_unexpected_page_error_shows_the_trader_its_logged_request_id(client,
     errors = [r for r in json_logs() if r["level"] == "ERROR"]
     assert len(errors) == 1 and errors[0]["request_id"] == request_id and "RuntimeError: boom" in errors[0]["exception"]
 
+
+def test_an_unexpected_api_error_is_logged_once_with_its_request_id(api, json_logs, settings):
+    settings.DEBUG = False
+    api.raise_request_exception = False
+    with mock.patch("accounts.api.selectors.broker_accounts_of", side_effect=RuntimeError("boom")):
+        response = api.get("/api/v1/accounts")
+    assert response.status_code == 500
+    request_id = response.headers["X-Request-ID"]
+    assert request_id in response.json()["error"]["message"]
+    errors = [r for r in json_logs() if r["level"] == "ERROR"]
+    assert [r["request_id"] for r in errors] == [request_id], errors
+    assert "RuntimeError: boom" in errors[0]["exception"]
+
+
+def test_django_request_warnings_carry_the_request_id(client, trader, json_logs):
+    """Django logs a 4xx after the request's context is gone: the id comes from the request."""
+    client.force_login(trader)
+    response = client.get("/orders/999999999/")
+    assert response.status_code == 404
+    warnings = [r for r in json_logs() if r["logger"] == "django.request"]
+    assert warnings and {r["request_id"] for r in warnings} == {response.headers["X-Request-ID"]}
