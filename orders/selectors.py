@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404
 
 from brokers.base import IST
 
-from . import services
+from . import services, sources
 from .models import Basket, Order, ScheduledOrder, Strategy
 
 
@@ -58,6 +58,22 @@ def baskets_of(user) -> QuerySet[Basket]:
 
 def basket_of(user, pk) -> Basket:
     return get_object_or_404(baskets_of(user), pk=pk)
+
+
+def basket_results(basket: Basket, results: list[dict] | None = None) -> list[dict] | None:
+    """A placement's result rows (``results``; None: the basket's last, as stored), each placed
+    order's with its status and reason as they are now: one its broker refused (or filled, or
+    cancelled) since is not shown as it was answered then, OPEN in green, on every later visit."""
+    rows = basket.last_results if results is None else results
+    if not rows:
+        return rows
+    ids = {row["order_id"] for row in rows if row.get("order_id")}
+    orders = Order.objects.filter(pk__in=ids, account__owner_id=basket.owner_id).in_bulk()
+    now = []
+    for row in rows:
+        order = orders.get(row.get("order_id"))
+        now.append(row if order is None else {**row, "status": order.status, "reason": sources.order_reason(order)})
+    return now
 
 
 def scheduled_of(user) -> QuerySet[ScheduledOrder]:

@@ -107,7 +107,7 @@ def basket_detail(request, pk):
             except Basket.DoesNotExist:  # deleted meanwhile: what was placed is still shown
                 messages.warning(request, f"Basket {basket.name} was deleted while it was being placed.")
             form = BasketPlaceForm(initial={"token": uuid.uuid4().hex}, user=request.user)
-    context = {"basket": basket, "form": form, "results": results if results is not None else basket.last_results}
+    context = {"basket": basket, "form": form, "results": selectors.basket_results(basket, results)}
     return render(request, "orders/basket_detail.html", context)
 
 

@@ -51,7 +51,7 @@ def _result(account: BrokerAccount, *, order: Order | None = None, error: Valida
             order_id=order.pk,
             reference=order.reference,
             status=order.status,
-            reason=order.reject_reason or _unanswered(order),
+            reason=order_reason(order),
         )
     if error is not None:
         field, messages = (
@@ -64,9 +64,12 @@ def _result(account: BrokerAccount, *, order: Order | None = None, error: Valida
 ANSWER_LOST = "Sent, but the broker's answer was lost; it is being looked up by its reference (see the order book)."
 
 
-def _unanswered(order: Order) -> str:
-    """Why an order said SUBMITTED is not known to be at its broker: no broker order id (its answer,
-    and the look-up by its tag, were lost: ``services.order_outcome_unknown``). Else ""."""
+def order_reason(order: Order) -> str:
+    """What a result row of ``order`` says beside its status: why its broker refused it, or why one
+    said SUBMITTED is not known to be at its broker: no broker order id (its answer, and the look-up
+    by its tag, were lost: ``services.order_outcome_unknown``). Else ""."""
+    if order.reject_reason:
+        return order.reject_reason
     return ANSWER_LOST if order.status == Order.Status.SUBMITTED and not order.broker_order_id else ""
 
 

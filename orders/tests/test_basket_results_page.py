@@ -6,11 +6,12 @@ import pytest
 from django.urls import reverse
 
 from accounts.tests.factories import make_broker_account
+from brokers.base import Status
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
 from orders import services, sources
 from orders.models import Basket, Order
-from orders.tests.factories import instrument
+from orders.tests.factories import broker_state, instrument
 
 
 def one_share_basket(trader, name, accounts):
@@ -84,3 +85,21 @@ def test_an_item_placed_or_maybe_placed_is_not_shown_as_an_error(trader_client, 
     Basket.objects.filter(pk=basket.pk).update(last_results=[{**row, "status": status}])
     page = trader_client.get(reverse("sources:basket_detail", args=[basket.pk])).content.decode()
     assert f'<span class="badge {badge}">{status}</span>' in page
+
+
+def test_an_item_its_broker_refused_after_it_was_placed_is_shown_refused_not_open(trader_client, trader, account):
+    """A limit item rests at its exchange (OPEN, in green); then its broker refuses it (an RMS check,
+    a postback or a sync says REJECTED). The basket's page kept showing the answer of the moment it
+    was placed, OPEN in green, on every later visit: the trader read it as working at the exchange.
+    Each placed row shows its order as it is now, with why."""
+    items = [{"instrument": instrument(), "side": "BUY", "quantity": 1, "order_type": "LIMIT", "price": "1400"}]
+    basket = sources.basket_save(owner=trader, name="Resting", account_ids=[account.pk], items=items)
+    placed = trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": "t-1"})
+    assert [row["status"] for row in placed.context["results"]] == ["OPEN"]
+    order = Order.objects.get()
+    refused = broker_state(order, status=Status.REJECTED, status_message="RMS: margin exceeds", pending_quantity=0)
+    services.order_apply_broker_state(order, refused, cause="postback")
+    assert Order.objects.get().status == Order.Status.REJECTED
+    page = trader_client.get(reverse("sources:basket_detail", args=[basket.pk])).content.decode()
+    assert '<span class="badge ok">OPEN</span>' not in page
+    assert '<span class="badge error">REJECTED</span>' in page and "RMS: margin exceeds" in page
