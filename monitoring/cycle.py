@@ -1140,7 +1140,7 @@ def _chased(**where):
         broker_order_id__isnull=False,
         strategy__chase_after_s__isnull=False,
         strategy__is_active=True,  # a paused strategy opens nothing new: its entries are not chased
-    )
+    ).filter(_on_its_strategy("strategy_id"))  # nor one on an account the trader took off it
 
 
 # How long a chased entry cancelled past the cap stays owed its replacement (``_chase_owed``).
@@ -1157,18 +1157,22 @@ def _chase_owed(**where):
     replaced = Order.objects.filter(parent=OuterRef("pk"), idempotency_key__contains=REPLACE_KEY).filter(
         ~Q(status=Order.Status.FAILED) | Exists(retried)
     )
-    return Order.objects.filter(
-        **where,
-        role=Order.Role.ENTRY,
-        order_type="LIMIT",
-        status=Order.Status.CANCELLED,
-        filled_quantity__lt=F("quantity"),
-        strategy__chase_after_s__isnull=False,
-        strategy__is_active=True,  # nor replaced
-        updated_at__gte=timezone.now() - timedelta(seconds=CHASE_OWED_S),
-        events__kind="cancel_requested",
-        events__cause__endswith=CAP_REACHED,
-    ).exclude(Exists(replaced))
+    return (
+        Order.objects.filter(
+            **where,
+            role=Order.Role.ENTRY,
+            order_type="LIMIT",
+            status=Order.Status.CANCELLED,
+            filled_quantity__lt=F("quantity"),
+            strategy__chase_after_s__isnull=False,
+            strategy__is_active=True,  # nor replaced
+            updated_at__gte=timezone.now() - timedelta(seconds=CHASE_OWED_S),
+            events__kind="cancel_requested",
+            events__cause__endswith=CAP_REACHED,
+        )
+        .exclude(Exists(replaced))
+        .filter(_on_its_strategy("strategy_id"))  # nor on an account taken off it
+    )
 
 
 # A chased entry's replacement that never reached the broker is placed again after this long,
@@ -1642,7 +1646,8 @@ def _rejected_with_retries(**where):
 
 def _on_its_strategy(strategy_id: str) -> Exists:
     """The order's account is still one of its strategy's (``strategy_id``: the path to the strategy's
-    id): one the trader took off the strategy gets nothing new opened by it, retries and re-entries
+    id): one the trader took off the strategy gets nothing new opened by it, retries, re-entries and
+    chases (a resting entry moved toward the market to fill, or put back past the modification cap)
     included, as a paused strategy opens nothing; what it holds keeps its exits (step 4)."""
     on = Strategy.accounts.through.objects.filter(
         strategy_id=OuterRef(strategy_id), brokeraccount_id=OuterRef("account_id")

@@ -347,3 +347,38 @@ def test_a_failed_entry_is_not_retried_by_a_cycle_that_could_not_read_the_broker
     first.refresh_from_db()
     assert first.status == Order.Status.FILLED and not Order.objects.filter(parent=first).exists()
     assert PaperOrder.objects.filter(client__user_id=account.client_id).count() == 1
+
+
+def test_an_account_taken_off_the_strategy_has_its_entries_neither_chased_nor_replaced(trader, account, monkeypatch):
+    """Taking an account off a strategy says it opens nothing more there, as pausing it does: a
+    resting entry is not moved toward the market to fill, nor is one the cycle cancelled past the
+    modification cap put back, until the account is on the strategy again."""
+    import dataclasses
+
+    from brokers.paper.adapter import PaperBroker
+
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Chaser", account_ids=[account.pk], chase_after_s=0, chase_max_ticks=10
+    )
+    quote("1520")  # far above: the BUY LIMITs rest
+    capped = place(trader, account, quantity=10, strategy=strategy, source="strategy", order_type="LIMIT",
+                   price="1498.00")  # fmt: skip
+    Order.objects.filter(pk=capped.pk).update(chase_count=cycle.BROKER_MODIFICATION_CAP - 1)
+    real = PaperBroker.order  # the cap's cancel still pending at the broker: its replacement owed
+    monkeypatch.setattr(PaperBroker, "order", lambda self, i: dataclasses.replace(real(self, i), status="OPEN"))
+    cycle.account_monitor(account=account)
+    monkeypatch.undo()
+    resting = place(trader, account, quantity=10, strategy=strategy, source="strategy", order_type="LIMIT",
+                    price="1499.00")  # fmt: skip
+    capped.refresh_from_db()
+    assert capped.status == Order.Status.CANCELLED and not Order.objects.filter(parent=capped).exists()
+    strategy.accounts.remove(account)
+    cycle.account_monitor(account=account)
+    cycle.account_monitor(account=account)
+    resting.refresh_from_db()
+    assert (resting.price, resting.chase_count) == (D("1499.00"), 0)
+    assert not Order.objects.filter(parent__in=[resting, capped]).exists()
+    strategy.accounts.add(account)
+    cycle.account_monitor(account=account)
+    resting.refresh_from_db()
+    assert resting.price == D("1500.00") and Order.objects.get(parent=capped).price == D("1499.00")
