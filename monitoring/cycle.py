@@ -1661,7 +1661,7 @@ def step_retries(ctx: Context) -> None:
     candidates = _rejected_with_retries(account=ctx.account).select_related("strategy", "instrument", "account")
     for failed in candidates:
         strategy = failed.strategy
-        kinds = set(strategy.retryable_kinds or RejectKind.RETRYABLE_BY_NATURE)
+        kinds = set(strategy.retried_kinds)
         attempt = failed.retry_count + 1
         if failed.reject_kind not in kinds or attempt > strategy.max_retries:
             continue

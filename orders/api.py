@@ -16,6 +16,7 @@ from pydantic import create_model, field_validator
 
 from accounts.api import account_for
 from accounts.selectors import MAX_ID
+from brokers.errors import RejectKind
 from brokers.selectors import instrument_by_symbol
 from tradingplatform.schemas import In, Number, PageFilters, TimeFilter, api_field, page_of
 
@@ -493,7 +494,9 @@ class StrategyIn(In):
     chase_max_ticks: int | None = Field(None, ge=1, strict=True)
     chase_max_percent: Number | None = Field(None, gt=0)
     max_retries: int = Field(0, ge=0, le=sources.MAX_RETRIES, strict=True)
-    retryable_kinds: list[str] = []
+    retryable_kinds: list[str] = Field(
+        [], description=f"Rejection kinds an entry is retried for; none: {', '.join(RejectKind.RETRYABLE_BY_NATURE)}."
+    )
     is_active: bool = True
 
 

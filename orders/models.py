@@ -125,6 +125,14 @@ class Strategy(models.Model):
     def __str__(self):
         return self.name
 
+    @property
+    def retried_kinds(self) -> list[str]:
+        """The rejection kinds its entries are retried for: those chosen, or, none chosen, those
+        that may pass by themselves (``RejectKind.RETRYABLE_BY_NATURE``)."""
+        from brokers.errors import RejectKind
+
+        return list(self.retryable_kinds or RejectKind.RETRYABLE_BY_NATURE)
+
 
 class StrategySignal(models.Model):
     """A signal received for a strategy; its id is unique per strategy (replay protection)."""

@@ -146,7 +146,10 @@ class StrategyForm(OneTimeTokenForm, forms.ModelForm):
     with a new secret."""
 
     retryable_kinds = forms.MultipleChoiceField(
-        choices=[(kind, kind) for kind in RejectKind.ALL], required=False, widget=forms.CheckboxSelectMultiple
+        choices=[(kind, kind) for kind in RejectKind.ALL],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=f"None ticked: {', '.join(RejectKind.RETRYABLE_BY_NATURE)}.",
     )
 
     class Meta:

@@ -263,6 +263,21 @@ def test_a_new_strategy_saved_twice_is_one_strategy_shown_with_a_secret_that_wor
     assert sources.STRATEGY_NAME_TAKEN in again.content.decode() and Strategy.objects.count() == 1
 
 
+def test_a_strategys_page_says_which_rejections_its_entries_are_retried_for(trader_client, trader, account):
+    """With no kind ticked the page said "retries: 2 (none)", while the cycle retried the kinds that
+    may pass by themselves (funds, rms, ...)."""
+    from brokers.errors import RejectKind
+
+    strategy, _ = sources.strategy_save(owner=trader, name="Default", account_ids=[account.pk], max_retries=2)
+    page = trader_client.get(reverse("sources:strategy_detail", args=[strategy.pk])).content.decode()
+    assert f"retries: 2 ({', '.join(RejectKind.RETRYABLE_BY_NATURE)}: by default, none chosen)" in page
+    sources.strategy_change(owner=trader, strategy=strategy, retryable_kinds=["funds"])
+    page = trader_client.get(reverse("sources:strategy_detail", args=[strategy.pk])).content.decode()
+    assert "retries: 2 (funds)" in page
+    form = trader_client.get(reverse("sources:strategy_edit", args=[strategy.pk])).content.decode()
+    assert f"None ticked: {', '.join(RejectKind.RETRYABLE_BY_NATURE)}." in form
+
+
 @pytest.mark.parametrize("field, value", [("max_retries", "21"), ("max_reentries", "101"), ("max_retries", "1000000")])
 def test_the_strategy_page_keeps_the_retry_and_reentry_caps_the_api_has(trader_client, account, field, value):
     """The API takes at most 20 retries and 100 re-entries; the page saved any number (a million
