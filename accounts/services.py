@@ -214,7 +214,9 @@ def broker_account_create(
         # the same answer as when it was already there.
         if not BrokerAccount.objects.filter(broker=account.broker, client_id=account.client_id).exists():
             raise
-        raise ValidationError({"client_id": "A broker account with this broker and client id already exists."}) from None
+        raise ValidationError(
+            {"client_id": "A broker account with this broker and client id already exists."}
+        ) from None
     audit_record(
         action=Action.BROKER_ACCOUNT_CREATED,
         actor=actor or owner,

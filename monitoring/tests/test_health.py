@@ -78,6 +78,21 @@ def _age(model, pk, seconds: float, field: str = "started_at"):
     model.objects.filter(pk=pk).update(**{field: timezone.now() - timedelta(seconds=seconds)})
 
 
+def _last_cycle_aged(seconds: float):
+    """The one run started and finished ``seconds`` ago, the job last changed then (beat's start):
+    that run."""
+    from django_celery_beat.models import PeriodicTask
+
+    from monitoring.models import MonitoringRun
+
+    run = MonitoringRun.objects.get()
+    _age(MonitoringRun, run.pk, seconds)
+    _age(MonitoringRun, run.pk, seconds, "finished_at")
+    run.refresh_from_db()
+    PeriodicTask.objects.filter(name="monitoring-cycle").update(date_changed=run.started_at)
+    return run
+
+
 def _healthy_cycle(settings):
     """Beat on (heartbeat fresh) and a scheduled cycle that started and finished just now."""
     from monitoring import services
@@ -118,16 +133,8 @@ def test_readyz_is_503_when_beat_stopped_sending_the_heartbeat(client, db, setti
 def test_readyz_is_503_when_no_cycle_started_for_several_intervals(client, db, settings):
     """Beat and the workers are up (the heartbeat is fresh) but start_cycle fails every time, or
     the job was re-timed away: the last scheduled run is old, and stop-losses are not placed."""
-    from monitoring.models import MonitoringRun
-
     _healthy_cycle(settings)
-    run = MonitoringRun.objects.get()
-    _age(MonitoringRun, run.pk, 600)
-    _age(MonitoringRun, run.pk, 600, "finished_at")
-    from django_celery_beat.models import PeriodicTask
-
-    run.refresh_from_db()
-    PeriodicTask.objects.filter(name="monitoring-cycle").update(date_changed=run.started_at)
+    _last_cycle_aged(600)
     response = client.get("/readyz")
     body = response.json()
     assert response.status_code == 503, body
@@ -146,16 +153,10 @@ def test_readyz_is_503_when_staff_paused_the_cycle_in_admin(client, db, settings
 
 def test_readyz_is_503_when_cycles_start_but_never_finish(client, db, settings):
     """Every run's batches die with their worker: runs keep starting, none ends."""
-    from django_celery_beat.models import PeriodicTask
-
     from monitoring.models import MonitoringRun
 
     _healthy_cycle(settings)
-    first = MonitoringRun.objects.get()
-    _age(MonitoringRun, first.pk, 3600)
-    _age(MonitoringRun, first.pk, 3600, "finished_at")
-    first.refresh_from_db()
-    PeriodicTask.objects.filter(name="monitoring-cycle").update(date_changed=first.started_at)
+    _last_cycle_aged(3600)
     for seconds in (120, 60, 0):
         run = MonitoringRun.objects.create(accounts=3)  # its batches never end it
         _age(MonitoringRun, run.pk, seconds)

@@ -660,6 +660,40 @@ def test_a_modify_or_cancel_and_the_ticks_matching_of_its_order_at_once_both_go_
     assert reload(order).status == changed.status
 
 
+def _started_at_the_first_fill(monkeypatch, work) -> tuple[threading.Thread, dict]:
+    """``work()`` on a thread of its own with its own connection, started once the engine has
+    inserted its first trade, which then waits until ``work`` waits for a row lock: (the thread,
+    what came of it: ``result`` or ``error``)."""
+    outcome = {}
+
+    def run():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT CONNECTION_ID()")
+                outcome["connection_id"] = cursor.fetchone()[0]
+            outcome["result"] = work()
+        except Exception as error:  # noqa: BLE001 - the test reports it
+            outcome["error"] = error
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    insert = engine._NEW_TRADES.insert
+
+    def insert_then_wait_for_it(trade):
+        insert(trade)
+        if thread.ident is not None:  # started already (a fill of its own)
+            return
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not ("connection_id" in outcome and _waiting_for_a_lock(outcome["connection_id"])):
+            assert time.monotonic() < deadline and thread.is_alive(), outcome
+            time.sleep(0.02)
+
+    monkeypatch.setattr(engine._NEW_TRADES, "insert", insert_then_wait_for_it)
+    return thread, outcome
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("filler", ["tick", "modify"])
 def test_a_fill_and_a_placement_of_the_same_client_at_once_both_go_through(client, filler, monkeypatch):
@@ -673,40 +707,16 @@ def test_a_fill_and_a_placement_of_the_same_client_at_once_both_go_through(clien
     quote(last="1390", volume=0)  # crosses, but nothing trades this tick
     if filler == "tick":
         PaperInstrument.objects.filter(tradingsymbol="INFY").update(tick_volume=1000)  # the next match fills
-    placing = {}
-
-    def place_meanwhile():
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT CONNECTION_ID()")
-                placing["connection_id"] = cursor.fetchone()[0]
-            placing["order"] = place(client, side="SELL", symbol="TCS", order_type="MARKET")
-        except Exception as error:  # noqa: BLE001 - the test reports it
-            placing["error"] = error
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=place_meanwhile)
-    insert = engine._NEW_TRADES.insert
-
-    def insert_then_let_the_placement_wait(trade):
-        insert(trade)
-        if thread.ident is not None:  # the placement's own fill
-            return
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not ("connection_id" in placing and _waiting_for_a_lock(placing["connection_id"])):
-            assert time.monotonic() < deadline and thread.is_alive(), placing
-            time.sleep(0.02)
-
-    monkeypatch.setattr(engine._NEW_TRADES, "insert", insert_then_let_the_placement_wait)
+    thread, placing = _started_at_the_first_fill(
+        monkeypatch, lambda: place(client, side="SELL", symbol="TCS", order_type="MARKET")
+    )
     if filler == "tick":
         assert engine.match_instrument(instrument_id=resting.instrument_id) == 1
     else:
         engine.order_modify(client=client, order_id=resting.order_id, price=D("1395"))
     thread.join(15)
     assert "error" not in placing, placing
-    assert placing["order"].status == Status.COMPLETE
+    assert placing["result"].status == Status.COMPLETE
     assert reload(resting).status == Status.COMPLETE
 
 
@@ -724,45 +734,22 @@ def test_a_tick_filling_several_clients_and_a_batch_placing_for_them_at_once_bot
     quote(last="1390", volume=0)  # both cross; nothing trades this tick, the next match fills both
     PaperInstrument.objects.filter(tradingsymbol="INFY").update(tick_volume=1000)
     tokens = {c.pk: engine.session_open(client=c)[0] for c in (client, later)}
-    placing = {}
-
-    def place_together():
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT CONNECTION_ID()")
-                placing["connection_id"] = cursor.fetchone()[0]
-            placing["orders"] = engine.orders_place_many(
-                [
-                    engine.Placement(
-                        access_token=tokens[c.pk], exchange="NSE", tradingsymbol="TCS", transaction_type="BUY",
-                        order_type="LIMIT", quantity=1, product="MIS", price=D("3000"),
-                    )
-                    for c in (client, later)
-                ]
-            )  # fmt: skip
-        except Exception as error:  # noqa: BLE001 - the test reports it
-            placing["error"] = error
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=place_together)
-    insert = engine._NEW_TRADES.insert
-
-    def insert_then_let_the_batch_wait(trade):
-        insert(trade)
-        if thread.ident is not None:
-            return
-        thread.start()  # after the tick's first fill: the later client's
-        deadline = time.monotonic() + 10
-        while not ("connection_id" in placing and _waiting_for_a_lock(placing["connection_id"])):
-            assert time.monotonic() < deadline and thread.is_alive(), placing
-            time.sleep(0.02)
-
-    monkeypatch.setattr(engine._NEW_TRADES, "insert", insert_then_let_the_batch_wait)
+    thread, placing = _started_at_the_first_fill(  # after the tick's first fill: the later client's
+        monkeypatch,
+        lambda: engine.orders_place_many(
+            [
+                engine.Placement(
+                    access_token=tokens[c.pk], exchange="NSE", tradingsymbol="TCS", transaction_type="BUY",
+                    order_type="LIMIT", quantity=1, product="MIS", price=D("3000"),
+                )
+                for c in (client, later)
+            ]
+        ),
+    )  # fmt: skip
     assert engine.match_instrument(instrument_id=PaperInstrument.objects.get(tradingsymbol="INFY").pk) == 2
     thread.join(15)
     assert "error" not in placing, placing
-    assert [order.status for order in placing["orders"]] == [Status.OPEN, Status.OPEN]
+    assert [order.status for order in placing["result"]] == [Status.OPEN, Status.OPEN]
 
 
 # --- The day's end ----------------------------------------------------------------------------
