@@ -386,6 +386,18 @@ class Order(OrderSpec):
     def pending_quantity(self) -> int:
         return self.quantity - self.filled_quantity if self.is_live else 0
 
+    ANSWER_LOST = "Sent, but the broker's answer was lost; it is being looked up by its reference (see the order book)."
+
+    @property
+    def outcome_reason(self) -> str:
+        """What a result row (a basket item's, a signal's account's) says beside its status: why its
+        broker refused it, or why one said SUBMITTED is not known to be at its broker: no broker
+        order id (its answer, and the look-up by its tag, were lost:
+        ``services.order_outcome_unknown``). Else ""."""
+        if self.reject_reason:
+            return self.reject_reason
+        return self.ANSWER_LOST if self.status == self.Status.SUBMITTED and not self.broker_order_id else ""
+
 
 class OrderEvent(AppendOnlyModel):
     """One thing that happened to an order, and why (append-only)."""

@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404
 
 from brokers.base import IST
 
-from . import services, sources
+from . import services
 from .models import Basket, Order, ScheduledOrder, Strategy
 
 
@@ -72,7 +72,7 @@ def basket_results(basket: Basket, results: list[dict] | None = None) -> list[di
     now = []
     for row in rows:
         order = orders.get(row.get("order_id"))
-        now.append(row if order is None else {**row, "status": order.status, "reason": sources.order_reason(order)})
+        now.append(row if order is None else {**row, "status": order.status, "reason": order.outcome_reason})
     return now
 
 

@@ -51,7 +51,7 @@ def _result(account: BrokerAccount, *, order: Order | None = None, error: Valida
             order_id=order.pk,
             reference=order.reference,
             status=order.status,
-            reason=order_reason(order),
+            reason=order.outcome_reason,
         )
     if error is not None:
         field, messages = (
@@ -59,18 +59,6 @@ def _result(account: BrokerAccount, *, order: Order | None = None, error: Valida
         )
         row.update(status="INVALID", error=" ".join(messages), field=None if field == "__all__" else field)
     return row
-
-
-ANSWER_LOST = "Sent, but the broker's answer was lost; it is being looked up by its reference (see the order book)."
-
-
-def order_reason(order: Order) -> str:
-    """What a result row of ``order`` says beside its status: why its broker refused it, or why one
-    said SUBMITTED is not known to be at its broker: no broker order id (its answer, and the look-up
-    by its tag, were lost: ``services.order_outcome_unknown``). Else ""."""
-    if order.reject_reason:
-        return order.reject_reason
-    return ANSWER_LOST if order.status == Order.Status.SUBMITTED and not order.broker_order_id else ""
 
 
 def _place_for(actor, account: BrokerAccount, spec: dict, quantity: int, **kwargs) -> dict:
@@ -1308,22 +1296,20 @@ def _fire_place(fire: ScheduledFire) -> tuple[str, str] | None:
     except Exception:
         logger.exception("scheduled fire %s: placing failed; it is sent again later", fire.pk)
         return None
-    if order.status == Order.Status.FAILED and not order.broker_order_id:
-        # Not at the broker (its send failed, or it was closed unsent meanwhile): not placed.
-        detail = f"{order.reference} {order.status}: {order.reject_reason}"[:255]
-        _notify(scheduled, f"Scheduled order #{scheduled.pk} was not placed: {detail}")
-        return ScheduledFire.Status.FAILED, detail
     if order.status == Order.Status.SUBMITTED and not order.broker_order_id:
         # Sent, and its answer lost: placed, as far as we know; its account's reconciliation
         # finds it by its tag, or closes it if the broker never got it.
         detail = f"{order.reference}: sent, its answer lost; it is looked up by its tag"
         _notify(scheduled, f"Scheduled order #{scheduled.pk}: {detail}")
         return ScheduledFire.Status.PLACED, detail
-    if order.status == Order.Status.REJECTED:
-        # Its run was made (sent: not again this day), and the broker refused it: said, as a failure is.
+    unsent = order.status == Order.Status.FAILED and not order.broker_order_id
+    if unsent or order.status == Order.Status.REJECTED:
+        # Not at the broker (its send failed, or it was closed unsent meanwhile): not placed. Or
+        # refused by the broker: its run was made (sent: not again this day). Both said.
         detail = f"{order.reference} {order.status}: {order.reject_reason}"[:255]
-        _notify(scheduled, f"Scheduled order #{scheduled.pk} was refused by the broker: {detail}"[:255])
-        return ScheduledFire.Status.PLACED, detail
+        what = "was not placed" if unsent else "was refused by the broker"
+        _notify(scheduled, f"Scheduled order #{scheduled.pk} {what}: {detail}"[:255])
+        return (ScheduledFire.Status.FAILED if unsent else ScheduledFire.Status.PLACED), detail
     return ScheduledFire.Status.PLACED, f"{order.reference} {order.status}"
 
 
