@@ -10,8 +10,9 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.contrib.auth import SESSION_KEY
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.template.loader import render_to_string
+from django.utils.crypto import constant_time_compare
 
 from tradingplatform import metrics
 
@@ -26,6 +27,29 @@ logger = logging.getLogger(__name__)
 
 def user_group(user_id: int) -> str:
     return f"user.{user_id}"
+
+
+def session_user_pk(data: dict) -> str | None:
+    """The pk (as text) of the user a session's data signs in, as a request would find it: none
+    when the session is gone, or its user deleted, deactivated, or their password changed since
+    (the session's hash no longer theirs). Reads only: the session is left as it is."""
+    backend_path = data.get(BACKEND_SESSION_KEY)
+    if data.get(SESSION_KEY) is None or backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    try:
+        user_id = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
+    except Exception:
+        return None
+    user = load_backend(backend_path).get_user(user_id)  # None for an inactive user too
+    if user is None:
+        return None
+    session_hash = data.get(HASH_SESSION_KEY)
+    if not session_hash:
+        return None
+    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    if not any(constant_time_compare(session_hash, known) for known in hashes):
+        return None
+    return str(user.pk)
 
 
 def session_tag(session_key: str) -> str:
@@ -45,9 +69,11 @@ class UserConsumer(AsyncWebsocketConsumer):
     The user is checked only on connect, so a ``session.end`` event (a logout, a deactivation,
     a password change) closes the socket. The htmx ws extension does not reconnect after a 4xxx
     close; the page's next load connects again if its session is still good. A session that
-    ends otherwise (it expires, or is dropped by a sign-in as someone else) is noticed by reading
-    it again at its expiry and every ``SESSION_RECHECK_S``; each read that finds it good joins the
-    socket to its groups and to ``presence`` again, as both forget a member a day after it joined.
+    ends otherwise (it expires, or is dropped by a sign-in as someone else), or whose ``session.end``
+    was lost (Redis out as it was sent), is noticed by reading it again, and its user as a request
+    would (still active, the same password), at its expiry and every ``SESSION_RECHECK_S``; each
+    read that finds it good joins the socket to its groups and to ``presence`` again, as both forget
+    a member a day after it joined.
     """
 
     async def connect(self):
@@ -102,11 +128,12 @@ class UserConsumer(AsyncWebsocketConsumer):
             fresh = store(key)
             try:
                 data = await database_sync_to_async(fresh.load)()  # {} once expired or deleted
+                signed_in = await database_sync_to_async(session_user_pk)(data)
             except Exception:  # the store is down: the socket stays, read again later
                 logger.warning("websocket: could not read its session", exc_info=True)
                 delay = SESSION_RECHECK_S
                 continue
-            if str(data.get(SESSION_KEY)) != user_pk:
+            if signed_in != user_pk:
                 await self.close(code=4401)
                 return
             delay = fresh.get_expiry_age(expiry=data.get("_session_expiry"))

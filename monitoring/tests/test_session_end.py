@@ -215,3 +215,23 @@ async def test_a_page_left_open_longer_than_a_day_still_gets_its_pushes(trader, 
     await layer.group_send(consumers.MARKET_GROUP, {"type": "prices.tick", "prices": {"101": {"last": "1"}}})
     assert (await socket.receive_output(timeout=2))["type"] == "websocket.send"
     await socket.disconnect()
+
+
+@pytest.mark.parametrize("change", ["deactivated", "password"])
+async def test_a_socket_whose_close_was_lost_closes_at_its_next_recheck(trader, monkeypatch, change):
+    # The close is sent through Redis after commit and a failure only logged (above): a user
+    # deactivated (or whose password was changed) while Redis blinked kept their open tab's pushes,
+    # their orders and PnL, for as long as it stayed open. Its next session read must refuse it.
+    monkeypatch.setattr(consumers, "SESSION_RECHECK_S", 1)
+    [browser] = await sign_in(trader)
+    socket = await open_socket(browser)
+    monkeypatch.setattr(broadcast, "user_sockets_close", lambda **_kwargs: None)  # the close is lost
+
+    if change == "deactivated":
+        trader.is_active = False
+    else:
+        trader.set_password("N3w-passw0rd!x")
+    await trader.asave()
+
+    assert await socket.receive_output(timeout=5) == CLOSED
+    await socket.disconnect()
