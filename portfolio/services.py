@@ -556,7 +556,8 @@ def _mark(position: Position, price: Decimal) -> bool:
 
 
 def pnl_snapshot(*, account: BrokerAccount, now=None, positions: list[Position] | None = None, save: bool = True):
-    """Today's realized and unrealized PnL of the account, as a point for the chart.
+    """The account's realized and unrealized PnL now (every position's, since its first fill), as a point
+    for the chart ("Total PnL through today").
 
     ``positions``: the account's positions when the caller already has them; ``save=False``
     returns the row unsaved (the monitoring cycle inserts many at once).
