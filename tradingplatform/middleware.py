@@ -10,6 +10,7 @@ from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import resolve_url
 from django.urls import NoReverseMatch
+from django.utils.cache import add_never_cache_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 
 ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
@@ -44,6 +45,27 @@ class ApiErrorShapeMiddleware:
             if response.has_header("Allow"):
                 shaped["Allow"] = response["Allow"]
             return shaped
+        return response
+
+
+class PrivateAnswersMiddleware:
+    """A signed-in trader's pages and every API answer are kept by no cache, the browser's
+    included: after signing out on a shared computer, Back must not show the next person the
+    trader's order book or dashboard from the browser's cache, and an API answer (one key's
+    orders) must not be kept by a proxy for another caller. An answer that says how it may be
+    cached (a view's own ``Cache-Control``) keeps its own. Static files never reach here
+    (WhiteNoise answers them first)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if response.has_header("Cache-Control"):
+            return response
+        user = getattr(request, "user", None)
+        if request.path.startswith(API_PREFIX) or (user is not None and user.is_authenticated):
+            add_never_cache_headers(response)
         return response
 
 

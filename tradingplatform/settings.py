@@ -106,6 +106,8 @@ MIDDLEWARE = [
     # Sessions, CSRF, the signed-in user and messages serve the web pages; the API (/api/, which
     # authenticates each call by its key and sets request.user itself) passes them by.
     "tradingplatform.middleware.WebSessionMiddleware",
+    # Below the session (it reads request.user, set further down): signed-in pages, API answers.
+    "tradingplatform.middleware.PrivateAnswersMiddleware",
     "django.middleware.common.CommonMiddleware",
     "tradingplatform.middleware.WebCsrfViewMiddleware",
     "tradingplatform.middleware.WebAuthenticationMiddleware",

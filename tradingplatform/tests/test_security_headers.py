@@ -78,3 +78,36 @@ def test_the_api_docs_page_loads_its_code_from_this_site(client):
     for tag in scripts:
         source = re.search(r'\ssrc="([^"]*)"', tag)
         assert (source and source.group(1).startswith("/static/")) or 'type="application/json"' in tag, tag
+
+
+def _kept_by_no_cache(response) -> bool:
+    words = {word.strip() for word in response.headers.get("Cache-Control", "").split(",")}
+    return {"no-store", "private"} <= words
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/dashboard/", "/orders/", "/orders/new/"])
+def test_a_signed_in_traders_pages_are_kept_by_no_cache(trader_client, path):
+    """After signing out on a shared computer, Back must not show the trader's pages from the
+    browser's cache to the next person."""
+    response = trader_client.get(path)
+    assert response.status_code == 200, path
+    assert _kept_by_no_cache(response), f"{path}: Cache-Control {response.headers.get('Cache-Control')!r}"
+
+
+@pytest.mark.django_db
+def test_api_answers_are_kept_by_no_cache(client, trader):
+    from accounts import services as account_services
+
+    _, secret = account_services.api_key_create(owner=trader, name="bot")
+    listed = client.get("/api/v1/orders", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    refused = client.get("/api/v1/orders")
+    assert (listed.status_code, refused.status_code) == (200, 401)
+    assert _kept_by_no_cache(listed) and _kept_by_no_cache(refused)
+
+
+@pytest.mark.django_db
+def test_static_files_keep_their_caching(trader_client):
+    static = trader_client.get(settings.STATIC_URL + "js/pushes.js")
+    assert static.status_code == 200
+    assert "no-store" not in static.headers.get("Cache-Control", "")
