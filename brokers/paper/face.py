@@ -97,12 +97,14 @@ def _check_market_protection(order_type, value) -> None:
         protection = Decimal(str(value)) if value not in (None, "") else Decimal(0)
     except InvalidOperation:
         raise InputException("Invalid `market_protection`.") from None
+    if not protection.is_finite():  # a signalling NaN cannot even be compared (a 500)
+        raise InputException("Invalid `market_protection`.")
     if protection == 0:
         raise InputException(
             "Market orders without market protection are not allowed via API."
             " Please set market protection or use a Limit order."
         )
-    if protection != -1 and not (protection.is_finite() and 0 < protection <= 100):
+    if protection != -1 and not 0 < protection <= 100:
         raise InputException("Invalid `market_protection`.")
 
 

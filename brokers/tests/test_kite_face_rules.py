@@ -57,6 +57,22 @@ def test_the_face_takes_market_protection_and_limit_orders_without_it(kite):
     assert kite.order_history(resting)[-1]["status"] == "COMPLETE"
 
 
+@pytest.mark.parametrize("protection", ["sNaN", "NaN", "Infinity", "abc"])
+def test_a_market_protection_that_is_no_number_is_an_input_error_naming_it(kite, protection):
+    """A signalling NaN cannot even be compared (comparing it raises): the face answered a 500
+    page, which a Kite client cannot read, where Kite answers an InputException naming the field."""
+    for call in (
+        lambda: kite.place_order(transaction_type="BUY", order_type="MARKET", market_protection=protection, **ORDER),
+        lambda: kite.place_order(
+            transaction_type="SELL", order_type="SL-M", trigger_price=1400, market_protection=protection, **ORDER
+        ),
+    ):
+        with pytest.raises(kite_errors.InputException, match="Invalid `market_protection`") as error:
+            call()
+        assert error.value.code == 400
+    assert not PaperOrder.objects.exists()
+
+
 def test_the_face_refuses_a_tag_longer_than_kites_20_characters(kite):
     with pytest.raises(kite_errors.InputException, match="20 characters"):
         kite.place_order(transaction_type="BUY", order_type="LIMIT", price=1400, tag="A" * 21, **ORDER)
