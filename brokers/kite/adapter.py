@@ -33,6 +33,7 @@ from brokers.errors import (
     OrderNotFound,
     OrderRejected,
     RateLimited,
+    RejectKind,
     classify_rejection,
 )
 
@@ -40,6 +41,11 @@ from brokers.errors import (
 # for Kite's automatic protection band (a percentage 1-100 would set our own).
 MARKET_PROTECTED_TYPES = ("MARKET", "SL-M")
 AUTO_MARKET_PROTECTION = -1
+
+# Kite's error types that refuse an order call as such (its documented exceptions): an order the
+# OMS would not take, funds short for it (MarginException), holdings short for a sell
+# (HoldingException). Not a malformed request (InputError, kind "input"), whatever the wording.
+REFUSAL_TYPES = frozenset({"OrderException", "MarginException", "HoldingException"})
 
 _sessions: dict[tuple[str, str], requests.Session] = {}
 _sessions_lock = threading.Lock()
@@ -303,7 +309,9 @@ class KiteBroker(base.Broker):
             # HTTP status: it does not say the order call was not done, so it is a lost answer.
             raise NetworkError(message)
         kind = classify_rejection(message)
-        if order_call and (error_type == "OrderException" or kind not in ("other", "input")):
+        if error_type == "MarginException" and kind == RejectKind.OTHER:
+            kind = RejectKind.FUNDS  # Kite's type says it: funds short for the order, whatever the wording
+        if order_call and (error_type in REFUSAL_TYPES or kind not in ("other", "input")):
             raise OrderRejected(kind, message)
         raise InputError(message)
 

@@ -539,6 +539,26 @@ def test_a_general_exception_to_a_placement_is_looked_up_by_tag_not_a_refusal(
     assert placed.broker_order_id == fake_kite.book[0]["order_id"]
 
 
+@pytest.mark.parametrize(
+    ("error_type", "message", "kind"),
+    [
+        # Kite's own types say why, whatever the wording: a refusal for funds (retried by the
+        # strategies that retry "funds") or for holdings, never a malformed request.
+        ("MarginException", "Margin shortfall: required 95417.84, available 74251.80.", RejectKind.FUNDS),
+        ("MarginException", "Insufficient funds. Required margin is 95417.84.", RejectKind.FUNDS),
+        ("HoldingException", "You do not have enough shares of INFY to sell.", RejectKind.OTHER),
+    ],
+)
+def test_kites_margin_and_holding_exceptions_to_a_placement_are_refusals_of_their_kind(
+    fake_kite, error_type, message, kind
+):
+    body = {"status": "error", "message": message, "error_type": error_type, "data": None}
+    fake_kite.answers = {"POST": (400, "application/json", json.dumps(body).encode())}
+    with pytest.raises(OrderRejected) as error:
+        adapter().place_order(order("ME-1"))
+    assert error.value.kind == kind and error.value.message == message
+
+
 # --- The start of the day's figures ----------------------------------------------------------------
 
 
