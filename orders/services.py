@@ -1141,8 +1141,10 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
             if change.quantity is not None:
                 # Unless fills told meanwhile (a broker that answers once it has the request: Kite)
                 # reached the quantity asked: the exchange refuses a cut to no more than what filled
-                # (as this modify does before sending, above), so it is not written.
-                ours = ours.filter(filled_quantity__lt=change.quantity)
+                # (as this modify does before sending, above), so it is not written. Unless the order
+                # holds that quantity already: the broker's word of a fill the cut left to finish it
+                # (40 of 40 filled) came first, with the terms our modify asked, so the cut took.
+                ours = ours.filter(Q(filled_quantity__lt=change.quantity) | Q(quantity=change.quantity))
             taken = ours.update(updated_at=timezone.now(), **fields)
             _reread(order)
             if taken:

@@ -536,3 +536,29 @@ def test_two_cancels_at_once_the_one_that_closed_the_order_is_the_one_recorded(t
     assert order.status == Order.Status.CANCELLED and len(closed_by) == 1
     assert services.cancel_asked_by_platform(order) == (closed_by == ["platform"]), closed_by
     assert order.events.filter(kind="cancelled").count() == 1
+
+
+def test_a_cut_that_fills_the_order_told_before_its_answer_is_answered_done(trader, account, monkeypatch):
+    """100 rest at 1400 and 30 fill; the trader cuts the order to 40 at 1510, across the market: the
+    broker takes it and the other 10 fill at once. The broker's word of that fill (the order as our
+    modify asked, 40 of 40 filled) is recorded before the modify's answer. The change took: the
+    trader is answered with the filled order and a "modified" event, not "the change cannot take"."""
+    order = resting(trader, account, quantity=100)
+    set_price("1390", volume=30)
+    set_price("1500")
+    settle()
+    real = AccountBroker.modify_order
+
+    def answered_after_the_fill_is_told(self, broker_order_id, change):
+        real(self, broker_order_id, change)
+        settle()  # the exchange's update of the fill is applied before the answer is recorded
+
+    monkeypatch.setattr(AccountBroker, "modify_order", answered_after_the_fill_is_told)
+    changed = services.order_modify(
+        order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", quantity=40, price="1510"
+    )
+    settle()
+    assert (at_broker(order).status, at_broker(order).quantity) == ("COMPLETE", 40)
+    assert (changed.status, changed.quantity, changed.filled_quantity, changed.price) == ("FILLED", 40, 40, D("1510"))
+    kinds = list(order.events.values_list("kind", flat=True))
+    assert "modify_rejected" not in kinds and kinds.count("modified") == 1
