@@ -66,12 +66,14 @@ OrderStatus = Order.Status
 
 
 class OrderActionRefused(Exception):
-    """A modify or cancel that cannot be done; ``field`` names the input at fault, if any."""
+    """A modify or cancel that cannot be done; ``field`` names the input at fault, if any.
+    ``outcome_unknown``: it was sent and the broker's answer lost, so it may have been done."""
 
-    def __init__(self, message: str, *, field: str | None = None):
+    def __init__(self, message: str, *, field: str | None = None, outcome_unknown: bool = False):
         super().__init__(message)
         self.message = message
         self.field = field
+        self.outcome_unknown = outcome_unknown
 
 
 # --- Validation ------------------------------------------------------------------------------
@@ -1294,7 +1296,8 @@ def _unanswered(
         _event(order, f"{action}_unknown", cause=cause, from_status=order.status, message=message, data=data)
         _queue_sync(order, always=True)
         return OrderActionRefused(
-            f"The broker's answer was lost ({error}); the order will show what the broker holds shortly."
+            f"The broker's answer was lost ({error}); the order will show what the broker holds shortly.",
+            outcome_unknown=True,
         )
     _event(order, f"{action}_failed", cause=cause, from_status=order.status, message=str(error), data=data)
     return OrderActionRefused(f"Could not reach the broker: {error}")

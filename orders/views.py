@@ -195,15 +195,21 @@ def row(request, pk):
 @require_POST
 def cancel(request, pk):
     order = selectors.order_of(request.user, pk)
-    refusal = None
+    refusal = lost = None
     try:
         services.order_cancel(order=order, actor=request.user, cause=_page_cause(request))
     except services.OrderActionRefused as exc:
-        refusal = exc.message
+        if exc.outcome_unknown:  # sent, and it may have been done: not "could not cancel"
+            lost = f"Cancel of {order.reference} sent, but {exc.message[:1].lower()}{exc.message[1:]}"
+        else:
+            refusal = exc.message
     order.refresh_from_db()
     if _is_htmx(request):
-        return render(request, "orders/partials/cancel_result.html", {"order": order, "refusal": refusal})
-    if refusal:
+        context = {"order": order, "refusal": refusal, "lost": lost}
+        return render(request, "orders/partials/cancel_result.html", context)
+    if lost:
+        messages.warning(request, lost)
+    elif refusal:
         messages.error(request, f"Could not cancel {order.reference}: {refusal}")
     elif order.status == Order.Status.CANCELLED:
         messages.success(request, f"Cancelled {order.reference}.")

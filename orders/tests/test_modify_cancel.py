@@ -1,6 +1,7 @@
 """Modify and cancel when things overlap: two tabs, a double click, a stale page, a lost answer."""
 
 import dataclasses
+import html
 import threading
 import time
 from decimal import Decimal
@@ -562,3 +563,25 @@ def test_a_cut_that_fills_the_order_told_before_its_answer_is_answered_done(trad
     assert (changed.status, changed.quantity, changed.filled_quantity, changed.price) == ("FILLED", 40, 40, D("1510"))
     kinds = list(order.events.values_list("kind", flat=True))
     assert "modify_rejected" not in kinds and kinds.count("modified") == 1
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_cancel_whose_answer_was_lost_is_not_said_not_done(trader, account, client, inline):
+    """The broker's answer to the cancel was lost: it may have cancelled the order (the paper
+    exchange did). The page does not say "Could not cancel" in red beside an order that turns
+    Cancelled a moment later: it says the cancel was sent and its answer lost."""
+    order = resting(trader, account)
+    knobs(account, timeout_rate=1)
+    client.force_login(trader)
+    extra = {"HTTP_HX_REQUEST": "true"} if inline else {"follow": True}
+    answer = client.post(reverse("orders:cancel", args=[order.pk]), **extra)
+    knobs(account, timeout_rate=0)
+    settle()
+    assert at_broker(order).status == "CANCELLED"
+    if inline:
+        said = html.unescape(answer.content.decode())
+        assert "notice-warning" in said and "notice-error" not in said
+    else:
+        said = " ".join(str(message) for message in answer.context["messages"])
+    assert "Could not cancel" not in said
+    assert f"Cancel of {order.reference} sent, but the broker's answer was lost" in said
