@@ -175,7 +175,9 @@ def on_validation_error(request, exc):
 
 @api.exception_handler(OrderActionRefused)
 def on_refused(request, exc):
-    return error_response(request, 409, "refused", exc.message, exc.field)
+    # Not done (``refused``), or sent and its answer lost, so perhaps done (``outcome_unknown``):
+    # read the order again before repeating it.
+    return error_response(request, 409, "outcome_unknown" if exc.outcome_unknown else "refused", exc.message, exc.field)
 
 
 @api.exception_handler(ApiRateLimited)

@@ -23,6 +23,7 @@ import tpclient
 from django.core.management import call_command
 from requests.adapters import HTTPAdapter
 from tpclient import (
+    AnswerLost,
     ApiError,
     AuthenticationError,
     Client,
@@ -41,7 +42,7 @@ from tpclient.models import Order as OrderModel
 
 from accounts.services import api_key_create
 from accounts.tests.factories import make_broker_account
-from brokers.paper.models import PaperOrder
+from brokers.paper.models import PaperClient, PaperOrder
 from orders.models import Basket as BasketRow
 from orders.models import Order
 from orders.models import Strategy as StrategyRow
@@ -539,6 +540,27 @@ def test_lost_answer_of_a_cancel_still_reports_the_cancelled_order(env):
     cancelled = env.client.cancel_order(order.id)
     assert cancelled.status == "CANCELLED"
     assert [status for method, _, _, status in adapter.calls if method == "POST"] == [200, 409]
+
+
+def test_a_change_whose_broker_answer_was_lost_is_not_said_refused(env, tp):
+    """The broker took the cancel, its answer to us was lost: a bot must not read it as refused
+    (``Conflict`` alone), but as "perhaps done" (``AnswerLost``), and the CLI says to look."""
+    first = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    second = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    PaperClient.objects.filter(user_id=env.account.client_id).update(timeout_rate=1)
+    with pytest.raises(AnswerLost) as lost:
+        env.client.cancel_order(first.id)
+    assert isinstance(lost.value, Conflict) and lost.value.code == "outcome_unknown"
+    with pytest.raises(AnswerLost):
+        env.client.modify_order(second.id, price="1405")
+    told = tp("orders", "cancel", str(second.id))
+    assert told.code == 1 and f"tp orders get {second.id}" in told.err, told.err
+    PaperClient.objects.filter(user_id=env.account.client_id).update(timeout_rate=0)
+    assert PaperOrder.objects.get(order_id=Order.objects.get(pk=first.id).broker_order_id).status == "CANCELLED"
+    refused = env.client.place_order(env.account.pk, "INFY", "BUY", 1)  # filled: nothing to cancel
+    with pytest.raises(Conflict) as conflict:
+        env.client.cancel_order(refused.id)
+    assert conflict.value.code == "refused" and not isinstance(conflict.value, AnswerLost)
 
 
 @pytest.mark.parametrize("cut", [CutFirstPostAnswer, GarbleFirstPostAnswer])

@@ -8,6 +8,7 @@
 from ._version import __version__
 from .client import Client
 from .errors import (
+    AnswerLost,
     ApiError,
     AuthenticationError,
     Conflict,
@@ -42,6 +43,7 @@ __all__ = [
     "Conflict",
     "InvalidRequest",
     "NotFound",
+    "AnswerLost",
     "RateLimited",
     "ServerError",
     "TransportError",

@@ -25,7 +25,7 @@ from typing import Any
 
 from ._version import __version__
 from .client import Client, header_safe
-from .errors import ApiError, TransportError
+from .errors import AnswerLost, ApiError, TransportError
 from .models import Order, Placement, to_json
 
 SIDES = ("BUY", "SELL")
@@ -236,15 +236,25 @@ def cmd_orders_place(client: Client, args):
 def cmd_orders_modify(client: Client, args):
     if args.qty is None and args.price is None and args.trigger is None and args.type is None:
         raise UsageError("give at least one of --qty, --price, --trigger, --type")
-    order = client.modify_order(
-        args.id, quantity=args.qty, price=args.price, trigger_price=args.trigger, order_type=args.type
-    )
+    try:
+        order = client.modify_order(
+            args.id, quantity=args.qty, price=args.price, trigger_price=args.trigger, order_type=args.type
+        )
+    except AnswerLost as error:
+        raise OutcomeUnknown(error, _look_advice("change", args.id)) from error
     return order, orders_table([order])
 
 
 def cmd_orders_cancel(client: Client, args):
-    order = client.cancel_order(args.id)
+    try:
+        order = client.cancel_order(args.id)
+    except AnswerLost as error:
+        raise OutcomeUnknown(error, _look_advice("cancel", args.id)) from error
     return order, orders_table([order])
+
+
+def _look_advice(what: str, order_id: int) -> str:
+    return f"The {what} may have been made all the same. Check `tp orders get {order_id}` before repeating it."
 
 
 def cmd_trades_list(client: Client, args):

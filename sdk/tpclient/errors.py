@@ -69,6 +69,11 @@ class Conflict(ApiError):
     """409: a conflict or a refused action (e.g. cancelling a filled order, a reused idempotency key)."""
 
 
+class AnswerLost(Conflict):
+    """409 ``outcome_unknown``: a modify or cancel was sent to the broker and its answer lost, so
+    it may have been done: read the order (``get_order``) before repeating it."""
+
+
 class InvalidRequest(ApiError):
     """422: invalid input; ``field`` names it."""
 
@@ -155,4 +160,6 @@ def error_from_response(response) -> ApiError:
     if status >= 500:
         return ServerError(message, status=status, code=code, field=field, retry_after=retry_after)
     cls = _BY_STATUS.get(status) or ApiError
+    if cls is Conflict and code == "outcome_unknown":
+        cls = AnswerLost
     return cls(message, status=status, code=code, field=field)
