@@ -302,3 +302,50 @@ def test_a_job_on_a_pool_thread_runs_its_own_jobs_inline(pool):
     """A job that waits for jobs of its own (a basket placed from a pool thread) cannot wait for ever."""
     with override_settings(MONITORING_THREADS=1):
         assert pool.map(lambda n: pool.map(lambda m: m + 1, [n, n]), [1, 5]) == [[2, 2], [6, 6]]
+
+
+@pytest.mark.skipif(connection.vendor != "mysql", reason="a connection killed by the server: MySQL/MariaDB")
+@pytest.mark.django_db(transaction=True)
+def test_a_job_after_one_whose_connection_broke_and_that_carried_on_gets_a_working_connection():
+    """A best-effort job (a dashboard push, a batch of fills whose failures are logged per account)
+    catches a database error and returns. Its thread's next job, moments later, must not be handed
+    the broken connection: it would fail too, and what it stood for (fills) wait for the next run."""
+    from django.db import OperationalError, connections
+
+    broke_on = []
+    follow_ups = []
+
+    def loses_its_connection():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("KILL %s", [connection.connection.thread_id()])
+        finally:
+            other.close()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except OperationalError:
+            broke_on.append(threading.current_thread().name)  # logged and carried on
+
+    def follow_up():
+        time.sleep(0.05)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            follow_ups.append((threading.current_thread().name, "ok"))
+        except Exception as error:
+            follow_ups.append((threading.current_thread().name, repr(error)))
+            raise
+
+    background.submit(loses_its_connection)
+    for _ in range(12):
+        background.submit(follow_up)
+    assert background.wait_idle(30)
+
+    assert len(broke_on) == 1
+    on_that_thread = [outcome for name, outcome in follow_ups if name == broke_on[0]]
+    assert on_that_thread  # the thread went on to other jobs within the second
+    assert on_that_thread == ["ok"] * len(on_that_thread)

@@ -167,10 +167,21 @@ class DatabaseWrapper(mysql.DatabaseWrapper):
     # Django pings the server at the first query of each request (CONN_HEALTH_CHECKS), a round
     # trip per request under load. A connection used this recently is taken as it is: if the
     # server dropped it meanwhile, the request fails as one whose connection breaks midway does.
+    # Not one whose last use failed (``errors_occurred``): it may be the connection that broke (a
+    # background job that logged the error and carried on); it is asked, as Django asks it at a
+    # request's end (``close_if_unusable_or_obsolete``), and dropped if it does not answer.
     HEALTHY_WITHIN_S = 1.0
     _last_used = float("-inf")
 
     def close_if_health_check_failed(self):
+        if self.connection is not None and self.errors_occurred and self.health_check_enabled:
+            if not self.health_check_done:
+                if self.is_usable():
+                    self.errors_occurred = False
+                else:
+                    self.close()
+                self.health_check_done = True
+            return
         if self.connection is not None and time.monotonic() - self._last_used < self.HEALTHY_WITHIN_S:
             self.health_check_done = True
             return
