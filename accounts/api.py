@@ -3,6 +3,7 @@
 import logging
 from decimal import Decimal
 
+import redis
 from django.core.exceptions import ValidationError
 from django.http import Http404
 from ninja import Router, Schema
@@ -44,7 +45,9 @@ def _authenticate(request, raw_key: str | None):
         auth = services.api_key_authenticate(raw_key, ip=client_ip(request))
     except services.ApiKeyLocked as exc:
         raise ApiRateLimited(exc.retry_after_s) from None
-    except RateLimited as exc:  # the budget's Redis could not be asked: an outage, not a bug
+    except (RateLimited, redis.RedisError) as exc:
+        # The budget's Redis could not be asked, or the keys' cache in it (a key this process has
+        # not seen yet is read from the cache before its budget is taken): an outage, not a bug.
         logger.warning("API key budget not checked: %s", exc)
         raise ApiBudgetUnavailable from None
     if auth is None:

@@ -10,6 +10,7 @@ from django.utils import timezone
 from accounts import services
 from accounts.models import ApiKey, AuditLog
 from accounts.tests.factories import make_broker_account
+from tradingplatform.testing import requires_redis
 
 ME = "/api/v1/me"
 
@@ -298,3 +299,25 @@ def test_a_revoked_key_over_its_budget_is_refused_not_rate_limited(client, trade
     assert [client.get(ME, **bearer(secret)).status_code for _ in range(3)] == [200, 200, 429]
     services.api_key_revoke(key=key, actor=trader)
     assert client.get(ME, **bearer(secret)).status_code == 401
+
+
+@requires_redis
+@pytest.mark.parametrize("seen_before", [False, True], ids=["first-call", "known-key"])
+def test_redis_unreachable_is_a_503_to_retry_whether_or_not_the_key_was_seen(client, key_and_secret, seen_before):
+    """Redis (the keys' cache and their budgets) away for a moment: every call with a valid key is
+    refused as an outage (503, Retry-After, nothing done), not answered 500 "something went wrong on
+    our side" with a traceback logged as a bug. A process just started has seen no key yet."""
+    import redis
+
+    _key, secret = key_and_secret
+    services._key_ids.clear()  # a process that has not seen the key yet...
+    if seen_before:
+        assert client.get(ME, **bearer(secret)).status_code == 200  # ... or one that has
+
+    def unreachable(*args, **kwargs):
+        raise redis.ConnectionError("Error 111 connecting to redis:6379. Connection refused.")
+
+    with mock.patch.object(redis.Redis, "execute_command", unreachable):
+        response = client.get(ME, **bearer(secret))
+    assert response.status_code == 503, response.content
+    assert response["Retry-After"] == "1" and response.json()["error"]["code"] == "unavailable"
