@@ -354,8 +354,12 @@ class Pool:
                 except queue.Empty:
                     with self._lock:
                         self._idle -= 1
-                        self._threads -= 1
-                    return
+                        # A job submitted as the wait ran out counted this thread idle and started
+                        # none: it is this thread's to run.
+                        if self._queued <= self._idle:
+                            self._threads -= 1
+                            return
+                    continue
                 with self._lock:
                     self._idle -= 1
                     self._queued -= 1

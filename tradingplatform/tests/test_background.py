@@ -349,3 +349,35 @@ def test_a_job_after_one_whose_connection_broke_and_that_carried_on_gets_a_worki
     on_that_thread = [outcome for name, outcome in follow_ups if name == broke_on[0]]
     assert on_that_thread  # the thread went on to other jobs within the second
     assert on_that_thread == ["ok"] * len(on_that_thread)
+
+
+def test_a_job_submitted_as_the_last_idle_thread_gives_up_still_runs(pool):
+    """A pool thread ends after ``IDLE_S`` without work. A job submitted at that very moment (its
+    wait timed out, its count not yet taken off) found the thread still counted idle and started
+    none: it sat in the queue with no thread to run it, and its caller (a basket, a scheduled
+    fire, a monitoring batch) waited until some other job came along."""
+    import queue
+
+    timed_out, submitted = threading.Event(), threading.Event()
+
+    class GivingUpSlowly(queue.PriorityQueue):
+        def get(self, block=True, timeout=None):
+            try:
+                return super().get(block, timeout)
+            except queue.Empty:
+                if not submitted.is_set():
+                    timed_out.set()
+                    submitted.wait(10)  # the job comes in now
+                raise
+
+    pool._jobs = GivingUpSlowly()
+    pool.IDLE_S = 0.2
+    ran = threading.Event()
+    with override_settings(MONITORING_THREADS=1):
+        assert pool.map(lambda n: n, [1]) == [1]  # the thread starts, then has no work
+        assert timed_out.wait(10)
+        jobs = background.Jobs()
+        pool.submit(jobs, lambda _: ran.set(), None)
+        submitted.set()
+        assert ran.wait(5), "the job was left with no thread to run it"
+        jobs.wait()
