@@ -364,6 +364,11 @@ class Pool:
                     self._idle -= 1
                     self._queued -= 1
                 try:
+                    # Each job starts as a request does (see ``_Lane._work``): its connection's health
+                    # checked first, by the backend's rule. It may have been dropped while the thread
+                    # waited for work (a server restart, a failover), or broken by the last job.
+                    connection.health_check_done = False
+                    connection.close_if_health_check_failed()
                     # After a failed job: close a broken connection. One the failure already
                     # closed cannot be asked (is_usable would raise); the next query reconnects.
                     if connection.errors_occurred and connection.connection is not None and not connection.is_usable():

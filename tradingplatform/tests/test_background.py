@@ -381,3 +381,31 @@ def test_a_job_submitted_as_the_last_idle_thread_gives_up_still_runs(pool):
         submitted.set()
         assert ran.wait(5), "the job was left with no thread to run it"
         jobs.wait()
+
+
+@pytest.mark.skipif(connection.vendor != "mysql", reason="a connection killed by the server: MySQL/MariaDB")
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_thread_idle_for_a_while_checks_its_connection_before_the_next_job(pool):
+    """The server dropped a pool thread's connection while the thread waited for work (a restart, a
+    failover, a connection killed): the next job (a basket's placement, a scheduled fire) must get
+    a working connection, as a request or a background job does, not fail on the dead one."""
+    from django.db import connections
+
+    thread_ids = []
+
+    def query(_):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT CONNECTION_ID()")
+            thread_ids.append(cursor.fetchone()[0])
+
+    with override_settings(MONITORING_THREADS=1):
+        pool.map(query, [1])
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("KILL %s", [thread_ids[0]])
+        finally:
+            other.close()
+        time.sleep(connection.HEALTHY_WITHIN_S + 0.2)  # idle for a while, its thread still waiting
+        pool.map(query, [2])
+    assert len(thread_ids) == 2 and thread_ids[1] != thread_ids[0]
