@@ -404,6 +404,11 @@ def _blocks(order: PaperOrder) -> Decimal:
 
 
 def _reference_price(order) -> Decimal:
+    """The price an order's funds are judged at (its own, or the touch it fills at)."""
+    if order.order_type == "LIMIT" and order.transaction_type == SELL:
+        # A sell limit below the bid fills at once at the bid (``_arrival_fill_price``): the short it
+        # opens is worth the bid. (A buy limit above the ask is judged at its limit, which is more.)
+        return max(order.price, order.instrument.bid)
     if order.order_type in ("LIMIT", "SL"):
         return order.price
     if order.order_type == "SL-M":

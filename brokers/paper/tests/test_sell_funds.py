@@ -78,6 +78,28 @@ def test_a_short_sale_within_cash_fills_and_is_paid_its_proceeds(client):
     assert cash_of(client) == D("2000000") + 65 * D("27599.9")  # cash accounting of fills unchanged
 
 
+def test_a_short_sale_priced_below_the_market_needs_the_funds_of_the_price_it_fills_at(client):
+    """A sell limit below the bid fills at once at the bid (the better price), so the short it opens
+    is worth the bid, not its limit: it needs what the same MARKET sell needs. Judged at its limit,
+    a limit at the bottom of the band opened a short of 17.9 lakh on 15 lakh of cash, and a resting
+    sell moved below the market (and grown) one of 35.9 lakh on 30 lakh."""
+    set_cash(client, "1500000")
+    assert future(client, "SELL").status == Status.REJECTED  # 65 at the bid 27599.9: 1793993.50
+    low = future(client, "SELL", price="22100")  # inside the band (22088 - 33132), far below the bid
+    assert low.status == Status.REJECTED
+    assert low.status_message == (
+        "Insufficient funds. Required margin is 1793993.50 but available margin is 1500000.00."
+    )
+    assert not PaperTrade.objects.exists() and cash_of(client) == D("1500000")
+    set_cash(client, "3000000")
+    resting = future(client, "SELL", price="27700")  # above the market: rests, blocks 65 x 27700
+    assert resting.status == Status.OPEN
+    with pytest.raises(engine.InputException, match="Required margin is 3587987.00"):  # 130 at the bid
+        engine.order_modify(client=client, order_id=resting.order_id, quantity=130, price=D("22100"))
+    assert PaperOrder.objects.get(pk=resting.pk).filled_quantity == 0
+    assert not PaperTrade.objects.exists() and cash_of(client) == D("3000000")
+
+
 def test_a_sell_covered_by_a_long_needs_no_funds(client):
     assert future(client, "BUY").status == Status.COMPLETE
     set_cash(client, "0")
