@@ -318,14 +318,16 @@ def instruments_by_keys(keys) -> dict[str, PaperInstrument]:
 
 
 # The funds a client's live orders block (parameters: SELL, the client, the live statuses): each
-# order's blocked quantity at its limit (or its SL-M trigger). A BUY blocks its whole unfilled
+# order's blocked quantity at its limit (or its SL-M trigger, or a sell SL's: it fills about there,
+# at the bid, its limit only says how low it may go). A BUY blocks its whole unfilled
 # quantity; a SELL only the part that opens or adds to a short: its ``uncovered_quantity``, at most
 # its unfilled quantity (its fills use the long first). A SELL that exits a long blocks nothing.
 _BLOCKED_SUM = (
     "SUM("
     "CASE WHEN o.transaction_type = %s AND o.uncovered_quantity < o.quantity - o.filled_quantity "
     "THEN o.uncovered_quantity ELSE o.quantity - o.filled_quantity END * "
-    "CASE WHEN o.order_type = 'SL-M' THEN o.trigger_price ELSE o.price END)"
+    "CASE WHEN o.order_type = 'SL-M' OR (o.order_type = 'SL' AND o.transaction_type = 'SELL') "
+    "THEN o.trigger_price ELSE o.price END)"
 )
 _BLOCKED_FUNDS = f"SELECT {_BLOCKED_SUM} FROM paper_paperorder o WHERE o.client_id = %s AND o.status IN (%s, %s)"  # noqa: S608
 
@@ -400,7 +402,15 @@ def _blocks(order: PaperOrder) -> Decimal:
     open_quantity = order.quantity - order.filled_quantity
     if order.transaction_type == SELL:
         open_quantity = min(order.uncovered_quantity, open_quantity)
-    return open_quantity * (order.trigger_price if order.order_type == "SL-M" else order.price)
+    return open_quantity * _stop_or_limit_price(order)
+
+
+def _stop_or_limit_price(order: PaperOrder) -> Decimal:
+    """The price a live order blocks funds at (``_BLOCKED_SUM``): its limit; an SL-M's trigger, and a
+    sell SL's (its limit is at or below its trigger and it fills at the bid once the price falls there)."""
+    if order.order_type == "SL-M" or (order.order_type == "SL" and order.transaction_type == SELL):
+        return order.trigger_price
+    return order.price
 
 
 def _reference_price(order) -> Decimal:
@@ -409,10 +419,8 @@ def _reference_price(order) -> Decimal:
         # A sell limit below the bid fills at once at the bid (``_arrival_fill_price``): the short it
         # opens is worth the bid. (A buy limit above the ask is judged at its limit, which is more.)
         return max(order.price, order.instrument.bid)
-    if order.order_type in ("LIMIT", "SL"):
-        return order.price
-    if order.order_type == "SL-M":
-        return order.trigger_price
+    if order.order_type in ("LIMIT", "SL", "SL-M"):
+        return _stop_or_limit_price(order)
     return order.instrument.ask if order.transaction_type == BUY else order.instrument.bid
 
 

@@ -475,6 +475,7 @@ def test_the_written_out_blocked_funds_sum_what_the_orm_sums(client):
     short = place(client, side="SELL", price="1570", quantity=6)  # 2 go short; 2 fill, 2 short still to
     PaperOrder.objects.filter(pk=short.pk).update(filled_quantity=2)
     place(client, side="SELL", price="1580", quantity=2, product="NRML")  # the MIS long is not NRML's
+    place(client, side="SELL", order_type="SL", price="1480", trigger="1490.2", quantity=3, product="NRML")
     partial = place(client, price="1440.3", quantity=4)
     PaperOrder.objects.filter(pk=partial.pk).update(filled_quantity=1)
     cancelled = place(client, price="1430", quantity=9)
@@ -487,13 +488,18 @@ def test_the_written_out_blocked_funds_sum_what_the_orm_sums(client):
     blocking = Case(
         When(transaction_type="SELL", uncovered_quantity__lt=unfilled, then=F("uncovered_quantity")), default=unfilled
     )
-    reference = Case(When(order_type="SL-M", then=F("trigger_price")), default=F("price"))
+    reference = Case(
+        When(order_type="SL-M", then=F("trigger_price")),
+        When(order_type="SL", transaction_type="SELL", then=F("trigger_price")),
+        default=F("price"),
+    )
     expected = PaperOrder.objects.filter(client=client, status__in=PaperOrder.LIVE).aggregate(
         total=Sum(ExpressionWrapper(blocking * reference, output_field=DecimalField()))
     )["total"]
     blocked = engine._blocked_funds(client)
     buys = 3 * D("1450.1") + 2 * D("1510.1") + 7 * D("1520.2") + 3 * D("1440.3")
-    assert blocked == expected == buys + 1 * D("1560") + 2 * D("1570") + 2 * D("1580")
+    shorts = 1 * D("1560") + 2 * D("1570") + 2 * D("1580") + 3 * D("1490.2")  # a sell SL at its trigger
+    assert blocked == expected == buys + shorts
     assert engine._blocked_funds(engine.client_get_or_create(user_id="C3")) == D(0)
 
 

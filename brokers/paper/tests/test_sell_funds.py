@@ -100,6 +100,25 @@ def test_a_short_sale_priced_below_the_market_needs_the_funds_of_the_price_it_fi
     assert not PaperTrade.objects.exists() and cash_of(client) == D("3000000")
 
 
+def test_a_short_selling_stop_loss_needs_the_funds_of_its_trigger_not_its_lower_limit(client):
+    """A sell SL fills at the bid once the price falls to its trigger; its limit, up to the band's
+    bottom, only says how low it may go. Judged and blocked at that limit, an SL at trigger 27500
+    and limit 22100 took 14.4 lakh of funds and opened a short of 17.9 lakh on 15 lakh of cash."""
+    set_cash(client, "1500000")
+    stop = future(client, "SELL", order_type="SL", price="22100", trigger_price="27500")
+    assert stop.status == Status.REJECTED
+    assert stop.status_message == (
+        "Insufficient funds. Required margin is 1787500.00 but available margin is 1500000.00."
+    )
+    set_cash(client, "5000000")
+    stop = future(client, "SELL", order_type="SL", price="22100", trigger_price="27500")
+    assert stop.status == Status.TRIGGER_PENDING
+    assert engine._blocked_funds(client) == 65 * D("27500")  # what later orders cannot use
+    quote("27490", **FINNIFTY, volume=10**6)  # triggers; its limit is below the bid: fills at 27489.9
+    assert PaperOrder.objects.get(pk=stop.pk).average_price == D("27489.9")
+    assert engine._blocked_funds(client) == 0
+
+
 def test_a_sell_covered_by_a_long_needs_no_funds(client):
     assert future(client, "BUY").status == Status.COMPLETE
     set_cash(client, "0")
