@@ -463,7 +463,14 @@ def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | No
         # A trading day is the exchange's (23:30 in New York is the next morning in India), and
         # not one of its holidays (``EXCHANGE_HOLIDAYS``); chosen weekdays are the trader's own.
         if trading_days:
-            runs = markets.is_trading_day(due.astimezone(IST).date())
+            exchange_day = due.astimezone(IST).date()
+            runs = markets.is_trading_day(exchange_day)
+            # One run an exchange day: where the trader's clocks moved forward on a weekday (Cairo,
+            # Jerusalem), the day before's time fell on this exchange day too; when that was the
+            # run just made (not one that passed before the order was looked at), this is not one.
+            before = _wall_time(day - timedelta(days=1), scheduled.time_of_day, zone, after)
+            if runs and before >= after and before.astimezone(IST).date() == exchange_day:
+                runs = False
         else:
             runs = day.weekday() in scheduled.weekdays
         if runs and due > after:

@@ -133,6 +133,35 @@ def test_every_trading_day_means_the_exchanges_days_in_any_zone(trader, account)
     assert sources.next_occurrence(row, after).astimezone(NEW_YORK).strftime("%a %H:%M") == "Sat 23:30"
 
 
+def test_every_trading_day_places_once_on_an_exchange_day_its_traders_clocks_go_forward_on(
+    trader, account, monkeypatch
+):
+    """Jerusalem's clocks go forward on Friday 27 March 2026. 21:00 there was 00:30 the next day in
+    India until then, and is 23:30 the same day from then: Thursday's 21:00 and Friday's 21:00 are
+    both on the exchange's Friday, and an every-trading-day order placed two orders that day. One
+    run an exchange day: Friday's is Thursday evening's; the next is Monday's."""
+    jerusalem = ZoneInfo("Asia/Jerusalem")
+    monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 3, 26, 12, 0, tzinfo=UTC))
+    row = make_scheduled(
+        trader, account, recurrence="trading_days", run_on=None, time_of_day=time(21, 0), timezone_name="Asia/Jerusalem"
+    )
+    claimed = []
+    for _ in range(3):
+        due_at = row.next_run_at
+        monkeypatch.setattr(timezone, "now", lambda due_at=due_at: due_at)
+        assert len(sources.scheduled_claim_due(now=due_at)) == 1
+        claimed.append(f"{due_at.astimezone(jerusalem):%a %H:%M} = {due_at.astimezone(IST):%a %d %H:%M} in India")
+        row.refresh_from_db()
+    assert claimed == [
+        "Thu 21:00 = Fri 27 00:30 in India",
+        "Mon 21:00 = Mon 30 23:30 in India",
+        "Tue 21:00 = Tue 31 23:30 in India",
+    ]
+    # Made on Friday after that day's time had passed, it places Friday evening: nothing ran for the day.
+    friday_noon = datetime(2026, 3, 27, 9, 0, tzinfo=UTC)
+    assert sources.next_occurrence(row, friday_noon) == datetime(2026, 3, 27, 18, 0, tzinfo=UTC)
+
+
 def test_a_time_in_the_hour_the_clocks_go_back_over_is_still_to_come_the_second_time_round(
     trader, account, monkeypatch
 ):
