@@ -285,6 +285,11 @@ class BasketOut(Schema):
     def resolve_items(basket):
         return list(basket.items.all())
 
+    @staticmethod
+    def resolve_last_results(basket):
+        # Each placed row as its order is now (as the basket's page shows it), not as it was answered.
+        return selectors.basket_results(basket) or []
+
 
 class BasketPlaceIn(In):
     account_ids: list[AccountId] | None = None

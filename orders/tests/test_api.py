@@ -619,3 +619,25 @@ def test_a_query_parameter_an_endpoint_does_not_take_is_422_and_changes_nothing(
     assert api.get("/api/v1/scheduled").status_code == 200
     schema = api.get("/api/v1/openapi.json").json()
     assert "422" in schema["paths"]["/api/v1/scheduled"]["get"]["responses"]
+
+
+def test_a_baskets_last_results_say_what_its_orders_are_now(api, trader, account):
+    """A limit item rests at its exchange (OPEN), then its broker refuses it (a postback, a sync).
+    ``GET /baskets`` and ``GET /baskets/{id}`` kept answering ``last_results`` as they were at the
+    placement, OPEN with no reason, on every later read (the page shows each as it is now): an algo
+    read the order as working at the exchange. They answer each placed row as its order is now."""
+    from brokers.base import Status
+    from orders import services
+    from orders.tests.factories import broker_state
+
+    item = {"tradingsymbol": "INFY", "side": "BUY", "quantity": 1, "order_type": "LIMIT", "price": "1400"}
+    basket = post(api, "/api/v1/baskets", {"name": "Resting", "account_ids": [account.pk], "items": [item]}).json()
+    placed = post(api, f"/api/v1/baskets/{basket['id']}/place", {}).json()
+    assert [row["status"] for row in placed] == ["OPEN"]
+    order = Order.objects.get()
+    refused = broker_state(order, status=Status.REJECTED, status_message="RMS: margin exceeds", pending_quantity=0)
+    services.order_apply_broker_state(order, refused, cause="postback")
+
+    for answer in (api.get(f"/api/v1/baskets/{basket['id']}").json(), api.get("/api/v1/baskets").json()[0]):
+        [row] = answer["last_results"]
+        assert (row["order_id"], row["status"], row["reason"]) == (order.pk, "REJECTED", "RMS: margin exceeds")
