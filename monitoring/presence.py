@@ -59,12 +59,20 @@ def left(user_id: int, channel: str) -> None:
 
 def watching(user_ids) -> set[int]:
     """The users among ``user_ids`` with at least one page open (this process's answers where
-    nothing changed since; one round trip for the others)."""
+    nothing changed since; one round trip for the others).
+
+    Never raises: with Redis away (the channel layer with it, so no push could go), nobody is
+    watching; its callers have recorded a run or fills, which must not fail for it. Pages catch up
+    when they reconnect."""
     user_ids = list(dict.fromkeys(user_ids))
     if not user_ids:
         return set()
     if settings.REDIS_URL:
-        return _view.watching(user_ids)
+        try:
+            return _view.watching(user_ids)
+        except Exception:
+            logger.warning("presence: could not tell who is watching; no push this time", exc_info=True)
+            return set()
     with _local_lock:
         return {user_id for user_id in user_ids if _local.get(user_id)}
 

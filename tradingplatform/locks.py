@@ -51,10 +51,9 @@ def remaining_s(name: str) -> float | None:
 
 
 def release(name: str, token: str) -> None:
-    if settings.REDIS_URL:
-        redis_client().eval(_RELEASE, 1, _key(name), token)
-    elif django_cache.get(_key(name)) == token:
-        django_cache.delete(_key(name))
+    """Let the lock go if we still hold it. Never raises: with Redis away for a moment it expires
+    on its own, and what its holder did stands (a failure here must not undo or fail it)."""
+    release_many({name: token})
 
 
 # Whether a periodic job's delivery at ARGV[1] (seconds; empty: Redis's clock, the same for every
@@ -113,15 +112,21 @@ def acquire_many(names: list[str], *, ttl_s: float) -> dict[str, str | None]:
 
 
 def release_many(tokens: dict[str, str]) -> None:
-    """``release`` for each {name: token}, in one round trip to Redis."""
-    if not settings.REDIS_URL:
-        for name, token in tokens.items():
-            release(name, token)
+    """``release`` for each {name: token}, in one round trip to Redis; never raises (``release``)."""
+    if not tokens:
         return
-    pipe = redis_client().pipeline(transaction=False)
-    for name, token in tokens.items():
-        pipe.eval(_RELEASE, 1, _key(name), token)
-    pipe.execute()
+    try:
+        if not settings.REDIS_URL:
+            for name, token in tokens.items():
+                if django_cache.get(_key(name)) == token:
+                    django_cache.delete(_key(name))
+            return
+        pipe = redis_client().pipeline(transaction=False)
+        for name, token in tokens.items():
+            pipe.eval(_RELEASE, 1, _key(name), token)
+        pipe.execute()
+    except Exception:
+        logger.warning("could not release locks %s (they expire on their own)", sorted(tokens), exc_info=True)
 
 
 @contextmanager
@@ -143,10 +148,7 @@ def held(name: str, *, ttl_s: float, wait_s: float = 0.0, keep: bool = False):
             yield token is not None
     finally:
         if token is not None:
-            try:
-                release(name, token)
-            except Exception:  # Redis away for a moment: it expires on its own; what the block did stands
-                logger.warning("could not release lock %s (it expires in %s s)", name, ttl_s, exc_info=True)
+            release(name, token)
 
 
 def extend_many(tokens: dict[str, str], *, ttl_s: float) -> None:

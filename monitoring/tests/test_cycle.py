@@ -697,6 +697,29 @@ def test_when_redis_is_down_the_run_says_so_on_the_dashboard(account, settings):
     assert AccountRun.objects.get(account=account).status == AccountRun.Status.ERRORS
 
 
+def test_redis_gone_when_a_run_lets_its_locks_go_fails_nothing_the_run_did(account, settings):
+    """Redis restarting as a batch ends: its account locks expire on their own; the run, already
+    recorded, is not turned into a failed task (a traceback, the batch's other results lost)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    steps = cycle._run_steps
+
+    def then_redis_goes(contexts):
+        steps(contexts)
+        settings.REDIS_URL = f"redis://127.0.0.1:{dead}/0"
+        locks.redis_client.cache_clear()
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(cycle, "_run_steps", then_redis_goes)
+            result = monitor(account)
+    finally:
+        locks.redis_client.cache_clear()
+    assert result.status == AccountRun.Status.OK, result.errors
+    assert AccountRun.objects.get(account=account).status == AccountRun.Status.OK
+
+
 def test_a_bad_row_in_a_batch_insert_fails_alone(account, their_account):
     from django.db import IntegrityError
     from django.utils import timezone
