@@ -669,14 +669,18 @@ def step_exits(ctx: Context) -> None:
             key = (entry.instrument_id, entry.product)
             positions[key] += (1 if entry.side == "BUY" else -1) * unrecorded
     children = defaultdict(list)
-    for child in Order.objects.filter(parent__in=entries, role__in=EXIT_ROLES).order_by("pk"):
+    # With their recorded fills: an exit's fill the fill list brought (it is in the position) while the
+    # book the run read does not show it yet (read before it came) counts as filled, or the position
+    # would seem short of the entry's share and an older entry's exits would be taken for nothing held.
+    exits_of = Order.objects.filter(parent__in=entries, role__in=EXIT_ROLES).annotate(recorded=_recorded_fills())
+    for child in exits_of.order_by("pk"):
         children[child.parent_id].append(child)
     for entry in entries:
         exits = children[entry.pk]
         side = 1 if entry.side == "BUY" else -1
         position = (entry.instrument_id, entry.product)
         on_side = max(side * positions.get(position, 0), 0)
-        held = min(max(entry.filled_quantity - sum(e.filled_quantity for e in exits), 0), on_side)
+        held = min(max(entry.filled_quantity - sum(_exit_filled(e) for e in exits), 0), on_side)
         positions[position] = positions.get(position, 0) - side * held  # what is left for older entries
         if (
             held == 0
@@ -684,7 +688,7 @@ def step_exits(ctx: Context) -> None:
             and not any(e.status in Order.LIVE for e in exits)
             and entry.recorded >= entry.filled_quantity  # else its fill is not in the position yet
         ):
-            over = sum(e.filled_quantity for e in exits) - entry.filled_quantity
+            over = sum(_exit_filled(e) for e in exits) - entry.filled_quantity
             if over > 0:  # both exits filled before one could cancel the other
                 _run_error(
                     ctx,
@@ -704,7 +708,7 @@ def step_exits(ctx: Context) -> None:
                 continue
             mine = [e for e in exits if e.role == role]
             live = [e for e in mine if e.status in Order.LIVE]
-            covering = sum(e.quantity - e.filled_quantity for e in live)
+            covering = sum(e.quantity - _exit_filled(e) for e in live)
             if covering > held:
                 _exits_shrink(ctx, live, covering - held, held)
             elif covering < held and amount:
@@ -718,6 +722,12 @@ def step_exits(ctx: Context) -> None:
                         break
 
 
+def _exit_filled(order: Order) -> int:
+    """What an exit has filled: as the book says, or as its fills recorded say where they are ahead
+    (``step_exits`` reads them with it; an exit placed this run has none)."""
+    return max(order.filled_quantity, getattr(order, "recorded", 0))
+
+
 def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> None:
     """Take ``excess`` off an entry's live exits of one role, newest first: whole ones cancelled,
     the last one cut down. A failure stops here: the next cycle reads what happened."""
@@ -726,7 +736,9 @@ def _exits_shrink(ctx: Context, live: list[Order], excess: int, held: int) -> No
     for order in reversed(live):
         if excess <= 0:
             return
-        remaining = order.quantity - order.filled_quantity
+        remaining = order.quantity - _exit_filled(order)
+        if remaining <= 0:
+            continue  # filled, as its recorded fills say: nothing of it to cancel
         cause = _cause("step 4", why)
         try:
             if remaining <= excess:

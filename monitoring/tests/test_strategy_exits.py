@@ -623,6 +623,33 @@ def test_a_newer_entrys_fill_told_before_it_is_recorded_does_not_strip_the_older
     assert Order.objects.filter(parent=e1, status__in=Order.LIVE).count() == 2
 
 
+def test_a_newer_entrys_exit_fill_the_book_lacks_yet_does_not_strip_the_older_entrys_exits(
+    trader, account, monkeypatch
+):
+    """E2's take-profit fills; the run's book was read before it (the book and the fill list are read
+    at once, and either can lag), its fill list after: the fill is in the position (10), the book still
+    has the take-profit open. E1 still holds its 10: its exits stay (they were cancelled as nothing
+    held, and put back next run at their first levels, a trailed stop loosened), and E2's stop-loss
+    goes (its take-profit took what it held); nothing is asked of the take-profit that filled."""
+    from brokers.client import AccountBroker
+
+    e1, e2 = two_entries_the_newer_filled_at_the_broker(trader, account)
+    monitor(account)
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 20
+    book = AccountBroker(account).orders()  # read before E2's take-profit fills
+    quote("1529.0", bid="1529.0", ask="1529.1")  # E2's take-profit (1529.00) fills; E1's (1530.10) does not
+    monkeypatch.setattr(AccountBroker, "orders", lambda broker: book)
+    run = monitor(account)
+    assert held(account) == 10
+    assert set(e1.children.values_list("status", flat=True)) == {Order.Status.OPEN}, run.actions
+    assert e2.children.get(role="stop_loss").status == Order.Status.CANCELLED
+    assert run.errors == []
+    monkeypatch.undo()
+    monitor(account)
+    assert e2.children.get(role="take_profit").status == Order.Status.FILLED
+    assert e1.children.count() == 2 and live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 10
+
+
 def test_both_exits_filling_is_told_to_the_trader_and_nothing_re_enters(trader, account):
     """The take-profit fills, and before a run can cancel the stop-loss the price falls through it:
     both sell 10, and the account is short 10 that nobody asked for. The run says so, and the
