@@ -12,11 +12,11 @@ import concurrent.futures
 import logging
 import os
 import threading
-import time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.core.cache import cache
 from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -75,22 +75,33 @@ _sender = _Sender()
 atexit.register(_sender.flush)
 
 
-_timezones: dict[int, tuple[float, str]] = {}
+# Kept in the shared cache, not in each process: a trader who changes their timezone sees their pages
+# in it at once, and every process's pushes must follow (``user_timezone_forget``), not the old one
+# for as long as each process would keep it.
+TIMEZONE_KEEP_S = 60
+
+
+def _timezone_key(user_id: int) -> str:
+    return f"push-timezone:{user_id}"
 
 
 def _user_timezone(user_id: int) -> ZoneInfo:
     """The user's timezone, remembered for a minute (pushes render times as the pages do)."""
-    now = time.monotonic()
-    cached = _timezones.get(user_id)
-    if cached is None or cached[0] < now:
+    name = cache.get(_timezone_key(user_id))
+    if name is None:
         from accounts.models import User
 
         name = User.objects.filter(pk=user_id).values_list("timezone", flat=True).first() or "Asia/Kolkata"
-        cached = _timezones[user_id] = (now + 60, name)
+        cache.set(_timezone_key(user_id), name, TIMEZONE_KEEP_S)
     try:
-        return ZoneInfo(cached[1])
+        return ZoneInfo(name)
     except ZoneInfoNotFoundError:
         return ZoneInfo("Asia/Kolkata")
+
+
+def user_timezone_forget(user_id: int) -> None:
+    """The user's timezone was saved: every process's next push reads it again (after commit)."""
+    transaction.on_commit(lambda: cache.delete(_timezone_key(user_id)))
 
 
 def push_fragment(*, user_id: int, template: str, context: dict) -> None:

@@ -1,4 +1,5 @@
-"""Closes a user's websockets when their sessions end: a logout, a deactivation, a password change, a deletion.
+"""Closes a user's websockets when their sessions end: a logout, a deactivation, a password change, a deletion;
+and has the pushes read a user's timezone again when it is saved.
 
 Connected in ``MonitoringConfig.ready``; the sockets are closed by ``broadcast.user_sockets_close``.
 Code that changes ``is_active`` or ``password`` with ``QuerySet.update`` calls it itself.
@@ -32,9 +33,11 @@ def _user_saving(sender, instance, raw=False, update_fields=None, **_kwargs):
         instance._sessions_end = (was_active and not instance.is_active) or password != instance.password
 
 
-def _user_saved(sender, instance, **_kwargs):
+def _user_saved(sender, instance, update_fields=None, **_kwargs):
     if instance.__dict__.pop("_sessions_end", False):
         broadcast.user_sockets_close(user_id=instance.pk)
+    if update_fields is None or "timezone" in update_fields:
+        broadcast.user_timezone_forget(instance.pk)
 
 
 def _user_deleted(sender, instance, **_kwargs):

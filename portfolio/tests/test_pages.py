@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import count
+from zoneinfo import ZoneInfo
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -657,3 +658,28 @@ def test_a_trailing_push_asked_for_in_a_transaction_rolled_back_does_not_hold_th
     assert broadcast.dashboard_push(push_account) is False  # a committed change, inside the window
     assert background.wait_idle(10)
     assert pushed == [trader.pk, trader.pk]  # at once, then the committed change's trailing push
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_push_after_the_trader_changes_timezone_shows_times_in_the_new_one(trader, push_account):
+    """A trader who sets their timezone sees the page's times in it at once: the live pushes to that
+    page (its recent trades, open orders, errors) must show theirs in it too, not in the old timezone
+    for a minute more (mixed on one page: a fill's time hours away from the one beside it)."""
+    from accounts import services as account_services
+
+    filled_at = await sync_to_async(lambda: Trade.objects.get(account=push_account).filled_at)()
+    shown_in = {
+        name: timezone.localtime(filled_at, ZoneInfo(name)).strftime("%d %b %H:%M:%S")
+        for name in ("Asia/Kolkata", "America/New_York")
+    }
+    communicator, connected, _ = await connect(trader)
+    assert connected
+
+    await sync_to_async(broadcast._push)(trader.pk)
+    assert shown_in["Asia/Kolkata"] in section(await communicator.receive_from(timeout=2), "recent-trades")
+
+    await sync_to_async(account_services.user_update_profile)(user=trader, timezone_name="America/New_York")
+    await sync_to_async(broadcast._push)(trader.pk)
+    trades = section(await communicator.receive_from(timeout=2), "recent-trades")
+    assert shown_in["America/New_York"] in trades and shown_in["Asia/Kolkata"] not in trades
+    await communicator.disconnect()
