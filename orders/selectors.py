@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404
 from brokers.base import IST
 
 from . import services
-from .models import Basket, Order, ScheduledOrder, Strategy
+from .models import Basket, Order, ScheduledOrder, Strategy, StrategySignal
 
 
 def orders_of(user, *, account=None, status=None, source=None, symbol=None, since=None, day=None) -> QuerySet[Order]:
@@ -65,10 +65,13 @@ def basket_results(basket: Basket, results: list[dict] | None = None) -> list[di
     order's with its status and reason as they are now: one its broker refused (or filled, or
     cancelled) since is not shown as it was answered then, OPEN in green, on every later visit."""
     rows = basket.last_results if results is None else results
-    if not rows:
-        return rows
+    return _rows_now(rows, basket.owner_id) if rows else rows
+
+
+def _rows_now(rows: list[dict], owner_id: int) -> list[dict]:
+    """Placement result rows, each placed order's with its status and reason as they are now."""
     ids = {row["order_id"] for row in rows if row.get("order_id")}
-    orders = Order.objects.filter(pk__in=ids, account__owner_id=basket.owner_id).in_bulk()
+    orders = Order.objects.filter(pk__in=ids, account__owner_id=owner_id).in_bulk()
     now = []
     for row in rows:
         order = orders.get(row.get("order_id"))
@@ -90,3 +93,13 @@ def strategies_of(user) -> QuerySet[Strategy]:
 
 def strategy_of(user, pk) -> Strategy:
     return get_object_or_404(strategies_of(user), pk=pk)
+
+
+def strategy_signals(strategy: Strategy, limit: int = 20) -> list[StrategySignal]:
+    """A strategy's latest signals, each with ``rows``: its results with each placed order as it is
+    now (``basket_results``): one its broker refused (or filled) since is not shown as answered then."""
+    signals = list(strategy.signals.all()[:limit])
+    rows = _rows_now([row for signal in signals for row in signal.results], strategy.owner_id)
+    for signal in signals:
+        signal.rows, rows = rows[: len(signal.results)], rows[len(signal.results) :]
+    return signals

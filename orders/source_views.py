@@ -236,7 +236,7 @@ def strategy_rotate_secret(request, pk):
 
 def _strategy_context(request, strategy, secret: str = "") -> dict:
     url = request.build_absolute_uri(reverse("strategy_webhook", args=[strategy.pk]))
-    return {"strategy": strategy, "webhook_url": url, "secret": secret, "signals": strategy.signals.all()[:20]}
+    return {"strategy": strategy, "webhook_url": url, "secret": secret, "signals": selectors.strategy_signals(strategy)}
 
 
 def _show_secret(request, strategy, secret: str):

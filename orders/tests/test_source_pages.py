@@ -441,3 +441,32 @@ def test_an_account_id_of_more_digits_than_any_id_is_refused_on_the_field_not_a_
     assert "accounts" in response.context["form"].errors
     assert not Strategy.objects.exists() and Basket.objects.count() == (1 if page == "basket_place" else 0)
     assert not PaperOrder.objects.exists()
+
+
+def test_a_strategys_recent_signals_show_each_order_as_it_is_now_with_why(trader_client, trader, account):
+    """A signal's LIMIT entry rested at its exchange (OPEN); then its broker refused it (a postback
+    says REJECTED). The strategy's page kept listing the signal as "Paper OPEN", the answer of the
+    moment it was placed, on every later visit, and a copy refused on an account (below one lot
+    after its multiplier) as a bare "INVALID" without why. Each row shows its order as it is now,
+    with its reason, and a refused copy with its error, as the basket's results do."""
+    from decimal import Decimal
+
+    from brokers.base import Status
+    from orders import services
+    from orders.models import Order
+    from orders.tests.factories import broker_state
+
+    half = make_broker_account(trader, broker="paper", client_id="HALF", label="Half", copy_multiplier=Decimal("0.5"))
+    strategy, _ = sources.strategy_save(owner=trader, name="Trend", account_ids=[account.pk, half.pk])
+    signal, _ = sources.strategy_signal(
+        strategy=strategy, actor=trader, signal_id="tv-1", via="webhook", instrument=instrument(),
+        side="BUY", quantity=1, order_type="LIMIT", price="1400",
+    )  # fmt: skip
+    assert sorted(row["status"] for row in signal.results) == ["INVALID", "OPEN"]
+    order = Order.objects.get()
+    refused = broker_state(order, status=Status.REJECTED, status_message="RMS: margin exceeds", pending_quantity=0)
+    services.order_apply_broker_state(order, refused, cause="postback")
+    page = trader_client.get(reverse("sources:strategy_detail", args=[strategy.pk])).content.decode()
+    assert "OPEN" not in page
+    assert "REJECTED" in page and "RMS: margin exceeds" in page and order.reference in page
+    assert "Below one lot on Half" in page
