@@ -1698,7 +1698,10 @@ def strategy_signal(
         if _answered(signal, strategy):
             return signal, True
     if not strategy.is_active:
-        raise ValidationError({"strategy": "This strategy is paused."})
+        held_back = _paused_repeat(actor, strategy, signal) if signal is not None else None
+        if held_back is None:
+            raise ValidationError({"strategy": "This strategy is paused."})
+        return held_back, True
     if signal is not None and signal.payload:
         # A repeat of a signal that took its id (the same terms: ``_replayed``) places what its
         # first request did not, not checked again as a new signal: a lot or tick revised since
@@ -1787,6 +1790,29 @@ def _answered(signal: StrategySignal, strategy: Strategy) -> bool:
         return False
     unplaced = any(row.get("status") in ("FAILED", "UNKNOWN") and "order_id" not in row for row in signal.results)
     return not unplaced or not strategy.is_active
+
+
+PAUSED_UNPLACED = "Not placed: the strategy was paused; a repeat of the signal once it is live places it."
+
+
+def _paused_repeat(actor, strategy: Strategy, signal: StrategySignal) -> StrategySignal | None:
+    """A repeat, on a paused strategy, of a signal whose first request stopped before recording its
+    results: what that request placed (None if nothing: refused as paused, as a new signal), and
+    each account's copy it did not as not placed (FAILED, which a repeat once live places), recorded.
+    Refused as paused, the client would take it that nothing was placed while an order stands."""
+    placed = _placed_by_signal(actor, signal)
+    if not placed:
+        return None
+    instrument = next(iter(placed.values())).instrument
+    rows = {pk: _replayed_item(order.account, order) for pk, order in placed.items()}
+    for account in strategy.accounts.all() if signal.payload else ():
+        if account.pk not in rows:
+            quantity = _copy_quantity(signal.payload["quantity"], account, instrument)
+            terms = {"symbol": instrument.tradingsymbol, "side": signal.payload["side"], "quantity": quantity}
+            rows[account.pk] = {**_result(account, status="FAILED", **terms), "error": PAUSED_UNPLACED}
+    signal.results = [rows[pk] for pk in sorted(rows)]
+    StrategySignal.objects.filter(pk=signal.pk).update(results=signal.results)
+    return signal
 
 
 def _signal_key(signal: StrategySignal, account_pk: int) -> str:

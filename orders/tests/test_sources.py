@@ -948,6 +948,41 @@ def test_a_signal_whose_first_request_died_is_placed_by_its_retry_once(client, t
     assert PaperOrder.objects.count() == 2
 
 
+def test_a_retry_of_a_signal_whose_first_request_died_after_a_pause_answers_what_it_placed(
+    client, trader, strategy, monkeypatch
+):
+    """The first delivery placed on one account and died before the other; the trader then paused
+    the strategy. The retry was refused, 422 "This strategy is paused.", naming no order, while the
+    first account's order stood at its broker: the client read it as nothing placed. It answers
+    what the signal placed (replayed) and the copy the pause kept from being placed, and places
+    nothing more."""
+    first = strategy.accounts.get()
+    second = make_broker_account(trader, broker="paper", client_id="SIG2")
+    strategy.accounts.add(second)
+    real = services.order_place
+    monkeypatch.setattr(services, "order_place", failing_on(second, WorkerLost))
+    with pytest.raises(WorkerLost):
+        webhook(client, strategy)
+    monkeypatch.setattr(services, "order_place", real)
+    sources.strategy_change(owner=trader, strategy=strategy, is_active=False)
+
+    retried = webhook(client, strategy)
+    assert retried.status_code == 200, retried.json()
+    assert retried.json()["replayed"] is True
+    answers = {row["account_id"]: row for row in retried.json()["results"]}
+    assert answers[first.pk]["status"] == "FILLED" and answers[first.pk]["order_id"] == Order.objects.get().pk
+    assert answers[second.pk]["status"] == "FAILED" and "paused" in answers[second.pk]["error"]
+    assert PaperOrder.objects.count() == 1
+    # Live again, a retry places the copy the pause held back, and only it.
+    sources.strategy_change(owner=trader, strategy=strategy, is_active=True)
+    again = {row["account_id"]: row["status"] for row in webhook(client, strategy).json()["results"]}
+    assert again == {first.pk: "FILLED", second.pk: "FILLED"}
+    assert Order.objects.filter(strategy=strategy).count() == PaperOrder.objects.count() == 2
+    # A new signal on a paused strategy is still refused, as before.
+    sources.strategy_change(owner=trader, strategy=strategy, is_active=False)
+    assert webhook(client, strategy, id="tv-new").json()["error"]["field"] == "strategy"
+
+
 class WorkerLost(BaseException):
     """The request's process stopped in the middle (killed, restarted): nothing after it runs."""
 
