@@ -542,7 +542,7 @@ class StrategyCreated(StrategyOut):
 
 class SignalIn(In):
     id: str = Field(..., min_length=1, max_length=64, description="Unique per strategy; a repeat places nothing.")
-    exchange: str = "NSE"
+    exchange: str = Field("NSE", max_length=16)  # as the ticket's: a bound makes it checked as text too
     tradingsymbol: str = Field(..., max_length=64)
     side: Side
     quantity: Quantity

@@ -1904,6 +1904,15 @@ def _alert_time(value) -> datetime:
         raise refusal from None
 
 
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is text that can be stored (JSON can escape half a character, "\\ud800")."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # What an alert's JSON may say ("action" is TradingView's word for the side).
 ALERT_FIELDS = (
     "secret",
@@ -1930,7 +1939,8 @@ def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, b
     supplied = str(body.get("secret") or "")
     if strategy is None or not strategy.webhook_secret_hash:
         raise PermissionError("unknown strategy")
-    digest = hashlib.sha256(supplied.encode()).hexdigest()
+    # "surrogatepass": half a character ("\ud800" in the JSON) is a wrong secret, not a 500.
+    digest = hashlib.sha256(supplied.encode(errors="surrogatepass")).hexdigest()
     if not secrets.compare_digest(digest, strategy.webhook_secret_hash):
         raise PermissionError("wrong secret")
     if not strategy.owner.is_active:
@@ -1946,6 +1956,9 @@ def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, b
     signal_id = body.get("id")
     if isinstance(signal_id, bool) or not isinstance(signal_id, str | int):
         raise ValidationError({"signal_id": "Give each signal a unique id (a string)."})
+    for field in ("id", "symbol"):  # looked up as text: half a character ("\ud800") cannot be
+        if isinstance(body.get(field), str) and not _is_text(body[field]):
+            raise ValidationError({field: "Send it as text: it holds half of a character (a lone surrogate)."})
     sides = {str(body[field]).upper() for field in ("side", "action") if body.get(field)}
     if len(sides) > 1:  # {"side": "buy", "action": "sell"}: the one meant cannot be told
         raise ValidationError({"side": "The alert's side and action differ; send one of them."})

@@ -368,6 +368,19 @@ def test_a_signal_with_a_bad_field_does_not_use_up_its_id(api, trader, account):
     assert placed.json()["results"][0]["status"] == "OPEN"
 
 
+def test_a_signal_whose_exchange_is_not_unicode_is_refused_naming_it_not_a_500(api, trader, account):
+    """A lone surrogate escape ("\\ud800") in a signal's exchange reached the database: a 500. The
+    order ticket's exchange (and the signal's symbol) are refused naming the field; so is this."""
+    import json
+
+    strategy = post(api, "/api/v1/strategies", {"name": "S", "account_ids": [account.pk]}).json()
+    path = f"/api/v1/strategies/{strategy['id']}/signal"
+    signal = {"id": "b1", "exchange": "HALF", "tradingsymbol": "INFY", "side": "BUY", "quantity": 1}
+    refused = post(api, path, json.dumps(signal).replace('"HALF"', '"\\ud800"'))
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "exchange"
+    assert not PaperOrder.objects.exists()
+
+
 def test_a_body_that_is_not_sent_as_json_is_refused(api, account):
     import json
 

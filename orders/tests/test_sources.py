@@ -1110,6 +1110,22 @@ def test_a_refused_alert_names_its_field_and_leaves_its_id_free(client, strategy
     assert webhook(client, strategy).status_code == 201  # the same id, corrected
 
 
+@pytest.mark.parametrize("field, status", [("secret", 403), ("id", 422), ("symbol", 422)])
+def test_an_alert_with_text_that_is_not_unicode_is_refused_not_a_500(client, strategy, field, status):
+    """JSON may escape half a character ("\\ud800", a lone surrogate), which no text holds: in the
+    secret, the id or the symbol it was a 500 (the hash or the database could not encode it), an
+    error logged on every such request. A wrong secret (403) or the field named (422); the id stays free."""
+    payload = {"secret": strategy.secret, "id": "tv-1", "timestamp": clock.time(), "symbol": "NSE:INFY",
+               "side": "buy", "quantity": 1, field: "HALF"}  # fmt: skip
+    raw = json.dumps(payload).replace('"HALF"', '"\\ud800"')
+    refused = client.post(f"/hooks/strategies/{strategy.pk}/", raw, content_type="application/json")
+    assert refused.status_code == status, refused.content
+    if status == 422:
+        assert refused.json()["error"]["field"] == field
+    assert not strategy.signals.exists() and not PaperOrder.objects.exists()
+    assert webhook(client, strategy).status_code == 201
+
+
 def test_an_alerts_numbers_are_read_exactly_as_written(client, strategy):
     """Read through a float, 1400.0000000000001 became 1400.0 and was placed as a LIMIT at 1400.00,
     and a quantity of 1.0000000000000001 became 1: the API refuses both, and so does the webhook."""
