@@ -109,14 +109,15 @@ def declared_query_only(view):
     unknown field is. A misspelt filter (``acount_id``, ``statuses``) must not answer the list
     unfiltered (a script cancelling one account's open orders would cancel every account's), nor
     a body's field sent in the URL be dropped (``POST /baskets/1/place?account_ids=2`` placed the
-    basket on every one of its accounts)."""
+    basket on every one of its accounts).
+
+    A parameter that takes one value (all but a list's, such as ``status``) given more than once is
+    refused too, naming it: the last was used and the others dropped (``?account_id=1&account_id=2``
+    listed account 2's orders alone)."""
     operation = view._ninja_operation
-    known = frozenset(
-        name
-        for model in operation.models
-        if model.__ninja_param_source__ == "query"
-        for name in model.__ninja_flatten_map__
-    )
+    queries = [model for model in operation.models if model.__ninja_param_source__ == "query"]
+    known = frozenset(name for model in queries for name in model.__ninja_flatten_map__)
+    several = frozenset(name for model in queries for name in getattr(model, "__ninja_collection_fields__", ()))
 
     @functools.wraps(view)
     def checked(request, *args, **kwargs):
@@ -129,6 +130,11 @@ def declared_query_only(view):
             else:
                 message = "Unknown query parameter; this takes none (send the fields in the JSON body)."
             raise UnknownFilter(unknown[:64], message)
+        repeated = next(
+            (name for name in request.GET if name not in several and len(request.GET.getlist(name)) > 1), None
+        )
+        if repeated is not None:
+            raise UnknownFilter(repeated, "Give this parameter once; it takes one value.")
         return view(request, *args, **kwargs)
 
     return checked

@@ -654,3 +654,28 @@ def test_a_baskets_last_results_say_what_its_orders_are_now(api, trader, account
     for answer in (api.get(f"/api/v1/baskets/{basket['id']}").json(), api.get("/api/v1/baskets").json()[0]):
         [row] = answer["last_results"]
         assert (row["order_id"], row["status"], row["reason"]) == (order.pk, "REJECTED", "RMS: margin exceeds")
+
+
+def test_a_filter_that_takes_one_value_given_twice_is_422_naming_it(api, trader, account, instruments):
+    """``status`` takes several values (any of them); the other filters take one. Given twice, the
+    last was used and the first dropped without a word: ``?account_id=1&account_id=2`` listed only
+    account 2's open orders (a script cancelling both accounts' orders left account 1's resting)."""
+    other = make_broker_account(trader, broker="paper", client_id="OTHER")
+    place(trader, account, order_type="LIMIT", price="1400")
+    place(trader, other, order_type="LIMIT", price="1400")
+    both = f"account_id={account.pk}&account_id={other.pk}"
+    for path, query, field in [
+        ("/api/v1/orders", f"{both}&status=open", "account_id"),
+        ("/api/v1/orders", "limit=1&limit=2", "limit"),
+        ("/api/v1/trades", both, "account_id"),
+        ("/api/v1/positions", both, "account_id"),
+        ("/api/v1/positions", "open_only=true&open_only=false", "open_only"),
+        ("/api/v1/instruments", "q=INF&q=TCS", "q"),
+    ]:
+        response = api.get(f"{path}?{query}")
+        assert response.status_code == 422, (path, query, response.json())
+        error = response.json()["error"]
+        assert error["code"] == "invalid" and error["field"] == field and "once" in error["message"], error
+    # A filter that takes several values still does.
+    assert api.get("/api/v1/orders?status=open&status=FILLED").json()["count"] == 2
+    assert api.get(f"/api/v1/orders?account_id={account.pk}&status=open").json()["count"] == 1
