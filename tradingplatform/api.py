@@ -73,6 +73,7 @@ class TradingAPI(NinjaAPI):
         and the ``Idempotency-Key`` header's length (checked by the endpoints, so that an over-long
         key is a 422 naming ``idempotency_key``)."""
         schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        json_schema_bounds(schema)
         schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
         error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
         for operations in schema["paths"].values():
@@ -93,6 +94,42 @@ class TradingAPI(NinjaAPI):
                         answer["headers"] = RETRY_AFTER
                     operation["responses"].setdefault(code, answer)
         return schema
+
+
+# Pydantic's bounds, and the JSON Schema keywords that say them of a number.
+BOUND_KEYWORDS = {"lt": "exclusiveMaximum", "le": "maximum", "gt": "exclusiveMinimum", "ge": "minimum"}
+
+
+def json_schema_bounds(node) -> None:
+    """The bounds of a number that may also be sent as text (``Number``: ``price: Number | None =
+    Field(None, lt=MAX_PRICE)``) in JSON Schema's words, on its number: pydantic leaves them as
+    ``"lt": "1000000000000"`` beside the choice of a number or a string, which no client reads (one
+    generated from the schema took any price, and learnt the bound from a 422)."""
+    if isinstance(node, list):
+        for item in node:
+            json_schema_bounds(item)
+        return
+    if not isinstance(node, dict):
+        return
+    if "anyOf" in node:
+        bounds = {BOUND_KEYWORDS[key]: node.pop(key) for key in list(node) if key in BOUND_KEYWORDS}
+        if bounds:
+            _bound_numbers(node["anyOf"], {name: _number(value) for name, value in bounds.items()})
+    for value in node.values():
+        json_schema_bounds(value)
+
+
+def _bound_numbers(options: list, bounds: dict) -> None:
+    for option in options:
+        if option.get("type") in ("number", "integer"):
+            option.update(bounds)
+        _bound_numbers(option.get("anyOf", []), bounds)
+
+
+def _number(value):
+    """A bound as a JSON number (pydantic writes a Decimal's as text): whole when it is whole."""
+    value = Decimal(str(value))
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 class JsonParser(Parser):

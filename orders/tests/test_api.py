@@ -679,3 +679,33 @@ def test_a_filter_that_takes_one_value_given_twice_is_422_naming_it(api, trader,
     # A filter that takes several values still does.
     assert api.get("/api/v1/orders?status=open&status=FILLED").json()["count"] == 2
     assert api.get(f"/api/v1/orders?account_id={account.pk}&status=open").json()["count"] == 1
+
+
+def test_openapi_states_the_bounds_of_prices_and_strategy_settings_in_json_schema(client, db):
+    """A price (a number or its text) must be below 10^12 and a stop-loss above 0, but the schema said
+    so as ``"lt": "1000000000000"`` and ``"gt": 0``, words JSON Schema does not have: a client generated
+    or checked from it took any price, and learnt of the bound from a 422."""
+
+    def leftovers(node, where="$"):
+        if isinstance(node, dict):
+            found = [f"{where}.{key}" for key in ("lt", "gt", "le", "ge") if key in node and "anyOf" in node]
+            return found + [hit for key, value in node.items() for hit in leftovers(value, f"{where}.{key}")]
+        if isinstance(node, list):
+            return [hit for index, value in enumerate(node) for hit in leftovers(value, f"{where}[{index}]")]
+        return []
+
+    schema = client.get("/api/v1/openapi.json").json()
+    assert leftovers(schema) == []
+    schemas = schema["components"]["schemas"]
+
+    def number_branch(field):
+        options = field["anyOf"]
+        while not any(option.get("type") == "number" for option in options):
+            options = [nested for option in options for nested in option.get("anyOf", [])]
+        return next(option for option in options if option.get("type") == "number")
+
+    for name in ("OrderIn", "OrderChangeIn", "OrderSpecIn", "ScheduledIn", "SignalIn", "ScheduledChangeIn"):
+        for field in ("price", "trigger_price"):
+            assert number_branch(schemas[name]["properties"][field])["exclusiveMaximum"] == 10**12, (name, field)
+    for field in ("stop_loss", "take_profit", "trailing_step", "chase_max_percent"):
+        assert number_branch(schemas["StrategyIn"]["properties"][field])["exclusiveMinimum"] == 0, field
