@@ -212,7 +212,9 @@ class AccountBroker:
                     ) from lookup_error
                 if found is not None:
                     logger.info("order %s found by tag after a lost answer", request.tag)
-                    return PlacedOrder(broker_order_id=found.broker_order_id)
+                    # With its state: the broker may have filled or rejected it already, and that
+                    # is the answer (not "submitted" until a later update or sync says so).
+                    return PlacedOrder(broker_order_id=found.broker_order_id, state=found)
                 if not isinstance(error, BrokerUnavailable):
                     # A timeout or a dropped connection: the request may still be on its way in,
                     # so "not there yet" proves nothing, and sending it again could place it twice

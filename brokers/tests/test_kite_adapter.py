@@ -478,7 +478,8 @@ def test_a_placement_answered_by_a_proxys_page_is_found_by_tag_not_rejected(trad
     placed = place(trader, connected_kite_account, quantity=10, order_type="LIMIT", price=Decimal("1400"))
     placed.refresh_from_db()
     assert [row["tag"] for row in fake_kite.book] == [placed.reference]  # sent once
-    assert placed.status == Order.Status.SUBMITTED and placed.broker_order_id == fake_kite.book[0]["order_id"]
+    # Found resting in the book: OPEN, as the look-up says.
+    assert placed.status == Order.Status.OPEN and placed.broker_order_id == fake_kite.book[0]["order_id"]
 
 
 def test_a_lookup_by_tag_answered_by_a_proxys_page_leaves_the_outcome_unknown(

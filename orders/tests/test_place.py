@@ -203,8 +203,26 @@ def test_a_lost_answer_is_resolved_by_tag_and_placed_once(trader, account):
     knobs(account, timeout_rate=1)
     order = place(trader, account)
     assert PaperOrder.objects.filter(tag=order.reference).count() == 1
-    assert order.status == Order.Status.SUBMITTED
     assert order.broker_order_id == PaperOrder.objects.get(tag=order.reference).order_id
+    # The look-up by tag found it filled on arrival: that is the answer, not "submitted".
+    assert (order.status, order.filled_quantity) == (Order.Status.FILLED, 1)
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED
+    assert events(order) == ["created", "submitted", "filled"]
+
+
+def test_a_lost_answer_of_an_order_the_broker_rejected_answers_rejected_with_its_reason(trader, account):
+    """The answer is lost, the look-up by tag finds the order refused (its price outside the band):
+    the trader is told it was rejected and why (the ticket's "Placed" or the API's SUBMITTED was
+    wrong), and nothing is sent again."""
+    knobs(account, timeout_rate=1)
+    order = place(trader, account, order_type="LIMIT", price="1000")
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1
+    for seen in (order, Order.objects.get(pk=order.pk)):
+        assert seen.status == Order.Status.REJECTED
+        assert seen.reject_kind == "price_band" and "price band" in seen.reject_reason
+        assert seen.broker_order_id == PaperOrder.objects.get(tag=order.reference).order_id
+    assert events(order) == ["created", "submitted", "rejected"]
 
 
 def test_a_session_ended_before_a_lost_answer_is_looked_up_leaves_the_outcome_unknown(trader, kite_on_face, settings):
