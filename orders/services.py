@@ -300,6 +300,10 @@ def order_check(
         reference_price = price or trigger_price or instrument_last_price(instrument)
         if not reference_price:
             raise ValidationError({"instrument": "No last price to check this order's value against the limit."})
+        if side == "SELL" and order_type == "LIMIT":
+            # A sell limit below the market crosses on arrival and fills at the market, not at its
+            # limit: valued at its limit, it passed where the same order at MARKET is refused.
+            reference_price = max(reference_price, instrument_last_price(instrument) or 0)
         value = reference_price * quantity
         if value > account.max_order_value:
             raise ValidationError(

@@ -104,6 +104,23 @@ def test_risk_limits(trader, account):
     assert not PaperOrder.objects.exists()
 
 
+def test_a_sell_limit_below_the_market_is_valued_at_the_market_it_fills_at(trader, account):
+    """A SELL LIMIT priced below the market crosses on arrival and fills at the market: 12 at a
+    limit of 1300 with the last price at 1500 is an order worth 18000, as the same order at MARKET
+    is. Valued at its limit (15600) it passed a limit of 16000 the MARKET order is refused by."""
+    account_services.broker_account_update(account=account, actor=trader, max_order_value=D("16000"))
+    account.refresh_from_db()
+    with pytest.raises(ValidationError, match="Order value 18000.00") as market:
+        place(trader, account, side="SELL", quantity=12)
+    with pytest.raises(ValidationError, match="Order value 18000.00") as limit:
+        place(trader, account, side="SELL", quantity=12, order_type="LIMIT", price="1300")
+    assert "quantity" in market.value.message_dict and "quantity" in limit.value.message_dict
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+    # Above the market it fills at its own price, and a BUY LIMIT never above it: each valued at its limit.
+    assert place(trader, account, side="SELL", quantity=10, order_type="LIMIT", price="1590").status == "OPEN"
+    assert place(trader, account, side="BUY", quantity=12, order_type="LIMIT", price="1300").status == "OPEN"
+
+
 def test_an_exit_of_a_position_is_not_refused_by_the_order_value_limit(trader, account):
     """The order value limit caps what an order may open. A strategy's exit closes (part of) a
     position that passed it: a take-profit above the entry price, a short's stop above it, or a
