@@ -101,6 +101,11 @@ class BrokerAccountAdmin(admin.ModelAdmin):
     def has_credentials(self, obj):
         return obj.has_credentials
 
+    def has_delete_permission(self, request, obj=None):
+        # A delete leaves no audit entry and takes the trader's live session (never logged out at
+        # the broker) and scheduled orders with it, unsaid: deactivate the account (audited).
+        return False
+
     def save_model(self, request, obj, form, change):
         # Changes go through the services so they are validated and audited.
         credentials = {c.name: form.cleaned_data.get(c.name) or "" for c in registry.all_credential_fields()}

@@ -358,3 +358,21 @@ def test_an_account_staff_add_in_admin_is_audited_as_theirs_and_kept_as_they_set
     assert account.owner == trader
     assert AuditLog.objects.get(action=AuditLog.Action.BROKER_ACCOUNT_CREATED, target_id=str(account.pk)).actor == staff
     assert account.is_active is False
+
+
+def test_staff_cannot_delete_a_traders_account_in_admin_only_deactivate_it(client, staff, trader):
+    """A delete in the admin left no audit entry, and took with it the trader's live broker session
+    (never logged out at the broker) and their scheduled orders on it, unsaid: staff deactivate an
+    account (audited, the trader told of its live orders), as they revoke a key or end a session."""
+    account = make_kite_account(trader, api_key=KEY, api_secret=SECRET)
+    client.force_login(staff)
+    assert client.get(reverse("admin:accounts_brokeraccount_delete", args=[account.pk])).status_code == 403
+    assert (
+        client.post(reverse("admin:accounts_brokeraccount_delete", args=[account.pk]), {"post": "yes"}).status_code
+        == 403
+    )
+    bulk = {"action": "delete_selected", "_selected_action": [account.pk], "post": "yes"}
+    client.post(reverse("admin:accounts_brokeraccount_changelist"), bulk)
+    assert BrokerAccount.objects.filter(pk=account.pk).exists()
+    changelist = client.get(reverse("admin:accounts_brokeraccount_changelist"))
+    assert "delete_selected" not in changelist.content.decode()
