@@ -116,3 +116,23 @@ def test_profile_refuses_zone_files_that_are_not_places(trader_client, trader):
         assert "timezone" in response.context["profile_form"].errors
         trader.refresh_from_db()
         assert trader.timezone == "Asia/Kolkata"
+
+
+def test_the_admins_password_change_is_the_profiles_throttled_and_audited_one(client, staff, password, settings):
+    """The admin has a password change of its own ("Change password" at the top of every admin
+    page): its "old password" could be guessed there as often as anyone liked, and a change made
+    there left no audit entry. Staff are sent to the profile's, which the throttle and audit cover."""
+    settings.LOGIN_FAILURES_PER_USERNAME = 3
+    client.force_login(staff)
+    page = reverse("admin:password_change")
+    response = client.get(page)
+    assert response.status_code == 302 and response["Location"] == reverse("accounts:profile")
+    for old in ("wrong-1", "wrong-2", "wrong-3", password):
+        data = {"old_password": old, "new_password1": "N3w-passw0rd!x", "new_password2": "N3w-passw0rd!x"}
+        client.post(page, data)
+    staff.refresh_from_db()
+    assert staff.check_password(password)  # nothing is changed there: the profile's form changes it
+    data = {"form": "password", "old_password": password, "new_password1": "N3w-passw0rd!x"}
+    response = client.post(reverse("accounts:profile"), {**data, "new_password2": "N3w-passw0rd!x"})
+    assert response.status_code == 302
+    assert AuditLog.objects.filter(action=AuditLog.Action.PASSWORD_CHANGED, actor=staff).exists()
