@@ -43,6 +43,14 @@ class UserAdmin(DjangoUserAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
+    def user_change_password(self, request, id, form_url=""):
+        response = super().user_change_password(request, id, form_url)
+        # Set: a redirect (a refused form is shown again; no such user is a redirect too, and no row).
+        user = self.get_object(request, id) if request.method == "POST" and response.status_code == 302 else None
+        if user is not None:
+            services.user_password_changed(user=user, ip=client_ip(request), actor=request.user)
+        return response
+
 
 class BrokerAccountAdminForm(forms.ModelForm):
     """Credentials are write-only here as everywhere: inputs never show a stored value."""

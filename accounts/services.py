@@ -152,8 +152,9 @@ def password_check_failed(*, user: User, ip: str | None) -> None:
     logger.info("wrong current password on a password change from %s", ip)
 
 
-def user_password_changed(*, user: User, ip: str | None) -> None:
-    audit_record(action=Action.PASSWORD_CHANGED, actor=user, target=user, ip=ip)
+def user_password_changed(*, user: User, ip: str | None, actor: User | None = None) -> None:
+    """``actor``: who set it when not the user (staff in admin)."""
+    audit_record(action=Action.PASSWORD_CHANGED, actor=actor or user, target=user, ip=ip)
 
 
 # --- Broker accounts ---------------------------------------------------------------

@@ -136,3 +136,20 @@ def test_the_admins_password_change_is_the_profiles_throttled_and_audited_one(cl
     response = client.post(reverse("accounts:profile"), {**data, "new_password2": "N3w-passw0rd!x"})
     assert response.status_code == 302
     assert AuditLog.objects.filter(action=AuditLog.Action.PASSWORD_CHANGED, actor=staff).exists()
+
+
+def test_a_password_staff_set_in_the_admin_is_audited_as_theirs(client, staff, trader):
+    """Staff setting a trader's password in the admin (who can then sign in as the trader) left no
+    audit entry: the trail must say who set it, for whom, and from where."""
+    client.force_login(staff)
+    page = reverse("admin:auth_user_password_change", args=[trader.pk])
+    refused = client.post(page, {"password1": "Set-by-desk!x9", "password2": "not-the-same!x9"})
+    assert refused.status_code == 200
+    assert not AuditLog.objects.filter(action=AuditLog.Action.PASSWORD_CHANGED).exists()
+    data = {"password1": "Set-by-desk!x9", "password2": "Set-by-desk!x9", "usable_password": "true"}
+    assert client.post(page, data, REMOTE_ADDR="10.1.2.3").status_code == 302
+    trader.refresh_from_db()
+    assert trader.check_password("Set-by-desk!x9")
+    entry = AuditLog.objects.get(action=AuditLog.Action.PASSWORD_CHANGED)
+    assert (entry.actor, entry.target_id, entry.ip) == (staff, str(trader.pk), "10.1.2.3")
+    assert "Set-by-desk" not in str(entry.data)
