@@ -233,3 +233,31 @@ def test_a_dashboard_push_read_before_a_new_order_does_not_take_that_order_out_o
     playwright.expect(page.locator("#seen")).to_have_count(1)
     playwright.expect(page.locator(f"#open-orders #order-{order.pk}")).to_contain_text("Open")
     playwright.expect(page.locator("#open-orders")).not_to_contain_text("No open orders.")
+
+
+def test_an_orders_page_shows_its_exits_placed_and_closed_since_it_was_opened(in_browser, trader, account, monkeypatch):
+    """A strategy's entry fills and its stop-loss and take-profit are placed a moment later; when one
+    exits, the other is cancelled. The entry's page, open meanwhile, showed no child orders at all (or
+    showed them Open after they had filled or been cancelled) until it was loaded again: it read its
+    children again only when the entry's own row changed, and a child's push has no row on it."""
+    entry = place(trader, account)
+    assert entry.status == Order.Status.FILLED
+    page = in_browser(reverse("orders:detail", args=[entry.pk]))
+    playwright.expect(page.locator("#order-fields")).to_contain_text("Filled")
+    playwright.expect(page.locator("#children")).to_have_count(0)
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")  # the ORM beside the browser's driver
+    exit_ = place(
+        trader, account, side="SELL", order_type="LIMIT", price="1700", role=Order.Role.TAKE_PROFIT, parent=entry
+    )
+    assert exit_.status == Order.Status.OPEN
+    page.evaluate(PUSH, render_to_string("orders/partials/order_push.html", {"order": exit_, "created": True}))
+    children = page.locator("#children")
+    playwright.expect(children).to_contain_text(exit_.reference)
+    playwright.expect(children).to_contain_text("Open")
+
+    services.order_cancel(order=exit_, actor=trader, cause="test")
+    exit_.refresh_from_db()
+    assert exit_.status == Order.Status.CANCELLED
+    page.evaluate(PUSH, render_to_string("orders/partials/order_push.html", {"order": exit_}))
+    playwright.expect(children).to_contain_text("Cancelled")

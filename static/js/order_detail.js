@@ -24,4 +24,18 @@
       .then(function () { reading = false; if (again) { again = false; follow(); } });
   }
   new MutationObserver(follow).observe(summary, {childList: true});
+  // The order's children (its stop-loss and take-profit, placed after it filled) and its parent have
+  // no row on this page: their pushes are dropped, and the children listed here (placed, filled,
+  // cancelled) and the parent's status would stay as the page was loaded. A push with one of them
+  // reads the page again too.
+  var mine = table.dataset.order, parent = table.dataset.parent;
+  if (!mine) return;
+  var related = 'tr[data-parent="' + mine + '"]' + (parent ? ", tr#order-" + parent : "");
+  document.addEventListener("htmx:wsBeforeMessage", function (evt) {
+    var message = evt.detail && evt.detail.message;
+    if (typeof message !== "string" || message.indexOf("order-") < 0) return;
+    var holder = document.createElement("template");
+    holder.innerHTML = message;
+    if (holder.content.querySelector(related)) follow();
+  });
 })();
