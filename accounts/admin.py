@@ -75,7 +75,8 @@ class BrokerAccountAdminForm(forms.ModelForm):
         self.fields.update(credential_fields(required_hint="Write-only; leave blank to keep the stored value."))
         if self.instance.pk:
             for name in ("owner", "broker", "client_id"):
-                self.fields[name].disabled = True
+                if name in self.fields:  # a page read-only to its staff (view only) has none
+                    self.fields[name].disabled = True
 
     def clean(self):
         cleaned = super().clean()

@@ -50,7 +50,7 @@ class OwnedAccountsForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.pk:
+        if self.instance.pk and "owner" in self.fields:  # a page read-only to its staff (view only) has none
             self.fields["owner"].disabled = True
 
     def clean(self):

@@ -27,7 +27,8 @@ class PaperClientForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         # Fills change the cash while the page is open: the page posts the cash it showed too, so
         # the save can tell a cash staff typed from one the fills have moved on since.
-        self.fields["cash"].show_hidden_initial = True
+        if "cash" in self.fields:  # a page read-only to its staff (view only) has none
+            self.fields["cash"].show_hidden_initial = True
 
     def save(self, commit=True):
         client = super().save(commit=False)

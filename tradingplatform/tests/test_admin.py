@@ -515,3 +515,27 @@ def test_a_scheduled_order_staff_cancel_is_recorded_as_theirs(staff_client, staf
     assert "staff" in ScheduledFire.objects.get(pk=fire.pk).detail
     shown = " ".join(str(m) for m in answer.context["messages"])
     assert f"#{row.pk}" in shown and f"#{done.pk}" in shown, shown
+
+
+def test_staff_who_may_only_view_can_open_the_pages_with_fixed_or_watched_fields(viewer_client, trader, account):
+    """Review: staff with the view permission alone (the desk's read-only support) got a 500 opening
+    a broker account, a strategy, a basket or a paper client: those forms fix or watch a field
+    (the owner, the cash) that a read-only page does not have. They see the page, read-only, and
+    still no credential of the account's."""
+    from accounts.tests.factories import make_kite_account
+    from brokers.paper.models import PaperClient
+
+    kite = make_kite_account(trader, client_id="KT-VIEW", api_secret="kite-secret-SHOWN-NOT")
+    strategy, _ = sources.strategy_save(owner=trader, name="Viewed", account_ids=[account.pk])
+    basket = morning_basket(trader, account)
+    client = PaperClient.objects.create(user_id="PAPER-VIEW")
+    for name, pk in (
+        ("accounts_brokeraccount", kite.pk),
+        ("orders_strategy", strategy.pk),
+        ("orders_basket", basket.pk),
+        ("paper_paperclient", client.pk),
+    ):
+        answer = viewer_client.get(reverse(f"admin:{name}_change", args=[pk]))
+        assert answer.status_code == 200, name
+        assert answer.context["has_change_permission"] is False, name
+        assert b"kite-secret-SHOWN-NOT" not in answer.content and b"kite-key-123" not in answer.content
