@@ -70,9 +70,18 @@ class BrokerAccountAdminForm(forms.ModelForm):
             "copy_multiplier",
         ]
 
+    # What its trader changes on their page too (the limits, whether it is active).
+    WATCHED = (*services.ACCOUNT_EDITABLE_FIELDS, "is_active")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields.update(credential_fields(required_hint="Write-only; leave blank to keep the stored value."))
+        # Its trader changes these on their page while staff have this one open: the page posts the
+        # values it showed too, so the save can tell what staff changed from what the trader changed
+        # since (a client posting no shown value is taken to change what it posts).
+        for name in self.WATCHED:
+            if name in self.fields:
+                self.fields[name].show_hidden_initial = not self.is_bound or self[name].html_initial_name in self.data
         if self.instance.pk:
             for name in ("owner", "broker", "client_id"):
                 if name in self.fields:  # a page read-only to its staff (view only) has none
@@ -134,9 +143,12 @@ class BrokerAccountAdmin(admin.ModelAdmin):
                 services.broker_account_set_active(account=created, actor=request.user, active=False, ip=ip)
             obj.pk = created.pk
             return
+        # Only what staff changed: writing back the rest as the page showed it would undo what its
+        # trader changed meanwhile (a lowered limit; a deactivation made live again).
+        limits = {name: value for name, value in limits.items() if name in form.changed_data}
         account = BrokerAccount.objects.get(pk=obj.pk)
         services.broker_account_update(account=account, actor=request.user, credentials=credentials, ip=ip, **limits)
-        if form.cleaned_data["is_active"] != account.is_active:
+        if "is_active" in form.changed_data and form.cleaned_data["is_active"] != account.is_active:
             active = form.cleaned_data["is_active"]
             services.broker_account_set_active(account=account, actor=request.user, active=active, ip=ip)
             left = None if active else selectors.live_orders_left(account)

@@ -376,3 +376,53 @@ def test_staff_cannot_delete_a_traders_account_in_admin_only_deactivate_it(clien
     assert BrokerAccount.objects.filter(pk=account.pk).exists()
     changelist = client.get(reverse("admin:accounts_brokeraccount_changelist"))
     assert "delete_selected" not in changelist.content.decode()
+
+
+def _as_the_page_posts(page) -> dict:
+    """What the admin's change page posts unchanged: each field as shown, and beside it the value it
+    showed (a hidden input; one with no value posts an empty one)."""
+    import html
+    import re
+
+    form = page.context["adminform"].form
+    data = {}
+    for name in form.fields:
+        value = form[name].value()
+        if value is not None and value is not False and not form.fields[name].disabled:
+            data[name] = "on" if value is True else str(value)
+    pattern = r'<input type="hidden" name="(initial-[\w-]+)"(?: value="([^"]*)")?'
+    data.update((name, html.unescape(value)) for name, value in re.findall(pattern, page.content.decode()))
+    return data
+
+
+def test_staff_editing_an_account_in_admin_keep_what_its_trader_changed_meanwhile(client, staff, trader, account):
+    """Review: the admin's save wrote back every limit, and whether the account is active, as its page
+    showed them when staff opened it. A trader who lowered their largest order value and then
+    deactivated the account (to stop a strategy trading on it) while staff fixed its label had both
+    undone: the account was live again at the old limit, audited as staff's doing. Only what staff
+    changed on the page is changed."""
+    from accounts import services
+
+    client.force_login(staff)
+    url = reverse("admin:accounts_brokeraccount_change", args=[account.pk])
+    data = _as_the_page_posts(client.get(url))  # the page staff opened
+    services.broker_account_update(account=account, actor=trader, max_order_value=Decimal("10000"))
+    services.broker_account_update(account=account, actor=trader, allowed_products=["MIS"])
+    services.broker_account_set_active(account=account, actor=trader, active=False)
+
+    answer = client.post(url, {**data, "label": "Paper (desk)"})
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    account.refresh_from_db()
+    assert account.label == "Paper (desk)"
+    assert account.max_order_value == Decimal("10000") and account.allowed_products == ["MIS"]
+    assert account.is_active is False
+    changed = AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_CHANGED, actor=staff).get()
+    assert changed.data["fields"] == ["label"]
+    assert not AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_REACTIVATED).exists()
+
+    # What staff do change is still changed, the account's activity among it.
+    data = _as_the_page_posts(client.get(url))
+    assert client.post(url, {**data, "is_active": "on", "max_quantity": "50"}).status_code == 302
+    account.refresh_from_db()
+    assert account.is_active is True and account.max_quantity == 50
+    assert account.max_order_value == Decimal("10000") and account.allowed_products == ["MIS"]
