@@ -146,6 +146,17 @@ class StrategyForm(OwnedAccountsForm):
     """Held to the rules the trader's page and the API keep (``sources.strategy_check``): a
     strategy's settings drive its orders' exits, and one that could never be placed is refused."""
 
+    # What its trader changes on their page and the API too.
+    WATCHED = ("name", "accounts", *sources.STRATEGY_FIELDS)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The page posts the values it showed too, so the save can tell what staff changed from what
+        # the trader changed since (a client posting no shown value is taken to change what it posts).
+        for name in self.WATCHED:
+            if name in self.fields:
+                self.fields[name].show_hidden_initial = not self.is_bound or self[name].html_initial_name in self.data
+
     def clean(self):
         cleaned = super().clean()
         params = {field: cleaned[field] for field in sources.STRATEGY_FIELDS if field in cleaned}
@@ -165,14 +176,32 @@ class StrategyAdmin(admin.ModelAdmin):
     readonly_fields = ("webhook_secret_prefix",)
 
     def save_model(self, request, obj, form, change):
-        secret = "" if obj.webhook_secret_hash else sources.strategy_new_secret(obj)
-        super().save_model(request, obj, form, change)
+        if change:
+            # Only what staff changed, through the service (under the row lock): writing back the rest
+            # as the page showed it would undo what its trader changed meanwhile (a pause made live
+            # again, a tightened stop-loss loosened).
+            changes = {name: form.cleaned_data[name] for name in sources.STRATEGY_FIELDS if name in form.changed_data}
+            if "name" in form.changed_data:
+                changes["name"] = form.cleaned_data["name"]
+            if "accounts" in form.changed_data:
+                changes["account_ids"] = [account.pk for account in form.cleaned_data["accounts"]]
+            if changes:
+                sources.strategy_change(owner=obj.owner, strategy=obj, **changes)
+            secret = "" if obj.webhook_secret_hash else sources.strategy_rotate_secret(strategy=obj)
+        else:
+            secret = "" if obj.webhook_secret_hash else sources.strategy_new_secret(obj)
+            super().save_model(request, obj, form, change)
         if secret:
             self.message_user(
                 request,
                 f"Its webhook secret, shown this once (its trader can make a new one on its page): {secret}",
                 messages.WARNING,
             )
+
+    def save_related(self, request, form, formsets, change):
+        if change:
+            return  # its accounts were changed (when staff changed them) with the rest by ``save_model``
+        super().save_related(request, form, formsets, change)
 
     def has_delete_permission(self, request, obj=None):
         # A strategy's orders need it (their exits, re-entries and retries): pause it instead.

@@ -539,3 +539,49 @@ def test_staff_who_may_only_view_can_open_the_pages_with_fixed_or_watched_fields
         assert answer.status_code == 200, name
         assert answer.context["has_change_permission"] is False, name
         assert b"kite-secret-SHOWN-NOT" not in answer.content and b"kite-key-123" not in answer.content
+
+
+def _as_the_page_posts(page) -> dict:
+    """What an admin change page posts unchanged: each field as shown, and beside it the value it
+    showed (hidden inputs; one with no value posts an empty one)."""
+    import html
+    import re
+
+    data = _change_form_data(page.context["adminform"].form)
+    pattern = r'<input type="hidden" name="(initial-[\w-]+)"(?: value="([^"]*)")?'
+    for name, value in re.findall(pattern, page.content.decode()):
+        value = html.unescape(value)
+        if name in data:  # several: a multiple choice's
+            data[name] = [*(data[name] if isinstance(data[name], list) else [data[name]]), value]
+        else:
+            data[name] = value
+    return data
+
+
+def test_staff_editing_a_strategy_in_admin_keep_its_pause_and_settings_changed_meanwhile(staff_client, trader, account):
+    """Review: the admin's save wrote back every setting of a strategy as its page showed them when
+    staff opened it. A trader who paused the strategy and tightened its stop-loss while staff renamed
+    it had it live again (its next signal placed an order) with the old stop. Only what staff changed
+    on the page is changed, through the service (under the strategy's row lock)."""
+    second = make_broker_account(trader, broker="paper", client_id="PAPER-O2", label="Second")
+    strategy, _ = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk], stop_loss=Decimal("5"))
+    change = reverse("admin:orders_strategy_change", args=[strategy.pk])
+    data = _as_the_page_posts(staff_client.get(change))  # the page staff opened
+    sources.strategy_change(
+        owner=trader, strategy=strategy, is_active=False, stop_loss=Decimal("2"), account_ids=[account.pk, second.pk]
+    )
+
+    answer = staff_client.post(change, {**data, "name": "Breakout (desk)"})
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    strategy.refresh_from_db()
+    assert strategy.name == "Breakout (desk)"
+    assert strategy.is_active is False and strategy.stop_loss == Decimal("2")
+    assert set(strategy.accounts.values_list("pk", flat=True)) == {account.pk, second.pk}
+
+    # What staff do change is still changed.
+    data = _as_the_page_posts(staff_client.get(change))
+    answer = staff_client.post(change, {**data, "take_profit": "4", "accounts": [str(account.pk)]})
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    strategy.refresh_from_db()
+    assert strategy.take_profit == Decimal("4") and strategy.stop_loss == Decimal("2")
+    assert strategy.is_active is False and list(strategy.accounts.values_list("pk", flat=True)) == [account.pk]
