@@ -48,8 +48,16 @@ class OwnedAccountsForm(forms.ModelForm):
     owner is fixed once it exists (as a broker account's is), and another trader's account is refused,
     as is a deactivated one it does not have already."""
 
+    # What its trader changes on their page and the API too.
+    WATCHED = ("name", "accounts")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # The page posts the values it showed too, so the save can tell what staff changed from what
+        # the trader changed since (a client posting no shown value is taken to change what it posts).
+        for name in self.WATCHED:
+            if name in self.fields:
+                self.fields[name].show_hidden_initial = not self.is_bound or self[name].html_initial_name in self.data
         if self.instance.pk and "owner" in self.fields:  # a page read-only to its staff (view only) has none
             self.fields["owner"].disabled = True
 
@@ -105,6 +113,24 @@ class BasketAdmin(admin.ModelAdmin):
     readonly_fields = ("last_placed_at", "last_results")
     inlines = [BasketItemInline]
 
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return super().save_model(request, obj, form, change)
+        # Only what staff changed, through the service (under the row lock): writing back the rest
+        # as the page showed it would undo what its trader changed meanwhile (an account taken off).
+        changes = {"name": form.cleaned_data["name"]} if "name" in form.changed_data else {}
+        if "accounts" in form.changed_data:
+            changes["account_ids"] = [account.pk for account in form.cleaned_data["accounts"]]
+        if changes:
+            sources.basket_change(owner=obj.owner, basket=obj, **changes)
+
+    def save_related(self, request, form, formsets, change):
+        if not change:
+            return super().save_related(request, form, formsets, change)
+        # Its accounts were changed (when staff changed them) with the rest by ``save_model``.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
 
 @admin.register(ScheduledOrder)
 class ScheduledOrderAdmin(ReadOnlyAdmin):
@@ -146,16 +172,7 @@ class StrategyForm(OwnedAccountsForm):
     """Held to the rules the trader's page and the API keep (``sources.strategy_check``): a
     strategy's settings drive its orders' exits, and one that could never be placed is refused."""
 
-    # What its trader changes on their page and the API too.
-    WATCHED = ("name", "accounts", *sources.STRATEGY_FIELDS)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # The page posts the values it showed too, so the save can tell what staff changed from what
-        # the trader changed since (a client posting no shown value is taken to change what it posts).
-        for name in self.WATCHED:
-            if name in self.fields:
-                self.fields[name].show_hidden_initial = not self.is_bound or self[name].html_initial_name in self.data
+    WATCHED = (*OwnedAccountsForm.WATCHED, *sources.STRATEGY_FIELDS)
 
     def clean(self):
         cleaned = super().clean()

@@ -585,3 +585,47 @@ def test_staff_editing_a_strategy_in_admin_keep_its_pause_and_settings_changed_m
     strategy.refresh_from_db()
     assert strategy.take_profit == Decimal("4") and strategy.stop_loss == Decimal("2")
     assert strategy.is_active is False and list(strategy.accounts.values_list("pk", flat=True)) == [account.pk]
+
+
+def _basket_page_posts(page) -> dict:
+    """What a basket's admin page posts unchanged: the basket's fields and its items' inline."""
+    data = _as_the_page_posts(page)
+    formset = page.context["inline_admin_formsets"][0].formset
+    management = formset.management_form
+    data.update({management.add_prefix(name): value for name, value in management.initial.items()})
+    for form in formset.forms:
+        data.update({form.add_prefix(name): value for name, value in _change_form_data(form).items()})
+    return data
+
+
+def test_staff_renaming_a_basket_in_admin_keep_the_accounts_its_trader_took_off_meanwhile(
+    staff_client, trader, account
+):
+    """Review: the admin's save wrote back a basket's accounts as its page showed them when staff
+    opened it: an account its trader took off the basket meanwhile was put back, and the basket's
+    next placement placed its orders there too. Only what staff changed is changed (through the
+    service), and the items' inline still saves."""
+    second = make_broker_account(trader, broker="paper", client_id="PAPER-O2", label="Second")
+    basket = sources.basket_save(
+        owner=trader,
+        name="Morning",
+        items=[{"instrument": instrument("INFY"), "side": "BUY", "quantity": 1}],
+        account_ids=[account.pk, second.pk],
+    )
+    change = reverse("admin:orders_basket_change", args=[basket.pk])
+    data = _basket_page_posts(staff_client.get(change))  # the page staff opened
+    sources.basket_change(owner=trader, basket=basket, account_ids=[account.pk])
+
+    answer = staff_client.post(change, {**data, "name": "Morning (desk)"})
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    basket.refresh_from_db()
+    assert basket.name == "Morning (desk)"
+    assert list(basket.accounts.values_list("pk", flat=True)) == [account.pk]
+
+    # What staff do change is still changed, the items among it.
+    data = _basket_page_posts(staff_client.get(change))
+    data.update({"items-0-quantity": "3", "accounts": [str(account.pk), str(second.pk)]})
+    answer = staff_client.post(change, data)
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    assert set(basket.accounts.values_list("pk", flat=True)) == {account.pk, second.pk}
+    assert basket.items.get().quantity == 3
