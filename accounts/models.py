@@ -144,4 +144,4 @@ class AuditLog(AppendOnlyModel):
         indexes = [models.Index(fields=["actor", "-created_at"]), models.Index(fields=["target_type", "target_id"])]
 
     def __str__(self):
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} by {self.actor_id or '-'}"
+        return f"{timezone.localtime(self.created_at):%Y-%m-%d %H:%M:%S} {self.action} by {self.actor_id or '-'}"

@@ -19,7 +19,7 @@ class MonitoringRun(models.Model):
         ordering = ["-started_at", "-id"]
 
     def __str__(self):
-        return f"run {self.pk} {self.started_at:%Y-%m-%d %H:%M:%S}"
+        return f"run {self.pk} {timezone.localtime(self.started_at):%Y-%m-%d %H:%M:%S}"
 
 
 class AccountRun(models.Model):
@@ -45,7 +45,7 @@ class AccountRun(models.Model):
         indexes = [models.Index(fields=["account", "-started_at"])]
 
     def __str__(self):
-        return f"{self.account_id} {self.status} {self.started_at:%H:%M:%S}"
+        return f"{self.account_id} {self.status} {timezone.localtime(self.started_at):%H:%M:%S}"
 
 
 class BrokerSnapshot(models.Model):
@@ -60,4 +60,4 @@ class BrokerSnapshot(models.Model):
         constraints = [models.UniqueConstraint(fields=["account", "kind"], name="brokersnapshot_latest_per_kind")]
 
     def __str__(self):
-        return f"{self.account_id} {self.kind} {self.fetched_at:%H:%M:%S}"
+        return f"{self.account_id} {self.kind} {timezone.localtime(self.fetched_at):%H:%M:%S}"

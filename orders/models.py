@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
+from django.utils import timezone
 
 from tradingplatform.db import AppendOnlyModel, ExactCharField, NameCharField
 
@@ -277,7 +278,7 @@ class ScheduledFire(models.Model):
         constraints = [models.UniqueConstraint(fields=["scheduled", "due_at"], name="scheduledfire_once_per_due")]
 
     def __str__(self):
-        return f"{self.scheduled_id} at {self.due_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.scheduled_id} at {timezone.localtime(self.due_at):%Y-%m-%d %H:%M:%S}"
 
 
 class DailyCounter(models.Model):

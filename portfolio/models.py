@@ -4,6 +4,7 @@ from decimal import Decimal
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 MONEY = {"max_digits": 18, "decimal_places": 4}
 
@@ -87,7 +88,7 @@ class PnlSnapshot(models.Model):
         indexes = [models.Index(fields=["account", "taken_at"])]
 
     def __str__(self):
-        return f"{self.account_id} {self.taken_at:%H:%M:%S} {self.realized + self.unrealized}"
+        return f"{self.account_id} {timezone.localtime(self.taken_at):%H:%M:%S} {self.realized + self.unrealized}"
 
     @property
     def total(self) -> Decimal:

@@ -629,3 +629,20 @@ def test_staff_renaming_a_basket_in_admin_keep_the_accounts_its_trader_took_off_
     assert answer.status_code == 302, answer.context["adminform"].form.errors
     assert set(basket.accounts.values_list("pk", flat=True)) == {account.pk, second.pk}
     assert basket.items.get().quantity == 3
+
+
+def test_a_runs_name_in_admin_gives_its_time_in_the_staff_members_timezone(staff_client, staff, account):
+    """Review: an account run's list named its cycle "run 7 2026-12-03 03:45:00", the time in UTC with
+    no zone, beside a "started at" column in the staff member's own timezone (09:15 in Kolkata):
+    the desk read the cycle as hours from when it ran. Times are shown in the user's timezone."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    started = datetime(2026, 12, 3, 3, 45, tzinfo=ZoneInfo("UTC"))
+    run = MonitoringRun.objects.create(accounts=1)
+    MonitoringRun.objects.filter(pk=run.pk).update(started_at=started)
+    AccountRun.objects.create(run=run, account=account, status="ok", started_at=started)
+    assert staff.timezone == "Asia/Kolkata"
+    page = staff_client.get(reverse("admin:monitoring_accountrun_changelist")).content.decode()
+    assert f"run {run.pk} 2026-12-03 09:15:00" in page
+    assert f"run {run.pk} 2026-12-03 03:45:00" not in page
