@@ -524,10 +524,12 @@ def ticks_apply(quotes) -> int:
     changed = []
     for instrument in instruments:
         quote = by_key.get((instrument.exchange, instrument.tradingsymbol))
-        if quote is None:
+        # A last price of zero (no trade yet) or below is no price: the instrument keeps its last
+        # one (a zero reads as "no price" to the order value limit, a negative one passes it).
+        if quote is None or not quote.last_price > 0:
             continue
         instrument.last_price = quote.last_price
-        if quote.close:
+        if quote.close and quote.close > 0:
             instrument.previous_close = quote.close
         instrument.updated_at = now
         changed.append(instrument)

@@ -143,3 +143,18 @@ def test_page_colours_the_change_by_direction(trader_client, instruments):
     page = trader_client.get(reverse("brokers:instruments")).content.decode()
     assert f'class="num down" id="chg-{infy.pk}"' in page and "-10.00 (-0.67%)" in page
     assert f'class="num up" id="chg-{tcs.pk}"' in page and "+50.00 (+1.61%)" in page
+
+
+@pytest.mark.parametrize("price", ["0", "-3.50"])
+def test_a_tick_with_no_price_keeps_the_last_price(instruments, price):
+    """A tick whose last price is zero (no trade yet) or negative is not a price: the instrument
+    keeps the last one it had (read by the order value limit and the fills valued at market),
+    and a close that is no price does not replace the previous close either."""
+    infy = Instrument.objects.get(tradingsymbol="INFY")
+    before = (infy.last_price, infy.previous_close)
+    assert before[0] > 0
+    quote = Quote("NSE", "INFY", infy.instrument_token, Decimal(price), None, None, Decimal(price), 0, None)
+    services.ticks_apply([quote])
+    infy.refresh_from_db()
+    assert (infy.last_price, infy.previous_close) == before
+    assert selectors.instrument_last_price(infy) == before[0]
