@@ -73,6 +73,7 @@ class AccountBroker:
         self._session = session  # a live session already at hand (e.g. from sessions_live), else looked up
         self._adapter: Broker | None = None
         self.budget_wait_s = 0.0
+        self.calls_made = 0  # broker calls actually made (not those stopped before: a login, the budget)
 
     # --- plumbing ---------------------------------------------------------------------
     def _broker(self) -> Broker:
@@ -123,6 +124,12 @@ class AccountBroker:
                 ) from error
             raise
 
+    def _call(self, call, method: str, args, send_by: float | None):
+        _in_time(send_by)
+        self.calls_made += 1
+        with metrics.broker_call(self.account, method, args):
+            return call(*args)
+
     def _once(
         self,
         kind: str,
@@ -139,18 +146,12 @@ class AccountBroker:
             if not budget_taken:
                 self._take_budget(kind, send_by)
             try:
-                call = getattr(self._broker(), method)
-                _in_time(send_by)
-                with metrics.broker_call(self.account, method, args):
-                    return call(*args)
+                return self._call(getattr(self._broker(), method), method, args, send_by)
             except AuthError as error:
                 failed = error
         self._renew_session(failed)
         self._take_budget(kind, send_by)
-        call = getattr(self._broker(), method)
-        _in_time(send_by)
-        with metrics.broker_call(self.account, method, args):
-            return call(*args)
+        return self._call(getattr(self._broker(), method), method, args, send_by)
 
     def _read(self, kind: str, method: str, *args):
         """A call with no side effect: transient errors are retried with backoff."""
@@ -174,7 +175,9 @@ class AccountBroker:
         Raises ``OutcomeUnknown`` when the broker cannot be asked whether it has the order, or
         does not have it yet after a timeout (the request may still arrive): the caller records
         that and reconciles later by the same tag. Only after ``BrokerUnavailable`` (the broker
-        refused the call) is an order it does not have sent again; the last one is raised.
+        refused the call) is an order it does not have sent again; the last one is raised. A
+        ``NetworkError`` before the order was sent (its session's login) is tried again as it is,
+        and raised as it is at the last attempt: the broker does not have the order.
 
         ``first``: what ``place_together`` answered for it: what its first call answered (a
         ``PlacedOrder``) or raised, from which the rest goes on, or ``BUDGET_TAKEN`` (its first call
@@ -183,6 +186,7 @@ class AccountBroker:
         if not request.tag:
             raise ValueError("an order needs a tag to be placed safely")
         for attempt in range(self.attempts):
+            made = self.calls_made
             try:
                 if attempt == 0 and first is BUDGET_TAKEN:
                     return self._once(ORDER_CALLS, "place_order", request, budget_taken=True, send_by=send_by)
@@ -199,6 +203,15 @@ class AccountBroker:
                     raise
                 self.sleep(max(backoff_delay(attempt), error.retry_after))
             except NetworkError as error:
+                sent_together = attempt == 0 and isinstance(first, NetworkError)
+                if self.calls_made == made and not sent_together:
+                    # Stopped before the order was sent (its session's login timed out, or the login
+                    # lock stayed busy): the broker cannot have it, so it is no lost answer to look
+                    # up by tag, and trying again is safe.
+                    if attempt == self.attempts - 1:
+                        raise
+                    self.sleep(backoff_delay(attempt))
+                    continue
                 self.sleep(settings.ORDER_LOOKUP_DELAY_S)
                 try:
                     found = self.find_by_tag(request.tag)

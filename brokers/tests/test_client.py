@@ -312,3 +312,30 @@ def test_a_first_answer_that_the_exchange_failed_is_looked_up_before_the_order_i
     again = broker.place_order(request(tag="ONCE-2"), first=BrokerUnavailable("the paper exchange failed"))
     assert PaperOrder.objects.get(tag="ONCE-2").order_id == again.broker_order_id  # not there: sent
     assert PaperOrder.objects.count() == 2
+
+
+def test_a_login_that_times_out_before_an_order_is_sent_is_not_a_lost_answer(paper_account, monkeypatch):
+    """The session's login timing out (or its lock staying busy) comes before the order is sent:
+    nothing can be at the broker, so the order is not left 'submitted, answer lost' to be looked
+    up by its tag. It is tried again (the login works the second time) and placed once; a login
+    that keeps failing is the placement's failure, never an unknown outcome."""
+    from brokers.errors import OutcomeUnknown
+
+    login, logins = PaperBroker.login, []
+
+    def flaky(self):
+        logins.append(self.client_id)
+        if len(logins) == 1:
+            raise NetworkError("the login timed out")
+        return login(self)
+
+    monkeypatch.setattr(PaperBroker, "login", flaky)
+    placed = AccountBroker(paper_account, sleep=no_sleep).place_order(request(tag="LOGIN-1"))
+    assert PaperOrder.objects.get(tag="LOGIN-1").order_id == placed.broker_order_id
+
+    services.session_revoke(paper_account, reason="test")
+    monkeypatch.setattr(PaperBroker, "login", lambda self: (_ for _ in ()).throw(NetworkError("timed out")))
+    with pytest.raises(NetworkError) as raised:
+        AccountBroker(paper_account, sleep=no_sleep).place_order(request(tag="LOGIN-2"))
+    assert not isinstance(raised.value, OutcomeUnknown)
+    assert not PaperOrder.objects.filter(tag="LOGIN-2").exists()
