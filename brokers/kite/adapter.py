@@ -460,23 +460,41 @@ class KiteBroker(base.Broker):
 
 
 def parse_instruments_csv(text: str) -> list[base.InstrumentInfo]:
-    """Kite's instrument dump (CSV) as broker-neutral rows."""
+    """Kite's instrument dump (CSV) as broker-neutral rows. ``ValueError`` naming the line and the
+    field of a value that is missing or is not what the field holds (a number, a date)."""
     rows = []
-    for row in csv.DictReader(io.StringIO(text)):
+    for line, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         rows.append(
             base.InstrumentInfo(
-                instrument_token=int(row["instrument_token"]),
-                exchange_token=int(row["exchange_token"] or 0),
-                tradingsymbol=row["tradingsymbol"],
-                name=row["name"],
-                last_price=decimal(row["last_price"] or 0),
-                expiry=date.fromisoformat(row["expiry"]) if row["expiry"] else None,
-                strike=decimal(row["strike"] or 0),
-                tick_size=decimal(row["tick_size"]),
-                lot_size=int(row["lot_size"]),
-                instrument_type=row["instrument_type"],
-                segment=row["segment"],
-                exchange=row["exchange"],
+                instrument_token=_csv_field(row, line, "instrument_token", int),
+                exchange_token=_csv_field(row, line, "exchange_token", lambda value: int(value or 0)),
+                tradingsymbol=_csv_field(row, line, "tradingsymbol"),
+                name=_csv_field(row, line, "name"),
+                last_price=_csv_field(row, line, "last_price", lambda value: decimal(value or 0)),
+                expiry=_csv_field(row, line, "expiry", lambda value: date.fromisoformat(value) if value else None),
+                strike=_csv_field(row, line, "strike", lambda value: decimal(value or 0)),
+                tick_size=_csv_field(row, line, "tick_size", _finite_decimal),
+                lot_size=_csv_field(row, line, "lot_size", int),
+                instrument_type=_csv_field(row, line, "instrument_type"),
+                segment=_csv_field(row, line, "segment"),
+                exchange=_csv_field(row, line, "exchange"),
             )
         )
     return rows
+
+
+def _csv_field(row: dict, line: int, name: str, convert=str):
+    """One field of a dump's row, converted; ``ValueError`` naming the line and the field."""
+    if row.get(name) is None:
+        raise ValueError(f"line {line}: no {name}")
+    try:
+        return convert(row[name])
+    except (TypeError, ValueError, ArithmeticError):
+        raise ValueError(f"line {line}: {name} {row[name]!r} is not valid") from None
+
+
+def _finite_decimal(value) -> Decimal:
+    number = Decimal(str(value))
+    if not number.is_finite():
+        raise ValueError(f"{value!r} is not a number")
+    return number

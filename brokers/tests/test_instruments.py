@@ -158,3 +158,18 @@ def test_a_tick_with_no_price_keeps_the_last_price(instruments, price):
     infy.refresh_from_db()
     assert (infy.last_price, infy.previous_close) == before
     assert selectors.instrument_last_price(infy) == before[0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("tick_size", ""), ("tick_size", "0.05x"), ("lot_size", "fifty"), ("strike", "?")]
+)
+def test_a_dump_with_a_value_that_is_no_number_is_refused_naming_its_line_and_field(tmp_path, db, field, value):
+    header, first, *rest = SAMPLE.read_text().splitlines()
+    columns = header.split(",")
+    cells = first.split(",")
+    cells[columns.index(field)] = value
+    dump = tmp_path / "instruments.csv"
+    dump.write_text("\n".join([header, ",".join(cells), *rest]) + "\n")
+    with pytest.raises(CommandError, match=f"not a Kite instrument CSV.*line 2.*{field}"):
+        call_command("load_instruments", file=dump)
+    assert not Instrument.objects.exists()

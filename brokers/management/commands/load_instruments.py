@@ -24,6 +24,9 @@ class Command(BaseCommand):
             if exchange:
                 rows = [row for row in rows if row.exchange == exchange]
         else:
-            rows = registry.get(broker)(client_id="").instruments(exchange)
+            try:
+                rows = registry.get(broker)(client_id="").instruments(exchange)
+            except ValueError as exc:
+                raise CommandError(f"{broker}: its instrument dump could not be read ({exc})") from exc
         created, updated = services.instruments_load(rows)
         self.stdout.write(f"Instruments: {created} created, {updated} updated.")
