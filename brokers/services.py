@@ -93,7 +93,24 @@ def _remember(account_id: int, session: BrokerSession) -> LiveSession:
     live = _as_live(session)
     ttl = min(settings.BROKER_SESSION_CACHE_TTL_S, max(1, int((session.expires_at - timezone.now()).total_seconds())))
     cache.set(_cache_key(account_id), _cached_form(session), timeout=ttl)
+    _forget_ended({_cache_key(account_id): session.pk})
     return live
+
+
+def _forget_ended(cached: dict[str, int]) -> None:
+    """Drop from the cache those just put there ({key: session id}) whose session ended meanwhile:
+    its end forgot it before they were set (a disconnect, new credentials), and every call would
+    use it until the entry's timeout. Asked after the set, so an end after the ask forgets it."""
+    if not cached:
+        return
+    active = set(
+        BrokerSession.objects.filter(pk__in=cached.values(), status=BrokerSession.Status.ACTIVE).values_list(
+            "pk", flat=True
+        )
+    )
+    ended = [key for key, session_id in cached.items() if session_id not in active]
+    if ended:
+        cache.delete_many(ended)
 
 
 def _forget(account_id: int) -> None:
@@ -173,6 +190,7 @@ def sessions_live(accounts: list[BrokerAccount]) -> dict[int, LiveSession]:
                 live[session.account_id] = _as_live(session)
                 fresh[_cache_key(session.account_id)] = _cached_form(session)
         cache.set_many(fresh, timeout=settings.BROKER_SESSION_CACHE_TTL_S)  # readers check expires_at
+        _forget_ended({key: form["id"] for key, form in fresh.items()})
     return live
 
 

@@ -240,3 +240,42 @@ def test_a_reconnect_waits_for_a_worker_logging_in_to_the_account(paper_account,
     connected = services.session_connect(account=paper_account, actor=paper_account.owner)  # the lock free
     assert logins == [1] and connected.session_id != first.session_id
     assert BrokerSession.objects.get(pk=first.session_id).status == "revoked"
+
+
+def test_a_session_ended_while_it_was_being_read_is_not_left_in_the_cache(kite_on_face, monkeypatch):
+    """A worker reads the active session from the database just as the trader's credentials change
+    (or a disconnect) ends it: the session it caches after that end must not be what every call
+    of the next half-minute uses, with the old token, the account's page saying "not connected"."""
+    services.cache.delete(services._cache_key(kite_on_face.pk))
+    active = services._active
+
+    def read_then_ended(account_id):
+        session = active(account_id)
+        monkeypatch.setattr(services, "_active", active)
+        services.session_revoke(kite_on_face, reason="credentials changed")  # meanwhile, elsewhere
+        return session
+
+    monkeypatch.setattr(services, "_active", read_then_ended)
+    services.session_live(kite_on_face)  # it read the row before its end: this one call has it
+    assert BrokerSession.objects.get(account=kite_on_face).status == "revoked"
+    with pytest.raises(AuthError):
+        services.session_live(kite_on_face)
+    assert services.sessions_live([kite_on_face]) == {}
+
+
+def test_a_session_ended_while_many_were_being_read_is_not_left_in_the_cache(paper_account, monkeypatch):
+    """The same for ``sessions_live`` (the monitoring cycle's read of many accounts' sessions)."""
+    first = services.session_live(paper_account)
+    key = services._cache_key(paper_account.pk)
+    services.cache.delete(key)
+    cached_form = services._cached_form
+
+    def read_then_ended(session):
+        monkeypatch.setattr(services, "_cached_form", cached_form)
+        services.session_disconnect(account=paper_account, actor=None)  # meanwhile, elsewhere
+        return cached_form(session)
+
+    monkeypatch.setattr(services, "_cached_form", read_then_ended)
+    assert services.sessions_live([paper_account])[paper_account.pk].session_id == first.session_id
+    assert services.cache.get(key) is None
+    assert services.session_live(paper_account).session_id != first.session_id  # a new login
