@@ -53,3 +53,51 @@ def test_a_cancel_the_server_fails_or_never_gets_says_so_instead_of_nothing(book
     playwright.expect(notice).to_contain_text(said)
     playwright.expect(notice).to_contain_text("may not have been done")
     playwright.expect(page.locator(f"#order-{order.pk}")).to_contain_text("Open")
+
+
+@pytest.fixture
+def browser_page(live_server, client, trader):
+    """A Chromium page signed in as the trader: (page, the dialogs it was shown), answering each
+    confirm as ``page.answer`` says (True: yes)."""
+    client.force_login(trader)
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM)
+        context = browser.new_context(base_url=live_server.url)
+        context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live_server.url}])
+        page = context.new_page()
+        shown = []
+
+        def answer(dialog):
+            shown.append(dialog.message)
+            dialog.accept() if page.answer else dialog.dismiss()
+
+        page.on("dialog", answer)
+        yield page, shown
+        browser.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_webhook_secret_is_made_only_once_the_trader_says_yes(trader, account, monkeypatch, browser_page):
+    """One click on "New secret" ended the live webhook secret at once: every alert refused until
+    the trader put the new one in TradingView. It asks first; "no" changes nothing."""
+    from orders import sources
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")  # the ORM beside the browser's driver
+    strategy, _ = sources.strategy_save(owner=trader, name="Swing", account_ids=[account.pk])
+    before = strategy.webhook_secret_hash
+    page, shown = browser_page
+    page.goto(reverse("sources:strategy_detail", args=[strategy.pk]))
+
+    page.answer = False
+    page.get_by_role("button", name="New secret").click()
+    page.wait_for_timeout(300)
+    strategy.refresh_from_db()
+    assert len(shown) == 1 and "stops working at once" in shown[0], shown
+    assert strategy.webhook_secret_hash == before  # nothing was sent
+
+    page.answer = True
+    with page.expect_navigation():
+        page.get_by_role("button", name="New secret").click()
+    strategy.refresh_from_db()
+    assert len(shown) == 2 and strategy.webhook_secret_hash != before
