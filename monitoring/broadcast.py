@@ -100,8 +100,18 @@ def _user_timezone(user_id: int) -> ZoneInfo:
 
 
 def user_timezone_forget(user_id: int) -> None:
-    """The user's timezone was saved: every process's next push reads it again (after commit)."""
-    transaction.on_commit(lambda: cache.delete(_timezone_key(user_id)))
+    """The user's timezone was saved: every process's next push reads it again (after commit).
+
+    Never raises, as ``user_sockets_close``: a save of the user (a profile, a deactivation in the
+    admin) must not fail because Redis is down; the old timezone then lasts ``TIMEZONE_KEEP_S``."""
+
+    def forget():
+        try:
+            cache.delete(_timezone_key(user_id))
+        except Exception:
+            logger.warning("forgetting the timezone of user %s failed", user_id, exc_info=True)
+
+    transaction.on_commit(forget)
 
 
 def push_fragment(*, user_id: int, template: str, context: dict) -> None:

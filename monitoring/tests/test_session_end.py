@@ -235,3 +235,30 @@ async def test_a_socket_whose_close_was_lost_closes_at_its_next_recheck(trader, 
 
     assert await socket.receive_output(timeout=5) == CLOSED
     await socket.disconnect()
+
+
+def test_an_unreachable_cache_breaks_neither_a_profile_save_nor_a_deactivation(trader, monkeypatch, caplog):
+    """A save of the user has the pushes read its timezone again, by dropping it from the cache after
+    commit. Redis away then: the trader's timezone change answered a 500 (though saved), and staff
+    deactivating a user got one too, as the channel layer's close never makes them (above)."""
+    import redis
+
+    class Unreachable:
+        def __getattr__(self, _name):
+            def call(*_args, **_kwargs):
+                raise redis.ConnectionError("Error 111 connecting to redis:6379. Connection refused.")
+
+            return call
+
+    monkeypatch.setattr(broadcast, "cache", Unreachable())
+    browser = signed_in(trader)
+    with caplog.at_level(logging.WARNING, logger="monitoring.broadcast"):
+        answer = browser.post(reverse("accounts:profile"), {"form": "profile", "timezone": "Europe/London"})
+        assert answer.status_code == 302
+        trader.refresh_from_db()
+        trader.is_active = False
+        trader.save()
+
+    trader.refresh_from_db()
+    assert trader.timezone == "Europe/London" and not trader.is_active
+    assert caplog.text.count(f"forgetting the timezone of user {trader.pk} failed") == 2
