@@ -89,6 +89,20 @@ class BrokerAccountCreateForm(BrokerAccountBaseForm):
 class BrokerAccountEditForm(BrokerAccountBaseForm):
     credential_hint = "Leave blank to keep the stored value."
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Staff change these in the admin while the trader has this page open: the page posts the
+        # values it showed too, so the save can tell what the trader changed from what staff changed
+        # since (a client posting no shown value is taken to change what it posts), as the admin's.
+        for name in self.Meta.fields:
+            self.fields[name].show_hidden_initial = not self.is_bound or self[name].html_initial_name in self.data
+
+    @property
+    def changes(self) -> dict:
+        # Only what the trader changed: writing back the rest as the page showed it would undo a
+        # limit staff lowered meanwhile.
+        return {name: value for name, value in super().changes.items() if name in self.changed_data}
+
 
 class ApiKeyCreateForm(forms.Form):
     EXPIRY_CHOICES = [("", "Never"), ("7", "7 days"), ("30", "30 days"), ("90", "90 days"), ("365", "1 year")]

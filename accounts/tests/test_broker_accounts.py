@@ -426,3 +426,53 @@ def test_staff_editing_an_account_in_admin_keep_what_its_trader_changed_meanwhil
     account.refresh_from_db()
     assert account.is_active is True and account.max_quantity == 50
     assert account.max_order_value == Decimal("10000") and account.allowed_products == ["MIS"]
+
+
+def _as_the_traders_page_posts(page) -> dict:
+    """What the trader's edit page posts unchanged: each input as shown (a checkbox list as its ticked
+    values) and the hidden inputs beside them (what it showed)."""
+    import html
+    import re
+
+    data: dict[str, list[str]] = {}
+    body = page.content.decode()
+    for tag in re.findall(r"<input [^>]*>", body):
+        name = re.search(r'name="([^"]+)"', tag)
+        kind = re.search(r'type="([^"]+)"', tag)
+        if name is None or name.group(1) == "csrfmiddlewaretoken" or (kind and kind.group(1) == "password"):
+            continue
+        if kind and kind.group(1) == "checkbox" and "checked" not in tag:
+            continue
+        value = re.search(r'value="([^"]*)"', tag)
+        data.setdefault(name.group(1), []).append(html.unescape(value.group(1)) if value else "")
+    return data
+
+
+def test_a_trader_saving_their_account_keeps_the_limits_staff_changed_meanwhile(trader_client, staff, trader, account):
+    """The trader's edit page wrote back every limit as it showed them when opened (the admin's page no
+    longer does, since 9d082bb). Staff lowering the account's largest order value, or taking a product
+    off it, while its trader had the page open to rename it had both undone, the change audited as the
+    trader's. Only what the trader changed on the page is changed."""
+    from accounts import services
+
+    limits = {"max_order_value": Decimal("250000.50"), "max_quantity": 900, "copy_multiplier": Decimal("1.5")}
+    services.broker_account_update(account=account, actor=trader, **limits)
+    url = reverse("accounts:broker_edit", args=[account.pk])
+    data = _as_the_traders_page_posts(trader_client.get(url))  # the page the trader opened
+    services.broker_account_update(account=account, actor=staff, max_order_value=Decimal("10000"))
+    services.broker_account_update(account=account, actor=staff, allowed_products=["MIS"])
+
+    answer = trader_client.post(url, {**data, "label": ["Paper (renamed)"]})
+    assert answer.status_code == 302, answer.context["form"].errors
+    account.refresh_from_db()
+    assert account.label == "Paper (renamed)"
+    assert account.max_order_value == Decimal("10000") and account.allowed_products == ["MIS"]
+    assert account.max_quantity == 900 and account.copy_multiplier == Decimal("1.5")
+    changed = AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_CHANGED, actor=trader).order_by("pk").last()
+    assert changed.data["fields"] == ["label"]
+
+    # What the trader does change is still changed.
+    data = _as_the_traders_page_posts(trader_client.get(url))
+    assert trader_client.post(url, {**data, "max_quantity": ["50"]}).status_code == 302
+    account.refresh_from_db()
+    assert account.max_quantity == 50 and account.max_order_value == Decimal("10000")
