@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from brokers import registry
 from tradingplatform import numbers
 from tradingplatform.admin import ReadOnlyAdmin
+from tradingplatform.forms import watch_changes
 
 from . import selectors, services
 from .forms import apply_validation_error, credential_fields
@@ -76,12 +77,7 @@ class BrokerAccountAdminForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields.update(credential_fields(required_hint="Write-only; leave blank to keep the stored value."))
-        # Its trader changes these on their page while staff have this one open: the page posts the
-        # values it showed too, so the save can tell what staff changed from what the trader changed
-        # since (a client posting no shown value is taken to change what it posts).
-        for name in self.WATCHED:
-            if name in self.fields:
-                self.fields[name].show_hidden_initial = not self.is_bound or self[name].html_initial_name in self.data
+        watch_changes(self, self.WATCHED)  # a save writes only what staff changed
         if self.instance.pk:
             for name in ("owner", "broker", "client_id"):
                 if name in self.fields:  # a page read-only to its staff (view only) has none

@@ -3,6 +3,7 @@ from django.core.exceptions import ValidationError
 
 from brokers import registry
 from tradingplatform import numbers
+from tradingplatform.forms import watch_changes
 
 from .models import PRODUCTS, BrokerAccount, User
 
@@ -91,11 +92,7 @@ class BrokerAccountEditForm(BrokerAccountBaseForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Staff change these in the admin while the trader has this page open: the page posts the
-        # values it showed too, so the save can tell what the trader changed from what staff changed
-        # since (a client posting no shown value is taken to change what it posts), as the admin's.
-        for name in self.Meta.fields:
-            self.fields[name].show_hidden_initial = not self.is_bound or self[name].html_initial_name in self.data
+        watch_changes(self, self.Meta.fields)  # a save writes only what the trader changed
 
     @property
     def changes(self) -> dict:

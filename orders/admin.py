@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from accounts.utils import client_ip
 from tradingplatform import numbers
 from tradingplatform.admin import ReadOnlyAdmin
+from tradingplatform.forms import watch_changes
 
 from . import services, sources
 from .models import Basket, BasketItem, Order, OrderEvent, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
@@ -53,11 +54,7 @@ class OwnedAccountsForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # The page posts the values it showed too, so the save can tell what staff changed from what
-        # the trader changed since (a client posting no shown value is taken to change what it posts).
-        for name in self.WATCHED:
-            if name in self.fields:
-                self.fields[name].show_hidden_initial = not self.is_bound or self[name].html_initial_name in self.data
+        watch_changes(self, self.WATCHED)  # a save writes only what staff changed
         if self.instance.pk and "owner" in self.fields:  # a page read-only to its staff (view only) has none
             self.fields["owner"].disabled = True
 

@@ -7,6 +7,7 @@ from accounts.models import BrokerAccount
 from brokers.errors import RejectKind
 from brokers.selectors import instrument_by_symbol
 from tradingplatform import numbers
+from tradingplatform.forms import watch_changes
 
 from . import sources
 from .forms import OneTimeTokenForm, PriceField, whole_number
@@ -178,6 +179,8 @@ class StrategyForm(OneTimeTokenForm, forms.ModelForm):
         self.fields["accounts"] = AccountsField(user, kept=kept, required=False)
         self.fields["accounts"].initial = kept
         self.fields["token"].required = False  # an edit, or a page rendered before it had one
+        if self.instance.pk:  # an edit writes only what the trader changed on the page
+            watch_changes(self, [*self.Meta.fields, "accounts"])
 
     def create_key(self) -> str | None:
         token = self.cleaned_data.get("token")
@@ -189,3 +192,11 @@ class StrategyForm(OneTimeTokenForm, forms.ModelForm):
 
     def params(self) -> dict:
         return {name: self.cleaned_data[name] for name in self.Meta.fields if name != "name"}
+
+    def changes(self) -> dict:
+        """An edit's changes (``sources.strategy_change``): only what the trader changed on the
+        page; the rest stays as it is now (a pause made through the API meanwhile, or in another tab)."""
+        changes = {name: self.cleaned_data[name] for name in self.Meta.fields if name in self.changed_data}
+        if "accounts" in self.changed_data:
+            changes["account_ids"] = [account.pk for account in self.cleaned_data["accounts"]]
+        return changes

@@ -196,14 +196,16 @@ def strategy_edit(request, pk=None):
     form = StrategyForm(request.POST or None, instance=strategy, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
-            saved, secret = sources.strategy_save(
-                owner=request.user,
-                strategy=strategy,
-                name=form.cleaned_data["name"],
-                account_ids=[account.pk for account in form.cleaned_data["accounts"]],
-                create_key=form.create_key(),
-                **form.params(),
-            )
+            if strategy is not None:
+                saved, secret = sources.strategy_change(owner=request.user, strategy=strategy, **form.changes()), ""
+            else:
+                saved, secret = sources.strategy_save(
+                    owner=request.user,
+                    name=form.cleaned_data["name"],
+                    account_ids=[account.pk for account in form.cleaned_data["accounts"]],
+                    create_key=form.create_key(),
+                    **form.params(),
+                )
         except ValidationError as exc:
             apply_validation_error(form, exc)
             if "idempotency_key" in getattr(exc, "error_dict", {}):

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+from html.parser import HTMLParser
 from urllib.parse import quote
 
 import pytest
@@ -59,3 +60,56 @@ def stop_process_group(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(5)
+
+
+class _FormFields(HTMLParser):
+    """The fields a browser posts from a page's forms, as shown (``page_form_data``)."""
+
+    SKIPPED = {"submit", "button", "reset", "file", "image", "password"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.data: dict[str, list[str]] = {}
+        self._select = None  # (name, its options, those selected)
+        self._textarea = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        name, disabled = attrs.get("name"), "disabled" in attrs
+        if tag == "input" and name and not disabled and name != "csrfmiddlewaretoken":
+            kind = (attrs.get("type") or "text").lower()
+            if kind in self.SKIPPED or (kind in ("checkbox", "radio") and "checked" not in attrs):
+                return
+            self.data.setdefault(name, []).append(attrs.get("value") or ("on" if kind == "checkbox" else ""))
+        elif tag == "select":
+            self._select = None if disabled or not name else (name, [], [])
+        elif tag == "option" and self._select is not None:
+            self._select[1].append(attrs.get("value") or "")
+            if "selected" in attrs:
+                self._select[2].append(attrs.get("value") or "")
+        elif tag == "textarea" and name and not disabled:
+            self._textarea = name
+            self.data.setdefault(name, []).append("")
+
+    def handle_endtag(self, tag):
+        if tag == "select" and self._select is not None:
+            name, options, selected = self._select
+            if selected or options:  # none selected: a browser posts the first
+                self.data.setdefault(name, []).extend(selected or options[:1])
+            self._select = None
+        elif tag == "textarea":
+            self._textarea = None
+
+    def handle_data(self, data):
+        if self._textarea is not None:
+            values = self.data[self._textarea]
+            values[-1] = (values[-1] + data).removeprefix("\n")  # a browser drops the first newline
+
+
+def page_form_data(page) -> dict[str, list[str]]:
+    """What a browser posts unchanged from ``page`` (a test client's answer): every field as shown,
+    the hidden ones included (a form's ``initial-`` values: what it showed, ``watch_changes``), each
+    as the list of its values. Give changes as ``{**data, "name": "new"}``."""
+    parser = _FormFields()
+    parser.feed(page.content.decode())
+    return parser.data

@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from accounts.models import AuditLog, BrokerAccount
 from accounts.tests.factories import make_broker_account, make_kite_account
-from tradingplatform.testing import error_report
+from tradingplatform.testing import error_report, page_form_data
 
 SECRET = "KITE-SECRET-do-not-show-42"
 KEY = "KITE-APIKEY-do-not-show-17"
@@ -378,23 +378,6 @@ def test_staff_cannot_delete_a_traders_account_in_admin_only_deactivate_it(clien
     assert "delete_selected" not in changelist.content.decode()
 
 
-def _as_the_page_posts(page) -> dict:
-    """What the admin's change page posts unchanged: each field as shown, and beside it the value it
-    showed (a hidden input; one with no value posts an empty one)."""
-    import html
-    import re
-
-    form = page.context["adminform"].form
-    data = {}
-    for name in form.fields:
-        value = form[name].value()
-        if value is not None and value is not False and not form.fields[name].disabled:
-            data[name] = "on" if value is True else str(value)
-    pattern = r'<input type="hidden" name="(initial-[\w-]+)"(?: value="([^"]*)")?'
-    data.update((name, html.unescape(value)) for name, value in re.findall(pattern, page.content.decode()))
-    return data
-
-
 def test_staff_editing_an_account_in_admin_keep_what_its_trader_changed_meanwhile(client, staff, trader, account):
     """Review: the admin's save wrote back every limit, and whether the account is active, as its page
     showed them when staff opened it. A trader who lowered their largest order value and then
@@ -405,7 +388,7 @@ def test_staff_editing_an_account_in_admin_keep_what_its_trader_changed_meanwhil
 
     client.force_login(staff)
     url = reverse("admin:accounts_brokeraccount_change", args=[account.pk])
-    data = _as_the_page_posts(client.get(url))  # the page staff opened
+    data = page_form_data(client.get(url))  # the page staff opened
     services.broker_account_update(account=account, actor=trader, max_order_value=Decimal("10000"))
     services.broker_account_update(account=account, actor=trader, allowed_products=["MIS"])
     services.broker_account_set_active(account=account, actor=trader, active=False)
@@ -421,31 +404,11 @@ def test_staff_editing_an_account_in_admin_keep_what_its_trader_changed_meanwhil
     assert not AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_REACTIVATED).exists()
 
     # What staff do change is still changed, the account's activity among it.
-    data = _as_the_page_posts(client.get(url))
+    data = page_form_data(client.get(url))
     assert client.post(url, {**data, "is_active": "on", "max_quantity": "50"}).status_code == 302
     account.refresh_from_db()
     assert account.is_active is True and account.max_quantity == 50
     assert account.max_order_value == Decimal("10000") and account.allowed_products == ["MIS"]
-
-
-def _as_the_traders_page_posts(page) -> dict:
-    """What the trader's edit page posts unchanged: each input as shown (a checkbox list as its ticked
-    values) and the hidden inputs beside them (what it showed)."""
-    import html
-    import re
-
-    data: dict[str, list[str]] = {}
-    body = page.content.decode()
-    for tag in re.findall(r"<input [^>]*>", body):
-        name = re.search(r'name="([^"]+)"', tag)
-        kind = re.search(r'type="([^"]+)"', tag)
-        if name is None or name.group(1) == "csrfmiddlewaretoken" or (kind and kind.group(1) == "password"):
-            continue
-        if kind and kind.group(1) == "checkbox" and "checked" not in tag:
-            continue
-        value = re.search(r'value="([^"]*)"', tag)
-        data.setdefault(name.group(1), []).append(html.unescape(value.group(1)) if value else "")
-    return data
 
 
 def test_a_trader_saving_their_account_keeps_the_limits_staff_changed_meanwhile(trader_client, staff, trader, account):
@@ -458,7 +421,7 @@ def test_a_trader_saving_their_account_keeps_the_limits_staff_changed_meanwhile(
     limits = {"max_order_value": Decimal("250000.50"), "max_quantity": 900, "copy_multiplier": Decimal("1.5")}
     services.broker_account_update(account=account, actor=trader, **limits)
     url = reverse("accounts:broker_edit", args=[account.pk])
-    data = _as_the_traders_page_posts(trader_client.get(url))  # the page the trader opened
+    data = page_form_data(trader_client.get(url))  # the page the trader opened
     services.broker_account_update(account=account, actor=staff, max_order_value=Decimal("10000"))
     services.broker_account_update(account=account, actor=staff, allowed_products=["MIS"])
 
@@ -472,7 +435,7 @@ def test_a_trader_saving_their_account_keeps_the_limits_staff_changed_meanwhile(
     assert changed.data["fields"] == ["label"]
 
     # What the trader does change is still changed.
-    data = _as_the_traders_page_posts(trader_client.get(url))
+    data = page_form_data(trader_client.get(url))
     assert trader_client.post(url, {**data, "max_quantity": ["50"]}).status_code == 302
     account.refresh_from_db()
     assert account.max_quantity == 50 and account.max_order_value == Decimal("10000")

@@ -470,3 +470,33 @@ def test_a_strategys_recent_signals_show_each_order_as_it_is_now_with_why(trader
     assert "OPEN" not in page
     assert "REJECTED" in page and "RMS: margin exceeds" in page and order.reference in page
     assert "Below one lot on Half" in page
+
+
+def test_saving_a_strategys_page_keeps_what_was_changed_elsewhere_while_it_was_open(trader_client, trader, account):
+    """The edit page wrote back every setting as it showed them when opened: a trader who paused the
+    strategy through the API (or in another tab) and tightened its stop-loss, then saved a rename on
+    a page opened before, had it live again with the old stop (its next alert placed an order).
+    Only what was changed on the page is written."""
+    from decimal import Decimal
+
+    from tradingplatform.testing import page_form_data
+
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Swing", account_ids=[account.pk], stop_loss=Decimal("2"), stop_loss_unit="percent"
+    )
+    url = reverse("sources:strategy_edit", args=[strategy.pk])
+    data = page_form_data(trader_client.get(url))  # the page opened
+    sources.strategy_change(owner=trader, strategy=strategy, is_active=False, stop_loss=Decimal("1"))
+
+    answer = trader_client.post(url, {**data, "name": "Swing (renamed)"})
+    assert answer.status_code == 302, answer.context["form"].errors
+    strategy.refresh_from_db()
+    assert strategy.name == "Swing (renamed)"
+    assert strategy.is_active is False and strategy.stop_loss == Decimal("1")
+    assert list(strategy.accounts.all()) == [account]
+
+    # What is changed on the page is written, the rest kept.
+    data = page_form_data(trader_client.get(url))
+    assert trader_client.post(url, {**data, "take_profit": "3", "take_profit_unit": "percent"}).status_code == 302
+    strategy.refresh_from_db()
+    assert strategy.take_profit == Decimal("3") and strategy.stop_loss == Decimal("1") and not strategy.is_active

@@ -25,6 +25,7 @@ from orders.models import Basket, ScheduledOrder, Strategy, StrategySignal
 from orders.tests.factories import instrument, place
 from portfolio.models import PnlSnapshot, Position, Trade
 from tradingplatform.admin import ReadOnlyAdmin
+from tradingplatform.testing import page_form_data
 
 
 @pytest.fixture
@@ -541,23 +542,6 @@ def test_staff_who_may_only_view_can_open_the_pages_with_fixed_or_watched_fields
         assert b"kite-secret-SHOWN-NOT" not in answer.content and b"kite-key-123" not in answer.content
 
 
-def _as_the_page_posts(page) -> dict:
-    """What an admin change page posts unchanged: each field as shown, and beside it the value it
-    showed (hidden inputs; one with no value posts an empty one)."""
-    import html
-    import re
-
-    data = _change_form_data(page.context["adminform"].form)
-    pattern = r'<input type="hidden" name="(initial-[\w-]+)"(?: value="([^"]*)")?'
-    for name, value in re.findall(pattern, page.content.decode()):
-        value = html.unescape(value)
-        if name in data:  # several: a multiple choice's
-            data[name] = [*(data[name] if isinstance(data[name], list) else [data[name]]), value]
-        else:
-            data[name] = value
-    return data
-
-
 def test_staff_editing_a_strategy_in_admin_keep_its_pause_and_settings_changed_meanwhile(staff_client, trader, account):
     """Review: the admin's save wrote back every setting of a strategy as its page showed them when
     staff opened it. A trader who paused the strategy and tightened its stop-loss while staff renamed
@@ -566,7 +550,7 @@ def test_staff_editing_a_strategy_in_admin_keep_its_pause_and_settings_changed_m
     second = make_broker_account(trader, broker="paper", client_id="PAPER-O2", label="Second")
     strategy, _ = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk], stop_loss=Decimal("5"))
     change = reverse("admin:orders_strategy_change", args=[strategy.pk])
-    data = _as_the_page_posts(staff_client.get(change))  # the page staff opened
+    data = page_form_data(staff_client.get(change))  # the page staff opened
     sources.strategy_change(
         owner=trader, strategy=strategy, is_active=False, stop_loss=Decimal("2"), account_ids=[account.pk, second.pk]
     )
@@ -579,23 +563,12 @@ def test_staff_editing_a_strategy_in_admin_keep_its_pause_and_settings_changed_m
     assert set(strategy.accounts.values_list("pk", flat=True)) == {account.pk, second.pk}
 
     # What staff do change is still changed.
-    data = _as_the_page_posts(staff_client.get(change))
+    data = page_form_data(staff_client.get(change))
     answer = staff_client.post(change, {**data, "take_profit": "4", "accounts": [str(account.pk)]})
     assert answer.status_code == 302, answer.context["adminform"].form.errors
     strategy.refresh_from_db()
     assert strategy.take_profit == Decimal("4") and strategy.stop_loss == Decimal("2")
     assert strategy.is_active is False and list(strategy.accounts.values_list("pk", flat=True)) == [account.pk]
-
-
-def _basket_page_posts(page) -> dict:
-    """What a basket's admin page posts unchanged: the basket's fields and its items' inline."""
-    data = _as_the_page_posts(page)
-    formset = page.context["inline_admin_formsets"][0].formset
-    management = formset.management_form
-    data.update({management.add_prefix(name): value for name, value in management.initial.items()})
-    for form in formset.forms:
-        data.update({form.add_prefix(name): value for name, value in _change_form_data(form).items()})
-    return data
 
 
 def test_staff_renaming_a_basket_in_admin_keep_the_accounts_its_trader_took_off_meanwhile(
@@ -613,7 +586,7 @@ def test_staff_renaming_a_basket_in_admin_keep_the_accounts_its_trader_took_off_
         account_ids=[account.pk, second.pk],
     )
     change = reverse("admin:orders_basket_change", args=[basket.pk])
-    data = _basket_page_posts(staff_client.get(change))  # the page staff opened
+    data = page_form_data(staff_client.get(change))  # the page staff opened
     sources.basket_change(owner=trader, basket=basket, account_ids=[account.pk])
 
     answer = staff_client.post(change, {**data, "name": "Morning (desk)"})
@@ -623,7 +596,7 @@ def test_staff_renaming_a_basket_in_admin_keep_the_accounts_its_trader_took_off_
     assert list(basket.accounts.values_list("pk", flat=True)) == [account.pk]
 
     # What staff do change is still changed, the items among it.
-    data = _basket_page_posts(staff_client.get(change))
+    data = page_form_data(staff_client.get(change))
     data.update({"items-0-quantity": "3", "accounts": [str(account.pk), str(second.pk)]})
     answer = staff_client.post(change, data)
     assert answer.status_code == 302, answer.context["adminform"].form.errors

@@ -1,6 +1,5 @@
 """The paper exchange's rules: fills, priority, triggers, rejections, funds and knobs."""
 
-import re
 import threading
 import time
 from datetime import timedelta
@@ -13,6 +12,7 @@ from django.utils import timezone
 
 from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
+from tradingplatform.testing import page_form_data
 
 D = Decimal
 Status = PaperOrder.Status
@@ -401,9 +401,7 @@ def test_staff_changing_a_clients_knobs_in_admin_keep_the_fills_paid_meanwhile(c
     browser.force_login(staff)
     url = f"/admin/paper/paperclient/{client.pk}/change/"
     page = browser.get(url)
-    form = page.context["adminform"].form
-    data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
-    data.update(re.findall(r'name="(initial-[\w-]+)" value="([^"]*)"', page.content.decode()))  # as it posts
+    data = page_form_data(page)  # as it posts
     shown = client.cash
     place(client, order_type="MARKET", quantity=2)  # pays 2 x 1500.10 while the page is open
     paid = shown - PaperClient.objects.get(pk=client.pk).cash
@@ -845,18 +843,6 @@ def test_an_ioc_stop_of_an_earlier_day_is_closed_with_its_day_not_triggered_toda
     assert not PaperTrade.objects.filter(order=stop).exists() and engine._blocked_funds(client) == 0
 
 
-def _admin_page_data(page) -> dict:
-    """What the admin's change page posts as it was shown (its initial values included)."""
-    form = page.context["adminform"].form
-    data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
-    data.update(re.findall(r'name="(initial-[\w-]+)" value="([^"]*)"', page.content.decode()))
-    for name, value in list(data.items()):
-        if hasattr(value, "tzinfo"):  # a split date and time field
-            local = timezone.localtime(data.pop(name))
-            data.update({f"{name}_0": f"{local:%Y-%m-%d}", f"{name}_1": f"{local:%H:%M:%S}"})
-    return data
-
-
 def test_staff_editing_an_instrument_in_admin_keep_the_prices_ticked_meanwhile(client, staff):
     """The admin's page shows the instrument's quote; the ticks move it while the page is open. A
     save of another field (its previous close, a demo's band) wrote back the quote the page showed:
@@ -868,7 +854,7 @@ def test_staff_editing_an_instrument_in_admin_keep_the_prices_ticked_meanwhile(c
     browser.force_login(staff)
     infy = PaperInstrument.objects.get(tradingsymbol="INFY")
     url = f"/admin/paper/paperinstrument/{infy.pk}/change/"
-    data = _admin_page_data(browser.get(url))
+    data = page_form_data(browser.get(url))
     quote(last="1510")  # a tick while the page is open
 
     answer = browser.post(url, {**data, "previous_close": "1490"})
@@ -880,7 +866,7 @@ def test_staff_editing_an_instrument_in_admin_keep_the_prices_ticked_meanwhile(c
     assert bought.average_price == D("1510.10")
 
     resting = place(client, side="SELL", price="1550", quantity=1)
-    data = _admin_page_data(browser.get(url))
+    data = page_form_data(browser.get(url))
     assert browser.post(url, {**data, "last_price": "1600"}).status_code == 302
     infy.refresh_from_db()
     assert (infy.last_price, infy.bid, infy.ask) == (D("1600"), D("1599.90"), D("1600.10"))
