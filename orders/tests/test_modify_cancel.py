@@ -7,6 +7,7 @@ import time
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
@@ -61,9 +62,20 @@ def test_a_modify_and_a_cancel_done_while_redis_is_away_are_answered_done(trader
     def away(*args, **kwargs):
         raise ConnectionError("Error 111 connecting to redis")
 
+    class LetGoFails:  # the lock is taken; its release (a pipeline) finds Redis gone
+        def __init__(self, client):
+            self.client = client
+
+        def __getattr__(self, name):
+            return getattr(self.client, name)
+
+        pipeline = away
+
     order = place(trader, account, order_type="LIMIT", price="1400", quantity=2)
-    monkeypatch.setattr(locks, "release", away)
-    monkeypatch.setattr(services.cache, "delete", away)
+    if settings.REDIS_URL:
+        failing = LetGoFails(locks.redis_client())
+        monkeypatch.setattr(locks, "redis_client", lambda: failing)
+    monkeypatch.setattr(services.cache, "delete", away)  # the modify note's; without Redis, the lock's too
     services.order_modify(order=order, actor=trader, cause="test", price=D("1401"))
     order.refresh_from_db()
     assert (order.price, PaperOrder.objects.get(order_id=order.broker_order_id).price) == (D("1401"), D("1401"))
