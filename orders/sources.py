@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -292,9 +292,9 @@ def _terms(order: Order) -> dict:
 
 def _basket_run(
     basket: Basket, actor, run_token: str, account_ids, accounts: list[BrokerAccount], items: list[BasketItem]
-) -> tuple[list[BasketItem], bool]:
+) -> tuple[list[BasketItem], bool, BasketRun]:
     """Record what a run token asks for, the accounts it places on and the items it places, the
-    first time it is sent; returns the run's items (as they were then) and whether this was it.
+    first time it is sent; returns the run's items (as they were then), whether this was it, and the run.
     Sent again asking for other accounts or another basket, it is a conflict (its orders' keys
     would place the new ask)."""
     asked = sorted({int(pk) for pk in account_ids}) if account_ids is not None else None
@@ -314,7 +314,7 @@ def _basket_run(
             "to place this (the API: a new Idempotency-Key; the page: reload it)."
         )
         raise ValidationError({"idempotency_key": ValidationError(message, code="conflict")})
-    return (items if created or run.items is None else _recorded_items(run.items)), created
+    return (items if created or run.items is None else _recorded_items(run.items)), created, run
 
 
 _ITEM_TERMS = ("side", "quantity", "order_type", "product", "validity")
@@ -366,7 +366,7 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
     if not current and not BasketRun.objects.filter(owner=actor, token=run_token).exists():
         # Its items all taken off (in the admin): nothing to place, not an empty placement.
         raise ValidationError({"items": "This basket has no items; add one first."})
-    items, first = _basket_run(basket, actor, run_token, account_ids, accounts, current)
+    items, first, run = _basket_run(basket, actor, run_token, account_ids, accounts, current)
     # An item's key is its place in the basket, not its row: items saved again (a rename that
     # sends them, a PUT) are new rows, and a repeat of the placement must still find its orders.
     # A repeat answers what the placement placed, as it was placed: an item or a copy multiplier
@@ -410,7 +410,10 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
     results = [None] * len(jobs)
     for index, result in zip(turns, _copies.map(_call, [jobs[index][2] for index in turns]), strict=True):
         results[index] = result
-    Basket.objects.filter(pk=basket.pk).update(last_placed_at=timezone.now(), last_results=results)
+    # The basket's last results are its latest placement's: a repeat of an earlier one (its key
+    # sent again after the basket was placed anew) answers its own orders, and leaves them be.
+    newer = BasketRun.objects.filter(basket=OuterRef("pk"), pk__gt=run.pk)
+    Basket.objects.filter(~Exists(newer), pk=basket.pk).update(last_placed_at=timezone.now(), last_results=results)
     return results
 
 

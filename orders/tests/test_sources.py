@@ -282,6 +282,30 @@ def test_an_item_whose_answer_and_lookup_both_lost_the_database_is_not_said_unpl
     assert again[0]["status"] == "FILLED" and PaperOrder.objects.count() == 1
 
 
+def test_a_repeat_of_an_earlier_placement_leaves_the_baskets_last_results_the_latest_placements(
+    trader, account, instruments
+):
+    """The basket placed (run t1), then placed again (t2); then t1's key sent again (the CLI's
+    advice after a lost answer, a reload of the first page's form): it answers t1's orders, and
+    it also wrote them as the basket's last results, at the time of the repeat, so the basket's
+    page and ``GET /baskets`` showed the earlier placement's orders as the latest and t2's were
+    gone from it. The basket's last results stay its latest placement's."""
+    basket = sources.basket_save(owner=trader, name="Morning", account_ids=[account.pk], items=[spec()])
+    first = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    second = sources.basket_place(basket=basket, actor=trader, run_token="t2")
+    basket.refresh_from_db()
+    placed_at = basket.last_placed_at
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert [r["order_id"] for r in again] == [r["order_id"] for r in first]
+    basket.refresh_from_db()
+    assert [r["order_id"] for r in basket.last_results] == [r["order_id"] for r in second]
+    assert basket.last_placed_at == placed_at
+    # A repeat of the latest placement is still its answer, as before.
+    sources.basket_place(basket=basket, actor=trader, run_token="t2")
+    basket.refresh_from_db()
+    assert [r["order_id"] for r in basket.last_results] == [r["order_id"] for r in second]
+
+
 def test_basket_validation(trader, account, other_trader):
     with pytest.raises(ValidationError) as error:
         sources.basket_save(owner=trader, name="", items=[spec()], account_ids=[])
