@@ -340,6 +340,12 @@ def _recorded_items(records: list[dict]) -> list[BasketItem]:
     ]
 
 
+def _run_accounts(actor, placed_on: list[int]) -> list[BrokerAccount]:
+    """The accounts a run placed on (``BasketRun.placed_on``), in its order, those still there."""
+    owned = BrokerAccount.objects.filter(owner=actor, pk__in=placed_on).in_bulk()
+    return [owned[pk] for pk in placed_on if pk in owned]
+
+
 def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:
     """Place every item on every chosen account, concurrently; one result per item and account.
 
@@ -355,8 +361,7 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
         # the basket's list is now: a retry never places on an account added since.
         placed_on = BasketRun.objects.filter(owner=actor, token=run_token).values_list("placed_on", flat=True).first()
         if placed_on is not None:
-            owned = BrokerAccount.objects.filter(owner=actor, pk__in=placed_on).in_bulk()
-            accounts = [owned[pk] for pk in placed_on if pk in owned]
+            accounts = _run_accounts(actor, placed_on)
     if not accounts:
         raise ValidationError({"account_ids": "Choose at least one account."})
     # A repeat places the items its placement asked for (as it does on the accounts it placed on),
@@ -367,6 +372,10 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
         # Its items all taken off (in the admin): nothing to place, not an empty placement.
         raise ValidationError({"items": "This basket has no items; add one first."})
     items, first, run = _basket_run(basket, actor, run_token, account_ids, accounts, current)
+    if not first and account_ids is None and run.placed_on not in (None, [account.pk for account in accounts]):
+        # Its first request recorded the run after this one read the accounts (both sent at once, the
+        # basket's accounts edited in between): the run's, not what this one read.
+        accounts = _run_accounts(actor, run.placed_on)
     # An item's key is its place in the basket, not its row: items saved again (a rename that
     # sends them, a PUT) are new rows, and a repeat of the placement must still find its orders.
     # A repeat answers what the placement placed, as it was placed: an item or a copy multiplier

@@ -209,6 +209,33 @@ def test_a_repeat_of_a_placement_is_on_the_accounts_it_placed_on_whatever_the_ba
     assert sources.basket_place(basket=basket, actor=trader, run_token="t2")[0]["account_id"] == two.pk  # a new one
 
 
+def test_a_repeat_sent_at_once_with_its_first_request_places_on_the_accounts_the_first_placed_on(
+    trader, instruments, monkeypatch
+):
+    """A double click (or the client's retry) while the basket's accounts were being edited: the first
+    request read the basket's accounts (R1), the edit added R2, and the repeat read the accounts (R1
+    and R2) before the first had recorded its run, then found the run as the first recorded it. It
+    placed the run's item on R2 too, under the run's key: an order the placement never asked for.
+    A repeat places on the accounts its run placed on, however early it read the basket."""
+    one = make_broker_account(trader, broker="paper", client_id="R1")
+    two = make_broker_account(trader, broker="paper", client_id="R2")
+    basket = sources.basket_save(owner=trader, name="Morning", account_ids=[one.pk], items=[spec(quantity=1)])
+    basket = sources.basket_save(
+        owner=trader, name="Morning", account_ids=[one.pk, two.pk], items=[spec(quantity=1)], basket=basket
+    )
+    real = sources._basket_run
+
+    def first_records_its_run_meanwhile(basket, actor, token, account_ids, accounts, items):
+        monkeypatch.setattr(sources, "_basket_run", real)
+        real(basket, actor, token, account_ids, [one], items)  # the first request, as it read the basket
+        return real(basket, actor, token, account_ids, accounts, items)
+
+    monkeypatch.setattr(sources, "_basket_run", first_records_its_run_meanwhile)
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert [r["account_id"] for r in again] == [one.pk]
+    assert not Order.objects.filter(account=two).exists() and PaperOrder.objects.count() == 1
+
+
 @pytest.mark.django_db(transaction=True)
 def test_one_failing_item_does_not_undo_the_others(trader, instruments):
     account = make_broker_account(trader, broker="paper", client_id="B3")
