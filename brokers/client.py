@@ -29,6 +29,7 @@ from .errors import (
     BrokerError,
     BrokerUnavailable,
     NetworkError,
+    NotSent,
     OutcomeUnknown,
     RateLimited,
     SendTooLate,
@@ -283,10 +284,22 @@ class AccountBroker:
         return results
 
     def modify_order(self, broker_order_id: str, change: OrderChange) -> None:
-        return self._once(ORDER_CALLS, "modify_order", broker_order_id, change)
+        return self._change("modify_order", broker_order_id, change)
 
     def cancel_order(self, broker_order_id: str) -> None:
-        return self._once(ORDER_CALLS, "cancel_order", broker_order_id)
+        return self._change("cancel_order", broker_order_id)
+
+    def _change(self, method: str, *args) -> None:
+        """A modify or cancel, sent once. A ``NetworkError`` from before it was sent (its session's
+        login timed out, or the login lock stayed busy) is no lost answer (the broker may have done
+        it): the broker cannot have it, ``NotSent``, as ``place_order`` tells the two apart."""
+        made = self.calls_made
+        try:
+            return self._once(ORDER_CALLS, method, *args)
+        except NetworkError as error:
+            if self.calls_made == made:
+                raise NotSent(f"not sent: {error}") from error
+            raise
 
     # --- reads ------------------------------------------------------------------------
     def find_by_tag(self, tag: str) -> BrokerOrder | None:

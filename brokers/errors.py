@@ -59,6 +59,13 @@ class SendTooLate(BrokerError):
     permanent = False
 
 
+class NotSent(BrokerError):
+    """A modify or cancel stopped before it was sent (its session's login timed out, or the login
+    lock stayed busy): the broker did not get it, so it is not done (no lost answer)."""
+
+    permanent = False
+
+
 class InputError(BrokerError):
     """The request itself is wrong (unknown parameter, bad value). Fix it; do not retry."""
 

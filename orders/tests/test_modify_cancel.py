@@ -597,3 +597,37 @@ def test_a_cancel_whose_answer_was_lost_is_not_said_not_done(trader, account, cl
         said = " ".join(str(message) for message in answer.context["messages"])
     assert "Could not cancel" not in said
     assert f"Cancel of {order.reference} sent, but the broker's answer was lost" in said
+
+
+@pytest.mark.parametrize("action", ["cancel", "modify"])
+def test_a_change_stopped_at_its_login_is_not_said_sent(trader, account, client, monkeypatch, action):
+    """The account's session had to be made again and its login timed out, before the cancel (or
+    the modify) was ever sent: the broker cannot have it. It is not "sent, but the broker's answer
+    was lost" (409 ``outcome_unknown``, the SDK's AnswerLost, the page's "Cancel of ... sent"), which
+    has the trader wait for a change that never comes: it was not done (409 ``refused``)."""
+    from accounts.services import api_key_create
+    from brokers.errors import NetworkError
+
+    order = resting(trader, account)
+    broker_services.session_revoke(account, reason="test")
+
+    def timed_out(self):
+        raise NetworkError("the login timed out")
+
+    monkeypatch.setattr(adapter.PaperBroker, "login", timed_out)
+    with pytest.raises(services.OrderActionRefused) as refused:
+        if action == "cancel":
+            services.order_cancel(order=Order.objects.get(pk=order.pk), actor=trader, cause="test")
+        else:
+            services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="test", price="1401")
+    assert not refused.value.outcome_unknown and "answer was lost" not in refused.value.message
+    kinds = list(order.events.values_list("kind", flat=True))
+    assert f"{action}_failed" in kinds and f"{action}_unknown" not in kinds
+    _, secret = api_key_create(owner=trader, name="bot")
+    path, method = (f"/api/v1/orders/{order.pk}/cancel", client.post)
+    if action == "modify":
+        path, method = (f"/api/v1/orders/{order.pk}", client.patch)
+    body = {} if action == "cancel" else {"price": "1402"}
+    answer = method(path, body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert answer.status_code == 409 and answer.json()["error"]["code"] == "refused", answer.json()
+    assert (at_broker(order).status, at_broker(order).price) == ("OPEN", D("1400"))
