@@ -157,6 +157,7 @@ def modify(request, pk):
         return render(request, "orders/partials/order_row_edit.html", {"order": order, "form": form})
     form = OrderModifyForm(request.POST, **options)
     done = modified = False
+    lost = None
     if form.is_valid():
         terms = lambda o: (o.quantity, o.order_type, o.price, o.trigger_price)  # noqa: E731
         before = terms(order)
@@ -166,15 +167,22 @@ def modify(request, pk):
         except ValidationError as exc:
             apply_validation_error(form, exc)
         except services.OrderActionRefused as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            if exc.outcome_unknown:  # sent, and it may have been done: not an error to send again
+                lost = f"Change of {order.reference} sent, but {exc.message[:1].lower()}{exc.message[1:]}"
+            else:
+                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
         order.refresh_from_db()
         modified = done and terms(order) != before  # what the broker took, not what was typed
     else:
         order.refresh_from_db()
     if inline:
-        if done:
-            return render(request, "orders/partials/modify_result.html", {"order": order, "changed": modified})
+        if done or lost:
+            context = {"order": order, "changed": modified, "lost": lost}
+            return render(request, "orders/partials/modify_result.html", context)
         return render(request, "orders/partials/order_row_edit.html", {"order": order, "form": form})
+    if lost:
+        messages.warning(request, lost)
+        return redirect("orders:detail", pk=order.pk)
     if done:
         if modified:
             messages.success(request, f"Modified {order.reference}.")

@@ -631,3 +631,28 @@ def test_a_change_stopped_at_its_login_is_not_said_sent(trader, account, client,
     answer = method(path, body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert answer.status_code == 409 and answer.json()["error"]["code"] == "refused", answer.json()
     assert (at_broker(order).status, at_broker(order).price) == ("OPEN", D("1400"))
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_modify_whose_answer_was_lost_is_not_left_as_an_error_to_send_again(trader, account, client, inline):
+    """The twin of the cancel's: the broker's answer to the change was lost (the paper exchange made
+    it). The page does not leave the form open with the answer as a red error and the typed terms
+    to save again: it shows the order, and says the change was sent and its answer lost."""
+    order = resting(trader, account)
+    knobs(account, timeout_rate=1)
+    client.force_login(trader)
+    extra = {"HTTP_HX_REQUEST": "true"} if inline else {"follow": True}
+    form = client.get(reverse("orders:detail", args=[order.pk])).context["modify_form"]
+    shown = {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
+    data = {**shown, **{f"initial-{name}": value for name, value in shown.items()}, "price": "1405"}
+    answer = client.post(reverse("orders:modify", args=[order.pk]), data, **extra)
+    knobs(account, timeout_rate=0)
+    settle()
+    assert at_broker(order).price == D("1405")
+    said = html.unescape(answer.content.decode())
+    if inline:
+        assert "notice-warning" in said and 'role="alert"' not in said and "<form" not in said
+    else:
+        assert answer.redirect_chain and answer.redirect_chain[-1][0] == reverse("orders:detail", args=[order.pk])
+        said = " ".join(str(message) for message in answer.context["messages"])
+    assert f"Change of {order.reference} sent, but the broker's answer was lost" in said
