@@ -52,7 +52,10 @@ ERROR_RESPONSES = {
     "400": "The body is not JSON.",
     "401": "No valid API key.",
     "404": "Unknown id, or another trader's.",
-    "409": "Conflict (an idempotency key reused with another body) or refused in the order's state.",
+    "409": (
+        "Conflict (an idempotency key reused with another body), refused in the order's state (`refused`),"
+        " or a modify or cancel sent whose broker answer was lost, perhaps done (`outcome_unknown`: read the order)."
+    ),
     "413": "The body is larger than the server takes (`payload_too_large`).",
     "422": "Invalid input; `field` names it.",
     "429": "Over the key's rate budget or too many failed keys from this address; see Retry-After.",
