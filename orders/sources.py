@@ -1340,7 +1340,8 @@ def _fire_send(fire: ScheduledFire, order: Order) -> Order | tuple[str, str]:
     lock was let go or expired (``FIRE_PLACING_TTL_S``), so a request it sent has long landed; the
     broker is asked for it by its tag first, and one the broker does not have is sent only while
     on time (else it is missed, closed unsent). When the broker cannot be asked (the account needs
-    its trader, or the time is past), or no longer lists that day's orders, whether it got the order
+    its trader, or the time is past), or no longer lists that day's orders (an earlier day's, late
+    or still within a grace of days: never sent again), whether it got the order
     is not known: the order is marked so and reconciled by its tag, and the trader told. Nothing is
     sent for an owner or account deactivated since the order was written."""
     scheduled = fire.scheduled
@@ -1354,9 +1355,10 @@ def _fire_send(fire: ScheduledFire, order: Order) -> Order | tuple[str, str]:
         if found is not None:
             services.order_apply_broker_state(order, found, cause=f"{services.broker_name(order)} had it")
             return order
+        if ist_today() != ist_today(max(order.created_at, fire.due_at)):
+            # Sent on that day, if at all: late or still within a grace of days, never sent again.
+            return _fire_unknown(fire, order, "the broker lists today's orders only", listed=False)
         if fire.late:
-            if ist_today() != ist_today(max(order.created_at, fire.due_at)):  # sent on that day, if at all
-                return _fire_unknown(fire, order, "the broker lists today's orders only", listed=False)
             services.orders_unsent_drop(keys=[order.idempotency_key], cause="its scheduled time was missed")
             _notify_missed(scheduled, fire.due_at)
             return ScheduledFire.Status.MISSED, "missed: the worker placing it stopped before sending it"

@@ -461,6 +461,27 @@ def test_a_resent_due_time_of_an_earlier_day_is_closed_for_the_trader_to_check_n
     assert not PaperOrder.objects.filter(tag=order.reference).exists()
 
 
+def test_a_resent_due_time_of_an_earlier_day_still_within_its_grace_is_not_sent_a_second_time(
+    trader, account, monkeypatch
+):
+    """A grace of days: its worker sent the order yesterday and stopped before recording the
+    answer, and its re-sends failed until today. A broker that lists today's orders only (Kite)
+    does not find it by its tag: it was sent again, a second order for one run. As for a late
+    re-send, whether the broker got it is not known: the trader is told to check."""
+    row = make_scheduled(trader, account)
+    fire, due_at, order = _taken_then_stopped(row)
+    AccountBroker(account).place_order(services.order_request(order))  # sent; its answer never recorded
+    ScheduledOrder.objects.filter(pk=row.pk).update(grace_s=3 * 86400)  # still within its grace today
+    ScheduledFire.objects.filter(pk=fire.pk).update(due_at=due_at - timedelta(days=1))
+    Order.objects.filter(pk=order.pk).update(created_at=due_at - timedelta(days=1, seconds=2))
+    monkeypatch.setattr(AccountBroker, "find_by_tag", lambda self, tag: None)  # today's book: not in it
+    fire = sources.scheduled_fire(fire_id=fire.pk)
+    order.refresh_from_db()
+    assert PaperOrder.objects.filter(tag=order.reference).count() == 1, f"{fire.status}: {fire.detail}"
+    assert fire.status == ScheduledFire.Status.FAILED and "check the broker's order history" in fire.detail
+    assert order.status == Order.Status.FAILED and "check the broker's order history" in order.reject_reason
+
+
 def test_a_due_time_just_after_midnight_prepared_just_before_it_is_missed_not_unknown(trader, account, settings):
     now = timezone.now().astimezone(IST)
     if (now.hour, now.minute) in ((0, 0),) or (now.hour == 23 and now.minute > 58):
