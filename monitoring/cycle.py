@@ -1237,7 +1237,8 @@ def _chase_target(ctx: Context, order: Order) -> tuple[Decimal, Decimal | None, 
 
 
 def step_chase(ctx: Context) -> None:
-    """Move open LIMIT entries older than the chase delay toward the last price, within the cap.
+    """Move open LIMIT entries older than the chase delay toward the last price, within the cap;
+    not one the trader re-priced by hand.
 
     Past the broker's modification cap the order is cancelled and replaced; one whose broker had
     not closed it then is replaced once it has.
@@ -1255,6 +1256,11 @@ def step_chase(ctx: Context) -> None:
     now = timezone.now()
     candidates = _chased(account=ctx.account).select_related("strategy", "instrument", "account")
     for order in candidates:
+        if _changed_by_hand(order, "price", step="step 5") is not None:
+            # The trader re-priced it (a page, the API, the broker's app): it is theirs now, left
+            # at their price, not chased back toward the market (as a stop moved by hand is not
+            # pulled back by the trail).
+            continue
         last_move = order.events.filter(kind="modified").order_by("-created_at").first()
         since = last_move.created_at if last_move else (order.submitted_at or order.created_at)
         if (now - since).total_seconds() < order.strategy.chase_after_s:

@@ -360,6 +360,28 @@ def test_a_paused_strategys_entry_is_not_chased(trader, account):
     assert (order.price, order.chase_count) == (D("1495.00"), 0)
 
 
+@pytest.mark.parametrize("where", ["platform", "broker app"])
+def test_an_entry_the_trader_repriced_by_hand_is_not_chased_back(trader, account, where):
+    """The trader moves the strategy's resting buy from 1495 down to 1490 (on a page, or in the
+    broker's own app): it stays where they put it. The chase is the strategy's, not the trader's:
+    it took the order 7 points up again (to its cap, 1497), undoing their price."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Chaser", account_ids=[account.pk], chase_after_s=0, chase_max_ticks=20
+    )
+    set_price("1520")
+    order = entry(trader, account, strategy, order_type="LIMIT", price="1495.00")
+    if where == "platform":
+        services.order_modify(order=order, actor=trader, cause="trader by hand", price="1490")
+    else:
+        client = engine.client_get_or_create(user_id=account.client_id)
+        engine.order_modify(client=client, order_id=order.broker_order_id, price=D("1490"))
+    for _ in range(2):
+        monitor(account)
+    order.refresh_from_db()
+    assert (order.price, order.chase_count) == (D("1490.00"), 0)
+    assert PaperOrder.objects.get(tag=order.reference).price == D("1490.00")
+
+
 @pytest.mark.parametrize("side, far, chased_to", [("BUY", "1520", "1499.20"), ("SELL", "1480", "1498.80")])
 def test_a_percent_chase_cap_is_not_passed_by_rounding_to_the_tick(trader, account, side, far, chased_to):
     """0.02 % of the first price (1499.00) is 0.2998: a buy is chased to 1499.2998 at most, a sell
