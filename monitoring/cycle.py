@@ -1124,18 +1124,22 @@ def _at_modification_cap(refused: Exception) -> bool:
 
 
 def _stood_for(order: Order) -> Order | None:
-    """The order ``order`` stands for, if any: the one it replaced (``_cancel_and_replace``) or
-    retried (step 9: its key names the refused order, as a replacement's does)."""
+    """The order ``order`` stands for, if any: the one it replaced (``_cancel_and_replace``),
+    retried (step 9: its key names the refused order, as a replacement's does) or re-entered
+    (step 8: placed at that entry's price, maybe chased already: chased again from there, each
+    re-entry would take the entry another cap past the first price)."""
     key = order.idempotency_key or ""
-    if RETRY_KEY in key:
-        return Order.objects.filter(pk=int(key.rsplit(RETRY_KEY, 1)[1]), account_id=order.account_id).first()
+    for named in (RETRY_KEY, REENTRY_KEY):
+        if named in key:
+            return Order.objects.filter(pk=int(key.rsplit(named, 1)[1]), account_id=order.account_id).first()
     return _replaced(order)
 
 
 def _placed(order: Order, field: str) -> Decimal:
     """A price as the order was first placed (kept in its "created" event); for a replacement
-    (``_cancel_and_replace``) or a retry (step 9), as the order it stands for was, back to the
-    first: a retry of a replacement placed at the chase's cap is chased no further than that cap."""
+    (``_cancel_and_replace``), a retry (step 9) or a re-entry (step 8), as the order it stands for
+    was, back to the first: a retry of a replacement placed at the chase's cap, or a re-entry of an
+    entry chased to it, is chased no further than that cap."""
     while (earlier := _stood_for(order)) is not None:
         order = earlier
     created = order.events.filter(kind="created").first()

@@ -382,6 +382,34 @@ def test_an_entry_the_trader_repriced_by_hand_is_not_chased_back(trader, account
     assert PaperOrder.objects.get(tag=order.reference).price == D("1490.00")
 
 
+def test_a_re_entry_is_chased_no_further_than_the_first_entrys_cap(trader, account):
+    """The signal's buy at 1495 may be chased 20 ticks, to 1497, where it fills. Stopped out, it
+    re-enters at that price: the re-entry stands for the entry, and is chased no further than its
+    cap. It was chased 20 ticks more, to 1499: 4 points past the first price, where the trader
+    allowed 2 (and 2 more with each further re-entry)."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Chaser", account_ids=[account.pk], chase_after_s=0, chase_max_ticks=20,
+        stop_loss=D("10"), stop_loss_unit="points", reentry_enabled=True, max_reentries=1,
+    )  # fmt: skip
+    set_price("1520")
+    first = entry(trader, account, strategy, order_type="LIMIT", price="1495.00")
+    monitor(account)
+    first.refresh_from_db()
+    assert first.price == D("1497.00")
+    set_price("1496")  # fills at 1497 at most
+    monitor(account)
+    first.refresh_from_db()
+    assert first.status == Order.Status.FILLED and first.children.filter(role="stop_loss").exists()
+    set_price("1480")  # the stop fills
+    set_price("1520")  # and the market runs away before the re-entry is placed
+    monitor(account)
+    reentry = Order.objects.get(parent=first, role="entry")
+    assert (reentry.price, reentry.status) == (D("1497.00"), Order.Status.OPEN)
+    monitor(account)
+    reentry.refresh_from_db()
+    assert reentry.price == D("1497.00") and reentry.chase_count == 0
+
+
 @pytest.mark.parametrize("side, far, chased_to", [("BUY", "1520", "1499.20"), ("SELL", "1480", "1498.80")])
 def test_a_percent_chase_cap_is_not_passed_by_rounding_to_the_tick(trader, account, side, far, chased_to):
     """0.02 % of the first price (1499.00) is 0.2998: a buy is chased to 1499.2998 at most, a sell
