@@ -1025,6 +1025,11 @@ def _moves_a_guarded_position(order: Order) -> bool:
     cycle, or the market reaching one first would open a position the other way."""
     if order.filled_quantity <= 0:
         return False
+    return _guarded_position(order.account_id, order.instrument_id, order.product)
+
+
+def _guarded_position(account_id: int, instrument_id: int, product: str) -> bool:
+    """Whether a strategy's exits are live on the account's position in this instrument and product."""
     guarded = _guarded.get(
         "live exits",
         lambda: frozenset(
@@ -1033,7 +1038,19 @@ def _moves_a_guarded_position(order: Order) -> bool:
             .values_list("account_id", "instrument_id", "product")
         ),
     )
-    return (order.account_id, order.instrument_id, order.product) in guarded
+    return (account_id, instrument_id, product) in guarded
+
+
+def _outside_fill_moves_a_guarded_position(account: BrokerAccount, state: BrokerOrder) -> bool:
+    """Whether an order not ours (placed in the broker's own app) filled in a position a strategy's
+    exits are working on: closed by hand there, its exits must go at once as well
+    (``_moves_a_guarded_position``)."""
+    if state.filled_quantity <= 0:
+        return False
+    from brokers.selectors import instrument_by_symbol
+
+    instrument = instrument_by_symbol(state.exchange, state.tradingsymbol)
+    return instrument is not None and _guarded_position(account.pk, instrument.pk, state.product)
 
 
 def _broadcast(order: Order, *, created: bool = False) -> None:
@@ -1568,7 +1585,8 @@ def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow
     Only what needs more than that queues the account's whole monitoring run: a strategy's order
     (its steps place exits, re-enter, retry, cancel dependants) and fills the broker did not
     hand over (``fills_follow``), which the run fetches. An order not ours (placed elsewhere) is
-    left to the cycle's reconciliation, as is an update lost with its process.
+    left to the cycle's reconciliation, as is an update lost with its process; one that filled in
+    a position a strategy's exits guard queues the run too.
     """
     from brokers.services import account_touched
     from tradingplatform import background
@@ -1586,6 +1604,10 @@ def order_broker_update(account: BrokerAccount, state: BrokerOrder, fills_follow
     if order is None:
         order = ours.filter(broker_order_id=state.broker_order_id).first()
     if order is None:
+        # Not ours: left to the cycle's reconciliation, unless it filled in a position a strategy's
+        # exits guard (sold in the broker's app): those must go before the market reaches them.
+        if _outside_fill_moves_a_guarded_position(account, state):
+            account_touched(account.pk)
         return False
     if order.status == OrderStatus.NEW and waited < UPDATE_WAITS:
         # Its placer has not recorded the broker's answer yet (the update came first): look again

@@ -191,6 +191,53 @@ def test_a_position_closed_by_hand_has_its_exits_cancelled_at_once_not_at_the_ne
     assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_position_closed_in_the_brokers_app_has_its_exits_cancelled_at_once_not_at_the_next_cycle(trader, account):
+    """The same sale made in the broker's own app (an order not the platform's): the exchange tells
+    of its fill, recorded at once, but the exits stayed resting until the next cycle, a minute in
+    which the market reaching either sold 10 more (a short nobody asked for). Its fill has the
+    account's steps run at once too."""
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    entry(trader, account, guarded)
+    monitor(account)
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 10
+    queued = []
+    broker_services.account_activity_listeners.append(queued.append)
+    try:
+        client = engine.client_get_or_create(user_id=account.client_id)
+        engine.order_place(
+            client=client, exchange="NSE", tradingsymbol="INFY", transaction_type="SELL", product="MIS",
+            order_type="MARKET", quantity=10,
+        )  # fmt: skip
+        assert background.wait_idle(30)
+    finally:
+        broker_services.account_activity_listeners.remove(queued.append)
+    assert queued == [account.pk]
+    monitor(account)  # the run that queued: the exits go before the market reaches them
+    quote("1531")
+    monitor(account)
+    assert held(account) == 0 and sum(exchange_positions(account).values()) == 0
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 0
+
+
+def test_an_outside_fill_where_no_strategy_guards_the_position_queues_no_run(trader, account):
+    """A fill of an order placed in the broker's app where no strategy's exit is live needs no run."""
+    quote("1500")
+    queued = []
+    broker_services.account_activity_listeners.append(queued.append)
+    try:
+        client = engine.client_get_or_create(user_id=account.client_id)
+        engine.order_place(
+            client=client, exchange="NSE", tradingsymbol="INFY", transaction_type="BUY", product="MIS",
+            order_type="MARKET", quantity=3,
+        )  # fmt: skip
+        assert background.wait_idle(30)
+    finally:
+        broker_services.account_activity_listeners.remove(queued.append)
+    assert queued == []
+
+
 def test_a_manual_fill_where_no_strategy_guards_the_position_queues_no_run(trader, account):
     """Unchanged: a manual fill in an instrument no strategy's exit covers needs no monitoring run."""
     queued = []
