@@ -552,16 +552,20 @@ def step_pnl(ctx: Context) -> None:
 
 def step_orders(ctx: Context) -> None:
     """Bring our orders in line with the broker's order book."""
-    changed = orders.orders_sync_account(
-        account=ctx.account,
-        cause=_cause("step 3", "reconciled with the broker"),
-        broker_orders=ctx.broker_orders,
-        asked_at=ctx.orders_asked_at,
-    )
+    try:
+        changed = orders.orders_sync_account(
+            account=ctx.account,
+            cause=_cause("step 3", "reconciled with the broker"),
+            broker_orders=ctx.broker_orders,
+            asked_at=ctx.orders_asked_at,
+        )
+    finally:
+        # Also when one order could not be reconciled (raised after the others): those were given
+        # their broker ids, and their fills must be theirs before step 4 sizes exits from them.
+        if ctx.unlinked_fills:
+            portfolio.trades_link(account=ctx.account, broker_order_ids=ctx.unlinked_fills)
     if changed:
         ctx.act(f"updated {changed} order(s) from the broker")
-    if ctx.unlinked_fills:
-        portfolio.trades_link(account=ctx.account, broker_order_ids=ctx.unlinked_fills)
 
 
 # --- 4. Stop-loss and take-profit -----------------------------------------------------------------

@@ -174,6 +174,31 @@ def test_a_fill_recorded_before_its_order_had_its_broker_id_is_linked_in_the_sam
     assert Trade.objects.get(account=account).order_id == order.pk
 
 
+def test_a_fill_is_linked_in_the_same_run_even_when_another_order_cannot_be_reconciled(trader, account, monkeypatch):
+    """The same, with another order of the account that step 3 cannot bring in line (a bad row):
+    the others are still reconciled, the lost answer's order given its broker id, but its fill was
+    left unlinked, so step 4 of that run took the order's fill for one not in the position yet."""
+    listed = AccountBroker.trades
+    monkeypatch.setattr(AccountBroker, "trades", lambda broker: [replace(t, order_tag=None) for t in listed(broker)])
+    set_price("1500")
+    other = place(trader, account, quantity=1, order_type="LIMIT", price="1400")  # rests
+    order = lost(trader, account, quantity=3)
+    apply = services.order_apply_broker_state
+
+    def broken_for_other(target, state, **kwargs):
+        if target.pk == other.pk:
+            raise RuntimeError("a bad row")
+        return apply(target, state, **kwargs)
+
+    monkeypatch.setattr(services, "order_apply_broker_state", broken_for_other)
+    run = monitor(account)
+    assert "recorded 1 fill(s)" in run.actions
+    assert [error["step"] for error in run.errors] == ["3_orders"]
+    order.refresh_from_db()
+    assert order.status == Order.Status.FILLED and order.broker_order_id
+    assert Trade.objects.get(account=account).order_id == order.pk
+
+
 def test_an_order_failed_as_not_at_the_broker_then_found_there_drops_its_failure(trader, account, monkeypatch):
     """Its answer lost, a minute later the book did not list it (lagging the order it had just
     taken): FAILED, not at the broker. The next run finds it there after all: open, and no longer
