@@ -166,6 +166,39 @@ def test_what_the_entry_fills_after_the_trader_cancelled_its_stop_gets_one(trade
     assert live_exits(account, "stop_loss") == 6, (run.actions, run.errors)
 
 
+def runs_asked(place) -> list[int]:
+    """The accounts whose monitoring run ``place()`` (an order and its fill) asked for at once."""
+    queued = []
+    broker_services.account_activity_listeners.append(queued.append)
+    try:
+        place()
+        assert background.wait_idle(30)
+    finally:
+        broker_services.account_activity_listeners.remove(queued.append)
+    return queued
+
+
+def in_the_brokers_app(account, side, quantity):
+    """A MARKET order placed in the broker's own app: not the platform's."""
+    client = engine.client_get_or_create(user_id=account.client_id)
+    engine.order_place(
+        client=client, exchange="NSE", tradingsymbol="INFY", transaction_type=side, product="MIS",
+        order_type="MARKET", quantity=quantity,
+    )  # fmt: skip
+
+
+def closed_with_its_exits_cancelled_at_once(account, place):
+    """``place`` sells the strategy's 10: its fill asks for the account's run, which cancels the
+    exits before the market reaches them."""
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 10
+    assert runs_asked(place) == [account.pk]
+    monitor(account)  # the run that queued: the exits go before the market reaches them
+    quote("1531")
+    monitor(account)
+    assert held(account) == 0 and sum(exchange_positions(account).values()) == 0
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 0
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_position_closed_by_hand_has_its_exits_cancelled_at_once_not_at_the_next_cycle(trader, account):
     """The trader sells the strategy's 10 by hand (a MARKET order of their own). Its exits, still
@@ -175,20 +208,7 @@ def test_a_position_closed_by_hand_has_its_exits_cancelled_at_once_not_at_the_ne
     quote("1500")
     entry(trader, account, guarded)
     monitor(account)
-    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 10
-    queued = []
-    broker_services.account_activity_listeners.append(queued.append)
-    try:
-        place(trader, account, side="SELL", quantity=10)
-        assert background.wait_idle(30)
-    finally:
-        broker_services.account_activity_listeners.remove(queued.append)
-    assert queued == [account.pk]
-    monitor(account)  # the run that queued: the exits go before the market reaches them
-    quote("1531")
-    monitor(account)
-    assert held(account) == 0 and sum(exchange_positions(account).values()) == 0
-    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 0
+    closed_with_its_exits_cancelled_at_once(account, lambda: place(trader, account, side="SELL", quantity=10))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -201,52 +221,18 @@ def test_a_position_closed_in_the_brokers_app_has_its_exits_cancelled_at_once_no
     quote("1500")
     entry(trader, account, guarded)
     monitor(account)
-    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 10
-    queued = []
-    broker_services.account_activity_listeners.append(queued.append)
-    try:
-        client = engine.client_get_or_create(user_id=account.client_id)
-        engine.order_place(
-            client=client, exchange="NSE", tradingsymbol="INFY", transaction_type="SELL", product="MIS",
-            order_type="MARKET", quantity=10,
-        )  # fmt: skip
-        assert background.wait_idle(30)
-    finally:
-        broker_services.account_activity_listeners.remove(queued.append)
-    assert queued == [account.pk]
-    monitor(account)  # the run that queued: the exits go before the market reaches them
-    quote("1531")
-    monitor(account)
-    assert held(account) == 0 and sum(exchange_positions(account).values()) == 0
-    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 0
+    closed_with_its_exits_cancelled_at_once(account, lambda: in_the_brokers_app(account, "SELL", 10))
 
 
 def test_an_outside_fill_where_no_strategy_guards_the_position_queues_no_run(trader, account):
     """A fill of an order placed in the broker's app where no strategy's exit is live needs no run."""
     quote("1500")
-    queued = []
-    broker_services.account_activity_listeners.append(queued.append)
-    try:
-        client = engine.client_get_or_create(user_id=account.client_id)
-        engine.order_place(
-            client=client, exchange="NSE", tradingsymbol="INFY", transaction_type="BUY", product="MIS",
-            order_type="MARKET", quantity=3,
-        )  # fmt: skip
-        assert background.wait_idle(30)
-    finally:
-        broker_services.account_activity_listeners.remove(queued.append)
-    assert queued == []
+    assert runs_asked(lambda: in_the_brokers_app(account, "BUY", 3)) == []
 
 
 def test_a_manual_fill_where_no_strategy_guards_the_position_queues_no_run(trader, account):
     """Unchanged: a manual fill in an instrument no strategy's exit covers needs no monitoring run."""
-    queued = []
-    broker_services.account_activity_listeners.append(queued.append)
-    try:
-        place(trader, account, quantity=3)
-    finally:
-        broker_services.account_activity_listeners.remove(queued.append)
-    assert queued == []
+    assert runs_asked(lambda: place(trader, account, quantity=3)) == []
 
 
 def exchange_positions(account):

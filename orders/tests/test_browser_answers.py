@@ -15,22 +15,19 @@ playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM}")
 
 
+@pytest.fixture
+def resting(trader, account):
+    return place(trader, account, order_type="LIMIT", price="1400")
+
+
 @pytest.fixture(params=["orders:book", "portfolio:dashboard"])
-def book(request, live_server, client, trader, account):
+def book(request, resting, browser_page):
     """A page with the trader's order rows (the book, the dashboard's open orders) and one resting
     order, open in Chromium: (page, order)."""
-    order = place(trader, account, order_type="LIMIT", price="1400")
-    client.force_login(trader)
-    session = client.cookies[settings.SESSION_COOKIE_NAME].value
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM)
-        context = browser.new_context(base_url=live_server.url)
-        context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live_server.url}])
-        page = context.new_page()
-        page.on("dialog", lambda dialog: dialog.accept())  # the Cancel's confirm
-        page.goto(reverse(request.param))
-        yield page, order
-        browser.close()
+    page, _ = browser_page
+    page.answer = True  # the Cancel's confirm
+    page.goto(reverse(request.param))
+    return page, resting
 
 
 @pytest.mark.django_db(transaction=True)

@@ -974,21 +974,26 @@ def test_a_signal_repeated_after_its_strategy_was_paused_answers_what_it_placed(
     assert refused.value.message_dict == {"strategy": ["This strategy is paused."]}
 
 
-def test_a_signal_whose_first_request_died_is_placed_by_its_retry_once(client, trader, strategy, monkeypatch):
+def died_before_the_second_account(client, trader, strategy, **alert):
+    """A second account on the strategy, and a first delivery of the alert that placed on the first
+    and died (its worker lost) before the second: (first, second)."""
+    first = strategy.accounts.get()
+    second = make_broker_account(trader, broker="paper", client_id="SIG2")
+    strategy.accounts.add(second)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(services, "order_place", failing_on(second, WorkerLost))
+        with pytest.raises(WorkerLost):
+            webhook(client, strategy, **alert)
+    return first, second
+
+
+def test_a_signal_whose_first_request_died_is_placed_by_its_retry_once(client, trader, strategy):
     """The first delivery took the signal's id, placed on one account and died before the other (a
     worker restarted, a timeout): TradingView's retry places what is missing, not nothing and not
     the first account's order again."""
-    from orders import services
 
-    second = make_broker_account(trader, broker="paper", client_id="SIG2")
-    strategy.accounts.add(second)
-    real = services.order_place
-
-    monkeypatch.setattr(services, "order_place", failing_on(second, WorkerLost))
-    with pytest.raises(WorkerLost):
-        webhook(client, strategy)
+    _, second = died_before_the_second_account(client, trader, strategy)
     assert PaperOrder.objects.count() == 1
-    monkeypatch.setattr(services, "order_place", real)
     retried = webhook(client, strategy)
     assert retried.json()["replayed"] is True
     assert sorted(row["account_id"] for row in retried.json()["results"]) == sorted(
@@ -999,22 +1004,13 @@ def test_a_signal_whose_first_request_died_is_placed_by_its_retry_once(client, t
     assert PaperOrder.objects.count() == 2
 
 
-def test_a_retry_of_a_signal_whose_first_request_died_after_a_pause_answers_what_it_placed(
-    client, trader, strategy, monkeypatch
-):
+def test_a_retry_of_a_signal_whose_first_request_died_after_a_pause_answers_what_it_placed(client, trader, strategy):
     """The first delivery placed on one account and died before the other; the trader then paused
     the strategy. The retry was refused, 422 "This strategy is paused.", naming no order, while the
     first account's order stood at its broker: the client read it as nothing placed. It answers
     what the signal placed (replayed) and the copy the pause kept from being placed, and places
     nothing more."""
-    first = strategy.accounts.get()
-    second = make_broker_account(trader, broker="paper", client_id="SIG2")
-    strategy.accounts.add(second)
-    real = services.order_place
-    monkeypatch.setattr(services, "order_place", failing_on(second, WorkerLost))
-    with pytest.raises(WorkerLost):
-        webhook(client, strategy)
-    monkeypatch.setattr(services, "order_place", real)
+    first, second = died_before_the_second_account(client, trader, strategy)
     sources.strategy_change(owner=trader, strategy=strategy, is_active=False)
 
     retried = webhook(client, strategy)
@@ -1286,24 +1282,16 @@ def test_an_every_trading_day_order_skips_the_exchanges_holidays(trader, account
 
 
 def test_a_retry_of_a_signal_whose_first_request_died_answers_what_it_placed_whatever_changed_since(
-    client, trader, strategy, monkeypatch
+    client, trader, strategy
 ):
     """The first delivery placed on the first account and died before the second. Before the
     alert's retry, the trader doubled the first account's multiplier and took it off the strategy
     (a third was added). The retry answers the first account's order as it stands (its quantity
     then, not "already used for a different order", not left out: that order is the signal's, and
     an answer without it invites placing it again by hand), and places only what is missing."""
-    first = strategy.accounts.get()
-    second = make_broker_account(trader, broker="paper", client_id="SIG2")
-    strategy.accounts.add(second)
-    real = services.order_place
-
-    monkeypatch.setattr(services, "order_place", failing_on(second, WorkerLost))
-    with pytest.raises(WorkerLost):
-        webhook(client, strategy, quantity=2)
+    first, second = died_before_the_second_account(client, trader, strategy, quantity=2)
     placed = Order.objects.get(strategy=strategy)
     assert (placed.account_id, placed.quantity) == (first.pk, 2)
-    monkeypatch.setattr(services, "order_place", real)
 
     account_services.broker_account_update(account=first, actor=trader, copy_multiplier=Decimal("2"))
     sources.strategy_change(owner=trader, strategy=strategy, account_ids=[second.pk])
@@ -1350,7 +1338,7 @@ def test_a_retry_of_a_signal_with_a_copy_failed_at_its_broker_is_a_replay_whatev
 
 
 def test_a_retry_of_a_signal_whose_first_request_died_after_a_lot_revision_answers_what_it_placed(
-    client, trader, strategy, monkeypatch
+    client, trader, strategy
 ):
     """The first delivery placed on the first account and died before the second; the exchange then
     revised the lot size. The retry was checked again as a new signal and refused, 422 on quantity,
@@ -1360,16 +1348,9 @@ def test_a_retry_of_a_signal_whose_first_request_died_after_a_lot_revision_answe
     from brokers import selectors
     from brokers.models import Instrument
 
-    first = strategy.accounts.get()
-    second = make_broker_account(trader, broker="paper", client_id="SIG2")
-    strategy.accounts.add(second)
     signal = {"id": "nifty-1", "symbol": "NFO:NIFTY26DECFUT", "quantity": 75}
-    real = services.order_place
-    monkeypatch.setattr(services, "order_place", failing_on(second, WorkerLost))
-    with pytest.raises(WorkerLost):
-        webhook(client, strategy, **signal)
+    first, second = died_before_the_second_account(client, trader, strategy, **signal)
     placed = Order.objects.get(strategy=strategy)
-    monkeypatch.setattr(services, "order_place", real)
     Instrument.objects.filter(exchange="NFO", tradingsymbol="NIFTY26DECFUT").update(lot_size=65)
     selectors.instruments_changed()
 
