@@ -81,3 +81,18 @@ def broker_state(order, **changes) -> BrokerOrder:
         updated_at=None,
     )
     return replace(base, **changes)
+
+
+def modify_answered_after_its_fills(monkeypatch) -> None:
+    """Each modify's answer is recorded only after the exchange's update of the fills it caused
+    (the broker's word of a fill comes first)."""
+    from brokers.client import AccountBroker
+    from tradingplatform import background
+
+    real = AccountBroker.modify_order
+
+    def answered_after_the_fill_is_told(self, broker_order_id, change):
+        real(self, broker_order_id, change)
+        assert background.wait_idle(30)  # the fill's update is applied before the answer is recorded
+
+    monkeypatch.setattr(AccountBroker, "modify_order", answered_after_the_fill_is_told)

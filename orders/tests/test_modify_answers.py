@@ -18,7 +18,7 @@ from brokers.paper import adapter, engine
 from brokers.paper.models import PaperClient, PaperOrder
 from orders import services
 from orders.models import Order
-from orders.tests.factories import place
+from orders.tests.factories import modify_answered_after_its_fills, place
 from tradingplatform import background
 from tradingplatform.testing import mariadb_only
 
@@ -116,13 +116,7 @@ def test_a_change_to_market_whose_fill_is_told_before_its_answer_is_not_said_cha
     set_price("1500")
     order = place(trader, account, order_type="LIMIT", price="1400", quantity=2)
     settle()
-    real = AccountBroker.modify_order
-
-    def answered_after_the_fill_is_told(self, broker_order_id, change):
-        real(self, broker_order_id, change)
-        settle()  # the exchange's update of the fill is applied before the answer is recorded
-
-    monkeypatch.setattr(AccountBroker, "modify_order", answered_after_the_fill_is_told)
+    modify_answered_after_its_fills(monkeypatch)
     services.order_modify(order=order, actor=trader, cause="trader", order_type="MARKET")
     settle()
     order.refresh_from_db()

@@ -19,7 +19,7 @@ from brokers.paper import adapter, engine
 from brokers.paper.models import PaperClient, PaperOrder
 from orders import services
 from orders.models import Order
-from orders.tests.factories import place
+from orders.tests.factories import modify_answered_after_its_fills, place
 from tradingplatform import background
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -560,13 +560,7 @@ def test_a_cut_that_fills_the_order_told_before_its_answer_is_answered_done(trad
     set_price("1390", volume=30)
     set_price("1500")
     settle()
-    real = AccountBroker.modify_order
-
-    def answered_after_the_fill_is_told(self, broker_order_id, change):
-        real(self, broker_order_id, change)
-        settle()  # the exchange's update of the fill is applied before the answer is recorded
-
-    monkeypatch.setattr(AccountBroker, "modify_order", answered_after_the_fill_is_told)
+    modify_answered_after_its_fills(monkeypatch)
     changed = services.order_modify(
         order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", quantity=40, price="1510"
     )
