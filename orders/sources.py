@@ -4,6 +4,7 @@ Each source ends in ``services.order_place``, with an idempotency key that makes
 (a double click, a redelivered task, a replayed signal) return the same order.
 """
 
+import copy
 import functools
 import hashlib
 import logging
@@ -103,7 +104,7 @@ def _place_item(actor, account: BrokerAccount, spec: dict, quantity: int, *, ide
     its key wrote, if it got that far; else FAILED, which a repeat of the run places again. When
     that cannot be read either, it may have been sent: UNKNOWN, never "not placed"."""
     try:
-        return _place_for(actor, account, spec, quantity, idempotency_key=idempotency_key, **kwargs)
+        return _place_for(actor, _as_it_is_now(account), spec, quantity, idempotency_key=idempotency_key, **kwargs)
     except Exception as error:
         logger.exception("placing %s on %s failed", spec["instrument"].tradingsymbol, account.label)
         extra = {"symbol": spec["instrument"].tradingsymbol, "side": spec["side"], "quantity": quantity}
@@ -117,6 +118,18 @@ def _place_item(actor, account: BrokerAccount, spec: dict, quantity: int, *, ide
             return _result(account, order=order, **extra)
         failed = _result(account, status="FAILED", **extra)
         return {**failed, "error": f"Not placed: {type(error).__name__} on our side; place it again."}
+
+
+def _as_it_is_now(account: BrokerAccount) -> BrokerAccount:
+    """The account with whether it is active as it is now, not as the placement read it: one
+    deactivated while its basket is placed (many items, a rate budget) gets none of the items not
+    yet sent (``order_check`` names it)."""
+    active = BrokerAccount.objects.filter(pk=account.pk).values_list("is_active", flat=True).first()
+    if active is None or active == account.is_active:
+        return account
+    now = copy.copy(account)  # the placement's other items share the one it read
+    now.is_active = active
+    return now
 
 
 def _clean_items(items: list[dict]) -> list[dict]:

@@ -14,6 +14,7 @@ from django.db import OperationalError, connection
 from django.utils import timezone
 
 from accounts import services as account_services
+from accounts.models import BrokerAccount
 from accounts.tests.factories import make_broker_account
 from brokers.models import Instrument
 from brokers.paper.models import PaperOrder
@@ -94,6 +95,39 @@ def test_a_baskets_items_go_out_item_by_item_across_its_accounts(trader, instrum
     assert [(r["account_id"], r["symbol"]) for r in results] == [
         (one.pk, "INFY"), (one.pk, "TCS"), (two.pk, "INFY"), (two.pk, "TCS")
     ]  # fmt: skip
+
+
+def test_an_account_deactivated_while_its_basket_is_placed_gets_none_of_the_items_not_yet_sent(
+    trader, instruments, monkeypatch
+):
+    """Staff (or the trader) deactivating an account stops its trading at once: a long placement
+    (many items, a rate budget) sends none of that account's items after it, as order_place refuses
+    any order on it; the other accounts' items still go out."""
+    one = make_broker_account(trader, broker="paper", client_id="B1")
+    two = make_broker_account(trader, broker="paper", client_id="B2")
+    basket = sources.basket_save(
+        owner=trader, name="Open", account_ids=[one.pk, two.pk], items=[spec(quantity=1), spec("TCS", quantity=1)]
+    )
+    real = sources._place_item
+
+    def place_then_deactivate(actor, account, spec, *args, **kwargs):
+        result = real(actor, account, spec, *args, **kwargs)
+        if (account.pk, spec["instrument"].tradingsymbol) == (two.pk, "INFY"):  # the first turn is done
+            account_services.broker_account_set_active(
+                account=BrokerAccount.objects.get(pk=one.pk), actor=trader, active=False
+            )
+        return result
+
+    monkeypatch.setattr(sources, "_place_item", place_then_deactivate)
+    results = sources.basket_place(basket=basket, actor=trader, run_token="t1")
+    assert [(r["account_id"], r["symbol"], r["status"], r.get("field")) for r in results] == [
+        (one.pk, "INFY", "FILLED", None),
+        (one.pk, "TCS", "INVALID", "account"),
+        (two.pk, "INFY", "FILLED", None),
+        (two.pk, "TCS", "FILLED", None),
+    ]
+    assert "deactivated" in results[1]["error"]
+    assert PaperOrder.objects.count() == 3
 
 
 @pytest.mark.django_db(transaction=True)
