@@ -148,8 +148,10 @@ class ScheduledOrderAdmin(ReadOnlyAdmin):
     def cancel(self, request, queryset):
         ip, cancelled, not_live = client_ip(request), [], []
         for row in queryset.order_by("pk"):
-            live = sources.scheduled_cancel_by_staff(scheduled=row, staff=request.user, ip=ip)
-            (cancelled if live else not_live).append(f"#{row.pk}")
+            answer = sources.scheduled_cancel_by_staff(scheduled=row, staff=request.user, ip=ip)
+            (cancelled if answer else not_live).append(f"#{row.pk}")
+            if answer.placing_due:
+                self.message_user(request, f"#{row.pk}: {answer.text(row)}", messages.WARNING)
         if cancelled:
             self.message_user(request, f"Cancelled {', '.join(cancelled)}.", messages.SUCCESS)
         if not_live:

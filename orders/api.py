@@ -411,6 +411,11 @@ class ScheduledOut(Schema):
     next_run_at: datetime | None
     last_run_at: datetime | None
     last_result: str
+    placing_due_at: datetime | None = Field(
+        None,
+        description="On a cancel's answer only: the due time of a run a worker was already placing, too late "
+        "to stop; its order goes out as it was (see the orders list).",
+    )
 
 
 def _scheduled_save(
@@ -475,10 +480,12 @@ def scheduled_change(request, scheduled_id: int, payload: ScheduledChangeIn):
 
 @router.delete("/scheduled/{scheduled_id}", response=ScheduledOut)
 def scheduled_delete(request, scheduled_id: int):
-    """Cancel it (the row stays, with the orders it produced)."""
+    """Cancel it (the row stays, with the orders it produced). A run a worker is placing already goes
+    out as it was: `placing_due_at` is its due time."""
     scheduled = selectors.scheduled_one_of(request.user, scheduled_id)
-    sources.scheduled_cancel(scheduled=scheduled, actor=request.user)
+    cancelled = sources.scheduled_cancel(scheduled=scheduled, actor=request.user)
     scheduled.refresh_from_db()
+    scheduled.placing_due_at = cancelled.placing_due
     return scheduled
 
 

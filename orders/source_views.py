@@ -169,7 +169,10 @@ def scheduled_list(request):
 @require_POST
 def scheduled_cancel(request, pk):
     row = selectors.scheduled_one_of(request.user, pk)
-    if sources.scheduled_cancel(scheduled=row, actor=request.user):
+    cancelled = sources.scheduled_cancel(scheduled=row, actor=request.user)
+    if cancelled.placing_due:
+        messages.warning(request, f"Cancelled scheduled order #{row.pk}. {cancelled.text(row)}")
+    elif cancelled:
         messages.success(request, f"Cancelled scheduled order #{row.pk}.")
     else:  # it ran its last time, or was cancelled, meanwhile
         row.refresh_from_db(fields=["status"])

@@ -11,6 +11,7 @@ import logging
 import secrets
 import time as time_module
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -690,17 +691,22 @@ def _cancelled() -> ValidationError:
     )
 
 
-def _not_while_placing(row: ScheduledOrder) -> None:
-    """Refuse to change a scheduled order while a worker places one of its due times (PLACING: too
-    late to change, it places the settings it was taken with). An answer with the new settings
-    would tell the trader that order has them. Once it is placed (a moment), a change of a
-    recurring order applies from its next due time."""
-    due_at = (
+def _placing_due(row: ScheduledOrder) -> datetime | None:
+    """The due time a worker is placing now (PLACING: too late to stop or change, it places the
+    settings it was taken with), if any."""
+    return (
         ScheduledFire.objects.filter(scheduled_id=row.pk, status=ScheduledFire.Status.PLACING)
         .order_by("due_at")
         .values_list("due_at", flat=True)
         .first()
     )
+
+
+def _not_while_placing(row: ScheduledOrder) -> None:
+    """Refuse to change a scheduled order while a worker places one of its due times. An answer
+    with the new settings would tell the trader that order has them. Once it is placed (a moment),
+    a change of a recurring order applies from its next due time."""
+    due_at = _placing_due(row)
     if due_at is None:
         return
     text = f"This scheduled order's run due {_due_text(row, due_at)} is being placed now, as it was"
@@ -808,18 +814,37 @@ def _not_on_a_day_it_placed(row: ScheduledOrder, due: datetime | None) -> None:
             raise ValidationError({"run_on": ValidationError(text, code="conflict")})
 
 
-def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> bool:
-    """Cancel a scheduled order and every due time not yet being placed. Returns whether it was live."""
+@dataclass(frozen=True)
+class Cancelled:
+    """What a cancel did: ``live``, whether the scheduled order was live (and is now cancelled; the
+    answer is true when it was); ``placing_due``, the due time of a run a worker was already placing
+    (too late to stop: its order goes out as it was), which the trader must be told of."""
+
+    live: bool
+    placing_due: datetime | None = None
+
+    def __bool__(self) -> bool:
+        return self.live
+
+    def text(self, scheduled: ScheduledOrder) -> str:
+        """What is left to say beyond "cancelled": the run that still goes out."""
+        if self.placing_due is None:
+            return ""
+        return f"Its run due {_due_text(scheduled, self.placing_due)} was already being placed and goes out as it was."
+
+
+def scheduled_cancel(*, scheduled: ScheduledOrder, actor) -> Cancelled:
+    """Cancel a scheduled order and every due time not yet being placed."""
     if scheduled.owner_id != actor.pk:
         raise ValidationError({"scheduled": "No such scheduled order."})
     return _scheduled_cancel(scheduled, "cancelled before it was placed")
 
 
-def scheduled_cancel_by_staff(*, scheduled: ScheduledOrder, staff, ip: str | None = None) -> bool:
+def scheduled_cancel_by_staff(*, scheduled: ScheduledOrder, staff, ip: str | None = None) -> Cancelled:
     """Staff cancelling a trader's scheduled order (the admin; its change permission is the admin's
     to check): as ``scheduled_cancel``, with the audit trail, the dropped due times and the closed
-    orders written ahead for them naming who cancelled it, and its trader told. Returns whether it
-    was live."""
+    orders written ahead for them naming who cancelled it, and its trader told (of a run that still
+    goes out too)."""
     from accounts.models import AuditLog
     from accounts.services import audit_record
 
@@ -835,15 +860,14 @@ def scheduled_cancel_by_staff(*, scheduled: ScheduledOrder, staff, ip: str | Non
                 data={"owner": scheduled.owner_id},
                 ip=ip,
             )
-            transaction.on_commit(
-                lambda: _notify(
-                    scheduled, f"Scheduled order #{scheduled.pk} was cancelled by staff; it will not be placed."
-                )
-            )
+            text = f"Scheduled order #{scheduled.pk} was cancelled by staff"
+            placing = cancelled.text(scheduled)
+            text += f": no later run is placed. {placing}" if placing else "; it will not be placed."
+            transaction.on_commit(lambda: _notify(scheduled, text))
     return cancelled
 
 
-def _scheduled_cancel(scheduled: ScheduledOrder, detail: str) -> bool:
+def _scheduled_cancel(scheduled: ScheduledOrder, detail: str) -> Cancelled:
     with transaction.atomic():
         # Its row first, then its fires: the order an edit, the dispatcher and a worker taking a due
         # time lock them in (a cancel and a take of the same order at once would deadlock otherwise).
@@ -855,8 +879,9 @@ def _scheduled_cancel(scheduled: ScheduledOrder, detail: str) -> bool:
             ScheduledOrder.objects.filter(pk=scheduled.pk).update(
                 status=ScheduledOrder.Status.CANCELLED, next_run_at=None
             )
-            return True
-    return False
+            # Read under its row lock, which a worker takes a due time under: PLACING now, it goes out.
+            return Cancelled(True, _placing_due(scheduled))
+    return Cancelled(False)
 
 
 def _drop_pending_fires(

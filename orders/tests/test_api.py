@@ -1,13 +1,15 @@
 """The orders JSON API: placing, idempotency, filters, errors, ownership, rate limits."""
 
 import hashlib
+from datetime import datetime
 
 import pytest
+from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.tests.factories import make_broker_account, make_user
 from brokers.paper.models import PaperOrder
-from orders.models import Order, ScheduledOrder, Strategy
+from orders.models import Order, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import place
 
 
@@ -709,3 +711,20 @@ def test_openapi_states_the_bounds_of_prices_and_strategy_settings_in_json_schem
             assert number_branch(schemas[name]["properties"][field])["exclusiveMaximum"] == 10**12, (name, field)
     for field in ("stop_loss", "take_profit", "trailing_step", "chase_max_percent"):
         assert number_branch(schemas["StrategyIn"]["properties"][field])["exclusiveMinimum"] == 0, field
+
+
+def test_cancelling_a_scheduled_order_while_a_run_is_being_placed_answers_that_runs_due_time(api, trader, account):
+    created = post(
+        api, "/api/v1/scheduled", {**body(account), "recurrence": "trading_days", "time_of_day": "10:15:00"}
+    ).json()
+    quiet = api.delete(f"/api/v1/scheduled/{created['id']}").json()
+    assert quiet["status"] == "cancelled" and quiet["placing_due_at"] is None
+    again = post(
+        api, "/api/v1/scheduled", {**body(account), "recurrence": "trading_days", "time_of_day": "10:15:00"}
+    ).json()
+    due_at = timezone.now().replace(microsecond=0)
+    ScheduledFire.objects.create(scheduled_id=again["id"], due_at=due_at, status=ScheduledFire.Status.PLACING)
+    answer = api.delete(f"/api/v1/scheduled/{again['id']}").json()
+    assert answer["status"] == "cancelled"
+    assert datetime.fromisoformat(answer["placing_due_at"]) == due_at
+    assert "placing_due_at" in api.get(f"/api/v1/scheduled/{again['id']}").json()  # null there: a cancel's only

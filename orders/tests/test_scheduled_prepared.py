@@ -67,7 +67,7 @@ def test_the_send_at_the_time_is_urgent_work_that_fill_bookkeeping_yields_to(tra
 def test_a_cancel_before_the_time_drops_a_prepared_due_time_and_its_order_is_never_sent(trader, account):
     row = make_scheduled(trader, account)
     fire, due_at, order = _prepared(row)
-    assert sources.scheduled_cancel(scheduled=row, actor=trader) is True
+    assert sources.scheduled_cancel(scheduled=row, actor=trader).live is True
     _unsent(order, "cancelled before it was placed")
     _at(due_at)
     assert sources.scheduled_fire(fire_id=fire.pk).status == ScheduledFire.Status.CANCELLED  # the task at the time
@@ -146,7 +146,7 @@ def test_a_cancel_that_locks_the_row_first_leaves_the_send_nothing_to_send(trade
     fire, due_at, order = _prepared(row, seconds=1)
     _at(due_at)
     with sent_while_locked(ScheduledOrder, lambda: sources.scheduled_fires(fire_ids=[fire.pk])) as (sent, start):
-        assert sources.scheduled_cancel(scheduled=row, actor=trader) is True
+        assert sources.scheduled_cancel(scheduled=row, actor=trader).live is True
         start()
     assert [f.status for f in sent[0]] == [ScheduledFire.Status.CANCELLED]
     _unsent(order, "cancelled before it was placed")
@@ -163,7 +163,8 @@ def test_a_cancel_that_comes_once_the_send_took_the_due_time_is_too_late_for_it(
         taken, tokens = sources._fires_take([fire.pk], {row.pk})  # the worker takes it to send ...
         start()
     # ... so the cancel (of its later times) drops nothing of it: that due time is being placed.
-    assert cancelled == [True] and [f.status for f in taken] == [ScheduledFire.Status.PLACING]
+    assert [c.live for c in cancelled] == [True] and [f.status for f in taken] == [ScheduledFire.Status.PLACING]
+    assert cancelled[0].placing_due == due_at  # and says so: that run goes out
     assert ScheduledFire.objects.get(pk=fire.pk).status == ScheduledFire.Status.PLACING
     order.refresh_from_db()
     assert order.status == Order.Status.NEW and order.idempotency_key  # still to be sent, as taken

@@ -12,7 +12,7 @@ from django.utils import timezone
 from accounts.tests.factories import make_broker_account
 from brokers.paper.models import PaperOrder
 from orders import sources
-from orders.models import Basket, ScheduledOrder, Strategy
+from orders.models import Basket, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import instrument
 
 
@@ -197,6 +197,17 @@ def test_a_repeat_or_a_cancel_of_a_schedule_that_ran_since_says_so(trader_client
     said = [str(message) for message in cancel.context["messages"]]
     assert said == [f"Scheduled order #{row.pk} was not cancelled: it is done."]
     assert ScheduledOrder.objects.get().status == "done"
+
+
+def test_a_cancel_while_a_run_is_being_placed_warns_that_run_goes_out(trader_client, account):
+    trader_client.post(reverse("sources:scheduled_list"), scheduled_form(account), follow=True)
+    row = ScheduledOrder.objects.get()
+    fire = ScheduledFire.objects.create(scheduled=row, due_at=timezone.now(), status=ScheduledFire.Status.PLACING)
+    cancel = trader_client.post(reverse("sources:scheduled_cancel", args=[row.pk]), follow=True)
+    [said] = cancel.context["messages"]
+    assert said.level_tag == "warning"
+    assert str(said) == f"Cancelled scheduled order #{row.pk}. " + sources.Cancelled(True, fire.due_at).text(row)
+    assert ScheduledOrder.objects.get().status == "cancelled"
 
 
 def test_schedule_form_errors_name_the_field(trader_client, account):

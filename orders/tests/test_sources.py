@@ -634,14 +634,14 @@ def test_cancel(trader, other_trader, account):
     row = make_scheduled(trader, account)
     with pytest.raises(ValidationError):
         sources.scheduled_cancel(scheduled=row, actor=other_trader)
-    assert sources.scheduled_cancel(scheduled=row, actor=trader) is True
+    assert sources.scheduled_cancel(scheduled=row, actor=trader).live is True
     assert sources.scheduled_claim_due(now=timezone.now() + timedelta(hours=1)) == []
 
 
 def test_an_edit_read_before_a_cancel_does_not_bring_the_order_back(trader, account):
     row = make_scheduled(trader, account)
     read_for_the_edit = ScheduledOrder.objects.get(pk=row.pk)
-    assert sources.scheduled_cancel(scheduled=row, actor=trader) is True  # on another tab
+    assert sources.scheduled_cancel(scheduled=row, actor=trader).live is True  # on another tab
     soon = timezone.now().astimezone(IST) + timedelta(minutes=9)
     with pytest.raises(ValidationError) as error:
         sources.scheduled_save(
@@ -705,6 +705,37 @@ def test_moving_a_daily_time_whose_due_time_a_worker_took_places_next_tomorrow(t
     assert row.next_run_at.astimezone(local.tzinfo).date() > local.date()
 
 
+def test_a_cancel_while_a_worker_places_a_run_says_that_run_still_goes_out(
+    trader, account, staff, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A cancel cannot stop a run a worker is already placing: it was answered as a plain "Cancelled"
+    (staff's notice to the trader: "it will not be placed") and an order came a moment later."""
+    row, fire_id, _moved, _local = _daily_due_a_moment_ago(trader, account)
+    ScheduledFire.objects.filter(pk=fire_id).update(status=ScheduledFire.Status.PLACING)  # a worker has it
+    due_at = ScheduledFire.objects.get(pk=fire_id).due_at
+    answer = sources.scheduled_cancel(scheduled=row, actor=trader)
+    assert answer and answer.placing_due == due_at
+    assert answer.text(row) == (
+        f"Its run due {sources._due_text(row, due_at)} was already being placed and goes out as it was."
+    )
+    assert ScheduledOrder.objects.get(pk=row.pk).status == ScheduledOrder.Status.CANCELLED
+    assert ScheduledFire.objects.get(pk=fire_id).status == ScheduledFire.Status.PLACING  # not taken from the worker
+    # Staff cancelling tell the trader the same.
+    row, fire_id, _moved, _local = _daily_due_a_moment_ago(trader, account)
+    ScheduledFire.objects.filter(pk=fire_id).update(status=ScheduledFire.Status.PLACING)
+    told = []
+    monkeypatch.setattr(sources, "_notify", lambda scheduled, text: told.append(text))
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = sources.scheduled_cancel_by_staff(scheduled=row, staff=staff)
+    assert answer.placing_due == ScheduledFire.objects.get(pk=fire_id).due_at
+    assert told == [f"Scheduled order #{row.pk} was cancelled by staff: no later run is placed. {answer.text(row)}"]
+    # Nothing being placed: nothing more to say.
+    quiet = make_scheduled(trader, account)
+    answer = sources.scheduled_cancel(scheduled=quiet, actor=trader)
+    assert answer and answer.placing_due is None and answer.text(quiet) == ""
+    assert not sources.scheduled_cancel(scheduled=quiet, actor=trader)  # cancelled already
+
+
 def test_a_due_time_is_claimed_ahead_and_placed_at_its_time_not_before(trader, account):
     row = make_scheduled(trader, account)
     now = timezone.now()
@@ -725,7 +756,7 @@ def test_a_due_time_claimed_ahead_is_dropped_by_a_cancel_or_a_change(trader, acc
     fires = sources.scheduled_claim_due(lead_s=60)
     assert len(fires) == 2
     ScheduledOrder.objects.filter(pk=cancelled.pk).update(status="done")  # a once order is done once claimed
-    assert sources.scheduled_cancel(scheduled=cancelled, actor=trader) is True
+    assert sources.scheduled_cancel(scheduled=cancelled, actor=trader).live is True
     changed.refresh_from_db()
     sources.scheduled_save(
         owner=trader,
@@ -917,7 +948,7 @@ def test_a_cancel_stops_a_due_time_waiting_for_a_worker_and_is_too_late_once_a_w
     ScheduledFire.objects.filter(pk__in=fires.values()).update(due_at=timezone.now())  # their time has come
     ScheduledFire.objects.filter(pk=fires[taken.pk]).update(status="placing")  # a worker is placing it
     for row in (waiting, taken):
-        assert sources.scheduled_cancel(scheduled=row, actor=trader) is True
+        assert sources.scheduled_cancel(scheduled=row, actor=trader).live is True
     assert sources.scheduled_fire(fire_id=fires[waiting.pk]).status == "cancelled"
     assert sources.scheduled_fire(fire_id=fires[taken.pk]).status == "placed"  # redelivered: placed once
     assert sources.scheduled_fire(fire_id=fires[taken.pk]).status == "placed"

@@ -294,6 +294,8 @@ class Scheduled:
     next_run_at: datetime | None
     last_run_at: datetime | None
     last_result: str
+    # Set on a cancel's answer only: a run already being placed as it was cancelled (it goes out).
+    placing_due_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from brokers.models import BrokerSession
 from monitoring import cycle
 from monitoring.models import AccountRun, BrokerSnapshot, MonitoringRun
 from orders import services, sources
-from orders.models import Basket, ScheduledOrder, Strategy, StrategySignal
+from orders.models import Basket, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
 from orders.tests.factories import instrument, place
 from portfolio.models import PnlSnapshot, Position, Trade
 from tradingplatform.admin import ReadOnlyAdmin
@@ -110,6 +110,20 @@ def test_a_scheduled_order_is_cancelled_not_edited_in_admin(staff_client, trader
     staff_client.post(changelist, {"action": "cancel", "_selected_action": [row.pk]})
     row.refresh_from_db()
     assert row.status == ScheduledOrder.Status.CANCELLED and row.next_run_at is None
+
+
+def test_a_staff_cancel_while_a_run_is_being_placed_warns_that_run_goes_out(staff_client, trader, account):
+    from orders.tests.test_sources import make_scheduled
+
+    row = make_scheduled(trader, account)
+    fire = ScheduledFire.objects.create(scheduled=row, due_at=timezone.now(), status=ScheduledFire.Status.PLACING)
+    changelist = reverse("admin:orders_scheduledorder_changelist")
+    answer = staff_client.post(changelist, {"action": "cancel", "_selected_action": [row.pk]}, follow=True)
+    said = [(message.level_tag, str(message)) for message in answer.context["messages"]]
+    assert said == [
+        ("warning", f"#{row.pk}: " + sources.Cancelled(True, fire.due_at).text(row)),
+        ("success", f"Cancelled #{row.pk}."),
+    ]
 
 
 def _change_form_data(form) -> dict:
