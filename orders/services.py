@@ -304,6 +304,10 @@ def order_check(
             # A sell limit below the market crosses on arrival and fills at the market, not at its
             # limit: valued at its limit, it passed where the same order at MARKET is refused.
             reference_price = max(reference_price, instrument_last_price(instrument) or 0)
+        elif side == "SELL" and order_type == "SL":
+            # A sell stop-loss limit's limit is at or below its trigger: once the price falls to the
+            # trigger it sells at the market there, as an SL-M does, not at its limit.
+            reference_price = trigger_price
         value = reference_price * quantity
         if value > account.max_order_value:
             raise ValidationError(

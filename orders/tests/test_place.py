@@ -121,6 +121,26 @@ def test_a_sell_limit_below_the_market_is_valued_at_the_market_it_fills_at(trade
     assert place(trader, account, side="BUY", quantity=12, order_type="LIMIT", price="1300").status == "OPEN"
 
 
+def test_a_sell_stop_loss_limit_is_valued_at_its_trigger_where_it_fills(trader, account):
+    """A SELL SL's limit is at or below its trigger: once the price falls to the trigger it sells
+    at the market there, not at its limit (as the exchange blocks funds for it). 12 triggered at
+    1450 with a limit of 1300 is an order worth 17400, as the same order at SL-M is; valued at its
+    limit (15600) it passed a limit of 16000 the SL-M is refused by."""
+    account_services.broker_account_update(account=account, actor=trader, max_order_value=D("16000"))
+    account.refresh_from_db()
+    with pytest.raises(ValidationError, match="Order value 17400.00") as stop_market:
+        place(trader, account, side="SELL", quantity=12, order_type="SL-M", trigger_price="1450")
+    with pytest.raises(ValidationError, match="Order value 17400.00") as stop_limit:
+        place(trader, account, side="SELL", quantity=12, order_type="SL", price="1300", trigger_price="1450")
+    assert "quantity" in stop_market.value.message_dict and "quantity" in stop_limit.value.message_dict
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+    # Within the limit at its trigger it is placed (and a BUY SL is still valued at its limit, above its trigger).
+    stop = place(trader, account, side="SELL", quantity=10, order_type="SL", price="1300", trigger_price="1450")
+    assert stop.status == "OPEN"
+    with pytest.raises(ValidationError, match="Order value 16500.00"):
+        place(trader, account, quantity=10, order_type="SL", price="1650", trigger_price="1550")
+
+
 def test_an_exit_of_a_position_is_not_refused_by_the_order_value_limit(trader, account):
     """The order value limit caps what an order may open. A strategy's exit closes (part of) a
     position that passed it: a take-profit above the entry price, a short's stop above it, or a
