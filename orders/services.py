@@ -1530,7 +1530,10 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
     quantity = changed.get("quantity", order.quantity)
     message = f"{filled}/{quantity} filled" + (f" at {average}" if average else "") if filled else ""
     message = message or state.status_message or ""
-    kind = KIND_FOR.get(new_status, "updated") if new_status != order.status else "fill"
+    if new_status != order.status:
+        kind = KIND_FOR.get(new_status, "updated")
+    else:  # "fill" only when something filled: else only the broker's id is news (an order whose answer was lost)
+        kind = "fill" if filled > order.filled_quantity else "updated"
     if changed:
         held = ", ".join(f"{name.replace('_', ' ')} {'-' if v is None else v}" for name, v in changed.items())
         held = f"as our modify asked: {held}" if ours else f"{BROKER_CHANGED}: {held}"

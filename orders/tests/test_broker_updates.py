@@ -424,6 +424,18 @@ def test_an_update_applies_after_all_when_the_answer_was_lost(account, monkeypat
     assert (order.status, order.broker_order_id, order.filled_quantity) == (Order.Status.FILLED, "B9", 10)
 
 
+def test_an_order_whose_lost_answer_is_found_still_pending_at_the_broker_is_not_told_as_filled_more(account):
+    """An order whose answer was lost, found by its tag still pending at the broker (Kite's OPEN
+    PENDING, CANCEL PENDING): only its broker id is news. Its timeline said "Filled more", with
+    nothing filled."""
+    order = _sent_order(account, quantity=10, status=Order.Status.SUBMITTED)
+    pending = broker_state(order, broker_order_id="B9", status=Status.SUBMITTED)
+    assert services.order_apply_broker_state(order, pending, cause="reconciled with the broker")
+    order.refresh_from_db()
+    assert (order.status, order.broker_order_id, order.filled_quantity) == (Order.Status.SUBMITTED, "B9", 0)
+    assert order.events.last().kind == "updated"
+
+
 def test_an_update_of_an_order_stuck_new_applies_in_the_end(account, monkeypatch):
     monkeypatch.setattr(services, "UPDATE_WAIT_S", 0.01)
     order = _new_order(account)
