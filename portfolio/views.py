@@ -7,7 +7,7 @@ import csv
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -76,9 +76,21 @@ def trades(request):
     filters = TradeFilterForm(request.user, request.GET)
     rows = selectors.trades_of(request.user, **filters.selector_kwargs())
     if request.GET.get("format") == "csv":
+        if filters.errors:
+            return _csv_refused(filters)
         return _trades_csv(rows)
     page = Paginator(rows, TRADES_PER_PAGE).get_page(request.GET.get("page"))
     return render(request, "portfolio/trades.html", {"filters": filters, "page": page})
+
+
+def _csv_refused(filters: TradeFilterForm) -> HttpResponse:
+    """A download asked with a bad filter: refused, naming it. The page shows it beside its field and
+    lists unfiltered; a file has nowhere to show it, and would hold every trade as the filtered ones.
+    An account not the trader's (or none) is not found, as any other trader's object is."""
+    if "account" in filters.errors:
+        raise Http404("No such broker account.")
+    text = "".join(f"{name}: {' '.join(errors)}\n" for name, errors in filters.errors.items())
+    return HttpResponseBadRequest(text, content_type="text/plain; charset=utf-8")
 
 
 def _text(value) -> str:

@@ -458,6 +458,24 @@ def test_trades_filters_apply_to_the_page_and_the_csv(trader_client, ledger, par
     assert re.findall(r'<tr id="trade-(\d+)"', html) == [str(Trade.objects.get(broker_trade_id=t).pk) for t in wanted]
 
 
+@pytest.mark.parametrize("params", [{"date_from": "2025-02-30"}, {"date_to": "last friday"}, {"symbol": "x" * 65}])
+def test_a_csv_asked_with_a_bad_filter_is_refused_naming_it_not_every_trade(trader_client, ledger, params):
+    """The page shows a bad filter beside its field and lists unfiltered; a download has no field to
+    show it by, so every trade of every account would be saved as the filtered ones."""
+    response = get(trader_client, "trades", format="csv", **params)
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/plain") and next(iter(params)) in response.content.decode()
+    assert ledger["infy"].broker_trade_id not in response.content.decode()
+
+
+def test_a_csv_of_another_traders_or_an_unknown_account_is_404_not_every_trade(trader_client, ledger, theirs):
+    their_account, _ = theirs
+    for account_id in (their_account.pk, their_account.pk + 1000):
+        response = get(trader_client, "trades", format="csv", account=account_id)
+        assert response.status_code == 404
+        assert ledger["infy"].broker_trade_id not in response.content.decode()
+
+
 def test_trades_dates_are_days_in_the_traders_timezone(trader, trader_client, ledger):
     trader.timezone = "America/New_York"  # 2025-01-06 04:00 UTC is the 5th in New York
     trader.save()
