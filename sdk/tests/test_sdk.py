@@ -1204,6 +1204,26 @@ def test_cli_basket_place_answered_5xx_names_the_key_that_repeats_it_safely(tp, 
     assert PaperOrder.objects.count() == 1
 
 
+@pytest.mark.parametrize("adapter_class", [LoseEveryPostAnswer, EveryPostIs502, InterruptedWaitingForThePostAnswer])
+def test_cli_signal_that_may_have_been_placed_says_so_and_names_the_id_that_repeats_it_safely(
+    adapter_class, tp, env, monkeypatch
+):
+    """A signal whose answers were all lost (or a proxy's 502, or Ctrl-C) was placed: the CLI said only
+    "error: POST ... failed", and a trader sending it again under a new id placed every order twice."""
+    strategy = env.client.create_strategy("Lost CLI signals", account_ids=[env.account.pk])
+    lossy_cli(monkeypatch, adapter_class)
+    argv = f"strategies signal {strategy.id} --signal-id lost-2 --symbol INFY --side BUY --qty 1 --retries 1".split()
+    failed = tp(*argv)
+    assert failed.code in (1, 130) and failed.out == "" and "Traceback" not in failed.err
+    assert "may have been placed" in failed.err and "--signal-id lost-2:" in failed.err, failed.err
+    assert PaperOrder.objects.count() == 1
+
+    monkeypatch.setattr(cli, "Client", Client)
+    again = tp(*argv)
+    assert again.code == 0 and "a repeat" in again.out, again.err
+    assert PaperOrder.objects.count() == 1
+
+
 def test_cli_status_open_lists_every_order_not_final(tp, env):
     resting = env.client.place_order(env.account.pk, "INFY", "BUY", 5, order_type="LIMIT", price="1400")
     partly = env.client.place_order(env.account.pk, "INFY", "BUY", 5, order_type="LIMIT", price="1400")

@@ -373,19 +373,33 @@ def cmd_strategies_list(client: Client, args):
     return rows, text
 
 
-def cmd_strategies_signal(client: Client, args):
-    result = client.signal(
-        args.id,
-        signal_id=args.signal_id,
-        tradingsymbol=args.symbol,
-        side=args.side,
-        quantity=args.qty,
-        exchange=args.exchange,
-        order_type=args.type,
-        product=args.product,
-        price=args.price,
-        trigger_price=args.trigger,
+def _signal_advice(signal_id: str) -> str:
+    return (
+        f"The signal's orders may have been placed all the same. Check `tp orders list --source strategy`, or "
+        f"repeat the command with --signal-id {shlex.quote(signal_id)}: with that id a repeat places nothing twice."
     )
+
+
+def cmd_strategies_signal(client: Client, args):
+    try:
+        result = client.signal(
+            args.id,
+            signal_id=args.signal_id,
+            tradingsymbol=args.symbol,
+            side=args.side,
+            quantity=args.qty,
+            exchange=args.exchange,
+            order_type=args.type,
+            product=args.product,
+            price=args.price,
+            trigger_price=args.trigger,
+        )
+    except ApiError as error:
+        if _may_have_been_done(error):
+            raise OutcomeUnknown(error, _signal_advice(args.signal_id)) from error
+        raise
+    except KeyboardInterrupt:  # the request may have reached the server
+        raise Interrupted(_signal_advice(args.signal_id)) from None
     head = f"signal {result.signal}"
     if result.replayed:
         head += " (a repeat: nothing new was placed)"
