@@ -1224,6 +1224,34 @@ def test_cli_signal_that_may_have_been_placed_says_so_and_names_the_id_that_repe
     assert PaperOrder.objects.count() == 1
 
 
+class LoseEveryPatchAnswer(Recorder):
+    """Every PATCH is carried out and every answer lost."""
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method == "PATCH":
+            response.close()
+            raise requests.ConnectionError("connection reset by peer (answer lost)", request=request)
+        return response
+
+
+@pytest.mark.parametrize(
+    "adapter_class, action",
+    [(LoseEveryPostAnswer, "cancel"), (EveryPostIs502, "cancel"), (LoseEveryPatchAnswer, "modify")],
+)
+def test_cli_modify_or_cancel_that_may_have_been_made_says_to_look(adapter_class, action, tp, env, monkeypatch):
+    """A cancel (or modify) whose answers were all lost had been made: the CLI said only "error: POST ...
+    failed", which reads as not done."""
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    lossy_cli(monkeypatch, adapter_class)
+    extra = ["--price", "1405"] if action == "modify" else []
+    failed = tp("orders", action, str(order.id), *extra, "--retries", "1")
+    assert failed.code == 1 and failed.out == "" and "Traceback" not in failed.err
+    assert "may have been made" in failed.err and f"tp orders get {order.id}" in failed.err, failed.err
+    made = env.client.order(order.id)
+    assert made.status == "CANCELLED" if action == "cancel" else made.price == D("1405")
+
+
 def test_cli_status_open_lists_every_order_not_final(tp, env):
     resting = env.client.place_order(env.account.pk, "INFY", "BUY", 5, order_type="LIMIT", price="1400")
     partly = env.client.place_order(env.account.pk, "INFY", "BUY", 5, order_type="LIMIT", price="1400")

@@ -240,17 +240,30 @@ def cmd_orders_modify(client: Client, args):
         order = client.modify_order(
             args.id, quantity=args.qty, price=args.price, trigger_price=args.trigger, order_type=args.type
         )
-    except AnswerLost as error:
-        raise OutcomeUnknown(error, _look_advice("change", args.id)) from error
+    except ApiError as error:
+        if _may_have_been_made(error):
+            raise OutcomeUnknown(error, _look_advice("change", args.id)) from error
+        raise
     return order, orders_table([order])
 
 
 def cmd_orders_cancel(client: Client, args):
     try:
         order = client.cancel_order(args.id)
-    except AnswerLost as error:
-        raise OutcomeUnknown(error, _look_advice("cancel", args.id)) from error
+    except ApiError as error:
+        if _may_have_been_made(error):
+            raise OutcomeUnknown(error, _look_advice("cancel", args.id)) from error
+        raise
     return order, orders_table([order])
+
+
+def _may_have_been_made(error: ApiError) -> bool:
+    """Whether a modify or cancel that raised ``error`` may have been made: its broker's answer was
+    lost (``AnswerLost``), or no answer came back from a request that reached the server (or a 5xx).
+    A refusal (4xx) stays one, even after a lost answer: the client has then read the order and
+    found the change not made."""
+    refused = 400 <= (error.status or 0) < 500
+    return isinstance(error, AnswerLost) or (_may_have_been_done(error) and not refused)
 
 
 def _look_advice(what: str, order_id: int) -> str:
