@@ -747,6 +747,29 @@ def test_502_503_504_are_retried_with_backoff(env):
     assert error.value.status == 503 and error.value.code == "http_503" and "Service Unavailable" in error.value.message
 
 
+class EveryGetIs502(Recorder):
+    """A proxy answers 502 to every GET."""
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method == "GET":
+            response.status_code, response.reason, response._content = 502, "Bad Gateway", b"<html>bad gateway</html>"
+        return response
+
+
+def test_the_backoff_is_capped_at_max_retry_wait(env, monkeypatch):
+    """The backoff doubled without end: with retries=12 a call to a server behind a failing proxy
+    waited up to 0.5 * 2**11 s (17 minutes) before its last retry, and 34 minutes in all."""
+    client = Client(env.url, env.key, retries=12, max_retry_wait=5)
+    waits = []
+    monkeypatch.setattr(client, "_sleep", waits.append)
+    mount(client, EveryGetIs502())
+    with pytest.raises(ServerError) as error:
+        client.me()
+    assert error.value.attempts == 13 and len(waits) == 12
+    assert max(waits) <= 5 and sum(waits) <= 60, waits
+
+
 def test_rate_limit_waits_retry_after_and_succeeds(env, settings):
     settings.API_RATE_LIMITS = [(2, 1.0)]
     recorder = mount(env.client, Recorder())

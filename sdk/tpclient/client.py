@@ -5,8 +5,8 @@ Retries
     seconds (a wait longer than ``max_retry_wait`` is not waited: ``RateLimited`` is raised at
     once, with its ``retry_after``), and on 500/502/503/504, connection errors and timeouts,
     waiting the ``Retry-After`` a 503 gives (a longer one than ``max_retry_wait`` raised at once
-    as ``ServerError``), else an exponential backoff with jitter (``backoff * 2**attempt``,
-    scaled by a random factor in [0.5, 1]). Other 4xx answers (413 too) are never retried.
+    as ``ServerError``), else an exponential backoff with jitter (``backoff * 2**attempt``, at most
+    ``max_retry_wait``, scaled by a random factor in [0.5, 1]). Other 4xx answers (413 too) are never retried.
 
     A request the server may have carried out (its answer was lost) is repeated only when
     repeating it cannot do anything twice: reads, PUT/PATCH/DELETE, order placement and basket
@@ -239,7 +239,8 @@ class Client:
             _time.sleep(seconds)
 
     def _backoff_delay(self, attempt: int) -> float:
-        return self.backoff * (2**attempt) * random.uniform(0.5, 1.0)
+        # At most ``max_retry_wait``, as a Retry-After is: doubling, a 10th retry would wait minutes.
+        return min(self.backoff * (2 ** min(attempt, 64)), self.max_retry_wait) * random.uniform(0.5, 1.0)
 
     def _request(
         self,
