@@ -1398,7 +1398,15 @@ def test_a_retry_after_longer_than_max_retry_wait_is_raised_at_once(env, setting
 
 @pytest.mark.parametrize(
     "url, options",
-    [("foo", {}), ("http://[::1", {}), ("ftp://example.com", {}), ("http://127.0.0.1:1", {"timeout": 0})],
+    [
+        ("foo", {}),
+        ("http://[::1", {}),
+        ("ftp://example.com", {}),
+        ("http://127.0.0.1:1", {"timeout": 0}),
+        # A typo'd host: urllib3 refused it only when connecting, with a LocationParseError traceback.
+        ("http://trade..example.com", {}),
+        (f"https://{'a' * 64}.example.com", {}),
+    ],
 )
 def test_a_bad_url_or_timeout_is_refused_up_front(url, options, tp, monkeypatch):
     with pytest.raises(ValueError):

@@ -197,6 +197,12 @@ class Client:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base_url must be an http:// or https:// URL with a host, not {base_url!r}")
+        try:
+            parts.hostname.encode("idna")  # as the connection encodes it: else a LocationParseError there
+        except UnicodeError:
+            raise ValueError(
+                f"base_url's host {parts.hostname!r} has an empty part or one over 63 characters: {base_url!r}"
+            ) from None
         api_key = (api_key or "").strip()  # a key read from a file may keep its line end
         if not api_key:
             raise ValueError("api_key is required")
