@@ -206,6 +206,28 @@ def test_me_accounts_and_instruments(env):
     assert env.client.instruments("", limit=1).truncated is True
 
 
+class InstrumentsAnsweredByAProxy(Recorder):
+    """A proxy in front of the server answers the instrument search with JSON of its own."""
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if "/instruments" in request.url:
+            response._content = b'{"detail": "ok"}'
+        return response
+
+
+def test_an_instrument_search_answered_with_something_else_is_an_error_not_a_traceback(env, tp, monkeypatch):
+    """The search read body["truncated"] and body["items"] as they came: a proxy's JSON was a KeyError
+    (a TypeError for a list), and `tp instruments search` ended with a traceback."""
+    mount(env.client, InstrumentsAnsweredByAProxy())
+    with pytest.raises(ApiError) as error:
+        env.client.instruments("INF")
+    assert error.value.code == "unexpected_answer"
+    lossy_cli(monkeypatch, InstrumentsAnsweredByAProxy)
+    result = tp("instruments", "search", "INF")
+    assert result.code == 1 and result.err.startswith("error: ") and "Traceback" not in result.err
+
+
 def test_base_url_may_include_the_api_root(env):
     client = Client(env.url + "/api/v1/", env.key)
     assert client.base_url == env.url + "/api/v1"

@@ -393,6 +393,11 @@ class Client:
     def instruments(self, q: str = "", limit: int = 50) -> InstrumentPage:
         """Instruments whose symbol starts with ``q`` or whose name contains it (``truncated`` if there are more)."""
         body = self._get("/instruments", q=q, limit=limit)
+        if not isinstance(body, dict) or "truncated" not in body or not isinstance(body.get("items"), list):
+            # A proxy's answer (a list, its own object): said so, not a KeyError or TypeError.
+            raise ApiError(
+                f"The server's answer is not an InstrumentPage ({str(body)[:200]}).", code="unexpected_answer"
+            )
         return InstrumentPage(
             truncated=bool(body["truncated"]), items=[from_json(Instrument, row) for row in body["items"]]
         )
