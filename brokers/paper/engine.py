@@ -810,6 +810,8 @@ def _judged(order: PaperOrder, *, cover: SellCover | None, available, rng) -> De
         if needs_funds and order.product == "CNC":
             raise _cnc_refusal(order.instrument, order.quantity, cover)
     rejection = _band_violation(order.instrument, order.price, order.trigger_price)
+    if rejection is None and order.order_type == "MARKET":
+        rejection = _no_market_price(order)
     if rejection is None and needs_funds:
         required = needs_funds * _reference_price(order)
         funds = available()
@@ -829,6 +831,17 @@ def _judged(order: PaperOrder, *, cover: SellCover | None, available, rng) -> De
     elif order.status == Status.OPEN and order.validity == "IOC":
         _ioc_cancelled(order)
     return touch
+
+
+def _no_market_price(order: PaperOrder) -> str | None:
+    """Why a MARKET order has no price to fill at, or None. An instrument that has not traded (a last
+    price of 0, as a Kite instruments file gives it) has a quote one tick around 0: a sell filled at
+    a negative bid, which took money from the seller, and a buy at one tick."""
+    instrument = order.instrument
+    touch = instrument.ask if order.transaction_type == BUY else instrument.bid
+    if instrument.last_price > 0 and touch > 0:
+        return None
+    return f"There is no market price for {instrument.tradingsymbol} yet: a MARKET order has no price to fill at."
 
 
 def _ioc_cancelled(order: PaperOrder) -> None:
@@ -1001,6 +1014,10 @@ def order_modify(
     )
     if rejection:
         raise InputException(rejection, kind="price_band")
+    if new_type == "MARKET":
+        no_price = _no_market_price(order)
+        if no_price:
+            raise InputException(no_price)
     blocked_before = _blocks(order)
     if order.transaction_type == SELL and new_quantity != order.quantity:
         # What the long covers is worked out again for the new quantity.

@@ -207,6 +207,35 @@ def test_rejects_price_outside_the_band(client):
     assert not PaperTrade.objects.exists()
 
 
+def test_a_market_order_on_an_instrument_with_no_price_is_rejected_not_filled_around_zero(client, tmp_path):
+    """An instrument that has not traded (a Kite instruments file gives its last price as 0) is
+    quoted one tick around 0: a MARKET sell filled at the bid of -0.05 (the seller paid to sell)
+    and a MARKET buy at 0.05."""
+    listing = tmp_path / "instruments.csv"
+    listing.write_text(
+        "instrument_token,exchange_token,tradingsymbol,name,last_price,expiry,strike,tick_size,lot_size,"
+        "instrument_type,segment,exchange\n"
+        "9990001,99901,NEWLIST,NEW LISTING,0,,0.0,0.05,1,EQ,NSE,NSE\n"
+    )
+    engine.instruments_load_csv(listing)
+    for side in ("SELL", "BUY"):
+        order = place(client, side=side, order_type="MARKET", quantity=10, symbol="NEWLIST")
+        assert order.status == Status.REJECTED, (side, order.average_price)
+        assert "no market price for NEWLIST" in order.status_message
+    assert not PaperTrade.objects.exists()
+    assert PaperClient.objects.get(pk=client.pk).cash == D("1000000")
+
+
+def test_a_modify_to_market_on_an_instrument_with_no_price_is_refused(client):
+    resting = place(client, side="SELL", price="1600", quantity=2)
+    PaperInstrument.objects.filter(tradingsymbol="INFY").update(last_price=0, bid=D("-0.1"), ask=D("0.1"))
+    with pytest.raises(engine.InputException) as error:
+        engine.order_modify(client=client, order_id=resting.order_id, order_type="MARKET")
+    assert "no market price for INFY" in error.value.message
+    assert reload(resting).order_type == "LIMIT" and reload(resting).status == Status.OPEN
+    assert not PaperTrade.objects.exists()
+
+
 def test_the_band_a_refusal_names_is_the_band_it_allows(client):
     """The refusal names the lowest and highest prices the band allows. It named the band's edges
     rounded to the nearest tick, which can lie outside it (20 % of 1500.40 is 300.08: 1200.3 and
