@@ -399,14 +399,17 @@ def session_disconnect(*, account: BrokerAccount, actor) -> bool:
     current = _active(account.pk)
     if current is None:
         return False
+    # Ended here before its token is logged out at the broker: a call in flight with it then fails
+    # on a session already ended (its renewal finds none to end), not on one it would end as
+    # "expired" before this end, which then found nothing to end (no word of the disconnect).
+    if not _end(current, BrokerSession.Status.REVOKED, "disconnected by the trader"):
+        return False
+    audit_record(action=Action.BROKER_SESSION_LOGOUT, actor=actor, target=account)
     try:
         adapter_for(account, current.tokens.reveal()["access_token"]).logout()
     except BrokerError:
-        logger.info("broker logout failed for account %s; ending the session here anyway", account.pk)
-    if _end(current, BrokerSession.Status.REVOKED, "disconnected by the trader"):
-        audit_record(action=Action.BROKER_SESSION_LOGOUT, actor=actor, target=account)
-        return True
-    return False
+        logger.info("broker logout failed for account %s; the session is ended here anyway", account.pk)
+    return True
 
 
 # --- Reads for pages ---------------------------------------------------------------------

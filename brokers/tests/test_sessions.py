@@ -279,3 +279,30 @@ def test_a_session_ended_while_many_were_being_read_is_not_left_in_the_cache(pap
     assert services.sessions_live([paper_account])[paper_account.pk].session_id == first.session_id
     assert services.cache.get(key) is None
     assert services.session_live(paper_account).session_id != first.session_id  # a new login
+
+
+def test_a_call_failing_on_the_token_a_disconnect_logged_out_leaves_the_account_disconnected(
+    kite_on_face, trader, monkeypatch
+):
+    """A disconnect logged the token out at Kite before it ended the session here: a worker's call
+    in flight with that token failed meanwhile and its renewal ended the session as "expired" (the
+    call's error as its reason). The disconnect then found it ended already: no "Disconnected"
+    message, no audit entry by the trader, and the accounts page said "Expired" in red."""
+    from brokers.client import AccountBroker
+    from brokers.kite.adapter import KiteBroker
+
+    worker = AccountBroker(kite_on_face, attempts=1, session=services.session_live(kite_on_face))  # mid-run
+    logout = KiteBroker.logout
+
+    def logout_while_the_worker_calls(self):
+        logout(self)
+        with pytest.raises(AuthError):
+            worker.positions()
+
+    monkeypatch.setattr(KiteBroker, "logout", logout_while_the_worker_calls)
+    assert services.session_disconnect(account=kite_on_face, actor=trader)
+    session = BrokerSession.objects.get(account=kite_on_face)
+    assert (session.status, session.last_error) == ("revoked", "disconnected by the trader")
+    assert services.session_states([kite_on_face])[kite_on_face.pk].label == "Disconnected"
+    assert AuditLog.objects.filter(action="broker_session_logout", actor=trader).exists()
+    assert not AuditLog.objects.filter(action="broker_session_expired").exists()
