@@ -114,6 +114,13 @@ def _cause(step: str, why: str) -> str:
     return f"monitoring {step}: {why}"
 
 
+def _failed_but_listed(ctx: Context, order: Order) -> bool:
+    """Whether a FAILED order is in the order book this run read (by its tag): at its broker after
+    all, which step 3 could not record (one order it could not reconcile). Placed again, it would be
+    there twice; the next run's sync records it."""
+    return order.status == Order.Status.FAILED and any(o.tag == order.reference for o in ctx.broker_orders)
+
+
 # --- Threads for broker calls -------------------------------------------------------------------
 
 
@@ -868,6 +875,13 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         # for it by its tag) can tell, and it did not run.
         _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: the broker's orders could not be read")
         return
+    if listed := next((e for e in failed if _failed_but_listed(ctx, e)), None):
+        _run_error(
+            ctx,
+            f"{listed.reference} ({name} of {entry.reference}) is at the broker after all, but could not be"
+            " recorded this run: not placed again (the next run records it)",
+        )
+        return
     if mine and mine[-1].status == Order.Status.FAILED:
         wait_s = min(2 ** len(failed), EXIT_RETRY_MAX_S)
         if (timezone.now() - mine[-1].updated_at).total_seconds() < wait_s:
@@ -1213,6 +1227,14 @@ def _replace_again_due(ctx: Context, order: Order, failed: list[Order]) -> bool:
         )
         return False
     if not ctx.fetched:
+        return False
+    if any(_failed_but_listed(ctx, replacement) for replacement in failed):
+        _run_error(
+            ctx,
+            f"{order.reference}'s replacement is at the broker after all, but could not be recorded this run:"
+            " not placed again (the next run records it)",
+            step="5_chase",
+        )
         return False
     wait_s = REPLACE_AGAIN_S * 2 ** (len(failed) - 1)
     return (timezone.now() - failed[-1].updated_at).total_seconds() >= wait_s
@@ -1695,6 +1717,14 @@ def step_retries(ctx: Context) -> None:
             # One that failed may be at the broker after all: only this cycle's sync (which looks
             # for it by its tag) can tell, and it did not run (as step 4 waits for a failed exit).
             ctx.act(f"{failed.reference} is not retried this run: the broker's orders could not be read")
+            continue
+        if _failed_but_listed(ctx, failed):
+            _run_error(
+                ctx,
+                f"{failed.reference} is at the broker after all, but could not be recorded this run: not retried"
+                " (the next run records it)",
+                step="9_retries",
+            )
             continue
         if Order.objects.filter(Q(parent=failed) & Q(idempotency_key__endswith=f"{RETRY_KEY}{failed.pk}")).exists():
             continue

@@ -382,3 +382,38 @@ def test_an_account_taken_off_the_strategy_has_its_entries_neither_chased_nor_re
     cycle.account_monitor(account=account)
     resting.refresh_from_db()
     assert resting.price == D("1500.00") and Order.objects.get(parent=capped).price == D("1499.00")
+
+
+def test_a_failed_entry_the_brokers_book_lists_is_not_retried_when_its_sync_fails(trader, account, monkeypatch):
+    """A strategy's entry held FAILED that the broker has after all: the run's book lists it by its
+    tag, but recording that failed (one order step 3 could not reconcile). Retried, it would be a
+    second position; the next run records it and nothing is placed twice."""
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Retry", account_ids=[account.pk], max_retries=1, retryable_kinds=["network"]
+    )
+    quote("1500")
+    first = place(trader, account, quantity=10, strategy=strategy, source="strategy")
+    assert first.status == Order.Status.FILLED
+    Order.objects.filter(pk=first.pk).update(
+        status=Order.Status.FAILED,
+        broker_order_id=None,
+        filled_quantity=0,
+        average_price=D(0),
+        reject_kind="network",
+        updated_at=first.updated_at.replace(year=2020),  # its backoff long passed
+    )
+    apply = services.order_apply_broker_state
+
+    def fails_for_the_entry(order, state, **options):
+        if order.pk == first.pk:
+            raise RuntimeError("deadlock found when trying to get lock")
+        return apply(order, state, **options)
+
+    monkeypatch.setattr(services, "order_apply_broker_state", fails_for_the_entry)
+    cycle.account_monitor(account=account)
+    assert not Order.objects.filter(parent=first).exists()
+    monkeypatch.undo()
+    cycle.account_monitor(account=account)
+    first.refresh_from_db()
+    assert first.status == Order.Status.FILLED and not Order.objects.filter(parent=first).exists()
+    assert PaperOrder.objects.filter(client__user_id=account.client_id).count() == 1

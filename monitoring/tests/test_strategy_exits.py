@@ -796,3 +796,72 @@ def test_a_chased_entrys_replacement_that_never_reached_the_broker_is_placed_aga
     assert again.status in Order.LIVE and (again.quantity, again.price) == (10, D("1499.20")), run.errors
     assert again.idempotency_key.endswith(f"replace:{first.pk}#2")
     assert Order.objects.filter(role="entry", status__in=Order.LIVE).count() == 1
+
+
+def test_a_failed_exit_the_brokers_book_lists_is_not_placed_again_when_its_sync_fails(trader, account, monkeypatch):
+    """A stop held FAILED (its answer lost, not found in time) that the broker has after all: the
+    run's book lists it by its tag, but recording that failed (one order step 3 could not
+    reconcile). It is at the broker: a second stop would sell the position twice when hit."""
+    first, stop = entry_with_stop(trader, account)
+    Order.objects.filter(pk=stop.pk).update(
+        status=Order.Status.FAILED, broker_order_id=None, updated_at=timezone.now() - timedelta(hours=1)
+    )
+    apply = services.order_apply_broker_state
+
+    def fails_for_the_stop(order, state, **options):
+        if order.pk == stop.pk:
+            raise RuntimeError("deadlock found when trying to get lock")
+        return apply(order, state, **options)
+
+    monkeypatch.setattr(services, "order_apply_broker_state", fails_for_the_stop)
+    run = monitor(account)
+    assert first.children.filter(role="stop_loss").count() == 1
+    assert PaperOrder.objects.filter(client__user_id=account.client_id, order_type="SL-M").count() == 1
+    assert any(stop.reference in e["error"] and "at the broker" in e["error"] for e in run.errors), run.errors
+    monkeypatch.undo()
+    monitor(account)  # its sync records it: it is the stop
+    stop.refresh_from_db()
+    assert stop.status == Order.Status.OPEN and live_exits(account, "stop_loss") == 10
+    assert first.children.filter(role="stop_loss").count() == 1
+
+
+def test_a_chased_entrys_failed_replacement_the_brokers_book_lists_is_not_placed_again(trader, account, monkeypatch):
+    """The replacement of an entry cancelled past the cap is held FAILED, but the broker took it: the
+    run's book lists it by its tag, and recording that failed. Placed again, the entry would be there twice."""
+    from brokers.errors import BrokerError
+    from brokers.paper.adapter import PaperBroker
+
+    guarded = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    at_modification_cap(first)
+    real, calls = PaperBroker.place_order, []
+
+    def taken_but_answered_as_failed(self, request):
+        calls.append(request)
+        placed = real(self, request)
+        if len(calls) == 1:
+            raise BrokerError("the broker's order system is down")
+        return placed
+
+    monkeypatch.setattr(PaperBroker, "place_order", taken_but_answered_as_failed)
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    monitor(account)
+    failed = Order.objects.get(parent=first, role="entry")
+    assert failed.status == Order.Status.FAILED
+    Order.objects.filter(pk=failed.pk).update(updated_at=timezone.now() - timedelta(seconds=120))
+    apply = services.order_apply_broker_state
+
+    def fails_for_the_replacement(order, state, **options):
+        if order.pk == failed.pk:
+            raise RuntimeError("deadlock found when trying to get lock")
+        return apply(order, state, **options)
+
+    monkeypatch.setattr(services, "order_apply_broker_state", fails_for_the_replacement)
+    run = monitor(account)
+    assert Order.objects.filter(parent=first).count() == 1
+    assert any("at the broker after all" in e["error"] for e in run.errors), run.errors
+    monkeypatch.setattr(services, "order_apply_broker_state", apply)
+    monitor(account)
+    failed.refresh_from_db()
+    assert failed.status in Order.LIVE and Order.objects.filter(parent=first).count() == 1
