@@ -132,6 +132,22 @@ def test_pages_render_for_a_new_trader(trader_client, name):
 # --- Dashboard ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        # An opening lot priced at its holding's average (801.78125 kept as 801.7812) marked at 801.78:
+        # -0.0012 is shown 0.00, which is not a loss to show in red (nor 0.004 a gain in green).
+        (D("-0.0012"), '<span class="num">0.00</span>'),
+        (D("0.0040"), '<span class="num">0.00</span>'),
+        (D("-0.0050"), '<span class="num down">-0.01</span>'),
+        (D("0.0050"), '<span class="num up">0.01</span>'),
+        (D("-12.5000"), '<span class="num down">-12.50</span>'),
+    ],
+)
+def test_money_is_up_or_down_as_shown_not_below_its_last_paisa(value, shown):
+    assert render_to_string("portfolio/partials/money.html", {"value": value}).strip() == shown
+
+
 def test_dashboard_shows_position_trade_and_pnl_after_a_fill(trader_client, account, filled):
     resting = place(account.owner, account, quantity=2, order_type="LIMIT", price=D("1200"))
     set_price("1512.5")
