@@ -28,7 +28,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal
 from django.conf import settings
 from django.contrib.auth.hashers import check_password
 from django.core.cache import cache
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Q
 from django.utils import timezone
@@ -1195,7 +1195,15 @@ def market_tick(*, rng_seed: int | None = None) -> int:
             _feed_step(instrument, random.Random(f"{seed}:{instrument.instrument_token}:{state.tick_no}"))
         PaperInstrument.objects.bulk_update(instruments, QUOTE_FIELDS + (DAY_FIELDS if new_day else []))
     live = set(PaperOrder.objects.filter(status__in=PaperOrder.LIVE).values_list("instrument_id", flat=True))
-    return sum(match_instrument(instrument_id=instrument_id) for instrument_id in live)
+    fills = 0
+    for instrument_id in live:
+        try:
+            fills += match_instrument(instrument_id=instrument_id)
+        except DatabaseError:
+            # One instrument's matching failing (a lock wait, a deadlock: rolled back whole) must
+            # not leave every instrument after it unmatched; it is matched again at the next tick.
+            logger.exception("paper tick: matching instrument %s failed; the next tick matches it", instrument_id)
+    return fills
 
 
 def market_set(

@@ -7,7 +7,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from brokers.paper import engine
@@ -388,6 +388,28 @@ def test_the_random_walk_is_repeatable_and_stays_on_ticks(db, settings):
     infy = PaperInstrument.objects.get(tradingsymbol="INFY")
     assert infy.last_price % infy.tick_size == 0
     assert infy.ask - infy.bid == 2 * infy.tick_size
+
+
+def test_one_instruments_matching_failing_leaves_the_others_matched_that_tick(client, settings, monkeypatch):
+    """A tick matched its instruments one after another: one failing (a lock wait, a deadlock)
+    ended the tick, and every instrument after it went unmatched (its crossed orders unfilled)."""
+    settings.PAPER_TICK_SIGMA = 0
+    quote("TCS", last="3500", volume=1000)
+    infy = place(client, price="1400")  # both rest below the market
+    tcs = place(client, price="3000", symbol="TCS")
+    PaperInstrument.objects.filter(tradingsymbol="TCS").update(last_price=D("2900"), bid=D("2899.9"), ask=D("2900.1"))
+    real, tried = engine.match_instrument, []
+
+    def match(*, instrument_id):
+        tried.append(instrument_id)
+        if instrument_id == infy.instrument_id:
+            raise OperationalError(1205, "Lock wait timeout exceeded")
+        return real(instrument_id=instrument_id)
+
+    monkeypatch.setattr(engine, "match_instrument", match)
+    assert engine.market_tick() == 1
+    assert sorted(tried) == sorted([infy.instrument_id, tcs.instrument_id])
+    assert reload(tcs).status == "COMPLETE" and reload(infy).status == "OPEN"
 
 
 def test_staff_set_a_clients_password_and_knobs_in_admin(client, staff, django_user_model):
