@@ -18,10 +18,12 @@ STOP_TYPES = ("SL", "SL-M")
 
 
 def product_choices(instrument: Instrument | None) -> list[tuple[str, str]]:
-    """CNC is equity delivery: a derivative offers only the intraday and carry-forward products."""
-    if instrument is None or instrument.instrument_type == "EQ":
+    """CNC is equity delivery and NRML derivatives' carry forward: equity offers delivery and
+    intraday, a derivative intraday and carry forward."""
+    if instrument is None:
         return list(PRODUCTS)
-    return [(value, label) for value, label in PRODUCTS if value != "CNC"]
+    other = "NRML" if instrument.instrument_type == "EQ" else "CNC"
+    return [(value, label) for value, label in PRODUCTS if value != other]
 
 
 # Digits read as a whole number: more than an id or a quantity ever has is none (and int() reads

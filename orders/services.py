@@ -214,6 +214,10 @@ def spec_check(
         raise ValidationError({"product": "Choose CNC, MIS or NRML."})
     if product == "CNC" and instrument.instrument_type != "EQ":
         raise ValidationError({"product": "CNC is for equity delivery; use NRML or MIS for derivatives."})
+    if product == "NRML" and instrument.instrument_type == "EQ":
+        # Carry forward is for derivatives (the broker refuses it on equity): an equity NRML sell
+        # would be a short carried overnight, which the cash market does not allow.
+        raise ValidationError({"product": "NRML is for derivatives; use CNC (delivery) or MIS (intraday) for equity."})
     quantity = positive_quantity(quantity)
     if quantity % instrument.lot_size:
         raise ValidationError({"quantity": f"Quantity must be a multiple of the lot size, {instrument.lot_size}."})

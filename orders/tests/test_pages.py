@@ -191,9 +191,9 @@ def test_a_future_is_placed_in_lots_as_nrml(trader_client, account):
     assert at_exchange.quantity == 150 and at_exchange.product == "NRML"
 
 
-def test_equity_offers_every_product(trader_client, account):
+def test_equity_offers_delivery_and_intraday_but_no_carry_forward(trader_client, account):
     html = trader_client.get(reverse("orders:ticket"), {"instrument": instrument("INFY").pk}).content.decode()
-    assert product_options(html) == ["CNC", "MIS", "NRML"]
+    assert product_options(html) == ["CNC", "MIS"]
 
 
 def test_a_broker_rejection_shows_its_reason(trader_client, account):

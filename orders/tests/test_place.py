@@ -79,6 +79,7 @@ def test_references_count_up_per_account_and_day(trader, account):
         ({"order_type": "STOP"}, "order_type"),
         ({"product": "XYZ"}, "product"),
         ({"symbol": "NIFTY26DECFUT", "exchange": "NFO", "product": "CNC", "quantity": 75}, "product"),
+        ({"product": "NRML"}, "product"),  # carry forward is for derivatives: no overnight equity short
         ({"price": "abc", "order_type": "LIMIT"}, "price"),
         ({"symbol": "NIFTY26NOVFUT", "exchange": "NFO", "product": "NRML", "quantity": 75}, "instrument"),  # expired
     ],
