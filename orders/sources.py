@@ -1718,13 +1718,17 @@ def strategy_signal(
     product: str = "MIS",
     price=None,
     trigger_price=None,
+    sent_at: datetime | None = None,
 ) -> tuple[StrategySignal, bool]:
     """Place a strategy's entry on each of its accounts. Returns (signal, replayed).
 
     A signal id is used once per strategy: a repeat returns the first signal's results
     and places nothing. A repeat saying something else (another side, quantity, symbol...) is
     refused (409 on ``signal_id``) rather than answered with the first one's results: an alert
-    that sends one fixed id would otherwise have every later signal silently dropped.
+    that sends one fixed id would otherwise have every later signal silently dropped. So is a repeat
+    whose alert was made (``sent_at``, a webhook's timestamp) more than ``WEBHOOK_MAX_AGE_S`` after
+    the first was received: no delivery of that first alert, but a later one with the same terms
+    (TradingView's {{strategy.order.id}} is the entry's name, the same for every long entry).
 
     A repeat of a signal whose first request died after taking the id and before recording its
     results (a worker restarted, a timeout) places it: under the same idempotency keys, so an
@@ -1746,6 +1750,8 @@ def strategy_signal(
         # A repeat: compared with the first as sent, not checked again (its instrument's lot or
         # tick may have changed since; a retry is still a retry).
         sent = _signal_payload(instrument, side, quantity, order_type, product, price, trigger_price)
+        if _made_after(signal, sent_at):
+            raise _signal_id_reused()
         signal = _replayed(signal, sent, signals)
         if _answered(signal, strategy):
             return signal, True
@@ -1916,6 +1922,12 @@ def _replayed(first: StrategySignal, payload: dict | None, signals) -> StrategyS
     return services.settled(first, signals.first, lambda signal: signal.results)
 
 
+def _made_after(first: StrategySignal, sent_at: datetime | None) -> bool:
+    """Whether an alert made at ``sent_at`` was made after ``first`` was received, by more than the
+    clock skew an alert's time is allowed (``WEBHOOK_MAX_AGE_S``): then it is another alert."""
+    return sent_at is not None and sent_at - first.received_at > timedelta(seconds=settings.WEBHOOK_MAX_AGE_S)
+
+
 def _signal_id_reused() -> ValidationError:
     return ValidationError(
         {
@@ -2030,4 +2042,5 @@ def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, b
         product=str(body.get("product") or "MIS").upper(),
         price=body.get("price"),
         trigger_price=body.get("trigger_price"),
+        sent_at=sent_at,
     )

@@ -1185,6 +1185,27 @@ def test_a_used_id_sent_with_another_signal_is_refused_and_places_nothing(client
     assert PaperOrder.objects.count() == 1
 
 
+def test_a_used_id_sent_by_a_later_alert_with_the_same_terms_is_refused_not_answered_as_replayed(client, strategy):
+    """TradingView's {{strategy.order.id}} is the entry's name ("Long"): every long entry of a
+    strategy sends the same id, and with a fixed quantity the same terms. The alert an hour after
+    the first was answered "replayed" with the first one's results and placed nothing, a lost
+    entry, though its timestamp says it was made long after the first was received: no delivery
+    of that first alert. It is refused as the id's reuse (409); a resend within the alert window
+    is still a replay, and a resend of the first body later is refused as stale (403)."""
+    first_sent = clock.time()
+    assert webhook(client, strategy, id="Long", timestamp=first_sent).status_code == 201
+    assert webhook(client, strategy, id="Long", timestamp=first_sent + 5).json()["replayed"] is True
+
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    StrategySignal.objects.filter(strategy=strategy, signal_id="Long").update(received_at=an_hour_ago)
+    refused = webhook(client, strategy, id="Long")
+    assert refused.status_code == 409, refused.json()
+    assert refused.json()["error"]["field"] == "id" and refused.json()["error"]["code"] == "conflict"
+    assert webhook(client, strategy, id="Long", timestamp=first_sent - 3600).status_code == 403
+    assert PaperOrder.objects.count() == 1
+    assert webhook(client, strategy, id="Long-2").status_code == 201
+
+
 def test_webhook_for_a_paused_strategy_or_unknown_symbol(client, strategy):
     assert webhook(client, strategy, id="x1", symbol="NSE:NOPE").json()["error"]["field"] == "symbol"
     strategy.is_active = False
