@@ -11,9 +11,12 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
 
 from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
+from brokers.client import AccountBroker
+from brokers.errors import OutcomeUnknown
 from brokers.paper.models import PaperOrder
 from orders import services
 from orders.models import Order
@@ -204,6 +207,23 @@ def test_a_broker_rejection_shows_its_reason(trader_client, account):
     assert order.status == Order.Status.REJECTED
     assert any("rejected" in text and order.reject_reason in text for text in page_messages(response))
     assert order.reject_reason in response.content.decode()
+
+
+def test_an_order_whose_answer_was_lost_says_so_in_the_book_and_on_its_page(trader_client, account, monkeypatch):
+    # It is SUBMITTED with no broker id, offering no Modify or Cancel: "Submitted" alone reads as at the broker.
+    def lost(self, request, **options):
+        raise OutcomeUnknown("timed out reading the answer")
+
+    monkeypatch.setattr(AccountBroker, "place_order", lost)
+    trader_client.post(reverse("orders:ticket"), ticket_data(account))
+    order = Order.objects.get()
+    assert order.status == Order.Status.SUBMITTED and not order.broker_order_id
+    row = re.search(
+        rf'<tr id="order-{order.pk}".*?</tr>', trader_client.get(reverse("orders:book")).content.decode(), re.S
+    )
+    assert escape(Order.ANSWER_LOST) in row.group(0)
+    detail = trader_client.get(reverse("orders:detail", args=[order.pk])).content.decode()
+    assert 'id="answer-lost"' in detail and escape(Order.ANSWER_LOST) in detail
 
 
 def test_another_traders_account_is_refused_on_the_ticket(trader_client, account, other_trader):
