@@ -90,6 +90,9 @@ def _announce_placed(request, order: Order) -> None:
         messages.error(request, f"{what} was rejected: {order.reject_reason}")
     elif order.status == Order.Status.FAILED:
         messages.error(request, f"{what} failed: {order.reject_reason}")
+    elif order.status == Order.Status.NEW:
+        # This ticket's first send (a double click, a second tab) is still on its way: not lost.
+        messages.info(request, f"{what} is being sent (this ticket was already sent); its page shows the answer.")
     elif not order.broker_order_id:
         messages.warning(request, f"{what} was sent, but the broker's answer was lost; it is being looked up.")
     else:

@@ -120,6 +120,31 @@ def test_a_double_submit_with_one_token_places_one_order(trader_client, account)
     assert Order.objects.count() == 1 and PaperOrder.objects.count() == 1
 
 
+def test_a_second_submit_while_the_first_is_still_sending_says_it_is_being_sent_not_lost(
+    trader_client, trader, account, settings
+):
+    # The first click's request is still sending the order (it is NEW, its broker not asked yet):
+    # the second click's page, the one the trader sees, said its answer was lost.
+    settings.REPLAY_WAIT_S = 0.1
+    data = ticket_data(account, order_type="LIMIT", price="1400")
+    spec = {name: data[name] for name in ("side", "quantity", "order_type", "product", "validity", "price")}
+    sending, fresh = services.order_prepare(
+        actor=trader,
+        account=account,
+        instrument=instrument("INFY"),
+        **spec,
+        source=Order.Source.MANUAL,
+        cause="ticket by trader",
+        idempotency_key=f"ui:{data['token']}",
+    )
+    assert fresh
+    response = trader_client.post(reverse("orders:ticket"), data, follow=True)
+    assert Order.objects.get() == sending and Order.objects.get().status == Order.Status.NEW
+    said = " ".join(page_messages(response))
+    assert sending.reference in said and "lost" not in said and "being sent" in said
+    assert not PaperOrder.objects.exists()
+
+
 def test_a_used_token_with_changed_fields_places_nothing_and_renews_the_token(trader_client, account):
     data = ticket_data(account, order_type="LIMIT", price="1400")
     trader_client.post(reverse("orders:ticket"), data)
