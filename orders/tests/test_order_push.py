@@ -1,14 +1,17 @@
 """The order pushed to a trader's open pages: a new one goes on top of the book and takes away its empty line."""
 
 import asyncio
+from datetime import timedelta
+from decimal import Decimal
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.urls import reverse
+from django.utils import timezone
 
 from monitoring import presence
 from orders import services
-from orders.tests.factories import place
+from orders.tests.factories import broker_state, place
 
 EMPTY_LINE = '<p class="empty" id="orders-empty">'
 DELETE_EMPTY_LINE = '<p id="orders-empty" hx-swap-oob="delete"></p>'
@@ -83,3 +86,23 @@ def test_the_first_order_pushed_to_the_dashboard_deletes_its_no_open_orders_line
 
     [created] = [html for html in pushes_to(trader, place_and_commit) if "afterbegin:#order-rows" in html]
     assert '<p id="open-orders-empty" hx-swap-oob="delete"></p>' in created
+
+
+def test_a_price_the_broker_tells_with_one_place_is_pushed_with_two_as_the_page_shows_it(
+    trader_client, trader, account, django_capture_on_commit_callbacks
+):
+    # A broker's JSON number (Kite: 1401.5) is the order's price as it was read: the pushed row said
+    # 1401.5 where the book, read from the column, says 1401.50.
+    order = place(trader, account, order_type="LIMIT", price="1400")
+    state = broker_state(order, price=Decimal("1401.5"))
+
+    def changed_at_the_broker():
+        with django_capture_on_commit_callbacks(execute=True):
+            services.order_apply_broker_state(
+                order, state, cause="test", asked_at=timezone.now() + timedelta(seconds=1)
+            )
+
+    [pushed] = [html for html in pushes_to(trader, changed_at_the_broker) if f'id="order-{order.pk}"' in html]
+    cell = '<td data-label="Price" class="num">1401.50</td>'
+    assert cell in pushed
+    assert cell in trader_client.get(reverse("orders:book")).content.decode()
