@@ -74,7 +74,7 @@ app.conf.update(
     },
     broker_connection_retry_on_startup=True,
     beat_schedule=PERIODIC_TASKS,
-    beat_scheduler="django_celery_beat.schedulers:DatabaseScheduler",
+    beat_scheduler="tradingplatform.beat:DatabaseScheduler",  # django-celery-beat's, intervals kept exactly
     worker_hijack_root_logger=False,
 )
 app.autodiscover_tasks()

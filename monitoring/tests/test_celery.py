@@ -22,7 +22,10 @@ def test_reliability_settings():
     assert app.conf.broker_transport_options["visibility_timeout"] > MAX_COUNTDOWN_S
     assert app.conf.task_serializer == "json" and app.conf.accept_content == ["json"]
     assert app.conf.task_time_limit and app.conf.task_soft_time_limit
-    assert app.conf.beat_scheduler.startswith("django_celery_beat")
+    from celery.utils.imports import symbol_by_name
+    from django_celery_beat.schedulers import DatabaseScheduler
+
+    assert issubclass(symbol_by_name(app.conf.beat_scheduler), DatabaseScheduler)
 
 
 def test_every_periodic_job_is_a_registered_task():
@@ -146,3 +149,23 @@ def test_a_worker_survives_a_redis_restart(tmp_path):
         except subprocess.TimeoutExpired:
             worker.kill()
         server.kill()
+
+
+@pytest.mark.parametrize("every_s", [0.5, 1.5, 1.0, 60.0])
+def test_beat_keeps_each_periodic_jobs_interval_as_given(db, every_s):
+    """Beat's database scheduler copies PERIODIC_TASKS into its tables: an interval that is not a
+    whole number of seconds (PAPER_TICK_INTERVAL_S=0.5, SCHEDULE_DISPATCH_INTERVAL_S=1.5) is sent
+    at that interval, not cut to whole seconds (0.5 s was kept as 0: beat sent the job without
+    pause; 1.5 s as 1 s, and the periodic lock then skipped every other: every 2 s)."""
+    from datetime import timedelta
+
+    from celery.utils.imports import symbol_by_name
+    from django_celery_beat.models import PeriodicTask
+
+    scheduler = symbol_by_name(app.conf.beat_scheduler)
+    entry = {"task": "monitoring.tasks.heartbeat", "schedule": every_s}
+    scheduler.Entry.from_entry("test-interval", app=app, **entry)
+    scheduler.Entry.from_entry("test-interval", app=app, **entry)  # beat started again
+    interval = PeriodicTask.objects.get(name="test-interval").interval
+    assert timedelta(**{interval.period: interval.every}) == timedelta(seconds=every_s)
+    assert interval.schedule.run_every == timedelta(seconds=every_s)
