@@ -4,6 +4,7 @@ import logging
 import socket
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Q
@@ -93,6 +94,27 @@ def cycle_start(*, trigger: str = MonitoringRun.Trigger.BEAT) -> tuple[Monitorin
     finished_at = None if account_ids else timezone.now()
     run = MonitoringRun.objects.create(trigger=trigger, accounts=len(account_ids), finished_at=finished_at)
     return run, account_ids
+
+
+def cycle_fan_out(*, run: MonitoringRun, account_ids: list[int], send) -> int:
+    """Queue the run's batches, ``MONITORING_BATCH`` accounts each (``send(batch, run.pk)``).
+    Returns how many were queued.
+
+    Queuing failing (Redis away for a moment) before any batch went out: the run ends at once, as
+    one with no account does (no batch would ever end it, so it showed as running for good); the
+    error goes on (the task fails, the next cycle covers the accounts). Batches already queued
+    end it as usual."""
+    size = settings.MONITORING_BATCH
+    queued = 0
+    try:
+        for start in range(0, len(account_ids), size):
+            send(account_ids[start : start + size], run.pk)
+            queued += 1
+    except Exception:
+        if not queued:
+            MonitoringRun.objects.filter(pk=run.pk, finished_at__isnull=True).update(finished_at=timezone.now())
+        raise
+    return queued
 
 
 def batch_monitor(*, account_ids: list[int], run_id: int | None) -> list:

@@ -1,5 +1,4 @@
 from celery import shared_task
-from django.conf import settings
 
 from tradingplatform import locks
 from tradingplatform.celery import periodic
@@ -24,9 +23,7 @@ def heartbeat():
 def start_cycle():
     """Every MONITORING_INTERVAL_S: one task per batch of MONITORING_BATCH monitored accounts."""
     run, account_ids = services.cycle_start()
-    size = settings.MONITORING_BATCH
-    for start in range(0, len(account_ids), size):
-        monitor_accounts.delay(account_ids[start : start + size], run.pk)
+    services.cycle_fan_out(run=run, account_ids=account_ids, send=monitor_accounts.delay)
     return len(account_ids)
 
 

@@ -210,6 +210,24 @@ def test_a_cycle_run_ends_however_its_batches_end(trader, account, monkeypatch):
     assert account_ids == [] and empty.finished_at is not None
 
 
+def test_a_cycle_whose_batches_could_not_be_queued_shows_a_finish(account, monkeypatch):
+    """Redis away as a cycle fans out (a restart): no batch was queued, so none would ever end the
+    run, which showed as running for good. It ends as it starts; the error goes on (the task fails,
+    the next cycle covers the accounts)."""
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to redis:6379. Connection refused.")
+
+    from brokers import services as broker_services
+
+    broker_services.session_live(account)  # monitored: it has a live session
+    monkeypatch.setattr(tasks.monitor_accounts, "delay", broker_down)
+    with pytest.raises(ConnectionError):
+        tasks.start_cycle()
+    run = MonitoringRun.objects.get()
+    assert run.accounts == 1 and run.finished_at is not None
+
+
 def test_a_batch_cut_short_while_it_reads_the_brokers_stops_there(trader, account, monkeypatch):
     # The time limit reached while the batch waits for the brokers' answers (a slow broker, the
     # likeliest moment): taken for a failed read, the batch went on with its other steps until the
