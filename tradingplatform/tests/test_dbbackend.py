@@ -5,7 +5,6 @@ what the first one sent over the wire."""
 import threading
 import time
 
-import MySQLdb
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -319,6 +318,8 @@ def test_connection_lost_mid_block_rolls_back_and_the_next_use_reconnects(table,
 
 
 def test_new_connection_opens_in_autocommit_with_the_session_settings(monkeypatch):
+    import MySQLdb  # here, not at the top: collecting this module on SQLite needs no mysqlclient
+
     toggled = []
     autocommit = MySQLdb.connections.Connection.autocommit
 

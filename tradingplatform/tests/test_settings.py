@@ -49,9 +49,13 @@ def test_production_settings_are_secure():
 
 
 def test_mysql_url_gets_strict_mode_and_utf8mb4():
+    # Without mysqlclient, as on a fresh machine's `./bin/test` (it installs requirements-mysql.txt
+    # only for a mysql:// DATABASE_URL): the settings are read, the driver is not loaded.
     result = load_settings(
         {**production_env(), "DATABASE_URL": "mysql://u:p@db:3306/trading"},
         "o = s.DATABASES['default']['OPTIONS']; print(o['charset'], 'STRICT_TRANS_TABLES' in o['init_command'])",
+        setup=False,
+        prelude="import sys; sys.modules['MySQLdb'] = None\n",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["utf8mb4", "True"]
@@ -80,8 +84,9 @@ def production_env() -> dict:
     }
 
 
-def load_settings(env: dict, code: str = "") -> subprocess.CompletedProcess:
-    script = "import django; from django.conf import settings as s; django.setup()\n" + code
+def load_settings(env: dict, code: str = "", *, setup: bool = True, prelude: str = "") -> subprocess.CompletedProcess:
+    script = prelude + "import django; from django.conf import settings as s\n"
+    script += ("django.setup()\n" if setup else "") + code
     return subprocess.run(
         [sys.executable, "-c", script],
         env={k: v for k, v in env.items() if v != ""},
