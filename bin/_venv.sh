@@ -10,7 +10,8 @@ fi
 _files="$_req requirements.txt"
 _nodeps=""
 [ "$_req" = "requirements-dev.txt" ] && _nodeps="requirements-dev-nodeps.txt"
-case "${DATABASE_URL:-}" in mysql://*|mysql2://*) _files="$_files requirements-mysql.txt" ;; esac
+source bin/_dotenv.sh
+case "$(_setting DATABASE_URL)" in mysql://*|mysql2://*) _files="$_files requirements-mysql.txt" ;; esac
 _want="$(cat $_files $_nodeps | sha256sum | cut -c1-16)-$(echo "$_files" | sha256sum | cut -c1-8)"
 if [ "$(cat .venv/.installed 2>/dev/null || true)" != "$_want" ]; then
   echo "Installing $_files into .venv"
