@@ -2,10 +2,10 @@
 
 ``/healthz`` answers as long as the process serves requests. ``/readyz`` checks what a
 request needs: the database, the cache, Redis when configured and, when configured, a
-live Celery worker, beat's heartbeat and the scheduled monitoring cycle (started and
-finishing); it answers 503 when any of them is down, with a status each (and the error's
-text for staff and the metrics scraper only, except the beat and cycle verdicts, which name
-no host and which the desk's probe needs to read).
+live Celery worker, beat's heartbeat, the scheduled monitoring cycle (started and
+finishing) and the scheduled-order dispatch; it answers 503 when any of them is down, with
+a status each (and the error's text for staff and the metrics scraper only, except the beat,
+cycle and dispatch verdicts, which name no host and which the desk's probe needs to read).
 ``/metrics`` is Prometheus's text format (``tradingplatform.metrics``), for staff and for
 a scraper sending ``Authorization: Bearer <METRICS_TOKEN>``.
 """
@@ -85,8 +85,8 @@ def _beat():
     return detail
 
 
-def _monitoring_cycle():
-    problem, detail = services.cycle_health()
+def _verdict(health):
+    problem, detail = health()
     if problem:
         raise NotRunning(problem, detail)
     return detail
@@ -108,7 +108,8 @@ def readyz(request):
         checks["celery"] = _timed(_celery)
     if settings.READYZ_CHECK_BEAT:
         checks["beat"] = _timed(_beat)
-        checks["monitoring_cycle"] = _timed(_monitoring_cycle)
+        checks["monitoring_cycle"] = _timed(lambda: _verdict(services.cycle_health))
+        checks["scheduled_dispatch"] = _timed(lambda: _verdict(services.dispatch_health))
     ok = all(check["status"] == "ok" for check in checks.values())
     if not (request.user.is_staff or _metrics_token_ok(request)):
         # An exception's text can name a database user, a host or a port: anyone sees which check

@@ -2,7 +2,7 @@
 
 import logging
 import socket
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
@@ -30,6 +30,32 @@ def heartbeat_record() -> dict:
     return beat
 
 
+DISPATCH_JOB = "scheduled-orders-dispatch"
+DISPATCHED_KEY = "scheduled:dispatched"
+
+
+def dispatch_record() -> None:
+    """Note that the scheduled-order dispatcher ran to its end (``dispatch_health``). Never raises:
+    the dispatch is done whatever becomes of its note (the cache away: readiness says so)."""
+    try:
+        cache.set(DISPATCHED_KEY, timezone.now().timestamp(), timeout=24 * 3600)
+    except Exception:
+        logger.warning("could not note the scheduled-order dispatch", exc_info=True)
+
+
+def dispatch_health() -> tuple[str | None, dict]:
+    """Whether scheduled orders are dispatched (claimed when due and sent to workers): (what is
+    wrong or None, what was seen). Wrong as ``_job_problem`` says: every scheduled order would miss
+    its time while the rest of the platform looks well."""
+    now = timezone.now()
+    job, interval_s = _periodic_job(DISPATCH_JOB)
+    at = cache.get(DISPATCHED_KEY)
+    last = None if at is None else datetime.fromtimestamp(at, tz=UTC)
+    detail = {"interval_s": interval_s, "last_s_ago": None if last is None else round((now - last).total_seconds(), 1)}
+    none = "no scheduled orders dispatched (they miss their times)"
+    return _job_problem(job, DISPATCH_JOB, none=none, last=last, now=now, interval_s=interval_s), detail
+
+
 def heartbeat_age_s() -> float | None:
     beat = cache.get(HEARTBEAT_KEY)
     return None if beat is None else timezone.now().timestamp() - beat["at"]
@@ -41,24 +67,45 @@ CYCLE_MISSED_INTERVALS = 3
 CYCLE_SLACK_S = 30.0
 
 
+def _periodic_job(name: str):
+    """Beat's row of a periodic job (None before beat installed it) and its interval in seconds
+    (as staff may have re-timed it in admin)."""
+    from django_celery_beat.models import PeriodicTask
+
+    from tradingplatform.celery import PERIODIC_TASKS
+
+    job = PeriodicTask.objects.select_related("interval").filter(name=name).first()
+    interval_s = float(PERIODIC_TASKS[name]["schedule"])
+    if job is not None and job.interval is not None:
+        interval_s = timedelta(**{job.interval.period: job.interval.every}).total_seconds()
+    return job, interval_s
+
+
+def _job_problem(job, name: str, *, none: str, last: datetime | None, now: datetime, interval_s: float) -> str | None:
+    """What is wrong with a periodic job whose last run was at ``last``: not installed, paused in
+    admin, or ``none`` (no run) for ``CYCLE_MISSED_INTERVALS`` intervals (beat stopped sending it,
+    it fails every time). Counted from the later of its last run and beat's last install or staff's
+    last edit of the job (``date_changed``), so a fresh start has its first runs' time."""
+    if job is None:
+        return f"beat has never installed the {name} job (beat has not run)"
+    if not job.enabled:
+        return f"the {name} job is paused in admin (Periodic tasks): {none}"
+    limit_s = CYCLE_MISSED_INTERVALS * interval_s + CYCLE_SLACK_S
+    if (now - max(filter(None, (last, job.date_changed)))).total_seconds() > limit_s:
+        return f"{none} in the last {limit_s:.0f} s"
+    return None
+
+
 def cycle_health() -> tuple[str | None, dict]:
     """Whether scheduled monitoring cycles run: (what is wrong or None, what was seen).
 
-    Wrong: the job is paused in admin; no scheduled run started for ``CYCLE_MISSED_INTERVALS``
-    intervals (beat stopped sending it, ``start_cycle`` fails every time); or runs start but none
-    finished for as long again plus a batch's time limit (their batches never end them). Time is
-    counted from the later of the last run and beat's last install or staff's last edit of the job
-    (``date_changed``), so a fresh start has its first cycles' time.
+    Wrong: as ``_job_problem`` says, no scheduled run having started; or runs start but none
+    finished for as long again plus a batch's time limit (their batches never end them).
     """
-    from django_celery_beat.models import PeriodicTask
-
-    from tradingplatform.celery import PERIODIC_TASKS, app
+    from tradingplatform.celery import app
 
     now = timezone.now()
-    job = PeriodicTask.objects.select_related("interval").filter(name=CYCLE_JOB).first()
-    interval_s = float(PERIODIC_TASKS[CYCLE_JOB]["schedule"])
-    if job is not None and job.interval is not None:  # staff may re-time it in admin
-        interval_s = timedelta(**{job.interval.period: job.interval.every}).total_seconds()
+    job, interval_s = _periodic_job(CYCLE_JOB)
     scheduled = MonitoringRun.objects.filter(trigger=MonitoringRun.Trigger.BEAT)
     started = scheduled.values_list("started_at", flat=True).first()
     finished = scheduled.filter(finished_at__isnull=False).values_list("started_at", flat=True).first()
@@ -67,14 +114,13 @@ def cycle_health() -> tuple[str | None, dict]:
         "last_started_s_ago": None if started is None else round((now - started).total_seconds(), 1),
         "last_finished_started_s_ago": None if finished is None else round((now - finished).total_seconds(), 1),
     }
-    if job is None:
-        return "beat has never installed the monitoring cycle (beat has not run)", detail
-    if not job.enabled:
-        return f"the {CYCLE_JOB} job is paused in admin (Periodic tasks): no cycle runs", detail
+    problem = _job_problem(
+        job, CYCLE_JOB, none="no monitoring cycle started", last=started, now=now, interval_s=interval_s
+    )
+    if problem:
+        return problem, detail
     since = job.date_changed
     start_limit_s = CYCLE_MISSED_INTERVALS * interval_s + CYCLE_SLACK_S
-    if (now - max(filter(None, (started, since)))).total_seconds() > start_limit_s:
-        return f"no monitoring cycle started in the last {start_limit_s:.0f} s", detail
     finish_limit_s = start_limit_s + app.conf.task_time_limit
     if (now - max(filter(None, (finished, since)))).total_seconds() > finish_limit_s:
         return f"monitoring cycles start but none finished in the last {finish_limit_s:.0f} s", detail

@@ -14,7 +14,11 @@ from .models import ScheduledFire
 @periodic
 def dispatch_scheduled():
     """Claim due scheduled orders (once each) and hand them to workers, due at their time."""
-    return dispatch_due()
+    from monitoring.services import dispatch_record  # monitoring's cycle imports orders
+
+    sent = dispatch_due()
+    dispatch_record()  # for readiness: a dispatcher paused or failing every time is seen
+    return sent
 
 
 def dispatch_due() -> int:

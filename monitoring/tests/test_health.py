@@ -59,14 +59,23 @@ def test_readyz_is_503_not_500_when_the_cache_is_down(client, db):
 # --- beat and the monitoring cycle ------------------------------------------------------------
 
 
-def _schedule_installed(every_s: int = 60, *, enabled: bool = True):
-    """The monitoring-cycle job as beat installs it at start (django-celery-beat's table)."""
+def dispatch_now():
+    """The dispatcher's task as beat's delivery runs it (past its periodic guard, which skips a
+    delivery within 80% of a second of the last)."""
+    from orders.tasks import dispatch_scheduled
+
+    return dispatch_scheduled.run.__wrapped__()
+
+
+def _schedule_installed(every_s: int = 60, *, enabled: bool = True, name: str = "monitoring-cycle"):
+    """A periodic job (the monitoring cycle's) as beat installs it at start (django-celery-beat's table)."""
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    from tradingplatform.celery import PERIODIC_TASKS
 
     interval, _ = IntervalSchedule.objects.get_or_create(every=every_s, period=IntervalSchedule.SECONDS)
     return PeriodicTask.objects.update_or_create(
-        name="monitoring-cycle",
-        defaults={"task": "monitoring.tasks.start_cycle", "interval": interval, "enabled": enabled},
+        name=name, defaults={"task": PERIODIC_TASKS[name]["task"], "interval": interval, "enabled": enabled}
     )[0]
 
 
@@ -99,8 +108,10 @@ def _healthy_cycle(settings):
 
     settings.READYZ_CHECK_BEAT = True
     _schedule_installed()
+    _schedule_installed(1, name=services.DISPATCH_JOB)
     services.heartbeat_record()
     services.cycle_start()
+    dispatch_now()
 
 
 def test_readyz_is_ok_while_beat_and_the_cycle_run(client, db, settings):
@@ -142,6 +153,31 @@ def test_readyz_is_503_when_no_cycle_started_for_several_intervals(client, db, s
     assert check["status"] == "error" and "no monitoring cycle started" in check["error"]
 
 
+def test_readyz_is_503_when_scheduled_orders_are_not_dispatched(client, db, settings):
+    """Beat, the workers and the cycle are well, but the dispatcher is paused in admin or fails
+    every time: readiness was green while every scheduled order missed its time."""
+    from django_celery_beat.models import PeriodicTask
+
+    from monitoring import services
+
+    _healthy_cycle(settings)
+    assert client.get("/readyz").json()["checks"]["scheduled_dispatch"]["status"] == "ok"
+    job = PeriodicTask.objects.get(name=services.DISPATCH_JOB)
+    _age(PeriodicTask, job.pk, 600, "date_changed")  # beat installed it long ago ...
+    cache.set(services.DISPATCHED_KEY, cache.get(services.DISPATCHED_KEY) - 600)  # ... and it last ran then
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 503, body
+    check = body["checks"]["scheduled_dispatch"]
+    assert check["error"] == "no scheduled orders dispatched (they miss their times) in the last 33 s"
+    assert check["last_s_ago"] >= 600
+    dispatch_now()  # it runs again
+    assert client.get("/readyz").status_code == 200
+    _schedule_installed(1, enabled=False, name=services.DISPATCH_JOB)
+    body = client.get("/readyz").json()
+    assert "scheduled-orders-dispatch job is paused in admin" in body["checks"]["scheduled_dispatch"]["error"]
+
+
 def test_readyz_is_503_when_staff_paused_the_cycle_in_admin(client, db, settings):
     _healthy_cycle(settings)
     _schedule_installed(enabled=False)
@@ -172,6 +208,7 @@ def test_readyz_waits_for_the_first_cycle_after_beat_starts(client, db, settings
 
     settings.READYZ_CHECK_BEAT = True
     _schedule_installed()
+    _schedule_installed(1, name=services.DISPATCH_JOB)  # beat installs every job
     services.heartbeat_record()
     response = client.get("/readyz")
     assert response.status_code == 200, response.json()
