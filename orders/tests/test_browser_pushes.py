@@ -261,3 +261,27 @@ def test_an_orders_page_shows_its_exits_placed_and_closed_since_it_was_opened(in
     assert exit_.status == Order.Status.CANCELLED
     page.evaluate(PUSH, render_to_string("orders/partials/order_push.html", {"order": exit_}))
     playwright.expect(children).to_contain_text("Cancelled")
+
+
+def test_a_filtered_book_whose_socket_connects_again_shows_what_its_rows_became_meanwhile(
+    in_browser, trader, account, monkeypatch
+):
+    """The book filtered to open orders (the dashboard's "Order book →"): its socket down a moment (a
+    server restart), an order on it filled or was cancelled meanwhile. The page read itself again when
+    the socket opened, but the order was no longer in the filtered answer, so its row was left as it
+    was: the page said Open for an order that was no longer at the broker."""
+    order = place(trader, account, order_type="LIMIT", price="1400")
+    page = in_browser(reverse("orders:book") + "?status=open&date=all")
+    row = page.locator(f"#order-{order.pk}")
+    playwright.expect(row).to_contain_text("Open")
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")  # the ORM beside the browser's driver
+    services.order_cancel(order=order, actor=trader, cause="test")
+    assert Order.objects.get(pk=order.pk).status == Order.Status.CANCELLED
+    page.evaluate("window.pushedSockets.at(-1).onclose(new CloseEvent('close', {code: 1006}))")
+
+    deadline = time.monotonic() + 15
+    while page.evaluate("window.pushedSockets.length") < 2:  # wait_for_function: refused by the CSP
+        assert time.monotonic() < deadline, "the page did not connect again"
+        page.wait_for_timeout(100)
+    playwright.expect(row).to_contain_text("Cancelled")

@@ -89,7 +89,35 @@
   /* A page whose websocket was down (a server restart) or not yet open when it was rendered missed the
      pushes of that time: when the socket opens, a page with order rows ([data-resync-rows]: the book, an
      order's page) reads itself again. Each row shown takes its current one, unless that is older or the
-     row is open for an inline modify; orders new since go on top of the book's rows. */
+     row is open for an inline modify; orders new since go on top of the book's rows. A row shown that
+     the page's answer no longer lists (a filtered book's order filled or cancelled meanwhile, one moved
+     to the next page) reads its own row ([data-row-url], its order's id for the 0). */
+  function resyncRow(row) {
+    var shown = onPage(row);
+    if (!shown || shown.classList.contains("editing") || older(row)) return;
+    var node = document.importNode(row, true);
+    shown.replaceWith(node);
+    htmx.process(node);
+  }
+  function resyncUnlisted(table, fresh) {
+    var url = table.getAttribute("data-row-url");
+    if (!url || !fresh.querySelector("[data-resync-rows]")) return;  // not the page (a sign-in page): no answer
+    table.querySelectorAll("tr[id^='order-'][data-version]").forEach(function (shown) {
+      if (fresh.getElementById(shown.id) || shown.closest("[hidden]")) return;  // hidden: new ones out of sight
+      var pk = shown.id.slice("order-".length);
+      if (!/^[0-9]+$/.test(pk)) return;
+      fetch(url.replace("/0/", "/" + pk + "/"), {credentials: "same-origin", cache: "no-store"})
+        .then(function (answer) { return answer.ok ? answer.text() : null; })
+        .then(function (html) {
+          if (!html) return;
+          var holder = document.createElement("template");  // a row alone parses only in a template
+          holder.innerHTML = html;
+          var row = holder.content.querySelector("tr#" + CSS.escape(shown.id) + "[data-version]");
+          if (row) resyncRow(row);
+        })
+        .catch(function () {});
+    });
+  }
   function resyncRows() {
     if (!document.querySelector("[data-resync-rows]") || !window.fetch) return;
     fetch(location.href, {credentials: "same-origin", cache: "no-store"})
@@ -99,13 +127,10 @@
         var fresh = new DOMParser().parseFromString(html, "text/html");
         var added = [];
         fresh.querySelectorAll("[data-resync-rows] tr[id][data-version]").forEach(function (row) {
-          var shown = onPage(row);
-          if (!shown) { added.push(row); return; }
-          if (shown.classList.contains("editing") || older(row)) return;
-          var node = document.importNode(row, true);
-          shown.replaceWith(node);
-          htmx.process(node);
+          if (!onPage(row)) { added.push(row); return; }
+          resyncRow(row);
         });
+        document.querySelectorAll("[data-resync-rows]").forEach(function (table) { resyncUnlisted(table, fresh); });
         var book = document.querySelector("[data-resync-rows] #order-rows");
         if (!book || !added.length) return;
         added.reverse().forEach(function (row) {
