@@ -79,6 +79,10 @@ class UserConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
+            # Accepted to be closed at once with 4401, never joined: refused at the handshake (a 403),
+            # a browser sees an abnormal close (1006), which htmx's ws extension tries again every few
+            # seconds for as long as the page is open, and the page is never told its sign-in ended.
+            await self.accept()
             await self.close(code=4401)
             return
         self.group = user_group(user.pk)
@@ -101,6 +105,8 @@ class UserConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data=None, bytes_data=None):
         # Commands go through HTTP with CSRF; the socket only takes price subscriptions.
+        if not hasattr(self, "group"):
+            return  # a socket without a signed-in user, being closed
         try:
             message = json.loads(text_data or "{}")
         except (ValueError, RecursionError):  # RecursionError: nested too deep to read

@@ -19,7 +19,7 @@ import requests
 from django.conf import settings
 from django.test import Client
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from accounts import services as account_services
 from accounts.tests.factories import PASSWORD, make_broker_account
@@ -118,10 +118,10 @@ def test_a_fill_reaches_its_traders_socket_and_no_one_elses(daphne, trader, othe
     my_cookie, their_cookie = login_over_http(daphne, trader.username), login_over_http(daphne, other_trader.username)
 
     async def scenario():
-        with pytest.raises(InvalidStatus) as refused:
-            async with dashboard(daphne, None):
-                pass
-        assert refused.value.response.status_code == 403  # anonymous: refused before the handshake completes
+        async with dashboard(daphne, None) as anonymous:  # told why (4401), then closed: never joined
+            with pytest.raises(ConnectionClosed) as refused:
+                await anonymous.recv()
+        assert refused.value.rcvd.code == 4401
 
         async with dashboard(daphne, my_cookie) as my_ws, dashboard(daphne, their_cookie) as their_ws:
             my_seen, their_seen = [], []
@@ -153,5 +153,31 @@ def test_a_hundred_and_twenty_dashboards_open_at_once_all_get_the_push(daphne, t
             await asyncio.to_thread(place_over_api, daphne, raw_key, account.pk, "TCS")
             pushes = await asyncio.gather(*(next_pnl_push(ws, []) for ws in sockets))
             assert len(pushes) == 120 and all("TCS" in push for push in pushes)
+
+    asyncio.run(scenario())
+
+
+def test_a_socket_whose_session_has_ended_is_closed_with_4401_not_refused_at_the_handshake(daphne, trader):
+    """A page whose sign-in ended while its socket was down (a server restart; a sign-out or a password
+    change meanwhile; Back to a page after signing out) connects again. Its socket was refused at the
+    handshake (403), which a browser sees as an abnormal close (1006): htmx's ws extension tried again
+    every few seconds for as long as the page stayed open, and the page never said its orders and PnL
+    were no longer live (that notice is for a close with 4401)."""
+    cookie = login_over_http(daphne, trader.username)
+    signed_out = requests.post(
+        f"{daphne}/logout/",
+        cookies={settings.SESSION_COOKIE_NAME: cookie, "csrftoken": "x" * 32},
+        headers={"X-CSRFToken": "x" * 32, "Referer": f"{daphne}/"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert signed_out.status_code == 302, signed_out.text[:500]
+
+    async def scenario():
+        for session in (cookie, None):  # signed out, and no session at all
+            async with dashboard(daphne, session) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+            assert closed.value.rcvd.code == 4401
 
     asyncio.run(scenario())
