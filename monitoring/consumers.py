@@ -128,9 +128,13 @@ class UserConsumer(AsyncWebsocketConsumer):
         session = self.scope["session"]
         store = import_module(settings.SESSION_ENGINE).SessionStore
         key, user_pk = session.session_key, str(self.scope["user"].pk)
-        delay = await sync_to_async(session.get_expiry_age)()
+        # Read at once too: a session that ended after the socket's user was read, before it joined
+        # its group, sent its ``session.end`` to no one (the socket would stay open until a recheck).
+        first, delay = True, 0
         while True:
-            await asyncio.sleep(min(max(delay, 1), SESSION_RECHECK_S))
+            if not first:
+                await asyncio.sleep(min(max(delay, 1), SESSION_RECHECK_S))
+            just_joined, first = first, False
             fresh = store(key)
             try:
                 data = await database_sync_to_async(fresh.load)()  # {} once expired or deleted
@@ -143,6 +147,8 @@ class UserConsumer(AsyncWebsocketConsumer):
                 await self.close(code=4401)
                 return
             delay = fresh.get_expiry_age(expiry=data.get("_session_expiry"))
+            if just_joined:
+                continue
             try:
                 await self._join_again()
             except Exception:  # Redis is down: joined at the next read (this watch must go on)

@@ -263,3 +263,31 @@ def test_an_unreachable_cache_breaks_neither_a_profile_save_nor_a_deactivation(t
     trader.refresh_from_db()
     assert trader.timezone == "Europe/London" and not trader.is_active
     assert caplog.text.count(f"forgetting the timezone of user {trader.pk} failed") == 2
+
+
+@pytest.mark.parametrize("ending", ["logout", "deactivation"])
+async def test_a_session_ended_as_its_socket_joins_its_group_closes_that_socket(trader, monkeypatch, ending):
+    """The socket's user is read (by the auth middleware) before the socket joins its group: a sign-out
+    or a deactivation made in between sent its close to a group the socket was not in yet. The socket
+    stayed open, getting the trader's orders and PnL, until its session was next read (five minutes)."""
+    [browser] = await sign_in(trader)
+    layer = get_channel_layer()
+    group_add = layer.group_add
+
+    def end_session():
+        if ending == "logout":
+            assert browser.post(reverse("logout")).status_code == 302
+        else:
+            trader.is_active = False
+            trader.save()
+
+    async def joined_after_the_session_ended(group, channel):
+        if group == f"user.{trader.pk}":
+            await sync_to_async(end_session)()
+        await group_add(group, channel)
+
+    monkeypatch.setattr(layer, "group_add", joined_after_the_session_ended)
+    socket = await open_socket(browser)
+
+    assert await socket.receive_output(timeout=2) == CLOSED
+    await socket.disconnect()
