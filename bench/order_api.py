@@ -39,8 +39,11 @@ Figures (each on its own line as ``name: value unit``; lines starting with ``#``
    database scheduler and SCHEDULE_DISPATCH_INTERVAL_S=``--dispatch-interval-s``; ``loop``
    calls the body of ``orders.tasks.dispatch_scheduled`` from this script every
    ``--dispatch-interval-s`` (a stand-in for a dispatcher that wakes at due times). Lateness
-   is the time of the order's first event at the exchange ('submitted', or the exchange's own
-   'opened' or 'filled' when it came first) minus the due time.
+   is, per scheduled order, the time the paper exchange received its order (``placed_at`` of the
+   ``PaperOrder`` tagged with the order's reference) minus the due time; one whose order the
+   exchange never took counts as infinitely late. A scheduled order placed twice (two orders, or
+   two exchange orders for one reference), one at the exchange before its time, or a fire due at
+   another time is reported on a ``# scheduled: check FAILED`` line.
 
 Database check, after each stretch: every request carries a unique ``Idempotency-Key``; per
 key the platform's ``Order`` rows are counted, and per order reference (the broker tag) the
@@ -786,7 +789,7 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
     from zoneinfo import ZoneInfo
 
     from django.db import connection
-    from django.db.models import Count, Min
+    from django.db.models import Count
     from django.utils import timezone
 
     from accounts.models import BrokerAccount
@@ -889,23 +892,88 @@ def run_scheduled(args, env, traders: list[Trader]) -> tuple[float, float]:
         .annotate(n=Count("id"))
         .values_list("status", "n")
     )
-    # At the exchange: the order's first event after "created" (our "submitted", or the exchange's
-    # own update when it came first: "opened", "filled").
-    at_exchange = OrderEvent.objects.filter(order__scheduled_id__in=created, to_status__in=TAKEN)
-    submitted = list(at_exchange.values("order_id").annotate(at=Min("created_at")).values_list("at", flat=True))
+    elsewhen = ScheduledFire.objects.filter(scheduled_id__in=created).exclude(due_at=due).count()
     written = OrderEvent.objects.filter(order__scheduled_id__in=created, kind="created")
     prepared = written.filter(created_at__lt=due).count()
+    check = scheduled_check(created, due)
     connection.close()
-    lateness = sorted((at - due).total_seconds() * 1000 for at in submitted)
-    lateness += [float("inf")] * (len(created) - len(lateness))
+    lateness = check.lateness_ms
     print(
         f"# scheduled: fires {statuses}; {prepared} orders written ahead of their time (prepared); "
-        f"submitted {len(submitted)}/{len(created)}, first +{lateness[0]:.0f} ms, "
-        f"last +{lateness[-1]:.0f} ms; {took:.1f} s until all were done\n"
+        f"orders {check.orders} {check.statuses}; at the exchange {len(created) - check.missing}/{len(created)}, "
+        f"first +{lateness[0]:.0f} ms, last +{lateness[-1]:.0f} ms after their time; the platform recorded "
+        f"the exchange's answers up to +{check.recorded_last_ms:.0f} ms; {took:.1f} s until all were done\n"
         f"#     {cpu.line().replace('server', 'celery worker')}",
         flush=True,
     )
+    problems = [
+        text
+        for bad, text in (
+            (check.twice, f"{check.twice} placed twice (two orders, or two exchange orders for one reference)"),
+            (check.missing, f"{check.missing} never at the exchange or refused there (counted infinitely late)"),
+            (check.early, f"{check.early} at the exchange before their time"),
+            (elsewhen, f"{elsewhen} fires due at another time than {due:%H:%M:%S}"),
+        )
+        if bad
+    ]
+    if problems:
+        print(f"# scheduled: check FAILED: {'; '.join(problems)}", flush=True)
     return percentile(lateness, 0.50), percentile(lateness, 0.99)
+
+
+@dataclass
+class ScheduledCheck:
+    lateness_ms: list  # per scheduled order, sorted: its order's receipt at the exchange less the due time
+    orders: int  # the platform's orders of the scheduled orders
+    statuses: dict  # ... by status
+    twice: int  # scheduled orders with two orders or more, and references with two exchange orders or more
+    missing: int  # scheduled orders with no order the exchange took (inf in lateness_ms)
+    early: int  # orders the exchange received before the due time
+    recorded_last_ms: float  # the latest answer the platform recorded, after the due time
+
+
+def scheduled_check(created: list[int], due) -> ScheduledCheck:
+    """Each scheduled order's lateness: the time its order reached the paper exchange (the
+    ``PaperOrder`` of its reference: ``placed_at``, the exchange's receipt) less ``due``; infinite
+    for one with no order the exchange took (none, refused there). Counted per scheduled order, so
+    one placed twice cannot stand in for one never placed."""
+    from collections import Counter
+
+    from django.db.models import Min
+
+    from brokers.paper.models import PaperOrder
+    from orders.models import Order, OrderEvent
+
+    orders = list(Order.objects.filter(scheduled_id__in=created).values_list("scheduled_id", "reference", "status"))
+    per_scheduled = Counter(scheduled_id for scheduled_id, _, _ in orders)
+    references = [reference for _, reference, _ in orders]
+    at_exchange: dict[str, list] = {}
+    for start in range(0, len(references), 2000):
+        chunk = references[start : start + 2000]
+        rows = PaperOrder.objects.filter(tag__in=chunk).values_list("tag", "placed_at", "status")
+        for tag, placed_at, status in rows:
+            at_exchange.setdefault(tag, []).append((placed_at, status))
+    received: dict[int, object] = {}
+    for scheduled_id, reference, _ in orders:
+        for placed_at, status in at_exchange.get(reference, ()):
+            if status != PaperOrder.Status.REJECTED:
+                received[scheduled_id] = min(received.get(scheduled_id, placed_at), placed_at)
+    lateness = sorted((received[pk] - due).total_seconds() * 1000 if pk in received else float("inf") for pk in created)
+    recorded = (
+        OrderEvent.objects.filter(order__scheduled_id__in=created, to_status__in=TAKEN)
+        .values("order_id")
+        .annotate(at=Min("created_at"))
+        .values_list("at", flat=True)
+    )
+    return ScheduledCheck(
+        lateness_ms=lateness,
+        orders=len(orders),
+        statuses=dict(Counter(status for _, _, status in orders)),
+        twice=sum(n > 1 for n in per_scheduled.values()) + sum(len(rows) > 1 for rows in at_exchange.values()),
+        missing=sum(1 for pk in created if pk not in received),
+        early=sum(1 for at in received.values() if at < due),
+        recorded_last_ms=max(((at - due).total_seconds() * 1000 for at in recorded), default=float("nan")),
+    )
 
 
 # --- Main -----------------------------------------------------------------------------------------
