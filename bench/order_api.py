@@ -30,8 +30,9 @@ Figures (each on its own line as ``name: value unit``; lines starting with ``#``
 2. ``api_p50_ms_at_300`` / ``api_p99_ms_at_300``: open loop at ``--rate`` (300/s) for
    ``--latency-seconds``. Latency runs from each request's *scheduled* send time to its answer,
    so a slow server cannot hide behind a waiting client (no coordinated omission); requests
-   still unanswered ``--patience-s`` after the last arrival are abandoned and count as
-   infinitely late (so a percentile can be ``inf``).
+   still unanswered ``--patience-s`` after the last arrival are abandoned and, like a request
+   answered with an error or without an order at the exchange, count as infinitely late (so a
+   percentile can be ``inf``: a quick refusal is no fast order).
 3. ``scheduled_lateness_p50_ms`` / ``scheduled_lateness_p99_ms``: ``--scheduled`` one-off
    scheduled MARKET orders on ``--scheduled-accounts`` accounts, all due in the same second,
    placed by a real Celery worker (``--worker-pool``, ``--worker-concurrency``) after a
@@ -514,7 +515,7 @@ class LoadResult:
     sent: int = 0
     ok_keys: set = field(default_factory=set)
     errors: dict = field(default_factory=dict)
-    latencies_ms: list = field(default_factory=list)  # answered requests; unanswered count as infinite
+    latencies_ms: list = field(default_factory=list)  # orders placed; the other requests count as infinite
     first_due: float = 0.0
     last_due: float = 0.0
     last_done: float = 0.0
@@ -554,7 +555,6 @@ async def _one(pool: Pool, key: str, data: bytes, due: float, result: LoadResult
         return
     done = loop.time()
     result.last_done = max(result.last_done, done)
-    result.latencies_ms.append((done - due) * 1000)
     if status not in (200, 201):
         result.error(f"HTTP {status}: {body[:100].decode(errors='replace')}")
         return
@@ -564,6 +564,9 @@ async def _one(pool: Pool, key: str, data: bytes, due: float, result: LoadResult
     elif not order.get("broker_order_id"):
         result.error("2xx but no broker order id (the broker's answer was lost)")
     else:
+        # Only an order placed has a latency: a quick refusal or error is no fast order (it counts
+        # as infinitely late, as an unanswered request does).
+        result.latencies_ms.append((done - due) * 1000)
         result.ok_keys.add(key)
 
 
