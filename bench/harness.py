@@ -42,8 +42,10 @@ __all__ = [
     "mysql_connect",
     "mysql_exec",
     "named_cpu_seconds",
+    "not_durable",
     "percentile",
     "proc_cpu_seconds",
+    "require_durable",
     "start_workers",
     "tree_cpu_seconds",
     "tree_pids",
@@ -132,6 +134,33 @@ def mysql_exec(mysql: str, *statements: str) -> list:
         return rows
     finally:
         conn.close()
+
+
+def not_durable(variables: dict[str, str]) -> str:
+    """Why a MariaDB/MySQL server with these variables (``SHOW VARIABLES``) may lose a commit it
+    acknowledged in a crash or power cut; "" when its commits are durable: the redo log flushed at
+    every commit (``innodb_flush_log_at_trx_commit`` 1, or MariaDB's 3) and, with the binary log on,
+    the binary log too (``sync_binlog=1``)."""
+    reasons = []
+    flush = variables.get("innodb_flush_log_at_trx_commit")
+    if flush not in ("1", "3"):
+        reasons.append(f"innodb_flush_log_at_trx_commit={flush} (the redo log is not flushed at every commit)")
+    if variables.get("log_bin") == "ON" and variables.get("sync_binlog") != "1":
+        reasons.append(f"log_bin=ON with sync_binlog={variables.get('sync_binlog')} (the binary log is not synced)")
+    return "; ".join(reasons)
+
+
+def require_durable(mysql: str) -> dict[str, str]:
+    """The server's variables; exits, measuring nothing, when its commits are not durable (the
+    figures are of durable commits: a faster, lossy setting would flatter them)."""
+    variables = {name: str(value) for name, value in mysql_exec(mysql, "SHOW VARIABLES")}
+    reasons = not_durable(variables)
+    if reasons:
+        raise SystemExit(
+            f"MariaDB at {mysql} does not commit durably: {reasons}. The figures are of durable commits: "
+            "set innodb_flush_log_at_trx_commit=1 (and sync_binlog=1 with the binary log on) and run again."
+        )
+    return variables
 
 
 def flush_redis(url: str) -> None:

@@ -595,6 +595,7 @@ def main(argv=None) -> dict[str, float]:
     signal.signal(signal.SIGHUP, _stop_on_signal)
     sizes = [int(x) for x in args.accounts.split(",") if x.strip()]
     env = bench_env(args)
+    harness.require_durable(args.mysql)  # the figures are of durable commits: measure nothing otherwise
     harness.mysql_exec(
         args.mysql,
         f"DROP DATABASE IF EXISTS `{args.db_name}`",

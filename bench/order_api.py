@@ -12,7 +12,8 @@ account, each with an API key and a paper account whose exchange client has plen
 reconciliation does not meet the API phases' orders). Redis database 5 (``--redis-url``) is
 flushed before each phase and at the end; no other database is touched. Every server, Celery
 worker and beat is a subprocess this script starts and stops, with DEBUG off, LOG_LEVEL=WARNING
-and MariaDB's durable commits as configured (``innodb_flush_log_at_trx_commit`` is printed).
+and MariaDB's durable commits (``innodb_flush_log_at_trx_commit`` 1, and ``sync_binlog=1`` with the
+binary log on: the script measures nothing otherwise; the settings are printed).
 Server setups (``--server``, ``--compare``): gunicorn sync or gthread workers (WSGI), uvicorn
 workers or daphne (ASGI; run with CONN_MAX_AGE=0, see ``--conn-max-age``); ``bare/<gunicorn
 setup>`` serves the issue's yardstick instead of the platform (``bench/bare_endpoint.py``).
@@ -993,6 +994,7 @@ def main(argv=None) -> dict[str, float]:
         module = setup.removeprefix("bare/").split("-")[0].split(":")[0]
         if importlib.util.find_spec(module) is None:
             raise SystemExit(f"{setup} needs {module}: pip install {module}")
+    harness.require_durable(args.mysql)  # the figures are of durable commits: measure nothing otherwise
     kept = prepare_database(args)
     flush_redis(args.redis_url)  # cached broker sessions of an earlier database would skip the logins below
     django_setup(env)
