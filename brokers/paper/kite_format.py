@@ -96,7 +96,9 @@ def order(order: PaperOrder) -> dict:
         "disclosed_quantity": 0,
         "price": number(order.price),
         "trigger_price": number(order.trigger_price),
-        "average_price": number(round(order.average_price, 2)),
+        # The fills' average as the exchange keeps it (to 4 places, as the in-process adapter tells
+        # it); Kite's is not rounded to the paisa either (88.08333 for fills at 88.05, 88.10, 88.10).
+        "average_price": number(round(order.average_price, 4)),
         "filled_quantity": order.filled_quantity,
         "pending_quantity": order.pending_quantity,
         "cancelled_quantity": order.cancelled_quantity,

@@ -651,3 +651,28 @@ def test_the_paper_exchange_reports_the_start_of_the_days_figures_from_its_fills
         assert (future.day_sell_quantity, future.day_sell_value) == (150, Decimal("3603000"))
         assert (delivery.quantity, delivery.overnight_quantity, delivery.day_sell_quantity) == (-4, 0, 4)
         assert [(h.tradingsymbol, h.quantity) for h in broker.holdings()] == [("INFY", 10)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_order_filled_at_two_prices_has_the_same_average_on_the_kite_face_as_in_process(kite_on_face):
+    """Kite's ``average_price`` is the fills' average, unrounded (88.08333 for fills at 88.05, 88.10
+    and 88.10): the face rounded it to the paisa, so a Kite account showed 1400.17 for an order the
+    in-process adapter (and the fills) put at 1400.1667."""
+    from brokers.paper.adapter import PaperBroker
+
+    client = PaperClient.objects.get(user_id="AB1234")
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=Decimal("1500"), tick_volume=1)
+    placed = engine.order_place(
+        client=client, exchange="NSE", tradingsymbol="INFY", transaction_type="BUY",
+        order_type="LIMIT", price=Decimal("1400.1"), quantity=3, product="MIS",
+    )  # fmt: skip
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=Decimal("1400"), tick_volume=1)  # 1 at 1400.1
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=Decimal("1500"))
+    engine.order_modify(client=client, order_id=placed.order_id, price=Decimal("1400.2"))
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=Decimal("1400.1"), tick_volume=10)  # 2 at 1400.2
+    placed.refresh_from_db()
+    assert placed.filled_quantity == 3 and placed.average_price == Decimal("1400.1667")
+
+    paper = PaperBroker(client_id="AB1234", access_token=engine.session_open(client=client)[0])
+    assert paper.order(placed.order_id).average_price == Decimal("1400.1667")
+    assert AccountBroker(kite_on_face).order(placed.order_id).average_price == Decimal("1400.1667")
