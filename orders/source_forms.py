@@ -98,6 +98,19 @@ class BasketForm(forms.Form):
         self.fields["accounts"] = AccountsField(
             user, kept=kept, required=False, help_text="Where “Place” sends it by default."
         )
+        if basket is not None:  # an edit writes only what the trader changed on the page
+            watch_changes(self, ["name", "accounts"])
+
+    def changes(self, items) -> dict:
+        """An edit's changes (``sources.basket_change``): only what the trader changed on the page,
+        ``items`` (the page's rows, as specs) when a row was changed, added or taken off there; the
+        rest stays as it is now (an account taken off through the API meanwhile, or in another tab)."""
+        changes = {"name": self.cleaned_data["name"]} if "name" in self.changed_data else {}
+        if "accounts" in self.changed_data:
+            changes["account_ids"] = [account.pk for account in self.cleaned_data["accounts"]]
+        if items.has_changed():
+            changes["items"] = [item.spec() for item in items.kept()]
+        return changes
 
 
 class BasketItemForm(OrderSpecForm):
@@ -105,8 +118,21 @@ class BasketItemForm(OrderSpecForm):
     # from before it had the field), DAY as before.
     validity = forms.TypedChoiceField(choices=VALIDITIES, initial="DAY", required=False, empty_value="DAY")
 
+    def __init__(self, *args, watch=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if watch:  # a basket's edit: its rows post what they showed, so a save tells a changed row
+            watch_changes(self, list(self.fields))
 
-BasketItemFormSet = forms.formset_factory(BasketItemForm, extra=1, can_delete=True, max_num=100, validate_max=True)
+
+class BaseBasketItemFormSet(forms.BaseFormSet):
+    def kept(self) -> list[BasketItemForm]:
+        """The rows that are items: filled in, not ticked to be removed."""
+        return [item for item in self if item.cleaned_data and not item.cleaned_data.get("DELETE")]
+
+
+BasketItemFormSet = forms.formset_factory(
+    BasketItemForm, formset=BaseBasketItemFormSet, extra=1, can_delete=True, max_num=100, validate_max=True
+)
 
 
 class BasketPlaceForm(forms.Form):

@@ -66,17 +66,24 @@ def basket_edit(request, pk=None):
     basket = selectors.basket_of(request.user, pk) if pk else None
     initial = {"name": basket.name, "accounts": list(basket.accounts.all())} if basket else None
     form = BasketForm(request.POST or None, initial=initial, user=request.user, basket=basket)
-    items = BasketItemFormSet(request.POST or None, initial=_basket_initial(basket) if basket else None, prefix="items")
+    items = BasketItemFormSet(
+        request.POST or None,
+        initial=_basket_initial(basket) if basket else None,
+        prefix="items",
+        form_kwargs={"watch": basket is not None},
+    )
     if request.method == "POST" and form.is_valid() and items.is_valid():
-        kept = [item for item in items if item.cleaned_data and not item.cleaned_data.get("DELETE")]
+        kept = items.kept()
         try:
-            saved = sources.basket_save(
-                owner=request.user,
-                basket=basket,
-                name=form.cleaned_data["name"],
-                items=[item.spec() for item in kept],
-                account_ids=[account.pk for account in form.cleaned_data["accounts"]],
-            )
+            if basket is not None:  # what was changed on the page; the rest as it is now
+                saved = sources.basket_change(owner=request.user, basket=basket, **form.changes(items))
+            else:
+                saved = sources.basket_save(
+                    owner=request.user,
+                    name=form.cleaned_data["name"],
+                    items=[item.spec() for item in kept],
+                    account_ids=[account.pk for account in form.cleaned_data["accounts"]],
+                )
         except ValidationError as exc:
             _apply_item_errors(form, kept, exc)
         else:

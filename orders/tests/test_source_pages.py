@@ -511,3 +511,45 @@ def test_saving_a_strategys_page_keeps_what_was_changed_elsewhere_while_it_was_o
     assert trader_client.post(url, {**data, "take_profit": "3", "take_profit_unit": "percent"}).status_code == 302
     strategy.refresh_from_db()
     assert strategy.take_profit == Decimal("3") and strategy.stop_loss == Decimal("1") and not strategy.is_active
+
+
+def test_saving_a_baskets_page_keeps_what_was_changed_elsewhere_while_it_was_open(trader_client, trader, account):
+    """The edit page wrote back the name, the accounts and the items as it showed them when opened:
+    a trader whose bot took an account off the basket (API PATCH), or changed its items, and then
+    saved a rename on a page opened before had the account back (its next Place sent orders to it)
+    and the old items. Only what was changed on the page is written; items changed on it replace them."""
+    from tradingplatform.testing import page_form_data
+
+    spare = make_broker_account(trader, broker="paper", client_id="SPARE", label="Spare")
+    basket = sources.basket_save(
+        owner=trader,
+        name="Morning",
+        account_ids=[account.pk, spare.pk],
+        items=[{"instrument": instrument(), "side": "BUY", "quantity": 1}],
+    )
+    url = reverse("sources:basket_edit", args=[basket.pk])
+    data = page_form_data(trader_client.get(url))  # the page opened
+    tcs = {"instrument": instrument("TCS"), "side": "SELL", "quantity": 3}
+    sources.basket_change(owner=trader, basket=basket, account_ids=[account.pk], items=[tcs])
+
+    answer = trader_client.post(url, {**data, "name": "Morning (renamed)"})
+    assert answer.status_code == 302, (answer.context["form"].errors, answer.context["items"].errors)
+    basket.refresh_from_db()
+    assert basket.name == "Morning (renamed)"
+    assert list(basket.accounts.all()) == [account]
+    assert [(i.instrument.tradingsymbol, i.side, i.quantity) for i in basket.items.all()] == [("TCS", "SELL", 3)]
+
+    # What is changed on the page is written, the rest kept: an item's quantity, then an account.
+    data = page_form_data(trader_client.get(url))
+    assert trader_client.post(url, {**data, "items-0-quantity": "5"}).status_code == 302
+    assert [(i.instrument.tradingsymbol, i.quantity) for i in basket.items.all()] == [("TCS", 5)]
+    assert list(basket.accounts.all()) == [account] and Basket.objects.get().name == "Morning (renamed)"
+    data = page_form_data(trader_client.get(url))
+    assert trader_client.post(url, {**data, "accounts": [account.pk, spare.pk]}).status_code == 302
+    assert set(basket.accounts.all()) == {account, spare}
+    assert [(i.instrument.tradingsymbol, i.quantity) for i in basket.items.all()] == [("TCS", 5)]
+    # An item taken off on the page, and one added in its blank row.
+    data = page_form_data(trader_client.get(url))
+    added = {"items-1-instrument": "INFY", "items-1-quantity": "2"}
+    assert trader_client.post(url, {**data, "items-0-DELETE": "on", **added}).status_code == 302
+    assert [(i.instrument.tradingsymbol, i.side, i.quantity) for i in basket.items.all()] == [("INFY", "BUY", 2)]
