@@ -1,5 +1,7 @@
 """Forms for baskets, scheduled orders and strategies. They parse; the sources module decides."""
 
+import uuid
+
 from django import forms
 from django.db.models import Q
 
@@ -141,6 +143,12 @@ class BasketPlaceForm(forms.Form):
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["accounts"] = AccountsField(user, required=False, help_text="Blank: the basket's accounts.")
+
+    def renew_token(self) -> None:
+        """A fresh token for the form shown again after its token was refused (used for another
+        placement, or none sent): sent as it was, every Place (a reload too) would be refused again."""
+        self.data = self.data.copy()
+        self.data["token"] = uuid.uuid4().hex
 
 
 class ScheduledForm(OneTimeTokenForm, OrderSpecForm):

@@ -108,12 +108,16 @@ def basket_detail(request, pk):
             )
         except ValidationError as exc:
             apply_validation_error(form, exc)  # nothing was placed: the form shows why, as sent
+            if "idempotency_key" in getattr(exc, "error_dict", {}):
+                form.renew_token()  # its token placed another choice: a new Place is a new placement
         else:
             try:
                 basket.refresh_from_db()  # its time of placing
             except Basket.DoesNotExist:  # deleted meanwhile: what was placed is still shown
                 messages.warning(request, f"Basket {basket.name} was deleted while it was being placed.")
             form = BasketPlaceForm(initial={"token": uuid.uuid4().hex}, user=request.user)
+    elif "token" in form.errors:
+        form.renew_token()
     context = {"basket": basket, "form": form, "results": selectors.basket_results(basket, results)}
     return render(request, "orders/basket_detail.html", context)
 

@@ -325,7 +325,7 @@ def _basket_run(
     if run.basket_id != basket.pk or run.account_ids != asked:
         message = (
             "This placement was already made for other accounts or another basket; start a new one "
-            "to place this (the API: a new Idempotency-Key; the page: reload it)."
+            "to place this (the API: a new Idempotency-Key; the page: Place again)."
         )
         raise ValidationError({"idempotency_key": ValidationError(message, code="conflict")})
     return (items if created or run.items is None else _recorded_items(run.items)), created, run

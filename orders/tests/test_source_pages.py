@@ -553,3 +553,35 @@ def test_saving_a_baskets_page_keeps_what_was_changed_elsewhere_while_it_was_ope
     added = {"items-1-instrument": "INFY", "items-1-quantity": "2"}
     assert trader_client.post(url, {**data, "items-0-DELETE": "on", **added}).status_code == 302
     assert [(i.instrument.tradingsymbol, i.side, i.quantity) for i in basket.items.all()] == [("INFY", "BUY", 2)]
+
+
+def test_a_basket_page_refusing_its_token_for_other_accounts_gives_a_fresh_one(trader_client, trader, account):
+    """The page placed on one account; sent again with another ticked (the page gone Back to, the
+    ticks changed) its token was refused as already used, "reload it", and the page answered kept that
+    token: a reload (the answer of a POST sends it again) or another Place was refused the same way,
+    for ever. The refusal now comes with a fresh token, which places the new choice, once."""
+    spare = make_broker_account(trader, broker="paper", client_id="SPARE", label="Spare")
+    basket = sources.basket_save(
+        owner=trader,
+        name="Both",
+        account_ids=[account.pk, spare.pk],
+        items=[{"instrument": instrument(), "side": "BUY", "quantity": 1}],
+    )
+    url = reverse("sources:basket_detail", args=[basket.pk])
+    token = trader_client.get(url).context["form"]["token"].value()
+    assert trader_client.post(url, {"token": token, "accounts": [account.pk]}).status_code == 200
+    assert PaperOrder.objects.count() == 1
+
+    refused = trader_client.post(url, {"token": token, "accounts": [spare.pk]})
+    assert "already made for other accounts" in refused.content.decode()
+    assert PaperOrder.objects.count() == 1
+    fresh = refused.context["form"]["token"].value()
+    assert fresh and fresh != token
+    again = trader_client.post(url, {"token": fresh, "accounts": [spare.pk]})
+    assert [row["account"] for row in again.context["results"]] == ["Spare"]
+    trader_client.post(url, {"token": fresh, "accounts": [spare.pk]})  # a double click of it
+    assert PaperOrder.objects.count() == 2
+
+    # A token the form itself refuses (a page with none, or mangled) is replaced too.
+    bad = trader_client.post(url, {"token": "", "accounts": [spare.pk]})
+    assert bad.context["form"].errors and bad.context["form"]["token"].value()
