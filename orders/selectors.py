@@ -69,12 +69,25 @@ def basket_results(basket: Basket, results: list[dict] | None = None) -> list[di
 
 
 def _rows_now(rows: list[dict], owner_id: int) -> list[dict]:
-    """Placement result rows, each placed order's with its status and reason as they are now."""
+    """Placement result rows, each placed order's with its status and reason as they are now. A row
+    not known to be placed (its order could not be read, ``key``) shows its order once there is one."""
     ids = {row["order_id"] for row in rows if row.get("order_id")}
     orders = Order.objects.filter(pk__in=ids, account__owner_id=owner_id).in_bulk()
+    keys = {row["key"] for row in rows if not row.get("order_id") and row.get("key")}
+    by_key = (
+        {
+            order.idempotency_key: order
+            for order in Order.objects.filter(idempotency_key__in=keys, account__owner_id=owner_id)
+        }
+        if keys
+        else {}
+    )
     now = []
     for row in rows:
         order = orders.get(row.get("order_id"))
+        if order is None and row.get("key") in by_key:
+            order = by_key[row["key"]]
+            row = {**row, "order_id": order.pk, "reference": order.reference, "error": None}
         now.append(row if order is None else {**row, "status": order.status, "reason": order.outcome_reason})
     return now
 

@@ -112,7 +112,8 @@ def _place_item(actor, account: BrokerAccount, spec: dict, quantity: int, *, ide
         try:
             order = Order.objects.filter(idempotency_key=f"{actor.pk}:{idempotency_key}").first()
         except DatabaseError:
-            unknown = _result(account, status="UNKNOWN", **extra)
+            # Its key, for its order to be shown as it is once it can be read (``selectors._rows_now``).
+            unknown = _result(account, status="UNKNOWN", key=f"{actor.pk}:{idempotency_key}", **extra)
             message = f"Not known whether it was placed ({type(error).__name__} on our side): see the order book"
             return {**unknown, "error": f"{message}; a repeat of this placement never places it twice."}
         if order is not None:  # as far as it got (a sync finishes it)

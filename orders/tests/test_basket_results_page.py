@@ -103,3 +103,52 @@ def test_an_item_its_broker_refused_after_it_was_placed_is_shown_refused_not_ope
     page = trader_client.get(reverse("sources:basket_detail", args=[basket.pk])).content.decode()
     assert '<span class="badge ok">OPEN</span>' not in page
     assert '<span class="badge error">REJECTED</span>' in page and "RMS: margin exceeds" in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_item_not_known_to_be_placed_shows_its_order_once_it_is_known(trader, account, monkeypatch):
+    """The item reached the exchange; recording its answer lost the database connection, and so did
+    the look for its order: its row says UNKNOWN, "see the order book". The order is there (its key
+    wrote it; a sync settles it), FILLED, but the row had no order to read again, so the basket's page
+    and the API's last_results said UNKNOWN on every later visit, a question the trader answers by
+    placing it again. The row shows its order as it is now, as every placed row does."""
+    from django.db import OperationalError, connection
+    from django.test import Client
+
+    from accounts import services as account_services
+
+    basket = one_share_basket(trader, "Lost", [account])
+    place = services.order_place
+
+    def placed_then_lost(**order):
+        place(**order)
+        here = connection  # this thread's: its next statement fails too
+
+        def gone(execute, sql, params, many, context):
+            here.execute_wrappers.remove(gone)
+            raise OperationalError(2006, "MySQL server has gone away")
+
+        here.execute_wrappers.append(gone)
+        raise OperationalError(2013, "Lost connection to MySQL server during query")
+
+    monkeypatch.setattr(services, "order_place", placed_then_lost)
+    results = sources.basket_place(basket=basket, actor=trader, run_token="t-1")
+    assert [row["status"] for row in results] == ["UNKNOWN"]
+    order = Order.objects.get()
+    assert order.status == Order.Status.FILLED and PaperOrder.objects.count() == 1
+
+    client = Client()
+    client.force_login(trader)
+    page = client.get(reverse("sources:basket_detail", args=[basket.pk]))
+    [row] = page.context["results"]
+    assert (row["status"], row.get("order_id")) == ("FILLED", order.pk), row
+    assert order.reference in page.content.decode() and "Not known whether" not in page.content.decode()
+    _, secret = account_services.api_key_create(owner=trader, name="bot")
+    answer = Client(HTTP_AUTHORIZATION=f"Bearer {secret}").get(f"/api/v1/baskets/{basket.pk}").json()
+    [row] = answer["last_results"]
+    assert (row["status"], row["order_id"], row["reference"], row["error"]) == (
+        "FILLED",
+        order.pk,
+        order.reference,
+        None,
+    )
