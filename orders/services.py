@@ -174,6 +174,9 @@ def positive_quantity(value) -> int:
     return int(number)
 
 
+NRML_ON_EQUITY = "NRML is for derivatives; use CNC (delivery) or MIS (intraday) for equity."
+
+
 def spec_check(
     *,
     instrument: Instrument | None,
@@ -184,11 +187,13 @@ def spec_check(
     validity: str = "DAY",
     price=None,
     trigger_price=None,
+    equity_nrml: bool = False,
 ) -> tuple[int, Decimal | None, Decimal | None]:
     """The rules an order's own fields must meet, whatever account it goes to: the choices, the
     quantity in whole lots (a basket item's or a signal's too: only its copies, after an
     account's multiplier, are rounded down to lots), the price and trigger rules of its type,
-    the tick size.
+    the tick size. ``equity_nrml``: NRML on equity is left to the caller (``order_check``: an
+    exit of an NRML equity position held from before it was refused is taken).
     Returns (quantity, price, trigger price) as the order stores them. Raises ValidationError
     naming the field."""
     if instrument is None:
@@ -214,10 +219,10 @@ def spec_check(
         raise ValidationError({"product": "Choose CNC, MIS or NRML."})
     if product == "CNC" and instrument.instrument_type != "EQ":
         raise ValidationError({"product": "CNC is for equity delivery; use NRML or MIS for derivatives."})
-    if product == "NRML" and instrument.instrument_type == "EQ":
+    if product == "NRML" and instrument.instrument_type == "EQ" and not equity_nrml:
         # Carry forward is for derivatives (the broker refuses it on equity): an equity NRML sell
         # would be a short carried overnight, which the cash market does not allow.
-        raise ValidationError({"product": "NRML is for derivatives; use CNC (delivery) or MIS (intraday) for equity."})
+        raise ValidationError({"product": NRML_ON_EQUITY})
     quantity = positive_quantity(quantity)
     if quantity % instrument.lot_size:
         raise ValidationError({"quantity": f"Quantity must be a multiple of the lot size, {instrument.lot_size}."})
@@ -275,13 +280,15 @@ def order_check(
     price=None,
     trigger_price=None,
     closing: bool = False,
+    as_placed: bool = False,
 ) -> Checked:
     """Every rule an order must meet before it may be sent. Raises ValidationError naming the field.
     ``closing``: a strategy's exit of a position (its stop-loss or take-profit, or a trail of it),
     which the quantity and order value limits (and the open orders limit, ``_create``) do not hold
     back: they cap what an order may open, and the position it closes passed them (its exit is
     worth more than the entry was when it is above the entry's price: a target, a short's stop, a
-    stop trailed up)."""
+    stop trailed up). ``as_placed``: a modify of an order at its broker that does not raise its
+    quantity (its product is as it was placed: NRML on equity from before that was refused)."""
     if account is None or account.owner_id != actor.pk:
         raise ValidationError({"account": "No such broker account."})
     if not account.is_active:
@@ -295,7 +302,14 @@ def order_check(
         validity=validity,
         price=price,
         trigger_price=trigger_price,
+        equity_nrml=True,
     )
+    if (
+        product == "NRML"
+        and instrument.instrument_type == "EQ"
+        and not (closing or as_placed or _closes_equity_nrml(account, instrument, side, quantity))
+    ):
+        raise ValidationError({"product": NRML_ON_EQUITY})
     if product not in account.allowed_products:
         raise ValidationError({"product": f"{product} is not allowed on {account.label}."})
     if account.max_quantity is not None and quantity > account.max_quantity and not closing:
@@ -318,6 +332,20 @@ def order_check(
                 {"quantity": f"Order value {value:.2f} is above this account's limit of {account.max_order_value}."}
             )
     return Checked(account, instrument, side, quantity, order_type, product, validity, price, trigger_price)
+
+
+def _closes_equity_nrml(account: BrokerAccount, instrument: Instrument, side: str, quantity: int) -> bool:
+    """Whether an NRML order on equity closes (part of) the account's NRML position in it, one held
+    from before NRML was refused on equity: a SELL of at most what it holds, a BUY of at most what
+    it is short. It opens nothing: refused, the position could not be closed in its product."""
+    from portfolio.models import Position
+
+    held = (
+        Position.objects.filter(account=account, instrument=instrument, product="NRML")
+        .values_list("net_quantity", flat=True)
+        .first()
+    ) or 0
+    return 0 < quantity <= (held if side == "SELL" else -held)
 
 
 # --- Placement -------------------------------------------------------------------------------
@@ -1136,6 +1164,7 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
         closing=(
             closes_position(order.role, order.parent_id) and not _raised(keep(quantity, order.quantity), order.quantity)
         ),
+        as_placed=not _raised(keep(quantity, order.quantity), order.quantity),
     )
     if checked.quantity <= order.filled_quantity:
         raise OrderActionRefused(f"{order.filled_quantity} are already filled.", field="quantity")

@@ -865,3 +865,32 @@ def test_a_chased_entrys_failed_replacement_the_brokers_book_lists_is_not_placed
     monitor(account)
     failed.refresh_from_db()
     assert failed.status in Order.LIVE and Order.objects.filter(parent=first).count() == 1
+
+
+def test_an_nrml_equity_entry_taken_before_that_was_refused_gets_its_stop_loss(trader, account):
+    """NRML is refused on equity now, but a strategy's NRML equity entry taken before holds its
+    position: its stop-loss (NRML, as its entry) closes it, and refused as NRML on equity the
+    position was left without one, every run saying only "product"."""
+    from brokers.models import Instrument
+    from orders import services as order_services
+
+    guarded = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    infy = Instrument.objects.get(exchange="NSE", tradingsymbol="INFY")
+    infy.instrument_type = "FUT"  # in memory only: taken as it was before the rule
+    first = order_services.order_place(
+        actor=trader,
+        account=account,
+        instrument=infy,
+        side="BUY",
+        quantity=10,
+        order_type="MARKET",
+        product="NRML",
+        strategy=guarded,
+        source="strategy",
+        cause="test",
+    )
+    assert first.status == Order.Status.FILLED
+    run = monitor(account)
+    stop = first.children.get(role="stop_loss")
+    assert (stop.status, stop.product, stop.quantity) == (Order.Status.OPEN, "NRML", 10), run.errors

@@ -19,11 +19,12 @@ from brokers.client import AccountBroker
 from brokers.paper import engine
 from brokers.paper.adapter import PaperBroker
 from brokers.paper.models import PaperClient, PaperOrder
-from monitoring import presence
+from monitoring import cycle, presence
 from monitoring.tasks import monitor_account
 from orders import services
 from orders.models import Order, OrderEvent
 from orders.tests.factories import place
+from portfolio.models import Position
 from tradingplatform.testing import requires_redis
 
 D = Decimal
@@ -158,6 +159,42 @@ def test_an_exit_of_a_position_is_not_refused_by_the_order_value_limit(trader, a
     assert PaperOrder.objects.get(order_id=target.broker_order_id).price == D("1610")
     with pytest.raises(ValidationError, match="Order value"):  # an entry is still held to it
         place(trader, account, quantity=11)
+
+
+def nrml_on_equity_as_taken_before(trader, account, **terms):
+    """An NRML order on equity placed when that was still taken (a position carried from then)."""
+    from brokers.models import Instrument
+
+    infy = Instrument.objects.get(exchange="NSE", tradingsymbol="INFY")
+    infy.instrument_type = "FUT"  # in memory only: spec_check's rule passed as it did before
+    terms = {"side": "BUY", "quantity": 10, "order_type": "MARKET", "source": "manual", "cause": "test", **terms}
+    return services.order_place(actor=trader, account=account, instrument=infy, product="NRML", **terms)
+
+
+def test_an_nrml_equity_position_held_from_before_the_rule_can_still_be_closed_and_its_orders_moved(trader, account):
+    """NRML is refused on equity (no naked overnight short), but positions and orders of NRML on
+    equity taken before that stay: closing one is a SELL NRML (a BUY NRML for a short), refused
+    as NRML on equity it could not be closed in its product at all (a CNC sell has no holding to
+    cover it, an MIS one opens a short beside it), and its resting stop could not be moved."""
+    entry = nrml_on_equity_as_taken_before(trader, account)
+    assert entry.status == Order.Status.FILLED
+    cycle.account_monitor(account=account)  # its fill in the position (NRML, 10)
+    assert Position.objects.get(account=account).product == "NRML"
+    with pytest.raises(ValidationError) as more:  # NRML on equity opens nothing more
+        place(trader, account, quantity=10, product="NRML")
+    assert "product" in more.value.message_dict
+    with pytest.raises(ValidationError) as past:  # nor a short past what it holds
+        place(trader, account, side="SELL", quantity=11, product="NRML")
+    assert "product" in past.value.message_dict
+    stop = place(trader, account, side="SELL", quantity=4, product="NRML", order_type="SL-M", trigger_price="1450")
+    assert stop.status == Order.Status.OPEN
+    services.order_modify(order=stop, actor=trader, cause="test", trigger_price="1460")
+    assert PaperOrder.objects.get(order_id=stop.broker_order_id).trigger_price == D("1460")
+    with pytest.raises(ValidationError) as raised:  # raised past what it closes: held to the rule
+        services.order_modify(order=stop, actor=trader, cause="test", quantity=20)
+    assert "product" in raised.value.message_dict
+    closed = place(trader, account, side="SELL", quantity=6, product="NRML")
+    assert closed.status == Order.Status.FILLED and closed.product == "NRML"
 
 
 def test_an_exit_raised_past_its_position_is_held_to_the_quantity_limit(trader, account):
