@@ -687,6 +687,14 @@ def step_exits(ctx: Context) -> None:
     for child in exits_of.order_by("pk"):
         children[child.parent_id].append(child)
     for entry in entries:
+        # And the other way: an exit's fill the book shows but the fill list has not brought yet is
+        # still in the position; counted out as if it were recorded, or an older entry would take
+        # the share it closed and have its exits topped up for what the account no longer holds.
+        unrecorded = sum(max(e.filled_quantity - e.recorded, 0) for e in children[entry.pk])
+        if unrecorded > 0 and entry.instrument.exchange not in MULTIPLIED_EXCHANGES:
+            key = (entry.instrument_id, entry.product)
+            positions[key] -= (1 if entry.side == "BUY" else -1) * unrecorded
+    for entry in entries:
         exits = children[entry.pk]
         side = 1 if entry.side == "BUY" else -1
         position = (entry.instrument_id, entry.product)

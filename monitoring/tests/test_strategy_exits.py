@@ -894,3 +894,33 @@ def test_an_nrml_equity_entry_taken_before_that_was_refused_gets_its_stop_loss(t
     run = monitor(account)
     stop = first.children.get(role="stop_loss")
     assert (stop.status, stop.product, stop.quantity) == (Order.Status.OPEN, "NRML", 10), run.errors
+
+
+def test_a_newer_entrys_exit_fill_the_fill_list_lacks_yet_does_not_top_up_the_older_entrys_exits(
+    trader, account, monkeypatch
+):
+    """E1 holds 5 of its 10 (the trader sold 5 by hand: its exits were cut to 5). E2's take-profit
+    fills; the run's fill list was read before it (or lags, as Kite's can), its book after: the
+    position still counts E2's 10. E1 is not taken to hold 10 again: its exits are not topped up
+    to 10 for a position of 5 (the stop would sell 5 the account does not hold)."""
+    from brokers.client import AccountBroker
+
+    e1, e2 = two_entries_the_newer_filled_at_the_broker(trader, account)
+    monitor(account)
+    place(trader, account, side="SELL", quantity=5)  # the trader sells 5 by hand
+    monitor(account)
+    assert held(account) == 15
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 15
+    trades = AccountBroker(account).trades()  # read before E2's take-profit fills
+    quote("1529.0", bid="1529.0", ask="1529.1")  # E2's take-profit (1529.00) fills; E1's (1530.10) does not
+    monkeypatch.setattr(AccountBroker, "trades", lambda broker: trades)
+    run = monitor(account)
+    assert held(account) == 15  # E2's take-profit fill: not recorded yet
+    assert e2.children.get(role="take_profit").status == Order.Status.FILLED
+    assert e1.children.count() == 2, run.actions
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 5
+    monkeypatch.undo()
+    monitor(account)
+    assert held(account) == 5
+    assert e1.children.count() == 2
+    assert live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 5
