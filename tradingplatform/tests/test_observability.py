@@ -243,9 +243,10 @@ async def test_open_websockets_are_a_gauge(trader):
     await first.disconnect()
     assert await connections() == start + 1
     await second.disconnect()
-    refused, accepted, _ = await connect()  # anonymous: refused, never counted
-    assert not accepted
-    await refused.disconnect()
+    closed, _, _ = await connect()  # anonymous: accepted only to be closed with 4401, never counted
+    assert await closed.receive_output(timeout=2) == {"type": "websocket.close", "code": 4401}
+    assert await connections() == start
+    await closed.disconnect()
     assert await connections() == start
 
 
