@@ -439,3 +439,28 @@ def test_a_trader_saving_their_account_keeps_the_limits_staff_changed_meanwhile(
     assert trader_client.post(url, {**data, "max_quantity": ["50"]}).status_code == 302
     account.refresh_from_db()
     assert account.max_quantity == 50 and account.max_order_value == Decimal("10000")
+
+
+def test_new_credentials_that_end_the_session_say_so_on_the_accounts_page(trader_client, trader):
+    # The session made with the old credentials is ended with the reason "connect again", but the
+    # page said only "Disconnected" (a session's reason was shown for a failed login only): a trader
+    # who had not disconnected was not told why, nor to connect again.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.crypto import Sealed
+    from brokers.models import BrokerSession
+
+    account = make_kite_account(trader, api_key=KEY, api_secret=SECRET)
+    BrokerSession.objects.create(
+        account=account,
+        tokens=Sealed.seal({"access_token": "old-token"}),
+        active_for=account.pk,
+        expires_at=timezone.now() + timedelta(hours=12),
+    )
+    url = reverse("accounts:broker_edit", args=[account.pk])
+    response = trader_client.post(url, create_form(api_key="", api_secret="NEW-SECRET"), follow=True)
+    assert BrokerSession.objects.get(account=account).status == BrokerSession.Status.REVOKED
+    row = response.content.decode().split(f'id="session-{account.pk}"')[1].split("</td>")[0]
+    assert "Disconnected" in row and "credentials changed; connect again" in row
