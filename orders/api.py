@@ -417,6 +417,13 @@ class ScheduledOut(Schema):
         "to stop; its order goes out as it was (see the orders list).",
     )
 
+    @staticmethod
+    def resolve_last_result(scheduled):
+        # The run's order as it is now (as the page shows it), not as it was when placed.
+        if not hasattr(scheduled, "result_now"):
+            selectors.scheduled_results_now([scheduled])
+        return scheduled.result_now
+
 
 def _scheduled_save(
     request, payload: ScheduledIn, scheduled: ScheduledOrder | None = None, idempotency_key: str | None = None
@@ -440,7 +447,9 @@ def _scheduled_save(
 
 @router.get("/scheduled", response=list[ScheduledOut])
 def scheduled_list(request):
-    return selectors.scheduled_of(request.user)
+    rows = list(selectors.scheduled_of(request.user))
+    selectors.scheduled_results_now(rows)  # in one read, not one per row
+    return rows
 
 
 @router.post("/scheduled", response={201: ScheduledOut, 200: ScheduledOut})

@@ -100,6 +100,39 @@ def scheduled_one_of(user, pk) -> ScheduledOrder:
     return get_object_or_404(scheduled_of(user), pk=pk)
 
 
+def scheduled_results_now(rows, fires=()) -> None:
+    """Set ``result_now`` on each scheduled order of ``rows`` (its last result) and ``detail_now`` on
+    each of its runs in ``fires``: the text as stored, or, where it names a run's order ("<reference>
+    <status>..."), that order with its status and reason as they are now. A run's order that rested
+    OPEN when it was placed, then filled, was cancelled or was refused by its broker since, is not
+    shown OPEN for good (as placement results are not: ``basket_results``)."""
+    rows, fires = list(rows), list(fires)
+    texts = [(row.pk, row.last_result) for row in rows] + [(fire.scheduled_id, fire.detail) for fire in fires]
+    references = {text.split(" ", 1)[0].split(":", 1)[0] for _pk, text in texts if text}
+    orders = (
+        {
+            (order.scheduled_id, order.reference): order
+            for order in Order.objects.filter(
+                scheduled_id__in={pk for pk, _text in texts}, reference__in=references - {""}
+            ).only("scheduled_id", "reference", "status", "reject_reason", "broker_order_id")
+        }
+        if references
+        else {}
+    )
+
+    def now(scheduled_id: int, text: str) -> str:
+        reference = text.split(" ", 1)[0].split(":", 1)[0]
+        order = orders.get((scheduled_id, reference))
+        if order is None:
+            return text
+        return f"{order.reference} {order.status}" + (f": {order.outcome_reason}" if order.outcome_reason else "")
+
+    for row in rows:
+        row.result_now = now(row.pk, row.last_result)
+    for fire in fires:
+        fire.detail_now = now(fire.scheduled_id, fire.detail)
+
+
 def strategies_of(user) -> QuerySet[Strategy]:
     return Strategy.objects.filter(owner=user).prefetch_related("accounts")
 

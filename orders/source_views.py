@@ -167,8 +167,9 @@ def scheduled_list(request):
             return redirect("sources:scheduled_list")
     elif "token" in form.errors:
         form.renew_token()
-    rows = selectors.scheduled_of(request.user)
-    fires = ScheduledFire.objects.filter(scheduled__owner=request.user).select_related("scheduled")[:20]
+    rows = list(selectors.scheduled_of(request.user))
+    fires = list(ScheduledFire.objects.filter(scheduled__owner=request.user).select_related("scheduled")[:20])
+    selectors.scheduled_results_now(rows, fires)  # each run's order as it is now, not as it was placed
     return render(
         request,
         "orders/scheduled.html",

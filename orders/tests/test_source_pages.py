@@ -6,13 +6,15 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
 from brokers.paper.models import PaperOrder
-from orders import sources
-from orders.models import Basket, ScheduledFire, ScheduledOrder, Strategy
+from orders import services, sources
+from orders.models import Basket, Order, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import instrument
 
 
@@ -585,3 +587,41 @@ def test_a_basket_page_refusing_its_token_for_other_accounts_gives_a_fresh_one(t
     # A token the form itself refuses (a page with none, or mangled) is replaced too.
     bad = trader_client.post(url, {"token": "", "accounts": [spare.pk]})
     assert bad.context["form"].errors and bad.context["form"]["token"].value()
+
+
+def test_a_runs_order_is_shown_on_the_scheduled_page_and_api_as_it_is_now(trader_client, trader, account):
+    """A scheduled LIMIT order rested OPEN when its run placed it, then was cancelled (or filled, or
+    refused by its broker later): the page's last result and recent runs, and the API's
+    `last_result`, kept saying OPEN, as the run had recorded it, for good."""
+    soon = timezone.now().astimezone(ZoneInfo("Asia/Kolkata")) + timedelta(minutes=5)
+    row = sources.scheduled_save(
+        owner=trader,
+        account=account,
+        spec={
+            "instrument": instrument(),
+            "side": "BUY",
+            "quantity": 1,
+            "order_type": "LIMIT",
+            "product": "MIS",
+            "price": "1300",  # below the market: it rests
+        },
+        recurrence="weekdays",
+        weekdays=list(range(7)),
+        time_of_day=soon.time().replace(microsecond=0),
+        timezone_name="Asia/Kolkata",
+    )
+    [fire_id] = sources.scheduled_claim_due(now=row.next_run_at + timedelta(milliseconds=300))
+    ScheduledFire.objects.filter(pk=fire_id).update(due_at=timezone.now())  # its time has come
+    assert sources.scheduled_fire(fire_id=fire_id).status == "placed"
+    order = Order.objects.get(scheduled=row)
+    assert order.status == Order.Status.OPEN
+    services.order_cancel(order=order, actor=trader, cause="ticket by trader")
+    assert Order.objects.get(pk=order.pk).status == Order.Status.CANCELLED
+
+    page = trader_client.get(reverse("sources:scheduled_list")).content.decode()
+    shown = f"{order.reference} CANCELLED"
+    assert page.count(shown) == 2 and f"{order.reference} OPEN" not in page  # last result and recent runs
+    _, secret = account_services.api_key_create(owner=trader, name="bot")
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert [one["last_result"] for one in api.get("/api/v1/scheduled").json()] == [shown]
+    assert api.get(f"/api/v1/scheduled/{row.pk}").json()["last_result"] == shown
