@@ -3,7 +3,7 @@
 from datetime import datetime, time, timedelta
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.shortcuts import get_object_or_404
 
 from brokers.base import IST
@@ -93,7 +93,10 @@ def _rows_now(rows: list[dict], owner_id: int) -> list[dict]:
 
 
 def scheduled_of(user) -> QuerySet[ScheduledOrder]:
-    return ScheduledOrder.objects.filter(owner=user).select_related("account", "instrument")
+    """The user's scheduled orders: those still to run first, soonest first; then the done and
+    cancelled ones (no next run), newest first. (A NULL sorts first on MariaDB and SQLite.)"""
+    rows = ScheduledOrder.objects.filter(owner=user).select_related("account", "instrument")
+    return rows.order_by(F("next_run_at").asc(nulls_last=True), "-pk")
 
 
 def scheduled_one_of(user, pk) -> ScheduledOrder:

@@ -625,3 +625,33 @@ def test_a_runs_order_is_shown_on_the_scheduled_page_and_api_as_it_is_now(trader
     api = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert [one["last_result"] for one in api.get("/api/v1/scheduled").json()] == [shown]
     assert api.get(f"/api/v1/scheduled/{row.pk}").json()["last_result"] == shown
+
+
+def test_the_schedule_list_shows_what_is_still_to_run_first_soonest_first(trader_client, trader, account):
+    """A done or cancelled scheduled order has no next run (NULL), which MariaDB and SQLite sort
+    first: the page and the API listed every finished one above the orders still to run."""
+    soon = timezone.now().astimezone(ZoneInfo("Asia/Kolkata"))
+    spec = {"instrument": instrument(), "side": "BUY", "quantity": 1, "order_type": "MARKET", "product": "MIS"}
+
+    def schedule(minutes: int) -> ScheduledOrder:
+        at = soon + timedelta(minutes=minutes)
+        return sources.scheduled_save(
+            owner=trader,
+            account=account,
+            spec=spec,
+            recurrence="once",
+            run_on=at.date(),
+            time_of_day=at.time().replace(microsecond=0),
+            timezone_name="Asia/Kolkata",
+        )
+
+    later, cancelled, sooner, done = schedule(50), schedule(20), schedule(10), schedule(30)
+    sources.scheduled_cancel(scheduled=cancelled, actor=trader)
+    ScheduledOrder.objects.filter(pk=done.pk).update(status="done", next_run_at=None)
+    wanted = [sooner.pk, later.pk, done.pk, cancelled.pk]  # to run, soonest first; then the newest first
+
+    page = trader_client.get(reverse("sources:scheduled_list")).content.decode()
+    assert sorted(wanted, key=lambda pk: page.index(f'id="scheduled-{pk}"')) == wanted
+    _, secret = account_services.api_key_create(owner=trader, name="bot")
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert [row["id"] for row in api.get("/api/v1/scheduled").json()] == wanted
