@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.core import signing
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
@@ -54,14 +55,38 @@ class LoginFailed(Exception):
     pass
 
 
-def _throttle_keys(username: str, ip: str | None) -> list[tuple[str, int]]:
+KNOWN_DEVICE_SALT = "accounts.known-device"
+
+
+def known_device_token(user: User) -> str:
+    """What a browser that just signed in as ``user`` keeps (``settings.KNOWN_DEVICE_COOKIE``): its
+    later sign-ins as that user are held back only by its own failures (``_throttle_keys``)."""
+    return signing.dumps({"u": user.pk, "d": secrets.token_urlsafe(12)}, salt=KNOWN_DEVICE_SALT)
+
+
+def _known_device(token: str | None, user_id: int | None) -> str | None:
+    """The browser's id in a known-device token that is valid for this user, else None."""
+    if not token or user_id is None:
+        return None
+    try:
+        data = signing.loads(token, salt=KNOWN_DEVICE_SALT, max_age=settings.KNOWN_DEVICE_MAX_AGE_S)
+    except signing.BadSignature:  # forged, another key's, or expired
+        return None
+    return data.get("d") if isinstance(data, dict) and data.get("u") == user_id else None
+
+
+def _throttle_keys(username: str, ip: str | None, device_token: str | None = None) -> list[tuple[str, int]]:
     """The failure counters a login with this username from this IP counts on.
 
     A username that signs in to a user counts on that user's counter: the database finds the user
     as its collation matches names (MariaDB takes "TRÂDER" or "trâder" for "trader"), so a counter
-    per spelling would let a guesser rotate spellings and never be locked out.
+    per spelling would let a guesser rotate spellings and never be locked out. A browser that signed
+    in as that user before (a valid ``device_token``) counts on its own counter only: a stranger's
+    guesses at the username, or from a shared address, do not lock its trader out.
     """
     user_id = User._default_manager.filter(**{User.USERNAME_FIELD: username}).values_list("pk", flat=True).first()
+    if device := _known_device(device_token, user_id):
+        return [(f"login:device:{device}", settings.LOGIN_FAILURES_PER_USERNAME)]
     name = f"id:{user_id}" if user_id is not None else hashlib.sha256(username.lower().encode()).hexdigest()
     keys = [(f"login:user:{name}", settings.LOGIN_FAILURES_PER_USERNAME)]
     if ip:
@@ -93,14 +118,17 @@ def _count_failure(key: str, limit: int, window: int) -> None:
         cache.delete(key)
 
 
-def login_attempt(*, username: str, password: str, ip: str | None, request=None) -> User:
-    """Authenticate a user, throttled per username and per IP.
+def login_attempt(
+    *, username: str, password: str, ip: str | None, request=None, device_token: str | None = None
+) -> User:
+    """Authenticate a user, throttled per username and per IP (per browser for one that signed in
+    as that user before: ``device_token``, ``_throttle_keys``).
 
     Raises ``LoginLocked`` while either is locked (the password is not even checked, so
     a locked account cannot be probed), ``LoginFailed`` on bad credentials.
     """
     window = settings.LOGIN_LOCK_WINDOW_S
-    keys = _throttle_keys(username, ip)
+    keys = _throttle_keys(username, ip, device_token)
     locked = _lock_remaining([key for key, _limit in keys])
     if locked:
         audit_record(action=Action.LOGIN_LOCKED, data={"username": username[:150]}, ip=ip)
@@ -134,20 +162,22 @@ def user_update_profile(*, user: User, timezone_name: str) -> User:
     return user
 
 
-def password_check_allowed(*, user: User, ip: str | None) -> None:
+def password_check_allowed(*, user: User, ip: str | None, device_token: str | None = None) -> None:
     """Before a signed-in user's current password is checked (the password change): ``LoginLocked``
-    while the user's or the address's failed logins lock them, as on the login page. Else whoever
-    holds a signed-in browser could guess the password there at will, then change it."""
-    locked = _lock_remaining([key for key, _limit in _throttle_keys(user.get_username(), ip)])
+    while the user's or the address's failed logins lock them (the browser's own, for one known to
+    have signed in as the user), as on the login page. Else whoever holds a signed-in browser could
+    guess the password there at will, then change it."""
+    locked = _lock_remaining([key for key, _limit in _throttle_keys(user.get_username(), ip, device_token)])
     if locked:
         audit_record(action=Action.LOGIN_LOCKED, actor=user, data={"username": user.get_username()[:150]}, ip=ip)
         raise LoginLocked(locked)
 
 
-def password_check_failed(*, user: User, ip: str | None) -> None:
-    """A wrong current password on the password change: a failed login of the user and the address."""
+def password_check_failed(*, user: User, ip: str | None, device_token: str | None = None) -> None:
+    """A wrong current password on the password change: a failed login of the user and the address
+    (of the browser, for a known one)."""
     audit_record(action=Action.LOGIN_FAILED, actor=user, data={"username": user.get_username()[:150]}, ip=ip)
-    for key, limit in _throttle_keys(user.get_username(), ip):
+    for key, limit in _throttle_keys(user.get_username(), ip, device_token):
         _count_failure(key, limit, settings.LOGIN_LOCK_WINDOW_S)
     logger.info("wrong current password on a password change from %s", ip)
 

@@ -2,6 +2,7 @@
 
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, logout, update_session_auth_hash
 from django.contrib.auth.decorators import login_required
@@ -44,6 +45,23 @@ def _next_url(request) -> str:
     return next_url
 
 
+def _device_token(request) -> str | None:
+    return request.COOKIES.get(settings.KNOWN_DEVICE_COOKIE)
+
+
+def _remember_device(response, user) -> None:
+    """This browser signed in as ``user``: a stranger's failed guesses at the username (or from a
+    shared address) no longer lock it out (``services.login_attempt``)."""
+    response.set_cookie(
+        settings.KNOWN_DEVICE_COOKIE,
+        services.known_device_token(user),
+        max_age=settings.KNOWN_DEVICE_MAX_AGE_S,
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Lax",
+    )
+
+
 @sensitive_post_parameters("password")
 @require_http_methods(["GET", "POST"])
 @never_cache
@@ -58,6 +76,7 @@ def login_view(request):
                 password=form.cleaned_data["password"],
                 ip=client_ip(request),
                 request=request,
+                device_token=_device_token(request),
             )
         except (services.LoginLocked, services.LoginFailed) as exc:
             form.add_error(None, str(exc))
@@ -70,7 +89,9 @@ def login_view(request):
                 services.logout_record(user=previous, ip=client_ip(request))
                 logout(request)
             login(request, user)
-            return HttpResponseRedirect(next_url) if next_url else redirect("home")
+            response = HttpResponseRedirect(next_url) if next_url else redirect("home")
+            _remember_device(response, user)
+            return response
     return render(request, "accounts/login.html", {"form": form, "next": next_url}, status=status)
 
 
@@ -221,7 +242,9 @@ def profile(request):
             return redirect("accounts:profile")
     elif request.method == "POST" and request.POST.get("form") == "password":
         try:
-            services.password_check_allowed(user=request.user, ip=client_ip(request))
+            services.password_check_allowed(
+                user=request.user, ip=client_ip(request), device_token=_device_token(request)
+            )
         except services.LoginLocked as exc:
             # Said as a message: the form is not bound, which would check the old password.
             messages.error(request, str(exc))
@@ -235,7 +258,9 @@ def profile(request):
                 messages.success(request, "Password changed.")
                 return redirect("accounts:profile")
             if password_form.has_error("old_password", "password_incorrect"):
-                services.password_check_failed(user=request.user, ip=client_ip(request))
+                services.password_check_failed(
+                    user=request.user, ip=client_ip(request), device_token=_device_token(request)
+                )
     context = {
         "profile_form": profile_form,
         "password_form": password_form,

@@ -330,6 +330,11 @@ LOGOUT_REDIRECT_URL = "login"
 LOGIN_FAILURES_PER_USERNAME = env.int("LOGIN_FAILURES_PER_USERNAME", default=5)
 LOGIN_FAILURES_PER_IP = env.int("LOGIN_FAILURES_PER_IP", default=20)
 LOGIN_LOCK_WINDOW_S = env.int("LOGIN_LOCK_WINDOW_S", default=900)
+# A browser that signed in as a user keeps a signed cookie saying so: its later sign-ins as that
+# user count on its own failure counter, not the username's or the address's, so a stranger's
+# guesses cannot lock the trader out (``accounts.services.login_attempt``).
+KNOWN_DEVICE_COOKIE = "tp_device"
+KNOWN_DEVICE_MAX_AGE_S = env.int("KNOWN_DEVICE_MAX_AGE_S", default=180 * 24 * 3600)
 # Trust X-Forwarded-For for the client IP only behind a proxy that sets it.
 USE_X_FORWARDED_FOR = env.bool("USE_X_FORWARDED_FOR", default=False)
 API_KEY_CACHE_TTL_S = env.int("API_KEY_CACHE_TTL_S", default=60)

@@ -2,6 +2,7 @@ import time
 
 import pytest
 from django.contrib.auth.hashers import check_password, make_password
+from django.core import signing
 from django.urls import reverse
 
 from accounts.models import AuditLog, User
@@ -145,3 +146,44 @@ def test_production_hasher_is_argon2(db, settings):
 @pytest.mark.parametrize("method", ["put", "delete", "patch"])
 def test_login_refuses_other_methods(client, db, method):
     assert getattr(client, method)(reverse("login")).status_code == 405
+
+
+def test_a_strangers_guesses_do_not_lock_out_a_browser_that_signed_in_before(trader, other_trader, password, settings):
+    """Five wrong guesses at a username from anywhere locked that username for everyone: a stranger
+    knowing a trader's username could keep them from signing in (to close a position) for good. A
+    browser that signed in as the user before keeps a signed cookie and counts on its own failures."""
+    from django.test import Client
+
+    settings.LOGIN_FAILURES_PER_USERNAME = 3
+    settings.LOGIN_FAILURES_PER_IP = 5
+    trader_browser, stranger = Client(), Client()
+    first = login(trader_browser, "trader", password, REMOTE_ADDR="10.0.0.5")
+    assert first.status_code == 302 and first.cookies[settings.KNOWN_DEVICE_COOKIE]["httponly"]
+    trader_browser.post(reverse("logout"))
+    for name in ("trader", "trader", "trader", "x", "y"):  # the username and the shared address locked
+        login(stranger, name, "wrong", REMOTE_ADDR="10.0.0.5")
+    assert login(stranger, "trader", password, REMOTE_ADDR="10.0.0.5").status_code == 429
+    assert login(Client(), "trader", password, REMOTE_ADDR="10.0.0.6").status_code == 429  # an unknown browser
+    assert login(trader_browser, "trader", password, REMOTE_ADDR="10.0.0.5").status_code == 302
+    # Its cookie is for that user only: another username from it counts as from any browser.
+    trader_browser.post(reverse("logout"))
+    assert login(trader_browser, "other", password, REMOTE_ADDR="10.0.0.5").status_code == 429  # the address
+
+
+def test_a_known_browsers_own_wrong_guesses_still_lock_it_and_a_forged_cookie_is_nobodys(
+    client, trader, password, settings
+):
+    settings.LOGIN_FAILURES_PER_USERNAME = 3
+    assert login(client, "trader", password).status_code == 302
+    client.post(reverse("logout"))
+    for _ in range(3):
+        assert login(client, "trader", "wrong").status_code == 200
+    assert login(client, "trader", password).status_code == 429
+    # A cookie not signed by us (or for another user, or expired) is as no cookie.
+    from django.test import Client
+
+    forged = Client()
+    forged.cookies[settings.KNOWN_DEVICE_COOKIE] = signing.dumps({"u": trader.pk, "d": "x"}, salt="not ours")
+    for _ in range(3):
+        login(Client(), "trader", "wrong", REMOTE_ADDR="10.0.0.7")
+    assert login(forged, "trader", password).status_code == 429

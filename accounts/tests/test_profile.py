@@ -153,3 +153,19 @@ def test_a_password_staff_set_in_the_admin_is_audited_as_theirs(client, staff, t
     entry = AuditLog.objects.get(action=AuditLog.Action.PASSWORD_CHANGED)
     assert (entry.actor, entry.target_id, entry.ip) == (staff, str(trader.pk), "10.1.2.3")
     assert "Set-by-desk" not in str(entry.data)
+
+
+def test_a_strangers_failed_logins_do_not_block_the_signed_in_traders_password_change(
+    client, trader, password, settings
+):
+    from django.test import Client
+
+    settings.LOGIN_FAILURES_PER_USERNAME = 3
+    assert client.post(reverse("login"), {"username": "trader", "password": password}).status_code == 302
+    for _ in range(3):
+        Client().post(reverse("login"), {"username": "trader", "password": "wrong"}, REMOTE_ADDR="10.0.0.9")
+    new = "N3w-passw0rd!x"
+    data = {"form": "password", "old_password": password, "new_password1": new, "new_password2": new}
+    assert client.post(reverse("accounts:profile"), data).status_code == 302
+    trader.refresh_from_db()
+    assert trader.check_password(new)
