@@ -1,3 +1,4 @@
+import os
 from datetime import date
 from pathlib import Path
 
@@ -186,3 +187,30 @@ def kite_on_face(face_url, settings, trader, instruments):
     )
     broker_services.connect_complete(account=account, request_token=request_token, actor=trader)
     return account
+
+
+@pytest.fixture
+def browser_page(live_server, client, trader):
+    """A Chromium page signed in as the trader: (page, the dialogs it was shown), answering each
+    confirm as ``page.answer`` says (True: yes). Skips without Playwright or Debian's Chromium
+    (``E2E_CHROMIUM``)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).exists():
+        pytest.skip(f"no browser at {chromium}")
+    client.force_login(trader)
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=chromium)
+        context = browser.new_context(base_url=live_server.url)
+        context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live_server.url}])
+        page = context.new_page()
+        shown = []
+
+        def answer(dialog):
+            shown.append(dialog.message)
+            dialog.accept() if page.answer else dialog.dismiss()
+
+        page.on("dialog", answer)
+        yield page, shown
+        browser.close()

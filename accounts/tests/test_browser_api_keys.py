@@ -4,11 +4,10 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import ApiKey
-from orders.tests.test_browser_answers import browser_page  # noqa: F401 (a fixture)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_reloading_the_page_that_shows_a_new_key_makes_no_second_key(trader, monkeypatch, browser_page):  # noqa: F811
+def test_reloading_the_page_that_shows_a_new_key_makes_no_second_key(trader, monkeypatch, browser_page):
     """The page showing a new key's secret answered the POST that made it: a reload (F5, or Back to
     it) sent the form again and made a second live key, one the trader never saw nor revoked."""
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")  # the ORM beside the browser's driver

@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.urls import reverse
 
 from orders.tests.factories import place
@@ -50,28 +49,6 @@ def test_a_cancel_the_server_fails_or_never_gets_says_so_instead_of_nothing(book
     playwright.expect(notice).to_contain_text(said)
     playwright.expect(notice).to_contain_text("may not have been done")
     playwright.expect(page.locator(f"#order-{order.pk}")).to_contain_text("Open")
-
-
-@pytest.fixture
-def browser_page(live_server, client, trader):
-    """A Chromium page signed in as the trader: (page, the dialogs it was shown), answering each
-    confirm as ``page.answer`` says (True: yes)."""
-    client.force_login(trader)
-    session = client.cookies[settings.SESSION_COOKIE_NAME].value
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM)
-        context = browser.new_context(base_url=live_server.url)
-        context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live_server.url}])
-        page = context.new_page()
-        shown = []
-
-        def answer(dialog):
-            shown.append(dialog.message)
-            dialog.accept() if page.answer else dialog.dismiss()
-
-        page.on("dialog", answer)
-        yield page, shown
-        browser.close()
 
 
 @pytest.mark.django_db(transaction=True)
