@@ -1107,6 +1107,14 @@ def _broadcast(order: Order, *, created: bool = False) -> None:
 MODIFY_LOCK_TTL_S, MODIFY_LOCK_WAIT_S = 60.0, 15.0
 
 
+def _change_lock(order: Order) -> str:
+    """The one lock a modify and a cancel of an order both hold: a cancel sent while a modify's
+    answer is on its way would close the order as it was read before the change (its answer and
+    its events: cancelled, then modified), and a modify sent while a cancel is on its way is no
+    change of an open order. Each waits for the other and reads the order afresh."""
+    return f"orders:change:{order.pk}"
+
+
 def order_modify(
     *,
     order: Order,
@@ -1125,8 +1133,7 @@ def order_modify(
     the change meant (a trail would loosen a stop the trader had just tightened)."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
-    lock = f"orders:modify:{order.pk}"
-    with locks.held(lock, ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S, keep=True) as took:
+    with locks.held(_change_lock(order), ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S, keep=True) as took:
         if not took:
             raise OrderActionRefused("Another change of this order is still being made; try again.")
         _reread(order)
@@ -1242,14 +1249,14 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
             f"{order.account.label} is deactivated, so the platform sends it nothing: cancel this order at "
             f"{broker_name(order)}, or reactivate the account to cancel it here."
         )
-    # One cancel of an order at a time (the trader's and a step's, two tabs): each reads the order
-    # afresh under the lock, so the second finds it closed (or its cancel on its way) rather than
-    # sending one whose refusal would be taken for the first's, and the first's request for the
-    # one that closed it (which decides whether a step puts an exit back).
-    lock = f"orders:cancel:{order.pk}"
-    with locks.held(lock, ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S, keep=True) as took:
+    # One cancel of an order at a time (the trader's and a step's, two tabs), and none while a modify
+    # of it is on its way (``_change_lock``): each reads the order afresh under the lock, so the
+    # second finds it closed (or its cancel on its way) rather than sending one whose refusal would
+    # be taken for the first's, and the first's request for the one that closed it (which decides
+    # whether a step puts an exit back).
+    with locks.held(_change_lock(order), ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S, keep=True) as took:
         if not took:
-            raise OrderActionRefused("Another cancel of this order is still being made; try again.")
+            raise OrderActionRefused("Another change or cancel of this order is still being made; try again.")
         _reread(order)
         return _cancel(order, cause, by_trader=by_trader, data=data)
 

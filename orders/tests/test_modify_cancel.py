@@ -76,6 +76,9 @@ def test_a_modify_and_a_cancel_done_while_redis_is_away_are_answered_done(trader
         failing = LetGoFails(locks.redis_client())
         monkeypatch.setattr(locks, "redis_client", lambda: failing)
     monkeypatch.setattr(services.cache, "delete", away)  # the modify note's; without Redis, the lock's too
+    # The modify's lock, not freed, expires on its own: the cancel (which waits for a modify of the
+    # order to be done) takes it then.
+    monkeypatch.setattr(services, "MODIFY_LOCK_TTL_S", 1.0)
     services.order_modify(order=order, actor=trader, cause="test", price=D("1401"))
     order.refresh_from_db()
     assert (order.price, PaperOrder.objects.get(order_id=order.broker_order_id).price) == (D("1401"), D("1401"))
@@ -549,6 +552,46 @@ def test_two_cancels_at_once_the_one_that_closed_the_order_is_the_one_recorded(t
     assert order.status == Order.Status.CANCELLED and len(closed_by) == 1
     assert services.cancel_asked_by_platform(order) == (closed_by == ["platform"]), closed_by
     assert order.events.filter(kind="cancelled").count() == 1
+
+
+def test_a_cancel_made_while_a_modify_is_on_its_way_waits_for_it_and_answers_the_order_as_changed(
+    trader, account, monkeypatch
+):
+    """The trader re-prices an order to 1401 and, while the broker's answer is on its way, cancels it
+    (another tab, the API). The broker had the order at 1401 when it cancelled it: the cancel was
+    answered with 1400, and the order's events said it was modified after it was cancelled."""
+    order = resting(trader, account)
+    real = AccountBroker.modify_order
+    sent = threading.Event()
+
+    def slow(self, broker_order_id, change):
+        real(self, broker_order_id, change)
+        sent.set()
+        time.sleep(0.5)  # the broker took it; its answer is still on its way back
+
+    monkeypatch.setattr(AccountBroker, "modify_order", slow)
+    answers = []
+
+    def modify():
+        try:
+            answers.append(
+                services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="page", price="1401")
+            )
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=modify)
+    thread.start()
+    assert sent.wait(10)
+    cancelled = services.order_cancel(order=Order.objects.get(pk=order.pk), actor=trader, cause="API")
+    thread.join(30)
+    settle()
+    assert (cancelled.status, cancelled.price) == (Order.Status.CANCELLED, D("1401"))
+    assert answers and answers[0].price == D("1401")
+    order.refresh_from_db()
+    assert (order.status, order.price) == (Order.Status.CANCELLED, D("1401"))
+    kinds = list(order.events.order_by("pk").values_list("kind", flat=True))
+    assert kinds[-3:] == ["modified", "cancel_requested", "cancelled"], kinds
 
 
 def test_a_cut_that_fills_the_order_told_before_its_answer_is_answered_done(trader, account, monkeypatch):
