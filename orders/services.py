@@ -1146,7 +1146,19 @@ def order_modify(
 
 
 def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, order_type) -> Order:
-    if order.status not in Order.AT_BROKER or not order.broker_order_id:
+    # Not at its broker yet, as a cancel says it (``_cancel``): "this one is Submitted" reads as open.
+    if order.status == OrderStatus.NEW and not order.broker_order_id:
+        if _awaits_its_time(order, taken=False):
+            raise OrderActionRefused(
+                f"This order is scheduled order #{order.scheduled_id}'s, to be sent at its time; change that "
+                "scheduled order, or change this one once the broker has it."
+            )
+        raise OrderActionRefused("This order is being sent; change it once the broker has it.")
+    if order.status in Order.AT_BROKER and not order.broker_order_id:
+        raise OrderActionRefused(
+            "The broker's answer for this order was lost; it is being looked up: change it once it is found."
+        )
+    if order.status not in Order.AT_BROKER:
         raise OrderActionRefused(f"Only an open order can be modified; this one is {order.get_status_display()}.")
     new_type = order_type or order.order_type
     if (new_type in ("SL", "SL-M")) != (order.order_type in ("SL", "SL-M")):

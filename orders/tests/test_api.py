@@ -115,6 +115,39 @@ def test_modify_cancel_and_events(api, account):
     assert kinds == ["created", "submitted", "opened", "modified", "cancel_requested", "cancelled"]
 
 
+def test_a_modify_of_an_order_its_broker_has_not_answered_for_says_why_it_cannot_be_changed_yet(api, trader, account):
+    """An order still being sent, or one whose placement's answer was lost (SUBMITTED, no broker id
+    yet: it is being looked up), cannot be changed yet. The refusal said "Only an open order can be
+    modified; this one is Submitted.": a submitted order is open to a trader, who sends it again."""
+    from orders import services
+    from orders.tests.factories import instrument
+
+    def prepared():
+        order, _fresh = services.order_prepare(
+            actor=trader,
+            account=account,
+            instrument=instrument("INFY"),
+            side="BUY",
+            quantity=1,
+            order_type="LIMIT",
+            product="MIS",
+            price="1400",
+            source=Order.Source.MANUAL,
+            cause="test",
+        )
+        return order
+
+    sending, lost = prepared(), prepared()
+    services.order_outcome_unknown(lost, "timed out")
+    for order, why in ((sending, "being sent"), (lost, "answer for this order was lost")):
+        answer = api.patch(f"/api/v1/orders/{order.pk}", {"price": "1401"}, content_type="application/json")
+        assert answer.status_code == 409 and answer.json()["error"]["code"] == "refused"
+        assert why in answer.json()["error"]["message"], answer.json()
+        order.refresh_from_db()
+        assert order.price == 1400 and not order.events.filter(kind__startswith="modif").exists()
+    assert not PaperOrder.objects.exists()
+
+
 def test_per_key_rate_limit_answers_429_with_retry_after(api, settings):
     settings.API_RATE_LIMITS = [(2, 10.0)]
     assert api.get("/api/v1/me").status_code == 200
