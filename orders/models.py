@@ -25,6 +25,11 @@ def positive(field: str) -> Q:
     return Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__gt": 0})
 
 
+def one_of(field: str, values) -> Q:
+    """``field`` holds one of ``values`` (choices, or the values of a TextChoices)."""
+    return Q(**{f"{field}__in": [value[0] if isinstance(value, tuple) else value for value in values]})
+
+
 def order_type_rules(prefix: str = "") -> Q:
     """LIMIT has a price, SL a price and a trigger, SL-M a trigger, MARKET neither."""
     t, p, tr = f"{prefix}order_type", f"{prefix}price", f"{prefix}trigger_price"
@@ -71,6 +76,8 @@ def spec_constraints(name: str) -> list:
         models.CheckConstraint(condition=positive("trigger_price"), name=f"{name}_trigger_positive"),
         models.CheckConstraint(condition=order_type_rules(), name=f"{name}_prices_fit_type"),
         models.CheckConstraint(condition=Q(side__in=["BUY", "SELL"]), name=f"{name}_side_valid"),
+        models.CheckConstraint(condition=one_of("product", PRODUCTS), name=f"{name}_product_valid"),
+        models.CheckConstraint(condition=one_of("validity", VALIDITIES), name=f"{name}_validity_valid"),
     ]
 
 
@@ -240,7 +247,16 @@ class ScheduledOrder(OrderSpec):
     class Meta:
         ordering = ["next_run_at", "id"]
         indexes = [models.Index(fields=["status", "next_run_at"])]
-        constraints = spec_constraints("scheduledorder")
+        constraints = [
+            *spec_constraints("scheduledorder"),
+            models.CheckConstraint(
+                condition=one_of("status", ["active", "done", "cancelled"]), name="scheduledorder_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=one_of("recurrence", ["once", "trading_days", "weekdays"]),
+                name="scheduledorder_recurrence_valid",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.get_recurrence_display()} {self.side} {self.quantity} {self.instrument}"
@@ -275,7 +291,15 @@ class ScheduledFire(models.Model):
 
     class Meta:
         ordering = ["-due_at", "-id"]
-        constraints = [models.UniqueConstraint(fields=["scheduled", "due_at"], name="scheduledfire_once_per_due")]
+        constraints = [
+            models.UniqueConstraint(fields=["scheduled", "due_at"], name="scheduledfire_once_per_due"),
+            models.CheckConstraint(
+                condition=one_of(
+                    "status", ["pending", "prepared", "placing", "placed", "missed", "failed", "cancelled"]
+                ),
+                name="scheduledfire_status_valid",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.scheduled_id} at {timezone.localtime(self.due_at):%Y-%m-%d %H:%M:%S}"
@@ -368,6 +392,21 @@ class Order(OrderSpec):
                 condition=Q(filled_quantity__lte=F("quantity")), name="order_filled_within_quantity"
             ),
             models.UniqueConstraint(fields=["account", "broker_order_id"], name="order_unique_broker_id_per_account"),
+            models.CheckConstraint(
+                condition=one_of(
+                    "status",
+                    ["NEW", "SUBMITTED", "OPEN", "PARTIALLY_FILLED", "FILLED", "CANCELLED", "REJECTED", "FAILED"],
+                ),
+                name="order_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=one_of("source", ["manual", "basket", "scheduled", "strategy", "system"]),
+                name="order_source_valid",
+            ),
+            models.CheckConstraint(
+                condition=one_of("role", ["entry", "stop_loss", "take_profit", "exit"]), name="order_role_valid"
+            ),
+            models.CheckConstraint(condition=Q(average_price__gte=0), name="order_average_price_not_negative"),
         ]
 
     def __str__(self):
