@@ -256,6 +256,10 @@ class ScheduledOrder(OrderSpec):
                 condition=one_of("recurrence", ["once", "trading_days", "weekdays"]),
                 name="scheduledorder_recurrence_valid",
             ),
+            # A one-off's due time is its date and time (``sources.next_occurrence``).
+            models.CheckConstraint(
+                condition=~Q(recurrence="once") | Q(run_on__isnull=False), name="scheduledorder_once_has_date"
+            ),
         ]
 
     def __str__(self):

@@ -95,3 +95,14 @@ def test_a_scheduled_order_and_its_runs_hold_only_their_choices(trader, account)
     assert refused(ScheduledFire, fire.pk, status="done")
     for value in ScheduledFire.Status.values:
         assert not refused(ScheduledFire, fire.pk, status=value)
+
+
+def test_a_one_off_scheduled_order_always_has_its_date(trader, account):
+    once = make_scheduled(trader, account)
+    assert refused(ScheduledOrder, once.pk, run_on=None)
+    once.refresh_from_db()
+    assert once.run_on is not None
+    daily = make_scheduled(trader, account, recurrence="trading_days", run_on=None)
+    assert daily.run_on is None
+    assert refused(ScheduledOrder, daily.pk, recurrence="once")  # made one-off without a date
+    assert not refused(ScheduledOrder, daily.pk, recurrence="once", run_on=once.run_on)
