@@ -128,6 +128,9 @@ class Strategy(models.Model):
             models.CheckConstraint(condition=positive("stop_loss"), name="strategy_stop_loss_positive"),
             models.CheckConstraint(condition=positive("take_profit"), name="strategy_take_profit_positive"),
             models.CheckConstraint(condition=positive("trailing_step"), name="strategy_trailing_positive"),
+            # A cap of 0 reads as none where it is used (``monitoring.cycle``): a chase without end.
+            models.CheckConstraint(condition=positive("chase_max_ticks"), name="strategy_chase_ticks_positive"),
+            models.CheckConstraint(condition=positive("chase_max_percent"), name="strategy_chase_percent_positive"),
         ]
 
     def __str__(self):

@@ -5,9 +5,9 @@ from datetime import time
 from decimal import Decimal
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
-from orders.models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder
+from orders.models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import instrument
 from orders.tests.test_sources import make_scheduled
 
@@ -106,3 +106,37 @@ def test_a_one_off_scheduled_order_always_has_its_date(trader, account):
     assert daily.run_on is None
     assert refused(ScheduledOrder, daily.pk, recurrence="once")  # made one-off without a date
     assert not refused(ScheduledOrder, daily.pk, recurrence="once", run_on=once.run_on)
+
+
+def test_a_strategy_chase_cap_is_above_zero_or_none(trader):
+    strategy = Strategy.objects.create(owner=trader, name="Chase", chase_after_s=30, chase_max_ticks=4)
+    assert refused(Strategy, strategy.pk, chase_max_ticks=0)  # read as no cap: a chase without end
+    assert refused(Strategy, strategy.pk, chase_max_percent=Decimal("0"))
+    assert refused(Strategy, strategy.pk, chase_max_percent=Decimal("-1"))
+    assert not refused(Strategy, strategy.pk, chase_max_ticks=None, chase_max_percent=Decimal("0.5"))
+
+
+def test_the_migration_turns_a_chase_capped_at_zero_into_no_chase(trader):
+    from importlib import import_module
+
+    from django.apps import apps
+
+    migration = import_module("orders.migrations.0015_strategy_chase_caps_positive")
+    capped = Strategy.objects.create(owner=trader, name="Capped", chase_after_s=30, chase_max_ticks=4)
+    zero = Strategy.objects.create(owner=trader, name="Zero", chase_after_s=30, chase_max_ticks=4)
+    off, on = {
+        "mysql": ("SET SESSION check_constraint_checks = 0", "SET SESSION check_constraint_checks = 1"),
+        "sqlite": ("PRAGMA ignore_check_constraints = ON", "PRAGMA ignore_check_constraints = OFF"),
+    }[connection.vendor]
+    with connection.cursor() as cursor:  # a row saved before the constraint
+        cursor.execute(off)
+        try:
+            Strategy.objects.filter(pk=zero.pk).update(chase_max_ticks=0)
+        finally:
+            cursor.execute(on)
+    assert Strategy.objects.filter(pk=zero.pk, chase_max_ticks=0).exists()
+    migration.no_chase_for_zero_caps(apps, None)
+    zero.refresh_from_db()
+    capped.refresh_from_db()
+    assert (zero.chase_after_s, zero.chase_max_ticks, zero.chase_max_percent) == (None, None, None)
+    assert (capped.chase_after_s, capped.chase_max_ticks) == (30, 4)
