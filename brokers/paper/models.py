@@ -167,6 +167,20 @@ class PaperOrder(models.Model):
             models.CheckConstraint(
                 condition=Q(filled_quantity__lte=models.F("quantity")), name="paperorder_filled_within_quantity"
             ),
+            # What is neither filled nor cancelled is still pending (the order book's unfilled quantity).
+            models.CheckConstraint(
+                condition=Q(cancelled_quantity__lte=models.F("quantity") - models.F("filled_quantity")),
+                name="paperorder_cancelled_within_unfilled",
+            ),
+            models.CheckConstraint(
+                condition=Q(uncovered_quantity__lte=models.F("quantity")), name="paperorder_uncovered_within_quantity"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["OPEN", "TRIGGER PENDING", "COMPLETE", "CANCELLED", "REJECTED"]),
+                name="paperorder_status_valid",
+            ),
+            models.CheckConstraint(condition=Q(transaction_type__in=["BUY", "SELL"]), name="paperorder_side_valid"),
+            models.CheckConstraint(condition=Q(price__gte=0, trigger_price__gte=0), name="paperorder_prices"),
         ]
 
     def __str__(self):
@@ -198,6 +212,11 @@ class PaperTrade(models.Model):
             models.Index(fields=["client", "filled_at"]),
             # A SELL sums its client's fills in its instrument and product (the long it may use).
             models.Index(fields=["client", "instrument", "product"]),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="papertrade_quantity_positive"),
+            models.CheckConstraint(condition=Q(price__gt=0), name="papertrade_price_positive"),
+            models.CheckConstraint(condition=Q(transaction_type__in=["BUY", "SELL"]), name="papertrade_side_valid"),
         ]
 
     def __str__(self):
