@@ -121,7 +121,9 @@ class PaperOrder(models.Model):
 
     order_id = models.CharField(max_length=20, unique=True)
     exchange_order_id = models.CharField(max_length=20, blank=True)
-    client = models.ForeignKey(PaperClient, on_delete=models.CASCADE, related_name="orders")
+    # PROTECT: a client that traded is the exchange's record of its orders and fills (what the
+    # platform reconciles with and recorded from); deleting it took them all, unsaid.
+    client = models.ForeignKey(PaperClient, on_delete=models.PROTECT, related_name="orders")
     # No database constraint (here and on PaperTrade): with one, every order insert takes a shared
     # lock on the instrument row, which the market tick rewrites every second, so placements
     # queued behind each tick. Instruments are never deleted (PROTECT still guards Django deletes).
@@ -196,7 +198,7 @@ class PaperOrder(models.Model):
 class PaperTrade(models.Model):
     trade_id = models.CharField(max_length=20, unique=True)
     order = models.ForeignKey(PaperOrder, on_delete=models.CASCADE, related_name="trades")
-    client = models.ForeignKey(PaperClient, on_delete=models.CASCADE, related_name="trades")
+    client = models.ForeignKey(PaperClient, on_delete=models.PROTECT, related_name="trades")
     instrument = models.ForeignKey(
         PaperInstrument, on_delete=models.PROTECT, related_name="trades", db_constraint=False
     )

@@ -56,3 +56,31 @@ def test_a_paper_fill_has_a_quantity_a_price_and_a_side(client):
     assert refused(PaperTrade, trade.pk, transaction_type="S")
     trade.refresh_from_db()
     assert (trade.quantity, trade.price, trade.transaction_type) == (2, Decimal("1500.10"), "BUY")
+
+
+def test_a_paper_client_that_traded_cannot_be_deleted_with_its_orders_and_fills(client):
+    from django.db.models import ProtectedError
+
+    from brokers.paper import engine
+    from brokers.paper.models import PaperClient
+
+    place(client, side="BUY", order_type="MARKET", quantity=2)
+    with pytest.raises(ProtectedError):
+        client.delete()
+    assert PaperOrder.objects.filter(client=client).count() == 1
+    assert PaperTrade.objects.filter(client=client).count() == 1
+    unused = engine.client_get_or_create(user_id="C2")
+    unused.delete()  # one that never traded still goes
+    assert not PaperClient.objects.filter(user_id="C2").exists()
+
+
+def test_staff_deleting_a_paper_client_that_traded_are_refused(client, staff):
+    from django.test import Client
+
+    place(client, side="BUY", order_type="MARKET", quantity=2)
+    browser = Client()
+    browser.force_login(staff)
+    page = browser.post(f"/admin/paper/paperclient/{client.pk}/delete/", {"post": "yes"})
+    assert page.status_code == 200  # the page says what protects it; nothing deleted
+    assert PaperOrder.objects.filter(client=client).count() == 1
+    assert PaperTrade.objects.filter(client=client).count() == 1
