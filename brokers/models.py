@@ -97,6 +97,9 @@ class BrokerSession(models.Model):
                 | (~Q(status="active") & Q(active_for__isnull=True)),
                 name="brokersession_active_for_matches_status",
             ),
+            models.CheckConstraint(
+                condition=Q(status__in=["active", "expired", "revoked", "failed"]), name="brokersession_status_valid"
+            ),
         ]
 
     def __str__(self):
