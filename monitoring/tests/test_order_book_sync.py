@@ -20,7 +20,7 @@ from monitoring import cycle, tasks
 from monitoring.models import AccountRun, BrokerSnapshot, MonitoringRun
 from orders import services
 from orders.models import Order, OrderEvent
-from orders.tests.factories import place
+from orders.tests.factories import place, recording_fails_for
 from portfolio.models import Position, Trade
 
 D = Decimal
@@ -183,14 +183,7 @@ def test_a_fill_is_linked_in_the_same_run_even_when_another_order_cannot_be_reco
     set_price("1500")
     other = place(trader, account, quantity=1, order_type="LIMIT", price="1400")  # rests
     order = lost(trader, account, quantity=3)
-    apply = services.order_apply_broker_state
-
-    def broken_for_other(target, state, **kwargs):
-        if target.pk == other.pk:
-            raise RuntimeError("a bad row")
-        return apply(target, state, **kwargs)
-
-    monkeypatch.setattr(services, "order_apply_broker_state", broken_for_other)
+    recording_fails_for(monkeypatch, other, "a bad row")
     run = monitor(account)
     assert "recorded 1 fill(s)" in run.actions
     assert [error["step"] for error in run.errors] == ["3_orders"]

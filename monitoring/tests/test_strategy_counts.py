@@ -13,7 +13,7 @@ from brokers.paper.models import PaperClient, PaperOrder, PaperTrade
 from monitoring import cycle
 from orders import services, sources
 from orders.models import Order, Strategy
-from orders.tests.factories import place
+from orders.tests.factories import place, recording_fails_for
 from portfolio.models import Trade
 from tradingplatform import background
 
@@ -402,14 +402,7 @@ def test_a_failed_entry_the_brokers_book_lists_is_not_retried_when_its_sync_fail
         reject_kind="network",
         updated_at=first.updated_at.replace(year=2020),  # its backoff long passed
     )
-    apply = services.order_apply_broker_state
-
-    def fails_for_the_entry(order, state, **options):
-        if order.pk == first.pk:
-            raise RuntimeError("deadlock found when trying to get lock")
-        return apply(order, state, **options)
-
-    monkeypatch.setattr(services, "order_apply_broker_state", fails_for_the_entry)
+    recording_fails_for(monkeypatch, first)
     cycle.account_monitor(account=account)
     assert not Order.objects.filter(parent=first).exists()
     monkeypatch.undo()

@@ -17,7 +17,7 @@ from monitoring import cycle
 from monitoring.models import AccountRun
 from orders import services, sources
 from orders.models import Order
-from orders.tests.factories import place
+from orders.tests.factories import place, recording_fails_for
 from portfolio.models import Position
 from tradingplatform import background
 
@@ -806,14 +806,7 @@ def test_a_failed_exit_the_brokers_book_lists_is_not_placed_again_when_its_sync_
     Order.objects.filter(pk=stop.pk).update(
         status=Order.Status.FAILED, broker_order_id=None, updated_at=timezone.now() - timedelta(hours=1)
     )
-    apply = services.order_apply_broker_state
-
-    def fails_for_the_stop(order, state, **options):
-        if order.pk == stop.pk:
-            raise RuntimeError("deadlock found when trying to get lock")
-        return apply(order, state, **options)
-
-    monkeypatch.setattr(services, "order_apply_broker_state", fails_for_the_stop)
+    recording_fails_for(monkeypatch, stop)
     run = monitor(account)
     assert first.children.filter(role="stop_loss").count() == 1
     assert PaperOrder.objects.filter(client__user_id=account.client_id, order_type="SL-M").count() == 1
@@ -850,14 +843,7 @@ def test_a_chased_entrys_failed_replacement_the_brokers_book_lists_is_not_placed
     failed = Order.objects.get(parent=first, role="entry")
     assert failed.status == Order.Status.FAILED
     Order.objects.filter(pk=failed.pk).update(updated_at=timezone.now() - timedelta(seconds=120))
-    apply = services.order_apply_broker_state
-
-    def fails_for_the_replacement(order, state, **options):
-        if order.pk == failed.pk:
-            raise RuntimeError("deadlock found when trying to get lock")
-        return apply(order, state, **options)
-
-    monkeypatch.setattr(services, "order_apply_broker_state", fails_for_the_replacement)
+    apply = recording_fails_for(monkeypatch, failed)
     run = monitor(account)
     assert Order.objects.filter(parent=first).count() == 1
     assert any("at the broker after all" in e["error"] for e in run.errors), run.errors

@@ -96,3 +96,17 @@ def modify_answered_after_its_fills(monkeypatch) -> None:
         assert background.wait_idle(30)  # the fill's update is applied before the answer is recorded
 
     monkeypatch.setattr(AccountBroker, "modify_order", answered_after_the_fill_is_told)
+
+
+def recording_fails_for(monkeypatch, order, error: str = "deadlock found when trying to get lock"):
+    """Recording a broker's state of ``order``, and of no other, raises ``error``: one order a sync
+    could not reconcile (a deadlock, a bad row). Returns the real function, to put back."""
+    apply = services.order_apply_broker_state
+
+    def fails(target, state, **options):
+        if target.pk == order.pk:
+            raise RuntimeError(error)
+        return apply(target, state, **options)
+
+    monkeypatch.setattr(services, "order_apply_broker_state", fails)
+    return apply

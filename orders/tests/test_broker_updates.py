@@ -23,7 +23,7 @@ from brokers.paper import engine, kite_format
 from brokers.paper.models import PaperClient, PaperOrder
 from orders import services, sources
 from orders.models import Order
-from orders.tests.factories import broker_state, instrument, place
+from orders.tests.factories import broker_state, instrument, place, recording_fails_for
 from portfolio.models import Position, Trade
 from tradingplatform import background, locks
 
@@ -622,14 +622,7 @@ def test_one_order_that_cannot_be_reconciled_does_not_stop_the_others(trader, ac
     second = place(trader, account, quantity=1, order_type="LIMIT", price=D("1470"))
     settle()
     book = [broker_state(first, status=Status.CANCELLED), broker_state(second, status=Status.CANCELLED)]
-    apply = services.order_apply_broker_state
-
-    def broken_for_first(order, state, **kwargs):
-        if order.pk == first.pk:
-            raise RuntimeError("a bad row")
-        return apply(order, state, **kwargs)
-
-    monkeypatch.setattr(services, "order_apply_broker_state", broken_for_first)
+    recording_fails_for(monkeypatch, first, "a bad row")
     with pytest.raises(RuntimeError, match="a bad row"):
         services.orders_sync_account(account=account, broker_orders=book)
     second.refresh_from_db()
