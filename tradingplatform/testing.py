@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.views.debug import get_exception_reporter_class
 
 requires_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (a real Redis server)")
@@ -113,3 +113,14 @@ def page_form_data(page) -> dict[str, list[str]]:
     parser = _FormFields()
     parser.feed(page.content.decode())
     return parser.data
+
+
+def refused(model, pk, **values) -> bool:
+    """Whether the database refuses to write ``values`` on the row (and so keeps what it had),
+    whatever writes it: a constraint, not the code's own checks."""
+    try:
+        with transaction.atomic():
+            model.objects.filter(pk=pk).update(**values)
+    except IntegrityError:
+        return True
+    return False

@@ -5,23 +5,14 @@ from datetime import time
 from decimal import Decimal
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import connection
 
 from orders.models import Basket, BasketItem, Order, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import instrument
 from orders.tests.test_sources import make_scheduled
+from tradingplatform.testing import refused
 
 pytestmark = pytest.mark.django_db
-
-
-def refused(model, pk, **values) -> bool:
-    """The database refuses to write ``values`` on the row (and it keeps what it had)."""
-    try:
-        with transaction.atomic():
-            model.objects.filter(pk=pk).update(**values)
-    except IntegrityError:
-        return True
-    return False
 
 
 def _order(account, **fields) -> Order:

@@ -4,21 +4,12 @@ figures (filled, cancelled, pending) add up, and a fill has a quantity and a pri
 from decimal import Decimal
 
 import pytest
-from django.db import IntegrityError, transaction
 
 from brokers.paper.models import PaperOrder, PaperTrade
 from brokers.paper.tests.test_engine import place, quote
+from tradingplatform.testing import refused
 
 pytestmark = pytest.mark.django_db
-
-
-def refused(model, pk, **values) -> bool:
-    try:
-        with transaction.atomic():
-            model.objects.filter(pk=pk).update(**values)
-    except IntegrityError:
-        return True
-    return False
 
 
 @pytest.fixture
