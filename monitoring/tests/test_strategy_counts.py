@@ -319,11 +319,9 @@ def test_an_account_taken_off_the_strategy_does_not_re_enter_but_keeps_its_exits
     assert not Order.objects.filter(parent=first, role="entry").exists()
 
 
-def test_a_failed_entry_is_not_retried_by_a_cycle_that_could_not_read_the_brokers_orders(trader, account, monkeypatch):
-    """The platform holds a strategy's entry FAILED (as far as it knows the broker never got it: a
-    network failure); the broker has it after all. Only a sync, looking for it by its tag, can tell:
-    a cycle that could not read the broker's orders does not retry it (a second position), the next
-    one finds it at the broker, and nothing is placed twice."""
+def _filled_entry_held_failed(trader, account) -> Order:
+    """A strategy entry (one network retry) the broker filled, held FAILED here (as far as the
+    platform knows, never sent: a network failure), its retry's backoff long passed."""
     strategy, _ = sources.strategy_save(
         owner=trader, name="Retry", account_ids=[account.pk], max_retries=1, retryable_kinds=["network"]
     )
@@ -336,8 +334,17 @@ def test_a_failed_entry_is_not_retried_by_a_cycle_that_could_not_read_the_broker
         filled_quantity=0,
         average_price=D(0),
         reject_kind="network",
-        updated_at=first.updated_at.replace(year=2020),  # its backoff long passed
+        updated_at=first.updated_at.replace(year=2020),
     )
+    return first
+
+
+def test_a_failed_entry_is_not_retried_by_a_cycle_that_could_not_read_the_brokers_orders(trader, account, monkeypatch):
+    """The platform holds a strategy's entry FAILED (as far as it knows the broker never got it: a
+    network failure); the broker has it after all. Only a sync, looking for it by its tag, can tell:
+    a cycle that could not read the broker's orders does not retry it (a second position), the next
+    one finds it at the broker, and nothing is placed twice."""
+    first = _filled_entry_held_failed(trader, account)
     monkeypatch.setattr(cycle, "FETCH_READS", ("missing_read",))  # the fetch fails
     cycle.account_monitor(account=account)
     assert not Order.objects.filter(parent=first).exists()
@@ -388,20 +395,7 @@ def test_a_failed_entry_the_brokers_book_lists_is_not_retried_when_its_sync_fail
     """A strategy's entry held FAILED that the broker has after all: the run's book lists it by its
     tag, but recording that failed (one order step 3 could not reconcile). Retried, it would be a
     second position; the next run records it and nothing is placed twice."""
-    strategy, _ = sources.strategy_save(
-        owner=trader, name="Retry", account_ids=[account.pk], max_retries=1, retryable_kinds=["network"]
-    )
-    quote("1500")
-    first = place(trader, account, quantity=10, strategy=strategy, source="strategy")
-    assert first.status == Order.Status.FILLED
-    Order.objects.filter(pk=first.pk).update(
-        status=Order.Status.FAILED,
-        broker_order_id=None,
-        filled_quantity=0,
-        average_price=D(0),
-        reject_kind="network",
-        updated_at=first.updated_at.replace(year=2020),  # its backoff long passed
-    )
+    first = _filled_entry_held_failed(trader, account)
     recording_fails_for(monkeypatch, first)
     cycle.account_monitor(account=account)
     assert not Order.objects.filter(parent=first).exists()
