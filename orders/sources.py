@@ -1597,8 +1597,10 @@ def strategy_check(params: dict, *, strategy: Strategy | None = None) -> None:
     ``strategy``: the one changed, as stored (None: a new one)."""
     from brokers.errors import RejectKind
 
-    kinds = params.get("retryable_kinds")
-    if kinds is not None and (not isinstance(kinds, list) or set(kinds) - set(RejectKind.ALL)):
+    # Given, a list of known kinds: null (the admin's JSON) would be a 500 on the column, and an item
+    # that is not text (a list, an object) one on the set.
+    kinds = params.get("retryable_kinds", [])
+    if not isinstance(kinds, list) or any(not isinstance(kind, str) or kind not in RejectKind.ALL for kind in kinds):
         raise ValidationError({"retryable_kinds": f"Choose from {', '.join(RejectKind.ALL)}."})
     for field, most in (("max_reentries", MAX_REENTRIES), ("max_retries", MAX_RETRIES)):
         # A count saved before the cap stays as it is when other settings change (pausing it must work).

@@ -180,6 +180,10 @@ def test_staff_cannot_give_a_strategy_another_traders_account_or_owner(
         ({"stop_loss": "", "trailing_step": "2"}, "trailing_step"),  # a trail with no stop to move
         ({"max_retries": "1000000"}, "max_retries"),
         ({"retryable_kinds": '["nonsense"]'}, "retryable_kinds"),
+        # Review: a kind that is not text was a 500 (TypeError: unhashable type), null one on the column.
+        ({"retryable_kinds": '[["funds"]]'}, "retryable_kinds"),
+        ({"retryable_kinds": '[{"kind": "funds"}]'}, "retryable_kinds"),
+        ({"retryable_kinds": "null"}, "retryable_kinds"),
     ],
 )
 def test_staff_are_held_to_a_strategys_rules_as_its_trader_is(staff, trader, account, change, field):
