@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin
 from django.contrib.auth.hashers import make_password
+from django.core.exceptions import ValidationError
 
 from tradingplatform import numbers
 from tradingplatform.admin import ReadOnlyAdmin
@@ -67,8 +68,21 @@ class PaperClientAdmin(admin.ModelAdmin):
             obj.save(update_fields=fields)
 
 
+class PaperInstrumentForm(forms.ModelForm):
+    """Held to what the exchange needs of an instrument (``engine.instrument_check``), naming the field."""
+
+    def clean(self):
+        cleaned = super().clean()
+        try:
+            engine.instrument_check({name: cleaned.get(name) for name in cleaned if name not in self.errors})
+        except ValidationError as error:
+            self.add_error(None, error)
+        return cleaned
+
+
 @admin.register(PaperInstrument)
 class PaperInstrumentAdmin(admin.ModelAdmin):
+    form = PaperInstrumentForm
     formfield_overrides = numbers.NUMBER_FIELDS
     list_display = ("tradingsymbol", "exchange", "last_price", "bid", "ask", "previous_close", "lot_size", "tick_size")
     list_filter = ("exchange", "instrument_type")

@@ -1206,6 +1206,30 @@ def market_tick(*, rng_seed: int | None = None) -> int:
     return fills
 
 
+# An instrument's prices: none below 0 (0 is an untraded one's, as a Kite instruments file gives it).
+INSTRUMENT_PRICES = ("strike", "previous_close", "open", "high", "low", "last_price", "bid", "ask")
+
+
+def instrument_check(values: dict) -> None:
+    """What an instrument's row must hold, whoever sets it (staff in admin; those given): a tick and
+    a lot above 0 (every tick of the market divides by the tick, and every order in it is checked
+    in both: a tick of 0 failed every market tick, so no price moved and nothing filled) and no
+    price below 0 (a negative ask filled every resting BUY at once). Raises ValidationError naming
+    the field."""
+    from django.core.exceptions import ValidationError
+
+    errors = {}
+    if values.get("tick_size") is not None and values["tick_size"] <= 0:
+        errors["tick_size"] = "The tick size must be above 0."
+    if values.get("lot_size") is not None and values["lot_size"] < 1:
+        errors["lot_size"] = "The lot size must be at least 1."
+    for name in INSTRUMENT_PRICES:
+        if values.get(name) is not None and values[name] < 0:
+            errors[name] = "A price cannot be below 0."
+    if errors:
+        raise ValidationError(errors)
+
+
 def market_set(
     *, exchange: str, tradingsymbol: str, last_price: Decimal, bid=None, ask=None, tick_volume: int | None = None
 ) -> int:
