@@ -12,6 +12,8 @@ from .models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
 # The client's settings on its admin page, in the groups it shows them in.
 KITE_APP = ("api_key", "api_secret", "redirect_url", "postback_url", "session_ttl_s")
 FUNDS = ("opening_funds", "cash")
+# Shares of calls (0-1) that a fault knob hits.
+SHARES = ("error_rate", "timeout_rate", "rejection_rate")
 FAULT_KNOBS = ("latency_ms", "error_rate", "timeout_rate", "rejection_rate", "rate_limit_per_s", "market_closed")
 
 
@@ -30,6 +32,15 @@ class PaperClientForm(forms.ModelForm):
         # the save can tell a cash staff typed from one the fills have moved on since.
         if "cash" in self.fields:  # a page read-only to its staff (view only) has none
             self.fields["cash"].show_hidden_initial = True
+
+    def clean(self):
+        cleaned = super().clean()
+        # As the table's constraints hold them, said on the field (the database's own refusal names
+        # only its constraint, at the top of the page).
+        for name in SHARES:
+            if cleaned.get(name) is not None and not 0 <= cleaned[name] <= 1:
+                self.add_error(name, "A share from 0 (never) to 1 (every call).")
+        return cleaned
 
     def save(self, commit=True):
         client = super().save(commit=False)

@@ -49,3 +49,24 @@ def test_staff_cannot_give_a_paper_instrument_a_tick_lot_or_price_the_exchange_c
     assert answer.status_code == 302, answer.context["adminform"].form.errors
     instrument.refresh_from_db()
     assert (instrument.last_price, str(instrument.tick_size)) == (1450, "0.0500")
+
+
+@pytest.mark.parametrize("field", ["error_rate", "timeout_rate", "rejection_rate"])
+@pytest.mark.parametrize("value", ["1.5", "-0.1"])
+def test_a_paper_clients_fault_share_outside_0_to_1_is_refused_naming_it(paper_client, staff, field, value):
+    """Review: a share of 1.5 typed in a client's fault knob came back as "Constraint
+    “paperclient_error_rate” is violated." at the top of the page (the database's constraint's
+    name), no field marked: staff had to guess which of the three shares it meant. The field says it."""
+    browser = Client()
+    browser.force_login(staff)
+    change = reverse("admin:paper_paperclient_change", args=[paper_client.pk])
+    answer = browser.post(change, {**page_form_data(browser.get(change)), field: [value]})
+    assert answer.status_code == 200
+    errors = answer.context["adminform"].form.errors
+    assert list(errors) == [field], errors
+    paper_client.refresh_from_db()
+    assert getattr(paper_client, field) == 0
+    answer = browser.post(change, {**page_form_data(browser.get(change)), field: ["0.25"]})
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    paper_client.refresh_from_db()
+    assert getattr(paper_client, field) == 0.25
