@@ -173,6 +173,11 @@ class StrategyForm(OwnedAccountsForm):
 
     WATCHED = (*OwnedAccountsForm.WATCHED, *sources.STRATEGY_FIELDS)
 
+    def clean_retryable_kinds(self):
+        # An emptied box (or "null") is none retried, as a new strategy's: the column holds a list.
+        kinds = self.cleaned_data["retryable_kinds"]
+        return [] if kinds is None else kinds
+
     def clean(self):
         cleaned = super().clean()
         params = {field: cleaned[field] for field in sources.STRATEGY_FIELDS if field in cleaned}

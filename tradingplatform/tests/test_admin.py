@@ -638,3 +638,20 @@ def test_a_runs_name_in_admin_gives_its_time_in_the_staff_members_timezone(staff
     page = staff_client.get(reverse("admin:monitoring_accountrun_changelist")).content.decode()
     assert f"run {run.pk} 2026-12-03 09:15:00" in page
     assert f"run {run.pk} 2026-12-03 03:45:00" not in page
+
+
+@pytest.mark.parametrize("blank", ["", "null"])
+def test_staff_emptying_a_strategys_retried_kinds_in_admin_retry_none(staff_client, trader, account, blank):
+    """Review: emptying the "retryable kinds" box of a strategy's admin page (meaning none) was a 500:
+    the form read it as no value (None), and the row's column holds a list, never NULL. Emptied, it
+    retries no kind, as a new strategy does."""
+    from brokers.errors import RejectKind
+
+    strategy, _ = sources.strategy_save(
+        owner=trader, name="Breakout", account_ids=[account.pk], retryable_kinds=[RejectKind.ALL[0]]
+    )
+    change = reverse("admin:orders_strategy_change", args=[strategy.pk])
+    answer = staff_client.post(change, {**page_form_data(staff_client.get(change)), "retryable_kinds": blank})
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    strategy.refresh_from_db()
+    assert strategy.retryable_kinds == []
