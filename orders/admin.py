@@ -181,6 +181,12 @@ class StrategyForm(OwnedAccountsForm):
     def clean(self):
         cleaned = super().clean()
         params = {field: cleaned[field] for field in sources.STRATEGY_FIELDS if field in cleaned}
+        if self.instance.pk:
+            # What the save writes (``StrategyAdmin.save_model``): the settings as stored, with only
+            # what staff changed; checked as the page showed them, a change its trader made
+            # meanwhile (a stop-loss removed) was refused in the save, a 500.
+            changed = {field: value for field, value in params.items() if field in self.changed_data}
+            params = {field: getattr(self.instance, field) for field in sources.STRATEGY_FIELDS} | changed
         try:
             sources.strategy_check(params, strategy=self.instance if self.instance.pk else None)
         except ValidationError as error:

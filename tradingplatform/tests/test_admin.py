@@ -655,3 +655,22 @@ def test_staff_emptying_a_strategys_retried_kinds_in_admin_retry_none(staff_clie
     assert answer.status_code == 302, answer.context["adminform"].form.errors
     strategy.refresh_from_db()
     assert strategy.retryable_kinds == []
+
+
+def test_staff_setting_a_trailing_step_after_its_trader_removed_the_stop_loss_are_told_not_a_500(
+    staff_client, trader, account
+):
+    """Review: the admin form checked a strategy's settings as its page showed them, the save then
+    (rightly) as stored with what staff changed. A trader who removed the stop-loss while staff had
+    the page open, staff then setting a trailing step, got staff a 500 (the service's refusal raised
+    in the save). The form checks what the save writes: the field's error on the page."""
+    strategy, _ = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk], stop_loss=Decimal("5"))
+    change = reverse("admin:orders_strategy_change", args=[strategy.pk])
+    data = page_form_data(staff_client.get(change))  # the page staff opened
+    sources.strategy_change(owner=trader, strategy=strategy, stop_loss=None)
+
+    answer = staff_client.post(change, {**data, "trailing_step": "2"})
+    assert answer.status_code == 200
+    assert "trailing_step" in answer.context["adminform"].form.errors
+    strategy.refresh_from_db()
+    assert strategy.stop_loss is None and strategy.trailing_step is None
