@@ -180,10 +180,10 @@ def test_staff_cannot_give_a_strategy_another_traders_account_or_owner(
         ({"stop_loss": "", "trailing_step": "2"}, "trailing_step"),  # a trail with no stop to move
         ({"max_retries": "1000000"}, "max_retries"),
         ({"retryable_kinds": '["nonsense"]'}, "retryable_kinds"),
-        # Review: a kind that is not text was a 500 (TypeError: unhashable type), null one on the column.
+        # Review: a kind that is not text was a 500 (TypeError: unhashable type). (An empty box, or
+        # null, is "retry none" here: test_staff_emptying_a_strategys_retried_kinds_in_admin_retry_none.)
         ({"retryable_kinds": '[["funds"]]'}, "retryable_kinds"),
         ({"retryable_kinds": '[{"kind": "funds"}]'}, "retryable_kinds"),
-        ({"retryable_kinds": "null"}, "retryable_kinds"),
         ({"chase_after_s": "0", "chase_max_ticks": "2"}, "chase_after_s"),  # the API's least is 1
     ],
 )
