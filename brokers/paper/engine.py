@@ -1450,28 +1450,53 @@ class PositionRow:
         return self.pnl - self.realised
 
 
+def _carried_in(trades: list[PaperTrade]) -> dict[tuple, tuple[PaperInstrument, int, Decimal]]:
+    """What the fills of earlier days leave open by (instrument, product), as Kite carries it into
+    the day: (instrument, net quantity, negative for a short, its average price). A fill that
+    reduces it keeps its average; one that turns it over starts the other side at its own price."""
+    carried = {}
+    for trade in trades:
+        key = (trade.instrument_id, trade.product)
+        _instrument, quantity, average = carried.get(key, (trade.instrument, 0, Decimal(0)))
+        signed = trade.quantity if trade.transaction_type == BUY else -trade.quantity
+        if quantity == 0 or (quantity > 0) == (signed > 0):  # opens or adds: the average moves
+            average = (abs(quantity) * average + trade.quantity * trade.price) / (abs(quantity) + trade.quantity)
+        elif abs(signed) > abs(quantity):  # turned over: the rest opens at this fill's price
+            average = trade.price
+        carried[key] = (trade.instrument, quantity + signed, average)
+    return {key: entry for key, entry in carried.items() if entry[1]}
+
+
 def positions_of(client: PaperClient, *, day_only: bool = False) -> list[PositionRow]:
-    """Positions from the client's fills: delivery (CNC) from today, the rest from all days."""
+    """Positions as Kite lists them: today's fills, and in the net view (not ``day_only``) what the
+    fills of earlier days left open, carried in at its average (delivery's is a holding instead).
+    A position closed on an earlier day is no position today."""
     start_of_day = day_start()
     rows: dict[tuple, PositionRow] = {}
-    for trade in trade_book(client):
-        if trade.filled_at < start_of_day and (day_only or trade.product == "CNC"):
+    trades = trade_book(client)
+    if not day_only:
+        earlier = [t for t in trades if t.filled_at < start_of_day and t.product != "CNC"]
+        for (instrument_id, product), (instrument, quantity, average) in _carried_in(earlier).items():
+            row = rows[(instrument_id, product)] = PositionRow(instrument, product)
+            if quantity > 0:
+                row.buy_quantity, row.buy_value = quantity, quantity * average
+            else:
+                row.sell_quantity, row.sell_value = -quantity, -quantity * average
+    for trade in trades:
+        if trade.filled_at < start_of_day:
             continue
         row = rows.setdefault((trade.instrument_id, trade.product), PositionRow(trade.instrument, trade.product))
         value = trade.quantity * trade.price
-        today = trade.filled_at >= start_of_day
         if trade.transaction_type == BUY:
             row.buy_quantity += trade.quantity
             row.buy_value += value
-            if today:
-                row.day_buy_quantity += trade.quantity
-                row.day_buy_value += value
+            row.day_buy_quantity += trade.quantity
+            row.day_buy_value += value
         else:
             row.sell_quantity += trade.quantity
             row.sell_value += value
-            if today:
-                row.day_sell_quantity += trade.quantity
-                row.day_sell_value += value
+            row.day_sell_quantity += trade.quantity
+            row.day_sell_value += value
     return list(rows.values())
 
 

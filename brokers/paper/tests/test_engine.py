@@ -894,6 +894,38 @@ def test_an_ioc_stop_of_an_earlier_day_is_closed_with_its_day_not_triggered_toda
     assert not PaperTrade.objects.filter(order=stop).exists() and engine._blocked_funds(client) == 0
 
 
+def test_net_positions_are_what_the_day_carried_in_at_its_average_and_todays_fills(client):
+    """Kite's net positions: a position carried from an earlier day (its overnight quantity at its
+    average price) plus today's trading. The net view was built from every fill of every day: a
+    position closed days ago stayed listed for ever with its realised PnL (and in the margins'
+    realised), and one closed and opened again averaged the closed buys into its price and PnL."""
+    earlier = timezone.now() - timedelta(days=3)
+    quote(last="1000", volume=1000)
+    closed = [place(client, order_type="MARKET", quantity=10, symbol="INFY")]  # at 1000.1
+    quote(last="1100", volume=1000)
+    closed.append(place(client, side="SELL", order_type="MARKET", quantity=10))  # at 1099.9: +998
+    quote(last="1200", volume=1000)
+    carried = place(client, order_type="MARKET", quantity=4)  # at 1200.1, held overnight
+    PaperTrade.objects.filter(order__in=[*closed, carried]).update(filled_at=earlier)
+    PaperTrade.objects.filter(order=carried).update(filled_at=timezone.now() - timedelta(days=1))
+    place(client, order_type="MARKET", quantity=2)  # today, at 1200.1
+    place(client, side="SELL", order_type="MARKET", quantity=1)  # today, at 1199.9
+
+    (row,) = engine.positions_of(client)
+    assert (row.quantity, row.overnight_quantity) == (5, 4)
+    assert (row.buy_quantity, row.buy_value, row.sell_quantity, row.sell_value) == (
+        6, D("7200.6"), 1, D("1199.9")
+    )  # fmt: skip
+    assert row.average_price == D("1200.1") and row.realised == D("-0.2")
+    assert engine.margins_of(client)["realised"] == D("-0.2")
+
+    PaperTrade.objects.filter(filled_at__gte=engine.day_start()).delete()  # no trading today
+    (row,) = engine.positions_of(client)
+    assert (row.quantity, row.overnight_quantity, row.buy_value, row.realised) == (4, 4, D("4800.4"), 0)
+    PaperTrade.objects.filter(order=carried).delete()
+    assert engine.positions_of(client) == []  # closed on an earlier day: not a position today
+
+
 def test_staff_editing_an_instrument_in_admin_keep_the_prices_ticked_meanwhile(client, staff):
     """The admin's page shows the instrument's quote; the ticks move it while the page is open. A
     save of another field (its previous close, a demo's band) wrote back the quote the page showed:
