@@ -983,6 +983,12 @@ def order_modify(
     order_type: str | None = None,
 ) -> PaperOrder:
     order = _live_order(client, order_id)
+    if order.placed_at < day_start():
+        # Its day ended: the next tick closes it (``day_orders_close``); a modify must not fill it today.
+        raise InputException(
+            "Order cannot be modified as its trading day has ended (a DAY order is valid for the day it was placed).",
+            kind="input",
+        )
     if order.modifications >= MAX_MODIFICATIONS:
         raise InputException(
             f"Maximum allowed order modifications ({MAX_MODIFICATIONS}) exceeded.", kind="modification_cap"

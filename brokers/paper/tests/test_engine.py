@@ -894,6 +894,24 @@ def test_an_ioc_stop_of_an_earlier_day_is_closed_with_its_day_not_triggered_toda
     assert not PaperTrade.objects.filter(order=stop).exists() and engine._blocked_funds(client) == 0
 
 
+def test_a_day_order_of_an_earlier_day_cannot_be_modified_into_a_fill_today(client):
+    """Until the next tick closes it, a resting DAY order of yesterday is still OPEN in the book: a
+    modify to a crossing price filled it today, after its day had ended (so did one while the tick
+    was paused). It is refused and nothing changes; a cancel still takes it."""
+    resting = place(client, price="1450", quantity=3)
+    PaperOrder.objects.filter(pk=resting.pk).update(placed_at=timezone.now() - timedelta(days=1))
+    cash = PaperClient.objects.get(pk=client.pk).cash
+
+    with pytest.raises(engine.InputException, match="its trading day has ended"):
+        engine.order_modify(client=client, order_id=resting.order_id, price=D("1510"))
+    resting = reload(resting)
+    assert (resting.status, resting.price, resting.filled_quantity, resting.modifications) == (
+        Status.OPEN, D("1450"), 0, 0
+    )  # fmt: skip
+    assert not PaperTrade.objects.exists() and PaperClient.objects.get(pk=client.pk).cash == cash
+    assert engine.order_cancel(client=client, order_id=resting.order_id).status == Status.CANCELLED
+
+
 def test_net_positions_are_what_the_day_carried_in_at_its_average_and_todays_fills(client):
     """Kite's net positions: a position carried from an earlier day (its overnight quantity at its
     average price) plus today's trading. The net view was built from every fill of every day: a
