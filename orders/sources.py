@@ -1625,11 +1625,6 @@ def strategy_check(params: dict, *, strategy: Strategy | None = None) -> None:
     # changed (a strategy saved before this rule can still be paused or renamed). A change that sends
     # every setting (a PATCH, a PUT, the page) sends them as stored: that is no change.
     chase = ("chase_after_s", "chase_max_ticks", "chase_max_percent")
-    after = params.get("chase_after_s")
-    if after is not None and after < 1 and after != getattr(strategy, "chase_after_s", None):
-        # As the API refuses it: a chase after 0 s moves the entry on every cycle from the moment it
-        # is placed (a limit entry made a market one, the broker's modification cap used up).
-        raise ValidationError({"chase_after_s": "At least 1 second (leave it blank for no chase)."})
     if any(field in params and params[field] != getattr(strategy, field, None) for field in chase):
         after, ticks, percent = (params.get(field, strategy and getattr(strategy, field)) for field in chase)
         if after is not None and ticks is None and percent is None:

@@ -327,24 +327,6 @@ def test_a_chase_without_a_cap_is_refused(trader, account):
     sources.strategy_save(owner=trader, name="Chase", account_ids=[account.pk], strategy=chaser, max_retries=1)
 
 
-def test_a_chase_after_no_seconds_is_refused_as_the_api_refuses_it(trader_client, trader, account):
-    """Review: the API refuses a chase after 0 seconds; the page (and admin) saved it, and the cycle
-    then moved the entry toward the market on every cycle from the moment it was placed. Refused
-    on the field; one stored before the rule can still be paused."""
-    from django.urls import reverse
-
-    form = {"name": "Chase", "accounts": [account.pk], "stop_loss_unit": "percent", "take_profit_unit": "percent",
-            "max_reentries": "0", "max_retries": "0", "chase_after_s": "0", "chase_max_ticks": "2"}  # fmt: skip
-    page = trader_client.post(reverse("sources:strategy_create"), form)
-    assert page.context["form"].errors == {"chase_after_s": ["At least 1 second (leave it blank for no chase)."]}
-    assert not Strategy.objects.exists()
-    with pytest.raises(ValidationError) as error:
-        sources.strategy_save(owner=trader, name="Chase", account_ids=[account.pk], chase_after_s=0, chase_max_ticks=2)
-    assert "chase_after_s" in error.value.message_dict
-    old = Strategy.objects.create(owner=trader, name="Old", chase_after_s=0, chase_max_ticks=2, webhook_secret_hash="x")
-    assert not sources.strategy_change(owner=trader, strategy=old, is_active=False).is_active
-
-
 def test_a_stop_loss_in_points_may_be_large(trader, account):
     row, _ = sources.strategy_save(
         owner=trader, name="Points", account_ids=[account.pk], stop_loss=Decimal("150"), stop_loss_unit="points"

@@ -184,7 +184,6 @@ def test_staff_cannot_give_a_strategy_another_traders_account_or_owner(
         # null, is "retry none" here: test_staff_emptying_a_strategys_retried_kinds_in_admin_retry_none.)
         ({"retryable_kinds": '[["funds"]]'}, "retryable_kinds"),
         ({"retryable_kinds": '[{"kind": "funds"}]'}, "retryable_kinds"),
-        ({"chase_after_s": "0", "chase_max_ticks": "2"}, "chase_after_s"),  # the API's least is 1
     ],
 )
 def test_staff_are_held_to_a_strategys_rules_as_its_trader_is(staff, trader, account, change, field):
