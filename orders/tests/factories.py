@@ -110,3 +110,26 @@ def recording_fails_for(monkeypatch, order, error: str = "deadlock found when tr
 
     monkeypatch.setattr(services, "order_apply_broker_state", fails)
     return apply
+
+
+def placed_then_database_lost(monkeypatch):
+    """order_place places the order, then the database connection is lost: its answer raises, and
+    so does this thread's next statement (the look for the order by its key). Returns the real
+    order_place, to put back."""
+    from django.db import OperationalError
+
+    place = services.order_place
+
+    def placed_then_lost(**order):
+        place(**order)
+        here = connection  # this thread's: its next statement fails too
+
+        def gone(execute, sql, params, many, context):
+            here.execute_wrappers.remove(gone)
+            raise OperationalError(2006, "MySQL server has gone away")
+
+        here.execute_wrappers.append(gone)
+        raise OperationalError(2013, "Lost connection to MySQL server during query")
+
+    monkeypatch.setattr(services, "order_place", placed_then_lost)
+    return place

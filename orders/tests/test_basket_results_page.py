@@ -11,7 +11,7 @@ from brokers.paper import engine
 from brokers.paper.models import PaperClient, PaperOrder
 from orders import services, sources
 from orders.models import Basket, Order
-from orders.tests.factories import broker_state, instrument
+from orders.tests.factories import broker_state, instrument, placed_then_database_lost
 
 
 def one_share_basket(trader, name, accounts):
@@ -112,26 +112,12 @@ def test_an_item_not_known_to_be_placed_shows_its_order_once_it_is_known(trader,
     wrote it; a sync settles it), FILLED, but the row had no order to read again, so the basket's page
     and the API's last_results said UNKNOWN on every later visit, a question the trader answers by
     placing it again. The row shows its order as it is now, as every placed row does."""
-    from django.db import OperationalError, connection
     from django.test import Client
 
     from accounts import services as account_services
 
     basket = one_share_basket(trader, "Lost", [account])
-    place = services.order_place
-
-    def placed_then_lost(**order):
-        place(**order)
-        here = connection  # this thread's: its next statement fails too
-
-        def gone(execute, sql, params, many, context):
-            here.execute_wrappers.remove(gone)
-            raise OperationalError(2006, "MySQL server has gone away")
-
-        here.execute_wrappers.append(gone)
-        raise OperationalError(2013, "Lost connection to MySQL server during query")
-
-    monkeypatch.setattr(services, "order_place", placed_then_lost)
+    placed_then_database_lost(monkeypatch)
     results = sources.basket_place(basket=basket, actor=trader, run_token="t-1")
     assert [row["status"] for row in results] == ["UNKNOWN"]
     order = Order.objects.get()

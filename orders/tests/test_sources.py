@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import OperationalError, connection
+from django.db import connection
 from django.utils import timezone
 
 from accounts import services as account_services
@@ -20,7 +20,7 @@ from brokers.models import Instrument
 from brokers.paper.models import PaperOrder
 from orders import services, sources
 from orders.models import BasketRun, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
-from orders.tests.factories import instrument
+from orders.tests.factories import instrument, placed_then_database_lost
 from tradingplatform import background
 from tradingplatform.api import RepeatedKey, unique_keys
 
@@ -320,20 +320,7 @@ def test_an_item_whose_answer_and_lookup_both_lost_the_database_is_not_said_unpl
     the look for its order. It may well be placed (it is): never "Not placed ... place it again",
     which a trader would answer by placing it twice."""
     basket = sources.basket_save(owner=trader, name="One", account_ids=[account.pk], items=[spec()])
-    place = services.order_place
-
-    def placed_then_lost(**order):
-        place(**order)
-        here = connection  # this thread's: its next statement fails too
-
-        def gone(execute, sql, params, many, context):
-            here.execute_wrappers.remove(gone)
-            raise OperationalError(2006, "MySQL server has gone away")
-
-        here.execute_wrappers.append(gone)
-        raise OperationalError(2013, "Lost connection to MySQL server during query")
-
-    monkeypatch.setattr(services, "order_place", placed_then_lost)
+    place = placed_then_database_lost(monkeypatch)
     results = sources.basket_place(basket=basket, actor=trader, run_token="t4")
     assert PaperOrder.objects.count() == 1
     assert results[0]["status"] != "FAILED" and "place it again" not in results[0]["error"]
