@@ -118,7 +118,12 @@ def basket_detail(request, pk):
             form = BasketPlaceForm(initial={"token": uuid.uuid4().hex}, user=request.user)
     elif "token" in form.errors:
         form.renew_token()
-    context = {"basket": basket, "form": form, "results": selectors.basket_results(basket, results)}
+    context = {
+        "basket": basket,
+        "copies": sources.basket_copies(basket),
+        "form": form,
+        "results": selectors.basket_results(basket, results),
+    }
     return render(request, "orders/basket_detail.html", context)
 
 

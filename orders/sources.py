@@ -361,6 +361,21 @@ def _run_accounts(actor, placed_on: list[int]) -> list[BrokerAccount]:
     return [owned[pk] for pk in placed_on if pk in owned]
 
 
+def basket_copies(basket: Basket) -> list[dict]:
+    """What a Place on the basket's own accounts sends each of them: per account (``account``,
+    ``active``) its items with the quantity each becomes there (``_copy_quantity``; 0: under one
+    lot, not placed). The basket's items and accounts prefetched are read as they are."""
+    items = list(basket.items.all())
+    return [
+        {
+            "account": account,
+            "active": account.is_active,
+            "items": [(item, _copy_quantity(item.quantity, account, item.instrument)) for item in items],
+        }
+        for account in basket.accounts.all()
+    ]
+
+
 def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:
     """Place every item on every chosen account, concurrently; one result per item and account.
 

@@ -3,6 +3,7 @@
 import hashlib
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -655,3 +656,43 @@ def test_the_schedule_list_shows_what_is_still_to_run_first_soonest_first(trader
     _, secret = account_services.api_key_create(owner=trader, name="bot")
     api = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert [row["id"] for row in api.get("/api/v1/scheduled").json()] == wanted
+
+
+def test_a_baskets_page_says_what_each_of_its_accounts_will_be_sent(trader_client, trader, account):
+    """Place with no account chosen goes to "the basket's accounts": the page names them, with each
+    one's copy multiplier and the quantity each item becomes there (down to whole lots), and says
+    which will not take it (deactivated, or a copy under one lot)."""
+    account.copy_multiplier = Decimal("2.5")
+    account.save()
+    half = make_broker_account(trader, broker="paper", client_id="PAPER-HALF", label="Half")
+    half.copy_multiplier = Decimal("0.5")
+    half.save()
+    spare = make_broker_account(trader, broker="paper", client_id="PAPER-SPARE", label="Spare")
+    basket = sources.basket_save(
+        owner=trader,
+        name="Three",
+        account_ids=[account.pk, half.pk, spare.pk],
+        items=[
+            {"instrument": instrument(), "side": "BUY", "quantity": 2},
+            {"instrument": instrument("NIFTY26DECFUT", "NFO"), "side": "SELL", "quantity": 75, "product": "NRML"},
+        ],
+    )
+    spare.is_active = False
+    spare.save()
+    page = trader_client.get(reverse("sources:basket_detail", args=[basket.pk])).content.decode()
+    accounts = page.split('id="basket-accounts"')[1].split("</section>")[0]
+    rows = {
+        row.split('data-label="Account">')[1].split(" ")[0]: row.split("</tr>")[0] for row in accounts.split("<tr")[2:]
+    }
+    assert list(rows) == ["Half", "Paper", "Spare"]
+    assert "× 2.5" in rows["Paper"]
+    assert "BUY 5 INFY" in rows["Paper"] and "SELL 150 NIFTY26DECFUT" in rows["Paper"]  # 187.5: 2 lots of 75
+    assert "× 0.5" in rows["Half"]
+    assert "BUY 1 INFY" in rows["Half"] and "NIFTY26DECFUT: under one lot, not placed" in rows["Half"]
+    assert "deactivated: not placed" in rows["Spare"] and "INFY" not in rows["Spare"]
+    # As it says: a Place sends Paper both, Half its INFY only, Spare nothing.
+    results = sources.basket_place(basket=basket, actor=trader, run_token="t-copies")
+    sent = {(row["account"], row["symbol"]): row for row in results}
+    assert sent["Paper", "INFY"]["quantity"] == 5 and sent["Paper", "NIFTY26DECFUT"]["quantity"] == 150
+    assert sent["Half", "INFY"]["quantity"] == 1 and "order_id" in sent["Half", "INFY"]
+    assert "order_id" not in sent["Half", "NIFTY26DECFUT"] and "order_id" not in sent["Spare", "INFY"]
