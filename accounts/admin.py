@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 
 from brokers import registry
 from tradingplatform import numbers
-from tradingplatform.admin import ReadOnlyAdmin
+from tradingplatform.admin import ActionsOnlyAdmin, ReadOnlyAdmin
 from tradingplatform.forms import watch_changes
 
 from . import selectors, services
@@ -153,7 +153,7 @@ class BrokerAccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ActionsOnlyAdmin):
     list_display = ("name", "owner", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at")
     list_filter = ("revoked_at",)
     search_fields = ("name", "prefix", "owner__username")

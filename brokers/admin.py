@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from tradingplatform.admin import ReadOnlyAdmin
+from tradingplatform.admin import ActionsOnlyAdmin, ReadOnlyAdmin
 
 from .models import BrokerSession, Instrument
 
@@ -18,7 +18,7 @@ class InstrumentAdmin(ReadOnlyAdmin):
 
 
 @admin.register(BrokerSession)
-class BrokerSessionAdmin(admin.ModelAdmin):
+class BrokerSessionAdmin(ActionsOnlyAdmin):
     """Sessions are created by logins; staff can see them and end one, never read its tokens."""
 
     list_display = ("account", "status", "broker_user_id", "created_at", "expires_at", "ended_at")

@@ -9,7 +9,9 @@ import pytest
 from django import forms
 from django.contrib import admin
 from django.contrib.auth.models import Permission
+from django.db import connection
 from django.test import Client, RequestFactory
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -259,6 +261,25 @@ def test_staff_revoke_an_api_key_they_cannot_delete_it(staff_client, trader):
     staff_client.post(changelist, {"action": "revoke", "_selected_action": [key.pk]})
     assert ApiKey.objects.get(pk=key.pk).revoked_at is not None
     assert AuditLog.objects.filter(action=AuditLog.Action.API_KEY_REVOKED, target_id=str(key.pk)).exists()
+
+
+@pytest.mark.parametrize("kind", ["session", "api key"])
+def test_a_session_or_key_page_has_no_save_and_a_save_sent_anyway_writes_nothing(staff_client, trader, account, kind):
+    """Every field of a session or an API key is read-only; Save wrote the whole row back as the
+    request read it, so a session ended (or a key revoked, or its last use recorded) meanwhile
+    could be written back as it was. Its page offers no Save, and one sent anyway writes nothing."""
+    if kind == "session":
+        row = BrokerSession.objects.get(pk=broker_services.session_live(account).session_id)
+        url = reverse("admin:brokers_brokersession_change", args=[row.pk])
+    else:
+        row, _ = account_services.api_key_create(owner=trader, name="Algo")
+        url = reverse("admin:accounts_apikey_change", args=[row.pk])
+    page = staff_client.get(url).content.decode()
+    assert page.count('name="_save"') == 0 and 'name="_continue"' not in page
+    table = row._meta.db_table
+    with CaptureQueriesContext(connection) as queries:
+        assert staff_client.post(url, {"_save": "Save"}).status_code == 302
+    assert not [q["sql"] for q in queries if q["sql"].startswith("UPDATE") and table in q["sql"]]
 
 
 @pytest.fixture
