@@ -99,3 +99,33 @@ def test_one_off_scheduled_orders_saved_without_a_date_are_given_the_date_they_r
     assert rows[never.pk].run_on == never.created_at.astimezone(IST).date()
     assert rows[never.pk].status == "cancelled"
     assert rows[daily.pk].run_on is None  # a recurring order needs no date
+
+
+def test_names_the_old_collation_told_apart_are_kept_when_names_tell_emoji_apart(owner_account, latest_after):
+    """0012 moves strategy and basket names (unique per trader) to a collation that tells emoji apart
+    (MariaDB). That collation also weighs some letters as MariaDB's default (``general_ci``) does
+    not: "ß" as "ss" (the default, as "s"), so a trader's "Straße" and "Strasse", two names before,
+    are one name after; the migration must not stop on them, and each keeps a name of its own."""
+    trader, _account = owner_account
+    apps = migrate(("orders", "0011_strategy_create_key"))
+    if connection.vendor == "mysql":
+        # A database created with MariaDB's own default collation (CREATE DATABASE as the README's
+        # DATABASE_URL has it); the tests' database is created in another.
+        with connection.cursor() as cursor:
+            for table in ("orders_strategy", "orders_basket"):
+                cursor.execute(f"ALTER TABLE {table} MODIFY name varchar(100) COLLATE utf8mb4_general_ci NOT NULL")
+    Strategy, Basket = apps.get_model("orders", "Strategy"), apps.get_model("orders", "Basket")
+    strategies = [Strategy.objects.create(owner_id=trader.pk, name=name) for name in ("Straße", "Strasse", "Other")]
+    baskets = [Basket.objects.create(owner_id=trader.pk, name=name) for name in ("Große", "Grosse")]
+
+    apps = migrate(("orders", "0012_names_tell_emoji_apart"))
+    made_one = connection.vendor == "mysql" and connection.mysql_is_mariadb  # the collation changed there
+
+    Strategy, Basket = apps.get_model("orders", "Strategy"), apps.get_model("orders", "Basket")
+    names = dict(Strategy.objects.values_list("pk", "name"))
+    assert names[strategies[0].pk] == "Straße"  # the first keeps its name
+    assert names[strategies[1].pk] == ("Strasse (2)" if made_one else "Strasse")
+    assert names[strategies[2].pk] == "Other"
+    basket_names = dict(Basket.objects.values_list("pk", "name"))
+    assert basket_names[baskets[0].pk] == "Große"
+    assert basket_names[baskets[1].pk] == ("Grosse (2)" if made_one else "Grosse")
