@@ -373,7 +373,8 @@ class Order(OrderSpec):
     # NULL until the broker answers: unique per account, and NULLs never collide.
     broker_order_id = models.CharField(max_length=40, null=True, blank=True)  # noqa: DJ001
     filled_quantity = models.PositiveIntegerField(default=0)
-    average_price = models.DecimalField(max_digits=14, decimal_places=4, default=Decimal(0))
+    # At the column's scale: a new order's answer shows it as stored ("0.0000"), not as "0".
+    average_price = models.DecimalField(max_digits=14, decimal_places=4, default=Decimal("0.0000"))
     reject_kind = models.CharField(max_length=32, blank=True)
     reject_reason = models.CharField(max_length=500, blank=True)
     retry_count = models.PositiveIntegerField(default=0)

@@ -300,6 +300,17 @@ def test_a_price_is_answered_as_stored(api, account):
     assert api.get(f"/api/v1/orders/{data['id']}").json()["price"] == "1400.00"
 
 
+def test_an_order_its_broker_refused_is_answered_as_stored(api, account):
+    """The answer to a placement the broker refused said ``"average_price": "0"``, where the same
+    order read back says ``"0.0000"`` (as every placed order's answer does): the answer was the
+    unsaved default, not the stored figure, so a client comparing the two saw the order change."""
+    placed = post(api, "/api/v1/orders", body(account, order_type="SL", price="1401", trigger_price="1400"))
+    assert placed.status_code == 201 and placed.json()["status"] == "REJECTED", placed.json()
+    stored = api.get(f"/api/v1/orders/{placed.json()['id']}").json()
+    assert placed.json()["average_price"] == stored["average_price"] == "0.0000"
+    assert placed.json() == stored
+
+
 def test_a_modify_with_a_price_its_type_takes_none_of_is_422(api, account):
     order = post(api, "/api/v1/orders", body(account, order_type="LIMIT", price="1400")).json()
     response = api.patch(f"/api/v1/orders/{order['id']}", {"trigger_price": "1390"}, content_type="application/json")
