@@ -72,7 +72,9 @@ def _place_for(actor, account: BrokerAccount, spec: dict, quantity: int, **kwarg
         try:
             services.spec_check(**spec)
         except ValidationError as refused:
-            return _result(account, error=refused, **extra)
+            # Shown with the item's own quantity, the one at fault: not the copy's, cut to whole
+            # lots ("BUY 75" beside "must be a multiple of the lot size, 75").
+            return _result(account, error=refused, **{**extra, "quantity": spec["quantity"]})
     if quantity <= 0:
         multiplier = f"multiplier of {account.copy_multiplier}"
         error = ValidationError({"quantity": f"Below one lot on {account.label} after its {multiplier}."})

@@ -138,3 +138,25 @@ def test_an_item_not_known_to_be_placed_shows_its_order_once_it_is_known(trader,
         order.reference,
         None,
     )
+
+
+def test_an_item_off_its_lot_is_shown_with_its_own_quantity_not_one_cut_to_a_lot(trader_client, trader, account):
+    """An item of 100 of a 75-lot future (a row from before the rules, a lot size revised since) is
+    refused on each account for its lot. Its row showed the quantity cut down to whole lots after the
+    account's multiplier, "BUY 75" (and "BUY 150" at 1.5) beside "Quantity must be a multiple of the
+    lot size, 75.": a quantity that is one, which the trader never asked for. It shows the item's own
+    quantity, the one at fault."""
+    more = make_broker_account(trader, broker="paper", client_id="B15", label="More", copy_multiplier=Decimal("1.5"))
+    future = instrument("NIFTY26DECFUT", "NFO")
+    item = {"instrument": future, "side": "BUY", "quantity": 75, "product": "NRML"}
+    basket = sources.basket_save(owner=trader, name="Futures", account_ids=[account.pk, more.pk], items=[item])
+    basket.items.update(quantity=100)
+    placed = trader_client.post(reverse("sources:basket_detail", args=[basket.pk]), {"token": "t-1"})
+    rows = placed.context["results"]
+    assert [(row["account"], row["quantity"], row["status"]) for row in rows] == [
+        ("More", 100, "INVALID"),
+        ("Paper", 100, "INVALID"),
+    ], rows
+    page = placed.content.decode()
+    assert "BUY 100 NIFTY26DECFUT" in page and "BUY 75 NIFTY26DECFUT" not in page
+    assert not PaperOrder.objects.exists() and not Order.objects.exists()
