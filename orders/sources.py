@@ -365,17 +365,29 @@ def _run_accounts(actor, placed_on: list[int]) -> list[BrokerAccount]:
 
 def basket_copies(basket: Basket) -> list[dict]:
     """What a Place on the basket's own accounts sends each of them: per account (``account``,
-    ``active``) its items with the quantity each becomes there (``_copy_quantity``; 0: under one
-    lot, not placed). The basket's items and accounts prefetched are read as they are."""
-    items = list(basket.items.all())
+    ``active``) its items, each with the quantity it becomes there (``_copy_quantity``; 0: under one
+    lot, not placed) and why the item itself is refused on every account, if it is (``_place_for``):
+    ``(item, quantity, refusal)``. The basket's items and accounts prefetched are read as they are."""
+    items = [(item, _spec_refusal(item.spec())) for item in basket.items.all()]
     return [
         {
             "account": account,
             "active": account.is_active,
-            "items": [(item, _copy_quantity(item.quantity, account, item.instrument)) for item in items],
+            "items": [
+                (item, _copy_quantity(item.quantity, account, item.instrument), refusal) for item, refusal in items
+            ],
         }
         for account in basket.accounts.all()
     ]
+
+
+def _spec_refusal(spec: dict) -> str | None:
+    """Why an item's own terms are refused, whatever the account (``services.spec_check``), or None."""
+    try:
+        services.spec_check(**spec)
+    except ValidationError as refused:
+        return " ".join(refused.messages)
+    return None
 
 
 def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:

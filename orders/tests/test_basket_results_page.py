@@ -159,4 +159,7 @@ def test_an_item_off_its_lot_is_shown_with_its_own_quantity_not_one_cut_to_a_lot
     ], rows
     page = placed.content.decode()
     assert "BUY 100 NIFTY26DECFUT" in page and "BUY 75 NIFTY26DECFUT" not in page
+    # The page's accounts say so before a Place, not that each gets whole lots of it.
+    accounts = page.split('id="basket-accounts"')[1].split("</section>")[0]
+    assert accounts.count("NIFTY26DECFUT: Quantity must be a multiple of the lot size, 75.") == 2
     assert not PaperOrder.objects.exists() and not Order.objects.exists()
