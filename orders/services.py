@@ -424,9 +424,17 @@ def _next_number(account: BrokerAccount, day) -> int:
     return number
 
 
+TAG_LENGTH = 20  # Kite's tag rule: at most 20 alphanumerics
+
+
 def reference_for(account: BrokerAccount, day, number: int) -> str:
-    """``YYMMDD`` + ``A<account>`` + ``N<number>``: unique, and at most 20 alphanumerics (Kite's tag rule)."""
-    return f"{reference_day(day)}{account.pk}N{number:06d}"
+    """``YYMMDD`` + ``A<account>`` + ``N<number>``: unique, and at most 20 alphanumerics (Kite's tag rule).
+
+    The number is padded to six digits while the account's id leaves room for them; a longer id
+    takes the room of the padding's zeros (the letters keep apart the id and the number, so each
+    reference still names one account's one number)."""
+    prefix = f"{reference_day(day)}{account.pk}N"
+    return f"{prefix}{number:0{min(6, max(1, TAG_LENGTH - len(prefix)))}d}"
 
 
 def reference_day(day) -> str:

@@ -64,6 +64,24 @@ def test_references_count_up_per_account_and_day(trader, account):
     assert [ref[-7:] for ref in refs] == ["N000001", "N000001", "N000002"]
 
 
+def test_an_account_id_past_six_digits_still_gets_a_reference_kite_takes_as_its_tag():
+    """The reference is the broker's tag: at most 20 alphanumerics (Kite's rule, the paper face's
+    too, and the column's). ``YYMMDD`` + ``A<account>`` + ``N<six-digit number>`` fits only up to
+    account 999,999: the next account's references were 21 characters, too long for the column (a
+    500 on MySQL: "Data too long for column 'reference'") and for the tag (every order refused).
+    The number's zeros make way for the account's digits instead. (Accounts not saved: a row at
+    such an id would move MySQL's auto-increment for every later test.)"""
+    from accounts.models import BrokerAccount
+
+    day = services.trading_date()
+    big = BrokerAccount(pk=1_234_567)
+    references = [services.reference_for(big, day, number) for number in (1, 2, 99_999)]
+    assert references == [f"{day:%y%m%d}A1234567N{n}" for n in ("00001", "00002", "99999")]
+    assert all(len(reference) <= 20 and reference.isalnum() for reference in references)
+    assert services.reference_for(BrokerAccount(pk=12_345_678), day, 1) == f"{day:%y%m%d}A12345678N0001"
+    assert services.reference_for(BrokerAccount(pk=999_999), day, 1) == f"{day:%y%m%d}A999999N000001"  # as before
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [
