@@ -1264,8 +1264,12 @@ def match_instrument(*, instrument_id: int) -> int:
     # holds that index's entry while it waits for the row, and a modify or cancel holding the row
     # needs that entry to change the order's status (a deadlock, which lost the whole tick's fills
     # of the instrument, or the trader's cancel). One that closed meanwhile is left out as read.
+    # Orders of an earlier trading day ended with it: they wait for ``day_orders_close`` (the next
+    # tick), never filled or triggered by a price set today before it (staff's, a paused tick's).
     live = list(
-        PaperOrder.objects.filter(instrument_id=instrument_id, status__in=PaperOrder.LIVE).values_list("pk", flat=True)
+        PaperOrder.objects.filter(
+            instrument_id=instrument_id, status__in=PaperOrder.LIVE, placed_at__gte=day_start()
+        ).values_list("pk", flat=True)
     )
     if not live:
         return 0

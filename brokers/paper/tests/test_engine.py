@@ -912,6 +912,26 @@ def test_a_day_order_of_an_earlier_day_cannot_be_modified_into_a_fill_today(clie
     assert engine.order_cancel(client=client, order_id=resting.order_id).status == Status.CANCELLED
 
 
+def test_a_price_set_before_the_days_first_tick_does_not_fill_an_order_of_an_earlier_day(client):
+    """Only the tick closes yesterday's DAY orders; a price set before the new day's first tick
+    (staff in admin, a demo, or while the tick is paused) matched the instrument's every resting
+    order: yesterday's LIMIT filled today and yesterday's stop triggered, after their day had
+    ended. They wait for the tick's close, which cancels them; today's order fills."""
+    resting = place(client, price="1450", quantity=3)
+    stop = place(client, side="SELL", order_type="SL-M", trigger="1460", quantity=2)
+    PaperOrder.objects.filter(pk__in=[resting.pk, stop.pk]).update(placed_at=timezone.now() - timedelta(days=1))
+    today = place(client, price="1440", quantity=1)
+
+    assert quote(last="1400", volume=100) == 1  # crosses all three: only today's fills
+    resting, stop, today = reload(resting), reload(stop), reload(today)
+    assert (resting.status, resting.filled_quantity) == (Status.OPEN, 0)
+    assert (stop.status, stop.filled_quantity) == (Status.TRIGGER_PENDING, 0)
+    assert (today.status, today.filled_quantity) == (Status.COMPLETE, 1)
+    assert not PaperTrade.objects.filter(order__in=[resting, stop]).exists()
+    assert engine.day_orders_close() == 2
+    assert (reload(resting).status, reload(stop).status) == (Status.CANCELLED, Status.CANCELLED)
+
+
 def test_net_positions_are_what_the_day_carried_in_at_its_average_and_todays_fills(client):
     """Kite's net positions: a position carried from an earlier day (its overnight quantity at its
     average price) plus today's trading. The net view was built from every fill of every day: a
