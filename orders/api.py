@@ -288,7 +288,9 @@ class BasketOut(Schema):
     @staticmethod
     def resolve_last_results(basket):
         # Each placed row as its order is now (as the basket's page shows it), not as it was answered.
-        return selectors.basket_results(basket) or []
+        if not hasattr(basket, "results_now"):
+            basket.results_now = selectors.basket_results(basket)
+        return basket.results_now or []
 
 
 class BasketPlaceIn(In):
@@ -301,7 +303,9 @@ def _basket_items(payload: BasketIn) -> list[dict]:
 
 @router.get("/baskets", response=list[BasketOut])
 def basket_list(request):
-    return selectors.baskets_of(request.user)
+    baskets = list(selectors.baskets_of(request.user))
+    selectors.baskets_results_now(baskets)  # in one read, not one per basket
+    return baskets
 
 
 @router.post("/baskets", response={201: BasketOut})
