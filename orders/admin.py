@@ -106,6 +106,8 @@ class BasketAdmin(admin.ModelAdmin):
     form = OwnedAccountsForm
     list_display = ("name", "owner", "last_placed_at")
     search_fields = ("name", "owner__username")
+    # Searched for, not a <select> of every user and every trader's accounts on each page.
+    autocomplete_fields = ("owner", "accounts")
     # What its last placement did, shown to its trader: written by ``sources.basket_place`` alone.
     readonly_fields = ("last_placed_at", "last_results")
     inlines = [BasketItemInline]
@@ -199,6 +201,7 @@ class StrategyAdmin(admin.ModelAdmin):
     form = StrategyForm
     formfield_overrides = numbers.NUMBER_FIELDS
     list_display = ("name", "owner", "is_active", "stop_loss", "take_profit", "max_reentries", "max_retries")
+    autocomplete_fields = ("owner", "accounts")  # as a basket's
     exclude = ("webhook_secret_hash",)
     readonly_fields = ("webhook_secret_prefix",)
 

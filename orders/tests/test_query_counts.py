@@ -4,10 +4,13 @@ rows a trader has (a query per row makes them slower as the trader's history gro
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 
 from accounts import services as account_services
-from orders import services
+from accounts.tests.factories import make_broker_account, make_user
+from orders import services, sources
 from orders.models import Basket, Order
+from orders.tests.factories import instrument
 
 
 @pytest.fixture
@@ -56,3 +59,37 @@ def test_basket_list_reads_every_baskets_last_results_in_a_fixed_number_of_queri
     assert {(row["order_id"], row["status"]) for basket in baskets for row in basket["last_results"]} == {
         (order.pk, "CANCELLED")
     }
+
+
+def test_admin_basket_and_strategy_pages_do_not_list_every_traders_accounts_and_users(client, staff, trader, account):
+    """A basket's or strategy's page in the admin offered every broker account of every trader, and
+    every user as its owner, in <select>s: a page that grows with the whole customer base (and
+    shows staff every trader's accounts to pick one). Only the chosen ones are rendered; others
+    are searched for."""
+    strangers = [make_user(f"stranger{n}") for n in range(3)]
+    for stranger in strangers:
+        make_broker_account(stranger, label=f"Account of {stranger.username}")
+    basket = sources.basket_save(
+        owner=trader,
+        name="Morning",
+        items=[{"instrument": instrument("INFY"), "side": "BUY", "quantity": 1}],
+        account_ids=[account.pk],
+    )
+    strategy, _ = sources.strategy_save(owner=trader, name="Breakout", account_ids=[account.pk])
+    client.force_login(staff)
+    pages = [
+        reverse("admin:orders_basket_change", args=[basket.pk]),
+        reverse("admin:orders_basket_add"),
+        reverse("admin:orders_strategy_change", args=[strategy.pk]),
+        reverse("admin:orders_strategy_add"),
+    ]
+    for page in pages:
+        html = client.get(page).content.decode()
+        assert not [stranger.username for stranger in strangers if stranger.username in html], page
+    for page in pages[0], pages[2]:  # its own account and owner are still shown
+        html = client.get(page).content.decode()
+        assert account.label in html and trader.username in html
+    for model in "basket", "strategy":  # and staff find the others by a search
+        query = {"app_label": "orders", "model_name": model, "field_name": "accounts", "term": "stranger1"}
+        found = client.get(reverse("admin:autocomplete"), query).json()["results"]
+        assert [row["text"] for row in found] == [str(strangers[1].broker_accounts.get())]
