@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -138,6 +139,8 @@ def basket_delete(request, pk):
 
 # --- Scheduled orders ------------------------------------------------------------------------
 
+SCHEDULED_PER_PAGE = 50
+
 
 @login_required
 @never_cache  # Back to the form fetches a fresh one-time token rather than reusing the sent one
@@ -172,13 +175,15 @@ def scheduled_list(request):
             return redirect("sources:scheduled_list")
     elif "token" in form.errors:
         form.renew_token()
-    rows = list(selectors.scheduled_of(request.user))
+    # Done and cancelled one-offs stay for good: a page of them, those still to run first.
+    page = Paginator(selectors.scheduled_of(request.user), SCHEDULED_PER_PAGE).get_page(request.GET.get("page"))
+    rows = list(page)
     fires = list(ScheduledFire.objects.filter(scheduled__owner=request.user).select_related("scheduled")[:20])
     selectors.scheduled_results_now(rows, fires)  # each run's order as it is now, not as it was placed
     return render(
         request,
         "orders/scheduled.html",
-        {"form": form, "rows": rows, "fires": fires, "on_time_s": settings.SCHEDULE_ON_TIME_S},
+        {"form": form, "page": page, "rows": rows, "fires": fires, "on_time_s": settings.SCHEDULE_ON_TIME_S},
     )
 
 

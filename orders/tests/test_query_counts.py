@@ -1,6 +1,8 @@
 """Pages and API lists of orders and their sources read in a fixed number of queries, however many
 rows a trader has (a query per row makes them slower as the trader's history grows)."""
 
+import re
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -93,3 +95,29 @@ def test_admin_basket_and_strategy_pages_do_not_list_every_traders_accounts_and_
         query = {"app_label": "orders", "model_name": model, "field_name": "accounts", "term": "stranger1"}
         found = client.get(reverse("admin:autocomplete"), query).json()["results"]
         assert [row["text"] for row in found] == [str(strangers[1].broker_accounts.get())]
+
+
+def test_scheduled_page_lists_a_page_of_scheduled_orders_not_every_one_ever(client, trader, account):
+    """Done and cancelled one-offs stay on the list for good: the page rendered every scheduled
+    order the trader ever made (and read every one's last order). It shows a page of them, those
+    still to run first, and links to the rest."""
+    from orders.models import ScheduledOrder
+    from orders.tests.test_sources import make_scheduled
+
+    active = [make_scheduled(trader, account), make_scheduled(trader, account, recurrence="trading_days")]
+    done = []
+    for _ in range(58):
+        row = ScheduledOrder.objects.get(pk=active[0].pk)
+        row.pk = row.idempotency_key = row.next_run_at = None
+        row.status = ScheduledOrder.Status.DONE
+        done.append(row)
+    ScheduledOrder.objects.bulk_create(done)
+    client.force_login(trader)
+    url = reverse("sources:scheduled_list")
+    first = client.get(url).content.decode()
+    shown = re.findall(r'<tr id="scheduled-(\d+)"', first)
+    assert len(shown) == 50
+    assert {str(row.pk) for row in active} <= set(shown)  # those still to run, first
+    later = re.findall(r'<tr id="scheduled-(\d+)"', client.get(url, {"page": 2}).content.decode())
+    assert len(later) == 10 and not set(later) & set(shown)
+    assert "Page 1 of 2" in first
