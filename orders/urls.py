@@ -12,5 +12,6 @@ urlpatterns = [
     path("<int:pk>/", views.detail, name="detail"),
     path("<int:pk>/modify/", views.modify, name="modify"),
     path("<int:pk>/row/", views.row, name="row"),
+    path("rows/", views.rows, name="rows"),
     path("<int:pk>/cancel/", views.cancel, name="cancel"),
 ]

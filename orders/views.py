@@ -1,9 +1,12 @@
 """Order pages: the ticket, the order book, an order's detail, modify and cancel. Thin: services do the work."""
 
+import re
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
+from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -200,6 +203,24 @@ def modify(request, pk):
 def row(request, pk):
     """An order's row in the book (closing its inline modify form)."""
     return render(request, "orders/partials/order_row.html", {"order": selectors.order_of(request.user, pk)})
+
+
+# A book's rows read again at once (``rows``): at most this many ids a request.
+ROWS_MAX = 100
+_ROW_ID = re.compile(r"[0-9]{1,18}")
+
+
+@login_required
+@require_GET
+def rows(request):
+    """Several of the book's rows at once (``?id=1&id=2``): those of a book whose socket connected
+    again that its fresh copy no longer lists (a filtered book's orders finished meanwhile, rows
+    pushed beyond its first page), in one request, not one a row. Another trader's ids are left out."""
+    ids = request.GET.getlist("id")
+    if not 0 < len(ids) <= ROWS_MAX or not all(_ROW_ID.fullmatch(pk) for pk in ids):
+        return HttpResponseBadRequest(f"id: give 1 to {ROWS_MAX} order ids.", content_type="text/plain")
+    orders = selectors.orders_of(request.user).filter(pk__in=[int(pk) for pk in ids])
+    return render(request, "orders/partials/order_rows.html", {"orders": orders})
 
 
 @login_required

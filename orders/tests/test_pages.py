@@ -579,6 +579,7 @@ VIEWS = [
     ("orders:detail", True, ["post"]),
     ("orders:modify", True, ["put", "delete"]),
     ("orders:row", True, ["post"]),
+    ("orders:rows", False, ["post"]),
     ("orders:cancel", True, ["get"]),
 ]
 
@@ -605,6 +606,7 @@ def test_instrument_pick_is_get_only(trader_client, instruments):
         ("orders:detail", "get"),
         ("orders:modify", "post"),
         ("orders:cancel", "post"),
+        ("orders:rows", "get"),
     ],
 )
 def test_anonymous_is_sent_to_login(client, trader, account, name, method):
@@ -791,3 +793,34 @@ def test_a_form_refused_as_older_than_the_order_is_shown_again_as_the_order_is_n
     assert (order.quantity, order.price) == (4, D("1410"))
     at_exchange = PaperOrder.objects.get(order_id=order.broker_order_id)
     assert (at_exchange.quantity, at_exchange.price) == (4, D("1410"))
+
+
+def test_a_books_rows_are_read_again_in_one_request_and_only_the_traders_own(
+    trader_client, trader, account, other_trader
+):
+    """A book whose socket connected again reads the rows its fresh copy no longer lists (pushed
+    beyond its first page, a filtered book's finished ones): one request for them all, not one a
+    row (hundreds from a book open all day), in a fixed number of queries; another trader's
+    ids are left out; ids that are not ids are refused naming the parameter."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    mine = [place(trader, account, order_type="LIMIT", price="1400") for _ in range(3)]
+    theirs = place(other_trader, make_broker_account(other_trader, broker="paper", client_id="PAPER-X"))
+    url = reverse("orders:rows")
+
+    def rows(ids):
+        with CaptureQueriesContext(connection) as queries:
+            answer = trader_client.get(url, {"id": ids})
+        return answer, len(queries)
+
+    answer, few = rows([mine[0].pk, theirs.pk])
+    page = answer.content.decode()
+    assert answer.status_code == 200 and f'id="order-{mine[0].pk}"' in page
+    assert f'id="order-{theirs.pk}"' not in page and theirs.reference not in page
+    more = [place(trader, account, order_type="LIMIT", price="1400") for _ in range(12)]
+    answer, many = rows([order.pk for order in mine + more])
+    assert answer.content.decode().count('<tr id="order-') == 15 and many == few
+    for bad in ([], ["1", "x"], ["²"], [str(n) for n in range(101)]):
+        refused = trader_client.get(url, {"id": bad})
+        assert refused.status_code == 400 and refused.content.decode().startswith("id:"), bad

@@ -91,7 +91,7 @@
      order's page) reads itself again. Each row shown takes its current one, unless that is older or the
      row is open for an inline modify; orders new since go on top of the book's rows. A row shown that
      the page's answer no longer lists (a filtered book's order filled or cancelled meanwhile, one moved
-     to the next page) reads its own row ([data-row-url], its order's id for the 0). */
+     to the next page) is read again with the others of its kind, in one request ([data-rows-url]). */
   function resyncRow(row) {
     var shown = onPage(row);
     if (!shown || shown.classList.contains("editing") || older(row)) return;
@@ -100,23 +100,27 @@
     htmx.process(node);
   }
   function resyncUnlisted(table, fresh) {
-    var url = table.getAttribute("data-row-url");
+    var url = table.getAttribute("data-rows-url");
     if (!url || !fresh.querySelector("[data-resync-rows]")) return;  // not the page (a sign-in page): no answer
+    var ids = [];
     table.querySelectorAll("tr[id^='order-'][data-version]").forEach(function (shown) {
       if (fresh.getElementById(shown.id) || shown.closest("[hidden]")) return;  // hidden: new ones out of sight
       var pk = shown.id.slice("order-".length);
-      if (!/^[0-9]+$/.test(pk)) return;
-      fetch(url.replace("/0/", "/" + pk + "/"), {credentials: "same-origin", cache: "no-store"})
+      if (/^[0-9]+$/.test(pk)) ids.push(pk);
+    });
+    // In requests of at most 100 rows (orders.views.ROWS_MAX), not one request a row.
+    for (var start = 0; start < ids.length; start += 100) {
+      var query = ids.slice(start, start + 100).map(function (pk) { return "id=" + pk; }).join("&");
+      fetch(url + "?" + query, {credentials: "same-origin", cache: "no-store"})
         .then(function (answer) { return answer.ok ? answer.text() : null; })
         .then(function (html) {
           if (!html) return;
-          var holder = document.createElement("template");  // a row alone parses only in a template
+          var holder = document.createElement("template");  // rows parse only inside a table
           holder.innerHTML = html;
-          var row = holder.content.querySelector("tr#" + CSS.escape(shown.id) + "[data-version]");
-          if (row) resyncRow(row);
+          holder.content.querySelectorAll("tr[id^='order-'][data-version]").forEach(resyncRow);
         })
         .catch(function () {});
-    });
+    }
   }
   function resyncRows() {
     if (!document.querySelector("[data-resync-rows]") || !window.fetch) return;
