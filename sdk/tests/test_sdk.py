@@ -1174,6 +1174,23 @@ def test_cli_errors_exit_1_with_the_message_and_field(tp, env):
     assert not PaperOrder.objects.exists()
 
 
+def test_cli_place_of_an_order_the_broker_rejected_exits_1_and_says_why(tp, env):
+    """The broker refused the order (outside the price band): `tp orders place ... && echo bought` said
+    bought, exit 0, with a REJECTED row and no reason anywhere."""
+    argv = f"orders place --account {env.account.pk} --symbol INFY --side BUY --qty 1 --type LIMIT --price 1900"
+    rejected = tp(*argv.split())
+    order = Order.objects.get()
+    assert order.status == "REJECTED" and order.reject_reason
+    assert rejected.code == 1, rejected.out
+    assert str(order.pk) in rejected.out and "REJECTED" in rejected.out  # the order is still shown
+    assert rejected.err.startswith("error: ") and order.reject_reason in rejected.err, rejected.err
+    as_json = tp(*argv.split(), "--json")
+    assert as_json.code == 1 and json.loads(as_json.out)["status"] == "REJECTED"
+
+    placed = tp(*argv.replace("1900", "1400").split())
+    assert placed.code == 0 and placed.err == "", placed.err
+
+
 def test_cli_errors_name_the_option_that_gave_the_field(tp, env, other_trader):
     """The API names its fields (tradingsymbol, quantity, account_id); the command's options are
     --symbol, --qty, --account: the error says which option to fix."""

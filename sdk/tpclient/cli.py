@@ -2,7 +2,8 @@
 
 The server and key come from ``TP_URL`` and ``TP_API_KEY`` (or ``--url`` and ``--api-key``).
 Output is a table by default, JSON with ``--json``. Exit status: 0 on success, 1 when the
-API refuses or fails (``error: <message> (field: x)`` on stderr), 2 on a usage error, 141 when
+API refuses or fails, or the broker rejects the order placed (``error: <message> (field: x)`` on
+stderr; a rejected order is shown on stdout as well), 2 on a usage error, 141 when
 the output's reader closed it early (``tp orders list | head -1``).
 
 ``orders place`` and ``baskets place`` make their idempotency key themselves when ``--key`` is not
@@ -184,6 +185,19 @@ class OutcomeUnknown(Exception):
         self.advice = advice
 
 
+# An order answered with one of these was not placed: the broker rejected it, or it failed to be sent.
+NOT_PLACED = ("REJECTED", "FAILED")
+
+
+class NotPlaced(Exception):
+    """A command's answer says what was asked was not done (an order the broker rejected): its output
+    (``data`` for --json, ``text`` for a human) is shown, ``message`` is the error, and the status is 1."""
+
+    def __init__(self, data: Any, text: str, message: str):
+        super().__init__(message)
+        self.data, self.text, self.message = data, text, message
+
+
 class Interrupted(Exception):
     """Ctrl-C during a placement, which may have been carried out all the same; ``advice`` says what to do."""
 
@@ -230,6 +244,13 @@ def cmd_orders_place(client: Client, args):
         raise
     except KeyboardInterrupt:  # the request may have reached the server
         raise Interrupted(_retry_advice("The order", "tp orders list", key)) from None
+    if order.status in NOT_PLACED:
+        # Answered (the API took the request), but the broker refused the order or it was never sent:
+        # not a success for `tp orders place ... && ...`, and the trader is told why.
+        why = order.reject_reason or "no reason given"
+        kind = f" ({order.reject_kind})" if order.reject_kind else ""
+        what = "was rejected" if order.status == "REJECTED" else "failed"
+        raise NotPlaced(order, orders_table([order]), f"order {order.id} {what}{kind}: {why}")
     return order, orders_table([order])
 
 
@@ -664,9 +685,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # a URL that is not one, a timeout of 0
         print(f"tp: error: {error}", file=sys.stderr)
         return 2
+    failure = None
     try:
         with client:
             data, text = args.func(client, args)
+    except NotPlaced as not_placed:
+        data, text, failure = not_placed.data, not_placed.text, not_placed.message
     except UsageError as error:
         print(f"tp: error: {error}", file=sys.stderr)
         return 2
@@ -691,6 +715,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # more is written (Python would flush again at exit and report the same error there).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a command ended by SIGPIPE
+    if failure is not None:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
