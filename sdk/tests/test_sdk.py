@@ -385,6 +385,16 @@ def test_iterating_stops_at_the_limit_asked(env):
             env.client.iter_orders(**bad)
 
 
+def test_a_page_size_the_server_does_not_take_names_page_size_not_limit(env):
+    """iter_orders(page_size=1000) failed at its first page with InvalidRequest naming `limit`: the
+    iterator's other argument (how many in all), which the caller had not given."""
+    placed = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400").id
+    for iterate in (env.client.iter_orders, env.client.iter_trades):
+        with pytest.raises(ValueError, match="page_size must be .* at most 500"):
+            list(iterate(page_size=501))
+    assert [o.id for o in env.client.iter_orders(page_size=500)] == [placed]
+
+
 def test_cancelling_every_open_order_while_iterating_reaches_them_all(env):
     placed = [
         env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400").id for _ in range(6)

@@ -76,6 +76,8 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 # The longest wait a socket takes (``settimeout`` overflows a little above 9e9 s).
 MAX_TIMEOUT = 10**9
 API_PREFIX = "/api/v1"
+# The most rows a list's page holds (its ``limit``), as the API takes it.
+MAX_PAGE_SIZE = 500
 # No whole answer: the request failed, timed out, or its answer was cut short or garbled on the way
 # back (the server had answered, so it did the work). requests wraps urllib3's and http.client's
 # errors; the last two are for any that come through unwrapped.
@@ -436,8 +438,8 @@ class Client:
         return from_json(OrderPage, body)
 
     def iter_orders(self, *, page_size: int = 100, limit: int | None = None, **filters) -> Iterator[Order]:
-        """Every order matching the filters of :meth:`orders`, newest first, page by page; at
-        most ``limit`` of them, if given.
+        """Every order matching the filters of :meth:`orders`, newest first, page by page
+        (``page_size``, 1 to 500, a request); at most ``limit`` of them, if given.
 
         Each page after the first asks for the orders below the last one seen (``before_id``), not
         for an offset, so the loop may change what it lists: cancelling each order of
@@ -448,8 +450,11 @@ class Client:
     def _pages(self, read_page, page_size: int, limit: int | None, filters: dict) -> Iterator[Any]:
         """Every item of a list, ``limit`` at most, following its ``before_id`` cursor (the first
         page from ``offset``, if given)."""
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-            raise ValueError(f"page_size must be a whole number of at least 1, not {page_size!r}")
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
+            # Else the server's refusal of the page's size names `limit`: the iterator's other argument.
+            raise ValueError(
+                f"page_size must be a whole number of at least 1 and at most {MAX_PAGE_SIZE}, not {page_size!r}"
+            )
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValueError(f"limit must be a whole number of at least 0 (or None: all), not {limit!r}")
         return self._walk(read_page, page_size, limit, filters)
@@ -580,7 +585,8 @@ class Client:
 
     def iter_trades(self, *, page_size: int = 100, limit: int | None = None, **filters) -> Iterator[Trade]:
         """Every fill matching the filters of :meth:`trades`, newest first, page by page (by ``before_id``,
-        so fills recorded meanwhile repeat nothing); at most ``limit`` of them, if given."""
+        so fills recorded meanwhile repeat nothing; ``page_size``, 1 to 500, a request); at most ``limit``
+        of them, if given."""
         return self._pages(self.trades, page_size, limit, filters)
 
     def positions(self, account_id: int | None = None, open_only: bool = False) -> list[Position]:
