@@ -1108,6 +1108,39 @@ def test_cli_signal_whose_answer_was_lost_does_not_say_nothing_was_placed(tp, en
     assert PaperOrder.objects.count() == 1
 
 
+class FirstPostNeverForwarded(Recorder):
+    """A proxy answers the first POST 502 without passing it on (its upstream was down a moment)."""
+
+    answered = False
+
+    def send(self, request, **kwargs):
+        if request.method != "POST" or self.answered:
+            return super().send(request, **kwargs)
+        self.answered = True
+        response = requests.Response()
+        response.status_code, response.reason, response.url, response.request = 502, "Bad Gateway", request.url, request
+        response._content, response._content_consumed = b"<html>bad gateway</html>", True
+        self.calls.append((request.method, requests.utils.urlparse(request.url).path, None, 502))
+        return response
+
+
+def test_a_signal_placed_by_the_retry_itself_is_not_said_placed_by_an_earlier_attempt(tp, env, monkeypatch):
+    """The first attempt never reached the server (a proxy's 502) and the retry placed the orders (201):
+    the result said after_lost_answer and tp said "placed by an earlier attempt of this command, whose
+    answer was lost", which no attempt was."""
+    strategy = env.client.create_strategy("Proxy down", account_ids=[env.account.pk])
+    adapter = mount(env.client, FirstPostNeverForwarded())
+    result = env.client.signal(strategy.id, "sig-502", "INFY", "BUY", 1)
+    assert [status for method, _, _, status in adapter.calls if method == "POST"] == [502, 201]
+    assert (result.replayed, result.after_lost_answer) == (False, False)
+    assert len(result.results) == 1 and PaperOrder.objects.count() == 1
+
+    lossy_cli(monkeypatch, FirstPostNeverForwarded)
+    shown = tp(*f"strategies signal {strategy.id} --signal-id sig-503 --symbol INFY --side BUY --qty 1".split())
+    assert shown.code == 0 and shown.out.splitlines()[0] == "signal sig-503", shown.out
+    assert PaperOrder.objects.count() == 2
+
+
 # --- CLI --------------------------------------------------------------------------------------
 
 

@@ -789,6 +789,7 @@ class Client:
         When an attempt's answer was lost and the client's own retry is answered "replayed", the
         orders are this call's: its earlier attempt placed them. The result then says
         ``after_lost_answer`` and not ``replayed`` (which is kept for an earlier call with the same id).
+        A retry answered with orders placed by it says neither: the earlier attempt did nothing.
         """
         payload = {
             "id": signal_id,
@@ -805,6 +806,8 @@ class Client:
         path = f"/strategies/{int(strategy_id)}/signal"
         answer = self._request("POST", path, json=payload, repeatable=True)
         result = from_json(SignalResult, answer.body)
-        if answer.after_lost_answer:
+        if answer.after_lost_answer and result.replayed:
+            # The repeat found the orders placed: by this call's earlier attempt, whose answer was lost.
+            # (Answered as placed now, the earlier attempt did nothing: this attempt placed them.)
             result = dataclasses.replace(result, replayed=False, after_lost_answer=True)
         return result

@@ -328,8 +328,8 @@ class SignalResult:
     """What a strategy signal did: one placement per account; ``replayed`` when an earlier call had sent
     the id (this one placed nothing).
 
-    ``after_lost_answer``: the client sent the signal again after an attempt whose answer was lost.
-    A "replayed" answer to that repeat found what this call's own earlier attempt placed, so
+    ``after_lost_answer``: the client sent the signal again after an attempt whose answer was lost,
+    and that repeat was answered "replayed": it found what this call's own earlier attempt placed, so
     ``replayed`` is then False: the orders in ``results`` are new, placed by this call.
     """
 
