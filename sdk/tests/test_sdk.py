@@ -1594,3 +1594,23 @@ def test_an_answer_that_is_not_the_object_asked_for_is_an_error_not_an_object_of
             from_json(OrderModel, answer)
         assert error.value.code == "unexpected_answer", answer
     assert from_json(OrderModel, {"id": 7, "reference": "X"}).id == 7  # fields an older server lacks are None
+
+
+def test_every_model_a_client_method_returns_is_importable_from_the_package():
+    """`from tpclient import Trade, TradePage, Position` failed (ImportError): the types that trades(),
+    iter_trades() and positions() return were only in tpclient.models, unlike every other model."""
+    import typing
+
+    from tpclient import models
+
+    returned = set()
+    for name, method in vars(Client).items():
+        if name.startswith("_") or not callable(method):
+            continue
+        for hint in typing.get_type_hints(method).values():
+            for part in (hint, *typing.get_args(hint)):
+                if isinstance(part, type) and part.__module__ == models.__name__:
+                    returned.add(part.__name__)
+    assert {"Order", "Trade", "TradePage", "Position"} <= returned
+    missing = sorted(name for name in returned if name not in tpclient.__all__ or not hasattr(tpclient, name))
+    assert missing == []

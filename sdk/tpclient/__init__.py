@@ -30,9 +30,12 @@ from .models import (
     OrderPage,
     OrderSpec,
     Placement,
+    Position,
     Scheduled,
     SignalResult,
     Strategy,
+    Trade,
+    TradePage,
 )
 
 __all__ = [
@@ -58,7 +61,10 @@ __all__ = [
     "OrderPage",
     "OrderSpec",
     "Placement",
+    "Position",
     "Scheduled",
     "SignalResult",
     "Strategy",
+    "Trade",
+    "TradePage",
 ]
