@@ -1424,6 +1424,30 @@ def test_cli_baskets_and_strategies(tp, env, trader):
     assert "CLI strategy" in tp("strategies", "list").out
 
 
+def test_cli_basket_or_signal_with_an_order_not_placed_exits_1_and_says_why(tp, env, trader):
+    """A basket or a signal one of whose orders the broker rejected (outside the price band) exited 0:
+    `tp baskets place 3 && echo done` said done. All results are still shown; stderr says how many
+    were not placed and why; the status is 1. Every one placed is still 0."""
+    spare = make_broker_account(trader, broker="paper", client_id="SDK-P3", label="Spare")
+    items = [OrderSpec("INFY", "BUY", 1), OrderSpec("INFY", "BUY", 1, order_type="LIMIT", price=D("1900"))]
+    basket = env.client.create_basket("Half", items, account_ids=[env.account.pk])
+    placed = tp("baskets", "place", str(basket.id))
+    assert placed.code == 1, placed.out
+    assert "FILLED" in placed.out and "REJECTED" in placed.out  # every result shown
+    assert placed.err.startswith("error: 1 of 2 not placed (first: ") and "REJECTED" in placed.err, placed.err
+    as_json = tp("baskets", "place", str(basket.id), "--json", "--account", str(spare.pk))
+    assert as_json.code == 1 and [r["status"] for r in json.loads(as_json.out)] == ["FILLED", "REJECTED"]
+
+    strategy = env.client.create_strategy("Two", account_ids=[env.account.pk, spare.pk])
+    spare.is_active = False
+    spare.save()
+    signal = tp(*f"strategies signal {strategy.id} --signal-id s1 --symbol INFY --side BUY --qty 1".split())
+    assert signal.code == 1 and signal.out.startswith("signal s1\n") and "FILLED" in signal.out
+    assert "1 of 2 not placed" in signal.err and "Spare" in signal.err, signal.err
+    whole = env.client.create_basket("Whole", items[:1], account_ids=[env.account.pk])
+    assert tp("baskets", "place", str(whole.id)).code == 0
+
+
 # --- Trades, positions, and what the client refuses to wait for ---------------------------------
 
 

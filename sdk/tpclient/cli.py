@@ -2,8 +2,9 @@
 
 The server and key come from ``TP_URL`` and ``TP_API_KEY`` (or ``--url`` and ``--api-key``).
 Output is a table by default, JSON with ``--json``. Exit status: 0 on success, 1 when the
-API refuses or fails, or the broker rejects the order placed (``error: <message> (field: x)`` on
-stderr; a rejected order is shown on stdout as well), 2 on a usage error, 141 when
+API refuses or fails, or the broker rejects the order placed, or any of a basket's or a signal's
+orders is not placed (``error: <message> (field: x)`` on stderr; the orders or results are shown
+on stdout as well), 2 on a usage error, 141 when
 the output's reader closed it early (``tp orders list | head -1``).
 
 ``orders place`` and ``baskets place`` make their idempotency key themselves when ``--key`` is not
@@ -366,7 +367,7 @@ def cmd_baskets_place(client: Client, args):
         raise
     except KeyboardInterrupt:  # the request may have reached the server
         raise Interrupted(_retry_advice("The basket's orders", "tp orders list --source basket", key)) from None
-    return results, placements_table(results)
+    return _placements(results, results, placements_table(results))
 
 
 def cmd_scheduled_list(client: Client, args):
@@ -439,7 +440,22 @@ def cmd_strategies_signal(client: Client, args):
         head += " (a repeat: nothing new was placed)"
     elif result.after_lost_answer:
         head += " (placed by an earlier attempt of this command, whose answer was lost)"
-    return result, head + "\n" + placements_table(result.results)
+    return _placements(result, result.results, head + "\n" + placements_table(result.results))
+
+
+def _placements(data, results: Sequence[Placement], text: str):
+    """A basket's or a signal's answer: a success only when every one of its orders was placed. One
+    refused before it was sent (INVALID), rejected by its broker or failed to be sent is not: the
+    results are shown all the same, and the status is 1 (``... && echo done`` does not say done)."""
+    missed = [r for r in results if r.status in (*NOT_PLACED, "INVALID")]
+    if not missed:
+        return data, text
+    first = missed[0]
+    why = " ".join(filter(None, [first.reason, first.error])) or "no reason given"
+    message = (
+        f"{len(missed)} of {len(results)} not placed (first: {first.account} {first.symbol} {first.status}: {why})"
+    )
+    raise NotPlaced(data, text, message)
 
 
 # --- Parser ----------------------------------------------------------------------------------
