@@ -156,6 +156,8 @@ def connect_task_signals() -> None:
 # --- Records -------------------------------------------------------------------------------
 
 _SECRET_WORDS = r"[A-Za-z_-]*(?:token|secret|password|passwd|api[_-]?key|checksum|credentials?|sessionid|cookie)"
+_ENCODED_EQ = r"%(?:25)*3D"
+_ENCODED_AMP = r"%(?:25)*26"
 _REDACTIONS = [
     # "Authorization: token key:secret", "Bearer abc..."
     (re.compile(r"(?i)\b(bearer|token)(\s+)[A-Za-z0-9._~+/=:-]{8,}"), r"\1\2[redacted]"),
@@ -163,6 +165,19 @@ _REDACTIONS = [
     (re.compile(rf"(?i)\b({_SECRET_WORDS})([\"']?\s*[=:]\s*[\"']?)([^\s\"'\\&,;()\[\]{{}}]+)"), r"\1\2[redacted]"),
     # query parameters that authorise something (Kite's connect state is bound to the CSRF secret)
     (re.compile(r"(?i)([?&](?:state|code|sig|signature)=)[^&\s\"'\\]+"), r"\1[redacted]"),
+    # The same inside a URL carried percent-encoded in another's query: the sign-in page's ?next= holds
+    # the Kite callback's request_token and state, "=" written %3D and "&" %26 (%253D, %2526, ... once
+    # more per level). The value ends at the next encoded "&".
+    (
+        re.compile(rf"(?i)({_SECRET_WORDS})({_ENCODED_EQ})(?:(?!{_ENCODED_AMP})[^\s\"'\\&,;()\[\]{{}}])+"),
+        r"\1\2[redacted]",
+    ),
+    (
+        re.compile(
+            rf"(?i)((?:%(?:25)*3F|{_ENCODED_AMP})(?:state|code|sig|signature){_ENCODED_EQ})(?:(?!{_ENCODED_AMP})[^&\s\"'\\])+"
+        ),
+        r"\1[redacted]",
+    ),
     # the platform's own API keys, wherever they appear
     (re.compile(r"\btp_[0-9a-f]{8}_[A-Za-z0-9_-]{20,}"), "tp_[redacted]"),
 ]
@@ -193,6 +208,8 @@ _TRIGGERS = (
     "sig=",
     "signature=",
     "tp_",
+    "%3d",  # a percent-encoded "=" (a URL inside another's query)
+    "%253d",
 )
 
 
