@@ -31,9 +31,20 @@ def first_error(error: ValidationError) -> tuple[str | None, str, str | None]:
 SENSITIVE_PARAM = re.compile(r"(?i)token|secret|passw|api[_-]?key|checksum|signature|^state$|^code$")
 
 
+def cleanse_value(name: str, value: str) -> str:
+    """A parameter's value as a report may show it: hidden under a secret's name; a URL carried in
+    it (the sign-in page's ``?next=``, which holds the Kite callback with its request_token and
+    state) with its own query cleansed."""
+    if SENSITIVE_PARAM.search(name):
+        return CLEANSED
+    if isinstance(value, str) and "?" in value and "=" in value:
+        return cleanse_uri(value)
+    return value
+
+
 def cleanse_query(query: str) -> str:
     pairs = parse_qsl(query, keep_blank_values=True)
-    return urlencode([(k, CLEANSED if SENSITIVE_PARAM.search(k) else v) for k, v in pairs], safe="*")
+    return urlencode([(k, cleanse_value(k, v)) for k, v in pairs], safe="*")
 
 
 def cleanse_uri(uri: str) -> str:
@@ -53,11 +64,13 @@ class SafeExceptionReporterFilter(debug.SafeExceptionReporterFilter):
 
     def get_cleansed_multivaluedict(self, request, multivaluedict):
         multivaluedict = super().get_cleansed_multivaluedict(request, multivaluedict)
-        if any(SENSITIVE_PARAM.search(str(k)) for k in multivaluedict):
+        cleansed = {
+            key: [cleanse_value(str(key), value) for value in multivaluedict.getlist(key)] for key in multivaluedict
+        }
+        if any(cleansed[key] != multivaluedict.getlist(key) for key in cleansed):
             multivaluedict = multivaluedict.copy()
-            for key in multivaluedict:
-                if SENSITIVE_PARAM.search(str(key)):
-                    multivaluedict[key] = CLEANSED
+            for key, values in cleansed.items():
+                multivaluedict.setlist(key, values)
         return multivaluedict
 
     def get_post_parameters(self, request):

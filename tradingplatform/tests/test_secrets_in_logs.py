@@ -85,3 +85,18 @@ def test_json_lines_of_a_bounced_callback_name_the_pages_without_their_secrets(c
     records = [json.loads(line) for line in written()["json"].splitlines()]
     refused = [r for r in records if r["logger"] == "django.request"]
     assert refused and all("/login/?next=/brokers/callback/" in r["request"] for r in refused)
+
+
+def test_an_error_report_of_the_sign_in_page_hides_the_callbacks_secrets_in_its_next(client, trader, settings):
+    """Django's report of a 500 (the debug page, a mail to ADMINS) shows the URL, the GET and POST
+    parameters and the request's repr: a ``next`` holding the callback URL must not carry its
+    request_token and state into it, as the callback's own URL does not."""
+    from tradingplatform.testing import error_report
+
+    sign_in = client.get(CALLBACK)["Location"]
+    answer = client.post(sign_in, {"username": "trader", "password": "not it", "next": CALLBACK})
+    assert answer.status_code == 200
+    report = error_report(answer.wsgi_request)
+    assert "/brokers/callback/" in report and "next" in report  # the page asked for is still named
+    assert REQUEST_TOKEN not in report, report[report.find(REQUEST_TOKEN) - 300 : report.find(REQUEST_TOKEN) + 50]
+    assert "5ig0fTheState" not in report
