@@ -30,11 +30,12 @@ Which quantities are the start of the day's holding:
   between two reads of the fill list (a fill that came in meanwhile puts the opening off; one
   that both reads lack is that broker's risk). A short overnight position is a SELL lot.
 * Less what the broker's own fill list already says about earlier days: a broker whose
-  ``trades()`` reaches before today (the paper exchange lists every day's fills) has those fills
-  recorded with their own times, so only what they do not explain is an opening. A holding they
-  explain wholly is left to them; one they explain only in part is skipped and reported (no
-  honest price for the rest). The start of the day's quantity is compared with them, never
-  reduced by them: today's fills are the only ones either rule takes out.
+  ``trades()`` reaches before today (Kite's before its start-of-day run; the paper exchange
+  lists the day's only) has those fills recorded with their own times, so only what they do
+  not explain is an opening. A holding they explain wholly is left to them; one they explain
+  only in part is skipped and reported (no honest price for the rest). The start of the day's
+  quantity is compared with them, never reduced by them: today's fills are the only ones either
+  rule takes out.
 
 Representation: one synthetic ``Trade`` per instrument and product, recorded through
 ``trades_record_many`` (so a FIFO rebuild, which replays the trades, keeps it): broker order id

@@ -1338,6 +1338,8 @@ def match_instrument(*, instrument_id: int) -> int:
 
 
 def orders_of(client: PaperClient):
+    """Every order of the client, of every day (an order's own history, its fills and a look-up by
+    tag read it); the order book the client lists is today's (``order_book``)."""
     return PaperOrder.objects.filter(client=client).select_related("instrument").order_by("placed_at", "id")
 
 
@@ -1348,26 +1350,31 @@ _ORDERS, _TRADES, _INSTRUMENTS = PlainRows(PaperOrder), PlainRows(PaperTrade), P
 
 @functools.cache
 def _order_book_sql() -> str:
-    return (
+    """Today's orders (``order_book``): those changed since the day's start (placed today, or an
+    earlier day's closed today), then the earlier days' still live, each with its index."""
+    select = (
         f"SELECT {_ORDERS.columns('o')}, {_INSTRUMENTS.columns('i')} FROM paper_paperorder o "  # noqa: S608
-        "JOIN paper_paperinstrument i ON i.id = o.instrument_id WHERE o.client_id = %s ORDER BY o.placed_at, o.id"
+        "JOIN paper_paperinstrument i ON i.id = o.instrument_id WHERE o.client_id = %s"
     )
+    live = ", ".join(["%s"] * len(PaperOrder.LIVE))
+    return f"{select} AND o.updated_at >= %s UNION ALL {select} AND o.status IN ({live}) AND o.updated_at < %s"
 
 
 @functools.cache
-def _trade_book_sql() -> str:
+def _trade_book_sql(every_day: bool) -> str:
+    since = "" if every_day else "AND t.filled_at >= %s "
     return (
         f"SELECT {_TRADES.columns('t')}, o.order_id, o.tag, {_INSTRUMENTS.columns('i')} "  # noqa: S608
         "FROM paper_papertrade t "
         "JOIN paper_paperorder o ON o.id = t.order_id JOIN paper_paperinstrument i ON i.id = t.instrument_id "
-        "WHERE t.client_id = %s ORDER BY t.filled_at, t.id"
+        f"WHERE t.client_id = %s {since}ORDER BY t.filled_at, t.id"
     )
 
 
-def _rows_with_instruments(sql: str, client: PaperClient, kind: PlainRows, extra: int) -> list[tuple]:
+def _rows_with_instruments(sql: str, params: list, kind: PlainRows, extra: int) -> list[tuple]:
     """(instance, the ``extra`` values after its columns) per row, each with its instrument (one per id)."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, [client.pk])
+        cursor.execute(sql, params)
         fetched = cursor.fetchall()
     instruments, result = {}, []
     start = kind.width + extra
@@ -1381,15 +1388,28 @@ def _rows_with_instruments(sql: str, client: PaperClient, kind: PlainRows, extra
     return result
 
 
+def _since(moment: datetime):
+    return connection.ops.adapt_datetimefield_value(moment)
+
+
 def order_book(client: PaperClient) -> list[PaperOrder]:
-    """Every order of the client with its instrument, oldest first (``orders_of``, in one plain query)."""
-    return [order for order, _ in _rows_with_instruments(_order_book_sql(), client, _ORDERS, 0)]
+    """The client's order book as Kite lists it, the day's orders (Asia/Kolkata), oldest first,
+    each with its instrument (in one plain query): those placed today, and those of an earlier day
+    still live (until the next tick closes them with their day, ``day_orders_close``) or ended
+    today (the close is told in the book of the day it happens, as Kite's at its day's end)."""
+    since = _since(day_start())
+    params = [client.pk, since, client.pk, *(status.value for status in PaperOrder.LIVE), since]
+    orders = [order for order, _ in _rows_with_instruments(_order_book_sql(), params, _ORDERS, 0)]
+    return sorted(orders, key=lambda order: (order.placed_at, order.pk))
 
 
-def trade_book(client: PaperClient) -> list[PaperTrade]:
-    """Every fill of the client with its instrument and its order's id and tag, oldest first."""
+def trade_book(client: PaperClient, *, every_day: bool = False) -> list[PaperTrade]:
+    """The client's fills with their instruments and their orders' ids and tags, oldest first:
+    today's (Asia/Kolkata), as Kite lists them; ``every_day`` for what the exchange itself works
+    out from all of them (positions carried in from earlier days)."""
+    params = [client.pk] if every_day else [client.pk, _since(day_start())]
     trades = []
-    for trade, (order_ref, order_tag) in _rows_with_instruments(_trade_book_sql(), client, _TRADES, 2):
+    for trade, (order_ref, order_tag) in _rows_with_instruments(_trade_book_sql(every_day), params, _TRADES, 2):
         trade.order = PaperOrder(pk=trade.order_id, order_id=order_ref, tag=order_tag or "")
         trades.append(trade)
     return trades
@@ -1403,8 +1423,14 @@ def order_of(client: PaperClient, order_id: str) -> PaperOrder:
 
 
 def trades_of(client: PaperClient, order_id: str | None = None):
+    """The client's fills of every day, or one order's (``order_id``)."""
     trades = PaperTrade.objects.filter(client=client).select_related("order", "instrument").order_by("filled_at", "id")
     return trades.filter(order__order_id=order_id) if order_id else trades
+
+
+def day_trades_of(client: PaperClient):
+    """The client's fills of today (Asia/Kolkata), as Kite lists them (``trade_book``'s)."""
+    return trades_of(client).filter(filled_at__gte=day_start())
 
 
 @dataclass
@@ -1483,7 +1509,7 @@ def positions_of(client: PaperClient, *, day_only: bool = False) -> list[Positio
     A position closed on an earlier day is no position today."""
     start_of_day = day_start()
     rows: dict[tuple, PositionRow] = {}
-    trades = trade_book(client)
+    trades = trade_book(client, every_day=not day_only)
     if not day_only:
         earlier = [t for t in trades if t.filled_at < start_of_day and t.product != "CNC"]
         for (instrument_id, product), (instrument, quantity, average) in _carried_in(earlier).items():

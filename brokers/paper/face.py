@@ -197,7 +197,11 @@ def user_margins(request, client, segment=None):
 
 @kite_api(["GET"])
 def orders(request, client):
-    return success([kite_format.order(order) for order in engine.orders_of(client)])
+    """Kite's order book: the day's orders (``engine.order_book``)."""
+    book = engine.order_book(client)
+    for order in book:
+        order.client = client
+    return success([kite_format.order(order) for order in book])
 
 
 @kite_api(["GET", "POST"])
@@ -249,7 +253,8 @@ def order_trades(request, client, order_id):
 
 @kite_api(["GET"])
 def trades(request, client):
-    return success([kite_format.trade(trade) for trade in engine.trades_of(client)])
+    """Kite's trade book: the day's fills."""
+    return success([kite_format.trade(trade) for trade in engine.day_trades_of(client)])
 
 
 # --- Portfolio ------------------------------------------------------------------------------

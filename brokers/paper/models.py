@@ -163,6 +163,9 @@ class PaperOrder(models.Model):
             # A funds check sums the client's live orders: without this it read the client's
             # whole order history on every order.
             models.Index(fields=["client", "status"]),
+            # The day's order book (``engine.order_book``): the orders changed since the day's
+            # start, without reading the client's every earlier day.
+            models.Index(fields=["client", "updated_at"]),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(quantity__gt=0), name="paperorder_quantity_positive"),

@@ -2,8 +2,10 @@
 cycle, so a later sale nets against it FIFO with the right PnL (``portfolio.openings``).
 
 The account's history is made at the paper exchange for real: its orders filled, then dated days
-back. Kite lists only today's orders and fills; the paper exchange lists every day's, so where a
-test stands for Kite, the ``kite_day_books`` fixture keeps the paper adapter's lists to today's.
+back. Kite lists only today's orders and fills, and so does the paper exchange (the
+``kite_day_books`` fixture keeps the paper adapter's order list to the orders placed today too);
+where a test stands for a broker whose fill list reaches earlier days (Kite's before its
+start-of-day run), ``broker_lists_fills_since`` lists them.
 """
 
 import json
@@ -22,7 +24,7 @@ from brokers.base import IST, BrokerTrade
 from brokers.client import AccountBroker
 from brokers.models import Instrument
 from brokers.paper import engine
-from brokers.paper.adapter import PaperBroker
+from brokers.paper.adapter import PaperBroker, to_broker_trade
 from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder, PaperTrade
 from monitoring import cycle
 from monitoring.models import AccountRun
@@ -255,9 +257,10 @@ def test_a_holding_of_a_contract_quoted_in_lots_of_a_multiplier_is_skipped_for_g
     assert not Trade.objects.exists()
 
 
-def test_the_paper_exchanges_own_earlier_fills_are_not_seeded_again(trader, account):
-    """The paper exchange lists every day's fills (Kite only today's): those are recorded as they
-    filled, and the holdings they explain are no opening lot (100 held, not 200)."""
+def test_a_brokers_own_earlier_fills_are_not_seeded_again(trader, account, monkeypatch):
+    """A broker whose fill list reaches earlier days: those fills are recorded as they filled, and
+    the holdings they explain are no opening lot (100 held, not 200)."""
+    broker_lists_fills_since(monkeypatch, start_of_today() - timedelta(days=10))
     history(account, "INFY", "BUY", 100, "1400", days_ago=3)
     history(account, "INFY", "SELL", 20, "1420", days_ago=2)
 
@@ -482,8 +485,8 @@ def test_fills_from_before_the_first_met_day_still_mark_a_pending_opening(trader
     assert Opening.objects.get(account=account).outcome == Opening.Outcome.EARLIER_FILLS
 
 
-def test_a_pending_opening_on_the_paper_exchange_is_left_to_its_fills(trader, account, monkeypatch):
-    """The paper exchange lists every day's fills: the BUY 100 and SELL 30 of the day its opening
+def test_a_pending_opening_is_left_to_the_fills_its_broker_lists_from_earlier_days(trader, account, monkeypatch):
+    """A broker whose fill list reaches earlier days: the BUY 100 and SELL 30 of the day its opening
     failed, recorded that day, explain the holding the next day: nothing is seeded and nothing is
     skipped (they are not earlier fills: the account was first met that day)."""
     monkeypatch.setattr(PaperBroker, "holdings", lambda self: (_ for _ in ()).throw(RuntimeError("down")))
@@ -494,6 +497,7 @@ def test_a_pending_opening_on_the_paper_exchange_is_left_to_its_fills(trader, ac
     cycle.account_monitor(account=account)
     _a_day_passes(account)
     monkeypatch.undo()
+    broker_lists_fills_since(monkeypatch, start_of_today() - timedelta(days=10))
 
     assert cycle.account_monitor(account=account).errors == []
     opening = Opening.objects.get(account=account)
@@ -664,7 +668,7 @@ def test_before_the_brokers_day_begins_the_opening_waits_for_it(trader, account,
     assert opening.outcome == Opening.Outcome.SEEDED
 
 
-def test_a_run_whose_day_turns_while_it_reads_the_book_takes_nothing_then(trader, account):
+def test_a_run_whose_day_turns_while_it_reads_the_book_takes_nothing_then(trader, account, monkeypatch):
     """A run meets the account just before midnight (IST): its day is the one ending, and the paper
     exchange's book, read just after midnight, gives the next day's start. A fill of the ending day
     would be both in that start and among the run's fills of its day (counted twice): nothing is
@@ -672,7 +676,9 @@ def test_a_run_whose_day_turns_while_it_reads_the_book_takes_nothing_then(trader
     history(account, "NIFTY26DECFUT", "BUY", 75, "24000", product="NRML", days_ago=0, exchange="NFO")
     PaperTrade.objects.update(filled_at=start_of_today() - timedelta(minutes=2))
     broker = AccountBroker(account)
-    fills = broker.trades()
+    with monkeypatch.context() as before:
+        broker_lists_fills_since(before, start_of_today() - timedelta(days=1))  # the ending day's book
+        fills = broker.trades()
     before_midnight = start_of_today() - timedelta(milliseconds=100)
     opening = openings.opening_take(account=account, broker=broker, trades_before=fills, now=before_midnight)
     assert (opening.outcome, opening.detail["why"]) == (Opening.Outcome.PENDING, openings.DAY_TURNED)
@@ -681,12 +687,15 @@ def test_a_run_whose_day_turns_while_it_reads_the_book_takes_nothing_then(trader
 
 
 def broker_lists_fills_since(monkeypatch, day) -> dict:
-    """The paper exchange's fill list as a broker's before its start-of-day run: from ``day`` on
-    (the returned ``{"day": ...}`` moves it)."""
-    real_trades, since = PaperBroker.trades, {"day": day}
-    monkeypatch.setattr(
-        PaperBroker, "trades", lambda self: [t for t in real_trades(self) if t.filled_at >= since["day"]]
-    )
+    """The paper adapter's fill list as a broker's before its start-of-day run: from ``day`` on (the
+    returned ``{"day": ...}`` moves it), where the paper exchange's own is the day's."""
+    since = {"day": day}
+
+    def trades(self):
+        client, _faults = self._client()
+        return [to_broker_trade(t) for t in engine.trade_book(client, every_day=True) if t.filled_at >= since["day"]]
+
+    monkeypatch.setattr(PaperBroker, "trades", trades)
     return since
 
 

@@ -486,10 +486,14 @@ def test_the_written_out_book_reads_give_what_the_querysets_give(client):
     assert [to_broker_order(o) for o in engine.order_book(client)] == [
         to_broker_order(o) for o in engine.orders_of(client)
     ]
-    assert [to_broker_trade(t) for t in engine.trade_book(client)] == [
+    assert [to_broker_trade(t) for t in engine.trade_book(client, every_day=True)] == [
         to_broker_trade(t) for t in engine.trades_of(client)
     ]
-    assert len(engine.order_book(client)) == 4 and len(engine.trade_book(client)) == 3
+    assert [to_broker_trade(t) for t in engine.trade_book(client)] == [
+        to_broker_trade(t) for t in engine.day_trades_of(client)
+    ]
+    assert len(engine.order_book(client)) == 4 and len(engine.trade_book(client, every_day=True)) == 3
+    assert len(engine.trade_book(client)) == 2  # today's: not yesterday's delivery
 
     # Every column as the ORM reads it (datetimes aware, decimals, JSON, flags), instruments too.
     def columns(row):
@@ -498,7 +502,9 @@ def test_the_written_out_book_reads_give_what_the_querysets_give(client):
     assert [(columns(o), columns(o.instrument)) for o in engine.order_book(client)] == [
         (columns(o), columns(o.instrument)) for o in engine.orders_of(client)
     ]
-    assert [columns(t) for t in engine.trade_book(client)] == [columns(t) for t in engine.trades_of(client)]
+    assert [columns(t) for t in engine.trade_book(client, every_day=True)] == [
+        columns(t) for t in engine.trades_of(client)
+    ]
     token, _ = engine.session_open(client=client)
     found = engine.client_for_access_token(api_key=None, access_token=token)
     assert columns(found) == columns(PaperClient.objects.get(pk=client.pk))
@@ -993,3 +999,63 @@ def test_staff_editing_an_instrument_in_admin_keep_the_prices_ticked_meanwhile(c
     assert (infy.last_price, infy.bid, infy.ask) == (D("1600"), D("1599.90"), D("1600.10"))
     resting.refresh_from_db()
     assert resting.status == PaperOrder.Status.COMPLETE and resting.average_price == D("1550")
+
+
+# --- The day's books -----------------------------------------------------------------------
+
+
+def yesterdays(*orders, closed=True):
+    """Move orders (and their fills) to yesterday (IST): placed, changed and filled then."""
+    yesterday = engine.day_start() - timedelta(hours=2)
+    for order in orders:
+        fields = {"placed_at": yesterday, **({"updated_at": yesterday} if closed else {})}
+        PaperOrder.objects.filter(pk=order.pk).update(**fields)
+        PaperTrade.objects.filter(order=order).update(filled_at=yesterday)
+
+
+def test_the_order_and_trade_books_list_the_days_own_as_kites_do(client):
+    """Kite lists the day's orders and fills only; the paper exchange listed every day's, read whole
+    by every monitoring run (thousands of rows per account after months). Yesterday's filled order
+    and its fill are not in today's books; today's are; yesterday's position is still carried in, and
+    an old order's own history and fills are still found by its id."""
+    from brokers.paper.adapter import PaperBroker
+
+    old = place(client, order_type="MARKET", quantity=4, tag="OLD")  # an intraday long carried overnight
+    yesterdays(old)
+    today = place(client, order_type="MARKET", quantity=2, tag="NEW")
+
+    assert [o.order_id for o in engine.order_book(client)] == [today.order_id]
+    assert [t.order.order_id for t in engine.trade_book(client)] == [today.order_id]
+    assert [t.order.order_id for t in engine.day_trades_of(client)] == [today.order_id]
+    (row,) = engine.positions_of(client)
+    assert (row.quantity, row.overnight_quantity, row.day_buy_quantity) == (6, 4, 2)
+
+    broker = PaperBroker(client_id=client.user_id)
+    broker.login()
+    assert [o.tag for o in broker.orders()] == ["NEW"]
+    assert [t.broker_order_id for t in broker.trades()] == [today.order_id]
+    assert broker.order(old.order_id).filled_quantity == 4
+    assert [t.quantity for t in broker.order_trades(old.order_id)] == [4]
+    assert broker.find_by_tag("OLD").broker_order_id == old.order_id
+    (position,) = broker.positions()
+    assert (position.quantity, position.overnight_quantity) == (6, 4)
+
+
+def test_an_earlier_days_order_is_listed_while_live_and_the_day_its_close_is_told(client):
+    """An order of yesterday still resting after midnight is live until the next tick closes it with
+    its day: it is in the book until then, and, closed, in the book of the day it was closed (as
+    Kite's book shows an order its exchange closed at its day's end), so the platform reads how it
+    ended; one closed yesterday is not."""
+    resting = place(client, price="1400", quantity=3)
+    cancelled = place(client, price="1400", quantity=1)
+    engine.order_cancel(client=client, order_id=cancelled.order_id)
+    yesterdays(resting, closed=False)
+    yesterdays(cancelled)
+
+    assert [o.order_id for o in engine.order_book(client)] == [resting.order_id]
+    assert engine.day_orders_close() == 1
+    (closed,) = engine.order_book(client)
+    assert (closed.order_id, closed.status, closed.status_message) == (
+        resting.order_id, Status.CANCELLED, engine.DAY_ENDED
+    )  # fmt: skip
+    assert engine.trade_book(client) == []

@@ -132,6 +132,24 @@ def test_kiteconnect_places_modifies_cancels_and_lists(kite, kite_client):
     assert any(row["tradingsymbol"] == "INFY" and row["tick_size"] == 0.1 for row in instruments)
 
 
+def test_the_order_and_trade_books_list_the_days_own_as_kites_do(kite, kite_client):
+    """Kite's ``orders()`` and ``trades()`` are the day's; the face listed every day's. Yesterday's
+    filled order and its fill are gone from today's books (its position is still carried in);
+    today's are listed, and so is yesterday's order still resting, until its day's close ends it."""
+    market = dict(variety="regular", exchange="NSE", tradingsymbol="INFY", quantity=1, market_protection=-1)
+    old = kite.place_order(**market, transaction_type="BUY", product="MIS", order_type="MARKET")
+    resting = kite.place_order(**market, transaction_type="BUY", product="MIS", order_type="LIMIT", price=1400)
+    yesterday = engine.day_start() - timedelta(hours=2)
+    PaperOrder.objects.filter(order_id__in=[old, resting]).update(placed_at=yesterday, updated_at=yesterday)
+    PaperTrade.objects.update(filled_at=yesterday)
+    today = kite.place_order(**market, transaction_type="SELL", product="MIS", order_type="MARKET")
+
+    assert [o["order_id"] for o in kite.orders()] == [resting, today]
+    assert [t["order_id"] for t in kite.trades()] == [today]
+    (net,) = kite.positions()["net"]
+    assert (net["quantity"], net["overnight_quantity"], net["sell_quantity"]) == (0, 1, 1)
+
+
 def test_kiteconnect_sees_kite_errors(kite):
     with pytest.raises(kite_errors.InputException, match="tick size"):
         kite.place_order(
