@@ -1392,12 +1392,25 @@ def _since(moment: datetime):
     return connection.ops.adapt_datetimefield_value(moment)
 
 
+# The day's books (``order_book``, ``trade_book``) reach this far back before the day's start. The
+# paper market trades through midnight (Kite's shuts at 15:30): a fill in the day's last minute
+# whose announcement to the platform was lost would otherwise be in no book its next run reads, and
+# never recorded (its order closed as "ended with its day, fills unknown"). The platform records a
+# fill once by its trade id, so one listed on both sides of midnight is one fill.
+BOOK_LOOKBACK = timedelta(minutes=15)
+
+
+def _book_start() -> datetime:
+    return day_start() - BOOK_LOOKBACK
+
+
 def order_book(client: PaperClient) -> list[PaperOrder]:
     """The client's order book as Kite lists it, the day's orders (Asia/Kolkata), oldest first,
     each with its instrument (in one plain query): those placed today, and those of an earlier day
     still live (until the next tick closes them with their day, ``day_orders_close``) or ended
-    today (the close is told in the book of the day it happens, as Kite's at its day's end)."""
-    since = _since(day_start())
+    today (the close is told in the book of the day it happens, as Kite's at its day's end); and
+    those changed in the last ``BOOK_LOOKBACK`` before the day's start."""
+    since = _since(_book_start())
     params = [client.pk, since, client.pk, *(status.value for status in PaperOrder.LIVE), since]
     orders = [order for order, _ in _rows_with_instruments(_order_book_sql(), params, _ORDERS, 0)]
     return sorted(orders, key=lambda order: (order.placed_at, order.pk))
@@ -1407,7 +1420,7 @@ def trade_book(client: PaperClient, *, every_day: bool = False) -> list[PaperTra
     """The client's fills with their instruments and their orders' ids and tags, oldest first:
     today's (Asia/Kolkata), as Kite lists them; ``every_day`` for what the exchange itself works
     out from all of them (positions carried in from earlier days)."""
-    params = [client.pk] if every_day else [client.pk, _since(day_start())]
+    params = [client.pk] if every_day else [client.pk, _since(_book_start())]
     trades = []
     for trade, (order_ref, order_tag) in _rows_with_instruments(_trade_book_sql(every_day), params, _TRADES, 2):
         trade.order = PaperOrder(pk=trade.order_id, order_id=order_ref, tag=order_tag or "")
@@ -1429,8 +1442,9 @@ def trades_of(client: PaperClient, order_id: str | None = None):
 
 
 def day_trades_of(client: PaperClient):
-    """The client's fills of today (Asia/Kolkata), as Kite lists them (``trade_book``'s)."""
-    return trades_of(client).filter(filled_at__gte=day_start())
+    """The client's fills of today (Asia/Kolkata), as Kite lists them, and of the last
+    ``BOOK_LOOKBACK`` before it (``trade_book``'s)."""
+    return trades_of(client).filter(filled_at__gte=_book_start())
 
 
 @dataclass

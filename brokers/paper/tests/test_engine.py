@@ -1041,6 +1041,21 @@ def test_the_order_and_trade_books_list_the_days_own_as_kites_do(client):
     assert (position.quantity, position.overnight_quantity) == (6, 4)
 
 
+def test_a_fill_in_the_last_minutes_before_midnight_is_still_in_the_books_after_it(client):
+    """The paper market trades through midnight: an order filled a minute before it, whose
+    announcement to the platform was lost, was in no book the platform's next run read (today's
+    only), so its fill was never recorded. The books reach BOOK_LOOKBACK back; earlier is not listed."""
+    late = place(client, order_type="MARKET", quantity=2, tag="LATE")
+    early = place(client, order_type="MARKET", quantity=1, tag="EARLY")
+    for order, before in ((late, timedelta(minutes=1)), (early, engine.BOOK_LOOKBACK + timedelta(minutes=1))):
+        moment = engine.day_start() - before
+        PaperOrder.objects.filter(pk=order.pk).update(placed_at=moment, updated_at=moment)
+        PaperTrade.objects.filter(order=order).update(filled_at=moment)
+    assert [(o.order_id, o.status) for o in engine.order_book(client)] == [(late.order_id, Status.COMPLETE)]
+    assert [t.order.order_id for t in engine.trade_book(client)] == [late.order_id]
+    assert [t.order.order_id for t in engine.day_trades_of(client)] == [late.order_id]
+
+
 def test_an_earlier_days_order_is_listed_while_live_and_the_day_its_close_is_told(client):
     """An order of yesterday still resting after midnight is live until the next tick closes it with
     its day: it is in the book until then, and, closed, in the book of the day it was closed (as
