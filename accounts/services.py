@@ -118,6 +118,16 @@ def _count_failure(key: str, limit: int, window: int) -> None:
         cache.delete(key)
 
 
+def _attempted(username: str) -> dict:
+    """What the audit log keeps of a sign-in's username: the user it names, or only that it names
+    none. What was typed is not kept then: often a password typed into the username box (or a
+    near miss of one), which every staff member reading the log would see."""
+    user = User._default_manager.filter(**{User.USERNAME_FIELD: username}).first() if username else None
+    if user is None:
+        return {"data": {"username": None, "unknown_username": True}}
+    return {"target": user, "data": {"username": user.get_username()[:150]}}
+
+
 def login_attempt(
     *, username: str, password: str, ip: str | None, request=None, device_token: str | None = None
 ) -> User:
@@ -131,7 +141,7 @@ def login_attempt(
     keys = _throttle_keys(username, ip, device_token)
     locked = _lock_remaining([key for key, _limit in keys])
     if locked:
-        audit_record(action=Action.LOGIN_LOCKED, data={"username": username[:150]}, ip=ip)
+        audit_record(action=Action.LOGIN_LOCKED, **_attempted(username), ip=ip)
         raise LoginLocked(locked)
 
     user = authenticate(request, username=username, password=password)
@@ -140,7 +150,7 @@ def login_attempt(
         audit_record(action=Action.LOGIN, actor=user, target=user, ip=ip)
         return user
 
-    audit_record(action=Action.LOGIN_FAILED, data={"username": username[:150]}, ip=ip)
+    audit_record(action=Action.LOGIN_FAILED, **_attempted(username), ip=ip)
     for key, limit in keys:
         _count_failure(key, limit, window)
     logger.info("failed login for a username from %s", ip)

@@ -53,6 +53,26 @@ def test_failed_login_shows_error_and_is_audited(client, trader):
     assert "_auth_user_id" not in client.session
 
 
+def test_a_password_typed_as_the_username_is_not_kept_in_the_audit_log(client, trader, password, settings):
+    """A failed sign-in kept the typed username verbatim in the audit log every staff member reads:
+    often a password typed into the username box. One naming no user is kept as that only; one
+    naming a user is kept with that user (so staff still see who was tried, and a locked one)."""
+    settings.LOGIN_FAILURES_PER_USERNAME = 2
+    login(client, password, "anything")
+    login(client, "trader", "wrong")
+    failed = list(AuditLog.objects.filter(action=AuditLog.Action.LOGIN_FAILED).order_by("pk"))
+    assert [entry.data for entry in failed] == [
+        {"username": None, "unknown_username": True},
+        {"username": "trader"},
+    ]
+    assert failed[1].target_id == str(trader.pk)
+    login(client, password, "again")  # its second failure: that username is locked from now on
+    assert login(client, password, "once more").status_code == 429
+    locked = AuditLog.objects.get(action=AuditLog.Action.LOGIN_LOCKED)
+    assert locked.data == {"username": None, "unknown_username": True}
+    assert not [entry for entry in AuditLog.objects.all() if password in str(entry.data)]
+
+
 def test_username_locked_after_failures_even_with_right_password(client, trader, password, settings):
     settings.LOGIN_FAILURES_PER_USERNAME = 3
     for _ in range(3):
