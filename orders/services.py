@@ -449,6 +449,18 @@ def _event(order: Order, kind: str, *, cause: str, from_status="", message="", d
     return _events(order, [(kind, from_status, order.status, cause, message, data)])[0]
 
 
+def _note(order: Order, kind: str, *, cause: str, message: str = "", data=None) -> OrderEvent:
+    """An event that changes nothing of the order (a request, a refusal, a lost answer, a step's
+    note), with the status the order has as it is written, not as ``order`` was read: the broker's
+    word may have moved it meanwhile (a modify refused because the order just filled, a cancel
+    whose answer was lost after the broker said it was cancelled), and the timeline would then show
+    it going back. Its row is locked for the insert, so such a move lands before or after it."""
+    with transaction.atomic(savepoint=False):  # within a caller's transaction, part of it
+        stored = Order.objects.select_for_update().filter(pk=order.pk).values_list("status", flat=True)
+        status = stored.first() or order.status
+        return _events(order, [(kind, status, status, cause, message, data)])[0]
+
+
 def _events(order: Order, steps) -> list[OrderEvent]:
     """The order's events, one per (kind, from, to, cause, message, data) step, in one INSERT."""
     events = [
@@ -1211,7 +1223,7 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
         try:
             AccountBroker(order.account).modify_order(order.broker_order_id, change)
         except (OrderRejected, InputError) as error:
-            _event(order, "modify_rejected", cause=cause, from_status=order.status, message=error.message)
+            _note(order, "modify_rejected", cause=cause, message=error.message)
             # The refusal often means the order moved on (filled, cancelled) unheard: catch up soon.
             _queue_sync(order)
             raise OrderActionRefused(f"The broker refused the change: {error.message}") from error
@@ -1238,7 +1250,7 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
                 _event(order, "modified", cause=cause, from_status=order.status, data=asked)
         if not taken:
             message = f"{order.filled_quantity} were filled while it was sent; the order is read from the broker"
-            _event(order, "modify_rejected", cause=cause, from_status=order.status, message=message, data=asked)
+            _note(order, "modify_rejected", cause=cause, message=message, data=asked)
             _queue_sync(order)
             raise OrderActionRefused(f"The change cannot take: {message}.", field="quantity")
     finally:
@@ -1296,7 +1308,7 @@ def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> 
     at_once = registry.get(order.account.broker).cancels_at_once
     pending = not at_once and _cancel_pending(order)
     by = "trader" if by_trader else "platform"
-    _event(order, "cancel_requested", cause=cause, from_status=order.status, data={"by": by, **(data or {})})
+    _note(order, "cancel_requested", cause=cause, data={"by": by, **(data or {})})
     if pending:
         _read_back(order, cause)
         _queue_sync(order)
@@ -1311,7 +1323,7 @@ def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> 
         except Exception:  # the refusal is the answer; the sync's own failure is logged and retried
             logger.exception("could not reconcile %s after a refused cancel", order.reference)
         _reread(order)
-        _event(order, "cancel_refused", cause=cause, from_status=order.status, message=error.message)
+        _note(order, "cancel_refused", cause=cause, message=error.message)
         raise OrderActionRefused(f"The broker refused to cancel: {error.message}") from error
     except BrokerError as error:
         raise _unanswered(order, "cancel", error, cause=cause) from error
@@ -1378,19 +1390,19 @@ def _unanswered(
     (the broker may have done it) has the order brought in line with the broker's book at once."""
     if isinstance(error, NetworkError):
         message = f"{error}; looked up next"
-        _event(order, f"{action}_unknown", cause=cause, from_status=order.status, message=message, data=data)
+        _note(order, f"{action}_unknown", cause=cause, message=message, data=data)
         _queue_sync(order, always=True)
         return OrderActionRefused(
             f"The broker's answer was lost ({error}); the order will show what the broker holds shortly.",
             outcome_unknown=True,
         )
-    _event(order, f"{action}_failed", cause=cause, from_status=order.status, message=str(error), data=data)
+    _note(order, f"{action}_failed", cause=cause, message=str(error), data=data)
     return OrderActionRefused(f"Could not reach the broker: {error}")
 
 
 def order_event_add(order: Order, kind: str, *, cause: str, message: str = "", data: dict | None = None) -> None:
     """An event that changes nothing of the order: what a step decided about it (``data``: with what)."""
-    _event(order, kind, cause=cause, from_status=order.status, message=message, data=data)
+    _note(order, kind, cause=cause, message=message, data=data)
 
 
 def cancel_asked_by_platform(order: Order) -> bool:
