@@ -107,6 +107,8 @@ class PlacedOrder:
     # fills of that state (an order filled on arrival), which the placer records with the answer.
     untold: Callable[[], None] | None = field(default=None, compare=False, repr=False)
     fills: tuple["BrokerTrade", ...] = ()
+    # The answer was lost and the order found in the broker's book by its tag (``state``: as found).
+    found_by_tag: bool = False
 
 
 @dataclass(frozen=True)

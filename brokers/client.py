@@ -228,7 +228,7 @@ class AccountBroker:
                     logger.info("order %s found by tag after a lost answer", request.tag)
                     # With its state: the broker may have filled or rejected it already, and that
                     # is the answer (not "submitted" until a later update or sync says so).
-                    return PlacedOrder(broker_order_id=found.broker_order_id, state=found)
+                    return PlacedOrder(broker_order_id=found.broker_order_id, state=found, found_by_tag=True)
                 if not isinstance(error, BrokerUnavailable):
                     # A timeout or a dropped connection: the request may still be on its way in,
                     # so "not there yet" proves nothing, and sending it again could place it twice

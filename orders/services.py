@@ -906,14 +906,17 @@ def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) 
                     for name in ("quantity", "filled_quantity", "average_price", "order_type", "price", "trigger_price")
                 },
             )
-            answered = _state_step(as_submitted, placed.state, cause=f"{broker_name(order)}'s answer")
+            told_by = f"{broker_name(order)}'s " + ("book, by its tag" if placed.found_by_tag else "answer")
+            answered = _state_step(as_submitted, placed.state, cause=told_by)
+        # A lost answer, resolved by looking the order up by its tag: the timeline says it was sent once.
+        lost = "; its answer was lost, and it was found by its tag" if placed.found_by_tag else ""
         submitted = functools.partial(
             _transition,
             order,
             OrderStatus.SUBMITTED,
             kind="submitted",
             cause=cause,
-            message=f"broker order {placed.broker_order_id}",
+            message=f"broker order {placed.broker_order_id}{lost}",
             push=False,
             then=answered,
             broker_order_id=placed.broker_order_id,

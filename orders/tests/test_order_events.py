@@ -75,3 +75,19 @@ def test_a_modify_refused_after_the_brokers_word_filled_it_shows_it_filled(trade
         ("filled", "OPEN", "FILLED"),
         ("modify_rejected", "FILLED", "FILLED"),
     ]
+
+
+def test_an_order_found_by_its_tag_after_a_lost_answer_says_so_in_its_timeline(trader, account):
+    """The placement's answer was lost and the order was found in the broker's book by its tag:
+    its timeline says so (why it took that long, and that it was sent once), not that the broker's
+    answer said it was filled."""
+    from brokers.paper.models import PaperClient
+
+    engine.client_get_or_create(user_id=account.client_id)
+    PaperClient.objects.filter(user_id=account.client_id).update(timeout_rate=1)
+    order = place(trader, account, cause="ticket by trader")
+    assert order.status == Order.Status.FILLED
+    submitted, filled = order.events.order_by("id")[1:3]
+    assert (submitted.kind, submitted.cause) == ("submitted", "ticket by trader")
+    assert "answer was lost" in submitted.message and "found by its tag" in submitted.message
+    assert filled.kind == "filled" and "answer" not in filled.cause and "by its tag" in filled.cause
