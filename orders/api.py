@@ -146,6 +146,12 @@ class OrderEventOut(Schema):
     to_status: str
     cause: str
     message: str
+    summary: str = Field(
+        ..., description="The message, or what the event's data says (a modify's changes, who asked for a cancel)."
+    )
+    data: dict = Field(
+        ..., description="What the event recorded, values as text (a modify's changes, the prices placed at)."
+    )
     created_at: datetime
 
 

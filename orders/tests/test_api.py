@@ -111,8 +111,16 @@ def test_modify_cancel_and_events(api, account):
     assert cancelled.json()["status"] == "CANCELLED"
     again = api.post(f"/api/v1/orders/{order['id']}/cancel")
     assert again.status_code == 409 and again.json()["error"]["code"] == "refused"
-    kinds = [event["kind"] for event in api.get(f"/api/v1/orders/{order['id']}/events").json()]
-    assert kinds == ["created", "submitted", "opened", "modified", "cancel_requested", "cancelled"]
+    events = api.get(f"/api/v1/orders/{order['id']}/events").json()
+    assert [event["kind"] for event in events] == [
+        "created", "submitted", "opened", "modified", "cancel_requested", "cancelled"
+    ]  # fmt: skip
+    # What a modify changed and who asked for the cancel, as the order's page says (the message was
+    # empty: an API client could not tell what changed).
+    modified, asked = events[3], events[4]
+    assert (modified["message"], modified["summary"]) == ("", "price 1401.00")
+    assert modified["data"] == {"price": "1401.00"}
+    assert asked["summary"] == "asked by the trader" and asked["data"]["by"] == "trader"
 
 
 def test_a_modify_of_an_order_its_broker_has_not_answered_for_says_why_it_cannot_be_changed_yet(api, trader, account):

@@ -268,6 +268,8 @@ def test_limit_order_place_modify_cancel(env):
         ["created", "opened", "modified", "cancel_requested", "cancelled"],
     )
     assert all(e.created_at.tzinfo for e in env.client.order_events(order.id))
+    changed = next(e for e in env.client.order_events(order.id) if e.kind == "modified")
+    assert "quantity 3" in changed.summary and changed.data["quantity"] == "3", changed  # values as text
 
 
 def test_sl_order_place_modify_cancel(env):

@@ -173,8 +173,8 @@ def cmd_orders_get(client: Client, args):
 
 def cmd_orders_events(client: Client, args):
     events = client.order_events(args.id)
-    rows = [[e.created_at, e.kind, e.from_status, e.to_status, e.cause, e.message] for e in events]
-    return events, table(rows, ["AT", "KIND", "FROM", "TO", "CAUSE", "MESSAGE"])
+    rows = [[e.created_at, e.kind, e.from_status, e.to_status, e.cause, e.summary or e.message] for e in events]
+    return events, table(rows, ["AT", "KIND", "FROM", "TO", "CAUSE", "DETAIL"])
 
 
 class OutcomeUnknown(Exception):

@@ -127,12 +127,17 @@ class Order:
 
 @dataclass(frozen=True)
 class OrderEvent:
+    """One thing that happened to an order. ``summary``: its message, or what its ``data`` says (a
+    modify's changes, who asked for a cancel); both empty from a server older than them."""
+
     kind: str
     from_status: str
     to_status: str
     cause: str
     message: str
     created_at: datetime
+    summary: str = ""
+    data: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
