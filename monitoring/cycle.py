@@ -24,6 +24,7 @@ What makes a batch cheaper than its accounts one by one (the rules above do not 
 - The dashboard is rendered and pushed only for traders with a page open.
 """
 
+import contextlib
 import contextvars
 import functools
 import itertools
@@ -935,25 +936,35 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         return None
     side = "SELL" if entry.side == "BUY" else "BUY"
     prices = _at_market_if_passed(ctx, entry.instrument, role, side, f"{name} for {entry.reference}", prices)
-    try:
-        placed = orders.order_place(
-            actor=ctx.account.owner,
-            account=ctx.account,
-            instrument=entry.instrument,
-            side=side,
-            quantity=missing,
-            product=entry.product,
-            source=Order.Source.SYSTEM,
-            role=role,
-            parent=entry,
-            strategy=entry.strategy,
-            cause=_cause("step 4", f"{name} for {entry.reference}"),
-            idempotency_key=key,
-            **prices,
-        )
-    except ValidationError as error:
-        _run_error(ctx, f"could not place a {name} for {entry.reference}: {_refusal(error)}")
-        return
+    # A replacement past the cap is placed under the replaced exit's change lock, as a trader's cancel
+    # of it takes it: one asked since the step's (the exit closed, not replaced yet) means none is.
+    replacing = owed is not None and not carried
+    with orders.order_change_held(replaced) if replacing else contextlib.nullcontext(True) as took:
+        if not took:
+            ctx.act(f"{replaced.reference} is being changed or cancelled meanwhile: not replaced this run")
+            return None
+        if replacing and not orders.replacement_owed(replaced):
+            ctx.act(f"{replaced.reference} was cancelled by the trader meanwhile: not replaced")
+            return None
+        try:
+            placed = orders.order_place(
+                actor=ctx.account.owner,
+                account=ctx.account,
+                instrument=entry.instrument,
+                side=side,
+                quantity=missing,
+                product=entry.product,
+                source=Order.Source.SYSTEM,
+                role=role,
+                parent=entry,
+                strategy=entry.strategy,
+                cause=_cause("step 4", f"{name} for {entry.reference}"),
+                idempotency_key=key,
+                **prices,
+            )
+        except ValidationError as error:
+            _run_error(ctx, f"could not place a {name} for {entry.reference}: {_refusal(error)}")
+            return
     if placed.status in (Order.Status.REJECTED, Order.Status.FAILED):
         _run_error(ctx, f"{name} {placed.reference} for {entry.reference} {placed.status}: {placed.reject_reason}")
         return None
@@ -1094,7 +1105,11 @@ def _refusal(error: Exception) -> str:
 
 
 def _cancelled_by_step_4(order: Order) -> bool:
-    """An exit step 4 cancelled before cancels were recorded as asked (``cancel_requested``)."""
+    """An exit step 4 cancelled before cancels were recorded as asked (``cancel_requested``); not one
+    the trader asked to cancel since (step 4 cancelled it past the cap, to place it again cut down)."""
+    request = orders.last_cancel_request(order)
+    if request is not None and request.data.get("by") == "trader":
+        return False
     return order.events.filter(kind="cancelled", cause__startswith=_cause("step 4", "")).exists()
 
 
@@ -1398,6 +1413,22 @@ def _replace_closed(
     terms = _at_market_if_passed(
         ctx, order.instrument, order.role, order.side, f"{order.reference}'s replacement", terms
     )
+    # Under the order's change lock, as a trader's cancel of it takes it: one asked since the step's
+    # (the order already closed, its replacement not placed yet) means nothing is placed for it.
+    with orders.order_change_held(order) as took:
+        if not took:
+            ctx.act(f"{order.reference} is being changed or cancelled meanwhile: not replaced this run")
+            return None
+        if not orders.replacement_owed(order):
+            ctx.act(f"{order.reference} was cancelled by the trader meanwhile: not replaced")
+            return None
+        return _replacement_place(ctx, order, cause, step=step, parent=parent, quantity=quantity, tries=tries, **terms)
+
+
+def _replacement_place(
+    ctx: Context, order: Order, cause: str, *, step: str, parent: Order, quantity: int, tries: int, **terms
+) -> Order | None:
+    """Place ``order``'s replacement (``_replace_closed``) for ``quantity``, at ``terms``."""
     try:
         replacement = orders.order_place(
             actor=ctx.account.owner,

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -1138,6 +1139,32 @@ def _change_lock(order: Order) -> str:
     return f"orders:change:{order.pk}"
 
 
+@contextmanager
+def order_change_held(order: Order):
+    """Hold ``order``'s change lock (``_change_lock``) for the block, as a modify or a cancel of it
+    does; yields whether it was taken. A step placing what stands for the order (its replacement
+    past the modification cap) holds it while it checks that the order is still owed one, so a
+    trader's cancel of the order comes before (nothing placed) or after (it names the replacement)."""
+    with locks.held(_change_lock(order), ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S, keep=True) as took:
+        yield took
+
+
+def replacements_of(order: Order):
+    """The orders a step placed to replace ``order`` past the broker's modification cap
+    (``monitoring.cycle``'s cancel-and-replace: their key names the order, then ``#<try>`` for a try
+    after one that never reached the broker), oldest first."""
+    key = stored_idempotency_key(order.account.owner, f"replace:{order.pk}")
+    by_key = Q(idempotency_key=key) | Q(idempotency_key__startswith=f"{key}#")
+    return Order.objects.filter(by_key, account_id=order.account_id).order_by("pk")
+
+
+def replacement_owed(order: Order) -> bool:
+    """Whether the latest cancel asked for ``order`` is a step's that means to replace it (past the
+    modification cap): not a trader's asked since."""
+    request = last_cancel_request(order)
+    return request is not None and request.data.get("by") == "platform" and "replace" in request.data
+
+
 def order_modify(
     *,
     order: Order,
@@ -1304,6 +1331,22 @@ def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> 
                 "scheduled order to stop it, or cancel this one once the broker has it."
             )
         raise OrderActionRefused("This order is being sent; cancel it once the broker has it.")
+    if by_trader and order.status == OrderStatus.CANCELLED and replacement_owed(order):
+        # A step cancelled it past the modification cap to place it again: the trader's cancel is of
+        # that order too. Not placed yet (or only refused): recorded, so it never is (the step checks
+        # under this lock). Placed: it is the live order now, named, not "nothing to cancel".
+        refused = (OrderStatus.REJECTED, OrderStatus.FAILED)
+        standing = replacements_of(order).exclude(status__in=refused).last()
+        if standing is None:
+            request = {"by": "trader", **(data or {})}
+            message = "cancelled by the platform to be replaced; not replaced now"
+            _event(order, "cancel_requested", cause=cause, from_status=order.status, message=message, data=request)
+            return order
+        if standing.status in Order.LIVE:
+            raise OrderActionRefused(
+                f"The platform cancelled this order past the broker's modification cap and replaced it with "
+                f"{standing.reference}: cancel that one."
+            )
     if order.status not in Order.AT_BROKER:
         raise OrderActionRefused(f"This order is {order.get_status_display()}; there is nothing to cancel.")
     if not order.broker_order_id:

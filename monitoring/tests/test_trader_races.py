@@ -1,0 +1,179 @@
+"""The trader acting on a strategy's orders while a monitoring cycle works on the same orders: what
+the trader did stands, nothing is placed twice, and the trader is told what happened."""
+
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from monitoring import cycle
+from monitoring.tests.test_strategy_exits import (
+    at_modification_cap,
+    entry,
+    monitor,
+    quote,
+    strategy,
+    trailing_stop_at_the_cap,
+)
+from orders import services
+from orders.models import Order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+D = Decimal
+
+
+def test_a_chased_entry_the_trader_cancels_while_the_chase_replaces_it_is_not_replaced(trader, account, monkeypatch):
+    """The chase has cancelled the entry past the modification cap to replace it; before the
+    replacement is placed, the trader cancels the entry (a page, the API). The cancel wins: no
+    replacement entry is placed after it, and the trader is not told "nothing to cancel"."""
+    guarded = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    at_modification_cap(first)
+    answers, real = [], cycle._replace_closed
+
+    def trader_cancels_first(ctx, order, *args, **kwargs):
+        try:
+            answers.append(services.order_cancel(order=Order.objects.get(pk=order.pk), actor=trader, cause="page"))
+        except services.OrderActionRefused as refused:
+            answers.append(refused)
+        return real(ctx, order, *args, **kwargs)
+
+    monkeypatch.setattr(cycle, "_replace_closed", trader_cancels_first)
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    monitor(account)
+    monkeypatch.undo()
+    monitor(account)  # nor by a later cycle
+    first.refresh_from_db()
+    assert not isinstance(answers[0], Exception), answers[0]
+    assert first.status == answers[0].status == Order.Status.CANCELLED
+    assert not Order.objects.filter(parent=first).exists()
+    assert services.last_cancel_request(first).data["by"] == "trader"
+
+
+def cancelled_by_the_trader_before_the_replacement(monkeypatch, trader, answers):
+    """The trader's cancel (a page, the API) of the order a step has just cancelled past the
+    modification cap, before the step places its replacement: the answer (or refusal) in ``answers``."""
+    real = cycle._replace_closed
+
+    def trader_cancels_first(ctx, order, *args, **kwargs):
+        try:
+            answers.append(services.order_cancel(order=Order.objects.get(pk=order.pk), actor=trader, cause="page"))
+        except services.OrderActionRefused as refused:
+            answers.append(refused)
+        return real(ctx, order, *args, **kwargs)
+
+    monkeypatch.setattr(cycle, "_replace_closed", trader_cancels_first)
+
+
+def test_a_trailing_stop_the_trader_cancels_while_the_trail_replaces_it_is_not_put_back(trader, account, monkeypatch):
+    """Past the cap the trail cancels the stop to replace it at its new trigger; the trader cancels
+    the stop meanwhile (they mean to close the position themselves). No stop is placed after it,
+    by the trail or by step 4's look at the entry's exits."""
+    first, stop = trailing_stop_at_the_cap(trader, account)
+    answers = []
+    cancelled_by_the_trader_before_the_replacement(monkeypatch, trader, answers)
+    quote("1512")
+    monitor(account)
+    monkeypatch.undo()
+    monitor(account)
+    monitor(account)
+    stop.refresh_from_db()
+    assert not isinstance(answers[0], Exception), answers[0]
+    assert stop.status == answers[0].status == Order.Status.CANCELLED
+    assert list(first.children.filter(role="stop_loss")) == [stop]
+
+
+def test_a_stop_loss_the_trader_cancels_while_step_4_cuts_it_down_is_not_put_back(trader, account, monkeypatch):
+    """The take-profit sells 4 of 10; step 4 cuts the stop-loss to 6 by cancel-and-replace (it is past
+    the modification cap) and the trader cancels the stop-loss meanwhile. No stop-loss is placed
+    after it: neither the cut's replacement nor, at a later look, a fresh one for the 6 held."""
+    guarded = strategy(trader, account, stop_loss=D("1"), take_profit=D("2"))
+    quote("1500")
+    first = entry(trader, account, guarded)
+    monitor(account)
+    stop = first.children.get(role="stop_loss")
+    at_modification_cap(stop)
+    answers = []
+    cancelled_by_the_trader_before_the_replacement(monkeypatch, trader, answers)
+    quote("1530.2", bid="1530.2", ask="1530.3", volume=4)  # the take-profit (1530.10) sells 4
+    monitor(account)
+    monkeypatch.undo()
+    quote("1520")
+    monitor(account)
+    monitor(account)
+    stop.refresh_from_db()
+    assert not isinstance(answers[0], Exception), answers[0]
+    assert stop.status == answers[0].status == Order.Status.CANCELLED
+    assert list(first.children.filter(role="stop_loss")) == [stop]
+    target = first.children.get(role="take_profit", status__in=Order.LIVE)
+    assert target.quantity - target.filled_quantity == 6  # the rest still has its target
+
+
+def test_a_cancel_while_the_replacement_is_being_placed_waits_and_names_it(trader, account, monkeypatch):
+    """The trader's cancel comes while the chase is placing the entry's replacement (its broker call
+    on its way). It waits for the placement, and says which order stands for the entry now: not
+    "Cancelled", with a new entry going out beside that answer."""
+    guarded = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    at_modification_cap(first)
+    real, placing = services.order_place, threading.Event()
+
+    def slow(**order):
+        if "replace:" in (order.get("idempotency_key") or ""):
+            placing.set()
+            time.sleep(1)  # the trader's cancel arrives meanwhile
+        return real(**order)
+
+    monkeypatch.setattr(services, "order_place", slow)
+
+    def run():
+        try:
+            monitor(account)
+        finally:
+            connection.close()
+
+    cycle_run = threading.Thread(target=run)
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    cycle_run.start()
+    assert placing.wait(30)
+    with pytest.raises(services.OrderActionRefused) as refused:
+        services.order_cancel(order=Order.objects.get(pk=first.pk), actor=trader, cause="page")
+    cycle_run.join(60)
+    replacement = Order.objects.get(parent=first)
+    assert replacement.status in Order.LIVE and replacement.reference in refused.value.message
+
+
+def test_a_stop_the_trader_cancels_as_step_4_puts_back_its_owed_replacement_is_not_placed(trader, account, monkeypatch):
+    """The trail cancelled the stop past the cap while its cancel was still pending at the broker, so
+    step 4 places its replacement at a later run; the trader cancels the stop as that run is about
+    to. No stop is placed after the trader's cancel."""
+    import dataclasses
+
+    from brokers.paper.adapter import PaperBroker
+
+    first, stop = trailing_stop_at_the_cap(trader, account)
+    real_order = PaperBroker.order
+    with monkeypatch.context() as pending:
+        pending.setattr(PaperBroker, "order", lambda self, i: dataclasses.replace(real_order(self, i), status="OPEN"))
+        quote("1512")
+        run = monitor(account)
+    assert any("cancel is pending" in action for action in run.actions), run.actions
+    assert list(first.children.filter(role="stop_loss")) == [stop]
+    answers, real_shut = [], cycle._exchange_shut
+
+    def trader_cancels_first(ctx, entry, what):
+        if not answers:
+            answers.append(services.order_cancel(order=Order.objects.get(pk=stop.pk), actor=trader, cause="page"))
+        return real_shut(ctx, entry, what)
+
+    monkeypatch.setattr(cycle, "_exchange_shut", trader_cancels_first)
+    monitor(account)
+    monkeypatch.undo()
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.status == answers[0].status == Order.Status.CANCELLED
+    assert list(first.children.filter(role="stop_loss")) == [stop]
