@@ -1375,9 +1375,17 @@ def _cancel_and_replace(
         _run_error(ctx, f"could not replace {order.reference}: {_refusal(error)}", step=step)
         return None
     owed = {"replace": {name: str(value) for name, value in terms.items() if value is not None}}
+    # As a step's modify: not sent when the trader changed the order since it was read (a chase or a
+    # trail worked out from its old price would cancel and replace the trader's new one).
+    as_read = {name: getattr(order, name) for name in ("quantity", "price", "trigger_price", "order_type")}
     try:
         orders.order_cancel(
-            order=order, actor=ctx.account.owner, cause=f"{cause}; {CAP_REACHED}", by_trader=False, data=owed
+            order=order,
+            actor=ctx.account.owner,
+            cause=f"{cause}; {CAP_REACHED}",
+            by_trader=False,
+            data=owed,
+            expect=as_read,
         )
     except orders.OrderActionRefused as refused:
         ctx.act(f"could not replace {order.reference}: {refused.message}")

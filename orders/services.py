@@ -1293,7 +1293,9 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
     return order
 
 
-def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, data: dict | None = None) -> Order:
+def order_cancel(
+    *, order: Order, actor, cause: str, by_trader: bool = True, data: dict | None = None, expect: dict | None = None
+) -> Order:
     """Cancel an order at its broker. ``by_trader``: the trader asked (a page, the API), not one of
     the platform's own steps; the request is recorded first, whoever's word on the cancel lands
     first, so a strategy's cycle never puts back an exit the trader cancelled. ``data``: kept with
@@ -1301,7 +1303,8 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
     closed the order, a cancel already with it is not sent again (a second one is refused while
     the first is processed): the request is recorded, and the order read back. One asked more than
     ``CANCEL_PENDING_S`` ago that left the order open did not take (the exchange refused it after
-    the broker took it, or it never left): a new one is sent."""
+    the broker took it, or it never left): a new one is sent. ``expect``: as ``order_modify``'s (a
+    step's cancel to replace the order at terms worked out from these values)."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
     if by_trader and not order.account.is_active:
@@ -1320,6 +1323,9 @@ def order_cancel(*, order: Order, actor, cause: str, by_trader: bool = True, dat
         if not took:
             raise OrderActionRefused("Another change or cancel of this order is still being made; try again.")
         _reread(order)
+        changed = [name for name, value in (expect or {}).items() if getattr(order, name) != value]
+        if changed:
+            raise OrderActionRefused(f"The order was changed meanwhile ({', '.join(changed)}); nothing was sent.")
         return _cancel(order, cause, by_trader=by_trader, data=data)
 
 

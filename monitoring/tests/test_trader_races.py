@@ -177,3 +177,30 @@ def test_a_stop_the_trader_cancels_as_step_4_puts_back_its_owed_replacement_is_n
     stop.refresh_from_db()
     assert stop.status == answers[0].status == Order.Status.CANCELLED
     assert list(first.children.filter(role="stop_loss")) == [stop]
+
+
+def test_a_chased_entry_the_trader_re_prices_as_the_chase_replaces_it_keeps_the_traders_price(
+    trader, account, monkeypatch
+):
+    """The chase worked out its move from the entry at 1499.00 and, its own modifications used up,
+    goes to cancel it and place it again at 1499.20; the trader re-prices the entry to 1498.00 just
+    before (a page, the API). The trader's price stands: the entry is not cancelled and replaced at
+    the chase's, as a chase's modify would not be sent either."""
+    guarded = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
+    Order.objects.filter(pk=first.pk).update(chase_count=cycle.BROKER_MODIFICATION_CAP - 1)
+    real = cycle._cancel_and_replace
+
+    def trader_re_prices_first(ctx, order, *args, **kwargs):
+        services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="page", price="1498.00")
+        return real(ctx, order, *args, **kwargs)
+
+    monkeypatch.setattr(cycle, "_cancel_and_replace", trader_re_prices_first)
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    monitor(account)
+    monkeypatch.undo()
+    monitor(account)  # nor chased at a later look: the trader re-priced it
+    first.refresh_from_db()
+    assert (first.status, first.price) == (Order.Status.OPEN, D("1498.00"))
+    assert not Order.objects.filter(parent=first).exists()
