@@ -1353,6 +1353,17 @@ def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> 
                 f"The platform cancelled this order past the broker's modification cap and replaced it with "
                 f"{standing.reference}: cancel that one."
             )
+    if by_trader and order.status == OrderStatus.CANCELLED and closes_position(order.role, order.parent_id):
+        request = last_cancel_request(order)
+        if request is None or cancel_did_not_take(order, request):
+            # A strategy's exit its exchange or broker closed, not a cancel of ours (the day's end
+            # closes a carried exit, which a step puts back when orders trade again): the trader's
+            # word that it stays closed is recorded, as a cancel asked before the close was read is.
+            message = "closed already, not by the platform; not put back"
+            _event(
+                order, "cancel_requested", cause=cause, from_status=order.status, message=message, data={"by": "trader"}
+            )
+            return order
     if order.status not in Order.AT_BROKER:
         raise OrderActionRefused(f"This order is {order.get_status_display()}; there is nothing to cancel.")
     if not order.broker_order_id:

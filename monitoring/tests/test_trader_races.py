@@ -3,6 +3,7 @@ the trader did stands, nothing is placed twice, and the trader is told what happ
 
 import threading
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -204,3 +205,29 @@ def test_a_chased_entry_the_trader_re_prices_as_the_chase_replaces_it_keeps_the_
     first.refresh_from_db()
     assert (first.status, first.price) == (Order.Status.OPEN, D("1498.00"))
     assert not Order.objects.filter(parent=first).exists()
+
+
+def test_a_stop_the_day_ended_that_the_trader_cancels_before_it_goes_back_is_not_put_back(
+    trader, kite_on_face, monkeypatch
+):
+    """At Kite the exchange ended the carried stop with its day; the run says it goes back at the
+    open. The trader, who means to close the position by hand then, cancels the stop meanwhile (the
+    order page, the API). Their cancel is not refused as "nothing to cancel" with the stop going
+    back at the open regardless: it is recorded, as one asked before the platform read the close is."""
+    from brokers.base import Broker
+    from monitoring.tests.test_carried_exits import day_ends, guarded_yesterday, monitor, stops
+
+    account = kite_on_face
+    first, stop = guarded_yesterday(trader, account)
+    day_ends(stop)
+    shut = classmethod(lambda cls, exchange, after: after + timedelta(hours=1))
+    with monkeypatch.context() as night:
+        night.setattr(Broker, "next_open", shut)
+        run = monitor(account)
+        assert any("ended with its trading day: placed at NSE's open" in a for a in run.actions), run.actions
+        stop.refresh_from_db()
+        assert stop.status == Order.Status.CANCELLED
+        answer = services.order_cancel(order=stop, actor=trader, cause="page")
+    assert answer.status == Order.Status.CANCELLED
+    run = monitor(account)  # the exchange opens
+    assert stops(first) == [stop], run.actions
