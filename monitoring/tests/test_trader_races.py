@@ -33,16 +33,8 @@ def test_a_chased_entry_the_trader_cancels_while_the_chase_replaces_it_is_not_re
     quote("1500")
     first = entry(trader, account, guarded, order_type="LIMIT", price="1499.00")
     at_modification_cap(first)
-    answers, real = [], cycle._replace_closed
-
-    def trader_cancels_first(ctx, order, *args, **kwargs):
-        try:
-            answers.append(services.order_cancel(order=Order.objects.get(pk=order.pk), actor=trader, cause="page"))
-        except services.OrderActionRefused as refused:
-            answers.append(refused)
-        return real(ctx, order, *args, **kwargs)
-
-    monkeypatch.setattr(cycle, "_replace_closed", trader_cancels_first)
+    answers = []
+    cancelled_by_the_trader_before_the_replacement(monkeypatch, trader, answers)
     quote("1499.20", bid="1499.30", ask="1499.40")
     monitor(account)
     monkeypatch.undo()
