@@ -28,7 +28,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal
 from django.conf import settings
 from django.contrib.auth.hashers import check_password
 from django.core.cache import cache
-from django.db import DatabaseError, connection, models, transaction
+from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Q
 from django.utils import timezone
@@ -38,7 +38,7 @@ from brokers.markets import day_start, trading_date
 from tradingplatform.db import PlainInserts, PlainRows
 
 from .book import BUY, SELL, OrderBook
-from .models import PaperClient, PaperFeedState, PaperInstrument, PaperOrder, PaperToken, PaperTrade
+from .models import PaperCarry, PaperClient, PaperFeedState, PaperInstrument, PaperOrder, PaperToken, PaperTrade
 
 logger = logging.getLogger(__name__)
 
@@ -1500,41 +1500,169 @@ class PositionRow:
         return self.pnl - self.realised
 
 
+def _carry_folded(carried: dict, fills) -> dict:
+    """``carried`` ({(instrument id, product): (net quantity, average)}, in order of first fill)
+    moved on by ``fills`` ((instrument id, product, transaction type, quantity, price), oldest
+    first), as Kite carries a position into the day. A fill that reduces it keeps its average; one
+    that turns it over starts the other side at its own price. Closed ones stay (quantity 0)."""
+    for instrument_id, product, transaction_type, fill_quantity, price in fills:
+        key = (instrument_id, product)
+        quantity, average = carried.get(key, (0, Decimal(0)))
+        signed = fill_quantity if transaction_type == BUY else -fill_quantity
+        if quantity == 0 or (quantity > 0) == (signed > 0):  # opens or adds: the average moves
+            average = (abs(quantity) * average + fill_quantity * price) / (abs(quantity) + fill_quantity)
+        elif abs(signed) > abs(quantity):  # turned over: the rest opens at this fill's price
+            average = price
+        carried[key] = (quantity + signed, average)
+    return carried
+
+
+def _fill_of(trade: PaperTrade) -> tuple:
+    return trade.instrument_id, trade.product, trade.transaction_type, trade.quantity, trade.price
+
+
 def _carried_in(trades: list[PaperTrade]) -> dict[tuple, tuple[PaperInstrument, int, Decimal]]:
     """What the fills of earlier days leave open by (instrument, product), as Kite carries it into
-    the day: (instrument, net quantity, negative for a short, its average price). A fill that
-    reduces it keeps its average; one that turns it over starts the other side at its own price."""
-    carried = {}
-    for trade in trades:
-        key = (trade.instrument_id, trade.product)
-        _instrument, quantity, average = carried.get(key, (trade.instrument, 0, Decimal(0)))
-        signed = trade.quantity if trade.transaction_type == BUY else -trade.quantity
-        if quantity == 0 or (quantity > 0) == (signed > 0):  # opens or adds: the average moves
-            average = (abs(quantity) * average + trade.quantity * trade.price) / (abs(quantity) + trade.quantity)
-        elif abs(signed) > abs(quantity):  # turned over: the rest opens at this fill's price
-            average = trade.price
-        carried[key] = (trade.instrument, quantity + signed, average)
-    return {key: entry for key, entry in carried.items() if entry[1]}
+    the day: (instrument, net quantity, negative for a short, its average price) (``_carry_folded``)."""
+    instruments = {trade.instrument_id: trade.instrument for trade in trades}
+    carried = _carry_folded({}, map(_fill_of, trades))
+    return {key: (instruments[key[0]], quantity, average) for key, (quantity, average) in carried.items() if quantity}
+
+
+def _positions_of_every_fill(client: PaperClient) -> list[PositionRow]:
+    """``positions_of``'s net view worked out from every fill the client ever had (what it kept
+    before the carry was kept: ``PaperCarry``), for the tests that hold the two equal."""
+    start_of_day = day_start()
+    rows: dict[tuple, PositionRow] = {}
+    trades = trade_book(client, every_day=True)
+    earlier = [t for t in trades if t.filled_at < start_of_day and t.product != "CNC"]
+    for (instrument_id, product), (instrument, quantity, average) in _carried_in(earlier).items():
+        row = rows[(instrument_id, product)] = PositionRow(instrument, product)
+        if quantity > 0:
+            row.buy_quantity, row.buy_value = quantity, quantity * average
+        else:
+            row.sell_quantity, row.sell_value = -quantity, -quantity * average
+    return _with_days_fills(rows, [t for t in trades if t.filled_at >= start_of_day])
+
+
+# The client's fills from the cut (``BOOK_LOOKBACK`` before the day's start: the day's trade book),
+# and those of before it written since its carry was worked out (``PaperCarry.through_id``), which
+# make it stale: one statement, so both are read at one moment.
+@functools.cache
+def _fills_since_carry_sql() -> str:
+    def select(late: int) -> str:
+        return (
+            f"SELECT {_TRADES.columns('t')}, o.order_id, o.tag, {late}, {_INSTRUMENTS.columns('i')} "  # noqa: S608
+            "FROM paper_papertrade t "
+            "JOIN paper_paperorder o ON o.id = t.order_id JOIN paper_paperinstrument i ON i.id = t.instrument_id "
+        )
+
+    return (
+        f"{select(0)}WHERE t.client_id = %s AND t.filled_at >= %s "
+        f"UNION ALL {select(1)}WHERE t.client_id = %s AND t.id > %s AND t.filled_at < %s"
+    )
+
+
+@functools.cache
+def _carry_fills_sql() -> str:
+    return (
+        "SELECT t.instrument_id, t.product, t.transaction_type, t.quantity, t.price FROM paper_papertrade t "
+        "WHERE t.client_id = %s AND t.filled_at < %s ORDER BY t.filled_at, t.id"
+    )
+
+
+_CARRY_FILLS = PlainRows(PaperTrade, only=("instrument", "product", "transaction_type", "quantity", "price"))
+
+
+def _carry_worked_out(client: PaperClient, day, cut: datetime) -> tuple[int, dict]:
+    """What the client's fills of before ``cut`` (but delivery's) carry into ``day``, from them all,
+    kept (``PaperCarry``, in a transaction of its own where the caller has none): (the client's
+    last fill then, the carry)."""
+    with connection.cursor() as cursor:
+        # The last fill first: one written meanwhile is read again (``_fills_since_carry_sql``).
+        cursor.execute("SELECT MAX(t.id) FROM paper_papertrade t WHERE t.client_id = %s", [client.pk])
+        (through_id,) = cursor.fetchone()
+        cursor.execute(_carry_fills_sql(), [client.pk, _since(cut)])
+        fills = [_CARRY_FILLS.convert(values) for values in cursor.fetchall()]
+    through_id = through_id or 0
+    carried = _carry_folded({}, (fill for fill in fills if fill[1] != "CNC"))
+    state = [[i, product, quantity, str(average)] for (i, product), (quantity, average) in carried.items()]
+    outermost = not connection.in_atomic_block
+    try:
+        with transaction.atomic():
+            PaperCarry.objects.filter(client=client).exclude(day=day).delete()  # other days': read no more
+            if not PaperCarry.objects.filter(client=client, day=day).update(through_id=through_id, state=state):
+                PaperCarry.objects.create(client=client, day=day, through_id=through_id, state=state)
+    except DatabaseError as error:  # kept by another process first (or a lock): ours stands for this read
+        if not (outermost or isinstance(error, IntegrityError)):
+            raise
+        logger.info("paper carry of client %s not kept", client.pk, exc_info=True)
+    return through_id, carried
+
+
+def _kept_carry(client: PaperClient, day) -> tuple[int, dict] | None:
+    kept = PaperCarry.objects.filter(client=client, day=day).values_list("through_id", "state").first()
+    if kept is None:
+        return None
+    through_id, state = kept
+    return through_id, {(i, product): (quantity, Decimal(average)) for i, product, quantity, average in state}
+
+
+def _carry_and_fills(client: PaperClient, start_of_day: datetime) -> tuple[dict, list[PaperTrade]]:
+    """What the fills of before the cut (``BOOK_LOOKBACK`` before the day's start) carry in (kept:
+    ``PaperCarry``), and the fills from the cut, oldest first: a bounded read whatever the
+    client's history (the carry is worked out once a day, and again when a fill of before the cut
+    is written or any fill edited)."""
+    cut = start_of_day - BOOK_LOOKBACK
+    day = trading_date(start_of_day)
+    kept = _kept_carry(client, day)
+    for _attempt in range(3):
+        if kept is None:
+            kept = _carry_worked_out(client, day, cut)
+        through_id, carried = kept
+        params = [client.pk, _since(cut), client.pk, through_id, _since(cut)]
+        rows = _rows_with_instruments(_fills_since_carry_sql(), params, _TRADES, 3)
+        if not any(late for _trade, (_ref, _tag, late) in rows):
+            trades = []
+            for trade, (order_ref, order_tag, _late) in rows:
+                trade.order = PaperOrder(pk=trade.order_id, order_id=order_ref, tag=order_tag or "")
+                trades.append(trade)
+            trades.sort(key=lambda trade: (trade.filled_at, trade.pk))
+            return carried, trades
+        kept = None  # a fill of before the cut written since it was worked out: again
+    raise DatabaseError("the paper carry went stale three times running")
 
 
 def positions_of(client: PaperClient, *, day_only: bool = False) -> list[PositionRow]:
     """Positions as Kite lists them: today's fills, and in the net view (not ``day_only``) what the
     fills of earlier days left open, carried in at its average (delivery's is a holding instead).
-    A position closed on an earlier day is no position today."""
+    A position closed on an earlier day is no position today. The net view reads the fills from
+    the day's book only, on what was kept of the earlier days (``_carry_and_fills``)."""
     start_of_day = day_start()
     rows: dict[tuple, PositionRow] = {}
-    trades = trade_book(client, every_day=not day_only)
-    if not day_only:
-        earlier = [t for t in trades if t.filled_at < start_of_day and t.product != "CNC"]
-        for (instrument_id, product), (instrument, quantity, average) in _carried_in(earlier).items():
-            row = rows[(instrument_id, product)] = PositionRow(instrument, product)
-            if quantity > 0:
-                row.buy_quantity, row.buy_value = quantity, quantity * average
-            else:
-                row.sell_quantity, row.sell_value = -quantity, -quantity * average
-    for trade in trades:
-        if trade.filled_at < start_of_day:
+    if day_only:
+        return _with_days_fills(rows, [t for t in trade_book(client) if t.filled_at >= start_of_day])
+    carried, trades = _carry_and_fills(client, start_of_day)
+    earlier = [t for t in trades if t.filled_at < start_of_day and t.product != "CNC"]
+    carried = _carry_folded(dict(carried), map(_fill_of, earlier))
+    instruments = {trade.instrument_id: trade.instrument for trade in trades}
+    missing = {instrument_id for (instrument_id, _p), (quantity, _a) in carried.items() if quantity} - set(instruments)
+    if missing:
+        instruments.update(PaperInstrument.objects.in_bulk(missing))
+    for (instrument_id, product), (quantity, average) in carried.items():
+        if not quantity:
             continue
+        row = rows[(instrument_id, product)] = PositionRow(instruments[instrument_id], product)
+        if quantity > 0:
+            row.buy_quantity, row.buy_value = quantity, quantity * average
+        else:
+            row.sell_quantity, row.sell_value = -quantity, -quantity * average
+    return _with_days_fills(rows, [t for t in trades if t.filled_at >= start_of_day])
+
+
+def _with_days_fills(rows: dict[tuple, PositionRow], trades: list[PaperTrade]) -> list[PositionRow]:
+    """``rows`` (what earlier days carried in) with the day's fills ``trades`` on them."""
+    for trade in trades:
         row = rows.setdefault((trade.instrument_id, trade.product), PositionRow(trade.instrument, trade.product))
         value = trade.quantity * trade.price
         if trade.transaction_type == BUY:

@@ -5,6 +5,8 @@ from decimal import Decimal
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.utils import timezone
 
 
@@ -198,6 +200,15 @@ class PaperOrder(models.Model):
         return 0
 
 
+class PaperTradeQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        """The exchange's fills are written once; one edited afterwards (a test backdating a
+        fill, a conversion) may change what an earlier day carried in: the kept carries go
+        (``PaperCarry``), to be worked out again from the fills."""
+        PaperCarry.objects.all().delete()
+        return super().update(**kwargs)
+
+
 class PaperTrade(models.Model):
     trade_id = models.CharField(max_length=20, unique=True)
     order = models.ForeignKey(PaperOrder, on_delete=models.CASCADE, related_name="trades")
@@ -211,10 +222,15 @@ class PaperTrade(models.Model):
     price = models.DecimalField(max_digits=14, decimal_places=2)
     filled_at = models.DateTimeField(default=timezone.now)
 
+    objects = PaperTradeQuerySet.as_manager()
+
     class Meta:
         ordering = ["filled_at", "id"]
         indexes = [
             models.Index(fields=["client", "filled_at"]),
+            # The client's fills written since its kept carry was worked out (``PaperCarry``): a
+            # fill of an earlier day among them makes it stale, found without reading the days.
+            models.Index(fields=["client", "id"]),
             # A SELL sums its client's fills in its instrument and product (the long it may use).
             models.Index(fields=["client", "instrument", "product"]),
         ]
@@ -226,6 +242,37 @@ class PaperTrade(models.Model):
 
     def __str__(self):
         return self.trade_id
+
+
+class PaperCarry(models.Model):
+    """What the client's fills of before ``engine.BOOK_LOOKBACK`` ahead of a trading day's start
+    carried into that day, kept so that positions read the day's fills only, not every day's
+    (``engine.positions_of``). Worked out once a day from the fills; ``through_id`` is the
+    client's last fill then: a fill of before the cut written since (its id is greater) makes it
+    stale, and so does any edit of a fill (``PaperTradeQuerySet.update``, ``carries_dropped``).
+    The cut is ``BOOK_LOOKBACK`` back so that a fill of the day's last minutes still being written
+    (a lower id, committed later) is read with the day's book, never missed by the carry.
+    ``state``: ``[instrument id, product, net quantity, average as text]`` in the order the
+    positions list them, those closed (quantity 0) included, their averages as computed."""
+
+    client = models.ForeignKey(PaperClient, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    through_id = models.BigIntegerField(default=0)
+    state = models.JSONField(default=list)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["client", "day"], name="papercarry_client_day")]
+
+    def __str__(self):
+        return f"{self.client_id} {self.day}"
+
+
+@receiver([post_save, post_delete], sender=PaperTrade)
+def carries_dropped(sender, instance, created=False, **kwargs):
+    """A fill saved again or deleted (each deleted one, a cascade's too): the kept carries go, as
+    on ``PaperTradeQuerySet.update`` (a new fill is found by its id, ``PaperCarry.through_id``)."""
+    if not created:
+        PaperCarry.objects.all().delete()
 
 
 class PaperFeedState(models.Model):
