@@ -103,6 +103,7 @@ def page_urls(evil) -> list[str]:
     urls = [url_of(key, evil) for key, spec in SWEEP.items() if spec.auth == SESSION and "GET" in spec.methods]
     urls.remove(reverse("home"))  # a redirect
     urls.remove(reverse("brokers:login_callback"))  # a redirect
+    urls.remove(reverse("orders:rows"))  # its order ids are in its query: below, with the evil order's
     # Reflected: every filter and search box, and the login page's next.
     urls += [
         f"{reverse('orders:book')}?symbol={EVIL}&status={EVIL}&source={EVIL}&account={EVIL}&date=all",
@@ -114,6 +115,7 @@ def page_urls(evil) -> list[str]:
         f"{reverse('orders:instrument_options')}?q=X",
         f"{reverse('orders:instrument_options')}?q={EVIL}",
         f"{reverse('orders:ticket')}?instrument={evil['instrument'].pk}",
+        f"{reverse('orders:rows')}?id={evil['order'].pk}",
         f"{reverse('orders:instrument_pick', args=[evil['instrument'].pk])}?product={EVIL}&quantity={EVIL}",
         f"{reverse('portfolio:dashboard')}?{EVIL}={EVIL}",
     ]
