@@ -936,15 +936,19 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         return None
     side = "SELL" if entry.side == "BUY" else "BUY"
     prices = _at_market_if_passed(ctx, entry.instrument, role, side, f"{name} for {entry.reference}", prices)
-    # A replacement past the cap is placed under the replaced exit's change lock, as a trader's cancel
-    # of it takes it: one asked since the step's (the exit closed, not replaced yet) means none is.
-    replacing = owed is not None and not carried
+    # A replacement past the cap, or an exit that ended with its day put back, is placed under the
+    # replaced exit's change lock, as a trader's cancel of it takes it: one asked since the step read
+    # it (the exit closed, not put back yet) means none is.
+    replacing = owed is not None
     with orders.order_change_held(replaced) if replacing else contextlib.nullcontext(True) as took:
         if not took:
             ctx.act(f"{replaced.reference} is being changed or cancelled meanwhile: not replaced this run")
             return None
-        if replacing and not orders.replacement_owed(replaced):
+        if replacing and not carried and not orders.replacement_owed(replaced):
             ctx.act(f"{replaced.reference} was cancelled by the trader meanwhile: not replaced")
+            return None
+        if carried and _ended_with_its_day(ctx, entry, replaced) is None:
+            ctx.act(f"{replaced.reference} was cancelled by the trader meanwhile: not put back")
             return None
         try:
             placed = orders.order_place(

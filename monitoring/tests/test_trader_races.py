@@ -223,3 +223,30 @@ def test_a_stop_the_day_ended_that_the_trader_cancels_before_it_goes_back_is_not
     assert answer.status == Order.Status.CANCELLED
     run = monitor(account)  # the exchange opens
     assert stops(first) == [stop], run.actions
+
+
+def test_a_stop_the_day_ended_that_the_trader_cancels_as_step_4_puts_it_back_is_not_placed(
+    trader, account, monkeypatch
+):
+    """The exchange ended the carried stop with its day; step 4 has found it ended and is about to put
+    it back when the trader cancels it (a page, the API), and is told it is cancelled. No stop is
+    placed after that answer: the put-back checks under the stop's change lock, as a replacement
+    past the cap does."""
+    from monitoring.tests.test_carried_exits import day_ends, guarded_yesterday, stops
+
+    first, stop = guarded_yesterday(trader, account)
+    day_ends(stop)
+    answers, real_shut = [], cycle._exchange_shut
+
+    def trader_cancels_first(ctx, entry, what):
+        if not answers:
+            answers.append(services.order_cancel(order=Order.objects.get(pk=stop.pk), actor=trader, cause="page"))
+        return real_shut(ctx, entry, what)
+
+    monkeypatch.setattr(cycle, "_exchange_shut", trader_cancels_first)
+    monitor(account)
+    monkeypatch.undo()
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.status == answers[0].status == Order.Status.CANCELLED
+    assert stops(first) == [stop]
