@@ -1356,6 +1356,12 @@ def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> 
     if by_trader and order.status == OrderStatus.CANCELLED and closes_position(order.role, order.parent_id):
         request = last_cancel_request(order)
         if request is None or cancel_did_not_take(order, request):
+            back = replacements_of(order).filter(status__in=Order.LIVE).last()
+            if back is not None:  # put back already (a day's end closed it): that one is live now
+                raise OrderActionRefused(
+                    f"This order was closed at its broker and the platform placed it again as {back.reference}: "
+                    "cancel that one."
+                )
             # A strategy's exit its exchange or broker closed, not a cancel of ours (the day's end
             # closes a carried exit, which a step puts back when orders trade again): the trader's
             # word that it stays closed is recorded, as a cancel asked before the close was read is.

@@ -250,3 +250,19 @@ def test_a_stop_the_day_ended_that_the_trader_cancels_as_step_4_puts_it_back_is_
     stop.refresh_from_db()
     assert stop.status == answers[0].status == Order.Status.CANCELLED
     assert stops(first) == [stop]
+
+
+def test_a_cancel_of_a_stop_the_day_ended_once_it_is_back_names_the_stop_back(trader, account):
+    """The exchange ended the carried stop with its day and step 4 has put it back. The trader then
+    cancels the old stop (a page still showing it, the API): they are not told it is cancelled,
+    with the stop put back still live at the broker, but which order stands for it now."""
+    from monitoring.tests.test_carried_exits import day_ends, guarded_yesterday, stops
+
+    first, stop = guarded_yesterday(trader, account)
+    day_ends(stop)
+    monitor(account)
+    old, back = stops(first)
+    assert back.status in Order.LIVE
+    with pytest.raises(services.OrderActionRefused) as refused:
+        services.order_cancel(order=Order.objects.get(pk=stop.pk), actor=trader, cause="page")
+    assert back.reference in refused.value.message
