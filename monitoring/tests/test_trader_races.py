@@ -61,6 +61,24 @@ def cancelled_by_the_trader_before_the_replacement(monkeypatch, trader, answers)
     monkeypatch.setattr(cycle, "_replace_closed", trader_cancels_first)
 
 
+def cancelled_by_the_trader_as_step_4_places(monkeypatch, trader, account, stop):
+    """Two runs, the trader cancelling ``stop`` (a page, the API) in the first just as step 4 is
+    about to place its exit; the answer says it is cancelled, and so it is after both."""
+    answers, real_shut = [], cycle._exchange_shut
+
+    def trader_cancels_first(ctx, entry, what):
+        if not answers:
+            answers.append(services.order_cancel(order=Order.objects.get(pk=stop.pk), actor=trader, cause="page"))
+        return real_shut(ctx, entry, what)
+
+    monkeypatch.setattr(cycle, "_exchange_shut", trader_cancels_first)
+    monitor(account)
+    monkeypatch.undo()
+    monitor(account)
+    stop.refresh_from_db()
+    assert stop.status == answers[0].status == Order.Status.CANCELLED
+
+
 def test_a_trailing_stop_the_trader_cancels_while_the_trail_replaces_it_is_not_put_back(trader, account, monkeypatch):
     """Past the cap the trail cancels the stop to replace it at its new trigger; the trader cancels
     the stop meanwhile (they mean to close the position themselves). No stop is placed after it,
@@ -156,19 +174,7 @@ def test_a_stop_the_trader_cancels_as_step_4_puts_back_its_owed_replacement_is_n
         run = monitor(account)
     assert any("cancel is pending" in action for action in run.actions), run.actions
     assert list(first.children.filter(role="stop_loss")) == [stop]
-    answers, real_shut = [], cycle._exchange_shut
-
-    def trader_cancels_first(ctx, entry, what):
-        if not answers:
-            answers.append(services.order_cancel(order=Order.objects.get(pk=stop.pk), actor=trader, cause="page"))
-        return real_shut(ctx, entry, what)
-
-    monkeypatch.setattr(cycle, "_exchange_shut", trader_cancels_first)
-    monitor(account)
-    monkeypatch.undo()
-    monitor(account)
-    stop.refresh_from_db()
-    assert stop.status == answers[0].status == Order.Status.CANCELLED
+    cancelled_by_the_trader_as_step_4_places(monkeypatch, trader, account, stop)
     assert list(first.children.filter(role="stop_loss")) == [stop]
 
 
@@ -236,19 +242,7 @@ def test_a_stop_the_day_ended_that_the_trader_cancels_as_step_4_puts_it_back_is_
 
     first, stop = guarded_yesterday(trader, account)
     day_ends(stop)
-    answers, real_shut = [], cycle._exchange_shut
-
-    def trader_cancels_first(ctx, entry, what):
-        if not answers:
-            answers.append(services.order_cancel(order=Order.objects.get(pk=stop.pk), actor=trader, cause="page"))
-        return real_shut(ctx, entry, what)
-
-    monkeypatch.setattr(cycle, "_exchange_shut", trader_cancels_first)
-    monitor(account)
-    monkeypatch.undo()
-    monitor(account)
-    stop.refresh_from_db()
-    assert stop.status == answers[0].status == Order.Status.CANCELLED
+    cancelled_by_the_trader_as_step_4_places(monkeypatch, trader, account, stop)
     assert stops(first) == [stop]
 
 
