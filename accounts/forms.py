@@ -3,7 +3,7 @@ from django.core.exceptions import ValidationError
 
 from brokers import registry
 from tradingplatform import numbers
-from tradingplatform.forms import watch_changes
+from tradingplatform.forms import OneTimeTokenForm, watch_changes
 
 from .models import PRODUCTS, BrokerAccount, User
 
@@ -101,7 +101,9 @@ class BrokerAccountEditForm(BrokerAccountBaseForm):
         return {name: value for name, value in super().changes.items() if name in self.changed_data}
 
 
-class ApiKeyCreateForm(forms.Form):
+class ApiKeyCreateForm(OneTimeTokenForm):
+    # The page showing a new key's secret answers the POST that made it: a reload or Back to it sends
+    # the same form again, which must not make a second live key the trader never saw.
     EXPIRY_CHOICES = [("", "Never"), ("7", "7 days"), ("30", "30 days"), ("90", "90 days"), ("365", "1 year")]
     name = forms.CharField(max_length=100)
     expires_in_days = forms.TypedChoiceField(

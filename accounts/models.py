@@ -92,9 +92,15 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    form_token = models.UUIDField(
+        null=True, blank=True, editable=False, help_text="The one-time token of the page form that made it."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "form_token"], name="api_key_one_per_form"),
+        ]
 
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"

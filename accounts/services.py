@@ -4,6 +4,7 @@ import functools
 import hashlib
 import logging
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -353,27 +354,49 @@ def _api_key_cache_key_v1(hashed: str) -> str:
 
 
 def api_key_create(
-    *, owner: User, name: str, expires_at: datetime | None = None, ip: str | None = None
-) -> tuple[ApiKey, str]:
-    """Create a key; returns it with the raw secret, which is never stored or shown again."""
+    *,
+    owner: User,
+    name: str,
+    expires_at: datetime | None = None,
+    ip: str | None = None,
+    form_token: uuid.UUID | None = None,
+) -> tuple[ApiKey, str | None]:
+    """Create a key; returns it with the raw secret, which is never stored or shown again.
+
+    ``form_token`` is the page form's one-time token: the same form sent again (a reload of the page
+    showing the secret, Back to it, a double click) returns the key it made with no secret (None)
+    rather than making a second live key its owner never saw."""
     name = name.strip()
     if not name:
         raise ValidationError({"name": "Give the key a name."})
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "The expiry must be in the future."})
+    if form_token is not None and (made := ApiKey.objects.filter(owner=owner, form_token=form_token).first()):
+        return made, None
     prefix = secrets.token_hex(4)
     raw_key = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
-    with transaction.atomic():
-        key = ApiKey.objects.create(
-            owner=owner,
-            name=name,
-            prefix=f"{API_KEY_PREFIX}{prefix}",
-            hashed_key=_hash_key(raw_key),
-            expires_at=expires_at,
-        )
-        audit_record(
-            action=Action.API_KEY_CREATED, actor=owner, target=key, data={"name": name, "prefix": key.prefix}, ip=ip
-        )
+    try:
+        with transaction.atomic():
+            key = ApiKey.objects.create(
+                owner=owner,
+                name=name,
+                prefix=f"{API_KEY_PREFIX}{prefix}",
+                hashed_key=_hash_key(raw_key),
+                expires_at=expires_at,
+                form_token=form_token,
+            )
+            audit_record(
+                action=Action.API_KEY_CREATED,
+                actor=owner,
+                target=key,
+                data={"name": name, "prefix": key.prefix},
+                ip=ip,
+            )
+    except IntegrityError:
+        if form_token is None:
+            raise
+        # The same form, sent twice at once: the other request made the key (read committed).
+        return ApiKey.objects.get(owner=owner, form_token=form_token), None
     return key, raw_key
 
 

@@ -204,13 +204,17 @@ def api_keys(request):
                 name=form.cleaned_data["name"],
                 expires_at=services.expiry_from_days(form.cleaned_data["expires_in_days"]),
                 ip=client_ip(request),
+                form_token=form.cleaned_data["token"],
             )
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
-            # Rendered once, in this response only (never_cache): the secret is not stored.
+            # Rendered once, in this response only (never_cache): the secret is not stored. The same
+            # form sent again gets its key back without one (None): the page says so.
             created = {"key": key, "secret": raw_key}
             form = ApiKeyCreateForm()
+    elif "token" in form.errors:
+        form.renew_token()
     context = {"form": form, "keys": selectors.api_keys_of(request.user), "created": created}
     return render(request, "accounts/api_keys.html", context)
 

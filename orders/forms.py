@@ -1,6 +1,5 @@
 """Forms of the order pages: they parse input; ``services.order_check`` decides what is allowed."""
 
-import uuid
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
@@ -10,6 +9,7 @@ from accounts.selectors import broker_accounts_of
 from brokers.base import IST
 from brokers.models import Instrument
 from tradingplatform import numbers
+from tradingplatform.forms import OneTimeTokenForm
 
 from .models import ORDER_TYPES, PRODUCTS, SIDES, VALIDITIES, Order
 
@@ -69,26 +69,6 @@ def price_field(label: str) -> forms.DecimalField:
         decimal_places=2,
         widget=forms.NumberInput(attrs={"step": "any", "inputmode": "decimal", "min": "0"}),
     )
-
-
-class OneTimeTokenForm(forms.Form):
-    """A form whose every rendering carries a one-time token: the same form sent twice (a double
-    click, a resubmit) is one request to the service, which keys what it makes on the token."""
-
-    token = forms.UUIDField(
-        widget=forms.HiddenInput,
-        error_messages={"required": "This form is out of date; check it and submit again."},
-    )
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not self.is_bound:
-            self.initial.setdefault("token", uuid.uuid4())
-
-    def renew_token(self) -> None:
-        """A fresh token for a form shown again after its token was refused."""
-        self.data = self.data.copy()
-        self.data["token"] = str(uuid.uuid4())
 
 
 class OrderTicketForm(OneTimeTokenForm):

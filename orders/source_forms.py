@@ -9,10 +9,10 @@ from accounts.models import BrokerAccount
 from brokers.errors import RejectKind
 from brokers.selectors import instrument_by_symbol
 from tradingplatform import numbers
-from tradingplatform.forms import watch_changes
+from tradingplatform.forms import OneTimeTokenForm, watch_changes
 
 from . import sources
-from .forms import OneTimeTokenForm, PriceField, whole_number
+from .forms import PriceField, whole_number
 from .models import ORDER_TYPES, PRODUCTS, SIDES, VALIDITIES, WEEKDAY_NAMES, ScheduledOrder, Strategy
 
 WEEKDAYS = list(enumerate(WEEKDAY_NAMES))

@@ -1,5 +1,29 @@
 """What the platform's forms share."""
 
+import uuid
+
+from django import forms
+
+
+class OneTimeTokenForm(forms.Form):
+    """A form whose every rendering carries a one-time token: the same form sent twice (a double
+    click, a resubmit) is one request to the service, which keys what it makes on the token."""
+
+    token = forms.UUIDField(
+        widget=forms.HiddenInput,
+        error_messages={"required": "This form is out of date; check it and submit again."},
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.initial.setdefault("token", uuid.uuid4())
+
+    def renew_token(self) -> None:
+        """A fresh token for a form shown again after its token was refused."""
+        self.data = self.data.copy()
+        self.data["token"] = str(uuid.uuid4())
+
 
 def watch_changes(form, names) -> None:
     """Have ``form``'s page post the values it showed beside what it sends (hidden initials), so

@@ -1,4 +1,6 @@
+import threading
 import time
+import uuid
 from datetime import timedelta
 from unittest import mock
 
@@ -10,7 +12,7 @@ from django.utils import timezone
 from accounts import services
 from accounts.models import ApiKey, AuditLog
 from accounts.tests.factories import make_broker_account
-from tradingplatform.testing import requires_redis
+from tradingplatform.testing import mariadb_only, requires_redis
 
 ME = "/api/v1/me"
 
@@ -114,8 +116,16 @@ def test_api_lists_only_own_accounts_and_never_credentials(client, trader, other
 # --- The API keys page ---------------------------------------------------------------
 
 
+def _key_form(client, **fields) -> dict:
+    """What the API keys page's form sends, with the one-time token the page rendered into it."""
+    token = client.get(reverse("accounts:api_keys")).context["form"].initial["token"]
+    return {"token": str(token), **fields}
+
+
 def test_page_shows_the_secret_once(trader_client):
-    response = trader_client.post(reverse("accounts:api_keys"), {"name": "bot", "expires_in_days": "30"})
+    response = trader_client.post(
+        reverse("accounts:api_keys"), _key_form(trader_client, name="bot", expires_in_days="30")
+    )
     assert response.status_code == 200
     assert "no-store" in response["Cache-Control"]
     secret = response.context["created"]["secret"]
@@ -131,6 +141,73 @@ def test_page_requires_a_name(trader_client):
     response = trader_client.post(reverse("accounts:api_keys"), {"name": ""})
     assert "name" in response.context["form"].errors
     assert not ApiKey.objects.exists()
+
+
+def test_the_same_form_sent_again_makes_no_second_key_and_shows_no_secret(trader_client, other_trader, client):
+    """A reload of the page showing a new key's secret, or Back to it, sends its form again: that made
+    a second live key, one whose secret its owner never saw."""
+    form = _key_form(trader_client, name="bot")
+    first = trader_client.post(reverse("accounts:api_keys"), form)
+    secret = first.context["created"]["secret"]
+    again = trader_client.post(reverse("accounts:api_keys"), form)
+    assert again.status_code == 200
+    key = ApiKey.objects.get()
+    assert again.context["created"] == {"key": key, "secret": None}
+    assert secret.encode() not in again.content and b"api-key-secret" not in again.content
+    assert b"That form was sent already" in again.content and key.prefix.encode() in again.content
+    assert AuditLog.objects.filter(action=AuditLog.Action.API_KEY_CREATED).count() == 1
+    assert again.context["form"].initial["token"] != form["token"]  # the next key gets a fresh form
+    # The token is the trader's own: another trader's form with the same one makes their key.
+    client.force_login(other_trader)
+    theirs = client.post(reverse("accounts:api_keys"), form)
+    assert theirs.context["created"]["secret"] and ApiKey.objects.filter(owner=other_trader).count() == 1
+
+
+def test_a_form_without_its_token_makes_no_key_and_is_shown_again_with_one(trader_client):
+    response = trader_client.post(reverse("accounts:api_keys"), {"name": "bot"})
+    assert response.status_code == 200
+    assert b"This form is out of date" in response.content
+    assert not ApiKey.objects.exists()
+    assert response.context["form"].data["token"]  # a fresh one: sending the form again makes the key
+    again = trader_client.post(reverse("accounts:api_keys"), response.context["form"].data)
+    assert again.context["created"]["secret"] and ApiKey.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_form_sent_twice_at_once_makes_one_key(trader):
+    """Both requests miss each other's key on their first read: the database's unique (owner, token)
+    refuses the second insert, which then answers with the first request's key."""
+    mariadb_only()
+    token = uuid.uuid4()
+    start, results = threading.Barrier(2), []
+
+    def send():
+        try:
+            start.wait()
+            results.append(services.api_key_create(owner=trader, name="bot", form_token=token))
+        finally:
+            connection.close()
+
+    first_read = services.ApiKey.objects.filter
+    calls = threading.Barrier(2)
+
+    def both_read_first(*args, **kwargs):  # each request's check for the token runs before either writes
+        rows = first_read(*args, **kwargs)
+        if kwargs.get("form_token") == token:
+            list(rows)
+            calls.wait(timeout=10)
+        return rows
+
+    with mock.patch.object(services.ApiKey.objects, "filter", side_effect=both_read_first):
+        threads = [threading.Thread(target=send) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert ApiKey.objects.count() == 1
+    key = ApiKey.objects.get()
+    assert sorted(results, key=lambda pair: pair[1] is None) == [(key, results[0][1] or results[1][1]), (key, None)]
+    assert AuditLog.objects.filter(action=AuditLog.Action.API_KEY_CREATED).count() == 1
 
 
 def test_page_lists_only_own_keys(trader_client, other_trader):

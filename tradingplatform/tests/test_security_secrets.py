@@ -56,7 +56,8 @@ def test_secrets_never_reach_logs_pages_api_answers_or_error_reports(
 
     # Sign in with the password, create an API key on its page.
     assert client.post(reverse("login"), {"username": "trader", "password": password}).status_code == 302
-    created = client.post(reverse("accounts:api_keys"), {"name": "bot"})
+    form_token = client.get(reverse("accounts:api_keys")).context["form"].initial["token"]
+    created = client.post(reverse("accounts:api_keys"), {"name": "bot", "token": form_token})
     api_secret = _secret_on_page(created.content.decode())
     api = Client(HTTP_AUTHORIZATION=f"Bearer {api_secret}")
     assert api.get("/api/v1/me").status_code == 200

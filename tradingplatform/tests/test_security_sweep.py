@@ -552,8 +552,12 @@ def test_a_post_with_the_csrf_token_goes_through(owned, trader):
     browser = Client(enforce_csrf_checks=True)
     browser.force_login(trader)
     page = browser.get(reverse("accounts:api_keys")).content.decode()
-    token = page.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
-    response = browser.post(reverse("accounts:api_keys"), {"name": "with token", "csrfmiddlewaretoken": token})
+    token, form_token = (
+        page.split(f'name="{name}" value="')[1].split('"')[0] for name in ("csrfmiddlewaretoken", "token")
+    )
+    response = browser.post(
+        reverse("accounts:api_keys"), {"name": "with token", "csrfmiddlewaretoken": token, "token": form_token}
+    )
     assert response.status_code == 200
     assert get_user_model().objects.get(pk=trader.pk).api_keys.filter(name="with token").exists()
 
