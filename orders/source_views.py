@@ -258,7 +258,11 @@ def strategy_detail(request, pk):
 @require_POST
 def strategy_rotate_secret(request, pk):
     strategy = selectors.strategy_of(request.user, pk)
-    return _show_secret(request, strategy, sources.strategy_rotate_secret(strategy=strategy))
+    secret = sources.strategy_rotate_secret(strategy=strategy, replaces=request.POST.get("replaces"))
+    if not secret:
+        messages.info(request, "That secret was replaced already; the new one was shown once and is not stored.")
+        return redirect("sources:strategy_detail", strategy.pk)
+    return _show_secret(request, strategy, secret)
 
 
 def _strategy_context(request, strategy, secret: str = "") -> dict:

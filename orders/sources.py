@@ -1724,10 +1724,15 @@ def strategy_delete(*, owner, strategy: Strategy) -> None:
     row.delete()
 
 
-def strategy_rotate_secret(*, strategy: Strategy) -> str:
+def strategy_rotate_secret(*, strategy: Strategy, replaces: str | None = None) -> str:
+    """A new webhook secret, returned to be shown once. With ``replaces`` (the prefix of the secret
+    the trader's page showed) only that secret is replaced: the page's form sent again (a reload,
+    Back to it) finds it replaced already and returns "" rather than ending the secret just shown."""
     secret, digest, prefix = _secret()
-    Strategy.objects.filter(pk=strategy.pk).update(webhook_secret_hash=digest, webhook_secret_prefix=prefix)
-    return secret
+    rows = Strategy.objects.filter(pk=strategy.pk)
+    if replaces is not None:
+        rows = rows.filter(webhook_secret_prefix=replaces)
+    return secret if rows.update(webhook_secret_hash=digest, webhook_secret_prefix=prefix) else ""
 
 
 def strategy_new_secret(strategy: Strategy) -> str:

@@ -252,6 +252,25 @@ def test_strategy_secret_is_shown_once(trader_client, account):
     assert "whsec_" in rotated and secret not in rotated
 
 
+def test_the_new_secret_form_sent_again_does_not_end_the_secret_it_showed(trader_client, account):
+    """The page showing a new webhook secret answers the POST that made it: a reload (or Back to it)
+    sent that form again and replaced the secret just shown, which the trader may have pasted into
+    TradingView already, with one they never saw."""
+    strategy, _ = sources.strategy_save(owner=account.owner, name="Trend", account_ids=[account.pk])
+    url = reverse("sources:strategy_secret", args=[strategy.pk])
+    shown = {"replaces": strategy.webhook_secret_prefix}  # what the strategy's page posts
+    first = trader_client.post(url, shown).content.decode()
+    secret = first.split('class="secret-value">')[1].split("<")[0]
+    strategy.refresh_from_db()
+    assert secret.startswith(strategy.webhook_secret_prefix)
+    assert f'name="replaces" value="{strategy.webhook_secret_prefix}"' in first  # the next New secret replaces it
+    again = trader_client.post(url, shown, follow=True)
+    assert again.redirect_chain == [(reverse("sources:strategy_detail", args=[strategy.pk]), 302)]
+    assert "replaced already" in again.content.decode() and "secret-value" not in again.content.decode()
+    assert Strategy.objects.get(pk=strategy.pk).webhook_secret_hash == strategy.webhook_secret_hash
+    assert hashlib.sha256(secret.encode()).hexdigest() == strategy.webhook_secret_hash  # still the live one
+
+
 def test_a_new_strategy_saved_twice_is_one_strategy_shown_with_a_secret_that_works(trader_client, account):
     """A double-clicked Save: the browser shows the second answer, which said "name taken", and the
     secret (in the first answer only) was lost. The same form sent again is the first's strategy,
