@@ -1329,6 +1329,20 @@ def order_cancel(
         return _cancel(order, cause, by_trader=by_trader, data=data)
 
 
+def _kept_closed(order: Order, cause: str, message: str, data: dict | None) -> Order:
+    """A trader's cancel of an order closed already, recorded as their word that it stays closed
+    (a step that would place it again checks for it under the order's change lock)."""
+    _event(
+        order,
+        "cancel_requested",
+        cause=cause,
+        from_status=order.status,
+        message=message,
+        data={"by": "trader", **(data or {})},
+    )
+    return order
+
+
 def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> Order:
     if order.status == OrderStatus.NEW and not order.broker_order_id:
         if _awaits_its_time(order, taken=False):  # written ahead: stopped by its scheduled order, not here
@@ -1344,10 +1358,7 @@ def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> 
         refused = (OrderStatus.REJECTED, OrderStatus.FAILED)
         standing = replacements_of(order).exclude(status__in=refused).last()
         if standing is None:
-            request = {"by": "trader", **(data or {})}
-            message = "cancelled by the platform to be replaced; not replaced now"
-            _event(order, "cancel_requested", cause=cause, from_status=order.status, message=message, data=request)
-            return order
+            return _kept_closed(order, cause, "cancelled by the platform to be replaced; not replaced now", data)
         if standing.status in Order.LIVE:
             raise OrderActionRefused(
                 f"The platform cancelled this order past the broker's modification cap and replaced it with "
@@ -1365,11 +1376,7 @@ def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> 
             # A strategy's exit its exchange or broker closed, not a cancel of ours (the day's end
             # closes a carried exit, which a step puts back when orders trade again): the trader's
             # word that it stays closed is recorded, as a cancel asked before the close was read is.
-            message = "closed already, not by the platform; not put back"
-            _event(
-                order, "cancel_requested", cause=cause, from_status=order.status, message=message, data={"by": "trader"}
-            )
-            return order
+            return _kept_closed(order, cause, "closed already, not by the platform; not put back", data)
     if order.status not in Order.AT_BROKER:
         raise OrderActionRefused(f"This order is {order.get_status_display()}; there is nothing to cancel.")
     if not order.broker_order_id:
