@@ -390,7 +390,9 @@ class Order(OrderSpec):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
-            models.Index(fields=["account", "status"]),
+            # With created_at: the sync's live orders and today's closed ones (``orders_to_sync``) are
+            # ranges of it, not every CANCELLED and FAILED order of the account's history.
+            models.Index(fields=["account", "status", "created_at"]),
             models.Index(fields=["account", "-created_at"]),
             models.Index(fields=["broker_order_id"]),
         ]
