@@ -37,8 +37,9 @@ VISIBILITY_TIMEOUT_S = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT_S", VISIBIL
 # ...and then look for such messages every second, not every 100 s (kombu's default sweep).
 DRILL_RESTORE = {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
 
-# Every periodic job, in one place. django-celery-beat's database scheduler copies
-# these into its tables at beat start, where staff can see, pause and re-time them.
+# Every periodic job, in one place. Beat's database scheduler installs each one missing from
+# its tables at start, where staff can see, pause and re-time them; staff's changes stay across
+# restarts (``tradingplatform.beat``), so an interval here changes a job beat installs.
 PERIODIC_TASKS = {
     "celery-heartbeat": {"task": "monitoring.tasks.heartbeat", "schedule": 30.0},
     "paper-market-tick": {

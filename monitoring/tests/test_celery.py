@@ -169,3 +169,46 @@ def test_beat_keeps_each_periodic_jobs_interval_as_given(db, every_s):
     interval = PeriodicTask.objects.get(name="test-interval").interval
     assert timedelta(**{interval.period: interval.every}) == timedelta(seconds=every_s)
     assert interval.schedule.run_every == timedelta(seconds=every_s)
+
+
+def _start_beat():
+    """Beat's scheduler as `celery beat` makes it at start: it installs PERIODIC_TASKS in its tables."""
+    from celery.utils.imports import symbol_by_name
+
+    return symbol_by_name(app.conf.beat_scheduler)(app=app, lazy=False)
+
+
+@pytest.mark.django_db(transaction=True)  # beat closes the connection between its reads (close_old_connections)
+def test_a_job_staff_re_timed_or_paused_in_admin_stays_so_when_beat_restarts(caplog):
+    """Staff re-time the monitoring cycle and pause the scheduled-order dispatch in admin during an
+    incident; beat restarts (a deploy). Both stay as staff left them (beat wrote PERIODIC_TASKS
+    over the rows at every start: the cycle went back to every 60 s without a word)."""
+    from datetime import timedelta
+
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    beat = _start_beat()
+    assert set(PERIODIC_TASKS) <= set(beat.schedule)
+    cycle = PeriodicTask.objects.get(name="monitoring-cycle")
+    assert cycle.interval.schedule.run_every == timedelta(seconds=PERIODIC_TASKS["monitoring-cycle"]["schedule"])
+
+    cycle.interval, _ = IntervalSchedule.objects.get_or_create(every=300, period=IntervalSchedule.SECONDS)
+    cycle.expire_seconds = 120
+    cycle.save()
+    dispatch = PeriodicTask.objects.get(name="scheduled-orders-dispatch")
+    dispatch.enabled = False
+    dispatch.save()
+
+    beat = _start_beat()
+    assert "Periodic job monitoring-cycle keeps the schedule set in admin" in caplog.text
+    cycle.refresh_from_db()
+    dispatch.refresh_from_db()
+    assert (cycle.interval.every, cycle.interval.period, cycle.expire_seconds) == (300, "seconds", 120)
+    assert beat.schedule["monitoring-cycle"].schedule.run_every == timedelta(seconds=300)
+    assert dispatch.enabled is False and "scheduled-orders-dispatch" not in beat.schedule
+    # A job with no row (deleted in admin) is installed again as the code gives it.
+    PeriodicTask.objects.filter(name="celery-heartbeat").delete()
+    beat = _start_beat()
+    job, code = PeriodicTask.objects.get(name="celery-heartbeat"), PERIODIC_TASKS["celery-heartbeat"]
+    assert job.enabled and job.task == code["task"]
+    assert job.interval.schedule.run_every == timedelta(seconds=code["schedule"])
