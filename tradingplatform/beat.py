@@ -12,7 +12,9 @@ Its own also writes every job of ``PERIODIC_TASKS`` over the job's row at each s
 to the code's interval at beat's next restart, without a word. ``PERIODIC_TASKS`` now gives a
 job's fields when beat installs it; after that the row is staff's (its interval, queue, expiry,
 start time), and beat only keeps the job running the code's task. Where code and row differ,
-beat says so in its log at start.
+beat says so in its log at start. Each delivery of an interval job carries the interval beat
+sends it at (``INTERVAL_HEADER``), so the periodic lock (``periodic``) judges it by staff's
+interval, not the code's: by the code's, a job staff sped up was skipped back to the code's pace.
 """
 
 import logging
@@ -22,10 +24,19 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler as BaseDatabaseScheduler
 from django_celery_beat.schedulers import ModelEntry
 
+from tradingplatform.celery import INTERVAL_HEADER
+
 logger = logging.getLogger(__name__)
 
 
 class Entry(ModelEntry):
+    def __init__(self, model, app=None):
+        super().__init__(model, app=app)
+        schedule = getattr(self, "schedule", None)  # none: a row whose schedule was deleted (disabled)
+        if type(schedule) is schedules.schedule:
+            # The interval staff set reaches the periodic lock, which would skip runs at a shorter one.
+            self.options["headers"][INTERVAL_HEADER] = schedule.run_every.total_seconds()
+
     @classmethod
     def to_model_schedule(cls, schedule):
         schedule = schedules.maybe_schedule(schedule)

@@ -89,13 +89,19 @@ def _app_loaded(**_kwargs):
     startup.app_loaded()
 
 
+# The interval beat sends a periodic job at (as staff may have re-timed it in admin), in seconds:
+# a header of each delivery (``tradingplatform.beat.Entry``), read by ``periodic``.
+INTERVAL_HEADER = "periodic_interval_s"
+
+
 def periodic(func):
     """Run a periodic job at most once per beat of its interval, however many beats send it.
 
-    A delivery within 80% of the job's interval (``PERIODIC_TASKS``) of the beat last served (a
-    second beat, a redelivery after a crash) is skipped and returns ``"skipped"``; one held up in
-    the queue serves its own beat and does not push the next one out (``locks.claim_beat``).
-    Staff who shorten an interval in admin get skipped runs for the difference.
+    A delivery within 80% of the job's interval of the beat last served (a second beat, a
+    redelivery after a crash) is skipped and returns ``"skipped"``; one held up in the queue
+    serves its own beat and does not push the next one out (``locks.claim_beat``). The interval
+    is the one beat sent the delivery at (``INTERVAL_HEADER``: staff's, where they re-timed the
+    job in admin), else the code's (``PERIODIC_TASKS``).
     """
     name = f"{func.__module__}.{func.__name__}"
     interval = next((job["schedule"] for job in PERIODIC_TASKS.values() if job["task"] == name), None)
@@ -104,9 +110,13 @@ def periodic(func):
 
     @functools.wraps(func)
     def guarded(*args, **kwargs):
+        from celery import current_task
+
         from tradingplatform import locks
 
-        if not locks.claim_beat(f"periodic:{name}", interval_s=float(interval)):
+        headers = (current_task.request.headers if current_task else None) or {}
+        interval_s = float(headers.get(INTERVAL_HEADER) or interval)
+        if not locks.claim_beat(f"periodic:{name}", interval_s=interval_s):
             return "skipped"
         return func(*args, **kwargs)
 

@@ -212,3 +212,25 @@ def test_a_job_staff_re_timed_or_paused_in_admin_stays_so_when_beat_restarts(cap
     job, code = PeriodicTask.objects.get(name="celery-heartbeat"), PERIODIC_TASKS["celery-heartbeat"]
     assert job.enabled and job.task == code["task"]
     assert job.interval.schedule.run_every == timedelta(seconds=code["schedule"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_staff_sped_up_in_admin_runs_at_staffs_interval():
+    """Staff shorten a job's interval in admin (the heartbeat, from the code's 30 s to 1 s): beat sends
+    it every second and each delivery runs (the periodic lock judged deliveries by the code's 30 s
+    and skipped all but one in 30 s: the change showed as saved and never took)."""
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    _start_beat()
+    job = PeriodicTask.objects.get(name="celery-heartbeat")
+    job.interval, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    job.save()
+    entry = _start_beat().schedule["celery-heartbeat"]
+
+    def sent_by_beat():  # what beat sends (its entry's options), run here
+        return heartbeat.apply(entry.args, entry.kwargs, headers=entry.options["headers"]).get()
+
+    assert sent_by_beat() is None
+    assert sent_by_beat() == "skipped"  # a second beat's delivery of the same second
+    time.sleep(1.1)  # the next beat, one interval on
+    assert sent_by_beat() is None
