@@ -16,7 +16,11 @@ Reliability choices, each deliberate:
 - A single-beat guard: Celery's docs warn that two beat processes send every
   periodic job twice. Each periodic job takes a Redis lock for most of its interval
   (``@periodic``), so a second beat started by mistake cannot double a run.
-- Time limits: a stuck broker call cannot hold a worker forever.
+- Time limits: Celery enforces ``task_time_limit`` only in a prefork pool (the scheduled-orders
+  bench runs one); the production worker runs ``--pool threads`` (Procfile), where
+  nothing stops a task. There every broker call carries its own timeout (``KITE_TIMEOUT_S``,
+  the paper postbacks' 5 s) and Redis's and the channel layer's sockets theirs, so a stuck
+  broker ends the call, not the worker.
 """
 
 import functools
