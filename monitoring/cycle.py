@@ -1108,6 +1108,11 @@ def _refusal(error: Exception) -> str:
     return " ".join(getattr(error, "messages", None) or [str(getattr(error, "message", error))])
 
 
+def _paused(refused: ValidationError) -> bool:
+    """An entry refused because its strategy was paused since the run read it (``still_open_check``)."""
+    return any(error.code == "paused" for error in getattr(refused, "error_dict", {}).get("strategy", []))
+
+
 def _cancelled_by_step_4(order: Order) -> bool:
     """An exit step 4 cancelled before cancels were recorded as asked (``cancel_requested``); not one
     the trader asked to cancel since (step 4 cancelled it past the cap, to place it again cut down)."""
@@ -1461,7 +1466,10 @@ def _replacement_place(
             **terms,
         )
     except ValidationError as error:
-        _run_error(ctx, f"could not replace {order.reference}: {_refusal(error)}", step=step)
+        if _paused(error):  # by the trader, since the step read it: their pause, not the run's error
+            ctx.act(f"{order.reference} is not replaced: its strategy was paused meanwhile")
+        else:
+            _run_error(ctx, f"could not replace {order.reference}: {_refusal(error)}", step=step)
         return None
     if replacement.status in (Order.Status.REJECTED, Order.Status.FAILED):
         _run_error(

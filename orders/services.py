@@ -59,7 +59,7 @@ from tradingplatform import locks, metrics, numbers
 from tradingplatform.db import PlainInserts, PlainUpdate
 from tradingplatform.memo import Memo
 
-from .models import ORDER_TYPES, DailyCounter, Order, OrderEvent, ScheduledFire
+from .models import ORDER_TYPES, DailyCounter, Order, OrderEvent, ScheduledFire, Strategy
 
 logger = logging.getLogger(__name__)
 
@@ -686,6 +686,22 @@ def orders_unsent_drop(*, keys, cause: str) -> int:
     )
 
 
+STRATEGY_PAUSED = "This strategy is paused."
+
+
+def still_open_check(account: BrokerAccount, role: str, strategy: Strategy | None) -> None:
+    """Refuse (a ValidationError) an entry of a strategy paused since the caller read it: a
+    monitoring run reads it at its start and places its re-entries, retries and chases later. Read
+    under the strategy's row lock, in the order's transaction: a pause (``strategy_change``, under
+    the same lock) committed before is seen, and one asked meanwhile waits for the order to be
+    written, so once the trader is told "Paused" nothing new is opened. A paused strategy's exits
+    are placed still: a pause stops new exposure, not the protection of what is held."""
+    if role == Order.Role.ENTRY and strategy is not None:
+        active = Strategy.objects.select_for_update().filter(pk=strategy.pk).values_list("is_active", flat=True)
+        if active.first() is False:
+            raise ValidationError({"strategy": ValidationError(STRATEGY_PAUSED, code="paused")})
+
+
 _ORDERS = PlainInserts(Order)
 
 
@@ -696,6 +712,7 @@ def _create(checked: Checked, key, request_hash, *, day, actor, cause, **links) 
         counters_ready([account.pk], day)
         try:
             with transaction.atomic():
+                still_open_check(account, links["role"], links["strategy"])
                 number = _next_number(account, day)
                 # Checked under the counter's row lock, so concurrent placements cannot overshoot.
                 # A strategy's exit is not held back: it protects a position already taken.

@@ -9,7 +9,9 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 
+from brokers.paper.models import PaperOrder
 from monitoring import cycle
+from monitoring.tests.test_strategy_counts import refused_entry, rejecting
 from monitoring.tests.test_strategy_exits import (
     at_modification_cap,
     entry,
@@ -18,8 +20,9 @@ from monitoring.tests.test_strategy_exits import (
     strategy,
     trailing_stop_at_the_cap,
 )
-from orders import services
-from orders.models import Order
+from orders import services, sources
+from orders.models import Order, Strategy
+from tradingplatform.testing import mariadb_only
 
 pytestmark = pytest.mark.django_db(transaction=True)
 D = Decimal
@@ -260,3 +263,134 @@ def test_a_cancel_of_a_stop_the_day_ended_once_it_is_back_names_the_stop_back(tr
     with pytest.raises(services.OrderActionRefused) as refused:
         services.order_cancel(order=Order.objects.get(pk=stop.pk), actor=trader, cause="page")
     assert back.reference in refused.value.message
+
+
+# --- A pause while a run is placing -------------------------------------------
+
+
+def stopped_as_the_run_places(monkeypatch, key_part, stop):
+    """``stop()`` (the trader's pause, committed: its answer shown) just before the
+    run places the order whose idempotency key holds ``key_part``, after the step chose to place it."""
+    real = services.order_place
+
+    def stopped_first(**order):
+        if key_part in (order.get("idempotency_key") or ""):
+            monkeypatch.setattr(services, "order_place", real)
+            stop()
+        return real(**order)
+
+    monkeypatch.setattr(services, "order_place", stopped_first)
+
+
+def paused(trader, row):
+    return lambda: sources.strategy_change(owner=trader, strategy=Strategy.objects.get(pk=row.pk), is_active=False)
+
+
+def at_the_broker(account):
+    return PaperOrder.objects.filter(client__user_id=account.client_id).count()
+
+
+def stopped_out(trader, account):
+    """A re-entering strategy's entry of 10 at 1500 with its stop-loss; the price falls through it."""
+    row = strategy(trader, account, stop_loss=D("1"), reentry_enabled=True, max_reentries=1)
+    quote("1500")
+    first = entry(trader, account, row)
+    monitor(account)
+    quote("1480")  # the stop-loss fills: the run re-enters
+    return row, first
+
+
+def test_a_strategy_paused_as_the_run_re_enters_gets_no_re_entry(trader, account, monkeypatch):
+    """The run found the stop-out and chose to re-enter; the trader pauses the strategy (and is told
+    "Paused") before the re-entry is written. Nothing is re-entered after that answer."""
+    row, first = stopped_out(trader, account)
+    stopped_as_the_run_places(monkeypatch, "reentry:", paused(trader, row))
+    sent = at_the_broker(account)
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first, role="entry").exists(), run.actions
+    assert at_the_broker(account) == sent
+    assert any("This strategy is paused" in action for action in run.actions), run.actions
+
+
+def test_a_strategy_paused_as_the_run_retries_gets_no_retry(trader, account, monkeypatch):
+    row, first = refused_entry(trader, account)
+    rejecting(account, 0)
+    stopped_as_the_run_places(monkeypatch, "retry:", paused(trader, row))
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first).exists(), run.actions
+    monkeypatch.undo()
+    monitor(account)  # nor at a later run, until it is resumed
+    assert not Order.objects.filter(parent=first).exists()
+
+
+def test_a_strategy_paused_as_the_chase_replaces_its_entry_gets_no_replacement(trader, account, monkeypatch):
+    """The chase cancelled the entry past the modification cap; the trader pauses the strategy before
+    its replacement is written. No entry is placed after "Paused"; the run says why, not an error."""
+    row = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, row, order_type="LIMIT", price="1499.00")
+    at_modification_cap(first)
+    stopped_as_the_run_places(monkeypatch, "replace:", paused(trader, row))
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first).exists(), run.actions
+    assert f"{first.reference} is not replaced: its strategy was paused meanwhile" in run.actions
+    assert not run.errors, run.errors
+
+
+def test_a_strategy_paused_as_step_4_places_a_stop_loss_still_gets_it(trader, account, monkeypatch):
+    """A pause stops new exposure, not protection: the stop-loss of what is held is placed."""
+    row = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, row)
+    stopped_as_the_run_places(monkeypatch, "exit:", paused(trader, row))
+    monitor(account)
+    assert not Strategy.objects.get(pk=row.pk).is_active
+    assert first.children.get(role="stop_loss").status == Order.Status.OPEN
+
+
+def waited_for(monkeypatch, table, stop):
+    """``stop()`` asked on a thread of its own while the run's placement holds its rows' locks (after
+    they are taken, before the order's number): answered before the placement commits (within 2 s),
+    it must have come first. Returns the list that says whether it answered so."""
+    real, first_answered = services._next_number, []
+
+    def asked_meanwhile(account, day):
+        monkeypatch.setattr(services, "_next_number", real)
+        reached = threading.Event()
+
+        def at_the_row(execute, sql, params, many, context):
+            if table in sql and ("FOR UPDATE" in sql or sql.lstrip().upper().startswith("UPDATE")):
+                reached.set()
+            return execute(sql, params, many, context)
+
+        def ask():
+            try:
+                with connection.execute_wrapper(at_the_row):
+                    stop()
+            finally:
+                reached.set()
+                connection.close()
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        assert reached.wait(30)
+        asking.join(2)  # a lock held here keeps it waiting: it answers once the order is written
+        first_answered.append(not asking.is_alive())
+        return real(account, day)
+
+    monkeypatch.setattr(services, "_next_number", asked_meanwhile)
+    return first_answered
+
+
+def test_a_pause_asked_while_the_run_writes_its_re_entry_waits_for_it(trader, account, monkeypatch):
+    """The pause comes while the re-entry's row is being written: it waits for it (its answer comes
+    after the order), or else it comes first and no re-entry is placed; never "Paused" then a re-entry."""
+    mariadb_only()
+    row, first = stopped_out(trader, account)
+    first_answered = waited_for(monkeypatch, "`orders_strategy`", paused(trader, row))
+    monitor(account)
+    monkeypatch.undo()
+    reentered = Order.objects.filter(parent=first, role="entry").exists()
+    assert first_answered == [False] and reentered
+    assert not Strategy.objects.get(pk=row.pk).is_active
