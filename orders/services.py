@@ -690,16 +690,21 @@ STRATEGY_PAUSED = "This strategy is paused."
 
 
 def still_open_check(account: BrokerAccount, role: str, strategy: Strategy | None) -> None:
-    """Refuse (a ValidationError) an entry of a strategy paused since the caller read it: a
-    monitoring run reads it at its start and places its re-entries, retries and chases later. Read
-    under the strategy's row lock, in the order's transaction: a pause (``strategy_change``, under
-    the same lock) committed before is seen, and one asked meanwhile waits for the order to be
-    written, so once the trader is told "Paused" nothing new is opened. A paused strategy's exits
+    """Refuse (a ValidationError) an order on an account deactivated, or an entry of a strategy
+    paused, since the caller read them: a monitoring run reads them at its start and places its
+    re-entries, retries and chases later. Read under the rows' locks, in the order's transaction:
+    a deactivation (``broker_account_set_active``'s UPDATE) or a pause (``strategy_change``, under
+    the strategy's lock) committed before is seen, and one asked meanwhile waits for the order to
+    be written, so once the trader is told "Paused" nothing new is opened. The strategy's row
+    first, as a change of the strategy takes it before its accounts'. A paused strategy's exits
     are placed still: a pause stops new exposure, not the protection of what is held."""
     if role == Order.Role.ENTRY and strategy is not None:
         active = Strategy.objects.select_for_update().filter(pk=strategy.pk).values_list("is_active", flat=True)
         if active.first() is False:
             raise ValidationError({"strategy": ValidationError(STRATEGY_PAUSED, code="paused")})
+    active = BrokerAccount.objects.select_for_update().filter(pk=account.pk).values_list("is_active", flat=True)
+    if active.first() is False:
+        raise ValidationError({"account": f"{account.label} is deactivated."})
 
 
 _ORDERS = PlainInserts(Order)

@@ -9,6 +9,8 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 
+from accounts.models import BrokerAccount
+from accounts.services import broker_account_set_active
 from brokers.paper.models import PaperOrder
 from monitoring import cycle
 from monitoring.tests.test_strategy_counts import refused_entry, rejecting
@@ -265,11 +267,11 @@ def test_a_cancel_of_a_stop_the_day_ended_once_it_is_back_names_the_stop_back(tr
     assert back.reference in refused.value.message
 
 
-# --- A pause while a run is placing -------------------------------------------
+# --- A pause or a deactivation while a run is placing -------------------------------------------
 
 
 def stopped_as_the_run_places(monkeypatch, key_part, stop):
-    """``stop()`` (the trader's pause, committed: its answer shown) just before the
+    """``stop()`` (the trader's pause or deactivation, committed: its answer shown) just before the
     run places the order whose idempotency key holds ``key_part``, after the step chose to place it."""
     real = services.order_place
 
@@ -284,6 +286,11 @@ def stopped_as_the_run_places(monkeypatch, key_part, stop):
 
 def paused(trader, row):
     return lambda: sources.strategy_change(owner=trader, strategy=Strategy.objects.get(pk=row.pk), is_active=False)
+
+
+def deactivated(trader, account):
+    account = BrokerAccount.objects.get(pk=account.pk)  # the page's own, not the run's
+    return lambda: broker_account_set_active(account=account, actor=trader, active=False)
 
 
 def at_the_broker(account):
@@ -349,6 +356,36 @@ def test_a_strategy_paused_as_step_4_places_a_stop_loss_still_gets_it(trader, ac
     assert first.children.get(role="stop_loss").status == Order.Status.OPEN
 
 
+def test_an_account_deactivated_as_the_run_re_enters_gets_no_re_entry(trader, account, monkeypatch):
+    _row, first = stopped_out(trader, account)
+    stopped_as_the_run_places(monkeypatch, "reentry:", deactivated(trader, account))
+    sent = at_the_broker(account)
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first, role="entry").exists(), run.actions
+    assert at_the_broker(account) == sent
+
+
+def test_an_account_deactivated_as_the_run_retries_gets_no_retry(trader, account, monkeypatch):
+    _row, first = refused_entry(trader, account)
+    rejecting(account, 0)
+    stopped_as_the_run_places(monkeypatch, "retry:", deactivated(trader, account))
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first).exists(), run.actions
+    assert any("is deactivated" in action for action in run.actions), run.actions
+
+
+def test_an_account_deactivated_as_step_4_places_a_stop_loss_gets_none_as_between_runs(trader, account, monkeypatch):
+    """A deactivated account is not monitored and takes no order, an exit included (``order_check``):
+    so too once deactivated within a run. The run says the position is left without its stop-loss."""
+    row = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, row)
+    stopped_as_the_run_places(monkeypatch, "exit:", deactivated(trader, account))
+    run = monitor(account)
+    assert not first.children.exists()
+    assert any("is deactivated" in error["error"] for error in run.errors), run.errors
+
+
 def waited_for(monkeypatch, table, stop):
     """``stop()`` asked on a thread of its own while the run's placement holds its rows' locks (after
     they are taken, before the order's number): answered before the placement commits (within 2 s),
@@ -394,3 +431,14 @@ def test_a_pause_asked_while_the_run_writes_its_re_entry_waits_for_it(trader, ac
     reentered = Order.objects.filter(parent=first, role="entry").exists()
     assert first_answered == [False] and reentered
     assert not Strategy.objects.get(pk=row.pk).is_active
+
+
+def test_a_deactivation_asked_while_the_run_writes_its_retry_waits_for_it(trader, account, monkeypatch):
+    mariadb_only()
+    _row, first = refused_entry(trader, account)
+    rejecting(account, 0)
+    first_answered = waited_for(monkeypatch, "`accounts_brokeraccount`", deactivated(trader, account))
+    monitor(account)
+    monkeypatch.undo()
+    assert first_answered == [False] and Order.objects.filter(parent=first).exists()
+    assert not BrokerAccount.objects.get(pk=account.pk).is_active
