@@ -15,7 +15,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -301,10 +301,25 @@ def sessions_expire_due() -> int:
     return sum(session_expire(session=session) for session in due.select_related("account"))
 
 
-def session_connect(*, account: BrokerAccount, actor) -> LiveSession:
-    """The trader's Connect / Reconnect for an unattended broker: log in now (under the login lock)."""
+SHOWN_ANY = object()  # ``session_connect``'s ``replaces`` not given: whatever session is live
+
+
+def session_connect(*, account: BrokerAccount, actor, replaces: int | None | object = SHOWN_ANY) -> LiveSession | None:
+    """The trader's Connect / Reconnect for an unattended broker: log in now (under the login lock).
+
+    ``replaces``: the live session the trader's page showed (its id, None for none). A live session
+    made since (the same form's first send: a double click, another tab; a worker's renewal) is
+    kept and None returned: logging in again would end the session just made, not the one the
+    trader meant to replace."""
     with _login_locked(account):
         current = _active(account.pk)
+        if (
+            replaces is not SHOWN_ANY
+            and current is not None
+            and current.pk != replaces
+            and current.expires_at > timezone.now()
+        ):
+            return None
         if current is not None:
             _end(current, BrokerSession.Status.REVOKED, "replaced by a reconnect")
         return _logged_in(account, actor, adapter_for(account).login)
@@ -421,6 +436,7 @@ class SessionState:
     label: str
     expires_at: datetime | None = None
     reason: str = ""
+    live_id: int | None = None  # the account's active session row, shown or not (what Reconnect replaces)
 
 
 def session_states(accounts) -> dict[int, SessionState]:
@@ -429,8 +445,11 @@ def session_states(accounts) -> dict[int, SessionState]:
     now = timezone.now()
     warn = now + timedelta(seconds=settings.BROKER_SESSION_WARN_S)
     latest: dict[int, BrokerSession] = {}
+    live_ids: dict[int, int] = {}
     for session in BrokerSession.objects.filter(account_id__in=ids).order_by("account_id", "-created_at", "-id"):
         shown = latest.setdefault(session.account_id, session)
+        if session.status == BrokerSession.Status.ACTIVE:
+            live_ids.setdefault(session.account_id, session.pk)
         # The live session, if any, over a later failed login (a reconnect that failed leaves it
         # trading): the page says what the account trades on, the failure was said as a message.
         live = session.status == BrokerSession.Status.ACTIVE and session.expires_at > now
@@ -451,7 +470,7 @@ def session_states(accounts) -> dict[int, SessionState]:
             states[account_id] = SessionState("none", "Disconnected", session.ended_at, session.last_error)
         else:
             states[account_id] = SessionState("expired", "Expired", session.expires_at, session.last_error)
-    return states
+    return {account_id: replace(state, live_id=live_ids.get(account_id)) for account_id, state in states.items()}
 
 
 # --- Instruments ---------------------------------------------------------------------------

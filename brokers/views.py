@@ -39,12 +39,26 @@ def connect(request, pk):
         request.session[PENDING_KEY] = pending
         return redirect(services.connect_login_url(account=account, state=state))
     try:
-        services.session_connect(account=account, actor=request.user)
+        connected = services.session_connect(account=account, actor=request.user, replaces=_shown_session(request))
     except BrokerError as exc:
         messages.error(request, f"Could not connect {account.label}: {exc}")
     else:
-        messages.success(request, f"Connected {account.label}.")
+        if connected is None:  # the same form's first send (a double click, another tab) connected it
+            messages.info(
+                request, f"{account.label} was connected already since the page was shown; kept that session."
+            )
+        else:
+            messages.success(request, f"Connected {account.label}.")
     return redirect("accounts:broker_list")
+
+
+def _shown_session(request):
+    """The live session the accounts page showed (``replaces``: its id, blank for none); a client
+    posting none is taken to replace whatever is live."""
+    shown = request.POST.get("replaces")
+    if shown is None:
+        return services.SHOWN_ANY
+    return int(shown) if shown.isdigit() else None
 
 
 @login_required

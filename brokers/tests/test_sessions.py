@@ -1,5 +1,6 @@
 """The session manager and the accounts-page connect flows."""
 
+import re
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -111,6 +112,45 @@ def test_accounts_page_shows_session_state_and_connect(trader_client, paper_acco
     page = trader_client.get(reverse("accounts:broker_list")).content.decode()
     assert ("Connected" in page or "Expiring soon" in page) and "Disconnect" in page  # 05:00-06:00 IST: expiring
     assert AuditLog.objects.filter(action="broker_session_login", actor__username="trader").exists()
+
+
+def _connect_form(client, account) -> dict:
+    """The accounts page's Connect / Reconnect form for ``account``, as the page posts it."""
+    page = client.get(reverse("accounts:broker_list")).content.decode()
+    action = reverse("brokers:connect", args=[account.pk])
+    form = page[page.index(f'action="{action}"') :].split("</form>")[0]
+    match = re.search(r'name="replaces" value="([^"]*)"', form)
+    return {"replaces": match.group(1)} if match else {}
+
+
+def test_the_connect_form_sent_twice_logs_in_once(trader_client, paper_account):
+    """A double click on Connect (or the same page's Reconnect in two tabs) logged in twice: the
+    second send ended the session the first had just made ("replaced by a reconnect") and logged in
+    again, a second login at the broker and a second audit entry."""
+    url = reverse("brokers:connect", args=[paper_account.pk])
+    form = _connect_form(trader_client, paper_account)
+    assert trader_client.post(url, form).status_code == 302
+    response = trader_client.post(url, form, follow=True)
+    assert sorted(BrokerSession.objects.values_list("status", flat=True)) == ["active"]
+    assert AuditLog.objects.filter(action="broker_session_login").count() == 1
+    assert "was connected already" in response.content.decode()
+    # The page as it is now: its Reconnect replaces the live session.
+    first = BrokerSession.objects.get()
+    trader_client.post(url, _connect_form(trader_client, paper_account))
+    assert BrokerSession.objects.get(pk=first.pk).status == "revoked"
+    assert BrokerSession.objects.filter(status="active").exclude(pk=first.pk).count() == 1
+    assert AuditLog.objects.filter(action="broker_session_login").count() == 2
+
+
+def test_a_reconnect_of_a_page_that_showed_a_session_since_ended_logs_in(trader_client, paper_account):
+    """The page's session ended meanwhile (a disconnect in another tab): nothing is live, so its
+    Reconnect connects, as the trader asked."""
+    shown = services.session_live(paper_account)
+    form = _connect_form(trader_client, paper_account)
+    assert form == {"replaces": str(shown.session_id)}
+    services.session_disconnect(account=paper_account, actor=None)
+    trader_client.post(reverse("brokers:connect", args=[paper_account.pk]), form)
+    assert BrokerSession.objects.filter(status="active").exclude(pk=shown.session_id).count() == 1
 
 
 def test_disconnect_ends_the_session_at_the_broker_too(trader_client, paper_account):
