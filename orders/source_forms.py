@@ -177,8 +177,8 @@ class ScheduledForm(OneTimeTokenForm, OrderSpecForm):
 
 
 class StrategyForm(OneTimeTokenForm, forms.ModelForm):
-    """The same new-strategy form sent twice makes one strategy (``sources.strategy_save``), shown
-    with a new secret."""
+    """The same new-strategy form sent twice makes one strategy (``sources.strategy_save``); the
+    repeat keeps the secret the first answer showed."""
 
     retryable_kinds = forms.MultipleChoiceField(
         choices=[(kind, kind) for kind in RejectKind.ALL],

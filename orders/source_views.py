@@ -229,6 +229,9 @@ def strategy_edit(request, pk=None):
                     name=form.cleaned_data["name"],
                     account_ids=[account.pk for account in form.cleaned_data["accounts"]],
                     create_key=form.create_key(),
+                    # Sent again (a reload or Back to the page showing its secret, a double click):
+                    # the secret shown stays live, the trader may have put it in TradingView already.
+                    repeat_rotates=False,
                     **form.params(),
                 )
         except ValidationError as exc:
@@ -238,6 +241,13 @@ def strategy_edit(request, pk=None):
         else:
             if secret:
                 return _show_secret(request, saved, secret)
+            if getattr(saved, "replayed", False):
+                messages.warning(
+                    request,
+                    f"This form was sent already: it made {saved.name}, and its webhook secret was shown then, "
+                    "once. Its secret is unchanged; if you did not copy it, make a new one here.",
+                )
+                return redirect("sources:strategy_detail", saved.pk)
             messages.success(request, f"Saved {saved.name}.")
             return redirect("sources:strategy_detail", saved.pk)
     elif "token" in form.errors:

@@ -1574,7 +1574,14 @@ STRATEGY_NAME_TAKEN = "You already have a strategy with this name."
 
 
 def strategy_save(
-    *, owner, name: str, account_ids, strategy: Strategy | None = None, create_key: str | None = None, **params
+    *,
+    owner,
+    name: str,
+    account_ids,
+    strategy: Strategy | None = None,
+    create_key: str | None = None,
+    repeat_rotates: bool = True,
+    **params,
 ) -> tuple[Strategy, str]:
     """Create a strategy, or change its name, accounts and the settings given. Returns it with its
     webhook secret when one was just made (else "").
@@ -1586,7 +1593,9 @@ def strategy_save(
     returns the strategy the first made, with a new secret. The first answer, the only one that
     showed a secret, may never have been seen (a double click shows the second), and a secret
     cannot be shown twice (only its hash is kept). The same key with another name or other
-    settings is refused on ``idempotency_key``."""
+    settings is refused on ``idempotency_key``. ``repeat_rotates=False`` (the page, whose form a
+    reload or Back sends again after the trader saw, and maybe copied, the secret): the repeat
+    returns the strategy with no secret ("") and ``replayed`` set, the secret shown kept live."""
     if strategy is not None:
         with transaction.atomic():
             row = _locked(Strategy, strategy, owner)
@@ -1595,19 +1604,19 @@ def strategy_save(
     asked = {"name": (name or "").strip(), "account_ids": account_ids, **params}
     try:
         with transaction.atomic():
-            return _strategy_repeat(owner, key, asked) or _strategy_write(
+            return _strategy_repeat(owner, key, asked, rotate=repeat_rotates) or _strategy_write(
                 owner=owner, name=name, account_ids=account_ids, strategy=None, create_key=key, **params
             )
     except (ValidationError, IntegrityError):
         # The first request committed its row while this one was written (the unique index waited for it).
-        made = _strategy_repeat(owner, key, asked)
+        made = _strategy_repeat(owner, key, asked, rotate=repeat_rotates)
         if made is None:
             raise
         return made
 
 
-def _strategy_repeat(owner, key: str | None, asked: dict) -> tuple[Strategy, str] | None:
-    """The strategy a create with this key made, with a new secret; None if none has."""
+def _strategy_repeat(owner, key: str | None, asked: dict, *, rotate: bool) -> tuple[Strategy, str] | None:
+    """The strategy a create with this key made, with a new secret (``rotate``, else ""); None if none has."""
     first = Strategy.objects.filter(owner=owner, create_key=key).first() if key else None
     if first is None:
         return None
@@ -1617,7 +1626,7 @@ def _strategy_repeat(owner, key: str | None, asked: dict) -> tuple[Strategy, str
         text = "This form was already used for a different strategy; check it and submit again."
         raise ValidationError({"idempotency_key": ValidationError(text, code="conflict")})
     first.replayed = True
-    return first, strategy_rotate_secret(strategy=first)
+    return first, strategy_rotate_secret(strategy=first) if rotate else ""
 
 
 def strategy_check(params: dict, *, strategy: Strategy | None = None) -> None:

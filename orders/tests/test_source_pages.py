@@ -271,21 +271,23 @@ def test_the_new_secret_form_sent_again_does_not_end_the_secret_it_showed(trader
     assert hashlib.sha256(secret.encode()).hexdigest() == strategy.webhook_secret_hash  # still the live one
 
 
-def test_a_new_strategy_saved_twice_is_one_strategy_shown_with_a_secret_that_works(trader_client, account):
-    """A double-clicked Save: the browser shows the second answer, which said "name taken", and the
-    secret (in the first answer only) was lost. The same form sent again is the first's strategy,
-    shown with a new secret, the one that then signs alerts."""
+def test_a_new_strategy_saved_twice_is_one_strategy_whose_shown_secret_stays_live(trader_client, account):
+    """The page showing a new strategy's secret answers the POST that made it: a reload (or Back to
+    it, a double click) sent that form again, which replaced the secret just shown, one the trader
+    may have pasted into TradingView already, and every alert signed with it was refused. The same
+    form sent again is the first's strategy, its secret kept; the page says so and where to make a
+    new one (a double click's first answer, the one with the secret, is never seen)."""
     form = {"name": "Trend", "accounts": [account.pk], "stop_loss_unit": "percent", "take_profit_unit": "points",
             "max_reentries": "0", "max_retries": "0", "is_active": "on", "token": str(uuid.uuid4())}  # fmt: skip
     first = trader_client.post(reverse("sources:strategy_create"), form).content.decode()
-    second = trader_client.post(reverse("sources:strategy_create"), form)
+    secret = first.split('class="secret-value">')[1].split("<")[0]
+    second = trader_client.post(reverse("sources:strategy_create"), form, follow=True)
     strategy = Strategy.objects.get()
-    assert second.status_code == 200 and "taken" not in second.content.decode()
-    secrets = [page.split('class="secret-value">')[1].split("<")[0] for page in (first, second.content.decode())]
-    assert secrets[0] != secrets[1] and all(secret.startswith("whsec_") for secret in secrets)
-    shown = hashlib.sha256(secrets[1].encode()).hexdigest()
-    strategy.refresh_from_db()
-    assert strategy.webhook_secret_hash == shown
+    assert strategy.webhook_secret_hash == hashlib.sha256(secret.encode()).hexdigest()
+    assert second.redirect_chain == [(reverse("sources:strategy_detail", args=[strategy.pk]), 302)]
+    page = second.content.decode()
+    assert "sent already" in page and "taken" not in page and "secret-value" not in page
+    assert f'name="replaces" value="{strategy.webhook_secret_prefix}"' in page  # its New secret works
     # The same form with another name is not a repeat: refused on the page, a fresh form to send.
     changed = trader_client.post(reverse("sources:strategy_create"), {**form, "name": "Other"})
     assert "already used for a different strategy" in changed.content.decode()

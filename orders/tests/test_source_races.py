@@ -287,8 +287,8 @@ def test_one_schedule_form_sent_twice_at_once_makes_one_scheduled_order(trader, 
 
 @pytest.mark.django_db(transaction=True)
 def test_one_strategy_form_sent_twice_at_once_makes_one_strategy_and_a_secret_that_works(trader, account):
-    """Both answers show the strategy with a secret (neither "name taken"), one strategy is made,
-    and the secret stored is one of those shown: the later, which replaced the first."""
+    """Neither answer says "name taken", one strategy is made, and one answer shows its secret, the
+    one stored; the other is the strategy's page, which says the form was sent already."""
     page, form = PAGES["strategies"]
     clients = [Client(), Client()]
     for client in clients:
@@ -296,10 +296,14 @@ def test_one_strategy_form_sent_twice_at_once_makes_one_strategy_and_a_secret_th
     for round_ in range(3):
         data = {**form(account, f"Twin {round_}"), "token": str(uuid.uuid4())}
         answers = at_once(*(lambda c=c, data=data: c.post(reverse(page), data) for c in clients))
-        assert [getattr(answer, "status_code", answer) for answer in answers] == [200, 200], answers
-        shown = [answer.content.decode().split('class="secret-value">')[1].split("<")[0] for answer in answers]
+        codes = sorted((getattr(answer, "status_code", answer) for answer in answers), key=str)
+        assert codes == [200, 302], answers
+        made = next(answer for answer in answers if answer.status_code == 200)
+        shown = made.content.decode().split('class="secret-value">')[1].split("<")[0]
         strategy = Strategy.objects.get(name=f"Twin {round_}")
-        assert strategy.webhook_secret_hash in {hashlib.sha256(secret.encode()).hexdigest() for secret in shown}
+        assert strategy.webhook_secret_hash == hashlib.sha256(shown.encode()).hexdigest()
+        repeat = next(answer for answer in answers if answer.status_code == 302)
+        assert repeat.url == reverse("sources:strategy_detail", args=[strategy.pk])
     assert Strategy.objects.count() == 3
 
 
