@@ -39,7 +39,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Exists, F, FilteredRelation, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -608,11 +608,15 @@ def _filled_entries(**where):
     """Strategy entries whose exits need a look: part of the entry's fill is not yet closed by its
     exits, or an exit of theirs is still live, or they closed more than it filled (both filled:
     said once), and it is not done (``EXITS_DONE``). A cancelled entry counts for what filled
-    before the cancel."""
-    done = OrderEvent.objects.filter(order=OuterRef("pk"), kind=EXITS_DONE)
+    before the cancel.
+
+    Done is a join on the event's index (order, kind): one lookup for each order read. Not an
+    ``EXISTS``: MariaDB turns it into a materialized ``IN`` where that seems cheaper (the busy
+    accounts' check, over many accounts), a read of the whole event table, every account's."""
     return (
-        Order.objects.filter(
-            ~Exists(done),
+        Order.objects.annotate(done=FilteredRelation("events", condition=Q(events__kind=EXITS_DONE)))
+        .filter(
+            done__isnull=True,
             **where,
             role=Order.Role.ENTRY,
             strategy__isnull=False,

@@ -487,6 +487,11 @@ class OrderEvent(AppendOnlyModel):
 
     class Meta:
         ordering = ["created_at", "id"]
+        indexes = [
+            # Whether an order has an event of a kind (the cycle's exits: is an entry done?) is one
+            # lookup per order, not a read of all its events, nor of the whole table (every account's).
+            models.Index(fields=["order", "kind"]),
+        ]
 
     def __str__(self):
         return f"{self.order_id} {self.kind} {self.from_status}->{self.to_status}"

@@ -1,0 +1,130 @@
+"""The monitoring cycle's exits (step 4, every minute for every account) ask of each entry whether it
+is done (an ``EXITS_DONE`` event) with one lookup: the rows the server reads do not grow with the
+order events, the accounts' own or every account's."""
+
+import itertools
+from datetime import datetime, timedelta
+
+import pytest
+from django.db import connection
+
+from accounts.tests.factories import make_broker_account
+from brokers.base import IST
+from monitoring import cycle
+from orders import sources
+from orders.models import Order, OrderEvent
+from orders.tests.factories import instrument
+from tradingplatform.testing import mariadb_only
+
+pytestmark = pytest.mark.django_db(transaction=True)  # ANALYZE TABLE commits
+
+S = Order.Status
+NOW = datetime(2026, 3, 26, 12, 0, tzinfo=IST)
+TODAY = NOW.replace(hour=0)
+NUMBERS = itertools.count(1)
+LIFE = ("created", "submitted", "opened", "filled")
+
+
+def write(rows):
+    """Orders as given (field values), with their times as written, not the time of the test."""
+    orders = [Order(reference=f"X{next(NUMBERS)}", side="BUY", source="strategy", **row) for row in rows]
+    created, updated = Order._meta.get_field("created_at"), Order._meta.get_field("updated_at")
+    created.auto_now_add = updated.auto_now = False
+    try:
+        return Order.objects.bulk_create(orders, batch_size=1000)
+    finally:
+        created.auto_now_add = updated.auto_now = True
+
+
+def history(account, guarded, infy, days, *, per_day):
+    """``per_day`` entries a day of earlier days, each filled, closed by its filled stop-loss and
+    done (``EXITS_DONE``), with the events of their lives."""
+    entries = []
+    for day in range(1, days + 1):
+        at = TODAY - timedelta(days=day) + timedelta(hours=10)
+        common = {"account": account, "instrument": infy, "quantity": 1, "filled_quantity": 1}
+        common |= {"strategy": guarded, "status": S.FILLED, "created_at": at, "updated_at": at}
+        entries += write([{**common, "role": Order.Role.ENTRY} for _ in range(per_day)])
+    exits = write(
+        [
+            {f: getattr(e, f) for f in ("account", "instrument", "strategy", "status", "created_at")}
+            | {
+                "role": Order.Role.STOP_LOSS,
+                "parent": e,
+                "quantity": 1,
+                "filled_quantity": 1,
+                "updated_at": e.created_at,
+            }
+            for e in entries
+        ]
+    )
+    events = [OrderEvent(order=o, kind=kind, cause="test") for o in entries + exits for kind in LIFE]
+    events += [OrderEvent(order=e, kind=cycle.EXITS_DONE, cause="step 4") for e in entries]
+    OrderEvent.objects.bulk_create(events, batch_size=1000)
+    return len(entries)
+
+
+def server_reads(query) -> tuple[list, int]:
+    """What ``query()`` returns, and the rows the server read for it (its handler reads)."""
+
+    def handler_reads():
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW SESSION STATUS LIKE 'Handler_read%%'")
+            return sum(int(value) for _name, value in cursor.fetchall())
+
+    before = handler_reads()
+    result = query()
+    return result, handler_reads() - before
+
+
+def test_whether_an_entry_is_done_is_one_lookup_not_a_read_of_the_events(trader, instruments):
+    """Every minute the cycle asks which of its accounts have strategy entries whose exits need a
+    look (``_filled_entries`` over all of them), then reads each one's. Whether an entry is done
+    (an ``EXITS_DONE`` event) was, for the many accounts' check, a scan of the whole order event
+    table, every account's, and for one account's entries a read of all the events of each of its
+    orders: every minute, more of them every day the platform ran."""
+    mariadb_only()
+    infy = instrument()
+    account = make_broker_account(trader, broker="paper", client_id="PAPER-X1")
+    other = make_broker_account(trader, broker="paper", client_id="PAPER-X2")
+    guarded, _ = sources.strategy_save(owner=trader, name="Guarded", account_ids=[account.pk, other.pk])
+    done = history(account, guarded, infy, 20, per_day=25)
+    done += history(other, guarded, infy, 20, per_day=50)
+    yesterday = TODAY - timedelta(hours=15)
+    common = {"account": account, "instrument": infy, "strategy": guarded, "role": Order.Role.ENTRY, "quantity": 4}
+    wanted = write(
+        [
+            # Today's, filled: its exits are to be placed.
+            {**common, "status": S.FILLED, "filled_quantity": 4, "created_at": NOW, "updated_at": NOW},
+            # Carried (NRML) from yesterday, filled, no exits yet.
+            {**common, "status": S.FILLED, "filled_quantity": 4, "created_at": yesterday, "updated_at": yesterday},
+            # Yesterday's, cancelled after filling 2.
+            {**common, "status": S.CANCELLED, "filled_quantity": 2, "created_at": yesterday, "updated_at": yesterday},
+        ]
+    )
+    OrderEvent.objects.bulk_create([OrderEvent(order=o, kind=kind, cause="test") for o in wanted for kind in LIFE])
+
+    def measure():
+        with connection.cursor() as cursor:
+            for model in (Order, OrderEvent):  # as the server's own statistics would say
+                cursor.execute(f"ANALYZE TABLE {model._meta.db_table}")
+                cursor.fetchall()
+        steps = [("4_exits", cycle.step_exits)]
+        busy, busy_reads = server_reads(lambda: cycle._accounts_with_work([account.pk, other.pk], steps))
+        assert busy == {account.pk}
+        entries, reads = server_reads(lambda: list(cycle._filled_entries(account=account)))
+        assert sorted(entry.pk for entry in entries) == sorted(entry.pk for entry in wanted)
+        return busy_reads, reads
+
+    orders = Order.objects.count()
+    busy_reads, reads = measure()
+    # Fewer than two rows for each order of the accounts: the order, and for an entry one lookup of
+    # its events (as an EXISTS on the order's index alone, all its events; materialized, the table).
+    assert busy_reads < 2 * orders, f"{busy_reads} rows read for the accounts' {orders} orders ({done} done entries)"
+    mine = Order.objects.filter(account=account).count()
+    assert reads < 2 * mine, f"{reads} rows read for the account's {mine} orders"
+    # And not the events: ten more for each order of the history read no more rows.
+    pks = Order.objects.values_list("pk", flat=True)
+    more = [OrderEvent(order_id=pk, kind="updated", cause="test") for pk in pks for _ in range(10)]
+    OrderEvent.objects.bulk_create(more, batch_size=1000)
+    assert measure() == (busy_reads, reads)
