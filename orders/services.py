@@ -692,19 +692,37 @@ STRATEGY_PAUSED = "This strategy is paused."
 def still_open_check(account: BrokerAccount, role: str, strategy: Strategy | None) -> None:
     """Refuse (a ValidationError) an order on an account deactivated, or an entry of a strategy
     paused, since the caller read them: a monitoring run reads them at its start and places its
-    re-entries, retries and chases later. Read under the rows' locks, in the order's transaction:
-    a deactivation (``broker_account_set_active``'s UPDATE) or a pause (``strategy_change``, under
-    the strategy's lock) committed before is seen, and one asked meanwhile waits for the order to
-    be written, so once the trader is told "Paused" nothing new is opened. The strategy's row
-    first, as a change of the strategy takes it before its accounts'. A paused strategy's exits
-    are placed still: a pause stops new exposure, not the protection of what is held."""
-    if role == Order.Role.ENTRY and strategy is not None:
-        active = Strategy.objects.select_for_update().filter(pk=strategy.pk).values_list("is_active", flat=True)
-        if active.first() is False:
-            raise ValidationError({"strategy": ValidationError(STRATEGY_PAUSED, code="paused")})
-    active = BrokerAccount.objects.select_for_update().filter(pk=account.pk).values_list("is_active", flat=True)
-    if active.first() is False:
+    re-entries, retries and chases later. Read under the rows' shared locks, in the order's
+    transaction: a deactivation (``broker_account_set_active``'s UPDATE) or a pause
+    (``strategy_change``, under the strategy's lock) committed before is seen, and one asked
+    meanwhile waits for the order to be written, so once the trader is told "Paused" nothing new
+    is opened. Shared, as the order's row's foreign keys lock them: an exclusive lock here would
+    deadlock the orders that take it with those that take only the foreign key's (a strategy's
+    entry holding the strategy and waiting for the account that its exit, on the same account,
+    holds while it waits for the strategy), and line up every account's entry of one strategy.
+    A paused strategy's exits are placed still: a pause stops new exposure, not the protection
+    of what is held."""
+    if role == Order.Role.ENTRY and strategy is not None and _shared_read(Strategy, strategy.pk) is False:
+        raise ValidationError({"strategy": ValidationError(STRATEGY_PAUSED, code="paused")})
+    if _shared_read(BrokerAccount, account.pk) is False:
         raise ValidationError({"account": f"{account.label} is deactivated."})
+
+
+def _shared_read(model, pk: int) -> bool | None:
+    """The row's ``is_active`` under a shared lock until the transaction ends (None: no such row)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_shared_read_sql(model._meta.db_table), [pk])
+        row = cursor.fetchone()
+    return None if row is None else bool(row[0])
+
+
+@functools.cache
+def _shared_read_sql(table: str) -> str:
+    # Django's ORM locks rows only exclusively (``select_for_update``).
+    lock = " LOCK IN SHARE MODE" if connection.vendor == "mysql" else ""
+    if not lock and connection.features.has_select_for_update:
+        lock = " FOR SHARE"
+    return f"SELECT is_active FROM {connection.ops.quote_name(table)} WHERE id = %s{lock}"  # noqa: S608
 
 
 _ORDERS = PlainInserts(Order)

@@ -442,3 +442,71 @@ def test_a_deactivation_asked_while_the_run_writes_its_retry_waits_for_it(trader
     monkeypatch.undo()
     assert first_answered == [False] and Order.objects.filter(parent=first).exists()
     assert not BrokerAccount.objects.get(pk=account.pk).is_active
+
+
+def _lock_waiting(connection_id) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = %s AND trx_state = %s",
+            [connection_id, "LOCK WAIT"],
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def test_a_strategys_entry_and_its_exit_written_at_once_on_one_account_are_both_written(trader, account, monkeypatch):
+    """The run writes a stop-loss of a strategy's entry while a signal of the same strategy writes a
+    new entry on the same account. Each order's transaction reads the account's and the strategy's
+    flags under their locks (``still_open_check``) and its row's foreign keys lock them too: the
+    entry comes to the account while the exit holds it, and the exit then comes to the strategy.
+    Both are written, one after the other; neither is failed as a deadlock."""
+    mariadb_only()
+    row = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, row)
+    real, outcomes, ids, threads = services._next_number, [], [], []
+
+    def new_entry():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT CONNECTION_ID()")
+                ids.append(cursor.fetchone()[0])
+            outcomes.append(services.order_prepare(**order_of(first), cause="signal", strategy=row)[0])
+        except Exception as error:
+            outcomes.append(error)
+        finally:
+            connection.close()
+
+    def entry_meanwhile(account, day):  # the exit's: its flags read, its number and row to write
+        monkeypatch.setattr(services, "_next_number", real)
+        writing = threading.Thread(target=new_entry)
+        threads.append(writing)
+        writing.start()
+        deadline = time.monotonic() + 30
+        while not (ids and _lock_waiting(ids[0])) and writing.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return real(account, day)
+
+    monkeypatch.setattr(services, "_next_number", entry_meanwhile)
+    exit_order, _ = services.order_prepare(
+        **{**order_of(first), "side": "SELL", "order_type": "LIMIT", "price": D("1600")},
+        cause="run",
+        role="take_profit",
+        parent=first,
+        strategy=row,
+    )
+    threads[0].join(30)
+    assert Order.objects.filter(pk=exit_order.pk).exists()
+    assert len(outcomes) == 1 and isinstance(outcomes[0], Order), outcomes
+
+
+def order_of(order: Order) -> dict:
+    return {
+        "actor": order.placed_by,
+        "account": order.account,
+        "instrument": order.instrument,
+        "side": order.side,
+        "quantity": order.quantity,
+        "order_type": order.order_type,
+        "product": order.product,
+        "source": Order.Source.SYSTEM,
+    }
