@@ -23,6 +23,19 @@ def mariadb_only():
         pytest.skip("row locks are MariaDB's; SQLite's IMMEDIATE transactions run one writer at a time")
 
 
+def server_reads(query) -> tuple[object, int]:
+    """What ``query()`` returns, and the rows MariaDB read for it (its session's handler reads)."""
+
+    def handler_reads():
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW SESSION STATUS LIKE 'Handler_read%%'")
+            return sum(int(value) for _name, value in cursor.fetchall())
+
+    before = handler_reads()
+    result = query()
+    return result, handler_reads() - before
+
+
 def error_report(request) -> str:
     """Django's report (as mailed to ADMINS, or the debug page) of an error raised while serving ``request``."""
     try:

@@ -2,7 +2,6 @@
 is done (an ``EXITS_DONE`` event) with one lookup: the rows the server reads do not grow with the
 order events, the accounts' own or every account's."""
 
-import itertools
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,27 +12,20 @@ from brokers.base import IST
 from monitoring import cycle
 from orders import sources
 from orders.models import Order, OrderEvent
-from orders.tests.factories import instrument
-from tradingplatform.testing import mariadb_only
+from orders.tests.factories import instrument, orders_as_written
+from tradingplatform.testing import mariadb_only, server_reads
 
 pytestmark = pytest.mark.django_db(transaction=True)  # ANALYZE TABLE commits
 
 S = Order.Status
 NOW = datetime(2026, 3, 26, 12, 0, tzinfo=IST)
 TODAY = NOW.replace(hour=0)
-NUMBERS = itertools.count(1)
 LIFE = ("created", "submitted", "opened", "filled")
 
 
 def write(rows):
-    """Orders as given (field values), with their times as written, not the time of the test."""
-    orders = [Order(reference=f"X{next(NUMBERS)}", side="BUY", source="strategy", **row) for row in rows]
-    created, updated = Order._meta.get_field("created_at"), Order._meta.get_field("updated_at")
-    created.auto_now_add = updated.auto_now = False
-    try:
-        return Order.objects.bulk_create(orders, batch_size=1000)
-    finally:
-        created.auto_now_add = updated.auto_now = True
+    """Strategy orders as given (field values), with their times as written."""
+    return orders_as_written([{"source": "strategy", **row} for row in rows])
 
 
 def history(account, guarded, infy, days, *, per_day):
@@ -62,19 +54,6 @@ def history(account, guarded, infy, days, *, per_day):
     events += [OrderEvent(order=e, kind=cycle.EXITS_DONE, cause="step 4") for e in entries]
     OrderEvent.objects.bulk_create(events, batch_size=1000)
     return len(entries)
-
-
-def server_reads(query) -> tuple[list, int]:
-    """What ``query()`` returns, and the rows the server read for it (its handler reads)."""
-
-    def handler_reads():
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW SESSION STATUS LIKE 'Handler_read%%'")
-            return sum(int(value) for _name, value in cursor.fetchall())
-
-    before = handler_reads()
-    result = query()
-    return result, handler_reads() - before
 
 
 def test_whether_an_entry_is_done_is_one_lookup_not_a_read_of_the_events(trader, instruments):

@@ -1,3 +1,4 @@
+import itertools
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
@@ -8,6 +9,7 @@ from django.db import connection, transaction
 from brokers.base import BrokerOrder, Status
 from brokers.models import Instrument
 from orders import services
+from orders.models import Order
 
 
 def instrument(symbol="INFY", exchange="NSE") -> Instrument:
@@ -27,6 +29,22 @@ def place(actor, account, *, symbol="INFY", side="BUY", quantity=1, order_type="
         product=product,
         **kwargs,
     )
+
+
+_WRITTEN = itertools.count(1)
+
+
+def orders_as_written(rows) -> list[Order]:
+    """Orders as given (field values; side BUY, source manual where not given), with their times
+    as written, not the time of the test (``created_at`` and ``updated_at`` are stamped when saved):
+    a history of earlier days, inserted as a busy desk would have left it."""
+    orders = [Order(**{"reference": f"W{next(_WRITTEN)}", "side": "BUY", "source": "manual", **row}) for row in rows]
+    created, updated = Order._meta.get_field("created_at"), Order._meta.get_field("updated_at")
+    created.auto_now_add = updated.auto_now = False
+    try:
+        return Order.objects.bulk_create(orders, batch_size=1000)
+    finally:
+        created.auto_now_add = updated.auto_now = True
 
 
 @contextmanager

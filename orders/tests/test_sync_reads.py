@@ -2,7 +2,6 @@
 looks at, not the account's history: the rows the server reads do not grow with the closed orders
 of earlier days."""
 
-import itertools
 import random
 from datetime import datetime, timedelta
 
@@ -15,53 +14,20 @@ from brokers.base import IST
 from monitoring import cycle
 from orders import services
 from orders.models import Order
-from orders.tests.factories import instrument
-from tradingplatform.testing import mariadb_only
+from orders.tests.factories import instrument, orders_as_written
+from tradingplatform.testing import mariadb_only, server_reads
 
 pytestmark = pytest.mark.django_db(transaction=True)  # ANALYZE TABLE commits
 
 S = Order.Status
 NOW = datetime(2026, 3, 26, 12, 0, tzinfo=IST)
 TODAY = NOW.replace(hour=0)
-NUMBERS = itertools.count(1)
 
 
 def write(account, rows, *, infy):
-    """Orders of ``account`` as (status, created_at, updated_at), with those times as written (not
-    the time of the test: their fields are stamped when saved)."""
-    orders = [
-        Order(
-            reference=f"H{next(NUMBERS)}",
-            account=account,
-            instrument=infy,
-            side="BUY",
-            quantity=1,
-            source="manual",
-            status=status,
-            created_at=created_at,
-            updated_at=updated_at,
-        )
-        for status, created_at, updated_at in rows
-    ]
-    created, updated = Order._meta.get_field("created_at"), Order._meta.get_field("updated_at")
-    created.auto_now_add = updated.auto_now = False
-    try:
-        return Order.objects.bulk_create(orders, batch_size=1000)
-    finally:
-        created.auto_now_add = updated.auto_now = True
-
-
-def server_reads(query) -> tuple[list, int]:
-    """What ``query()`` returns, and the rows the server read for it (its handler reads)."""
-
-    def handler_reads():
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW SESSION STATUS LIKE 'Handler_read%%'")
-            return sum(int(value) for _name, value in cursor.fetchall())
-
-    before = handler_reads()
-    result = query()
-    return result, handler_reads() - before
+    """Orders of ``account`` as (status, created_at, updated_at), with those times as written."""
+    common = {"account": account, "instrument": infy, "quantity": 1}
+    return orders_as_written([{**common, "status": s, "created_at": c, "updated_at": u} for s, c, u in rows])
 
 
 def test_the_order_sync_reads_the_orders_it_syncs_not_the_accounts_history(trader, instruments, monkeypatch):
