@@ -238,6 +238,8 @@ BROKER_SESSION_WARN_S = env.int("BROKER_SESSION_WARN_S", default=3600)
 KITE_API_URL = env.str("KITE_API_URL", default="https://api.kite.trade")
 KITE_LOGIN_URL = env.str("KITE_LOGIN_URL", default="https://kite.zerodha.com/connect/login")
 KITE_TIMEOUT_S = env.float("KITE_TIMEOUT_S", default=7.0)
+# The instrument dump (megabytes, once a day) has this long, whole, where a call has KITE_TIMEOUT_S.
+KITE_INSTRUMENTS_TIMEOUT_S = env.float("KITE_INSTRUMENTS_TIMEOUT_S", default=120.0)
 # After a lost answer to an order placement, wait this long before looking the order up by tag.
 ORDER_LOOKUP_DELAY_S = env.float("ORDER_LOOKUP_DELAY_S", default=0.5)
 # Paper exchange: price feed and its Kite face.

@@ -1,6 +1,6 @@
 """The ``kite`` adapter: Kite Connect v3 over ``requests``.
 
-One pooled ``requests.Session`` per account, a timeout on every call,
+One pooled ``requests.Session`` per account, a timeout on every call (all of it: ``brokers.http``),
 ``X-Kite-Version: 3`` and ``Authorization: token api_key:access_token``. Kite's error
 types map onto ours (TokenException -> AuthError, 429 -> RateLimited, 5xx and
 NetworkException -> BrokerUnavailable, or to an order call a lost answer (NetworkError), as
@@ -36,6 +36,7 @@ from brokers.errors import (
     RejectKind,
     classify_rejection,
 )
+from brokers.http import Deadline, DeadlineAdapter
 
 # Since April 2026 Kite refuses API orders of these types without ``market_protection``; -1 asks
 # for Kite's automatic protection band (a percentage 1-100 would set our own).
@@ -57,7 +58,7 @@ def http_session(api_key: str, client_id: str) -> requests.Session:
     with _sessions_lock:
         if key not in _sessions:
             session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=10, max_retries=0)
+            adapter = DeadlineAdapter(pool_connections=2, pool_maxsize=10, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers.update({"X-Kite-Version": "3", "User-Agent": "tradingplatform/1"})
@@ -241,31 +242,47 @@ class KiteBroker(base.Broker):
         order_call: bool = False,
         changes_order: bool = False,
         raw=False,
+        timeout_s: float | None = None,
     ):
         """One call; ``order_call`` (a placement or modify: Kite's refusals are ``OrderRejected``)
         implies ``changes_order`` (a cancel too: a server error or an answer that cannot be read
-        leaves the outcome unknown, a ``NetworkError``)."""
+        leaves the outcome unknown, a ``NetworkError``). ``timeout_s``: the time the whole call has
+        (``KITE_TIMEOUT_S`` unless given)."""
         changes_order = changes_order or order_call
+        timeout_s = settings.KITE_TIMEOUT_S if timeout_s is None else timeout_s
         headers = {}
         if self.access_token:
             headers["Authorization"] = f"token {self.api_key}:{self.access_token}"
+        # The timeout bounds the whole call, not only each socket read (``requests``' timeout): an
+        # answer trickled in slower is cut off then, and is a timeout like any other.
+        deadline = Deadline(timeout_s)
+        timed_out = f"Kite did not answer within {timeout_s}s"
         try:
-            response = self._http().request(
-                method,
-                settings.KITE_API_URL.rstrip("/") + path,
-                params=params,
-                data=data,
-                headers=headers,
-                timeout=settings.KITE_TIMEOUT_S,
-            )
-        except requests.Timeout as exc:
-            raise NetworkError(f"Kite did not answer within {settings.KITE_TIMEOUT_S}s") from exc
-        except requests.ConnectionError as exc:
-            raise NetworkError("Could not reach Kite") from exc
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
-            # The connection dropped while the answer came in, or it cannot be decoded: like a
-            # timeout, it does not say what Kite did (to an order call, a lost answer: looked up by tag).
-            raise NetworkError("Kite's answer broke off before it could be read") from exc
+            with deadline:
+                response = self._http().request(
+                    method,
+                    settings.KITE_API_URL.rstrip("/") + path,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=settings.KITE_TIMEOUT_S,  # each connect and read too
+                )
+        except Exception as exc:
+            # Cut off at the deadline, whatever that made ``requests`` raise: a timeout (to an
+            # order call a lost answer, looked up by tag), never a different error.
+            if deadline.cut_off or isinstance(exc, requests.Timeout):
+                raise NetworkError(timed_out) from exc
+            if isinstance(exc, requests.ConnectionError):
+                raise NetworkError("Could not reach Kite") from exc
+            if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+                # The connection dropped while the answer came in, or it cannot be decoded: like a
+                # timeout, it does not say what Kite did (to an order call, a lost answer: looked up by tag).
+                raise NetworkError("Kite's answer broke off before it could be read") from exc
+            raise
+        if deadline.cut_off:
+            # Cut off as the answer came in: an answer that ends with the connection (no length)
+            # reads as whole, but is what Kite had sent by then.
+            raise NetworkError(timed_out)
         if response.status_code == 429:
             raise RateLimited("Kite: too many requests", retry_after=retry_after_s(response.headers.get("Retry-After")))
         content_type = response.headers.get("Content-Type", "")
@@ -455,7 +472,13 @@ class KiteBroker(base.Broker):
         return {key: decimal(row["last_price"]) for key, row in data.items()}
 
     def instruments(self, exchange: str | None = None) -> list[base.InstrumentInfo]:
-        text = self._request("GET", f"/instruments/{exchange}" if exchange else "/instruments", raw=True)
+        # The day's dump is megabytes: it has longer than a call's usual timeout to come in.
+        text = self._request(
+            "GET",
+            f"/instruments/{exchange}" if exchange else "/instruments",
+            raw=True,
+            timeout_s=max(settings.KITE_INSTRUMENTS_TIMEOUT_S, settings.KITE_TIMEOUT_S),
+        )
         return parse_instruments_csv(text)
 
 

@@ -311,6 +311,12 @@ class FakeKite(BaseHTTPRequestHandler):
     answers: dict = {}
     headers: dict = {}
     cut: set = set()
+    # For the methods in ``trickle``, the answer comes a byte at a time: all of it ("whole": the
+    # status line and headers too) or its body ("body"), each byte quicker than the read timeout.
+    trickle: dict = {}
+    trickled: list = []  # of each trickled answer: (bytes that got out, its length)
+    trickle_gap_s, trickle_bytes = 0.1, 1
+    trickle_done = threading.Event()
 
     def _form(self) -> dict:
         length = int(self.headers.get("Content-Length") or 0)
@@ -350,6 +356,8 @@ class FakeKite(BaseHTTPRequestHandler):
         status, content_type, body = FakeKite.answers.get(
             method, (200, "application/json", json.dumps({"status": "success", "data": data}).encode())
         )
+        if method in FakeKite.trickle:
+            return self._trickle(FakeKite.trickle[method], status, content_type, body)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -360,6 +368,25 @@ class FakeKite(BaseHTTPRequestHandler):
             body, self.close_connection = body[: len(body) // 2], True
         self.wfile.write(body)
 
+    def _trickle(self, part, status, content_type, body):
+        head = f"HTTP/1.1 {status} OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        answer, sent = head.encode() + body, 0
+        self.close_connection = True
+        try:
+            if part == "body":
+                self.wfile.write(answer[: len(head)])
+                sent = len(head)
+            while sent < len(answer):
+                time.sleep(FakeKite.trickle_gap_s)
+                piece = answer[sent : sent + FakeKite.trickle_bytes]
+                self.wfile.write(piece)
+                sent += len(piece)
+        except OSError:  # the caller hung up
+            pass
+        finally:
+            FakeKite.trickled.append((sent, len(answer)))
+            FakeKite.trickle_done.set()
+
     def log_message(self, *args):
         pass
 
@@ -367,6 +394,8 @@ class FakeKite(BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_kite(settings):
     FakeKite.book, FakeKite.forms, FakeKite.answers, FakeKite.headers, FakeKite.cut = [], [], {}, {}, set()
+    FakeKite.trickle, FakeKite.trickled, FakeKite.trickle_gap_s, FakeKite.trickle_bytes = {}, [], 0.1, 1
+    FakeKite.trickle_done = threading.Event()
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKite)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     settings.KITE_API_URL = f"http://127.0.0.1:{server.server_port}"
@@ -676,3 +705,54 @@ def test_an_order_filled_at_two_prices_has_the_same_average_on_the_kite_face_as_
     paper = PaperBroker(client_id="AB1234", access_token=engine.session_open(client=client)[0])
     assert paper.order(placed.order_id).average_price == Decimal("1400.1667")
     assert AccountBroker(kite_on_face).order(placed.order_id).average_price == Decimal("1400.1667")
+
+
+@pytest.mark.parametrize("part", ["whole", "body"])
+def test_a_placement_answered_a_byte_at_a_time_is_cut_off_at_the_timeout_and_found_by_tag(
+    trader, connected_kite_account, fake_kite, settings, part
+):
+    """Each byte comes quicker than the read timeout, so ``requests`` alone would wait for all of
+    them (here 1-2 s a call with a 0.5 s timeout, with Kite for as long as it trickles). The call
+    is cut off at its timeout as a timeout: the order is looked up by its tag, not rejected,
+    failed or sent again."""
+    from orders.models import Order
+    from orders.tests.factories import place
+
+    settings.KITE_TIMEOUT_S = 0.5
+    fake_kite.trickle = {"POST": part}
+    placed = place(trader, connected_kite_account, quantity=10, order_type="LIMIT", price=Decimal("1400"))
+    assert fake_kite.trickle_done.wait(timeout=30)
+    [(sent, length)] = fake_kite.trickled
+    assert sent < length  # cut off before the whole answer was out
+    placed.refresh_from_db()
+    assert [row["tag"] for row in fake_kite.book] == [placed.reference]  # sent once
+    assert placed.status == Order.Status.OPEN and placed.broker_order_id == fake_kite.book[0]["order_id"]
+
+
+@pytest.mark.parametrize("method", ["DELETE", "GET"])
+def test_a_cancel_or_a_read_answered_a_byte_at_a_time_is_a_timeout(fake_kite, settings, method):
+    """A cancel's outcome is unknown then (a lost answer, never "refused"); a read is a transient
+    network error, retried, like any other timeout."""
+    settings.KITE_TIMEOUT_S = 0.5
+    fake_kite.trickle = {method: "whole"}
+    call = adapter().cancel_order if method == "DELETE" else lambda _id: adapter().orders()
+    with pytest.raises(NetworkError) as error:
+        call("261203000000001")
+    assert not isinstance(error.value, BrokerUnavailable)
+    assert "did not answer within" in str(error.value)
+    assert fake_kite.trickle_done.wait(timeout=30)
+    [(sent, length)] = fake_kite.trickled
+    assert sent < length
+
+
+def test_the_instrument_dump_has_longer_than_a_calls_timeout_to_come_in(fake_kite, settings):
+    """Megabytes once a day: cut off at a call's timeout, it would never load on a slow line."""
+    dump = (SAMPLES / "instruments_nse.csv").read_bytes()
+    settings.KITE_TIMEOUT_S, settings.KITE_INSTRUMENTS_TIMEOUT_S = 0.3, 120
+    fake_kite.answers = {"GET": (200, "text/csv", dump)}
+    # 20 pieces, each well within the read timeout, all of them past the call's.
+    fake_kite.trickle, fake_kite.trickle_gap_s, fake_kite.trickle_bytes = {"GET": "body"}, 0.05, len(dump) // 19
+    rows = adapter().instruments("NSE")
+    [(sent, length)] = fake_kite.trickled
+    assert sent == length
+    assert len(rows) == dump.count(b"\n") - 1 and rows[0].tradingsymbol == "CENTRALBK-BE"
