@@ -18,9 +18,9 @@ Reliability choices, each deliberate:
   (``@periodic``), so a second beat started by mistake cannot double a run.
 - Time limits: Celery enforces ``task_time_limit`` only in a prefork pool (the scheduled-orders
   bench runs one); the production worker runs ``--pool threads`` (Procfile), where
-  nothing stops a task. There every broker call carries its own timeout (``KITE_TIMEOUT_S``,
-  the paper postbacks' 5 s) and Redis's and the channel layer's sockets theirs, so a stuck
-  broker ends the call, not the worker.
+  nothing stops a task. There every broker call carries its own timeout (``KITE_TIMEOUT_S``
+  for the whole call, ``brokers.http.Deadline``; the paper postbacks' 5 s per read) and Redis's
+  and the channel layer's sockets theirs, so a stuck broker ends the call, not the worker.
 """
 
 import functools
