@@ -6,11 +6,12 @@ from decimal import Decimal
 import redis
 from django.core.exceptions import ValidationError
 from django.http import Http404
-from ninja import Router, Schema
+from ninja import Field, Query, Router, Schema
 from ninja.security import APIKeyHeader as NinjaAPIKeyHeader
 from ninja.security import HttpBearer
 
 from brokers.errors import RateLimited
+from tradingplatform.schemas import PageFilters, page_of
 
 from . import selectors, services
 from .utils import client_ip
@@ -105,9 +106,18 @@ def me(request):
     return request.user
 
 
-@router.get("/accounts", response=list[BrokerAccountOut])
-def account_list(request):
-    return selectors.broker_accounts_of(request.user)
+class BrokerAccountPage(Schema):
+    count: int = Field(..., description="All your broker accounts (below `before_id`, when given).")
+    limit: int
+    offset: int
+    items: list[BrokerAccountOut] = Field(..., description="This page, newest first (by id, descending).")
+
+
+@router.get("/accounts", response=BrokerAccountPage)
+def account_list(request, filters: Query[PageFilters]):
+    """Your broker accounts, newest first (by id). To page through all of them, pass the last id of each
+    page as `before_id` for the next."""
+    return page_of(selectors.broker_accounts_of(request.user), filters)
 
 
 @router.get("/accounts/{account_id}", response=BrokerAccountOut)

@@ -307,11 +307,20 @@ def _basket_items(payload: BasketIn) -> list[dict]:
     return [item.spec() for item in payload.items]
 
 
-@router.get("/baskets", response=list[BasketOut])
-def basket_list(request):
-    baskets = list(selectors.baskets_of(request.user))
-    selectors.baskets_results_now(baskets)  # in one read, not one per basket
-    return baskets
+class BasketPage(Schema):
+    count: int = Field(..., description="All your baskets (below `before_id`, when given).")
+    limit: int
+    offset: int
+    items: list[BasketOut] = Field(..., description="This page, newest first (by id, descending).")
+
+
+@router.get("/baskets", response=BasketPage)
+def basket_list(request, filters: Query[PageFilters]):
+    """Your baskets, newest first (by id). To page through all of them, pass the last id of each page as
+    `before_id` for the next: baskets created meanwhile do not shift the pages."""
+    page = page_of(selectors.baskets_of(request.user), filters)
+    selectors.baskets_results_now(page["items"])  # in one read, not one per basket
+    return page
 
 
 @router.post("/baskets", response={201: BasketOut})
@@ -455,11 +464,22 @@ def _scheduled_save(
     )
 
 
-@router.get("/scheduled", response=list[ScheduledOut])
-def scheduled_list(request):
-    rows = list(selectors.scheduled_of(request.user))
-    selectors.scheduled_results_now(rows)  # in one read, not one per row
-    return rows
+class ScheduledPage(Schema):
+    count: int = Field(..., description="All your scheduled orders (below `before_id`, when given).")
+    limit: int
+    offset: int
+    items: list[ScheduledOut] = Field(
+        ..., description="This page, newest first (by id, descending), cancelled and done ones too."
+    )
+
+
+@router.get("/scheduled", response=ScheduledPage)
+def scheduled_list(request, filters: Query[PageFilters]):
+    """Your scheduled orders, newest first (by id: a next run changes as rows run, an id does not, so the
+    pages stay put). To page through all of them, pass the last id of each page as `before_id` for the next."""
+    page = page_of(selectors.scheduled_of(request.user), filters)
+    selectors.scheduled_results_now(page["items"])  # in one read, not one per row
+    return page
 
 
 @router.post("/scheduled", response={201: ScheduledOut, 200: ScheduledOut})
@@ -588,9 +608,18 @@ def _strategy_params(payload: StrategyIn) -> dict:
     return payload.dict(exclude={"name", "account_ids"})
 
 
-@router.get("/strategies", response=list[StrategyOut])
-def strategy_list(request):
-    return selectors.strategies_of(request.user)
+class StrategyPage(Schema):
+    count: int = Field(..., description="All your strategies (below `before_id`, when given).")
+    limit: int
+    offset: int
+    items: list[StrategyOut] = Field(..., description="This page, newest first (by id, descending).")
+
+
+@router.get("/strategies", response=StrategyPage)
+def strategy_list(request, filters: Query[PageFilters]):
+    """Your strategies, newest first (by id). To page through all of them, pass the last id of each page as
+    `before_id` for the next."""
+    return page_of(selectors.strategies_of(request.user), filters)
 
 
 @router.post("/strategies", response={201: StrategyCreated, 200: StrategyCreated})

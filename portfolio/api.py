@@ -58,6 +58,7 @@ def trade_list(request, filters: Query[TradeFilters]):
 
 
 class PositionOut(Schema):
+    id: int
     account_id: int
     exchange: str = Field(..., alias="instrument.exchange")
     tradingsymbol: str = Field(..., alias="instrument.tradingsymbol")
@@ -70,16 +71,26 @@ class PositionOut(Schema):
     updated_at: datetime
 
 
-class PositionFilters(Schema):
+class PositionPage(Schema):
+    count: int = Field(..., description="All the positions matching the filters (and below `before_id`).")
+    limit: int
+    offset: int
+    items: list[PositionOut] = Field(
+        ..., description="This page, newest first (by id, descending: the order they were first opened in)."
+    )
+
+
+class PositionFilters(PageFilters):
     account_id: int | None = Field(None, ge=1, le=MAX_ID)
     open_only: bool = Field(False, description="Only positions with a net quantity.")
 
 
-@router.get("/positions", response=list[PositionOut])
+@router.get("/positions", response=PositionPage)
 def position_list(request, filters: Query[PositionFilters]):
-    """The caller's positions (FIFO PnL, valued at the last price), by account and symbol."""
+    """The caller's positions (FIFO PnL, valued at the last price), newest first (by id: a position keeps
+    its row as it changes). To page through all of them, pass the last id of each page as `before_id`."""
     account_for(request, filters.account_id)
     positions = selectors.positions_of(request.user, open_only=filters.open_only)
     if filters.account_id is not None:
         positions = positions.filter(account_id=filters.account_id)
-    return list(positions)
+    return page_of(positions, filters)

@@ -105,9 +105,9 @@ def test_api_lists_only_own_accounts_and_never_credentials(client, trader, other
     mine = make_broker_account(trader, broker="kite", credentials={"api_key": "K-1", "api_secret": "SECRET-API-1"})
     theirs = make_broker_account(other_trader)
     response = client.get("/api/v1/accounts", **bearer(secret))
-    assert [row["id"] for row in response.json()] == [mine.pk]
+    assert [row["id"] for row in response.json()["items"]] == [mine.pk] and response.json()["count"] == 1
     assert "SECRET-API-1" not in response.content.decode() and "K-1" not in response.content.decode()
-    assert response.json()[0]["has_credentials"] is True
+    assert response.json()["items"][0]["has_credentials"] is True
     response = client.get(f"/api/v1/accounts/{theirs.pk}", **bearer(secret))
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"

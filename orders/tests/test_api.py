@@ -405,7 +405,7 @@ def test_trades_and_positions_are_read_only_and_the_callers_own(api, trader, acc
         assert api.get(path, {"account_id": account.pk}).status_code == 200
     assert api.get("/api/v1/trades", {"symbol": "TCS"}).json()["count"] == 0
     assert api.get("/api/v1/trades", {"since": "2026-12-03T07:56:30"}).status_code == 422
-    positions = api.get("/api/v1/positions").json()
+    positions = api.get("/api/v1/positions").json()["items"]
     assert [(p["tradingsymbol"], p["net_quantity"]) for p in positions] == [("INFY", 1)]
     assert positions[0]["average_price"] == trades["items"][1]["price"][: len(positions[0]["average_price"])]
     assert api.post("/api/v1/trades", {}, content_type="application/json").status_code == 405
@@ -705,7 +705,7 @@ def test_a_baskets_last_results_say_what_its_orders_are_now(api, trader, account
     refused = broker_state(order, status=Status.REJECTED, status_message="RMS: margin exceeds", pending_quantity=0)
     services.order_apply_broker_state(order, refused, cause="postback")
 
-    for answer in (api.get(f"/api/v1/baskets/{basket['id']}").json(), api.get("/api/v1/baskets").json()[0]):
+    for answer in (api.get(f"/api/v1/baskets/{basket['id']}").json(), api.get("/api/v1/baskets").json()["items"][0]):
         [row] = answer["last_results"]
         assert (row["order_id"], row["status"], row["reason"]) == (order.pk, "REJECTED", "RMS: margin exceeds")
 
@@ -780,3 +780,79 @@ def test_cancelling_a_scheduled_order_while_a_run_is_being_placed_answers_that_r
     assert answer["status"] == "cancelled"
     assert datetime.fromisoformat(answer["placing_due_at"]) == due_at
     assert "placing_due_at" in api.get(f"/api/v1/scheduled/{again['id']}").json()  # null there: a cancel's only
+
+
+def _add_rows(kind, owner, account, count):
+    """``count`` new rows of ``owner``'s list ``kind`` (their ids, oldest first)."""
+    from brokers.models import Instrument
+    from orders import sources
+    from orders.models import Basket
+    from portfolio.models import Position
+
+    made = []
+    for _ in range(count):
+        if kind == "accounts":
+            made.append(make_broker_account(owner, broker="paper", client_id=f"PG{owner.pk}-{len(made)}-{count}").pk)
+        elif kind == "baskets":
+            made.append(Basket.objects.create(owner=owner, name=f"B{Basket.objects.count()}").pk)
+        elif kind == "scheduled":
+            spec = {"instrument": Instrument.objects.get(tradingsymbol="INFY", exchange="NSE"), "side": "BUY"}
+            scheduled = sources.scheduled_save(
+                owner=owner,
+                account=account,
+                spec={**spec, "quantity": 1, "order_type": "MARKET", "product": "MIS"},
+                recurrence="trading_days",
+                time_of_day=datetime.strptime("10:15", "%H:%M").time(),
+                timezone_name="Asia/Kolkata",
+            )
+            made.append(scheduled.pk)
+        elif kind == "strategies":
+            made.append(Strategy.objects.create(owner=owner, name=f"S{Strategy.objects.count()}").pk)
+        else:  # positions: one per instrument
+            taken = list(Position.objects.values_list("instrument_id", flat=True))
+            instrument = Instrument.objects.exclude(pk__in=taken).order_by("pk").first()
+            made.append(Position.objects.create(account=account, instrument=instrument, product="MIS").pk)
+    return made
+
+
+GROWING_LISTS = ["accounts", "baskets", "scheduled", "strategies", "positions"]
+
+
+@pytest.mark.parametrize("kind", GROWING_LISTS)
+def test_every_growing_list_is_paged_newest_first_by_id_and_the_cursor_neither_repeats_nor_skips(
+    api, trader, account, other_trader, kind
+):
+    """``GET /scheduled``, ``/baskets``, ``/strategies``, ``/accounts`` and ``/positions`` answered every
+    row at once: years of them, ever slower and larger. They page as the orders list does: ``limit`` rows
+    from ``offset``, newest first by id, below ``before_id``; rows added between two pages shift nothing."""
+    theirs = make_broker_account(other_trader, broker="paper", client_id="THEIRS")
+    _add_rows(kind, other_trader, theirs, 2)  # never listed
+    already = [account.pk] if kind == "accounts" else []  # the trader's paper account is listed too
+    mine = already + _add_rows(kind, trader, account, 4 - len(already))
+    path = f"/api/v1/{kind}"
+    first = api.get(path, {"limit": 2}).json()
+    assert (first["count"], first["limit"], first["offset"]) == (4, 2, 0), first
+    assert [row["id"] for row in first["items"]] == [mine[3], mine[2]]
+    newer = _add_rows(kind, trader, account, 2)  # added between two pages
+    rest = api.get(path, {"limit": 2, "before_id": first["items"][-1]["id"]}).json()
+    assert [row["id"] for row in rest["items"]] == [mine[1], mine[0]] and rest["count"] == 2
+    assert [row["id"] for row in api.get(path, {"limit": 2}).json()["items"]] == newer[::-1]
+    every = api.get(path).json()
+    assert [row["id"] for row in every["items"]] == (mine + newer)[::-1] and every["count"] == 6
+    assert [row["id"] for row in api.get(path, {"offset": 5}).json()["items"]] == [mine[0]]
+    for name, bad in [("limit", 0), ("limit", 501), ("offset", -1), ("before_id", 0), ("before_id", "x")]:
+        response = api.get(path, {name: bad})
+        assert response.status_code == 422, (name, bad, response.json())
+        assert response.json()["error"]["field"] == name
+
+
+def test_openapi_documents_every_growing_list_as_a_page_with_its_cursor(client, db):
+    schema = client.get("/api/v1/openapi.json").json()
+    for kind in GROWING_LISTS:
+        operation = schema["paths"][f"/api/v1/{kind}"]["get"]
+        names = {p["name"] for p in operation["parameters"]}
+        assert {"limit", "offset", "before_id"} <= names, kind
+        ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        page = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+        assert set(page["required"]) == {"count", "limit", "offset", "items"}, kind
+        assert page["properties"]["items"]["type"] == "array", kind

@@ -55,7 +55,7 @@ def test_basket_list_reads_every_baskets_last_results_in_a_fixed_number_of_queri
     services.order_cancel(order=order, actor=trader, cause="test")
     many, response = queries_of(api, "/api/v1/baskets")
     assert many == few
-    baskets = response.json()
+    baskets = response.json()["items"]
     assert len(baskets) == 30
     # Every basket's rows are its order as it is now (cancelled since), the one by key too.
     assert {(row["order_id"], row["status"]) for basket in baskets for row in basket["last_results"]} == {

@@ -118,7 +118,7 @@ def check_everything(trader, client, accounts):
     assert {row.day: row.realized for row in breakdown.days} == days
     # The API.
     _, secret = account_services.api_key_create(owner=trader, name=f"check-{len(figures)}-{id(figures)}")
-    api = client.get("/api/v1/positions", HTTP_AUTHORIZATION=f"Bearer {secret}").json()
+    api = client.get("/api/v1/positions", {"limit": 500}, HTTP_AUTHORIZATION=f"Bearer {secret}").json()["items"]
     got = {
         (row["account_id"], row["exchange"], row["tradingsymbol"], row["product"]): (
             row["net_quantity"],

@@ -422,6 +422,83 @@ def test_orders_placed_while_iterating_are_not_repeated(env):
     assert [o.id for o in env.client.iter_orders(page_size=2, before_id=placed[2])] == [placed[1], placed[0]]
 
 
+def _make(kind, client, account_id, number):
+    """One new row of the list ``kind`` through the API (its id)."""
+    if kind == "baskets":
+        return client.create_basket(f"B{number}", [OrderSpec("INFY", "BUY", 1)], account_ids=[account_id]).id
+    if kind == "strategies":
+        return client.create_strategy(f"S{number}", account_ids=[account_id]).id
+    return client.create_scheduled(account_id, "INFY", "BUY", 1, "10:15", recurrence="trading_days").id
+
+
+@pytest.mark.parametrize("kind", ["baskets", "strategies", "scheduled"])
+def test_every_list_pages_and_iterates_by_the_cursor_and_lists_only_the_key_owners(env, other_trader, kind):
+    """baskets(), strategies() and scheduled() read every row in one answer, ever larger. They read page
+    by page now (``iter_*`` follows ``before_id``, as ``iter_orders``), and ``*_page`` reads one page."""
+    other_account = make_broker_account(other_trader, broker="paper", client_id="SDK-OTHER")
+    other = Client(env.url, _key_for(other_trader))
+    theirs = _make(kind, other, other_account.pk, 99)
+    mine = [_make(kind, env.client, env.account.pk, n) for n in range(4)]
+    page_of, iterate, every = (getattr(env.client, name) for name in (f"{kind}_page", f"iter_{kind}", kind))
+
+    first = page_of(limit=2)
+    assert (first.count, first.limit, first.offset, first.has_more) == (4, 2, 0, True)
+    assert [row.id for row in first.items] == [mine[3], mine[2]]
+    rest = page_of(limit=2, before_id=first.items[-1].id)
+    assert [row.id for row in rest.items] == [mine[1], mine[0]] and not rest.has_more
+    assert [row.id for row in iterate(page_size=3)] == mine[::-1]
+    assert [row.id for row in iterate(limit=1)] == [mine[3]]
+
+    rows = iterate(page_size=2)
+    seen = [next(rows).id, next(rows).id]
+    newer = _make(kind, env.client, env.account.pk, 5)  # added while paging: neither repeated nor skipped
+    seen += [row.id for row in rows]
+    assert seen == mine[::-1]
+    assert [row.id for row in every()] == [newer, *mine[::-1]]  # every row, as before, read page by page
+    assert theirs not in {row.id for row in every()} and [row.id for row in getattr(other, kind)()] == [theirs]
+    with pytest.raises(InvalidRequest) as error:
+        page_of(limit=501)
+    assert error.value.field == "limit"
+    other.close()
+
+
+def test_accounts_and_positions_page_too(env, trader, tp):
+    from monitoring import cycle
+
+    second = make_broker_account(trader, broker="paper", client_id="SDK-P2", label="SDK paper two")
+    assert [a.id for a in env.client.accounts()] == [second.pk, env.account.pk]
+    page = env.client.accounts_page(limit=1)
+    assert [a.id for a in page.items] == [second.pk] and page.count == 2 and page.has_more
+    assert [a.id for a in env.client.iter_accounts(page_size=1)] == [second.pk, env.account.pk]
+    for symbol in ("INFY", "TCS", "RELIANCE"):
+        env.client.place_order(env.account.pk, symbol, "BUY", 1)
+    cycle.account_monitor(account=env.account)  # records the fills, and the positions
+    every = env.client.positions()
+    assert {p.tradingsymbol for p in every} == {"INFY", "TCS", "RELIANCE"}
+    assert [p.id for p in every] == sorted((p.id for p in every), reverse=True)  # newest first
+    assert [p.id for p in env.client.iter_positions(page_size=2)] == [p.id for p in every]
+    page = env.client.positions_page(limit=2, open_only=True)
+    assert page.count == 3 and [p.id for p in page.items] == [p.id for p in every[:2]]
+    assert env.client.positions_page(account_id=second.pk).count == 0
+    listed = tp("positions", "list", "--limit", "2")
+    assert listed.code == 0 and listed.out.splitlines()[-1] == f"1-2 of 3 (next: --before-id {every[1].id})"
+    older = tp("positions", "list", "--before-id", str(every[1].id), "--json")
+    assert [p["id"] for p in json.loads(older.out)["items"]] == [every[2].id]
+
+
+def test_cli_lists_page_with_the_next_pages_before_id(tp, env):
+    made = [env.client.create_strategy(f"CLI {n}").id for n in range(3)]
+    newest = tp("strategies", "list", "--limit", "2")
+    assert newest.code == 0 and newest.out.splitlines()[-1] == f"1-2 of 3 (next: --before-id {made[1]})"
+    older = tp("strategies", "list", "--before-id", str(made[1]), "--json")
+    assert [s["id"] for s in json.loads(older.out)["items"]] == [made[0]]
+    for group in ("accounts", "baskets", "scheduled"):
+        listed = tp(group, "list", "--limit", "1", "--json")
+        assert listed.code == 0 and json.loads(listed.out)["limit"] == 1, (group, listed.err)
+    refused = tp("baskets", "list", "--limit", "501")
+    assert refused.code == 1 and "(field: limit)" in refused.err
+
+
 def test_list_is_scoped_to_the_key_owner(env, other_trader):
     other_account = make_broker_account(other_trader, broker="paper", client_id="SDK-OTHER")
     other = Client(env.url, _key_for(other_trader))
@@ -1389,7 +1466,7 @@ def test_cli_me_accounts_instruments(tp, env):
     # The last column is has_credentials: a paper account stores none, however connected it is.
     header, row = accounts.out.splitlines()[:2]
     assert header.split()[-1] == "CREDENTIALS" and row.split()[-1] == "no"
-    assert json.loads(tp("accounts", "list", "--json").out)[0]["client_id"] == "SDK-P1"
+    assert json.loads(tp("accounts", "list", "--json").out)["items"][0]["client_id"] == "SDK-P1"
     found = tp("instruments", "search", "INFY")
     assert found.code == 0 and "INFY" in found.out and "INFOSYS" in found.out
     assert json.loads(tp("--json", "instruments", "search", "INFY").out)["items"][0]["tradingsymbol"].startswith("INFY")
@@ -1476,7 +1553,7 @@ def test_trades_and_positions(env, tp):
     older = tp("trades", "list", "--before-id", str(page.items[0].id), "--json")
     assert [t["id"] for t in json.loads(older.out)["items"]] == [page.items[1].id]
     held = tp("positions", "list", "--open", "--json")
-    assert held.code == 0 and json.loads(held.out)[0]["net_quantity"] == 2
+    assert held.code == 0 and json.loads(held.out)["items"][0]["net_quantity"] == 2
 
 
 class FirstGetIs500(FirstGetIs503):

@@ -112,21 +112,36 @@ def placements_table(results: Sequence[Placement]) -> str:
 # Each returns (data for --json, text for a human).
 
 
+def _page_footer(page: Any, args) -> str:
+    """The line under a list's page: which rows of how many, and the option that shows the next page."""
+    first = page.offset + 1 if page.items else page.offset
+    text = f"\n{first}-{page.offset + len(page.items)} of {page.count}"
+    if args.before_id is not None:
+        text += f" below id {args.before_id}"
+    if page.has_more:
+        text += f" (next: --before-id {page.items[-1].id})"
+    return text
+
+
+def _paging(args) -> dict:
+    return {"limit": args.limit, "offset": args.offset, "before_id": args.before_id}
+
+
 def cmd_me(client: Client, args) -> tuple[Any, str]:
     me = client.me()
     return me, details(me)
 
 
 def cmd_accounts_list(client: Client, args):
-    accounts = client.accounts()
+    page = client.accounts_page(**_paging(args))
     rows = [
         [a.id, a.broker, a.client_id, a.label, a.is_active, a.allowed_products, a.copy_multiplier, a.has_credentials]
-        for a in accounts
+        for a in page.items
     ]
     # has_credentials says whether the account stores broker credentials, not whether it has a live
     # session (the API does not say that): a connected paper account has none.
     headers = ["ID", "BROKER", "CLIENT ID", "LABEL", "ACTIVE", "PRODUCTS", "MULTIPLIER", "CREDENTIALS"]
-    return accounts, table(rows, headers)
+    return page, table(rows, headers) + _page_footer(page, args)
 
 
 def cmd_accounts_get(client: Client, args):
@@ -156,14 +171,7 @@ def cmd_orders_list(client: Client, args):
         offset=args.offset,
         before_id=args.before_id,
     )
-    text = orders_table(page.items)
-    first = page.offset + 1 if page.items else page.offset
-    text += f"\n{first}-{page.offset + len(page.items)} of {page.count}"
-    if args.before_id is not None:
-        text += f" below id {args.before_id}"
-    if page.has_more:
-        text += f" (next: --before-id {page.items[-1].id})"
-    return page, text
+    return page, orders_table(page.items) + _page_footer(page, args)
 
 
 def cmd_orders_get(client: Client, args):
@@ -310,7 +318,7 @@ def cmd_trades_list(client: Client, args):
 
 
 def cmd_positions_list(client: Client, args):
-    rows = client.positions(account_id=args.account, open_only=args.open)
+    page = client.positions_page(account_id=args.account, open_only=args.open, **_paging(args))
     text = table(
         [
             [
@@ -323,15 +331,15 @@ def cmd_positions_list(client: Client, args):
                 p.realized_pnl,
                 p.unrealized_pnl,
             ]
-            for p in rows
+            for p in page.items
         ],
         ["ACCOUNT", "SYMBOL", "PRODUCT", "NET QTY", "AVG PRICE", "LAST", "REALIZED", "UNREALIZED"],
     )
-    return rows, text
+    return page, text + _page_footer(page, args)
 
 
 def cmd_baskets_list(client: Client, args):
-    baskets = client.baskets()
+    page = client.baskets_page(**_paging(args))
     rows = [
         [
             b.id,
@@ -340,9 +348,9 @@ def cmd_baskets_list(client: Client, args):
             "; ".join(f"{i.side} {i.quantity} {i.tradingsymbol} {i.order_type}" for i in b.items),
             b.last_placed_at,
         ]
-        for b in baskets
+        for b in page.items
     ]
-    return baskets, table(rows, ["ID", "NAME", "ACCOUNTS", "ITEMS", "LAST PLACED"])
+    return page, table(rows, ["ID", "NAME", "ACCOUNTS", "ITEMS", "LAST PLACED"]) + _page_footer(page, args)
 
 
 def cmd_baskets_get(client: Client, args):
@@ -371,7 +379,7 @@ def cmd_baskets_place(client: Client, args):
 
 
 def cmd_scheduled_list(client: Client, args):
-    rows = client.scheduled()
+    page = client.scheduled_page(**_paging(args))
     text = table(
         [
             [
@@ -387,11 +395,11 @@ def cmd_scheduled_list(client: Client, args):
                 s.next_run_at,
                 s.last_result,
             ]
-            for s in rows
+            for s in page.items
         ],
         ["ID", "ACCOUNT", "SYMBOL", "SIDE", "QTY", "TYPE", "WHEN", "AT", "STATUS", "NEXT RUN", "LAST RESULT"],
     )
-    return rows, text
+    return page, text + _page_footer(page, args)
 
 
 def cmd_scheduled_cancel(client: Client, args):
@@ -400,12 +408,12 @@ def cmd_scheduled_cancel(client: Client, args):
 
 
 def cmd_strategies_list(client: Client, args):
-    rows = client.strategies()
+    page = client.strategies_page(**_paging(args))
     text = table(
-        [[s.id, s.name, s.account_ids, s.is_active, s.webhook_secret_prefix, s.webhook_url] for s in rows],
+        [[s.id, s.name, s.account_ids, s.is_active, s.webhook_secret_prefix, s.webhook_url] for s in page.items],
         ["ID", "NAME", "ACCOUNTS", "ACTIVE", "SECRET", "WEBHOOK"],
     )
-    return rows, text
+    return page, text + _page_footer(page, args)
 
 
 def _signal_advice(signal_id: str) -> str:
@@ -546,6 +554,16 @@ def _order_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--product", default="MIS", type=_choice(PRODUCTS), help="MIS (default), CNC, NRML")
 
 
+def _page_options(parser: argparse.ArgumentParser, what: str) -> argparse.ArgumentParser:
+    """A list's page: ``--limit`` rows from ``--offset``, or below ``--before-id`` (the next page)."""
+    parser.add_argument("--limit", type=_positive_int, default=50, help="rows per page (default 50, at most 500)")
+    parser.add_argument("--offset", type=_int, default=0)
+    parser.add_argument(
+        "--before-id", type=_positive_int, help=f"only {what} with a lower id: the last id shown, for the next page"
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common(defaults=False)
     parser = argparse.ArgumentParser(
@@ -569,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(groups, "me", cmd_me, "who the API key belongs to")
 
     accounts = group("accounts", "broker accounts")
-    command(accounts, "list", cmd_accounts_list, "list your broker accounts")
+    _page_options(command(accounts, "list", cmd_accounts_list, "list your broker accounts, newest first"), "accounts")
     command(accounts, "get", cmd_accounts_get, "show one broker account").add_argument("id", type=_int)
 
     instruments = group("instruments", "instruments")
@@ -626,12 +644,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     positions = group("positions", "your positions")
-    p = command(positions, "list", cmd_positions_list, "list your positions with their PnL")
+    p = command(positions, "list", cmd_positions_list, "list your positions with their PnL, newest first")
     p.add_argument("--account", type=_int, help="filter by broker account id")
     p.add_argument("--open", action="store_true", help="only positions with a net quantity")
+    _page_options(p, "positions")
 
     baskets = group("baskets", "baskets")
-    command(baskets, "list", cmd_baskets_list, "list your baskets")
+    _page_options(command(baskets, "list", cmd_baskets_list, "list your baskets, newest first"), "baskets")
     command(baskets, "get", cmd_baskets_get, "show one basket").add_argument("id", type=_int)
     p = command(baskets, "place", cmd_baskets_place, "place every item of a basket")
     p.add_argument("id", type=_int)
@@ -643,11 +662,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     scheduled = group("scheduled", "scheduled orders")
-    command(scheduled, "list", cmd_scheduled_list, "list your scheduled orders")
+    p = command(scheduled, "list", cmd_scheduled_list, "list your scheduled orders, newest first")
+    _page_options(p, "scheduled orders")
     command(scheduled, "cancel", cmd_scheduled_cancel, "cancel a scheduled order").add_argument("id", type=_int)
 
     strategies = group("strategies", "strategies")
-    command(strategies, "list", cmd_strategies_list, "list your strategies")
+    p = command(strategies, "list", cmd_strategies_list, "list your strategies, newest first")
+    _page_options(p, "strategies")
     p = command(strategies, "signal", cmd_strategies_signal, "send a strategy an entry signal")
     p.add_argument("id", type=_int, help="strategy id")
     p.add_argument("--signal-id", required=True, help="unique per strategy; a repeat places nothing")

@@ -50,7 +50,9 @@ from ._version import __version__
 from .errors import ApiError, Conflict, NotFound, TransportError, error_from_response
 from .models import (
     Account,
+    AccountPage,
     Basket,
+    BasketPage,
     Instrument,
     InstrumentPage,
     Me,
@@ -60,9 +62,12 @@ from .models import (
     OrderSpec,
     Placement,
     Position,
+    PositionPage,
     Scheduled,
+    ScheduledPage,
     SignalResult,
     Strategy,
+    StrategyPage,
     Trade,
     TradePage,
     from_json,
@@ -378,6 +383,10 @@ class Client:
     def _get(self, path: str, **params) -> Any:
         return self._request("GET", path, params={k: v for k, v in params.items() if v is not None}).body
 
+    def _page(self, cls: type, path: str, *, limit: int, offset: int, before_id: int | None, **filters) -> Any:
+        """One page of a list (``cls``: its page's dataclass), newest first by id."""
+        return from_json(cls, self._get(path, limit=limit, offset=offset, before_id=before_id, **filters))
+
     # --- Me and accounts -------------------------------------------------------------------
 
     def me(self) -> Me:
@@ -385,7 +394,18 @@ class Client:
         return from_json(Me, self._get("/me"))
 
     def accounts(self) -> list[Account]:
-        return [from_json(Account, row) for row in _rows(Account, self._get("/accounts"))]
+        """Every broker account of yours, newest first (read page by page, as :meth:`iter_accounts` does)."""
+        return list(self.iter_accounts())
+
+    def accounts_page(self, limit: int = 50, offset: int = 0, before_id: int | None = None) -> AccountPage:
+        """One page of your broker accounts, newest first by id. ``before_id``: only accounts with a lower
+        id (the last id of a page, for the next)."""
+        return self._page(AccountPage, "/accounts", limit=limit, offset=offset, before_id=before_id)
+
+    def iter_accounts(self, *, page_size: int = 100, limit: int | None = None, **filters) -> Iterator[Account]:
+        """Every broker account of yours, newest first, page by page (by ``before_id``, as
+        :meth:`iter_orders`); at most ``limit`` of them, if given."""
+        return self._pages(self.accounts_page, page_size, limit, filters)
 
     def account(self, id: int) -> Account:
         return from_json(Account, self._get(f"/accounts/{int(id)}"))
@@ -590,14 +610,50 @@ class Client:
         return self._pages(self.trades, page_size, limit, filters)
 
     def positions(self, account_id: int | None = None, open_only: bool = False) -> list[Position]:
-        """Your positions with their FIFO PnL, by account and symbol."""
-        body = self._get("/positions", account_id=account_id, open_only="true" if open_only else None)
-        return [from_json(Position, row) for row in _rows(Position, body)]
+        """Every position of yours with its FIFO PnL, newest first (by id; read page by page, as
+        :meth:`iter_positions` does)."""
+        return list(self.iter_positions(account_id=account_id, open_only=open_only))
+
+    def positions_page(
+        self,
+        account_id: int | None = None,
+        open_only: bool = False,
+        limit: int = 50,
+        offset: int = 0,
+        before_id: int | None = None,
+    ) -> PositionPage:
+        """One page of your positions, newest first by id (the order they were first opened in; a position
+        keeps its id as it changes). ``before_id``: only positions with a lower id."""
+        return self._page(
+            PositionPage,
+            "/positions",
+            account_id=account_id,
+            open_only="true" if open_only else None,
+            limit=limit,
+            offset=offset,
+            before_id=before_id,
+        )
+
+    def iter_positions(self, *, page_size: int = 100, limit: int | None = None, **filters) -> Iterator[Position]:
+        """Every position matching the filters of :meth:`positions_page`, newest first, page by page (by
+        ``before_id``); at most ``limit`` of them, if given."""
+        return self._pages(self.positions_page, page_size, limit, filters)
 
     # --- Baskets ---------------------------------------------------------------------------
 
     def baskets(self) -> list[Basket]:
-        return [from_json(Basket, row) for row in _rows(Basket, self._get("/baskets"))]
+        """Every basket of yours, newest first (read page by page, as :meth:`iter_baskets` does)."""
+        return list(self.iter_baskets())
+
+    def baskets_page(self, limit: int = 50, offset: int = 0, before_id: int | None = None) -> BasketPage:
+        """One page of your baskets, newest first by id. ``before_id``: only baskets with a lower id (the
+        last id of a page, for the next)."""
+        return self._page(BasketPage, "/baskets", limit=limit, offset=offset, before_id=before_id)
+
+    def iter_baskets(self, *, page_size: int = 100, limit: int | None = None, **filters) -> Iterator[Basket]:
+        """Every basket of yours, newest first, page by page (by ``before_id``: baskets created meanwhile
+        repeat nothing); at most ``limit`` of them, if given."""
+        return self._pages(self.baskets_page, page_size, limit, filters)
 
     def basket(self, id: int) -> Basket:
         return from_json(Basket, self._get(f"/baskets/{int(id)}"))
@@ -652,7 +708,19 @@ class Client:
     # --- Scheduled orders ------------------------------------------------------------------
 
     def scheduled(self) -> list[Scheduled]:
-        return [from_json(Scheduled, row) for row in _rows(Scheduled, self._get("/scheduled"))]
+        """Every scheduled order of yours (cancelled and done ones too), newest first (read page by page,
+        as :meth:`iter_scheduled` does)."""
+        return list(self.iter_scheduled())
+
+    def scheduled_page(self, limit: int = 50, offset: int = 0, before_id: int | None = None) -> ScheduledPage:
+        """One page of your scheduled orders, newest first by id. ``before_id``: only those with a lower id
+        (the last id of a page, for the next)."""
+        return self._page(ScheduledPage, "/scheduled", limit=limit, offset=offset, before_id=before_id)
+
+    def iter_scheduled(self, *, page_size: int = 100, limit: int | None = None, **filters) -> Iterator[Scheduled]:
+        """Every scheduled order of yours, newest first, page by page (by ``before_id``: rows scheduled
+        meanwhile repeat nothing); at most ``limit`` of them, if given."""
+        return self._pages(self.scheduled_page, page_size, limit, filters)
 
     def scheduled_order(self, id: int) -> Scheduled:
         return from_json(Scheduled, self._get(f"/scheduled/{int(id)}"))
@@ -725,7 +793,18 @@ class Client:
     # --- Strategies ------------------------------------------------------------------------
 
     def strategies(self) -> list[Strategy]:
-        return [from_json(Strategy, row) for row in _rows(Strategy, self._get("/strategies"))]
+        """Every strategy of yours, newest first (read page by page, as :meth:`iter_strategies` does)."""
+        return list(self.iter_strategies())
+
+    def strategies_page(self, limit: int = 50, offset: int = 0, before_id: int | None = None) -> StrategyPage:
+        """One page of your strategies, newest first by id. ``before_id``: only strategies with a lower id
+        (the last id of a page, for the next)."""
+        return self._page(StrategyPage, "/strategies", limit=limit, offset=offset, before_id=before_id)
+
+    def iter_strategies(self, *, page_size: int = 100, limit: int | None = None, **filters) -> Iterator[Strategy]:
+        """Every strategy of yours, newest first, page by page (by ``before_id``); at most ``limit`` of
+        them, if given."""
+        return self._pages(self.strategies_page, page_size, limit, filters)
 
     def strategy(self, id: int) -> Strategy:
         return from_json(Strategy, self._get(f"/strategies/{int(id)}"))

@@ -21,6 +21,7 @@ from .errors import ApiError
 __all__ = [
     "Me",
     "Account",
+    "AccountPage",
     "Instrument",
     "InstrumentPage",
     "Order",
@@ -30,12 +31,16 @@ __all__ = [
     "Placement",
     "BasketItem",
     "Basket",
+    "BasketPage",
     "Scheduled",
+    "ScheduledPage",
     "Strategy",
+    "StrategyPage",
     "SignalResult",
     "Trade",
     "TradePage",
     "Position",
+    "PositionPage",
     "from_json",
     "to_json",
 ]
@@ -65,6 +70,20 @@ class Account:
     allowed_products: list[str]
     copy_multiplier: Decimal
     has_credentials: bool
+
+
+@dataclass(frozen=True)
+class AccountPage:
+    """One page of broker accounts: ``count`` is the total, ``items`` this page (newest first)."""
+
+    count: int
+    limit: int
+    offset: int
+    items: list[Account]
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.count
 
 
 @dataclass(frozen=True)
@@ -200,6 +219,22 @@ class Position:
     realized_pnl: Decimal
     unrealized_pnl: Decimal
     updated_at: datetime
+    # Last, with a default: a Position built by hand (positionally) before it was sent keeps working.
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class PositionPage:
+    """One page of positions: ``count`` is the total matching the filters, ``items`` this page (newest first)."""
+
+    count: int
+    limit: int
+    offset: int
+    items: list[Position]
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.count
 
 
 @dataclass(frozen=True)
@@ -277,6 +312,20 @@ class Basket:
 
 
 @dataclass(frozen=True)
+class BasketPage:
+    """One page of baskets: ``count`` is the total, ``items`` this page (newest first)."""
+
+    count: int
+    limit: int
+    offset: int
+    items: list[Basket]
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.count
+
+
+@dataclass(frozen=True)
 class Scheduled:
     id: int
     account_id: int
@@ -304,6 +353,20 @@ class Scheduled:
 
 
 @dataclass(frozen=True)
+class ScheduledPage:
+    """One page of scheduled orders: ``count`` is the total, ``items`` this page (newest first)."""
+
+    count: int
+    limit: int
+    offset: int
+    items: list[Scheduled]
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.count
+
+
+@dataclass(frozen=True)
 class Strategy:
     """A strategy. ``webhook_secret`` is set only on the answer that created or rotated it (shown once)."""
 
@@ -326,6 +389,20 @@ class Strategy:
     webhook_url: str
     webhook_secret_prefix: str
     webhook_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class StrategyPage:
+    """One page of strategies: ``count`` is the total, ``items`` this page (newest first)."""
+
+    count: int
+    limit: int
+    offset: int
+    items: list[Strategy]
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.count
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,11 @@ API_FILTERS = {
     "/api/v1/orders": ["account_id", "status", "source", "symbol", "since", "limit", "offset"],
     "/api/v1/instruments": ["q", "limit"],
     "/api/v1/trades": ["account_id", "symbol", "since", "until", "limit", "offset"],
-    "/api/v1/positions": ["account_id", "open_only"],
+    "/api/v1/positions": ["account_id", "open_only", "limit", "offset", "before_id"],
+    "/api/v1/accounts": ["limit", "offset", "before_id"],
+    "/api/v1/baskets": ["limit", "offset", "before_id"],
+    "/api/v1/scheduled": ["limit", "offset", "before_id"],
+    "/api/v1/strategies": ["limit", "offset", "before_id"],
 }
 
 
