@@ -6,12 +6,12 @@ from decimal import Decimal
 import redis
 from django.core.exceptions import ValidationError
 from django.http import Http404
-from ninja import Field, Query, Router, Schema
+from ninja import Query, Router, Schema
 from ninja.security import APIKeyHeader as NinjaAPIKeyHeader
 from ninja.security import HttpBearer
 
 from brokers.errors import RateLimited
-from tradingplatform.schemas import PageFilters, page_of
+from tradingplatform.schemas import PageFilters, page_of, page_schema
 
 from . import selectors, services
 from .utils import client_ip
@@ -106,11 +106,9 @@ def me(request):
     return request.user
 
 
-class BrokerAccountPage(Schema):
-    count: int = Field(..., description="All your broker accounts (below `before_id`, when given).")
-    limit: int
-    offset: int
-    items: list[BrokerAccountOut] = Field(..., description="This page, newest first (by id, descending).")
+BrokerAccountPage = page_schema(
+    "BrokerAccountPage", BrokerAccountOut, counted="All your broker accounts (below `before_id`, when given)."
+)
 
 
 @router.get("/accounts", response=BrokerAccountPage)

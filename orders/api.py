@@ -18,7 +18,7 @@ from accounts.api import account_for
 from accounts.selectors import MAX_ID
 from brokers.errors import RejectKind
 from brokers.selectors import instrument_by_symbol
-from tradingplatform.schemas import In, Number, PageFilters, TimeFilter, api_field, page_of
+from tradingplatform.schemas import In, Number, PageFilters, TimeFilter, api_field, page_of, page_schema
 
 from . import selectors, services, sources
 from .models import Order, ScheduledOrder
@@ -155,11 +155,7 @@ class OrderEventOut(Schema):
     created_at: datetime
 
 
-class OrderPage(Schema):
-    count: int = Field(..., description="All the orders matching the filters (and below `before_id`).")
-    limit: int
-    offset: int
-    items: list[OrderOut] = Field(..., description="This page, newest first (by id, descending).")
+OrderPage = page_schema("OrderPage", OrderOut, counted="All the orders matching the filters (and below `before_id`).")
 
 
 class OrderFilters(PageFilters):
@@ -307,11 +303,7 @@ def _basket_items(payload: BasketIn) -> list[dict]:
     return [item.spec() for item in payload.items]
 
 
-class BasketPage(Schema):
-    count: int = Field(..., description="All your baskets (below `before_id`, when given).")
-    limit: int
-    offset: int
-    items: list[BasketOut] = Field(..., description="This page, newest first (by id, descending).")
+BasketPage = page_schema("BasketPage", BasketOut, counted="All your baskets (below `before_id`, when given).")
 
 
 @router.get("/baskets", response=BasketPage)
@@ -464,13 +456,12 @@ def _scheduled_save(
     )
 
 
-class ScheduledPage(Schema):
-    count: int = Field(..., description="All your scheduled orders (below `before_id`, when given).")
-    limit: int
-    offset: int
-    items: list[ScheduledOut] = Field(
-        ..., description="This page, newest first (by id, descending), cancelled and done ones too."
-    )
+ScheduledPage = page_schema(
+    "ScheduledPage",
+    ScheduledOut,
+    counted="All your scheduled orders (below `before_id`, when given).",
+    order="by id, descending; cancelled and done ones too",
+)
 
 
 @router.get("/scheduled", response=ScheduledPage)
@@ -608,11 +599,7 @@ def _strategy_params(payload: StrategyIn) -> dict:
     return payload.dict(exclude={"name", "account_ids"})
 
 
-class StrategyPage(Schema):
-    count: int = Field(..., description="All your strategies (below `before_id`, when given).")
-    limit: int
-    offset: int
-    items: list[StrategyOut] = Field(..., description="This page, newest first (by id, descending).")
+StrategyPage = page_schema("StrategyPage", StrategyOut, counted="All your strategies (below `before_id`, when given).")
 
 
 @router.get("/strategies", response=StrategyPage)

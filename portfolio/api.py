@@ -10,7 +10,7 @@ from ninja import Field, Query, Router, Schema
 
 from accounts.api import account_for
 from accounts.selectors import MAX_ID
-from tradingplatform.schemas import PageFilters, TimeFilter, page_of
+from tradingplatform.schemas import PageFilters, TimeFilter, page_of, page_schema
 
 from . import selectors
 
@@ -32,11 +32,12 @@ class TradeOut(Schema):
     filled_at: datetime
 
 
-class TradePage(Schema):
-    count: int = Field(..., description="All the fills matching the filters (and below `before_id`).")
-    limit: int
-    offset: int
-    items: list[TradeOut] = Field(..., description="This page, newest first (by id, descending: as recorded).")
+TradePage = page_schema(
+    "TradePage",
+    TradeOut,
+    counted="All the fills matching the filters (and below `before_id`).",
+    order="by id, descending: as recorded",
+)
 
 
 class TradeFilters(PageFilters):
@@ -71,13 +72,12 @@ class PositionOut(Schema):
     updated_at: datetime
 
 
-class PositionPage(Schema):
-    count: int = Field(..., description="All the positions matching the filters (and below `before_id`).")
-    limit: int
-    offset: int
-    items: list[PositionOut] = Field(
-        ..., description="This page, newest first (by id, descending: the order they were first opened in)."
-    )
+PositionPage = page_schema(
+    "PositionPage",
+    PositionOut,
+    counted="All the positions matching the filters (and below `before_id`).",
+    order="by id, descending: the order they were first opened in",
+)
 
 
 class PositionFilters(PageFilters):

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Annotated
 
 from ninja import Field, Schema
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, field_validator
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, create_model, field_validator
 
 from accounts.selectors import MAX_ID
 from tradingplatform import numbers
@@ -86,6 +86,20 @@ class PageFilters(Schema):
             "Only rows with an id below this one: pass the last id of the page you have to get the next. "
             "Unlike `offset`, rows added, or leaving the filter, while you page neither repeat nor get skipped."
         ),
+    )
+
+
+def page_schema(name: str, items: type[Schema], *, counted: str, order: str = "by id, descending") -> type[Schema]:
+    """The schema of a list's page (``page_of``), ``name`` in the OpenAPI document: ``count``
+    (``counted`` says of what), ``limit``, ``offset`` and ``items``, newest first (``order`` says how)."""
+    return create_model(
+        name,
+        __base__=Schema,
+        __module__=items.__module__,
+        count=(int, Field(..., description=counted)),
+        limit=(int, ...),
+        offset=(int, ...),
+        items=(list[items], Field(..., description=f"This page, newest first ({order}).")),
     )
 
 

@@ -49,6 +49,21 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class _Page:
+    """One page of a list: ``count`` rows in all (matching its filters), ``limit`` a page from
+    ``offset``, ``items`` this page."""
+
+    count: int
+    limit: int
+    offset: int
+    items: list
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.count
+
+
+@dataclass(frozen=True)
 class Me:
     id: int
     username: str
@@ -73,17 +88,10 @@ class Account:
 
 
 @dataclass(frozen=True)
-class AccountPage:
+class AccountPage(_Page):
     """One page of broker accounts: ``count`` is the total, ``items`` this page (newest first)."""
 
-    count: int
-    limit: int
-    offset: int
     items: list[Account]
-
-    @property
-    def has_more(self) -> bool:
-        return self.offset + len(self.items) < self.count
 
 
 @dataclass(frozen=True)
@@ -160,17 +168,10 @@ class OrderEvent:
 
 
 @dataclass(frozen=True)
-class OrderPage:
+class OrderPage(_Page):
     """One page of orders: ``count`` is the total matching the filters, ``items`` this page."""
 
-    count: int
-    limit: int
-    offset: int
     items: list[Order]
-
-    @property
-    def has_more(self) -> bool:
-        return self.offset + len(self.items) < self.count
 
 
 @dataclass(frozen=True)
@@ -192,17 +193,10 @@ class Trade:
 
 
 @dataclass(frozen=True)
-class TradePage:
+class TradePage(_Page):
     """One page of fills: ``count`` is the total matching the filters, ``items`` this page."""
 
-    count: int
-    limit: int
-    offset: int
     items: list[Trade]
-
-    @property
-    def has_more(self) -> bool:
-        return self.offset + len(self.items) < self.count
 
 
 @dataclass(frozen=True)
@@ -224,17 +218,10 @@ class Position:
 
 
 @dataclass(frozen=True)
-class PositionPage:
+class PositionPage(_Page):
     """One page of positions: ``count`` is the total matching the filters, ``items`` this page (newest first)."""
 
-    count: int
-    limit: int
-    offset: int
     items: list[Position]
-
-    @property
-    def has_more(self) -> bool:
-        return self.offset + len(self.items) < self.count
 
 
 @dataclass(frozen=True)
@@ -312,17 +299,10 @@ class Basket:
 
 
 @dataclass(frozen=True)
-class BasketPage:
+class BasketPage(_Page):
     """One page of baskets: ``count`` is the total, ``items`` this page (newest first)."""
 
-    count: int
-    limit: int
-    offset: int
     items: list[Basket]
-
-    @property
-    def has_more(self) -> bool:
-        return self.offset + len(self.items) < self.count
 
 
 @dataclass(frozen=True)
@@ -353,17 +333,10 @@ class Scheduled:
 
 
 @dataclass(frozen=True)
-class ScheduledPage:
+class ScheduledPage(_Page):
     """One page of scheduled orders: ``count`` is the total, ``items`` this page (newest first)."""
 
-    count: int
-    limit: int
-    offset: int
     items: list[Scheduled]
-
-    @property
-    def has_more(self) -> bool:
-        return self.offset + len(self.items) < self.count
 
 
 @dataclass(frozen=True)
@@ -392,17 +365,10 @@ class Strategy:
 
 
 @dataclass(frozen=True)
-class StrategyPage:
+class StrategyPage(_Page):
     """One page of strategies: ``count`` is the total, ``items`` this page (newest first)."""
 
-    count: int
-    limit: int
-    offset: int
     items: list[Strategy]
-
-    @property
-    def has_more(self) -> bool:
-        return self.offset + len(self.items) < self.count
 
 
 @dataclass(frozen=True)
