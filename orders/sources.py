@@ -519,7 +519,7 @@ def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | No
         # A trading day is the exchange's (23:30 in New York is the next morning in India), and
         # not one of its holidays (``EXCHANGE_HOLIDAYS``); chosen weekdays are the trader's own.
         if trading_days:
-            exchange_day = due.astimezone(IST).date()
+            exchange_day = _exchange_day(scheduled, due)
             runs = markets.is_trading_day(exchange_day)
             # One run an exchange day: where the trader's clocks moved forward on a weekday (Cairo,
             # Jerusalem), the day before's time fell on this exchange day too; when that was the
@@ -532,6 +532,21 @@ def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | No
         if runs and due > after:
             return due
     return None
+
+
+def _exchange_day(scheduled: ScheduledOrder, due: datetime) -> date:
+    """The exchange's day (IST) whose run a trading-days order's ``due`` time is: its own day there;
+    or the trading day before it, when its own is not one and the trader's clocks moved so that the
+    time of their day before fell two exchange days back (Cairo's go back at the end of Thursday
+    29 October 2026: 21:00 there is 23:30 on Thursday in India, then 00:30 on Saturday; Friday had
+    no time of the trader's on it and no run): the trader's Friday time is Friday's run, not none."""
+    own = due.astimezone(IST).date()
+    skipped = own - timedelta(days=1)
+    if markets.is_trading_day(own) or not markets.is_trading_day(skipped):
+        return own
+    zone = _zone(scheduled.timezone)
+    before = _wall_time(due.astimezone(zone).date() - timedelta(days=1), scheduled.time_of_day, zone, due)
+    return skipped if before.astimezone(IST).date() < skipped else own
 
 
 SCHEDULE_MAX_YEARS_AHEAD = 10
@@ -1017,7 +1032,7 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
             while due_at is not None and due_at <= horizon:
                 following = next_occurrence(scheduled, due_at)
                 if scheduled.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS and not markets.is_trading_day(
-                    due_at.astimezone(IST).date()
+                    _exchange_day(scheduled, due_at)
                 ):
                     # A holiday declared after this due time was set (``EXCHANGE_HOLIDAYS`` changed): not a run.
                     due_at = following

@@ -162,6 +162,32 @@ def test_every_trading_day_places_once_on_an_exchange_day_its_traders_clocks_go_
     assert sources.next_occurrence(row, friday_noon) == datetime(2026, 3, 27, 18, 0, tzinfo=UTC)
 
 
+def test_every_trading_day_places_on_an_exchange_day_its_traders_clocks_skip_over(trader, account, monkeypatch):
+    """Cairo's clocks go back at the end of Thursday 29 October 2026. 21:00 there was 23:30 the same
+    day in India until then, and is 00:30 the next day from then: Thursday's 21:00 is the exchange's
+    Thursday, Friday's is Saturday, and no 21:00 of the trader's fell on the exchange's Friday: an
+    every-trading-day order placed nothing for it. Friday's run is the trader's Friday 21:00."""
+    cairo = ZoneInfo("Africa/Cairo")
+    monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 10, 28, 12, 0, tzinfo=UTC))
+    row = make_scheduled(
+        trader, account, recurrence="trading_days", run_on=None, time_of_day=time(21, 0), timezone_name="Africa/Cairo"
+    )
+    claimed = []
+    for _ in range(4):
+        due_at = row.next_run_at
+        monkeypatch.setattr(timezone, "now", lambda due_at=due_at: due_at)
+        assert len(sources.scheduled_claim_due(now=due_at)) == 1
+        claimed.append(f"{due_at.astimezone(cairo):%a %H:%M} = {due_at.astimezone(IST):%a %d %H:%M} in India")
+        row.refresh_from_db()
+    assert claimed == [
+        "Wed 21:00 = Wed 28 23:30 in India",
+        "Thu 21:00 = Thu 29 23:30 in India",
+        "Fri 21:00 = Sat 31 00:30 in India",
+        "Sun 21:00 = Mon 02 00:30 in India",
+    ]
+    assert set(ScheduledFire.objects.filter(scheduled=row).values_list("status", flat=True)) == {"pending"}
+
+
 def test_a_time_in_the_hour_the_clocks_go_back_over_is_still_to_come_the_second_time_round(
     trader, account, monkeypatch
 ):
