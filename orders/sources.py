@@ -497,11 +497,28 @@ def _wall_time(day: date, time_of_day: time, zone: ZoneInfo, after: datetime) ->
     """``time_of_day`` on ``day`` in ``zone``, in UTC. A time the clocks go back over happens
     twice: its first moment, or its second when the first has passed by ``after`` and by the clock
     it is still to come (``after`` in the repeated hour, before that time): the same wall time is
-    one run, never both."""
+    one run, never both. A time the clocks skip (spring forward) is the moment they jump, the first
+    one after it (02:30 in New York on 8 March 2026 is 03:00 EDT): not 03:30, an hour late by the
+    clock, which is how the zone database reads it."""
     wall = datetime.combine(day, time_of_day, tzinfo=zone)
     first, second = wall.astimezone(UTC), wall.replace(fold=1).astimezone(UTC)
+    if second < first:  # skipped: ``first`` is read with the offset before the jump, ``second`` after it
+        return _clocks_jump(zone, second, first)
     still_to_come = after.astimezone(zone).replace(tzinfo=None) < wall.replace(tzinfo=None)
     return second if first <= after < second and still_to_come else first
+
+
+def _clocks_jump(zone: ZoneInfo, before: datetime, after: datetime) -> datetime:
+    """The instant ``zone``'s clocks jump forward between ``before`` and ``after`` (UTC, at most a
+    few hours apart, the jump between them), to the second: the first whose clock reads later than
+    the ones before it."""
+    while after - before > timedelta(seconds=1):
+        middle = before + (after - before) / 2
+        if middle.astimezone(zone).utcoffset() == before.astimezone(zone).utcoffset():
+            before = middle
+        else:
+            after = middle
+    return after.replace(microsecond=0)
 
 
 def next_occurrence(scheduled: ScheduledOrder, after: datetime) -> datetime | None:

@@ -217,6 +217,35 @@ def test_a_time_in_the_hour_the_clocks_go_back_over_is_still_to_come_the_second_
     assert sources.next_occurrence(sundays, first_pass - timedelta(minutes=20)) == first_pass
 
 
+def test_a_recurring_time_the_clocks_skip_runs_at_the_moment_they_jump_on_either_path(trader, account, monkeypatch):
+    """New York's clocks jump from 02:00 to 03:00 on Sunday 8 March 2026: a Sunday order at 02:30
+    ran at 03:30 EDT, an hour late by the clock, shown nowhere as that. It runs when the clocks jump
+    (03:00, the first moment after 02:30) and that is its next run; the next Sunday's is 02:30. An
+    every-trading-day order does the same (Cairo jumps from 00:00 to 01:00 on Friday 24 April 2026,
+    a trading day in India): its 00:30 that day is 01:00, as a Fridays order's is."""
+    monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 3, 5, 12, 0, tzinfo=UTC))
+    sundays = make_scheduled(
+        trader,
+        account,
+        recurrence="weekdays",
+        weekdays=[6],
+        run_on=None,
+        time_of_day=time(2, 30),
+        timezone_name="America/New_York",
+    )
+    assert sundays.next_run_at == datetime(2026, 3, 8, 7, 0, tzinfo=UTC)
+    assert f"{sundays.next_run_at.astimezone(NEW_YORK):%a %d %H:%M %Z}" == "Sun 08 03:00 EDT"
+    assert sources.next_occurrence(sundays, sundays.next_run_at) == datetime(2026, 3, 15, 6, 30, tzinfo=UTC)
+
+    cairo = ZoneInfo("Africa/Cairo")
+    thursday = datetime(2026, 4, 23, 12, 0, tzinfo=UTC)
+    at_0030 = {"run_on": None, "time_of_day": time(0, 30), "timezone_name": "Africa/Cairo"}
+    fridays = make_scheduled(trader, account, recurrence="weekdays", weekdays=[4], **at_0030)
+    trading_days = make_scheduled(trader, account, recurrence="trading_days", **at_0030)
+    for row in (fridays, trading_days):
+        assert f"{sources.next_occurrence(row, thursday).astimezone(cairo):%a %d %H:%M}" == "Fri 24 01:00"
+
+
 @pytest.mark.parametrize("name", ["localtime", "Factory", "posixrules"])
 def test_a_zone_must_be_a_place(trader, account, name):
     with pytest.raises(ValidationError) as error:
