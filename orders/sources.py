@@ -689,11 +689,12 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
         _not_while_placing(row)
         _not_after_its_run(row)
     placed_as = (row.account_id, row.spec()) if row.pk is not None else None
+    now = timezone.now()
+    days_run = _days_run(row, now)  # as it was: in the zone its runs were placed in
     for name, value in values.items():
         setattr(row, name, value)
-    now = timezone.now()
     start, came_due, end_of_today = _not_again_today(row, now)
-    row.next_run_at = next_occurrence(row, start)
+    row.next_run_at = _not_on_a_day_run(row, next_occurrence(row, start), days_run)
     if row.next_run_at is None:
         raise ValidationError({"run_on": "That time has already passed."})
     _not_after_its_expiry(row)
@@ -855,6 +856,40 @@ def _not_again_today(row: ScheduledOrder, now: datetime) -> tuple[datetime, list
     if runs_today is None or runs_today > end_of_today:  # today is no longer one of its days: no run today
         return now, came_due, end_of_today
     return end_of_today, [], end_of_today
+
+
+def _day_zone(row: ScheduledOrder) -> ZoneInfo:
+    """The zone of a recurring order's days: the exchange's (IST) for a trading-days order, the
+    trader's for the others."""
+    return IST if row.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS else _zone(row.timezone)
+
+
+def _days_run(row: ScheduledOrder, now: datetime) -> set[date]:
+    """The days (``_day_zone`` of ``row`` as stored, before an edit) of its runs of the last two
+    days that placed their order or are placing it."""
+    if row.pk is None or row.recurrence == ScheduledOrder.Recurrence.ONCE:
+        return set()
+    zone = _day_zone(row)
+    placed = ScheduledFire.objects.filter(
+        scheduled_id=row.pk,
+        status__in=[ScheduledFire.Status.PLACING, ScheduledFire.Status.PLACED],
+        due_at__gte=now - timedelta(days=2),
+    ).values_list("due_at", flat=True)
+    return {due_at.astimezone(zone).date() for due_at in placed}
+
+
+def _not_on_a_day_run(row: ScheduledOrder, due: datetime | None, days_run: set[date]) -> datetime | None:
+    """``due`` (an edited recurring order's next run), or its first run after it on a day none of its
+    runs placed on: an edit moving its zone (or recurrence) puts its times on other days, and
+    Monday's 08:00 in Tokyo placed, the order moved to London's 09:00 would place Monday again
+    (09:00 in London is 18:00 in Tokyo). A day is the one the run was placed on, as the order was."""
+    if row.recurrence == ScheduledOrder.Recurrence.ONCE:  # ``_not_on_a_day_it_placed`` refuses those
+        return due
+    zone = _day_zone(row)
+    while due is not None and due.astimezone(zone).date() in days_run:
+        end_of_day = datetime.combine(due.astimezone(zone).date() + timedelta(days=1), time.min, tzinfo=zone)
+        due = next_occurrence(row, end_of_day - timedelta(microseconds=1))
+    return due
 
 
 def _not_on_a_day_it_placed(row: ScheduledOrder, due: datetime | None) -> None:

@@ -302,6 +302,36 @@ def test_an_edit_after_todays_run_does_not_place_again_today(trader, account):
     assert edited.next_run_at.astimezone(IST).date() == later_today.date()
 
 
+def test_moving_a_weekday_orders_zone_after_todays_run_does_not_place_again_that_day(trader, account, monkeypatch):
+    """A Mondays order at 08:00 in Tokyo placed on Monday 7 December 2026 (Sunday 23:00 UTC). At
+    10:00 in Tokyo the trader moves it to 09:00 in London, where it is still Sunday 01:00 when the
+    run was placed: the edit set its next run to Monday 09:00 London (18:00 in Tokyo), a second
+    order that Monday. Its next run is the next Monday's."""
+    tokyo = ZoneInfo("Asia/Tokyo")
+    london = ZoneInfo("Europe/London")
+    monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 5, 12, 0, tzinfo=UTC))
+    row = make_scheduled(
+        trader,
+        account,
+        recurrence="weekdays",
+        weekdays=[0],
+        run_on=None,
+        time_of_day=time(8, 0),
+        timezone_name="Asia/Tokyo",
+    )
+    assert f"{row.next_run_at.astimezone(tokyo):%a %d %H:%M}" == "Mon 07 08:00"
+    ScheduledFire.objects.create(scheduled=row, due_at=row.next_run_at, status="placed")
+    monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 7, 1, 0, tzinfo=UTC))  # Monday 10:00 in Tokyo
+    edited = sources.scheduled_change(
+        owner=trader, scheduled=row, timezone_name="Europe/London", time_of_day=time(9, 0)
+    )
+    assert f"{edited.next_run_at.astimezone(london):%a %d %H:%M}" == "Mon 14 09:00"
+    # With no order placed on Monday, London's Monday 09:00 is its run.
+    ScheduledFire.objects.filter(scheduled=row).update(status="failed")
+    edited = sources.scheduled_change(owner=trader, scheduled=row, time_of_day=time(9, 30))
+    assert f"{edited.next_run_at.astimezone(london):%a %d %H:%M}" == "Mon 07 09:30"
+
+
 # --- What a basket or a strategy accepts ---------------------------------------------------------
 
 
