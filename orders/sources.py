@@ -1091,13 +1091,21 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
                     continue
                 late_s = (now - due_at).total_seconds()
                 # A later run came too (a grace as long as a day): only the latest is placed, not
-                # one order per past run at once.
-                superseded = following is not None and following <= horizon
+                # one order per past run at once. Nor is a late one placed on the day of the next
+                # run still to come (yesterday's, the platform back seconds before today's time,
+                # would be placed seconds before today's): one run a day, that day's.
+                came_too = following is not None and following <= horizon
+                superseded = came_too or (
+                    late_s > settings.SCHEDULE_ON_TIME_S
+                    and following is not None
+                    and following.astimezone(_day_zone(scheduled)).date() == now.astimezone(_day_zone(scheduled)).date()
+                )
                 missed = superseded or late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s
                 status = ScheduledFire.Status.MISSED if missed else ScheduledFire.Status.PENDING
                 detail = f"{late_s:.0f}s late; the scheduler was not running" if missed else ""
                 if superseded and late_s <= settings.SCHEDULE_ON_TIME_S + scheduled.grace_s:
-                    detail += f"; a later run (due {_due_text(scheduled, following)}) came too and is placed instead"
+                    detail += f"; a later run (due {_due_text(scheduled, following)}) "
+                    detail += "came too and is placed instead" if came_too else "is due the same day and is its run"
                 before = existing.get((scheduled.pk, due_at))
                 if before is None or before[1] == ScheduledFire.Status.CANCELLED:
                     if before is None:

@@ -609,6 +609,21 @@ def test_after_an_outage_a_grace_of_a_day_places_one_run_not_yesterdays_and_toda
     assert "later run" in fires[today - timedelta(days=1)].detail
 
 
+def test_after_an_outage_a_grace_of_a_day_does_not_place_yesterdays_run_seconds_before_todays(trader, account):
+    """A daily order with a grace longer than a day; the dispatcher was down over yesterday's run
+    and comes back 30 s before today's. Yesterday's was within its grace and placed at once, today's
+    30 s later: two orders seconds apart. Yesterday's is reported missed, overtaken by today's."""
+    row, today, back = _daily_after_an_outage(trader, account, days_down=1, back_s=30, grace_s=90000)
+    if today.date() != back.astimezone(IST).date():
+        pytest.skip("too close to midnight in India")
+    now_claimed = sources.scheduled_claim_due(now=back)
+    then_claimed = sources.scheduled_claim_due(now=today)
+    fires = {fire.due_at: fire for fire in ScheduledFire.objects.filter(scheduled=row)}
+    yesterdays = fires[today - timedelta(days=1)]
+    assert now_claimed == [] and then_claimed == [fires[today].pk]
+    assert yesterdays.status == "missed" and "later run" in yesterdays.detail
+
+
 def test_a_recurring_order_moves_to_its_next_time(trader, account):
     row = make_scheduled(trader, account, recurrence="trading_days", run_on=None)
     first_due = row.next_run_at
