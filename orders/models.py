@@ -169,6 +169,9 @@ class Basket(models.Model):
     accounts = models.ManyToManyField("accounts.BrokerAccount", related_name="baskets", blank=True)
     last_placed_at = models.DateTimeField(null=True, blank=True)
     last_results = models.JSONField(default=list, blank=True)
+    # "<owner id>:<key>" of the request that created it (the page's one-time token): a repeat of
+    # that request (a double click) is the same basket, not "name taken". Compared byte for byte.
+    create_key = ExactCharField(max_length=140, null=True, blank=True, unique=True, editable=False)  # noqa: DJ001
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

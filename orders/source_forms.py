@@ -91,7 +91,9 @@ class OrderSpecForm(forms.Form):
         }
 
 
-class BasketForm(forms.Form):
+class BasketForm(OneTimeTokenForm):
+    """The same new-basket form sent twice makes one basket (``sources.basket_save``)."""
+
     name = forms.CharField(max_length=100)
 
     def __init__(self, *args, user, basket=None, **kwargs):
@@ -100,8 +102,13 @@ class BasketForm(forms.Form):
         self.fields["accounts"] = AccountsField(
             user, kept=kept, required=False, help_text="Where “Place” sends it by default."
         )
+        self.fields["token"].required = False  # an edit, or a page rendered before it had one
         if basket is not None:  # an edit writes only what the trader changed on the page
             watch_changes(self, ["name", "accounts"])
+
+    def create_key(self) -> str | None:
+        token = self.cleaned_data.get("token")
+        return f"ui:{token}" if token else None
 
     def changes(self, items) -> dict:
         """An edit's changes (``sources.basket_change``): only what the trader changed on the page,

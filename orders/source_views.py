@@ -84,12 +84,17 @@ def basket_edit(request, pk=None):
                     name=form.cleaned_data["name"],
                     items=[item.spec() for item in kept],
                     account_ids=[account.pk for account in form.cleaned_data["accounts"]],
+                    create_key=form.create_key(),  # sent again (a double click): the basket it made
                 )
         except ValidationError as exc:
             _apply_item_errors(form, kept, exc)
+            if "idempotency_key" in getattr(exc, "error_dict", {}):
+                form.renew_token()
         else:
             messages.success(request, f"Saved basket {saved.name}.")
             return redirect("sources:basket_detail", saved.pk)
+    elif "token" in form.errors:
+        form.renew_token()
     return render(request, "orders/basket_form.html", {"form": form, "items": items, "basket": basket})
 
 

@@ -215,23 +215,69 @@ def _name_written(model, owner, name: str, row, taken: str):
         raise
 
 
-def basket_save(*, owner, name: str, items: list[dict], account_ids, basket: Basket | None = None) -> Basket:
+def basket_save(
+    *,
+    owner,
+    name: str,
+    items: list[dict],
+    account_ids,
+    basket: Basket | None = None,
+    create_key: str | None = None,
+) -> Basket:
     """Create a basket, or replace its name, accounts and items: ``basket_change`` with every field,
     under the basket's row lock, so two saves at the same time are made one after the other (the
-    basket ends as one of them left it, never with the items of both)."""
+    basket ends as one of them left it, never with the items of both).
+
+    ``create_key`` (a create's one-time form token): a repeat of the create (a double click, a
+    reload) returns the basket the first made, ``replayed`` set, rather than "name taken" by it.
+    The same key asking for another basket (another name, accounts or items) is refused on
+    ``idempotency_key``."""
     if basket is not None:
         return basket_change(
             owner=owner, basket=basket, name=name or "", items=items or [], account_ids=account_ids or []
         )
-    with transaction.atomic():
-        name = _basket_name(owner, name, None)
-        rows = _clean_items(items)
-        accounts = _owned_accounts(owner, account_ids, kept=Basket())
-        with _name_written(Basket, owner, name, None, BASKET_NAME_TAKEN):
-            basket = Basket.objects.create(owner=owner, name=name)
-        _items_write(basket, rows)
-        basket.accounts.set(accounts)
+    key = f"{owner.pk}:{create_key}" if create_key else None
+    try:
+        with transaction.atomic():
+            return _basket_repeat(owner, key, name, items, account_ids) or _basket_create(
+                owner, key, name, items, account_ids
+            )
+    except (ValidationError, IntegrityError):
+        # The first request committed its basket while this one was written (the unique index waited for it).
+        made = _basket_repeat(owner, key, name, items, account_ids)
+        if made is None:
+            raise
+        return made
+
+
+def _basket_create(owner, key: str | None, name: str, items: list[dict], account_ids) -> Basket:
+    name = _basket_name(owner, name, None)
+    rows = _clean_items(items)
+    accounts = _owned_accounts(owner, account_ids, kept=Basket())
+    with _name_written(Basket, owner, name, None, BASKET_NAME_TAKEN):
+        basket = Basket.objects.create(owner=owner, name=name, create_key=key)
+    _items_write(basket, rows)
+    basket.accounts.set(accounts)
     return basket
+
+
+def _basket_repeat(owner, key: str | None, name: str, items: list[dict], account_ids) -> Basket | None:
+    """The basket a create with this key made (None if none has), if it is what this one asks for."""
+    first = Basket.objects.filter(owner=owner, create_key=key).first() if key else None
+    if first is None:
+        return None
+    rows = _clean_items(items)
+    asked = ((name or "").strip(), {int(pk) for pk in account_ids or []}, [_item_terms(row) for row in rows])
+    made = (first.name, set(first.accounts.values_list("pk", flat=True)), [_item_terms(i) for i in first.items.all()])
+    if asked != made:
+        text = "This form was already used for a different basket; check it and submit again."
+        raise ValidationError({"idempotency_key": ValidationError(text, code="conflict")})
+    first.replayed = True
+    return first
+
+
+def _item_terms(item: BasketItem) -> tuple:
+    return (item.instrument_id, *(getattr(item, name) for name in (*_ITEM_TERMS, *_ITEM_PRICES)))
 
 
 def _items_write(basket: Basket, rows: list[BasketItem]) -> None:

@@ -65,6 +65,30 @@ def test_basket_form_names_the_bad_item_field(trader_client, account):
     assert not Basket.objects.exists()
 
 
+def test_a_new_basket_saved_twice_is_one_basket_and_the_second_answer_is_the_firsts(trader_client, account):
+    """A double-clicked Save basket: the second request's answer, the one the trader sees, said
+    "You already have a basket with this name." of the basket the first click had just made. The
+    same form sent again lands on that basket, as the first answer would have."""
+    url, token = reverse("sources:basket_create"), str(uuid.uuid4())
+    data = basket_form(account, token=token)
+    first = trader_client.post(url, data)
+    second = trader_client.post(url, data, follow=True)
+    basket = Basket.objects.get()
+    assert first.url == reverse("sources:basket_detail", args=[basket.pk])
+    assert second.redirect_chain == [(first.url, 302)]
+    assert sources.BASKET_NAME_TAKEN not in second.content.decode()
+    # The same form with other items (Back, changed, sent): refused, with a fresh form to send.
+    changed = trader_client.post(url, {**data, "items-0-quantity": "3"})
+    assert "already used for a different basket" in changed.content.decode()
+    assert changed.context["form"]["token"].value() != token
+    assert [item.quantity for item in basket.items.all()] == [2, 75]
+    # A new form (a new token) with the name taken is still "name taken".
+    again = trader_client.post(url, {**data, "token": str(uuid.uuid4())})
+    assert sources.BASKET_NAME_TAKEN in again.content.decode() and Basket.objects.count() == 1
+    page = trader_client.get(url)  # each new form carries a token of its own
+    assert f'name="token" value="{page.context["form"]["token"].value()}"' in page.content.decode()
+
+
 def test_edit_and_delete_a_basket(trader_client, trader, account):
     basket = sources.basket_save(
         owner=trader,

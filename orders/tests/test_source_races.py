@@ -286,6 +286,22 @@ def test_one_schedule_form_sent_twice_at_once_makes_one_scheduled_order(trader, 
 
 
 @pytest.mark.django_db(transaction=True)
+def test_one_basket_form_sent_twice_at_once_makes_one_basket_and_neither_answer_says_name_taken(trader, account):
+    page, form = PAGES["baskets"]
+    clients = [Client(), Client()]
+    for client in clients:
+        client.force_login(trader)
+    for round_ in range(3):
+        data = {**form(account, f"Twin {round_}"), "token": str(uuid.uuid4())}
+        answers = at_once(*(lambda c=c, data=data: c.post(reverse(page), data) for c in clients))
+        basket = Basket.objects.get(name=f"Twin {round_}")
+        landed = reverse("sources:basket_detail", args=[basket.pk])
+        said = [(getattr(answer, "status_code", answer), getattr(answer, "url", None)) for answer in answers]
+        assert said == [(302, landed)] * 2, answers  # not the form again, "name taken"
+    assert Basket.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
 def test_one_strategy_form_sent_twice_at_once_makes_one_strategy_and_a_secret_that_works(trader, account):
     """Neither answer says "name taken", one strategy is made, and one answer shows its secret, the
     one stored; the other is the strategy's page, which says the form was sent already."""
