@@ -76,11 +76,22 @@ class BrokerAccountBaseForm(forms.ModelForm):
         return {name: self.cleaned_data[name] for name in self.Meta.fields}
 
 
-class BrokerAccountCreateForm(BrokerAccountBaseForm):
+class BrokerAccountCreateForm(OneTimeTokenForm, BrokerAccountBaseForm):
+    """The same form sent twice adds one account (``services.broker_account_create``)."""
+
     credential_hint = "Stored encrypted and never shown again."
 
     class Meta(BrokerAccountBaseForm.Meta):
         fields = ["broker", "client_id", *BrokerAccountBaseForm.Meta.fields]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["token"].required = False  # a page rendered before it had one adds as before
+
+    def _get_validation_exclusions(self):
+        # Whether the client id is taken is the service's to say: taken by the account this very
+        # form added (a double click), it is that account, not "already exists".
+        return {*super()._get_validation_exclusions(), "client_id"}
 
     @property
     def changes(self) -> dict:

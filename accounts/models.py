@@ -53,6 +53,9 @@ class BrokerAccount(models.Model):
     copy_multiplier = models.DecimalField(
         max_digits=8, decimal_places=2, default=Decimal("1"), validators=[MinValueValidator(Decimal("0.01"))]
     )
+    form_token = models.UUIDField(
+        null=True, blank=True, editable=False, help_text="The one-time token of the page form that added it."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -60,6 +63,7 @@ class BrokerAccount(models.Model):
         ordering = ["label", "id"]
         constraints = [
             models.UniqueConstraint(fields=["broker", "client_id"], name="brokeraccount_unique_broker_client"),
+            models.UniqueConstraint(fields=["owner", "form_token"], name="brokeraccount_one_per_form"),
             models.CheckConstraint(condition=Q(copy_multiplier__gt=0), name="brokeraccount_multiplier_positive"),
             models.CheckConstraint(
                 condition=Q(max_order_value__isnull=True) | Q(max_order_value__gt=0),

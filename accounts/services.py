@@ -237,13 +237,23 @@ def broker_account_create(
     credentials: dict[str, str],
     ip: str | None = None,
     actor: User | None = None,
+    form_token: uuid.UUID | None = None,
     **limits,
 ) -> BrokerAccount:
-    """Add an account for ``owner``; ``actor``: who adds it when not its owner (staff in admin)."""
+    """Add an account for ``owner``; ``actor``: who adds it when not its owner (staff in admin).
+
+    ``form_token`` is the page form's one-time token: the same form sent again (a double click, a
+    reload of its answer) returns the account it added, ``replayed`` set, rather than "already
+    exists" of it. The same token asking for another account (other fields or credentials) is
+    refused on ``idempotency_key``."""
     unknown = set(limits) - set(ACCOUNT_EDITABLE_FIELDS)
     if unknown:
         raise TypeError(f"unexpected fields: {sorted(unknown)}")
-    account = BrokerAccount(owner=owner, broker=broker, client_id=client_id.strip(), label=label.strip(), **limits)
+    account = BrokerAccount(
+        owner=owner, broker=broker, client_id=client_id.strip(), label=label.strip(), form_token=form_token, **limits
+    )
+    if made := _broker_account_repeat(account, credentials):
+        return made
     cleaned = credentials_clean(broker, credentials, None)
     account.full_clean()
     products_check(account.allowed_products)
@@ -252,6 +262,9 @@ def broker_account_create(
         with transaction.atomic():  # a savepoint: the caller's transaction goes on after a refusal
             account.save()
     except IntegrityError:
+        # The same form sent twice at once: the other request added it (read committed).
+        if made := _broker_account_repeat(account, credentials):
+            return made
         # Added by another request since full_clean found the client id free (a double-clicked Add):
         # the same answer as when it was already there.
         if not BrokerAccount.objects.filter(broker=account.broker, client_id=account.client_id).exists():
@@ -267,6 +280,25 @@ def broker_account_create(
         ip=ip,
     )
     return account
+
+
+def _broker_account_repeat(asked: BrokerAccount, credentials: dict[str, str]) -> BrokerAccount | None:
+    """The account the page form ``asked.form_token`` names added (None if none has), if it is the
+    one ``asked`` is, its credentials included."""
+    if asked.form_token is None:
+        return None
+    made = BrokerAccount.objects.filter(owner=asked.owner, form_token=asked.form_token).first()
+    if made is None:
+        return None
+    fields = ("broker", "client_id", "label", *ACCOUNT_EDITABLE_FIELDS)
+    same = all(getattr(made, name) == getattr(asked, name) for name in fields)
+    if not same or (made.credentials.reveal() if made.credentials else None) != credentials_clean(
+        asked.broker, credentials, None
+    ):
+        text = "This form was already used for a different account; check it and submit again."
+        raise ValidationError({"idempotency_key": ValidationError(text, code="conflict")})
+    made.replayed = True
+    return made
 
 
 def products_check(products) -> None:

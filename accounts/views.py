@@ -134,13 +134,18 @@ def broker_create(request):
                 client_id=form.cleaned_data["client_id"],
                 credentials=form.credentials,
                 ip=client_ip(request),
+                form_token=form.cleaned_data["token"],  # sent again (a double click): the account it added
                 **form.changes,
             )
         except ValidationError as exc:
             apply_validation_error(form, exc)
+            if "idempotency_key" in getattr(exc, "error_dict", {}):
+                form.renew_token()
         else:
             messages.success(request, f"Added {account.label}.")
             return redirect("accounts:broker_list")
+    elif "token" in form.errors:
+        form.renew_token()
     return render(request, "accounts/broker_form.html", {"form": form, "creating": True})
 
 

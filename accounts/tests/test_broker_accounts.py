@@ -1,13 +1,16 @@
 import logging
+import threading
+import uuid
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
 from accounts.models import AuditLog, BrokerAccount
 from accounts.tests.factories import make_broker_account, make_kite_account
-from tradingplatform.testing import error_report, page_form_data
+from tradingplatform.testing import error_report, mariadb_only, page_form_data
 
 SECRET = "KITE-SECRET-do-not-show-42"
 KEY = "KITE-APIKEY-do-not-show-17"
@@ -87,6 +90,75 @@ def test_duplicate_broker_client_id_is_refused(trader_client, other_trader):
     assert response.status_code == 200
     assert response.context["form"].errors
     assert BrokerAccount.objects.count() == 1
+
+
+def test_an_account_added_twice_with_one_form_is_one_account_and_the_second_answer_is_the_firsts(trader_client, trader):
+    """A double-clicked Add account: the second request's answer, the one the trader sees, said
+    "Broker account with this Broker and Client id already exists." of the account the first click
+    had just added. The same form sent again lands where the first answer would have."""
+    url, token = reverse("accounts:broker_create"), str(uuid.uuid4())
+    data = create_form(token=token)
+    first = trader_client.post(url, data)
+    second = trader_client.post(url, data, follow=True)
+    assert first.url == reverse("accounts:broker_list")
+    assert second.redirect_chain == [(first.url, 302)]
+    assert {str(message) for message in second.context["messages"]} == {"Added Main Kite."}  # the first's too
+    account = BrokerAccount.objects.get()
+    assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_CREATED).count() == 1
+    # The same form with another secret (Back, a typo fixed, sent): refused, with a fresh form to send.
+    changed = trader_client.post(url, {**data, "api_secret": "another"})
+    assert "already used for a different account" in changed.content.decode()
+    assert changed.context["form"]["token"].value() != token
+    account.refresh_from_db()
+    assert account.credentials.reveal() == {"api_key": KEY, "api_secret": SECRET}
+    # A new form (a new token) for the same client id is still "already exists".
+    again = trader_client.post(url, {**data, "token": str(uuid.uuid4())})
+    assert again.context["form"].non_field_errors() and BrokerAccount.objects.count() == 1
+    page = trader_client.get(url)  # each new form carries a token of its own
+    assert f'name="token" value="{page.context["form"]["token"].value()}"' in page.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_add_account_form_sent_twice_at_once_adds_one_account_and_answers_both_with_it(trader, monkeypatch):
+    """Both requests miss each other's account on their first read: the database's unique client id
+    refuses the second insert, which then answers with the first request's account."""
+    from accounts import services
+
+    mariadb_only()
+    token, start, both_read, results = uuid.uuid4(), threading.Barrier(2), threading.Barrier(2), []
+    first_read, waited = services.BrokerAccount.objects.filter, threading.local()
+
+    def both_read_first(*args, **kwargs):  # each request's check for the token runs before either writes
+        rows = first_read(*args, **kwargs)
+        if kwargs.get("form_token") == token and not getattr(waited, "done", False):
+            waited.done = True
+            list(rows)
+            both_read.wait(timeout=10)
+        return rows
+
+    def send():
+        try:
+            start.wait(timeout=10)
+            results.append(
+                services.broker_account_create(
+                    owner=trader, broker="paper", client_id="P1", label="Paper", credentials={}, form_token=token
+                )
+            )
+        except Exception as error:  # the assertion below says what it should have been
+            results.append(error)
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(services.BrokerAccount.objects, "filter", both_read_first)
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [type(result).__name__ for result in results] == ["BrokerAccount", "BrokerAccount"], results
+    account = BrokerAccount.objects.get()
+    assert results == [account, account]
+    assert AuditLog.objects.filter(action=AuditLog.Action.BROKER_ACCOUNT_CREATED).count() == 1
 
 
 def test_an_account_added_twice_at_once_is_refused_naming_the_client_id_not_a_500(
