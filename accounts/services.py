@@ -193,6 +193,31 @@ def password_check_failed(*, user: User, ip: str | None, device_token: str | Non
     logger.info("wrong current password on a password change from %s", ip)
 
 
+PASSWORD_CHANGED_MEANWHILE = "Your password was changed meanwhile; enter your current password."
+
+
+@transaction.atomic
+def user_password_change(*, user: User, old_password: str, new_password: str, ip: str | None) -> User:
+    """Change the password of ``user`` (as its request read it, the old password checked against
+    that); returns the user as saved, whose hash the request's session must carry.
+
+    Under the user's row lock: the same change sent twice at once (a double click) is one change,
+    audited once. The repeat, which checked the old password before the first saved, finds the new
+    one set and answers with it (its session then carries the hash the user has, not a second one
+    the first request's save would leave stale). Changed meanwhile to something else: refused,
+    naming ``old_password``."""
+    current = User.objects.select_for_update().get(pk=user.pk)
+    if current.password != user.password:
+        if current.check_password(new_password):
+            return current  # the same change, made already by the same form sent again
+        if not current.check_password(old_password):  # (a hash upgraded meanwhile still checks)
+            raise ValidationError({"old_password": PASSWORD_CHANGED_MEANWHILE})
+    current.set_password(new_password)
+    current.save(update_fields=["password"])
+    user_password_changed(user=current, ip=ip)
+    return current
+
+
 def user_password_changed(*, user: User, ip: str | None, actor: User | None = None) -> None:
     """``actor``: who set it when not the user (staff in admin)."""
     audit_record(action=Action.PASSWORD_CHANGED, actor=actor or user, target=user, ip=ip)

@@ -261,12 +261,20 @@ def profile(request):
         else:
             password_form = PasswordChangeForm(request.user, request.POST)
             if password_form.is_valid():
-                user = password_form.save()
-                update_session_auth_hash(request, user)
-                services.user_password_changed(user=user, ip=client_ip(request))
-                messages.success(request, "Password changed.")
-                return redirect("accounts:profile")
-            if password_form.has_error("old_password", "password_incorrect"):
+                try:
+                    user = services.user_password_change(
+                        user=request.user,
+                        old_password=password_form.cleaned_data["old_password"],
+                        new_password=password_form.cleaned_data["new_password1"],
+                        ip=client_ip(request),
+                    )
+                except ValidationError as exc:
+                    apply_validation_error(password_form, exc)
+                else:
+                    update_session_auth_hash(request, user)
+                    messages.success(request, "Password changed.")
+                    return redirect("accounts:profile")
+            elif password_form.has_error("old_password", "password_incorrect"):
                 services.password_check_failed(
                     user=request.user, ip=client_ip(request), device_token=_device_token(request)
                 )

@@ -1,11 +1,18 @@
+import threading
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import pytest
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
+from accounts import services
 from accounts.models import AuditLog, BrokerAccount, User
+from tradingplatform.testing import mariadb_only
 
 
 def test_profile_changes_timezone(trader_client, trader):
@@ -169,3 +176,67 @@ def test_a_strangers_failed_logins_do_not_block_the_signed_in_traders_password_c
     assert client.post(reverse("accounts:profile"), data).status_code == 302
     trader.refresh_from_db()
     assert trader.check_password(new)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_password_change_sent_twice_at_once_is_one_change_and_leaves_the_browser_signed_in(
+    trader_client, trader, password, monkeypatch
+):
+    """A double-clicked Change password: both requests checked the old password before either saved,
+    and both changed it, each with a hash of its own. The answer the browser kept carried a session
+    for one of the two: when the other was saved last, the trader was signed out at their next page.
+    And the change was audited twice."""
+    mariadb_only()
+    cookie = trader_client.cookies[settings.SESSION_COOKIE_NAME].value
+    clients = [Client(), Client()]  # one browser: both requests carry the session cookie it had
+    for client in clients:
+        client.cookies[settings.SESSION_COOKIE_NAME] = cookie
+    checked, both_read = services.password_check_allowed, threading.Barrier(2)
+
+    def both_read_first(**kwargs):  # each request has read the user, and its session, before either saves
+        checked(**kwargs)
+        both_read.wait(timeout=10)
+
+    monkeypatch.setattr(services, "password_check_allowed", both_read_first)
+    new = "N3w-passw0rd!x"
+    data = {"form": "password", "old_password": password, "new_password1": new, "new_password2": new}
+    answers = []
+
+    def send(client):
+        try:
+            answers.append(client.post(reverse("accounts:profile"), data).status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers == [302, 302]
+    # Whichever answer the browser kept, its session is signed in.
+    assert [client.get(reverse("accounts:profile")).status_code for client in clients] == [200, 200]
+    assert AuditLog.objects.filter(action=AuditLog.Action.PASSWORD_CHANGED).count() == 1
+    assert User.objects.get(pk=trader.pk).check_password(new)
+
+
+def test_a_password_change_checked_before_another_change_was_saved_is_refused_and_changes_nothing(trader, password):
+    as_read = User.objects.get(pk=trader.pk)  # the request read the user, then another change was saved
+    trader.set_password("0ther-passw0rd!x")
+    trader.save()
+    with pytest.raises(ValidationError) as refused:
+        services.user_password_change(user=as_read, old_password=password, new_password="N3w-passw0rd!x", ip=None)
+    assert refused.value.message_dict == {"old_password": [services.PASSWORD_CHANGED_MEANWHILE]}
+    assert User.objects.get(pk=trader.pk).check_password("0ther-passw0rd!x")
+    assert not AuditLog.objects.filter(action=AuditLog.Action.PASSWORD_CHANGED).exists()
+
+
+def test_the_same_password_change_sent_again_as_read_before_the_first_saved_is_that_change_audited_once(
+    trader, password
+):
+    as_read = [User.objects.get(pk=trader.pk) for _ in range(2)]  # both requests read the user first
+    new = "N3w-passw0rd!x"
+    first = services.user_password_change(user=as_read[0], old_password=password, new_password=new, ip=None)
+    again = services.user_password_change(user=as_read[1], old_password=password, new_password=new, ip=None)
+    assert again.password == first.password == User.objects.get(pk=trader.pk).password  # its session stays valid
+    assert AuditLog.objects.filter(action=AuditLog.Action.PASSWORD_CHANGED).count() == 1
