@@ -315,12 +315,18 @@ def basket_list(request, filters: Query[PageFilters]):
     return page
 
 
-@router.post("/baskets", response={201: BasketOut})
-def basket_create(request, payload: BasketIn):
+@router.post("/baskets", response={201: BasketOut, 200: BasketOut})
+def basket_create(request, payload: BasketIn, idempotency_key: str | None = IdempotencyKey):
+    """Create a basket. Send ``Idempotency-Key`` to make retries safe: a repeat returns the same basket
+    (200), not "name taken" by it; the same key with another basket is a 409 naming it."""
     basket = sources.basket_save(
-        owner=request.user, name=payload.name, items=_basket_items(payload), account_ids=payload.account_ids
+        owner=request.user,
+        name=payload.name,
+        items=_basket_items(payload),
+        account_ids=payload.account_ids,
+        create_key=_api_key(idempotency_key),
     )
-    return Status(201, selectors.basket_of(request.user, basket.pk))
+    return Status(200 if getattr(basket, "replayed", False) else 201, selectors.basket_of(request.user, basket.pk))
 
 
 @router.get("/baskets/{basket_id}", response=BasketOut)

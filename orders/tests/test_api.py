@@ -9,7 +9,7 @@ from django.utils import timezone
 from accounts import services as account_services
 from accounts.tests.factories import make_broker_account, make_user
 from brokers.paper.models import PaperOrder
-from orders.models import Order, ScheduledFire, ScheduledOrder, Strategy
+from orders.models import Basket, Order, ScheduledFire, ScheduledOrder, Strategy
 from orders.tests.factories import place
 
 
@@ -474,6 +474,23 @@ def test_a_basket_placed_on_an_empty_list_of_accounts_places_nothing(api, trader
     assert response.status_code == 422, response.json()
     assert response.json()["error"]["field"] == "account_ids"
     assert not PaperOrder.objects.exists()
+
+
+def test_a_basket_create_sent_again_with_its_key_is_the_same_basket(api, account):
+    """A retried create (its answer lost) was "name taken" by the basket the first had made."""
+    body = {
+        "name": "B",
+        "account_ids": [account.pk],
+        "items": [{"tradingsymbol": "INFY", "side": "BUY", "quantity": 1}],
+    }
+    first = post(api, "/api/v1/baskets", body, HTTP_IDEMPOTENCY_KEY="make-b")
+    again = post(api, "/api/v1/baskets", body, HTTP_IDEMPOTENCY_KEY="make-b")
+    assert (first.status_code, again.status_code) == (201, 200) and again.json() == first.json()
+    other = post(api, "/api/v1/baskets", {**body, "name": "C"}, HTTP_IDEMPOTENCY_KEY="make-b")
+    assert other.status_code == 409 and other.json()["error"]["field"] == "idempotency_key"
+    taken = post(api, "/api/v1/baskets", body)  # no key: a new basket, whose name is taken
+    assert taken.status_code == 422 and taken.json()["error"]["field"] == "name"
+    assert list(Basket.objects.values_list("name", flat=True)) == ["B"]
 
 
 def test_a_basket_key_reused_for_other_accounts_or_another_basket_is_a_conflict(api, trader, account):

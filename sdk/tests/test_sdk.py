@@ -687,12 +687,13 @@ def test_an_answer_cut_short_is_a_lost_answer(env, cut):
     assert [status for _, status in posts] == [201, 200] and posts[0][0] == posts[1][0]  # retried, same key
     assert PaperOrder.objects.count() == 1 and order.id == Order.objects.get().pk
     # A call that cannot be repeated is not, and says it may have been carried out (it was).
+    strategy = StrategyRow.objects.get(pk=env.client.create_strategy("Cut").id)
     client = Client(env.url, env.key, backoff=0.01)
     mount(client, cut())
     with pytest.raises(TransportError) as error:
-        client.create_basket("cut", [OrderSpec("INFY", "BUY", 1)])
+        client.rotate_strategy_secret(strategy.pk)
     assert "could not be sent" not in error.value.message and error.value.attempts == 1
-    assert [b.name for b in env.client.baskets()] == ["cut"]
+    assert StrategyRow.objects.get(pk=strategy.pk).webhook_secret_hash != strategy.webhook_secret_hash
 
 
 class TruncateFirstPostBody(Recorder):
@@ -782,12 +783,14 @@ def test_a_redirected_placement_is_an_error_not_an_empty_order(env, tp, monkeypa
 
 
 def test_a_create_whose_answer_was_lost_is_not_repeated(env):
-    """Creating a basket has no idempotency key: a lost answer must not create a second one."""
+    """A new webhook secret has no idempotency key: a lost answer must not make a second one (which
+    would stop the first, perhaps already pasted into the alerts, from working)."""
+    strategy = StrategyRow.objects.get(pk=env.client.create_strategy("Once").id)
     adapter = mount(env.client, LoseFirstPostAnswer())
     with pytest.raises(TransportError):
-        env.client.create_basket("once", [OrderSpec("INFY", "BUY", 1)])
+        env.client.rotate_strategy_secret(strategy.pk)
     assert len(adapter.calls) == 1
-    assert [b.name for b in env.client.baskets()] == ["once"]
+    assert StrategyRow.objects.get(pk=strategy.pk).webhook_secret_hash != strategy.webhook_secret_hash
 
 
 def test_connection_refused_is_retried_then_raised(env):
@@ -963,6 +966,15 @@ def test_basket_place_whose_answer_was_lost_places_once(env):
     keys = [key for method, _, key, _ in adapter.calls if method == "POST"]
     assert len(keys) == 2 and keys[0] == keys[1]
     assert len(results) == 1 and PaperOrder.objects.count() == 1 and Order.objects.count() == 1
+
+
+def test_a_basket_create_whose_answer_was_lost_is_the_same_basket(env):
+    """Sent again after a lost answer, the create was refused as "name taken" by the basket the first
+    call had made: the script saw an error for a basket that was there."""
+    adapter = mount(env.client, LoseFirstPostAnswer())
+    basket = env.client.create_basket("Lost create", [OrderSpec("INFY", "BUY", 1)], account_ids=[env.account.pk])
+    assert [(method, status) for method, _, _, status in adapter.calls] == [("POST", 201), ("POST", 200)]
+    assert [row.pk for row in BasketRow.objects.filter(name="Lost create")] == [basket.id]
 
 
 def test_basket_update_delete_and_errors(env, other_trader):

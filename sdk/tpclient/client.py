@@ -659,11 +659,19 @@ class Client:
         return from_json(Basket, self._get(f"/baskets/{int(id)}"))
 
     def create_basket(
-        self, name: str, items: Iterable[OrderSpec | Mapping[str, Any]], account_ids: Iterable[int] = ()
+        self,
+        name: str,
+        items: Iterable[OrderSpec | Mapping[str, Any]],
+        account_ids: Iterable[int] = (),
+        idempotency_key: str | None = None,
     ) -> Basket:
-        """Create a basket of orders (``items``: :class:`OrderSpec` or dicts with the same keys)."""
+        """Create a basket of orders (``items``: :class:`OrderSpec` or dicts with the same keys).
+
+        Safe to retry: a repeat with the same ``idempotency_key`` (one is made when none is given)
+        returns the basket the first call made, not "name taken" by it."""
         payload = {"name": name, "account_ids": list(account_ids), "items": [_order_spec(i) for i in items]}
-        return from_json(Basket, self._request("POST", "/baskets", json=payload).body)
+        key = idempotency_key or str(uuid.uuid4())
+        return from_json(Basket, self._request("POST", "/baskets", json=payload, idempotency_key=key).body)
 
     def update_basket(
         self,
