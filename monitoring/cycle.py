@@ -1112,9 +1112,18 @@ def _refusal(error: Exception) -> str:
     return " ".join(getattr(error, "messages", None) or [str(getattr(error, "message", error))])
 
 
-def _paused(refused: ValidationError) -> bool:
-    """An entry refused because its strategy was paused since the run read it (``still_open_check``)."""
-    return any(error.code == "paused" for error in getattr(refused, "error_dict", {}).get("strategy", []))
+# Why ``still_open_check`` refused an entry by the trader's doing since the run read its strategy.
+STRATEGY_CHANGED_MEANWHILE = {
+    "paused": "its strategy was paused meanwhile",
+    "off_strategy": "its account was taken off its strategy meanwhile",
+}
+
+
+def _stopped_meanwhile(refused: ValidationError) -> str | None:
+    """What the trader did to an entry's strategy since the run read it, refused for it
+    (``still_open_check``): their pause, or the account taken off it; None for any other refusal."""
+    codes = [error.code for error in getattr(refused, "error_dict", {}).get("strategy", [])]
+    return next((STRATEGY_CHANGED_MEANWHILE[code] for code in codes if code in STRATEGY_CHANGED_MEANWHILE), None)
 
 
 def _cancelled_by_step_4(order: Order) -> bool:
@@ -1470,8 +1479,8 @@ def _replacement_place(
             **terms,
         )
     except ValidationError as error:
-        if _paused(error):  # by the trader, since the step read it: their pause, not the run's error
-            ctx.act(f"{order.reference} is not replaced: its strategy was paused meanwhile")
+        if why := _stopped_meanwhile(error):  # by the trader, since the step read it: not the run's error
+            ctx.act(f"{order.reference} is not replaced: {why}")
         else:
             _run_error(ctx, f"could not replace {order.reference}: {_refusal(error)}", step=step)
         return None

@@ -687,42 +687,66 @@ def orders_unsent_drop(*, keys, cause: str) -> int:
 
 
 STRATEGY_PAUSED = "This strategy is paused."
+OFF_STRATEGY = "This account is no longer one of this strategy's."
 
 
 def still_open_check(account: BrokerAccount, role: str, strategy: Strategy | None) -> None:
     """Refuse (a ValidationError) an order on an account deactivated, or an entry of a strategy
-    paused, since the caller read them: a monitoring run reads them at its start and places its
-    re-entries, retries and chases later. Read under the rows' shared locks, in the order's
-    transaction: a deactivation (``broker_account_set_active``'s UPDATE) or a pause
-    (``strategy_change``, under the strategy's lock) committed before is seen, and one asked
-    meanwhile waits for the order to be written, so once the trader is told "Paused" nothing new
-    is opened. Shared, as the order's row's foreign keys lock them: an exclusive lock here would
+    paused or taken off the account, since the caller read them: a monitoring run reads them at its
+    start and places its re-entries, retries and chases later. Read under the rows' shared locks, in
+    the order's transaction: a deactivation (``broker_account_set_active``'s UPDATE), a pause or an
+    account taken off (``strategy_change``, under the strategy's lock) committed before is seen, and
+    one asked meanwhile waits for the order to be written, so once the trader is told "Paused" nothing
+    new is opened. Shared, as the order's row's foreign keys lock them: an exclusive lock here would
     deadlock the orders that take it with those that take only the foreign key's (a strategy's
     entry holding the strategy and waiting for the account that its exit, on the same account,
     holds while it waits for the strategy), and line up every account's entry of one strategy.
-    A paused strategy's exits are placed still: a pause stops new exposure, not the protection
-    of what is held."""
-    if role == Order.Role.ENTRY and strategy is not None and _shared_read(Strategy, strategy.pk) is False:
-        raise ValidationError({"strategy": ValidationError(STRATEGY_PAUSED, code="paused")})
-    if _shared_read(BrokerAccount, account.pk) is False:
+    The strategy is read before the account, as ``strategy_change`` locks it before it touches its
+    accounts. A paused strategy's exits are placed still, on an account taken off it too: a pause
+    stops new exposure, not the protection of what is held."""
+    if role == Order.Role.ENTRY and strategy is not None:
+        found = _shared_read(_strategy_on_account_sql, [account.pk, strategy.pk])
+        if found is not None and not found[0]:
+            raise ValidationError({"strategy": ValidationError(STRATEGY_PAUSED, code="paused")})
+        if found is not None and found[1] is None:
+            raise ValidationError({"strategy": ValidationError(OFF_STRATEGY, code="off_strategy")})
+    found = _shared_read(_account_sql, [account.pk])
+    if found is not None and not found[0]:
         raise ValidationError({"account": f"{account.label} is deactivated."})
 
 
-def _shared_read(model, pk: int) -> bool | None:
-    """The row's ``is_active`` under a shared lock until the transaction ends (None: no such row)."""
+def _shared_read(sql, params: list) -> tuple | None:
+    """The row ``sql()`` reads, under shared locks until the transaction ends (None: no such row)."""
     with connection.cursor() as cursor:
-        cursor.execute(_shared_read_sql(model._meta.db_table), [pk])
-        row = cursor.fetchone()
-    return None if row is None else bool(row[0])
+        cursor.execute(sql(), params)
+        return cursor.fetchone()
 
 
-@functools.cache
-def _shared_read_sql(table: str) -> str:
+def _share_locked(select: str) -> str:
     # Django's ORM locks rows only exclusively (``select_for_update``).
     lock = " LOCK IN SHARE MODE" if connection.vendor == "mysql" else ""
     if not lock and connection.features.has_select_for_update:
         lock = " FOR SHARE"
-    return f"SELECT is_active FROM {connection.ops.quote_name(table)} WHERE id = %s{lock}"  # noqa: S608
+    return f"{select}{lock}"
+
+
+@functools.cache
+def _account_sql() -> str:
+    table = connection.ops.quote_name(BrokerAccount._meta.db_table)
+    return _share_locked(f"SELECT is_active FROM {table} WHERE id = %s")  # noqa: S608
+
+
+@functools.cache
+def _strategy_on_account_sql() -> str:
+    """The strategy's ``is_active`` and its link to the account (None: not one of its accounts)."""
+    quote = connection.ops.quote_name
+    accounts = Strategy._meta.get_field("accounts")
+    table, link = quote(Strategy._meta.db_table), quote(accounts.m2m_db_table())
+    strategy_id, account_id = quote(accounts.m2m_column_name()), quote(accounts.m2m_reverse_name())
+    return _share_locked(
+        f"SELECT s.is_active, l.id FROM {table} s LEFT JOIN {link} l"  # noqa: S608
+        f" ON l.{strategy_id} = s.id AND l.{account_id} = %s WHERE s.id = %s"
+    )
 
 
 _ORDERS = PlainInserts(Order)

@@ -386,6 +386,60 @@ def test_an_account_deactivated_as_step_4_places_a_stop_loss_gets_none_as_betwee
     assert any("is deactivated" in error["error"] for error in run.errors), run.errors
 
 
+def taken_off(trader, row):
+    """The trader takes the account off the strategy (its page, the API): it keeps no account."""
+    return lambda: sources.strategy_change(owner=trader, strategy=Strategy.objects.get(pk=row.pk), account_ids=[])
+
+
+def test_an_account_taken_off_the_strategy_as_the_run_re_enters_gets_no_re_entry(trader, account, monkeypatch):
+    """The run found the stop-out and chose to re-enter; the trader takes the account off the strategy
+    before the re-entry is written. Nothing is re-entered on it after that answer, as after a pause."""
+    row, first = stopped_out(trader, account)
+    stopped_as_the_run_places(monkeypatch, "reentry:", taken_off(trader, row))
+    sent = at_the_broker(account)
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first, role="entry").exists(), run.actions
+    assert at_the_broker(account) == sent
+    assert any("no longer one of this strategy's" in action for action in run.actions), run.actions
+
+
+def test_an_account_taken_off_the_strategy_as_the_run_retries_gets_no_retry(trader, account, monkeypatch):
+    row, first = refused_entry(trader, account)
+    rejecting(account, 0)
+    stopped_as_the_run_places(monkeypatch, "retry:", taken_off(trader, row))
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first).exists(), run.actions
+    monkeypatch.undo()
+    monitor(account)  # nor at a later run
+    assert not Order.objects.filter(parent=first).exists()
+
+
+def test_an_account_taken_off_the_strategy_as_the_chase_replaces_its_entry_gets_no_replacement(
+    trader, account, monkeypatch
+):
+    row = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, row, order_type="LIMIT", price="1499.00")
+    at_modification_cap(first)
+    stopped_as_the_run_places(monkeypatch, "replace:", taken_off(trader, row))
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first).exists(), run.actions
+    assert f"{first.reference} is not replaced: its account was taken off its strategy meanwhile" in run.actions
+    assert not run.errors, run.errors
+
+
+def test_an_account_taken_off_the_strategy_as_step_4_places_a_stop_loss_still_gets_it(trader, account, monkeypatch):
+    """Taking the account off stops new exposure, not protection: the stop-loss of what is held is placed."""
+    row = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, row)
+    stopped_as_the_run_places(monkeypatch, "exit:", taken_off(trader, row))
+    monitor(account)
+    assert not Strategy.objects.get(pk=row.pk).accounts.exists()
+    assert first.children.get(role="stop_loss").status == Order.Status.OPEN
+
+
 def waited_for(monkeypatch, table, stop):
     """``stop()`` asked on a thread of its own while the run's placement holds its rows' locks (after
     they are taken, before the order's number): answered before the placement commits (within 2 s),
