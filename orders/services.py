@@ -652,7 +652,10 @@ def owner_check(actor, role: str) -> None:
     (a ValidationError naming the account); the exits that protect their open positions are still
     placed."""
     if role == Order.Role.ENTRY and not actor.is_active:
-        raise ValidationError({"account": "This account's owner is deactivated."})
+        raise ValidationError({"account": OWNER_DEACTIVATED})
+
+
+OWNER_DEACTIVATED = "This account's owner is deactivated."
 
 
 def _raised(quantity, current: int) -> bool:
@@ -692,9 +695,10 @@ OFF_STRATEGY = "This account is no longer one of this strategy's."
 
 def still_open_check(account: BrokerAccount, role: str, strategy: Strategy | None) -> None:
     """Refuse (a ValidationError) an order on an account deactivated, or an entry of a strategy
-    paused or taken off the account, since the caller read them: a monitoring run reads them at its
-    start and places its re-entries, retries and chases later. Read under the rows' shared locks, in
-    the order's transaction: a deactivation (``broker_account_set_active``'s UPDATE), a pause or an
+    paused or taken off the account or of an owner deactivated (``owner_check``), since the caller
+    read them: a monitoring run reads them at its start and places its re-entries, retries and
+    chases later. Read under the rows' shared locks, in the order's transaction: a deactivation
+    (``broker_account_set_active``'s UPDATE, staff's of the owner in admin), a pause or an
     account taken off (``strategy_change``, under the strategy's lock) committed before is seen, and
     one asked meanwhile waits for the order to be written, so once the trader is told "Paused" nothing
     new is opened. Shared, as the order's row's foreign keys lock them: an exclusive lock here would
@@ -702,8 +706,9 @@ def still_open_check(account: BrokerAccount, role: str, strategy: Strategy | Non
     entry holding the strategy and waiting for the account that its exit, on the same account,
     holds while it waits for the strategy), and line up every account's entry of one strategy.
     The strategy is read before the account, as ``strategy_change`` locks it before it touches its
-    accounts. A paused strategy's exits are placed still, on an account taken off it too: a pause
-    stops new exposure, not the protection of what is held."""
+    accounts. A paused strategy's exits are placed still, on an account taken off it too, and a
+    deactivated owner's (as between runs): a pause stops new exposure, not the protection of what
+    is held."""
     if role == Order.Role.ENTRY and strategy is not None:
         found = _shared_read(_strategy_on_account_sql, [account.pk, strategy.pk])
         if found is not None and not found[0]:
@@ -713,6 +718,8 @@ def still_open_check(account: BrokerAccount, role: str, strategy: Strategy | Non
     found = _shared_read(_account_sql, [account.pk])
     if found is not None and not found[0]:
         raise ValidationError({"account": f"{account.label} is deactivated."})
+    if found is not None and role == Order.Role.ENTRY and not found[1]:
+        raise ValidationError({"account": OWNER_DEACTIVATED})
 
 
 def _shared_read(sql, params: list) -> tuple | None:
@@ -732,8 +739,13 @@ def _share_locked(select: str) -> str:
 
 @functools.cache
 def _account_sql() -> str:
-    table = connection.ops.quote_name(BrokerAccount._meta.db_table)
-    return _share_locked(f"SELECT is_active FROM {table} WHERE id = %s")  # noqa: S608
+    """The account's ``is_active`` and its owner's (one statement: a manual order reads no more)."""
+    quote, owner = connection.ops.quote_name, BrokerAccount._meta.get_field("owner")
+    table, users = quote(BrokerAccount._meta.db_table), quote(owner.related_model._meta.db_table)
+    return _share_locked(
+        f"SELECT a.is_active, u.is_active FROM {table} a INNER JOIN {users} u ON u.id = a.{quote(owner.column)}"  # noqa: S608
+        " WHERE a.id = %s"
+    )
 
 
 @functools.cache

@@ -440,6 +440,49 @@ def test_an_account_taken_off_the_strategy_as_step_4_places_a_stop_loss_still_ge
     assert first.children.get(role="stop_loss").status == Order.Status.OPEN
 
 
+def trader_deactivated(trader):
+    """Staff deactivate the trader (their user, in admin: the row saved with the rest as read)."""
+
+    def deactivate():
+        user = type(trader).objects.get(pk=trader.pk)
+        user.is_active = False
+        user.save()
+
+    return deactivate
+
+
+def test_a_trader_deactivated_as_the_run_re_enters_gets_no_re_entry(trader, account, monkeypatch):
+    """Staff deactivate the trader after the run read their account (and them) and chose to re-enter:
+    no entry is opened for a deactivated trader (``owner_check``), within a run as between runs."""
+    _row, first = stopped_out(trader, account)
+    stopped_as_the_run_places(monkeypatch, "reentry:", trader_deactivated(trader))
+    sent = at_the_broker(account)
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first, role="entry").exists(), run.actions
+    assert at_the_broker(account) == sent
+    assert any("owner is deactivated" in action for action in run.actions), run.actions
+
+
+def test_a_trader_deactivated_as_the_run_retries_gets_no_retry(trader, account, monkeypatch):
+    _row, first = refused_entry(trader, account)
+    rejecting(account, 0)
+    stopped_as_the_run_places(monkeypatch, "retry:", trader_deactivated(trader))
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first).exists(), run.actions
+
+
+def test_a_trader_deactivated_as_step_4_places_a_stop_loss_still_gets_it_as_between_runs(trader, account, monkeypatch):
+    """A deactivated trader's accounts are still monitored and their positions' exits placed
+    (``owner_check`` refuses entries only): so too once deactivated within a run."""
+    row = strategy(trader, account, stop_loss=D("1"))
+    quote("1500")
+    first = entry(trader, account, row)
+    stopped_as_the_run_places(monkeypatch, "exit:", trader_deactivated(trader))
+    monitor(account)
+    assert not type(trader).objects.get(pk=trader.pk).is_active
+    assert first.children.get(role="stop_loss").status == Order.Status.OPEN
+
+
 def waited_for(monkeypatch, table, stop):
     """``stop()`` asked on a thread of its own while the run's placement holds its rows' locks (after
     they are taken, before the order's number): answered before the placement commits (within 2 s),
