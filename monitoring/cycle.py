@@ -1351,7 +1351,12 @@ def step_chase(ctx: Context) -> None:
         if order.chase_count < BROKER_MODIFICATION_CAP - 1:
             try:
                 orders.order_modify(
-                    order=order, actor=ctx.account.owner, cause=cause, price=target, expect={"price": order.price}
+                    order=order,
+                    actor=ctx.account.owner,
+                    cause=cause,
+                    price=target,
+                    expect={"price": order.price},
+                    opens=True,
                 )
             except orders.OrderActionRefused as refused:
                 if _at_modification_cap(refused):  # the trader's own modifies used the cap up
@@ -1360,7 +1365,10 @@ def step_chase(ctx: Context) -> None:
                     ctx.act(f"could not chase {order.reference}: {refused.message}")
                 continue
             except ValidationError as error:
-                ctx.act(f"could not chase {order.reference}: {_refusal(error)}")
+                if why := _stopped_meanwhile(error):  # by the trader, since the step read it: not the run's error
+                    ctx.act(f"{order.reference} is not chased: {why}")
+                else:
+                    ctx.act(f"could not chase {order.reference}: {_refusal(error)}")
                 continue
             Order.objects.filter(pk=order.pk).update(chase_count=order.chase_count + 1)
             ctx.act(f"chased {order.reference} to {target}")

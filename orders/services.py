@@ -1251,12 +1251,18 @@ def order_modify(
     trigger_price=None,
     order_type=None,
     expect: dict | None = None,
+    opens: bool = False,
 ) -> Order:
     """Change an open order at its broker; the order's fields change only when the broker agrees.
     Values not given (None or "") stay as the order has them when the change is made. ``expect``:
     the order's values the change was worked out from (a step's trail, chase or cut); if another
     change made meanwhile (the trader's, by hand) left others, nothing is sent, as it is no longer
-    the change meant (a trail would loosen a stop the trader had just tightened)."""
+    the change meant (a trail would loosen a stop the trader had just tightened). ``opens``: a
+    step's move of a strategy's entry toward the market (a chase), which opens exposure as a new
+    entry would: refused as one would be (``still_open_check``: the strategy paused, the account
+    taken off it or deactivated, the owner deactivated, since the step read them), the rows' shared
+    locks held until the broker has answered, so a pause asked meanwhile is answered after the move,
+    never "Paused" and then a move sent."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
     with locks.held(_change_lock(order), ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S, keep=True) as took:
@@ -1266,9 +1272,23 @@ def order_modify(
         changed = [name for name, value in (expect or {}).items() if getattr(order, name) != value]
         if changed:
             raise OrderActionRefused(f"The order was changed meanwhile ({', '.join(changed)}); nothing was sent.")
-        return _modify(
-            order, actor, cause, quantity=quantity, price=price, trigger_price=trigger_price, order_type=order_type
-        )
+        terms = {"quantity": quantity, "price": price, "trigger_price": trigger_price, "order_type": order_type}
+        if opens:
+            return _modify_still_open(order, actor, cause, **terms)
+        return _modify(order, actor, cause, **terms)
+
+
+def _modify_still_open(order: Order, actor, cause: str, **terms) -> Order:
+    """``_modify`` within a transaction that holds ``still_open_check``'s shared locks until the
+    broker has answered. What it records of a refusal or a lost answer is kept (committed) with it."""
+    refused = None
+    with transaction.atomic():
+        still_open_check(order.account, order.role, order.strategy)
+        try:
+            return _modify(order, actor, cause, **terms)
+        except (OrderActionRefused, ValidationError) as error:
+            refused = error
+    raise refused
 
 
 def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, order_type) -> Order:

@@ -345,6 +345,82 @@ def test_a_strategy_paused_as_the_chase_replaces_its_entry_gets_no_replacement(t
     assert not run.errors, run.errors
 
 
+def chased_after(monkeypatch, stop):
+    """``stop()`` (committed: its answer shown) just before the chase sends its move of an entry."""
+    real = services.order_modify
+
+    def stopped_first(**change):
+        monkeypatch.setattr(services, "order_modify", real)
+        stop()
+        return real(**change)
+
+    monkeypatch.setattr(services, "order_modify", stopped_first)
+
+
+def chased_entry(trader, account):
+    """A chasing strategy's resting LIMIT entry at 1499.00, the market moved up away from it."""
+    row = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, row, order_type="LIMIT", price="1499.00")
+    quote("1499.20", bid="1499.30", ask="1499.40")
+    return row, first
+
+
+def test_a_strategy_paused_as_the_chase_moves_its_entry_gets_no_move(trader, account, monkeypatch):
+    """The chase worked out its move of the entry toward the market; the trader pauses the strategy
+    (and is told "Paused") before it is sent. A move toward the market opens exposure as a new
+    entry would: none is sent after "Paused", and the run says why, not an error."""
+    row, first = chased_entry(trader, account)
+    chased_after(monkeypatch, paused(trader, row))
+    run = monitor(account)
+    first.refresh_from_db()
+    assert (first.price, PaperOrder.objects.get(tag=first.reference).price) == (D("1499.00"), D("1499.00"))
+    assert f"{first.reference} is not chased: its strategy was paused meanwhile" in run.actions, run.actions
+    assert not run.errors, run.errors
+
+
+def test_a_pause_asked_while_the_chase_sends_its_move_waits_for_it(trader, account, monkeypatch):
+    """The pause comes while the chase's move is on its way to the broker: it waits for the broker's
+    answer (its "Paused" comes after the move), never "Paused" then the move sent."""
+    mariadb_only()
+    from brokers.paper.adapter import PaperBroker
+
+    row, first = chased_entry(trader, account)
+    real, first_answered, threads = PaperBroker.modify_order, [], []
+
+    def asked_meanwhile(self, broker_order_id, change):
+        reached = threading.Event()
+
+        def at_the_row(execute, sql, params, many, context):
+            if "`orders_strategy`" in sql and "FOR UPDATE" in sql:
+                reached.set()
+            return execute(sql, params, many, context)
+
+        def ask():
+            try:
+                with connection.execute_wrapper(at_the_row):
+                    paused(trader, row)()
+            finally:
+                reached.set()
+                connection.close()
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        assert reached.wait(30)
+        asking.join(2)  # a lock held here keeps it waiting: it answers once the move is answered
+        first_answered.append(not asking.is_alive())
+        threads.append(asking)
+        return real(self, broker_order_id, change)
+
+    monkeypatch.setattr(PaperBroker, "modify_order", asked_meanwhile)
+    monitor(account)
+    monkeypatch.undo()
+    threads[0].join(30)
+    first.refresh_from_db()
+    assert first_answered == [False] and first.price == D("1499.20")
+    assert not Strategy.objects.get(pk=row.pk).is_active
+
+
 def test_a_strategy_paused_as_step_4_places_a_stop_loss_still_gets_it(trader, account, monkeypatch):
     """A pause stops new exposure, not protection: the stop-loss of what is held is placed."""
     row = strategy(trader, account, stop_loss=D("1"))
