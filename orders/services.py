@@ -1260,9 +1260,8 @@ def order_modify(
     the change meant (a trail would loosen a stop the trader had just tightened). ``opens``: a
     step's move of a strategy's entry toward the market (a chase), which opens exposure as a new
     entry would: refused as one would be (``still_open_check``: the strategy paused, the account
-    taken off it or deactivated, the owner deactivated, since the step read them), the rows' shared
-    locks held until the broker has answered, so a pause asked meanwhile is answered after the move,
-    never "Paused" and then a move sent."""
+    taken off it or deactivated, the owner deactivated, since the step read them: checked under
+    the order's change lock, just before the move is sent)."""
     if order.account.owner_id != actor.pk:
         raise OrderActionRefused("No such order.")
     with locks.held(_change_lock(order), ttl_s=MODIFY_LOCK_TTL_S, wait_s=MODIFY_LOCK_WAIT_S, keep=True) as took:
@@ -1279,16 +1278,15 @@ def order_modify(
 
 
 def _modify_still_open(order: Order, actor, cause: str, **terms) -> Order:
-    """``_modify`` within a transaction that holds ``still_open_check``'s shared locks until the
-    broker has answered. What it records of a refusal or a lost answer is kept (committed) with it."""
-    refused = None
+    """``_modify`` once ``still_open_check`` passes, read under the rows' shared locks in a
+    transaction of its own. Not held across the broker call: a transaction open around it would
+    keep a session renewed meanwhile uncommitted after its login lock is gone (so another worker
+    logs in again), and hold a pause, a deactivation or the owner's sign-in behind the broker's
+    retries. A pause that commits after the check is answered with the move on its way, as one
+    answered after an entry's row is written sees that entry sent."""
     with transaction.atomic():
         still_open_check(order.account, order.role, order.strategy)
-        try:
-            return _modify(order, actor, cause, **terms)
-        except (OrderActionRefused, ValidationError) as error:
-            refused = error
-    raise refused
+    return _modify(order, actor, cause, **terms)
 
 
 def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, order_type) -> Order:

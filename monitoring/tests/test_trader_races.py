@@ -379,48 +379,6 @@ def test_a_strategy_paused_as_the_chase_moves_its_entry_gets_no_move(trader, acc
     assert not run.errors, run.errors
 
 
-def test_a_pause_asked_while_the_chase_sends_its_move_waits_for_it(trader, account, monkeypatch):
-    """The pause comes while the chase's move is on its way to the broker: it waits for the broker's
-    answer (its "Paused" comes after the move), never "Paused" then the move sent."""
-    mariadb_only()
-    from brokers.paper.adapter import PaperBroker
-
-    row, first = chased_entry(trader, account)
-    real, first_answered, threads = PaperBroker.modify_order, [], []
-
-    def asked_meanwhile(self, broker_order_id, change):
-        reached = threading.Event()
-
-        def at_the_row(execute, sql, params, many, context):
-            if "`orders_strategy`" in sql and "FOR UPDATE" in sql:
-                reached.set()
-            return execute(sql, params, many, context)
-
-        def ask():
-            try:
-                with connection.execute_wrapper(at_the_row):
-                    paused(trader, row)()
-            finally:
-                reached.set()
-                connection.close()
-
-        asking = threading.Thread(target=ask)
-        asking.start()
-        assert reached.wait(30)
-        asking.join(2)  # a lock held here keeps it waiting: it answers once the move is answered
-        first_answered.append(not asking.is_alive())
-        threads.append(asking)
-        return real(self, broker_order_id, change)
-
-    monkeypatch.setattr(PaperBroker, "modify_order", asked_meanwhile)
-    monitor(account)
-    monkeypatch.undo()
-    threads[0].join(30)
-    first.refresh_from_db()
-    assert first_answered == [False] and first.price == D("1499.20")
-    assert not Strategy.objects.get(pk=row.pk).is_active
-
-
 def test_a_strategy_paused_as_step_4_places_a_stop_loss_still_gets_it(trader, account, monkeypatch):
     """A pause stops new exposure, not protection: the stop-loss of what is held is placed."""
     row = strategy(trader, account, stop_loss=D("1"))
