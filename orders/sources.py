@@ -1138,13 +1138,16 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
                 late_s = (now - due_at).total_seconds()
                 # A later run came too (a grace as long as a day): only the latest is placed, not
                 # one order per past run at once. Nor is a late one placed on the day of the next
-                # run still to come (yesterday's, the platform back seconds before today's time,
-                # would be placed seconds before today's): one run a day, that day's.
+                # run still to come when that run is nearer than its own time (yesterday's, the
+                # platform back seconds before today's time, would be placed seconds before today's):
+                # one run a day, that day's. One a few minutes late past midnight, within its grace,
+                # is its own day's run, placed (the next is a day away).
                 came_too = following is not None and following <= horizon
                 superseded = came_too or (
                     late_s > settings.SCHEDULE_ON_TIME_S
                     and following is not None
                     and following.astimezone(_day_zone(scheduled)).date() == now.astimezone(_day_zone(scheduled)).date()
+                    and following - now < now - due_at
                 )
                 missed = superseded or late_s > settings.SCHEDULE_ON_TIME_S + scheduled.grace_s
                 status = ScheduledFire.Status.MISSED if missed else ScheduledFire.Status.PENDING

@@ -1526,3 +1526,18 @@ def test_a_recurring_order_ends_with_its_contracts_last_run_said_once(trader, ac
     assert ScheduledFire.objects.get(pk=fire).status == "pending"  # the last run is placed
     assert (row.status, row.next_run_at) == ("done", None)
     assert notices == [f"Scheduled order #{row.pk} has ended: its contract expired on {last_day:%Y-%m-%d}."]
+
+
+def test_a_run_late_within_its_grace_across_midnight_is_placed_not_given_to_the_next_days_run(trader, account):
+    """A daily order at 23:58 with a 10-minute grace; the dispatcher comes back 3 minutes late,
+    after midnight. The run was within its grace, and the next one is a day away: it is placed, not
+    reported missed because the next run (tonight's) falls on the day it is placed."""
+    day = timezone.now().astimezone(IST).date() + timedelta(days=2)
+    due = datetime.combine(day, time(23, 58), tzinfo=IST)
+    daily = dict(recurrence="weekdays", weekdays=list(range(7)), run_on=None, grace_s=600)
+    row = make_scheduled(trader, account, time_of_day=time(23, 58), **daily)
+    ScheduledOrder.objects.filter(pk=row.pk).update(next_run_at=due)
+    claimed = sources.scheduled_claim_due(now=due + timedelta(minutes=3))
+    fire = ScheduledFire.objects.get(scheduled=row, due_at=due)
+    assert (fire.status, fire.detail) == ("pending", "")
+    assert claimed == [fire.pk]
