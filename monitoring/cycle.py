@@ -39,7 +39,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, FilteredRelation, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -599,34 +599,30 @@ EXIT_RETRY_MAX_S = 60
 CLOSED_RETRY_S = 300
 CLOSED_RETRY_MAX_S = 3600
 # An entry that can fill no more and holds nothing (its exits filled, or the position was closed
-# some other way) is done: a later position in the instrument (a buy by hand) is not its.
+# some other way) is done: a later position in the instrument (a buy by hand) is not its. Done is
+# on the entry's row (``Order.exits_done``, in an index with its account and role), told in its
+# timeline by this event.
 EXITS_DONE = "exits_done"
 _EXITS = Q(children__role__in=EXIT_ROLES)
+_ENTRY_FILLED = [Order.Status.FILLED, Order.Status.PARTIALLY_FILLED, Order.Status.CANCELLED, Order.Status.REJECTED]
 
 
 def _filled_entries(**where):
     """Strategy entries whose exits need a look: part of the entry's fill is not yet closed by its
     exits, or an exit of theirs is still live, or they closed more than it filled (both filled:
-    said once), and it is not done (``EXITS_DONE``). A cancelled entry counts for what filled
+    said once), and it is not done (``exits_done``). A cancelled entry counts for what filled
     before the cancel.
 
-    Done is a join on the event's index (order, kind): one lookup for each order read. Not an
-    ``EXISTS``: MariaDB turns it into a materialized ``IN`` where that seems cheaper (the busy
-    accounts' check, over many accounts), a read of the whole event table, every account's."""
+    Done is read from the entry's index (account, role, exits_done): the entries done, however many
+    years of them, are not read at all (``exits_settle`` marks the round trips closed long ago)."""
     return (
-        Order.objects.annotate(done=FilteredRelation("events", condition=Q(events__kind=EXITS_DONE)))
-        .filter(
-            done__isnull=True,
+        Order.objects.filter(
             **where,
             role=Order.Role.ENTRY,
+            exits_done=False,
             strategy__isnull=False,
             filled_quantity__gt=0,
-            status__in=[
-                Order.Status.FILLED,
-                Order.Status.PARTIALLY_FILLED,
-                Order.Status.CANCELLED,
-                Order.Status.REJECTED,
-            ],
+            status__in=_ENTRY_FILLED,
         )
         .annotate(
             exited=Coalesce(Sum("children__filled_quantity", filter=_EXITS), 0),
@@ -634,6 +630,70 @@ def _filled_entries(**where):
         )
         .filter(~Q(exited=F("filled_quantity")) | Q(live_exits__gt=0))
     )
+
+
+def _exits_done_mark(entry: Order, cause: str) -> bool:
+    """Mark an entry done, once (a run told twice writes one event); whether this call did."""
+    with transaction.atomic():
+        if not Order.objects.filter(pk=entry.pk, exits_done=False).update(exits_done=True):
+            return False
+        orders.order_event_add(entry, EXITS_DONE, cause=cause)
+    return True
+
+
+# Round trips closed for good are marked done when nothing of them changed since the start of the day
+# before this one (IST): brokers list the day's orders only (the sync learns nothing more of an
+# earlier day's), and a whole day more covers what comes in after midnight (the paper exchange's
+# books reach back before it, MCX trades to 23:55, a postback is late).
+SETTLED_AFTER_DAYS = 1
+SETTLE_BATCH = 1000
+
+
+def _settled_entries(before: datetime):
+    """Strategy entries not done whose round trip is closed and settled: final, their exits all
+    final and together filled what the entry filled, and none of them changed since ``before``.
+    ``_filled_entries`` reads none of them (only done keeps it from reading them again)."""
+    exits = Order.objects.filter(parent=OuterRef("pk"), role__in=EXIT_ROLES)
+    unsettled = exits.filter(Q(status__in=Order.LIVE) | Q(updated_at__gte=before))
+    return (
+        Order.objects.filter(
+            role=Order.Role.ENTRY,
+            exits_done=False,
+            strategy__isnull=False,
+            filled_quantity__gt=0,
+            status__in=[s for s in _ENTRY_FILLED if s not in Order.LIVE],
+            updated_at__lt=before,
+        )
+        .exclude(Exists(unsettled))
+        .annotate(exited=Coalesce(Sum("children__filled_quantity", filter=_EXITS), 0))
+        .filter(exited=F("filled_quantity"))
+    )
+
+
+def exits_settle(*, now: datetime | None = None) -> int:
+    """Mark done the strategy entries whose round trips closed and settled (``_settled_entries``),
+    every account's, with an ``EXITS_DONE`` event each: step 4 stops reading them every minute.
+    Safe to run again or side by side (an entry is marked once). Returns how many it marked."""
+    before = markets.date_start(markets.trading_date(now) - timedelta(days=SETTLED_AFTER_DAYS))
+    pks = list(_settled_entries(before).order_by("pk").values_list("pk", flat=True))
+    cause = _cause("exits", "its round trip closed and settled")
+    marked = 0
+    for start in range(0, len(pks), SETTLE_BATCH):
+        with transaction.atomic():
+            # Locked by primary key: a second marker waits, then finds them done.
+            entries = list(
+                Order.objects.select_for_update()
+                .filter(pk__in=pks[start : start + SETTLE_BATCH], exits_done=False)
+                .only("pk", "status")
+            )
+            Order.objects.filter(pk__in=[entry.pk for entry in entries]).update(exits_done=True)
+            events = [
+                OrderEvent(order=e, kind=EXITS_DONE, from_status=e.status, to_status=e.status, cause=cause)
+                for e in entries
+            ]
+            OrderEvent.objects.bulk_create(events)
+        marked += len(entries)
+    return marked
 
 
 def _recorded_fills():
@@ -719,7 +779,7 @@ def step_exits(ctx: Context) -> None:
                     f"both exits of {entry.reference} filled: {over} more than it held were "
                     f"{'sold' if side > 0 else 'bought'}, the position is reversed; close it by hand",
                 )
-            orders.order_event_add(entry, EXITS_DONE, cause=_cause("step 4", "nothing of it is held any more"))
+            _exits_done_mark(entry, _cause("step 4", "nothing of it is held any more"))
             continue
         strategy = entry.strategy
         stopped_out = False  # a stop put back at market (the market opened beyond it): it closes what is held

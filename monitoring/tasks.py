@@ -3,7 +3,7 @@ from celery import shared_task
 from tradingplatform import locks
 from tradingplatform.celery import periodic
 
-from . import services
+from . import cycle, services
 from .models import AccountRun
 
 # A fast-path run that finds its account held by another run (a cycle's batch, which may have read
@@ -25,6 +25,13 @@ def start_cycle():
     run, account_ids = services.cycle_start()
     services.cycle_fan_out(run=run, account_ids=account_ids, send=monitor_accounts.delay)
     return len(account_ids)
+
+
+@shared_task
+@periodic
+def exits_settle():
+    """Every hour: strategy entries whose round trips closed and settled are marked done."""
+    return cycle.exits_settle()
 
 
 @shared_task(soft_time_limit=240)

@@ -389,10 +389,16 @@ class Order(OrderSpec):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
+    # A strategy entry the monitoring cycle's exits no longer look at (``monitoring.cycle.EXITS_DONE``,
+    # told in its timeline by that event): on the order's row, in an index, so that each minute's look
+    # reads the entries still open, not every round trip the account ever closed.
+    exits_done = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
+            # The cycle's exits (``_filled_entries``): an account's entries not done, not its history.
+            models.Index(fields=["account", "role", "exits_done"]),
             # With created_at: the sync's live orders and today's closed ones (``orders_to_sync``) are
             # ranges of it, not every CANCELLED and FAILED order of the account's history.
             models.Index(fields=["account", "status", "created_at"]),

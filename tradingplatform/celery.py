@@ -55,6 +55,9 @@ PERIODIC_TASKS = {
         "task": "monitoring.tasks.start_cycle",
         "schedule": float(os.environ.get("MONITORING_INTERVAL_S", "60")),
     },
+    # Marks the round trips closed and settled done, so the cycle's exits stop reading them: once an
+    # hour, though a day's are done the day after the next (each pass reads the entries not done only).
+    "monitoring-exits-settle": {"task": "monitoring.tasks.exits_settle", "schedule": 3600.0},
     "scheduled-orders-dispatch": {
         "task": "orders.tasks.dispatch_scheduled",
         "schedule": float(os.environ.get("SCHEDULE_DISPATCH_INTERVAL_S", "1")),
