@@ -600,7 +600,7 @@ CLOSED_RETRY_S = 300
 CLOSED_RETRY_MAX_S = 3600
 # An entry that can fill no more and holds nothing (its exits filled, or the position was closed
 # some other way) is done: a later position in the instrument (a buy by hand) is not its. Done is
-# on the entry's row (``Order.exits_done``, in an index with its account and role), told in its
+# on the entry's row (``Order.exits_done``, in an index with its role and account), told in its
 # timeline by this event.
 EXITS_DONE = "exits_done"
 _EXITS = Q(children__role__in=EXIT_ROLES)
@@ -613,7 +613,7 @@ def _filled_entries(**where):
     said once), and it is not done (``exits_done``). A cancelled entry counts for what filled
     before the cancel.
 
-    Done is read from the entry's index (account, role, exits_done): the entries done, however many
+    Done is read from the entry's index (exits_done, role, account): the entries done, however many
     years of them, are not read at all (``exits_settle`` marks the round trips closed long ago)."""
     return (
         Order.objects.filter(
@@ -649,50 +649,61 @@ SETTLED_AFTER_DAYS = 1
 SETTLE_BATCH = 1000
 
 
-def _settled_entries(before: datetime):
-    """Strategy entries not done whose round trip is closed and settled: final, their exits all
-    final and together filled what the entry filled, and none of them changed since ``before``.
-    ``_filled_entries`` reads none of them (only done keeps it from reading them again)."""
-    exits = Order.objects.filter(parent=OuterRef("pk"), role__in=EXIT_ROLES)
-    unsettled = exits.filter(Q(status__in=Order.LIVE) | Q(updated_at__gte=before))
-    return (
-        Order.objects.filter(
-            role=Order.Role.ENTRY,
-            exits_done=False,
-            strategy__isnull=False,
-            filled_quantity__gt=0,
-            status__in=[s for s in _ENTRY_FILLED if s not in Order.LIVE],
-            updated_at__lt=before,
-        )
-        .exclude(Exists(unsettled))
-        .annotate(exited=Coalesce(Sum("children__filled_quantity", filter=_EXITS), 0))
-        .filter(exited=F("filled_quantity"))
+def _unsettled_entries(before: datetime):
+    """Strategy entries not done that are final and unchanged since ``before``: those whose round
+    trip may be closed and settled (``_settled``). Read from their index (done first)."""
+    return Order.objects.filter(
+        exits_done=False,
+        role=Order.Role.ENTRY,
+        strategy__isnull=False,
+        filled_quantity__gt=0,
+        status__in=[s for s in _ENTRY_FILLED if s not in Order.LIVE],
+        updated_at__lt=before,
     )
 
 
+def _settled(entries: dict[int, int], before: datetime) -> list[int]:
+    """Of ``entries`` (id: filled quantity), those whose exits are all final, unchanged since
+    ``before`` and together filled what the entry filled: read by their parent, these entries' only."""
+    exits = (
+        Order.objects.filter(parent_id__in=list(entries), role__in=EXIT_ROLES)
+        .order_by()
+        .values("parent_id")
+        .annotate(
+            exited=Sum("filled_quantity"),
+            unsettled=Count("pk", filter=Q(status__in=Order.LIVE) | Q(updated_at__gte=before)),
+        )
+    )
+    return [row["parent_id"] for row in exits if not row["unsettled"] and row["exited"] == entries[row["parent_id"]]]
+
+
 def exits_settle(*, now: datetime | None = None) -> int:
-    """Mark done the strategy entries whose round trips closed and settled (``_settled_entries``),
-    every account's, with an ``EXITS_DONE`` event each: step 4 stops reading them every minute.
-    Safe to run again or side by side (an entry is marked once). Returns how many it marked."""
+    """Mark done the strategy entries whose round trips closed and settled (final, their exits all
+    final and together filled what the entry filled, none of them changed since ``before``), every
+    account's, with an ``EXITS_DONE`` event each: step 4 stops reading them every minute. A batch at
+    a time, each judged again under its entries' locks: safe to run again or side by side (an entry
+    is marked once). Never a read of the whole table of orders. Returns how many it marked."""
     before = markets.date_start(markets.trading_date(now) - timedelta(days=SETTLED_AFTER_DAYS))
-    pks = list(_settled_entries(before).order_by("pk").values_list("pk", flat=True))
+    pks = list(_unsettled_entries(before).order_by("pk").values_list("pk", flat=True))
     cause = _cause("exits", "its round trip closed and settled")
     marked = 0
     for start in range(0, len(pks), SETTLE_BATCH):
         with transaction.atomic():
             # Locked by primary key: a second marker waits, then finds them done.
-            entries = list(
-                Order.objects.select_for_update()
-                .filter(pk__in=pks[start : start + SETTLE_BATCH], exits_done=False)
-                .only("pk", "status")
-            )
-            Order.objects.filter(pk__in=[entry.pk for entry in entries]).update(exits_done=True)
-            events = [
+            locked = {
+                entry.pk: entry
+                for entry in _unsettled_entries(before)
+                .select_for_update()
+                .filter(pk__in=pks[start : start + SETTLE_BATCH])
+                .only("pk", "status", "filled_quantity")
+            }
+            done = _settled({pk: entry.filled_quantity for pk, entry in locked.items()}, before)
+            Order.objects.filter(pk__in=done).update(exits_done=True)
+            OrderEvent.objects.bulk_create(
                 OrderEvent(order=e, kind=EXITS_DONE, from_status=e.status, to_status=e.status, cause=cause)
-                for e in entries
-            ]
-            OrderEvent.objects.bulk_create(events)
-        marked += len(entries)
+                for e in (locked[pk] for pk in done)
+            )
+        marked += len(done)
     return marked
 
 

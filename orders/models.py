@@ -397,8 +397,9 @@ class Order(OrderSpec):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
-            # The cycle's exits (``_filled_entries``): an account's entries not done, not its history.
-            models.Index(fields=["account", "role", "exits_done"]),
+            # The cycle's exits (``_filled_entries``): an account's entries not done, not its history;
+            # and every account's entries not done, for ``exits_settle`` (done first: the prefix).
+            models.Index(fields=["exits_done", "role", "account"]),
             # With created_at: the sync's live orders and today's closed ones (``orders_to_sync``) are
             # ranges of it, not every CANCELLED and FAILED order of the account's history.
             models.Index(fields=["account", "status", "created_at"]),

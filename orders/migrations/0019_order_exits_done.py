@@ -1,5 +1,5 @@
 """Whether the monitoring cycle's exits are done with a strategy entry (``monitoring.cycle.EXITS_DONE``)
-is on the order's row, in an index with its account and role: each minute's look at an account's
+is on the order's row, in an index with its role and account: each minute's look at an account's
 entries reads those still open, not every one it ever closed (an ``EXITS_DONE`` event is found by
 reading each entry). The entries already done (their ``EXITS_DONE`` event) are marked so."""
 
@@ -27,6 +27,6 @@ class Migration(migrations.Migration):
         migrations.RunPython(mark_done_entries, migrations.RunPython.noop),
         migrations.AddIndex(
             model_name="order",
-            index=models.Index(fields=["account", "role", "exits_done"], name="orders_orde_account_3e9f8e_idx"),
+            index=models.Index(fields=["exits_done", "role", "account"], name="orders_orde_exits_d_2f1bbf_idx"),
         ),
     ]
