@@ -307,18 +307,6 @@ def stopped_out(trader, account):
     return row, first
 
 
-def test_a_strategy_paused_as_the_run_re_enters_gets_no_re_entry(trader, account, monkeypatch):
-    """The run found the stop-out and chose to re-enter; the trader pauses the strategy (and is told
-    "Paused") before the re-entry is written. Nothing is re-entered after that answer."""
-    row, first = stopped_out(trader, account)
-    stopped_as_the_run_places(monkeypatch, "reentry:", paused(trader, row))
-    sent = at_the_broker(account)
-    run = monitor(account)
-    assert not Order.objects.filter(parent=first, role="entry").exists(), run.actions
-    assert at_the_broker(account) == sent
-    assert any("This strategy is paused" in action for action in run.actions), run.actions
-
-
 def test_a_strategy_paused_as_the_run_retries_gets_no_retry(trader, account, monkeypatch):
     row, first = refused_entry(trader, account)
     rejecting(account, 0)
@@ -379,26 +367,6 @@ def test_a_strategy_paused_as_the_chase_moves_its_entry_gets_no_move(trader, acc
     assert not run.errors, run.errors
 
 
-def test_a_strategy_paused_as_step_4_places_a_stop_loss_still_gets_it(trader, account, monkeypatch):
-    """A pause stops new exposure, not protection: the stop-loss of what is held is placed."""
-    row = strategy(trader, account, stop_loss=D("1"))
-    quote("1500")
-    first = entry(trader, account, row)
-    stopped_as_the_run_places(monkeypatch, "exit:", paused(trader, row))
-    monitor(account)
-    assert not Strategy.objects.get(pk=row.pk).is_active
-    assert first.children.get(role="stop_loss").status == Order.Status.OPEN
-
-
-def test_an_account_deactivated_as_the_run_re_enters_gets_no_re_entry(trader, account, monkeypatch):
-    _row, first = stopped_out(trader, account)
-    stopped_as_the_run_places(monkeypatch, "reentry:", deactivated(trader, account))
-    sent = at_the_broker(account)
-    run = monitor(account)
-    assert not Order.objects.filter(parent=first, role="entry").exists(), run.actions
-    assert at_the_broker(account) == sent
-
-
 def test_an_account_deactivated_as_the_run_retries_gets_no_retry(trader, account, monkeypatch):
     _row, first = refused_entry(trader, account)
     rejecting(account, 0)
@@ -423,18 +391,6 @@ def test_an_account_deactivated_as_step_4_places_a_stop_loss_gets_none_as_betwee
 def taken_off(trader, row):
     """The trader takes the account off the strategy (its page, the API): it keeps no account."""
     return lambda: sources.strategy_change(owner=trader, strategy=Strategy.objects.get(pk=row.pk), account_ids=[])
-
-
-def test_an_account_taken_off_the_strategy_as_the_run_re_enters_gets_no_re_entry(trader, account, monkeypatch):
-    """The run found the stop-out and chose to re-enter; the trader takes the account off the strategy
-    before the re-entry is written. Nothing is re-entered on it after that answer, as after a pause."""
-    row, first = stopped_out(trader, account)
-    stopped_as_the_run_places(monkeypatch, "reentry:", taken_off(trader, row))
-    sent = at_the_broker(account)
-    run = monitor(account)
-    assert not Order.objects.filter(parent=first, role="entry").exists(), run.actions
-    assert at_the_broker(account) == sent
-    assert any("no longer one of this strategy's" in action for action in run.actions), run.actions
 
 
 def test_an_account_taken_off_the_strategy_as_the_run_retries_gets_no_retry(trader, account, monkeypatch):
@@ -463,17 +419,6 @@ def test_an_account_taken_off_the_strategy_as_the_chase_replaces_its_entry_gets_
     assert not run.errors, run.errors
 
 
-def test_an_account_taken_off_the_strategy_as_step_4_places_a_stop_loss_still_gets_it(trader, account, monkeypatch):
-    """Taking the account off stops new exposure, not protection: the stop-loss of what is held is placed."""
-    row = strategy(trader, account, stop_loss=D("1"))
-    quote("1500")
-    first = entry(trader, account, row)
-    stopped_as_the_run_places(monkeypatch, "exit:", taken_off(trader, row))
-    monitor(account)
-    assert not Strategy.objects.get(pk=row.pk).accounts.exists()
-    assert first.children.get(role="stop_loss").status == Order.Status.OPEN
-
-
 def trader_deactivated(trader):
     """Staff deactivate the trader (their user, in admin: the row saved with the rest as read)."""
 
@@ -485,18 +430,6 @@ def trader_deactivated(trader):
     return deactivate
 
 
-def test_a_trader_deactivated_as_the_run_re_enters_gets_no_re_entry(trader, account, monkeypatch):
-    """Staff deactivate the trader after the run read their account (and them) and chose to re-enter:
-    no entry is opened for a deactivated trader (``owner_check``), within a run as between runs."""
-    _row, first = stopped_out(trader, account)
-    stopped_as_the_run_places(monkeypatch, "reentry:", trader_deactivated(trader))
-    sent = at_the_broker(account)
-    run = monitor(account)
-    assert not Order.objects.filter(parent=first, role="entry").exists(), run.actions
-    assert at_the_broker(account) == sent
-    assert any("owner is deactivated" in action for action in run.actions), run.actions
-
-
 def test_a_trader_deactivated_as_the_run_retries_gets_no_retry(trader, account, monkeypatch):
     _row, first = refused_entry(trader, account)
     rejecting(account, 0)
@@ -505,15 +438,42 @@ def test_a_trader_deactivated_as_the_run_retries_gets_no_retry(trader, account, 
     assert not Order.objects.filter(parent=first).exists(), run.actions
 
 
-def test_a_trader_deactivated_as_step_4_places_a_stop_loss_still_gets_it_as_between_runs(trader, account, monkeypatch):
-    """A deactivated trader's accounts are still monitored and their positions' exits placed
-    (``owner_check`` refuses entries only): so too once deactivated within a run."""
+def stopper(name, trader, account, row):
+    """What stops the strategy's new entries on the account (the trader's or staff's change, its
+    answer shown), and what the run says of an entry it then does not open."""
+    return {
+        "paused": (paused(trader, row), "This strategy is paused"),
+        "account deactivated": (deactivated(trader, account), "is deactivated"),
+        "taken off": (taken_off(trader, row), "no longer one of this strategy's"),
+        "trader deactivated": (trader_deactivated(trader), "owner is deactivated"),
+    }[name]
+
+
+@pytest.mark.parametrize("stop", ["paused", "account deactivated", "taken off", "trader deactivated"])
+def test_an_entry_stopped_as_the_run_re_enters_gets_no_re_entry(trader, account, monkeypatch, stop):
+    """The run found the stop-out and chose to re-enter; the strategy is paused, the account taken
+    off it or deactivated, or the trader deactivated (``owner_check``), before the re-entry is
+    written. Nothing is re-entered after that answer, and the run says why."""
+    row, first = stopped_out(trader, account)
+    stop_now, says = stopper(stop, trader, account, row)
+    stopped_as_the_run_places(monkeypatch, "reentry:", stop_now)
+    sent = at_the_broker(account)
+    run = monitor(account)
+    assert not Order.objects.filter(parent=first, role="entry").exists(), run.actions
+    assert at_the_broker(account) == sent
+    assert any(says in action for action in run.actions), run.actions
+
+
+@pytest.mark.parametrize("stop", ["paused", "taken off", "trader deactivated"])
+def test_an_entry_stopped_as_step_4_places_its_stop_loss_still_gets_it(trader, account, monkeypatch, stop):
+    """Stopping new exposure is not stopping protection: the stop-loss of what is held is placed (a
+    deactivated trader's accounts are still monitored, ``owner_check`` refuses entries only), within
+    a run as between runs."""
     row = strategy(trader, account, stop_loss=D("1"))
     quote("1500")
     first = entry(trader, account, row)
-    stopped_as_the_run_places(monkeypatch, "exit:", trader_deactivated(trader))
+    stopped_as_the_run_places(monkeypatch, "exit:", stopper(stop, trader, account, row)[0])
     monitor(account)
-    assert not type(trader).objects.get(pk=trader.pk).is_active
     assert first.children.get(role="stop_loss").status == Order.Status.OPEN
 
 
