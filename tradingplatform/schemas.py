@@ -114,7 +114,14 @@ def page_of(rows, filters: PageFilters) -> dict:
     if filters.before_id is not None:
         rows = rows.filter(pk__lt=filters.before_id)
     offset, limit = filters.offset, filters.limit
-    return {"count": rows.count(), "limit": limit, "offset": offset, "items": list(rows[offset : offset + limit])}
+    count = rows.count()
+    # The count and the rows are two reads: a row added (or come into the filter) between them is in the
+    # rows only. One row past the page is read so the count says at least that there is more, or a client
+    # paging by the count stops at a full page, never seeing the row the new one pushed off it.
+    items = list(rows[offset : offset + limit + 1])
+    if items:  # (past the end, an offset says nothing of how many there are)
+        count = max(count, offset + len(items))
+    return {"count": count, "limit": limit, "offset": offset, "items": items[:limit]}
 
 
 def declared_query_only(view):

@@ -462,6 +462,25 @@ def test_every_list_pages_and_iterates_by_the_cursor_and_lists_only_the_key_owne
     other.close()
 
 
+def test_a_row_added_between_a_pages_count_and_its_rows_does_not_end_the_iteration_a_row_short(env, monkeypatch):
+    """A page's count and its rows are two reads: a basket made between them was in the rows and not in
+    the count, so a full first page said it was all (count 2, two rows): iter_baskets() stopped there,
+    and never gave the oldest basket, pushed off that page by the new one."""
+    from django.db.models import QuerySet
+
+    mine = [_make("baskets", env.client, env.account.pk, n) for n in range(2)]
+    counted, made = QuerySet.count, []
+
+    def count_then_a_basket_made(rows):
+        number = counted(rows)
+        if rows.model is BasketRow and not made:  # made by another request, once the count was read
+            made.append(BasketRow.objects.create(owner=env.user, name="Made meanwhile").pk)
+        return number
+
+    monkeypatch.setattr(QuerySet, "count", count_then_a_basket_made)
+    assert [row.id for row in env.client.iter_baskets(page_size=2)] == [*made, mine[1], mine[0]]
+
+
 def test_accounts_and_positions_page_too(env, trader, tp):
     from monitoring import cycle
 
