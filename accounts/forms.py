@@ -90,8 +90,11 @@ class BrokerAccountCreateForm(OneTimeTokenForm, BrokerAccountBaseForm):
 
     def _get_validation_exclusions(self):
         # Whether the client id is taken is the service's to say: taken by the account this very
-        # form added (a double click), it is that account, not "already exists".
-        return {*super()._get_validation_exclusions(), "client_id"}
+        # form added (a double click), it is that account, not "already exists". A form with other
+        # errors never reaches the service (nor is it a repeat of one that was added): it says so
+        # with them, as it did.
+        exclude = super()._get_validation_exclusions()
+        return exclude if self._errors else {*exclude, "client_id"}
 
     @property
     def changes(self) -> dict:

@@ -92,6 +92,19 @@ def test_duplicate_broker_client_id_is_refused(trader_client, other_trader):
     assert BrokerAccount.objects.count() == 1
 
 
+def test_a_taken_client_id_is_said_with_the_forms_other_errors_as_before(trader_client, other_trader):
+    """The form left "already exists" to the service, which runs only once the form is valid: a form
+    with a taken client id and another mistake (no label) said only the other, and the client id
+    only after that was put right."""
+    make_kite_account(other_trader, client_id="AB1234")
+    response = trader_client.post(reverse("accounts:broker_create"), create_form(label="", token=str(uuid.uuid4())))
+    form = response.context["form"]
+    assert form.errors["label"] and form.non_field_errors() == [
+        "Broker account with this Broker and Client id already exists."
+    ]
+    assert BrokerAccount.objects.count() == 1
+
+
 def test_an_account_added_twice_with_one_form_is_one_account_and_the_second_answer_is_the_firsts(trader_client, trader):
     """A double-clicked Add account: the second request's answer, the one the trader sees, said
     "Broker account with this Broker and Client id already exists." of the account the first click
