@@ -1578,13 +1578,16 @@ def test_trades_and_positions(env, tp):
     assert (position.tradingsymbol, position.net_quantity) == ("INFY", 2)
     assert [t.id for t in env.client.iter_trades(page_size=1)] == [t.id for t in page.items]
     listed = tp("trades", "list")
-    assert listed.code == 0 and "NSE:INFY" in listed.out and "2 of 2" in listed.out
+    assert listed.code == 0 and "NSE:INFY" in listed.out and listed.out.splitlines()[-1] == "1-2 of 2"
     newest = tp("trades", "list", "--limit", "1")
-    assert newest.out.splitlines()[-1] == f"1 of 2 (next: --before-id {page.items[0].id})"
+    assert newest.out.splitlines()[-1] == f"1-1 of 2 (next: --before-id {page.items[0].id})"
+    assert tp("trades", "list", "--offset", "5").out.splitlines()[-1] == "none of 2 from offset 5"
     older = tp("trades", "list", "--before-id", str(page.items[0].id), "--json")
     assert [t["id"] for t in json.loads(older.out)["items"]] == [page.items[1].id]
     held = tp("positions", "list", "--open", "--json")
     assert held.code == 0 and json.loads(held.out)["items"][0]["net_quantity"] == 2
+    shown = tp("positions", "list", "--open").out.splitlines()
+    assert shown[0].split()[0] == "ID" and shown[1].split()[0] == str(position.id)  # the id --before-id takes
 
 
 class FirstGetIs500(FirstGetIs503):

@@ -114,8 +114,10 @@ def placements_table(results: Sequence[Placement]) -> str:
 
 def _page_footer(page: Any, args) -> str:
     """The line under a list's page: which rows of how many, and the option that shows the next page."""
-    first = page.offset + 1 if page.items else page.offset
-    text = f"\n{first}-{page.offset + len(page.items)} of {page.count}"
+    if page.items:
+        text = f"\n{page.offset + 1}-{page.offset + len(page.items)} of {page.count}"
+    else:  # past the end: "101-100 of 5" would read as rows shown
+        text = f"\nnone of {page.count}" + (f" from offset {page.offset}" if page.offset else "")
     if args.before_id is not None:
         text += f" below id {args.before_id}"
     if page.has_more:
@@ -309,12 +311,7 @@ def cmd_trades_list(client: Client, args):
         for t in page.items
     ]
     text = table(rows, ["ID", "FILLED AT", "ACCOUNT", "SYMBOL", "SIDE", "QTY", "PRICE", "ORDER"])
-    text += f"\n{len(page.items)} of {page.count}"
-    if args.before_id is not None:
-        text += f" below id {args.before_id}"
-    if page.has_more:
-        text += f" (next: --before-id {page.items[-1].id})"
-    return page, text
+    return page, text + _page_footer(page, args)
 
 
 def cmd_positions_list(client: Client, args):
@@ -322,6 +319,7 @@ def cmd_positions_list(client: Client, args):
     text = table(
         [
             [
+                p.id,
                 p.account_id,
                 f"{p.exchange}:{p.tradingsymbol}",
                 p.product,
@@ -333,7 +331,7 @@ def cmd_positions_list(client: Client, args):
             ]
             for p in page.items
         ],
-        ["ACCOUNT", "SYMBOL", "PRODUCT", "NET QTY", "AVG PRICE", "LAST", "REALIZED", "UNREALIZED"],
+        ["ID", "ACCOUNT", "SYMBOL", "PRODUCT", "NET QTY", "AVG PRICE", "LAST", "REALIZED", "UNREALIZED"],
     )
     return page, text + _page_footer(page, args)
 
