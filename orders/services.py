@@ -1094,6 +1094,15 @@ class _Step:
 _ORDER_UPDATE = PlainUpdate(Order)
 
 
+def _exits_looked_at_again(order: Order) -> None:
+    """A broker's late word changed the fills of an order already final (a cancel that had filled
+    first, a fill corrected): the strategy entry it is, or is an exit of, is no longer done
+    (``Order.exits_done``), so the cycle's exits look at what it holds again."""
+    entry_id = order.pk if order.role == Order.Role.ENTRY else order.parent_id
+    if entry_id is not None:
+        Order.objects.filter(pk=entry_id, exits_done=True).update(exits_done=False)
+
+
 def _transition(
     order: Order,
     to_status: str,
@@ -1125,6 +1134,8 @@ def _transition(
         if not updated:
             return False
         _events(order, steps)
+        if from_status in Order.FINAL and fields.get("filled_quantity", order.filled_quantity) != order.filled_quantity:
+            _exits_looked_at_again(order)
     # Once written (a failed write leaves the order as it was read); its version goes with its row.
     order.status, order.updated_at = to_status, now
     for name, value in fields.items():

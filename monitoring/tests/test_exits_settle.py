@@ -6,10 +6,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from accounts.tests.factories import make_broker_account
-from brokers.base import IST
+from brokers.base import IST, BrokerOrder
 from monitoring import cycle
 from monitoring.tests.test_strategy_exits import entry, knobs, monitor, quote, strategy
-from orders import sources
+from orders import services, sources
 from orders.models import Order, OrderEvent
 from orders.tests.factories import instrument, orders_as_written, place
 
@@ -93,3 +93,42 @@ def test_an_entry_step_4_finds_done_is_marked_once(trader, account):
     assert first.exits_done
     assert first.events.filter(kind=cycle.EXITS_DONE).count() == 1
     assert not cycle._filled_entries(account=account).exists()
+
+
+def test_a_late_word_that_an_exit_of_an_entry_done_had_filled_makes_step_4_look_again(trader, instruments):
+    """Its take-profit, cancelled, had filled before the cancel (a broker's correction after the round
+    trip was marked done): both exits filled, the position is reversed. Step 4 must see it again,
+    not go on taking the entry as done."""
+    infy = instrument()
+    account = make_broker_account(trader, broker="paper", client_id="PAPER-X2")
+    guarded, _ = sources.strategy_save(owner=trader, name="Guarded", account_ids=[account.pk])
+    old = TODAY - timedelta(days=3)
+    stop, cancelled = ("stop_loss", S.FILLED, 4, old), ("take_profit", S.CANCELLED, 0, old)
+    first = round_trip(account, guarded, infy, old, exits=[stop, cancelled])
+    assert cycle.exits_settle(now=NOW) == 1
+    profit = first.children.get(role="take_profit")
+    late = BrokerOrder(
+        broker_order_id=profit.broker_order_id or "late-1",
+        tag=profit.reference,
+        exchange="NSE",
+        tradingsymbol="INFY",
+        side="SELL",
+        order_type=profit.order_type,
+        product=profit.product,
+        validity=profit.validity,
+        quantity=4,
+        price=profit.price or Decimal("0"),
+        trigger_price=profit.trigger_price or Decimal("0"),
+        status="FILLED",
+        filled_quantity=4,
+        pending_quantity=0,
+        cancelled_quantity=0,
+        average_price=Decimal("1510"),
+        status_message=None,
+        placed_at=old,
+        updated_at=old,
+    )
+    assert services.order_apply_broker_state(profit, late, cause="the broker's late word")
+    first.refresh_from_db()
+    assert not first.exits_done
+    assert list(cycle._filled_entries(account=account).values_list("pk", flat=True)) == [first.pk]
