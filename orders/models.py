@@ -295,6 +295,10 @@ class ScheduledFire(models.Model):
 
     scheduled = models.ForeignKey(ScheduledOrder, on_delete=models.CASCADE, related_name="fires")
     due_at = models.DateTimeField()
+    # The day whose run this is, as its order was when it was claimed (the exchange's day for a
+    # trading-days order, the trader's otherwise): an edit moving the order's zone must not read
+    # the day again in the new zone (``sources._days_run``). Null on fires claimed before it was kept.
+    run_day = models.DateField(null=True, blank=True)
     claimed_at = models.DateTimeField(auto_now_add=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     detail = models.CharField(max_length=255, blank=True)

@@ -754,6 +754,11 @@ def _scheduled_write(row: ScheduledOrder, values: dict) -> ScheduledOrder:
     # claim takes it again); one whose time has come places with the new settings: if its order was
     # prepared with the old ones, that order is closed unsent and the worker writes it anew.
     _drop_pending_fires(row, only_future=True, now=now)
+    # Today's came-due time the edit kept places as today's run of the order as it is now.
+    for pk, due_at in ScheduledFire.objects.filter(scheduled_id=row.pk, status__in=ScheduledFire.WAITING).values_list(
+        "pk", "due_at"
+    ):
+        ScheduledFire.objects.filter(pk=pk).update(run_day=_run_day(row, due_at))
     # A due time still to come whose order failed its check ahead of it: claimed again as the
     # edit leaves the order (the edit may be the trader's correction).
     ScheduledFire.objects.filter(scheduled_id=row.pk, status=ScheduledFire.Status.FAILED, due_at__gt=now).update(
@@ -910,18 +915,27 @@ def _day_zone(row: ScheduledOrder) -> ZoneInfo:
     return IST if row.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS else _zone(row.timezone)
 
 
+def _run_day(row: ScheduledOrder, due: datetime) -> date:
+    """The day whose run ``due`` is, as ``row`` is now: the exchange's for a trading-days order
+    (``_exchange_day``), the trader's otherwise."""
+    if row.recurrence == ScheduledOrder.Recurrence.TRADING_DAYS:
+        return _exchange_day(row, due)
+    return due.astimezone(_day_zone(row)).date()
+
+
 def _days_run(row: ScheduledOrder, now: datetime) -> set[date]:
-    """The days (``_day_zone`` of ``row`` as stored, before an edit) of its runs of the last two
-    days that placed their order or are placing it."""
+    """The days of its runs of the last two days that placed their order or are placing it, each
+    as the order was when it was claimed (``ScheduledFire.run_day``; a fire claimed before that was
+    kept: its day as ``row`` is stored, before an edit). Not read again in the zone the order has
+    now: moved to London and then to New York, Tokyo's Monday run is still Monday's."""
     if row.pk is None or row.recurrence == ScheduledOrder.Recurrence.ONCE:
         return set()
-    zone = _day_zone(row)
     placed = ScheduledFire.objects.filter(
         scheduled_id=row.pk,
         status__in=[ScheduledFire.Status.PLACING, ScheduledFire.Status.PLACED],
         due_at__gte=now - timedelta(days=2),
-    ).values_list("due_at", flat=True)
-    return {due_at.astimezone(zone).date() for due_at in placed}
+    ).values_list("due_at", "run_day")
+    return {run_day or _run_day(row, due_at) for due_at, run_day in placed}
 
 
 def _not_on_a_day_run(row: ScheduledOrder, due: datetime | None, days_run: set[date]) -> datetime | None:
@@ -932,7 +946,7 @@ def _not_on_a_day_run(row: ScheduledOrder, due: datetime | None, days_run: set[d
     if row.recurrence == ScheduledOrder.Recurrence.ONCE:  # ``_not_on_a_day_it_placed`` refuses those
         return due
     zone = _day_zone(row)
-    while due is not None and due.astimezone(zone).date() in days_run:
+    while due is not None and _run_day(row, due) in days_run:
         end_of_day = datetime.combine(due.astimezone(zone).date() + timedelta(days=1), time.min, tzinfo=zone)
         due = next_occurrence(row, end_of_day - timedelta(microseconds=1))
     return due
@@ -1157,10 +1171,13 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
                     detail += "came too and is placed instead" if came_too else "is due the same day and is its run"
                 before = existing.get((scheduled.pk, due_at))
                 if before is None or before[1] == ScheduledFire.Status.CANCELLED:
+                    day = _run_day(scheduled, due_at)
                     if before is None:
-                        fires.append(ScheduledFire(scheduled=scheduled, due_at=due_at, status=status, detail=detail))
+                        fires.append(
+                            ScheduledFire(scheduled=scheduled, due_at=due_at, run_day=day, status=status, detail=detail)
+                        )
                     else:
-                        revived.append((before[0], status, detail))
+                        revived.append((before[0], day, status, detail))
                     if missed:
                         scheduled.last_run_at, scheduled.last_result = now, f"missed ({late_s:.0f}s late)"
                         missed_notes.append((scheduled, due_at))
@@ -1175,15 +1192,15 @@ def _claim(*, now: datetime, lead_s: float, limit: int) -> list[tuple[int, datet
                 scheduled.status = ScheduledOrder.Status.DONE
         # In bulk: 500 orders due in one second are claimed in milliseconds, not one by one.
         ScheduledFire.objects.bulk_create(fires)
-        for pk, status, detail in revived:
-            ScheduledFire.objects.filter(pk=pk).update(status=status, detail=detail, claimed_at=now)
+        for pk, day, status, detail in revived:
+            ScheduledFire.objects.filter(pk=pk).update(run_day=day, status=status, detail=detail, claimed_at=now)
         ScheduledOrder.objects.bulk_update(due, ["next_run_at", "status", "last_run_at", "last_result"])
         for scheduled, due_at in missed_notes:
             _notify_missed(scheduled, due_at)
         for scheduled, expiry in ended:
             _notify(scheduled, f"Scheduled order #{scheduled.pk} has ended: its contract expired on {expiry:%Y-%m-%d}.")
         pending = {(f.scheduled_id, f.due_at) for f in fires if f.status == ScheduledFire.Status.PENDING}
-        pending_ids = [pk for pk, status, _ in revived if status == ScheduledFire.Status.PENDING]
+        pending_ids = [pk for pk, _day, status, _ in revived if status == ScheduledFire.Status.PENDING]
     if not pending and not pending_ids:
         return []
     rows = ScheduledFire.objects.filter(

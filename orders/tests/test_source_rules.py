@@ -332,6 +332,64 @@ def test_moving_a_weekday_orders_zone_after_todays_run_does_not_place_again_that
     assert f"{edited.next_run_at.astimezone(london):%a %d %H:%M}" == "Mon 07 09:30"
 
 
+def test_moving_a_weekday_orders_zone_twice_after_todays_run_does_not_place_again_that_day(
+    trader, account, monkeypatch
+):
+    """The order above, moved on Monday to London's 09:00 (next run the next Monday), then to New
+    York's 09:00. The second edit read Monday's run in London's zone, where it was Sunday, so New
+    York's Monday 09:00 (14:00 UTC, still to come) was its next run: a second order that Monday.
+    A run's day is the one it was placed on as the order then was (Tokyo's Monday)."""
+    new_york = ZoneInfo("America/New_York")
+    monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 5, 12, 0, tzinfo=UTC))
+    row = make_scheduled(
+        trader,
+        account,
+        recurrence="weekdays",
+        weekdays=[0],
+        run_on=None,
+        time_of_day=time(8, 0),
+        timezone_name="Asia/Tokyo",
+    )
+    assert len(sources.scheduled_claim_due(now=row.next_run_at)) == 1
+    ScheduledFire.objects.filter(scheduled=row).update(status="placed")
+    monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 7, 1, 0, tzinfo=UTC))  # Monday 10:00 in Tokyo
+    sources.scheduled_change(owner=trader, scheduled=row, timezone_name="Europe/London", time_of_day=time(9, 0))
+    monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 7, 2, 0, tzinfo=UTC))
+    edited = sources.scheduled_change(owner=trader, scheduled=row, timezone_name="America/New_York")
+    assert f"{edited.next_run_at.astimezone(new_york):%a %d %H:%M}" == "Mon 14 09:00"
+
+
+def test_a_run_kept_by_a_zone_edit_counts_as_the_new_zones_day(trader, account, monkeypatch):
+    """A Sundays-and-Mondays order at 08:00 in Tokyo, claimed for Monday (Sunday 23:00 UTC) and not
+    yet sent when the trader moves it to London's 09:00, where it is Sunday: the run places as
+    London's Sunday run, and Monday 09:00 London is still to come. A later edit must not read that
+    run as Tokyo's Monday and skip London's Monday."""
+    london = ZoneInfo("Europe/London")
+    monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 6, 0, 0, tzinfo=UTC))
+    row = make_scheduled(
+        trader,
+        account,
+        recurrence="weekdays",
+        weekdays=[0, 6],
+        run_on=None,
+        time_of_day=time(8, 0),
+        timezone_name="Asia/Tokyo",
+    )
+    due = datetime(2026, 12, 6, 23, 0, tzinfo=UTC)
+    assert row.next_run_at == due
+    assert len(sources.scheduled_claim_due(now=due)) == 1
+    monkeypatch.setattr(timezone, "now", lambda: due + timedelta(seconds=30))
+    edited = sources.scheduled_change(
+        owner=trader, scheduled=row, timezone_name="Europe/London", time_of_day=time(9, 0)
+    )
+    assert f"{edited.next_run_at.astimezone(london):%a %d %H:%M}" == "Mon 07 09:00"
+    assert ScheduledFire.objects.get(scheduled=row).status == "pending"
+    ScheduledFire.objects.filter(scheduled=row).update(status="placed")
+    monkeypatch.setattr(timezone, "now", lambda: due + timedelta(minutes=10))
+    edited = sources.scheduled_change(owner=trader, scheduled=row, time_of_day=time(9, 30))
+    assert f"{edited.next_run_at.astimezone(london):%a %d %H:%M}" == "Mon 07 09:30"
+
+
 # --- What a basket or a strategy accepts ---------------------------------------------------------
 
 
