@@ -1300,21 +1300,30 @@ def _modify_still_open(order: Order, actor, cause: str, **terms) -> Order:
     return _modify(order, actor, cause, **terms)
 
 
-def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, order_type) -> Order:
+def modify_refusal(order: Order) -> OrderActionRefused | None:
+    """Why ``order``, as read, cannot be modified whatever is asked (not at its broker yet, its
+    answer lost, or closed), or None. The book's inline form is not opened for such an order."""
     # Not at its broker yet, as a cancel says it (``_cancel``): "this one is Submitted" reads as open.
     if order.status == OrderStatus.NEW and not order.broker_order_id:
         if _awaits_its_time(order, taken=False):
-            raise OrderActionRefused(
+            return OrderActionRefused(
                 f"This order is scheduled order #{order.scheduled_id}'s, to be sent at its time; change that "
                 "scheduled order, or change this one once the broker has it."
             )
-        raise OrderActionRefused("This order is being sent; change it once the broker has it.")
+        return OrderActionRefused("This order is being sent; change it once the broker has it.")
     if order.status in Order.AT_BROKER and not order.broker_order_id:
-        raise OrderActionRefused(
+        return OrderActionRefused(
             "The broker's answer for this order was lost; it is being looked up: change it once it is found."
         )
     if order.status not in Order.AT_BROKER:
-        raise OrderActionRefused(f"Only an open order can be modified; this one is {order.get_status_display()}.")
+        return OrderActionRefused(f"Only an open order can be modified; this one is {order.get_status_display()}.")
+    return None
+
+
+def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, order_type) -> Order:
+    refusal = modify_refusal(order)
+    if refusal is not None:
+        raise refusal
     new_type = order_type or order.order_type
     if (new_type in ("SL", "SL-M")) != (order.order_type in ("SL", "SL-M")):
         raise OrderActionRefused("A stop order stays a stop order, a plain one plain.", field="order_type")

@@ -159,6 +159,9 @@ def modify(request, pk):
     if request.method == "GET":
         if not inline:  # the row's Modify link without htmx: the order's page, with its form
             return _render_detail(request, order, modify_form=OrderModifyForm(order=order))
+        closed = services.modify_refusal(order)
+        if closed is not None:  # a row shown before the order closed (a push missed): no form for it
+            return render(request, "orders/partials/modify_result.html", {"order": order, "refusal": closed.message})
         form = OrderModifyForm(**options)
         return render(request, "orders/partials/order_row_edit.html", {"order": order, "form": form})
     form = OrderModifyForm(request.POST, **options)
@@ -185,6 +188,9 @@ def modify(request, pk):
         if done or lost:
             context = {"order": order, "changed": modified, "lost": lost}
             return render(request, "orders/partials/modify_result.html", context)
+        closed = services.modify_refusal(order)
+        if closed is not None:  # it closed while the form was open: its row as it is now, and why
+            return render(request, "orders/partials/modify_result.html", {"order": order, "refusal": closed.message})
         return render(request, "orders/partials/order_row_edit.html", {"order": order, "form": form})
     if lost:
         messages.warning(request, lost)

@@ -732,6 +732,23 @@ def test_inline_modify_errors_stay_in_the_row_and_change_nothing(trader_client, 
     assert PaperOrder.objects.get(order_id=order.broker_order_id).price == D("1400")
 
 
+def test_inline_modify_of_an_order_closed_meanwhile_answers_with_its_row_not_a_form(trader_client, trader, account):
+    # A book row still shown open (cancelled in another tab, its push missed): its Modify, and a form
+    # opened before the cancel, answer with the row as it is now and why, not a form the order can no
+    # longer take (a row open for editing takes no pushes: it would stay open on a closed order).
+    order = resting_order(trader, account, quantity=2)
+    url = reverse("orders:modify", args=[order.pk])
+    shown = shown_form(trader_client.get(url, HTTP_HX_REQUEST="true").content.decode(), url)
+    services.order_cancel(order=order, actor=trader, cause="another tab")
+    assert order.status == Order.Status.CANCELLED
+    opened = trader_client.get(url, HTTP_HX_REQUEST="true").content.decode()
+    saved = trader_client.post(url, {**shown, "quantity": "3"}, HTTP_HX_REQUEST="true").content.decode()
+    for html in (opened, saved):
+        assert html.lstrip().startswith(f'<tr id="order-{order.pk}" class="status-cancelled"')
+        assert "<form" not in html and "Only an open order can be modified; this one is Cancelled." in html
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).quantity == 2
+
+
 def test_a_filtered_book_takes_new_orders_out_of_sight(trader_client, trader, account):
     resting_order(trader, account)
     plain = trader_client.get(reverse("orders:book")).content.decode()
