@@ -436,6 +436,9 @@ def _spec_refusal(spec: dict) -> str | None:
     return None
 
 
+BEING_PLACED = "Being placed, or its placement stopped before it answered: see the order book before placing it again."
+
+
 def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:
     """Place every item on every chosen account, concurrently; one result per item and account.
 
@@ -473,6 +476,7 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
     # item taken off the basket since is still answered (else read as never placed).
     placed = {} if first else _placed_by_run(actor, basket, run_token, accounts)
     jobs = []  # (account's place, item number, job)
+    sending = []  # the first request's rows until they are answered, in the jobs' order
     for place, account in enumerate(accounts):
         numbers = [number for pk, number in placed if pk == account.pk]
         for number in range(1, max([len(items), *numbers]) + 1):
@@ -486,22 +490,34 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
             if number > len(items):
                 continue  # a number of an item taken off since that placed nothing: nothing to answer
             item = items[number - 1]
+            quantity = _copy_quantity(item.quantity, account, item.instrument)
+            key = _basket_key(basket, run_token, account.pk, number)
             jobs.append(
                 (
                     place,
                     number,
-                    lambda account=account, item=item, number=number: _place_item(
+                    lambda account=account, item=item, quantity=quantity, key=key: _place_item(
                         actor,
                         account,
                         item.spec(),
-                        _copy_quantity(item.quantity, account, item.instrument),
+                        quantity,
                         source=Order.Source.BASKET,
                         basket=basket,
                         cause=f"basket {basket.name}",
-                        idempotency_key=_basket_key(basket, run_token, account.pk, number),
+                        idempotency_key=key,
                     ),
                 )
             )
+            terms = {"symbol": item.instrument.tradingsymbol, "side": item.side, "quantity": quantity}
+            unknown = _result(account, status="UNKNOWN", key=f"{actor.pk}:{key}", **terms)
+            sending.append({**unknown, "error": BEING_PLACED})
+    newer = BasketRun.objects.filter(basket=OuterRef("pk"), pk__gt=run.pk)
+    if first:
+        # Its rows before anything is sent, each showing its order once its key wrote one
+        # (``selectors.basket_results``): a page read while it is placed, or after the request
+        # stopped half-way (its worker killed, the database lost), shows what it placed, not the
+        # placement before it, whose results read as though none of it had been (placed again).
+        Basket.objects.filter(~Exists(newer), pk=basket.pk).update(last_placed_at=timezone.now(), last_results=sending)
     # Sent item by item across the accounts, not account by account: a slow or rate-limited
     # account's items must not take every sending thread while the other accounts' wait. The
     # results keep the accounts' order.
@@ -511,7 +527,6 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
         results[index] = result
     # The basket's last results are its latest placement's: a repeat of an earlier one (its key
     # sent again after the basket was placed anew) answers its own orders, and leaves them be.
-    newer = BasketRun.objects.filter(basket=OuterRef("pk"), pk__gt=run.pk)
     Basket.objects.filter(~Exists(newer), pk=basket.pk).update(last_placed_at=timezone.now(), last_results=results)
     return results
 

@@ -163,3 +163,39 @@ def test_an_item_off_its_lot_is_shown_with_its_own_quantity_not_one_cut_to_a_lot
     accounts = page.split('id="basket-accounts"')[1].split("</section>")[0]
     assert accounts.count("NIFTY26DECFUT: Quantity must be a multiple of the lot size, 75.") == 2
     assert not PaperOrder.objects.exists() and not Order.objects.exists()
+
+
+def test_a_placement_that_stopped_half_way_shows_what_it_placed(trader_client, trader, account, monkeypatch):
+    """The request placing a basket stops after its first item went to the exchange (its worker killed,
+    a deploy), before it answered. The basket's page showed no results (or the placement before it),
+    as though nothing had been placed, and the trader placed the basket again: the first item twice.
+    Its rows are there from the start, each showing its order once its key wrote one; the item never
+    reached says it may not have been placed, not that it failed."""
+
+    class Died(BaseException):  # as the worker's end: nothing after it runs
+        pass
+
+    items = [{"instrument": instrument(), "side": "BUY", "quantity": 1}, {"instrument": instrument("TCS")}]
+    items[1].update(side="BUY", quantity=2)
+    basket = sources.basket_save(owner=trader, name="Two", account_ids=[account.pk], items=items)
+    place = services.order_place
+
+    def second_dies(**order):
+        if Order.objects.exists():
+            raise Died
+        return place(**order)
+
+    monkeypatch.setattr(services, "order_place", second_dies)
+    with pytest.raises(Died):
+        sources.basket_place(basket=basket, actor=trader, run_token="t-1")
+    order = Order.objects.get()
+    assert PaperOrder.objects.count() == 1 and order.status == Order.Status.FILLED
+    page = trader_client.get(reverse("sources:basket_detail", args=[basket.pk]))
+    rows = page.context["results"]
+    assert [(row["symbol"], row["status"], row.get("order_id")) for row in rows] == [
+        ("INFY", "FILLED", order.pk),
+        ("TCS", "UNKNOWN", None),
+    ], rows
+    text = page.content.decode()
+    assert order.reference in text and '<span class="badge warn">UNKNOWN</span>' in text
+    assert "see the order book" in rows[1]["error"]
