@@ -184,6 +184,7 @@ class PlacementOut(Schema):
     reason: str | None = None
     error: str | None = None
     field: str | None = None
+    item: int | None = Field(None, description="A basket's row: the number of its item in the basket (1: the first).")
 
     @staticmethod
     def resolve_field(row) -> str | None:

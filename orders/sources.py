@@ -440,7 +440,8 @@ BEING_PLACED = "Being placed, or its placement stopped before it answered: see t
 
 
 def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:
-    """Place every item on every chosen account, concurrently; one result per item and account.
+    """Place every item on every chosen account, concurrently; one result per item and account,
+    ``item`` its number in the basket (1: the first).
 
     One failure does not undo the others. ``run_token`` makes a repeat of the same
     placement (a double click) return the same orders instead of placing them again.
@@ -510,7 +511,7 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
             )
             terms = {"symbol": item.instrument.tradingsymbol, "side": item.side, "quantity": quantity}
             unknown = _result(account, status="UNKNOWN", key=f"{actor.pk}:{key}", **terms)
-            sending.append({**unknown, "error": BEING_PLACED})
+            sending.append({**unknown, "item": number, "error": BEING_PLACED})
     newer = BasketRun.objects.filter(basket=OuterRef("pk"), pk__gt=run.pk)
     if first:
         # Its rows before anything is sent, each showing its order once its key wrote one
@@ -524,7 +525,9 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
     turns = sorted(range(len(jobs)), key=lambda index: (jobs[index][1], jobs[index][0]))
     results = [None] * len(jobs)
     for index, result in zip(turns, _copies.map(_call, [jobs[index][2] for index in turns]), strict=True):
-        results[index] = result
+        # Which item it is: two of one symbol, side and quantity (a ladder of limits, MIS beside
+        # CNC) were rows alike, a refusal of either told of neither.
+        results[index] = {**result, "item": jobs[index][1]}
     # The basket's last results are its latest placement's: a repeat of an earlier one (its key
     # sent again after the basket was placed anew) answers its own orders, and leaves them be.
     Basket.objects.filter(~Exists(newer), pk=basket.pk).update(last_placed_at=timezone.now(), last_results=results)

@@ -2,6 +2,7 @@
 
 import hashlib
 from datetime import datetime
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -456,6 +457,27 @@ def test_a_basket_placed_with_no_body_goes_to_its_own_accounts(api, account):
     response = api.generic("POST", f"/api/v1/baskets/{basket['id']}/place")  # no body at all
     assert response.status_code == 200, response.json()
     assert [row["account_id"] for row in response.json()] == [account.pk] and PaperOrder.objects.count() == 1
+
+
+def test_a_basket_items_refused_row_says_which_item_it_is(api, account):
+    """Two items alike but for their price (a ladder of limit buys); the account's order value limit
+    refuses the second. Its row said "BUY 10 INFY: order value above the limit", as the first's said
+    "BUY 10 INFY OPEN": the client could not tell which item was refused but by the rows' order, which
+    follows the accounts' labels, not what it sent. Each row names its item's number in the basket."""
+    account.max_order_value = Decimal("14500")
+    account.save()
+    ladder = [
+        {"tradingsymbol": "INFY", "side": "BUY", "quantity": 10, "order_type": "LIMIT", "price": price}
+        for price in ("1400", "1500")
+    ]
+    basket = post(api, "/api/v1/baskets", {"name": "Ladder", "account_ids": [account.pk], "items": ladder}).json()
+    rows = post(api, f"/api/v1/baskets/{basket['id']}/place", {}).json()
+    assert [(row["item"], row["status"], row["field"]) for row in rows] == [
+        (1, "OPEN", None),
+        (2, "INVALID", "quantity"),
+    ], rows
+    last = api.get(f"/api/v1/baskets/{basket['id']}").json()["last_results"]
+    assert [row["item"] for row in last] == [1, 2]
 
 
 def test_a_basket_placed_on_an_empty_list_of_accounts_places_nothing(api, trader, account):

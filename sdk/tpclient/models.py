@@ -258,6 +258,7 @@ class Placement:
     reason: str | None = None
     error: str | None = None
     field: str | None = None
+    item: int | None = None  # a basket's row: its item's number in the basket (1: the first)
 
 
 @dataclass(frozen=True)
