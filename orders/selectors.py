@@ -159,6 +159,12 @@ def strategy_of(user, pk) -> Strategy:
     return get_object_or_404(strategies_of(user), pk=pk)
 
 
+def signal_results(signal: StrategySignal, owner_id: int) -> list[dict]:
+    """A signal's result rows, each placed order's with its status and reason as they are now
+    (``basket_results``)."""
+    return _rows_now(signal.results, owner_id) if signal.results else signal.results
+
+
 def strategy_signals(strategy: Strategy, limit: int = 20) -> list[StrategySignal]:
     """A strategy's latest signals, each with ``rows``: its results with each placed order as it is
     now (``basket_results``): one its broker refused (or filled) since is not shown as answered then."""

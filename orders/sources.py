@@ -33,7 +33,7 @@ from brokers.services import sessions_live, sessions_ready
 from tradingplatform import background, locks
 from tradingplatform.db import PlainUpdates
 
-from . import services
+from . import selectors, services
 from .models import Basket, BasketItem, BasketRun, Order, ScheduledFire, ScheduledOrder, Strategy, StrategySignal
 
 logger = logging.getLogger(__name__)
@@ -1959,7 +1959,7 @@ def strategy_signal(
             raise _signal_id_reused()
         signal = _replayed(signal, sent, signals)
         if _answered(signal, strategy):
-            return signal, True
+            return _as_now(signal, actor), True
     if not strategy.is_active:
         held_back = _paused_repeat(actor, strategy, signal) if signal is not None else None
         if held_back is None:
@@ -2000,7 +2000,7 @@ def strategy_signal(
         except IntegrityError:  # the same id at the same moment: the other request places it
             signal, replayed = _replayed(signals.get(), payload, signals), True
             if _answered(signal, strategy):
-                return signal, True
+                return _as_now(signal, actor), True
             placed = _placed_by_signal(actor, signal)
     # A repeat of a signal whose first request stopped answers the orders that request wrote as
     # they stand, on whatever account (one taken off the strategy since, one whose multiplier
@@ -2053,6 +2053,14 @@ def _answered(signal: StrategySignal, strategy: Strategy) -> bool:
         return False
     unplaced = any(row.get("status") in ("FAILED", "UNKNOWN") and "order_id" not in row for row in signal.results)
     return not unplaced or not strategy.is_active
+
+
+def _as_now(signal: StrategySignal, actor) -> StrategySignal:
+    """A repeat's answer of a signal's results: each placed order as it is now, not as it was when
+    first answered (an entry that rested OPEN, cancelled or filled since, is not answered OPEN), as
+    a basket placement's repeat answers its orders and the strategy's page shows them."""
+    signal.results = selectors.signal_results(signal, actor.pk)
+    return signal
 
 
 PAUSED_UNPLACED = "Not placed: the strategy was paused; a repeat of the signal once it is live places it."

@@ -1173,6 +1173,23 @@ def test_webhook_places_once_and_refuses_forgeries_and_replays(client, strategy)
     assert PaperOrder.objects.count() == 1
 
 
+def test_a_replayed_signal_answers_its_orders_as_they_are_now(client, trader, strategy):
+    """A LIMIT entry rested OPEN and was cancelled since; the alert's retry (or the CLI's command
+    repeated to find out what the signal did) was answered "OPEN", the status recorded when it was
+    first placed, as if the entry were still working at the exchange. A replay answers each order
+    as it is now (as a basket placement's repeat, and the strategy's page, do), and places nothing."""
+    alert = {"order_type": "LIMIT", "price": "1400"}
+    first = webhook(client, strategy, **alert)
+    assert first.status_code == 201 and first.json()["results"][0]["status"] == "OPEN", first.json()
+    order = Order.objects.get(strategy=strategy)
+    services.order_cancel(order=order, actor=trader, cause="test")
+
+    again = webhook(client, strategy, **alert)
+    assert again.status_code == 200 and again.json()["replayed"] is True
+    assert [(row["order_id"], row["status"]) for row in again.json()["results"]] == [(order.pk, "CANCELLED")]
+    assert PaperOrder.objects.count() == 1
+
+
 def test_a_used_id_sent_with_another_signal_is_refused_and_places_nothing(client, strategy):
     """An alert that sends one fixed id for every signal: the first places, a true repeat answers
     with its results, and a different signal under that id is refused, saying so (409 on the id),
