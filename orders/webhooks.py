@@ -9,7 +9,8 @@ import json
 import logging
 from decimal import Decimal
 
-from django.core.exceptions import ValidationError
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -37,10 +38,16 @@ def strategy_signal(request, pk):
         response["Allow"] = "POST"
         return response
     try:
+        raw = request.body
+    except RequestDataTooBig:  # the sender's mistake (as the API answers it), not a 400 page of HTML
+        logger.warning("refused webhook for strategy %s from %s: body too large", pk, client_ip(request))
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return _error(413, "payload_too_large", f"The body is too large: at most {limit} bytes.")
+    try:
         # A number with a fraction as written (as the API reads it), never through a float:
         # "price": 1400.0000000000001 would become 1400.0 and pass the tick check it fails.
         # A key said twice is refused (as by the API): which side or price was meant is not ours to guess.
-        body = json.loads(request.body or b"{}", parse_float=Decimal, object_pairs_hook=unique_keys)
+        body = json.loads(raw or b"{}", parse_float=Decimal, object_pairs_hook=unique_keys)
         if not isinstance(body, dict):
             raise ValueError
     except RepeatedKey as exc:

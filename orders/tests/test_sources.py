@@ -1332,6 +1332,22 @@ def test_an_alert_with_many_keys_said_twice_is_refused_at_once(client, strategy)
     assert Key.compared < 10 * len(pairs)  # counting each key over the list: about 4 million
 
 
+def test_an_oversized_alert_is_413_in_the_error_shape(client, strategy, settings, caplog):
+    """An alert over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` was answered with Django's HTML "Bad Request
+    (400)" page, saying nothing of why, and logged as an error with its traceback: the JSON error
+    the webhook answers everything else with, 413 as the API's, saying how large a body may be."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    refused = webhook(client, strategy, symbol="NSE:INFY" + " " * 2000)
+    assert refused.status_code == 413 and refused["Content-Type"] == "application/json"
+    assert refused.json()["error"] == {
+        "code": "payload_too_large",
+        "message": "The body is too large: at most 1000 bytes.",
+        "field": None,
+    }
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not strategy.signals.exists() and not PaperOrder.objects.exists()
+
+
 def test_the_webhook_answers_other_methods_in_the_error_shape(client, strategy):
     response = client.get(f"/hooks/strategies/{strategy.pk}/")
     assert response.status_code == 405 and response["Allow"] == "POST"
