@@ -167,9 +167,42 @@ def signal_results(signal: StrategySignal, owner_id: int) -> list[dict]:
 
 def strategy_signals(strategy: Strategy, limit: int = 20) -> list[StrategySignal]:
     """A strategy's latest signals, each with ``rows``: its results with each placed order as it is
-    now (``basket_results``): one its broker refused (or filled) since is not shown as answered then."""
+    now (``basket_results``): one its broker refused (or filled) since is not shown as answered then.
+    A signal with no results recorded (its request still placing, or stopped before it recorded
+    them) has the orders it placed so far as its rows, and ``unrecorded`` set: not "nothing placed"
+    while an order of it stands."""
     signals = list(strategy.signals.all()[:limit])
     rows = _rows_now([row for signal in signals for row in signal.results], strategy.owner_id)
+    unrecorded = signals_placed([signal for signal in signals if not signal.results], strategy.owner_id)
     for signal in signals:
         signal.rows, rows = rows[: len(signal.results)], rows[len(signal.results) :]
+        signal.unrecorded = signal.pk in unrecorded
+        for account_pk, order in sorted(unrecorded.get(signal.pk, {}).items()):
+            signal.rows.append(
+                {
+                    "account_id": account_pk,
+                    "account": order.account.label,
+                    "order_id": order.pk,
+                    "reference": order.reference,
+                    "status": order.status,
+                    "reason": order.outcome_reason,
+                }
+            )
     return signals
+
+
+def signals_placed(signals, owner_id: int) -> dict[int, dict[int, Order]]:
+    """The orders each of ``signals`` wrote (under ``sources._signal_key``), by signal id and then
+    account id (one query; none for no signals). A signal that wrote none is not in it."""
+    prefixes = {f"{owner_id}:signal:{signal.pk}:": signal.pk for signal in signals}
+    if not prefixes:
+        return {}
+    keys = Q()
+    for prefix in prefixes:
+        keys |= Q(idempotency_key__startswith=prefix)
+    placed: dict[int, dict[int, Order]] = {}
+    for order in Order.objects.filter(keys).select_related("account", "instrument"):
+        prefix, _, account_pk = order.idempotency_key.rpartition(":")
+        if f"{prefix}:" in prefixes and account_pk.isdigit():
+            placed.setdefault(prefixes[f"{prefix}:"], {})[int(account_pk)] = order
+    return placed

@@ -2093,13 +2093,7 @@ def _signal_key(signal: StrategySignal, account_pk: int) -> str:
 
 def _placed_by_signal(actor, signal: StrategySignal) -> dict[int, Order]:
     """The orders a signal's requests wrote, by account id (one query)."""
-    prefix = f"{actor.pk}:signal:{signal.pk}:"  # ``_signal_key``'s, before the account
-    placed = {}
-    for order in Order.objects.filter(idempotency_key__startswith=prefix).select_related("account", "instrument"):
-        account_pk = order.idempotency_key.removeprefix(prefix)
-        if account_pk.isdigit():
-            placed[int(account_pk)] = order
-    return placed
+    return selectors.signals_placed([signal], actor.pk).get(signal.pk, {})
 
 
 def _signal_payload(instrument, side, quantity, order_type, product, price, trigger_price) -> dict | None:

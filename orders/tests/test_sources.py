@@ -1071,6 +1071,23 @@ def test_a_signal_whose_first_request_died_is_placed_by_its_retry_once(client, t
     assert PaperOrder.objects.count() == 2
 
 
+def test_the_strategys_page_shows_the_orders_of_a_signal_whose_request_died_before_its_results(
+    client, trader, strategy
+):
+    """The first delivery placed on one account and died before the other, before recording its
+    results. The strategy's page listed the signal as "no results recorded yet", on every visit,
+    while its order stood at the broker: read as nothing placed. It shows the orders the signal
+    placed, as they are now, and that its results were not all recorded (a repeat places the rest)."""
+    from django.urls import reverse
+
+    first, _second = died_before_the_second_account(client, trader, strategy)
+    order = Order.objects.get(strategy=strategy)
+    client.force_login(trader)
+    page = client.get(reverse("sources:strategy_detail", args=[strategy.pk])).content.decode()
+    assert order.reference in page and "FILLED" in page
+    assert "no results recorded yet" not in page and "not all recorded" in page
+
+
 def test_a_retry_of_a_signal_whose_first_request_died_after_a_pause_answers_what_it_placed(client, trader, strategy):
     """The first delivery placed on one account and died before the other; the trader then paused
     the strategy. The retry was refused, 422 "This strategy is paused.", naming no order, while the
