@@ -290,16 +290,32 @@ class AccountBroker:
         return self._change("cancel_order", broker_order_id)
 
     def _change(self, method: str, *args) -> None:
-        """A modify or cancel, sent once. A ``NetworkError`` from before it was sent (its session's
-        login timed out, or the login lock stayed busy) is no lost answer (the broker may have done
-        it): the broker cannot have it, ``NotSent``, as ``place_order`` tells the two apart."""
-        made = self.calls_made
-        try:
-            return self._once(ORDER_CALLS, method, *args)
-        except NetworkError as error:
-            if self.calls_made == made:
-                raise NotSent(f"not sent: {error}") from error
-            raise
+        """A modify or cancel, sent once, unless the broker turned it away before it took it: a
+        ``RateLimited`` or a ``BrokerUnavailable`` (a change whose answer may be lost is a plain
+        ``NetworkError``, as a Kite 5xx to one is) did nothing, so it is sent again after the wait, as
+        ``place_order`` sends an order again, and the last one is raised. A ``NetworkError`` from
+        before it was sent (its session's login timed out, or the login lock stayed busy) is no lost
+        answer (the broker may have done it): the broker cannot have it, ``NotSent``, as
+        ``place_order`` tells the two apart."""
+        for attempt in range(self.attempts):
+            made = self.calls_made
+            try:
+                return self._once(ORDER_CALLS, method, *args)
+            except RateLimited as error:
+                if attempt == self.attempts - 1 or self._too_long(error):
+                    raise
+                self.sleep(max(backoff_delay(attempt), error.retry_after))
+            except BrokerUnavailable as error:
+                if self.calls_made == made:
+                    raise NotSent(f"not sent: {error}") from error
+                if attempt == self.attempts - 1:
+                    raise
+                self.sleep(backoff_delay(attempt))
+            except NetworkError as error:
+                if self.calls_made == made:
+                    raise NotSent(f"not sent: {error}") from error
+                raise
+        raise AssertionError("unreachable")
 
     # --- reads ------------------------------------------------------------------------
     def find_by_tag(self, tag: str) -> BrokerOrder | None:

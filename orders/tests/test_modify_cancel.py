@@ -693,3 +693,36 @@ def test_a_modify_whose_answer_was_lost_is_not_left_as_an_error_to_send_again(tr
         assert answer.redirect_chain and answer.redirect_chain[-1][0] == reverse("orders:detail", args=[order.pk])
         said = " ".join(str(message) for message in answer.context["messages"])
     assert f"Change of {order.reference} sent, but the broker's answer was lost" in said
+
+
+@pytest.mark.parametrize("action", ["cancel", "modify"])
+@pytest.mark.parametrize("knob", ["rate_limit_per_s", "error_rate"])
+def test_a_change_the_broker_refused_before_taking_it_for_a_moment_is_sent_again(
+    trader, account, monkeypatch, action, knob
+):
+    """The broker turned the cancel (or the modify) away before it took it: a 429 (its rate limit),
+    or a 503 from the paper exchange. Nothing was done, so sending it again after the wait is safe,
+    as a placement is: the trader's cancel, or a step's cancel of an exit's other leg once one
+    filled, is not refused as "Could not reach the broker" (the other leg left live a minute, to
+    fill against a position gone), nor said to have had its answer lost."""
+    order = resting(trader, account)
+    real, refused = engine.faults_before, []
+
+    def once_refused(client, *, write=False, rng=None):
+        if write and not refused:  # as the knob does, once
+            refused.append(knob)
+            if knob == "rate_limit_per_s":
+                raise engine.RateLimitExceeded("Too many requests")
+            raise engine.ServerError("Service unavailable (error_rate knob)")
+        return real(client, write=write, rng=rng)
+
+    monkeypatch.setattr(engine, "faults_before", once_refused)
+    if action == "cancel":
+        services.order_cancel(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader")
+        assert at_broker(order).status == "CANCELLED"
+    else:
+        services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", price="1401")
+        assert at_broker(order).price == D("1401")
+    assert refused == [knob]
+    kinds = list(order.events.values_list("kind", flat=True))
+    assert f"{action}_failed" not in kinds and f"{action}_unknown" not in kinds, kinds
