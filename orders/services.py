@@ -282,6 +282,7 @@ def order_check(
     trigger_price=None,
     closing: bool = False,
     as_placed: bool = False,
+    modifying: Order | None = None,
 ) -> Checked:
     """Every rule an order must meet before it may be sent. Raises ValidationError naming the field.
     ``closing``: a strategy's exit of a position (its stop-loss or take-profit, or a trail of it),
@@ -289,7 +290,9 @@ def order_check(
     back: they cap what an order may open, and the position it closes passed them (its exit is
     worth more than the entry was when it is above the entry's price: a target, a short's stop, a
     stop trailed up). ``as_placed``: a modify of an order at its broker that does not raise its
-    quantity (its product is as it was placed: NRML on equity from before that was refused)."""
+    quantity (its product is as it was placed: NRML on equity from before that was refused).
+    ``modifying``: the order a modify changes; the quantity and order value limits refuse only what
+    it raises (a cut of an order placed before a limit was lowered opens less than it did)."""
     if account is None or account.owner_id != actor.pk:
         raise ValidationError({"account": "No such broker account."})
     if not account.is_active:
@@ -313,26 +316,39 @@ def order_check(
         raise ValidationError({"product": NRML_ON_EQUITY})
     if product not in account.allowed_products:
         raise ValidationError({"product": f"{product} is not allowed on {account.label}."})
-    if account.max_quantity is not None and quantity > account.max_quantity and not closing:
+    kept = modifying is not None and quantity <= modifying.quantity
+    if account.max_quantity is not None and quantity > account.max_quantity and not (closing or kept):
         raise ValidationError({"quantity": f"Above this account's limit of {account.max_quantity}."})
     if account.max_order_value is not None and not closing:
-        reference_price = price or trigger_price or instrument_last_price(instrument)
-        if not reference_price:
-            raise ValidationError({"instrument": "No last price to check this order's value against the limit."})
-        if side == "SELL" and order_type == "LIMIT":
-            # A sell limit below the market crosses on arrival and fills at the market, not at its
-            # limit: valued at its limit, it passed where the same order at MARKET is refused.
-            reference_price = max(reference_price, instrument_last_price(instrument) or 0)
-        elif side == "SELL" and order_type == "SL":
-            # A sell stop-loss limit's limit is at or below its trigger: once the price falls to the
-            # trigger it sells at the market there, as an SL-M does, not at its limit.
-            reference_price = trigger_price
-        value = reference_price * quantity
-        if value > account.max_order_value:
+        value = _order_value(instrument, side, order_type, quantity, price, trigger_price)
+        if value > account.max_order_value and (modifying is None or value > _value_of(modifying)):
             raise ValidationError(
                 {"quantity": f"Order value {value:.2f} is above this account's limit of {account.max_order_value}."}
             )
     return Checked(account, instrument, side, quantity, order_type, product, validity, price, trigger_price)
+
+
+def _order_value(instrument: Instrument, side: str, order_type: str, quantity: int, price, trigger_price) -> Decimal:
+    """What an order is worth against the account's order value limit (a ValidationError naming the
+    instrument when it has no last price to value it at)."""
+    reference_price = price or trigger_price or instrument_last_price(instrument)
+    if not reference_price:
+        raise ValidationError({"instrument": "No last price to check this order's value against the limit."})
+    if side == "SELL" and order_type == "LIMIT":
+        # A sell limit below the market crosses on arrival and fills at the market, not at its
+        # limit: valued at its limit, it passed where the same order at MARKET is refused.
+        reference_price = max(reference_price, instrument_last_price(instrument) or 0)
+    elif side == "SELL" and order_type == "SL":
+        # A sell stop-loss limit's limit is at or below its trigger: once the price falls to the
+        # trigger it sells at the market there, as an SL-M does, not at its limit.
+        reference_price = trigger_price
+    return reference_price * quantity
+
+
+def _value_of(order: Order) -> Decimal:
+    """An order's value against the limit, on its terms as they are (``_order_value``)."""
+    terms = (order.order_type, order.quantity, order.price, order.trigger_price)
+    return _order_value(order.instrument, order.side, *terms)
 
 
 def _closes_equity_nrml(account: BrokerAccount, instrument: Instrument, side: str, quantity: int) -> bool:
@@ -1348,6 +1364,7 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
             closes_position(order.role, order.parent_id) and not _raised(keep(quantity, order.quantity), order.quantity)
         ),
         as_placed=not _raised(keep(quantity, order.quantity), order.quantity),
+        modifying=order,
     )
     if checked.quantity <= order.filled_quantity:
         raise OrderActionRefused(f"{order.filled_quantity} are already filled.", field="quantity")

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
@@ -726,3 +727,26 @@ def test_a_change_the_broker_refused_before_taking_it_for_a_moment_is_sent_again
     assert refused == [knob]
     kinds = list(order.events.values_list("kind", flat=True))
     assert f"{action}_failed" not in kinds and f"{action}_unknown" not in kinds, kinds
+
+
+@pytest.mark.parametrize("limit", ["max_quantity", "max_order_value"])
+def test_a_cut_of_an_order_placed_before_its_accounts_limit_was_lowered_is_not_refused_for_it(trader, account, limit):
+    """10 rest at 1400 (14,000); staff then lower the account's limit to 5 (or 7,000). The trader
+    cuts the order to 8, or re-prices it lower: it opens less than it did, so the limit, which caps
+    what an order may open, does not refuse it (it refused every change of the order, the cut the
+    trader made to come within it too). A raise past the limit is still refused, naming the field."""
+    from accounts import services as account_services
+
+    order = resting(trader, account, quantity=10)
+    lowered = {"max_quantity": 5} if limit == "max_quantity" else {"max_order_value": D("7000")}
+    account_services.broker_account_update(account=account, actor=trader, **lowered)
+    services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", quantity=8)
+    services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", price="1390")
+    assert (at_broker(order).quantity, at_broker(order).price) == (8, D("1390"))
+    with pytest.raises(ValidationError) as refused:
+        services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", quantity=9)
+    assert "quantity" in refused.value.message_dict
+    if limit == "max_order_value":
+        with pytest.raises(ValidationError, match="above this account's limit"):
+            services.order_modify(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", price="1395")
+    assert (at_broker(order).quantity, at_broker(order).price) == (8, D("1390"))
