@@ -100,6 +100,14 @@ class PaperInstrumentAdmin(admin.ModelAdmin):
     search_fields = ("tradingsymbol", "name")
     # Set as the feed sets them (``engine.market_set``), when staff change one of them.
     QUOTE = ("last_price", "bid", "ask")
+    # What names it, to the platform (which loads and prices its instruments by exchange and symbol)
+    # and to every order: fixed once it exists. Renamed, the exchange knew none of what traders held
+    # (their exits rejected as unknown) and its ticks priced a symbol the platform did not have.
+    IDENTITY = ("instrument_token", "exchange_token", "exchange", "tradingsymbol")
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = super().get_readonly_fields(request, obj)
+        return readonly if obj is None else (*readonly, *self.IDENTITY)
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change=change, **kwargs)

@@ -694,3 +694,23 @@ def test_staff_setting_a_trailing_step_after_its_trader_removed_the_stop_loss_ar
     assert "trailing_step" in answer.context["adminform"].form.errors
     strategy.refresh_from_db()
     assert strategy.stop_loss is None and strategy.trailing_step is None
+
+
+def test_staff_cannot_rename_a_paper_instrument_a_trader_holds(staff_client, filled):
+    """Review: the paper exchange's instrument page let staff edit its symbol (and exchange and
+    tokens). INFY "corrected" to INFY-EQ there, the exchange knew no INFY: the exit of the 3 INFY
+    the trader held was rejected, and INFY's price stood still on the platform (the ticks name the
+    new symbol), so its unrealized PnL went stale. What names it at the exchange is fixed once it
+    exists, as the platform's instruments are; its prices, tick and lot are still set there."""
+    from brokers.paper.models import PaperInstrument
+
+    paper = PaperInstrument.objects.get(exchange="NSE", tradingsymbol="INFY")
+    change = reverse("admin:paper_paperinstrument_change", args=[paper.pk])
+    data = page_form_data(staff_client.get(change))
+    renamed = {"tradingsymbol": ["INFY-EQ"], "exchange": ["BSE"], "instrument_token": ["99"], "last_price": ["1450"]}
+    answer = staff_client.post(change, {**data, **renamed})
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    paper.refresh_from_db()
+    assert (paper.exchange, paper.tradingsymbol, paper.last_price) == ("NSE", "INFY", Decimal("1450"))
+    exit_ = place(filled.account.owner, filled.account, side="SELL", quantity=3)
+    assert exit_.status not in ("REJECTED", "FAILED"), exit_.reject_reason
