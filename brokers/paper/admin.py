@@ -66,6 +66,13 @@ class PaperClientAdmin(admin.ModelAdmin):
         ("Fault knobs", {"fields": FAULT_KNOBS}),
     )
 
+    def get_readonly_fields(self, request, obj=None):
+        # The id its broker accounts connect with (and the exchange tells its fills under): fixed once
+        # it exists, as a broker account's is. Changed, the account's next login made a new, empty
+        # client under the old id, the trader's orders and fills left with this one.
+        readonly = super().get_readonly_fields(request, obj)
+        return readonly if obj is None else (*readonly, "user_id")
+
     def save_model(self, request, obj, form, change):
         if not change:
             return super().save_model(request, obj, form, change)

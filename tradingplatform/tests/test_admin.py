@@ -714,3 +714,27 @@ def test_staff_cannot_rename_a_paper_instrument_a_trader_holds(staff_client, fil
     assert (paper.exchange, paper.tradingsymbol, paper.last_price) == ("NSE", "INFY", Decimal("1450"))
     exit_ = place(filled.account.owner, filled.account, side="SELL", quantity=3)
     assert exit_.status not in ("REJECTED", "FAILED"), exit_.reject_reason
+
+
+def test_staff_cannot_change_the_client_id_of_a_paper_client_traders_connect_with(staff_client, filled):
+    """Review: the paper exchange's client page let staff edit its client id, the one the trader's
+    account connects with. Changed, the account's next login made a new, empty client under the old
+    id: the trader's fills and orders (and the cash they had used) were another client's, their
+    book at the broker empty, and the exchange's fills told the platform under an id no account has.
+    It is fixed once it exists, as a broker account's is; the rest of the client is still set there."""
+    from brokers.paper.models import PaperClient
+
+    account = filled.account
+    paper = PaperClient.objects.get(user_id=account.client_id)
+    change = reverse("admin:paper_paperclient_change", args=[paper.pk])
+    data = page_form_data(staff_client.get(change))
+    answer = staff_client.post(change, {**data, "user_id": ["PAPER-O9"], "name": ["Renamed"]})
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    paper.refresh_from_db()
+    assert (paper.user_id, paper.name) == (account.client_id, "Renamed")
+
+    broker_services.session_expire(session=BrokerSession.objects.get(account=account, status="active"))
+    live = broker_services.session_live(account)  # logged in again
+    trades = broker_services.adapter_for(account, live.access_token).trades()
+    assert [trade.trade_id for trade in trades] == [filled.broker_trade_id]
+    assert PaperClient.objects.count() == 1
