@@ -19,8 +19,10 @@ class UserAdmin(DjangoUserAdmin):
     fieldsets = DjangoUserAdmin.fieldsets + (("Preferences", {"fields": ("timezone",)}),)
     list_display = ("username", "email", "is_staff", "is_active", "timezone", "last_login")
     # What grants permissions: only a superuser gives them. Staff who may change users (the desk)
-    # would otherwise tick "superuser" on themselves, or give themselves any permission refused them.
-    GRANTS = ("is_superuser", "groups", "user_permissions")
+    # would otherwise tick "superuser" on themselves, or give themselves any permission refused them;
+    # or tick "staff" on a trader, letting them into the admin, /metrics and the detailed readiness
+    # answer (and out of the desk's reach, ``_out_of_reach``).
+    GRANTS = ("is_staff", "is_superuser", "groups", "user_permissions")
 
     def get_readonly_fields(self, request, obj=None):
         readonly = super().get_readonly_fields(request, obj)

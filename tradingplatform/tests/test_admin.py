@@ -422,7 +422,9 @@ def test_staff_who_may_change_users_cannot_make_anyone_superuser_or_give_permiss
     """A desk member changing users (a trader's email, timezone, whether they may sign in) must not
     grant what they lack: ticking "superuser" or adding permissions, on themselves or anyone, would
     give them every permission the desk was refused (ending sessions, revoking keys, editing orders'
-    strategies). Nor may they change a superuser (whose password they could then set)."""
+    strategies), and ticking "staff" would let a trader into the admin, /metrics and the detailed
+    readiness answer (and out of the desk's reach). Nor may they change a superuser (whose password
+    they could then set)."""
     from accounts.models import User
 
     client = Client()
@@ -434,12 +436,13 @@ def test_staff_who_may_change_users_cannot_make_anyone_superuser_or_give_permiss
         data.pop("last_login", None)
         joined = data.pop("date_joined").split(" ")
         data.update({"date_joined_0": joined[0], "date_joined_1": joined[1][:8]})
-        data.update({"is_superuser": "on", "user_permissions": [str(pk) for pk in everything]})
+        data.update({"is_superuser": "on", "is_staff": "on", "user_permissions": [str(pk) for pk in everything]})
         answer = client.post(page, data)
         assert answer.status_code == 302, answer.context["adminform"].form.errors
-        target = User.objects.get(pk=target.pk)
+        was_staff, target = target.is_staff, User.objects.get(pk=target.pk)
         assert (
-            not target.is_superuser
+            target.is_staff == was_staff
+            and not target.is_superuser
             and not target.user_permissions.exclude(codename__in=["view_user", "change_user"]).exists()
         )
     password = reverse("admin:auth_user_password_change", args=[staff.pk])
