@@ -753,6 +753,7 @@ def test_the_instrument_dump_has_longer_than_a_calls_timeout_to_come_in(fake_kit
     # 20 pieces, each well within the read timeout, all of them past the call's.
     fake_kite.trickle, fake_kite.trickle_gap_s, fake_kite.trickle_bytes = {"GET": "body"}, 0.05, len(dump) // 19
     rows = adapter().instruments("NSE")
+    assert fake_kite.trickle_done.wait(timeout=30)  # the server's thread notes it after its last write
     [(sent, length)] = fake_kite.trickled
     assert sent == length
     assert len(rows) == dump.count(b"\n") - 1 and rows[0].tradingsymbol == "CENTRALBK-BE"
