@@ -282,7 +282,9 @@ def _record_failure(account: BrokerAccount, exc: BrokerError, *, actor=None) -> 
 
 
 def session_expire(*, session: BrokerSession, actor=None, ip: str | None = None) -> bool:
-    """End a session as expired; ``actor``: who ended it (staff in admin), None for its expiry."""
+    """End a session as expired; ``actor``: who ended it (staff in admin), None for its expiry.
+    One staff end is also logged out at the broker, as the trader's Disconnect is: staff end a
+    session whose token may have leaked, and Kite's would be good until 06:00."""
     if _end(session, BrokerSession.Status.EXPIRED, "ended by staff" if actor is not None else "expired"):
         audit_record(
             action=Action.BROKER_SESSION_EXPIRED,
@@ -291,8 +293,18 @@ def session_expire(*, session: BrokerSession, actor=None, ip: str | None = None)
             data={"session": session.pk},
             ip=ip,
         )
+        if actor is not None:
+            _broker_logout(session.account, session)
         return True
     return False
+
+
+def _broker_logout(account: BrokerAccount, session: BrokerSession) -> None:
+    """Log ``session``'s token out at its broker, already ended here; a failure is logged, not raised."""
+    try:
+        adapter_for(account, session.tokens.reveal()["access_token"]).logout()
+    except BrokerError:
+        logger.info("broker logout failed for account %s; the session is ended here anyway", account.pk)
 
 
 def sessions_expire_due() -> int:
@@ -420,10 +432,7 @@ def session_disconnect(*, account: BrokerAccount, actor) -> bool:
     if not _end(current, BrokerSession.Status.REVOKED, "disconnected by the trader"):
         return False
     audit_record(action=Action.BROKER_SESSION_LOGOUT, actor=actor, target=account)
-    try:
-        adapter_for(account, current.tokens.reveal()["access_token"]).logout()
-    except BrokerError:
-        logger.info("broker logout failed for account %s; the session is ended here anyway", account.pk)
+    _broker_logout(account, current)
     return True
 
 

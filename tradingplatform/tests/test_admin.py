@@ -20,6 +20,7 @@ from accounts.models import ApiKey, AuditLog
 from accounts.tests.factories import make_broker_account, make_user
 from brokers import services as broker_services
 from brokers.models import BrokerSession
+from brokers.paper.models import PaperToken
 from monitoring import cycle
 from monitoring.models import AccountRun, BrokerSnapshot, MonitoringRun
 from orders import services, sources
@@ -406,6 +407,8 @@ def test_a_session_staff_end_is_audited_as_theirs(staff_client, staff, account):
     staff_client.post(changelist, {"action": "end_sessions", "_selected_action": [live.session_id]})
     entry = AuditLog.objects.get(action=AuditLog.Action.BROKER_SESSION_EXPIRED, target_id=str(account.pk))
     assert entry.actor == staff and entry.ip == "127.0.0.1"
+    # Logged out at the broker too, as the trader's Disconnect is: a token that may have leaked dies.
+    assert PaperToken.objects.filter(kind="access", revoked_at__isnull=False).count() == 1
 
 
 @pytest.fixture
