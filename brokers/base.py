@@ -136,6 +136,10 @@ class BrokerOrder:
     # False while the broker is still validating the order or a change of it: its quantity, type
     # and prices may then be the old ones (Kite's book shows them until a modify is through).
     terms_settled: bool = True
+    # A stop order's trigger: False while it waits for it (Kite's TRIGGER PENDING), True once the
+    # market crossed it and the order is the plain one it became (its trigger can no longer be
+    # changed). None when the broker does not say, or the order is no stop.
+    triggered: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,21 @@ TERMS_IN_FLUX = frozenset(
 )
 
 
+def stop_triggered(data: dict) -> bool | None:
+    """Whether a stop order triggered (``BrokerOrder.triggered``): Kite's status is TRIGGER PENDING
+    until it does, OPEN after (UPDATE in a postback of a partial fill), COMPLETE once filled. A stop
+    is an SL / SL-M, or the plain order one became (the paper exchange's Kite face shows that, with
+    the trigger it had). None for a plain order, and for a status that does not say (a cancel, a
+    change being validated)."""
+    status = str(data.get("status") or "").upper()
+    if status == "TRIGGER PENDING":
+        return False
+    stop = data.get("order_type") in ("SL", "SL-M") or decimal(data.get("trigger_price")) > 0
+    if stop and (status in ("OPEN", "UPDATE", "COMPLETE") or int(data.get("filled_quantity") or 0) > 0):
+        return True
+    return None
+
+
 def retry_after_s(value: str | None, default: float = 1.0) -> float:
     """A ``Retry-After`` header as seconds to wait: delay seconds or an HTTP date (RFC 9110),
     a date past meaning now. What is neither (or no finite wait) is ``default``, never an error:
@@ -157,6 +172,7 @@ def to_order(data: dict) -> base.BrokerOrder:
         updated_at=parse_time(data.get("exchange_update_timestamp") or data.get("order_timestamp")),
         raw=data,
         terms_settled=str(data.get("status") or "").upper() not in TERMS_IN_FLUX,
+        triggered=stop_triggered(data),
     )
 
 

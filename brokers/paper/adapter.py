@@ -129,6 +129,18 @@ def broker_status(order: PaperOrder) -> str:
     return Status.PARTIALLY_FILLED if order.filled_quantity else Status.OPEN
 
 
+def stop_triggered(order: PaperOrder) -> bool | None:
+    """Whether a stop order triggered (``BrokerOrder.triggered``): one waiting is TRIGGER PENDING; one
+    that triggered is the LIMIT / MARKET it became, OPEN (or filled), and keeps its trigger. None for
+    a plain order, and for a stop cancelled or refused (the record does not say whether it had)."""
+    if order.status == PaperOrder.Status.TRIGGER_PENDING:
+        return False
+    stop = order.order_type in ("SL", "SL-M") or order.trigger_price > 0
+    if stop and (order.status in (PaperOrder.Status.OPEN, PaperOrder.Status.COMPLETE) or order.filled_quantity):
+        return True
+    return None
+
+
 def to_broker_order(order: PaperOrder) -> base.BrokerOrder:
     return base.BrokerOrder(
         broker_order_id=order.order_id,
@@ -150,6 +162,7 @@ def to_broker_order(order: PaperOrder) -> base.BrokerOrder:
         status_message=order.status_message or None,
         placed_at=order.placed_at,
         updated_at=order.updated_at,
+        triggered=stop_triggered(order),
     )
 
 

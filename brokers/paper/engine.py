@@ -1001,6 +1001,11 @@ def order_modify(
         raise InputException("Quantity cannot be less than the filled quantity.")
     if order.status == Status.OPEN and new_type in ("SL", "SL-M"):
         raise InputException("A triggered order cannot become a stop order again.")
+    # A stop that triggered is the plain order it became, with the trigger it had: a new trigger
+    # would be ignored (the order may fill at once at its limit), so it is refused, not taken quietly.
+    triggered = order.status == Status.OPEN and order.trigger_price > 0
+    if triggered and trigger_price not in (None, "") and 0 < Decimal(trigger_price) != order.trigger_price:
+        raise InputException("Trigger price cannot be modified as the stop order has already triggered.")
     if order.status == Status.TRIGGER_PENDING and new_type not in ("SL", "SL-M"):
         raise InputException("A pending stop order can only be modified as SL or SL-M.")
     _validate(
@@ -1037,7 +1042,9 @@ def order_modify(
     order.order_type = new_type
     order.quantity = new_quantity
     order.price = new_price if new_type in ("LIMIT", "SL") else Decimal(0)
-    order.trigger_price = new_trigger if new_type in ("SL", "SL-M") else Decimal(0)
+    # A triggered stop keeps its trigger: what says it was one (``adapter.stop_triggered``).
+    kept_trigger = order.trigger_price if triggered else Decimal(0)
+    order.trigger_price = new_trigger if new_type in ("SL", "SL-M") else kept_trigger
     # A larger quantity or a higher price needs the funds a new order would (this order's own
     # block is freed for it): a modify is no way around the funds check.
     open_quantity = new_quantity - order.filled_quantity

@@ -757,3 +757,45 @@ def test_the_instrument_dump_has_longer_than_a_calls_timeout_to_come_in(fake_kit
     [(sent, length)] = fake_kite.trickled
     assert sent == length
     assert len(rows) == dump.count(b"\n") - 1 and rows[0].tradingsymbol == "CENTRALBK-BE"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_is_trigger_pending_until_the_market_crosses_it_then_open_and_triggered(kite_on_face):
+    """Kite's status of a stop order is TRIGGER PENDING until it triggers and OPEN after: both are
+    an open order to the platform, told apart by ``triggered``, alike on the Kite face and in-process
+    (the paper exchange's triggered SL is the LIMIT it became, with the trigger it had). Its trigger
+    can no longer be changed then: the exchange refuses a new one rather than ignore it."""
+    from brokers.kite.adapter import stop_triggered
+    from brokers.paper.adapter import PaperBroker
+
+    client = PaperClient.objects.get(user_id="AB1234")
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=Decimal("1500"), bid="1499.9", ask="1500.1")
+    placed = engine.order_place(
+        client=client, exchange="NSE", tradingsymbol="INFY", transaction_type="BUY",
+        order_type="SL", trigger_price=Decimal("1510"), price=Decimal("1515"), quantity=1, product="MIS",
+    )  # fmt: skip
+    paper = PaperBroker(client_id="AB1234", access_token=engine.session_open(client=client)[0])
+    kite = AccountBroker(kite_on_face)
+    assert kite.order(placed.order_id).raw["status"] == "TRIGGER PENDING"
+    for broker in (paper, kite):
+        pending = broker.order(placed.order_id)
+        assert (pending.status, pending.triggered) == (Status.OPEN, False)
+
+    # Crossed: it is a LIMIT at 1515 now, under the market, so it rests.
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=Decimal("1520"), bid="1519.9", ask="1520.1")
+    assert kite.order(placed.order_id).raw["status"] == "OPEN"
+    for broker in (paper, kite):
+        triggered = broker.order(placed.order_id)
+        assert (triggered.status, triggered.triggered, triggered.filled_quantity) == (Status.OPEN, True, 0)
+    with pytest.raises(InputError, match="[Tt]rigger"):
+        kite.modify_order(placed.order_id, OrderChange(trigger_price=Decimal("1530")))
+    kite.modify_order(placed.order_id, OrderChange(price=Decimal("1516")))  # its price still changes
+    after = kite.order(placed.order_id)
+    assert (after.price, after.trigger_price, after.triggered) == (Decimal("1516"), Decimal("1510"), True)
+
+    # Kite's own samples: a real SL keeps its type once triggered; a plain order says nothing.
+    assert stop_triggered({"order_type": "SL", "status": "TRIGGER PENDING", "trigger_price": 10}) is False
+    assert stop_triggered({"order_type": "SL-M", "status": "OPEN", "trigger_price": 10}) is True
+    assert stop_triggered({"order_type": "SL", "status": "UPDATE", "trigger_price": 10, "filled_quantity": 1}) is True
+    assert stop_triggered({"order_type": "SL", "status": "CANCELLED", "trigger_price": 10}) is None
+    assert stop_triggered({"order_type": "LIMIT", "status": "OPEN", "trigger_price": 0}) is None
