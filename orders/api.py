@@ -136,6 +136,9 @@ class OrderOut(Schema):
     average_price: Decimal
     reject_kind: str
     reject_reason: str
+    triggered_at: datetime | None = Field(
+        ..., description="When the broker said this stop order (SL / SL-M) triggered: its trigger can no longer change."
+    )
     created_at: datetime
     updated_at: datetime
 

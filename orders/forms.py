@@ -156,6 +156,9 @@ class OrderModifyForm(forms.Form):
         # A stop order stays a stop order, a plain one plain (the broker's rule too).
         compatible = STOP_TYPES if order.order_type in STOP_TYPES else PLAIN_TYPES
         self.fields["order_type"].choices = [(value, label) for value, label in ORDER_TYPES if value in compatible]
+        if order.is_triggered:  # the broker holds it as the plain order it became (``services._modify``)
+            self.fields["trigger_price"].disabled = True
+            self.fields["trigger_price"].widget.attrs["title"] = "This stop has triggered: its trigger cannot change."
 
     def clean(self):
         # The order changed since the page showed it (a fill, a chase, another tab): what the trader

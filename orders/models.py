@@ -393,6 +393,9 @@ class Order(OrderSpec):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
+    # A stop order (SL / SL-M) the market triggered: when its broker first said so. It is then the
+    # plain order it became (LIMIT / MARKET) at its broker, whose trigger can no longer be changed.
+    triggered_at = models.DateTimeField(null=True, blank=True)
     # A strategy entry the monitoring cycle's exits no longer look at (``monitoring.cycle.EXITS_DONE``,
     # told in its timeline by that event): on the order's row, in an index, so that each minute's look
     # reads the entries still open, not every round trip the account ever closed.
@@ -450,6 +453,16 @@ class Order(OrderSpec):
     def pending_quantity(self) -> int:
         return self.quantity - self.filled_quantity if self.is_live else 0
 
+    @property
+    def is_triggered(self) -> bool:
+        """A stop order, at its broker still, that the market triggered: its trigger can no longer change."""
+        return self.triggered_at is not None and self.status in self.AT_BROKER
+
+    @property
+    def status_text(self) -> str:
+        """Its status as a trader reads it: "Open (triggered)" for a stop that triggered."""
+        return f"{self.get_status_display()} (triggered)" if self.is_triggered else self.get_status_display()
+
     ANSWER_LOST = "Sent, but the broker's answer was lost; it is being looked up by its reference (see the order book)."
 
     @property
@@ -484,6 +497,7 @@ class OrderEvent(AppendOnlyModel):
         "partially_filled": "Partly filled",
         "filled": "Filled",
         "fill": "Filled more",
+        "triggered": "Stop triggered",
         "updated": "Updated by the broker",
         "rejected": "Rejected",
         "failed": "Failed",

@@ -858,6 +858,7 @@ class _Answers:
             if answer is not None:
                 answer.quantity, answer.filled_quantity = order.quantity, order.filled_quantity
                 answer.broker_order_id, answer.status = order.broker_order_id, order.status
+                answer.order_type, answer.triggered_at = order.order_type, order.triggered_at
 
     def of(self, account: BrokerAccount, reference: str | None) -> SimpleNamespace | None:
         with self._lock:
@@ -996,7 +997,15 @@ def _submit(order: Order, cause: str, broker: AccountBroker | None, first=None) 
                 broker_order_id=placed.broker_order_id,
                 **{
                     name: getattr(order, name)
-                    for name in ("quantity", "filled_quantity", "average_price", "order_type", "price", "trigger_price")
+                    for name in (
+                        "quantity",
+                        "filled_quantity",
+                        "average_price",
+                        "order_type",
+                        "price",
+                        "trigger_price",
+                        "triggered_at",
+                    )
                 },
             )
             told_by = f"{broker_name(order)}'s " + ("book, by its tag" if placed.found_by_tag else "answer")
@@ -1343,6 +1352,10 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
     new_type = order_type or order.order_type
     if (new_type in ("SL", "SL-M")) != (order.order_type in ("SL", "SL-M")):
         raise OrderActionRefused("A stop order stays a stop order, a plain one plain.", field="order_type")
+    if order.triggered_at is not None and _decimal(trigger_price, "trigger_price") not in (None, order.trigger_price):
+        # The broker holds it as the plain order it became: a new trigger would be ignored, and the
+        # order may fill at once at a new limit the trader thought of as a stop's.
+        raise OrderActionRefused(TRIGGERED_REFUSAL, field="trigger_price")
     keep = lambda value, current: current if value in (None, "") else value  # noqa: E731
     if price not in (None, "") and new_type not in ("LIMIT", "SL"):
         raise ValidationError({"price": f"A {new_type} order takes no price."})
@@ -1673,7 +1686,25 @@ def _tells_more(order: Order, state) -> bool:
     target = BROKER_TO_ORDER[state.status]
     if target == OrderStatus.SUBMITTED and order.status == OrderStatus.SUBMITTED and order.broker_order_id:
         return False
-    return _moves_on(order, target) or state.filled_quantity > order.filled_quantity or not order.broker_order_id
+    return (
+        _moves_on(order, target)
+        or state.filled_quantity > order.filled_quantity
+        or not order.broker_order_id
+        or (order.status in Order.LIVE and _newly_triggered(order, state))
+    )
+
+
+def _newly_triggered(order, state) -> bool:
+    """Whether the broker says our stop order triggered and we have not recorded that yet."""
+    return (
+        getattr(state, "triggered", None) is True
+        and getattr(order, "order_type", None) in STOPS
+        and getattr(order, "triggered_at", None) is None
+    )
+
+
+TRIGGERED_MESSAGE = "its trigger was crossed: it is now a {} order at the broker; its trigger can no longer be changed"
+TRIGGERED_REFUSAL = "This stop has triggered; its trigger can no longer be changed (its price and quantity can)."
 
 
 ORDER_TYPE_NAMES = frozenset(name for name, _label in ORDER_TYPES)
@@ -1795,6 +1826,9 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
         "broker_order_id": order.broker_order_id or state.broker_order_id,
         **changed,
     }
+    triggered = _newly_triggered(order, state)
+    if triggered:  # written by the UPDATE the step makes anyway
+        fields["triggered_at"] = timezone.now()
     if target == OrderStatus.REJECTED:
         from brokers.errors import classify_rejection
 
@@ -1819,6 +1853,11 @@ def _state_step(order, state, *, cause: str, terms: bool = False) -> _Step | Non
         message = "; ".join(filter(None, [held, message]))
         if new_status == order.status and filled == order.filled_quantity:
             kind = "modified"
+    if triggered:
+        became = "LIMIT" if order.order_type == "SL" else "MARKET"
+        message = "; ".join(filter(None, [TRIGGERED_MESSAGE.format(became), message]))
+        if kind == "updated":
+            kind = "triggered"
     data = {}
     if changed and not ours:  # who changed what, for the steps that keep what the trader did by hand
         data[CHANGED_AT_BROKER] = {name: None if v is None else str(v) for name, v in changed.items()}

@@ -328,6 +328,46 @@ def test_a_modify_checks_the_trigger_against_the_price_band(trader, account):
         services.order_modify(order=order, actor=trader, cause="test", trigger_price=str(far))
 
 
+def test_a_stop_the_market_triggered_shows_triggered_and_its_trigger_is_no_longer_changed(trader, account, client):
+    """The paper exchange turns a triggered SL into the LIMIT it became: the order showed SL and
+    Open, and a trader who moved its trigger saw "Modified" while the exchange ignored the trigger
+    (the order could fill at once at the new limit). It shows triggered now, and a new trigger is
+    refused naming the field, nothing sent; its price still changes."""
+    from accounts import services as account_services
+
+    set_price("1500")
+    stop = place(trader, account, order_type="SL", trigger_price="1510", price="1515", quantity=1)
+    settle()
+    set_price("1520")  # crossed: a LIMIT at 1515 at the exchange, under the market, resting
+    settle()
+    services.orders_sync_account(account=account)
+    stop.refresh_from_db()
+    assert (stop.status, stop.order_type, stop.trigger_price) == ("OPEN", "SL", D("1510"))
+    assert stop.triggered_at is not None and stop.status_text == "Open (triggered)"
+    assert list(stop.events.filter(kind="triggered").values_list("to_status", flat=True)) == ["OPEN"]
+
+    with pytest.raises(services.OrderActionRefused, match="triggered") as refused:
+        services.order_modify(order=stop, actor=trader, cause="test", trigger_price="1530")
+    assert refused.value.field == "trigger_price"
+    assert at_broker(stop).modifications == 0 and stop.trigger_price == D("1510")
+    services.order_modify(order=stop, actor=trader, cause="test", price="1516")
+    assert (at_broker(stop).price, at_broker(stop).trigger_price) == (D("1516"), D("1510"))
+    services.orders_sync_account(account=account)  # told once
+    assert stop.events.filter(kind="triggered").count() == 1
+
+    client.force_login(trader)
+    assert "Open (triggered)" in client.get(reverse("orders:detail", args=[stop.pk])).content.decode()
+    _, secret = account_services.api_key_create(owner=trader, name="bot")
+    shown = client.get(f"/api/v1/orders/{stop.pk}", HTTP_AUTHORIZATION=f"Bearer {secret}").json()
+    assert shown["status"] == "OPEN" and shown["triggered_at"] is not None
+    moved = client.patch(
+        f"/api/v1/orders/{stop.pk}", {"trigger_price": "1530"}, content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )  # fmt: skip
+    assert (moved.status_code, moved.json()["error"]["field"]) == (409, "trigger_price"), moved.content
+    assert at_broker(stop).modifications == 1
+
+
 def test_a_market_order_kite_shows_as_the_limit_of_its_protection_stays_a_market_order(trader, account):
     set_price("1500")
     order = place(trader, account, quantity=2)  # MARKET

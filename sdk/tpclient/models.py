@@ -143,6 +143,9 @@ class Order:
     reject_reason: str
     created_at: datetime
     updated_at: datetime
+    # When the broker said this stop order (SL / SL-M) triggered (its trigger can no longer
+    # change); None for one not triggered, and from a server older than it.
+    triggered_at: datetime | None = None
 
     FINAL_STATUSES: typing.ClassVar[frozenset[str]] = frozenset({"FILLED", "CANCELLED", "REJECTED", "FAILED"})
 
