@@ -1579,10 +1579,13 @@ def _replacement_place(
 
 
 def _trailing_stops(**where):
+    # Not one that triggered: the broker holds it as the plain order it became, whose trigger can no
+    # longer change (``orders.services._modify`` refuses it; tried each minute it was refused each time).
     return Order.objects.filter(
         **where,
         role=Order.Role.STOP_LOSS,
         status__in=Order.AT_BROKER,
+        triggered_at__isnull=True,
         broker_order_id__isnull=False,
         strategy__trailing_step__isnull=False,
         parent__isnull=False,

@@ -470,6 +470,21 @@ def test_a_stop_loss_trails_favourable_moves_and_never_back(trader, account):
     assert stop.trigger_price == D("1500.10")
 
 
+def test_a_stop_loss_that_triggered_is_not_trailed(trader, account):
+    """A stop its broker said triggered (a MARKET not yet filled, a LIMIT resting) is the plain order
+    it became: its trigger can no longer change. The trail tried each minute, refused each time."""
+    stop = trailing_stop(trader, account)
+    Order.objects.filter(pk=stop.pk).update(triggered_at=timezone.now())
+    events = stop.events.count()
+    set_price("1512")  # two steps of 5 up: an untriggered stop would trail to 1500.10
+    for _ in range(2):
+        result = monitor(account)
+        assert not [action for action in result.actions if "trail" in action], result.actions
+    stop.refresh_from_db()
+    assert stop.trigger_price == D("1490.10") and stop.events.count() == events
+    assert PaperOrder.objects.get(order_id=stop.broker_order_id).modifications == 0
+
+
 def odd_step_stop(trader, account, step):
     """As ``trailing_stop`` (10 points under 1500.10: 1490.10), trailing in steps of ``step``, not
     a multiple of INFY's tick of 0.1."""
