@@ -1544,6 +1544,10 @@ def _cancel(order: Order, cause: str, *, by_trader: bool, data: dict | None) -> 
             logger.exception("could not reconcile %s after a refused cancel", order.reference)
         _reread(order)
         _note(order, "cancel_refused", cause=cause, message=error.message)
+        if by_trader and order.status == OrderStatus.CANCELLED:
+            # Cancelled already (the trader's own earlier cancel whose answer was lost, sent again;
+            # or the exchange closed it): what the trader asked for is done, and answered so.
+            return order
         raise OrderActionRefused(f"The broker refused to cancel: {error.message}") from error
     except BrokerError as error:
         raise _unanswered(order, "cancel", error, cause=cause) from error

@@ -528,6 +528,33 @@ def test_a_platform_cancel_refused_as_already_cancelled_is_the_platforms_if_its_
     assert services.cancel_asked_by_platform(order) is first_taken
 
 
+def test_a_traders_cancel_sent_again_after_the_first_took_answers_the_order_cancelled(
+    trader, kite_on_face, monkeypatch
+):
+    """The trader's cancel reached Kite but its answer was lost (or the page was slow), the exchange
+    closed the order, and the trader (or the SDK's retry) cancels again: Kite refuses it as already
+    cancelled. What the trader asked for is done, so the answer is the order, cancelled, not a
+    refusal (a 409 to an API client that then has to look the order up)."""
+    order = resting(trader, kite_on_face, quantity=3)
+    monkeypatch.setattr(KiteBroker, "cancel_order", lambda self, i: None)  # taken, not closed yet
+    services.order_cancel(order=order, actor=trader, cause="trader", by_trader=True)
+    monkeypatch.undo()
+    client = PaperClient.objects.get(user_id=kite_on_face.client_id)
+    engine.order_cancel(client=client, order_id=order.broker_order_id)  # the exchange closes it
+    monkeypatch.setattr(services, "CANCEL_PENDING_S", 0)
+    again = services.order_cancel(order=Order.objects.get(pk=order.pk), actor=trader, cause="trader", by_trader=True)
+    assert again.status == Order.Status.CANCELLED
+    assert again.events.filter(kind="cancel_refused").exists()  # what the broker said stays on record
+    # Refused because it filled (unheard: Kite tells no fills): a refusal still, the order filled.
+    filled = resting(trader, kite_on_face, quantity=3)
+    set_price("1390")
+    settle()
+    assert at_broker(filled).status == "COMPLETE"
+    with pytest.raises(services.OrderActionRefused, match="refused to cancel"):
+        services.order_cancel(order=Order.objects.get(pk=filled.pk), actor=trader, cause="trader", by_trader=True)
+    assert Order.objects.get(pk=filled.pk).status == Order.Status.FILLED
+
+
 def test_a_cancel_the_broker_closes_at_once_answers_and_pushes_what_filled_before_it(trader, account, monkeypatch):
     """The page (or an API client) read the order partly filled; more filled before its cancel
     took. The cancelled order it is answered with, and pushed to the pages, holds every fill."""
