@@ -8,6 +8,7 @@ from django import forms
 from accounts.selectors import broker_accounts_of
 from brokers.base import IST
 from brokers.models import Instrument
+from portfolio.selectors import holds_nrml_equity
 from tradingplatform import numbers
 from tradingplatform.forms import OneTimeTokenForm
 
@@ -17,13 +18,16 @@ PLAIN_TYPES = ("MARKET", "LIMIT")
 STOP_TYPES = ("SL", "SL-M")
 
 
-def product_choices(instrument: Instrument | None) -> list[tuple[str, str]]:
+def product_choices(instrument: Instrument | None, *, nrml_held: bool = False) -> list[tuple[str, str]]:
     """CNC is equity delivery and NRML derivatives' carry forward: equity offers delivery and
-    intraday, a derivative intraday and carry forward."""
+    intraday, a derivative intraday and carry forward. ``nrml_held``: the trader holds an NRML
+    position in the equity, taken before NRML was refused on it: NRML is offered too, as only an
+    NRML order closes it (the service refuses one that would open more)."""
     if instrument is None:
         return list(PRODUCTS)
-    other = "NRML" if instrument.instrument_type == "EQ" else "CNC"
-    return [(value, label) for value, label in PRODUCTS if value != other]
+    if instrument.instrument_type == "EQ":
+        return [(value, label) for value, label in PRODUCTS if value != "NRML" or nrml_held]
+    return [(value, label) for value, label in PRODUCTS if value != "CNC"]
 
 
 # Digits read as a whole number: more than an id or a quantity ever has is none (and int() reads
@@ -95,7 +99,8 @@ class OrderTicketForm(OneTimeTokenForm):
         super().__init__(*args, **kwargs)
         self.fields["account"].queryset = broker_accounts_of(user).filter(is_active=True)
         self.chosen_instrument = instrument_from(self["instrument"].value())
-        self.fields["product"].choices = product_choices(self.chosen_instrument)
+        held = holds_nrml_equity(user, self.chosen_instrument)
+        self.fields["product"].choices = product_choices(self.chosen_instrument, nrml_held=held)
         if not self.is_bound and self.chosen_instrument is not None:
             self.initial.setdefault("quantity", self.chosen_instrument.lot_size)
         self.initial.setdefault("quantity", 1)
@@ -103,12 +108,14 @@ class OrderTicketForm(OneTimeTokenForm):
     @classmethod
     def for_instrument(cls, user, instrument: Instrument, *, product=None, quantity=None) -> "OrderTicketForm":
         """The ticket's fields for a newly chosen instrument, keeping what still fits it."""
-        if product not in dict(product_choices(instrument)):
+        form = cls(user, initial={"instrument": instrument.pk})
+        if product not in dict(form.fields["product"].choices):
             product = "MIS"
         quantity = whole_number(quantity)
         if not quantity or quantity % instrument.lot_size:
             quantity = instrument.lot_size
-        return cls(user, initial={"instrument": instrument.pk, "product": product, "quantity": quantity})
+        form.initial.update(product=product, quantity=quantity)
+        return form
 
     @property
     def spec(self) -> dict:

@@ -43,6 +43,19 @@ def positions_of(user, *, open_only: bool = False) -> QuerySet[Position]:
     return positions.order_by("account__label", "account_id", "instrument__tradingsymbol", "product")
 
 
+def holds_nrml_equity(user, instrument) -> bool:
+    """Whether ``user`` holds a position of NRML on the equity ``instrument`` (long or short), one
+    taken before NRML was refused on equity: only an NRML order closes it (``orders.services``
+    takes one that closes at most what is held)."""
+    return (
+        instrument is not None
+        and instrument.instrument_type == "EQ"
+        and Position.objects.filter(account__owner=user, instrument=instrument, product="NRML")
+        .exclude(net_quantity=0)
+        .exists()
+    )
+
+
 @dataclass
 class AccountPnl:
     account: BrokerAccount

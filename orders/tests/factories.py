@@ -31,6 +31,14 @@ def place(actor, account, *, symbol="INFY", side="BUY", quantity=1, order_type="
     )
 
 
+def nrml_on_equity_as_taken_before(trader, account, **terms):
+    """An NRML order on equity placed when that was still taken (a position carried from then)."""
+    infy = instrument("INFY")
+    infy.instrument_type = "FUT"  # in memory only: spec_check's rule passed as it did before
+    terms = {"side": "BUY", "quantity": 10, "order_type": "MARKET", "source": "manual", "cause": "test", **terms}
+    return services.order_place(actor=trader, account=account, instrument=infy, product="NRML", **terms)
+
+
 _WRITTEN = itertools.count(1)
 
 

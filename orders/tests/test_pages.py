@@ -18,9 +18,10 @@ from accounts.tests.factories import make_broker_account
 from brokers.client import AccountBroker
 from brokers.errors import OutcomeUnknown
 from brokers.paper.models import PaperOrder
+from monitoring import cycle
 from orders import services
 from orders.models import Order
-from orders.tests.factories import instrument, place
+from orders.tests.factories import instrument, nrml_on_equity_as_taken_before, place
 
 D = Decimal
 
@@ -222,6 +223,26 @@ def test_a_future_is_placed_in_lots_as_nrml(trader_client, account):
 def test_equity_offers_delivery_and_intraday_but_no_carry_forward(trader_client, account):
     html = trader_client.get(reverse("orders:ticket"), {"instrument": instrument("INFY").pk}).content.decode()
     assert product_options(html) == ["CNC", "MIS"]
+
+
+def test_an_nrml_equity_position_held_from_before_the_rule_can_be_closed_from_the_ticket(
+    trader_client, trader, account
+):
+    """NRML is refused on equity, but a position taken in it before stays, and only a SELL NRML
+    closes it (an MIS sell opens a short beside it): the service takes that order, so the ticket
+    offers NRML on the equity such a position is held in, and places it."""
+    nrml_on_equity_as_taken_before(trader, account)
+    cycle.account_monitor(account=account)  # its fill in the position (NRML, 10)
+    infy = instrument("INFY")
+    html = trader_client.get(reverse("orders:ticket"), {"instrument": infy.pk}).content.decode()
+    assert product_options(html) == ["CNC", "MIS", "NRML"]
+    picked = trader_client.get(reverse("orders:instrument_pick", args=[infy.pk]), {"product": "NRML"})
+    assert re.search(r'<option value="NRML" selected>', picked.content.decode())
+    data = ticket_data(account, side="SELL", quantity="10", product="NRML")
+    response = trader_client.post(reverse("orders:ticket"), data)
+    assert response.status_code == 302, response.context["form"].errors
+    closing = Order.objects.latest("pk")
+    assert (closing.side, closing.product, closing.status) == ("SELL", "NRML", Order.Status.FILLED)
 
 
 def test_a_broker_rejection_shows_its_reason(trader_client, account):

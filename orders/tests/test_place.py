@@ -23,7 +23,7 @@ from monitoring import cycle, presence
 from monitoring.tasks import monitor_account
 from orders import services
 from orders.models import Order, OrderEvent
-from orders.tests.factories import place
+from orders.tests.factories import nrml_on_equity_as_taken_before, place
 from portfolio.models import Position
 from tradingplatform.testing import requires_redis
 
@@ -177,16 +177,6 @@ def test_an_exit_of_a_position_is_not_refused_by_the_order_value_limit(trader, a
     assert PaperOrder.objects.get(order_id=target.broker_order_id).price == D("1610")
     with pytest.raises(ValidationError, match="Order value"):  # an entry is still held to it
         place(trader, account, quantity=11)
-
-
-def nrml_on_equity_as_taken_before(trader, account, **terms):
-    """An NRML order on equity placed when that was still taken (a position carried from then)."""
-    from brokers.models import Instrument
-
-    infy = Instrument.objects.get(exchange="NSE", tradingsymbol="INFY")
-    infy.instrument_type = "FUT"  # in memory only: spec_check's rule passed as it did before
-    terms = {"side": "BUY", "quantity": 10, "order_type": "MARKET", "source": "manual", "cause": "test", **terms}
-    return services.order_place(actor=trader, account=account, instrument=infy, product="NRML", **terms)
 
 
 def test_an_nrml_equity_position_held_from_before_the_rule_can_still_be_closed_and_its_orders_moved(trader, account):
