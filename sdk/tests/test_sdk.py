@@ -233,6 +233,34 @@ def test_an_instrument_search_answered_with_something_else_is_an_error_not_a_tra
     assert result.code == 1 and result.err.startswith("error: ") and "Traceback" not in result.err
 
 
+class OrderAnsweredInAnotherFormat(Recorder):
+    """A server (a newer version, a proxy rewriting it) answers an order placed with a value the
+    client cannot read as its type (a time that is not ISO 8601), after the order was placed."""
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method == "POST" and request.url.endswith("/orders"):
+            body = json.loads(response.content)
+            body["created_at"] = "7 Dec 2026, 11:05 AM"
+            response._content = json.dumps(body).encode()
+        return response
+
+
+def test_an_order_answered_with_a_value_the_client_cannot_read_is_an_error_not_a_traceback(env, tp, monkeypatch):
+    """from_json let the conversion's ValueError through: place_order raised a bare ValueError
+    (no ApiError), and `tp orders place` ended with a traceback, not saying the order may have been
+    placed nor which --key repeats it safely; a rerun without it placed a second order."""
+    mount(env.client, OrderAnsweredInAnotherFormat())
+    with pytest.raises(ApiError) as error:
+        env.client.place_order(env.account.pk, "INFY", "BUY", 1)
+    assert error.value.code == "unexpected_answer" and "created_at" in error.value.message
+    lossy_cli(monkeypatch, OrderAnsweredInAnotherFormat)
+    result = tp("orders", "place", "--account", str(env.account.pk), "--symbol", "INFY", "--side", "BUY", "--qty", "1")
+    assert result.code == 1 and result.err.startswith("error: ") and "Traceback" not in result.err
+    assert "may have been placed" in result.err and "--key" in result.err
+    assert Order.objects.count() == 2
+
+
 def test_base_url_may_include_the_api_root(env):
     client = Client(env.url + "/api/v1/", env.key)
     assert client.base_url == env.url + "/api/v1"

@@ -432,7 +432,8 @@ def from_json(cls: type[T], data: dict) -> T:
     """Build the dataclass ``cls`` from the API's JSON object (unknown keys are ignored, a field an
     older server does not send is None). An answer that is not such an object (a list, another
     page's JSON behind a proxy, none of its fields) is an ``ApiError`` (code ``unexpected_answer``):
-    never an object of Nones taken for, say, an order placed."""
+    never an object of Nones taken for, say, an order placed; nor is one with a value that is not of
+    its field's type."""
     fields = dataclasses.fields(cls)
     if not isinstance(data, dict) or not any(f.name in data for f in fields):
         shape = (
@@ -445,7 +446,17 @@ def from_json(cls: type[T], data: dict) -> T:
     kwargs = {}
     for f in fields:
         if f.name in data:
-            kwargs[f.name] = _convert(data[f.name], hints[f.name])
+            try:
+                kwargs[f.name] = _convert(data[f.name], hints[f.name])
+            except (ValueError, TypeError) as error:
+                # A value not of its type (a time not in ISO 8601, a price that is no number): the
+                # answer is not one this client reads, said as such, not a ValueError (a traceback
+                # in ``tp``, which then cannot say that what was asked may have been done).
+                raise ApiError(
+                    f"The server's answer is not a {cls.__name__} its client reads "
+                    f"({f.name}: {str(data[f.name])[:100]!r}: {error}).",
+                    code="unexpected_answer",
+                ) from None
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             kwargs[f.name] = None  # a field this server does not send
     return cls(**kwargs)
