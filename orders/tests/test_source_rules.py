@@ -302,6 +302,19 @@ def test_an_edit_after_todays_run_does_not_place_again_today(trader, account):
     assert edited.next_run_at.astimezone(IST).date() == later_today.date()
 
 
+def tokyo_at_eight(trader, account, *, weekdays):
+    """A chosen-weekdays order at 08:00 in Tokyo."""
+    return make_scheduled(
+        trader,
+        account,
+        recurrence="weekdays",
+        weekdays=weekdays,
+        run_on=None,
+        time_of_day=time(8, 0),
+        timezone_name="Asia/Tokyo",
+    )
+
+
 def test_moving_a_weekday_orders_zone_after_todays_run_does_not_place_again_that_day(trader, account, monkeypatch):
     """A Mondays order at 08:00 in Tokyo placed on Monday 7 December 2026 (Sunday 23:00 UTC). At
     10:00 in Tokyo the trader moves it to 09:00 in London, where it is still Sunday 01:00 when the
@@ -310,15 +323,7 @@ def test_moving_a_weekday_orders_zone_after_todays_run_does_not_place_again_that
     tokyo = ZoneInfo("Asia/Tokyo")
     london = ZoneInfo("Europe/London")
     monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 5, 12, 0, tzinfo=UTC))
-    row = make_scheduled(
-        trader,
-        account,
-        recurrence="weekdays",
-        weekdays=[0],
-        run_on=None,
-        time_of_day=time(8, 0),
-        timezone_name="Asia/Tokyo",
-    )
+    row = tokyo_at_eight(trader, account, weekdays=[0])
     assert f"{row.next_run_at.astimezone(tokyo):%a %d %H:%M}" == "Mon 07 08:00"
     ScheduledFire.objects.create(scheduled=row, due_at=row.next_run_at, status="placed")
     monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 7, 1, 0, tzinfo=UTC))  # Monday 10:00 in Tokyo
@@ -341,15 +346,7 @@ def test_moving_a_weekday_orders_zone_twice_after_todays_run_does_not_place_agai
     A run's day is the one it was placed on as the order then was (Tokyo's Monday)."""
     new_york = ZoneInfo("America/New_York")
     monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 5, 12, 0, tzinfo=UTC))
-    row = make_scheduled(
-        trader,
-        account,
-        recurrence="weekdays",
-        weekdays=[0],
-        run_on=None,
-        time_of_day=time(8, 0),
-        timezone_name="Asia/Tokyo",
-    )
+    row = tokyo_at_eight(trader, account, weekdays=[0])
     assert len(sources.scheduled_claim_due(now=row.next_run_at)) == 1
     ScheduledFire.objects.filter(scheduled=row).update(status="placed")
     monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 7, 1, 0, tzinfo=UTC))  # Monday 10:00 in Tokyo
@@ -366,15 +363,7 @@ def test_a_run_kept_by_a_zone_edit_counts_as_the_new_zones_day(trader, account, 
     run as Tokyo's Monday and skip London's Monday."""
     london = ZoneInfo("Europe/London")
     monkeypatch.setattr(timezone, "now", lambda: datetime(2026, 12, 6, 0, 0, tzinfo=UTC))
-    row = make_scheduled(
-        trader,
-        account,
-        recurrence="weekdays",
-        weekdays=[0, 6],
-        run_on=None,
-        time_of_day=time(8, 0),
-        timezone_name="Asia/Tokyo",
-    )
+    row = tokyo_at_eight(trader, account, weekdays=[0, 6])
     due = datetime(2026, 12, 6, 23, 0, tzinfo=UTC)
     assert row.next_run_at == due
     assert len(sources.scheduled_claim_due(now=due)) == 1
