@@ -108,15 +108,16 @@ TERMS_IN_FLUX = frozenset(
 
 def stop_triggered(data: dict) -> bool | None:
     """Whether a stop order triggered (``BrokerOrder.triggered``): Kite's status is TRIGGER PENDING
-    until it does, OPEN after (UPDATE in a postback of a partial fill), COMPLETE once filled. A stop
-    is an SL / SL-M, or the plain order one became (the paper exchange's Kite face shows that, with
-    the trigger it had). None for a plain order, and for a status that does not say (a cancel, a
-    change being validated)."""
+    until it does, OPEN after, COMPLETE once filled; any fill says so. A stop is an SL / SL-M, or
+    the plain order one became (the paper exchange's Kite face shows that, with the trigger it
+    had). None for a plain order, and for a status that does not say: a cancel, a change being
+    validated, and a postback's UPDATE with nothing filled, which Kite sends for a modify of a
+    stop still pending too."""
     status = str(data.get("status") or "").upper()
     if status == "TRIGGER PENDING":
         return False
     stop = data.get("order_type") in ("SL", "SL-M") or decimal(data.get("trigger_price")) > 0
-    if stop and (status in ("OPEN", "UPDATE", "COMPLETE") or int(data.get("filled_quantity") or 0) > 0):
+    if stop and (status in ("OPEN", "COMPLETE") or int(data.get("filled_quantity") or 0) > 0):
         return True
     return None
 

@@ -797,5 +797,7 @@ def test_a_stop_is_trigger_pending_until_the_market_crosses_it_then_open_and_tri
     assert stop_triggered({"order_type": "SL", "status": "TRIGGER PENDING", "trigger_price": 10}) is False
     assert stop_triggered({"order_type": "SL-M", "status": "OPEN", "trigger_price": 10}) is True
     assert stop_triggered({"order_type": "SL", "status": "UPDATE", "trigger_price": 10, "filled_quantity": 1}) is True
+    # Kite's UPDATE postback of a modify of a stop still pending says nothing of its trigger.
+    assert stop_triggered({"order_type": "SL", "status": "UPDATE", "trigger_price": 10}) is None
     assert stop_triggered({"order_type": "SL", "status": "CANCELLED", "trigger_price": 10}) is None
     assert stop_triggered({"order_type": "LIMIT", "status": "OPEN", "trigger_price": 0}) is None
