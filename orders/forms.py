@@ -163,9 +163,14 @@ class OrderModifyForm(forms.Form):
         # A stop order stays a stop order, a plain one plain (the broker's rule too).
         compatible = STOP_TYPES if order.order_type in STOP_TYPES else PLAIN_TYPES
         self.fields["order_type"].choices = [(value, label) for value, label in ORDER_TYPES if value in compatible]
-        if order.is_triggered:  # the broker holds it as the plain order it became (``services._modify``)
-            self.fields["trigger_price"].disabled = True
-            self.fields["trigger_price"].widget.attrs["title"] = "This stop has triggered: its trigger cannot change."
+        # The broker holds a triggered stop as the plain order it became: its trigger and type are
+        # shown fixed. Not when sent: a form shown before it triggered has its change refused by
+        # ``services._modify``, naming the field, not dropped as a disabled field's would be.
+        if order.is_triggered and not self.is_bound:
+            self.fields["order_type"].choices = [(order.order_type, order.get_order_type_display())]
+            for name, what in (("trigger_price", "trigger"), ("order_type", "order type")):
+                self.fields[name].disabled = True
+                self.fields[name].widget.attrs["title"] = f"This stop has triggered: its {what} cannot change."
 
     def clean(self):
         # The order changed since the page showed it (a fill, a chase, another tab): what the trader

@@ -1356,6 +1356,9 @@ def _modify(order: Order, actor, cause: str, *, quantity, price, trigger_price, 
         # The broker holds it as the plain order it became: a new trigger would be ignored, and the
         # order may fill at once at a new limit the trader thought of as a stop's.
         raise OrderActionRefused(TRIGGERED_REFUSAL, field="trigger_price")
+    if order.triggered_at is not None and new_type != order.order_type:
+        # SL to SL-M (or back) is a new trigger's kind: the broker holds the plain order it became.
+        raise OrderActionRefused(TRIGGERED_TYPE_REFUSAL, field="order_type")
     keep = lambda value, current: current if value in (None, "") else value  # noqa: E731
     if price not in (None, "") and new_type not in ("LIMIT", "SL"):
         raise ValidationError({"price": f"A {new_type} order takes no price."})
@@ -1709,6 +1712,9 @@ def _newly_triggered(order, state) -> bool:
 
 TRIGGERED_MESSAGE = "its trigger was crossed: it is now a {} order at the broker; its trigger can no longer be changed"
 TRIGGERED_REFUSAL = "This stop has triggered; its trigger can no longer be changed (its price and quantity can)."
+TRIGGERED_TYPE_REFUSAL = (
+    "This stop has triggered; its order type can no longer be changed (its price and quantity can)."
+)
 
 
 ORDER_TYPE_NAMES = frozenset(name for name, _label in ORDER_TYPES)

@@ -350,6 +350,9 @@ def test_a_stop_the_market_triggered_shows_triggered_and_its_trigger_is_no_longe
         services.order_modify(order=stop, actor=trader, cause="test", trigger_price="1530")
     assert refused.value.field == "trigger_price"
     assert at_broker(stop).modifications == 0 and stop.trigger_price == D("1510")
+    with pytest.raises(services.OrderActionRefused, match="triggered") as refused:
+        services.order_modify(order=stop, actor=trader, cause="test", order_type="SL-M")
+    assert refused.value.field == "order_type" and at_broker(stop).modifications == 0
     services.order_modify(order=stop, actor=trader, cause="test", price="1516")
     assert (at_broker(stop).price, at_broker(stop).trigger_price) == (D("1516"), D("1510"))
     services.orders_sync_account(account=account)  # told once

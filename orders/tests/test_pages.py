@@ -770,6 +770,24 @@ def test_inline_modify_of_an_order_closed_meanwhile_answers_with_its_row_not_a_f
     assert PaperOrder.objects.get(order_id=order.broker_order_id).quantity == 2
 
 
+def test_a_triggered_stops_trigger_is_shown_fixed_and_a_form_from_before_is_refused_not_dropped(
+    trader_client, trader, account
+):
+    """A triggered stop's form shows its trigger and type fixed. A form shown before it triggered
+    and sent after, with a new trigger, is answered with the refusal on that field: a disabled
+    field's value would have been dropped, and the trader told "Nothing to change"."""
+    order = resting_order(trader, account, order_type="SL", price="1605", trigger_price="1600")
+    url = reverse("orders:modify", args=[order.pk])
+    shown = shown_form(trader_client.get(url, HTTP_HX_REQUEST="true").content.decode(), url)
+    Order.objects.filter(pk=order.pk).update(triggered_at=timezone.now())  # as a sync records it
+    opened = trader_client.get(url, HTTP_HX_REQUEST="true").content.decode()
+    assert re.search(r'<select name="order_type"[^>]*disabled', opened)
+    assert re.search(r'<input[^>]*name="trigger_price"[^>]*disabled', opened)
+    sent = trader_client.post(url, {**shown, "trigger_price": "1601"}, HTTP_HX_REQUEST="true").content.decode()
+    assert "This stop has triggered; its trigger can no longer be changed" in sent
+    assert PaperOrder.objects.get(order_id=order.broker_order_id).trigger_price == D("1600")
+
+
 def test_a_filtered_book_takes_new_orders_out_of_sight(trader_client, trader, account):
     resting_order(trader, account)
     plain = trader_client.get(reverse("orders:book")).content.decode()
