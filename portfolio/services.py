@@ -428,13 +428,13 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
             # The latest of them all, with its ids (a position written before they were kept has its
             # second only, which must not be kept: a later fill of that second would not replay it).
             latest = fifo_order(*every[-1][:3])
+            latest_price = every[-1][5]
         else:
             state = PositionState.from_dict(position.fifo) if position.fifo else PositionState()
             state.apply_many((fill.side, fill.quantity, fill.price) for fill in new)
             latest = max(applied_until, _fifo_key(new[-1])) if applied_until is not None else _fifo_key(new[-1])
-        # The market's latest price where it was read with the lock (the fast path), else the
-        # position's own, else the fill's.
-        last = getattr(position, "market_price", None) or position.last_price or new[-1].price
+            latest_price = new[-1].price
+        last = _valued_at(position, latest[0], latest_price)
         position.fifo = {**state.to_dict(), LAST_FILLED_AT: latest[0].isoformat(), LAST_FILL: list(latest[2:])}
         position.net_quantity = state.net_quantity
         position.average_price = state.average_price
@@ -452,6 +452,20 @@ def _apply(positions: dict[tuple, Position], trades: list[Trade]) -> list[Trade]
             position.last_price, position.unrealized_pnl = market, state.unrealized_pnl(market)
             _position_write(position, ["last_price", "unrealized_pnl"])
     return sorted(applied, key=lambda trade: (trade.filled_at, trade.pk))
+
+
+def _valued_at(position: Position, filled_at: datetime, price: Decimal) -> Decimal:
+    """The price a position whose latest fill is ``price`` at ``filled_at`` is valued at: the
+    market's latest where it was read with the lock (the fast path), else the position's own last
+    price, unless the fill is newer than it (the row was last written, so last priced, before the
+    fill: a position closed days ago and reopened by a run that could not read prices would be
+    valued at its old mark), else the fill's."""
+    market = getattr(position, "market_price", None)
+    if market:
+        return market
+    if position.last_price and position.updated_at and position.updated_at >= filled_at:
+        return position.last_price
+    return price
 
 
 def trades_record_each(

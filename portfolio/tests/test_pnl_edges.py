@@ -216,3 +216,26 @@ def test_a_replay_of_a_position_written_before_fill_ids_were_kept_keeps_the_late
     services.trades_record_many([(account, [tied(13, "SELL", 10, "130", seconds=1)])])
     position.refresh_from_db()
     assert (position.realized_pnl, position.net_quantity, position.average_price) == (D("300"), 20, D("115"))
+
+
+def test_a_position_reopened_by_a_run_that_could_not_read_prices_is_valued_at_its_fill_not_an_old_mark(account):
+    """Closed last week, last marked then at 100; today's BUY 10 @ 150 is recorded by a run whose
+    prices could not be read (a quote limit): no mark follows, so the fill's price, newer than the
+    position's last valuation, is its last price, not last week's (unrealized -500 and a dip in the
+    chart's snapshot, for a position bought a moment ago)."""
+    week_ago = -7 * 24 * 3600
+    services.trades_record(
+        account=account,
+        broker_trades=[fill("1", "BUY", 10, "90", seconds=week_ago), fill("2", "SELL", 10, "95", seconds=week_ago + 1)],
+    )
+    services.positions_mark(account=account, last_prices={("NSE", "INFY"): D("100")})
+    Position.objects.update(updated_at=timezone.now() + timedelta(seconds=week_ago + 2))
+    services.trades_record(account=account, broker_trades=[fill("3", "BUY", 10, "150", seconds=-5)])
+    position = Position.objects.get(account=account)
+    assert (position.last_price, position.unrealized_pnl, position.realized_pnl) == (D("150"), 0, D("50"))
+    assert services.pnl_snapshot(account=account).unrealized == 0
+    # A mark newer than a fill recorded late stays: the fill's price is older than it.
+    services.positions_mark(account=account, last_prices={("NSE", "INFY"): D("160")})
+    services.trades_record(account=account, broker_trades=[fill("4", "BUY", 10, "140", seconds=-60)])
+    position.refresh_from_db()
+    assert (position.last_price, position.unrealized_pnl) == (D("160"), 10 * 10 + 20 * 10)
