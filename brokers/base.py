@@ -35,6 +35,20 @@ def instrument_expired(instrument, today: date | None = None) -> bool:
     return expiry is not None and expiry < (today or ist_today())
 
 
+# Zerodha blocks stop-loss market (SL-M) orders on F&O option contracts (an illiquid strike's
+# market order can fill far from its trigger): a stop on an option is an SL, with a limit price.
+OPTION_EXCHANGES = frozenset({"NFO", "BFO"})
+OPTION_TYPES = frozenset({"CE", "PE"})
+STOP_MARKET_BLOCKED = "SL-M orders are blocked for F&O option contracts; use an SL (stop-loss limit) order instead."
+
+
+def stop_market_allowed(instrument) -> bool:
+    """Whether an SL-M order may be placed on ``instrument`` (anything with an ``exchange`` and an
+    ``instrument_type``: the platform's instrument or the paper exchange's): not on an option of
+    NFO or BFO, as Kite refuses it there."""
+    return not (instrument.exchange in OPTION_EXCHANGES and instrument.instrument_type in OPTION_TYPES)
+
+
 # Exchanges whose quantities are lots of a contract multiplier (Kite's MCX, CDS and BCD: 1 lot
 # of LEADMINI is 1000 kg). The platform's PnL is price x quantity, so it neither trades them nor
 # records their fills until it keeps each contract's multiplier.

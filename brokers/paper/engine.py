@@ -33,7 +33,7 @@ from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Q
 from django.utils import timezone
 
-from brokers.base import IST, instrument_expired, next_morning_expiry
+from brokers.base import IST, STOP_MARKET_BLOCKED, instrument_expired, next_morning_expiry, stop_market_allowed
 from brokers.markets import day_start, trading_date
 from tradingplatform.db import PlainInserts, PlainRows
 
@@ -810,6 +810,8 @@ def _judged(order: PaperOrder, *, cover: SellCover | None, available, rng) -> De
         if needs_funds and order.product == "CNC":
             raise _cnc_refusal(order.instrument, order.quantity, cover)
     rejection = _band_violation(order.instrument, order.price, order.trigger_price)
+    if order.order_type == "SL-M" and not stop_market_allowed(order.instrument):
+        rejection = STOP_MARKET_BLOCKED  # as Kite's RMS refuses it: the order is REJECTED, not an input error
     if rejection is None and order.order_type == "MARKET":
         rejection = _no_market_price(order)
     if rejection is None and needs_funds:
@@ -1008,6 +1010,8 @@ def order_modify(
         raise InputException("Trigger price cannot be modified as the stop order has already triggered.")
     if order.status == Status.TRIGGER_PENDING and new_type not in ("SL", "SL-M"):
         raise InputException("A pending stop order can only be modified as SL or SL-M.")
+    if new_type == "SL-M" and not stop_market_allowed(order.instrument):
+        raise InputException(STOP_MARKET_BLOCKED)
     _validate(
         order.instrument,
         side=order.transaction_type,

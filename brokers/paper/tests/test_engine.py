@@ -236,6 +236,26 @@ def test_a_modify_to_market_on_an_instrument_with_no_price_is_refused(client):
     assert not PaperTrade.objects.exists()
 
 
+OPTION = {"symbol": "NIFTY26DEC26000CE", "exchange": "NFO", "product": "NRML", "quantity": 75}
+
+
+def test_an_sl_m_order_on_an_option_is_rejected_as_kite_rejects_it(client):
+    """Kite blocks stop-loss market orders on F&O options (an SL, with a limit price, is taken);
+    the paper exchange took them, so paper trading hid that a strategy's stop on an option would
+    be refused at the broker."""
+    quote(symbol="NIFTY26DEC26000CE", exchange="NFO", last="250", bid="249.95", ask="250.05")
+    refused = place(client, side="SELL", order_type="SL-M", trigger="240", **OPTION)
+    assert refused.status == Status.REJECTED
+    assert "SL-M orders are blocked for F&O option contracts" in refused.status_message
+    stop = place(client, side="SELL", order_type="SL", trigger="240", price="232.80", **OPTION)
+    assert stop.status == Status.TRIGGER_PENDING
+    with pytest.raises(engine.InputException) as error:
+        engine.order_modify(client=client, order_id=stop.order_id, order_type="SL-M")
+    assert "SL-M orders are blocked" in error.value.message
+    assert reload(stop).order_type == "SL"
+    assert place(client, side="SELL", order_type="SL-M", trigger="1490").status == Status.TRIGGER_PENDING  # equity
+
+
 def test_the_band_a_refusal_names_is_the_band_it_allows(client):
     """The refusal names the lowest and highest prices the band allows. It named the band's edges
     rounded to the nearest tick, which can lie outside it (20 % of 1500.40 is 300.08: 1200.3 and
