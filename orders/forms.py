@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 from django import forms
 
 from accounts.selectors import broker_accounts_of
-from brokers.base import IST
+from brokers.base import IST, stop_market_allowed
 from brokers.models import Instrument
 from portfolio.selectors import holds_nrml_equity
 from tradingplatform import numbers
@@ -28,6 +28,15 @@ def product_choices(instrument: Instrument | None, *, nrml_held: bool = False) -
     if instrument.instrument_type == "EQ":
         return [(value, label) for value, label in PRODUCTS if value != "NRML" or nrml_held]
     return [(value, label) for value, label in PRODUCTS if value != "CNC"]
+
+
+def order_type_choices(instrument: Instrument | None, *, kept: str | None = None) -> list[tuple[str, str]]:
+    """The order types ``instrument`` takes: not SL-M on an option (Kite blocks it there; the
+    service refuses it too). ``kept``: a type offered whatever the instrument (an order's own, so
+    its modify form shows what it is)."""
+    if instrument is None or stop_market_allowed(instrument):
+        return list(ORDER_TYPES)
+    return [(value, label) for value, label in ORDER_TYPES if value != "SL-M" or value == kept]
 
 
 # Digits read as a whole number: more than an id or a quantity ever has is none (and int() reads
@@ -101,16 +110,24 @@ class OrderTicketForm(OneTimeTokenForm):
         self.chosen_instrument = instrument_from(self["instrument"].value())
         held = holds_nrml_equity(user, self.chosen_instrument)
         self.fields["product"].choices = product_choices(self.chosen_instrument, nrml_held=held)
+        # Offered as the instrument takes them; one sent anyway is refused by the service, saying why.
+        self.fields["order_type"].widget.choices = order_type_choices(self.chosen_instrument)
         if not self.is_bound and self.chosen_instrument is not None:
             self.initial.setdefault("quantity", self.chosen_instrument.lot_size)
         self.initial.setdefault("quantity", 1)
 
     @classmethod
-    def for_instrument(cls, user, instrument: Instrument, *, product=None, quantity=None) -> "OrderTicketForm":
+    def for_instrument(
+        cls, user, instrument: Instrument, *, product=None, quantity=None, order_type=None
+    ) -> "OrderTicketForm":
         """The ticket's fields for a newly chosen instrument, keeping what still fits it."""
         form = cls(user, initial={"instrument": instrument.pk})
         if product not in dict(form.fields["product"].choices):
             product = "MIS"
+        if order_type not in dict(form.fields["order_type"].widget.choices):
+            # SL-M on an option: its stop-loss limit, the stop it takes.
+            order_type = "SL" if order_type == "SL-M" else "MARKET"
+        form.initial["order_type"] = order_type
         quantity = whole_number(quantity)
         if not quantity or quantity % instrument.lot_size:
             quantity = instrument.lot_size
@@ -162,7 +179,11 @@ class OrderModifyForm(forms.Form):
             field.show_hidden_initial = True
         # A stop order stays a stop order, a plain one plain (the broker's rule too).
         compatible = STOP_TYPES if order.order_type in STOP_TYPES else PLAIN_TYPES
-        self.fields["order_type"].choices = [(value, label) for value, label in ORDER_TYPES if value in compatible]
+        self.fields["order_type"].choices = [
+            (value, label)
+            for value, label in order_type_choices(order.instrument, kept=order.order_type)
+            if value in compatible
+        ]
         # The broker holds a triggered stop as the plain order it became: its trigger and type are
         # shown fixed. Not when sent: a form shown before it triggered has its change refused by
         # ``services._modify``, naming the field, not dropped as a disabled field's would be.

@@ -38,7 +38,17 @@ from django.utils import timezone
 
 from accounts.models import BrokerAccount
 from brokers import registry
-from brokers.base import IST, MULTIPLIED_EXCHANGES, BrokerOrder, OrderChange, OrderRequest, PlacedOrder, Status
+from brokers.base import (
+    IST,
+    MULTIPLIED_EXCHANGES,
+    STOP_MARKET_BLOCKED,
+    BrokerOrder,
+    OrderChange,
+    OrderRequest,
+    PlacedOrder,
+    Status,
+    stop_market_allowed,
+)
 from brokers.client import AccountBroker
 from brokers.errors import (
     AuthError,
@@ -214,6 +224,8 @@ def spec_check(
         raise ValidationError({"side": "Choose BUY or SELL."})
     if order_type not in ("MARKET", "LIMIT", "SL", "SL-M"):
         raise ValidationError({"order_type": "Choose MARKET, LIMIT, SL or SL-M."})
+    if order_type == "SL-M" and not stop_market_allowed(instrument):
+        raise ValidationError({"order_type": f"{instrument.tradingsymbol}: {STOP_MARKET_BLOCKED}"})
     if validity not in ("DAY", "IOC"):
         raise ValidationError({"validity": "Choose DAY or IOC."})
     if product not in ("CNC", "MIS", "NRML"):

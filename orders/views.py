@@ -118,10 +118,15 @@ def instrument_options(request):
 @login_required
 @require_GET
 def instrument_pick(request, pk):
-    """The chosen instrument for the ticket: its id, live price, lot and tick, and the products it takes."""
+    """The chosen instrument for the ticket: its id, live price, lot and tick, and the products and
+    order types it takes."""
     instrument = get_object_or_404(Instrument, pk=pk)
     form = OrderTicketForm.for_instrument(
-        request.user, instrument, product=request.GET.get("product"), quantity=request.GET.get("quantity")
+        request.user,
+        instrument,
+        product=request.GET.get("product"),
+        quantity=request.GET.get("quantity"),
+        order_type=request.GET.get("order_type"),
     )
     context = {"instrument": instrument, "form": form, "picked": True}
     return render(request, "orders/partials/instrument_chosen.html", context)

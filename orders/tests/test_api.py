@@ -303,6 +303,19 @@ def test_loose_input_is_refused_naming_the_field(api, account, overrides, field)
     assert not PaperOrder.objects.exists()
 
 
+def test_an_sl_m_order_on_an_option_is_refused_naming_the_order_type(api, account):
+    """Kite blocks stop-loss market orders on F&O options: the platform sent one, and the broker
+    rejected it. It is refused before anything is sent, saying why; an SL on it is placed."""
+    option = {"exchange": "NFO", "tradingsymbol": "NIFTY26DEC26000CE", "quantity": 75, "product": "NRML"}
+    response = post(api, "/api/v1/orders", body(account, **option, order_type="SL-M", trigger_price="260"))
+    assert response.status_code == 422, response.json()
+    error = response.json()["error"]
+    assert error["field"] == "order_type" and "SL-M orders are blocked for F&O option contracts" in error["message"]
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+    stop = post(api, "/api/v1/orders", body(account, **option, order_type="SL", trigger_price="260", price="268"))
+    assert stop.status_code == 201 and stop.json()["status"] == "OPEN", stop.json()
+
+
 def test_a_price_is_answered_as_stored(api, account):
     data = post(api, "/api/v1/orders", body(account, order_type="LIMIT", price="1.4E+3")).json()
     assert data["price"] == "1400.00"

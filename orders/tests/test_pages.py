@@ -47,8 +47,8 @@ def page_messages(response) -> list[str]:
     return [str(message) for message in response.context["messages"]]
 
 
-def product_options(html: str) -> list[str]:
-    select = re.search(r'<select name="product"[^>]*>(.*?)</select>', html, re.S).group(1)
+def product_options(html: str, name: str = "product") -> list[str]:
+    select = re.search(rf'<select name="{name}"[^>]*>(.*?)</select>', html, re.S).group(1)
     return re.findall(r'<option value="([^"]*)"', select)
 
 
@@ -223,6 +223,33 @@ def test_a_future_is_placed_in_lots_as_nrml(trader_client, account):
 def test_equity_offers_delivery_and_intraday_but_no_carry_forward(trader_client, account):
     html = trader_client.get(reverse("orders:ticket"), {"instrument": instrument("INFY").pk}).content.decode()
     assert product_options(html) == ["CNC", "MIS"]
+
+
+def test_an_option_offers_no_sl_m_and_an_sl_m_on_it_is_refused_naming_the_order_type(trader_client, account):
+    """Kite blocks stop-loss market orders on F&O options: the ticket offered SL-M on one and sent
+    it, for the broker to reject. It offers SL there (picking an option turns a chosen SL-M into
+    SL), and an SL-M posted anyway is refused on the order type, nothing sent."""
+    option = instrument("NIFTY26DEC26000CE", "NFO")
+    html = trader_client.get(reverse("orders:ticket"), {"instrument": option.pk}).content.decode()
+    assert product_options(html, "order_type") == ["MARKET", "LIMIT", "SL"]
+    picked = trader_client.get(reverse("orders:instrument_pick", args=[option.pk]), {"order_type": "SL-M"})
+    assert 'id="field-order_type" hx-swap-oob="true"' in picked.content.decode()
+    assert re.search(r'<option value="SL" selected>', picked.content.decode())
+    equity = trader_client.get(reverse("orders:instrument_pick", args=[instrument("INFY").pk]), {"order_type": "SL-M"})
+    assert re.search(r'<option value="SL-M" selected>', equity.content.decode())
+    data = ticket_data(
+        account,
+        instrument=option.pk,
+        quantity="75",
+        product="NRML",
+        side="SELL",
+        order_type="SL-M",
+        trigger_price="240",
+    )
+    response = trader_client.post(reverse("orders:ticket"), data)
+    assert response.status_code == 200
+    assert "SL-M orders are blocked for F&O option contracts" in response.context["form"].errors["order_type"][0]
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
 
 
 def test_an_nrml_equity_position_held_from_before_the_rule_can_be_closed_from_the_ticket(

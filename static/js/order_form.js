@@ -37,6 +37,10 @@
   bindWithin(document);
   document.addEventListener("htmx:load", function (event) {
     bindWithin(event.detail.elt);
+    // A field the server put back (the ticket's order type for a newly chosen instrument: an option
+    // takes SL, not SL-M): its form shows the prices the type now chosen takes.
+    var form = event.detail.elt.closest && event.detail.elt.closest("form[data-order-form]");
+    if (form && form.dataset.bound) fitOrderType(form);
   });
   // Enter in the instrument search chooses the first match instead of submitting the ticket.
   document.addEventListener("keydown", function (event) {
