@@ -1002,7 +1002,7 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
             # tick beyond it, on the exit's side.
             level = _on_tick(exact, entry.instrument.tick_size, ROUND_FLOOR if protective else ROUND_CEILING)
         if role == Order.Role.STOP_LOSS:
-            prices = {"order_type": "SL-M", "trigger_price": level}
+            prices = {"order_type": "SL-M", "trigger_price": level}  # an SL on an option (below)
         else:
             prices = {"order_type": "LIMIT", "price": level}
         key = f"exit:{entry.pk}:{role}:#{len(mine)}"  # the n-th exit of this role, however often a cycle looks
@@ -1010,6 +1010,11 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
     if _exchange_shut(ctx, entry, what or f"a {name} for {entry.reference}"):
         return None
     side = "SELL" if entry.side == "BUY" else "BUY"
+    if prices["order_type"] == "SL-M":
+        # SL-M where the instrument takes it; on an option (Kite blocks SL-M there) an SL with its
+        # limit a protection band beyond the trigger. An SL-M of an option placed before the rule
+        # (a trail's replacement, one put back after its day) is put back so too, not refused each run.
+        prices = {**prices, **orders.stop_loss_terms(entry.instrument, side, prices["trigger_price"])}
     prices = _at_market_if_passed(ctx, entry.instrument, role, side, f"{name} for {entry.reference}", prices)
     # A replacement past the cap, or an exit that ended with its day put back, is placed under the
     # replaced exit's change lock, as a trader's cancel of it takes it: one asked since the step read
@@ -1664,18 +1669,23 @@ def step_trail(ctx: Context) -> None:
             new_trigger = _on_tick(stop.trigger_price - steps * step, stop.instrument.tick_size, ROUND_CEILING)
         if new_trigger == stop.trigger_price:
             continue
+        moves = {"trigger_price": new_trigger}
+        if stop.order_type == "SL" and stop.price is not None:
+            # A stop-loss limit (an option's) moves its limit with its trigger, the band between them
+            # kept: left behind, a trailed stop would fill ever further under its trigger.
+            moves["price"] = stop.price + (new_trigger - stop.trigger_price)
         cause = _cause("step 6", f"trailing: last {last}, step {step}")
         try:
             orders.order_modify(
                 order=stop,
                 actor=ctx.account.owner,
                 cause=cause,
-                trigger_price=new_trigger,
-                expect={"trigger_price": stop.trigger_price},
+                **moves,
+                expect={"trigger_price": stop.trigger_price, "price": stop.price},
             )
         except orders.OrderActionRefused as refused:
             if _at_modification_cap(refused):
-                _cancel_and_replace(ctx, stop, cause, step="6_trail", parent=stop.parent, trigger_price=new_trigger)
+                _cancel_and_replace(ctx, stop, cause, step="6_trail", parent=stop.parent, **moves)
             else:
                 ctx.act(f"could not trail {stop.reference}: {refused.message}")
             continue

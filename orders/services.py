@@ -26,7 +26,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from types import SimpleNamespace
 
 from django.conf import settings
@@ -263,6 +263,31 @@ def spec_check(
     elif trigger_price is not None:
         raise ValidationError({"trigger_price": f"A {order_type} order takes no trigger price."})
     return quantity, _as_stored(price, "price"), _as_stored(trigger_price, "trigger_price")
+
+
+def stop_loss_terms(instrument: Instrument, side: str, trigger: Decimal) -> dict:
+    """The terms of a stop-loss at ``trigger`` that the platform places itself (a strategy's exit):
+    SL-M where the instrument takes it, else (an option: Kite blocks SL-M there) an SL whose limit
+    is ``stop_limit_price``'s, so the stop is placed, not refused at the broker each run while the
+    position goes unprotected."""
+    if stop_market_allowed(instrument):
+        return {"order_type": "SL-M", "trigger_price": trigger, "price": None}
+    return {"order_type": "SL", "trigger_price": trigger, "price": stop_limit_price(instrument, side, trigger)}
+
+
+def stop_limit_price(instrument: Instrument, side: str, trigger: Decimal) -> Decimal:
+    """The limit of a ``side`` stop-loss limit at ``trigger``: STOP_LIMIT_PROTECTION_PERCENT of the
+    trigger beyond it (under a SELL stop's trigger, over a BUY stop's), on the tick away from the
+    trigger, at least one tick beyond it, and never under one tick (a price above 0)."""
+    tick = instrument.tick_size
+    band = trigger * settings.STOP_LIMIT_PROTECTION_PERCENT / 100
+    if side == "SELL":
+        price = ((trigger - band) / tick).to_integral_value(rounding=ROUND_FLOOR) * tick
+        price = max(min(price, trigger - tick), tick)
+    else:
+        price = ((trigger + band) / tick).to_integral_value(rounding=ROUND_CEILING) * tick
+        price = max(price, trigger + tick)
+    return price.quantize(PRICE_PLACES)
 
 
 def as_stored_price(value, field: str) -> Decimal | None:

@@ -9,6 +9,7 @@ missing secret stops startup with a message naming the variable.
 
 import re
 import urllib.parse
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import environ
@@ -287,6 +288,15 @@ EXCHANGE_HOLIDAYS = frozenset(env.list("EXCHANGE_HOLIDAYS", default=[]))
 for _holiday in EXCHANGE_HOLIDAYS:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", _holiday):
         raise ImproperlyConfigured(f"EXCHANGE_HOLIDAYS: {_holiday!r} is not a date (YYYY-MM-DD).")
+# A strategy's stop-loss on an option (where Kite blocks SL-M) is an SL whose limit is this much
+# of its trigger beyond it (``orders.services.stop_limit_price``): room for the market to fill it
+# once triggered, a cap on how far from the trigger it sells or buys.
+try:
+    STOP_LIMIT_PROTECTION_PERCENT = Decimal(env.str("STOP_LIMIT_PROTECTION_PERCENT", default="3"))
+except InvalidOperation:
+    STOP_LIMIT_PROTECTION_PERCENT = Decimal("NaN")
+if not STOP_LIMIT_PROTECTION_PERCENT.is_finite() or not 0 < STOP_LIMIT_PROTECTION_PERCENT <= 20:
+    raise ImproperlyConfigured("STOP_LIMIT_PROTECTION_PERCENT must be more than 0 and at most 20 (a percent).")
 SCHEDULE_DISPATCH_INTERVAL_S = env.float("SCHEDULE_DISPATCH_INTERVAL_S", default=1.0)
 # How far ahead the dispatcher claims due times: a worker prepares their orders at once (checks
 # them and writes them NEW) and sends them at the time. At least the dispatch interval, so every

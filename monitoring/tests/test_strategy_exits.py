@@ -402,6 +402,55 @@ def test_a_trailing_stop_past_the_modification_cap_is_replaced_and_trails_on(tra
     assert first.children.filter(role="stop_loss").count() == 2  # the cycle places nothing more
 
 
+OPTION = "NIFTY26DEC26000CE"
+
+
+def quote_option(last):
+    last = D(last)
+    engine.market_set(
+        exchange="NFO", tradingsymbol=OPTION, last_price=last, bid=last - D("0.05"), ask=last + D("0.05"),
+        tick_volume=10**6,
+    )  # fmt: skip
+
+
+def test_a_stop_loss_on_an_option_is_an_sl_banded_past_its_trigger_and_trails_with_both_prices(
+    trader, account, settings
+):
+    """Kite blocks SL-M on options: the cycle placed an option entry's stop as SL-M, refused at the
+    broker each run while the position went unprotected. It is an SL whose limit is the protection
+    band (3 % of the trigger) under it, on the tick; the paper exchange takes it; each trail and
+    the replacement past the modification cap move the trigger and the limit together."""
+    settings.STOP_LIMIT_PROTECTION_PERCENT = D("3")
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
+    quote_option("250")
+    first = place(
+        trader, account, symbol=OPTION, exchange="NFO", quantity=75, product="NRML", strategy=guarded,
+        source="strategy",
+    )  # fmt: skip
+    run = monitor(account)  # filled at 250.05: the stop 10 under, at 240.05; 3 % of it is 7.20
+    assert run.status == AccountRun.Status.OK, run.errors
+    stop = first.children.get(role="stop_loss")
+    assert (stop.order_type, stop.trigger_price, stop.price) == ("SL", D("240.05"), D("232.80"))
+    at_exchange = PaperOrder.objects.get(order_id=stop.broker_order_id)
+    assert at_exchange.status == PaperOrder.Status.TRIGGER_PENDING
+    assert (at_exchange.order_type, at_exchange.trigger_price, at_exchange.price) == ("SL", D("240.05"), D("232.80"))
+    quote_option("262")  # two steps of 5
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    stop.refresh_from_db()
+    assert (stop.trigger_price, stop.price) == (D("250.05"), D("242.80"))
+    at_exchange.refresh_from_db()
+    assert (at_exchange.trigger_price, at_exchange.price) == (D("250.05"), D("242.80"))
+    at_modification_cap(stop)
+    quote_option("267")  # one more step: past the cap, cancelled and replaced
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    replacement = first.children.get(role="stop_loss", status__in=Order.LIVE)
+    assert (replacement.order_type, replacement.trigger_price, replacement.price) == ("SL", D("255.05"), D("247.80"))
+    assert PaperOrder.objects.get(order_id=replacement.broker_order_id).status == PaperOrder.Status.TRIGGER_PENDING
+    assert live_exits(account, "stop_loss") == 75
+
+
 def test_the_stop_of_an_entrys_first_fill_trails_at_its_own_distance_when_the_entry_fills_higher(trader, account):
     """A chased entry fills 4 at 1499: their stop-loss goes 10 points under, at 1489. The entry is
     chased up and fills 6 more at 1510 (its average 1505.60). The first stop still trails 10

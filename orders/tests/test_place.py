@@ -16,6 +16,7 @@ from accounts import services as account_services
 from accounts.tests.factories import make_broker_account
 from brokers import markets, ratelimit
 from brokers.client import AccountBroker
+from brokers.models import Instrument
 from brokers.paper import engine
 from brokers.paper.adapter import PaperBroker
 from brokers.paper.models import PaperClient, PaperOrder
@@ -108,6 +109,27 @@ def test_bad_input_names_the_field_and_sends_nothing(trader, account, kwargs, fi
         place(trader, account, **kwargs)
     assert field in error.value.message_dict
     assert not Order.objects.exists() and not PaperOrder.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "side, trigger, percent, price",
+    [
+        ("SELL", "240.05", "3", "232.80"),  # 232.8485: the tick under it, away from the trigger
+        ("BUY", "240.05", "3", "247.30"),  # 247.2515: the tick over it
+        ("SELL", "1.00", "1", "0.95"),  # a band under a tick: one tick beyond the trigger
+        ("BUY", "1.00", "1", "1.05"),
+        ("SELL", "0.05", "3", "0.05"),  # never under one tick (a price above 0)
+    ],
+)
+def test_a_stop_limits_price_is_the_protection_band_beyond_its_trigger(
+    instruments, settings, side, trigger, percent, price
+):
+    settings.STOP_LIMIT_PROTECTION_PERCENT = D(percent)
+    option = Instrument.objects.get(exchange="NFO", tradingsymbol="NIFTY26DEC26000PE")
+    terms = services.stop_loss_terms(option, side, D(trigger))
+    assert terms == {"order_type": "SL", "trigger_price": D(trigger), "price": D(price)}
+    future = Instrument.objects.get(exchange="NFO", tradingsymbol="NIFTY26DECFUT")
+    assert services.stop_loss_terms(future, side, D("26000"))["order_type"] == "SL-M"  # futures keep SL-M
 
 
 def test_risk_limits(trader, account):
