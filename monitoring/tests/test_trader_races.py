@@ -480,8 +480,9 @@ def test_an_entry_stopped_as_step_4_places_its_stop_loss_still_gets_it(trader, a
 def waited_for(monkeypatch, table, stop):
     """``stop()`` asked on a thread of its own while the run's placement holds its rows' locks (after
     they are taken, before the order's number): answered before the placement commits (within 2 s),
-    it must have come first. Returns the list that says whether it answered so."""
-    real, first_answered = services._next_number, []
+    it must have come first. Returns the list that says whether it answered so, and a function
+    that waits for ``stop()`` to be done (it goes on after the placement commits)."""
+    real, first_answered, threads = services._next_number, [], []
 
     def asked_meanwhile(account, day):
         monkeypatch.setattr(services, "_next_number", real)
@@ -501,6 +502,7 @@ def waited_for(monkeypatch, table, stop):
                 connection.close()
 
         asking = threading.Thread(target=ask)
+        threads.append(asking)
         asking.start()
         assert reached.wait(30)
         asking.join(2)  # a lock held here keeps it waiting: it answers once the order is written
@@ -508,7 +510,12 @@ def waited_for(monkeypatch, table, stop):
         return real(account, day)
 
     monkeypatch.setattr(services, "_next_number", asked_meanwhile)
-    return first_answered
+
+    def done():
+        for thread in threads:
+            thread.join(30)
+
+    return first_answered, done
 
 
 def test_a_pause_asked_while_the_run_writes_its_re_entry_waits_for_it(trader, account, monkeypatch):
@@ -516,9 +523,10 @@ def test_a_pause_asked_while_the_run_writes_its_re_entry_waits_for_it(trader, ac
     after the order), or else it comes first and no re-entry is placed; never "Paused" then a re-entry."""
     mariadb_only()
     row, first = stopped_out(trader, account)
-    first_answered = waited_for(monkeypatch, "`orders_strategy`", paused(trader, row))
+    first_answered, stopped = waited_for(monkeypatch, "`orders_strategy`", paused(trader, row))
     monitor(account)
     monkeypatch.undo()
+    stopped()
     reentered = Order.objects.filter(parent=first, role="entry").exists()
     assert first_answered == [False] and reentered
     assert not Strategy.objects.get(pk=row.pk).is_active
@@ -528,9 +536,10 @@ def test_a_deactivation_asked_while_the_run_writes_its_retry_waits_for_it(trader
     mariadb_only()
     _row, first = refused_entry(trader, account)
     rejecting(account, 0)
-    first_answered = waited_for(monkeypatch, "`accounts_brokeraccount`", deactivated(trader, account))
+    first_answered, stopped = waited_for(monkeypatch, "`accounts_brokeraccount`", deactivated(trader, account))
     monitor(account)
     monkeypatch.undo()
+    stopped()
     assert first_answered == [False] and Order.objects.filter(parent=first).exists()
     assert not BrokerAccount.objects.get(pk=account.pk).is_active
 
