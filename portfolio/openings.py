@@ -30,12 +30,14 @@ Which quantities are the start of the day's holding:
   between two reads of the fill list (a fill that came in meanwhile puts the opening off; one
   that both reads lack is that broker's risk). A short overnight position is a SELL lot.
 * Less what the broker's own fill list already says about earlier days: a broker whose
-  ``trades()`` reaches before today (Kite's before its start-of-day run; the paper exchange
-  lists the day's only) has those fills recorded with their own times, so only what they do
-  not explain is an opening. A holding they explain wholly is left to them; one they explain
-  only in part is skipped and reported (no honest price for the rest). The start of the day's
-  quantity is compared with them, never reduced by them: today's fills are the only ones either
-  rule takes out.
+  ``trades()`` reaches before today (Kite's before its start-of-day run; the paper exchange lists
+  the day's, and ``BOOK_LOOKBACK`` before it) has those fills recorded with their own times, so
+  only what they do not explain is an opening. A holding they explain wholly is left to them; one
+  they explain only in part is skipped and reported (no honest price for the rest). The start of
+  the day's quantity is compared with them, never reduced by them: today's fills are the only ones
+  either rule takes out. Fills listed from a pending opening's first-met day on that explain only
+  part of a holding (the paper exchange's book reaches ``BOOK_LOOKBACK`` before the day's start)
+  are the account's own since: taken out of the book like those recorded (below).
 
 Representation: one synthetic ``Trade`` per instrument and product, recorded through
 ``trades_record_many`` (so a FIFO rebuild, which replays the trades, keeps it): broker order id
@@ -68,7 +70,8 @@ An opening not taken at the first try (a broker error, a fill that came in while
 read, the hour or the day as above), or not yet tried (first met through its fills), has a
 ``PENDING`` row dated the day the account was first met, and a later run takes it. Taken on a
 later day, each lot is the book at today's start less the net of the fills the platform recorded
-since the first-met day's start (per instrument and product), recorded at the first-met day's
+since the first-met day's start (and those the broker still lists, not recorded yet; per
+instrument and product), recorded at the first-met day's
 start, so those fills are replayed after it. Its price is the broker's average price now, an
 approximation where the account bought more of it meanwhile (Kite's holdings keep one average; a
 sale does not move it). A lot whose book is flat now, or on the other side, has no price the
@@ -141,17 +144,29 @@ def day_begun(now: datetime) -> bool:
 
 
 def book_at_day_start(
-    *, holdings: list[Holding], positions: list[BrokerPosition], trades: list[BrokerTrade], start: datetime
+    *,
+    holdings: list[Holding],
+    positions: list[BrokerPosition],
+    trades: list[BrokerTrade],
+    start: datetime,
+    met: datetime | None = None,
 ) -> tuple[list[Lot], list[dict], list[dict]]:
     """What the account held at ``start`` that the broker's fills do not already say (the module's
-    rules): (the lots, the skipped ones with why, the holdings the broker's earlier fills explain)."""
-    today, earlier = defaultdict(list), defaultdict(int)
+    rules): (the lots, the skipped ones with why, the holdings the broker's earlier fills explain).
+    ``met``: the start of the day the account was first met, where that is before ``start`` (a
+    pending opening): the fills listed from it on are the account's own since, not fills from
+    before it; where they explain only part of a holding (and none from before ``met`` is listed),
+    its lot is the book's, for the caller to take those fills out (``_back_to``)."""
+    met = start if met is None else met
+    today, earlier, before_met = defaultdict(list), defaultdict(int), set()
     for t in trades:
         key = (t.exchange, t.tradingsymbol, t.product)
         if t.filled_at is None or t.filled_at >= start:
             today[key].append(t)
         else:
             earlier[key] += t.quantity if t.side == "BUY" else -t.quantity
+            if t.filled_at < met:
+                before_met.add(key)
     held = {}  # key: (signed quantity, price, source, last price)
     skipped = []
     for h in holdings:
@@ -196,9 +211,10 @@ def book_at_day_start(
         if earlier.get(key):
             if earlier[key] == quantity:
                 explained.append(_named(key, quantity, "the broker's fills from earlier days"))
-            else:
+                continue
+            if key in before_met:
                 skipped.append(_named(key, quantity, PART_EXPLAINED))
-            continue
+                continue
         if not quantity:
             continue  # the broker's earlier fills of it net to nothing, and so does its book
         exchange, symbol, product = key
@@ -206,6 +222,10 @@ def book_at_day_start(
         price = Decimal(price).quantize(_PLACES, rounding=ROUND_HALF_EVEN)
         lots.append(Lot(exchange, symbol, product, side, abs(quantity), price, source, last))
     return lots, skipped, explained
+
+
+def _key(t: BrokerTrade) -> tuple[str, str, str]:
+    return (t.exchange, t.tradingsymbol, t.product)
 
 
 def _total(fills) -> tuple[int, Decimal]:
@@ -323,10 +343,11 @@ def _take(account: BrokerAccount, broker, trades_before, *, first: datetime, tod
         }:
             logger.info("opening of account %s: a fill came in while reading its book; next run", account.pk)
             return _pending(account, first, RACED)
-    lots, skipped, explained = book_at_day_start(holdings=holdings, positions=positions, trades=trades, start=today)
+    lots, skipped, explained = book_at_day_start(
+        holdings=holdings, positions=positions, trades=trades, start=today, met=first
+    )
     if first < today:
-        listed = {(t.exchange, t.tradingsymbol, t.product) for t in trades if t.filled_at and t.filled_at < today}
-        lots, more = _back_to(account, lots, since=first, until=today, listed=listed)
+        lots, more = _back_to(account, lots, trades, since=first, until=today)
         skipped += more
     seeded, waiting, fills = [], [], []
     for lot in lots:
@@ -351,11 +372,25 @@ def _take(account: BrokerAccount, broker, trades_before, *, first: datetime, tod
     return _mark(account, first, now, Opening.Outcome.SEEDED, detail)
 
 
-def _back_to(account: BrokerAccount, lots: list[Lot], *, since: datetime, until: datetime, listed: set):
+def _back_to(account: BrokerAccount, lots: list[Lot], trades: list[BrokerTrade], *, since: datetime, until: datetime):
     """The lots at ``since`` (the first-met day's start), from those at ``until`` (today's start):
-    less the net of the fills recorded in between, per instrument and product; the ones the broker's
-    own fill list reaches (``listed``) are left as they are (it explained them). (lots, skipped)."""
+    less the net of the fills in between, per instrument and product, those recorded and those the
+    broker's fill list (``trades``) still lists and that are not recorded yet (the run records them
+    after the lots). The ones whose fills of before ``until`` the broker lists are left as they are
+    (those fills explained them, ``book_at_day_start``), but for a lot it made from the book with
+    only fills of ``since`` on listed (explaining part of it). (lots, skipped)."""
+    at_until = {(lot.exchange, lot.tradingsymbol, lot.product): lot for lot in lots}
+    before = [t for t in trades if t.filled_at and t.filled_at < until]
+    before_met = {_key(t) for t in before if t.filled_at < since}
+    listed = {_key(t) for t in before if _key(t) in before_met or _key(t) not in at_until}
     recorded = defaultdict(int)
+    since_met = [t for t in before if _key(t) not in listed]
+    if since_met:  # (a pending opening only: no query on a run's path otherwise)
+        known = Trade.objects.filter(account=account, broker_trade_id__in={t.trade_id for t in since_met})
+        known = set(known.values_list("broker_order_id", "broker_trade_id"))
+        for t in since_met:
+            if (t.broker_order_id, t.trade_id) not in known:
+                recorded[_key(t)] += t.quantity if t.side == "BUY" else -t.quantity
     rows = (
         Trade.objects.filter(account=account, filled_at__gte=since, filled_at__lt=until)
         .exclude(broker_order_id__startswith=ORDER_PREFIX)  # lots of this opening recorded before
@@ -365,7 +400,6 @@ def _back_to(account: BrokerAccount, lots: list[Lot], *, since: datetime, until:
     )
     for exchange, symbol, product, side, quantity in rows:
         recorded[(exchange, symbol, product)] += quantity if side == "BUY" else -quantity
-    at_until = {(lot.exchange, lot.tradingsymbol, lot.product): lot for lot in lots}
     out, skipped = [], []
     for key in sorted(set(at_until) | set(recorded)):
         lot = at_until.get(key)

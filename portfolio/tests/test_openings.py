@@ -425,10 +425,10 @@ def test_first_run_values_a_seeded_holding_at_the_market(trader, account, kite_d
     assert (position.last_price, position.unrealized_pnl, point.unrealized) == (D("1500"), D("10000"), D("10000"))
 
 
-def _a_day_passes(account):
+def _a_day_passes(account, to=None):
     """Everything of the account dated today (its recorded fills, its paper fills, its opening's
-    first-met day) is moved a day back: today is the next day."""
-    yesterday = timezone.now() - timedelta(days=1)
+    first-met day) is moved a day back (to ``to``, a moment of yesterday): today is the next day."""
+    yesterday = to or timezone.now() - timedelta(days=1)
     Trade.objects.filter(account=account).update(filled_at=yesterday)
     PaperTrade.objects.filter(filled_at__gte=timezone.now() - timedelta(hours=23)).update(filled_at=yesterday)
     Opening.objects.filter(account=account).update(trading_date=yesterday.astimezone(IST).date(), taken_at=yesterday)
@@ -574,6 +574,44 @@ def test_an_opening_whose_recording_fails_all_its_first_day_is_taken_the_next_da
     assert cycle.account_monitor(account=account).errors == []
     assert Opening.objects.get(account=account).outcome == Opening.Outcome.SEEDED
     assert Position.objects.get(account=account).net_quantity == 60
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded-that-day", "recording-failed-that-day"])
+def test_a_sale_in_the_last_minutes_of_the_first_met_day_nets_against_the_opening_taken_the_next_day(
+    trader, account, monkeypatch, recorded
+):
+    """The paper exchange's book reaches BOOK_LOOKBACK back before the day's start, so the next day
+    it still lists a SELL 40 of 23:55 on the day the account was first met (its opening pending
+    then: the holdings failed, or the database refused the fills). That fill is the account's own,
+    of its first-met day, not one from before it: the opening is the book's 60 plus the 40 sold
+    since, at that day's start, and the sale nets against it, not skipped as part-explained
+    (leaving a short of 40)."""
+    history(account, "INFY", "BUY", 100, "1400", days_ago=10)
+    if recorded:
+        monkeypatch.setattr(PaperBroker, "holdings", lambda self: (_ for _ in ()).throw(RuntimeError("down")))
+    else:
+        monkeypatch.setattr(
+            services, "trades_record_many", lambda *a, **k: (_ for _ in ()).throw(OperationalError(1205, "Lock wait"))
+        )
+    set_price("INFY", "1450")
+    sold = place(trader, account, symbol="INFY", side="SELL", quantity=40, product="CNC")
+    assert cycle.account_monitor(account=account).errors != []
+    assert Opening.objects.get(account=account).outcome == Opening.Outcome.PENDING
+    first_met = _a_day_passes(account, to=start_of_today() - timedelta(minutes=5))  # its fills were of 23:55
+    monkeypatch.undo()
+    assert [t.trade_id for t in AccountBroker(account).trades()] == [
+        PaperTrade.objects.get(order__order_id=sold.broker_order_id).trade_id
+    ]  # still in the book
+
+    assert cycle.account_monitor(account=account).errors == []
+    opening = Opening.objects.get(account=account)
+    assert (opening.outcome, opening.trading_date, opening.detail["skipped"]) == (
+        Opening.Outcome.SEEDED, first_met.date(), []
+    )  # fmt: skip
+    lot = Trade.objects.get(account=account, broker_order_id__startswith=openings.ORDER_PREFIX)
+    assert (lot.side, lot.quantity, lot.price, lot.filled_at) == ("BUY", 100, D("1400"), first_met)
+    position = Position.objects.get(account=account)
+    assert (position.net_quantity, position.realized_pnl) == (60, D("2000.0000"))
 
 
 @pytest.mark.django_db(transaction=True)
