@@ -46,7 +46,7 @@ from django.utils import timezone
 from accounts.models import BrokerAccount
 from brokers import markets, registry
 from brokers import services as broker_services
-from brokers.base import MULTIPLIED_EXCHANGES, BrokerOrder, BrokerPosition, BrokerTrade, Holding
+from brokers.base import MULTIPLIED_EXCHANGES, BrokerOrder, BrokerPosition, BrokerTrade, Holding, stop_market_allowed
 from brokers.base import Status as BrokerStatus
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError, OrderRejected, RejectKind
@@ -1469,13 +1469,12 @@ def _cancel_and_replace(
             instrument=order.instrument,
             side=order.side,
             quantity=max(remaining, 1),
-            order_type=order.order_type,
             product=order.product,
             validity=order.validity,
             # An exit's replacement closes what it covered, as the exit did: not held to the limits
             # on what an order may open (a stop trailed up is worth more than the entry was).
             closing=orders.closes_position(order.role, order.parent_id),
-            **{"price": order.price, "trigger_price": order.trigger_price, **terms},
+            **{"order_type": order.order_type, "price": order.price, "trigger_price": order.trigger_price, **terms},
         )
     except ValidationError as error:
         _run_error(ctx, f"could not replace {order.reference}: {_refusal(error)}", step=step)
@@ -1670,7 +1669,11 @@ def step_trail(ctx: Context) -> None:
         if new_trigger == stop.trigger_price:
             continue
         moves = {"trigger_price": new_trigger}
-        if stop.order_type == "SL" and stop.price is not None:
+        if stop.order_type == "SL-M" and not stop_market_allowed(stop.instrument):
+            # An option's SL-M placed before the rule (the paper exchange took it then): refused as
+            # it is, so trailed as the SL it is put back as (``_exit_place``), its band under it.
+            moves = orders.stop_loss_terms(stop.instrument, stop.side, new_trigger)
+        elif stop.order_type == "SL" and stop.price is not None:
             # A stop-loss limit (an option's) moves its limit with its trigger, the band between them
             # kept: left behind, a trailed stop would fill ever further under its trigger.
             moves["price"] = stop.price + (new_trigger - stop.trigger_price)

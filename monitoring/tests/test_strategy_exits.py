@@ -451,6 +451,36 @@ def test_a_stop_loss_on_an_option_is_an_sl_banded_past_its_trigger_and_trails_wi
     assert live_exits(account, "stop_loss") == 75
 
 
+@pytest.mark.parametrize("capped", [False, True])
+def test_an_options_sl_m_stop_from_before_the_rule_trails_on_as_a_banded_sl(trader, account, settings, capped):
+    """An option's stop placed as SL-M before SL-M was refused on options (the paper exchange took
+    it then) is still pending: each trail was refused ("SL-M orders are blocked"), by modify and
+    past the cap by cancel-and-replace, and the stop stayed where it was, every run. It trails as
+    the SL it is put back as: its trigger and its protection band under it."""
+    settings.STOP_LIMIT_PROTECTION_PERCENT = D("3")
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
+    quote_option("250")
+    first = place(
+        trader, account, symbol=OPTION, exchange="NFO", quantity=75, product="NRML", strategy=guarded,
+        source="strategy",
+    )  # fmt: skip
+    assert monitor(account).status == AccountRun.Status.OK
+    stop = first.children.get(role="stop_loss")
+    Order.objects.filter(pk=stop.pk).update(order_type="SL-M", price=None)  # as placed before the rule
+    PaperOrder.objects.filter(order_id=stop.broker_order_id).update(order_type="SL-M", price=0)
+    if capped:
+        at_modification_cap(stop)
+    quote_option("262")  # two steps of 5
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    assert not [line for line in run.actions if "could not" in line], run.actions
+    live = first.children.get(role="stop_loss", status__in=Order.LIVE)
+    assert (live.order_type, live.trigger_price, live.price) == ("SL", D("250.05"), D("242.50"))
+    at_exchange = PaperOrder.objects.get(order_id=live.broker_order_id)
+    assert (at_exchange.status, at_exchange.order_type) == (PaperOrder.Status.TRIGGER_PENDING, "SL")
+    assert live_exits(account, "stop_loss") == 75
+
+
 def test_the_stop_of_an_entrys_first_fill_trails_at_its_own_distance_when_the_entry_fills_higher(trader, account):
     """A chased entry fills 4 at 1499: their stop-loss goes 10 points under, at 1489. The entry is
     chased up and fills 6 more at 1510 (its average 1505.60). The first stop still trails 10
