@@ -8,10 +8,10 @@ from decimal import Decimal
 from accounts.tests.factories import make_broker_account
 from brokers.base import IST, BrokerOrder
 from monitoring import cycle
-from monitoring.tests.test_strategy_exits import entry, knobs, monitor, quote, strategy
+from monitoring.tests.test_strategy_exits import closed_by_hand, monitor
 from orders import services, sources
 from orders.models import Order, OrderEvent
-from orders.tests.factories import instrument, orders_as_written, place
+from orders.tests.factories import instrument, orders_as_written
 
 S = Order.Status
 NOW = datetime(2026, 3, 26, 12, 0, tzinfo=IST)
@@ -80,14 +80,7 @@ def test_only_round_trips_closed_and_settled_before_yesterday_are_marked_done(tr
 
 def test_an_entry_step_4_finds_done_is_marked_once(trader, account):
     """Closed by hand: step 4 marks it done, once, and reads it no more."""
-    guarded = strategy(trader, account, stop_loss=Decimal("1"))
-    quote("1500")
-    first = entry(trader, account, guarded)
-    knobs(account, rejection_rate=1)
-    monitor(account)  # its stop-loss is rejected
-    knobs(account, rejection_rate=0)
-    place(trader, account, side="SELL", quantity=10)  # the trader closes the position by hand
-    monitor(account)
+    first = closed_by_hand(trader, account)
     monitor(account)
     first.refresh_from_db()
     assert first.exits_done

@@ -265,7 +265,9 @@ def test_exits_the_cycle_cancelled_are_placed_again_when_the_entry_fills_more(tr
     assert held(account) == live_exits(account, "stop_loss") == live_exits(account, "take_profit") == 6
 
 
-def test_no_exit_is_placed_for_a_position_closed_by_hand(trader, account):
+def closed_by_hand(trader, account) -> Order:
+    """A strategy's entry of 10 whose stop-loss was rejected, its position then closed by the
+    trader's own SELL, and one run since: its entry."""
     guarded = strategy(trader, account, stop_loss=D("1"))
     quote("1500")
     first = entry(trader, account, guarded)
@@ -274,6 +276,11 @@ def test_no_exit_is_placed_for_a_position_closed_by_hand(trader, account):
     knobs(account, rejection_rate=0)
     place(trader, account, side="SELL", quantity=10)  # the trader closes the position by hand
     monitor(account)
+    return first
+
+
+def test_no_exit_is_placed_for_a_position_closed_by_hand(trader, account):
+    first = closed_by_hand(trader, account)
     assert held(account) == 0
     place(trader, account, quantity=10)  # and later buys again by hand: not the strategy's
     monitor(account)
@@ -413,6 +420,18 @@ def quote_option(last):
     )  # fmt: skip
 
 
+def option_entry(trader, account, settings) -> Order:
+    """A strategy's BUY of 75 of the option at 250 (its stop 10 points under, trailing by 5, the
+    protection band 3 %), not monitored yet."""
+    settings.STOP_LIMIT_PROTECTION_PERCENT = D("3")
+    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
+    quote_option("250")
+    return place(
+        trader, account, symbol=OPTION, exchange="NFO", quantity=75, product="NRML", strategy=guarded,
+        source="strategy",
+    )  # fmt: skip
+
+
 def test_a_stop_loss_on_an_option_is_an_sl_banded_past_its_trigger_and_trails_with_both_prices(
     trader, account, settings
 ):
@@ -420,13 +439,7 @@ def test_a_stop_loss_on_an_option_is_an_sl_banded_past_its_trigger_and_trails_wi
     broker each run while the position went unprotected. It is an SL whose limit is the protection
     band (3 % of the trigger) under it, on the tick; the paper exchange takes it; each trail and
     the replacement past the modification cap move the trigger and the limit together."""
-    settings.STOP_LIMIT_PROTECTION_PERCENT = D("3")
-    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
-    quote_option("250")
-    first = place(
-        trader, account, symbol=OPTION, exchange="NFO", quantity=75, product="NRML", strategy=guarded,
-        source="strategy",
-    )  # fmt: skip
+    first = option_entry(trader, account, settings)
     run = monitor(account)  # filled at 250.05: the stop 10 under, at 240.05; 3 % of it is 7.20
     assert run.status == AccountRun.Status.OK, run.errors
     stop = first.children.get(role="stop_loss")
@@ -457,13 +470,7 @@ def test_an_options_sl_m_stop_from_before_the_rule_trails_on_as_a_banded_sl(trad
     it then) is still pending: each trail was refused ("SL-M orders are blocked"), by modify and
     past the cap by cancel-and-replace, and the stop stayed where it was, every run. It trails as
     the SL it is put back as: its trigger and its protection band under it."""
-    settings.STOP_LIMIT_PROTECTION_PERCENT = D("3")
-    guarded = strategy(trader, account, stop_loss=D("10"), stop_loss_unit="points", trailing_step=D("5"))
-    quote_option("250")
-    first = place(
-        trader, account, symbol=OPTION, exchange="NFO", quantity=75, product="NRML", strategy=guarded,
-        source="strategy",
-    )  # fmt: skip
+    first = option_entry(trader, account, settings)
     assert monitor(account).status == AccountRun.Status.OK
     stop = first.children.get(role="stop_loss")
     Order.objects.filter(pk=stop.pk).update(order_type="SL-M", price=None)  # as placed before the rule
