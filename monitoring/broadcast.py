@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+from collections.abc import Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from asgiref.sync import async_to_sync
@@ -114,8 +115,11 @@ def user_timezone_forget(user_id: int) -> None:
     transaction.on_commit(forget)
 
 
-def push_fragment(*, user_id: int, template: str, context: dict) -> None:
+def push_fragment(*, user_id: int, template: str, context: dict | Callable[[], dict | None]) -> None:
     """Render ``template`` (a fragment with a stable id) in the user's timezone and send it after commit.
+
+    ``context``: a callable is called then, after commit, to read what the fragment shows as the
+    database holds it (as a reload of the page would read it); None from it sends nothing.
 
     Only to a user with a page open (``presence``): an algo trading through the API with no page
     open costs no render per order. A page opened later renders the current state itself.
@@ -129,8 +133,11 @@ def push_fragment(*, user_id: int, template: str, context: dict) -> None:
         try:
             if not presence.watching([user_id]):
                 return
+            values = context() if callable(context) else context
+            if values is None:
+                return
             with timezone.override(_user_timezone(user_id)):
-                html = render_to_string(template, context)
+                html = render_to_string(template, values)
             _sender.group_send(user_group(user_id), {"type": "fragment.push", "html": html})
         except Exception:
             logger.warning("pushing %s to user %s failed", template, user_id, exc_info=True)

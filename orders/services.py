@@ -1265,11 +1265,19 @@ def _outside_fill_moves_a_guarded_position(account: BrokerAccount, state: Broker
 def _broadcast(order: Order, *, created: bool = False) -> None:
     from monitoring.broadcast import push_fragment
 
-    push_fragment(
-        user_id=order.account.owner_id,
-        template="orders/partials/order_push.html",
-        context={"order": order, "created": created},
-    )
+    from .selectors import orders_of
+
+    owner_id, pk = order.account.owner_id, order.pk
+
+    def context() -> dict | None:
+        # The row as stored, read when it is sent (after commit), as the book reads it on a reload:
+        # not this copy, whose values are as given before the column rounded them (a broker's
+        # average of 1399.954995 shown 1399.95 here, 1399.96 on a reload), and which a push sent late
+        # would show after a newer change sent first.
+        stored = orders_of(owner_id).filter(pk=pk).first()
+        return None if stored is None else {"order": stored, "created": created}
+
+    push_fragment(user_id=owner_id, template="orders/partials/order_push.html", context=context)
 
 
 # --- Modify and cancel -------------------------------------------------------------------------

@@ -1,15 +1,19 @@
 """The order pushed to a trader's open pages: a new one goes on top of the book and takes away its empty line."""
 
 import asyncio
+import re
 from datetime import timedelta
 from decimal import Decimal
 
-from asgiref.sync import async_to_sync
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from monitoring import presence
+from monitoring.tests.test_consumer import connect
 from orders import services
 from orders.tests.factories import broker_state, place
 
@@ -106,3 +110,34 @@ def test_a_price_the_broker_tells_with_one_place_is_pushed_with_two_as_the_page_
     cell = '<td data-label="Price" class="num">1401.50</td>'
     assert cell in pushed
     assert cell in trader_client.get(reverse("orders:book")).content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_pushed_rows_average_over_the_socket_is_the_one_a_reload_of_the_book_shows(trader, account):
+    # The broker's average (Kite's, not rounded) kept more places than its column (four): the row was
+    # rendered from the value as given (1399.95) where the book, reading the column (1399.9550), says 1399.96.
+    order = await sync_to_async(place)(trader, account, order_type="LIMIT", price="1400", quantity=3)
+    state = broker_state(order, filled_quantity=1, pending_quantity=2, average_price=Decimal("1399.954995005"))
+    communicator, connected, _ = await connect(trader)
+    assert connected
+    try:
+        await sync_to_async(services.order_apply_broker_state)(order, state, cause="test")
+        row = f'id="order-{order.pk}"'
+        pushed = await communicator.receive_from(timeout=5)
+        while row not in pushed:
+            pushed = await communicator.receive_from(timeout=5)
+    finally:
+        await communicator.disconnect()
+    book = await sync_to_async(_book_of)(trader)
+    assert _avg_cell(book, order) == _avg_cell(pushed, order) == "1399.96"
+
+
+def _book_of(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.get(reverse("orders:book")).content.decode()
+
+
+def _avg_cell(html: str, order) -> str:
+    row = re.search(rf'<tr id="order-{order.pk}".*?</tr>', html, re.S).group(0)
+    return re.search(r'data-label="Avg" class="num">([^<]*)<', row).group(1)
