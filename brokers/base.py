@@ -228,10 +228,21 @@ class Quote:
     close: Decimal
     volume: int
     timestamp: datetime | None
+    # The instrument's circuit limits today: the lowest and highest prices the exchange accepts an
+    # order at (its price and its trigger). None where the broker does not give them.
+    lower_circuit: Decimal | None = None
+    upper_circuit: Decimal | None = None
 
     @property
     def key(self) -> str:
         return f"{self.exchange}:{self.tradingsymbol}"
+
+    @property
+    def circuit(self) -> tuple[Decimal, Decimal] | None:
+        """(lower, upper) circuit limits, or None when the broker did not give both."""
+        if self.lower_circuit is None or self.upper_circuit is None or self.upper_circuit <= 0:
+            return None
+        return self.lower_circuit, self.upper_circuit
 
 
 @dataclass(frozen=True)
@@ -390,7 +401,8 @@ class Broker:
         raise NotImplementedError
 
     def quote(self, instruments: Iterable[str]) -> dict[str, Quote]:
-        """Quotes keyed ``EXCHANGE:SYMBOL``; unknown instruments are left out."""
+        """Quotes keyed ``EXCHANGE:SYMBOL`` (with the circuit limits where the broker gives them);
+        unknown instruments are left out."""
         raise NotImplementedError
 
     def ltp(self, instruments: Iterable[str]) -> dict[str, Decimal]:

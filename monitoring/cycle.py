@@ -46,7 +46,15 @@ from django.utils import timezone
 from accounts.models import BrokerAccount
 from brokers import markets, registry
 from brokers import services as broker_services
-from brokers.base import MULTIPLIED_EXCHANGES, BrokerOrder, BrokerPosition, BrokerTrade, Holding, stop_market_allowed
+from brokers.base import (
+    MULTIPLIED_EXCHANGES,
+    OPTION_EXCHANGES,
+    BrokerOrder,
+    BrokerPosition,
+    BrokerTrade,
+    Holding,
+    stop_market_allowed,
+)
 from brokers.base import Status as BrokerStatus
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError, OrderRejected, RejectKind
@@ -85,6 +93,9 @@ class Context:
     broker_trades: list[BrokerTrade] = field(default_factory=list)
     broker_positions: list[BrokerPosition] = field(default_factory=list)
     last_prices: dict = field(default_factory=dict)
+    # (exchange, symbol) -> (lower, upper) circuit limits, or None where not known; asked for only
+    # when a stop-loss limit is placed or moved (``_circuit``).
+    circuits: dict = field(default_factory=dict)
     actions: list[str] = field(default_factory=list)
     fetched: bool = False
     # Broker order ids of fills step 2 recorded with no order of ours (one placed in the broker's
@@ -276,6 +287,28 @@ def _prices_many(contexts: list[Context], failures: dict[int, BaseException]) ->
             continue
         for ctx in group:
             ctx.last_prices = {tuple(key.split(":", 1)): prices[key] for key in wanted[id(ctx)] if key in prices}
+
+
+def _circuit(ctx: Context, instrument) -> tuple[Decimal, Decimal] | None:
+    """The (lower, upper) circuit limits of ``instrument`` today, or None where not known, for a
+    stop-loss limit (an option's) about to be placed or moved: the exchange refuses one priced
+    outside them. The run's prices are last prices (Kite's LTP, which carries no limits), so the
+    first stop of a run that needs them asks one quote, for every option-exchange instrument the
+    run priced: a quote call per run that places or trails such a stop, never per stop, none in
+    the others. A quote that fails leaves them unknown: the stop goes as before, unclamped."""
+    key = (instrument.exchange, instrument.tradingsymbol)
+    if key not in ctx.circuits:
+        wanted = sorted({key} | {k for k in ctx.last_prices if k[0] in OPTION_EXCHANGES and k not in ctx.circuits})
+        symbols = [f"{exchange}:{symbol}" for exchange, symbol in wanted]
+        quotes = {}
+        try:
+            for start in range(0, len(symbols), PRICES_PER_CALL):
+                quotes.update(ctx.broker.quote(symbols[start : start + PRICES_PER_CALL]))
+        except BrokerError as error:
+            ctx.act(f"circuit limits not known this run ({error}): stop-loss limits go unclamped")
+        for wanted_key, symbol in zip(wanted, symbols, strict=True):
+            ctx.circuits[wanted_key] = quotes[symbol].circuit if symbol in quotes else None
+    return ctx.circuits[key]
 
 
 def _snapshots_save(contexts: list[Context]) -> dict[int, BaseException]:
@@ -1016,6 +1049,19 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         # (a trail's replacement, one put back after its day) is put back so too, not refused each run.
         prices = {**prices, **orders.stop_loss_terms(entry.instrument, side, prices["trigger_price"])}
     prices = _at_market_if_passed(ctx, entry.instrument, role, side, f"{name} for {entry.reference}", prices)
+    if role == Order.Role.STOP_LOSS and prices["order_type"] == "SL" and prices.get("price") is not None:
+        # Its limit inside the circuit limits, or the exchange refuses it every run (a wide stop's
+        # protection band under the lower limit; one put back on a day whose limits moved).
+        try:
+            prices["price"] = orders.stop_limit_in_circuit(
+                entry.instrument, side, prices["trigger_price"], prices["price"], _circuit(ctx, entry.instrument)
+            )
+        except ValidationError as error:
+            # Its trigger outside them: refused as well, and the market cannot reach it while they
+            # hold. Kept at the trader's level (not moved to the limit, which would sell at the
+            # circuit), and placed by the run that finds the limits widened to it.
+            _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: {_refusal(error)}")
+            return None
     # A replacement past the cap, or an exit that ended with its day put back, is placed under the
     # replaced exit's change lock, as a trader's cancel of it takes it: one asked since the step read
     # it (the exit closed, not put back yet) means none is.
@@ -1669,14 +1715,25 @@ def step_trail(ctx: Context) -> None:
         if new_trigger == stop.trigger_price:
             continue
         moves = {"trigger_price": new_trigger}
-        if stop.order_type == "SL-M" and not stop_market_allowed(stop.instrument):
-            # An option's SL-M placed before the rule (the paper exchange took it then): refused as
-            # it is, so trailed as the SL it is put back as (``_exit_place``), its band under it.
-            moves = orders.stop_loss_terms(stop.instrument, stop.side, new_trigger)
-        elif stop.order_type == "SL" and stop.price is not None:
-            # A stop-loss limit (an option's) moves its limit with its trigger, the band between them
-            # kept: left behind, a trailed stop would fill ever further under its trigger.
-            moves["price"] = stop.price + (new_trigger - stop.trigger_price)
+        try:
+            if stop.order_type == "SL-M" and not stop_market_allowed(stop.instrument):
+                # An option's SL-M placed before the rule (the paper exchange took it then): refused as
+                # it is, so trailed as the SL it is put back as (``_exit_place``), its band under it.
+                moves = orders.stop_loss_terms(stop.instrument, stop.side, new_trigger, _circuit(ctx, stop.instrument))
+            elif stop.order_type == "SL" and stop.price is not None:
+                # A stop-loss limit (an option's) moves its limit with its trigger, the band between them
+                # kept: left behind, a trailed stop would fill ever further under its trigger. Inside
+                # the circuit limits, as step 4 placed it.
+                moves["price"] = orders.stop_limit_in_circuit(
+                    stop.instrument,
+                    stop.side,
+                    new_trigger,
+                    stop.price + (new_trigger - stop.trigger_price),
+                    _circuit(ctx, stop.instrument),
+                )
+        except ValidationError as error:  # the new trigger outside the limits: the stop stays where it is
+            ctx.act(f"could not trail {stop.reference}: {_refusal(error)}")
+            continue
         cause = _cause("step 6", f"trailing: last {last}, step {step}")
         try:
             orders.order_modify(

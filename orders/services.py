@@ -265,20 +265,26 @@ def spec_check(
     return quantity, _as_stored(price, "price"), _as_stored(trigger_price, "trigger_price")
 
 
-def stop_loss_terms(instrument: Instrument, side: str, trigger: Decimal) -> dict:
+def stop_loss_terms(
+    instrument: Instrument, side: str, trigger: Decimal, circuit: tuple[Decimal, Decimal] | None = None
+) -> dict:
     """The terms of a stop-loss at ``trigger`` that the platform places itself (a strategy's exit):
     SL-M where the instrument takes it, else (an option: Kite blocks SL-M there) an SL whose limit
     is ``stop_limit_price``'s, so the stop is placed, not refused at the broker each run while the
-    position goes unprotected."""
+    position goes unprotected. ``circuit``: the instrument's (lower, upper) circuit limits where
+    known (``stop_limit_in_circuit``)."""
     if stop_market_allowed(instrument):
         return {"order_type": "SL-M", "trigger_price": trigger, "price": None}
-    return {"order_type": "SL", "trigger_price": trigger, "price": stop_limit_price(instrument, side, trigger)}
+    return {"order_type": "SL", "trigger_price": trigger, "price": stop_limit_price(instrument, side, trigger, circuit)}
 
 
-def stop_limit_price(instrument: Instrument, side: str, trigger: Decimal) -> Decimal:
+def stop_limit_price(
+    instrument: Instrument, side: str, trigger: Decimal, circuit: tuple[Decimal, Decimal] | None = None
+) -> Decimal:
     """The limit of a ``side`` stop-loss limit at ``trigger``: STOP_LIMIT_PROTECTION_PERCENT of the
     trigger beyond it (under a SELL stop's trigger, over a BUY stop's), on the tick away from the
-    trigger, at least one tick beyond it, and never under one tick (a price above 0)."""
+    trigger, at least one tick beyond it, and never under one tick (a price above 0); held inside
+    ``circuit`` where known (``stop_limit_in_circuit``)."""
     tick = instrument.tick_size
     band = trigger * settings.STOP_LIMIT_PROTECTION_PERCENT / 100
     if side == "SELL":
@@ -287,6 +293,33 @@ def stop_limit_price(instrument: Instrument, side: str, trigger: Decimal) -> Dec
     else:
         price = ((trigger + band) / tick).to_integral_value(rounding=ROUND_CEILING) * tick
         price = max(price, trigger + tick)
+    return stop_limit_in_circuit(instrument, side, trigger, price, circuit)
+
+
+def stop_limit_in_circuit(
+    instrument: Instrument, side: str, trigger: Decimal, price: Decimal, circuit: tuple[Decimal, Decimal] | None
+) -> Decimal:
+    """A ``side`` stop-loss limit's ``price`` held inside the instrument's ``circuit`` limits (lower,
+    upper), on the tick: the exchange refuses an order priced outside them. A SELL stop's limit is
+    not under the lower limit, a BUY stop's not over the upper one (the band to the trigger
+    narrows: the market cannot trade beyond the limit today anyway). ``circuit`` None (not known):
+    ``price`` as it is. A trigger outside the limits raises ValidationError on ``trigger_price``:
+    the exchange refuses it too, and the market cannot reach it while the limits hold."""
+    if circuit is None:
+        return price.quantize(PRICE_PLACES)
+    tick = instrument.tick_size
+    lower, upper = circuit
+    lowest = (lower / tick).to_integral_value(rounding=ROUND_CEILING) * tick
+    highest = (upper / tick).to_integral_value(rounding=ROUND_FLOOR) * tick
+    if not lowest <= trigger <= highest:
+        raise ValidationError(
+            {
+                "trigger_price": f"{instrument.tradingsymbol}: the trigger {trigger} is outside today's circuit"
+                f" limits {lower} - {upper}; the exchange refuses it, and the market cannot reach it while"
+                " they hold."
+            }
+        )
+    price = max(price, lowest) if side == "SELL" else min(price, highest)
     return price.quantize(PRICE_PLACES)
 
 

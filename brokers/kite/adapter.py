@@ -76,6 +76,12 @@ def decimal(value) -> Decimal:
     return Decimal(str(value if value is not None else 0))
 
 
+def _circuit_limit(value) -> Decimal | None:
+    """A quote's circuit limit, or None where Kite gives none (0 or missing: an index has no band)."""
+    limit = decimal(value)
+    return limit if limit > 0 else None
+
+
 def order_status(data: dict) -> str:
     status = (data.get("status") or "").upper()
     filled = int(data.get("filled_quantity") or 0)
@@ -478,6 +484,8 @@ class KiteBroker(base.Broker):
                 close=decimal((row.get("ohlc") or {}).get("close")),
                 volume=int(row.get("volume") or 0),
                 timestamp=parse_time(row.get("timestamp")),
+                lower_circuit=_circuit_limit(row.get("lower_circuit_limit")),
+                upper_circuit=_circuit_limit(row.get("upper_circuit_limit")),
             )
         return quotes
 

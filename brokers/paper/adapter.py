@@ -215,6 +215,7 @@ _announced = background.Batch(_announce, yields=True)
 
 
 def to_quote(instrument) -> base.Quote:
+    lower_circuit, upper_circuit = engine.price_band(instrument)  # as its Kite face's quote gives them
     return base.Quote(
         exchange=instrument.exchange,
         tradingsymbol=instrument.tradingsymbol,
@@ -225,6 +226,8 @@ def to_quote(instrument) -> base.Quote:
         close=instrument.previous_close,
         volume=instrument.volume,
         timestamp=instrument.updated_at,
+        lower_circuit=lower_circuit,
+        upper_circuit=upper_circuit,
     )
 
 

@@ -589,6 +589,26 @@ def test_kites_margin_and_holding_exceptions_to_a_placement_are_refusals_of_thei
     assert error.value.kind == kind and error.value.message == message
 
 
+def test_kites_quote_carries_the_circuit_limits_and_none_where_it_gives_none(fake_kite):
+    """Kite's quote sample: INFY's circuit limits (1250.7 - 1528.6), which an option stop's limit is
+    clamped to. A row without them (an index's 0s, an answer of another shape) has none, not 0 - 0,
+    which would clamp every limit to 0."""
+    fake_kite.answers = {"GET": (200, "application/json", (SAMPLES / "quote.json").read_bytes())}
+    quote = adapter().quote(["NSE:INFY"])["NSE:INFY"]
+    assert (quote.lower_circuit, quote.upper_circuit) == (Decimal("1250.7"), Decimal("1528.6"))
+    assert quote.circuit == (Decimal("1250.7"), Decimal("1528.6"))
+
+    body = json.loads((SAMPLES / "quote.json").read_text())
+    row = body["data"]["NSE:INFY"]
+    body["data"] = {
+        "NSE:INFY": {key: value for key, value in row.items() if not key.endswith("_circuit_limit")},
+        "NSE:NIFTY 50": {**row, "lower_circuit_limit": 0, "upper_circuit_limit": 0},
+    }
+    fake_kite.answers = {"GET": (200, "application/json", json.dumps(body).encode())}
+    quotes = adapter().quote(["NSE:INFY", "NSE:NIFTY 50"])
+    assert [(q.lower_circuit, q.upper_circuit, q.circuit) for q in quotes.values()] == [(None, None, None)] * 2
+
+
 # --- The start of the day's figures ----------------------------------------------------------------
 
 

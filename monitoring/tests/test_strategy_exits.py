@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from brokers.paper import engine
-from brokers.paper.models import PaperClient, PaperOrder
+from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder
 from monitoring import cycle
 from monitoring.models import AccountRun
 from orders import services, sources
@@ -486,6 +486,105 @@ def test_an_options_sl_m_stop_from_before_the_rule_trails_on_as_a_banded_sl(trad
     at_exchange = PaperOrder.objects.get(order_id=live.broker_order_id)
     assert (at_exchange.status, at_exchange.order_type) == (PaperOrder.Status.TRIGGER_PENDING, "SL")
     assert live_exits(account, "stop_loss") == 75
+
+
+def wide_option_entry(trader, account, settings, *, side="BUY", stop_loss="19", trailing_step="1") -> Order:
+    """A strategy's entry of 75 of the option at 250 (previous close 250: circuit limits 200 - 300)
+    with a wide stop (``stop_loss`` %, trailing by ``trailing_step`` points), not monitored yet."""
+    settings.STOP_LIMIT_PROTECTION_PERCENT = D("3")
+    guarded = strategy(trader, account, stop_loss=D(stop_loss), trailing_step=D(trailing_step))
+    quote_option("250")
+    return place(
+        trader, account, symbol=OPTION, exchange="NFO", side=side, quantity=75, product="NRML", strategy=guarded,
+        source="strategy",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "side, trigger, limit, trailed",
+    [
+        # Filled at 250.05, its stop 19 % under at 202.55: the band's limit, 196.45, is under 200.
+        ("BUY", D("202.55"), D("200.00"), (D("203.55"), D("201.00"))),
+        # A short filled at 249.95, its stop 19 % over at 297.45: the band's limit, 306.40, is over 300.
+        ("SELL", D("297.45"), D("300.00"), (D("296.45"), D("299.00"))),
+    ],
+)
+def test_an_options_stop_whose_band_crosses_the_circuit_limit_is_placed_with_its_limit_at_the_limit(
+    trader, account, settings, side, trigger, limit, trailed
+):
+    """An option's stop-loss limit goes its protection band (3 %) beyond its trigger: a wide stop's
+    trigger near a circuit limit put the limit outside it, the paper exchange rejected it (price
+    band, as Kite does) and the cycle placed it again every run, the position unprotected. Its limit
+    is held at the circuit limit, the exchange takes it, and trailing keeps it inside."""
+    first = wide_option_entry(trader, account, settings, side=side)
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    stop = first.children.get(role="stop_loss")
+    assert (stop.status, stop.order_type, stop.trigger_price, stop.price) == (Order.Status.OPEN, "SL", trigger, limit)
+    at_exchange = PaperOrder.objects.get(order_id=stop.broker_order_id)
+    assert (at_exchange.status, at_exchange.trigger_price, at_exchange.price) == (
+        PaperOrder.Status.TRIGGER_PENDING,
+        trigger,
+        limit,
+    )
+    quote_option("252" if side == "BUY" else "248")  # a step of 1 toward the market
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    stop.refresh_from_db()
+    at_exchange.refresh_from_db()
+    lower, upper = engine.price_band(at_exchange.instrument)
+    assert (stop.trigger_price, stop.price) == trailed and lower <= stop.price <= upper
+    assert (at_exchange.trigger_price, at_exchange.price) == (stop.trigger_price, stop.price)
+    assert at_exchange.status == PaperOrder.Status.TRIGGER_PENDING
+    assert live_exits(account, "stop_loss") == 75
+
+
+def test_an_options_sl_m_stop_from_before_the_rule_trails_with_its_limit_inside_the_circuit_limits(
+    trader, account, settings
+):
+    """An option's SL-M stop from before the rule trails as an SL with its protection band under the
+    new trigger: near the lower circuit limit that band fell under it and the exchange refused the
+    modify every run ("could not trail"). Its limit is held at the circuit limit."""
+    first = wide_option_entry(trader, account, settings)
+    assert monitor(account).status == AccountRun.Status.OK
+    stop = first.children.get(role="stop_loss")
+    assert stop.trigger_price == D("202.55")
+    Order.objects.filter(pk=stop.pk).update(order_type="SL-M", price=None)  # as placed before the rule
+    PaperOrder.objects.filter(order_id=stop.broker_order_id).update(order_type="SL-M", price=0)
+    quote_option("251.5")  # one step of 1: 203.55, whose band's limit is 197.40
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    assert not [line for line in run.actions if "could not" in line], run.actions
+    stop.refresh_from_db()
+    assert (stop.order_type, stop.trigger_price, stop.price) == ("SL", D("203.55"), D("200.00"))
+    at_exchange = PaperOrder.objects.get(order_id=stop.broker_order_id)
+    assert (at_exchange.status, at_exchange.order_type, at_exchange.price) == (
+        PaperOrder.Status.TRIGGER_PENDING,
+        "SL",
+        D("200.00"),
+    )
+
+
+def test_an_options_stop_whose_trigger_is_outside_the_circuit_limits_waits_for_them_to_reach_it(
+    trader, account, settings
+):
+    """A 25 % stop of an option bought at 250.05 triggers at 187.55, under its lower circuit limit
+    (200): the exchange refuses it, and the market cannot fall there while the limits hold. It is
+    not sent (no refusal after refusal); the run says why, and the run that finds the limits moved
+    to it (the next day's, from a lower close) places it at the trader's level, its limit inside."""
+    first = wide_option_entry(trader, account, settings, stop_loss="25")
+    run = monitor(account)
+    assert run.status == AccountRun.Status.ERRORS
+    assert any(
+        "without a stop-loss" in e["error"] and "circuit limits 200.00 - 300.00" in e["error"] for e in run.errors
+    )
+    assert not first.children.filter(role="stop_loss").exists()
+    assert not PaperOrder.objects.filter(instrument__tradingsymbol=OPTION, order_type="SL").exists()
+    PaperInstrument.objects.filter(tradingsymbol=OPTION).update(previous_close=D("230"))  # limits 184 - 276
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    stop = first.children.get(role="stop_loss")
+    assert (stop.status, stop.trigger_price, stop.price) == (Order.Status.OPEN, D("187.55"), D("184.00"))
 
 
 def test_the_stop_of_an_entrys_first_fill_trails_at_its_own_distance_when_the_entry_fills_higher(trader, account):

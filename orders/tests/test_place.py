@@ -132,6 +132,36 @@ def test_a_stop_limits_price_is_the_protection_band_beyond_its_trigger(
     assert services.stop_loss_terms(future, side, D("26000"))["order_type"] == "SL-M"  # futures keep SL-M
 
 
+@pytest.mark.parametrize(
+    "side, trigger, circuit, price",
+    [
+        ("SELL", "202.55", ("200", "300"), "200.00"),  # the band's 196.45 is under the lower limit
+        ("SELL", "200.00", ("200", "300"), "200.00"),  # at the limit: the limit is the trigger
+        ("SELL", "202.55", ("199.98", "300"), "200.00"),  # a limit off the tick: the tick inside it
+        ("SELL", "240.05", ("200", "300"), "232.80"),  # inside: the band as it is
+        ("BUY", "297.45", ("200", "300"), "300.00"),  # the band's 306.40 is over the upper limit
+        ("BUY", "297.45", ("200", "300.03"), "300.00"),
+        ("BUY", "297.45", None, "306.40"),  # limits not known: the band as it is
+    ],
+)
+def test_a_stop_limits_price_is_held_inside_the_circuit_limits(instruments, settings, side, trigger, circuit, price):
+    settings.STOP_LIMIT_PROTECTION_PERCENT = D("3")
+    option = Instrument.objects.get(exchange="NFO", tradingsymbol="NIFTY26DEC26000PE")
+    circuit = tuple(D(limit) for limit in circuit) if circuit else None
+    terms = services.stop_loss_terms(option, side, D(trigger), circuit)
+    assert terms == {"order_type": "SL", "trigger_price": D(trigger), "price": D(price)}
+
+
+@pytest.mark.parametrize("side, trigger", [("SELL", "199.95"), ("BUY", "300.05")])
+def test_a_stop_limit_whose_trigger_is_outside_the_circuit_limits_is_refused_naming_the_trigger(
+    instruments, side, trigger
+):
+    option = Instrument.objects.get(exchange="NFO", tradingsymbol="NIFTY26DEC26000PE")
+    with pytest.raises(ValidationError) as refused:
+        services.stop_loss_terms(option, side, D(trigger), (D("200"), D("300")))
+    assert "circuit limits 200 - 300" in refused.value.message_dict["trigger_price"][0]
+
+
 def test_risk_limits(trader, account):
     account_services.broker_account_update(
         account=account, actor=trader, max_quantity=10, max_order_value=D("20000"), allowed_products=["MIS"]

@@ -285,6 +285,21 @@ def test_the_quotes_circuit_limits_are_the_prices_the_band_allows(client):
     assert place(client, price=str(upper + instrument.tick_size)).status == Status.REJECTED
 
 
+def test_the_in_process_adapters_quote_carries_the_circuit_limits_its_kite_face_gives(client):
+    """The platform clamps an option stop's limit to the circuit limits of the broker's quote: the
+    in-process adapter's quote gives the same limits as the Kite face's, the prices the band allows."""
+    from brokers.paper import kite_format
+    from brokers.paper.adapter import PaperBroker
+
+    PaperInstrument.objects.filter(tradingsymbol="INFY").update(previous_close=D("1500.1"))
+    broker = PaperBroker(client_id=client.user_id)
+    broker.login()
+    quote = broker.quote(["NSE:INFY"])["NSE:INFY"]
+    face = kite_format.quote(engine.instrument_lookup("NSE", "INFY"))
+    assert quote.circuit == (D("1200.10"), D("1800.10"))
+    assert quote.circuit == (D(str(face["lower_circuit_limit"])), D(str(face["upper_circuit_limit"])))
+
+
 def test_rejects_insufficient_funds_counting_open_orders(client):
     PaperClient.objects.filter(pk=client.pk).update(cash=D("10000"))
     place(client, price="1450", quantity=6)  # blocks 8700
