@@ -289,6 +289,10 @@ class Broker:
     - ``shared_market_data``: True when prices asked through one account are not that account's
       to spend: no per-trader credentials, quote budget or subscription behind them (the paper
       exchange). Otherwise a trader's session asks prices only for that trader's accounts.
+    - ``feeds_instrument_prices``: True for the one broker whose price feed writes the instruments'
+      last prices (``brokers.services.ticks_apply``: the paper exchange's ticker). Those prices are
+      its market only: another broker's accounts are valued and checked at their own broker's prices
+      (``brokers.selectors.prices_fed_by``), never at an invented one.
 
     Class methods say when its exchanges trade (``day_orders_end``, ``next_open``): the Indian
     exchanges' sessions (``brokers.markets``) unless an adapter trades otherwise.
@@ -305,6 +309,7 @@ class Broker:
     tells_order_updates = False
     cancels_at_once = False
     shared_market_data = False
+    feeds_instrument_prices = False
 
     def __init__(self, *, client_id: str, credentials: dict | None = None, access_token: str | None = None):
         self.client_id = client_id

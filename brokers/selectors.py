@@ -2,7 +2,7 @@ from django.db.models import Case, Q, Value, When
 
 from tradingplatform.memo import Memo
 
-from . import base
+from . import base, registry
 from .models import Instrument
 
 # Lot and tick sizes change at most daily (and ``instruments_load`` clears this); last prices
@@ -16,6 +16,11 @@ def instrument_by_symbol(exchange: str, tradingsymbol: str) -> Instrument | None
         (exchange, tradingsymbol),
         lambda: Instrument.objects.filter(exchange=exchange, tradingsymbol=tradingsymbol).first(),
     )
+
+
+def prices_fed_by(broker: str) -> bool:
+    """Whether the instruments' last prices are this broker's market (``Broker.feeds_instrument_prices``)."""
+    return registry.get(broker).feeds_instrument_prices
 
 
 def instrument_last_price(instrument: Instrument):

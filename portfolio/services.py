@@ -12,7 +12,7 @@ from django.utils import timezone
 from accounts.models import BrokerAccount
 from brokers.base import IST, MULTIPLIED_EXCHANGES, BrokerTrade
 from brokers.models import Instrument
-from brokers.selectors import instrument_by_symbol
+from brokers.selectors import instrument_by_symbol, prices_fed_by
 from orders.models import Order
 from orders.services import placed_order_ids
 from tradingplatform import background
@@ -45,7 +45,9 @@ def trades_record(
     (the fast path), so they are most likely new: no look for them before inserting them (the
     unique key refuses one recorded meanwhile, and the fills are then recorded looking first).
     ``at_market``: the positions are valued at the market's latest price (the instrument's last
-    price), not at the last price they had or the fill's.
+    price), not at the last price they had or the fill's; only an account at the broker whose feed
+    writes those prices (the paper exchange): another broker's positions are valued at their own
+    broker's prices, never at the paper exchange's.
     """
     return trades_record_many([(account, broker_trades)], fresh=fresh, at_market=at_market).get(account.pk, [])
 
@@ -273,7 +275,10 @@ def _record(
         # Lock the positions first (in one order, so two recorders never deadlock): fills of a
         # position are then inserted and applied by one recorder at a time, so what is recorded
         # is also applied, and a position's ``last_trade_id`` never passes over a fill.
-        positions = _positions_locked(keys, at_market=at_market)
+        # The instruments' last prices are the paper exchange's ticker's: only its accounts are valued
+        # at them; another broker's positions keep their own broker's (marked by the monitoring run).
+        market_accounts = {row.account_id for row in rows if prices_fed_by(row.account.broker)} if at_market else set()
+        positions = _positions_locked(keys, at_market=market_accounts)
         if any(key not in positions for key in keys):
             return None
         if look_first:
@@ -339,11 +344,12 @@ _POSITIONS = PlainRows(Position)
 _LAST_PRICES = PlainRows(Instrument, only=("last_price",))
 
 
-def _positions_locked(keys: list[tuple], *, at_market: bool) -> dict[tuple, Position]:
+def _positions_locked(keys: list[tuple], *, at_market: set[int]) -> dict[tuple, Position]:
     """The positions of the accounts and instruments of ``keys``, locked, in one order (so two
-    recorders never deadlock), by (account id, instrument id, product). ``at_market``: each with
-    ``market_price``, the instrument's last price (None when unknown), read with the lock, not
-    locked (FOR UPDATE does not lock a subquery's rows). Written out: this runs for every fill."""
+    recorders never deadlock), by (account id, instrument id, product). ``at_market``: the accounts
+    whose positions each get ``market_price``, the instrument's last price (None when unknown), read
+    with the lock, not locked (FOR UPDATE does not lock a subquery's rows). Written out: this runs
+    for every fill."""
     accounts, instruments = sorted({key[0] for key in keys}), sorted({key[1] for key in keys})
     market = (
         f", (SELECT i.last_price FROM {Instrument._meta.db_table} i WHERE i.id = p.instrument_id AND i.last_price > 0)"  # noqa: S608
@@ -365,7 +371,7 @@ def _positions_locked(keys: list[tuple], *, at_market: bool) -> dict[tuple, Posi
     width = _POSITIONS.width
     for values in fetched:
         position = _POSITIONS.make(values[:width])
-        if at_market:
+        if position.account_id in at_market:
             position.market_price = _LAST_PRICES.convert(values[width:])[0]
         positions[(position.account_id, position.instrument_id, position.product)] = position
     return positions

@@ -237,6 +237,7 @@ class PaperBroker(base.Broker):
     tells_order_updates = True  # in-process, after each change's commit (``order_announce``)
     cancels_at_once = True
     shared_market_data = True  # the platform's own exchange: no trader's credentials or budget behind a quote
+    feeds_instrument_prices = True  # its ticker writes ``Instrument.last_price`` (``feed.publish_ticks``)
 
     # Its market trades round the clock; its DAY orders rest until midnight (``engine.day_orders_close``).
     @classmethod

@@ -161,6 +161,25 @@ def test_fills_valued_at_the_market_value_the_instruments_other_positions_too(ac
     assert cnc.last_price == D("104") and cnc.unrealized_pnl == D("40")
 
 
+def test_a_kite_accounts_fills_valued_at_the_market_are_not_valued_at_the_paper_exchanges_prices(trader, instruments):
+    """The instruments' last prices are the paper exchange's ticker's, a random walk of its own. A
+    Kite account's fills recorded at the market (its opening lots, by the monitoring run) valued
+    its positions at them: a PnL from invented prices, the other product's position re-marked too,
+    until a run marked them at Kite's. They keep Kite's price; a new one is valued at its fill."""
+    from accounts.tests.factories import make_kite_account
+    from brokers.paper import engine, feed
+
+    kite = make_kite_account(trader, client_id="KT0001")
+    services.trades_record(account=kite, broker_trades=[fill("1", "BUY", 10, "100", product="CNC")])
+    services.positions_mark(account=kite, last_prices={("NSE", "INFY"): D("102")})  # Kite's, as a run marks it
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=D("150"))
+    feed.publish_ticks()  # the paper exchange's tick
+    services.trades_record(account=kite, broker_trades=[fill("2", "BUY", 5, "101")], at_market=True)
+    cnc, mis = (Position.objects.get(account=kite, product=p) for p in ("CNC", "MIS"))
+    assert (cnc.last_price, cnc.unrealized_pnl) == (D("102"), D("20"))  # not 150 and 500
+    assert (mis.last_price, mis.unrealized_pnl) == (D("101"), D("0"))  # not 150 and 245
+
+
 def test_a_fill_of_a_known_position_is_four_statements(account, django_assert_max_num_queries):
     services.trades_record(account=account, broker_trades=[fill("1", "BUY", 10, "100")])
     # Its order looked up, the position locked (with the market's price), the fill inserted, the
