@@ -1,9 +1,13 @@
+import logging
+
 from django.db.models import Case, Q, Value, When
 
 from tradingplatform.memo import Memo
 
 from . import base, registry
 from .models import Instrument
+
+logger = logging.getLogger(__name__)
 
 # Lot and tick sizes change at most daily (and ``instruments_load`` clears this); last prices
 # move every second, so readers of a price ask the database (``instrument_last_price``).
@@ -23,8 +27,24 @@ def prices_fed_by(broker: str) -> bool:
     return registry.get(broker).feeds_instrument_prices
 
 
-def instrument_last_price(instrument: Instrument):
-    return Instrument.objects.filter(pk=instrument.pk).values_list("last_price", flat=True).first()
+def instrument_last_price(instrument: Instrument, *, account):
+    """The instrument's last price at ``account``'s broker, or None when there is none to be had.
+
+    ``Instrument.last_price`` is the paper exchange's ticker's (``services.ticks_apply``): read from
+    the database for an account at the paper exchange. Any other broker's account asks its own
+    broker (one quote call): the paper exchange's random walk is not that market's price.
+    """
+    if prices_fed_by(account.broker):
+        return Instrument.objects.filter(pk=instrument.pk).values_list("last_price", flat=True).first()
+    from .client import AccountBroker  # the client imports services, which import this module
+    from .errors import BrokerError
+
+    try:
+        price = AccountBroker(account).ltp([instrument.key]).get(instrument.key)
+    except BrokerError as error:
+        logger.warning("account %s: no last price of %s from its broker: %r", account.pk, instrument.key, error)
+        return None
+    return price if price and price > 0 else None  # 0: not traded yet, no price
 
 
 def instruments_changed() -> None:

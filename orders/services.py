@@ -390,7 +390,7 @@ def order_check(
     if account.max_quantity is not None and quantity > account.max_quantity and not (closing or kept):
         raise ValidationError({"quantity": f"Above this account's limit of {account.max_quantity}."})
     if account.max_order_value is not None and not closing:
-        value = _order_value(instrument, side, order_type, quantity, price, trigger_price)
+        value = _order_value(account, instrument, side, order_type, quantity, price, trigger_price)
         if value > account.max_order_value and (modifying is None or value > _value_of(modifying)):
             raise ValidationError(
                 {"quantity": f"Order value {value:.2f} is above this account's limit of {account.max_order_value}."}
@@ -398,16 +398,19 @@ def order_check(
     return Checked(account, instrument, side, quantity, order_type, product, validity, price, trigger_price)
 
 
-def _order_value(instrument: Instrument, side: str, order_type: str, quantity: int, price, trigger_price) -> Decimal:
+def _order_value(
+    account: BrokerAccount, instrument: Instrument, side: str, order_type: str, quantity: int, price, trigger_price
+) -> Decimal:
     """What an order is worth against the account's order value limit (a ValidationError naming the
-    instrument when it has no last price to value it at)."""
-    reference_price = price or trigger_price or instrument_last_price(instrument)
+    instrument when it has no last price to value it at), at the last price of the account's own
+    broker where it needs one (``instrument_last_price``)."""
+    reference_price = price or trigger_price or instrument_last_price(instrument, account=account)
     if not reference_price:
         raise ValidationError({"instrument": "No last price to check this order's value against the limit."})
     if side == "SELL" and order_type == "LIMIT":
         # A sell limit below the market crosses on arrival and fills at the market, not at its
         # limit: valued at its limit, it passed where the same order at MARKET is refused.
-        reference_price = max(reference_price, instrument_last_price(instrument) or 0)
+        reference_price = max(reference_price, instrument_last_price(instrument, account=account) or 0)
     elif side == "SELL" and order_type == "SL":
         # A sell stop-loss limit's limit is at or below its trigger: once the price falls to the
         # trigger it sells at the market there, as an SL-M does, not at its limit.
@@ -418,7 +421,7 @@ def _order_value(instrument: Instrument, side: str, order_type: str, quantity: i
 def _value_of(order: Order) -> Decimal:
     """An order's value against the limit, on its terms as they are (``_order_value``)."""
     terms = (order.order_type, order.quantity, order.price, order.trigger_price)
-    return _order_value(order.instrument, order.side, *terms)
+    return _order_value(order.account, order.instrument, order.side, *terms)
 
 
 def _closes_equity_nrml(account: BrokerAccount, instrument: Instrument, side: str, quantity: int) -> bool:

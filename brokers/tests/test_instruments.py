@@ -146,7 +146,7 @@ def test_page_colours_the_change_by_direction(trader_client, instruments):
 
 
 @pytest.mark.parametrize("price", ["0", "-3.50"])
-def test_a_tick_with_no_price_keeps_the_last_price(instruments, price):
+def test_a_tick_with_no_price_keeps_the_last_price(instruments, account, price):
     """A tick whose last price is zero (no trade yet) or negative is not a price: the instrument
     keeps the last one it had (read by the order value limit and the fills valued at market),
     and a close that is no price does not replace the previous close either."""
@@ -157,7 +157,7 @@ def test_a_tick_with_no_price_keeps_the_last_price(instruments, price):
     services.ticks_apply([quote])
     infy.refresh_from_db()
     assert (infy.last_price, infy.previous_close) == before
-    assert selectors.instrument_last_price(infy) == before[0]
+    assert selectors.instrument_last_price(infy, account=account) == before[0]
 
 
 @pytest.mark.parametrize(

@@ -176,6 +176,27 @@ def test_risk_limits(trader, account):
     assert not PaperOrder.objects.exists()
 
 
+def test_a_kite_accounts_market_order_is_valued_at_kites_price_not_the_paper_exchanges(trader, kite_on_face):
+    """The instruments' last prices are the paper exchange's ticker's, a random walk of its own: a
+    Kite account's MARKET order was valued at it against the order value limit. With INFY at 1500
+    at Kite and 1000 on the paper ticker, 100 shares (150000) passed a limit of 120000."""
+    from brokers import services as broker_services
+    from brokers.base import Quote
+
+    account = kite_on_face
+    account_services.broker_account_update(account=account, actor=trader, max_order_value=D("120000"))
+    account.refresh_from_db()
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=D("1500"))  # Kite's market (its face)
+    broker_services.ticks_apply([Quote("NSE", "INFY", 1, D("1000"), None, None, D("1000"), 0, None)])  # paper's
+    with pytest.raises(ValidationError, match="Order value 150000.00") as refused:
+        place(trader, account, quantity=100)
+    assert "quantity" in refused.value.message_dict
+    with pytest.raises(ValidationError, match="Order value 150000.00"):  # a SELL LIMIT below it fills at it
+        place(trader, account, side="SELL", quantity=100, order_type="LIMIT", price="1100")
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+    assert place(trader, account, quantity=80).status != Order.Status.REJECTED  # 120000 at Kite's price: within it
+
+
 def test_a_sell_limit_below_the_market_is_valued_at_the_market_it_fills_at(trader, account):
     """A SELL LIMIT priced below the market crosses on arrival and fills at the market: 12 at a
     limit of 1300 with the last price at 1500 is an order worth 18000, as the same order at MARKET
