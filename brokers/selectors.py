@@ -12,6 +12,11 @@ logger = logging.getLogger(__name__)
 # Lot and tick sizes change at most daily (and ``instruments_load`` clears this); last prices
 # move every second, so readers of a price ask the database (``instrument_last_price``).
 _by_symbol = Memo("instrument by symbol", ttl_s=60)
+# Another broker's last prices, asked of it (``instrument_last_price``): kept a moment, so a basket's
+# or a scheduled time's MARKET orders in one instrument cost one quote call, not one each (Kite
+# allows one a second). The market's price: the same for every account at that broker.
+BROKER_PRICE_KEEP_S = 2
+_broker_prices = Memo("last price at a broker", ttl_s=BROKER_PRICE_KEEP_S)
 
 
 def instrument_by_symbol(exchange: str, tradingsymbol: str) -> Instrument | None:
@@ -32,10 +37,15 @@ def instrument_last_price(instrument: Instrument, *, account):
 
     ``Instrument.last_price`` is the paper exchange's ticker's (``services.ticks_apply``): read from
     the database for an account at the paper exchange. Any other broker's account asks its own
-    broker (one quote call): the paper exchange's random walk is not that market's price.
+    broker (one quote call, its answer kept ``BROKER_PRICE_KEEP_S`` for every account at that
+    broker): the paper exchange's random walk is not that market's price.
     """
     if prices_fed_by(account.broker):
         return Instrument.objects.filter(pk=instrument.pk).values_list("last_price", flat=True).first()
+    return _broker_prices.get((account.broker, instrument.key), lambda: _asked_last_price(instrument, account))
+
+
+def _asked_last_price(instrument: Instrument, account):
     from .client import AccountBroker  # the client imports services, which import this module
     from .errors import BrokerError
 

@@ -4,6 +4,7 @@ import threading
 import time as clock
 from datetime import timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 
 import kombu.exceptions
 import pytest
@@ -195,6 +196,30 @@ def test_a_kite_accounts_market_order_is_valued_at_kites_price_not_the_paper_exc
         place(trader, account, side="SELL", quantity=100, order_type="LIMIT", price="1100")
     assert not Order.objects.exists() and not PaperOrder.objects.exists()
     assert place(trader, account, quantity=80).status != Order.Status.REJECTED  # 120000 at Kite's price: within it
+
+
+def test_a_kite_accounts_market_orders_moments_apart_ask_its_price_once(trader, kite_on_face, monkeypatch):
+    """Kite answers one quote call a second: a basket's or a scheduled time's MARKET orders in one
+    instrument, each asking its price for the order value limit, waited a second each. The price is
+    kept ``BROKER_PRICE_KEEP_S``: asked once, and asked again once that is past."""
+    from brokers import selectors
+    from tradingplatform import memo
+
+    account = kite_on_face
+    account_services.broker_account_update(account=account, actor=trader, max_order_value=D("1000000"))
+    account.refresh_from_db()
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=D("1500"))
+    asked, ltp = [], AccountBroker.ltp
+    monkeypatch.setattr(AccountBroker, "ltp", lambda broker, keys: asked.append(keys) or ltp(broker, keys))
+    for _ in range(3):
+        assert place(trader, account, quantity=1).status != Order.Status.REJECTED
+    assert asked == [["NSE:INFY"]]
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=D("1510"))
+    later = clock.monotonic() + selectors.BROKER_PRICE_KEEP_S + 1
+    monkeypatch.setattr(memo, "time", SimpleNamespace(monotonic=lambda: later))  # the memos' clock only
+    with pytest.raises(ValidationError, match="Order value 1002640.00"):  # at 1510, asked again (996000 at 1500)
+        place(trader, account, quantity=664)
+    assert len(asked) == 2
 
 
 def test_a_sell_limit_below_the_market_is_valued_at_the_market_it_fills_at(trader, account):
