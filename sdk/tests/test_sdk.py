@@ -1495,6 +1495,33 @@ def test_cli_modify_or_cancel_that_may_have_been_made_says_to_look(adapter_class
     assert made.status == "CANCELLED" if action == "cancel" else made.price == D("1405")
 
 
+class InterruptedWaitingForTheChangeAnswer(Recorder):
+    """The trader presses Ctrl-C while a modify (PATCH) or cancel (POST), already carried out by the
+    server, waits for its answer."""
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if request.method in ("PATCH", "POST"):
+            response.close()
+            raise KeyboardInterrupt
+        return response
+
+
+@pytest.mark.parametrize("action", ["modify", "cancel"])
+def test_cli_modify_or_cancel_interrupted_says_it_may_have_reached_the_broker_and_to_look(action, tp, env, monkeypatch):
+    """Ctrl-C on a slow modify or cancel: the CLI exited 130 saying nothing, though the change had
+    been made: the trader could not tell whether it was, nor where to look."""
+    order = env.client.place_order(env.account.pk, "INFY", "BUY", 1, order_type="LIMIT", price="1400")
+    lossy_cli(monkeypatch, InterruptedWaitingForTheChangeAnswer)
+    extra = ["--price", "1405"] if action == "modify" else []
+    interrupted = tp("orders", action, str(order.id), *extra)
+    assert interrupted.code == 130 and interrupted.out == "" and "Traceback" not in interrupted.err
+    assert "may or may not have reached the broker" in interrupted.err, interrupted.err
+    assert f"tp orders get {order.id}" in interrupted.err
+    made = env.client.order(order.id)
+    assert made.status == "CANCELLED" if action == "cancel" else made.price == D("1405")
+
+
 def test_cli_status_open_lists_every_order_not_final(tp, env):
     resting = env.client.place_order(env.account.pk, "INFY", "BUY", 5, order_type="LIMIT", price="1400")
     partly = env.client.place_order(env.account.pk, "INFY", "BUY", 5, order_type="LIMIT", price="1400")

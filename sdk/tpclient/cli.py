@@ -10,6 +10,7 @@ the output's reader closed it early (``tp orders list | head -1``).
 ``orders place`` and ``baskets place`` make their idempotency key themselves when ``--key`` is not
 given, so that when a call fails after it may have been carried out (no answer, a 5xx, a lost
 answer before the last try, Ctrl-C while it waits) they can say which key repeats it safely.
+``orders modify`` and ``orders cancel`` failing so (or interrupted) say to look at the order first.
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ class NotPlaced(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a placement, which may have been carried out all the same; ``advice`` says what to do."""
+    """Ctrl-C during a placement, a modify or a cancel, which may have been carried out all the same;
+    ``advice`` says what to do."""
 
     def __init__(self, advice: str):
         super().__init__(advice)
@@ -276,6 +278,8 @@ def cmd_orders_modify(client: Client, args):
         if _may_have_been_made(error):
             raise OutcomeUnknown(error, _look_advice("change", args.id)) from error
         raise
+    except KeyboardInterrupt:  # the request may have reached the server, and the broker
+        raise Interrupted(_interrupted_advice("change", args.id)) from None
     return order, orders_table([order])
 
 
@@ -286,6 +290,8 @@ def cmd_orders_cancel(client: Client, args):
         if _may_have_been_made(error):
             raise OutcomeUnknown(error, _look_advice("cancel", args.id)) from error
         raise
+    except KeyboardInterrupt:  # the request may have reached the server, and the broker
+        raise Interrupted(_interrupted_advice("cancel", args.id)) from None
     return order, orders_table([order])
 
 
@@ -300,6 +306,10 @@ def _may_have_been_made(error: ApiError) -> bool:
 
 def _look_advice(what: str, order_id: int) -> str:
     return f"The {what} may have been made all the same. Check `tp orders get {order_id}` before repeating it."
+
+
+def _interrupted_advice(what: str, order_id: int) -> str:
+    return f"The {what} may or may not have reached the broker. Check `tp orders get {order_id}` before repeating it."
 
 
 def cmd_trades_list(client: Client, args):
