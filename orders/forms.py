@@ -5,6 +5,7 @@ from decimal import Decimal, InvalidOperation
 
 from django import forms
 
+from accounts.models import BrokerAccount
 from accounts.selectors import broker_accounts_of
 from brokers.base import IST, stop_market_allowed
 from brokers.models import Instrument
@@ -106,24 +107,55 @@ class OrderTicketForm(OneTimeTokenForm):
 
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["account"].queryset = broker_accounts_of(user).filter(is_active=True)
+        accounts = broker_accounts_of(user).filter(is_active=True)
+        self.fields["account"].queryset = accounts
+        self.chosen_account = self._account_from(accounts)
         self.chosen_instrument = instrument_from(self["instrument"].value())
         held = holds_nrml_equity(user, self.chosen_instrument)
         self.fields["product"].choices = product_choices(self.chosen_instrument, nrml_held=held)
+        # Offered as the account allows them too; one sent anyway is refused by the service,
+        # naming the account, not as "not one of the available choices".
+        self.fields["product"].widget.choices = self._products_allowed(self.fields["product"].choices)
+        if not self.is_bound:
+            self.initial["product"] = self.product_kept(self.get_initial_for_field(self.fields["product"], "product"))
         # Offered as the instrument takes them; one sent anyway is refused by the service, saying why.
         self.fields["order_type"].widget.choices = order_type_choices(self.chosen_instrument)
         if not self.is_bound and self.chosen_instrument is not None:
             self.initial.setdefault("quantity", self.chosen_instrument.lot_size)
         self.initial.setdefault("quantity", 1)
 
+    def _account_from(self, accounts) -> BrokerAccount | None:
+        """The account the ticket shows chosen: the one sent or given, else the first (as the
+        select shows it when it has no other)."""
+        # Not through ``self["account"]``: its bound field would keep the initial from before it is set here.
+        sent = self.data.get(self.add_prefix("account")) if self.is_bound else self.initial.get("account")
+        pk = whole_number(sent)
+        chosen = accounts.filter(pk=pk).first() if pk is not None else None
+        chosen = chosen or accounts.first()
+        if chosen is not None and not self.is_bound:
+            self.initial["account"] = chosen.pk
+        return chosen
+
+    def _products_allowed(self, choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        account = self.chosen_account
+        if account is None:
+            return choices
+        allowed = [(value, label) for value, label in choices if value in account.allowed_products]
+        if not allowed:
+            what = self.chosen_instrument.tradingsymbol if self.chosen_instrument else "this instrument"
+            self.fields["product"].help_text = (
+                f"{account.label} allows {', '.join(account.allowed_products)}, none of which {what} takes: "
+                "choose another account or instrument."
+            )
+        return allowed
+
     @classmethod
     def for_instrument(
-        cls, user, instrument: Instrument, *, product=None, quantity=None, order_type=None
+        cls, user, instrument: Instrument, *, account=None, product=None, quantity=None, order_type=None
     ) -> "OrderTicketForm":
-        """The ticket's fields for a newly chosen instrument, keeping what still fits it."""
-        form = cls(user, initial={"instrument": instrument.pk})
-        if product not in dict(form.fields["product"].choices):
-            product = "MIS"
+        """The ticket's fields for a newly chosen instrument, keeping what still fits it (and the account)."""
+        form = cls(user, initial={"instrument": instrument.pk, "account": account})
+        product = form.product_kept(product)
         if order_type not in dict(form.fields["order_type"].widget.choices):
             # SL-M on an option: its stop-loss limit, the stop it takes.
             order_type = "SL" if order_type == "SL-M" else "MARKET"
@@ -133,6 +165,22 @@ class OrderTicketForm(OneTimeTokenForm):
             quantity = instrument.lot_size
         form.initial.update(product=product, quantity=quantity)
         return form
+
+    @classmethod
+    def for_account(cls, user, account, *, instrument=None, product=None) -> "OrderTicketForm":
+        """The ticket's product field for a newly chosen account: the products it allows that the
+        instrument takes, keeping the one chosen if it is among them."""
+        form = cls(user, initial={"account": account, "instrument": instrument})
+        form.initial["product"] = form.product_kept(product)
+        return form
+
+    def product_kept(self, product) -> str | None:
+        """``product`` if the ticket offers it, else MIS if it does, else the first it offers."""
+        offered = [value for value, _ in self.fields["product"].widget.choices]
+        for kept in (product, "MIS"):
+            if kept in offered:
+                return kept
+        return offered[0] if offered else None
 
     @property
     def spec(self) -> dict:

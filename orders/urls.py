@@ -9,6 +9,7 @@ urlpatterns = [
     path("new/", views.ticket, name="ticket"),
     path("instruments/", views.instrument_options, name="instrument_options"),
     path("instruments/<int:pk>/", views.instrument_pick, name="instrument_pick"),
+    path("new/account/", views.account_pick, name="account_pick"),
     path("<int:pk>/", views.detail, name="detail"),
     path("<int:pk>/modify/", views.modify, name="modify"),
     path("<int:pk>/row/", views.row, name="row"),

@@ -118,18 +118,33 @@ def instrument_options(request):
 @login_required
 @require_GET
 def instrument_pick(request, pk):
-    """The chosen instrument for the ticket: its id, live price, lot and tick, and the products and
-    order types it takes."""
+    """The chosen instrument for the ticket: its id, live price, lot and tick, and the products (that
+    the chosen account allows too) and order types it takes."""
     instrument = get_object_or_404(Instrument, pk=pk)
     form = OrderTicketForm.for_instrument(
         request.user,
         instrument,
+        account=request.GET.get("account"),
         product=request.GET.get("product"),
         quantity=request.GET.get("quantity"),
         order_type=request.GET.get("order_type"),
     )
     context = {"instrument": instrument, "form": form, "picked": True}
     return render(request, "orders/partials/instrument_chosen.html", context)
+
+
+@login_required
+@require_GET
+def account_pick(request):
+    """The ticket's product field for a newly chosen account: the products the account allows that
+    the chosen instrument takes."""
+    form = OrderTicketForm.for_account(
+        request.user,
+        request.GET.get("account"),
+        instrument=request.GET.get("instrument"),
+        product=request.GET.get("product"),
+    )
+    return render(request, "orders/partials/field.html", {"field": form["product"], "oob": True})
 
 
 @login_required

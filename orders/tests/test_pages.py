@@ -272,6 +272,66 @@ def test_an_nrml_equity_position_held_from_before_the_rule_can_be_closed_from_th
     assert (closing.side, closing.product, closing.status) == ("SELL", "NRML", Order.Status.FILLED)
 
 
+def test_the_ticket_offers_the_products_the_chosen_account_allows_and_refuses_another_naming_it(
+    trader_client, trader, account
+):
+    """The ticket offered every product the instrument takes, whatever the account allowed: the
+    trader chose one the account does not allow and was refused only after submitting. It offers
+    what both take, on the ticket, on choosing an account and on choosing an instrument; a product
+    sent anyway is still refused by the service, on the product."""
+    infy, future = instrument("INFY"), instrument("NIFTY26DECFUT", "NFO")
+    # "Delivery" is listed before "Paper": the ticket shows it chosen.
+    delivery = make_broker_account(trader, client_id="PAPER-CNC", label="Delivery", allowed_products=["CNC", "NRML"])
+    page = trader_client.get(reverse("orders:ticket"), {"instrument": infy.pk}).content.decode()
+    assert product_options(page) == ["CNC"] and '<option value="CNC" selected>' in page
+    assert f'<option value="{delivery.pk}" selected>' in page
+    assert 'hx-get="' + reverse("orders:account_pick") + '"' in page
+
+    chosen = trader_client.get(
+        reverse("orders:account_pick"), {"account": account.pk, "instrument": infy.pk, "product": "CNC"}
+    ).content.decode()
+    assert 'id="field-product" hx-swap-oob="true"' in chosen
+    assert product_options(chosen) == ["CNC", "MIS"] and '<option value="CNC" selected>' in chosen
+    back = trader_client.get(
+        reverse("orders:account_pick"), {"account": delivery.pk, "instrument": infy.pk, "product": "MIS"}
+    ).content.decode()
+    assert product_options(back) == ["CNC"] and '<option value="CNC" selected>' in back
+    no_instrument = trader_client.get(reverse("orders:account_pick"), {"account": delivery.pk}).content.decode()
+    assert product_options(no_instrument) == ["CNC", "NRML"]
+
+    picked = trader_client.get(
+        reverse("orders:instrument_pick", args=[future.pk]), {"account": delivery.pk, "product": "MIS"}
+    ).content.decode()
+    assert product_options(picked) == ["NRML"] and '<option value="NRML" selected>' in picked
+
+    response = trader_client.post(reverse("orders:ticket"), ticket_data(delivery, product="MIS"))
+    assert response.status_code == 200
+    assert response.context["form"].errors["product"] == ["MIS is not allowed on Delivery."]
+    assert product_options(response.content.decode()) == ["CNC"]
+    assert not Order.objects.exists() and not PaperOrder.objects.exists()
+
+
+def test_an_account_that_allows_no_product_the_instrument_takes_offers_none_and_says_why(
+    trader_client, trader, account
+):
+    make_broker_account(trader, client_id="PAPER-CNC", label="Delivery", allowed_products=["CNC"])
+    future = instrument("NIFTY26DECFUT", "NFO")
+    page = trader_client.get(reverse("orders:ticket"), {"instrument": future.pk}).content.decode()
+    assert product_options(page) == []
+    assert "Delivery allows CNC, none of which NIFTY26DECFUT takes" in page
+
+
+def test_choosing_another_traders_account_on_the_ticket_shows_nothing_of_it(
+    trader_client, trader, other_trader, account
+):
+    theirs = make_broker_account(other_trader, client_id="THEIRS", label="Theirs", allowed_products=["CNC"])
+    account_services.broker_account_update(account=account, actor=trader, allowed_products=["MIS", "NRML"])
+    chosen = trader_client.get(
+        reverse("orders:account_pick"), {"account": theirs.pk, "instrument": instrument("INFY").pk}
+    ).content.decode()
+    assert product_options(chosen) == ["MIS"]  # the trader's own account's, not theirs
+
+
 def test_a_broker_rejection_shows_its_reason(trader_client, account):
     response = trader_client.post(
         reverse("orders:ticket"), ticket_data(account, order_type="LIMIT", price="2500"), follow=True
@@ -624,6 +684,7 @@ VIEWS = [
     ("orders:book", False, ["post"]),
     ("orders:ticket", False, ["put", "delete"]),
     ("orders:instrument_options", False, ["post"]),
+    ("orders:account_pick", False, ["post"]),
     ("orders:detail", True, ["post"]),
     ("orders:modify", True, ["put", "delete"]),
     ("orders:row", True, ["post"]),
@@ -651,6 +712,7 @@ def test_instrument_pick_is_get_only(trader_client, instruments):
         ("orders:ticket", "post"),
         ("orders:instrument_options", "get"),
         ("orders:instrument_pick", "get"),
+        ("orders:account_pick", "get"),
         ("orders:detail", "get"),
         ("orders:modify", "post"),
         ("orders:cancel", "post"),

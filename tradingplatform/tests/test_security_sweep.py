@@ -117,6 +117,9 @@ SWEEP: dict[str, Endpoint] = {
     "orders:ticket": page("GET", "POST"),
     "orders:instrument_options": page("GET"),
     "orders:instrument_pick": page("GET", ids={"pk": "instrument"}, why="instruments are market data, shared"),
+    "orders:account_pick": page(
+        "GET", why="its account id is in the query: another trader's is not used (tested in orders)"
+    ),
     "orders:detail": page("GET", ids=ORDER),
     "orders:modify": page(
         "GET", "POST", ids=ORDER, body=lambda o: {"quantity": "2", "order_type": "LIMIT", "price": "1401"}
