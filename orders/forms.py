@@ -233,11 +233,16 @@ class OrderModifyForm(forms.Form):
             if value in compatible
         ]
         # The broker holds a triggered stop as the plain order it became: its trigger and type are
-        # shown fixed. Not when sent: a form shown before it triggered has its change refused by
-        # ``services._modify``, naming the field, not dropped as a disabled field's would be.
-        if order.is_triggered and not self.is_bound:
-            self.fields["order_type"].choices = [(order.order_type, order.get_order_type_display())]
+        # shown fixed. A form shown after it triggered sends neither (a browser sends no disabled
+        # field): they are taken as the order has them, not refused as missing. One that sends them
+        # (shown before it triggered) has a change refused by ``services._modify``, naming the
+        # field, not dropped as a disabled field's would be.
+        if order.is_triggered:
             for name, what in (("trigger_price", "trigger"), ("order_type", "order type")):
+                if self.is_bound and self.add_prefix(name) in self.data:
+                    continue
+                if name == "order_type":
+                    self.fields[name].choices = [(order.order_type, order.get_order_type_display())]
                 self.fields[name].disabled = True
                 self.fields[name].widget.attrs["title"] = f"This stop has triggered: its {what} cannot change."
 

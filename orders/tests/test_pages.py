@@ -877,6 +877,40 @@ def test_a_triggered_stops_trigger_is_shown_fixed_and_a_form_from_before_is_refu
     assert PaperOrder.objects.get(order_id=order.broker_order_id).trigger_price == D("1600")
 
 
+def sent_by_a_browser(html: str, action: str, *, script: bool) -> dict:
+    """What a browser sends from the form posting to ``action``: not its disabled fields (nor their
+    hidden initials); with ``script``, order_form.js enables the price and trigger the type takes,
+    so those are sent (their hidden initials stay disabled)."""
+    form = re.search(rf'<form[^>]*(?:action|hx-post)="{re.escape(action)}".*?</form>', html, re.S).group(0)
+    disabled = set(re.findall(r'<(?:input|select)[^>]*name="([^"]*)"[^>]*disabled', form))
+    if script:
+        disabled -= {"price", "trigger_price"}
+    return {name: value for name, value in shown_form(html, action).items() if name not in disabled}
+
+
+@pytest.mark.parametrize("script", [False, True])
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_triggered_stops_price_is_modified_from_the_form_shown_after_it_triggered(
+    trader_client, trader, account, inline, script
+):
+    """A triggered stop's price and quantity still change, but its form, which shows the trigger
+    and type fixed (disabled, so not sent), could not be saved: "This field is required" on the
+    order type, and the form shown back had the trigger blank and the fields no longer fixed."""
+    order = resting_order(trader, account, order_type="SL", price="1605", trigger_price="1600")
+    Order.objects.filter(pk=order.pk).update(triggered_at=timezone.now())  # as a sync records it
+    url = reverse("orders:modify", args=[order.pk])
+    htmx = {"HTTP_HX_REQUEST": "true"} if inline else {}
+    page = trader_client.get(url, **htmx) if inline else trader_client.get(reverse("orders:detail", args=[order.pk]))
+    sent = sent_by_a_browser(page.content.decode(), url, script=script)
+    assert "order_type" not in sent  # shown fixed
+    response = trader_client.post(url, {**sent, "price": "1610"}, **htmx)
+    assert response.status_code in (200, 302) and 'class="error"' not in response.content.decode()
+    at_exchange = PaperOrder.objects.get(order_id=order.broker_order_id)
+    assert (at_exchange.price, at_exchange.trigger_price, at_exchange.order_type) == (D("1610"), D("1600"), "SL")
+    order.refresh_from_db()
+    assert (order.price, order.trigger_price, order.order_type) == (D("1610"), D("1600"), "SL")
+
+
 def test_a_filtered_book_takes_new_orders_out_of_sight(trader_client, trader, account):
     resting_order(trader, account)
     plain = trader_client.get(reverse("orders:book")).content.decode()
