@@ -260,10 +260,19 @@ class OrderModifyForm(forms.Form):
             )
         # The page hides the prices the chosen type takes none of; what they still hold is not sent.
         data = super().clean()
-        if data.get("order_type") not in ("LIMIT", "SL"):
+        kind = data.get("order_type")
+        if kind not in ("LIMIT", "SL"):
             data["price"] = None
-        if data.get("order_type") not in ("SL", "SL-M"):
+        if kind not in ("SL", "SL-M"):
             data["trigger_price"] = None
+        # A price the trader emptied is no "keep it as it is" (the service's reading of a value not
+        # given): the rest of the change would be made with the old price, and they not told.
+        for name, takes, what in (
+            ("price", ("LIMIT", "SL"), "price"),
+            ("trigger_price", ("SL", "SL-M"), "trigger price"),
+        ):
+            if kind in takes and name in data and data[name] is None and name in self.changed_data:
+                self.add_error(name, f"A {kind} order needs a {what} above 0.")
         return data
 
     def _shown_differs(self, name: str) -> bool:

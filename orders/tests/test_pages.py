@@ -605,6 +605,29 @@ def test_modify_errors_are_shown_inline_and_change_nothing(trader_client, trader
     assert at_exchange.price == D("1400") and at_exchange.quantity == 2
 
 
+@pytest.mark.parametrize(
+    "order_fields, cleared",
+    [
+        ({"order_type": "LIMIT", "price": "1400"}, "price"),
+        ({"order_type": "SL", "price": "1515", "trigger_price": "1510"}, "price"),
+        ({"order_type": "SL", "price": "1515", "trigger_price": "1510"}, "trigger_price"),
+    ],
+)
+def test_a_price_cleared_in_the_modify_form_is_refused_on_its_field_not_nothing_to_change(
+    trader_client, trader, account, order_fields, cleared
+):
+    """A trader who emptied the price (or trigger) of a LIMIT or SL order and saved was told "Nothing
+    to change": the order kept its price, and the trader was not told the field needs one."""
+    order = resting_order(trader, account, **order_fields)
+    url = reverse("orders:modify", args=[order.pk])
+    sent = {**shown_form(trader_client.get(reverse("orders:detail", args=[order.pk])).content.decode(), url)}
+    response = trader_client.post(url, {**sent, cleared: "", "quantity": "2"})
+    assert response.status_code == 200
+    assert "needs a" in response.context["modify_form"].errors[cleared][0]
+    at_exchange = PaperOrder.objects.get(order_id=order.broker_order_id)
+    assert at_exchange.quantity == 1 and at_exchange.modifications == 0
+
+
 def test_modifying_a_filled_order_is_refused_on_the_page(trader_client, trader, account):
     order = place(trader, account)
     services.orders_sync_account(account=account)
