@@ -198,6 +198,9 @@ class BasketRun(models.Model):
     items = models.JSONField(
         null=True, blank=True, help_text="The items it placed, in order, as they were then (a repeat places these)."
     )
+    # Until a request of it answers, or ``sources.basket_runs_finish`` finishes what its process
+    # left "being placed" when it ended.
+    placing = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

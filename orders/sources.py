@@ -10,7 +10,7 @@ import hashlib
 import logging
 import secrets
 import time as time_module
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
@@ -369,6 +369,7 @@ def _basket_run(
             "account_ids": asked,
             "placed_on": [account.pk for account in accounts],
             "items": [_item_record(item) for item in items],
+            "placing": True,
         },
     )
     if run.basket_id != basket.pk or run.account_ids != asked:
@@ -439,15 +440,46 @@ def _spec_refusal(spec: dict) -> str | None:
 BEING_PLACED = "Being placed, or its placement stopped before it answered: see the order book before placing it again."
 
 
+# A placement holds its run's lock while it places (renewed: however long its items take, their
+# broker calls and rate-budget waits); it expires this long after the process placing it ended.
+PLACING_LOCK_TTL_S = 60
+# A run's rows are judged only this long after it began, however free its lock: Redis restarted
+# (its locks lost) while it places must not make it look ended. Well past one item's placement
+# (3 attempts, each up to 10 s for a budget slot, ``KITE_TIMEOUT_S`` for the call and a look by tag).
+PLACEMENT_STALE_S = 600
+
+NOT_SENT = (
+    "Not placed: its placement stopped (the process placing it ended) before sending it, and nothing was sent "
+    "to the broker. Place it again."
+)
+
+
+def _run_lock(owner_id: int, run_token: str) -> str:
+    return f"orders:placing-basket:{owner_id}:{run_token}"
+
+
 def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:
     """Place every item on every chosen account, concurrently; one result per item and account,
     ``item`` its number in the basket (1: the first).
 
     One failure does not undo the others. ``run_token`` makes a repeat of the same
-    placement (a double click) return the same orders instead of placing them again.
+    placement (a double click) return the same orders instead of placing them again. Its run's
+    lock is held while it places: a run whose rows were left "being placed" by a process that
+    ended is told from one still placing by it (``basket_runs_finish``).
     """
     if basket.owner_id != actor.pk:
         raise ValidationError({"basket": "No such basket."})
+    lock = _run_lock(actor.pk, run_token)
+    token = locks.acquire(lock, ttl_s=PLACING_LOCK_TTL_S)  # None: another request of the run holds it
+    try:
+        with locks.kept({lock: token}, ttl_s=PLACING_LOCK_TTL_S) if token else nullcontext():
+            return _basket_place(basket, actor, run_token, account_ids)
+    finally:
+        if token:
+            locks.release(lock, token)
+
+
+def _basket_place(basket: Basket, actor, run_token: str, account_ids) -> list[dict]:
     # None: the basket's own accounts; an empty choice places nothing (not on every account).
     accounts = _owned_accounts(actor, account_ids) if account_ids is not None else list(basket.accounts.all())
     if account_ids is None:
@@ -531,7 +563,55 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
     # The basket's last results are its latest placement's: a repeat of an earlier one (its key
     # sent again after the basket was placed anew) answers its own orders, and leaves them be.
     Basket.objects.filter(~Exists(newer), pk=basket.pk).update(last_placed_at=timezone.now(), last_results=results)
+    BasketRun.objects.filter(pk=run.pk, placing=True).update(placing=False)
     return results
+
+
+def basket_runs_finish(*, now: datetime | None = None, limit: int = 100) -> int:
+    """Finish the result rows of basket placements whose process ended before answering (its worker
+    killed, a deploy): a row still "being placed" (UNKNOWN) whose order was never written was never
+    sent (an order is written, with its key and tag, before it goes to its broker), and is shown
+    not placed (FAILED, ``NOT_SENT``), which a repeat of the run places. A row whose order exists is
+    that order, whatever its status: the order's own path (its sync, its look-up by tag) settles it.
+
+    A row is judged only once its run's lock is free (no request of the run is placing) and the run
+    began ``PLACEMENT_STALE_S`` ago. Idempotent, and safe with two workers at it: each run is taken
+    under its lock, each basket under its row lock. Returns how many rows it finished."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=PLACEMENT_STALE_S)
+    finished = 0
+    for run in BasketRun.objects.filter(placing=True, created_at__lt=cutoff).order_by("pk")[:limit]:
+        lock = _run_lock(run.owner_id, run.token)
+        token = locks.acquire(lock, ttl_s=PLACING_LOCK_TTL_S)
+        if token is None:
+            continue  # a request of it is placing: its answer records its rows
+        try:
+            finished += _basket_run_finish(run)
+        finally:
+            locks.release(lock, token)
+    return finished
+
+
+def _basket_run_finish(run: BasketRun) -> int:
+    with transaction.atomic():
+        basket = Basket.objects.select_for_update().filter(pk=run.basket_id).first()
+        latest = not BasketRun.objects.filter(basket_id=run.basket_id, pk__gt=run.pk).exists()
+        rows, finished = list(basket.last_results or []) if basket is not None and latest else [], 0
+        prefix = f"{run.owner_id}:basket:{run.basket_id}:{run.token}:"  # this run's keys (``_placed_by_run``)
+        keys = {
+            row["key"]
+            for row in rows
+            if row.get("status") == "UNKNOWN" and not row.get("order_id") and str(row.get("key", "")).startswith(prefix)
+        }
+        written = set(Order.objects.filter(idempotency_key__in=keys).values_list("idempotency_key", flat=True))
+        for index, row in enumerate(rows):
+            if row.get("key") in keys and row["key"] not in written:
+                # Its key kept: an order written under it after all (a repeat of the run) is shown.
+                rows[index] = {**row, "status": "FAILED", "error": NOT_SENT}
+                finished += 1
+        if finished:
+            Basket.objects.filter(pk=basket.pk).update(last_results=rows)
+        BasketRun.objects.filter(pk=run.pk).update(placing=False)
+    return finished
 
 
 # --- Scheduled orders -------------------------------------------------------------------------

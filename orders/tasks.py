@@ -1,13 +1,17 @@
+import logging
 from datetime import timedelta
 from itertools import groupby
 
 from celery import shared_task
 from django.utils import timezone
 
+from tradingplatform import locks
 from tradingplatform.celery import periodic
 
 from . import sources
 from .models import ScheduledFire
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task
@@ -18,7 +22,25 @@ def dispatch_scheduled():
 
     sent = dispatch_due()
     dispatch_record()  # for readiness: a dispatcher paused or failing every time is seen
+    runs_finish()
     return sent
+
+
+# Basket placements whose process ended before answering are looked for this often (by the
+# dispatcher, the orders' own periodic job, which also sends again the due times a dead worker left).
+RUNS_FINISH_EVERY_S = 60
+
+
+def runs_finish() -> int:
+    """At most every ``RUNS_FINISH_EVERY_S``, whichever dispatcher comes: the rows of placements
+    that ended half-way finished (``sources.basket_runs_finish``); a failure in it never stops a dispatch."""
+    if not locks.acquire("orders:basket-runs-finish", ttl_s=RUNS_FINISH_EVERY_S):
+        return 0
+    try:
+        return sources.basket_runs_finish()
+    except Exception:
+        logger.exception("finishing basket placements that ended half-way failed")
+        return 0
 
 
 def dispatch_due() -> int:

@@ -199,3 +199,69 @@ def test_a_placement_that_stopped_half_way_shows_what_it_placed(trader_client, t
     text = page.content.decode()
     assert order.reference in text and '<span class="badge warn">UNKNOWN</span>' in text
     assert "see the order book" in rows[1]["error"]
+
+
+def test_an_item_its_dead_placement_never_sent_is_shown_not_placed_once_it_cannot_be_running(
+    trader_client, trader, account, monkeypatch
+):
+    """The process placing a basket ends after its first item was placed, the second never sent.
+    The second's row stayed UNKNOWN ("being placed") for good: no sweep ever finished it, and the
+    trader could not tell it was never sent. Once its placement can no longer be running (its run's
+    lock free, and long enough after it began) and no order was written under its key, the
+    dispatcher's sweep shows it not placed with why; the placed item is left as its order is.
+    Neither a run still placing nor a second sweep changes anything."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from orders import tasks
+    from orders.models import BasketRun
+    from tradingplatform import locks
+
+    class Died(BaseException):
+        pass
+
+    items = [{"instrument": instrument(), "side": "BUY", "quantity": 1}, {"instrument": instrument("TCS")}]
+    items[1].update(side="BUY", quantity=2)
+    basket = sources.basket_save(owner=trader, name="Two", account_ids=[account.pk], items=items)
+    place = services.order_place
+
+    def second_dies(**order):
+        if Order.objects.exists():
+            raise Died
+        return place(**order)
+
+    monkeypatch.setattr(services, "order_place", second_dies)
+    with pytest.raises(Died):
+        sources.basket_place(basket=basket, actor=trader, run_token="t-1")
+    monkeypatch.setattr(services, "order_place", place)
+    order = Order.objects.get()
+    later = timezone.now() + timedelta(seconds=sources.PLACEMENT_STALE_S + 1)
+
+    # Too soon after it began: left as it is, however free its lock.
+    assert sources.basket_runs_finish() == 0
+    # Its lock held (a request of the run still placing): left as it is.
+    lock = f"orders:placing-basket:{trader.pk}:t-1"
+    token = locks.acquire(lock, ttl_s=60)
+    assert sources.basket_runs_finish(now=later) == 0
+    locks.release(lock, token)
+    basket.refresh_from_db()
+    assert [row["status"] for row in basket.last_results] == ["UNKNOWN", "UNKNOWN"]
+
+    BasketRun.objects.update(created_at=timezone.now() - timedelta(seconds=sources.PLACEMENT_STALE_S + 1))
+    assert tasks.runs_finish() == 1
+    assert sources.basket_runs_finish(now=later) == 0  # a second sweep: nothing left to finish
+    page = trader_client.get(reverse("sources:basket_detail", args=[basket.pk]))
+    rows = page.context["results"]
+    assert [(row["symbol"], row["status"], row.get("order_id")) for row in rows] == [
+        ("INFY", "FILLED", order.pk),
+        ("TCS", "FAILED", None),
+    ], rows
+    assert rows[1]["error"] == sources.NOT_SENT
+    assert "Not placed: its placement stopped" in page.content.decode()
+    assert PaperOrder.objects.count() == 1 and Order.objects.count() == 1  # nothing sent by the sweep
+
+    # The API says the same; a repeat of the run places the item never sent, once.
+    again = sources.basket_place(basket=basket, actor=trader, run_token="t-1")
+    assert [(row["symbol"], row["status"]) for row in again] == [("INFY", "FILLED"), ("TCS", "FILLED")]
+    assert Order.objects.count() == 2 and PaperOrder.objects.count() == 2
