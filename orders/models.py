@@ -113,6 +113,12 @@ class Strategy(models.Model):
     webhook_secret_hash = models.CharField(max_length=64, blank=True)
     webhook_secret_prefix = models.CharField(max_length=16, blank=True)
     is_active = models.BooleanField(default=True)
+    # Webhook alerts refused (a wrong secret, a stale time, a paused strategy...), for its owner to
+    # see why their alerts place nothing: how many, and the last one's time and why. Bounded
+    # whatever an unauthenticated sender sends (a count, not a row per alert); never a body or secret.
+    alerts_refused = models.PositiveIntegerField(default=0, editable=False)
+    alert_refused_at = models.DateTimeField(null=True, blank=True, editable=False)
+    alert_refused_reason = models.CharField(max_length=200, blank=True, editable=False)
     # "<owner id>:<key>" of the request that created it (the page's one-time token, the API's
     # Idempotency-Key): a repeat of that request is the same strategy, not "name taken".
     # Compared byte for byte, as an order's key: "Key" and "key" are two creates.

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -2278,6 +2278,16 @@ ALERT_FIELDS = (
     "price",
     "trigger_price",
 )
+
+
+def strategy_alert_refused(*, strategy_id: int, reason: str) -> None:
+    """Count a refused webhook alert on its strategy, with its time and why (for its owner's page):
+    one update of the strategy's row, however many a sender sends; nothing for no such strategy.
+    ``reason`` is ours (never the alert's secret), cut to what the row keeps."""
+    limit = Strategy._meta.get_field("alert_refused_reason").max_length
+    Strategy.objects.filter(pk=strategy_id).update(
+        alerts_refused=F("alerts_refused") + 1, alert_refused_at=timezone.now(), alert_refused_reason=reason[:limit]
+    )
 
 
 def strategy_webhook(*, strategy_id: int, body: dict) -> tuple[StrategySignal, bool]:

@@ -23,8 +23,12 @@ from . import sources
 logger = logging.getLogger(__name__)
 
 
-def _error(status: int, code: str, message: str, field: str | None = None) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message, "field": field}}, status=status)
+def _error(status: int, code: str, message: str, field: str | None = None, why: str = "") -> JsonResponse:
+    response = JsonResponse({"error": {"code": code, "message": message, "field": field}}, status=status)
+    # Why, for the strategy's owner (``sources.strategy_alert_refused``): the sender is told less
+    # when it may not be the owner (a wrong secret is not told apart from an unknown strategy).
+    response.refusal = why or (f"{field}: {message}" if field else message)
+    return response
 
 
 # The service's names for the alert's fields.
@@ -33,6 +37,17 @@ FIELD_NAMES = {"instrument": "symbol", "signal_id": "id"}
 
 @csrf_exempt
 def strategy_signal(request, pk):
+    response = _strategy_signal(request, pk)
+    if response.status_code >= 400 and request.method == "POST":
+        # The sender alone sees the answer: its strategy's owner sees that one was refused, and why.
+        try:
+            sources.strategy_alert_refused(strategy_id=pk, reason=getattr(response, "refusal", ""))
+        except Exception:  # the answer stands without its trace
+            logger.exception("recording a refused webhook for strategy %s failed", pk)
+    return response
+
+
+def _strategy_signal(request, pk):
     if request.method != "POST":
         response = _error(405, "method_not_allowed", "POST the alert's JSON here.")
         response["Allow"] = "POST"
@@ -58,7 +73,9 @@ def strategy_signal(request, pk):
         signal, replayed = sources.strategy_webhook(strategy_id=pk, body=body)
     except PermissionError as exc:
         logger.warning("refused webhook for strategy %s from %s: %s", pk, client_ip(request), exc)
-        return _error(403, "forbidden", "Unknown strategy, wrong secret, or a timestamp too far from now.")
+        return _error(
+            403, "forbidden", "Unknown strategy, wrong secret, or a timestamp too far from now.", why=str(exc)
+        )
     except ValidationError as exc:
         field, message, code = first_error(exc)
         status, code = (409, "conflict") if code == "conflict" else (422, "invalid")

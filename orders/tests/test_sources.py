@@ -1190,6 +1190,37 @@ def test_webhook_places_once_and_refuses_forgeries_and_replays(client, strategy)
     assert PaperOrder.objects.count() == 1
 
 
+def test_refused_alerts_are_counted_on_the_strategys_page_with_the_last_ones_reason(client, trader, strategy):
+    """An alert refused (a wrong secret, a paused strategy...) left no trace: only the sender saw
+    the answer, and a trader whose TradingView alerts placed nothing could not tell why. The
+    strategy's page shows how many were refused and the last one's time and reason: the owner is
+    told the secret was wrong (the sender only "forbidden"), a row that does not grow with what an
+    unauthenticated sender sends, and never the secret sent."""
+    from django.urls import reverse
+
+    wrong = "whsec_not-the-secret-0123456789"
+    for number in range(3):
+        assert webhook(client, strategy, id=f"bad-{number}", secret=wrong).status_code == 403
+    strategy.refresh_from_db()
+    assert strategy.alerts_refused == 3 and strategy.alert_refused_reason == "wrong secret"
+    assert strategy.alert_refused_at is not None
+    assert not StrategySignal.objects.exists()
+    # Refused by the signal's rules (422 naming the field) or as paused: the last one's reason.
+    assert webhook(client, strategy, id="x1", symbol="NSE:NOPE").status_code == 422
+    Strategy.objects.filter(pk=strategy.pk).update(is_active=False)
+    assert webhook(client, strategy, id="x2").status_code == 422
+    assert webhook(client, strategy, id="x3").status_code == 422  # counted, not a row each
+    assert client.get(f"/hooks/strategies/{strategy.pk}/").status_code == 405  # no alert: not counted
+    strategy.refresh_from_db()
+    assert strategy.alerts_refused == 6 and strategy.alert_refused_reason == "strategy: This strategy is paused."
+    assert wrong not in str(Strategy.objects.filter(pk=strategy.pk).values().get())
+
+    client.force_login(trader)
+    page = client.get(reverse("sources:strategy_detail", args=[strategy.pk])).content.decode()
+    refused = page.split('id="alerts-refused"')[1].split("</p>")[0]
+    assert "Alerts refused: 6" in refused and "This strategy is paused." in refused and wrong not in page
+
+
 def test_a_replayed_signal_answers_its_orders_as_they_are_now(client, trader, strategy):
     """A LIMIT entry rested OPEN and was cancelled since; the alert's retry (or the CLI's command
     repeated to find out what the signal did) was answered "OPEN", the status recorded when it was
