@@ -160,6 +160,10 @@ class StrategySignal(models.Model):
     via = models.CharField(max_length=16)  # api, webhook
     payload = models.JSONField(default=dict)
     results = models.JSONField(default=list)
+    # When a request of it began placing its copies, until one records its results or
+    # ``sources.signals_finish`` finishes what a request whose process ended left unplaced. A time,
+    # not a flag: a repeat placing what its first request did not begins long after ``received_at``.
+    placing_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-received_at", "-id"]

@@ -2021,6 +2021,9 @@ def strategy_signal(
     not left without theirs (an alert's retry would else be answered "replayed" with nothing placed).
     An unexpected error in one account's placement is that account's result, as a basket item's
     (``_place_item``): the others are answered and recorded, and a repeat places that one again.
+    The signal's lock is held while its copies are placed, and ``placing_since`` set until their
+    results are recorded: a signal whose request ended half-way is told from one still placing, and
+    its accounts never reached recorded not placed (``signals_finish``).
     """
     if strategy.owner_id != actor.pk:
         raise ValidationError({"strategy": "No such strategy."})
@@ -2076,7 +2079,9 @@ def strategy_signal(
     if not replayed:
         try:
             with transaction.atomic():
-                signal = StrategySignal.objects.create(strategy=strategy, signal_id=signal_id, via=via, payload=payload)
+                signal = StrategySignal.objects.create(
+                    strategy=strategy, signal_id=signal_id, via=via, payload=payload, placing_since=timezone.now()
+                )
         except IntegrityError:  # the same id at the same moment: the other request places it
             signal, replayed = _replayed(signals.get(), payload, signals), True
             if _answered(signal, strategy):
@@ -2112,8 +2117,17 @@ def strategy_signal(
         )
         for account in accounts
     ]
-    signal.results = _copies.map(_call, jobs)
-    StrategySignal.objects.filter(pk=signal.pk).update(results=signal.results)
+    lock = _signal_lock(actor.pk, signal.pk)
+    token = locks.acquire(lock, ttl_s=PLACING_LOCK_TTL_S)  # None: another request of the signal holds it
+    try:
+        with locks.kept({lock: token}, ttl_s=PLACING_LOCK_TTL_S) if token else nullcontext():
+            if replayed:  # before any copy is written: a sweep that read the signal before writes nothing
+                StrategySignal.objects.filter(pk=signal.pk).update(placing_since=timezone.now())
+            signal.results = _copies.map(_call, jobs)
+            StrategySignal.objects.filter(pk=signal.pk).update(results=signal.results, placing_since=None)
+    finally:
+        if token:
+            locks.release(lock, token)
     return signal, replayed
 
 
@@ -2158,12 +2172,92 @@ def _paused_repeat(actor, strategy: Strategy, signal: StrategySignal) -> Strateg
     rows = {pk: _replayed_item(order.account, order) for pk, order in placed.items()}
     for account in strategy.accounts.all() if signal.payload else ():
         if account.pk not in rows:
-            quantity = _copy_quantity(signal.payload["quantity"], account, instrument)
-            terms = {"symbol": instrument.tradingsymbol, "side": signal.payload["side"], "quantity": quantity}
-            rows[account.pk] = {**_result(account, status="FAILED", **terms), "error": PAUSED_UNPLACED}
+            rows[account.pk] = _signal_unplaced(actor.pk, signal, account, instrument, PAUSED_UNPLACED)
     signal.results = [rows[pk] for pk in sorted(rows)]
     StrategySignal.objects.filter(pk=signal.pk).update(results=signal.results)
     return signal
+
+
+def _signal_unplaced(
+    owner_id: int, signal: StrategySignal, account: BrokerAccount, instrument: Instrument | None, error: str
+) -> dict:
+    """The result of an account's copy of ``signal`` that was not placed (FAILED, which a repeat of the
+    signal places), with why; its key kept, so an order written under it after all is shown."""
+    payload = signal.payload
+    terms = {"symbol": payload["instrument"].rpartition(":")[2], "side": payload["side"]}
+    if instrument is not None:
+        terms.update(symbol=instrument.tradingsymbol, quantity=_copy_quantity(payload["quantity"], account, instrument))
+    key = f"{owner_id}:{_signal_key(signal, account.pk)}"  # as ``order_place`` stores it
+    return {**_result(account, status="FAILED", key=key, **terms), "error": error}
+
+
+def _signal_lock(owner_id: int, signal_pk: int) -> str:
+    return f"orders:placing-signal:{owner_id}:{signal_pk}"
+
+
+SIGNAL_NOT_SENT = (
+    "Not placed: the signal's placement stopped (the process placing it ended) before sending it, and nothing "
+    "was sent to the broker. Sending the signal again with its id places it."
+)
+
+
+def signals_finish(*, now: datetime | None = None, limit: int = 100) -> int:
+    """Finish the results of strategy signals whose request ended before recording them (its worker
+    killed, the request cut): an account's copy with no order written under its key was never sent
+    (an order is written, with its key and tag, before it goes to its broker) and is recorded not
+    placed (FAILED, ``SIGNAL_NOT_SENT``), which a repeat of the signal places; an account whose order
+    exists is that order, whatever its status (the order's own path settles it); a copy the request
+    recorded another outcome for (refused, below a lot) keeps it.
+
+    A signal is judged only once its lock is free (no request of it is placing) and its placement
+    began ``PLACEMENT_STALE_S`` ago. Idempotent, and safe with two workers at it: each signal is
+    taken under its lock, and its results written only if no request began placing it since it was
+    read. Returns how many copies it recorded not placed."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=PLACEMENT_STALE_S)
+    stale = StrategySignal.objects.filter(placing_since__lt=cutoff).select_related("strategy")
+    finished = 0
+    for signal in stale.order_by("pk")[:limit]:
+        lock = _signal_lock(signal.strategy.owner_id, signal.pk)
+        token = locks.acquire(lock, ttl_s=PLACING_LOCK_TTL_S)
+        if token is None:
+            continue  # a request of it is placing: its answer records its results
+        try:
+            finished += _signal_finish(signal)
+        except Exception:  # one signal's failure leaves the others to be finished
+            logger.exception("finishing signal %s of strategy %s failed", signal.signal_id, signal.strategy_id)
+        finally:
+            locks.release(lock, token)
+    return finished
+
+
+def _signal_finish(signal: StrategySignal) -> int:
+    strategy = signal.strategy
+    placed = selectors.signals_placed([signal], strategy.owner_id).get(signal.pk, {})
+    recorded = {row["account_id"]: row for row in signal.results or [] if row.get("account_id") is not None}
+    accounts = {account.pk: account for account in strategy.accounts.all()}
+    accounts.update({pk: order.account for pk, order in placed.items()})
+    instrument = None
+    if placed:
+        instrument = next(iter(placed.values())).instrument
+    elif signal.payload:
+        exchange, _, tradingsymbol = signal.payload["instrument"].rpartition(":")
+        instrument = Instrument.objects.filter(exchange=exchange, tradingsymbol=tradingsymbol).first()
+    rows, finished = {}, 0
+    for pk in sorted(set(accounts) | set(recorded)):
+        row = recorded.get(pk)
+        if pk in placed:
+            rows[pk] = _result(placed[pk].account, order=placed[pk], **_terms(placed[pk]))
+        elif row is not None and row.get("status") != "UNKNOWN":
+            rows[pk] = row  # the outcome its request recorded: nothing was written for it
+        elif row is not None:  # "not known whether it was placed": no order under its key, never sent
+            rows[pk] = {**row, "status": "FAILED", "error": SIGNAL_NOT_SENT}
+            finished += 1
+        elif signal.payload:
+            rows[pk] = _signal_unplaced(strategy.owner_id, signal, accounts[pk], instrument, SIGNAL_NOT_SENT)
+            finished += 1
+    # Only as read: a request that began placing it since (a repeat) records its own results.
+    still = StrategySignal.objects.filter(pk=signal.pk, placing_since=signal.placing_since)
+    return finished if still.update(results=[rows[pk] for pk in sorted(rows)], placing_since=None) else 0
 
 
 def _signal_key(signal: StrategySignal, account_pk: int) -> str:

@@ -26,21 +26,25 @@ def dispatch_scheduled():
     return sent
 
 
-# Basket placements whose process ended before answering are looked for this often (by the
-# dispatcher, the orders' own periodic job, which also sends again the due times a dead worker left).
+# Basket placements and strategy signals whose process ended before answering are looked for this
+# often (by the dispatcher, the orders' own periodic job, which also sends again the due times a dead
+# worker left).
 RUNS_FINISH_EVERY_S = 60
 
 
 def runs_finish() -> int:
     """At most every ``RUNS_FINISH_EVERY_S``, whichever dispatcher comes: the rows of placements
-    that ended half-way finished (``sources.basket_runs_finish``); a failure in it never stops a dispatch."""
+    that ended half-way finished (``sources.basket_runs_finish``, ``sources.signals_finish``); a
+    failure in one never stops the other, nor a dispatch."""
     if not locks.acquire("orders:basket-runs-finish", ttl_s=RUNS_FINISH_EVERY_S):
         return 0
-    try:
-        return sources.basket_runs_finish()
-    except Exception:
-        logger.exception("finishing basket placements that ended half-way failed")
-        return 0
+    finished = 0
+    for finish, what in ((sources.basket_runs_finish, "basket placements"), (sources.signals_finish, "signals")):
+        try:
+            finished += finish()
+        except Exception:
+            logger.exception("finishing %s that ended half-way failed", what)
+    return finished
 
 
 def dispatch_due() -> int:

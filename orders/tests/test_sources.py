@@ -1088,6 +1088,88 @@ def test_the_strategys_page_shows_the_orders_of_a_signal_whose_request_died_befo
     assert "no results recorded yet" not in page and "not all recorded" in page
 
 
+def test_an_account_a_dead_signal_never_reached_is_shown_not_sent_once_it_cannot_be_placing(client, trader, strategy):
+    """The first delivery placed on one account and died before the other, before recording its
+    results. The strategy's page showed the first's order and "not all recorded" for good: the
+    account it never reached was not listed, and nothing ever finished the signal. Once its placement
+    can no longer be running (its lock free, and long enough after it began), the dispatcher's sweep
+    records that account not placed, with why, and the other as its order; neither a signal still
+    placing nor a second sweep changes anything, and a repeat of the signal places that one, once."""
+    from django.urls import reverse
+
+    from orders import tasks
+    from tradingplatform import locks
+
+    first, second = died_before_the_second_account(client, trader, strategy)
+    order = Order.objects.get(strategy=strategy)
+    signal = StrategySignal.objects.get(strategy=strategy)
+    later = timezone.now() + timedelta(seconds=sources.PLACEMENT_STALE_S + 1)
+
+    assert sources.signals_finish() == 0  # too soon after it began, however free its lock
+    lock = f"orders:placing-signal:{trader.pk}:{signal.pk}"
+    token = locks.acquire(lock, ttl_s=60)  # a request of the signal still placing
+    assert sources.signals_finish(now=later) == 0
+    locks.release(lock, token)
+    signal.refresh_from_db()
+    assert signal.results == []
+
+    stale = timezone.now() - timedelta(seconds=sources.PLACEMENT_STALE_S + 1)
+    StrategySignal.objects.filter(pk=signal.pk).update(placing_since=stale)
+    assert tasks.runs_finish() == 1
+    assert sources.signals_finish(now=later) == 0  # a second sweep: nothing left to finish
+    client.force_login(trader)
+    page = client.get(reverse("sources:strategy_detail", args=[strategy.pk]))
+    (shown,) = page.context["signals"]
+    assert [(row["account_id"], row["status"], row.get("order_id")) for row in shown.rows] == [
+        (first.pk, "FILLED", order.pk),
+        (second.pk, "FAILED", None),
+    ], shown.rows
+    assert shown.rows[1]["error"] == sources.SIGNAL_NOT_SENT
+    text = page.content.decode()
+    assert second.label in text and "Not placed: the signal&#x27;s placement stopped" in text
+    assert "not all recorded" not in text
+    assert PaperOrder.objects.count() == 1  # nothing sent by the sweep
+
+    retried = webhook(client, strategy)
+    assert retried.json()["replayed"] is True
+    assert {row["account_id"]: row["status"] for row in retried.json()["results"]} == {
+        first.pk: "FILLED",
+        second.pk: "FILLED",
+    }
+    webhook(client, strategy)
+    assert Order.objects.filter(strategy=strategy).count() == PaperOrder.objects.count() == 2
+
+
+def test_the_sweep_never_shows_not_sent_an_account_whose_order_a_dead_signal_wrote(client, trader, strategy):
+    """The request wrote the second account's order (with its key) and died before sending it to
+    its broker: that account is its order, left to the order's own path, not "not sent"."""
+    first = strategy.accounts.get()
+    second = make_broker_account(trader, broker="paper", client_id="SIG2")
+    strategy.accounts.add(second)
+    submit = services.order_submit
+
+    def dies_before_sending_the_second(*, order, **kwargs):
+        if order.account_id == second.pk:
+            raise WorkerLost
+        return submit(order=order, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(services, "order_submit", dies_before_sending_the_second)
+        with pytest.raises(WorkerLost):
+            webhook(client, strategy)
+    written = Order.objects.get(account=second)
+    StrategySignal.objects.update(placing_since=timezone.now() - timedelta(seconds=sources.PLACEMENT_STALE_S + 1))
+
+    assert sources.signals_finish() == 0
+    signal = StrategySignal.objects.get()
+    assert signal.placing_since is None
+    assert [(row["account_id"], row.get("order_id")) for row in signal.results] == [
+        (first.pk, Order.objects.get(account=first).pk),
+        (second.pk, written.pk),
+    ]
+    assert all("error" not in row for row in signal.results)
+
+
 def test_a_retry_of_a_signal_whose_first_request_died_after_a_pause_answers_what_it_placed(client, trader, strategy):
     """The first delivery placed on one account and died before the other; the trader then paused
     the strategy. The retry was refused, 422 "This strategy is paused.", naming no order, while the
