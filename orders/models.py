@@ -163,7 +163,8 @@ class StrategySignal(models.Model):
     # When a request of it began placing its copies, until one records its results or
     # ``sources.signals_finish`` finishes what a request whose process ended left unplaced. A time,
     # not a flag: a repeat placing what its first request did not begins long after ``received_at``.
-    placing_since = models.DateTimeField(null=True, blank=True)
+    # Indexed: the sweep looks for the few set among every signal ever received, once a minute.
+    placing_since = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:
         ordering = ["-received_at", "-id"]
