@@ -27,6 +27,7 @@ def _error(status: int, code: str, message: str, field: str | None = None, why: 
     response = JsonResponse({"error": {"code": code, "message": message, "field": field}}, status=status)
     # Why, for the strategy's owner (``sources.strategy_alert_refused``): the sender is told less
     # when it may not be the owner (a wrong secret is not told apart from an unknown strategy).
+    # Refused before its secret is read, never a word of the sender's (``why`` then: ours alone).
     response.refusal = why or (f"{field}: {message}" if field else message)
     return response
 
@@ -66,7 +67,9 @@ def _strategy_signal(request, pk):
         if not isinstance(body, dict):
             raise ValueError
     except RepeatedKey as exc:
-        return _error(400, "invalid", str(exc))
+        # The sender is told which key; the owner's page is not: read before the secret, the key is
+        # anyone's text.
+        return _error(400, "invalid", str(exc), why="a key repeated in its JSON body")
     except (ValueError, RecursionError):  # RecursionError: nested too deep to read
         return _error(400, "invalid", "Send a JSON object.")
     try:

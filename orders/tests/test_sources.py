@@ -1303,6 +1303,26 @@ def test_refused_alerts_are_counted_on_the_strategys_page_with_the_last_ones_rea
     assert "Alerts refused: 6" in refused and "This strategy is paused." in refused and wrong not in page
 
 
+def test_a_refused_alert_before_its_secret_is_read_stores_no_text_of_the_sender(client, trader, strategy):
+    """A body whose JSON repeats a key is refused before its secret is read: anyone may send it.
+    Its reason, kept on the strategy and shown on its owner's page, quoted the repeated key as the
+    sender wrote it: an unauthenticated sender wrote text of their own (up to 200 characters) on the
+    owner's page. It is counted with our reason alone; the sender's answer is as it was."""
+    from django.urls import reverse
+
+    planted = "Your account is locked: call +1 555 0100 now"
+    body = '{"secret": "whsec_not-it", "' + planted + '": 1, "' + planted + '": 2}'
+    response = client.post(f"/hooks/strategies/{strategy.pk}/", body, content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid"
+    assert planted in response.json()["error"]["message"]  # the sender is still told which key
+    strategy.refresh_from_db()
+    assert strategy.alerts_refused == 1 and strategy.alert_refused_reason
+    assert planted not in strategy.alert_refused_reason, strategy.alert_refused_reason
+    client.force_login(trader)
+    page = client.get(reverse("sources:strategy_detail", args=[strategy.pk])).content.decode()
+    assert "Alerts refused: 1" in page and "call +1 555" not in page
+
+
 def test_a_replayed_signal_answers_its_orders_as_they_are_now(client, trader, strategy):
     """A LIMIT entry rested OPEN and was cancelled since; the alert's retry (or the CLI's command
     repeated to find out what the signal did) was answered "OPEN", the status recorded when it was
