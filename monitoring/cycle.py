@@ -94,7 +94,7 @@ class Context:
     broker_positions: list[BrokerPosition] = field(default_factory=list)
     last_prices: dict = field(default_factory=dict)
     # (exchange, symbol) -> (lower, upper) circuit limits, or None where not known; asked for only
-    # when a stop-loss limit is placed or moved (``_circuit``).
+    # when an exit that needs them is placed or a stop-loss limit moved (``_circuit``).
     circuits: dict = field(default_factory=dict)
     actions: list[str] = field(default_factory=list)
     fetched: bool = False
@@ -290,12 +290,13 @@ def _prices_many(contexts: list[Context], failures: dict[int, BaseException]) ->
 
 
 def _circuit(ctx: Context, instrument) -> tuple[Decimal, Decimal] | None:
-    """The (lower, upper) circuit limits of ``instrument`` today, or None where not known, for a
-    stop-loss limit (an option's) about to be placed or moved: the exchange refuses one priced
-    outside them. The run's prices are last prices (Kite's LTP, which carries no limits), so the
-    first stop of a run that needs them asks one quote, for every option-exchange instrument the
-    run priced: a quote call per run that places or trails such a stop, never per stop, none in
-    the others. A quote that fails leaves them unknown: the stop goes as before, unclamped."""
+    """The (lower, upper) circuit limits of ``instrument`` today, or None where not known, for an
+    exit about to be placed (an option's, or one the exchange refused for its price band) or a
+    stop-loss limit moved: the exchange refuses one priced outside them. The run's prices are last
+    prices (Kite's LTP, which carries no limits), so the first exit of a run that needs them asks
+    one quote, for it and every option-exchange instrument the run priced: a quote call per run
+    that places or trails such an exit, never per exit, none in the others. A quote that fails
+    leaves them unknown: the exit goes as before, unchecked and unclamped."""
     key = (instrument.exchange, instrument.tradingsymbol)
     if key not in ctx.circuits:
         wanted = sorted({key} | {k for k in ctx.last_prices if k[0] in OPTION_EXCHANGES and k not in ctx.circuits})
@@ -305,7 +306,7 @@ def _circuit(ctx: Context, instrument) -> tuple[Decimal, Decimal] | None:
             for start in range(0, len(symbols), PRICES_PER_CALL):
                 quotes.update(ctx.broker.quote(symbols[start : start + PRICES_PER_CALL]))
         except BrokerError as error:
-            ctx.act(f"circuit limits not known this run ({error}): stop-loss limits go unclamped")
+            ctx.act(f"circuit limits not known this run ({error}): exits go unchecked, stop-loss limits unclamped")
         for wanted_key, symbol in zip(wanted, symbols, strict=True):
             ctx.circuits[wanted_key] = quotes[symbol].circuit if symbol in quotes else None
     return ctx.circuits[key]
@@ -1049,18 +1050,37 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
         # (a trail's replacement, one put back after its day) is put back so too, not refused each run.
         prices = {**prices, **orders.stop_loss_terms(entry.instrument, side, prices["trigger_price"])}
     prices = _at_market_if_passed(ctx, entry.instrument, role, side, f"{name} for {entry.reference}", prices)
-    if role == Order.Role.STOP_LOSS and prices["order_type"] == "SL" and prices.get("price") is not None:
-        # Its limit inside the circuit limits, or the exchange refuses it every run (a wide stop's
-        # protection band under the lower limit; one put back on a day whose limits moved).
+    stop_limit = role == Order.Role.STOP_LOSS and prices["order_type"] == "SL" and prices.get("price") is not None
+    if prices["order_type"] != "MARKET" and (
+        stop_limit or not stop_market_allowed(entry.instrument) or _refused_for_band(mine)
+    ):
+        # Inside the circuit limits, or the exchange refuses it every run (a target beyond the band,
+        # a stop's trigger under a narrow one, a wide stop's protection band under the lower limit,
+        # one put back on a day whose limits moved) until step 4 gives up, the exit lost. Asked for
+        # an option's exits (its stop asks anyway) and, elsewhere, only once the exchange refused
+        # the exit for its band: no quote call before an ordinary exit.
+        circuit = _circuit(ctx, entry.instrument)
         try:
-            prices["price"] = orders.stop_limit_in_circuit(
-                entry.instrument, side, prices["trigger_price"], prices["price"], _circuit(ctx, entry.instrument)
-            )
+            if stop_limit:
+                # Its limit held inside them.
+                prices["price"] = orders.stop_limit_in_circuit(
+                    entry.instrument, side, prices["trigger_price"], prices["price"], circuit
+                )
+            else:
+                orders.exit_in_circuit_check(
+                    entry.instrument,
+                    price=prices.get("price"),
+                    trigger_price=prices.get("trigger_price"),
+                    circuit=circuit,
+                )
         except ValidationError as error:
-            # Its trigger outside them: refused as well, and the market cannot reach it while they
-            # hold. Kept at the trader's level (not moved to the limit, which would sell at the
-            # circuit), and placed by the run that finds the limits widened to it.
-            _run_error(ctx, f"{entry.reference} holds {missing} without a {name}: {_refusal(error)}")
+            # Its price or trigger outside them: the market cannot trade there while they hold. Kept
+            # at the trader's level (not moved to the limit, which would trade at the circuit), not
+            # sent (so not another refusal toward giving up), and placed by the run that finds the
+            # limits widened to it (intraday, or the next day's).
+            _run_error(
+                ctx, f"{entry.reference} holds {missing} without a {name}: {_refusal(error)} Placed when they reach it."
+            )
             return None
     # A replacement past the cap, or an exit that ended with its day put back, is placed under the
     # replaced exit's change lock, as a trader's cancel of it takes it: one asked since the step read
@@ -1290,6 +1310,14 @@ def _replaced(order: Order) -> Order | None:
 
 def _refused_as_closed(order: Order) -> bool:
     return order.status == Order.Status.REJECTED and order.reject_kind == RejectKind.MARKET_CLOSED
+
+
+def _refused_for_band(mine: list[Order]) -> bool:
+    """Whether the exchange refused the latest try of an entry's exit of one role (``mine``: oldest
+    first; one refused as closed, or that never reached the broker, tells nothing of its price) for
+    the price band: its price or trigger outside the instrument's circuit limits that day."""
+    tried = next((e for e in reversed(mine) if e.status != Order.Status.FAILED and not _refused_as_closed(e)), None)
+    return tried is not None and tried.status == Order.Status.REJECTED and tried.reject_kind == RejectKind.PRICE_BAND
 
 
 def _owed_terms(order: Order) -> dict | None:

@@ -307,20 +307,47 @@ def stop_limit_in_circuit(
     the exchange refuses it too, and the market cannot reach it while the limits hold."""
     if circuit is None:
         return price.quantize(PRICE_PLACES)
+    exit_in_circuit_check(instrument, trigger_price=trigger, circuit=circuit)
+    lowest, highest = _circuit_ticks(instrument, circuit)
+    price = max(price, lowest) if side == "SELL" else min(price, highest)
+    return price.quantize(PRICE_PLACES)
+
+
+def _circuit_ticks(instrument: Instrument, circuit: tuple[Decimal, Decimal]) -> tuple[Decimal, Decimal]:
+    """The lowest and highest prices on the tick inside the ``circuit`` limits (lower, upper)."""
     tick = instrument.tick_size
     lower, upper = circuit
     lowest = (lower / tick).to_integral_value(rounding=ROUND_CEILING) * tick
     highest = (upper / tick).to_integral_value(rounding=ROUND_FLOOR) * tick
-    if not lowest <= trigger <= highest:
-        raise ValidationError(
-            {
-                "trigger_price": f"{instrument.tradingsymbol}: the trigger {trigger} is outside today's circuit"
-                f" limits {lower} - {upper}; the exchange refuses it, and the market cannot reach it while"
-                " they hold."
-            }
-        )
-    price = max(price, lowest) if side == "SELL" else min(price, highest)
-    return price.quantize(PRICE_PLACES)
+    return lowest, highest
+
+
+def exit_in_circuit_check(
+    instrument: Instrument,
+    *,
+    price: Decimal | None = None,
+    trigger_price: Decimal | None = None,
+    circuit: tuple[Decimal, Decimal] | None,
+) -> None:
+    """Refuse an exit the platform places itself (a strategy's take-profit limit, its stop's
+    trigger) whose ``price`` or ``trigger_price`` is outside the instrument's ``circuit`` limits
+    (lower, upper) today: the exchange refuses it (a price band rejection), and the market cannot
+    trade there while they hold, so it could not fill today anyway. ValidationError on the field;
+    it is not moved to the limit, which would trade at a price the trader did not choose.
+    ``circuit`` None (not known): nothing is refused."""
+    if circuit is None:
+        return
+    lowest, highest = _circuit_ticks(instrument, circuit)
+    lower, upper = circuit
+    for field, what, value in (("price", "price", price), ("trigger_price", "trigger", trigger_price)):
+        if value is not None and not lowest <= value <= highest:
+            raise ValidationError(
+                {
+                    field: f"{instrument.tradingsymbol}: the {what} {value} is outside today's circuit limits"
+                    f" {lower} - {upper}; the exchange refuses it, and the market cannot reach it while they"
+                    " hold."
+                }
+            )
 
 
 def as_stored_price(value, field: str) -> Decimal | None:

@@ -15,7 +15,7 @@ from brokers import markets
 from brokers.base import Broker
 from brokers.client import AccountBroker
 from brokers.paper import engine
-from brokers.paper.models import PaperClient, PaperOrder
+from brokers.paper.models import PaperClient, PaperInstrument, PaperOrder
 from monitoring import cycle
 from monitoring.models import AccountRun
 from orders import services
@@ -414,3 +414,35 @@ def test_a_stop_the_trader_asked_to_cancel_after_its_day_ended_is_not_put_back(t
     assert stops(first) == [stop]
     stop.refresh_from_db()
     assert stop.status == Order.Status.CANCELLED
+
+
+def test_a_carried_take_profit_the_next_days_limits_leave_out_waits_for_them_not_refused_until_given_up(
+    trader, account
+):
+    """A delivery entry's 15 % target (1725.10) ended with its day; the next day's limits, from a
+    lower close, end at 1680: put back, it was refused for the band every run until step 4 gave up
+    on it ("3 rejected"), and the position kept no target even when the limits reached it again.
+    After the one refusal it waits, not sent, the run saying why, and goes back at its own level
+    when the limits reach it."""
+    guarded = strategy(trader, account, take_profit=D("15"))
+    quote("1500")
+    first = entry(trader, account, guarded, product="CNC")
+    monitor(account)
+    target = first.children.get(role="take_profit")
+    assert (target.status, target.price) == (Order.Status.OPEN, D("1725.10"))
+    day_ends(target)
+    PaperInstrument.objects.filter(tradingsymbol="INFY").update(previous_close=D("1400"))  # limits 1120 - 1680
+    for _ in range(cycle.EXIT_ATTEMPTS + 2):
+        run = monitor(account)
+    assert any("1725.10 is outside today's circuit limits 1120.00 - 1680.00" in e["error"] for e in run.errors), (
+        run.errors
+    )
+    _taken, refused = first.children.filter(role="take_profit").order_by("pk")  # one refusal, nothing more sent
+    assert (refused.status, refused.reject_kind) == (Order.Status.REJECTED, "price_band")
+    PaperInstrument.objects.filter(tradingsymbol="INFY").update(previous_close=D("1450"))  # 1160 - 1740
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    back = first.children.get(role="take_profit", status__in=Order.LIVE)
+    assert (back.price, back.quantity) == (D("1725.10"), 10)
+    assert back.idempotency_key.split("#")[0].endswith(f"replace:{target.pk}")  # put back, not a fresh one
+    assert PaperOrder.objects.get(order_id=back.broker_order_id).status == PaperOrder.Status.OPEN

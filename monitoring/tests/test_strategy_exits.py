@@ -5,6 +5,7 @@ partly filled, refused by the broker, retried, replaced, or left behind by a can
 """
 
 import dataclasses
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
@@ -585,6 +586,109 @@ def test_an_options_stop_whose_trigger_is_outside_the_circuit_limits_waits_for_t
     assert run.status == AccountRun.Status.OK, run.errors
     stop = first.children.get(role="stop_loss")
     assert (stop.status, stop.trigger_price, stop.price) == (Order.Status.OPEN, D("187.55"), D("184.00"))
+
+
+def quotes_asked(monkeypatch) -> list:
+    """The broker quote calls the cycle makes from here on (each a list of instruments), not those of
+    its last prices (the paper adapter's ``ltp`` reads its quotes), which every run makes."""
+    from brokers.paper.adapter import PaperBroker
+
+    asked, pricing = [], threading.local()
+    real_quote, real_ltp = PaperBroker.quote, PaperBroker.ltp
+
+    def ltp(self, instruments):
+        pricing.on = True
+        try:
+            return real_ltp(self, instruments)
+        finally:
+            pricing.on = False
+
+    def quote(self, instruments):
+        instruments = list(instruments)
+        if not getattr(pricing, "on", False):
+            asked.append(instruments)
+        return real_quote(self, instruments)
+
+    monkeypatch.setattr(PaperBroker, "ltp", ltp)
+    monkeypatch.setattr(PaperBroker, "quote", quote)
+    return asked
+
+
+@pytest.mark.parametrize(
+    "role, side, level, close",
+    [
+        # Filled at 1500.10, its 25 % target at 1875.10 is over the upper limit, 1800 (20 % of 1500).
+        ("take_profit", "BUY", D("1875.10"), D("1600")),  # the next day's limits from 1600: 1280 - 1920
+        # A short filled at 1499.90, its 25 % target at 1124.90 is under the lower limit, 1200.
+        ("take_profit", "SELL", D("1124.90"), D("1400")),  # 1120 - 1680
+        # An equity's SL-M: its 25 % stop's trigger at 1125.10 is under the lower limit.
+        ("stop_loss", "BUY", D("1125.10"), D("1400")),
+    ],
+)
+def test_an_exit_beyond_the_circuit_limits_waits_for_them_to_reach_it_not_refused_until_given_up(
+    trader, account, monkeypatch, role, side, level, close
+):
+    """A strategy's 25 % exit of a stock whose band is 20 %: the paper exchange refused it (price
+    band, as Kite does), step 4 placed it again each run, and after EXIT_ATTEMPTS refusals gave up
+    on it for good ("3 rejected"): the position never got it, even on a day whose limits reached
+    it. After the first refusal for the band the cycle asks the circuit limits (one quote, none
+    before an ordinary exit), does not send it while it is outside them, says why, and the run
+    that finds the limits reaching it places it at the trader's level."""
+    asked = quotes_asked(monkeypatch)
+    guarded = strategy(trader, account, **{role: D("25")})
+    quote("1500")
+    first = entry(trader, account, guarded, side=side)
+    run = monitor(account)  # its fill recorded and the exit sent as any other: refused for the band
+    refused = first.children.get(role=role)
+    assert (refused.status, refused.reject_kind) == (Order.Status.REJECTED, "price_band")
+    assert asked == []
+    for _ in range(cycle.EXIT_ATTEMPTS + 1):
+        run = monitor(account)
+        assert run.status == AccountRun.Status.ERRORS
+        assert any(
+            f"without a {role.replace('_', '-')}" in e["error"]
+            and f"{level} is outside today's circuit limits 1200.00 - 1800.00" in e["error"]
+            for e in run.errors
+        ), run.errors
+    assert list(first.children.filter(role=role)) == [refused]  # not sent again: no refusal toward giving up
+    assert asked == [["NSE:INFY"]] * (cycle.EXIT_ATTEMPTS + 1)  # one quote a run, only while it waits
+    PaperInstrument.objects.filter(tradingsymbol="INFY").update(previous_close=close)
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    placed = first.children.get(role=role, status__in=Order.LIVE)
+    assert (placed.price if role == "take_profit" else placed.trigger_price) == level  # the trader's, not the limit
+    at_exchange = PaperOrder.objects.get(order_id=placed.broker_order_id)
+    assert at_exchange.status in (PaperOrder.Status.OPEN, PaperOrder.Status.TRIGGER_PENDING)
+    assert live_exits(account, role) == 10
+
+
+def test_an_options_take_profit_beyond_the_circuit_limits_is_not_sent_until_they_reach_it(trader, account, settings):
+    """A 25 % target of an option bought at 250.05 sells at 312.55, over its upper circuit limit
+    (300): refused by the exchange each run until step 4 gave up on it. An option's exits are
+    checked against the limits its stop asks for anyway: it is never sent while outside them, the
+    run says why, and the run that finds the limits moved to it places it at the trader's level."""
+    settings.STOP_LIMIT_PROTECTION_PERCENT = D("3")
+    guarded = strategy(trader, account, stop_loss=D("10"), take_profit=D("25"))
+    quote_option("250")
+    first = place(
+        trader, account, symbol=OPTION, exchange="NFO", quantity=75, product="NRML", strategy=guarded,
+        source="strategy",
+    )  # fmt: skip
+    for _ in range(cycle.EXIT_ATTEMPTS + 1):
+        run = monitor(account)
+        assert any(
+            "without a take-profit" in e["error"]
+            and "312.55 is outside today's circuit limits 200.00 - 300.00" in e["error"]
+            for e in run.errors
+        ), run.errors
+    assert not first.children.filter(role="take_profit").exists()
+    assert not PaperOrder.objects.filter(instrument__tradingsymbol=OPTION, order_type="LIMIT").exists()
+    assert live_exits(account, "stop_loss") == 75  # its stop placed as ever
+    PaperInstrument.objects.filter(tradingsymbol=OPTION).update(previous_close=D("270"))  # limits 216 - 324
+    run = monitor(account)
+    assert run.status == AccountRun.Status.OK, run.errors
+    target = first.children.get(role="take_profit")
+    assert (target.status, target.price) == (Order.Status.OPEN, D("312.55"))
 
 
 def test_the_stop_of_an_entrys_first_fill_trails_at_its_own_distance_when_the_entry_fills_higher(trader, account):

@@ -163,6 +163,29 @@ def test_a_stop_limit_whose_trigger_is_outside_the_circuit_limits_is_refused_nam
     assert "circuit limits 200 - 300" in refused.value.message_dict["trigger_price"][0]
 
 
+@pytest.mark.parametrize(
+    "terms, circuit, field",
+    [
+        ({"price": D("1875.10")}, ("1200", "1800"), "price"),  # a take-profit over the upper limit
+        ({"price": D("1124.90")}, ("1200", "1800"), "price"),  # a short's under the lower one
+        ({"trigger_price": D("1125.10")}, ("1200", "1800"), "trigger_price"),  # an SL-M's trigger
+        ({"price": D("1800.10")}, ("1200", "1800.07"), "price"),  # a limit off the tick: the tick inside it
+        ({"price": D("1800.00")}, ("1200", "1800"), None),  # at the limit: taken
+        ({"price": D("1875.10"), "trigger_price": None}, None, None),  # limits not known: nothing refused
+    ],
+)
+def test_an_exit_outside_the_circuit_limits_is_refused_naming_its_field(instruments, terms, circuit, field):
+    infy = Instrument.objects.get(exchange="NSE", tradingsymbol="INFY")
+    circuit = tuple(D(limit) for limit in circuit) if circuit else None
+    if field is None:
+        services.exit_in_circuit_check(infy, circuit=circuit, **terms)
+        return
+    with pytest.raises(ValidationError) as refused:
+        services.exit_in_circuit_check(infy, circuit=circuit, **terms)
+    assert list(refused.value.message_dict) == [field]
+    assert f"outside today's circuit limits {circuit[0]} - {circuit[1]}" in refused.value.message_dict[field][0]
+
+
 def test_risk_limits(trader, account):
     account_services.broker_account_update(
         account=account, actor=trader, max_quantity=10, max_order_value=D("20000"), allowed_products=["MIS"]
