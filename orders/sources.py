@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
@@ -458,6 +459,27 @@ def _run_lock(owner_id: int, run_token: str) -> str:
     return f"orders:placing-basket:{owner_id}:{run_token}"
 
 
+@contextmanager
+def _placing(lock: str):
+    """Hold a placement's lock (a basket run's, a signal's) while the block places, renewed however
+    long it takes: the sweeps (``basket_runs_finish``, ``signals_finish``) tell a placement whose
+    process ended from one still placing by it. Placed without it when another request of the same
+    placement holds it (its keys place each order once) or when Redis cannot be asked: each order
+    is then refused for its rate budget, as an order placed alone is, not the whole request failed
+    with nothing said; and a sweep cannot take the lock either."""
+    try:
+        token = locks.acquire(lock, ttl_s=PLACING_LOCK_TTL_S)
+    except redis.RedisError:
+        logger.warning("placing without its lock %s: Redis cannot be asked", lock, exc_info=True)
+        token = None
+    try:
+        with locks.kept({lock: token}, ttl_s=PLACING_LOCK_TTL_S) if token else nullcontext():
+            yield
+    finally:
+        if token:
+            locks.release(lock, token)
+
+
 def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> list[dict]:
     """Place every item on every chosen account, concurrently; one result per item and account,
     ``item`` its number in the basket (1: the first).
@@ -469,14 +491,8 @@ def basket_place(*, basket: Basket, actor, run_token: str, account_ids=None) -> 
     """
     if basket.owner_id != actor.pk:
         raise ValidationError({"basket": "No such basket."})
-    lock = _run_lock(actor.pk, run_token)
-    token = locks.acquire(lock, ttl_s=PLACING_LOCK_TTL_S)  # None: another request of the run holds it
-    try:
-        with locks.kept({lock: token}, ttl_s=PLACING_LOCK_TTL_S) if token else nullcontext():
-            return _basket_place(basket, actor, run_token, account_ids)
-    finally:
-        if token:
-            locks.release(lock, token)
+    with _placing(_run_lock(actor.pk, run_token)):
+        return _basket_place(basket, actor, run_token, account_ids)
 
 
 def _basket_place(basket: Basket, actor, run_token: str, account_ids) -> list[dict]:
@@ -2117,17 +2133,11 @@ def strategy_signal(
         )
         for account in accounts
     ]
-    lock = _signal_lock(actor.pk, signal.pk)
-    token = locks.acquire(lock, ttl_s=PLACING_LOCK_TTL_S)  # None: another request of the signal holds it
-    try:
-        with locks.kept({lock: token}, ttl_s=PLACING_LOCK_TTL_S) if token else nullcontext():
-            if replayed:  # before any copy is written: a sweep that read the signal before writes nothing
-                StrategySignal.objects.filter(pk=signal.pk).update(placing_since=timezone.now())
-            signal.results = _copies.map(_call, jobs)
-            StrategySignal.objects.filter(pk=signal.pk).update(results=signal.results, placing_since=None)
-    finally:
-        if token:
-            locks.release(lock, token)
+    with _placing(_signal_lock(actor.pk, signal.pk)):
+        if replayed:  # before any copy is written: a sweep that read the signal before writes nothing
+            StrategySignal.objects.filter(pk=signal.pk).update(placing_since=timezone.now())
+        signal.results = _copies.map(_call, jobs)
+        StrategySignal.objects.filter(pk=signal.pk).update(results=signal.results, placing_since=None)
     return signal, replayed
 
 

@@ -1724,3 +1724,37 @@ def test_a_run_late_within_its_grace_across_midnight_is_placed_not_given_to_the_
     fire = ScheduledFire.objects.get(scheduled=row, due_at=due)
     assert (fire.status, fire.detail) == ("pending", "")
     assert claimed == [fire.pk]
+
+
+@pytest.mark.parametrize("what", ["basket", "signal"])
+def test_a_placement_whose_lock_redis_cannot_take_still_places_each_order_once(
+    trader, account, strategy, instruments, monkeypatch, caplog, what
+):
+    """A basket's run and a strategy signal hold a lock while they place (for the sweep of ones whose
+    process ended). Redis unreachable for it failed the whole request with nothing said (a 500): the
+    placement goes on without it, each order placed once, as a repeat of it (its keys) proves."""
+    import redis
+
+    from tradingplatform import locks
+
+    acquire = locks.acquire
+
+    def away(name, *, ttl_s):  # for the placement's own lock; the order path's locks as they are
+        if name.startswith("orders:placing-"):
+            raise redis.ConnectionError("Error 111 connecting to redis:6379. Connection refused.")
+        return acquire(name, ttl_s=ttl_s)
+
+    monkeypatch.setattr(locks, "acquire", away)
+    if what == "basket":
+        items = [{"instrument": instrument(), "side": "BUY", "quantity": 1}]
+        basket = sources.basket_save(owner=trader, name="One", account_ids=[account.pk], items=items)
+        results = sources.basket_place(basket=basket, actor=trader, run_token="t-1")
+        again = sources.basket_place(basket=basket, actor=trader, run_token="t-1")
+    else:
+        signal = {"via": "api", "instrument": instrument(), "side": "BUY", "quantity": 1}
+        results = sources.strategy_signal(strategy=strategy, actor=trader, signal_id="s-1", **signal)[0].results
+        again = sources.strategy_signal(strategy=strategy, actor=trader, signal_id="s-1", **signal)[0].results
+    assert [row["status"] for row in results] in (["SUBMITTED"], ["FILLED"]) and results[0]["order_id"], results
+    assert [row["order_id"] for row in again] == [row["order_id"] for row in results]
+    assert PaperOrder.objects.count() == Order.objects.count() == 1
+    assert "Redis cannot be asked" in caplog.text
