@@ -63,7 +63,7 @@ from brokers.errors import (
 )
 from brokers.markets import trading_date
 from brokers.models import Instrument
-from brokers.selectors import instrument_last_price
+from brokers.selectors import instrument_last_price, prices_fed_by
 from brokers.services import placed_fills_recorder
 from tradingplatform import locks, metrics, numbers
 from tradingplatform.db import PlainInserts, PlainUpdate
@@ -423,6 +423,20 @@ def order_check(
                 {"quantity": f"Order value {value:.2f} is above this account's limit of {account.max_order_value}."}
             )
     return Checked(account, instrument, side, quantity, order_type, product, validity, price, trigger_price)
+
+
+def value_check_asks_broker(account: BrokerAccount, side: str, order_type: str, *, closing: bool = False) -> bool:
+    """Whether ``order_check`` values such an order at a price it asks the account's broker for
+    (``instrument_last_price``: a quote call, waiting for the account's quote budget, and retried): an
+    account with an order value limit, at a broker whose prices are not the instruments' last
+    prices, and an order with no price of its own (MARKET) or a SELL LIMIT (valued at the market it
+    fills at). A caller holding row locks checks such an order once it has let them go."""
+    return (
+        account.max_order_value is not None
+        and not closing
+        and (order_type == "MARKET" or (side == "SELL" and order_type == "LIMIT"))
+        and not prices_fed_by(account.broker)
+    )
 
 
 def _order_value(

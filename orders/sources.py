@@ -1371,6 +1371,12 @@ def _fires_prepare(ahead: list[tuple[int, int, datetime]]) -> None:
         # The accounts' daily counters are locked until the commit: in account order, as another
         # worker preparing orders of the same accounts takes them.
         for fire in sorted(fires, key=lambda fire: (fire.scheduled.account_id, fire.pk)):
+            scheduled = fire.scheduled
+            if services.value_check_asks_broker(scheduled.account, scheduled.side, scheduled.order_type):
+                # Its check asks its broker for the price (a call, waiting for the quote budget)
+                # that would hold these rows and the account's counter, and so the account's other
+                # orders, locked meanwhile: left pending, placed whole at its time, outside them.
+                continue
             try:
                 with transaction.atomic():  # one that fails leaves no writes; the others go on
                     services.order_prepare(**_fire_order(fire), day=services.trading_date(fire.due_at))

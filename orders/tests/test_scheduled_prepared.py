@@ -885,3 +885,43 @@ def test_prepared_orders_sent_together_are_not_closed_unsent_when_the_price_move
     monkeypatch.setattr(services, "orders_send_together", sent_then_ticked)
     _at(due_at)
     _placed_once_each(sources.scheduled_fires(fire_ids=fire_ids))
+
+
+def test_a_kite_market_order_under_a_value_limit_asks_kites_price_with_no_rows_locked(
+    trader, kite_on_face, monkeypatch
+):
+    """A Kite account's MARKET order is valued at Kite's price, asked with a quote call that waits
+    for the account's quote budget (one a second) and is retried. Prepared ahead, it was asked
+    inside the prepare's transaction: the scheduled rows and the account's daily counter (every
+    other order of the account) held locked meanwhile. It is placed whole at its time instead, its
+    price asked outside any transaction, and its value still checked."""
+    from decimal import Decimal
+
+    from django.db import connection
+
+    from brokers.paper import engine
+    from tradingplatform import memo
+
+    account = kite_on_face
+    broker_account_update(account=account, actor=trader, max_order_value=Decimal("100000"))
+    account.refresh_from_db()
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=Decimal("1500"))
+    row = make_scheduled(trader, account)
+    memo.clear_all()  # its price as the save asked it is gone by its time
+    asked_in_transaction, ltp = [], AccountBroker.ltp
+
+    def asking(broker, keys):
+        asked_in_transaction.append(connection.in_atomic_block)
+        return ltp(broker, keys)
+
+    monkeypatch.setattr(AccountBroker, "ltp", asking)
+    due_at = _due_soon(row, 1.5)
+    [fire_id] = sources.scheduled_claim_due(lead_s=2.5)
+    [fire] = sources.scheduled_prepare(fire_ids=[fire_id])
+    assert True not in asked_in_transaction  # not asked under the prepare's locks
+    assert fire.status == ScheduledFire.Status.PENDING and not Order.objects.filter(scheduled=row).exists()
+    _at(due_at)
+    fire = sources.scheduled_fire(fire_id=fire_id)
+    assert fire.status == ScheduledFire.Status.PLACED, fire.detail
+    assert asked_in_transaction == [False]  # asked once, at its time, outside any transaction
+    assert Order.objects.get(scheduled=row).status in Order.AT_BROKER + (Order.Status.FILLED,)
