@@ -1,4 +1,8 @@
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from decimal import Decimal
 
 from django.db.models import Case, Q, Value, When
 
@@ -17,6 +21,8 @@ _by_symbol = Memo("instrument by symbol", ttl_s=60)
 # allows one a second). The market's price: the same for every account at that broker.
 BROKER_PRICE_KEEP_S = 2
 _broker_prices = Memo("last price at a broker", ttl_s=BROKER_PRICE_KEEP_S)
+# A broker's last prices its caller has just asked it for (``broker_prices_known``): (broker, prices).
+_known_prices: ContextVar[tuple[str, dict[str, Decimal]] | None] = ContextVar("broker prices known", default=None)
 
 
 def instrument_by_symbol(exchange: str, tradingsymbol: str) -> Instrument | None:
@@ -42,7 +48,23 @@ def instrument_last_price(instrument: Instrument, *, account):
     """
     if prices_fed_by(account.broker):
         return Instrument.objects.filter(pk=instrument.pk).values_list("last_price", flat=True).first()
+    known = _known_prices.get()
+    if known is not None and known[0] == account.broker and (price := known[1].get(instrument.key)):
+        return price
     return _broker_prices.get((account.broker, instrument.key), lambda: _asked_last_price(instrument, account))
+
+
+@contextmanager
+def broker_prices_known(broker: str, prices: dict[str, Decimal]) -> Iterator[None]:
+    """Within it, ``instrument_last_price`` of an account at ``broker`` is its price in ``prices``
+    (keyed ``EXCHANGE:SYMBOL``; the broker's last prices the caller has just asked it for: a
+    monitoring run's), not asked again: the run's checks of the orders it places or moves cost no
+    broker call of their own (and no wait for its quote budget)."""
+    token = _known_prices.set((broker, prices))
+    try:
+        yield
+    finally:
+        _known_prices.reset(token)
 
 
 def _asked_last_price(instrument: Instrument, account):

@@ -58,7 +58,7 @@ from brokers.base import (
 from brokers.base import Status as BrokerStatus
 from brokers.client import AccountBroker
 from brokers.errors import BrokerError, OrderRejected, RejectKind
-from brokers.selectors import instrument_by_symbol
+from brokers.selectors import broker_prices_known, instrument_by_symbol
 from orders import services as orders
 from orders.models import Order, OrderEvent, Strategy
 from portfolio import openings, reconcile
@@ -2045,18 +2045,22 @@ def _account_steps(job) -> None:
     """One account's run of per-account steps, in order, each timed, each failure recorded; none
     begun once the batch is ``cut`` short by its time limit (``accounts_monitor`` says so)."""
     ctx, steps, cut = job
-    for name, step in steps:
-        if cut.is_set():
-            return
-        if name in NEEDS_FETCH and not ctx.fetched:
-            ctx.errors.append({"step": name, "error": "skipped: the broker data could not be fetched"})
-            continue
-        started = time.perf_counter()
-        try:
-            step(ctx)
-        except Exception as error:
-            ctx.failed(name, error)
-        ctx.step_ms[name] = round((time.perf_counter() - started) * 1000, 1)
+    # The orders the steps place or move are checked at the prices this run asked the broker for
+    # (an order value limit's MARKET or SELL LIMIT on a Kite account), not asked for again each.
+    prices = {f"{exchange}:{symbol}": price for (exchange, symbol), price in ctx.last_prices.items()}
+    with broker_prices_known(ctx.account.broker, prices):
+        for name, step in steps:
+            if cut.is_set():
+                return
+            if name in NEEDS_FETCH and not ctx.fetched:
+                ctx.errors.append({"step": name, "error": "skipped: the broker data could not be fetched"})
+                continue
+            started = time.perf_counter()
+            try:
+                step(ctx)
+            except Exception as error:
+                ctx.failed(name, error)
+            ctx.step_ms[name] = round((time.perf_counter() - started) * 1000, 1)
 
 
 def _batch_failure(step: str, error: Exception, accounts: int) -> Exception:

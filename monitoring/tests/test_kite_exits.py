@@ -211,3 +211,26 @@ def test_a_stop_the_trader_cut_by_hand_is_put_back_for_its_cut_quantity_after_ki
     monitor(account)
     live = first.children.filter(role="stop_loss", status__in=Order.LIVE)
     assert [(o.quantity, o.trigger_price) for o in live] == [(5, D("1500.10"))]
+
+
+def test_a_chase_under_an_order_value_limit_asks_kites_price_once_in_a_run(trader, kite_on_face, monkeypatch):
+    """A short entry's SELL LIMIT is valued at the market it fills at, Kite's last price: the chase's
+    check of its move asked Kite for it again, a second quote call in the run (and a wait of a second
+    for the quote budget) for the price the run had just fetched. Checked at the run's own price."""
+    from accounts.services import broker_account_update
+    from tradingplatform import memo
+
+    account = kite_on_face
+    broker_account_update(account=account, actor=trader, max_order_value=D("10000000"))
+    account.refresh_from_db()
+    guarded = strategy(trader, account, chase_after_s=0, chase_max_ticks=10)
+    quote("1500")
+    first = entry(trader, account, guarded, side="SELL", order_type="LIMIT", price="1501.00")
+    asked, ltp = [], KiteBroker.ltp
+    monkeypatch.setattr(KiteBroker, "ltp", lambda broker, keys: asked.append(list(keys)) or ltp(broker, keys))
+    quote("1500.50", bid="1500.40", ask="1500.60")
+    memo.clear_all()  # the price the entry's check asked is long gone by the next run
+    monitor(account)
+    first.refresh_from_db()
+    assert (first.price, first.chase_count) == (D("1500.50"), 1)  # chased toward the market
+    assert asked == [["NSE:INFY"]]  # the run's fetch only
