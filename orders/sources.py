@@ -10,7 +10,7 @@ import hashlib
 import logging
 import secrets
 import time as time_module
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
@@ -29,7 +29,7 @@ from brokers import markets
 from brokers.base import IST, instrument_expired, ist_today
 from brokers.errors import AuthError, BrokerError, OutcomeUnknown
 from brokers.models import Instrument
-from brokers.selectors import instrument_by_symbol
+from brokers.selectors import broker_prices_known, instrument_by_symbol, instrument_last_price
 from brokers.services import sessions_live, sessions_ready
 from tradingplatform import background, locks
 from tradingplatform.db import PlainUpdates
@@ -961,7 +961,7 @@ def scheduled_change(*, owner, scheduled: ScheduledOrder, **changes) -> Schedule
     unknown = set(changes) - {*SCHEDULED_ORDER_FIELDS, *SCHEDULE_FIELDS, "exchange", "tradingsymbol"}
     if unknown:
         raise TypeError(f"unexpected fields: {sorted(unknown)}")
-    with transaction.atomic():
+    with _broker_price_asked_first(scheduled, changes), transaction.atomic():
         row = _locked(ScheduledOrder, scheduled, owner)
         spec = row.spec()
         if "exchange" in changes or "tradingsymbol" in changes:
@@ -980,6 +980,24 @@ def scheduled_change(*, owner, scheduled: ScheduledOrder, **changes) -> Schedule
             "grace_s": row.grace_s,
         }
         return _scheduled_write(row, _scheduled_values(owner=owner, spec=spec, **{**kept, **changes}))
+
+
+def _broker_price_asked_first(scheduled: ScheduledOrder, changes: dict) -> AbstractContextManager:
+    """The price the changed order's check asks its broker for (``services.value_check_asks_broker``:
+    a quote call, waiting for the account's quote budget), asked before the row is locked and
+    answered from then on (``broker_prices_known``): not asked with the row held, which the due
+    time's send waits for. ``scheduled`` as the caller read it; a row changed meanwhile to another
+    account or instrument is asked under the lock as before."""
+    account = changes.get("account", scheduled.account)
+    side, order_type = changes.get("side", scheduled.side), changes.get("order_type", scheduled.order_type)
+    if not services.value_check_asks_broker(account, side, order_type):
+        return nullcontext()
+    current = scheduled.instrument
+    instrument = instrument_by_symbol(
+        changes.get("exchange", current.exchange), changes.get("tradingsymbol", current.tradingsymbol)
+    )
+    price = instrument_last_price(instrument, account=account) if instrument is not None else None
+    return broker_prices_known(account.broker, {instrument.key: price} if price else {})
 
 
 def _not_again_today(row: ScheduledOrder, now: datetime) -> tuple[datetime, list[int], datetime]:

@@ -925,3 +925,36 @@ def test_a_kite_market_order_under_a_value_limit_asks_kites_price_with_no_rows_l
     assert fire.status == ScheduledFire.Status.PLACED, fire.detail
     assert asked_in_transaction == [False]  # asked once, at its time, outside any transaction
     assert Order.objects.get(scheduled=row).status in Order.AT_BROKER + (Order.Status.FILLED,)
+
+
+def test_a_change_of_a_kite_market_order_under_a_value_limit_asks_kites_price_before_locking_its_row(
+    trader, kite_on_face, monkeypatch
+):
+    """A change is checked under the scheduled order's row lock, which the due time's send waits for
+    (and the dispatcher skips): the check's quote call to Kite (a wait for the quote budget, retries)
+    was made with the row held. Asked before the lock; the change still checked at Kite's price."""
+    from decimal import Decimal
+
+    from django.db import connection
+
+    from brokers.paper import engine
+    from tradingplatform import memo
+
+    account = kite_on_face
+    broker_account_update(account=account, actor=trader, max_order_value=Decimal("4000"))
+    account.refresh_from_db()
+    engine.market_set(exchange="NSE", tradingsymbol="INFY", last_price=Decimal("1500"))
+    row = make_scheduled(trader, account)
+    memo.clear_all()
+    asked_in_transaction, ltp = [], AccountBroker.ltp
+
+    def asking(broker, keys):
+        asked_in_transaction.append(connection.in_atomic_block)
+        return ltp(broker, keys)
+
+    monkeypatch.setattr(AccountBroker, "ltp", asking)
+    assert sources.scheduled_change(owner=trader, scheduled=row, quantity=2).quantity == 2
+    assert asked_in_transaction == [False]
+    with pytest.raises(ValidationError, match="Order value 4500.00"):  # 3 at Kite's 1500
+        sources.scheduled_change(owner=trader, scheduled=row, quantity=3)
+    assert ScheduledOrder.objects.get(pk=row.pk).quantity == 2
