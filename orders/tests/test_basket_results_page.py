@@ -165,12 +165,9 @@ def test_an_item_off_its_lot_is_shown_with_its_own_quantity_not_one_cut_to_a_lot
     assert not PaperOrder.objects.exists() and not Order.objects.exists()
 
 
-def test_a_placement_that_stopped_half_way_shows_what_it_placed(trader_client, trader, account, monkeypatch):
-    """The request placing a basket stops after its first item went to the exchange (its worker killed,
-    a deploy), before it answered. The basket's page showed no results (or the placement before it),
-    as though nothing had been placed, and the trader placed the basket again: the first item twice.
-    Its rows are there from the start, each showing its order once its key wrote one; the item never
-    reached says it may not have been placed, not that it failed."""
+def died_after_its_first_item(trader, account, monkeypatch) -> Basket:
+    """A basket of two items (INFY, TCS) whose placement (run "t-1") stopped as its worker's end would
+    stop it, after its first item went to the exchange and before the second was sent."""
 
     class Died(BaseException):  # as the worker's end: nothing after it runs
         pass
@@ -185,9 +182,21 @@ def test_a_placement_that_stopped_half_way_shows_what_it_placed(trader_client, t
             raise Died
         return place(**order)
 
-    monkeypatch.setattr(services, "order_place", second_dies)
-    with pytest.raises(Died):
-        sources.basket_place(basket=basket, actor=trader, run_token="t-1")
+    with monkeypatch.context() as patched:
+        patched.setattr(services, "order_place", second_dies)
+        with pytest.raises(Died):
+            sources.basket_place(basket=basket, actor=trader, run_token="t-1")
+    return basket
+
+
+def test_a_placement_that_stopped_half_way_shows_what_it_placed(trader_client, trader, account, monkeypatch):
+    """The request placing a basket stops after its first item went to the exchange (its worker killed,
+    a deploy), before it answered. The basket's page showed no results (or the placement before it),
+    as though nothing had been placed, and the trader placed the basket again: the first item twice.
+    Its rows are there from the start, each showing its order once its key wrote one; the item never
+    reached says it may not have been placed, not that it failed."""
+
+    basket = died_after_its_first_item(trader, account, monkeypatch)
     order = Order.objects.get()
     assert PaperOrder.objects.count() == 1 and order.status == Order.Status.FILLED
     page = trader_client.get(reverse("sources:basket_detail", args=[basket.pk]))
@@ -218,23 +227,7 @@ def test_an_item_its_dead_placement_never_sent_is_shown_not_placed_once_it_canno
     from orders.models import BasketRun
     from tradingplatform import locks
 
-    class Died(BaseException):
-        pass
-
-    items = [{"instrument": instrument(), "side": "BUY", "quantity": 1}, {"instrument": instrument("TCS")}]
-    items[1].update(side="BUY", quantity=2)
-    basket = sources.basket_save(owner=trader, name="Two", account_ids=[account.pk], items=items)
-    place = services.order_place
-
-    def second_dies(**order):
-        if Order.objects.exists():
-            raise Died
-        return place(**order)
-
-    monkeypatch.setattr(services, "order_place", second_dies)
-    with pytest.raises(Died):
-        sources.basket_place(basket=basket, actor=trader, run_token="t-1")
-    monkeypatch.setattr(services, "order_place", place)
+    basket = died_after_its_first_item(trader, account, monkeypatch)
     order = Order.objects.get()
     later = timezone.now() + timedelta(seconds=sources.PLACEMENT_STALE_S + 1)
 
