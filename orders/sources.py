@@ -77,14 +77,19 @@ def _place_for(actor, account: BrokerAccount, spec: dict, quantity: int, **kwarg
             # lots ("BUY 75" beside "must be a multiple of the lot size, 75").
             return _result(account, error=refused, **{**extra, "quantity": spec["quantity"]})
     if quantity <= 0:
-        multiplier = f"multiplier of {account.copy_multiplier}"
-        error = ValidationError({"quantity": f"Below one lot on {account.label} after its {multiplier}."})
-        return _result(account, error=error, **extra)
+        return _below_one_lot(account, **extra)
     try:
         order = services.order_place(actor=actor, account=account, **{**spec, "quantity": quantity}, **kwargs)
     except ValidationError as error:
         return _result(account, error=error, **extra)
     return _result(account, order=order, **extra)
+
+
+def _below_one_lot(account: BrokerAccount, **extra) -> dict:
+    """The result of a copy whose quantity is under one lot after the account's multiplier: never placed."""
+    multiplier = f"multiplier of {account.copy_multiplier}"
+    error = ValidationError({"quantity": f"Below one lot on {account.label} after its {multiplier}."})
+    return _result(account, error=error, **extra)
 
 
 # Placements run side by side (each account's rate budget paces its own), on threads that keep
@@ -2287,7 +2292,14 @@ def _signal_finish(signal: StrategySignal) -> int:
             rows[pk] = {**row, "status": "FAILED", "error": SIGNAL_NOT_SENT}
             finished += 1
         elif signal.payload:
-            rows[pk] = _signal_unplaced(strategy.owner_id, signal, accounts[pk], instrument, SIGNAL_NOT_SENT)
+            row = _signal_unplaced(strategy.owner_id, signal, accounts[pk], instrument, SIGNAL_NOT_SENT)
+            if row.get("quantity") == 0:
+                # Below one lot after its multiplier: the request answers it so, never an order, and
+                # so does a repeat; not "not placed ... sending it again places it".
+                terms = {field: row[field] for field in ("symbol", "side", "quantity")}
+                rows[pk] = _below_one_lot(accounts[pk], **terms)
+                continue
+            rows[pk] = row
             finished += 1
     # Only as read: a request that began placing it since (a repeat) records its own results.
     still = StrategySignal.objects.filter(pk=signal.pk, placing_since=signal.placing_since)

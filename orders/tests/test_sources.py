@@ -1170,6 +1170,33 @@ def test_the_sweep_never_shows_not_sent_an_account_whose_order_a_dead_signal_wro
     assert all("error" not in row for row in signal.results)
 
 
+def test_the_sweep_shows_a_copy_below_one_lot_as_below_one_lot_not_as_not_sent(client, trader, strategy):
+    """The request placed on the first account and died at the third; the second's copy was below one
+    lot after its multiplier (never an order: the request would have answered so). The sweep recorded
+    it "Not placed: ... Sending the signal again with its id places it", which no repeat does. It is
+    recorded as the request records it, below one lot; the copy it never reached, not sent."""
+    first = strategy.accounts.get()
+    small = make_broker_account(trader, broker="paper", client_id="SIG-HALF", copy_multiplier=Decimal("0.5"))
+    third = make_broker_account(trader, broker="paper", client_id="SIG3")
+    strategy.accounts.add(small, third)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(services, "order_place", failing_on(third, WorkerLost))
+        with pytest.raises(WorkerLost):
+            webhook(client, strategy)
+    StrategySignal.objects.update(placing_since=timezone.now() - timedelta(seconds=sources.PLACEMENT_STALE_S + 1))
+
+    assert sources.signals_finish() == 1  # the third only
+    rows = {row["account_id"]: row for row in StrategySignal.objects.get().results}
+    assert rows[first.pk]["order_id"] == Order.objects.get(account=first).pk
+    assert rows[small.pk]["status"] == "INVALID" and rows[small.pk]["quantity"] == 0, rows[small.pk]
+    assert rows[small.pk]["error"].startswith("Below one lot on") and "order_id" not in rows[small.pk]
+    assert rows[third.pk]["status"] == "FAILED" and rows[third.pk]["error"] == sources.SIGNAL_NOT_SENT
+    # A repeat places the copy never sent, and answers the one below a lot as before.
+    retried = {row["account_id"]: row for row in webhook(client, strategy).json()["results"]}
+    assert retried[third.pk]["status"] == "FILLED" and retried[small.pk]["status"] == "INVALID"
+    assert Order.objects.filter(strategy=strategy).count() == PaperOrder.objects.count() == 2
+
+
 def test_a_retry_of_a_signal_whose_first_request_died_after_a_pause_answers_what_it_placed(client, trader, strategy):
     """The first delivery placed on one account and died before the other; the trader then paused
     the strategy. The retry was refused, 422 "This strategy is paused.", naming no order, while the
