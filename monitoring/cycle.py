@@ -1066,6 +1066,17 @@ def _exit_place(ctx, entry: Order, role: str, mine: list[Order], missing: int, a
                 prices["price"] = orders.stop_limit_in_circuit(
                     entry.instrument, side, prices["trigger_price"], prices["price"], circuit
                 )
+            elif role == Order.Role.TAKE_PROFIT and prices["order_type"] == "LIMIT":
+                # One the market has gone past (a long's target under the lower limit) goes at the
+                # limit, a better price than the trader's, and trades at the market: not left
+                # waiting for limits that may never come back to it.
+                level = prices["price"]
+                prices["price"] = orders.take_profit_in_circuit(entry.instrument, side, level, circuit)
+                if prices["price"] != level:
+                    ctx.act(
+                        f"{name} for {entry.reference} sent at {prices['price']}, today's circuit limit: the market"
+                        f" is already past its level {level}"
+                    )
             else:
                 orders.exit_in_circuit_check(
                     entry.instrument,

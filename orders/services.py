@@ -350,6 +350,27 @@ def exit_in_circuit_check(
             )
 
 
+def take_profit_in_circuit(
+    instrument: Instrument, side: str, price: Decimal, circuit: tuple[Decimal, Decimal] | None
+) -> Decimal:
+    """The limit price to send for a take-profit (a ``side`` LIMIT at the trader's ``price``) given the
+    instrument's ``circuit`` limits (lower, upper) today. Beyond them on the side the market has gone
+    past (a sale under the lower limit, a purchase over the upper one) the market, which trades
+    inside them, already fills it at a better price than the trader's: it goes at the limit, which
+    the exchange takes and which trades at the market. Beyond them on the other side the market
+    cannot reach it while they hold: refused, as ``exit_in_circuit_check``. ``circuit`` None (not
+    known): the trader's price."""
+    if circuit is None:
+        return price
+    lowest, highest = _circuit_ticks(instrument, circuit)
+    if side == "SELL" and price < lowest:
+        return lowest.quantize(PRICE_PLACES)
+    if side == "BUY" and price > highest:
+        return highest.quantize(PRICE_PLACES)
+    exit_in_circuit_check(instrument, price=price, circuit=circuit)
+    return price
+
+
 def as_stored_price(value, field: str) -> Decimal | None:
     """A price as given (a number or its text) as its column holds it, or a ValidationError naming ``field``."""
     return _as_stored(_decimal(value, field), field)

@@ -446,3 +446,29 @@ def test_a_carried_take_profit_the_next_days_limits_leave_out_waits_for_them_not
     assert (back.price, back.quantity) == (D("1725.10"), 10)
     assert back.idempotency_key.split("#")[0].endswith(f"replace:{target.pk}")  # put back, not a fresh one
     assert PaperOrder.objects.get(order_id=back.broker_order_id).status == PaperOrder.Status.OPEN
+
+
+def test_a_carried_take_profit_the_market_went_past_beyond_the_limits_closes_the_position_not_left_waiting(
+    trader, account
+):
+    """A delivery entry's 15 % target (1725.10) ended with its day; by the run that put it back the
+    stock traded at 2200, its limits 1760 - 2640: the target's sale under the lower limit, one the
+    market already fills. Refused for the band, it was then left waiting, "placed when they reach
+    it", every run while the market stood beyond the trader's level: the profit never taken. It
+    goes at the limit, a better price than the trader's, and sells at the market."""
+    guarded = strategy(trader, account, take_profit=D("15"))
+    quote("1500")
+    first = entry(trader, account, guarded, product="CNC")
+    monitor(account)
+    taken = first.children.get(role="take_profit")
+    assert (taken.status, taken.price) == (Order.Status.OPEN, D("1725.10"))
+    day_ends(taken)
+    PaperInstrument.objects.filter(tradingsymbol="INFY").update(previous_close=D("2200"))  # limits 1760 - 2640
+    quote("2200")
+    for _ in range(cycle.EXIT_ATTEMPTS + 1):
+        run = monitor(account)
+    sold = first.children.get(role="take_profit", status=Order.Status.FILLED)
+    assert sold.price == D("1760.00")  # the limit: the trader's level the exchange refuses
+    assert sold.average_price > D("2199")  # at the market, better than the target
+    assert held(account) == 0
+    assert not any("outside today's circuit limits" in e["error"] for e in run.errors), run.errors

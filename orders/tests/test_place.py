@@ -186,6 +186,30 @@ def test_an_exit_outside_the_circuit_limits_is_refused_naming_its_field(instrume
     assert f"outside today's circuit limits {circuit[0]} - {circuit[1]}" in refused.value.message_dict[field][0]
 
 
+@pytest.mark.parametrize(
+    "side, price, expected",
+    [
+        ("SELL", D("1125.00"), D("1200.00")),  # a long's target the market went past: at the lower limit
+        ("BUY", D("1875.00"), D("1800.00")),  # a short's: at the upper limit
+        ("SELL", D("1500.00"), D("1500.00")),  # inside them: the trader's
+        ("SELL", D("1875.00"), None),  # a long's target over the upper limit: out of the market's reach
+        ("BUY", D("1125.00"), None),  # a short's under the lower limit
+    ],
+)
+def test_a_take_profit_the_market_went_past_beyond_the_circuit_limits_goes_at_the_limit(
+    instruments, side, price, expected
+):
+    infy = Instrument.objects.get(exchange="NSE", tradingsymbol="INFY")
+    circuit = (D("1200"), D("1800"))
+    if expected is not None:
+        assert services.take_profit_in_circuit(infy, side, price, circuit) == expected
+        return
+    with pytest.raises(ValidationError) as refused:
+        services.take_profit_in_circuit(infy, side, price, circuit)
+    assert list(refused.value.message_dict) == ["price"]
+    assert services.take_profit_in_circuit(infy, side, price, None) == price  # limits not known
+
+
 def test_risk_limits(trader, account):
     account_services.broker_account_update(
         account=account, actor=trader, max_quantity=10, max_order_value=D("20000"), allowed_products=["MIS"]
