@@ -20,15 +20,17 @@ SNAPSHOT_APPS = ("accounts", "brokers", "paper", "orders", "portfolio", "monitor
 VOLATILE_FIELDS = {"accounts.apikey": {"last_used_at"}, "accounts.user": {"last_login"}}
 
 
-def db_snapshot() -> dict:
-    """Every row of every platform table (and the paper exchange's), to compare before and after."""
+def db_snapshot(*, besides: dict[str, set[str]] | None = None) -> dict:
+    """Every row of every platform table (and the paper exchange's), to compare before and after;
+    ``besides``: more fields left out ({model label: field names}), for a change the caller checks."""
     snapshot = {}
     for model in apps.get_models():
         if model._meta.app_label not in SNAPSHOT_APPS:
             continue
-        skip = VOLATILE_FIELDS.get(model._meta.label_lower, set())
+        label = model._meta.label_lower
+        skip = VOLATILE_FIELDS.get(label, set()) | (besides or {}).get(label, set())
         fields = [field.attname for field in model._meta.concrete_fields if field.attname not in skip]
-        snapshot[model._meta.label_lower] = [
+        snapshot[label] = [
             {name: str(value) for name, value in row.items()} for row in model.objects.order_by("pk").values(*fields)
         ]
     return snapshot

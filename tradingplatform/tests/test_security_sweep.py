@@ -482,7 +482,9 @@ def test_strategy_webhook_with_a_wrong_secret_is_refused_and_places_nothing(owne
     url = url_of("strategy_webhook", owned)
     now = int(timezone.now().timestamp())
     body = {"id": "a1", "timestamp": now, "symbol": "NSE:INFY", "side": "BUY", "quantity": 1}
-    before = db_snapshot()
+    # Counted for the strategy's owner (its page says how many were refused, when and why): nothing else.
+    trace = {"orders.strategy": {"alerts_refused", "alert_refused_at", "alert_refused_reason"}}
+    before = db_snapshot(besides=trace)
     for secret in ["", "wrong", owned["strategy_secret"][:-1], owned["api_secret"]]:
         response = client.post(url, {**body, "secret": secret}, content_type="application/json")
         error = assert_api_error(response, 403, f"webhook with secret {secret!r}")
@@ -493,7 +495,9 @@ def test_strategy_webhook_with_a_wrong_secret_is_refused_and_places_nothing(owne
         content_type="application/json",
     )
     assert_api_error(other, 403, "webhook for another strategy id with this secret")
-    assert_unchanged(before, db_snapshot(), "webhooks with wrong secrets")
+    assert_unchanged(before, db_snapshot(besides=trace), "webhooks with wrong secrets")
+    strategy.refresh_from_db()
+    assert strategy.alerts_refused == 4 and owned["strategy_secret"] not in strategy.alert_refused_reason
 
 
 def test_kite_postback_with_a_forged_checksum_is_refused(owned, client):
