@@ -1761,13 +1761,18 @@ def step_trail(ctx: Context) -> None:
                 moves = orders.stop_loss_terms(stop.instrument, stop.side, new_trigger, _circuit(ctx, stop.instrument))
             elif stop.order_type == "SL" and stop.price is not None:
                 # A stop-loss limit (an option's) moves its limit with its trigger, the band between them
-                # kept: left behind, a trailed stop would fill ever further under its trigger. Inside
-                # the circuit limits, as step 4 placed it.
+                # kept (left behind, a trailed stop would fill ever further under its trigger), and never
+                # narrower than the protection band (``stop_limit_price``): one the circuit limits
+                # narrowed when it was placed (its limit at the limit, even at its trigger) widens again
+                # once it trails away from them, else a gap through it leaves it unfilled. Inside the
+                # circuit limits, as step 4 placed it.
+                kept = stop.price + (new_trigger - stop.trigger_price)
+                banded = orders.stop_limit_price(stop.instrument, stop.side, new_trigger)
                 moves["price"] = orders.stop_limit_in_circuit(
                     stop.instrument,
                     stop.side,
                     new_trigger,
-                    stop.price + (new_trigger - stop.trigger_price),
+                    min(kept, banded) if long_position else max(kept, banded),
                     _circuit(ctx, stop.instrument),
                 )
         except ValidationError as error:  # the new trigger outside the limits: the stop stays where it is

@@ -439,7 +439,8 @@ def test_a_stop_loss_on_an_option_is_an_sl_banded_past_its_trigger_and_trails_wi
     """Kite blocks SL-M on options: the cycle placed an option entry's stop as SL-M, refused at the
     broker each run while the position went unprotected. It is an SL whose limit is the protection
     band (3 % of the trigger) under it, on the tick; the paper exchange takes it; each trail and
-    the replacement past the modification cap move the trigger and the limit together."""
+    the replacement past the modification cap move the trigger and the limit together, the limit
+    the band of the new trigger under it (wider than the gap kept: 3 % of a higher trigger)."""
     first = option_entry(trader, account, settings)
     run = monitor(account)  # filled at 250.05: the stop 10 under, at 240.05; 3 % of it is 7.20
     assert run.status == AccountRun.Status.OK, run.errors
@@ -452,15 +453,15 @@ def test_a_stop_loss_on_an_option_is_an_sl_banded_past_its_trigger_and_trails_wi
     run = monitor(account)
     assert run.status == AccountRun.Status.OK, run.errors
     stop.refresh_from_db()
-    assert (stop.trigger_price, stop.price) == (D("250.05"), D("242.80"))
+    assert (stop.trigger_price, stop.price) == (D("250.05"), D("242.50"))  # 3 % of 250.05 is 7.50
     at_exchange.refresh_from_db()
-    assert (at_exchange.trigger_price, at_exchange.price) == (D("250.05"), D("242.80"))
+    assert (at_exchange.trigger_price, at_exchange.price) == (D("250.05"), D("242.50"))
     at_modification_cap(stop)
     quote_option("267")  # one more step: past the cap, cancelled and replaced
     run = monitor(account)
     assert run.status == AccountRun.Status.OK, run.errors
     replacement = first.children.get(role="stop_loss", status__in=Order.LIVE)
-    assert (replacement.order_type, replacement.trigger_price, replacement.price) == ("SL", D("255.05"), D("247.80"))
+    assert (replacement.order_type, replacement.trigger_price, replacement.price) == ("SL", D("255.05"), D("247.35"))
     assert PaperOrder.objects.get(order_id=replacement.broker_order_id).status == PaperOrder.Status.TRIGGER_PENDING
     assert live_exits(account, "stop_loss") == 75
 
@@ -505,9 +506,11 @@ def wide_option_entry(trader, account, settings, *, side="BUY", stop_loss="19", 
     "side, trigger, limit, trailed",
     [
         # Filled at 250.05, its stop 19 % under at 202.55: the band's limit, 196.45, is under 200.
-        ("BUY", D("202.55"), D("200.00"), (D("203.55"), D("201.00"))),
+        # Trailed 7 steps to 209.55: its 3 % band again (203.25), not the narrowed gap kept (207.00).
+        ("BUY", D("202.55"), D("200.00"), (D("209.55"), D("203.25"))),
         # A short filled at 249.95, its stop 19 % over at 297.45: the band's limit, 306.40, is over 300.
-        ("SELL", D("297.45"), D("300.00"), (D("296.45"), D("299.00"))),
+        # Trailed 7 steps to 290.45: its band again (299.20), not the narrowed gap kept (293.00).
+        ("SELL", D("297.45"), D("300.00"), (D("290.45"), D("299.20"))),
     ],
 )
 def test_an_options_stop_whose_band_crosses_the_circuit_limit_is_placed_with_its_limit_at_the_limit(
@@ -516,7 +519,9 @@ def test_an_options_stop_whose_band_crosses_the_circuit_limit_is_placed_with_its
     """An option's stop-loss limit goes its protection band (3 %) beyond its trigger: a wide stop's
     trigger near a circuit limit put the limit outside it, the paper exchange rejected it (price
     band, as Kite does) and the cycle placed it again every run, the position unprotected. Its limit
-    is held at the circuit limit, the exchange takes it, and trailing keeps it inside."""
+    is held at the circuit limit, the exchange takes it, and trailing keeps it inside. Trailed away
+    from the limit, its band widens back to the protection band: the narrowed gap kept (at worst a
+    limit at its trigger) could leave it unfilled by a gap through it."""
     first = wide_option_entry(trader, account, settings, side=side)
     run = monitor(account)
     assert run.status == AccountRun.Status.OK, run.errors
@@ -528,7 +533,7 @@ def test_an_options_stop_whose_band_crosses_the_circuit_limit_is_placed_with_its
         trigger,
         limit,
     )
-    quote_option("252" if side == "BUY" else "248")  # a step of 1 toward the market
+    quote_option("258" if side == "BUY" else "242")  # 7 steps of 1 toward the market
     run = monitor(account)
     assert run.status == AccountRun.Status.OK, run.errors
     stop.refresh_from_db()
