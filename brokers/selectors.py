@@ -79,6 +79,28 @@ def _asked_last_price(instrument: Instrument, account):
     return price if price and price > 0 else None  # 0: not traded yet, no price
 
 
+def instruments_last_prices_asked(instruments, *, account) -> None:
+    """Ask ``account``'s broker for the last prices of ``instruments`` not kept at hand, in one
+    quote call, and keep them as ``instrument_last_price`` keeps one (``BROKER_PRICE_KEEP_S``): for
+    orders about to be checked together (a scheduled time's), which would each ask for their own,
+    one a second (Kite's quote budget). Nothing for a broker that feeds the instruments' prices. A
+    failed call is logged; each then asks for its own as before."""
+    if prices_fed_by(account.broker):
+        return
+    from .client import AccountBroker
+    from .errors import BrokerError
+
+    def asked(keys: list) -> dict:
+        try:
+            prices = AccountBroker(account).ltp([key for _broker, key in keys])
+        except BrokerError as error:
+            logger.warning("account %s: no last prices from its broker: %r", account.pk, error)
+            return {}
+        return {(account.broker, key): price for key, price in prices.items() if price and price > 0}
+
+    _broker_prices.get_many([(account.broker, instrument.key) for instrument in instruments], asked)
+
+
 def instruments_changed() -> None:
     _by_symbol.clear()
 

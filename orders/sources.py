@@ -29,7 +29,12 @@ from brokers import markets
 from brokers.base import IST, instrument_expired, ist_today
 from brokers.errors import AuthError, BrokerError, OutcomeUnknown
 from brokers.models import Instrument
-from brokers.selectors import broker_prices_known, instrument_by_symbol, instrument_last_price
+from brokers.selectors import (
+    broker_prices_known,
+    instrument_by_symbol,
+    instrument_last_price,
+    instruments_last_prices_asked,
+)
 from brokers.services import sessions_live, sessions_ready
 from tradingplatform import background, locks
 from tradingplatform.db import PlainUpdates
@@ -1471,6 +1476,7 @@ def scheduled_fires(*, fire_ids: list[int]) -> list[ScheduledFire]:
         try:
             with locks.kept(tokens, ttl_s=FIRE_PLACING_TTL_S), background.urgent():
                 _fires_ready(placing)
+                _fires_prices_asked(placing)
                 outcomes = _fires_place(placing)
                 _fires_record([(fire, outcome) for fire, outcome in zip(placing, outcomes, strict=True) if outcome])
         finally:
@@ -1588,6 +1594,24 @@ def _fires_ready(fires: list[ScheduledFire]) -> None:
     sessions = sessions_live(list(accounts.values()))
     for fire in fires:
         fire.broker = AccountBroker(fire.scheduled.account, session=sessions.get(fire.scheduled.account_id))
+
+
+def _fires_prices_asked(fires: list[ScheduledFire]) -> None:
+    """The broker prices the taken fires' checks value their orders at (``services.
+    value_check_asks_broker``: a Kite account's MARKET order under an order value limit), asked at
+    once, one quote call per account, before they are placed side by side: asked by each on its
+    own, one instrument a second (the quote budget), the last of a time's orders went seconds late."""
+    asking: dict[int, tuple[BrokerAccount, list[Instrument]]] = {}
+    for fire in fires:
+        scheduled = fire.scheduled
+        asks = services.value_check_asks_broker(scheduled.account, scheduled.side, scheduled.order_type)
+        if asks and scheduled.account.is_active:
+            asking.setdefault(scheduled.account_id, (scheduled.account, []))[1].append(scheduled.instrument)
+    for account, instruments in asking.values():
+        try:
+            instruments_last_prices_asked(instruments, account=account)
+        except Exception:  # each order then asks for its own price, as before
+            logger.exception("scheduled fires: asking account %s's broker for prices failed", account.pk)
 
 
 def _fires_place(fires: list[ScheduledFire]) -> list:

@@ -958,3 +958,47 @@ def test_a_change_of_a_kite_market_order_under_a_value_limit_asks_kites_price_be
     with pytest.raises(ValidationError, match="Order value 4500.00"):  # 3 at Kite's 1500
         sources.scheduled_change(owner=trader, scheduled=row, quantity=3)
     assert ScheduledOrder.objects.get(pk=row.pk).quantity == 2
+
+
+def test_kite_market_orders_of_one_time_under_a_value_limit_ask_kites_prices_in_one_call_at_it(
+    trader, kite_on_face, monkeypatch
+):
+    """A time's Kite MARKET orders under an order value limit are each valued at Kite's price, asked
+    at the time. Each asked for its own instrument's, one a second (the account's quote budget):
+    three orders due together went out about 0, 1 and 2 s after their time. The prices are asked in
+    one call; each order is still checked at its own (one over the limit is not placed)."""
+    from decimal import Decimal
+
+    from brokers.paper import engine
+    from tradingplatform import memo
+
+    account = kite_on_face
+    broker_account_update(account=account, actor=trader, max_order_value=Decimal("2000"))
+    account.refresh_from_db()
+    rows = {}
+    for symbol, price in (("INFY", "1500"), ("TCS", "2500"), ("RELIANCE", "1300")):
+        engine.market_set(exchange="NSE", tradingsymbol=symbol, last_price=Decimal(price))
+        rows[symbol] = make_scheduled(trader, account)  # saved as INFY's (1500, under the limit) ...
+        ScheduledOrder.objects.filter(pk=rows[symbol].pk).update(instrument=spec(symbol)["instrument"])
+    memo.clear_all()
+    asked, ltp = [], AccountBroker.ltp
+
+    def asking(broker, keys):
+        asked.append(sorted(keys))
+        return ltp(broker, keys)
+
+    monkeypatch.setattr(AccountBroker, "ltp", asking)
+    due_at = _due_soon(rows["INFY"], 1.5)
+    ScheduledOrder.objects.filter(pk__in=[row.pk for row in rows.values()]).update(next_run_at=due_at)
+    fire_ids = sources.scheduled_claim_due(lead_s=2.5)
+    assert [fire.status for fire in sources.scheduled_prepare(fire_ids=fire_ids)] == [ScheduledFire.Status.PENDING] * 3
+    _at(due_at)
+    fires = {fire.scheduled_id: fire for fire in sources.scheduled_fires(fire_ids=fire_ids)}
+    assert asked == [["NSE:INFY", "NSE:RELIANCE", "NSE:TCS"]]
+    for symbol in ("INFY", "RELIANCE"):
+        assert fires[rows[symbol].pk].status == ScheduledFire.Status.PLACED, fires[rows[symbol].pk].detail
+        assert Order.objects.get(scheduled=rows[symbol]).status in Order.AT_BROKER + (Order.Status.FILLED,)
+    # ... and TCS's 2500 at Kite is over it: checked at its time, not placed.
+    tcs = fires[rows["TCS"].pk]
+    assert tcs.status == ScheduledFire.Status.FAILED and "Order value 2500.00" in tcs.detail
+    assert not Order.objects.filter(scheduled=rows["TCS"]).exists()
