@@ -51,7 +51,9 @@ def instrument_last_price(instrument: Instrument, *, account):
     known = _known_prices.get()
     if known is not None and known[0] == account.broker and (price := known[1].get(instrument.key)):
         return price
-    return _broker_prices.get((account.broker, instrument.key), lambda: _asked_last_price(instrument, account))
+    return _broker_prices.get_many([(account.broker, instrument.key)], lambda keys: _asked(account, keys)).get(
+        (account.broker, instrument.key)
+    )
 
 
 @contextmanager
@@ -67,16 +69,19 @@ def broker_prices_known(broker: str, prices: dict[str, Decimal]) -> Iterator[Non
         _known_prices.reset(token)
 
 
-def _asked_last_price(instrument: Instrument, account):
+def _asked(account, keys: list[tuple[str, str]]) -> dict:
+    """``account``'s broker's last prices of ``keys`` ((broker, ``EXCHANGE:SYMBOL``)), in one quote
+    call: {key: price}, without those it has none for (0: not traded yet); {} when the call fails
+    (logged: each check then has no price, or asks again)."""
     from .client import AccountBroker  # the client imports services, which import this module
     from .errors import BrokerError
 
     try:
-        price = AccountBroker(account).ltp([instrument.key]).get(instrument.key)
+        prices = AccountBroker(account).ltp([key for _broker, key in keys])
     except BrokerError as error:
-        logger.warning("account %s: no last price of %s from its broker: %r", account.pk, instrument.key, error)
-        return None
-    return price if price and price > 0 else None  # 0: not traded yet, no price
+        logger.warning("account %s: no last prices from its broker: %r", account.pk, error)
+        return {}
+    return {(account.broker, key): price for key, price in prices.items() if price and price > 0}
 
 
 def instruments_last_prices_asked(instruments, *, account) -> None:
@@ -87,18 +92,9 @@ def instruments_last_prices_asked(instruments, *, account) -> None:
     failed call is logged; each then asks for its own as before."""
     if prices_fed_by(account.broker):
         return
-    from .client import AccountBroker
-    from .errors import BrokerError
-
-    def asked(keys: list) -> dict:
-        try:
-            prices = AccountBroker(account).ltp([key for _broker, key in keys])
-        except BrokerError as error:
-            logger.warning("account %s: no last prices from its broker: %r", account.pk, error)
-            return {}
-        return {(account.broker, key): price for key, price in prices.items() if price and price > 0}
-
-    _broker_prices.get_many([(account.broker, instrument.key) for instrument in instruments], asked)
+    _broker_prices.get_many(
+        [(account.broker, instrument.key) for instrument in instruments], lambda keys: _asked(account, keys)
+    )
 
 
 def instruments_changed() -> None:
