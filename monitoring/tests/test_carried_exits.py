@@ -416,6 +416,19 @@ def test_a_stop_the_trader_asked_to_cancel_after_its_day_ended_is_not_put_back(t
     assert stop.status == Order.Status.CANCELLED
 
 
+def target_ended_with_its_day(trader, account) -> tuple[Order, Order]:
+    """A delivery entry bought at 1500 and its 15 % target (1725.10), which ended with its day
+    before the platform read it: (the entry, its target)."""
+    guarded = strategy(trader, account, take_profit=D("15"))
+    quote("1500")
+    first = entry(trader, account, guarded, product="CNC")
+    monitor(account)
+    target = first.children.get(role="take_profit")
+    assert (target.status, target.price) == (Order.Status.OPEN, D("1725.10"))
+    day_ends(target)
+    return first, target
+
+
 def test_a_carried_take_profit_the_next_days_limits_leave_out_waits_for_them_not_refused_until_given_up(
     trader, account
 ):
@@ -424,13 +437,7 @@ def test_a_carried_take_profit_the_next_days_limits_leave_out_waits_for_them_not
     on it ("3 rejected"), and the position kept no target even when the limits reached it again.
     After the one refusal it waits, not sent, the run saying why, and goes back at its own level
     when the limits reach it."""
-    guarded = strategy(trader, account, take_profit=D("15"))
-    quote("1500")
-    first = entry(trader, account, guarded, product="CNC")
-    monitor(account)
-    target = first.children.get(role="take_profit")
-    assert (target.status, target.price) == (Order.Status.OPEN, D("1725.10"))
-    day_ends(target)
+    first, target = target_ended_with_its_day(trader, account)
     PaperInstrument.objects.filter(tradingsymbol="INFY").update(previous_close=D("1400"))  # limits 1120 - 1680
     for _ in range(cycle.EXIT_ATTEMPTS + 2):
         run = monitor(account)
@@ -456,13 +463,7 @@ def test_a_carried_take_profit_the_market_went_past_beyond_the_limits_closes_the
     market already fills. Refused for the band, it was then left waiting, "placed when they reach
     it", every run while the market stood beyond the trader's level: the profit never taken. It
     goes at the limit, a better price than the trader's, and sells at the market."""
-    guarded = strategy(trader, account, take_profit=D("15"))
-    quote("1500")
-    first = entry(trader, account, guarded, product="CNC")
-    monitor(account)
-    taken = first.children.get(role="take_profit")
-    assert (taken.status, taken.price) == (Order.Status.OPEN, D("1725.10"))
-    day_ends(taken)
+    first, _target = target_ended_with_its_day(trader, account)
     PaperInstrument.objects.filter(tradingsymbol="INFY").update(previous_close=D("2200"))  # limits 1760 - 2640
     quote("2200")
     for _ in range(cycle.EXIT_ATTEMPTS + 1):
